@@ -1,0 +1,72 @@
+# The two commands: `make train` and `make test`. Both set everything up on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYSTEM_PACKAGES := espeak-ng ffmpeg libsndfile1
+NPROC ?= 2
+ARGS ?=
+
+.PHONY: setup system-packages train train-ddp test test-fast evaluate retrain audit-deletions compare sync bench clean
+
+setup: system-packages $(STAMP)
+
+# espeak-ng synthesises the demo audio; ffmpeg decodes audio for datasets/torchcodec.
+system-packages:
+	@missing=""; \
+	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
+	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
+	ldconfig -p 2>/dev/null | grep -q libsndfile.so || missing="$$missing libsndfile1"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	  else \
+	    echo "missing system packages:$$missing. Run: sudo apt-get install -y $(SYSTEM_PACKAGES)"; exit 1; \
+	  fi; \
+	fi
+
+# Re-installs only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+train: setup
+	$(PY) train.py $(ARGS)
+
+# Several GPUs (or CPU processes) on one machine: make train-ddp NPROC=4
+train-ddp: setup
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) train.py $(ARGS)
+
+evaluate: setup
+	@test -n "$(RUN)" || { echo "usage: make evaluate RUN=outputs/<date>/<time>"; exit 2; }
+	$(PY) evaluate.py run=$(RUN) $(ARGS)
+
+retrain: setup
+	$(PY) retrain.py $(ARGS)
+
+audit-deletions: setup
+	$(PY) -m pipeline.ops.audit $(ARGS)
+
+compare: setup
+	$(PY) -m pipeline.ops.compare $(ARGS)
+
+sync: setup
+	$(PY) -m pipeline.ops.sync $(ARGS)
+
+bench: setup
+	$(PY) -m bench.run_all $(ARGS)
+
+# The whole suite, slow end-to-end tests included (CI runs exactly this).
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+# Everything but the slow end-to-end tests.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

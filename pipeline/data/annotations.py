@@ -1,0 +1,158 @@
+"""Entity annotations: the inline `[type : value]` form, character spans, and BIO word tags.
+
+Spans are character offsets into the transcript, so that a predicted entity can always be shown
+as an exact substring of what was said. Word tags are derived from spans over whitespace words,
+which is what the NLU tagger is trained on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_BRACKET = re.compile(r"\[([^\[\]:]+?)\s*:\s*([^\[\]]*?)\s*\]")
+
+
+class AnnotationError(ValueError):
+    """The annotation does not agree with the transcript (reason code `bad_annotation`)."""
+
+
+@dataclass(frozen=True)
+class Entity:
+    type: str
+    value: str
+    start: int
+    end: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"type": self.type, "value": self.value, "start": self.start, "end": self.end}
+
+
+def parse_inline(annotation: str) -> tuple[str, list[Entity]]:
+    """Strip `[type : value]` brackets, returning the plain text and the entities' spans in it."""
+    text_parts: list[str] = []
+    entities: list[Entity] = []
+    cursor = 0
+    length = 0
+    for match in _BRACKET.finditer(annotation):
+        before = annotation[cursor : match.start()]
+        if "[" in before or "]" in before:
+            raise AnnotationError(f"unbalanced bracket near {before.strip()!r} in {annotation!r}")
+        text_parts.append(before)
+        length += len(before)
+        etype, value = match.group(1).strip(), match.group(2).strip()
+        if not etype or not value:
+            raise AnnotationError(f"empty entity type or value in {match.group(0)!r}")
+        if " " in etype:
+            raise AnnotationError(f"entity type {etype!r} contains a space in {match.group(0)!r}")
+        entities.append(Entity(etype, value, length, length + len(value)))
+        text_parts.append(value)
+        length += len(value)
+        cursor = match.end()
+    tail = annotation[cursor:]
+    if "[" in tail or "]" in tail:
+        raise AnnotationError(f"unbalanced bracket near {tail.strip()!r} in {annotation!r}")
+    text_parts.append(tail)
+    return "".join(text_parts), entities
+
+
+def align_to_transcript(
+    transcript: str, plain: str, entities: list[Entity]
+) -> list[Entity]:
+    """Move spans parsed from an inline annotation onto the transcript it annotates.
+
+    Annotators sometimes keep capitals the transcript lost, or collapse spaces; both are fine.
+    Any other difference means the annotation is about a different sentence, and is rejected.
+    """
+    if plain == transcript:
+        return entities
+    if " ".join(plain.lower().split()) != " ".join(transcript.lower().split()):
+        raise AnnotationError(
+            f"annotation text {plain!r} does not match the transcript {transcript!r}"
+        )
+    return resolve_spans(transcript, [{"type": e.type, "value": e.value} for e in entities])
+
+
+def resolve_spans(transcript: str, raw: list[dict[str, object]]) -> list[Entity]:
+    """Check `{type, value, start?, end?}` entities against the transcript and fill missing offsets.
+
+    Without offsets, each value is searched left to right (case-insensitively), after the end
+    of the previous entity, so repeated values ("from two to two thirty") get distinct spans.
+    """
+    lowered = transcript.lower()
+    resolved: list[Entity] = []
+    search_from = 0
+    for i, ent in enumerate(raw):
+        etype = str(ent.get("type") or "").strip()
+        value = str(ent.get("value") or "")
+        if not etype or not value.strip():
+            raise AnnotationError(f"entity {i} has an empty type or value")
+        start, end = ent.get("start"), ent.get("end")
+        if start is not None or end is not None:
+            if not isinstance(start, int) or not isinstance(end, int):
+                raise AnnotationError(f"entity {i} ({etype}) needs both integer start and end")
+            if not (0 <= start < end <= len(transcript)):
+                raise AnnotationError(
+                    f"entity {i} ({etype}) offsets {start}:{end} fall outside the transcript "
+                    f"of length {len(transcript)}"
+                )
+            if transcript[start:end].lower() != value.lower():
+                raise AnnotationError(
+                    f"entity {i} ({etype}) offsets {start}:{end} cover "
+                    f"{transcript[start:end]!r}, not the value {value!r}"
+                )
+        else:
+            start = lowered.find(value.lower(), search_from)
+            if start < 0:
+                start = lowered.find(value.lower())
+            if start < 0:
+                raise AnnotationError(f"entity {i} ({etype}) value {value!r} is not in the transcript")
+            end = start + len(value)
+        resolved.append(Entity(etype, transcript[start:end], start, end))
+        search_from = end
+    ordered = sorted(resolved, key=lambda e: e.start)
+    for a, b in zip(ordered, ordered[1:]):
+        if b.start < a.end:
+            raise AnnotationError(f"entities {a.type!r} and {b.type!r} overlap")
+    return ordered
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the whitespace-separated words of `text`."""
+    return [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+
+
+def bio_tags(transcript: str, entities: list[Entity]) -> tuple[list[str], list[str]]:
+    """Whitespace words and their BIO tags; a word belongs to an entity if the two overlap."""
+    spans = word_spans(transcript)
+    words = [transcript[s:e] for s, e in spans]
+    tags = ["O"] * len(words)
+    for ent in entities:
+        inside = [i for i, (s, e) in enumerate(spans) if s < ent.end and e > ent.start]
+        for rank, i in enumerate(inside):
+            tags[i] = ("B-" if rank == 0 else "I-") + ent.type
+    return words, tags
+
+
+def tags_to_entities(text: str, tags: list[str]) -> list[Entity]:
+    """Turn word-level BIO tags back into entities whose values are exact substrings of `text`.
+
+    An `I-x` after something other than `B-x`/`I-x` starts a new entity (the lenient reading),
+    so a tagger's small mistakes still yield spans.
+    """
+    spans = word_spans(text)
+    entities: list[Entity] = []
+    current: tuple[str, int, int] | None = None
+    for (s, e), tag in zip(spans, tags):
+        kind, _, etype = tag.partition("-")
+        if kind == "I" and current is not None and current[0] == etype:
+            current = (etype, current[1], e)
+            continue
+        if current is not None:
+            entities.append(Entity(current[0], text[current[1] : current[2]], current[1], current[2]))
+            current = None
+        if kind in ("B", "I") and etype:
+            current = (etype, s, e)
+    if current is not None:
+        entities.append(Entity(current[0], text[current[1] : current[2]], current[1], current[2]))
+    return entities

@@ -1,0 +1,43 @@
+"""The columns of a built dataset: the contract between the data stage and every model stage.
+
+Audio datasets have every column; text-only sources (MASSIVE text) have all but `audio`, and a
+`duration` of 0. Entity spans are character offsets into `transcript`; `words`/`bio_tags` are the
+whitespace words of `transcript` and their tags. Identifiers are keyed pseudonyms, never raw.
+"""
+
+from __future__ import annotations
+
+from datasets import Audio, Features, List, Value
+
+SAMPLING_RATE = 16_000
+SPLITS = ("train", "validation", "test")
+
+ENTITY = {
+    "type": Value("string"),
+    "value": Value("string"),
+    "start": Value("int32"),
+    "end": Value("int32"),
+}
+
+
+def dataset_features(with_audio: bool = True) -> Features:
+    columns = {
+        "utterance_id": Value("string"),
+        "transcript": Value("string"),      # as annotated
+        "text": Value("string"),            # normalize_text(transcript): the ASR target
+        "intent": Value("string"),          # None for a false wake
+        "scenario": Value("string"),        # None when unknown
+        "entities": List(ENTITY),
+        "words": List(Value("string")),
+        "bio_tags": List(Value("string")),
+        "wake_word_present": Value("bool"),
+        "duration": Value("float32"),       # seconds, stored at build time for length batching
+        "speaker": Value("string"),         # pseudonym of the account
+        "device": Value("string"),          # pseudonym of the device serial
+        "annotator": Value("string"),       # pseudonym of the annotator
+        "locale": Value("string"),
+        "recorded_at": Value("string"),
+    }
+    if with_audio:
+        columns = {"utterance_id": columns.pop("utterance_id"), "audio": Audio(sampling_rate=SAMPLING_RATE), **columns}
+    return Features(columns)

@@ -1,0 +1,49 @@
+"""The experiment tracker every stage logs to: W&B, or nothing.
+
+Stages only see this small interface, so a run without W&B (`logger=none`) takes the same
+code path, and tests can read back what was logged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Tracker(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_summary(self, metrics: dict[str, Any]) -> None: ...
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None: ...
+    def log_image(self, key: str, path: Path) -> None: ...
+    def log_artifact(
+        self, name: str, kind: str, path: Path, metadata: dict[str, Any] | None = None
+    ) -> None: ...
+    def use_artifact(self, name: str, kind: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NullTracker:
+    """Logs nothing: `logger=none`, and the default inside library calls and tests."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_summary(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        pass
+
+    def log_image(self, key: str, path: Path) -> None:
+        pass
+
+    def log_artifact(
+        self, name: str, kind: str, path: Path, metadata: dict[str, Any] | None = None
+    ) -> None:
+        pass
+
+    def use_artifact(self, name: str, kind: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass

@@ -1,0 +1,48 @@
+"""Process-wide set-up every entry point does first: where caches go, seeds, one-line errors.
+
+W&B and matplotlib write to ~/.cache and ~/.config even offline; pointing them into the run and
+cache folders keeps a run self-contained and lets several runs share a machine.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+class PipelineError(RuntimeError):
+    """A problem the user can fix (bad config, missing file): printed as one line, exit code 2."""
+
+
+def configure_environment(run_dir: Path, cache_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "WANDB_DIR": str(run_dir),
+        "WANDB_CACHE_DIR": str(cache_dir / "wandb" / "cache"),
+        "WANDB_CONFIG_DIR": str(cache_dir / "wandb" / "config"),
+        "WANDB_DATA_DIR": str(cache_dir / "wandb" / "data"),
+        "MPLCONFIGDIR": str(cache_dir / "matplotlib"),
+        "MPLBACKEND": "Agg",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one clear line and exit; for errors the user can act on, not for bugs."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)

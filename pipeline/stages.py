@@ -1,0 +1,75 @@
+"""The main job: run the configured stages in order inside one run folder.
+
+Each stage is a plain function of (config, run folder, tracker) that writes its outputs under the
+run folder; this module only decides the order and hands results from one stage to the next.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.ops.tracking import NullTracker, Tracker
+from pipeline.runtime import PipelineError, configure_environment, seed_everything
+
+KNOWN_STAGES = ("data", "asr", "nlu", "eval")
+
+
+def run_stages(cfg: DictConfig) -> dict[str, Any]:
+    stages = list(cfg.stages)
+    unknown = [s for s in stages if s not in KNOWN_STAGES]
+    if unknown:
+        raise PipelineError(f"unknown stage(s) {unknown} in stages={stages}; known: {list(KNOWN_STAGES)}")
+    run_dir = Path(cfg.run_dir).resolve()
+    configure_environment(run_dir, Path(cfg.cache_dir).resolve())
+    seed_everything(int(cfg.seed))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    tracker = _make_tracker(cfg, run_dir, stages)
+    results: dict[str, Any] = {}
+    try:
+        dataset_path = _existing_dataset(run_dir)
+        if "data" in stages:
+            from pipeline.data.build import run_data_stage
+
+            report = run_data_stage(cfg, run_dir, tracker)
+            dataset_path = Path(report["dataset_path"])
+            results["data"] = report
+        if any(s in stages for s in ("asr", "nlu", "eval")) and dataset_path is None:
+            raise PipelineError(
+                f"stages {stages} need a built dataset, but {run_dir}/build_report.json does not exist; "
+                "add `data` to stages"
+            )
+        if "asr" in stages:
+            from pipeline.asr.train import run_asr_stage
+
+            results["asr"] = run_asr_stage(cfg, run_dir, dataset_path, tracker)
+        if "nlu" in stages:
+            from pipeline.nlu.train import run_nlu_stage
+
+            results["nlu"] = run_nlu_stage(cfg, run_dir, dataset_path, tracker)
+        if "eval" in stages:
+            from pipeline.eval.run import run_eval_stage
+
+            results["eval"] = run_eval_stage(cfg, run_dir, dataset_path, tracker)
+    finally:
+        tracker.finish()
+    return results
+
+
+def _existing_dataset(run_dir: Path) -> Path | None:
+    report = run_dir / "build_report.json"
+    if report.exists():
+        return Path(json.loads(report.read_text())["dataset_path"])
+    return None
+
+
+def _make_tracker(cfg: DictConfig, run_dir: Path, stages: list[str]) -> Tracker:
+    if cfg.logger.get("name", "none") == "none":
+        return NullTracker()
+    from pipeline.ops.wandb_tracker import make_wandb_tracker
+
+    return make_wandb_tracker(cfg, run_dir, tags=stages)

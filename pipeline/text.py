@@ -1,0 +1,58 @@
+"""The one text normaliser shared by ASR training, the NLU and evaluation.
+
+Why one function: WER is only comparable across runs when the reference and the hypothesis went
+through exactly the same normalisation as the training targets. Digits become words because the
+acoustic model only ever hears words, and a transcript that says "7" must be scored as "seven".
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+).split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_SCALES = [(10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred")]
+_SYMBOLS = {"%": " percent ", "&": " and ", "@": " at ", "+": " plus ", "#": " number "}
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_KEEP = re.compile(r"[^a-z' ]+")
+
+
+def number_to_words(n: int) -> str:
+    """Spell a non-negative integer in English words ("2024" -> "two thousand twenty four")."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        tens, ones = divmod(n, 10)
+        return _TENS[tens] + ("" if ones == 0 else " " + _ONES[ones])
+    for value, name in _SCALES:
+        if n >= value:
+            head, rest = divmod(n, value)
+            words = number_to_words(head) + " " + name
+            return words if rest == 0 else words + " " + number_to_words(rest)
+    raise AssertionError("unreachable")
+
+
+def _spell_number(match: re.Match[str]) -> str:
+    token = match.group(0)
+    if "." in token:
+        whole, frac = token.split(".", 1)
+        return f" {number_to_words(int(whole))} point {' '.join(_ONES[int(d)] for d in frac)} "
+    return f" {number_to_words(int(token))} "
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, spell numbers, drop punctuation (keeping in-word apostrophes), squeeze spaces."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
+    text = text.replace("\u2019", "'")
+    for symbol, word in _SYMBOLS.items():
+        text = text.replace(symbol, word)
+    text = _NUMBER.sub(_spell_number, text)
+    text = _KEEP.sub(" ", text)
+    # An apostrophe only survives inside a word ("don't"), not as a quote mark.
+    text = re.sub(r"(?<![a-z])'|'(?![a-z])", " ", text)
+    return " ".join(text.split())

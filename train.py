@@ -1,0 +1,20 @@
+"""Main job: build the dataset, train ASR and NLU, evaluate. `python train.py --help` lists the config."""
+
+import hydra
+from omegaconf import DictConfig
+
+from pipeline.runtime import PipelineError, fail
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from pipeline.stages import run_stages
+
+    try:
+        run_stages(cfg)
+    except PipelineError as err:
+        fail(str(err))
+
+
+if __name__ == "__main__":
+    main()
