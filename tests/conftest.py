@@ -1,0 +1,101 @@
+"""Shared fixtures: a tiny dataset with real (espeak-ng) speech, built straight from the column
+contract so model-stage tests do not depend on the data build, plus a tiny export for build tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+SENTENCES = [
+    ("alexa play jazz music", "play_music", [("music_genre", "jazz")], True),
+    ("alexa set an alarm for seven am", "alarm_set", [("time", "seven am")], True),
+    ("alexa what is the weather in paris", "weather_query", [("place_name", "paris")], True),
+    ("alexa turn off the lights", "iot_hue_lightoff", [], True),
+    ("alexa play rock music", "play_music", [("music_genre", "rock")], True),
+    ("alexa set an alarm for six pm", "alarm_set", [("time", "six pm")], True),
+    ("alexander went to the market", None, [], False),
+    ("the election is next week", None, [], False),
+]
+
+
+def espeak_wave(text: str, voice: str = "en-us", speed: int = 170, pitch: int = 50) -> np.ndarray:
+    """Synthesise `text` with espeak-ng and return float32 mono at 16 kHz."""
+    import soundfile as sf
+    import torch
+    import torchaudio.functional as AF
+
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: run `make setup` (it installs the system packages)")
+    out = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
+        check=True, capture_output=True,
+    ).stdout
+    import io
+
+    wave, sr = sf.read(io.BytesIO(out), dtype="float32")
+    tensor = AF.resample(torch.from_numpy(wave), sr, 16000)
+    return tensor.numpy()
+
+
+def _records(n_repeat: int, split: str) -> list[dict]:
+    from pipeline.data.annotations import bio_tags, resolve_spans
+    from pipeline.text import normalize_text
+
+    voices = [("en-us", 160, 40), ("en-us+m3", 180, 60), ("en-gb", 170, 50)]
+    rows = []
+    for r in range(n_repeat):
+        for i, (text, intent, ents, wake) in enumerate(SENTENCES):
+            voice, speed, pitch = voices[(i + r) % len(voices)]
+            wave = espeak_wave(text, voice, speed, pitch)
+            spans = resolve_spans(text, [{"type": t, "value": v} for t, v in ents])
+            words, tags = bio_tags(text, spans)
+            rows.append(
+                {
+                    "utterance_id": f"{split}-{r}-{i}",
+                    "audio": {"array": wave, "sampling_rate": 16000},
+                    "transcript": text,
+                    "text": normalize_text(text),
+                    "intent": intent,
+                    "scenario": intent.split("_")[0] if intent else None,
+                    "entities": [e.as_dict() for e in spans],
+                    "words": words,
+                    "bio_tags": tags,
+                    "wake_word_present": wake,
+                    "duration": float(len(wave) / 16000),
+                    "speaker": f"spk_{split}_{r % 2}",
+                    "device": f"dev_{r}",
+                    "annotator": "ann_0",
+                    "locale": "en-US",
+                    "recorded_at": "2026-01-01T00:00:00Z",
+                }
+            )
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved DatasetDict (train 24 / validation 8 / test 8 clips) with every contract column."""
+    from datasets import Dataset, DatasetDict
+
+    from pipeline.data.features import dataset_features
+
+    features = dataset_features(with_audio=True)
+    dd = DatasetDict(
+        {
+            "train": Dataset.from_list(_records(3, "train"), features=features),
+            "validation": Dataset.from_list(_records(1, "validation"), features=features),
+            "test": Dataset.from_list(_records(1, "test"), features=features),
+        }
+    )
+    path = tmp_path_factory.mktemp("tiny_dataset") / "dataset"
+    dd.save_to_disk(str(path))
+    return path
