@@ -1,0 +1,58 @@
+import pytest
+
+from pipeline.data.annotations import (
+    AnnotationError,
+    Entity,
+    align_to_transcript,
+    bio_tags,
+    parse_inline,
+    resolve_spans,
+    tags_to_entities,
+)
+
+
+def test_parse_inline_gives_text_and_spans() -> None:
+    text, ents = parse_inline("play [artist_name : taylor swift] in the [house_place : kitchen]")
+    assert text == "play taylor swift in the kitchen"
+    assert ents == [Entity("artist_name", "taylor swift", 5, 17), Entity("house_place", "kitchen", 25, 32)]
+    assert [text[e.start : e.end] for e in ents] == ["taylor swift", "kitchen"]
+
+
+@pytest.mark.parametrize(
+    "bad", ["play [artist_name : taylor swift", "play artist_name : taylor] swift", "play [ : x]", "[a b : c]"]
+)
+def test_broken_brackets_are_rejected(bad: str) -> None:
+    with pytest.raises(AnnotationError):
+        parse_inline(bad)
+
+
+def test_align_tolerates_case_but_not_other_words() -> None:
+    plain, ents = parse_inline("wake me up [date : this Friday]")
+    moved = align_to_transcript("wake me up this friday", plain, ents)
+    assert moved == [Entity("date", "this friday", 11, 22)]
+    with pytest.raises(AnnotationError):
+        align_to_transcript("wake me up next monday", plain, ents)
+
+
+def test_resolve_spans_checks_offsets_and_finds_repeats() -> None:
+    text = "from two to two thirty"
+    ents = resolve_spans(text, [{"type": "time", "value": "two"}, {"type": "time", "value": "two thirty"}])
+    assert [(e.start, e.end) for e in ents] == [(5, 8), (12, 22)]
+    with pytest.raises(AnnotationError, match="not in the transcript"):
+        resolve_spans(text, [{"type": "time", "value": "noon"}])
+    with pytest.raises(AnnotationError, match="cover"):
+        resolve_spans(text, [{"type": "time", "value": "two", "start": 0, "end": 3}])
+
+
+def test_bio_round_trip() -> None:
+    text = "alexa play taylor swift in the kitchen"
+    ents = resolve_spans(text, [{"type": "artist_name", "value": "taylor swift"}, {"type": "house_place", "value": "kitchen"}])
+    words, tags = bio_tags(text, ents)
+    assert tags == ["O", "O", "B-artist_name", "I-artist_name", "O", "O", "B-house_place"]
+    assert tags_to_entities(text, tags) == ents
+
+
+def test_tags_to_entities_is_lenient_with_stray_inside_tags() -> None:
+    text = "set alarm for seven am"
+    got = tags_to_entities(text, ["O", "O", "O", "I-time", "I-time"])
+    assert got == [Entity("time", "seven am", 14, 22)]

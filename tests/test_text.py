@@ -1,0 +1,23 @@
+from pipeline.text import normalize_text, number_to_words
+
+
+def test_numbers_are_spelled() -> None:
+    assert number_to_words(0) == "zero"
+    assert number_to_words(21) == "twenty one"
+    assert number_to_words(105) == "one hundred five"
+    assert number_to_words(2024) == "two thousand twenty four"
+    assert number_to_words(3_000_000) == "three million"
+
+
+def test_normalise_case_punctuation_numbers_whitespace() -> None:
+    assert normalize_text("  Wake me up at 7:30, please!  ") == "wake me up at seven thirty please"
+    assert normalize_text("Set volume to 2.5") == "set volume to two point five"
+    assert normalize_text("don't 'quote' me") == "don't quote me"
+    assert normalize_text("Café & Crème 50%") == "cafe and creme fifty percent"
+    assert normalize_text("") == ""
+
+
+def test_normaliser_is_idempotent() -> None:
+    for text in ["Play Taylor Swift's 1989", "what's the weather in new york?"]:
+        once = normalize_text(text)
+        assert normalize_text(once) == once
