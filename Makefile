@@ -39,7 +39,7 @@ train: setup
 
 # Several GPUs (or CPU processes) on one machine: make train-ddp NPROC=4
 train-ddp: setup
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) train.py $(ARGS)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) train.py hydra.run.dir=outputs/$$(date +%F/%H-%M-%S) $(ARGS)
 
 evaluate: setup
 	@test -n "$(RUN)" || { echo "usage: make evaluate RUN=outputs/<date>/<time>"; exit 2; }

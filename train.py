@@ -1,9 +1,11 @@
 """Main job: build the dataset, train ASR and NLU, evaluate. `python train.py --help` lists the config."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from pipeline.runtime import PipelineError, fail
+from pipeline.runtime import PipelineError, fail, pin_run_dir_for_torchrun
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
@@ -17,4 +19,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = pin_run_dir_for_torchrun(sys.argv)
     main()

@@ -46,3 +46,21 @@ def fail(message: str, code: int = 2) -> None:
     """Print one clear line and exit; for errors the user can act on, not for bugs."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def pin_run_dir_for_torchrun(argv: list[str]) -> list[str]:
+    """Give every torchrun worker the same run folder, owned by rank 0.
+
+    Hydra names the run folder after the clock, so N workers started a second apart would
+    write N folders. Under torchrun all workers share TORCHELASTIC_RUN_ID, which names the
+    folder instead; only rank 0 writes Hydra's own `.hydra/` files.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return argv
+    args = list(argv)
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        args.append(f"hydra.run.dir=outputs/torchrun/{run_id}")
+    if int(os.environ.get("RANK", "0")) != 0:
+        args.append("hydra.output_subdir=null")
+    return args
