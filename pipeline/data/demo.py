@@ -1,0 +1,176 @@
+"""The embedded demo corpus: shipped text annotations, spoken by espeak-ng on first use.
+
+The repository ships only text (data/demo/utterances.jsonl: a MASSIVE en-US subset with the wake
+word, false wakes and synthetic accounts, each record naming the espeak-ng voice, speed and pitch
+to speak it with; see scripts/make_demo_corpus.py). Audio is a pure function of that text and the
+espeak-ng version, so it is synthesised once into a cache folder named after a hash of both, and the
+data stage then builds that folder exactly like any canonical `jsonl` export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.runtime import PipelineError
+
+log = logging.getLogger(__name__)
+
+DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "demo"
+# Bump when the export written here changes for the same inputs, so old caches are not reused.
+EXPORT_VERSION = 1
+# What a canonical export record holds; the shipped file adds synthesis instructions and provenance.
+EXPORT_FIELDS = (
+    "utterance_id", "audio", "transcript", "intent", "annotation", "wake_word_present",
+    "device_serial", "account_id", "annotator_id", "recorded_at", "flags", "locale",
+)
+
+
+@dataclass(frozen=True)
+class DemoKnobs:
+    """The `data.demo` block. `workers` only changes speed, so it is not part of the cache key."""
+
+    max_utterances: int | None = None  # None = every shipped utterance
+    seed: int = 0  # which subset `max_utterances` picks
+    workers: int | None = None  # parallel espeak-ng processes; None = all usable cores
+
+
+def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path) -> tuple[Path, Path | None]:
+    """Return (annotations.jsonl, deletions.jsonl or None) of the synthesised demo export.
+
+    The export lives in `<cache_dir>/demo/<key>/`; it appears there only when complete (built in a
+    temporary folder, then renamed), so a second call, or a call after an interrupted one, is safe.
+    """
+    knobs = _knobs(data_cfg)
+    records = _select(_read_jsonl(DEMO_DIR / "utterances.jsonl"), knobs)
+    deletions_src = DEMO_DIR / "deletions.jsonl"
+    espeak = _espeak_version()
+    out = Path(cache_dir) / "demo" / _cache_key(knobs, espeak)
+    deletions = out / "deletions.jsonl" if deletions_src.exists() else None
+    if (out / "annotations.jsonl").exists():
+        return out / "annotations.jsonl", deletions
+
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "audio").mkdir(parents=True)
+    missing = unknown_voices({r["voice"] for r in records})
+    if missing:
+        # espeak-ng silently falls back to its default voice, so the demo still works, with less variety.
+        log.warning("demo: this espeak-ng lacks voice(s) %s; they fall back to its default", missing)
+    try:
+        started = time.perf_counter()
+        _synthesise(records, tmp, knobs.workers or len(os.sched_getaffinity(0)))
+        log.info("demo: synthesised %d clips with %s in %.1f s", len(records), espeak,
+                 time.perf_counter() - started)
+        with open(tmp / "annotations.jsonl", "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps({k: record[k] for k in EXPORT_FIELDS}) + "\n")
+        if deletions_src.exists():
+            shutil.copyfile(deletions_src, tmp / "deletions.jsonl")
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not (out / "annotations.jsonl").exists():
+                raise
+            # Another process finished the same export first; theirs is identical.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / "annotations.jsonl", deletions
+
+
+def _knobs(data_cfg: DictConfig | Mapping[str, Any]) -> DemoKnobs:
+    block = data_cfg.get("demo") or {}
+    if isinstance(block, DictConfig):
+        block = OmegaConf.to_container(block, resolve=True)
+    known = DemoKnobs.__dataclass_fields__
+    unknown = sorted(set(block) - set(known))
+    if unknown:
+        raise PipelineError(f"unknown key(s) {unknown} in data.demo; known: {sorted(known)}")
+    knobs = DemoKnobs(**block)
+    for name in ("max_utterances", "workers"):
+        value = getattr(knobs, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise PipelineError(f"data.demo.{name}={value!r}: use a positive integer or null")
+    return knobs
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise PipelineError(f"demo corpus {path} is missing: restore data/demo/ from git (`git checkout data/demo`)")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _select(records: list[dict[str, Any]], knobs: DemoKnobs) -> list[dict[str, Any]]:
+    """All records, or a subset that keeps the share of false wakes (ranked by a seeded hash)."""
+    if knobs.max_utterances is None or knobs.max_utterances >= len(records):
+        return records
+
+    def rank(record: dict[str, Any]) -> str:
+        return hashlib.sha256(f"{knobs.seed}:{record['utterance_id']}".encode()).hexdigest()
+
+    false_wakes = sorted((r for r in records if not r["wake_word_present"]), key=rank)
+    commands = sorted((r for r in records if r["wake_word_present"]), key=rank)
+    n_false = round(knobs.max_utterances * len(false_wakes) / len(records))
+    chosen = {r["utterance_id"] for r in false_wakes[:n_false] + commands[: knobs.max_utterances - n_false]}
+    return [r for r in records if r["utterance_id"] in chosen]
+
+
+def _espeak_version() -> str:
+    if shutil.which("espeak-ng") is None:
+        raise PipelineError("espeak-ng is not installed, the demo needs it to synthesise audio: run `make setup`")
+    out = subprocess.run(["espeak-ng", "--version"], check=True, capture_output=True, text=True).stdout
+    return " ".join(out.split()[:4])  # "eSpeak NG text-to-speech: 1.51"
+
+
+def unknown_voices(voices: set[str]) -> list[str]:
+    """The `accent+variant` names the installed espeak-ng does not have."""
+    listing = subprocess.run(["espeak-ng", "--voices"], check=True, capture_output=True, text=True).stdout
+    variants = subprocess.run(["espeak-ng", "--voices=variant"], check=True, capture_output=True, text=True).stdout
+    accents = {line.split()[1] for line in listing.splitlines()[1:] if line.strip()}
+    variant_names = {line.split()[4].removeprefix("!v/") for line in variants.splitlines()[1:] if line.strip()}
+    missing = []
+    for voice in sorted(voices):
+        accent, _, variant = voice.partition("+")
+        if accent not in accents or (variant and variant not in variant_names):
+            missing.append(voice)
+    return missing
+
+
+def _cache_key(knobs: DemoKnobs, espeak: str) -> str:
+    h = hashlib.sha256()
+    for name in ("utterances.jsonl", "deletions.jsonl"):
+        path = DEMO_DIR / name
+        h.update(path.read_bytes() if path.exists() else b"")
+    selection = {k: v for k, v in asdict(knobs).items() if k != "workers"}
+    h.update(json.dumps([EXPORT_VERSION, espeak, selection], sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _synthesise(records: list[dict[str, Any]], export_dir: Path, workers: int) -> None:
+    """One espeak-ng process per clip, `workers` at a time (threads only wait on the processes)."""
+
+    def speak(record: dict[str, Any]) -> None:
+        cmd = ["espeak-ng", "-v", record["voice"], "-s", str(record["speed"]), "-p", str(record["pitch"]),
+               "-w", str(export_dir / record["audio"]), record["transcript"]]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0 or done.stderr.strip():
+            raise PipelineError(
+                f"espeak-ng failed on demo record {record['utterance_id']} (voice {record['voice']}): "
+                f"{done.stderr.strip() or f'exit code {done.returncode}'}"
+            )
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(speak, records))
