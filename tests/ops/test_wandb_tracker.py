@@ -1,0 +1,139 @@
+"""The W&B tracker, checked by reading the offline transaction log back (no server, no mocks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from pipeline.ops.wandb_offline import read_offline_run, transaction_logs
+from pipeline.ops.wandb_tracker import make_wandb_tracker, resolve_mode
+from pipeline.runtime import configure_environment
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET_WORDS = "call jenny fairweather at twelve oak lane"
+
+
+def _cfg(run_dir: Path, source: str = "jsonl", **logger: object) -> OmegaConf:
+    return OmegaConf.create({
+        "seed": 7, "run_dir": str(run_dir), "data": {"source": source},
+        "logger": {"name": "wandb", "mode": "auto", "project": "test", "entity": None, "group": None,
+                   "log_transcripts": "auto", "log_artifacts": True, **logger},
+    })
+
+
+def _fake_run_folder(run_dir: Path) -> None:
+    """What the stages leave behind: a build report, two model folders, an evaluation."""
+    import matplotlib.pyplot as plt
+
+    dataset = run_dir.parent / "datasets" / "fp123"
+    dataset.mkdir(parents=True)
+    (dataset / "README.md").write_text("# card\n10 clips\n")
+    (dataset / "data.arrow").write_bytes(b"audio and " + SECRET_WORDS.encode())
+    (run_dir / "build_report.json").write_text(json.dumps({
+        "dataset_path": str(dataset), "fingerprint": "fp123", "records_in": 12, "records_kept": 10,
+        "records_quarantined": 2, "splits": {"train": 8, "validation": 1, "test": 1}}))
+    for stage in ("asr", "nlu"):
+        (run_dir / stage).mkdir()
+        (run_dir / stage / "model.safetensors").write_bytes(b"weights")
+        (run_dir / stage / f"{stage}_metrics.json").write_text(json.dumps({f"{stage}/best": 0.5}))
+    (run_dir / "metrics.json").write_text(json.dumps({"asr/wer": 0.25, "wake/auc": 0.97, "slu/slu_f1": 0.6}))
+    (run_dir / "predictions.jsonl").write_text(json.dumps({"reference": SECRET_WORDS}) + "\n")
+    (run_dir / "report.md").write_text(f"worst: {SECRET_WORDS}\n")
+    plt.plot(np.arange(3))
+    plt.savefig(run_dir / "det_curve.png")
+    plt.close()
+
+
+def _all_bytes(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def test_resolve_mode_is_offline_without_a_key() -> None:
+    assert resolve_mode("auto", {}) == "offline"
+    assert resolve_mode("auto", {"WANDB_API_KEY": "k"}) == "online"
+    assert resolve_mode("auto", {"WANDB_API_KEY": "k", "WANDB_MODE": "offline"}) == "offline"
+    assert resolve_mode("online", {}) == "online"
+
+
+def test_run_logs_config_curves_summary_artifacts_and_resumes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    configure_environment(run_dir, tmp_path / "cache")
+    _fake_run_folder(run_dir)
+    tracker = make_wandb_tracker(_cfg(run_dir), run_dir, tags=["data", "asr", "nlu", "eval"])
+    for step in range(3):
+        tracker.log_metrics({"asr/train_loss": 3.0 - step}, step=step * 10)
+    for step in range(2):  # NLU counts its own steps from 0 again
+        tracker.log_metrics({"nlu/train_loss": 1.0 - step}, step=step)
+    tracker.log_summary({"eval/num_clips": 1})
+    tracker.log_table("predictions", ["utterance_id", "transcript", "hypothesis", "intent"],
+                      [["utt_ab12", SECRET_WORDS, SECRET_WORDS, "call_query"]])
+    tracker.finish()
+
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    [log] = transaction_logs(run_dir / "wandb")
+    run = read_offline_run(log)
+    assert run.run_id == run_id
+    assert run.config["seed"] == 7 and run.config["dataset_fingerprint"] == "fp123"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert run.config["git_commit"].startswith(commit)
+    assert sorted(run.tags) == ["asr", "data", "eval", "nlu"]
+    asr_rows = [r for r in run.history if "asr/train_loss" in r]
+    nlu_rows = [r for r in run.history if "nlu/train_loss" in r]
+    assert [r["asr/step"] for r in asr_rows] == [0, 10, 20]
+    assert [(r["nlu/step"], r["nlu/train_loss"]) for r in nlu_rows] == [(0, 1.0), (1, 0.0)]
+    assert run.summary["asr/wer"] == 0.25 and run.summary["data/fingerprint"] == "fp123"
+    assert run.summary["eval/num_clips"] == 1 and "plots/det_curve" in run.summary
+    arts = run.artifacts
+    assert arts["dataset"]["type"] == "dataset" and arts["dataset"]["metadata"]["fingerprint"] == "fp123"
+    assert "README.md" in arts["dataset"]["files"] and all(r.startswith("file://") for r in arts["dataset"]["references"])
+    assert arts["asr-model"]["metadata"]["inputs"] == ["dataset:dataset"]
+    assert arts["evaluation"]["metadata"]["metrics"]["wake/auc"] == 0.97
+    assert set(arts["evaluation"]["metadata"]["inputs"]) == {"dataset:dataset", "asr-model:model", "nlu-model:model"}
+    assert "predictions.jsonl" not in arts["evaluation"]["files"]
+    # Transcripts are off for a non-demo corpus: no trace of what was said, anywhere W&B wrote.
+    assert b"jenny" not in _all_bytes(run_dir / "wandb")
+    assert b"jenny" not in _all_bytes(tmp_path / "cache" / "wandb")
+    table = json.loads(next((run_dir / "wandb").rglob("predictions_*.table.json")).read_text())
+    assert table["columns"] == ["utterance_id", "intent"]
+
+    # The same run folder continues the same W&B run.
+    tracker = make_wandb_tracker(_cfg(run_dir), run_dir, tags=["eval"])
+    tracker.log_summary({"eval/rerun": 1})
+    tracker.finish()
+    logs = transaction_logs(run_dir / "wandb")
+    assert len(logs) == 2 and {read_offline_run(p).run_id for p in logs} == {run_id}
+
+
+def test_demo_corpus_logs_transcripts(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    configure_environment(run_dir, tmp_path / "cache")
+    tracker = make_wandb_tracker(_cfg(run_dir, source="demo", log_artifacts=False), run_dir, tags=[])
+    tracker.log_table("predictions", ["utterance_id", "transcript"], [["utt_1", SECRET_WORDS]])
+    tracker.finish()
+    table = json.loads(next((run_dir / "wandb").rglob("predictions_*.table.json")).read_text())
+    assert table["columns"] == ["utterance_id", "transcript"] and table["data"][0][1] == SECRET_WORDS
+
+
+def test_multirun_gives_one_folder_and_one_grouped_run_per_point(tmp_path: Path) -> None:
+    sweep = tmp_path / "multirun"
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "stages=[]", "seed=1,2", f"hydra.sweep.dir={sweep}",
+         f"cache_dir={tmp_path / 'cache'}", "logger.log_artifacts=false"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    points = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in points] == ["0", "1"]
+    runs = [read_offline_run(log) for p in points for log in transaction_logs(p / "wandb")]
+    assert len(runs) == 2
+    assert len({r.run_id for r in runs}) == 2
+    assert len({r.group for r in runs}) == 1 and runs[0].group.startswith("sweep-")
+    names = sorted(r.name for r in runs)
+    assert names[0].startswith("0:") and "seed=1" in names[0] and "seed=2" in names[1]
+    assert sorted(r.config["seed"] for r in runs) == [1, 2]
