@@ -62,6 +62,7 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     if (out / "annotations.jsonl").exists():
         return out / "annotations.jsonl", deletions
 
+    _remove_abandoned(out)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "audio").mkdir(parents=True)
@@ -88,6 +89,17 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / "annotations.jsonl", deletions
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Delete temporary folders of this export left by killed runs (their process is gone)."""
+    for tmp in out.parent.glob(f".tmp-{out.name}-*"):
+        try:
+            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
 
 
 def _knobs(data_cfg: DictConfig | Mapping[str, Any]) -> DemoKnobs:

@@ -1,0 +1,140 @@
+"""The demo corpus: the shipped text is sound, and its synthesised export is a valid, cached,
+deterministic canonical export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from omegaconf import OmegaConf
+
+from pipeline.data.annotations import align_to_transcript, parse_inline
+from pipeline.data.demo import DEMO_DIR, EXPORT_FIELDS, ensure_demo_export, unknown_voices
+from pipeline.runtime import PipelineError
+from pipeline.text import normalize_text
+
+SMALL = {"demo": {"max_utterances": 20, "seed": 0}}
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def shipped() -> list[dict]:
+    return _jsonl(DEMO_DIR / "utterances.jsonl")
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path | None]:
+    return ensure_demo_export(OmegaConf.create(SMALL), tmp_path_factory.mktemp("cache"))
+
+
+def test_shipped_corpus_is_what_the_demo_needs(shipped: list[dict]) -> None:
+    ids = [r["utterance_id"] for r in shipped]
+    assert len(ids) == len(set(ids)) and 1500 <= len(ids) <= 2000
+    false_wakes = [r for r in shipped if not r["wake_word_present"]]
+    assert 0.15 <= len(false_wakes) / len(shipped) <= 0.20
+    assert all(r["intent"] is None for r in false_wakes)
+    firsts = Counter(r["transcript"].split()[0] for r in false_wakes)
+    for near_miss in ("alexander", "alexandra", "alex", "election", "a"):
+        assert firsts[near_miss] > 0, near_miss
+    assert firsts["alexa"] == 0
+    for r in shipped:
+        assert r["transcript"].startswith("alexa ") == r["wake_word_present"], r["utterance_id"]
+        assert (r["intent"] is not None) == r["wake_word_present"], r["utterance_id"]
+        assert normalize_text(r["transcript"]) == r["transcript"], r["utterance_id"]
+        assert "olly" not in r["transcript"].split()
+        assert len(r["transcript"].split()) <= 8
+        plain, entities = parse_inline(r["annotation"])
+        align_to_transcript(r["transcript"], plain, entities)
+    assert len({r["intent"].split("_")[0] for r in shipped if r["intent"]}) <= 6
+    assert len({w for r in shipped for w in r["transcript"].split()}) <= 400
+    assert any(r["flags"] == ["sensitive"] for r in shipped)
+    assert unknown_voices({r["voice"] for r in shipped}) == []
+
+
+def test_shipped_deletions_name_existing_clips_and_accounts(shipped: list[dict]) -> None:
+    requests = _jsonl(DEMO_DIR / "deletions.jsonl")
+    ids = {r["utterance_id"] for r in shipped}
+    accounts = {r["account_id"] for r in shipped}
+    assert any("utterance_id" in d for d in requests) and any("account_id" in d for d in requests)
+    for d in requests:
+        assert d.get("utterance_id", next(iter(ids))) in ids
+        assert d.get("account_id", next(iter(accounts))) in accounts
+
+
+def test_small_export_is_a_valid_canonical_export(small_export: tuple[Path, Path | None]) -> None:
+    annotations, deletions = small_export
+    records = _jsonl(annotations)
+    assert len(records) == 20
+    assert deletions is not None and _jsonl(deletions) == _jsonl(DEMO_DIR / "deletions.jsonl")
+    assert 0 < sum(not r["wake_word_present"] for r in records) < 20
+    for r in records:
+        assert set(r) == set(EXPORT_FIELDS)
+        plain, entities = parse_inline(r["annotation"])
+        align_to_transcript(r["transcript"], plain, entities)
+        wav = annotations.parent / r["audio"]
+        audio, rate = sf.read(wav, dtype="float32")
+        assert audio.ndim == 1 and rate in (16000, 22050)
+        seconds = len(audio) / rate
+        # espeak-ng at 135-195 words per minute, plus a little silence at the ends.
+        assert 0.15 <= seconds / len(r["transcript"].split()) <= 0.8, (r["transcript"], seconds)
+        assert float((audio**2).mean()) > 1e-4, r["utterance_id"]
+
+
+def test_second_call_reuses_the_export(small_export: tuple[Path, Path | None]) -> None:
+    annotations, _ = small_export
+    files = [annotations, *sorted((annotations.parent / "audio").iterdir())]
+    before = {p: p.stat().st_mtime_ns for p in files}
+    cache_dir = annotations.parents[2]
+    assert ensure_demo_export(OmegaConf.create(SMALL), cache_dir)[0] == annotations
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+    assert [p.name for p in (cache_dir / "demo").iterdir()] == [annotations.parent.name]  # no temp left
+
+
+def test_same_knobs_give_the_same_export_and_another_seed_another(
+    small_export: tuple[Path, Path | None], tmp_path: Path
+) -> None:
+    annotations, _ = small_export
+    again, _ = ensure_demo_export(OmegaConf.create(SMALL), tmp_path / "a")
+    assert again.read_bytes() == annotations.read_bytes()
+    for r in _jsonl(again):
+        assert (again.parent / r["audio"]).read_bytes() == (annotations.parent / r["audio"]).read_bytes()
+    other, _ = ensure_demo_export({"demo": {"max_utterances": 20, "seed": 1}}, tmp_path / "a")
+    assert other.parent != again.parent
+    assert {r["utterance_id"] for r in _jsonl(other)} != {r["utterance_id"] for r in _jsonl(again)}
+
+
+def test_bad_knobs_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match=r"data\.demo.*max_utterance"):
+        ensure_demo_export({"demo": {"max_utterance": 20}}, tmp_path)
+    with pytest.raises(PipelineError, match=r"data\.demo\.max_utterances=0"):
+        ensure_demo_export({"demo": {"max_utterances": 0}}, tmp_path)
+
+
+def test_killed_synthesis_leaves_no_export_and_the_next_call_succeeds(tmp_path: Path) -> None:
+    knobs = {"demo": {"max_utterances": 300, "workers": 1}}
+    code = (
+        "from pathlib import Path; from pipeline.data.demo import ensure_demo_export; "
+        f"ensure_demo_export({knobs!r}, Path({str(tmp_path)!r}))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(list((tmp_path / "demo").glob(".tmp-*/audio/*.wav"))) < 10:
+        assert proc.poll() is None, "synthesis finished before it could be interrupted"
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert [p.name.startswith(".tmp-") for p in (tmp_path / "demo").iterdir()] == [True]
+
+    annotations, _ = ensure_demo_export(knobs, tmp_path)
+    assert len(_jsonl(annotations)) == 300
+    assert all((annotations.parent / r["audio"]).exists() for r in _jsonl(annotations))
+    assert [p.name for p in (tmp_path / "demo").iterdir()] == [annotations.parent.name]
