@@ -1,0 +1,191 @@
+"""Scores for transcripts, intents and entities, each a plain function of references and predictions.
+
+Every function takes already-aligned lists (one item per clip) so that the same code scores gold
+transcripts, ASR hypotheses and any slice of them. Texts go through `normalize_text` here, not in
+the callers, so a WER can never be computed on un-normalised strings by accident.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import jiwer
+from sklearn.metrics import f1_score
+
+from pipeline.text import normalize_text
+
+Entity = dict[str, Any]  # {"type", "value", ...}: only type and value are scored
+
+
+def wer(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus WER: total word errors over total reference words (not a mean of per-clip WERs)."""
+    refs, hyps = _normalized_pairs(references, hypotheses)
+    return float(jiwer.wer(refs, hyps))
+
+
+def cer(references: list[str], hypotheses: list[str]) -> float:
+    refs, hyps = _normalized_pairs(references, hypotheses)
+    return float(jiwer.cer(refs, hyps))
+
+
+def utterance_wer(reference: str, hypothesis: str) -> float:
+    return wer([reference], [hypothesis])
+
+
+def _normalized_pairs(references: list[str], hypotheses: list[str]) -> tuple[list[str], list[str]]:
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    if not references:
+        raise ValueError("no utterances to score")
+    refs = [normalize_text(r) for r in references]
+    # jiwer refuses an empty reference; a clip with nothing to say cannot have a word error rate.
+    keep = [i for i, r in enumerate(refs) if r]
+    if not keep:
+        raise ValueError("every reference is empty after normalisation")
+    return [refs[i] for i in keep], [normalize_text(hypotheses[i]) for i in keep]
+
+
+def wer_by_slice(
+    references: list[str], hypotheses: list[str], slices: list[str]
+) -> dict[str, dict[str, float]]:
+    """WER and clip count per slice value (speaker, intent, duration bucket...)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, key in enumerate(slices):
+        groups[str(key)].append(i)
+    out: dict[str, dict[str, float]] = {}
+    for key in sorted(groups):
+        idx = [i for i in groups[key] if normalize_text(references[i])]
+        if idx:
+            out[key] = {
+                "wer": wer([references[i] for i in idx], [hypotheses[i] for i in idx]),
+                "clips": len(idx),
+            }
+    return out
+
+
+def duration_bucket(seconds: float, edges: list[float]) -> str:
+    """'<2s', '2-4s', '>=8s' style labels, so slices sort and read naturally in the report."""
+    edges = sorted(edges)
+    if seconds < edges[0]:
+        return f"<{edges[0]:g}s"
+    for lo, hi in zip(edges, edges[1:]):
+        if lo <= seconds < hi:
+            return f"{lo:g}-{hi:g}s"
+    return f">={edges[-1]:g}s"
+
+
+def intent_scores(gold: list[str], predicted: list[str]) -> dict[str, float]:
+    """Accuracy and macro F1 over every intent seen in gold or predictions."""
+    if not gold:
+        raise ValueError("no intents to score")
+    accuracy = sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold)
+    labels = sorted(set(gold) | set(predicted))
+    macro = f1_score(gold, predicted, labels=labels, average="macro", zero_division=0)
+    return {"accuracy": float(accuracy), "macro_f1": float(macro)}
+
+
+@dataclass
+class Counts:
+    tp: float = 0.0
+    fp: float = 0.0
+    fn: float = 0.0
+
+    def f1(self) -> float:
+        """F1 from counts; 0 when nothing was predicted nor expected (no entities to find)."""
+        denom = 2 * self.tp + self.fp + self.fn
+        return 0.0 if denom == 0 else 2 * self.tp / denom
+
+
+def _key(entity: Entity) -> tuple[str, str]:
+    return str(entity["type"]), normalize_text(str(entity["value"]))
+
+
+def entity_scores(gold: list[list[Entity]], predicted: list[list[Entity]]) -> dict[str, Any]:
+    """Exact-match entity F1: a prediction counts when its type and normalised value match a gold
+    entity of the same clip, one to one. Values, not offsets, are compared, so the same function
+    scores predictions on ASR hypotheses, whose offsets mean nothing against the transcript."""
+    per_type: dict[str, Counts] = defaultdict(Counts)
+    for gold_ents, pred_ents in zip(gold, predicted, strict=True):
+        remaining = Counter(_key(e) for e in gold_ents)
+        for ent in pred_ents:
+            key = _key(ent)
+            if remaining[key] > 0:
+                remaining[key] -= 1
+                per_type[key[0]].tp += 1
+            else:
+                per_type[key[0]].fp += 1
+        for (etype, _), left in remaining.items():
+            per_type[etype].fn += left
+    return _summarise(per_type)
+
+
+def _summarise(per_type: dict[str, Counts]) -> dict[str, Any]:
+    total = Counts(
+        sum(c.tp for c in per_type.values()),
+        sum(c.fp for c in per_type.values()),
+        sum(c.fn for c in per_type.values()),
+    )
+    return {
+        "f1": total.f1(),
+        "per_type": {t: {"f1": c.f1(), "tp": c.tp, "fp": c.fp, "fn": c.fn} for t, c in sorted(per_type.items())},
+    }
+
+
+def word_distance(gold: str, predicted: str) -> float:
+    """SLURP's word-level distance: the WER of the predicted value against the gold one (uncapped)."""
+    return float(jiwer.wer(gold, predicted)) if gold else float(bool(predicted))
+
+
+def char_distance(gold: str, predicted: str) -> float:
+    """SLURP's character-level distance: Levenshtein distance over the longer string's length."""
+    longest = max(len(gold), len(predicted))
+    if longest == 0:
+        return 0.0
+    if not gold or not predicted:
+        return 1.0
+    out = jiwer.process_characters(gold, predicted)
+    return (out.substitutions + out.deletions + out.insertions) / longest
+
+
+def _distance_counts(
+    gold: list[list[Entity]], predicted: list[list[Entity]], distance: Any
+) -> dict[str, Counts]:
+    """SLURP's span-distance counts: each prediction pairs with the closest still-unmatched gold
+    entity of its type; the pair is one true positive plus its distance as both FP and FN."""
+    per_type: dict[str, Counts] = defaultdict(Counts)
+    for gold_ents, pred_ents in zip(gold, predicted, strict=True):
+        left = [_key(e) for e in gold_ents]
+        for ent in pred_ents:
+            etype, value = _key(ent)
+            candidates = [(distance(g_value, value), j) for j, (g_type, g_value) in enumerate(left) if g_type == etype]
+            if candidates:
+                d, j = min(candidates)
+                per_type[etype].tp += 1
+                per_type[etype].fp += d
+                per_type[etype].fn += d
+                left.pop(j)
+            else:
+                per_type[etype].fp += 1
+        for g_type, _ in left:
+            per_type[g_type].fn += 1
+    return per_type
+
+
+def slu_f1(gold: list[list[Entity]], predicted: list[list[Entity]]) -> dict[str, Any]:
+    """SLU-F1 as SLURP scores it: word- and character-distance counts summed, then one F1
+    (P = 2TP / (2TP + FP_word + FP_char)), not the mean of two F1 scores."""
+    word = _distance_counts(gold, predicted, word_distance)
+    char = _distance_counts(gold, predicted, char_distance)
+    combined: dict[str, Counts] = {}
+    for etype in set(word) | set(char):
+        w, c = word.get(etype, Counts()), char.get(etype, Counts())
+        combined[etype] = Counts(w.tp + c.tp, w.fp + c.fp, w.fn + c.fn)
+    return _summarise(combined)
+
+
+def worst_utterances(rows: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The `n` clips with the highest WER (ties: longest reference first), for a person to read."""
+    scored = [r for r in rows if r.get("wer") is not None]
+    return sorted(scored, key=lambda r: (-r["wer"], -len(r["reference"]), r["utterance_id"]))[:n]

@@ -1,0 +1,164 @@
+"""Wake-word detection from the ASR model's CTC output: a score per clip, a threshold, error rates.
+
+Why not a string match on the greedy transcript: that gives a yes/no, so no threshold can trade
+false rejects for false accepts and no ROC or DET curve exists. Instead each clip gets a keyword
+log-likelihood ratio: the best CTC alignment of the keyword's characters, followed by a word
+boundary, within the clip's first `window` frames, minus the best unconstrained path over the same
+frames. It is 0 when the model's own best path already says "alexa " there and falls as the
+acoustics disagree. The trailing word boundary is what separates "alexa" from "alexander".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+
+NEG_INF = float("-inf")
+
+
+def keyword_states(keyword_ids: list[int], blank_id: int) -> list[int]:
+    """The CTC state sequence of a keyword: blank, k1, blank, k2, ..., kn, blank."""
+    states = [blank_id]
+    for token in keyword_ids:
+        states += [token, blank_id]
+    return states
+
+
+def keyword_scores(
+    log_probs: torch.Tensor, lengths: torch.Tensor, keyword_ids: list[int], blank_id: int, window: int
+) -> torch.Tensor:
+    """Keyword log-likelihood ratio per clip (batch x frames x vocab log-probs -> batch scores, <= 0).
+
+    A Viterbi pass over `filler* keyword filler*`, where a filler frame emits the frame's best token:
+    filler frames cancel against the unconstrained best path, so the result is the cost of forcing
+    the keyword onto the one segment where it fits best. The keyword must end within `window`
+    frames of the start. A clip shorter than the keyword scores -inf.
+    """
+    batch, frames, _ = log_probs.shape
+    states = keyword_states(keyword_ids, blank_id)
+    n_states = len(states)
+    emit = log_probs[:, :, states].float()  # batch x frames x states
+    best = log_probs.max(dim=-1).values.float()  # batch x frames: the filler's emission
+    # A state may be skipped from two back when it is a token and differs from the token two back
+    # (the usual CTC rule: a blank is needed between repeated characters).
+    skip = torch.tensor(
+        [i >= 2 and states[i] != blank_id and states[i] != states[i - 2] for i in range(n_states)]
+    )
+    # Entering the keyword: its leading blank or its first token, right after a filler frame.
+    enter = torch.tensor([i in (0, 1) for i in range(n_states)])
+    finals = [n_states - 2, n_states - 1]
+    score = torch.full((batch, n_states), NEG_INF)
+    ratio = torch.full((batch,), NEG_INF)
+    horizon = min(frames, window)
+    for t in range(horizon):
+        prev = score
+        stay = prev
+        step = torch.cat([torch.full((batch, 1), NEG_INF), prev[:, :-1]], dim=1)
+        jump = torch.cat([torch.full((batch, 2), NEG_INF), prev[:, :-2]], dim=1)
+        jump = torch.where(skip, jump, torch.full_like(jump, NEG_INF))
+        # Prefix filler frames cost nothing relative to the best path, so entering is free.
+        entry = torch.where(enter, torch.zeros_like(prev), torch.full_like(prev, NEG_INF))
+        prev_best = torch.maximum(torch.maximum(stay, step), torch.maximum(jump, entry))
+        score = prev_best + emit[:, t] - best[:, t].unsqueeze(1)
+        valid = (t < lengths).unsqueeze(1)
+        score = torch.where(valid, score, torch.full_like(score, NEG_INF))
+        ratio = torch.maximum(ratio, score[:, finals].max(dim=1).values)
+    return ratio
+
+
+@dataclass(frozen=True)
+class WakeResult:
+    threshold: float
+    frr: float
+    fa_per_hour: float
+    auc: float
+    eer: float
+    positives: int
+    negatives: int
+    negative_hours: float
+
+
+def tune_threshold(scores: np.ndarray, labels: np.ndarray, durations: np.ndarray, target_fa_per_hour: float) -> float:
+    """The most permissive threshold (lowest FRR) whose false accepts per hour on these clips stay
+    within the target. Accept means score >= threshold. The threshold sits halfway to the next
+    score above the last rejected negative, so it does not hug a single validation clip."""
+    neg = np.sort(scores[~labels])[::-1]
+    if neg.size == 0:
+        raise ValueError("no negative clips to tune the wake-word threshold on")
+    hours = float(durations[~labels].sum()) / 3600.0
+    allowed = int(math.floor(target_fa_per_hour * hours + 1e-9))
+    if allowed >= neg.size:
+        return float(np.min(scores))
+    floor = float(neg[allowed])  # the highest-scoring negative that must be rejected
+    above = np.unique(scores[scores > floor])
+    above = above[np.isfinite(above)]
+    if above.size == 0:
+        return float(np.nextafter(floor, np.inf)) if np.isfinite(floor) else 0.0
+    if not np.isfinite(floor):
+        return float(above[0]) - 1.0
+    return float((floor + above[0]) / 2.0)
+
+
+def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Where the false reject and false accept rates cross, interpolated between ROC points."""
+    fpr, tpr, _ = roc_curve(labels, _finite(scores))
+    fnr = 1.0 - tpr
+    diff = fnr - fpr
+    i = int(np.argmax(diff <= 0))  # first point where FRR no longer exceeds FAR
+    if i == 0:
+        return float(fpr[0])
+    d0, d1 = diff[i - 1], diff[i]
+    w = d0 / (d0 - d1) if d0 != d1 else 0.0
+    return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
+
+
+def _finite(scores: np.ndarray) -> np.ndarray:
+    """-inf (clip too short for the keyword) becomes just below the lowest finite score."""
+    finite = scores[np.isfinite(scores)]
+    low = float(finite.min()) - 1.0 if finite.size else -1.0
+    return np.where(np.isfinite(scores), scores, low)
+
+
+def evaluate_wake(
+    scores: np.ndarray, labels: np.ndarray, durations: np.ndarray, threshold: float
+) -> WakeResult:
+    """FRR and false accepts per hour of negative audio at `threshold`, plus ROC AUC and EER."""
+    labels = labels.astype(bool)
+    pos, neg = scores[labels], scores[~labels]
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("wake-word scoring needs both clips with and without the wake word")
+    hours = float(durations[~labels].sum()) / 3600.0
+    return WakeResult(
+        threshold=float(threshold),
+        frr=float(np.mean(pos < threshold)),
+        fa_per_hour=float(np.sum(neg >= threshold) / hours) if hours > 0 else float("nan"),
+        auc=float(roc_auc_score(labels, _finite(scores))),
+        eer=equal_error_rate(labels, scores),
+        positives=int(pos.size),
+        negatives=int(neg.size),
+        negative_hours=hours,
+    )
+
+
+def plot_det(labels: np.ndarray, scores: np.ndarray, result: WakeResult, path: Path) -> Path:
+    """DET curve (probit axes, sklearn's display) with the tuned operating point marked."""
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+    from sklearn.metrics import DetCurveDisplay
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    DetCurveDisplay.from_predictions(labels.astype(bool), _finite(scores), ax=ax, name="wake word")
+    far = float(np.mean(scores[~labels.astype(bool)] >= result.threshold))
+    clip = lambda p: min(max(p, 1e-3), 1 - 1e-3)  # noqa: E731 - probit of 0 or 1 is infinite
+    ax.plot(norm.ppf(clip(far)), norm.ppf(clip(result.frr)), "o", color="red", label="tuned threshold")
+    ax.set_title(f"Wake word DET (EER {result.eer:.3f}, AUC {result.auc:.3f})")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,95 @@
+"""The CTC keyword scorer on hand-built posteriors, and the detection metrics on hand-worked scores."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.eval.wake import equal_error_rate, evaluate_wake, keyword_scores, tune_threshold
+
+VOCAB = ["<pad>", "<unk>", "|", "a", "l", "e", "x", "n", "d", "r", "p", "y", "c", "t", "i", "o"]
+ID = {t: i for i, t in enumerate(VOCAB)}
+KEYWORD = [ID[c] for c in "alexa|"]
+P_TOP = 0.9
+# Log-ratio of forcing one frame to a token the model gives (1 - P_TOP) / (V - 1) instead of P_TOP.
+ONE_SUBSTITUTION = math.log((1 - P_TOP) / (len(VOCAB) - 1) / P_TOP)
+
+
+def posteriors(frames: str) -> torch.Tensor:
+    """One frame per character ('_' = blank), each with P_TOP on that token, the rest shared."""
+    rest = (1 - P_TOP) / (len(VOCAB) - 1)
+    probs = torch.full((len(frames), len(VOCAB)), rest)
+    for t, ch in enumerate(frames):
+        probs[t, ID["<pad>" if ch == "_" else ch]] = P_TOP
+    return probs.log()
+
+
+def score(frames: str, window: int = 100) -> float:
+    lp = posteriors(frames).unsqueeze(0)
+    return float(keyword_scores(lp, torch.tensor([lp.shape[1]]), KEYWORD, ID["<pad>"], window)[0])
+
+
+def test_keyword_on_the_best_path_scores_zero() -> None:
+    assert score("__a_l_e_x_a_|_p_l_a_y") == pytest.approx(0.0, abs=1e-5)
+    # Repeated frames of one character collapse as in CTC.
+    assert score("aallexxxa||play") == pytest.approx(0.0, abs=1e-5)
+
+
+def test_near_misses_cost_exactly_their_substituted_frames() -> None:
+    # "alexander": the word boundary must replace one frame ("n" or a blank): one substitution.
+    assert score("_a_l_e_x_a_n_d_e_r") == pytest.approx(ONE_SUBSTITUTION, rel=1e-4)
+    # "alexa" as the clip's last frames has no frame left for the boundary: the last "a" must move
+    # onto the blank before it and the boundary onto the last "a": two substitutions.
+    assert score("_a_l_e_x_a") == pytest.approx(2 * ONE_SUBSTITUTION, rel=1e-4)
+    # "election": cheapest is e->a, c->x, t->a, i->| ("ele" matches as "le" + free prefix "e"): 4 frames.
+    election = score("_e_l_e_c_t_i_o_n")
+    assert election == pytest.approx(4 * ONE_SUBSTITUTION, rel=1e-4)
+    assert election < score("_a_l_e_x_a_n_d_e_r") < score("_a_l_e_x_a_|_p_l_a_y")
+
+
+def test_keyword_must_end_within_the_window() -> None:
+    frames = "p_l_a_y_|_a_l_e_x_a_|"
+    assert score(frames, window=len(frames)) == pytest.approx(0.0, abs=1e-5)
+    assert score(frames, window=10) < ONE_SUBSTITUTION  # only a partial keyword fits
+    assert score("alex", window=100) == float("-inf")  # too short to hold the keyword at all
+
+
+def test_padded_frames_are_ignored_in_a_batch() -> None:
+    short, long = posteriors("_a_l_e_x_a_n"), posteriors("_a_l_e_x_a_|_p_l_a_y_")
+    padded = torch.full_like(long, math.log(1 / len(VOCAB)))
+    # Padding that spells the boundary right after the short clip must not make it a match.
+    padded[: short.shape[0]] = short
+    padded[short.shape[0], :] = math.log((1 - P_TOP) / (len(VOCAB) - 1))
+    padded[short.shape[0], ID["|"]] = math.log(P_TOP)
+    batch = torch.stack([padded, long])
+    scores = keyword_scores(batch, torch.tensor([short.shape[0], long.shape[0]]), KEYWORD, ID["<pad>"], 100)
+    assert float(scores[0]) == pytest.approx(ONE_SUBSTITUTION, rel=1e-4)
+    assert float(scores[1]) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_detection_metrics_by_hand() -> None:
+    scores = np.array([0.9, 0.8, 0.4, 0.7, 0.3, 0.2])
+    labels = np.array([True, True, True, False, False, False])
+    durations = np.array([1.0, 1.0, 1.0, 1200.0, 1200.0, 1200.0])  # one hour of negative audio
+    result = evaluate_wake(scores, labels, durations, threshold=0.5)
+    assert result.frr == pytest.approx(1 / 3)  # 0.4 is rejected
+    assert result.fa_per_hour == pytest.approx(1.0)  # 0.7 is accepted, in one hour
+    assert result.auc == pytest.approx(8 / 9)  # 8 of the 9 positive/negative pairs are ordered
+    # At threshold 0.7: FAR 1/3 (0.7) and FRR 1/3 (0.4): the rates cross there.
+    assert result.eer == pytest.approx(1 / 3)
+    assert equal_error_rate(labels, -scores) == pytest.approx(2 / 3)
+
+
+def test_threshold_tuned_for_target_false_accepts_per_hour() -> None:
+    scores = np.array([0.9, 0.6, 0.7, 0.5, 0.1])
+    labels = np.array([True, True, False, False, False])
+    durations = np.array([1.0, 1.0, 1200.0, 1200.0, 1200.0])  # one hour of negatives
+    # One false accept per hour allowed: 0.7 may pass, 0.5 must not; halfway to the next score (0.6).
+    assert tune_threshold(scores, labels, durations, 1.0) == pytest.approx(0.55)
+    # None allowed: reject 0.7 too; halfway to 0.9.
+    assert tune_threshold(scores, labels, durations, 0.0) == pytest.approx(0.8)
+    # More allowed than there are negatives: accept everything.
+    assert tune_threshold(scores, labels, durations, 10.0) == pytest.approx(0.1)
