@@ -72,7 +72,7 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
         log.warning("demo: this espeak-ng lacks voice(s) %s; they fall back to its default", missing)
     try:
         started = time.perf_counter()
-        _synthesise(records, tmp, knobs.workers or len(os.sched_getaffinity(0)))
+        _synthesise(records, tmp, knobs.workers or _usable_cores())
         log.info("demo: synthesised %d clips with %s in %.1f s", len(records), espeak,
                  time.perf_counter() - started)
         with open(tmp / "annotations.jsonl", "w", encoding="utf-8") as f:
@@ -89,6 +89,11 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / "annotations.jsonl", deletions
+
+
+def _usable_cores() -> int:
+    # The cores this process may use (a container's limit), not the machine's.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _remove_abandoned(out: Path) -> None:
