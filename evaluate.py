@@ -1,0 +1,48 @@
+"""Re-evaluate a finished run: `python evaluate.py run=<run folder>` (see conf/evaluate.yaml).
+
+Also takes explicit `asr_model=`, `nlu_model=` and `dataset=` paths. Writes into the run folder.
+"""
+
+import json
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from pipeline.runtime import PipelineError, configure_environment, fail, seed_everything
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    from pipeline.eval.run import run_eval_stage
+    from pipeline.stages import _make_tracker
+
+    try:
+        run_dir = Path(cfg.run_dir).resolve()
+        configure_environment(run_dir, Path(cfg.cache_dir).resolve())
+        seed_everything(int(cfg.seed))
+        dataset = _dataset_path(cfg, run_dir)
+        tracker = _make_tracker(cfg, run_dir, ["eval"])
+        try:
+            metrics = run_eval_stage(cfg, run_dir, dataset, tracker)
+        finally:
+            tracker.finish()
+        print(json.dumps({k: v for k, v in metrics.items()}, indent=2))
+        print(f"evaluation written to {run_dir}")
+    except PipelineError as err:
+        fail(str(err))
+
+
+def _dataset_path(cfg: DictConfig, run_dir: Path) -> Path:
+    if cfg.dataset:
+        return Path(cfg.dataset).resolve()
+    report = run_dir / "build_report.json"
+    if not report.exists():
+        raise PipelineError(
+            f"{report} does not exist: pass run=<a finished run folder>, or dataset=<built dataset folder>"
+        )
+    return Path(json.loads(report.read_text())["dataset_path"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""The evaluation report a person reads in a minute: report.md, and the same content as report.html.
+
+Both are rendered from one list of blocks (heading, paragraph, table, image), so they cannot drift
+apart; the HTML embeds the plots as data URIs so it can be mailed or attached as one file.
+Only what is in the eval rows appears, and those carry pseudonymous speaker ids only.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+Block = tuple[str, Any]  # ("h1"|"h2"|"p", text) | ("table", (header, rows)) | ("img", (alt, path))
+
+_HEADLINE_ROWS = [
+    ("ASR", "word error rate", "asr/wer"),
+    ("ASR", "character error rate", "asr/cer"),
+    ("Wake word", "false reject rate (tuned threshold)", "wake/frr"),
+    ("Wake word", "false accepts per hour", "wake/fa_per_hour"),
+    ("Wake word", "ROC AUC", "wake/auc"),
+    ("Wake word", "equal error rate", "wake/eer"),
+    ("NLU (gold transcripts)", "intent accuracy", "nlu/intent_accuracy"),
+    ("NLU (gold transcripts)", "intent macro F1", "nlu/intent_macro_f1"),
+    ("NLU (gold transcripts)", "entity F1", "nlu/entity_f1"),
+    ("SLU (ASR transcripts)", "intent accuracy", "slu/intent_accuracy"),
+    ("SLU (ASR transcripts)", "entity F1", "slu/entity_f1"),
+    ("SLU (ASR transcripts)", "SLU-F1 (SLURP)", "slu/slu_f1"),
+    ("Data", "clips", "eval/num_clips"),
+    ("Data", "audio hours", "eval/audio_hours"),
+    ("Speed", "audio seconds per compute second", "eval/rtf"),
+]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
+    blocks: list[Block] = [("h1", "Evaluation report")]
+    blocks.append(("table", (["area", "metric", "key", "value"],
+                             [[a, name, f"`{key}`", _fmt(metrics.get(key))] for a, name, key in _HEADLINE_ROWS])))
+    wake = details.get("wake")
+    if wake:
+        blocks.append(("p", f"Wake-word threshold {wake['threshold']:.4f} (tuned on validation); "
+                            f"{wake['positives']} clips with and {wake['negatives']} without the wake word "
+                            f"({wake['negative_hours'] * 3600:.0f} s of negative audio)."))
+    else:
+        blocks.append(("p", "Wake-word metrics: n/a (the split lacks clips with or without the wake word)."))
+    titles = {"wake_det": "Wake word: DET curve", "intent_confusion": "Intent confusion (gold transcripts)",
+              "wer_slices": "WER per slice"}
+    for key, path in plots.items():
+        blocks += [("h2", titles.get(key, key)), ("img", (titles.get(key, key), path))]
+    blocks.append(("h2", "Worst utterances"))
+    blocks.append(("table", (["utterance", "speaker", "WER", "reference", "hypothesis"],
+                             [[w["utterance_id"], w["speaker"], _fmt(w["wer"]), w["reference"], w["hypothesis"]]
+                              for w in details["worst"]])))
+    for name, per_type in (("Entity F1 per type (gold transcripts)", details["nlu_entities_per_type"]),
+                           ("SLU-F1 per type (ASR transcripts)", details["slu_f1_per_type"])):
+        if per_type:
+            blocks.append(("h2", name))
+            blocks.append(("table", (["type", "F1", "TP", "FP", "FN"],
+                                     [[t, _fmt(c["f1"]), _fmt(c["tp"]), _fmt(c["fp"]), _fmt(c["fn"])]
+                                      for t, c in per_type.items()])))
+    return blocks
+
+
+def to_markdown(blocks: list[Block], base: Path) -> str:
+    out: list[str] = []
+    for kind, content in blocks:
+        if kind == "h1":
+            out.append(f"# {content}")
+        elif kind == "h2":
+            out.append(f"## {content}")
+        elif kind == "p":
+            out.append(str(content))
+        elif kind == "img":
+            alt, path = content
+            out.append(f"![{alt}]({Path(path).relative_to(base).as_posix()})")
+        elif kind == "table":
+            header, rows = content
+            cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "---|" * len(header))
+            out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+        out.append("")
+    return "\n".join(out)
+
+
+def to_html(blocks: list[Block]) -> str:
+    out = ["<!doctype html><html><head><meta charset='utf-8'><title>Evaluation report</title>",
+           "<style>body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}"
+           "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style></head><body>"]
+    for kind, content in blocks:
+        if kind in ("h1", "h2"):
+            out.append(f"<{kind}>{html.escape(str(content))}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{html.escape(str(content))}</p>")
+        elif kind == "img":
+            alt, path = content
+            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            out.append(f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>")
+        elif kind == "table":
+            header, rows = content
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
+            for row in rows:
+                cells = "".join(f"<td>{html.escape(str(v).strip('`'))}</td>" for v in row)
+                out.append(f"<tr>{cells}</tr>")
+            out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(run_dir: Path, metrics: dict[str, Any], details: dict[str, Any], plots: dict[str, Path]) -> tuple[Path, Path]:
+    blocks = build_blocks(metrics, details, plots)
+    md, page = run_dir / "report.md", run_dir / "report.html"
+    md.write_text(to_markdown(blocks, run_dir))
+    page.write_text(to_html(blocks))
+    return md, page
+
+
+def plot_confusion(gold: list[str], predicted: list[str], path: Path) -> Path:
+    """Intent confusion matrix; cell counts are printed only while they stay readable."""
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    labels = sorted(set(gold) | set(predicted))
+    size = min(4 + 0.35 * len(labels), 24)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay.from_predictions(
+        gold, predicted, labels=labels, ax=ax, xticks_rotation="vertical", colorbar=False,
+        include_values=len(labels) <= 20,
+    )
+    ax.set_title("Intent confusion (rows: gold)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_slices(wer_by: dict[str, dict[str, dict[str, float]]], path: Path, top: int = 20) -> Path:
+    """One bar chart per slicing (speaker, intent, duration...); the `top` worst values of each."""
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k, v in wer_by.items() if v]
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(7, 1.2 + sum(min(len(wer_by[k]), top) * 0.25 + 0.8 for k in kinds)),
+                             squeeze=False)
+    for ax, kind in zip(axes[:, 0], kinds):
+        items = sorted(wer_by[kind].items(), key=lambda kv: -kv[1]["wer"])[:top][::-1]
+        ax.barh([f"{k} ({int(v['clips'])})" for k, v in items], [v["wer"] for _, v in items], color="tab:blue")
+        ax.set_title(f"WER by {kind}", fontsize=10)
+        ax.tick_params(axis="y", labelsize=8)
+    axes[-1, 0].set_xlabel("WER")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,339 @@
+"""The eval stage: ASR + wake-word scores + NLU on one split, then metrics, predictions and a report.
+
+Everything is computed from one batched pass of the ASR model over each split (sorted by length,
+so padding stays small): the greedy transcript and the wake-word score come from the same CTC
+log-probs. The wake-word threshold is tuned on `eval.tune_split` and only applied to `eval.split`,
+so the reported FRR / false accepts are what a deployed threshold would give on unseen clips.
+NLU metrics count only clips that have an intent (false wakes have none); the wake-word metrics
+count every clip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.eval import metrics as M
+from pipeline.eval.report import plot_confusion, plot_slices, write_report
+from pipeline.eval.wake import evaluate_wake, keyword_scores, plot_det, tune_threshold
+from pipeline.ops.tracking import Tracker
+from pipeline.ops.wandb_tracker import transcripts_allowed
+from pipeline.runtime import PipelineError
+from pipeline.text import normalize_text
+
+log = logging.getLogger(__name__)
+
+HEADLINE = (
+    "asr/wer", "asr/cer", "wake/frr", "wake/fa_per_hour", "wake/auc", "wake/eer",
+    "nlu/intent_accuracy", "nlu/entity_f1", "slu/intent_accuracy", "slu/entity_f1", "slu/slu_f1",
+    "eval/num_clips", "eval/audio_hours", "eval/rtf",
+)
+
+
+@dataclass
+class Inference:
+    """Per clip, in the split's order: greedy transcript and wake-word score; plus timing."""
+
+    hypotheses: list[str]
+    wake_scores: np.ndarray
+    audio_seconds: float
+    compute_seconds: float
+
+
+def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker) -> dict[str, Any]:
+    """Evaluate `run_dir/asr` and `run_dir/nlu` (or `cfg.asr_model` / `cfg.nlu_model`) on the dataset;
+    writes metrics.json, eval_details.json, predictions.jsonl, report.md, report.html and plots/."""
+    ecfg = cfg.eval
+    run_dir = Path(run_dir)
+    wake_word = _wake_word(ecfg)
+    asr_dir = Path(OmegaConf.select(cfg, "asr_model", default=None) or run_dir / "asr")
+    nlu_dir = Path(OmegaConf.select(cfg, "nlu_model", default=None) or run_dir / "nlu")
+    test, val = _load_splits(Path(dataset_path), str(ecfg.split), str(ecfg.tune_split))
+
+    model, processor = load_asr_model(asr_dir, _device(str(ecfg.get("device", "auto"))))
+    check_vocabulary(processor, test["text"], float(ecfg.max_oov_char_rate), dataset_path, asr_dir)
+    keyword = keyword_ids(processor, wake_word, bool(ecfg.wake_word_boundary), asr_dir)
+    nlu = _load_nlu(nlu_dir)
+
+    infer = lambda split: transcribe(  # noqa: E731
+        model, processor, split, keyword, int(ecfg.batch_size), float(ecfg.wake_window_s)
+    )
+    val_out, test_out = infer(val), infer(test)
+
+    rows = _gold_rows(test)
+    labels = np.array([r["wake_word_present"] for r in rows], dtype=bool)
+    durations = np.array([r["duration"] for r in rows], dtype=float)
+    val_labels = np.array(val["wake_word_present"], dtype=bool)
+    wake = None
+    if labels.all() or not labels.any() or val_labels.all() or not val_labels.any():
+        log.warning("eval: wake-word metrics skipped: %s or %s lacks clips with or without the wake word",
+                    ecfg.split, ecfg.tune_split)
+    else:
+        threshold = tune_threshold(
+            val_out.wake_scores, val_labels, np.array(val["duration"], dtype=float), float(ecfg.target_fa_per_hour)
+        )
+        wake = evaluate_wake(test_out.wake_scores, labels, durations, threshold)
+
+    for row, hyp, score in zip(rows, test_out.hypotheses, test_out.wake_scores):
+        row["hypothesis"] = normalize_text(hyp)
+        row["wer"] = M.utterance_wer(row["reference"], hyp) if row["reference"] else None
+        row["wake_score"] = float(score) if math.isfinite(score) else None
+        row["wake_detected"] = bool(wake is not None and score >= wake.threshold)
+
+    with_intent = [r for r in rows if r["intent"] is not None]
+    if not with_intent:
+        raise PipelineError(f"{dataset_path}: split {ecfg.split!r} has no clip with an intent; nothing for the NLU to score")
+    gold_pred = nlu.predict([r["transcript"] for r in with_intent])
+    slu_pred = nlu.predict([r["hypothesis"] for r in with_intent])
+    for row, g, s in zip(with_intent, gold_pred, slu_pred):
+        row["nlu_intent"], row["nlu_entities"] = g["intent"], g["entities"]
+        row["slu_intent"], row["slu_entities"] = s["intent"], s["entities"]
+
+    metrics, details = _score(rows, with_intent, wake, test_out, ecfg)
+    _write_outputs(cfg, run_dir, rows, with_intent, labels, test_out.wake_scores, wake, metrics, details, tracker)
+    return metrics
+
+
+def _wake_word(ecfg: DictConfig) -> str:
+    word = normalize_text(str(ecfg.get("wake_word") or ""))
+    if not word:
+        raise PipelineError("eval.wake_word is missing or empty; set it in conf/eval/default.yaml (e.g. wake_word: alexa)")
+    return word
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _load_splits(path: Path, split: str, tune_split: str) -> tuple[Any, Any]:
+    from datasets import load_from_disk
+
+    if not path.exists():
+        raise PipelineError(f"dataset {path} does not exist; build it with `python train.py stages=[data]` or pass dataset=<path>")
+    for name in (split, tune_split):
+        # datasets saves an empty split without data files and then cannot load it back.
+        state = path / name / "state.json"
+        if state.exists() and not json.loads(state.read_text()).get("_data_files"):
+            raise PipelineError(f"dataset {path} split {name!r} is empty; there is nothing to evaluate")
+    dd = load_from_disk(str(path))
+    for name in (split, tune_split):
+        if name not in dd:
+            raise PipelineError(f"dataset {path} has no split {name!r} (has {list(dd)}); set eval.split / eval.tune_split")
+        if "audio" not in dd[name].column_names:
+            raise PipelineError(f"dataset {path} split {name!r} has no audio column; evaluation needs an audio dataset")
+        if len(dd[name]) == 0:
+            raise PipelineError(f"dataset {path} split {name!r} is empty; there is nothing to evaluate")
+    return dd[split], dd[tune_split]
+
+
+def load_asr_model(model_dir: Path, device: torch.device) -> tuple[Any, Any]:
+    """The CTC model and its processor, or one clear error when the folder holds no trained model."""
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+
+    if not (model_dir / "config.json").exists() or not (model_dir / "vocab.json").exists():
+        raise PipelineError(
+            f"{model_dir} is not an ASR model folder (config.json and vocab.json missing); "
+            "point run= at a run whose asr stage finished, or pass asr_model=<folder>"
+        )
+    processor = Wav2Vec2Processor.from_pretrained(str(model_dir))
+    model = Wav2Vec2ForCTC.from_pretrained(str(model_dir)).eval().to(device)
+    return model, processor
+
+
+def _load_nlu(nlu_dir: Path) -> Any:
+    from pipeline.nlu import NLUModel
+
+    return NLUModel.from_pretrained(nlu_dir)
+
+
+def check_vocabulary(processor: Any, texts: list[str], max_rate: float, dataset_path: Path, asr_dir: Path) -> None:
+    """A dataset whose characters the model never learned would score as garbage, not as an error."""
+    vocab = set(processor.tokenizer.get_vocab())
+    delimiter = processor.tokenizer.word_delimiter_token
+    chars = [delimiter if ch == " " else ch for t in texts for ch in normalize_text(t or "")]
+    unknown = [ch for ch in chars if ch not in vocab]
+    if chars and len(unknown) / len(chars) > max_rate:
+        raise PipelineError(
+            f"dataset {dataset_path}: {len(unknown) / len(chars):.1%} of reference characters "
+            f"({''.join(sorted(set(unknown)))!r}) are not in {asr_dir}/vocab.json; evaluate with the ASR model "
+            "trained on this dataset's vocabulary (or raise eval.max_oov_char_rate)"
+        )
+
+
+def keyword_ids(processor: Any, wake_word: str, boundary: bool, asr_dir: Path) -> list[int]:
+    tokenizer = processor.tokenizer
+    vocab = tokenizer.get_vocab()
+    tokens = [tokenizer.word_delimiter_token if ch == " " else ch for ch in wake_word]
+    if boundary:
+        tokens.append(tokenizer.word_delimiter_token)
+    missing = sorted({t for t in tokens if t not in vocab})
+    if missing:
+        raise PipelineError(
+            f"eval.wake_word={wake_word!r} uses {missing}, which {asr_dir}/vocab.json lacks; "
+            "pick a wake word the ASR model can spell (or set eval.wake_word_boundary=false)"
+        )
+    return [vocab[t] for t in tokens]
+
+
+@torch.inference_mode()
+def transcribe(
+    model: Any, processor: Any, split: Any, keyword: list[int], batch_size: int, window_s: float
+) -> Inference:
+    """Greedy CTC transcripts and wake-word scores for every clip of `split`, batched by length."""
+    from datasets import Audio
+
+    from pipeline.asr.collate import decode_audio
+    from pipeline.data.features import SAMPLING_RATE
+
+    audio = split.select_columns(["utterance_id", "audio", "duration"]).cast_column(
+        "audio", Audio(sampling_rate=SAMPLING_RATE, decode=False)
+    )
+    durations = [float(d) for d in audio["duration"]]
+    order = sorted(range(len(durations)), key=lambda i: (durations[i], i))
+    stride = int(np.prod(model.config.conv_stride))
+    window = max(1, math.ceil(window_s * SAMPLING_RATE / stride))
+    blank = processor.tokenizer.pad_token_id
+    use_mask = bool(getattr(processor.feature_extractor, "return_attention_mask", False))
+    device = next(model.parameters()).device
+
+    hypotheses: list[str] = [""] * len(order)
+    scores = np.full(len(order), -np.inf)
+    seconds = 0.0
+    start = time.perf_counter()
+    for k in range(0, len(order), batch_size):
+        idx = order[k : k + batch_size]
+        batch = audio[idx]
+        waves = [decode_audio(a, u) for a, u in zip(batch["audio"], batch["utterance_id"])]
+        seconds += sum(len(w) for w in waves) / SAMPLING_RATE
+        inputs = processor.feature_extractor(
+            waves, sampling_rate=SAMPLING_RATE, padding=True, return_tensors="pt", return_attention_mask=use_mask
+        )
+        kwargs = {"attention_mask": inputs["attention_mask"].to(device)} if use_mask else {}
+        logits = model(inputs["input_values"].to(device), **kwargs).logits.float()
+        log_probs = logits.log_softmax(-1).cpu()
+        lengths = model._get_feat_extract_output_lengths(torch.tensor([len(w) for w in waves])).cpu()
+        ids = log_probs.argmax(-1)
+        texts = processor.tokenizer.batch_decode([ids[b, : int(lengths[b])] for b in range(len(idx))])
+        batch_scores = keyword_scores(log_probs, lengths, keyword, blank, window)
+        for b, i in enumerate(idx):
+            hypotheses[i] = texts[b]
+            scores[i] = float(batch_scores[b])
+    return Inference(hypotheses, scores, seconds, time.perf_counter() - start)
+
+
+def _gold_rows(split: Any) -> list[dict[str, Any]]:
+    columns = ["utterance_id", "transcript", "text", "intent", "scenario", "entities",
+               "wake_word_present", "duration", "speaker"]
+    data = split.select_columns(columns).to_dict()
+    return [
+        {
+            "utterance_id": data["utterance_id"][i],
+            "speaker": data["speaker"][i],
+            "intent": data["intent"][i],
+            "scenario": data["scenario"][i],
+            "duration": float(data["duration"][i]),
+            "wake_word_present": bool(data["wake_word_present"][i]),
+            "transcript": data["transcript"][i] or "",
+            "reference": normalize_text(data["text"][i] or data["transcript"][i] or ""),
+            "gold_entities": [{"type": e["type"], "value": e["value"]} for e in data["entities"][i] or []],
+        }
+        for i in range(len(data["utterance_id"]))
+    ]
+
+
+def _score(
+    rows: list[dict[str, Any]], with_intent: list[dict[str, Any]], wake: Any, inference: Inference, ecfg: DictConfig
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    refs = [r["reference"] for r in rows]
+    hyps = [r["hypothesis"] for r in rows]
+    edges = [float(e) for e in ecfg.duration_buckets]
+    gold_intents = [r["intent"] for r in with_intent]
+    gold_ents = [r["gold_entities"] for r in with_intent]
+    nlu_intent = M.intent_scores(gold_intents, [r["nlu_intent"] for r in with_intent])
+    slu_intent = M.intent_scores(gold_intents, [r["slu_intent"] for r in with_intent])
+    nlu_ents = M.entity_scores(gold_ents, [r["nlu_entities"] for r in with_intent])
+    slu_ents = M.entity_scores(gold_ents, [r["slu_entities"] for r in with_intent])
+    slu = M.slu_f1(gold_ents, [r["slu_entities"] for r in with_intent])
+    metrics: dict[str, Any] = {
+        "asr/wer": M.wer(refs, hyps),
+        "asr/cer": M.cer(refs, hyps),
+        "wake/frr": wake.frr if wake else None,
+        "wake/fa_per_hour": wake.fa_per_hour if wake else None,
+        "wake/auc": wake.auc if wake else None,
+        "wake/eer": wake.eer if wake else None,
+        "wake/threshold": wake.threshold if wake else None,
+        "nlu/intent_accuracy": nlu_intent["accuracy"],
+        "nlu/intent_macro_f1": nlu_intent["macro_f1"],
+        "nlu/entity_f1": nlu_ents["f1"],
+        "slu/intent_accuracy": slu_intent["accuracy"],
+        "slu/intent_macro_f1": slu_intent["macro_f1"],
+        "slu/entity_f1": slu_ents["f1"],
+        "slu/slu_f1": slu["f1"],
+        "eval/num_clips": len(rows),
+        "eval/audio_hours": sum(r["duration"] for r in rows) / 3600.0,
+        "eval/rtf": inference.audio_seconds / max(inference.compute_seconds, 1e-9),
+    }
+    details = {
+        "wer_by": {
+            "speaker": M.wer_by_slice(refs, hyps, [r["speaker"] for r in rows]),
+            "intent": M.wer_by_slice(refs, hyps, [r["intent"] or "(false wake)" for r in rows]),
+            "scenario": M.wer_by_slice(refs, hyps, [r["scenario"] or "(none)" for r in rows]),
+            "duration": M.wer_by_slice(refs, hyps, [M.duration_bucket(r["duration"], edges) for r in rows]),
+            "wake_word": M.wer_by_slice(
+                refs, hyps, ["wake word" if r["wake_word_present"] else "no wake word" for r in rows]
+            ),
+        },
+        "nlu_entities_per_type": nlu_ents["per_type"],
+        "slu_entities_per_type": slu_ents["per_type"],
+        "slu_f1_per_type": slu["per_type"],
+        "wake": None if wake is None else {**wake.__dict__},
+        "worst": [
+            {k: r[k] for k in ("utterance_id", "speaker", "wer", "reference", "hypothesis")}
+            for r in M.worst_utterances(rows, int(ecfg.worst_n))
+        ],
+    }
+    return metrics, details
+
+
+def _write_outputs(
+    cfg: DictConfig, run_dir: Path, rows: list[dict[str, Any]], with_intent: list[dict[str, Any]],
+    labels: np.ndarray, scores: np.ndarray, wake: Any, metrics: dict[str, Any], details: dict[str, Any],
+    tracker: Tracker,
+) -> None:
+    plots_dir = run_dir / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, Path] = {}
+    if wake is not None:
+        plots["wake_det"] = plot_det(labels, scores, wake, plots_dir / "wake_det.png")
+    plots["intent_confusion"] = plot_confusion(
+        [r["intent"] for r in with_intent], [r["nlu_intent"] for r in with_intent], plots_dir / "intent_confusion.png"
+    )
+    plots["wer_slices"] = plot_slices(details["wer_by"], plots_dir / "wer_slices.png")
+
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (run_dir / "eval_details.json").write_text(json.dumps(details, indent=2) + "\n")
+    with (run_dir / "predictions.jsonl").open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    write_report(run_dir, metrics, details, plots)
+
+    tracker.log_summary({k: v for k, v in metrics.items() if v is not None})
+    columns = ["utterance_id", "speaker", "duration", "wake_word_present", "wake_score", "wake_detected",
+               "intent", "nlu_intent", "slu_intent", "wer"]
+    if transcripts_allowed(cfg):
+        columns += ["reference", "hypothesis"]
+    tracker.log_table("predictions", columns, [[r.get(c) for c in columns] for r in rows])
+    for key, path in plots.items():
+        tracker.log_image(f"eval/{key}", path)
+    log.info("eval: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))

