@@ -1,0 +1,244 @@
+"""The retraining corpus: new batches taken from the inbox, deletion requests applied for good.
+
+    <inbox>/<batch>/annotations.jsonl   a canonical jsonl export (audio paths relative to it);
+                                        picked up once annotations.jsonl exists, so upload it last
+    <inbox>/deletions/*.jsonl           deletion requests: {"utterance_id"}, {"account_id"} or
+                                        {"device_serial"} per line
+
+Batches are moved (not copied) into `<corpus>/batches/`, and every request is merged into
+`<corpus>/deletions.jsonl`; `<corpus>/annotations.jsonl` is then rewritten as one export over all
+batches, which the ordinary data stage builds (stable splits, deletions quarantined again).
+
+Why deletion goes further than the data stage's filter: a deleted clip is removed from the corpus
+itself (its line and its audio), and its id is kept only as a keyed hash in
+`<corpus>/deleted_utterances.txt` (a tombstone). The tombstones are what later tell the registry
+which models were trained on deleted data, even after the clip itself is gone, and even when a job
+died between purging and retraining.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pipeline.ops.registry import TMP_PREFIX, hash_id
+from pipeline.runtime import PipelineError
+
+ANNOTATIONS = "annotations.jsonl"
+DELETIONS = "deletions.jsonl"
+TOMBSTONES = "deleted_utterances.txt"
+REQUEST_KEYS = ("utterance_id", "account_id", "device_serial")
+
+
+@dataclass
+class Corpus:
+    annotations: Path
+    deletions: Path
+    new_batches: list[str] = field(default_factory=list)
+    new_requests: int = 0
+    purged: int = 0
+    batches: int = 0
+    tombstones: set[str] = field(default_factory=set)
+
+    def state(self, extra: str = "") -> str:
+        """What a model trained now would be trained on: same state, same model (training is
+        deterministic), so a scheduler re-running with nothing new has nothing to do."""
+        digest = hashlib.sha256()
+        for path in (self.annotations, self.deletions):
+            digest.update(path.read_bytes() if path.is_file() else b"")
+        digest.update(extra.encode())
+        return digest.hexdigest()
+
+
+def pseudonym_key(privacy: DictConfig) -> bytes:
+    """The HMAC key: `privacy.key_env` wins, else `privacy.key_file` (created 0600 when missing)."""
+    from_env = os.environ.get(str(privacy.key_env), "")
+    if from_env:
+        return from_env.encode()
+    path = Path(str(privacy.key_file))
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def read_requests(paths: Iterable[Path]) -> set[str]:
+    """Deletion requests as canonical JSON lines (so the same request twice counts once)."""
+    requests: set[str] = set()
+    for path in paths:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except json.JSONDecodeError:
+                request = None
+            keys = [k for k in REQUEST_KEYS if isinstance(request, dict) and request.get(k)]
+            if len(keys) != 1:
+                raise PipelineError(f"{path}:{n} is not a deletion request: expected one of "
+                                    f"{list(REQUEST_KEYS)} with a non-empty value; fix or remove the line")
+            requests.add(json.dumps({keys[0]: str(request[keys[0]])}, sort_keys=True))
+    return requests
+
+
+def _request_sets(requests: Iterable[str]) -> dict[str, set[str]]:
+    sets: dict[str, set[str]] = {k: set() for k in REQUEST_KEYS}
+    for line in requests:
+        ((key, value),) = json.loads(line).items()
+        sets[key].add(value)
+    return sets
+
+
+def matches(record: dict[str, Any], wanted: dict[str, set[str]]) -> bool:
+    return any(str(record.get(k)) in wanted[k] for k in REQUEST_KEYS if record.get(k) is not None)
+
+
+def deleted_utterance_hashes(records: Iterable[dict[str, Any]], requests: Iterable[str], key: bytes) -> set[str]:
+    """Hashes of the utterances the requests name: directly, or through their account or device."""
+    wanted = _request_sets(requests)
+    hashes = {hash_id(u, key) for u in wanted["utterance_id"]}
+    hashes |= {hash_id(str(r["utterance_id"]), key) for r in records
+               if r.get("utterance_id") is not None and matches(r, wanted)}
+    return hashes
+
+
+def batch_records(batch: Path) -> list[dict[str, Any]]:
+    """The parseable records of one batch (bad lines are the data stage's to quarantine)."""
+    out = []
+    for line in (batch / ANNOTATIONS).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+def inbox_batches(inbox: Path) -> list[Path]:
+    if not inbox.is_dir():
+        return []
+    return sorted(p for p in inbox.iterdir()
+                  if p.is_dir() and p.name != "deletions" and (p / ANNOTATIONS).is_file())
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Atomic on one file system; across file systems, copy to a temp name, rename, then remove."""
+    try:
+        os.rename(src, dst)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        tmp = dst.with_name(TMP_PREFIX + dst.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        os.rename(tmp, dst)
+        shutil.rmtree(src)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _inside(root: Path, relative: str) -> Path | None:
+    """The audio file a record names, only if it stays inside its batch folder."""
+    if not relative or PurePosixPath(relative).is_absolute() or ".." in PurePosixPath(relative).parts:
+        return None
+    path = (root / relative).resolve()
+    return path if path.is_relative_to(root.resolve()) else None
+
+
+def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
+    """Take new batches and requests from the inbox; purge deleted clips; write the merged export.
+
+    Each step is idempotent and ends in an atomic rename, so a job killed anywhere in here is
+    finished by the next one.
+    """
+    batches_dir = corpus_dir / "batches"
+    batches_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in [*batches_dir.glob(f"{TMP_PREFIX}*"), *corpus_dir.glob(f"{TMP_PREFIX}*")]:
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    corpus = Corpus(corpus_dir / ANNOTATIONS, corpus_dir / DELETIONS)
+
+    # 1. Requests first: a batch arriving together with a request for it is purged right away.
+    request_files = sorted((inbox / "deletions").glob("*.jsonl")) if (inbox / "deletions").is_dir() else []
+    known = read_requests([corpus.deletions]) if corpus.deletions.is_file() else set()
+    requests = known | read_requests(request_files)
+    corpus.new_requests = len(requests - known)
+    _write_atomic(corpus.deletions, "".join(line + "\n" for line in sorted(requests)))
+    for path in request_files:
+        path.unlink()
+
+    # 2. New batches.
+    for batch in inbox_batches(inbox):
+        if (batches_dir / batch.name).exists():
+            raise PipelineError(f"inbox batch {batch} has the name of an already ingested batch; "
+                                "rename the folder (batch names must be unique)")
+        _move(batch, batches_dir / batch.name)
+        corpus.new_batches.append(batch.name)
+
+    # 3. Tombstones, then purge, then the merged export.
+    tomb_file = corpus_dir / TOMBSTONES
+    corpus.tombstones = set(tomb_file.read_text().split()) if tomb_file.is_file() else set()
+    wanted = _request_sets(requests)
+    batches = sorted(p for p in batches_dir.iterdir() if p.is_dir() and not p.name.startswith(TMP_PREFIX))
+    all_records = [(b, r) for b in batches for r in batch_records(b)]
+    new_tombs = deleted_utterance_hashes([r for _, r in all_records], requests, key) - corpus.tombstones
+    if new_tombs:
+        corpus.tombstones |= new_tombs
+        _write_atomic(tomb_file, "".join(h + "\n" for h in sorted(corpus.tombstones)))
+    merged: list[str] = []
+    for batch in batches:
+        kept: list[str] = []
+        for line in (batch / ANNOTATIONS).read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict):
+                kept.append(line)
+                merged.append(line)
+                continue
+            if matches(record, wanted):
+                audio = _inside(batch, str(record.get("audio") or ""))
+                if audio is not None and audio.is_file():
+                    audio.unlink()
+                corpus.purged += 1
+                continue
+            kept.append(line)
+            audio = record.get("audio")
+            if isinstance(audio, str) and _inside(batch, audio) is not None:
+                record["audio"] = f"batches/{batch.name}/{audio}"
+            merged.append(json.dumps(record, ensure_ascii=False))
+        _write_atomic(batch / ANNOTATIONS, "".join(line + "\n" for line in kept))
+    corpus.batches = len(batches)
+    _write_atomic(corpus.annotations, "".join(line + "\n" for line in merged))
+    return corpus
+
+
+def pending_deletion_hashes(inbox: Path, corpus_dir: Path, key: bytes) -> set[str]:
+    """For the audit: tombstones plus what requests still waiting in the inbox will delete."""
+    tomb_file = corpus_dir / TOMBSTONES
+    hashes = set(tomb_file.read_text().split()) if tomb_file.is_file() else set()
+    request_files = sorted((inbox / "deletions").glob("*.jsonl")) if (inbox / "deletions").is_dir() else []
+    if (corpus_dir / DELETIONS).is_file():
+        request_files.append(corpus_dir / DELETIONS)
+    requests = read_requests(request_files)
+    ingested = corpus_dir / "batches"
+    batches = [*inbox_batches(inbox), *(sorted(p for p in ingested.iterdir() if p.is_dir()) if ingested.is_dir() else [])]
+    records = [r for b in batches if (b / ANNOTATIONS).is_file() for r in batch_records(b)]
+    return hashes | deleted_utterance_hashes(records, requests, key)

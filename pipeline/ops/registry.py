@@ -1,0 +1,159 @@
+"""The registry of promoted models: a plain folder anyone can read, back up and audit.
+
+    <registry>/promoted.json            {"model_id": current, "history": [every id ever promoted]}
+    <registry>/models/<id>/record.json  dataset fingerprint, metrics, hashed training utterances
+    <registry>/models/<id>/asr, nlu     the model folders (removed when retired for a deletion)
+    <registry>/decisions.jsonl          one line per retraining decision
+    <registry>/retrain.lock             held while a retraining job runs
+
+Why this shape: `promoted.json` is the single commit point, replaced atomically, so a job killed at
+any moment leaves either the old or the new model promoted, never half of one; `recover()` tidies
+what a killed job left behind. Training utterances are stored as keyed hashes (HMAC with the
+pseudonym key), so the registry can answer "was this model trained on that clip?" without holding
+a list of identifiers anyone could read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+PROMOTED = "promoted.json"
+RECORD = "record.json"
+MODEL_PARTS = ("asr", "nlu")
+TMP_PREFIX = ".tmp-"
+
+
+def hash_id(value: str, key: bytes) -> str:
+    """The registry's keyed hash of one utterance id (domain-separated from the data pseudonyms)."""
+    return hmac.new(key, f"registry-utterance:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Registry:
+    """A registry folder; every method reads the folder afresh, so two readers never disagree."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.models = self.root / "models"
+
+    def _pointer(self) -> dict[str, Any]:
+        path = self.root / PROMOTED
+        return json.loads(path.read_text()) if path.is_file() else {"model_id": None, "history": []}
+
+    def record(self, model_id: str) -> dict[str, Any]:
+        return json.loads((self.models / model_id / RECORD).read_text())
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.models.is_dir():
+            return []
+        return [json.loads(p.read_text()) for p in sorted(self.models.glob(f"*/{RECORD}"))
+                if not p.parent.name.startswith(TMP_PREFIX)]
+
+    def current(self) -> dict[str, Any] | None:
+        model_id = self._pointer()["model_id"]
+        return self.record(model_id) if model_id else None
+
+    def model_dir(self, model_id: str) -> Path:
+        return self.models / model_id
+
+    def has_weights(self, model_id: str) -> bool:
+        return all((self.models / model_id / part).is_dir() for part in MODEL_PARTS)
+
+    def promote(self, run_dir: Path, record: dict[str, Any], retire_reason: str = "replaced") -> str:
+        """Copy the run's models in, then switch `promoted.json`: the one step that commits."""
+        self.models.mkdir(parents=True, exist_ok=True)
+        model_id = record["model_id"]
+        pointer = self._pointer()
+        previous = pointer["model_id"]
+        tmp = self.models / f"{TMP_PREFIX}{model_id}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for part in MODEL_PARTS:
+            shutil.copytree(run_dir / part, tmp / part, symlinks=False)
+        full = {**record, "status": "promoted", "promoted_at": now(),
+                "replaces": {"model_id": previous, "reason": retire_reason} if previous else None}
+        write_json_atomic(tmp / RECORD, full)
+        os.rename(tmp, self.models / model_id)
+        write_json_atomic(self.root / PROMOTED, {"model_id": model_id,
+                                                 "history": [*pointer["history"], model_id]})
+        if previous:
+            self.retire(previous, retire_reason, replaced_by=model_id)
+        return model_id
+
+    def retire(self, model_id: str, reason: str, replaced_by: str | None) -> None:
+        """Mark a model retired; one retired for a deletion loses its weights (the record stays)."""
+        record = self.record(model_id)
+        record.update(status="retired", retired_reason=reason, replaced_by=replaced_by,
+                      retired_at=record.get("retired_at") or now())
+        if reason == "deletion":
+            for part in MODEL_PARTS:
+                shutil.rmtree(self.models / model_id / part, ignore_errors=True)
+            record["weights_deleted"] = True
+        write_json_atomic(self.models / model_id / RECORD, record)
+
+    def recover(self) -> list[str]:
+        """Finish or undo what a killed job left; returns what was done, for the job's log."""
+        done: list[str] = []
+        if not self.models.is_dir():
+            return done
+        for tmp in self.models.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+            done.append(f"removed unfinished copy {tmp.name}")
+        for tmp in self.root.glob(f"{TMP_PREFIX}*"):
+            tmp.unlink()
+        pointer = self._pointer()
+        current = pointer["model_id"]
+        for folder in sorted(p for p in self.models.iterdir() if p.is_dir()):
+            model_id = folder.name
+            if model_id == current:
+                continue
+            if model_id not in pointer["history"]:
+                shutil.rmtree(folder)  # copied in, but the job died before promoting it
+                done.append(f"removed never-promoted {model_id}")
+                continue
+            record = self.record(model_id)
+            successor = next((r for r in self.records()
+                              if (r.get("replaces") or {}).get("model_id") == model_id), None)
+            reason = ((successor or {}).get("replaces") or {}).get("reason", "replaced")
+            if record.get("status") != "retired" or (reason == "deletion" and self.has_weights(model_id)):
+                self.retire(model_id, reason, replaced_by=(successor or {}).get("model_id"))
+                done.append(f"retired {model_id} ({reason})")
+        return done
+
+    def affected_by(self, deleted_hashes: Iterable[str]) -> list[dict[str, Any]]:
+        """Models whose weights still exist and were trained on any of these (hashed) utterances."""
+        wanted = set(deleted_hashes)
+        affected = []
+        for record in self.records():
+            if not self.has_weights(record["model_id"]):
+                continue
+            hits = wanted.intersection(record.get("trained_on", []))
+            if hits:
+                affected.append({"model_id": record["model_id"], "status": record.get("status"),
+                                 "deleted_utterances": len(hits)})
+        return affected
+
+    def log_decision(self, decision: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "decisions.jsonl", "a") as f:
+            f.write(json.dumps(decision, sort_keys=True) + "\n")

@@ -1,0 +1,97 @@
+"""The retraining corpus (inbox intake, deletions purged for good) and the job's exit codes on the
+paths that need no training: nothing to do, another job running, a bad deletion request."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from pipeline.ops.corpus import TOMBSTONES, update_corpus
+from pipeline.ops.registry import hash_id
+from pipeline.ops.retrain import EXIT_BUSY, EXIT_CONFIG, EXIT_OK, retrain_lock, run_retrain
+
+KEY = b"corpus-key"
+
+
+def _batch(inbox: Path, name: str, rows: list[tuple[str, str, str]]) -> None:
+    """rows: (utterance_id, account_id, device_serial); audio files are placeholders."""
+    folder = inbox / name
+    (folder / "audio").mkdir(parents=True)
+    lines = []
+    for utt, account, device in rows:
+        (folder / "audio" / f"{utt}.wav").write_bytes(b"RIFF" + utt.encode())
+        lines.append(json.dumps({"utterance_id": utt, "audio": f"audio/{utt}.wav", "transcript": "alexa stop",
+                                 "intent": "stop", "wake_word_present": True, "account_id": account,
+                                 "device_serial": device, "annotator_id": "ann-1"}))
+    lines.append("{not json")  # the data stage quarantines it; intake keeps it
+    (folder / "annotations.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _requests(inbox: Path, name: str, requests: list[dict]) -> None:
+    (inbox / "deletions").mkdir(parents=True, exist_ok=True)
+    (inbox / "deletions" / name).write_text("".join(json.dumps(r) + "\n" for r in requests))
+
+
+def test_intake_moves_batches_merges_and_purges_deleted_clips(tmp_path: Path) -> None:
+    inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
+    _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001"), ("u2", "amzn1.account.BOB", "G0900002")])
+    first = update_corpus(inbox, corpus_dir, KEY)
+    assert first.new_batches == ["b1"] and not (inbox / "b1").exists()
+    merged = [json.loads(line) for line in first.annotations.read_text().splitlines() if line.startswith("{\"")]
+    assert [r["audio"] for r in merged] == ["batches/b1/audio/u1.wav", "batches/b1/audio/u2.wav"]
+    assert (corpus_dir / merged[0]["audio"]).is_file()
+    assert "{not json" in first.annotations.read_text()
+    state = first.state()
+    assert update_corpus(inbox, corpus_dir, KEY).state() == state  # nothing new: same state
+
+    _batch(inbox, "b2", [("u3", "amzn1.account.ALICE", "G0900003"), ("u4", "amzn1.account.CAROL", "G0900004")])
+    _requests(inbox, "r1.jsonl", [{"account_id": "amzn1.account.ALICE"}, {"utterance_id": "u4"}])
+    second = update_corpus(inbox, corpus_dir, KEY)
+    assert second.new_batches == ["b2"] and second.new_requests == 2 and second.purged == 3
+    assert second.state() != state
+    assert not list((inbox / "deletions").iterdir())
+    left = [json.loads(line)["utterance_id"] for line in second.annotations.read_text().splitlines()
+            if line.startswith("{\"")]
+    assert left == ["u2"]
+    corpus_bytes = b"".join(p.read_bytes() for p in (corpus_dir / "batches").rglob("*") if p.is_file())
+    assert b"ALICE" not in corpus_bytes and b"u3" not in corpus_bytes  # gone from the corpus itself
+    assert sorted(p.name for p in (corpus_dir / "batches").rglob("*.wav")) == ["u2.wav"]
+    tombs = set((corpus_dir / TOMBSTONES).read_text().split())
+    assert tombs == {hash_id(u, KEY) for u in ("u1", "u3", "u4")}
+
+    # A later batch from a deleted account never enters the corpus.
+    _batch(inbox, "b3", [("u5", "amzn1.account.ALICE", "G0900005")])
+    third = update_corpus(inbox, corpus_dir, KEY)
+    assert third.purged == 1 and hash_id("u5", KEY) in third.tombstones
+
+
+def _cfg(tmp: Path, **retrain: object) -> OmegaConf:
+    return OmegaConf.create({
+        "stages": ["data", "asr", "nlu", "eval"], "seed": 1, "run_dir": str(tmp / "run"),
+        "cache_dir": str(tmp / "cache"),
+        "privacy": {"key_env": "NO_SUCH_ENV_FOR_TEST", "key_file": str(tmp / "cache" / "pseudonym.key")},
+        "data": {"source": "jsonl", "path": None, "deletions": None},
+        "logger": {"name": "none"},
+        "retrain": {"inbox": str(tmp / "inbox"), "corpus_dir": str(tmp / "corpus"),
+                    "registry_dir": str(tmp / "registry"), "force": False,
+                    "gate": {"wer": {"metric": "asr/wer", "max_increase": 0.005}}, **retrain},
+    })
+
+
+def test_retrain_exit_codes_without_training(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    assert run_retrain(cfg) == EXIT_OK
+    decision = json.loads((tmp_path / "run" / "decision.json").read_text())
+    assert decision["decision"] == "nothing_to_do" and decision["exit_code"] == 0
+    assert (tmp_path / "cache" / "pseudonym.key").stat().st_mode & 0o777 == 0o600
+
+    with retrain_lock(tmp_path / "registry" / "retrain.lock"):
+        assert run_retrain(cfg) == EXIT_BUSY
+    assert json.loads((tmp_path / "run" / "decision.json").read_text())["decision"] == "busy"
+
+    _requests(tmp_path / "inbox", "bad.jsonl", [{"name": "someone"}])
+    assert run_retrain(cfg) == EXIT_CONFIG
+    decision = json.loads((tmp_path / "run" / "decision.json").read_text())
+    assert decision["decision"] == "config_error" and "bad.jsonl:1" in decision["reason"]

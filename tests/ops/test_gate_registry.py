@@ -1,0 +1,122 @@
+"""Promotion gate, registry records and recovery after a killed job, and the retraining lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.ops.gate import check_gate
+from pipeline.ops.registry import Registry, hash_id
+from pipeline.ops.retrain import RetrainBusy, retrain_lock
+from pipeline.runtime import PipelineError
+
+RULES = {
+    "wer": {"metric": "asr/wer", "max_increase": 0.005},
+    "frr": {"metric": "wake/frr", "max_increase": 0.0},
+    "slu_f1": {"metric": "slu/slu_f1", "max_decrease": 0.0},
+}
+KEY = b"test-key"
+
+
+def test_gate_passes_within_limits_and_names_each_failure() -> None:
+    old = {"asr/wer": 0.200, "wake/frr": 0.04, "slu/slu_f1": 0.70}
+    # WER up 0.4 points (allowed: 0.5), FRR equal, SLU-F1 up.
+    ok = check_gate({"asr/wer": 0.204, "wake/frr": 0.04, "slu/slu_f1": 0.71}, old, RULES)
+    assert [c.passed for c in ok] == [True, True, True]
+    # WER up 0.6 points, FRR up, SLU-F1 down by 0.01.
+    bad = check_gate({"asr/wer": 0.206, "wake/frr": 0.05, "slu/slu_f1": 0.69}, old, RULES)
+    assert [c.passed for c in bad] == [False, False, False]
+    assert "rose by 0.0060, limit 0.0050" in bad[0].detail
+    assert "fell by 0.0100" in bad[2].detail
+    missing = check_gate({"asr/wer": 0.1}, old, {"wer": RULES["wer"], "frr": RULES["frr"]})
+    assert [c.passed for c in missing] == [True, False] and "missing" in missing[1].detail
+    with pytest.raises(PipelineError, match="retrain.gate.x"):
+        check_gate(old, old, {"x": {"metric": "asr/wer"}})
+
+
+def _run(tmp: Path, name: str) -> Path:
+    run = tmp / "runs" / name
+    for part in ("asr", "nlu"):
+        (run / part).mkdir(parents=True)
+        (run / part / "model.safetensors").write_bytes(name.encode())
+    return run
+
+
+def _record(model_id: str, utterances: list[str]) -> dict:
+    return {"model_id": model_id, "dataset_fingerprint": "fp-" + model_id,
+            "metrics": {"asr/wer": 0.2}, "trained_on": sorted(hash_id(u, KEY) for u in utterances)}
+
+
+def test_registry_promotes_retires_and_audits(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "registry")
+    assert reg.current() is None
+    reg.promote(_run(tmp_path, "a"), _record("m1", ["u1", "u2"]))
+    reg.promote(_run(tmp_path, "b"), _record("m2", ["u2", "u3"]))
+    assert reg.current()["model_id"] == "m2"
+    assert (reg.model_dir("m2") / "asr" / "model.safetensors").read_bytes() == b"b"
+    old = reg.record("m1")
+    assert old["status"] == "retired" and old["replaced_by"] == "m2" and reg.has_weights("m1")
+    raw = (tmp_path / "registry").rglob("record.json")
+    assert not any(b"u2" in p.read_bytes() for p in raw), "utterance ids are stored hashed only"
+
+    affected = reg.affected_by({hash_id("u2", KEY)})
+    assert sorted(a["model_id"] for a in affected) == ["m1", "m2"]
+    assert reg.affected_by({hash_id("u3", KEY)}) == [{"model_id": "m2", "status": "promoted", "deleted_utterances": 1}]
+
+    reg.promote(_run(tmp_path, "c"), _record("m3", ["u1"]), retire_reason="deletion")
+    assert reg.record("m2")["retired_reason"] == "deletion" and not reg.has_weights("m2")
+    assert reg.affected_by({hash_id("u3", KEY)}) == []  # weights gone: nothing left to audit
+
+
+def test_recover_finishes_or_undoes_a_killed_promotion(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "registry")
+    reg.promote(_run(tmp_path, "a"), _record("m1", ["u1"]))
+    # Killed while copying: a temp folder. Killed after the copy, before the switch: an orphan.
+    (reg.models / ".tmp-m2").mkdir()
+    orphan = _run(tmp_path, "b")
+    orphan.rename(reg.models / "m9")
+    (reg.models / "m9" / "record.json").write_text(json.dumps(_record("m9", ["u1"])))
+    done = reg.recover()
+    assert sorted(p.name for p in reg.models.iterdir()) == ["m1"] and len(done) == 2
+    assert reg.current()["model_id"] == "m1"
+
+    # Killed after the switch to m3 (which replaces m1 for a deletion), before m1 was retired.
+    pointer = json.loads((reg.root / "promoted.json").read_text())
+    (reg.models / "m3").mkdir()
+    _run(tmp_path, "c").rename(reg.models / "m3" / "x")
+    for part in ("asr", "nlu"):
+        (reg.models / "m3" / "x" / part).rename(reg.models / "m3" / part)
+    (reg.models / "m3" / "record.json").write_text(json.dumps(
+        {**_record("m3", []), "status": "promoted", "replaces": {"model_id": "m1", "reason": "deletion"}}))
+    (reg.root / "promoted.json").write_text(json.dumps({"model_id": "m3", "history": [*pointer["history"], "m3"]}))
+    reg.recover()
+    assert reg.record("m1")["status"] == "retired" and reg.record("m1")["replaced_by"] == "m3"
+    assert not reg.has_weights("m1"), "a model replaced for a deletion loses its weights"
+    assert reg.recover() == []  # nothing left to do
+
+
+def test_lock_excludes_a_second_job_and_dies_with_its_holder(tmp_path: Path) -> None:
+    lock = tmp_path / "registry" / "retrain.lock"
+    with retrain_lock(lock):
+        with pytest.raises(RetrainBusy, match=f"pid {os.getpid()}"):
+            with retrain_lock(lock):
+                pass
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from pipeline.ops.retrain import retrain_lock\n"
+        f"with retrain_lock(Path({str(lock)!r})):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RetrainBusy):
+        with retrain_lock(lock):
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with retrain_lock(lock):  # the kernel released it with the killed process
+        pass
