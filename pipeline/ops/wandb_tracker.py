@@ -30,7 +30,7 @@ from pipeline.ops.tracking import NullTracker, Tracker
 
 RUN_ID_FILE = "wandb_run_id"
 # Table columns whose names contain one of these hold (parts of) what was said.
-TEXT_COLUMN_HINTS = ("transcript", "text", "ref", "hyp", "word", "entit", "value", "slot")
+TEXT_COLUMN_HINTS = ("transcript", "text", "ref", "hyp", "words", "entit", "value", "slot")
 # Files in the run folder that quote transcripts; uploaded only when transcripts may be logged.
 TEXT_FILES = ("predictions.jsonl", "report.md", "report.html")
 

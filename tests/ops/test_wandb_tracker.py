@@ -71,8 +71,8 @@ def test_run_logs_config_curves_summary_artifacts_and_resumes(tmp_path: Path) ->
     for step in range(2):  # NLU counts its own steps from 0 again
         tracker.log_metrics({"nlu/train_loss": 1.0 - step}, step=step)
     tracker.log_summary({"eval/num_clips": 1})
-    tracker.log_table("predictions", ["utterance_id", "transcript", "hypothesis", "intent"],
-                      [["utt_ab12", SECRET_WORDS, SECRET_WORDS, "call_query"]])
+    tracker.log_table("predictions", ["utterance_id", "transcript", "hypothesis", "intent", "wake_word_present"],
+                      [["utt_ab12", SECRET_WORDS, SECRET_WORDS, "call_query", True]])
     tracker.finish()
 
     run_id = (run_dir / "wandb_run_id").read_text().strip()
@@ -80,8 +80,10 @@ def test_run_logs_config_curves_summary_artifacts_and_resumes(tmp_path: Path) ->
     run = read_offline_run(log)
     assert run.run_id == run_id
     assert run.config["seed"] == 7 and run.config["dataset_fingerprint"] == "fp123"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    assert run.config["git_commit"].startswith(commit)
+    # A commit of this repository (HEAD may move on meanwhile: others commit in parallel).
+    commit = run.config["git_commit"].removesuffix("-dirty")
+    kind = subprocess.run(["git", "cat-file", "-t", commit], cwd=REPO, capture_output=True, text=True).stdout
+    assert len(commit) == 40 and kind.strip() == "commit"
     assert sorted(run.tags) == ["asr", "data", "eval", "nlu"]
     asr_rows = [r for r in run.history if "asr/train_loss" in r]
     nlu_rows = [r for r in run.history if "nlu/train_loss" in r]
@@ -100,7 +102,7 @@ def test_run_logs_config_curves_summary_artifacts_and_resumes(tmp_path: Path) ->
     assert b"jenny" not in _all_bytes(run_dir / "wandb")
     assert b"jenny" not in _all_bytes(tmp_path / "cache" / "wandb")
     table = json.loads(next((run_dir / "wandb").rglob("predictions_*.table.json")).read_text())
-    assert table["columns"] == ["utterance_id", "intent"]
+    assert table["columns"] == ["utterance_id", "intent", "wake_word_present"]
 
     # The same run folder continues the same W&B run.
     tracker = make_wandb_tracker(_cfg(run_dir), run_dir, tags=["eval"])
