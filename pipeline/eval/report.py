@@ -65,7 +65,7 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
         if per_type:
             blocks.append(("h2", name))
             blocks.append(("table", (["type", "F1", "TP", "FP", "FN"],
-                                     [[t, _fmt(c["f1"]), _fmt(c["tp"]), _fmt(c["fp"]), _fmt(c["fn"])]
+                                     [[t, _fmt(c["f1"]), f"{c['tp']:.3g}", f"{c['fp']:.3g}", f"{c['fn']:.3g}"]
                                       for t, c in per_type.items()])))
     return blocks
 

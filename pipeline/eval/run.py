@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.asr.model import load_asr
 from pipeline.eval import metrics as M
 from pipeline.eval.report import plot_confusion, plot_slices, write_report
 from pipeline.eval.wake import evaluate_wake, keyword_scores, plot_det, tune_threshold
@@ -59,7 +60,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     nlu_dir = Path(OmegaConf.select(cfg, "nlu_model", default=None) or run_dir / "nlu")
     test, val = _load_splits(Path(dataset_path), str(ecfg.split), str(ecfg.tune_split))
 
-    model, processor = load_asr_model(asr_dir, _device(str(ecfg.get("device", "auto"))))
+    model, processor = load_asr(asr_dir, _device(str(ecfg.get("device", "auto"))))
     check_vocabulary(processor, test["text"], float(ecfg.max_oov_char_rate), dataset_path, asr_dir)
     keyword = keyword_ids(processor, wake_word, bool(ecfg.wake_word_boundary), asr_dir)
     nlu = _load_nlu(nlu_dir)
@@ -137,20 +138,6 @@ def _load_splits(path: Path, split: str, tune_split: str) -> tuple[Any, Any]:
     return dd[split], dd[tune_split]
 
 
-def load_asr_model(model_dir: Path, device: torch.device) -> tuple[Any, Any]:
-    """The CTC model and its processor, or one clear error when the folder holds no trained model."""
-    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
-
-    if not (model_dir / "config.json").exists() or not (model_dir / "vocab.json").exists():
-        raise PipelineError(
-            f"{model_dir} is not an ASR model folder (config.json and vocab.json missing); "
-            "point run= at a run whose asr stage finished, or pass asr_model=<folder>"
-        )
-    processor = Wav2Vec2Processor.from_pretrained(str(model_dir))
-    model = Wav2Vec2ForCTC.from_pretrained(str(model_dir)).eval().to(device)
-    return model, processor
-
-
 def _load_nlu(nlu_dir: Path) -> Any:
     from pipeline.nlu import NLUModel
 
@@ -225,6 +212,8 @@ def transcribe(
         lengths = model._get_feat_extract_output_lengths(torch.tensor([len(w) for w in waves])).cpu()
         ids = log_probs.argmax(-1)
         texts = processor.tokenizer.batch_decode([ids[b, : int(lengths[b])] for b in range(len(idx))])
+        # An unknown character is no word: dropped, not scored as the word "unk" after normalising.
+        texts = [t.replace(processor.tokenizer.unk_token, "") for t in texts]
         batch_scores = keyword_scores(log_probs, lengths, keyword, blank, window)
         for b, i in enumerate(idx):
             hypotheses[i] = texts[b]

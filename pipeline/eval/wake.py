@@ -154,7 +154,7 @@ def plot_det(labels: np.ndarray, scores: np.ndarray, result: WakeResult, path: P
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     DetCurveDisplay.from_predictions(labels.astype(bool), _finite(scores), ax=ax, name="wake word")
     far = float(np.mean(scores[~labels.astype(bool)] >= result.threshold))
-    clip = lambda p: min(max(p, 1e-3), 1 - 1e-3)  # noqa: E731 - probit of 0 or 1 is infinite
+    clip = lambda p: min(max(p, 2e-3), 1 - 2e-3)  # noqa: E731 - probit of 0 or 1 is infinite
     ax.plot(norm.ppf(clip(far)), norm.ppf(clip(result.frr)), "o", color="red", label="tuned threshold")
     ax.set_title(f"Wake word DET (EER {result.eer:.3f}, AUC {result.auc:.3f})")
     ax.legend(loc="upper right")

@@ -147,9 +147,10 @@ def test_eval_stage_writes_every_output(tiny_run: Path, tiny_dataset_path: Path,
 
 
 def test_batched_inference_matches_one_clip_at_a_time(tiny_run: Path, tiny_dataset_path: Path) -> None:
-    from pipeline.eval.run import keyword_ids, load_asr_model, transcribe
+    from pipeline.asr.model import load_asr
+    from pipeline.eval.run import keyword_ids, transcribe
 
-    model, processor = load_asr_model(tiny_run / "asr", torch.device("cpu"))
+    model, processor = load_asr(tiny_run / "asr")
     keyword = keyword_ids(processor, "alexa", True, tiny_run / "asr")
     split = load_from_disk(str(tiny_dataset_path))["test"]
     batched = transcribe(model, processor, split, keyword, batch_size=8, window_s=2.0)
@@ -168,7 +169,7 @@ def test_bad_input_fails_with_one_clear_line(tiny_run: Path, tiny_dataset_path: 
     paths = {"asr_model": str(tiny_run / "asr"), "nlu_model": str(tiny_run / "nlu")}
     with pytest.raises(PipelineError, match="eval.wake_word"):
         run_eval_stage(eval_cfg(**paths, **{"eval.wake_word": None}), tmp_path, tiny_dataset_path, RecordingTracker())
-    with pytest.raises(PipelineError, match="is not an ASR model folder"):
+    with pytest.raises(PipelineError, match="no ASR model here"):
         run_eval_stage(eval_cfg(), tmp_path, tiny_dataset_path, RecordingTracker())
     with pytest.raises(PipelineError, match="lacks"):
         run_eval_stage(eval_cfg(**paths, **{"eval.wake_word": "alexa?zq"}), tmp_path, tiny_dataset_path, RecordingTracker())
