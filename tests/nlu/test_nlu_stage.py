@@ -1,0 +1,104 @@
+"""The `nlu` stage end to end on the tiny espeak-ng dataset, with the tiny encoder config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from safetensors.torch import load_file
+
+from pipeline.nlu import NLUModel
+from pipeline.nlu.train import run_nlu_stage
+from pipeline.ops.tracking import NullTracker
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+class RecordingTracker(NullTracker):
+    """Keeps what the stage logs, so the test can check the curves."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[int | None, dict[str, float]]] = []
+        self.summary: dict[str, Any] = {}
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.points.append((step, metrics))
+
+    def log_summary(self, metrics: dict[str, Any]) -> None:
+        self.summary.update(metrics)
+
+
+def nlu_config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose("config", overrides=[
+            "nlu=tiny", "logger=none", "run_dir=unused", "cache_dir=unused", "trainer.device=cpu",
+            "nlu.cpu_threads=1", "trainer.log_every=1", *overrides,
+        ])
+
+
+def test_stage_learns_the_tiny_corpus_and_saves_a_loadable_model(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    tracker = RecordingTracker()
+    result = run_nlu_stage(nlu_config("nlu.epochs=25"), tmp_path, tiny_dataset_path, tracker)
+
+    model_dir = tmp_path / "nlu"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "nlu_labels.json", "nlu_metrics.json"):
+        assert (model_dir / name).exists(), name
+    assert not (model_dir / "checkpoints").exists()
+    metrics = json.loads((model_dir / "nlu_metrics.json").read_text())
+    assert metrics["train_utterances"] == 24  # false wakes kept as no_command
+    # Validation holds the training sentences in other voices: a working stage memorises them.
+    assert metrics["validation"]["intent_accuracy"] >= 0.75
+    assert metrics["validation"]["entity_f1"] >= 0.5
+    assert result["validation"] == metrics["validation"]
+    assert tracker.summary["nlu/val_intent_accuracy"] == metrics["validation"]["intent_accuracy"]
+
+    losses = [(step, m["nlu/train_loss"]) for step, m in tracker.points if "nlu/train_loss" in m]
+    assert [s for s, _ in losses] == sorted(s for s, _ in losses) and len(losses) >= 20
+    assert losses[-1][1] < losses[0][1] / 2
+    assert any("nlu/val_intent_accuracy" in m for _, m in tracker.points)
+
+    labels = json.loads((model_dir / "nlu_labels.json").read_text())
+    assert "no_command" in labels["intents"] and "B-music_genre" in labels["tags"]
+    texts = ["alexa set an alarm for seven am", "alexa play jazz music"]
+    preds = NLUModel.from_pretrained(model_dir).predict(texts)
+    assert [p["intent"] for p in preds] == ["alarm_set", "play_music"]
+    for text, pred in zip(texts, preds):
+        for ent in pred["entities"]:
+            assert text[ent["start"] : ent["end"]] == ent["value"]
+
+
+def test_same_seed_gives_the_same_model_and_resume_continues(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    a = run_nlu_stage(nlu_config("nlu.epochs=2", "nlu.false_wake=skip"), tmp_path / "a", tiny_dataset_path, NullTracker())
+    b = run_nlu_stage(nlu_config("nlu.epochs=2", "nlu.false_wake=skip"), tmp_path / "b", tiny_dataset_path, NullTracker())
+    wa, wb = (load_file(str(tmp_path / r / "nlu" / "model.safetensors")) for r in ("a", "b"))
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+    assert a["validation"] == b["validation"] and a["train_utterances"] == 18
+
+    # A run cut off after 2 epochs (checkpoints kept) picks up where it stopped when restarted.
+    first = run_nlu_stage(nlu_config("nlu.epochs=2", "nlu.keep_checkpoints=true"), tmp_path / "c", tiny_dataset_path, NullTracker())
+    assert not first["resumed"]
+    again = run_nlu_stage(nlu_config("nlu.epochs=3"), tmp_path / "c", tiny_dataset_path, NullTracker())
+    assert again["resumed"] and again["global_step"] == first["global_step"] * 3 // 2
+
+
+@pytest.mark.slow
+def test_training_on_asr_hypotheses_adds_aligned_rows(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from pipeline.asr.vocab import build_vocab, make_processor
+
+    processor = make_processor(build_vocab(["alexa play jazz music"]), tmp_path / "asr", return_attention_mask=True)
+    config = Wav2Vec2Config(
+        vocab_size=len(processor.tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
+        do_stable_layer_norm=True, pad_token_id=0,
+    )
+    Wav2Vec2ForCTC(config).save_pretrained(str(tmp_path / "asr"))
+    processor.save_pretrained(str(tmp_path / "asr"))
+    result = run_nlu_stage(nlu_config("nlu.epochs=1", "nlu.asr_hypotheses=true"), tmp_path, tiny_dataset_path, NullTracker())
+    assert result["train_asr_hypotheses"] == 24
