@@ -1,0 +1,78 @@
+"""Checkpoints under `<run>/asr/checkpoints/step-NNNNNN/`: model, processor and the loop's state.
+
+A checkpoint is written under a temporary name and renamed when complete, so a run killed while
+saving never leaves a half-written checkpoint that `resume=auto` would pick up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from safetensors.torch import load_file
+
+from pipeline.runtime import PipelineError
+
+STATE_FILE = "trainer_state.pt"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_steps(root: Path) -> dict[int, Path]:
+    """Complete checkpoints in `root`, by step."""
+    if not root.exists():
+        return {}
+    found = {}
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and (child / STATE_FILE).exists():
+            found[int(match.group(1))] = child
+    return dict(sorted(found.items()))
+
+
+def save_checkpoint(root: Path, step: int, model: Any, processor: Any, state: dict[str, Any]) -> Path:
+    final = root / f"step-{step:06d}"
+    tmp = root / f".step-{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    processor.save_pretrained(str(tmp))
+    torch.save(state, tmp / STATE_FILE)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def prune_checkpoints(root: Path, keep_last: int, best_step: int | None) -> None:
+    """Delete all but the newest `keep_last` checkpoints and the best one."""
+    steps = list(checkpoint_steps(root).items())
+    keep = {s for s, _ in steps[-max(keep_last, 1):]} | ({best_step} if best_step is not None else set())
+    for step, path in steps:
+        if step not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_resume(acfg: DictConfig, root: Path) -> Path | None:
+    """The checkpoint to continue from: `never`, `auto` (latest in this run) or a given folder."""
+    resume = str(acfg.get("resume", "never") or "never")
+    if resume in ("never", "false", "False", "none", "None"):
+        return None
+    if resume == "auto":
+        steps = checkpoint_steps(root)
+        return steps[max(steps)] if steps else None
+    path = Path(resume)
+    if path.is_dir() and not (path / STATE_FILE).exists():
+        steps = checkpoint_steps(path / "asr" / "checkpoints") or checkpoint_steps(path / "checkpoints") or checkpoint_steps(path)
+        path = steps[max(steps)] if steps else path
+    if not (path / STATE_FILE).exists():
+        raise PipelineError(f"asr.resume={resume}: no checkpoint ({STATE_FILE}) there; use auto, never or a step-N folder")
+    return path
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Load the weights into `model` and return the loop state saved with them."""
+    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)

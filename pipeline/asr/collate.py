@@ -1,0 +1,94 @@
+"""Clips to padded model inputs, on the fly: decoding, optional augmentation, features, labels.
+
+Features are computed here rather than with `dataset.map`, so the built dataset is the only copy
+on disk and changing the feature settings never needs a re-run over the corpus.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from omegaconf import DictConfig
+from transformers import Wav2Vec2Processor
+
+from pipeline.data.features import SAMPLING_RATE
+from pipeline.runtime import PipelineError
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """One split read with audio undecoded, so clips are decoded (by soundfile) only when batched."""
+
+    def __init__(self, split: Any) -> None:
+        from datasets import Audio
+
+        if "audio" not in split.column_names:
+            raise PipelineError("the dataset has no `audio` column: the ASR stage needs an audio dataset (check cfg.data)")
+        self.split = split.select_columns(["utterance_id", "audio", "text", "duration"]).cast_column(
+            "audio", Audio(sampling_rate=SAMPLING_RATE, decode=False)
+        )
+        self.durations: list[float] = [float(d) for d in self.split["duration"]]
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.split[int(index)]
+        return {"index": int(index), "audio": decode_audio(row["audio"], row["utterance_id"]), "text": row["text"] or ""}
+
+
+def decode_audio(audio: dict[str, Any], utterance_id: str) -> np.ndarray:
+    """Mono float32 at 16 kHz from a stored {bytes, path} audio cell."""
+    source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
+    if source is None:
+        raise PipelineError(f"record {utterance_id}: audio cell has neither bytes nor a path; rebuild the dataset")
+    wave, rate = sf.read(source, dtype="float32", always_2d=True)
+    wave = wave.mean(axis=1)
+    if rate != SAMPLING_RATE:
+        wave = AF.resample(torch.from_numpy(wave), rate, SAMPLING_RATE).numpy()
+    return wave
+
+
+def augment(wave: np.ndarray, cfg: DictConfig, gen: torch.Generator) -> np.ndarray:
+    """Speed perturbation (resampling) and white noise at a random SNR, each clip on its own draw."""
+    if float(cfg.prob) <= 0 or torch.rand((), generator=gen).item() >= float(cfg.prob):
+        return wave
+    x = torch.from_numpy(wave)
+    speeds = list(cfg.speeds or [1.0])
+    speed = float(speeds[int(torch.randint(len(speeds), (), generator=gen))])
+    if speed != 1.0:
+        x = AF.resample(x, int(SAMPLING_RATE * speed), SAMPLING_RATE)
+    if cfg.noise_snr_db:
+        low, high = (float(v) for v in cfg.noise_snr_db)
+        snr = torch.tensor([low + (high - low) * torch.rand((), generator=gen).item()])
+        noise = torch.randn(x.shape, generator=gen)
+        x = AF.add_noise(x[None], noise[None], snr)[0]
+    return x.numpy()
+
+
+@dataclass
+class CTCCollator:
+    """Pads a list of clips to the longest one; labels are padded with -100 (ignored by CTC)."""
+
+    processor: Wav2Vec2Processor
+    augment_cfg: DictConfig | None = None
+    seed: int = 0  # per epoch: the generator is seeded from (seed, first clip) so workers agree with resume
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        waves = [item["audio"] for item in items]
+        if self.augment_cfg is not None:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + items[0]["index"])
+            waves = [augment(w, self.augment_cfg, gen) for w in waves]
+        batch = self.processor.feature_extractor(
+            waves, sampling_rate=SAMPLING_RATE, padding="longest", return_tensors="pt"
+        )
+        labels = self.processor.tokenizer([item["text"] for item in items], padding="longest", return_tensors="pt")
+        batch["labels"] = labels.input_ids.masked_fill(labels.attention_mask.eq(0), -100)
+        batch["texts"] = [item["text"] for item in items]
+        batch["audio_seconds"] = torch.tensor(sum(len(w) for w in waves) / SAMPLING_RATE)
+        return batch

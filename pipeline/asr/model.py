@@ -1,0 +1,122 @@
+"""Building the CTC model for training, and loading a trained one back (for evaluation and users)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Processor
+
+from pipeline.runtime import PipelineError
+
+
+def _ctc_overrides(cfg: DictConfig, processor: Wav2Vec2Processor) -> dict:
+    """Config fields the fine-tuning run decides, whatever the checkpoint said."""
+    tok = processor.tokenizer
+    return {
+        "vocab_size": len(tok),
+        "pad_token_id": tok.pad_token_id,
+        "ctc_loss_reduction": "mean",
+        "ctc_zero_infinity": True,  # an impossible alignment (clip too short for its text) gives 0, not inf
+        **OmegaConf.to_container(cfg.spec_augment, resolve=True),
+    }
+
+
+def build_model(cfg: DictConfig, processor: Wav2Vec2Processor) -> Wav2Vec2ForCTC:
+    """A fresh small model from `model_config`, or a hub id / local folder through `from_pretrained`.
+
+    A pretrained encoder without a CTC head (wav2vec2-base) or with another vocabulary gets a new
+    `lm_head` sized to our vocabulary.
+    """
+    overrides = _ctc_overrides(cfg, processor)
+    if cfg.model_name_or_path is None:
+        config = Wav2Vec2Config(**OmegaConf.to_container(cfg.model_config, resolve=True), **overrides)
+        model = Wav2Vec2ForCTC(config)
+    else:
+        source = str(cfg.model_name_or_path)
+        try:
+            model = Wav2Vec2ForCTC.from_pretrained(source, ignore_mismatched_sizes=True, **overrides)
+        except OSError as err:
+            raise PipelineError(
+                f"asr.model_name_or_path={source}: cannot load a wav2vec2 checkpoint ({err.__class__.__name__}); "
+                "give a local folder with config.json and weights, or a hub id on a machine with hub access"
+            ) from err
+    if cfg.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+    if cfg.gradient_checkpointing:
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    return model
+
+
+def load_asr(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Wav2Vec2ForCTC, Wav2Vec2Processor]:
+    """The trained model (eval mode) and its processor from `<run>/asr`, checked to belong together."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").exists():
+        raise PipelineError(f"{model_dir}: no ASR model here (config.json missing); run the `asr` stage first")
+    try:
+        processor = Wav2Vec2Processor.from_pretrained(str(model_dir))
+    except (OSError, ValueError, TypeError) as err:
+        raise PipelineError(f"{model_dir}: the processor files (vocab.json, processor_config.json) are missing or broken: {err}") from err
+    model = Wav2Vec2ForCTC.from_pretrained(str(model_dir)).to(device).eval()
+    vocab, head = len(processor.tokenizer), model.lm_head.out_features
+    if vocab != head:
+        raise PipelineError(
+            f"{model_dir}: vocab.json has {vocab} tokens but the model's lm_head predicts {head}; "
+            "the processor and weights come from different runs: re-save them together (re-run the asr stage)"
+        )
+    return model, processor
+
+
+@torch.no_grad()
+def transcribe(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, batch: dict[str, torch.Tensor]) -> tuple[list[str], torch.Tensor | None]:
+    """Greedy CTC transcripts of a collated batch, and its loss when the batch has labels."""
+    device = next(model.parameters()).device
+    inputs = {k: batch[k].to(device) for k in ("input_values", "attention_mask", "labels") if k in batch}
+    out = model(**inputs)
+    ids = out.logits.argmax(dim=-1).cpu()
+    return processor.batch_decode(ids), (out.loss.detach().float().cpu() if out.loss is not None else None)
+
+
+def uses_attention_mask(cfg: DictConfig) -> bool:
+    """Layer-norm encoders take an attention mask; group-norm ones (wav2vec2-base) must not get one."""
+    if cfg.model_name_or_path is None:
+        return str(cfg.model_config.get("feat_extract_norm", "group")) == "layer"
+    try:
+        return Wav2Vec2Config.from_pretrained(str(cfg.model_name_or_path)).feat_extract_norm == "layer"
+    except OSError as err:
+        raise PipelineError(
+            f"asr.model_name_or_path={cfg.model_name_or_path}: no config.json found ({err.__class__.__name__}); "
+            "give a local wav2vec2 folder, or a hub id on a machine with hub access"
+        ) from err
+
+
+def evaluate_clips(
+    model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, loader: torch.utils.data.DataLoader,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Validation loss, WER and CER (jiwer, on normalised text) over a loader of collated batches."""
+    import jiwer
+
+    from pipeline.text import normalize_text
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    refs: list[str] = []
+    hyps: list[str] = []
+    loss_sum, clips = 0.0, 0
+    for batch in loader:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            texts, loss = transcribe(model, processor, batch)
+        n = batch["input_values"].shape[0]
+        loss_sum += float(loss) * n
+        clips += n
+        refs.extend(batch["texts"])
+        hyps.extend(normalize_text(t) for t in texts)
+    model.train(was_training)
+    pairs = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
+    if not pairs:
+        return {"loss": loss_sum / max(clips, 1), "wer": float("nan"), "cer": float("nan"), "clips": clips}
+    r, h = zip(*pairs)
+    return {"loss": loss_sum / max(clips, 1), "wer": jiwer.wer(list(r), list(h)), "cer": jiwer.cer(list(r), list(h)), "clips": clips}

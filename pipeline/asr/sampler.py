@@ -1,0 +1,57 @@
+"""Batches built by padded audio seconds, grouped by length, the same on every run and resume.
+
+Why not a fixed number of clips per batch: short commands and long requests differ several-fold in
+length, so a fixed batch size either wastes memory on short clips or runs out on long ones, and
+random batches spend much of their compute on padding. Here the train split is shuffled (by seed
+and epoch), cut into groups of `bucket_batches` batches, each group is sorted by duration and
+cut so that `clips x longest clip <= max_batch_seconds`, then the batch order is shuffled again.
+Because the batches of an epoch depend only on (seed, epoch), a resumed run can skip exactly the
+batches it had already trained on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+
+def pack_by_seconds(order: Sequence[int], durations: Sequence[float], max_batch_seconds: float) -> list[list[int]]:
+    """Cut `order` (already sorted by length) into batches whose padded seconds fit the budget."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0.0
+    for idx in order:
+        dur = float(durations[idx])
+        if current and max(longest, dur) * (len(current) + 1) > max_batch_seconds:
+            batches.append(current)
+            current, longest = [], 0.0
+        current.append(idx)
+        longest = max(longest, dur)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def epoch_batches(
+    durations: Sequence[float], max_batch_seconds: float, bucket_batches: int, seed: int, epoch: int,
+    rank: int = 0, world_size: int = 1,
+) -> list[list[int]]:
+    """This process's training batches for `epoch`; every rank gets the same number of them."""
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(durations)))
+    rng.shuffle(order)
+    mean = max(sum(durations) / max(len(durations), 1), 1e-3)
+    group = max(1, int(bucket_batches * max_batch_seconds / mean))
+    batches: list[list[int]] = []
+    for start in range(0, len(order), group):
+        chunk = sorted(order[start : start + group], key=lambda i: durations[i])
+        batches.extend(pack_by_seconds(chunk, durations, max_batch_seconds))
+    rng.shuffle(batches)
+    usable = len(batches) - len(batches) % world_size if len(batches) >= world_size else len(batches)
+    return batches[rank:usable:world_size]
+
+
+def eval_batches(durations: Sequence[float], max_batch_seconds: float) -> list[list[int]]:
+    """Validation/test batches: everything sorted by length, so padding is minimal."""
+    order = sorted(range(len(durations)), key=lambda i: durations[i])
+    return pack_by_seconds(order, durations, max_batch_seconds)

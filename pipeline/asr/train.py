@@ -1,0 +1,265 @@
+"""The `asr` stage: fine-tune (or train from scratch) a Wav2Vec2ForCTC and save the best one.
+
+A plain loop rather than the transformers Trainer, for three reasons that matter here: batches are
+sized by audio seconds (the Trainer only knows a fixed batch size), a resumed run must replay
+exactly the batches and random draws an uninterrupted one would have seen, and the loop must stop
+on a wall-clock budget on CPU demo machines. Every random draw (dropout, SpecAugment masks,
+augmentation) is re-seeded from (seed, epoch, micro-batch, rank), which is what makes a resume land
+where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from transformers import get_scheduler
+
+from pipeline.asr.checkpoints import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
+from pipeline.asr.collate import ClipDataset, CTCCollator
+from pipeline.asr.devices import Placement, all_agree, any_says, barrier, place, total
+from pipeline.asr.model import build_model, evaluate_clips, uses_attention_mask
+from pipeline.asr.sampler import epoch_batches, eval_batches
+from pipeline.asr.vocab import build_vocab, make_processor
+from pipeline.ops.tracking import Tracker
+from pipeline.runtime import PipelineError
+
+
+def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker) -> dict[str, Any]:
+    """Train on `train`, select on `validation`, write `<run>/asr/` and `asr/asr_metrics.json`."""
+    from datasets import load_from_disk
+    from transformers import Wav2Vec2Processor
+
+    started = time.time()
+    acfg, seed = cfg.asr, int(cfg.seed)
+    placement = place(cfg.trainer)
+    out_dir = Path(run_dir) / "asr"
+    ckpt_root = out_dir / "checkpoints"
+    try:
+        splits = load_from_disk(str(dataset_path))
+    except FileNotFoundError as err:
+        raise PipelineError(f"{dataset_path}: no saved dataset there; re-run the `data` stage") from err
+    for name in ("train", "validation"):
+        if name not in splits or len(splits[name]) == 0:
+            raise PipelineError(f"{dataset_path}: split `{name}` is missing or empty; the ASR stage needs train and validation clips")
+    train_set, val_set = ClipDataset(splits["train"]), ClipDataset(splits["validation"])
+
+    resume_from = resolve_resume(acfg, ckpt_root)
+    if resume_from is not None:
+        processor = Wav2Vec2Processor.from_pretrained(str(resume_from))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            processor = make_processor(build_vocab(train_set.split["text"]), Path(tmp), uses_attention_mask(acfg))
+    _seed(seed)  # the fresh model's initial weights depend only on the seed
+    model = build_model(acfg, processor)
+    state = _fresh_state()
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model)
+        if placement.is_main:
+            print(f"[asr] resuming from {resume_from} (step {state['step']})", flush=True)
+    model.to(placement.device).train()
+    ddp_model = _wrap_ddp(model, acfg, placement)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for p in params if p.ndim >= 2], "weight_decay": float(acfg.weight_decay)},
+         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+        lr=float(acfg.learning_rate), betas=tuple(acfg.adam_betas),
+    )
+    max_steps = int(acfg.max_steps)
+    scheduler = get_scheduler(str(acfg.lr_schedule), optimizer, num_warmup_steps=int(acfg.warmup_steps), num_training_steps=max_steps)
+    scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.precision == "fp16")
+    if resume_from is not None:
+        optimizer.load_state_dict(state.pop("optimizer"))
+        scheduler.load_state_dict(state.pop("scheduler"))
+        scaler.load_state_dict(state.pop("scaler"))
+
+    val_loader = _loader(val_set, eval_batches(val_set.durations, float(acfg.max_batch_seconds)), processor, None, 0, cfg)
+    budget_s = float(acfg.max_train_minutes) * 60 if acfg.get("max_train_minutes") is not None else math.inf
+    accum = max(int(acfg.grad_accum_steps), 1)
+    log_every, eval_every = max(int(cfg.trainer.get("log_every", 10)), 1), max(int(acfg.eval_every), 1)
+    augment_cfg = acfg.augment if float(acfg.augment.get("prob", 0) or 0) > 0 else None
+
+    loop_start = time.time() - state["train_seconds"]
+    pending_seconds, log_loss, log_n, in_accum, bad_accum = 0.0, 0.0, 0, 0, False
+    stopped_by = "max_steps"
+    while state["step"] < max_steps:
+        batches = epoch_batches(
+            train_set.durations, float(acfg.max_batch_seconds), int(acfg.bucket_batches), seed, state["epoch"],
+            placement.rank, placement.world_size,
+        )
+        if not batches:
+            raise PipelineError(f"{dataset_path}: the train split gives no batches for {placement.world_size} processes")
+        loader = _loader(train_set, batches[state["micro"]:], processor, augment_cfg, seed * 1000 + state["epoch"], cfg)
+        for batch in loader:
+            _seed(((seed * 1_000_003 + state["epoch"]) * 1_000_003 + state["micro"]) * 101 + placement.rank)
+            state["micro"] += 1
+            in_accum += 1
+            syncing = in_accum == accum
+            pending_seconds += float(batch["audio_seconds"])
+            inputs = {k: batch[k].to(placement.device) for k in ("input_values", "attention_mask", "labels") if k in batch}
+            sync_ctx = ddp_model.no_sync() if placement.distributed and not syncing else nullcontext()
+            with sync_ctx:
+                with torch.autocast(placement.device.type, dtype=placement.amp_dtype or torch.float32, enabled=placement.amp_dtype is not None):
+                    loss = ddp_model(**inputs).loss / accum
+                finite = all_agree(bool(torch.isfinite(loss).item()), placement)
+                if finite and not bad_accum:
+                    scaler.scale(loss).backward()
+                    log_loss += float(loss.detach()) * accum
+                    log_n += 1
+                else:
+                    bad_accum = True
+            if not syncing:
+                continue
+            in_accum = 0
+            if not bad_accum:
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, float(acfg.max_grad_norm))
+                bad_accum = placement.precision != "fp16" and not all_agree(bool(torch.isfinite(grad_norm).item()), placement)
+            if bad_accum:
+                # Skip the update, count it, and stop when it keeps happening: the run has diverged.
+                optimizer.zero_grad(set_to_none=True)
+                state["nonfinite_steps"] += 1
+                state["nonfinite_streak"] += 1
+                bad_accum = False
+                if state["nonfinite_streak"] >= int(acfg.max_nonfinite_steps):
+                    raise PipelineError(
+                        f"asr: {state['nonfinite_streak']} optimizer steps in a row had a non-finite loss or gradient "
+                        f"(at step {state['step']}); lower asr.learning_rate, use trainer.precision=fp32, or check the data"
+                    )
+                continue
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            state["nonfinite_streak"] = 0
+            step = state["step"]
+            if step % log_every == 0 and log_n and placement.is_main:
+                tracker.log_metrics({"asr/train_loss": log_loss / log_n, "asr/lr": scheduler.get_last_lr()[0]}, step=step)
+                print(f"[asr] step {step} loss {log_loss / log_n:.3f} ({time.time() - loop_start:.0f}s)", flush=True)
+                log_loss, log_n = 0.0, 0
+            out_of_time = any_says(time.time() - loop_start >= budget_s, placement)
+            if out_of_time:
+                stopped_by = "max_train_minutes"
+            if step % eval_every == 0 or step >= max_steps or out_of_time:
+                state["audio_seconds"] += total(pending_seconds, placement)
+                pending_seconds = 0.0
+                state["train_seconds"] = time.time() - loop_start
+                _evaluate_and_save(model, processor, val_loader, optimizer, scheduler, scaler, state, placement, acfg, ckpt_root, tracker)
+            if step >= max_steps or out_of_time:
+                break
+        else:
+            state["epoch"] += 1
+            state["micro"] = 0
+            continue
+        break
+
+    if state["step"] == 0 or state["best_step"] is None:
+        raise PipelineError("asr: training ended before any validated step; raise asr.max_steps or asr.max_train_minutes")
+    metrics = _finish(model, processor, state, placement, ckpt_root, out_dir, started, stopped_by, tracker)
+    barrier(placement)
+    return metrics
+
+
+def _fresh_state() -> dict[str, Any]:
+    return {
+        "step": 0, "epoch": 0, "micro": 0, "audio_seconds": 0.0, "train_seconds": 0.0,
+        "nonfinite_steps": 0, "nonfinite_streak": 0, "best_wer": None, "best_step": None, "history": [],
+    }
+
+
+def _seed(value: int) -> None:
+    value = value % (2**32)
+    random.seed(value)
+    np.random.seed(value)  # SpecAugment masks are drawn with numpy inside transformers
+    torch.manual_seed(value)
+
+
+def _wrap_ddp(model: torch.nn.Module, acfg: DictConfig, placement: Placement) -> torch.nn.Module:
+    if not placement.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # Without time masking `masked_spec_embed` gets no gradient, and layerdrop skips whole layers.
+    unused = float(acfg.spec_augment.mask_time_prob) <= 0 or float(acfg.model_config.get("layerdrop", 0) or 0) > 0
+    device_ids = [placement.device.index] if placement.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
+
+
+def _loader(
+    dataset: ClipDataset, batches: list[list[int]], processor: Any, augment_cfg: DictConfig | None, seed: int, cfg: DictConfig,
+) -> torch.utils.data.DataLoader:
+    workers = int(cfg.trainer.get("num_workers", 0))
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, collate_fn=CTCCollator(processor, augment_cfg, seed), num_workers=workers,
+        persistent_workers=False, pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _evaluate_and_save(
+    model: torch.nn.Module, processor: Any, val_loader: Any, optimizer: Any, scheduler: Any, scaler: Any,
+    state: dict[str, Any], placement: Placement, acfg: DictConfig, ckpt_root: Path, tracker: Tracker,
+) -> None:
+    """Validate on rank 0, keep the best/last checkpoints; the other ranks wait."""
+    if placement.is_main:
+        scores = evaluate_clips(model, processor, val_loader, placement.amp_dtype)
+        step = state["step"]
+        entry = {"step": step, "val_loss": scores["loss"], "val_wer": scores["wer"], "val_cer": scores["cer"],
+                 "audio_hours": state["audio_seconds"] / 3600, "train_seconds": state["train_seconds"]}
+        state["history"].append(entry)
+        if state["best_wer"] is None or scores["wer"] < state["best_wer"]:
+            state["best_wer"], state["best_step"] = scores["wer"], step
+        tracker.log_metrics({"asr/val_loss": scores["loss"], "asr/val_wer": scores["wer"], "asr/val_cer": scores["cer"]}, step=step)
+        print(f"[asr] step {step} val_loss {scores['loss']:.3f} val_wer {scores['wer']:.3f} val_cer {scores['cer']:.3f}", flush=True)
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        full = {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
+        save_checkpoint(ckpt_root, step, model, processor, full)
+        prune_checkpoints(ckpt_root, int(acfg.keep_last), state["best_step"])
+    # Every rank needs the same best/history to save the same state if it becomes rank 0's copy.
+    if placement.distributed:
+        import torch.distributed as dist
+
+        box = [state if placement.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        state.update(box[0])
+    barrier(placement)
+
+
+def _finish(
+    model: torch.nn.Module, processor: Any, state: dict[str, Any], placement: Placement, ckpt_root: Path,
+    out_dir: Path, started: float, stopped_by: str, tracker: Tracker,
+) -> dict[str, Any]:
+    """Save the best checkpoint's weights as the model folder and write asr_metrics.json."""
+    best = next(h for h in state["history"] if h["step"] == state["best_step"])
+    metrics = {
+        "val_wer": best["val_wer"], "val_cer": best["val_cer"], "val_loss": best["val_loss"],
+        "best_step": state["best_step"], "steps": state["step"], "epochs": state["epoch"],
+        "audio_hours_seen": state["audio_seconds"] / 3600, "train_wall_seconds": state["train_seconds"],
+        "stage_wall_seconds": time.time() - started, "stopped_by": stopped_by,
+        "nonfinite_steps": state["nonfinite_steps"], "world_size": placement.world_size,
+        "device": str(placement.device), "precision": placement.precision,
+        "num_parameters": sum(p.numel() for p in model.parameters()), "history": state["history"],
+        "model_dir": str(out_dir),
+    }
+    if placement.is_main:
+        best_dir = ckpt_root / f"step-{state['best_step']:06d}"
+        for name in ("config.json", "model.safetensors", "generation_config.json"):
+            if (best_dir / name).exists():
+                shutil.copy2(best_dir / name, out_dir / name)
+        processor.save_pretrained(str(out_dir))
+        (out_dir / "asr_metrics.json").write_text(json.dumps(metrics, indent=2))
+        tracker.log_summary({f"asr/{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+        print(f"[asr] best step {state['best_step']}: val_wer {best['val_wer']:.3f} val_cer {best['val_cer']:.3f}; "
+              f"{state['step']} steps in {state['train_seconds'] / 60:.1f} min ({stopped_by})", flush=True)
+    return metrics

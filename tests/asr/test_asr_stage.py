@@ -1,0 +1,87 @@
+"""The asr stage end to end on the tiny espeak-ng fixture: outputs, loading, model sources, failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from asr_testkit import RecordingTracker, micro_cfg
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+from pipeline.asr.model import load_asr
+from pipeline.asr.train import run_asr_stage
+from pipeline.runtime import PipelineError
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, RecordingTracker]:
+    run_dir = tmp_path_factory.mktemp("asr_run")
+    tracker = RecordingTracker()
+    cfg = micro_cfg("asr.max_steps=6", "asr.eval_every=3", "asr.keep_last=1", "asr.augment.prob=0.5")
+    return run_dir, run_asr_stage(cfg, run_dir, tiny_dataset_path, tracker), tracker
+
+
+def test_stage_writes_a_model_folder_metrics_and_curves(trained_run: tuple[Path, dict, RecordingTracker]) -> None:
+    run_dir, result, tracker = trained_run
+    saved = json.loads((run_dir / "asr" / "asr_metrics.json").read_text())
+    for key in ("val_wer", "val_cer", "best_step", "steps", "audio_hours_seen", "train_wall_seconds"):
+        assert key in saved
+    assert saved["steps"] == 6 and saved["best_step"] in (3, 6)
+    assert 0 < saved["audio_hours_seen"] < 1 and saved["train_wall_seconds"] > 0
+    assert [h["step"] for h in saved["history"]] == [3, 6]
+    losses = [m["asr/train_loss"] for _, m in tracker.metrics if "asr/train_loss" in m]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    assert any("asr/val_wer" in m for _, m in tracker.metrics)
+    # Keep the last 1 and the best: at most two checkpoints remain.
+    kept = sorted(p.name for p in (run_dir / "asr" / "checkpoints").iterdir())
+    assert "step-000006" in kept and len(kept) <= 2
+    assert result["val_wer"] == saved["val_wer"]
+
+
+def test_saved_model_loads_with_the_transformers_pipeline_and_load_asr(
+    trained_run: tuple[Path, dict, RecordingTracker], tiny_dataset_path: Path
+) -> None:
+    from datasets import load_from_disk
+    from transformers import pipeline
+
+    model_dir = trained_run[0] / "asr"
+    clip = load_from_disk(str(tiny_dataset_path))["test"][0]["audio"].get_all_samples()
+    asr = pipeline("automatic-speech-recognition", model=str(model_dir))
+    out = asr({"raw": clip.data[0].numpy(), "sampling_rate": clip.sample_rate})
+    assert isinstance(out["text"], str)
+    model, processor = load_asr(model_dir)
+    assert model.lm_head.out_features == len(processor.tokenizer) and not model.training
+    inputs = processor(clip.data[0].numpy(), sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        ids = model(inputs.input_values).logits.argmax(-1)
+    assert processor.batch_decode(ids)[0] == out["text"]
+
+
+def test_a_local_pretrained_encoder_is_fine_tuned_through_from_pretrained(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    # Like facebook/wav2vec2-base: an encoder without a CTC head, saved with save_pretrained.
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            conv_dim=[16, 16, 32, 32], conv_kernel=[10, 8, 4, 4], conv_stride=[5, 4, 4, 4],
+                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, feat_extract_norm="group")
+    Wav2Vec2Model(config).save_pretrained(tmp_path / "pretrained")
+    cfg = micro_cfg(f"asr.model_name_or_path={tmp_path / 'pretrained'}", "asr.freeze_feature_encoder=true",
+                    "asr.gradient_checkpointing=true", "asr.max_steps=2")
+    result = run_asr_stage(cfg, tmp_path / "run", tiny_dataset_path, RecordingTracker())
+    model, processor = load_asr(tmp_path / "run" / "asr")
+    assert result["steps"] == 2
+    assert model.config.vocab_size == len(processor.tokenizer)
+    assert not processor.feature_extractor.return_attention_mask  # group-norm encoders take no mask
+
+
+def test_a_diverging_run_stops_with_a_clear_error(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    cfg = micro_cfg("asr.learning_rate=1e30", "asr.warmup_steps=0", "asr.max_steps=20", "asr.max_nonfinite_steps=3",
+                    "asr.eval_every=100")
+    with pytest.raises(PipelineError, match="non-finite"):
+        run_asr_stage(cfg, tmp_path, tiny_dataset_path, RecordingTracker())
+
+
+def test_missing_resume_checkpoint_is_a_user_error(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="asr.resume"):
+        run_asr_stage(micro_cfg(f"asr.resume={tmp_path / 'nowhere'}"), tmp_path, tiny_dataset_path, RecordingTracker())

@@ -1,0 +1,78 @@
+"""Vocabulary, batching and collation: the pieces the training loop trusts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+from pipeline.asr.collate import CTCCollator
+from pipeline.asr.model import load_asr
+from pipeline.asr.sampler import epoch_batches, eval_batches
+from pipeline.asr.vocab import PAD, UNK, WORD_DELIMITER, build_vocab, make_processor
+from pipeline.runtime import PipelineError
+
+
+def test_vocab_has_blank_first_and_maps_unseen_characters_to_unk(tmp_path: Path) -> None:
+    vocab = build_vocab(["play jazz", "don't stop"])
+    assert vocab[PAD] == 0 and vocab[UNK] == 1 and WORD_DELIMITER in vocab
+    assert set(vocab) - {PAD, UNK, WORD_DELIMITER} == set("playjazdon'tso")
+    processor = make_processor(vocab, tmp_path, return_attention_mask=True)
+    assert len(processor.tokenizer) == len(vocab)
+    ids = processor.tokenizer("play xylophone").input_ids
+    unseen = [ch for ch in "play xylophone" if ch != " " and ch not in vocab]
+    assert unseen and ids.count(vocab[UNK]) == len(unseen)
+    assert processor.tokenizer.decode(processor.tokenizer("play jazz").input_ids, group_tokens=False) == "play jazz"
+
+
+def test_batches_fit_the_seconds_budget_and_cover_each_clip_once() -> None:
+    rng = np.random.default_rng(0)
+    durations = rng.uniform(0.5, 4.0, size=300).tolist()
+    batches = epoch_batches(durations, max_batch_seconds=20, bucket_batches=5, seed=1, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    assert all(len(b) * max(durations[i] for i in b) <= 20 for b in batches)
+    # Grouped by length: padding is a small share of the padded seconds.
+    padded = sum(len(b) * max(durations[i] for i in b) for b in batches)
+    assert sum(durations) / padded > 0.85
+    assert batches == epoch_batches(durations, 20, 5, seed=1, epoch=0)
+    assert batches != epoch_batches(durations, 20, 5, seed=1, epoch=1)
+    shards = [epoch_batches(durations, 20, 5, seed=1, epoch=0, rank=r, world_size=2) for r in range(2)]
+    assert len(shards[0]) == len(shards[1])
+    assert not {i for b in shards[0] for i in b} & {i for b in shards[1] for i in b}
+    ordered = eval_batches(durations, 20)
+    assert sorted(i for b in ordered for i in b) == list(range(300))
+
+
+def test_collator_pads_audio_and_masks_label_padding(tmp_path: Path) -> None:
+    processor = make_processor(build_vocab(["turn on", "play jazz music"]), tmp_path, return_attention_mask=True)
+    items = [
+        {"index": 0, "audio": np.ones(8000, dtype=np.float32), "text": "turn on"},
+        {"index": 1, "audio": np.ones(16000, dtype=np.float32), "text": "play jazz music 7%"},  # unseen chars
+    ]
+    batch = CTCCollator(processor)(items)
+    assert batch["input_values"].shape == (2, 16000)
+    assert batch["attention_mask"][0].sum() == 8000
+    assert (batch["labels"][0] == -100).sum() == len("play jazz music 7%") - len("turn on")
+    assert float(batch["audio_seconds"]) == pytest.approx(1.5)
+    from omegaconf import OmegaConf
+
+    noisy = CTCCollator(processor, OmegaConf.create({"prob": 1.0, "speeds": [1.1], "noise_snr_db": [10, 10]}), seed=3)
+    out = noisy(items)
+    assert out["input_values"].shape[1] < 16000  # 1.1x speed shortens the clips
+    assert torch.equal(out["input_values"], noisy(items)["input_values"])  # same seed, same draw
+
+
+def test_load_asr_refuses_a_processor_from_another_model(tmp_path: Path) -> None:
+    processor = make_processor(build_vocab(["abc"]), tmp_path / "v", return_attention_mask=False)
+    config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                            conv_dim=[8, 8], conv_kernel=[10, 4], conv_stride=[5, 4], num_conv_pos_embeddings=4,
+                            num_conv_pos_embedding_groups=2, vocab_size=len(processor.tokenizer) + 3)
+    Wav2Vec2ForCTC(config).save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    with pytest.raises(PipelineError, match="lm_head"):
+        load_asr(tmp_path / "m")
+    with pytest.raises(PipelineError, match="config.json"):
+        load_asr(tmp_path / "missing")
