@@ -22,7 +22,6 @@ import errno
 import hashlib
 import json
 import os
-import secrets
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from pipeline.data.privacy import load_key
 from pipeline.ops.registry import TMP_PREFIX, hash_id
 from pipeline.runtime import PipelineError
 
@@ -61,17 +61,8 @@ class Corpus:
 
 
 def pseudonym_key(privacy: DictConfig) -> bytes:
-    """The HMAC key: `privacy.key_env` wins, else `privacy.key_file` (created 0600 when missing)."""
-    from_env = os.environ.get(str(privacy.key_env), "")
-    if from_env:
-        return from_env.encode()
-    path = Path(str(privacy.key_file))
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+    """The same key the data stage pseudonymises with (`privacy.key_env`, else `privacy.key_file`)."""
+    return load_key(str(privacy.key_env), str(privacy.key_file))
 
 
 def read_requests(paths: Iterable[Path]) -> set[str]:
