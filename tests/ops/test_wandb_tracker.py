@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from omegaconf import OmegaConf
 
 from pipeline.ops.wandb_offline import read_offline_run, transaction_logs
