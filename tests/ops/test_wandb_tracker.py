@@ -122,19 +122,22 @@ def test_demo_corpus_logs_transcripts(tmp_path: Path) -> None:
 
 
 def test_multirun_gives_one_folder_and_one_grouped_run_per_point(tmp_path: Path) -> None:
+    # The sweep, with no stages so that only the tracking is exercised.
     sweep = tmp_path / "multirun"
     result = subprocess.run(
-        [sys.executable, "train.py", "-m", "stages=[]", "seed=1,2", f"hydra.sweep.dir={sweep}",
-         f"cache_dir={tmp_path / 'cache'}", "logger.log_artifacts=false"],
+        [sys.executable, "train.py", "-m", "asr.learning_rate=1e-4,3e-4", "nlu.epochs=3,5", "stages=[]",
+         f"hydra.sweep.dir={sweep}", f"cache_dir={tmp_path / 'cache'}", "logger.log_artifacts=false"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     points = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
-    assert [p.name for p in points] == ["0", "1"]
+    assert [p.name for p in points] == ["0", "1", "2", "3"]
     runs = [read_offline_run(log) for p in points for log in transaction_logs(p / "wandb")]
-    assert len(runs) == 2
-    assert len({r.run_id for r in runs}) == 2
+    assert len(runs) == 4 and len({r.run_id for r in runs}) == 4
     assert len({r.group for r in runs}) == 1 and runs[0].group.startswith("sweep-")
+    assert {(r.config["asr"]["learning_rate"], r.config["nlu"]["epochs"]) for r in runs} == {
+        (1e-4, 3), (1e-4, 5), (3e-4, 3), (3e-4, 5)}
     names = sorted(r.name for r in runs)
-    assert names[0].startswith("0:") and "seed=1" in names[0] and "seed=2" in names[1]
-    assert sorted(r.config["seed"] for r in runs) == [1, 2]
+    assert names[0].startswith("0:") and "asr.learning_rate=0.0001" in names[0] and "nlu.epochs=3" in names[0]
+    for point, run in zip(points, runs):
+        assert (point / "wandb_run_id").read_text().strip() == run.run_id
