@@ -1,0 +1,128 @@
+"""Evaluation throughput: our batched, length-sorted inference against one-clip-at-a-time
+`transformers.pipeline("automatic-speech-recognition")` on the same clips, in one run.
+
+    python -m bench.eval_throughput                          # tiny model (conf/asr/tiny.yaml), espeak-ng clips
+    python -m bench.eval_throughput --asr-model <run>/asr --dataset <built dataset> [--split test]
+
+Ours also decodes the audio and scores the wake word; the baseline gets the clips already decoded,
+so the ratio understates our lead rather than flattering it. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+PHRASES = [
+    "alexa play jazz music", "alexa set an alarm for seven am tomorrow morning please",
+    "alexa what is the weather in paris", "alexander went to the market",
+    "alexa turn off the lights in the kitchen and the living room", "the election is next week",
+    "alexa add milk eggs and bread to my shopping list", "alexa call mom",
+]
+
+
+def synthetic_split(n: int) -> Any:
+    """`n` espeak-ng clips (1 to 5 s) with the columns the eval stage reads."""
+    import io
+    import subprocess
+
+    import soundfile as sf
+    import torchaudio.functional as AF
+    from datasets import Audio, Dataset, Features, Value
+
+    rows = []
+    for i in range(n):
+        text = PHRASES[i % len(PHRASES)]
+        raw = subprocess.run(["espeak-ng", "-s", str(140 + 10 * (i % 5)), "--stdout", text],
+                             check=True, capture_output=True).stdout
+        wave, sr = sf.read(io.BytesIO(raw), dtype="float32")
+        wave = AF.resample(torch.from_numpy(wave), sr, 16000).numpy()
+        rows.append({"utterance_id": f"bench-{i}", "audio": {"array": wave, "sampling_rate": 16000},
+                     "duration": len(wave) / 16000})
+    features = Features({"utterance_id": Value("string"), "audio": Audio(sampling_rate=16000),
+                         "duration": Value("float32")})
+    return Dataset.from_list(rows, features=features)
+
+
+def tiny_model(out: Path, split: Any) -> Path:
+    """A randomly initialised model of the demo's size (conf/asr/tiny.yaml): speed does not need training."""
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from pipeline.asr.vocab import build_vocab, make_processor
+
+    cfg = OmegaConf.load(ROOT / "conf/asr/tiny.yaml")
+    vocab = build_vocab(PHRASES)
+    processor = make_processor(vocab, out, return_attention_mask=cfg.model_config.feat_extract_norm == "layer")
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(**OmegaConf.to_container(cfg.model_config), vocab_size=len(vocab), pad_token_id=0)
+    Wav2Vec2ForCTC(config).save_pretrained(str(out))
+    processor.save_pretrained(str(out))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--asr-model", type=Path, default=None)
+    parser.add_argument("--dataset", type=Path, default=None)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--clips", type=int, default=48, help="synthetic clips (no --dataset), or a cap on the split")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from datasets import Audio, load_from_disk
+    from transformers import pipeline
+
+    from pipeline.asr.collate import decode_audio
+    from pipeline.asr.model import load_asr
+    from pipeline.eval.run import keyword_ids, transcribe
+    from pipeline.text import normalize_text
+
+    if args.dataset:
+        split = load_from_disk(str(args.dataset))[args.split]
+        split = split.select(range(min(args.clips, len(split))))
+    else:
+        split = synthetic_split(args.clips)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.asr_model or tiny_model(Path(tmp) / "asr", split)
+        model, processor = load_asr(model_dir)
+        keyword = keyword_ids(processor, "alexa", True, model_dir)
+
+        raw = split.cast_column("audio", Audio(sampling_rate=16000, decode=False))
+        waves = [decode_audio(a, u) for a, u in zip(raw["audio"], raw["utterance_id"])]
+        asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
+                       feature_extractor=processor.feature_extractor, device="cpu")
+        # One warm-up call each, so neither side pays the one-time set-up inside its timing.
+        transcribe(model, processor, split.select([0]), keyword, 1, window_s=2.0)
+        asr({"raw": waves[0], "sampling_rate": 16000})
+
+        ours = transcribe(model, processor, split, keyword, args.batch_size, window_s=2.0)
+        started = time.perf_counter()
+        baseline = [asr({"raw": w, "sampling_rate": 16000})["text"] for w in waves]
+        baseline_s = time.perf_counter() - started
+
+    unk = processor.tokenizer.unk_token
+    same = sum(normalize_text(a) == normalize_text(b.replace(unk, "")) for a, b in zip(ours.hypotheses, baseline))
+    audio_s = ours.audio_seconds
+    print(json.dumps({
+        "clips": len(waves), "audio_seconds": round(audio_s, 2), "threads": args.threads,
+        "batch_size": args.batch_size, "model": str(args.asr_model or "random conf/asr/tiny.yaml"),
+        "ours_seconds": round(ours.compute_seconds, 3), "baseline_seconds": round(baseline_s, 3),
+        "ours_audio_s_per_s": round(audio_s / ours.compute_seconds, 1),
+        "baseline_audio_s_per_s": round(audio_s / baseline_s, 1),
+        "speedup": round(baseline_s / ours.compute_seconds, 2),
+        "same_transcripts": f"{same}/{len(waves)}",
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
