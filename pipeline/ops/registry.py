@@ -89,7 +89,8 @@ class Registry:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         for part in MODEL_PARTS:
-            shutil.copytree(run_dir / part, tmp / part, symlinks=False)
+            # The model itself, not the training checkpoints kept beside it.
+            shutil.copytree(run_dir / part, tmp / part, ignore=shutil.ignore_patterns("checkpoints"))
         full = {**record, "status": "promoted", "promoted_at": now(),
                 "replaces": {"model_id": previous, "reason": retire_reason} if previous else None}
         write_json_atomic(tmp / RECORD, full)

@@ -142,56 +142,65 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                           f"run {previous.get('run_dir')}"}
 
     run_stages(stage_cfg)
-    report = json.loads((run_dir / "build_report.json").read_text())
-    dataset_path = Path(report["dataset_path"])
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    hashes = trained_on(dataset_path, key)
-    leaked = corpus.tombstones.intersection(hashes)
-    if leaked:
-        raise RuntimeError(f"the new dataset still holds {len(leaked)} deleted utterance(s); not promoting")
-    model_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + str(report["fingerprint"])[:8]
-    decision["candidate"] = {"model_id": model_id, "dataset_fingerprint": report["fingerprint"], "metrics": metrics}
-
-    retire_reason = "replaced"
-    if current is None:
-        promote, reason = True, "no model is promoted yet"
-    elif current_affected:
-        hits = next(a["deleted_utterances"] for a in affected if a["model_id"] == current["model_id"])
-        promote, retire_reason = True, "deletion"
-        reason = (f"the promoted model {current['model_id']} was trained on {hits} deleted utterance(s): "
-                  "deletion beats the gate")
-    else:
-        incumbent_metrics, error = (None, "its weights are gone")
-        if registry.has_weights(current["model_id"]):
-            incumbent_metrics, error = _evaluate_incumbent(stage_cfg, registry, current["model_id"],
-                                                           run_dir, dataset_path)
-        failed: list[str] = []
-        if incumbent_metrics is None:
-            failed = [f"the promoted model could not be evaluated on the new test split ({error})"]
-        else:
-            decision["incumbent"]["metrics"] = incumbent_metrics
-            checks = check_gate(metrics, incumbent_metrics, OmegaConf.to_container(retrain.gate, resolve=True))
-            decision["gate"] = [c.as_dict() for c in checks]
-            failed = [c.detail for c in checks if not c.passed]
-        promote = not failed or bool(retrain.force)
-        if not failed:
-            reason = "every gated metric passes: " + "; ".join(g["detail"] for g in decision["gate"])
-        else:
-            reason = ("forced (retrain.force=true) past: " if promote else "") + "; ".join(failed)
+    candidate = _candidate(run_dir, key, corpus.tombstones)
+    decision["candidate"] = {k: candidate[k] for k in ("model_id", "dataset_fingerprint", "metrics")}
+    promote, reason, retire_reason = _verdict(stage_cfg, registry, current, affected, candidate, run_dir, decision)
     for stale in affected:
         if current is None or stale["model_id"] != current["model_id"]:
             # Already retired, but its weights were kept for rollback: they go now.
             registry.retire(stale["model_id"], "deletion", registry.record(stale["model_id"]).get("replaced_by"))
-    if promote:
-        registry.promote(run_dir, {
-            "model_id": model_id, "created_at": now(), "run_dir": str(run_dir),
-            "dataset_fingerprint": report["fingerprint"], "metrics": metrics,
-            "trained_on": hashes, "trained_on_hash": "hmac-sha256(pseudonym key, utterance_id)[:32]",
-            "state": state,
-        }, retire_reason=retire_reason)
-        return {**decision, "decision": "promoted", "reason": reason,
-                "retired": [current["model_id"]] if current else []}
-    return {**decision, "decision": "rejected", "reason": reason}
+    if not promote:
+        return {**decision, "decision": "rejected", "reason": reason}
+    registry.promote(run_dir, {
+        **decision["candidate"], "created_at": now(), "run_dir": str(run_dir), "state": state,
+        "trained_on": candidate["trained_on"],
+        "trained_on_hash": "hmac-sha256(pseudonym key, 'registry-utterance:' + utterance_id)[:32]",
+    }, retire_reason=retire_reason)
+    return {**decision, "decision": "promoted", "reason": reason,
+            "retired": [current["model_id"]] if current else []}
+
+
+def _candidate(run_dir: Path, key: bytes, tombstones: set[str]) -> dict[str, Any]:
+    """What the stages just produced, checked once more against every deletion ever applied."""
+    report = json.loads((run_dir / "build_report.json").read_text())
+    dataset_path = Path(report["dataset_path"])
+    hashes = trained_on(dataset_path, key)
+    leaked = tombstones.intersection(hashes)
+    if leaked:
+        raise RuntimeError(f"the new dataset still holds {len(leaked)} deleted utterance(s); not promoting")
+    return {
+        "model_id": time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + str(report["fingerprint"])[:8],
+        "dataset_fingerprint": report["fingerprint"], "dataset_path": dataset_path,
+        "metrics": json.loads((run_dir / "metrics.json").read_text()), "trained_on": hashes,
+    }
+
+
+def _verdict(cfg: DictConfig, registry: Registry, current: dict[str, Any] | None,
+             affected: list[dict[str, Any]], candidate: dict[str, Any], run_dir: Path,
+             decision: dict[str, Any]) -> tuple[bool, str, str]:
+    """(promote?, why, how the old model is retired); adds the gate numbers to `decision`."""
+    if current is None:
+        return True, "no model is promoted yet", "replaced"
+    hits = next((a["deleted_utterances"] for a in affected if a["model_id"] == current["model_id"]), 0)
+    if hits:
+        return True, (f"the promoted model {current['model_id']} was trained on {hits} deleted "
+                      "utterance(s): deletion beats the gate"), "deletion"
+    incumbent, error = None, "its weights are gone"
+    if registry.has_weights(current["model_id"]):
+        incumbent, error = _evaluate_incumbent(cfg, registry, current["model_id"], run_dir,
+                                               candidate["dataset_path"])
+    if incumbent is None:
+        failed = [f"the promoted model could not be evaluated on the new test split ({error})"]
+    else:
+        decision["incumbent"]["metrics"] = incumbent
+        checks = check_gate(candidate["metrics"], incumbent, OmegaConf.to_container(cfg.retrain.gate, resolve=True))
+        decision["gate"] = [c.as_dict() for c in checks]
+        failed = [c.detail for c in checks if not c.passed]
+        if not failed:
+            return True, "every gated metric passes: " + "; ".join(c.detail for c in checks), "replaced"
+    if cfg.retrain.force:
+        return True, "forced (retrain.force=true) past: " + "; ".join(failed), "replaced"
+    return False, "; ".join(failed), "replaced"
 
 
 EXIT_CODES = {"promoted": EXIT_OK, "nothing_to_do": EXIT_OK, "rejected": EXIT_REJECTED,

@@ -163,6 +163,8 @@ class WandbTracker:
                 artifact.add_file(str(card), name="README.md")
         elif path.is_dir():
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                if "checkpoints" in file.relative_to(path).parts:
+                    continue  # training state, not the model
                 if self.log_transcripts or file.name not in TEXT_FILES:
                     artifact.add_file(str(file), name=file.relative_to(path).as_posix())
         else:
