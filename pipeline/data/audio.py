@@ -1,0 +1,108 @@
+"""Safe audio paths, and one clip from file to 16 kHz mono FLAC bytes.
+
+Paths come from annotation files written by other people, so a path is checked *lexically* and
+after resolving symlinks before anything opens it: an export must never make the build read
+`/etc/passwd` or a file beside the export folder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from pipeline.data.features import SAMPLING_RATE
+
+# Peak below which a clip counts as silent (about -60 dBFS): digital silence or a dead microphone.
+SILENCE_PEAK = 1e-3
+
+
+class ClipRejected(Exception):
+    """A clip that goes to quarantine; `reason` is one of the build's reason codes."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def resolve_audio(root: Path, relative: str) -> Path:
+    """The file `relative` names inside `root`; ClipRejected when it is outside or absent."""
+    rel = Path(relative)
+    if rel.is_absolute() or ".." in rel.parts or relative.startswith("~"):
+        raise ClipRejected("path_outside_root", f"audio path {relative!r} must be relative to the export folder, without '..'")
+    root = root.resolve()
+    path = root / rel
+    resolved = path.resolve()  # follows symlinks; does not open the file
+    if not resolved.is_relative_to(root):
+        raise ClipRejected("path_outside_root", f"audio path {relative!r} resolves outside the export folder")
+    if not resolved.is_file():
+        raise ClipRejected("missing_audio", f"audio file {relative!r} does not exist in the export folder")
+    return resolved
+
+
+@dataclass(frozen=True)
+class Clip:
+    flac: bytes
+    duration: float  # seconds, after resampling
+
+
+@lru_cache(maxsize=8)
+def _resampler(orig_sr: int):  # noqa: ANN202 - torchaudio type
+    """One resampling kernel per input rate, built once per process (the kernel is the costly part)."""
+    import torchaudio
+
+    return torchaudio.transforms.Resample(orig_sr, SAMPLING_RATE)
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    """(channels-first float32 samples, rate) via libsndfile, falling back to ffmpeg (torchcodec)."""
+    try:
+        wave, sr = sf.read(path, dtype="float32", always_2d=True)
+        return wave.T, int(sr)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as sf_err:
+        try:
+            from torchcodec.decoders import AudioDecoder
+
+            samples = AudioDecoder(str(path)).get_all_samples()
+            return samples.data.numpy().astype(np.float32), int(samples.sample_rate)
+        except Exception:  # noqa: BLE001 - any decoder failure means the same thing here
+            raise ClipRejected("unreadable_audio", f"cannot decode audio ({sf_err})") from None
+
+
+def load_clip(path: Path, relative: str, min_s: float, max_s: float, need_signal: bool) -> Clip:
+    """Decode, check and re-encode one clip; the length check runs on the header before decoding
+    so an hours-long file is rejected without being read."""
+    if os.path.getsize(path) == 0:
+        raise ClipRejected("unreadable_audio", f"audio file {relative!r} is empty")
+    try:
+        info = sf.info(path)
+        if info.samplerate > 0 and info.frames / info.samplerate > max_s:
+            raise ClipRejected("too_long", f"{info.frames / info.samplerate:.2f} s is over data.max_duration_s={max_s}")
+    except (sf.LibsndfileError, RuntimeError):
+        pass  # not a libsndfile format: _decode tries ffmpeg
+    wave, sr = _decode(path)
+    if wave.size == 0 or sr <= 0:
+        raise ClipRejected("unreadable_audio", f"audio file {relative!r} holds no samples")
+    mono = wave.mean(axis=0)
+    if not np.isfinite(mono).all():
+        raise ClipRejected("unreadable_audio", f"audio file {relative!r} holds NaN or infinite samples")
+    if sr != SAMPLING_RATE:
+        import torch
+
+        mono = _resampler(sr)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
+    duration = len(mono) / SAMPLING_RATE
+    if duration > max_s:
+        raise ClipRejected("too_long", f"{duration:.2f} s is over data.max_duration_s={max_s}")
+    if duration < min_s:
+        raise ClipRejected("too_short", f"{duration:.2f} s is under data.min_duration_s={min_s}")
+    if need_signal and float(np.abs(mono).max()) < SILENCE_PEAK:
+        raise ClipRejected("silent_audio", "the audio is silent but the transcript is not empty")
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(mono, -1.0, 1.0), SAMPLING_RATE, format="FLAC", subtype="PCM_16")
+    return Clip(buffer.getvalue(), duration)

@@ -1,0 +1,66 @@
+"""The dataset card (`README.md` beside the saved data): what is in the build, at a glance.
+
+Written from the built splits and the build report only, which hold pseudonyms, never raw ids.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from datasets import DatasetDict
+
+
+def summarise(dd: DatasetDict) -> dict[str, Any]:
+    """Counts per split, intent and entity type; hours of audio; false-wake share."""
+    intents: Counter[str] = Counter()
+    entity_types: Counter[str] = Counter()
+    seconds = 0.0
+    false_wakes = 0
+    total = 0
+    for split in dd.values():
+        light = split.select_columns(["intent", "entities", "duration", "wake_word_present"])
+        for batch in light.iter(batch_size=1000):
+            for intent, ents, dur, wake in zip(
+                batch["intent"], batch["entities"], batch["duration"], batch["wake_word_present"]
+            ):
+                intents[intent or "(false wake / none)"] += 1
+                entity_types.update(e["type"] for e in ents)
+                seconds += float(dur or 0.0)
+                false_wakes += 0 if wake else 1
+                total += 1
+    return {
+        "splits": {name: len(split) for name, split in dd.items()},
+        "intents": dict(sorted(intents.items())),
+        "entity_types": dict(sorted(entity_types.items())),
+        "hours": round(seconds / 3600, 4),
+        "false_wake_share": round(false_wakes / total, 4) if total else 0.0,
+    }
+
+
+def _table(title: str, counts: dict[str, Any]) -> list[str]:
+    lines = [f"## {title}", "", "| | count |", "| --- | ---: |"]
+    lines += [f"| {name} | {count} |" for name, count in counts.items()] or ["| (none) | 0 |"]
+    return lines + [""]
+
+
+def write_card(path: Path, summary: dict[str, Any], report: dict[str, Any]) -> None:
+    lines = [
+        f"# Dataset {report['fingerprint']}",
+        "",
+        f"Built by the data stage from source `{report['source']}`: {report['records_in']} input records, "
+        f"{report['records_kept']} kept, {report['records_quarantined']} quarantined. Load it with "
+        "`datasets.load_from_disk(<this folder>)`. Speaker, device and annotator columns are keyed "
+        "pseudonyms (HMAC-SHA256); splits are assigned by a keyed hash of the speaker, so no speaker is "
+        "in two splits.",
+        "",
+        f"- audio: {summary['hours']} hours",
+        f"- false-wake share: {summary['false_wake_share']:.1%}",
+        "",
+    ]
+    lines += _table("Splits", summary["splits"])
+    lines += _table("Intents", summary["intents"])
+    lines += _table("Entity types", summary["entity_types"])
+    lines += _table("Quarantine (reason: count; see quarantine.jsonl)", report["quarantine_reasons"])
+    path.write_text("\n".join(lines), encoding="utf-8")

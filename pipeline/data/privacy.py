@@ -1,0 +1,95 @@
+"""Keyed pseudonyms for device serials, accounts and annotators, and deletion requests.
+
+HMAC-SHA256 with a secret key (not a plain hash) because serials and account ids are guessable:
+anyone could hash candidate ids and look them up. Without the key the pseudonyms reveal nothing,
+yet with the same key the same account always maps to the same pseudonym, across builds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.runtime import PipelineError
+
+DELETION_KEYS = ("utterance_id", "account_id", "device_serial")
+
+
+def load_key(key_env: str | None, key_file: str | Path | None) -> bytes:
+    """The key from the environment variable if set, else from the key file (made 0600 if missing)."""
+    if key_env and os.environ.get(key_env):
+        return os.environ[key_env].encode()
+    if not key_file:
+        raise PipelineError(f"no pseudonym key: set the environment variable {key_env} or privacy.key_file")
+    path = Path(key_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_bytes().strip()
+        if not key:
+            raise PipelineError(f"pseudonym key file {path} is empty: delete it to make a new one") from None
+        return key
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path.read_bytes().strip()
+
+
+def pseudonym(key: bytes, kind: str, value: str) -> str:
+    """`<kind>_<16 hex>`: the kind is part of the message, so equal raw values of different kinds differ."""
+    digest = hmac.new(key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()
+    return f"{kind}_{digest[:16]}"
+
+
+def unit_interval(key: bytes, label: str) -> float:
+    """A keyed, uniform number in [0, 1) for `label`: what split assignment is a function of."""
+    digest = hmac.new(key, f"split\x00{label}".encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass
+class Deletions:
+    """Deletion requests held only as pseudonyms, so the raw ids are not kept around in memory."""
+
+    pseudonyms: set[str] = field(default_factory=set)
+
+    def matches(self, key: bytes, record: dict[str, Any]) -> bool:
+        kinds = {"utterance_id": "utt", "account_id": "acct", "device_serial": "dev"}
+        for name, kind in kinds.items():
+            value = record.get(name)
+            if isinstance(value, str) and pseudonym(key, kind, value) in self.pseudonyms:
+                return True
+        return False
+
+
+def load_deletions(path: str | Path | None, key: bytes) -> Deletions:
+    """Read `{"utterance_id"|"account_id"|"device_serial": ...}` lines; a bad line is a user error."""
+    deletions = Deletions()
+    if path is None:
+        return deletions
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"data.deletions={path}: file not found; fix the path or drop data.deletions")
+    kinds = {"utterance_id": "utt", "account_id": "acct", "device_serial": "dev"}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except json.JSONDecodeError:
+                raise PipelineError(f"{path} line {n}: not valid JSON; each line must be one request object") from None
+            known = {k: v for k, v in request.items() if k in kinds} if isinstance(request, dict) else {}
+            if not known or not all(isinstance(v, str) and v for v in known.values()):
+                raise PipelineError(
+                    f"{path} line {n}: a deletion request needs a non-empty string under one of {list(DELETION_KEYS)}"
+                )
+            for name, value in known.items():
+                deletions.pseudonyms.add(pseudonym(key, kinds[name], value))
+    return deletions

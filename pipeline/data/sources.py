@@ -1,0 +1,217 @@
+"""Readers for each `data.source`: they rewrite their format into canonical export records.
+
+A reader yields one `RawRecord` per *clip* (a SLURP sentence with three recordings yields three),
+including lines that are not even JSON, so the build can account for every input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pipeline.runtime import PipelineError
+
+SOURCES = ("jsonl", "demo", "slurp", "nemo", "massive_text")
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    line: int  # 1-based line of the input file
+    data: dict[str, Any] | None  # canonical record fields; None when the line is not a JSON object
+    error: str | None = None  # why `data` is None
+    split: str | None = None  # fixed split (MASSIVE text), else assigned from the account
+
+
+@dataclass
+class Source:
+    """What the build needs to know about one input: its records, audio root and files to hash."""
+
+    name: str
+    root: Path | None  # audio paths are relative to this folder; None for text-only sources
+    files: list[Path]  # every input file whose content defines the build
+    records: Iterator[RawRecord] = field(repr=False)
+    options: dict[str, Any] = field(default_factory=dict)  # source knobs that change the output
+
+
+def open_source(data_cfg: DictConfig, cache_dir: Path) -> tuple[Source, Path | None]:
+    """Return the source and the deletions file (explicit, or the one the demo ships)."""
+    name = data_cfg.get("source")
+    deletions = data_cfg.get("deletions")
+    if name == "demo":
+        from pipeline.data.demo import ensure_demo_export
+
+        annotations_path, demo_deletions = ensure_demo_export(data_cfg, cache_dir)
+        return _jsonl_source(annotations_path, "demo"), Path(deletions) if deletions else demo_deletions
+    if name == "jsonl":
+        source = _jsonl_source(_required_file(data_cfg, "path"), "jsonl")
+    elif name == "slurp":
+        source = _slurp_source(data_cfg)
+    elif name == "nemo":
+        source = _nemo_source(data_cfg)
+    elif name == "massive_text":
+        source = _massive_source(data_cfg)
+    else:
+        raise PipelineError(f"data.source={name!r} is unknown; use one of {list(SOURCES)} (config group data=...)")
+    return source, Path(deletions) if deletions else None
+
+
+def _required_file(data_cfg: DictConfig, key: str) -> Path:
+    value = data_cfg.get(key)
+    if not value:
+        raise PipelineError(f"data.{key} is not set for data.source={data_cfg.get('source')}; pass data.{key}=<file>")
+    path = Path(value)
+    if not path.is_file():
+        raise PipelineError(f"data.{key}={path}: file not found; check the path")
+    return path
+
+
+def _audio_dir(data_cfg: DictConfig, default: Path) -> Path:
+    value = data_cfg.get("audio_dir")
+    path = Path(value) if value else default
+    if not path.is_dir():
+        raise PipelineError(f"data.audio_dir={path}: folder not found; point it at the folder holding the audio")
+    return path
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    """(line number, parsed object or None, error) for each non-blank line, streamed."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield n, None, f"not valid JSON ({err.msg} at column {err.colno})"
+                continue
+            if not isinstance(obj, dict):
+                yield n, None, f"a JSON {type(obj).__name__}, not an object"
+                continue
+            yield n, obj, None
+
+
+def _jsonl_source(path: Path, name: str) -> Source:
+    def records() -> Iterator[RawRecord]:
+        for n, obj, err in _json_lines(path):
+            yield RawRecord(n, obj, err)
+
+    return Source(name, path.parent, [path], records())
+
+
+def _slurp_source(data_cfg: DictConfig) -> Source:
+    """SLURP: one record per sentence, one clip per recording; intent = scenario + "_" + action.
+
+    SLURP's shared files have no speakers, so the account is derived from `data.slurp_account`:
+    `take` (the recording's file name without `-headset`, so both microphones of one take stay in
+    one split), `recording` (the file name) or `sentence` (the slurp_id).
+    """
+    path = _required_file(data_cfg, "path")
+    root = _audio_dir(data_cfg, path.parent)
+    account_from = data_cfg.get("slurp_account", "take")
+    if account_from not in ("take", "recording", "sentence"):
+        raise PipelineError(f"data.slurp_account={account_from!r}: use take, recording or sentence")
+
+    def records() -> Iterator[RawRecord]:
+        for n, obj, err in _json_lines(path):
+            recordings = obj.get("recordings") if obj else None
+            if obj is None or not isinstance(recordings, list) or not recordings:
+                yield RawRecord(n, None, err or "a SLURP record needs a non-empty `recordings` list")
+                continue
+            for rec in recordings:
+                file = rec.get("file") if isinstance(rec, dict) else None
+                if not isinstance(file, str) or not file:
+                    yield RawRecord(n, None, "a SLURP recording has no `file`")
+                    continue
+                stem = Path(file).stem
+                take = stem.removesuffix("-headset")
+                account = {"take": take, "recording": stem, "sentence": str(obj.get("slurp_id"))}[account_from]
+                scenario, action = obj.get("scenario"), obj.get("action")
+                intent = f"{scenario}_{action}" if scenario and action else obj.get("intent")
+                yield RawRecord(n, {
+                    "utterance_id": f"slurp-{obj.get('slurp_id')}-{stem}",
+                    "audio": file,
+                    "transcript": obj.get("sentence"),
+                    "annotation": obj.get("sentence_annotation"),
+                    "intent": intent,
+                    "scenario": scenario,
+                    "wake_word_present": True,
+                    "account_id": account,
+                    "device_serial": "headset" if stem.endswith("-headset") else "far_field",
+                    "locale": "en-US",
+                })
+
+    return Source("slurp", root, [path], records(), {"slurp_account": account_from})
+
+
+def _nemo_source(data_cfg: DictConfig) -> Source:
+    """NeMo manifest: `audio_filepath`, `duration`, `text`; extra canonical fields are used when present.
+
+    Absolute `audio_filepath`s are common in NeMo; they are accepted only inside `data.audio_dir`
+    (default: the manifest's folder) and rewritten relative to it, like any other path.
+    """
+    path = _required_file(data_cfg, "path")
+    root = _audio_dir(data_cfg, path.parent)
+    resolved_root = root.resolve()
+
+    def records() -> Iterator[RawRecord]:
+        for n, obj, err in _json_lines(path):
+            if obj is None:
+                yield RawRecord(n, None, err)
+                continue
+            audio = obj.get("audio_filepath")
+            if isinstance(audio, str) and Path(audio).is_absolute():
+                candidate = Path(audio)
+                if candidate.is_relative_to(resolved_root):
+                    audio = str(candidate.relative_to(resolved_root))
+                elif candidate.is_relative_to(root.absolute()):
+                    audio = str(candidate.relative_to(root.absolute()))
+            stem = Path(audio).with_suffix("").as_posix() if isinstance(audio, str) else None
+            record = {k: v for k, v in obj.items() if k not in ("audio_filepath", "duration", "text")}
+            record.update({"audio": audio, "transcript": obj.get("text")})
+            record.setdefault("utterance_id", obj.get("id") if isinstance(obj.get("id"), str) else stem)
+            record.setdefault("account_id", obj.get("speaker") if isinstance(obj.get("speaker"), str) else stem)
+            yield RawRecord(n, record)
+
+    return Source("nemo", root, [path], records())
+
+
+def _massive_source(data_cfg: DictConfig) -> Source:
+    """MASSIVE text (no audio): train file -> train; dev file -> validation or test, half each,
+    chosen by a hash of the MASSIVE id so the halves never change."""
+    train = _required_file(data_cfg, "train_path")
+    dev = _required_file(data_cfg, "dev_path")
+
+    def convert(n: int, obj: dict[str, Any], split: str) -> RawRecord:
+        mid = obj.get("id")
+        return RawRecord(n, {
+            "utterance_id": f"massive-{mid}",
+            "transcript": obj.get("utt"),
+            "annotation": obj.get("annot_utt"),
+            "intent": obj.get("intent"),
+            "scenario": obj.get("scenario"),
+            "wake_word_present": True,
+            # MASSIVE has no speakers; its worker_id is who wrote the utterance, i.e. the annotator.
+            "account_id": f"massive-{mid}",
+            "annotator_id": str(obj["worker_id"]) if obj.get("worker_id") is not None else None,
+            "locale": obj.get("locale", "en-US"),
+        }, split=split)
+
+    def records() -> Iterator[RawRecord]:
+        for path, split in ((train, "train"), (dev, None)):
+            for n, obj, err in _json_lines(path):
+                if obj is None:
+                    yield RawRecord(n, None, f"{path.name}: {err}", split=split or "validation")
+                    continue
+                if split is None:
+                    half = hashlib.sha256(f"massive-dev\x00{obj.get('id')}".encode()).digest()[0] % 2
+                    yield convert(n, obj, ("validation", "test")[half])
+                else:
+                    yield convert(n, obj, split)
+
+    return Source("massive_text", None, [train, dev], records())

@@ -1,0 +1,257 @@
+"""The data build on small canonical exports: reason codes, privacy, deletions, splits, caching."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from datasets import load_from_disk
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.data.build import REASONS, run_data_stage
+from pipeline.data.features import dataset_features
+from pipeline.ops.tracking import NullTracker
+from pipeline.runtime import PipelineError
+
+KEY_ENV = "PIPELINE_TEST_DATA_KEY_UNSET"
+
+
+def tone(seconds: float, sr: int = 22050, amp: float = 0.4, freq: float = 440.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    wave = (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+def record(i: int, account: str | None = None, **over: Any) -> dict[str, Any]:
+    base = {
+        "utterance_id": f"u{i:03d}",
+        "audio": f"audio/u{i:03d}.wav",
+        "transcript": "alexa play jazz music",
+        "intent": "play_music",
+        "entities": [{"type": "music_genre", "value": "jazz"}],
+        "wake_word_present": True,
+        "device_serial": f"SERIAL-RAW-{i:04d}",
+        "account_id": account or f"ACCOUNT-RAW-{i % 7:02d}",
+        "annotator_id": "ANNOTATOR-RAW-01",
+        "recorded_at": "2026-01-01T00:00:00Z",
+        "flags": [],
+        "locale": "en-US",
+    }
+    base.update(over)
+    return base
+
+
+def write_export(root: Path, lines: list[dict[str, Any] | str], name: str = "annotations.jsonl") -> Path:
+    """Write the jsonl, and a 1 s tone at `audio/<utterance_id>.wav` where a record names that file."""
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    for line in lines:
+        if isinstance(line, dict) and line.get("audio") == f"audio/{line['utterance_id']}.wav":
+            path = root / line["audio"]
+            if not path.exists():
+                sf.write(path, tone(1.0, freq=300 + 7 * len(line["utterance_id"])), 22050)
+    path = root / name
+    with open(path, "w") as f:
+        for line in lines:
+            f.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+    return path
+
+
+def make_cfg(tmp_path: Path, **data: Any) -> DictConfig:
+    return OmegaConf.create({
+        "cache_dir": str(tmp_path / "cache"),
+        "privacy": {"key_env": KEY_ENV, "key_file": str(tmp_path / "cache" / "pseudonym.key")},
+        "data": {"source": "jsonl", "deletions": None, "min_duration_s": 0.2, "max_duration_s": 5.0,
+                 "quarantine_flags": ["sensitive"], "split": {"validation": 0.25, "test": 0.25},
+                 "num_proc": 1, **data},
+    })
+
+
+def build(tmp_path: Path, run: str = "run", **data: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    run_dir = tmp_path / run
+    report = run_data_stage(make_cfg(tmp_path, **data), run_dir, NullTracker())
+    assert json.loads((run_dir / "build_report.json").read_text()) == report
+    quarantine = [json.loads(x) for x in (run_dir / "quarantine.jsonl").read_text().splitlines()]
+    return report, quarantine
+
+
+def split_of(dataset_path: str) -> dict[str, str]:
+    dd = load_from_disk(dataset_path)
+    return {uid: name for name, ds in dd.items() for uid in ds["utterance_id"]}
+
+
+@pytest.fixture(scope="module")
+def every_reason(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One export with good clips and at least one record per reason code, built once."""
+    tmp = tmp_path_factory.mktemp("every_reason")
+    root = tmp / "export"
+    (root / "audio").mkdir(parents=True)
+    outside = tmp / "outside.wav"
+    sf.write(outside, tone(1.0), 22050)
+    os.symlink(outside, root / "audio" / "link.wav")
+    (root / "audio" / "empty.wav").write_bytes(b"")
+    (root / "audio" / "text.wav").write_text("this is not audio at all\n")
+    sf.write(root / "audio" / "full.wav", tone(1.0), 22050)
+    (root / "audio" / "truncated.wav").write_bytes((root / "audio" / "full.wav").read_bytes()[:30])
+    sf.write(root / "audio" / "short.wav", tone(0.1), 22050)
+    sf.write(root / "audio" / "long.wav", tone(6.0, sr=8000), 8000)
+    sf.write(root / "audio" / "silent.wav", np.zeros(22050, dtype=np.float32), 22050)
+    sf.write(root / "audio" / "stereo.wav", tone(1.5, sr=44100, channels=2), 44100)
+    lines: list[dict[str, Any] | str] = [record(i) for i in range(12)]
+    lines[3] = record(3, intent=None, wake_word_present=False, entities=[], transcript="alexander went home")
+    lines[4] = record(4, audio="audio/stereo.wav", entities=None, annotation="alexa play [music_genre : jazz] music")
+    lines += [
+        "{not json",
+        '["a", "list"]',
+        record(20, wake_word_present="yes"),                                  # invalid_record (schema)
+        record(21, audio="audio/nope.wav"),                                   # missing_audio
+        record(22, audio="audio/empty.wav"),                                  # unreadable_audio
+        record(23, audio="audio/text.wav"),                                   # unreadable_audio
+        record(24, audio="audio/truncated.wav"),                              # unreadable_audio
+        record(25, audio="../outside.wav"),                                   # path_outside_root
+        record(26, audio=str(outside)),                                       # path_outside_root
+        record(27, audio="audio/link.wav"),                                   # path_outside_root
+        record(0, audio="audio/u001.wav"),                                    # duplicate_id
+        record(28, entities=[{"type": "music_genre", "value": "rock"}]),      # bad_annotation
+        record(29, entities=None, annotation="alexa play [music_genre : jazz music"),  # bad_annotation
+        record(30, audio="audio/short.wav"),                                  # too_short
+        record(31, audio="audio/long.wav"),                                   # too_long
+        record(32, audio="audio/silent.wav"),                                 # silent_audio
+        record(33, flags=["sensitive"], audio="audio/never-opened.wav"),      # flagged
+        record(34, transcript="call my secret friend", entities=[]),          # deleted (utterance)
+        record(35, account="ACCOUNT-RAW-DELETED"),                            # deleted (account)
+        record(36, device_serial="SERIAL-RAW-DELETED"),                       # deleted (device)
+    ]
+    write_export(root, lines)
+    deletions = tmp / "deletions.jsonl"
+    deletions.write_text(
+        '{"utterance_id": "u034"}\n{"account_id": "ACCOUNT-RAW-DELETED"}\n{"device_serial": "SERIAL-RAW-DELETED"}\n'
+    )
+    report, quarantine = build(tmp, path=str(root / "annotations.jsonl"), deletions=str(deletions))
+    return {"tmp": tmp, "root": root, "report": report, "quarantine": quarantine, "lines": lines}
+
+
+def test_every_input_line_ends_in_exactly_one_place(every_reason: dict[str, Any]) -> None:
+    report, quarantine = every_reason["report"], every_reason["quarantine"]
+    assert report["records_in"] == len(every_reason["lines"]) == 32
+    assert report["records_in"] == report["records_kept"] + report["records_quarantined"]
+    assert report["records_kept"] == 12 and sum(report["splits"].values()) == 12
+    assert report["records_quarantined"] == len(quarantine) == 20
+    assert report["quarantine_reasons"] == {
+        "bad_annotation": 2, "deleted": 3, "duplicate_id": 1, "flagged": 1, "invalid_record": 3,
+        "missing_audio": 1, "path_outside_root": 3, "silent_audio": 1, "too_long": 1, "too_short": 1,
+        "unreadable_audio": 3,
+    }
+    assert set(report["quarantine_reasons"]) == set(REASONS)
+    by_id = {q.get("utterance_id"): q["reason"] for q in quarantine}
+    assert by_id["u021"] == "missing_audio" and by_id["u027"] == "path_outside_root"
+    assert by_id["u031"] == "too_long" and by_id["u033"] == "flagged" and by_id["u000"] == "duplicate_id"
+    assert {q["line"] for q in quarantine if "line" in q} == {13, 14}
+    assert all(q["detail"] for q in quarantine)
+
+
+def test_dataset_columns_audio_and_text(every_reason: dict[str, Any]) -> None:
+    dd = load_from_disk(every_reason["report"]["dataset_path"])
+    rows = {r["utterance_id"]: r for ds in dd.values() for r in ds}
+    assert set(rows) == {f"u{i:03d}" for i in range(12)}
+    for ds in dd.values():
+        assert ds.features == dataset_features()
+    stereo = rows["u004"]
+    samples = stereo["audio"].get_all_samples()
+    assert samples.sample_rate == 16000 and samples.data.shape[0] == 1
+    assert stereo["duration"] == pytest.approx(1.5, abs=0.01)
+    assert samples.data.shape[1] == pytest.approx(24000, abs=2)
+    assert stereo["entities"] == [{"type": "music_genre", "value": "jazz", "start": 11, "end": 15}]
+    assert stereo["bio_tags"] == ["O", "O", "B-music_genre", "O"]
+    assert rows["u000"]["text"] == "alexa play jazz music" and rows["u000"]["scenario"] == "play"
+    assert rows["u003"]["intent"] is None and rows["u003"]["wake_word_present"] is False
+    card = (Path(every_reason["report"]["dataset_path"]) / "README.md").read_text()
+    assert "false-wake share: 8.3%" in card and "| play_music | 11 |" in card and "| deleted | 3 |" in card
+
+
+def test_no_raw_identifier_in_any_output(every_reason: dict[str, Any]) -> None:
+    tmp = every_reason["tmp"]
+    raw = [b"ACCOUNT-RAW", b"SERIAL-RAW", b"ANNOTATOR-RAW", b"u034", b"u035", b"u036", b"secret friend"]
+    outputs = [p for d in (tmp / "run", tmp / "cache" / "datasets") for p in d.rglob("*") if p.is_file()]
+    assert len(outputs) > 5
+    for path in outputs:
+        content = path.read_bytes()
+        for value in raw:
+            assert value not in content, f"{value!r} found in {path}"
+    deleted = [q for q in every_reason["quarantine"] if q["reason"] == "deleted"]
+    assert all(q["utterance_id"].startswith("utt_") and set(q) == {"utterance_id", "reason", "detail"} for q in deleted)
+    dd = load_from_disk(every_reason["report"]["dataset_path"])
+    assert all(s.startswith("acct_") for s in dd["train"]["speaker"])
+    assert all(s.startswith("dev_") for s in dd["train"]["device"])
+    key_file = tmp / "cache" / "pseudonym.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_splits_are_account_disjoint(every_reason: dict[str, Any]) -> None:
+    dd = load_from_disk(every_reason["report"]["dataset_path"])
+    speakers = {name: set(ds["speaker"]) for name, ds in dd.items()}
+    assert not speakers["train"] & speakers["validation"]
+    assert not speakers["train"] & speakers["test"]
+    assert not speakers["validation"] & speakers["test"]
+
+
+def test_same_inputs_reuse_the_build_and_give_identical_splits(every_reason: dict[str, Any]) -> None:
+    tmp, first = every_reason["tmp"], every_reason["report"]
+    again, quarantine = build(tmp, run="run2", path=str(every_reason["root"] / "annotations.jsonl"),
+                              deletions=str(tmp / "deletions.jsonl"), num_proc=2)
+    assert again["reused"] is True and first["reused"] is False
+    assert again["fingerprint"] == first["fingerprint"] and again["splits"] == first["splits"]
+    assert quarantine == every_reason["quarantine"]
+
+
+def test_rebuild_from_scratch_is_deterministic_and_new_batches_do_not_move_clips(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    first = [record(i, account=f"ACCOUNT-RAW-{i:02d}") for i in range(16)]
+    path = write_export(root, first)
+    report, _ = build(tmp_path, run="a", path=str(path), num_proc=2)
+    before = split_of(report["dataset_path"])
+    assert len(set(before.values())) == 3
+
+    # Same inputs in a fresh cache (same key): same fingerprint, same bytes of split assignment.
+    os.makedirs(tmp_path / "other", exist_ok=True)
+    (tmp_path / "other" / "cache").mkdir()
+    (tmp_path / "other" / "cache" / "pseudonym.key").write_bytes((tmp_path / "cache" / "pseudonym.key").read_bytes())
+    fresh, _ = build(tmp_path / "other", run="b", path=str(path), num_proc=1)
+    assert fresh["reused"] is False and fresh["fingerprint"] == report["fingerprint"]
+    assert split_of(fresh["dataset_path"]) == before
+
+    # A new batch: the old clips keep their split; new clips of old accounts join that account's split.
+    batch = first + [record(100 + i, account=f"ACCOUNT-RAW-{i:02d}") for i in range(16)] + [
+        record(200 + i, account=f"ACCOUNT-RAW-NEW-{i}") for i in range(8)]
+    path = write_export(root, batch)
+    grown, _ = build(tmp_path, run="c", path=str(path))
+    after = split_of(grown["dataset_path"])
+    assert grown["fingerprint"] != report["fingerprint"] and len(after) == 40
+    assert all(after[uid] == split for uid, split in before.items())
+    assert all(after[f"u{100 + i:03d}"] == after[f"u{i:03d}"] for i in range(16))
+
+
+def test_changed_audio_content_changes_the_fingerprint(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    path = write_export(root, [record(i) for i in range(3)])
+    first, _ = build(tmp_path, run="a", path=str(path))
+    sf.write(root / "audio" / "u001.wav", tone(1.0, freq=900), 22050)
+    second, _ = build(tmp_path, run="b", path=str(path))
+    assert second["fingerprint"] != first["fingerprint"] and second["reused"] is False
+
+
+def test_config_errors_are_one_line_pipeline_errors(tmp_path: Path) -> None:
+    path = write_export(tmp_path / "export", [record(0)])
+    with pytest.raises(PipelineError, match="data.source='tsv' is unknown"):
+        build(tmp_path, path=str(path), source="tsv")
+    with pytest.raises(PipelineError, match="data.path=.*nope.jsonl: file not found"):
+        build(tmp_path, path=str(tmp_path / "nope.jsonl"))
+    with pytest.raises(PipelineError, match="data.deletions=.*gone.jsonl: file not found"):
+        build(tmp_path, path=str(path), deletions=str(tmp_path / "gone.jsonl"))
+    with pytest.raises(PipelineError, match="data.split"):
+        build(tmp_path, path=str(path), split={"validation": 0.6, "test": 0.5})
+    assert not (tmp_path / "cache" / "datasets").exists()
