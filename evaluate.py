@@ -4,6 +4,7 @@ Also takes explicit `asr_model=`, `nlu_model=` and `dataset=` paths. Writes into
 """
 
 import json
+import sys
 from pathlib import Path
 
 import hydra
@@ -44,5 +45,13 @@ def _dataset_path(cfg: DictConfig, run_dir: Path) -> Path:
     return Path(json.loads(report.read_text())["dataset_path"])
 
 
+def _check_run_argument(argv: list[str]) -> None:
+    """A mistyped run= must not become a new, empty run folder (Hydra creates its run dir first)."""
+    for arg in argv[1:]:
+        if arg.startswith("run=") and not Path(arg[len("run="):]).is_dir():
+            fail(f"{arg}: no such run folder; pass the folder of a finished run (outputs/<date>/<time>)")
+
+
 if __name__ == "__main__":
+    _check_run_argument(sys.argv)
     main()

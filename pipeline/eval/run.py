@@ -53,7 +53,9 @@ class Inference:
 def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker) -> dict[str, Any]:
     """Evaluate `run_dir/asr` and `run_dir/nlu` (or `cfg.asr_model` / `cfg.nlu_model`) on the dataset;
     writes metrics.json, eval_details.json, predictions.jsonl, report.md, report.html and plots/."""
-    ecfg = cfg.eval
+    ecfg = OmegaConf.select(cfg, "eval", default=None)
+    if ecfg is None:
+        raise PipelineError("the config has no `eval` group; add `- eval: default` to the defaults (conf/eval/default.yaml)")
     run_dir = Path(run_dir)
     wake_word = _wake_word(ecfg)
     asr_dir = Path(OmegaConf.select(cfg, "asr_model", default=None) or run_dir / "asr")

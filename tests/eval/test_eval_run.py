@@ -167,6 +167,8 @@ def test_bad_input_fails_with_one_clear_line(tiny_run: Path, tiny_dataset_path: 
     from pipeline.eval.run import run_eval_stage
 
     paths = {"asr_model": str(tiny_run / "asr"), "nlu_model": str(tiny_run / "nlu")}
+    with pytest.raises(PipelineError, match="no `eval` group"):
+        run_eval_stage(OmegaConf.create({"logger": {}}), tmp_path, tiny_dataset_path, RecordingTracker())
     with pytest.raises(PipelineError, match="eval.wake_word"):
         run_eval_stage(eval_cfg(**paths, **{"eval.wake_word": None}), tmp_path, tiny_dataset_path, RecordingTracker())
     with pytest.raises(PipelineError, match="no ASR model here"):
@@ -199,7 +201,14 @@ def test_evaluate_cli_re_evaluates_a_run_in_place(tiny_run: Path, tmp_path: Path
     assert metrics["eval/num_clips"] == 8
     assert (tiny_run / "report.html").exists() and (tiny_run / ".hydra-evaluate").is_dir()
 
-    bad = [sys.executable, str(REPO / "evaluate.py"), f"run={tmp_path / 'no_run'}", "logger=none"]
-    done = subprocess.run(bad, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: ")
+    # A run folder without models: one line, exit code 2.
+    empty_run = tmp_path / "empty_run"
+    empty_run.mkdir()
+    (empty_run / "build_report.json").write_text((tiny_run / "build_report.json").read_text())
+    for run in (empty_run, tmp_path / "no_such_run"):
+        bad = [sys.executable, str(REPO / "evaluate.py"), f"run={run}", "logger=none"]
+        done = subprocess.run(bad, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr[-2000:]
+        error_lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        assert len(error_lines) == 1 and str(run) in error_lines[0]
+    assert not (tmp_path / "no_such_run").exists()
