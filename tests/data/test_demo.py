@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from pipeline.data.annotations import align_to_transcript, parse_inline
 from pipeline.data.demo import DEMO_DIR, EXPORT_FIELDS, ensure_demo_export, unknown_voices
+from pipeline.data.schema import ExportRecord, annotate
 from pipeline.runtime import PipelineError
 from pipeline.text import normalize_text
 
@@ -78,8 +79,8 @@ def test_small_export_is_a_valid_canonical_export(small_export: tuple[Path, Path
     assert 0 < sum(not r["wake_word_present"] for r in records) < 20
     for r in records:
         assert set(r) == set(EXPORT_FIELDS)
-        plain, entities = parse_inline(r["annotation"])
-        align_to_transcript(r["transcript"], plain, entities)
+        columns = annotate(ExportRecord.model_validate(r))  # what the data stage will do with it
+        assert columns["text"] == r["transcript"] and columns["wake_word_present"] == r["transcript"].startswith("alexa ")
         wav = annotations.parent / r["audio"]
         audio, rate = sf.read(wav, dtype="float32")
         assert audio.ndim == 1 and rate in (16000, 22050)
