@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
+import torchaudio  # imported here, not in the workers, so forked `map` workers start warm
 
 from pipeline.data.features import SAMPLING_RATE
 
@@ -53,10 +55,8 @@ class Clip:
 
 
 @lru_cache(maxsize=8)
-def _resampler(orig_sr: int):  # noqa: ANN202 - torchaudio type
+def _resampler(orig_sr: int) -> torchaudio.transforms.Resample:
     """One resampling kernel per input rate, built once per process (the kernel is the costly part)."""
-    import torchaudio
-
     return torchaudio.transforms.Resample(orig_sr, SAMPLING_RATE)
 
 
@@ -93,8 +93,6 @@ def load_clip(path: Path, relative: str, min_s: float, max_s: float, need_signal
     if not np.isfinite(mono).all():
         raise ClipRejected("unreadable_audio", f"audio file {relative!r} holds NaN or infinite samples")
     if sr != SAMPLING_RATE:
-        import torch
-
         mono = _resampler(sr)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
     duration = len(mono) / SAMPLING_RATE
     if duration > max_s:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import Audio, Dataset, DatasetDict, Features, Value
 from omegaconf import DictConfig
 
@@ -198,8 +199,6 @@ def _fingerprint(source: Source, deletions: Path | None, plan: Plan, key: bytes,
 def _decode_batch(batch: dict[str, list[Any]], min_s: float, max_s: float, parent_pid: int) -> dict[str, list[Any]]:
     """`datasets.map` worker: one batch of paths to FLAC bytes, or to a quarantine reason."""
     if os.getpid() != parent_pid:
-        import torch
-
         torch.set_num_threads(1)  # the workers already fill the cores
     out: dict[str, list[Any]] = {"audio": [], "duration": [], "_reject": [], "_detail": []}
     for path, transcript in zip(batch["_path"], batch["transcript"]):
