@@ -1,0 +1,82 @@
+"""Builds in real subprocesses: a build killed midway leaves nothing half-written; config errors exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from datasets import load_from_disk
+from omegaconf import OmegaConf
+
+from pipeline.data.build import run_data_stage
+from pipeline.ops.tracking import NullTracker
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _export(root: Path, n: int) -> Path:
+    (root / "audio").mkdir(parents=True)
+    t = np.arange(3 * 44100) / 44100
+    lines = []
+    for i in range(n):
+        sf.write(root / "audio" / f"c{i}.wav", (0.3 * np.sin(2 * np.pi * (200 + i) * t)).astype(np.float32), 44100)
+        lines.append(json.dumps({"utterance_id": f"c{i}", "audio": f"audio/c{i}.wav", "transcript": "alexa stop",
+                                 "intent": "music_stop", "entities": [], "account_id": f"a{i % 9}"}))
+    (root / "annotations.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "annotations.jsonl"
+
+
+def test_killed_build_leaves_no_dataset_and_the_next_build_succeeds(tmp_path: Path) -> None:
+    path = _export(tmp_path / "export", 80)
+    cfg = OmegaConf.create({
+        "cache_dir": str(tmp_path / "cache"),
+        "privacy": {"key_env": "PIPELINE_TEST_DATA_KEY_UNSET", "key_file": str(tmp_path / "key")},
+        "data": {"source": "jsonl", "path": str(path), "num_proc": 1, "split": {"validation": 0.2, "test": 0.2}},
+    })
+    OmegaConf.save(cfg, tmp_path / "cfg.yaml")
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from omegaconf import OmegaConf
+        from pipeline.data.build import run_data_stage
+        from pipeline.ops.tracking import NullTracker
+        run_data_stage(OmegaConf.load({str(tmp_path / 'cfg.yaml')!r}), Path({str(tmp_path / 'killed')!r}), NullTracker())
+    """)
+    datasets_dir = tmp_path / "cache" / "datasets"
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        # Kill as soon as the audio pass has started writing arrow data.
+        while not any(datasets_dir.glob(".tmp-*/work/*")):
+            assert proc.poll() is None, "the build ended before it could be killed"
+            assert time.monotonic() < deadline, "the build never started writing"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert [p.name for p in datasets_dir.iterdir() if not p.name.startswith(".tmp-")] == []
+    assert not (tmp_path / "killed" / "build_report.json").exists()
+
+    report = run_data_stage(cfg, tmp_path / "run", NullTracker())
+    assert report["reused"] is False and report["records_kept"] == 80
+    assert sum(len(d) for d in load_from_disk(report["dataset_path"]).values()) == 80
+    assert [p.name for p in datasets_dir.iterdir()] == [report["fingerprint"]]  # the killed build's leftovers are gone
+
+
+def test_wrong_config_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "train.py", "stages=[data]", "data=jsonl", "data.path=/nope", "logger=none",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: data.path=/nope: file not found; check the path"]
