@@ -153,8 +153,10 @@ class WandbTracker:
         if not self.log_artifacts:
             return
         path = Path(path)
+        # Lineage: a model comes from the dataset; an evaluation from everything logged before it.
+        inputs = [i for i in self._inputs if i.endswith(":dataset")] if kind == "model" else self._inputs
         artifact = wandb.Artifact(_artifact_name(name), type=kind,
-                                  metadata={**(metadata or {}), "inputs": list(self._inputs)})
+                                  metadata={**(metadata or {}), "inputs": list(inputs)})
         if kind == "dataset":
             # By reference: the audio and transcripts stay on this machine.
             artifact.add_reference(path.resolve().as_uri(), name="data", checksum=False)

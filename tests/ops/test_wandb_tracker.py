@@ -94,6 +94,7 @@ def test_run_logs_config_curves_summary_artifacts_and_resumes(tmp_path: Path) ->
     assert arts["dataset"]["type"] == "dataset" and arts["dataset"]["metadata"]["fingerprint"] == "fp123"
     assert "README.md" in arts["dataset"]["files"] and all(r.startswith("file://") for r in arts["dataset"]["references"])
     assert arts["asr-model"]["metadata"]["inputs"] == ["dataset:dataset"]
+    assert arts["nlu-model"]["metadata"]["inputs"] == ["dataset:dataset"]
     assert arts["evaluation"]["metadata"]["metrics"]["wake/auc"] == 0.97
     assert set(arts["evaluation"]["metadata"]["inputs"]) == {"dataset:dataset", "asr-model:model", "nlu-model:model"}
     assert "predictions.jsonl" not in arts["evaluation"]["files"]
