@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from transformers import get_scheduler
 
 from pipeline.asr.checkpoints import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
 from pipeline.asr.collate import ClipDataset, CTCCollator
@@ -37,10 +36,23 @@ from pipeline.runtime import PipelineError
 
 def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker) -> dict[str, Any]:
     """Train on `train`, select on `validation`, write `<run>/asr/` and `asr/asr_metrics.json`."""
+    started = time.time()
+    acfg, seed = cfg.asr, int(cfg.seed)
+    threads = torch.get_num_threads()
+    if acfg.get("cpu_threads"):
+        # Fewer threads than cores is faster when the machine is shared: busy-waiting
+        # OpenMP threads that compete with other processes slow every op down several-fold.
+        torch.set_num_threads(int(acfg.cpu_threads))
+    try:
+        return _train(cfg, Path(run_dir), Path(dataset_path), tracker, started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker, started: float) -> dict[str, Any]:
     from datasets import load_from_disk
     from transformers import Wav2Vec2Processor
 
-    started = time.time()
     acfg, seed = cfg.asr, int(cfg.seed)
     placement = place(cfg.trainer)
     out_dir = Path(run_dir) / "asr"
@@ -77,11 +89,9 @@ def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
         lr=float(acfg.learning_rate), betas=tuple(acfg.adam_betas),
     )
     max_steps = int(acfg.max_steps)
-    scheduler = get_scheduler(str(acfg.lr_schedule), optimizer, num_warmup_steps=int(acfg.warmup_steps), num_training_steps=max_steps)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.precision == "fp16")
     if resume_from is not None:
         optimizer.load_state_dict(state.pop("optimizer"))
-        scheduler.load_state_dict(state.pop("scheduler"))
         scaler.load_state_dict(state.pop("scaler"))
 
     val_loader = _loader(val_set, eval_batches(val_set.durations, float(acfg.max_batch_seconds)), processor, None, 0, cfg)
@@ -91,6 +101,7 @@ def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
     augment_cfg = acfg.augment if float(acfg.augment.get("prob", 0) or 0) > 0 else None
 
     loop_start = time.time() - state["train_seconds"]
+    _set_lr(optimizer, acfg, state["step"], 0.0, budget_s)
     pending_seconds, log_loss, log_n, in_accum, bad_accum = 0.0, 0.0, 0, 0, False
     stopped_by = "max_steps"
     while state["step"] < max_steps:
@@ -140,13 +151,13 @@ def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
                 continue
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
             state["nonfinite_streak"] = 0
             step = state["step"]
+            lr = _set_lr(optimizer, acfg, step, time.time() - loop_start, budget_s)
             if step % log_every == 0 and log_n and placement.is_main:
-                tracker.log_metrics({"asr/train_loss": log_loss / log_n, "asr/lr": scheduler.get_last_lr()[0]}, step=step)
+                tracker.log_metrics({"asr/train_loss": log_loss / log_n, "asr/lr": lr}, step=step)
                 print(f"[asr] step {step} loss {log_loss / log_n:.3f} ({time.time() - loop_start:.0f}s)", flush=True)
                 log_loss, log_n = 0.0, 0
             out_of_time = any_says(time.time() - loop_start >= budget_s, placement)
@@ -156,7 +167,7 @@ def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
                 state["audio_seconds"] += total(pending_seconds, placement)
                 pending_seconds = 0.0
                 state["train_seconds"] = time.time() - loop_start
-                _evaluate_and_save(model, processor, val_loader, optimizer, scheduler, scaler, state, placement, acfg, ckpt_root, tracker)
+                _evaluate_and_save(model, processor, val_loader, optimizer, scaler, state, placement, acfg, ckpt_root, tracker)
             if step >= max_steps or out_of_time:
                 break
         else:
@@ -170,6 +181,26 @@ def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
     metrics = _finish(model, processor, state, placement, ckpt_root, out_dir, started, stopped_by, tracker)
     barrier(placement)
     return metrics
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, acfg: DictConfig, step: int, elapsed: float, budget_s: float) -> float:
+    """Warmup, then decay over the run's progress: the larger of steps done and time budget used.
+
+    Decaying by time as well means a run cut short by `max_train_minutes` on a slow or shared
+    machine still ends at a low learning rate instead of being stopped mid-schedule. Without a
+    time budget the rate depends on the step alone, so resumed runs match uninterrupted ones.
+    """
+    warmup = int(acfg.warmup_steps)
+    progress = min(1.0, max(step / max(int(acfg.max_steps), 1), elapsed / budget_s if math.isfinite(budget_s) else 0.0))
+    factor = {"linear": 1.0 - progress, "cosine": 0.5 * (1.0 + math.cos(math.pi * progress)), "constant": 1.0}.get(str(acfg.lr_schedule))
+    if factor is None:
+        raise PipelineError(f"asr.lr_schedule={acfg.lr_schedule}: use linear, cosine or constant")
+    if warmup > 0 and step < warmup:
+        factor = min(factor, (step + 1) / warmup)
+    lr = float(acfg.learning_rate) * factor
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 def _fresh_state() -> dict[str, Any]:
@@ -208,7 +239,7 @@ def _loader(
 
 
 def _evaluate_and_save(
-    model: torch.nn.Module, processor: Any, val_loader: Any, optimizer: Any, scheduler: Any, scaler: Any,
+    model: torch.nn.Module, processor: Any, val_loader: Any, optimizer: Any, scaler: Any,
     state: dict[str, Any], placement: Placement, acfg: DictConfig, ckpt_root: Path, tracker: Tracker,
 ) -> None:
     """Validate on rank 0, keep the best/last checkpoints; the other ranks wait."""
@@ -223,7 +254,7 @@ def _evaluate_and_save(
         tracker.log_metrics({"asr/val_loss": scores["loss"], "asr/val_wer": scores["wer"], "asr/val_cer": scores["cer"]}, step=step)
         print(f"[asr] step {step} val_loss {scores['loss']:.3f} val_wer {scores['wer']:.3f} val_cer {scores['cer']:.3f}", flush=True)
         ckpt_root.mkdir(parents=True, exist_ok=True)
-        full = {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
+        full = {**state, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
         save_checkpoint(ckpt_root, step, model, processor, full)
         prune_checkpoints(ckpt_root, int(acfg.keep_last), state["best_step"])
     # Every rank needs the same best/history to save the same state if it becomes rank 0's copy.

@@ -25,7 +25,7 @@ def micro_cfg(*dotlist: str) -> DictConfig:
         "asr.model_config.conv_dim=[16,16,32,32]", "asr.model_config.num_conv_pos_embeddings=16",
         "asr.model_config.num_conv_pos_embedding_groups=4",
         "asr.max_batch_seconds=12", "asr.warmup_steps=2", "asr.learning_rate=3e-3",
-        "asr.max_train_minutes=null", "asr.max_steps=4", "asr.eval_every=2", "trainer.log_every=1",
+        "asr.max_train_minutes=null", "asr.max_steps=4", "asr.eval_every=2", "trainer.log_every=1", "asr.cpu_threads=1",
         *dotlist,
     ])
     return cfg

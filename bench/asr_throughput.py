@@ -1,0 +1,223 @@
+"""ASR training throughput: our stage against the recipe of Hugging Face's
+`run_speech_recognition_ctc.py`, same model config, data, seed and step count, in one run.
+
+    python -m bench.asr_throughput --dataset <built dataset> [--steps 60]      # CPU, asr=tiny model
+    python -m bench.asr_throughput --synthetic 1500 --arch base --device cuda --precision bf16 --steps 300
+
+The baseline follows the recipe: features and labels precomputed up front, as its `dataset.map`
+does (the second copy of the data the recipe writes), the transformers Trainer with `group_by_length` (v5: `train_sampling_strategy="group_by_length"`), a fixed number
+of clips per batch padded to the longest; its batch size is our mean clips per batch, so both see
+about the same audio per step. Each side runs in its own process (clean peak memory) and is scored
+with the same validation code. Prints one JSON object: audio seconds per wall second of the training
+loop, peak memory, validation loss at the last step, and (on a GPU) MFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}  # dense bf16
+WORDS = "alexa play set turn on off the lights music alarm for seven am what is weather in paris call mom add milk to list".split()
+
+
+def bench_cfg(args: argparse.Namespace, run_steps: int) -> DictConfig:
+    asr = OmegaConf.load(ROOT / "conf/asr/tiny.yaml")
+    if args.arch == "base":  # Wav2Vec2Config's defaults are the wav2vec2-base architecture
+        asr.model_config = OmegaConf.create({"feat_extract_norm": "group", "do_stable_layer_norm": False, "layerdrop": 0.0})
+        asr.freeze_feature_encoder = True
+        asr.learning_rate = 1e-4
+        asr.max_batch_seconds = args.batch_seconds or 200
+    elif args.batch_seconds:
+        asr.max_batch_seconds = args.batch_seconds
+    asr.max_steps, asr.eval_every, asr.max_train_minutes = run_steps, run_steps, None
+    asr.warmup_steps = max(1, run_steps // 10)
+    asr.cpu_threads = args.threads
+    trainer = OmegaConf.load(ROOT / "conf/trainer/default.yaml")
+    trainer.device, trainer.precision, trainer.log_every = args.device, args.precision, max(run_steps // 5, 1)
+    return OmegaConf.create({"seed": args.seed, "asr": asr, "trainer": trainer})
+
+
+def synthetic_dataset(n: int, out: Path, seed: int) -> Path:
+    """`n` clips of 2-10 s of tones in noise with random word transcripts (speed needs no real speech)."""
+    from datasets import Audio, Dataset, DatasetDict, Features, Value
+
+    rng = np.random.default_rng(seed)
+    features = Features({"utterance_id": Value("string"), "audio": Audio(sampling_rate=16000),
+                         "text": Value("string"), "duration": Value("float32")})
+
+    def rows(count: int, prefix: str) -> list[dict[str, Any]]:
+        made = []
+        for i in range(count):
+            dur = float(rng.uniform(2, 10))
+            t = np.arange(int(dur * 16000)) / 16000
+            wave = (0.3 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+            text = " ".join(rng.choice(WORDS, size=max(1, int(dur * 2.5))))
+            made.append({"utterance_id": f"{prefix}-{i}", "audio": {"array": wave, "sampling_rate": 16000}, "text": text, "duration": dur})
+        return made
+
+    DatasetDict({"train": Dataset.from_list(rows(n, "train"), features=features),
+                 "validation": Dataset.from_list(rows(max(n // 20, 8), "val"), features=features)}).save_to_disk(str(out))
+    return out
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def flops_per_audio_second(model: torch.nn.Module, device: torch.device, amp: torch.dtype | None) -> float:
+    """Measured (torch FlopCounterMode) forward+backward FLOPs of one 8 s clip, per audio second."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, 8 * 16000, device=device)
+    labels = torch.randint(2, model.config.vocab_size, (1, 20), device=device)
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            model(x, labels=labels).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 8
+
+
+def run_ours(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    from pipeline.asr.model import load_asr
+    from pipeline.asr.train import run_asr_stage
+    from pipeline.ops.tracking import NullTracker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = run_asr_stage(bench_cfg(args, args.steps), Path(tmp), Path(args.dataset), NullTracker())
+        audio_s = metrics["audio_hours_seen"] * 3600
+        result.update(audio_seconds=audio_s, train_seconds=metrics["train_wall_seconds"], val_loss=metrics["history"][-1]["val_loss"],
+                      steps=metrics["steps"], peak_memory_mb=peak_memory_mb(args.device))
+        if args.device.startswith("cuda"):
+            model, _ = load_asr(Path(tmp) / "asr", args.device)
+            model.train()
+            result["flops_per_audio_second"] = flops_per_audio_second(model, torch.device(args.device), _amp(args))
+
+
+def _amp(args: argparse.Namespace) -> torch.dtype | None:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+
+
+def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """The recipe: map() to features/labels, Trainer + group_by_length, pad to the longest."""
+    from datasets import load_from_disk
+    from transformers import Trainer, TrainingArguments
+
+    from pipeline.asr.collate import ClipDataset
+    from pipeline.asr.model import build_model, evaluate_clips, uses_attention_mask
+    from pipeline.asr.sampler import epoch_batches, eval_batches
+    from pipeline.asr.train import _loader, _seed
+    from pipeline.asr.vocab import build_vocab, make_processor
+
+    cfg = bench_cfg(args, args.steps)
+    acfg = cfg.asr
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    splits = load_from_disk(args.dataset)
+    train = ClipDataset(splits["train"])
+    with tempfile.TemporaryDirectory() as tmp:
+        processor = make_processor(build_vocab(train.split["text"]), Path(tmp), uses_attention_mask(acfg))
+        batches = epoch_batches(train.durations, float(acfg.max_batch_seconds), int(acfg.bucket_batches), args.seed, 0)
+        batch_size = max(1, round(len(train) / len(batches)))
+        started = time.time()
+
+        def prepare(row: dict[str, Any]) -> dict[str, Any]:
+            inputs = processor(row["audio"], sampling_rate=16000)
+            return {"input_values": inputs.input_values[0], "input_length": len(inputs.input_values[0]),
+                    "labels": processor.tokenizer(row["text"]).input_ids}
+
+        from datasets import Dataset
+
+        prepared = Dataset.from_list([prepare(train[i]) for i in range(len(train))])  # the recipe's preprocessed copy
+        preprocess_seconds = time.time() - started
+        seen = {"audio_seconds": 0.0}
+
+        def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:  # DataCollatorCTCWithPadding
+            seen["audio_seconds"] += sum(len(f["input_values"]) for f in features) / 16000
+            batch = processor.pad([{"input_values": f["input_values"]} for f in features], padding=True, return_tensors="pt")
+            labels = processor.tokenizer.pad([{"input_ids": f["labels"]} for f in features], padding=True, return_tensors="pt")
+            batch["labels"] = labels["input_ids"].masked_fill(labels.attention_mask.ne(1), -100)
+            return batch
+
+        _seed(args.seed)
+        model = build_model(acfg, processor)
+        training_args = TrainingArguments(
+            output_dir=str(Path(tmp) / "out"), per_device_train_batch_size=batch_size, train_sampling_strategy="group_by_length",
+            length_column_name="input_length", max_steps=args.steps, learning_rate=float(acfg.learning_rate),
+            warmup_steps=int(acfg.warmup_steps), weight_decay=float(acfg.weight_decay), adam_beta2=float(acfg.adam_betas[1]),
+            max_grad_norm=float(acfg.max_grad_norm), logging_steps=max(args.steps // 5, 1), save_strategy="no",
+            report_to=[], seed=args.seed, dataloader_num_workers=0, bf16=args.precision == "bf16",
+            fp16=args.precision == "fp16", use_cpu=args.device == "cpu", remove_unused_columns=False,
+        )
+        trainer = Trainer(model=model, args=training_args, train_dataset=prepared, data_collator=collate)
+        out = trainer.train()
+        val = ClipDataset(splits["validation"])
+        val_loader = _loader(val, eval_batches(val.durations, float(acfg.max_batch_seconds)), processor, None, 0, cfg)
+        scores = evaluate_clips(model, processor, val_loader, _amp(args))
+        result.update(audio_seconds=seen["audio_seconds"], train_seconds=out.metrics["train_runtime"], val_loss=scores["loss"],
+                      steps=trainer.state.global_step, batch_size=batch_size, preprocess_seconds=preprocess_seconds,
+                      peak_memory_mb=peak_memory_mb(args.device))
+        if args.device.startswith("cuda"):
+            model.train()
+            result["flops_per_audio_second"] = flops_per_audio_second(model, next(model.parameters()).device, _amp(args))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", help="a built DatasetDict (train/validation); default: --synthetic")
+    parser.add_argument("--synthetic", type=int, default=600, help="clips of synthetic audio when no --dataset")
+    parser.add_argument("--arch", choices=["tiny", "base"], default="tiny")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch-seconds", type=float, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--role", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    if args.role:
+        result: dict[str, Any] = {}
+        (run_ours if args.role == "ours" else run_baseline)(args, result)
+        Path(args.out).write_text(json.dumps(result))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.dataset:
+            args.dataset = str(synthetic_dataset(args.synthetic, Path(tmp) / "synthetic", args.seed))
+        report: dict[str, Any] = {"arch": args.arch, "device": args.device, "precision": args.precision, "steps": args.steps}
+        if args.device.startswith("cuda"):
+            report["gpu"] = torch.cuda.get_device_name()
+        for role in ("ours", "baseline"):
+            out = Path(tmp) / f"{role}.json"
+            argv = ["--dataset", args.dataset, "--arch", args.arch, "--steps", str(args.steps), "--device", args.device,
+                    "--precision", args.precision, "--seed", str(args.seed), "--role", role, "--out", str(out)]
+            argv += ["--threads", str(args.threads)] if args.threads else []
+            argv += ["--batch-seconds", str(args.batch_seconds)] if args.batch_seconds else []
+            subprocess.run([sys.executable, "-m", "bench.asr_throughput", *argv], cwd=ROOT, check=True)
+            side = json.loads(out.read_text())
+            side["audio_seconds_per_second"] = side["audio_seconds"] / side["train_seconds"]
+            peak = next((v for k, v in PEAK_FLOPS.items() if k in report.get("gpu", "")), None)
+            if "flops_per_audio_second" in side and peak:
+                side["mfu"] = side["audio_seconds_per_second"] * side["flops_per_audio_second"] / peak
+            report[role] = side
+        report["speedup"] = report["ours"]["audio_seconds_per_second"] / report["baseline"]["audio_seconds_per_second"]
+        report["val_loss_ours_minus_baseline"] = report["ours"]["val_loss"] - report["baseline"]["val_loss"]
+        print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""A killed run resumes to where an uninterrupted one ends; two gloo processes train through DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from asr_testkit import ROOT, RecordingTracker, micro_cfg
+from omegaconf import OmegaConf
+
+from pipeline.asr.checkpoints import checkpoint_steps
+from pipeline.asr.train import run_asr_stage
+
+KIT = Path(__file__).with_name("asr_testkit.py")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_does(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    settings = ("asr.max_steps=12", "asr.eval_every=3", "asr.keep_last=3", "asr.augment.prob=0.5")
+    reference = run_asr_stage(micro_cfg(*settings), tmp_path / "straight", tiny_dataset_path, RecordingTracker())
+
+    run_dir = tmp_path / "killed"
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(OmegaConf.to_yaml(micro_cfg(*settings)))
+    proc = subprocess.Popen([sys.executable, str(KIT), str(cfg_file), str(run_dir), str(tiny_dataset_path)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = run_dir / "asr" / "checkpoints"
+    deadline = time.time() + 120
+    while not checkpoint_steps(ckpts) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = checkpoint_steps(ckpts)
+    assert saved and max(saved) < 12, "the run should have been killed mid-way"
+    assert not (run_dir / "asr" / "asr_metrics.json").exists()
+
+    resumed = run_asr_stage(micro_cfg(*settings, "asr.resume=auto"), run_dir, tiny_dataset_path, RecordingTracker())
+    assert resumed["steps"] == reference["steps"] == 12
+    assert [h["step"] for h in resumed["history"]] == [h["step"] for h in reference["history"]]
+    assert resumed["history"][-1]["val_loss"] == pytest.approx(reference["history"][-1]["val_loss"], rel=1e-3)
+    assert resumed["audio_hours_seen"] == pytest.approx(reference["audio_hours_seen"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_with_ddp(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(OmegaConf.to_yaml(micro_cfg("asr.max_steps=3", "asr.eval_every=3", "trainer.device=cpu")))
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", str(KIT), str(cfg_file), str(tmp_path / "run"), str(tiny_dataset_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "asr" / "asr_metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 3
+    single = run_asr_stage(micro_cfg("asr.max_steps=3", "asr.eval_every=3"), tmp_path / "one", tiny_dataset_path, RecordingTracker())
+    # Each of the two processes takes its own batches, so a DDP step sees about twice the audio.
+    assert metrics["audio_hours_seen"] > 1.5 * single["audio_hours_seen"]
