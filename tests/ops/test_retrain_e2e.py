@@ -98,6 +98,7 @@ def _audit(tmp: Path) -> str:
 @pytest.mark.slow
 def test_gate_kill_recovery_and_deletion_beating_the_gate(tmp_path: Path) -> None:
     from pipeline.ops.registry import Registry, hash_id
+    from pipeline.ops.wandb_offline import read_offline_run, transaction_logs
 
     key = _env(tmp_path)["PIPELINE_PSEUDONYM_KEY"].encode()
     registry = Registry(tmp_path / "registry")
@@ -118,6 +119,15 @@ def test_gate_kill_recovery_and_deletion_beating_the_gate(tmp_path: Path) -> Non
     assert any("wandb" in p.parts for p in written)
     leaks = [(str(p), r) for p in written for r in raw if r in p.read_bytes()]
     assert leaks == []
+    # What the real stages logged to W&B, read back from the offline transaction log.
+    [log] = transaction_logs(tmp_path / "runs" / "r1" / "wandb")
+    run = read_offline_run(log)
+    assert run.config["dataset_fingerprint"] == first["candidate"]["dataset_fingerprint"]
+    assert {"data", "asr", "nlu", "eval", "retrain"} <= set(run.tags) and run.group == "retrain"
+    assert any("asr/train_loss" in row and "asr/step" in row for row in run.history)
+    assert any("nlu/train_loss" in row and "nlu/step" in row for row in run.history)
+    assert {"asr/wer", "wake/frr", "slu/slu_f1", "nlu/intent_accuracy"} <= set(run.summary)
+    assert {"dataset", "asr-model", "nlu-model", "evaluation"} <= set(run.artifacts)
 
     # 2. Nothing new: nothing to do, exit 0, no training.
     code, again = _retrain(tmp_path, "r2")
