@@ -53,3 +53,14 @@ def test_sync_lists_only_offline_runs_not_yet_uploaded(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline.ops.sync", "outputs", "multirun", "--dry-run"],
                             cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
     assert result.returncode == 0 and "1 offline run(s) to sync" in result.stdout and "bbb" in result.stdout
+
+
+def test_slurm_launcher_config_composes_with_the_submitit_plugin() -> None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
