@@ -1,0 +1,55 @@
+"""Pseudonym keys, pseudonyms and deletion requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.data.privacy import load_deletions, load_key, pseudonym
+from pipeline.data.splits import assign_split
+from pipeline.runtime import PipelineError
+
+
+def test_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys" / "pseudonym.key"
+    first = load_key("PIPELINE_TEST_DATA_KEY_UNSET", key_file)
+    assert key_file.stat().st_mode & 0o777 == 0o600 and len(first) == 64
+    assert load_key("PIPELINE_TEST_DATA_KEY_UNSET", key_file) == first
+
+
+def test_environment_key_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_TEST_DATA_KEY", "from-the-environment")
+    assert load_key("PIPELINE_TEST_DATA_KEY", tmp_path / "unused.key") == b"from-the-environment"
+    assert not (tmp_path / "unused.key").exists()
+
+
+def test_pseudonyms_depend_on_key_and_kind() -> None:
+    a = pseudonym(b"k1", "acct", "amzn1.account.X")
+    assert a == pseudonym(b"k1", "acct", "amzn1.account.X") and a.startswith("acct_")
+    assert a != pseudonym(b"k2", "acct", "amzn1.account.X")
+    assert pseudonym(b"k1", "dev", "same") != pseudonym(b"k1", "acct", "same").replace("acct_", "dev_")
+    assert "amzn1" not in a
+
+
+def test_split_is_a_function_of_the_account_and_roughly_follows_the_ratios() -> None:
+    splits = [assign_split(b"k", f"acct_{i}", 0.1, 0.2) for i in range(3000)]
+    assert splits == [assign_split(b"k", f"acct_{i}", 0.1, 0.2) for i in range(3000)]
+    assert 0.07 < splits.count("validation") / 3000 < 0.13 and 0.17 < splits.count("test") / 3000 < 0.23
+
+
+def test_deletion_requests(tmp_path: Path) -> None:
+    path = tmp_path / "deletions.jsonl"
+    path.write_text('{"utterance_id": "u1"}\n\n{"account_id": "A"}\n{"device_serial": "D"}\n')
+    deletions = load_deletions(path, b"k")
+    assert deletions.matches(b"k", {"utterance_id": "u1", "account_id": "other"})
+    assert deletions.matches(b"k", {"utterance_id": "u2", "account_id": "A"})
+    assert deletions.matches(b"k", {"utterance_id": "u3", "device_serial": "D"})
+    assert not deletions.matches(b"k", {"utterance_id": "u4", "account_id": "B", "device_serial": "E"})
+    assert not any("A" == p or "u1" == p for p in deletions.pseudonyms)
+
+    path.write_text('{"utterance_id": "u1"}\n{"speaker": "A"}\n')
+    with pytest.raises(PipelineError, match=r"deletions.jsonl line 2: a deletion request needs"):
+        load_deletions(path, b"k")
+    with pytest.raises(PipelineError, match="file not found"):
+        load_deletions(tmp_path / "missing.jsonl", b"k")
