@@ -191,7 +191,12 @@ class WandbTracker:
         try:
             log_run_folder(self, self.run_dir)
         finally:
+            import wandb
+
             self.run.finish(exit_code=1 if failed else 0)
+            # finish() can return before wandb-core has flushed the transaction log; teardown
+            # waits for it, so the run folder is complete when the stages return.
+            wandb.teardown()
 
 
 def log_run_folder(tracker: WandbTracker, run_dir: Path) -> None:
