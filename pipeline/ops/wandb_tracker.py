@@ -118,8 +118,11 @@ class WandbTracker:
             return
         rows: dict[str, dict[str, float]] = {}
         for key, value in metrics.items():
-            rows.setdefault(key.split("/", 1)[0] if "/" in key else "train", {})[key] = value
+            rows.setdefault(key.split("/", 1)[0] if "/" in key else "", {})[key] = value
         for prefix, row in rows.items():
+            if not prefix:  # no prefix, no axis of its own: W&B's own step
+                self.run.log(row)
+                continue
             axis = f"{prefix}/step"
             if axis not in self._step_axes:
                 self.run.define_metric(axis)
@@ -172,7 +175,9 @@ class WandbTracker:
         else:
             artifact.add_file(str(path))
         if kind == "dataset" and not self.offline:
-            self.run.use_artifact(artifact)  # an input of this run: the lineage root
+            # Online, the dataset is the run's input (the root of the lineage graph); offline
+            # runs cannot use artifacts, so there it is an output, and `inputs` keeps the link.
+            self.run.use_artifact(artifact)
         else:
             self.run.log_artifact(artifact)
         self._logged[_artifact_name(name)] = artifact
@@ -183,8 +188,13 @@ class WandbTracker:
         if name in self._logged:
             return
         self._inputs.append(f"{name}:{kind}")
-        if not self.offline:
-            self.run.use_artifact(f"{name}:latest", type=kind)
+        if not self.offline:  # offline runs cannot resolve artifacts; the metadata keeps the link
+            import wandb
+
+            try:
+                self.run.use_artifact(f"{name}:latest", type=kind)
+            except wandb.errors.CommError:
+                pass  # never logged to this project: lineage stays in the metadata only
 
     def finish(self) -> None:
         failed = sys.exc_info()[0] is not None
