@@ -237,12 +237,12 @@ def log_run_folder(tracker: WandbTracker, run_dir: Path) -> None:
     if metrics_path.is_file():
         metrics = _flat_numbers(json.loads(metrics_path.read_text()))
         tracker.log_summary(metrics)
-        if tracker._images == 0:
-            for png in sorted(run_dir.glob("**/*.png")):
-                if png.parent.name not in ("asr", "nlu") and "wandb" not in png.parts:
-                    tracker.log_image(f"plots/{png.stem}", png)
+        plots = [*sorted(run_dir.glob("*.png")), *sorted(run_dir.glob("plots/*.png"))]
+        if tracker._images == 0:  # the eval stage did not log its plots itself
+            for png in plots:
+                tracker.log_image(f"plots/{png.stem}", png)
         if "evaluation" not in tracker._logged:
-            files = [metrics_path, *sorted(run_dir.glob("*.png")), *sorted(run_dir.glob("plots/*.png"))]
+            files = [metrics_path, *plots]
             files += [run_dir / f for f in TEXT_FILES if tracker.log_transcripts and (run_dir / f).is_file()]
             _log_files(tracker, "evaluation", "evaluation", files, run_dir,
                        {"dataset_fingerprint": fingerprint, "metrics": metrics})
