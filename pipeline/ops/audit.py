@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from pipeline.ops.corpus import pending_deletion_hashes, pseudonym_key
+from pipeline.ops.corpus import pending_deletions, pseudonym_key
 from pipeline.ops.registry import Registry
 from pipeline.runtime import PipelineError, fail
 
@@ -37,8 +37,8 @@ def load_config(overrides: list[str], config_name: str = "retrain") -> DictConfi
 
 def audit(cfg: DictConfig) -> list[dict[str, object]]:
     key = pseudonym_key(cfg.privacy)
-    hashes = pending_deletion_hashes(Path(cfg.retrain.inbox), Path(cfg.retrain.corpus_dir), key)
-    return Registry(Path(cfg.retrain.registry_dir)).affected_by(hashes)
+    deleted = pending_deletions(Path(cfg.retrain.inbox), Path(cfg.retrain.corpus_dir), key)
+    return Registry(Path(cfg.retrain.registry_dir)).affected_by(deleted)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,15 +5,16 @@
     <inbox>/deletions/*.jsonl           deletion requests: {"utterance_id"}, {"account_id"} or
                                         {"device_serial"} per line
 
-Batches are moved (not copied) into `<corpus>/batches/`, and every request is merged into
-`<corpus>/deletions.jsonl`; `<corpus>/annotations.jsonl` is then rewritten as one export over all
-batches, which the ordinary data stage builds (stable splits, deletions quarantined again).
+Batches are moved (not copied) into `<corpus>/batches/`; `<corpus>/annotations.jsonl` is then
+rewritten as one export over all batches, which the ordinary data stage builds (stable splits).
 
 Why deletion goes further than the data stage's filter: a deleted clip is removed from the corpus
-itself (its line and its audio), and its id is kept only as a keyed hash in
-`<corpus>/deleted_utterances.txt` (a tombstone). The tombstones are what later tell the registry
-which models were trained on deleted data, even after the clip itself is gone, and even when a job
-died between purging and retraining.
+itself (its line and its audio); the requests are kept only as keyed pseudonyms
+(`<corpus>/deletion_requests.txt`, so later batches of a deleted account are purged on arrival,
+without keeping the account id), and each deleted clip only as its utterance pseudonym in
+`<corpus>/deleted_utterances.txt` (a tombstone). The registry records models by the same
+utterance pseudonyms, so tombstones tell which models were trained on deleted data, even after
+the clip is gone, and even when a job died between purging and retraining.
 """
 
 from __future__ import annotations
@@ -23,27 +24,25 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.data.privacy import load_key
-from pipeline.ops.registry import TMP_PREFIX, hash_id
+from pipeline.data.privacy import Deletions, load_deletions, load_key, pseudonym
+from pipeline.ops.registry import TMP_PREFIX
 from pipeline.runtime import PipelineError
 
 ANNOTATIONS = "annotations.jsonl"
-DELETIONS = "deletions.jsonl"
+REQUESTS = "deletion_requests.txt"
 TOMBSTONES = "deleted_utterances.txt"
-REQUEST_KEYS = ("utterance_id", "account_id", "device_serial")
 
 
 @dataclass
 class Corpus:
     annotations: Path
-    deletions: Path
+    requests: Path
     new_batches: list[str] = field(default_factory=list)
     new_requests: int = 0
     purged: int = 0
@@ -54,7 +53,7 @@ class Corpus:
         """What a model trained now would be trained on: same state, same model (training is
         deterministic), so a scheduler re-running with nothing new has nothing to do."""
         digest = hashlib.sha256()
-        for path in (self.annotations, self.deletions):
+        for path in (self.annotations, self.requests):
             digest.update(path.read_bytes() if path.is_file() else b"")
         digest.update(extra.encode())
         return digest.hexdigest()
@@ -65,44 +64,28 @@ def pseudonym_key(privacy: DictConfig) -> bytes:
     return load_key(str(privacy.key_env), str(privacy.key_file))
 
 
-def read_requests(paths: Iterable[Path]) -> set[str]:
-    """Deletion requests as canonical JSON lines (so the same request twice counts once)."""
-    requests: set[str] = set()
-    for path in paths:
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                request = json.loads(line)
-            except json.JSONDecodeError:
-                request = None
-            keys = [k for k in REQUEST_KEYS if isinstance(request, dict) and request.get(k)]
-            if len(keys) != 1:
-                raise PipelineError(f"{path}:{n} is not a deletion request: expected one of "
-                                    f"{list(REQUEST_KEYS)} with a non-empty value; fix or remove the line")
-            requests.add(json.dumps({keys[0]: str(request[keys[0]])}, sort_keys=True))
-    return requests
+def utterance_pseudonym(key: bytes, utterance_id: str) -> str:
+    """How the registry, tombstones and the data stage's quarantine all name an utterance."""
+    return pseudonym(key, "utt", utterance_id)
 
 
-def _request_sets(requests: Iterable[str]) -> dict[str, set[str]]:
-    sets: dict[str, set[str]] = {k: set() for k in REQUEST_KEYS}
-    for line in requests:
-        ((key, value),) = json.loads(line).items()
-        sets[key].add(value)
-    return sets
+def _lines(path: Path) -> set[str]:
+    return set(path.read_text().split()) if path.is_file() else set()
 
 
-def matches(record: dict[str, Any], wanted: dict[str, set[str]]) -> bool:
-    return any(str(record.get(k)) in wanted[k] for k in REQUEST_KEYS if record.get(k) is not None)
+def inbox_requests(inbox: Path, key: bytes) -> tuple[list[Path], set[str]]:
+    """The request files waiting in the inbox, and their requests as pseudonyms."""
+    folder = inbox / "deletions"
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    return files, {p for f in files for p in load_deletions(f, key).pseudonyms}
 
 
-def deleted_utterance_hashes(records: Iterable[dict[str, Any]], requests: Iterable[str], key: bytes) -> set[str]:
-    """Hashes of the utterances the requests name: directly, or through their account or device."""
-    wanted = _request_sets(requests)
-    hashes = {hash_id(u, key) for u in wanted["utterance_id"]}
-    hashes |= {hash_id(str(r["utterance_id"]), key) for r in records
-               if r.get("utterance_id") is not None and matches(r, wanted)}
-    return hashes
+def deleted_utterances(records: list[dict[str, Any]], requests: set[str], key: bytes) -> set[str]:
+    """Pseudonyms of the utterances the requests name: directly, or through their account or device."""
+    wanted = Deletions(requests)
+    named = {p for p in requests if p.startswith("utt_")}
+    return named | {utterance_pseudonym(key, str(r["utterance_id"])) for r in records
+                    if r.get("utterance_id") is not None and wanted.matches(key, r)}
 
 
 def batch_records(batch: Path) -> list[dict[str, Any]]:
@@ -163,14 +146,14 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
     batches_dir.mkdir(parents=True, exist_ok=True)
     for tmp in [*batches_dir.glob(f"{TMP_PREFIX}*"), *corpus_dir.glob(f"{TMP_PREFIX}*")]:
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-    corpus = Corpus(corpus_dir / ANNOTATIONS, corpus_dir / DELETIONS)
+    corpus = Corpus(corpus_dir / ANNOTATIONS, corpus_dir / REQUESTS)
 
     # 1. Requests first: a batch arriving together with a request for it is purged right away.
-    request_files = sorted((inbox / "deletions").glob("*.jsonl")) if (inbox / "deletions").is_dir() else []
-    known = read_requests([corpus.deletions]) if corpus.deletions.is_file() else set()
-    requests = known | read_requests(request_files)
+    request_files, incoming = inbox_requests(inbox, key)
+    known = _lines(corpus.requests)
+    requests = known | incoming
     corpus.new_requests = len(requests - known)
-    _write_atomic(corpus.deletions, "".join(line + "\n" for line in sorted(requests)))
+    _write_atomic(corpus.requests, "".join(p + "\n" for p in sorted(requests)))
     for path in request_files:
         path.unlink()
 
@@ -184,11 +167,11 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
 
     # 3. Tombstones, then purge, then the merged export.
     tomb_file = corpus_dir / TOMBSTONES
-    corpus.tombstones = set(tomb_file.read_text().split()) if tomb_file.is_file() else set()
-    wanted = _request_sets(requests)
+    corpus.tombstones = _lines(tomb_file)
+    wanted = Deletions(requests)
     batches = sorted(p for p in batches_dir.iterdir() if p.is_dir() and not p.name.startswith(TMP_PREFIX))
-    all_records = [(b, r) for b in batches for r in batch_records(b)]
-    new_tombs = deleted_utterance_hashes([r for _, r in all_records], requests, key) - corpus.tombstones
+    all_records = [r for b in batches for r in batch_records(b)]
+    new_tombs = deleted_utterances(all_records, requests, key) - corpus.tombstones
     if new_tombs:
         corpus.tombstones |= new_tombs
         _write_atomic(tomb_file, "".join(h + "\n" for h in sorted(corpus.tombstones)))
@@ -204,7 +187,7 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
                 kept.append(line)
                 merged.append(line)
                 continue
-            if matches(record, wanted):
+            if wanted.matches(key, record):
                 audio = _inside(batch, str(record.get("audio") or ""))
                 if audio is not None and audio.is_file():
                     audio.unlink()
@@ -221,15 +204,10 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
     return corpus
 
 
-def pending_deletion_hashes(inbox: Path, corpus_dir: Path, key: bytes) -> set[str]:
-    """For the audit: tombstones plus what requests still waiting in the inbox will delete."""
-    tomb_file = corpus_dir / TOMBSTONES
-    hashes = set(tomb_file.read_text().split()) if tomb_file.is_file() else set()
-    request_files = sorted((inbox / "deletions").glob("*.jsonl")) if (inbox / "deletions").is_dir() else []
-    if (corpus_dir / DELETIONS).is_file():
-        request_files.append(corpus_dir / DELETIONS)
-    requests = read_requests(request_files)
+def pending_deletions(inbox: Path, corpus_dir: Path, key: bytes) -> set[str]:
+    """For the audit: tombstones plus the utterances requests still waiting in the inbox delete."""
+    _files, incoming = inbox_requests(inbox, key)
     ingested = corpus_dir / "batches"
     batches = [*inbox_batches(inbox), *(sorted(p for p in ingested.iterdir() if p.is_dir()) if ingested.is_dir() else [])]
     records = [r for b in batches if (b / ANNOTATIONS).is_file() for r in batch_records(b)]
-    return hashes | deleted_utterance_hashes(records, requests, key)
+    return _lines(corpus_dir / TOMBSTONES) | deleted_utterances(records, incoming, key)

@@ -1,22 +1,20 @@
 """The registry of promoted models: a plain folder anyone can read, back up and audit.
 
     <registry>/promoted.json            {"model_id": current, "history": [every id ever promoted]}
-    <registry>/models/<id>/record.json  dataset fingerprint, metrics, hashed training utterances
+    <registry>/models/<id>/record.json  dataset fingerprint, metrics, training utterance pseudonyms
     <registry>/models/<id>/asr, nlu     the model folders (removed when retired for a deletion)
     <registry>/decisions.jsonl          one line per retraining decision
     <registry>/retrain.lock             held while a retraining job runs
 
 Why this shape: `promoted.json` is the single commit point, replaced atomically, so a job killed at
 any moment leaves either the old or the new model promoted, never half of one; `recover()` tidies
-what a killed job left behind. Training utterances are stored as keyed hashes (HMAC with the
-pseudonym key), so the registry can answer "was this model trained on that clip?" without holding
-a list of identifiers anyone could read.
+what a killed job left behind. Training utterances are stored as their keyed pseudonyms
+(`utt_<hmac>`, as the data stage names them), so the registry can answer "was this model trained
+on that clip?" without holding a list of identifiers anyone could read or guess.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import shutil
@@ -29,11 +27,6 @@ PROMOTED = "promoted.json"
 RECORD = "record.json"
 MODEL_PARTS = ("asr", "nlu")
 TMP_PREFIX = ".tmp-"
-
-
-def hash_id(value: str, key: bytes) -> str:
-    """The registry's keyed hash of one utterance id (domain-separated from the data pseudonyms)."""
-    return hmac.new(key, f"registry-utterance:{value}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -142,7 +135,7 @@ class Registry:
         return done
 
     def affected_by(self, deleted_hashes: Iterable[str]) -> list[dict[str, Any]]:
-        """Models whose weights still exist and were trained on any of these (hashed) utterances."""
+        """Models whose weights still exist and were trained on any of these utterance pseudonyms."""
         wanted = set(deleted_hashes)
         affected = []
         for record in self.records():

@@ -22,9 +22,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pipeline.ops.corpus import Corpus, pseudonym_key, update_corpus
+from pipeline.ops.corpus import Corpus, pseudonym_key, update_corpus, utterance_pseudonym
 from pipeline.ops.gate import check_gate
-from pipeline.ops.registry import Registry, hash_id, now
+from pipeline.ops.registry import Registry, now
 from pipeline.ops.tracking import NullTracker
 from pipeline.runtime import PipelineError, configure_environment
 
@@ -75,13 +75,13 @@ def _last_decision_for(registry: Registry, state: str) -> dict[str, Any] | None:
 
 
 def trained_on(dataset_path: Path, key: bytes) -> list[str]:
-    """Hashed ids of what shaped the model: train (weights) and validation (thresholds, selection)."""
+    """Pseudonyms of what shaped the model: train (weights) and validation (thresholds, selection)."""
     from datasets import load_from_disk
 
     dataset = load_from_disk(str(dataset_path))
     ids = [u for split in ("train", "validation") if split in dataset
            for u in dataset[split].select_columns(["utterance_id"])["utterance_id"]]
-    return sorted({hash_id(str(u), key) for u in ids})
+    return sorted({utterance_pseudonym(key, str(u)) for u in ids})
 
 
 def _evaluate_incumbent(cfg: DictConfig, registry: Registry, model_id: str, run_dir: Path,
@@ -107,7 +107,7 @@ def _stage_config(cfg: DictConfig, corpus: Corpus) -> DictConfig:
     with open_dict(stage_cfg):
         stage_cfg.data.source = "jsonl"
         stage_cfg.data.path = str(corpus.annotations)
-        stage_cfg.data.deletions = str(corpus.deletions)
+        stage_cfg.data.deletions = None  # already applied: deleted clips are gone from the corpus
     return stage_cfg
 
 
@@ -154,7 +154,7 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     registry.promote(run_dir, {
         **decision["candidate"], "created_at": now(), "run_dir": str(run_dir), "state": state,
         "trained_on": candidate["trained_on"],
-        "trained_on_hash": "hmac-sha256(pseudonym key, 'registry-utterance:' + utterance_id)[:32]",
+        "trained_on_ids": "utterance pseudonyms: pipeline.data.privacy.pseudonym(key, 'utt', utterance_id)",
     }, retire_reason=retire_reason)
     return {**decision, "decision": "promoted", "reason": reason,
             "retired": [current["model_id"]] if current else []}

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.ops.corpus import TOMBSTONES, update_corpus
-from pipeline.ops.registry import hash_id
+from pipeline.ops.corpus import TOMBSTONES, update_corpus, utterance_pseudonym
 from pipeline.ops.retrain import EXIT_BUSY, EXIT_CONFIG, EXIT_OK, retrain_lock, run_retrain
 
 KEY = b"corpus-key"
@@ -55,16 +54,17 @@ def test_intake_moves_batches_merges_and_purges_deleted_clips(tmp_path: Path) ->
     left = [json.loads(line)["utterance_id"] for line in second.annotations.read_text().splitlines()
             if line.startswith("{\"")]
     assert left == ["u2"]
-    corpus_bytes = b"".join(p.read_bytes() for p in (corpus_dir / "batches").rglob("*") if p.is_file())
-    assert b"ALICE" not in corpus_bytes and b"u3" not in corpus_bytes  # gone from the corpus itself
+    corpus_bytes = b"".join(p.read_bytes() for p in corpus_dir.rglob("*") if p.is_file())
+    # Gone from the corpus itself; the requests are kept only as pseudonyms.
+    assert b"ALICE" not in corpus_bytes and b'"u3"' not in corpus_bytes and b"G0900003" not in corpus_bytes
     assert sorted(p.name for p in (corpus_dir / "batches").rglob("*.wav")) == ["u2.wav"]
     tombs = set((corpus_dir / TOMBSTONES).read_text().split())
-    assert tombs == {hash_id(u, KEY) for u in ("u1", "u3", "u4")}
+    assert tombs == {utterance_pseudonym(KEY, u) for u in ("u1", "u3", "u4")}
 
     # A later batch from a deleted account never enters the corpus.
     _batch(inbox, "b3", [("u5", "amzn1.account.ALICE", "G0900005")])
     third = update_corpus(inbox, corpus_dir, KEY)
-    assert third.purged == 1 and hash_id("u5", KEY) in third.tombstones
+    assert third.purged == 1 and utterance_pseudonym(KEY, "u5") in third.tombstones
 
 
 def _cfg(tmp: Path, **retrain: object) -> OmegaConf:
@@ -94,4 +94,4 @@ def test_retrain_exit_codes_without_training(tmp_path: Path) -> None:
     _requests(tmp_path / "inbox", "bad.jsonl", [{"name": "someone"}])
     assert run_retrain(cfg) == EXIT_CONFIG
     decision = json.loads((tmp_path / "run" / "decision.json").read_text())
-    assert decision["decision"] == "config_error" and "bad.jsonl:1" in decision["reason"]
+    assert decision["decision"] == "config_error" and "bad.jsonl line 1" in decision["reason"]

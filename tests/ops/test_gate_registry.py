@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.ops.gate import check_gate
-from pipeline.ops.registry import Registry, hash_id
+from pipeline.data.privacy import pseudonym
+from pipeline.ops.registry import Registry
 from pipeline.ops.retrain import RetrainBusy, retrain_lock
 from pipeline.runtime import PipelineError
 
@@ -22,6 +23,10 @@ RULES = {
     "slu_f1": {"metric": "slu/slu_f1", "max_decrease": 0.0},
 }
 KEY = b"test-key"
+
+
+def utt(utterance_id: str) -> str:
+    return pseudonym(KEY, "utt", utterance_id)
 
 
 def test_gate_passes_within_limits_and_names_each_failure() -> None:
@@ -50,7 +55,7 @@ def _run(tmp: Path, name: str) -> Path:
 
 def _record(model_id: str, utterances: list[str]) -> dict:
     return {"model_id": model_id, "dataset_fingerprint": "fp-" + model_id,
-            "metrics": {"asr/wer": 0.2}, "trained_on": sorted(hash_id(u, KEY) for u in utterances)}
+            "metrics": {"asr/wer": 0.2}, "trained_on": sorted(utt(u) for u in utterances)}
 
 
 def test_registry_promotes_retires_and_audits(tmp_path: Path) -> None:
@@ -63,15 +68,15 @@ def test_registry_promotes_retires_and_audits(tmp_path: Path) -> None:
     old = reg.record("m1")
     assert old["status"] == "retired" and old["replaced_by"] == "m2" and reg.has_weights("m1")
     raw = (tmp_path / "registry").rglob("record.json")
-    assert not any(b"u2" in p.read_bytes() for p in raw), "utterance ids are stored hashed only"
+    assert not any(b'"u2"' in p.read_bytes() for p in raw), "utterance ids are stored as pseudonyms only"
 
-    affected = reg.affected_by({hash_id("u2", KEY)})
+    affected = reg.affected_by({utt("u2")})
     assert sorted(a["model_id"] for a in affected) == ["m1", "m2"]
-    assert reg.affected_by({hash_id("u3", KEY)}) == [{"model_id": "m2", "status": "promoted", "deleted_utterances": 1}]
+    assert reg.affected_by({utt("u3")}) == [{"model_id": "m2", "status": "promoted", "deleted_utterances": 1}]
 
     reg.promote(_run(tmp_path, "c"), _record("m3", ["u1"]), retire_reason="deletion")
     assert reg.record("m2")["retired_reason"] == "deletion" and not reg.has_weights("m2")
-    assert reg.affected_by({hash_id("u3", KEY)}) == []  # weights gone: nothing left to audit
+    assert reg.affected_by({utt("u3")}) == []  # weights gone: nothing left to audit
 
 
 def test_recover_finishes_or_undoes_a_killed_promotion(tmp_path: Path) -> None:

@@ -97,7 +97,8 @@ def _audit(tmp: Path) -> str:
 
 @pytest.mark.slow
 def test_gate_kill_recovery_and_deletion_beating_the_gate(tmp_path: Path) -> None:
-    from pipeline.ops.registry import Registry, hash_id
+    from pipeline.ops.corpus import utterance_pseudonym
+    from pipeline.ops.registry import Registry
     from pipeline.ops.wandb_offline import read_offline_run, transaction_logs
 
     key = _env(tmp_path)["PIPELINE_PSEUDONYM_KEY"].encode()
@@ -155,7 +156,7 @@ def test_gate_kill_recovery_and_deletion_beating_the_gate(tmp_path: Path) -> Non
 
     # 4. An account the promoted model was trained on asks for deletion: the audit names the model.
     trained = set(record["trained_on"])
-    victim = next(a for a in range(12) if {hash_id(f"b1-a{a}-{k}", key) for k in range(3)} <= trained)
+    victim = next(a for a in range(12) if {utterance_pseudonym(key, f"b1-a{a}-{k}") for k in range(3)} <= trained)
     (tmp_path / "inbox" / "deletions").mkdir()
     (tmp_path / "inbox" / "deletions" / "req.jsonl").write_text(json.dumps({"account_id": _account(victim)}) + "\n")
     report = _audit(tmp_path)
@@ -169,6 +170,6 @@ def test_gate_kill_recovery_and_deletion_beating_the_gate(tmp_path: Path) -> Non
     assert registry.current()["model_id"] == m2
     old = registry.record(m1)
     assert old["status"] == "retired" and old["retired_reason"] == "deletion" and not registry.has_weights(m1)
-    deleted = {hash_id(f"b1-a{victim}-{k}", key) for k in range(3)}
+    deleted = {utterance_pseudonym(key, f"b1-a{victim}-{k}") for k in range(3)}
     assert not deleted & set(registry.record(m2)["trained_on"])
     assert "no model" in _audit(tmp_path)
