@@ -45,6 +45,8 @@ evaluate: setup
 	@test -n "$(RUN)" || { echo "usage: make evaluate RUN=outputs/<date>/<time>"; exit 2; }
 	$(PY) evaluate.py run=$(RUN) $(ARGS)
 
+# Scheduled retraining. Exit codes (0 promoted/nothing to do, 1 crash, 2 config, 3 rejected,
+# 4 busy) are retrain.py's; make reports any failure as 2, so schedulers call retrain.py directly.
 retrain: setup
 	$(PY) retrain.py $(ARGS)
 
