@@ -105,6 +105,8 @@ def run_ours(args: argparse.Namespace, result: dict[str, Any]) -> None:
         if args.device.startswith("cuda"):
             model, _ = load_asr(Path(tmp) / "asr", args.device)
             model.train()
+            if bench_cfg(args, args.steps).asr.freeze_feature_encoder:
+                model.freeze_feature_encoder()  # count the FLOPs training actually ran
             result["flops_per_audio_second"] = flops_per_audio_second(model, torch.device(args.device), _amp(args))
 
 

@@ -75,7 +75,8 @@ def transcribe(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, batch: dict[
     inputs = {k: batch[k].to(device) for k in ("input_values", "attention_mask", "labels") if k in batch}
     out = model(**inputs)
     ids = out.logits.argmax(dim=-1).cpu()
-    return processor.batch_decode(ids), (out.loss.detach().float().cpu() if out.loss is not None else None)
+    # skip_special_tokens drops <unk> (and the CTC blank): an unknown character is not a word.
+    return processor.batch_decode(ids, skip_special_tokens=True), (out.loss.detach().float().cpu() if out.loss is not None else None)
 
 
 def uses_attention_mask(cfg: DictConfig) -> bool:
