@@ -87,8 +87,10 @@ def speed(steps: int, overrides: list[str]) -> None:
     from pipeline.nlu.train import (DataCollatorForTokenClassification, label_maps, make_optimizer,
                                     resolve_backbone, to_features, training_arguments, training_rows)
 
-    torch.manual_seed(0)
     cfg = _config(overrides)
+    if cfg.nlu.cpu_threads:
+        torch.set_num_threads(int(cfg.nlu.cpu_threads))
+    torch.manual_seed(0)
     splits = load_from_disk(str(massive_dataset(ROOT / ".cache" / "bench")))
     rows = training_rows(splits["train"], "skip")
     intents, tags = label_maps(rows)
@@ -152,7 +154,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("mode", choices=["quality", "speed"])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. nlu.epochs=8")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.mode == "quality":
         quality(args.overrides)
     else:

@@ -93,6 +93,8 @@ def run_nlu_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resume else None)
     train_seconds = time.perf_counter() - started
+    if not trainer.is_world_process_zero():  # under torchrun, rank 0 alone saves and scores
+        return {"model_dir": str(out_dir)}
 
     nlu = NLUModel(trainer.model, tokenizer)
     nlu.save_pretrained(out_dir)
