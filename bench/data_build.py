@@ -5,8 +5,9 @@
 Synthetic clips (tones plus noise, 0.5-1.5 s at 22.05 or 44.1 kHz, so every clip is resampled) are
 written once into a canonical export. Each variant then runs in its own subprocess while this
 process samples the memory of that subprocess and all its children (the `map` workers) every 50 ms:
-RSS summed over the tree (counts pages shared by forked workers once per worker) and PSS (shares
-them out, so the sum is the tree's real footprint). Variants:
+RSS summed over the tree (counts pages shared by forked workers once per worker), PSS (shares them
+out) and heap = Pss_Anon (PSS without file pages: memory-mapped arrow files that the page cache can
+drop at will grow with the corpus, the heap should not). Variants:
 - ours: `run_data_stage` end to end (validation, content hashing, decoding in `num_proc` workers,
   FLAC encoding, save_to_disk, card), into a fresh cache so nothing is reused;
 - baseline: single-process `datasets.map` that decodes each file with soundfile, resamples it with
@@ -88,6 +89,15 @@ def run_baseline(export: Path, work: Path) -> int:
     return len(ds)
 
 
+def _pss_anon(pid: int) -> int:
+    """Proportional anonymous memory (heap, not page cache of memory-mapped arrow files), in bytes."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss_Anon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def measure(variant: str, export: Path, num_proc: int) -> dict:
     """Run one variant in a subprocess; wall time and peak RSS of its whole process tree."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as work:
@@ -96,14 +106,15 @@ def measure(variant: str, export: Path, num_proc: int) -> dict:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         parent = psutil.Process(proc.pid)
-        peak_rss = peak_pss = 0
+        peak_rss = peak_pss = peak_anon = 0
         while proc.poll() is None:
             try:
                 tree = [parent, *parent.children(recursive=True)]
                 info = [p.memory_full_info() for p in tree if p.is_running()]
                 peak_rss = max(peak_rss, sum(m.rss for m in info))
                 peak_pss = max(peak_pss, sum(m.pss for m in info))
-            except psutil.Error:
+                peak_anon = max(peak_anon, sum(_pss_anon(p.pid) for p in tree))
+            except (psutil.Error, OSError):
                 pass
             time.sleep(0.05)
         seconds = time.perf_counter() - started
@@ -113,7 +124,8 @@ def measure(variant: str, export: Path, num_proc: int) -> dict:
     clips = int(out.strip().splitlines()[-1])
     return {"variant": variant, "clips": clips, "seconds": round(seconds, 2),
             "clips_per_s": round(clips / seconds, 1),
-            "peak_rss_mb": round(peak_rss / 2**20, 1), "peak_pss_mb": round(peak_pss / 2**20, 1)}
+            "peak_rss_mb": round(peak_rss / 2**20, 1), "peak_pss_mb": round(peak_pss / 2**20, 1),
+            "peak_heap_mb": round(peak_anon / 2**20, 1)}
 
 
 def main() -> None:
@@ -147,12 +159,13 @@ def main() -> None:
             ours["speedup"] = round(ours["clips_per_s"] / base["clips_per_s"], 2)
             results.append({"n": n, **base})
         results.append({"n": n, "num_proc": args.num_proc, **ours})
-        print(json.dumps(results[-1]), flush=True)
+        print(json.dumps(results[-2:] if base else results[-1:]), flush=True)
 
-    print(f"{'clips':>6} {'variant':>9} {'seconds':>8} {'clips/s':>8} {'peak RSS MB':>12} {'peak PSS MB':>12} {'speedup':>8}")
+    print(f"{'clips':>6} {'variant':>9} {'seconds':>8} {'clips/s':>8} {'RSS MB':>8} {'PSS MB':>8} {'heap MB':>8} "
+          f"{'speedup':>8}")
     for r in results:
-        print(f"{r['n']:>6} {r['variant']:>9} {r['seconds']:>8} {r['clips_per_s']:>8} {r['peak_rss_mb']:>12} "
-              f"{r['peak_pss_mb']:>12} {r.get('speedup', ''):>8}")
+        print(f"{r['n']:>6} {r['variant']:>9} {r['seconds']:>8} {r['clips_per_s']:>8} {r['peak_rss_mb']:>8} "
+              f"{r['peak_pss_mb']:>8} {r['peak_heap_mb']:>8} {r.get('speedup', ''):>8}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "data_build.json"
     out.write_text(json.dumps({"cores": len(os.sched_getaffinity(0)), "results": results}, indent=2) + "\n")
