@@ -56,6 +56,12 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
               "wer_slices": "WER per slice"}
     for key, path in plots.items():
         blocks += [("h2", titles.get(key, key)), ("img", (titles.get(key, key), path))]
+    if details.get("wake_errors"):
+        blocks.append(("h2", "Wake-word errors at the tuned threshold"))
+        blocks.append(("table", (["utterance", "speaker", "wake word said", "score", "reference", "hypothesis"],
+                                 [[e["utterance_id"], e["speaker"], "yes" if e["wake_word_present"] else "no",
+                                   _fmt(e["wake_score"]), e["reference"], e["hypothesis"]]
+                                  for e in details["wake_errors"]])))
     blocks.append(("h2", "Worst utterances"))
     blocks.append(("table", (["utterance", "speaker", "WER", "reference", "hypothesis"],
                              [[w["utterance_id"], w["speaker"], _fmt(w["wer"]), w["reference"], w["hypothesis"]]

@@ -289,6 +289,12 @@ def _score(
         "slu_entities_per_type": slu_ents["per_type"],
         "slu_f1_per_type": slu["per_type"],
         "wake": None if wake is None else {**wake.__dict__},
+        # The clips a person should listen to first: rejected positives, accepted negatives.
+        "wake_errors": [
+            {k: r[k] for k in ("utterance_id", "speaker", "wake_word_present", "wake_score", "reference", "hypothesis")}
+            for r in sorted(rows, key=lambda r: r["wake_score"] if r["wake_score"] is not None else -math.inf)
+            if wake is not None and r["wake_detected"] != r["wake_word_present"]
+        ][: int(ecfg.worst_n)],
         "worst": [
             {k: r[k] for k in ("utterance_id", "speaker", "wer", "reference", "hypothesis")}
             for r in M.worst_utterances(rows, int(ecfg.worst_n))

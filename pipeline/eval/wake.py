@@ -158,6 +158,8 @@ def plot_det(labels: np.ndarray, scores: np.ndarray, result: WakeResult, path: P
     far = float(np.mean(scores[~labels.astype(bool)] >= result.threshold))
     clip = lambda p: min(max(p, 2e-3), 1 - 2e-3)  # noqa: E731 - probit of 0 or 1 is infinite
     ax.plot(norm.ppf(clip(far)), norm.ppf(clip(result.frr)), "o", color="red", label="tuned threshold")
+    ax.set_xlabel("false accept rate (clips without the wake word)")
+    ax.set_ylabel("false reject rate (clips with it)")
     ax.set_title(f"Wake word DET (EER {result.eer:.3f}, AUC {result.auc:.3f})")
     ax.legend(loc="upper right")
     fig.tight_layout()
