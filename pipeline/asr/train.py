@@ -101,7 +101,7 @@ def _train(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker,
     augment_cfg = acfg.augment if float(acfg.augment.get("prob", 0) or 0) > 0 else None
 
     loop_start = time.time() - state["train_seconds"]
-    _set_lr(optimizer, acfg, state["step"], 0.0, budget_s)
+    _set_lr(optimizer, acfg, state["step"], state["train_seconds"], budget_s)
     pending_seconds, log_loss, log_n, in_accum, bad_accum = 0.0, 0.0, 0, 0, False
     stopped_by = "max_steps"
     while state["step"] < max_steps:
