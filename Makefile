@@ -8,7 +8,7 @@ SYSTEM_PACKAGES := espeak-ng ffmpeg libsndfile1
 NPROC ?= 2
 ARGS ?=
 
-.PHONY: setup system-packages train train-ddp test test-fast evaluate retrain audit-deletions compare sync bench clean
+.PHONY: setup system-packages train train-ddp test test-fast evaluate retrain audit-deletions compare sync bench bench-data bench-asr bench-nlu bench-eval clean
 
 setup: system-packages $(STAMP)
 
@@ -59,8 +59,20 @@ compare: setup
 sync: setup
 	$(PY) -m pipeline.ops.sync $(ARGS)
 
-bench: setup
-	$(PY) -m bench.run_all $(ARGS)
+# Benchmarks (minutes each; results under bench/results/). Each compares against its baseline in one run.
+bench: bench-data bench-asr bench-nlu bench-eval
+
+bench-data: setup
+	$(PY) -m bench.data_build --sizes 1000 10000 --baseline-max 1000
+
+bench-asr: setup
+	$(PY) -m bench.asr_throughput --synthetic 300 --steps 60
+
+bench-nlu: setup
+	$(PY) -m bench.nlu_bench speed --steps 60
+
+bench-eval: setup
+	$(PY) -m bench.eval_throughput --clips 48
 
 # The whole suite, slow end-to-end tests included (CI runs exactly this).
 test: setup
