@@ -7,11 +7,13 @@ run folder; this module only decides the order and hands results from one stage 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.asr.devices import barrier, place
 from pipeline.ops.tracking import NullTracker, Tracker
 from pipeline.runtime import PipelineError, configure_environment, seed_everything
 
@@ -28,16 +30,21 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
     seed_everything(int(cfg.seed))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
+    # Under torchrun every worker runs this function; the process group is joined first so that
+    # rank 0 alone builds the dataset and evaluates while the others wait for it.
+    placement = place(cfg.trainer) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    is_main = placement is None or placement.is_main
     tracker = _make_tracker(cfg, run_dir, stages)
     results: dict[str, Any] = {}
     try:
-        dataset_path = _existing_dataset(run_dir)
         if "data" in stages:
             from pipeline.data.build import run_data_stage
 
-            report = run_data_stage(cfg, run_dir, tracker)
-            dataset_path = Path(report["dataset_path"])
-            results["data"] = report
+            if is_main:
+                results["data"] = run_data_stage(cfg, run_dir, tracker)
+            if placement is not None:
+                barrier(placement)
+        dataset_path = _existing_dataset(run_dir)
         if any(s in stages for s in ("asr", "nlu", "eval")) and dataset_path is None:
             raise PipelineError(
                 f"stages {stages} need a built dataset, but {run_dir}/build_report.json does not exist; "
@@ -54,7 +61,10 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
         if "eval" in stages:
             from pipeline.eval.run import run_eval_stage
 
-            results["eval"] = run_eval_stage(cfg, run_dir, dataset_path, tracker)
+            if is_main:
+                results["eval"] = run_eval_stage(cfg, run_dir, dataset_path, tracker)
+            if placement is not None:
+                barrier(placement)
     finally:
         tracker.finish()
     return results

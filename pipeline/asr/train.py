@@ -30,6 +30,7 @@ from pipeline.asr.devices import Placement, all_agree, any_says, barrier, place,
 from pipeline.asr.model import build_model, evaluate_clips, uses_attention_mask
 from pipeline.asr.sampler import epoch_batches, eval_batches
 from pipeline.asr.vocab import build_vocab, make_processor
+from pipeline.data.features import SAMPLING_RATE
 from pipeline.ops.tracking import Tracker
 from pipeline.runtime import PipelineError
 
@@ -74,6 +75,7 @@ def _train(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker,
             processor = make_processor(build_vocab(train_set.split["text"]), Path(tmp), uses_attention_mask(acfg))
     _seed(seed)  # the fresh model's initial weights depend only on the seed
     model = build_model(acfg, processor)
+    train_set, unalignable = _drop_unalignable(train_set, model, placement)
     state = _fresh_state()
     if resume_from is not None:
         state = load_checkpoint(resume_from, model)
@@ -178,7 +180,7 @@ def _train(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker,
 
     if state["step"] == 0 or state["best_step"] is None:
         raise PipelineError("asr: training ended before any validated step; raise asr.max_steps or asr.max_train_minutes")
-    metrics = _finish(model, processor, state, placement, ckpt_root, out_dir, started, stopped_by, tracker)
+    metrics = _finish(model, processor, state, placement, ckpt_root, out_dir, started, stopped_by, tracker, unalignable)
     barrier(placement)
     return metrics
 
@@ -267,9 +269,31 @@ def _evaluate_and_save(
     barrier(placement)
 
 
+def _drop_unalignable(train_set: ClipDataset, model: Any, placement: Placement) -> tuple[ClipDataset, int]:
+    """Leave out clips too short for their transcript, and say how many.
+
+    CTC needs one output frame per label plus a blank between repeated characters; a clip with
+    fewer frames has no valid alignment, and its infinite loss is what turns training into NaNs.
+    The stored `duration` column gives the frame counts without decoding any audio.
+    """
+    samples = torch.tensor([round(d * SAMPLING_RATE) for d in train_set.durations], dtype=torch.long)
+    frames = model._get_feat_extract_output_lengths(samples).tolist()
+    texts = train_set.split["text"]
+    needed = [len(t) + sum(a == b for a, b in zip(t, t[1:])) for t in (x or "" for x in texts)]
+    keep = [i for i, (n, f) in enumerate(zip(needed, frames)) if n <= f]
+    dropped = len(texts) - len(keep)
+    if dropped == 0:
+        return train_set, 0
+    if not keep:
+        raise PipelineError("asr: every training clip is shorter than its transcript needs for CTC; check the audio/transcript pairing")
+    if placement.is_main:
+        print(f"[asr] left out {dropped} training clip(s) with fewer output frames than transcript characters", flush=True)
+    return ClipDataset(train_set.split.select(keep)), dropped
+
+
 def _finish(
     model: torch.nn.Module, processor: Any, state: dict[str, Any], placement: Placement, ckpt_root: Path,
-    out_dir: Path, started: float, stopped_by: str, tracker: Tracker,
+    out_dir: Path, started: float, stopped_by: str, tracker: Tracker, unalignable: int,
 ) -> dict[str, Any]:
     """Save the best checkpoint's weights as the model folder and write asr_metrics.json."""
     best = next(h for h in state["history"] if h["step"] == state["best_step"])
@@ -278,7 +302,8 @@ def _finish(
         "best_step": state["best_step"], "steps": state["step"], "epochs": state["epoch"],
         "audio_hours_seen": state["audio_seconds"] / 3600, "train_wall_seconds": state["train_seconds"],
         "stage_wall_seconds": time.time() - started, "stopped_by": stopped_by,
-        "nonfinite_steps": state["nonfinite_steps"], "world_size": placement.world_size,
+        "nonfinite_steps": state["nonfinite_steps"], "unalignable_clips": unalignable,
+        "world_size": placement.world_size,
         "device": str(placement.device), "precision": placement.precision,
         "num_parameters": sum(p.numel() for p in model.parameters()), "history": state["history"],
         "model_dir": str(out_dir),

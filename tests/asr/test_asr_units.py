@@ -76,3 +76,33 @@ def test_load_asr_refuses_a_processor_from_another_model(tmp_path: Path) -> None
         load_asr(tmp_path / "m")
     with pytest.raises(PipelineError, match="config.json"):
         load_asr(tmp_path / "missing")
+
+
+def test_clips_too_short_for_their_transcript_are_left_out_of_training(tiny_dataset_path) -> None:
+    """A clip with fewer CTC frames than labels has no alignment (infinite loss): it is dropped and counted."""
+    import tempfile
+    from pathlib import Path
+
+    from datasets import load_from_disk
+
+    from pipeline.asr.collate import ClipDataset
+    from pipeline.asr.devices import Placement
+    from pipeline.asr.model import build_model
+    from pipeline.asr.train import _drop_unalignable
+    from pipeline.asr.vocab import build_vocab, make_processor
+
+    from asr_testkit import micro_cfg
+
+    split = load_from_disk(str(tiny_dataset_path))["train"]
+    # Pair one 2-second clip with a transcript far longer than its ~100 output frames.
+    long_text = "alexa " * 60
+    split = split.map(lambda ex, i: {"text": long_text.strip() if i == 0 else ex["text"]}, with_indices=True)
+    clips = ClipDataset(split)
+    cfg = micro_cfg()
+    with tempfile.TemporaryDirectory() as tmp:
+        processor = make_processor(build_vocab(clips.split["text"]), Path(tmp), False)
+    model = build_model(cfg.asr, processor)
+    kept, dropped = _drop_unalignable(clips, model, Placement(device=__import__("torch").device("cpu"), precision="fp32"))
+    assert dropped == 1
+    assert len(kept) == len(clips) - 1
+    assert long_text.strip() not in kept.split["text"]
