@@ -16,7 +16,7 @@ from pipeline.data.build import run_data_stage
 from pipeline.data.features import dataset_features
 from pipeline.ops.tracking import NullTracker
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # samples of SLURP devel and MASSIVE en-US
 
 
 def _tone(path: Path, seconds: float = 1.0, sr: int = 44100, freq: float = 500.0) -> None:
@@ -39,8 +39,8 @@ def _build(tmp_path: Path, **data: Any) -> tuple[dict[str, Any], list[dict[str, 
 
 
 def test_slurp_one_clip_per_recording(tmp_path: Path) -> None:
-    lines = (SHARED / "slurp" / "devel.jsonl").read_text().splitlines()
-    chosen = [lines[0], lines[84]]  # qa_currency with two entities; a truncated `intent: query` (weather)
+    lines = (FIXTURES / "slurp_devel_sample.jsonl").read_text().splitlines()
+    chosen = [lines[0], lines[1]]  # qa_currency with two entities; a truncated `intent: query` (weather)
     audio_dir = tmp_path / "slurp_real"
     files = [r["file"] for line in chosen for r in json.loads(line)["recordings"]]
     for i, file in enumerate(files):
@@ -92,7 +92,7 @@ def test_nemo_manifest_with_extra_fields(tmp_path: Path) -> None:
 
 def test_massive_text_without_audio(tmp_path: Path) -> None:
     def copy(name: str, n: int) -> Path:
-        with open(SHARED / "massive" / name) as f:
+        with open(FIXTURES / name) as f:
             lines = list(islice(f, n))
         out = tmp_path / name
         out.write_text("".join(lines) + '{"id": "x1", "utt": "play jazz", "annot_utt": "play [genre : jazz", "intent": "play_music"}\n')
