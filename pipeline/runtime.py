@@ -64,3 +64,25 @@ def pin_run_dir_for_torchrun(argv: list[str]) -> list[str]:
     if int(os.environ.get("RANK", "0")) != 0:
         args.append("hydra.output_subdir=null")
     return args
+
+
+def usable_cores() -> int:
+    """The cores this process may use (a container's limit), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def remove_abandoned_temp_dirs(target: Path) -> None:
+    """Delete `.tmp-<target>-<pid>` folders left next to `target` by killed writers.
+
+    Builds write into such a folder and rename it into place when complete; a folder whose
+    process is gone will never be renamed, so it is garbage. A live writer's folder is kept.
+    """
+    import shutil
+
+    for tmp in target.parent.glob(f".tmp-{target.name}-*"):
+        try:
+            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass

@@ -36,7 +36,7 @@ from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError,
 from pipeline.data.sources import Source, open_source
 from pipeline.data.splits import assign_split, check_ratios
 from pipeline.ops.tracking import Tracker
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, remove_abandoned_temp_dirs, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def run_data_stage(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str
         report["reused"] = True
         log.info("data: reusing the finished build %s", final)
     else:
-        num_proc = int(data_cfg.get("num_proc") or len(os.sched_getaffinity(0)))
+        num_proc = int(data_cfg.get("num_proc") or usable_cores())
         report = _build(source, plan, settings, fingerprint, final, num_proc)
         report["reused"] = False
     report["dataset_path"] = str(final.resolve())
@@ -219,7 +219,7 @@ def _decode_batch(batch: dict[str, list[Any]], min_s: float, max_s: float, paren
 
 def _build(source: Source, plan: Plan, settings: Settings, fingerprint: str, final: Path, num_proc: int) -> dict[str, Any]:
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned(final)
+    remove_abandoned_temp_dirs(final)
     tmp = final.parent / f".tmp-{fingerprint}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "work").mkdir(parents=True)
@@ -288,14 +288,4 @@ def _build(source: Source, plan: Plan, settings: Settings, fingerprint: str, fin
         shutil.rmtree(tmp, ignore_errors=True)
     return report
 
-
-def _remove_abandoned(final: Path) -> None:
-    """Delete temporary folders of this fingerprint left by killed builds (their process is gone)."""
-    for tmp in final.parent.glob(f".tmp-{final.name}-*"):
-        try:
-            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, PermissionError):
-            pass
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, remove_abandoned_temp_dirs, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     if (out / "annotations.jsonl").exists():
         return out / "annotations.jsonl", deletions
 
-    _remove_abandoned(out)
+    remove_abandoned_temp_dirs(out)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "audio").mkdir(parents=True)
@@ -72,7 +72,7 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
         log.warning("demo: this espeak-ng lacks voice(s) %s; they fall back to its default", missing)
     try:
         started = time.perf_counter()
-        _synthesise(records, tmp, knobs.workers or _usable_cores())
+        _synthesise(records, tmp, knobs.workers or usable_cores())
         log.info("demo: synthesised %d clips with %s in %.1f s", len(records), espeak,
                  time.perf_counter() - started)
         with open(tmp / "annotations.jsonl", "w", encoding="utf-8") as f:
@@ -89,22 +89,6 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / "annotations.jsonl", deletions
-
-
-def _usable_cores() -> int:
-    # The cores this process may use (a container's limit), not the machine's.
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _remove_abandoned(out: Path) -> None:
-    """Delete temporary folders of this export left by killed runs (their process is gone)."""
-    for tmp in out.parent.glob(f".tmp-{out.name}-*"):
-        try:
-            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, PermissionError):
-            pass
 
 
 def _knobs(data_cfg: DictConfig | Mapping[str, Any]) -> DemoKnobs:
