@@ -86,3 +86,16 @@ def remove_abandoned_temp_dirs(target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         except (ValueError, PermissionError):
             pass
+
+
+def publish(tmp: Path, final: Path, marker: str) -> None:
+    """Rename a finished temporary folder into place, atomically.
+
+    If another process published the same content first (its `marker` file exists), theirs is
+    identical and ours is simply dropped by the caller's clean-up.
+    """
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / marker).exists():
+            raise

@@ -36,7 +36,7 @@ from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError,
 from pipeline.data.sources import Source, open_source
 from pipeline.data.splits import assign_split, check_ratios
 from pipeline.ops.tracking import Tracker
-from pipeline.runtime import PipelineError, remove_abandoned_temp_dirs, usable_cores
+from pipeline.runtime import PipelineError, publish, remove_abandoned_temp_dirs, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -278,12 +278,7 @@ def _build(source: Source, plan: Plan, settings: Settings, fingerprint: str, fin
         write_card(out / "README.md", summary, report)
         (out / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
         del dd, meta
-        try:
-            os.rename(out, final)
-        except OSError:
-            if not (final / "build_report.json").exists():
-                raise
-            # A concurrent build of the same fingerprint finished first; its output is identical.
+        publish(out, final, marker="build_report.json")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report

@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.runtime import PipelineError, remove_abandoned_temp_dirs, usable_cores
+from pipeline.runtime import PipelineError, publish, remove_abandoned_temp_dirs, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,7 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
                 f.write(json.dumps({k: record[k] for k in EXPORT_FIELDS}) + "\n")
         if deletions_src.exists():
             shutil.copyfile(deletions_src, tmp / "deletions.jsonl")
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            if not (out / "annotations.jsonl").exists():
-                raise
-            # Another process finished the same export first; theirs is identical.
+        publish(tmp, out, marker="annotations.jsonl")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / "annotations.jsonl", deletions
