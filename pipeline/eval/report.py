@@ -50,6 +50,15 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
         blocks.append(("p", f"Wake-word threshold {wake['threshold']:.4f} (tuned on validation); "
                             f"{wake['positives']} clips with and {wake['negatives']} without the wake word "
                             f"({wake['negative_hours'] * 3600:.0f} s of negative audio)."))
+        tuning = details.get("wake_tuning") or {}
+        clip = tuning.get("bounding_clip")
+        if tuning and not tuning.get("resolvable") and clip:
+            blocks.append(("p", (
+                f"Caution: {tuning['split']} has only {tuning['negative_hours'] * 3600:.0f} s of audio without the wake word, "
+                f"too little to measure {tuning['target_fa_per_hour']:g} false accepts per hour, so the threshold rejects all "
+                f"{tuning['negatives']} of its negatives and was set by the hardest one: {clip['utterance_id']} "
+                f"(score {_fmt(clip['score'])}), \"{clip['reference']}\" heard as \"{clip['hypothesis']}\". "
+                "The FRR depends on that one clip; tune on more negative audio for a stable operating point.")))
     else:
         blocks.append(("p", "Wake-word metrics: n/a (the split lacks clips with or without the wake word)."))
     titles = {"wake_det": "Wake word: DET curve", "intent_confusion": "Intent confusion (gold transcripts)",

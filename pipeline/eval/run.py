@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.asr.model import load_asr
 from pipeline.eval import metrics as M
 from pipeline.eval.report import plot_confusion, plot_slices, write_report
-from pipeline.eval.wake import evaluate_wake, keyword_scores, plot_det, tune_threshold
+from pipeline.eval.wake import describe_tuning, evaluate_wake, keyword_scores, plot_det, tune_threshold
 from pipeline.ops.tracking import Tracker
 from pipeline.ops.wandb_tracker import transcripts_allowed
 from pipeline.runtime import PipelineError
@@ -76,15 +76,16 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     labels = np.array([r["wake_word_present"] for r in rows], dtype=bool)
     durations = np.array([r["duration"] for r in rows], dtype=float)
     val_labels = np.array(val["wake_word_present"], dtype=bool)
-    wake = None
+    wake, tuning = None, None
     if labels.all() or not labels.any() or val_labels.all() or not val_labels.any():
         log.warning("eval: wake-word metrics skipped: %s or %s lacks clips with or without the wake word",
                     ecfg.split, ecfg.tune_split)
     else:
-        threshold = tune_threshold(
-            val_out.wake_scores, val_labels, np.array(val["duration"], dtype=float), float(ecfg.target_fa_per_hour)
-        )
+        val_durations = np.array(val["duration"], dtype=float)
+        target = float(ecfg.target_fa_per_hour)
+        threshold = tune_threshold(val_out.wake_scores, val_labels, val_durations, target)
         wake = evaluate_wake(test_out.wake_scores, labels, durations, threshold)
+        tuning = _tuning_details(val, val_out, val_labels, val_durations, target, str(ecfg.tune_split))
 
     for row, hyp, score in zip(rows, test_out.hypotheses, test_out.wake_scores):
         row["hypothesis"] = normalize_text(hyp)
@@ -102,8 +103,41 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
         row["slu_intent"], row["slu_entities"] = s["intent"], s["entities"]
 
     metrics, details = _score(rows, with_intent, wake, test_out, ecfg)
+    details["wake_tuning"] = tuning
     _write_outputs(cfg, run_dir, rows, with_intent, labels, test_out.wake_scores, wake, metrics, details, tracker)
     return metrics
+
+
+def _tuning_details(
+    val: Any, val_out: Inference, val_labels: np.ndarray, val_durations: np.ndarray, target: float, split: str,
+) -> dict[str, Any]:
+    """How much the tuning split could resolve, and the clip the threshold was set against.
+
+    With less than 1/target hours of negative audio the target allows no false accept at all, so the
+    threshold sits just above the single hardest negative and the FRR depends on that one clip.
+    """
+    t = describe_tuning(val_out.wake_scores, val_labels, val_durations, target)
+    bounding = None
+    if t.bounding_index is not None:
+        i = t.bounding_index
+        score = float(val_out.wake_scores[i])
+        bounding = {
+            "utterance_id": val["utterance_id"][i],
+            "score": score if math.isfinite(score) else None,
+            "reference": normalize_text(val["text"][i] or ""),
+            "hypothesis": normalize_text(val_out.hypotheses[i]),
+        }
+    if not t.resolvable:
+        log.warning(
+            "eval: %s has %.0f s of audio without the wake word; eval.target_fa_per_hour=%g needs at least %.0f s "
+            "to permit one false accept, so the threshold rejects every %s negative and hinges on the hardest one (%s)",
+            split, t.negative_hours * 3600, target, 3600 / target if target > 0 else math.inf, split,
+            bounding["utterance_id"] if bounding else "none",
+        )
+    return {
+        "split": split, "target_fa_per_hour": target, "negatives": t.negatives, "negative_hours": t.negative_hours,
+        "allowed_false_accepts": t.allowed_false_accepts, "resolvable": t.resolvable, "bounding_clip": bounding,
+    }
 
 
 def _wake_word(ecfg: DictConfig) -> str:

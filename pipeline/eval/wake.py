@@ -106,6 +106,33 @@ def tune_threshold(scores: np.ndarray, labels: np.ndarray, durations: np.ndarray
     return float((floor + above[0]) / 2.0)
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """What the validation split could say about the target: shown in the report, because a
+    threshold that hinges on one clip is a fact a reader needs next to the FRR it produced."""
+
+    negatives: int
+    negative_hours: float
+    allowed_false_accepts: int  # false accepts the target permits on this much negative audio
+    resolvable: bool  # target x hours >= 1: the split can hold at least one permitted false accept
+    bounding_index: int | None  # the negative just rejected at the threshold (the hardest one, when 0 are allowed)
+
+
+def describe_tuning(scores: np.ndarray, labels: np.ndarray, durations: np.ndarray, target_fa_per_hour: float) -> Tuning:
+    """The numbers behind `tune_threshold` on the same clips (same rule: the `allowed`-th highest
+    negative is the one the threshold must reject)."""
+    labels = labels.astype(bool)
+    neg_idx = np.flatnonzero(~labels)
+    hours = float(durations[~labels].sum()) / 3600.0
+    allowed = int(math.floor(target_fa_per_hour * hours + 1e-9))
+    order = neg_idx[np.argsort(-scores[neg_idx], kind="stable")]
+    bounding = int(order[allowed]) if allowed < order.size else None
+    return Tuning(
+        negatives=int(neg_idx.size), negative_hours=hours, allowed_false_accepts=allowed,
+        resolvable=target_fa_per_hour * hours >= 1.0, bounding_index=bounding,
+    )
+
+
 def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> float:
     """Where the false reject and false accept rates cross, interpolated between ROC points."""
     fpr, tpr, _ = roc_curve(labels, _finite(scores))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.eval.wake import equal_error_rate, evaluate_wake, keyword_scores, tune_threshold
+from pipeline.eval.wake import describe_tuning, equal_error_rate, evaluate_wake, keyword_scores, tune_threshold
 
 VOCAB = ["<pad>", "<unk>", "|", "a", "l", "e", "x", "n", "d", "r", "p", "y", "c", "t", "i", "o"]
 ID = {t: i for i, t in enumerate(VOCAB)}
@@ -93,3 +93,20 @@ def test_threshold_tuned_for_target_false_accepts_per_hour() -> None:
     assert tune_threshold(scores, labels, durations, 0.0) == pytest.approx(0.8)
     # More allowed than there are negatives: accept everything.
     assert tune_threshold(scores, labels, durations, 10.0) == pytest.approx(0.1)
+
+
+def test_tuning_names_the_negative_the_threshold_rejects_and_whether_the_target_is_measurable() -> None:
+    scores = np.array([0.9, 0.6, 0.7, 0.5, 0.1])
+    labels = np.array([True, True, False, False, False])
+    hour = np.array([1.0, 1.0, 1200.0, 1200.0, 1200.0])  # one hour of negatives
+    one = describe_tuning(scores, labels, hour, 1.0)
+    # One false accept allowed: 0.7 (index 2) may pass, 0.5 (index 3) is the one rejected.
+    assert (one.negatives, one.allowed_false_accepts, one.resolvable, one.bounding_index) == (3, 1, True, 3)
+    assert one.negative_hours == pytest.approx(1.0)
+    # 60 s of negatives cannot measure 1 per hour: nothing allowed, the hardest negative (0.7) bounds it.
+    minute = np.array([1.0, 1.0, 20.0, 20.0, 20.0])
+    short = describe_tuning(scores, labels, minute, 1.0)
+    assert (short.allowed_false_accepts, short.resolvable, short.bounding_index) == (0, False, 2)
+    assert tune_threshold(scores, labels, minute, 1.0) > scores[short.bounding_index]
+    # Every negative allowed: nothing bounds the threshold.
+    assert describe_tuning(scores, labels, hour, 10.0).bounding_index is None
