@@ -46,6 +46,8 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
     blocks.append(("table", (["area", "metric", "key", "value"],
                              [[a, name, f"`{key}`", _fmt(metrics.get(key))] for a, name, key in _HEADLINE_ROWS])))
     wake = details.get("wake")
+    if details.get("wake_skipped"):
+        blocks.append(("p", f"Wake-word metrics not computed: {details['wake_skipped']}."))
     if wake:
         blocks.append(("p", f"Wake-word threshold {wake['threshold']:.4f} (tuned on validation); "
                             f"{wake['positives']} clips with and {wake['negatives']} without the wake word "

@@ -77,9 +77,9 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     durations = np.array([r["duration"] for r in rows], dtype=float)
     val_labels = np.array(val["wake_word_present"], dtype=bool)
     wake, tuning = None, None
-    if labels.all() or not labels.any() or val_labels.all() or not val_labels.any():
-        log.warning("eval: wake-word metrics skipped: %s or %s lacks clips with or without the wake word",
-                    ecfg.split, ecfg.tune_split)
+    skipped = _wake_skip_reason({str(ecfg.tune_split): val_labels, str(ecfg.split): labels})
+    if skipped:
+        log.warning("eval: wake-word metrics skipped: %s", skipped)
     else:
         val_durations = np.array(val["duration"], dtype=float)
         target = float(ecfg.target_fa_per_hour)
@@ -104,8 +104,21 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
 
     metrics, details = _score(rows, with_intent, wake, test_out, ecfg)
     details["wake_tuning"] = tuning
+    details["wake_skipped"] = skipped
     _write_outputs(cfg, run_dir, rows, with_intent, labels, test_out.wake_scores, wake, metrics, details, tracker)
     return metrics
+
+
+def _wake_skip_reason(splits: dict[str, np.ndarray]) -> str | None:
+    """Why no wake-word metric can be computed, or None. A threshold needs validation clips with and
+    without the wake word, and FRR / false accepts need both in the test split; a small corpus (or an
+    unlucky keyed split of one) can lack either."""
+    for name, labels in splits.items():
+        if not labels.any():
+            return f"split {name!r} has no clip with the wake word ({labels.size} clips)"
+        if labels.all():
+            return f"split {name!r} has no clip without the wake word ({labels.size} clips), so no false accept can be measured"
+    return None
 
 
 def _tuning_details(

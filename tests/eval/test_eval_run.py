@@ -191,6 +191,30 @@ def test_bad_input_fails_with_one_clear_line(tiny_run: Path, tiny_dataset_path: 
         run_eval_stage(eval_cfg(**paths), tmp_path, other, RecordingTracker())
 
 
+def test_validation_without_false_wakes_skips_wake_metrics_and_says_why(
+    tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path
+) -> None:
+    """A small corpus can get a validation split with no false wake: no threshold can be tuned, so the
+    wake metrics are null (never zeros) and the report names the split and the reason."""
+    from datasets import DatasetDict
+
+    from pipeline.eval.run import run_eval_stage
+
+    dd = load_from_disk(str(tiny_dataset_path))
+    only_wake = dd["validation"].filter(lambda ex: ex["wake_word_present"])
+    assert 0 < len(only_wake) < len(dd["validation"])
+    path = tmp_path / "no_val_negatives"
+    DatasetDict({"validation": only_wake, "test": dd["test"]}).save_to_disk(str(path))
+    cfg = eval_cfg(asr_model=str(tiny_run / "asr"), nlu_model=str(tiny_run / "nlu"))
+    metrics = run_eval_stage(cfg, tmp_path / "run", path, RecordingTracker())
+    assert all(metrics[k] is None for k in ("wake/frr", "wake/fa_per_hour", "wake/auc", "wake/eer"))
+    assert metrics["asr/wer"] is not None and metrics["eval/num_clips"] == len(dd["test"])
+    details = json.loads((tmp_path / "run" / "eval_details.json").read_text())
+    assert details["wake_skipped"] == f"split 'validation' has no clip without the wake word ({len(only_wake)} clips), " \
+        "so no false accept can be measured"
+    assert "Wake-word metrics not computed: split 'validation' has no clip without" in (tmp_path / "run" / "report.md").read_text()
+
+
 @pytest.mark.slow
 def test_evaluate_cli_re_evaluates_a_run_in_place(tiny_run: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
