@@ -46,8 +46,6 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
     blocks.append(("table", (["area", "metric", "key", "value"],
                              [[a, name, f"`{key}`", _fmt(metrics.get(key))] for a, name, key in _HEADLINE_ROWS])))
     wake = details.get("wake")
-    if details.get("wake_skipped"):
-        blocks.append(("p", f"Wake-word metrics not computed: {details['wake_skipped']}."))
     if wake:
         blocks.append(("p", f"Wake-word threshold {wake['threshold']:.4f} (tuned on validation); "
                             f"{wake['positives']} clips with and {wake['negatives']} without the wake word "
@@ -62,7 +60,8 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
                 f"(score {_fmt(clip['score'])}), \"{clip['reference']}\" heard as \"{clip['hypothesis']}\". "
                 "The FRR depends on that one clip; tune on more negative audio for a stable operating point.")))
     else:
-        blocks.append(("p", "Wake-word metrics: n/a (the split lacks clips with or without the wake word)."))
+        reason = details.get("wake_skipped") or "a split lacks clips with or without the wake word"
+        blocks.append(("p", f"Wake-word metrics not computed: {reason}."))
     titles = {"wake_det": "Wake word: DET curve", "intent_confusion": "Intent confusion (gold transcripts)",
               "wer_slices": "WER per slice"}
     for key, path in plots.items():

@@ -85,6 +85,12 @@ class WakeResult:
     negative_hours: float
 
 
+def _allowed_false_accepts(labels: np.ndarray, durations: np.ndarray, target_fa_per_hour: float) -> tuple[float, int]:
+    """Hours of negative audio, and how many false accepts the target permits on them."""
+    hours = float(durations[~labels].sum()) / 3600.0
+    return hours, int(math.floor(target_fa_per_hour * hours + 1e-9))
+
+
 def tune_threshold(scores: np.ndarray, labels: np.ndarray, durations: np.ndarray, target_fa_per_hour: float) -> float:
     """The most permissive threshold (lowest FRR) whose false accepts per hour on these clips stay
     within the target. Accept means score >= threshold. The threshold sits halfway to the next
@@ -92,8 +98,7 @@ def tune_threshold(scores: np.ndarray, labels: np.ndarray, durations: np.ndarray
     neg = np.sort(scores[~labels])[::-1]
     if neg.size == 0:
         raise ValueError("no negative clips to tune the wake-word threshold on")
-    hours = float(durations[~labels].sum()) / 3600.0
-    allowed = int(math.floor(target_fa_per_hour * hours + 1e-9))
+    _, allowed = _allowed_false_accepts(labels, durations, target_fa_per_hour)
     if allowed >= neg.size:
         return float(np.min(scores))
     floor = float(neg[allowed])  # the highest-scoring negative that must be rejected
@@ -123,8 +128,7 @@ def describe_tuning(scores: np.ndarray, labels: np.ndarray, durations: np.ndarra
     negative is the one the threshold must reject)."""
     labels = labels.astype(bool)
     neg_idx = np.flatnonzero(~labels)
-    hours = float(durations[~labels].sum()) / 3600.0
-    allowed = int(math.floor(target_fa_per_hour * hours + 1e-9))
+    hours, allowed = _allowed_false_accepts(labels, durations, target_fa_per_hour)
     order = neg_idx[np.argsort(-scores[neg_idx], kind="stable")]
     bounding = int(order[allowed]) if allowed < order.size else None
     return Tuning(
