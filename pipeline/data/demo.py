@@ -45,6 +45,10 @@ class DemoKnobs:
     max_utterances: int | None = None  # None = every shipped utterance
     seed: int = 0  # which subset `max_utterances` picks
     workers: int | None = None  # parallel espeak-ng processes; None = all usable cores
+    # One espeak-ng voice for every clip instead of each account's own (speed and pitch stay per
+    # clip). The demo's 127 voices are what make its ASR hard; one voice shows whether the ASR
+    # path learns at all (see docs/ASR.md).
+    voice: str | None = None
 
 
 def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path) -> tuple[Path, Path | None]:
@@ -55,6 +59,13 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     """
     knobs = _knobs(data_cfg)
     records = _select(_read_jsonl(DEMO_DIR / "utterances.jsonl"), knobs)
+    if knobs.voice is not None:
+        if unknown_voices({knobs.voice}):
+            raise PipelineError(
+                f"data.demo.voice={knobs.voice!r}: this espeak-ng has no such voice; "
+                "`espeak-ng --voices=en` lists accents, `espeak-ng --voices=variant` the +variants"
+            )
+        records = [{**r, "voice": knobs.voice} for r in records]
     deletions_src = DEMO_DIR / "deletions.jsonl"
     espeak = _espeak_version()
     out = Path(cache_dir) / "demo" / _cache_key(knobs, espeak)
@@ -99,6 +110,8 @@ def _knobs(data_cfg: DictConfig | Mapping[str, Any]) -> DemoKnobs:
         value = getattr(knobs, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise PipelineError(f"data.demo.{name}={value!r}: use a positive integer or null")
+    if knobs.voice is not None and (not isinstance(knobs.voice, str) or not knobs.voice.strip()):
+        raise PipelineError(f"data.demo.voice={knobs.voice!r}: use an espeak-ng voice such as en-us or en-gb+m3, or null")
     return knobs
 
 

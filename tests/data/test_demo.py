@@ -113,11 +113,28 @@ def test_same_knobs_give_the_same_export_and_another_seed_another(
     assert {r["utterance_id"] for r in _jsonl(other)} != {r["utterance_id"] for r in _jsonl(again)}
 
 
+def test_one_voice_for_every_clip_is_another_export(small_export: tuple[Path, Path | None], tmp_path: Path) -> None:
+    annotations, _ = small_export
+    one, _ = ensure_demo_export({"demo": {**SMALL["demo"], "voice": "en-us"}}, tmp_path)
+    assert one.parent.name != annotations.parent.name  # its own cache entry, never the default's
+    records = _jsonl(one)
+    assert [r["utterance_id"] for r in records] == [r["utterance_id"] for r in _jsonl(annotations)]
+    shipped = {r["utterance_id"]: r for r in _jsonl(DEMO_DIR / "utterances.jsonl")}
+    changed = [r for r in records if shipped[r["utterance_id"]]["voice"] != "en-us"]
+    assert changed
+    for r in changed:  # spoken again, by the one voice
+        assert (one.parent / r["audio"]).read_bytes() != (annotations.parent / r["audio"]).read_bytes()
+
+
 def test_bad_knobs_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=r"data\.demo.*max_utterance"):
         ensure_demo_export({"demo": {"max_utterance": 20}}, tmp_path)
     with pytest.raises(PipelineError, match=r"data\.demo\.max_utterances=0"):
         ensure_demo_export({"demo": {"max_utterances": 0}}, tmp_path)
+    with pytest.raises(PipelineError, match=r"data\.demo\.voice='en-xx'.*no such voice"):
+        ensure_demo_export({"demo": {"voice": "en-xx"}}, tmp_path)
+    with pytest.raises(PipelineError, match=r"data\.demo\.voice=''"):
+        ensure_demo_export({"demo": {"voice": ""}}, tmp_path)
 
 
 def test_killed_synthesis_leaves_no_export_and_the_next_call_succeeds(tmp_path: Path) -> None:
