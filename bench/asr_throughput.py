@@ -51,11 +51,17 @@ def bench_cfg(args: argparse.Namespace, run_steps: int) -> DictConfig:
 
 
 def synthetic_dataset(n: int, out: Path, seed: int) -> Path:
-    """`n` clips of 2-10 s of tones in noise with random word transcripts (speed needs no real speech)."""
+    """`n` clips of 2-10 s of tones in noise with random word transcripts (speed needs no real speech).
+
+    The audio is written as WAV bytes with soundfile and the column cast to `Audio(decode=False)`:
+    encoding arrays through `datasets` needs torchcodec, which a bare GPU machine may lack."""
+    import io
+
+    import soundfile as sf
     from datasets import Audio, Dataset, DatasetDict, Features, Value
 
     rng = np.random.default_rng(seed)
-    features = Features({"utterance_id": Value("string"), "audio": Audio(sampling_rate=16000),
+    features = Features({"utterance_id": Value("string"), "audio": {"bytes": Value("binary"), "path": Value("string")},
                          "text": Value("string"), "duration": Value("float32")})
 
     def rows(count: int, prefix: str) -> list[dict[str, Any]]:
@@ -64,12 +70,17 @@ def synthetic_dataset(n: int, out: Path, seed: int) -> Path:
             dur = float(rng.uniform(2, 10))
             t = np.arange(int(dur * 16000)) / 16000
             wave = (0.3 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+            buffer = io.BytesIO()
+            sf.write(buffer, wave, 16000, format="WAV", subtype="FLOAT")
             text = " ".join(rng.choice(WORDS, size=max(1, int(dur * 2.5))))
-            made.append({"utterance_id": f"{prefix}-{i}", "audio": {"array": wave, "sampling_rate": 16000}, "text": text, "duration": dur})
+            made.append({"utterance_id": f"{prefix}-{i}", "audio": {"bytes": buffer.getvalue(), "path": None}, "text": text, "duration": dur})
         return made
 
-    DatasetDict({"train": Dataset.from_list(rows(n, "train"), features=features),
-                 "validation": Dataset.from_list(rows(max(n // 20, 8), "val"), features=features)}).save_to_disk(str(out))
+    def split(count: int, prefix: str) -> Dataset:
+        return Dataset.from_list(rows(count, prefix), features=features).cast_column(
+            "audio", Audio(sampling_rate=16000, decode=False))
+
+    DatasetDict({"train": split(n, "train"), "validation": split(max(n // 20, 8), "val")}).save_to_disk(str(out))
     return out
 
 

@@ -7,9 +7,11 @@
 #   bash bench/gpu_check.sh                 # defaults: 300 steps, 200 audio-seconds per batch
 #   STEPS=200 BATCH_SECONDS=120 bash bench/gpu_check.sh
 #
-# Python: .venv/bin/python when present; otherwise a venv is made and filled offline from the wheels
-# shipped next to this script (bench/wheels/*.whl: `pip download -d bench/wheels -e .` on a
-# networked machine); otherwise the system python3, which must have torch/transformers/datasets.
+# Python: .venv/bin/python when present; otherwise the machine's python3, which must have torch and
+# transformers (the lent GPU image does: torch 2.11, transformers 5.17). What it lacks (datasets,
+# omegaconf, jiwer, soundfile, ...) is installed offline from the wheels in bench/wheels/, fetched
+# beforehand on a networked machine with `bash bench/fetch_gpu_wheels.sh` and sent along with the
+# repository (device tool: carry ["bench/wheels"]); they go to a temporary folder, not the system.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS="${STEPS:-300}"
@@ -17,14 +19,22 @@ BATCH_SECONDS="${BATCH_SECONDS:-200}"
 CLIPS="${CLIPS:-1200}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 
+NEEDS="import torch, transformers, datasets, omegaconf, jiwer, soundfile"
 if [ -x .venv/bin/python ]; then
   PY=.venv/bin/python
-elif compgen -G "bench/wheels/*.whl" >/dev/null; then
-  python3 -m venv .venv-gpu
-  .venv-gpu/bin/pip install -q --no-index --find-links bench/wheels -e .
-  PY=.venv-gpu/bin/python
 else
   PY=python3
+  if ! "$PY" -c "$NEEDS" 2>/dev/null; then
+    if ! compgen -G "bench/wheels/*.whl" >/dev/null; then
+      echo "gpu_check: $PY lacks some of: ${NEEDS#import }; and bench/wheels/ is empty." >&2
+      echo "  Run 'bash bench/fetch_gpu_wheels.sh' on a machine with PyPI access and send bench/wheels along." >&2
+      exit 2
+    fi
+    SITE="${TMPDIR:-/tmp}/gpu-check/site-packages"  # 'site-packages' in the path: dill pickles its modules by reference
+    "$PY" -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target "$SITE" bench/wheels/*.whl
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+    "$PY" -c "$NEEDS"
+  fi
 fi
 "$PY" - <<'PY'
 import torch
