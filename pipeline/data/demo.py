@@ -59,15 +59,15 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     """
     knobs = _knobs(data_cfg)
     records = _select(_read_jsonl(DEMO_DIR / "utterances.jsonl"), knobs)
-    if knobs.voice is not None:
+    deletions_src = DEMO_DIR / "deletions.jsonl"
+    espeak = _espeak_version()
+    if knobs.voice is not None:  # after the check that espeak-ng is installed
         if unknown_voices({knobs.voice}):
             raise PipelineError(
                 f"data.demo.voice={knobs.voice!r}: this espeak-ng has no such voice; "
                 "`espeak-ng --voices=en` lists accents, `espeak-ng --voices=variant` the +variants"
             )
         records = [{**r, "voice": knobs.voice} for r in records]
-    deletions_src = DEMO_DIR / "deletions.jsonl"
-    espeak = _espeak_version()
     out = Path(cache_dir) / "demo" / _cache_key(knobs, espeak)
     deletions = out / "deletions.jsonl" if deletions_src.exists() else None
     if (out / "annotations.jsonl").exists():
