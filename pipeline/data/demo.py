@@ -61,23 +61,23 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     records = _select(_read_jsonl(DEMO_DIR / "utterances.jsonl"), knobs)
     deletions_src = DEMO_DIR / "deletions.jsonl"
     espeak = _espeak_version()
-    if knobs.voice is not None:  # after the check that espeak-ng is installed
-        if unknown_voices({knobs.voice}):
-            raise PipelineError(
-                f"data.demo.voice={knobs.voice!r}: this espeak-ng has no such voice; "
-                "`espeak-ng --voices=en` lists accents, `espeak-ng --voices=variant` the +variants"
-            )
+    if knobs.voice is not None:
         records = [{**r, "voice": knobs.voice} for r in records]
     out = Path(cache_dir) / "demo" / _cache_key(knobs, espeak)
     deletions = out / "deletions.jsonl" if deletions_src.exists() else None
     if (out / "annotations.jsonl").exists():
         return out / "annotations.jsonl", deletions
 
+    missing = unknown_voices({r["voice"] for r in records})
+    if missing and knobs.voice is not None:  # asked for by name: no silent fallback
+        raise PipelineError(
+            f"data.demo.voice={knobs.voice!r}: this espeak-ng has no such voice; "
+            "`espeak-ng --voices=en` lists accents, `espeak-ng --voices=variant` the +variants"
+        )
     remove_abandoned_temp_dirs(out)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "audio").mkdir(parents=True)
-    missing = unknown_voices({r["voice"] for r in records})
     if missing:
         # espeak-ng silently falls back to its default voice, so the demo still works, with less variety.
         log.warning("demo: this espeak-ng lacks voice(s) %s; they fall back to its default", missing)
