@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from pipeline.asr.checkpoints import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
 from pipeline.asr.collate import ClipDataset, CTCCollator
 from pipeline.asr.devices import Placement, all_agree, any_says, barrier, place, total
+from pipeline.asr.lm import LM_DIR, write_char_lm
 from pipeline.asr.model import build_model, evaluate_clips, uses_attention_mask
 from pipeline.asr.sampler import epoch_batches, eval_batches
 from pipeline.asr.vocab import build_vocab, make_processor
@@ -180,6 +181,10 @@ def _train(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker,
 
     if state["step"] == 0 or state["best_step"] is None:
         raise PipelineError("asr: training ended before any validated step; raise asr.max_steps or asr.max_train_minutes")
+    if placement.is_main and acfg.get("lm_order") is not None:
+        # Seconds of work, so it is built fresh rather than checkpointed; see pipeline/asr/lm.py.
+        tok = processor.tokenizer
+        write_char_lm(out_dir / LM_DIR, splits["train"]["text"], tok.get_vocab(), tok.word_delimiter_token, int(acfg.lm_order))
     metrics = _finish(model, processor, state, placement, ckpt_root, out_dir, started, stopped_by, tracker, unalignable)
     barrier(placement)
     return metrics

@@ -39,6 +39,12 @@ def test_stage_writes_a_model_folder_metrics_and_curves(trained_run: tuple[Path,
     kept = sorted(p.name for p in (run_dir / "asr" / "checkpoints").iterdir())
     assert "step-000006" in kept and len(kept) <= 2
     assert result["val_wer"] == saved["val_wer"]
+    # The character LM of the training transcripts, in the model's token order, for the eval stage.
+    lm = run_dir / "asr" / "lm"
+    assert json.loads((lm / "lm.json").read_text())["order"] == 6
+    vocab = json.loads((run_dir / "asr" / "vocab.json").read_text())
+    assert (lm / "tokens.txt").read_text().splitlines() == sorted(vocab, key=vocab.get)
+    assert "\\6-grams:" in (lm / "char_lm.arpa").read_text()
 
 
 def test_saved_model_loads_with_the_transformers_pipeline_and_load_asr(
