@@ -17,6 +17,7 @@ Block = tuple[str, Any]  # ("h1"|"h2"|"p", text) | ("table", (header, rows)) | (
 _HEADLINE_ROWS = [
     ("ASR", "word error rate", "asr/wer"),
     ("ASR", "character error rate", "asr/cer"),
+    ("ASR", "word error rate, greedy decoding (no LM)", "asr/wer_greedy"),
     ("Wake word", "false reject rate (tuned threshold)", "wake/frr"),
     ("Wake word", "false accepts per hour", "wake/fa_per_hour"),
     ("Wake word", "ROC AUC", "wake/auc"),
@@ -45,6 +46,14 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
     blocks: list[Block] = [("h1", "Evaluation report")]
     blocks.append(("table", (["area", "metric", "key", "value"],
                              [[a, name, f"`{key}`", _fmt(metrics.get(key))] for a, name, key in _HEADLINE_ROWS])))
+    decoder = details.get("decoder") or {}
+    if decoder.get("mode") == "lm":
+        tried = ", ".join(f"{t['lm_weight']:g}: {t['wer']:.3f}" for t in decoder["tuning"])
+        blocks.append(("p", f"Transcripts: beam search (beam {decoder['beam_size']}) with the ASR run's character "
+                            f"{decoder['lm_order']}-gram LM at weight {decoder['lm_weight']:g}, the lowest "
+                            f"{decoder['tune_split']} WER of those tried ({tried})."))
+    elif decoder:
+        blocks.append(("p", "Transcripts: greedy CTC decoding (no language model)."))
     wake = details.get("wake")
     if wake:
         blocks.append(("p", f"Wake-word threshold {wake['threshold']:.4f} (tuned on validation); "

@@ -14,7 +14,8 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
 from pipeline.asr.model import load_asr
 from pipeline.eval import metrics as M
 from pipeline.eval.report import plot_confusion, plot_slices, write_report
@@ -42,12 +44,26 @@ HEADLINE = (
 
 @dataclass
 class Inference:
-    """Per clip, in the split's order: greedy transcript and wake-word score; plus timing."""
+    """Per clip, in the split's order: greedy transcript, wake-word score, and one transcript per beam
+    decoder asked for (`decoded[d][i]`); plus timing (decoding included)."""
 
     hypotheses: list[str]
     wake_scores: np.ndarray
     audio_seconds: float
     compute_seconds: float
+    decoded: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class Decoding:
+    """How transcripts are read off the CTC output: greedy, or beam search with the run's character
+    LM at the weight that gave the lowest WER on the tuning split."""
+
+    mode: str  # greedy | lm
+    lm_weight: float | None = None
+    beam_size: int | None = None
+    lm_order: int | None = None
+    tuning: list[dict[str, float]] = field(default_factory=list)
 
 
 def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker) -> dict[str, Any]:
@@ -67,10 +83,33 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     keyword = keyword_ids(processor, wake_word, bool(ecfg.wake_word_boundary), asr_dir)
     nlu = _load_nlu(nlu_dir)
 
-    infer = lambda split: transcribe(  # noqa: E731
-        model, processor, split, keyword, int(ecfg.batch_size), float(ecfg.wake_window_s)
+    infer = lambda split, decoders=(): transcribe(  # noqa: E731
+        model, processor, split, keyword, int(ecfg.batch_size), float(ecfg.wake_window_s), decoders
     )
-    val_out, test_out = infer(val), infer(test)
+    decoding = Decoding(mode=_decoder_mode(ecfg, asr_dir))
+    if decoding.mode == "lm":
+        # Like the wake-word threshold, the LM weight is chosen on the tuning split, never on eval.split.
+        weights = [float(w) for w in ecfg.lm_weights]
+        if not weights:
+            raise PipelineError("eval.lm_weights is empty; give the LM weights to try, e.g. [0.5, 1.0, 2.0]")
+        beam = int(ecfg.beam_size)
+        vocab = processor.tokenizer.get_vocab()
+        delimiter = processor.tokenizer.word_delimiter_token
+        val_out = infer(val, [BeamDecoder(asr_dir, vocab, w, beam, delimiter) for w in weights])
+        val_refs = [normalize_text(t or "") for t in val["text"]]
+        decoding.tuning = [
+            {"lm_weight": w, "wer": M.wer(val_refs, [normalize_text(h) for h in hyps])}
+            for w, hyps in zip(weights, val_out.decoded)
+        ]
+        best = min(decoding.tuning, key=lambda t: (t["wer"], t["lm_weight"]))
+        decoding.lm_weight, decoding.beam_size = best["lm_weight"], beam
+        decoding.lm_order = read_lm_meta(asr_dir).get("order")
+        test_out = infer(test, [BeamDecoder(asr_dir, vocab, decoding.lm_weight, beam, delimiter)])
+        log.info("eval: LM weight %.2f (validation WER %.4f; greedy %.4f)", best["lm_weight"], best["wer"],
+                 M.wer(val_refs, [normalize_text(h) for h in val_out.hypotheses]))
+    else:
+        val_out, test_out = infer(val), infer(test)
+    final_hyps = test_out.decoded[0] if decoding.mode == "lm" else test_out.hypotheses
 
     rows = _gold_rows(test)
     labels = np.array([r["wake_word_present"] for r in rows], dtype=bool)
@@ -87,8 +126,9 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
         wake = evaluate_wake(test_out.wake_scores, labels, durations, threshold)
         tuning = _tuning_details(val, val_out, val_labels, val_durations, target, str(ecfg.tune_split))
 
-    for row, hyp, score in zip(rows, test_out.hypotheses, test_out.wake_scores):
+    for row, hyp, greedy, score in zip(rows, final_hyps, test_out.hypotheses, test_out.wake_scores):
         row["hypothesis"] = normalize_text(hyp)
+        row["greedy_hypothesis"] = normalize_text(greedy)
         row["wer"] = M.utterance_wer(row["reference"], hyp) if row["reference"] else None
         row["wake_score"] = float(score) if math.isfinite(score) else None
         row["wake_detected"] = bool(wake is not None and score >= wake.threshold)
@@ -103,10 +143,23 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
         row["slu_intent"], row["slu_entities"] = s["intent"], s["entities"]
 
     metrics, details = _score(rows, with_intent, wake, test_out, ecfg)
+    details["decoder"] = {**decoding.__dict__, "tune_split": str(ecfg.tune_split)}
     details["wake_tuning"] = tuning
     details["wake_skipped"] = skipped
     _write_outputs(cfg, run_dir, rows, with_intent, labels, test_out.wake_scores, wake, metrics, details, tracker)
     return metrics
+
+
+def _decoder_mode(ecfg: DictConfig, asr_dir: Path) -> str:
+    """`auto` uses the ASR run's character LM when it has one; models from elsewhere decode greedily."""
+    mode = str(ecfg.get("decoder", "auto"))
+    if mode not in ("auto", "greedy", "lm"):
+        raise PipelineError(f"eval.decoder={mode}: use auto, greedy or lm")
+    if mode == "auto":
+        mode = "lm" if has_lm(asr_dir) else "greedy"
+        if mode == "greedy":
+            log.info("eval: %s has no character LM (lm/char_lm.arpa); decoding greedily", asr_dir)
+    return mode
 
 
 def _wake_skip_reason(splits: dict[str, np.ndarray]) -> str | None:
@@ -224,9 +277,11 @@ def keyword_ids(processor: Any, wake_word: str, boundary: bool, asr_dir: Path) -
 
 @torch.inference_mode()
 def transcribe(
-    model: Any, processor: Any, split: Any, keyword: list[int], batch_size: int, window_s: float
+    model: Any, processor: Any, split: Any, keyword: list[int], batch_size: int, window_s: float,
+    decoders: Sequence[BeamDecoder] = (),
 ) -> Inference:
-    """Greedy CTC transcripts and wake-word scores for every clip of `split`, batched by length."""
+    """Greedy CTC transcripts and wake-word scores for every clip of `split`, batched by length, and
+    each decoder's beam-search transcripts from the same log-probs."""
     from datasets import Audio
 
     from pipeline.asr.collate import decode_audio
@@ -244,6 +299,7 @@ def transcribe(
     device = next(model.parameters()).device
 
     hypotheses: list[str] = [""] * len(order)
+    decoded: list[list[str]] = [[""] * len(order) for _ in decoders]
     scores = np.full(len(order), -np.inf)
     seconds = 0.0
     start = time.perf_counter()
@@ -267,7 +323,9 @@ def transcribe(
         for b, i in enumerate(idx):
             hypotheses[i] = texts[b]
             scores[i] = float(batch_scores[b])
-    return Inference(hypotheses, scores, seconds, time.perf_counter() - start)
+            for d, decoder in enumerate(decoders):
+                decoded[d][i] = decoder.decode(log_probs[b, : int(lengths[b])])
+    return Inference(hypotheses, scores, seconds, time.perf_counter() - start, decoded)
 
 
 def _gold_rows(split: Any) -> list[dict[str, Any]]:
@@ -306,6 +364,9 @@ def _score(
     metrics: dict[str, Any] = {
         "asr/wer": M.wer(refs, hyps),
         "asr/cer": M.cer(refs, hyps),
+        # The acoustic model alone, to compare with runs or models decoded without the LM.
+        "asr/wer_greedy": M.wer(refs, [r["greedy_hypothesis"] for r in rows]),
+        "asr/cer_greedy": M.cer(refs, [r["greedy_hypothesis"] for r in rows]),
         "wake/frr": wake.frr if wake else None,
         "wake/fa_per_hour": wake.fa_per_hour if wake else None,
         "wake/auc": wake.auc if wake else None,

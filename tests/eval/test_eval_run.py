@@ -236,3 +236,36 @@ def test_evaluate_cli_re_evaluates_a_run_in_place(tiny_run: Path, tmp_path: Path
         error_lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
         assert len(error_lines) == 1 and str(run) in error_lines[0]
     assert not (tmp_path / "no_such_run").exists()
+
+
+def test_lm_decoding_is_tuned_on_validation_and_reported_next_to_greedy(
+    tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from pipeline.asr.lm import write_char_lm
+    from pipeline.eval.run import run_eval_stage
+
+    asr = tmp_path / "asr"
+    shutil.copytree(tiny_run / "asr", asr)
+    vocab = json.loads((asr / "vocab.json").read_text())
+    write_char_lm(asr / "lm", load_from_disk(str(tiny_dataset_path))["train"]["text"], vocab, "|", order=4)
+    models = {"asr_model": str(asr), "nlu_model": str(tiny_run / "nlu")}
+
+    metrics = run_eval_stage(eval_cfg(**models, **{"eval.lm_weights": [0.0, 2.0]}), tmp_path / "lm", tiny_dataset_path, RecordingTracker())
+    decoder = json.loads((tmp_path / "lm" / "eval_details.json").read_text())["decoder"]
+    assert decoder["mode"] == "lm" and decoder["lm_order"] == 4 and decoder["tune_split"] == "validation"
+    assert [t["lm_weight"] for t in decoder["tuning"]] == [0.0, 2.0]
+    assert decoder["lm_weight"] == min(decoder["tuning"], key=lambda t: (t["wer"], t["lm_weight"]))["lm_weight"]
+    rows = [json.loads(line) for line in (tmp_path / "lm" / "predictions.jsonl").read_text().splitlines()]
+    assert all("greedy_hypothesis" in r for r in rows)
+    assert "character 4-gram LM" in (tmp_path / "lm" / "report.md").read_text()
+
+    greedy = run_eval_stage(eval_cfg(**models, **{"eval.decoder": "greedy"}), tmp_path / "greedy", tiny_dataset_path, RecordingTracker())
+    assert greedy["asr/wer"] == greedy["asr/wer_greedy"] == metrics["asr/wer_greedy"]
+    # Without lm/, `auto` decodes greedily, and asking for the LM is one clear error.
+    assert run_eval_stage(eval_cfg(asr_model=str(tiny_run / "asr"), nlu_model=models["nlu_model"]), tmp_path / "auto",
+                          tiny_dataset_path, RecordingTracker())["asr/wer"] == metrics["asr/wer_greedy"]
+    with pytest.raises(PipelineError, match="no character LM"):
+        run_eval_stage(eval_cfg(asr_model=str(tiny_run / "asr"), nlu_model=models["nlu_model"], **{"eval.decoder": "lm"}),
+                       tmp_path / "missing", tiny_dataset_path, RecordingTracker())
