@@ -149,11 +149,11 @@ class BeamDecoder:
             from torchaudio.models.decoder import ctc_decoder
 
             self._decoder = ctc_decoder(
-                lexicon=None, tokens=tokens, lm=str(lm_dir / "char_lm.arpa"), lm_dict=str(lm_dir / "tokens.txt"),
+                lexicon=None, tokens=tokens, lm=_kenlm(lm_dir), lm_dict=str(lm_dir / "tokens.txt"),
                 nbest=1, beam_size=beam_size, lm_weight=lm_weight, blank_token=tokens[0], sil_token=word_delimiter,
                 unk_word=UNK,
             )
-        except RuntimeError as err:  # torchaudio raises RuntimeError when flashlight-text is missing
+        except (ImportError, RuntimeError) as err:  # torchaudio raises RuntimeError when flashlight-text is missing
             raise PipelineError(f"CTC beam search needs the flashlight-text package ({err}); `make setup` installs it, or use eval.decoder=greedy") from err
         self.lm_weight = lm_weight
         self._tokens = tokens
@@ -165,6 +165,23 @@ class BeamDecoder:
         best = self._decoder(emissions)[0][0]
         text = "".join(self._tokens[i] for i in best.tokens.tolist())
         return " ".join(text.replace(UNK, "").replace(self._delimiter, " ").split())
+
+
+_LOADED: dict[tuple[str, float], Any] = {}
+
+
+def _kenlm(lm_dir: Path) -> Any:
+    """KenLM over the ARPA file, loaded once per file version: decoders at several LM weights share it
+    (parsing the ARPA is most of a decoder's set-up, and KenLM prints a progress bar each time)."""
+    from flashlight.lib.text.decoder.kenlm import KenLM
+    from flashlight.lib.text.dictionary import Dictionary
+
+    arpa = (lm_dir / "char_lm.arpa").resolve()
+    key = (str(arpa), arpa.stat().st_mtime)
+    if key not in _LOADED:
+        _LOADED.clear()  # one model's LM at a time is all an evaluation needs
+        _LOADED[key] = KenLM(str(arpa), Dictionary(str(lm_dir / "tokens.txt")))
+    return _LOADED[key]
 
 
 def read_lm_meta(asr_dir: Path) -> dict[str, Any]:
