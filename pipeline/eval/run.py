@@ -84,33 +84,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     keyword = keyword_ids(processor, wake_word, bool(ecfg.wake_word_boundary), asr_dir)
     nlu = _load_nlu(nlu_dir)
 
-    infer = lambda split, decoders=(): transcribe(  # noqa: E731
-        model, processor, split, keyword, int(ecfg.batch_size), float(ecfg.wake_window_s), decoders
-    )
-    decoding = Decoding(mode=_decoder_mode(ecfg, asr_dir))
-    if decoding.mode == "lm":
-        # Like the wake-word threshold, the LM weight is chosen on the tuning split, never on eval.split.
-        weights = [float(w) for w in ecfg.lm_weights]
-        if not weights:
-            raise PipelineError("eval.lm_weights is empty; give the LM weights to try, e.g. [0.5, 1.0, 2.0]")
-        beam = int(ecfg.beam_size)
-        vocab = processor.tokenizer.get_vocab()
-        search = {"word_delimiter": processor.tokenizer.word_delimiter_token,
-                  "beam_size_token": int(ecfg.beam_size_token), "beam_threshold": float(ecfg.beam_threshold)}
-        val_out = infer(val, [BeamDecoder(asr_dir, vocab, w, beam, **search) for w in weights])
-        val_refs = [normalize_text(t or "") for t in val["text"]]
-        decoding.tuning = [
-            {"lm_weight": w, "wer": M.wer(val_refs, [normalize_text(h) for h in hyps])}
-            for w, hyps in zip(weights, val_out.decoded)
-        ]
-        best = min(decoding.tuning, key=lambda t: (t["wer"], t["lm_weight"]))
-        decoding.lm_weight, decoding.beam_size = best["lm_weight"], beam
-        decoding.lm_order = read_lm_meta(asr_dir).get("order")
-        test_out = infer(test, [BeamDecoder(asr_dir, vocab, decoding.lm_weight, beam, **search)])
-        log.info("eval: LM weight %.2f (validation WER %.4f; greedy %.4f)", best["lm_weight"], best["wer"],
-                 M.wer(val_refs, [normalize_text(h) for h in val_out.hypotheses]))
-    else:
-        val_out, test_out = infer(val), infer(test)
+    val_out, test_out, decoding = _transcribe_splits(ecfg, asr_dir, model, processor, keyword, val, test)
     final_hyps = test_out.decoded[0] if decoding.mode == "lm" else test_out.hypotheses
 
     rows = _gold_rows(test)
@@ -150,6 +124,39 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     details["wake_skipped"] = skipped
     _write_outputs(cfg, run_dir, rows, with_intent, labels, test_out.wake_scores, wake, metrics, details, tracker)
     return metrics
+
+
+def _transcribe_splits(
+    ecfg: DictConfig, asr_dir: Path, model: Any, processor: Any, keyword: list[int], val: Any, test: Any,
+) -> tuple[Inference, Inference, Decoding]:
+    """Both splits through the ASR model; with the LM, every weight decodes validation and the one
+    with the lowest WER decodes the test split (chosen like the wake-word threshold, never on test)."""
+    infer = lambda split, decoders=(): transcribe(  # noqa: E731
+        model, processor, split, keyword, int(ecfg.batch_size), float(ecfg.wake_window_s), decoders
+    )
+    decoding = Decoding(mode=_decoder_mode(ecfg, asr_dir))
+    if decoding.mode == "greedy":
+        return infer(val), infer(test), decoding
+    weights = [float(w) for w in ecfg.lm_weights]
+    if not weights:
+        raise PipelineError("eval.lm_weights is empty; give the LM weights to try, e.g. [0.5, 1.0, 2.0]")
+    beam = int(ecfg.beam_size)
+    vocab = processor.tokenizer.get_vocab()
+    search = {"word_delimiter": processor.tokenizer.word_delimiter_token,
+              "beam_size_token": int(ecfg.beam_size_token), "beam_threshold": float(ecfg.beam_threshold)}
+    val_out = infer(val, [BeamDecoder(asr_dir, vocab, w, beam, **search) for w in weights])
+    val_refs = [normalize_text(t or "") for t in val["text"]]
+    decoding.tuning = [
+        {"lm_weight": w, "wer": M.wer(val_refs, [normalize_text(h) for h in hyps])}
+        for w, hyps in zip(weights, val_out.decoded)
+    ]
+    best = min(decoding.tuning, key=lambda t: (t["wer"], t["lm_weight"]))
+    decoding.lm_weight, decoding.beam_size = best["lm_weight"], beam
+    decoding.lm_order = read_lm_meta(asr_dir).get("order")
+    test_out = infer(test, [BeamDecoder(asr_dir, vocab, decoding.lm_weight, beam, **search)])
+    log.info("eval: LM weight %.2f (validation WER %.4f; greedy %.4f)", best["lm_weight"], best["wer"],
+             M.wer(val_refs, [normalize_text(h) for h in val_out.hypotheses]))
+    return val_out, test_out, decoding
 
 
 def _decoder_mode(ecfg: DictConfig, asr_dir: Path) -> str:
