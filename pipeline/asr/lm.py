@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.asr.vocab import WORD_DELIMITER
 from pipeline.runtime import PipelineError
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -141,15 +142,14 @@ class BeamDecoder:
     """
 
     def __init__(
-        self, asr_dir: Path, vocab: dict[str, int], lm_weight: float, beam_size: int, word_delimiter: str = "|",
+        self, asr_dir: Path, vocab: dict[str, int], lm_weight: float, beam_size: int, word_delimiter: str = WORD_DELIMITER,
         beam_size_token: int | None = 8, beam_threshold: float = 20.0,
     ) -> None:
         lm_dir = Path(asr_dir) / LM_DIR
-        tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-        listed = (lm_dir / "tokens.txt").read_text(encoding="utf-8").splitlines() if has_lm(asr_dir) else None
-        if listed is None:
+        if not has_lm(asr_dir):
             raise PipelineError(f"{lm_dir}: no character LM here (char_lm.arpa missing); re-run the asr stage with asr.lm_order set, or use eval.decoder=greedy")
-        if listed != tokens:
+        tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+        if (lm_dir / "tokens.txt").read_text(encoding="utf-8").splitlines() != tokens:
             raise PipelineError(f"{lm_dir}/tokens.txt does not match {asr_dir}/vocab.json: the LM belongs to another model; re-run the asr stage")
         try:
             from torchaudio.models.decoder import ctc_decoder
