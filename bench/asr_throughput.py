@@ -45,6 +45,8 @@ def bench_cfg(args: argparse.Namespace, run_steps: int) -> DictConfig:
     asr.max_steps, asr.eval_every, asr.max_train_minutes = run_steps, run_steps, None
     asr.warmup_steps = max(1, run_steps // 10)
     asr.cpu_threads = args.threads
+    if args.augment_prob is not None:
+        asr.augment.prob = args.augment_prob
     trainer = OmegaConf.load(ROOT / "conf/trainer/default.yaml")
     trainer.device, trainer.precision, trainer.log_every = args.device, args.precision, max(run_steps // 5, 1)
     return OmegaConf.create({"seed": args.seed, "asr": asr, "trainer": trainer})
@@ -167,8 +169,11 @@ def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
         _seed(args.seed)
         model = build_model(acfg, processor)
+        # transformers >= 5.1 spells group_by_length as a sampling strategy; older releases as a flag.
+        grouping = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__
+                    else {"group_by_length": True})
         training_args = TrainingArguments(
-            output_dir=str(Path(tmp) / "out"), per_device_train_batch_size=batch_size, train_sampling_strategy="group_by_length",
+            output_dir=str(Path(tmp) / "out"), per_device_train_batch_size=batch_size, **grouping,
             length_column_name="input_length", max_steps=args.steps, learning_rate=float(acfg.learning_rate),
             warmup_steps=int(acfg.warmup_steps), weight_decay=float(acfg.weight_decay), adam_beta2=float(acfg.adam_betas[1]),
             max_grad_norm=float(acfg.max_grad_norm), logging_steps=max(args.steps // 5, 1), save_strategy="no",
@@ -178,7 +183,7 @@ def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
         trainer = Trainer(model=model, args=training_args, train_dataset=prepared, data_collator=collate)
         out = trainer.train()
         val = ClipDataset(splits["validation"])
-        val_loader = _loader(val, eval_batches(val.durations, float(acfg.max_batch_seconds)), processor, None, 0, cfg)
+        val_loader = _loader(val, eval_batches(val.durations, float(acfg.max_batch_seconds)), processor, None, 0, 0)
         scores = evaluate_clips(model, processor, val_loader, _amp(args))
         result.update(audio_seconds=seen["audio_seconds"], train_seconds=out.metrics["train_runtime"], val_loss=scores["loss"],
                       steps=trainer.state.global_step, batch_size=batch_size, preprocess_seconds=preprocess_seconds,
@@ -199,6 +204,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--augment-prob", type=float, default=None, help="our waveform augmentation (default: the config's)")
+    parser.add_argument("--only", choices=["ours", "baseline"], help="run one side")
     parser.add_argument("--role", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -214,12 +221,13 @@ def main() -> None:
         report: dict[str, Any] = {"arch": args.arch, "device": args.device, "precision": args.precision, "steps": args.steps}
         if args.device.startswith("cuda"):
             report["gpu"] = torch.cuda.get_device_name()
-        for role in ("ours", "baseline"):
+        for role in [args.only] if args.only else ["ours", "baseline"]:
             out = Path(tmp) / f"{role}.json"
             argv = ["--dataset", args.dataset, "--arch", args.arch, "--steps", str(args.steps), "--device", args.device,
                     "--precision", args.precision, "--seed", str(args.seed), "--role", role, "--out", str(out)]
             argv += ["--threads", str(args.threads)] if args.threads else []
             argv += ["--batch-seconds", str(args.batch_seconds)] if args.batch_seconds else []
+            argv += ["--augment-prob", str(args.augment_prob)] if args.augment_prob is not None else []
             subprocess.run([sys.executable, "-m", "bench.asr_throughput", *argv], cwd=ROOT, check=True)
             side = json.loads(out.read_text())
             side["audio_seconds_per_second"] = side["audio_seconds"] / side["train_seconds"]
@@ -227,6 +235,10 @@ def main() -> None:
             if "flops_per_audio_second" in side and peak:
                 side["mfu"] = side["audio_seconds_per_second"] * side["flops_per_audio_second"] / peak
             report[role] = side
+            print(f"{role}: {json.dumps(side)}", flush=True)  # each side as it ends, in case the other fails
+        if args.only:
+            print(json.dumps(report, indent=2))
+            return
         report["speedup"] = report["ours"]["audio_seconds_per_second"] / report["baseline"]["audio_seconds_per_second"]
         report["val_loss_ours_minus_baseline"] = report["ours"]["val_loss"] - report["baseline"]["val_loss"]
         print(json.dumps(report, indent=2))

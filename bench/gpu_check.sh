@@ -6,6 +6,7 @@
 #
 #   bash bench/gpu_check.sh                 # defaults: 300 steps, 200 audio-seconds per batch
 #   STEPS=200 BATCH_SECONDS=120 bash bench/gpu_check.sh
+#   bash bench/gpu_check.sh --augment-prob 0      # further arguments go to bench/asr_throughput.py
 #
 # Python: .venv/bin/python when present; otherwise the machine's python3, which must have torch and
 # transformers (the lent GPU image does: torch 2.11, transformers 5.17). What it lacks (datasets,
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 STEPS="${STEPS:-300}"
 BATCH_SECONDS="${BATCH_SECONDS:-200}"
 CLIPS="${CLIPS:-1200}"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
 NEEDS="import torch, transformers, datasets, omegaconf, jiwer, soundfile"
 if [ -x .venv/bin/python ]; then
@@ -42,4 +43,4 @@ assert torch.cuda.is_available(), "no CUDA GPU visible"
 print(f"gpu: {torch.cuda.get_device_name()}  torch {torch.__version__}  bf16: {torch.cuda.is_bf16_supported()}")
 PY
 timeout 480 "$PY" -m bench.asr_throughput --synthetic "$CLIPS" --arch base --device cuda --precision bf16 \
-  --steps "$STEPS" --batch-seconds "$BATCH_SECONDS"
+  --steps "$STEPS" --batch-seconds "$BATCH_SECONDS" "$@"

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from pipeline.asr.checkpoints import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
 from pipeline.asr.collate import ClipDataset, CTCCollator
-from pipeline.asr.devices import Placement, all_agree, any_says, barrier, place, total
+from pipeline.asr.devices import Placement, all_agree, any_says, barrier, loader_workers, place, total
 from pipeline.asr.lm import LM_DIR, write_char_lm
 from pipeline.asr.model import build_model, evaluate_clips, uses_attention_mask
 from pipeline.asr.sampler import epoch_batches, eval_batches
@@ -97,7 +97,8 @@ def _train(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker,
         optimizer.load_state_dict(state.pop("optimizer"))
         scaler.load_state_dict(state.pop("scaler"))
 
-    val_loader = _loader(val_set, eval_batches(val_set.durations, float(acfg.max_batch_seconds)), processor, None, 0, cfg)
+    workers = loader_workers(cfg.trainer, placement)
+    val_loader = _loader(val_set, eval_batches(val_set.durations, float(acfg.max_batch_seconds)), processor, None, 0, workers)
     budget_s = float(acfg.max_train_minutes) * 60 if acfg.get("max_train_minutes") is not None else math.inf
     accum = max(int(acfg.grad_accum_steps), 1)
     log_every, eval_every = max(int(cfg.trainer.get("log_every", 10)), 1), max(int(acfg.eval_every), 1)
@@ -114,7 +115,7 @@ def _train(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker,
         )
         if not batches:
             raise PipelineError(f"{dataset_path}: the train split gives no batches for {placement.world_size} processes")
-        loader = _loader(train_set, batches[state["micro"]:], processor, augment_cfg, seed * 1000 + state["epoch"], cfg)
+        loader = _loader(train_set, batches[state["micro"]:], processor, augment_cfg, seed * 1000 + state["epoch"], workers)
         for batch in loader:
             _seed(((seed * 1_000_003 + state["epoch"]) * 1_000_003 + state["micro"]) * 101 + placement.rank)
             state["micro"] += 1
@@ -236,9 +237,8 @@ def _wrap_ddp(model: torch.nn.Module, acfg: DictConfig, placement: Placement) ->
 
 
 def _loader(
-    dataset: ClipDataset, batches: list[list[int]], processor: Any, augment_cfg: DictConfig | None, seed: int, cfg: DictConfig,
+    dataset: ClipDataset, batches: list[list[int]], processor: Any, augment_cfg: DictConfig | None, seed: int, workers: int,
 ) -> torch.utils.data.DataLoader:
-    workers = int(cfg.trainer.get("num_workers", 0))
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, collate_fn=CTCCollator(processor, augment_cfg, seed), num_workers=workers,
         persistent_workers=False, pin_memory=torch.cuda.is_available(),

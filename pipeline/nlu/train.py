@@ -278,7 +278,8 @@ def training_arguments(cfg: DictConfig, output_dir: Path, has_eval: bool) -> Tra
         use_cpu=use_cpu,
         bf16=bf16,
         fp16=fp16,
-        dataloader_num_workers=int(tcfg.get("num_workers", 0)),
+        # Tokenised text batches cost next to nothing to build: `auto` loads them in the training process.
+        dataloader_num_workers=0 if str(tcfg.get("num_workers", "auto")) == "auto" else int(tcfg.num_workers),
         report_to="none",
         disable_tqdm=True,
     )

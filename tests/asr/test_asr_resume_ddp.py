@@ -64,3 +64,12 @@ def test_two_cpu_processes_train_with_ddp(tiny_dataset_path: Path, tmp_path: Pat
     single = run_asr_stage(micro_cfg("asr.max_steps=3", "asr.eval_every=3"), tmp_path / "one", tiny_dataset_path, RecordingTracker())
     # Each of the two processes takes its own batches, so a DDP step sees about twice the audio.
     assert metrics["audio_hours_seen"] > 1.5 * single["audio_hours_seen"]
+
+
+def test_loader_workers_train_exactly_like_the_training_process(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """Augmentation draws are seeded per batch, so worker processes change nothing but the speed."""
+    settings = ("asr.max_steps=4", "asr.eval_every=2", "asr.augment.prob=0.5")
+    inline = run_asr_stage(micro_cfg(*settings, "trainer.num_workers=0"), tmp_path / "inline", tiny_dataset_path, RecordingTracker())
+    workers = run_asr_stage(micro_cfg(*settings, "trainer.num_workers=2"), tmp_path / "workers", tiny_dataset_path, RecordingTracker())
+    assert [h["val_loss"] for h in workers["history"]] == pytest.approx([h["val_loss"] for h in inline["history"]], rel=1e-5)
+    assert workers["audio_hours_seen"] == pytest.approx(inline["audio_hours_seen"], rel=1e-9)

@@ -106,3 +106,17 @@ def test_clips_too_short_for_their_transcript_are_left_out_of_training(tiny_data
     assert dropped == 1
     assert len(kept) == len(clips) - 1
     assert long_text.strip() not in kept.split["text"]
+
+
+def test_num_workers_auto_loads_in_process_on_the_cpu_and_in_workers_on_a_gpu() -> None:
+    from omegaconf import OmegaConf
+
+    from pipeline.asr.devices import Placement, loader_workers
+
+    cpu, gpu = Placement(torch.device("cpu"), "fp32"), Placement(torch.device("cuda", 0), "bf16")
+    assert loader_workers(OmegaConf.create({"num_workers": "auto"}), cpu) == 0
+    assert 1 <= loader_workers(OmegaConf.create({"num_workers": "auto"}), gpu) <= 8
+    assert loader_workers(OmegaConf.create({"num_workers": 3}), cpu) == 3
+    for bad in (-1, "many"):
+        with pytest.raises(PipelineError, match="trainer.num_workers"):
+            loader_workers(OmegaConf.create({"num_workers": bad}), cpu)
