@@ -8,7 +8,8 @@ Both start from the dataset's stored (encoded) audio and decode it with the same
 also scores the wake word, which the baseline does not. The eval stage's default transcripts
 come from beam search with the run's character LM, which the baseline does not do at all; that pass
 is timed separately (`ours_lm_*`, `speedup_with_lm`) so the greedy ratio stays like for like.
-Prints one JSON object.
+Both sides are warmed up on other clips first; the medians of `--repeats` interleaved passes are
+reported. Prints one JSON object.
 """
 
 from __future__ import annotations
