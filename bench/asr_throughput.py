@@ -49,6 +49,8 @@ def bench_cfg(args: argparse.Namespace, run_steps: int) -> DictConfig:
         asr.augment.prob = args.augment_prob
     trainer = OmegaConf.load(ROOT / "conf/trainer/default.yaml")
     trainer.device, trainer.precision, trainer.log_every = args.device, args.precision, max(run_steps // 5, 1)
+    if args.num_workers is not None:
+        trainer.num_workers = args.num_workers
     return OmegaConf.create({"seed": args.seed, "asr": asr, "trainer": trainer})
 
 
@@ -206,6 +208,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--augment-prob", type=float, default=None, help="our waveform augmentation (default: the config's)")
     parser.add_argument("--only", choices=["ours", "baseline"], help="run one side")
+    parser.add_argument("--num-workers", help="our trainer.num_workers (default: the config's, auto)")
     parser.add_argument("--role", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -228,6 +231,7 @@ def main() -> None:
             argv += ["--threads", str(args.threads)] if args.threads else []
             argv += ["--batch-seconds", str(args.batch_seconds)] if args.batch_seconds else []
             argv += ["--augment-prob", str(args.augment_prob)] if args.augment_prob is not None else []
+            argv += ["--num-workers", args.num_workers] if args.num_workers is not None else []
             subprocess.run([sys.executable, "-m", "bench.asr_throughput", *argv], cwd=ROOT, check=True)
             side = json.loads(out.read_text())
             side["audio_seconds_per_second"] = side["audio_seconds"] / side["train_seconds"]
