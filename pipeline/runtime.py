@@ -10,6 +10,7 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +70,20 @@ def pin_run_dir_for_torchrun(argv: list[str]) -> list[str]:
 def usable_cores() -> int:
     """The cores this process may use (a container's limit), not the machine's."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def requested_workers(trainer_cfg: Any) -> int | None:
+    """`trainer.num_workers` as a number of DataLoader processes, or None for `auto` (each stage decides)."""
+    wanted = trainer_cfg.get("num_workers", "auto")
+    if str(wanted) == "auto":
+        return None
+    try:
+        workers = int(wanted)
+    except (TypeError, ValueError):
+        workers = -1
+    if workers < 0:
+        raise PipelineError(f"trainer.num_workers={wanted}: use auto or a number of worker processes (0 = load in the training process)")
+    return workers
 
 
 def remove_abandoned_temp_dirs(target: Path) -> None:

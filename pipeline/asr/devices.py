@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, requested_workers, usable_cores
 
 
 @dataclass(frozen=True)
@@ -77,18 +77,12 @@ def loader_workers(trainer_cfg: DictConfig, placement: Placement) -> int:
     decode, augment and featurise clips while the GPU trains (in the main process, on an H200, loading
     held a wav2vec2-base step to 3-6% MFU), leaving one core per process for the training loop.
     """
-    wanted = trainer_cfg.get("num_workers", "auto")
-    if str(wanted) == "auto":
-        if placement.device.type != "cuda":
-            return 0
-        return max(1, min(8, (os.cpu_count() or 2) // placement.world_size - 1))
-    try:
-        workers = int(wanted)
-    except (TypeError, ValueError):
-        workers = -1
-    if workers < 0:
-        raise PipelineError(f"trainer.num_workers={wanted}: use auto or a number of worker processes (0 = load in the training process)")
-    return workers
+    workers = requested_workers(trainer_cfg)
+    if workers is not None:
+        return workers
+    if placement.device.type != "cuda":
+        return 0
+    return max(1, min(8, usable_cores() // placement.world_size - 1))
 
 
 def all_agree(flag: bool, placement: Placement) -> bool:

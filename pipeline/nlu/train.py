@@ -38,7 +38,7 @@ from pipeline.nlu.model import (
     load_tokenizer,
 )
 from pipeline.ops.tracking import Tracker
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, requested_workers
 
 NO_COMMAND = "no_command"
 IGNORE = -100
@@ -279,7 +279,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path, has_eval: bool) -> Tra
         bf16=bf16,
         fp16=fp16,
         # Tokenised text batches cost next to nothing to build: `auto` loads them in the training process.
-        dataloader_num_workers=0 if str(tcfg.get("num_workers", "auto")) == "auto" else int(tcfg.num_workers),
+        dataloader_num_workers=requested_workers(tcfg) or 0,
         report_to="none",
         disable_tqdm=True,
     )
