@@ -26,7 +26,9 @@ from omegaconf import DictConfig
 
 from pipeline.asr.checkpoints import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
 from pipeline.asr.collate import ClipDataset, CTCCollator
-from pipeline.asr.devices import Placement, all_agree, any_says, barrier, loader_workers, place, total
+from pipeline.asr.devices import (
+    Placement, all_agree, any_says, barrier, fast_cpu_math, loader_workers, place, total,
+)
 from pipeline.asr.lm import LM_DIR, write_char_lm
 from pipeline.asr.model import build_model, evaluate_clips, uses_attention_mask
 from pipeline.asr.sampler import epoch_batches, eval_batches
@@ -45,18 +47,21 @@ def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
         # Fewer threads than cores is faster when the machine is shared: busy-waiting
         # OpenMP threads that compete with other processes slow every op down several-fold.
         torch.set_num_threads(int(acfg.cpu_threads))
+    placement = place(cfg.trainer)
     try:
-        return _train(cfg, Path(run_dir), Path(dataset_path), tracker, started)
+        with fast_cpu_math(placement):
+            return _train(cfg, placement, Path(run_dir), Path(dataset_path), tracker, started)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker, started: float) -> dict[str, Any]:
+def _train(
+    cfg: DictConfig, placement: Placement, run_dir: Path, dataset_path: Path, tracker: Tracker, started: float,
+) -> dict[str, Any]:
     from datasets import load_from_disk
     from transformers import Wav2Vec2Processor
 
     acfg, seed = cfg.asr, int(cfg.seed)
-    placement = place(cfg.trainer)
     out_dir = Path(run_dir) / "asr"
     ckpt_root = out_dir / "checkpoints"
     try:
@@ -90,6 +95,7 @@ def _train(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker,
         [{"params": [p for p in params if p.ndim >= 2], "weight_decay": float(acfg.weight_decay)},
          {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
         lr=float(acfg.learning_rate), betas=tuple(acfg.adam_betas),
+        fused=True,  # one kernel instead of a loop over ~80 tensors: 9 -> 1.6 ms of a ~150 ms CPU step
     )
     max_steps = int(acfg.max_steps)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.precision == "fp16")
