@@ -49,7 +49,7 @@ def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
         torch.set_num_threads(int(acfg.cpu_threads))
     placement = place(cfg.trainer)
     try:
-        with fast_cpu_math(placement):
+        with fast_cpu_math(placement.device, placement.amp_dtype):
             return _train(cfg, placement, Path(run_dir), Path(dataset_path), tracker, started)
     finally:
         torch.set_num_threads(threads)

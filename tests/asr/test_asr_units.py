@@ -123,12 +123,12 @@ def test_num_workers_auto_loads_in_process_on_the_cpu_and_in_workers_on_a_gpu() 
 
 
 def test_fast_cpu_math_flushes_denormals_and_skips_onednn_only_for_fp32_cpu_work() -> None:
-    from pipeline.asr.devices import Placement, fast_cpu_math
+    from pipeline.asr.devices import fast_cpu_math
 
     denormal = torch.tensor([1e-39])
     assert (denormal * 1.0).item() > 0  # denormals are kept by default
     assert torch.backends.mkldnn.enabled
-    with fast_cpu_math(Placement(torch.device("cpu"), "fp32")):
+    with fast_cpu_math(torch.device("cpu")):
         assert (denormal * 1.0).item() == 0.0
         assert not torch.backends.mkldnn.enabled
         # PyTorch's own convolution, as used while training, gives oneDNN's result
@@ -136,5 +136,5 @@ def test_fast_cpu_math_flushes_denormals_and_skips_onednn_only_for_fp32_cpu_work
         native = torch.nn.functional.conv1d(x, w, stride=4)
     assert torch.backends.mkldnn.enabled and (denormal * 1.0).item() > 0  # restored
     torch.testing.assert_close(native, torch.nn.functional.conv1d(x, w, stride=4), rtol=1e-4, atol=1e-4)
-    with fast_cpu_math(Placement(torch.device("cpu"), "bf16")):
+    with fast_cpu_math(torch.device("cpu"), torch.bfloat16):
         assert torch.backends.mkldnn.enabled  # low-precision CPU kernels come from oneDNN
