@@ -9,7 +9,9 @@ copy of the corpus the recipe writes; here to a temp folder), the transformers T
 of clips per batch padded to the longest; its batch size is our mean clips per batch, so both see
 about the same audio per step. Each side runs in its own process (clean peak memory) and is scored
 with the same validation code. Prints one JSON object: audio seconds per wall second of the training
-loop, peak memory, validation loss at the last step, and (on a GPU) MFU.
+loop, peak memory, validation loss at the last step, and (on a GPU) MFU. `--repeats N` interleaves N
+runs of each side and reports the median run of each (this VM's speed drifts by 10-25% between
+runs); `--baseline-fast-math` gives the recipe our CPU settings too, to show what they alone buy.
 """
 
 from __future__ import annotations
@@ -183,7 +185,12 @@ def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
             fp16=args.precision == "fp16", use_cpu=args.device == "cpu", remove_unused_columns=False,
         )
         trainer = Trainer(model=model, args=training_args, train_dataset=prepared, data_collator=collate)
-        out = trainer.train()
+        from contextlib import nullcontext
+
+        from pipeline.asr.devices import fast_cpu_math
+
+        with fast_cpu_math(torch.device(args.device), _amp(args)) if args.baseline_fast_math else nullcontext():
+            out = trainer.train()
         val = ClipDataset(splits["validation"])
         val_loader = _loader(val, eval_batches(val.durations, float(acfg.max_batch_seconds)), processor, None, 0, 0)
         scores = evaluate_clips(model, processor, val_loader, _amp(args))
@@ -209,6 +216,9 @@ def main() -> None:
     parser.add_argument("--augment-prob", type=float, default=None, help="our waveform augmentation (default: the config's)")
     parser.add_argument("--only", choices=["ours", "baseline"], help="run one side")
     parser.add_argument("--num-workers", help="our trainer.num_workers (default: the config's, auto)")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved runs of each side; the medians are reported")
+    parser.add_argument("--baseline-fast-math", action="store_true",
+                        help="give the baseline our CPU settings too (pipeline.asr.devices.fast_cpu_math), to see what they alone buy")
     parser.add_argument("--role", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -224,29 +234,43 @@ def main() -> None:
         report: dict[str, Any] = {"arch": args.arch, "device": args.device, "precision": args.precision, "steps": args.steps}
         if args.device.startswith("cuda"):
             report["gpu"] = torch.cuda.get_device_name()
-        for role in [args.only] if args.only else ["ours", "baseline"]:
-            out = Path(tmp) / f"{role}.json"
-            argv = ["--dataset", args.dataset, "--arch", args.arch, "--steps", str(args.steps), "--device", args.device,
-                    "--precision", args.precision, "--seed", str(args.seed), "--role", role, "--out", str(out)]
-            argv += ["--threads", str(args.threads)] if args.threads else []
-            argv += ["--batch-seconds", str(args.batch_seconds)] if args.batch_seconds else []
-            argv += ["--augment-prob", str(args.augment_prob)] if args.augment_prob is not None else []
-            argv += ["--num-workers", args.num_workers] if args.num_workers is not None else []
-            subprocess.run([sys.executable, "-m", "bench.asr_throughput", *argv], cwd=ROOT, check=True)
-            side = json.loads(out.read_text())
-            side["audio_seconds_per_second"] = side["audio_seconds"] / side["train_seconds"]
-            peak = next((v for k, v in PEAK_FLOPS.items() if k in report.get("gpu", "")), None)
-            if "flops_per_audio_second" in side and peak:
-                side["mfu"] = side["audio_seconds_per_second"] * side["flops_per_audio_second"] / peak
-            report[role] = side
-            print(f"{role}: {json.dumps(side)}", flush=True)  # each side as it ends, in case the other fails
+        roles = [args.only] if args.only else ["ours", "baseline"]
+        runs: dict[str, list[dict[str, Any]]] = {role: [] for role in roles}
+        for _ in range(max(args.repeats, 1)):  # interleaved, so a slow spell of the machine hits both sides
+            for role in roles:
+                side = run_side(args, role, Path(tmp) / f"{role}.json", report.get("gpu", ""))
+                runs[role].append(side)
+                print(f"{role}: {json.dumps(side)}", flush=True)  # each side as it ends, in case the other fails
+        for role in roles:  # the median run of each side (by throughput)
+            ordered = sorted(runs[role], key=lambda side: side["audio_seconds_per_second"])
+            report[role] = ordered[len(ordered) // 2]
         if args.only:
             print(json.dumps(report, indent=2))
             return
         report["speedup"] = report["ours"]["audio_seconds_per_second"] / report["baseline"]["audio_seconds_per_second"]
+        if args.repeats > 1:
+            report["speedup_per_repeat"] = [round(o["audio_seconds_per_second"] / b["audio_seconds_per_second"], 3)
+                                            for o, b in zip(runs["ours"], runs["baseline"])]
         report["val_loss_ours_minus_baseline"] = report["ours"]["val_loss"] - report["baseline"]["val_loss"]
         print(json.dumps(report, indent=2))
 
+
+def run_side(args: argparse.Namespace, role: str, out: Path, gpu: str) -> dict[str, Any]:
+    """One side in its own process, so its peak memory is its own."""
+    argv = ["--dataset", args.dataset, "--arch", args.arch, "--steps", str(args.steps), "--device", args.device,
+            "--precision", args.precision, "--seed", str(args.seed), "--role", role, "--out", str(out)]
+    argv += ["--threads", str(args.threads)] if args.threads else []
+    argv += ["--batch-seconds", str(args.batch_seconds)] if args.batch_seconds else []
+    argv += ["--augment-prob", str(args.augment_prob)] if args.augment_prob is not None else []
+    argv += ["--num-workers", args.num_workers] if args.num_workers is not None else []
+    argv += ["--baseline-fast-math"] if args.baseline_fast_math else []
+    subprocess.run([sys.executable, "-m", "bench.asr_throughput", *argv], cwd=ROOT, check=True)
+    side = json.loads(out.read_text())
+    side["audio_seconds_per_second"] = side["audio_seconds"] / side["train_seconds"]
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
+    if "flops_per_audio_second" in side and peak:
+        side["mfu"] = side["audio_seconds_per_second"] * side["flops_per_audio_second"] / peak
+    return side
 
 if __name__ == "__main__":
     main()
