@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,7 @@ def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
     from transformers import Trainer, TrainingArguments
 
     from pipeline.asr.collate import ClipDataset, decode_audio
+    from pipeline.asr.devices import fast_cpu_math
     from pipeline.asr.model import build_model, evaluate_clips, uses_attention_mask
     from pipeline.asr.sampler import epoch_batches, eval_batches
     from pipeline.asr.train import _loader, _seed
@@ -185,10 +187,6 @@ def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
             fp16=args.precision == "fp16", use_cpu=args.device == "cpu", remove_unused_columns=False,
         )
         trainer = Trainer(model=model, args=training_args, train_dataset=prepared, data_collator=collate)
-        from contextlib import nullcontext
-
-        from pipeline.asr.devices import fast_cpu_math
-
         with fast_cpu_math(torch.device(args.device), _amp(args)) if args.baseline_fast_math else nullcontext():
             out = trainer.train()
         val = ClipDataset(splits["validation"])
