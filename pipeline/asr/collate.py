@@ -54,13 +54,31 @@ def decode_audio(audio: dict[str, Any], utterance_id: str) -> np.ndarray:
     return wave
 
 
-def augment(wave: np.ndarray, cfg: DictConfig, gen: torch.Generator) -> np.ndarray:
-    """Speed perturbation (resampling) and white noise at a random SNR, each clip on its own draw."""
-    if float(cfg.prob) <= 0 or torch.rand((), generator=gen).item() >= float(cfg.prob):
-        return wave
+def plan_augmentation(count: int, cfg: DictConfig | None, seed: int) -> list[float | None] | None:
+    """Which clips of an epoch are augmented (None: not), and the speed each is played at.
+
+    Drawn for the whole epoch before batching, so the sampler can group clips by the length they
+    will be played at. Drawn per clip inside a batch instead, a 0.9x clip outgrew its neighbours and
+    padding rose from 1% to 9% of the compute (docs/ASR.md, "Speed perturbation and padding")."""
+    if cfg is None or float(cfg.get("prob", 0) or 0) <= 0:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    chosen = (torch.rand(count, generator=gen) < float(cfg.prob)).tolist()
+    speeds = [float(s) for s in (cfg.speeds or [1.0])]
+    picks = torch.randint(len(speeds), (count,), generator=gen).tolist()
+    return [speeds[pick] if on else None for on, pick in zip(chosen, picks)]
+
+
+def played_durations(durations: list[float], plan: list[float | None] | None) -> list[float]:
+    """Each clip's duration after its planned speed perturbation (speed 1.1 plays it in 1/1.1 the time)."""
+    if plan is None:
+        return durations
+    return [d / (speed or 1.0) for d, speed in zip(durations, plan)]
+
+
+def augment(wave: np.ndarray, speed: float, cfg: DictConfig, gen: torch.Generator) -> np.ndarray:
+    """Speed perturbation (resampling) and white noise at a random SNR drawn for this clip."""
     x = torch.from_numpy(wave)
-    speeds = list(cfg.speeds or [1.0])
-    speed = float(speeds[int(torch.randint(len(speeds), (), generator=gen))])
     if speed != 1.0:
         x = AF.resample(x, int(SAMPLING_RATE * speed), SAMPLING_RATE)
     if cfg.noise_snr_db:
@@ -77,13 +95,15 @@ class CTCCollator:
 
     processor: Wav2Vec2Processor
     augment_cfg: DictConfig | None = None
-    seed: int = 0  # per epoch: the generator is seeded from (seed, first clip) so workers agree with resume
+    seed: int = 0  # per epoch: noise is drawn from (seed, first clip), so workers agree with a resume
+    plan: list[float | None] | None = None  # plan_augmentation's draw for this epoch, by clip index
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         waves = [item["audio"] for item in items]
-        if self.augment_cfg is not None:
+        if self.augment_cfg is not None and self.plan is not None:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + items[0]["index"])
-            waves = [augment(w, self.augment_cfg, gen) for w in waves]
+            speeds = [self.plan[item["index"]] for item in items]
+            waves = [w if speed is None else augment(w, speed, self.augment_cfg, gen) for w, speed in zip(waves, speeds)]
         batch = self.processor.feature_extractor(
             waves, sampling_rate=SAMPLING_RATE, padding="longest", return_tensors="pt"
         )

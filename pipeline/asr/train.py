@@ -25,10 +25,11 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.asr.checkpoints import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
-from pipeline.asr.collate import ClipDataset, CTCCollator
+from pipeline.asr.collate import ClipDataset, CTCCollator, plan_augmentation, played_durations
 from pipeline.asr.devices import (
     Placement, all_agree, any_says, barrier, fast_cpu_math, loader_workers, place, total,
 )
+from pipeline.asr.fft_conv import use_fft_positional_conv
 from pipeline.asr.lm import LM_DIR, write_char_lm
 from pipeline.asr.model import build_model, evaluate_clips, uses_attention_mask
 from pipeline.asr.sampler import epoch_batches, eval_batches
@@ -88,6 +89,7 @@ def _train(
         if placement.is_main:
             print(f"[asr] resuming from {resume_from} (step {state['step']})", flush=True)
     model.to(placement.device).train()
+    use_fft_positional_conv(model, placement.device, placement.amp_dtype)  # same result, ~1.8x faster on the CPU
     ddp_model = _wrap_ddp(model, acfg, placement)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -115,13 +117,14 @@ def _train(
     pending_seconds, log_loss, log_n, in_accum, bad_accum = 0.0, 0.0, 0, 0, False
     stopped_by = "max_steps"
     while state["step"] < max_steps:
+        plan = plan_augmentation(len(train_set), augment_cfg, seed * 1000 + state["epoch"])
         batches = epoch_batches(
-            train_set.durations, float(acfg.max_batch_seconds), int(acfg.bucket_batches), seed, state["epoch"],
-            placement.rank, placement.world_size,
+            played_durations(train_set.durations, plan), float(acfg.max_batch_seconds), int(acfg.bucket_batches),
+            seed, state["epoch"], placement.rank, placement.world_size,
         )
         if not batches:
             raise PipelineError(f"{dataset_path}: the train split gives no batches for {placement.world_size} processes")
-        loader = _loader(train_set, batches[state["micro"]:], processor, augment_cfg, seed * 1000 + state["epoch"], workers)
+        loader = _loader(train_set, batches[state["micro"]:], processor, augment_cfg, seed * 1000 + state["epoch"], workers, plan)
         for batch in loader:
             _seed(((seed * 1_000_003 + state["epoch"]) * 1_000_003 + state["micro"]) * 101 + placement.rank)
             state["micro"] += 1
@@ -244,9 +247,10 @@ def _wrap_ddp(model: torch.nn.Module, acfg: DictConfig, placement: Placement) ->
 
 def _loader(
     dataset: ClipDataset, batches: list[list[int]], processor: Any, augment_cfg: DictConfig | None, seed: int, workers: int,
+    plan: list[float | None] | None = None,
 ) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, collate_fn=CTCCollator(processor, augment_cfg, seed), num_workers=workers,
+        dataset, batch_sampler=batches, collate_fn=CTCCollator(processor, augment_cfg, seed, plan), num_workers=workers,
         persistent_workers=False, pin_memory=torch.cuda.is_available(),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-from pipeline.asr.collate import CTCCollator
+from pipeline.asr.collate import CTCCollator, plan_augmentation, played_durations
 from pipeline.asr.model import load_asr
 from pipeline.asr.sampler import epoch_batches, eval_batches
 from pipeline.asr.vocab import PAD, UNK, WORD_DELIMITER, build_vocab, make_processor
@@ -59,10 +60,40 @@ def test_collator_pads_audio_and_masks_label_padding(tmp_path: Path) -> None:
     assert float(batch["audio_seconds"]) == pytest.approx(1.5)
     from omegaconf import OmegaConf
 
-    noisy = CTCCollator(processor, OmegaConf.create({"prob": 1.0, "speeds": [1.1], "noise_snr_db": [10, 10]}), seed=3)
+    cfg = OmegaConf.create({"prob": 1.0, "speeds": [1.1], "noise_snr_db": [10, 10]})
+    noisy = CTCCollator(processor, cfg, seed=3, plan=plan_augmentation(2, cfg, seed=3))
     out = noisy(items)
-    assert out["input_values"].shape[1] < 16000  # 1.1x speed shortens the clips
+    assert out["input_values"].shape[1] == math.ceil(16000 / 1.1)  # 1.1x speed shortens the clips
     assert torch.equal(out["input_values"], noisy(items)["input_values"])  # same seed, same draw
+
+
+def test_speed_plan_is_drawn_per_epoch_and_batches_follow_the_played_lengths(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"prob": 0.5, "speeds": [0.9, 1.0, 1.1], "noise_snr_db": None})
+    plan = plan_augmentation(2000, cfg, seed=11)
+    assert plan == plan_augmentation(2000, cfg, seed=11) and plan != plan_augmentation(2000, cfg, seed=12)
+    assert 0.45 < sum(s is not None for s in plan) / 2000 < 0.55
+    assert {s for s in plan if s is not None} == {0.9, 1.0, 1.1}
+    assert plan_augmentation(10, OmegaConf.create({"prob": 0.0, "speeds": [0.9]}), seed=1) is None
+    # Batches are packed by the played lengths, so speed perturbation adds no padding.
+    rng = np.random.default_rng(0)
+    durations = rng.uniform(0.5, 4.0, size=2000).tolist()
+    played = played_durations(durations, plan)
+    assert played[plan.index(0.9)] == pytest.approx(durations[plan.index(0.9)] / 0.9)
+    def efficiency(lengths: list[float]) -> float:  # real over padded seconds
+        batches = epoch_batches(lengths, 20, 5, seed=1, epoch=0)
+        return sum(lengths) / sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    assert efficiency(played) > efficiency(durations) - 0.02
+    batches = epoch_batches(played, 20, 5, seed=1, epoch=0)
+    # The collator plays each clip at its planned speed: the batch is as long as its longest played clip.
+    processor = make_processor(build_vocab(["on"]), tmp_path, return_attention_mask=False)
+    batch = batches[0]
+    items = [{"index": i, "audio": rng.standard_normal(round(durations[i] * 16000)).astype(np.float32), "text": "on"} for i in batch]
+    out = CTCCollator(processor, cfg, seed=1, plan=plan)(items)
+    assert abs(out["input_values"].shape[1] / 16000 - max(played[i] for i in batch)) < 0.01
+    assert float(out["audio_seconds"]) == pytest.approx(sum(played[i] for i in batch), abs=0.01)
 
 
 def test_load_asr_refuses_a_processor_from_another_model(tmp_path: Path) -> None:
@@ -139,3 +170,46 @@ def test_fast_cpu_math_flushes_denormals_and_skips_onednn_only_for_fp32_cpu_work
     torch.testing.assert_close(native, torch.nn.functional.conv1d(x, w, stride=4), rtol=1e-4, atol=1e-4)
     with fast_cpu_math(torch.device("cpu"), torch.bfloat16):
         assert torch.backends.mkldnn.enabled  # low-precision CPU kernels come from oneDNN
+
+
+@pytest.mark.parametrize("kernel", [16, 15])  # even kernels drop one frame (SamePad), odd ones none
+def test_fft_positional_conv_matches_the_stock_layer_and_saves_an_ordinary_model(tmp_path: Path, kernel: int) -> None:
+    from pipeline.asr.fft_conv import use_fft_positional_conv
+
+    config = Wav2Vec2Config(
+        vocab_size=12, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        conv_dim=[16, 32], conv_kernel=[10, 8], conv_stride=[5, 4], num_conv_pos_embeddings=kernel,
+        num_conv_pos_embedding_groups=4, do_stable_layer_norm=True, mask_time_prob=0.0,
+    )
+    torch.manual_seed(0)
+    stock = Wav2Vec2ForCTC(config).train()
+    fast = Wav2Vec2ForCTC(config).train()
+    fast.load_state_dict(stock.state_dict())
+    assert use_fft_positional_conv(fast, torch.device("cpu"))
+    assert stock.state_dict().keys() == fast.state_dict().keys()
+    waves = torch.randn(3, 6400)
+    waves[2, 4800:] = 0.0  # a padded clip
+    labels = torch.randint(2, 12, (3, 5))
+
+    def loss_and_grads(model: Wav2Vec2ForCTC) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(1)  # the same dropout and layerdrop draws for both
+        loss = model(input_values=waves, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    stock_loss, stock_grads = loss_and_grads(stock)
+    fast_loss, fast_grads = loss_and_grads(fast)
+    torch.testing.assert_close(fast_loss, stock_loss, rtol=1e-5, atol=1e-5)
+    scale = max(g.abs().max().item() for g in stock_grads.values())
+    assert stock_grads.keys() == fast_grads.keys() and any("pos_conv_embed" in name for name in fast_grads)
+    for name, grad in stock_grads.items():  # incl. the weight-norm g and v of the positional conv
+        torch.testing.assert_close(fast_grads[name], grad, rtol=0, atol=1e-5 * scale, msg=name)
+    # The patched instance saves, and loads back, as a stock transformers model.
+    fast.save_pretrained(tmp_path)
+    reloaded = Wav2Vec2ForCTC.from_pretrained(tmp_path).eval()
+    assert "forward" not in vars(reloaded.wav2vec2.encoder.pos_conv_embed)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(waves).logits, stock.eval()(waves).logits, rtol=1e-4, atol=1e-4)
+    # GPUs and half precision keep the stock layer.
+    assert not use_fft_positional_conv(Wav2Vec2ForCTC(config), torch.device("cpu"), torch.bfloat16)
+    assert not use_fft_positional_conv(Wav2Vec2ForCTC(config), torch.device("cuda", 0))
