@@ -10,8 +10,8 @@ of clips per batch padded to the longest; its batch size is our mean clips per b
 about the same audio per step. Each side runs in its own process (clean peak memory) and is scored
 with the same validation code. Prints one JSON object: audio seconds per wall second of the training
 loop, peak memory, validation loss at the last step, and (on a GPU) MFU. `--repeats N` interleaves N
-runs of each side and reports the median run of each (this VM's speed drifts by 10-25% between
-runs); `--baseline-fast-math` gives the recipe our CPU settings too, to show what they alone buy.
+runs of each side in ABBA order and reports the median run of each (this VM's speed drifts by 10-25%
+between runs, and sometimes within a few minutes); `--baseline-fast-math` gives the recipe our CPU settings too, to show what they alone buy.
 """
 
 from __future__ import annotations
@@ -234,8 +234,10 @@ def main() -> None:
             report["gpu"] = torch.cuda.get_device_name()
         roles = [args.only] if args.only else ["ours", "baseline"]
         runs: dict[str, list[dict[str, Any]]] = {role: [] for role in roles}
-        for _ in range(max(args.repeats, 1)):  # interleaved, so a slow spell of the machine hits both sides
-            for role in roles:
+        for repeat in range(max(args.repeats, 1)):
+            # Interleaved, and in ABBA order (ours first, then the baseline first, ...), so that a slow
+            # spell of the machine, or one that speeds up or slows down over the run, hits both sides.
+            for role in (roles if repeat % 2 == 0 else roles[::-1]):
                 side = run_side(args, role, Path(tmp) / f"{role}.json", report.get("gpu", ""))
                 runs[role].append(side)
                 print(f"{role}: {json.dumps(side)}", flush=True)  # each side as it ends, in case the other fails
