@@ -59,7 +59,8 @@ def plan_augmentation(count: int, cfg: DictConfig | None, seed: int) -> list[flo
 
     Drawn for the whole epoch before batching, so the sampler can group clips by the length they
     will be played at. Drawn per clip inside a batch instead, a 0.9x clip outgrew its neighbours and
-    padding rose from 1% to 9% of the compute (docs/ASR.md, "Speed perturbation and padding")."""
+    padding rose from 1% to 9% of the compute (docs/ASR.md, "CPU throughput: planned speed
+    perturbation")."""
     if cfg is None or float(cfg.get("prob", 0) or 0) <= 0:
         return None
     gen = torch.Generator().manual_seed(seed)
