@@ -11,7 +11,8 @@ about the same audio per step. Each side runs in its own process (clean peak mem
 with the same validation code. Prints one JSON object: audio seconds per wall second of the training
 loop, peak memory, validation loss at the last step, and (on a GPU) MFU. `--repeats N` interleaves N
 runs of each side in ABBA order and reports the median run of each (this VM's speed drifts by 10-25%
-between runs, and sometimes within a few minutes); `--baseline-fast-math` gives the recipe our CPU settings too, to show what they alone buy.
+between runs, and sometimes within a few minutes); `--baseline-fast-math` gives the recipe our CPU
+settings too, to show what they alone buy.
 """
 
 from __future__ import annotations

@@ -81,6 +81,7 @@ def test_speed_plan_is_drawn_per_epoch_and_batches_follow_the_played_lengths(tmp
     durations = rng.uniform(0.5, 4.0, size=2000).tolist()
     played = played_durations(durations, plan)
     assert played[plan.index(0.9)] == pytest.approx(durations[plan.index(0.9)] / 0.9)
+
     def efficiency(lengths: list[float]) -> float:  # real over padded seconds
         batches = epoch_batches(lengths, 20, 5, seed=1, epoch=0)
         return sum(lengths) / sum(len(b) * max(lengths[i] for i in b) for b in batches)
