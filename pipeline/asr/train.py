@@ -110,21 +110,21 @@ def _train(
     budget_s = float(acfg.max_train_minutes) * 60 if acfg.get("max_train_minutes") is not None else math.inf
     accum = max(int(acfg.grad_accum_steps), 1)
     log_every, eval_every = max(int(cfg.trainer.get("log_every", 10)), 1), max(int(acfg.eval_every), 1)
-    augment_cfg = acfg.augment if float(acfg.augment.get("prob", 0) or 0) > 0 else None
 
     loop_start = time.time() - state["train_seconds"]
     _set_lr(optimizer, acfg, state["step"], state["train_seconds"], budget_s)
     pending_seconds, log_loss, log_n, in_accum, bad_accum = 0.0, 0.0, 0, 0, False
     stopped_by = "max_steps"
     while state["step"] < max_steps:
-        plan = plan_augmentation(len(train_set), augment_cfg, seed * 1000 + state["epoch"])
+        epoch_seed = seed * 1000 + state["epoch"]
+        plan = plan_augmentation(len(train_set), acfg.augment, epoch_seed)  # None when augmentation is off
         batches = epoch_batches(
             played_durations(train_set.durations, plan), float(acfg.max_batch_seconds), int(acfg.bucket_batches),
             seed, state["epoch"], placement.rank, placement.world_size,
         )
         if not batches:
             raise PipelineError(f"{dataset_path}: the train split gives no batches for {placement.world_size} processes")
-        loader = _loader(train_set, batches[state["micro"]:], processor, augment_cfg, seed * 1000 + state["epoch"], workers, plan)
+        loader = _loader(train_set, batches[state["micro"]:], processor, acfg.augment, epoch_seed, workers, plan)
         for batch in loader:
             _seed(((seed * 1_000_003 + state["epoch"]) * 1_000_003 + state["micro"]) * 101 + placement.rank)
             state["micro"] += 1
