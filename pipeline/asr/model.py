@@ -49,6 +49,25 @@ def build_model(cfg: DictConfig, processor: Wav2Vec2Processor) -> Wav2Vec2ForCTC
     return model
 
 
+def skip_waveform_gradient(model: Wav2Vec2ForCTC) -> bool:
+    """Stop transformers' feature encoder from asking for a gradient of the raw waveform.
+
+    It marks its input as requiring grad in training so that gradient checkpointing (reentrant)
+    has a differentiable input; without checkpointing that only makes the backward pass compute a
+    gradient nobody reads, through the first, widest convolution: ~2.5 of ~200 ms a step of
+    `asr=tiny` on the CPU (docs/ASR.md). The weights still get theirs. Says whether it applied.
+    """
+    encoder = getattr(getattr(model, "wav2vec2", None), "feature_extractor", None)
+    # transformers 5 renamed the flag (is_gradient_checkpointing warns there and goes in v6).
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if checkpointing or encoder is None or not hasattr(encoder, "_requires_grad"):
+        return False
+    encoder._requires_grad = False
+    return True
+
+
 def load_asr(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Wav2Vec2ForCTC, Wav2Vec2Processor]:
     """The trained model (eval mode) and its processor from `<run>/asr`, checked to belong together."""
     model_dir = Path(model_dir)

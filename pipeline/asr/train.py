@@ -31,7 +31,7 @@ from pipeline.asr.devices import (
 )
 from pipeline.asr.fft_conv import use_fft_positional_conv
 from pipeline.asr.lm import LM_DIR, write_char_lm
-from pipeline.asr.model import build_model, evaluate_clips, uses_attention_mask
+from pipeline.asr.model import build_model, evaluate_clips, skip_waveform_gradient, uses_attention_mask
 from pipeline.asr.sampler import epoch_batches, eval_batches
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.data.features import SAMPLING_RATE
@@ -72,7 +72,9 @@ def _train(
     for name in ("train", "validation"):
         if name not in splits or len(splits[name]) == 0:
             raise PipelineError(f"{dataset_path}: split `{name}` is missing or empty; the ASR stage needs train and validation clips")
-    train_set, val_set = ClipDataset(splits["train"]), ClipDataset(splits["validation"])
+    workers = loader_workers(cfg.trainer, placement)
+    cache_mb = float(acfg.get("audio_cache_mb") or 0) if workers == 0 else 0.0  # workers would drop theirs each epoch
+    train_set, val_set = ClipDataset(splits["train"], cache_mb), ClipDataset(splits["validation"], cache_mb)
 
     resume_from = resolve_resume(acfg, ckpt_root)
     if resume_from is not None:
@@ -90,6 +92,7 @@ def _train(
             print(f"[asr] resuming from {resume_from} (step {state['step']})", flush=True)
     model.to(placement.device).train()
     use_fft_positional_conv(model, placement.device, placement.amp_dtype)  # same result, ~1.8x faster on the CPU
+    skip_waveform_gradient(model)
     ddp_model = _wrap_ddp(model, acfg, placement)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -105,7 +108,6 @@ def _train(
         optimizer.load_state_dict(state.pop("optimizer"))
         scaler.load_state_dict(state.pop("scaler"))
 
-    workers = loader_workers(cfg.trainer, placement)
     val_loader = _loader(val_set, eval_batches(val_set.durations, float(acfg.max_batch_seconds)), processor, None, 0, workers)
     budget_s = float(acfg.max_train_minutes) * 60 if acfg.get("max_train_minutes") is not None else math.inf
     accum = max(int(acfg.grad_accum_steps), 1)
@@ -303,7 +305,7 @@ def _drop_unalignable(train_set: ClipDataset, model: Any, placement: Placement) 
         raise PipelineError("asr: every training clip is shorter than its transcript needs for CTC; check the audio/transcript pairing")
     if placement.is_main:
         print(f"[asr] left out {dropped} training clip(s) with fewer output frames than transcript characters", flush=True)
-    return ClipDataset(train_set.split.select(keep)), dropped
+    return ClipDataset(train_set.split.select(keep), train_set.cache_mb), dropped
 
 
 def _finish(

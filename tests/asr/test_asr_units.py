@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,73 @@ def test_speed_plan_is_drawn_per_epoch_and_batches_follow_the_played_lengths(tmp
     out = CTCCollator(processor, cfg, seed=1, plan=plan)(items)
     assert abs(out["input_values"].shape[1] / 16000 - max(played[i] for i in batch)) < 0.01
     assert float(out["audio_seconds"]) == pytest.approx(sum(played[i] for i in batch), abs=0.01)
+
+
+def test_decoded_clips_are_kept_in_memory_up_to_the_budget(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """Later epochs reuse the decoded clip; past the budget clips are decoded each time, as without a cache."""
+    from datasets import load_from_disk
+    from omegaconf import OmegaConf
+
+    from pipeline.asr.collate import ClipDataset
+
+    split = load_from_disk(str(tiny_dataset_path))["train"]
+    plain, cached = ClipDataset(split), ClipDataset(split, cache_mb=64)
+    first = [cached[i] for i in range(len(cached))]
+    for i, item in enumerate(first):
+        again, fresh = cached[i], plain[i]
+        assert again["audio"] is item["audio"]  # not decoded a second time
+        assert np.array_equal(again["audio"], fresh["audio"]) and again["text"] == fresh["text"]
+        assert fresh["audio"] is not plain[i]["audio"]  # cache_mb=0 decodes every time
+    # A cached clip cannot be changed in place, and augmentation leaves it as it was.
+    with pytest.raises(ValueError):
+        first[0]["audio"][0] = 1.0
+    before = first[0]["audio"].copy()
+    processor = make_processor(build_vocab(split["text"]), tmp_path, return_attention_mask=True)
+    cfg = OmegaConf.create({"prob": 1.0, "speeds": [0.9], "noise_snr_db": [10, 10]})
+    CTCCollator(processor, cfg, seed=1, plan=plan_augmentation(len(cached), cfg, seed=1))([cached[0], cached[1]])
+    assert np.array_equal(cached[0]["audio"], before)
+    # The budget bounds the memory: with room for about two clips, two are kept.
+    clip_mb = first[0]["audio"].nbytes / 2**20
+    small = ClipDataset(split, cache_mb=2.5 * clip_mb)
+    items = [small[i] for i in range(len(small))]
+    kept = sum(small[i]["audio"] is item["audio"] for i, item in enumerate(items))
+    assert kept == 2 and small.cache_bytes_left >= 0
+
+
+def test_training_does_not_differentiate_the_waveform_but_trains_the_same_weights() -> None:
+    """The input gradient transformers asks for is only needed by gradient checkpointing."""
+    from pipeline.asr.model import skip_waveform_gradient
+
+    config = Wav2Vec2Config(
+        vocab_size=12, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        conv_dim=[16, 32], conv_kernel=[10, 8], conv_stride=[5, 4], num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=4, mask_time_prob=0.0,
+    )
+    torch.manual_seed(0)
+    stock, lean = Wav2Vec2ForCTC(config).train(), Wav2Vec2ForCTC(config).train()
+    lean.load_state_dict(stock.state_dict())
+    assert skip_waveform_gradient(lean)
+    waves, labels = torch.randn(2, 6400), torch.randint(2, 12, (2, 5))
+    seen: dict[str, bool] = {}
+
+    def record(name: str) -> Callable[..., None]:  # a forward pre-hook noting whether the waveform needs a gradient
+        return lambda module, args: seen.__setitem__(name, args[0].requires_grad)
+
+    stock.wav2vec2.feature_extractor.conv_layers[0].register_forward_pre_hook(record("stock"))
+    lean.wav2vec2.feature_extractor.conv_layers[0].register_forward_pre_hook(record("lean"))
+    for model in (stock, lean):
+        torch.manual_seed(1)  # the same dropout draws for both
+        model(input_values=waves, labels=labels).loss.backward()
+    assert seen == {"stock": True, "lean": False}
+    for (name, p), q in zip(stock.named_parameters(), lean.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)
+    assert lean.wav2vec2.feature_extractor.conv_layers[0].conv.weight.grad.abs().sum() > 0
+    # With gradient checkpointing the input gradient stays (checkpointed layers need one).
+    checkpointed = Wav2Vec2ForCTC(config)
+    getattr(checkpointed, "activation_checkpointing_enable", checkpointed.gradient_checkpointing_enable)()
+    assert not skip_waveform_gradient(checkpointed)
 
 
 def test_load_asr_refuses_a_processor_from_another_model(tmp_path: Path) -> None:
