@@ -27,7 +27,7 @@ class ClipDataset(torch.utils.data.Dataset):
     """One split read with audio undecoded, so clips are decoded (by soundfile) only when batched.
 
     Decoded clips are kept in memory up to `cache_mb`: a small corpus is trained on for many epochs
-    (the demo run: ~25), and decoding FLAC was half of the in-step loading time (~14 of ~28 ms a
+    (the demo run: 28), and decoding FLAC was half of the in-step loading time (~14 of ~28 ms a
     CPU step, docs/ASR.md). Past the budget clips are decoded each time, as before; the dataset on
     disk stays the only stored copy. Caching pays only in the training process: DataLoader workers
     are started afresh each epoch and would throw their caches away, so use 0 there.
