@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -129,18 +130,22 @@ def test_decoded_clips_are_kept_in_memory_up_to_the_budget(tiny_dataset_path: Pa
     assert kept == 2 and small.cache_bytes_left >= 0
 
 
+def _twin_models(**config: Any) -> tuple[Wav2Vec2ForCTC, Wav2Vec2ForCTC]:
+    """Two identical small training-mode models: one stays stock, the other gets a speed-up."""
+    config = {"vocab_size": 12, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "intermediate_size": 64, "conv_dim": [16, 32], "conv_kernel": [10, 8], "conv_stride": [5, 4],
+              "num_conv_pos_embeddings": 8, "num_conv_pos_embedding_groups": 4, "mask_time_prob": 0.0, **config}
+    torch.manual_seed(0)
+    stock, twin = Wav2Vec2ForCTC(Wav2Vec2Config(**config)).train(), Wav2Vec2ForCTC(Wav2Vec2Config(**config)).train()
+    twin.load_state_dict(stock.state_dict())
+    return stock, twin
+
+
 def test_training_does_not_differentiate_the_waveform_but_trains_the_same_weights() -> None:
     """The input gradient transformers asks for is only needed by gradient checkpointing."""
     from pipeline.asr.model import skip_waveform_gradient
 
-    config = Wav2Vec2Config(
-        vocab_size=12, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        conv_dim=[16, 32], conv_kernel=[10, 8], conv_stride=[5, 4], num_conv_pos_embeddings=8,
-        num_conv_pos_embedding_groups=4, mask_time_prob=0.0,
-    )
-    torch.manual_seed(0)
-    stock, lean = Wav2Vec2ForCTC(config).train(), Wav2Vec2ForCTC(config).train()
-    lean.load_state_dict(stock.state_dict())
+    stock, lean = _twin_models()
     assert skip_waveform_gradient(lean)
     waves, labels = torch.randn(2, 6400), torch.randint(2, 12, (2, 5))
     seen: dict[str, bool] = {}
@@ -160,7 +165,7 @@ def test_training_does_not_differentiate_the_waveform_but_trains_the_same_weight
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)
     assert lean.wav2vec2.feature_extractor.conv_layers[0].conv.weight.grad.abs().sum() > 0
     # With gradient checkpointing the input gradient stays (checkpointed layers need one).
-    checkpointed = Wav2Vec2ForCTC(config)
+    checkpointed = _twin_models()[0]
     getattr(checkpointed, "activation_checkpointing_enable", checkpointed.gradient_checkpointing_enable)()
     assert not skip_waveform_gradient(checkpointed)
 
@@ -245,15 +250,7 @@ def test_fast_cpu_math_flushes_denormals_and_skips_onednn_only_for_fp32_cpu_work
 def test_fft_positional_conv_matches_the_stock_layer_and_saves_an_ordinary_model(tmp_path: Path, kernel: int) -> None:
     from pipeline.asr.fft_conv import use_fft_positional_conv
 
-    config = Wav2Vec2Config(
-        vocab_size=12, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        conv_dim=[16, 32], conv_kernel=[10, 8], conv_stride=[5, 4], num_conv_pos_embeddings=kernel,
-        num_conv_pos_embedding_groups=4, do_stable_layer_norm=True, mask_time_prob=0.0,
-    )
-    torch.manual_seed(0)
-    stock = Wav2Vec2ForCTC(config).train()
-    fast = Wav2Vec2ForCTC(config).train()
-    fast.load_state_dict(stock.state_dict())
+    stock, fast = _twin_models(num_conv_pos_embeddings=kernel, do_stable_layer_norm=True)
     assert use_fft_positional_conv(fast, torch.device("cpu"))
     assert stock.state_dict().keys() == fast.state_dict().keys()
     waves = torch.randn(3, 6400)
@@ -280,5 +277,5 @@ def test_fft_positional_conv_matches_the_stock_layer_and_saves_an_ordinary_model
     with torch.no_grad():
         torch.testing.assert_close(reloaded(waves).logits, stock.eval()(waves).logits, rtol=1e-4, atol=1e-4)
     # GPUs and half precision keep the stock layer.
-    assert not use_fft_positional_conv(Wav2Vec2ForCTC(config), torch.device("cpu"), torch.bfloat16)
-    assert not use_fft_positional_conv(Wav2Vec2ForCTC(config), torch.device("cuda", 0))
+    assert not use_fft_positional_conv(Wav2Vec2ForCTC(stock.config), torch.device("cpu"), torch.bfloat16)
+    assert not use_fft_positional_conv(Wav2Vec2ForCTC(stock.config), torch.device("cuda", 0))
