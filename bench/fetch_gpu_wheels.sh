@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fetch, on a machine with PyPI access, the wheels bench/gpu_check.sh needs on a GPU machine that
-# has no network but already has torch, transformers, numpy, pyarrow and pandas (the lent H100/H200
-# image: Python 3.12, torch 2.11, transformers 5.17). They land in bench/wheels/ (git-ignored, ~6 MB);
-# send that folder along with the check (the device tool: carry ["bench/wheels"]).
+# has no network but already has torch, transformers, numpy, pyarrow and pandas (e.g. a CUDA
+# image with Python 3.12, torch 2.11, transformers 5.17). They land in bench/wheels/ (git-ignored, ~6 MB);
+# copy that folder to the GPU machine along with the repository.
 #
 #   bash bench/fetch_gpu_wheels.sh                    # Python 3.12, manylinux x86_64
 #   PYVER=3.11 bash bench/fetch_gpu_wheels.sh         # for another interpreter

@@ -10,10 +10,10 @@
 #   bash bench/gpu_check.sh --augment-prob 0      # further arguments go to bench/asr_throughput.py
 #
 # Python: .venv/bin/python when present; otherwise the machine's python3, which must have torch and
-# transformers (the lent GPU image does: torch 2.11, transformers 5.17). What it lacks (datasets,
+# transformers (a typical CUDA image does, e.g. torch 2.11, transformers 5.17). What it lacks (datasets,
 # omegaconf, jiwer, soundfile, ...) is installed offline from the wheels in bench/wheels/, fetched
 # beforehand on a networked machine with `bash bench/fetch_gpu_wheels.sh` and sent along with the
-# repository (device tool: carry ["bench/wheels"]); they go to a temporary folder, not the system.
+# repository (copy bench/wheels/ along); they go to a temporary folder, not the system.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS="${STEPS:-300}"

@@ -1,5 +1,5 @@
 """`train.py` end to end, as `make train` runs it, on a small slice of the embedded demo corpus:
-every stage, every run-folder file the issues name, and no raw identifier anywhere in the outputs.
+every stage, every run-folder file the README names, and no raw identifier anywhere in the outputs.
 Also the same entry point under torchrun: two workers, one run folder."""
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def test_demo_corpus_logs_transcripts(tmp_path: Path) -> None:
 
 
 def test_multirun_gives_one_folder_and_one_grouped_run_per_point(tmp_path: Path) -> None:
-    # The sweep, with no stages so that only the tracking is exercised.
+    # The README's sweep, with no stages so that only the tracking is exercised.
     sweep = tmp_path / "multirun"
     result = subprocess.run(
         [sys.executable, "train.py", "-m", "asr.learning_rate=1e-4,3e-4", "nlu.epochs=3,5", "stages=[]",
