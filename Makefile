@@ -8,7 +8,7 @@ SYSTEM_PACKAGES := espeak-ng ffmpeg libsndfile1
 NPROC ?= 2
 ARGS ?=
 
-.PHONY: setup system-packages train train-ddp test test-fast evaluate retrain audit-deletions compare sync bench bench-data bench-asr bench-nlu bench-eval clean
+.PHONY: setup system-packages train train-ddp test test-fast evaluate retrain promote rollback audit-deletions compare sync bench bench-data bench-asr bench-nlu bench-eval clean
 
 setup: system-packages $(STAMP)
 
@@ -49,6 +49,16 @@ evaluate: setup
 # 4 busy) are retrain.py's; make reports any failure as 2, so schedulers call retrain.py directly.
 retrain: setup
 	$(PY) retrain.py $(ARGS)
+
+# Promote a candidate a person reviewed (its id is in the rejected run's decision.json), as it is:
+# no training, no gate. Refused (exit 2) if it was trained on deleted data or its weights are gone.
+promote: setup
+	@test -n "$(MODEL)" || { echo "usage: make promote MODEL=<model id from a decision.json>"; exit 2; }
+	$(PY) retrain.py "retrain.promote='$(MODEL)'" $(ARGS)
+
+# Back to the previous promoted model that still has its weights (never one retired for a deletion).
+rollback: setup
+	$(PY) retrain.py retrain.rollback=true $(ARGS)
 
 audit-deletions: setup
 	$(PY) -m pipeline.ops.audit $(ARGS)
