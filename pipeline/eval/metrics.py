@@ -34,6 +34,26 @@ def utterance_wer(reference: str, hypothesis: str) -> float:
     return wer([reference], [hypothesis])
 
 
+def edit_counts(reference: str, hypothesis: str) -> dict[str, int]:
+    """One clip's word and character errors and reference lengths (normalised like `wer`).
+
+    Summed over clips they give the corpus WER and CER exactly, which is what lets a bootstrap
+    recompute both from resampled clips (Bisani & Ney 2004) without re-aligning any text.
+    A clip whose reference is empty after normalisation counts nothing, as in `wer`.
+    """
+    ref, hyp = normalize_text(reference), normalize_text(hypothesis)
+    if not ref:
+        return {"word_errors": 0, "ref_words": 0, "char_errors": 0, "ref_chars": 0}
+    words = jiwer.process_words(ref, hyp)
+    chars = jiwer.process_characters(ref, hyp)
+    return {
+        "word_errors": words.substitutions + words.deletions + words.insertions,
+        "ref_words": len(ref.split()),
+        "char_errors": chars.substitutions + chars.deletions + chars.insertions,
+        "ref_chars": len(ref),
+    }
+
+
 def _normalized_pairs(references: list[str], hypotheses: list[str]) -> tuple[list[str], list[str]]:
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
@@ -98,19 +118,21 @@ class Counts:
         return 0.0 if denom == 0 else 2 * self.tp / denom
 
 
-def _key(entity: Entity) -> tuple[str, str]:
-    return str(entity["type"]), normalize_text(str(entity["value"]))
+def _key(entity: Entity, normalize: bool = True) -> tuple[str, str]:
+    value = str(entity["value"])
+    return str(entity["type"]), normalize_text(value) if normalize else value
 
 
-def entity_scores(gold: list[list[Entity]], predicted: list[list[Entity]]) -> dict[str, Any]:
+def entity_scores(gold: list[list[Entity]], predicted: list[list[Entity]], normalize: bool = True) -> dict[str, Any]:
     """Exact-match entity F1: a prediction counts when its type and normalised value match a gold
     entity of the same clip, one to one. Values, not offsets, are compared, so the same function
-    scores predictions on ASR hypotheses, whose offsets mean nothing against the transcript."""
+    scores predictions on ASR hypotheses, whose offsets mean nothing against the transcript.
+    `normalize=False` compares the strings as given (SLURP's scorer does)."""
     per_type: dict[str, Counts] = defaultdict(Counts)
     for gold_ents, pred_ents in zip(gold, predicted, strict=True):
-        remaining = Counter(_key(e) for e in gold_ents)
+        remaining = Counter(_key(e, normalize) for e in gold_ents)
         for ent in pred_ents:
-            key = _key(ent)
+            key = _key(ent, normalize)
             if remaining[key] > 0:
                 remaining[key] -= 1
                 per_type[key[0]].tp += 1
@@ -150,15 +172,15 @@ def char_distance(gold: str, predicted: str) -> float:
 
 
 def _distance_counts(
-    gold: list[list[Entity]], predicted: list[list[Entity]], distance: Any
+    gold: list[list[Entity]], predicted: list[list[Entity]], distance: Any, normalize: bool = True
 ) -> dict[str, Counts]:
     """SLURP's span-distance counts: each prediction pairs with the closest still-unmatched gold
     entity of its type; the pair is one true positive plus its distance as both FP and FN."""
     per_type: dict[str, Counts] = defaultdict(Counts)
     for gold_ents, pred_ents in zip(gold, predicted, strict=True):
-        left = [_key(e) for e in gold_ents]
+        left = [_key(e, normalize) for e in gold_ents]
         for ent in pred_ents:
-            etype, value = _key(ent)
+            etype, value = _key(ent, normalize)
             candidates = [(distance(g_value, value), j) for j, (g_type, g_value) in enumerate(left) if g_type == etype]
             if candidates:
                 d, j = min(candidates)
@@ -173,16 +195,58 @@ def _distance_counts(
     return per_type
 
 
-def slu_f1(gold: list[list[Entity]], predicted: list[list[Entity]]) -> dict[str, Any]:
+def slu_f1(gold: list[list[Entity]], predicted: list[list[Entity]], normalize: bool = True) -> dict[str, Any]:
     """SLU-F1 as SLURP scores it: word- and character-distance counts summed, then one F1
     (P = 2TP / (2TP + FP_word + FP_char)), not the mean of two F1 scores."""
-    word = _distance_counts(gold, predicted, word_distance)
-    char = _distance_counts(gold, predicted, char_distance)
+    word = _distance_counts(gold, predicted, word_distance, normalize)
+    char = _distance_counts(gold, predicted, char_distance, normalize)
     combined: dict[str, Counts] = {}
     for etype in set(word) | set(char):
         w, c = word.get(etype, Counts()), char.get(etype, Counts())
         combined[etype] = Counts(w.tp + c.tp, w.fp + c.fp, w.fn + c.fn)
     return _summarise(combined)
+
+
+def total_counts(scores: dict[str, Any]) -> dict[str, float]:
+    """The summed TP / FP / FN behind an `entity_scores` or `slu_f1` result (all types together):
+    per clip, what a bootstrap adds up to recompute the micro F1."""
+    per_type = scores["per_type"].values()
+    return {k: float(sum(c[k] for c in per_type)) for k in ("tp", "fp", "fn")}
+
+
+SLU_SCORING = ("project", "slurp")
+
+
+def slurp_gold_entities(record: dict[str, Any]) -> list[Entity]:
+    """Gold entities of one SLURP record as SLURP's scorer builds them: each filler is the record's
+    tokens over the entity's span, lower-cased and joined by spaces ("jessica 's", not the
+    annotation's "jessica's"), with no other normalisation."""
+    tokens = record["tokens"]
+    return [
+        {"type": str(e["type"]), "value": " ".join(str(tokens[i]["surface"]).lower() for i in e["span"])}
+        for e in record.get("entities") or []
+    ]
+
+
+def slurp_scores(
+    gold_intents: list[str], gold: list[list[Entity]],
+    predicted_intents: list[str | None], predicted: list[list[Entity] | None],
+) -> dict[str, Any]:
+    """Intent accuracy, span F1 and SLU-F1 exactly as SLURP's scorer counts them: gold fillers as
+    given (see `slurp_gold_entities`), predicted strings as given, and a record without a
+    prediction (None) skipped rather than counted as an error (its coverage rule)."""
+    keep = [i for i, p in enumerate(predicted) if p is not None and predicted_intents[i] is not None]
+    if not keep:
+        raise ValueError("no SLURP record has a prediction; nothing to score")
+    gold_kept, pred_kept = [gold[i] for i in keep], [predicted[i] for i in keep]
+    intents = [gold_intents[i] for i in keep]
+    return {
+        "intent_accuracy": sum(intents[k] == predicted_intents[i] for k, i in enumerate(keep)) / len(keep),
+        "entity": entity_scores(gold_kept, pred_kept, normalize=False),  # type: ignore[arg-type]
+        "slu": slu_f1(gold_kept, pred_kept, normalize=False),  # type: ignore[arg-type]
+        "records": len(gold),
+        "scored": len(keep),
+    }
 
 
 def worst_utterances(rows: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any]]:

@@ -42,10 +42,41 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _with_interval(metrics: dict[str, Any], key: str) -> str:
+    """`0.132 [0.101, 0.168]`: the value and its 95% interval, when the metric has one."""
+    value, low, high = metrics.get(key), metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    if not isinstance(value, float) or low is None or high is None:
+        return _fmt(value)
+    digits = 3 if max(abs(value), abs(high)) < 100 else 1
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _scoring_note(details: dict[str, Any], metrics: dict[str, Any]) -> str | None:
+    """Which intervals and which intent / entity scoring the headline figures use."""
+    parts = []
+    samples = metrics.get("eval/bootstrap_samples")
+    if samples:
+        parts.append(f"Intervals: 95%, from {samples} bootstrap samples that resample speakers (their clips are not "
+                     "independent); false accepts per hour: exact Poisson interval on the count over the hours.")
+    scoring = details.get("slu_scoring") or {}
+    if scoring.get("mode") == "slurp":
+        parts.append(f"Intent and entity scoring: slurp, as SLURP's official scorer (gold fillers from its tokens, "
+                     f"strings compared as given, clips without a prediction skipped): {scoring['scored']} of "
+                     f"{scoring['clips']} clips with an intent are SLURP records and scored.")
+    elif scoring.get("mode") == "project":
+        parts.append("Intent and entity scoring: project (gold entities as annotated, both sides normalised for case, "
+                     "punctuation and digits, a clip without a prediction counts as an error); "
+                     "eval.slu_scoring=slurp scores as SLURP's official scorer.")
+    return " ".join(parts) or None
+
+
 def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
     blocks: list[Block] = [("h1", "Evaluation report")]
     blocks.append(("table", (["area", "metric", "key", "value"],
-                             [[a, name, f"`{key}`", _fmt(metrics.get(key))] for a, name, key in _HEADLINE_ROWS])))
+                             [[a, name, f"`{key}`", _with_interval(metrics, key)] for a, name, key in _HEADLINE_ROWS])))
+    note = _scoring_note(details, metrics)
+    if note:
+        blocks.append(("p", note))
     decoder = details.get("decoder") or {}
     if decoder.get("mode") == "lm":
         tried = ", ".join(f"{t['lm_weight']:g}: {t['wer']:.3f}" for t in decoder["tuning"])

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
 from pipeline.asr.model import load_asr
+from pipeline.eval import bootstrap as B
 from pipeline.eval import metrics as M
 from pipeline.eval.report import plot_confusion, plot_slices, write_report
 from pipeline.eval.wake import describe_tuning, evaluate_wake, keyword_scores, plot_det, tune_threshold
@@ -106,6 +107,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
         row["hypothesis"] = normalize_text(hyp)
         row["greedy_hypothesis"] = normalize_text(greedy)
         row["wer"] = M.utterance_wer(row["reference"], hyp) if row["reference"] else None
+        row["edit"] = M.edit_counts(row["reference"], hyp)
         row["wake_score"] = float(score) if math.isfinite(score) else None
         row["wake_detected"] = bool(wake is not None and score >= wake.threshold)
 
@@ -117,8 +119,11 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     for row, g, s in zip(with_intent, gold_pred, slu_pred):
         row["nlu_intent"], row["nlu_entities"] = g["intent"], g["entities"]
         row["slu_intent"], row["slu_entities"] = s["intent"], s["entities"]
+    scoring = _scoring_gold(cfg, ecfg, with_intent)
 
     metrics, details = _score(rows, with_intent, wake, test_out, ecfg)
+    details["slu_scoring"] = scoring
+    details["test_data"] = _test_data(Path(dataset_path), str(ecfg.split), rows)
     details["decoder"] = {**decoding.__dict__, "tune_split": str(ecfg.tune_split)}
     details["wake_tuning"] = tuning
     details["wake_skipped"] = skipped
@@ -384,13 +389,7 @@ def _score(
     refs = [r["reference"] for r in rows]
     hyps = [r["hypothesis"] for r in rows]
     edges = [float(e) for e in ecfg.duration_buckets]
-    gold_intents = [r["intent"] for r in with_intent]
-    gold_ents = [r["gold_entities"] for r in with_intent]
-    nlu_intent = M.intent_scores(gold_intents, [r["nlu_intent"] for r in with_intent])
-    slu_intent = M.intent_scores(gold_intents, [r["slu_intent"] for r in with_intent])
-    nlu_ents = M.entity_scores(gold_ents, [r["nlu_entities"] for r in with_intent])
-    slu_ents = M.entity_scores(gold_ents, [r["slu_entities"] for r in with_intent])
-    slu = M.slu_f1(gold_ents, [r["slu_entities"] for r in with_intent])
+    nlu_intent, nlu_ents, slu_intent, slu_ents, slu = _score_understanding(with_intent, _slu_mode(ecfg))
     metrics: dict[str, Any] = {
         "asr/wer": M.wer(refs, hyps),
         "asr/cer": M.cer(refs, hyps),
@@ -413,6 +412,12 @@ def _score(
         "eval/audio_hours": sum(r["duration"] for r in rows) / 3600.0,
         "eval/rtf": inference.audio_seconds / max(inference.compute_seconds, 1e-9),
     }
+    threshold = wake.threshold if wake else None
+    for row in rows:
+        row["counts"] = B.clip_counts(row, threshold)
+        for key in ("edit", "scoring_entities", "nlu_entity_counts", "slu_entity_counts", "slu_f1_counts"):
+            row.pop(key, None)
+    metrics.update(B.interval_metrics(B.clip_table(rows), metrics, int(ecfg.bootstrap_samples), int(ecfg.bootstrap_seed)))
     details = {
         "wer_by": {
             "speaker": M.wer_by_slice(refs, hyps, [r["speaker"] for r in rows]),
@@ -439,6 +444,100 @@ def _score(
         ],
     }
     return metrics, details
+
+
+def _slu_mode(ecfg: DictConfig) -> str:
+    mode = str(ecfg.get("slu_scoring") or "project")
+    if mode not in M.SLU_SCORING:
+        raise PipelineError(f"eval.slu_scoring={mode!r}: use one of {list(M.SLU_SCORING)}")
+    return mode
+
+
+def _scoring_gold(cfg: DictConfig, ecfg: DictConfig, with_intent: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sets each clip's `scoring_entities`: the gold entities its NLU and SLU scores count against,
+    or None for a clip the mode does not score. `project`: the dataset's entities, every clip.
+    `slurp`: SLURP's token-based fillers, for SLURP's records only (read from its jsonl)."""
+    mode = _slu_mode(ecfg)
+    if mode == "project":
+        for row in with_intent:
+            row["scoring_entities"] = row["gold_entities"]
+        return {"mode": mode, "clips": len(with_intent), "scored": len(with_intent)}
+    path = OmegaConf.select(ecfg, "slurp_gold", default=None)
+    if not path and OmegaConf.select(cfg, "data.source", default=None) == "slurp":
+        path = OmegaConf.select(cfg, "data.path", default=None)
+    if not path:
+        raise PipelineError("eval.slu_scoring=slurp needs SLURP's own jsonl for its token-based gold fillers; "
+                            "set eval.slurp_gold=<slurp>/test.jsonl (or evaluate a dataset built with data=slurp)")
+    records = _slurp_records(Path(str(path)))
+    for row in with_intent:
+        record = records.get(_slurp_id(str(row["utterance_id"])))
+        row["scoring_entities"] = M.slurp_gold_entities(record) if record else None
+    scored = sum(r["scoring_entities"] is not None for r in with_intent)
+    if scored == 0:
+        raise PipelineError(f"eval.slu_scoring=slurp: no clip of split {ecfg.split!r} is a record of {path}; "
+                            "score this dataset with eval.slu_scoring=project")
+    return {"mode": mode, "clips": len(with_intent), "scored": scored, "gold": str(path)}
+
+
+def _slurp_id(utterance_id: str) -> int | None:
+    """The SLURP sentence a clip came from: the data stage names SLURP clips slurp-<slurp_id>-<file>."""
+    parts = utterance_id.split("-", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[0] == "slurp" and parts[1].isdigit() else None
+
+
+def _slurp_records(path: Path) -> dict[int, dict[str, Any]]:
+    if not path.is_file():
+        raise PipelineError(f"eval.slurp_gold={path}: no such file; give SLURP's jsonl (e.g. test.jsonl)")
+    records: dict[int, dict[str, Any]] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            records[int(obj["slurp_id"])] = {"tokens": obj["tokens"], "entities": obj.get("entities") or []}
+        except (ValueError, KeyError, TypeError) as err:
+            raise PipelineError(f"{path} line {n}: not a SLURP record with slurp_id and tokens ({err})") from None
+    return records
+
+
+def _score_understanding(with_intent: list[dict[str, Any]], mode: str) -> tuple[Any, ...]:
+    """NLU (gold transcripts) and SLU (ASR transcripts) intent and entity scores under the scoring
+    mode, and each clip's entity counts for the bootstrap (`<side>_scored`, `<side>_entity_counts`...)."""
+    scored = [r for r in with_intent if r.get("scoring_entities") is not None]
+    normalize = mode == "project"
+    gold_intents = [r["intent"] for r in scored]
+    gold_ents = [r["scoring_entities"] for r in scored]
+    for row in with_intent:
+        row["nlu_scored"] = row["slu_scored"] = row.get("scoring_entities") is not None
+    for row in scored:
+        gold = [row["scoring_entities"]]
+        row["nlu_entity_counts"] = M.total_counts(M.entity_scores(gold, [row["nlu_entities"]], normalize))
+        row["slu_entity_counts"] = M.total_counts(M.entity_scores(gold, [row["slu_entities"]], normalize))
+        row["slu_f1_counts"] = M.total_counts(M.slu_f1(gold, [row["slu_entities"]], normalize))
+    out: list[Any] = []
+    for side in ("nlu", "slu"):
+        intents = M.intent_scores(gold_intents, [r[f"{side}_intent"] for r in scored])
+        if mode == "slurp":
+            official = M.slurp_scores(gold_intents, gold_ents, [r[f"{side}_intent"] for r in scored],
+                                      [r[f"{side}_entities"] for r in scored])
+            intents["accuracy"], ents = official["intent_accuracy"], official["entity"]
+            slu = official["slu"]
+        else:
+            ents = M.entity_scores(gold_ents, [r[f"{side}_entities"] for r in scored])
+            slu = M.slu_f1(gold_ents, [r[f"{side}_entities"] for r in scored])
+        out += [intents, ents]
+    return (*out, slu)
+
+
+def _test_data(dataset_path: Path, split: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the metrics were measured on, so runs can be compared clip for clip only when it is the
+    same: the dataset's fingerprint (from its build report) and split, and a digest of the clips."""
+    import hashlib
+
+    report = dataset_path / "build_report.json"
+    fingerprint = json.loads(report.read_text()).get("fingerprint") if report.is_file() else None
+    digest = hashlib.sha256(json.dumps([[r["utterance_id"], r["speaker"], r["reference"]] for r in rows]).encode())
+    return {"dataset_fingerprint": fingerprint, "split": split, "clips": len(rows), "clips_digest": digest.hexdigest()[:20]}
 
 
 def _write_outputs(

@@ -1,0 +1,343 @@
+"""Intervals for the headline metrics, and paired differences between two models on the same clips.
+
+Why speakers, not clips: the clips of one speaker (account) share a voice, a room and a device, so
+they are not independent; resampling clips would make every interval too narrow. Each bootstrap
+sample draws as many speakers as the split has, with replacement, and recomputes each metric from
+the summed per-clip counts of the drawn speakers: the corpus WER from summed word errors over summed
+reference words (Bisani & Ney 2004, "Bootstrap estimates for confidence intervals in ASR
+performance evaluation"), F1 from summed TP / FP / FN, rates from summed events. The interval is
+the 2.5th to 97.5th percentile of the samples.
+
+False accepts per hour are a count of rare events over a fixed stretch of audio, so they get the
+exact Poisson interval (Garwood's, from the chi-square distribution) instead: `poisson_rate_interval`
+takes the count and the hours, wherever they come from.
+
+A paired comparison applies the same speaker draws to both models' per-clip results, so what the
+speakers have in common cancels and only the difference between the models is left to vary.
+The per-clip counts are what `clip_counts` writes into every row of `predictions.jsonl`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import chi2
+from sklearn.metrics import roc_auc_score, roc_curve
+
+CONFIDENCE = 0.95
+DEFAULT_SAMPLES = 1000
+DEFAULT_SEED = 0
+
+Stats = Mapping[str, np.ndarray]  # summed per-clip counts, one entry per bootstrap sample
+
+
+def _ratio(num: str, den: str) -> Callable[[Stats], np.ndarray]:
+    def value(s: Stats) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(s[den] > 0, s[num] / np.where(s[den] > 0, s[den], 1.0), np.nan)
+
+    return value
+
+
+def _f1(prefix: str) -> Callable[[Stats], np.ndarray]:
+    """Micro F1 from summed counts; 0 when there was nothing to find nor found (as `Counts.f1`)."""
+
+    def value(s: Stats) -> np.ndarray:
+        tp, fp, fn = s[f"{prefix}_tp"], s[f"{prefix}_fp"], s[f"{prefix}_fn"]
+        denom = 2 * tp + fp + fn
+        return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1.0), 0.0)
+
+    return value
+
+
+def _per_hour(num: str, seconds: str) -> Callable[[Stats], np.ndarray]:
+    def value(s: Stats) -> np.ndarray:
+        hours = s[seconds] / 3600.0
+        return np.where(hours > 0, s[num] / np.where(hours > 0, hours, 1.0), np.nan)
+
+    return value
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A headline metric as a function of summed per-clip counts (`counts` names what it needs)."""
+
+    key: str
+    counts: tuple[str, ...]
+    value: Callable[[Stats], np.ndarray]
+    higher_is_better: bool
+
+
+# Every headline metric that is an estimate from the test clips. eval/num_clips, eval/audio_hours
+# and eval/rtf describe the run itself and get no interval.
+METRICS: tuple[Metric, ...] = (
+    Metric("asr/wer", ("word_errors", "ref_words"), _ratio("word_errors", "ref_words"), False),
+    Metric("asr/cer", ("char_errors", "ref_chars"), _ratio("char_errors", "ref_chars"), False),
+    Metric("wake/frr", ("wake_missed", "wake_positives"), _ratio("wake_missed", "wake_positives"), False),
+    Metric("wake/fa_per_hour", ("wake_false_accepts", "wake_negative_seconds"),
+           _per_hour("wake_false_accepts", "wake_negative_seconds"), False),
+    Metric("nlu/intent_accuracy", ("nlu_intent_correct", "nlu_intent_clips"),
+           _ratio("nlu_intent_correct", "nlu_intent_clips"), True),
+    Metric("nlu/entity_f1", ("nlu_entity_tp", "nlu_entity_fp", "nlu_entity_fn"), _f1("nlu_entity"), True),
+    Metric("slu/intent_accuracy", ("slu_intent_correct", "slu_intent_clips"),
+           _ratio("slu_intent_correct", "slu_intent_clips"), True),
+    Metric("slu/entity_f1", ("slu_entity_tp", "slu_entity_fp", "slu_entity_fn"), _f1("slu_entity"), True),
+    Metric("slu/slu_f1", ("slu_f1_tp", "slu_f1_fp", "slu_f1_fn"), _f1("slu_f1"), True),
+)
+# Not sums of per-clip counts: recomputed from the resampled clips' wake scores.
+RANKING_METRICS = {"wake/auc": True, "wake/eer": False}  # key -> higher is better
+HIGHER_IS_BETTER = {**{m.key: m.higher_is_better for m in METRICS}, **RANKING_METRICS}
+INTERVAL_KEYS = tuple(m.key for m in METRICS) + tuple(RANKING_METRICS)
+
+
+def poisson_rate_interval(count: int, hours: float, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Exact (Garwood) interval for an event rate per hour from `count` events in `hours` hours.
+
+    With 0 events the lower end is 0 and the upper end is about 3.7 / hours at 95%: one minute
+    of quiet audio cannot show that a detector false-accepts less than ~220 times an hour.
+    """
+    if count < 0 or hours <= 0:
+        raise ValueError(f"a rate needs a count >= 0 and hours > 0, got {count} events in {hours} h")
+    alpha = 1.0 - confidence
+    low = 0.0 if count == 0 else chi2.ppf(alpha / 2, 2 * count) / 2
+    high = chi2.ppf(1 - alpha / 2, 2 * count + 2) / 2
+    return float(low / hours), float(high / hours)
+
+
+def clip_counts(row: Mapping[str, Any], threshold: float | None) -> dict[str, float]:
+    """The per-clip counts every interval and paired comparison is computed from.
+
+    `row` is a predictions.jsonl row with `edit` (see metrics.edit_counts), the wake-word score and
+    label, and for clips with an intent the scored intents and entity counts; `threshold` is the
+    tuned wake-word threshold, or None when the wake-word metrics were skipped.
+    """
+    edit = row["edit"]
+    out: dict[str, float] = {k: float(edit[k]) for k in ("word_errors", "ref_words", "char_errors", "ref_chars")}
+    if threshold is not None:
+        score = row.get("wake_score")
+        detected = score is not None and score >= threshold
+        positive = bool(row["wake_word_present"])
+        out.update(
+            wake_positives=float(positive), wake_missed=float(positive and not detected),
+            wake_negatives=float(not positive), wake_false_accepts=float(not positive and detected),
+            wake_negative_seconds=0.0 if positive else float(row["duration"]),
+        )
+    for side in ("nlu", "slu"):
+        scored = row.get(f"{side}_scored")
+        out[f"{side}_intent_clips"] = float(bool(scored))
+        out[f"{side}_intent_correct"] = float(bool(scored) and row.get(f"{side}_intent") == row.get("intent"))
+        for prefix in (f"{side}_entity", "slu_f1") if side == "slu" else (f"{side}_entity",):
+            counts = row.get(f"{prefix}_counts") if scored else None
+            for k in ("tp", "fp", "fn"):
+                out[f"{prefix}_{k}"] = float(counts[k]) if counts else 0.0
+    return out
+
+
+@dataclass
+class ClipTable:
+    """Per-clip results of one model on one split, ready to resample by speaker."""
+
+    utterances: list[str]
+    speakers: list[str]
+    counts: dict[str, np.ndarray]          # name -> per-clip values
+    wake_scores: np.ndarray | None = None  # -inf allowed (clip too short for the keyword)
+    wake_labels: np.ndarray | None = None
+
+    @property
+    def n_speakers(self) -> int:
+        return len(set(self.speakers))
+
+
+def clip_table(rows: Sequence[Mapping[str, Any]]) -> ClipTable:
+    """From predictions.jsonl rows (each with `counts`); a clip without a speaker is its own unit."""
+    if not rows:
+        raise ValueError("no clips to resample")
+    missing = next((r.get("utterance_id", "?") for r in rows if not isinstance(r.get("counts"), Mapping)), None)
+    if missing is not None:
+        raise ValueError(f"clip {missing} has no per-clip counts (`counts`); re-evaluate the run to write them")
+    names = sorted(set.intersection(*(set(r["counts"]) for r in rows)))
+    table = ClipTable(
+        utterances=[str(r["utterance_id"]) for r in rows],
+        speakers=[str(r.get("speaker") or f"clip:{r['utterance_id']}") for r in rows],
+        counts={n: np.array([float(r["counts"][n]) for r in rows]) for n in names},
+    )
+    if "wake_positives" in table.counts:
+        table.wake_scores = np.array([-np.inf if r.get("wake_score") is None else float(r["wake_score"]) for r in rows])
+        table.wake_labels = np.array([bool(r["wake_word_present"]) for r in rows])
+    return table
+
+
+def resample_counts(n_units: int, samples: int, seed: int) -> np.ndarray:
+    """samples x n_units: how often each unit (speaker) is drawn in each bootstrap sample."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_units, size=(samples, n_units))
+    out = np.zeros((samples, n_units))
+    np.add.at(out, (np.arange(samples)[:, None], draws), 1.0)
+    return out
+
+
+def _clip_weights(table: ClipTable, samples: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """samples x clips: each clip's weight is how often its speaker was drawn."""
+    units = sorted(set(table.speakers))
+    index = {u: i for i, u in enumerate(units)}
+    draws = resample_counts(len(units), samples, seed)
+    return draws[:, [index[s] for s in table.speakers]], units
+
+
+def _sums(table: ClipTable, weights: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    return {n: weights @ table.counts[n] for n in names}
+
+
+def _ranking(key: str, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
+    """AUC or EER of the clips weighted by how often they were drawn (nan without both classes)."""
+    keep = weights > 0
+    labels, scores, weights = labels[keep], scores[keep], weights[keep]
+    if labels.all() or not labels.any():
+        return float("nan")
+    finite = scores[np.isfinite(scores)]
+    scores = np.where(np.isfinite(scores), scores, (finite.min() - 1.0) if finite.size else -1.0)
+    if key == "wake/auc":
+        return float(roc_auc_score(labels, scores, sample_weight=weights))
+    fpr, tpr, _ = roc_curve(labels, scores, sample_weight=weights)
+    diff = (1.0 - tpr) - fpr
+    i = int(np.argmax(diff <= 0))
+    if i == 0:
+        return float(fpr[0])
+    d0, d1 = diff[i - 1], diff[i]
+    w = d0 / (d0 - d1) if d0 != d1 else 0.0
+    return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
+
+
+def _metric_samples(table: ClipTable, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric the table can give, once per bootstrap sample (row of `weights`)."""
+    out: dict[str, np.ndarray] = {}
+    for metric in METRICS:
+        if all(n in table.counts for n in metric.counts):
+            out[metric.key] = np.asarray(metric.value(_sums(table, weights, metric.counts)), dtype=float)
+    if table.wake_scores is not None and table.wake_labels is not None:
+        for key in RANKING_METRICS:
+            out[key] = np.array([_ranking(key, table.wake_labels, table.wake_scores, w) for w in weights])
+    return out
+
+
+def point_values(table: ClipTable) -> dict[str, float]:
+    """The metrics on the clips as they are (every clip once): equal to the stage's own figures."""
+    return {k: float(v[0]) for k, v in _metric_samples(table, np.ones((1, len(table.speakers)))).items()}
+
+
+def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float] | None:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def intervals(
+    table: ClipTable, samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED, confidence: float = CONFIDENCE,
+) -> dict[str, tuple[float, float] | None]:
+    """Speaker-bootstrap interval of every metric the table can give (None where no sample could
+    compute it, e.g. a split without wake-word positives)."""
+    if samples < 1:
+        raise ValueError(f"bootstrap samples must be >= 1, got {samples}")
+    weights, _ = _clip_weights(table, samples, seed)
+    return {key: _percentiles(values, confidence) for key, values in _metric_samples(table, weights).items()}
+
+
+def interval_metrics(
+    table: ClipTable, metrics: Mapping[str, Any], samples: int, seed: int, confidence: float = CONFIDENCE,
+) -> dict[str, float | None]:
+    """`<key>_ci_low` / `<key>_ci_high` for every interval key in `metrics`, plus
+    `eval/bootstrap_samples`: what metrics.json, the report and W&B get. wake/fa_per_hour uses the
+    exact Poisson interval on the count over the negative hours."""
+    found = intervals(table, samples, seed, confidence)
+    counts = table.counts
+    if "wake_false_accepts" in counts and counts["wake_negative_seconds"].sum() > 0:
+        found["wake/fa_per_hour"] = poisson_rate_interval(
+            int(round(counts["wake_false_accepts"].sum())), counts["wake_negative_seconds"].sum() / 3600.0, confidence
+        )
+    out: dict[str, float | None] = {}
+    for key in INTERVAL_KEYS:
+        if key in metrics:
+            ci = found.get(key) if metrics[key] is not None else None
+            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = ci if ci else (None, None)
+    out["eval/bootstrap_samples"] = samples
+    return out
+
+
+@dataclass(frozen=True)
+class Difference:
+    """`other` minus `base` on the same clips, with the paired bootstrap interval of that difference."""
+
+    key: str
+    base: float
+    other: float
+    difference: float
+    ci_low: float | None
+    ci_high: float | None
+    higher_is_better: bool
+
+    @property
+    def verdict(self) -> str:
+        """better / worse when the whole interval lies on one side of zero, else no detectable difference."""
+        if self.ci_low is None or self.ci_high is None:
+            return "no interval"
+        if self.ci_low > 0 or self.ci_high < 0:
+            improved = (self.ci_low > 0) == self.higher_is_better
+            return "better" if improved else "worse"
+        return "no detectable difference"
+
+
+@dataclass(frozen=True)
+class Paired:
+    differences: dict[str, Difference]
+    clips: int
+    speakers: int
+    samples: int
+
+
+def align(base: ClipTable, other: ClipTable) -> tuple[ClipTable, ClipTable]:
+    """Both tables on the clips they share, in one order; the same clip must have the same speaker."""
+    position = {u: i for i, u in enumerate(other.utterances)}
+    shared = [i for i, u in enumerate(base.utterances) if u in position]
+    if not shared:
+        raise ValueError("the two runs share no clip; they were not evaluated on the same test data")
+    mine, theirs = shared, [position[base.utterances[i]] for i in shared]
+    clash = next((base.utterances[i] for i, j in zip(mine, theirs) if base.speakers[i] != other.speakers[j]), None)
+    if clash is not None:
+        raise ValueError(f"clip {clash} has a different speaker in the two runs: not the same test data")
+    return _subset(base, mine), _subset(other, theirs)
+
+
+def _subset(table: ClipTable, idx: list[int]) -> ClipTable:
+    return ClipTable(
+        utterances=[table.utterances[i] for i in idx],
+        speakers=[table.speakers[i] for i in idx],
+        counts={k: v[idx] for k, v in table.counts.items()},
+        wake_scores=None if table.wake_scores is None else table.wake_scores[idx],
+        wake_labels=None if table.wake_labels is None else table.wake_labels[idx],
+    )
+
+
+def paired_differences(
+    base: ClipTable, other: ClipTable, samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED,
+    confidence: float = CONFIDENCE,
+) -> Paired:
+    """`other - base` for every metric both tables give, on their shared clips, each with the
+    interval from one set of speaker draws applied to both models."""
+    base, other = align(base, other)
+    weights, units = _clip_weights(base, samples, seed)
+    ones = np.ones((1, len(base.speakers)))
+    base_point, other_point = _metric_samples(base, ones), _metric_samples(other, ones)
+    base_samples, other_samples = _metric_samples(base, weights), _metric_samples(other, weights)
+    differences = {}
+    for key in base_samples.keys() & other_samples.keys():
+        b, o = float(base_point[key][0]), float(other_point[key][0])
+        ci = _percentiles(other_samples[key] - base_samples[key], confidence)
+        differences[key] = Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key])
+    ordered = {k: differences[k] for k in INTERVAL_KEYS if k in differences}
+    return Paired(ordered, clips=len(base.speakers), speakers=len(units), samples=samples)
