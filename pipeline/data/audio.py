@@ -33,18 +33,27 @@ class ClipRejected(Exception):
         self.detail = detail
 
 
-def resolve_audio(root: Path, relative: str) -> Path:
-    """The file `relative` names inside `root`; ClipRejected when it is outside or absent."""
+def resolve_audio(root: Path, relative: str, allowed_roots: tuple[Path, ...] = ()) -> Path:
+    """The file `relative` names inside `root`; ClipRejected when it is outside or absent.
+
+    After symlinks are resolved the file must still lie under `root`, or under one of
+    `allowed_roots` (`data.allowed_roots`): clusters often reach the audio folder through a
+    directory symlink, which the owner of the data can vouch for but an annotation file cannot.
+    """
     rel = Path(relative)
     if rel.is_absolute() or ".." in rel.parts or relative.startswith("~"):
         raise ClipRejected("path_outside_root", f"audio path {relative!r} must be relative to the export folder, without '..'")
     root = root.resolve()
     path = root / rel
     resolved = path.resolve()  # follows symlinks; does not open the file
-    if not resolved.is_relative_to(root):
-        raise ClipRejected("path_outside_root", f"audio path {relative!r} resolves outside the export folder")
+    if not any(resolved.is_relative_to(r) for r in (root, *(a.resolve() for a in allowed_roots))):
+        raise ClipRejected(
+            "path_outside_root",
+            f"audio path {relative!r} resolves outside the export folder, into {resolved.parent} (a symlinked folder?); "
+            "if that folder is trusted, add it to data.allowed_roots",
+        )
     if not resolved.is_file():
-        raise ClipRejected("missing_audio", f"audio file {relative!r} does not exist in the export folder")
+        raise ClipRejected("missing_audio", f"audio file {relative!r} does not exist in the export folder (looked for {path})")
     return resolved
 
 
@@ -71,33 +80,38 @@ def _resample(mono: np.ndarray, orig_sr: int) -> np.ndarray:
         torch.backends.mkldnn.enabled = previous
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int]:
+def _decode(audio: Path | bytes) -> tuple[np.ndarray, int]:
     """(channels-first float32 samples, rate) via libsndfile, falling back to ffmpeg (torchcodec)."""
     try:
-        wave, sr = sf.read(path, dtype="float32", always_2d=True)
+        wave, sr = sf.read(_readable(audio), dtype="float32", always_2d=True)
         return wave.T, int(sr)
     except (sf.LibsndfileError, RuntimeError, ValueError) as sf_err:
         try:
             from torchcodec.decoders import AudioDecoder
 
-            samples = AudioDecoder(str(path)).get_all_samples()
+            samples = AudioDecoder(audio if isinstance(audio, bytes) else str(audio)).get_all_samples()
             return samples.data.numpy().astype(np.float32), int(samples.sample_rate)
         except Exception:  # noqa: BLE001 - any decoder failure means the same thing here
             raise ClipRejected("unreadable_audio", f"cannot decode audio ({sf_err})") from None
 
 
-def load_clip(path: Path, relative: str, min_s: float, max_s: float, need_signal: bool) -> Clip:
-    """Decode, check and re-encode one clip; the length check runs on the header before decoding
-    so an hours-long file is rejected without being read."""
-    if os.path.getsize(path) == 0:
+def _readable(audio: Path | bytes) -> Path | io.BytesIO:
+    return io.BytesIO(audio) if isinstance(audio, bytes) else audio
+
+
+def load_clip(audio: Path | bytes, relative: str, min_s: float, max_s: float, need_signal: bool) -> Clip:
+    """Decode, check and re-encode one clip (a file, or the encoded bytes a Hugging Face dataset
+    stores); the length check runs on the header before decoding so an hours-long file is rejected
+    without being read. Re-encoding also drops any tags the input file carried."""
+    if (len(audio) if isinstance(audio, bytes) else os.path.getsize(audio)) == 0:
         raise ClipRejected("unreadable_audio", f"audio file {relative!r} is empty")
     try:
-        info = sf.info(path)
+        info = sf.info(_readable(audio))
         if info.samplerate > 0 and info.frames / info.samplerate > max_s:
             raise ClipRejected("too_long", f"{info.frames / info.samplerate:.2f} s is over data.max_duration_s={max_s}")
     except (sf.LibsndfileError, RuntimeError):
         pass  # not a libsndfile format: _decode tries ffmpeg
-    wave, sr = _decode(path)
+    wave, sr = _decode(audio)
     if wave.size == 0 or sr <= 0:
         raise ClipRejected("unreadable_audio", f"audio file {relative!r} holds no samples")
     mono = wave.mean(axis=0)

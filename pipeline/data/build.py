@@ -20,33 +20,33 @@ import logging
 import os
 import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Audio, Dataset, DatasetDict, Features, Value
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.audio import ClipRejected, load_clip, resolve_audio
 from pipeline.data.card import summarise, write_card
-from pipeline.data.features import SAMPLING_RATE, SPLITS, dataset_features
+from pipeline.data.features import SAMPLING_RATE, SOURCE_COLUMN, SPLITS, dataset_features
 from pipeline.data.privacy import Deletions, load_deletions, load_key, pseudonym
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem
-from pipeline.data.sources import Source, open_source
+from pipeline.data.sources import RawRecord, Source, open_sources
 from pipeline.data.splits import assign_split, check_ratios
 from pipeline.ops.tracking import Tracker
-from pipeline.runtime import PipelineError, publish, remove_abandoned_temp_dirs, usable_cores
+from pipeline.runtime import PipelineError, publish, usable_cores
 
 log = logging.getLogger(__name__)
 
 # Bump whenever the same inputs would now give a different dataset, so stale caches are not reused.
-CODE_VERSION = 1
+CODE_VERSION = 2
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted",
 )
-_PRIVATE = {"_path": Value("string"), "_split": Value("string")}
+_PRIVATE = {"_path": Value("string"), "_split": Value("string"), "_src": Value("int32"), "_row": Value("int64")}
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class Plan:
     rows: list[dict[str, Any]]
     quarantine: list[dict[str, Any]]
     records_in: int
+    records_in_by_source: dict[str, int] = field(default_factory=dict)
+    content: Any = field(default_factory=hashlib.sha256)  # records and embedded audio of `hf` sources
 
 
 def run_data_stage(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
@@ -75,25 +77,13 @@ def run_data_stage(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str
     data_cfg = cfg.data
     settings = _settings(data_cfg)
     key = load_key(cfg.privacy.get("key_env"), cfg.privacy.get("key_file"))
-    source, deletions_path = open_source(data_cfg, cache_dir)
-    deletions = load_deletions(deletions_path, key)
-
-    plan = _metadata_pass(source, deletions, key, settings)
-    fingerprint = _fingerprint(source, deletions_path, plan, key, settings)
-    final = cache_dir / "datasets" / fingerprint
-    if (final / "build_report.json").exists():
-        report = json.loads((final / "build_report.json").read_text())
-        report["reused"] = True
-        log.info("data: reusing the finished build %s", final)
-    else:
-        num_proc = int(data_cfg.get("num_proc") or usable_cores())
-        report = _build(source, plan, settings, fingerprint, final, num_proc)
-        report["reused"] = False
-    report["dataset_path"] = str(final.resolve())
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(final / "quarantine.jsonl", run_dir / "quarantine.jsonl")
-    (run_dir / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    sweep_abandoned(cache_dir / "datasets")
+    sources, deletion_files = open_sources(data_cfg, cache_dir)
+    try:
+        report = _run(data_cfg, cache_dir, run_dir, sources, deletion_files, key, settings)
+    finally:
+        for source in sources:
+            source.close()
     log.info("data: %d records in, %d kept %s, %d quarantined %s", report["records_in"],
              report["records_kept"], report["splits"], report["records_quarantined"], report["quarantine_reasons"])
     tracker.log_summary({
@@ -101,12 +91,69 @@ def run_data_stage(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str
         "data/records_quarantined": report["records_quarantined"], "data/hours": report["hours"],
         **{f"data/{split}": n for split, n in report["splits"].items()},
         **{f"data/quarantine/{reason}": n for reason, n in report["quarantine_reasons"].items()},
+        **{f"data/by_source/{name}/{k}": v for name, counts in report.get("by_source", {}).items() for k, v in counts.items()},
     })
     return report
 
 
+def _run(data_cfg: DictConfig, cache_dir: Path, run_dir: Path, sources: list[Source], deletion_files: list[Path],
+         key: bytes, settings: Settings) -> dict[str, Any]:
+    if len({s.root is None and s.hf is None for s in sources}) > 1:
+        raise PipelineError(
+            f"data.sources mixes text-only sources ({[s.name for s in sources if s.root is None and s.hf is None]}) "
+            "with audio sources; build them separately"
+        )
+    deletions = Deletions()
+    for path in deletion_files:
+        deletions.pseudonyms |= load_deletions(path, key).pseudonyms
+    plan = _metadata_pass(sources, deletions, key, settings)
+    fingerprint = _fingerprint(sources, deletion_files, plan, key, settings)
+    final = cache_dir / "datasets" / fingerprint
+    if (final / "build_report.json").exists():
+        report = json.loads((final / "build_report.json").read_text())
+        report["reused"] = True
+        log.info("data: reusing the finished build %s", final)
+    else:
+        num_proc = int(data_cfg.get("num_proc") or usable_cores())
+        report = _build(sources, plan, settings, fingerprint, final, num_proc, run_dir)
+        report["reused"] = False
+    report["dataset_path"] = str(final.resolve())
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(final / "quarantine.jsonl", run_dir / "quarantine.jsonl")
+    (run_dir / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def sweep_abandoned(datasets_dir: Path) -> None:
+    """Delete `.tmp-<anything>-<pid>` folders whose process is gone, at the start of every build.
+
+    A killed build leaves its temporary folder behind (it is renamed into place only when
+    complete), and nothing else would ever remove it: the next build may have other inputs.
+    A folder of a live process (another build running now) is left alone.
+    """
+    if not datasets_dir.is_dir():
+        return
+    for tmp in datasets_dir.glob(".tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            log.info("data: removing %s, left by a build that no longer runs", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            pass  # a live process of another user
+
+
 def _settings(data_cfg: DictConfig) -> Settings:
-    split = data_cfg.get("split") or {}
+    split = data_cfg.get("split_shares") or data_cfg.get("split")
+    if not OmegaConf.is_dict(split) and not isinstance(split, dict):
+        split = {}  # `data.split` of an hf source names the dataset's split; the shares keep their defaults
     settings = Settings(
         min_duration_s=float(data_cfg.get("min_duration_s", 0.0) or 0.0),
         max_duration_s=float(data_cfg.get("max_duration_s", 30.0) or 30.0),
@@ -122,73 +169,113 @@ def _settings(data_cfg: DictConfig) -> Settings:
     return settings
 
 
-def _metadata_pass(source: Source, deletions: Deletions, key: bytes, settings: Settings) -> Plan:
-    """Check everything that needs no audio; deletion matching comes first, before any id is echoed."""
-    rows: list[dict[str, Any]] = []
-    quarantine: list[dict[str, Any]] = []
+def _metadata_pass(sources: list[Source], deletions: Deletions, key: bytes, settings: Settings) -> Plan:
+    """Check everything that needs no audio; deletion matching comes first, before any id is echoed.
+    utterance_ids are unique across all sources."""
+    plan = Plan([], [], 0)
     seen: set[str] = set()
-    records_in = 0
-    for raw in source.records:
-        records_in += 1
-        data = raw.data
-        if data is None:
-            quarantine.append({"line": raw.line, "reason": "invalid_record", "detail": raw.error})
-            continue
-        uid = data.get("utterance_id")
-        where: dict[str, Any] = {"utterance_id": uid} if isinstance(uid, str) and uid else {"line": raw.line}
-        if deletions.matches(key, data):
-            anon = {"utterance_id": pseudonym(key, "utt", uid)} if "utterance_id" in where else where
-            quarantine.append({**anon, "reason": "deleted", "detail": "matched a deletion request"})
-            continue
-        try:
-            record = ExportRecord.model_validate(data)
-        except ValidationError as err:
-            quarantine.append({**where, "reason": "invalid_record", "detail": schema_problem(err)})
-            continue
-        if source.root is not None and record.audio is None:
-            quarantine.append({**where, "reason": "invalid_record", "detail": "audio: field required"})
-            continue
-        if record.utterance_id in seen:
-            quarantine.append({**where, "reason": "duplicate_id", "detail": f"line {raw.line} repeats an earlier utterance_id"})
-            continue
-        seen.add(record.utterance_id)
-        flagged = sorted(set(record.flags) & set(settings.quarantine_flags))
-        if flagged:
-            quarantine.append({**where, "reason": "flagged", "detail": f"annotator flag(s) {flagged}; audio not copied"})
-            continue
-        try:
-            row = annotate(record)
-        except AnnotationError as err:
-            quarantine.append({**where, "reason": "bad_annotation", "detail": str(err)})
-            continue
-        path = ""
-        if source.root is not None:
-            try:
-                path = str(resolve_audio(source.root, record.audio))
-            except ClipRejected as err:
-                quarantine.append({**where, "reason": err.reason, "detail": err.detail})
-                continue
-        speaker = pseudonym(key, "acct", record.account_id)
-        row.update(
-            duration=0.0,
-            speaker=speaker,
-            device=pseudonym(key, "dev", record.device_serial) if record.device_serial else None,
-            annotator=pseudonym(key, "ann", record.annotator_id) if record.annotator_id else None,
-            _path=path,
-            _split=raw.split or assign_split(key, speaker, settings.validation, settings.test),
-        )
-        rows.append(row)
-    return Plan(rows, quarantine, records_in)
+    for index, source in enumerate(sources):
+        before = plan.records_in
+        for raw in source.records:
+            plan.records_in += 1
+            row = _check_record(source, index, raw, deletions, key, settings, seen, plan)
+            if isinstance(row, dict):
+                plan.rows.append(row)
+            else:
+                plan.quarantine.append({"source": source.name, **row[0]})
+        plan.records_in_by_source[source.name] = plan.records_in - before
+    return plan
 
 
-def _fingerprint(source: Source, deletions: Path | None, plan: Plan, key: bytes, settings: Settings) -> str:
-    """Content hash of everything the dataset is a function of, the key included (via an HMAC)."""
+def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletions, key: bytes, settings: Settings,
+                  seen: set[str], plan: Plan) -> dict[str, Any] | tuple[dict[str, Any]]:
+    """The dataset row of one record, or a 1-tuple holding its quarantine line."""
+    data = raw.data
+    at: dict[str, Any] = {"row": raw.row} if raw.row is not None else {}
+    if data is None:
+        return ({**(at or {"line": raw.line}), "reason": "invalid_record", "detail": raw.error},)
+    if source.hf is not None:
+        plan.content.update(_record_digest(data))
+    uid = data.get("utterance_id")
+    where: dict[str, Any] = {"utterance_id": uid} if isinstance(uid, str) and uid else ({} if at else {"line": raw.line})
+    where.update(at)
+    if deletions.matches(key, data):
+        anon = {"utterance_id": pseudonym(key, "utt", uid), **at} if "utterance_id" in where else where
+        return ({**anon, "reason": "deleted", "detail": "matched a deletion request"},)
+    try:
+        record = ExportRecord.model_validate(data)
+    except ValidationError as err:
+        return ({**where, "reason": "invalid_record", "detail": schema_problem(err)},)
+    if source.hf is None and source.root is not None and record.audio is None:
+        return ({**where, "reason": "invalid_record", "detail": "audio: field required"},)
+    if record.utterance_id in seen:
+        return ({**where, "reason": "duplicate_id", "detail": f"{'row' if at else 'line'} {raw.row if at else raw.line} repeats an earlier utterance_id"},)
+    seen.add(record.utterance_id)
+    flagged = sorted(set(record.flags) & set(settings.quarantine_flags))
+    if flagged:
+        return ({**where, "reason": "flagged", "detail": f"annotator flag(s) {flagged}; audio not copied"},)
+    try:
+        row = annotate(record)
+    except AnnotationError as err:
+        return ({**where, "reason": "bad_annotation", "detail": str(err)},)
+    path = ""
+    try:
+        if source.hf is not None:
+            path = _hf_audio(source, raw, plan)
+        elif source.root is not None:
+            path = str(resolve_audio(source.root, record.audio, source.allowed_roots))
+    except ClipRejected as err:
+        return ({**where, "reason": err.reason, "detail": err.detail},)
+    speaker = pseudonym(key, "acct", record.account_id)
+    row.update(
+        duration=0.0,
+        speaker=speaker,
+        device=pseudonym(key, "dev", record.device_serial) if record.device_serial else None,
+        annotator=pseudonym(key, "ann", record.annotator_id) if record.annotator_id else None,
+        source=source.name,
+        _path=path,
+        _split=raw.split or assign_split(key, speaker, settings.validation, settings.test),
+        _src=index,
+        _row=raw.row if raw.row is not None else -1,
+    )
+    return row
+
+
+def _hf_audio(source: Source, raw: RawRecord, plan: Plan) -> str:
+    """A Hugging Face row's audio: "" when its bytes are in the dataset (hashed here), else the file."""
+    audio = raw.audio
+    if not isinstance(audio, dict) or (audio.get("bytes") is None and not audio.get("path")):
+        raise ClipRejected("missing_audio", f"row {raw.row} has no audio")
+    if audio.get("bytes") is not None:
+        plan.content.update(hashlib.sha256(audio["bytes"]).digest())
+        return ""
+    path = Path(audio["path"])
+    if source.root is not None:  # an audiofolder: the same rules as a path in an export
+        try:
+            relative = str(path.relative_to(source.root)) if path.is_absolute() else str(path)
+        except ValueError:
+            relative = str(path)
+        return str(resolve_audio(source.root, relative, source.allowed_roots))
+    if not path.is_file():
+        raise ClipRejected("missing_audio", f"row {raw.row}: audio file {str(path)!r} does not exist")
+    return str(path)
+
+
+def _record_digest(data: dict[str, Any]) -> bytes:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).digest()
+
+
+def _fingerprint(sources: list[Source], deletions: list[Path], plan: Plan, key: bytes, settings: Settings) -> str:
+    """Content hash of everything the dataset is a function of, the key included (via an HMAC):
+    every source's files or rows, every audio file or embedded clip, the deletions, the settings."""
     h = hashlib.sha256()
     key_id = pseudonym(key, "key", "fingerprint")  # changes with the key, reveals nothing about it
-    h.update(json.dumps([CODE_VERSION, source.name, source.options, asdict(settings), key_id]).encode())
-    for path in [*source.files, *([deletions] if deletions else [])]:
+    described = [[s.kind, s.name, s.options, [str(r) for r in s.allowed_roots]] for s in sources]
+    h.update(json.dumps([CODE_VERSION, described, asdict(settings), key_id], default=str).encode())
+    for path in [*(f for s in sources for f in s.files), *deletions]:
         with open(path, "rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
+    h.update(plan.content.digest())
     for row in plan.rows:
         if row["_path"]:
             with open(row["_path"], "rb") as f:
@@ -196,14 +283,27 @@ def _fingerprint(source: Source, deletions: Path | None, plan: Plan, key: bytes,
     return h.hexdigest()[:20]
 
 
-def _decode_batch(batch: dict[str, list[Any]], min_s: float, max_s: float, parent_pid: int) -> dict[str, list[Any]]:
-    """`datasets.map` worker: one batch of paths to FLAC bytes, or to a quarantine reason."""
+def _decode_batch(batch: dict[str, list[Any]], min_s: float, max_s: float, parent_pid: int,
+                  tables: dict[int, Any]) -> dict[str, list[Any]]:
+    """`datasets.map` worker: one batch of clips (files, or rows of a Hugging Face dataset whose
+    encoded bytes are fetched here, by row index) to FLAC bytes, or to a quarantine reason."""
     if os.getpid() != parent_pid:
         torch.set_num_threads(1)  # the workers already fill the cores
+    stored: dict[int, bytes] = {}
+    wanted: dict[int, list[int]] = {}
+    for i, (path, src) in enumerate(zip(batch["_path"], batch["_src"])):
+        if not path and src in tables:
+            wanted.setdefault(src, []).append(i)
+    for src, positions in wanted.items():
+        column = tables[src].column_names[0]
+        fetched = tables[src][[batch["_row"][i] for i in positions]][column]
+        stored.update({i: a["bytes"] for i, a in zip(positions, fetched)})
     out: dict[str, list[Any]] = {"audio": [], "duration": [], "_reject": [], "_detail": []}
-    for path, transcript in zip(batch["_path"], batch["transcript"]):
+    for i, (path, transcript) in enumerate(zip(batch["_path"], batch["transcript"])):
         try:
-            clip = load_clip(Path(path), Path(path).name, min_s, max_s, need_signal=bool(transcript.strip()))
+            audio = stored[i] if i in stored else Path(path)
+            name = f"row {batch['_row'][i]}" if i in stored else Path(path).name
+            clip = load_clip(audio, name, min_s, max_s, need_signal=bool(transcript.strip()))
         except ClipRejected as err:
             out["audio"].append(None)
             out["duration"].append(0.0)
@@ -217,61 +317,59 @@ def _decode_batch(batch: dict[str, list[Any]], min_s: float, max_s: float, paren
     return out
 
 
-def _build(source: Source, plan: Plan, settings: Settings, fingerprint: str, final: Path, num_proc: int) -> dict[str, Any]:
+def _build(sources: list[Source], plan: Plan, settings: Settings, fingerprint: str, final: Path, num_proc: int,
+           run_dir: Path) -> dict[str, Any]:
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_temp_dirs(final)
     tmp = final.parent / f".tmp-{fingerprint}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "work").mkdir(parents=True)
     try:
-        with_audio = source.root is not None
-        features = dataset_features(with_audio=with_audio)
-        meta = Dataset.from_list(plan.rows, features=Features({**dataset_features(with_audio=False), **_PRIVATE}))
+        with_audio = any(s.root is not None or s.hf is not None for s in sources)
+        features = dataset_features(with_audio=with_audio, with_source=True)
+        meta_features = Features({**dataset_features(with_audio=False, with_source=True), **_PRIVATE})
+        if plan.rows:
+            meta = Dataset.from_list(plan.rows, features=meta_features)
+        else:  # from_list cannot type an empty list
+            meta = Dataset.from_dict({c: [] for c in meta_features}, features=meta_features)
         quarantine = list(plan.quarantine)
+        rejected: set[int] = set()
         if with_audio and len(meta):
+            tables = {i: s.hf.dataset.select_columns([s.hf.audio_column]) for i, s in enumerate(sources) if s.hf is not None}
             decoded_features = Features({**meta.features, "audio": Audio(sampling_rate=SAMPLING_RATE),
                                          "_reject": Value("string"), "_detail": Value("string")})
             meta = meta.map(
                 _decode_batch, batched=True, batch_size=32, writer_batch_size=64,
                 num_proc=max(1, min(num_proc, len(meta))), features=decoded_features,
                 fn_kwargs={"min_s": settings.min_duration_s, "max_s": settings.max_duration_s,
-                           "parent_pid": os.getpid()},
-                cache_file_name=str(tmp / "work" / "decoded.arrow"), desc="decoding audio",
+                           "parent_pid": os.getpid(), "tables": tables},
+                cache_file_name=str(tmp / "work" / "decoded.arrow"), new_fingerprint=f"{fingerprint}-decoded",
+                desc="decoding audio",
             )
-            status = meta.select_columns(["utterance_id", "_reject", "_detail"])
-            rejected = set()
-            for i, (uid, reason, detail) in enumerate(zip(status["utterance_id"], status["_reject"], status["_detail"])):
-                if reason is not None:
-                    rejected.add(i)
-                    quarantine.append({"utterance_id": uid, "reason": reason, "detail": detail})
-        else:
-            rejected = set()
+            status = meta.select_columns(["utterance_id", "source", "_row", "_reject", "_detail"])
+            offset = 0
+            for batch in status.iter(batch_size=1000):
+                for j, reason in enumerate(batch["_reject"]):
+                    if reason is not None:
+                        rejected.add(offset + j)
+                        at = {"row": batch["_row"][j]} if batch["_row"][j] >= 0 else {}
+                        quarantine.append({"source": batch["source"][j], "utterance_id": batch["utterance_id"][j],
+                                           **at, "reason": reason, "detail": batch["_detail"][j]})
+                offset += len(batch["_reject"])
         splits = list(meta.select_columns(["_split"])["_split"]) if len(meta) else []
+        kept = sum(1 for i in range(len(splits)) if i not in rejected)
+        report = _report(sources, plan, quarantine, fingerprint, kept)
+        if kept == 0:
+            _stop_with_nothing_kept(sources, report, quarantine, run_dir)
         dd = DatasetDict()
         for name in SPLITS:
             keep = [i for i, s in enumerate(splits) if s == name and i not in rejected]
-            if len(meta):
-                dd[name] = meta.select(keep).select_columns(list(features))
-            else:
-                dd[name] = Dataset.from_dict({column: [] for column in features}, features=features)
+            dd[name] = meta.select(keep).select_columns(list(features))
 
         out = tmp / "out"
         # An empty split must still get one (empty) shard, or load_from_disk cannot read it back.
         dd.save_to_disk(str(out), num_shards={name: 1 for name, split in dd.items() if len(split) == 0})
-        kept = sum(len(d) for d in dd.values())
         summary = summarise(DatasetDict({k: v.select_columns([c for c in v.column_names if c != "audio"]) for k, v in dd.items()}))
-        report = {
-            "source": source.name,
-            "fingerprint": fingerprint,
-            "records_in": plan.records_in,
-            "records_kept": kept,
-            "records_quarantined": len(quarantine),
-            "quarantine_reasons": dict(sorted(Counter(q["reason"] for q in quarantine).items())),
-            "splits": summary["splits"],
-            "hours": summary["hours"],
-        }
-        if report["records_in"] != kept + len(quarantine):
-            raise AssertionError(f"data build lost records: {report}")
+        report.update(splits=summary["splits"], hours=summary["hours"])
         with open(out / "quarantine.jsonl", "w", encoding="utf-8") as f:
             for line in quarantine:
                 f.write(json.dumps(line) + "\n")
@@ -284,3 +382,56 @@ def _build(source: Source, plan: Plan, settings: Settings, fingerprint: str, fin
     return report
 
 
+def _report(sources: list[Source], plan: Plan, quarantine: list[dict[str, Any]], fingerprint: str, kept: int) -> dict[str, Any]:
+    """Counts overall and per source; every record is kept or quarantined, never lost."""
+    out_by = Counter(q["source"] for q in quarantine)
+    by_source = {
+        s.name: {"records_in": plan.records_in_by_source.get(s.name, 0),
+                 "records_kept": plan.records_in_by_source.get(s.name, 0) - out_by[s.name],
+                 "records_quarantined": out_by[s.name]}
+        for s in sources
+    }
+    report = {
+        "source": sources[0].name if len(sources) == 1 else [s.name for s in sources],
+        "fingerprint": fingerprint,
+        "records_in": plan.records_in,
+        "records_kept": kept,
+        "records_quarantined": len(quarantine),
+        "quarantine_reasons": dict(sorted(Counter(q["reason"] for q in quarantine).items())),
+        "by_source": by_source,
+        "splits": {name: 0 for name in SPLITS},
+        "hours": 0.0,
+    }
+    if report["records_in"] != kept + len(quarantine) or sum(b["records_kept"] for b in by_source.values()) != kept:
+        raise AssertionError(f"data build lost records: {report}")
+    return report
+
+
+def _stop_with_nothing_kept(sources: list[Source], report: dict[str, Any], quarantine: list[dict[str, Any]],
+                            run_dir: Path) -> None:
+    """Write what was found into the run folder, then stop with the likeliest cause."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "quarantine.jsonl", "w", encoding="utf-8") as f:
+        for line in quarantine:
+            f.write(json.dumps(line) + "\n")
+    (run_dir / "build_report.json").write_text(json.dumps({**report, "dataset_path": None}, indent=2) + "\n")
+    if not quarantine:
+        raise PipelineError(f"the data sources {[s.name for s in sources]} hold no records; check data.path")
+    reason, count = Counter(q["reason"] for q in quarantine).most_common(1)[0]
+    example = next(q for q in quarantine if q["reason"] == reason)
+    where = example.get("utterance_id") or (f"row {example['row']}" if "row" in example else f"line {example.get('line')}")
+    hint = {
+        "missing_audio": "audio paths are resolved under data.audio_dir (default: the annotation file's folder); "
+                         "point it at the folder holding the audio",
+        "path_outside_root": "the audio lies outside the export folder; if it is reached through a trusted "
+                             "directory symlink, add that folder to data.allowed_roots",
+        "deleted": "every record matched data.deletions",
+        "invalid_record": "check the field names (data.columns maps a dataset's columns onto them)",
+    }.get(reason, "see the quarantine file for each record's reason")
+    roots = sorted({str(s.root.resolve()) for s in sources if s.root is not None})
+    raise PipelineError(
+        f"every record was quarantined ({len(quarantine)} of {report['records_in']}); most common reason: {reason} "
+        f"({count}), e.g. {where}: {example.get('detail')}"
+        + (f" (audio root {', '.join(roots)})" if roots and reason in ("missing_audio", "path_outside_root") else "")
+        + f"; {hint}. Details: {run_dir / 'quarantine.jsonl'}, {run_dir / 'build_report.json'}"
+    )

@@ -20,7 +20,12 @@ ENTITY = {
 }
 
 
-def dataset_features(with_audio: bool = True) -> Features:
+SOURCE_COLUMN = "source"
+
+
+def dataset_features(with_audio: bool = True, with_source: bool = False) -> Features:
+    """The build always writes `source` (the name of the input a clip came from, `data.sources`);
+    consumers must not require it, since datasets made elsewhere (or before it existed) lack it."""
     columns = {
         "utterance_id": Value("string"),
         "transcript": Value("string"),      # as annotated
@@ -38,6 +43,8 @@ def dataset_features(with_audio: bool = True) -> Features:
         "locale": Value("string"),
         "recorded_at": Value("string"),
     }
+    if with_source:
+        columns[SOURCE_COLUMN] = Value("string")
     if with_audio:
         columns = {"utterance_id": columns.pop("utterance_id"), "audio": Audio(sampling_rate=SAMPLING_RATE), **columns}
     return Features(columns)

@@ -47,6 +47,10 @@ class ExportRecord(BaseModel):
 
     @model_validator(mode="after")
     def _one_annotation_form(self) -> ExportRecord:
+        # Annotation tools often write `"entities": []` by default beside an inline annotation:
+        # an empty list says nothing, so it counts as absent.
+        if self.entities == [] and self.annotation is not None:
+            self.entities = None
         if self.entities is not None and self.annotation is not None:
             raise ValueError("give either `entities` or `annotation`, not both")
         return self

@@ -2,22 +2,28 @@
 
 A reader yields one `RawRecord` per *clip* (a SLURP sentence with three recordings yields three),
 including lines that are not even JSON, so the build can account for every input.
+`data.sources` lists several inputs for one build, each shaped like a conf/data/*.yaml file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.runtime import PipelineError
 
-SOURCES = ("jsonl", "demo", "slurp", "nemo", "massive_text")
+log = logging.getLogger(__name__)
+
+SOURCES = ("jsonl", "demo", "slurp", "nemo", "massive_text", "hf")
+# Keys that hold for the whole build; in a `data.sources` entry they are ignored (with a warning).
+BUILD_KEYS = ("min_duration_s", "max_duration_s", "quarantine_flags", "split_shares", "num_proc", "allowed_roots")
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,8 @@ class RawRecord:
     data: dict[str, Any] | None  # canonical record fields; None when the line is not a JSON object
     error: str | None = None  # why `data` is None
     split: str | None = None  # fixed split (MASSIVE text), else assigned from the account
+    row: int | None = None  # 0-based row of a Hugging Face dataset (quarantine lines name it)
+    audio: dict[str, Any] | None = None  # that row's audio, {"bytes", "path"}, not decoded
 
 
 @dataclass
@@ -37,18 +45,80 @@ class Source:
     files: list[Path]  # every input file whose content defines the build
     records: Iterator[RawRecord] = field(repr=False)
     options: dict[str, Any] = field(default_factory=dict)  # source knobs that change the output
+    kind: str = ""  # the reader (`source:`); `name` is what the `source` column holds
+    hf: Any = None  # the opened pipeline.data.hf.HFSource of an `hf` source
+    allowed_roots: tuple[Path, ...] = ()  # folders resolved audio paths may also lie in
+
+    def close(self) -> None:
+        if self.hf is not None:
+            self.hf.close()
 
 
-def open_source(data_cfg: DictConfig, cache_dir: Path) -> tuple[Source, Path | None]:
-    """Return the source and the deletions file (explicit, or the one the demo ships)."""
+def open_sources(data_cfg: DictConfig, cache_dir: Path) -> tuple[list[Source], list[Path]]:
+    """Every source of the build (`data.sources`, else `data.source` alone) and every deletions file;
+    each deletions file applies to every source."""
+    entries = data_cfg.get("sources")
+    if not entries:
+        entries = [data_cfg]
+    elif not isinstance(entries, (list, tuple)) and not OmegaConf.is_list(entries):
+        raise PipelineError("data.sources must be a list of source configs, e.g. [{source: jsonl, path: ...}, {source: hf, path: ...}]")
+    allowed = tuple(Path(p) for p in (data_cfg.get("allowed_roots") or []))
+    sources: list[Source] = []
+    deletions: list[Path] = []
+    if data_cfg.get("sources") and data_cfg.get("deletions"):
+        deletions.append(_deletions_file(data_cfg.get("deletions")))
+    try:
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, (dict, DictConfig)):
+                raise PipelineError(f"data.sources[{i}] is {entry!r}; each entry is a mapping like conf/data/<source>.yaml")
+            entry = entry if isinstance(entry, DictConfig) else OmegaConf.create(entry)
+            if entry is not data_cfg:
+                ignored = [k for k in BUILD_KEYS if entry.get(k) is not None and entry.get(k) != data_cfg.get(k)]
+                if ignored:
+                    log.warning("data.sources[%d]: %s hold for the whole build; set them on data.* instead", i, ignored)
+            in_list = entries is not None and entry is not data_cfg
+            source, dels = open_source(entry, cache_dir, in_list=in_list)
+            source.name = str(entry.get("name") or source.kind) if in_list else source.kind
+            source.allowed_roots = allowed
+            sources.append(source)
+            if dels is not None and dels not in deletions:
+                deletions.append(dels)
+    except BaseException:
+        for source in sources:
+            source.close()
+        raise
+    names = [s.name for s in sources]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        for source in sources:
+            source.close()
+        raise PipelineError(f"data.sources: the name(s) {repeated} are used twice; give each source its own `name:`")
+    return sources, deletions
+
+
+def _deletions_file(value: Any) -> Path:
+    return Path(str(value))
+
+
+def open_source(data_cfg: DictConfig, cache_dir: Path, in_list: bool = False) -> tuple[Source, Path | None]:
+    """Return the source and the deletions file (explicit, or the one the demo ships).
+
+    In a `data.sources` entry `name:` names the source; as the one-source shorthand `data=hf`,
+    `data.name` is the dataset's configuration as in `load_dataset` (`config_name:` works in both).
+    """
     name = data_cfg.get("source")
     deletions = data_cfg.get("deletions")
     if name == "demo":
         from pipeline.data.demo import ensure_demo_export
 
         annotations_path, demo_deletions = ensure_demo_export(data_cfg, cache_dir)
-        return _jsonl_source(annotations_path, "demo"), Path(deletions) if deletions else demo_deletions
-    if name == "jsonl":
+        source = _jsonl_source(annotations_path, "demo")
+        source.kind = "demo"
+        return source, Path(deletions) if deletions else demo_deletions
+    if name == "hf":
+        config_name = data_cfg.get("config_name") or (None if in_list else data_cfg.get("name"))
+        source = _hf_source(data_cfg, cache_dir, str(data_cfg.get("name") or "hf") if in_list else "hf", config_name)
+    elif name == "jsonl":
         source = _jsonl_source(_required_file(data_cfg, "path"), "jsonl")
     elif name == "slurp":
         source = _slurp_source(data_cfg)
@@ -58,6 +128,7 @@ def open_source(data_cfg: DictConfig, cache_dir: Path) -> tuple[Source, Path | N
         source = _massive_source(data_cfg)
     else:
         raise PipelineError(f"data.source={name!r} is unknown; use one of {list(SOURCES)} (config group data=...)")
+    source.kind = source.kind or str(name)
     return source, Path(deletions) if deletions else None
 
 
@@ -215,3 +286,30 @@ def _massive_source(data_cfg: DictConfig) -> Source:
                     yield convert(n, obj, split)
 
     return Source("massive_text", None, [train, dev], records())
+
+
+def _hf_source(data_cfg: DictConfig, cache_dir: Path, name: str, config_name: str | None) -> Source:
+    """Any Hugging Face audio dataset (pipeline.data.hf); one record per row, the row index kept.
+
+    Without a mapped utterance_id, a clip is `<source name>/<file path without extension>` for an
+    audiofolder, else `<source name>/<row>`, so two sources' clips never collide."""
+    from pipeline.data.hf import HFSource
+
+    hf = HFSource(data_cfg, name, config_name, cache_dir)
+
+    def records() -> Iterator[RawRecord]:
+        for row, record, audio in hf.records():
+            if "utterance_id" not in record:
+                local = audio.get("path") if isinstance(audio, dict) and audio.get("bytes") is None else None
+                if local and hf.root is not None and Path(local).is_relative_to(hf.root):
+                    record["utterance_id"] = f"{name}/{Path(local).relative_to(hf.root).with_suffix('').as_posix()}"
+                else:
+                    record["utterance_id"] = f"{name}/{row}"
+            if "account_id" not in record:
+                record["account_id"] = record["utterance_id"]
+            yield RawRecord(row + 1, record, row=row, audio=audio)
+
+    options = {"path": hf.path if not hf.local else "(local)", "config_name": config_name,
+               "split": data_cfg.get("split"), "columns": hf.mapping, "kind": hf.kind,
+               "constants": {k: repr(v) for k, v in sorted(hf.constants.items())}}
+    return Source(name, hf.root if hf.kind == "audiofolder" else None, [], records(), options, kind="hf", hf=hf)

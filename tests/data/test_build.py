@@ -159,7 +159,8 @@ def test_dataset_columns_audio_and_text(every_reason: dict[str, Any]) -> None:
     rows = {r["utterance_id"]: r for ds in dd.values() for r in ds}
     assert set(rows) == {f"u{i:03d}" for i in range(12)}
     for ds in dd.values():
-        assert ds.features == dataset_features()
+        assert ds.features == dataset_features(with_source=True)
+        assert set(ds["source"]) <= {"jsonl"}
     stereo = rows["u004"]
     samples = stereo["audio"].get_all_samples()
     assert samples.sample_rate == 16000 and samples.data.shape[0] == 1
@@ -183,7 +184,7 @@ def test_no_raw_identifier_in_any_output(every_reason: dict[str, Any]) -> None:
         for value in raw:
             assert value not in content, f"{value!r} found in {path}"
     deleted = [q for q in every_reason["quarantine"] if q["reason"] == "deleted"]
-    assert all(q["utterance_id"].startswith("utt_") and set(q) == {"utterance_id", "reason", "detail"} for q in deleted)
+    assert all(q["utterance_id"].startswith("utt_") and set(q) == {"source", "utterance_id", "reason", "detail"} for q in deleted)
     dd = load_from_disk(every_reason["report"]["dataset_path"])
     assert all(s.startswith("acct_") for s in dd["train"]["speaker"])
     assert all(s.startswith("dev_") for s in dd["train"]["device"])

@@ -50,7 +50,7 @@ def test_slurp_one_clip_per_recording(tmp_path: Path) -> None:
 
     report, quarantine = _build(tmp_path, source="slurp", path=str(manifest), audio_dir=str(audio_dir))
     assert report["records_in"] == len(files) + 1 and report["records_kept"] == len(files)
-    assert quarantine == [{"line": 3, "reason": "invalid_record",
+    assert quarantine == [{"source": "slurp", "line": 3, "reason": "invalid_record",
                            "detail": "a SLURP record needs a non-empty `recordings` list"}]
     dd = load_from_disk(report["dataset_path"])
     rows = [r for ds in dd.values() for r in ds.remove_columns("audio")]
@@ -104,7 +104,7 @@ def test_massive_text_without_audio(tmp_path: Path) -> None:
     assert report["splits"]["train"] == 30 and report["splits"]["validation"] + report["splits"]["test"] == 20
     assert min(report["splits"].values()) > 0
     dd = load_from_disk(report["dataset_path"])
-    assert dd["train"].features == dataset_features(with_audio=False)
+    assert dd["train"].features == dataset_features(with_audio=False, with_source=True)
     assert all(d == 0.0 for d in dd["validation"]["duration"])
     # The dev halves are a fixed function of the MASSIVE id.
     again, _ = _build(tmp_path / "again", source="massive_text", train_path=str(train), dev_path=str(dev))
