@@ -2,8 +2,15 @@
 
     <inbox>/<batch>/annotations.jsonl   a canonical jsonl export (audio paths relative to it);
                                         picked up once annotations.jsonl exists, so upload it last
+    <inbox>/<batch>/deletions.jsonl     optional: deletion requests that come with the batch
     <inbox>/deletions/*.jsonl           deletion requests: {"utterance_id"}, {"account_id"} or
                                         {"device_serial"} per line
+
+A batch's own `deletions.jsonl` is taken together with the batch and applies like any request:
+to the whole corpus, this batch included, for good. Anything else in the inbox that looks like a
+deletion file but is not in one of these two places (`<inbox>/deletions.jsonl`, a batch's
+`deletion_requests.jsonl`, `<inbox>/deletions/req.json`) refuses the job with an error naming it:
+a deletion request is never silently skipped.
 
 Batches are moved (not copied) into `<corpus>/batches/`; `<corpus>/annotations.jsonl` is then
 rewritten as one export over all batches, which the ordinary data stage builds (stable splits).
@@ -30,13 +37,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.data.privacy import Deletions, load_deletions, load_key, pseudonym
-from pipeline.ops.registry import TMP_PREFIX
+from pipeline.data.privacy import Deletions, load_key, parse_deletion_requests, pseudonym
+from pipeline.ops.registry import TMP_PREFIX, now
 from pipeline.runtime import PipelineError
 
 ANNOTATIONS = "annotations.jsonl"
 REQUESTS = "deletion_requests.txt"
+BATCH_DELETIONS = "deletions.jsonl"
+REQUEST_FOLDER = "deletions"
 TOMBSTONES = "deleted_utterances.txt"
+QUARANTINE = "deletion_quarantine.jsonl"
 
 
 @dataclass
@@ -73,11 +83,56 @@ def _lines(path: Path) -> set[str]:
     return set(path.read_text().split()) if path.is_file() else set()
 
 
+def check_inbox(inbox: Path) -> None:
+    """A wrong inbox path must not look like an empty inbox: the job would report nothing to do
+    while batches and deletion requests wait somewhere else."""
+    if not inbox.is_dir():
+        raise PipelineError(f"retrain.inbox={inbox}: no such folder; fix PIPELINE_INBOX (or retrain.inbox), "
+                            "or create the folder if this is the first run")
+
+
+def _looks_like_deletions(path: Path) -> bool:
+    return "delet" in path.name.lower() and not path.name.startswith(".")
+
+
+def stray_deletion_files(inbox: Path) -> list[str]:
+    """Deletion-looking files the intake would not read, each with where it belongs."""
+    if not inbox.is_dir():
+        return []
+    stray = []
+    for path in sorted(inbox.iterdir()):
+        if path.name == REQUEST_FOLDER and path.is_dir():
+            stray += [f"{p} (only *.jsonl files are read there)" for p in sorted(path.iterdir())
+                      if not p.name.startswith(".") and not (p.is_file() and p.suffix == ".jsonl")]
+        elif path.is_dir():
+            stray += [f"{p} (a batch's requests belong in {path / BATCH_DELETIONS})" for p in sorted(path.iterdir())
+                      if _looks_like_deletions(p) and p.name != BATCH_DELETIONS]
+        elif _looks_like_deletions(path):
+            stray.append(f"{path} (requests belong in {inbox / REQUEST_FOLDER}/*.jsonl)")
+    return stray
+
+
 def inbox_requests(inbox: Path, key: bytes) -> tuple[list[Path], set[str]]:
-    """The request files waiting in the inbox, and their requests as pseudonyms."""
-    folder = inbox / "deletions"
+    """The request files waiting in the inbox (its deletions folder and the batches ready to be
+    taken), and their requests as pseudonyms. A request file in the wrong place is an error."""
+    stray = stray_deletion_files(inbox)
+    if stray:
+        raise PipelineError(f"deletion requests the intake would not read: {'; '.join(stray)}. Move them "
+                            "there; nothing was taken from the inbox")
+    folder = inbox / REQUEST_FOLDER
     files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    return files, {p for f in files for p in load_deletions(f, key).pseudonyms}
+    files += [b / BATCH_DELETIONS for b in inbox_batches(inbox) if (b / BATCH_DELETIONS).is_file()]
+    return files, {p for f in files for p in parse_deletion_requests(f, key)[0].pseudonyms}
+
+
+def quarantine_requests(files: list[Path], corpus_dir: Path, key: bytes) -> None:
+    """Record each malformed request line (file, line number, why; never its content) in
+    `<corpus>/deletion_quarantine.jsonl`, so the sender can fix and resend it; the rest apply."""
+    bad = [{**b, "file": f"{f.parent.name}/{f.name}", "at": now()} for f in files
+           for b in parse_deletion_requests(f, key)[1]]
+    if bad:
+        with open(corpus_dir / QUARANTINE, "a") as out:
+            out.write("".join(json.dumps(b, sort_keys=True) + "\n" for b in bad))
 
 
 def deleted_utterances(records: list[dict[str, Any]], requests: set[str], key: bytes) -> set[str]:
@@ -105,7 +160,7 @@ def inbox_batches(inbox: Path) -> list[Path]:
     if not inbox.is_dir():
         return []
     return sorted(p for p in inbox.iterdir()
-                  if p.is_dir() and p.name != "deletions" and (p / ANNOTATIONS).is_file())
+                  if p.is_dir() and p.name != REQUEST_FOLDER and (p / ANNOTATIONS).is_file())
 
 
 def _move(src: Path, dst: Path) -> None:
@@ -140,28 +195,36 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
     """Take new batches and requests from the inbox; purge deleted clips; write the merged export.
 
     Each step is idempotent and ends in an atomic rename, so a job killed anywhere in here is
-    finished by the next one.
+    finished by the next one. Everything is checked before anything is taken, so a refused inbox
+    is left exactly as it was.
     """
+    check_inbox(inbox)
     batches_dir = corpus_dir / "batches"
     batches_dir.mkdir(parents=True, exist_ok=True)
     for tmp in [*batches_dir.glob(f"{TMP_PREFIX}*"), *corpus_dir.glob(f"{TMP_PREFIX}*")]:
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     corpus = Corpus(corpus_dir / ANNOTATIONS, corpus_dir / REQUESTS)
 
-    # 1. Requests first: a batch arriving together with a request for it is purged right away.
+    taken = {p.name for p in batches_dir.iterdir()} if batches_dir.is_dir() else set()
+    for batch in inbox_batches(inbox):
+        if batch.name in taken:
+            raise PipelineError(f"inbox batch {batch} has the name of an already ingested batch; "
+                                "rename the folder (batch names must be unique)")
+
+    # 1. Requests first (a batch's own included): a batch arriving together with a request for it
+    # is purged right away. The request files go once their pseudonyms are stored, so no raw
+    # account id or serial is carried into the corpus.
     request_files, incoming = inbox_requests(inbox, key)
     known = _lines(corpus.requests)
     requests = known | incoming
     corpus.new_requests = len(requests - known)
     _write_atomic(corpus.requests, "".join(p + "\n" for p in sorted(requests)))
+    quarantine_requests(request_files, corpus_dir, key)
     for path in request_files:
         path.unlink()
 
     # 2. New batches.
     for batch in inbox_batches(inbox):
-        if (batches_dir / batch.name).exists():
-            raise PipelineError(f"inbox batch {batch} has the name of an already ingested batch; "
-                                "rename the folder (batch names must be unique)")
         _move(batch, batches_dir / batch.name)
         corpus.new_batches.append(batch.name)
 

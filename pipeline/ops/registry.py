@@ -3,7 +3,8 @@
     <registry>/promoted.json            {"model_id": current, "history": [every id ever promoted]}
     <registry>/models/<id>/record.json  dataset fingerprint, metrics, training utterance pseudonyms
     <registry>/models/<id>/asr, nlu     the model folders (removed when retired for a deletion)
-    <registry>/decisions.jsonl          one line per retraining decision
+    <registry>/decisions.jsonl          one line per job decision: promoted, rejected, nothing_to_do,
+                                        busy, config_error, failed (append-only)
     <registry>/retrain.lock             held while a retraining job runs
 
 Why this shape: `promoted.json` is the single commit point, replaced atomically, so a job killed at
@@ -25,6 +26,7 @@ from typing import Any
 
 PROMOTED = "promoted.json"
 RECORD = "record.json"
+DECISIONS = "decisions.jsonl"
 MODEL_PARTS = ("asr", "nlu")
 TMP_PREFIX = ".tmp-"
 
@@ -72,6 +74,31 @@ class Registry:
     def has_weights(self, model_id: str) -> bool:
         return all((self.models / model_id / part).is_dir() for part in MODEL_PARTS)
 
+    def history(self) -> list[str]:
+        """Every promotion in order (a model promoted again, by rollback or by hand, appears again)."""
+        return list(self._pointer()["history"])
+
+    def repromote(self, model_id: str, retire_reason: str) -> str | None:
+        """Promote a model already in the registry (its weights kept), retiring the current one.
+
+        The same commit order as `promote`: the record first, then `promoted.json`, then the
+        retirement, so `recover()` finishes a job killed between any two steps.
+        """
+        if not self.has_weights(model_id):
+            raise FileNotFoundError(f"{self.models / model_id}: the model's weights are gone")
+        pointer = self._pointer()
+        previous = pointer["model_id"]
+        record = self.record(model_id)
+        for stale in ("retired_reason", "replaced_by", "retired_at"):
+            record.pop(stale, None)
+        record.update(status="promoted", promoted_at=now(),
+                      replaces={"model_id": previous, "reason": retire_reason} if previous else None)
+        write_json_atomic(self.models / model_id / RECORD, record)
+        write_json_atomic(self.root / PROMOTED, {"model_id": model_id, "history": [*pointer["history"], model_id]})
+        if previous:
+            self.retire(previous, retire_reason, replaced_by=model_id)
+        return previous
+
     def promote(self, run_dir: Path, record: dict[str, Any], retire_reason: str = "replaced") -> str:
         """Copy the run's models in, then switch `promoted.json`: the one step that commits."""
         self.models.mkdir(parents=True, exist_ok=True)
@@ -95,7 +122,11 @@ class Registry:
         return model_id
 
     def retire(self, model_id: str, reason: str, replaced_by: str | None) -> None:
-        """Mark a model retired; one retired for a deletion loses its weights (the record stays)."""
+        """Mark a model retired; one retired for a deletion loses its weights (the record stays).
+
+        Reasons: `replaced` (a better model), `rolled_back` (a person took it back; a later
+        rollback skips it), `deletion` (trained on deleted data; never comes back).
+        """
         record = self.record(model_id)
         record.update(status="retired", retired_reason=reason, replaced_by=replaced_by,
                       retired_at=record.get("retired_at") or now())
@@ -147,7 +178,17 @@ class Registry:
                                  "deleted_utterances": len(hits)})
         return affected
 
+    def decisions(self) -> list[dict[str, Any]]:
+        path = self.root / DECISIONS
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
     def log_decision(self, decision: dict[str, Any]) -> None:
+        """One `write` on an O_APPEND file: a busy job appending while the lock holder does
+        cannot interleave the two lines."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "decisions.jsonl", "a") as f:
-            f.write(json.dumps(decision, sort_keys=True) + "\n")
+        line = (json.dumps(decision, sort_keys=True, default=str) + "\n").encode()
+        fd = os.open(self.root / DECISIONS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)

@@ -3,8 +3,15 @@
 One run: take the lock; tidy what a killed run left; take new batches and deletion requests from
 the inbox into the corpus; train and evaluate as `train.py` does; evaluate the promoted model on
 the same test split; promote if the gate passes (or if the promoted model was trained on deleted
-data: deletion beats the gate); write `decision.json`. The exit code tells the scheduler what
-happened, so it can alert on a rejection without treating it as a crash.
+data: deletion beats the gate); write `decision.json` and append the decision to the registry's
+`decisions.jsonl`. The exit code tells the scheduler what happened, so it can alert on a rejection
+without treating it as a crash. `retrain.promote=<id>` and `retrain.rollback=true` change the
+promoted model instead of training (pipeline/ops/promote.py).
+
+What a scheduler can rely on: every job has its own run folder (`<time>-<pid>`) and writes only
+there and to the registry; every outcome (busy and config errors included) is one line in
+`decisions.jsonl`, and a `decision.json` wherever a run folder is known; a config error of any kind,
+a mistyped override included, exits 2.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.ops.corpus import Corpus, pseudonym_key, update_corpus, utterance_pseudonym
 from pipeline.ops.gate import check_gate
+from pipeline.ops.promote import promote_model, rollback, write_candidate
 from pipeline.ops.registry import Registry, now
 from pipeline.ops.tracking import NullTracker
 from pipeline.runtime import PipelineError, configure_environment
@@ -39,24 +48,35 @@ TRAINING_KEYS = ("data", "asr", "nlu", "trainer", "eval", "seed")
 
 
 class RetrainBusy(RuntimeError):
-    pass
+    def __init__(self, message: str, holder_run_dir: str | None) -> None:
+        super().__init__(message)
+        self.holder_run_dir = holder_run_dir
 
 
 @contextmanager
-def retrain_lock(path: Path) -> Iterator[None]:
+def retrain_lock(path: Path, run_dir: Path | None = None) -> Iterator[None]:
     """An exclusive `flock`: the kernel drops it when the holder dies, so a killed job never
-    leaves a stale lock behind. (Keep the registry on a local or flock-capable file system.)"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    leaves a stale lock behind. (Keep the registry on a local or flock-capable file system.)
+    The lock file names the holder's pid and run folder, so a busy job can keep out of it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise PipelineError(f"retrain.registry_dir={path.parent}: cannot open the lock file {path} ({err})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        text = os.pread(fd, 4096, 0).decode(errors="replace")
         os.close(fd)
-        raise RetrainBusy(f"another retraining job (pid {holder}) holds {path}") from None
+        try:
+            holder = json.loads(text)
+        except json.JSONDecodeError:
+            holder = {"pid": text.strip() or "?"}
+        raise RetrainBusy(f"another retraining job (pid {holder.get('pid')}, run folder {holder.get('run_dir')}) "
+                          f"holds {path}", holder.get("run_dir")) from None
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, (json.dumps({"pid": os.getpid(), "run_dir": str(run_dir) if run_dir else None}) + "\n").encode(), 0)
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -64,11 +84,7 @@ def retrain_lock(path: Path) -> Iterator[None]:
 
 
 def _last_decision_for(registry: Registry, state: str) -> dict[str, Any] | None:
-    path = registry.root / "decisions.jsonl"
-    if not path.is_file():
-        return None
-    for line in reversed(path.read_text().splitlines()):
-        decision = json.loads(line)
+    for decision in reversed(registry.decisions()):
         if decision.get("state") == state and decision.get("decision") in ("promoted", "rejected"):
             return decision
     return None
@@ -136,6 +152,8 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return {**decision, "decision": "nothing_to_do", "reason": f"no batches in {retrain.inbox} yet"}
     current_affected = current is not None and any(a["model_id"] == current["model_id"] for a in affected)
     previous = _last_decision_for(registry, state)
+    # force: train anyway (say, after changing the gate); the gate still decides. Promoting a
+    # candidate the gate rejected is `make promote MODEL=<id>`, which trains nothing.
     if previous and not current_affected and not retrain.force:
         return {**decision, "decision": "nothing_to_do",
                 "reason": f"no new data, deletions or training config since the {previous['decision']} "
@@ -149,13 +167,16 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if current is None or stale["model_id"] != current["model_id"]:
             # Already retired, but its weights were kept for rollback: they go now.
             registry.retire(stale["model_id"], "deletion", registry.record(stale["model_id"]).get("replaced_by"))
-    if not promote:
-        return {**decision, "decision": "rejected", "reason": reason}
-    registry.promote(run_dir, {
+    record = {
         **decision["candidate"], "created_at": now(), "run_dir": str(run_dir), "state": state,
         "trained_on": candidate["trained_on"],
         "trained_on_ids": "utterance pseudonyms: pipeline.data.privacy.pseudonym(key, 'utt', utterance_id)",
-    }, retire_reason=retire_reason)
+    }
+    if not promote:
+        write_candidate(run_dir, record)
+        return {**decision, "decision": "rejected",
+                "reason": f"{reason} (after review: make promote MODEL={candidate['model_id']})"}
+    registry.promote(run_dir, record, retire_reason=retire_reason)
     return {**decision, "decision": "promoted", "reason": reason,
             "retired": [current["model_id"]] if current else []}
 
@@ -198,41 +219,145 @@ def _verdict(cfg: DictConfig, registry: Registry, current: dict[str, Any] | None
         failed = [c.detail for c in checks if not c.passed]
         if not failed:
             return True, "every gated metric passes: " + "; ".join(c.detail for c in checks), "replaced"
-    if cfg.retrain.force:
-        return True, "forced (retrain.force=true) past: " + "; ".join(failed), "replaced"
     return False, "; ".join(failed), "replaced"
 
 
-EXIT_CODES = {"promoted": EXIT_OK, "nothing_to_do": EXIT_OK, "rejected": EXIT_REJECTED,
+EXIT_CODES = {"promoted": EXIT_OK, "rolled_back": EXIT_OK, "nothing_to_do": EXIT_OK, "rejected": EXIT_REJECTED,
               "failed": EXIT_FAILED, "config_error": EXIT_CONFIG, "busy": EXIT_BUSY}
+CONFIG_ERRORS = (PipelineError, OmegaConfBaseException)
+
+
+def _job(cfg: DictConfig, run_dir: Path, registry: Registry) -> dict[str, Any]:
+    """The decision of a job that holds the lock: train, or promote / roll back by hand."""
+    retrain = cfg.retrain
+    model_id, back = retrain.get("promote"), bool(retrain.get("rollback"))
+    if model_id is not None and back:
+        raise PipelineError("retrain.promote and retrain.rollback are exclusive; give one of them")
+    if model_id is not None:
+        if not str(model_id).strip():
+            raise PipelineError("retrain.promote is empty; give the model id of a candidate (make promote MODEL=<id>)")
+        return {"recovered": registry.recover(), **promote_model(cfg, registry, str(model_id))}
+    if back:
+        return {"recovered": registry.recover(), **rollback(cfg, registry)}
+    return decide(cfg, run_dir)
 
 
 def run_retrain(cfg: DictConfig) -> int:
-    """Run one retraining job and return the exit code; `decision.json` is written either way."""
-    run_dir = Path(cfg.run_dir).resolve()
-    configure_environment(run_dir, Path(cfg.cache_dir).resolve())
+    """Run one retraining job and return the exit code; the decision is recorded either way."""
     started = now()
-    registry = Registry(Path(cfg.retrain.registry_dir))
+    run_dir: Path | None = None
+    registry: Registry | None = None
+    holder_dir: str | None = None
     try:
-        with retrain_lock(registry.root / "retrain.lock"):
+        run_dir = Path(cfg.run_dir).resolve()
+        configure_environment(run_dir, Path(cfg.cache_dir).resolve())
+        registry = Registry(Path(cfg.retrain.registry_dir))
+        with retrain_lock(registry.root / "retrain.lock", run_dir):
             try:
-                decision = decide(cfg, run_dir)
-            except PipelineError as err:
+                decision = _job(cfg, run_dir, registry)
+            except CONFIG_ERRORS as err:
                 decision = {"decision": "config_error", "reason": str(err)}
             except Exception as err:  # noqa: BLE001 - the scheduler needs a decision.json for any crash
                 decision = {"decision": "failed", "reason": f"{type(err).__name__}: {err}",
                             "traceback": traceback.format_exc()}
-            decision.update(run_dir=str(run_dir), started_at=started, finished_at=now(),
-                            exit_code=EXIT_CODES[decision["decision"]])
-            if decision["decision"] in ("promoted", "rejected"):
-                registry.log_decision({k: v for k, v in decision.items() if k != "traceback"})
+            _finish(decision, run_dir, started)
+            registry.log_decision({k: v for k, v in decision.items() if k != "traceback"})
     except RetrainBusy as err:
-        decision = {"decision": "busy", "reason": str(err), "run_dir": str(run_dir), "started_at": started,
-                    "finished_at": now(), "exit_code": EXIT_BUSY}
-    (run_dir / "decision.json").write_text(json.dumps(decision, indent=2, default=str) + "\n")
-    line = f"retrain: {decision['decision']}: {decision['reason']} ({run_dir / 'decision.json'})"
+        decision = _finish({"decision": "busy", "reason": str(err)}, run_dir, started)
+        holder_dir = err.holder_run_dir
+        assert registry is not None
+        registry.log_decision(decision)
+    except CONFIG_ERRORS as err:  # before the lock: the run folder or registry path itself
+        decision = _finish({"decision": "config_error", "reason": str(err)}, run_dir, started)
+        if registry is not None:
+            registry.log_decision(decision)
+    return _report(decision, run_dir, registry, holder_dir)
+
+
+def _finish(decision: dict[str, Any], run_dir: Path | None, started: str) -> dict[str, Any]:
+    decision.update(run_dir=str(run_dir) if run_dir else None, started_at=started, finished_at=now(),
+                    exit_code=EXIT_CODES[decision["decision"]])
+    return decision
+
+
+def _report(decision: dict[str, Any], run_dir: Path | None, registry: Registry | None,
+            holder_dir: str | None) -> int:
+    """Write `decision.json` into this job's own run folder (never into the lock holder's) and
+    print one line; say where the decision could not be recorded."""
+    notes = []
+    if run_dir is None:
+        notes.append("no run folder, so no decision.json")
+    elif holder_dir is not None and Path(holder_dir) == run_dir:
+        notes.append(f"{run_dir} is the running job's folder, so no decision.json was written there")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "decision.json").write_text(json.dumps(decision, indent=2, default=str) + "\n")
+        notes.append(str(run_dir / "decision.json"))
+    notes.append(f"logged in {registry.root / 'decisions.jsonl'}" if registry is not None
+                 else "not logged in decisions.jsonl: retrain.registry_dir is unknown")
+    line = f"retrain: {decision['decision']}: {decision['reason']} ({'; '.join(notes)})"
     if decision["exit_code"] in (EXIT_CONFIG, EXIT_FAILED):
         print(f"error: {line}", file=sys.stderr)
     else:
         print(line)
     return int(decision["exit_code"])
+
+
+def refuse_config(overrides: list[str], config_dir: Path, config_name: str = "retrain") -> int | None:
+    """For `retrain.py` when Hydra refused the command line before the job started (a mistyped
+    override, a missing config group option): EXIT_CONFIG, with the reason recorded like any
+    other decision; None when the config composes, so the failure was something else.
+
+    The run folder and registry are those of the command line without the overrides that fail.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    if any(arg.startswith("-") for arg in overrides):
+        return None  # Hydra's own flags (--multirun, --cfg, ...): Hydra's answer stands
+
+    def composed(args: list[str]) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+            cfg = compose(config_name, overrides=args, return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = os.getcwd()
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    def why(err: Exception) -> str:
+        lines = [str(e).split("Config search path")[0].strip().splitlines()
+                 for e in (err, err.__cause__) if e is not None]
+        return " ".join(" ".join(dict.fromkeys(" ".join(part) for part in lines if part)).split())
+
+    try:
+        composed(overrides)
+        return None
+    except Exception as err:  # noqa: BLE001 - any composition failure is the user's to fix
+        whole = why(err)
+    accepted: list[str] = []
+    refused: list[str] = []
+    for arg in overrides:
+        try:
+            composed([*accepted, arg])
+            accepted.append(arg)
+        except Exception as err:  # noqa: BLE001
+            refused.append(f"{arg}: {why(err)}")
+    reason = "the command line does not compose a config: " + ("; ".join(refused) or whole)
+    started = now()
+    run_dir: Path | None = None
+    registry: Registry | None = None
+    try:
+        cfg = composed(accepted)
+        run_dir = Path(str(cfg.hydra.run.dir)).resolve()
+        registry = Registry(Path(cfg.retrain.registry_dir))
+    except Exception:  # noqa: BLE001 - record what can be recorded
+        pass
+    decision = _finish({"decision": "config_error", "reason": reason}, run_dir, started)
+    if registry is not None:
+        try:
+            registry.log_decision(decision)
+        except OSError:
+            registry = None
+    return _report(decision, run_dir, registry, None)

@@ -1,15 +1,19 @@
-"""The retraining corpus (inbox intake, deletions purged for good) and the job's exit codes on the
-paths that need no training: nothing to do, another job running, a bad deletion request."""
+"""The retraining corpus (inbox intake, deletions purged for good, a batch's own deletions) and the
+job's exit codes and records on the paths that need no training: nothing to do, another job
+running, a missing inbox, a bad deletion request."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
-from pipeline.ops.corpus import TOMBSTONES, update_corpus, utterance_pseudonym
+from pipeline.ops.corpus import TOMBSTONES, pending_deletions, update_corpus, utterance_pseudonym
 from pipeline.ops.retrain import EXIT_BUSY, EXIT_CONFIG, EXIT_OK, retrain_lock, run_retrain
+from pipeline.runtime import PipelineError
 
 KEY = b"corpus-key"
 
@@ -67,6 +71,58 @@ def test_intake_moves_batches_merges_and_purges_deleted_clips(tmp_path: Path) ->
     assert third.purged == 1 and utterance_pseudonym(KEY, "u5") in third.tombstones
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_batch_carries_its_own_deletions(tmp_path: Path) -> None:
+    inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
+    _batch(inbox, "b0", [("u0", "amzn1.account.ALICE", "G0900000")])
+    update_corpus(inbox, corpus_dir, KEY)
+    # b1 brings a request for ALICE (in b0 and in b1) and for one of its own clips.
+    _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001"), ("u2", "amzn1.account.BOB", "G0900002"),
+                         ("u3", "amzn1.account.CAROL", "G0900003")])
+    (inbox / "b1" / "deletions.jsonl").write_text(
+        json.dumps({"account_id": "amzn1.account.ALICE"}) + "\n" + json.dumps({"utterance_id": "u3"}) + "\n")
+    assert pending_deletions(inbox, corpus_dir, KEY) == {utterance_pseudonym(KEY, u) for u in ("u0", "u1", "u3")}
+    corpus = update_corpus(inbox, corpus_dir, KEY)
+    assert corpus.new_batches == ["b1"] and corpus.new_requests == 2 and corpus.purged == 3
+    left = [json.loads(line)["utterance_id"] for line in corpus.annotations.read_text().splitlines()
+            if line.startswith("{\"")]
+    assert left == ["u2"]
+    assert corpus.tombstones == {utterance_pseudonym(KEY, u) for u in ("u0", "u1", "u3")}
+    # The request file is not carried into the corpus: requests are kept as pseudonyms only.
+    assert not (corpus_dir / "batches" / "b1" / "deletions.jsonl").exists()
+    assert b"ALICE" not in b"".join(_tree(corpus_dir).values())
+
+
+@pytest.mark.parametrize(("stray", "named"), [("b1/deletion_requests.jsonl", "b1/deletion_requests.jsonl"),
+                                               ("b1/deletions/r.jsonl", "b1/deletions"),
+                                               ("deletions.jsonl", "deletions.jsonl"),
+                                               ("deletions/r.json", "deletions/r.json")])
+def test_a_deletion_file_the_intake_would_not_read_refuses_the_inbox(tmp_path: Path, stray: str, named: str) -> None:
+    inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
+    _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001")])
+    (inbox / stray).parent.mkdir(parents=True, exist_ok=True)
+    (inbox / stray).write_text(json.dumps({"account_id": "amzn1.account.ALICE"}) + "\n")
+    before = _tree(inbox)
+    with pytest.raises(PipelineError, match=re.escape(f"{inbox / named} (")):
+        update_corpus(inbox, corpus_dir, KEY)
+    with pytest.raises(PipelineError, match="would not read"):
+        pending_deletions(inbox, corpus_dir, KEY)  # the audit does not pass over it either
+    assert _tree(inbox) == before, "a refused inbox is left as it was"
+
+
+def test_a_malformed_batch_deletion_file_refuses_the_batch(tmp_path: Path) -> None:
+    inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
+    _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001")])
+    (inbox / "b1" / "deletions.jsonl").write_text(json.dumps({"account_id": "amzn1.account.ALICE"}) + "\n{oops\n")
+    before = _tree(inbox)
+    with pytest.raises(PipelineError, match=r"b1/deletions.jsonl line 2: not valid JSON"):
+        update_corpus(inbox, corpus_dir, KEY)
+    assert _tree(inbox) == before
+
+
 def _cfg(tmp: Path, **retrain: object) -> OmegaConf:
     return OmegaConf.create({
         "stages": ["data", "asr", "nlu", "eval"], "seed": 1, "run_dir": str(tmp / "run"),
@@ -82,6 +138,12 @@ def _cfg(tmp: Path, **retrain: object) -> OmegaConf:
 
 def test_retrain_exit_codes_without_training(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
+    # A wrong inbox path is not an empty inbox.
+    assert run_retrain(cfg) == EXIT_CONFIG
+    decision = json.loads((tmp_path / "run" / "decision.json").read_text())
+    assert decision["decision"] == "config_error" and f"retrain.inbox={tmp_path / 'inbox'}: no such folder" in decision["reason"]
+
+    (tmp_path / "inbox").mkdir()
     assert run_retrain(cfg) == EXIT_OK
     decision = json.loads((tmp_path / "run" / "decision.json").read_text())
     assert decision["decision"] == "nothing_to_do" and decision["exit_code"] == 0
@@ -91,7 +153,20 @@ def test_retrain_exit_codes_without_training(tmp_path: Path) -> None:
         assert run_retrain(cfg) == EXIT_BUSY
     assert json.loads((tmp_path / "run" / "decision.json").read_text())["decision"] == "busy"
 
+    # A busy job given the running job's folder leaves it alone.
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    (holder / "decision.json").write_text("{}\n")
+    with retrain_lock(tmp_path / "registry" / "retrain.lock", holder):
+        assert run_retrain(OmegaConf.merge(cfg, {"run_dir": str(holder)})) == EXIT_BUSY
+    assert _tree(holder) == {"decision.json": b"{}\n"}
+
     _requests(tmp_path / "inbox", "bad.jsonl", [{"name": "someone"}])
     assert run_retrain(cfg) == EXIT_CONFIG
     decision = json.loads((tmp_path / "run" / "decision.json").read_text())
     assert decision["decision"] == "config_error" and "bad.jsonl line 1" in decision["reason"]
+
+    # Every decision is in the registry's log, in order.
+    log = [json.loads(line) for line in (tmp_path / "registry" / "decisions.jsonl").read_text().splitlines()]
+    assert [d["decision"] for d in log] == ["config_error", "nothing_to_do", "busy", "busy", "config_error"]
+    assert [d["exit_code"] for d in log] == [2, 0, 4, 4, 2] and log[3]["run_dir"] == str(holder)
