@@ -1,0 +1,133 @@
+"""Intervals: the exact Poisson interval, the speaker bootstrap, paired differences, and the eval
+stage writing them to metrics.json, the report, W&B and predictions.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import poisson
+from test_eval_run import RecordingTracker, eval_cfg, save_tiny_asr, save_tiny_nlu
+
+from pipeline.eval import bootstrap as B
+from pipeline.eval import metrics as M
+
+REFS = ["play jazz music", "set an alarm for seven am", "what is the weather in paris", "turn off the lights",
+        "play some rock", "call mom", "wake me up at six", "is it going to rain tomorrow"]
+HYPS = ["play jazz", "set an alarm for seven am", "what is the whether in paris", "turn of the light",
+        "play some rock music", "call mom", "wake me at six", "is it going to rain tomorrow"]
+
+
+def _rows(refs: list[str], hyps: list[str], speakers: list[str]) -> list[dict]:
+    """predictions.jsonl-like rows whose counts come from the metric code, not typed in."""
+    rows = []
+    for i, (ref, hyp, spk) in enumerate(zip(refs, hyps, speakers)):
+        row = {"utterance_id": f"u{i}", "speaker": spk, "edit": M.edit_counts(ref, hyp)}
+        row["counts"] = B.clip_counts(row, threshold=None)
+        rows.append(row)
+    return rows
+
+
+def test_poisson_interval_is_the_exact_one() -> None:
+    # Zero events: the upper end solves P(0 events) = 2.5%, i.e. rate * hours = -ln 0.025.
+    low, high = B.poisson_rate_interval(0, 2.0)
+    assert low == 0.0 and high == pytest.approx(-math.log(0.025) / 2.0)
+    # k events in h hours: at the lower rate, P(X >= k) = 2.5%; at the upper rate, P(X <= k) = 2.5%.
+    k, hours = 3, 0.5
+    low, high = B.poisson_rate_interval(k, hours)
+    assert poisson.sf(k - 1, low * hours) == pytest.approx(0.025)
+    assert poisson.cdf(k, high * hours) == pytest.approx(0.025)
+    assert low < k / hours < high
+    with pytest.raises(ValueError, match="hours > 0"):
+        B.poisson_rate_interval(1, 0.0)
+
+
+def test_point_values_are_the_stage_metrics() -> None:
+    speakers = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    table = B.clip_table(_rows(REFS, HYPS, speakers))
+    point = B.point_values(table)
+    assert point["asr/wer"] == pytest.approx(M.wer(REFS, HYPS))
+    assert point["asr/cer"] == pytest.approx(M.cer(REFS, HYPS))
+
+
+def test_bootstrap_resamples_speakers_not_clips() -> None:
+    # Four speakers, each saying the same two clips twice over. Resampling speakers only sees
+    # per-speaker sums, so the intervals equal those of one merged clip per speaker; a clip-level
+    # bootstrap would give narrower ones.
+    speakers = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    doubled = B.clip_table(_rows(REFS + REFS, HYPS + HYPS, speakers + speakers))
+    single = B.clip_table(_rows(REFS, HYPS, speakers))
+    assert B.intervals(doubled, 500, seed=3)["asr/wer"] == pytest.approx(B.intervals(single, 500, seed=3)["asr/wer"])
+    low, high = B.intervals(single, 500, seed=3)["asr/wer"]
+    assert low < M.wer(REFS, HYPS) < high
+    # Seeded: the same seed gives the same interval, another seed another one.
+    assert B.intervals(single, 500, seed=3) == B.intervals(single, 500, seed=3)
+    assert B.intervals(single, 500, seed=4)["asr/wer"] != (low, high)
+
+
+def test_paired_difference_of_a_model_with_itself_and_with_a_worse_one() -> None:
+    speakers = [f"s{i % 4}" for i in range(8)]
+    base = B.clip_table(_rows(REFS, HYPS, speakers))
+    same = B.paired_differences(base, base, samples=300)
+    wer = same.differences["asr/wer"]
+    assert (wer.difference, wer.ci_low, wer.ci_high) == (0.0, 0.0, 0.0)
+    assert wer.verdict == "no detectable difference" and (same.clips, same.speakers) == (8, 4)
+    # Every clip loses its last word: WER rises on every speaker.
+    worse = B.clip_table(_rows(REFS, [h.rsplit(" ", 1)[0] for h in HYPS], speakers))
+    diff = B.paired_differences(base, worse, samples=300).differences["asr/wer"]
+    assert diff.difference == pytest.approx(M.wer(REFS, [h.rsplit(" ", 1)[0] for h in HYPS]) - M.wer(REFS, HYPS))
+    assert diff.ci_low > 0 and diff.verdict == "worse"
+    assert B.paired_differences(worse, base, samples=300).differences["asr/wer"].verdict == "better"
+
+
+def test_clips_without_counts_are_named() -> None:
+    with pytest.raises(ValueError, match="clip u7 has no per-clip counts"):
+        B.clip_table([{"utterance_id": "u7", "speaker": "s"}])
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    save_tiny_asr(tiny_dataset_path, run / "asr")
+    save_tiny_nlu(tiny_dataset_path, run / "nlu")
+    return run
+
+
+def test_eval_stage_writes_intervals_everywhere(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    from pipeline.eval.run import run_eval_stage
+
+    tracker = RecordingTracker()
+    cfg = eval_cfg(asr_model=str(tiny_models / "asr"), nlu_model=str(tiny_models / "nlu"),
+                   **{"eval.bootstrap_samples": 200})
+    metrics = run_eval_stage(cfg, tmp_path / "a", tiny_dataset_path, tracker)
+    assert metrics["eval/bootstrap_samples"] == 200
+    for key in B.INTERVAL_KEYS:
+        low, high = metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"]
+        assert low is not None and high is not None and low <= high, key
+        assert tracker.summary[f"{key}_ci_low"] == low, "W&B gets the same keys"
+    # The bootstrap recomputes the stage's own figures from the per-clip counts in predictions.jsonl.
+    rows = [json.loads(line) for line in (tmp_path / "a" / "predictions.jsonl").read_text().splitlines()]
+    point = B.point_values(B.clip_table(rows))
+    for key in B.INTERVAL_KEYS:
+        if key != "wake/fa_per_hour":
+            assert point[key] == pytest.approx(metrics[key]), key
+    # False accepts per hour: the Poisson interval on the count over the negative hours.
+    counts = {k: sum(r["counts"][k] for r in rows) for k in ("wake_false_accepts", "wake_negative_seconds")}
+    assert (metrics["wake/fa_per_hour_ci_low"], metrics["wake/fa_per_hour_ci_high"]) == pytest.approx(
+        B.poisson_rate_interval(int(counts["wake_false_accepts"]), counts["wake_negative_seconds"] / 3600))
+    # What a paired comparison needs, per clip, and no device or annotator column.
+    assert all({"utterance_id", "speaker", "counts", "wake_score"} <= set(r) and not {"device", "annotator"} & set(r)
+               for r in rows)
+    report = (tmp_path / "a" / "report.md").read_text()
+    wer = metrics["asr/wer"]
+    assert f"{wer:.3f} [{metrics['asr/wer_ci_low']:.3f}, {metrics['asr/wer_ci_high']:.3f}]" in report
+    assert "resample speakers" in report and "scoring: project" in report
+    details = json.loads((tmp_path / "a" / "eval_details.json").read_text())
+    assert details["test_data"]["split"] == "test" and details["test_data"]["clips"] == len(rows)
+    # Seeded: the same evaluation gives the same intervals.
+    again = run_eval_stage(cfg, tmp_path / "b", tiny_dataset_path, RecordingTracker())
+    assert {k: v for k, v in again.items() if "_ci_" in k} == {k: v for k, v in metrics.items() if "_ci_" in k}
+    assert np.isfinite(metrics["asr/wer_ci_high"])
