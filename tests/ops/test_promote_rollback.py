@@ -1,0 +1,125 @@
+"""`make promote MODEL=<id>` and `make rollback` (retrain.promote / retrain.rollback): the promoted
+model changes without training, never to a model trained on deleted data, and every outcome is a
+decision like a scheduled run's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from pipeline.ops.corpus import pseudonym_key, utterance_pseudonym
+from pipeline.ops.promote import write_candidate
+from pipeline.ops.registry import Registry
+from pipeline.ops.retrain import EXIT_CONFIG, EXIT_OK, run_retrain
+
+
+def _cfg(tmp: Path, **retrain: object) -> OmegaConf:
+    (tmp / "inbox").mkdir(exist_ok=True)
+    return OmegaConf.create({
+        "stages": ["data", "asr", "nlu", "eval"], "seed": 1, "run_dir": str(tmp / "job"),
+        "cache_dir": str(tmp / "cache"),
+        "privacy": {"key_env": "NO_SUCH_ENV_FOR_TEST", "key_file": str(tmp / "cache" / "pseudonym.key")},
+        "retrain": {"inbox": str(tmp / "inbox"), "corpus_dir": str(tmp / "corpus"),
+                    "registry_dir": str(tmp / "registry"), "force": False, "promote": None, "rollback": False,
+                    **retrain},
+    })
+
+
+def _run(tmp: Path, name: str) -> Path:
+    """A finished training run's model folders, as the stages leave them."""
+    run = tmp / "runs" / name
+    for part in ("asr", "nlu"):
+        (run / part / "checkpoints").mkdir(parents=True)
+        (run / part / "model.safetensors").write_bytes(f"{name}-{part}".encode())
+    return run
+
+
+def _record(key: bytes, model_id: str, run: Path, utterances: list[str]) -> dict:
+    return {"model_id": model_id, "dataset_fingerprint": "fp-" + model_id, "metrics": {"asr/wer": 0.2},
+            "run_dir": str(run), "state": "state-" + model_id,
+            "trained_on": sorted(utterance_pseudonym(key, u) for u in utterances)}
+
+
+def _rejected(registry: Registry, key: bytes, tmp: Path, model_id: str, utterances: list[str]) -> Path:
+    """What a run the gate rejected leaves: its models, candidate.json and its decision line."""
+    run = _run(tmp, model_id)
+    record = _record(key, model_id, run, utterances)
+    write_candidate(run, record)
+    registry.log_decision({"decision": "rejected", "reason": "asr/wer 0.2000 -> 0.2100: rose by 0.0100",
+                           "run_dir": str(run), "state": record["state"],
+                           "candidate": {k: record[k] for k in ("model_id", "dataset_fingerprint", "metrics")}})
+    return run
+
+
+def _do(tmp: Path, **retrain: object) -> tuple[int, dict]:
+    code = run_retrain(_cfg(tmp, **retrain))
+    return code, json.loads((tmp / "job" / "decision.json").read_text())
+
+
+def test_promote_a_rejected_candidate_then_roll_back(tmp_path: Path) -> None:
+    key = pseudonym_key(_cfg(tmp_path).privacy)
+    registry = Registry(tmp_path / "registry")
+    registry.promote(_run(tmp_path, "m1"), _record(key, "m1", tmp_path / "runs" / "m1", ["u1", "u2"]))
+    c2 = _rejected(registry, key, tmp_path, "c2", ["u2", "u3"])
+
+    code, decision = _do(tmp_path, promote="c2")
+    assert (code, decision["decision"], decision["by_hand"]) == (EXIT_OK, "promoted", True), decision
+    assert registry.current()["model_id"] == "c2" and decision["state"] == "state-c2"
+    # Exactly the reviewed weights, not a new training run (nor its checkpoints).
+    assert (registry.model_dir("c2") / "asr" / "model.safetensors").read_bytes() == b"c2-asr"
+    assert not (registry.model_dir("c2") / "asr" / "checkpoints").exists()
+    assert registry.record("m1")["retired_reason"] == "replaced" and registry.has_weights("m1")
+    assert not (c2 / "decision.json").exists(), "the promote job writes into its own folder only"
+
+    code, decision = _do(tmp_path, rollback=True)
+    assert (code, decision["decision"]) == (EXIT_OK, "rolled_back"), decision
+    assert registry.current()["model_id"] == "m1" and registry.history() == ["m1", "c2", "m1"]
+    assert registry.record("c2")["retired_reason"] == "rolled_back" and registry.has_weights("c2")
+    assert registry.record("m1")["status"] == "promoted" and "retired_reason" not in registry.record("m1")
+
+    # A model rolled back from is not rolled back to; promoting it by hand still works.
+    code, decision = _do(tmp_path, rollback=True)
+    assert code == EXIT_CONFIG and "c2 (rolled back from before)" in decision["reason"]
+    code, decision = _do(tmp_path, promote="c2")
+    assert (code, registry.current()["model_id"]) == (EXIT_OK, "c2"), decision
+    assert registry.recover() == [], "every step left the registry consistent"
+
+    log = [d["decision"] for d in registry.decisions()]
+    assert log == ["rejected", "promoted", "rolled_back", "config_error", "promoted"]
+
+
+def test_never_back_to_deleted_data_or_missing_weights(tmp_path: Path) -> None:
+    key = pseudonym_key(_cfg(tmp_path).privacy)
+    registry = Registry(tmp_path / "registry")
+    registry.promote(_run(tmp_path, "m1"), _record(key, "m1", tmp_path / "runs" / "m1", ["u1"]))
+    registry.promote(_run(tmp_path, "m2"), _record(key, "m2", tmp_path / "runs" / "m2", ["u2"]))
+    registry.promote(_run(tmp_path, "m3"), _record(key, "m3", tmp_path / "runs" / "m3", ["u3"]),
+                     retire_reason="deletion")  # m2 was trained on deleted data: weights gone
+    c4 = _rejected(registry, key, tmp_path, "c4", ["u1", "u4"])
+    c5 = _rejected(registry, key, tmp_path, "c5", ["u5"])
+    (tmp_path / "inbox" / "deletions").mkdir(parents=True)
+    (tmp_path / "inbox" / "deletions" / "r.jsonl").write_text(json.dumps({"utterance_id": "u1"}) + "\n")
+
+    # Rolling back skips m2 (weights deleted) and m1 (a deletion request waits for u1).
+    code, decision = _do(tmp_path, rollback=True)
+    assert code == EXIT_CONFIG and registry.current()["model_id"] == "m3"
+    assert "m2 (retired for deletion, weights deleted)" in decision["reason"]
+    assert "m1 (trained on data with a deletion request)" in decision["reason"]
+    for model_id, why in [("c4", "trained on 1 utterance(s) with a deletion request"),
+                          ("m1", "trained on 1 utterance(s) with a deletion request"),
+                          ("m2", "weights are gone"), ("m3", "already the promoted model"),
+                          ("c9", "no rejected candidate")]:
+        code, decision = _do(tmp_path, promote=model_id)
+        assert code == EXIT_CONFIG and why in decision["reason"], (model_id, decision)
+    for part in ("asr", "nlu"):  # erased, or the run folder was cleaned up
+        for path in sorted((c5 / part).rglob("*"), reverse=True):
+            path.rmdir() if path.is_dir() else path.unlink()
+        (c5 / part).rmdir()
+    code, decision = _do(tmp_path, promote="c5")
+    assert code == EXIT_CONFIG and "no longer holds the model" in decision["reason"]
+    code, decision = _do(tmp_path, promote="c4", rollback=True)
+    assert code == EXIT_CONFIG and "exclusive" in decision["reason"]
+    assert registry.current()["model_id"] == "m3" and c4.is_dir()
+    assert [d["decision"] for d in registry.decisions()][-8:] == ["config_error"] * 8
