@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipeline.eval import metrics as M
@@ -94,3 +96,78 @@ def test_worst_utterances_ranks_by_wer() -> None:
             {"utterance_id": "c", "wer": 0.0, "reference": "x"},
             {"utterance_id": "d", "wer": None, "reference": ""}]
     assert [r["utterance_id"] for r in M.worst_utterances(rows, 2)] == ["b", "a"]
+
+
+# Three SLURP records. Gold fillers: SLURP's scorer joins the span's tokens ("jessica 's"); the
+# project takes the annotation's text ("jessica's").
+SLURP_RECORDS = [
+    {"slurp_id": 1, "tokens": [{"surface": s} for s in ["play", "Jessica", "'s", "playlist"]],
+     "entities": [{"span": [1, 2], "type": "person"}]},
+    {"slurp_id": 2, "tokens": [{"surface": s} for s in ["wake", "me", "at", "7", "am"]],
+     "entities": [{"span": [3, 4], "type": "time"}]},
+    {"slurp_id": 3, "tokens": [{"surface": s} for s in ["what", "is", "on", "today"]],
+     "entities": [{"span": [3], "type": "date"}]},
+]
+PROJECT_GOLD = [[{"type": "person", "value": "jessica's"}], [{"type": "time", "value": "7 am"}],
+                [{"type": "date", "value": "today"}]]
+INTENTS = ["play_music", "alarm_set", "calendar_query"]
+# Predictions: record 1 in SLURP's token format, record 2 with capitals and digits spelled out,
+# record 3 has no prediction at all.
+PRED_INTENTS = ["play_music", "alarm_set", None]
+PRED_ENTITIES = [[{"type": "person", "value": "jessica 's"}], [{"type": "time", "value": "Seven AM"}], None]
+
+
+def test_slurp_scoring_matches_slurps_scorer_on_a_hand_made_fixture() -> None:
+    gold = [M.slurp_gold_entities(r) for r in SLURP_RECORDS]
+    assert gold[0] == [{"type": "person", "value": "jessica 's"}]  # lower-cased tokens, space-joined
+    result = M.slurp_scores(INTENTS, gold, PRED_INTENTS, PRED_ENTITIES)
+    # Record 3 has no prediction: skipped. Records 1 and 2: both intents right -> accuracy 1.
+    assert (result["records"], result["scored"], result["intent_accuracy"]) == (3, 2, 1.0)
+    # Span F1 on raw strings: "jessica 's" matches (TP); "Seven AM" != "7 am" (FP + FN).
+    # tp 1, fp 1, fn 1 -> 2 / (2 + 1 + 1) = 0.5
+    assert result["entity"]["f1"] == pytest.approx(0.5)
+    # SLU-F1: both predictions pair with the gold entity of their type.
+    # word: record 1 distance 0; record 2 "7 am" -> "Seven AM": 2 substitutions / 2 words = 1.0.
+    # char: record 1 distance 0; record 2: 4 insertions + 3 substitutions (only the space matches,
+    #       case counts) over the longer length 8 = 7/8.
+    # summed: tp 2 + 2 = 4, fp = fn = 1 + 7/8 -> F1 = 8 / (8 + 2 * 1.875) = 8 / 11.75
+    assert result["slu"]["f1"] == pytest.approx(8 / 11.75)
+
+
+def test_project_scoring_of_the_same_fixture() -> None:
+    # The project normalises both sides and counts the missing prediction as an error.
+    preds = [p or [] for p in PRED_ENTITIES]
+    # Intents: 2 of 3 right (record 3 predicted nothing).
+    assert M.intent_scores(INTENTS, [p or "" for p in PRED_INTENTS])["accuracy"] == pytest.approx(2 / 3)
+    # "jessica 's" normalises to "jessica s", not "jessica's": FP + FN. "Seven AM" and "7 am" both
+    # normalise to "seven am": TP. Record 3's date is never found: FN. tp 1, fp 1, fn 2 -> 2 / 5.
+    assert M.entity_scores(PROJECT_GOLD, preds)["f1"] == pytest.approx(2 / 5)
+    # SLU-F1. word: record 1 "jessica's" -> "jessica s" is 1 substitution + 1 insertion over 1 word = 2;
+    # record 2 distance 0; record 3 one FN. -> tp 2, fp 2, fn 3.
+    # char: record 1: one substitution (' -> space) over 9 characters = 1/9; record 3 one FN.
+    # -> tp 2, fp 1/9, fn 1 + 1/9. Summed: tp 4, fp 2 + 1/9, fn 4 + 1/9 -> F1 = 8 / (8 + 6 + 2/9).
+    assert M.slu_f1(PROJECT_GOLD, preds)["f1"] == pytest.approx(8 / (14 + 2 / 9))
+
+
+def test_slurp_mode_reads_token_fillers_for_slurp_clips_only(tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    from pipeline.eval.run import _scoring_gold
+    from pipeline.runtime import PipelineError
+
+    gold_file = tmp_path / "test.jsonl"
+    gold_file.write_text("".join(json.dumps(r) + "\n" for r in SLURP_RECORDS))
+    rows = [{"utterance_id": "slurp-1-audio-1434-headset", "gold_entities": PROJECT_GOLD[0]},
+            {"utterance_id": "demo-0007", "gold_entities": []}]
+    cfg = OmegaConf.create({"data": {"source": "slurp", "path": str(gold_file)},
+                            "eval": {"split": "test", "slu_scoring": "slurp", "slurp_gold": None}})
+    scoring = _scoring_gold(cfg, cfg.eval, rows)
+    assert (scoring["mode"], scoring["clips"], scoring["scored"]) == ("slurp", 2, 1)
+    assert rows[0]["scoring_entities"] == [{"type": "person", "value": "jessica 's"}]
+    assert rows[1]["scoring_entities"] is None  # not a SLURP record: not scored in slurp mode
+    cfg.data.source = "demo"
+    with pytest.raises(PipelineError, match="eval.slurp_gold"):
+        _scoring_gold(cfg, cfg.eval, rows)
+    cfg.eval.slu_scoring = "nemo"
+    with pytest.raises(PipelineError, match="eval.slu_scoring='nemo'"):
+        _scoring_gold(cfg, cfg.eval, rows)
