@@ -28,7 +28,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     Decoded clips are kept in memory up to `cache_mb`: a small corpus is trained on for many epochs
     (the demo run: 28), and decoding FLAC was half of the in-step loading time (~14 of ~28 ms a
-    CPU step, docs/ASR.md). Past the budget clips are decoded each time, as before; the dataset on
+    CPU step, docs/experiments.md). Past the budget clips are decoded each time, as before; the dataset on
     disk stays the only stored copy. Caching pays only in the training process: DataLoader workers
     are started afresh each epoch and would throw their caches away, so use 0 there.
     """
@@ -80,7 +80,7 @@ def plan_augmentation(count: int, cfg: DictConfig | None, seed: int) -> list[flo
 
     Drawn for the whole epoch before batching, so the sampler can group clips by the length they
     will be played at. Drawn per clip inside a batch instead, a 0.9x clip outgrew its neighbours and
-    padding rose from 1% to 9% of the compute (docs/ASR.md, "CPU throughput: planned speed
+    padding rose from 1% to 9% of the compute (docs/experiments.md, "CPU throughput: planned speed
     perturbation")."""
     if cfg is None or float(cfg.get("prob", 0) or 0) <= 0:
         return None

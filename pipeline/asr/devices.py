@@ -120,7 +120,7 @@ def fast_cpu_math(device: torch.device, low_precision: torch.dtype | None = None
     """Flush denormal floats to zero, and turn oneDNN convolutions off for fp32 on the CPU.
 
     Both are about speed, not results; together they make the tiny model's CPU training ~1.4x
-    faster (docs/ASR.md, "CPU throughput: denormals and oneDNN"). As a model trains, some values
+    faster (docs/experiments.md, "CPU throughput: denormals and oneDNN"). As a model trains, some values
     sink into the denormal range (below 1.2e-38), where x86 arithmetic is several-fold slower:
     without flushing, a CPU step's backward pass grew from 95 to 150 ms within 100 steps. oneDNN
     builds a convolution kernel for every new input shape, and audio batches come in a new length

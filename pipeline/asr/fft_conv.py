@@ -5,7 +5,7 @@ wav2vec2-base) over the encoder frames. PyTorch's CPU kernel for it runs one sma
 per group and clip, and was the most expensive convolution of a `asr=tiny` step (about 20 ms of a
 ~160 ms step on 2 cores). In the frequency domain the same correlation is one product per
 frequency bin: exact up to float rounding (~1e-6), and 1.8x faster forward + backward at the tiny
-model's shapes (docs/ASR.md). Only the training model's `forward` is swapped: the weights, their
+model's shapes (docs/experiments.md). Only the training model's `forward` is swapped: the weights, their
 names and the saved model are transformers' own.
 """
 

@@ -55,7 +55,7 @@ def skip_waveform_gradient(model: Wav2Vec2ForCTC) -> bool:
     It marks its input as requiring grad in training so that gradient checkpointing (reentrant)
     has a differentiable input; without checkpointing that only makes the backward pass compute a
     gradient nobody reads, through the first, widest convolution (for `asr=tiny` on the CPU that
-    layer's backward took 6.9 instead of 4.4 ms; docs/ASR.md). The weights still get theirs. Says
+    layer's backward took 6.9 instead of 4.4 ms; docs/experiments.md). The weights still get theirs. Says
     whether it applied.
     """
     encoder = getattr(getattr(model, "wav2vec2", None), "feature_extractor", None)

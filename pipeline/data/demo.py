@@ -47,7 +47,7 @@ class DemoKnobs:
     workers: int | None = None  # parallel espeak-ng processes; None = all usable cores
     # One espeak-ng voice for every clip instead of each account's own (speed and pitch stay per
     # clip). The demo's 127 voices are what make its ASR hard; one voice shows whether the ASR
-    # path learns at all (see docs/ASR.md).
+    # path learns at all (see docs/experiments.md).
     voice: str | None = None
 
 
