@@ -5,15 +5,25 @@ model on the same test split (both evaluated now, so a changed test split cannot
 
     retrain.gate.wer: {metric: asr/wer, max_increase: 0.005}      # 0.5 WER points
     retrain.gate.slu_f1: {metric: slu/slu_f1, max_decrease: 0.0}
+
+On a few hundred clips a point difference of 0.005 WER is mostly noise, so `check_gate_paired`
+judges each rule on the candidate-minus-promoted difference over the same clips and its 95%
+paired speaker-bootstrap interval (pipeline.eval.bootstrap), under `retrain.gate_policy`:
+
+    not_worse     (default) reject only when the whole interval is worse than the limit
+    non_inferior  promote only when the whole interval is within the limit
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+from pipeline.eval import bootstrap as B
 from pipeline.runtime import PipelineError
 
 # Floating-point noise: the same model evaluated twice may differ in the last bits.
@@ -30,6 +40,13 @@ class GateCheck:
     incumbent: float | None
     passed: bool
     detail: str
+    # The paired judgement (None when judged on point values alone).
+    difference: float | None = None   # candidate minus promoted, on the same clips
+    ci_low: float | None = None       # its 95% paired bootstrap interval
+    ci_high: float | None = None
+    policy: str | None = None
+    clips: int | None = None
+    speakers: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,15 +58,20 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def _rule(name: str, rule: Mapping[str, Any]) -> tuple[str, str, float]:
+    kinds = [k for k in ("max_increase", "max_decrease") if k in rule]
+    if "metric" not in rule or len(kinds) != 1:
+        raise PipelineError(f"retrain.gate.{name} must have `metric` and exactly one of "
+                            f"max_increase / max_decrease, got {dict(rule)}")
+    return str(rule["metric"]), kinds[0], float(rule[kinds[0]])
+
+
 def check_gate(candidate: Mapping[str, Any], incumbent: Mapping[str, Any],
                rules: Mapping[str, Mapping[str, Any]]) -> list[GateCheck]:
+    """Each rule on the two models' point values alone."""
     checks = []
     for name, rule in rules.items():
-        kinds = [k for k in ("max_increase", "max_decrease") if k in rule]
-        if "metric" not in rule or len(kinds) != 1:
-            raise PipelineError(f"retrain.gate.{name} must have `metric` and exactly one of "
-                                f"max_increase / max_decrease, got {dict(rule)}")
-        metric, kind, limit = str(rule["metric"]), kinds[0], float(rule[kinds[0]])
+        metric, kind, limit = _rule(name, rule)
         new, old = _number(candidate.get(metric)), _number(incumbent.get(metric))
         if new is None or old is None:
             which = "candidate" if new is None else "promoted model"
@@ -63,3 +85,79 @@ def check_gate(candidate: Mapping[str, Any], incumbent: Mapping[str, Any],
                   + (f"{direction} by {worse:.4f}, limit {limit:.4f}" if worse > 0 else "no worse"))
         checks.append(GateCheck(name, metric, kind, limit, new, old, passed, detail))
     return checks
+
+
+GATE_POLICIES = ("not_worse", "non_inferior")
+
+
+def check_gate_paired(
+    paired: B.Paired, candidate: Mapping[str, Any], incumbent: Mapping[str, Any],
+    rules: Mapping[str, Mapping[str, Any]], policy: str = "not_worse",
+) -> list[GateCheck]:
+    """Each rule on the paired difference (candidate - promoted) and its interval; a rule on a
+    metric without per-clip counts (e.g. eval/rtf) falls back to the point values and says so.
+    `candidate` / `incumbent` are the two metrics.json, kept in each check for the record."""
+    if policy not in GATE_POLICIES:
+        raise PipelineError(f"retrain.gate_policy={policy!r}: use one of {list(GATE_POLICIES)}")
+    checks = []
+    for name, rule in rules.items():
+        metric, kind, limit = _rule(name, rule)
+        diff = paired.differences.get(metric)
+        new, old = _number(candidate.get(metric)), _number(incumbent.get(metric))
+        if diff is None or diff.ci_low is None or diff.ci_high is None:
+            point = check_gate(candidate, incumbent, {name: rule})[0]
+            checks.append(GateCheck(**{**point.as_dict(), "policy": policy,
+                                       "detail": point.detail + " (no per-clip interval: judged on the point values)"}))
+            continue
+        # The interval in the rule's "worse" direction: positive is worse for both kinds of rule.
+        sign = 1.0 if kind == "max_increase" else -1.0
+        worse_low, worse_high = sorted((sign * diff.ci_low, sign * diff.ci_high))
+        passed = (worse_low if policy == "not_worse" else worse_high) <= limit + TOLERANCE
+        checks.append(GateCheck(
+            name, metric, kind, limit, new, old, passed,
+            _paired_detail(metric, kind, limit, policy, diff, paired, worse_low, worse_high, passed),
+            difference=diff.difference, ci_low=diff.ci_low, ci_high=diff.ci_high, policy=policy,
+            clips=paired.clips, speakers=paired.speakers,
+        ))
+    return checks
+
+
+def _paired_detail(metric: str, kind: str, limit: float, policy: str, diff: B.Difference, paired: B.Paired,
+                   worse_low: float, worse_high: float, passed: bool) -> str:
+    """One line a person can act on: the difference, its interval, and why the policy decided so."""
+    bound = "rise" if kind == "max_increase" else "fall"
+    head = (f"{metric} {diff.base:.4f} -> {diff.other:.4f}: candidate - promoted {diff.difference:+.4f} "
+            f"[{diff.ci_low:+.4f}, {diff.ci_high:+.4f}] (95%, {paired.clips} clips, {paired.speakers} speakers); "
+            f"may {bound} by {limit:.4f}")
+    if policy == "not_worse":
+        if passed:
+            return head + f"; not_worse: the interval's best end ({worse_low:+.4f}) is within the limit, so not shown worse"
+        return head + f"; not_worse: the whole interval is worse than the limit (at least {worse_low:+.4f})"
+    if passed:
+        return head + f"; non_inferior: the whole interval is within the limit (at worst {worse_high:+.4f})"
+    return head + (f"; non_inferior: the interval reaches {worse_high:+.4f}, beyond the limit, so these clips cannot "
+                   "show the candidate is no worse (the difference may be noise; more test clips narrow the interval)")
+
+
+def load_clip_table(run_dir: Path) -> B.ClipTable:
+    """A run's per-clip results (predictions.jsonl), as the bootstrap reads them."""
+    path = Path(run_dir) / "predictions.jsonl"
+    if not path.is_file():
+        raise PipelineError(f"{path} does not exist: the gate needs the per-clip results of both models")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return B.clip_table(rows)
+    except ValueError as err:
+        raise PipelineError(f"{path}: {err}") from None
+
+
+def gate_on_runs(
+    candidate_dir: Path, incumbent_dir: Path, candidate: Mapping[str, Any], incumbent: Mapping[str, Any],
+    rules: Mapping[str, Mapping[str, Any]], policy: str, samples: int, seed: int,
+) -> list[GateCheck]:
+    """The gate for two evaluation folders of the same test split (retraining evaluates both now)."""
+    try:
+        paired = B.paired_differences(load_clip_table(incumbent_dir), load_clip_table(candidate_dir), samples, seed)
+    except ValueError as err:
+        raise PipelineError(f"{candidate_dir} vs {incumbent_dir}: {err}") from None
+    return check_gate_paired(paired, candidate, incumbent, rules, policy)

@@ -1,0 +1,100 @@
+"""The promotion gate on the paired difference over the same test clips, under both policies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.eval import bootstrap as B
+from pipeline.eval import metrics as M
+from pipeline.ops.gate import GATE_POLICIES, gate_on_runs
+from pipeline.runtime import PipelineError
+
+RULES = {"wer": {"metric": "asr/wer", "max_increase": 0.005},
+         "intent": {"metric": "slu/intent_accuracy", "max_decrease": 0.0}}
+# 40 clips of 5 words from 20 speakers: 200 reference words, so one word error is 0.005 WER.
+REFS = [f"turn the kitchen light {w}" for w in ("on", "off", "up", "down")] * 10
+SPEAKERS = [f"acct_{i // 2:02d}" for i in range(40)]
+
+
+def _write_run(folder: Path, hyps: list[str]) -> dict:
+    """A run folder with predictions.jsonl whose per-clip counts come from the metric code."""
+    folder.mkdir(parents=True)
+    rows = []
+    for i, (ref, hyp, spk) in enumerate(zip(REFS, hyps, SPEAKERS)):
+        row = {"utterance_id": f"utt-{i:02d}", "speaker": spk, "intent": "iot_lights", "slu_scored": True,
+               "slu_intent": "iot_lights", "edit": M.edit_counts(ref, hyp)}
+        row["counts"] = B.clip_counts(row, threshold=None)
+        rows.append(row)
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = {"asr/wer": M.wer(REFS, hyps), "slu/intent_accuracy": 1.0}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return metrics
+
+
+def _gate(tmp: Path, incumbent: list[str], candidate: list[str], policy: str) -> list:
+    old = _write_run(tmp / policy / "incumbent", incumbent)
+    new = _write_run(tmp / policy / "candidate", candidate)
+    return gate_on_runs(tmp / policy / "candidate", tmp / policy / "incumbent", new, old, RULES, policy, 500, 0)
+
+
+def _with_error(hyp: str) -> str:
+    return hyp.replace("kitchen", "kitten")  # one substituted word
+
+
+def _fixed(hyp: str) -> str:
+    return hyp.replace("kitten", "kitchen")
+
+
+PROMOTED = [_with_error(r) if i % 5 == 0 else r for i, r in enumerate(REFS)]  # 8 errors: WER 0.04
+
+
+@pytest.mark.parametrize("policy", GATE_POLICIES)
+def test_a_model_against_itself_passes_under_both_policies(tmp_path: Path, policy: str) -> None:
+    checks = _gate(tmp_path, PROMOTED, PROMOTED, policy)
+    assert all(c.passed for c in checks), [c.detail for c in checks]
+    wer = checks[0]
+    assert (wer.difference, wer.ci_low, wer.ci_high, wer.policy) == (0.0, 0.0, 0.0, policy)
+    assert (wer.clips, wer.speakers) == (40, 20)
+
+
+@pytest.mark.parametrize("policy", GATE_POLICIES)
+def test_a_clearly_worse_model_is_rejected(tmp_path: Path, policy: str) -> None:
+    # An early checkpoint: it drops the last word of every clip (WER 0.04 -> 0.24).
+    early = [h.rsplit(" ", 1)[0] for h in PROMOTED]
+    wer = _gate(tmp_path, PROMOTED, early, policy)[0]
+    assert not wer.passed and wer.difference == pytest.approx(0.2)
+    assert wer.ci_low > 0.005, "the whole interval is beyond the limit"
+    assert ("worse than the limit" if policy == "not_worse" else "beyond the limit") in wer.detail
+
+
+def test_a_difference_inside_the_noise_is_promoted_only_under_not_worse(tmp_path: Path) -> None:
+    # The candidate fixes 3 of the promoted model's errors and makes 4 new ones, on other speakers:
+    # one net word error (+0.005 WER, exactly the limit), well inside the noise of 40 clips.
+    candidate = list(PROMOTED)
+    for i in (0, 5, 10):
+        candidate[i] = _fixed(candidate[i])
+    for i in (3, 13, 23, 33):
+        candidate[i] = _with_error(candidate[i])
+    assert M.wer(REFS, candidate) - M.wer(REFS, PROMOTED) == pytest.approx(0.005)
+
+    lenient = _gate(tmp_path, PROMOTED, candidate, "not_worse")[0]
+    strict = _gate(tmp_path, PROMOTED, candidate, "non_inferior")[0]
+    assert lenient.passed and not strict.passed
+    assert (lenient.ci_low, lenient.ci_high) == (strict.ci_low, strict.ci_high)
+    assert lenient.ci_low < 0.005 < lenient.ci_high
+    assert "not shown worse" in lenient.detail
+    assert "non_inferior: the interval reaches" in strict.detail and "beyond the limit" in strict.detail
+    assert "40 clips, 20 speakers" in strict.detail
+    record = strict.as_dict()  # what decision.json keeps per rule
+    assert {"difference", "ci_low", "ci_high", "policy", "clips", "speakers"} <= set(record)
+
+
+def test_bad_policy_and_missing_per_clip_results_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="retrain.gate_policy='lenient'"):
+        _gate(tmp_path, PROMOTED, PROMOTED, "lenient")
+    (tmp_path / "old").mkdir()
+    with pytest.raises(PipelineError, match="predictions.jsonl does not exist"):
+        gate_on_runs(tmp_path / "lenient" / "candidate", tmp_path / "old", {}, {}, RULES, "not_worse", 10, 0)
