@@ -8,7 +8,7 @@ SYSTEM_PACKAGES := espeak-ng ffmpeg libsndfile1
 NPROC ?= 2
 ARGS ?=
 
-.PHONY: setup system-packages train train-ddp test test-fast evaluate retrain promote rollback audit-deletions compare sync bench bench-data bench-asr bench-nlu bench-eval clean
+.PHONY: setup system-packages train train-ddp test test-fast evaluate retrain promote rollback erase audit-deletions compare sync bench bench-data bench-asr bench-nlu bench-eval bench-erase clean
 
 setup: system-packages $(STAMP)
 
@@ -60,6 +60,12 @@ promote: setup
 rollback: setup
 	$(PY) retrain.py retrain.rollback=true $(ARGS)
 
+# Erase every copy of data with a deletion request (make retrain does this too); then prove it:
+# audit-deletions exits 0 clean, 3 when a trace is left, 2 on a bad config or unreadable root
+# (make turns any failure into 2, so scripts call `python -m pipeline.ops.audit` directly).
+erase: setup
+	$(PY) -m pipeline.ops.erase $(ARGS)
+
 audit-deletions: setup
 	$(PY) -m pipeline.ops.audit $(ARGS)
 
@@ -83,6 +89,9 @@ bench-nlu: setup
 
 bench-eval: setup
 	$(PY) -m bench.eval_throughput --clips 48
+
+bench-erase: setup
+	$(PY) -m bench.erase --repeats 5
 
 # The whole suite, slow end-to-end tests included (CI runs exactly this).
 test: setup

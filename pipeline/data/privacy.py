@@ -68,6 +68,34 @@ class Deletions:
         return False
 
 
+def parse_deletion_requests(path: Path, key: bytes) -> tuple[Deletions, list[dict[str, Any]]]:
+    """Every good request of a file, and each bad line as {"file", "line", "reason"}.
+
+    For the scheduled intake: one malformed line must not hold back everyone else's erasure. The
+    bad line's content is not returned, since it may hold a raw account id or serial.
+    """
+    deletions = Deletions()
+    bad: list[dict[str, Any]] = []
+    kinds = {"utterance_id": "utt", "account_id": "acct", "device_serial": "dev"}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except json.JSONDecodeError:
+                bad.append({"file": path.name, "line": n, "reason": "not valid JSON"})
+                continue
+            known = {k: v for k, v in request.items() if k in kinds} if isinstance(request, dict) else {}
+            if not known or not all(isinstance(v, str) and v for v in known.values()):
+                bad.append({"file": path.name, "line": n,
+                            "reason": f"needs a non-empty string under one of {list(DELETION_KEYS)}"})
+                continue
+            for name, value in known.items():
+                deletions.pseudonyms.add(pseudonym(key, kinds[name], value))
+    return deletions, bad
+
+
 def load_deletions(path: str | Path | None, key: bytes) -> Deletions:
     """Read `{"utterance_id"|"account_id"|"device_serial": ...}` lines; a bad line is a user error."""
     deletions = Deletions()

@@ -1,17 +1,31 @@
-"""`make audit-deletions`: which models still hold data that someone asked us to delete?
+"""`make audit-deletions`: is any trace of a deleted clip left anywhere the pipeline writes?
 
-Reads the same config as `retrain.py` (so the same inbox, corpus, registry and pseudonym key; pass
-overrides as arguments: `python -m pipeline.ops.audit retrain.registry_dir=/srv/registry`), and
-checks every model in the registry whose weights still exist against the deletion requests:
-those already applied (tombstones) and those still waiting in the inbox. Prints counts and model
-ids only, never the requested identifiers. Exit code 0 either way; the next `make retrain`
-replaces an affected promoted model and removes the weights of affected retired ones.
+Reads the same config as `retrain.py` (the same inbox, corpus, registry, pseudonym key and
+`erase.*` roots; pass overrides as arguments: `python -m pipeline.ops.audit erase.outputs=/srv/runs`)
+and scans every root of the inventory (pipeline/ops/inventory.py) for a deleted clip (requests
+applied or still waiting in the inbox):
+
+- its pseudonymous ids (utterance, account, device) in datasets, exports, predictions, reports,
+  W&B files: anywhere but the deletion bookkeeping that must name them (tombstones, receipts);
+- a fingerprint of its audio: SHA-256 of the decoded clip (as the data stage encodes it) and of
+  the file's bytes, against cached datasets and every audio file;
+- its transcript, by keyed hash, in predictions, reports and W&B files, and in any character LM
+  that holds all of its n-grams;
+- models, checkpoints, LMs, W&B runs and staged artifacts derived from a dataset that held it.
+
+Findings are listed with their paths, by ids and hashes only. Exit codes: 0 clean, 3 something
+found (run `make erase`), 2 a bad config or a root that cannot be scanned.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import sys
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -19,10 +33,20 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from pipeline.ops.corpus import pending_deletions, pseudonym_key
+from pipeline.ops.erase import (AUDIO_SUFFIXES, LM_ORDERS, Ledger, dataset_folders, dataset_rows, deleted_set,
+                                derived_parts, export_folders, find_traces, gram_hash, md5_b64, prediction_hit,
+                                record_names, row_matches, run_fingerprint, staging_files, text_hash)
+from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, walk_files
 from pipeline.ops.registry import Registry
-from pipeline.runtime import PipelineError, fail
+from pipeline.runtime import PipelineError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+EXIT_CLEAN, EXIT_CONFIG, EXIT_FOUND = 0, 2, 3
+PSEUDONYM = re.compile(rb"\b(?:utt|acct|dev)_[0-9a-f]{16}\b")
+JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+FRAGMENT = re.compile(r"[|<>\n\t\"]+")
+TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".html", ".txt", ".yaml", ".csv", ".log")
+MAX_TEXT_BYTES = 64 * 2**20
 
 
 def load_config(overrides: list[str], config_name: str = "retrain") -> DictConfig:
@@ -35,28 +59,226 @@ def load_config(overrides: list[str], config_name: str = "retrain") -> DictConfi
     return cfg
 
 
-def audit(cfg: DictConfig) -> list[dict[str, object]]:
+@dataclass(frozen=True)
+class Finding:
+    kind: str     # the kind of copy (inventory kinds)
+    trace: str    # pseudonym | audio | transcript | derived
+    path: str
+    detail: str
+
+
+def _bookkeeping(path: Path, roots: Roots) -> bool:
+    """Files that name deleted clips on purpose: tombstones, requests, receipts, erased records."""
+    for name, root in roots.named().items():
+        if path.is_relative_to(root.resolve()):
+            place = place_of(path.relative_to(root.resolve()).as_posix(), tuple(p for p in PLACES if p.root == name))
+            if place is not None and place.erase == "keep" and place.kind != "registry log":
+                return True
+    return path.name in ("record.json", "quarantine.jsonl", "decision.json", "decisions.jsonl")
+
+
+def _texts_in(data: str) -> set[str]:
+    """Candidate transcripts in a text file: JSON strings and markup-separated fragments."""
+    found = {_unescape(m) for m in JSON_STRING.findall(data)}
+    found |= {f.strip() for f in FRAGMENT.split(data) if f.strip()}
+    return {t for t in found if 0 < len(t) < 500}
+
+
+def _unescape(value: str) -> str:
+    if "\\" not in value:
+        return value
+    try:
+        return json.loads(f'"{value}"')
+    except json.JSONDecodeError:
+        return value
+
+
+def _lm_holds(arpa: Path, key: bytes, grams: dict[str, dict[str, list[str]]]) -> int:
+    """How many deleted transcripts have every highest-order n-gram in this ARPA file."""
+    order, section, present = 0, 0, set()
+    for line in arpa.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("ngram "):
+            order = max(order, int(line.split()[1].split("=")[0]))
+        elif line.startswith("\\"):
+            section = int(line[1:].split("-")[0]) if line.endswith("-grams:") else 0
+        elif section and section == order and "\t" in line:
+            present.add(gram_hash(key, line.split("\t")[1].split()))
+    wanted = [set(g.get(str(order), [])) for g in grams.values()]
+    return sum(1 for w in wanted if w and w <= present)
+
+
+def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]]]:
+    """(findings, registry models trained on deleted data that still have weights)."""
+    roots = Roots.from_cfg(cfg)
+    for name, root in roots.named().items():
+        check_root(name, root)
     key = pseudonym_key(cfg.privacy)
-    deleted = pending_deletions(Path(cfg.retrain.inbox), Path(cfg.retrain.corpus_dir), key)
-    return Registry(Path(cfg.retrain.registry_dir)).affected_by(deleted)
+    deleted = deleted_set(roots)
+    if roots.inbox.is_dir():
+        deleted |= pending_deletions(roots.inbox, roots.corpus, key)
+        from pipeline.ops.corpus import inbox_requests
+
+        deleted |= inbox_requests(roots.inbox, key)[1]
+    registry = Registry(roots.registry)
+    affected_models = registry.affected_by(deleted)
+    if not deleted:
+        return [], affected_models
+
+    ledger = Ledger.load(roots.erasure)
+    traces = find_traces(roots, key, deleted)
+    live = traces.as_ledger(key)
+    audio = ledger.audio | live.audio
+    texts = ledger.texts | live.texts
+    grams = {**ledger.grams, **live.grams}
+    erased = ledger.datasets | {Path(p).name for p in traces.affected}
+    findings: list[Finding] = []
+
+    for folder in dataset_folders(roots):
+        if str(folder) in traces.affected:
+            findings.append(Finding("cached dataset", "pseudonym", str(folder),
+                                    f"{traces.affected[str(folder)]} deleted clip(s)"))
+            continue
+        copies = sum(1 for row in dataset_rows(folder, ("audio", "text"))
+                     if (row.get("audio") and hashlib.sha256(row["audio"]).hexdigest() in audio)
+                     or (row.get("text") and text_hash(key, row["text"]) in texts))
+        if copies:
+            findings.append(Finding("cached dataset", "audio", str(folder), f"{copies} copy(ies) of deleted clips"))
+
+    for folder in export_folders(roots):
+        annotations = folder / "annotations.jsonl"
+        hits = 0
+        for line in annotations.read_text().splitlines() if annotations.is_file() else []:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record_names(key, record) & deleted:
+                hits += 1
+        if hits:
+            findings.append(Finding("source audio", "pseudonym", str(annotations), f"{hits} deleted record(s)"))
+
+    runs = run_folders(roots)
+    for run in runs:
+        if run_fingerprint(run) in erased:
+            for kind, files in derived_parts(run).items():
+                findings.append(Finding(kind, "derived", str(run), f"{len(files)} file(s) derived from an "
+                                        f"erased dataset ({run_fingerprint(run)})"))
+    for record in registry.records():
+        model_dir = registry.model_dir(record["model_id"])
+        trained = set(record.get("trained_on", [])) & deleted
+        if (trained or record.get("dataset_fingerprint") in erased) and any(
+                (model_dir / part).exists() for part in ("asr", "nlu")):
+            findings.append(Finding("registry model", "derived", str(model_dir),
+                                    f"trained on {len(trained)} deleted clip(s), dataset {record.get('dataset_fingerprint')}"))
+
+    staged = set(staging_files(roots))
+    for f in staged:
+        if ledger.digests and md5_b64(f) in ledger.digests:
+            findings.append(Finding("W&B staging", "derived", str(f), "a staged copy of an erased run's file"))
+
+    # Every file, byte by byte where it can hold ids or text; decoded where it is audio.
+    for name, root in roots.named().items():
+        if not root.is_dir():
+            continue
+        for f in walk_files(root):
+            if f.is_symlink():
+                continue
+            kind = _kind_of(f, roots, runs)
+            if f.suffix.lower() in AUDIO_SUFFIXES:
+                findings += _audio_findings(f, kind, audio)
+                continue
+            if f.name == "char_lm.arpa":
+                held = _lm_holds(f, key, grams)
+                if held:
+                    findings.append(Finding("language model", "transcript", str(f),
+                                            f"holds every n-gram of {held} deleted transcript(s)"))
+                continue
+            textual = f.suffix.lower() in TEXT_SUFFIXES or f in staged or f.suffix == ".wandb"
+            if not textual or f.stat().st_size > MAX_TEXT_BYTES or _bookkeeping(f.resolve(), roots):
+                continue
+            data = f.read_bytes()
+            ids = {m.decode() for m in PSEUDONYM.findall(data)} & deleted
+            if ids:
+                findings.append(Finding(kind, "pseudonym", str(f), f"{len(ids)} deleted pseudonymous id(s)"))
+            text = data.decode("utf-8", errors="replace")
+            if f.name.endswith(".jsonl") and "predictions" in f.name:
+                rows = [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
+                hits = sum(1 for r in rows if isinstance(r, dict) and prediction_hit(key, deleted, texts, r))
+                if hits:
+                    findings.append(Finding("predictions", "transcript", str(f), f"{hits} line(s) of deleted clips"))
+                continue
+            said = {text_hash(key, t) for t in _texts_in(text)} & texts
+            if said:
+                findings.append(Finding(kind, "transcript", str(f), f"{len(said)} deleted transcript(s)"))
+    return _dedupe(findings), affected_models
+
+
+def _kind_of(f: Path, roots: Roots, runs: list[Path]) -> str:
+    run = next((r for r in runs if f.is_relative_to(r)), None)
+    if run is not None:
+        place = place_of(f.relative_to(run).as_posix(), RUN_PARTS)
+        return place.kind if place else "run folder"
+    for name, root in roots.named().items():
+        if f.is_relative_to(root):
+            place = place_of(f.relative_to(root).as_posix(), tuple(p for p in PLACES if p.root == name))
+            if place:
+                return place.kind
+    return "unregistered"
+
+
+def _audio_findings(f: Path, kind: str, audio: set[str]) -> list[Finding]:
+    if not audio:
+        return []
+    if hashlib.sha256(f.read_bytes()).hexdigest() in audio:
+        return [Finding(kind, "audio", str(f), "the bytes of a deleted clip's audio")]
+    from pipeline.data.audio import ClipRejected, load_clip
+
+    try:
+        clip = load_clip(f, f.name, 0.0, 3600.0, need_signal=False)
+    except (ClipRejected, Exception):  # noqa: BLE001 - an undecodable file holds no decoded copy
+        return []
+    if hashlib.sha256(clip.flac).hexdigest() in audio:
+        return [Finding(kind, "audio", str(f), "the decoded samples of a deleted clip")]
+    return []
+
+
+def _dedupe(findings: list[Finding]) -> list[Finding]:
+    seen, out = set(), []
+    for f in findings:
+        if (f.kind, f.trace, f.path) not in seen:
+            seen.add((f.kind, f.trace, f.path))
+            out.append(f)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config(list(sys.argv[1:] if argv is None else argv))
     try:
-        affected = audit(cfg)
+        cfg = load_config(list(sys.argv[1:] if argv is None else argv))
+        findings, affected = scan(cfg)
     except PipelineError as err:
-        fail(str(err))
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as err:  # noqa: BLE001 - Hydra/OmegaConf refusing the overrides: a config error
+        if type(err).__module__.split(".")[0] not in ("hydra", "omegaconf"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     registry = cfg.retrain.registry_dir
     if not affected:
         print(f"no model in {registry} was trained on data with a deletion request")
-        return 0
-    print(f"{len(affected)} model(s) in {registry} were trained on data with a deletion request:")
-    for model in affected:
-        action = ("the next `make retrain` replaces it" if model["status"] == "promoted"
-                  else "the next `make retrain` deletes its weights")
-        print(f"  {model['model_id']}  {model['status']}  {model['deleted_utterances']} deleted utterance(s): {action}")
-    return 0
+    else:
+        print(f"{len(affected)} model(s) in {registry} were trained on data with a deletion request:")
+        for model in affected:
+            print(f"  {model['model_id']}  {model['status']}  {model['deleted_utterances']} deleted utterance(s)")
+    if not findings:
+        print("audit: clean: no trace of a deleted clip under any registered root")
+        return EXIT_CLEAN
+    print(f"audit: {len(findings)} finding(s) of deleted data (run `make erase`):")
+    for f in findings:
+        print(f"  {f.kind:16s} {f.trace:10s} {f.path}  ({f.detail})")
+    counts = Counter(f.kind for f in findings)
+    print("audit: by kind of copy: " + ", ".join(f"{k}={n}" for k, n in sorted(counts.items())))
+    return EXIT_FOUND
 
 
 if __name__ == "__main__":

@@ -169,14 +169,25 @@ class Registry:
         """Models whose weights still exist and were trained on any of these utterance pseudonyms."""
         wanted = set(deleted_hashes)
         affected = []
+        current = self._pointer()["model_id"]
         for record in self.records():
-            if not self.has_weights(record["model_id"]):
+            # An erased model has no weights, but while it is the promoted one it still needs replacing.
+            if not self.has_weights(record["model_id"]) and not (record.get("erased_at") and record["model_id"] == current):
                 continue
             hits = wanted.intersection(record.get("trained_on", []))
             if hits:
                 affected.append({"model_id": record["model_id"], "status": record.get("status"),
                                  "deleted_utterances": len(hits)})
         return affected
+
+    def mark_erased(self, model_id: str) -> None:
+        """Remove a model trained on erased data and mark its record so (the record stays, for the
+        audit and the history); a rollback never returns to it."""
+        record = self.record(model_id)
+        for part in MODEL_PARTS:
+            shutil.rmtree(self.models / model_id / part, ignore_errors=True)
+        record.update(weights_deleted=True, erased_at=record.get("erased_at") or now())
+        write_json_atomic(self.models / model_id / RECORD, record)
 
     def decisions(self) -> list[dict[str, Any]]:
         path = self.root / DECISIONS

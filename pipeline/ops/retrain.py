@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.ops.corpus import Corpus, pseudonym_key, update_corpus, utterance_pseudonym
+from pipeline.ops.erase import erase_copies
 from pipeline.ops.gate import check_gate
 from pipeline.ops.promote import promote_model, rollback, write_candidate
 from pipeline.ops.registry import Registry, now
@@ -239,7 +240,10 @@ def _job(cfg: DictConfig, run_dir: Path, registry: Registry) -> dict[str, Any]:
         return {"recovered": registry.recover(), **promote_model(cfg, registry, str(model_id))}
     if back:
         return {"recovered": registry.recover(), **rollback(cfg, registry)}
-    return decide(cfg, run_dir)
+    decision = decide(cfg, run_dir)
+    # Every other copy of deleted data (cached datasets, old runs, W&B staging): pipeline/ops/erase.py.
+    decision["erasure"] = erase_copies(cfg).summary()
+    return decision
 
 
 def run_retrain(cfg: DictConfig) -> int:

@@ -15,19 +15,35 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.ops.inventory import DO_NOT_SYNC
+
 DEFAULT_ROOTS = (Path("outputs"), Path("multirun"))
 
 
+def do_not_sync(run: Path) -> Path | None:
+    """The `DO_NOT_SYNC` marker erasure left in the run folder holding this offline run, if any."""
+    for folder in run.parents:
+        if (folder / DO_NOT_SYNC).is_file():
+            return folder / DO_NOT_SYNC
+    return None
+
+
 def unsynced_runs(roots: list[Path]) -> list[Path]:
-    """Offline run folders whose transaction log has no `.synced` marker yet, oldest first."""
+    """Offline run folders whose transaction log has no `.synced` marker yet, oldest first; runs
+    marked do-not-sync by `make erase` are left out (see `refused_runs`)."""
     found = []
     for root in roots:
         if not root.is_dir():
             continue
         for log in root.rglob("offline-run-*/run-*.wandb"):
-            if not log.with_suffix(".wandb.synced").exists():
+            if not log.with_suffix(".wandb.synced").exists() and do_not_sync(log.parent) is None:
                 found.append(log.parent)
     return sorted(set(found), key=lambda p: p.name)
+
+
+def refused_runs(roots: list[Path]) -> list[Path]:
+    """Run folders that erasure marked: they were trained on erased data and must never be uploaded."""
+    return sorted({m.parent for root in roots if root.is_dir() for m in root.rglob(DO_NOT_SYNC)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("roots", nargs="*", type=Path, default=list(DEFAULT_ROOTS))
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
     args, extra = parser.parse_known_args(argv)
+    for run in refused_runs(args.roots):
+        print(f"refusing {run}: marked {DO_NOT_SYNC} by `make erase` (trained on erased data)")
     runs = unsynced_runs(args.roots)
     if not runs:
         print("nothing to sync: every offline run is already uploaded")

@@ -1,0 +1,600 @@
+"""`make erase`: remove every copy of the clips that deletion requests name, and say so in a receipt.
+
+Retiring a model and purging the corpus is not erasure: the clip also lives on in cached datasets,
+in the weights, checkpoints and character LM of every model trained on them (registered or not,
+rejected runs too), in predictions and reports, and in W&B's offline runs and staged artifacts.
+This job walks the inventory (pipeline/ops/inventory.py) and, for every pending request:
+
+1. takes requests and batches from the inbox into the corpus, which purges the clips there
+   (standalone only: inside `make retrain` the job has just done it);
+2. deletes every cached dataset holding a deleted clip (the next build rebuilds from the purged
+   source under a new fingerprint) and purges the clip from demo exports;
+3. in every run folder trained on such a dataset, removes the models, checkpoints, LM,
+   predictions, reports and the W&B offline run with its staged artifacts, and marks the folder
+   `DO_NOT_SYNC` so `make sync` refuses it; registered models lose their files and their record is
+   marked erased; predictions of other runs lose the deleted clips' lines;
+4. deletes the runs' online W&B copies through W&B's public API, when W&B is online;
+5. writes a receipt, `<erasure>/receipts/<time>.json`: what was removed, where, when, by
+   pseudonymous ids only.
+
+Nothing is retrained here: a model that held no deleted data is not touched.
+
+What the audit needs later is kept in `<erasure>/erased.jsonl`: the fingerprints of erased
+datasets, and per deleted clip a SHA-256 of its audio and a keyed hash of its transcript and of
+its character n-grams (for the LM check). None of these can be turned back into the clip.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pipeline.data.privacy import pseudonym
+from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, REQUESTS, TOMBSTONES, inbox_requests, pseudonym_key,
+                                 utterance_pseudonym)
+from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, check_root, place_of,
+                                    run_folders, walk_files)
+from pipeline.ops.registry import MODEL_PARTS, Registry, now
+from pipeline.runtime import PipelineError
+
+LEDGER = "erased.jsonl"
+STATE = "state.json"
+LM_ORDERS = (3, 4, 5, 6)
+WORD_DELIMITER = "|"
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
+
+
+# ---------------------------------------------------------------------------- what is deleted
+
+def read_lines(path: Path) -> set[str]:
+    return set(path.read_text().split()) if path.is_file() else set()
+
+
+def row_matches(key: bytes, deleted: set[str], utterance_id: Any, speaker: Any, device: Any) -> set[str]:
+    """Which of the deleted pseudonyms a dataset row carries (its utterance, account or device)."""
+    names = {utterance_pseudonym(key, str(utterance_id))} if utterance_id is not None else set()
+    names |= {p for p in (speaker, device) if isinstance(p, str)}
+    return names & deleted
+
+
+def text_hash(key: bytes, text: str) -> str:
+    """Keyed, so a short common transcript cannot be looked up by hashing guesses."""
+    return pseudonym(key, "txt", " ".join(text.lower().split()))
+
+
+def lm_grams(text: str, order: int) -> list[tuple[str, ...]]:
+    """The highest-order n-grams the character LM (pipeline.asr.lm) stores for this transcript."""
+    seq = ["<s>", *" ".join(text.split()).replace(" ", WORD_DELIMITER), "</s>"]
+    return [tuple(seq[i:i + order]) for i in range(len(seq) - order + 1)]
+
+
+def gram_hash(key: bytes, gram: Iterable[str]) -> str:
+    return pseudonym(key, "lm", " ".join(gram))
+
+
+def record_names(key: bytes, record: dict[str, Any]) -> set[str]:
+    """A raw export record's pseudonyms (how the requests name it)."""
+    names = set()
+    for field_name, kind in (("utterance_id", "utt"), ("account_id", "acct"), ("device_serial", "dev")):
+        value = record.get(field_name)
+        if isinstance(value, str) and value:
+            names.add(pseudonym(key, kind, value))
+    return names
+
+
+# ------------------------------------------------------------------------------ the ledger
+
+@dataclass
+class Ledger:
+    """What erasure removed, as the audit needs it: fingerprints only, never a copy."""
+
+    datasets: set[str] = field(default_factory=set)
+    audio: set[str] = field(default_factory=set)          # sha256 of a clip's FLAC bytes or source file
+    texts: set[str] = field(default_factory=set)          # keyed hashes of unique deleted transcripts
+    grams: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # text -> order -> gram hashes
+    digests: set[str] = field(default_factory=set)        # W&B manifest digests of erased files
+    utterances: set[str] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, folder: Path) -> Ledger:
+        ledger = cls()
+        path = folder / LEDGER
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    ledger.add(json.loads(line))
+        return ledger
+
+    def add(self, entry: dict[str, Any]) -> None:
+        kind = entry.get("type")
+        if kind == "dataset":
+            self.datasets.add(entry["fingerprint"])
+        elif kind == "clip":
+            if entry.get("utterance"):
+                self.utterances.add(entry["utterance"])
+            self.audio.update(a for a in (entry.get("audio"), entry.get("file")) if a)
+        elif kind == "text":
+            self.texts.add(entry["text"])
+            self.grams[entry["text"]] = entry.get("grams", {})
+        elif kind == "digest":
+            self.digests.add(entry["md5"])
+
+
+def append_ledger(folder: Path, entries: list[dict[str, Any]]) -> None:
+    if not entries:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LEDGER, "a") as f:
+        f.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+
+
+# ------------------------------------------------------------------------- cached datasets
+
+def dataset_folders(roots: Roots) -> list[Path]:
+    folder = roots.cache / "datasets"
+    if not check_root("cache", roots.cache) or not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir())
+
+
+def dataset_rows(folder: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    """Rows of every split's arrow files, only the columns asked for (no audio decoding)."""
+    import pyarrow as pa
+
+    for arrow in sorted(folder.rglob("*.arrow")):
+        try:
+            table = pa.ipc.open_stream(pa.memory_map(str(arrow))).read_all()
+        except (pa.ArrowInvalid, OSError) as err:
+            raise PipelineError(f"cannot read the cached dataset file {arrow}: {err}; delete {folder} "
+                                "(the next build rebuilds it)") from None
+        present = [c for c in columns if c in table.schema.names]
+        data = {c: (table.column(c).combine_chunks().field("bytes") if c == "audio" else table.column(c)).to_pylist()
+                for c in present}
+        for i in range(table.num_rows):
+            yield {c: data[c][i] for c in present}
+
+
+@dataclass
+class Traces:
+    """Deleted clips found in the cached datasets right now, with what identifies them."""
+
+    affected: dict[str, int] = field(default_factory=dict)   # dataset folder -> deleted clips in it
+    clips: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kept_texts: set[str] = field(default_factory=set)
+    per_request: Counter = field(default_factory=Counter)
+    unique_texts: dict[str, str] = field(default_factory=dict)  # hash -> text (memory only)
+
+    def ledger_entries(self, key: bytes, datasets: Iterable[Path]) -> list[dict[str, Any]]:
+        at = now()
+        entries: list[dict[str, Any]] = [{"type": "dataset", "fingerprint": d.name, "at": at} for d in datasets]
+        for utt, clip in sorted(self.clips.items()):
+            text = clip.get("text") if clip.get("text") not in self.kept_texts else None
+            entries.append({"type": "clip", "utterance": utt, "audio": clip.get("audio"),
+                            "file": clip.get("file"), "text": text})
+        for digest, text in sorted(self.unique_texts.items()):
+            if digest not in self.kept_texts:
+                entries.append({"type": "text", "text": digest, "grams": {
+                    str(n): sorted({gram_hash(key, g) for g in lm_grams(text, n)}) for n in LM_ORDERS}})
+        return entries
+
+    def as_ledger(self, key: bytes) -> Ledger:
+        ledger = Ledger()
+        for entry in self.ledger_entries(key, [Path(p) for p in self.affected]):
+            ledger.add(entry)
+        return ledger
+
+
+def find_traces(roots: Roots, key: bytes, deleted: set[str]) -> Traces:
+    traces = Traces()
+    for folder in dataset_folders(roots):
+        hits = 0
+        for row in dataset_rows(folder, ("utterance_id", "speaker", "device", "text", "audio")):
+            text = row.get("text") or ""
+            matched = row_matches(key, deleted, row.get("utterance_id"), row.get("speaker"), row.get("device"))
+            if not matched:
+                if text:
+                    traces.kept_texts.add(text_hash(key, text))
+                continue
+            hits += 1
+            traces.per_request.update(matched)
+            utt = utterance_pseudonym(key, str(row.get("utterance_id")))
+            clip = traces.clips.setdefault(utt, {})
+            if row.get("audio"):
+                clip["audio"] = hashlib.sha256(row["audio"]).hexdigest()
+            if text:
+                clip["text"] = text_hash(key, text)
+                traces.unique_texts[clip["text"]] = text
+        if hits:
+            traces.affected[str(folder)] = hits
+    return traces
+
+
+# ----------------------------------------------------------------------------------- sources
+
+def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = False) -> tuple[int, list[str]]:
+    """Drop deleted records (and their audio) from an export folder; returns (records, audio sha256s)."""
+    annotations = folder / ANNOTATIONS
+    if not annotations.is_file():
+        return 0, []
+    kept, purged, hashes = [], 0, []
+    for line in annotations.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not (record_names(key, record) & deleted):
+            kept.append(line)
+            continue
+        purged += 1
+        audio = record.get("audio")
+        path = (folder / audio).resolve() if isinstance(audio, str) and audio else None
+        if path is not None and path.is_relative_to(folder.resolve()) and path.is_file():
+            hashes.append(hashlib.sha256(path.read_bytes()).hexdigest())
+            if not dry_run:
+                path.unlink()
+    if purged and not dry_run:
+        tmp = annotations.with_name(".tmp-" + annotations.name)
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, annotations)
+    return purged, hashes
+
+
+def export_folders(roots: Roots) -> list[Path]:
+    """Every export folder a deleted clip's source can sit in: demo exports, inbox and corpus batches."""
+    folders: list[Path] = []
+    demo = roots.cache / "demo"
+    if demo.is_dir():
+        folders += sorted(p for p in demo.iterdir() if p.is_dir())
+    if roots.inbox.is_dir():
+        folders += sorted(p for p in roots.inbox.iterdir() if p.is_dir() and (p / ANNOTATIONS).is_file())
+    batches = roots.corpus / "batches"
+    if batches.is_dir():
+        folders += sorted(p for p in batches.iterdir() if p.is_dir())
+    return folders
+
+
+# --------------------------------------------------------------------------------- run folders
+
+def run_fingerprint(run: Path) -> str | None:
+    try:
+        return str(json.loads((run / RUN_MARKER).read_text()).get("fingerprint"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def derived_parts(run: Path) -> dict[str, list[Path]]:
+    """What erasure removes from an affected run folder, by kind of copy (the top-level entries)."""
+    parts: dict[str, list[Path]] = {}
+    for entry in sorted(run.iterdir()):
+        candidates = [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+        for f in candidates:
+            place = place_of(f.relative_to(run).as_posix(), RUN_PARTS)
+            if place is not None and place.erase == "run":
+                parts.setdefault(place.kind, []).append(f)
+    return parts
+
+
+def wandb_manifest(run: Path) -> tuple[set[Path], set[str]]:
+    """Staged local copies and content digests of every artifact the run's offline W&B logs list."""
+    from pipeline.ops.wandb_offline import _raw_records, transaction_logs
+
+    paths: set[Path] = set()
+    digests: set[str] = set()
+    logs = transaction_logs(run / "wandb") if (run / "wandb").is_dir() else []
+    if not logs:
+        return paths, digests
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    for log in logs:
+        try:
+            for raw in _raw_records(log):
+                record = pb.Record()
+                record.ParseFromString(raw)
+                if record.WhichOneof("record_type") != "artifact":
+                    continue
+                for entry in record.artifact.manifest.contents:
+                    if entry.local_path:
+                        paths.add(Path(entry.local_path))
+                    if entry.digest and not entry.ref:
+                        digests.add(entry.digest)
+        except (ValueError, OSError):
+            continue  # a truncated log (killed run): its files are removed with the folder anyway
+    return paths, digests
+
+
+def md5_b64(path: Path) -> str:
+    with open(path, "rb") as f:
+        return base64.b64encode(hashlib.file_digest(f, "md5").digest()).decode()
+
+
+def staging_files(roots: Roots) -> list[Path]:
+    out: list[Path] = []
+    for sub in ("wandb/data/artifacts", "wandb/cache/artifacts"):
+        folder = roots.cache / sub
+        if folder.is_dir():
+            out += list(walk_files(folder))
+    return out
+
+
+def filter_predictions(path: Path, key: bytes, deleted: set[str], texts: set[str]) -> int:
+    """Drop the lines of deleted clips from a predictions file; returns how many went."""
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            kept.append(line)
+            continue
+        if isinstance(row, dict) and prediction_hit(key, deleted, texts, row):
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_name(".tmp-" + path.name)
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
+
+
+def prediction_hit(key: bytes, deleted: set[str], texts: set[str], row: dict[str, Any]) -> bool:
+    if row_matches(key, deleted, row.get("utterance_id"), row.get("speaker"), row.get("device")):
+        return True
+    return any(isinstance(row.get(k), str) and text_hash(key, row[k]) in texts
+               for k in ("reference", "transcript", "text"))
+
+
+# ------------------------------------------------------------------------------ W&B online
+
+def delete_online(run_ids: list[str], project: str, entity: str | None, api: Any = None) -> list[dict[str, Any]]:
+    """Delete each run's logged artifacts, then the run, through W&B's public API.
+
+    A run that was never uploaded is not an error (`wandb.errors.CommError` / a missing run):
+    there is nothing online to delete.
+    """
+    if not run_ids:
+        return []
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    done = []
+    for run_id in run_ids:
+        path = f"{entity or api.default_entity}/{project}/{run_id}"
+        try:
+            run = api.run(path)
+        except Exception as err:  # noqa: BLE001 - W&B raises several types for "no such run"
+            done.append({"run": run_id, "online": "not found", "detail": type(err).__name__})
+            continue
+        artifacts = 0
+        for artifact in run.logged_artifacts():
+            artifact.delete(delete_aliases=True)
+            artifacts += 1
+        run.delete(delete_artifacts=True)
+        done.append({"run": run_id, "online": "deleted", "artifacts": artifacts})
+    return done
+
+
+def wandb_online(cfg: DictConfig) -> bool:
+    setting = str((cfg.get("erase") or {}).get("wandb_online", "auto")).lower()
+    if setting in ("false", "off", "no"):
+        return False
+    if setting in ("true", "on", "yes"):
+        return True
+    from pipeline.ops.wandb_tracker import resolve_mode
+
+    return resolve_mode(str(cfg.logger.get("mode", "auto")), os.environ) == "online"
+
+
+# ---------------------------------------------------------------------------------- erasure
+
+@dataclass
+class Erasure:
+    removed: list[dict[str, Any]] = field(default_factory=list)
+    do_not_sync: list[str] = field(default_factory=list)
+    online: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    receipt: Path | None = None
+
+    def remove(self, kind: str, path: Path, **detail: Any) -> None:
+        self.removed.append({"kind": kind, "path": str(path), **detail})
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(r["kind"] for r in self.removed).items()))
+
+    def summary(self) -> dict[str, Any]:
+        return {"receipt": str(self.receipt) if self.receipt else None, "removed": self.counts(),
+                "do_not_sync": len(self.do_not_sync), "requests": len(self.requests),
+                "matched_nothing": sum(r["status"] == "matched_nothing" for r in self.requests),
+                "quarantined_request_lines": len(self.quarantined)}
+
+
+def _rm(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def deleted_set(roots: Roots) -> set[str]:
+    return read_lines(roots.corpus / REQUESTS) | read_lines(roots.corpus / TOMBSTONES)
+
+
+def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None = None,
+                 source_hashes: dict[str, list[str]] | None = None, api: Any = None) -> Erasure:
+    """Steps 2-5 of the module docstring; the caller holds the retraining lock."""
+    roots = roots or Roots.from_cfg(cfg)
+    key = key if key is not None else pseudonym_key(cfg.privacy)
+    for name, root in roots.named().items():
+        check_root(name, root)
+    deleted = deleted_set(roots)
+    job = Erasure()
+    state_path = roots.erasure / STATE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"requests_seen": [], "quarantine_seen": 0}
+    quarantine = roots.corpus / QUARANTINE
+    q_lines = quarantine.read_text().splitlines() if quarantine.is_file() else []
+    job.quarantined = [json.loads(line) for line in q_lines[state["quarantine_seen"]:] if line.strip()]
+    if not deleted and not job.quarantined:
+        return job
+
+    ledger = Ledger.load(roots.erasure)
+    traces = find_traces(roots, key, deleted)
+    entries = traces.ledger_entries(key, [Path(p) for p in traces.affected])
+    for clip_hashes in (source_hashes or {}).values():
+        entries += [{"type": "clip", "utterance": None, "file": h, "audio": None, "text": None} for h in clip_hashes]
+    for folder, clips in traces.affected.items():
+        shutil.rmtree(folder)
+        job.remove("cached dataset", Path(folder), clips=clips)
+    for entry in entries:
+        ledger.add(entry)
+    erased = ledger.datasets
+
+    for folder in export_folders(roots):
+        purged, _ = purge_export(folder, key, deleted)
+        if purged:
+            job.remove("source audio", folder, clips=purged)
+
+    staged: set[Path] = set()
+    online_ids: list[str] = []
+    for run in run_folders(roots):
+        if run_fingerprint(run) in erased:
+            paths, digests = wandb_manifest(run)
+            staged |= paths
+            entries += [{"type": "digest", "md5": d} for d in sorted(digests - ledger.digests)]
+            ledger.digests |= digests
+            run_id = run / "wandb_run_id"
+            if run_id.is_file():
+                online_ids.append(run_id.read_text().strip())
+            parts = derived_parts(run)
+            if parts or not (run / DO_NOT_SYNC).exists():
+                (run / DO_NOT_SYNC).write_text(json.dumps({
+                    "reason": "trained on data erased after a deletion request; never upload this run",
+                    "dataset_fingerprint": run_fingerprint(run), "at": now()}) + "\n")
+                job.do_not_sync.append(str(run))
+            for kind, files in parts.items():
+                for f in files:
+                    _rm(f)
+                job.remove(kind, run, files=len(files))
+            for sub in ("asr", "nlu", "plots", "incumbent", "wandb"):
+                if (run / sub).is_dir() and not any(p.is_file() for p in (run / sub).rglob("*")):
+                    shutil.rmtree(run / sub)
+        else:
+            for f in (run / "predictions.jsonl", run / "incumbent" / "predictions.jsonl"):
+                if f.is_file() and not f.is_symlink():
+                    dropped = filter_predictions(f, key, deleted, ledger.texts)
+                    if dropped:
+                        job.remove("predictions", f, lines=dropped)
+
+    for f in staging_files(roots):
+        if f in staged or (ledger.digests and md5_b64(f) in ledger.digests):
+            f.unlink()
+            job.remove("W&B staging", f)
+
+    registry = Registry(roots.registry)
+    for record in registry.records():
+        model_id = record["model_id"]
+        trained = set(record.get("trained_on", [])) & deleted
+        if record.get("dataset_fingerprint") not in erased and not trained:
+            continue
+        if any((registry.model_dir(model_id) / part).exists() for part in MODEL_PARTS) or not record.get("erased_at"):
+            registry.mark_erased(model_id)
+            job.remove("registry model", registry.model_dir(model_id), clips=len(trained))
+
+    if online_ids and wandb_online(cfg):
+        job.online = delete_online(online_ids, str(cfg.logger.get("project") or "voice-pipeline"),
+                                   cfg.logger.get("entity"), api)
+
+    seen = set(state["requests_seen"])
+    tombstones = read_lines(roots.corpus / TOMBSTONES)
+    for request in sorted(read_lines(roots.corpus / REQUESTS) - seen):
+        found = traces.per_request.get(request, 0) + (request in tombstones)
+        job.requests.append({"request": request, "status": "erased" if found else "matched_nothing",
+                             "copies_found": found})
+    append_ledger(roots.erasure, entries)
+    if job.removed or job.requests or job.quarantined:
+        job.receipt = write_receipt(roots, job)
+    state = {"requests_seen": sorted(seen | read_lines(roots.corpus / REQUESTS)), "quarantine_seen": len(q_lines)}
+    roots.erasure.mkdir(parents=True, exist_ok=True)
+    (roots.erasure / STATE).write_text(json.dumps(state) + "\n")
+    return job
+
+
+def write_receipt(roots: Roots, job: Erasure) -> Path:
+    folder = roots.erasure / "receipts"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = folder / f"{stamp}-{os.getpid()}.json"
+    receipt = {
+        "erased_at": now(),
+        "requests": job.requests,
+        "quarantined_request_lines": job.quarantined,
+        "removed": job.removed,
+        "removed_counts": job.counts(),
+        "marked_do_not_sync": job.do_not_sync,
+        "wandb_online": job.online,
+        "ids": "pseudonyms only: pipeline.data.privacy.pseudonym(key, kind, raw id)",
+    }
+    path.write_text(json.dumps(receipt, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def erase(cfg: DictConfig) -> Erasure:
+    """Standalone `make erase`: take the lock, apply the inbox's requests to the corpus, erase."""
+    from pipeline.ops.corpus import update_corpus
+    from pipeline.ops.retrain import retrain_lock
+
+    roots = Roots.from_cfg(cfg)
+    key = pseudonym_key(cfg.privacy)
+    registry = Registry(roots.registry)
+    with retrain_lock(registry.root / "retrain.lock"):
+        registry.recover()
+        # The source files' own bytes, while they still exist: the audit looks for copies of them.
+        _files, incoming = inbox_requests(roots.inbox, key) if roots.inbox.is_dir() else ([], set())
+        wanted = deleted_set(roots) | incoming
+        hashes = {str(f): purge_export(f, key, wanted, dry_run=True)[1] for f in export_folders(roots)}
+        update_corpus(roots.inbox, roots.corpus, key)
+        return erase_copies(cfg, roots, key, source_hashes=hashes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.ops.audit import load_config
+    from pipeline.ops.retrain import RetrainBusy
+
+    cfg = load_config(list(sys.argv[1:] if argv is None else argv))
+    try:
+        job = erase(cfg)
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RetrainBusy as err:
+        print(f"error: {err}; run `make erase` again when it is done", file=sys.stderr)
+        return 4
+    counts = job.counts()
+    if not job.removed:
+        print("erase: nothing to remove: no copy of deleted data was found")
+    else:
+        print("erase: removed " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    for q in job.quarantined:
+        print(f"erase: quarantined {q.get('file')} line {q.get('line')}: {q.get('reason')}")
+    nothing = [r["request"] for r in job.requests if r["status"] == "matched_nothing"]
+    if nothing:
+        print(f"erase: {len(nothing)} request(s) matched nothing (recorded in the receipt)")
+    if job.receipt:
+        print(f"erase: receipt {job.receipt}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

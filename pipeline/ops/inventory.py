@@ -1,0 +1,184 @@
+"""Every place the pipeline writes data, or anything derived from it, in one table.
+
+Erasure (`make erase`) and the deletion audit (`make audit-deletions`) walk this table, not their
+own lists, so a place cannot be erased but not audited, or audited but not erased. A module that
+starts writing somewhere new adds a row here; `unclaimed()` lists every file under the roots that
+no row claims, and the end-to-end erasure test fails on any, so a new place cannot go unnoticed.
+
+Each row says which root it lives under, which files it covers (glob patterns relative to the
+root, or to a run folder for RUN_PARTS), which module writes it, what traces of a clip it can
+hold, and how erasure treats it:
+
+    dataset    a cached dataset: deleted when it holds a deleted clip (the next build rebuilds it
+               from the purged source, under a new fingerprint)
+    source     annotations + audio (demo export, inbox, retraining corpus): the clip's line and
+               audio file are purged
+    run        a part of a run folder: removed when the run's dataset held a deleted clip
+    staging    W&B's local artifact copies: removed with the run that logged them
+    registry   a registered model: files removed, record marked erased
+    lines      line files scanned line by line (predictions anywhere): matching lines removed
+    keep       bookkeeping that holds pseudonyms on purpose (tombstones, receipts) or no data
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from pipeline.runtime import PipelineError
+
+# What a place can hold: the clip's audio, its transcript, its pseudonymous ids, or weights fitted
+# to it (which hold none of these as bytes, but are derived from them all).
+AUDIO, TEXT, IDS, WEIGHTS = "audio", "transcript", "pseudonym", "weights"
+
+
+@dataclass(frozen=True)
+class Place:
+    kind: str                  # the kind of copy, as findings and receipts count them
+    root: str                  # a Roots field
+    patterns: tuple[str, ...]  # fnmatch patterns relative to the root (`*` crosses folders)
+    holds: tuple[str, ...]
+    writer: str
+    erase: str                 # dataset | source | run | staging | registry | lines | keep
+
+
+@dataclass(frozen=True)
+class Roots:
+    """Where to look; all configurable (`erase.*` in conf/retrain.yaml)."""
+
+    cache: Path
+    outputs: Path
+    multirun: Path
+    registry: Path
+    inbox: Path
+    corpus: Path
+    erasure: Path
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig) -> Roots:
+        erase = cfg.get("erase") or {}
+        try:
+            return cls(
+                cache=Path(erase.get("cache_root") or cfg.cache_dir),
+                outputs=Path(erase.get("outputs") or "outputs"),
+                multirun=Path(erase.get("multirun") or "multirun"),
+                registry=Path(cfg.retrain.registry_dir),
+                inbox=Path(cfg.retrain.inbox),
+                corpus=Path(cfg.retrain.corpus_dir),
+                erasure=Path(erase.get("receipts_dir") or Path(cfg.retrain.registry_dir) / "erasure"),
+            )
+        except Exception as err:  # noqa: BLE001 - any unresolvable key is the user's config to fix
+            raise PipelineError(f"erase roots: {err}") from None
+
+    def named(self) -> dict[str, Path]:
+        return {name: getattr(self, name) for name in ("cache", "outputs", "multirun", "registry",
+                                                        "inbox", "corpus", "erasure")}
+
+    def run_roots(self) -> list[Path]:
+        return [self.outputs, self.multirun]
+
+
+PLACES: tuple[Place, ...] = (
+    Place("cached dataset", "cache", ("datasets/*",), (AUDIO, TEXT, IDS), "pipeline.data.build", "dataset"),
+    Place("demo export", "cache", ("demo/*",), (AUDIO, TEXT, IDS), "pipeline.data.demo", "source"),
+    Place("corpus", "corpus", ("batches/*", "annotations.jsonl"), (AUDIO, TEXT, IDS), "pipeline.ops.corpus", "source"),
+    Place("inbox", "inbox", ("*",), (AUDIO, TEXT, IDS), "the annotation upload", "source"),
+    Place("deletion records", "corpus", ("deletion_requests.txt", "deleted_utterances.txt",
+                                         "deletion_quarantine.jsonl"), (IDS,), "pipeline.ops.corpus", "keep"),
+    Place("W&B staging", "cache", ("wandb/data/artifacts/*",), (TEXT, IDS, WEIGHTS),
+          "wandb (pipeline.ops.wandb_tracker)", "staging"),
+    Place("W&B cache", "cache", ("wandb/cache/artifacts/*",), (TEXT, IDS, WEIGHTS),
+          "wandb (pipeline.ops.wandb_tracker)", "staging"),
+    Place("W&B logs", "cache", ("wandb/cache/wandb/logs/*", "wandb/config/*"), (), "wandb", "keep"),
+    Place("matplotlib cache", "cache", ("matplotlib/*",), (), "matplotlib", "keep"),
+    Place("HF cache", "cache", ("huggingface/*", "hf/*"), (), "datasets/transformers", "keep"),
+    Place("registry model", "registry", ("models/*",), (WEIGHTS, TEXT, IDS), "pipeline.ops.registry", "registry"),
+    Place("registry log", "registry", ("promoted.json", "decisions.jsonl", "retrain.lock", ".tmp-*"), (IDS,),
+          "pipeline.ops.registry", "keep"),
+    Place("erasure records", "erasure", ("*",), (IDS,), "pipeline.ops.erase", "keep"),
+    Place("pseudonym key", "cache", ("pseudonym.key",), (), "pipeline.data.privacy", "keep"),
+)
+
+# Inside every run folder (anything under outputs/ or multirun/ with a build_report.json).
+RUN_PARTS: tuple[Place, ...] = (
+    Place("checkpoint", "run", ("asr/checkpoints/*", "nlu/checkpoints/*"), (WEIGHTS,), "pipeline.asr.train", "run"),
+    Place("language model", "run", ("asr/lm/*",), (TEXT,), "pipeline.asr.lm", "run"),
+    Place("model", "run", ("asr/*", "nlu/*"), (WEIGHTS,), "pipeline.asr.train, pipeline.nlu", "run"),
+    Place("predictions", "run", ("predictions.jsonl", "incumbent/predictions.jsonl"), (TEXT, IDS),
+          "pipeline.eval.run", "run"),
+    Place("report", "run", ("report.md", "report.html", "eval_details.json", "plots/*", "incumbent/*"),
+          (TEXT, IDS), "pipeline.eval.run, pipeline.eval.report", "run"),
+    Place("W&B offline run", "run", ("wandb/*",), (TEXT, IDS, WEIGHTS), "pipeline.ops.wandb_tracker", "run"),
+    Place("run record", "run", ("build_report.json", "quarantine.jsonl", "config.yaml", ".hydra/*",
+                                "metrics.json", "decision.json", "wandb_run_id", "*.log", "DO_NOT_SYNC",
+                                "multirun.yaml"), (IDS,), "train.py, retrain.py, hydra", "keep"),
+)
+
+RUN_MARKER = "build_report.json"
+DO_NOT_SYNC = "DO_NOT_SYNC"
+
+
+def place_of(relative: str, places: tuple[Place, ...]) -> Place | None:
+    for place in places:
+        if any(fnmatch.fnmatchcase(relative, p) for p in place.patterns):
+            return place
+    return None
+
+
+def check_root(name: str, root: Path) -> bool:
+    """True when the root exists and can be walked; absent is fine (nothing was written there);
+    anything else is an error naming the root, so a scan never passes by skipping it."""
+    if not root.exists():
+        return False
+    if not root.is_dir():
+        raise PipelineError(f"{name} root {root} is not a folder; fix erase.* / retrain.* in the config")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise PipelineError(f"{name} root {root} cannot be read (permission denied); the scan cannot prove it clean")
+    return True
+
+
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every file under root; an unreadable folder is an error, never a silent skip."""
+    def raise_error(err: OSError) -> None:
+        raise PipelineError(f"cannot scan {err.filename}: {err.strerror}; fix its permissions or the erase.* roots")
+
+    for folder, _dirs, files in os.walk(root, onerror=raise_error):
+        for name in files:
+            yield Path(folder) / name
+
+
+def run_folders(roots: Roots) -> list[Path]:
+    """Run folders under outputs/ and multirun/: any folder the data stage wrote a build report into."""
+    found: list[Path] = []
+    for name, root in (("outputs", roots.outputs), ("multirun", roots.multirun)):
+        if check_root(name, root):
+            found += [p.parent for p in walk_files(root) if p.name == RUN_MARKER and "wandb" not in p.parts]
+    return sorted(set(found))
+
+
+def unclaimed(roots: Roots) -> list[Path]:
+    """Files under the roots that no row of the inventory claims: a writer nobody registered."""
+    out: set[Path] = set()
+    runs = run_folders(roots)
+    named = {name: root.resolve() for name, root in roots.named().items()}
+    for name, root in named.items():
+        if not check_root(name, root):
+            continue
+        # A root inside another (the corpus inside the cache) is claimed by its own rows.
+        inner = [r for n, r in named.items() if n != name and r != root and r.is_relative_to(root)]
+        places = tuple(p for p in PLACES if p.root == name)
+        for f in walk_files(root):
+            if any(f.is_relative_to(r) for r in inner):
+                continue
+            if name in ("outputs", "multirun"):
+                run = next((r for r in runs if f.is_relative_to(r.resolve())), None)
+                if run is None or place_of(f.relative_to(run.resolve()).as_posix(), RUN_PARTS) is None:
+                    out.add(f)
+            elif place_of(f.relative_to(root).as_posix(), places) is None:
+                out.add(f)
+    return sorted(out)
