@@ -80,6 +80,8 @@ class HFSource:
         from datasets import Dataset, DatasetDict, load_from_disk
 
         split = data_cfg.get("split")
+        if OmegaConf.is_dict(split) or isinstance(split, dict):
+            split = None  # the shares form of data.split (as in conf/data/jsonl.yaml): every split of the dataset
         if split is not None and not isinstance(split, str):
             raise PipelineError(
                 f"data.split={split!r}: for source hf it is the dataset's split as in load_dataset (train, test, "

@@ -1,0 +1,245 @@
+"""Hugging Face datasets (`data=hf`) and several sources in one build (`data.sources`), through the
+real build, on small audiofolders and save_to_disk datasets written here from numpy tones."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value, load_from_disk
+
+from pipeline.data.build import run_data_stage
+from pipeline.ops.tracking import NullTracker
+from pipeline.runtime import PipelineError
+from tests.data.test_build import build, make_cfg, record, write_export
+
+
+def tone(seconds: float = 0.6, sr: int = 16000, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def flac_bytes(wave: np.ndarray, sr: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, wave, sr, format="FLAC")
+    return buffer.getvalue()
+
+
+def audiofolder(root: Path, rows: list[dict[str, Any]], sr: int = 8000, csv: bool = False) -> Path:
+    """An audiofolder: audio/<name>.flac and metadata.jsonl (or .csv); a row's `_audio` is False for
+    a file that is never written, or bytes written as they are (an undecodable file)."""
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    meta = []
+    for i, row in enumerate(rows):
+        body = row.pop("_audio", None)
+        path = root / row["file_name"]
+        if body is None:
+            sf.write(path, tone(0.6, sr, 300 + 20 * i), sr)
+        elif body is not False:
+            path.write_bytes(body)
+        meta.append(row)
+    if csv:
+        keys = list(meta[0])
+        lines = [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in meta]
+        (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    else:
+        (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in meta))
+    return root
+
+
+def digits(root: Path, speakers: int = 4, takes: int = 3) -> Path:
+    """fsdd-like: spoken digits by a few speakers (`transcription`, `speaker_id`, `digit`)."""
+    words = ["zero", "one", "two"]
+    rows = [{"file_name": f"audio/{d}_{s}_{t}.flac", "transcription": words[d], "speaker_id": f"SPEAKER-RAW-{s}", "digit": d}
+            for s in range(speakers) for d in range(3) for t in range(takes)]
+    return audiofolder(root, rows)
+
+
+def hub_style(path: Path, n: int = 12) -> Path:
+    """A DatasetDict saved to disk the way hub datasets store audio: encoded bytes inside the arrow
+    files, a ClassLabel label, one row without audio and one whose bytes are not audio."""
+    features = Features({"audio": Audio(), "label": ClassLabel(names=["yes", "no", "up"]),
+                         "speaker_id": Value("string"), "file": Value("string")})
+
+    def rows(split: str, count: int) -> dict[str, list[Any]]:
+        audio = [{"bytes": flac_bytes(tone(0.5, 16000, 200 + 30 * i), 16000), "path": f"{split}{i}.flac"} for i in range(count)]
+        return {"audio": audio, "label": [i % 3 for i in range(count)],
+                "speaker_id": [f"spk-{i % 4}" for i in range(count)], "file": [f"{split}/{i}.flac" for i in range(count)]}
+
+    train = rows("train", n)
+    train["audio"][3] = None
+    train["audio"][5] = {"bytes": b"not audio at all" * 40, "path": "broken.flac"}
+    dd = DatasetDict({"train": Dataset.from_dict(train, features=features),
+                      "test": Dataset.from_dict(rows("test", 4), features=features)})
+    dd.save_to_disk(str(path))
+    return path
+
+
+def quarantine_of(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (run_dir / "quarantine.jsonl").read_text().splitlines()]
+
+
+def test_audiofolder_columns_constants_and_pseudonyms(tmp_path: Path) -> None:
+    folder = digits(tmp_path / "fsdd")
+    report, quarantine = build(tmp_path, source="hf", path=str(folder), columns={"transcript": "transcription",
+                               "account_id": "speaker_id"}, constants={"wake_word_present": False, "locale": "en-GB"})
+    assert report["records_in"] == 36 and report["records_kept"] == 36 and quarantine == []
+    assert report["by_source"] == {"hf": {"records_in": 36, "records_kept": 36, "records_quarantined": 0}}
+    dd = load_from_disk(report["dataset_path"])
+    rows = [r for ds in dd.values() for r in ds]
+    first = next(r for r in rows if r["utterance_id"] == "hf/audio/1_2_0")
+    assert first["transcript"] == "one" and first["text"] == "one" and first["intent"] is None
+    assert first["wake_word_present"] is False and first["locale"] == "en-GB" and first["source"] == "hf"
+    assert first["audio"]["sampling_rate"] == 16000 and abs(first["duration"] - 0.6) < 0.01
+    # Splits by account: one speaker's clips share a split; raw speaker ids appear nowhere.
+    split_of = {r["speaker"]: name for name, ds in dd.items() for r in ds}
+    assert len(split_of) == 4 and all(s.startswith("acct_") for s in split_of)
+    assert all(len({n for n, ds in dd.items() if spk in ds["speaker"]}) == 1 for spk in split_of)
+    blobs = b"".join(p.read_bytes() for p in Path(report["dataset_path"]).rglob("*") if p.is_file())
+    assert b"SPEAKER-RAW" not in blobs
+
+
+def test_audiofolder_csv_defaults_missing_and_undecodable_files(tmp_path: Path) -> None:
+    rows = [{"file_name": f"audio/c{i}.flac", "text": f"clip {i}", "speaker_id": f"s{i % 2}"} for i in range(5)]
+    rows[1]["_audio"] = False                   # listed, never written
+    rows[2]["_audio"] = b"\x00garbage" * 50     # not audio
+    folder = audiofolder(tmp_path / "csv", rows, csv=True)
+    report, quarantine = build(tmp_path, source="hf", path=str(folder))
+    assert report["records_kept"] == 3
+    by_row = {q["row"]: q for q in quarantine}
+    assert by_row[1]["reason"] == "missing_audio" and by_row[2]["reason"] == "unreadable_audio"
+    assert by_row[2]["utterance_id"] == "hf/audio/c2" and by_row[2]["source"] == "hf"
+    texts = {r["utterance_id"]: r["transcript"] for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
+    assert texts["hf/audio/c0"] == "clip 0"  # `text` read as the transcript
+
+
+def test_save_to_disk_hub_style_rows_split_and_class_labels(tmp_path: Path) -> None:
+    saved = hub_style(tmp_path / "saved")
+    report, quarantine = build(tmp_path, source="hf", path=str(saved), split="train",
+                               columns={"transcript": "label", "utterance_id": "file"})
+    assert report["records_in"] == 12 and report["records_kept"] == 10
+    assert {(q["row"], q["reason"]) for q in quarantine} == {(3, "missing_audio"), (5, "unreadable_audio")}
+    assert all(q["utterance_id"] == f"train/{q['row']}.flac" for q in quarantine)
+    rows = {r["utterance_id"]: r for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
+    assert [rows[f"train/{i}.flac"]["transcript"] for i in (0, 1, 2, 4)] == ["yes", "no", "up", "no"]
+    # Every split of the DatasetDict when data.split is null.
+    everything, _ = build(tmp_path, run="all", source="hf", path=str(saved), columns={"transcript": "label"})
+    assert everything["records_in"] == 16 and everything["fingerprint"] != report["fingerprint"]
+
+
+def test_streamed_dataset_matches_the_loaded_one(tmp_path: Path) -> None:
+    folder = digits(tmp_path / "fsdd", speakers=2, takes=2)
+    loaded, _ = build(tmp_path, run="loaded", source="hf", path=str(folder))
+    streamed, _ = build(tmp_path, run="streamed", source="hf", path=str(folder), streaming=True)
+    a, b = load_from_disk(loaded["dataset_path"]), load_from_disk(streamed["dataset_path"])
+    assert {k: sorted(v["utterance_id"]) for k, v in a.items()} == {k: sorted(v["utterance_id"]) for k, v in b.items()}
+    assert not list((tmp_path / "cache" / "datasets").glob(".tmp-*"))  # the spool is gone
+
+
+def test_bad_columns_and_unreachable_hub_are_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = digits(tmp_path / "fsdd", speakers=1, takes=1)
+    with pytest.raises(PipelineError, match=r"data.columns.transcript=words: .* has no column 'words'; its columns are "
+                                            r"\['audio', 'transcription', 'speaker_id', 'digit'\]"):
+        build(tmp_path, source="hf", path=str(folder), columns={"transcript": "words"})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what a machine without the hub sees
+    with pytest.raises(PipelineError, match=r"hub is unreachable .* pass a local folder instead: data.path=<folder>"):
+        build(tmp_path, source="hf", path="google/speech_commands", name="v0.02")
+    with pytest.raises(PipelineError, match="no such folder"):
+        build(tmp_path, source="hf", path=str(tmp_path / "not-here"))
+
+
+def test_several_sources_one_build(tmp_path: Path) -> None:
+    export = write_export(tmp_path / "export", [record(i, account=f"SHARED-RAW-{i % 3}") for i in range(9)])
+    folder = digits(tmp_path / "fsdd", speakers=3, takes=2)
+    meta = [json.loads(x) for x in (folder / "metadata.jsonl").read_text().splitlines()]
+    for i, m in enumerate(meta):  # the same three accounts as the export's
+        m["speaker_id"] = f"SHARED-RAW-{i % 3}"
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta))
+    deletions = tmp_path / "deletions.jsonl"
+    deletions.write_text('{"utterance_id": "u004"}\n{"utterance_id": "fsdd/audio/2_1_0"}\n')
+    sources = [{"source": "jsonl", "path": str(export)},
+               {"source": "hf", "name": "fsdd", "path": str(folder), "columns": {"account_id": "speaker_id"},
+                "constants": {"intent": "number_say"}}]
+    report, quarantine = build(tmp_path, sources=sources, deletions=str(deletions))
+    assert report["source"] == ["jsonl", "fsdd"]
+    assert report["by_source"] == {"jsonl": {"records_in": 9, "records_kept": 8, "records_quarantined": 1},
+                                   "fsdd": {"records_in": 18, "records_kept": 17, "records_quarantined": 1}}
+    assert {q["source"] for q in quarantine if q["reason"] == "deleted"} == {"jsonl", "fsdd"}
+    dd = load_from_disk(report["dataset_path"])
+    rows = [r for ds in dd.remove_columns("audio").values() for r in ds]
+    assert {r["source"] for r in rows} == {"jsonl", "fsdd"}
+    assert {r["intent"] for r in rows if r["source"] == "fsdd"} == {"number_say"}
+    split_of: dict[str, set[str]] = {}
+    for name, ds in dd.items():
+        for spk in ds["speaker"]:
+            split_of.setdefault(spk, set()).add(name)
+    assert len(split_of) == 3 and all(len(s) == 1 for s in split_of.values())  # disjoint across sources
+    # The fingerprint covers every input: change one audio file of the second source.
+    again, _ = build(tmp_path, run="same", sources=sources, deletions=str(deletions))
+    assert again["reused"] and again["fingerprint"] == report["fingerprint"]
+    sf.write(folder / "audio" / "0_0_0.flac", tone(0.7, 8000, 999), 8000)
+    changed, _ = build(tmp_path, run="changed", sources=sources, deletions=str(deletions))
+    assert not changed["reused"] and changed["fingerprint"] != report["fingerprint"]
+    with pytest.raises(PipelineError, match="used twice"):
+        build(tmp_path, run="twice", sources=[sources[1], sources[1]])
+
+
+def test_nothing_kept_writes_the_quarantine_then_stops(tmp_path: Path) -> None:
+    """NeMo's manifests name audio relative to where they were made; with the wrong audio_dir no clip resolves."""
+    manifest = tmp_path / "an4" / "test_manifest.json"
+    manifest.parent.mkdir()
+    manifest.write_text("".join(json.dumps({"audio_filepath": f"wav/an4test_clstk/fcaw/an40{i}-fcaw-b.wav", "duration": 1.0,
+                                            "text": "rubout g m e f three nine"}) + "\n" for i in range(5)))
+    run_dir = tmp_path / "run"
+    with pytest.raises(PipelineError, match=r"every record was quarantined \(5 of 5\); most common reason: missing_audio "
+                                            r"\(5\), e\.g\. wav/an4test_clstk/fcaw/an400-fcaw-b: .*looked for .*an400-fcaw-b\.wav"):
+        run_data_stage(make_cfg(tmp_path, source="nemo", path=str(manifest)), run_dir, NullTracker())
+    report = json.loads((run_dir / "build_report.json").read_text())
+    assert report["records_in"] == 5 and report["records_kept"] == 0 and report["quarantine_reasons"] == {"missing_audio": 5}
+    assert len(quarantine_of(run_dir)) == 5
+    assert not [p for p in (tmp_path / "cache" / "datasets").iterdir()]
+
+
+def test_directory_symlink_needs_allowed_roots(tmp_path: Path) -> None:
+    storage = tmp_path / "scratch" / "clips"
+    storage.parent.mkdir()
+    export = write_export(tmp_path / "export", [record(i) for i in range(4)])
+    (tmp_path / "export" / "audio").rename(storage)
+    os.symlink(storage, tmp_path / "export" / "audio")  # export/audio -> a folder elsewhere, as on clusters
+    with pytest.raises(PipelineError, match="path_outside_root"):
+        build(tmp_path, path=str(export))
+    quarantine = quarantine_of(tmp_path / "run")
+    assert len(quarantine) == 4 and all("data.allowed_roots" in q["detail"] for q in quarantine)
+    report, quarantine = build(tmp_path, run="allowed", path=str(export), allowed_roots=[str(storage)])
+    assert report["records_kept"] == 4 and quarantine == []
+
+
+def test_empty_entities_beside_an_annotation_is_no_entities(tmp_path: Path) -> None:
+    line = record(0, entities=[], annotation="alexa play [music_genre : jazz] music")
+    export = write_export(tmp_path / "export", [line, record(1, entities=[{"type": "music_genre", "value": "jazz"}],
+                                                             annotation="alexa play [music_genre : jazz] music")])
+    report, quarantine = build(tmp_path, path=str(export))
+    assert report["records_kept"] == 1 and [q["reason"] for q in quarantine] == ["invalid_record"]
+    kept = [r for ds in load_from_disk(report["dataset_path"]).values() for r in ds.remove_columns("audio")][0]
+    assert kept["utterance_id"] == "u000" and kept["entities"][0]["value"] == "jazz"
+
+
+def test_abandoned_temporary_folders_are_swept(tmp_path: Path) -> None:
+    datasets_dir = tmp_path / "cache" / "datasets"
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    os.waitpid(gone, 0)
+    dead = datasets_dir / f".tmp-0123456789abcdef0123-{gone}"
+    alive = datasets_dir / f".tmp-fedcba9876543210fedc-{os.getppid()}"
+    for folder in (dead, alive):
+        (folder / "work").mkdir(parents=True)
+    export = write_export(tmp_path / "export", [record(i) for i in range(3)])
+    build(tmp_path, path=str(export))
+    assert not dead.exists() and alive.exists()
