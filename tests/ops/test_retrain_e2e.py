@@ -154,6 +154,15 @@ def test_gate_kill_recovery_and_deletion_beating_the_gate(tmp_path: Path) -> Non
     assert wer_check["passed"] is False and wer_check["incumbent"] == rejected["incumbent"]["metrics"]["asr/wer"]
     assert registry.current()["model_id"] == m1
 
+    # A person reviews the rejected candidate and promotes exactly it (no training), then rolls back.
+    c3 = rejected["candidate"]["model_id"]
+    code, by_hand = _retrain(tmp_path, "r3-promote", f"retrain.promote='{c3}'")
+    assert (code, by_hand["decision"]) == (0, "promoted") and registry.current()["model_id"] == c3, by_hand
+    weights = sorted((tmp_path / "runs" / "r3" / "asr").glob("*.safetensors"))
+    assert weights and all((registry.model_dir(c3) / "asr" / w.name).read_bytes() == w.read_bytes() for w in weights)
+    code, back = _retrain(tmp_path, "r3-rollback", "retrain.rollback=true")
+    assert (code, back["decision"]) == (0, "rolled_back") and registry.current()["model_id"] == m1, back
+
     # 4. An account the promoted model was trained on asks for deletion: the audit names the model.
     trained = set(record["trained_on"])
     victim = next(a for a in range(12) if {utterance_pseudonym(key, f"b1-a{a}-{k}") for k in range(3)} <= trained)
@@ -173,3 +182,10 @@ def test_gate_kill_recovery_and_deletion_beating_the_gate(tmp_path: Path) -> Non
     deleted = {utterance_pseudonym(key, f"b1-a{victim}-{k}") for k in range(3)}
     assert not deleted & set(registry.record(m2)["trained_on"])
     assert "no model" in _audit(tmp_path)
+    # The candidate promoted by hand held the same account: neither model comes back.
+    assert not registry.has_weights(c3)
+    code, refused = _retrain(tmp_path, "r5-rollback", "retrain.rollback=true")
+    assert code == 2 and "no earlier promoted model" in refused["reason"], refused
+    decisions = [d["decision"] for d in registry.decisions()]
+    assert decisions == ["promoted", "nothing_to_do", "rejected", "promoted", "rolled_back", "promoted",
+                         "config_error"]
