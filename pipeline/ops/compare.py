@@ -3,7 +3,13 @@
 Every run folder holds its resolved `config.yaml` and (after evaluation) `metrics.json`; showing
 only the config keys that differ between the listed runs answers "what changed, and did it help".
 
-    python -m pipeline.ops.compare [ROOT ...] [--last 10] [--metrics asr/wer,slu/slu_f1]
+"Did it help" needs more than two point values: below the table, each run evaluated on the same
+test data as the first (same dataset fingerprint and split) gets each metric's paired difference
+against the first run, its 95% interval from a paired speaker bootstrap over the per-clip results
+in predictions.jsonl, and a verdict (better, worse, no detectable difference). Runs on other test
+data cannot be compared clip for clip; they get their own intervals only.
+
+    python -m pipeline.ops.compare [ROOT ...] [--last 10] [--metrics asr/wer,slu/slu_f1] [--samples 1000]
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.eval import bootstrap as B
+
 HEADLINE = ("asr/wer", "asr/cer", "wake/auc", "wake/frr", "nlu/intent_accuracy", "nlu/entity_f1",
             "slu/slu_f1")
 # Different for every run by construction, so never a "difference" worth a column.
@@ -30,6 +38,7 @@ class RunSummary:
     mtime: float
     config: dict[str, Any]
     metrics: dict[str, Any]
+    test_data: dict[str, Any] | None = None  # eval_details.json's record of what was evaluated
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
@@ -57,7 +66,9 @@ def load_run(path: Path) -> RunSummary:
     decision_file = path / "decision.json"
     if decision_file.is_file():
         metrics["decision"] = json.loads(decision_file.read_text()).get("decision")
-    return RunSummary(path, (path / "config.yaml").stat().st_mtime, flatten(config), metrics)
+    details_file = path / "eval_details.json"
+    test_data = json.loads(details_file.read_text()).get("test_data") if details_file.is_file() else None
+    return RunSummary(path, (path / "config.yaml").stat().st_mtime, flatten(config), metrics, test_data)
 
 
 def differing_keys(runs: list[RunSummary]) -> list[str]:
@@ -87,12 +98,102 @@ def format_table(runs: list[RunSummary], keys: list[str], metrics: list[str], ba
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def _name(run: RunSummary, base: Path) -> str:
+    try:
+        return str(run.path.relative_to(base))
+    except ValueError:
+        return str(run.path)
+
+
+def _per_clip(run: RunSummary) -> B.ClipTable | None:
+    """The run's per-clip results, or None when it has none (evaluated before they were written)."""
+    path = run.path / "predictions.jsonl"
+    if not path.is_file():
+        return None
+    try:
+        return B.clip_table([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+    except (ValueError, KeyError):
+        return None
+
+
+def _test_data_label(run: RunSummary) -> str:
+    data = run.test_data or {}
+    return f"dataset {data.get('dataset_fingerprint') or '?'} split {data.get('split') or '?'}"
+
+
+def same_test_data(a: RunSummary, b: RunSummary) -> bool:
+    """Clip for clip only on the same dataset build and split (the fingerprint covers the data, the
+    pseudonym key and so the splits); without a fingerprint, on the same clips digest."""
+    if not a.test_data or not b.test_data or a.test_data.get("split") != b.test_data.get("split"):
+        return False
+    fa, fb = a.test_data.get("dataset_fingerprint"), b.test_data.get("dataset_fingerprint")
+    if fa and fb:
+        return fa == fb
+    return a.test_data.get("clips_digest") == b.test_data.get("clips_digest")
+
+
+def _own_intervals(run: RunSummary, metrics: list[str]) -> str:
+    cells = []
+    for key in metrics:
+        value, low, high = (run.metrics.get(k) for k in (key, f"{key}_ci_low", f"{key}_ci_high"))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            cells.append(f"{key} {value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""))
+    return ", ".join(cells) or "no metrics"
+
+
+def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, samples: int, seed: int) -> str:
+    """Each later run against the first: paired differences where the test data is the same, and
+    otherwise why not, with each run's own intervals."""
+    evaluated = [r for r in runs if any(k in r.metrics for k in B.INTERVAL_KEYS)]
+    if len(evaluated) < 2:
+        return ""
+    first, others = evaluated[0], evaluated[1:]
+    lines = [f"Paired against the first run, {_name(first, base)} "
+             f"(difference = run - first, 95% paired speaker bootstrap, {samples} samples):"]
+    first_table = _per_clip(first)
+    header = ["run", "metric", "first", "run", "difference [95%]", "verdict"]
+    rows: list[list[str]] = []
+    shown_own = False
+    for run in others:
+        name = _name(run, base)
+        table = _per_clip(run)
+        lacking = [_name(r, base) for r, t in ((first, first_table), (run, table)) if t is None or not r.test_data]
+        if lacking:
+            lines.append(f"{name}: no paired comparison: {' and '.join(lacking)} "
+                         f"{'has' if len(lacking) == 1 else 'have'} no per-clip results (predictions.jsonl with "
+                         "per-clip counts); re-evaluate with `python evaluate.py run=<run folder>`")
+            continue
+        if not same_test_data(first, run):
+            lines.append(f"{name}: evaluated on other test data ({_test_data_label(run)}, the first run: "
+                         f"{_test_data_label(first)}): not comparable clip for clip; each run's own intervals below")
+            if not shown_own:
+                lines.append(f"  {_name(first, base)}: {_own_intervals(first, metrics)}")
+                shown_own = True
+            lines.append(f"  {name}: {_own_intervals(run, metrics)}")
+            continue
+        paired = B.paired_differences(first_table, table, samples, seed)  # type: ignore[arg-type]
+        for key in metrics:
+            diff = paired.differences.get(key)
+            if diff is None:
+                continue
+            interval = "" if diff.ci_low is None else f" [{diff.ci_low:+.4f}, {diff.ci_high:+.4f}]"
+            rows.append([name, key, f"{diff.base:.4f}", f"{diff.other:.4f}", f"{diff.difference:+.4f}{interval}",
+                         diff.verdict])
+    if rows:
+        widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+        line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+        lines[1:1] = [line(header), line(["-" * w for w in widths]), *map(line, rows)]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.ops.compare", description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="*", type=Path, default=[Path("outputs"), Path("multirun")],
                         help="folders to search for run folders (default: outputs multirun)")
     parser.add_argument("--last", type=int, default=10, help="how many of the most recent runs")
     parser.add_argument("--metrics", default=",".join(HEADLINE), help="comma-separated metric names")
+    parser.add_argument("--samples", type=int, default=B.DEFAULT_SAMPLES, help="bootstrap samples for paired differences")
+    parser.add_argument("--seed", type=int, default=B.DEFAULT_SEED, help="bootstrap seed (same seed, same intervals)")
     args = parser.parse_args(argv)
     runs = sorted((load_run(p) for p in find_runs(args.roots)), key=lambda r: r.mtime)[-args.last:]
     if not runs:
@@ -102,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     if any("decision" in r.metrics for r in runs):
         metrics.append("decision")
     print(format_table(runs, differing_keys(runs), metrics, Path.cwd()))
+    paired = paired_report(runs, [m for m in metrics if m != "decision"], Path.cwd(), args.samples, args.seed)
+    if paired:
+        print("\n" + paired)
     return 0
 
 

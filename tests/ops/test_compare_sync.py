@@ -33,7 +33,10 @@ def test_compare_shows_config_differences_and_headline_metrics(tmp_path: Path) -
     result = subprocess.run([sys.executable, "-m", "pipeline.ops.compare", "outputs", "--last", "5"],
                             cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
-    header, _rule, *rows = result.stdout.splitlines()
+    table, paired = result.stdout.split("\n\n")
+    header, _rule, *rows = table.splitlines()
+    # Evaluated before per-clip results existed: the paired section says which run lacks them.
+    assert "outputs/2026-01-01/10-00-00 and outputs/2026-01-01/11-00-00 have no per-clip results" in paired
     assert header.split()[:2] == ["run", "asr.learning_rate"]  # only what differs
     assert "asr.layers" not in header and "run_dir" not in header
     assert "asr/wer" in header and "slu/slu_f1" in header

@@ -1,0 +1,70 @@
+"""`make compare`'s paired section: differences against the first run on the same test clips, and
+what it says for runs on other test data or without per-clip results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.eval import bootstrap as B
+from pipeline.eval import metrics as M
+
+REPO = Path(__file__).resolve().parents[2]
+REFS = [f"turn the kitchen light {w}" for w in ("on", "off", "up", "down")] * 6
+SPEAKERS = [f"acct_{i // 2:02d}" for i in range(len(REFS))]
+
+
+def _run(root: Path, name: str, hyps: list[str], fingerprint: str, order: int, per_clip: bool = True) -> None:
+    """A run folder as the eval stage leaves it; every figure is computed from the transcripts."""
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"seed": order, "run_dir": str(run)}))
+    rows = []
+    for i, (ref, hyp, spk) in enumerate(zip(REFS, hyps, SPEAKERS)):
+        row = {"utterance_id": f"utt-{i:02d}", "speaker": spk, "edit": M.edit_counts(ref, hyp)}
+        row["counts"] = B.clip_counts(row, threshold=None)
+        rows.append(row)
+    table = B.clip_table(rows)
+    metrics = {"asr/wer": M.wer(REFS, hyps), "asr/cer": M.cer(REFS, hyps)}
+    metrics.update(B.interval_metrics(table, metrics, 200, 0))
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    details = {"test_data": {"dataset_fingerprint": fingerprint, "split": "test", "clips": len(rows)}}
+    (run / "eval_details.json").write_text(json.dumps(details))
+    if per_clip:
+        (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.utime(run / "config.yaml", (1_000_000 + order, 1_000_000 + order))  # the listing order
+
+
+def _compare(root: Path) -> str:
+    result = subprocess.run([sys.executable, "-m", "pipeline.ops.compare", "outputs", "--metrics", "asr/wer",
+                             "--samples", "300"], cwd=root, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_compare_pairs_runs_on_the_same_clips_and_says_why_not_otherwise(tmp_path: Path) -> None:
+    out = tmp_path / "outputs"
+    noisy = [r.replace("kitchen", "kitten") if i % 2 else r for i, r in enumerate(REFS)]  # 12 errors / 120 words
+    _run(out, "a-first", noisy, "fp1", 0)
+    _run(out, "b-better", list(REFS), "fp1", 1)
+    _run(out, "c-same", list(noisy), "fp1", 2)
+    _run(out, "d-other-data", list(REFS), "fp2", 3)
+    _run(out, "e-no-clips", list(REFS), "fp1", 4, per_clip=False)
+    text = _compare(tmp_path).split("\n\n", 1)[1]
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("outputs/")}
+    better = lines["outputs/b-better"].split()
+    # WER 0.1 -> 0: the difference is -0.1 on every resample of speakers.
+    assert better[1:5] == ["asr/wer", "0.1000", "0.0000", "-0.1000"] and better[-1] == "better"
+    assert lines["outputs/c-same"].endswith("+0.0000 [+0.0000, +0.0000]  no detectable difference")
+    assert "not comparable clip for clip" in lines["outputs/d-other-data:"]
+    own = json.loads((out / "d-other-data" / "metrics.json").read_text())
+    assert f"outputs/d-other-data: asr/wer 0.000 [{own['asr/wer_ci_low']:.3f}, {own['asr/wer_ci_high']:.3f}]" in text
+    first = json.loads((out / "a-first" / "metrics.json").read_text())
+    assert f"outputs/a-first: asr/wer 0.100 [{first['asr/wer_ci_low']:.3f}, {first['asr/wer_ci_high']:.3f}]" in text
+    assert "outputs/e-no-clips: no paired comparison: outputs/e-no-clips has no per-clip results" in text
