@@ -32,7 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.ops.corpus import Corpus, pseudonym_key, update_corpus, utterance_pseudonym
 from pipeline.ops.erase import erase_copies
-from pipeline.ops.gate import check_gate
+from pipeline.ops.gate import gate_on_runs
 from pipeline.ops.promote import promote_model, rollback, write_candidate
 from pipeline.ops.registry import Registry, now
 from pipeline.ops.tracking import NullTracker
@@ -215,7 +215,11 @@ def _verdict(cfg: DictConfig, registry: Registry, current: dict[str, Any] | None
         failed = [f"the promoted model could not be evaluated on the new test split ({error})"]
     else:
         decision["incumbent"]["metrics"] = incumbent
-        checks = check_gate(candidate["metrics"], incumbent, OmegaConf.to_container(cfg.retrain.gate, resolve=True))
+        # Judged on the paired difference over the same test clips (pipeline/ops/gate.py).
+        checks = gate_on_runs(run_dir, run_dir / "incumbent", candidate["metrics"], incumbent,
+                              OmegaConf.to_container(cfg.retrain.gate, resolve=True),
+                              str(OmegaConf.select(cfg, "retrain.gate_policy", default="not_worse")),
+                              int(cfg.eval.bootstrap_samples), int(cfg.eval.bootstrap_seed))
         decision["gate"] = [c.as_dict() for c in checks]
         failed = [c.detail for c in checks if not c.passed]
         if not failed:
