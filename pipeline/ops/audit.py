@@ -251,15 +251,17 @@ def _dedupe(findings: list[Finding]) -> list[Finding]:
     return out
 
 
+def is_config_error(err: Exception) -> bool:
+    """A problem the user fixes in the config or command line (exit 2), not a bug."""
+    return isinstance(err, PipelineError) or type(err).__module__.split(".")[0] in ("hydra", "omegaconf")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(list(sys.argv[1:] if argv is None else argv))
         findings, affected = scan(cfg)
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    except Exception as err:  # noqa: BLE001 - Hydra/OmegaConf refusing the overrides: a config error
-        if type(err).__module__.split(".")[0] not in ("hydra", "omegaconf"):
+    except Exception as err:  # noqa: BLE001 - only config errors are caught; the rest re-raise
+        if not is_config_error(err):
             raise
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG

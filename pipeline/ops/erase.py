@@ -550,12 +550,14 @@ def write_receipt(roots: Roots, job: Erasure) -> Path:
     return path
 
 
-def erase(cfg: DictConfig) -> Erasure:
+def erase(cfg: DictConfig, api: Any = None) -> Erasure:
     """Standalone `make erase`: take the lock, apply the inbox's requests to the corpus, erase."""
     from pipeline.ops.corpus import update_corpus
     from pipeline.ops.retrain import retrain_lock
 
     roots = Roots.from_cfg(cfg)
+    for name, root in roots.named().items():
+        check_root(name, root)  # before anything is taken from the inbox
     key = pseudonym_key(cfg.privacy)
     registry = Registry(roots.registry)
     with retrain_lock(registry.root / "retrain.lock"):
@@ -565,22 +567,24 @@ def erase(cfg: DictConfig) -> Erasure:
         wanted = deleted_set(roots) | incoming
         hashes = {str(f): purge_export(f, key, wanted, dry_run=True)[1] for f in export_folders(roots)}
         update_corpus(roots.inbox, roots.corpus, key)
-        return erase_copies(cfg, roots, key, source_hashes=hashes)
+        return erase_copies(cfg, roots, key, source_hashes=hashes, api=api)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.ops.audit import load_config
+    from pipeline.ops.audit import is_config_error, load_config
     from pipeline.ops.retrain import RetrainBusy
 
-    cfg = load_config(list(sys.argv[1:] if argv is None else argv))
     try:
+        cfg = load_config(list(sys.argv[1:] if argv is None else argv))
         job = erase(cfg)
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except RetrainBusy as err:
         print(f"error: {err}; run `make erase` again when it is done", file=sys.stderr)
         return 4
+    except Exception as err:  # noqa: BLE001 - only config errors are caught; the rest re-raise
+        if not is_config_error(err):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     counts = job.counts()
     if not job.removed:
         print("erase: nothing to remove: no copy of deleted data was found")

@@ -1,0 +1,184 @@
+"""`make erase` and `make audit-deletions` on a store of cached datasets, run folders and a registry
+made without training (bench/erase.py builds it): what is removed, what is left alone, the receipt,
+the audit's exit codes, bad requests, unscannable roots, `make sync` refusing erased runs, and the
+online W&B deletion with W&B's API replaced at its boundary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # bench/ is not an installed package
+
+from bench.erase import KEY, VICTIM, VICTIM_SENTENCES, build_store, overrides  # noqa: E402
+from pipeline.ops import audit, erase, sync  # noqa: E402
+from pipeline.ops.inventory import DO_NOT_SYNC  # noqa: E402
+from pipeline.ops.registry import Registry  # noqa: E402
+
+
+@pytest.fixture()
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    from datasets import disable_progress_bars
+
+    disable_progress_bars()
+    root = tmp_path / "store"
+    layout = build_store(root, datasets=3, runs=6, clips=15, victim_in=1)
+    for name, value in {"PIPELINE_PSEUDONYM_KEY": KEY, "PIPELINE_CACHE_DIR": str(root / "cache"),
+                        "PIPELINE_INBOX": str(root / "inbox"), "PIPELINE_REGISTRY_DIR": str(root / "registry"),
+                        "WANDB_MODE": "offline"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    return {"root": root, **layout}
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _receipt(root: Path) -> dict[str, Any]:
+    [path] = sorted((root / "registry" / "erasure" / "receipts").glob("*.json"))
+    return json.loads(path.read_text())
+
+
+def test_erase_removes_every_copy_and_the_audit_proves_it(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    root = store["root"]
+    affected, untouched = store["affected_runs"], [r for r in store["runs"] if r not in store["affected_runs"]]
+    before = {str(r): _digest(r) for r in untouched}
+    kept_dataset = root / "cache" / "datasets" / store["fingerprints"][1]
+    kept_before = _digest(kept_dataset)
+
+    assert audit.main(overrides(root)) == 3
+    out = capsys.readouterr().out
+    for kind in ("cached dataset", "model", "checkpoint", "language model", "registry model"):
+        assert kind in out, kind
+    assert "language model   transcript" in out  # the LM holds every n-gram of the victim's sentences
+    assert VICTIM not in out
+
+    assert erase.main(overrides(root)) == 0
+    capsys.readouterr()
+    # Every copy of the victim's data is gone: datasets, run parts, the registered model's files.
+    assert not (root / "cache" / "datasets" / store["fingerprints"][0]).exists()
+    for run in affected:
+        assert not (run / "asr").exists() and not (run / "nlu").exists()
+        assert not (run / "predictions.jsonl").exists() and not (run / "report.md").exists()
+        assert (run / DO_NOT_SYNC).is_file() and (run / "metrics.json").is_file()
+    registry = Registry(root / "registry")
+    erased = registry.record("model-0")
+    assert erased["erased_at"] and not (registry.model_dir("model-0") / "asr").exists()
+    assert registry.has_weights("model-2")  # the current model held none of it
+    # Nothing that held no deleted data was touched, and nothing was retrained.
+    assert {str(r): _digest(r) for r in untouched} == before
+    assert _digest(kept_dataset) == kept_before
+
+    receipt = _receipt(root)
+    text = json.dumps(receipt)
+    assert VICTIM not in text and not any(s in text for s in VICTIM_SENTENCES)
+    [request] = receipt["requests"]
+    assert request["request"].startswith("acct_") and request["status"] == "erased"
+    assert receipt["removed_counts"]["cached dataset"] == 1 and receipt["removed_counts"]["registry model"] == 1
+    assert sorted(receipt["marked_do_not_sync"]) == sorted(map(str, affected))
+
+    assert audit.main(overrides(root)) == 0
+    assert "clean" in capsys.readouterr().out
+    # A second erase has nothing left to do and writes no second receipt.
+    assert erase.main(overrides(root)) == 0
+    assert "nothing to remove" in capsys.readouterr().out
+    assert len(list((root / "registry" / "erasure" / "receipts").glob("*.json"))) == 1
+
+
+def test_unmatched_request_and_malformed_line_are_recorded_and_the_rest_apply(store: dict[str, Any]) -> None:
+    root = store["root"]
+    request = root / "inbox" / "deletions" / "request.jsonl"
+    request.write_text(json.dumps({"account_id": "amzn1.account.NOBODY"}) + "\n"
+                       + "{not json\n" + json.dumps({"account_id": VICTIM}) + "\n" + json.dumps({"colour": "red"}) + "\n")
+    assert erase.main(overrides(root)) == 0
+    receipt = _receipt(root)
+    statuses = sorted(r["status"] for r in receipt["requests"])
+    assert statuses == ["erased", "matched_nothing"]
+    assert [(q["file"], q["line"]) for q in receipt["quarantined_request_lines"]] == [
+        ("deletions/request.jsonl", 2), ("deletions/request.jsonl", 4)]
+    assert "NOBODY" not in json.dumps(receipt) and "red" not in json.dumps(receipt["quarantined_request_lines"])
+    assert not (root / "cache" / "datasets" / store["fingerprints"][0]).exists()
+    assert audit.main(overrides(root)) == 0
+
+
+def test_a_root_that_cannot_be_scanned_is_an_error_naming_it(store: dict[str, Any], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    not_a_folder = tmp_path / "outputs-file"
+    not_a_folder.write_text("")
+    args = [f"erase.outputs={not_a_folder}", f"erase.multirun={store['root'] / 'multirun'}"]
+    assert audit.main(args) == 2
+    assert str(not_a_folder) in capsys.readouterr().err
+    assert erase.main(args) == 2
+    assert audit.main([*overrides(store["root"]), "erase.no_such_key=1"]) == 2
+    assert erase.main([*overrides(store["root"]), "erase.no_such_key=1"]) == 2
+
+
+def test_sync_refuses_runs_marked_do_not_sync(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("erased", "fine"):
+        log = tmp_path / "outputs" / name / "wandb" / "offline-run-1-abc" / "run-abc.wandb"
+        log.parent.mkdir(parents=True)
+        log.write_bytes(b":W&B")
+    (tmp_path / "outputs" / "erased" / DO_NOT_SYNC).write_text("{}\n")
+    assert sync.unsynced_runs([tmp_path / "outputs"]) == [tmp_path / "outputs" / "fine" / "wandb" / "offline-run-1-abc"]
+    assert sync.main([str(tmp_path / "outputs"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"refusing {tmp_path / 'outputs' / 'erased'}" in out and "1 offline run(s) to sync" in out
+
+
+class _Artifact:
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log, self.name = log, name
+
+    def delete(self, delete_aliases: bool = False) -> None:
+        self.log.append(f"artifact {self.name} aliases={delete_aliases}")
+
+
+class _Run:
+    def __init__(self, log: list[str], run_id: str) -> None:
+        self.log, self.id = log, run_id
+
+    def logged_artifacts(self) -> list[_Artifact]:
+        return [_Artifact(self.log, f"{self.id}-asr-model"), _Artifact(self.log, f"{self.id}-evaluation")]
+
+    def delete(self, delete_artifacts: bool = False) -> None:
+        self.log.append(f"run {self.id} artifacts={delete_artifacts}")
+
+
+class _Api:
+    """W&B's public API (wandb.Api) at its boundary: records what erasure asked it to delete."""
+
+    default_entity = "team"
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.paths: list[str] = []
+
+    def run(self, path: str) -> _Run:
+        self.paths.append(path)
+        if path.endswith("never-uploaded"):
+            raise ValueError(f"Could not find run {path}")
+        return _Run(self.log, path.rsplit("/", 1)[1])
+
+
+def test_online_runs_of_erased_runs_are_deleted_through_the_wandb_api(store: dict[str, Any]) -> None:
+    root = store["root"]
+    first, second = store["affected_runs"]
+    (first / "wandb_run_id").write_text("abc123\n")
+    (second / "wandb_run_id").write_text("never-uploaded\n")
+    (store["runs"][1] / "wandb_run_id").write_text("untouched9\n")
+    cfg = audit.load_config([*overrides(root), "erase.wandb_online=true", "logger.entity=acme"])
+    api = _Api()
+    erase.erase(cfg, api=api)
+    assert sorted(api.paths) == ["acme/voice-pipeline/abc123", "acme/voice-pipeline/never-uploaded"]
+    assert api.log == ["artifact abc123-asr-model aliases=True", "artifact abc123-evaluation aliases=True",
+                       "run abc123 artifacts=True"]
+    online = {o["run"]: o["online"] for o in _receipt(root)["wandb_online"]}
+    assert online == {"abc123": "deleted", "never-uploaded": "not found"}
