@@ -104,6 +104,8 @@ def stray_deletion_files(inbox: Path) -> list[str]:
         if path.name == REQUEST_FOLDER and path.is_dir():
             stray += [f"{p} (only *.jsonl files are read there)" for p in sorted(path.iterdir())
                       if not p.name.startswith(".") and not (p.is_file() and p.suffix == ".jsonl")]
+        elif path.is_dir() and _looks_like_deletions(path):
+            stray.append(f"{path} (requests belong in {inbox / REQUEST_FOLDER}/*.jsonl)")
         elif path.is_dir():
             stray += [f"{p} (a batch's requests belong in {path / BATCH_DELETIONS})" for p in sorted(path.iterdir())
                       if _looks_like_deletions(p) and p.name != BATCH_DELETIONS]

@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.ops.corpus import pending_deletions, pseudonym_key
+from pipeline.ops.corpus import check_inbox, pending_deletions, pseudonym_key
 from pipeline.ops.registry import MODEL_PARTS, Registry
 from pipeline.runtime import PipelineError
 
@@ -39,6 +39,8 @@ def write_candidate(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def _deleted(cfg: DictConfig) -> set[str]:
+    """Applied deletions and those still waiting: a wrong inbox path would hide the latter."""
+    check_inbox(Path(cfg.retrain.inbox))
     key = pseudonym_key(cfg.privacy)
     return pending_deletions(Path(cfg.retrain.inbox), Path(cfg.retrain.corpus_dir), key)
 

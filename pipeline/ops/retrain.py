@@ -38,7 +38,7 @@ from pipeline.ops.registry import Registry, now
 from pipeline.ops.tracking import NullTracker
 from pipeline.runtime import PipelineError, configure_environment
 
-EXIT_OK = 0          # promoted, or nothing to do
+EXIT_OK = 0          # promoted, rolled back, or nothing to do
 EXIT_FAILED = 1      # a crash: look at the log
 EXIT_CONFIG = 2      # a problem the user can fix (one line on stderr)
 EXIT_REJECTED = 3    # trained fine, but the gate kept the promoted model

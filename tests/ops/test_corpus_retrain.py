@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.ops.corpus import TOMBSTONES, pending_deletions, update_corpus, utterance_pseudonym
+from pipeline.ops.corpus import QUARANTINE, TOMBSTONES, pending_deletions, update_corpus, utterance_pseudonym
 from pipeline.ops.retrain import EXIT_BUSY, EXIT_CONFIG, EXIT_OK, retrain_lock, run_retrain
 from pipeline.runtime import PipelineError
 
@@ -99,7 +99,8 @@ def test_a_batch_carries_its_own_deletions(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("stray", "named"), [("b1/deletion_requests.jsonl", "b1/deletion_requests.jsonl"),
                                                ("b1/deletions/r.jsonl", "b1/deletions"),
                                                ("deletions.jsonl", "deletions.jsonl"),
-                                               ("deletions/r.json", "deletions/r.json")])
+                                               ("deletions/r.json", "deletions/r.json"),
+                                               ("deletion-requests/r.jsonl", "deletion-requests")])
 def test_a_deletion_file_the_intake_would_not_read_refuses_the_inbox(tmp_path: Path, stray: str, named: str) -> None:
     inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
     _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001")])
@@ -113,14 +114,16 @@ def test_a_deletion_file_the_intake_would_not_read_refuses_the_inbox(tmp_path: P
     assert _tree(inbox) == before, "a refused inbox is left as it was"
 
 
-def test_a_malformed_batch_deletion_file_refuses_the_batch(tmp_path: Path) -> None:
+def test_a_malformed_line_in_a_batch_deletion_file_is_quarantined_the_rest_apply(tmp_path: Path) -> None:
     inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
-    _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001")])
-    (inbox / "b1" / "deletions.jsonl").write_text(json.dumps({"account_id": "amzn1.account.ALICE"}) + "\n{oops\n")
-    before = _tree(inbox)
-    with pytest.raises(PipelineError, match=r"b1/deletions.jsonl line 2: not valid JSON"):
-        update_corpus(inbox, corpus_dir, KEY)
-    assert _tree(inbox) == before
+    _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001"), ("u2", "amzn1.account.BOB", "G0900002")])
+    (inbox / "b1" / "deletions.jsonl").write_text(
+        json.dumps({"account_id": "amzn1.account.ALICE"}) + "\n{oops G0900002\n")
+    corpus = update_corpus(inbox, corpus_dir, KEY)
+    assert corpus.new_batches == ["b1"] and corpus.purged == 1
+    [bad] = [json.loads(line) for line in (corpus_dir / QUARANTINE).read_text().splitlines()]
+    assert (bad["file"], bad["line"], bad["reason"]) == ("b1/deletions.jsonl", 2, "not valid JSON")
+    assert b"G0900002" not in (corpus_dir / QUARANTINE).read_bytes(), "the bad line's content is not kept"
 
 
 def _cfg(tmp: Path, **retrain: object) -> OmegaConf:
@@ -161,10 +164,11 @@ def test_retrain_exit_codes_without_training(tmp_path: Path) -> None:
         assert run_retrain(OmegaConf.merge(cfg, {"run_dir": str(holder)})) == EXIT_BUSY
     assert _tree(holder) == {"decision.json": b"{}\n"}
 
-    _requests(tmp_path / "inbox", "bad.jsonl", [{"name": "someone"}])
+    # Requests where the intake does not read them refuse the job.
+    (tmp_path / "inbox" / "deletions.jsonl").write_text(json.dumps({"account_id": "amzn1.account.ALICE"}) + "\n")
     assert run_retrain(cfg) == EXIT_CONFIG
     decision = json.loads((tmp_path / "run" / "decision.json").read_text())
-    assert decision["decision"] == "config_error" and "bad.jsonl line 1" in decision["reason"]
+    assert decision["decision"] == "config_error" and str(tmp_path / "inbox" / "deletions.jsonl") in decision["reason"]
 
     # Every decision is in the registry's log, in order.
     log = [json.loads(line) for line in (tmp_path / "registry" / "decisions.jsonl").read_text().splitlines()]
