@@ -58,6 +58,7 @@ class Corpus:
     purged: int = 0
     batches: int = 0
     tombstones: set[str] = field(default_factory=set)
+    quarantined: int = 0
 
     def state(self, extra: str = "") -> str:
         """What a model trained now would be trained on: same state, same model (training is
@@ -127,7 +128,7 @@ def inbox_requests(inbox: Path, key: bytes) -> tuple[list[Path], set[str]]:
     return files, {p for f in files for p in parse_deletion_requests(f, key)[0].pseudonyms}
 
 
-def quarantine_requests(files: list[Path], corpus_dir: Path, key: bytes) -> None:
+def quarantine_requests(files: list[Path], corpus_dir: Path, key: bytes) -> int:
     """Record each malformed request line (file, line number, why; never its content) in
     `<corpus>/deletion_quarantine.jsonl`, so the sender can fix and resend it; the rest apply."""
     bad = [{**b, "file": f"{f.parent.name}/{f.name}", "at": now()} for f in files
@@ -135,6 +136,7 @@ def quarantine_requests(files: list[Path], corpus_dir: Path, key: bytes) -> None
     if bad:
         with open(corpus_dir / QUARANTINE, "a") as out:
             out.write("".join(json.dumps(b, sort_keys=True) + "\n" for b in bad))
+    return len(bad)
 
 
 def deleted_utterances(records: list[dict[str, Any]], requests: set[str], key: bytes) -> set[str]:
@@ -221,7 +223,7 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
     requests = known | incoming
     corpus.new_requests = len(requests - known)
     _write_atomic(corpus.requests, "".join(p + "\n" for p in sorted(requests)))
-    quarantine_requests(request_files, corpus_dir, key)
+    corpus.quarantined = quarantine_requests(request_files, corpus_dir, key)
     for path in request_files:
         path.unlink()
 

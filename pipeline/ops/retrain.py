@@ -148,6 +148,7 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     affected = registry.affected_by(corpus.tombstones)
     decision.update(state=state, new_batches=corpus.new_batches, new_deletion_requests=corpus.new_requests,
                     purged_records=corpus.purged, affected_models=affected,
+                    quarantined_request_lines=corpus.quarantined,
                     incumbent={"model_id": current["model_id"]} if current else None)
     if corpus.batches == 0:
         return {**decision, "decision": "nothing_to_do", "reason": f"no batches in {retrain.inbox} yet"}

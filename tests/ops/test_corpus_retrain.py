@@ -120,7 +120,7 @@ def test_a_malformed_line_in_a_batch_deletion_file_is_quarantined_the_rest_apply
     (inbox / "b1" / "deletions.jsonl").write_text(
         json.dumps({"account_id": "amzn1.account.ALICE"}) + "\n{oops G0900002\n")
     corpus = update_corpus(inbox, corpus_dir, KEY)
-    assert corpus.new_batches == ["b1"] and corpus.purged == 1
+    assert corpus.new_batches == ["b1"] and corpus.purged == 1 and corpus.quarantined == 1
     [bad] = [json.loads(line) for line in (corpus_dir / QUARANTINE).read_text().splitlines()]
     assert (bad["file"], bad["line"], bad["reason"]) == ("b1/deletions.jsonl", 2, "not valid JSON")
     assert b"G0900002" not in (corpus_dir / QUARANTINE).read_bytes(), "the bad line's content is not kept"
@@ -174,3 +174,11 @@ def test_retrain_exit_codes_without_training(tmp_path: Path) -> None:
     log = [json.loads(line) for line in (tmp_path / "registry" / "decisions.jsonl").read_text().splitlines()]
     assert [d["decision"] for d in log] == ["config_error", "nothing_to_do", "busy", "busy", "config_error"]
     assert [d["exit_code"] for d in log] == [2, 0, 4, 4, 2] and log[3]["run_dir"] == str(holder)
+
+
+def test_a_config_value_that_does_not_resolve_is_a_config_error(tmp_path: Path, capsys) -> None:
+    cfg = OmegaConf.merge(_cfg(tmp_path), {"retrain": {"registry_dir": "${oc.env:NO_SUCH_REGISTRY_ENV_FOR_TEST}"}})
+    assert run_retrain(cfg) == EXIT_CONFIG
+    decision = json.loads((tmp_path / "run" / "decision.json").read_text())
+    assert decision["decision"] == "config_error" and "NO_SUCH_REGISTRY_ENV_FOR_TEST" in decision["reason"]
+    assert "not logged in decisions.jsonl" in capsys.readouterr().err
