@@ -250,16 +250,22 @@ def intervals(
 
 def interval_metrics(
     table: ClipTable, metrics: Mapping[str, Any], samples: int, seed: int, confidence: float = CONFIDENCE,
+    rates: Mapping[str, tuple[int, float]] | None = None,
 ) -> dict[str, float | None]:
     """`<key>_ci_low` / `<key>_ci_high` for every interval key in `metrics`, plus
-    `eval/bootstrap_samples`: what metrics.json, the report and W&B get. wake/fa_per_hour uses the
-    exact Poisson interval on the count over the negative hours."""
+    `eval/bootstrap_samples`: what metrics.json, the report and W&B get.
+
+    wake/fa_per_hour uses the exact Poisson interval on the count over the hours: by default the
+    clips' false accepts over their negative hours; `rates` ({key: (count, hours)}) gives a rate
+    measured elsewhere (e.g. detections over hours of streamed background audio) its own."""
     found = intervals(table, samples, seed, confidence)
     counts = table.counts
     if "wake_false_accepts" in counts and counts["wake_negative_seconds"].sum() > 0:
         found["wake/fa_per_hour"] = poisson_rate_interval(
             int(round(counts["wake_false_accepts"].sum())), counts["wake_negative_seconds"].sum() / 3600.0, confidence
         )
+    for key, (count, hours) in (rates or {}).items():
+        found[key] = poisson_rate_interval(int(count), float(hours), confidence) if hours > 0 else None
     out: dict[str, float | None] = {}
     for key in INTERVAL_KEYS:
         if key in metrics:

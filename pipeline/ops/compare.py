@@ -176,6 +176,11 @@ def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, sample
             diff = paired.differences.get(key)
             if diff is None:
                 continue
+            stated = (first.metrics.get(key), run.metrics.get(key))
+            if not all(isinstance(v, (int, float)) and abs(v - p) < 1e-6 for v, p in zip(stated, (diff.base, diff.other))):
+                # The per-clip counts measure something else (e.g. a rate over streamed background audio).
+                lines.append(f"{name}: {key} is not reproduced by the per-clip results; no paired difference for it")
+                continue
             interval = "" if diff.ci_low is None else f" [{diff.ci_low:+.4f}, {diff.ci_high:+.4f}]"
             rows.append([name, key, f"{diff.base:.4f}", f"{diff.other:.4f}", f"{diff.difference:+.4f}{interval}",
                          diff.verdict])

@@ -104,7 +104,9 @@ def check_gate_paired(
         metric, kind, limit = _rule(name, rule)
         diff = paired.differences.get(metric)
         new, old = _number(candidate.get(metric)), _number(incumbent.get(metric))
-        if diff is None or diff.ci_low is None or diff.ci_high is None:
+        if diff is None or diff.ci_low is None or diff.ci_high is None or not _reproduced(diff, new, old):
+            # No per-clip counts for this metric, or they measure something else than metrics.json
+            # (e.g. a rate over streamed background audio rather than over clips).
             point = check_gate(candidate, incumbent, {name: rule})[0]
             checks.append(GateCheck(**{**point.as_dict(), "policy": policy,
                                        "detail": point.detail + " (no per-clip interval: judged on the point values)"}))
@@ -120,6 +122,12 @@ def check_gate_paired(
             clips=paired.clips, speakers=paired.speakers,
         ))
     return checks
+
+
+def _reproduced(diff: B.Difference, candidate: float | None, incumbent: float | None) -> bool:
+    """The per-clip counts give the same figures as the two metrics.json."""
+    return (candidate is not None and incumbent is not None and math.isclose(diff.other, candidate, abs_tol=1e-6)
+            and math.isclose(diff.base, incumbent, abs_tol=1e-6))
 
 
 def _paired_detail(metric: str, kind: str, limit: float, policy: str, diff: B.Difference, paired: B.Paired,

@@ -131,3 +131,12 @@ def test_eval_stage_writes_intervals_everywhere(tiny_models: Path, tiny_dataset_
     again = run_eval_stage(cfg, tmp_path / "b", tiny_dataset_path, RecordingTracker())
     assert {k: v for k, v in again.items() if "_ci_" in k} == {k: v for k, v in metrics.items() if "_ci_" in k}
     assert np.isfinite(metrics["asr/wer_ci_high"])
+
+
+def test_a_rate_measured_elsewhere_gets_its_own_poisson_interval() -> None:
+    # e.g. detections over hours of streamed background audio rather than over the test clips.
+    table = B.clip_table(_rows(REFS, HYPS, ["a", "a", "b", "b", "c", "c", "d", "d"]))
+    out = B.interval_metrics(table, {"asr/wer": 0.1, "wake/fa_per_hour": 1.5}, 100, 0,
+                             rates={"wake/fa_per_hour": (3, 2.0)})
+    assert (out["wake/fa_per_hour_ci_low"], out["wake/fa_per_hour_ci_high"]) == B.poisson_rate_interval(3, 2.0)
+    assert out["eval/bootstrap_samples"] == 100 and out["asr/wer_ci_low"] is not None

@@ -98,3 +98,11 @@ def test_bad_policy_and_missing_per_clip_results_are_config_errors(tmp_path: Pat
     (tmp_path / "old").mkdir()
     with pytest.raises(PipelineError, match="predictions.jsonl does not exist"):
         gate_on_runs(tmp_path / "lenient" / "candidate", tmp_path / "old", {}, {}, RULES, "not_worse", 10, 0)
+
+
+def test_a_metric_the_per_clip_results_do_not_reproduce_is_judged_on_point_values(tmp_path: Path) -> None:
+    old = _write_run(tmp_path / "incumbent", PROMOTED)
+    new = _write_run(tmp_path / "candidate", PROMOTED)
+    new = {**new, "asr/wer": new["asr/wer"] + 0.001}  # measured on something else than these clips
+    wer = gate_on_runs(tmp_path / "candidate", tmp_path / "incumbent", new, old, RULES, "non_inferior", 100, 0)[0]
+    assert wer.passed and wer.difference is None and "judged on the point values" in wer.detail
