@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import chi2
-from sklearn.metrics import roc_auc_score, roc_curve
 
 CONFIDENCE = 0.95
 DEFAULT_SAMPLES = 1000
@@ -191,24 +190,33 @@ def _sums(table: ClipTable, weights: np.ndarray, names: Sequence[str]) -> dict[s
     return {n: weights @ table.counts[n] for n in names}
 
 
-def _ranking(key: str, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
-    """AUC or EER of the clips weighted by how often they were drawn (nan without both classes)."""
-    keep = weights > 0
-    labels, scores, weights = labels[keep], scores[keep], weights[keep]
-    if labels.all() or not labels.any():
-        return float("nan")
+def _ranking_samples(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """ROC AUC and EER once per row of `weights` (how often each clip was drawn), all rows at once:
+    the weighted ROC curve of each sample from cumulative sums over the clips sorted by score, as
+    sklearn's `roc_curve` builds it, then the trapezoid area and the FRR = FAR crossing (the same
+    interpolation as pipeline.eval.wake.equal_error_rate). nan where a sample lacks a class."""
     finite = scores[np.isfinite(scores)]
     scores = np.where(np.isfinite(scores), scores, (finite.min() - 1.0) if finite.size else -1.0)
-    if key == "wake/auc":
-        return float(roc_auc_score(labels, scores, sample_weight=weights))
-    fpr, tpr, _ = roc_curve(labels, scores, sample_weight=weights)
+    order = np.argsort(-scores, kind="stable")
+    ranked, positive = scores[order], labels[order].astype(bool)
+    last = np.r_[np.flatnonzero(np.diff(ranked) != 0), ranked.size - 1]  # one ROC point per distinct score
+    w = weights[:, order]
+    tp = np.cumsum(w * positive, axis=1)[:, last]
+    fp = np.cumsum(w * ~positive, axis=1)[:, last]
+    pos, neg = tp[:, -1:], fp[:, -1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpr = np.hstack([np.zeros_like(pos), tp / pos])
+        fpr = np.hstack([np.zeros_like(neg), fp / neg])
+    auc = np.trapezoid(tpr, fpr, axis=1)
     diff = (1.0 - tpr) - fpr
-    i = int(np.argmax(diff <= 0))
-    if i == 0:
-        return float(fpr[0])
-    d0, d1 = diff[i - 1], diff[i]
-    w = d0 / (d0 - d1) if d0 != d1 else 0.0
-    return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
+    i = np.maximum(np.argmax(diff <= 0, axis=1), 1)  # the first point where FRR no longer exceeds FAR
+    rows = np.arange(len(w))
+    d0, d1 = diff[rows, i - 1], diff[rows, i]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = np.where(d0 != d1, d0 / (d0 - d1), 0.0)
+    eer = fpr[rows, i - 1] + step * (fpr[rows, i] - fpr[rows, i - 1])
+    valid = (pos[:, 0] > 0) & (neg[:, 0] > 0)
+    return {"wake/auc": np.where(valid, auc, np.nan), "wake/eer": np.where(valid, eer, np.nan)}
 
 
 def _metric_samples(table: ClipTable, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -218,8 +226,7 @@ def _metric_samples(table: ClipTable, weights: np.ndarray) -> dict[str, np.ndarr
         if all(n in table.counts for n in metric.counts):
             out[metric.key] = np.asarray(metric.value(_sums(table, weights, metric.counts)), dtype=float)
     if table.wake_scores is not None and table.wake_labels is not None:
-        for key in RANKING_METRICS:
-            out[key] = np.array([_ranking(key, table.wake_labels, table.wake_scores, w) for w in weights])
+        out.update(_ranking_samples(table.wake_labels, table.wake_scores, weights))
     return out
 
 

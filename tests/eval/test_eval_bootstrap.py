@@ -140,3 +140,21 @@ def test_a_rate_measured_elsewhere_gets_its_own_poisson_interval() -> None:
                              rates={"wake/fa_per_hour": (3, 2.0)})
     assert (out["wake/fa_per_hour_ci_low"], out["wake/fa_per_hour_ci_high"]) == B.poisson_rate_interval(3, 2.0)
     assert out["eval/bootstrap_samples"] == 100 and out["asr/wer_ci_low"] is not None
+
+
+def test_resampled_auc_and_eer_equal_the_wake_metrics_on_the_drawn_clips() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.eval.wake import equal_error_rate
+
+    rng = np.random.default_rng(1)
+    labels = rng.random(60) < 0.6
+    scores = np.round(rng.normal(labels.astype(float), 1.0), 1)  # rounded: ties, as real scores have
+    scores[3] = -np.inf  # a clip too short for the keyword
+    weights = rng.integers(0, 3, size=(20, 60)).astype(float)
+    got = B._ranking_samples(labels, scores, weights)
+    for b, w in enumerate(weights):
+        idx = np.repeat(np.arange(60), w.astype(int))  # the drawn clips, each as often as drawn
+        finite = np.where(np.isfinite(scores), scores, scores[np.isfinite(scores)].min() - 1.0)
+        assert got["wake/auc"][b] == pytest.approx(roc_auc_score(labels[idx], finite[idx]))
+        assert got["wake/eer"][b] == pytest.approx(equal_error_rate(labels[idx], scores[idx]))
