@@ -12,6 +12,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from pipeline.eval.coverage import not_computed_notes, source_table
+
 Block = tuple[str, Any]  # ("h1"|"h2"|"p", text) | ("table", (header, rows)) | ("img", (alt, path))
 
 _HEADLINE_ROWS = [
@@ -22,6 +24,11 @@ _HEADLINE_ROWS = [
     ("Wake word", "false accepts per hour", "wake/fa_per_hour"),
     ("Wake word", "ROC AUC", "wake/auc"),
     ("Wake word", "equal error rate", "wake/eer"),
+    ("Wake word", "FRR at 0.5 false accepts per hour (test DET)", "wake/frr_at_0.5_fa_per_hour"),
+    ("Wake word", "FRR at 1 false accept per hour (test DET)", "wake/frr_at_1_fa_per_hour"),
+    ("Wake word", "FRR at 2 false accepts per hour (test DET)", "wake/frr_at_2_fa_per_hour"),
+    ("Wake word", "FRR at 5 false accepts per hour (test DET)", "wake/frr_at_5_fa_per_hour"),
+    ("Wake word", "hours of test background audio", "wake/background_hours"),
     ("NLU (gold transcripts)", "intent accuracy", "nlu/intent_accuracy"),
     ("NLU (gold transcripts)", "intent macro F1", "nlu/intent_macro_f1"),
     ("NLU (gold transcripts)", "entity F1", "nlu/entity_f1"),
@@ -70,6 +77,34 @@ def _scoring_note(details: dict[str, Any], metrics: dict[str, Any]) -> str | Non
     return " ".join(parts) or None
 
 
+def _background_blocks(background: dict[str, Any]) -> list[Block]:
+    """How the wake-word operating point was measured on background recordings, or why it was not."""
+    blocks: list[Block] = []
+    if background.get("warning"):
+        blocks.append(("p", f"Caution: {background['warning']}."))
+    if "threshold" not in background:
+        return blocks
+    (tune, tune_h), (test, test_h) = list(background["hours"].items())
+    recs = background["recordings"]
+    blocks.append(("p", (
+        f"False accepts are counted on background recordings scanned as a stream ({background['window_s']:g} s "
+        f"windows every {background['hop_s']:g} s, {background['refractory_s']:g} s ignored after each detection; "
+        f"{background['x_real_time']:.0f}x real time). The threshold {background['threshold']:.4f} was tuned on "
+        f"{tune} ({tune_h:.2f} h in {recs[tune]} recordings: {background['tune_false_accepts']} detections, "
+        f"FRR {_fmt(background['tune_frr'])}) to {background['target_fa_per_hour']:g} per hour; on {test} "
+        f"({test_h:.2f} h in {recs[test]} recordings) it gave {background['false_accepts']} false accepts "
+        f"({background['fa_per_hour']:.2f} per hour). Source: {background['source']}.")))
+    if background.get("errors"):
+        blocks.append(("table", (["test background recording", "time", "score"],
+                                 [[e["recording"], _clock(e["time_s"]), _fmt(e["score"])] for e in background["errors"]])))
+    return blocks
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(float(seconds), 60.0)
+    return f"{int(m) // 60:d}:{int(m) % 60:02d}:{s:04.1f}"
+
+
 def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
     blocks: list[Block] = [("h1", "Evaluation report")]
     blocks.append(("table", (["area", "metric", "key", "value"],
@@ -77,6 +112,10 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
     note = _scoring_note(details, metrics)
     if note:
         blocks.append(("p", note))
+    blocks += [("p", line) for line in not_computed_notes(details.get("not_computed") or {})]
+    sources = source_table(details.get("by_source") or {})
+    if sources:
+        blocks += [("h2", "Per source"), ("table", sources)]
     decoder = details.get("decoder") or {}
     if decoder.get("mode") == "lm":
         tried = ", ".join(f"{t['lm_weight']:g}: {t['wer']:.3f}" for t in decoder["tuning"])
@@ -90,16 +129,18 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
         blocks.append(("p", f"Wake-word threshold {wake['threshold']:.4f} (tuned on validation); "
                             f"{wake['positives']} clips with and {wake['negatives']} without the wake word "
                             f"({wake['negative_hours'] * 3600:.0f} s of negative audio)."))
+        background = details.get("wake_background") or {}
+        blocks += _background_blocks(background)
         tuning = details.get("wake_tuning") or {}
         clip = tuning.get("bounding_clip")
-        if tuning and not tuning.get("resolvable") and clip:
+        if tuning and not tuning.get("resolvable") and clip and "threshold" not in background:
             blocks.append(("p", (
                 f"Caution: {tuning['split']} has only {tuning['negative_hours'] * 3600:.0f} s of audio without the wake word, "
                 f"too little to measure {tuning['target_fa_per_hour']:g} false accepts per hour, so the threshold rejects all "
                 f"{tuning['negatives']} of its negatives and was set by the hardest one: {clip['utterance_id']} "
                 f"(score {_fmt(clip['score'])}), \"{clip['reference']}\" heard as \"{clip['hypothesis']}\". "
                 "The FRR depends on that one clip; tune on more negative audio for a stable operating point.")))
-    else:
+    elif decoder:  # no decoder: no ASR model, and the not-computed note says so
         reason = details.get("wake_skipped") or "a split lacks clips with or without the wake word"
         blocks.append(("p", f"Wake-word metrics not computed: {reason}."))
     titles = {"wake_det": "Wake word: DET curve", "intent_confusion": "Intent confusion (gold transcripts)",
@@ -112,10 +153,11 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
                                  [[e["utterance_id"], e["speaker"], "yes" if e["wake_word_present"] else "no",
                                    _fmt(e["wake_score"]), e["reference"], e["hypothesis"]]
                                   for e in details["wake_errors"]])))
-    blocks.append(("h2", "Worst utterances"))
-    blocks.append(("table", (["utterance", "speaker", "WER", "reference", "hypothesis"],
-                             [[w["utterance_id"], w["speaker"], _fmt(w["wer"]), w["reference"], w["hypothesis"]]
-                              for w in details["worst"]])))
+    if details["worst"]:
+        blocks.append(("h2", "Worst utterances"))
+        blocks.append(("table", (["utterance", "speaker", "WER", "reference", "hypothesis"],
+                                 [[w["utterance_id"], w["speaker"], _fmt(w["wer"]), w["reference"], w["hypothesis"]]
+                                  for w in details["worst"]])))
     for name, per_type in (("Entity F1 per type (gold transcripts)", details["nlu_entities_per_type"]),
                            ("SLU-F1 per type (ASR transcripts)", details["slu_f1_per_type"])):
         if per_type:

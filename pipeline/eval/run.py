@@ -25,10 +25,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
-from pipeline.asr.model import load_asr
+from pipeline.asr.model import greedy_decode, load_asr, output_lengths
 from pipeline.eval import bootstrap as B
 from pipeline.eval import metrics as M
+from pipeline.eval.coverage import (
+    add_sources, by_source, clip_counts, flatten, label_reasons, leave_out, model_reasons, models_to_evaluate,
+)
 from pipeline.eval.report import plot_confusion, plot_slices, write_report
+from pipeline.eval.stream import background_metrics, background_wake, resolve_background, with_background
 from pipeline.eval.wake import describe_tuning, evaluate_wake, keyword_scores, plot_det, tune_threshold
 from pipeline.ops.tracking import Tracker
 from pipeline.ops.wandb_tracker import transcripts_allowed
@@ -75,25 +79,82 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     if ecfg is None:
         raise PipelineError("the config has no `eval` group; add `- eval: default` to the defaults (conf/eval/default.yaml)")
     run_dir = Path(run_dir)
-    wake_word = _wake_word(ecfg)
-    asr_dir = Path(OmegaConf.select(cfg, "asr_model", default=None) or run_dir / "asr")
-    nlu_dir = Path(OmegaConf.select(cfg, "nlu_model", default=None) or run_dir / "nlu")
-    test, val = _load_splits(Path(dataset_path), str(ecfg.split), str(ecfg.tune_split))
+    # Either model may be missing, and the labels may lack intents, entities or one side of the wake
+    # word: what cannot be computed is left out of metrics.json, and details["not_computed"] says why.
+    asr_dir, nlu_dir = models_to_evaluate(cfg, run_dir)
+    test, val = _load_splits(Path(dataset_path), str(ecfg.split), str(ecfg.tune_split), need_audio=asr_dir is not None)
+    rows = _gold_rows(test)
+    has_sources = add_sources(test, rows)
+    labels = np.array([r["wake_word_present"] for r in rows], dtype=bool)
+    wake, tuning, decoding, test_out, skipped = None, None, None, None, None
+    if asr_dir is not None:
+        val_labels = np.array(val["wake_word_present"], dtype=bool)
+        skipped = _wake_skip_reason({str(ecfg.tune_split): val_labels, str(ecfg.split): labels})
+        wake, tuning, decoding, test_out = _asr_pass(ecfg, asr_dir, Path(dataset_path), test, val, rows, skipped,
+                                                     resolve_background(cfg))
 
+    with_intent = [r for r in rows if r["intent"] is not None] if nlu_dir is not None else []
+    if with_intent:
+        nlu = _load_nlu(nlu_dir)
+        gold_pred = nlu.predict([r["transcript"] for r in with_intent])
+        for row, g in zip(with_intent, gold_pred):
+            row["nlu_intent"], row["nlu_entities"] = g["intent"], g["entities"]
+        if test_out is not None:
+            slu_pred = nlu.predict([r["hypothesis"] for r in with_intent])
+            for row, s in zip(with_intent, slu_pred):
+                row["slu_intent"], row["slu_entities"] = s["intent"], s["entities"]
+    scoring = _scoring_gold(cfg, ecfg, with_intent) if with_intent else None
+    not_computed = {**model_reasons(asr_dir, nlu_dir),
+                    **label_reasons(str(ecfg.split), with_intent, skipped, asr_dir is not None, nlu_dir is not None)}
+    for why in sorted(set(not_computed.values())):
+        log.warning("eval: not computed (%s): %s", why, ", ".join(k for k, v in not_computed.items() if v == why))
+
+    metrics, details = _score(rows, with_intent, wake, test_out, ecfg)
+    background = (tuning or {}).pop("background", None)
+    if asr_dir is not None:
+        metrics.update(background_metrics(background, str(ecfg.split)))
+    details["wake_background"] = background
+    metrics = leave_out(metrics, not_computed)
+    if has_sources:
+        details["by_source"] = by_source(rows, metrics, wake.threshold if wake else None)
+        metrics.update(flatten(details["by_source"]))
+    details["not_computed"] = not_computed
+    details["slu_scoring"] = scoring
+    details["test_data"] = _test_data(Path(dataset_path), str(ecfg.split), rows)
+    details["decoder"] = {**decoding.__dict__, "tune_split": str(ecfg.tune_split)} if decoding else None
+    details["wake_tuning"] = tuning
+    details["wake_skipped"] = skipped
+    scores = test_out.wake_scores if test_out is not None else None
+    _write_outputs(cfg, run_dir, rows, with_intent, labels, scores, wake, metrics, details, tracker)
+    return metrics
+
+
+def _asr_pass(
+    ecfg: DictConfig, asr_dir: Path, dataset_path: Path, test: Any, val: Any, rows: list[dict[str, Any]],
+    skipped: str | None, background_source: Path | None = None,
+) -> tuple[Any, dict[str, Any] | None, Decoding, Inference]:
+    """Transcribe both splits, tune and apply the wake-word threshold (unless `skipped` says the
+    labels cannot support one), and write each clip's transcript, errors and wake score into `rows`."""
+    wake_word = _wake_word(ecfg)
     model, processor = load_asr(asr_dir, _device(str(ecfg.get("device", "auto"))))
     check_vocabulary(processor, test["text"], float(ecfg.max_oov_char_rate), dataset_path, asr_dir)
-    keyword = keyword_ids(processor, wake_word, bool(ecfg.wake_word_boundary), asr_dir)
-    nlu = _load_nlu(nlu_dir)
-
+    spellable = True
+    try:
+        keyword = keyword_ids(processor, wake_word, bool(ecfg.wake_word_boundary), asr_dir)
+    except PipelineError:
+        spellable = False
+        if not skipped:
+            raise
+        # The labels rule the wake-word metrics out anyway (e.g. a digits corpus and a model that
+        # cannot spell the wake word): score a word break instead, and drop those scores below.
+        keyword = [processor.tokenizer.get_vocab()[processor.tokenizer.word_delimiter_token]]
     val_out, test_out, decoding = _transcribe_splits(ecfg, asr_dir, model, processor, keyword, val, test)
     final_hyps = test_out.decoded[0] if decoding.mode == "lm" else test_out.hypotheses
 
-    rows = _gold_rows(test)
     labels = np.array([r["wake_word_present"] for r in rows], dtype=bool)
     durations = np.array([r["duration"] for r in rows], dtype=float)
     val_labels = np.array(val["wake_word_present"], dtype=bool)
     wake, tuning = None, None
-    skipped = _wake_skip_reason({str(ecfg.tune_split): val_labels, str(ecfg.split): labels})
     if skipped:
         log.warning("eval: wake-word metrics skipped: %s", skipped)
     else:
@@ -102,33 +163,21 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
         threshold = tune_threshold(val_out.wake_scores, val_labels, val_durations, target)
         wake = evaluate_wake(test_out.wake_scores, labels, durations, threshold)
         tuning = _tuning_details(val, val_out, val_labels, val_durations, target, str(ecfg.tune_split))
+        # Hours of background recordings, when there are any, replace the negative clips for the
+        # threshold, FRR and false accepts per hour (pipeline.eval.stream).
+        streamed, background = background_wake(ecfg, background_source, model, processor, keyword, wake_word,
+                                               val_out.wake_scores[val_labels], test_out.wake_scores[labels])
+        wake = with_background(wake, streamed)
+        tuning = {**tuning, "background": background}
 
     for row, hyp, greedy, score in zip(rows, final_hyps, test_out.hypotheses, test_out.wake_scores):
         row["hypothesis"] = normalize_text(hyp)
         row["greedy_hypothesis"] = normalize_text(greedy)
         row["wer"] = M.utterance_wer(row["reference"], hyp) if row["reference"] else None
         row["edit"] = M.edit_counts(row["reference"], hyp)
-        row["wake_score"] = float(score) if math.isfinite(score) else None
+        row["wake_score"] = float(score) if spellable and math.isfinite(score) else None
         row["wake_detected"] = bool(wake is not None and score >= wake.threshold)
-
-    with_intent = [r for r in rows if r["intent"] is not None]
-    if not with_intent:
-        raise PipelineError(f"{dataset_path}: split {ecfg.split!r} has no clip with an intent; nothing for the NLU to score")
-    gold_pred = nlu.predict([r["transcript"] for r in with_intent])
-    slu_pred = nlu.predict([r["hypothesis"] for r in with_intent])
-    for row, g, s in zip(with_intent, gold_pred, slu_pred):
-        row["nlu_intent"], row["nlu_entities"] = g["intent"], g["entities"]
-        row["slu_intent"], row["slu_entities"] = s["intent"], s["entities"]
-    scoring = _scoring_gold(cfg, ecfg, with_intent)
-
-    metrics, details = _score(rows, with_intent, wake, test_out, ecfg)
-    details["slu_scoring"] = scoring
-    details["test_data"] = _test_data(Path(dataset_path), str(ecfg.split), rows)
-    details["decoder"] = {**decoding.__dict__, "tune_split": str(ecfg.tune_split)}
-    details["wake_tuning"] = tuning
-    details["wake_skipped"] = skipped
-    _write_outputs(cfg, run_dir, rows, with_intent, labels, test_out.wake_scores, wake, metrics, details, tracker)
-    return metrics
+    return wake, tuning, decoding, test_out
 
 
 def _transcribe_splits(
@@ -233,25 +282,28 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _load_splits(path: Path, split: str, tune_split: str) -> tuple[Any, Any]:
+def _load_splits(path: Path, split: str, tune_split: str, need_audio: bool = True) -> tuple[Any, Any]:
+    """The evaluated split and the tuning split (None without an ASR model: only the ASR's LM weight
+    and wake-word threshold are tuned; an NLU-only evaluation may read a text-only dataset)."""
     from datasets import load_from_disk
 
     if not path.exists():
         raise PipelineError(f"dataset {path} does not exist; build it with `python train.py stages=[data]` or pass dataset=<path>")
-    for name in (split, tune_split):
+    names = (split, tune_split) if need_audio else (split,)
+    for name in names:
         # datasets saves an empty split without data files and then cannot load it back.
         state = path / name / "state.json"
         if state.exists() and not json.loads(state.read_text()).get("_data_files"):
             raise PipelineError(f"dataset {path} split {name!r} is empty; there is nothing to evaluate")
     dd = load_from_disk(str(path))
-    for name in (split, tune_split):
+    for name in names:
         if name not in dd:
             raise PipelineError(f"dataset {path} has no split {name!r} (has {list(dd)}); set eval.split / eval.tune_split")
-        if "audio" not in dd[name].column_names:
+        if need_audio and "audio" not in dd[name].column_names:
             raise PipelineError(f"dataset {path} split {name!r} has no audio column; evaluation needs an audio dataset")
         if len(dd[name]) == 0:
             raise PipelineError(f"dataset {path} split {name!r} is empty; there is nothing to evaluate")
-    return dd[split], dd[tune_split]
+    return dd[split], dd[tune_split] if need_audio else None
 
 
 def _load_nlu(nlu_dir: Path) -> Any:
@@ -350,11 +402,8 @@ def _infer_batch(
     kwargs = {"attention_mask": inputs["attention_mask"].to(device)} if use_mask else {}
     logits = model(inputs["input_values"].to(device), **kwargs).logits.float()
     log_probs = logits.log_softmax(-1).cpu()
-    lengths = model._get_feat_extract_output_lengths(torch.tensor([len(w) for w in waves])).cpu()
-    ids = log_probs.argmax(-1)
-    texts = processor.tokenizer.batch_decode([ids[b, : int(lengths[b])] for b in range(len(idx))])
-    # An unknown character is no word: dropped, not scored as the word "unk" after normalising.
-    texts = [t.replace(processor.tokenizer.unk_token, "") for t in texts]
+    lengths = output_lengths(model, [len(w) for w in waves])
+    texts = greedy_decode(processor.tokenizer, log_probs, lengths)
     batch_scores = keyword_scores(log_probs, lengths, keyword, blank, window)
     for b, i in enumerate(idx):
         hypotheses[i] = texts[b]
@@ -384,40 +433,51 @@ def _gold_rows(split: Any) -> list[dict[str, Any]]:
 
 
 def _score(
-    rows: list[dict[str, Any]], with_intent: list[dict[str, Any]], wake: Any, inference: Inference, ecfg: DictConfig
+    rows: list[dict[str, Any]], with_intent: list[dict[str, Any]], wake: Any, inference: Inference | None,
+    ecfg: DictConfig,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The metrics there are results for: ASR and wake word with an `inference`, NLU with scored
+    `with_intent` rows, SLU with both (pipeline.eval.coverage drops what the labels rule out)."""
+    have_asr = inference is not None
     refs = [r["reference"] for r in rows]
-    hyps = [r["hypothesis"] for r in rows]
+    hyps = [r.get("hypothesis", "") for r in rows]
     edges = [float(e) for e in ecfg.duration_buckets]
-    nlu_intent, nlu_ents, slu_intent, slu_ents, slu = _score_understanding(with_intent, _slu_mode(ecfg))
-    metrics: dict[str, Any] = {
-        "asr/wer": M.wer(refs, hyps),
-        "asr/cer": M.cer(refs, hyps),
-        # The acoustic model alone, to compare with runs or models decoded without the LM.
-        "asr/wer_greedy": M.wer(refs, [r["greedy_hypothesis"] for r in rows]),
-        "asr/cer_greedy": M.cer(refs, [r["greedy_hypothesis"] for r in rows]),
-        "wake/frr": wake.frr if wake else None,
-        "wake/fa_per_hour": wake.fa_per_hour if wake else None,
-        "wake/auc": wake.auc if wake else None,
-        "wake/eer": wake.eer if wake else None,
-        "wake/threshold": wake.threshold if wake else None,
-        "nlu/intent_accuracy": nlu_intent["accuracy"],
-        "nlu/intent_macro_f1": nlu_intent["macro_f1"],
-        "nlu/entity_f1": nlu_ents["f1"],
-        "slu/intent_accuracy": slu_intent["accuracy"],
-        "slu/intent_macro_f1": slu_intent["macro_f1"],
-        "slu/entity_f1": slu_ents["f1"],
-        "slu/slu_f1": slu["f1"],
-        "eval/num_clips": len(rows),
-        "eval/audio_hours": sum(r["duration"] for r in rows) / 3600.0,
-        "eval/rtf": inference.audio_seconds / max(inference.compute_seconds, 1e-9),
-    }
+    understanding = _score_understanding(with_intent, _slu_mode(ecfg)) if with_intent else (None,) * 5
+    nlu_intent, nlu_ents, slu_intent, slu_ents, slu = understanding
+    metrics: dict[str, Any] = {}
+    if have_asr:
+        metrics.update({
+            "asr/wer": M.wer(refs, hyps),
+            "asr/cer": M.cer(refs, hyps),
+            # The acoustic model alone, to compare with runs or models decoded without the LM.
+            "asr/wer_greedy": M.wer(refs, [r["greedy_hypothesis"] for r in rows]),
+            "asr/cer_greedy": M.cer(refs, [r["greedy_hypothesis"] for r in rows]),
+            "wake/frr": wake.frr if wake else None,
+            "wake/fa_per_hour": wake.fa_per_hour if wake else None,
+            "wake/auc": wake.auc if wake else None,
+            "wake/eer": wake.eer if wake else None,
+            "wake/threshold": wake.threshold if wake else None,
+        })
+    if nlu_intent is not None:
+        metrics.update({"nlu/intent_accuracy": nlu_intent["accuracy"], "nlu/intent_macro_f1": nlu_intent["macro_f1"],
+                        "nlu/entity_f1": nlu_ents["f1"]})
+    if slu_intent is not None:
+        metrics.update({"slu/intent_accuracy": slu_intent["accuracy"], "slu/intent_macro_f1": slu_intent["macro_f1"],
+                        "slu/entity_f1": slu_ents["f1"], "slu/slu_f1": slu["f1"]})
+    metrics["eval/num_clips"] = len(rows)
+    metrics["eval/audio_hours"] = sum(r["duration"] for r in rows) / 3600.0
+    if have_asr:
+        metrics["eval/rtf"] = inference.audio_seconds / max(inference.compute_seconds, 1e-9)
     threshold = wake.threshold if wake else None
     for row in rows:
-        row["counts"] = B.clip_counts(row, threshold)
+        row["counts"] = clip_counts(row, threshold)
         for key in ("edit", "scoring_entities", "nlu_entity_counts", "slu_entity_counts", "slu_f1_counts"):
             row.pop(key, None)
-    metrics.update(B.interval_metrics(B.clip_table(rows), metrics, int(ecfg.bootstrap_samples), int(ecfg.bootstrap_seed)))
+    # False accepts streamed on background recordings: the Poisson interval of their count over their hours.
+    rates = ({"wake/fa_per_hour": (wake.background_false_accepts, wake.background_hours)}
+             if wake is not None and wake.background_hours else None)
+    metrics.update(B.interval_metrics(B.clip_table(rows), metrics, int(ecfg.bootstrap_samples), int(ecfg.bootstrap_seed),
+                                      rates=rates))
     details = {
         "wer_by": {
             "speaker": M.wer_by_slice(refs, hyps, [r["speaker"] for r in rows]),
@@ -427,21 +487,21 @@ def _score(
             "wake_word": M.wer_by_slice(
                 refs, hyps, ["wake word" if r["wake_word_present"] else "no wake word" for r in rows]
             ),
-        },
-        "nlu_entities_per_type": nlu_ents["per_type"],
-        "slu_entities_per_type": slu_ents["per_type"],
-        "slu_f1_per_type": slu["per_type"],
+        } if have_asr else {},
+        "nlu_entities_per_type": nlu_ents["per_type"] if nlu_ents else {},
+        "slu_entities_per_type": slu_ents["per_type"] if slu_ents else {},
+        "slu_f1_per_type": slu["per_type"] if slu else {},
         "wake": None if wake is None else {**wake.__dict__},
         # The clips a person should listen to first: rejected positives, accepted negatives.
         "wake_errors": [
             {k: r[k] for k in ("utterance_id", "speaker", "wake_word_present", "wake_score", "reference", "hypothesis")}
-            for r in sorted(rows, key=lambda r: r["wake_score"] if r["wake_score"] is not None else -math.inf)
+            for r in sorted(rows, key=lambda r: r["wake_score"] if r.get("wake_score") is not None else -math.inf)
             if wake is not None and r["wake_detected"] != r["wake_word_present"]
         ][: int(ecfg.worst_n)],
         "worst": [
             {k: r[k] for k in ("utterance_id", "speaker", "wer", "reference", "hypothesis")}
             for r in M.worst_utterances(rows, int(ecfg.worst_n))
-        ],
+        ] if have_asr else [],
     }
     return metrics, details
 
@@ -507,15 +567,18 @@ def _score_understanding(with_intent: list[dict[str, Any]], mode: str) -> tuple[
     normalize = mode == "project"
     gold_intents = [r["intent"] for r in scored]
     gold_ents = [r["scoring_entities"] for r in scored]
+    has_slu = all("slu_intent" in r for r in with_intent)  # no ASR model: no transcripts for the NLU to read
     for row in with_intent:
-        row["nlu_scored"] = row["slu_scored"] = row.get("scoring_entities") is not None
+        row["nlu_scored"] = row.get("scoring_entities") is not None
+        row["slu_scored"] = row["nlu_scored"] and has_slu
     for row in scored:
         gold = [row["scoring_entities"]]
         row["nlu_entity_counts"] = M.total_counts(M.entity_scores(gold, [row["nlu_entities"]], normalize))
-        row["slu_entity_counts"] = M.total_counts(M.entity_scores(gold, [row["slu_entities"]], normalize))
-        row["slu_f1_counts"] = M.total_counts(M.slu_f1(gold, [row["slu_entities"]], normalize))
+        if has_slu:
+            row["slu_entity_counts"] = M.total_counts(M.entity_scores(gold, [row["slu_entities"]], normalize))
+            row["slu_f1_counts"] = M.total_counts(M.slu_f1(gold, [row["slu_entities"]], normalize))
     out: list[Any] = []
-    for side in ("nlu", "slu"):
+    for side in ("nlu", "slu") if has_slu else ("nlu",):
         intents = M.intent_scores(gold_intents, [r[f"{side}_intent"] for r in scored])
         if mode == "slurp":
             official = M.slurp_scores(gold_intents, gold_ents, [r[f"{side}_intent"] for r in scored],
@@ -526,7 +589,7 @@ def _score_understanding(with_intent: list[dict[str, Any]], mode: str) -> tuple[
             ents = M.entity_scores(gold_ents, [r[f"{side}_entities"] for r in scored])
             slu = M.slu_f1(gold_ents, [r[f"{side}_entities"] for r in scored])
         out += [intents, ents]
-    return (*out, slu)
+    return (*out, slu) if has_slu else (*out, None, None, None)
 
 
 def _test_data(dataset_path: Path, split: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -549,11 +612,13 @@ def _write_outputs(
     plots_dir.mkdir(parents=True, exist_ok=True)
     plots: dict[str, Path] = {}
     if wake is not None:
-        plots["wake_det"] = plot_det(labels, scores, wake, plots_dir / "wake_det.png")
-    plots["intent_confusion"] = plot_confusion(
-        [r["intent"] for r in with_intent], [r["nlu_intent"] for r in with_intent], plots_dir / "intent_confusion.png"
-    )
-    plots["wer_slices"] = plot_slices(details["wer_by"], plots_dir / "wer_slices.png")
+        plots["wake_det"] = plot_det(labels, scores, wake, plots_dir / "wake_det.png", details.get("wake_background"))
+    if with_intent:
+        plots["intent_confusion"] = plot_confusion(
+            [r["intent"] for r in with_intent], [r["nlu_intent"] for r in with_intent], plots_dir / "intent_confusion.png"
+        )
+    if details["wer_by"]:
+        plots["wer_slices"] = plot_slices(details["wer_by"], plots_dir / "wer_slices.png")
 
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (run_dir / "eval_details.json").write_text(json.dumps(details, indent=2) + "\n")
