@@ -41,32 +41,44 @@ def keyword_scores(
     A Viterbi pass over `filler* keyword filler*` where filler frames cost nothing, so the result is
     the log-probability of the best keyword alignment on the segment where it fits best. The
     keyword must end within `window` frames of the start. A clip too short for it scores -inf.
+    """
+    trace = keyword_trace(log_probs[:, :window].float().numpy(), lengths.numpy(), keyword_ids, blank_id)
+    return torch.from_numpy(trace.max(axis=1) if trace.shape[1] else np.full(trace.shape[0], NEG_INF))
+
+
+def keyword_trace(emissions: np.ndarray, lengths: np.ndarray, keyword_ids: list[int], blank_id: int) -> np.ndarray:
+    """Per frame, the log-probability of the best keyword alignment that ends there (batch x frames
+    x vocab log-probs -> batch x frames; -inf past a clip's length). The clip score is its maximum;
+    the streaming detector compares each frame's value with the threshold.
+
     The recursion runs in numpy: its arrays are tiny (batch x keyword states), and per-op overhead
     is what a frame costs (numpy's is several times lower than torch's).
     """
-    batch, frames, _ = log_probs.shape
+    batch, frames, _ = emissions.shape
     states = keyword_states(keyword_ids, blank_id)
     n_states = len(states)
-    horizon = min(frames, window)
-    emit = log_probs[:, :horizon, states].float().numpy()  # batch x frames x states
+    emit = emissions[:, :, states]  # batch x frames x states
     # A state may be skipped from two back when it is a token and differs from the token two back
     # (the usual CTC rule: a blank is needed between repeated characters).
     skip = np.array([i >= 2 and states[i] != blank_id and states[i] != states[i - 2] for i in range(n_states)])
+    no_skip = ~skip[2:]
     # Entering the keyword: its leading blank or its first token, right after a filler frame; filler
     # frames before the keyword cost nothing, so entering at any frame is free.
     entry = np.where(np.arange(n_states) < 2, 0.0, NEG_INF)
-    limits = lengths.numpy()
     score = np.full((batch, n_states), NEG_INF)
-    posterior = np.full(batch, NEG_INF)
+    trace = np.full((batch, frames), NEG_INF)
     best = np.empty_like(score)
-    for t in range(horizon):
+    from_two_back = np.empty((batch, n_states - 2))
+    for t in range(frames):
         np.maximum(score, entry, out=best)
         np.maximum(best[:, 1:], score[:, :-1], out=best[:, 1:])
-        np.maximum(best[:, 2:], np.where(skip[2:], score[:, :-2], NEG_INF), out=best[:, 2:])
+        np.copyto(from_two_back, score[:, :-2])
+        from_two_back[:, no_skip] = NEG_INF
+        np.maximum(best[:, 2:], from_two_back, out=best[:, 2:])
         score = best + emit[:, t]
-        score[t >= limits] = NEG_INF
-        posterior = np.maximum(posterior, score[:, -2:].max(axis=1))
-    return torch.from_numpy(posterior)
+        score[t >= lengths] = NEG_INF
+        trace[:, t] = score[:, -2:].max(axis=1)
+    return trace
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,10 @@ class WakeResult:
     positives: int
     negatives: int
     negative_hours: float
+    # Set when threshold, FRR and false accepts per hour come from streamed background recordings
+    # (pipeline.eval.stream) instead of the negative clips; AUC and EER stay clip-level.
+    background_hours: float | None = None
+    background_false_accepts: int | None = None
 
 
 def _allowed_false_accepts(labels: np.ndarray, durations: np.ndarray, target_fa_per_hour: float) -> tuple[float, int]:
@@ -174,8 +190,14 @@ def evaluate_wake(
     )
 
 
-def plot_det(labels: np.ndarray, scores: np.ndarray, result: WakeResult, path: Path) -> Path:
-    """DET curve (probit axes, sklearn's display) with the tuned operating point marked."""
+def plot_det(
+    labels: np.ndarray, scores: np.ndarray, result: WakeResult, path: Path, background: dict | None = None
+) -> Path:
+    """The DET with the tuned operating point marked: FRR against false accepts per hour of
+    streamed background audio when `background` (its details: `det`, `frr_at`) has them, else the
+    clip-level DET (probit axes, sklearn's display)."""
+    if background and background.get("det"):
+        return _plot_det_per_hour(background, result, path)
     import matplotlib.pyplot as plt
     from scipy.stats import norm
     from sklearn.metrics import DetCurveDisplay
@@ -189,6 +211,31 @@ def plot_det(labels: np.ndarray, scores: np.ndarray, result: WakeResult, path: P
     ax.set_ylabel("false reject rate (clips with it)")
     ax.set_title(f"Wake word DET (EER {result.eer:.3f}, AUC {result.auc:.3f})")
     ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_det_per_hour(background: dict, result: WakeResult, path: Path) -> Path:
+    """FRR against false accepts per hour (symmetric-log x axis, so 0 per hour has a place)."""
+    import matplotlib.pyplot as plt
+
+    points = sorted(background["det"], key=lambda p: (p["fa_per_hour"], p["frr"]))
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.step([p["fa_per_hour"] for p in points], [p["frr"] for p in points], where="post", label="test")
+    for rate, frr in (background.get("frr_at") or {}).items():
+        ax.plot(float(rate), frr, "s", color="gray", markersize=4)
+    ax.plot(result.fa_per_hour, result.frr, "o", color="red",
+            label=f"tuned threshold ({result.fa_per_hour:.2f}/h, FRR {result.frr:.3f})")
+    ax.set_xscale("symlog", linthresh=0.5)
+    ax.set_xlim(left=0)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"false accepts per hour ({result.background_hours or 0:.2f} h of background)")
+    ax.set_ylabel("false reject rate (clips with the wake word)")
+    ax.set_title(f"Wake word DET (clip AUC {result.auc:.3f})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,412 @@
+"""Background recordings: long audio without the wake word, to count false accepts per hour.
+
+A device listens all day, so a wake-word threshold is judged on hours of continuous audio (TV,
+radio, people in the room), not on the few seconds of negative clips a dataset holds. This module
+finds such recordings and assigns each one, whole, to one split, so the threshold tuned on
+validation recordings is measured on test recordings it never heard. It accepts:
+
+- a built dataset (a DatasetDict folder): each row of the two splits is one recording;
+- an export folder (annotations.jsonl): records `{"audio": <relative path>, "transcript"?, "split"?,
+  "recording_id"?}`;
+- a folder of audio files, searched recursively; files under a folder named after a split belong
+  to it, the others are assigned by a hash of their path; `<name>.txt` beside a file is its transcript.
+
+The demo's background is synthesised from text that ships with the repository
+(data/demo/background.txt and the demo corpus' own sentences) by `ensure_demo_background`, once,
+into a cache folder named after a hash of its inputs, as an export folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from pipeline.runtime import PipelineError, publish, remove_abandoned_temp_dirs, usable_cores
+from pipeline.text import normalize_text
+
+log = logging.getLogger(__name__)
+
+DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "demo"
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+SAMPLING_RATE = 16_000
+# Bump when the recordings written for the same inputs change, so old caches are not reused.
+BACKGROUND_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One background recording. `row` is set when the audio sits in a built dataset's row."""
+
+    recording_id: str  # the path relative to the source (what an error names)
+    split: str
+    path: Path  # the audio file, or the built dataset folder when `row` is set
+    seconds: float
+    transcript: str | None = None
+    row: int | None = None
+
+    def open(self) -> sf.SoundFile:
+        """The audio as a seekable soundfile stream; a dataset row's encoded bytes are the only copy
+        held in memory (a few MB for ten minutes of FLAC), the samples are decoded block by block."""
+        if self.row is None:
+            return sf.SoundFile(self.path)
+        from datasets import Audio, load_from_disk
+
+        split = load_from_disk(str(self.path))[self.split].cast_column("audio", Audio(decode=False))
+        cell = split[self.row]["audio"]
+        data = cell.get("bytes") or Path(cell["path"]).read_bytes()
+        return sf.SoundFile(io.BytesIO(data))
+
+
+def mentions(transcript: str, wake_word: str) -> bool:
+    """Whether the wake word occurs as whole word(s): "alexa's" and "alexa" do, "alexander" does not."""
+    words, key = normalize_text(transcript).split(), normalize_text(wake_word).split()
+    variants = [key, key[:-1] + [key[-1] + "'s"], key[:-1] + [key[-1] + "s"]]
+    return any(words[i : i + len(v)] == v for v in variants for i in range(len(words) - len(v) + 1))
+
+
+def load_background(source: Path, splits: tuple[str, str], wake_word: str) -> list[Recording]:
+    """The recordings of `source` that fall in `splits` (tune split, eval split).
+
+    A recording whose transcript says the wake word is an error that names it: every detection
+    on background audio counts as a false accept, so a hidden positive would be charged to the model.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise PipelineError(
+            f"eval.background={source}: no such file or folder; give a built dataset, an export folder "
+            "(annotations.jsonl) or a folder of audio files, or eval.background=none"
+        )
+    if (source / "dataset_dict.json").exists():
+        recordings = _from_dataset(source, splits)
+    elif (source / "annotations.jsonl").exists():
+        recordings = _from_export(source, splits)
+    elif source.is_dir():
+        recordings = _from_folder(source, splits)
+    else:
+        raise PipelineError(f"eval.background={source}: a folder is expected (a built dataset, an export or audio files)")
+    for rec in recordings:
+        if rec.transcript and mentions(rec.transcript, wake_word):
+            raise PipelineError(
+                f"background recording {rec.recording_id} (in {source}) has the wake word {wake_word!r} in its "
+                "transcript; background audio must not contain it (every detection there counts as a false "
+                "accept): remove the recording or cut the wake word out"
+            )
+    return sorted(recordings, key=lambda r: (splits.index(r.split), r.recording_id))
+
+
+def hashed_split(name: str, splits: tuple[str, str]) -> str:
+    """Half the recordings to each split, by a hash of the name: stable across runs and machines."""
+    return splits[0] if int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 2 == 0 else splits[1]
+
+
+def _seconds(path: Path, name: str) -> float:
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise PipelineError(f"background recording {name}: cannot read it as audio ({err})") from err
+    return float(info.frames) / float(info.samplerate)
+
+
+def _from_dataset(path: Path, splits: tuple[str, str]) -> list[Recording]:
+    from datasets import load_from_disk
+
+    dd = load_from_disk(str(path))
+    out = []
+    for split in splits:
+        if split not in dd:
+            continue
+        cols = set(dd[split].column_names)
+        if "audio" not in cols:
+            raise PipelineError(f"eval.background={path}: split {split!r} has no audio column")
+        ids = dd[split]["utterance_id"] if "utterance_id" in cols else [str(i) for i in range(len(dd[split]))]
+        text_col = next((c for c in ("text", "transcript") if c in cols), None)
+        texts = dd[split][text_col] if text_col else [None] * len(ids)
+        present = dd[split]["wake_word_present"] if "wake_word_present" in cols else [False] * len(ids)
+        seconds = dd[split]["duration"] if "duration" in cols else None
+        for i, uid in enumerate(ids):
+            name = f"{split}/{uid}"
+            if present[i]:
+                raise PipelineError(f"background recording {name} (in {path}) is marked wake_word_present; "
+                                    "background audio must not contain the wake word")
+            rec = Recording(name, split, path, float(seconds[i]) if seconds else 0.0, texts[i], row=i)
+            if seconds is None:
+                with rec.open() as f:
+                    rec = Recording(name, split, path, f.frames / f.samplerate, texts[i], row=i)
+            out.append(rec)
+    return out
+
+
+def _from_export(folder: Path, splits: tuple[str, str]) -> list[Recording]:
+    from pipeline.data.audio import ClipRejected, resolve_audio
+
+    out = []
+    with open(folder / "annotations.jsonl", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                audio = str(record["audio"])
+                path = resolve_audio(folder, audio)
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise PipelineError(f"{folder}/annotations.jsonl line {n}: a background record needs "
+                                    f"an `audio` path ({err!r})") from err
+            except ClipRejected as err:
+                raise PipelineError(f"{folder}/annotations.jsonl line {n}: {err.detail}") from err
+            name = str(record.get("recording_id") or audio)
+            split = record.get("split") or hashed_split(name, splits)
+            if split not in splits:
+                continue
+            out.append(Recording(name, split, path, _seconds(path, name), record.get("transcript")))
+    return out
+
+
+def _from_folder(folder: Path, splits: tuple[str, str]) -> list[Recording]:
+    out = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        named = [s for s in splits if s in path.relative_to(folder).parts[:-1]]
+        split = named[0] if named else hashed_split(name, splits)
+        sidecar = path.with_suffix(".txt")
+        transcript = sidecar.read_text(encoding="utf-8") if sidecar.exists() else None
+        out.append(Recording(name, split, path, _seconds(path, name), transcript))
+    return out
+
+
+# --- The demo's synthesised background -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackgroundKnobs:
+    """The `data.background` block of the demo. `workers` only changes speed (not in the cache key)."""
+
+    hours: float = 2.2  # per split; a run with data.demo.max_utterances gets a proportional share
+    recording_minutes: float = 10.0  # length of one recording
+    near_miss_share: float = 0.05  # of spoken lines: "alexander ...", "a lexus ...", "election ..."
+    command_share: float = 0.25  # of spoken lines: commands without the wake word, overheard chatter
+    noise_db: tuple[float, float] = (-50.0, -38.0)  # the room noise bed's level range, dBFS
+    seed: int = 0
+    workers: int | None = None
+
+
+def background_knobs(block: Mapping[str, Any] | None) -> BackgroundKnobs:
+    block = dict(block or {})
+    known = BackgroundKnobs.__dataclass_fields__
+    unknown = sorted(set(block) - set(known))
+    if unknown:
+        raise PipelineError(f"unknown key(s) {unknown} in data.background; known: {sorted(known)}")
+    if "noise_db" in block:
+        block["noise_db"] = tuple(float(v) for v in block["noise_db"])
+    knobs = BackgroundKnobs(**block)
+    if not (isinstance(knobs.hours, (int, float)) and knobs.hours >= 0):
+        raise PipelineError(f"data.background.hours={knobs.hours!r}: use hours per split, >= 0")
+    if not knobs.recording_minutes > 0:
+        raise PipelineError(f"data.background.recording_minutes={knobs.recording_minutes!r}: use minutes > 0")
+    if not 0 <= knobs.near_miss_share + knobs.command_share <= 1:
+        raise PipelineError("data.background.near_miss_share + command_share must lie between 0 and 1")
+    return knobs
+
+
+def ensure_demo_background(knobs: BackgroundKnobs, cache_dir: Path, splits: tuple[str, str]) -> Path:
+    """The export folder of the demo's background recordings, synthesised on first use.
+
+    Like the demo clips, the audio is a pure function of shipped text, knobs and the espeak-ng
+    version, so it lives in `<cache_dir>/demo_background/<key>/` and appears there only complete.
+    """
+    from pipeline.data.demo import _espeak_version
+
+    espeak = _espeak_version()
+    texts = _texts()
+    h = hashlib.sha256(json.dumps([BACKGROUND_VERSION, espeak, texts, list(splits),
+                                   {k: v for k, v in asdict(knobs).items() if k != "workers"}]).encode())
+    out = Path(cache_dir) / "demo_background" / h.hexdigest()[:16]
+    if (out / "annotations.jsonl").exists():
+        return out
+    remove_abandoned_temp_dirs(out)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "audio").mkdir(parents=True)
+    try:
+        started = time.perf_counter()
+        plans = plan_recordings(texts, knobs, splits)
+        workers = knobs.workers or usable_cores()
+        records = [_render(plan, tmp, workers) for plan in plans]
+        with open(tmp / "annotations.jsonl", "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+        log.info("demo: synthesised %.2f h of background audio (%d recordings) in %.1f s",
+                 sum(r["duration"] for r in records) / 3600, len(records), time.perf_counter() - started)
+        publish(tmp, out, marker="annotations.jsonl")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _texts() -> dict[str, list[list[str]]]:
+    """The shipped sentences by kind: programmes (lists of consecutive sentences), near misses, and
+    overheard lines (the demo's commands with the wake word taken off, and its overheard speech)."""
+    programmes: list[list[str]] = []
+    current: list[str] = []
+    for line in (DEMO_DIR / "background.txt").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            continue
+        if line:
+            current.append(line)
+        elif current:
+            programmes.append(current)
+            current = []
+    if current:
+        programmes.append(current)
+    near, overheard = set(), set()
+    with open(DEMO_DIR / "utterances.jsonl", encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            words = record["transcript"].split()
+            if record["kind"] == "near_miss":
+                near.add(record["transcript"])
+            elif record["kind"] == "command" and words[0] == "alexa" and len(words) > 2:
+                overheard.add(" ".join(words[1:]))
+            elif record["kind"] == "background":
+                overheard.add(record["transcript"])
+    return {"programmes": programmes, "near_miss": [[s] for s in sorted(near)], "overheard": [[s] for s in sorted(overheard)]}
+
+
+def _voices() -> list[str]:
+    with open(DEMO_DIR / "utterances.jsonl", encoding="utf-8") as f:
+        return sorted({json.loads(line)["voice"] for line in f})
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One speaker's stretch: a few sentences in one voice, then a pause."""
+
+    kind: str  # programme | near_miss | overheard | noise
+    text: str
+    voice: str
+    speed: int
+    pitch: int
+    pause_s: float
+
+
+def plan_recordings(texts: dict[str, list[list[str]]], knobs: BackgroundKnobs, splits: tuple[str, str]) -> list[dict[str, Any]]:
+    """What each recording says, and in which voices. Sentences are divided between the splits by
+    a hash, so test recordings hold sentences the threshold never met on validation."""
+    rng = random.Random(knobs.seed)
+    voices = _voices()
+    pools = {
+        split: {kind: [group for group in groups if hashed_split(group[0], splits) == split] or groups
+                for kind, groups in texts.items()}
+        for split in splits
+    }
+    # ~11 s of speech plus a pause per turn; recordings are planned a little long and cut to length.
+    per_recording = knobs.recording_minutes * 60.0
+    n_recordings = math.ceil(knobs.hours * 3600.0 / per_recording - 1e-9) if knobs.hours > 0 else 0
+    plans = []
+    for split in splits:
+        for n in range(n_recordings):
+            seconds = min(per_recording, knobs.hours * 3600.0 - n * per_recording)
+            cast = rng.sample(voices, k=min(len(voices), rng.randint(3, 6)))
+            people = [(v, rng.randint(140, 185), rng.randint(35, 70)) for v in cast]
+            turns, planned = [], 0.0
+            while planned < seconds * 1.15 + 30:
+                voice, speed, pitch = rng.choice(people)
+                draw = rng.random()
+                if draw < knobs.near_miss_share:
+                    kind, text = "near_miss", rng.choice(pools[split]["near_miss"])[0]
+                elif draw < knobs.near_miss_share + knobs.command_share:
+                    kind, text = "overheard", rng.choice(pools[split]["overheard"])[0]
+                elif draw < 0.98:
+                    programme = rng.choice(pools[split]["programmes"])
+                    start = rng.randrange(len(programme))
+                    kind, text = "programme", " ".join(programme[start : start + rng.randint(2, 4)])
+                else:
+                    kind, text = "noise", ""
+                pause = rng.uniform(0.3, 2.5)
+                turns.append(Turn(kind, text, voice, speed, pitch, pause))
+                planned += (len(text.split()) / (speed / 60.0) if text else rng.uniform(2.0, 6.0)) + pause
+            plans.append({"recording_id": f"{split}-{n:03d}", "split": split, "seconds": seconds, "turns": turns,
+                          "noise_db": rng.uniform(*knobs.noise_db), "seed": rng.randrange(2**31)})
+    return plans
+
+
+def _speak(turn: Turn) -> np.ndarray:
+    """One turn spoken by espeak-ng, at 16 kHz."""
+    cmd = ["espeak-ng", "-v", turn.voice, "-s", str(turn.speed), "-p", str(turn.pitch), "--stdout", turn.text]
+    done = subprocess.run(cmd, capture_output=True)
+    if done.returncode != 0:
+        raise PipelineError(f"espeak-ng failed on background text {turn.text[:40]!r} (voice {turn.voice}): "
+                            f"{done.stderr.decode(errors='replace').strip() or done.returncode}")
+    wave, sr = sf.read(io.BytesIO(done.stdout), dtype="float32")
+    if sr == SAMPLING_RATE:
+        return wave
+    return _resampler(int(sr))(torch.from_numpy(wave)).numpy()
+
+
+@lru_cache(maxsize=4)
+def _resampler(orig_sr: int) -> Any:
+    """One resampling kernel per input rate (building it is the costly part)."""
+    import torchaudio
+
+    return torchaudio.transforms.Resample(orig_sr, SAMPLING_RATE)
+
+
+def _render(plan: dict[str, Any], folder: Path, workers: int) -> dict[str, Any]:
+    """Speak the turns (espeak-ng processes in parallel), join them with pauses over a noise bed,
+    cut to length and write 16-bit FLAC; return the export record with each segment's times."""
+    rng = np.random.default_rng(plan["seed"])
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        waves = list(pool.map(lambda t: _speak(t) if t.text else None, plan["turns"]))
+    total = int(plan["seconds"] * SAMPLING_RATE)
+    audio = np.zeros(total, dtype=np.float32)
+    segments, pos = [], 0
+    for turn, wave in zip(plan["turns"], waves):
+        if pos >= total:
+            break
+        if wave is None:  # a burst of louder noise: a door, applause, a passing car
+            n = int(rng.uniform(2.0, 6.0) * SAMPLING_RATE)
+            wave = (rng.standard_normal(n) * 0.03 * np.hanning(n)).astype(np.float32)
+        else:
+            wave = wave * np.float32(rng.uniform(0.5, 1.0) / max(float(np.abs(wave).max()), 1e-6))
+        end = min(total, pos + len(wave))
+        audio[pos:end] += wave[: end - pos]
+        segments.append({"start": round(pos / SAMPLING_RATE, 3), "end": round(end / SAMPLING_RATE, 3),
+                         "kind": turn.kind, "voice": turn.voice, "text": turn.text})
+        pos = end + int(turn.pause_s * SAMPLING_RATE)
+    audio += _noise_bed(total, plan["noise_db"], rng)
+    np.clip(audio, -1.0, 1.0, out=audio)
+    name = f"audio/{plan['recording_id']}.flac"
+    sf.write(folder / name, audio, SAMPLING_RATE, format="FLAC", subtype="PCM_16")
+    return {"recording_id": plan["recording_id"], "audio": name, "split": plan["split"],
+            "duration": total / SAMPLING_RATE,
+            "transcript": " ".join(s["text"] for s in segments if s["text"]), "segments": segments}
+
+
+def _noise_bed(n: int, level_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Room noise: white noise leaned towards low frequencies (one-pole low-pass mixed with the
+    white), at `level_db` dBFS RMS."""
+    from scipy.signal import lfilter
+
+    white = rng.standard_normal(n).astype(np.float32)
+    low = lfilter([0.05], [1.0, -0.95], white).astype(np.float32)
+    bed = 0.3 * white + low
+    bed *= np.float32(10 ** (level_db / 20.0) / max(float(np.sqrt(np.mean(bed**2))), 1e-9))
+    return bed

@@ -1,0 +1,425 @@
+"""The wake-word detector run as a stream over long background recordings, and false accepts per hour.
+
+A recording is read block by block and cut into overlapping windows of `window_s` seconds every
+`hop_s`; equal-length windows go through the ASR model in batches (no padding), and the keyword
+score of `pipeline.eval.wake` gives, for every 20 ms frame, the score of the best keyword ending
+there. Each window is trusted only away from its edges (the model needs context on both sides to
+decide the word boundary after "alexa" in "alexander"): its middle `hop_s` seconds, which tile the
+recording, so every frame is scored by exactly one window with at least (window_s - hop_s) / 2
+seconds of context either side. Memory stays that of one batch of windows, whatever the length.
+
+A detection is the first frame at or above the threshold; frames within `refractory_s` after it
+are ignored, as a deployed detector ignores them. The count of detections can only fall as the
+threshold rises (the greedy scan finds the most frames that lie `refractory_s` apart), so the
+threshold for a target rate is found by bisection over the scores seen.
+
+Only frames at or above `floor` are kept, as (frame, score) pairs: a threshold below every positive
+clip's score is never chosen, so the caller passes the lowest positive score as the floor.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.data.background import (
+    DEMO_DIR, SAMPLING_RATE, Recording, background_knobs, ensure_demo_background, load_background,
+)
+from pipeline.eval.wake import NEG_INF, WakeResult, keyword_trace
+
+log = logging.getLogger(__name__)
+
+FA_RATES = (0.5, 1.0, 2.0, 5.0)  # false accepts per hour at which the test FRR is read off the DET
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    window_s: float = 6.0
+    hop_s: float = 4.0
+    batch_size: int = 8  # windows per forward pass
+    refractory_s: float = 1.0
+    block_s: float = 30.0  # audio read (and resampled) per step; only speed depends on it
+
+
+@dataclass
+class Trace:
+    """The kept keyword scores of one recording: frame index (20 ms frames) and score."""
+
+    recording_id: str
+    split: str
+    seconds: float
+    frames: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass
+class StreamStats:
+    audio_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    windows: int = 0
+    traces: list[Trace] = field(default_factory=list)
+
+
+def _blocks(recording: Recording, block_s: float = 30.0) -> Iterator[np.ndarray]:
+    """Mono 16 kHz samples, block by block. Another rate is resampled per block with half a second
+    of the neighbouring audio on each side, trimmed off again, so the blocks join without seams."""
+    with recording.open() as f:
+        rate = f.samplerate
+        if rate == SAMPLING_RATE:
+            while True:
+                block = f.read(int(block_s * rate), dtype="float32", always_2d=True)
+                if not len(block):
+                    return
+                yield block.mean(axis=1)
+        import torchaudio.functional as AF
+
+        g = math.gcd(rate, SAMPLING_RATE)
+        unit_in, unit_out = rate // g, SAMPLING_RATE // g
+        step = max(1, round(block_s * rate / unit_in)) * unit_in
+        context = max(1, math.ceil(0.5 * rate / unit_in)) * unit_in
+        pos = 0
+        while pos < f.frames:
+            start = max(0, pos - context)
+            f.seek(start)
+            chunk = f.read(min(f.frames, pos + step + context) - start, dtype="float32", always_2d=True).mean(axis=1)
+            out = AF.resample(torch.from_numpy(chunk), rate, SAMPLING_RATE).numpy()
+            lead = (pos - start) // unit_in * unit_out
+            keep = math.ceil(min(step, f.frames - pos) * SAMPLING_RATE / rate)
+            yield out[lead : lead + keep]
+            pos += step
+
+
+def _windows(blocks: Iterator[np.ndarray], window: int, hop: int, stride: int) -> Iterator[tuple[int, np.ndarray, bool]]:
+    """(start sample, samples, is_last) of windows every `hop` samples; the last one ends at the
+    recording's end (within a frame), and a recording shorter than a window is one short window.
+    Only the samples a coming window still needs are held."""
+    buf = np.zeros(0, dtype=np.float32)
+    buf_start, next_start = 0, 0
+    pending: tuple[int, np.ndarray] | None = None  # held back until we know whether it is the last
+    for block in blocks:
+        buf = np.concatenate([buf, block.astype(np.float32, copy=False)])
+        while next_start + window <= buf_start + len(buf):
+            if pending is not None:
+                yield pending[0], pending[1], False
+            off = next_start - buf_start
+            pending = (next_start, buf[off : off + window].copy())
+            next_start += hop
+        # Keep what the next window needs, and the last window's worth in case the stream ends here.
+        keep_from = max(buf_start, min(next_start, buf_start + len(buf) - window - stride))
+        buf, buf_start = buf[keep_from - buf_start :], keep_from
+    total = buf_start + len(buf)
+    if pending is None:
+        if total > 0:
+            yield 0, buf.copy(), True
+        return
+    if pending[0] + window >= total:
+        yield pending[0], pending[1], True
+        return
+    yield pending[0], pending[1], False
+    start = (total - window) // stride * stride
+    yield start, buf[start - buf_start : start - buf_start + window].copy(), True
+
+
+@torch.inference_mode()
+def stream_background(
+    model: Any, processor: Any, recordings: Sequence[Recording], keyword: list[int], blank: int,
+    settings: StreamSettings, floor: float = NEG_INF,
+) -> StreamStats:
+    """Keyword scores over every frame of every recording (kept where >= `floor`)."""
+    stride = int(np.prod(model.config.conv_stride))
+    window = max(1, round(settings.window_s * SAMPLING_RATE / stride)) * stride
+    hop = max(1, round(settings.hop_s * SAMPLING_RATE / stride)) * stride
+    if hop > window:
+        raise ValueError(f"eval.stream_hop_s ({settings.hop_s}) must not exceed eval.stream_window_s ({settings.window_s})")
+    margin = (window - hop) // 2 // stride  # frames of each window's edges left to its neighbours
+    device = next(model.parameters()).device
+    use_mask = bool(getattr(processor.feature_extractor, "return_attention_mask", False))
+    stats = StreamStats()
+    started = time.perf_counter()
+    for rec in recordings:
+        kept_frames: list[np.ndarray] = []
+        kept_scores: list[np.ndarray] = []
+        covered = 0  # frames already scored by an earlier window
+        batch: list[tuple[int, np.ndarray, bool]] = []
+
+        def flush() -> None:
+            nonlocal covered
+            if not batch:
+                return
+            # Windows of one batch have one length, except a recording's single short window.
+            groups: dict[int, list[tuple[int, np.ndarray, bool]]] = {}
+            for item in batch:
+                groups.setdefault(len(item[1]), []).append(item)
+            results = {}
+            for items in groups.values():
+                inputs = processor.feature_extractor([w for _, w, _ in items], sampling_rate=SAMPLING_RATE,
+                                                     return_tensors="pt", return_attention_mask=use_mask)
+                kwargs = {"attention_mask": inputs["attention_mask"].to(device)} if use_mask else {}
+                logits = model(inputs["input_values"].to(device), **kwargs).logits
+                emissions = logits.float().log_softmax(-1).cpu().numpy()
+                lengths = np.full(len(items), emissions.shape[1])
+                trace = keyword_trace(emissions, lengths, keyword, blank)
+                for (start, _, _), row in zip(items, trace):
+                    results[start] = row
+            for start, _, last in batch:
+                row = results[start]
+                first_frame = start // stride
+                begin = max(covered, first_frame)
+                end = first_frame + len(row) - (0 if last else margin)
+                if end <= begin:
+                    continue
+                segment = row[begin - first_frame : end - first_frame]
+                keep = np.flatnonzero(segment >= floor) if math.isfinite(floor) else np.flatnonzero(np.isfinite(segment))
+                kept_frames.append((keep + begin).astype(np.int64))
+                kept_scores.append(segment[keep].astype(np.float32))
+                covered = end
+            stats.windows += len(batch)
+            batch.clear()
+
+        for start, samples, last in _windows(_blocks(rec, settings.block_s), window, hop, stride):
+            batch.append((start, samples, last))
+            if len(batch) >= settings.batch_size:
+                flush()
+        flush()
+        stats.audio_seconds += rec.seconds
+        stats.traces.append(Trace(
+            rec.recording_id, rec.split, rec.seconds,
+            np.concatenate(kept_frames) if kept_frames else np.zeros(0, np.int64),
+            np.concatenate(kept_scores) if kept_scores else np.zeros(0, np.float32),
+        ))
+    stats.compute_seconds = time.perf_counter() - started
+    return stats
+
+
+def frame_seconds(model: Any) -> float:
+    return float(np.prod(model.config.conv_stride)) / SAMPLING_RATE
+
+
+def detections(trace: Trace, threshold: float, refractory_frames: float) -> np.ndarray:
+    """The frames where a detector with this threshold fires: the first frame at or above it, then
+    nothing for `refractory_frames`."""
+    frames = trace.frames[trace.scores >= threshold]
+    fired = []
+    i = 0
+    while i < frames.size:
+        fired.append(frames[i])
+        i = int(np.searchsorted(frames, frames[i] + refractory_frames, side="left"))
+    return np.array(fired, dtype=np.int64)
+
+
+def count_detections(traces: Sequence[Trace], threshold: float, refractory_frames: float) -> int:
+    return sum(len(detections(t, threshold, refractory_frames)) for t in traces)
+
+
+def lowest_threshold(traces: Sequence[Trace], allowed: int, refractory_frames: float) -> tuple[float | None, float | None]:
+    """(the highest background score the threshold must reject, the lowest one it may accept) for
+    at most `allowed` detections; (None, lowest score) when every frame may be accepted, and
+    (highest score, None) when none may. The count only falls as the threshold rises: bisection."""
+    values = np.unique(np.concatenate([t.scores for t in traces])) if traces else np.zeros(0)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None, None
+    lo, hi = 0, values.size  # index `values.size` stands for a threshold above every score (0 detections)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count_detections(traces, float(values[mid]), refractory_frames) <= allowed:
+            hi = mid
+        else:
+            lo = mid + 1
+    rejected = float(values[lo - 1]) if lo > 0 else None
+    accepted = float(values[lo]) if lo < values.size else None
+    return rejected, accepted
+
+
+def threshold_for_rate(traces: Sequence[Trace], hours: float, rate: float, refractory_frames: float) -> float:
+    """The lowest threshold whose false accepts per hour stay within `rate` (accept: score >= it)."""
+    allowed = int(math.floor(rate * hours + 1e-9))
+    rejected, _ = lowest_threshold(traces, allowed, refractory_frames)
+    return NEG_INF if rejected is None else float(np.nextafter(rejected, np.inf))
+
+
+def tune_on_background(
+    positives: np.ndarray, traces: Sequence[Trace], hours: float, target: float, refractory_frames: float,
+    floor: float = NEG_INF,
+) -> float:
+    """The most permissive threshold (lowest FRR on the positives) whose detections on the
+    background stay within `target` per hour; it sits halfway between the highest background score
+    it must reject and the next score above (positive or background), like the clip-level tuning.
+    When the target permits every kept frame, the threshold is the `floor` they were kept above."""
+    allowed = int(math.floor(target * hours + 1e-9))
+    rejected, _ = lowest_threshold(traces, allowed, refractory_frames)
+    finite_pos = positives[np.isfinite(positives)]
+    if rejected is None:
+        if math.isfinite(floor):
+            return float(floor)
+        candidates = np.concatenate([finite_pos] + [t.scores for t in traces])
+        return float(candidates.min()) if candidates.size else 0.0
+    above = np.unique(np.concatenate([finite_pos] + [t.scores[t.scores > rejected] for t in traces]))
+    above = above[above > rejected]
+    if above.size == 0:
+        return float(np.nextafter(rejected, np.inf))
+    return float((rejected + above[0]) / 2.0)
+
+
+@dataclass(frozen=True)
+class BackgroundResult:
+    threshold: float
+    frr: float
+    fa_per_hour: float
+    false_accepts: int
+    hours: float
+    recordings: int
+    frr_at: dict[float, float]  # FRR at each rate of FA_RATES, read off the DET
+    det: list[dict[str, float]]  # points of the DET: threshold, fa_per_hour, frr
+    errors: list[dict[str, Any]]  # the false accepts: recording, time, score
+
+
+def evaluate_background(
+    positives: np.ndarray, traces: Sequence[Trace], hours: float, threshold: float, refractory_frames: float,
+    frame_s: float, max_errors: int = 20,
+) -> BackgroundResult:
+    """FRR on the positive clips and false accepts per hour on the background at `threshold`, and
+    the DET (FRR against false accepts per hour) with the FRR at fixed rates read off it."""
+    if positives.size == 0:
+        raise ValueError("no positive clips to measure the false reject rate on")
+    rate = lambda th: count_detections(traces, th, refractory_frames) / hours  # noqa: E731
+    frr = lambda th: float(np.mean(positives < th))  # noqa: E731
+    det = [{"threshold": float(p), "fa_per_hour": rate(float(p)), "frr": frr(float(p))}
+           for p in np.unique(positives[np.isfinite(positives)])]
+    top = max([float(t.scores.max()) for t in traces if t.scores.size] + [float(np.max(positives))])
+    det.append({"threshold": float(np.nextafter(top, np.inf)), "fa_per_hour": 0.0, "frr": 1.0})
+    frr_at = {r: frr(threshold_for_rate(traces, hours, r, refractory_frames)) for r in FA_RATES}
+    errors = []
+    for t in traces:
+        for f in detections(t, threshold, refractory_frames):
+            score = float(t.scores[np.searchsorted(t.frames, f)])
+            errors.append({"recording": t.recording_id, "time_s": round(float(f) * frame_s, 2), "score": score})
+    count = len(errors)
+    errors.sort(key=lambda e: -e["score"])
+    return BackgroundResult(
+        threshold=float(threshold), frr=frr(threshold), fa_per_hour=count / hours, false_accepts=count,
+        hours=hours, recordings=len(traces), frr_at=frr_at, det=det, errors=errors[:max_errors],
+    )
+
+
+def background_wake(
+    ecfg: Any, source: Path | None, model: Any, processor: Any, keyword: list[int], wake_word: str,
+    val_positives: np.ndarray, test_positives: np.ndarray,
+) -> tuple[BackgroundResult | None, dict[str, Any]]:
+    """The wake-word operating point from background recordings (`eval.background`): the threshold
+    tuned on validation positives + validation background to `eval.target_fa_per_hour`, then FRR,
+    false accepts per hour and the DET on the test split. None (and a warning in the details) when
+    either split has no background audio: the caller keeps the clip-level figures."""
+    splits = (str(ecfg.tune_split), str(ecfg.split))
+    min_hours = float(ecfg.get("min_background_hours", 1.0))
+    refractory_s = float(ecfg.get("refractory_s", 1.0))
+    settings = StreamSettings(
+        window_s=float(ecfg.get("stream_window_s", 6.0)), hop_s=float(ecfg.get("stream_hop_s", 4.0)),
+        batch_size=int(ecfg.get("stream_batch_size", 8)), refractory_s=refractory_s,
+    )
+    details: dict[str, Any] = {
+        "source": str(source) if source else None, "refractory_s": refractory_s, "window_s": settings.window_s,
+        "hop_s": settings.hop_s, "min_hours": min_hours, "hours": {s: 0.0 for s in splits},
+        "recordings": {s: 0 for s in splits}, "warning": None,
+    }
+    recordings = load_background(source, splits, wake_word) if source else []
+    for rec in recordings:
+        details["hours"][rec.split] += rec.seconds / 3600.0
+        details["recordings"][rec.split] += 1
+    short = {s: h for s, h in details["hours"].items() if h < min_hours}
+    if short:
+        had = ", ".join(f"{s} {h:.2f} h" for s, h in details["hours"].items())
+        details["warning"] = (
+            f"background audio below eval.min_background_hours={min_hours:g} h per split ({had}; source: "
+            f"{source or 'none'}); "
+            + ("false accepts per hour and the threshold come from the negative clips instead, a few seconds "
+               "of audio that cannot measure a rate of a few per hour" if min(details["hours"].values()) == 0
+               else "the threshold and false accepts per hour rest on little audio")
+        )
+        log.warning("eval: %s", details["warning"])
+    if min(details["hours"].values()) == 0:
+        return None, details
+
+    all_pos = np.concatenate([val_positives, test_positives])
+    finite = all_pos[np.isfinite(all_pos)]
+    floor = float(finite.min()) if finite.size else NEG_INF
+    stats = stream_background(model, processor, recordings, keyword, int(processor.tokenizer.pad_token_id), settings, floor)
+    frame_s = frame_seconds(model)
+    refractory_frames = refractory_s / frame_s
+    traces = {s: [t for t in stats.traces if t.split == s] for s in splits}
+    target = float(ecfg.target_fa_per_hour)
+    threshold = tune_on_background(val_positives, traces[splits[0]], details["hours"][splits[0]], target,
+                                   refractory_frames, floor)
+    tuned_on = count_detections(traces[splits[0]], threshold, refractory_frames)
+    result = evaluate_background(test_positives, traces[splits[1]], details["hours"][splits[1]], threshold,
+                                 refractory_frames, frame_s, int(ecfg.get("worst_n", 20)))
+    details.update({
+        "threshold": result.threshold, "target_fa_per_hour": target,
+        "tune_false_accepts": tuned_on, "tune_fa_per_hour": tuned_on / details["hours"][splits[0]],
+        "tune_frr": float(np.mean(val_positives < threshold)) if val_positives.size else None,
+        "false_accepts": result.false_accepts, "fa_per_hour": result.fa_per_hour, "frr": result.frr,
+        "frr_at": {f"{r:g}": v for r, v in result.frr_at.items()}, "det": result.det, "errors": result.errors,
+        "audio_seconds": stats.audio_seconds, "compute_seconds": stats.compute_seconds,
+        "x_real_time": stats.audio_seconds / max(stats.compute_seconds, 1e-9),
+    })
+    log.info("eval: streamed %.2f h of background at %.0fx real time; threshold %.3f: %d false accepts in %.2f h "
+             "of %s background, FRR %.3f", stats.audio_seconds / 3600, details["x_real_time"], threshold,
+             result.false_accepts, result.hours, splits[1], result.frr)
+    return result, details
+
+
+def background_metrics(details: dict[str, Any] | None, split: str) -> dict[str, Any]:
+    """The metrics.json keys of the streamed evaluation (None where it could not run)."""
+    frr_at = (details or {}).get("frr_at") or {}
+    out: dict[str, Any] = {f"wake/frr_at_{r:g}_fa_per_hour": frr_at.get(f"{r:g}") for r in FA_RATES}
+    out["wake/background_hours"] = (details or {}).get("hours", {}).get(split)
+    return out
+
+
+def with_background(wake: WakeResult, result: BackgroundResult | None) -> WakeResult:
+    """The clip-level result with threshold, FRR and false accepts per hour from the background."""
+    if result is None:
+        return wake
+    return replace(wake, threshold=result.threshold, frr=result.frr, fa_per_hour=result.fa_per_hour,
+                   background_hours=result.hours, background_false_accepts=result.false_accepts)
+
+
+def resolve_background(cfg: Any) -> Path | None:
+    """`eval.background`: a path; `none`; or `auto`, the data config's own background (the demo
+    synthesises one from `data.background`, cached like its clips), else none."""
+    if OmegaConf.select(cfg, "eval", default=None) is None:
+        return None
+    from pipeline.runtime import PipelineError
+
+    value = cfg.eval.get("background", "auto")
+    if value is None or str(value).lower() in ("none", "null", ""):
+        return None
+    if str(value) != "auto":
+        return Path(str(value)).expanduser().resolve()
+    data = cfg.get("data") or {}
+    block = data.get("background")
+    if block is None or str(data.get("source", "")) != "demo":
+        return None
+    knobs = background_knobs(_to_dict(block))
+    cache_dir = cfg.get("cache_dir")
+    if not cache_dir:
+        raise PipelineError("eval.background=auto with the demo's data.background needs cache_dir in the config")
+    limit = (data.get("demo") or {}).get("max_utterances")
+    if limit:  # a smoke run on part of the corpus gets the same share of the background
+        total = sum(1 for line in (DEMO_DIR / "utterances.jsonl").open() if line.strip())
+        knobs = replace(knobs, hours=knobs.hours * min(1.0, int(limit) / total))
+    splits = (str(cfg.eval.tune_split), str(cfg.eval.split))
+    return ensure_demo_background(knobs, Path(str(cache_dir)), splits)
+
+
+def _to_dict(block: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(block, resolve=True) if isinstance(block, DictConfig) else dict(block)
