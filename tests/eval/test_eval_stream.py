@@ -1,0 +1,162 @@
+"""The streaming wake-word detector: detections with a refractory period, the threshold for a rate
+of false accepts per hour (by hand), the stream against the clip scorer, and the eval stage with
+background recordings (a few seconds of them here; the demo's hours run only in `make train`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from pipeline.data.background import Recording
+from pipeline.eval.stream import (
+    StreamSettings, Trace, count_detections, detections, evaluate_background, stream_background,
+    threshold_for_rate, tune_on_background,
+)
+from pipeline.eval.wake import keyword_scores
+from pipeline.runtime import PipelineError
+from tests.conftest import espeak_wave
+from tests.eval.test_eval_run import RecordingTracker, eval_cfg, save_tiny_asr, save_tiny_nlu
+
+
+def trace(frames: list[int], scores: list[float], seconds: float = 1800.0, split: str = "test") -> Trace:
+    return Trace("rec", split, seconds, np.array(frames, dtype=np.int64), np.array(scores, dtype=np.float32))
+
+
+def test_a_detection_silences_the_detector_for_the_refractory_period() -> None:
+    t = trace([10, 11, 12, 100, 130, 300], [-1.0, -0.5, -1.0, -2.0, -1.0, -3.0])
+    # 50 frames (1 s of 20 ms frames): 11 and 12 fall within 10's period, 130 within 100's.
+    assert detections(t, -5.0, 50).tolist() == [10, 100, 300]
+    # Above -1.5, 100 and 300 are gone, so 130 is a detection of its own.
+    assert detections(t, -1.5, 50).tolist() == [10, 130]
+    assert detections(t, -0.7, 50).tolist() == [11]
+    assert count_detections([t, t], -5.0, 50) == 6
+
+
+def test_threshold_for_a_rate_of_false_accepts_by_hand() -> None:
+    # Two half-hour validation recordings: one hour, so 1 per hour allows one detection.
+    background = [trace([100, 5000], [-2.0, -6.0], split="validation"), trace([70], [-4.0], split="validation")]
+    positives = np.array([-1.0, -3.0, -5.0, -8.0])
+    # The highest background event (-2) may pass; -4 must not: halfway to the next score above it (-3).
+    threshold = tune_on_background(positives, background, 1.0, 1.0, 50)
+    assert threshold == pytest.approx(-3.5)
+    assert count_detections(background, threshold, 50) == 1
+    # None allowed: reject -2 too, halfway to -1; every event allowed: down to the floor.
+    assert tune_on_background(positives, background, 1.0, 0.0, 50) == pytest.approx(-1.5)
+    assert tune_on_background(positives, background, 1.0, 5.0, 50, floor=-8.0) == -8.0
+    # The DET's reading at a rate is the lowest threshold that keeps to it.
+    assert threshold_for_rate(background, 1.0, 2.0, 50) == pytest.approx(np.nextafter(np.float32(-6.0), np.inf))
+    assert threshold_for_rate(background, 1.0, 1.0, 50) > -4.0
+
+    result = evaluate_background(positives, background, 1.0, threshold, 50, frame_s=0.02)
+    assert (result.false_accepts, result.fa_per_hour, result.frr) == (1, 1.0, 0.5)  # -5 and -8 are rejected
+    assert result.errors == [{"recording": "rec", "time_s": 2.0, "score": -2.0}]
+    assert result.frr_at[1.0] == 0.5 and result.frr_at[2.0] == 0.25 and result.frr_at[5.0] == 0.0
+    assert result.frr_at[0.5] == 0.75  # no detection allowed: above -2, only -1 is accepted
+    # Each DET point: FRR and false accepts per hour at a positive's score.
+    assert {(p["threshold"], p["fa_per_hour"], p["frr"]) for p in result.det} >= {(-8.0, 3.0, 0.0), (-1.0, 0.0, 0.75)}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    from pipeline.asr.model import load_asr
+    from pipeline.eval.run import keyword_ids
+
+    folder = tmp_path_factory.mktemp("asr")
+    save_tiny_asr(tiny_dataset_path, folder)
+    model, processor = load_asr(folder)
+    return model, processor, keyword_ids(processor, "alexa", True, folder)
+
+
+def _recording(path: Path, wave: np.ndarray, rate: int = 16000) -> Recording:
+    sf.write(path, wave, rate)
+    return Recording(path.name, "test", path, len(wave) / rate)
+
+
+def test_the_stream_scores_every_frame_once_whatever_the_block_size(tiny_model: tuple, tmp_path: Path) -> None:
+    model, processor, keyword = tiny_model
+    speech = np.concatenate([espeak_wave("the weather is mild today, alexander is at school"), np.zeros(8000)])
+    wave = np.tile(speech, 4).astype(np.float32)  # ~ 20 s: several windows
+    rec = _recording(tmp_path / "long.wav", wave)
+    settings = StreamSettings(window_s=3.0, hop_s=2.0, batch_size=3)
+    blank = processor.tokenizer.pad_token_id
+    one = stream_background(model, processor, [rec], keyword, blank, settings).traces[0]
+    small = stream_background(model, processor, [rec], keyword, blank, StreamSettings(3.0, 2.0, 2, block_s=0.37)).traces[0]
+    np.testing.assert_array_equal(one.frames, small.frames)
+    np.testing.assert_allclose(one.scores, small.scores, rtol=1e-5)
+    assert np.all(np.diff(one.frames) == 1)  # each frame once, none skipped
+    n_frames = len(wave) // 320
+    assert one.frames[-1] >= n_frames - 3 and one.frames[0] < 20
+
+    # A recording shorter than a window is one window: its best frame is the clip score.
+    short = _recording(tmp_path / "short.wav", speech)
+    streamed = stream_background(model, processor, [short], keyword, blank, StreamSettings(window_s=6.0, hop_s=4.0))
+    inputs = processor.feature_extractor([speech], sampling_rate=16000, return_tensors="pt")
+    with torch.inference_mode():
+        log_probs = model(inputs["input_values"]).logits.log_softmax(-1)
+    clip = keyword_scores(log_probs, torch.tensor([log_probs.shape[1]]), keyword, blank, 10_000)
+    assert float(streamed.traces[0].scores.max()) == pytest.approx(float(clip[0]), rel=1e-4)
+
+    # Another sampling rate is resampled block by block without seams: the same frames are scored.
+    import torchaudio.functional as AF
+
+    resampled = AF.resample(torch.from_numpy(wave), 16000, 22050).numpy()
+    other = _recording(tmp_path / "long22k.wav", resampled, 22050)
+    at22k = stream_background(model, processor, [other], keyword, blank, StreamSettings(3.0, 2.0, 3, block_s=1.3)).traces[0]
+    assert abs(len(at22k.frames) - len(one.frames)) <= 2
+
+
+def _background_folder(root: Path, seconds: dict[str, float]) -> Path:
+    speech = espeak_wave("the election results are out tonight. alex is coming home at six")
+    for split, total in seconds.items():
+        (root / split).mkdir(parents=True)
+        reps = max(1, int(total * 16000 / len(speech)))
+        sf.write(root / split / "room.flac", np.tile(speech, reps), 16000)
+    return root
+
+
+def test_eval_stage_measures_false_accepts_on_background_recordings(
+    tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+) -> None:
+    from pipeline.eval.run import run_eval_stage
+
+    run = tmp_path_factory.mktemp("streamrun")
+    save_tiny_asr(tiny_dataset_path, run / "asr")
+    save_tiny_nlu(tiny_dataset_path, run / "nlu")
+    folder = _background_folder(tmp_path / "bg", {"validation": 20.0, "test": 30.0})
+    models = {"asr_model": str(run / "asr"), "nlu_model": str(run / "nlu")}
+    # A random model puts its keyword scores anywhere: a target of 300 per hour keeps some detections.
+    cfg = eval_cfg(**models, **{"eval.background": str(folder), "eval.target_fa_per_hour": 300.0,
+                                "eval.stream_window_s": 3.0, "eval.stream_hop_s": 2.0})
+    out = tmp_path / "eval"
+    metrics = run_eval_stage(cfg, out, tiny_dataset_path, RecordingTracker())
+    details = json.loads((out / "eval_details.json").read_text())["wake_background"]
+    test_hours = sf.info(str(folder / "test/room.flac")).duration / 3600
+    assert metrics["wake/background_hours"] == pytest.approx(test_hours)
+    assert details["recordings"] == {"validation": 1, "test": 1}
+    # Rates are counts over hours, and the tuned threshold keeps validation within the target.
+    assert metrics["wake/fa_per_hour"] == pytest.approx(details["false_accepts"] / test_hours)
+    assert details["tune_false_accepts"] <= 300.0 * details["hours"]["validation"]
+    assert metrics["wake/threshold"] == details["threshold"]
+    for rate in ("0.5", "1", "2", "5"):
+        assert 0.0 <= metrics[f"wake/frr_at_{rate}_fa_per_hour"] <= 1.0
+    # Under a minute of background: said in the report, with the hours it had.
+    report = (out / "report.md").read_text()
+    assert "Caution: background audio below eval.min_background_hours=1 h per split" in report
+    assert f"test {test_hours:.2f} h" in report and "`wake/frr_at_1_fa_per_hour`" in report
+    assert (out / "plots/wake_det.png").stat().st_size > 1000
+
+    # Without background the clips stand in, and the report says so.
+    metrics = run_eval_stage(eval_cfg(**models, **{"eval.background": "none"}), tmp_path / "none", tiny_dataset_path,
+                             RecordingTracker())
+    assert metrics["wake/background_hours"] == 0.0 and metrics["wake/frr_at_1_fa_per_hour"] is None
+    assert "come from the negative clips instead" in (tmp_path / "none/report.md").read_text()
+
+    # A background transcript with the wake word is an error that names the recording.
+    (folder / "test/room.txt").write_text("Alexa, what's the weather")
+    with pytest.raises(PipelineError, match="test/room.flac"):
+        run_eval_stage(cfg, tmp_path / "bad", tiny_dataset_path, RecordingTracker())
