@@ -74,7 +74,7 @@ def _bookkeeping(path: Path, roots: Roots) -> bool:
             place = place_of(path.relative_to(root.resolve()).as_posix(), tuple(p for p in PLACES if p.root == name))
             if place is not None and place.erase == "keep" and place.kind != "registry log":
                 return True
-    return path.name in ("record.json", "quarantine.jsonl", "decision.json", "decisions.jsonl")
+    return path.name in ("record.json", "candidate.json", "quarantine.jsonl", "decision.json", "decisions.jsonl")
 
 
 def _texts_in(data: str) -> set[str]:

@@ -115,7 +115,7 @@ RUN_PARTS: tuple[Place, ...] = (
           (TEXT, IDS), "pipeline.eval.run, pipeline.eval.report", "run"),
     Place("W&B offline run", "run", ("wandb/*",), (TEXT, IDS, WEIGHTS), "pipeline.ops.wandb_tracker", "run"),
     Place("run record", "run", ("build_report.json", "quarantine.jsonl", "config.yaml", ".hydra/*",
-                                "metrics.json", "decision.json", "wandb_run_id", "*.log", "DO_NOT_SYNC",
+                                "metrics.json", "decision.json", "candidate.json", "wandb_run_id", "*.log", "DO_NOT_SYNC",
                                 "multirun.yaml"), (IDS,), "train.py, retrain.py, hydra", "keep"),
 )
 
