@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.stats import poisson
-from test_eval_run import RecordingTracker, eval_cfg, save_tiny_asr, save_tiny_nlu
+from test_eval_run import REPO, RecordingTracker, eval_cfg, save_tiny_asr, save_tiny_nlu
 
 from pipeline.eval import bootstrap as B
 from pipeline.eval import metrics as M
@@ -131,6 +131,18 @@ def test_eval_stage_writes_intervals_everywhere(tiny_models: Path, tiny_dataset_
     again = run_eval_stage(cfg, tmp_path / "b", tiny_dataset_path, RecordingTracker())
     assert {k: v for k, v in again.items() if "_ci_" in k} == {k: v for k, v in metrics.items() if "_ci_" in k}
     assert np.isfinite(metrics["asr/wer_ci_high"])
+
+    # The promotion gate on these real per-clip results: a model against itself passes the default
+    # rules under both policies, every paired difference exactly 0.
+    import yaml
+
+    from pipeline.ops.gate import GATE_POLICIES, gate_on_runs
+
+    rules = yaml.safe_load((REPO / "conf" / "retrain.yaml").read_text())["retrain"]["gate"]
+    for policy in GATE_POLICIES:
+        checks = gate_on_runs(tmp_path / "b", tmp_path / "a", again, metrics, rules, policy, 200, 0)
+        assert all(c.passed for c in checks), [c.detail for c in checks]
+        assert all((c.difference, c.ci_low, c.ci_high) == (0.0, 0.0, 0.0) for c in checks)
 
 
 def test_a_rate_measured_elsewhere_gets_its_own_poisson_interval() -> None:
