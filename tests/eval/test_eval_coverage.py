@@ -1,0 +1,92 @@
+"""Evaluating any model on any labelled set: an ASR model alone, an NLU model alone, labels without
+intents, and every metric per data source. What cannot be computed is left out of metrics.json and
+the report says why; the evaluation does not stop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from datasets import DatasetDict, load_from_disk
+
+from pipeline.eval import metrics as M
+from pipeline.runtime import PipelineError
+from tests.eval.test_eval_run import RecordingTracker, eval_cfg, save_tiny_asr, save_tiny_nlu
+
+ASR = {"asr/wer", "asr/cer", "asr/wer_greedy", "asr/cer_greedy", "eval/rtf"}
+WAKE = {"wake/frr", "wake/fa_per_hour", "wake/auc", "wake/eer", "wake/threshold"}
+NLU = {"nlu/intent_accuracy", "nlu/intent_macro_f1", "nlu/entity_f1"}
+SLU = {"slu/intent_accuracy", "slu/intent_macro_f1", "slu/entity_f1", "slu/slu_f1"}
+
+
+@pytest.fixture(scope="module")
+def models(tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("models")
+    save_tiny_asr(tiny_dataset_path, folder / "asr")
+    save_tiny_nlu(tiny_dataset_path, folder / "nlu")
+    return folder
+
+
+def variant(tiny_dataset_path: Path, out: Path, fn: Any) -> Path:
+    dd = load_from_disk(str(tiny_dataset_path))
+    DatasetDict({k: fn(v) for k, v in dd.items()}).save_to_disk(str(out))
+    return out
+
+
+def evaluate(out: Path, dataset: Path, **models: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    from pipeline.eval.run import run_eval_stage
+
+    metrics = run_eval_stage(eval_cfg(**models, **{"eval.bootstrap_samples": 50}), out, dataset, RecordingTracker())
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert not [k for k in ASR | WAKE | NLU | SLU if k in metrics and metrics[k] is None]  # left out, never null
+    return metrics, json.loads((out / "eval_details.json").read_text()), (out / "report.md").read_text()
+
+
+def test_asr_model_alone_and_per_source_metrics(models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    two = variant(tiny_dataset_path, tmp_path / "two_sources",
+                  lambda ds: ds.add_column("source", ["fsdd" if i % 2 else "export" for i in range(len(ds))]))
+    metrics, details, report = evaluate(tmp_path / "asr_only", two, asr_model=str(models / "asr"))
+    headline = {k for k in metrics if not k.startswith("by_source/") and not k.endswith(("_ci_low", "_ci_high"))}
+    assert ASR | WAKE <= headline and not headline & (NLU | SLU)
+    assert details["not_computed"]["nlu/intent_accuracy"].startswith("no NLU model was evaluated")
+    assert "Not computed (no NLU model was evaluated (pass nlu_model=<folder>)): `nlu/intent_accuracy`" in report
+    # Per source: the clips split between the sources, and each WER is that source's own.
+    rows = [json.loads(x) for x in (tmp_path / "asr_only" / "predictions.jsonl").read_text().splitlines()]
+    for name in ("fsdd", "export"):
+        mine = [r for r in rows if r["source"] == name]
+        assert metrics[f"by_source/{name}/eval/num_clips"] == len(mine) == 4
+        assert metrics[f"by_source/{name}/asr/wer"] == pytest.approx(
+            M.wer([r["reference"] for r in mine], [r["hypothesis"] for r in mine]))
+        assert f"by_source/{name}/wake/frr" in metrics
+    assert metrics["by_source/fsdd/eval/num_clips"] + metrics["by_source/export/eval/num_clips"] == metrics["eval/num_clips"]
+    assert "## Per source" in report and "| metric | fsdd | export |" in report.replace("export | fsdd", "fsdd | export")
+
+
+def test_nlu_model_alone_on_a_text_only_set(models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    text_only = variant(tiny_dataset_path, tmp_path / "text", lambda ds: ds.remove_columns("audio"))
+    metrics, details, report = evaluate(tmp_path / "nlu_only", text_only, nlu_model=str(models / "nlu"))
+    headline = {k for k in metrics if not k.endswith(("_ci_low", "_ci_high"))}
+    assert headline == NLU | {"eval/num_clips", "eval/audio_hours", "eval/bootstrap_samples"}
+    assert set(details["not_computed"]) == ASR | WAKE | SLU
+    assert "Wake-word metrics not computed" not in report and "Worst utterances" not in report
+
+
+def test_labels_without_intents_leave_the_nlu_metrics_out(models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    no_intents = variant(tiny_dataset_path, tmp_path / "plain",
+                         lambda ds: ds.map(lambda ex: {"intent": None, "scenario": None, "entities": [], "bio_tags": []}))
+    metrics, details, report = evaluate(tmp_path / "both", no_intents, asr_model=str(models / "asr"),
+                                        nlu_model=str(models / "nlu"))
+    assert ASR <= set(metrics) and not set(metrics) & (NLU | SLU)
+    assert {details["not_computed"][k] for k in NLU | SLU} == {"split 'test' has no clip with an intent"}
+    assert "split 'test' has no clip with an intent" in report
+
+
+def test_no_model_at_all_is_one_clear_error(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    from pipeline.eval.run import run_eval_stage
+
+    with pytest.raises(PipelineError, match="no ASR model here .* and no NLU model .* asr_model=<folder>, nlu_model=<folder> or both"):
+        run_eval_stage(eval_cfg(), tmp_path, tiny_dataset_path, RecordingTracker())
+    with pytest.raises(PipelineError, match="nlu_model=.*: no such folder"):
+        run_eval_stage(eval_cfg(nlu_model=str(tmp_path / "missing")), tmp_path, tiny_dataset_path, RecordingTracker())
