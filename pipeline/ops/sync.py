@@ -2,7 +2,8 @@
 
 Runs log offline so training never waits for a network; this is the later, separate step. It only
 finds the runs (they live inside each run folder, not in one `./wandb`) and hands them to wandb,
-which marks each one synced so a second `make sync` uploads nothing twice.
+which marks each one synced so a second `make sync` uploads nothing twice. A run folder that
+`make erase` marked `DO_NOT_SYNC` (trained on erased data) is refused, whatever is left in it.
 
     python -m pipeline.ops.sync [ROOT ...] [--dry-run] [-- extra wandb sync options]
 """

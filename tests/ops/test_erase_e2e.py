@@ -1,0 +1,211 @@
+"""End to end with the real stages: train, retrain, a deletion request for one account, retrain
+again; then a byte scan of the whole project tree (cache, run folders, W&B files, registry) and the
+audit must find nothing of that account's clips, where before the second retraining both found
+them. Every file the jobs wrote must be claimed by the inventory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# Small enough that each job takes seconds; the models learn nothing, which is fine here.
+TINY = [
+    "asr.model_config.hidden_size=32", "asr.model_config.num_hidden_layers=2",
+    "asr.model_config.num_attention_heads=2", "asr.model_config.intermediate_size=64",
+    "asr.model_config.conv_dim=[16,16,32,32]", "asr.model_config.num_conv_pos_embeddings=16",
+    "asr.model_config.num_conv_pos_embedding_groups=4", "asr.max_batch_seconds=12",
+    "asr.warmup_steps=1", "asr.max_train_minutes=null", "asr.max_steps=2", "asr.eval_every=2",
+    "nlu=tiny", "nlu.epochs=1", "nlu.cpu_threads=1", "trainer.log_every=1",
+    "data.split.validation=0.25", "data.split.test=0.25", "data.num_proc=1",
+]
+SENTENCES = [
+    ("alexa play jazz music", "play_music", [("music_genre", "jazz")], True),
+    ("alexa set an alarm for seven am", "alarm_set", [("time", "seven am")], True),
+    ("alexa what is the weather in paris", "weather_query", [("place_name", "paris")], True),
+    ("alexa turn off the lights", "iot_hue_lightoff", [], True),
+    ("alexander went to the market", None, [], False),
+]
+# Spoken only by the account that asks for deletion, so any copy of these words is theirs.
+VICTIM_SENTENCES = [
+    ("alexa order quokka biscuits from zanzibar", "takeaway_order", [], True),
+    ("alexa remind me to water the kumquat tree", "reminder_set", [], True),
+    ("alexa ring my aunt philippa in reykjavik", "calling", [], True),
+]
+VOICES = ["en-us", "en-gb", "en-us+m3", "en-us+f2"]
+
+
+def account(a: int) -> str:
+    return f"amzn1.account.AF{a:04d}QXZ"
+
+
+def env(tmp: Path) -> dict[str, str]:
+    return {**os.environ, "PIPELINE_PSEUDONYM_KEY": "e2e-test-key-9", "PIPELINE_CACHE_DIR": str(tmp / "cache"),
+            "PIPELINE_INBOX": str(tmp / "inbox"), "PIPELINE_REGISTRY_DIR": str(tmp / "registry"),
+            "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
+def export_batch(folder: Path, batch: str, accounts: range, per_account: int, victim: int) -> list[str]:
+    """A canonical export spoken by espeak-ng; returns the victim's transcripts."""
+    (folder / "audio").mkdir(parents=True)
+    records = []
+    for a in accounts:
+        for k in range(per_account):
+            text, intent, ents, wake = VICTIM_SENTENCES[k] if a == victim else SENTENCES[(a + k) % len(SENTENCES)]
+            utt = f"{batch}-a{a}-{k}"
+            subprocess.run(["espeak-ng", "-v", VOICES[a % len(VOICES)], "-s", str(150 + 10 * k),
+                            "-w", str(folder / "audio" / f"{utt}.wav"), text], check=True)
+            records.append({
+                "utterance_id": utt, "audio": f"audio/{utt}.wav", "transcript": text, "intent": intent,
+                "entities": [{"type": t, "value": v} for t, v in ents], "wake_word_present": wake,
+                "device_serial": f"G090XX{a:07d}", "account_id": account(a), "annotator_id": f"ann-{a % 3:03d}",
+                "recorded_at": "2026-01-01T00:00:00Z", "flags": [], "locale": "en-US",
+            })
+    (folder / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return [s[0] for s in VICTIM_SENTENCES[:per_account]]
+
+
+def _run(tmp: Path, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env(tmp), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _roots(tmp: Path) -> list[str]:
+    return [f"erase.outputs={tmp / 'runs'}", f"erase.multirun={tmp / 'multirun'}"]
+
+
+def _retrain(tmp: Path, name: str, *extra: str) -> dict:
+    done = _run(tmp, ["retrain.py", f"hydra.run.dir={tmp / 'runs' / name}", *TINY, "logger=none", *_roots(tmp), *extra])
+    decision = tmp / "runs" / name / "decision.json"
+    assert decision.is_file(), done.stderr[-3000:]
+    return json.loads(decision.read_text())
+
+
+def _audit(tmp: Path) -> tuple[int, str]:
+    done = _run(tmp, ["-m", "pipeline.ops.audit", *_roots(tmp)], timeout=180)
+    assert done.returncode in (0, 3), done.stderr[-2000:]
+    return done.returncode, done.stdout
+
+
+def _needles(tmp: Path, victim_speaker: str, sentences: list[str], wavs: list[Path]) -> dict[str, list[bytes]]:
+    """Byte strings only the victim's clips contain: file bytes, FLAC as stored, decoded samples, text."""
+    import io
+
+    import pyarrow as pa
+    import soundfile as sf
+
+    needles: dict[str, list[bytes]] = {"file bytes": [], "stored audio": [], "decoded samples": [],
+                                       "transcript": [s.encode() for s in sentences]}
+    for wav in wavs:
+        data = wav.read_bytes()
+        needles["file bytes"].append(data[len(data) // 2: len(data) // 2 + 256])
+    for arrow in (tmp / "cache" / "datasets").rglob("*.arrow"):
+        table = pa.ipc.open_stream(pa.memory_map(str(arrow))).read_all()
+        for speaker, audio in zip(table.column("speaker").to_pylist(), table.column("audio").to_pylist()):
+            if speaker != victim_speaker:
+                continue
+            flac = audio["bytes"]
+            needles["stored audio"].append(flac[len(flac) // 2: len(flac) // 2 + 256])
+            samples, _ = sf.read(io.BytesIO(flac), dtype="int16")
+            middle = samples[len(samples) // 2: len(samples) // 2 + 128]
+            needles["decoded samples"] += [middle.tobytes(), (middle / 32768.0).astype(np.float32).tobytes()]
+    assert all(needles.values()), {k: len(v) for k, v in needles.items()}
+    return needles
+
+
+def _where(path: Path, tmp: Path) -> str:
+    parts = path.relative_to(tmp).parts
+    if parts[0] == "runs":
+        return f"run {parts[2] if len(parts) > 3 else 'file'}"
+    if parts[:2] == ("cache", "wandb"):
+        return "W&B staging/cache"
+    return "/".join(parts[:2])
+
+
+def _byte_scan(tmp: Path, needles: dict[str, list[bytes]]) -> Counter:
+    """(what, where) -> files: every file under the project tree, read whole."""
+    found: Counter = Counter()
+    for path in tmp.rglob("*"):
+        if not path.is_file() or path.is_symlink() or path.parent.name == "deletions":
+            continue
+        data = path.read_bytes()
+        for what, values in needles.items():
+            if any(v in data for v in values):
+                found[(what, _where(path, tmp))] += 1
+    return found
+
+
+def _lm_holds(tmp: Path, sentences: list[str]) -> list[Path]:
+    """Character LMs holding every 6-gram of one of the sentences (how pipeline.asr.lm stores them)."""
+    held = []
+    for arpa in tmp.rglob("char_lm.arpa"):
+        text = arpa.read_text()
+        grams = {line.split("\t")[1] for line in text.split("\\6-grams:")[-1].splitlines() if "\t" in line}
+        for s in sentences:
+            seq = ["<s>", *s.replace(" ", "|"), "</s>"]
+            if all(" ".join(seq[i:i + 6]) in grams for i in range(len(seq) - 5)):
+                held.append(arpa)
+    return held
+
+
+@pytest.mark.slow
+def test_deleted_account_leaves_no_copy_after_retraining(tmp_path: Path) -> None:
+    from pipeline.data.privacy import pseudonym
+    from pipeline.data.splits import assign_split
+    from pipeline.ops.inventory import Roots, unclaimed
+
+    key = env(tmp_path)["PIPELINE_PSEUDONYM_KEY"].encode()
+    # The victim trains (so the weights and the LM hold their sentences).
+    victim = next(a for a in range(12) if assign_split(key, pseudonym(key, "acct", account(a)), 0.25, 0.25) == "train")
+    sentences = export_batch(tmp_path / "inbox" / "b1", "b1", range(12), 3, victim=victim)
+
+    # 1. train.py on the batch's export, logged to offline W&B; 2. the first retraining (W&B too).
+    trained = _run(tmp_path, ["train.py", f"hydra.run.dir={tmp_path / 'runs' / 'train'}", "data=jsonl",
+                              f"data.path={tmp_path / 'inbox' / 'b1' / 'annotations.jsonl'}", *TINY, "logger=wandb"])
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    first = _retrain(tmp_path, "r1", "logger=wandb")
+    assert first["decision"] == "promoted", first
+    assert list((tmp_path / "cache" / "wandb" / "data" / "artifacts" / "staging").iterdir())
+    wavs = sorted((tmp_path / "cache" / "retrain" / "corpus" / "batches" / "b1" / "audio").glob(f"b1-a{victim}-*.wav"))
+    needles = _needles(tmp_path, pseudonym(key, "acct", account(victim)), sentences, wavs)
+
+    # 3. The account asks for deletion: before the next retraining, both the scan and the audit find it.
+    (tmp_path / "inbox" / "deletions").mkdir()
+    (tmp_path / "inbox" / "deletions" / "req.jsonl").write_text(json.dumps({"account_id": account(victim)}) + "\n")
+    before = _byte_scan(tmp_path, needles)
+    code, report = _audit(tmp_path)
+    print("\nbyte scan before erasure:", dict(sorted(before.items())))
+    print(report)
+    assert code == 3 and account(victim) not in report
+    assert {"file bytes", "stored audio", "transcript"} <= {what for what, _ in before}
+    assert len(_lm_holds(tmp_path, sentences)) >= 3  # train's, r1's and the registered model's LM
+
+    # 4. Retraining again replaces the model and erases every copy.
+    second = _retrain(tmp_path, "r2")
+    assert second["decision"] == "promoted" and "deletion beats the gate" in second["reason"], second
+    erasure = second["erasure"]
+    print("erasure:", json.dumps(erasure, sort_keys=True))
+    assert erasure["removed"]["cached dataset"] == 2 and erasure["removed"]["registry model"] == 1
+    after = _byte_scan(tmp_path, needles)
+    code, report = _audit(tmp_path)
+    print("byte scan after erasure:", dict(after))
+    print(report)
+    assert after == Counter() and _lm_holds(tmp_path, sentences) == []
+    assert code == 0, report
+    # Erased runs are marked so `make sync` refuses them; nothing the jobs wrote is outside the inventory.
+    assert (tmp_path / "runs" / "train" / "DO_NOT_SYNC").is_file() and (tmp_path / "runs" / "r1" / "DO_NOT_SYNC").is_file()
+    sync = _run(tmp_path, ["-m", "pipeline.ops.sync", str(tmp_path / "runs"), "--dry-run"])
+    assert f"refusing {tmp_path / 'runs' / 'train'}" in sync.stdout
+    from pipeline.ops.audit import load_config
+
+    roots = Roots.from_cfg(load_config(_roots(tmp_path) + [f"retrain.registry_dir={tmp_path / 'registry'}",
+                                                          f"retrain.inbox={tmp_path / 'inbox'}",
+                                                          f"cache_dir={tmp_path / 'cache'}"]))
+    assert unclaimed(roots) == []
