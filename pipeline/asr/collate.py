@@ -139,5 +139,6 @@ class CTCCollator:
         labels = self.processor.tokenizer([item["text"] for item in items], padding="longest", return_tensors="pt")
         batch["labels"] = labels.input_ids.masked_fill(labels.attention_mask.eq(0), -100)
         batch["texts"] = [item["text"] for item in items]
+        batch["input_lengths"] = torch.tensor([len(w) for w in waves])  # the real samples, for decoding
         batch["audio_seconds"] = torch.tensor(sum(len(w) for w in waves) / SAMPLING_RATE)
         return batch

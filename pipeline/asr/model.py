@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Processor
 
 from pipeline.runtime import PipelineError
+from pipeline.text import normalize_text
 
 
 def _ctc_overrides(cfg: DictConfig, processor: Wav2Vec2Processor) -> dict:
@@ -88,15 +91,33 @@ def load_asr(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     return model, processor
 
 
+def greedy_decode(tokenizer: Any, log_probs: torch.Tensor, lengths: Sequence[int] | torch.Tensor | None = None) -> list[str]:
+    """The greedy CTC transcript of each clip of a batch of per-frame scores (logits or log-probs).
+
+    Only a clip's own frames count (`lengths`, output frames; padding can emit characters), repeats
+    merge and blanks drop, and an unknown character becomes nothing rather than the word "unk"
+    once normalised; removed after merging, it keeps "a<unk>a" two letters. The training-time
+    validation and the eval stage both read transcripts through here.
+    """
+    ids = log_probs.argmax(-1)
+    rows = [ids[b] if lengths is None else ids[b, : int(lengths[b])] for b in range(ids.shape[0])]
+    return [t.replace(tokenizer.unk_token, "") for t in tokenizer.batch_decode(rows)]
+
+
+def output_lengths(model: Wav2Vec2ForCTC, samples: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Output frames of clips of `samples` audio samples each."""
+    return model._get_feat_extract_output_lengths(torch.as_tensor(samples)).cpu()
+
+
 @torch.no_grad()
 def transcribe(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, batch: dict[str, torch.Tensor]) -> tuple[list[str], torch.Tensor | None]:
     """Greedy CTC transcripts of a collated batch, and its loss when the batch has labels."""
     device = next(model.parameters()).device
     inputs = {k: batch[k].to(device) for k in ("input_values", "attention_mask", "labels") if k in batch}
     out = model(**inputs)
-    ids = out.logits.argmax(dim=-1).cpu()
-    # skip_special_tokens drops <unk> (and the CTC blank): an unknown character is not a word.
-    return processor.batch_decode(ids, skip_special_tokens=True), (out.loss.detach().float().cpu() if out.loss is not None else None)
+    lengths = output_lengths(model, batch["input_lengths"]) if "input_lengths" in batch else None
+    texts = greedy_decode(processor.tokenizer, out.logits.float().cpu(), lengths)
+    return texts, (out.loss.detach().float().cpu() if out.loss is not None else None)
 
 
 def uses_attention_mask(cfg: DictConfig) -> bool:
@@ -116,10 +137,8 @@ def evaluate_clips(
     model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, loader: torch.utils.data.DataLoader,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """Validation loss, WER and CER (jiwer, on normalised text) over a loader of collated batches."""
-    import jiwer
-
-    from pipeline.text import normalize_text
+    """Validation loss, WER and CER (`pipeline.eval.metrics`, as the eval stage) over a loader of collated batches."""
+    from pipeline.eval import metrics as M
 
     was_training = model.training
     model.eval()
@@ -134,10 +153,9 @@ def evaluate_clips(
         loss_sum += float(loss) * n
         clips += n
         refs.extend(batch["texts"])
-        hyps.extend(normalize_text(t) for t in texts)
+        hyps.extend(texts)
     model.train(was_training)
-    pairs = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
-    if not pairs:
-        return {"loss": loss_sum / max(clips, 1), "wer": float("nan"), "cer": float("nan"), "clips": clips}
-    r, h = zip(*pairs)
-    return {"loss": loss_sum / max(clips, 1), "wer": jiwer.wer(list(r), list(h)), "cer": jiwer.cer(list(r), list(h)), "clips": clips}
+    loss = loss_sum / max(clips, 1)
+    if not any(normalize_text(r) for r in refs):  # nothing to score a word error rate against
+        return {"loss": loss, "wer": float("nan"), "cer": float("nan"), "clips": clips}
+    return {"loss": loss, "wer": M.wer(refs, hyps), "cer": M.cer(refs, hyps), "clips": clips}

@@ -214,6 +214,34 @@ def total_counts(scores: dict[str, Any]) -> dict[str, float]:
     return {k: float(sum(c[k] for c in per_type)) for k in ("tp", "fp", "fn")}
 
 
+def understanding_scores(
+    gold_intents: list[str], predicted_intents: list[str],
+    gold_entities: list[list[Entity]], predicted_entities: list[list[Entity]],
+) -> dict[str, float]:
+    """Intent accuracy and micro entity precision, recall and F1 (exact type, normalised value), from
+    the same functions as the eval stage's `nlu/` metrics, so the NLU stage's validation and test
+    scores agree with them on the same clips."""
+    entities = entity_scores(gold_entities, predicted_entities)
+    counts = total_counts(entities)
+    predicted, expected = counts["tp"] + counts["fp"], counts["tp"] + counts["fn"]
+    return {
+        "intent_accuracy": intent_scores(gold_intents, predicted_intents)["accuracy"],
+        "entity_precision": counts["tp"] / predicted if predicted else 0.0,
+        "entity_recall": counts["tp"] / expected if expected else 0.0,
+        "entity_f1": entities["f1"],
+    }
+
+
+def tag_f1(gold: list[list[str]], predicted: list[list[str]]) -> float:
+    """Span F1 over BIO tag sequences (seqeval, CoNLL rules), 0 when gold has no entity at all:
+    the NLU's per-epoch model selection, which sees tags rather than entity strings."""
+    from seqeval.metrics import f1_score as seqeval_f1
+
+    if not any("-" in t for seq in gold for t in seq):
+        return 0.0
+    return float(seqeval_f1(gold, predicted))
+
+
 SLU_SCORING = ("project", "slurp")
 
 

@@ -22,7 +22,7 @@ from pipeline.text import normalize_text
 def hypothesis_rows(dataset_path: Path, asr_dir: Path, batch_size: int = 8) -> list[dict[str, Any]]:
     """One extra training row per train clip with a command: hypothesis text, aligned tags, same intent."""
     from pipeline.asr.collate import decode_audio
-    from pipeline.asr.model import load_asr
+    from pipeline.asr.model import greedy_decode, load_asr, output_lengths
 
     split = load_from_disk(str(dataset_path))["train"]
     if "audio" not in split.column_names:
@@ -36,9 +36,8 @@ def hypothesis_rows(dataset_path: Path, asr_dir: Path, batch_size: int = 8) -> l
         inputs = processor(waves, sampling_rate=16_000, return_tensors="pt", padding=True)
         with torch.inference_mode():
             logits = model(**{k: v for k, v in inputs.items() if k in ("input_values", "attention_mask")}).logits
-        for hyp, words, tags, intent in zip(
-            processor.batch_decode(logits.argmax(-1)), batch["words"], batch["bio_tags"], batch["intent"]
-        ):
+        texts = greedy_decode(processor.tokenizer, logits, output_lengths(model, [len(w) for w in waves]))
+        for hyp, words, tags, intent in zip(texts, batch["words"], batch["bio_tags"], batch["intent"]):
             hyp = normalize_text(hyp)
             hyp_tags = align_tags(words, tags, hyp.split())
             rows.append({

@@ -30,6 +30,7 @@ from transformers import (
     set_seed,
 )
 
+from pipeline.eval import metrics as M
 from pipeline.nlu.model import (
     NLUModel,
     build_model,
@@ -115,7 +116,9 @@ def run_nlu_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
     }
     for split in ("validation", "test"):
         if split in splits:
-            rows = training_rows(splits[split], str(ncfg.false_wake))
+            # The clips the eval stage scores: those with an intent (false wakes are the wake-word
+            # detector's to reject), whatever `nlu.false_wake` taught the model.
+            rows = training_rows(splits[split], "skip")
             metrics[split] = score(nlu, rows, int(ncfg.eval_batch_size))
     (out_dir / "nlu_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     summary = {
@@ -287,8 +290,6 @@ def training_arguments(cfg: DictConfig, output_dir: Path, has_eval: bool) -> Tra
 
 def selection_metrics(pred: EvalPrediction, tags: list[str]) -> dict[str, float]:
     """Per-epoch model selection on validation: intent accuracy, tag F1 (seqeval), and their mean."""
-    from seqeval.metrics import f1_score
-
     intent_logits, tag_logits = pred.predictions
     tag_labels, intent_labels = pred.label_ids
     keep = intent_labels != IGNORE
@@ -299,35 +300,35 @@ def selection_metrics(pred: EvalPrediction, tags: list[str]) -> dict[str, float]
         mask = gold_row != IGNORE
         gold_seqs.append([tags[i] for i in gold_row[mask]])
         pred_seqs.append([tags[i] for i in pred_row[mask]])
-    f1 = float(f1_score(gold_seqs, pred_seqs)) if any("-" in t for s in gold_seqs for t in s) else 0.0
+    f1 = M.tag_f1(gold_seqs, pred_seqs)
     return {"intent_accuracy": accuracy, "tag_f1": f1, "score": (accuracy + f1) / 2}
 
 
 def score(nlu: NLUModel, rows: list[dict[str, Any]], batch_size: int = 64) -> dict[str, Any]:
-    """Intent accuracy and entity span F1 (micro; exact type and value) of `predict` on gold text.
+    """Intent accuracy and entity precision / recall / F1 of `predict` on gold text (see `score_predictions`)."""
+    preds = nlu.predict([r["transcript"] for r in rows], batch_size=batch_size) if rows else []
+    known_types = {t[2:] for t in nlu.tags if t != "O"}
+    return score_predictions(rows, preds, set(nlu.intents), known_types)
+
+
+def score_predictions(
+    rows: list[dict[str, Any]], preds: list[dict[str, Any]], known_intents: set[str], known_types: set[str],
+) -> dict[str, Any]:
+    """Scored by `pipeline.eval.metrics` exactly as the eval stage scores its `nlu/` metrics.
 
     Gold intents or entity types the model never saw are counted as errors and listed, not crashed on.
     """
-    preds = nlu.predict([r["transcript"] for r in rows], batch_size=batch_size)
-    correct = sum(p["intent"] == r["intent"] for p, r in zip(preds, rows))
-    tp = n_pred = n_gold = 0
-    for p, r in zip(preds, rows):
-        gold = Counter((e["type"], e["value"]) for e in r["entities"])
-        guess = Counter((e["type"], e["value"]) for e in p["entities"])
-        tp += sum((gold & guess).values())
-        n_pred += sum(guess.values())
-        n_gold += sum(gold.values())
-    precision = tp / n_pred if n_pred else 0.0
-    recall = tp / n_gold if n_gold else 0.0
-    known_types = {t[2:] for t in nlu.tags if t != "O"}
-    unseen_intents = Counter(r["intent"] for r in rows if r["intent"] not in nlu.intents)
+    unseen_intents = Counter(r["intent"] for r in rows if r["intent"] not in known_intents)
     unseen_types = Counter(e["type"] for r in rows for e in r["entities"] if e["type"] not in known_types)
+    scores: dict[str, Any] = {}
+    if rows:  # a split without a clip that has an intent has nothing to score
+        scores = M.understanding_scores(
+            [r["intent"] for r in rows], [p["intent"] for p in preds],
+            [r["entities"] for r in rows], [p["entities"] for p in preds],
+        )
     return {
         "utterances": len(rows),
-        "intent_accuracy": correct / len(rows) if rows else 0.0,
-        "entity_precision": precision,
-        "entity_recall": recall,
-        "entity_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        **scores,
         "unseen_intents": dict(sorted(unseen_intents.items())),
         "unseen_entity_types": dict(sorted(unseen_types.items())),
     }

@@ -50,8 +50,10 @@ def test_stage_learns_the_tiny_corpus_and_saves_a_loadable_model(tiny_dataset_pa
     assert not (model_dir / "checkpoints").exists()
     metrics = json.loads((model_dir / "nlu_metrics.json").read_text())
     assert metrics["train_utterances"] == 24  # false wakes kept as no_command
-    # Validation holds the training sentences in other voices: a working stage memorises them.
-    assert metrics["validation"]["intent_accuracy"] >= 0.75
+    # Validation holds the training sentences in other voices: a working stage memorises them. Its 6
+    # clips with an intent are scored; false wakes are left to the wake-word metrics, as in eval.
+    assert metrics["validation"]["utterances"] == 6
+    assert metrics["validation"]["intent_accuracy"] >= 4 / 6
     assert metrics["validation"]["entity_f1"] >= 0.5
     assert result["validation"] == metrics["validation"]
     assert tracker.summary["nlu/val_intent_accuracy"] == metrics["validation"]["intent_accuracy"]
