@@ -10,6 +10,12 @@ come from beam search with the run's character LM, which the baseline does not d
 is timed separately (`ours_lm_*`, `speedup_with_lm`) so the greedy ratio stays like for like.
 Both sides are warmed up on other clips first; the medians of `--repeats` interleaved passes are
 reported. Prints one JSON object.
+
+Then (`--stream-minutes`, 0 = skip; `--stream-only` for this alone) the streaming wake-word
+detector (pipeline.eval.stream) on background speech synthesised like the demo's: audio seconds
+per compute second (median of `--repeats`), and the process's peak memory after a recording of N
+minutes and after one of 4N minutes, streamed second: a detector whose memory grew with the
+recording's length would raise the peak there.
 """
 
 from __future__ import annotations
@@ -89,8 +95,14 @@ def main() -> None:
     parser.add_argument("--lm-weight", type=float, default=3.0, help="for the LM pass, when the model has lm/")
     parser.add_argument("--beam-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timings of each side; medians are reported")
+    parser.add_argument("--stream-minutes", type=float, default=5.0,
+                        help="streaming bench: minutes of synthesised background (and 4x that for memory); 0 = skip")
+    parser.add_argument("--stream-only", action="store_true", help="only the streaming bench")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.stream_only:
+        print(json.dumps({"stream": stream_bench(args)}, indent=2))
+        return
 
     from datasets import Audio, load_from_disk
     from transformers import pipeline
@@ -160,7 +172,62 @@ def main() -> None:
             "ours_lm_audio_s_per_s": round(audio_s / lm_s, 1),
             "speedup_with_lm": round(baseline_s / lm_s, 2),
         }),
+        "stream": stream_bench(args) if args.stream_minutes > 0 else None,
     }, indent=2))
+
+
+def stream_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """The streaming detector's speed and peak memory on N and 4N minutes of background speech."""
+    import resource
+
+    import soundfile as sf
+
+    from pipeline.asr.model import load_asr
+    from pipeline.data.background import BackgroundKnobs, Recording, ensure_demo_background, load_background
+    from pipeline.eval.run import keyword_ids
+    from pipeline.eval.stream import StreamSettings, stream_background
+
+    minutes = args.stream_minutes
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        started = time.perf_counter()
+        knobs = BackgroundKnobs(hours=minutes / 60, recording_minutes=minutes)
+        export = ensure_demo_background(knobs, tmp_path / "cache", ("bench", "unused"))
+        synth_s = time.perf_counter() - started
+        short = next(r for r in load_background(export, ("bench", "unused"), "alexa") if r.split == "bench")
+        # The long recording: the short one four times, written block by block.
+        long_path = tmp_path / "long.flac"
+        with sf.SoundFile(short.path) as src, sf.SoundFile(long_path, "w", src.samplerate, 1, format="FLAC",
+                                                          subtype="PCM_16") as dst:
+            for _ in range(4):
+                src.seek(0)
+                for block in src.blocks(blocksize=16000 * 30, dtype="float32"):
+                    dst.write(block)
+        long = Recording("long", "bench", long_path, 4 * short.seconds)
+
+        model_dir = args.asr_model or tiny_model(tmp_path / "asr", None)
+        model, processor = load_asr(model_dir)
+        keyword = keyword_ids(processor, "alexa", True, model_dir)
+        blank = processor.tokenizer.pad_token_id
+        settings = StreamSettings()
+        peak_mb = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731 - Linux: KiB
+        stream_background(model, processor, [short], keyword, blank, settings)  # warm-up: kernels for the window shape
+        rates = []
+        for _ in range(args.repeats):
+            stats = stream_background(model, processor, [short], keyword, blank, settings)
+            rates.append(stats.audio_seconds / stats.compute_seconds)
+        after_short = peak_mb()
+        long_stats = stream_background(model, processor, [long], keyword, blank, settings)
+        after_long = peak_mb()
+    return {
+        "model": str(args.asr_model or "random conf/asr/tiny.yaml"), "threads": args.threads,
+        "window_s": settings.window_s, "hop_s": settings.hop_s, "batch_size": settings.batch_size,
+        "synthesis_seconds": round(synth_s, 1), "recording_minutes": round(short.seconds / 60, 2),
+        "x_real_time": round(statistics.median(rates), 1), "x_real_time_per_repeat": [round(r, 1) for r in rates],
+        "long_recording_minutes": round(long.seconds / 60, 2),
+        "long_x_real_time": round(long_stats.audio_seconds / long_stats.compute_seconds, 1),
+        "peak_rss_mb_after_short": round(after_short, 1), "peak_rss_mb_after_long": round(after_long, 1),
+    }
 
 
 if __name__ == "__main__":
