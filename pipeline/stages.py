@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.asr.devices import barrier, place
+from pipeline.distributed import barrier, place
 from pipeline.ops.tracking import NullTracker, Tracker
 from pipeline.runtime import PipelineError, configure_environment, seed_everything
 

@@ -26,15 +26,14 @@ from omegaconf import DictConfig
 
 from pipeline.asr.checkpoints import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
 from pipeline.asr.collate import ClipDataset, CTCCollator, plan_augmentation, played_durations
-from pipeline.asr.devices import (
-    Placement, all_agree, any_says, barrier, fast_cpu_math, loader_workers, place, total,
-)
+from pipeline.asr.devices import fast_cpu_math, loader_workers
 from pipeline.asr.fft_conv import use_fft_positional_conv
 from pipeline.asr.lm import LM_DIR, write_char_lm
 from pipeline.asr.model import build_model, evaluate_clips, skip_waveform_gradient, uses_attention_mask
 from pipeline.asr.sampler import epoch_batches, eval_batches
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.data.features import SAMPLING_RATE
+from pipeline.distributed import Placement, all_agree, any_says, barrier, place, total
 from pipeline.ops.tracking import Tracker
 from pipeline.runtime import PipelineError
 

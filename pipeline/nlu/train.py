@@ -30,6 +30,7 @@ from transformers import (
     set_seed,
 )
 
+from pipeline.distributed import resolve_device
 from pipeline.eval import metrics as M
 from pipeline.nlu.model import (
     NLUModel,
@@ -250,12 +251,8 @@ def make_optimizer(model: torch.nn.Module, ncfg: DictConfig) -> torch.optim.Opti
 
 
 def training_arguments(cfg: DictConfig, output_dir: Path, has_eval: bool) -> TrainingArguments:
-    ncfg, tcfg = cfg.nlu, cfg.get("trainer") or {}
-    device = str(tcfg.get("device", "auto"))
-    use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    precision = str(tcfg.get("precision", "auto"))
-    bf16 = not use_cpu and (precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()))
-    fp16 = not use_cpu and not bf16 and precision in ("fp16", "auto")
+    ncfg, tcfg = cfg.nlu, cfg.trainer
+    device, precision = resolve_device(tcfg)  # the ASR stage's rules: a setting that cannot work is refused
     strategy = "epoch" if has_eval else "no"
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -274,13 +271,13 @@ def training_arguments(cfg: DictConfig, output_dir: Path, has_eval: bool) -> Tra
         load_best_model_at_end=has_eval,
         metric_for_best_model="score" if has_eval else None,
         greater_is_better=True,
-        logging_steps=int(tcfg.get("log_every", 50)),
+        logging_steps=int(tcfg.log_every),
         label_names=["labels", "intent_labels"],
         seed=int(cfg.seed),
         data_seed=int(cfg.seed),
-        use_cpu=use_cpu,
-        bf16=bf16,
-        fp16=fp16,
+        use_cpu=device.type == "cpu",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         # Tokenised text batches cost next to nothing to build: `auto` loads them in the training process.
         dataloader_num_workers=requested_workers(tcfg) or 0,
         report_to="none",

@@ -191,7 +191,7 @@ def test_clips_too_short_for_their_transcript_are_left_out_of_training(tiny_data
     from datasets import load_from_disk
 
     from pipeline.asr.collate import ClipDataset
-    from pipeline.asr.devices import Placement
+    from pipeline.distributed import Placement
     from pipeline.asr.model import build_model
     from pipeline.asr.train import _drop_unalignable
     from pipeline.asr.vocab import build_vocab, make_processor
@@ -216,7 +216,8 @@ def test_clips_too_short_for_their_transcript_are_left_out_of_training(tiny_data
 def test_num_workers_auto_loads_in_process_on_the_cpu_and_in_workers_on_a_gpu() -> None:
     from omegaconf import OmegaConf
 
-    from pipeline.asr.devices import Placement, loader_workers
+    from pipeline.asr.devices import loader_workers
+    from pipeline.distributed import Placement
 
     cpu, gpu = Placement(torch.device("cpu"), "fp32"), Placement(torch.device("cuda", 0), "bf16")
     assert loader_workers(OmegaConf.create({"num_workers": "auto"}), cpu) == 0

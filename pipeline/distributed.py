@@ -1,0 +1,107 @@
+"""Where training runs: device, numeric precision and the torchrun process group, from `cfg.trainer`.
+
+The same command runs on the CPU, one GPU or several: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK and
+this module turns them into a process group (nccl on GPUs, gloo on the CPU); without torchrun it is
+a single process and nothing distributed is touched. Every stage that trains resolves
+`trainer.device` / `trainer.precision` here, so one setting means the same in each, and a value
+that cannot work is refused before any training starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+
+from pipeline.runtime import PipelineError
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: torch.device
+    precision: str  # fp32 | fp16 | bf16
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+
+
+def resolve_device(trainer_cfg: DictConfig) -> tuple[torch.device, str]:
+    """The device and precision (fp32 | fp16 | bf16) `trainer.device` / `trainer.precision` ask for,
+    `auto` resolved for this machine; under torchrun each process takes its LOCAL_RANK's GPU."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    wanted = str(trainer_cfg.get("device", "auto"))
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted.startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineError(f"trainer.device={wanted} but no CUDA GPU is visible; use trainer.device=cpu (or auto)")
+    device = torch.device(f"cuda:{local_rank}" if wanted == "cuda" else wanted)
+    precision = str(trainer_cfg.get("precision", "auto"))
+    if precision == "auto":
+        if device.type != "cuda":
+            precision = "fp32"
+        else:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise PipelineError(f"trainer.precision={precision}: use auto, fp32, fp16 or bf16")
+    if precision == "fp16" and device.type != "cuda":
+        raise PipelineError("trainer.precision=fp16 needs a GPU; on the CPU use fp32 (or auto)")
+    return device, precision
+
+
+def place(trainer_cfg: DictConfig) -> Placement:
+    """Resolve `trainer.device`/`trainer.precision` and join the torchrun group if there is one."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device, precision = resolve_device(trainer_cfg)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        ddp = trainer_cfg.get("ddp", {}) or {}
+        backend = str(ddp.get("backend", "auto"))
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(minutes=float(ddp.get("timeout_minutes", 30))))
+    return Placement(device=device, precision=precision, rank=rank, world_size=world_size)
+
+
+def all_agree(flag: bool, placement: Placement) -> bool:
+    """True only when every process says True (e.g. "this loss is finite")."""
+    if not placement.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=placement.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() > 0.5)
+
+
+def any_says(flag: bool, placement: Placement) -> bool:
+    """True when at least one process says True (e.g. "the time budget is spent")."""
+    return not all_agree(not flag, placement)
+
+
+def total(value: float, placement: Placement) -> float:
+    """Sum of `value` over all processes."""
+    if not placement.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=placement.device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def barrier(placement: Placement) -> None:
+    if placement.distributed:
+        dist.barrier()

@@ -1,0 +1,45 @@
+"""`trainer.device` / `trainer.precision` resolve by one set of rules for every stage that trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pipeline.distributed import resolve_device
+from pipeline.nlu.train import training_arguments
+from pipeline.runtime import PipelineError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def test_auto_on_the_cpu_is_fp32() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU-only resolution")
+    assert resolve_device(OmegaConf.create({"device": "auto", "precision": "auto"})) == (torch.device("cpu"), "fp32")
+    assert resolve_device(OmegaConf.create({"device": "cpu", "precision": "bf16"})) == (torch.device("cpu"), "bf16")
+
+
+@pytest.mark.parametrize(("device", "precision", "message"), [
+    ("cpu", "fp16", "trainer.precision=fp16 needs a GPU"),
+    ("cpu", "fp8", "trainer.precision=fp8: use auto, fp32, fp16 or bf16"),
+    pytest.param("cuda", "auto", "trainer.device=cuda but no CUDA GPU is visible",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")),
+])
+def test_a_setting_that_cannot_work_is_refused(device: str, precision: str, message: str) -> None:
+    with pytest.raises(PipelineError, match=message):
+        resolve_device(OmegaConf.create({"device": device, "precision": precision}))
+
+
+def test_the_nlu_stage_resolves_like_the_asr_stage(tmp_path: Path) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("config", overrides=["nlu=tiny", "trainer.device=cpu", "trainer.precision=fp16"])
+    with pytest.raises(PipelineError, match="trainer.precision=fp16 needs a GPU"):
+        training_arguments(cfg, tmp_path, has_eval=False)
+    cfg.trainer.precision = "auto"
+    args = training_arguments(cfg, tmp_path, has_eval=False)
+    assert args.use_cpu and not args.bf16 and not args.fp16
+    assert args.logging_steps == cfg.trainer.log_every
