@@ -1,0 +1,95 @@
+"""Background recordings: where they come from, which split each belongs to, the wake-word check on
+their transcripts, and the demo's synthesised background (planned in full, synthesised in seconds)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipeline.data.background import (
+    BackgroundKnobs, _texts, background_knobs, ensure_demo_background, hashed_split, load_background, mentions,
+    plan_recordings,
+)
+from pipeline.runtime import PipelineError
+
+SPLITS = ("validation", "test")
+
+
+def test_the_wake_word_counts_only_as_a_whole_word() -> None:
+    assert mentions("Alexa, play jazz", "alexa") and mentions("is that alexa's voice", "alexa")
+    assert not mentions("alexander is coming over", "alexa") and not mentions("a lexus drove past", "alexa")
+    assert mentions("ok hey google", "hey google") and not mentions("hey there google", "hey google")
+
+
+def test_demo_plan_has_several_voices_near_misses_and_no_sentence_in_both_splits() -> None:
+    knobs = BackgroundKnobs()
+    plans = plan_recordings(_texts(), knobs, SPLITS)
+    by_split = {s: [p for p in plans if p["split"] == s] for s in SPLITS}
+    assert {s: sum(p["seconds"] for p in ps) / 3600 for s, ps in by_split.items()} == pytest.approx(
+        {"validation": 2.2, "test": 2.2})
+    for plan in plans:
+        assert len({t.voice for t in plan["turns"]}) >= 3
+        kinds = Counter(t.kind for t in plan["turns"])
+        assert kinds["near_miss"] > 0 and kinds["overheard"] > 0 and kinds["programme"] > kinds["overheard"]
+        assert not any(mentions(t.text, "alexa") for t in plan["turns"])
+    # Test recordings hold sentences the threshold never met on validation.
+    said = {s: {t.text for p in ps for t in p["turns"] if t.kind in ("near_miss", "overheard")} for s, ps in by_split.items()}
+    assert said["validation"] and said["test"] and not said["validation"] & said["test"]
+    heads = {t.text.split()[0] for p in plans for t in p["turns"] if t.kind == "near_miss"}
+    assert {"alexander", "election", "alex", "a"} <= heads
+    assert plan_recordings(_texts(), knobs, SPLITS)[3]["turns"] == plans[3]["turns"]  # seeded
+
+
+def test_demo_background_is_synthesised_once_as_an_export(tmp_path: Path) -> None:
+    knobs = background_knobs({"hours": 0.01, "recording_minutes": 0.25})  # 36 s per split, 15 s recordings
+    export = ensure_demo_background(knobs, tmp_path, SPLITS)
+    recordings = load_background(export, SPLITS, "alexa")
+    assert [r.recording_id for r in recordings] == [f"{s}-{n:03d}" for s in SPLITS for n in range(3)]
+    assert [round(r.seconds, 2) for r in recordings] == [15.0, 15.0, 6.0] * 2
+    info = sf.info(str(recordings[0].path))
+    assert (info.samplerate, info.channels, info.format) == (16000, 1, "FLAC")
+    wave, _ = sf.read(str(recordings[0].path), dtype="float32")
+    assert np.abs(wave).max() > 0.3 and np.sqrt(np.mean(wave[wave != 0] ** 2)) > 0.01  # speech over a noise bed
+    record = json.loads((export / "annotations.jsonl").read_text().splitlines()[0])
+    assert record["segments"][0]["start"] == 0.0 and record["transcript"]
+    stamp = (export / "annotations.jsonl").stat().st_mtime_ns
+    assert ensure_demo_background(knobs, tmp_path, SPLITS) == export
+    assert (export / "annotations.jsonl").stat().st_mtime_ns == stamp  # cached, not synthesised again
+    with pytest.raises(PipelineError, match="data.background"):
+        background_knobs({"hour": 2})
+
+
+def test_folders_exports_and_datasets_as_background(tmp_path: Path, tiny_dataset_path: Path) -> None:
+    noise = (np.random.default_rng(0).standard_normal(8000) * 0.1).astype(np.float32)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    names = [f"tv-{i}.wav" for i in range(12)]
+    for name in names:
+        sf.write(loose / name, noise, 16000)
+    found = load_background(loose, SPLITS, "alexa")
+    # No split folders: each file goes to the split its name hashes to, so both get some.
+    assert {r.recording_id: r.split for r in found} == {n: hashed_split(n, SPLITS) for n in names}
+    assert set(r.split for r in found) == set(SPLITS) and found[0].seconds == pytest.approx(0.5)
+
+    export = tmp_path / "export"
+    (export / "audio").mkdir(parents=True)
+    sf.write(export / "audio/a.wav", noise, 16000)
+    lines = [{"audio": "audio/a.wav", "split": "test", "transcript": "the news at six"},
+             {"audio": "audio/a.wav", "split": "validation", "recording_id": "b", "transcript": "Alexa, stop"}]
+    (export / "annotations.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    with pytest.raises(PipelineError, match="background recording b .*wake word 'alexa'"):
+        load_background(export, SPLITS, "alexa")
+    (export / "annotations.jsonl").write_text(json.dumps({"audio": "../outside.wav"}) + "\n")
+    with pytest.raises(PipelineError, match="line 1: audio path"):
+        load_background(export, SPLITS, "alexa")
+
+    # A built dataset's rows are recordings, and one marked as saying the wake word is refused by name.
+    with pytest.raises(PipelineError, match="background recording validation/validation-0-0 .*wake_word_present"):
+        load_background(tiny_dataset_path, SPLITS, "alexa")
+    with pytest.raises(PipelineError, match="no such file or folder"):
+        load_background(tmp_path / "nope", SPLITS, "alexa")
