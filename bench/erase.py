@@ -9,7 +9,7 @@ promoted models. The deleted account has clips in two of the datasets, so 4 of t
 affected. Each repeat copies the store afresh and times `python -m pipeline.ops.erase` end to end
 (interpreter start and imports included), then checks that the audit is clean and that every file
 of the 16 unaffected runs is byte-identical (nothing that held no deleted data was touched).
-Prints one JSON object: median, min and max seconds over the repeats.
+Prints one JSON object (also `bench/results/erase.json`): median, min and max seconds over the repeats.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
 KEY = "bench-erase-key"
 VICTIM = "amzn1.account.VICTIM0001"
 WORDS = ["alexa", "play", "jazz", "set", "alarm", "for", "seven", "weather", "in", "paris", "turn", "off",
@@ -185,13 +186,16 @@ def main(argv: list[str] | None = None) -> int:
                                    env=environment(root), capture_output=True, text=True)
             audits.append(audit.returncode)
             shutil.rmtree(root)
-    print(json.dumps({
+    result = {
         "datasets": args.datasets, "runs": args.runs, "clips_per_dataset": args.clips,
         "affected_runs": len(layout["affected_runs"]), "store_build_s": round(build_s, 2),
         "erase_s_median": round(statistics.median(seconds), 2), "erase_s_min": round(min(seconds), 2),
         "erase_s_max": round(max(seconds), 2), "repeats": args.repeats,
         "audit_exit_code_before": audit_before, "audit_exit_codes_after": audits, "cores": len(os.sched_getaffinity(0)),
-    }, indent=2))
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "erase.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
     return 0
 
 
