@@ -114,7 +114,7 @@ def flops_per_audio_second(model: torch.nn.Module, device: torch.device, amp: to
 def run_ours(args: argparse.Namespace, result: dict[str, Any]) -> None:
     from pipeline.asr.model import load_asr
     from pipeline.asr.train import run_asr_stage
-    from pipeline.ops.tracking import NullTracker
+    from pipeline.tracking import NullTracker
 
     with tempfile.TemporaryDirectory() as tmp:
         metrics = run_asr_stage(bench_cfg(args, args.steps), Path(tmp), Path(args.dataset), NullTracker())

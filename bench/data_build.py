@@ -57,7 +57,7 @@ def run_ours(export: Path, work: Path, num_proc: int) -> int:
     from omegaconf import OmegaConf
 
     from pipeline.data.build import run_data_stage
-    from pipeline.ops.tracking import NullTracker
+    from pipeline.tracking import NullTracker
 
     cfg = OmegaConf.create({
         "cache_dir": str(work / "cache"),

@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 
 from pipeline.data.annotations import bio_tags, parse_inline
 from pipeline.data.features import dataset_features
-from pipeline.ops.tracking import NullTracker
+from pipeline.tracking import NullTracker
 
 ROOT = Path(__file__).resolve().parents[1]
 MASSIVE = ROOT.parent / "shared" / "data" / "massive"

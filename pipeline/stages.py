@@ -14,8 +14,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.distributed import barrier, place
-from pipeline.ops.tracking import NullTracker, Tracker
 from pipeline.runtime import PipelineError, configure_environment, seed_everything
+from pipeline.tracking import NullTracker, Tracker
 
 KNOWN_STAGES = ("data", "asr", "nlu", "eval")
 

@@ -20,13 +20,7 @@ JOB_MODULES = {"retrain", "audit", "corpus", "gate", "registry", "promote", "rol
 SUBPACKAGES = {"data": "data", "asr": "models", "nlu": "models", "eval": "eval", "ops": "ops", "jobs": "jobs"}
 
 # (importer, imported) pairs that break the rule today; each is on the way out.
-KNOWN = {
-    ("pipeline.data.build", "pipeline.ops.tracking"),
-    ("pipeline.asr.train", "pipeline.ops.tracking"),
-    ("pipeline.nlu.train", "pipeline.ops.tracking"),
-    ("pipeline.eval.run", "pipeline.ops.tracking"),
-    ("pipeline.eval.run", "pipeline.ops.wandb_tracker"),
-}
+KNOWN: set[tuple[str, str]] = set()
 # (importer, imported module, private name) imports across modules that exist today.
 KNOWN_PRIVATE = {
     ("evaluate", "pipeline.stages", "_make_tracker"),

@@ -34,8 +34,8 @@ from pipeline.asr.sampler import epoch_batches, eval_batches
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.data.features import SAMPLING_RATE
 from pipeline.distributed import Placement, all_agree, any_says, barrier, place, total
-from pipeline.ops.tracking import Tracker
 from pipeline.runtime import PipelineError
+from pipeline.tracking import Tracker
 
 
 def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker) -> dict[str, Any]:

@@ -35,8 +35,8 @@ from pipeline.data.privacy import Deletions, load_deletions, load_key, pseudonym
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem
 from pipeline.data.sources import RawRecord, Source, open_sources
 from pipeline.data.splits import assign_split, check_ratios
-from pipeline.ops.tracking import Tracker
 from pipeline.runtime import PipelineError, publish, usable_cores
+from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
 

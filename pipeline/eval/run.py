@@ -34,10 +34,9 @@ from pipeline.eval.coverage import (
 from pipeline.eval.report import plot_confusion, plot_slices, write_report
 from pipeline.eval.stream import background_metrics, background_wake, resolve_background, with_background
 from pipeline.eval.wake import describe_tuning, evaluate_wake, keyword_scores, plot_det, tune_threshold
-from pipeline.ops.tracking import Tracker
-from pipeline.ops.wandb_tracker import transcripts_allowed
 from pipeline.runtime import PipelineError
 from pipeline.text import normalize_text
+from pipeline.tracking import Tracker, transcripts_allowed
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from pipeline.nlu.model import (
     encode_words,
     load_tokenizer,
 )
-from pipeline.ops.tracking import Tracker
 from pipeline.runtime import PipelineError, requested_workers
+from pipeline.tracking import Tracker
 
 NO_COMMAND = "no_command"
 IGNORE = -100

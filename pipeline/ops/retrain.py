@@ -35,8 +35,8 @@ from pipeline.ops.erase import erase_copies
 from pipeline.ops.gate import gate_on_runs
 from pipeline.ops.promote import promote_model, rollback, write_candidate
 from pipeline.ops.registry import Registry, now
-from pipeline.ops.tracking import NullTracker
 from pipeline.runtime import PipelineError, configure_environment
+from pipeline.tracking import NullTracker
 
 EXIT_OK = 0          # promoted, rolled back, or nothing to do
 EXIT_FAILED = 1      # a crash: look at the log

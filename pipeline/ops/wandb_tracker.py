@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.ops.tracking import NullTracker, Tracker
+from pipeline.tracking import NullTracker, Tracker, transcripts_allowed
 
 RUN_ID_FILE = "wandb_run_id"
 # Table columns whose names contain one of these hold (parts of) what was said.
@@ -42,14 +42,6 @@ def resolve_mode(mode: str, env: Mapping[str, str]) -> str:
     if env.get("WANDB_MODE"):
         return env["WANDB_MODE"]
     return "online" if env.get("WANDB_API_KEY") else "offline"
-
-
-def transcripts_allowed(cfg: DictConfig) -> bool:
-    """`logger.log_transcripts`: auto means only for the synthetic demo corpus."""
-    setting = cfg.get("logger", {}).get("log_transcripts", "auto")
-    if setting == "auto" or setting is None:
-        return str(cfg.get("data", {}).get("source", "")) == "demo"
-    return bool(setting)
 
 
 def git_commit(repo: Path) -> str:

@@ -51,7 +51,7 @@ class RecordingTracker:
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
     from pipeline.asr.train import run_asr_stage
-    from pipeline.ops.tracking import NullTracker
+    from pipeline.tracking import NullTracker
 
     cfg_path, run_dir, dataset = sys.argv[1:4]
     run_asr_stage(OmegaConf.load(cfg_path), Path(run_dir), Path(dataset), NullTracker())

@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.build import REASONS, run_data_stage
 from pipeline.data.features import dataset_features
-from pipeline.ops.tracking import NullTracker
 from pipeline.runtime import PipelineError
+from pipeline.tracking import NullTracker
 
 KEY_ENV = "PIPELINE_TEST_DATA_KEY_UNSET"
 

@@ -17,7 +17,7 @@ from datasets import load_from_disk
 from omegaconf import OmegaConf
 
 from pipeline.data.build import run_data_stage
-from pipeline.ops.tracking import NullTracker
+from pipeline.tracking import NullTracker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ def test_killed_build_leaves_no_dataset_and_the_next_build_succeeds(tmp_path: Pa
         from pathlib import Path
         from omegaconf import OmegaConf
         from pipeline.data.build import run_data_stage
-        from pipeline.ops.tracking import NullTracker
+        from pipeline.tracking import NullTracker
         run_data_stage(OmegaConf.load({str(tmp_path / 'cfg.yaml')!r}), Path({str(tmp_path / 'killed')!r}), NullTracker())
     """)
     datasets_dir = tmp_path / "cache" / "datasets"

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from pipeline.data.build import run_data_stage
 from pipeline.data.features import dataset_features
-from pipeline.ops.tracking import NullTracker
+from pipeline.tracking import NullTracker
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # samples of SLURP devel and MASSIVE en-US
 

@@ -15,8 +15,8 @@ import soundfile as sf
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value, load_from_disk
 
 from pipeline.data.build import run_data_stage
-from pipeline.ops.tracking import NullTracker
 from pipeline.runtime import PipelineError
+from pipeline.tracking import NullTracker
 from tests.data.test_build import build, make_cfg, record, write_export
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from pipeline.nlu import NLUModel
 from pipeline.nlu.train import run_nlu_stage
-from pipeline.ops.tracking import NullTracker
+from pipeline.tracking import NullTracker
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

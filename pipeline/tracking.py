@@ -1,13 +1,16 @@
 """The experiment tracker every stage logs to: W&B, or nothing.
 
 Stages only see this small interface, so a run without W&B (`logger=none`) takes the same
-code path, and tests can read back what was logged.
+code path, and tests can read back what was logged. The implementations (pipeline.ops.wandb_tracker)
+sit above the stages; the interface sits below them, so a stage never imports a tracker's library.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Protocol
+
+from omegaconf import DictConfig
 
 
 class Tracker(Protocol):
@@ -47,3 +50,12 @@ class NullTracker:
 
     def finish(self) -> None:
         pass
+
+
+def transcripts_allowed(cfg: DictConfig) -> bool:
+    """`logger.log_transcripts`: auto means only for the synthetic demo corpus (real users' words
+    stay out of every tracker unless someone decides otherwise)."""
+    setting = cfg.get("logger", {}).get("log_transcripts", "auto")
+    if setting == "auto" or setting is None:
+        return str(cfg.get("data", {}).get("source", "")) == "demo"
+    return bool(setting)
