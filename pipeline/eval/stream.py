@@ -35,6 +35,7 @@ from pipeline.data.background import (
     DEMO_DIR, SAMPLING_RATE, Recording, background_knobs, ensure_demo_background, load_background,
 )
 from pipeline.eval.wake import NEG_INF, WakeResult, keyword_trace
+from pipeline.runtime import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,12 @@ def stream_background(
     stride = int(np.prod(model.config.conv_stride))
     window = max(1, round(settings.window_s * SAMPLING_RATE / stride)) * stride
     hop = max(1, round(settings.hop_s * SAMPLING_RATE / stride)) * stride
-    if hop > window:
-        raise ValueError(f"eval.stream_hop_s ({settings.hop_s}) must not exceed eval.stream_window_s ({settings.window_s})")
+    if not 0 < settings.hop_s <= settings.window_s or settings.refractory_s < 0:
+        raise PipelineError(
+            f"eval.stream_hop_s={settings.hop_s:g}, eval.stream_window_s={settings.window_s:g}, eval.refractory_s="
+            f"{settings.refractory_s:g}: the hop must be > 0 and at most the window (the difference is the context "
+            "each scored frame gets), the refractory period >= 0"
+        )
     margin = (window - hop) // 2 // stride  # frames of each window's edges left to its neighbours
     device = next(model.parameters()).device
     use_mask = bool(getattr(processor.feature_extractor, "return_attention_mask", False))
@@ -398,8 +403,6 @@ def resolve_background(cfg: Any) -> Path | None:
     synthesises one from `data.background`, cached like its clips), else none."""
     if OmegaConf.select(cfg, "eval", default=None) is None:
         return None
-    from pipeline.runtime import PipelineError
-
     value = cfg.eval.get("background", "auto")
     if value is None or str(value).lower() in ("none", "null", ""):
         return None

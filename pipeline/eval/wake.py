@@ -61,20 +61,16 @@ def keyword_trace(emissions: np.ndarray, lengths: np.ndarray, keyword_ids: list[
     # A state may be skipped from two back when it is a token and differs from the token two back
     # (the usual CTC rule: a blank is needed between repeated characters).
     skip = np.array([i >= 2 and states[i] != blank_id and states[i] != states[i - 2] for i in range(n_states)])
-    no_skip = ~skip[2:]
     # Entering the keyword: its leading blank or its first token, right after a filler frame; filler
     # frames before the keyword cost nothing, so entering at any frame is free.
     entry = np.where(np.arange(n_states) < 2, 0.0, NEG_INF)
     score = np.full((batch, n_states), NEG_INF)
     trace = np.full((batch, frames), NEG_INF)
     best = np.empty_like(score)
-    from_two_back = np.empty((batch, n_states - 2))
     for t in range(frames):
         np.maximum(score, entry, out=best)
         np.maximum(best[:, 1:], score[:, :-1], out=best[:, 1:])
-        np.copyto(from_two_back, score[:, :-2])
-        from_two_back[:, no_skip] = NEG_INF
-        np.maximum(best[:, 2:], from_two_back, out=best[:, 2:])
+        np.maximum(best[:, 2:], np.where(skip[2:], score[:, :-2], NEG_INF), out=best[:, 2:])
         score = best + emit[:, t]
         score[t >= lengths] = NEG_INF
         trace[:, t] = score[:, -2:].max(axis=1)
