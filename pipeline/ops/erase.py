@@ -30,6 +30,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -54,6 +55,7 @@ STATE = "state.json"
 LM_ORDERS = (3, 4, 5, 6)
 WORD_DELIMITER = "|"
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
+REPORTS = ("report.md", "report.html", "eval_details.json")
 
 
 # ---------------------------------------------------------------------------- what is deleted
@@ -348,6 +350,60 @@ def filter_predictions(path: Path, key: bytes, deleted: set[str], texts: set[str
     return dropped
 
 
+PSEUDONYM_TEXT = re.compile(r"\b(?:utt|acct|dev)_[0-9a-f]{16}\b")
+FRAGMENTS = re.compile(r"[|<>\n\t\"]+")
+
+
+def mentions(key: bytes, deleted: set[str], texts: set[str], line: str) -> bool:
+    """Does this line of a report name a deleted clip's pseudonym or quote its transcript?"""
+    if set(PSEUDONYM_TEXT.findall(line)) & deleted:
+        return True
+    return any(text_hash(key, f.strip()) in texts for f in FRAGMENTS.split(line) if f.strip())
+
+
+def _prune(value: Any, key: bytes, deleted: set[str], texts: set[str]) -> tuple[Any, int]:
+    """A JSON value without the entries that name a deleted clip (keys or strings), and how many went."""
+    if isinstance(value, dict):
+        out, dropped = {}, 0
+        for k, v in value.items():
+            if mentions(key, deleted, texts, str(k)):
+                dropped += 1
+                continue
+            out[k], n = _prune(v, key, deleted, texts)
+            dropped += n
+        return out, dropped
+    if isinstance(value, list):
+        items, dropped = [], 0
+        for v in value:
+            pruned, n = _prune(v, key, deleted, texts)
+            if isinstance(v, str) and mentions(key, deleted, texts, v) or (isinstance(v, dict) and n):
+                dropped += 1
+                continue
+            items.append(pruned)
+        return items, dropped
+    return value, 0
+
+
+def filter_report(path: Path, key: bytes, deleted: set[str], texts: set[str]) -> int:
+    """Drop the report lines (JSON entries for .json) of deleted clips; returns how many went."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".json":
+        try:
+            pruned, dropped = _prune(json.loads(text), key, deleted, texts)
+        except json.JSONDecodeError:
+            return 0
+        new = json.dumps(pruned, indent=2) + "\n"
+    else:
+        lines = text.splitlines(keepends=True)
+        kept = [line for line in lines if not mentions(key, deleted, texts, line)]
+        dropped, new = len(lines) - len(kept), "".join(kept)
+    if dropped:
+        tmp = path.with_name(".tmp-" + path.name)
+        tmp.write_text(new)
+        os.replace(tmp, path)
+    return dropped
+
+
 def prediction_hit(key: bytes, deleted: set[str], texts: set[str], row: dict[str, Any]) -> bool:
     if row_matches(key, deleted, row.get("utterance_id"), row.get("speaker"), row.get("device")):
         return True
@@ -496,6 +552,11 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
                     dropped = filter_predictions(f, key, deleted, ledger.texts)
                     if dropped:
                         job.remove("predictions", f, lines=dropped)
+            for f in [run / n for n in REPORTS] + [run / "incumbent" / n for n in REPORTS]:
+                if f.is_file() and not f.is_symlink():
+                    dropped = filter_report(f, key, deleted, ledger.texts)
+                    if dropped:
+                        job.remove("report", f, lines=dropped)
 
     for f in staging_files(roots):
         if f in staged or (ledger.digests and md5_b64(f) in ledger.digests):

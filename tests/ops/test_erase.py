@@ -182,3 +182,42 @@ def test_online_runs_of_erased_runs_are_deleted_through_the_wandb_api(store: dic
                        "run abc123 artifacts=True"]
     online = {o["run"]: o["online"] for o in _receipt(root)["wandb_online"]}
     assert online == {"abc123": "deleted", "never-uploaded": "not found"}
+
+
+def test_other_runs_lose_only_the_lines_of_deleted_clips(store: dict[str, Any]) -> None:
+    """A run not trained on the account (say, evaluated later on a split holding its clips) keeps
+    its model; only the predictions and report lines of the deleted clips go."""
+    from pipeline.data.privacy import pseudonym
+
+    root, run = store["root"], store["runs"][1]
+    victim = pseudonym(KEY.encode(), "acct", VICTIM)
+    predictions = run / "predictions.jsonl"
+    kept_predictions = predictions.read_text()
+    predictions.write_text(kept_predictions + json.dumps({"utterance_id": "late-1", "speaker": victim,
+                                                          "reference": "alexa", "hypothesis": "alexa"}) + "\n"
+                           + json.dumps({"utterance_id": "late-2", "speaker": "acct_0000000000000000",
+                                         "reference": VICTIM_SENTENCES[1], "hypothesis": "x"}) + "\n")
+    report = run / "report.md"
+    kept_report = report.read_text()
+    report.write_text(kept_report + f"| late-2 | {VICTIM_SENTENCES[1]} |\n")
+    (run / "eval_details.json").write_text(json.dumps({"wer_by": {"speaker": {victim: {"wer": 0.5},
+                                                                               "acct_0000000000000000": {"wer": 0.1}}}}))
+    assert audit.main(overrides(root)) == 3
+    assert erase.main(overrides(root)) == 0
+    assert predictions.read_text() == kept_predictions and report.read_text() == kept_report
+    assert json.loads((run / "eval_details.json").read_text()) == {"wer_by": {"speaker": {"acct_0000000000000000": {"wer": 0.1}}}}
+    assert (run / "asr" / "model.safetensors").is_file() and not (run / DO_NOT_SYNC).exists()
+    assert audit.main(overrides(root)) == 0
+
+
+def test_the_inventory_claims_every_file_and_names_a_new_writer(store: dict[str, Any]) -> None:
+    from pipeline.ops.inventory import Roots, unclaimed
+
+    root = store["root"]
+    roots = Roots.from_cfg(audit.load_config(overrides(root)))
+    assert unclaimed(roots) == []
+    stray = [store["runs"][1] / "embeddings.npy", root / "cache" / "features" / "x.npy"]
+    for path in stray:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\0")
+    assert unclaimed(roots) == sorted(p.resolve() for p in stray)
