@@ -1,6 +1,8 @@
 """Re-evaluate a finished run: `python evaluate.py run=<run folder>` (see conf/evaluate.yaml).
 
-Also takes explicit `asr_model=`, `nlu_model=` and `dataset=` paths. Writes into the run folder.
+Also evaluates any model on any built dataset: `asr_model=` alone, `nlu_model=` alone, or both, with
+`dataset=`. Metrics the models or the labels cannot give are left out of metrics.json and the
+report says why. Writes into the run folder.
 """
 
 import json
@@ -10,20 +12,21 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from pipeline import run_folder
 from pipeline.runtime import PipelineError, configure_environment, fail, seed_everything
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     from pipeline.eval.run import run_eval_stage
-    from pipeline.stages import _make_tracker
+    from pipeline.stages import make_tracker
 
     try:
         run_dir = Path(cfg.run_dir).resolve()
         configure_environment(run_dir, Path(cfg.cache_dir).resolve())
         seed_everything(int(cfg.seed))
         dataset = _dataset_path(cfg, run_dir)
-        tracker = _make_tracker(cfg, run_dir, ["eval"])
+        tracker = make_tracker(cfg, run_dir, ["eval"])
         try:
             metrics = run_eval_stage(cfg, run_dir, dataset, tracker)
         finally:
@@ -37,12 +40,13 @@ def main(cfg: DictConfig) -> None:
 def _dataset_path(cfg: DictConfig, run_dir: Path) -> Path:
     if cfg.dataset:
         return Path(cfg.dataset).resolve()
-    report = run_dir / "build_report.json"
-    if not report.exists():
+    path = run_folder.dataset_path(run_dir)
+    if path is None:
         raise PipelineError(
-            f"{report} does not exist: pass run=<a finished run folder>, or dataset=<built dataset folder>"
+            f"{run_dir / run_folder.BUILD_REPORT} does not exist: pass run=<a finished run folder>, "
+            "or dataset=<built dataset folder>"
         )
-    return Path(json.loads(report.read_text())["dataset_path"])
+    return path
 
 
 def _check_run_argument(argv: list[str]) -> None:

@@ -60,7 +60,7 @@ class HFSource:
         self.audio_column = find_audio_column(dataset.features, data_cfg.get("columns", {}).get("audio"), self.path)
         self.dataset = dataset.cast_column(self.audio_column, Audio(decode=False))
         self.mapping = map_columns(self.dataset, _plain(data_cfg.get("columns")), self.path)
-        self.constants = _plain(data_cfg.get("constants"))
+        self.constants = {k: v for k, v in _plain(data_cfg.get("constants")).items() if v is not None}
         unknown = sorted(set(self.constants) - set(FIELDS))
         if unknown:
             raise PipelineError(f"data.constants: {unknown} are not canonical fields; use some of {list(FIELDS)}")
@@ -201,18 +201,18 @@ def find_audio_column(features: Any, named: str | None, path: str) -> str:
 def map_columns(dataset: Any, columns: dict[str, Any], path: str) -> dict[str, str]:
     """field -> dataset column: `data.columns` first, then same-named columns, then ALIASES."""
     have = list(dataset.column_names)
-    explicit = {k: v for k, v in columns.items() if k != "audio"}
+    explicit = {k: v for k, v in columns.items() if k != "audio" and v is not None}
     unknown = sorted(set(explicit) - set(FIELDS))
     if unknown:
         raise PipelineError(f"data.columns: {unknown} are not canonical fields; map some of {list(FIELDS)} "
                             f"(and optionally audio) onto columns of {path}")
     for field, column in explicit.items():
-        if column is not None and column not in have:
+        if column not in have:
             raise PipelineError(f"data.columns.{field}={column}: {path} has no column {column!r}; its columns are {have}")
-    mapping = {field: str(column) for field, column in explicit.items() if column is not None}
+    mapping = {field: str(column) for field, column in explicit.items()}
     taken = set(mapping.values())
     for field in FIELDS:
-        if field in mapping or field in explicit:  # an explicit null switches a field off
+        if field in mapping:
             continue
         for candidate in (field, *ALIASES.get(field, ())):
             if candidate in have and candidate not in taken:
