@@ -148,7 +148,21 @@ def dataset_folders(roots: Roots) -> list[Path]:
     folder = roots.cache / "datasets"
     if not check_root("cache", roots.cache) or not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir())
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not _being_built(p))
+
+
+def _being_built(folder: Path) -> bool:
+    """A `.tmp-<fingerprint>-<pid>` build whose process still runs (it renames itself when done;
+    the next erase or audit sees it then). A dead writer's leftover is scanned like any dataset."""
+    if not folder.name.startswith(".tmp-"):
+        return False
+    try:
+        os.kill(int(folder.name.rsplit("-", 1)[1]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def dataset_rows(folder: Path, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:

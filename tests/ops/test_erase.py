@@ -221,3 +221,19 @@ def test_the_inventory_claims_every_file_and_names_a_new_writer(store: dict[str,
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"\0")
     assert unclaimed(roots) == sorted(p.resolve() for p in stray)
+
+
+def test_an_erased_promoted_model_still_needs_replacing(store: dict[str, Any]) -> None:
+    """After a standalone erase of the promoted model, the next retraining must replace it
+    (deletion beats the gate) rather than fail to compare against a model with no weights."""
+    registry = Registry(store["root"] / "registry")
+    current = registry.current()
+    trained = current["trained_on"][:2]
+    assert registry.affected_by(trained)[0]["model_id"] == current["model_id"]
+    registry.mark_erased(current["model_id"])
+    assert not registry.has_weights(current["model_id"])
+    assert [a["model_id"] for a in registry.affected_by(trained)] == [current["model_id"]]
+    # A retired model, once erased, needs nothing more.
+    retired = registry.record("model-0")["trained_on"][:1]
+    registry.mark_erased("model-0")
+    assert registry.affected_by(retired) == []
