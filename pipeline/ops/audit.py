@@ -33,9 +33,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from pipeline.ops.corpus import pending_deletions, pseudonym_key
-from pipeline.ops.erase import (AUDIO_SUFFIXES, LM_ORDERS, Ledger, dataset_folders, dataset_rows, deleted_set,
+from pipeline.ops.erase import (AUDIO_SUFFIXES, Ledger, dataset_folders, dataset_rows, deleted_set,
                                 derived_parts, export_folders, find_traces, gram_hash, md5_b64, prediction_hit,
-                                record_names, row_matches, run_fingerprint, staging_files, text_hash)
+                                record_names, run_fingerprint, staging_files, text_hash)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, walk_files
 from pipeline.ops.registry import Registry
 from pipeline.runtime import PipelineError
@@ -177,40 +177,50 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]]]:
             findings.append(Finding("W&B staging", "derived", str(f), "a staged copy of an erased run's file"))
 
     # Every file, byte by byte where it can hold ids or text; decoded where it is audio.
-    for name, root in roots.named().items():
-        if not root.is_dir():
-            continue
-        for f in walk_files(root):
-            if f.is_symlink():
-                continue
-            kind = _kind_of(f, roots, runs)
-            if f.suffix.lower() in AUDIO_SUFFIXES:
-                findings += _audio_findings(f, kind, audio)
-                continue
-            if f.name == "char_lm.arpa":
-                held = _lm_holds(f, key, grams)
-                if held:
-                    findings.append(Finding("language model", "transcript", str(f),
-                                            f"holds every n-gram of {held} deleted transcript(s)"))
-                continue
-            textual = f.suffix.lower() in TEXT_SUFFIXES or f in staged or f.suffix == ".wandb"
-            if not textual or f.stat().st_size > MAX_TEXT_BYTES or _bookkeeping(f.resolve(), roots):
-                continue
-            data = f.read_bytes()
-            ids = {m.decode() for m in PSEUDONYM.findall(data)} & deleted
-            if ids:
-                findings.append(Finding(kind, "pseudonym", str(f), f"{len(ids)} deleted pseudonymous id(s)"))
-            text = data.decode("utf-8", errors="replace")
-            if f.name.endswith(".jsonl") and "predictions" in f.name:
-                rows = [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
-                hits = sum(1 for r in rows if isinstance(r, dict) and prediction_hit(key, deleted, texts, r))
-                if hits:
-                    findings.append(Finding("predictions", "transcript", str(f), f"{hits} line(s) of deleted clips"))
-                continue
-            said = {text_hash(key, t) for t in _texts_in(text)} & texts
-            if said:
-                findings.append(Finding(kind, "transcript", str(f), f"{len(said)} deleted transcript(s)"))
+    files = {f.resolve(): f for root in roots.named().values() if root.is_dir()
+             for f in walk_files(root) if not f.is_symlink()}  # roots may nest: each file once
+    wanted = Wanted(key, deleted, audio, texts, grams)
+    for f in sorted(files.values()):
+        findings += _scan_file(f, _kind_of(f, roots, runs), wanted, f in staged, roots)
     return _dedupe(findings), affected_models
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a trace of a deleted clip looks like: pseudonyms, audio hashes, transcript hashes."""
+
+    key: bytes
+    deleted: set[str]
+    audio: set[str]
+    texts: set[str]
+    grams: dict[str, dict[str, list[str]]]
+
+
+def _scan_file(f: Path, kind: str, wanted: Wanted, staged: bool, roots: Roots) -> list[Finding]:
+    if f.suffix.lower() in AUDIO_SUFFIXES:
+        return _audio_findings(f, kind, wanted.audio)
+    if f.name == "char_lm.arpa":
+        held = _lm_holds(f, wanted.key, wanted.grams)
+        return [Finding("language model", "transcript", str(f), f"holds every n-gram of {held} deleted transcript(s)")] if held else []
+    textual = f.suffix.lower() in TEXT_SUFFIXES or staged or f.suffix == ".wandb"
+    if not textual or f.stat().st_size > MAX_TEXT_BYTES or _bookkeeping(f.resolve(), roots):
+        return []
+    found = []
+    data = f.read_bytes()
+    ids = {m.decode() for m in PSEUDONYM.findall(data)} & wanted.deleted
+    if ids:
+        found.append(Finding(kind, "pseudonym", str(f), f"{len(ids)} deleted pseudonymous id(s)"))
+    text = data.decode("utf-8", errors="replace")
+    if f.name.endswith(".jsonl") and "predictions" in f.name:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
+        hits = sum(1 for r in rows if isinstance(r, dict) and prediction_hit(wanted.key, wanted.deleted, wanted.texts, r))
+        if hits:
+            found.append(Finding("predictions", "transcript", str(f), f"{hits} line(s) of deleted clips"))
+        return found
+    said = {text_hash(wanted.key, t) for t in _texts_in(text)} & wanted.texts
+    if said:
+        found.append(Finding(kind, "transcript", str(f), f"{len(said)} deleted transcript(s)"))
+    return found
 
 
 def _kind_of(f: Path, roots: Roots, runs: list[Path]) -> str:

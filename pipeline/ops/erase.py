@@ -544,10 +544,10 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
             staged |= paths
             entries += [{"type": "digest", "md5": d} for d in sorted(digests - ledger.digests)]
             ledger.digests |= digests
-            run_id = run / "wandb_run_id"
-            if run_id.is_file():
-                online_ids.append(run_id.read_text().strip())
             parts = derived_parts(run)
+            run_id = run / "wandb_run_id"
+            if parts and run_id.is_file():  # first erasure of this run: its online copy goes too
+                online_ids.append(run_id.read_text().strip())
             if parts or not (run / DO_NOT_SYNC).exists():
                 (run / DO_NOT_SYNC).write_text(json.dumps({
                     "reason": "trained on data erased after a deletion request; never upload this run",
