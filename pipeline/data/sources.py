@@ -57,26 +57,24 @@ class Source:
 def open_sources(data_cfg: DictConfig, cache_dir: Path) -> tuple[list[Source], list[Path]]:
     """Every source of the build (`data.sources`, else `data.source` alone) and every deletions file;
     each deletions file applies to every source."""
-    entries = data_cfg.get("sources")
-    if not entries:
-        entries = [data_cfg]
-    elif not isinstance(entries, (list, tuple)) and not OmegaConf.is_list(entries):
+    in_list = bool(data_cfg.get("sources"))
+    entries = data_cfg.get("sources") if in_list else [data_cfg]
+    if not isinstance(entries, (list, tuple)) and not OmegaConf.is_list(entries):
         raise PipelineError("data.sources must be a list of source configs, e.g. [{source: jsonl, path: ...}, {source: hf, path: ...}]")
     allowed = tuple(Path(p) for p in (data_cfg.get("allowed_roots") or []))
     sources: list[Source] = []
     deletions: list[Path] = []
-    if data_cfg.get("sources") and data_cfg.get("deletions"):
-        deletions.append(_deletions_file(data_cfg.get("deletions")))
+    if in_list and data_cfg.get("deletions"):
+        deletions.append(Path(str(data_cfg.get("deletions"))))
     try:
         for i, entry in enumerate(entries):
             if not isinstance(entry, (dict, DictConfig)):
                 raise PipelineError(f"data.sources[{i}] is {entry!r}; each entry is a mapping like conf/data/<source>.yaml")
             entry = entry if isinstance(entry, DictConfig) else OmegaConf.create(entry)
-            if entry is not data_cfg:
+            if in_list:
                 ignored = [k for k in BUILD_KEYS if entry.get(k) is not None and entry.get(k) != data_cfg.get(k)]
                 if ignored:
                     log.warning("data.sources[%d]: %s hold for the whole build; set them on data.* instead", i, ignored)
-            in_list = entries is not None and entry is not data_cfg
             source, dels = open_source(entry, cache_dir, in_list=in_list)
             source.name = str(entry.get("name") or source.kind) if in_list else source.kind
             source.allowed_roots = allowed
@@ -94,10 +92,6 @@ def open_sources(data_cfg: DictConfig, cache_dir: Path) -> tuple[list[Source], l
             source.close()
         raise PipelineError(f"data.sources: the name(s) {repeated} are used twice; give each source its own `name:`")
     return sources, deletions
-
-
-def _deletions_file(value: Any) -> Path:
-    return Path(str(value))
 
 
 def open_source(data_cfg: DictConfig, cache_dir: Path, in_list: bool = False) -> tuple[Source, Path | None]:
