@@ -8,7 +8,7 @@ SYSTEM_PACKAGES := espeak-ng ffmpeg libsndfile1
 NPROC ?= 2
 ARGS ?=
 
-.PHONY: setup system-packages train train-ddp test test-fast evaluate retrain promote rollback erase audit-deletions compare sync bench bench-data bench-asr bench-nlu bench-eval bench-erase clean
+.PHONY: setup system-packages train train-ddp test test-fast evaluate review retrain promote rollback erase audit-deletions compare sync bench bench-data bench-asr bench-nlu bench-eval bench-erase clean
 
 setup: system-packages $(STAMP)
 
@@ -44,6 +44,11 @@ train-ddp: setup
 evaluate: setup
 	@test -n "$(RUN)" || { echo "usage: make evaluate RUN=outputs/<date>/<time>"; exit 2; }
 	$(PY) evaluate.py run=$(RUN) $(ARGS)
+
+# Annotation review of a finished run with its own models: <run>/review/queue.jsonl and a report section.
+review: setup
+	@test -n "$(RUN)" || { echo "usage: make review RUN=outputs/<date>/<time>"; exit 2; }
+	$(PY) -m pipeline.review $(RUN) $(ARGS)
 
 # Scheduled retraining. Exit codes (0 promoted/nothing to do, 1 crash, 2 config, 3 rejected,
 # 4 busy) are retrain.py's; make reports any failure as 2, so schedulers call retrain.py directly.

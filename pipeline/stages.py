@@ -6,18 +6,18 @@ run folder; this module only decides the order and hands results from one stage 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import run_folder
 from pipeline.distributed import barrier, place
 from pipeline.runtime import PipelineError, configure_environment, seed_everything
 from pipeline.tracking import NullTracker, Tracker
 
-KNOWN_STAGES = ("data", "asr", "nlu", "eval")
+KNOWN_STAGES = ("data", "asr", "nlu", "eval", "review")
 
 
 def run_stages(cfg: DictConfig) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
     # rank 0 alone builds the dataset and evaluates while the others wait for it.
     placement = place(cfg.trainer) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     is_main = placement is None or placement.is_main
-    tracker = _make_tracker(cfg, run_dir, stages)
+    tracker = make_tracker(cfg, run_dir, stages)
     results: dict[str, Any] = {}
     try:
         if "data" in stages:
@@ -42,10 +42,13 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
 
             if is_main:
                 results["data"] = run_data_stage(cfg, run_dir, tracker)
+                from pipeline.data.label_noise import copy_manifest
+
+                copy_manifest(cfg, run_dir)  # the demo's planted annotation errors, if any
             if placement is not None:
                 barrier(placement)
-        dataset_path = _existing_dataset(run_dir)
-        if any(s in stages for s in ("asr", "nlu", "eval")) and dataset_path is None:
+        dataset_path = run_folder.dataset_path(run_dir)
+        if any(s in stages for s in ("asr", "nlu", "eval", "review")) and dataset_path is None:
             raise PipelineError(
                 f"stages {stages} need a built dataset, but {run_dir}/build_report.json does not exist; "
                 "add `data` to stages"
@@ -65,19 +68,17 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
                 results["eval"] = run_eval_stage(cfg, run_dir, dataset_path, tracker)
             if placement is not None:
                 barrier(placement)
+        if "review" in stages and is_main:
+            from pipeline.review.stage import run_review_stage
+
+            results["review"] = run_review_stage(cfg, run_dir, dataset_path, tracker)
     finally:
         tracker.finish()
     return results
 
 
-def _existing_dataset(run_dir: Path) -> Path | None:
-    report = run_dir / "build_report.json"
-    if report.exists():
-        return Path(json.loads(report.read_text())["dataset_path"])
-    return None
-
-
-def _make_tracker(cfg: DictConfig, run_dir: Path, stages: list[str]) -> Tracker:
+def make_tracker(cfg: DictConfig, run_dir: Path, stages: list[str]) -> Tracker:
+    """The tracker `logger.name` asks for (W&B, or none), tagged with the stages it records."""
     if cfg.logger.get("name", "none") == "none":
         return NullTracker()
     from pipeline.ops.wandb_tracker import make_wandb_tracker

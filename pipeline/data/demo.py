@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.data.label_noise import with_label_noise
 from pipeline.runtime import PipelineError, publish, remove_abandoned_temp_dirs, usable_cores
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ class DemoKnobs:
     # clip). The demo's 127 voices are what make its ASR hard; one voice shows whether the ASR
     # path learns at all (see docs/experiments.md).
     voice: str | None = None
+    # Share of clips per kind whose annotation is corrupted (pipeline.data.label_noise), to score
+    # the review stage against known errors. Applied to the finished export: the audio is shared.
+    label_noise: float = 0.0
 
 
 def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path) -> tuple[Path, Path | None]:
@@ -66,7 +70,7 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     out = Path(cache_dir) / "demo" / _cache_key(knobs, espeak)
     deletions = out / "deletions.jsonl" if deletions_src.exists() else None
     if (out / "annotations.jsonl").exists():
-        return out / "annotations.jsonl", deletions
+        return with_label_noise(out / "annotations.jsonl", knobs.label_noise, knobs.seed), deletions
 
     missing = unknown_voices({r["voice"] for r in records})
     if missing and knobs.voice is not None:  # asked for by name: no silent fallback
@@ -94,7 +98,7 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
         publish(tmp, out, marker="annotations.jsonl")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out / "annotations.jsonl", deletions
+    return with_label_noise(out / "annotations.jsonl", knobs.label_noise, knobs.seed), deletions
 
 
 def _knobs(data_cfg: DictConfig | Mapping[str, Any]) -> DemoKnobs:
@@ -163,7 +167,7 @@ def _cache_key(knobs: DemoKnobs, espeak: str) -> str:
     for name in ("utterances.jsonl", "deletions.jsonl"):
         path = DEMO_DIR / name
         h.update(path.read_bytes() if path.exists() else b"")
-    selection = {k: v for k, v in asdict(knobs).items() if k != "workers"}
+    selection = {k: v for k, v in asdict(knobs).items() if k not in ("workers", "label_noise")}
     h.update(json.dumps([EXPORT_VERSION, espeak, selection], sort_keys=True).encode())
     return h.hexdigest()[:16]
 

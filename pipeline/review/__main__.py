@@ -1,0 +1,62 @@
+"""`python -m pipeline.review <run folder> [key=value ...]` (or `make review RUN=<run>`): review a
+finished run's annotations with its own models and config, in place.
+
+The run's saved config.yaml decides the models' settings (its `nlu` backbone, its `eval` wake
+word); `key=value` arguments override it (e.g. `review.folds=3`, `logger.name=none`). A run made
+before the review existed gets conf/review/default.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.tracking import NullTracker, Tracker
+from pipeline.runtime import PipelineError, configure_environment, fail, seed_everything
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def main(argv: list[str]) -> None:
+    if not argv or "=" in argv[0]:
+        fail("usage: python -m pipeline.review <run folder> [key=value ...]  (make review RUN=outputs/<date>/<time>)")
+    run_dir = Path(argv[0]).resolve()
+    try:
+        if not (run_dir / "config.yaml").is_file() or not (run_dir / "build_report.json").is_file():
+            raise PipelineError(f"{run_dir}: not a finished run folder (config.yaml and build_report.json expected); "
+                                "pass the folder of a run whose data stage finished (outputs/<date>/<time>)")
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        if "review" not in cfg:
+            cfg.review = OmegaConf.load(CONF / "review" / "default.yaml")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv[1:]))
+        configure_environment(run_dir, Path(cfg.cache_dir))
+        seed_everything(int(cfg.get("seed", 0)))
+        dataset = Path(json.loads((run_dir / "build_report.json").read_text())["dataset_path"])
+        from pipeline.review.stage import run_review_stage
+
+        tracker = _tracker(cfg, run_dir)
+        try:
+            result = run_review_stage(cfg, run_dir, dataset, tracker)
+        finally:
+            tracker.finish()
+        print(json.dumps(result, indent=2))
+    except PipelineError as err:
+        fail(str(err))
+
+
+def _tracker(cfg: DictConfig, run_dir: Path) -> Tracker:
+    """The run's own logger (W&B resumes the run's entry), as the stage runner makes it."""
+    if OmegaConf.select(cfg, "logger.name", default="none") == "none":
+        return NullTracker()
+    from pipeline.ops.wandb_tracker import make_wandb_tracker
+
+    return make_wandb_tracker(cfg, run_dir, tags=["review"])
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main(sys.argv[1:])

@@ -1,0 +1,145 @@
+"""Out-of-sample NLU probabilities for every clip, by k-fold cross-fitting over accounts.
+
+A model cannot judge the labels it was trained on: it has learnt them, wrong ones included. So
+every clip is scored by a model fitted on the other folds only, and folds are whole accounts
+(a speaker's clips resemble each other, and a fold that shares a voice would leak). Refitting the
+whole NLU k times would cost k NLU trainings; instead the NLU's own encoder, as it was before
+fine-tuning (the backbone `nlu` names, frozen), embeds each text once, and the two heads the NLU
+puts on it (intent from the mean-pooled output, a BIO tag per word from its first sub-token) are
+refitted per fold as logistic regressions: seconds, and the standard recipe for confident learning.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.runtime import PipelineError
+
+
+@dataclass
+class TextEmbeddings:
+    """Per clip: the mean-pooled sentence vector, and one vector per word (its first sub-token)."""
+
+    pooled: np.ndarray
+    words: list[np.ndarray]
+    seconds: float = 0.0
+
+
+@dataclass
+class Folds:
+    """`fold[i]`: the fold clip i is held out in; folds never split an account."""
+
+    fold: np.ndarray
+    accounts: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def account_folds(speakers: list[str], folds: int) -> Folds:
+    from sklearn.model_selection import GroupKFold
+
+    accounts = len(set(speakers))
+    if folds < 2:
+        raise PipelineError(f"review.folds={folds}: cross-fitting needs at least 2 folds (default 5)")
+    if folds > accounts:
+        raise PipelineError(
+            f"review.folds={folds} is more than the {accounts} accounts the clips come from; folds are whole "
+            f"accounts, so set review.folds to at most {accounts}"
+        )
+    fold = np.zeros(len(speakers), dtype=int)
+    for k, (_, held) in enumerate(GroupKFold(n_splits=folds).split(np.zeros(len(speakers)), groups=speakers)):
+        fold[held] = k
+    return Folds(fold, accounts)
+
+
+def load_backbone(nlu_cfg: DictConfig, nlu_dir: Path, seed: int) -> tuple[Any, Any, int]:
+    """(encoder, tokenizer, max_length): the run's NLU tokenizer, and its backbone before fine-tuning."""
+    from transformers import AutoConfig, AutoModel
+
+    from pipeline.nlu.model import load_tokenizer
+    from pipeline.nlu.train import resolve_backbone
+
+    config = AutoConfig.from_pretrained(str(nlu_dir))
+    tokenizer = load_tokenizer(nlu_dir, config)
+    max_length = int(getattr(config, "nlu_max_length", 64))
+    kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
+    encoder_config = OmegaConf.select(nlu_cfg, "encoder_config", default=None)
+    if encoder_config:  # a randomly initialised encoder (smoke runs): the same one for the same seed
+        fields = OmegaConf.to_container(encoder_config, resolve=True)
+        torch.manual_seed(seed)
+        encoder = AutoModel.from_config(AutoConfig.for_model(fields.pop("model_type"), **fields), **kwargs)
+    else:
+        name = OmegaConf.select(nlu_cfg, "model_name_or_path", default=None)
+        if not name:
+            raise PipelineError("the run's config has no nlu.model_name_or_path; the review needs the NLU's backbone")
+        backbone = resolve_backbone(str(name), OmegaConf.select(nlu_cfg, "model_sha256", default=None))
+        encoder = AutoModel.from_pretrained(backbone, **kwargs)
+    return encoder.eval(), tokenizer, max_length
+
+
+@torch.inference_mode()
+def embed(encoder: Any, tokenizer: Any, words: list[list[str]], max_length: int, batch_size: int = 64) -> TextEmbeddings:
+    from pipeline.nlu.model import encode_words
+
+    started = time.perf_counter()
+    pooled = np.zeros((len(words), encoder.config.hidden_size), dtype=np.float32)
+    per_word: list[np.ndarray] = [np.zeros((0, 0))] * len(words)
+    order = sorted(range(len(words)), key=lambda i: len(words[i]))
+    for k in range(0, len(order), batch_size):
+        idx = order[k : k + batch_size]
+        enc, firsts = encode_words(tokenizer, [words[i] for i in idx], max_length)
+        hidden = encoder(**enc).last_hidden_state.float()
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        mean = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).numpy()
+        for row, i in enumerate(idx):
+            pooled[i] = mean[row]
+            first = torch.tensor([max(p, 0) for p in firsts[row]], dtype=torch.long)
+            vectors = hidden[row, first].numpy() if len(first) else np.zeros((0, hidden.shape[-1]), np.float32)
+            vectors[[p < 0 for p in firsts[row]]] = 0.0  # words past max_length: nothing known
+            per_word[i] = vectors
+    return TextEmbeddings(pooled, per_word, time.perf_counter() - started)
+
+
+def out_of_fold_probs(x: np.ndarray, y: np.ndarray, fold: np.ndarray, n_classes: int, c: float) -> np.ndarray:
+    """P(class | x) for each row from a logistic regression fitted on the other folds' rows.
+
+    Multinomial, L2-penalised as scikit-learn's (`c` is its C), fitted full-batch with L-BFGS in
+    torch: the per-word tagger has tens of classes and thousands of rows, which scikit-learn's
+    solver takes minutes over on two cores. A class missing from the other folds gets a small
+    floor, so an annotation of a class seen nowhere else reads as very doubtful, not impossible.
+    """
+    probs = np.zeros((len(y), n_classes))
+    for k in np.unique(fold):
+        train, held = fold != k, fold == k
+        mean, std = x[train].mean(0), x[train].std(0) + 1e-6
+        weight, bias = _fit_softmax(torch.from_numpy((x[train] - mean) / std).float(), torch.from_numpy(y[train]),
+                                    n_classes, c)
+        logits = torch.from_numpy((x[held] - mean) / std).float() @ weight + bias
+        probs[held] = logits.softmax(-1).numpy()
+    probs = np.maximum(probs, 1e-6)
+    return probs / probs.sum(1, keepdims=True)
+
+
+def _fit_softmax(x: torch.Tensor, y: torch.Tensor, n_classes: int, c: float, iterations: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    weight = torch.zeros(x.shape[1], n_classes, requires_grad=True)
+    bias = torch.zeros(n_classes, requires_grad=True)
+    present = torch.zeros(n_classes, dtype=torch.bool)
+    present[y.unique()] = True
+    absent = torch.where(present, 0.0, -30.0)  # never seen in these folds: never predicted from them
+    optimiser = torch.optim.LBFGS([weight, bias], max_iter=iterations, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ weight + bias + absent, y, reduction="sum")
+        loss = loss + 0.5 / c * (weight**2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return weight.detach(), (bias + absent).detach()

@@ -1,0 +1,187 @@
+"""The review stage: score every kept clip of every split for likely annotation errors.
+
+Reads the built dataset and the run's `asr/` and `nlu/` models; writes `<run>/review/queue.jsonl`
+(one line per clip and kind where the model disagrees with the annotation, most suspicious first),
+`<run>/review/summary.json`, and a section of report.md / report.html. A run without one of the
+models still reviews what the other can judge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.review.crossfit import account_folds, embed, load_backbone
+from pipeline.review.suspects import KINDS, Suspect, budget, rank
+from pipeline.runtime import PipelineError
+from pipeline.tracking import Tracker, transcripts_allowed
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["utterance_id", "speaker", "transcript", "text", "intent", "words", "bio_tags", "entities",
+           "wake_word_present"]
+# Values and reasons of these kinds quote what was said: W&B gets them only where transcripts may go.
+QUOTING_KINDS = ("transcript", "entities")
+
+
+def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker) -> dict[str, Any]:
+    rcfg = OmegaConf.select(cfg, "review", default=None)
+    if rcfg is None:
+        raise PipelineError("the config has no `review` group; add `- review: default` to the defaults (conf/review/default.yaml)")
+    max_share = float(rcfg.max_share)
+    if not 0 < max_share <= 1:
+        raise PipelineError(f"review.max_share={max_share}: use a share of clips between 0 and 1 (default 0.02)")
+    run_dir = Path(run_dir)
+    splits = _load(Path(dataset_path))
+    rows = [{**row, "split": name} for name, split in splits.items() for row in _rows(split)]
+    if not rows:
+        raise PipelineError(f"dataset {dataset_path} has no clips to review")
+    folds = account_folds([r["speaker"] for r in rows], int(rcfg.folds))
+
+    seconds: dict[str, float] = {}
+    notes: list[str] = []
+    suspects: list[Suspect] = []
+    scored_ids: dict[str, set[str]] = {k: set() for k in KINDS}
+    extra: dict[str, Any] = {}
+    asr_dir, nlu_dir = run_dir / "asr", run_dir / "nlu"
+    if not (asr_dir / "config.json").exists():
+        notes.append(f"transcript and wake kinds skipped: the run has no ASR model ({asr_dir} has no config.json)")
+    elif any("audio" not in s.column_names for s in splits.values()):
+        notes.append("transcript and wake kinds skipped: the dataset has no audio")
+    else:
+        suspects += _acoustic_kinds(cfg, rcfg, asr_dir, splits, rows, folds.fold, seconds)
+        scored_ids["transcript"] = scored_ids["wake"] = {r["utterance_id"] for r in rows}
+    if not (nlu_dir / "config.json").exists():
+        notes.append(f"intent and entities kinds skipped: the run has no NLU model ({nlu_dir} has no config.json)")
+    else:
+        commands = [i for i, r in enumerate(rows) if r["intent"] is not None]
+        found, extra = _text_kinds(cfg, rcfg, nlu_dir, [rows[i] for i in commands], folds.fold[commands], seconds)
+        suspects += found
+        scored_ids["intent"] = scored_ids["entities"] = {rows[i]["utterance_id"] for i in commands}
+    for note in notes:
+        log.warning("review: %s", note)
+
+    queue = rank(suspects)
+    out_dir = run_dir / "review"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "queue.jsonl").open("w") as f:
+        for s in queue:
+            f.write(json.dumps(s.as_dict()) + "\n")
+    reviewed = budget(len(rows), max_share)
+    summary = {
+        "clips": len(rows), "accounts": folds.accounts, "folds": int(rcfg.folds), "max_share": max_share,
+        "budget": reviewed, "scored": {k: len(v) for k, v in scored_ids.items()},
+        "lines": {k: sum(s.kind == k for s in queue) for k in KINDS},
+        "flagged": {k: sum(s.kind == k for s in queue[:reviewed]) for k in KINDS},
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "notes": notes, **extra,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    from pipeline.review.report import score_against_noise, section_blocks, write_section
+
+    scoring = score_against_noise(run_dir, queue, summary, scored_ids)
+    if scoring:
+        (out_dir / "noise_scoring.json").write_text(json.dumps(scoring, indent=2) + "\n")
+    write_section(run_dir, section_blocks(queue, summary, scoring, int(rcfg.top_n)))
+    _log(cfg, tracker, queue, summary, scoring)
+    log.info("review: %d lines in %s; the first %d (%.0f%% of %d clips) hold %s", len(queue), out_dir / "queue.jsonl",
+             reviewed, max_share * 100, len(rows), summary["flagged"])
+    return {"queue": str(out_dir / "queue.jsonl"), "flagged": summary["flagged"], "seconds": summary["seconds"]}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    from datasets import load_from_disk
+
+    if not path.exists():
+        raise PipelineError(f"dataset {path} does not exist; build it with `python train.py stages=[data]`")
+    dd = load_from_disk(str(path))
+    # datasets cannot load back an empty split's data files, and it has nothing to review anyway.
+    return {name: dd[name] for name in dd if len(dd[name])}
+
+
+def _rows(split: Any) -> list[dict[str, Any]]:
+    data = split.select_columns(COLUMNS).to_dict()
+    return [{c: data[c][i] for c in COLUMNS} for i in range(len(split))]
+
+
+def _acoustic_kinds(cfg: DictConfig, rcfg: DictConfig, asr_dir: Path, splits: dict[str, Any], rows: list[dict[str, Any]],
+                    fold: np.ndarray, seconds: dict[str, float]) -> list[Suspect]:
+    from pipeline.asr.model import load_asr
+    from pipeline.eval.run import keyword_ids
+    from pipeline.review.acoustic import score_clips
+    from pipeline.review.transcript import transcript_suspects
+    from pipeline.review.wake import wake_suspects
+    from pipeline.text import normalize_text
+
+    ecfg = OmegaConf.select(cfg, "eval", default=None)
+    word = normalize_text(str(OmegaConf.select(cfg, "eval.wake_word", default="") or ""))
+    if ecfg is None or not word:
+        raise PipelineError("the wake kind needs eval.wake_word (and eval.wake_window_s); add `- eval: default` to the defaults")
+    model, processor = load_asr(asr_dir, _device(str(rcfg.device)))
+    keyword = keyword_ids(processor, word, bool(ecfg.wake_word_boundary), asr_dir)
+    gaps, alternatives, wake = [], [], []
+    for name, split in splits.items():
+        scores = score_clips(model, processor, split, keyword, int(rcfg.batch_size), float(ecfg.wake_window_s))
+        gaps.append(scores.transcript_gap)
+        alternatives += scores.alternative
+        wake.append(scores.wake_score)
+        for key, value in scores.seconds.items():
+            seconds[key] = seconds.get(key, 0.0) + value
+    started = time.perf_counter()
+    found = transcript_suspects(rows, np.concatenate(gaps), alternatives)
+    lap = time.perf_counter()
+    found += wake_suspects(rows, np.concatenate(wake), fold)
+    seconds["transcript"] += lap - started
+    seconds["wake"] += time.perf_counter() - lap
+    return found
+
+
+def _text_kinds(cfg: DictConfig, rcfg: DictConfig, nlu_dir: Path, rows: list[dict[str, Any]], fold: np.ndarray,
+                seconds: dict[str, float]) -> tuple[list[Suspect], dict[str, Any]]:
+    from pipeline.review.entities import entity_suspects
+    from pipeline.review.intent import intent_suspects
+
+    if not rows:
+        return [], {}
+    started = time.perf_counter()
+    encoder, tokenizer, max_length = load_backbone(cfg.get("nlu") or {}, nlu_dir, int(cfg.get("seed", 0)))
+    embeddings = embed(encoder, tokenizer, [r["words"] for r in rows], max_length)
+    lap = time.perf_counter()
+    seconds["text_embedding"] = lap - started
+    found, cleanlab = intent_suspects(rows, embeddings.pooled, fold, float(rcfg.c))
+    now = time.perf_counter()
+    seconds["intent"] = now - lap
+    found += entity_suspects(rows, embeddings.words, embeddings.pooled, fold, float(rcfg.c))
+    seconds["entities"] = time.perf_counter() - now
+    return found, {"cleanlab": cleanlab}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _log(cfg: DictConfig, tracker: Tracker, queue: list[Suspect], summary: dict[str, Any], scoring: dict[str, Any]) -> None:
+    allowed = transcripts_allowed(cfg)
+    columns = ["utterance_id", "split", "kind", "score", "annotated", "model", "reason"]
+    rows = []
+    for s in queue:
+        quoted = s.kind in QUOTING_KINDS and not allowed
+        rows.append([s.utterance_id, s.split, s.kind, round(s.score, 4),
+                     None if quoted else json.dumps(s.annotated), None if quoted else json.dumps(s.model),
+                     None if quoted else s.reason])
+    tracker.log_table("review_queue", columns, rows)
+    figures: dict[str, Any] = {f"review/{k}_flagged": v for k, v in summary["flagged"].items()}
+    figures.update({f"review/{k}_seconds": v for k, v in summary["seconds"].items()})
+    for kind, score in (scoring.get("kinds") or {}).items():
+        figures[f"review/{kind}_precision_at_k"] = score["precision_at_k"]
+    tracker.log_summary(figures)

@@ -1,0 +1,38 @@
+"""Wake-flag kind: the keyword score contradicts `wake_word_present`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from pipeline.review.crossfit import out_of_fold_probs
+from pipeline.review.suspects import Suspect
+
+
+def wake_suspects(rows: list[dict[str, Any]], wake_scores: np.ndarray, fold: np.ndarray) -> list[Suspect]:
+    """One line per clip whose flag the score contradicts (P(annotated flag | score) < 0.5).
+
+    The keyword log posterior (the eval stage's wake score) becomes P(wake word said) through a
+    logistic fit on the other folds' clips, so the threshold is learnt from the annotations
+    without judging a clip by its own flag. Score: 1 - P(annotated flag).
+    """
+    labels = np.array([bool(r["wake_word_present"]) for r in rows])
+    if labels.all() or not labels.any():
+        return []  # one flag everywhere: nothing to contrast a clip with
+    finite = np.isfinite(wake_scores)
+    floor = float(wake_scores[finite].min()) - 1.0 if finite.any() else -1.0
+    x = np.where(finite, wake_scores, floor).reshape(-1, 1)
+    present = out_of_fold_probs(x, labels.astype(int), fold, 2, c=100.0)[:, 1]
+    out = []
+    for row, said, p, score in zip(rows, labels, present, wake_scores):
+        p_annotated = p if said else 1.0 - p
+        if p_annotated >= 0.5:
+            continue
+        heard = f"keyword score {score:.1f}" if math.isfinite(score) else "a clip too short for the keyword"
+        claim = ("marked as saying the wake word, but the model barely hears it" if said
+                 else "marked as a false wake, but the model hears the wake word")
+        out.append(Suspect(row["utterance_id"], row["split"], "wake", bool(said), not bool(said), 1.0 - p_annotated,
+                           f"{claim} ({heard}, P(wake word)={p:.2f}): listen to its first seconds and fix the flag"))
+    return out

@@ -1,0 +1,158 @@
+"""The review stage end to end on the tiny espeak-ng dataset, with tiny random ASR and NLU models.
+
+Random models disagree with many annotations; these tests check the queue, the summary, the report
+section and the W&B table against each other and against the data, that a missing model skips its
+kinds with a note, and that too many folds fail with the number of accounts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from datasets import load_from_disk
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.runtime import PipelineError
+from tests.eval.test_eval_run import RecordingTracker, save_tiny_asr, save_tiny_nlu
+
+REPO = Path(__file__).resolve().parents[2]
+QUEUE_FIELDS = {"utterance_id", "split", "kind", "annotated", "model", "score", "reason"}
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    models = tmp_path_factory.mktemp("models")
+    save_tiny_asr(tiny_dataset_path, models / "asr")
+    save_tiny_nlu(tiny_dataset_path, models / "nlu")
+    return models
+
+
+def make_run(tmp_path: Path, models: Path, dataset: Path, kinds: tuple[str, ...] = ("asr", "nlu")) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in kinds:
+        shutil.copytree(models / name, run / name)
+    (run / "build_report.json").write_text(json.dumps({"dataset_path": str(dataset)}))
+    return run
+
+
+def review_cfg(**overrides: Any) -> DictConfig:
+    cfg = OmegaConf.create({
+        "review": OmegaConf.load(REPO / "conf/review/default.yaml"),
+        "eval": OmegaConf.load(REPO / "conf/eval/default.yaml"),
+        "nlu": OmegaConf.load(REPO / "conf/nlu/tiny.yaml"),
+        "logger": {"log_transcripts": "auto"}, "data": {"source": "jsonl"}, "seed": 0,
+    })
+    cfg.review.folds = 2  # the tiny dataset has 4 accounts
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def test_review_writes_a_ranked_queue_summary_report_and_table(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    from pipeline.review.stage import run_review_stage
+
+    run = make_run(tmp_path, tiny_models, tiny_dataset_path)
+    (run / "report.md").write_text("# Evaluation report\n\nheadline\n")
+    tracker = RecordingTracker()
+    result = run_review_stage(review_cfg(), run, tiny_dataset_path, tracker)
+
+    queue = [json.loads(line) for line in (run / "review" / "queue.jsonl").read_text().splitlines()]
+    assert queue, "random models must disagree with some annotation"
+    assert all(set(line) == QUEUE_FIELDS for line in queue)
+    scores = [line["score"] for line in queue]
+    assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
+    dd = load_from_disk(str(tiny_dataset_path))
+    clips = {uid: name for name in dd for uid in dd[name]["utterance_id"]}
+    assert all(clips[line["utterance_id"]] == line["split"] for line in queue)
+    assert len({(line["utterance_id"], line["kind"]) for line in queue}) == len(queue)
+    by_id = {r["utterance_id"]: r for name in dd for r in dd[name].remove_columns("audio")}
+    for line in queue:
+        row = by_id[line["utterance_id"]]
+        if line["kind"] == "intent":
+            assert line["annotated"] == row["intent"] != line["model"]
+        elif line["kind"] == "wake":
+            assert line["annotated"] == row["wake_word_present"] != line["model"]
+        elif line["kind"] == "transcript":
+            assert line["annotated"] == row["text"] != line["model"]
+        assert line["reason"]
+
+    summary = json.loads((run / "review" / "summary.json").read_text())
+    assert summary["clips"] == len(clips) == 40 and summary["accounts"] == 4
+    assert summary["scored"] == {"transcript": 40, "wake": 40, "intent": 30, "entities": 30}
+    assert summary["budget"] == 1  # ceil(0.02 * 40)
+    assert summary["lines"] == {k: sum(line["kind"] == k for line in queue) for k in summary["lines"]}
+    assert sum(summary["flagged"].values()) == 1 and summary["flagged"][queue[0]["kind"]] == 1
+    assert set(summary["seconds"]) >= {"asr_forward", "transcript", "wake", "text_embedding", "intent", "entities"}
+    assert result["flagged"] == summary["flagged"]
+
+    report = (run / "report.md").read_text()
+    assert report.startswith("# Evaluation report\n\nheadline") and "## Annotation review" in report
+    assert f"review/queue.jsonl holds {len(queue)} lines" in report
+    assert "precision at k" not in report  # no planted errors in this run
+    html = (run / "report.html").read_text()
+    assert "<h2>Annotation review</h2>" in html and html.rstrip().endswith("</html>")
+    run_review_stage(review_cfg(), run, tiny_dataset_path, RecordingTracker())  # a second review replaces its section
+    assert (run / "report.md").read_text().count("## Annotation review") == 1
+
+    columns, rows = tracker.tables["review_queue"]
+    assert len(rows) == len(queue)
+    for row in rows:  # data.source=jsonl: no transcript (or entity value quoted from one) goes to W&B
+        line = dict(zip(columns, row))
+        if line["kind"] in ("transcript", "entities"):
+            assert line["annotated"] is line["model"] is line["reason"] is None
+    assert tracker.summary["review/intent_flagged"] == summary["flagged"]["intent"]
+
+
+def test_planted_errors_are_scored_in_the_report(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    from pipeline.review.stage import run_review_stage
+
+    run = make_run(tmp_path, tiny_models, tiny_dataset_path)
+    run_review_stage(review_cfg(), run, tiny_dataset_path, RecordingTracker())
+    queue = [json.loads(line) for line in (run / "review" / "queue.jsonl").read_text().splitlines()]
+    intents = [line["utterance_id"] for line in queue if line["kind"] == "intent"]
+    # Plant the intent kind's first line and one clip it ranks nowhere: precision at k=2 is 1/2.
+    unranked = next(u for u in load_from_disk(str(tiny_dataset_path))["train"]["utterance_id"] if u not in intents[:2])
+    (run / "label_noise.jsonl").write_text("".join(json.dumps({"utterance_id": u, "kind": "intent"}) + "\n"
+                                                  for u in (intents[0], unranked)))
+    tracker = RecordingTracker()
+    run_review_stage(review_cfg(), run, tiny_dataset_path, tracker)
+    scoring = json.loads((run / "review" / "noise_scoring.json").read_text())
+    assert scoring["kinds"]["intent"]["planted"] == 2
+    assert scoring["kinds"]["intent"]["precision_at_k"] == 0.5
+    assert scoring["kinds"]["intent"]["recall_at_max_share"] == 0.5  # the first line (budget 1) is a planted one
+    assert set(scoring["kinds"]["intent"]["cleanlab_find_label_issues"]) == {"flagged", "precision", "precision_at_k"}
+    assert tracker.summary["review/intent_precision_at_k"] == 0.5
+    assert "precision at k" in (run / "report.md").read_text()
+
+
+def test_a_missing_model_skips_its_kinds_with_a_note(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    from pipeline.review.stage import run_review_stage
+
+    run = make_run(tmp_path, tiny_models, tiny_dataset_path, kinds=("nlu",))
+    run_review_stage(review_cfg(), run, tiny_dataset_path, RecordingTracker())
+    summary = json.loads((run / "review" / "summary.json").read_text())
+    assert summary["scored"]["transcript"] == summary["scored"]["wake"] == 0
+    assert summary["notes"] == [f"transcript and wake kinds skipped: the run has no ASR model ({run / 'asr'} has no config.json)"]
+    kinds = {json.loads(line)["kind"] for line in (run / "review" / "queue.jsonl").read_text().splitlines()}
+    assert kinds <= {"intent", "entities"}
+    assert "Note: transcript and wake kinds skipped" in (run / "report.md").read_text()
+
+    shutil.rmtree(run / "nlu")
+    run_review_stage(review_cfg(), run, tiny_dataset_path, RecordingTracker())
+    summary = json.loads((run / "review" / "summary.json").read_text())
+    assert len(summary["notes"]) == 2 and "intent and entities kinds skipped" in summary["notes"][1]
+    assert (run / "review" / "queue.jsonl").read_text() == ""
+
+
+def test_more_folds_than_accounts_is_an_error_naming_the_count(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    from pipeline.review.stage import run_review_stage
+
+    run = make_run(tmp_path, tiny_models, tiny_dataset_path)
+    with pytest.raises(PipelineError, match=r"review.folds=5 is more than the 4 accounts"):
+        run_review_stage(review_cfg(**{"review.folds": 5}), run, tiny_dataset_path, RecordingTracker())
+    assert not (run / "review").exists()
