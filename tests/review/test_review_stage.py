@@ -156,3 +156,23 @@ def test_more_folds_than_accounts_is_an_error_naming_the_count(tiny_models: Path
     with pytest.raises(PipelineError, match=r"review.folds=5 is more than the 4 accounts"):
         run_review_stage(review_cfg(**{"review.folds": 5}), run, tiny_dataset_path, RecordingTracker())
     assert not (run / "review").exists()
+
+
+def test_make_review_reviews_a_finished_run_with_its_own_config(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.review.__main__ import main
+
+    run = make_run(tmp_path, tiny_models, tiny_dataset_path)
+    cfg = review_cfg(cache_dir=str(tmp_path / "cache"), **{"logger.name": "none"})
+    del cfg["review"]  # a run made before the review stage: conf/review/default.yaml applies
+    OmegaConf.save(cfg, run / "config.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run)])  # the default 5 folds on 4 accounts: one line, exit code 2
+    assert exit_info.value.code == 2 and "more than the 4 accounts" in capsys.readouterr().err
+    main([str(run), "review.folds=3"])
+    summary = json.loads((run / "review" / "summary.json").read_text())
+    assert summary["folds"] == 3 and (run / "report.md").exists()
+    assert OmegaConf.load(run / "config.yaml").get("review") is None  # the run's own config is left alone
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "no-such-run")])
+    assert exit_info.value.code == 2 and "not a finished run folder" in capsys.readouterr().err
