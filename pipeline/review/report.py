@@ -114,11 +114,11 @@ def write_section(run_dir: Path, blocks: list[Block]) -> None:
 def _splice(path: Path, section: str, before: str | None) -> None:
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     text = re.sub(re.escape(START) + r".*?" + re.escape(END) + r"\n?", "", text, flags=re.S)
+    if before and not text:
+        text = f"<!doctype html><html><head><meta charset='utf-8'><title>Annotation review</title></head><body>\n{before}</html>\n"
     if before and before in text:
         at = text.rindex(before)
         text = text[:at] + section + text[at:]
-    elif before:
-        text = f"<!doctype html><html><head><meta charset='utf-8'><title>Annotation review</title></head><body>\n{section}</body></html>\n"
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + section
     path.write_text(text, encoding="utf-8")
