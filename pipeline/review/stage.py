@@ -44,6 +44,7 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
     if not rows:
         raise PipelineError(f"dataset {dataset_path} has no clips to review")
     folds = account_folds([r["speaker"] for r in rows], int(rcfg.folds))
+    started = time.perf_counter()
 
     seconds: dict[str, float] = {}
     notes: list[str] = []
@@ -80,7 +81,7 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
         "budget": reviewed, "scored": {k: len(v) for k, v in scored_ids.items()},
         "lines": {k: sum(s.kind == k for s in queue) for k in KINDS},
         "flagged": {k: sum(s.kind == k for s in queue[:reviewed]) for k in KINDS},
-        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "seconds": {**{k: round(v, 2) for k, v in seconds.items()}, "total": round(time.perf_counter() - started, 2)},
         "notes": notes, **extra,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -88,6 +89,7 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
     from pipeline.review.report import score_against_noise, section_blocks, write_section
 
     scoring = score_against_noise(run_dir, queue, summary, scored_ids)
+    (out_dir / "noise_scoring.json").unlink(missing_ok=True)
     if scoring:
         (out_dir / "noise_scoring.json").write_text(json.dumps(scoring, indent=2) + "\n")
     write_section(run_dir, section_blocks(queue, summary, scoring, int(rcfg.top_n)))
