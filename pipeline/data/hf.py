@@ -147,6 +147,10 @@ class HFSource:
                             and isinstance(value, int) and not isinstance(value, bool):
                         value = str(value)
                     record[field] = value
+                if "wake_word_present" not in record:
+                    # Unlabelled: a clip with a command had the wake word before it; one without is
+                    # not a wake (a corpus of digits or words must not count as wake-word positives).
+                    record["wake_word_present"] = record.get("intent") is not None
                 yield row, record, batch[self.audio_column][i]
                 row += 1
 

@@ -115,8 +115,9 @@ def test_audiofolder_csv_defaults_missing_and_undecodable_files(tmp_path: Path) 
     by_row = {q["row"]: q for q in quarantine}
     assert by_row[1]["reason"] == "missing_audio" and by_row[2]["reason"] == "unreadable_audio"
     assert by_row[2]["utterance_id"] == "hf/audio/c2" and by_row[2]["source"] == "hf"
-    texts = {r["utterance_id"]: r["transcript"] for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
-    assert texts["hf/audio/c0"] == "clip 0"  # `text` read as the transcript
+    rows = {r["utterance_id"]: r for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
+    assert rows["hf/audio/c0"]["transcript"] == "clip 0"  # `text` read as the transcript
+    assert not any(r["wake_word_present"] for r in rows.values())  # no label and no intent: no wake word
 
 
 def test_save_to_disk_hub_style_rows_split_and_class_labels(tmp_path: Path) -> None:
@@ -174,7 +175,7 @@ def test_several_sources_one_build(tmp_path: Path) -> None:
     dd = load_from_disk(report["dataset_path"])
     rows = [r for ds in dd.remove_columns("audio").values() for r in ds]
     assert {r["source"] for r in rows} == {"jsonl", "fsdd"}
-    assert {r["intent"] for r in rows if r["source"] == "fsdd"} == {"number_say"}
+    assert {(r["intent"], r["wake_word_present"]) for r in rows if r["source"] == "fsdd"} == {("number_say", True)}
     split_of: dict[str, set[str]] = {}
     for name, ds in dd.items():
         for spk in ds["speaker"]:
