@@ -35,6 +35,7 @@ from pipeline.data.privacy import Deletions, load_deletions, load_key, pseudonym
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem
 from pipeline.data.sources import RawRecord, Source, open_sources
 from pipeline.data.splits import assign_split, check_ratios
+from pipeline.run_folder import read_build_report
 from pipeline.runtime import PipelineError, publish, usable_cores
 from pipeline.tracking import Tracker
 
@@ -109,8 +110,8 @@ def _run(data_cfg: DictConfig, cache_dir: Path, run_dir: Path, sources: list[Sou
     plan = _metadata_pass(sources, deletions, key, settings)
     fingerprint = _fingerprint(sources, deletion_files, plan, key, settings)
     final = cache_dir / "datasets" / fingerprint
-    if (final / "build_report.json").exists():
-        report = json.loads((final / "build_report.json").read_text())
+    report = read_build_report(final)
+    if report is not None:
         report["reused"] = True
         log.info("data: reusing the finished build %s", final)
     else:

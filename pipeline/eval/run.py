@@ -34,6 +34,7 @@ from pipeline.eval.coverage import (
 from pipeline.eval.report import plot_confusion, plot_slices, write_report
 from pipeline.eval.stream import background_metrics, background_wake, resolve_background, with_background
 from pipeline.eval.wake import describe_tuning, evaluate_wake, keyword_scores, plot_det, tune_threshold
+from pipeline.run_folder import read_build_report
 from pipeline.runtime import PipelineError
 from pipeline.text import normalize_text
 from pipeline.tracking import Tracker, transcripts_allowed
@@ -596,8 +597,7 @@ def _test_data(dataset_path: Path, split: str, rows: list[dict[str, Any]]) -> di
     same: the dataset's fingerprint (from its build report) and split, and a digest of the clips."""
     import hashlib
 
-    report = dataset_path / "build_report.json"
-    fingerprint = json.loads(report.read_text()).get("fingerprint") if report.is_file() else None
+    fingerprint = (read_build_report(dataset_path) or {}).get("fingerprint")
     digest = hashlib.sha256(json.dumps([[r["utterance_id"], r["speaker"], r["reference"]] for r in rows]).encode())
     return {"dataset_fingerprint": fingerprint, "split": split, "clips": len(rows), "clips_digest": digest.hexdigest()[:20]}
 

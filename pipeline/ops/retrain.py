@@ -30,6 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline import run_folder
 from pipeline.ops.corpus import Corpus, pseudonym_key, update_corpus, utterance_pseudonym
 from pipeline.ops.erase import erase_copies
 from pipeline.ops.gate import gate_on_runs
@@ -185,8 +186,10 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def _candidate(run_dir: Path, key: bytes, tombstones: set[str]) -> dict[str, Any]:
     """What the stages just produced, checked once more against every deletion ever applied."""
-    report = json.loads((run_dir / "build_report.json").read_text())
-    dataset_path = Path(report["dataset_path"])
+    dataset_path = run_folder.dataset_path(run_dir)
+    report = run_folder.read_build_report(run_dir)
+    if dataset_path is None or report is None:
+        raise PipelineError(f"{run_dir}: the stages left no {run_folder.BUILD_REPORT}; the data stage did not run")
     hashes = trained_on(dataset_path, key)
     leaked = tombstones.intersection(hashes)
     if leaked:

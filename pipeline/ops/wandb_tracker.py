@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.run_folder import read_build_report
 from pipeline.tracking import NullTracker, Tracker, transcripts_allowed
 
 RUN_ID_FILE = "wandb_run_id"
@@ -203,10 +204,9 @@ class WandbTracker:
 
 def log_run_folder(tracker: WandbTracker, run_dir: Path) -> None:
     """Log what the stages left in the run folder, in lineage order dataset -> models -> evaluation."""
-    report_path = run_dir / "build_report.json"
+    report = read_build_report(run_dir)
     fingerprint = None
-    if report_path.is_file():
-        report = json.loads(report_path.read_text())
+    if report is not None:
         fingerprint = report.get("fingerprint")
         tracker.run.config.update({"dataset_fingerprint": fingerprint}, allow_val_change=True)
         tracker.log_summary({"data/fingerprint": fingerprint,

@@ -1,0 +1,44 @@
+"""Reading what a run folder (or a published dataset) says about itself.
+
+The data stage writes `build_report.json` twice: into the published dataset folder and, with the
+`dataset_path` it was published at, into the run folder. Everything downstream (the later stages,
+`evaluate.py`, retraining, the W&B run record) finds the dataset through it, so it is read here
+only, with one set of errors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.runtime import PipelineError
+
+BUILD_REPORT = "build_report.json"
+
+
+def read_build_report(folder: Path) -> dict[str, Any] | None:
+    """The build report in `folder` (a run folder or a dataset folder); None when there is none."""
+    path = Path(folder) / BUILD_REPORT
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"{path} is not readable JSON ({err}); re-run the `data` stage to rewrite it") from err
+    if not isinstance(report, dict):
+        raise PipelineError(f"{path} holds no JSON object; re-run the `data` stage to rewrite it")
+    return report
+
+
+def dataset_path(run_dir: Path) -> Path | None:
+    """The dataset a run folder's stages read, from its build report; None when no build ran there."""
+    report = read_build_report(run_dir)
+    if report is None:
+        return None
+    if not report.get("dataset_path"):
+        raise PipelineError(
+            f"{Path(run_dir) / BUILD_REPORT} names no dataset: its build kept no record "
+            f"(see {Path(run_dir) / 'quarantine.jsonl'}); fix the data and re-run the `data` stage"
+        )
+    return Path(report["dataset_path"])
