@@ -176,3 +176,32 @@ def test_make_review_reviews_a_finished_run_with_its_own_config(tiny_models: Pat
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "no-such-run")])
     assert exit_info.value.code == 2 and "not a finished run folder" in capsys.readouterr().err
+
+
+def test_stages_review_runs_after_the_others_in_the_run_folder(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.stages import run_stages
+
+    run = make_run(tmp_path, tiny_models, tiny_dataset_path)
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=["stages=[review]", "logger=none", "nlu=tiny", "review.folds=4",
+                                           f"run_dir={run}", f"cache_dir={tmp_path / 'cache'}"])
+    results = run_stages(cfg)
+    assert results["review"]["queue"] == str(run / "review" / "queue.jsonl")
+    assert json.loads((run / "review" / "summary.json").read_text())["folds"] == 4
+
+
+def test_a_demo_build_with_label_noise_lists_the_planted_errors_in_the_run(tmp_path: Path) -> None:
+    from pipeline.data.label_noise import copy_manifest
+
+    cfg = OmegaConf.create({"cache_dir": str(tmp_path / "cache"), "data": OmegaConf.load(REPO / "conf/data/demo.yaml")})
+    assert copy_manifest(cfg, tmp_path) is None  # label_noise 0: nothing planted, no file
+    cfg.data.demo.max_utterances = 40
+    cfg.data.demo.label_noise = 0.1
+    path = copy_manifest(cfg, tmp_path)
+    assert path == tmp_path / "label_noise.jsonl"
+    planted = [json.loads(line) for line in path.read_text().splitlines()]
+    assert planted and {p["kind"] for p in planted} <= {"transcript", "intent", "wake", "entities"}
+    export = [json.loads(line) for line in (tmp_path / "cache").rglob("annotations.noise-0.1-0.jsonl").__next__().read_text().splitlines()]
+    assert {p["utterance_id"] for p in planted} <= {r["utterance_id"] for r in export}
