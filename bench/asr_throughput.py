@@ -142,8 +142,9 @@ def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
     from pipeline.asr.devices import fast_cpu_math
     from pipeline.asr.model import build_model, evaluate_clips, uses_attention_mask
     from pipeline.asr.sampler import epoch_batches, eval_batches
-    from pipeline.asr.train import _loader, _seed
+    from pipeline.asr.train import clip_loader
     from pipeline.asr.vocab import build_vocab, make_processor
+    from pipeline.runtime import seed_everything
 
     cfg = bench_cfg(args, args.steps)
     acfg = cfg.asr
@@ -174,7 +175,7 @@ def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
             batch["labels"] = labels["input_ids"].masked_fill(labels.attention_mask.ne(1), -100)
             return batch
 
-        _seed(args.seed)
+        seed_everything(args.seed)
         model = build_model(acfg, processor)
         # transformers >= 5.1 spells group_by_length as a sampling strategy; older releases as a flag.
         grouping = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__
@@ -191,7 +192,7 @@ def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
         with fast_cpu_math(torch.device(args.device), _amp(args)) if args.baseline_fast_math else nullcontext():
             out = trainer.train()
         val = ClipDataset(splits["validation"])
-        val_loader = _loader(val, eval_batches(val.durations, float(acfg.max_batch_seconds)), processor, None, 0, 0)
+        val_loader = clip_loader(val, eval_batches(val.durations, float(acfg.max_batch_seconds)), processor, None, 0, 0)
         scores = evaluate_clips(model, processor, val_loader, _amp(args))
         result.update(audio_seconds=seen["audio_seconds"], train_seconds=out.metrics["train_runtime"], val_loss=scores["loss"],
                       steps=trainer.state.global_step, batch_size=batch_size, preprocess_seconds=preprocess_seconds,

@@ -36,8 +36,11 @@ def configure_environment(run_dir: Path, cache_dir: Path) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's generators from one integer (any size: numpy takes 32 bits).
+    All three matter: transformers draws SpecAugment masks with numpy."""
     import torch
 
+    seed = seed % (2**32)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

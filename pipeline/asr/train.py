@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 import tempfile
 import time
@@ -20,7 +19,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -34,7 +32,7 @@ from pipeline.asr.sampler import epoch_batches, eval_batches
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.data.features import SAMPLING_RATE
 from pipeline.distributed import Placement, all_agree, any_says, barrier, place, total
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, seed_everything
 from pipeline.tracking import Tracker
 
 
@@ -81,7 +79,7 @@ def _train(
     else:
         with tempfile.TemporaryDirectory() as tmp:
             processor = make_processor(build_vocab(train_set.split["text"]), Path(tmp), uses_attention_mask(acfg))
-    _seed(seed)  # the fresh model's initial weights depend only on the seed
+    seed_everything(seed)  # the fresh model's initial weights depend only on the seed
     model = build_model(acfg, processor)
     train_set, unalignable = _drop_unalignable(train_set, model, placement)
     state = _fresh_state()
@@ -107,7 +105,7 @@ def _train(
         optimizer.load_state_dict(state.pop("optimizer"))
         scaler.load_state_dict(state.pop("scaler"))
 
-    val_loader = _loader(val_set, eval_batches(val_set.durations, float(acfg.max_batch_seconds)), processor, None, 0, workers)
+    val_loader = clip_loader(val_set, eval_batches(val_set.durations, float(acfg.max_batch_seconds)), processor, None, 0, workers)
     budget_s = float(acfg.max_train_minutes) * 60 if acfg.get("max_train_minutes") is not None else math.inf
     accum = max(int(acfg.grad_accum_steps), 1)
     log_every, eval_every = max(int(cfg.trainer.get("log_every", 10)), 1), max(int(acfg.eval_every), 1)
@@ -125,9 +123,9 @@ def _train(
         )
         if not batches:
             raise PipelineError(f"{dataset_path}: the train split gives no batches for {placement.world_size} processes")
-        loader = _loader(train_set, batches[state["micro"]:], processor, acfg.augment, epoch_seed, workers, plan)
+        loader = clip_loader(train_set, batches[state["micro"]:], processor, acfg.augment, epoch_seed, workers, plan)
         for batch in loader:
-            _seed(((seed * 1_000_003 + state["epoch"]) * 1_000_003 + state["micro"]) * 101 + placement.rank)
+            seed_everything(((seed * 1_000_003 + state["epoch"]) * 1_000_003 + state["micro"]) * 101 + placement.rank)
             state["micro"] += 1
             in_accum += 1
             syncing = in_accum == accum
@@ -228,13 +226,6 @@ def _fresh_state() -> dict[str, Any]:
     }
 
 
-def _seed(value: int) -> None:
-    value = value % (2**32)
-    random.seed(value)
-    np.random.seed(value)  # SpecAugment masks are drawn with numpy inside transformers
-    torch.manual_seed(value)
-
-
 def _wrap_ddp(model: torch.nn.Module, acfg: DictConfig, placement: Placement) -> torch.nn.Module:
     if not placement.distributed:
         return model
@@ -246,10 +237,11 @@ def _wrap_ddp(model: torch.nn.Module, acfg: DictConfig, placement: Placement) ->
     return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
 
 
-def _loader(
+def clip_loader(
     dataset: ClipDataset, batches: list[list[int]], processor: Any, augment_cfg: DictConfig | None, seed: int, workers: int,
     plan: list[float | None] | None = None,
 ) -> torch.utils.data.DataLoader:
+    """Collated batches of `dataset` in the given order (the sampler decided it), for training or validation."""
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, collate_fn=CTCCollator(processor, augment_cfg, seed, plan), num_workers=workers,
         persistent_workers=False, pin_memory=torch.cuda.is_available(),

@@ -231,9 +231,9 @@ def ensure_demo_background(knobs: BackgroundKnobs, cache_dir: Path, splits: tupl
     Like the demo clips, the audio is a pure function of shipped text, knobs and the espeak-ng
     version, so it lives in `<cache_dir>/demo_background/<key>/` and appears there only complete.
     """
-    from pipeline.data.demo import _espeak_version
+    from pipeline.data.demo import espeak_version
 
-    espeak = _espeak_version()
+    espeak = espeak_version()
     texts = _texts()
     h = hashlib.sha256(json.dumps([BACKGROUND_VERSION, espeak, texts, list(splits),
                                    {k: v for k, v in asdict(knobs).items() if k != "workers"}]).encode())

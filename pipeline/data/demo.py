@@ -64,7 +64,7 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     knobs = _knobs(data_cfg)
     records = _select(_read_jsonl(DEMO_DIR / "utterances.jsonl"), knobs)
     deletions_src = DEMO_DIR / "deletions.jsonl"
-    espeak = _espeak_version()
+    espeak = espeak_version()
     if knobs.voice is not None:
         records = [{**r, "voice": knobs.voice} for r in records]
     out = Path(cache_dir) / "demo" / _cache_key(knobs, espeak)
@@ -141,7 +141,7 @@ def _select(records: list[dict[str, Any]], knobs: DemoKnobs) -> list[dict[str, A
     return [r for r in records if r["utterance_id"] in chosen]
 
 
-def _espeak_version() -> str:
+def espeak_version() -> str:
     if shutil.which("espeak-ng") is None:
         raise PipelineError("espeak-ng is not installed, the demo needs it to synthesise audio: run `make setup`")
     out = subprocess.run(["espeak-ng", "--version"], check=True, capture_output=True, text=True).stdout

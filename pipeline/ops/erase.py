@@ -304,7 +304,7 @@ def derived_parts(run: Path) -> dict[str, list[Path]]:
 
 def wandb_manifest(run: Path) -> tuple[set[Path], set[str]]:
     """Staged local copies and content digests of every artifact the run's offline W&B logs list."""
-    from pipeline.ops.wandb_offline import _raw_records, transaction_logs
+    from pipeline.ops.wandb_offline import raw_records, transaction_logs
 
     paths: set[Path] = set()
     digests: set[str] = set()
@@ -315,7 +315,7 @@ def wandb_manifest(run: Path) -> tuple[set[Path], set[str]]:
 
     for log in logs:
         try:
-            for raw in _raw_records(log):
+            for raw in raw_records(log):
                 record = pb.Record()
                 record.ParseFromString(raw)
                 if record.WhichOneof("record_type") != "artifact":

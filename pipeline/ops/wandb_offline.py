@@ -36,7 +36,7 @@ class OfflineRun:
     files: list[str] = field(default_factory=list)
 
 
-def _raw_records(path: Path) -> Iterator[bytes]:
+def raw_records(path: Path) -> Iterator[bytes]:
     data = path.read_bytes()
     if data[:4] != b":W&B":
         raise ValueError(f"{path} is not a W&B transaction log")
@@ -78,7 +78,7 @@ def read_offline_run(wandb_file: Path) -> OfflineRun:
     from wandb.proto import wandb_internal_pb2 as pb
 
     run = OfflineRun()
-    for raw in _raw_records(wandb_file):
+    for raw in raw_records(wandb_file):
         record = pb.Record()
         record.ParseFromString(raw)
         kind = record.WhichOneof("record_type")
