@@ -114,6 +114,7 @@ def _train(
     _set_lr(optimizer, acfg, state["step"], state["train_seconds"], budget_s)
     pending_seconds, log_loss, log_n, in_accum, bad_accum = 0.0, 0.0, 0, 0, False
     stopped_by = "max_steps"
+    profiler = start_profiler(cfg.trainer.profile, out_dir / "profile") if placement.is_main else None
     while state["step"] < max_steps:
         epoch_seed = seed * 1000 + state["epoch"]
         plan = plan_augmentation(len(train_set), acfg.augment, epoch_seed)  # None when augmentation is off
@@ -165,6 +166,8 @@ def _train(
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
+            if profiler is not None:
+                profiler.step()
             state["nonfinite_streak"] = 0
             step = state["step"]
             lr = _set_lr(optimizer, acfg, step, time.time() - loop_start, budget_s)
@@ -188,6 +191,8 @@ def _train(
             continue
         break
 
+    if profiler is not None:
+        profiler.stop()
     if state["step"] == 0 or state["best_step"] is None:
         raise PipelineError("asr: training ended before any validated step; raise asr.max_steps or asr.max_train_minutes")
     if placement.is_main and acfg.get("lm_order") is not None:
@@ -217,6 +222,34 @@ def _set_lr(optimizer: torch.optim.Optimizer, acfg: DictConfig, step: int, elaps
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
+
+
+def start_profiler(pcfg: DictConfig, folder: Path) -> torch.profiler.profile | None:
+    """torch.profiler over optimizer steps (`trainer.profile`, on with debug=profile), or None.
+
+    After `wait` steps and `warmup` more, `active` steps are recorded; their trace (trace.json, for
+    https://ui.perfetto.dev) and the costliest operators (top_ops.txt) are written to `folder`.
+    """
+    if not pcfg.enabled:
+        return None
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    cuda = torch.cuda.is_available()
+
+    def save(prof: profile) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(folder / "trace.json"))
+        table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=30)
+        (folder / "top_ops.txt").write_text(table + "\n")
+        print(f"[asr] profile of {int(pcfg.active)} steps written to {folder}", flush=True)
+
+    profiler = profile(
+        activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []),
+        schedule=schedule(wait=int(pcfg.wait), warmup=int(pcfg.warmup), active=int(pcfg.active), repeat=1),
+        on_trace_ready=save,
+    )
+    profiler.start()
+    return profiler
 
 
 def _fresh_state() -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pipeline.eval import bootstrap as B
 HEADLINE = ("asr/wer", "asr/cer", "wake/auc", "wake/frr", "nlu/intent_accuracy", "nlu/entity_f1",
             "slu/slu_f1")
 # Different for every run by construction, so never a "difference" worth a column.
-IGNORED_KEYS = ("run_dir", "hydra")
+IGNORED_KEYS = ("run_dir", "paths.run_dir", "hydra")
 
 
 @dataclass

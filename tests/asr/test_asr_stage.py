@@ -91,3 +91,13 @@ def test_a_diverging_run_stops_with_a_clear_error(tiny_dataset_path: Path, tmp_p
 def test_missing_resume_checkpoint_is_a_user_error(tiny_dataset_path: Path, tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="asr.resume"):
         run_asr_stage(micro_cfg(f"asr.resume={tmp_path / 'nowhere'}"), tmp_path, tiny_dataset_path, RecordingTracker())
+
+
+def test_the_profiler_records_the_chosen_steps(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """trainer.profile (debug=profile): a trace and a table of the costliest operators in asr/profile/."""
+    cfg = micro_cfg("trainer.profile.enabled=true", "trainer.profile.wait=0", "trainer.profile.warmup=1",
+                    "trainer.profile.active=1", "asr.max_steps=3", "asr.eval_every=3", "asr.lm_order=null")
+    run_asr_stage(cfg, tmp_path, tiny_dataset_path, RecordingTracker())
+    profile = tmp_path / "asr" / "profile"
+    assert '"traceEvents"' in (profile / "trace.json").read_text()[:2000]
+    assert "aten::" in (profile / "top_ops.txt").read_text()
