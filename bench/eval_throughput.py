@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -176,6 +177,13 @@ def main() -> None:
     }, indent=2))
 
 
+def cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def stream_bench(args: argparse.Namespace) -> dict[str, Any]:
     """The streaming detector's speed and peak memory on N and 4N minutes of background speech."""
     import resource
@@ -212,10 +220,15 @@ def stream_bench(args: argparse.Namespace) -> dict[str, Any]:
         settings = StreamSettings()
         peak_mb = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731 - Linux: KiB
         stream_background(model, processor, [short], keyword, blank, settings)  # warm-up: kernels for the window shape
-        rates = []
+        rates, cpu_rates = [], []
         for _ in range(args.repeats):
+            cpu_before = cpu_seconds()
             stats = stream_background(model, processor, [short], keyword, blank, settings)
             rates.append(stats.audio_seconds / stats.compute_seconds)
+            # On a shared machine wall time depends on the neighbours; CPU time spread over the
+            # threads is what the same work would take on idle cores (an estimate: it assumes the
+            # threads scale, and counts their spin-waits).
+            cpu_rates.append(stats.audio_seconds / ((cpu_seconds() - cpu_before) / args.threads))
         after_short = peak_mb()
         long_stats = stream_background(model, processor, [long], keyword, blank, settings)
         after_long = peak_mb()
@@ -224,6 +237,8 @@ def stream_bench(args: argparse.Namespace) -> dict[str, Any]:
         "window_s": settings.window_s, "hop_s": settings.hop_s, "batch_size": settings.batch_size,
         "synthesis_seconds": round(synth_s, 1), "recording_minutes": round(short.seconds / 60, 2),
         "x_real_time": round(statistics.median(rates), 1), "x_real_time_per_repeat": [round(r, 1) for r in rates],
+        "x_real_time_per_cpu_time": round(statistics.median(cpu_rates), 1),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "long_recording_minutes": round(long.seconds / 60, 2),
         "long_x_real_time": round(long_stats.audio_seconds / long_stats.compute_seconds, 1),
         "peak_rss_mb_after_short": round(after_short, 1), "peak_rss_mb_after_long": round(after_long, 1),
