@@ -252,10 +252,11 @@ def _hf_audio(source: Source, raw: RawRecord, plan: Plan) -> str:
         return ""
     path = Path(audio["path"])
     if source.root is not None:  # an audiofolder: the same rules as a path in an export
-        try:
-            relative = str(path.relative_to(source.root)) if path.is_absolute() else str(path)
-        except ValueError:
-            relative = str(path)
+        relative = str(path)
+        for base in (source.root, Path(source.hf.path).absolute()):  # data.path itself may be a symlink
+            if path.is_absolute() and path.is_relative_to(base):
+                relative = str(path.relative_to(base))
+                break
         return str(resolve_audio(source.root, relative, source.allowed_roots))
     if not path.is_file():
         raise ClipRejected("missing_audio", f"row {raw.row}: audio file {str(path)!r} does not exist")

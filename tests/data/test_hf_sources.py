@@ -244,3 +244,10 @@ def test_abandoned_temporary_folders_are_swept(tmp_path: Path) -> None:
     export = write_export(tmp_path / "export", [record(i) for i in range(3)])
     build(tmp_path, path=str(export))
     assert not dead.exists() and alive.exists()
+
+
+def test_audiofolder_reached_through_a_symlink(tmp_path: Path) -> None:
+    folder = digits(tmp_path / "storage" / "fsdd", speakers=1, takes=2)
+    os.symlink(folder, tmp_path / "fsdd")  # data.path itself is the link
+    report, quarantine = build(tmp_path, source="hf", path=str(tmp_path / "fsdd"))
+    assert report["records_kept"] == 6 and quarantine == []
