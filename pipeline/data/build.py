@@ -5,11 +5,17 @@ Two passes, so memory stays flat whatever the corpus size:
    checked without decoding any audio; deleted and flagged clips are never opened;
 2. audio (`datasets.map`, `data.num_proc` workers): decode, mono, resample to 16 kHz, check length
    and silence, store FLAC bytes in arrow files on disk.
-Every input record ends in exactly one place: a split, or one line of `quarantine.jsonl`.
+Every input record ends in exactly one place: a split, or one line of `quarantine.jsonl`. A build
+may read several sources (`data.sources`): each clip keeps its source's name in the `source` column,
+the report counts records per source (`by_source`), deletions apply to every source and splits are
+by account across all of them. A build in which every record is quarantined writes its quarantine
+and report into the run folder and stops with the likeliest cause, instead of saving an empty dataset.
 
 The dataset is saved under `<cache_dir>/datasets/<fingerprint>/`, where the fingerprint hashes the
-input files, every audio file's content, the settings and CODE_VERSION; it is written to a temporary
-folder and renamed, so it exists only when complete and a second run with the same inputs reuses it.
+input files (or a Hugging Face source's rows and embedded audio), every audio file's content, the
+settings and CODE_VERSION; it is written to a temporary folder and renamed, so it exists only when
+complete and a second run with the same inputs reuses it. Temporary folders of builds that were
+killed are swept at the start of every build.
 """
 
 from __future__ import annotations
