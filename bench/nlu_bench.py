@@ -83,6 +83,8 @@ def speed(steps: int, overrides: list[str]) -> None:
     from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
                               TrainingArguments)
 
+    from pipeline.config import TrainerConfig, checked
+    from pipeline.nlu.config import NLUConfig
     from pipeline.nlu.model import NLUModel, build_model, load_tokenizer
     from pipeline.nlu.train import (DataCollatorForTokenClassification, label_maps, make_optimizer,
                                     resolve_backbone, to_features, training_arguments, training_rows)
@@ -108,11 +110,12 @@ def speed(steps: int, overrides: list[str]) -> None:
         return time.perf_counter() - started
 
     cfg.nlu.max_steps = steps
-    args = training_arguments(cfg, out / "joint", has_eval=False)
+    nlu, trainer_cfg = checked(cfg.nlu, NLUConfig, "nlu"), checked(cfg.trainer, TrainerConfig, "trainer")
+    args = training_arguments(nlu, trainer_cfg, int(cfg.seed), out / "joint", has_eval=False)
     args.save_strategy = "no"
     joint = timed(Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                           data_collator=DataCollatorForTokenClassification(tokenizer),
-                          optimizers=(make_optimizer(model, cfg.nlu), None)))
+                          optimizers=(make_optimizer(model, nlu), None)))
 
     base_model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=len(intents))
     base_train = train.remove_columns(["labels"]).rename_column("intent_labels", "labels")

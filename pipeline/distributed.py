@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig
 
 from pipeline.runtime import PipelineError
 
@@ -40,17 +40,17 @@ class Placement:
         return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
 
 
-def resolve_device(trainer_cfg: DictConfig) -> tuple[torch.device, str]:
+def resolve_device(trainer_cfg: Any) -> tuple[torch.device, str]:
     """The device and precision (fp32 | fp16 | bf16) `trainer.device` / `trainer.precision` ask for,
     `auto` resolved for this machine; under torchrun each process takes its LOCAL_RANK's GPU."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    wanted = str(trainer_cfg.get("device", "auto"))
+    wanted = str(trainer_cfg.device)
     if wanted == "auto":
         wanted = "cuda" if torch.cuda.is_available() else "cpu"
     if wanted.startswith("cuda") and not torch.cuda.is_available():
         raise PipelineError(f"trainer.device={wanted} but no CUDA GPU is visible; use trainer.device=cpu (or auto)")
     device = torch.device(f"cuda:{local_rank}" if wanted == "cuda" else wanted)
-    precision = str(trainer_cfg.get("precision", "auto"))
+    precision = str(trainer_cfg.precision)
     if precision == "auto":
         if device.type != "cuda":
             precision = "fp32"
@@ -63,7 +63,7 @@ def resolve_device(trainer_cfg: DictConfig) -> tuple[torch.device, str]:
     return device, precision
 
 
-def place(trainer_cfg: DictConfig) -> Placement:
+def place(trainer_cfg: Any) -> Placement:
     """Resolve `trainer.device`/`trainer.precision` and join the torchrun group if there is one."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -71,11 +71,10 @@ def place(trainer_cfg: DictConfig) -> Placement:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
-        ddp = trainer_cfg.get("ddp", {}) or {}
-        backend = str(ddp.get("backend", "auto"))
+        backend = str(trainer_cfg.ddp.backend)
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=float(ddp.get("timeout_minutes", 30))))
+        dist.init_process_group(backend, timeout=timedelta(minutes=float(trainer_cfg.ddp.timeout_minutes)))
     return Placement(device=device, precision=precision, rank=rank, world_size=world_size)
 
 

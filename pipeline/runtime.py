@@ -77,7 +77,7 @@ def usable_cores() -> int:
 
 def requested_workers(trainer_cfg: Any) -> int | None:
     """`trainer.num_workers` as a number of DataLoader processes, or None for `auto` (each stage decides)."""
-    wanted = trainer_cfg.get("num_workers", "auto")
+    wanted = trainer_cfg.num_workers
     if str(wanted) == "auto":
         return None
     try:

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import run_folder
+from pipeline.config import TrainerConfig, checked
 from pipeline.distributed import barrier, place
 from pipeline.runtime import PipelineError, configure_environment, seed_everything
 from pipeline.tracking import NullTracker, Tracker
@@ -25,6 +26,7 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
     unknown = [s for s in stages if s not in KNOWN_STAGES]
     if unknown:
         raise PipelineError(f"unknown stage(s) {unknown} in stages={stages}; known: {list(KNOWN_STAGES)}")
+    check_config(cfg, stages)
     run_dir = Path(cfg.run_dir).resolve()
     configure_environment(run_dir, Path(cfg.cache_dir).resolve())
     seed_everything(int(cfg.seed))
@@ -75,6 +77,17 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
     finally:
         tracker.finish()
     return results
+
+
+def check_config(cfg: DictConfig, stages: list[str]) -> None:
+    """The typed groups the chosen stages read (pipeline.config.checked), all before the first stage:
+    a wrong type or value fails in a second, not after an hour of ASR training."""
+    from pipeline.nlu.config import NLUConfig
+
+    if "asr" in stages or "nlu" in stages:
+        checked(cfg.get("trainer"), TrainerConfig, "trainer")
+    if "nlu" in stages:
+        checked(cfg.get("nlu"), NLUConfig, "nlu")
 
 
 def make_tracker(cfg: DictConfig, run_dir: Path, stages: list[str]) -> Tracker:

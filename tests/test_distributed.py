@@ -9,7 +9,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from pipeline.config import TrainerConfig, checked
 from pipeline.distributed import resolve_device
+from pipeline.nlu.config import NLUConfig
 from pipeline.nlu.train import training_arguments
 from pipeline.runtime import PipelineError
 
@@ -37,9 +39,10 @@ def test_a_setting_that_cannot_work_is_refused(device: str, precision: str, mess
 def test_the_nlu_stage_resolves_like_the_asr_stage(tmp_path: Path) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose("config", overrides=["nlu=tiny", "trainer.device=cpu", "trainer.precision=fp16"])
+    nlu, trainer = checked(cfg.nlu, NLUConfig, "nlu"), checked(cfg.trainer, TrainerConfig, "trainer")
     with pytest.raises(PipelineError, match="trainer.precision=fp16 needs a GPU"):
-        training_arguments(cfg, tmp_path, has_eval=False)
-    cfg.trainer.precision = "auto"
-    args = training_arguments(cfg, tmp_path, has_eval=False)
+        training_arguments(nlu, trainer, 0, tmp_path, has_eval=False)
+    trainer.precision = "auto"
+    args = training_arguments(nlu, trainer, 0, tmp_path, has_eval=False)
     assert args.use_cpu and not args.bf16 and not args.fp16
     assert args.logging_steps == cfg.trainer.log_every

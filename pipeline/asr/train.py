@@ -30,6 +30,7 @@ from pipeline.asr.lm import LM_DIR, write_char_lm
 from pipeline.asr.model import build_model, evaluate_clips, skip_waveform_gradient, uses_attention_mask
 from pipeline.asr.sampler import epoch_batches, eval_batches
 from pipeline.asr.vocab import build_vocab, make_processor
+from pipeline.config import TrainerConfig, checked
 from pipeline.data.features import SAMPLING_RATE
 from pipeline.distributed import Placement, all_agree, any_says, barrier, place, total
 from pipeline.runtime import PipelineError, seed_everything
@@ -45,6 +46,7 @@ def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
         # Fewer threads than cores is faster when the machine is shared: busy-waiting
         # OpenMP threads that compete with other processes slow every op down several-fold.
         torch.set_num_threads(int(acfg.cpu_threads))
+    checked(cfg.trainer, TrainerConfig, "trainer")  # a wrong type or value fails here, with its key
     placement = place(cfg.trainer)
     try:
         with fast_cpu_math(placement.device, placement.amp_dtype):
@@ -108,7 +110,7 @@ def _train(
     val_loader = clip_loader(val_set, eval_batches(val_set.durations, float(acfg.max_batch_seconds)), processor, None, 0, workers)
     budget_s = float(acfg.max_train_minutes) * 60 if acfg.get("max_train_minutes") is not None else math.inf
     accum = max(int(acfg.grad_accum_steps), 1)
-    log_every, eval_every = max(int(cfg.trainer.get("log_every", 10)), 1), max(int(acfg.eval_every), 1)
+    log_every, eval_every = int(cfg.trainer.log_every), max(int(acfg.eval_every), 1)
 
     loop_start = time.time() - state["train_seconds"]
     _set_lr(optimizer, acfg, state["step"], state["train_seconds"], budget_s)

@@ -8,6 +8,7 @@ the same `NLUModel.predict` the evaluation stage and users call.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import (
     DataCollatorForTokenClassification,
     EvalPrediction,
@@ -30,8 +31,10 @@ from transformers import (
     set_seed,
 )
 
+from pipeline.config import TrainerConfig, checked
 from pipeline.distributed import resolve_device
 from pipeline.eval import metrics as M
+from pipeline.nlu.config import NLUConfig
 from pipeline.nlu.model import (
     NLUModel,
     build_model,
@@ -47,7 +50,7 @@ IGNORE = -100
 
 
 def run_nlu_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker) -> dict[str, Any]:
-    ncfg = cfg.nlu
+    ncfg, tcfg = checked(cfg.nlu, NLUConfig, "nlu"), checked(cfg.trainer, TrainerConfig, "trainer")
     out_dir = Path(run_dir) / "nlu"
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = load_splits(dataset_path)
@@ -62,16 +65,15 @@ def run_nlu_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
         raise PipelineError(f"the train split of {dataset_path} has no utterances with an intent to train the NLU on")
     intents, tags = label_maps(train_rows)
 
-    if ncfg.get("cpu_threads"):
-        torch.set_num_threads(int(ncfg.cpu_threads))
+    if ncfg.cpu_threads:
+        torch.set_num_threads(ncfg.cpu_threads)
     set_seed(int(cfg.seed))
-    head = OmegaConf.to_container(ncfg.head, resolve=True)
-    head["max_length"] = int(ncfg.max_length)
-    if ncfg.get("encoder_config"):
-        model = build_model_from_config(OmegaConf.to_container(ncfg.encoder_config, resolve=True), intents, tags, head)
-        tokenizer = load_tokenizer(resolve_backbone(str(ncfg.tokenizer_name_or_path), ncfg.get("model_sha256")), model.config)
+    head: dict[str, Any] = {**dataclasses.asdict(ncfg.head), "max_length": ncfg.max_length}
+    if ncfg.encoder_config:
+        model = build_model_from_config(dict(ncfg.encoder_config), intents, tags, head)
+        tokenizer = load_tokenizer(resolve_backbone(ncfg.tokenizer_name_or_path, ncfg.model_sha256), model.config)
     else:
-        backbone = resolve_backbone(str(ncfg.model_name_or_path), ncfg.get("model_sha256"))
+        backbone = resolve_backbone(ncfg.model_name_or_path, ncfg.model_sha256)
         model = build_model(backbone, intents, tags, head)
         tokenizer = load_tokenizer(backbone, model.config)
 
@@ -79,7 +81,7 @@ def run_nlu_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
     val_rows = training_rows(splits["validation"], str(ncfg.false_wake)) if "validation" in splits else []
     val_ds = to_features(val_rows, tokenizer, intents, tags, int(ncfg.max_length)) if val_rows else None
 
-    args = training_arguments(cfg, out_dir / "checkpoints", has_eval=val_ds is not None)
+    args = training_arguments(ncfg, tcfg, int(cfg.seed), out_dir / "checkpoints", has_eval=val_ds is not None)
     trainer = Trainer(
         model=model,
         args=args,
@@ -230,7 +232,7 @@ def resolve_backbone(name: str, sha256: str | None = None) -> str:
     return name
 
 
-def make_optimizer(model: torch.nn.Module, ncfg: DictConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, ncfg: NLUConfig) -> torch.optim.Optimizer:
     """AdamW with the new heads at `head_learning_rate`; no weight decay on biases and norms."""
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
@@ -250,14 +252,13 @@ def make_optimizer(model: torch.nn.Module, ncfg: DictConfig) -> torch.optim.Opti
     )
 
 
-def training_arguments(cfg: DictConfig, output_dir: Path, has_eval: bool) -> TrainingArguments:
-    ncfg, tcfg = cfg.nlu, cfg.trainer
+def training_arguments(ncfg: NLUConfig, tcfg: TrainerConfig, seed: int, output_dir: Path, has_eval: bool) -> TrainingArguments:
     device, precision = resolve_device(tcfg)  # the ASR stage's rules: a setting that cannot work is refused
     strategy = "epoch" if has_eval else "no"
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=float(ncfg.epochs),
-        max_steps=int(ncfg.get("max_steps", -1) or -1),
+        max_steps=ncfg.max_steps if ncfg.max_steps > 0 else -1,
         per_device_train_batch_size=int(ncfg.batch_size),
         per_device_eval_batch_size=int(ncfg.eval_batch_size),
         learning_rate=float(ncfg.learning_rate),
@@ -271,10 +272,10 @@ def training_arguments(cfg: DictConfig, output_dir: Path, has_eval: bool) -> Tra
         load_best_model_at_end=has_eval,
         metric_for_best_model="score" if has_eval else None,
         greater_is_better=True,
-        logging_steps=int(tcfg.log_every),
+        logging_steps=tcfg.log_every,
         label_names=["labels", "intent_labels"],
-        seed=int(cfg.seed),
-        data_seed=int(cfg.seed),
+        seed=seed,
+        data_seed=seed,
         use_cpu=device.type == "cpu",
         bf16=precision == "bf16",
         fp16=precision == "fp16",

@@ -1,0 +1,133 @@
+"""Typed config groups: each group's settings as a dataclass, checked when a job starts.
+
+Hydra refuses a misspelt key on the command line, but not a wrong type (`nlu.epochs=x`), a value
+outside a fixed set, or an unknown key in a user's own YAML file; without a check those surface
+deep inside a stage, after the earlier stages have run for an hour. `checked` turns a group into its
+dataclass (converting `"3"` to 3 where the field says int) and raises a `PipelineError` that names
+the key and what it accepts. The YAML files stay the one place for default values: the dataclasses
+declare types and allowed values only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+
+from pipeline.runtime import PipelineError
+
+T = TypeVar("T")
+
+
+def checked(node: Any, schema: type[T], group: str) -> T:
+    """`node` (a config group) as an instance of the dataclass `schema`, or a PipelineError naming
+    `<group>.<key>`: an unknown key (with the known ones), a wrong type, a missing value, or (from the
+    schema's `validate`) a value outside its allowed set."""
+    if node is None:
+        raise PipelineError(f"the config has no `{group}` group; add it to the defaults list (see conf/{group}/)")
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    try:
+        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except ConfigKeyError as err:
+        key = f"{group}.{err.full_key}" if err.full_key else group
+        parent = key.rsplit(".", 1)[0]
+        raise PipelineError(
+            f"{key} is not a setting of {parent}; known: {', '.join(_field_names(schema, parent, group))}"
+        ) from None
+    except MissingMandatoryValue as err:
+        raise PipelineError(f"{group}.{err.full_key} has no value; set it in conf/{group}/ or on the command line") from None
+    except ValidationError as err:
+        expected = _field_type(schema, f"{group}.{err.full_key}", group)
+        raise PipelineError(
+            f"{group}.{err.full_key}={_value(values, str(err.full_key))!r} is not a valid {expected}"
+        ) from None
+    _validate(typed)
+    return typed  # type: ignore[return-value]
+
+
+def _validate(obj: Any) -> None:
+    """Each dataclass's own `validate` (allowed values, ranges), nested groups first."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate(value)
+    if hasattr(obj, "validate"):
+        obj.validate()
+
+
+def choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    """For a schema's `validate`: refuse a value outside a fixed set, naming the set."""
+    if value not in allowed:
+        raise PipelineError(f"{key}={value!r} is not one of: {', '.join(map(str, allowed))}")
+
+
+def _inner(schema: type, path: list[str]) -> type | None:
+    """The dataclass of a nested group (`ddp` inside `trainer`), or None."""
+    for name in path:
+        hint = typing.get_type_hints(schema).get(name)
+        if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+            return None
+        schema = hint
+    return schema
+
+
+def _field_names(schema: type, parent: str, group: str) -> list[str]:
+    inner = _inner(schema, parent.split(".")[1:])
+    return [f.name for f in dataclasses.fields(inner)] if inner else []
+
+
+def _field_type(schema: type, key: str, group: str) -> str:
+    *path, name = key.split(".")[1:]
+    inner = _inner(schema, path)
+    hint = typing.get_type_hints(inner).get(name) if inner else None
+    if hint is None:
+        return "value"
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _value(values: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(values, dict) or part not in values:
+            return None
+        values = values[part]
+    return values
+
+
+# The trainer group: settings shared by the ASR and NLU training loops (conf/trainer/default.yaml).
+
+@dataclass
+class DDPConfig:
+    backend: str = MISSING
+    timeout_minutes: float = MISSING
+
+    def validate(self) -> None:
+        choice("trainer.ddp.backend", self.backend, ("auto", "nccl", "gloo"))
+
+
+@dataclass
+class ProfileConfig:
+    enabled: bool = MISSING
+    wait: int = MISSING
+    warmup: int = MISSING
+    active: int = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    device: str = MISSING
+    precision: str = MISSING
+    num_workers: Any = MISSING  # auto | N
+    log_every: int = MISSING
+    ddp: DDPConfig = field(default_factory=DDPConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+
+    def validate(self) -> None:
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise PipelineError(f"trainer.device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
+        choice("trainer.precision", self.precision, ("auto", "fp32", "fp16", "bf16"))
+        if self.log_every < 1:
+            raise PipelineError(f"trainer.log_every={self.log_every}: log at least every 1 step")

@@ -1,0 +1,54 @@
+"""The `nlu` config group (conf/nlu/*.yaml) as types: what `pipeline.config.checked` holds it to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from pipeline.config import choice
+from pipeline.runtime import PipelineError
+
+
+@dataclass
+class HeadConfig:
+    intent_pooling: str = MISSING
+    tag_loss_weight: float = MISSING
+    label_smoothing: float = MISSING
+    head_dropout: float = MISSING
+
+    def validate(self) -> None:
+        choice("nlu.head.intent_pooling", self.intent_pooling, ("mean", "cls"))
+
+
+@dataclass
+class NLUConfig:
+    model_name_or_path: str = MISSING
+    model_sha256: Optional[str] = MISSING
+    encoder_config: Optional[dict[str, Any]] = MISSING
+    tokenizer_name_or_path: str = MISSING
+    false_wake: str = MISSING
+    asr_hypotheses: bool = MISSING
+    max_length: int = MISSING
+    epochs: float = MISSING
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    learning_rate: float = MISSING
+    head_learning_rate: float = MISSING
+    weight_decay: float = MISSING
+    warmup_ratio: float = MISSING
+    cpu_threads: Optional[int] = MISSING
+    group_by_length: bool = MISSING
+    resume: bool = MISSING
+    keep_checkpoints: bool = MISSING
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def validate(self) -> None:
+        choice("nlu.false_wake", self.false_wake, ("skip", "no_command"))
+        for key in ("max_length", "batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise PipelineError(f"nlu.{key}={getattr(self, key)}: must be at least 1")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise PipelineError(f"nlu.epochs={self.epochs} and nlu.max_steps={self.max_steps}: give a positive number of epochs (or steps)")

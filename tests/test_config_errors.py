@@ -1,0 +1,50 @@
+"""A wrong type, value or key in a typed config group is one clear error, naming the key and what it
+accepts, before any stage runs; train.py exits with code 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from pipeline.runtime import PipelineError
+from pipeline.stages import check_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("nlu.epochs=x", "nlu.epochs='x' is not a valid float"),
+    ("nlu.false_wake=drop", "nlu.false_wake='drop' is not one of: skip, no_command"),
+    ("nlu.head.intent_pooling=max", "nlu.head.intent_pooling='max' is not one of: mean, cls"),
+    ("+nlu.epoch=3", "nlu.epoch is not a setting of nlu; known: .*epochs"),
+    ("+nlu.head.dropout=0.1", "nlu.head.dropout is not a setting of nlu.head; known: .*head_dropout"),
+    ("trainer.log_every=often", "trainer.log_every='often' is not a valid int"),
+    ("trainer.precision=fp8", "trainer.precision='fp8' is not one of: auto, fp32, fp16, bf16"),
+    ("trainer.ddp.backend=mpi", "trainer.ddp.backend='mpi' is not one of: auto, nccl, gloo"),
+])
+def test_a_bad_setting_names_its_key_and_what_it_accepts(override: str, message: str) -> None:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=[override])
+    with pytest.raises(PipelineError, match=message):
+        check_config(cfg, ["data", "asr", "nlu", "eval"])
+
+
+def test_the_shipped_groups_pass() -> None:
+    for nlu in ("minilm", "tiny"):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+            check_config(compose("config", overrides=[f"nlu={nlu}"]), ["data", "asr", "nlu", "eval"])
+
+
+def test_train_py_stops_before_the_first_stage_with_exit_code_2(tmp_path: Path) -> None:
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), "nlu.epochs=x", "logger=none",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == "error: nlu.epochs='x' is not a valid float"
+    assert not (tmp_path / "run" / "build_report.json").exists()  # the data stage never started
