@@ -29,7 +29,6 @@ SEVERAL_SOURCES = ("python train.py stages=[data] data=sources 'data.sources=[{s
                    "constants: {wake_word_present: false}}]'")
 EVALUATE_ASR = "python evaluate.py asr_model=outputs/<date>/<time>/asr dataset=<dataset_path>"
 EVALUATE_NLU = "python evaluate.py nlu_model=outputs/<date>/<time>/nlu dataset=<dataset_path>"
-EVALUATE_BOTH = "python evaluate.py asr_model=outputs/<date>/<time>/asr nlu_model=outputs/<date>/<time>/nlu dataset=<dataset_path>"
 HUB = ("python train.py stages=[data] data=hf data.path=google/speech_commands data.name=v0.02 data.split=test "
        "data.columns.transcript=label")
 
@@ -81,7 +80,7 @@ def test_readme_examples_run_as_written(tiny_dataset_path: Path, tmp_path: Path)
                                    "mycroft": {"records_in": 16, "records_kept": 16, "records_quarantined": 0}}
     assert min(report["splits"].values()) > 0
 
-    for name, command in (("asr", EVALUATE_ASR), ("nlu", EVALUATE_NLU), ("both", EVALUATE_BOTH)):
+    for name, command in (("asr", EVALUATE_ASR), ("nlu", EVALUATE_NLU)):
         done = _run(here(command).replace("<dataset_path>", report["dataset_path"]), work, env, tmp_path / f"eval_{name}")
         assert done.returncode == 0, done.stderr[-3000:]
         metrics = json.loads((tmp_path / f"eval_{name}" / "metrics.json").read_text())
