@@ -35,8 +35,10 @@ def checked(node: Any, schema: type[T], group: str) -> T:
     except ConfigKeyError as err:
         key = f"{group}.{err.full_key}" if err.full_key else group
         parent = key.rsplit(".", 1)[0]
+        where = schema.__module__.replace(".", "/") + ".py"
         raise PipelineError(
-            f"{key} is not a setting of {parent}; known: {', '.join(_field_names(schema, parent, group))}"
+            f"{key} is not a setting of {parent}; known: {', '.join(_field_names(schema, parent, group))} "
+            f"(a new setting is declared in {where} and given its default in conf/{group}/)"
         ) from None
     except MissingMandatoryValue as err:
         raise PipelineError(f"{group}.{err.full_key} has no value; set it in conf/{group}/ or on the command line") from None
@@ -81,19 +83,24 @@ def _field_names(schema: type, parent: str, group: str) -> list[str]:
 
 
 def _field_type(schema: type, key: str, group: str) -> str:
-    *path, name = key.split(".")[1:]
+    *path, name = key.split("[")[0].split(".")[1:]
     inner = _inner(schema, path)
     hint = typing.get_type_hints(inner).get(name) if inner else None
     if hint is None:
         return "value"
+    if "[" in key and typing.get_args(hint):  # an item of a list
+        hint = typing.get_args(hint)[0]
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def _value(values: Any, key: str) -> Any:
-    for part in key.split("."):
-        if not isinstance(values, dict) or part not in values:
+    for part in key.replace("[", ".").replace("]", "").split("."):
+        if isinstance(values, list) and part.isdigit() and int(part) < len(values):
+            values = values[int(part)]
+        elif isinstance(values, dict) and part in values:
+            values = values[part]
+        else:
             return None
-        values = values[part]
     return values
 
 

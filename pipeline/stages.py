@@ -82,12 +82,15 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
 def check_config(cfg: DictConfig, stages: list[str]) -> None:
     """The typed groups the chosen stages read (pipeline.config.checked), all before the first stage:
     a wrong type or value fails in a second, not after an hour of ASR training."""
+    from pipeline.eval.config import EvalConfig
     from pipeline.nlu.config import NLUConfig
 
     if "asr" in stages or "nlu" in stages:
         checked(cfg.get("trainer"), TrainerConfig, "trainer")
     if "nlu" in stages:
         checked(cfg.get("nlu"), NLUConfig, "nlu")
+    if "eval" in stages:
+        checked(cfg.get("eval"), EvalConfig, "eval")
 
 
 def make_tracker(cfg: DictConfig, run_dir: Path, stages: list[str]) -> Tracker:

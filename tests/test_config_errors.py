@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
     ("trainer.log_every=often", "trainer.log_every='often' is not a valid int"),
     ("trainer.precision=fp8", "trainer.precision='fp8' is not one of: auto, fp32, fp16, bf16"),
     ("trainer.ddp.backend=mpi", "trainer.ddp.backend='mpi' is not one of: auto, nccl, gloo"),
+    ("eval.decoder=beam", "eval.decoder='beam' is not one of: auto, greedy, lm"),
+    ("eval.lm_weights=[1.0,x]", r"eval.lm_weights\[1\]='x' is not a valid float"),
+    ("+eval.beam=4", r"eval.beam is not a setting of eval; known: .*\(a new setting is declared in pipeline/eval/config.py"),
 ])
 def test_a_bad_setting_names_its_key_and_what_it_accepts(override: str, message: str) -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
@@ -38,6 +41,9 @@ def test_the_shipped_groups_pass() -> None:
     for nlu in ("minilm", "tiny"):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
             check_config(compose("config", overrides=[f"nlu={nlu}"]), ["data", "asr", "nlu", "eval"])
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        check_config(compose("evaluate"), ["eval"])
+        check_config(compose("retrain"), ["data", "asr", "nlu", "eval"])
 
 
 def test_train_py_stops_before_the_first_stage_with_exit_code_2(tmp_path: Path) -> None:

@@ -26,8 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
 from pipeline.asr.model import greedy_decode, load_asr, output_lengths
+from pipeline.config import checked
 from pipeline.eval import bootstrap as B
 from pipeline.eval import metrics as M
+from pipeline.eval.config import EvalConfig
 from pipeline.eval.coverage import (
     add_sources, by_source, clip_counts, flatten, label_reasons, leave_out, model_reasons, models_to_evaluate,
 )
@@ -78,6 +80,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     ecfg = OmegaConf.select(cfg, "eval", default=None)
     if ecfg is None:
         raise PipelineError("the config has no `eval` group; add `- eval: default` to the defaults (conf/eval/default.yaml)")
+    checked(ecfg, EvalConfig, "eval")  # types and allowed values, so the reads below need no fallbacks
     run_dir = Path(run_dir)
     # Either model may be missing, and the labels may lack intents, entities or one side of the wake
     # word: what cannot be computed is left out of metrics.json, and details["not_computed"] says why.
@@ -136,7 +139,7 @@ def _asr_pass(
     """Transcribe both splits, tune and apply the wake-word threshold (unless `skipped` says the
     labels cannot support one), and write each clip's transcript, errors and wake score into `rows`."""
     wake_word = _wake_word(ecfg)
-    model, processor = load_asr(asr_dir, _device(str(ecfg.get("device", "auto"))))
+    model, processor = load_asr(asr_dir, _device(str(ecfg.device)))
     check_vocabulary(processor, test["text"], float(ecfg.max_oov_char_rate), dataset_path, asr_dir)
     spellable = True
     try:
@@ -215,7 +218,7 @@ def _transcribe_splits(
 
 def _decoder_mode(ecfg: DictConfig, asr_dir: Path) -> str:
     """`auto` uses the ASR run's character LM when it has one; models from elsewhere decode greedily."""
-    mode = str(ecfg.get("decoder", "auto"))
+    mode = str(ecfg.decoder)
     if mode not in ("auto", "greedy", "lm"):
         raise PipelineError(f"eval.decoder={mode}: use auto, greedy or lm")
     if mode == "auto":
@@ -270,7 +273,7 @@ def _tuning_details(
 
 
 def _wake_word(ecfg: DictConfig) -> str:
-    word = normalize_text(str(ecfg.get("wake_word") or ""))
+    word = normalize_text(str(ecfg.wake_word or ""))
     if not word:
         raise PipelineError("eval.wake_word is missing or empty; set it in conf/eval/default.yaml (e.g. wake_word: alexa)")
     return word
@@ -507,7 +510,7 @@ def _score(
 
 
 def _slu_mode(ecfg: DictConfig) -> str:
-    mode = str(ecfg.get("slu_scoring") or "project")
+    mode = str(ecfg.slu_scoring)
     if mode not in M.SLU_SCORING:
         raise PipelineError(f"eval.slu_scoring={mode!r}: use one of {list(M.SLU_SCORING)}")
     return mode
@@ -522,7 +525,7 @@ def _scoring_gold(cfg: DictConfig, ecfg: DictConfig, with_intent: list[dict[str,
         for row in with_intent:
             row["scoring_entities"] = row["gold_entities"]
         return {"mode": mode, "clips": len(with_intent), "scored": len(with_intent)}
-    path = OmegaConf.select(ecfg, "slurp_gold", default=None)
+    path = ecfg.slurp_gold
     if not path and OmegaConf.select(cfg, "data.source", default=None) == "slurp":
         path = OmegaConf.select(cfg, "data.path", default=None)
     if not path:

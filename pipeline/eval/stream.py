@@ -325,11 +325,11 @@ def background_wake(
     false accepts per hour and the DET on the test split. None (and a warning in the details) when
     either split has no background audio: the caller keeps the clip-level figures."""
     splits = (str(ecfg.tune_split), str(ecfg.split))
-    min_hours = float(ecfg.get("min_background_hours", 1.0))
-    refractory_s = float(ecfg.get("refractory_s", 1.0))
+    min_hours = float(ecfg.min_background_hours)
+    refractory_s = float(ecfg.refractory_s)
     settings = StreamSettings(
-        window_s=float(ecfg.get("stream_window_s", 6.0)), hop_s=float(ecfg.get("stream_hop_s", 4.0)),
-        batch_size=int(ecfg.get("stream_batch_size", 8)), refractory_s=refractory_s,
+        window_s=float(ecfg.stream_window_s), hop_s=float(ecfg.stream_hop_s),
+        batch_size=int(ecfg.stream_batch_size), refractory_s=refractory_s,
     )
     details: dict[str, Any] = {
         "source": str(source) if source else None, "refractory_s": refractory_s, "window_s": settings.window_s,
@@ -366,7 +366,7 @@ def background_wake(
                                    refractory_frames, floor)
     tuned_on = count_detections(traces[splits[0]], threshold, refractory_frames)
     result = evaluate_background(test_positives, traces[splits[1]], details["hours"][splits[1]], threshold,
-                                 refractory_frames, frame_s, int(ecfg.get("worst_n", 20)))
+                                 refractory_frames, frame_s, int(ecfg.worst_n))
     details.update({
         "threshold": result.threshold, "target_fa_per_hour": target,
         "tune_false_accepts": tuned_on, "tune_fa_per_hour": tuned_on / details["hours"][splits[0]],

@@ -1,0 +1,54 @@
+"""The `eval` config group (conf/eval/default.yaml) as types: what `pipeline.config.checked` holds it to.
+
+A new eval setting is declared here as well as in the YAML (which keeps its default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from omegaconf import MISSING
+
+from pipeline.config import choice
+from pipeline.runtime import PipelineError
+
+
+@dataclass
+class EvalConfig:
+    split: str = MISSING
+    tune_split: str = MISSING
+    batch_size: int = MISSING
+    device: str = MISSING
+    wake_word: str = MISSING
+    wake_window_s: float = MISSING
+    wake_word_boundary: bool = MISSING
+    target_fa_per_hour: float = MISSING
+    background: Optional[str] = MISSING  # auto | none | a path
+    min_background_hours: float = MISSING
+    refractory_s: float = MISSING
+    stream_window_s: float = MISSING
+    stream_hop_s: float = MISSING
+    stream_batch_size: int = MISSING
+    duration_buckets: list[float] = MISSING
+    worst_n: int = MISSING
+    max_oov_char_rate: float = MISSING
+    decoder: str = MISSING
+    beam_size: int = MISSING
+    beam_size_token: int = MISSING
+    beam_threshold: float = MISSING
+    lm_weights: list[float] = MISSING
+    bootstrap_samples: int = MISSING
+    bootstrap_seed: int = MISSING
+    slu_scoring: str = MISSING
+    slurp_gold: Optional[str] = MISSING
+
+    def validate(self) -> None:
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise PipelineError(f"eval.device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
+        choice("eval.decoder", self.decoder, ("auto", "greedy", "lm"))
+        choice("eval.slu_scoring", self.slu_scoring, ("project", "slurp"))
+        for key in ("batch_size", "stream_batch_size", "beam_size", "beam_size_token"):
+            if getattr(self, key) < 1:
+                raise PipelineError(f"eval.{key}={getattr(self, key)}: must be at least 1")
+        if not self.duration_buckets:
+            raise PipelineError("eval.duration_buckets is empty; give the slice edges in seconds, e.g. [2.0, 4.0, 8.0]")
