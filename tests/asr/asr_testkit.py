@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,23 +28,6 @@ def micro_cfg(*dotlist: str) -> DictConfig:
         *dotlist,
     ])
     return cfg
-
-
-class RecordingTracker:
-    """A tracker that keeps what the stage logged, so tests can read the curves back."""
-
-    def __init__(self) -> None:
-        self.metrics: list[tuple[int | None, dict[str, float]]] = []
-        self.summary: dict[str, Any] = {}
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.metrics.append((step, dict(metrics)))
-
-    def log_summary(self, metrics: dict[str, Any]) -> None:
-        self.summary.update(metrics)
-
-    def __getattr__(self, name: str) -> Any:  # log_table, log_image, artifacts, finish: not needed here
-        return lambda *args, **kwargs: None
 
 
 if __name__ == "__main__":

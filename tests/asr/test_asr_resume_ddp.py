@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from asr_testkit import ROOT, RecordingTracker, micro_cfg
+from asr_testkit import ROOT, micro_cfg
 from omegaconf import OmegaConf
 
 from pipeline.asr.checkpoints import checkpoint_steps
 from pipeline.asr.train import run_asr_stage
+from tests.recording import RecordingTracker
 
 KIT = Path(__file__).with_name("asr_testkit.py")
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from asr_testkit import RecordingTracker, micro_cfg
+from asr_testkit import micro_cfg
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from pipeline.asr.model import load_asr
 from pipeline.asr.train import run_asr_stage
 from pipeline.runtime import PipelineError
+from tests.recording import RecordingTracker
 
 
 @pytest.fixture(scope="module")

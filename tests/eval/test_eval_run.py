@@ -21,34 +21,12 @@ from datasets import load_from_disk
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.runtime import PipelineError
+from tests.recording import RecordingTracker
 
 REPO = Path(__file__).resolve().parents[2]
 HEADLINE = ["asr/wer", "asr/cer", "wake/frr", "wake/fa_per_hour", "wake/auc", "wake/eer",
             "nlu/intent_accuracy", "nlu/entity_f1", "slu/intent_accuracy", "slu/entity_f1", "slu/slu_f1",
             "eval/num_clips", "eval/audio_hours", "eval/rtf"]
-
-
-class RecordingTracker:
-    """Keeps what the stage logged, so the test can read it back."""
-
-    def __init__(self) -> None:
-        self.summary: dict[str, Any] = {}
-        self.tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
-        self.images: dict[str, Path] = {}
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
-    def log_summary(self, metrics: dict[str, Any]) -> None:
-        self.summary.update(metrics)
-
-    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
-        self.tables[key] = (columns, rows)
-
-    def log_image(self, key: str, path: Path) -> None:
-        self.images[key] = path
-
-    def log_artifact(self, name: str, kind: str, path: Path, metadata: dict[str, Any] | None = None) -> None: ...
-    def use_artifact(self, name: str, kind: str) -> None: ...
-    def finish(self) -> None: ...
 
 
 def save_tiny_asr(dataset_path: Path, out: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -14,22 +13,9 @@ from safetensors.torch import load_file
 from pipeline.nlu import NLUModel
 from pipeline.nlu.train import run_nlu_stage
 from pipeline.tracking import NullTracker
+from tests.recording import RecordingTracker
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-
-
-class RecordingTracker(NullTracker):
-    """Keeps what the stage logs, so the test can check the curves."""
-
-    def __init__(self) -> None:
-        self.points: list[tuple[int | None, dict[str, float]]] = []
-        self.summary: dict[str, Any] = {}
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.points.append((step, metrics))
-
-    def log_summary(self, metrics: dict[str, Any]) -> None:
-        self.summary.update(metrics)
 
 
 def nlu_config(*overrides: str) -> DictConfig:
@@ -58,10 +44,10 @@ def test_stage_learns_the_tiny_corpus_and_saves_a_loadable_model(tiny_dataset_pa
     assert result["validation"] == metrics["validation"]
     assert tracker.summary["nlu/val_intent_accuracy"] == metrics["validation"]["intent_accuracy"]
 
-    losses = [(step, m["nlu/train_loss"]) for step, m in tracker.points if "nlu/train_loss" in m]
+    losses = [(step, m["nlu/train_loss"]) for step, m in tracker.metrics if "nlu/train_loss" in m]
     assert [s for s, _ in losses] == sorted(s for s, _ in losses) and len(losses) >= 20
     assert losses[-1][1] < losses[0][1] / 2
-    assert any("nlu/val_intent_accuracy" in m for _, m in tracker.points)
+    assert any("nlu/val_intent_accuracy" in m for _, m in tracker.metrics)
 
     labels = json.loads((model_dir / "nlu_labels.json").read_text())
     assert "no_command" in labels["intents"] and "B-music_genre" in labels["tags"]
