@@ -40,16 +40,23 @@ class Placement:
         return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
 
 
+def pick_device(wanted: str, key: str) -> torch.device:
+    """`auto` | `cpu` | `cuda` | `cuda:N` as a device for this machine; a GPU that is not there is an
+    error naming the setting (`key`), not a CUDA traceback later."""
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted.startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineError(f"{key}={wanted} but no CUDA GPU is visible; use {key}=cpu (or auto)")
+    return torch.device(wanted)
+
+
 def resolve_device(trainer_cfg: Any) -> tuple[torch.device, str]:
     """The device and precision (fp32 | fp16 | bf16) `trainer.device` / `trainer.precision` ask for,
     `auto` resolved for this machine; under torchrun each process takes its LOCAL_RANK's GPU."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    wanted = str(trainer_cfg.device)
-    if wanted == "auto":
-        wanted = "cuda" if torch.cuda.is_available() else "cpu"
-    if wanted.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(f"trainer.device={wanted} but no CUDA GPU is visible; use trainer.device=cpu (or auto)")
-    device = torch.device(f"cuda:{local_rank}" if wanted == "cuda" else wanted)
+    device = pick_device(str(trainer_cfg.device), "trainer.device")
+    if device == torch.device("cuda"):
+        device = torch.device(f"cuda:{local_rank}")
     precision = str(trainer_cfg.precision)
     if precision == "auto":
         if device.type != "cuda":

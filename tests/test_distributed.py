@@ -46,3 +46,12 @@ def test_the_nlu_stage_resolves_like_the_asr_stage(tmp_path: Path) -> None:
     args = training_arguments(nlu, trainer, 0, tmp_path, has_eval=False)
     assert args.use_cpu and not args.bf16 and not args.fp16
     assert args.logging_steps == cfg.trainer.log_every
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_eval_names_its_own_device_setting() -> None:
+    from pipeline.distributed import pick_device
+
+    assert pick_device("auto", "eval.device") == torch.device("cpu")
+    with pytest.raises(PipelineError, match="eval.device=cuda:1 but no CUDA GPU is visible; use eval.device=cpu"):
+        pick_device("cuda:1", "eval.device")

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
 from pipeline.asr.model import greedy_decode, load_asr, output_lengths
 from pipeline.config import checked
+from pipeline.distributed import pick_device
 from pipeline.eval import bootstrap as B
 from pipeline.eval import metrics as M
 from pipeline.eval.config import EvalConfig
@@ -139,7 +140,7 @@ def _asr_pass(
     """Transcribe both splits, tune and apply the wake-word threshold (unless `skipped` says the
     labels cannot support one), and write each clip's transcript, errors and wake score into `rows`."""
     wake_word = _wake_word(ecfg)
-    model, processor = load_asr(asr_dir, _device(str(ecfg.device)))
+    model, processor = load_asr(asr_dir, pick_device(str(ecfg.device), "eval.device"))
     check_vocabulary(processor, test["text"], float(ecfg.max_oov_char_rate), dataset_path, asr_dir)
     spellable = True
     try:
@@ -277,12 +278,6 @@ def _wake_word(ecfg: DictConfig) -> str:
     if not word:
         raise PipelineError("eval.wake_word is missing or empty; set it in conf/eval/default.yaml (e.g. wake_word: alexa)")
     return word
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _load_splits(path: Path, split: str, tune_split: str, need_audio: bool = True) -> tuple[Any, Any]:
