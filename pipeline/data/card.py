@@ -45,11 +45,17 @@ def _table(title: str, counts: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _sources(source: str | list[str]) -> str:
+    if isinstance(source, list):
+        return "sources " + ", ".join(f"`{name}`" for name in source)
+    return f"source `{source}`"
+
+
 def write_card(path: Path, summary: dict[str, Any], report: dict[str, Any]) -> None:
     lines = [
         f"# Dataset {report['fingerprint']}",
         "",
-        f"Built by the data stage from source `{report['source']}`: {report['records_in']} input records, "
+        f"Built by the data stage from {_sources(report['source'])}: {report['records_in']} input records, "
         f"{report['records_kept']} kept, {report['records_quarantined']} quarantined. Load it with "
         "`datasets.load_from_disk(<this folder>)`. Speaker, device and annotator columns are keyed "
         "pseudonyms (HMAC-SHA256); splits are assigned by a keyed hash of the speaker, so no speaker is "
@@ -59,6 +65,10 @@ def write_card(path: Path, summary: dict[str, Any], report: dict[str, Any]) -> N
         f"- false-wake share: {summary['false_wake_share']:.1%}",
         "",
     ]
+    by_source = report.get("by_source") or {}
+    if len(by_source) > 1:
+        lines += _table("Sources (records in / kept / quarantined)", {
+            name: f"{c['records_in']} / {c['records_kept']} / {c['records_quarantined']}" for name, c in by_source.items()})
     lines += _table("Splits", summary["splits"])
     lines += _table("Intents", summary["intents"])
     lines += _table("Entity types", summary["entity_types"])
