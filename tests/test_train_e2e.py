@@ -65,6 +65,11 @@ def test_train_runs_every_stage_into_one_run_folder_without_raw_ids(tmp_path: Pa
                 "nlu/intent_accuracy", "nlu/entity_f1", "slu/intent_accuracy", "slu/entity_f1",
                 "slu/slu_f1", "eval/num_clips", "eval/audio_hours", "eval/rtf"]:
         assert isinstance(metrics[key], (int, float)), key
+    # One metric, one computation: the NLU stage's test scores are the eval stage's nlu/ metrics
+    # (same clips, same saved model, same pipeline.eval.metrics functions).
+    nlu_test = json.loads((run / "nlu/nlu_metrics.json").read_text())["test"]
+    assert nlu_test["intent_accuracy"] == metrics["nlu/intent_accuracy"]
+    assert nlu_test["entity_f1"] == metrics["nlu/entity_f1"]
 
     # Privacy: no raw serial, account or annotator id in any file of the run or the built dataset.
     raw = _raw_identifiers()
