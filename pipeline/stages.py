@@ -82,9 +82,12 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
 def check_config(cfg: DictConfig, stages: list[str]) -> None:
     """The typed groups the chosen stages read (pipeline.config.checked), all before the first stage:
     a wrong type or value fails in a second, not after an hour of ASR training."""
+    from pipeline.asr.config import ASRConfig
     from pipeline.eval.config import EvalConfig
     from pipeline.nlu.config import NLUConfig
 
+    if "asr" in stages:
+        checked(cfg.get("asr"), ASRConfig, "asr")
     if "asr" in stages or "nlu" in stages:
         checked(cfg.get("trainer"), TrainerConfig, "trainer")
     if "nlu" in stages:

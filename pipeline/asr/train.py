@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from pipeline.asr.checkpoints import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
 from pipeline.asr.collate import ClipDataset, CTCCollator, plan_augmentation, played_durations
+from pipeline.asr.config import ASRConfig
 from pipeline.asr.devices import fast_cpu_math, loader_workers
 from pipeline.asr.fft_conv import use_fft_positional_conv
 from pipeline.asr.lm import LM_DIR, write_char_lm
@@ -40,13 +41,14 @@ from pipeline.tracking import Tracker
 def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker) -> dict[str, Any]:
     """Train on `train`, select on `validation`, write `<run>/asr/` and `asr/asr_metrics.json`."""
     started = time.time()
+    checked(cfg.asr, ASRConfig, "asr")  # a wrong type or value fails here, with its key
+    checked(cfg.trainer, TrainerConfig, "trainer")
     acfg, seed = cfg.asr, int(cfg.seed)
     threads = torch.get_num_threads()
-    if acfg.get("cpu_threads"):
+    if acfg.cpu_threads:
         # Fewer threads than cores is faster when the machine is shared: busy-waiting
         # OpenMP threads that compete with other processes slow every op down several-fold.
         torch.set_num_threads(int(acfg.cpu_threads))
-    checked(cfg.trainer, TrainerConfig, "trainer")  # a wrong type or value fails here, with its key
     placement = place(cfg.trainer)
     try:
         with fast_cpu_math(placement.device, placement.amp_dtype):
@@ -72,7 +74,7 @@ def _train(
         if name not in splits or len(splits[name]) == 0:
             raise PipelineError(f"{dataset_path}: split `{name}` is missing or empty; the ASR stage needs train and validation clips")
     workers = loader_workers(cfg.trainer, placement)
-    cache_mb = float(acfg.get("audio_cache_mb") or 0) if workers == 0 else 0.0  # workers would drop theirs each epoch
+    cache_mb = float(acfg.audio_cache_mb or 0) if workers == 0 else 0.0  # workers would drop theirs each epoch
     train_set, val_set = ClipDataset(splits["train"], cache_mb), ClipDataset(splits["validation"], cache_mb)
 
     resume_from = resolve_resume(acfg, ckpt_root)
@@ -108,7 +110,7 @@ def _train(
         scaler.load_state_dict(state.pop("scaler"))
 
     val_loader = clip_loader(val_set, eval_batches(val_set.durations, float(acfg.max_batch_seconds)), processor, None, 0, workers)
-    budget_s = float(acfg.max_train_minutes) * 60 if acfg.get("max_train_minutes") is not None else math.inf
+    budget_s = float(acfg.max_train_minutes) * 60 if acfg.max_train_minutes is not None else math.inf
     accum = max(int(acfg.grad_accum_steps), 1)
     log_every, eval_every = int(cfg.trainer.log_every), max(int(acfg.eval_every), 1)
 
@@ -197,7 +199,7 @@ def _train(
         profiler.stop()
     if state["step"] == 0 or state["best_step"] is None:
         raise PipelineError("asr: training ended before any validated step; raise asr.max_steps or asr.max_train_minutes")
-    if placement.is_main and acfg.get("lm_order") is not None:
+    if placement.is_main and acfg.lm_order is not None:
         # Seconds of work, so it is built fresh rather than checkpointed; see pipeline/asr/lm.py.
         tok = processor.tokenizer
         write_char_lm(out_dir / LM_DIR, splits["train"]["text"], tok.get_vocab(), tok.word_delimiter_token, int(acfg.lm_order))

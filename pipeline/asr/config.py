@@ -1,0 +1,65 @@
+"""The `asr` config group (conf/asr/*.yaml) as types: what `pipeline.config.checked` holds it to.
+
+A new ASR setting is declared here as well as in conf/asr/tiny.yaml (which keeps its default; the
+other ASR configs start from it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from pipeline.config import choice
+from pipeline.runtime import PipelineError
+
+
+@dataclass
+class AugmentConfig:
+    prob: float = MISSING
+    speeds: list[float] = MISSING
+    noise_snr_db: Optional[list[float]] = MISSING
+
+    def validate(self) -> None:
+        if not 0.0 <= self.prob <= 1.0:
+            raise PipelineError(f"asr.augment.prob={self.prob}: a share of clips, between 0 and 1")
+        if self.noise_snr_db is not None and len(self.noise_snr_db) != 2:
+            raise PipelineError(f"asr.augment.noise_snr_db={self.noise_snr_db}: give [low, high] in dB, or null")
+
+
+@dataclass
+class ASRConfig:
+    model_name_or_path: Optional[str] = MISSING
+    model_config: dict[str, Any] = MISSING        # Wav2Vec2Config fields
+    freeze_feature_encoder: bool = MISSING
+    gradient_checkpointing: bool = MISSING
+    spec_augment: dict[str, Any] = MISSING        # Wav2Vec2Config's mask_* fields
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    audio_cache_mb: float = MISSING
+    max_batch_seconds: float = MISSING
+    bucket_batches: int = MISSING
+    learning_rate: float = MISSING
+    weight_decay: float = MISSING
+    adam_betas: list[float] = MISSING
+    warmup_steps: int = MISSING
+    lr_schedule: str = MISSING
+    grad_accum_steps: int = MISSING
+    max_grad_norm: float = MISSING
+    max_steps: int = MISSING
+    max_train_minutes: Optional[float] = MISSING
+    eval_every: int = MISSING
+    keep_last: int = MISSING
+    resume: str = MISSING                          # never | auto | a checkpoint folder
+    max_nonfinite_steps: int = MISSING
+    lm_order: Optional[int] = MISSING
+    cpu_threads: Optional[int] = MISSING
+
+    def validate(self) -> None:
+        choice("asr.lr_schedule", self.lr_schedule, ("linear", "cosine", "constant"))
+        for key in ("max_steps", "eval_every", "grad_accum_steps", "max_nonfinite_steps", "bucket_batches"):
+            if getattr(self, key) < 1:
+                raise PipelineError(f"asr.{key}={getattr(self, key)}: must be at least 1")
+        if self.max_batch_seconds <= 0:
+            raise PipelineError(f"asr.max_batch_seconds={self.max_batch_seconds}: must be positive")
+        if len(self.adam_betas) != 2:
+            raise PipelineError(f"asr.adam_betas={self.adam_betas}: give two numbers, e.g. [0.9, 0.98]")
