@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.stats import poisson
-from test_eval_run import REPO, RecordingTracker, eval_cfg, save_tiny_asr, save_tiny_nlu
+from test_eval_run import REPO, eval_cfg, save_tiny_asr, save_tiny_nlu
 
 from pipeline.eval import bootstrap as B
 from pipeline.eval import metrics as M
+from tests.recording import RecordingTracker
 
 REFS = ["play jazz music", "set an alarm for seven am", "what is the weather in paris", "turn off the lights",
         "play some rock", "call mom", "wake me up at six", "is it going to rain tomorrow"]

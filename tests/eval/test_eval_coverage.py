@@ -13,7 +13,8 @@ from datasets import DatasetDict, load_from_disk
 
 from pipeline.eval import metrics as M
 from pipeline.runtime import PipelineError
-from tests.eval.test_eval_run import RecordingTracker, eval_cfg, save_tiny_asr, save_tiny_nlu
+from tests.eval.test_eval_run import eval_cfg, save_tiny_asr, save_tiny_nlu
+from tests.recording import RecordingTracker
 
 ASR = {"asr/wer", "asr/cer", "asr/wer_greedy", "asr/cer_greedy", "eval/rtf"}
 WAKE = {"wake/frr", "wake/fa_per_hour", "wake/auc", "wake/eer", "wake/threshold"}

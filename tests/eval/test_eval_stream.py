@@ -20,7 +20,8 @@ from pipeline.eval.stream import (
 from pipeline.eval.wake import keyword_scores
 from pipeline.runtime import PipelineError
 from tests.conftest import espeak_wave
-from tests.eval.test_eval_run import RecordingTracker, eval_cfg, save_tiny_asr, save_tiny_nlu
+from tests.eval.test_eval_run import eval_cfg, save_tiny_asr, save_tiny_nlu
+from tests.recording import RecordingTracker
 
 
 def trace(frames: list[int], scores: list[float], seconds: float = 1800.0, split: str = "test") -> Trace:

@@ -17,7 +17,8 @@ from datasets import load_from_disk
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.runtime import PipelineError
-from tests.eval.test_eval_run import RecordingTracker, save_tiny_asr, save_tiny_nlu
+from tests.eval.test_eval_run import save_tiny_asr, save_tiny_nlu
+from tests.recording import RecordingTracker
 
 REPO = Path(__file__).resolve().parents[2]
 QUEUE_FIELDS = {"utterance_id", "split", "kind", "annotated", "model", "score", "reason"}
