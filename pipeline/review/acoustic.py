@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.asr.model import greedy_decode, output_lengths
 from pipeline.eval.wake import keyword_scores
 from pipeline.text import normalize_text
 
@@ -72,20 +73,20 @@ def score_clips(
                                                  return_tensors="pt", return_attention_mask=use_mask)
             kwargs = {"attention_mask": inputs["attention_mask"].to(device)} if use_mask else {}
             log_probs = model(inputs["input_values"].to(device), **kwargs).logits.float().log_softmax(-1).cpu()
-            lengths = model._get_feat_extract_output_lengths(torch.tensor([len(w) for w in waves])).cpu()
+            lengths = output_lengths(model, [len(w) for w in waves])
             lap = time.perf_counter()
             out.seconds["asr_forward"] += lap - started
 
             targets = [tokenizer(texts[i]).input_ids for i in idx]
-            gaps, best = transcript_gaps(log_probs, lengths, targets, blank)
-            alternatives = tokenizer.batch_decode([best[b, : int(lengths[b])] for b in range(len(idx))])
+            gaps, _ = transcript_gaps(log_probs, lengths, targets, blank)
+            alternatives = greedy_decode(tokenizer, log_probs, lengths)  # the best path, read as text
             now = time.perf_counter()
             out.seconds["transcript"] += now - lap
             wake = keyword_scores(log_probs, lengths, keyword, blank, window)
             out.seconds["wake"] += time.perf_counter() - now
             for b, i in enumerate(idx):
                 out.transcript_gap[i] = gaps[b]
-                out.alternative[i] = normalize_text(alternatives[b].replace(tokenizer.unk_token, ""))
+                out.alternative[i] = normalize_text(alternatives[b])
                 out.wake_score[i] = float(wake[b])
     return out
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.distributed import pick_device
 from pipeline.review.crossfit import account_folds, embed, load_backbone
 from pipeline.review.suspects import KINDS, Suspect, budget, rank
 from pipeline.runtime import PipelineError
@@ -127,7 +127,7 @@ def _acoustic_kinds(cfg: DictConfig, rcfg: DictConfig, asr_dir: Path, splits: di
     word = normalize_text(str(OmegaConf.select(cfg, "eval.wake_word", default="") or ""))
     if ecfg is None or not word:
         raise PipelineError("the wake kind needs eval.wake_word (and eval.wake_window_s); add `- eval: default` to the defaults")
-    model, processor = load_asr(asr_dir, _device(str(rcfg.device)))
+    model, processor = load_asr(asr_dir, pick_device(str(rcfg.device), "review.device"))
     keyword = keyword_ids(processor, word, bool(ecfg.wake_word_boundary), asr_dir)
     gaps, alternatives, wake = [], [], []
     for name, split in splits.items():
@@ -164,12 +164,6 @@ def _text_kinds(cfg: DictConfig, rcfg: DictConfig, nlu_dir: Path, rows: list[dic
     found += entity_suspects(rows, embeddings.words, embeddings.pooled, fold, float(rcfg.c))
     seconds["entities"] = time.perf_counter() - now
     return found, {"cleanlab": cleanlab}
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _log(cfg: DictConfig, tracker: Tracker, queue: list[Suspect], summary: dict[str, Any], scoring: dict[str, Any]) -> None:
