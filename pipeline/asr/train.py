@@ -28,7 +28,7 @@ from pipeline.asr.config import ASRConfig
 from pipeline.asr.devices import fast_cpu_math, loader_workers
 from pipeline.asr.fft_conv import use_fft_positional_conv
 from pipeline.asr.lm import LM_DIR, write_char_lm
-from pipeline.asr.model import build_model, evaluate_clips, skip_waveform_gradient, uses_attention_mask
+from pipeline.asr.model import build_model, evaluate_clips, output_lengths, skip_waveform_gradient, uses_attention_mask
 from pipeline.asr.sampler import epoch_batches, eval_batches
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.config import TrainerConfig, checked
@@ -322,7 +322,7 @@ def _drop_unalignable(train_set: ClipDataset, model: Any, placement: Placement) 
     The stored `duration` column gives the frame counts without decoding any audio.
     """
     samples = torch.tensor([round(d * SAMPLING_RATE) for d in train_set.durations], dtype=torch.long)
-    frames = model._get_feat_extract_output_lengths(samples).tolist()
+    frames = output_lengths(model, samples).tolist()
     texts = train_set.split["text"]
     needed = [len(t) + sum(a == b for a, b in zip(t, t[1:])) for t in (x or "" for x in texts)]
     keep = [i for i, (n, f) in enumerate(zip(needed, frames)) if n <= f]

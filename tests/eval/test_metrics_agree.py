@@ -118,3 +118,14 @@ def test_only_the_metrics_module_computes_scores() -> None:
                 if scorer and "*" not in allowed and name not in allowed:
                     offenders.append(f"{path.relative_to(REPO)} imports {module}.{name}")
     assert not offenders, offenders
+
+
+def test_only_the_asr_model_module_reads_ctc_output_as_text() -> None:
+    """Greedy decoding (and the frame counts it trims by) live in pipeline/asr/model.py alone."""
+    offenders = [
+        f"{path.relative_to(REPO)} calls {node.attr}"
+        for path in sorted((REPO / "pipeline").rglob("*.py")) if path != REPO / "pipeline/asr/model.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in ("batch_decode", "_get_feat_extract_output_lengths")
+    ]
+    assert not offenders, offenders
