@@ -59,3 +59,20 @@ def test_comparing_runs_ignores_their_run_folders() -> None:
     runs = [RunSummary(Path(p), 0.0, flatten({"run_dir": p, "paths": {"run_dir": p}, "seed": s}), {})
             for p, s in (("/runs/a", 1), ("/runs/b", 2))]
     assert differing_keys(runs) == ["seed"]
+
+
+def test_debug_smoke_runs_every_stage_in_seconds(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, str(CONF.parent / "train.py"), "debug=[smoke,profile]", f"hydra.run.dir={run}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("build_report.json", "asr/asr_metrics.json", "asr/profile/trace.json", "nlu/nlu_metrics.json",
+                 "metrics.json", "report.md"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "asr/asr_metrics.json").read_text())["steps"] == 3
