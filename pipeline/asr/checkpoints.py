@@ -57,7 +57,7 @@ def prune_checkpoints(root: Path, keep_last: int, best_step: int | None) -> None
 
 def resolve_resume(acfg: DictConfig, root: Path) -> Path | None:
     """The checkpoint to continue from: `never`, `auto` (latest in this run) or a given folder."""
-    resume = str(acfg.get("resume", "never") or "never")
+    resume = str(acfg.resume)
     if resume in ("never", "false", "False", "none", "None"):
         return None
     if resume == "auto":
