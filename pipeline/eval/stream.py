@@ -6,7 +6,9 @@ score of `pipeline.eval.wake` gives, for every 20 ms frame, the score of the bes
 there. Each window is trusted only away from its edges (the model needs context on both sides to
 decide the word boundary after "alexa" in "alexander"): its middle `hop_s` seconds, which tile the
 recording, so every frame is scored by exactly one window with at least (window_s - hop_s) / 2
-seconds of context either side. Memory stays that of one batch of windows, whatever the length.
+seconds of context either side (the recording's first such stretch is not scored, and not counted
+in its hours; its last has only what follows). Memory stays that of one batch of windows, whatever
+the length.
 
 A detection is the first frame at or above the threshold; frames within `refractory_s` after it
 are ignored, as a deployed detector ignores them. The count of detections can only fall as the
@@ -153,7 +155,10 @@ def stream_background(
     for rec in recordings:
         kept_frames: list[np.ndarray] = []
         kept_scores: list[np.ndarray] = []
-        covered = 0  # frames already scored by an earlier window
+        # Frames already scored by an earlier window. The recording's first `margin` frames are not
+        # scored: without left context the model says what most training clips start with (the wake
+        # word), and a recording's start is a cut that a device listening all day does not have.
+        covered = margin
         batch: list[tuple[int, np.ndarray, bool]] = []
 
         def flush() -> None:
@@ -195,9 +200,9 @@ def stream_background(
             if len(batch) >= settings.batch_size:
                 flush()
         flush()
-        stats.audio_seconds += rec.seconds
+        stats.audio_seconds += rec.seconds  # streamed (the scored seconds are the trace's)
         stats.traces.append(Trace(
-            rec.recording_id, rec.split, rec.seconds,
+            rec.recording_id, rec.split, max(0.0, rec.seconds - margin * stride / SAMPLING_RATE),
             np.concatenate(kept_frames) if kept_frames else np.zeros(0, np.int64),
             np.concatenate(kept_scores) if kept_scores else np.zeros(0, np.float32),
         ))
@@ -361,6 +366,7 @@ def background_wake(
     frame_s = frame_seconds(model)
     refractory_frames = refractory_s / frame_s
     traces = {s: [t for t in stats.traces if t.split == s] for s in splits}
+    details["hours"] = {s: sum(t.seconds for t in traces[s]) / 3600.0 for s in splits}  # the scored hours
     target = float(ecfg.target_fa_per_hour)
     threshold = tune_on_background(val_positives, traces[splits[0]], details["hours"][splits[0]], target,
                                    refractory_frames, floor)

@@ -17,7 +17,7 @@ from pipeline.eval.stream import (
     StreamSettings, Trace, count_detections, detections, evaluate_background, stream_background,
     threshold_for_rate, tune_on_background,
 )
-from pipeline.eval.wake import keyword_scores
+from pipeline.eval.wake import keyword_trace
 from pipeline.runtime import PipelineError
 from tests.conftest import espeak_wave
 from tests.eval.test_eval_run import eval_cfg, save_tiny_asr, save_tiny_nlu
@@ -91,16 +91,19 @@ def test_the_stream_scores_every_frame_once_whatever_the_block_size(tiny_model: 
     np.testing.assert_allclose(one.scores, small.scores, rtol=1e-5)
     assert np.all(np.diff(one.frames) == 1)  # each frame once, none skipped
     n_frames = len(wave) // 320
-    assert one.frames[-1] >= n_frames - 3 and one.frames[0] < 20
+    # From the end of the first window's left margin ((3 - 2) / 2 s = 25 frames) to the end.
+    assert one.frames[0] == 25 and one.frames[-1] >= n_frames - 3
+    assert one.seconds == pytest.approx(len(wave) / 16000 - 0.5)
 
-    # A recording shorter than a window is one window: its best frame is the clip score.
+    # A recording shorter than a window is one window: past its margin, the clip scorer's trace.
     short = _recording(tmp_path / "short.wav", speech)
     streamed = stream_background(model, processor, [short], keyword, blank, StreamSettings(window_s=6.0, hop_s=4.0))
     inputs = processor.feature_extractor([speech], sampling_rate=16000, return_tensors="pt")
     with torch.inference_mode():
-        log_probs = model(inputs["input_values"]).logits.log_softmax(-1)
-    clip = keyword_scores(log_probs, torch.tensor([log_probs.shape[1]]), keyword, blank, 10_000)
-    assert float(streamed.traces[0].scores.max()) == pytest.approx(float(clip[0]), rel=1e-4)
+        log_probs = model(inputs["input_values"]).logits.log_softmax(-1).numpy()
+    clip = keyword_trace(log_probs, np.array([log_probs.shape[1]]), keyword, blank)[0]
+    assert streamed.traces[0].frames[0] == 50
+    np.testing.assert_allclose(streamed.traces[0].scores, clip[50:][np.isfinite(clip[50:])], atol=0.01)
 
     # Another sampling rate is resampled block by block without seams: the same frames are scored.
     import torchaudio.functional as AF
@@ -136,7 +139,7 @@ def test_eval_stage_measures_false_accepts_on_background_recordings(
     out = tmp_path / "eval"
     metrics = run_eval_stage(cfg, out, tiny_dataset_path, RecordingTracker())
     details = json.loads((out / "eval_details.json").read_text())["wake_background"]
-    test_hours = sf.info(str(folder / "test/room.flac")).duration / 3600
+    test_hours = (sf.info(str(folder / "test/room.flac")).duration - 0.5) / 3600  # less the unscored first margin
     assert metrics["wake/background_hours"] == pytest.approx(test_hours)
     assert details["recordings"] == {"validation": 1, "test": 1}
     # Rates are counts over hours, and the tuned threshold keeps validation within the target.
