@@ -126,10 +126,12 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
         blocks.append(("p", "Transcripts: greedy CTC decoding (no language model)."))
     wake = details.get("wake")
     if wake:
-        blocks.append(("p", f"Wake-word threshold {wake['threshold']:.4f} (tuned on validation); "
-                            f"{wake['positives']} clips with and {wake['negatives']} without the wake word "
-                            f"({wake['negative_hours'] * 3600:.0f} s of negative audio)."))
         background = details.get("wake_background") or {}
+        tuned_on = ("validation positives and background" if "threshold" in background
+                    else "validation clips")
+        blocks.append(("p", f"Wake-word threshold {wake['threshold']:.4f} (tuned on {tuned_on}); test: "
+                            f"{wake['positives']} clips with and {wake['negatives']} without the wake word "
+                            f"({wake['negative_hours'] * 3600:.0f} s of negative clips: AUC and EER)."))
         blocks += _background_blocks(background)
         tuning = details.get("wake_tuning") or {}
         clip = tuning.get("bounding_clip")
