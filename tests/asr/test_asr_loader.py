@@ -1,0 +1,150 @@
+"""The fast loader path (batched Arrow read, FLAC by dr_flac, planned speed perturbation as one matrix
+product, features and labels written into the padded arrays) gives the values of the straightforward
+one: soundfile, torchaudio's Resample, and the processor's feature extractor and tokenizer."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.transforms as AT
+from omegaconf import OmegaConf
+
+from pipeline.asr.collate import (
+    CharLabels, ClipDataset, CTCCollator, decode_audio, padded_length, plan_augmentation, speed_perturb,
+)
+from pipeline.asr.vocab import build_vocab, make_processor
+
+TEXTS = ["turn on the lights", "play jazz", "set an alarm for seven", "what's the weather", "call mom", "a  b"]
+
+
+def _encoded(wave: np.ndarray, rate: int, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, wave, rate, format=fmt, subtype="PCM_16")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def clip_split() -> object:
+    """Six clips in every stored form the loader meets: FLAC mono/stereo/8 kHz and WAV."""
+    from datasets import Audio, Dataset, Features, Value
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, text in enumerate(TEXTS):
+        seconds = 0.6 + 0.3 * i
+        rate = 8000 if i == 3 else 16000
+        wave = (0.2 * rng.standard_normal(int(seconds * rate))).astype(np.float32)
+        if i == 2:
+            wave = np.stack([wave, 0.5 * wave], axis=1)  # stereo
+        audio = _encoded(wave, rate, "WAV" if i == 4 else "FLAC")
+        rows.append({"utterance_id": f"u{i}", "audio": {"bytes": audio, "path": None}, "text": text, "duration": seconds})
+    features = Features({"utterance_id": Value("string"), "audio": {"bytes": Value("binary"), "path": Value("string")},
+                         "text": Value("string"), "duration": Value("float32")})
+    return Dataset.from_list(rows, features=features).cast_column("audio", Audio(sampling_rate=16000, decode=False))
+
+
+def _reference_wave(cell: dict) -> np.ndarray:
+    """What the loader decoded before: libsndfile, channels averaged, torchaudio to 16 kHz."""
+    wave, rate = sf.read(io.BytesIO(cell["bytes"]), dtype="float32", always_2d=True)
+    wave = wave.mean(axis=1)
+    if rate != 16000:
+        import torchaudio.functional as AF
+
+        wave = AF.resample(torch.from_numpy(wave), rate, 16000).numpy()
+    return wave
+
+
+def test_batched_read_decodes_every_stored_form_as_soundfile_does(clip_split: object) -> None:
+    clips = ClipDataset(clip_split, cache_mb=0)
+    items = clips.__getitems__([4, 0, 2, 3])
+    assert [item["index"] for item in items] == [4, 0, 2, 3]
+    for item in items:
+        row = clip_split[item["index"]]
+        assert item["text"] == row["text"]
+        assert item["audio"].dtype == np.float32 and item["audio"].ndim == 1
+        assert np.array_equal(item["audio"], _reference_wave(row["audio"]))
+        assert np.array_equal(item["audio"], clips[item["index"]]["audio"])
+    # A selected split (the training stage drops unalignable clips with `select`) reads the right rows.
+    picked = ClipDataset(clip_split.select([5, 1]))
+    assert [item["text"] for item in picked.__getitems__([0, 1])] == [TEXTS[5], TEXTS[1]]
+    with pytest.raises(Exception, match="u9: the stored FLAC does not decode"):
+        decode_audio({"bytes": b"fLaC" + b"\0" * 64, "path": None}, "u9")
+
+
+def test_speed_perturbation_matches_torchaudio_resample() -> None:
+    wave = (0.3 * np.random.default_rng(1).standard_normal(23_456)).astype(np.float32)
+    for speed in (0.9, 1.1):
+        expected = AT.Resample(int(16000 * speed), 16000)(torch.from_numpy(wave)).numpy()
+        got = speed_perturb(wave, speed)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_collated_batch_equals_the_processor_output(clip_split: object, tmp_path: Path, masked: bool) -> None:
+    clips = ClipDataset(clip_split)
+    processor = make_processor(build_vocab(TEXTS[:4]), tmp_path, return_attention_mask=masked)  # some unseen characters
+    cfg = OmegaConf.create({"prob": 1.0, "speeds": [0.9, 1.0, 1.1], "noise_snr_db": [10, 20]})
+    plan = plan_augmentation(len(clips), cfg, seed=5)
+    items = clips.__getitems__(list(range(len(clips))))
+    batch = CTCCollator(processor, cfg, seed=5, plan=plan)(items)
+
+    gen = torch.Generator().manual_seed(5 * 1_000_003 + 0)
+    waves = []
+    for item, speed in zip(items, plan):  # the previous path: torchaudio's module, then white noise
+        x = torch.tensor(item["audio"])
+        if speed != 1.0:
+            x = AT.Resample(int(16000 * speed), 16000)(x)
+        low, high = 10.0, 20.0
+        snr = torch.tensor([low + (high - low) * torch.rand((), generator=gen).item()])
+        x = __import__("torchaudio").functional.add_noise(x[None], torch.randn(x.shape, generator=gen)[None], snr)[0]
+        waves.append(x.numpy())
+    expected = processor.feature_extractor(waves, sampling_rate=16000, padding="longest", return_tensors="pt")
+    tokens = processor.tokenizer([item["text"] for item in items], padding="longest", return_tensors="pt")
+    torch.testing.assert_close(batch["input_values"], expected["input_values"], rtol=0, atol=2e-5)
+    assert torch.equal(batch["labels"], tokens.input_ids.masked_fill(tokens.attention_mask.eq(0), -100))
+    assert ("attention_mask" in batch) == masked
+    if masked:
+        assert torch.equal(batch["attention_mask"], expected["attention_mask"])
+    assert batch["input_lengths"].tolist() == [len(w) for w in waves]
+
+
+def test_character_labels_equal_the_tokenizer(tmp_path: Path) -> None:
+    processor = make_processor(build_vocab(TEXTS), tmp_path, return_attention_mask=False)
+    labels = CharLabels(processor.tokenizer)
+    assert labels.plain  # the fast lookup is in use for this project's tokenizer
+    for text in ["", " lead", "trail ", "two  spaces", "unseen ü ß 7%", "a|b", "a | b", "x<unk>y", "<pad>"]:
+        assert labels(text) == processor.tokenizer(text).input_ids, text
+
+
+def test_pad_buckets_bound_the_number_of_shapes(clip_split: object, tmp_path: Path) -> None:
+    buckets = (16000, 32000)
+    assert [padded_length(n, buckets) for n in (10, 16000, 16001, 32000, 40000)] == [16000, 16000, 32000, 32000, 64000]
+    assert padded_length(12345, None) == 12345
+    processor = make_processor(build_vocab(TEXTS), tmp_path, return_attention_mask=True)
+    clips = ClipDataset(clip_split)
+    batch = CTCCollator(processor, pad_buckets=buckets)(clips.__getitems__([0, 2]))  # 0.6 s and 1.2 s
+    assert batch["input_values"].shape[1] == 32000
+    assert batch["attention_mask"].sum().item() == sum(batch["input_lengths"].tolist())
+    assert batch["input_values"][0, batch["input_lengths"][0]:].abs().sum() == 0  # masked padding stays 0
+
+
+def test_loader_benchmark_compares_both_loaders(clip_split: object, tmp_path: Path) -> None:
+    from datasets import DatasetDict
+
+    from bench.loader_throughput import main
+
+    DatasetDict({"train": clip_split}).save_to_disk(str(tmp_path / "ds"))
+    report = main(["--dataset", str(tmp_path / "ds"), "--repeats", "2", "--out", str(tmp_path / "out"),
+                   "--batch-seconds", "3", "--noise-snr-db", "10", "20"])
+    assert report["max_abs_difference"] <= 2e-5
+    for side in ("previous", "current"):
+        assert len(report[side]["runs"]) == 2 and report[side]["audio_seconds_per_second_median"] > 0
+    written = json.loads(next((tmp_path / "out").glob("loader_throughput-*.json")).read_text())
+    assert written["speedup_median"] == report["speedup_median"]
