@@ -15,10 +15,37 @@ from pipeline.runtime import PipelineError
 
 
 @dataclass
+class ConditionsConfig:
+    """Real recording conditions (pipeline/asr/augment.py): a chance per augmented clip, and a range."""
+
+    reverb_prob: float = MISSING
+    reverb_rt60_s: list[float] = MISSING
+    noise_prob: float = MISSING
+    noise_snr_db: list[float] = MISSING
+    telephone_prob: float = MISSING
+    gain_prob: float = MISSING
+    gain_db: list[float] = MISSING
+
+    def validate(self) -> None:
+        for key in ("reverb_prob", "noise_prob", "telephone_prob", "gain_prob"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise PipelineError(f"asr.augment.conditions.{key}={getattr(self, key)}: a chance, between 0 and 1")
+        for key in ("reverb_rt60_s", "noise_snr_db", "gain_db"):
+            value = getattr(self, key)
+            if len(value) != 2 or value[0] > value[1]:
+                raise PipelineError(f"asr.augment.conditions.{key}={value}: give [low, high]")
+        if self.reverb_rt60_s[0] <= 0:
+            raise PipelineError(f"asr.augment.conditions.reverb_rt60_s={self.reverb_rt60_s}: RT60 must be positive")
+
+
+@dataclass
 class AugmentConfig:
     prob: float = MISSING
     speeds: list[float] = MISSING
     noise_snr_db: Optional[list[float]] = MISSING
+    # Not in conf/asr/tiny.yaml: the data recipe that needs it (conf/data/demo_speech.yaml) sets it,
+    # and the asr group is merged after the data group, so a `null` there would switch it off again.
+    conditions: Optional[ConditionsConfig] = None
 
     def validate(self) -> None:
         if not 0.0 <= self.prob <= 1.0:

@@ -1,0 +1,153 @@
+"""Real recording conditions for training clips: room reverberation, background noise, the
+telephone band and gain (`asr.augment.conditions`, off unless a config sets it; `data=demo_speech`
+does).
+
+A model trained on clean espeak-ng voices and a few corpora hears far-field rooms, noisy homes and
+8 kHz phone lines badly. Each effect comes from a maintained library: the room from
+pyroomacoustics' image-source model (convolved with `torchaudio.functional.fftconvolve`), the noise from
+`audiomentations.AddColorNoise` (white to brown spectra at a random SNR), the gain from
+`torchaudio.functional.gain` and the telephone band from `torchaudio.functional.resample` down to
+8 kHz and back. Every random choice is drawn from the caller's `torch.Generator`, so a seed gives
+the same augmented clip in any process; audiomentations draws from the global `random` and
+`numpy.random`, so each of its calls runs under a seed drawn from that generator and the global
+states are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+from pipeline.data.features import SAMPLING_RATE
+
+TELEPHONE_RATE = 8000
+ROOMS = 8  # rooms per RT60
+MAX_IMAGE_ORDER = 40
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """Chance of each effect per augmented clip, and the ranges its strength is drawn from."""
+
+    reverb_prob: float = 0.0
+    reverb_rt60_s: tuple[float, float] = (0.2, 0.8)   # RT60 of the simulated room
+    noise_prob: float = 0.0
+    noise_snr_db: tuple[float, float] = (5.0, 30.0)
+    telephone_prob: float = 0.0
+    gain_prob: float = 0.0
+    gain_db: tuple[float, float] = (-18.0, 6.0)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | Any) -> "Conditions":
+        get = cfg.get
+        return cls(
+            reverb_prob=float(get("reverb_prob", 0.0)), reverb_rt60_s=_pair(get("reverb_rt60_s", cls.reverb_rt60_s)),
+            noise_prob=float(get("noise_prob", 0.0)), noise_snr_db=_pair(get("noise_snr_db", cls.noise_snr_db)),
+            telephone_prob=float(get("telephone_prob", 0.0)),
+            gain_prob=float(get("gain_prob", 0.0)), gain_db=_pair(get("gain_db", cls.gain_db)),
+        )
+
+
+def _pair(value: Any) -> tuple[float, float]:
+    low, high = (float(v) for v in value)
+    return low, high
+
+
+def _uniform(gen: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * torch.rand((), generator=gen).item()
+
+
+def _happens(gen: torch.Generator, prob: float) -> bool:
+    return torch.rand((), generator=gen).item() < prob
+
+
+@contextmanager
+def _seeded_globals(gen: torch.Generator) -> Iterator[None]:
+    """Run a library that draws from the global RNGs under a seed from `gen`, leaving them as they were."""
+    seed = int(torch.randint(2**31 - 1, (), generator=gen).item())
+    py_state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+@lru_cache(maxsize=256)
+def room_impulse_response(rt60_s: float, room: int) -> torch.Tensor:
+    """The impulse response from a talker to a microphone in a shoebox room with this RT60
+    (pyroomacoustics' image-source model, absorption from Sabine's formula). Room size and
+    positions are fixed by (rt60_s, room), so a process computes each response once and every
+    process gets the same one; image order is capped so one costs ~0.05 s (the late tail of a
+    long RT60 is shortened)."""
+    import pyroomacoustics as pra
+
+    rng = np.random.default_rng([int(round(rt60_s * 1000)), room])
+    size = rng.uniform([3.0, 3.0, 2.4], [8.0, 6.0, 3.2])
+    absorption, order = pra.inverse_sabine(rt60_s, size)
+    shoebox = pra.ShoeBox(size, fs=SAMPLING_RATE, materials=pra.Material(absorption), max_order=min(order, MAX_IMAGE_ORDER))
+    source = rng.uniform(0.5, size - 0.5)
+    mic = np.clip(source + rng.uniform(-2.5, 2.5, 3) * [1, 1, 0.2], 0.3, size - 0.3)
+    shoebox.add_source(source)
+    shoebox.add_microphone(mic)
+    shoebox.compute_rir()
+    rir = torch.tensor(shoebox.rir[0][0], dtype=torch.float32)
+    return rir / rir.abs().max()
+
+
+def reverberate(wave: torch.Tensor, rt60_s: float, gen: torch.Generator) -> torch.Tensor:
+    """The clip as heard in one of ROOMS simulated rooms with about this RT60 (rounded to 50 ms,
+    so a training run needs a few dozen responses), at its original peak level and length."""
+    room = int(torch.randint(ROOMS, (), generator=gen).item())
+    rir = room_impulse_response(max(0.05, round(rt60_s * 20) / 20), room)
+    wet = AF.fftconvolve(wave, rir)[..., : wave.shape[-1]]
+    peak = wet.abs().max()
+    return wet * (wave.abs().max() / peak) if peak > 0 else wet
+
+
+def add_noise(wave: torch.Tensor, snr_db: float, gen: torch.Generator) -> torch.Tensor:
+    """Coloured background noise (spectral slope drawn between white and brown) at this SNR."""
+    from audiomentations import AddColorNoise
+
+    noise = AddColorNoise(min_snr_db=snr_db, max_snr_db=snr_db, min_f_decay=-6.0, max_f_decay=0.0, p=1.0)
+    with _seeded_globals(gen):
+        out = noise(samples=wave.numpy().astype(np.float32), sample_rate=SAMPLING_RATE)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def telephone(wave: torch.Tensor) -> torch.Tensor:
+    """Through an 8 kHz channel and back to 16 kHz: nothing above 4 kHz survives."""
+    narrow = AF.resample(wave, SAMPLING_RATE, TELEPHONE_RATE)
+    return AF.resample(narrow, TELEPHONE_RATE, SAMPLING_RATE)[..., : wave.shape[-1]]
+
+
+def recording_conditions(wave: torch.Tensor, cfg: Mapping[str, Any] | Any, gen: torch.Generator) -> torch.Tensor:
+    """Room, then noise, then phone line, then level: the order a recorded voice goes through them.
+
+    Every decision is drawn from `gen` whether or not the effect fires, so one clip's choices do
+    not shift the next clip's."""
+    c = cfg if isinstance(cfg, Conditions) else Conditions.from_config(cfg)
+    reverb, rt60 = _happens(gen, c.reverb_prob), _uniform(gen, *c.reverb_rt60_s)
+    noise, snr = _happens(gen, c.noise_prob), _uniform(gen, *c.noise_snr_db)
+    phone = _happens(gen, c.telephone_prob)
+    gain, gain_db = _happens(gen, c.gain_prob), _uniform(gen, *c.gain_db)
+    x = wave.float()
+    if reverb:
+        x = reverberate(x, rt60, gen)
+    if noise:
+        x = add_noise(x, snr, gen)
+    if phone:
+        x = telephone(x)
+    if gain:
+        x = AF.gain(x, gain_db)
+    return x.clamp(-1.0, 1.0)
