@@ -181,13 +181,19 @@ def test_make_review_reviews_a_finished_run_with_its_own_config(tiny_models: Pat
 
 def test_stages_review_runs_after_the_others_in_the_run_folder(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
     from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
 
     from pipeline.stages import run_stages
 
     run = make_run(tmp_path, tiny_models, tiny_dataset_path)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose("config", overrides=["stages=[review]", "logger=none", "nlu=tiny", "review.folds=4",
-                                           f"run_dir={run}", f"cache_dir={tmp_path / 'cache'}"])
+                                           f"cache_dir={tmp_path / 'cache'}"], return_hydra_config=True)
+    with open_dict(cfg):  # what @hydra.main sets up before the job: the run folder, ${hydra:...}
+        cfg.hydra.runtime.output_dir = str(run)
+        HydraConfig.instance().set_config(cfg)
+        del cfg["hydra"]
     results = run_stages(cfg)
     assert results["review"]["queue"] == str(run / "review" / "queue.jsonl")
     assert json.loads((run / "review" / "summary.json").read_text())["folds"] == 4
