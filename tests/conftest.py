@@ -15,6 +15,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Stages called in-process set defaults such as WANDB_DATA_DIR (runtime.configure_environment);
+    without this, they would leak into later tests' subprocesses and point them at another test's
+    folders."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
 SENTENCES = [
     ("alexa play jazz music", "play_music", [("music_genre", "jazz")], True),
     ("alexa set an alarm for seven am", "alarm_set", [("time", "seven am")], True),
