@@ -53,6 +53,11 @@ class DemoKnobs:
     # Share of clips per kind whose annotation is corrupted (pipeline.data.label_noise), to score
     # the review stage against known errors. Applied to the finished export: the audio is shared.
     label_noise: float = 0.0
+    # A second keyword heard only from these voices (data=demo_speech: "computer"): a seeded share
+    # of the commands spoken again with it instead of "alexa", as false wakes for "alexa"
+    # (pipeline.data.speech_recipe.other_wake_records). None = the demo as shipped.
+    other_wake_word: str | None = None
+    other_wake_share: float = 0.0
 
 
 def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path) -> tuple[Path, Path | None]:
@@ -67,6 +72,10 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     espeak = espeak_version()
     if knobs.voice is not None:
         records = [{**r, "voice": knobs.voice} for r in records]
+    if knobs.other_wake_word:
+        from pipeline.data.speech_recipe import other_wake_records
+
+        records = records + other_wake_records(records, knobs.other_wake_word, knobs.other_wake_share, knobs.seed)
     out = Path(cache_dir) / "demo" / _cache_key(knobs, espeak)
     deletions = out / "deletions.jsonl" if deletions_src.exists() else None
     if (out / "annotations.jsonl").exists():
@@ -114,6 +123,8 @@ def _knobs(data_cfg: DictConfig | Mapping[str, Any]) -> DemoKnobs:
         value = getattr(knobs, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise PipelineError(f"data.demo.{name}={value!r}: use a positive integer or null")
+    if not 0.0 <= float(knobs.other_wake_share) <= 1.0:
+        raise PipelineError(f"data.demo.other_wake_share={knobs.other_wake_share!r}: a share of the commands, between 0 and 1")
     if knobs.voice is not None and (not isinstance(knobs.voice, str) or not knobs.voice.strip()):
         raise PipelineError(f"data.demo.voice={knobs.voice!r}: use an espeak-ng voice such as en-us or en-gb+m3, or null")
     return knobs
@@ -167,7 +178,8 @@ def _cache_key(knobs: DemoKnobs, espeak: str) -> str:
     for name in ("utterances.jsonl", "deletions.jsonl"):
         path = DEMO_DIR / name
         h.update(path.read_bytes() if path.exists() else b"")
-    selection = {k: v for k, v in asdict(knobs).items() if k not in ("workers", "label_noise")}
+    selection = {k: v for k, v in asdict(knobs).items() if k not in ("workers", "label_noise")
+                 and not (k.startswith("other_wake") and not knobs.other_wake_word)}  # unset: the old key
     h.update(json.dumps([EXPORT_VERSION, espeak, selection], sort_keys=True).encode())
     return h.hexdigest()[:16]
 

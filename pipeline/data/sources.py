@@ -21,7 +21,7 @@ from pipeline.runtime import PipelineError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("jsonl", "demo", "slurp", "nemo", "massive_text", "hf")
+SOURCES = ("jsonl", "demo", "slurp", "nemo", "massive_text", "hf", "speech")
 # Keys that hold for the whole build; in a `data.sources` entry they are ignored (with a warning).
 BUILD_KEYS = ("min_duration_s", "max_duration_s", "quarantine_flags", "split_shares", "num_proc", "allowed_roots")
 
@@ -109,7 +109,11 @@ def open_source(data_cfg: DictConfig, cache_dir: Path, in_list: bool = False) ->
         source = _jsonl_source(annotations_path, "demo")
         source.kind = "demo"
         return source, Path(deletions) if deletions else demo_deletions
-    if name == "hf":
+    if name == "speech":  # a corpus of human speech with held-out speakers (pipeline.data.speech_recipe)
+        from pipeline.data.speech_recipe import speech_source
+
+        source = speech_source(data_cfg, cache_dir, str(data_cfg.get("name") or "speech"))
+    elif name == "hf":
         config_name = data_cfg.get("config_name") or (None if in_list else data_cfg.get("name"))
         source = _hf_source(data_cfg, cache_dir, str(data_cfg.get("name") or "hf") if in_list else "hf", config_name)
     elif name == "jsonl":

@@ -1,0 +1,133 @@
+"""Real human speech beside the demo (`data=demo_speech`), judged on speakers it never heard.
+
+A `speech` source (`source: speech` in `data.sources`) is one corpus of ../shared/data/speech, an
+audiofolder read exactly like `source: hf`, with two things an hf source cannot do:
+
+- **Held-out speakers per corpus.** The build's account split draws each speaker with the split
+  shares, so a corpus of 4 speakers (FSDD) may have none in test. Here each corpus's speakers are
+  ranked by a seeded hash of (corpus, speaker) and the first `heldout.test` share of them (at least
+  one when the corpus has two or more) go to test, the next `heldout.validation` share to
+  validation. The choice depends on nothing but the names and the seed, so every build (the
+  training one and the wake-word one below) holds out the same people. A corpus without speakers
+  (the Mycroft wake words) is split clip by clip with the same shares.
+- **Keyword clips kept out of training.** Clips whose `keyword_column` (Mycroft's `wake_word`) is
+  one of `keywords` are the test of a wake word the model hears only from espeak-ng voices:
+  `role: train` drops them, and `role: wake_test` builds the set that scores them: those clips as
+  wake-word positives (half validation, to tune the threshold, half test) against the held-out
+  other human speech (validation and test speakers only; training clips are left out), so that
+  `evaluate.py eval.wake_word=computer dataset=<that build>` scores a word never heard from a person.
+
+The demo side of the recipe (pipeline.data.demo, `data.demo.other_wake_word`) speaks a share of the
+demo's commands with that keyword instead of "alexa", as false wakes for the demo's own wake word.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pipeline.data.sources import RawRecord, Source
+from pipeline.runtime import PipelineError
+
+ROLES = ("train", "wake_test")
+
+
+def _fraction(*parts: Any) -> float:
+    """A number in [0, 1) fixed by `parts` (sha256), for seeded choices that never drift."""
+    digest = hashlib.sha256("\x00".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def heldout_speakers(speakers: list[str], corpus: str, validation: float, test: float, seed: int) -> dict[str, str]:
+    """speaker -> split: the first `test` share of the ranked speakers (at least one when there are
+    two or more) to test, the next `validation` share to validation, the rest to train."""
+    ranked = sorted(set(speakers), key=lambda s: _fraction(seed, corpus, s))
+    n = len(ranked)
+    n_test = max(1 if n >= 2 and test > 0 else 0, round(test * n))
+    n_val = min(round(validation * n), max(0, n - n_test - 1))
+    return {s: "test" if i < n_test else "validation" if i < n_test + n_val else "train" for i, s in enumerate(ranked)}
+
+
+def clip_split(clip: str, corpus: str, validation: float, test: float, seed: int) -> str:
+    u = _fraction(seed, corpus, clip)
+    return "test" if u < test else "validation" if u < test + validation else "train"
+
+
+def speech_source(data_cfg: DictConfig, cache_dir: Path, name: str) -> Source:
+    """One corpus of human speech as a Source whose records carry their split (see the module)."""
+    from pipeline.data.sources import _hf_source
+
+    path = data_cfg.get("path")
+    if not path or not Path(str(path)).is_dir():
+        root = Path(str(path)).parent if path else None
+        raise PipelineError(
+            f"data.sources: the {name!r} speech source reads {path}, which does not exist "
+            f"({Path(str(path)).resolve() if path else 'no path given'}). data=demo_speech needs the shared human "
+            f"speech folder {root} (speech_commands/, fsdd/, mycroft_wake_words/: see its README.md); put it "
+            "there, point data.speech_dir=<folder> at a copy, or train on the demo alone (data=demo)"
+        )
+    role = str(data_cfg.get("role") or "train")
+    if role not in ROLES:
+        raise PipelineError(f"data.sources: {name}: role={role!r}; use one of {list(ROLES)}")
+    keywords = {str(k) for k in (data_cfg.get("keywords") or [])}
+    keyword_column = str(data_cfg.get("keyword_column") or "wake_word")
+    heldout = data_cfg.get("heldout") or {}
+    validation, test = float(heldout.get("validation", 0.1)), float(heldout.get("test", 0.1))
+    seed = int(data_cfg.get("seed") or 0)
+
+    inner = _hf_source(data_cfg, cache_dir, name, None)
+    dataset = inner.hf.dataset
+    if keywords and keyword_column not in dataset.column_names:
+        inner.close()
+        raise PipelineError(f"data.sources: {name}: keyword_column={keyword_column!r} is not a column of {path} "
+                            f"(columns: {dataset.column_names})")
+    marks = dataset[keyword_column] if keywords else None
+    speaker_column = inner.hf.mapping.get("account_id")
+    by_speaker = (heldout_speakers([str(s) for s in dataset[speaker_column]], name, validation, test, seed)
+                  if speaker_column else None)
+    rows = inner.records
+
+    def records() -> Iterator[RawRecord]:
+        for raw in rows:
+            if raw.data is None or raw.row is None:
+                yield raw
+                continue
+            record = dict(raw.data)
+            if marks is not None and marks[raw.row] in keywords:
+                if role == "train":
+                    continue  # never heard in training
+                record["wake_word_present"] = True
+                split = "validation" if _fraction(seed, name, "keyword", record["utterance_id"]) < 0.5 else "test"
+            else:
+                split = (by_speaker[str(record["account_id"])] if by_speaker is not None
+                         else clip_split(record["utterance_id"], name, validation, test, seed))
+                if role == "wake_test":
+                    if split == "train":
+                        continue  # heard in training: not a fair negative
+                    record["wake_word_present"] = False
+            yield RawRecord(raw.line, record, split=split, row=raw.row, audio=raw.audio)
+
+    inner.records = records()
+    inner.options = {**inner.options, "speech": {"role": role, "keywords": sorted(keywords), "keyword_column": keyword_column,
+                                                 "heldout": [validation, test], "seed": seed}}
+    inner.kind = "speech"
+    return inner
+
+
+def other_wake_records(records: list[dict[str, Any]], word: str, share: float, seed: int) -> list[dict[str, Any]]:
+    """A seeded `share` of the demo's commands spoken again with `word` in place of "alexa": false
+    wakes for the demo's own wake word, and the only voices training hears the keyword from."""
+    out = []
+    for r in records:
+        transcript = str(r.get("transcript") or "")
+        if not r.get("wake_word_present") or not transcript.startswith("alexa ") or _fraction(seed, word, r["utterance_id"]) >= share:
+            continue
+        said = word + transcript[len("alexa"):]
+        uid = f"{r['utterance_id']}-{word.replace(' ', '_')}"
+        out.append({**r, "utterance_id": uid, "audio": f"audio/{uid}.wav", "transcript": said, "annotation": said,
+                    "intent": None, "wake_word_present": False, "kind": "other_wake"})
+    return out

@@ -1,0 +1,94 @@
+"""data=demo_speech and data=speech_wake (pipeline/data/speech_recipe.py), through train.py on small
+folders shaped like ../shared/data/speech: speakers held out per corpus, the human keyword clips
+never in training and only in the wake-word test set, the demo's "computer" commands, and a clear
+stop when the shared folder is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+
+from pipeline.data.speech_recipe import clip_split, heldout_speakers, other_wake_records
+from tests.data.test_readme_examples import _corpora
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _train(tmp_path: Path, run: str, *overrides: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache"), "PIPELINE_PSEUDONYM_KEY": "speech-recipe-key",
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, str(REPO / "train.py"), "stages=[data]", "logger=none", f"hydra.run.dir={tmp_path / run}",
+            *overrides]
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_each_corpus_holds_out_at_least_one_speaker_the_same_way_every_time() -> None:
+    four = ["george", "jackson", "nicolas", "theo"]
+    split = heldout_speakers(four, "fsdd", 0.1, 0.15, seed=0)
+    assert sorted(split.values()) == ["test", "train", "train", "train"]
+    assert heldout_speakers(list(reversed(four)) * 3, "fsdd", 0.1, 0.15, seed=0) == split  # order, repeats
+    many = heldout_speakers([f"{i:08x}" for i in range(150)], "speech_commands", 0.1, 0.15, seed=0)
+    counts = {s: list(many.values()).count(s) for s in ("train", "validation", "test")}
+    assert counts == {"train": 113, "validation": 15, "test": 22}
+    assert heldout_speakers(four, "fsdd", 0.1, 0.15, seed=1) != split or heldout_speakers(four, "x", 0.1, 0.15, 0) != split
+    shares = [clip_split(f"clip{i}", "mycroft", 0.1, 0.15, 0) for i in range(2000)]
+    assert 0.12 < shares.count("test") / 2000 < 0.18 and 0.07 < shares.count("validation") / 2000 < 0.13
+
+
+def test_the_demo_speaks_a_share_of_its_commands_with_the_second_keyword() -> None:
+    records = [{"utterance_id": f"demo-{i}", "transcript": f"alexa play song {i}", "intent": "play_music",
+                "annotation": f"alexa play song {i}", "wake_word_present": True} for i in range(200)]
+    records.append({"utterance_id": "demo-x", "transcript": "turn the news on", "intent": None, "wake_word_present": False})
+    extra = other_wake_records(records, "computer", 0.3, seed=0)
+    assert 40 < len(extra) < 80
+    for r in extra:
+        assert r["transcript"].startswith("computer play song ") and r["annotation"] == r["transcript"]
+        assert r["intent"] is None and r["wake_word_present"] is False  # a false wake for "alexa"
+        assert r["audio"] == f"audio/{r['utterance_id']}.wav"
+    assert extra == other_wake_records(records, "computer", 0.3, seed=0)
+
+
+def test_a_missing_speech_folder_stops_the_build_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "speech"
+    done = _train(tmp_path, "run", "data=demo_speech", f"data.speech_dir={missing}")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"{missing}" in done.stderr and "data.speech_dir" in done.stderr
+    assert not (tmp_path / "cache" / "demo").exists()  # stopped before synthesising the demo
+
+
+@pytest.mark.slow
+def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(tmp_path: Path) -> None:
+    speech = tmp_path / "speech"
+    _corpora(speech)  # 12 + 6 speakers; mycroft: amelia, athena, computer, hey computer x 4
+    done = _train(tmp_path, "train", "data=demo_speech", f"data.speech_dir={speech}", "data.num_proc=1",
+                  "data.sources.3.demo.max_utterances=40")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "train" / "build_report.json").read_text())
+    assert report["by_source"]["mycroft"]["records_in"] == 8  # the 8 computer clips are never read in
+    built = load_from_disk(report["dataset_path"])
+    rows = [(split, r) for split in built for r in built[split]]
+    assert not any(r["source"] == "mycroft" and "computer" in r["text"] for _, r in rows)
+    spoken = [r for _, r in rows if r["source"] == "demo" and r["text"].startswith("computer ")]
+    assert spoken and not any(r["wake_word_present"] for r in spoken)
+    for corpus in ("speech_commands", "fsdd"):
+        by_split = {s: {r["speaker"] for split, r in rows if split == s and r["source"] == corpus} for s in built}
+        assert by_split["test"] and by_split["train"]
+        assert not by_split["train"] & (by_split["test"] | by_split["validation"])
+    heard = {r["speaker"] for split, r in rows if split == "train" and r["source"] != "demo"}
+
+    done = _train(tmp_path, "wake", "data=speech_wake", f"data.speech_dir={speech}", "data.num_proc=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    wake = load_from_disk(json.loads((tmp_path / "wake" / "build_report.json").read_text())["dataset_path"])
+    assert len(wake["train"]) == 0
+    clips = [r for split in ("validation", "test") for r in wake[split]]
+    positives = [r for r in clips if r["wake_word_present"]]
+    assert sorted({r["text"] for r in positives}) == ["computer", "hey computer"] and len(positives) == 8
+    assert all(wake[s].filter(lambda r: r["wake_word_present"]).num_rows for s in ("validation", "test"))
+    negatives = [r for r in clips if not r["wake_word_present"]]
+    assert negatives and not {r["speaker"] for r in negatives} & heard  # only people training never heard
