@@ -55,6 +55,21 @@ class AugmentConfig:
 
 
 @dataclass
+class AutoBatchConfig:
+    """How `max_batch_seconds: auto` sizes batches on a GPU (a probe at start-up; see pipeline/asr/model.py)."""
+
+    fallback_seconds: float = MISSING   # used where no probe can run (the CPU)
+    margin: float = MISSING             # share of the device memory left free
+    max_seconds: float = MISSING        # never larger than this
+
+    def validate(self) -> None:
+        if not 0.0 <= self.margin < 1.0:
+            raise PipelineError(f"asr.auto_batch.margin={self.margin}: a share of the device memory to leave free, in [0, 1)")
+        if self.fallback_seconds <= 0 or self.max_seconds <= 0:
+            raise PipelineError("asr.auto_batch.fallback_seconds and max_seconds must be positive seconds")
+
+
+@dataclass
 class ASRConfig:
     model_name_or_path: Optional[str] = MISSING
     model_config: dict[str, Any] = MISSING        # Wav2Vec2Config fields
@@ -63,7 +78,11 @@ class ASRConfig:
     spec_augment: dict[str, Any] = MISSING        # Wav2Vec2Config's mask_* fields
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     audio_cache_mb: float = MISSING
-    max_batch_seconds: float = MISSING
+    max_batch_seconds: Any = MISSING               # padded seconds per batch and process | auto (GPU probe)
+    auto_batch: AutoBatchConfig = field(default_factory=AutoBatchConfig)
+    attn_implementation: str = MISSING             # eager | sdpa | flash_attention_2 (transformers' attention kernels)
+    compile: bool = MISSING                        # torch.compile the model; batches padded to compile_buckets lengths
+    compile_buckets: int = MISSING
     bucket_batches: int = MISSING
     learning_rate: float = MISSING
     weight_decay: float = MISSING
@@ -86,7 +105,13 @@ class ASRConfig:
         for key in ("max_steps", "eval_every", "grad_accum_steps", "max_nonfinite_steps", "bucket_batches"):
             if getattr(self, key) < 1:
                 raise PipelineError(f"asr.{key}={getattr(self, key)}: must be at least 1")
-        if self.max_batch_seconds <= 0:
-            raise PipelineError(f"asr.max_batch_seconds={self.max_batch_seconds}: must be positive")
+        if self.max_batch_seconds != "auto" and (
+            isinstance(self.max_batch_seconds, (bool, str)) or not isinstance(self.max_batch_seconds, (int, float))
+            or self.max_batch_seconds <= 0
+        ):
+            raise PipelineError(f"asr.max_batch_seconds={self.max_batch_seconds!r}: give positive seconds, or auto")
+        choice("asr.attn_implementation", self.attn_implementation, ("eager", "sdpa", "flash_attention_2"))
+        if self.compile_buckets < 1:
+            raise PipelineError(f"asr.compile_buckets={self.compile_buckets}: must be at least 1")
         if len(self.adam_betas) != 2:
             raise PipelineError(f"asr.adam_betas={self.adam_betas}: give two numbers, e.g. [0.9, 0.98]")

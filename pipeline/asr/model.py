@@ -33,13 +33,14 @@ def build_model(cfg: DictConfig, processor: Wav2Vec2Processor) -> Wav2Vec2ForCTC
     `lm_head` sized to our vocabulary.
     """
     overrides = _ctc_overrides(cfg, processor)
+    attention = str(cfg.get("attn_implementation") or "sdpa")  # sdpa: PyTorch's fused kernels, eager's results
     if cfg.model_name_or_path is None:
         config = Wav2Vec2Config(**OmegaConf.to_container(cfg.model_config, resolve=True), **overrides)
-        model = Wav2Vec2ForCTC(config)
+        model = Wav2Vec2ForCTC._from_config(config, attn_implementation=attention)
     else:
         source = str(cfg.model_name_or_path)
         try:
-            model = Wav2Vec2ForCTC.from_pretrained(source, ignore_mismatched_sizes=True, **overrides)
+            model = Wav2Vec2ForCTC.from_pretrained(source, ignore_mismatched_sizes=True, attn_implementation=attention, **overrides)
         except OSError as err:
             raise PipelineError(
                 f"asr.model_name_or_path={source}: cannot load a wav2vec2 checkpoint ({err.__class__.__name__}); "
@@ -159,3 +160,48 @@ def evaluate_clips(
     if not any(normalize_text(r) for r in refs):  # nothing to score a word error rate against
         return {"loss": loss, "wer": float("nan"), "cer": float("nan"), "clips": clips}
     return {"loss": loss, "wer": M.wer(refs, hyps), "cer": M.cer(refs, hyps), "clips": clips}
+
+
+def probe_batch_seconds(
+    model: Wav2Vec2ForCTC, device: torch.device, amp_dtype: torch.dtype | None, clip_seconds: float,
+    budget_bytes: int, max_seconds: float, vocab_size: int,
+) -> float:
+    """The padded seconds per batch whose training step (forward, backward) fits in `budget_bytes` of GPU memory.
+
+    Two short steps of clips `clip_seconds` long (the longest a batch holds, so the shape is the
+    worst one) measure the peak memory at one and at two clips per batch; memory grows linearly
+    with the padded seconds beyond the model's own, so the fit gives the size, checked by one more
+    step at that size (and 10% smaller while it runs out of memory). Gradients are dropped after.
+    """
+    samples = int(clip_seconds * 16_000)
+
+    def peak(rows: int) -> int | None:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            x = torch.randn(rows, samples, device=device)
+            labels = torch.randint(2, vocab_size, (rows, max(1, int(clip_seconds * 12))), device=device)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = model(x, labels=labels).loss
+            loss.backward()
+            return int(torch.cuda.max_memory_allocated(device))
+        except torch.OutOfMemoryError:
+            return None
+        finally:
+            model.zero_grad(set_to_none=True)
+
+    one, two = peak(1), peak(2)
+    if one is None or two is None:
+        return clip_seconds  # one clip per batch is all that fits
+    seconds = fit_batch_seconds(one, two, clip_seconds, budget_bytes, max_seconds)
+    while seconds > clip_seconds and peak(int(seconds // clip_seconds)) is None:
+        seconds *= 0.9
+    torch.cuda.empty_cache()
+    return max(seconds, clip_seconds)
+
+
+def fit_batch_seconds(peak_one: int, peak_two: int, clip_seconds: float, budget_bytes: int, max_seconds: float) -> float:
+    """Padded seconds at which a linear fit of peak memory (one clip, two clips) meets the budget."""
+    per_second = max((peak_two - peak_one) / clip_seconds, 1.0)
+    fixed = peak_one - per_second * clip_seconds
+    return float(min(max_seconds, max(clip_seconds, (budget_bytes - fixed) / per_second)))

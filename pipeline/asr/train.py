@@ -28,7 +28,9 @@ from pipeline.asr.config import ASRConfig
 from pipeline.asr.devices import fast_cpu_math, loader_workers
 from pipeline.asr.fft_conv import use_fft_positional_conv
 from pipeline.asr.lm import LM_DIR, write_char_lm
-from pipeline.asr.model import build_model, evaluate_clips, output_lengths, skip_waveform_gradient, uses_attention_mask
+from pipeline.asr.model import (
+    build_model, evaluate_clips, output_lengths, probe_batch_seconds, skip_waveform_gradient, uses_attention_mask,
+)
 from pipeline.asr.sampler import epoch_batches, eval_batches
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.config import TrainerConfig, checked
@@ -51,10 +53,45 @@ def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
         torch.set_num_threads(int(acfg.cpu_threads))
     placement = place(cfg.trainer)
     try:
-        with fast_cpu_math(placement.device, placement.amp_dtype):
+        with fast_cpu_math(placement.device, placement.amp_dtype), compile_settings(acfg):
             return _train(cfg, placement, Path(run_dir), Path(dataset_path), tracker, started)
     finally:
         torch.set_num_threads(threads)
+
+
+def compile_settings(acfg: DictConfig) -> Any:
+    """With `asr.compile`: lengths stay static (they come in `compile_buckets` sizes), and dynamo may
+    keep a graph for each bucket; otherwise nothing changes."""
+    if not acfg.compile:
+        return nullcontext()
+    import torch._dynamo.config as dynamo_config
+
+    from contextlib import ExitStack
+    from unittest import mock
+
+    import transformers.models.wav2vec2.modeling_wav2vec2 as w2v
+
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    stack = ExitStack()
+    stack.enter_context(dynamo_config.patch(automatic_dynamic_shapes=False, **{limit: max(8, 2 * int(acfg.compile_buckets))}))
+    # SpecAugment draws its masks with numpy from the batch's shape: traced, it recompiled for every
+    # clip count; run eagerly it is what it always was.
+    stack.enter_context(mock.patch.object(w2v, "_compute_mask_indices", torch._dynamo.disable(w2v._compute_mask_indices)))
+    return stack
+
+
+def _compiled_loss(step_model: Any, model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's CTC loss with only the network compiled: the loss gathers a batch's transcripts into
+    one vector of varying length, which would recompile for every batch, so it runs eagerly here
+    (transformers' own loss function, with its arguments)."""
+    logits = step_model(input_values=inputs["input_values"], attention_mask=inputs.get("attention_mask")).logits
+    mask = inputs.get("attention_mask")
+    samples = mask.sum(-1) if mask is not None else torch.full((logits.shape[0],), inputs["input_values"].shape[1], device=logits.device)
+    cfg = model.config
+    return model.loss_function(
+        logits=logits, labels=inputs["labels"], logit_lengths=model._get_feat_extract_output_lengths(samples).to(torch.long),
+        blank_token_id=cfg.pad_token_id, reduction=cfg.ctc_loss_reduction, zero_infinity=cfg.ctc_zero_infinity,
+    )
 
 
 def _train(
@@ -92,9 +129,13 @@ def _train(
         if placement.is_main:
             print(f"[asr] resuming from {resume_from} (step {state['step']})", flush=True)
     model.to(placement.device).train()
-    use_fft_positional_conv(model, placement.device, placement.amp_dtype)  # same result, ~1.8x faster on the CPU
+    if not acfg.compile:  # inductor mis-strides the FFT's output (torch 2.9); compiled, the plain conv is fused anyway
+        use_fft_positional_conv(model, placement.device, placement.amp_dtype)  # same result, ~1.8x faster on the CPU
     skip_waveform_gradient(model)
+    batch_seconds = resolve_batch_seconds(acfg, model, placement, train_set.durations, len(processor.tokenizer))
     ddp_model = _wrap_ddp(model, acfg, placement)
+    buckets = compile_buckets(acfg, train_set.durations) if acfg.compile else None
+    step_model = torch.compile(ddp_model) if acfg.compile else ddp_model
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -109,9 +150,9 @@ def _train(
         optimizer.load_state_dict(state.pop("optimizer"))
         scaler.load_state_dict(state.pop("scaler"))
 
-    val_loader = clip_loader(val_set, eval_batches(val_set.durations, float(acfg.max_batch_seconds)), processor, None, 0, workers)
-    budget_s = float(acfg.max_train_minutes) * 60 if acfg.max_train_minutes is not None else math.inf
     accum = max(int(acfg.grad_accum_steps), 1)
+    val_loader = clip_loader(val_set, eval_batches(val_set.durations, batch_seconds), processor, None, 0, workers)
+    budget_s = float(acfg.max_train_minutes) * 60 if acfg.max_train_minutes is not None else math.inf
     log_every, eval_every = int(cfg.trainer.log_every), max(int(acfg.eval_every), 1)
 
     loop_start = time.time() - state["train_seconds"]
@@ -123,23 +164,30 @@ def _train(
         epoch_seed = seed * 1000 + state["epoch"]
         plan = plan_augmentation(len(train_set), acfg.augment, epoch_seed)  # None when augmentation is off
         batches = epoch_batches(
-            played_durations(train_set.durations, plan), float(acfg.max_batch_seconds), int(acfg.bucket_batches),
+            played_durations(train_set.durations, plan), batch_seconds, int(acfg.bucket_batches),
             seed, state["epoch"], placement.rank, placement.world_size,
         )
         if not batches:
             raise PipelineError(f"{dataset_path}: the train split gives no batches for {placement.world_size} processes")
-        loader = clip_loader(train_set, batches[state["micro"]:], processor, acfg.augment, epoch_seed, workers, plan)
+        loader = clip_loader(train_set, batches[state["micro"]:], processor, acfg.augment, epoch_seed, workers, plan,
+                             buckets, prefetch=accum)
         for batch in loader:
             seed_everything(((seed * 1_000_003 + state["epoch"]) * 1_000_003 + state["micro"]) * 101 + placement.rank)
             state["micro"] += 1
             in_accum += 1
             syncing = in_accum == accum
             pending_seconds += float(batch["audio_seconds"])
-            inputs = {k: batch[k].to(placement.device) for k in ("input_values", "attention_mask", "labels") if k in batch}
+            # non_blocking: from pinned memory the copy overlaps the previous step's kernels
+            inputs = {k: batch[k].to(placement.device, non_blocking=True) for k in ("input_values", "attention_mask", "labels") if k in batch}
+            if buckets is not None:  # the clip count and transcript length vary; the padded length is a bucket's
+                for key, value in inputs.items():
+                    torch._dynamo.maybe_mark_dynamic(value, 0)
+                torch._dynamo.maybe_mark_dynamic(inputs["labels"], 1)
+            # Accumulating micro-batches skip DDP's gradient all-reduce; the last one of a step does it.
             sync_ctx = ddp_model.no_sync() if placement.distributed and not syncing else nullcontext()
             with sync_ctx:
                 with torch.autocast(placement.device.type, dtype=placement.amp_dtype or torch.float32, enabled=placement.amp_dtype is not None):
-                    loss = ddp_model(**inputs).loss / accum
+                    loss = (_compiled_loss(step_model, model, inputs) if buckets is not None else step_model(**inputs).loss) / accum
                 finite = all_agree(bool(torch.isfinite(loss).item()), placement)
                 if finite and not bad_accum:
                     scaler.scale(loss).backward()
@@ -203,6 +251,7 @@ def _train(
         # Seconds of work, so it is built fresh rather than checkpointed; see pipeline/asr/lm.py.
         tok = processor.tokenizer
         write_char_lm(out_dir / LM_DIR, splits["train"]["text"], tok.get_vocab(), tok.word_delimiter_token, int(acfg.lm_order))
+    state["max_batch_seconds"] = batch_seconds
     metrics = _finish(model, processor, state, placement, ckpt_root, out_dir, started, stopped_by, tracker, unalignable)
     barrier(placement)
     return metrics
@@ -276,13 +325,66 @@ def _wrap_ddp(model: torch.nn.Module, acfg: DictConfig, placement: Placement) ->
 
 def clip_loader(
     dataset: ClipDataset, batches: list[list[int]], processor: Any, augment_cfg: DictConfig | None, seed: int, workers: int,
-    plan: list[float | None] | None = None,
+    plan: list[float | None] | None = None, buckets: tuple[int, ...] | None = None, prefetch: int = 1,
 ) -> torch.utils.data.DataLoader:
-    """Collated batches of `dataset` in the given order (the sampler decided it), for training or validation."""
+    """Collated batches of `dataset` in the given order (the sampler decided it), for training or validation.
+
+    Workers keep two optimizer steps of micro-batches (`prefetch` per step) ready between them, in
+    pinned memory on a GPU machine so the copy to the device runs asynchronously."""
+    extra = {"prefetch_factor": max(2, math.ceil(2 * prefetch / workers))} if workers > 0 else {}
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, collate_fn=CTCCollator(processor, augment_cfg, seed, plan), num_workers=workers,
-        persistent_workers=False, pin_memory=torch.cuda.is_available(),
+        dataset, batch_sampler=batches, collate_fn=CTCCollator(processor, augment_cfg, seed, plan, buckets), num_workers=workers,
+        persistent_workers=False, pin_memory=torch.cuda.is_available(), **extra,
     )
+
+
+def resolve_batch_seconds(acfg: DictConfig, model: torch.nn.Module, placement: Placement, durations: list[float], vocab_size: int) -> float:
+    """`asr.max_batch_seconds`, or for `auto` the largest batch a training step fits in the GPU's memory.
+
+    The probe (pipeline.asr.model.probe_batch_seconds) takes a few steps' time at start-up; every
+    process of a DDP run probes its own GPU and they agree on the smallest answer. Where nothing
+    can be probed (the CPU) `asr.auto_batch.fallback_seconds` is used, and the log says so."""
+    if acfg.max_batch_seconds != "auto":
+        return float(acfg.max_batch_seconds)
+    auto = acfg.auto_batch
+    if placement.device.type != "cuda":
+        seconds = float(auto.fallback_seconds)
+        if placement.is_main:
+            print(f"[asr] max_batch_seconds=auto: no GPU to probe on {placement.device}; using "
+                  f"asr.auto_batch.fallback_seconds={seconds:g}", flush=True)
+        return seconds
+    speeds = [float(s) for s in (acfg.augment.speeds or [1.0])] if float(acfg.augment.prob or 0) > 0 else [1.0]
+    longest = max(durations) / min(speeds + [1.0])
+    free, total_bytes = torch.cuda.mem_get_info(placement.device)
+    budget = int(total_bytes * (1.0 - float(auto.margin))) - (total_bytes - free - torch.cuda.memory_allocated(placement.device))
+    seconds = probe_batch_seconds(model, placement.device, placement.amp_dtype, longest, budget, float(auto.max_seconds), vocab_size)
+    if placement.distributed:
+        import torch.distributed as dist
+
+        box = torch.tensor([seconds], dtype=torch.float64, device=placement.device)
+        dist.all_reduce(box, op=dist.ReduceOp.MIN)
+        seconds = float(box.item())
+    if placement.is_main:
+        print(f"[asr] max_batch_seconds=auto: {seconds:.0f} padded seconds per batch and process fit "
+              f"{(1 - float(auto.margin)):.0%} of {total_bytes / 2**30:.0f} GiB ({placement.precision}, longest clip {longest:.1f} s)", flush=True)
+    return seconds
+
+
+def compile_buckets(acfg: DictConfig, durations: list[float]) -> tuple[int, ...]:
+    """`asr.compile_buckets` padded lengths in samples, spaced evenly in log-length from the shortest
+    clip to the longest one as played (speed perturbation stretches clips by up to 1/min speed).
+
+    A compiled model keeps one graph per input length; padding to these few lengths instead of each
+    batch's longest clip bounds the compilations, at the cost of some padding (about half a step of
+    the ladder on average)."""
+    speeds = [float(s) for s in (acfg.augment.speeds or [1.0])] if float(acfg.augment.prob or 0) > 0 else [1.0]
+    shortest, longest = min(durations) / max(speeds + [1.0]), max(durations) / min(speeds + [1.0])
+    count = int(acfg.compile_buckets)
+    ratio = (longest / shortest) ** (1 / max(count - 1, 1)) if count > 1 else 1.0
+    hop = 320  # one output frame
+    lengths = {math.ceil(shortest * ratio**k * SAMPLING_RATE / hop) * hop for k in range(count)}
+    lengths.add(math.ceil(longest * SAMPLING_RATE / hop) * hop)
+    return tuple(sorted(lengths)[-count:])
 
 
 def _evaluate_and_save(
@@ -295,6 +397,10 @@ def _evaluate_and_save(
         step = state["step"]
         entry = {"step": step, "val_loss": scores["loss"], "val_wer": scores["wer"], "val_cer": scores["cer"],
                  "audio_hours": state["audio_seconds"] / 3600, "train_seconds": state["train_seconds"]}
+        if acfg.compile:  # graphs compiled so far in this process: flat once every bucket has been seen
+            from torch._dynamo.utils import counters
+
+            entry["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
         state["history"].append(entry)
         if state["best_wer"] is None or scores["wer"] < state["best_wer"]:
             state["best_wer"], state["best_step"] = scores["wer"], step
@@ -348,7 +454,7 @@ def _finish(
         "audio_hours_seen": state["audio_seconds"] / 3600, "train_wall_seconds": state["train_seconds"],
         "stage_wall_seconds": time.time() - started, "stopped_by": stopped_by,
         "nonfinite_steps": state["nonfinite_steps"], "unalignable_clips": unalignable,
-        "world_size": placement.world_size,
+        "world_size": placement.world_size, "max_batch_seconds": state.get("max_batch_seconds"),
         "device": str(placement.device), "precision": placement.precision,
         "num_parameters": sum(p.numel() for p in model.parameters()), "history": state["history"],
         "model_dir": str(out_dir),

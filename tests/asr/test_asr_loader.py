@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,47 @@ def test_loader_benchmark_compares_both_loaders(clip_split: object, tmp_path: Pa
         assert len(report[side]["runs"]) == 2 and report[side]["audio_seconds_per_second_median"] > 0
     written = json.loads(next((tmp_path / "out").glob("loader_throughput-*.json")).read_text())
     assert written["speedup_median"] == report["speedup_median"]
+
+
+def test_compiled_training_keeps_one_graph_set_per_bucket(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """asr.compile pads every batch to a bucket length and lets the clip count vary: after the first
+    steps nothing more is compiled, however the batches differ (inductor on the CPU, ~30-60 s)."""
+    import shutil as sh
+
+    import torch._dynamo
+
+    from pipeline.asr.train import run_asr_stage
+    from tests.asr.asr_testkit import micro_cfg
+    from tests.recording import RecordingTracker
+
+    if sh.which("g++") is None and sh.which("c++") is None:
+        pytest.skip("torch.compile's inductor backend needs a C++ compiler on the CPU, and none is installed")
+    torch._dynamo.reset()
+    cfg = micro_cfg("asr.compile=true", "asr.compile_buckets=1", "asr.max_steps=8", "asr.eval_every=3", "asr.lm_order=null",
+                    "asr.augment.prob=0")
+    metrics = run_asr_stage(cfg, tmp_path / "run", tiny_dataset_path, RecordingTracker())
+    graphs = [h["compiled_graphs"] for h in metrics["history"]]
+    assert len(graphs) == 3 and graphs[0] > 0 and graphs[0] == graphs[-1], graphs
+    assert all(math.isfinite(h["val_loss"]) for h in metrics["history"])
+
+
+def test_auto_batch_seconds_falls_back_on_the_cpu_and_fits_memory_linearly(tiny_dataset_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pipeline.asr.model import fit_batch_seconds
+    from pipeline.asr.train import run_asr_stage
+    from pipeline.config import checked
+    from pipeline.asr.config import ASRConfig
+    from pipeline.runtime import PipelineError
+    from tests.asr.asr_testkit import micro_cfg
+    from tests.recording import RecordingTracker
+
+    cfg = micro_cfg("asr.max_batch_seconds=auto", "asr.auto_batch.fallback_seconds=9", "asr.max_steps=2", "asr.lm_order=null")
+    metrics = run_asr_stage(cfg, tmp_path / "run", tiny_dataset_path, RecordingTracker())
+    assert metrics["max_batch_seconds"] == 9.0
+    assert "max_batch_seconds=auto: no GPU to probe on cpu; using asr.auto_batch.fallback_seconds=9" in capsys.readouterr().out
+    # 1 GB for the model, 0.1 GB per padded second: a 9 GB budget holds 80 s, bounded by max_seconds.
+    gb = 10**9
+    assert fit_batch_seconds(int(1.5 * gb), int(2.0 * gb), 5.0, 9 * gb, 3200) == pytest.approx(80.0)
+    assert fit_batch_seconds(int(1.5 * gb), int(2.0 * gb), 5.0, 9 * gb, 60) == 60
+    for bad in ("asr.max_batch_seconds=big", "asr.max_batch_seconds=-1", "asr.attn_implementation=fast"):
+        with pytest.raises(PipelineError, match=bad.split("=")[0]):
+            checked(micro_cfg(bad).asr, ASRConfig, "asr")

@@ -52,7 +52,7 @@ def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_does(tiny_datase
 @pytest.mark.slow
 def test_two_cpu_processes_train_with_ddp(tiny_dataset_path: Path, tmp_path: Path) -> None:
     cfg_file = tmp_path / "cfg.yaml"
-    cfg_file.write_text(OmegaConf.to_yaml(micro_cfg("asr.max_steps=3", "asr.eval_every=3", "trainer.device=cpu")))
+    cfg_file.write_text(OmegaConf.to_yaml(micro_cfg("asr.max_steps=3", "asr.eval_every=3", "asr.grad_accum_steps=2", "trainer.device=cpu")))
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
@@ -62,7 +62,7 @@ def test_two_cpu_processes_train_with_ddp(tiny_dataset_path: Path, tmp_path: Pat
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "asr" / "asr_metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 3
-    single = run_asr_stage(micro_cfg("asr.max_steps=3", "asr.eval_every=3"), tmp_path / "one", tiny_dataset_path, RecordingTracker())
+    single = run_asr_stage(micro_cfg("asr.max_steps=3", "asr.eval_every=3", "asr.grad_accum_steps=2"), tmp_path / "one", tiny_dataset_path, RecordingTracker())
     # Each of the two processes takes its own batches, so a DDP step sees about twice the audio.
     assert metrics["audio_hours_seen"] > 1.5 * single["audio_hours_seen"]
 
