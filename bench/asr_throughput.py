@@ -43,9 +43,13 @@ def bench_cfg(args: argparse.Namespace, run_steps: int) -> DictConfig:
         asr.model_config = OmegaConf.create({"feat_extract_norm": "group", "do_stable_layer_norm": False, "layerdrop": 0.0})
         asr.freeze_feature_encoder = True
         asr.learning_rate = 1e-4
-        asr.max_batch_seconds = args.batch_seconds or 200
+        asr.max_batch_seconds = _seconds(args.batch_seconds) or 200
+        asr.auto_batch.fallback_seconds = 200
     elif args.batch_seconds:
-        asr.max_batch_seconds = args.batch_seconds
+        asr.max_batch_seconds = _seconds(args.batch_seconds)
+    asr.compile = bool(args.compile)
+    if args.attn:
+        asr.attn_implementation = args.attn
     asr.max_steps, asr.eval_every, asr.max_train_minutes = run_steps, run_steps, None
     asr.warmup_steps = max(1, run_steps // 10)
     asr.cpu_threads = args.threads
@@ -55,7 +59,14 @@ def bench_cfg(args: argparse.Namespace, run_steps: int) -> DictConfig:
     trainer.device, trainer.precision, trainer.log_every = args.device, args.precision, max(run_steps // 5, 1)
     if args.num_workers is not None:
         trainer.num_workers = args.num_workers
+    if args.profile:  # a window after warm-up (and compilation), recorded for the GPU busy share
+        trainer.profile.update({"enabled": True, "wait": max(1, run_steps // 2), "warmup": 2, "active": min(10, max(1, run_steps // 4))})
     return OmegaConf.create({"seed": args.seed, "asr": asr, "trainer": trainer})
+
+
+def _seconds(value: str | None) -> float | str | None:
+    """--batch-seconds: padded seconds, or auto (ours: a GPU memory probe; the recipe has no such thing)."""
+    return value if value in (None, "auto") else float(value)
 
 
 def synthetic_dataset(n: int, out: Path, seed: int) -> Path:
@@ -120,7 +131,11 @@ def run_ours(args: argparse.Namespace, result: dict[str, Any]) -> None:
         metrics = run_asr_stage(bench_cfg(args, args.steps), Path(tmp), Path(args.dataset), NullTracker())
         audio_s = metrics["audio_hours_seen"] * 3600
         result.update(audio_seconds=audio_s, train_seconds=metrics["train_wall_seconds"], val_loss=metrics["history"][-1]["val_loss"],
-                      steps=metrics["steps"], peak_memory_mb=peak_memory_mb(args.device))
+                      steps=metrics["steps"], peak_memory_mb=peak_memory_mb(args.device), max_batch_seconds=metrics["max_batch_seconds"],
+                      compile=bool(args.compile), attn_implementation=bench_cfg(args, args.steps).asr.attn_implementation)
+        busy = Path(tmp) / "asr" / "profile" / "gpu_busy.json"
+        if busy.exists():
+            result["gpu_busy_share"] = json.loads(busy.read_text())["gpu_busy_share"]
         if args.device.startswith("cuda"):
             model, _ = load_asr(Path(tmp) / "asr", args.device)
             model.train()
@@ -148,6 +163,8 @@ def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
     cfg = bench_cfg(args, args.steps)
     acfg = cfg.asr
+    if acfg.max_batch_seconds == "auto":
+        raise SystemExit("asr_throughput: the recipe needs numeric --batch-seconds (auto is ours alone)")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     splits = load_from_disk(args.dataset)
     train = ClipDataset(splits["train"])
@@ -196,6 +213,7 @@ def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
         scores = evaluate_clips(model, processor, val_loader, _amp(args))
         result.update(audio_seconds=seen["audio_seconds"], train_seconds=out.metrics["train_runtime"], val_loss=scores["loss"],
                       steps=trainer.state.global_step, batch_size=batch_size, preprocess_seconds=preprocess_seconds,
+                      max_batch_seconds=float(acfg.max_batch_seconds),
                       peak_memory_mb=peak_memory_mb(args.device))
         if args.device.startswith("cuda"):
             model.train()
@@ -208,7 +226,11 @@ def main() -> None:
     parser.add_argument("--synthetic", type=int, default=600, help="clips of synthetic audio when no --dataset")
     parser.add_argument("--arch", choices=["tiny", "base"], default="tiny")
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--batch-seconds", type=float, default=None)
+    parser.add_argument("--batch-seconds", default=None, help="padded seconds per batch, or auto (ours only)")
+    parser.add_argument("--compile", action="store_true", help="ours with asr.compile=true")
+    parser.add_argument("--attn", choices=["eager", "sdpa"], help="asr.attn_implementation (both sides; default: the config's)")
+    parser.add_argument("--profile", action="store_true", help="ours under torch.profiler: reports the GPU busy share")
+    parser.add_argument("--json-out", help="also write the report here")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--threads", type=int, default=None)
@@ -248,6 +270,8 @@ def main() -> None:
             report[role] = ordered[len(ordered) // 2]
         if args.only:
             print(json.dumps(report, indent=2))
+            if args.json_out:
+                Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
             return
         report["speedup"] = report["ours"]["audio_seconds_per_second"] / report["baseline"]["audio_seconds_per_second"]
         if args.repeats > 1:
@@ -255,6 +279,8 @@ def main() -> None:
                                             for o, b in zip(runs["ours"], runs["baseline"])]
         report["val_loss_ours_minus_baseline"] = report["ours"]["val_loss"] - report["baseline"]["val_loss"]
         print(json.dumps(report, indent=2))
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
 
 
 def run_side(args: argparse.Namespace, role: str, out: Path, gpu: str) -> dict[str, Any]:
@@ -263,6 +289,9 @@ def run_side(args: argparse.Namespace, role: str, out: Path, gpu: str) -> dict[s
             "--precision", args.precision, "--seed", str(args.seed), "--role", role, "--out", str(out)]
     argv += ["--threads", str(args.threads)] if args.threads else []
     argv += ["--batch-seconds", str(args.batch_seconds)] if args.batch_seconds else []
+    argv += ["--compile"] if args.compile else []
+    argv += ["--attn", args.attn] if args.attn else []
+    argv += ["--profile"] if args.profile else []
     argv += ["--augment-prob", str(args.augment_prob)] if args.augment_prob is not None else []
     argv += ["--num-workers", args.num_workers] if args.num_workers is not None else []
     argv += ["--baseline-fast-math"] if args.baseline_fast_math else []

@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
-# GPU check for the ASR stage on a single-GPU machine without network access (about 5-8 minutes).
-# Trains the wav2vec2-base architecture (randomly initialised) in bf16 on synthetic audio for a few
-# hundred steps, ours and the Hugging Face recipe baseline side by side, and prints audio-seconds/s,
-# GPU memory peak and MFU for each (bench/asr_throughput.py); then, if time is left, ours again
-# without waveform augmentation, which the recipe does not do (EXTRA=0 skips it).
+# GPU check for the ASR stage on a single-GPU machine without network access (about 10 minutes).
+# Trains the wav2vec2-base architecture (randomly initialised) in bf16 on synthetic audio, default
+# augmentation on, and measures side by side (bench/asr_throughput.py, each run in its own process):
+#   1. ours as configured for speed: max_batch_seconds=auto (the memory probe), asr.compile=true, sdpa,
+#      loader workers (trainer.num_workers=auto), torch.profiler over a window for the GPU busy share;
+#   2. the run_speech_recognition_ctc.py recipe (map() features, Trainer, group_by_length) at the
+#      batch seconds ours chose;
+#   3. ours as the eager reference (no compile, eager attention, same batches; bf16 autocast over
+#      fp32 master weights), for validation loss at equal steps.
+# It prints audio-seconds/s, MFU, peak GPU memory, batch seconds, validation loss and busy share for
+# each, the checks (>= 6,000 audio-s/s, >= 5x the recipe, loss within 2% of the eager reference,
+# busy >= 90%), and writes them all to bench/results/gpu_check-<time>.json.
 #
-#   bash bench/gpu_check.sh                 # defaults: 300 steps, 200 audio-seconds per batch
-#   STEPS=200 BATCH_SECONDS=120 bash bench/gpu_check.sh
-#   bash bench/gpu_check.sh --augment-prob 0      # further arguments go to bench/asr_throughput.py
+#   bash bench/gpu_check.sh                          # defaults: 150 steps per run
+#   STEPS=100 bash bench/gpu_check.sh
+#   DRY_RUN=1 bash bench/gpu_check.sh                # the same scripts on the CPU with a tiny model (a minute)
 #
 # Python: .venv/bin/python when present; otherwise the machine's python3, which must have torch and
 # transformers (a typical CUDA image does, e.g. torch 2.11, transformers 5.17). What it lacks (datasets,
-# omegaconf, jiwer, soundfile, ...) is installed offline from the wheels in bench/wheels/, fetched
+# omegaconf, jiwer, soundfile, ...; miniaudio is optional) is installed offline from the wheels in bench/wheels/, fetched
 # beforehand on a networked machine with `bash bench/fetch_gpu_wheels.sh` and sent along with the
 # repository (copy bench/wheels/ along); they go to a temporary folder, not the system.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS="${STEPS:-300}"
-BATCH_SECONDS="${BATCH_SECONDS:-200}"
-CLIPS="${CLIPS:-1200}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
 NEEDS="import torch, transformers, datasets, omegaconf, jiwer, soundfile"
@@ -38,16 +42,37 @@ else
     "$PY" -c "$NEEDS"
   fi
 fi
-"$PY" - <<'PY'
+
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  STEPS="${STEPS:-4}"; CLIPS="${CLIPS:-40}"
+  COMMON=(--arch tiny --device cpu --precision fp32 --threads 1)
+  FAST=(--batch-seconds auto --profile)   # on the CPU auto falls back; compiling is left to the GPU run
+  LIMIT_OURS=300; LIMIT_OTHER=300
+  RESULTS="${RESULTS:-$(mktemp -d)}"     # a dry run's figures are not results
+else
+  STEPS="${STEPS:-150}"; CLIPS="${CLIPS:-1200}"
+  "$PY" - <<'PY'
 import torch
 assert torch.cuda.is_available(), "no CUDA GPU visible"
 print(f"gpu: {torch.cuda.get_device_name()}  torch {torch.__version__}  bf16: {torch.cuda.is_bf16_supported()}")
 PY
-ARGS=(--synthetic "$CLIPS" --arch base --device cuda --precision bf16 --steps "$STEPS" --batch-seconds "$BATCH_SECONDS")
-START=$SECONDS
-timeout 420 "$PY" -m bench.asr_throughput "${ARGS[@]}" "$@"
-LEFT=$((480 - (SECONDS - START)))
-if [ "${EXTRA:-1}" != 0 ] && [ "$LEFT" -gt 90 ]; then
-  echo "== ours without augmentation (${LEFT}s left) =="
-  timeout "$LEFT" "$PY" -m bench.asr_throughput "${ARGS[@]}" --only ours --augment-prob 0 "$@" || echo "(not finished)"
+  COMMON=(--arch base --device cuda --precision bf16)
+  FAST=(--batch-seconds auto --compile --profile)
+  LIMIT_OURS=270; LIMIT_OTHER=150
 fi
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+"$PY" -c "from bench.asr_throughput import synthetic_dataset; from pathlib import Path; synthetic_dataset($CLIPS, Path('$WORK/data'), 1234)"
+ARGS=(--dataset "$WORK/data" "${COMMON[@]}" --steps "$STEPS")
+
+echo "== 1. ours, fast settings =="
+timeout "$LIMIT_OURS" "$PY" -m bench.asr_throughput "${ARGS[@]}" --only ours "${FAST[@]}" --json-out "$WORK/ours.json" "$@" \
+  || echo "(ours did not finish)"
+SECONDS_CHOSEN=$("$PY" -c "import json; print(json.load(open('$WORK/ours.json'))['ours']['max_batch_seconds'])" 2>/dev/null || echo 200)
+echo "== 2. the recipe at $SECONDS_CHOSEN batch seconds =="
+timeout "$LIMIT_OTHER" "$PY" -m bench.asr_throughput "${ARGS[@]}" --only baseline --batch-seconds "$SECONDS_CHOSEN" \
+  --json-out "$WORK/recipe.json" "$@" || echo "(the recipe did not finish)"
+echo "== 3. ours, eager reference at $SECONDS_CHOSEN batch seconds =="
+timeout "$LIMIT_OTHER" "$PY" -m bench.asr_throughput "${ARGS[@]}" --only ours --batch-seconds "$SECONDS_CHOSEN" --attn eager \
+  --json-out "$WORK/eager.json" "$@" || echo "(the eager reference did not finish)"
+"$PY" -m bench.gpu_summary --ours "$WORK/ours.json" --recipe "$WORK/recipe.json" --eager "$WORK/eager.json" --out "${RESULTS:-bench/results}"

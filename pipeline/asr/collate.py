@@ -95,11 +95,10 @@ def decode_audio(audio: dict[str, Any], utterance_id: str) -> np.ndarray:
     source = io.BytesIO(blob) if blob is not None and len(blob) else audio.get("path")
     if source is None:
         raise PipelineError(f"record {utterance_id}: audio cell has neither bytes nor a path; rebuild the dataset")
-    if isinstance(source, io.BytesIO) and bytes(memoryview(blob)[:4]) == b"fLaC":
+    if isinstance(source, io.BytesIO) and bytes(memoryview(blob)[:4]) == b"fLaC" and _miniaudio() is not None:
         # dr_flac (miniaudio) decodes the stored FLAC to the same floats as libsndfile in half the time,
         # and decoding is most of a loader worker's work.
-        import miniaudio
-
+        miniaudio = _miniaudio()
         try:
             decoded = miniaudio.flac_read_f32(bytes(blob))
         except miniaudio.DecodeError as err:
@@ -114,6 +113,16 @@ def decode_audio(audio: dict[str, Any], utterance_id: str) -> np.ndarray:
     if rate != SAMPLING_RATE:
         wave = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), rate, SAMPLING_RATE).numpy()
     return wave
+
+
+@lru_cache(maxsize=1)
+def _miniaudio() -> Any:
+    """The miniaudio module, or None where it is not installed (soundfile decodes everything then)."""
+    try:
+        import miniaudio
+    except ImportError:
+        return None
+    return miniaudio
 
 
 def plan_augmentation(count: int, cfg: DictConfig | None, seed: int) -> list[float | None] | None:

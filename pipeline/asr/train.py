@@ -294,6 +294,15 @@ def start_profiler(pcfg: DictConfig, folder: Path) -> torch.profiler.profile | N
         prof.export_chrome_trace(str(folder / "trace.json"))
         table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=30)
         (folder / "top_ops.txt").write_text(table + "\n")
+        if cuda:  # the share of the profiled steps' wall time in which a GPU kernel ran
+            from torch.autograd import DeviceType
+
+            events = prof.events()
+            steps = [(e.time_range.start, e.time_range.end) for e in events if e.name.startswith("ProfilerStep#")]
+            kernels = [(e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA]
+            share = busy_share(kernels, steps)
+            (folder / "gpu_busy.json").write_text(json.dumps({"gpu_busy_share": share, "steps": len(steps)}) + "\n")
+            print(f"[asr] GPU busy {share:.1%} of the profiled steps' time", flush=True)
         print(f"[asr] profile of {int(pcfg.active)} steps written to {folder}", flush=True)
 
     profiler = profile(
@@ -303,6 +312,20 @@ def start_profiler(pcfg: DictConfig, folder: Path) -> torch.profiler.profile | N
     )
     profiler.start()
     return profiler
+
+
+def busy_share(busy: list[tuple[float, float]], steps: list[tuple[float, float]]) -> float:
+    """Share of the steps' wall time (their first start to last end) covered by the `busy` intervals (merged)."""
+    if not steps:
+        return float("nan")
+    start, end = min(s for s, _ in steps), max(e for _, e in steps)
+    covered, reach = 0.0, start
+    for s, e in sorted(busy):
+        s, e = max(s, reach), min(e, end)
+        if e > s:
+            covered += e - s
+            reach = e
+    return covered / max(end - start, 1e-9)
 
 
 def _fresh_state() -> dict[str, Any]:

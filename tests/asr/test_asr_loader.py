@@ -193,3 +193,27 @@ def test_auto_batch_seconds_falls_back_on_the_cpu_and_fits_memory_linearly(tiny_
     for bad in ("asr.max_batch_seconds=big", "asr.max_batch_seconds=-1", "asr.attn_implementation=fast"):
         with pytest.raises(PipelineError, match=bad.split("=")[0]):
             checked(micro_cfg(bad).asr, ASRConfig, "asr")
+
+
+def test_gpu_busy_share_merges_overlapping_kernels() -> None:
+    from pipeline.asr.train import busy_share
+
+    steps = [(0.0, 50.0), (50.0, 100.0)]
+    assert busy_share([(10, 30), (20, 40), (60, 70), (95, 120)], steps) == pytest.approx((30 + 10 + 5) / 100)
+    assert busy_share([], steps) == 0.0
+    assert math.isnan(busy_share([(0, 1)], []))
+
+
+def test_gpu_summary_checks_only_what_was_measured(tmp_path: Path) -> None:
+    """bench/gpu_check.sh's table: a run that did not finish leaves its checks unmeasured, not passed."""
+    from bench.gpu_summary import main
+
+    ours = {"audio_seconds_per_second": 6600.0, "val_loss": 2.9, "steps": 150, "gpu_busy_share": 0.93, "max_batch_seconds": 900.0}
+    (tmp_path / "ours.json").write_text(json.dumps({"ours": ours}))
+    (tmp_path / "eager.json").write_text(json.dumps({"ours": {**ours, "audio_seconds_per_second": 2000.0, "val_loss": 2.95}}))
+    report = main(["--ours", str(tmp_path / "ours.json"), "--recipe", str(tmp_path / "missing.json"),
+                   "--eager", str(tmp_path / "eager.json"), "--out", str(tmp_path / "out")])
+    checks = report["checks"]
+    assert checks["throughput_ok"] and checks["gpu_busy_ok"] and "speedup_ok" not in checks
+    assert checks["val_loss_relative_to_eager"] == pytest.approx(2.9 / 2.95 - 1) and checks["val_loss_ok"]
+    assert report["runs"]["recipe"] is None
