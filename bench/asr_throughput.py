@@ -48,6 +48,8 @@ def bench_cfg(args: argparse.Namespace, run_steps: int) -> DictConfig:
     elif args.batch_seconds:
         asr.max_batch_seconds = _seconds(args.batch_seconds)
     asr.compile = bool(args.compile)
+    if args.compile_buckets:
+        asr.compile_buckets = args.compile_buckets
     if args.attn:
         asr.attn_implementation = args.attn
     asr.max_steps, asr.eval_every, asr.max_train_minutes = run_steps, run_steps, None
@@ -228,6 +230,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-seconds", default=None, help="padded seconds per batch, or auto (ours only)")
     parser.add_argument("--compile", action="store_true", help="ours with asr.compile=true")
+    parser.add_argument("--compile-buckets", type=int, help="asr.compile_buckets (default: the config's)")
     parser.add_argument("--attn", choices=["eager", "sdpa"], help="asr.attn_implementation (both sides; default: the config's)")
     parser.add_argument("--profile", action="store_true", help="ours under torch.profiler: reports the GPU busy share")
     parser.add_argument("--json-out", help="also write the report here")
@@ -290,6 +293,7 @@ def run_side(args: argparse.Namespace, role: str, out: Path, gpu: str) -> dict[s
     argv += ["--threads", str(args.threads)] if args.threads else []
     argv += ["--batch-seconds", str(args.batch_seconds)] if args.batch_seconds else []
     argv += ["--compile"] if args.compile else []
+    argv += ["--compile-buckets", str(args.compile_buckets)] if args.compile_buckets else []
     argv += ["--attn", args.attn] if args.attn else []
     argv += ["--profile"] if args.profile else []
     argv += ["--augment-prob", str(args.augment_prob)] if args.augment_prob is not None else []
