@@ -95,7 +95,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
         val_labels = np.array(val["wake_word_present"], dtype=bool)
         skipped = _wake_skip_reason({str(ecfg.tune_split): val_labels, str(ecfg.split): labels})
         wake, tuning, decoding, test_out = _asr_pass(ecfg, asr_dir, Path(dataset_path), test, val, rows, skipped,
-                                                     resolve_background(cfg))
+                                                     resolve_background(cfg, Path(dataset_path)))
 
     with_intent = [r for r in rows if r["intent"] is not None] if nlu_dir is not None else []
     if with_intent:

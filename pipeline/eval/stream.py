@@ -21,6 +21,7 @@ clip's score is never chosen, so the caller passes the lowest positive score as 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -404,9 +405,11 @@ def with_background(wake: WakeResult, result: BackgroundResult | None) -> WakeRe
                    background_hours=result.hours, background_false_accepts=result.false_accepts)
 
 
-def resolve_background(cfg: Any) -> Path | None:
-    """`eval.background`: a path; `none`; or `auto`, the data config's own background (the demo
-    synthesises one from `data.background`, cached like its clips), else none."""
+def resolve_background(cfg: Any, dataset_path: Path | None = None) -> Path | None:
+    """`eval.background`: a path; `none`; or `auto`: when the evaluated dataset was built from the
+    demo (its build_report.json says so), the demo's background from `data.background`, synthesised
+    and cached like its clips, in proportion to the share of the corpus the build read (a
+    `data.demo.max_utterances` smoke run gets a smaller one); otherwise none."""
     if OmegaConf.select(cfg, "eval", default=None) is None:
         return None
     value = cfg.eval.get("background", "auto")
@@ -414,18 +417,20 @@ def resolve_background(cfg: Any) -> Path | None:
         return None
     if str(value) != "auto":
         return Path(str(value)).expanduser().resolve()
-    data = cfg.get("data") or {}
-    block = data.get("background")
-    if block is None or str(data.get("source", "")) != "demo":
+    block = (cfg.get("data") or {}).get("background")
+    report = Path(dataset_path) / "build_report.json" if dataset_path else None
+    if block is None or report is None or not report.exists():
+        return None
+    build = json.loads(report.read_text())
+    if build.get("source") != "demo":
         return None
     knobs = background_knobs(_to_dict(block))
     cache_dir = cfg.get("cache_dir")
     if not cache_dir:
         raise PipelineError("eval.background=auto with the demo's data.background needs cache_dir in the config")
-    limit = (data.get("demo") or {}).get("max_utterances")
-    if limit:  # a smoke run on part of the corpus gets the same share of the background
-        total = sum(1 for line in (DEMO_DIR / "utterances.jsonl").open() if line.strip())
-        knobs = replace(knobs, hours=knobs.hours * min(1.0, int(limit) / total))
+    total = sum(1 for line in (DEMO_DIR / "utterances.jsonl").open() if line.strip())
+    share = min(1.0, int(build.get("records_in") or total) / total)
+    knobs = replace(knobs, hours=knobs.hours * share)
     splits = (str(cfg.eval.tune_split), str(cfg.eval.split))
     return ensure_demo_background(knobs, Path(str(cache_dir)), splits)
 
