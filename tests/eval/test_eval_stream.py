@@ -164,3 +164,33 @@ def test_eval_stage_measures_false_accepts_on_background_recordings(
     (folder / "test/room.txt").write_text("Alexa, what's the weather")
     with pytest.raises(PipelineError, match="test/room.flac"):
         run_eval_stage(cfg, tmp_path / "bad", tiny_dataset_path, RecordingTracker())
+
+
+def test_auto_background_is_the_demos_only_for_a_demo_build(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from pipeline.data.background import load_background
+    from pipeline.eval.stream import resolve_background
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = OmegaConf.create({"eval": OmegaConf.load(repo / "conf/eval/default.yaml"),
+                            "data": OmegaConf.load(repo / "conf/data/demo.yaml"), "cache_dir": str(tmp_path / "cache")})
+    total = sum(1 for line in (repo / "data/demo/utterances.jsonl").open() if line.strip())
+
+    def build(name: str, report: dict) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "build_report.json").write_text(json.dumps(report))
+        return tmp_path / name
+
+    # A build that read 16 of the corpus' utterances gets 16/total of the 2.2 h per split.
+    smoke = build("smoke", {"source": "demo", "records_in": 16})
+    recordings = load_background(resolve_background(cfg, smoke), ("validation", "test"), "alexa")
+    for split in ("validation", "test"):
+        seconds = sum(r.seconds for r in recordings if r.split == split)
+        assert seconds == pytest.approx(2.2 * 3600 * 16 / total, abs=0.01)
+    assert resolve_background(cfg, build("other", {"source": "jsonl", "records_in": 16})) is None
+    assert resolve_background(cfg, tmp_path) is None  # no build report: not known to be the demo's
+    cfg.eval.background = "none"
+    assert resolve_background(cfg, smoke) is None
+    cfg.eval.background = str(tmp_path / "mine")
+    assert resolve_background(cfg, smoke) == tmp_path / "mine"
