@@ -142,14 +142,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--clips", type=int, default=None, help="use only the first N train clips (a quick check)")
     parser.add_argument("--out", default=str(ROOT / "bench/results"), help="folder for the JSON result")
     args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one worker, one core
+    try:
+        return _measure(args)
+    finally:
+        torch.set_num_threads(threads)
 
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
     from datasets import load_from_disk
 
     from pipeline.asr.collate import ClipDataset, CTCCollator, plan_augmentation, played_durations
     from pipeline.asr.sampler import epoch_batches
     from pipeline.asr.vocab import build_vocab, make_processor
 
-    torch.set_num_threads(1)  # one worker, one core
     acfg = OmegaConf.load(ROOT / "conf/asr/tiny.yaml")
     if args.augment_prob is not None:
         acfg.augment.prob = args.augment_prob
