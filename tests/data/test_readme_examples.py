@@ -56,6 +56,12 @@ def _run(command: str, cwd: Path, env: dict[str, str], run_dir: Path) -> subproc
 
 
 @pytest.mark.slow
+def test_the_readme_shows_these_commands_verbatim() -> None:
+    readme = (REPO / "README.md").read_text()
+    for command in (HF_AUDIOFOLDER, SEVERAL_SOURCES, EVALUATE_ASR, EVALUATE_NLU, HUB):
+        assert command in readme, f"README.md no longer shows: {command}"
+
+
 def test_readme_examples_run_as_written(tiny_dataset_path: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"  # the README's commands run from the repository, beside ../shared
     (work / "outputs" / "run").mkdir(parents=True)
