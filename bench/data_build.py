@@ -89,7 +89,7 @@ def run_baseline(export: Path, work: Path) -> int:
     return len(ds)
 
 
-def _pss_anon(pid: int) -> int:
+def pss_anon(pid: int) -> int:
     """Proportional anonymous memory (heap, not page cache of memory-mapped arrow files), in bytes."""
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
@@ -98,34 +98,41 @@ def _pss_anon(pid: int) -> int:
     return 0
 
 
+def run_measured(cmd: list[str]) -> tuple[float, str, dict[str, float]]:
+    """Run `cmd` from the repository root; wall seconds, its stdout, and the peak memory (MB) of its
+    whole process tree: RSS, PSS and the anonymous part of PSS (the heap, which is what grows)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    parent = psutil.Process(proc.pid)
+    peak_rss = peak_pss = peak_anon = 0
+    while proc.poll() is None:
+        try:
+            tree = [parent, *parent.children(recursive=True)]
+            info = [p.memory_full_info() for p in tree if p.is_running()]
+            peak_rss = max(peak_rss, sum(m.rss for m in info))
+            peak_pss = max(peak_pss, sum(m.pss for m in info))
+            peak_anon = max(peak_anon, sum(pss_anon(p.pid) for p in tree))
+        except (psutil.Error, OSError):
+            pass
+        time.sleep(0.05)
+    seconds = time.perf_counter() - started
+    out = proc.stdout.read() if proc.stdout else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[2:5])} failed with exit code {proc.returncode}")
+    peaks = {"peak_rss_mb": round(peak_rss / 2**20, 1), "peak_pss_mb": round(peak_pss / 2**20, 1),
+             "peak_heap_mb": round(peak_anon / 2**20, 1)}
+    return seconds, out, peaks
+
+
 def measure(variant: str, export: Path, num_proc: int) -> dict:
-    """Run one variant in a subprocess; wall time and peak RSS of its whole process tree."""
+    """Run one variant in a subprocess; wall time and peak memory of its whole process tree."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as work:
-        cmd = [sys.executable, "-m", "bench.data_build", "--worker", variant, "--export", str(export),
-               "--work", work, "--num-proc", str(num_proc)]
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        parent = psutil.Process(proc.pid)
-        peak_rss = peak_pss = peak_anon = 0
-        while proc.poll() is None:
-            try:
-                tree = [parent, *parent.children(recursive=True)]
-                info = [p.memory_full_info() for p in tree if p.is_running()]
-                peak_rss = max(peak_rss, sum(m.rss for m in info))
-                peak_pss = max(peak_pss, sum(m.pss for m in info))
-                peak_anon = max(peak_anon, sum(_pss_anon(p.pid) for p in tree))
-            except (psutil.Error, OSError):
-                pass
-            time.sleep(0.05)
-        seconds = time.perf_counter() - started
-        out = proc.stdout.read() if proc.stdout else ""
-        if proc.returncode != 0:
-            raise SystemExit(f"{variant} failed with exit code {proc.returncode}")
+        seconds, out, peaks = run_measured([
+            sys.executable, "-m", "bench.data_build", "--worker", variant, "--export", str(export),
+            "--work", work, "--num-proc", str(num_proc)])
     clips = int(out.strip().splitlines()[-1])
     return {"variant": variant, "clips": clips, "seconds": round(seconds, 2),
-            "clips_per_s": round(clips / seconds, 1),
-            "peak_rss_mb": round(peak_rss / 2**20, 1), "peak_pss_mb": round(peak_pss / 2**20, 1),
-            "peak_heap_mb": round(peak_anon / 2**20, 1)}
+            "clips_per_s": round(clips / seconds, 1), **peaks}
 
 
 def main() -> None:

@@ -24,17 +24,14 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import soundfile as sf
 
-from bench.data_build import _pss_anon
+from bench.data_build import run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -108,30 +105,12 @@ def run_baseline(saved: Path, work: Path) -> int:
 def measure(variant: str, saved: Path, num_proc: int) -> dict:
     """Run one variant in a subprocess; wall time and peak memory of its whole process tree."""
     with tempfile.TemporaryDirectory(prefix=f"bench-hf-{variant}-") as work:
-        cmd = [sys.executable, "-m", "bench.hf_read", "--worker", variant, "--saved", str(saved),
-               "--work", work, "--num-proc", str(num_proc)]
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        parent = psutil.Process(proc.pid)
-        peak_rss = peak_pss = peak_anon = 0
-        while proc.poll() is None:
-            try:
-                tree = [parent, *parent.children(recursive=True)]
-                info = [p.memory_full_info() for p in tree if p.is_running()]
-                peak_rss = max(peak_rss, sum(m.rss for m in info))
-                peak_pss = max(peak_pss, sum(m.pss for m in info))
-                peak_anon = max(peak_anon, sum(_pss_anon(p.pid) for p in tree))
-            except (psutil.Error, OSError):
-                pass
-            time.sleep(0.05)
-        seconds = time.perf_counter() - started
-        out = proc.stdout.read() if proc.stdout else ""
-        if proc.returncode != 0:
-            raise SystemExit(f"{variant} failed with exit code {proc.returncode}")
+        seconds, out, peaks = run_measured([
+            sys.executable, "-m", "bench.hf_read", "--worker", variant, "--saved", str(saved),
+            "--work", work, "--num-proc", str(num_proc)])
     rows = int(out.strip().splitlines()[-1])
     return {"variant": variant, "rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds, 1),
-            "peak_rss_mb": round(peak_rss / 2**20, 1), "peak_pss_mb": round(peak_pss / 2**20, 1),
-            "peak_heap_mb": round(peak_anon / 2**20, 1)}
+            **peaks}
 
 
 def main() -> None:
