@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny_config import TINY_ASR
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
     "data.demo.max_utterances=160", "data.num_proc=1",
-    "asr.model_config.hidden_size=32", "asr.model_config.num_hidden_layers=2",
-    "asr.model_config.num_attention_heads=2", "asr.model_config.intermediate_size=64",
-    "asr.model_config.conv_dim=[16,16,32,32]", "asr.model_config.num_conv_pos_embeddings=16",
-    "asr.model_config.num_conv_pos_embedding_groups=4", "asr.max_batch_seconds=16",
-    "asr.warmup_steps=1", "asr.max_train_minutes=null", "asr.max_steps=3", "asr.eval_every=3",
+    *TINY_ASR, "asr.max_batch_seconds=16", "asr.max_steps=3", "asr.eval_every=3",
     "nlu=tiny", "nlu.epochs=1", "trainer.log_every=1",
 ]
 

@@ -97,10 +97,19 @@ def parse_deletion_requests(path: Path, key: bytes) -> tuple[Deletions, list[dic
 
 
 def load_deletions(path: str | Path | None, key: bytes) -> Deletions:
-    """Read `{"utterance_id"|"account_id"|"device_serial": ...}` lines; a bad line is a user error."""
-    deletions = Deletions()
+    """The build's own deletion file. Unlike the scheduled intake, a bad line stops the build: the
+    person running it is there to fix it, and a request we cannot read must not be trained past."""
     if path is None:
-        return deletions
+        return Deletions()
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"data.deletions={path}: file not found; fix the path or drop data.deletions")
+    deletions, bad = parse_deletion_requests(path, key)
+    if bad:
+        more = f" ({len(bad) - 1} more bad line(s))" if len(bad) > 1 else ""
+        raise PipelineError(f"{path} line {bad[0]['line']}: {bad[0]['reason']}{more}; "
+                            "each line must be one request object")
+    return deletions
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"data.deletions={path}: file not found; fix the path or drop data.deletions")

@@ -115,7 +115,7 @@ def open_source(data_cfg: DictConfig, cache_dir: Path, in_list: bool = False) ->
         source = speech_source(data_cfg, cache_dir, str(data_cfg.get("name") or "speech"))
     elif name == "hf":
         config_name = data_cfg.get("config_name") or (None if in_list else data_cfg.get("name"))
-        source = _hf_source(data_cfg, cache_dir, str(data_cfg.get("name") or "hf") if in_list else "hf", config_name)
+        source = hf_source(data_cfg, cache_dir, str(data_cfg.get("name") or "hf") if in_list else "hf", config_name)
     elif name == "jsonl":
         source = _jsonl_source(_required_file(data_cfg, "path"), "jsonl")
     elif name == "slurp":
@@ -286,7 +286,7 @@ def _massive_source(data_cfg: DictConfig) -> Source:
     return Source("massive_text", None, [train, dev], records())
 
 
-def _hf_source(data_cfg: DictConfig, cache_dir: Path, name: str, config_name: str | None) -> Source:
+def hf_source(data_cfg: DictConfig, cache_dir: Path, name: str, config_name: str | None) -> Source:
     """Any Hugging Face audio dataset (pipeline.data.hf); one record per row, the row index kept.
 
     Without a mapped utterance_id, a clip is `<source name>/<file path without extension>` for an

@@ -59,7 +59,7 @@ def clip_split(clip: str, corpus: str, validation: float, test: float, seed: int
 
 def speech_source(data_cfg: DictConfig, cache_dir: Path, name: str) -> Source:
     """One corpus of human speech as a Source whose records carry their split (see the module)."""
-    from pipeline.data.sources import _hf_source
+    from pipeline.data.sources import hf_source
 
     path = data_cfg.get("path")
     if not path or not Path(str(path)).is_dir():
@@ -79,7 +79,7 @@ def speech_source(data_cfg: DictConfig, cache_dir: Path, name: str) -> Source:
     validation, test = float(heldout.get("validation", 0.1)), float(heldout.get("test", 0.1))
     seed = int(data_cfg.get("seed") or 0)
 
-    inner = _hf_source(data_cfg, cache_dir, name, None)
+    inner = hf_source(data_cfg, cache_dir, name, None)
     dataset = inner.hf.dataset
     if keywords and keyword_column not in dataset.column_names:
         inner.close()

@@ -49,7 +49,7 @@ def test_deletion_requests(tmp_path: Path) -> None:
     assert not any("A" == p or "u1" == p for p in deletions.pseudonyms)
 
     path.write_text('{"utterance_id": "u1"}\n{"speaker": "A"}\n')
-    with pytest.raises(PipelineError, match=r"deletions.jsonl line 2: a deletion request needs"):
+    with pytest.raises(PipelineError, match=r"deletions.jsonl line 2: needs a non-empty string"):
         load_deletions(path, b"k")
     with pytest.raises(PipelineError, match="file not found"):
         load_deletions(tmp_path / "missing.jsonl", b"k")

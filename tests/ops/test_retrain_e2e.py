@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny_config import TINY_ASR
+
 REPO = Path(__file__).resolve().parents[2]
 SENTENCES = [
     ("alexa play jazz music", "play_music", [("music_genre", "jazz")], True),
@@ -25,11 +27,7 @@ SENTENCES = [
 VOICES = ["en-us", "en-gb", "en-us+m3", "en-us+f2"]
 # Small enough that one retraining run takes seconds; it learns nothing, which is fine here.
 TINY = [
-    "asr.model_config.hidden_size=32", "asr.model_config.num_hidden_layers=2",
-    "asr.model_config.num_attention_heads=2", "asr.model_config.intermediate_size=64",
-    "asr.model_config.conv_dim=[16,16,32,32]", "asr.model_config.num_conv_pos_embeddings=16",
-    "asr.model_config.num_conv_pos_embedding_groups=4", "asr.max_batch_seconds=12",
-    "asr.warmup_steps=1", "asr.max_train_minutes=null", "asr.max_steps=2", "asr.eval_every=2",
+    *TINY_ASR, "asr.max_batch_seconds=12", "asr.max_steps=2", "asr.eval_every=2",
     "nlu=tiny", "nlu.epochs=1", "nlu.cpu_threads=1", "trainer.log_every=1",
     "data.split.validation=0.25", "data.split.test=0.25", "data.num_proc=1",
 ]

@@ -1,0 +1,10 @@
+"""Overrides that make the ASR stage a few seconds' work, for end-to-end tests through the entry
+points: the models learn nothing, which is fine where the plumbing is under test."""
+
+TINY_ASR = [
+    "asr.model_config.hidden_size=32", "asr.model_config.num_hidden_layers=2",
+    "asr.model_config.num_attention_heads=2", "asr.model_config.intermediate_size=64",
+    "asr.model_config.conv_dim=[16,16,32,32]", "asr.model_config.num_conv_pos_embeddings=16",
+    "asr.model_config.num_conv_pos_embedding_groups=4",
+    "asr.warmup_steps=1", "asr.max_train_minutes=null",
+]
