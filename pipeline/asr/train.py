@@ -89,7 +89,7 @@ def _compiled_loss(step_model: Any, model: Any, inputs: dict[str, torch.Tensor])
     samples = mask.sum(-1) if mask is not None else torch.full((logits.shape[0],), inputs["input_values"].shape[1], device=logits.device)
     cfg = model.config
     return model.loss_function(
-        logits=logits, labels=inputs["labels"], logit_lengths=model._get_feat_extract_output_lengths(samples).to(torch.long),
+        logits=logits, labels=inputs["labels"], logit_lengths=output_lengths(model, samples).to(logits.device, torch.long),
         blank_token_id=cfg.pad_token_id, reduction=cfg.ctc_loss_reduction, zero_infinity=cfg.ctc_zero_infinity,
     )
 
