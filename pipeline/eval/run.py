@@ -166,7 +166,8 @@ def _asr_pass(
         target = float(ecfg.target_fa_per_hour)
         threshold = tune_threshold(val_out.wake_scores, val_labels, val_durations, target)
         wake = evaluate_wake(test_out.wake_scores, labels, durations, threshold)
-        tuning = _tuning_details(val, val_out, val_labels, val_durations, target, str(ecfg.tune_split))
+        tuning = _tuning_details(val, val_out, val_labels, val_durations, target, str(ecfg.tune_split),
+                                 clips_set_threshold=background_source is None)
         # Hours of background recordings, when there are any, replace the negative clips for the
         # threshold, FRR and false accepts per hour (pipeline.eval.stream).
         streamed, background = background_wake(ecfg, background_source, model, processor, keyword, wake_word,
@@ -243,6 +244,7 @@ def _wake_skip_reason(splits: dict[str, np.ndarray]) -> str | None:
 
 def _tuning_details(
     val: Any, val_out: Inference, val_labels: np.ndarray, val_durations: np.ndarray, target: float, split: str,
+    clips_set_threshold: bool = True,
 ) -> dict[str, Any]:
     """How much the tuning split could resolve, and the clip the threshold was set against.
 
@@ -260,7 +262,7 @@ def _tuning_details(
             "reference": normalize_text(val["text"][i] or ""),
             "hypothesis": normalize_text(val_out.hypotheses[i]),
         }
-    if not t.resolvable:
+    if not t.resolvable and clips_set_threshold:  # with background recordings, they set it
         log.warning(
             "eval: %s has %.0f s of audio without the wake word; eval.target_fa_per_hour=%g needs at least %.0f s "
             "to permit one false accept, so the threshold rejects every %s negative and hinges on the hardest one (%s)",
