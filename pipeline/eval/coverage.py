@@ -122,13 +122,17 @@ def by_source(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], thr
             labels = np.array([bool(r["wake_word_present"]) for r in clips])
             scores = np.array([-math.inf if r.get("wake_score") is None else float(r["wake_score"]) for r in clips])
             durations = np.array([float(r["duration"]) for r in clips])
+            # With background recordings, the headline false accepts per hour come from them, which
+            # belong to no source; a per-source figure from negative clips would be another quantity.
+            clip_rate = "wake/background_hours" not in metrics
             if labels.any() and not labels.all():
                 result = evaluate_wake(scores, labels, durations, threshold)
-                m.update({"wake/frr": result.frr, "wake/fa_per_hour": result.fa_per_hour,
-                          "wake/auc": result.auc, "wake/eer": result.eer})
+                m.update({"wake/frr": result.frr, "wake/auc": result.auc, "wake/eer": result.eer})
+                if clip_rate:
+                    m["wake/fa_per_hour"] = result.fa_per_hour
             elif labels.any():
                 m["wake/frr"] = float(np.mean(scores < threshold))
-            elif durations.sum() > 0:
+            elif durations.sum() > 0 and clip_rate:
                 m["wake/fa_per_hour"] = float(np.sum(scores >= threshold) / (durations.sum() / 3600.0))
         for side in ("nlu", "slu"):
             if f"{side}/intent_accuracy" not in metrics:

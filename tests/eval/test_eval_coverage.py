@@ -91,3 +91,18 @@ def test_no_model_at_all_is_one_clear_error(tiny_dataset_path: Path, tmp_path: P
         run_eval_stage(eval_cfg(), tmp_path, tiny_dataset_path, RecordingTracker())
     with pytest.raises(PipelineError, match="nlu_model=.*: no such folder"):
         run_eval_stage(eval_cfg(nlu_model=str(tmp_path / "missing")), tmp_path, tiny_dataset_path, RecordingTracker())
+
+
+def test_per_source_false_accepts_only_when_clips_give_the_headline_rate() -> None:
+    """With background recordings the headline `wake/fa_per_hour` is their rate, which belongs to no
+    source; a per-source rate from negative clips would be another quantity under the same key."""
+    from pipeline.eval.coverage import by_source
+
+    rows = [{"source": "demo", "duration": 3600.0, "reference": "", "hypothesis": "", "greedy_hypothesis": "",
+             "wake_word_present": present, "wake_score": score}
+            for present, score in ((True, 2.0), (True, -5.0), (False, 1.0), (False, -3.0))]
+    clips_only = by_source(rows, {"wake/frr": 0.5}, threshold=0.0)["demo"]
+    assert clips_only["wake/frr"] == 0.5
+    assert clips_only["wake/fa_per_hour"] == 0.5  # one false accept in two hours of negative clips
+    with_background = by_source(rows, {"wake/frr": 0.5, "wake/background_hours": 2.2}, threshold=0.0)["demo"]
+    assert with_background["wake/frr"] == 0.5 and "wake/fa_per_hour" not in with_background
