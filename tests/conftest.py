@@ -92,7 +92,7 @@ def _records(n_repeat: int, split: str) -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_dataset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved DatasetDict (train 24 / validation 8 / test 8 clips) with every contract column."""
     from datasets import Dataset, DatasetDict

@@ -50,7 +50,7 @@ def test_killed_build_leaves_no_dataset_and_the_next_build_succeeds(tmp_path: Pa
         run_data_stage(OmegaConf.load({str(tmp_path / 'cfg.yaml')!r}), Path({str(tmp_path / 'killed')!r}), NullTracker())
     """)
     datasets_dir = tmp_path / "cache" / "datasets"
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=True,
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, preexec_fn=os.setpgrp,  # its own process group, killed whole
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
