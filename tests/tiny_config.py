@@ -8,3 +8,10 @@ TINY_ASR = [
     "asr.model_config.num_conv_pos_embedding_groups=4",
     "asr.warmup_steps=1", "asr.max_train_minutes=null",
 ]
+
+# The retraining and erasure jobs on a handful of accounts: seconds per job.
+TINY_JOB = [
+    *TINY_ASR, "asr.max_batch_seconds=12", "asr.max_steps=2", "asr.eval_every=2",
+    "nlu=tiny", "nlu.epochs=1", "nlu.cpu_threads=1", "trainer.log_every=1",
+    "data.split.validation=0.25", "data.split.test=0.25", "data.num_proc=1",
+]

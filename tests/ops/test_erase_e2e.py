@@ -15,15 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.tiny_config import TINY_ASR
+from tests.tiny_config import TINY_JOB
 
 REPO = Path(__file__).resolve().parents[2]
 # Small enough that each job takes seconds; the models learn nothing, which is fine here.
-TINY = [
-    *TINY_ASR, "asr.max_batch_seconds=12", "asr.max_steps=2", "asr.eval_every=2",
-    "nlu=tiny", "nlu.epochs=1", "nlu.cpu_threads=1", "trainer.log_every=1",
-    "data.split.validation=0.25", "data.split.test=0.25", "data.num_proc=1",
-]
+TINY = TINY_JOB
 SENTENCES = [
     ("alexa play jazz music", "play_music", [("music_genre", "jazz")], True),
     ("alexa set an alarm for seven am", "alarm_set", [("time", "seven am")], True),

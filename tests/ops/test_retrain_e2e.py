@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_config import TINY_ASR
+from tests.tiny_config import TINY_JOB
 
 REPO = Path(__file__).resolve().parents[2]
 SENTENCES = [
@@ -26,11 +26,7 @@ SENTENCES = [
 ]
 VOICES = ["en-us", "en-gb", "en-us+m3", "en-us+f2"]
 # Small enough that one retraining run takes seconds; it learns nothing, which is fine here.
-TINY = [
-    *TINY_ASR, "asr.max_batch_seconds=12", "asr.max_steps=2", "asr.eval_every=2",
-    "nlu=tiny", "nlu.epochs=1", "nlu.cpu_threads=1", "trainer.log_every=1",
-    "data.split.validation=0.25", "data.split.test=0.25", "data.num_proc=1",
-]
+TINY = TINY_JOB
 
 
 def _account(a: int) -> str:
