@@ -100,6 +100,6 @@ def make_tracker(cfg: DictConfig, run_dir: Path, stages: list[str]) -> Tracker:
     """The tracker `logger.name` asks for (W&B, or none), tagged with the stages it records."""
     if cfg.logger.get("name", "none") == "none":
         return NullTracker()
-    from pipeline.ops.wandb_tracker import make_wandb_tracker
+    from pipeline.tracking.wandb_run import make_wandb_tracker
 
     return make_wandb_tracker(cfg, run_dir, tags=stages)

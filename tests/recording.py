@@ -1,5 +1,5 @@
 """The one test tracker: keeps everything a stage logs, so tests read the curves, summary, tables,
-images and artifacts back (the `Tracker` protocol of pipeline/tracking.py, nothing sent anywhere)."""
+images and artifacts back (the `Tracker` protocol of pipeline/tracking/, nothing sent anywhere)."""
 
 from __future__ import annotations
 

@@ -304,7 +304,7 @@ def derived_parts(run: Path) -> dict[str, list[Path]]:
 
 def wandb_manifest(run: Path) -> tuple[set[Path], set[str]]:
     """Staged local copies and content digests of every artifact the run's offline W&B logs list."""
-    from pipeline.ops.wandb_offline import raw_records, transaction_logs
+    from pipeline.tracking.wandb_offline import raw_records, transaction_logs
 
     paths: set[Path] = set()
     digests: set[str] = set()
@@ -462,7 +462,7 @@ def wandb_online(cfg: DictConfig) -> bool:
         return False
     if setting in ("true", "on", "yes"):
         return True
-    from pipeline.ops.wandb_tracker import resolve_mode
+    from pipeline.tracking.wandb_run import resolve_mode
 
     return resolve_mode(str(cfg.logger.get("mode", "auto")), os.environ) == "online"
 

@@ -100,7 +100,7 @@ def _audit(tmp: Path) -> str:
 def test_gate_kill_recovery_and_deletion_beating_the_gate(tmp_path: Path) -> None:
     from pipeline.ops.corpus import utterance_pseudonym
     from pipeline.ops.registry import Registry
-    from pipeline.ops.wandb_offline import read_offline_run, transaction_logs
+    from pipeline.tracking.wandb_offline import read_offline_run, transaction_logs
 
     key = _env(tmp_path)["PIPELINE_PSEUDONYM_KEY"].encode()
     registry = Registry(tmp_path / "registry")

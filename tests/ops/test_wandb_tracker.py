@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from pipeline.ops.wandb_offline import read_offline_run, transaction_logs
-from pipeline.ops.wandb_tracker import make_wandb_tracker, resolve_mode
+from pipeline.tracking.wandb_offline import read_offline_run, transaction_logs
+from pipeline.tracking.wandb_run import make_wandb_tracker, resolve_mode
 from pipeline.runtime import configure_environment
 
 REPO = Path(__file__).resolve().parents[2]

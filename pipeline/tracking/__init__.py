@@ -1,8 +1,9 @@
 """The experiment tracker every stage logs to: W&B, or nothing.
 
 Stages only see this small interface, so a run without W&B (`logger=none`) takes the same
-code path, and tests can read back what was logged. The implementations (pipeline.ops.wandb_tracker)
-sit above the stages; the interface sits below them, so a stage never imports a tracker's library.
+code path, and tests can read back what was logged. The W&B implementation (wandb_run) and the
+offline-run reader (wandb_offline) live in this package, below the stages, but only the code that
+makes a tracker (pipeline/stages.py) imports wandb_run: a stage never imports a tracker's library.
 """
 
 from __future__ import annotations
