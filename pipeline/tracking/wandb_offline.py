@@ -2,15 +2,14 @@
 
 wandb 0.31 writes no `files/config.yaml` or `files/wandb-summary.json` for offline runs; everything
 is in `run-<id>.wandb`, a LevelDB-style log of wandb's own protobuf `Record`s. Reading it lets
-tests check what was really logged, and lets a user inspect a run before `make sync`:
-`python -m pipeline.ops.wandb_offline <run folder or offline-run-* folder>`.
+tests check what was really logged, lets the erasure job find deleted data in offline runs, and
+lets a user inspect a run before `make sync` (`python -m pipeline.ops.wandb_offline`, the command).
 """
 
 from __future__ import annotations
 
 import json
 import struct
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,20 +111,3 @@ def read_offline_run(wandb_file: Path) -> OfflineRun:
             run.files.extend(f.path for f in record.files.files)
     return run
 
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m pipeline.ops.wandb_offline <run folder>", file=sys.stderr)
-        return 2
-    for log in transaction_logs(Path(argv[0])):
-        run = read_offline_run(log)
-        print(f"== {log}")
-        print(json.dumps({"id": run.run_id, "group": run.group, "tags": run.tags,
-                          "summary": {k: v for k, v in run.summary.items() if not k.startswith("_")},
-                          "artifacts": {k: v["type"] for k, v in run.artifacts.items()},
-                          "history_rows": len(run.history)}, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
