@@ -15,6 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config import checked
+from pipeline.review.config import ReviewConfig
 from pipeline.tracking import NullTracker, Tracker
 from pipeline.runtime import PipelineError, configure_environment, fail, seed_everything
 
@@ -33,6 +35,7 @@ def main(argv: list[str]) -> None:
         if "review" not in cfg:
             cfg.review = OmegaConf.load(CONF / "review" / "default.yaml")
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv[1:]))
+        checked(cfg.review, ReviewConfig, "review")  # a bad `review.*` override fails before any model loads
         configure_environment(run_dir, Path(cfg.cache_dir))
         seed_everything(int(cfg.get("seed", 0)))
         dataset = Path(json.loads((run_dir / "build_report.json").read_text())["dataset_path"])

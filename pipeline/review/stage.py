@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config import checked
 from pipeline.distributed import pick_device
+from pipeline.review.config import ReviewConfig
 from pipeline.review.crossfit import account_folds, embed, load_backbone
 from pipeline.review.suspects import KINDS, Suspect, budget, rank
 from pipeline.runtime import PipelineError
@@ -32,18 +34,17 @@ QUOTING_KINDS = ("transcript", "entities")
 
 
 def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker) -> dict[str, Any]:
-    rcfg = OmegaConf.select(cfg, "review", default=None)
-    if rcfg is None:
+    node = OmegaConf.select(cfg, "review", default=None)
+    if node is None:
         raise PipelineError("the config has no `review` group; add `- review: default` to the defaults (conf/review/default.yaml)")
-    max_share = float(rcfg.max_share)
-    if not 0 < max_share <= 1:
-        raise PipelineError(f"review.max_share={max_share}: use a share of clips between 0 and 1 (default 0.02)")
+    rcfg = checked(node, ReviewConfig, "review")  # types and ranges (folds >= 2, 0 < max_share <= 1)
+    max_share = rcfg.max_share
     run_dir = Path(run_dir)
     splits = _load(Path(dataset_path))
     rows = [{**row, "split": name} for name, split in splits.items() for row in _rows(split)]
     if not rows:
         raise PipelineError(f"dataset {dataset_path} has no clips to review")
-    folds = account_folds([r["speaker"] for r in rows], int(rcfg.folds))
+    folds = account_folds([r["speaker"] for r in rows], rcfg.folds)
     started = time.perf_counter()
 
     seconds: dict[str, float] = {}
@@ -77,7 +78,7 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
             f.write(json.dumps(s.as_dict()) + "\n")
     reviewed = budget(len(rows), max_share)
     summary = {
-        "clips": len(rows), "accounts": folds.accounts, "folds": int(rcfg.folds), "max_share": max_share,
+        "clips": len(rows), "accounts": folds.accounts, "folds": rcfg.folds, "max_share": max_share,
         "budget": reviewed, "scored": {k: len(v) for k, v in scored_ids.items()},
         "lines": {k: sum(s.kind == k for s in queue) for k in KINDS},
         "flagged": {k: sum(s.kind == k for s in queue[:reviewed]) for k in KINDS},
@@ -92,7 +93,7 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
     (out_dir / "noise_scoring.json").unlink(missing_ok=True)
     if scoring:
         (out_dir / "noise_scoring.json").write_text(json.dumps(scoring, indent=2) + "\n")
-    write_section(run_dir, section_blocks(queue, summary, scoring, int(rcfg.top_n)))
+    write_section(run_dir, section_blocks(queue, summary, scoring, rcfg.top_n))
     _log(cfg, tracker, queue, summary, scoring)
     log.info("review: %d lines in %s; the first %d (%.0f%% of %d clips) hold %s", len(queue), out_dir / "queue.jsonl",
              reviewed, max_share * 100, len(rows), summary["flagged"])
@@ -114,7 +115,7 @@ def _rows(split: Any) -> list[dict[str, Any]]:
     return [{c: data[c][i] for c in COLUMNS} for i in range(len(split))]
 
 
-def _acoustic_kinds(cfg: DictConfig, rcfg: DictConfig, asr_dir: Path, splits: dict[str, Any], rows: list[dict[str, Any]],
+def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, asr_dir: Path, splits: dict[str, Any], rows: list[dict[str, Any]],
                     fold: np.ndarray, seconds: dict[str, float]) -> list[Suspect]:
     from pipeline.asr.model import load_asr
     from pipeline.eval.run import keyword_ids
@@ -127,11 +128,11 @@ def _acoustic_kinds(cfg: DictConfig, rcfg: DictConfig, asr_dir: Path, splits: di
     word = normalize_text(str(OmegaConf.select(cfg, "eval.wake_word", default="") or ""))
     if ecfg is None or not word:
         raise PipelineError("the wake kind needs eval.wake_word (and eval.wake_window_s); add `- eval: default` to the defaults")
-    model, processor = load_asr(asr_dir, pick_device(str(rcfg.device), "review.device"))
+    model, processor = load_asr(asr_dir, pick_device(rcfg.device, "review.device"))
     keyword = keyword_ids(processor, word, bool(ecfg.wake_word_boundary), asr_dir)
     gaps, alternatives, wake = [], [], []
     for name, split in splits.items():
-        scores = score_clips(model, processor, split, keyword, int(rcfg.batch_size), float(ecfg.wake_window_s))
+        scores = score_clips(model, processor, split, keyword, rcfg.batch_size, float(ecfg.wake_window_s))
         gaps.append(scores.transcript_gap)
         alternatives += scores.alternative
         wake.append(scores.wake_score)
@@ -146,7 +147,7 @@ def _acoustic_kinds(cfg: DictConfig, rcfg: DictConfig, asr_dir: Path, splits: di
     return found
 
 
-def _text_kinds(cfg: DictConfig, rcfg: DictConfig, nlu_dir: Path, rows: list[dict[str, Any]], fold: np.ndarray,
+def _text_kinds(cfg: DictConfig, rcfg: ReviewConfig, nlu_dir: Path, rows: list[dict[str, Any]], fold: np.ndarray,
                 seconds: dict[str, float]) -> tuple[list[Suspect], dict[str, Any]]:
     from pipeline.review.entities import entity_suspects
     from pipeline.review.intent import intent_suspects
@@ -158,10 +159,10 @@ def _text_kinds(cfg: DictConfig, rcfg: DictConfig, nlu_dir: Path, rows: list[dic
     embeddings = embed(encoder, tokenizer, [r["words"] for r in rows], max_length)
     lap = time.perf_counter()
     seconds["text_embedding"] = lap - started
-    found, cleanlab = intent_suspects(rows, embeddings.pooled, fold, float(rcfg.c))
+    found, cleanlab = intent_suspects(rows, embeddings.pooled, fold, rcfg.c)
     now = time.perf_counter()
     seconds["intent"] = now - lap
-    found += entity_suspects(rows, embeddings.words, embeddings.pooled, fold, float(rcfg.c))
+    found += entity_suspects(rows, embeddings.words, embeddings.pooled, fold, rcfg.c)
     seconds["entities"] = time.perf_counter() - now
     return found, {"cleanlab": cleanlab}
 
