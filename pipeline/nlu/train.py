@@ -49,40 +49,131 @@ NO_COMMAND = "no_command"
 IGNORE = -100
 
 
+@dataclasses.dataclass(frozen=True)
+class NLUJob:
+    """One run of the stage: its checked settings and where it reads, writes and logs.
+
+    Every step takes this one object, so a step that needs one more setting does not grow a long
+    parameter list (and the order of six loose arguments cannot be mixed up).
+    """
+
+    ncfg: NLUConfig
+    tcfg: TrainerConfig
+    seed: int
+    dataset_path: Path
+    run_dir: Path
+    tracker: Tracker
+
+    @property
+    def out_dir(self) -> Path:
+        """`<run>/nlu/`: what users load (model, tokenizer, label maps) and `nlu_metrics.json`."""
+        return self.run_dir / "nlu"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where the Trainer checkpoints, so a cut-off run resumes; removed at the end unless kept."""
+        return self.out_dir / "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class NLUData:
+    """The utterances the stage trains and selects on, and the label maps that training defines."""
+
+    splits: DatasetDict
+    train_rows: list[dict[str, Any]]  # gold transcripts first, then any ASR-hypothesis rows
+    gold_count: int  # how many of `train_rows` are gold transcripts
+    val_rows: list[dict[str, Any]]  # per-epoch model selection; empty without a validation split
+    intents: list[str]
+    tags: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """The finished Trainer (its state names the steps and the best checkpoint) and what it cost."""
+
+    trainer: Trainer
+    tokenizer: Any
+    resumed: bool
+    seconds: float
+
+
 def run_nlu_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker) -> dict[str, Any]:
-    ncfg, tcfg = checked(cfg.nlu, NLUConfig, "nlu"), checked(cfg.trainer, TrainerConfig, "trainer")
-    out_dir = Path(run_dir) / "nlu"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    splits = load_splits(dataset_path)
-    train_rows = training_rows(splits["train"], str(ncfg.false_wake))
+    """Train the NLU on the dataset's train split, save it to `<run>/nlu/` and score the saved model.
+
+    Read top to bottom, the steps are the recipe: load data, build the model, train, save, score,
+    write and log the metrics. Returns `nlu_metrics.json`'s content plus `model_dir`.
+    """
+    job = NLUJob(
+        ncfg=checked(cfg.nlu, NLUConfig, "nlu"), tcfg=checked(cfg.trainer, TrainerConfig, "trainer"),
+        seed=int(cfg.seed), dataset_path=Path(dataset_path), run_dir=Path(run_dir), tracker=tracker,
+    )
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    data = load_training_data(job)
+    model, tokenizer = build_model_and_tokenizer(job, data)
+    trained = fit(job, data, model, tokenizer)
+    if not trained.trainer.is_world_process_zero():  # under torchrun, rank 0 alone saves and scores
+        return {"model_dir": str(job.out_dir)}
+    saved = save_model(job, trained)
+    metrics = {**training_facts(job, data, trained), **score_splits(saved, data.splits, int(job.ncfg.eval_batch_size))}
+    write_metrics(job, metrics)
+    log_summary(job, metrics)
+    return {"model_dir": str(job.out_dir), **metrics}
+
+
+def load_training_data(job: NLUJob) -> NLUData:
+    """Train rows (plus ASR-hypothesis rows when `nlu.asr_hypotheses` is set), validation rows, label maps.
+
+    Fails before any model is built when nothing could be trained on, so a bad dataset costs seconds.
+    """
+    false_wake = str(job.ncfg.false_wake)
+    splits = load_splits(job.dataset_path)
+    train_rows = training_rows(splits["train"], false_wake)
     gold_count = len(train_rows)
-    if ncfg.asr_hypotheses:
+    if job.ncfg.asr_hypotheses:
         from pipeline.nlu.asr_augment import hypothesis_rows
 
-        extra = hypothesis_rows(dataset_path, Path(run_dir) / "asr")
-        train_rows += training_rows_from(extra, str(ncfg.false_wake))
+        extra = hypothesis_rows(job.dataset_path, job.run_dir / "asr")
+        train_rows += training_rows_from(extra, false_wake)
     if not train_rows:
-        raise PipelineError(f"the train split of {dataset_path} has no utterances with an intent to train the NLU on")
+        raise PipelineError(f"the train split of {job.dataset_path} has no utterances with an intent to train the NLU on")
     intents, tags = label_maps(train_rows)
+    val_rows = training_rows(splits["validation"], false_wake) if "validation" in splits else []
+    return NLUData(splits, train_rows, gold_count, val_rows, intents, tags)
 
+
+def build_model_and_tokenizer(job: NLUJob, data: NLUData) -> tuple[torch.nn.Module, Any]:
+    """The joint model with heads sized to the label maps, and the backbone's tokenizer.
+
+    The seed is set here, right before the heads are initialised, so the same seed gives the same model.
+    `nlu.encoder_config` builds a randomly initialised encoder (tests, benchmarks) that still uses
+    the tokenizer of `nlu.tokenizer_name_or_path`.
+    """
+    ncfg = job.ncfg
     if ncfg.cpu_threads:
         torch.set_num_threads(ncfg.cpu_threads)
-    set_seed(int(cfg.seed))
+    set_seed(job.seed)
     head: dict[str, Any] = {**dataclasses.asdict(ncfg.head), "max_length": ncfg.max_length}
     if ncfg.encoder_config:
-        model = build_model_from_config(dict(ncfg.encoder_config), intents, tags, head)
+        model = build_model_from_config(dict(ncfg.encoder_config), data.intents, data.tags, head)
         tokenizer = load_tokenizer(resolve_backbone(ncfg.tokenizer_name_or_path, ncfg.model_sha256), model.config)
     else:
         backbone = resolve_backbone(ncfg.model_name_or_path, ncfg.model_sha256)
-        model = build_model(backbone, intents, tags, head)
+        model = build_model(backbone, data.intents, data.tags, head)
         tokenizer = load_tokenizer(backbone, model.config)
+    return model, tokenizer
 
-    train_ds = to_features(train_rows, tokenizer, intents, tags, int(ncfg.max_length))
-    val_rows = training_rows(splits["validation"], str(ncfg.false_wake)) if "validation" in splits else []
-    val_ds = to_features(val_rows, tokenizer, intents, tags, int(ncfg.max_length)) if val_rows else None
 
-    args = training_arguments(ncfg, tcfg, int(cfg.seed), out_dir / "checkpoints", has_eval=val_ds is not None)
-    trainer = Trainer(
+def make_trainer(job: NLUJob, data: NLUData, model: torch.nn.Module, tokenizer: Any) -> Trainer:
+    """A Trainer on tokenised rows, selecting the best epoch on validation when there is one.
+
+    Features are built here rather than with the rows because they need the backbone's tokenizer.
+    """
+    max_length = int(job.ncfg.max_length)
+    train_ds = to_features(data.train_rows, tokenizer, data.intents, data.tags, max_length)
+    val_ds = to_features(data.val_rows, tokenizer, data.intents, data.tags, max_length) if data.val_rows else None
+    args = training_arguments(job.ncfg, job.tcfg, job.seed, job.checkpoint_dir, has_eval=val_ds is not None)
+    tags = data.tags
+    return Trainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -90,47 +181,76 @@ def run_nlu_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
         processing_class=tokenizer,
         data_collator=DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE),
         compute_metrics=lambda p: selection_metrics(p, tags),
-        optimizers=(make_optimizer(model, ncfg), None),
-        callbacks=[TrackerCallback(tracker)],
+        optimizers=(make_optimizer(model, job.ncfg), None),
+        callbacks=[TrackerCallback(job.tracker)],
     )
-    resume = bool(ncfg.resume) and any((out_dir / "checkpoints").glob("checkpoint-*"))
+
+
+def fit(job: NLUJob, data: NLUData, model: torch.nn.Module, tokenizer: Any) -> TrainedModel:
+    """Train, picking up from the last checkpoint when `nlu.resume` is set and one exists.
+
+    Only `trainer.train` is timed: `nlu/train_seconds` compares training speed, not data loading.
+    """
+    trainer = make_trainer(job, data, model, tokenizer)
+    resumed = bool(job.ncfg.resume) and any(job.checkpoint_dir.glob("checkpoint-*"))
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    train_seconds = time.perf_counter() - started
-    if not trainer.is_world_process_zero():  # under torchrun, rank 0 alone saves and scores
-        return {"model_dir": str(out_dir)}
+    trainer.train(resume_from_checkpoint=True if resumed else None)
+    return TrainedModel(trainer, tokenizer, resumed, time.perf_counter() - started)
 
-    nlu = NLUModel(trainer.model, tokenizer)
-    nlu.save_pretrained(out_dir)
-    if not ncfg.keep_checkpoints:
-        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
 
-    nlu = NLUModel.from_pretrained(out_dir)  # score exactly what was saved
-    metrics: dict[str, Any] = {
-        "train_seconds": round(train_seconds, 1),
-        "train_utterances": gold_count,
-        "train_asr_hypotheses": len(train_rows) - gold_count,
-        "global_step": trainer.state.global_step,
-        "epochs": float(ncfg.epochs),
-        "resumed": resume,
-        "intents": len(intents),
-        "entity_types": len(tags) // 2,
-        "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+def save_model(job: NLUJob, trained: TrainedModel) -> NLUModel:
+    """Save model, tokenizer and label maps to `nlu/`, drop the checkpoints unless kept, and load back.
+
+    The loaded copy is what gets scored, so the scores are those of the files users and the eval
+    stage load, not of the in-memory model.
+    """
+    NLUModel(trained.trainer.model, trained.tokenizer).save_pretrained(job.out_dir)
+    if not job.ncfg.keep_checkpoints:
+        shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
+    return NLUModel.from_pretrained(job.out_dir)
+
+
+def training_facts(job: NLUJob, data: NLUData, trained: TrainedModel) -> dict[str, Any]:
+    """What was trained and how long it took: the first keys of `nlu_metrics.json`, in their order."""
+    state = trained.trainer.state
+    return {
+        "train_seconds": round(trained.seconds, 1),
+        "train_utterances": data.gold_count,
+        "train_asr_hypotheses": len(data.train_rows) - data.gold_count,
+        "global_step": state.global_step,
+        "epochs": float(job.ncfg.epochs),
+        "resumed": trained.resumed,
+        "intents": len(data.intents),
+        "entity_types": len(data.tags) // 2,
+        "best_checkpoint": state.best_model_checkpoint and Path(state.best_model_checkpoint).name,
     }
-    for split in ("validation", "test"):
-        if split in splits:
-            # The clips the eval stage scores: those with an intent (false wakes are the wake-word
-            # detector's to reject), whatever `nlu.false_wake` taught the model.
-            rows = training_rows(splits[split], "skip")
-            metrics[split] = score(nlu, rows, int(ncfg.eval_batch_size))
-    (out_dir / "nlu_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def score_splits(nlu: NLUModel, splits: DatasetDict, batch_size: int) -> dict[str, dict[str, Any]]:
+    """`score` on the validation and test splits (those present), through the saved model's `predict`.
+
+    Scored are the clips the eval stage scores: those with an intent (false wakes are the wake-word
+    detector's to reject), whatever `nlu.false_wake` taught the model.
+    """
+    return {
+        split: score(nlu, training_rows(splits[split], "skip"), batch_size)
+        for split in ("validation", "test") if split in splits
+    }
+
+
+def write_metrics(job: NLUJob, metrics: dict[str, Any]) -> None:
+    """`nlu/nlu_metrics.json`, next to the model it describes."""
+    (job.out_dir / "nlu_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def log_summary(job: NLUJob, metrics: dict[str, Any]) -> None:
+    """The numeric split scores as `nlu/val_*` and `nlu/test_*` run summary values, plus the training time."""
     summary = {
         f"nlu/{'val' if split == 'validation' else split}_{name}": value
         for split in ("validation", "test") if split in metrics
         for name, value in metrics[split].items() if isinstance(value, (int, float))
     }
-    tracker.log_summary({**summary, "nlu/train_seconds": metrics["train_seconds"]})
-    return {"model_dir": str(out_dir), **metrics}
+    job.tracker.log_summary({**summary, "nlu/train_seconds": metrics["train_seconds"]})
 
 
 def load_splits(dataset_path: Path) -> DatasetDict:
