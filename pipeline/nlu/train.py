@@ -407,11 +407,18 @@ def training_arguments(ncfg: NLUConfig, tcfg: TrainerConfig, seed: int, output_d
 
 
 def selection_metrics(pred: EvalPrediction, tags: list[str]) -> dict[str, float]:
-    """Per-epoch model selection on validation: intent accuracy, tag F1 (seqeval), and their mean."""
+    """Per-epoch model selection on validation: intent accuracy, tag F1 (seqeval), and their mean.
+
+    Both come from `pipeline.eval.metrics`, the one home of every score; intents unseen in training
+    (IGNORE) are left out, as they cannot be predicted by this model.
+    """
     intent_logits, tag_logits = pred.predictions
     tag_labels, intent_labels = pred.label_ids
     keep = intent_labels != IGNORE
-    accuracy = float((intent_logits.argmax(-1)[keep] == intent_labels[keep]).mean()) if keep.any() else 0.0
+    accuracy = (
+        M.intent_scores(intent_labels[keep].tolist(), intent_logits.argmax(-1)[keep].tolist())["accuracy"]
+        if keep.any() else 0.0
+    )
     tag_pred = tag_logits.argmax(-1)
     gold_seqs, pred_seqs = [], []
     for gold_row, pred_row in zip(tag_labels, tag_pred):

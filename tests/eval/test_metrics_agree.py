@@ -10,13 +10,15 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import numpy as np
 import torch
 from datasets import Dataset
+from transformers import EvalPrediction
 
 from pipeline.asr.model import greedy_decode
 from pipeline.eval import metrics as M
 from pipeline.eval.run import _score_understanding
-from pipeline.nlu.train import score_predictions, training_rows
+from pipeline.nlu.train import IGNORE, score_predictions, selection_metrics, training_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,6 +60,22 @@ def test_nlu_stage_scores_the_clips_the_eval_stage_scores() -> None:
         {"transcript": "alexander", "words": ["alexander"], "bio_tags": ["O"], "intent": None, "entities": []},
     ])
     assert [r["transcript"] for r in training_rows(split, "skip")] == ["play jazz"]
+
+
+def test_nlu_epoch_selection_scores_are_the_metrics_module_scores() -> None:
+    """The per-epoch `nlu/val_intent_accuracy` and `nlu/val_tag_f1` curves use the same functions as
+    every other score; a gold intent unseen in training (IGNORE) is left out, not counted wrong."""
+    tags = ["O", "B-time", "I-time"]
+    intent_labels = np.array([0, 1, IGNORE, 1])
+    intent_logits = np.eye(2)[[0, 0, 1, 1]]  # predicts 0, 0, 1, 1: 2 of the 3 scored clips right
+    tag_labels = np.array([[0, 1, IGNORE], [0, 0, IGNORE], [0, 0, 0], [1, 2, 0]])
+    tag_logits = np.eye(3)[np.where(tag_labels == IGNORE, 0, tag_labels)]  # every scored tag right
+    pred = EvalPrediction(predictions=(intent_logits, tag_logits), label_ids=(tag_labels, intent_labels))
+    scores = selection_metrics(pred, tags)
+    assert scores["intent_accuracy"] == M.intent_scores([0, 1, 1], [0, 0, 1])["accuracy"] == 2 / 3
+    assert scores["tag_f1"] == M.tag_f1([["O", "B-time"], ["O", "O"], ["O", "O", "O"], ["B-time", "I-time", "O"]],
+                                        [["O", "B-time"], ["O", "O"], ["O", "O", "O"], ["B-time", "I-time", "O"]]) == 1.0
+    assert scores["score"] == (2 / 3 + 1.0) / 2
 
 
 def test_asr_validation_wer_is_the_eval_wer() -> None:
