@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from datasets import load_from_disk
+from datasets import Dataset, DatasetDict, load_from_disk
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.runtime import PipelineError
@@ -139,34 +141,46 @@ def test_batched_inference_matches_one_clip_at_a_time(tiny_run: Path, tiny_datas
     assert batched.audio_seconds == pytest.approx(sum(split["duration"]), rel=1e-3)
 
 
-def test_bad_input_fails_with_one_clear_line(tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
-    from datasets import Dataset, DatasetDict
+def _empty(test: Dataset) -> Dataset:
+    """The test split with its columns and no clip."""
+    return Dataset.from_dict({c: [] for c in test.column_names}, features=test.features)
 
+
+def _unknown_characters(test: Dataset) -> Dataset:
+    """Transcripts that use characters the ASR model never saw."""
+    return test.map(lambda ex: {"text": "quiz box jumped"})
+
+
+# (eval overrides, or None for a config without an `eval` group; whether the run's models are passed;
+# what replaces the test split; the error, with <run>, <dataset> and <asr> standing for those paths).
+@pytest.mark.parametrize(("overrides", "with_models", "test_split", "error"), [
+    pytest.param(None, True, None, r"the config has no `eval` group", id="no-eval-group"),
+    pytest.param({"eval.wake_word": None}, True, None, r"eval\.wake_word=None", id="wake-word-unset"),
+    pytest.param({}, False, None, r"<run>: no ASR model here", id="no-model-in-run"),
+    pytest.param({"eval.wake_word": "alexa?zq"}, True, None,
+                 r"eval\.wake_word='alexa zq' uses \['q'\], which <asr>/vocab\.json lacks", id="wake-word-unspellable"),
+    pytest.param({}, True, _empty, r"dataset <dataset> split 'test' is empty", id="empty-test-split"),
+    pytest.param({}, True, _unknown_characters, r"dataset <dataset>: .* are not in <asr>/vocab\.json",
+                 id="characters-not-in-vocab"),
+])
+def test_bad_input_fails_with_one_clear_line_naming_the_key_or_path(
+    overrides: dict[str, Any] | None, with_models: bool, test_split: Callable[[Dataset], Dataset] | None, error: str,
+    tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path,
+) -> None:
     from pipeline.eval.run import run_eval_stage
 
-    paths = {"asr_model": str(tiny_run / "asr"), "nlu_model": str(tiny_run / "nlu")}
-    with pytest.raises(PipelineError, match="no `eval` group"):
-        run_eval_stage(OmegaConf.create({"logger": {}}), tmp_path, tiny_dataset_path, RecordingTracker())
-    with pytest.raises(PipelineError, match="eval.wake_word"):
-        run_eval_stage(eval_cfg(**paths, **{"eval.wake_word": None}), tmp_path, tiny_dataset_path, RecordingTracker())
-    with pytest.raises(PipelineError, match="no ASR model here"):
-        run_eval_stage(eval_cfg(), tmp_path, tiny_dataset_path, RecordingTracker())
-    with pytest.raises(PipelineError, match="lacks"):
-        run_eval_stage(eval_cfg(**paths, **{"eval.wake_word": "alexa?zq"}), tmp_path, tiny_dataset_path, RecordingTracker())
-
-    dd = load_from_disk(str(tiny_dataset_path))
-    empty = tmp_path / "empty"
-    no_clips = Dataset.from_dict({c: [] for c in dd["test"].column_names}, features=dd["test"].features)
-    DatasetDict({"validation": dd["validation"], "test": no_clips}).save_to_disk(str(empty))
-    with pytest.raises(PipelineError, match="'test' is empty"):
-        run_eval_stage(eval_cfg(**paths), tmp_path, empty, RecordingTracker())
-
-    # A dataset whose transcripts use characters the ASR model never saw.
-    other = tmp_path / "other"
-    foreign = dd["test"].map(lambda ex: {"text": "quiz box jumped"})
-    DatasetDict({"validation": dd["validation"], "test": foreign}).save_to_disk(str(other))
-    with pytest.raises(PipelineError, match="not in .*vocab.json"):
-        run_eval_stage(eval_cfg(**paths), tmp_path, other, RecordingTracker())
+    dataset = tiny_dataset_path
+    if test_split is not None:
+        dd = load_from_disk(str(tiny_dataset_path))
+        dataset = tmp_path / "dataset"
+        DatasetDict({"validation": dd["validation"], "test": test_split(dd["test"])}).save_to_disk(str(dataset))
+    paths = {"asr_model": str(tiny_run / "asr"), "nlu_model": str(tiny_run / "nlu")} if with_models else {}
+    cfg = OmegaConf.create({"logger": {}}) if overrides is None else eval_cfg(**paths, **overrides)
+    for name, path in (("<run>", tmp_path), ("<dataset>", dataset), ("<asr>", tiny_run / "asr")):
+        error = error.replace(name, re.escape(str(path)))
+    with pytest.raises(PipelineError, match=error) as raised:
+        run_eval_stage(cfg, tmp_path, dataset, RecordingTracker())
+    assert "\n" not in str(raised.value)
 
 
 def test_validation_without_false_wakes_skips_wake_metrics_and_says_why(
@@ -203,17 +217,24 @@ def test_evaluate_cli_re_evaluates_a_run_in_place(tiny_run: Path, tmp_path: Path
     assert metrics["eval/num_clips"] == 8
     assert (tiny_run / "report.html").exists() and (tiny_run / ".hydra-evaluate").is_dir()
 
-    # A run folder without models: one line, exit code 2.
-    empty_run = tmp_path / "empty_run"
-    empty_run.mkdir()
-    (empty_run / "build_report.json").write_text((tiny_run / "build_report.json").read_text())
-    for run in (empty_run, tmp_path / "no_such_run"):
-        bad = [sys.executable, str(REPO / "evaluate.py"), f"run={run}", "logger=none"]
-        done = subprocess.run(bad, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 2, done.stderr[-2000:]
-        error_lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-        assert len(error_lines) == 1 and str(run) in error_lines[0]
-    assert not (tmp_path / "no_such_run").exists()
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder_exists", [pytest.param(True, id="run-without-models"),
+                                           pytest.param(False, id="no-such-run-folder")])
+def test_evaluate_cli_refuses_a_run_it_cannot_evaluate_in_one_line(folder_exists: bool, tiny_run: Path,
+                                                                   tmp_path: Path) -> None:
+    """Exit code 2 and one `error:` line naming the run folder; a missing folder is not created."""
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    run = tmp_path / ("empty_run" if folder_exists else "no_such_run")
+    if folder_exists:
+        run.mkdir()
+        (run / "build_report.json").write_text((tiny_run / "build_report.json").read_text())
+    bad = [sys.executable, str(REPO / "evaluate.py"), f"run={run}", "logger=none"]
+    done = subprocess.run(bad, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    error_lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and str(run) in error_lines[0], done.stderr[-2000:]
+    assert run.exists() == folder_exists
 
 
 def test_lm_decoding_is_tuned_on_validation_and_reported_next_to_greedy(
