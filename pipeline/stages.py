@@ -17,6 +17,7 @@ from pipeline.config import TrainerConfig, checked
 from pipeline.distributed import barrier, place
 from pipeline.runtime import PipelineError, configure_environment, seed_everything
 from pipeline.tracking import NullTracker, Tracker
+from pipeline.tracking.config import logger_config
 
 KNOWN_STAGES = ("data", "asr", "nlu", "eval", "review")
 
@@ -97,8 +98,9 @@ def check_config(cfg: DictConfig, stages: list[str]) -> None:
 
 
 def make_tracker(cfg: DictConfig, run_dir: Path, stages: list[str]) -> Tracker:
-    """The tracker `logger.name` asks for (W&B, or none), tagged with the stages it records."""
-    if cfg.logger.get("name", "none") == "none":
+    """The tracker `logger.name` asks for (W&B, or none), tagged with the stages it records; the
+    logger group is checked here, before the first stage, whichever it is."""
+    if logger_config(cfg).name == "none":
         return NullTracker()
     from pipeline.tracking.wandb_run import make_wandb_tracker
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import choice
+from pipeline.tracking.config import LOG_TRANSCRIPTS
 
 
 class Tracker(Protocol):
@@ -55,8 +58,12 @@ class NullTracker:
 
 def transcripts_allowed(cfg: DictConfig) -> bool:
     """`logger.log_transcripts`: auto means only for the synthetic demo corpus (real users' words
-    stay out of every tracker unless someone decides otherwise)."""
-    setting = cfg.get("logger", {}).get("log_transcripts", "auto")
+    stay out of every tracker unless someone decides otherwise).
+
+    The whole group is checked where the tracker is made (pipeline/tracking/config.py); a stage
+    called as a library function may get a config without the setting, which is auto (null)."""
+    setting = OmegaConf.select(cfg, "logger.log_transcripts")
+    choice("logger.log_transcripts", setting, LOG_TRANSCRIPTS)
     if setting == "auto" or setting is None:
-        return str(cfg.get("data", {}).get("source", "")) == "demo"
+        return str(OmegaConf.select(cfg, "data.source", default="")) == "demo"
     return bool(setting)

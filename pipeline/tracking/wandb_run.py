@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.run_folder import read_build_report
 from pipeline.tracking import NullTracker, Tracker, transcripts_allowed
+from pipeline.tracking.config import logger_config
 
 RUN_ID_FILE = "wandb_run_id"
 # Table columns whose names contain one of these hold (parts of) what was said.
@@ -255,10 +256,10 @@ def _log_files(tracker: WandbTracker, name: str, kind: str, files: list[Path], r
 
 def make_wandb_tracker(cfg: DictConfig, run_dir: Path, tags: list[str]) -> Tracker:
     """Start (or resume) the W&B run of this run folder; only rank 0 logs under torchrun."""
+    logger = logger_config(cfg)  # every rank: a bad setting fails the same way everywhere
     if int(os.environ.get("RANK", "0")) != 0:
         return NullTracker()
-    logger = cfg.logger
-    mode = resolve_mode(str(logger.get("mode", "auto")), os.environ)
+    mode = resolve_mode(logger.mode, os.environ)
     if mode == "disabled":
         return NullTracker()
     import wandb
@@ -272,17 +273,17 @@ def make_wandb_tracker(cfg: DictConfig, run_dir: Path, tags: list[str]) -> Track
     config = OmegaConf.to_container(cfg, resolve=True)
     config["git_commit"] = git_commit(Path(__file__).resolve().parents[2])
     run = wandb.init(
-        project=logger.get("project") or "voice-pipeline",
-        entity=logger.get("entity") or None,
-        group=logger.get("group") or group,
+        project=logger.project,
+        entity=logger.entity or None,
+        group=logger.group or group,
         name=name,
-        job_type=logger.get("job_type") or "train",
-        tags=sorted({*map(str, tags), *map(str, logger.get("tags") or [])}),
+        job_type=logger.job_type,
+        tags=sorted({*map(str, tags), *logger.tags}),
         config=config,
         id=run_id,
         resume="allow",
         mode=mode,
         dir=str(run_dir),
-        settings=wandb.Settings(console=str(logger.get("console", "auto")), silent=True),
+        settings=wandb.Settings(console=logger.console, silent=True),
     )
-    return WandbTracker(run, run_dir, transcripts_allowed(cfg), bool(logger.get("log_artifacts", True)))
+    return WandbTracker(run, run_dir, transcripts_allowed(cfg), logger.log_artifacts)

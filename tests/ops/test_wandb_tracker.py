@@ -21,8 +21,7 @@ SECRET_WORDS = "call jenny fairweather at twelve oak lane"
 def _cfg(run_dir: Path, source: str = "jsonl", **logger: object) -> OmegaConf:
     return OmegaConf.create({
         "seed": 7, "run_dir": str(run_dir), "data": {"source": source},
-        "logger": {"name": "wandb", "mode": "auto", "project": "test", "entity": None, "group": None,
-                   "log_transcripts": "auto", "log_artifacts": True, **logger},
+        "logger": {**OmegaConf.load(REPO / "conf" / "logger" / "wandb.yaml"), "project": "test", **logger},
     })
 
 
