@@ -43,6 +43,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pipeline.data.privacy import pseudonym
+from pipeline.ops.config import JobConfig, job_config
 from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, REQUESTS, TOMBSTONES, inbox_requests, pseudonym_key,
                                  utterance_pseudonym)
 from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, check_root, place_of,
@@ -456,15 +457,16 @@ def delete_online(run_ids: list[str], project: str, entity: str | None, api: Any
     return done
 
 
-def wandb_online(cfg: DictConfig) -> bool:
-    setting = str((cfg.get("erase") or {}).get("wandb_online", "auto")).lower()
+def wandb_online(settings: JobConfig) -> bool:
+    """`erase.wandb_online`; auto: when W&B is online (logger.mode, WANDB_MODE, an API key)."""
+    setting = settings.erase.online_setting()
     if setting in ("false", "off", "no"):
         return False
     if setting in ("true", "on", "yes"):
         return True
     from pipeline.tracking.wandb_run import resolve_mode
 
-    return resolve_mode(str(cfg.logger.get("mode", "auto")), os.environ) == "online"
+    return resolve_mode(settings.logger.mode, os.environ) == "online"
 
 
 # ---------------------------------------------------------------------------------- erasure
@@ -505,6 +507,7 @@ def deleted_set(roots: Roots) -> set[str]:
 def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None = None,
                  source_hashes: dict[str, list[str]] | None = None, api: Any = None) -> Erasure:
     """Steps 2-5 of the module docstring; the caller holds the retraining lock."""
+    settings = job_config(cfg)
     roots = roots or Roots.from_cfg(cfg)
     key = key if key is not None else pseudonym_key(cfg.privacy)
     for name, root in roots.named().items():
@@ -587,9 +590,8 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
             registry.mark_erased(model_id)
             job.remove("registry model", registry.model_dir(model_id), clips=len(trained))
 
-    if online_ids and wandb_online(cfg):
-        job.online = delete_online(online_ids, str(cfg.logger.get("project") or "voice-pipeline"),
-                                   cfg.logger.get("entity"), api)
+    if online_ids and wandb_online(settings):
+        job.online = delete_online(online_ids, settings.logger.project, settings.logger.entity, api)
 
     seen = set(state["requests_seen"])
     tombstones = read_lines(roots.corpus / TOMBSTONES)
@@ -630,6 +632,7 @@ def erase(cfg: DictConfig, api: Any = None) -> Erasure:
     from pipeline.ops.corpus import update_corpus
     from pipeline.ops.retrain import retrain_lock
 
+    job_config(cfg)  # every group the job reads, before anything is taken from the inbox
     roots = Roots.from_cfg(cfg)
     for name, root in roots.named().items():
         check_root(name, root)  # before anything is taken from the inbox

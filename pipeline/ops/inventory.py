@@ -61,19 +61,17 @@ class Roots:
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> Roots:
-        erase = cfg.get("erase") or {}
+        from pipeline.ops.config import erase_config, retrain_config
+
         try:
-            return cls(
-                cache=Path(erase.get("cache_root") or cfg.cache_dir),
-                outputs=Path(erase.get("outputs") or "outputs"),
-                multirun=Path(erase.get("multirun") or "multirun"),
-                registry=Path(cfg.retrain.registry_dir),
-                inbox=Path(cfg.retrain.inbox),
-                corpus=Path(cfg.retrain.corpus_dir),
-                erasure=Path(erase.get("receipts_dir") or Path(cfg.retrain.registry_dir) / "erasure"),
-            )
+            erase, retrain = erase_config(cfg), retrain_config(cfg)
+        except PipelineError:
+            raise
         except Exception as err:  # noqa: BLE001 - any unresolvable key is the user's config to fix
             raise PipelineError(f"erase roots: {err}") from None
+        return cls(cache=Path(erase.cache_root), outputs=Path(erase.outputs), multirun=Path(erase.multirun),
+                   registry=Path(retrain.registry_dir), inbox=Path(retrain.inbox), corpus=Path(retrain.corpus_dir),
+                   erasure=Path(erase.receipts_dir))
 
     def named(self) -> dict[str, Path]:
         return {name: getattr(self, name) for name in ("cache", "outputs", "multirun", "registry",

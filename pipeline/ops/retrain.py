@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import run_folder
+from pipeline.ops.config import RetrainConfig, job_config, retrain_config
 from pipeline.ops.corpus import Corpus, pseudonym_key, update_corpus, utterance_pseudonym
 from pipeline.ops.erase import erase_copies
 from pipeline.ops.gate import gate_on_runs
@@ -133,7 +134,7 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Everything between taking the lock and writing the decision."""
     from pipeline.stages import run_stages
 
-    retrain = cfg.retrain
+    retrain = retrain_config(cfg)
     missing = [s for s in REQUIRED_STAGES if s not in cfg.stages]
     if missing:
         raise PipelineError(f"retraining needs stages {list(REQUIRED_STAGES)}; stages={list(cfg.stages)} "
@@ -165,7 +166,8 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_stages(stage_cfg)
     candidate = _candidate(run_dir, key, corpus.tombstones)
     decision["candidate"] = {k: candidate[k] for k in ("model_id", "dataset_fingerprint", "metrics")}
-    promote, reason, retire_reason = _verdict(stage_cfg, registry, current, affected, candidate, run_dir, decision)
+    promote, reason, retire_reason = _verdict(stage_cfg, retrain, registry, current, affected, candidate, run_dir,
+                                              decision)
     for stale in affected:
         if current is None or stale["model_id"] != current["model_id"]:
             # Already retired, but its weights were kept for rollback: they go now.
@@ -201,7 +203,7 @@ def _candidate(run_dir: Path, key: bytes, tombstones: set[str]) -> dict[str, Any
     }
 
 
-def _verdict(cfg: DictConfig, registry: Registry, current: dict[str, Any] | None,
+def _verdict(cfg: DictConfig, retrain: RetrainConfig, registry: Registry, current: dict[str, Any] | None,
              affected: list[dict[str, Any]], candidate: dict[str, Any], run_dir: Path,
              decision: dict[str, Any]) -> tuple[bool, str, str]:
     """(promote?, why, how the old model is retired); adds the gate numbers to `decision`."""
@@ -221,8 +223,7 @@ def _verdict(cfg: DictConfig, registry: Registry, current: dict[str, Any] | None
         decision["incumbent"]["metrics"] = incumbent
         # Judged on the paired difference over the same test clips (pipeline/ops/gate.py).
         checks = gate_on_runs(run_dir, run_dir / "incumbent", candidate["metrics"], incumbent,
-                              OmegaConf.to_container(cfg.retrain.gate, resolve=True),
-                              str(OmegaConf.select(cfg, "retrain.gate_policy", default="not_worse")),
+                              retrain.gate_rules(), retrain.gate_policy,
                               int(cfg.eval.bootstrap_samples), int(cfg.eval.bootstrap_seed))
         decision["gate"] = [c.as_dict() for c in checks]
         failed = [c.detail for c in checks if not c.passed]
@@ -237,9 +238,10 @@ CONFIG_ERRORS = (PipelineError, OmegaConfBaseException)
 
 
 def _job(cfg: DictConfig, run_dir: Path, registry: Registry) -> dict[str, Any]:
-    """The decision of a job that holds the lock: train, or promote / roll back by hand."""
-    retrain = cfg.retrain
-    model_id, back = retrain.get("promote"), bool(retrain.get("rollback"))
+    """The decision of a job that holds the lock: train, or promote / roll back by hand. Every
+    group the job reads is checked first (a config error, recorded like any other decision)."""
+    settings = job_config(cfg)
+    model_id, back = settings.retrain.promote, settings.retrain.rollback
     if model_id is not None and back:
         raise PipelineError("retrain.promote and retrain.rollback are exclusive; give one of them")
     if model_id is not None:

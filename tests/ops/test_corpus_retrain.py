@@ -15,6 +15,8 @@ from pipeline.ops.corpus import QUARANTINE, TOMBSTONES, pending_deletions, updat
 from pipeline.ops.retrain import EXIT_BUSY, EXIT_CONFIG, EXIT_OK, retrain_lock, run_retrain
 from pipeline.runtime import PipelineError
 
+REPO = Path(__file__).resolve().parents[2]
+
 KEY = b"corpus-key"
 
 
@@ -132,10 +134,13 @@ def _cfg(tmp: Path, **retrain: object) -> OmegaConf:
         "cache_dir": str(tmp / "cache"),
         "privacy": {"key_env": "NO_SUCH_ENV_FOR_TEST", "key_file": str(tmp / "cache" / "pseudonym.key")},
         "data": {"source": "jsonl", "path": None, "deletions": None},
-        "logger": {"name": "none"},
+        "logger": {**OmegaConf.load(REPO / "conf" / "logger" / "wandb.yaml"), "name": "none"},
         "retrain": {"inbox": str(tmp / "inbox"), "corpus_dir": str(tmp / "corpus"),
-                    "registry_dir": str(tmp / "registry"), "force": False,
-                    "gate": {"wer": {"metric": "asr/wer", "max_increase": 0.005}}, **retrain},
+                    "registry_dir": str(tmp / "registry"), "force": False, "promote": None, "rollback": False,
+                    "gate": {"wer": {"metric": "asr/wer", "max_increase": 0.005}}, "gate_policy": "not_worse",
+                    **retrain},
+        "erase": {"cache_root": str(tmp / "cache"), "outputs": str(tmp / "outputs"), "multirun": str(tmp / "multirun"),
+                  "receipts_dir": str(tmp / "registry" / "erasure"), "wandb_online": False},
     })
 
 

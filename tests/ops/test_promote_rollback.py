@@ -14,6 +14,8 @@ from pipeline.ops.promote import write_candidate
 from pipeline.ops.registry import Registry
 from pipeline.ops.retrain import EXIT_CONFIG, EXIT_OK, run_retrain
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def _cfg(tmp: Path, **retrain: object) -> OmegaConf:
     (tmp / "inbox").mkdir(exist_ok=True)
@@ -21,9 +23,13 @@ def _cfg(tmp: Path, **retrain: object) -> OmegaConf:
         "stages": ["data", "asr", "nlu", "eval"], "seed": 1, "run_dir": str(tmp / "job"),
         "cache_dir": str(tmp / "cache"),
         "privacy": {"key_env": "NO_SUCH_ENV_FOR_TEST", "key_file": str(tmp / "cache" / "pseudonym.key")},
+        "logger": {**OmegaConf.load(REPO / "conf" / "logger" / "wandb.yaml"), "name": "none"},
         "retrain": {"inbox": str(tmp / "inbox"), "corpus_dir": str(tmp / "corpus"),
                     "registry_dir": str(tmp / "registry"), "force": False, "promote": None, "rollback": False,
+                    "gate": {"wer": {"metric": "asr/wer", "max_increase": 0.005}}, "gate_policy": "not_worse",
                     **retrain},
+        "erase": {"cache_root": str(tmp / "cache"), "outputs": str(tmp / "outputs"), "multirun": str(tmp / "multirun"),
+                  "receipts_dir": str(tmp / "registry" / "erasure"), "wandb_online": False},
     })
 
 

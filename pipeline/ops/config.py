@@ -1,0 +1,109 @@
+"""The retraining and erasure settings of conf/retrain.yaml (`retrain`, `erase`) as types: what
+`pipeline.config.checked` holds them to.
+
+Checked where a job starts (`retrain.py`, `make erase`, `make audit-deletions`): without it a
+`retrain.gate_policy=maybe` surfaced only at the gate, after an hour of training, and a misspelt key
+in a user's YAML was silently ignored. A new setting is declared here and given its default in
+conf/retrain.yaml (the one place for default values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, TypeVar
+
+from omegaconf import MISSING, DictConfig
+
+from pipeline.config import checked, choice
+from pipeline.ops.gate import GATE_POLICIES
+from pipeline.runtime import PipelineError
+from pipeline.tracking.config import LoggerConfig, logger_config
+
+T = TypeVar("T")
+DEFAULTS = "conf/retrain.yaml"
+GATE_LIMITS = ("max_increase", "max_decrease")
+# `erase.wandb_online`: auto follows logger.mode; the words are what the job has always accepted.
+WANDB_ONLINE = ("auto", "true", "false", "on", "off", "yes", "no")
+
+
+@dataclass
+class GateRule:
+    """One rule of `retrain.gate`: a metric and how far it may move the wrong way (pipeline/ops/gate.py)."""
+
+    metric: str = MISSING
+    # Exactly one of the two; the other is left out of the rule (None here).
+    max_increase: Optional[float] = None
+    max_decrease: Optional[float] = None
+
+    def as_rule(self) -> dict[str, Any]:
+        """The rule as pipeline/ops/gate.py reads it: the metric and its one limit."""
+        return {"metric": self.metric, **{k: getattr(self, k) for k in GATE_LIMITS if getattr(self, k) is not None}}
+
+
+@dataclass
+class RetrainConfig:
+    inbox: str = MISSING
+    corpus_dir: str = MISSING
+    registry_dir: str = MISSING
+    force: bool = MISSING
+    promote: Optional[str] = MISSING    # a model id: promote it instead of training
+    rollback: bool = MISSING
+    gate: dict[str, GateRule] = MISSING
+    gate_policy: str = MISSING
+
+    def validate(self) -> None:
+        choice("retrain.gate_policy", self.gate_policy, GATE_POLICIES)
+        for name, rule in self.gate.items():
+            if sum(getattr(rule, k) is not None for k in GATE_LIMITS) != 1:
+                raise PipelineError(f"retrain.gate.{name} must have `metric` and exactly one of "
+                                    f"max_increase / max_decrease, got {rule.as_rule()}")
+
+    def gate_rules(self) -> dict[str, dict[str, Any]]:
+        return {name: rule.as_rule() for name, rule in self.gate.items()}
+
+
+@dataclass
+class EraseConfig:
+    cache_root: str = MISSING
+    outputs: str = MISSING
+    multirun: str = MISSING
+    receipts_dir: str = MISSING
+    wandb_online: Any = MISSING         # auto | true | false
+
+    def validate(self) -> None:
+        choice("erase.wandb_online", self.online_setting(), WANDB_ONLINE)
+
+    def online_setting(self) -> str:
+        """`true`, `false` and `auto` however they were written (a YAML bool, `off`, `Yes`)."""
+        return str(self.wandb_online).lower()
+
+
+@dataclass
+class JobConfig:
+    """What the retraining and erasure jobs read beyond the stages' own groups."""
+
+    retrain: RetrainConfig
+    erase: EraseConfig
+    logger: LoggerConfig
+
+
+def _checked(cfg: DictConfig, schema: type[T], group: str) -> T:
+    """`pipeline.config.checked`, its messages pointing at conf/retrain.yaml (these groups have no
+    folder of options in conf/)."""
+    try:
+        return checked(cfg.get(group), schema, group)
+    except PipelineError as err:
+        raise PipelineError(str(err).replace(f"conf/{group}/", DEFAULTS)) from None
+
+
+def retrain_config(cfg: DictConfig) -> RetrainConfig:
+    return _checked(cfg, RetrainConfig, "retrain")
+
+
+def erase_config(cfg: DictConfig) -> EraseConfig:
+    return _checked(cfg, EraseConfig, "erase")
+
+
+def job_config(cfg: DictConfig) -> JobConfig:
+    """Every group a job reads, checked at its start: a PipelineError naming the key otherwise."""
+    return JobConfig(retrain_config(cfg), erase_config(cfg), logger_config(cfg))

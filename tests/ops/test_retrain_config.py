@@ -1,0 +1,82 @@
+"""The retraining and erasure settings (`retrain`, `erase`) and the `logger` group are typed: a wrong
+type, value or key is one clear error naming the key, when the job or the tracker starts, not after
+an hour of training (pipeline/ops/config.py, pipeline/tracking/config.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pipeline.ops import audit
+from pipeline.ops.config import job_config
+from pipeline.ops.retrain import EXIT_CONFIG, run_retrain
+from pipeline.runtime import PipelineError
+from pipeline.stages import make_tracker
+from pipeline.tracking.wandb_run import make_wandb_tracker
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("logger.mode=sometimes", "logger.mode='sometimes' is not one of: auto, offline, online, disabled"),
+    ("logger.console=loud", "logger.console='loud' is not one of: auto, off, wrap"),
+    ("logger.log_transcripts=maybe", "logger.log_transcripts='maybe' is not one of: auto, True, False"),
+    ("logger.log_artifacts=perhaps", "logger.log_artifacts='perhaps' is not a valid bool"),
+    ("logger.tags=retrain", "logger.tags='retrain' is not a valid list"),
+    ("+logger.projct=x", "logger.projct is not a setting of logger; known: .*project.*pipeline/tracking/config.py"),
+    ("retrain.gate_policy=maybe", "retrain.gate_policy='maybe' is not one of: not_worse, non_inferior"),
+    ("retrain.force=perhaps", "retrain.force='perhaps' is not a valid bool"),
+    ("retrain.gate.wer.max_increase=lots", "retrain.gate.wer.max_increase='lots' is not a valid"),
+    ("+retrain.gate.rtf.metric=eval/rtf", "retrain.gate.rtf must have `metric` and exactly one of max_increase"),
+    ("+retrain.inbx=/srv/inbox", r"retrain.inbx is not a setting of retrain; known: inbox, .*conf/retrain.yaml\)"),
+    ("erase.wandb_online=maybe", "erase.wandb_online='maybe' is not one of: auto, true, false"),
+    ("+erase.output=/srv/runs", "erase.output is not a setting of erase; known: .*outputs"),
+])
+def test_a_bad_job_setting_names_its_key_and_what_it_accepts(override: str, message: str) -> None:
+    with pytest.raises(PipelineError, match=message):
+        job_config(audit.load_config([override]))
+
+
+@pytest.mark.parametrize("overrides", [[], ["logger=none"], ["erase.wandb_online=true"], ["erase.wandb_online=off"],
+                                       ["retrain.gate_policy=non_inferior", "retrain.promote=20261201-abc"]])
+def test_the_shipped_job_config_passes(overrides: list[str]) -> None:
+    settings = job_config(audit.load_config(overrides))
+    assert settings.retrain.gate_rules()["slu_f1"] == {"metric": "slu/slu_f1", "max_decrease": 0.0}
+    assert settings.logger.job_type == "retrain" and settings.logger.tags == ["retrain"]
+
+
+def test_an_unknown_key_in_a_users_yaml_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "site.yaml").write_text("retrain:\n  gate_polcy: non_inferior\n")
+    cfg = audit.load_config([])
+    OmegaConf.set_struct(cfg, False)  # as Hydra merges a config file of the user's own: any key goes in
+    cfg = OmegaConf.merge(cfg, OmegaConf.load(tmp_path / "site.yaml"))
+    with pytest.raises(PipelineError, match="retrain.gate_polcy is not a setting of retrain; known: .*gate_policy"):
+        job_config(cfg)
+
+
+def test_the_retraining_job_records_a_bad_setting_before_it_takes_anything(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the run folder of a config composed outside retrain.py
+    (tmp_path / "inbox" / "b1").mkdir(parents=True)
+    (tmp_path / "inbox" / "b1" / "annotations.jsonl").write_text("{}\n")
+    cfg = audit.load_config([f"retrain.inbox={tmp_path / 'inbox'}", f"retrain.registry_dir={tmp_path / 'registry'}",
+                             f"cache_dir={tmp_path / 'cache'}", "retrain.gate_policy=maybe"])
+    assert run_retrain(cfg) == EXIT_CONFIG
+    decision = json.loads((tmp_path / "decision.json").read_text())
+    assert decision["decision"] == "config_error" and "retrain.gate_policy='maybe'" in decision["reason"]
+    assert (tmp_path / "inbox" / "b1" / "annotations.jsonl").is_file(), "the batch is still in the inbox"
+    assert not (tmp_path / "cache" / "retrain").exists()
+
+
+@pytest.mark.parametrize("logger", ["wandb", "none"])
+def test_the_tracker_refuses_a_bad_logger_setting_before_any_stage(logger: str, tmp_path: Path) -> None:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"logger={logger}", "logger.mode=sometimes"])
+    with pytest.raises(PipelineError, match="logger.mode='sometimes'"):
+        make_tracker(cfg, tmp_path, ["eval"])
+    with pytest.raises(PipelineError, match="logger.mode='sometimes'"):
+        make_wandb_tracker(cfg, tmp_path, ["eval"])
+    assert not (tmp_path / "wandb_run_id").exists()
