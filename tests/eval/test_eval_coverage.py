@@ -5,6 +5,7 @@ the report says why; the evaluation does not stop."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +85,21 @@ def test_labels_without_intents_leave_the_nlu_metrics_out(models: Path, tiny_dat
     assert "split 'test' has no clip with an intent" in report
 
 
-def test_no_model_at_all_is_one_clear_error(tiny_dataset_path: Path, tmp_path: Path) -> None:
+# An empty run folder (`<run>` in the error) and what is passed for the models.
+@pytest.mark.parametrize(("overrides", "error"), [
+    pytest.param({}, r"<run>: no ASR model here \(<run>/asr\) and no NLU model \(<run>/nlu\); "
+                     r".* asr_model=<folder>, nlu_model=<folder> or both", id="no-model-at-all"),
+    pytest.param({"nlu_model": "<run>/missing"}, r"nlu_model=<run>/missing: no such folder", id="nlu-model-not-a-folder"),
+    pytest.param({"asr_model": "<run>/missing"}, r"asr_model=<run>/missing: no such folder", id="asr-model-not-a-folder"),
+])
+def test_no_usable_model_is_one_clear_error_naming_the_folder(
+    overrides: dict[str, str], error: str, tiny_dataset_path: Path, tmp_path: Path,
+) -> None:
     from pipeline.eval.run import run_eval_stage
 
-    with pytest.raises(PipelineError, match="no ASR model here .* and no NLU model .* asr_model=<folder>, nlu_model=<folder> or both"):
-        run_eval_stage(eval_cfg(), tmp_path, tiny_dataset_path, RecordingTracker())
-    with pytest.raises(PipelineError, match="nlu_model=.*: no such folder"):
-        run_eval_stage(eval_cfg(nlu_model=str(tmp_path / "missing")), tmp_path, tiny_dataset_path, RecordingTracker())
+    cfg = eval_cfg(**{key: value.replace("<run>", str(tmp_path)) for key, value in overrides.items()})
+    with pytest.raises(PipelineError, match=error.replace("<run>", re.escape(str(tmp_path)))):
+        run_eval_stage(cfg, tmp_path, tiny_dataset_path, RecordingTracker())
 
 
 def test_per_source_false_accepts_only_when_clips_give_the_headline_rate() -> None:

@@ -153,7 +153,6 @@ def test_slurp_mode_reads_token_fillers_for_slurp_clips_only(tmp_path) -> None:
     from omegaconf import OmegaConf
 
     from pipeline.eval.run import _scoring_gold
-    from pipeline.runtime import PipelineError
 
     gold_file = tmp_path / "test.jsonl"
     gold_file.write_text("".join(json.dumps(r) + "\n" for r in SLURP_RECORDS))
@@ -165,9 +164,35 @@ def test_slurp_mode_reads_token_fillers_for_slurp_clips_only(tmp_path) -> None:
     assert (scoring["mode"], scoring["clips"], scoring["scored"]) == ("slurp", 2, 1)
     assert rows[0]["scoring_entities"] == [{"type": "person", "value": "jessica 's"}]
     assert rows[1]["scoring_entities"] is None  # not a SLURP record: not scored in slurp mode
-    cfg.data.source = "demo"
-    with pytest.raises(PipelineError, match="eval.slurp_gold"):
-        _scoring_gold(cfg, cfg.eval, rows)
-    cfg.eval.slu_scoring = "nemo"
-    with pytest.raises(PipelineError, match="eval.slu_scoring='nemo'"):
+
+
+# Settings on top of slurp scoring of a demo build; `<dir>` stands for the test's folder, which holds
+# `test.jsonl` (SLURP_RECORDS) and `broken.jsonl` (a record without tokens on line 2).
+@pytest.mark.parametrize(("overrides", "error"), [
+    pytest.param({}, r"eval\.slu_scoring=slurp needs SLURP's own jsonl .* set eval\.slurp_gold=", id="slurp-without-gold"),
+    pytest.param({"eval.slu_scoring": "nemo"}, r"eval\.slu_scoring='nemo': use one of \['project', 'slurp'\]",
+                 id="unknown-scoring"),
+    pytest.param({"eval.slurp_gold": "<dir>/missing.jsonl"}, r"eval\.slurp_gold=<dir>/missing\.jsonl: no such file",
+                 id="gold-file-missing"),
+    pytest.param({"eval.slurp_gold": "<dir>/broken.jsonl"}, r"<dir>/broken\.jsonl line 2: not a SLURP record",
+                 id="gold-record-broken"),
+    pytest.param({"eval.slurp_gold": "<dir>/test.jsonl", "eval.split": "dev"},
+                 r"no clip of split 'dev' is a record of <dir>/test\.jsonl", id="no-clip-in-gold"),
+])
+def test_slurp_mode_errors_name_the_setting_or_record(overrides: dict[str, str], error: str, tmp_path) -> None:
+    import re
+
+    from omegaconf import OmegaConf
+
+    from pipeline.eval.run import _scoring_gold
+    from pipeline.runtime import PipelineError
+
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SLURP_RECORDS))
+    (tmp_path / "broken.jsonl").write_text(json.dumps(SLURP_RECORDS[0]) + "\n" + json.dumps({"slurp_id": 9}) + "\n")
+    rows = [{"utterance_id": "demo-0007", "gold_entities": []}]  # a demo clip: no SLURP record has it
+    cfg = OmegaConf.create({"data": {"source": "demo"},
+                            "eval": {"split": "test", "slu_scoring": "slurp", "slurp_gold": None}})
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value.replace("<dir>", str(tmp_path)))
+    with pytest.raises(PipelineError, match=error.replace("<dir>", re.escape(str(tmp_path)))):
         _scoring_gold(cfg, cfg.eval, rows)
