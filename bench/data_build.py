@@ -63,7 +63,7 @@ def run_ours(export: Path, work: Path, num_proc: int) -> int:
         "cache_dir": str(work / "cache"),
         "privacy": {"key_env": "PIPELINE_BENCH_KEY_UNSET", "key_file": str(work / "key")},
         "data": {"source": "jsonl", "path": str(export), "num_proc": num_proc, "max_duration_s": 30,
-                 "min_duration_s": 0.2, "split": {"validation": 0.1, "test": 0.1}},
+                 "min_duration_s": 0.2, "deletions": None, "quarantine_flags": ["sensitive"], "split": {"validation": 0.1, "test": 0.1}},
     })
     return run_data_stage(cfg, work / "run", NullTracker())["records_kept"]
 

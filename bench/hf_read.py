@@ -74,7 +74,7 @@ def run_ours(saved: Path, work: Path, num_proc: int) -> int:
         "cache_dir": str(work / "cache"),
         "privacy": {"key_env": "PIPELINE_BENCH_KEY_UNSET", "key_file": str(work / "key")},
         "data": {"source": "hf", "path": str(saved), "num_proc": num_proc, "max_duration_s": 30,
-                 "min_duration_s": 0.2, "columns": {"transcript": "transcription", "account_id": "speaker_id"},
+                 "min_duration_s": 0.2, "deletions": None, "quarantine_flags": ["sensitive"], "columns": {"transcript": "transcription", "account_id": "speaker_id"},
                  "split_shares": {"validation": 0.1, "test": 0.1}},
     })
     return run_data_stage(cfg, work / "run", NullTracker())["records_kept"]

@@ -38,10 +38,12 @@ def checked(node: Any, schema: type[T], group: str) -> T:
         where = schema.__module__.replace(".", "/") + ".py"
         raise PipelineError(
             f"{key} is not a setting of {parent}; known: {', '.join(_field_names(schema, parent, group))} "
-            f"(a new setting is declared in {where} and given its default in conf/{group}/)"
+            f"(a new setting is declared in {where} and given its default in conf/{group.split('.')[0]}/)"
         ) from None
     except MissingMandatoryValue as err:
-        raise PipelineError(f"{group}.{err.full_key} has no value; set it in conf/{group}/ or on the command line") from None
+        raise PipelineError(
+            f"{group}.{err.full_key} has no value; set it in conf/{group.split('.')[0]}/ or on the command line"
+        ) from None
     except ValidationError as err:
         expected = _field_type(schema, f"{group}.{err.full_key}", group)
         raise PipelineError(
@@ -67,29 +69,44 @@ def choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
         raise PipelineError(f"{key}={value!r} is not one of: {', '.join(map(str, allowed))}")
 
 
+def _unwrap(hint: Any, item: bool) -> Any:
+    """`Optional[X]` as X; with `item` (a key like `sources[0]`), `list[X]` as X."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union and len(args) == 1:
+        hint = args[0]
+    if item and typing.get_origin(hint) is list:
+        hint = typing.get_args(hint)[0]
+    return hint
+
+
 def _inner(schema: type, path: list[str]) -> type | None:
-    """The dataclass of a nested group (`ddp` inside `trainer`), or None."""
+    """The dataclass of a nested group (`ddp` inside `trainer`, an entry `sources[0]` of a list), or None."""
     for name in path:
-        hint = typing.get_type_hints(schema).get(name)
+        hint = _unwrap(typing.get_type_hints(schema).get(name.split("[")[0]), "[" in name)
         if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
             return None
         schema = hint
     return schema
 
 
+def _path(key: str, group: str) -> list[str]:
+    """The parts of `key` below `group` (which may itself hold dots: `data.split`)."""
+    rest = key[len(group) + 1:] if key.startswith(group + ".") else ""
+    return rest.split(".") if rest else []
+
+
 def _field_names(schema: type, parent: str, group: str) -> list[str]:
-    inner = _inner(schema, parent.split(".")[1:])
+    inner = _inner(schema, _path(parent, group))
     return [f.name for f in dataclasses.fields(inner)] if inner else []
 
 
 def _field_type(schema: type, key: str, group: str) -> str:
-    *path, name = key.split("[")[0].split(".")[1:]
+    *path, name = _path(key, group) or [""]
     inner = _inner(schema, path)
-    hint = typing.get_type_hints(inner).get(name) if inner else None
+    hint = typing.get_type_hints(inner).get(name.split("[")[0]) if inner else None
     if hint is None:
         return "value"
-    if "[" in key and typing.get_args(hint):  # an item of a list
-        hint = typing.get_args(hint)[0]
+    hint = _unwrap(hint, "[" in name)  # Optional[float] is a float (or null); lm_weights[1] an item of the list
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

@@ -84,9 +84,13 @@ def check_config(cfg: DictConfig, stages: list[str]) -> None:
     """The typed groups the chosen stages read (pipeline.config.checked), all before the first stage:
     a wrong type or value fails in a second, not after an hour of ASR training."""
     from pipeline.asr.config import ASRConfig
+    from pipeline.data.config import DataConfig
     from pipeline.eval.config import EvalConfig
     from pipeline.nlu.config import NLUConfig
+    from pipeline.review.config import ReviewConfig
 
+    if "data" in stages:  # `privacy` too, when the data stage (always the first) starts
+        checked(cfg.get("data"), DataConfig, "data")
     if "asr" in stages:
         checked(cfg.get("asr"), ASRConfig, "asr")
     if "asr" in stages or "nlu" in stages:
@@ -95,6 +99,8 @@ def check_config(cfg: DictConfig, stages: list[str]) -> None:
         checked(cfg.get("nlu"), NLUConfig, "nlu")
     if "eval" in stages:
         checked(cfg.get("eval"), EvalConfig, "eval")
+    if "review" in stages:
+        checked(cfg.get("review"), ReviewConfig, "review")
 
 
 def make_tracker(cfg: DictConfig, run_dir: Path, stages: list[str]) -> Tracker:

@@ -32,10 +32,12 @@ from typing import Any
 
 import torch
 from datasets import Audio, Dataset, DatasetDict, Features, Value
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pipeline.data.audio import ClipRejected, load_clip, resolve_audio
+from pipeline.config import checked
 from pipeline.data.card import summarise, write_card
+from pipeline.data.config import DataConfig, PrivacyConfig
 from pipeline.data.features import SAMPLING_RATE, SOURCE_COLUMN, SPLITS, dataset_features
 from pipeline.data.privacy import Deletions, load_deletions, load_key, pseudonym
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem
@@ -81,13 +83,15 @@ class Plan:
 def run_data_stage(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     run_dir = Path(run_dir)
     cache_dir = Path(cfg.cache_dir)
-    data_cfg = cfg.data
-    settings = _settings(data_cfg)
-    key = load_key(cfg.privacy.get("key_env"), cfg.privacy.get("key_file"))
+    # Types, allowed values and ranges of every source's keys, before any record is read.
+    data = checked(cfg.get("data"), DataConfig, "data")
+    privacy = checked(cfg.get("privacy"), PrivacyConfig, "privacy")
+    settings = _settings(data)
+    key = load_key(privacy.key_env, privacy.key_file)
     sweep_abandoned(cache_dir / "datasets")
-    sources, deletion_files = open_sources(data_cfg, cache_dir)
+    sources, deletion_files = open_sources(cfg.data, data, cache_dir)
     try:
-        report = _run(data_cfg, cache_dir, run_dir, sources, deletion_files, key, settings)
+        report = _run(data, cache_dir, run_dir, sources, deletion_files, key, settings)
     finally:
         for source in sources:
             source.close()
@@ -103,7 +107,7 @@ def run_data_stage(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str
     return report
 
 
-def _run(data_cfg: DictConfig, cache_dir: Path, run_dir: Path, sources: list[Source], deletion_files: list[Path],
+def _run(data: DataConfig, cache_dir: Path, run_dir: Path, sources: list[Source], deletion_files: list[Path],
          key: bytes, settings: Settings) -> dict[str, Any]:
     if len({s.root is None and s.hf is None for s in sources}) > 1:
         raise PipelineError(
@@ -121,7 +125,7 @@ def _run(data_cfg: DictConfig, cache_dir: Path, run_dir: Path, sources: list[Sou
         report["reused"] = True
         log.info("data: reusing the finished build %s", final)
     else:
-        num_proc = int(data_cfg.get("num_proc") or usable_cores())
+        num_proc = data.num_proc or usable_cores()
         report = _build(sources, plan, settings, fingerprint, final, num_proc, run_dir)
         report["reused"] = False
     report["dataset_path"] = str(final.resolve())
@@ -157,22 +161,18 @@ def sweep_abandoned(datasets_dir: Path) -> None:
             pass  # a live process of another user
 
 
-def _settings(data_cfg: DictConfig) -> Settings:
-    split = data_cfg.get("split_shares") or data_cfg.get("split")
-    if not OmegaConf.is_dict(split) and not isinstance(split, dict):
-        split = {}  # `data.split` of an hf source names the dataset's split; the shares keep their defaults
+def _settings(data: DataConfig) -> Settings:
+    # The shares: data.split_shares, or the shares form of data.split (`DataConfig.validate` made
+    # sure there is one, and that min_duration_s < max_duration_s).
+    shares = data.shares()
     settings = Settings(
-        min_duration_s=float(data_cfg.get("min_duration_s", 0.0) or 0.0),
-        max_duration_s=float(data_cfg.get("max_duration_s", 30.0) or 30.0),
-        quarantine_flags=tuple(sorted(data_cfg.get("quarantine_flags", ["sensitive"]) or [])),
-        validation=float(split.get("validation", 0.1)),
-        test=float(split.get("test", 0.1)),
+        min_duration_s=data.min_duration_s,
+        max_duration_s=data.max_duration_s,
+        quarantine_flags=tuple(sorted(data.quarantine_flags)),
+        validation=shares.validation,
+        test=shares.test,
     )
     check_ratios(settings.validation, settings.test)
-    if settings.min_duration_s >= settings.max_duration_s:
-        raise PipelineError(
-            f"data.min_duration_s={settings.min_duration_s} must be below data.max_duration_s={settings.max_duration_s}"
-        )
     return settings
 
 

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from pipeline.data.config import SourceConfig
 from pipeline.runtime import PipelineError
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,12 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 class HFSource:
     """One opened dataset: its rows, the audio column, and how its columns map onto the fields."""
 
-    def __init__(self, data_cfg: DictConfig, name: str, config_name: str | None, cache_dir: Path) -> None:
+    def __init__(self, data_cfg: SourceConfig, name: str, config_name: str | None, cache_dir: Path) -> None:
         from datasets import Audio
 
         self.name = name
         self.spool: Path | None = None
-        path = data_cfg.get("path")
+        path = data_cfg.path
         if not path:
             raise PipelineError(
                 f"data.path is not set for the {name!r} source (source: hf); pass a hub id (data.path=google/speech_commands), "
@@ -57,10 +58,10 @@ class HFSource:
         self.local = Path(self.path).exists()
         self.root = Path(self.path).resolve() if self.local else None
         self.kind, dataset = self._open(data_cfg, config_name, cache_dir)
-        self.audio_column = find_audio_column(dataset.features, data_cfg.get("columns", {}).get("audio"), self.path)
+        self.audio_column = find_audio_column(dataset.features, _plain(data_cfg.columns).get("audio"), self.path)
         self.dataset = dataset.cast_column(self.audio_column, Audio(decode=False))
-        self.mapping = map_columns(self.dataset, _plain(data_cfg.get("columns")), self.path)
-        self.constants = {k: v for k, v in _plain(data_cfg.get("constants")).items() if v is not None}
+        self.mapping = map_columns(self.dataset, _plain(data_cfg.columns), self.path)
+        self.constants = {k: v for k, v in _plain(data_cfg.constants).items() if v is not None}
         unknown = sorted(set(self.constants) - set(FIELDS))
         if unknown:
             raise PipelineError(f"data.constants: {unknown} are not canonical fields; use some of {list(FIELDS)}")
@@ -76,11 +77,11 @@ class HFSource:
                         "counts as its own account, so splits are not speaker-disjoint", name)
 
     # -- opening ------------------------------------------------------------------------------------
-    def _open(self, data_cfg: DictConfig, config_name: str | None, cache_dir: Path) -> tuple[str, Any]:
+    def _open(self, data_cfg: SourceConfig, config_name: str | None, cache_dir: Path) -> tuple[str, Any]:
         from datasets import Dataset, DatasetDict, load_from_disk
 
-        split = data_cfg.get("split")
-        if OmegaConf.is_dict(split) or isinstance(split, dict):
+        split = data_cfg.split
+        if isinstance(split, dict):
             split = None  # the shares form of data.split (as in conf/data/jsonl.yaml): every split of the dataset
         if split is not None and not isinstance(split, str):
             raise PipelineError(
@@ -94,7 +95,7 @@ class HFSource:
             raise PipelineError(
                 f"data.path={self.path}: no such folder; give an existing audiofolder or save_to_disk folder, or a hub id like owner/name"
             )
-        streaming = bool(data_cfg.get("streaming", False))
+        streaming = bool(data_cfg.streaming)  # conf/data/hf.yaml: false; an entry of data.sources may leave it out
         hf_cache = str(cache_dir / "huggingface")
         from datasets import load_dataset
 

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from pipeline.data.config import SOURCES, DataConfig, SourceConfig
 from pipeline.runtime import PipelineError
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("jsonl", "demo", "slurp", "nemo", "massive_text", "hf", "speech")
 # Keys that hold for the whole build; in a `data.sources` entry they are ignored (with a warning).
 BUILD_KEYS = ("min_duration_s", "max_duration_s", "quarantine_flags", "split_shares", "num_proc", "allowed_roots")
 
@@ -54,29 +53,25 @@ class Source:
             self.hf.close()
 
 
-def open_sources(data_cfg: DictConfig, cache_dir: Path) -> tuple[list[Source], list[Path]]:
+def open_sources(data_cfg: DictConfig, data: DataConfig, cache_dir: Path) -> tuple[list[Source], list[Path]]:
     """Every source of the build (`data.sources`, else `data.source` alone) and every deletions file;
-    each deletions file applies to every source."""
-    in_list = bool(data_cfg.get("sources"))
-    entries = data_cfg.get("sources") if in_list else [data_cfg]
-    if not isinstance(entries, (list, tuple)) and not OmegaConf.is_list(entries):
-        raise PipelineError("data.sources must be a list of source configs, e.g. [{source: jsonl, path: ...}, {source: hf, path: ...}]")
-    allowed = tuple(Path(p) for p in (data_cfg.get("allowed_roots") or []))
+    each deletions file applies to every source. `data` is `data_cfg` checked (pipeline.data.config);
+    `data_cfg` itself is read only for the demo's own block (pipeline.data.demo checks it)."""
+    in_list = bool(data.sources)
+    entries = list(zip(data_cfg.sources, data.sources)) if in_list else [(data_cfg, data)]
+    allowed = tuple(Path(p) for p in (data.allowed_roots or []))
     sources: list[Source] = []
     deletions: list[Path] = []
-    if in_list and data_cfg.get("deletions"):
-        deletions.append(Path(str(data_cfg.get("deletions"))))
+    if in_list and data.deletions:
+        deletions.append(Path(data.deletions))
     try:
-        for i, entry in enumerate(entries):
-            if not isinstance(entry, (dict, DictConfig)):
-                raise PipelineError(f"data.sources[{i}] is {entry!r}; each entry is a mapping like conf/data/<source>.yaml")
-            entry = entry if isinstance(entry, DictConfig) else OmegaConf.create(entry)
+        for i, (raw, entry) in enumerate(entries):
             if in_list:
-                ignored = [k for k in BUILD_KEYS if entry.get(k) is not None and entry.get(k) != data_cfg.get(k)]
+                ignored = [k for k in BUILD_KEYS if getattr(entry, k) is not None and getattr(entry, k) != getattr(data, k)]
                 if ignored:
                     log.warning("data.sources[%d]: %s hold for the whole build; set them on data.* instead", i, ignored)
-            source, dels = open_source(entry, cache_dir, in_list=in_list)
-            source.name = str(entry.get("name") or source.kind) if in_list else source.kind
+            source, dels = open_source(raw, entry, cache_dir, in_list=in_list)
+            source.name = str(entry.name or source.kind) if in_list else source.kind
             source.allowed_roots = allowed
             sources.append(source)
             if dels is not None and dels not in deletions:
@@ -94,28 +89,29 @@ def open_sources(data_cfg: DictConfig, cache_dir: Path) -> tuple[list[Source], l
     return sources, deletions
 
 
-def open_source(data_cfg: DictConfig, cache_dir: Path, in_list: bool = False) -> tuple[Source, Path | None]:
-    """Return the source and the deletions file (explicit, or the one the demo ships).
+def open_source(raw: DictConfig, data_cfg: SourceConfig, cache_dir: Path, in_list: bool = False) -> tuple[Source, Path | None]:
+    """Return the source and the deletions file (explicit, or the one the demo ships). `data_cfg` is
+    the entry checked, `raw` the entry as written (the demo reads its `demo:` block from it).
 
     In a `data.sources` entry `name:` names the source; as the one-source shorthand `data=hf`,
     `data.name` is the dataset's configuration as in `load_dataset` (`config_name:` works in both).
     """
-    name = data_cfg.get("source")
-    deletions = data_cfg.get("deletions")
+    name = data_cfg.source
+    deletions = data_cfg.deletions
     if name == "demo":
         from pipeline.data.demo import ensure_demo_export
 
-        annotations_path, demo_deletions = ensure_demo_export(data_cfg, cache_dir)
+        annotations_path, demo_deletions = ensure_demo_export(raw, cache_dir)
         source = _jsonl_source(annotations_path, "demo")
         source.kind = "demo"
         return source, Path(deletions) if deletions else demo_deletions
     if name == "speech":  # a corpus of human speech with held-out speakers (pipeline.data.speech_recipe)
         from pipeline.data.speech_recipe import speech_source
 
-        source = speech_source(data_cfg, cache_dir, str(data_cfg.get("name") or "speech"))
+        source = speech_source(data_cfg, cache_dir, str(data_cfg.name or "speech"))
     elif name == "hf":
-        config_name = data_cfg.get("config_name") or (None if in_list else data_cfg.get("name"))
-        source = hf_source(data_cfg, cache_dir, str(data_cfg.get("name") or "hf") if in_list else "hf", config_name)
+        config_name = data_cfg.config_name or (None if in_list else data_cfg.name)
+        source = hf_source(data_cfg, cache_dir, str(data_cfg.name or "hf") if in_list else "hf", config_name)
     elif name == "jsonl":
         source = _jsonl_source(_required_file(data_cfg, "path"), "jsonl")
     elif name == "slurp":
@@ -130,18 +126,18 @@ def open_source(data_cfg: DictConfig, cache_dir: Path, in_list: bool = False) ->
     return source, Path(deletions) if deletions else None
 
 
-def _required_file(data_cfg: DictConfig, key: str) -> Path:
-    value = data_cfg.get(key)
+def _required_file(data_cfg: SourceConfig, key: str) -> Path:
+    value = getattr(data_cfg, key)
     if not value:
-        raise PipelineError(f"data.{key} is not set for data.source={data_cfg.get('source')}; pass data.{key}=<file>")
+        raise PipelineError(f"data.{key} is not set for data.source={data_cfg.source}; pass data.{key}=<file>")
     path = Path(value)
     if not path.is_file():
         raise PipelineError(f"data.{key}={path}: file not found; check the path")
     return path
 
 
-def _audio_dir(data_cfg: DictConfig, default: Path) -> Path:
-    value = data_cfg.get("audio_dir")
+def _audio_dir(data_cfg: SourceConfig, default: Path) -> Path:
+    value = data_cfg.audio_dir
     path = Path(value) if value else default
     if not path.is_dir():
         raise PipelineError(f"data.audio_dir={path}: folder not found; point it at the folder holding the audio")
@@ -173,7 +169,7 @@ def _jsonl_source(path: Path, name: str) -> Source:
     return Source(name, path.parent, [path], records())
 
 
-def _slurp_source(data_cfg: DictConfig) -> Source:
+def _slurp_source(data_cfg: SourceConfig) -> Source:
     """SLURP: one record per sentence, one clip per recording; intent = scenario + "_" + action.
 
     SLURP's shared files have no speakers, so the account is derived from `data.slurp_account`:
@@ -182,9 +178,9 @@ def _slurp_source(data_cfg: DictConfig) -> Source:
     """
     path = _required_file(data_cfg, "path")
     root = _audio_dir(data_cfg, path.parent)
-    account_from = data_cfg.get("slurp_account", "take")
-    if account_from not in ("take", "recording", "sentence"):
-        raise PipelineError(f"data.slurp_account={account_from!r}: use take, recording or sentence")
+    # conf/data/slurp.yaml gives it (checked against SLURP_ACCOUNTS); an entry of data.sources may leave
+    # it out and gets that file's default.
+    account_from = data_cfg.slurp_account or "take"
 
     def records() -> Iterator[RawRecord]:
         for n, obj, err in _json_lines(path):
@@ -218,7 +214,7 @@ def _slurp_source(data_cfg: DictConfig) -> Source:
     return Source("slurp", root, [path], records(), {"slurp_account": account_from})
 
 
-def _nemo_source(data_cfg: DictConfig) -> Source:
+def _nemo_source(data_cfg: SourceConfig) -> Source:
     """NeMo manifest: `audio_filepath`, `duration`, `text`; extra canonical fields are used when present.
 
     Absolute `audio_filepath`s are common in NeMo; they are accepted only inside `data.audio_dir`
@@ -250,7 +246,7 @@ def _nemo_source(data_cfg: DictConfig) -> Source:
     return Source("nemo", root, [path], records())
 
 
-def _massive_source(data_cfg: DictConfig) -> Source:
+def _massive_source(data_cfg: SourceConfig) -> Source:
     """MASSIVE text (no audio): train file -> train; dev file -> validation or test, half each,
     chosen by a hash of the MASSIVE id so the halves never change."""
     train = _required_file(data_cfg, "train_path")
@@ -286,7 +282,7 @@ def _massive_source(data_cfg: DictConfig) -> Source:
     return Source("massive_text", None, [train, dev], records())
 
 
-def hf_source(data_cfg: DictConfig, cache_dir: Path, name: str, config_name: str | None) -> Source:
+def hf_source(data_cfg: SourceConfig, cache_dir: Path, name: str, config_name: str | None) -> Source:
     """Any Hugging Face audio dataset (pipeline.data.hf); one record per row, the row index kept.
 
     Without a mapped utterance_id, a clip is `<source name>/<file path without extension>` for an
@@ -308,6 +304,6 @@ def hf_source(data_cfg: DictConfig, cache_dir: Path, name: str, config_name: str
             yield RawRecord(row + 1, record, row=row, audio=audio)
 
     options = {"path": hf.path if not hf.local else "(local)", "config_name": config_name,
-               "split": data_cfg.get("split"), "columns": hf.mapping, "kind": hf.kind,
+               "split": data_cfg.split, "columns": hf.mapping, "kind": hf.kind,
                "constants": {k: repr(v) for k, v in sorted(hf.constants.items())}}
     return Source(name, hf.root if hf.kind == "audiofolder" else None, [], records(), options, kind="hf", hf=hf)

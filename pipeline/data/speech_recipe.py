@@ -28,12 +28,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
+from pipeline.data.config import ROLES, SourceConfig
 from pipeline.data.sources import RawRecord, Source
 from pipeline.runtime import PipelineError
-
-ROLES = ("train", "wake_test")
 
 
 def _fraction(*parts: Any) -> float:
@@ -57,11 +54,11 @@ def clip_split(clip: str, corpus: str, validation: float, test: float, seed: int
     return "test" if u < test else "validation" if u < test + validation else "train"
 
 
-def speech_source(data_cfg: DictConfig, cache_dir: Path, name: str) -> Source:
+def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
     """One corpus of human speech as a Source whose records carry their split (see the module)."""
     from pipeline.data.sources import hf_source
 
-    path = data_cfg.get("path")
+    path = data_cfg.path
     if not path or not Path(str(path)).is_dir():
         root = Path(str(path)).parent if path else None
         raise PipelineError(
@@ -70,14 +67,15 @@ def speech_source(data_cfg: DictConfig, cache_dir: Path, name: str) -> Source:
             f"speech folder {root} (speech_commands/, fsdd/, mycroft_wake_words/: see its README.md); put it "
             "there, point data.speech_dir=<folder> at a copy, or train on the demo alone (data=demo)"
         )
-    role = str(data_cfg.get("role") or "train")
+    # An entry may leave these out: it is trained on, keeps every clip, and holds out 10% + 10% of speakers.
+    role = data_cfg.role or "train"
     if role not in ROLES:
         raise PipelineError(f"data.sources: {name}: role={role!r}; use one of {list(ROLES)}")
-    keywords = {str(k) for k in (data_cfg.get("keywords") or [])}
-    keyword_column = str(data_cfg.get("keyword_column") or "wake_word")
-    heldout = data_cfg.get("heldout") or {}
-    validation, test = float(heldout.get("validation", 0.1)), float(heldout.get("test", 0.1))
-    seed = int(data_cfg.get("seed") or 0)
+    keywords = set(data_cfg.keywords or [])
+    keyword_column = data_cfg.keyword_column or "wake_word"
+    heldout = data_cfg.heldout
+    validation, test = (heldout.validation, heldout.test) if heldout is not None else (0.1, 0.1)
+    seed = data_cfg.seed or 0
 
     inner = hf_source(data_cfg, cache_dir, name, None)
     dataset = inner.hf.dataset

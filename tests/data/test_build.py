@@ -247,7 +247,7 @@ def test_changed_audio_content_changes_the_fingerprint(tmp_path: Path) -> None:
 
 def test_config_errors_are_one_line_pipeline_errors(tmp_path: Path) -> None:
     path = write_export(tmp_path / "export", [record(0)])
-    with pytest.raises(PipelineError, match="data.source='tsv' is unknown"):
+    with pytest.raises(PipelineError, match="data.source='tsv' is not one of: jsonl, demo"):
         build(tmp_path, path=str(path), source="tsv")
     with pytest.raises(PipelineError, match="data.path=.*nope.jsonl: file not found"):
         build(tmp_path, path=str(tmp_path / "nope.jsonl"))

@@ -39,7 +39,8 @@ def test_killed_build_leaves_no_dataset_and_the_next_build_succeeds(tmp_path: Pa
     cfg = OmegaConf.create({
         "cache_dir": str(tmp_path / "cache"),
         "privacy": {"key_env": "PIPELINE_TEST_DATA_KEY_UNSET", "key_file": str(tmp_path / "key")},
-        "data": {"source": "jsonl", "path": str(path), "num_proc": 1, "split": {"validation": 0.2, "test": 0.2}},
+        "data": {"source": "jsonl", "path": str(path), "deletions": None, "min_duration_s": 0.0, "max_duration_s": 30,
+                 "quarantine_flags": ["sensitive"], "num_proc": 1, "split": {"validation": 0.2, "test": 0.2}},
     })
     OmegaConf.save(cfg, tmp_path / "cfg.yaml")
     script = textwrap.dedent(f"""

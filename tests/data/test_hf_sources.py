@@ -123,6 +123,7 @@ def test_audiofolder_csv_defaults_missing_and_undecodable_files(tmp_path: Path) 
 def test_save_to_disk_hub_style_rows_split_and_class_labels(tmp_path: Path) -> None:
     saved = hub_style(tmp_path / "saved")
     report, quarantine = build(tmp_path, source="hf", path=str(saved), split="train",
+                               split_shares={"validation": 0.1, "test": 0.1},
                                columns={"transcript": "label", "utterance_id": "file"})
     assert report["records_in"] == 12 and report["records_kept"] == 10
     assert {(q["row"], q["reason"]) for q in quarantine} == {(3, "missing_audio"), (5, "unreadable_audio")}
