@@ -8,6 +8,7 @@ kinds with a note, and that too many folds fail with the number of accounts.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -159,24 +160,45 @@ def test_more_folds_than_accounts_is_an_error_naming_the_count(tiny_models: Path
     assert not (run / "review").exists()
 
 
-def test_make_review_reviews_a_finished_run_with_its_own_config(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def finished_run(tmp_path: Path, models: Path, dataset: Path) -> Path:
+    """A run folder `make review` accepts, made before the review stage existed: its config.yaml has no
+    `review` group, so conf/review/default.yaml (5 folds) applies."""
+    run = make_run(tmp_path, models, dataset)
+    cfg = review_cfg(cache_dir=str(tmp_path / "cache"), **{"logger.name": "none"})
+    del cfg["review"]
+    OmegaConf.save(cfg, run / "config.yaml")
+    return run
+
+
+def test_make_review_reviews_a_finished_run_with_its_own_config(tiny_models: Path, tiny_dataset_path: Path,
+                                                                tmp_path: Path) -> None:
     from pipeline.review.__main__ import main
 
-    run = make_run(tmp_path, tiny_models, tiny_dataset_path)
-    cfg = review_cfg(cache_dir=str(tmp_path / "cache"), **{"logger.name": "none"})
-    del cfg["review"]  # a run made before the review stage: conf/review/default.yaml applies
-    OmegaConf.save(cfg, run / "config.yaml")
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(run)])  # the default 5 folds on 4 accounts: one line, exit code 2
-    assert exit_info.value.code == 2 and "more than the 4 accounts" in capsys.readouterr().err
+    run = finished_run(tmp_path, tiny_models, tiny_dataset_path)
     main([str(run), "review.folds=3"])
     summary = json.loads((run / "review" / "summary.json").read_text())
     assert summary["folds"] == 3 and (run / "report.md").exists()
     assert OmegaConf.load(run / "config.yaml").get("review") is None  # the run's own config is left alone
+
+
+# The folder given to `make review` (next to a finished run) and the one error line, `<run>` standing for it.
+@pytest.mark.parametrize(("folder", "error"), [
+    pytest.param("run", r"review\.folds=5 is more than the 4 accounts", id="default-folds-exceed-accounts"),
+    pytest.param("no-such-run", r"<run>: not a finished run folder", id="not-a-run-folder"),
+])
+def test_make_review_refuses_in_one_line_naming_the_setting_or_folder(
+    folder: str, error: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipeline.review.__main__ import main
+
+    finished_run(tmp_path, tiny_models, tiny_dataset_path)
+    run = tmp_path / folder
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "no-such-run")])
-    assert exit_info.value.code == 2 and "not a finished run folder" in capsys.readouterr().err
+        main([str(run)])
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2 and len(error_lines) == 1
+    assert re.search(error.replace("<run>", re.escape(str(run.resolve()))), error_lines[0]), error_lines[0]
 
 
 def test_stages_review_runs_after_the_others_in_the_run_folder(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
