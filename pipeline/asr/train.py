@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
     started = time.time()
     checked(cfg.asr, ASRConfig, "asr")  # a wrong type or value fails here, with its key
     checked(cfg.trainer, TrainerConfig, "trainer")
-    acfg, seed = cfg.asr, int(cfg.seed)
+    acfg = cfg.asr
     threads = torch.get_num_threads()
     if acfg.cpu_threads:
         # Fewer threads than cores is faster when the machine is shared: busy-waiting
@@ -94,33 +95,84 @@ def _compiled_loss(step_model: Any, model: Any, inputs: dict[str, torch.Tensor])
     )
 
 
+@dataclass
+class TrainingRun:
+    """What a run sets up once and its steps, validations and end share: the data, the model (as
+    trained, as DDP-wrapped and as stepped, compiled or not), the optimizer and the resumable state."""
+
+    cfg: DictConfig
+    placement: Placement
+    tracker: Tracker
+    dataset_path: Path
+    out_dir: Path                 # <run>/asr: the saved model, its metrics
+    ckpt_root: Path               # <run>/asr/checkpoints
+    splits: Any                   # the DatasetDict (the LM reads the train transcripts at the end)
+    train_set: ClipDataset        # without the clips CTC cannot align
+    unalignable: int              # how many were left out
+    val_loader: torch.utils.data.DataLoader
+    processor: Any
+    model: torch.nn.Module
+    ddp_model: torch.nn.Module
+    step_model: torch.nn.Module   # what a step calls: ddp_model, or torch.compile of it
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    state: dict[str, Any]         # what a checkpoint saves (see _fresh_state)
+    batch_seconds: float
+    buckets: tuple[int, ...] | None  # compiled: the padded lengths
+    workers: int
+    budget_s: float               # asr.max_train_minutes in seconds, or inf
+    started: float                # when the stage began
+
+    @property
+    def acfg(self) -> DictConfig:
+        return self.cfg.asr
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.seed)
+
+    @property
+    def accum(self) -> int:
+        return max(int(self.acfg.grad_accum_steps), 1)
+
+
+@dataclass
+class Progress:
+    """What the loop counts between optimizer steps, log lines and validations (not checkpointed)."""
+
+    loop_start: float             # wall clock of step 0, resumed runs included (train_seconds ago)
+    pending_seconds: float = 0.0  # audio trained on since the last validation, this process
+    log_loss: float = 0.0         # summed loss since the last log line
+    log_n: int = 0
+    in_accum: int = 0             # micro-batches of the optimizer step being accumulated
+    bad_accum: bool = False       # one of them had a non-finite loss: the step will be skipped
+
+
 def _train(
     cfg: DictConfig, placement: Placement, run_dir: Path, dataset_path: Path, tracker: Tracker, started: float,
 ) -> dict[str, Any]:
-    from datasets import load_from_disk
-    from transformers import Wav2Vec2Processor
+    run = _set_up(cfg, placement, run_dir, dataset_path, tracker, started)
+    stopped_by = _train_loop(run)
+    return _end(run, stopped_by)
 
-    acfg, seed = cfg.asr, int(cfg.seed)
-    out_dir = Path(run_dir) / "asr"
-    ckpt_root = out_dir / "checkpoints"
-    try:
-        splits = load_from_disk(str(dataset_path))
-    except FileNotFoundError as err:
-        raise PipelineError(f"{dataset_path}: no saved dataset there; re-run the `data` stage") from err
-    for name in ("train", "validation"):
-        if name not in splits or len(splits[name]) == 0:
-            raise PipelineError(f"{dataset_path}: split `{name}` is missing or empty; the ASR stage needs train and validation clips")
+
+def _set_up(
+    cfg: DictConfig, placement: Placement, run_dir: Path, dataset_path: Path, tracker: Tracker, started: float,
+) -> TrainingRun:
+    """Data, processor, model, optimizer and state, fresh or from the checkpoint `asr.resume` names.
+
+    The order matters for reproducibility: the fresh model's weights are drawn right after seeding."""
+    acfg = cfg.asr
+    ckpt_root = run_dir / "asr" / "checkpoints"
+    splits = _load_splits(dataset_path)
     workers = loader_workers(cfg.trainer, placement)
     cache_mb = float(acfg.audio_cache_mb or 0) if workers == 0 else 0.0  # workers would drop theirs each epoch
     train_set, val_set = ClipDataset(splits["train"], cache_mb), ClipDataset(splits["validation"], cache_mb)
 
     resume_from = resolve_resume(acfg, ckpt_root)
-    if resume_from is not None:
-        processor = Wav2Vec2Processor.from_pretrained(str(resume_from))
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            processor = make_processor(build_vocab(train_set.split["text"]), Path(tmp), uses_attention_mask(acfg))
-    seed_everything(seed)  # the fresh model's initial weights depend only on the seed
+    processor = _processor(acfg, resume_from, train_set)
+    seed_everything(int(cfg.seed))  # the fresh model's initial weights depend only on the seed
     model = build_model(acfg, processor)
     train_set, unalignable = _drop_unalignable(train_set, model, placement)
     state = _fresh_state()
@@ -134,9 +186,50 @@ def _train(
     skip_waveform_gradient(model)
     batch_seconds = resolve_batch_seconds(acfg, model, placement, train_set.durations, len(processor.tokenizer))
     ddp_model = _wrap_ddp(model, acfg, placement)
-    buckets = compile_buckets(acfg, train_set.durations) if acfg.compile else None
-    step_model = torch.compile(ddp_model) if acfg.compile else ddp_model
+    params, optimizer = _optimizer(acfg, model)
+    scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.precision == "fp16")
+    if resume_from is not None:
+        optimizer.load_state_dict(state.pop("optimizer"))
+        scaler.load_state_dict(state.pop("scaler"))
+    return TrainingRun(
+        cfg=cfg, placement=placement, tracker=tracker, dataset_path=dataset_path, out_dir=run_dir / "asr",
+        ckpt_root=ckpt_root, splits=splits, train_set=train_set, unalignable=unalignable,
+        val_loader=clip_loader(val_set, eval_batches(val_set.durations, batch_seconds), processor, None, 0, workers),
+        processor=processor, model=model, ddp_model=ddp_model,
+        step_model=torch.compile(ddp_model) if acfg.compile else ddp_model,
+        params=params, optimizer=optimizer, scaler=scaler, state=state, batch_seconds=batch_seconds,
+        buckets=compile_buckets(acfg, train_set.durations) if acfg.compile else None, workers=workers,
+        budget_s=float(acfg.max_train_minutes) * 60 if acfg.max_train_minutes is not None else math.inf,
+        started=started,
+    )
 
+
+def _load_splits(dataset_path: Path) -> Any:
+    """The saved DatasetDict, which must hold non-empty train and validation splits."""
+    from datasets import load_from_disk
+
+    try:
+        splits = load_from_disk(str(dataset_path))
+    except FileNotFoundError as err:
+        raise PipelineError(f"{dataset_path}: no saved dataset there; re-run the `data` stage") from err
+    for name in ("train", "validation"):
+        if name not in splits or len(splits[name]) == 0:
+            raise PipelineError(f"{dataset_path}: split `{name}` is missing or empty; the ASR stage needs train and validation clips")
+    return splits
+
+
+def _processor(acfg: DictConfig, resume_from: Path | None, train_set: ClipDataset) -> Any:
+    """The resumed checkpoint's processor, or a new one whose vocabulary is the training transcripts' characters."""
+    from transformers import Wav2Vec2Processor
+
+    if resume_from is not None:
+        return Wav2Vec2Processor.from_pretrained(str(resume_from))
+    with tempfile.TemporaryDirectory() as tmp:
+        return make_processor(build_vocab(train_set.split["text"]), Path(tmp), uses_attention_mask(acfg))
+
+
+def _optimizer(acfg: DictConfig, model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer]:
+    """AdamW over the trainable parameters (no weight decay for biases and norms), and those parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         [{"params": [p for p in params if p.ndim >= 2], "weight_decay": float(acfg.weight_decay)},
@@ -144,116 +237,148 @@ def _train(
         lr=float(acfg.learning_rate), betas=tuple(acfg.adam_betas),
         fused=True,  # one kernel instead of a loop over ~80 tensors: 9 -> 1.6 ms of a ~150 ms CPU step
     )
-    max_steps = int(acfg.max_steps)
-    scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.precision == "fp16")
-    if resume_from is not None:
-        optimizer.load_state_dict(state.pop("optimizer"))
-        scaler.load_state_dict(state.pop("scaler"))
+    return params, optimizer
 
-    accum = max(int(acfg.grad_accum_steps), 1)
-    val_loader = clip_loader(val_set, eval_batches(val_set.durations, batch_seconds), processor, None, 0, workers)
-    budget_s = float(acfg.max_train_minutes) * 60 if acfg.max_train_minutes is not None else math.inf
-    log_every, eval_every = int(cfg.trainer.log_every), max(int(acfg.eval_every), 1)
 
-    loop_start = time.time() - state["train_seconds"]
-    _set_lr(optimizer, acfg, state["step"], state["train_seconds"], budget_s)
-    pending_seconds, log_loss, log_n, in_accum, bad_accum = 0.0, 0.0, 0, 0, False
+def _train_loop(run: TrainingRun) -> str:
+    """Epochs of micro-batches until `asr.max_steps` or the time budget; says which one stopped it."""
+    state = run.state
+    progress = Progress(loop_start=time.time() - state["train_seconds"])
+    _set_lr(run.optimizer, run.acfg, state["step"], state["train_seconds"], run.budget_s)
+    profiler = start_profiler(run.cfg.trainer.profile, run.out_dir / "profile") if run.placement.is_main else None
     stopped_by = "max_steps"
-    profiler = start_profiler(cfg.trainer.profile, out_dir / "profile") if placement.is_main else None
-    while state["step"] < max_steps:
-        epoch_seed = seed * 1000 + state["epoch"]
-        plan = plan_augmentation(len(train_set), acfg.augment, epoch_seed)  # None when augmentation is off
-        batches = epoch_batches(
-            played_durations(train_set.durations, plan), batch_seconds, int(acfg.bucket_batches),
-            seed, state["epoch"], placement.rank, placement.world_size,
-        )
-        if not batches:
-            raise PipelineError(f"{dataset_path}: the train split gives no batches for {placement.world_size} processes")
-        loader = clip_loader(train_set, batches[state["micro"]:], processor, acfg.augment, epoch_seed, workers, plan,
-                             buckets, prefetch=accum)
-        for batch in loader:
-            seed_everything(((seed * 1_000_003 + state["epoch"]) * 1_000_003 + state["micro"]) * 101 + placement.rank)
-            state["micro"] += 1
-            in_accum += 1
-            syncing = in_accum == accum
-            pending_seconds += float(batch["audio_seconds"])
-            # non_blocking: from pinned memory the copy overlaps the previous step's kernels
-            inputs = {k: batch[k].to(placement.device, non_blocking=True) for k in ("input_values", "attention_mask", "labels") if k in batch}
-            if buckets is not None:  # the clip count and transcript length vary; the padded length is a bucket's
-                for key, value in inputs.items():
-                    torch._dynamo.maybe_mark_dynamic(value, 0)
-                torch._dynamo.maybe_mark_dynamic(inputs["labels"], 1)
-            # Accumulating micro-batches skip DDP's gradient all-reduce; the last one of a step does it.
-            sync_ctx = ddp_model.no_sync() if placement.distributed and not syncing else nullcontext()
-            with sync_ctx:
-                with torch.autocast(placement.device.type, dtype=placement.amp_dtype or torch.float32, enabled=placement.amp_dtype is not None):
-                    loss = (_compiled_loss(step_model, model, inputs) if buckets is not None else step_model(**inputs).loss) / accum
-                finite = all_agree(bool(torch.isfinite(loss).item()), placement)
-                if finite and not bad_accum:
-                    scaler.scale(loss).backward()
-                    log_loss += float(loss.detach()) * accum
-                    log_n += 1
-                else:
-                    bad_accum = True
-            if not syncing:
+    while state["step"] < int(run.acfg.max_steps):
+        for batch in _epoch_loader(run):
+            _accumulate(run, progress, batch)
+            if progress.in_accum < run.accum:
                 continue
-            in_accum = 0
-            if not bad_accum:
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, float(acfg.max_grad_norm))
-                bad_accum = placement.precision != "fp16" and not all_agree(bool(torch.isfinite(grad_norm).item()), placement)
-            if bad_accum:
-                # Skip the update, count it, and stop when it keeps happening: the run has diverged.
-                optimizer.zero_grad(set_to_none=True)
-                state["nonfinite_steps"] += 1
-                state["nonfinite_streak"] += 1
-                bad_accum = False
-                if state["nonfinite_streak"] >= int(acfg.max_nonfinite_steps):
-                    raise PipelineError(
-                        f"asr: {state['nonfinite_streak']} optimizer steps in a row had a non-finite loss or gradient "
-                        f"(at step {state['step']}); lower asr.learning_rate, use trainer.precision=fp32, or check the data"
-                    )
+            progress.in_accum = 0
+            if not _optimizer_step(run, progress):
                 continue
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
             if profiler is not None:
                 profiler.step()
-            state["nonfinite_streak"] = 0
-            step = state["step"]
-            lr = _set_lr(optimizer, acfg, step, time.time() - loop_start, budget_s)
-            if step % log_every == 0 and log_n and placement.is_main:
-                tracker.log_metrics({"asr/train_loss": log_loss / log_n, "asr/lr": lr}, step=step)
-                print(f"[asr] step {step} loss {log_loss / log_n:.3f} ({time.time() - loop_start:.0f}s)", flush=True)
-                log_loss, log_n = 0.0, 0
-            out_of_time = any_says(time.time() - loop_start >= budget_s, placement)
-            if out_of_time:
-                stopped_by = "max_train_minutes"
-            if step % eval_every == 0 or step >= max_steps or out_of_time:
-                state["audio_seconds"] += total(pending_seconds, placement)
-                pending_seconds = 0.0
-                state["train_seconds"] = time.time() - loop_start
-                _evaluate_and_save(model, processor, val_loader, optimizer, scaler, state, placement, acfg, ckpt_root, tracker)
-            if step >= max_steps or out_of_time:
+            stop = _after_step(run, progress)
+            if stop is not None:
+                stopped_by = stop
                 break
         else:
             state["epoch"] += 1
             state["micro"] = 0
             continue
         break
-
     if profiler is not None:
         profiler.stop()
-    if state["step"] == 0 or state["best_step"] is None:
+    return stopped_by
+
+
+def _epoch_loader(run: TrainingRun) -> torch.utils.data.DataLoader:
+    """This epoch's micro-batches for this process, from the one a resumed run stopped at.
+
+    The augmentation plan and the batches depend only on (seed, epoch, rank), so a resume replays them."""
+    acfg, state, placement = run.acfg, run.state, run.placement
+    epoch_seed = run.seed * 1000 + state["epoch"]
+    plan = plan_augmentation(len(run.train_set), acfg.augment, epoch_seed)  # None when augmentation is off
+    batches = epoch_batches(
+        played_durations(run.train_set.durations, plan), run.batch_seconds, int(acfg.bucket_batches),
+        run.seed, state["epoch"], placement.rank, placement.world_size,
+    )
+    if not batches:
+        raise PipelineError(f"{run.dataset_path}: the train split gives no batches for {placement.world_size} processes")
+    return clip_loader(run.train_set, batches[state["micro"]:], run.processor, acfg.augment, epoch_seed, run.workers, plan,
+                       run.buckets, prefetch=run.accum)
+
+
+def _accumulate(run: TrainingRun, progress: Progress, batch: dict[str, Any]) -> None:
+    """Forward and backward of one micro-batch, its random draws seeded by (seed, epoch, micro-batch, rank)."""
+    state, placement = run.state, run.placement
+    seed_everything(((run.seed * 1_000_003 + state["epoch"]) * 1_000_003 + state["micro"]) * 101 + placement.rank)
+    state["micro"] += 1
+    progress.in_accum += 1
+    syncing = progress.in_accum == run.accum
+    progress.pending_seconds += float(batch["audio_seconds"])
+    # non_blocking: from pinned memory the copy overlaps the previous step's kernels
+    inputs = {k: batch[k].to(placement.device, non_blocking=True) for k in ("input_values", "attention_mask", "labels") if k in batch}
+    if run.buckets is not None:  # the clip count and transcript length vary; the padded length is a bucket's
+        for key, value in inputs.items():
+            torch._dynamo.maybe_mark_dynamic(value, 0)
+        torch._dynamo.maybe_mark_dynamic(inputs["labels"], 1)
+    # Accumulating micro-batches skip DDP's gradient all-reduce; the last one of a step does it.
+    sync_ctx = run.ddp_model.no_sync() if placement.distributed and not syncing else nullcontext()
+    with sync_ctx:
+        with torch.autocast(placement.device.type, dtype=placement.amp_dtype or torch.float32, enabled=placement.amp_dtype is not None):
+            if run.buckets is not None:
+                loss = _compiled_loss(run.step_model, run.model, inputs) / run.accum
+            else:
+                loss = run.step_model(**inputs).loss / run.accum
+        finite = all_agree(bool(torch.isfinite(loss).item()), placement)
+        if finite and not progress.bad_accum:
+            run.scaler.scale(loss).backward()
+            progress.log_loss += float(loss.detach()) * run.accum
+            progress.log_n += 1
+        else:
+            progress.bad_accum = True
+
+
+def _optimizer_step(run: TrainingRun, progress: Progress) -> bool:
+    """Clip and apply the accumulated gradients; says whether the step was taken.
+
+    A non-finite loss or gradient skips the update and is counted; too many in a row mean the run
+    has diverged, and it stops with an error."""
+    state, placement = run.state, run.placement
+    if not progress.bad_accum:
+        run.scaler.unscale_(run.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.params, float(run.acfg.max_grad_norm))
+        progress.bad_accum = placement.precision != "fp16" and not all_agree(bool(torch.isfinite(grad_norm).item()), placement)
+    if progress.bad_accum:
+        run.optimizer.zero_grad(set_to_none=True)
+        state["nonfinite_steps"] += 1
+        state["nonfinite_streak"] += 1
+        progress.bad_accum = False
+        if state["nonfinite_streak"] >= int(run.acfg.max_nonfinite_steps):
+            raise PipelineError(
+                f"asr: {state['nonfinite_streak']} optimizer steps in a row had a non-finite loss or gradient "
+                f"(at step {state['step']}); lower asr.learning_rate, use trainer.precision=fp32, or check the data"
+            )
+        return False
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    state["step"] += 1
+    state["nonfinite_streak"] = 0
+    return True
+
+
+def _after_step(run: TrainingRun, progress: Progress) -> str | None:
+    """The schedule, the log line and, when due, validation and a checkpoint; what stops the run now, or None."""
+    acfg, state, placement = run.acfg, run.state, run.placement
+    step, max_steps = state["step"], int(acfg.max_steps)
+    lr = _set_lr(run.optimizer, acfg, step, time.time() - progress.loop_start, run.budget_s)
+    if step % int(run.cfg.trainer.log_every) == 0 and progress.log_n and placement.is_main:
+        run.tracker.log_metrics({"asr/train_loss": progress.log_loss / progress.log_n, "asr/lr": lr}, step=step)
+        print(f"[asr] step {step} loss {progress.log_loss / progress.log_n:.3f} ({time.time() - progress.loop_start:.0f}s)", flush=True)
+        progress.log_loss, progress.log_n = 0.0, 0
+    out_of_time = any_says(time.time() - progress.loop_start >= run.budget_s, placement)
+    if step % max(int(acfg.eval_every), 1) == 0 or step >= max_steps or out_of_time:
+        state["audio_seconds"] += total(progress.pending_seconds, placement)
+        progress.pending_seconds = 0.0
+        state["train_seconds"] = time.time() - progress.loop_start
+        _evaluate_and_save(run)
+    if out_of_time:
+        return "max_train_minutes"
+    return "max_steps" if step >= max_steps else None
+
+
+def _end(run: TrainingRun, stopped_by: str) -> dict[str, Any]:
+    """The character LM, the best checkpoint as the model folder, and the stage's metrics."""
+    if run.state["step"] == 0 or run.state["best_step"] is None:
         raise PipelineError("asr: training ended before any validated step; raise asr.max_steps or asr.max_train_minutes")
-    if placement.is_main and acfg.lm_order is not None:
+    if run.placement.is_main and run.acfg.lm_order is not None:
         # Seconds of work, so it is built fresh rather than checkpointed; see pipeline/asr/lm.py.
-        tok = processor.tokenizer
-        write_char_lm(out_dir / LM_DIR, splits["train"]["text"], tok.get_vocab(), tok.word_delimiter_token, int(acfg.lm_order))
-    state["max_batch_seconds"] = batch_seconds
-    metrics = _finish(model, processor, state, placement, ckpt_root, out_dir, started, stopped_by, tracker, unalignable)
-    barrier(placement)
+        tok = run.processor.tokenizer
+        write_char_lm(run.out_dir / LM_DIR, run.splits["train"]["text"], tok.get_vocab(), tok.word_delimiter_token, int(run.acfg.lm_order))
+    run.state["max_batch_seconds"] = run.batch_seconds
+    metrics = _finish(run, stopped_by)
+    barrier(run.placement)
     return metrics
 
 
@@ -410,13 +535,11 @@ def compile_buckets(acfg: DictConfig, durations: list[float]) -> tuple[int, ...]
     return tuple(sorted(lengths)[-count:])
 
 
-def _evaluate_and_save(
-    model: torch.nn.Module, processor: Any, val_loader: Any, optimizer: Any, scaler: Any,
-    state: dict[str, Any], placement: Placement, acfg: DictConfig, ckpt_root: Path, tracker: Tracker,
-) -> None:
+def _evaluate_and_save(run: TrainingRun) -> None:
     """Validate on rank 0, keep the best/last checkpoints; the other ranks wait."""
+    state, placement, acfg = run.state, run.placement, run.acfg
     if placement.is_main:
-        scores = evaluate_clips(model, processor, val_loader, placement.amp_dtype)
+        scores = evaluate_clips(run.model, run.processor, run.val_loader, placement.amp_dtype)
         step = state["step"]
         entry = {"step": step, "val_loss": scores["loss"], "val_wer": scores["wer"], "val_cer": scores["cer"],
                  "audio_hours": state["audio_seconds"] / 3600, "train_seconds": state["train_seconds"]}
@@ -427,12 +550,12 @@ def _evaluate_and_save(
         state["history"].append(entry)
         if state["best_wer"] is None or scores["wer"] < state["best_wer"]:
             state["best_wer"], state["best_step"] = scores["wer"], step
-        tracker.log_metrics({"asr/val_loss": scores["loss"], "asr/val_wer": scores["wer"], "asr/val_cer": scores["cer"]}, step=step)
+        run.tracker.log_metrics({"asr/val_loss": scores["loss"], "asr/val_wer": scores["wer"], "asr/val_cer": scores["cer"]}, step=step)
         print(f"[asr] step {step} val_loss {scores['loss']:.3f} val_wer {scores['wer']:.3f} val_cer {scores['cer']:.3f}", flush=True)
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        full = {**state, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
-        save_checkpoint(ckpt_root, step, model, processor, full)
-        prune_checkpoints(ckpt_root, int(acfg.keep_last), state["best_step"])
+        run.ckpt_root.mkdir(parents=True, exist_ok=True)
+        full = {**state, "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict()}
+        save_checkpoint(run.ckpt_root, step, run.model, run.processor, full)
+        prune_checkpoints(run.ckpt_root, int(acfg.keep_last), state["best_step"])
     # Every rank needs the same best/history to save the same state if it becomes rank 0's copy.
     if placement.distributed:
         import torch.distributed as dist
@@ -465,31 +588,29 @@ def _drop_unalignable(train_set: ClipDataset, model: Any, placement: Placement) 
     return ClipDataset(train_set.split.select(keep), train_set.cache_mb), dropped
 
 
-def _finish(
-    model: torch.nn.Module, processor: Any, state: dict[str, Any], placement: Placement, ckpt_root: Path,
-    out_dir: Path, started: float, stopped_by: str, tracker: Tracker, unalignable: int,
-) -> dict[str, Any]:
+def _finish(run: TrainingRun, stopped_by: str) -> dict[str, Any]:
     """Save the best checkpoint's weights as the model folder and write asr_metrics.json."""
+    state, placement, model = run.state, run.placement, run.model
     best = next(h for h in state["history"] if h["step"] == state["best_step"])
     metrics = {
         "val_wer": best["val_wer"], "val_cer": best["val_cer"], "val_loss": best["val_loss"],
         "best_step": state["best_step"], "steps": state["step"], "epochs": state["epoch"],
         "audio_hours_seen": state["audio_seconds"] / 3600, "train_wall_seconds": state["train_seconds"],
-        "stage_wall_seconds": time.time() - started, "stopped_by": stopped_by,
-        "nonfinite_steps": state["nonfinite_steps"], "unalignable_clips": unalignable,
+        "stage_wall_seconds": time.time() - run.started, "stopped_by": stopped_by,
+        "nonfinite_steps": state["nonfinite_steps"], "unalignable_clips": run.unalignable,
         "world_size": placement.world_size, "max_batch_seconds": state.get("max_batch_seconds"),
         "device": str(placement.device), "precision": placement.precision,
         "num_parameters": sum(p.numel() for p in model.parameters()), "history": state["history"],
-        "model_dir": str(out_dir),
+        "model_dir": str(run.out_dir),
     }
     if placement.is_main:
-        best_dir = ckpt_root / f"step-{state['best_step']:06d}"
+        best_dir = run.ckpt_root / f"step-{state['best_step']:06d}"
         for name in ("config.json", "model.safetensors", "generation_config.json"):
             if (best_dir / name).exists():
-                shutil.copy2(best_dir / name, out_dir / name)
-        processor.save_pretrained(str(out_dir))
-        (out_dir / "asr_metrics.json").write_text(json.dumps(metrics, indent=2))
-        tracker.log_summary({f"asr/{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+                shutil.copy2(best_dir / name, run.out_dir / name)
+        run.processor.save_pretrained(str(run.out_dir))
+        (run.out_dir / "asr_metrics.json").write_text(json.dumps(metrics, indent=2))
+        run.tracker.log_summary({f"asr/{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str))})
         print(f"[asr] best step {state['best_step']}: val_wer {best['val_wer']:.3f} val_cer {best['val_cer']:.3f}; "
               f"{state['step']} steps in {state['train_seconds'] / 60:.1f} min ({stopped_by})", flush=True)
     return metrics
