@@ -99,6 +99,8 @@ class ASRConfig:
     max_nonfinite_steps: int = MISSING
     lm_order: Optional[int] = MISSING
     cpu_threads: Optional[int] = MISSING
+    cpu_fft_positional_conv: Any = MISSING         # auto | true | false (pipeline/asr/fft_conv.py)
+    skip_waveform_gradient: bool = MISSING         # no gradient of the raw audio (pipeline/asr/model.py)
 
     def validate(self) -> None:
         choice("asr.lr_schedule", self.lr_schedule, ("linear", "cosine", "constant"))
@@ -115,3 +117,11 @@ class ASRConfig:
             raise PipelineError(f"asr.compile_buckets={self.compile_buckets}: must be at least 1")
         if len(self.adam_betas) != 2:
             raise PipelineError(f"asr.adam_betas={self.adam_betas}: give two numbers, e.g. [0.9, 0.98]")
+        fft = self.cpu_fft_positional_conv
+        if not (isinstance(fft, bool) or fft == "auto"):
+            raise PipelineError(f"asr.cpu_fft_positional_conv={fft!r}: give auto, true or false")
+        if fft is True and self.compile:
+            raise PipelineError(
+                "asr.cpu_fft_positional_conv=true with asr.compile=true: inductor mis-strides the FFT's output "
+                "(torch 2.9), so a compiled model keeps the stock convolution; use auto or false"
+            )

@@ -6,7 +6,8 @@ per group and clip, and was the most expensive convolution of a `asr=tiny` step 
 ~160 ms step on 2 cores). In the frequency domain the same correlation is one product per
 frequency bin: exact up to float rounding (~1e-6), and 1.8x faster forward + backward at the tiny
 model's shapes (docs/experiments.md). Only the training model's `forward` is swapped: the weights, their
-names and the saved model are transformers' own.
+names and the saved model are transformers' own. `asr.cpu_fft_positional_conv` decides whether training
+uses it (configure_positional_conv).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 from types import MethodType
 
 import torch
+
+from pipeline.runtime import PipelineError
 
 
 def _fft_size(n: int) -> int:
@@ -72,3 +75,25 @@ def use_fft_positional_conv(model: torch.nn.Module, device: torch.device, low_pr
     if usable:
         pos.forward = MethodType(_positional_forward, pos)
     return usable
+
+
+def configure_positional_conv(
+    model: torch.nn.Module, setting: bool | str, device: torch.device, low_precision: torch.dtype | None = None,
+    compiled: bool = False,
+) -> bool:
+    """Apply `asr.cpu_fft_positional_conv` to the training model; says whether the FFT path is in use.
+
+    `auto` takes it where it is faster today (the CPU in fp32, an uncompiled model), `true` insists
+    on it and fails clearly where it cannot run, `false` keeps transformers' layer untouched."""
+    if setting is False or (setting == "auto" and compiled):
+        return False
+    if compiled:  # inductor mis-strides the FFT's output (torch 2.9); compiled, the plain conv is fused anyway
+        raise PipelineError("asr.cpu_fft_positional_conv=true does not combine with asr.compile=true; use auto or false")
+    applied = use_fft_positional_conv(model, device, low_precision)
+    if setting is True and not applied:
+        precision = "fp32" if low_precision is None else str(low_precision).removeprefix("torch.")
+        raise PipelineError(
+            f"asr.cpu_fft_positional_conv=true: the FFT path runs only on the CPU in fp32 with a stock wav2vec2 "
+            f"positional convolution (this run: {device.type}, {precision}); use auto or false"
+        )
+    return applied

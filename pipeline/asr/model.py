@@ -60,7 +60,7 @@ def skip_waveform_gradient(model: Wav2Vec2ForCTC) -> bool:
     has a differentiable input; without checkpointing that only makes the backward pass compute a
     gradient nobody reads, through the first, widest convolution (for `asr=tiny` on the CPU that
     layer's backward took 6.9 instead of 4.4 ms; docs/experiments.md). The weights still get theirs. Says
-    whether it applied.
+    whether it applied. Training calls it only with `asr.skip_waveform_gradient: true`.
     """
     encoder = getattr(getattr(model, "wav2vec2", None), "feature_extractor", None)
     # transformers 5 renamed the flag (is_gradient_checkpointing warns there and goes in v6).

@@ -27,7 +27,7 @@ from pipeline.asr.checkpoints import load_checkpoint, prune_checkpoints, resolve
 from pipeline.asr.collate import ClipDataset, CTCCollator, plan_augmentation, played_durations
 from pipeline.asr.config import ASRConfig
 from pipeline.asr.devices import fast_cpu_math, loader_workers
-from pipeline.asr.fft_conv import use_fft_positional_conv
+from pipeline.asr.fft_conv import configure_positional_conv
 from pipeline.asr.lm import LM_DIR, write_char_lm
 from pipeline.asr.model import (
     build_model, evaluate_clips, output_lengths, probe_batch_seconds, skip_waveform_gradient, uses_attention_mask,
@@ -181,9 +181,10 @@ def _set_up(
         if placement.is_main:
             print(f"[asr] resuming from {resume_from} (step {state['step']})", flush=True)
     model.to(placement.device).train()
-    if not acfg.compile:  # inductor mis-strides the FFT's output (torch 2.9); compiled, the plain conv is fused anyway
-        use_fft_positional_conv(model, placement.device, placement.amp_dtype)  # same result, ~1.8x faster on the CPU
-    skip_waveform_gradient(model)
+    # Opt-in speed patches of this instance (same results); the weights and the saved model stay transformers' own.
+    configure_positional_conv(model, acfg.cpu_fft_positional_conv, placement.device, placement.amp_dtype, bool(acfg.compile))
+    if acfg.skip_waveform_gradient:
+        skip_waveform_gradient(model)
     batch_seconds = resolve_batch_seconds(acfg, model, placement, train_set.durations, len(processor.tokenizer))
     ddp_model = _wrap_ddp(model, acfg, placement)
     params, optimizer = _optimizer(acfg, model)
