@@ -1,6 +1,9 @@
-"""`train.py` end to end, as `make train` runs it, on a small slice of the embedded demo corpus:
-every stage, every run-folder file the README names, and no raw identifier anywhere in the outputs.
-Also the same entry point under torchrun: two workers, one run folder."""
+"""`train.py` end to end, as `make train` runs it, on a small slice of the embedded demo corpus.
+
+The pipeline runs once (a module fixture); each stage's outputs are then checked by their own test,
+so a broken stage fails its own test and the others still report: data, ASR, NLU, evaluation, the
+tracker's run id, and no raw identifier anywhere in the outputs. Also the same entry point under
+torchrun: two workers, one run folder."""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,33 +51,89 @@ def _run(args: list[str], tmp_path: Path, cmd: list[str] | None = None) -> subpr
     )
 
 
-@pytest.mark.slow
-def test_train_runs_every_stage_into_one_run_folder_without_raw_ids(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    done = _run([f"hydra.run.dir={run}"], tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+@dataclass(frozen=True)
+class TrainRun:
+    """The run folder one `train.py` call left, and how that call ended (read when a file is missing)."""
 
-    for name in ["config.yaml", "build_report.json", "quarantine.jsonl", "asr/config.json",
-                 "asr/asr_metrics.json", "nlu/nlu_metrics.json", "metrics.json", "predictions.jsonl",
-                 "report.md", "report.html", "wandb_run_id"]:
-        assert (run / name).exists(), name
-    report = json.loads((run / "build_report.json").read_text())
+    folder: Path
+    done: subprocess.CompletedProcess[str]
+
+    def path(self, name: str) -> Path:
+        """`name` inside the run folder; a missing file fails with train.py's exit code and stderr,
+        so the test of the stage that should have written it says why."""
+        path = self.folder / name
+        assert path.exists(), f"{name} missing; train.py exited {self.done.returncode}:\n{self.done.stderr[-3000:]}"
+        return path
+
+    def json(self, name: str) -> Any:
+        return json.loads(self.path(name).read_text())
+
+
+@pytest.fixture(scope="module")
+def train_run(tmp_path_factory: pytest.TempPathFactory) -> TrainRun:
+    """`make train` on the small slice, once for every test of this module (it takes minutes)."""
+    tmp_path = tmp_path_factory.mktemp("train_e2e")
+    folder = tmp_path / "run"
+    return TrainRun(folder, _run([f"hydra.run.dir={folder}"], tmp_path))
+
+
+@pytest.mark.slow
+def test_train_exits_cleanly_into_one_run_folder(train_run: TrainRun) -> None:
+    assert train_run.done.returncode == 0, train_run.done.stderr[-3000:]
+    assert train_run.path("config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_data_stage_builds_and_accounts_for_every_record(train_run: TrainRun) -> None:
+    report = train_run.json("build_report.json")
     assert report["records_in"] == report["records_kept"] + report["records_quarantined"] == 160
-    metrics = json.loads((run / "metrics.json").read_text())
+    assert train_run.path("quarantine.jsonl").is_file()
+    assert Path(report["dataset_path"]).is_dir()
+
+
+@pytest.mark.slow
+def test_asr_stage_saves_a_model_and_its_metrics(train_run: TrainRun) -> None:
+    assert train_run.path("asr/config.json").is_file()
+    assert train_run.path("asr/asr_metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_nlu_stage_saves_a_model_and_its_test_scores(train_run: TrainRun) -> None:
+    nlu_test = train_run.json("nlu/nlu_metrics.json")["test"]
+    assert isinstance(nlu_test["intent_accuracy"], float) and isinstance(nlu_test["entity_f1"], float)
+
+
+@pytest.mark.slow
+def test_eval_stage_writes_every_headline_metric_predictions_and_reports(train_run: TrainRun) -> None:
+    metrics = train_run.json("metrics.json")
     for key in ["asr/wer", "asr/cer", "wake/frr", "wake/fa_per_hour", "wake/auc", "wake/eer",
                 "nlu/intent_accuracy", "nlu/entity_f1", "slu/intent_accuracy", "slu/entity_f1",
                 "slu/slu_f1", "eval/num_clips", "eval/audio_hours", "eval/rtf"]:
         assert isinstance(metrics[key], (int, float)), key
-    # One metric, one computation: the NLU stage's test scores are the eval stage's nlu/ metrics
-    # (same clips, same saved model, same pipeline.eval.metrics functions).
-    nlu_test = json.loads((run / "nlu/nlu_metrics.json").read_text())["test"]
+    for name in ["predictions.jsonl", "report.md", "report.html"]:
+        assert train_run.path(name).is_file(), name
+
+
+@pytest.mark.slow
+def test_nlu_stage_test_scores_are_the_eval_stage_nlu_metrics(train_run: TrainRun) -> None:
+    """One metric, one computation: same clips, same saved model, same pipeline.eval.metrics functions."""
+    nlu_test = train_run.json("nlu/nlu_metrics.json")["test"]
+    metrics = train_run.json("metrics.json")
     assert nlu_test["intent_accuracy"] == metrics["nlu/intent_accuracy"]
     assert nlu_test["entity_f1"] == metrics["nlu/entity_f1"]
 
-    # Privacy: no raw serial, account or annotator id in any file of the run or the built dataset.
+
+@pytest.mark.slow
+def test_tracker_records_its_run_id_in_the_run_folder(train_run: TrainRun) -> None:
+    assert train_run.path("wandb_run_id").read_text().strip()
+
+
+@pytest.mark.slow
+def test_no_raw_identifier_in_the_run_or_the_built_dataset(train_run: TrainRun) -> None:
+    """Privacy: no raw serial, account or annotator id in any file of the run or the built dataset."""
     raw = _raw_identifiers()
-    dataset = Path(report["dataset_path"])
-    for folder in (run, dataset):
+    dataset = Path(train_run.json("build_report.json")["dataset_path"])
+    for folder in (train_run.folder, dataset):
         for path in folder.rglob("*"):
             if path.is_file() and path.stat().st_size < 50_000_000:
                 blob = path.read_bytes()
