@@ -188,8 +188,6 @@ def test_validation_without_false_wakes_skips_wake_metrics_and_says_why(
 ) -> None:
     """A small corpus can get a validation split with no false wake: no threshold can be tuned, so the
     wake metrics are left out of metrics.json (never zeros) and the report names the split and the reason."""
-    from datasets import DatasetDict
-
     from pipeline.eval.run import run_eval_stage
 
     dd = load_from_disk(str(tiny_dataset_path))
