@@ -7,7 +7,8 @@ per group and clip, and was the most expensive convolution of a `asr=tiny` step 
 frequency bin: exact up to float rounding (~1e-6), and 1.8x faster forward + backward at the tiny
 model's shapes (docs/experiments.md). Only the training model's `forward` is swapped: the weights, their
 names and the saved model are transformers' own. `asr.cpu_fft_positional_conv` decides whether training
-uses it (configure_positional_conv).
+uses it (configure_positional_conv); off by default since whole training steps measured 0.97x
+(0.73-1.13) with it on a shared 2-core VM, one thread (bench/asr_patches.py, 2026-12-01).
 """
 
 from __future__ import annotations

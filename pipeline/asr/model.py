@@ -60,7 +60,8 @@ def skip_waveform_gradient(model: Wav2Vec2ForCTC) -> bool:
     has a differentiable input; without checkpointing that only makes the backward pass compute a
     gradient nobody reads, through the first, widest convolution (for `asr=tiny` on the CPU that
     layer's backward took 6.9 instead of 4.4 ms; docs/experiments.md). The weights still get theirs. Says
-    whether it applied. Training calls it only with `asr.skip_waveform_gradient: true`.
+    whether it applied. Training calls it only with `asr.skip_waveform_gradient: true`, off by default:
+    whole training steps measured 0.99x (0.66-1.45) with it (bench/asr_patches.py, 2026-12-01).
     """
     encoder = getattr(getattr(model, "wav2vec2", None), "feature_extractor", None)
     # transformers 5 renamed the flag (is_gradient_checkpointing warns there and goes in v6).
