@@ -71,7 +71,7 @@ def test_the_fft_setting_applies_where_it_can_and_refuses_clearly_where_it_canno
 
 def test_the_patch_settings_are_checked_with_their_keys() -> None:
     typed = checked(micro_cfg().asr, ASRConfig, "asr")
-    assert typed.cpu_fft_positional_conv is False and typed.skip_waveform_gradient is False  # the defaults: neither pays today
+    assert typed.cpu_fft_positional_conv == "auto" and typed.skip_waveform_gradient is False  # the defaults: only the FFT pays today
     for bad, key in (("asr.cpu_fft_positional_conv=sometimes", "asr.cpu_fft_positional_conv"),
                      ("asr.cpu_fft_positional_conv=1", "asr.cpu_fft_positional_conv"),
                      ("asr.skip_waveform_gradient=sometimes", "asr.skip_waveform_gradient")):
