@@ -4,7 +4,7 @@
     python -m bench.asr_patches [--dataset <built dataset>] [--batches 10] [--repeats 8] [--threads 1]
 
 Four variants (both off, each alone, both on) of the `asr=tiny` training run are set up side by
-side by the stage itself (`pipeline.asr.train._set_up`: same seed, weights, optimizer, patches as
+side by the stage itself (`pipeline.asr.train.set_up`: same seed, weights, optimizer, patches as
 configured) and take training steps with the stage's own step functions (forward, backward, clip,
 AdamW) on the same `--batches` collated micro-batches of the first epoch, loaded once (the patches do
 not touch loading). A repeat times one block of those steps per variant, in an order rotated every
@@ -52,7 +52,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, list[float]]:
     """Steps/s of each variant, one figure per repeat."""
     from pipeline.asr.config import ASRConfig
     from pipeline.asr.devices import fast_cpu_math
-    from pipeline.asr.train import Progress, _accumulate, _epoch_loader, _optimizer_step, _set_up
+    from pipeline.asr.train import Progress, accumulate, epoch_loader, optimizer_step, set_up
     from pipeline.config import checked
     from pipeline.distributed import place
     from pipeline.tracking import NullTracker
@@ -63,8 +63,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, list[float]]:
     for name, (fft, skip) in VARIANTS.items():
         cfg = variant_cfg(args, fft, skip)
         checked(cfg.asr, ASRConfig, "asr")
-        runs[name] = _set_up(cfg, place(cfg.trainer), tmp / name, Path(args.dataset), NullTracker(), time.time())
-    batches = list(itertools.islice(_epoch_loader(runs["stock"]), args.batches))
+        runs[name] = set_up(cfg, place(cfg.trainer), tmp / name, Path(args.dataset), NullTracker(), time.time())
+    batches = list(itertools.islice(epoch_loader(runs["stock"]), args.batches))
     names = list(VARIANTS)
     rates: dict[str, list[float]] = {name: [] for name in names}
     with fast_cpu_math(torch.device("cpu")):  # as the stage trains on the CPU in fp32
@@ -73,9 +73,9 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, list[float]]:
                 run, progress = runs[name], Progress(loop_start=time.time())
                 start = time.perf_counter()
                 for batch in batches:
-                    _accumulate(run, progress, batch)
+                    accumulate(run, progress, batch)
                     progress.in_accum = 0
-                    _optimizer_step(run, progress)
+                    optimizer_step(run, progress)
                 if repeat >= 0:
                     rates[name].append(len(batches) / (time.perf_counter() - start))
             if repeat >= 0:

@@ -152,12 +152,12 @@ class Progress:
 def _train(
     cfg: DictConfig, placement: Placement, run_dir: Path, dataset_path: Path, tracker: Tracker, started: float,
 ) -> dict[str, Any]:
-    run = _set_up(cfg, placement, run_dir, dataset_path, tracker, started)
+    run = set_up(cfg, placement, run_dir, dataset_path, tracker, started)
     stopped_by = _train_loop(run)
     return _end(run, stopped_by)
 
 
-def _set_up(
+def set_up(
     cfg: DictConfig, placement: Placement, run_dir: Path, dataset_path: Path, tracker: Tracker, started: float,
 ) -> TrainingRun:
     """Data, processor, model, optimizer and state, fresh or from the checkpoint `asr.resume` names.
@@ -249,12 +249,12 @@ def _train_loop(run: TrainingRun) -> str:
     profiler = start_profiler(run.cfg.trainer.profile, run.out_dir / "profile") if run.placement.is_main else None
     stopped_by = "max_steps"
     while state["step"] < int(run.acfg.max_steps):
-        for batch in _epoch_loader(run):
-            _accumulate(run, progress, batch)
+        for batch in epoch_loader(run):
+            accumulate(run, progress, batch)
             if progress.in_accum < run.accum:
                 continue
             progress.in_accum = 0
-            if not _optimizer_step(run, progress):
+            if not optimizer_step(run, progress):
                 continue
             if profiler is not None:
                 profiler.step()
@@ -272,7 +272,7 @@ def _train_loop(run: TrainingRun) -> str:
     return stopped_by
 
 
-def _epoch_loader(run: TrainingRun) -> torch.utils.data.DataLoader:
+def epoch_loader(run: TrainingRun) -> torch.utils.data.DataLoader:
     """This epoch's micro-batches for this process, from the one a resumed run stopped at.
 
     The augmentation plan and the batches depend only on (seed, epoch, rank), so a resume replays them."""
@@ -289,7 +289,7 @@ def _epoch_loader(run: TrainingRun) -> torch.utils.data.DataLoader:
                        run.buckets, prefetch=run.accum)
 
 
-def _accumulate(run: TrainingRun, progress: Progress, batch: dict[str, Any]) -> None:
+def accumulate(run: TrainingRun, progress: Progress, batch: dict[str, Any]) -> None:
     """Forward and backward of one micro-batch, its random draws seeded by (seed, epoch, micro-batch, rank)."""
     state, placement = run.state, run.placement
     seed_everything(((run.seed * 1_000_003 + state["epoch"]) * 1_000_003 + state["micro"]) * 101 + placement.rank)
@@ -320,7 +320,7 @@ def _accumulate(run: TrainingRun, progress: Progress, batch: dict[str, Any]) -> 
             progress.bad_accum = True
 
 
-def _optimizer_step(run: TrainingRun, progress: Progress) -> bool:
+def optimizer_step(run: TrainingRun, progress: Progress) -> bool:
     """Clip and apply the accumulated gradients; says whether the step was taken.
 
     A non-finite loss or gradient skips the update and is counted; too many in a row mean the run

@@ -18,7 +18,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 from pipeline.asr.config import ASRConfig
 from pipeline.asr.devices import fast_cpu_math
 from pipeline.asr.fft_conv import _positional_forward, configure_positional_conv
-from pipeline.asr.train import TrainingRun, _end, _set_up, _train_loop
+from pipeline.asr.train import TrainingRun, _end, set_up, _train_loop
 from pipeline.config import checked
 from pipeline.distributed import place
 from pipeline.runtime import PipelineError
@@ -27,7 +27,7 @@ from tests.recording import RecordingTracker
 
 def _set_up_run(cfg: DictConfig, dataset: Path, run_dir: Path) -> TrainingRun:
     """The stage's own set-up (data, model, patches, optimizer) without training."""
-    return _set_up(cfg, place(cfg.trainer), run_dir, dataset, RecordingTracker(), time.time())
+    return set_up(cfg, place(cfg.trainer), run_dir, dataset, RecordingTracker(), time.time())
 
 
 def _patched(model: torch.nn.Module) -> tuple[bool, bool]:
@@ -100,7 +100,7 @@ def test_training_with_the_patches_on_saves_a_stock_checkpoint(tiny_dataset_path
                     "asr.eval_every=2", "asr.lm_order=null")
     placement = place(cfg.trainer)
     with fast_cpu_math(placement.device, placement.amp_dtype):  # as run_asr_stage trains
-        run = _set_up(cfg, placement, tmp_path, tiny_dataset_path, RecordingTracker(), time.time())
+        run = set_up(cfg, placement, tmp_path, tiny_dataset_path, RecordingTracker(), time.time())
         assert _patched(run.model) == (True, True)
         metrics = _end(run, _train_loop(run))
     assert metrics["best_step"] == metrics["steps"] == 2  # the saved weights are the in-memory model's
