@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline.review.acoustic import transcript_gaps
+from pipeline.review.entities import best_boundary_edit, spans
 from pipeline.review.intent import intent_suspects
 from pipeline.review.wake import wake_suspects
 
@@ -48,3 +50,37 @@ def test_wake_flags_the_flag_its_score_contradicts() -> None:
     suspects = wake_suspects(rows, scores, np.arange(12) % 3)
     assert [(s.utterance_id, s.annotated, s.model) for s in suspects] == [("u11", False, True)]
     assert suspects[0].score > 0.5 and "hears the wake word" in suspects[0].reason
+
+
+def _log_probs(tags: list[str], reads: list[str], index: dict[str, int], confidence: float = 0.9) -> np.ndarray:
+    """Per-word log-probabilities of a tagger that reads each word as `reads` with `confidence`."""
+    p = np.full((len(reads), len(index)), (1 - confidence) / (len(index) - 1))
+    for w, tag in enumerate(reads):
+        p[w, index[tag]] = confidence
+    return np.log(p)
+
+
+def test_a_span_one_word_too_long_or_short_is_the_best_edit_and_a_clean_one_prefers_none() -> None:
+    index = {t: i for i, t in enumerate(["O", "B-genre", "I-genre", "B-place", "I-place"])}
+    reads = ["O", "O", "B-genre", "O"]  # alexa play jazz music: the tagger reads "jazz" as the genre
+    too_long = ["O", "O", "B-genre", "I-genre"]  # "jazz music"
+    edit = best_boundary_edit(_log_probs(too_long, reads, index), too_long, index)
+    assert edit is not None and edit.tags == reads and edit.word == 3 and not edit.widen
+    assert edit.log_ratio == pytest.approx(math.log(0.9 / 0.025))  # "music": read as O (0.9), annotated I-genre (0.025)
+
+    reads = ["O", "O", "O", "B-place", "I-place"]  # alexa weather in new york
+    too_short = ["O", "O", "O", "B-place", "O"]  # "new"
+    edit = best_boundary_edit(_log_probs(too_short, reads, index), too_short, index)
+    assert edit is not None and edit.tags == reads and edit.word == 4 and edit.widen and edit.log_ratio > 0
+
+    edit = best_boundary_edit(_log_probs(reads, reads, index), reads, index)  # the annotation is what it reads
+    assert edit is not None and edit.log_ratio < 0  # every edit is less likely than the annotation
+    assert spans(["O", "B-genre", "I-genre", "B-place", "O", "I-place"]) == [("genre", 1, 3), ("place", 3, 4), ("place", 5, 6)]
+
+
+def test_the_wake_word_is_never_taken_into_a_span() -> None:
+    index = {t: i for i, t in enumerate(["O", "B-name", "I-name"])}
+    gold = ["O", "B-name", "O"]  # alexa call mom: the tagger would like "alexa" in the span
+    log_p = _log_probs(gold, ["B-name", "I-name", "O"], index)
+    edit = best_boundary_edit(log_p, gold, index)
+    assert edit is None or edit.tags[0] == "O"
