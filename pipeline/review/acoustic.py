@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from pipeline.asr.devices import flushed_denormals
 from pipeline.asr.model import greedy_decode, output_lengths
+from pipeline.eval.run import read_batches
 from pipeline.eval.wake import keyword_scores
 from pipeline.text import normalize_text
 
@@ -39,7 +40,6 @@ def score_clips(
 ) -> AcousticScores:
     from datasets import Audio
 
-    from pipeline.asr.collate import decode_audio
     from pipeline.data.features import SAMPLING_RATE
 
     audio = split.select_columns(["utterance_id", "audio", "duration", "text"]).cast_column(
@@ -58,17 +58,11 @@ def score_clips(
     out = AcousticScores(np.zeros(len(order)), [""] * len(order), np.full(len(order), -np.inf),
                          {"asr_forward": 0.0, "transcript": 0.0, "wake": 0.0})
 
-    def load(idx: list[int]) -> list[np.ndarray]:
-        rows = audio[idx]
-        return [decode_audio(a, u) for a, u in zip(rows["audio"], rows["utterance_id"])]
-
-    with ThreadPoolExecutor(max_workers=1) as reader:  # the next batch decodes while this one runs
-        upcoming = reader.submit(load, batches[0]) if batches else None
-        for n, idx in enumerate(batches):
-            started = time.perf_counter()
-            waves = upcoming.result()
-            if n + 1 < len(batches):
-                upcoming = reader.submit(load, batches[n + 1])
+    waves_of = read_batches(audio, batches, device)  # reads ahead where a core is free
+    with flushed_denormals():
+        for idx in batches:
+            started = time.perf_counter()  # reading the audio counts as the forward pass's cost
+            waves = next(waves_of)
             inputs = processor.feature_extractor(waves, sampling_rate=SAMPLING_RATE, padding=True,
                                                  return_tensors="pt", return_attention_mask=use_mask)
             kwargs = {"attention_mask": inputs["attention_mask"].to(device)} if use_mask else {}
