@@ -11,6 +11,7 @@ import torch
 from pipeline.review.acoustic import transcript_gaps
 from pipeline.review.entities import best_boundary_edit, spans
 from pipeline.review.intent import intent_suspects
+from pipeline.review.transcript import transcript_suspects
 from pipeline.review.wake import wake_suspects
 
 
@@ -84,3 +85,25 @@ def test_the_wake_word_is_never_taken_into_a_span() -> None:
     log_p = _log_probs(gold, ["B-name", "I-name", "O"], index)
     edit = best_boundary_edit(log_p, gold, index)
     assert edit is None or edit.tags[0] == "O"
+
+
+def test_transcript_scores_a_misheard_word_within_its_split() -> None:
+    # Per character gaps; "text" is the annotation, the alternative what the model hears.
+    rows = [
+        {"utterance_id": "t0", "split": "train", "text": "alexa play jazz"},          # heard as annotated
+        {"utterance_id": "t1", "split": "train", "text": "alexa play chicago"},       # one word misheard
+        {"utterance_id": "t2", "split": "train", "text": "alexa stop"},
+        {"utterance_id": "v0", "split": "test", "text": "alexa set an alarm"},        # a voice heard badly
+        {"utterance_id": "v1", "split": "test", "text": "alexa what time is it"},
+        {"utterance_id": "v2", "split": "test", "text": "alexa call mom"},
+    ]
+    alternatives = ["alexa play jazz", "alexa play jazz", "alexa stop", "alex sat and alum", "alexa what time is it",
+                    "alexa call mom"]
+    gaps = [0.0, 0.5, -0.1, 0.8, 0.0, 0.1]
+    suspects = {s.utterance_id: s for s in transcript_suspects(rows, gaps, alternatives)}
+    assert set(suspects) == {"t1", "v0"}  # lines only where the texts differ
+    # t1: 0.5 x 18 characters on one word = 9.0 nats; v0: 0.8 x 18 over four words = 3.6 nats each.
+    assert "9.0 nats per disputed word" in suspects["t1"].reason and "3.6 nats" in suspects["v0"].reason
+    # Each is the most doubtful clip of its own split, whatever the other split's gaps.
+    assert suspects["t1"].score == 1.0 and suspects["v0"].score == 1.0
+    assert suspects["t1"].model == "alexa play jazz"
