@@ -67,7 +67,8 @@ def test_a_span_one_word_too_long_or_short_is_the_best_edit_and_a_clean_one_pref
     too_long = ["O", "O", "B-genre", "I-genre"]  # "jazz music"
     edit = best_boundary_edit(_log_probs(too_long, reads, index), too_long, index)
     assert edit is not None and edit.tags == reads and edit.word == 3 and not edit.widen
-    assert edit.log_ratio == pytest.approx(math.log(0.9 / 0.025))  # "music": read as O (0.9), annotated I-genre (0.025)
+    # "music": read as O (0.9), annotated I-genre (0.025); the kept "jazz" vouched for at 0.9.
+    assert edit.log_ratio == pytest.approx(math.log(0.9 / 0.025) + math.log(0.9))
 
     reads = ["O", "O", "O", "B-place", "I-place"]  # alexa weather in new york
     too_short = ["O", "O", "O", "B-place", "O"]  # "new"
@@ -107,3 +108,12 @@ def test_transcript_scores_a_misheard_word_within_its_split() -> None:
     # Each is the most doubtful clip of its own split, whatever the other split's gaps.
     assert suspects["t1"].score == 1.0 and suspects["v0"].score == 1.0
     assert suspects["t1"].model == "alexa play jazz"
+
+
+def test_a_span_the_tagger_does_not_know_is_not_a_boundary_slip() -> None:
+    index = {t: i for i, t in enumerate(["O", "B-song", "I-song"])}
+    gold = ["O", "O", "B-song", "I-song"]  # alexa play green day: annotated right, a song the tagger never saw
+    p = np.array([[0.98, 0.01, 0.01], [0.98, 0.01, 0.01], [0.6, 0.3, 0.1], [0.6, 0.1, 0.3]])
+    edit = best_boundary_edit(np.log(p), gold, index)
+    assert edit is not None and edit.tags == ["O", "O", "B-song", "O"]  # dropping "day" is its best edit...
+    assert math.log(0.6 / 0.3) > 0 > edit.log_ratio  # preferred alone, but "green" itself is only at 0.3
