@@ -43,8 +43,8 @@ class AugmentConfig:
     prob: float = MISSING
     speeds: list[float] = MISSING
     noise_snr_db: Optional[list[float]] = MISSING
-    # Not in conf/asr/tiny.yaml: the data recipe that needs it (conf/data/demo_speech.yaml) sets it,
-    # and the asr group is merged after the data group, so a `null` there would switch it off again.
+    # Not in conf/asr/tiny.yaml: off unless a data recipe that needs it sets it (conf/data/demo_speech.yaml;
+    # the data group is merged after the asr group, so a recipe can set ASR keys).
     conditions: Optional[ConditionsConfig] = None
 
     def validate(self) -> None:

@@ -48,6 +48,15 @@ def test_every_shipped_data_config_passes(name: str) -> None:
         assert isinstance(entry, SourceConfig) and entry.source in ("speech", "demo")
 
 
+def test_the_human_voices_recipe_trains_for_the_time_budget_unless_asr_is_chosen() -> None:
+    assert composed("data=demo_speech").asr.max_steps > 10_000  # conf/asr/tiny_budget.yaml: the minutes decide
+    assert composed("data=demo").asr.max_steps == 4000
+    chosen = composed("data=demo_speech", "asr=base")  # the command line wins over the recipe's choice
+    assert chosen.asr.model_name_or_path == "facebook/wav2vec2-base" and chosen.asr.augment.conditions is not None
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        assert compose("evaluate", overrides=["data=demo_speech"]).data.speech_dir  # evaluate.py composes it too
+
+
 def test_typed_reads_match_the_yaml() -> None:
     demo = checked(composed("data=demo").data, DataConfig, "data")
     assert (demo.source, demo.min_duration_s, demo.max_duration_s, demo.num_proc) == ("demo", 0.2, 30.0, None)
