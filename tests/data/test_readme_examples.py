@@ -46,7 +46,9 @@ def _corpora(root: Path) -> None:
     phrases = ["amelia", "athena", "computer", "hey computer"]
     audiofolder(root / "mycroft_wake_words", [
         {"file_name": f"audio/{p.replace(' ', '_')}-{i}.flac", "transcription": p, "wake_word": p}
-        for i in range(4) for p in phrases])
+        for i in range(4) for p in phrases] + [  # and four of its "not wake words"
+        {"file_name": f"audio/notwakeword-{i}.flac", "transcription": w, "wake_word": None}
+        for i, w in enumerate(["yes", "stop", "go", "no"])])
 
 
 def _run(command: str, cwd: Path, env: dict[str, str], run_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -83,7 +85,7 @@ def test_readme_examples_run_as_written(tiny_dataset_path: Path, tmp_path: Path)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "built" / "build_report.json").read_text())
     assert report["by_source"] == {"fsdd": {"records_in": 24, "records_kept": 24, "records_quarantined": 0},
-                                   "mycroft": {"records_in": 16, "records_kept": 16, "records_quarantined": 0}}
+                                   "mycroft": {"records_in": 20, "records_kept": 20, "records_quarantined": 0}}
     assert min(report["splits"].values()) > 0
 
     for name, command in (("asr", EVALUATE_ASR), ("nlu", EVALUATE_NLU)):
