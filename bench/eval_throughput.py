@@ -110,7 +110,7 @@ def main() -> None:
 
     from pipeline.asr.collate import decode_audio
     from pipeline.asr.model import load_asr
-    from pipeline.eval.run import keyword_ids, transcribe
+    from pipeline.eval.run import keyword_ids, load_eval_asr, transcribe
 
     # The timed clips, and other clips to warm both sides up on first (allocator, thread pools and
     # oneDNN kernels for the first shapes): a long evaluation runs warmed up on clips it has not seen.
@@ -124,7 +124,10 @@ def main() -> None:
         split, warm = both.select(range(args.clips)), both.select(range(args.clips, 2 * args.clips))
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.asr_model or tiny_model(Path(tmp) / "asr", split)
-        model, processor = load_asr(model_dir)
+        # Ours as the eval stage loads it (load_eval_asr: the FFT positional conv on a CPU); the
+        # baseline gets its own stock instance of the same checkpoint.
+        model, processor = load_eval_asr(model_dir, "cpu")
+        stock, _ = load_asr(model_dir)
         keyword = keyword_ids(processor, "alexa", True, model_dir)
 
         def cells_of(clips: Any) -> list[tuple[dict[str, Any], str]]:
@@ -132,7 +135,7 @@ def main() -> None:
             return list(zip(raw["audio"], raw["utterance_id"]))
 
         cells = cells_of(split)
-        asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
+        asr = pipeline("automatic-speech-recognition", model=stock, tokenizer=processor.tokenizer,
                        feature_extractor=processor.feature_extractor, device="cpu")
         transcribe(model, processor, warm, keyword, args.batch_size, window_s=2.0)
         for a, u in cells_of(warm):
@@ -190,9 +193,8 @@ def stream_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     import soundfile as sf
 
-    from pipeline.asr.model import load_asr
     from pipeline.data.background import BackgroundKnobs, Recording, ensure_demo_background, load_background
-    from pipeline.eval.run import keyword_ids
+    from pipeline.eval.run import keyword_ids, load_eval_asr
     from pipeline.eval.stream import StreamSettings, stream_background
 
     minutes = args.stream_minutes
@@ -214,7 +216,7 @@ def stream_bench(args: argparse.Namespace) -> dict[str, Any]:
         long = Recording("long", "bench", long_path, 4 * short.seconds)
 
         model_dir = args.asr_model or tiny_model(tmp_path / "asr", None)
-        model, processor = load_asr(model_dir)
+        model, processor = load_eval_asr(model_dir, "cpu")
         keyword = keyword_ids(processor, "alexa", True, model_dir)
         blank = processor.tokenizer.pad_token_id
         settings = StreamSettings()

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
     ("asr.lr_schedule=step", "asr.lr_schedule='step' is not one of: linear, cosine, constant"),
     ("asr.augment.noise_snr_db=[15]", r"asr.augment.noise_snr_db=\[15.0\]: give \[low, high\] in dB"),
     ("eval.decoder=beam", "eval.decoder='beam' is not one of: auto, greedy, lm"),
+    ("eval.cpu_fft_positional_conv=sometimes", "eval.cpu_fft_positional_conv='sometimes': give auto, true or false"),
     ("eval.lm_weights=[1.0,x]", r"eval.lm_weights\[1\]='x' is not a valid float"),
     ("+eval.beam=4", r"eval.beam is not a setting of eval; known: .*\(a new setting is declared in pipeline/eval/config.py"),
 ])

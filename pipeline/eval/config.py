@@ -5,7 +5,7 @@ A new eval setting is declared here as well as in the YAML (which keeps its defa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING
 
@@ -19,6 +19,7 @@ class EvalConfig:
     tune_split: str = MISSING
     batch_size: int = MISSING
     device: str = MISSING
+    cpu_fft_positional_conv: Any = MISSING   # auto | true | false (pipeline/asr/fft_conv.py)
     wake_word: str = MISSING
     wake_window_s: float = MISSING
     wake_word_boundary: bool = MISSING
@@ -46,6 +47,9 @@ class EvalConfig:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise PipelineError(f"eval.device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
         choice("eval.decoder", self.decoder, ("auto", "greedy", "lm"))
+        fft = self.cpu_fft_positional_conv
+        if not (isinstance(fft, bool) or fft == "auto"):
+            raise PipelineError(f"eval.cpu_fft_positional_conv={fft!r}: give auto, true or false")
         choice("eval.slu_scoring", self.slu_scoring, ("project", "slurp"))
         for key in ("batch_size", "stream_batch_size", "beam_size", "beam_size_token"):
             if getattr(self, key) < 1:

@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.asr.devices import flushed_denormals
+from pipeline.asr.fft_conv import use_fft_positional_conv
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
 from pipeline.asr.model import greedy_decode, load_asr, output_lengths
 from pipeline.config import checked
@@ -142,7 +143,7 @@ def _asr_pass(
     """Transcribe both splits, tune and apply the wake-word threshold (unless `skipped` says the
     labels cannot support one), and write each clip's transcript, errors and wake score into `rows`."""
     wake_word = _wake_word(ecfg)
-    model, processor = load_asr(asr_dir, pick_device(str(ecfg.device), "eval.device"))
+    model, processor = load_eval_asr(asr_dir, pick_device(str(ecfg.device), "eval.device"), ecfg.cpu_fft_positional_conv)
     check_vocabulary(processor, test["text"], float(ecfg.max_oov_char_rate), dataset_path, asr_dir)
     spellable = True
     try:
@@ -341,6 +342,20 @@ def keyword_ids(processor: Any, wake_word: str, boundary: bool, asr_dir: Path) -
             "pick a wake word the ASR model can spell (or set eval.wake_word_boundary=false)"
         )
     return [vocab[t] for t in tokens]
+
+
+def load_eval_asr(asr_dir: Path, device: Any, fft: bool | str = "auto") -> tuple[Any, Any]:
+    """The ASR model and processor as evaluation runs them: on a CPU in fp32 the positional
+    convolution goes through the FFT (`eval.cpu_fft_positional_conv`), the same transcripts ~1.2x
+    faster (96 demo clips: 0.28 against 0.33 s, 96 of 96 transcripts equal, wake scores within 6e-6;
+    2026-12-01). Only this instance's `forward` changes; the model folder is never written."""
+    model, processor = load_asr(asr_dir, device)
+    if fft is not False:
+        applied = use_fft_positional_conv(model, next(model.parameters()).device)
+        if fft is True and not applied:
+            raise PipelineError("eval.cpu_fft_positional_conv=true: the FFT path runs only on the CPU in fp32 with a "
+                                "stock wav2vec2 positional convolution; use auto or false")
+    return model, processor
 
 
 @dataclass

@@ -141,6 +141,29 @@ def test_batched_inference_matches_one_clip_at_a_time(tiny_run: Path, tiny_datas
     assert batched.audio_seconds == pytest.approx(sum(split["duration"]), rel=1e-3)
 
 
+def test_evaluation_through_the_fft_reads_the_same_and_leaves_the_model_folder_stock(tiny_run: Path, tiny_dataset_path: Path) -> None:
+    from pipeline.asr.model import load_asr
+    from pipeline.eval.run import keyword_ids, load_eval_asr, transcribe
+    from pipeline.runtime import PipelineError
+
+    files = {p.name: p.read_bytes() for p in (tiny_run / "asr").iterdir() if p.is_file()}
+    fast, processor = load_eval_asr(tiny_run / "asr", "cpu", "auto")
+    stock, _ = load_asr(tiny_run / "asr")
+    pos = fast.wav2vec2.encoder.pos_conv_embed
+    assert "forward" in vars(pos) and "forward" not in vars(stock.wav2vec2.encoder.pos_conv_embed)
+    off, _ = load_eval_asr(tiny_run / "asr", "cpu", False)
+    assert "forward" not in vars(off.wav2vec2.encoder.pos_conv_embed)  # false: transformers' own layer
+    keyword = keyword_ids(processor, "alexa", True, tiny_run / "asr")
+    split = load_from_disk(str(tiny_dataset_path))["test"]
+    a = transcribe(fast, processor, split, keyword, batch_size=8, window_s=2.0)
+    b = transcribe(stock, processor, split, keyword, batch_size=8, window_s=2.0)
+    assert a.hypotheses == b.hypotheses
+    np.testing.assert_allclose(a.wake_scores, b.wake_scores, rtol=1e-4, atol=1e-4)
+    assert files == {p.name: p.read_bytes() for p in (tiny_run / "asr").iterdir() if p.is_file()}
+    with pytest.raises(PipelineError, match="eval.cpu_fft_positional_conv=true"):
+        load_eval_asr(tiny_run / "asr", "meta", True)
+
+
 def _empty(test: Dataset) -> Dataset:
     """The test split with its columns and no clip."""
     return Dataset.from_dict({c: [] for c in test.column_names}, features=test.features)
