@@ -126,16 +126,23 @@ def test_eval_stage_writes_every_output(tiny_run: Path, tiny_dataset_path: Path,
     assert {k: v for k, v in again.items() if k != "eval/rtf"} == {k: v for k, v in metrics.items() if k != "eval/rtf"}
 
 
-def test_batched_inference_matches_one_clip_at_a_time(tiny_run: Path, tiny_dataset_path: Path) -> None:
-    from pipeline.asr.model import load_asr
+def _read_twice(tiny_run: Path, tiny_dataset_path: Path, first: Any, second: Any, processor: Any,
+                 batch_sizes: tuple[int, int]) -> tuple[Any, Any, Any]:
+    """The test split read by two models (or one at two batch sizes); their transcripts must agree."""
     from pipeline.eval.run import keyword_ids, transcribe
 
-    model, processor = load_asr(tiny_run / "asr")
     keyword = keyword_ids(processor, "alexa", True, tiny_run / "asr")
     split = load_from_disk(str(tiny_dataset_path))["test"]
-    batched = transcribe(model, processor, split, keyword, batch_size=8, window_s=2.0)
-    single = transcribe(model, processor, split, keyword, batch_size=1, window_s=2.0)
-    assert batched.hypotheses == single.hypotheses
+    a, b = (transcribe(m, processor, split, keyword, batch_size=n, window_s=2.0) for m, n in zip((first, second), batch_sizes))
+    assert a.hypotheses == b.hypotheses
+    return a, b, split
+
+
+def test_batched_inference_matches_one_clip_at_a_time(tiny_run: Path, tiny_dataset_path: Path) -> None:
+    from pipeline.asr.model import load_asr
+
+    model, processor = load_asr(tiny_run / "asr")
+    batched, single, split = _read_twice(tiny_run, tiny_dataset_path, model, model, processor, (8, 1))
     np.testing.assert_allclose(batched.wake_scores, single.wake_scores, rtol=1e-3, atol=1e-3)
     assert np.all(batched.wake_scores <= 1e-6)
     assert batched.audio_seconds == pytest.approx(sum(split["duration"]), rel=1e-3)
@@ -143,21 +150,17 @@ def test_batched_inference_matches_one_clip_at_a_time(tiny_run: Path, tiny_datas
 
 def test_evaluation_through_the_fft_reads_the_same_and_leaves_the_model_folder_stock(tiny_run: Path, tiny_dataset_path: Path) -> None:
     from pipeline.asr.model import load_asr
-    from pipeline.eval.run import keyword_ids, load_eval_asr, transcribe
+    from pipeline.eval.run import load_eval_asr
     from pipeline.runtime import PipelineError
 
     files = {p.name: p.read_bytes() for p in (tiny_run / "asr").iterdir() if p.is_file()}
     fast, processor = load_eval_asr(tiny_run / "asr", "cpu", "auto")
     stock, _ = load_asr(tiny_run / "asr")
-    pos = fast.wav2vec2.encoder.pos_conv_embed
-    assert "forward" in vars(pos) and "forward" not in vars(stock.wav2vec2.encoder.pos_conv_embed)
+    assert "forward" in vars(fast.wav2vec2.encoder.pos_conv_embed)
+    assert "forward" not in vars(stock.wav2vec2.encoder.pos_conv_embed)
     off, _ = load_eval_asr(tiny_run / "asr", "cpu", False)
     assert "forward" not in vars(off.wav2vec2.encoder.pos_conv_embed)  # false: transformers' own layer
-    keyword = keyword_ids(processor, "alexa", True, tiny_run / "asr")
-    split = load_from_disk(str(tiny_dataset_path))["test"]
-    a = transcribe(fast, processor, split, keyword, batch_size=8, window_s=2.0)
-    b = transcribe(stock, processor, split, keyword, batch_size=8, window_s=2.0)
-    assert a.hypotheses == b.hypotheses
+    a, b, _ = _read_twice(tiny_run, tiny_dataset_path, fast, stock, processor, (8, 8))
     np.testing.assert_allclose(a.wake_scores, b.wake_scores, rtol=1e-4, atol=1e-4)
     assert files == {p.name: p.read_bytes() for p in (tiny_run / "asr").iterdir() if p.is_file()}
     with pytest.raises(PipelineError, match="eval.cpu_fft_positional_conv=true"):
