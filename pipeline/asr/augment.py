@@ -37,24 +37,25 @@ MAX_IMAGE_ORDER = 40
 
 @dataclass(frozen=True)
 class Conditions:
-    """Chance of each effect per augmented clip, and the ranges its strength is drawn from."""
+    """Chance of each effect per augmented clip, and the ranges its strength is drawn from.
+    The values come from `asr.augment.conditions` (checked by pipeline.asr.config.ConditionsConfig;
+    set by conf/data/demo_speech.yaml), so there are no defaults here."""
 
-    reverb_prob: float = 0.0
-    reverb_rt60_s: tuple[float, float] = (0.2, 0.8)   # RT60 of the simulated room
-    noise_prob: float = 0.0
-    noise_snr_db: tuple[float, float] = (5.0, 30.0)
-    telephone_prob: float = 0.0
-    gain_prob: float = 0.0
-    gain_db: tuple[float, float] = (-18.0, 6.0)
+    reverb_prob: float
+    reverb_rt60_s: tuple[float, float]   # RT60 of the simulated room
+    noise_prob: float
+    noise_snr_db: tuple[float, float]
+    telephone_prob: float
+    gain_prob: float
+    gain_db: tuple[float, float]
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Any) -> "Conditions":
-        get = cfg.get
         return cls(
-            reverb_prob=float(get("reverb_prob", 0.0)), reverb_rt60_s=_pair(get("reverb_rt60_s", cls.reverb_rt60_s)),
-            noise_prob=float(get("noise_prob", 0.0)), noise_snr_db=_pair(get("noise_snr_db", cls.noise_snr_db)),
-            telephone_prob=float(get("telephone_prob", 0.0)),
-            gain_prob=float(get("gain_prob", 0.0)), gain_db=_pair(get("gain_db", cls.gain_db)),
+            reverb_prob=float(cfg["reverb_prob"]), reverb_rt60_s=_pair(cfg["reverb_rt60_s"]),
+            noise_prob=float(cfg["noise_prob"]), noise_snr_db=_pair(cfg["noise_snr_db"]),
+            telephone_prob=float(cfg["telephone_prob"]),
+            gain_prob=float(cfg["gain_prob"]), gain_db=_pair(cfg["gain_db"]),
         )
 
 

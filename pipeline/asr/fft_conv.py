@@ -1,14 +1,15 @@
-"""wav2vec2's positional convolution computed through the FFT, for CPU training.
+"""wav2vec2's positional convolution computed through the FFT, for CPU training and evaluation.
 
 The positional embedding is a wide grouped convolution (kernel 32 in `asr=tiny`, 128 in
 wav2vec2-base) over the encoder frames. PyTorch's CPU kernel for it runs one small matrix product
 per group and clip, and was the most expensive convolution of a `asr=tiny` step (about 20 ms of a
 ~160 ms step on 2 cores). In the frequency domain the same correlation is one product per
 frequency bin: exact up to float rounding (~1e-6), and 1.8x faster forward + backward at the tiny
-model's shapes (docs/experiments.md). Only the training model's `forward` is swapped: the weights, their
-names and the saved model are transformers' own. `asr.cpu_fft_positional_conv` decides whether training
-uses it (configure_positional_conv); off by default since whole training steps measured 0.97x
-(0.73-1.13) with it on a shared 2-core VM, one thread (bench/asr_patches.py, 2026-12-01).
+model's shapes (docs/experiments.md). Only the model instance's `forward` is swapped: the weights, their
+names and the saved model are transformers' own. `asr.cpu_fft_positional_conv` (training) and
+`eval.cpu_fft_positional_conv` (evaluation) decide whether it is used (configure_positional_conv);
+`auto` by default: whole training steps 1.12x (1.04-1.18, bench/asr_patches.py) and clip evaluation
+~1.2x (bench/eval_throughput.py) on 2 idle cores, 2026-12-01.
 """
 
 from __future__ import annotations
@@ -80,21 +81,22 @@ def use_fft_positional_conv(model: torch.nn.Module, device: torch.device, low_pr
 
 def configure_positional_conv(
     model: torch.nn.Module, setting: bool | str, device: torch.device, low_precision: torch.dtype | None = None,
-    compiled: bool = False,
+    compiled: bool = False, key: str = "asr.cpu_fft_positional_conv",
 ) -> bool:
-    """Apply `asr.cpu_fft_positional_conv` to the training model; says whether the FFT path is in use.
+    """Apply the setting `key` (`asr.` or `eval.cpu_fft_positional_conv`) to a model; says whether
+    the FFT path is in use.
 
     `auto` takes it where it is faster today (the CPU in fp32, an uncompiled model), `true` insists
     on it and fails clearly where it cannot run, `false` keeps transformers' layer untouched."""
     if setting is False or (setting == "auto" and compiled):
         return False
     if compiled:  # inductor mis-strides the FFT's output (torch 2.9); compiled, the plain conv is fused anyway
-        raise PipelineError("asr.cpu_fft_positional_conv=true does not combine with asr.compile=true; use auto or false")
+        raise PipelineError(f"{key}=true does not combine with asr.compile=true; use auto or false")
     applied = use_fft_positional_conv(model, device, low_precision)
     if setting is True and not applied:
         precision = "fp32" if low_precision is None else str(low_precision).removeprefix("torch.")
         raise PipelineError(
-            f"asr.cpu_fft_positional_conv=true: the FFT path runs only on the CPU in fp32 with a stock wav2vec2 "
+            f"{key}=true: the FFT path runs only on the CPU in fp32 with a stock wav2vec2 "
             f"positional convolution (this run: {device.type}, {precision}); use auto or false"
         )
     return applied

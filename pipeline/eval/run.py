@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.asr.devices import flushed_denormals
-from pipeline.asr.fft_conv import use_fft_positional_conv
+from pipeline.asr.fft_conv import configure_positional_conv
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
 from pipeline.asr.model import greedy_decode, load_asr, output_lengths
 from pipeline.config import checked
@@ -350,11 +350,7 @@ def load_eval_asr(asr_dir: Path, device: Any, fft: bool | str = "auto") -> tuple
     faster (96 demo clips: 0.28 against 0.33 s, 96 of 96 transcripts equal, wake scores within 6e-6;
     2026-12-01). Only this instance's `forward` changes; the model folder is never written."""
     model, processor = load_asr(asr_dir, device)
-    if fft is not False:
-        applied = use_fft_positional_conv(model, next(model.parameters()).device)
-        if fft is True and not applied:
-            raise PipelineError("eval.cpu_fft_positional_conv=true: the FFT path runs only on the CPU in fp32 with a "
-                                "stock wav2vec2 positional convolution; use auto or false")
+    configure_positional_conv(model, fft, next(model.parameters()).device, key="eval.cpu_fft_positional_conv")
     return model, processor
 
 
@@ -372,8 +368,21 @@ class Reader:
     device: torch.device
     decoders: Sequence[BeamDecoder]
 
-    def read(self, waves: list[np.ndarray]) -> tuple[list[str], np.ndarray, list[list[str]]]:
-        """One length-sorted batch: forward pass, greedy transcripts, wake scores, beam decodes."""
+    @classmethod
+    def for_model(cls, model: Any, processor: Any, keyword: list[int], window_s: float,
+                  decoders: Sequence[BeamDecoder] = ()) -> "Reader":
+        from pipeline.data.features import SAMPLING_RATE
+
+        stride = int(np.prod(model.config.conv_stride))
+        return cls(
+            model, processor, keyword, blank=processor.tokenizer.pad_token_id,
+            window=max(1, math.ceil(window_s * SAMPLING_RATE / stride)),
+            use_mask=bool(getattr(processor.feature_extractor, "return_attention_mask", False)),
+            device=next(model.parameters()).device, decoders=decoders,
+        )
+
+    def log_probs(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One length-sorted batch through the model: per-frame log-probs (on the CPU) and each clip's frames."""
         from pipeline.data.features import SAMPLING_RATE
 
         inputs = self.processor.feature_extractor(
@@ -381,12 +390,32 @@ class Reader:
         )
         kwargs = {"attention_mask": inputs["attention_mask"].to(self.device)} if self.use_mask else {}
         logits = self.model(inputs["input_values"].to(self.device), **kwargs).logits.float()
-        log_probs = logits.log_softmax(-1).cpu()
-        lengths = output_lengths(self.model, [len(w) for w in waves])
+        return logits.log_softmax(-1).cpu(), output_lengths(self.model, [len(w) for w in waves])
+
+    def wake_scores(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+        return np.asarray(keyword_scores(log_probs, lengths, self.keyword, self.blank, self.window), dtype=float)
+
+    def read(self, waves: list[np.ndarray]) -> tuple[list[str], np.ndarray, list[list[str]]]:
+        """One length-sorted batch: forward pass, greedy transcripts, wake scores, beam decodes."""
+        log_probs, lengths = self.log_probs(waves)
         texts = greedy_decode(self.processor.tokenizer, log_probs, lengths)
-        scores = keyword_scores(log_probs, lengths, self.keyword, self.blank, self.window)
         decoded = [[d.decode(log_probs[b, : int(lengths[b])]) for b in range(len(waves))] for d in self.decoders]
-        return texts, np.asarray(scores, dtype=float), decoded
+        return texts, self.wake_scores(log_probs, lengths), decoded
+
+
+def length_batches(split: Any, batch_size: int, columns: Sequence[str] = ()) -> tuple[Any, list[list[int]]]:
+    """The split's audio (still encoded) with `columns`, and its clip indices in batches of similar
+    length (shortest first, so padding stays small)."""
+    from datasets import Audio
+
+    from pipeline.data.features import SAMPLING_RATE
+
+    audio = split.select_columns(["utterance_id", "audio", "duration", *columns]).cast_column(
+        "audio", Audio(sampling_rate=SAMPLING_RATE, decode=False)
+    )
+    durations = [float(d) for d in audio["duration"]]
+    order = sorted(range(len(durations)), key=lambda i: (durations[i], i))
+    return audio, [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
 
 
 @torch.inference_mode()
@@ -396,28 +425,15 @@ def transcribe(
 ) -> Inference:
     """Greedy CTC transcripts and wake-word scores for every clip of `split`, batched by length, and
     each decoder's beam-search transcripts from the same log-probs."""
-    from datasets import Audio
-
     from pipeline.data.features import SAMPLING_RATE
 
-    audio = split.select_columns(["utterance_id", "audio", "duration"]).cast_column(
-        "audio", Audio(sampling_rate=SAMPLING_RATE, decode=False)
-    )
-    durations = [float(d) for d in audio["duration"]]
-    order = sorted(range(len(durations)), key=lambda i: (durations[i], i))
-    stride = int(np.prod(model.config.conv_stride))
-    reader = Reader(
-        model, processor, keyword, blank=processor.tokenizer.pad_token_id,
-        window=max(1, math.ceil(window_s * SAMPLING_RATE / stride)),
-        use_mask=bool(getattr(processor.feature_extractor, "return_attention_mask", False)),
-        device=next(model.parameters()).device, decoders=decoders,
-    )
-    hypotheses: list[str] = [""] * len(order)
-    decoded: list[list[str]] = [[""] * len(order) for _ in decoders]
-    scores = np.full(len(order), -np.inf)
+    audio, batches = length_batches(split, batch_size)
+    reader = Reader.for_model(model, processor, keyword, window_s, decoders)
+    hypotheses: list[str] = [""] * len(split)
+    decoded: list[list[str]] = [[""] * len(split) for _ in decoders]
+    scores = np.full(len(split), -np.inf)
     seconds = 0.0
     start = time.perf_counter()
-    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
 
     with flushed_denormals():
         for idx, waves in zip(batches, read_batches(audio, batches, reader.device)):

@@ -7,7 +7,6 @@ kind costs.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +15,8 @@ import numpy as np
 import torch
 
 from pipeline.asr.devices import flushed_denormals
-from pipeline.asr.model import greedy_decode, output_lengths
-from pipeline.eval.run import read_batches
-from pipeline.eval.wake import keyword_scores
+from pipeline.asr.model import greedy_decode
+from pipeline.eval.run import Reader, length_batches, read_batches
 from pipeline.text import normalize_text
 
 
@@ -38,45 +36,28 @@ class AcousticScores:
 def score_clips(
     model: Any, processor: Any, split: Any, keyword: list[int], batch_size: int, window_s: float
 ) -> AcousticScores:
-    from datasets import Audio
-
-    from pipeline.data.features import SAMPLING_RATE
-
-    audio = split.select_columns(["utterance_id", "audio", "duration", "text"]).cast_column(
-        "audio", Audio(sampling_rate=SAMPLING_RATE, decode=False)
-    )
-    durations = [float(d) for d in audio["duration"]]
+    """The eval stage's reading of every clip (pipeline.eval.run.Reader), kept as log-probs for both kinds."""
+    audio, batches = length_batches(split, batch_size, ["text"])
     texts = [normalize_text(t or "") for t in audio["text"]]
-    order = sorted(range(len(durations)), key=lambda i: (durations[i], i))
-    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
-    stride = int(np.prod(model.config.conv_stride))
-    window = max(1, math.ceil(window_s * SAMPLING_RATE / stride))
+    reader = Reader.for_model(model, processor, keyword, window_s)
     tokenizer = processor.tokenizer
-    blank = tokenizer.pad_token_id
-    use_mask = bool(getattr(processor.feature_extractor, "return_attention_mask", False))
-    device = next(model.parameters()).device
-    out = AcousticScores(np.zeros(len(order)), [""] * len(order), np.full(len(order), -np.inf),
+    out = AcousticScores(np.zeros(len(split)), [""] * len(split), np.full(len(split), -np.inf),
                          {"asr_forward": 0.0, "transcript": 0.0, "wake": 0.0})
 
-    waves_of = read_batches(audio, batches, device)  # reads ahead where a core is free
+    waves_of = read_batches(audio, batches, reader.device)  # reads ahead where a core is free
     with flushed_denormals():
         for idx in batches:
             started = time.perf_counter()  # reading the audio counts as the forward pass's cost
-            waves = next(waves_of)
-            inputs = processor.feature_extractor(waves, sampling_rate=SAMPLING_RATE, padding=True,
-                                                 return_tensors="pt", return_attention_mask=use_mask)
-            kwargs = {"attention_mask": inputs["attention_mask"].to(device)} if use_mask else {}
-            log_probs = model(inputs["input_values"].to(device), **kwargs).logits.float().log_softmax(-1).cpu()
-            lengths = output_lengths(model, [len(w) for w in waves])
+            log_probs, lengths = reader.log_probs(next(waves_of))
             lap = time.perf_counter()
             out.seconds["asr_forward"] += lap - started
 
             targets = [tokenizer(texts[i]).input_ids for i in idx]
-            gaps, _ = transcript_gaps(log_probs, lengths, targets, blank)
+            gaps, _ = transcript_gaps(log_probs, lengths, targets, reader.blank)
             alternatives = greedy_decode(tokenizer, log_probs, lengths)  # the best path, read as text
             now = time.perf_counter()
             out.seconds["transcript"] += now - lap
-            wake = keyword_scores(log_probs, lengths, keyword, blank, window)
+            wake = reader.wake_scores(log_probs, lengths)
             out.seconds["wake"] += time.perf_counter() - now
             for b, i in enumerate(idx):
                 out.transcript_gap[i] = gaps[b]
