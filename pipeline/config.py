@@ -23,12 +23,14 @@ from pipeline.runtime import PipelineError
 T = TypeVar("T")
 
 
-def checked(node: Any, schema: type[T], group: str) -> T:
+def checked(node: Any, schema: type[T], group: str, defaults: str | None = None) -> T:
     """`node` (a config group) as an instance of the dataclass `schema`, or a PipelineError naming
     `<group>.<key>`: an unknown key (with the known ones), a wrong type, a missing value, or (from the
-    schema's `validate`) a value outside its allowed set."""
+    schema's `validate`) a value outside its allowed set. `defaults` names where the group's defaults
+    live, when not in a folder of options `conf/<group>/` (the jobs' groups: conf/retrain.yaml)."""
+    where_defaults = defaults or f"conf/{group.split('.')[0]}/"
     if node is None:
-        raise PipelineError(f"the config has no `{group}` group; add it to the defaults list (see conf/{group}/)")
+        raise PipelineError(f"the config has no `{group}` group; add it to the defaults list (see {where_defaults})")
     values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
     try:
         typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
@@ -38,11 +40,11 @@ def checked(node: Any, schema: type[T], group: str) -> T:
         where = schema.__module__.replace(".", "/") + ".py"
         raise PipelineError(
             f"{key} is not a setting of {parent}; known: {', '.join(_field_names(schema, parent, group))} "
-            f"(a new setting is declared in {where} and given its default in conf/{group.split('.')[0]}/)"
+            f"(a new setting is declared in {where} and given its default in {where_defaults})"
         ) from None
     except MissingMandatoryValue as err:
         raise PipelineError(
-            f"{group}.{err.full_key} has no value; set it in conf/{group.split('.')[0]}/ or on the command line"
+            f"{group}.{err.full_key} has no value; set it in {where_defaults} or on the command line"
         ) from None
     except ValidationError as err:
         expected = _field_type(schema, f"{group}.{err.full_key}", group)

@@ -10,7 +10,7 @@ conf/retrain.yaml (the one place for default values).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig
 
@@ -19,7 +19,6 @@ from pipeline.ops.gate import GATE_POLICIES
 from pipeline.runtime import PipelineError
 from pipeline.tracking.config import LoggerConfig, logger_config
 
-T = TypeVar("T")
 DEFAULTS = "conf/retrain.yaml"
 GATE_LIMITS = ("max_increase", "max_decrease")
 # `erase.wandb_online`: auto follows logger.mode; the words are what the job has always accepted.
@@ -87,21 +86,12 @@ class JobConfig:
     logger: LoggerConfig
 
 
-def _checked(cfg: DictConfig, schema: type[T], group: str) -> T:
-    """`pipeline.config.checked`, its messages pointing at conf/retrain.yaml (these groups have no
-    folder of options in conf/)."""
-    try:
-        return checked(cfg.get(group), schema, group)
-    except PipelineError as err:
-        raise PipelineError(str(err).replace(f"conf/{group}/", DEFAULTS)) from None
-
-
 def retrain_config(cfg: DictConfig) -> RetrainConfig:
-    return _checked(cfg, RetrainConfig, "retrain")
+    return checked(cfg.get("retrain"), RetrainConfig, "retrain", DEFAULTS)
 
 
 def erase_config(cfg: DictConfig) -> EraseConfig:
-    return _checked(cfg, EraseConfig, "erase")
+    return checked(cfg.get("erase"), EraseConfig, "erase", DEFAULTS)
 
 
 def job_config(cfg: DictConfig) -> JobConfig:
