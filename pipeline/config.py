@@ -82,9 +82,15 @@ def _unwrap(hint: Any, item: bool) -> Any:
 
 
 def _inner(schema: type, path: list[str]) -> type | None:
-    """The dataclass of a nested group (`ddp` inside `trainer`, an entry `sources[0]` of a list), or None."""
-    for name in path:
+    """The dataclass of a nested group (`ddp` inside `trainer`, an entry `sources[0]` of a list, a
+    value `gate.wer` of a mapping), or None."""
+    names = iter(path)
+    for name in names:
         hint = _unwrap(typing.get_type_hints(schema).get(name.split("[")[0]), "[" in name)
+        if typing.get_origin(hint) is dict:  # the next part of the path is a key of the mapping
+            hint = typing.get_args(hint)[1]
+            if next(names, None) is None:
+                return None
         if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
             return None
         schema = hint

@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
     ("retrain.force=perhaps", "retrain.force='perhaps' is not a valid bool"),
     ("retrain.gate.wer.max_increase=lots", "retrain.gate.wer.max_increase='lots' is not a valid"),
     ("+retrain.gate.rtf.metric=eval/rtf", "retrain.gate.rtf must have `metric` and exactly one of max_increase"),
+    ("+retrain.gate.wer.max_increse=0.1",
+     "retrain.gate.wer.max_increse is not a setting of retrain.gate.wer; known: metric, max_increase, max_decrease"),
     ("+retrain.inbx=/srv/inbox", r"retrain.inbx is not a setting of retrain; known: inbox, .*conf/retrain.yaml\)"),
     ("erase.wandb_online=maybe", "erase.wandb_online='maybe' is not one of: auto, true, false"),
     ("+erase.output=/srv/runs", "erase.output is not a setting of erase; known: .*outputs"),
