@@ -378,7 +378,7 @@ def _end(run: TrainingRun, stopped_by: str) -> dict[str, Any]:
         tok = run.processor.tokenizer
         write_char_lm(run.out_dir / LM_DIR, run.splits["train"]["text"], tok.get_vocab(), tok.word_delimiter_token, int(run.acfg.lm_order))
     run.state["max_batch_seconds"] = run.batch_seconds
-    metrics = _finish(run, stopped_by)
+    metrics = _save_best(run, stopped_by)
     barrier(run.placement)
     return metrics
 
@@ -589,7 +589,7 @@ def _drop_unalignable(train_set: ClipDataset, model: Any, placement: Placement) 
     return ClipDataset(train_set.split.select(keep), train_set.cache_mb), dropped
 
 
-def _finish(run: TrainingRun, stopped_by: str) -> dict[str, Any]:
+def _save_best(run: TrainingRun, stopped_by: str) -> dict[str, Any]:
     """Save the best checkpoint's weights as the model folder and write asr_metrics.json."""
     state, placement, model = run.state, run.placement, run.model
     best = next(h for h in state["history"] if h["step"] == state["best_step"])
