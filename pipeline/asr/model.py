@@ -111,6 +111,20 @@ def output_lengths(model: Wav2Vec2ForCTC, samples: Sequence[int] | torch.Tensor)
     return model._get_feat_extract_output_lengths(torch.as_tensor(samples)).cpu()
 
 
+def log_probs_of(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, waves: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame log-probs (on the CPU) of raw 16 kHz waveforms padded to the longest, and each
+    clip's own frames: the evaluation's clips and the streaming detector's windows both read here."""
+    from pipeline.data.features import SAMPLING_RATE
+
+    masked = bool(getattr(processor.feature_extractor, "return_attention_mask", False))
+    device = next(model.parameters()).device
+    inputs = processor.feature_extractor(list(waves), sampling_rate=SAMPLING_RATE, padding=True, return_tensors="pt",
+                                         return_attention_mask=masked)
+    kwargs = {"attention_mask": inputs["attention_mask"].to(device)} if masked else {}
+    logits = model(inputs["input_values"].to(device), **kwargs).logits
+    return logits.float().log_softmax(-1).cpu(), output_lengths(model, [len(w) for w in waves])
+
+
 @torch.no_grad()
 def transcribe(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, batch: dict[str, torch.Tensor]) -> tuple[list[str], torch.Tensor | None]:
     """Greedy CTC transcripts of a collated batch, and its loss when the batch has labels."""

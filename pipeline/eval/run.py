@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.asr.devices import flushed_denormals
 from pipeline.asr.fft_conv import configure_positional_conv
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
-from pipeline.asr.model import greedy_decode, load_asr, output_lengths
+from pipeline.asr.model import greedy_decode, load_asr, log_probs_of
 from pipeline.config import checked
 from pipeline.distributed import pick_device
 from pipeline.eval import bootstrap as B
@@ -364,7 +364,6 @@ class Reader:
     keyword: list[int]
     blank: int
     window: int
-    use_mask: bool
     device: torch.device
     decoders: Sequence[BeamDecoder]
 
@@ -377,20 +376,12 @@ class Reader:
         return cls(
             model, processor, keyword, blank=processor.tokenizer.pad_token_id,
             window=max(1, math.ceil(window_s * SAMPLING_RATE / stride)),
-            use_mask=bool(getattr(processor.feature_extractor, "return_attention_mask", False)),
             device=next(model.parameters()).device, decoders=decoders,
         )
 
     def log_probs(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """One length-sorted batch through the model: per-frame log-probs (on the CPU) and each clip's frames."""
-        from pipeline.data.features import SAMPLING_RATE
-
-        inputs = self.processor.feature_extractor(
-            waves, sampling_rate=SAMPLING_RATE, padding=True, return_tensors="pt", return_attention_mask=self.use_mask
-        )
-        kwargs = {"attention_mask": inputs["attention_mask"].to(self.device)} if self.use_mask else {}
-        logits = self.model(inputs["input_values"].to(self.device), **kwargs).logits.float()
-        return logits.log_softmax(-1).cpu(), output_lengths(self.model, [len(w) for w in waves])
+        return log_probs_of(self.model, self.processor, waves)
 
     def wake_scores(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
         return np.asarray(keyword_scores(log_probs, lengths, self.keyword, self.blank, self.window), dtype=float)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.asr.model import log_probs_of
 from pipeline.data.background import (
     DEMO_DIR, SAMPLING_RATE, Recording, background_knobs, ensure_demo_background, load_background,
 )
@@ -149,8 +150,6 @@ def stream_background(
             "each scored frame gets), the refractory period >= 0"
         )
     margin = (window - hop) // 2 // stride  # frames of each window's edges left to its neighbours
-    device = next(model.parameters()).device
-    use_mask = bool(getattr(processor.feature_extractor, "return_attention_mask", False))
     stats = StreamStats()
     started = time.perf_counter()
     for rec in recordings:
@@ -172,11 +171,8 @@ def stream_background(
                 groups.setdefault(len(item[1]), []).append(item)
             results = {}
             for items in groups.values():
-                inputs = processor.feature_extractor([w for _, w, _ in items], sampling_rate=SAMPLING_RATE,
-                                                     return_tensors="pt", return_attention_mask=use_mask)
-                kwargs = {"attention_mask": inputs["attention_mask"].to(device)} if use_mask else {}
-                logits = model(inputs["input_values"].to(device), **kwargs).logits
-                emissions = logits.float().log_softmax(-1).cpu().numpy()
+                log_probs, _ = log_probs_of(model, processor, [w for _, w, _ in items])  # one length: no padding
+                emissions = log_probs.numpy()
                 lengths = np.full(len(items), emissions.shape[1])
                 trace = keyword_trace(emissions, lengths, keyword, blank)
                 for (start, _, _), row in zip(items, trace):
