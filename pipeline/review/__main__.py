@@ -2,8 +2,9 @@
 finished run's annotations with its own models and config, in place.
 
 The run's saved config.yaml decides the models' settings (its `nlu` backbone, its `eval` wake
-word); `key=value` arguments override it (e.g. `review.folds=3`, `logger.name=none`). A run made
-before the review existed gets conf/review/default.yaml.
+word); `key=value` arguments override it (e.g. `review.folds=3`, `logger.name=none`). A review
+setting the run's config lacks (a run made before it existed) takes its default from
+conf/review/default.yaml.
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ def main(argv: list[str]) -> None:
             raise PipelineError(f"{run_dir}: not a finished run folder (config.yaml and build_report.json expected); "
                                 "pass the folder of a run whose data stage finished (outputs/<date>/<time>)")
         cfg = OmegaConf.load(run_dir / "config.yaml")
-        if "review" not in cfg:
-            cfg.review = OmegaConf.load(CONF / "review" / "default.yaml")
+        cfg.review = OmegaConf.merge(OmegaConf.load(CONF / "review" / "default.yaml"), cfg.get("review") or {})
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv[1:]))
         checked(cfg.review, ReviewConfig, "review")  # a bad `review.*` override fails before any model loads
         configure_environment(run_dir, Path(cfg.cache_dir))

@@ -19,6 +19,7 @@ class ReviewConfig:
     c: float = MISSING           # inverse L2 strength of the refitted NLU heads
     batch_size: int = MISSING    # clips per ASR forward pass
     device: str = MISSING        # auto | cpu | cuda | cuda:N
+    transcript_tempos: list[float] = MISSING  # playback speeds the transcript kind reads clips at
 
     def validate(self) -> None:
         if self.folds < 2:
@@ -31,5 +32,8 @@ class ReviewConfig:
             raise PipelineError(f"review.c={self.c}: the inverse regularisation strength must be positive")
         if self.batch_size < 1:
             raise PipelineError(f"review.batch_size={self.batch_size}: must be at least 1")
+        if not self.transcript_tempos or any(not 0.5 <= t <= 2 for t in self.transcript_tempos):
+            raise PipelineError(f"review.transcript_tempos={list(self.transcript_tempos)}: give one or more playback "
+                                "speeds between 0.5 and 2 (default [0.85, 1.15]; [1.0] reads clips as recorded)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise PipelineError(f"review.device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")

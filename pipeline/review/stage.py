@@ -130,16 +130,18 @@ def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, asr_dir: Path, splits: 
         raise PipelineError("the wake kind needs eval.wake_word (and eval.wake_window_s); add `- eval: default` to the defaults")
     model, processor = load_asr(asr_dir, pick_device(rcfg.device, "review.device"))
     keyword = keyword_ids(processor, word, bool(ecfg.wake_word_boundary), asr_dir)
-    gaps, alternatives, wake = [], [], []
+    tempos = [float(t) for t in rcfg.transcript_tempos]
+    gaps, alternatives, wake = [], [[] for _ in tempos], []
     for name, split in splits.items():
-        scores = score_clips(model, processor, split, keyword, rcfg.batch_size, float(ecfg.wake_window_s))
+        scores = score_clips(model, processor, split, keyword, rcfg.batch_size, float(ecfg.wake_window_s), tempos)
         gaps.append(scores.transcript_gap)
-        alternatives += scores.alternative
+        for v, texts in enumerate(scores.alternative):
+            alternatives[v] += texts
         wake.append(scores.wake_score)
         for key, value in scores.seconds.items():
             seconds[key] = seconds.get(key, 0.0) + value
     started = time.perf_counter()
-    found = transcript_suspects(rows, np.concatenate(gaps), alternatives)
+    found = transcript_suspects(rows, np.concatenate(gaps, axis=1), alternatives, tempos)
     lap = time.perf_counter()
     found += wake_suspects(rows, np.concatenate(wake), fold)
     seconds["transcript"] += lap - started

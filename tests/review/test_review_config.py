@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_shipped_review_config_passes() -> None:
     review = checked(OmegaConf.load(REPO / "conf" / "review" / "default.yaml"), ReviewConfig, "review")
-    assert (review.folds, review.max_share, review.top_n, review.batch_size, review.device) == (5, 0.02, 10, 16, "auto")
+    assert (review.folds, review.max_share, review.top_n, review.batch_size, review.device,
+            review.transcript_tempos) == (5, 0.02, 10, 16, "auto", [0.85, 1.15])
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -31,6 +32,8 @@ def test_the_shipped_review_config_passes() -> None:
     ("review.c=0", "review.c=0.0: the inverse regularisation strength must be positive"),
     ("review.batch_size=0", "review.batch_size=0: must be at least 1"),
     ("review.device=tpu", "review.device='tpu' is not one of: auto, cpu, cuda, cuda:N"),
+    ("review.transcript_tempos=[3.0]", r"review.transcript_tempos=\[3.0\]: give one or more playback speeds between 0.5"),
+    ("review.transcript_tempos=[]", r"review.transcript_tempos=\[\]: give one or more playback speeds"),
     ("+review.fold=3", r"review.fold is not a setting of review; known: folds, .*pipeline/review/config.py"),
 ])
 def test_a_bad_review_setting_names_its_key(override: str, message: str) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.review.acoustic import transcript_gaps
+from pipeline.review.acoustic import at_tempo, transcript_gaps
 from pipeline.review.entities import best_boundary_edit, spans
 from pipeline.review.intent import intent_suspects
 from pipeline.review.transcript import transcript_suspects
@@ -101,13 +101,40 @@ def test_transcript_scores_a_misheard_word_within_its_split() -> None:
     alternatives = ["alexa play jazz", "alexa play jazz", "alexa stop", "alex sat and alum", "alexa what time is it",
                     "alexa call mom"]
     gaps = [0.0, 0.5, -0.1, 0.8, 0.0, 0.1]
-    suspects = {s.utterance_id: s for s in transcript_suspects(rows, gaps, alternatives)}
+    suspects = {s.utterance_id: s for s in transcript_suspects(rows, [gaps], [alternatives])}
     assert set(suspects) == {"t1", "v0"}  # lines only where the texts differ
     # t1: 0.5 x 18 characters on one word = 9.0 nats; v0: 0.8 x 18 over four words = 3.6 nats each.
     assert "9.0 nats per disputed word" in suspects["t1"].reason and "3.6 nats" in suspects["v0"].reason
     # Each is the most doubtful clip of its own split, whatever the other split's gaps.
     assert suspects["t1"].score == 1.0 and suspects["v0"].score == 1.0
     assert suspects["t1"].model == "alexa play jazz"
+
+
+def test_transcript_reads_every_tempo_and_quotes_the_one_most_in_doubt() -> None:
+    # t1's wrong word was learnt as recorded (the texts agree at 1.0x); played faster the model hears "jazz".
+    rows = [{"utterance_id": f"t{i}", "split": "train", "text": t}
+            for i, t in enumerate(["alexa play jazz", "alexa play chicago", "alexa stop", "alexa call mom"])]
+    as_recorded = ["alexa play jazz", "alexa play chicago", "alexa stop", "alexa call mum"]
+    faster = ["alexa play jazz", "alexa play jazz", "alexa stop", "alexa call mom"]
+    gaps = [[0.0, -0.1, 0.0, 0.2], [0.1, 0.5, 0.0, 0.0]]
+    suspects = {s.utterance_id: s for s in transcript_suspects(rows, gaps, [as_recorded, faster], [1.0, 1.15])}
+    assert set(suspects) == {"t1", "t3"}
+    # t1: first of four at 1.15x, no line at 1.0x -> (1.0 + 0) / 2; t3 the reverse.
+    assert suspects["t1"].score == pytest.approx(0.5) and suspects["t3"].score == pytest.approx(0.5)
+    assert suspects["t1"].model == "alexa play jazz" and "(played at 1.15x)" in suspects["t1"].reason
+    assert suspects["t3"].model == "alexa call mum" and "played at" not in suspects["t3"].reason
+
+
+@pytest.mark.parametrize("tempo", [0.85, 1.15])
+def test_a_tempo_change_keeps_the_audio_and_scales_its_length(tempo: float) -> None:
+    rate = 16000
+    t = np.arange(rate) / rate
+    wave = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    played = at_tempo(wave, tempo)
+    assert len(played) == pytest.approx(rate / tempo, abs=2)
+    spectrum = np.abs(np.fft.rfft(played))
+    assert np.argmax(spectrum) * rate / len(played) == pytest.approx(440 * tempo, rel=0.01)  # pitch moves with it
+    assert at_tempo(wave, 1.0) is wave
 
 
 def test_a_span_the_tagger_does_not_know_is_not_a_boundary_slip() -> None:

@@ -181,6 +181,19 @@ def test_make_review_reviews_a_finished_run_with_its_own_config(tiny_models: Pat
     assert OmegaConf.load(run / "config.yaml").get("review") is None  # the run's own config is left alone
 
 
+def test_make_review_gives_a_setting_the_runs_config_lacks_its_default(tiny_models: Path, tiny_dataset_path: Path,
+                                                                        tmp_path: Path) -> None:
+    from pipeline.review.__main__ import main
+
+    run = make_run(tmp_path, tiny_models, tiny_dataset_path)
+    cfg = review_cfg(cache_dir=str(tmp_path / "cache"), **{"logger.name": "none", "review.folds": 3})
+    del cfg.review["transcript_tempos"]  # a run made before the setting existed
+    OmegaConf.save(cfg, run / "config.yaml")
+    main([str(run)])
+    summary = json.loads((run / "review" / "summary.json").read_text())
+    assert summary["folds"] == 3 and summary["seconds"]["transcript"] > 0  # the run's folds, the default tempos
+
+
 # The folder given to `make review` (next to a finished run) and the one error line, `<run>` standing for it.
 @pytest.mark.parametrize(("folder", "error"), [
     pytest.param("run", r"review\.folds=5 is more than the 4 accounts", id="default-folds-exceed-accounts"),
