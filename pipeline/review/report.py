@@ -25,7 +25,8 @@ def score_against_noise(run_dir: Path, queue: list[Suspect], summary: dict[str, 
                         scored_ids: dict[str, set[str]]) -> dict[str, Any]:
     """Per kind, with k the planted errors among the clips the kind scored: precision at k (the
     share of the kind's first k lines that are planted errors) and recall within the kind's first
-    `max_share` x clips lines. For intents also cleanlab's `find_label_issues` on the same
+    `max_share` x clips lines, with the most that recall can be (those lines over k: with more
+    errors planted than the second pass has lines for, no ranking finds them all). For intents also cleanlab's `find_label_issues` on the same
     probabilities, the anchor. Empty when the run has no label_noise.jsonl."""
     path = Path(run_dir) / NOISE_FILE
     if not path.exists():
@@ -47,6 +48,7 @@ def score_against_noise(run_dir: Path, queue: list[Suspect], summary: dict[str, 
             "planted": k,
             "precision_at_k": sum(u in truth for u in ranked[:k]) / k,
             "recall_at_max_share": sum(u in truth for u in ranked[:reviewed]) / k,
+            "recall_ceiling": min(1.0, reviewed / k),
         }
     issues = (summary.get("cleanlab") or {}).get("find_label_issues")
     if "intent" in kinds and issues is not None:
@@ -80,9 +82,10 @@ def section_blocks(queue: list[Suspect], summary: dict[str, Any], scoring: dict[
     if scoring.get("kinds"):
         blocks.append(("p", f"Scored against the annotation errors the demo planted ({scoring['file']}); k is the number "
                             "planted of each kind among the clips it scored."))
-        rows = [[k, s["planted"], f"{s['precision_at_k']:.3f}", f"{s['recall_at_max_share']:.3f}"]
-                for k, s in scoring["kinds"].items()]
-        blocks.append(("table", (["kind", "k", "precision at k", f"recall in the kind's first {reviewed} lines"], rows)))
+        rows = [[k, s["planted"], f"{s['precision_at_k']:.3f}", f"{s['recall_at_max_share']:.3f}",
+                 f"{s['recall_ceiling']:.3f}"] for k, s in scoring["kinds"].items()]
+        blocks.append(("table", (["kind", "k", "precision at k", f"recall in the kind's first {reviewed} lines",
+                                  f"most it can be ({reviewed} lines / k)"], rows)))
         anchor = scoring["kinds"].get("intent", {}).get("cleanlab_find_label_issues")
         if anchor:
             precision = "n/a" if anchor["precision"] is None else f"{anchor['precision']:.3f}"

@@ -127,9 +127,10 @@ def test_planted_errors_are_scored_in_the_report(tiny_models: Path, tiny_dataset
     assert scoring["kinds"]["intent"]["planted"] == 2
     assert scoring["kinds"]["intent"]["precision_at_k"] == 0.5
     assert scoring["kinds"]["intent"]["recall_at_max_share"] == 0.5  # the first line (budget 1) is a planted one
+    assert scoring["kinds"]["intent"]["recall_ceiling"] == 0.5  # one line for two planted errors
     assert set(scoring["kinds"]["intent"]["cleanlab_find_label_issues"]) == {"flagged", "precision", "precision_at_k"}
     assert tracker.summary["review/intent_precision_at_k"] == 0.5
-    assert "precision at k" in (run / "report.md").read_text()
+    assert "precision at k" in (run / "report.md").read_text() and "most it can be (1 lines / k)" in (run / "report.md").read_text()
 
 
 def test_a_missing_model_skips_its_kinds_with_a_note(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
