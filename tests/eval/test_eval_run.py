@@ -292,3 +292,37 @@ def test_lm_decoding_is_tuned_on_validation_and_reported_next_to_greedy(
     with pytest.raises(PipelineError, match="no character LM"):
         run_eval_stage(eval_cfg(asr_model=str(tiny_run / "asr"), nlu_model=models["nlu_model"], **{"eval.decoder": "lm"}),
                        tmp_path / "missing", tiny_dataset_path, RecordingTracker())
+
+
+def test_batches_side_by_side_read_as_one_thread_does_and_give_the_threads_back(
+    tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import torch
+
+    from pipeline.asr.lm import BeamDecoder, write_char_lm
+    from pipeline.asr.model import load_asr
+    from pipeline.eval.run import keyword_ids, transcribe
+
+    asr = tmp_path / "asr"
+    shutil.copytree(tiny_run / "asr", asr)
+    vocab = json.loads((asr / "vocab.json").read_text())
+    write_char_lm(asr / "lm", load_from_disk(str(tiny_dataset_path))["train"]["text"], vocab, "|", order=4)
+    model, processor = load_asr(asr)
+    decoder = BeamDecoder(asr, processor.tokenizer.get_vocab(), lm_weight=2.0, beam_size=8)
+    keyword = keyword_ids(processor, "alexa", True, asr)
+    split = load_from_disk(str(tiny_dataset_path))["test"]
+    before = torch.get_num_threads()
+    try:
+        reads = {}
+        for threads in (1, 2):  # one: batches in turn; two: two batches at once, one core each
+            torch.set_num_threads(threads)
+            reads[threads] = transcribe(model, processor, split, keyword, batch_size=2, window_s=2.0, decoders=[decoder])
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    one, two = reads[1], reads[2]
+    assert len(split) > 2 and one.hypotheses == two.hypotheses and one.decoded == two.decoded
+    np.testing.assert_allclose(one.wake_scores, two.wake_scores, rtol=1e-5, atol=1e-5)
+    assert one.audio_seconds == pytest.approx(two.audio_seconds)
