@@ -433,7 +433,7 @@ def transcribe(
     seconds = 0.0
     start = time.perf_counter()
 
-    def read(waves: list[np.ndarray]) -> tuple[float, tuple[list[str], np.ndarray, list[torch.Tensor]]]:
+    def read(_: list[int], waves: list[np.ndarray]) -> tuple[float, tuple[list[str], np.ndarray, list[torch.Tensor]]]:
         return sum(len(w) for w in waves) / SAMPLING_RATE, reader.read(waves)
 
     for idx, (audio_s, (texts, batch_scores, clips)) in zip(batches, map_batches(audio, batches, reader.device, read)):
@@ -447,8 +447,9 @@ def transcribe(
 
 
 def map_batches(audio: Any, batches: list[list[int]], device: torch.device,
-                work: Callable[[list[np.ndarray]], T]) -> Iterator[T]:
-    """`work` on each batch's decoded waveforms, results in the batches' order, denormals flushed.
+                work: Callable[[list[int], list[np.ndarray]], T]) -> Iterator[T]:
+    """`work(clip indices, their decoded waveforms)` on each batch, results in the batches' order,
+    denormals flushed.
 
     On a CPU with more than one torch thread, batches run side by side, one per thread, each on a
     single core: the small model's operators are too small to split well across cores (a barrier
@@ -459,13 +460,13 @@ def map_batches(audio: Any, batches: list[list[int]], device: torch.device,
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads < 2 or len(batches) < 2:
         with flushed_denormals():
-            yield from (work(waves) for waves in read_batches(audio, batches, device))
+            yield from (work(idx, waves) for idx, waves in zip(batches, read_batches(audio, batches, device)))
         return
 
     def run(idx: list[int]) -> T:
         # Grad mode and the denormal flag are per thread: each worker sets its own.
         with torch.inference_mode(), flushed_denormals():
-            return work(load_waves(audio, idx))
+            return work(idx, load_waves(audio, idx))
 
     torch.set_num_threads(1)
     try:

@@ -19,9 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from pipeline.asr.devices import flushed_denormals
 from pipeline.asr.model import greedy_decode
-from pipeline.eval.run import Reader, length_batches, read_batches
+from pipeline.eval.run import Reader, length_batches, map_batches
 from pipeline.text import normalize_text
 
 
@@ -43,39 +42,48 @@ def score_clips(
     model: Any, processor: Any, split: Any, keyword: list[int], batch_size: int, window_s: float,
     tempos: Sequence[float] = (1.0,),
 ) -> AcousticScores:
-    """The eval stage's reading of every clip (pipeline.eval.run.Reader), kept as log-probs: as
-    recorded for the wake kind, at each of `tempos` for the transcript kind (1.0 reuses the first pass)."""
+    """The eval stage's reading of every clip (pipeline.eval.run.Reader, map_batches), kept as
+    log-probs: as recorded for the wake kind, at each of `tempos` for the transcript kind (1.0 reuses
+    the first pass). Batches may run side by side, so each part's time is measured in its thread
+    and the pass's wall time is shared out in those proportions (decoding the audio counts as the
+    forward pass's)."""
     audio, batches = length_batches(split, batch_size, ["text"])
     texts = [normalize_text(t or "") for t in audio["text"]]
     reader = Reader.for_model(model, processor, keyword, window_s)
     tokenizer = processor.tokenizer
     out = AcousticScores(np.zeros((len(tempos), len(split))), [[""] * len(split) for _ in tempos],
-                         np.full(len(split), -np.inf), {"asr_forward": 0.0, "transcript": 0.0, "wake": 0.0})
+                         np.full(len(split), -np.inf))
 
-    waves_of = read_batches(audio, batches, reader.device)  # reads ahead where a core is free
-    with flushed_denormals():
-        for idx in batches:
-            started = time.perf_counter()  # reading the audio counts as the forward pass's cost
-            waves = next(waves_of)
-            log_probs, lengths = reader.log_probs(waves)
-            lap = time.perf_counter()
-            out.seconds["asr_forward"] += lap - started
-            wake = reader.wake_scores(log_probs, lengths)
-            now = time.perf_counter()
-            out.seconds["wake"] += now - lap
+    def read(idx: list[int], waves: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[Any, list[str]]], dict[str, float]]:
+        started = time.perf_counter()
+        log_probs, lengths = reader.log_probs(waves)
+        lap = time.perf_counter()
+        wake = reader.wake_scores(log_probs, lengths)
+        now = time.perf_counter()
+        targets = [tokenizer(texts[i]).input_ids for i in idx]
+        views = []
+        for tempo in tempos:
+            if tempo != 1.0:  # a pass only the transcript kind needs: its time is the kind's
+                log_probs, lengths = reader.log_probs([at_tempo(w, tempo) for w in waves])
+            gaps, _ = transcript_gaps(log_probs, lengths, targets, reader.blank)
+            views.append((gaps, greedy_decode(tokenizer, log_probs, lengths)))  # the best path, read as text
+        spent = {"asr_forward": lap - started, "wake": now - lap, "transcript": time.perf_counter() - now}
+        return wake, views, spent
 
-            targets = [tokenizer(texts[i]).input_ids for i in idx]
-            for v, tempo in enumerate(tempos):
-                if tempo != 1.0:  # a pass only the transcript kind needs: its time is the kind's
-                    log_probs, lengths = reader.log_probs([at_tempo(w, tempo) for w in waves])
-                gaps, _ = transcript_gaps(log_probs, lengths, targets, reader.blank)
-                alternatives = greedy_decode(tokenizer, log_probs, lengths)  # the best path, read as text
-                for b, i in enumerate(idx):
-                    out.transcript_gap[v, i] = gaps[b]
-                    out.alternative[v][i] = normalize_text(alternatives[b])
-            out.seconds["transcript"] += time.perf_counter() - now
+    started = time.perf_counter()
+    spent = dict.fromkeys(("asr_forward", "transcript", "wake"), 0.0)
+    results = map_batches(audio, batches, reader.device, read)
+    for idx, (wake, views, parts) in zip(batches, results):
+        for v, (gaps, alternatives) in enumerate(views):
             for b, i in enumerate(idx):
-                out.wake_score[i] = float(wake[b])
+                out.transcript_gap[v, i] = gaps[b]
+                out.alternative[v][i] = normalize_text(alternatives[b])
+        for b, i in enumerate(idx):
+            out.wake_score[i] = float(wake[b])
+        for key, value in parts.items():
+            spent[key] += value
+    wall, total = time.perf_counter() - started, sum(spent.values()) or 1.0
+    out.seconds = {key: wall * value / total for key, value in spent.items()}
     return out
 
 
