@@ -252,7 +252,13 @@ def _job(cfg: DictConfig, run_dir: Path, registry: Registry) -> dict[str, Any]:
         return {"recovered": registry.recover(), **rollback(cfg, registry)}
     decision = decide(cfg, run_dir)
     # Every other copy of deleted data (cached datasets, old runs, W&B staging): pipeline/ops/erase.py.
-    decision["erasure"] = erase_copies(cfg).summary()
+    # The decision has happened (a promotion stays promoted), so an erasure that fails is recorded
+    # beside it, and the job exits as failed: deleted data may still be somewhere.
+    try:
+        decision["erasure"] = erase_copies(cfg).summary()
+    except Exception as err:  # noqa: BLE001 - recorded, never lost behind the decision
+        decision["erasure"] = {"error": f"{type(err).__name__}: {err}",
+                               "fix": "correct the cause, then run `make erase` (the retraining lock must be free)"}
     return decision
 
 
@@ -289,8 +295,9 @@ def run_retrain(cfg: DictConfig) -> int:
 
 
 def _finish(decision: dict[str, Any], run_dir: Path | None, started: str) -> dict[str, Any]:
+    erasure_failed = "error" in (decision.get("erasure") or {})
     decision.update(run_dir=str(run_dir) if run_dir else None, started_at=started, finished_at=now(),
-                    exit_code=EXIT_CODES[decision["decision"]])
+                    exit_code=EXIT_FAILED if erasure_failed else EXIT_CODES[decision["decision"]])
     return decision
 
 
@@ -310,6 +317,8 @@ def _report(decision: dict[str, Any], run_dir: Path | None, registry: Registry |
     notes.append(f"logged in {registry.root / 'decisions.jsonl'}" if registry is not None
                  else "not logged in decisions.jsonl: retrain.registry_dir is unknown")
     line = f"retrain: {decision['decision']}: {decision['reason']} ({'; '.join(notes)})"
+    if "error" in (decision.get("erasure") or {}):
+        line += f"; but the erasure failed: {decision['erasure']['error']}; {decision['erasure']['fix']}"
     if decision["exit_code"] in (EXIT_CONFIG, EXIT_FAILED):
         print(f"error: {line}", file=sys.stderr)
     else:

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.ops.corpus import QUARANTINE, TOMBSTONES, pending_deletions, update_corpus, utterance_pseudonym
-from pipeline.ops.retrain import EXIT_BUSY, EXIT_CONFIG, EXIT_OK, retrain_lock, run_retrain
+from pipeline.ops.retrain import EXIT_BUSY, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, retrain_lock, run_retrain
 from pipeline.runtime import PipelineError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -187,3 +187,15 @@ def test_a_config_value_that_does_not_resolve_is_a_config_error(tmp_path: Path, 
     decision = json.loads((tmp_path / "run" / "decision.json").read_text())
     assert decision["decision"] == "config_error" and "NO_SUCH_REGISTRY_ENV_FOR_TEST" in decision["reason"]
     assert "not logged in decisions.jsonl" in capsys.readouterr().err
+
+
+def test_an_erasure_that_fails_after_the_decision_keeps_the_decision_and_fails_the_job(tmp_path: Path, capsys) -> None:
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "outputs").write_text("a file where the runs' root should be\n")
+    assert run_retrain(_cfg(tmp_path)) == EXIT_FAILED
+    decision = json.loads((tmp_path / "run" / "decision.json").read_text())
+    assert decision["decision"] == "nothing_to_do" and decision["exit_code"] == EXIT_FAILED
+    assert f"{tmp_path / 'outputs'} is not a folder" in decision["erasure"]["error"] and "make erase" in decision["erasure"]["fix"]
+    [logged] = [json.loads(line) for line in (tmp_path / "registry" / "decisions.jsonl").read_text().splitlines()]
+    assert (logged["decision"], logged["exit_code"]) == ("nothing_to_do", EXIT_FAILED) and "error" in logged["erasure"]
+    assert re.search(r"^error: retrain: nothing_to_do: .*but the erasure failed: .*is not a folder", capsys.readouterr().err, re.M)
