@@ -6,6 +6,7 @@ cache folders keeps a run self-contained and lets several runs share a machine.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import sys
@@ -19,18 +20,31 @@ class PipelineError(RuntimeError):
     """A problem the user can fix (bad config, missing file): printed as one line, exit code 2."""
 
 
+log = logging.getLogger(__name__)
+
+
 def configure_environment(run_dir: Path, cache_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    defaults = {
+    # W&B keeps transcripts (tables) and model files (artifacts) in these: they must lie where
+    # erasure and the deletion audit look (this run's folder, the cache root; pipeline/ops/inventory.py),
+    # so a value set outside is replaced, not kept.
+    private = {
         "WANDB_DIR": str(run_dir),
         "WANDB_CACHE_DIR": str(cache_dir / "wandb" / "cache"),
-        "WANDB_CONFIG_DIR": str(cache_dir / "wandb" / "config"),
         "WANDB_DATA_DIR": str(cache_dir / "wandb" / "data"),
+    }
+    defaults = {
+        "WANDB_CONFIG_DIR": str(cache_dir / "wandb" / "config"),
         "MPLCONFIGDIR": str(cache_dir / "matplotlib"),
         "MPLBACKEND": "Agg",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    for key, value in private.items():
+        if os.environ.get(key) not in (None, value):
+            log.info("%s=%s replaced by %s: W&B files hold transcripts and model files, and erasure covers "
+                     "only the run folder and the cache root", key, os.environ[key], value)
+        os.environ[key] = value
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
 

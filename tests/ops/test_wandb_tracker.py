@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,18 @@ def test_multirun_gives_one_folder_and_one_grouped_run_per_point(tmp_path: Path)
     assert names[0].startswith("0:") and "asr.learning_rate=0.0001" in names[0] and "nlu.epochs=3" in names[0]
     for point, run in zip(points, runs):
         assert (point / "wandb_run_id").read_text().strip() == run.run_id
+
+
+def test_wandb_writes_only_where_erasure_looks_even_when_told_elsewhere(tmp_path: Path, monkeypatch) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    for key in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(key, str(elsewhere / key.lower()))
+    run_dir = tmp_path / "run"
+    configure_environment(run_dir, tmp_path / "cache")
+    assert os.environ["WANDB_DIR"] == str(run_dir)
+    assert os.environ["WANDB_DATA_DIR"] == str(tmp_path / "cache" / "wandb" / "data")
+    _fake_run_folder(run_dir)
+    tracker = make_wandb_tracker(_cfg(run_dir), run_dir, tags=["eval"])
+    tracker.log_summary({"eval/num_clips": 1})
+    tracker.finish()
+    assert transaction_logs(run_dir / "wandb") and not elsewhere.exists()
