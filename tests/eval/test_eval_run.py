@@ -261,18 +261,25 @@ def test_evaluate_cli_refuses_a_run_it_cannot_evaluate_in_one_line(folder_exists
     assert run.exists() == folder_exists
 
 
-def test_lm_decoding_is_tuned_on_validation_and_reported_next_to_greedy(
-    tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path
-) -> None:
+def _with_lm(tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path) -> Path:
+    """A copy of the run's ASR model with a character 4-gram LM of the training transcripts."""
     import shutil
 
     from pipeline.asr.lm import write_char_lm
-    from pipeline.eval.run import run_eval_stage
 
     asr = tmp_path / "asr"
     shutil.copytree(tiny_run / "asr", asr)
     vocab = json.loads((asr / "vocab.json").read_text())
     write_char_lm(asr / "lm", load_from_disk(str(tiny_dataset_path))["train"]["text"], vocab, "|", order=4)
+    return asr
+
+
+def test_lm_decoding_is_tuned_on_validation_and_reported_next_to_greedy(
+    tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path
+) -> None:
+    from pipeline.eval.run import run_eval_stage
+
+    asr = _with_lm(tiny_run, tiny_dataset_path, tmp_path)
     models = {"asr_model": str(asr), "nlu_model": str(tiny_run / "nlu")}
 
     metrics = run_eval_stage(eval_cfg(**models, **{"eval.lm_weights": [0.0, 2.0]}), tmp_path / "lm", tiny_dataset_path, RecordingTracker())
@@ -297,18 +304,13 @@ def test_lm_decoding_is_tuned_on_validation_and_reported_next_to_greedy(
 def test_batches_side_by_side_read_as_one_thread_does_and_give_the_threads_back(
     tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path
 ) -> None:
-    import shutil
-
     import torch
 
-    from pipeline.asr.lm import BeamDecoder, write_char_lm
+    from pipeline.asr.lm import BeamDecoder
     from pipeline.asr.model import load_asr
     from pipeline.eval.run import keyword_ids, transcribe
 
-    asr = tmp_path / "asr"
-    shutil.copytree(tiny_run / "asr", asr)
-    vocab = json.loads((asr / "vocab.json").read_text())
-    write_char_lm(asr / "lm", load_from_disk(str(tiny_dataset_path))["train"]["text"], vocab, "|", order=4)
+    asr = _with_lm(tiny_run, tiny_dataset_path, tmp_path)
     model, processor = load_asr(asr)
     decoder = BeamDecoder(asr, processor.tokenizer.get_vocab(), lm_weight=2.0, beam_size=8)
     keyword = keyword_ids(processor, "alexa", True, asr)
