@@ -72,8 +72,7 @@ def score_clips(
 
     started = time.perf_counter()
     spent = dict.fromkeys(("asr_forward", "transcript", "wake"), 0.0)
-    results = map_batches(audio, batches, reader.device, read)
-    for idx, (wake, views, parts) in zip(batches, results):
+    for idx, (wake, views, parts) in map_batches(audio, batches, reader.device, read):
         for v, (gaps, alternatives) in enumerate(views):
             for b, i in enumerate(idx):
                 out.transcript_gap[v, i] = gaps[b]
