@@ -26,8 +26,9 @@ def score_against_noise(run_dir: Path, queue: list[Suspect], summary: dict[str, 
     """Per kind, with k the planted errors among the clips the kind scored: precision at k (the
     share of the kind's first k lines that are planted errors) and recall within the kind's first
     `max_share` x clips lines, with the most that recall can be (those lines over k: with more
-    errors planted than the second pass has lines for, no ranking finds them all). For intents also cleanlab's `find_label_issues` on the same
-    probabilities, the anchor. Empty when the run has no label_noise.jsonl."""
+    errors planted than the second pass has lines for, no ranking finds them all). For intents
+    also cleanlab's `find_label_issues` on the same probabilities, the anchor. Empty when the run
+    has no label_noise.jsonl."""
     path = Path(run_dir) / NOISE_FILE
     if not path.exists():
         return {}

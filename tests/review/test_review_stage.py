@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from datasets import load_from_disk
 from omegaconf import DictConfig, OmegaConf
@@ -248,3 +249,21 @@ def test_a_demo_build_with_label_noise_lists_the_planted_errors_in_the_run(tmp_p
     assert planted and {p["kind"] for p in planted} <= {"transcript", "intent", "wake", "entities"}
     export = [json.loads(line) for line in (tmp_path / "cache").rglob("annotations.noise-0.1-0.jsonl").__next__().read_text().splitlines()]
     assert {p["utterance_id"] for p in planted} <= {r["utterance_id"] for r in export}
+
+
+def test_each_tempo_reads_its_own_audio_in_any_order(tiny_models: Path, tiny_dataset_path: Path) -> None:
+    from pipeline.asr.model import load_asr
+    from pipeline.eval.run import keyword_ids
+    from pipeline.review.acoustic import score_clips
+
+    model, processor = load_asr(tiny_models / "asr")
+    keyword = keyword_ids(processor, "alexa", True, tiny_models / "asr")
+    split = load_from_disk(str(tiny_dataset_path))["train"]
+    both = score_clips(model, processor, split, keyword, 4, 2.0, [0.85, 1.0])
+    recorded = score_clips(model, processor, split, keyword, 4, 2.0, [1.0])
+    faster = score_clips(model, processor, split, keyword, 4, 2.0, [1.15])
+    np.testing.assert_allclose(both.transcript_gap[1], recorded.transcript_gap[0], rtol=1e-4, atol=1e-4)
+    assert both.alternative[1] == recorded.alternative[0]
+    assert not np.allclose(both.transcript_gap[0], both.transcript_gap[1])  # 0.85x is heard otherwise
+    np.testing.assert_allclose(faster.wake_score, recorded.wake_score, rtol=1e-4, atol=1e-4)  # wake: as recorded
+    assert set(both.seconds) == {"asr_forward", "transcript", "wake"} and both.seconds["transcript"] > 0
