@@ -134,25 +134,28 @@ def bio_tags(transcript: str, entities: list[Entity]) -> tuple[list[str], list[s
     return words, tags
 
 
-def tags_to_entities(text: str, tags: list[str]) -> list[Entity]:
-    """Turn word-level BIO tags back into entities whose values are exact substrings of `text`.
+def tag_spans(tags: list[str]) -> list[tuple[str, int, int]]:
+    """(type, first word, last word + 1) of each entity in word-level BIO tags.
 
     An `I-x` after something other than `B-x`/`I-x` starts a new entity (the lenient reading),
     so a tagger's small mistakes still yield spans.
     """
-    spans = word_spans(text)
-    entities: list[Entity] = []
-    current: tuple[str, int, int] | None = None
-    for (s, e), tag in zip(spans, tags):
+    out: list[tuple[str, int, int]] = []
+    for i, tag in enumerate(tags):
         kind, _, etype = tag.partition("-")
-        if kind == "I" and current is not None and current[0] == etype:
-            current = (etype, current[1], e)
-            continue
-        if current is not None:
-            entities.append(Entity(current[0], text[current[1] : current[2]], current[1], current[2]))
-            current = None
-        if kind in ("B", "I") and etype:
-            current = (etype, s, e)
-    if current is not None:
-        entities.append(Entity(current[0], text[current[1] : current[2]], current[1], current[2]))
+        if kind == "I" and out and out[-1][0] == etype and out[-1][2] == i:
+            out[-1] = (etype, out[-1][1], i + 1)
+        elif kind in ("B", "I") and etype:
+            out.append((etype, i, i + 1))
+    return out
+
+
+def tags_to_entities(text: str, tags: list[str]) -> list[Entity]:
+    """Turn word-level BIO tags back into entities whose values are exact substrings of `text`
+    (the spans of `tag_spans`)."""
+    spans = word_spans(text)
+    entities = []
+    for etype, first, end in tag_spans(tags[: len(spans)]):
+        start, stop = spans[first][0], spans[end - 1][1]
+        entities.append(Entity(etype, text[start:stop], start, stop))
     return entities

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.data.annotations import tags_to_entities
+from pipeline.data.annotations import tag_spans, tags_to_entities
 from pipeline.nlu.model import allowed_transitions, viterbi_bio
 from pipeline.review.crossfit import out_of_fold_probs
 from pipeline.review.suspects import Suspect
@@ -80,17 +80,6 @@ def entity_suspects(rows: list[dict[str, Any]], word_vectors: list[np.ndarray], 
     return out
 
 
-def spans(tags: list[str]) -> list[tuple[str, int, int]]:
-    """(type, first word, last word + 1) of each span of BIO tags (an I- continuing its own type)."""
-    out: list[tuple[str, int, int]] = []
-    for i, tag in enumerate(tags):
-        if tag.startswith("I-") and out and out[-1][0] == tag[2:] and out[-1][2] == i:
-            out[-1] = (out[-1][0], out[-1][1], i + 1)
-        elif tag != "O":
-            out.append((tag[2:], i, i + 1))
-    return out
-
-
 def best_boundary_edit(log_p: np.ndarray, gold: list[str], index: dict[str, int]) -> Edit | None:
     """The one-word boundary edit of any span that the tagger finds likeliest, relative to the
     annotation, and that it vouches for: the ratio is discounted by the least likely entity tag of
@@ -102,7 +91,7 @@ def best_boundary_edit(log_p: np.ndarray, gold: list[str], index: dict[str, int]
         return float(sum(log_p[w, index[tags[w]]] - log_p[w, index[gold[w]]] for w in words))
 
     best: Edit | None = None
-    for kind, first, end in spans(gold):
+    for kind, first, end in tag_spans(gold):
         if f"B-{kind}" not in index or f"I-{kind}" not in index:
             continue
         candidates: list[tuple[list[str], range, int, bool]] = []

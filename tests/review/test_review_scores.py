@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.data.annotations import tag_spans
 from pipeline.review.acoustic import at_tempo, transcript_gaps
-from pipeline.review.entities import best_boundary_edit, spans
+from pipeline.review.entities import best_boundary_edit
 from pipeline.review.intent import intent_suspects
 from pipeline.review.transcript import transcript_suspects
 from pipeline.review.wake import wake_suspects
@@ -77,7 +78,7 @@ def test_a_span_one_word_too_long_or_short_is_the_best_edit_and_a_clean_one_pref
 
     edit = best_boundary_edit(_log_probs(reads, reads, index), reads, index)  # the annotation is what it reads
     assert edit is not None and edit.log_ratio < 0  # every edit is less likely than the annotation
-    assert spans(["O", "B-genre", "I-genre", "B-place", "O", "I-place"]) == [("genre", 1, 3), ("place", 3, 4), ("place", 5, 6)]
+    assert tag_spans(["O", "B-genre", "I-genre", "B-place", "O", "I-place"]) == [("genre", 1, 3), ("place", 3, 4), ("place", 5, 6)]
 
 
 def test_the_wake_word_is_never_taken_into_a_span() -> None:
