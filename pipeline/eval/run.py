@@ -456,12 +456,12 @@ def map_batches(audio: Any, batches: list[list[int]], device: torch.device,
     faster at 16 clips, 1.2x at 8, on 2 cores, 2026-12-01). They start longest first (length_batches
     sorts shortest first), so no core is left with a long batch at the end, and come back as they
     finish. Each clip's result is the same either way up to float rounding. Elsewhere (a GPU, one
-    thread) batches run in turn and in order (read_batches).
+    thread) batches run in turn and in order (_read_batches).
     """
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads < 2 or len(batches) < 2:
         with flushed_denormals():
-            yield from ((idx, work(idx, waves)) for idx, waves in zip(batches, read_batches(audio, batches, device)))
+            yield from ((idx, work(idx, waves)) for idx, waves in zip(batches, _read_batches(audio, batches, device)))
         return
 
     def run(idx: list[int]) -> tuple[list[int], T]:
@@ -477,23 +477,21 @@ def map_batches(audio: Any, batches: list[list[int]], device: torch.device,
         torch.set_num_threads(threads)
 
 
-def read_batches(audio: Any, batches: list[list[int]], device: torch.device) -> Iterator[list[np.ndarray]]:
-    """Each batch's decoded waveforms, in order. Where a core is free (a GPU run, or more cores than
-    torch's threads), the next batch is read and decoded in a thread while this one runs; on a CPU
-    whose cores all compute, that thread only stalls torch's threads (on 2 cores, 2 threads: the
-    clip evaluation took 0.33 s with it and 0.29 s without, 2026-12-01)."""
-    def load(idx: list[int]) -> list[np.ndarray]:
-        return load_waves(audio, idx)
-
+def _read_batches(audio: Any, batches: list[list[int]], device: torch.device) -> Iterator[list[np.ndarray]]:
+    """Each batch's decoded waveforms, in order (map_batches' path where batches run in turn). Where
+    a core is free (a GPU run, or more cores than torch's threads), the next batch is read and
+    decoded in a thread while this one runs; where torch's threads use every core, that thread only
+    stalls them (on 2 cores, 2 threads: the clip evaluation took 0.33 s with it and 0.29 s without,
+    2026-12-01)."""
     if device.type == "cpu" and (os.cpu_count() or 1) <= torch.get_num_threads():
-        yield from (load(idx) for idx in batches)
+        yield from (load_waves(audio, idx) for idx in batches)
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
-        upcoming = pool.submit(load, batches[0]) if batches else None
+        upcoming = pool.submit(load_waves, audio, batches[0]) if batches else None
         for n in range(len(batches)):
             waves = upcoming.result()
             if n + 1 < len(batches):
-                upcoming = pool.submit(load, batches[n + 1])
+                upcoming = pool.submit(load_waves, audio, batches[n + 1])
             yield waves
 
 
