@@ -129,3 +129,18 @@ def test_privacy_is_checked_when_the_data_stage_starts(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="privacy.key_envv is not a setting of privacy; known: key_env, key_file"):
         run_data_stage(cfg, tmp_path / "run", NullTracker())
     assert not (tmp_path / "datasets").exists()  # stopped before the build swept or wrote anything
+
+
+def test_the_budget_model_hears_in_30_ms_frames_with_about_the_same_weights(tmp_path: Path) -> None:
+    from pipeline.asr.model import build_model, output_lengths
+    from pipeline.asr.vocab import build_vocab, make_processor
+
+    asr = composed("data=demo_speech").asr
+    processor = make_processor(build_vocab(["alexa play jazz"]), tmp_path, return_attention_mask=True)
+    budget, stock = build_model(asr, processor), build_model(composed("data=demo").asr, processor)
+    def frames_per_9_seconds(model: object) -> int:
+        one, ten = output_lengths(model, [16_000, 160_000]).tolist()
+        return ten - one
+
+    assert frames_per_9_seconds(budget) == 300 and frames_per_9_seconds(stock) == 450  # 30 ms against 20 ms
+    assert sum(p.numel() for p in budget.parameters()) > 0.9 * sum(p.numel() for p in stock.parameters())
