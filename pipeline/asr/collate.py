@@ -163,8 +163,10 @@ def _resample_filter(orig: int, new: int) -> tuple[torch.Tensor, int, int, int]:
 
 
 def speed_perturb(wave: np.ndarray, speed: float) -> np.ndarray:
-    """The clip played `speed` times as fast (resampled from 16 kHz x speed to 16 kHz)."""
-    kernel, width, orig, new = _resample_filter(int(SAMPLING_RATE * speed), SAMPLING_RATE)
+    """The clip played `speed` times as fast (resampled from 16 kHz x speed to 16 kHz). The rate is
+    rounded, not truncated: 16000 x 1.15 is 18399.999... in floats, and 16000/18399 would need a
+    filter of 16,000 phases."""
+    kernel, width, orig, new = _resample_filter(round(SAMPLING_RATE * speed), SAMPLING_RATE)
     padded = torch.from_numpy(np.pad(wave, (width, width + orig)))
     # torch rather than numpy for the product: it keeps to torch's thread count (one in a loader
     # worker), where numpy's BLAS threads busy-wait against the training process for the cores.

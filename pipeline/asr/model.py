@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,11 @@ def greedy_decode(tokenizer: Any, log_probs: torch.Tensor, lengths: Sequence[int
 def output_lengths(model: Wav2Vec2ForCTC, samples: Sequence[int] | torch.Tensor) -> torch.Tensor:
     """Output frames of clips of `samples` audio samples each."""
     return model._get_feat_extract_output_lengths(torch.as_tensor(samples)).cpu()
+
+
+def samples_per_frame(model: Wav2Vec2ForCTC) -> int:
+    """Input samples per output frame (the feature encoder's strides multiplied: 320 = 20 ms at 16 kHz)."""
+    return math.prod(model.config.conv_stride)
 
 
 def log_probs_of(model: Wav2Vec2ForCTC, processor: Wav2Vec2Processor, waves: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:

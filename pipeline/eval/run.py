@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.asr.devices import flushed_denormals
 from pipeline.asr.fft_conv import configure_positional_conv
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
-from pipeline.asr.model import greedy_decode, load_asr, log_probs_of
+from pipeline.asr.model import greedy_decode, load_asr, log_probs_of, samples_per_frame
 from pipeline.config import checked
 from pipeline.distributed import pick_device
 from pipeline.eval import bootstrap as B
@@ -373,7 +373,7 @@ class Reader:
                   decoders: Sequence[BeamDecoder] = ()) -> "Reader":
         from pipeline.data.features import SAMPLING_RATE
 
-        stride = int(np.prod(model.config.conv_stride))
+        stride = samples_per_frame(model)
         return cls(
             model, processor, keyword, blank=processor.tokenizer.pad_token_id,
             window=max(1, math.ceil(window_s * SAMPLING_RATE / stride)),

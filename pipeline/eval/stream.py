@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.asr.model import log_probs_of
+from pipeline.asr.model import log_probs_of, samples_per_frame
 from pipeline.data.background import (
     DEMO_DIR, SAMPLING_RATE, Recording, background_knobs, ensure_demo_background, load_background,
 )
@@ -140,7 +140,7 @@ def stream_background(
     settings: StreamSettings, floor: float = NEG_INF,
 ) -> StreamStats:
     """Keyword scores over every frame of every recording (kept where >= `floor`)."""
-    stride = int(np.prod(model.config.conv_stride))
+    stride = samples_per_frame(model)
     window = max(1, round(settings.window_s * SAMPLING_RATE / stride)) * stride
     hop = max(1, round(settings.hop_s * SAMPLING_RATE / stride)) * stride
     if not 0 < settings.hop_s <= settings.window_s or settings.refractory_s < 0:
@@ -208,7 +208,7 @@ def stream_background(
 
 
 def frame_seconds(model: Any) -> float:
-    return float(np.prod(model.config.conv_stride)) / SAMPLING_RATE
+    return samples_per_frame(model) / SAMPLING_RATE
 
 
 def detections(trace: Trace, threshold: float, refractory_frames: float) -> np.ndarray:

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from pipeline.asr.collate import speed_perturb
 from pipeline.asr.model import greedy_decode
 from pipeline.eval.run import Reader, length_batches, map_batches
 from pipeline.text import normalize_text
@@ -87,16 +88,13 @@ def score_clips(
 
 
 def at_tempo(wave: np.ndarray, tempo: float) -> np.ndarray:
-    """`wave` played `tempo` times as fast (pitch moving with it, as in speed perturbation). The
-    ratio is held to a fraction with a small denominator (1.15 = 23/20): torchaudio's resampling
-    kernel grows with the reduced rates, and 16000/13913 would take minutes per clip."""
-    import torchaudio
-
+    """`wave` played `tempo` times as fast, by training's speed perturbation (pitch moving with it).
+    The ratio is held to a fraction with a small denominator (1.15 = 23/20): the resampling filter
+    grows with the reduced rates, and 16000/13913 would take minutes per clip."""
     ratio = Fraction(tempo).limit_denominator(20)
     if ratio == 1:
         return wave
-    x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-    return torchaudio.functional.resample(x, ratio.numerator, ratio.denominator).numpy()
+    return speed_perturb(np.ascontiguousarray(wave, dtype=np.float32), float(ratio))
 
 
 def transcript_gaps(

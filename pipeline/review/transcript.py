@@ -30,23 +30,20 @@ def transcript_suspects(rows: list[dict[str, Any]], gaps: Any, alternatives: Seq
     gaps = np.atleast_2d(np.asarray(gaps, dtype=float))
     texts = [normalize_text(r["text"] or "") for r in rows]
     splits = np.array([r["split"] for r in rows])
-    costs, shares = [], []
-    for view_gaps, view_alternatives in zip(gaps, alternatives):
-        cost, share = _per_word_share(texts, view_gaps, view_alternatives, splits)
-        costs.append(cost)
-        shares.append(share)
-    costs_, shares_ = np.array(costs), np.array(shares)
-    score = shares_.mean(axis=0)
+    views = [_per_word_share(texts, g, a, splits) for g, a in zip(gaps, alternatives)]
+    costs = np.array([cost for cost, _ in views])  # tempos x clips
+    shares = np.array([share for _, share in views])
+    score = shares.mean(axis=0)
     out = []
     for i, row in enumerate(rows):
         if not score[i]:
             continue
-        v = int(np.argmax(shares_[:, i]))  # the tempo at which the annotation is most in doubt
+        v = int(np.argmax(shares[:, i]))  # the tempo at which the annotation is most in doubt
         alternative = alternatives[v][i]
         at = f" (played at {tempos[v]:g}x)" if tempos[v] != 1.0 else ""
-        why = (f"the clip{at} is too short for the annotated text" if not math.isfinite(costs_[v, i])
-               else f"the annotated text costs {costs_[v, i]:.1f} nats per disputed word more than what the model "
-                    f"hears{at} (more than {shares_[v, i]:.0%} of {row['split']} clips)")
+        why = (f"the clip{at} is too short for the annotated text" if not math.isfinite(costs[v, i])
+               else f"the annotated text costs {costs[v, i]:.1f} nats per disputed word more than what the model "
+                    f"hears{at} (more than {shares[v, i]:.0%} of {row['split']} clips)")
         out.append(Suspect(row["utterance_id"], row["split"], "transcript", row["text"], alternative, float(score[i]),
                            f"{why}: listen and correct the transcript if it says \"{alternative}\""))
     return out
