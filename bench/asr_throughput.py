@@ -71,8 +71,8 @@ def _seconds(value: str | None) -> float | str | None:
     return value if value in (None, "auto") else float(value)
 
 
-def synthetic_dataset(n: int, out: Path, seed: int) -> Path:
-    """`n` clips of 2-10 s of tones in noise with random word transcripts (speed needs no real speech).
+def synthetic_dataset(n: int, out: Path, seed: int, seconds: tuple[float, float] = (2, 10)) -> Path:
+    """`n` clips of `seconds` (2-10 s) of tones in noise with random word transcripts (speed needs no real speech).
 
     The audio is written as WAV bytes with soundfile and the column cast to `Audio(decode=False)`:
     encoding arrays through `datasets` needs torchcodec, which a bare GPU machine may lack."""
@@ -88,7 +88,7 @@ def synthetic_dataset(n: int, out: Path, seed: int) -> Path:
     def rows(count: int, prefix: str) -> list[dict[str, Any]]:
         made = []
         for i in range(count):
-            dur = float(rng.uniform(2, 10))
+            dur = float(rng.uniform(*seconds))
             t = np.arange(int(dur * 16000)) / 16000
             wave = (0.3 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
             buffer = io.BytesIO()

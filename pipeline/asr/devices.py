@@ -45,9 +45,10 @@ def flushed_denormals() -> Iterator[None]:
 
 @contextmanager
 def fast_cpu_math(device: torch.device, low_precision: torch.dtype | None = None) -> Iterator[None]:
-    """Flush denormal floats to zero, and turn oneDNN convolutions off for fp32 on the CPU.
+    """Flush denormal floats to zero, turn oneDNN convolutions off for fp32 on the CPU, and NNPACK
+    (a CPU library) off.
 
-    Both are about speed, not results; together they make the tiny model's CPU training ~1.4x
+    All three are about speed, not results. The first two together make the tiny model's CPU training ~1.4x
     faster (docs/experiments.md, "CPU throughput: denormals and oneDNN"). As a model trains, some values
     sink into the denormal range (below 1.2e-38), where x86 arithmetic is several-fold slower:
     without flushing, a CPU step's backward pass grew from 95 to 150 ms within 100 steps. oneDNN
@@ -57,12 +58,20 @@ def fast_cpu_math(device: torch.device, low_precision: torch.dtype | None = None
     win (bench/eval_throughput.py: 0.29 s against 0.65 s for 96 clips, 2026-12-01), and flushes
     denormals on its own (`flushed_denormals`); the validation passes inside training run under these
     settings too, at about half a second more each. Flushing is left off afterwards.
+
+    Without oneDNN, PyTorch sends a float convolution with a kernel under 17 taps to NNPACK once a
+    batch holds 16 clips or more (a batch of 1 s Speech Commands clips does). NNPACK's strided
+    convolution took ~9 ms a call where PyTorch's own took ~1 ms: with it off, forward and backward
+    of the human-voices model (`asr=tiny_budget`) ran 1.35x faster on its real batches
+    (bench/cpu_conv.py). Its floats differ from NNPACK's in the last bits only.
     """
     before = torch.backends.mkldnn.enabled
     torch.set_flush_denormal(True)
     torch.backends.mkldnn.enabled = before and not (device.type == "cpu" and low_precision is None)
+    (nnpack_before,) = torch.backends.nnpack.set_flags(False)
     try:
         yield
     finally:
         torch.backends.mkldnn.enabled = before
+        torch.backends.nnpack.set_flags(nnpack_before)
         torch.set_flush_denormal(False)

@@ -234,14 +234,17 @@ def test_fast_cpu_math_flushes_denormals_and_skips_onednn_only_for_fp32_cpu_work
     denormal = torch.tensor([1e-39])
     assert (denormal * 1.0).item() > 0  # denormals are kept by default
     assert torch.backends.mkldnn.enabled
+    nnpack_default = torch._C._get_nnpack_enabled()
     can_flush = torch.set_flush_denormal(False)  # False where the CPU cannot (not x86)
     with fast_cpu_math(torch.device("cpu")):
         assert (denormal * 1.0).item() == (0.0 if can_flush else denormal.item())
-        assert not torch.backends.mkldnn.enabled
-        # PyTorch's own convolution, as used while training, gives oneDNN's result
-        x, w = torch.randn(2, 32, 400), torch.randn(64, 32, 8)
+        assert not torch.backends.mkldnn.enabled and not torch._C._get_nnpack_enabled()
+        # PyTorch's own convolution, as used while training, gives oneDNN's result; a batch of 16
+        # clips is where NNPACK would otherwise take a short kernel
+        x, w = torch.randn(16, 32, 400), torch.randn(64, 32, 8)
         native = torch.nn.functional.conv1d(x, w, stride=4)
     assert torch.backends.mkldnn.enabled and (denormal * 1.0).item() > 0  # restored
+    assert torch._C._get_nnpack_enabled() == nnpack_default
     torch.testing.assert_close(native, torch.nn.functional.conv1d(x, w, stride=4), rtol=1e-4, atol=1e-4)
     with fast_cpu_math(torch.device("cpu"), torch.bfloat16):
         assert torch.backends.mkldnn.enabled  # low-precision CPU kernels come from oneDNN

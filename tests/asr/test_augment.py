@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pipeline.asr.augment import add_noise, recording_conditions, reverberate, telephone
-from pipeline.asr.collate import augment
+from pipeline.asr.collate import augment, augment_settings
 from pipeline.asr.config import ASRConfig
 from pipeline.config import checked
 from pipeline.runtime import PipelineError
@@ -109,6 +109,15 @@ def test_off_by_default_and_on_in_the_speech_recipe() -> None:
     on = OmegaConf.merge(recipe.augment, {"conditions": {**ONLY, "gain_prob": 1.0}})
     louder = augment(x, 1.0, on, torch.Generator().manual_seed(0))
     assert rms(torch.from_numpy(louder)) == pytest.approx(rms(torch.from_numpy(x)) * 10 ** (-6 / 20), rel=1e-3)
+
+
+def test_the_collators_settings_read_once_give_the_same_clip_as_the_config() -> None:
+    recipe = _asr_group("data=demo_speech", "asr.augment.noise_snr_db=[15,30]")
+    every = OmegaConf.merge(recipe.augment, {"conditions": {"reverb_prob": 1.0, "noise_prob": 1.0, "telephone_prob": 1.0, "gain_prob": 1.0}})
+    x = white().numpy()
+    from_cfg = augment(x, 1.1, every, torch.Generator().manual_seed(5))
+    from_settings = augment(x, 1.1, augment_settings(every), torch.Generator().manual_seed(5))
+    assert np.array_equal(from_cfg, from_settings) and not np.array_equal(from_cfg[: x.shape[0] // 2], x[: x.shape[0] // 2])
 
 
 def test_a_bad_chance_or_range_names_the_key() -> None:
