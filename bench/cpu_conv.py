@@ -70,7 +70,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, list[float]]:
     return rates
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", help="a built DatasetDict (train/validation); default: --synthetic clips")
     parser.add_argument("--synthetic", type=int, default=400, help="clips of synthetic audio when no --dataset")
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json-out", help="also write the report here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from bench.asr_throughput import synthetic_dataset
 
@@ -103,6 +103,7 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 if __name__ == "__main__":

@@ -217,3 +217,16 @@ def test_gpu_summary_checks_only_what_was_measured(tmp_path: Path) -> None:
     assert checks["throughput_ok"] and checks["gpu_busy_ok"] and "speedup_ok" not in checks
     assert checks["val_loss_relative_to_eager"] == pytest.approx(2.9 / 2.95 - 1) and checks["val_loss_ok"]
     assert report["runs"]["recipe"] is None
+
+
+def test_nnpack_benchmark_times_both_settings_on_the_same_steps(tmp_path: Path) -> None:
+    """bench/cpu_conv.py on short synthetic clips (batches of 16+, where NNPACK would be used)."""
+    from bench.cpu_conv import main
+
+    out = tmp_path / "report.json"
+    report = main(["--synthetic", "40", "--seconds", "0.8", "1.0", "--batches", "2", "--repeats", "2", "--json-out", str(out)])
+    rates = report["steps_per_second"]
+    assert set(rates) == {"nnpack_on", "nnpack_off"} and all(len(r["per_repeat"]) == 2 for r in rates.values())
+    ratios = [a / b for a, b in zip(rates["nnpack_off"]["per_repeat"], rates["nnpack_on"]["per_repeat"])]
+    assert report["speedup_nnpack_off"]["per_repeat"] == ratios
+    assert json.loads(out.read_text()) == report
