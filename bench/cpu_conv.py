@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -36,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def measure(args: argparse.Namespace, tmp: Path) -> dict[str, list[float]]:
     from hydra import compose, initialize_config_dir
 
+    from bench.asr_patches import steps_per_second
     from pipeline.asr.devices import fast_cpu_math
-    from pipeline.asr.train import Progress, accumulate, epoch_loader, optimizer_step, set_up
+    from pipeline.asr.train import epoch_loader, set_up
     from pipeline.distributed import place
     from pipeline.tracking import NullTracker
 
@@ -55,16 +55,10 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, list[float]]:
         for repeat in range(-1, args.repeats):  # repeat -1: untimed warm-up
             order = ["nnpack_on", "nnpack_off"] if repeat % 2 else ["nnpack_off", "nnpack_on"]
             for name in order:
-                progress = Progress(loop_start=time.time())
                 with torch.backends.nnpack.flags(enabled=name == "nnpack_on"):
-                    start = time.perf_counter()
-                    for batch in batches:
-                        accumulate(run, progress, batch)
-                        progress.in_accum = 0
-                        optimizer_step(run, progress)
-                    seconds = time.perf_counter() - start
+                    rate = steps_per_second(run, batches)
                 if repeat >= 0:
-                    rates[name].append(len(batches) / seconds)
+                    rates[name].append(rate)
             if repeat >= 0:
                 print(f"repeat {repeat}: " + ", ".join(f"{n} {r[-1]:.2f}" for n, r in rates.items()), file=sys.stderr, flush=True)
     return rates
@@ -83,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json-out", help="also write the report here")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    from bench.asr_patches import spread
     from bench.asr_throughput import synthetic_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,10 +90,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": f"asr={args.asr}", "device": "cpu", "precision": "fp32", "batches": args.batches, "repeats": args.repeats,
         "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
         "dataset": f"synthetic {args.seconds[0]}-{args.seconds[1]} s" if synthetic else args.dataset,
-        "steps_per_second": {
-            name: {"median": statistics.median(r), "min": min(r), "max": max(r), "per_repeat": r} for name, r in rates.items()
-        },
-        "speedup_nnpack_off": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "per_repeat": ratios},
+        "steps_per_second": {name: spread(r) for name, r in rates.items()},
+        "speedup_nnpack_off": spread(ratios),
     }
     print(json.dumps(report, indent=2))
     if args.json_out:

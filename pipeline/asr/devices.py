@@ -61,9 +61,9 @@ def fast_cpu_math(device: torch.device, low_precision: torch.dtype | None = None
 
     Without oneDNN, PyTorch sends a float convolution with a kernel under 17 taps to NNPACK once a
     batch holds 16 clips or more (a batch of 1 s Speech Commands clips does). NNPACK's strided
-    convolution took ~9 ms a call where PyTorch's own took ~1 ms: with it off, forward and backward
-    of the human-voices model (`asr=tiny_budget`) ran 1.35x faster on its real batches
-    (bench/cpu_conv.py). Its floats differ from NNPACK's in the last bits only.
+    convolution took ~9 ms a call where PyTorch's own took ~1 ms: with it off, the human-voices model
+    (`asr=tiny_budget`) took 1.24x the training steps a second on its real batches (1.17-1.31,
+    bench/cpu_conv.py, 2026-12-01). Its floats differ from NNPACK's in the last bits only.
     """
     before = torch.backends.mkldnn.enabled
     torch.set_flush_denormal(True)
