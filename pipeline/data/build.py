@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 CODE_VERSION = 2
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
-    "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted",
+    "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
 )
 _PRIVATE = {"_path": Value("string"), "_split": Value("string"), "_src": Value("int32"), "_row": Value("int64")}
 
@@ -234,6 +234,10 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
     except ClipRejected as err:
         return ({**where, "reason": err.reason, "detail": err.detail},)
     speaker = pseudonym(key, "acct", record.account_id)
+    split = raw.split or assign_split(key, speaker, settings.validation, settings.test)
+    if record.train_only and split != "train":
+        return ({**where, "reason": "train_only", "detail": f"extra training audio of an account in {split}: "
+                 "held-out splits keep only what was recorded"},)
     row.update(
         duration=0.0,
         speaker=speaker,
@@ -241,7 +245,7 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         annotator=pseudonym(key, "ann", record.annotator_id) if record.annotator_id else None,
         source=source.name,
         _path=path,
-        _split=raw.split or assign_split(key, speaker, settings.validation, settings.test),
+        _split=split,
         _src=index,
         _row=raw.row if raw.row is not None else -1,
     )

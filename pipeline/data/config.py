@@ -65,6 +65,7 @@ class DemoConfig:
     label_noise: Optional[float] = None
     other_wake_word: Optional[str] = None
     other_wake_share: Optional[float] = None
+    extra_takes: Optional[int] = None
 
     def check(self, key: str) -> None:
         for name in ("max_utterances", "workers"):
@@ -75,6 +76,8 @@ class DemoConfig:
             raise PipelineError(f"{key}.label_noise={self.label_noise}: use a share of clips between 0 and {MAX_SHARE} (e.g. 0.05)")
         if self.other_wake_share is not None and not 0 <= self.other_wake_share <= 1:
             raise PipelineError(f"{key}.other_wake_share={self.other_wake_share}: a share of the commands, between 0 and 1")
+        if self.extra_takes is not None and self.extra_takes < 0:
+            raise PipelineError(f"{key}.extra_takes={self.extra_takes}: how many more voices speak each clip, 0 or more")
         if self.voice is not None and not self.voice.strip():
             raise PipelineError(f"{key}.voice={self.voice!r}: use an espeak-ng voice such as en-us or en-gb+m3, or null")
 

@@ -31,12 +31,14 @@ log = logging.getLogger(__name__)
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "demo"
 # Bump when the export written here changes for the same inputs, so old caches are not reused.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: re-spoken commands name their original (`copy_of`)
 # What a canonical export record holds; the shipped file adds synthesis instructions and provenance.
 EXPORT_FIELDS = (
     "utterance_id", "audio", "transcript", "intent", "annotation", "wake_word_present",
     "device_serial", "account_id", "annotator_id", "recorded_at", "flags", "locale",
 )
+# Written only on the clips the recipe derives from shipped ones, so the plain demo's export is unchanged.
+DERIVED_FIELDS = ("copy_of", "train_only")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class DemoKnobs:
     # (pipeline.data.speech_recipe.other_wake_records). None = the demo as shipped.
     other_wake_word: str | None = None
     other_wake_share: float = 0.0
+    # Each clip spoken again by this many espeak-ng voices that no shipped account speaks with, as
+    # training audio only (pipeline.data.speech_recipe.extra_take_records). More voices per sentence
+    # is what the acoustic model lacks most (docs/experiments.md); 0 = the demo as shipped.
+    extra_takes: int = 0
 
 
 def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path) -> tuple[Path, Path | None]:
@@ -76,6 +82,10 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
         from pipeline.data.speech_recipe import other_wake_records
 
         records = records + other_wake_records(records, knobs.other_wake_word, knobs.other_wake_share, knobs.seed)
+    if knobs.extra_takes:
+        from pipeline.data.speech_recipe import extra_take_records
+
+        records = records + extra_take_records(records, knobs.extra_takes, knobs.seed, knobs.voice)
     out = Path(cache_dir) / "demo" / _cache_key(knobs, espeak)
     deletions = out / "deletions.jsonl" if deletions_src.exists() else None
     if (out / "annotations.jsonl").exists():
@@ -101,7 +111,8 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
                  time.perf_counter() - started)
         with open(tmp / "annotations.jsonl", "w", encoding="utf-8") as f:
             for record in records:
-                f.write(json.dumps({k: record[k] for k in EXPORT_FIELDS}) + "\n")
+                derived = {k: record[k] for k in DERIVED_FIELDS if record.get(k)}
+                f.write(json.dumps({**{k: record[k] for k in EXPORT_FIELDS}, **derived}) + "\n")
         if deletions_src.exists():
             shutil.copyfile(deletions_src, tmp / "deletions.jsonl")
         publish(tmp, out, marker="annotations.jsonl")
@@ -123,6 +134,8 @@ def _knobs(data_cfg: DictConfig | Mapping[str, Any]) -> DemoKnobs:
         value = getattr(knobs, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise PipelineError(f"data.demo.{name}={value!r}: use a positive integer or null")
+    if not isinstance(knobs.extra_takes, int) or isinstance(knobs.extra_takes, bool) or knobs.extra_takes < 0:
+        raise PipelineError(f"data.demo.extra_takes={knobs.extra_takes!r}: how many more voices speak each clip, 0 or more")
     if not 0.0 <= float(knobs.other_wake_share) <= 1.0:
         raise PipelineError(f"data.demo.other_wake_share={knobs.other_wake_share!r}: a share of the commands, between 0 and 1")
     if knobs.voice is not None and (not isinstance(knobs.voice, str) or not knobs.voice.strip()):
@@ -179,7 +192,8 @@ def _cache_key(knobs: DemoKnobs, espeak: str) -> str:
         path = DEMO_DIR / name
         h.update(path.read_bytes() if path.exists() else b"")
     selection = {k: v for k, v in asdict(knobs).items() if k not in ("workers", "label_noise")
-                 and not (k.startswith("other_wake") and not knobs.other_wake_word)}  # unset: the old key
+                 and not (k.startswith("other_wake") and not knobs.other_wake_word)
+                 and not (k == "extra_takes" and not v)}  # unset: the old key
     h.update(json.dumps([EXPORT_VERSION, espeak, selection], sort_keys=True).encode())
     return h.hexdigest()[:16]
 

@@ -60,7 +60,7 @@ class Deletions:
     pseudonyms: set[str] = field(default_factory=set)
 
     def matches(self, key: bytes, record: dict[str, Any]) -> bool:
-        kinds = {"utterance_id": "utt", "account_id": "acct", "device_serial": "dev"}
+        kinds = {"utterance_id": "utt", "copy_of": "utt", "account_id": "acct", "device_serial": "dev"}
         for name, kind in kinds.items():
             value = record.get(name)
             if isinstance(value, str) and pseudonym(key, kind, value) in self.pseudonyms:

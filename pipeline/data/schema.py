@@ -44,6 +44,12 @@ class ExportRecord(BaseModel):
     recorded_at: str | None = None
     flags: list[str] = Field(default_factory=list)
     locale: str = "en-US"
+    # Another rendering of an earlier utterance (the demo's re-spoken commands and extra voices): a
+    # deletion request naming that utterance deletes this clip too.
+    copy_of: str | None = Field(default=None, min_length=1)
+    # Extra training audio, not a recording to judge a model on: kept only when its account falls in
+    # the training split, so validation and test hold exactly what was recorded.
+    train_only: bool = False
 
     @model_validator(mode="after")
     def _one_annotation_form(self) -> ExportRecord:

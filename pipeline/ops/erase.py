@@ -90,7 +90,7 @@ def gram_hash(key: bytes, gram: Iterable[str]) -> str:
 def record_names(key: bytes, record: dict[str, Any]) -> set[str]:
     """A raw export record's pseudonyms (how the requests name it)."""
     names = set()
-    for field_name, kind in (("utterance_id", "utt"), ("account_id", "acct"), ("device_serial", "dev")):
+    for field_name, kind in (("utterance_id", "utt"), ("copy_of", "utt"), ("account_id", "acct"), ("device_serial", "dev")):
         value = record.get(field_name)
         if isinstance(value, str) and value:
             names.add(pseudonym(key, kind, value))

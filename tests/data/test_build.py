@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.build import REASONS, run_data_stage
 from pipeline.data.features import dataset_features
+from pipeline.data.privacy import pseudonym
+from pipeline.data.splits import assign_split
 from pipeline.runtime import PipelineError
 from pipeline.tracking import NullTracker
 
@@ -101,6 +103,13 @@ def every_reason(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     sf.write(root / "audio" / "long.wav", tone(6.0, sr=8000), 8000)
     sf.write(root / "audio" / "silent.wav", np.zeros(22050, dtype=np.float32), 22050)
     sf.write(root / "audio" / "stereo.wav", tone(1.5, sr=44100, channels=2), 44100)
+    # A fixed key, so the account of the training-only clip below is known to be held out.
+    key = b"every-reason-key"
+    (tmp / "cache").mkdir()
+    (tmp / "cache" / "pseudonym.key").write_bytes(key)
+    (tmp / "cache" / "pseudonym.key").chmod(0o600)
+    held_out = next(a for a in (f"ACCOUNT-RAW-HELD-{n}" for n in range(100))
+                    if assign_split(key, pseudonym(key, "acct", a), 0.25, 0.25) != "train")
     lines: list[dict[str, Any] | str] = [record(i) for i in range(12)]
     lines[3] = record(3, intent=None, wake_word_present=False, entities=[], transcript="alexander went home")
     lines[4] = record(4, audio="audio/stereo.wav", entities=None, annotation="alexa play [music_genre : jazz] music")
@@ -125,6 +134,8 @@ def every_reason(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         record(34, transcript="call my secret friend", entities=[]),          # deleted (utterance)
         record(35, account="ACCOUNT-RAW-DELETED"),                            # deleted (account)
         record(36, device_serial="SERIAL-RAW-DELETED"),                       # deleted (device)
+        record(37, copy_of="u034"),                                           # deleted (a copy of u034)
+        record(38, account=held_out, train_only=True),                        # train_only
     ]
     write_export(root, lines)
     deletions = tmp / "deletions.jsonl"
@@ -137,14 +148,14 @@ def every_reason(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_every_input_line_ends_in_exactly_one_place(every_reason: dict[str, Any]) -> None:
     report, quarantine = every_reason["report"], every_reason["quarantine"]
-    assert report["records_in"] == len(every_reason["lines"]) == 32
+    assert report["records_in"] == len(every_reason["lines"]) == 34
     assert report["records_in"] == report["records_kept"] + report["records_quarantined"]
     assert report["records_kept"] == 12 and sum(report["splits"].values()) == 12
-    assert report["records_quarantined"] == len(quarantine) == 20
+    assert report["records_quarantined"] == len(quarantine) == 22
     assert report["quarantine_reasons"] == {
-        "bad_annotation": 2, "deleted": 3, "duplicate_id": 1, "flagged": 1, "invalid_record": 3,
+        "bad_annotation": 2, "deleted": 4, "duplicate_id": 1, "flagged": 1, "invalid_record": 3,
         "missing_audio": 1, "path_outside_root": 3, "silent_audio": 1, "too_long": 1, "too_short": 1,
-        "unreadable_audio": 3,
+        "unreadable_audio": 3, "train_only": 1,
     }
     assert set(report["quarantine_reasons"]) == set(REASONS)
     by_id = {q.get("utterance_id"): q["reason"] for q in quarantine}
@@ -171,7 +182,7 @@ def test_dataset_columns_audio_and_text(every_reason: dict[str, Any]) -> None:
     assert rows["u000"]["text"] == "alexa play jazz music" and rows["u000"]["scenario"] == "play"
     assert rows["u003"]["intent"] is None and rows["u003"]["wake_word_present"] is False
     card = (Path(every_reason["report"]["dataset_path"]) / "README.md").read_text()
-    assert "false-wake share: 8.3%" in card and "| play_music | 11 |" in card and "| deleted | 3 |" in card
+    assert "false-wake share: 8.3%" in card and "| play_music | 11 |" in card and "| deleted | 4 |" in card
 
 
 def test_no_raw_identifier_in_any_output(every_reason: dict[str, Any]) -> None:

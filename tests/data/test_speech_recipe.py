@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from pipeline.data.speech_recipe import clip_split, heldout_speakers, other_wake_records
+from pipeline.data.speech_recipe import clip_split, extra_take_records, heldout_speakers, other_wake_records
+from pipeline.runtime import PipelineError
 from tests.data.test_readme_examples import _corpora
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +52,33 @@ def test_the_demo_speaks_a_share_of_its_commands_with_the_second_keyword() -> No
         assert r["transcript"].startswith("computer play song ") and r["annotation"] == r["transcript"]
         assert r["intent"] is None and r["wake_word_present"] is False  # a false wake for "alexa"
         assert r["audio"] == f"audio/{r['utterance_id']}.wav"
+        assert r["copy_of"] == r["utterance_id"].removesuffix("-computer")  # deleted with its original
     assert extra == other_wake_records(records, "computer", 0.3, seed=0)
+
+
+def test_extra_takes_use_voices_no_clip_speaks_with_and_are_training_only() -> None:
+    voices = ["en-us", "en-us+m3", "en-gb+f2", "en-gb"]  # 2 accents x 2 variants; en-gb+m3, en-us+f2 unused
+    records = [{"utterance_id": f"demo-{i}", "transcript": f"alexa play song {i}", "voice": voices[i % 4],
+                "speed": 140 + i, "pitch": 30 + i, "account_id": f"acct-{i % 5}"} for i in range(40)]
+    records.append({**records[0], "utterance_id": "demo-0-computer", "copy_of": "demo-0"})
+    takes = extra_take_records(records, 2, seed=0)
+    assert len(takes) == 2 * len(records)
+    by_original: dict[str, list[dict]] = {}
+    for t in takes:
+        original = t["utterance_id"].rsplit("-take", 1)[0]
+        by_original.setdefault(original, []).append(t)
+        assert t["train_only"] is True and t["kind"] == "extra_take"
+        assert t["copy_of"] == original.removesuffix("-computer")  # the shipped clip, for deletions
+        assert 140 <= t["speed"] <= 179 and 30 <= t["pitch"] <= 69
+    for original, pair in by_original.items():
+        source = next(r for r in records if r["utterance_id"] == original)
+        assert {t["voice"] for t in pair} == {"en-gb+m3", "en-us+f2"}  # two different unheard voices
+        assert all(t["account_id"] == source["account_id"] and t["transcript"] == source["transcript"] for t in pair)
+    assert takes == extra_take_records(records, 2, seed=0)
+    assert takes != extra_take_records(records, 2, seed=1)
+    assert {t["voice"] for t in extra_take_records(records, 1, seed=0, voice="en-us")} == {"en-us"}
+    with pytest.raises(PipelineError, match="extra_takes=3: only 2 voice"):
+        extra_take_records(records, 3, seed=0)
 
 
 def test_a_missing_speech_folder_stops_the_build_naming_it(tmp_path: Path) -> None:

@@ -237,3 +237,21 @@ def test_an_erased_promoted_model_still_needs_replacing(store: dict[str, Any]) -
     retired = registry.record("model-0")["trained_on"][:1]
     registry.mark_erased("model-0")
     assert registry.affected_by(retired) == []
+
+
+def test_purging_an_export_also_drops_the_copies_of_a_deleted_clip(tmp_path: Path) -> None:
+    """The demo's re-spoken commands and extra voices name their original in `copy_of`: erasing the
+    original must take them with it, audio included."""
+    key = b"copy-of-key"
+    (tmp_path / "audio").mkdir()
+    lines = [{"utterance_id": "u1", "audio": "audio/u1.wav"},
+             {"utterance_id": "u1-computer", "audio": "audio/u1-computer.wav", "copy_of": "u1"},
+             {"utterance_id": "u1-computer-take1", "audio": "audio/u1-computer-take1.wav", "copy_of": "u1"},
+             {"utterance_id": "u2", "audio": "audio/u2.wav"}]
+    for line in lines:
+        (tmp_path / line["audio"]).write_bytes(line["utterance_id"].encode())
+    (tmp_path / "annotations.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    purged, hashes = erase.purge_export(tmp_path, key, {erase.utterance_pseudonym(key, "u1")})
+    assert purged == 3 and len(hashes) == 3
+    kept = [json.loads(x)["utterance_id"] for x in (tmp_path / "annotations.jsonl").read_text().splitlines()]
+    assert kept == ["u2"] and sorted(p.name for p in (tmp_path / "audio").iterdir()) == ["u2.wav"]
