@@ -46,10 +46,10 @@ class ClipDataset(torch.utils.data.Dataset):
 
         if "audio" not in split.column_names:
             raise PipelineError("the dataset has no `audio` column: the ASR stage needs an audio dataset (check cfg.data)")
-        self.split = split.select_columns(["utterance_id", "audio", "text", "duration"]).cast_column(
-            "audio", Audio(sampling_rate=SAMPLING_RATE, decode=False)
-        )
+        columns = ["utterance_id", "audio", "text", "duration"] + (["source"] if "source" in split.column_names else [])
+        self.split = split.select_columns(columns).cast_column("audio", Audio(sampling_rate=SAMPLING_RATE, decode=False))
         self.durations: list[float] = [float(d) for d in self.split["duration"]]
+        self.sources: list[str] | None = list(self.split["source"]) if "source" in columns else None  # asr.source_weights
         self.cache_mb = float(cache_mb or 0)
         self.cache_bytes_left = int(self.cache_mb * 2**20)
         self._cache: dict[int, tuple[np.ndarray, str]] = {}

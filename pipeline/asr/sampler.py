@@ -12,7 +12,9 @@ batches it had already trained on.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from pipeline.runtime import PipelineError
 
 
 def pack_by_seconds(order: Sequence[int], durations: Sequence[float], max_batch_seconds: float) -> list[list[int]]:
@@ -32,13 +34,43 @@ def pack_by_seconds(order: Sequence[int], durations: Sequence[float], max_batch_
     return batches
 
 
+def source_plays(weights: Mapping[str, float], sources: Sequence[str] | None, where: str) -> list[float] | None:
+    """Per training clip, how often an epoch plays it (`asr.source_weights`); None = each once.
+
+    Why: sources differ in size and in what a model needs from them. A demo re-spoken by extra voices
+    would otherwise crowd out the human speech in a fixed time budget; a half weight plays a fresh half
+    of it each epoch, so the model hears every voice across epochs at the old share of the steps."""
+    if not weights:
+        return None
+    if sources is None:
+        raise PipelineError(f"asr.source_weights: {where} has no `source` column to weigh by; rebuild it with the data stage")
+    present = sorted(set(sources))
+    unknown = sorted(set(weights) - set(present))
+    if unknown:
+        raise PipelineError(f"asr.source_weights: {unknown} is no source of {where}'s train split (its sources: {present})")
+    plays = [float(weights.get(s, 1.0)) for s in sources]
+    if not any(plays):
+        raise PipelineError(f"asr.source_weights={dict(weights)}: every training clip of {where} would get weight 0")
+    return plays
+
+
+def played_indices(plays: Sequence[float], rng: random.Random) -> list[int]:
+    """Clip i listed int(plays[i]) times, and once more with chance of the fraction left over."""
+    order: list[int] = []
+    for i, weight in enumerate(plays):
+        whole = int(weight)
+        order.extend([i] * (whole + (rng.random() < weight - whole)))
+    return order
+
+
 def epoch_batches(
     durations: Sequence[float], max_batch_seconds: float, bucket_batches: int, seed: int, epoch: int,
-    rank: int = 0, world_size: int = 1,
+    rank: int = 0, world_size: int = 1, plays: Sequence[float] | None = None,
 ) -> list[list[int]]:
-    """This process's training batches for `epoch`; every rank gets the same number of them."""
+    """This process's training batches for `epoch`; every rank gets the same number of them.
+    `plays` (source_plays) repeats or thins clips; None plays each clip once."""
     rng = random.Random(seed * 100_003 + epoch)
-    order = list(range(len(durations)))
+    order = list(range(len(durations))) if plays is None else played_indices(plays, rng)
     rng.shuffle(order)
     mean = max(sum(durations) / max(len(durations), 1), 1e-3)
     group = max(1, int(bucket_batches * max_batch_seconds / mean))

@@ -32,7 +32,7 @@ from pipeline.asr.lm import LM_DIR, write_char_lm
 from pipeline.asr.model import (
     build_model, evaluate_clips, output_lengths, probe_batch_seconds, skip_waveform_gradient, uses_attention_mask,
 )
-from pipeline.asr.sampler import epoch_batches, eval_batches
+from pipeline.asr.sampler import epoch_batches, eval_batches, source_plays
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.config import TrainerConfig, checked
 from pipeline.data.features import SAMPLING_RATE
@@ -119,6 +119,7 @@ class TrainingRun:
     scaler: torch.amp.GradScaler
     state: dict[str, Any]         # what a checkpoint saves (see _fresh_state)
     batch_seconds: float
+    plays: list[float] | None     # per training clip, plays per epoch (asr.source_weights); None = once each
     buckets: tuple[int, ...] | None  # compiled: the padded lengths
     workers: int
     budget_s: float               # asr.max_train_minutes in seconds, or inf
@@ -199,6 +200,7 @@ def set_up(
         processor=processor, model=model, ddp_model=ddp_model,
         step_model=torch.compile(ddp_model) if acfg.compile else ddp_model,
         params=params, optimizer=optimizer, scaler=scaler, state=state, batch_seconds=batch_seconds,
+        plays=source_plays(acfg.source_weights, train_set.sources, str(dataset_path)),
         buckets=compile_buckets(acfg, train_set.durations) if acfg.compile else None, workers=workers,
         budget_s=float(acfg.max_train_minutes) * 60 if acfg.max_train_minutes is not None else math.inf,
         started=started,
@@ -281,7 +283,7 @@ def epoch_loader(run: TrainingRun) -> torch.utils.data.DataLoader:
     plan = plan_augmentation(len(run.train_set), acfg.augment, epoch_seed)  # None when augmentation is off
     batches = epoch_batches(
         played_durations(run.train_set.durations, plan), run.batch_seconds, int(acfg.bucket_batches),
-        run.seed, state["epoch"], placement.rank, placement.world_size,
+        run.seed, state["epoch"], placement.rank, placement.world_size, run.plays,
     )
     if not batches:
         raise PipelineError(f"{run.dataset_path}: the train split gives no batches for {placement.world_size} processes")

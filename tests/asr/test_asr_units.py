@@ -14,7 +14,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
 from pipeline.asr.collate import CTCCollator, plan_augmentation, played_durations
 from pipeline.asr.model import load_asr
-from pipeline.asr.sampler import epoch_batches, eval_batches
+from pipeline.asr.sampler import epoch_batches, eval_batches, source_plays
 from pipeline.asr.vocab import PAD, UNK, WORD_DELIMITER, build_vocab, make_processor
 from pipeline.runtime import PipelineError
 
@@ -47,6 +47,29 @@ def test_batches_fit_the_seconds_budget_and_cover_each_clip_once() -> None:
     assert not {i for b in shards[0] for i in b} & {i for b in shards[1] for i in b}
     ordered = eval_batches(durations, 20)
     assert sorted(i for b in ordered for i in b) == list(range(300))
+
+
+def test_source_weights_thin_or_repeat_a_sources_clips_each_epoch() -> None:
+    sources = ["demo"] * 400 + ["fsdd"] * 100 + ["speech_commands"] * 100
+    durations = [3.0] * 400 + [0.5] * 100 + [1.0] * 100
+    plays = source_plays({"demo": 0.5, "fsdd": 2}, sources, "the dataset")
+    assert plays == [0.5] * 400 + [2.0] * 100 + [1.0] * 100
+    epochs = [[i for b in epoch_batches(durations, 20, 5, seed=1, epoch=e, plays=plays) for i in b] for e in range(4)]
+    for played in epochs:
+        counts = np.bincount(played, minlength=600)
+        assert set(counts[:400]) <= {0, 1} and 160 < counts[:400].sum() < 240  # a seeded half of the demo
+        assert (counts[400:500] == 2).all() and (counts[500:] == 1).all()
+    assert epochs[0] != epochs[1] and len({i for e in epochs for i in e if i < 400}) > 350  # another half each epoch
+    assert epoch_batches(durations, 20, 5, seed=1, epoch=0, plays=plays) == epoch_batches(durations, 20, 5, 1, 0, plays=plays)
+    # No weights: the batches of a run without the knob, unchanged.
+    assert source_plays({}, sources, "the dataset") is None
+    assert epoch_batches(durations, 20, 5, seed=1, epoch=0, plays=None) == epoch_batches(durations, 20, 5, seed=1, epoch=0)
+    with pytest.raises(PipelineError, match=r"\['fdsd'\] is no source of the dataset's train split"):
+        source_plays({"fdsd": 2}, sources, "the dataset")
+    with pytest.raises(PipelineError, match="no `source` column"):
+        source_plays({"demo": 0.5}, None, "the dataset")
+    with pytest.raises(PipelineError, match="would get weight 0"):
+        source_plays({"demo": 0, "fsdd": 0, "speech_commands": 0}, sources, "the dataset")
 
 
 def test_collator_pads_audio_and_masks_label_padding(tmp_path: Path) -> None:

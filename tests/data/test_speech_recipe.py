@@ -94,7 +94,7 @@ def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(t
     speech = tmp_path / "speech"
     _corpora(speech)  # 12 + 6 speakers; mycroft: amelia, athena, computer, hey computer x 4, 4 other words
     done = _train(tmp_path, "train", "data=demo_speech", f"data.speech_dir={speech}", "data.num_proc=1",
-                  "data.sources.3.demo.max_utterances=40")
+                  "data.sources.3.demo.max_utterances=40", "data.sources.3.demo.extra_takes=1")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "train" / "build_report.json").read_text())
     # The keyword clips (computer, hey computer) and athena/amelia are never read in: the 4 other words are.
@@ -104,6 +104,13 @@ def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(t
     assert not any(r["source"] == "mycroft" and "computer" in r["text"] for _, r in rows)
     spoken = [r for _, r in rows if r["source"] == "demo" and r["text"].startswith("computer ")]
     assert spoken and not any(r["wake_word_present"] for r in spoken)
+    # Extra takes: training audio only; a take of a held-out clip is quarantined, never moved to train.
+    demo = [(split, r["utterance_id"]) for split, r in rows if r["source"] == "demo"]
+    takes = [(split, uid) for split, uid in demo if "-take" in uid]
+    assert takes and {split for split, _ in takes} == {"train"}
+    originals = {uid: split for split, uid in demo if "-take" not in uid}
+    assert {uid.removesuffix("-take1") for _, uid in takes} == {u for u, split in originals.items() if split == "train"}
+    assert report["quarantine_reasons"]["train_only"] == sum(split != "train" for split in originals.values())
     for corpus in ("speech_commands", "fsdd"):
         by_split = {s: {r["speaker"] for split, r in rows if split == s and r["source"] == corpus} for s in built}
         assert by_split["test"] and by_split["train"]
