@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
     ("asr.max_steps=many", "asr.max_steps='many' is not a valid int"),
     ("asr.lr_schedule=step", "asr.lr_schedule='step' is not one of: linear, cosine, constant"),
     ("asr.augment.noise_snr_db=[15]", r"asr.augment.noise_snr_db=\[15.0\]: give \[low, high\] in dB"),
+    ("asr.source_weights={demo: -1}", "asr.source_weights.demo=-1.0: how often an epoch plays that source's clips, 0 or more"),
+    ("data.demo.extra_takes=-1", "data.demo.extra_takes=-1: how many more voices speak each clip, 0 or more"),
     ("eval.decoder=beam", "eval.decoder='beam' is not one of: auto, greedy, lm"),
     ("eval.cpu_fft_positional_conv=sometimes", "eval.cpu_fft_positional_conv='sometimes': give auto, true or false"),
     ("eval.lm_weights=[1.0,x]", r"eval.lm_weights\[1\]='x' is not a valid float"),

@@ -84,7 +84,7 @@ class ASRConfig:
     compile: bool = MISSING                        # torch.compile the model; batches padded to compile_buckets lengths
     compile_buckets: int = MISSING
     bucket_batches: int = MISSING
-    source_weights: dict[str, float] = field(default_factory=dict)  # plays per epoch by `source` (pipeline/asr/sampler.py)
+    source_weights: Optional[dict[str, float]] = None  # plays per epoch by `source` (pipeline/asr/sampler.py)
     learning_rate: float = MISSING
     weight_decay: float = MISSING
     adam_betas: list[float] = MISSING
@@ -113,7 +113,7 @@ class ASRConfig:
             or self.max_batch_seconds <= 0
         ):
             raise PipelineError(f"asr.max_batch_seconds={self.max_batch_seconds!r}: give positive seconds, or auto")
-        for name, weight in self.source_weights.items():
+        for name, weight in (self.source_weights or {}).items():
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
                 raise PipelineError(f"asr.source_weights.{name}={weight!r}: how often an epoch plays that source's clips, 0 or more")
         choice("asr.attn_implementation", self.attn_implementation, ("eager", "sdpa", "flash_attention_2"))

@@ -34,7 +34,7 @@ def pack_by_seconds(order: Sequence[int], durations: Sequence[float], max_batch_
     return batches
 
 
-def source_plays(weights: Mapping[str, float], sources: Sequence[str] | None, where: str) -> list[float] | None:
+def source_plays(weights: Mapping[str, float] | None, sources: Sequence[str] | None, where: str) -> list[float] | None:
     """Per training clip, how often an epoch plays it (`asr.source_weights`); None = each once.
 
     Why: sources differ in size and in what a model needs from them. A demo re-spoken by extra voices
