@@ -37,9 +37,10 @@ def pack_by_seconds(order: Sequence[int], durations: Sequence[float], max_batch_
 def source_plays(weights: Mapping[str, float] | None, sources: Sequence[str] | None, where: str) -> list[float] | None:
     """Per training clip, how often an epoch plays it (`asr.source_weights`); None = each once.
 
-    Why: sources differ in size and in what a model needs from them. A demo re-spoken by extra voices
-    would otherwise crowd out the human speech in a fixed time budget; a half weight plays a fresh half
-    of it each epoch, so the model hears every voice across epochs at the old share of the steps."""
+    Why: corpora differ in size, and in a fixed time budget a large one takes most of the steps. A
+    weight below 1 plays a fresh seeded share of a source each epoch (every clip is still heard
+    across epochs); above 1 repeats it. On the human-voices recipe halving the demo did not pay
+    (docs/experiments.md), so no shipped config sets it."""
     if not weights:
         return None
     if sources is None:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import subprocess
 import time
@@ -61,7 +62,7 @@ class DemoKnobs:
     other_wake_word: str | None = None
     other_wake_share: float = 0.0
     # Each clip spoken again by this many espeak-ng voices that no shipped account speaks with, as
-    # training audio only (pipeline.data.speech_recipe.extra_take_records). More voices per sentence
+    # training audio only (extra_take_records below). More voices per sentence
     # is what the acoustic model lacks most (docs/experiments.md); 0 = the demo as shipped.
     extra_takes: int = 0
 
@@ -83,8 +84,6 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
 
         records = records + other_wake_records(records, knobs.other_wake_word, knobs.other_wake_share, knobs.seed)
     if knobs.extra_takes:
-        from pipeline.data.speech_recipe import extra_take_records
-
         records = records + extra_take_records(records, knobs.extra_takes, knobs.seed, knobs.voice)
     out = Path(cache_dir) / "demo" / _cache_key(knobs, espeak)
     deletions = out / "deletions.jsonl" if deletions_src.exists() else None
@@ -119,6 +118,38 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return with_label_noise(out / "annotations.jsonl", knobs.label_noise, knobs.seed), deletions
+
+
+def extra_take_records(records: list[dict[str, Any]], takes: int, seed: int, voice: str | None = None) -> list[dict[str, Any]]:
+    """Each record spoken again by `takes` other espeak-ng voices, as training audio only.
+
+    Why: the demo's test voices are mostly voices training never heard, and more voices per sentence
+    helped the acoustic model more than any knob (docs/experiments.md). The voices are accent+variant
+    pairs of the shipped corpus that no record speaks with, so no held-out account's voice is heard in
+    training; speed and pitch are drawn within the corpus's own ranges. Each take keeps its original's
+    account (so it lands in that split: `train_only` keeps it out of validation and test) and names
+    the original in `copy_of` (a deletion of the original deletes the take). `voice` (data.demo.voice)
+    pins every take to that one voice.
+    """
+    used = {r["voice"] for r in records}
+    accents = sorted({v.partition("+")[0] for v in used})
+    variants = sorted({v.partition("+")[2] for v in used})
+    pool = [v for v in (f"{a}+{x}" if x else a for a in accents for x in variants) if v not in used]
+    if voice is None and len(pool) < takes:
+        raise PipelineError(f"data.demo.extra_takes={takes}: only {len(pool)} voice(s) are left that no clip speaks with; "
+                            "use fewer takes")
+    speeds = [int(r["speed"]) for r in records]
+    pitches = [int(r["pitch"]) for r in records]
+    out = []
+    for r in records:
+        rng = random.Random(f"{seed}:take:{r['utterance_id']}")
+        voices = [voice] * takes if voice is not None else rng.sample(pool, takes)
+        for k, v in enumerate(voices, 1):
+            uid = f"{r['utterance_id']}-take{k}"
+            out.append({**r, "utterance_id": uid, "audio": f"audio/{uid}.wav", "voice": v,
+                        "speed": rng.randint(min(speeds), max(speeds)), "pitch": rng.randint(min(pitches), max(pitches)),
+                        "kind": "extra_take", "copy_of": r.get("copy_of") or r["utterance_id"], "train_only": True})
+    return out
 
 
 def _knobs(data_cfg: DictConfig | Mapping[str, Any]) -> DemoKnobs:

@@ -19,14 +19,13 @@ audiofolder read exactly like `source: hf`, with two things an hf source cannot 
 
 The demo side of the recipe (pipeline.data.demo, `data.demo.other_wake_word`) speaks a share of the
 demo's commands with that keyword instead of "alexa", as false wakes for the demo's own wake word,
-and `data.demo.extra_takes` speaks every demo clip again with voices no shipped account uses, as
-training audio only.
+and `data.demo.extra_takes` (pipeline.data.demo.extra_take_records) speaks every demo clip again
+with voices no shipped account uses, as training audio only.
 """
 
 from __future__ import annotations
 
 import hashlib
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,34 +132,3 @@ def other_wake_records(records: list[dict[str, Any]], word: str, share: float, s
                     "intent": None, "wake_word_present": False, "kind": "other_wake", "copy_of": r["utterance_id"]})
     return out
 
-
-def extra_take_records(records: list[dict[str, Any]], takes: int, seed: int, voice: str | None = None) -> list[dict[str, Any]]:
-    """Each record spoken again by `takes` other espeak-ng voices, as training audio only.
-
-    Why: the demo's test voices are mostly voices training never heard, and more voices per sentence
-    helped the acoustic model more than any knob (docs/experiments.md). The voices are accent+variant
-    pairs of the shipped corpus that no record speaks with, so no held-out account's voice is heard in
-    training; speed and pitch are drawn within the corpus's own ranges. Each take keeps its original's
-    account (so it lands in that split: `train_only` keeps it out of validation and test) and names
-    the original in `copy_of` (a deletion of the original deletes the take). `voice` (data.demo.voice)
-    pins every take to that one voice.
-    """
-    used = {r["voice"] for r in records}
-    accents = sorted({v.partition("+")[0] for v in used})
-    variants = sorted({v.partition("+")[2] for v in used})
-    pool = [v for v in (f"{a}+{x}" if x else a for a in accents for x in variants) if v not in used]
-    if voice is None and len(pool) < takes:
-        raise PipelineError(f"data.demo.extra_takes={takes}: only {len(pool)} voice(s) are left that no clip speaks with; "
-                            "use fewer takes")
-    speeds = [int(r["speed"]) for r in records]
-    pitches = [int(r["pitch"]) for r in records]
-    out = []
-    for r in records:
-        rng = random.Random(f"{seed}:take:{r['utterance_id']}")
-        voices = [voice] * takes if voice is not None else rng.sample(pool, takes)
-        for k, v in enumerate(voices, 1):
-            uid = f"{r['utterance_id']}-take{k}"
-            out.append({**r, "utterance_id": uid, "audio": f"audio/{uid}.wav", "voice": v,
-                        "speed": rng.randint(min(speeds), max(speeds)), "pitch": rng.randint(min(pitches), max(pitches)),
-                        "kind": "extra_take", "copy_of": r.get("copy_of") or r["utterance_id"], "train_only": True})
-    return out

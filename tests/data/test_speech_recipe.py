@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from pipeline.data.speech_recipe import clip_split, extra_take_records, heldout_speakers, other_wake_records
+from pipeline.data.demo import extra_take_records
+from pipeline.data.speech_recipe import clip_split, heldout_speakers, other_wake_records
 from pipeline.runtime import PipelineError
 from tests.data.test_readme_examples import _corpora
 
