@@ -50,7 +50,8 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 # Bump whenever the same inputs would now give a different dataset, so stale caches are not reused.
-CODE_VERSION = 3  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits
+CODE_VERSION = 4  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
+                  # 4: `copy_of` is a dataset column, so erasure finds a copy whose original is not in the dataset
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
@@ -244,6 +245,7 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         device=pseudonym(key, "dev", record.device_serial) if record.device_serial else None,
         annotator=pseudonym(key, "ann", record.annotator_id) if record.annotator_id else None,
         source=source.name,
+        copy_of=record.copy_of,
         _path=path,
         _split=split,
         _src=index,

@@ -24,8 +24,9 @@ SOURCE_COLUMN = "source"
 
 
 def dataset_features(with_audio: bool = True, with_source: bool = False) -> Features:
-    """The build always writes `source` (the name of the input a clip came from, `data.sources`);
-    consumers must not require it, since datasets made elsewhere (or before it existed) lack it."""
+    """The build always writes `source` (the name of the input a clip came from, `data.sources`) and
+    `copy_of` (a derived clip's original utterance_id, so erasing the original finds the copy);
+    consumers must not require them, since datasets made elsewhere (or before they existed) lack them."""
     columns = {
         "utterance_id": Value("string"),
         "transcript": Value("string"),      # as annotated
@@ -45,6 +46,7 @@ def dataset_features(with_audio: bool = True, with_source: bool = False) -> Feat
     }
     if with_source:
         columns[SOURCE_COLUMN] = Value("string")
+        columns["copy_of"] = Value("string")  # None unless the clip re-speaks another (export field copy_of)
     if with_audio:
         columns = {"utterance_id": columns.pop("utterance_id"), "audio": Audio(sampling_rate=SAMPLING_RATE), **columns}
     return Features(columns)

@@ -506,10 +506,13 @@ def load_waves(audio: Any, idx: list[int]) -> list[np.ndarray]:
 def _gold_rows(split: Any) -> list[dict[str, Any]]:
     columns = ["utterance_id", "transcript", "text", "intent", "scenario", "entities",
                "wake_word_present", "duration", "speaker"]
-    data = split.select_columns(columns).to_dict()
+    # copy_of goes into predictions.jsonl so erasing an original also drops its copies' lines there.
+    data = split.select_columns(columns + (["copy_of"] if "copy_of" in split.column_names else [])).to_dict()
+    copies = data.get("copy_of") or [None] * len(data["utterance_id"])
     return [
         {
             "utterance_id": data["utterance_id"][i],
+            **({"copy_of": copies[i]} if copies[i] else {}),
             "speaker": data["speaker"][i],
             "intent": data["intent"][i],
             "scenario": data["scenario"][i],

@@ -65,9 +65,11 @@ def read_lines(path: Path) -> set[str]:
     return set(path.read_text().split()) if path.is_file() else set()
 
 
-def row_matches(key: bytes, deleted: set[str], utterance_id: Any, speaker: Any, device: Any) -> set[str]:
-    """Which of the deleted pseudonyms a dataset row carries (its utterance, account or device)."""
-    names = {utterance_pseudonym(key, str(utterance_id))} if utterance_id is not None else set()
+def row_matches(key: bytes, deleted: set[str], utterance_id: Any, speaker: Any, device: Any,
+                copy_of: Any = None) -> set[str]:
+    """Which of the deleted pseudonyms a dataset row carries (its utterance, the utterance it is a
+    copy of, its account or device)."""
+    names = {utterance_pseudonym(key, str(u)) for u in (utterance_id, copy_of) if u is not None}
     names |= {p for p in (speaker, device) if isinstance(p, str)}
     return names & deleted
 
@@ -217,9 +219,10 @@ def find_traces(roots: Roots, key: bytes, deleted: set[str]) -> Traces:
     traces = Traces()
     for folder in dataset_folders(roots):
         hits = 0
-        for row in dataset_rows(folder, ("utterance_id", "speaker", "device", "text", "audio")):
+        for row in dataset_rows(folder, ("utterance_id", "copy_of", "speaker", "device", "text", "audio")):
             text = row.get("text") or ""
-            matched = row_matches(key, deleted, row.get("utterance_id"), row.get("speaker"), row.get("device"))
+            matched = row_matches(key, deleted, row.get("utterance_id"), row.get("speaker"), row.get("device"),
+                                  row.get("copy_of"))
             if not matched:
                 if text:
                     traces.kept_texts.add(text_hash(key, text))
@@ -420,7 +423,7 @@ def filter_report(path: Path, key: bytes, deleted: set[str], texts: set[str]) ->
 
 
 def prediction_hit(key: bytes, deleted: set[str], texts: set[str], row: dict[str, Any]) -> bool:
-    if row_matches(key, deleted, row.get("utterance_id"), row.get("speaker"), row.get("device")):
+    if row_matches(key, deleted, row.get("utterance_id"), row.get("speaker"), row.get("device"), row.get("copy_of")):
         return True
     return any(isinstance(row.get(k), str) and text_hash(key, row[k]) in texts
                for k in ("reference", "transcript", "text"))

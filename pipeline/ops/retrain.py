@@ -94,12 +94,17 @@ def _last_decision_for(registry: Registry, state: str) -> dict[str, Any] | None:
 
 
 def trained_on(dataset_path: Path, key: bytes) -> list[str]:
-    """Pseudonyms of what shaped the model: train (weights) and validation (thresholds, selection)."""
+    """Pseudonyms of what shaped the model: train (weights) and validation (thresholds, selection),
+    with the originals its derived clips copy (`copy_of`), so a deletion of an original finds it."""
     from datasets import load_from_disk
 
     dataset = load_from_disk(str(dataset_path))
-    ids = [u for split in ("train", "validation") if split in dataset
-           for u in dataset[split].select_columns(["utterance_id"])["utterance_id"]]
+    ids: list[str] = []
+    for split in ("train", "validation"):
+        if split in dataset:
+            columns = [c for c in ("utterance_id", "copy_of") if c in dataset[split].column_names]
+            table = dataset[split].select_columns(columns).to_dict()
+            ids += [u for c in columns for u in table[c] if u is not None]
     return sorted({utterance_pseudonym(key, str(u)) for u in ids})
 
 

@@ -113,6 +113,7 @@ def every_reason(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     lines: list[dict[str, Any] | str] = [record(i) for i in range(12)]
     lines[3] = record(3, intent=None, wake_word_present=False, entities=[], transcript="alexander went home")
     lines[4] = record(4, audio="audio/stereo.wav", entities=None, annotation="alexa play [music_genre : jazz] music")
+    lines[5] = record(5, copy_of="u099")  # kept: a copy whose original is not in this export
     lines += [
         "{not json",
         '["a", "list"]',
@@ -181,6 +182,7 @@ def test_dataset_columns_audio_and_text(every_reason: dict[str, Any]) -> None:
     assert stereo["bio_tags"] == ["O", "O", "B-music_genre", "O"]
     assert rows["u000"]["text"] == "alexa play jazz music" and rows["u000"]["scenario"] == "play"
     assert rows["u003"]["intent"] is None and rows["u003"]["wake_word_present"] is False
+    assert rows["u005"]["copy_of"] == "u099" and rows["u000"]["copy_of"] is None  # erasure looks it up
     card = (Path(every_reason["report"]["dataset_path"]) / "README.md").read_text()
     assert "false-wake share: 8.3%" in card and "| play_music | 11 |" in card and "| deleted | 4 |" in card
 

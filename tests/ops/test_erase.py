@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -255,3 +256,37 @@ def test_purging_an_export_also_drops_the_copies_of_a_deleted_clip(tmp_path: Pat
     assert purged == 3 and len(hashes) == 3
     kept = [json.loads(x)["utterance_id"] for x in (tmp_path / "annotations.jsonl").read_text().splitlines()]
     assert kept == ["u2"] and sorted(p.name for p in (tmp_path / "audio").iterdir()) == ["u2.wav"]
+
+
+def test_a_copy_is_erased_from_datasets_predictions_and_the_registry_with_its_original(store: dict[str, Any]) -> None:
+    """A derived clip (an extra take, a re-spoken command) can sit in a cached dataset whose
+    original it is not in: the original was quarantined for another reason, say. The dataset's
+    `copy_of` column is what lets a deletion of the original find it there, in predictions and in
+    what a registered model was trained on."""
+    from datasets import Dataset, DatasetDict
+
+    from bench.erase import _rows
+    from pipeline.data.features import dataset_features
+    from pipeline.ops.retrain import trained_on
+
+    root, key = store["root"], KEY.encode()
+    rows = [{**r, "source": "demo", "copy_of": None} for r in _rows(key, 9, 4, False, np.random.default_rng(1))]
+    rows[0].update(utterance_id="orig-1-take1", copy_of="orig-1")
+    folder = root / "cache" / "datasets" / "copies0000000000000"
+    DatasetDict({"train": Dataset.from_list(rows, features=dataset_features(with_source=True))}).save_to_disk(str(folder))
+    (folder / "build_report.json").write_text(json.dumps({"fingerprint": folder.name}) + "\n")
+    assert erase.utterance_pseudonym(key, "orig-1") in trained_on(folder, key)
+    run = store["runs"][1]  # not trained on it: only the copy's predictions line goes
+    predictions = run / "predictions.jsonl"
+    kept = predictions.read_text()
+    predictions.write_text(kept + json.dumps({"utterance_id": "orig-1-take1", "copy_of": "orig-1", "speaker": "acct_x",
+                                              "reference": "play jazz", "hypothesis": "play jazz"}) + "\n")
+    with open(root / "inbox" / "deletions" / "request.jsonl", "a") as f:
+        f.write(json.dumps({"utterance_id": "orig-1"}) + "\n")
+
+    assert audit.main(overrides(root)) == 3
+    assert erase.main(overrides(root)) == 0
+    assert not folder.exists() and predictions.read_text() == kept
+    statuses = {r["request"]: r["status"] for r in _receipt(root)["requests"]}
+    assert statuses[erase.utterance_pseudonym(key, "orig-1")] == "erased"
+    assert audit.main(overrides(root)) == 0
