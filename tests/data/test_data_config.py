@@ -51,6 +51,9 @@ def test_every_shipped_data_config_passes(name: str) -> None:
 def test_the_human_voices_recipe_trains_for_the_time_budget_unless_asr_is_chosen() -> None:
     assert composed("data=demo_speech").asr.max_steps > 10_000  # conf/asr/tiny_budget.yaml: the minutes decide
     assert composed("data=demo").asr.max_steps == 4000
+    # Masking in proportion to the clip for the short human words; the demo keeps transformers' floor.
+    assert composed("data=demo_speech").asr.spec_augment.mask_time_min_masks == 0
+    assert "mask_time_min_masks" not in composed("data=demo").asr.spec_augment
     chosen = composed("data=demo_speech", "asr=base")  # the command line wins over the recipe's choice
     assert chosen.asr.model_name_or_path == "facebook/wav2vec2-base" and chosen.asr.augment.conditions is not None
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
