@@ -60,12 +60,18 @@ class Deletions:
     pseudonyms: set[str] = field(default_factory=set)
 
     def matches(self, key: bytes, record: dict[str, Any]) -> bool:
-        kinds = {"utterance_id": "utt", "copy_of": "utt", "account_id": "acct", "device_serial": "dev"}
-        for name, kind in kinds.items():
-            value = record.get(name)
-            if isinstance(value, str) and pseudonym(key, kind, value) in self.pseudonyms:
-                return True
-        return False
+        return bool(record_pseudonyms(key, record) & self.pseudonyms)
+
+
+# The export fields a deletion request can name a record by; `copy_of` names the original a derived
+# clip re-speaks, so a request for the original takes the copy with it.
+RECORD_IDS = {"utterance_id": "utt", "copy_of": "utt", "account_id": "acct", "device_serial": "dev"}
+
+
+def record_pseudonyms(key: bytes, record: dict[str, Any]) -> set[str]:
+    """A raw export record's pseudonyms, as deletion requests name it (the build, erase, the audit)."""
+    return {pseudonym(key, kind, value) for name, kind in RECORD_IDS.items()
+            if isinstance(value := record.get(name), str) and value}
 
 
 def parse_deletion_requests(path: Path, key: bytes) -> tuple[Deletions, list[dict[str, Any]]]:

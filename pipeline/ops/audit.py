@@ -32,10 +32,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from pipeline.data.privacy import record_pseudonyms
 from pipeline.ops.corpus import pending_deletions, pseudonym_key
 from pipeline.ops.erase import (AUDIO_SUFFIXES, Ledger, dataset_folders, dataset_rows, deleted_set,
                                 derived_parts, export_folders, find_traces, gram_hash, md5_b64, prediction_hit,
-                                record_names, run_fingerprint, staging_files, text_hash)
+                                run_fingerprint, staging_files, text_hash)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, walk_files
 from pipeline.ops.registry import Registry
 from pipeline.runtime import PipelineError
@@ -152,7 +153,7 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]]]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict) and record_names(key, record) & deleted:
+            if isinstance(record, dict) and record_pseudonyms(key, record) & deleted:
                 hits += 1
         if hits:
             findings.append(Finding("source audio", "pseudonym", str(annotations), f"{hits} deleted record(s)"))

@@ -42,7 +42,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.data.privacy import pseudonym
+from pipeline.data.privacy import pseudonym, record_pseudonyms
 from pipeline.ops.config import JobConfig, job_config
 from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, REQUESTS, TOMBSTONES, inbox_requests, pseudonym_key,
                                  utterance_pseudonym)
@@ -65,12 +65,11 @@ def read_lines(path: Path) -> set[str]:
     return set(path.read_text().split()) if path.is_file() else set()
 
 
-def row_matches(key: bytes, deleted: set[str], utterance_id: Any, speaker: Any, device: Any,
-                copy_of: Any = None) -> set[str]:
-    """Which of the deleted pseudonyms a dataset row carries (its utterance, the utterance it is a
-    copy of, its account or device)."""
-    names = {utterance_pseudonym(key, str(u)) for u in (utterance_id, copy_of) if u is not None}
-    names |= {p for p in (speaker, device) if isinstance(p, str)}
+def row_matches(key: bytes, deleted: set[str], row: dict[str, Any]) -> set[str]:
+    """Which of the deleted pseudonyms a dataset or predictions row carries (its utterance, the
+    utterance it is a copy of, its account or device)."""
+    names = {utterance_pseudonym(key, str(row[c])) for c in ("utterance_id", "copy_of") if row.get(c) is not None}
+    names |= {p for p in (row.get("speaker"), row.get("device")) if isinstance(p, str)}
     return names & deleted
 
 
@@ -87,16 +86,6 @@ def lm_grams(text: str, order: int) -> list[tuple[str, ...]]:
 
 def gram_hash(key: bytes, gram: Iterable[str]) -> str:
     return pseudonym(key, "lm", " ".join(gram))
-
-
-def record_names(key: bytes, record: dict[str, Any]) -> set[str]:
-    """A raw export record's pseudonyms (how the requests name it)."""
-    names = set()
-    for field_name, kind in (("utterance_id", "utt"), ("copy_of", "utt"), ("account_id", "acct"), ("device_serial", "dev")):
-        value = record.get(field_name)
-        if isinstance(value, str) and value:
-            names.add(pseudonym(key, kind, value))
-    return names
 
 
 # ------------------------------------------------------------------------------ the ledger
@@ -221,8 +210,7 @@ def find_traces(roots: Roots, key: bytes, deleted: set[str]) -> Traces:
         hits = 0
         for row in dataset_rows(folder, ("utterance_id", "copy_of", "speaker", "device", "text", "audio")):
             text = row.get("text") or ""
-            matched = row_matches(key, deleted, row.get("utterance_id"), row.get("speaker"), row.get("device"),
-                                  row.get("copy_of"))
+            matched = row_matches(key, deleted, row)
             if not matched:
                 if text:
                     traces.kept_texts.add(text_hash(key, text))
@@ -254,7 +242,7 @@ def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = Fa
             record = json.loads(line)
         except json.JSONDecodeError:
             record = None
-        if not isinstance(record, dict) or not (record_names(key, record) & deleted):
+        if not isinstance(record, dict) or not (record_pseudonyms(key, record) & deleted):
             kept.append(line)
             continue
         purged += 1
@@ -423,7 +411,7 @@ def filter_report(path: Path, key: bytes, deleted: set[str], texts: set[str]) ->
 
 
 def prediction_hit(key: bytes, deleted: set[str], texts: set[str], row: dict[str, Any]) -> bool:
-    if row_matches(key, deleted, row.get("utterance_id"), row.get("speaker"), row.get("device"), row.get("copy_of")):
+    if row_matches(key, deleted, row):
         return True
     return any(isinstance(row.get(k), str) and text_hash(key, row[k]) in texts
                for k in ("reference", "transcript", "text"))
