@@ -90,6 +90,26 @@ class ClipDataset(torch.utils.data.Dataset):
         return items
 
 
+class Plays(torch.utils.data.Dataset):
+    """An epoch's plays of a ClipDataset (sampler.played_clips): position k is clip `clips[k]`, and
+    its item carries k as its index, so the augmentation plan and the collator's draws are per play.
+    With `asr.source_weights={fsdd: 2}` each FSDD clip is then heard twice with different speeds,
+    rooms and noise instead of twice the same way."""
+
+    def __init__(self, dataset: ClipDataset, clips: list[int]) -> None:
+        self.dataset, self.clips = dataset, clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        return self.__getitems__([position])[0]
+
+    def __getitems__(self, positions: list[int]) -> list[dict[str, Any]]:
+        items = self.dataset.__getitems__([self.clips[int(p)] for p in positions])
+        return [{**item, "index": int(p)} for item, p in zip(items, positions)]
+
+
 def decode_audio(audio: dict[str, Any], utterance_id: str) -> np.ndarray:
     """Mono float32 at 16 kHz from a stored {bytes, path} audio cell (bytes may be any buffer)."""
     blob = audio.get("bytes")
@@ -127,7 +147,7 @@ def _miniaudio() -> Any:
 
 
 def plan_augmentation(count: int, cfg: DictConfig | None, seed: int) -> list[float | None] | None:
-    """Which clips of an epoch are augmented (None: not), and the speed each is played at.
+    """Which plays of an epoch are augmented (None: not), and the speed each is played at.
 
     Drawn for the whole epoch before batching, so the sampler can group clips by the length they
     will be played at. Drawn per clip inside a batch instead, a 0.9x clip outgrew its neighbours and
@@ -257,7 +277,7 @@ class CTCCollator:
     processor: Wav2Vec2Processor
     augment_cfg: DictConfig | None = None
     seed: int = 0  # per epoch: noise is drawn from (seed, first clip), so workers agree with a resume
-    plan: list[float | None] | None = None  # plan_augmentation's draw for this epoch, by clip index
+    plan: list[float | None] | None = None  # plan_augmentation's draw for this epoch, by item index (a play)
     pad_buckets: tuple[int, ...] | None = None  # padded lengths in samples (asr.compile); None: the longest clip
 
     def __post_init__(self) -> None:

@@ -64,14 +64,23 @@ def played_indices(plays: Sequence[float], rng: random.Random) -> list[int]:
     return order
 
 
+def played_clips(count: int, seed: int, epoch: int, plays: Sequence[float] | None = None) -> list[int]:
+    """The clips an epoch plays, one entry per play: each of the `count` clips once (plays None), or
+    as `plays` (source_plays) repeats or thins them. Batches are made of positions in this list, so a
+    clip played twice is two plays with their own augmentation draws (plan_augmentation is per play)."""
+    if plays is None:
+        return list(range(count))
+    return played_indices(plays, random.Random(f"plays/{seed}/{epoch}"))
+
+
 def epoch_batches(
     durations: Sequence[float], max_batch_seconds: float, bucket_batches: int, seed: int, epoch: int,
-    rank: int = 0, world_size: int = 1, plays: Sequence[float] | None = None,
+    rank: int = 0, world_size: int = 1,
 ) -> list[list[int]]:
-    """This process's training batches for `epoch`; every rank gets the same number of them.
-    `plays` (source_plays) repeats or thins clips; None plays each clip once."""
+    """This process's training batches for `epoch` as positions in `durations` (one per play, see
+    played_clips); every rank gets the same number of them."""
     rng = random.Random(seed * 100_003 + epoch)
-    order = list(range(len(durations))) if plays is None else played_indices(plays, rng)
+    order = list(range(len(durations)))
     rng.shuffle(order)
     mean = max(sum(durations) / max(len(durations), 1), 1e-3)
     group = max(1, int(bucket_batches * max_batch_seconds / mean))

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.asr.checkpoints import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
-from pipeline.asr.collate import ClipDataset, CTCCollator, plan_augmentation, played_durations
+from pipeline.asr.collate import ClipDataset, CTCCollator, Plays, plan_augmentation, played_durations
 from pipeline.asr.config import ASRConfig
 from pipeline.asr.devices import fast_cpu_math, loader_workers
 from pipeline.asr.fft_conv import configure_positional_conv
@@ -32,7 +32,7 @@ from pipeline.asr.lm import LM_DIR, write_char_lm
 from pipeline.asr.model import (
     build_model, evaluate_clips, output_lengths, probe_batch_seconds, skip_waveform_gradient, uses_attention_mask,
 )
-from pipeline.asr.sampler import epoch_batches, eval_batches, source_plays
+from pipeline.asr.sampler import epoch_batches, eval_batches, played_clips, source_plays
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.config import TrainerConfig, checked
 from pipeline.data.features import SAMPLING_RATE
@@ -280,15 +280,16 @@ def epoch_loader(run: TrainingRun) -> torch.utils.data.DataLoader:
     The augmentation plan and the batches depend only on (seed, epoch, rank), so a resume replays them."""
     acfg, state, placement = run.acfg, run.state, run.placement
     epoch_seed = run.seed * 1000 + state["epoch"]
-    plan = plan_augmentation(len(run.train_set), acfg.augment, epoch_seed)  # None when augmentation is off
+    clips = played_clips(len(run.train_set), run.seed, state["epoch"], run.plays)  # one entry per play
+    plan = plan_augmentation(len(clips), acfg.augment, epoch_seed)  # per play; None when augmentation is off
     batches = epoch_batches(
-        played_durations(run.train_set.durations, plan), run.batch_seconds, int(acfg.bucket_batches),
-        run.seed, state["epoch"], placement.rank, placement.world_size, run.plays,
+        played_durations([run.train_set.durations[i] for i in clips], plan), run.batch_seconds,
+        int(acfg.bucket_batches), run.seed, state["epoch"], placement.rank, placement.world_size,
     )
     if not batches:
         raise PipelineError(f"{run.dataset_path}: the train split gives no batches for {placement.world_size} processes")
-    return clip_loader(run.train_set, batches[state["micro"]:], run.processor, acfg.augment, epoch_seed, run.workers, plan,
-                       run.buckets, prefetch=run.accum)
+    return clip_loader(Plays(run.train_set, clips), batches[state["micro"]:], run.processor, acfg.augment, epoch_seed,
+                       run.workers, plan, run.buckets, prefetch=run.accum)
 
 
 def accumulate(run: TrainingRun, progress: Progress, batch: dict[str, Any]) -> None:
@@ -475,7 +476,7 @@ def _wrap_ddp(model: torch.nn.Module, acfg: DictConfig, placement: Placement) ->
 
 
 def clip_loader(
-    dataset: ClipDataset, batches: list[list[int]], processor: Any, augment_cfg: DictConfig | None, seed: int, workers: int,
+    dataset: ClipDataset | Plays, batches: list[list[int]], processor: Any, augment_cfg: DictConfig | None, seed: int, workers: int,
     plan: list[float | None] | None = None, buckets: tuple[int, ...] | None = None, prefetch: int = 1,
 ) -> torch.utils.data.DataLoader:
     """Collated batches of `dataset` in the given order (the sampler decided it), for training or validation.

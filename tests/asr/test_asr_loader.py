@@ -17,7 +17,7 @@ import torchaudio.transforms as AT
 from omegaconf import OmegaConf
 
 from pipeline.asr.collate import (
-    CharLabels, ClipDataset, CTCCollator, decode_audio, padded_length, plan_augmentation, speed_perturb,
+    CharLabels, ClipDataset, CTCCollator, Plays, decode_audio, padded_length, plan_augmentation, speed_perturb,
 )
 from pipeline.asr.vocab import build_vocab, make_processor
 
@@ -114,6 +114,24 @@ def test_collated_batch_equals_the_processor_output(clip_split: object, tmp_path
     if masked:
         assert torch.equal(batch["attention_mask"], expected["attention_mask"])
     assert batch["input_lengths"].tolist() == [len(w) for w in waves]
+
+
+def test_a_clip_played_twice_draws_its_augmentation_twice(clip_split: object, tmp_path: Path) -> None:
+    """asr.source_weights repeats a source's clips; each repeat is a play of its own, with its own
+    speed (or none) from the plan, not a second copy of the first play."""
+    clips = ClipDataset(clip_split)
+    plays = Plays(clips, [1] * 8 + [0])  # clip 1 played eight times, clip 0 once
+    cfg = OmegaConf.create({"prob": 0.5, "speeds": [0.9, 1.0, 1.1]})
+    plan = plan_augmentation(len(plays), cfg, seed=3)
+    assert len(set(plan[:8])) > 1
+    items = plays.__getitems__(list(range(9)))
+    assert [item["index"] for item in items] == list(range(9))
+    assert all(np.array_equal(item["audio"], clips[1]["audio"]) for item in items[:8])
+    assert items[8]["text"] == TEXTS[0]
+    processor = make_processor(build_vocab(TEXTS), tmp_path, return_attention_mask=True)
+    batch = CTCCollator(processor, cfg, seed=3, plan=plan)(items)
+    wave = clips[1]["audio"]
+    assert batch["input_lengths"].tolist()[:8] == [len(wave) if s in (None, 1.0) else len(speed_perturb(wave, s)) for s in plan[:8]]
 
 
 def test_character_labels_equal_the_tokenizer(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
 from pipeline.asr.collate import CTCCollator, plan_augmentation, played_durations
 from pipeline.asr.model import load_asr
-from pipeline.asr.sampler import epoch_batches, eval_batches, source_plays
+from pipeline.asr.sampler import epoch_batches, eval_batches, played_clips, source_plays
 from pipeline.asr.vocab import PAD, UNK, WORD_DELIMITER, build_vocab, make_processor
 from pipeline.runtime import PipelineError
 
@@ -54,16 +54,20 @@ def test_source_weights_thin_or_repeat_a_sources_clips_each_epoch() -> None:
     durations = [3.0] * 400 + [0.5] * 100 + [1.0] * 100
     plays = source_plays({"demo": 0.5, "fsdd": 2}, sources, "the dataset")
     assert plays == [0.5] * 400 + [2.0] * 100 + [1.0] * 100
-    epochs = [[i for b in epoch_batches(durations, 20, 5, seed=1, epoch=e, plays=plays) for i in b] for e in range(4)]
+    def epoch_plays(epoch: int) -> list[int]:
+        clips = played_clips(600, seed=1, epoch=epoch, plays=plays)
+        return [clips[k] for b in epoch_batches([durations[i] for i in clips], 20, 5, seed=1, epoch=epoch) for k in b]
+
+    epochs = [epoch_plays(e) for e in range(4)]
     for played in epochs:
         counts = np.bincount(played, minlength=600)
         assert set(counts[:400]) <= {0, 1} and 160 < counts[:400].sum() < 240  # a seeded half of the demo
         assert (counts[400:500] == 2).all() and (counts[500:] == 1).all()
     assert epochs[0] != epochs[1] and len({i for e in epochs for i in e if i < 400}) > 350  # another half each epoch
-    assert epoch_batches(durations, 20, 5, seed=1, epoch=0, plays=plays) == epoch_batches(durations, 20, 5, 1, 0, plays=plays)
-    # No weights: the batches of a run without the knob, unchanged.
+    assert epoch_plays(0) == epoch_plays(0)
+    # No weights: each clip once, so the batches are those of a run without the knob.
     assert source_plays({}, sources, "the dataset") is None
-    assert epoch_batches(durations, 20, 5, seed=1, epoch=0, plays=None) == epoch_batches(durations, 20, 5, seed=1, epoch=0)
+    assert played_clips(600, seed=1, epoch=0) == list(range(600))
     with pytest.raises(PipelineError, match=r"\['fdsd'\] is no source of the dataset's train split"):
         source_plays({"fdsd": 2}, sources, "the dataset")
     with pytest.raises(PipelineError, match="no `source` column"):
