@@ -276,7 +276,7 @@ class CTCCollator:
 
     processor: Wav2Vec2Processor
     augment_cfg: DictConfig | None = None
-    seed: int = 0  # per epoch: noise is drawn from (seed, first clip), so workers agree with a resume
+    seed: int = 0  # per epoch: noise is drawn from (seed, first play), so workers agree with a resume
     plan: list[float | None] | None = None  # plan_augmentation's draw for this epoch, by item index (a play)
     pad_buckets: tuple[int, ...] | None = None  # padded lengths in samples (asr.compile); None: the longest clip
 

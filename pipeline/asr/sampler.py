@@ -2,7 +2,8 @@
 
 Why not a fixed number of clips per batch: short commands and long requests differ several-fold in
 length, so a fixed batch size either wastes memory on short clips or runs out on long ones, and
-random batches spend much of their compute on padding. Here the train split is shuffled (by seed
+random batches spend much of their compute on padding. Here an epoch's plays of the train split
+(played_clips: each clip once, or as `asr.source_weights` repeats or thins them) are shuffled (by seed
 and epoch), cut into groups of `bucket_batches` batches, each group is sorted by duration and
 cut so that `clips x longest clip <= max_batch_seconds`, then the batch order is shuffled again.
 Because the batches of an epoch depend only on (seed, epoch), a resumed run can skip exactly the
@@ -55,22 +56,19 @@ def source_plays(weights: Mapping[str, float] | None, sources: Sequence[str] | N
     return plays
 
 
-def played_indices(plays: Sequence[float], rng: random.Random) -> list[int]:
-    """Clip i listed int(plays[i]) times, and once more with chance of the fraction left over."""
+def played_clips(count: int, seed: int, epoch: int, plays: Sequence[float] | None = None) -> list[int]:
+    """The clips an epoch plays, one entry per play: each of the `count` clips once (plays None), or
+    clip i int(plays[i]) times and once more with the chance of the fraction left over (source_plays).
+    Batches are made of positions in this list, so a clip played twice is two plays with their own
+    augmentation draws (plan_augmentation is per play)."""
+    if plays is None:
+        return list(range(count))
+    rng = random.Random(f"plays/{seed}/{epoch}")
     order: list[int] = []
     for i, weight in enumerate(plays):
         whole = int(weight)
         order.extend([i] * (whole + (rng.random() < weight - whole)))
     return order
-
-
-def played_clips(count: int, seed: int, epoch: int, plays: Sequence[float] | None = None) -> list[int]:
-    """The clips an epoch plays, one entry per play: each of the `count` clips once (plays None), or
-    as `plays` (source_plays) repeats or thins them. Batches are made of positions in this list, so a
-    clip played twice is two plays with their own augmentation draws (plan_augmentation is per play)."""
-    if plays is None:
-        return list(range(count))
-    return played_indices(plays, random.Random(f"plays/{seed}/{epoch}"))
 
 
 def epoch_batches(
