@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := espeak-ng ffmpeg libsndfile1
 NPROC ?= 2
+# Test processes: one per core (pytest-xdist); TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= auto
 ARGS ?=
 
 .PHONY: setup system-packages train train-ddp test test-fast evaluate review retrain promote rollback erase audit-deletions compare sync bench bench-data bench-asr bench-nlu bench-eval bench-erase clean
@@ -98,13 +100,14 @@ bench-eval: setup
 bench-erase: setup
 	$(PY) -m bench.erase --repeats 5
 
-# The whole suite, slow end-to-end tests included (CI runs exactly this).
+# The whole suite, slow end-to-end tests included (CI runs exactly this). A test file stays in one
+# process (--dist loadfile), so its module fixtures are built once.
 test: setup
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # Everything but the slow end-to-end tests.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache
