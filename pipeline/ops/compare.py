@@ -53,14 +53,25 @@ def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[s
 
 
 def find_runs(roots: list[Path]) -> list[Path]:
-    """Run folders are those holding the resolved `config.yaml` that every run writes first."""
-    runs = {p.parent for root in roots if root.is_dir() for p in root.rglob("config.yaml")
-            if p.parent.name != ".hydra" and "wandb" not in p.parts}
+    """Run folders are those holding the resolved `config.yaml` that every training run writes first,
+    and evaluation folders (`python evaluate.py asr_model=... dataset=...`), whose config is only in
+    `.hydra-evaluate/`: two models scored on one dataset are the comparison users ask for most."""
+    runs = set()
+    for path in (p for root in roots if root.is_dir() for p in root.rglob("config.yaml") if "wandb" not in p.parts):
+        if path.parent.name == ".hydra-evaluate":
+            runs.add(path.parent.parent)
+        elif path.parent.name != ".hydra":
+            runs.add(path.parent)
     return sorted(runs)
 
 
+def _config_file(path: Path) -> Path:
+    own = path / "config.yaml"
+    return own if own.is_file() else path / ".hydra-evaluate" / "config.yaml"
+
+
 def load_run(path: Path) -> RunSummary:
-    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    config = yaml.safe_load(_config_file(path).read_text()) or {}
     metrics_file = path / "metrics.json"
     metrics = flatten(json.loads(metrics_file.read_text()), sep="/") if metrics_file.is_file() else {}
     decision_file = path / "decision.json"
@@ -68,7 +79,7 @@ def load_run(path: Path) -> RunSummary:
         metrics["decision"] = json.loads(decision_file.read_text()).get("decision")
     details_file = path / "eval_details.json"
     test_data = json.loads(details_file.read_text()).get("test_data") if details_file.is_file() else None
-    return RunSummary(path, (path / "config.yaml").stat().st_mtime, flatten(config), metrics, test_data)
+    return RunSummary(path, _config_file(path).stat().st_mtime, flatten(config), metrics, test_data)
 
 
 def differing_keys(runs: list[RunSummary]) -> list[str]:

@@ -19,11 +19,15 @@ REFS = [f"turn the kitchen light {w}" for w in ("on", "off", "up", "down")] * 6
 SPEAKERS = [f"acct_{i // 2:02d}" for i in range(len(REFS))]
 
 
-def _run(root: Path, name: str, hyps: list[str], fingerprint: str, order: int, per_clip: bool = True) -> None:
-    """A run folder as the eval stage leaves it; every figure is computed from the transcripts."""
+def _run(root: Path, name: str, hyps: list[str], fingerprint: str, order: int, per_clip: bool = True,
+         evaluation: bool = False) -> None:
+    """A run folder as the eval stage leaves it, or with `evaluation` as `evaluate.py asr_model=...
+    dataset=...` leaves its own folder (the config only in .hydra-evaluate/); every figure is
+    computed from the transcripts."""
     run = root / name
-    run.mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"seed": order, "run_dir": str(run)}))
+    config = run / ".hydra-evaluate" / "config.yaml" if evaluation else run / "config.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(yaml.safe_dump({"seed": order, "run_dir": str(run)}))
     rows = []
     for i, (ref, hyp, spk) in enumerate(zip(REFS, hyps, SPEAKERS)):
         row = {"utterance_id": f"utt-{i:02d}", "speaker": spk, "edit": M.edit_counts(ref, hyp)}
@@ -37,7 +41,7 @@ def _run(root: Path, name: str, hyps: list[str], fingerprint: str, order: int, p
     (run / "eval_details.json").write_text(json.dumps(details))
     if per_clip:
         (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.utime(run / "config.yaml", (1_000_000 + order, 1_000_000 + order))  # the listing order
+    os.utime(config, (1_000_000 + order, 1_000_000 + order))  # the listing order
 
 
 def _compare(root: Path) -> str:
@@ -56,6 +60,7 @@ def test_compare_pairs_runs_on_the_same_clips_and_says_why_not_otherwise(tmp_pat
     _run(out, "c-same", list(noisy), "fp1", 2)
     _run(out, "d-other-data", list(REFS), "fp2", 3)
     _run(out, "e-no-clips", list(REFS), "fp1", 4, per_clip=False)
+    _run(out / "evaluate", "f-evaluation", list(REFS), "fp1", 5, evaluation=True)
     text = _compare(tmp_path).split("\n\n", 1)[1]
     lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("outputs/")}
     better = lines["outputs/b-better"].split()
@@ -68,3 +73,7 @@ def test_compare_pairs_runs_on_the_same_clips_and_says_why_not_otherwise(tmp_pat
     first = json.loads((out / "a-first" / "metrics.json").read_text())
     assert f"outputs/a-first: asr/wer 0.100 [{first['asr/wer_ci_low']:.3f}, {first['asr/wer_ci_high']:.3f}]" in text
     assert "outputs/e-no-clips: no paired comparison: outputs/e-no-clips has no per-clip results" in text
+    # An evaluation folder is a run of its own (not its .hydra-evaluate/), paired like any other.
+    evaluation = lines["outputs/evaluate/f-evaluation"].split()
+    assert evaluation[1:5] == ["asr/wer", "0.1000", "0.0000", "-0.1000"] and evaluation[-1] == "better"
+    assert ".hydra-evaluate" not in text
