@@ -96,8 +96,8 @@ class Plays(torch.utils.data.Dataset):
     With `asr.source_weights={fsdd: 2}` each FSDD clip is then heard twice with different speeds,
     rooms and noise instead of twice the same way."""
 
-    def __init__(self, dataset: ClipDataset, clips: list[int]) -> None:
-        self.dataset, self.clips = dataset, clips
+    def __init__(self, dataset: ClipDataset, clips: list[int | tuple[int, int]], gap_s: float = 0.0) -> None:
+        self.dataset, self.clips, self.gap = dataset, clips, np.zeros(round(gap_s * SAMPLING_RATE), dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -106,8 +106,19 @@ class Plays(torch.utils.data.Dataset):
         return self.__getitems__([position])[0]
 
     def __getitems__(self, positions: list[int]) -> list[dict[str, Any]]:
-        items = self.dataset.__getitems__([self.clips[int(p)] for p in positions])
-        return [{**item, "index": int(p)} for item, p in zip(items, positions)]
+        parts = [self.clips[int(p)] if isinstance(self.clips[int(p)], tuple) else (self.clips[int(p)],) for p in positions]
+        flat = iter(self.dataset.__getitems__([i for part in parts for i in part]))
+        items = []
+        for part, p in zip(parts, positions):
+            got = [next(flat) for _ in part]  # a spliced play (sampler.spliced_plays): its clips joined by a silence
+            wave = got[0]["audio"] if len(got) == 1 else np.concatenate([got[0]["audio"], self.gap, got[1]["audio"]])
+            items.append({"index": int(p), "audio": wave, "text": " ".join(item["text"] for item in got)})
+        return items
+
+    def durations(self) -> list[float]:
+        gap = self.gap.shape[0] / SAMPLING_RATE
+        durations = self.dataset.durations
+        return [durations[c] if not isinstance(c, tuple) else durations[c[0]] + gap + durations[c[1]] for c in self.clips]
 
 
 def decode_audio(audio: dict[str, Any], utterance_id: str) -> np.ndarray:

@@ -55,6 +55,22 @@ class AugmentConfig:
 
 
 @dataclass
+class SpliceConfig:
+    sources: list[str] = MISSING    # sources whose plays may be joined ...
+    partners: list[str] = MISSING   # ... to a random clip of one of these
+    prob: float = MISSING           # share of those plays joined
+    gap_s: float = MISSING          # silence between the two clips
+
+    def validate(self) -> None:
+        if not 0.0 <= self.prob <= 1.0:
+            raise PipelineError(f"asr.splice.prob={self.prob}: a share of plays, between 0 and 1")
+        if self.gap_s < 0:
+            raise PipelineError(f"asr.splice.gap_s={self.gap_s}: seconds of silence, 0 or more")
+        if not self.sources or not self.partners:
+            raise PipelineError("asr.splice: give sources and partners, e.g. {sources: [speech_commands], partners: [demo]}")
+
+
+@dataclass
 class AutoBatchConfig:
     """How `max_batch_seconds: auto` sizes batches on a GPU (a probe at start-up; see pipeline/asr/model.py)."""
 
@@ -85,6 +101,7 @@ class ASRConfig:
     compile_buckets: int = MISSING
     bucket_batches: int = MISSING
     source_weights: Optional[dict[str, float]] = None  # plays per epoch by `source` (pipeline/asr/sampler.py)
+    splice: Optional[SpliceConfig] = None            # plays of two clips (pipeline/asr/sampler.py spliced_plays)
     learning_rate: float = MISSING
     weight_decay: float = MISSING
     adam_betas: list[float] = MISSING

@@ -71,6 +71,35 @@ def played_clips(count: int, seed: int, epoch: int, plays: Sequence[float] | Non
     return order
 
 
+def spliced_plays(clips: list[int], sources: Sequence[str] | None, splice: Mapping | None, seed: int, epoch: int,
+                  where: str = "the dataset") -> list[int | tuple[int, int]]:
+    """An epoch's plays (played_clips) with a share of some sources' plays joined to a random clip of
+    other sources, in a random order: one play of two clips, e.g. a person's word and a synthetic command.
+
+    Why (`asr.splice`): when every human clip is a word of a small vocabulary and every synthetic clip
+    an open command, the model can learn "a human voice says one of these words" and never hear a
+    word it only heard synthesised (the held-out "computer" clips decode as human words). Joined,
+    one clip carries both voices and one room, so the voice no longer tells the vocabulary."""
+    if not splice:
+        return list(clips)
+    if sources is None:
+        raise PipelineError(f"asr.splice: {where} has no `source` column to choose clips by; rebuild it with the data stage")
+    chosen, partners = set(splice["sources"]), set(splice["partners"])
+    unknown = sorted((chosen | partners) - set(sources))
+    if unknown:
+        raise PipelineError(f"asr.splice: {unknown} is no source of {where}'s train split (its sources: {sorted(set(sources))})")
+    pool = [i for i, s in enumerate(sources) if s in partners]
+    rng = random.Random(f"splice/{seed}/{epoch}")
+    out: list[int | tuple[int, int]] = []
+    for clip in clips:
+        if sources[clip] in chosen and rng.random() < float(splice["prob"]):
+            other = pool[rng.randrange(len(pool))]
+            out.append((clip, other) if rng.random() < 0.5 else (other, clip))
+        else:
+            out.append(clip)
+    return out
+
+
 def epoch_batches(
     durations: Sequence[float], max_batch_seconds: float, bucket_batches: int, seed: int, epoch: int,
     rank: int = 0, world_size: int = 1,

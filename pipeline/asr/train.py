@@ -32,7 +32,7 @@ from pipeline.asr.lm import LM_DIR, write_char_lm
 from pipeline.asr.model import (
     build_model, evaluate_clips, output_lengths, probe_batch_seconds, skip_waveform_gradient, uses_attention_mask,
 )
-from pipeline.asr.sampler import epoch_batches, eval_batches, played_clips, source_plays
+from pipeline.asr.sampler import epoch_batches, eval_batches, played_clips, source_plays, spliced_plays
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.config import TrainerConfig, checked
 from pipeline.data.features import SAMPLING_RATE
@@ -281,14 +281,17 @@ def epoch_loader(run: TrainingRun) -> torch.utils.data.DataLoader:
     acfg, state, placement = run.acfg, run.state, run.placement
     epoch_seed = run.seed * 1000 + state["epoch"]
     clips = played_clips(len(run.train_set), run.seed, state["epoch"], run.plays)  # one entry per play
-    plan = plan_augmentation(len(clips), acfg.augment, epoch_seed)  # per play; None when augmentation is off
+    splice = acfg.get("splice")
+    plays = Plays(run.train_set, spliced_plays(clips, run.train_set.sources, splice, run.seed, state["epoch"], str(run.dataset_path)),
+                  float(splice.gap_s) if splice else 0.0)
+    plan = plan_augmentation(len(plays), acfg.augment, epoch_seed)  # per play; None when augmentation is off
     batches = epoch_batches(
-        played_durations([run.train_set.durations[i] for i in clips], plan), run.batch_seconds,
+        played_durations(plays.durations(), plan), run.batch_seconds,
         int(acfg.bucket_batches), run.seed, state["epoch"], placement.rank, placement.world_size,
     )
     if not batches:
         raise PipelineError(f"{run.dataset_path}: the train split gives no batches for {placement.world_size} processes")
-    return clip_loader(Plays(run.train_set, clips), batches[state["micro"]:], run.processor, acfg.augment, epoch_seed,
+    return clip_loader(plays, batches[state["micro"]:], run.processor, acfg.augment, epoch_seed,
                        run.workers, plan, run.buckets, prefetch=run.accum)
 
 
