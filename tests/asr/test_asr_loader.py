@@ -134,6 +134,21 @@ def test_a_clip_played_twice_draws_its_augmentation_twice(clip_split: object, tm
     assert batch["input_lengths"].tolist()[:8] == [len(wave) if s in (None, 1.0) else len(speed_perturb(wave, s)) for s in plan[:8]]
 
 
+def test_a_spliced_play_is_two_clips_joined_by_silence_and_their_transcripts(clip_split: object) -> None:
+    """asr.splice: a play of two clips is one wave (first clip, gap, second clip) and one transcript,
+    and its duration is what the sampler packs batches by."""
+    clips = ClipDataset(clip_split)
+    plays = Plays(clips, [0, (2, 1), 3], gap_s=0.25)
+    items = plays.__getitems__([0, 1, 2])
+    gap = np.zeros(4000, dtype=np.float32)
+    assert np.array_equal(items[1]["audio"], np.concatenate([clips[2]["audio"], gap, clips[1]["audio"]]))
+    assert items[1]["text"] == f"{TEXTS[2]} {TEXTS[1]}" and items[0]["text"] == TEXTS[0]
+    assert np.array_equal(items[2]["audio"], clips[3]["audio"])
+    assert [item["index"] for item in items] == [0, 1, 2]
+    assert plays.durations() == [clips.durations[0], clips.durations[2] + 0.25 + clips.durations[1], clips.durations[3]]
+    assert math.isclose(plays.durations()[1], len(items[1]["audio"]) / 16000, abs_tol=1e-3)
+
+
 def test_character_labels_equal_the_tokenizer(tmp_path: Path) -> None:
     processor = make_processor(build_vocab(TEXTS), tmp_path, return_attention_mask=False)
     labels = CharLabels(processor.tokenizer)

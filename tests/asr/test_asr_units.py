@@ -14,7 +14,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
 from pipeline.asr.collate import CTCCollator, plan_augmentation, played_durations
 from pipeline.asr.model import load_asr
-from pipeline.asr.sampler import epoch_batches, eval_batches, played_clips, source_plays
+from pipeline.asr.sampler import epoch_batches, eval_batches, played_clips, source_plays, spliced_plays
 from pipeline.asr.vocab import PAD, UNK, WORD_DELIMITER, build_vocab, make_processor
 from pipeline.runtime import PipelineError
 
@@ -74,6 +74,29 @@ def test_source_weights_thin_or_repeat_a_sources_clips_each_epoch() -> None:
         source_plays({"demo": 0.5}, None, "the dataset")
     with pytest.raises(PipelineError, match="would get weight 0"):
         source_plays({"demo": 0, "fsdd": 0, "speech_commands": 0}, sources, "the dataset")
+
+
+def test_splice_joins_a_share_of_the_chosen_sources_plays_to_a_partner_clip() -> None:
+    sources = ["demo"] * 300 + ["fsdd"] * 100 + ["speech_commands"] * 100
+    splice = {"sources": ["fsdd"], "partners": ["demo"], "prob": 0.5}
+    clips = played_clips(500, seed=1, epoch=0, plays=[1.0] * 300 + [2.0] * 200)
+    plays = spliced_plays(clips, sources, splice, seed=1, epoch=0)
+    assert len(plays) == len(clips)
+    joined = [p for p in plays if isinstance(p, tuple)]
+    for play, clip in zip(plays, clips):
+        if isinstance(play, tuple):  # the played clip, and a demo clip before or after it
+            assert clip in play and sources[clip] == "fsdd" and {sources[i] for i in play} == {"fsdd", "demo"}
+        else:
+            assert play == clip
+    assert 70 < len(joined) < 130  # half of FSDD's 200 plays (each clip twice)
+    assert 0.3 < sum(sources[p[0]] == "demo" for p in joined) / len(joined) < 0.7  # either order
+    assert plays == spliced_plays(clips, sources, splice, seed=1, epoch=0)
+    assert plays != spliced_plays(clips, sources, splice, seed=1, epoch=1)
+    assert spliced_plays(clips, sources, None, seed=1, epoch=0) == clips
+    with pytest.raises(PipelineError, match=r"\['fdsd'\] is no source of the dataset's train split"):
+        spliced_plays(clips, sources, {**splice, "sources": ["fdsd"]}, seed=1, epoch=0, where="the dataset")
+    with pytest.raises(PipelineError, match="no `source` column"):
+        spliced_plays(clips, None, splice, seed=1, epoch=0)
 
 
 def test_collator_pads_audio_and_masks_label_padding(tmp_path: Path) -> None:
