@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
     ("asr.lr_schedule=step", "asr.lr_schedule='step' is not one of: linear, cosine, constant"),
     ("asr.augment.noise_snr_db=[15]", r"asr.augment.noise_snr_db=\[15.0\]: give \[low, high\] in dB"),
     ("asr.source_weights={demo: -1}", "asr.source_weights.demo=-1.0: how often an epoch plays that source's clips, 0 or more"),
+    ("asr.splice={sources: [fsdd], partners: [demo], prob: 2, gap_s: 0.2}", r"asr.splice.prob=2.0: a share of plays, between 0 and 1"),
+    ("asr.splice={sources: [], partners: [demo], prob: 0.5, gap_s: 0.2}", r"asr.splice: give sources and partners"),
     ("data.demo.extra_takes=-1", "data.demo.extra_takes=-1: how many more voices speak each clip, 0 or more"),
     ("eval.decoder=beam", "eval.decoder='beam' is not one of: auto, greedy, lm"),
     ("eval.cpu_fft_positional_conv=sometimes", "eval.cpu_fft_positional_conv='sometimes': give auto, true or false"),

@@ -40,8 +40,8 @@ def source_plays(weights: Mapping[str, float] | None, sources: Sequence[str] | N
 
     Why: corpora differ in size, and in a fixed time budget a large one takes most of the steps. A
     weight below 1 plays a fresh seeded share of a source each epoch (every clip is still heard
-    across epochs); above 1 repeats it. On the human-voices recipe halving the demo did not pay
-    (docs/experiments.md), so no shipped config sets it."""
+    across epochs); above 1 repeats it. The human-voices recipe plays people twice and half of the
+    demo on its own, the demo being heard again in spliced plays (spliced_plays, conf/data/demo_speech.yaml)."""
     if not weights:
         return None
     if sources is None:

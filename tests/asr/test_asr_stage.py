@@ -102,3 +102,23 @@ def test_the_profiler_records_the_chosen_steps(tiny_dataset_path: Path, tmp_path
     profile = tmp_path / "asr" / "profile"
     assert '"traceEvents"' in (profile / "trace.json").read_text()[:2000]
     assert "aten::" in (profile / "top_ops.txt").read_text()
+
+
+def test_spliced_plays_train_through_the_stage(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """asr.splice and asr.source_weights as data=demo_speech sets them, through the real training
+    loop, on a copy of the fixture with a `source` column (its first clips one source, the rest another)."""
+    from datasets import load_from_disk
+
+    splits = load_from_disk(str(tiny_dataset_path))
+    splits["train"] = splits["train"].add_column("source", [("person" if i % 2 else "synthetic") for i in range(len(splits["train"]))])
+    splits.save_to_disk(str(tmp_path / "data"))
+    tracker = RecordingTracker()
+    cfg = micro_cfg("asr.max_steps=3", "asr.eval_every=3", "asr.source_weights={person: 2, synthetic: 0.5}",
+                    "asr.splice={sources: [person], partners: [synthetic], prob: 1.0, gap_s: 0.2}")
+    result = run_asr_stage(cfg, tmp_path / "run", tmp_path / "data", tracker)
+    losses = [m["asr/train_loss"] for _, m in tracker.metrics if "asr/train_loss" in m]
+    assert result["steps"] == 3 and len(losses) == 3 and all(np.isfinite(losses))
+    # Misspelt sources stop the stage naming them.
+    cfg = micro_cfg("asr.splice={sources: [persons], partners: [synthetic], prob: 1.0, gap_s: 0.2}")
+    with pytest.raises(PipelineError, match=r"asr.splice: \['persons'\] is no source"):
+        run_asr_stage(cfg, tmp_path / "run2", tmp_path / "data", RecordingTracker())
