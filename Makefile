@@ -102,12 +102,13 @@ bench-erase: setup
 
 # The whole suite, slow end-to-end tests included (CI runs exactly this). A test file stays in one
 # process (--dist loadfile), so its module fixtures are built once.
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(PYTEST) $(ARGS)
 
 # Everything but the slow end-to-end tests.
 test-fast: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

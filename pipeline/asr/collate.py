@@ -105,12 +105,17 @@ class Plays(torch.utils.data.Dataset):
     def __getitem__(self, position: int) -> dict[str, Any]:
         return self.__getitems__([position])[0]
 
+    def _parts(self, position: int) -> tuple[int, ...]:
+        """The clips of a play: one, or two for a spliced play (sampler.spliced_plays), joined by the gap."""
+        play = self.clips[int(position)]
+        return play if isinstance(play, tuple) else (play,)
+
     def __getitems__(self, positions: list[int]) -> list[dict[str, Any]]:
-        parts = [self.clips[int(p)] if isinstance(self.clips[int(p)], tuple) else (self.clips[int(p)],) for p in positions]
+        parts = [self._parts(p) for p in positions]
         flat = iter(self.dataset.__getitems__([i for part in parts for i in part]))
         items = []
         for part, p in zip(parts, positions):
-            got = [next(flat) for _ in part]  # a spliced play (sampler.spliced_plays): its clips joined by a silence
+            got = [next(flat) for _ in part]
             wave = got[0]["audio"] if len(got) == 1 else np.concatenate([got[0]["audio"], self.gap, got[1]["audio"]])
             items.append({"index": int(p), "audio": wave, "text": " ".join(item["text"] for item in got)})
         return items
@@ -118,7 +123,8 @@ class Plays(torch.utils.data.Dataset):
     def durations(self) -> list[float]:
         gap = self.gap.shape[0] / SAMPLING_RATE
         durations = self.dataset.durations
-        return [durations[c] if not isinstance(c, tuple) else durations[c[0]] + gap + durations[c[1]] for c in self.clips]
+        return [durations[part[0]] if len(part) == 1 else durations[part[0]] + gap + durations[part[1]]
+                for part in map(self._parts, range(len(self.clips)))]
 
 
 def decode_audio(audio: dict[str, Any], utterance_id: str) -> np.ndarray:

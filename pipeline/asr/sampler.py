@@ -35,6 +35,17 @@ def pack_by_seconds(order: Sequence[int], durations: Sequence[float], max_batch_
     return batches
 
 
+def _known_sources(key: str, named: set[str], sources: Sequence[str] | None, where: str) -> Sequence[str]:
+    """The train split's `source` column, when it has one and holds every source a setting names."""
+    if sources is None:
+        raise PipelineError(f"{key}: {where} has no `source` column to choose clips by; rebuild it with the data stage")
+    present = sorted(set(sources))
+    unknown = sorted(named - set(present))
+    if unknown:
+        raise PipelineError(f"{key}: {unknown} is no source of {where}'s train split (its sources: {present})")
+    return sources
+
+
 def source_plays(weights: Mapping[str, float] | None, sources: Sequence[str] | None, where: str) -> list[float] | None:
     """Per training clip, how often an epoch plays it (`asr.source_weights`); None = each once.
 
@@ -44,12 +55,7 @@ def source_plays(weights: Mapping[str, float] | None, sources: Sequence[str] | N
     demo on its own, the demo being heard again in spliced plays (spliced_plays, conf/data/demo_speech.yaml)."""
     if not weights:
         return None
-    if sources is None:
-        raise PipelineError(f"asr.source_weights: {where} has no `source` column to weigh by; rebuild it with the data stage")
-    present = sorted(set(sources))
-    unknown = sorted(set(weights) - set(present))
-    if unknown:
-        raise PipelineError(f"asr.source_weights: {unknown} is no source of {where}'s train split (its sources: {present})")
+    sources = _known_sources("asr.source_weights", set(weights), sources, where)
     plays = [float(weights.get(s, 1.0)) for s in sources]
     if not any(plays):
         raise PipelineError(f"asr.source_weights={dict(weights)}: every training clip of {where} would get weight 0")
@@ -82,12 +88,8 @@ def spliced_plays(clips: list[int], sources: Sequence[str] | None, splice: Mappi
     one clip carries both voices and one room, so the voice no longer tells the vocabulary."""
     if not splice:
         return list(clips)
-    if sources is None:
-        raise PipelineError(f"asr.splice: {where} has no `source` column to choose clips by; rebuild it with the data stage")
     chosen, partners = set(splice["sources"]), set(splice["partners"])
-    unknown = sorted((chosen | partners) - set(sources))
-    if unknown:
-        raise PipelineError(f"asr.splice: {unknown} is no source of {where}'s train split (its sources: {sorted(set(sources))})")
+    sources = _known_sources("asr.splice", chosen | partners, sources, where)
     pool = [i for i, s in enumerate(sources) if s in partners]
     rng = random.Random(f"splice/{seed}/{epoch}")
     out: list[int | tuple[int, int]] = []
