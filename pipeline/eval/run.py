@@ -367,6 +367,7 @@ class Reader:
     window: int
     device: torch.device
     decoders: Sequence[BeamDecoder]
+    end_is_boundary: bool = False  # the keyword ends with the word boundary, which a clip's end may stand in for
 
     @classmethod
     def for_model(cls, model: Any, processor: Any, keyword: list[int], window_s: float,
@@ -378,6 +379,7 @@ class Reader:
             model, processor, keyword, blank=processor.tokenizer.pad_token_id,
             window=max(1, math.ceil(window_s * SAMPLING_RATE / stride)),
             device=next(model.parameters()).device, decoders=decoders,
+            end_is_boundary=len(keyword) > 1 and keyword[-1] == processor.tokenizer.convert_tokens_to_ids(processor.tokenizer.word_delimiter_token),
         )
 
     def log_probs(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,7 +387,7 @@ class Reader:
         return log_probs_of(self.model, self.processor, waves)
 
     def wake_scores(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
-        return np.asarray(keyword_scores(log_probs, lengths, self.keyword, self.blank, self.window), dtype=float)
+        return np.asarray(keyword_scores(log_probs, lengths, self.keyword, self.blank, self.window, self.end_is_boundary), dtype=float)
 
     def read(self, waves: list[np.ndarray]) -> tuple[list[str], np.ndarray, list[torch.Tensor]]:
         """One length-sorted batch: forward pass, greedy transcripts, wake scores, and each clip's

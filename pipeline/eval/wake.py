@@ -5,7 +5,8 @@ false rejects for false accepts and no ROC or DET curve exists. Instead each cli
 posterior of the keyword: the best CTC alignment of the keyword's characters followed by a word
 boundary, on the segment of the clip's first `window` frames where it fits best, scored against
 everything else the model could have emitted there (a filler whose frames cost nothing, i.e. the
-ratio to the total probability). The trailing word boundary separates "alexa" from "alexander".
+ratio to the total probability). The trailing word boundary separates "alexa" from "alexander";
+in a clip, the clip's end counts as one too, since a model never emits a boundary after the last word.
 
 Why not the ratio to the best path: it is exactly 0 whenever the greedy transcript contains the
 keyword, so a confident positive and a misheard negative tie at 0 and no threshold separates them
@@ -34,22 +35,32 @@ def keyword_states(keyword_ids: list[int], blank_id: int) -> list[int]:
 
 
 def keyword_scores(
-    log_probs: torch.Tensor, lengths: torch.Tensor, keyword_ids: list[int], blank_id: int, window: int
+    log_probs: torch.Tensor, lengths: torch.Tensor, keyword_ids: list[int], blank_id: int, window: int,
+    end_is_boundary: bool = False,
 ) -> torch.Tensor:
     """Keyword log posterior per clip (batch x frames x vocab log-probs -> batch scores, <= 0).
 
     A Viterbi pass over `filler* keyword filler*` where filler frames cost nothing, so the result is
     the log-probability of the best keyword alignment on the segment where it fits best. The
     keyword must end within `window` frames of the start. A clip too short for it scores -inf.
+    `end_is_boundary` (the keyword's last token is the word boundary): see `keyword_trace`.
     """
-    trace = keyword_trace(log_probs[:, :window].float().numpy(), lengths.numpy(), keyword_ids, blank_id)
+    trace = keyword_trace(log_probs[:, :window].float().numpy(), lengths.numpy(), keyword_ids, blank_id, end_is_boundary)
     return torch.from_numpy(trace.max(axis=1) if trace.shape[1] else np.full(trace.shape[0], NEG_INF))
 
 
-def keyword_trace(emissions: np.ndarray, lengths: np.ndarray, keyword_ids: list[int], blank_id: int) -> np.ndarray:
+def keyword_trace(
+    emissions: np.ndarray, lengths: np.ndarray, keyword_ids: list[int], blank_id: int, end_is_boundary: bool = False,
+) -> np.ndarray:
     """Per frame, the log-probability of the best keyword alignment that ends there (batch x frames
     x vocab log-probs -> batch x frames; -inf past a clip's length). The clip score is its maximum;
     the streaming detector compares each frame's value with the threshold.
+
+    `end_is_boundary`: the keyword's last token is the word boundary, and the clip's end may stand
+    in for it (the keyword, then blanks to the clip's last frame). A model emits the boundary
+    between words, never after the last one, so without this a clip of the wake word alone (how
+    wake-word corpora record it) pays for a boundary the model was trained not to emit there. A
+    stream has no end, so the streaming detector leaves it off.
 
     The recursion runs in numpy: its arrays are tiny (batch x keyword states), and per-op overhead
     is what a frame costs (numpy's is several times lower than torch's).
@@ -74,6 +85,10 @@ def keyword_trace(emissions: np.ndarray, lengths: np.ndarray, keyword_ids: list[
         score = best + emit[:, t]
         score[t >= lengths] = NEG_INF
         trace[:, t] = score[:, -2:].max(axis=1)
+        if end_is_boundary and n_states >= 4:
+            # At a clip's last frame: its last word token, or the blank after it, closes the keyword.
+            ends = t == lengths - 1
+            trace[ends, t] = np.maximum(trace[ends, t], score[ends, -4:-2].max(axis=1))
     return trace
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +69,40 @@ def test_padded_frames_are_ignored_in_a_batch() -> None:
     scores = keyword_scores(batch, torch.tensor([short.shape[0], long.shape[0]]), KEYWORD, ID["<pad>"], 100)
     assert float(scores[0]) == pytest.approx(7 * TOP + 2 * OTHER)
     assert float(scores[1]) == pytest.approx(11 * TOP)
+
+
+def test_the_clip_end_closes_a_keyword_said_last() -> None:
+    def at_end(frames: str, window: int = 100) -> float:
+        lp = posteriors(frames).unsqueeze(0)
+        return float(keyword_scores(lp, torch.tensor([lp.shape[1]]), KEYWORD, ID["<pad>"], window, end_is_boundary=True)[0])
+
+    # A clip of the wake word alone: "a_l_e_x_a" then blanks to the end, every frame matching
+    # (without the rule: 7 matching frames and 2 substitutions, see above).
+    assert at_end("_a_l_e_x_a") == pytest.approx(9 * TOP)
+    assert at_end("_a_l_e_x_a___") == pytest.approx(12 * TOP)
+    # A boundary inside the clip still counts, and "alexander" gains nothing: its end is 8 frames on.
+    assert at_end("__a_l_e_x_a_|_p_l_a_y") == pytest.approx(11 * TOP)
+    assert at_end("_a_l_e_x_a_n_d_e_r") == pytest.approx(score("_a_l_e_x_a_n_d_e_r"))
+    # The end must lie within the window, and in a batch it is each clip's own, not the padding's.
+    assert at_end("p_l_a_y_|_a_l_e_x_a", window=12) < 9 * TOP
+    short, long = posteriors("_a_l_e_x_a"), posteriors("_a_l_e_x_a_n_d_e_r")
+    batch = torch.stack([torch.cat([short, long[short.shape[0]:]]), long])
+    scores = keyword_scores(batch, torch.tensor([short.shape[0], long.shape[0]]), KEYWORD, ID["<pad>"], 100, end_is_boundary=True)
+    assert float(scores[0]) == pytest.approx(9 * TOP)
+    assert float(scores[1]) == pytest.approx(score("_a_l_e_x_a_n_d_e_r"))
+
+
+def test_the_reader_lets_the_clip_end_close_only_a_keyword_with_a_boundary(tmp_path: Path, tiny_dataset_path: Path) -> None:
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+
+    from pipeline.eval.run import Reader, keyword_ids
+    from tests.eval.test_eval_run import save_tiny_asr
+
+    save_tiny_asr(tiny_dataset_path, tmp_path)
+    model, processor = Wav2Vec2ForCTC.from_pretrained(str(tmp_path)), Wav2Vec2Processor.from_pretrained(str(tmp_path))
+    with_boundary = keyword_ids(processor, "alexa", True, tmp_path)
+    assert Reader.for_model(model, processor, with_boundary, 2.0).end_is_boundary
+    assert not Reader.for_model(model, processor, keyword_ids(processor, "alexa", False, tmp_path), 2.0).end_is_boundary
 
 
 def test_detection_metrics_by_hand() -> None:
