@@ -379,7 +379,7 @@ class Reader:
             model, processor, keyword, blank=processor.tokenizer.pad_token_id,
             window=max(1, math.ceil(window_s * SAMPLING_RATE / stride)),
             device=next(model.parameters()).device, decoders=decoders,
-            end_is_boundary=len(keyword) > 1 and keyword[-1] == processor.tokenizer.convert_tokens_to_ids(processor.tokenizer.word_delimiter_token),
+            end_is_boundary=keyword[-1] == processor.tokenizer.convert_tokens_to_ids(processor.tokenizer.word_delimiter_token),
         )
 
     def log_probs(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

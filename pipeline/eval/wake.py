@@ -85,7 +85,7 @@ def keyword_trace(
         score = best + emit[:, t]
         score[t >= lengths] = NEG_INF
         trace[:, t] = score[:, -2:].max(axis=1)
-        if end_is_boundary and n_states >= 4:
+        if end_is_boundary and n_states >= 4:  # a keyword of the boundary alone has no word before it
             # At a clip's last frame: its last word token, or the blank after it, closes the keyword.
             ends = t == lengths - 1
             trace[ends, t] = np.maximum(trace[ends, t], score[ends, -4:-2].max(axis=1))
