@@ -65,6 +65,7 @@ class DemoConfig:
     label_noise: Optional[float] = None
     other_wake_word: Optional[str] = None
     other_wake_share: Optional[float] = None
+    other_wake_alone: Optional[float] = None
     extra_takes: Optional[int] = None
 
     def check(self, key: str) -> None:
@@ -76,6 +77,8 @@ class DemoConfig:
             raise PipelineError(f"{key}.label_noise={self.label_noise}: use a share of clips between 0 and {MAX_SHARE} (e.g. 0.05)")
         if self.other_wake_share is not None and not 0 <= self.other_wake_share <= 1:
             raise PipelineError(f"{key}.other_wake_share={self.other_wake_share}: a share of the commands, between 0 and 1")
+        if self.other_wake_alone is not None and not 0 <= self.other_wake_alone <= 1:
+            raise PipelineError(f"{key}.other_wake_alone={self.other_wake_alone}: a share of the keyword's clips, between 0 and 1")
         if self.extra_takes is not None and self.extra_takes < 0:
             raise PipelineError(f"{key}.extra_takes={self.extra_takes}: how many more voices speak each clip, 0 or more")
         if self.voice is not None and not self.voice.strip():

@@ -61,6 +61,8 @@ class DemoKnobs:
     # (pipeline.data.speech_recipe.other_wake_records). None = the demo as shipped.
     other_wake_word: str | None = None
     other_wake_share: float = 0.0
+    # Of those, the share that says the keyword alone or after "hey" (speech_recipe.other_wake_records).
+    other_wake_alone: float = 0.0
     # Each clip spoken again by this many espeak-ng voices that no shipped account speaks with, as
     # training audio only (extra_take_records below). More voices per sentence
     # is what the acoustic model lacks most (docs/experiments.md); 0 = the demo as shipped.
@@ -82,7 +84,8 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     if knobs.other_wake_word:
         from pipeline.data.speech_recipe import other_wake_records
 
-        records = records + other_wake_records(records, knobs.other_wake_word, knobs.other_wake_share, knobs.seed)
+        records = records + other_wake_records(records, knobs.other_wake_word, knobs.other_wake_share, knobs.seed,
+                                               knobs.other_wake_alone)
     if knobs.extra_takes:
         records = records + extra_take_records(records, knobs.extra_takes, knobs.seed, knobs.voice)
     out = Path(cache_dir) / "demo" / _cache_key(knobs, espeak)
@@ -224,7 +227,7 @@ def _cache_key(knobs: DemoKnobs, espeak: str) -> str:
         h.update(path.read_bytes() if path.exists() else b"")
     selection = {k: v for k, v in asdict(knobs).items() if k not in ("workers", "label_noise")
                  and not (k.startswith("other_wake") and not knobs.other_wake_word)
-                 and not (k == "extra_takes" and not v)}  # unset: the old key
+                 and not (k in ("extra_takes", "other_wake_alone") and not v)}  # unset: the old key
     h.update(json.dumps([EXPORT_VERSION, espeak, selection], sort_keys=True).encode())
     return h.hexdigest()[:16]
 

@@ -118,17 +118,23 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
     return inner
 
 
-def other_wake_records(records: list[dict[str, Any]], word: str, share: float, seed: int) -> list[dict[str, Any]]:
+def other_wake_records(records: list[dict[str, Any]], word: str, share: float, seed: int,
+                       alone: float = 0.0) -> list[dict[str, Any]]:
     """A seeded `share` of the demo's commands spoken again with `word` in place of "alexa": false
-    wakes for the demo's own wake word, and the only voices training hears the keyword from."""
+    wakes for the demo's own wake word, and the only voices training hears the keyword from.
+
+    `alone`: the share of those clips that say the keyword by itself, "hey" + keyword for half of
+    them, as people say a wake word and as wake-word corpora record it. Without such clips the
+    keyword only ever opens a command, so a clip that ends on it is a shape training never showed."""
     out = []
     for r in records:
         transcript = str(r.get("transcript") or "")
         if not r.get("wake_word_present") or not transcript.startswith("alexa ") or _fraction(seed, word, r["utterance_id"]) >= share:
             continue
         said = word + transcript[len("alexa"):]
+        if _fraction(seed, word, "alone", r["utterance_id"]) < alone:
+            said = f"hey {word}" if _fraction(seed, word, "hey", r["utterance_id"]) < 0.5 else word
         uid = f"{r['utterance_id']}-{word.replace(' ', '_')}"
         out.append({**r, "utterance_id": uid, "audio": f"audio/{uid}.wav", "transcript": said, "annotation": said,
                     "intent": None, "wake_word_present": False, "kind": "other_wake", "copy_of": r["utterance_id"]})
     return out
-

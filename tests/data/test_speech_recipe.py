@@ -57,6 +57,21 @@ def test_the_demo_speaks_a_share_of_its_commands_with_the_second_keyword() -> No
     assert extra == other_wake_records(records, "computer", 0.3, seed=0)
 
 
+def test_a_share_of_the_second_keyword_clips_says_it_alone_or_after_hey() -> None:
+    records = [{"utterance_id": f"demo-{i}", "transcript": f"alexa play song {i}", "intent": "play_music",
+                "annotation": f"alexa play song {i}", "wake_word_present": True} for i in range(400)]
+    with_commands = other_wake_records(records, "computer", 0.3, seed=0)
+    mixed = other_wake_records(records, "computer", 0.3, seed=0, alone=0.5)
+    # The same commands are chosen; only what is said changes.
+    assert [r["utterance_id"] for r in mixed] == [r["utterance_id"] for r in with_commands]
+    said = [r["transcript"] for r in mixed]
+    alone, hey = said.count("computer"), said.count("hey computer")
+    assert alone + hey + sum(s.startswith("computer play song ") for s in said) == len(mixed)
+    assert 0.3 < (alone + hey) / len(mixed) < 0.7 and alone > 10 and hey > 10
+    assert all(r["annotation"] == r["transcript"] and r["wake_word_present"] is False for r in mixed)
+    assert all(r["transcript"].startswith("computer play song ") for r in with_commands)  # alone=0: as before
+
+
 def test_extra_takes_use_voices_no_clip_speaks_with_and_are_training_only() -> None:
     voices = ["en-us", "en-us+m3", "en-gb+f2", "en-gb"]  # 2 accents x 2 variants; en-gb+m3, en-us+f2 unused
     records = [{"utterance_id": f"demo-{i}", "transcript": f"alexa play song {i}", "voice": voices[i % 4],
