@@ -66,6 +66,8 @@ class DemoConfig:
     other_wake_word: Optional[str] = None
     other_wake_share: Optional[float] = None
     other_wake_alone: Optional[float] = None
+    other_wake_alone_speedup: Optional[float] = None
+    other_wake_decoys: Optional[float] = None
     extra_takes: Optional[int] = None
 
     def check(self, key: str) -> None:
@@ -79,6 +81,11 @@ class DemoConfig:
             raise PipelineError(f"{key}.other_wake_share={self.other_wake_share}: a share of the commands, between 0 and 1")
         if self.other_wake_alone is not None and not 0 <= self.other_wake_alone <= 1:
             raise PipelineError(f"{key}.other_wake_alone={self.other_wake_alone}: a share of the keyword's clips, between 0 and 1")
+        if self.other_wake_decoys is not None and not 0 <= self.other_wake_decoys <= 1:
+            raise PipelineError(f"{key}.other_wake_decoys={self.other_wake_decoys}: a share of the alone clips, between 0 and 1")
+        if self.other_wake_alone_speedup is not None and not 1 <= self.other_wake_alone_speedup <= 2:
+            raise PipelineError(f"{key}.other_wake_alone_speedup={self.other_wake_alone_speedup}: "
+                                "how much faster the keyword said alone may be, between 1 (as the command) and 2")
         if self.extra_takes is not None and self.extra_takes < 0:
             raise PipelineError(f"{key}.extra_takes={self.extra_takes}: how many more voices speak each clip, 0 or more")
         if self.voice is not None and not self.voice.strip():

@@ -63,6 +63,11 @@ class DemoKnobs:
     other_wake_share: float = 0.0
     # Of those, the share that says the keyword alone or after "hey" (speech_recipe.other_wake_records).
     other_wake_alone: float = 0.0
+    # Of the alone clips, the share that says another word of the command alone instead, so that a
+    # lone word is not by itself a sign of the keyword (speech_recipe.other_wake_records).
+    other_wake_decoys: float = 0.0
+    # Every alone clip (keyword or decoy) spoken up to this many times faster (speech_recipe.faster_alone_clips).
+    other_wake_alone_speedup: float = 1.0
     # Each clip spoken again by this many espeak-ng voices that no shipped account speaks with, as
     # training audio only (extra_take_records below). More voices per sentence
     # is what the acoustic model lacks most (docs/experiments.md); 0 = the demo as shipped.
@@ -85,9 +90,13 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
         from pipeline.data.speech_recipe import other_wake_records
 
         records = records + other_wake_records(records, knobs.other_wake_word, knobs.other_wake_share, knobs.seed,
-                                               knobs.other_wake_alone)
+                                               knobs.other_wake_alone, knobs.other_wake_decoys)
     if knobs.extra_takes:
         records = records + extra_take_records(records, knobs.extra_takes, knobs.seed, knobs.voice)
+    if knobs.other_wake_word and knobs.other_wake_alone_speedup != 1:
+        from pipeline.data.speech_recipe import faster_alone_clips
+
+        records = faster_alone_clips(records, knobs.other_wake_word, knobs.other_wake_alone_speedup, knobs.seed)
     out = Path(cache_dir) / "demo" / _cache_key(knobs, espeak)
     deletions = out / "deletions.jsonl" if deletions_src.exists() else None
     if (out / "annotations.jsonl").exists():
@@ -172,6 +181,13 @@ def _knobs(data_cfg: DictConfig | Mapping[str, Any]) -> DemoKnobs:
         raise PipelineError(f"data.demo.extra_takes={knobs.extra_takes!r}: how many more voices speak each clip, 0 or more")
     if not 0.0 <= float(knobs.other_wake_share) <= 1.0:
         raise PipelineError(f"data.demo.other_wake_share={knobs.other_wake_share!r}: a share of the commands, between 0 and 1")
+    if not 0.0 <= float(knobs.other_wake_alone) <= 1.0:
+        raise PipelineError(f"data.demo.other_wake_alone={knobs.other_wake_alone!r}: a share of the keyword's clips, between 0 and 1")
+    if not 0.0 <= float(knobs.other_wake_decoys) <= 1.0:
+        raise PipelineError(f"data.demo.other_wake_decoys={knobs.other_wake_decoys!r}: a share of the alone clips, between 0 and 1")
+    if not 1.0 <= float(knobs.other_wake_alone_speedup) <= 2.0:
+        raise PipelineError(f"data.demo.other_wake_alone_speedup={knobs.other_wake_alone_speedup!r}: how much faster "
+                            "the keyword said alone may be, between 1 (as the command) and 2")
     if knobs.voice is not None and (not isinstance(knobs.voice, str) or not knobs.voice.strip()):
         raise PipelineError(f"data.demo.voice={knobs.voice!r}: use an espeak-ng voice such as en-us or en-gb+m3, or null")
     return knobs
@@ -227,7 +243,8 @@ def _cache_key(knobs: DemoKnobs, espeak: str) -> str:
         h.update(path.read_bytes() if path.exists() else b"")
     selection = {k: v for k, v in asdict(knobs).items() if k not in ("workers", "label_noise")
                  and not (k.startswith("other_wake") and not knobs.other_wake_word)
-                 and not (k in ("extra_takes", "other_wake_alone") and not v)}  # unset: the old key
+                 and not (k in ("extra_takes", "other_wake_alone", "other_wake_decoys") and not v)
+                 and not (k == "other_wake_alone_speedup" and v == 1)}  # unset: the old key
     h.update(json.dumps([EXPORT_VERSION, espeak, selection], sort_keys=True).encode())
     return h.hexdigest()[:16]
 

@@ -119,22 +119,44 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
 
 
 def other_wake_records(records: list[dict[str, Any]], word: str, share: float, seed: int,
-                       alone: float = 0.0) -> list[dict[str, Any]]:
+                       alone: float = 0.0, decoys: float = 0.0) -> list[dict[str, Any]]:
     """A seeded `share` of the demo's commands spoken again with `word` in place of "alexa": false
     wakes for the demo's own wake word, and the only voices training hears the keyword from.
 
     `alone`: the share of those clips that say the keyword by itself, "hey" + keyword for half of
     them, as people say a wake word and as wake-word corpora record it. Without such clips the
-    keyword only ever opens a command, so a clip that ends on it is a shape training never showed."""
+    keyword only ever opens a command, so a clip that ends on it is a shape training never showed.
+
+    `decoys`: the share of those alone clips that say the command's longest word (five letters or
+    more) alone instead. With the keyword as the only word synthetic voices ever say alone, the model
+    heard any lone three-syllable word from a wake-word corpus as the keyword ("athena" as
+    "computer"). Alone clips carry `said_alone` (not exported) for faster_alone_clips."""
     out = []
     for r in records:
         transcript = str(r.get("transcript") or "")
         if not r.get("wake_word_present") or not transcript.startswith("alexa ") or _fraction(seed, word, r["utterance_id"]) >= share:
             continue
         said = word + transcript[len("alexa"):]
-        if _fraction(seed, word, "alone", r["utterance_id"]) < alone:
-            said = f"hey {word}" if _fraction(seed, word, "hey", r["utterance_id"]) < 0.5 else word
+        lone = _fraction(seed, word, "alone", r["utterance_id"]) < alone
+        if lone:
+            spoken = word
+            if _fraction(seed, word, "decoy", r["utterance_id"]) < decoys:
+                spoken = max((w for w in transcript.split()[1:] if len(w) >= 5 and w != word), key=len, default=word)
+            said = f"hey {spoken}" if _fraction(seed, word, "hey", r["utterance_id"]) < 0.5 else spoken
         uid = f"{r['utterance_id']}-{word.replace(' ', '_')}"
         out.append({**r, "utterance_id": uid, "audio": f"audio/{uid}.wav", "transcript": said, "annotation": said,
-                    "intent": None, "wake_word_present": False, "kind": "other_wake", "copy_of": r["utterance_id"]})
+                    "intent": None, "wake_word_present": False, "kind": "other_wake", "copy_of": r["utterance_id"],
+                    "said_alone": lone})
     return out
+
+
+def faster_alone_clips(records: list[dict[str, Any]], word: str, speedup: float, seed: int) -> list[dict[str, Any]]:
+    """The clips said alone (other_wake_records' keyword or decoy, and every take of them), spoken
+    faster: each at a seeded rate between its own and `speedup` times it.
+
+    Why: people say a wake word in ~420 ms (Mycroft's "computer" clips); espeak-ng takes 510-710 ms
+    at the demo's rates. Decoys are sped up too, so that a fast lone word does not by itself mean the
+    keyword. Applied after the extra takes, so the rates they draw within the corpus's own range
+    stay as they were for every other clip."""
+    return [{**r, "speed": round(int(r["speed"]) * (1 + (speedup - 1) * _fraction(seed, word, "speed", r["utterance_id"])))}
+            if r.get("said_alone") else r for r in records]

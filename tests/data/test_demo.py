@@ -156,3 +156,27 @@ def test_killed_synthesis_leaves_no_export_and_the_next_call_succeeds(tmp_path: 
     assert len(_jsonl(annotations)) == 300
     assert all((annotations.parent / r["audio"]).exists() for r in _jsonl(annotations))
     assert [p.name for p in (tmp_path / "demo").iterdir()] == [annotations.parent.name]
+
+
+def test_the_second_keyword_alone_reaches_the_export_and_a_speedup_shortens_only_it(tmp_path: Path) -> None:
+    knobs = {"max_utterances": 20, "seed": 0, "other_wake_word": "computer", "other_wake_share": 1.0,
+             "other_wake_alone": 1.0}
+    plain, _ = ensure_demo_export({"demo": knobs}, tmp_path)
+    records = _jsonl(plain)
+    keyword = [r for r in records if r["transcript"] in ("computer", "hey computer")]
+    assert keyword and all(r["utterance_id"].endswith("-computer") and not r["wake_word_present"] for r in keyword)
+    assert len(keyword) == sum(r["transcript"].startswith("alexa ") for r in records)  # every command, said alone
+
+    faster, _ = ensure_demo_export({"demo": {**knobs, "other_wake_alone_speedup": 1.6}}, tmp_path)
+    assert faster.parent != plain.parent  # its own cache entry
+    assert [r["utterance_id"] for r in _jsonl(faster)] == [r["utterance_id"] for r in records]
+    shorter = 0
+    for r in records:
+        before, after = sf.info(plain.parent / r["audio"]).frames, sf.info(faster.parent / r["audio"]).frames
+        if r in keyword:
+            shorter += after < before
+        else:
+            assert (faster.parent / r["audio"]).read_bytes() == (plain.parent / r["audio"]).read_bytes(), r["utterance_id"]
+    assert shorter >= 0.8 * len(keyword)  # each at a seeded rate between 1x and 1.6x
+    with pytest.raises(PipelineError, match=r"data\.demo\.other_wake_alone_speedup=3"):
+        ensure_demo_export({"demo": {**knobs, "other_wake_alone_speedup": 3}}, tmp_path)

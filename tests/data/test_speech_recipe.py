@@ -15,7 +15,7 @@ import pytest
 from datasets import load_from_disk
 
 from pipeline.data.demo import extra_take_records
-from pipeline.data.speech_recipe import clip_split, heldout_speakers, other_wake_records
+from pipeline.data.speech_recipe import clip_split, faster_alone_clips, heldout_speakers, other_wake_records
 from pipeline.runtime import PipelineError
 from tests.data.test_readme_examples import _corpora
 
@@ -70,6 +70,30 @@ def test_a_share_of_the_second_keyword_clips_says_it_alone_or_after_hey() -> Non
     assert 0.3 < (alone + hey) / len(mixed) < 0.7 and alone > 10 and hey > 10
     assert all(r["annotation"] == r["transcript"] and r["wake_word_present"] is False for r in mixed)
     assert all(r["transcript"].startswith("computer play song ") for r in with_commands)  # alone=0: as before
+    assert [r["said_alone"] for r in mixed] == [len(r["transcript"].split()) <= 2 for r in mixed]
+
+
+def test_decoys_say_the_command_s_longest_word_alone_in_place_of_the_keyword() -> None:
+    records = [{"utterance_id": f"demo-{i}", "transcript": t, "annotation": t, "wake_word_present": True}
+               for i, t in enumerate(["alexa play yesterday by the band"] * 100 + ["alexa stop"] * 100)]
+    said = {r["utterance_id"]: r["transcript"] for r in other_wake_records(records, "computer", 1.0, seed=0, alone=1.0, decoys=0.5)}
+    long, short = [said[f"demo-{i}-computer"] for i in range(100)], [said[f"demo-{i}-computer"] for i in range(100, 200)]
+    assert set(long) == {"computer", "hey computer", "yesterday", "hey yesterday"}
+    assert 0.3 < sum("yesterday" in s for s in long) / len(long) < 0.7
+    assert set(short) == {"computer", "hey computer"}  # no word of five letters or more: the keyword stays
+
+
+def test_faster_alone_clips_speeds_up_only_the_clips_said_alone() -> None:
+    records = [{"utterance_id": f"demo-{i}", "transcript": f"alexa play song {i}", "annotation": f"alexa play song {i}",
+                "wake_word_present": True, "speed": 150} for i in range(200)]
+    spoken = records + other_wake_records(records, "computer", 1.0, seed=0, alone=0.5)
+    spoken += [{**r, "utterance_id": r["utterance_id"] + "-take1"} for r in spoken]  # takes keep the marker
+    faster = faster_alone_clips(spoken, "computer", 1.6, seed=0)
+    assert faster == faster_alone_clips(spoken, "computer", 1.6, seed=0)
+    changed = [(a["speed"], b["speed"]) for a, b in zip(spoken, faster) if a.get("said_alone")]
+    assert len(changed) > 100 and all(150 <= s <= 240 for _, s in changed)
+    assert sum(s for _, s in changed) / len(changed) > 180  # a spread of rates, not the command's
+    assert all(a == b for a, b in zip(spoken, faster) if not a.get("said_alone"))
 
 
 def test_extra_takes_use_voices_no_clip_speaks_with_and_are_training_only() -> None:
