@@ -19,6 +19,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from pipeline.config import checked, choice
+from pipeline.data.demo import check_ranges
 from pipeline.data.label_noise import MAX_SHARE
 from pipeline.runtime import PipelineError
 
@@ -77,15 +78,7 @@ class DemoConfig:
                 raise PipelineError(f"{key}.{name}={value}: use a positive integer or null")
         if self.label_noise is not None and not 0 <= self.label_noise <= MAX_SHARE:
             raise PipelineError(f"{key}.label_noise={self.label_noise}: use a share of clips between 0 and {MAX_SHARE} (e.g. 0.05)")
-        if self.other_wake_share is not None and not 0 <= self.other_wake_share <= 1:
-            raise PipelineError(f"{key}.other_wake_share={self.other_wake_share}: a share of the commands, between 0 and 1")
-        if self.other_wake_alone is not None and not 0 <= self.other_wake_alone <= 1:
-            raise PipelineError(f"{key}.other_wake_alone={self.other_wake_alone}: a share of the keyword's clips, between 0 and 1")
-        if self.other_wake_decoys is not None and not 0 <= self.other_wake_decoys <= 1:
-            raise PipelineError(f"{key}.other_wake_decoys={self.other_wake_decoys}: a share of the alone clips, between 0 and 1")
-        if self.other_wake_alone_speedup is not None and not 1 <= self.other_wake_alone_speedup <= 2:
-            raise PipelineError(f"{key}.other_wake_alone_speedup={self.other_wake_alone_speedup}: "
-                                "how much faster the keyword said alone may be, between 1 (as the command) and 2")
+        check_ranges(vars(self), key)
         if self.extra_takes is not None and self.extra_takes < 0:
             raise PipelineError(f"{key}.extra_takes={self.extra_takes}: how many more voices speak each clip, 0 or more")
         if self.voice is not None and not self.voice.strip():

@@ -164,6 +164,23 @@ def extra_take_records(records: list[dict[str, Any]], takes: int, seed: int, voi
     return out
 
 
+# The knobs that are numbers within a range: (name, low, high, what the number is).
+RANGES = (
+    ("other_wake_share", 0.0, 1.0, "a share of the commands, between 0 and 1"),
+    ("other_wake_alone", 0.0, 1.0, "a share of the keyword's clips, between 0 and 1"),
+    ("other_wake_decoys", 0.0, 1.0, "a share of the alone clips, between 0 and 1"),
+    ("other_wake_alone_speedup", 1.0, 2.0, "how much faster a clip said alone may be, between 1 (as the command) and 2"),
+)
+
+
+def check_ranges(values: Mapping[str, Any], key: str) -> None:
+    """One home for the range checks of `_knobs` and of DemoConfig.check (which names the source's own key)."""
+    for name, low, high, what in RANGES:
+        value = values.get(name)
+        if value is not None and not low <= float(value) <= high:
+            raise PipelineError(f"{key}.{name}={value!r}: {what}")
+
+
 def _knobs(data_cfg: DictConfig | Mapping[str, Any]) -> DemoKnobs:
     block = data_cfg.get("demo") or {}
     if isinstance(block, DictConfig):
@@ -179,15 +196,7 @@ def _knobs(data_cfg: DictConfig | Mapping[str, Any]) -> DemoKnobs:
             raise PipelineError(f"data.demo.{name}={value!r}: use a positive integer or null")
     if not isinstance(knobs.extra_takes, int) or isinstance(knobs.extra_takes, bool) or knobs.extra_takes < 0:
         raise PipelineError(f"data.demo.extra_takes={knobs.extra_takes!r}: how many more voices speak each clip, 0 or more")
-    if not 0.0 <= float(knobs.other_wake_share) <= 1.0:
-        raise PipelineError(f"data.demo.other_wake_share={knobs.other_wake_share!r}: a share of the commands, between 0 and 1")
-    if not 0.0 <= float(knobs.other_wake_alone) <= 1.0:
-        raise PipelineError(f"data.demo.other_wake_alone={knobs.other_wake_alone!r}: a share of the keyword's clips, between 0 and 1")
-    if not 0.0 <= float(knobs.other_wake_decoys) <= 1.0:
-        raise PipelineError(f"data.demo.other_wake_decoys={knobs.other_wake_decoys!r}: a share of the alone clips, between 0 and 1")
-    if not 1.0 <= float(knobs.other_wake_alone_speedup) <= 2.0:
-        raise PipelineError(f"data.demo.other_wake_alone_speedup={knobs.other_wake_alone_speedup!r}: how much faster "
-                            "the keyword said alone may be, between 1 (as the command) and 2")
+    check_ranges(asdict(knobs), "data.demo")
     if knobs.voice is not None and (not isinstance(knobs.voice, str) or not knobs.voice.strip()):
         raise PipelineError(f"data.demo.voice={knobs.voice!r}: use an espeak-ng voice such as en-us or en-gb+m3, or null")
     return knobs
