@@ -70,6 +70,7 @@ class DemoConfig:
     other_wake_alone_speedup: Optional[float] = None
     other_wake_decoys: Optional[float] = None
     extra_takes: Optional[int] = None
+    other_wake_flite_takes: Optional[int] = None
 
     def check(self, key: str) -> None:
         for name in ("max_utterances", "workers"):
@@ -79,8 +80,10 @@ class DemoConfig:
         if self.label_noise is not None and not 0 <= self.label_noise <= MAX_SHARE:
             raise PipelineError(f"{key}.label_noise={self.label_noise}: use a share of clips between 0 and {MAX_SHARE} (e.g. 0.05)")
         check_ranges(vars(self), key)
-        if self.extra_takes is not None and self.extra_takes < 0:
-            raise PipelineError(f"{key}.extra_takes={self.extra_takes}: how many more voices speak each clip, 0 or more")
+        for name in ("extra_takes", "other_wake_flite_takes"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise PipelineError(f"{key}.{name}={value}: how many more voices speak each clip, 0 or more")
         if self.voice is not None and not self.voice.strip():
             raise PipelineError(f"{key}.voice={self.voice!r}: use an espeak-ng voice such as en-us or en-gb+m3, or null")
 

@@ -72,6 +72,9 @@ class DemoKnobs:
     # training audio only (extra_take_records below). More voices per sentence
     # is what the acoustic model lacks most (docs/experiments.md); 0 = the demo as shipped.
     extra_takes: int = 0
+    # Each keyword clip (and decoy) spoken again by this many flite voices (flite_take_records below),
+    # as training audio only: voices built from recordings of people, where espeak-ng's are formant synthesis.
+    other_wake_flite_takes: int = 0
 
 
 def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path) -> tuple[Path, Path | None]:
@@ -91,18 +94,23 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
 
         records = records + other_wake_records(records, knobs.other_wake_word, knobs.other_wake_share, knobs.seed,
                                                knobs.other_wake_alone, knobs.other_wake_decoys)
+    keyword_clips = [r for r in records if r.get("kind") == "other_wake"]
     if knobs.extra_takes:
         records = records + extra_take_records(records, knobs.extra_takes, knobs.seed, knobs.voice)
+    flite = bool(keyword_clips and knobs.other_wake_flite_takes)
+    if flite:
+        records = records + flite_take_records(keyword_clips, knobs.other_wake_flite_takes, knobs.seed)
     if knobs.other_wake_word and knobs.other_wake_alone_speedup != 1:
         from pipeline.data.speech_recipe import faster_alone_clips
 
         records = faster_alone_clips(records, knobs.other_wake_word, knobs.other_wake_alone_speedup, knobs.seed)
-    out = Path(cache_dir) / "demo" / _cache_key(knobs, espeak)
+    synthesisers = espeak + (f" + {flite_version()}" if flite else "")
+    out = Path(cache_dir) / "demo" / _cache_key(knobs, synthesisers)
     deletions = out / "deletions.jsonl" if deletions_src.exists() else None
     if (out / "annotations.jsonl").exists():
         return with_label_noise(out / "annotations.jsonl", knobs.label_noise, knobs.seed), deletions
 
-    missing = unknown_voices({r["voice"] for r in records})
+    missing = unknown_voices({r["voice"] for r in records if not r["voice"].startswith(FLITE_PREFIX)})
     if missing and knobs.voice is not None:  # asked for by name: no silent fallback
         raise PipelineError(
             f"data.demo.voice={knobs.voice!r}: this espeak-ng has no such voice; "
@@ -118,7 +126,7 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     try:
         started = time.perf_counter()
         _synthesise(records, tmp, knobs.workers or usable_cores())
-        log.info("demo: synthesised %d clips with %s in %.1f s", len(records), espeak,
+        log.info("demo: synthesised %d clips with %s in %.1f s", len(records), synthesisers,
                  time.perf_counter() - started)
         with open(tmp / "annotations.jsonl", "w", encoding="utf-8") as f:
             for record in records:
@@ -164,6 +172,40 @@ def extra_take_records(records: list[dict[str, Any]], takes: int, seed: int, voi
     return out
 
 
+# flite's voices for flite_take_records: CMU's clustergen voices built from ARCTIC recordings of
+# people (awb, rms, slt) and a diphone voice (kal16), each with its median pitch in Hz as spoken by
+# flite 2.2, around which a take's pitch is drawn (rms ignores a pitch target and keeps its own).
+FLITE_PREFIX = "flite:"
+FLITE_VOICES = {"awb": 125, "kal16": 105, "rms": 105, "slt": 175}
+FLITE_PITCH_SPREAD = (0.85, 1.15)  # a take's pitch: its voice's median times a factor drawn in this range
+
+
+def flite_take_records(records: list[dict[str, Any]], takes: int, seed: int) -> list[dict[str, Any]]:
+    """Each record spoken again by `takes` flite voices (FLITE_VOICES), as training audio only.
+
+    Why: every espeak-ng voice is formant synthesis, and a keyword heard only from them was heard
+    badly in people's recordings; flite's voices are built from recordings of people. The recipe
+    gives them the keyword's clips only (data.demo.other_wake_flite_takes): flite takes of every
+    demo clip cost the demo's own test WER, and the keyword clips alone gave the gain on people
+    (docs/experiments.md). A take keeps its original's account and names it in `copy_of`, like
+    extra_take_records; its `speed` is in espeak-ng's words per minute (drawn within the corpus's
+    range) and its `pitch` in Hz.
+    """
+    if takes > len(FLITE_VOICES):
+        raise PipelineError(f"data.demo.other_wake_flite_takes={takes}: flite has {len(FLITE_VOICES)} voices ({sorted(FLITE_VOICES)}); use fewer takes")
+    speeds = [int(r["speed"]) for r in records]
+    out = []
+    for r in records:
+        rng = random.Random(f"{seed}:flite:{r['utterance_id']}")
+        for k, voice in enumerate(rng.sample(sorted(FLITE_VOICES), takes), 1):
+            uid = f"{r['utterance_id']}-flite{k}"
+            pitch = round(FLITE_VOICES[voice] * rng.uniform(*FLITE_PITCH_SPREAD))
+            out.append({**r, "utterance_id": uid, "audio": f"audio/{uid}.wav", "voice": FLITE_PREFIX + voice,
+                        "speed": rng.randint(min(speeds), max(speeds)), "pitch": pitch,
+                        "kind": "extra_take", "copy_of": r.get("copy_of") or r["utterance_id"], "train_only": True})
+    return out
+
+
 # The knobs that are numbers within a range: (name, low, high, what the number is).
 RANGES = (
     ("other_wake_share", 0.0, 1.0, "a share of the commands, between 0 and 1"),
@@ -194,8 +236,10 @@ def _knobs(data_cfg: DictConfig | Mapping[str, Any]) -> DemoKnobs:
         value = getattr(knobs, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise PipelineError(f"data.demo.{name}={value!r}: use a positive integer or null")
-    if not isinstance(knobs.extra_takes, int) or isinstance(knobs.extra_takes, bool) or knobs.extra_takes < 0:
-        raise PipelineError(f"data.demo.extra_takes={knobs.extra_takes!r}: how many more voices speak each clip, 0 or more")
+    for name in ("extra_takes", "other_wake_flite_takes"):
+        value = getattr(knobs, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise PipelineError(f"data.demo.{name}={value!r}: how many more voices speak each clip, 0 or more")
     check_ranges(asdict(knobs), "data.demo")
     if knobs.voice is not None and (not isinstance(knobs.voice, str) or not knobs.voice.strip()):
         raise PipelineError(f"data.demo.voice={knobs.voice!r}: use an espeak-ng voice such as en-us or en-gb+m3, or null")
@@ -231,6 +275,14 @@ def espeak_version() -> str:
     return " ".join(out.split()[:4])  # "eSpeak NG text-to-speech: 1.51"
 
 
+def flite_version() -> str:
+    if shutil.which("flite") is None:
+        raise PipelineError("data.demo.other_wake_flite_takes needs flite, which is not installed: run `make setup` "
+                            "(or `apt-get install flite`), or set data.demo.other_wake_flite_takes=0")
+    done = subprocess.run(["flite", "--version"], capture_output=True, text=True)  # exits 1 after printing it
+    return next((line.split("version:")[1].split()[0] for line in done.stdout.splitlines() if "version:" in line), "flite")
+
+
 def unknown_voices(voices: set[str]) -> list[str]:
     """The `accent+variant` names the installed espeak-ng does not have."""
     listing = subprocess.run(["espeak-ng", "--voices"], check=True, capture_output=True, text=True).stdout
@@ -245,29 +297,37 @@ def unknown_voices(voices: set[str]) -> list[str]:
     return missing
 
 
-def _cache_key(knobs: DemoKnobs, espeak: str) -> str:
+def _cache_key(knobs: DemoKnobs, synthesisers: str) -> str:
     h = hashlib.sha256()
     for name in ("utterances.jsonl", "deletions.jsonl"):
         path = DEMO_DIR / name
         h.update(path.read_bytes() if path.exists() else b"")
     selection = {k: v for k, v in asdict(knobs).items() if k not in ("workers", "label_noise")
                  and not (k.startswith("other_wake") and not knobs.other_wake_word)
-                 and not (k in ("extra_takes", "other_wake_alone", "other_wake_decoys") and not v)
+                 and not (k in ("extra_takes", "other_wake_flite_takes", "other_wake_alone", "other_wake_decoys") and not v)
                  and not (k == "other_wake_alone_speedup" and v == 1)}  # unset: the old key
-    h.update(json.dumps([EXPORT_VERSION, espeak, selection], sort_keys=True).encode())
+    h.update(json.dumps([EXPORT_VERSION, synthesisers, selection], sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
 def _synthesise(records: list[dict[str, Any]], export_dir: Path, workers: int) -> None:
-    """One espeak-ng process per clip, `workers` at a time (threads only wait on the processes)."""
+    """One espeak-ng or flite process per clip, `workers` at a time (threads only wait on the processes)."""
 
     def speak(record: dict[str, Any]) -> None:
-        cmd = ["espeak-ng", "-v", record["voice"], "-s", str(record["speed"]), "-p", str(record["pitch"]),
-               "-w", str(export_dir / record["audio"]), record["transcript"]]
+        wav = str(export_dir / record["audio"])
+        if record["voice"].startswith(FLITE_PREFIX):
+            # flite's rate is a duration factor: 1 is ~200 words a minute, so 160 / speed puts the
+            # corpus's 137-193 wpm near espeak-ng's rates; int_f0_target_mean is the pitch in Hz.
+            cmd = ["flite", "-voice", record["voice"].removeprefix(FLITE_PREFIX),
+                   "--setf", f"duration_stretch={160 / int(record['speed']):.3f}",
+                   "--setf", f"int_f0_target_mean={int(record['pitch'])}", "-t", record["transcript"], "-o", wav]
+        else:
+            cmd = ["espeak-ng", "-v", record["voice"], "-s", str(record["speed"]), "-p", str(record["pitch"]),
+                   "-w", wav, record["transcript"]]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0 or done.stderr.strip():
             raise PipelineError(
-                f"espeak-ng failed on demo record {record['utterance_id']} (voice {record['voice']}): "
+                f"{cmd[0]} failed on demo record {record['utterance_id']} (voice {record['voice']}): "
                 f"{done.stderr.strip() or f'exit code {done.returncode}'}"
             )
 

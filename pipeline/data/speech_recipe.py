@@ -11,16 +11,18 @@ audiofolder read exactly like `source: hf`, with two things an hf source cannot 
   training one and the wake-word one below) holds out the same people. A corpus without speakers
   (the Mycroft wake words) is split clip by clip with the same shares.
 - **Keyword clips kept out of training.** Clips whose `keyword_column` (Mycroft's `wake_word`) is
-  one of `keywords` are the test of a wake word the model hears only from espeak-ng voices:
-  `role: train` drops them, and `role: wake_test` builds the set that scores them: those clips as
-  wake-word positives (half validation, to tune the threshold, half test) against the held-out
-  other human speech (validation and test speakers only; training clips are left out), so that
-  `evaluate.py eval.wake_word=computer dataset=<that build>` scores a word never heard from a person.
+  one of `keywords` are the test of a wake word the model hears only from synthetic voices
+  (espeak-ng, and flite for `data.demo.other_wake_flite_takes`): `role: train` drops them, and
+  `role: wake_test` builds the set that scores them: those clips as wake-word positives (half
+  validation, to tune the threshold, half test) against the held-out other human speech
+  (validation and test speakers only; training clips are left out), so that `evaluate.py
+  eval.wake_word=computer dataset=<that build>` scores a word never heard from a person.
 
 The demo side of the recipe (pipeline.data.demo, `data.demo.other_wake_word`) speaks a share of the
 demo's commands with that keyword instead of "alexa", as false wakes for the demo's own wake word,
 and `data.demo.extra_takes` (pipeline.data.demo.extra_take_records) speaks every demo clip again
-with voices no shipped account uses, as training audio only.
+with voices no shipped account uses, as training audio only; `data.demo.other_wake_flite_takes`
+(pipeline.data.demo.flite_take_records) speaks the keyword's clips again with flite's voices.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ deterministic canonical export."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -180,3 +182,37 @@ def test_the_second_keyword_alone_reaches_the_export_and_a_speedup_shortens_only
     assert shorter >= 0.8 * len(keyword)  # each at a seeded rate between 1x and 1.6x
     with pytest.raises(PipelineError, match=r"data\.demo\.other_wake_alone_speedup=3"):
         ensure_demo_export({"demo": {**knobs, "other_wake_alone_speedup": 3}}, tmp_path)
+
+
+def test_flite_takes_of_the_keyword_clips_reach_the_export_spoken_by_flite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    knobs = {"max_utterances": 20, "seed": 0, "other_wake_word": "computer", "other_wake_share": 1.0,
+             "other_wake_alone": 0.5}
+    plain, _ = ensure_demo_export({"demo": knobs}, tmp_path)
+    with_flite, _ = ensure_demo_export({"demo": {**knobs, "other_wake_flite_takes": 2}}, tmp_path)
+    assert with_flite.parent != plain.parent  # its own cache entry; the plain one is unchanged
+    before, records = _jsonl(plain), _jsonl(with_flite)
+    assert records[: len(before)] == before
+    takes = records[len(before):]
+    keyword_clips = [r for r in before if r["utterance_id"].endswith("-computer")]
+    assert keyword_clips  # only they are spoken again
+    assert sorted(t["utterance_id"] for t in takes) == sorted(f"{r['utterance_id']}-flite{k}" for r in keyword_clips for k in (1, 2))
+    by_id = {r["utterance_id"]: r for r in keyword_clips}
+    for t in takes:
+        source = by_id[t["utterance_id"].rsplit("-flite", 1)[0]]
+        assert t["train_only"] is True and t["copy_of"] == source["copy_of"]  # the shipped clip, for deletions
+        assert t["transcript"] == source["transcript"] and t["account_id"] == source["account_id"]
+        take, original = sf.info(with_flite.parent / t["audio"]), sf.info(plain.parent / source["audio"])
+        assert take.samplerate == 16000 and original.samplerate == 22050  # flite's voices, not espeak-ng's
+        assert take.duration > 0.3
+
+    # Without flite on the PATH the recipe stops and says what to install (espeak-ng alone is there).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    os.symlink(shutil.which("espeak-ng"), bin_dir / "espeak-ng")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(PipelineError, match=r"data\.demo\.other_wake_flite_takes needs flite.*make setup"):
+        ensure_demo_export({"demo": {**knobs, "seed": 1, "other_wake_flite_takes": 1}}, tmp_path)
+    with pytest.raises(PipelineError, match=r"data\.demo\.other_wake_flite_takes=-1"):
+        ensure_demo_export({"demo": {"other_wake_flite_takes": -1}}, tmp_path)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from pipeline.data.demo import extra_take_records
+from pipeline.data.demo import FLITE_PREFIX, FLITE_VOICES, extra_take_records, flite_take_records
 from pipeline.data.speech_recipe import clip_split, faster_alone_clips, heldout_speakers, other_wake_records
 from pipeline.runtime import PipelineError
 from tests.data.test_readme_examples import _corpora
@@ -119,6 +119,33 @@ def test_extra_takes_use_voices_no_clip_speaks_with_and_are_training_only() -> N
     assert {t["voice"] for t in extra_take_records(records, 1, seed=0, voice="en-us")} == {"en-us"}
     with pytest.raises(PipelineError, match="extra_takes=3: only 2 voice"):
         extra_take_records(records, 3, seed=0)
+
+
+def test_flite_takes_are_training_only_clips_of_different_flite_voices_at_the_corpus_rates() -> None:
+    records = [{"utterance_id": f"demo-{i}", "transcript": f"alexa play song {i}", "voice": "en-us",
+                "speed": 140 + i, "pitch": 30 + i, "account_id": f"acct-{i % 5}"} for i in range(40)]
+    records.append({**records[0], "utterance_id": "demo-0-computer", "copy_of": "demo-0"})
+    takes = flite_take_records(records, 2, seed=0)
+    assert len(takes) == 2 * len(records)
+    by_original: dict[str, list[dict]] = {}
+    for t in takes:
+        original = t["utterance_id"].rsplit("-flite", 1)[0]
+        by_original.setdefault(original, []).append(t)
+        assert t["train_only"] is True and t["kind"] == "extra_take"
+        assert t["copy_of"] == original.removesuffix("-computer")  # the shipped clip, for deletions
+        voice = t["voice"].removeprefix(FLITE_PREFIX)
+        assert t["voice"].startswith(FLITE_PREFIX) and voice in FLITE_VOICES
+        assert 140 <= t["speed"] <= 179
+        assert 0.85 * FLITE_VOICES[voice] - 1 <= t["pitch"] <= 1.15 * FLITE_VOICES[voice] + 1  # Hz, around the voice's own
+    for original, pair in by_original.items():
+        source = next(r for r in records if r["utterance_id"] == original)
+        assert len({t["voice"] for t in pair}) == 2
+        assert all(t["account_id"] == source["account_id"] and t["transcript"] == source["transcript"] for t in pair)
+    assert {t["voice"] for t in takes} == {FLITE_PREFIX + v for v in FLITE_VOICES}  # every voice is used
+    assert takes == flite_take_records(records, 2, seed=0)
+    assert takes != flite_take_records(records, 2, seed=1)
+    with pytest.raises(PipelineError, match=f"other_wake_flite_takes=5: flite has {len(FLITE_VOICES)} voices"):
+        flite_take_records(records, 5, seed=0)
 
 
 def test_a_missing_speech_folder_stops_the_build_naming_it(tmp_path: Path) -> None:
