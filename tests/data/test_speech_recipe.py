@@ -175,9 +175,15 @@ def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(t
     demo = [(split, r["utterance_id"]) for split, r in rows if r["source"] == "demo"]
     takes = [(split, uid) for split, uid in demo if "-take" in uid]
     assert takes and {split for split, _ in takes} == {"train"}
-    originals = {uid: split for split, uid in demo if "-take" not in uid}
+    originals = {uid: split for split, uid in demo if "-take" not in uid and "-flite" not in uid}
     assert {uid.removesuffix("-take1") for _, uid in takes} == {u for u, split in originals.items() if split == "train"}
-    assert report["quarantine_reasons"]["train_only"] == sum(split != "train" for split in originals.values())
+    # flite's take of each keyword clip (other_wake_flite_takes=1): training audio only, likewise.
+    flite = [(split, uid) for split, uid in demo if "-flite" in uid]
+    assert flite and {split for split, _ in flite} == {"train"}
+    keyword = {u: split for u, split in originals.items() if u.endswith("-computer")}
+    assert {uid.removesuffix("-flite1") for _, uid in flite} == {u for u, split in keyword.items() if split == "train"}
+    assert report["quarantine_reasons"]["train_only"] == (sum(split != "train" for split in originals.values())
+                                                          + sum(split != "train" for split in keyword.values()))
     for corpus in ("speech_commands", "fsdd"):
         by_split = {s: {r["speaker"] for split, r in rows if split == s and r["source"] == corpus} for s in built}
         assert by_split["test"] and by_split["train"]
