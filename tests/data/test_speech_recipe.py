@@ -96,24 +96,35 @@ def test_faster_alone_clips_speeds_up_only_the_clips_said_alone() -> None:
     assert all(a == b for a, b in zip(spoken, faster) if not a.get("said_alone"))
 
 
-def test_extra_takes_use_voices_no_clip_speaks_with_and_are_training_only() -> None:
-    voices = ["en-us", "en-us+m3", "en-gb+f2", "en-gb"]  # 2 accents x 2 variants; en-gb+m3, en-us+f2 unused
-    records = [{"utterance_id": f"demo-{i}", "transcript": f"alexa play song {i}", "voice": voices[i % 4],
+def _commands(voices: list[str]) -> list[dict]:
+    """40 demo-like commands spoken by `voices` in turn, and one keyword clip derived from the first."""
+    records = [{"utterance_id": f"demo-{i}", "transcript": f"alexa play song {i}", "voice": voices[i % len(voices)],
                 "speed": 140 + i, "pitch": 30 + i, "account_id": f"acct-{i % 5}"} for i in range(40)]
-    records.append({**records[0], "utterance_id": "demo-0-computer", "copy_of": "demo-0"})
-    takes = extra_take_records(records, 2, seed=0)
-    assert len(takes) == 2 * len(records)
+    return records + [{**records[0], "utterance_id": "demo-0-computer", "copy_of": "demo-0"}]
+
+
+def _takes_by_original(takes: list[dict], records: list[dict], marker: str) -> dict[str, list[dict]]:
+    """The takes grouped by the record they re-speak, after the checks every kind of take must pass:
+    training only, naming the shipped clip (for deletions), same words and account, corpus rates."""
+    by_id = {r["utterance_id"]: r for r in records}
     by_original: dict[str, list[dict]] = {}
     for t in takes:
-        original = t["utterance_id"].rsplit("-take", 1)[0]
+        original = t["utterance_id"].rsplit(marker, 1)[0]
         by_original.setdefault(original, []).append(t)
         assert t["train_only"] is True and t["kind"] == "extra_take"
-        assert t["copy_of"] == original.removesuffix("-computer")  # the shipped clip, for deletions
-        assert 140 <= t["speed"] <= 179 and 30 <= t["pitch"] <= 69
-    for original, pair in by_original.items():
-        source = next(r for r in records if r["utterance_id"] == original)
+        assert t["copy_of"] == original.removesuffix("-computer")
+        assert t["account_id"] == by_id[original]["account_id"] and t["transcript"] == by_id[original]["transcript"]
+        assert 140 <= t["speed"] <= 179
+    return by_original
+
+
+def test_extra_takes_use_voices_no_clip_speaks_with_and_are_training_only() -> None:
+    records = _commands(["en-us", "en-us+m3", "en-gb+f2", "en-gb"])  # 2 accents x 2 variants; en-gb+m3, en-us+f2 unused
+    takes = extra_take_records(records, 2, seed=0)
+    assert len(takes) == 2 * len(records)
+    for pair in _takes_by_original(takes, records, "-take").values():
         assert {t["voice"] for t in pair} == {"en-gb+m3", "en-us+f2"}  # two different unheard voices
-        assert all(t["account_id"] == source["account_id"] and t["transcript"] == source["transcript"] for t in pair)
+        assert all(30 <= t["pitch"] <= 69 for t in pair)
     assert takes == extra_take_records(records, 2, seed=0)
     assert takes != extra_take_records(records, 2, seed=1)
     assert {t["voice"] for t in extra_take_records(records, 1, seed=0, voice="en-us")} == {"en-us"}
@@ -122,25 +133,15 @@ def test_extra_takes_use_voices_no_clip_speaks_with_and_are_training_only() -> N
 
 
 def test_flite_takes_are_training_only_clips_of_different_flite_voices_at_the_corpus_rates() -> None:
-    records = [{"utterance_id": f"demo-{i}", "transcript": f"alexa play song {i}", "voice": "en-us",
-                "speed": 140 + i, "pitch": 30 + i, "account_id": f"acct-{i % 5}"} for i in range(40)]
-    records.append({**records[0], "utterance_id": "demo-0-computer", "copy_of": "demo-0"})
+    records = _commands(["en-us"])
     takes = flite_take_records(records, 2, seed=0)
     assert len(takes) == 2 * len(records)
-    by_original: dict[str, list[dict]] = {}
-    for t in takes:
-        original = t["utterance_id"].rsplit("-flite", 1)[0]
-        by_original.setdefault(original, []).append(t)
-        assert t["train_only"] is True and t["kind"] == "extra_take"
-        assert t["copy_of"] == original.removesuffix("-computer")  # the shipped clip, for deletions
-        voice = t["voice"].removeprefix(FLITE_PREFIX)
-        assert t["voice"].startswith(FLITE_PREFIX) and voice in FLITE_VOICES
-        assert 140 <= t["speed"] <= 179
-        assert 0.85 * FLITE_VOICES[voice] - 1 <= t["pitch"] <= 1.15 * FLITE_VOICES[voice] + 1  # Hz, around the voice's own
-    for original, pair in by_original.items():
-        source = next(r for r in records if r["utterance_id"] == original)
+    for pair in _takes_by_original(takes, records, "-flite").values():
         assert len({t["voice"] for t in pair}) == 2
-        assert all(t["account_id"] == source["account_id"] and t["transcript"] == source["transcript"] for t in pair)
+        for t in pair:
+            voice = t["voice"].removeprefix(FLITE_PREFIX)
+            assert t["voice"].startswith(FLITE_PREFIX) and voice in FLITE_VOICES
+            assert 0.85 * FLITE_VOICES[voice] - 1 <= t["pitch"] <= 1.15 * FLITE_VOICES[voice] + 1  # Hz, around the voice's own
     assert {t["voice"] for t in takes} == {FLITE_PREFIX + v for v in FLITE_VOICES}  # every voice is used
     assert takes == flite_take_records(records, 2, seed=0)
     assert takes != flite_take_records(records, 2, seed=1)
