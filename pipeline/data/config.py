@@ -80,10 +80,6 @@ class DemoConfig:
         if self.label_noise is not None and not 0 <= self.label_noise <= MAX_SHARE:
             raise PipelineError(f"{key}.label_noise={self.label_noise}: use a share of clips between 0 and {MAX_SHARE} (e.g. 0.05)")
         check_ranges(vars(self), key)
-        for name in ("extra_takes", "other_wake_flite_takes"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise PipelineError(f"{key}.{name}={value}: how many more voices speak each clip, 0 or more")
         if self.voice is not None and not self.voice.strip():
             raise PipelineError(f"{key}.voice={self.voice!r}: use an espeak-ng voice such as en-us or en-gb+m3, or null")
 

@@ -165,11 +165,16 @@ def extra_take_records(records: list[dict[str, Any]], takes: int, seed: int, voi
         rng = random.Random(f"{seed}:take:{r['utterance_id']}")
         voices = [voice] * takes if voice is not None else rng.sample(pool, takes)
         for k, v in enumerate(voices, 1):
-            uid = f"{r['utterance_id']}-take{k}"
-            out.append({**r, "utterance_id": uid, "audio": f"audio/{uid}.wav", "voice": v,
-                        "speed": rng.randint(min(speeds), max(speeds)), "pitch": rng.randint(min(pitches), max(pitches)),
-                        "kind": "extra_take", "copy_of": r.get("copy_of") or r["utterance_id"], "train_only": True})
+            out.append(_take(r, f"take{k}", v, rng.randint(min(speeds), max(speeds)), rng.randint(min(pitches), max(pitches))))
     return out
+
+
+def _take(record: dict[str, Any], suffix: str, voice: str, speed: int, pitch: int) -> dict[str, Any]:
+    """`record` spoken again: its own id and audio file, the same words and account, training audio
+    only (`train_only`), naming the shipped clip in `copy_of` so that its deletion deletes the take."""
+    uid = f"{record['utterance_id']}-{suffix}"
+    return {**record, "utterance_id": uid, "audio": f"audio/{uid}.wav", "voice": voice, "speed": speed, "pitch": pitch,
+            "kind": "extra_take", "copy_of": record.get("copy_of") or record["utterance_id"], "train_only": True}
 
 
 # flite's voices for flite_take_records: CMU's clustergen voices built from ARCTIC recordings of
@@ -187,9 +192,8 @@ def flite_take_records(records: list[dict[str, Any]], takes: int, seed: int) -> 
     badly in people's recordings; flite's voices are built from recordings of people. The recipe
     gives them the keyword's clips only (data.demo.other_wake_flite_takes): flite takes of every
     demo clip cost the demo's own test WER, and the keyword clips alone gave the gain on people
-    (docs/experiments.md). A take keeps its original's account and names it in `copy_of`, like
-    extra_take_records; its `speed` is in espeak-ng's words per minute (drawn within the corpus's
-    range) and its `pitch` in Hz.
+    (docs/experiments.md). A take's `speed` is in espeak-ng's words per minute (drawn within the
+    corpus's range) and its `pitch` in Hz.
     """
     if takes > len(FLITE_VOICES):
         raise PipelineError(f"data.demo.other_wake_flite_takes={takes}: flite has {len(FLITE_VOICES)} voices ({sorted(FLITE_VOICES)}); use fewer takes")
@@ -198,11 +202,8 @@ def flite_take_records(records: list[dict[str, Any]], takes: int, seed: int) -> 
     for r in records:
         rng = random.Random(f"{seed}:flite:{r['utterance_id']}")
         for k, voice in enumerate(rng.sample(sorted(FLITE_VOICES), takes), 1):
-            uid = f"{r['utterance_id']}-flite{k}"
             pitch = round(FLITE_VOICES[voice] * rng.uniform(*FLITE_PITCH_SPREAD))
-            out.append({**r, "utterance_id": uid, "audio": f"audio/{uid}.wav", "voice": FLITE_PREFIX + voice,
-                        "speed": rng.randint(min(speeds), max(speeds)), "pitch": pitch,
-                        "kind": "extra_take", "copy_of": r.get("copy_of") or r["utterance_id"], "train_only": True})
+            out.append(_take(r, f"flite{k}", FLITE_PREFIX + voice, rng.randint(min(speeds), max(speeds)), pitch))
     return out
 
 
@@ -215,12 +216,20 @@ RANGES = (
 )
 
 
+# The knobs that count more voices per clip: whole numbers, 0 or more.
+TAKES = ("extra_takes", "other_wake_flite_takes")
+
+
 def check_ranges(values: Mapping[str, Any], key: str) -> None:
     """One home for the range checks of `_knobs` and of DemoConfig.check (which names the source's own key)."""
     for name, low, high, what in RANGES:
         value = values.get(name)
         if value is not None and not low <= float(value) <= high:
             raise PipelineError(f"{key}.{name}={value!r}: {what}")
+    for name in TAKES:
+        value = values.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise PipelineError(f"{key}.{name}={value!r}: how many more voices speak each clip, 0 or more")
 
 
 def _knobs(data_cfg: DictConfig | Mapping[str, Any]) -> DemoKnobs:
@@ -236,10 +245,6 @@ def _knobs(data_cfg: DictConfig | Mapping[str, Any]) -> DemoKnobs:
         value = getattr(knobs, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise PipelineError(f"data.demo.{name}={value!r}: use a positive integer or null")
-    for name in ("extra_takes", "other_wake_flite_takes"):
-        value = getattr(knobs, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise PipelineError(f"data.demo.{name}={value!r}: how many more voices speak each clip, 0 or more")
     check_ranges(asdict(knobs), "data.demo")
     if knobs.voice is not None and (not isinstance(knobs.voice, str) or not knobs.voice.strip()):
         raise PipelineError(f"data.demo.voice={knobs.voice!r}: use an espeak-ng voice such as en-us or en-gb+m3, or null")
