@@ -309,7 +309,7 @@ def _cache_key(knobs: DemoKnobs, synthesisers: str) -> str:
         h.update(path.read_bytes() if path.exists() else b"")
     selection = {k: v for k, v in asdict(knobs).items() if k not in ("workers", "label_noise")
                  and not (k.startswith("other_wake") and not knobs.other_wake_word)
-                 and not (k in ("extra_takes", "other_wake_flite_takes", "other_wake_alone", "other_wake_decoys") and not v)
+                 and not (k in (*TAKES, "other_wake_alone", "other_wake_decoys") and not v)
                  and not (k == "other_wake_alone_speedup" and v == 1)}  # unset: the old key
     h.update(json.dumps([EXPORT_VERSION, synthesisers, selection], sort_keys=True).encode())
     return h.hexdigest()[:16]
