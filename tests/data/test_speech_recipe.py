@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from pipeline.data.demo import FLITE_PREFIX, FLITE_VOICES, extra_take_records, flite_take_records
+from pipeline.data.demo import FLITE_PREFIX, FLITE_VOICES, PIPER_PREFIX, extra_take_records, flite_take_records, piper_decoy_records
 from pipeline.data.speech_recipe import clip_split, faster_alone_clips, heldout_speakers, other_wake_records
 from pipeline.runtime import PipelineError
 from tests.data.test_readme_examples import _corpora
@@ -157,6 +157,38 @@ def test_a_missing_speech_folder_stops_the_build_naming_it(tmp_path: Path) -> No
     assert not (tmp_path / "cache" / "demo").exists()  # stopped before synthesising the demo
 
 
+def test_piper_decoys_say_another_word_of_the_command_alone_never_the_keyword() -> None:
+    commands = {"demo-1": "alexa play the beatles playlist loudly", "demo-2": "alexa what is the weather",
+                "demo-3": "alexa set it"}  # demo-3: no word of five letters or more
+    alone = [{"utterance_id": f"{uid}-computer", "copy_of": uid, "transcript": said, "said_alone": True,
+              "voice": "en-us", "speed": 150 + i, "pitch": 50, "account_id": f"acct-{i}"}
+             for i, (uid, said) in enumerate([("demo-1", "computer"), ("demo-2", "hey computer"), ("demo-3", "computer")])]
+    decoy = {**alone[1], "utterance_id": "demo-4-computer", "copy_of": "demo-4", "transcript": "hey playlist"}
+    command = {**alone[0], "utterance_id": "demo-5-computer", "copy_of": "demo-5", "said_alone": False,
+               "transcript": "computer play jazz"}
+    commands |= {"demo-4": "alexa shuffle my playlist please", "demo-5": "alexa play jazz"}
+    takes = piper_decoy_records([*alone, decoy, command], 3, seed=0, commands=commands)
+    by_original: dict[str, list[dict]] = {}
+    for t in takes:
+        by_original.setdefault(t["utterance_id"].rsplit("-piper", 1)[0], []).append(t)
+    # Only clips said alone, and only those whose command has a long word to say instead.
+    assert sorted(by_original) == ["demo-1-computer", "demo-2-computer", "demo-4-computer"]
+    for original, group in by_original.items():
+        source = next(r for r in [*alone, decoy] if r["utterance_id"] == original)
+        assert [t["utterance_id"] for t in group] == [f"{original}-piper{k}" for k in (1, 2, 3)]
+        for t in group:
+            assert t["voice"].startswith(PIPER_PREFIX) and t["train_only"] is True and t["kind"] == "extra_take"
+            assert t["copy_of"] == source["copy_of"] and t["account_id"] == source["account_id"]  # deletions, splits
+            words = t["transcript"].split()
+            assert words[:-1] == (["hey"] if source["transcript"].startswith("hey ") else [])
+            assert words[-1] in commands[source["copy_of"]].split()[1:] and len(words[-1]) >= 5
+            assert words[-1] not in ("computer", *source["transcript"].split())  # never the keyword, nor the clip's own word
+            assert t["annotation"] == t["transcript"]
+            assert 150 <= t["speed"] <= 153 and 400 <= t["pitch"] <= 900  # corpus rates; generator noise x 1000
+    assert takes == piper_decoy_records([*alone, decoy, command], 3, seed=0, commands=commands)
+    assert takes != piper_decoy_records([*alone, decoy, command], 3, seed=1, commands=commands)
+
+
 @pytest.mark.slow
 def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(tmp_path: Path) -> None:
     speech = tmp_path / "speech"
@@ -176,15 +208,23 @@ def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(t
     demo = [(split, r["utterance_id"]) for split, r in rows if r["source"] == "demo"]
     takes = [(split, uid) for split, uid in demo if "-take" in uid]
     assert takes and {split for split, _ in takes} == {"train"}
-    originals = {uid: split for split, uid in demo if "-take" not in uid and "-flite" not in uid}
+    originals = {uid: split for split, uid in demo if not any(m in uid for m in ("-take", "-flite", "-piper"))}
     assert {uid.removesuffix("-take1") for _, uid in takes} == {u for u, split in originals.items() if split == "train"}
     # flite's take of each keyword clip (other_wake_flite_takes=1): training audio only, likewise.
     flite = [(split, uid) for split, uid in demo if "-flite" in uid]
     assert flite and {split for split, _ in flite} == {"train"}
     keyword = {u: split for u, split in originals.items() if u.endswith("-computer")}
     assert {uid.removesuffix("-flite1") for _, uid in flite} == {u for u, split in keyword.items() if split == "train"}
+    # The piper voice's lone decoy words (other_wake_piper_decoys=2): training audio only, of keyword clips.
+    piper = [(split, uid) for split, uid in demo if "-piper" in uid]
+    assert {split for split, _ in piper} <= {"train"}
+    assert {uid.rsplit("-piper", 1)[0] for _, uid in piper} <= {u for u, split in keyword.items() if split == "train"}
+    quarantined = [json.loads(line) for line in (tmp_path / "train" / "quarantine.jsonl").read_text().splitlines()]
+    held_piper = [q["utterance_id"] for q in quarantined if q["reason"] == "train_only" and "-piper" in q["utterance_id"]]
+    assert {uid.rsplit("-piper", 1)[0] for uid in held_piper} <= {u for u, split in keyword.items() if split != "train"}
     assert report["quarantine_reasons"]["train_only"] == (sum(split != "train" for split in originals.values())
-                                                          + sum(split != "train" for split in keyword.values()))
+                                                          + sum(split != "train" for split in keyword.values())
+                                                          + len(held_piper))
     for corpus in ("speech_commands", "fsdd"):
         by_split = {s: {r["speaker"] for split, r in rows if split == s and r["source"] == corpus} for s in built}
         assert by_split["test"] and by_split["train"]
