@@ -30,6 +30,11 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _keyword_knobs(alone: float) -> dict:
+    """20 utterances, every command spoken again with "computer", `alone` of them the keyword alone."""
+    return {"max_utterances": 20, "seed": 0, "other_wake_word": "computer", "other_wake_share": 1.0, "other_wake_alone": alone}
+
+
 @pytest.fixture(scope="module")
 def shipped() -> list[dict]:
     return _jsonl(DEMO_DIR / "utterances.jsonl")
@@ -162,8 +167,7 @@ def test_killed_synthesis_leaves_no_export_and_the_next_call_succeeds(tmp_path: 
 
 
 def test_the_second_keyword_alone_reaches_the_export_and_a_speedup_shortens_only_it(tmp_path: Path) -> None:
-    knobs = {"max_utterances": 20, "seed": 0, "other_wake_word": "computer", "other_wake_share": 1.0,
-             "other_wake_alone": 1.0}
+    knobs = _keyword_knobs(alone=1.0)
     plain, _ = ensure_demo_export({"demo": knobs}, tmp_path)
     records = _jsonl(plain)
     keyword = [r for r in records if r["transcript"] in ("computer", "hey computer")]
@@ -188,8 +192,7 @@ def test_the_second_keyword_alone_reaches_the_export_and_a_speedup_shortens_only
 def test_flite_takes_of_the_keyword_clips_reach_the_export_spoken_by_flite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    knobs = {"max_utterances": 20, "seed": 0, "other_wake_word": "computer", "other_wake_share": 1.0,
-             "other_wake_alone": 0.5}
+    knobs = _keyword_knobs(alone=0.5)
     plain, _ = ensure_demo_export({"demo": knobs}, tmp_path)
     with_flite, _ = ensure_demo_export({"demo": {**knobs, "other_wake_flite_takes": 2}}, tmp_path)
     assert with_flite.parent != plain.parent  # its own cache entry; the plain one is unchanged
@@ -222,8 +225,7 @@ def test_flite_takes_of_the_keyword_clips_reach_the_export_spoken_by_flite(
 def test_piper_decoys_reach_the_export_spoken_by_the_piper_voice_and_are_deterministic(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    knobs = {"max_utterances": 20, "seed": 0, "other_wake_word": "computer", "other_wake_share": 1.0,
-             "other_wake_alone": 1.0}
+    knobs = _keyword_knobs(alone=1.0)
     plain, _ = ensure_demo_export({"demo": knobs}, tmp_path)
     with_piper, _ = ensure_demo_export({"demo": {**knobs, "other_wake_piper_decoys": 1}}, tmp_path / "again")
     before, records = _jsonl(plain), _jsonl(with_piper)
