@@ -115,6 +115,7 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
         from pipeline.data.speech_recipe import faster_alone_clips
 
         records = faster_alone_clips(records, knobs.other_wake_word, knobs.other_wake_alone_speedup, knobs.seed)
+    piper_voice = piper_model() if piper else None  # a missing or altered voice stops here, as a missing flite does
     synthesisers = espeak + (f" + {flite_version()}" if flite else "") + (f" + {piper_version()}" if piper else "")
     out = Path(cache_dir) / "demo" / _cache_key(knobs, synthesisers)
     deletions = out / "deletions.jsonl" if deletions_src.exists() else None
@@ -136,7 +137,7 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
         log.warning("demo: this espeak-ng lacks voice(s) %s; they fall back to its default", missing)
     try:
         started = time.perf_counter()
-        _synthesise(records, tmp, knobs.workers or usable_cores())
+        _synthesise(records, tmp, knobs.workers or usable_cores(), piper_voice)
         log.info("demo: synthesised %d clips with %s in %.1f s", len(records), synthesisers,
                  time.perf_counter() - started)
         with open(tmp / "annotations.jsonl", "w", encoding="utf-8") as f:
@@ -360,7 +361,6 @@ def piper_model() -> Path:
 
 
 def piper_version() -> str:
-    piper_model()
     return f"piper-tts {importlib.metadata.version('piper-tts')} {PIPER_VOICE}"
 
 
@@ -396,9 +396,9 @@ def _cache_key(knobs: DemoKnobs, synthesisers: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _synthesise(records: list[dict[str, Any]], export_dir: Path, workers: int) -> None:
-    """One espeak-ng, flite or piper process per clip, `workers` at a time (threads only wait on the processes)."""
-    model = piper_model() if any(r["voice"].startswith(PIPER_PREFIX) for r in records) else None
+def _synthesise(records: list[dict[str, Any]], export_dir: Path, workers: int, piper_voice: Path | None = None) -> None:
+    """One espeak-ng, flite or piper process per clip, `workers` at a time (threads only wait on the
+    processes). `piper_voice`: the checked model file (piper_model), for the piper voice's records."""
 
     def speak(record: dict[str, Any]) -> None:
         wav = str(export_dir / record["audio"])
@@ -408,7 +408,7 @@ def _synthesise(records: list[dict[str, Any]], export_dir: Path, workers: int) -
             # makes the take a pure function of its record. length_scale 165 / speed puts the corpus's
             # 137-193 wpm around the voice's own rate. The text goes in on stdin.
             noise_seed = int(hashlib.sha256(record["utterance_id"].encode()).hexdigest()[:8], 16)
-            cmd = [sys.executable, "-c", PIPER_MAIN, str(noise_seed), "-m", str(model),
+            cmd = [sys.executable, "-c", PIPER_MAIN, str(noise_seed), "-m", str(piper_voice),
                    "--length-scale", f"{165 / int(record['speed']):.3f}",
                    "--noise-scale", f"{int(record['pitch']) / 1000:.3f}", "-f", wav]
             stdin = record["transcript"]
@@ -421,10 +421,13 @@ def _synthesise(records: list[dict[str, Any]], export_dir: Path, workers: int) -
         else:
             cmd = ["espeak-ng", "-v", record["voice"], "-s", str(record["speed"]), "-p", str(record["pitch"]),
                    "-w", wav, record["transcript"]]
+        engine = "piper" if stdin is not None else cmd[0]
         done = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
-        if done.returncode != 0 or (done.stderr.strip() and stdin is None):
+        # espeak-ng and flite print only on failure; piper's runtime (onnxruntime) may log warnings, so
+        # its exit code alone says whether it failed.
+        if done.returncode != 0 or (done.stderr.strip() and engine != "piper"):
             raise PipelineError(
-                f"{'piper' if stdin is not None else cmd[0]} failed on demo record {record['utterance_id']} (voice {record['voice']}): "
+                f"{engine} failed on demo record {record['utterance_id']} (voice {record['voice']}): "
                 f"{done.stderr.strip()[-500:] or f'exit code {done.returncode}'}"
             )
 

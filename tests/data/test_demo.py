@@ -16,8 +16,8 @@ import pytest
 import soundfile as sf
 from omegaconf import OmegaConf
 
-from pipeline.data.annotations import align_to_transcript, parse_inline
 from pipeline.data import demo as demo_module
+from pipeline.data.annotations import align_to_transcript, parse_inline
 from pipeline.data.demo import DEMO_DIR, EXPORT_FIELDS, ensure_demo_export, unknown_voices
 from pipeline.data.schema import ExportRecord, annotate
 from pipeline.runtime import PipelineError
