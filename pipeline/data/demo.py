@@ -170,15 +170,20 @@ def extra_take_records(records: list[dict[str, Any]], takes: int, seed: int, voi
     if voice is None and len(pool) < takes:
         raise PipelineError(f"data.demo.extra_takes={takes}: only {len(pool)} voice(s) are left that no clip speaks with; "
                             "use fewer takes")
-    speeds = [int(r["speed"]) for r in records]
-    pitches = [int(r["pitch"]) for r in records]
+    speeds, pitches = _corpus_range(records, "speed"), _corpus_range(records, "pitch")
     out = []
     for r in records:
         rng = random.Random(f"{seed}:take:{r['utterance_id']}")
         voices = [voice] * takes if voice is not None else rng.sample(pool, takes)
         for k, v in enumerate(voices, 1):
-            out.append(_take(r, f"take{k}", v, rng.randint(min(speeds), max(speeds)), rng.randint(min(pitches), max(pitches))))
+            out.append(_take(r, f"take{k}", v, rng.randint(*speeds), rng.randint(*pitches)))
     return out
+
+
+def _corpus_range(records: list[dict[str, Any]], field: str) -> tuple[int, int]:
+    """The lowest and highest `field` (speed, pitch) of the records: a take draws its own within them."""
+    values = [int(r[field]) for r in records]
+    return min(values), max(values)
 
 
 def _take(record: dict[str, Any], suffix: str, voice: str, speed: int, pitch: int) -> dict[str, Any]:
@@ -209,13 +214,13 @@ def flite_take_records(records: list[dict[str, Any]], takes: int, seed: int) -> 
     """
     if takes > len(FLITE_VOICES):
         raise PipelineError(f"data.demo.other_wake_flite_takes={takes}: flite has {len(FLITE_VOICES)} voices ({sorted(FLITE_VOICES)}); use fewer takes")
-    speeds = [int(r["speed"]) for r in records]
+    speeds = _corpus_range(records, "speed")
     out = []
     for r in records:
         rng = random.Random(f"{seed}:flite:{r['utterance_id']}")
         for k, voice in enumerate(rng.sample(sorted(FLITE_VOICES), takes), 1):
             pitch = round(FLITE_VOICES[voice] * rng.uniform(*FLITE_PITCH_SPREAD))
-            out.append(_take(r, f"flite{k}", FLITE_PREFIX + voice, rng.randint(min(speeds), max(speeds)), pitch))
+            out.append(_take(r, f"flite{k}", FLITE_PREFIX + voice, rng.randint(*speeds), pitch))
     return out
 
 
@@ -227,6 +232,9 @@ PIPER_PREFIX = "piper:"
 PIPER_VOICE = "en_US-joe-medium"
 PIPER_VOICE_SHA256 = "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06"
 PIPER_NOISE = (0.4, 0.9)  # a take's generator noise (piper's noise_scale; the voice's default is 0.667)
+# piper's command line with onnxruntime's random seed (argv[1]) set first.
+PIPER_MAIN = ("import runpy, sys, onnxruntime; onnxruntime.set_seed(int(sys.argv.pop(1))); "
+              "sys.argv[0] = 'piper'; runpy.run_module('piper', run_name='__main__')")
 
 
 def piper_decoy_records(records: list[dict[str, Any]], takes: int, seed: int, commands: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -242,7 +250,7 @@ def piper_decoy_records(records: list[dict[str, Any]], takes: int, seed: int, co
     espeak-ng's words per minute, drawn within the corpus's range, and its `pitch` holds the
     generator noise in thousandths (piper has no pitch control).
     """
-    speeds = [int(r["speed"]) for r in records]
+    speeds = _corpus_range(records, "speed")
     out = []
     for r in records:
         if not r.get("said_alone"):
@@ -255,7 +263,7 @@ def piper_decoy_records(records: list[dict[str, Any]], takes: int, seed: int, co
         for k in range(1, takes + 1):
             word = rng.choice(words)
             spoken = f"hey {word}" if said[0] == "hey" else word
-            take = _take(r, f"piper{k}", PIPER_PREFIX + PIPER_VOICE, rng.randint(min(speeds), max(speeds)),
+            take = _take(r, f"piper{k}", PIPER_PREFIX + PIPER_VOICE, rng.randint(*speeds),
                          round(1000 * rng.uniform(*PIPER_NOISE)))
             out.append({**take, "transcript": spoken, "annotation": spoken})
     return out
@@ -378,11 +386,6 @@ def unknown_voices(voices: set[str]) -> list[str]:
     return missing
 
 
-# piper's command line with onnxruntime's random seed (argv[1]) set first.
-PIPER_MAIN = ("import runpy, sys, onnxruntime; onnxruntime.set_seed(int(sys.argv.pop(1))); "
-              "sys.argv[0] = 'piper'; runpy.run_module('piper', run_name='__main__')")
-
-
 def _cache_key(knobs: DemoKnobs, synthesisers: str) -> str:
     h = hashlib.sha256()
     for name in ("utterances.jsonl", "deletions.jsonl"):
@@ -421,7 +424,7 @@ def _synthesise(records: list[dict[str, Any]], export_dir: Path, workers: int, p
         else:
             cmd = ["espeak-ng", "-v", record["voice"], "-s", str(record["speed"]), "-p", str(record["pitch"]),
                    "-w", wav, record["transcript"]]
-        engine = "piper" if stdin is not None else cmd[0]
+        engine = "piper" if record["voice"].startswith(PIPER_PREFIX) else cmd[0]
         done = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
         # espeak-ng and flite print only on failure; piper's runtime (onnxruntime) may log warnings, so
         # its exit code alone says whether it failed.
