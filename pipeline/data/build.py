@@ -50,12 +50,16 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 # Bump whenever the same inputs would now give a different dataset, so stale caches are not reused.
-CODE_VERSION = 4  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
-                  # 4: `copy_of` is a dataset column, so erasure finds a copy whose original is not in the dataset
+CODE_VERSION = 5  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
+                  # 4: `copy_of` is a dataset column, so erasure finds a copy whose original is not in the dataset;
+                  # 5: records a source keeps out (held-out keyword clips) are quarantined, not skipped
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
 )
+# Reasons a source gives for records its own rule keeps out (RawRecord.excluded), e.g. a `speech`
+# source's held-out keyword clips (pipeline/data/speech_recipe.py).
+SOURCE_REASONS = ("held_out_keyword", "heard_in_training")
 _PRIVATE = {"_path": Value("string"), "_split": Value("string"), "_src": Value("int32"), "_row": Value("int64")}
 
 
@@ -222,6 +226,8 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
     flagged = sorted(set(record.flags) & set(settings.quarantine_flags))
     if flagged:
         return ({**where, "reason": "flagged", "detail": f"annotator flag(s) {flagged}; audio not copied"},)
+    if raw.excluded is not None:
+        return ({**where, "reason": raw.excluded[0], "detail": raw.excluded[1]},)
     try:
         row = annotate(record)
     except AnnotationError as err:

@@ -33,6 +33,7 @@ class RawRecord:
     split: str | None = None  # fixed split (MASSIVE text), else assigned from the account
     row: int | None = None  # 0-based row of a Hugging Face dataset (quarantine lines name it)
     audio: dict[str, Any] | None = None  # that row's audio, {"bytes", "path"}, not decoded
+    excluded: tuple[str, str] | None = None  # (reason, detail): kept out by the source's own rule, so quarantined
 
 
 @dataclass

@@ -12,10 +12,11 @@ audiofolder read exactly like `source: hf`, with two things an hf source cannot 
   (the Mycroft wake words) is split clip by clip with the same shares.
 - **Keyword clips kept out of training.** Clips whose `keyword_column` (Mycroft's `wake_word`) is
   one of `keywords` are the test of a wake word the model hears only from synthetic voices
-  (espeak-ng, and flite for `data.demo.other_wake_flite_takes`): `role: train` drops them, and
+  (espeak-ng, and flite for `data.demo.other_wake_flite_takes`): `role: train` quarantines them
+  (`held_out_keyword`, so every input row is accounted for), and
   `role: wake_test` builds the set that scores them: those clips as wake-word positives (half
   validation, to tune the threshold, half test) against the held-out other human speech
-  (validation and test speakers only; training clips are left out), so that `evaluate.py
+  (validation and test speakers only; training clips are quarantined as `heard_in_training`), so that `evaluate.py
   eval.wake_word=computer dataset=<that build>` scores a word never heard from a person.
 
 The demo side of the recipe (pipeline.data.demo, `data.demo.other_wake_word`) speaks a share of the
@@ -99,19 +100,22 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
                 yield raw
                 continue
             record = dict(raw.data)
+            excluded = None
             if marks is not None and marks[raw.row] in keywords:
-                if role == "train":
-                    continue  # never heard in training
+                if role == "train":  # never heard in training
+                    excluded = ("held_out_keyword", f"{keyword_column}={marks[raw.row]!r}: a keyword clip kept out of "
+                                "training; data=speech_wake scores it")
                 record["wake_word_present"] = True
                 split = "validation" if _fraction(seed, name, "keyword", record["utterance_id"]) < 0.5 else "test"
             else:
                 split = (by_speaker[str(record["account_id"])] if by_speaker is not None
                          else clip_split(record["utterance_id"], name, validation, test, seed))
                 if role == "wake_test":
-                    if split == "train":
-                        continue  # heard in training: not a fair negative
+                    if split == "train":  # not a fair negative
+                        excluded = ("heard_in_training", "a training speaker's clip (or a training clip): "
+                                    "the wake-word test scores only people the model never heard")
                     record["wake_word_present"] = False
-            yield RawRecord(raw.line, record, split=split, row=raw.row, audio=raw.audio)
+            yield RawRecord(raw.line, record, split=split, row=raw.row, audio=raw.audio, excluded=excluded)
 
     inner.records = records()
     inner.options = {**inner.options, "speech": {"role": role, "keywords": sorted(keywords), "keyword_column": keyword_column,

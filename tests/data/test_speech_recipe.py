@@ -197,8 +197,11 @@ def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(t
                   "data.sources.3.demo.max_utterances=40", "data.sources.3.demo.extra_takes=1")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "train" / "build_report.json").read_text())
-    # The keyword clips (computer, hey computer) and athena/amelia are never read in: the 4 other words are.
-    assert report["by_source"]["mycroft"]["records_in"] == 4
+    # The keyword clips (computer, hey computer) and athena/amelia are quarantined unread: only the 4 other
+    # words reach the dataset, and every row is accounted for.
+    assert report["by_source"]["mycroft"]["records_in"] == 20
+    assert report["quarantine_reasons"]["held_out_keyword"] == 16
+    assert report["records_in"] == report["records_kept"] + report["records_quarantined"]
     built = load_from_disk(report["dataset_path"])
     rows = [(split, r) for split in built for r in built[split]]
     assert not any(r["source"] == "mycroft" and "computer" in r["text"] for _, r in rows)
@@ -233,8 +236,15 @@ def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(t
 
     done = _train(tmp_path, "wake", "data=speech_wake", f"data.speech_dir={speech}", "data.num_proc=1")
     assert done.returncode == 0, done.stderr[-3000:]
-    wake = load_from_disk(json.loads((tmp_path / "wake" / "build_report.json").read_text())["dataset_path"])
+    wake_report = json.loads((tmp_path / "wake" / "build_report.json").read_text())
+    wake = load_from_disk(wake_report["dataset_path"])
     assert len(wake["train"]) == 0
+    # What training heard is quarantined from the wake-word test, so every input row is accounted for.
+    # (athena / amelia, kept out of the training build as keywords, are negatives here: those drawn to train too.)
+    in_train = sum(split == "train" and r["source"] != "demo" for split, r in rows)
+    assert wake_report["quarantine_reasons"]["heard_in_training"] >= in_train > 0
+    assert wake_report["records_in"] == 24 + 24 + 20  # every row of the three corpora
+    assert wake_report["records_in"] == wake_report["records_kept"] + wake_report["records_quarantined"]
     clips = [r for split in ("validation", "test") for r in wake[split]]
     positives = [r for r in clips if r["wake_word_present"]]
     assert sorted({r["text"] for r in positives}) == ["computer", "hey computer"] and len(positives) == 8
