@@ -37,7 +37,7 @@ ALIASES = {
     "transcript": ("transcription", "text", "sentence"),
     "account_id": ("speaker_id", "client_id", "speaker"),
 }
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 class HFSource:
@@ -91,7 +91,7 @@ class HFSource:
         if self.local and ((Path(self.path) / "dataset_dict.json").exists() or (Path(self.path) / "state.json").exists()):
             loaded = load_from_disk(self.path)
             return "save_to_disk", _one_dataset(loaded, split, self.path)
-        if not self.local and not _HUB_ID.match(self.path):
+        if not self.local and not HUB_ID.match(self.path):
             raise PipelineError(
                 f"data.path={self.path}: no such folder; give an existing audiofolder or save_to_disk folder, or a hub id like owner/name"
             )

@@ -1,7 +1,7 @@
 """Real human speech beside the demo (`data=demo_speech`), judged on speakers it never heard.
 
 A `speech` source (`source: speech` in `data.sources`) is one corpus of ../shared/data/speech, an
-audiofolder read exactly like `source: hf`, with two things an hf source cannot do:
+audiofolder (or a hub id) read exactly like `source: hf`, with two things an hf source cannot do:
 
 - **Held-out speakers per corpus.** The build's account split draws each speaker with the split
   shares, so a corpus of 4 speakers (FSDD) may have none in test. Here each corpus's speakers are
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.config import ROLES, SourceConfig
+from pipeline.data.hf import HUB_ID
 from pipeline.data.sources import RawRecord, Source
 from pipeline.runtime import PipelineError
 
@@ -64,7 +65,8 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
     from pipeline.data.sources import hf_source
 
     path = data_cfg.path
-    if not path or not Path(str(path)).is_dir():
+    hub = bool(path) and not Path(str(path)).exists() and HUB_ID.match(str(path)) is not None
+    if not hub and (not path or not Path(str(path)).is_dir()):
         root = Path(str(path)).parent if path else None
         raise PipelineError(
             f"data.sources: the {name!r} speech source reads {path}, which does not exist "
@@ -82,7 +84,8 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
     validation, test = (heldout.validation, heldout.test) if heldout is not None else (0.1, 0.1)
     seed = data_cfg.seed or 0
 
-    inner = hf_source(data_cfg, cache_dir, name, None)
+    # A hub id (owner/name) is read like `source: hf`: data.sources.<i>.config_name and .split as in load_dataset.
+    inner = hf_source(data_cfg, cache_dir, name, data_cfg.config_name if hub else None)
     dataset = inner.hf.dataset
     if keywords and keyword_column not in dataset.column_names:
         inner.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +155,25 @@ def test_a_missing_speech_folder_stops_the_build_naming_it(tmp_path: Path) -> No
     done = _train(tmp_path, "run", "data=demo_speech", f"data.speech_dir={missing}")
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"{missing}" in done.stderr and "data.speech_dir" in done.stderr
+    assert not (tmp_path / "cache" / "demo").exists()  # stopped before synthesising the demo
+
+
+# README.md, the recipe with a corpus from the hub.
+HUB_RECIPE = ("python train.py data=demo_speech data.sources.0.path=google/speech_commands "
+              "data.sources.0.config_name=v0.02 data.sources.0.split=train "
+              "data.sources.0.columns.transcript=label +data.sources.0.columns.utterance_id=file")
+
+
+def test_a_corpus_given_as_a_hub_id_is_loaded_from_the_hub(tmp_path: Path) -> None:
+    assert HUB_RECIPE in (REPO / "README.md").read_text()
+    speech = tmp_path / "speech"
+    _corpora(speech)
+    overrides = shlex.split(HUB_RECIPE)[2:]
+    done = _train(tmp_path, "run", *overrides, f"data.speech_dir={speech}")
+    # Offline (HF_HUB_OFFLINE=1): the hub's own error, naming the id, not the missing-folder one.
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "data.path=google/speech_commands" in done.stderr and "hub is unreachable" in done.stderr
+    assert "data.speech_dir" not in done.stderr
     assert not (tmp_path / "cache" / "demo").exists()  # stopped before synthesising the demo
 
 
