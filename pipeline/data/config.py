@@ -23,7 +23,7 @@ from pipeline.data.demo import check_ranges
 from pipeline.data.label_noise import MAX_SHARE
 from pipeline.runtime import PipelineError
 
-SOURCES = ("jsonl", "demo", "slurp", "nemo", "massive_text", "hf", "speech")
+SOURCES = ("jsonl", "demo", "slurp", "nemo", "massive_text", "hf", "speech", "lone_words")
 SLURP_ACCOUNTS = ("take", "recording", "sentence")
 ROLES = ("train", "wake_test")  # a speech corpus trained on, or only its held-out wake-word clips
 
@@ -133,6 +133,8 @@ class SourceConfig:
     keywords: Optional[list[str]] = None  # speech: keyword clips kept out of training
     keyword_column: Optional[str] = None
     heldout: Optional[SplitShares] = None  # speech: held-out speakers per corpus
+    words: Optional[list[str]] = None     # lone_words: the words said alone
+    voices: Optional[dict[str, int]] = None  # lone_words: voices per engine (pipeline.data.demo.LONE_WORD_ENGINES)
     seed: Optional[int] = None
     # Keys that hold for the whole build (pipeline.data.sources.BUILD_KEYS); in a data.sources entry
     # they are ignored with a warning.
@@ -155,6 +157,13 @@ class SourceConfig:
             check_shares(f"{key}.heldout", self.heldout)
         if self.demo is not None:
             self.demo.check(f"{key}.demo")
+        if self.source == "lone_words":
+            if not self.words or not all(isinstance(w, str) and w.strip() for w in self.words):
+                raise PipelineError(f"{key}.words={self.words!r}: give the words to say alone, e.g. [yes, no, seven]")
+            if not self.voices or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                          for n in self.voices.values()):
+                raise PipelineError(f"{key}.voices={self.voices!r}: give voices per engine, 0 or more each, "
+                                    "e.g. {espeak: 12, flite: 4, piper: 4}")
         if self.background is not None:
             self.background.check(f"{key}.background")
         if self.source == "hf" or self.source == "speech":

@@ -269,6 +269,83 @@ def piper_decoy_records(records: list[dict[str, Any]], takes: int, seed: int, co
     return out
 
 
+# The engines a `lone_words` source speaks with (lone_word_records), each with how many voices it has
+# to draw from: espeak-ng's accent+variant pairs that no shipped account speaks with, flite's four,
+# piper's one (every take with its own generator noise).
+LONE_WORD_ENGINES = ("espeak", "flite", "piper")
+
+
+def lone_word_records(words: list[str], voices: Mapping[str, int]) -> list[dict[str, Any]]:
+    """Each word said alone by `voices[engine]` synthetic voices per engine, as training audio.
+
+    Why: the human corpora are words said alone (Speech Commands, FSDD digits), and without them
+    from synthetic voices the model learns "a person says one of these words" and synthetic speech
+    is always a command: a lone word it heard only synthesised (the keyword) was not heard in
+    people's voices. The same words from many synthetic voices, alone, break that link; the
+    keyword is not among them (docs/experiments.md). The draws depend on the word only, so the
+    clips of a word stay the same when the list grows. A record's `speed` is in espeak-ng's words
+    per minute and its `pitch` in espeak-ng's units, flite's Hz, or piper's generator noise in
+    thousandths, as in the demo's takes.
+    """
+    unknown = sorted(set(voices) - set(LONE_WORD_ENGINES))
+    if unknown:
+        raise PipelineError(f"lone_words voices: unknown engine(s) {unknown}; use {list(LONE_WORD_ENGINES)}")
+    shipped = _read_jsonl(DEMO_DIR / "utterances.jsonl")
+    used = {r["voice"] for r in shipped}
+    accents = sorted({v.partition("+")[0] for v in used})
+    variants = sorted({v.partition("+")[2] for v in used})
+    pool = [v for v in (f"{a}+{x}" if x else a for a in accents for x in variants) if v not in used]
+    n_espeak, n_flite, n_piper = (int(voices.get(e, 0)) for e in LONE_WORD_ENGINES)
+    if n_espeak > len(pool) or n_flite > len(FLITE_VOICES) or n_piper < 0 or min(n_espeak, n_flite) < 0:
+        raise PipelineError(f"lone_words voices={dict(voices)}: espeak takes 0-{len(pool)} (the voices no shipped "
+                            f"account speaks with), flite 0-{len(FLITE_VOICES)}, piper 0 or more")
+    speeds, pitches = _corpus_range(shipped, "speed"), _corpus_range(shipped, "pitch")
+    out = []
+    for word in words:
+        rng = random.Random(f"lone:{word}")
+        takes = [(v, rng.randint(*speeds), rng.randint(*pitches)) for v in rng.sample(pool, n_espeak)]
+        takes += [(FLITE_PREFIX + v, rng.randint(*speeds), round(FLITE_VOICES[v] * rng.uniform(*FLITE_PITCH_SPREAD)))
+                  for v in rng.sample(sorted(FLITE_VOICES), n_flite)]
+        takes += [(PIPER_PREFIX + PIPER_VOICE, rng.randint(*speeds), round(1000 * rng.uniform(*PIPER_NOISE)))
+                  for _ in range(n_piper)]
+        for k, (voice, speed, pitch) in enumerate(takes):
+            uid = f"lone-{word.replace(' ', '_')}-{k}"
+            out.append({"utterance_id": uid, "audio": f"audio/{uid}.wav", "voice": voice, "speed": speed,
+                        "pitch": pitch, "transcript": word})
+    return out
+
+
+def lone_words_export(words: list[str], voices: Mapping[str, int], cache_dir: Path, workers: int | None = None) -> Path:
+    """The folder of lone_word_records as an audiofolder (audio/, metadata.jsonl with the voice as
+    `speaker_id`), synthesised once into `<cache_dir>/lone_words/<key>/` like the demo."""
+    records = lone_word_records(words, voices)
+    piper = any(r["voice"].startswith(PIPER_PREFIX) for r in records)
+    flite = any(r["voice"].startswith(FLITE_PREFIX) for r in records)
+    synthesisers = espeak_version() + (f" + {flite_version()}" if flite else "") + (f" + {piper_version()}" if piper else "")
+    h = hashlib.sha256(json.dumps([EXPORT_VERSION, synthesisers, records], sort_keys=True).encode())
+    out = Path(cache_dir) / "lone_words" / h.hexdigest()[:16]
+    if (out / "metadata.jsonl").exists():
+        return out
+    piper_voice = piper_model() if piper else None
+    remove_abandoned_temp_dirs(out)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "audio").mkdir(parents=True)
+    try:
+        started = time.perf_counter()
+        _synthesise(records, tmp, workers or usable_cores(), piper_voice)
+        log.info("lone words: synthesised %d clips with %s in %.1f s", len(records), synthesisers,
+                 time.perf_counter() - started)
+        with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps({"file_name": r["audio"], "transcription": r["transcript"],
+                                    "speaker_id": r["voice"].replace(":", "-")}) + "\n")
+        publish(tmp, out, marker="metadata.jsonl")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 # The knobs that are numbers within a range: (name, low, high, what the number is).
 RANGES = (
     ("other_wake_share", 0.0, 1.0, "a share of the commands, between 0 and 1"),
@@ -430,7 +507,7 @@ def _synthesise(records: list[dict[str, Any]], export_dir: Path, workers: int, p
         # its exit code alone says whether it failed.
         if done.returncode != 0 or (done.stderr.strip() and engine != "piper"):
             raise PipelineError(
-                f"{engine} failed on demo record {record['utterance_id']} (voice {record['voice']}): "
+                f"{engine} failed on synthetic clip {record['utterance_id']} (voice {record['voice']}): "
                 f"{done.stderr.strip()[-500:] or f'exit code {done.returncode}'}"
             )
 

@@ -11,13 +11,13 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.data.config import SOURCES, DataConfig, SourceConfig
+from pipeline.data.config import SOURCES, DataConfig, SourceConfig, SplitShares
 from pipeline.runtime import PipelineError
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,15 @@ def open_source(raw: DictConfig, data_cfg: SourceConfig, cache_dir: Path, in_lis
         from pipeline.data.speech_recipe import speech_source
 
         source = speech_source(data_cfg, cache_dir, str(data_cfg.name or "speech"))
+    elif name == "lone_words":  # words said alone by synthetic voices, all training (pipeline.data.demo.lone_word_records)
+        from pipeline.data.demo import lone_words_export
+        from pipeline.data.speech_recipe import speech_source
+
+        folder = lone_words_export(list(data_cfg.words or []), dict(data_cfg.voices or {}), cache_dir)
+        entry = replace(data_cfg, path=str(folder), columns={"transcript": "transcription", "account_id": "speaker_id"},
+                        role="train", heldout=SplitShares(validation=0.0, test=0.0), keywords=None)
+        source = speech_source(entry, cache_dir, str(data_cfg.name or "lone_words"))
+        source.kind = "lone_words"
     elif name == "hf":
         config_name = data_cfg.config_name or (None if in_list else data_cfg.name)
         source = hf_source(data_cfg, cache_dir, str(data_cfg.name or "hf") if in_list else "hf", config_name)

@@ -23,7 +23,9 @@ The demo side of the recipe (pipeline.data.demo, `data.demo.other_wake_word`) sp
 demo's commands with that keyword instead of "alexa", as false wakes for the demo's own wake word,
 and `data.demo.extra_takes` (pipeline.data.demo.extra_take_records) speaks every demo clip again
 with voices no shipped account uses, as training audio only; `data.demo.other_wake_flite_takes`
-(pipeline.data.demo.flite_take_records) speaks the keyword's clips again with flite's voices.
+(pipeline.data.demo.flite_take_records) speaks the keyword's clips again with flite's voices. A
+`lone_words` source (pipeline.data.demo.lone_word_records, read here as a speech source whose every
+clip is training audio) says the human corpora's words alone with synthetic voices.
 """
 
 from __future__ import annotations

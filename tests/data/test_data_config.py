@@ -73,6 +73,7 @@ def test_typed_reads_match_the_yaml() -> None:
     assert (first.name, first.role, first.heldout.test, first.path) == (
         "speech_commands", "train", 0.15, "../shared/data/speech/speech_commands")  # ${data.speech_dir} resolved
     assert speech.sources[3].demo.other_wake_word == "computer"
+    assert speech.sources[4].source == "lone_words" and "seven" in speech.sources[4].words and "computer" not in speech.sources[4].words
     assert checked(composed("data=slurp").data, DataConfig, "data").slurp_account == "take"
 
 
@@ -85,7 +86,7 @@ def test_typed_reads_match_the_yaml() -> None:
     (["data=hf", "data.split_shares.test=1.5"], r"data.split_shares.test=1.5: a share of accounts, in \[0, 1\)"),
     (["data=hf", "data.streaming=maybe"], "data.streaming='maybe' is not a valid bool"),
     (["data.min_duration_s=40"], "data.min_duration_s=40.0 must be below data.max_duration_s=30.0"),
-    (["data.source=tsv"], "data.source='tsv' is not one of: jsonl, demo, slurp, nemo, massive_text, hf, speech"),
+    (["data.source=tsv"], "data.source='tsv' is not one of: jsonl, demo, slurp, nemo, massive_text, hf, speech, lone_words"),
     (["data=slurp", "data.slurp_account=speaker"], "data.slurp_account='speaker' is not one of: take, recording, sentence"),
     (["data.demo.max_utterances=0"], "data.demo.max_utterances=0: use a positive integer or null"),
     (["data.demo.label_noise=0.5"], "data.demo.label_noise=0.5: use a share of clips between 0 and 0.2"),
@@ -98,6 +99,8 @@ def test_typed_reads_match_the_yaml() -> None:
     (["data=demo_speech", "data.sources.2.seed=abc"], "data.sources\\[2\\].seed='abc' is not a valid int"),
     (["data=demo_speech", "+data.sources.0.colums={transcript: text}"],
      "data.sources\\[0\\].colums is not a setting of data.sources\\[0\\]; known: .*columns"),
+    (["data=demo_speech", "data.sources.4.words=[]"], "data.sources\\[4\\].words=\\[\\]: give the words to say alone"),
+    (["data=demo_speech", "data.sources.4.voices.flite=-1"], "data.sources\\[4\\].voices=.*: give voices per engine"),
     (["data=sources", "data.sources=[{path: x.jsonl}]"],
      "data.sources\\[0\\].source has no value; use one of: jsonl"),
 ])

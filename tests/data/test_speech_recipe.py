@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from pipeline.data.demo import FLITE_PREFIX, FLITE_VOICES, PIPER_PREFIX, extra_take_records, flite_take_records, piper_decoy_records
+from pipeline.data.demo import (DEMO_DIR, FLITE_PREFIX, FLITE_VOICES, PIPER_PREFIX, extra_take_records, flite_take_records,
+                                lone_word_records, piper_decoy_records)
 from pipeline.data.speech_recipe import clip_split, faster_alone_clips, heldout_speakers, other_wake_records
 from pipeline.runtime import PipelineError
 from tests.data.test_readme_examples import _corpora
@@ -150,6 +151,26 @@ def test_flite_takes_are_training_only_clips_of_different_flite_voices_at_the_co
         flite_take_records(records, 5, seed=0)
 
 
+def test_lone_words_are_each_word_said_alone_by_voices_no_demo_account_speaks_with() -> None:
+    records = lone_word_records(["yes", "seven"], {"espeak": 3, "flite": 2, "piper": 1})
+    assert len(records) == 2 * (3 + 2 + 1) and len({r["utterance_id"] for r in records}) == len(records)
+    shipped = {json.loads(line)["voice"] for line in (DEMO_DIR / "utterances.jsonl").read_text().splitlines() if line}
+    for word in ("yes", "seven"):
+        takes = [r for r in records if r["transcript"] == word]
+        voices = [r["voice"] for r in takes]
+        espeak = [v for v in voices if not v.startswith((FLITE_PREFIX, PIPER_PREFIX))]
+        assert len(set(espeak)) == 3 and not set(espeak) & shipped  # no test account's voice is heard saying it
+        assert len({v for v in voices if v.startswith(FLITE_PREFIX)}) == 2
+        assert sum(v.startswith(PIPER_PREFIX) for v in voices) == 1
+        assert all(137 <= r["speed"] <= 193 for r in takes)  # the corpus's rates
+    # A word's clips depend on the word alone: a longer list keeps them.
+    assert lone_word_records(["seven"], {"espeak": 3, "flite": 2, "piper": 1}) == [r for r in records if r["transcript"] == "seven"]
+    with pytest.raises(PipelineError, match="unknown engine\\(s\\) \\['festival'\\]"):
+        lone_word_records(["yes"], {"festival": 1})
+    with pytest.raises(PipelineError, match="flite 0-4"):
+        lone_word_records(["yes"], {"flite": 5})
+
+
 def test_a_missing_speech_folder_stops_the_build_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "no" / "speech"
     done = _train(tmp_path, "run", "data=demo_speech", f"data.speech_dir={missing}")
@@ -214,7 +235,8 @@ def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(t
     speech = tmp_path / "speech"
     _corpora(speech)  # 12 + 6 speakers; mycroft: amelia, athena, computer, hey computer x 4, 4 other words
     done = _train(tmp_path, "train", "data=demo_speech", f"data.speech_dir={speech}", "data.num_proc=1",
-                  "data.sources.3.demo.max_utterances=40", "data.sources.3.demo.extra_takes=1")
+                  "data.sources.3.demo.max_utterances=40", "data.sources.3.demo.extra_takes=1",
+                  "data.sources.4.words=[yes,seven]", "data.sources.4.voices={espeak: 2, flite: 1, piper: 0}")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "train" / "build_report.json").read_text())
     # The keyword clips (computer, hey computer) and athena/amelia are quarantined unread: only the 4 other
@@ -248,6 +270,9 @@ def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(t
     assert report["quarantine_reasons"]["train_only"] == (sum(split != "train" for split in originals.values())
                                                           + sum(split != "train" for split in keyword.values())
                                                           + len(held_piper))
+    # The lone words: every word by every voice, training audio only.
+    lone = [(split, r) for split, r in rows if r["source"] == "lone_words"]
+    assert sorted(r["text"] for _, r in lone) == ["seven"] * 3 + ["yes"] * 3 and {split for split, _ in lone} == {"train"}
     for corpus in ("speech_commands", "fsdd"):
         by_split = {s: {r["speaker"] for split, r in rows if split == s and r["source"] == corpus} for s in built}
         assert by_split["test"] and by_split["train"]
