@@ -45,7 +45,7 @@ def test_every_shipped_data_config_passes(name: str) -> None:
     assert shares is not None and 0 < shares.validation < 1 and 0 < shares.test < 1
     assert data.quarantine_flags == ["sensitive"] and data.min_duration_s < data.max_duration_s
     for entry in data.sources or []:
-        assert isinstance(entry, SourceConfig) and entry.source in ("speech", "demo")
+        assert isinstance(entry, SourceConfig) and entry.source in ("speech", "demo", "lone_words")
 
 
 def test_the_human_voices_recipe_trains_for_the_time_budget_unless_asr_is_chosen() -> None:
