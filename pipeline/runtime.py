@@ -10,6 +10,8 @@ import logging
 import os
 import random
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,24 @@ def remove_abandoned_temp_dirs(target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         except (ValueError, PermissionError):
             pass
+
+
+@contextmanager
+def staged_folder(final: Path, marker: str) -> Iterator[Path]:
+    """A fresh temporary folder beside `final` that becomes `final` when the block ends without an
+    error (publish) and is removed either way, so a cache folder appears only complete and a killed
+    writer leaves nothing a later run would read (its leftovers are removed on the next call)."""
+    import shutil
+
+    remove_abandoned_temp_dirs(final)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        publish(tmp, final, marker)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def publish(tmp: Path, final: Path, marker: str) -> None:

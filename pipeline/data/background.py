@@ -23,9 +23,7 @@ import io
 import json
 import logging
 import math
-import os
 import random
-import shutil
 import subprocess
 import time
 from collections.abc import Mapping
@@ -39,7 +37,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from pipeline.runtime import PipelineError, publish, remove_abandoned_temp_dirs, usable_cores
+from pipeline.runtime import PipelineError, staged_folder, usable_cores
 from pipeline.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -240,11 +238,8 @@ def ensure_demo_background(knobs: BackgroundKnobs, cache_dir: Path, splits: tupl
     out = Path(cache_dir) / "demo_background" / h.hexdigest()[:16]
     if (out / "annotations.jsonl").exists():
         return out
-    remove_abandoned_temp_dirs(out)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "audio").mkdir(parents=True)
-    try:
+    with staged_folder(out, marker="annotations.jsonl") as tmp:
+        (tmp / "audio").mkdir()
         started = time.perf_counter()
         plans = plan_recordings(texts, knobs, splits)
         workers = knobs.workers or usable_cores()
@@ -254,9 +249,6 @@ def ensure_demo_background(knobs: BackgroundKnobs, cache_dir: Path, splits: tupl
                 f.write(json.dumps(record) + "\n")
         log.info("demo: synthesised %.2f h of background audio (%d recordings) in %.1f s",
                  sum(r["duration"] for r in records) / 3600, len(records), time.perf_counter() - started)
-        publish(tmp, out, marker="annotations.jsonl")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -14,7 +14,6 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
 import random
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.label_noise import with_label_noise
-from pipeline.runtime import PipelineError, publish, remove_abandoned_temp_dirs, usable_cores
+from pipeline.runtime import PipelineError, staged_folder, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +127,11 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
             f"data.demo.voice={knobs.voice!r}: this espeak-ng has no such voice; "
             "`espeak-ng --voices=en` lists accents, `espeak-ng --voices=variant` the +variants"
         )
-    remove_abandoned_temp_dirs(out)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "audio").mkdir(parents=True)
     if missing:
         # espeak-ng silently falls back to its default voice, so the demo still works, with less variety.
         log.warning("demo: this espeak-ng lacks voice(s) %s; they fall back to its default", missing)
-    try:
+    with staged_folder(out, marker="annotations.jsonl") as tmp:
+        (tmp / "audio").mkdir()
         started = time.perf_counter()
         _synthesise(records, tmp, knobs.workers or usable_cores(), piper_voice)
         log.info("demo: synthesised %d clips with %s in %.1f s", len(records), synthesisers,
@@ -146,9 +142,6 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
                 f.write(json.dumps({**{k: record[k] for k in EXPORT_FIELDS}, **derived}) + "\n")
         if deletions_src.exists():
             shutil.copyfile(deletions_src, tmp / "deletions.jsonl")
-        publish(tmp, out, marker="annotations.jsonl")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return with_label_noise(out / "annotations.jsonl", knobs.label_noise, knobs.seed), deletions
 
 
@@ -327,11 +320,8 @@ def lone_words_export(words: list[str], voices: Mapping[str, int], cache_dir: Pa
     if (out / "metadata.jsonl").exists():
         return out
     piper_voice = piper_model() if piper else None
-    remove_abandoned_temp_dirs(out)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "audio").mkdir(parents=True)
-    try:
+    with staged_folder(out, marker="metadata.jsonl") as tmp:
+        (tmp / "audio").mkdir()
         started = time.perf_counter()
         _synthesise(records, tmp, workers or usable_cores(), piper_voice)
         log.info("lone words: synthesised %d clips with %s in %.1f s", len(records), synthesisers,
@@ -340,9 +330,6 @@ def lone_words_export(words: list[str], voices: Mapping[str, int], cache_dir: Pa
             for r in records:
                 f.write(json.dumps({"file_name": r["audio"], "transcription": r["transcript"],
                                     "speaker_id": r["voice"].replace(":", "-")}) + "\n")
-        publish(tmp, out, marker="metadata.jsonl")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 from datasets import load_from_disk
 from omegaconf import OmegaConf
 
 from pipeline.data.build import run_data_stage
+from pipeline.runtime import staged_folder
 from pipeline.tracking import NullTracker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,3 +83,18 @@ def test_wrong_config_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: data.path=/nope: file not found; check the path"]
+
+
+def test_a_synthesis_cache_folder_appears_only_complete(tmp_path: Path) -> None:
+    """pipeline.runtime.staged_folder, which the demo, its background and the lone words write through."""
+    final = tmp_path / "demo" / "key"
+    final.parent.mkdir()
+    abandoned = final.parent / ".tmp-key-999999999"  # a killed writer's folder (no such process)
+    abandoned.mkdir()
+    with pytest.raises(RuntimeError), staged_folder(final, marker="annotations.jsonl") as tmp:
+        (tmp / "half.wav").write_bytes(b"x")
+        raise RuntimeError("synthesis failed")
+    assert not final.exists() and sorted(final.parent.iterdir()) == []  # nothing half-written, leftovers gone
+    with staged_folder(final, marker="annotations.jsonl") as tmp:
+        (tmp / "annotations.jsonl").write_text("{}\n")
+    assert (final / "annotations.jsonl").read_text() == "{}\n" and sorted(final.parent.iterdir()) == [final]
