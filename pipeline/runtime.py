@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,8 +112,6 @@ def remove_abandoned_temp_dirs(target: Path) -> None:
     Builds write into such a folder and rename it into place when complete; a folder whose
     process is gone will never be renamed, so it is garbage. A live writer's folder is kept.
     """
-    import shutil
-
     for tmp in target.parent.glob(f".tmp-{target.name}-*"):
         try:
             os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
@@ -127,8 +126,6 @@ def staged_folder(final: Path, marker: str) -> Iterator[Path]:
     """A fresh temporary folder beside `final` that becomes `final` when the block ends without an
     error (publish) and is removed either way, so a cache folder appears only complete and a killed
     writer leaves nothing a later run would read (its leftovers are removed on the next call)."""
-    import shutil
-
     remove_abandoned_temp_dirs(final)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

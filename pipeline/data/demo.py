@@ -115,7 +115,7 @@ def ensure_demo_export(data_cfg: DictConfig | Mapping[str, Any], cache_dir: Path
 
         records = faster_alone_clips(records, knobs.other_wake_word, knobs.other_wake_alone_speedup, knobs.seed)
     piper_voice = piper_model() if piper else None  # a missing or altered voice stops here, as a missing flite does
-    synthesisers = espeak + (f" + {flite_version()}" if flite else "") + (f" + {piper_version()}" if piper else "")
+    synthesisers = _synthesisers(espeak, flite, piper)
     out = Path(cache_dir) / "demo" / _cache_key(knobs, synthesisers)
     deletions = out / "deletions.jsonl" if deletions_src.exists() else None
     if (out / "annotations.jsonl").exists():
@@ -156,10 +156,7 @@ def extra_take_records(records: list[dict[str, Any]], takes: int, seed: int, voi
     the original in `copy_of` (a deletion of the original deletes the take). `voice` (data.demo.voice)
     pins every take to that one voice.
     """
-    used = {r["voice"] for r in records}
-    accents = sorted({v.partition("+")[0] for v in used})
-    variants = sorted({v.partition("+")[2] for v in used})
-    pool = [v for v in (f"{a}+{x}" if x else a for a in accents for x in variants) if v not in used]
+    pool = _unused_voices(records)
     if voice is None and len(pool) < takes:
         raise PipelineError(f"data.demo.extra_takes={takes}: only {len(pool)} voice(s) are left that no clip speaks with; "
                             "use fewer takes")
@@ -171,6 +168,14 @@ def extra_take_records(records: list[dict[str, Any]], takes: int, seed: int, voi
         for k, v in enumerate(voices, 1):
             out.append(_take(r, f"take{k}", v, rng.randint(*speeds), rng.randint(*pitches)))
     return out
+
+
+def _unused_voices(records: list[dict[str, Any]]) -> list[str]:
+    """The espeak-ng accent+variant pairs of the records' accents and variants that no record speaks with."""
+    used = {r["voice"] for r in records}
+    accents = sorted({v.partition("+")[0] for v in used})
+    variants = sorted({v.partition("+")[2] for v in used})
+    return [v for v in (f"{a}+{x}" if x else a for a in accents for x in variants) if v not in used]
 
 
 def _corpus_range(records: list[dict[str, Any]], field: str) -> tuple[int, int]:
@@ -284,10 +289,7 @@ def lone_word_records(words: list[str], voices: Mapping[str, int]) -> list[dict[
     if unknown:
         raise PipelineError(f"lone_words voices: unknown engine(s) {unknown}; use {list(LONE_WORD_ENGINES)}")
     shipped = _read_jsonl(DEMO_DIR / "utterances.jsonl")
-    used = {r["voice"] for r in shipped}
-    accents = sorted({v.partition("+")[0] for v in used})
-    variants = sorted({v.partition("+")[2] for v in used})
-    pool = [v for v in (f"{a}+{x}" if x else a for a in accents for x in variants) if v not in used]
+    pool = _unused_voices(shipped)
     n_espeak, n_flite, n_piper = (int(voices.get(e, 0)) for e in LONE_WORD_ENGINES)
     if n_espeak > len(pool) or n_flite > len(FLITE_VOICES) or n_piper < 0 or min(n_espeak, n_flite) < 0:
         raise PipelineError(f"lone_words voices={dict(voices)}: espeak takes 0-{len(pool)} (the voices no shipped "
@@ -308,22 +310,23 @@ def lone_word_records(words: list[str], voices: Mapping[str, int]) -> list[dict[
     return out
 
 
-def lone_words_export(words: list[str], voices: Mapping[str, int], cache_dir: Path, workers: int | None = None) -> Path:
+def lone_words_export(words: list[str], voices: Mapping[str, int], cache_dir: Path) -> Path:
     """The folder of lone_word_records as an audiofolder (audio/, metadata.jsonl with the voice as
     `speaker_id`), synthesised once into `<cache_dir>/lone_words/<key>/` like the demo."""
     records = lone_word_records(words, voices)
+    espeak = espeak_version()
     piper = any(r["voice"].startswith(PIPER_PREFIX) for r in records)
     flite = any(r["voice"].startswith(FLITE_PREFIX) for r in records)
-    synthesisers = espeak_version() + (f" + {flite_version()}" if flite else "") + (f" + {piper_version()}" if piper else "")
+    piper_voice = piper_model() if piper else None  # as in ensure_demo_export: before piper's version is read
+    synthesisers = _synthesisers(espeak, flite, piper)
     h = hashlib.sha256(json.dumps([EXPORT_VERSION, synthesisers, records], sort_keys=True).encode())
     out = Path(cache_dir) / "lone_words" / h.hexdigest()[:16]
     if (out / "metadata.jsonl").exists():
         return out
-    piper_voice = piper_model() if piper else None
     with staged_folder(out, marker="metadata.jsonl") as tmp:
         (tmp / "audio").mkdir()
         started = time.perf_counter()
-        _synthesise(records, tmp, workers or usable_cores(), piper_voice)
+        _synthesise(records, tmp, usable_cores(), piper_voice)
         log.info("lone words: synthesised %d clips with %s in %.1f s", len(records), synthesisers,
                  time.perf_counter() - started)
         with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as f:
@@ -434,6 +437,11 @@ def piper_model() -> Path:
 
 def piper_version() -> str:
     return f"piper-tts {importlib.metadata.version('piper-tts')} {PIPER_VOICE}"
+
+
+def _synthesisers(espeak: str, flite: bool, piper: bool) -> str:
+    """The engines' versions a synthesis cache is keyed by (the audio is a function of them and the records)."""
+    return espeak + (f" + {flite_version()}" if flite else "") + (f" + {piper_version()}" if piper else "")
 
 
 def unknown_voices(voices: set[str]) -> list[str]:
