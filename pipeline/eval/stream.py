@@ -403,9 +403,10 @@ def with_background(wake: WakeResult, result: BackgroundResult | None) -> WakeRe
 
 def resolve_background(cfg: Any, dataset_path: Path | None = None) -> Path | None:
     """`eval.background`: a path; `none`; or `auto`: when the evaluated dataset was built from the
-    demo (its build_report.json says so), the demo's background from `data.background`, synthesised
-    and cached like its clips, in proportion to the share of the corpus the build read (a
-    `data.demo.max_utterances` smoke run gets a smaller one); otherwise none."""
+    demo, alone or as an entry of `data.sources` (its build_report.json says so), the demo's
+    background from `data.background`, synthesised and cached like its clips, in proportion to the
+    share of the corpus the build read (a `data.demo.max_utterances` smoke run gets a smaller one);
+    otherwise none."""
     if OmegaConf.select(cfg, "eval", default=None) is None:
         return None
     value = cfg.eval.get("background", "auto")
@@ -417,18 +418,32 @@ def resolve_background(cfg: Any, dataset_path: Path | None = None) -> Path | Non
     report = Path(dataset_path) / "build_report.json" if dataset_path else None
     if block is None or report is None or not report.exists():
         return None
-    build = json.loads(report.read_text())
-    if build.get("source") != "demo":
+    share = _demo_share(cfg.get("data"), json.loads(report.read_text()))
+    if share is None:
         return None
-    knobs = background_knobs(_to_dict(block))
     cache_dir = cfg.get("cache_dir")
     if not cache_dir:
         raise PipelineError("eval.background=auto with the demo's data.background needs cache_dir in the config")
-    total = sum(1 for line in (DEMO_DIR / "utterances.jsonl").open() if line.strip())
-    share = min(1.0, int(build.get("records_in") or total) / total)
+    knobs = background_knobs(_to_dict(block))
     knobs = replace(knobs, hours=knobs.hours * share)
     splits = (str(cfg.eval.tune_split), str(cfg.eval.split))
     return ensure_demo_background(knobs, Path(str(cache_dir)), splits)
+
+
+def _demo_share(data: Any, build: dict[str, Any]) -> float | None:
+    """The share of the demo corpus a build read, or None when it read no demo. A demo build's
+    records are its utterances; in a multi-source build (data=demo_speech) the demo's records
+    include its extra takes, so its entry's `demo.max_utterances` says instead."""
+    total = sum(1 for line in (DEMO_DIR / "utterances.jsonl").open() if line.strip())
+    source = build.get("source")
+    if source == "demo":
+        return min(1.0, int(build.get("records_in") or total) / total)
+    names = set(source) if isinstance(source, list) else set()
+    for entry in data.get("sources") or []:
+        if entry.get("source") == "demo" and (entry.get("name") or "demo") in names:
+            limit = (entry.get("demo") or {}).get("max_utterances")
+            return min(1.0, int(limit) / total) if limit else 1.0
+    return None
 
 
 def _to_dict(block: Any) -> dict[str, Any]:

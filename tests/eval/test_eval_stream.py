@@ -194,3 +194,31 @@ def test_auto_background_is_the_demos_only_for_a_demo_build(tmp_path: Path) -> N
     assert resolve_background(cfg, smoke) is None
     cfg.eval.background = str(tmp_path / "mine")
     assert resolve_background(cfg, smoke) == tmp_path / "mine"
+
+
+def test_auto_background_reaches_the_demo_inside_data_sources(tmp_path: Path) -> None:
+    """data=demo_speech reads the demo as one entry of data.sources: its report's "alexa" threshold
+    and false accepts per hour come from the demo's background too, not from a few minutes of clips."""
+    from omegaconf import OmegaConf
+
+    from pipeline.data.background import load_background
+    from pipeline.eval.stream import _demo_share, resolve_background
+
+    repo = Path(__file__).resolve().parents[2]
+    recipe = OmegaConf.load(repo / "conf/data/demo_speech.yaml")
+    cfg = OmegaConf.create({"eval": OmegaConf.load(repo / "conf/eval/default.yaml"),
+                            "data": recipe.data, "cache_dir": str(tmp_path / "cache")})
+    total = sum(1 for line in (repo / "data/demo/utterances.jsonl").open() if line.strip())
+    names = ["speech_commands", "fsdd", "mycroft", "demo", "lone_words"]
+    # The demo's records in such a build count its extra takes, so the share comes from its entry.
+    assert _demo_share(cfg.data, {"source": names, "records_in": 13516}) == 1.0
+    assert _demo_share(cfg.data, {"source": ["speech_commands", "fsdd", "mycroft"]}) is None  # the wake-word build
+
+    demo_entry = next(e for e in cfg.data.sources if e.source == "demo")
+    demo_entry.demo.max_utterances = 16
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "build_report.json").write_text(json.dumps({"source": names, "records_in": 900}))
+    recordings = load_background(resolve_background(cfg, tmp_path / "build"), ("validation", "test"), "alexa")
+    for split in ("validation", "test"):
+        seconds = sum(r.seconds for r in recordings if r.split == split)
+        assert seconds == pytest.approx(2.2 * 3600 * 16 / total, abs=0.01)
