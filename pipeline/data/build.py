@@ -39,7 +39,7 @@ from pipeline.config import checked
 from pipeline.data.card import summarise, write_card
 from pipeline.data.config import DataConfig, PrivacyConfig
 from pipeline.data.features import SAMPLING_RATE, SOURCE_COLUMN, SPLITS, dataset_features
-from pipeline.data.privacy import Deletions, load_deletions, load_key, pseudonym
+from pipeline.data.privacy import Deletions, dataset_utterance_id, load_deletions, load_key, pseudonym
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem
 from pipeline.data.sources import RawRecord, Source, open_sources
 from pipeline.data.splits import assign_split, check_ratios
@@ -50,9 +50,10 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 # Bump whenever the same inputs would now give a different dataset, so stale caches are not reused.
-CODE_VERSION = 5  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
+CODE_VERSION = 6  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
                   # 4: `copy_of` is a dataset column, so erasure finds a copy whose original is not in the dataset;
-                  # 5: records a source keeps out (held-out keyword clips) are quarantined, not skipped
+                  # 5: records a source keeps out (held-out keyword clips) are quarantined, not skipped;
+                  # 6: an utterance id that contains the record's account, device or annotator id is stored as its pseudonym
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
@@ -209,7 +210,9 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
     if source.hf is not None:
         plan.content.update(_record_digest(data))
     uid = data.get("utterance_id")
-    where: dict[str, Any] = {"utterance_id": uid} if isinstance(uid, str) and uid else ({} if at else {"line": raw.line})
+    carried = {} if source.ids_from_names else data  # the raw identifiers an utterance id must not show
+    where: dict[str, Any] = ({"utterance_id": dataset_utterance_id(key, uid, carried)} if isinstance(uid, str) and uid
+                             else ({} if at else {"line": raw.line}))
     where.update(at)
     if deletions.matches(key, data):
         anon = {"utterance_id": pseudonym(key, "utt", uid), **at} if "utterance_id" in where else where
@@ -251,7 +254,8 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         device=pseudonym(key, "dev", record.device_serial) if record.device_serial else None,
         annotator=pseudonym(key, "ann", record.annotator_id) if record.annotator_id else None,
         source=source.name,
-        copy_of=record.copy_of,
+        utterance_id=dataset_utterance_id(key, record.utterance_id, carried),
+        copy_of=dataset_utterance_id(key, record.copy_of, carried) if record.copy_of else None,
         _path=path,
         _split=split,
         _src=index,

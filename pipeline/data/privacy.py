@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,34 @@ def pseudonym(key: bytes, kind: str, value: str) -> str:
     """`<kind>_<16 hex>`: the kind is part of the message, so equal raw values of different kinds differ."""
     digest = hmac.new(key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()
     return f"{kind}_{digest[:16]}"
+
+
+_UTTERANCE_PSEUDONYM = re.compile(r"utt_[0-9a-f]{16}")
+# Shorter raw ids say next to nothing and would turn every id that happens to contain them into a pseudonym.
+MIN_EMBEDDED_ID = 3
+
+
+def utterance_pseudonym(key: bytes, utterance_id: str) -> str:
+    """How the registry, tombstones, erasure and the quarantine name an utterance. An id that is
+    already its pseudonym (`dataset_utterance_id`) stays as it is, so a request for the raw id finds it."""
+    if _UTTERANCE_PSEUDONYM.fullmatch(utterance_id):
+        return utterance_id
+    return pseudonym(key, "utt", utterance_id)
+
+
+def dataset_utterance_id(key: bytes, utterance_id: str, record: dict[str, Any]) -> str:
+    """The utterance id a dataset, report or quarantine line shows: the raw one, or its pseudonym
+    when it contains one of the record's raw identifiers. Corpora name audio files after their
+    speakers (FSDD's `0_george_0`, Speech Commands' `<speaker hash>_nohash_0`), and an id derived
+    from the file would carry the account past its pseudonym into every report and W&B table.
+    A clip that is its own account (a corpus without speakers) carries nothing more than its id."""
+    lowered = utterance_id.lower()
+    for name in ("account_id", "device_serial", "annotator_id"):
+        value = record.get(name)
+        if (isinstance(value, str) and len(value) >= MIN_EMBEDDED_ID and value != utterance_id
+                and value.lower() in lowered):
+            return utterance_pseudonym(key, utterance_id)
+    return utterance_id
 
 
 def unit_interval(key: bytes, label: str) -> float:

@@ -48,6 +48,9 @@ class Source:
     kind: str = ""  # the reader (`source:`); `name` is what the `source` column holds
     hf: Any = None  # the opened pipeline.data.hf.HFSource of an `hf` source
     allowed_roots: tuple[Path, ...] = ()  # folders resolved audio paths may also lie in
+    # The reader makes the account and device up from the file name the utterance id is built from
+    # (SLURP): the id reveals nothing they would, so it is kept as it is (pipeline.data.privacy.dataset_utterance_id).
+    ids_from_names: bool = False
 
     def close(self) -> None:
         if self.hf is not None:
@@ -221,7 +224,7 @@ def _slurp_source(data_cfg: SourceConfig) -> Source:
                     "locale": "en-US",
                 })
 
-    return Source("slurp", root, [path], records(), {"slurp_account": account_from})
+    return Source("slurp", root, [path], records(), {"slurp_account": account_from}, ids_from_names=True)
 
 
 def _nemo_source(data_cfg: SourceConfig) -> Source:

@@ -37,7 +37,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.data.privacy import Deletions, load_key, parse_deletion_requests, pseudonym
+from pipeline.data.privacy import Deletions, load_key, parse_deletion_requests, utterance_pseudonym
 from pipeline.ops.registry import TMP_PREFIX, now
 from pipeline.runtime import PipelineError
 
@@ -73,11 +73,6 @@ class Corpus:
 def pseudonym_key(privacy: DictConfig) -> bytes:
     """The same key the data stage pseudonymises with (`privacy.key_env`, else `privacy.key_file`)."""
     return load_key(str(privacy.key_env), str(privacy.key_file))
-
-
-def utterance_pseudonym(key: bytes, utterance_id: str) -> str:
-    """How the registry, tombstones and the data stage's quarantine all name an utterance."""
-    return pseudonym(key, "utt", utterance_id)
 
 
 def _lines(path: Path) -> set[str]:

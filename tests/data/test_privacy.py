@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.privacy import load_deletions, load_key, pseudonym
+from pipeline.data.privacy import dataset_utterance_id, load_deletions, load_key, pseudonym, utterance_pseudonym
 from pipeline.data.splits import assign_split
 from pipeline.runtime import PipelineError
 
@@ -53,3 +53,22 @@ def test_deletion_requests(tmp_path: Path) -> None:
         load_deletions(path, b"k")
     with pytest.raises(PipelineError, match="file not found"):
         load_deletions(tmp_path / "missing.jsonl", b"k")
+
+
+def test_an_utterance_id_that_carries_a_raw_identifier_is_stored_as_its_pseudonym() -> None:
+    # FSDD names its files after the speaker; Speech Commands after the speaker's hash.
+    fsdd = {"utterance_id": "fsdd/audio/0_george_0", "account_id": "george"}
+    stored = dataset_utterance_id(b"k", fsdd["utterance_id"], fsdd)
+    assert stored == pseudonym(b"k", "utt", "fsdd/audio/0_george_0") and "george" not in stored
+    commands = {"account_id": "5170B77F", "device_serial": "SN-1"}
+    assert dataset_utterance_id(b"k", "sc/backward_5170b77f_nohash_4", commands).startswith("utt_")
+    assert dataset_utterance_id(b"k", "rec-sn-1-007", {"device_serial": "SN-1"}).startswith("utt_")  # any case
+    assert dataset_utterance_id(b"k", "rec-007-ann-9", {"annotator_id": "ann-9"}).startswith("utt_")
+    # An id with nothing in it, a clip that is its own account, ids too short to mean anything: as given.
+    assert dataset_utterance_id(b"k", "u0001", {"account_id": "amzn1.account.X"}) == "u0001"
+    assert dataset_utterance_id(b"k", "mycroft/athena-1", {"account_id": "mycroft/athena-1"}) == "mycroft/athena-1"
+    assert dataset_utterance_id(b"k", "yes_03", {"account_id": "03"}) == "yes_03"
+    # Erasure, the registry and the audit name an utterance by utterance_pseudonym: the stored
+    # pseudonym is its own, so a request for the raw id still finds the row.
+    assert utterance_pseudonym(b"k", stored) == stored == utterance_pseudonym(b"k", "fsdd/audio/0_george_0")
+    assert utterance_pseudonym(b"k", "utt_not-a-pseudonym") == pseudonym(b"k", "utt", "utt_not-a-pseudonym")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -278,6 +279,13 @@ def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(t
         assert by_split["test"] and by_split["train"]
         assert not by_split["train"] & (by_split["test"] | by_split["validation"])
     heard = {r["speaker"] for split, r in rows if split == "train" and r["source"] != "demo"}
+    # FSDD names its files after the speaker: the id the dataset and the quarantine report show is the
+    # utterance's pseudonym, so the raw name goes no further than the speaker column does.
+    fsdd_ids = [r["utterance_id"] for _, r in rows if r["source"] == "fsdd"]
+    assert fsdd_ids and all(re.fullmatch(r"utt_[0-9a-f]{16}", u) for u in fsdd_ids)
+    assert any(r["utterance_id"].startswith("speech_commands/") for _, r in rows)  # nothing to hide there
+    names = ("george", "jackson", "nicolas", "theo", "yweweler", "lucas")
+    assert not any(n in line for n in names for line in (tmp_path / "train" / "quarantine.jsonl").read_text().splitlines())
 
     done = _train(tmp_path, "wake", "data=speech_wake", f"data.speech_dir={speech}", "data.num_proc=1")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -296,3 +304,4 @@ def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(t
     assert all(wake[s].filter(lambda r: r["wake_word_present"]).num_rows for s in ("validation", "test"))
     negatives = [r for r in clips if not r["wake_word_present"]]
     assert negatives and not {r["speaker"] for r in negatives} & heard  # only people training never heard
+    assert not any(n in r["utterance_id"] for n in names for r in clips)

@@ -290,3 +290,38 @@ def test_a_copy_is_erased_from_datasets_predictions_and_the_registry_with_its_or
     statuses = {r["request"]: r["status"] for r in _receipt(root)["requests"]}
     assert statuses[erase.utterance_pseudonym(key, "orig-1")] == "erased"
     assert audit.main(overrides(root)) == 0
+
+
+def test_a_clip_stored_under_its_pseudonym_is_erased_by_its_raw_id(store: dict[str, Any]) -> None:
+    """The build stores an utterance id that contains its speaker (FSDD's `0_george_0`) as the
+    utterance's pseudonym. A request that names the raw id must still find the clip in a cached
+    dataset, in predictions and in what a registered model was trained on."""
+    from datasets import Dataset, DatasetDict
+
+    from bench.erase import _rows
+    from pipeline.data.features import dataset_features
+    from pipeline.data.privacy import dataset_utterance_id
+    from pipeline.ops.retrain import trained_on
+
+    root, key = store["root"], KEY.encode()
+    raw = "fsdd/audio/0_george_0"
+    stored = dataset_utterance_id(key, raw, {"account_id": "george"})
+    assert "george" not in stored
+    rows = [{**r, "source": "fsdd", "copy_of": None} for r in _rows(key, 9, 4, False, np.random.default_rng(2))]
+    rows[0].update(utterance_id=stored)
+    folder = root / "cache" / "datasets" / "speakerfile000000000"
+    DatasetDict({"train": Dataset.from_list(rows, features=dataset_features(with_source=True))}).save_to_disk(str(folder))
+    (folder / "build_report.json").write_text(json.dumps({"fingerprint": folder.name}) + "\n")
+    assert erase.utterance_pseudonym(key, raw) in trained_on(folder, key)
+    predictions = store["runs"][1] / "predictions.jsonl"
+    kept = predictions.read_text()
+    predictions.write_text(kept + json.dumps({"utterance_id": stored, "speaker": "acct_x", "reference": "zero",
+                                              "hypothesis": "zero"}) + "\n")
+    with open(root / "inbox" / "deletions" / "request.jsonl", "a") as f:
+        f.write(json.dumps({"utterance_id": raw}) + "\n")
+
+    assert audit.main(overrides(root)) == 3
+    assert erase.main(overrides(root)) == 0
+    assert not folder.exists() and predictions.read_text() == kept
+    assert {r["request"]: r["status"] for r in _receipt(root)["requests"]}[stored] == "erased"
+    assert audit.main(overrides(root)) == 0
