@@ -39,7 +39,8 @@ from pipeline.config import checked
 from pipeline.data.card import summarise, write_card
 from pipeline.data.config import DataConfig, PrivacyConfig
 from pipeline.data.features import SAMPLING_RATE, SOURCE_COLUMN, SPLITS, dataset_features
-from pipeline.data.privacy import Deletions, dataset_utterance_id, load_deletions, load_key, pseudonym
+from pipeline.data.privacy import (Deletions, dataset_utterance_id, is_utterance_pseudonym, load_deletions, load_key,
+                                   pseudonym, redact_ids)
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem
 from pipeline.data.sources import RawRecord, Source, open_sources
 from pipeline.data.splits import assign_split, check_ratios
@@ -242,7 +243,7 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         elif source.root is not None:
             path = str(resolve_audio(source.root, record.audio, source.allowed_roots))
     except ClipRejected as err:
-        return ({**where, "reason": err.reason, "detail": err.detail},)
+        return ({**where, "reason": err.reason, "detail": redact_ids(key, err.detail, carried)},)
     speaker = pseudonym(key, "acct", record.account_id)
     split = raw.split or assign_split(key, speaker, settings.validation, settings.test)
     if record.train_only and split != "train":
@@ -324,15 +325,17 @@ def _decode_batch(batch: dict[str, list[Any]], min_s: float, max_s: float, paren
         stored.update({i: a["bytes"] for i, a in zip(positions, fetched)})
     out: dict[str, list[Any]] = {"audio": [], "duration": [], "_reject": [], "_detail": []}
     for i, (path, transcript) in enumerate(zip(batch["_path"], batch["transcript"])):
+        uid = batch["utterance_id"][i]
         try:
             audio = stored[i] if i in stored else Path(path)
-            name = f"row {batch['_row'][i]}" if i in stored else Path(path).name
+            # A file named after its speaker is named by the utterance's pseudonym, as its id is.
+            name = f"row {batch['_row'][i]}" if i in stored else uid if is_utterance_pseudonym(uid) else Path(path).name
             clip = load_clip(audio, name, min_s, max_s, need_signal=bool(transcript.strip()))
         except ClipRejected as err:
             out["audio"].append(None)
             out["duration"].append(0.0)
             out["_reject"].append(err.reason)
-            out["_detail"].append(err.detail)
+            out["_detail"].append(err.detail.replace(path, name) if path else err.detail)
             continue
         out["audio"].append({"bytes": clip.flac, "path": None})
         out["duration"].append(clip.duration)

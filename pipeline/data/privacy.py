@@ -56,9 +56,31 @@ MIN_EMBEDDED_ID = 3
 def utterance_pseudonym(key: bytes, utterance_id: str) -> str:
     """How the registry, tombstones, erasure and the quarantine name an utterance. An id that is
     already its pseudonym (`dataset_utterance_id`) stays as it is, so a request for the raw id finds it."""
-    if _UTTERANCE_PSEUDONYM.fullmatch(utterance_id):
+    if is_utterance_pseudonym(utterance_id):
         return utterance_id
     return pseudonym(key, "utt", utterance_id)
+
+
+def is_utterance_pseudonym(value: str) -> bool:
+    return bool(_UTTERANCE_PSEUDONYM.fullmatch(value))
+
+
+def _embedded_ids(text: str, record: dict[str, Any]) -> list[tuple[str, str]]:
+    """(kind, raw value) of each of the record's identifiers that `text` contains. A clip that is its
+    own account (a corpus without speakers) has nothing to hide beyond its id."""
+    lowered = text.lower()
+    kinds = (("account_id", "acct"), ("device_serial", "dev"), ("annotator_id", "ann"))
+    return [(kind, value) for name, kind in kinds
+            if isinstance(value := record.get(name), str) and len(value) >= MIN_EMBEDDED_ID
+            and value != record.get("utterance_id") and value.lower() in lowered]
+
+
+def redact_ids(key: bytes, text: str, record: dict[str, Any]) -> str:
+    """`text` (a quarantine detail naming an audio file) with each raw identifier of the record in it
+    replaced by its pseudonym: the file stays findable, the speaker does not show."""
+    for kind, value in _embedded_ids(text, record):
+        text = re.sub(re.escape(value), pseudonym(key, kind, value), text, flags=re.IGNORECASE)
+    return text
 
 
 def dataset_utterance_id(key: bytes, utterance_id: str, record: dict[str, Any]) -> str:
@@ -67,12 +89,8 @@ def dataset_utterance_id(key: bytes, utterance_id: str, record: dict[str, Any]) 
     speakers (FSDD's `0_george_0`, Speech Commands' `<speaker hash>_nohash_0`), and an id derived
     from the file would carry the account past its pseudonym into every report and W&B table.
     A clip that is its own account (a corpus without speakers) carries nothing more than its id."""
-    lowered = utterance_id.lower()
-    for name in ("account_id", "device_serial", "annotator_id"):
-        value = record.get(name)
-        if (isinstance(value, str) and len(value) >= MIN_EMBEDDED_ID and value != utterance_id
-                and value.lower() in lowered):
-            return utterance_pseudonym(key, utterance_id)
+    if any(value != utterance_id for _, value in _embedded_ids(utterance_id, record)):
+        return utterance_pseudonym(key, utterance_id)
     return utterance_id
 
 

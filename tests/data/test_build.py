@@ -272,3 +272,26 @@ def test_config_errors_are_one_line_pipeline_errors(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="data.split"):
         build(tmp_path, path=str(path), split={"validation": 0.6, "test": 0.5})
     assert not (tmp_path / "cache" / "datasets").exists()
+
+
+def test_files_named_after_their_account_show_neither_in_ids_nor_in_quarantine_details(tmp_path: Path) -> None:
+    """Corpora name audio files after the speaker (FSDD's `0_george_0`). The id and every quarantine
+    detail that names such a file show the pseudonyms, while the reason still says what is wrong."""
+    export = tmp_path / "export"
+    owner = "Acct-Raw-77"
+    lines = [record(i, account=owner, utterance_id=f"{owner}-{i}", audio=f"audio/{owner}-{i}.wav") for i in range(4)]
+    write_export(export, lines)
+    # write_export gave each a 1 s tone: audio/<owner>-0.wav is kept
+    (export / f"audio/{owner}-1.wav").write_bytes(b"")                  # empty: found when decoding
+    (export / f"audio/{owner}-2.wav").write_bytes(b"not audio at all")  # undecodable
+    (export / f"audio/{owner}-3.wav").unlink()                          # missing: found before any audio is read
+    report, quarantine = build(tmp_path, path=str(export / "annotations.jsonl"))
+    assert report["records_kept"] == 1
+    assert sorted(q["reason"] for q in quarantine) == ["missing_audio", "unreadable_audio", "unreadable_audio"]
+    outputs = (tmp_path / "run" / "quarantine.jsonl").read_text() + json.dumps(report)
+    assert owner.lower() not in outputs.lower()
+    assert all(q["utterance_id"].startswith("utt_") for q in quarantine)
+    assert any("is empty" in q["detail"] for q in quarantine) and any("cannot decode" in q["detail"] for q in quarantine)
+    dd = load_from_disk(report["dataset_path"])
+    [kept] = [r["utterance_id"] for ds in dd.values() for r in ds.remove_columns("audio")]
+    assert kept == pseudonym((tmp_path / "cache" / "pseudonym.key").read_bytes().strip(), "utt", f"{owner}-0")
