@@ -325,17 +325,17 @@ def _decode_batch(batch: dict[str, list[Any]], min_s: float, max_s: float, paren
         stored.update({i: a["bytes"] for i, a in zip(positions, fetched)})
     out: dict[str, list[Any]] = {"audio": [], "duration": [], "_reject": [], "_detail": []}
     for i, (path, transcript) in enumerate(zip(batch["_path"], batch["transcript"])):
-        uid = batch["utterance_id"][i]
+        # A file named after its speaker is named by the utterance's pseudonym, as its id is.
+        hidden = bool(path) and is_utterance_pseudonym(batch["utterance_id"][i])
         try:
             audio = stored[i] if i in stored else Path(path)
-            # A file named after its speaker is named by the utterance's pseudonym, as its id is.
-            name = f"row {batch['_row'][i]}" if i in stored else uid if is_utterance_pseudonym(uid) else Path(path).name
+            name = f"row {batch['_row'][i]}" if i in stored else batch["utterance_id"][i] if hidden else Path(path).name
             clip = load_clip(audio, name, min_s, max_s, need_signal=bool(transcript.strip()))
         except ClipRejected as err:
             out["audio"].append(None)
             out["duration"].append(0.0)
             out["_reject"].append(err.reason)
-            out["_detail"].append(err.detail.replace(path, name) if path else err.detail)
+            out["_detail"].append(err.detail.replace(path, name) if hidden else err.detail)
             continue
         out["audio"].append({"bytes": clip.flac, "path": None})
         out["duration"].append(clip.duration)
