@@ -40,7 +40,7 @@ from pipeline.data.card import summarise, write_card
 from pipeline.data.config import DataConfig, PrivacyConfig
 from pipeline.data.features import SAMPLING_RATE, SOURCE_COLUMN, SPLITS, dataset_features
 from pipeline.data.privacy import (Deletions, dataset_utterance_id, is_utterance_pseudonym, load_deletions, load_key,
-                                   pseudonym, redact_ids)
+                                   pseudonym, redact_ids, utterance_pseudonym)
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem
 from pipeline.data.sources import RawRecord, Source, open_sources
 from pipeline.data.splits import assign_split, check_ratios
@@ -216,7 +216,7 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
                              else ({} if at else {"line": raw.line}))
     where.update(at)
     if deletions.matches(key, data):
-        anon = {"utterance_id": pseudonym(key, "utt", uid), **at} if "utterance_id" in where else where
+        anon = {"utterance_id": utterance_pseudonym(key, uid), **at} if "utterance_id" in where else where
         return ({**anon, "reason": "deleted", "detail": "matched a deletion request"},)
     try:
         record = ExportRecord.model_validate(data)
@@ -327,9 +327,12 @@ def _decode_batch(batch: dict[str, list[Any]], min_s: float, max_s: float, paren
     for i, (path, transcript) in enumerate(zip(batch["_path"], batch["transcript"])):
         # A file named after its speaker is named by the utterance's pseudonym, as its id is.
         hidden = bool(path) and is_utterance_pseudonym(batch["utterance_id"][i])
+        if i in stored:
+            name = f"row {batch['_row'][i]}"
+        else:
+            name = batch["utterance_id"][i] if hidden else Path(path).name
         try:
             audio = stored[i] if i in stored else Path(path)
-            name = f"row {batch['_row'][i]}" if i in stored else batch["utterance_id"][i] if hidden else Path(path).name
             clip = load_clip(audio, name, min_s, max_s, need_signal=bool(transcript.strip()))
         except ClipRejected as err:
             out["audio"].append(None)

@@ -42,13 +42,16 @@ def load_key(key_env: str | None, key_file: str | Path | None) -> bytes:
     return path.read_bytes().strip()
 
 
+PSEUDONYM_HEX = 16
+
+
 def pseudonym(key: bytes, kind: str, value: str) -> str:
     """`<kind>_<16 hex>`: the kind is part of the message, so equal raw values of different kinds differ."""
     digest = hmac.new(key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()
-    return f"{kind}_{digest[:16]}"
+    return f"{kind}_{digest[:PSEUDONYM_HEX]}"
 
 
-_UTTERANCE_PSEUDONYM = re.compile(r"utt_[0-9a-f]{16}")
+_UTTERANCE_PSEUDONYM = re.compile(rf"utt_[0-9a-f]{{{PSEUDONYM_HEX}}}")
 # Shorter raw ids say next to nothing and would turn every id that happens to contain them into a pseudonym.
 MIN_EMBEDDED_ID = 3
 
@@ -72,7 +75,7 @@ def _embedded_ids(text: str, record: dict[str, Any]) -> list[tuple[str, str]]:
     kinds = (("account_id", "acct"), ("device_serial", "dev"), ("annotator_id", "ann"))
     return [(kind, value) for name, kind in kinds
             if isinstance(value := record.get(name), str) and len(value) >= MIN_EMBEDDED_ID
-            and value != record.get("utterance_id") and value.lower() in lowered]
+            and value not in (text, record.get("utterance_id")) and value.lower() in lowered]
 
 
 def redact_ids(key: bytes, text: str, record: dict[str, Any]) -> str:
@@ -89,9 +92,7 @@ def dataset_utterance_id(key: bytes, utterance_id: str, record: dict[str, Any]) 
     speakers (FSDD's `0_george_0`, Speech Commands' `<speaker hash>_nohash_0`), and an id derived
     from the file would carry the account past its pseudonym into every report and W&B table.
     A clip that is its own account (a corpus without speakers) carries nothing more than its id."""
-    if any(value != utterance_id for _, value in _embedded_ids(utterance_id, record)):
-        return utterance_pseudonym(key, utterance_id)
-    return utterance_id
+    return utterance_pseudonym(key, utterance_id) if _embedded_ids(utterance_id, record) else utterance_id
 
 
 def unit_interval(key: bytes, label: str) -> float:
