@@ -9,7 +9,10 @@ copy of the corpus the recipe writes; here to a temp folder), the transformers T
 of clips per batch padded to the longest; its batch size is our mean clips per batch, so both see
 about the same audio per step. Each side runs in its own process (clean peak memory) and is scored
 with the same validation code. Prints one JSON object: audio seconds per wall second of the training
-loop, peak memory, validation loss at the last step, and (on a GPU) MFU. `--repeats N` interleaves N
+loop, peak memory, validation loss at the last step, and (on a GPU) MFU. With `--warm-steps W` the
+throughput counts only the steps after W, so that compilation, cuDNN's algorithm search and the
+allocator's growth stay out of it (validation passes are left out too); the whole run's figure is
+kept as `audio_seconds_per_second_whole_run`. `--repeats N` interleaves N
 runs of each side in ABBA order and reports the median run of each (this VM's speed drifts by 10-25%
 between runs, and sometimes within a few minutes); `--baseline-fast-math` gives the recipe our CPU
 settings too, to show what they alone buy.
@@ -47,12 +50,16 @@ def bench_cfg(args: argparse.Namespace, run_steps: int) -> DictConfig:
         asr.auto_batch.fallback_seconds = 200
     elif args.batch_seconds:
         asr.max_batch_seconds = _seconds(args.batch_seconds)
+    if args.auto_max_seconds:
+        asr.auto_batch.max_seconds = args.auto_max_seconds
     asr.compile = bool(args.compile)
     if args.compile_buckets:
         asr.compile_buckets = args.compile_buckets
     if args.attn:
         asr.attn_implementation = args.attn
-    asr.max_steps, asr.eval_every, asr.max_train_minutes = run_steps, run_steps, None
+    warm = _warm(args, run_steps)
+    # A validation at the end of warm-up marks where the timed span starts.
+    asr.max_steps, asr.eval_every, asr.max_train_minutes = run_steps, warm or run_steps, None
     asr.warmup_steps = max(1, run_steps // 10)
     asr.cpu_threads = args.threads
     if args.augment_prob is not None:
@@ -61,9 +68,36 @@ def bench_cfg(args: argparse.Namespace, run_steps: int) -> DictConfig:
     trainer.device, trainer.precision, trainer.log_every = args.device, args.precision, max(run_steps // 5, 1)
     if args.num_workers is not None:
         trainer.num_workers = args.num_workers
-    if args.profile:  # a window after warm-up (and compilation), recorded for the GPU busy share
+    if args.profile and warm:
+        # A window that ends just before the timed span (writing the trace takes seconds), after the
+        # steps in which compilation is most likely; the history's compiled_graphs shows whether it was done.
+        active = max(1, min(8, warm // 4))
+        trainer.profile.update({"enabled": True, "wait": max(1, warm - active - 4), "warmup": 2, "active": active})
+    elif args.profile:  # a window after warm-up (and compilation), recorded for the GPU busy share
         trainer.profile.update({"enabled": True, "wait": max(1, run_steps // 2), "warmup": 2, "active": min(10, max(1, run_steps // 4))})
     return OmegaConf.create({"seed": args.seed, "asr": asr, "trainer": trainer})
+
+
+def _warm(args: argparse.Namespace, run_steps: int) -> int:
+    """The steps left out of the timed span; 0 (time the whole run) when they would leave nothing."""
+    return args.warm_steps if 0 < args.warm_steps < run_steps else 0
+
+
+def steady_span(history: list[dict[str, Any]], warm: int) -> dict[str, Any]:
+    """Audio and wall seconds between the validation at step `warm` and the last one, validations left out."""
+    if not warm:
+        return {}
+    first = next((h for h in history if h["step"] >= warm), None)
+    last = history[-1]
+    if first is None or first is last:
+        return {}
+    # train_seconds is read before each validation, so the span holds every one from `first` up to, not including, `last`.
+    validating = sum(h.get("eval_seconds", 0.0) for h in history if first["step"] <= h["step"] < last["step"])
+    span = {"warm_steps": first["step"], "steady_audio_seconds": (last["audio_hours"] - first["audio_hours"]) * 3600,
+            "steady_seconds": last["train_seconds"] - first["train_seconds"] - validating}
+    if "compiled_graphs" in last:  # 0 when every padded length was compiled before the span began
+        span["graphs_compiled_in_span"] = last["compiled_graphs"] - first["compiled_graphs"]
+    return span
 
 
 def _seconds(value: str | None) -> float | str | None:
@@ -134,7 +168,8 @@ def run_ours(args: argparse.Namespace, result: dict[str, Any]) -> None:
         audio_s = metrics["audio_hours_seen"] * 3600
         result.update(audio_seconds=audio_s, train_seconds=metrics["train_wall_seconds"], val_loss=metrics["history"][-1]["val_loss"],
                       steps=metrics["steps"], peak_memory_mb=peak_memory_mb(args.device), max_batch_seconds=metrics["max_batch_seconds"],
-                      compile=bool(args.compile), attn_implementation=bench_cfg(args, args.steps).asr.attn_implementation)
+                      compile=bool(args.compile), attn_implementation=bench_cfg(args, args.steps).asr.attn_implementation,
+                      **steady_span(metrics["history"], _warm(args, args.steps)))
         busy = Path(tmp) / "asr" / "profile" / "gpu_busy.json"
         if busy.exists():
             result["gpu_busy_share"] = json.loads(busy.read_text())["gpu_busy_share"]
@@ -153,7 +188,7 @@ def _amp(args: argparse.Namespace) -> torch.dtype | None:
 def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
     """The recipe: map() to features/labels, Trainer + group_by_length, pad to the longest."""
     from datasets import load_from_disk
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from pipeline.asr.collate import ClipDataset, decode_audio
     from pipeline.asr.devices import fast_cpu_math
@@ -185,10 +220,10 @@ def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
         prepared = train.split.map(prepare, remove_columns=train.split.column_names,
                                    cache_file_name=str(Path(tmp) / "prepared.arrow"))
         preprocess_seconds = time.time() - started
-        seen = {"audio_seconds": 0.0}
+        batch_audio: list[float] = []  # per batch, in the order the Trainer takes them (one batch a step)
 
         def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:  # DataCollatorCTCWithPadding
-            seen["audio_seconds"] += sum(len(f["input_values"]) for f in features) / 16000
+            batch_audio.append(sum(len(f["input_values"]) for f in features) / 16000)
             batch = processor.pad([{"input_values": f["input_values"]} for f in features], padding=True, return_tensors="pt")
             labels = processor.tokenizer.pad([{"input_ids": f["labels"]} for f in features], padding=True, return_tensors="pt")
             batch["labels"] = labels["input_ids"].masked_fill(labels.attention_mask.ne(1), -100)
@@ -207,13 +242,25 @@ def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
             report_to=[], seed=args.seed, dataloader_num_workers=0, bf16=args.precision == "bf16",
             fp16=args.precision == "fp16", use_cpu=args.device == "cpu", remove_unused_columns=False,
         )
-        trainer = Trainer(model=model, args=training_args, train_dataset=prepared, data_collator=collate)
+        warm = _warm(args, args.steps)
+        clock: dict[int, float] = {}
+
+        class StepClock(TrainerCallback):  # wall time at the end of the warm-up step and of the last
+            def on_step_end(self, _args: Any, state: Any, _control: Any, **_: Any) -> None:
+                if state.global_step in (warm, args.steps):
+                    if torch.cuda.is_available():
+                        torch.cuda.synchronize()
+                    clock[state.global_step] = time.time()
+
+        trainer = Trainer(model=model, args=training_args, train_dataset=prepared, data_collator=collate, callbacks=[StepClock()])
         with fast_cpu_math(torch.device(args.device), _amp(args)) if args.baseline_fast_math else nullcontext():
             out = trainer.train()
         val = ClipDataset(splits["validation"])
         val_loader = clip_loader(val, eval_batches(val.durations, float(acfg.max_batch_seconds)), processor, None, 0, 0)
         scores = evaluate_clips(model, processor, val_loader, _amp(args))
-        result.update(audio_seconds=seen["audio_seconds"], train_seconds=out.metrics["train_runtime"], val_loss=scores["loss"],
+        if warm and warm in clock and args.steps in clock:
+            result.update(warm_steps=warm, steady_audio_seconds=sum(batch_audio[warm:args.steps]), steady_seconds=clock[args.steps] - clock[warm])
+        result.update(audio_seconds=sum(batch_audio[:args.steps]), train_seconds=out.metrics["train_runtime"], val_loss=scores["loss"],
                       steps=trainer.state.global_step, batch_size=batch_size, preprocess_seconds=preprocess_seconds,
                       max_batch_seconds=float(acfg.max_batch_seconds),
                       peak_memory_mb=peak_memory_mb(args.device))
@@ -229,6 +276,8 @@ def main() -> None:
     parser.add_argument("--arch", choices=["tiny", "base"], default="tiny")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-seconds", default=None, help="padded seconds per batch, or auto (ours only)")
+    parser.add_argument("--auto-max-seconds", type=float, help="asr.auto_batch.max_seconds: the most that --batch-seconds auto may choose")
+    parser.add_argument("--warm-steps", type=int, default=0, help="steps left out of the throughput (compilation, warm-up); 0 = the whole run")
     parser.add_argument("--compile", action="store_true", help="ours with asr.compile=true")
     parser.add_argument("--compile-buckets", type=int, help="asr.compile_buckets (default: the config's)")
     parser.add_argument("--attn", choices=["eager", "sdpa"], help="asr.attn_implementation (both sides; default: the config's)")
@@ -293,6 +342,8 @@ def run_side(args: argparse.Namespace, role: str, out: Path, gpu: str) -> dict[s
     argv += ["--threads", str(args.threads)] if args.threads else []
     argv += ["--batch-seconds", str(args.batch_seconds)] if args.batch_seconds else []
     argv += ["--compile"] if args.compile else []
+    argv += ["--auto-max-seconds", str(args.auto_max_seconds)] if args.auto_max_seconds else []
+    argv += ["--warm-steps", str(args.warm_steps)] if args.warm_steps else []
     argv += ["--compile-buckets", str(args.compile_buckets)] if args.compile_buckets else []
     argv += ["--attn", args.attn] if args.attn else []
     argv += ["--profile"] if args.profile else []
@@ -301,7 +352,9 @@ def run_side(args: argparse.Namespace, role: str, out: Path, gpu: str) -> dict[s
     argv += ["--baseline-fast-math"] if args.baseline_fast_math else []
     subprocess.run([sys.executable, "-m", "bench.asr_throughput", *argv], cwd=ROOT, check=True)
     side = json.loads(out.read_text())
-    side["audio_seconds_per_second"] = side["audio_seconds"] / side["train_seconds"]
+    side["audio_seconds_per_second_whole_run"] = side["audio_seconds"] / side["train_seconds"]
+    side["audio_seconds_per_second"] = (side["steady_audio_seconds"] / side["steady_seconds"] if side.get("steady_seconds")
+                                        else side["audio_seconds_per_second_whole_run"])
     peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
     if "flops_per_audio_second" in side and peak:
         side["mfu"] = side["audio_seconds_per_second"] * side["flops_per_audio_second"] / peak

@@ -2,18 +2,22 @@
 # GPU check for the ASR stage on a single-GPU machine without network access (about 10 minutes).
 # Trains the wav2vec2-base architecture (randomly initialised) in bf16 on synthetic audio, default
 # augmentation on, and measures side by side (bench/asr_throughput.py, each run in its own process):
-#   1. ours as configured for speed: max_batch_seconds=auto (the memory probe), asr.compile=true, sdpa,
-#      loader workers (trainer.num_workers=auto), torch.profiler over a window for the GPU busy share;
+#   1. ours as the eager reference: not compiled, bf16 autocast over fp32 master weights, sdpa (eager
+#      attention's score matrices would not fit the batch), max_batch_seconds=auto (the memory probe,
+#      capped at AUTO_MAX padded seconds so that the recipe's run fits the time below);
 #   2. the run_speech_recognition_ctc.py recipe (map() features, Trainer, group_by_length) at the
-#      batch seconds ours chose;
-#   3. ours as the eager reference (no compile, eager attention, same batches; bf16 autocast over
-#      fp32 master weights), for validation loss at equal steps.
-# It prints audio-seconds/s, MFU, peak GPU memory, batch seconds, validation loss and busy share for
-# each, the checks (>= 6,000 audio-s/s, >= 5x the recipe, loss within 2% of the eager reference,
-# busy >= 90%), and writes them all to bench/results/gpu_check-<time>.json.
+#      batch seconds the probe chose, for RECIPE_STEPS steps (its throughput only);
+#   3. ours as configured for speed at those batch seconds: asr.compile=true, sdpa, loader workers
+#      (trainer.num_workers=auto); validation loss at equal steps is checked against run 1.
+# Runs 1 and 3 run torch.profiler over a window before the timed span, for the GPU busy share.
+# Throughput counts the steps after WARM (RECIPE_WARM for the recipe): compilation and warm-up are
+# reported apart, as the whole run's figure. It prints audio-seconds/s, MFU, peak GPU memory, batch
+# seconds, validation loss and busy share for each, the checks (>= 6,000 audio-s/s, >= 5x the recipe,
+# loss within 2% of the eager reference, busy >= 90%), and writes them all to
+# $RESULTS/gpu_check-<time>.json (default bench/results), with each run's report and log beside it.
 #
-#   bash bench/gpu_check.sh                          # defaults: 150 steps per run
-#   STEPS=100 bash bench/gpu_check.sh
+#   bash bench/gpu_check.sh                          # defaults: 60 steps (30 timed), the recipe 30 (20 timed)
+#   STEPS=100 WARM=40 bash bench/gpu_check.sh
 #   DRY_RUN=1 bash bench/gpu_check.sh                # the same scripts on the CPU with a tiny model (a minute)
 #
 # Python: .venv/bin/python when present; otherwise the machine's python3, which must have torch and
@@ -39,18 +43,24 @@ else
     SITE="${TMPDIR:-/tmp}/gpu-check/site-packages"  # 'site-packages' in the path: dill pickles its modules by reference
     "$PY" -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target "$SITE" bench/wheels/*.whl
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+    if ! "$PY" -c "$NEEDS" && compgen -G "bench/wheels/fallback/*.whl" >/dev/null; then
+      # datasets needs a newer pyarrow than some images have (fetch_gpu_wheels.sh FALLBACK=1)
+      echo "gpu_check: installing bench/wheels/fallback/ too" >&2
+      "$PY" -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target "$SITE" bench/wheels/fallback/*.whl
+    fi
     "$PY" -c "$NEEDS"
   fi
 fi
 
 if [ "${DRY_RUN:-0}" = 1 ]; then
-  STEPS="${STEPS:-4}"; CLIPS="${CLIPS:-40}"
+  STEPS="${STEPS:-6}"; WARM="${WARM:-3}"; RECIPE_STEPS="${RECIPE_STEPS:-4}"; RECIPE_WARM="${RECIPE_WARM:-2}"; CLIPS="${CLIPS:-40}"
   COMMON=(--arch tiny --device cpu --precision fp32 --threads 1)
-  FAST=(--batch-seconds auto --profile)   # on the CPU auto falls back; compiling is left to the GPU run
-  LIMIT_OURS=300; LIMIT_OTHER=300
+  PROBE=(--batch-seconds auto)   # on the CPU auto falls back
+  FAST=(--profile)               # compiling is left to the GPU run
+  LIMIT_OURS=300; LIMIT_RECIPE=300; LIMIT_EAGER=300
   RESULTS="${RESULTS:-$(mktemp -d)}"     # a dry run's figures are not results
 else
-  STEPS="${STEPS:-150}"; CLIPS="${CLIPS:-1200}"
+  STEPS="${STEPS:-60}"; WARM="${WARM:-30}"; RECIPE_STEPS="${RECIPE_STEPS:-30}"; RECIPE_WARM="${RECIPE_WARM:-10}"; CLIPS="${CLIPS:-2000}"
   "$PY" - <<'PY'
 import torch
 assert torch.cuda.is_available(), "no CUDA GPU visible"
@@ -59,22 +69,30 @@ PY
   COMMON=(--arch base --device cuda --precision bf16)
   # Four padded lengths: each is compiled once (about a minute each for wav2vec2-base), and fewer
   # buckets would pad more.
-  FAST=(--batch-seconds auto --compile --compile-buckets "${BUCKETS:-4}" --profile)
-  LIMIT_OURS=330; LIMIT_OTHER=120
+  PROBE=(--batch-seconds auto --auto-max-seconds "${AUTO_MAX:-1600}")
+  FAST=(--compile --compile-buckets "${BUCKETS:-4}" --profile)
+  LIMIT_EAGER="${LIMIT_EAGER:-160}"; LIMIT_RECIPE="${LIMIT_RECIPE:-120}"; LIMIT_OURS="${LIMIT_OURS:-260}"
 fi
+RESULTS="${RESULTS:-bench/results}"
+mkdir -p "$RESULTS"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 "$PY" -c "from bench.asr_throughput import synthetic_dataset; from pathlib import Path; synthetic_dataset($CLIPS, Path('$WORK/data'), 1234)"
-ARGS=(--dataset "$WORK/data" "${COMMON[@]}" --steps "$STEPS")
+ARGS=(--dataset "$WORK/data" "${COMMON[@]}")
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 
-echo "== 1. ours, fast settings =="
-timeout "$LIMIT_OURS" "$PY" -m bench.asr_throughput "${ARGS[@]}" --only ours "${FAST[@]}" --json-out "$WORK/ours.json" "$@" \
-  || echo "(ours did not finish)"
-SECONDS_CHOSEN=$("$PY" -c "import json; print(json.load(open('$WORK/ours.json'))['ours']['max_batch_seconds'])" 2>/dev/null || echo 200)
+# The uncompiled reference goes first: its memory probe picks the batch seconds for all three, and
+# the compiled run, whose compilation time is the least predictable, goes last.
+echo "== 1. ours, uncompiled reference (max_batch_seconds=auto) =="
+timeout "$LIMIT_EAGER" "$PY" -m bench.asr_throughput "${ARGS[@]}" --steps "$STEPS" --warm-steps "$WARM" --only ours "${PROBE[@]}" \
+  --attn sdpa --profile --json-out "$RESULTS/eager-$STAMP.json" "$@" 2>&1 | tee "$RESULTS/eager-$STAMP.log" || true
+SECONDS_CHOSEN=$("$PY" -c "import json; print(json.load(open('$RESULTS/eager-$STAMP.json'))['ours']['max_batch_seconds'])" 2>/dev/null \
+  || echo "${FALLBACK_SECONDS:-400}")
 echo "== 2. the recipe at $SECONDS_CHOSEN batch seconds =="
-timeout "$LIMIT_OTHER" "$PY" -m bench.asr_throughput "${ARGS[@]}" --only baseline --batch-seconds "$SECONDS_CHOSEN" \
-  --json-out "$WORK/recipe.json" "$@" || echo "(the recipe did not finish)"
-echo "== 3. ours, eager reference at $SECONDS_CHOSEN batch seconds =="
-timeout "$LIMIT_OTHER" "$PY" -m bench.asr_throughput "${ARGS[@]}" --only ours --batch-seconds "$SECONDS_CHOSEN" --attn eager \
-  --json-out "$WORK/eager.json" "$@" || echo "(the eager reference did not finish)"
-"$PY" -m bench.gpu_summary --ours "$WORK/ours.json" --recipe "$WORK/recipe.json" --eager "$WORK/eager.json" --out "${RESULTS:-bench/results}"
+timeout "$LIMIT_RECIPE" "$PY" -m bench.asr_throughput "${ARGS[@]}" --steps "$RECIPE_STEPS" --warm-steps "$RECIPE_WARM" --only baseline \
+  --batch-seconds "$SECONDS_CHOSEN" --json-out "$RESULTS/recipe-$STAMP.json" "$@" 2>&1 | tee "$RESULTS/recipe-$STAMP.log" || true
+echo "== 3. ours, fast settings at $SECONDS_CHOSEN batch seconds =="
+timeout "$LIMIT_OURS" "$PY" -m bench.asr_throughput "${ARGS[@]}" --steps "$STEPS" --warm-steps "$WARM" --only ours \
+  --batch-seconds "$SECONDS_CHOSEN" "${FAST[@]}" --json-out "$RESULTS/ours-$STAMP.json" "$@" 2>&1 | tee "$RESULTS/ours-$STAMP.log" || true
+"$PY" -m bench.gpu_summary --ours "$RESULTS/ours-$STAMP.json" --recipe "$RESULTS/recipe-$STAMP.json" --eager "$RESULTS/eager-$STAMP.json" \
+  --out "$RESULTS"

@@ -545,6 +545,7 @@ def compile_buckets(acfg: DictConfig, durations: list[float]) -> tuple[int, ...]
 def _evaluate_and_save(run: TrainingRun) -> None:
     """Validate on rank 0, keep the best/last checkpoints; the other ranks wait."""
     state, placement, acfg = run.state, run.placement, run.acfg
+    started = time.time()
     if placement.is_main:
         scores = evaluate_clips(run.model, run.processor, run.val_loader, placement.amp_dtype)
         step = state["step"]
@@ -563,6 +564,9 @@ def _evaluate_and_save(run: TrainingRun) -> None:
         full = {**state, "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict()}
         save_checkpoint(run.ckpt_root, step, run.model, run.processor, full)
         prune_checkpoints(run.ckpt_root, int(acfg.keep_last), state["best_step"])
+        # train_seconds is wall time and so includes validation: throughput over a span of steps
+        # leaves this out (bench/asr_throughput.py)
+        entry["eval_seconds"] = time.time() - started
     # Every rank needs the same best/history to save the same state if it becomes rank 0's copy.
     if placement.distributed:
         import torch.distributed as dist
