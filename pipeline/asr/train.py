@@ -61,8 +61,14 @@ def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
 
 
 def compile_settings(acfg: DictConfig) -> Any:
-    """With `asr.compile`: lengths stay static (they come in `compile_buckets` sizes), and dynamo may
-    keep a graph for each bucket; otherwise nothing changes."""
+    """With `asr.compile`: lengths stay static (they come in `compile_buckets` sizes), the clip count is
+    dynamic, and dynamo keeps a graph for each bucket; otherwise nothing changes.
+
+    SpecAugment is what would break the graph: transformers draws its time mask with numpy and applies
+    it with an in-place boolean index, which inductor cannot compile. A graph break cost more than the
+    masking itself: the frames resumed after it do not inherit the dynamic clip count, so every new
+    count compiled more graphs until the recompile limit (on an H200 the run then ran out of memory).
+    So the mask is drawn before the step (`spec_augment_mask`) and applied with `torch.where`."""
     if not acfg.compile:
         return nullcontext()
     import torch._dynamo.config as dynamo_config
@@ -72,27 +78,82 @@ def compile_settings(acfg: DictConfig) -> Any:
 
     import transformers.models.wav2vec2.modeling_wav2vec2 as w2v
 
+    if float(acfg.spec_augment.get("mask_feature_prob") or 0) > 0:
+        raise PipelineError("asr.compile=true supports SpecAugment's time masks only: set asr.spec_augment.mask_feature_prob=0 "
+                            "or asr.compile=false")
     limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
     stack = ExitStack()
     stack.enter_context(dynamo_config.patch(automatic_dynamic_shapes=False, **{limit: max(8, 2 * int(acfg.compile_buckets))}))
-    # SpecAugment draws its masks with numpy from the batch's shape: traced, it recompiled for every
-    # clip count; run eagerly it is what it always was.
-    stack.enter_context(mock.patch.object(w2v, "_compute_mask_indices", torch._dynamo.disable(w2v._compute_mask_indices)))
+    stack.enter_context(mock.patch.object(w2v.Wav2Vec2Model, "_mask_hidden_states", _mask_hidden_states_where))
     return stack
 
 
-def _compiled_loss(step_model: Any, model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def compiled_model(ddp_model: torch.nn.Module, model: Any) -> Any:
+    """torch.compile of the model as a step calls it, once LayerDrop is known to be off.
+
+    LayerDrop draws a random number per layer and branches on it in Python: a graph break per layer,
+    each with the costs `compile_settings` describes."""
+    layerdrop = float(getattr(model.config, "layerdrop", 0.0) or 0.0)
+    if layerdrop > 0:
+        raise PipelineError(
+            f"asr.compile=true needs LayerDrop off, and the model's config has layerdrop={layerdrop:g}: set "
+            "asr.model_config.layerdrop=0 (a model built from model_config), add +asr.spec_augment.layerdrop=0 "
+            "(a pretrained model: passed to from_pretrained), or set asr.compile=false"
+        )
+    return torch.compile(ddp_model)
+
+
+def _mask_hidden_states_where(self: Any, hidden_states: torch.Tensor, mask_time_indices: torch.Tensor | None = None,
+                              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Wav2Vec2Model._mask_hidden_states for a compiled model: the time mask comes drawn, out of place."""
+    if not getattr(self.config, "apply_spec_augment", True) or mask_time_indices is None:
+        return hidden_states
+    return torch.where(mask_time_indices[:, :, None], self.masked_spec_embed.to(hidden_states.dtype), hidden_states)
+
+
+def spec_augment_mask(model: Any, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """SpecAugment's time mask for a batch, drawn as transformers draws it inside the forward pass.
+
+    Nothing between the start of the forward pass and its draw uses numpy's generator, so with the same
+    seed this is the mask the uncompiled model would have drawn."""
+    cfg = model.config
+    if not model.training or not getattr(cfg, "apply_spec_augment", True) or float(cfg.mask_time_prob) <= 0:
+        return None
+    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+
+    frames = int(model.wav2vec2._get_feat_extract_output_lengths(input_values.shape[1]))
+    frame_mask = None if attention_mask is None else model.wav2vec2._get_feature_vector_attention_mask(frames, attention_mask)
+    mask = _compute_mask_indices((input_values.shape[0], frames), mask_prob=cfg.mask_time_prob, mask_length=cfg.mask_time_length,
+                                 attention_mask=frame_mask, min_masks=cfg.mask_time_min_masks)
+    return torch.tensor(mask, device=input_values.device, dtype=torch.bool)
+
+
+def compiled_loss(step_model: Any, model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The model's CTC loss with only the network compiled: the loss gathers a batch's transcripts into
-    one vector of varying length, which would recompile for every batch, so it runs eagerly here
-    (transformers' own loss function, with its arguments)."""
-    logits = step_model(input_values=inputs["input_values"], attention_mask=inputs.get("attention_mask")).logits
+    one vector of varying length, which would recompile for every batch, so it runs eagerly here.
+
+    It is Wav2Vec2ForCTC's own loss, written out: transformers releases differ in what
+    `model.loss_function` resolves to for this model (5.17 gives a causal-LM loss)."""
+    # The encoder's own training flag only decides LayerDrop, which compiled runs have off (see
+    # compile_settings); cleared, the encoder skips the per-layer draw whose tensor comparison breaks
+    # the graph in some transformers releases (5.17). train() sets it again after each validation.
+    model.wav2vec2.encoder.training = False
+    extra = {}
+    time_mask = spec_augment_mask(model, inputs["input_values"], inputs.get("attention_mask"))
+    if time_mask is not None:
+        torch._dynamo.maybe_mark_dynamic(time_mask, 0)
+        extra["mask_time_indices"] = time_mask
+    logits = step_model(input_values=inputs["input_values"], attention_mask=inputs.get("attention_mask"), **extra).logits
     mask = inputs.get("attention_mask")
     samples = mask.sum(-1) if mask is not None else torch.full((logits.shape[0],), inputs["input_values"].shape[1], device=logits.device)
-    cfg = model.config
-    return model.loss_function(
-        logits=logits, labels=inputs["labels"], logit_lengths=output_lengths(model, samples).to(logits.device, torch.long),
-        blank_token_id=cfg.pad_token_id, reduction=cfg.ctc_loss_reduction, zero_infinity=cfg.ctc_zero_infinity,
-    )
+    cfg, labels = model.config, inputs["labels"]
+    labelled = labels >= 0
+    log_probs = torch.nn.functional.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
+    with torch.backends.cudnn.flags(enabled=False):  # as transformers does: cuDNN's CTC takes other inputs
+        return torch.nn.functional.ctc_loss(
+            log_probs, labels.masked_select(labelled), output_lengths(model, samples).to(logits.device, torch.long), labelled.sum(-1),
+            blank=cfg.pad_token_id, reduction=cfg.ctc_loss_reduction, zero_infinity=cfg.ctc_zero_infinity,
+        )
 
 
 @dataclass
@@ -198,7 +259,7 @@ def set_up(
         ckpt_root=ckpt_root, splits=splits, train_set=train_set, unalignable=unalignable,
         val_loader=clip_loader(val_set, eval_batches(val_set.durations, batch_seconds), processor, None, 0, workers),
         processor=processor, model=model, ddp_model=ddp_model,
-        step_model=torch.compile(ddp_model) if acfg.compile else ddp_model,
+        step_model=compiled_model(ddp_model, model) if acfg.compile else ddp_model,
         params=params, optimizer=optimizer, scaler=scaler, state=state, batch_seconds=batch_seconds,
         plays=source_plays(acfg.source_weights, train_set.sources, str(dataset_path)),
         buckets=compile_buckets(acfg, train_set.durations) if acfg.compile else None, workers=workers,
@@ -314,7 +375,7 @@ def accumulate(run: TrainingRun, progress: Progress, batch: dict[str, Any]) -> N
     with sync_ctx:
         with torch.autocast(placement.device.type, dtype=placement.amp_dtype or torch.float32, enabled=placement.amp_dtype is not None):
             if run.buckets is not None:
-                loss = _compiled_loss(run.step_model, run.model, inputs) / run.accum
+                loss = compiled_loss(run.step_model, run.model, inputs) / run.accum
             else:
                 loss = run.step_model(**inputs).loss / run.accum
         finite = all_agree(bool(torch.isfinite(loss).item()), placement)
@@ -431,6 +492,8 @@ def start_profiler(pcfg: DictConfig, folder: Path) -> torch.profiler.profile | N
 
             events = prof.events()
             steps = [(e.time_range.start, e.time_range.end) for e in events if e.name.startswith("ProfilerStep#")]
+            if not steps:  # some torch releases leave the step markers out of events(): the window's extent
+                steps = [(min(e.time_range.start for e in events), max(e.time_range.end for e in events))] if events else []
             kernels = [(e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA]
             share = busy_share(kernels, steps)
             (folder / "gpu_busy.json").write_text(json.dumps({"gpu_busy_share": share, "steps": len(steps)}) + "\n")

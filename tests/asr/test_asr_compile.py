@@ -1,0 +1,89 @@
+"""asr.compile: the compiled step computes the uncompiled model's loss, and clip counts add no graphs."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+from pipeline.asr.train import compile_settings, compiled_loss, compiled_model
+from pipeline.runtime import PipelineError
+
+COMPILE = OmegaConf.create({"compile": True, "compile_buckets": 2, "spec_augment": {"mask_time_prob": 0.3, "mask_feature_prob": 0.0}})
+
+
+def tiny_model(**overrides: object) -> Wav2Vec2ForCTC:
+    torch.manual_seed(0)
+    settings = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, conv_dim=[16, 16],
+                    conv_kernel=[10, 8], conv_stride=[5, 4], num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+                    vocab_size=12, pad_token_id=0, ctc_loss_reduction="mean", mask_time_prob=0.3, mask_time_length=2,
+                    hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+                    final_dropout=0.0, layerdrop=0.0)
+    return Wav2Vec2ForCTC(Wav2Vec2Config(**{**settings, **overrides})).train()
+
+
+def batch(clips: int, samples: int, seed: int = 0, padded: bool = False) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    inputs = {"input_values": torch.randn(clips, samples, generator=g), "labels": torch.randint(1, 12, (clips, 4), generator=g)}
+    inputs["labels"][0, 3] = -100  # one shorter transcript
+    if padded:
+        mask = torch.ones(clips, samples, dtype=torch.long)
+        mask[0, samples // 2:] = 0
+        inputs["input_values"][0, samples // 2:] = 0
+        inputs["attention_mask"] = mask
+    return inputs
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_compiled_loss_is_the_models_own_with_the_same_spec_augment_mask(padded: bool) -> None:
+    model = tiny_model(feat_extract_norm="layer" if padded else "group")
+    inputs = batch(4, 8000, padded=padded)
+    np.random.seed(7)
+    own = model(**inputs).loss
+    with compile_settings(COMPILE):
+        np.random.seed(7)
+        ours = compiled_loss(model, model, inputs)
+        np.random.seed(8)
+        other_mask = compiled_loss(model, model, inputs)
+    assert float(ours) == pytest.approx(float(own), rel=1e-6)
+    assert float(other_mask) != pytest.approx(float(own), rel=1e-6), "the mask should change the loss"
+
+
+def test_feature_masks_are_refused_when_compiling() -> None:
+    cfg = OmegaConf.merge(COMPILE, {"spec_augment": {"mask_feature_prob": 0.1}})
+    with pytest.raises(PipelineError, match="mask_feature_prob"):
+        compile_settings(cfg)
+
+
+def test_layerdrop_is_refused_when_compiling() -> None:
+    model = tiny_model(layerdrop=0.1)
+    with pytest.raises(PipelineError, match="layerdrop=0.1"):
+        compiled_model(model, model)
+
+
+def test_clip_counts_add_no_graphs_once_a_padded_length_is_compiled() -> None:
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile's inductor backend needs a C++ compiler on the CPU, and none is installed")
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    model = tiny_model()
+    graphs = []
+    with compile_settings(COMPILE):
+        step = compiled_model(model, model)
+        for clips, samples in [(6, 8000), (3, 8000), (5, 8000), (4, 12000), (7, 12000), (2, 8000)]:
+            inputs = batch(clips, samples)
+            for value in inputs.values():  # as the training loop marks them
+                torch._dynamo.maybe_mark_dynamic(value, 0)
+            torch._dynamo.maybe_mark_dynamic(inputs["labels"], 1)
+            loss = compiled_loss(step, model, inputs)
+            loss.backward()
+            assert torch.isfinite(loss)
+            graphs.append(int(counters["stats"]["unique_graphs"]))
+    assert graphs[0] == graphs[1] == graphs[2], graphs  # new clip counts, one length
+    assert graphs[3] > graphs[2] and graphs[3] == graphs[4] == graphs[5], graphs  # a second length, then nothing new
