@@ -263,3 +263,18 @@ def test_nnpack_benchmark_times_both_settings_on_the_same_steps(tmp_path: Path) 
     ratios = [a / b for a, b in zip(rates["nnpack_off"]["per_repeat"], rates["nnpack_on"]["per_repeat"])]
     assert report["speedup_nnpack_off"]["per_repeat"] == ratios
     assert json.loads(out.read_text()) == report
+
+
+def test_throughput_span_leaves_out_warm_up_and_validation() -> None:
+    """bench.asr_throughput --warm-steps: audio and wall time between the validation at the warm-up step
+    and the last one, less the validations in between (train_seconds is read before each)."""
+    from bench.asr_throughput import steady_span
+
+    history = [
+        {"step": 10, "audio_hours": 1.0, "train_seconds": 100.0, "eval_seconds": 5.0, "compiled_graphs": 4},
+        {"step": 20, "audio_hours": 2.0, "train_seconds": 125.0, "eval_seconds": 5.0, "compiled_graphs": 4},
+        {"step": 30, "audio_hours": 3.0, "train_seconds": 150.0, "eval_seconds": 5.0, "compiled_graphs": 4},
+    ]
+    span = steady_span(history, 10)
+    assert span == {"warm_steps": 10, "steady_audio_seconds": 7200.0, "steady_seconds": 40.0, "graphs_compiled_in_span": 0}
+    assert steady_span(history, 0) == {} and steady_span(history[:1], 10) == {}
