@@ -121,7 +121,7 @@ def spec_augment_mask(model: Any, input_values: torch.Tensor, attention_mask: to
         return None
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
-    frames = int(model.wav2vec2._get_feat_extract_output_lengths(input_values.shape[1]))
+    frames = int(output_lengths(model, torch.tensor([input_values.shape[1]]))[0])
     frame_mask = None if attention_mask is None else model.wav2vec2._get_feature_vector_attention_mask(frames, attention_mask)
     mask = _compute_mask_indices((input_values.shape[0], frames), mask_prob=cfg.mask_time_prob, mask_length=cfg.mask_time_length,
                                  attention_mask=frame_mask, min_masks=cfg.mask_time_min_masks)
