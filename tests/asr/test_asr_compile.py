@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-from pipeline.asr.train import compile_settings, compiled_loss, compiled_model
+from pipeline.asr.compiled import compile_settings, compiled_loss, compiled_model
 from pipeline.runtime import PipelineError
 
 COMPILE = OmegaConf.create({"compile": True, "compile_buckets": 2, "spec_augment": {"mask_time_prob": 0.3, "mask_feature_prob": 0.0}})
