@@ -163,12 +163,13 @@ def run_ours(args: argparse.Namespace, result: dict[str, Any]) -> None:
     from pipeline.asr.train import run_asr_stage
     from pipeline.tracking import NullTracker
 
+    cfg = bench_cfg(args, args.steps)
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = run_asr_stage(bench_cfg(args, args.steps), Path(tmp), Path(args.dataset), NullTracker())
+        metrics = run_asr_stage(cfg, Path(tmp), Path(args.dataset), NullTracker())
         audio_s = metrics["audio_hours_seen"] * 3600
         result.update(audio_seconds=audio_s, train_seconds=metrics["train_wall_seconds"], val_loss=metrics["history"][-1]["val_loss"],
                       steps=metrics["steps"], peak_memory_mb=peak_memory_mb(args.device), max_batch_seconds=metrics["max_batch_seconds"],
-                      compile=bool(args.compile), attn_implementation=bench_cfg(args, args.steps).asr.attn_implementation,
+                      compile=bool(args.compile), attn_implementation=cfg.asr.attn_implementation,
                       **steady_span(metrics["history"], _warm(args, args.steps)))
         busy = Path(tmp) / "asr" / "profile" / "gpu_busy.json"
         if busy.exists():
@@ -176,7 +177,7 @@ def run_ours(args: argparse.Namespace, result: dict[str, Any]) -> None:
         if args.device.startswith("cuda"):
             model, _ = load_asr(Path(tmp) / "asr", args.device)
             model.train()
-            if bench_cfg(args, args.steps).asr.freeze_feature_encoder:
+            if cfg.asr.freeze_feature_encoder:
                 model.freeze_feature_encoder()  # count the FLOPs training actually ran
             result["flops_per_audio_second"] = flops_per_audio_second(model, torch.device(args.device), _amp(args))
 

@@ -67,8 +67,7 @@ assert torch.cuda.is_available(), "no CUDA GPU visible"
 print(f"gpu: {torch.cuda.get_device_name()}  torch {torch.__version__}  bf16: {torch.cuda.is_bf16_supported()}")
 PY
   COMMON=(--arch base --device cuda --precision bf16)
-  # Four padded lengths: each is compiled once (about a minute each for wav2vec2-base), and fewer
-  # buckets would pad more.
+  # Four padded lengths: one graph each, compiled once; fewer would pad more.
   PROBE=(--batch-seconds auto --auto-max-seconds "${AUTO_MAX:-1600}")
   FAST=(--compile --compile-buckets "${BUCKETS:-4}" --profile)
   LIMIT_EAGER="${LIMIT_EAGER:-160}"; LIMIT_RECIPE="${LIMIT_RECIPE:-120}"; LIMIT_OURS="${LIMIT_OURS:-260}"

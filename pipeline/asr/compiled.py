@@ -109,14 +109,14 @@ def compiled_loss(step_model: Any, model: Any, inputs: dict[str, torch.Tensor]) 
     # compiled_model); cleared, the encoder skips the per-layer draw whose tensor comparison breaks
     # the graph in some transformers releases (5.17). train() sets it again after each validation.
     model.wav2vec2.encoder.training = False
+    values, mask = inputs["input_values"], inputs.get("attention_mask")
     extra = {}
-    time_mask = spec_augment_mask(model, inputs["input_values"], inputs.get("attention_mask"))
+    time_mask = spec_augment_mask(model, values, mask)
     if time_mask is not None:
         torch._dynamo.maybe_mark_dynamic(time_mask, 0)
         extra["mask_time_indices"] = time_mask
-    logits = step_model(input_values=inputs["input_values"], attention_mask=inputs.get("attention_mask"), **extra).logits
-    mask = inputs.get("attention_mask")
-    samples = mask.sum(-1) if mask is not None else torch.full((logits.shape[0],), inputs["input_values"].shape[1], device=logits.device)
+    logits = step_model(input_values=values, attention_mask=mask, **extra).logits
+    samples = mask.sum(-1) if mask is not None else torch.full((logits.shape[0],), values.shape[1], device=logits.device)
     cfg, labels = model.config, inputs["labels"]
     labelled = labels >= 0
     log_probs = torch.nn.functional.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)

@@ -255,7 +255,7 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         device=pseudonym(key, "dev", record.device_serial) if record.device_serial else None,
         annotator=pseudonym(key, "ann", record.annotator_id) if record.annotator_id else None,
         source=source.name,
-        utterance_id=dataset_utterance_id(key, record.utterance_id, carried),
+        utterance_id=where["utterance_id"],  # record.utterance_id as shown (strict schema: the same string)
         copy_of=dataset_utterance_id(key, record.copy_of, carried) if record.copy_of else None,
         _path=path,
         _split=split,
