@@ -19,6 +19,7 @@
 #   bash bench/gpu_check.sh                          # defaults: 60 steps (30 timed), the recipe 30 (20 timed)
 #   STEPS=100 WARM=40 bash bench/gpu_check.sh
 #   DRY_RUN=1 bash bench/gpu_check.sh                # the same scripts on the CPU with a tiny model (a minute)
+#   RECIPE_STEPS=0 bash bench/gpu_check.sh           # leave the recipe out (its figure does not change with our code)
 #
 # Python: .venv/bin/python when present; otherwise the machine's python3, which must have torch and
 # transformers (a typical CUDA image does, e.g. torch 2.11, transformers 5.17). What it lacks (datasets,
@@ -87,9 +88,13 @@ timeout "$LIMIT_EAGER" "$PY" -m bench.asr_throughput "${ARGS[@]}" --steps "$STEP
   --attn sdpa --profile --json-out "$RESULTS/eager-$STAMP.json" "$@" 2>&1 | tee "$RESULTS/eager-$STAMP.log" || true
 SECONDS_CHOSEN=$("$PY" -c "import json; print(json.load(open('$RESULTS/eager-$STAMP.json'))['ours']['max_batch_seconds'])" 2>/dev/null \
   || echo "${FALLBACK_SECONDS:-400}")
-echo "== 2. the recipe at $SECONDS_CHOSEN batch seconds =="
-timeout "$LIMIT_RECIPE" "$PY" -m bench.asr_throughput "${ARGS[@]}" --steps "$RECIPE_STEPS" --warm-steps "$RECIPE_WARM" --only baseline \
-  --batch-seconds "$SECONDS_CHOSEN" --json-out "$RESULTS/recipe-$STAMP.json" "$@" 2>&1 | tee "$RESULTS/recipe-$STAMP.log" || true
+if [ "$RECIPE_STEPS" -gt 0 ]; then
+  echo "== 2. the recipe at $SECONDS_CHOSEN batch seconds =="
+  timeout "$LIMIT_RECIPE" "$PY" -m bench.asr_throughput "${ARGS[@]}" --steps "$RECIPE_STEPS" --warm-steps "$RECIPE_WARM" --only baseline \
+    --batch-seconds "$SECONDS_CHOSEN" --json-out "$RESULTS/recipe-$STAMP.json" "$@" 2>&1 | tee "$RESULTS/recipe-$STAMP.log" || true
+else
+  echo "== 2. the recipe: skipped (RECIPE_STEPS=0) =="
+fi
 echo "== 3. ours, fast settings at $SECONDS_CHOSEN batch seconds =="
 timeout "$LIMIT_OURS" "$PY" -m bench.asr_throughput "${ARGS[@]}" --steps "$STEPS" --warm-steps "$WARM" --only ours \
   --batch-seconds "$SECONDS_CHOSEN" "${FAST[@]}" --json-out "$RESULTS/ours-$STAMP.json" "$@" 2>&1 | tee "$RESULTS/ours-$STAMP.log" || true
