@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from pipeline.asr.checkpoints import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
 from pipeline.asr.compiled import compile_buckets, compile_settings, compiled_loss, compiled_model
-from pipeline.asr.collate import ClipDataset, CTCCollator, Plays, plan_augmentation, played_durations
+from pipeline.asr.collate import ClipDataset, CTCCollator, Plays, bucketed_durations, plan_augmentation, played_durations
 from pipeline.asr.config import ASRConfig
 from pipeline.asr.devices import fast_cpu_math, loader_workers
 from pipeline.asr.fft_conv import configure_positional_conv
@@ -252,7 +252,7 @@ def epoch_loader(run: TrainingRun) -> torch.utils.data.DataLoader:
                   float(splice.gap_s) if splice else 0.0)
     plan = plan_augmentation(len(plays), acfg.augment, epoch_seed)  # per play; None when augmentation is off
     batches = epoch_batches(
-        played_durations(plays.durations(), plan), run.batch_seconds,
+        bucketed_durations(played_durations(plays.durations(), plan), run.buckets), run.batch_seconds,
         int(acfg.bucket_batches), run.seed, state["epoch"], placement.rank, placement.world_size,
     )
     if not batches:

@@ -17,7 +17,7 @@ import torchaudio.transforms as AT
 from omegaconf import OmegaConf
 
 from pipeline.asr.collate import (
-    CharLabels, ClipDataset, CTCCollator, Plays, decode_audio, padded_length, plan_augmentation, speed_perturb,
+    CharLabels, ClipDataset, CTCCollator, Plays, bucketed_durations, decode_audio, padded_length, plan_augmentation, speed_perturb,
 )
 from pipeline.asr.vocab import build_vocab, make_processor
 
@@ -167,6 +167,25 @@ def test_pad_buckets_bound_the_number_of_shapes(clip_split: object, tmp_path: Pa
     assert batch["input_values"].shape[1] == 32000
     assert batch["attention_mask"].sum().item() == sum(batch["input_lengths"].tolist())
     assert batch["input_values"][0, batch["input_lengths"][0]:].abs().sum() == 0  # masked padding stays 0
+
+
+def test_batches_packed_on_bucketed_lengths_hold_the_budget_once_padded() -> None:
+    from pipeline.asr.sampler import epoch_batches
+
+    rng = np.random.default_rng(0)
+    durations = [float(d) for d in rng.uniform(0.5, 6.0, size=300)]
+    buckets = (16000, 32000, 64000, 96000)
+    budget = 24.0
+
+    def padded_seconds(batches: list[list[int]]) -> list[float]:
+        return [len(b) * padded_length(max(math.ceil(durations[i] * 16000) for i in b), buckets) / 16000 for b in batches]
+
+    on_own_lengths = padded_seconds(epoch_batches(durations, budget, 4, seed=1, epoch=0))
+    assert max(on_own_lengths) > budget  # what a compiled run's batches did before
+    packed = epoch_batches(bucketed_durations(durations, buckets), budget, 4, seed=1, epoch=0)
+    assert max(padded_seconds(packed)) <= budget
+    assert sorted(i for b in packed for i in b) == list(range(len(durations)))  # every clip, once
+    assert bucketed_durations(durations, None) is durations
 
 
 def test_loader_benchmark_compares_both_loaders(clip_split: object, tmp_path: Path) -> None:
