@@ -18,6 +18,8 @@ _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = [(10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred")]
 _SYMBOLS = {"%": " percent ", "&": " and ", "@": " at ", "+": " plus ", "#": " number "}
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+# Every character normalize_text can leave besides the space: the ASR model's output alphabet.
+ALPHABET = "'abcdefghijklmnopqrstuvwxyz"
 _KEEP = re.compile(r"[^a-z' ]+")
 
 

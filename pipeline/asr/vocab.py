@@ -1,8 +1,11 @@
 """The character vocabulary and the processor (tokenizer + feature extractor) saved with the model.
 
-CTC predicts one character per frame, so the vocabulary is the set of characters of the (already
-normalised) training transcripts, plus the blank/pad and an unknown token. Characters that only
-appear outside training (a stray symbol in a test transcript) map to `<unk>` instead of crashing.
+CTC predicts one character per frame, so the vocabulary is the normaliser's alphabet
+(`pipeline.text.ALPHABET`) and any other character of the training transcripts, plus the blank/pad
+and an unknown token. The whole alphabet, not only the letters the train split happens to hold: a
+small corpus without a "z" would otherwise give a model that cannot write one, and evaluation would
+stop on a test split that has it (`eval.max_oov_char_rate`). Anything else (a stray symbol in text
+that skipped normalisation) maps to `<unk>` instead of crashing.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec
 
 from pipeline.data.features import SAMPLING_RATE
 from pipeline.runtime import PipelineError
+from pipeline.text import ALPHABET
 
 PAD = "<pad>"  # also the CTC blank: id 0, as Wav2Vec2ForCTC expects blank == pad_token_id
 UNK = "<unk>"
@@ -22,13 +26,13 @@ WORD_DELIMITER = "|"
 
 
 def build_vocab(texts: Iterable[str]) -> dict[str, int]:
-    """Sorted characters of `texts` (space becomes the word delimiter), after pad and unk."""
-    chars = sorted({ch for text in texts for ch in text.replace(" ", WORD_DELIMITER)})
-    chars = [c for c in chars if c not in (PAD, UNK)]
+    """The alphabet and the sorted characters of `texts` (space becomes the word delimiter), after pad and unk."""
+    seen = {ch for text in texts for ch in text.replace(" ", WORD_DELIMITER)}
+    if not seen - {WORD_DELIMITER}:
+        raise PipelineError("the train split has no transcript characters in column `text`; check the data stage output")
+    chars = [c for c in sorted(seen | set(ALPHABET)) if c not in (PAD, UNK)]
     if WORD_DELIMITER not in chars:
         chars.append(WORD_DELIMITER)
-    if len(chars) <= 1:
-        raise PipelineError("the train split has no transcript characters in column `text`; check the data stage output")
     return {PAD: 0, UNK: 1, **{c: i + 2 for i, c in enumerate(chars)}}
 
 

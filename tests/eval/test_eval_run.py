@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -177,20 +178,31 @@ def _unknown_characters(test: Dataset) -> Dataset:
     return test.map(lambda ex: {"text": "quiz box jumped"})
 
 
-# (eval overrides, or None for a config without an `eval` group; whether the run's models are passed;
+def _model_without(letter: str, asr_dir: Path, out: Path) -> Path:
+    """A copy of the ASR model whose vocabulary lacks `letter` (its slot holds the capital instead), as
+    a model trained elsewhere on another alphabet would: the project's own models know every letter."""
+    shutil.copytree(asr_dir, out)
+    vocab = json.loads((out / "vocab.json").read_text())
+    vocab[letter.upper()] = vocab.pop(letter)
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    return out
+
+
+# (eval overrides, or None for a config without an `eval` group; whether the run's models are passed
+# ("q-less": with the ASR model's "q" taken out of its vocabulary);
 # what replaces the test split; the error, with <run>, <dataset> and <asr> standing for those paths).
 @pytest.mark.parametrize(("overrides", "with_models", "test_split", "error"), [
     pytest.param(None, True, None, r"the config has no `eval` group", id="no-eval-group"),
     pytest.param({"eval.wake_word": None}, True, None, r"eval\.wake_word=None", id="wake-word-unset"),
     pytest.param({}, False, None, r"<run>: no ASR model here", id="no-model-in-run"),
-    pytest.param({"eval.wake_word": "alexa?zq"}, True, None,
+    pytest.param({"eval.wake_word": "alexa?zq"}, "q-less", None,
                  r"eval\.wake_word='alexa zq' uses \['q'\], which <asr>/vocab\.json lacks", id="wake-word-unspellable"),
     pytest.param({}, True, _empty, r"dataset <dataset> split 'test' is empty", id="empty-test-split"),
-    pytest.param({}, True, _unknown_characters, r"dataset <dataset>: .* are not in <asr>/vocab\.json",
+    pytest.param({}, "q-less", _unknown_characters, r"dataset <dataset>: .* are not in <asr>/vocab\.json",
                  id="characters-not-in-vocab"),
 ])
 def test_bad_input_fails_with_one_clear_line_naming_the_key_or_path(
-    overrides: dict[str, Any] | None, with_models: bool, test_split: Callable[[Dataset], Dataset] | None, error: str,
+    overrides: dict[str, Any] | None, with_models: bool | str, test_split: Callable[[Dataset], Dataset] | None, error: str,
     tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path,
 ) -> None:
     from pipeline.eval.run import run_eval_stage
@@ -200,9 +212,10 @@ def test_bad_input_fails_with_one_clear_line_naming_the_key_or_path(
         dd = load_from_disk(str(tiny_dataset_path))
         dataset = tmp_path / "dataset"
         DatasetDict({"validation": dd["validation"], "test": test_split(dd["test"])}).save_to_disk(str(dataset))
-    paths = {"asr_model": str(tiny_run / "asr"), "nlu_model": str(tiny_run / "nlu")} if with_models else {}
+    asr = _model_without("q", tiny_run / "asr", tmp_path / "q_less_asr") if with_models == "q-less" else tiny_run / "asr"
+    paths = {"asr_model": str(asr), "nlu_model": str(tiny_run / "nlu")} if with_models else {}
     cfg = OmegaConf.create({"logger": {}}) if overrides is None else eval_cfg(**paths, **overrides)
-    for name, path in (("<run>", tmp_path), ("<dataset>", dataset), ("<asr>", tiny_run / "asr")):
+    for name, path in (("<run>", tmp_path), ("<dataset>", dataset), ("<asr>", asr)):
         error = error.replace(name, re.escape(str(path)))
     with pytest.raises(PipelineError, match=error) as raised:
         run_eval_stage(cfg, tmp_path, dataset, RecordingTracker())
