@@ -80,24 +80,31 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 "$PY" -c "from bench.asr_throughput import synthetic_dataset; from pathlib import Path; synthetic_dataset($CLIPS, Path('$WORK/data'), 1234)"
 ARGS=(--dataset "$WORK/data" "${COMMON[@]}")
+EXTRA=("$@")  # this script's own arguments, passed to every run
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+
+# One bench.asr_throughput run under its time limit, its report and log in $RESULTS as NAME-STAMP.
+# A run that fails or runs out of time leaves no report, and the summary shows it as not measured.
+bench_run() {  # NAME LIMIT ARGS...
+  local name="$1" limit="$2"
+  shift 2
+  timeout "$limit" "$PY" -m bench.asr_throughput "${ARGS[@]}" "$@" --json-out "$RESULTS/$name-$STAMP.json" ${EXTRA[@]+"${EXTRA[@]}"} 2>&1 \
+    | tee "$RESULTS/$name-$STAMP.log" || true
+}
 
 # The uncompiled reference goes first: its memory probe picks the batch seconds for all three, and
 # the compiled run, whose compilation time is the least predictable, goes last.
 echo "== 1. ours, uncompiled reference (max_batch_seconds=auto) =="
-timeout "$LIMIT_EAGER" "$PY" -m bench.asr_throughput "${ARGS[@]}" --steps "$STEPS" --warm-steps "$WARM" --only ours "${PROBE[@]}" \
-  --attn sdpa --profile --json-out "$RESULTS/eager-$STAMP.json" "$@" 2>&1 | tee "$RESULTS/eager-$STAMP.log" || true
+bench_run eager "$LIMIT_EAGER" --steps "$STEPS" --warm-steps "$WARM" --only ours "${PROBE[@]}" --attn sdpa --profile
 SECONDS_CHOSEN=$("$PY" -c "import json; print(json.load(open('$RESULTS/eager-$STAMP.json'))['ours']['max_batch_seconds'])" 2>/dev/null \
   || echo "${FALLBACK_SECONDS:-400}")
 if [ "$RECIPE_STEPS" -gt 0 ]; then
   echo "== 2. the recipe at $SECONDS_CHOSEN batch seconds =="
-  timeout "$LIMIT_RECIPE" "$PY" -m bench.asr_throughput "${ARGS[@]}" --steps "$RECIPE_STEPS" --warm-steps "$RECIPE_WARM" --only baseline \
-    --batch-seconds "$SECONDS_CHOSEN" --json-out "$RESULTS/recipe-$STAMP.json" "$@" 2>&1 | tee "$RESULTS/recipe-$STAMP.log" || true
+  bench_run recipe "$LIMIT_RECIPE" --steps "$RECIPE_STEPS" --warm-steps "$RECIPE_WARM" --only baseline --batch-seconds "$SECONDS_CHOSEN"
 else
   echo "== 2. the recipe: skipped (RECIPE_STEPS=0) =="
 fi
 echo "== 3. ours, fast settings at $SECONDS_CHOSEN batch seconds =="
-timeout "$LIMIT_OURS" "$PY" -m bench.asr_throughput "${ARGS[@]}" --steps "$STEPS" --warm-steps "$WARM" --only ours \
-  --batch-seconds "$SECONDS_CHOSEN" "${FAST[@]}" --json-out "$RESULTS/ours-$STAMP.json" "$@" 2>&1 | tee "$RESULTS/ours-$STAMP.log" || true
+bench_run ours "$LIMIT_OURS" --steps "$STEPS" --warm-steps "$WARM" --only ours --batch-seconds "$SECONDS_CHOSEN" "${FAST[@]}"
 "$PY" -m bench.gpu_summary --ours "$RESULTS/ours-$STAMP.json" --recipe "$RESULTS/recipe-$STAMP.json" --eager "$RESULTS/eager-$STAMP.json" \
   --out "$RESULTS"
