@@ -44,15 +44,24 @@ class SplitShares:
     test: float = MISSING
 
 
-def check_shares(key: str, shares: SplitShares) -> None:
-    """The range `pipeline.data.splits.check_ratios` holds the build to, named by the full key."""
+def holds_out_everyone(shares: SplitShares) -> bool:
+    """Validation and test shares that add up to 1: nobody is left to train on."""
+    return shares.validation + shares.test >= 1 - 1e-9
+
+
+def check_shares(key: str, shares: SplitShares, everyone_allowed: bool = False) -> None:
+    """The range `pipeline.data.splits.check_ratios` holds the build to, named by the full key.
+    `everyone_allowed`: a wake-word test source, which trains no one, may hold out every speaker."""
     for name in ("validation", "test"):
         value = getattr(shares, name)
-        if not 0 <= value < 1:
-            raise PipelineError(f"{key}.{name}={value}: a share of accounts, in [0, 1)")
-    if shares.validation + shares.test >= 1:
-        raise PipelineError(f"{key}.validation + {key}.test = {shares.validation + shares.test}: "
-                            "their sum must be below 1, so some accounts are left to train on")
+        if not 0 <= value <= 1:
+            raise PipelineError(f"{key}.{name}={value}: a share of accounts, from 0 to 1")
+    total = shares.validation + shares.test
+    if holds_out_everyone(shares) and not (everyone_allowed and total <= 1 + 1e-9):
+        if everyone_allowed:
+            raise PipelineError(f"{key}.validation + {key}.test = {total}: shares of speakers, at most 1 in all")
+        raise PipelineError(f"{key}.validation + {key}.test = {total}: their sum must be below 1, so some accounts "
+                            "are left to train on (only a `role: wake_test` speech source may hold out everyone)")
 
 
 @dataclass
@@ -154,7 +163,7 @@ class SourceConfig:
         if self.role is not None:
             choice(f"{key}.role", self.role, ROLES)
         if self.heldout is not None:
-            check_shares(f"{key}.heldout", self.heldout)
+            check_shares(f"{key}.heldout", self.heldout, everyone_allowed=self.role == "wake_test")
         if self.demo is not None:
             self.demo.check(f"{key}.demo")
         if self.source == "lone_words":
@@ -193,6 +202,7 @@ class DataConfig(SourceConfig):
     # Each entry a SourceConfig: `validate` checks them one by one, so an error names its index.
     sources: Optional[list[Any]] = None
     speech_dir: Optional[str] = None      # data=demo_speech, speech_wake: the shared human speech folder
+    speech_heldout: Optional[SplitShares] = None  # data=demo_speech, speech_wake: every corpus's `heldout`
     deletions: Optional[str] = MISSING
     min_duration_s: float = MISSING
     max_duration_s: float = MISSING
@@ -201,6 +211,8 @@ class DataConfig(SourceConfig):
 
     def validate(self) -> None:
         self.check("data")
+        if self.speech_heldout is not None:  # before the entries that take it, so the error names this key
+            check_shares("data.speech_heldout", self.speech_heldout, everyone_allowed=True)
         for i, entry in enumerate(self.sources or []):
             if not isinstance(entry, dict):
                 raise PipelineError(f"data.sources[{i}] is {entry!r}; each entry is a mapping like conf/data/<source>.yaml")

@@ -9,7 +9,9 @@ audiofolder (or a hub id) read exactly like `source: hf`, with two things an hf 
   one when the corpus has two or more) go to test, the next `heldout.validation` share to
   validation. The choice depends on nothing but the names and the seed, so every build (the
   training one and the wake-word one below) holds out the same people. A corpus without speakers
-  (the Mycroft wake words) is split clip by clip with the same shares.
+  (the Mycroft wake words) is split clip by clip with the same shares. Shares that add up to 1
+  (`data.speech_heldout`, only for `role: wake_test`) hold out everyone: a folder of people no
+  model heard, scored whole.
 - **Keyword clips kept out of training.** Clips whose `keyword_column` (Mycroft's `wake_word`) is
   one of `keywords` are the test of a wake word the model hears only from synthetic voices
   (espeak-ng, and flite for `data.demo.other_wake_flite_takes`): `role: train` quarantines them
@@ -49,17 +51,21 @@ def _fraction(*parts: Any) -> float:
 
 def heldout_speakers(speakers: list[str], corpus: str, validation: float, test: float, seed: int) -> dict[str, str]:
     """speaker -> split: the first `test` share of the ranked speakers (at least one when there are
-    two or more) to test, the next `validation` share to validation, the rest to train."""
+    two or more) to test, the next `validation` share to validation, the rest to train (at least
+    one, unless the shares add up to 1: a corpus of people no model heard, all held out, and a lone
+    speaker in test, where the figures are read)."""
     ranked = sorted(set(speakers), key=lambda s: _fraction(seed, corpus, s))
     n = len(ranked)
-    n_test = max(1 if n >= 2 and test > 0 else 0, round(test * n))
-    n_val = min(round(validation * n), max(0, n - n_test - 1))
+    everyone = validation + test >= 1 - 1e-9
+    n_test = max(1 if (n >= 2 or everyone) and test > 0 else 0, round(test * n))
+    n_val = n - n_test if everyone else min(round(validation * n), max(0, n - n_test - 1))
     return {s: "test" if i < n_test else "validation" if i < n_test + n_val else "train" for i, s in enumerate(ranked)}
 
 
 def clip_split(clip: str, corpus: str, validation: float, test: float, seed: int) -> str:
     u = _fraction(seed, corpus, clip)
-    return "test" if u < test else "validation" if u < test + validation else "train"
+    everyone = validation + test >= 1 - 1e-9
+    return "test" if u < test else "validation" if everyone or u < test + validation else "train"
 
 
 def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:

@@ -46,6 +46,21 @@ def test_each_corpus_holds_out_at_least_one_speaker_the_same_way_every_time() ->
     assert 0.12 < shares.count("test") / 2000 < 0.18 and 0.07 < shares.count("validation") / 2000 < 0.13
 
 
+def test_shares_that_add_up_to_one_hold_out_every_speaker_and_clip() -> None:
+    four = ["george", "jackson", "nicolas", "theo"]
+    assert "train" in heldout_speakers(four, "fsdd", 0.5, 0.45, seed=0).values()  # below 1: one left to train
+    for validation, test in ((0.5, 0.5), (0.7, 0.3), (0.0, 1.0)):
+        split = heldout_speakers(four, "fsdd", validation, test, seed=0)
+        assert set(split) == set(four) and "train" not in split.values()
+        assert list(split.values()).count("test") == max(1, round(test * 4))
+        clips = [clip_split(f"clip{i}", "mycroft", validation, test, 0) for i in range(500)]
+        assert "train" not in clips and abs(clips.count("test") / 500 - test) < 0.08
+    assert heldout_speakers(["theo"] * 3, "fsdd", 0.5, 0.5, 0) == {"theo": "test"}  # a lone speaker: where figures are read
+    # The people first drawn to test stay in test when everyone is held out.
+    assert {s for s, v in heldout_speakers(four, "fsdd", 0.1, 0.15, 0).items() if v == "test"} <= {
+        s for s, v in heldout_speakers(four, "fsdd", 0.35, 0.65, 0).items() if v == "test"}
+
+
 def test_the_demo_speaks_a_share_of_its_commands_with_the_second_keyword() -> None:
     records = [{"utterance_id": f"demo-{i}", "transcript": f"alexa play song {i}", "intent": "play_music",
                 "annotation": f"alexa play song {i}", "wake_word_present": True} for i in range(200)]
@@ -305,3 +320,19 @@ def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(t
     negatives = [r for r in clips if not r["wake_word_present"]]
     assert negatives and not {r["speaker"] for r in negatives} & heard  # only people training never heard
     assert not any(n in r["utterance_id"] for n in names for r in clips)
+
+
+def test_a_wake_build_of_people_no_model_heard_keeps_every_clip(tmp_path: Path) -> None:
+    speech = tmp_path / "speech"
+    _corpora(speech)
+    done = _train(tmp_path, "wake", "data=speech_wake", f"data.speech_dir={speech}", "data.num_proc=1",
+                  "data.speech_heldout={validation: 0.5, test: 0.5}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "wake" / "build_report.json").read_text())
+    assert "heard_in_training" not in report["quarantine_reasons"]
+    wake = load_from_disk(report["dataset_path"])
+    assert len(wake["train"]) == 0 and report["records_kept"] == len(wake["validation"]) + len(wake["test"])
+    for corpus, speakers in (("speech_commands", 12), ("fsdd", 6)):
+        by_split = {s: {r["speaker"] for r in wake[s] if r["source"] == corpus} for s in ("validation", "test")}
+        assert len(by_split["validation"]) == len(by_split["test"]) == speakers // 2
+        assert not by_split["validation"] & by_split["test"]
