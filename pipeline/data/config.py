@@ -44,9 +44,9 @@ class SplitShares:
     test: float = MISSING
 
 
-def holds_out_everyone(shares: SplitShares) -> bool:
-    """Validation and test shares that add up to 1: nobody is left to train on."""
-    return shares.validation + shares.test >= 1 - 1e-9
+def holds_out_everyone(validation: float, test: float) -> bool:
+    """Validation and test shares that add up to 1 (0.7 + 0.3 included): nobody is left to train on."""
+    return validation + test >= 1 - 1e-9
 
 
 def check_shares(key: str, shares: SplitShares, everyone_allowed: bool = False) -> None:
@@ -57,9 +57,9 @@ def check_shares(key: str, shares: SplitShares, everyone_allowed: bool = False) 
         if not 0 <= value <= 1:
             raise PipelineError(f"{key}.{name}={value}: a share of accounts, from 0 to 1")
     total = shares.validation + shares.test
-    if holds_out_everyone(shares) and not (everyone_allowed and total <= 1 + 1e-9):
-        if everyone_allowed:
-            raise PipelineError(f"{key}.validation + {key}.test = {total}: shares of speakers, at most 1 in all")
+    if everyone_allowed and total > 1 + 1e-9:
+        raise PipelineError(f"{key}.validation + {key}.test = {total}: shares of speakers, at most 1 in all")
+    if not everyone_allowed and holds_out_everyone(shares.validation, shares.test):
         raise PipelineError(f"{key}.validation + {key}.test = {total}: their sum must be below 1, so some accounts "
                             "are left to train on (only a `role: wake_test` speech source may hold out everyone)")
 

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.config import ROLES, SourceConfig
+from pipeline.data.config import ROLES, SourceConfig, holds_out_everyone
 from pipeline.data.hf import HUB_ID
 from pipeline.data.sources import RawRecord, Source
 from pipeline.runtime import PipelineError
@@ -56,7 +56,7 @@ def heldout_speakers(speakers: list[str], corpus: str, validation: float, test: 
     speaker in test, where the figures are read)."""
     ranked = sorted(set(speakers), key=lambda s: _fraction(seed, corpus, s))
     n = len(ranked)
-    everyone = validation + test >= 1 - 1e-9
+    everyone = holds_out_everyone(validation, test)
     n_test = max(1 if (n >= 2 or everyone) and test > 0 else 0, round(test * n))
     n_val = n - n_test if everyone else min(round(validation * n), max(0, n - n_test - 1))
     return {s: "test" if i < n_test else "validation" if i < n_test + n_val else "train" for i, s in enumerate(ranked)}
@@ -64,7 +64,7 @@ def heldout_speakers(speakers: list[str], corpus: str, validation: float, test: 
 
 def clip_split(clip: str, corpus: str, validation: float, test: float, seed: int) -> str:
     u = _fraction(seed, corpus, clip)
-    everyone = validation + test >= 1 - 1e-9
+    everyone = holds_out_everyone(validation, test)
     return "test" if u < test else "validation" if everyone or u < test + validation else "train"
 
 
