@@ -76,11 +76,13 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
     hub = bool(path) and not Path(str(path)).exists() and HUB_ID.match(str(path)) is not None
     if not hub and (not path or not Path(str(path)).is_dir()):
         root = Path(str(path)).parent if path else None
+        otherwise = ("or train on the demo alone (data=demo)" if data_cfg.role != "wake_test" else
+                     "or leave this corpus out by giving data.sources without its entry")
         raise PipelineError(
             f"data.sources: the {name!r} speech source reads {path}, which does not exist "
-            f"({Path(str(path)).resolve() if path else 'no path given'}). data=demo_speech needs the shared human "
-            f"speech folder {root} (speech_commands/, fsdd/, mycroft_wake_words/: see its README.md); put it "
-            "there, point data.speech_dir=<folder> at a copy, or train on the demo alone (data=demo)"
+            f"({Path(str(path)).resolve() if path else 'no path given'}). data=demo_speech and data=speech_wake read "
+            f"the human speech folder {root} (speech_commands/, fsdd/, mycroft_wake_words/: see the shared README.md); "
+            f"put it there, point data.speech_dir=<folder> at a copy, {otherwise}"
         )
     # An entry may leave these out: it is trained on, keeps every clip, and holds out 10% + 10% of speakers.
     role = data_cfg.role or "train"
