@@ -20,7 +20,7 @@ _SYMBOLS = {"%": " percent ", "&": " and ", "@": " at ", "+": " plus ", "#": " n
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 # Every character normalize_text can leave besides the space: the ASR model's output alphabet.
 ALPHABET = "'abcdefghijklmnopqrstuvwxyz"
-_KEEP = re.compile(r"[^a-z' ]+")
+_KEEP = re.compile(f"[^{ALPHABET} ]+")
 
 
 def number_to_words(n: int) -> str:

@@ -72,20 +72,20 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
     """One corpus of human speech as a Source whose records carry their split (see the module)."""
     from pipeline.data.sources import hf_source
 
+    # An entry may leave these out: it is trained on, keeps every clip, and holds out 10% + 10% of speakers.
+    role = data_cfg.role or "train"
     path = data_cfg.path
     hub = bool(path) and not Path(str(path)).exists() and HUB_ID.match(str(path)) is not None
     if not hub and (not path or not Path(str(path)).is_dir()):
         root = Path(str(path)).parent if path else None
-        otherwise = ("or train on the demo alone (data=demo)" if data_cfg.role != "wake_test" else
-                     "or leave this corpus out by giving data.sources without its entry")
+        otherwise = ("or leave this corpus out by giving data.sources without its entry" if role == "wake_test" else
+                     "or train on the demo alone (data=demo)")
         raise PipelineError(
             f"data.sources: the {name!r} speech source reads {path}, which does not exist "
             f"({Path(str(path)).resolve() if path else 'no path given'}). data=demo_speech and data=speech_wake read "
             f"the human speech folder {root} (speech_commands/, fsdd/, mycroft_wake_words/: see the shared README.md); "
             f"put it there, point data.speech_dir=<folder> at a copy, {otherwise}"
         )
-    # An entry may leave these out: it is trained on, keeps every clip, and holds out 10% + 10% of speakers.
-    role = data_cfg.role or "train"
     if role not in ROLES:
         raise PipelineError(f"data.sources: {name}: role={role!r}; use one of {list(ROLES)}")
     keywords = set(data_cfg.keywords or [])
