@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check for the ASR stage on a single-GPU machine without network access (about 12 minutes;
-# compiling the four buckets took 4.5 of them on an H200's 16 cores).
+# on an H200's 16 cores, compiling the four buckets took 3.5-4.5 of them with inductor's cache cold).
 # Trains the wav2vec2-base architecture (randomly initialised) in bf16 on synthetic audio, default
 # augmentation on, and measures side by side (bench/asr_throughput.py, each run in its own process):
 #   1. ours as the eager reference: not compiled, bf16 autocast over fp32 master weights, sdpa (eager
