@@ -44,9 +44,13 @@ class SplitShares:
     test: float = MISSING
 
 
+# Shares are floats, so a pair meant to add up to 1 may miss it by a rounding error: it still means "all".
+_SUM_TOLERANCE = 1e-9
+
+
 def holds_out_everyone(validation: float, test: float) -> bool:
-    """Validation and test shares that add up to 1 (0.7 + 0.3 included): nobody is left to train on."""
-    return validation + test >= 1 - 1e-9
+    """Validation and test shares that add up to 1: nobody is left to train on."""
+    return validation + test >= 1 - _SUM_TOLERANCE
 
 
 def check_shares(key: str, shares: SplitShares, everyone_allowed: bool = False) -> None:
@@ -57,7 +61,7 @@ def check_shares(key: str, shares: SplitShares, everyone_allowed: bool = False) 
         if not 0 <= value <= 1:
             raise PipelineError(f"{key}.{name}={value}: a share of accounts, from 0 to 1")
     total = shares.validation + shares.test
-    if everyone_allowed and total > 1 + 1e-9:
+    if everyone_allowed and total > 1 + _SUM_TOLERANCE:
         raise PipelineError(f"{key}.validation + {key}.test = {total}: shares of speakers, at most 1 in all")
     if not everyone_allowed and holds_out_everyone(shares.validation, shares.test):
         raise PipelineError(f"{key}.validation + {key}.test = {total}: their sum must be below 1, so some accounts "
