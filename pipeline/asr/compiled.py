@@ -23,9 +23,11 @@ from pipeline.data.features import SAMPLING_RATE
 from pipeline.runtime import PipelineError
 
 
-def compile_buckets(acfg: DictConfig, durations: list[float]) -> tuple[int, ...]:
+def compile_buckets(acfg: DictConfig, durations: list[float], hop: int) -> tuple[int, ...]:
     """`asr.compile_buckets` padded lengths in samples, spaced evenly in log-length from the shortest
-    clip to the longest one as played (speed perturbation stretches clips by up to 1/min speed).
+    clip to the longest one as played (speed perturbation stretches clips by up to 1/min speed), each
+    a whole number of the model's output frames (`hop` samples: `samples_per_frame`), so no padded
+    sample is left over past the last frame.
 
     A compiled model keeps one graph per input length; padding to these few lengths instead of each
     batch's longest clip bounds the compilations, at the cost of some padding (about half a step of
@@ -34,7 +36,6 @@ def compile_buckets(acfg: DictConfig, durations: list[float]) -> tuple[int, ...]
     shortest, longest = min(durations) / max(speeds + [1.0]), max(durations) / min(speeds + [1.0])
     count = int(acfg.compile_buckets)
     ratio = (longest / shortest) ** (1 / max(count - 1, 1)) if count > 1 else 1.0
-    hop = 320  # one output frame
     lengths = {math.ceil(shortest * ratio**k * SAMPLING_RATE / hop) * hop for k in range(count)}
     lengths.add(math.ceil(longest * SAMPLING_RATE / hop) * hop)
     return tuple(sorted(lengths)[-count:])

@@ -31,7 +31,8 @@ from pipeline.asr.devices import fast_cpu_math, loader_workers
 from pipeline.asr.fft_conv import configure_positional_conv
 from pipeline.asr.lm import LM_DIR, write_char_lm
 from pipeline.asr.model import (
-    build_model, evaluate_clips, output_lengths, probe_batch_seconds, skip_waveform_gradient, uses_attention_mask,
+    build_model, evaluate_clips, output_lengths, probe_batch_seconds, samples_per_frame, skip_waveform_gradient,
+    uses_attention_mask,
 )
 from pipeline.asr.sampler import epoch_batches, eval_batches, played_clips, source_plays, spliced_plays
 from pipeline.asr.vocab import build_vocab, make_processor
@@ -167,7 +168,7 @@ def set_up(
         step_model=compiled_model(ddp_model, model) if acfg.compile else ddp_model,
         params=params, optimizer=optimizer, scaler=scaler, state=state, batch_seconds=batch_seconds,
         plays=source_plays(acfg.source_weights, train_set.sources, str(dataset_path)),
-        buckets=compile_buckets(acfg, train_set.durations) if acfg.compile else None, workers=workers,
+        buckets=compile_buckets(acfg, train_set.durations, samples_per_frame(model)) if acfg.compile else None, workers=workers,
         budget_s=float(acfg.max_train_minutes) * 60 if acfg.max_train_minutes is not None else math.inf,
         started=started,
     )

@@ -10,7 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-from pipeline.asr.compiled import compile_settings, compiled_loss, compiled_model
+from pipeline.asr.compiled import compile_buckets, compile_settings, compiled_loss, compiled_model
+from pipeline.asr.model import samples_per_frame
 from pipeline.runtime import PipelineError
 
 COMPILE = OmegaConf.create({"compile": True, "compile_buckets": 2, "spec_augment": {"mask_time_prob": 0.3, "mask_feature_prob": 0.0}})
@@ -51,6 +52,17 @@ def test_compiled_loss_is_the_models_own_with_the_same_spec_augment_mask(padded:
         other_mask = compiled_loss(model, model, inputs)
     assert float(ours) == pytest.approx(float(own), rel=1e-6)
     assert float(other_mask) != pytest.approx(float(own), rel=1e-6), "the mask should change the loss"
+
+
+def test_buckets_are_whole_frames_of_the_model_and_hold_the_longest_clip_as_played() -> None:
+    model = tiny_model(conv_stride=[5, 6])  # 30 samples a frame: not a divisor of wav2vec2's usual 320
+    hop = samples_per_frame(model)
+    acfg = OmegaConf.create({"compile_buckets": 3, "augment": {"prob": 0.5, "speeds": [0.9, 1.0, 1.1]}})
+    buckets = compile_buckets(acfg, [0.4, 1.0, 2.5], hop)
+    assert len(buckets) == 3 and list(buckets) == sorted(set(buckets))
+    assert all(length % hop == 0 for length in buckets)
+    assert buckets[-1] >= 2.5 / 0.9 * 16_000 > buckets[-1] - hop  # the slowest play of the longest clip, no frame to spare
+    assert buckets[0] >= 0.4 / 1.1 * 16_000 > buckets[0] - hop
 
 
 def test_feature_masks_are_refused_when_compiling() -> None:
