@@ -36,8 +36,10 @@ def compile_buckets(acfg: DictConfig, durations: list[float], hop: int) -> tuple
     shortest, longest = min(durations) / max(speeds + [1.0]), max(durations) / min(speeds + [1.0])
     count = int(acfg.compile_buckets)
     ratio = (longest / shortest) ** (1 / max(count - 1, 1)) if count > 1 else 1.0
-    lengths = {math.ceil(shortest * ratio**k * SAMPLING_RATE / hop) * hop for k in range(count)}
-    lengths.add(math.ceil(longest * SAMPLING_RATE / hop) * hop)
+    def whole_frames(seconds: float) -> int:
+        return math.ceil(seconds * SAMPLING_RATE / hop) * hop
+
+    lengths = {whole_frames(shortest * ratio**k) for k in range(count)} | {whole_frames(longest)}
     return tuple(sorted(lengths)[-count:])
 
 
