@@ -36,6 +36,7 @@ def compile_buckets(acfg: DictConfig, durations: list[float], hop: int) -> tuple
     shortest, longest = min(durations) / max(speeds + [1.0]), max(durations) / min(speeds + [1.0])
     count = int(acfg.compile_buckets)
     ratio = (longest / shortest) ** (1 / max(count - 1, 1)) if count > 1 else 1.0
+
     def whole_frames(seconds: float) -> int:
         return math.ceil(seconds * SAMPLING_RATE / hop) * hop
 
