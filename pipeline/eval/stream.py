@@ -288,6 +288,9 @@ class BackgroundResult:
     frr_at: dict[float, float]  # FRR at each rate of FA_RATES, read off the DET
     det: list[dict[str, float]]  # points of the DET: threshold, fa_per_hour, frr
     errors: list[dict[str, Any]]  # the false accepts: recording, time, score
+    # Each recording's scored seconds and false accepts: what a paired comparison of two models on
+    # the same background resamples (pipeline.eval.bootstrap.paired_rate_difference).
+    per_recording: list[dict[str, Any]] = field(default_factory=list)
 
 
 def evaluate_background(
@@ -305,9 +308,11 @@ def evaluate_background(
     top = max([float(t.scores.max()) for t in traces if t.scores.size] + [float(np.max(positives))])
     det.append({"threshold": float(np.nextafter(top, np.inf)), "fa_per_hour": 0.0, "frr": 1.0})
     frr_at = {r: frr(threshold_for_rate(traces, hours, r, refractory_frames)) for r in FA_RATES}
-    errors = []
+    errors, per_recording = [], []
     for t in traces:
-        for f in detections(t, threshold, refractory_frames):
+        fired = detections(t, threshold, refractory_frames)
+        per_recording.append({"recording": t.recording_id, "seconds": t.seconds, "false_accepts": len(fired)})
+        for f in fired:
             score = float(t.scores[np.searchsorted(t.frames, f)])
             errors.append({"recording": t.recording_id, "time_s": round(float(f) * frame_s, 2), "score": score})
     count = len(errors)
@@ -315,6 +320,7 @@ def evaluate_background(
     return BackgroundResult(
         threshold=float(threshold), frr=frr(threshold), fa_per_hour=count / hours, false_accepts=count,
         hours=hours, recordings=len(traces), frr_at=frr_at, det=det, errors=errors[:max_errors],
+        per_recording=per_recording,
     )
 
 
@@ -376,6 +382,7 @@ def background_wake(
         "tune_frr": float(np.mean(val_positives < threshold)) if val_positives.size else None,
         "false_accepts": result.false_accepts, "fa_per_hour": result.fa_per_hour, "frr": result.frr,
         "frr_at": {f"{r:g}": v for r, v in result.frr_at.items()}, "det": result.det, "errors": result.errors,
+        "per_recording": result.per_recording,
         "audio_seconds": stats.audio_seconds, "compute_seconds": stats.compute_seconds,
         "x_real_time": stats.audio_seconds / max(stats.compute_seconds, 1e-9),
     })

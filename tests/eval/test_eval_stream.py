@@ -144,6 +144,9 @@ def test_eval_stage_measures_false_accepts_on_background_recordings(
     assert details["recordings"] == {"validation": 1, "test": 1}
     # Rates are counts over hours, and the tuned threshold keeps validation within the target.
     assert metrics["wake/fa_per_hour"] == pytest.approx(details["false_accepts"] / test_hours)
+    # Per recording, for pairing two models over the same background (pipeline.eval.bootstrap).
+    [recording] = details["per_recording"]
+    assert recording["false_accepts"] == details["false_accepts"] and recording["seconds"] == pytest.approx(test_hours * 3600)
     assert details["tune_false_accepts"] <= 300.0 * details["hours"]["validation"]
     assert metrics["wake/threshold"] == details["threshold"]
     for rate in ("0.5", "1", "2", "5"):
