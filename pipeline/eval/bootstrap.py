@@ -14,7 +14,10 @@ takes the count and the hours, wherever they come from.
 
 A paired comparison applies the same speaker draws to both models' per-clip results, so what the
 speakers have in common cancels and only the difference between the models is left to vary.
-The per-clip counts are what `clip_counts` writes into every row of `predictions.jsonl`.
+The per-clip counts are what `clip_counts` writes into every row of `predictions.jsonl`. False
+accepts streamed over hours of background recordings belong to no clip: two models on the same
+recordings are paired by drawing recordings instead (`paired_rate_difference`), since the stretches
+of one recording share a room and a talker as the clips of one speaker do.
 """
 
 from __future__ import annotations
@@ -293,6 +296,8 @@ class Difference:
     ci_low: float | None
     ci_high: float | None
     higher_is_better: bool
+    # What the bootstrap drew, when not the Paired's speakers (e.g. "14 background recordings").
+    resampled: str | None = None
 
     @property
     def verdict(self) -> str:
@@ -354,3 +359,35 @@ def paired_differences(
         differences[key] = Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key])
     ordered = {k: differences[k] for k in INTERVAL_KEYS if k in differences}
     return Paired(ordered, clips=len(base.speakers), speakers=len(units), samples=samples)
+
+
+def paired_rate_difference(
+    base: Sequence[Mapping[str, Any]], other: Sequence[Mapping[str, Any]], samples: int = DEFAULT_SAMPLES,
+    seed: int = DEFAULT_SEED, confidence: float = CONFIDENCE, key: str = "wake/fa_per_hour",
+) -> Difference:
+    """`other - base` false accepts per hour over the background recordings both streamed, with the
+    interval from one set of recording draws applied to both models. Each entry is
+    {"recording", "seconds", "false_accepts"}, as the evaluation writes them
+    (eval_details.json: wake_background.per_recording)."""
+    theirs = {str(r["recording"]): r for r in other}
+    shared = [r for r in base if str(r["recording"]) in theirs]
+    if not shared:
+        raise ValueError("the two runs streamed no background recording in common")
+    for r in shared:
+        mine, its = float(r["seconds"]), float(theirs[str(r["recording"])]["seconds"])
+        if not np.isclose(mine, its, rtol=0, atol=1e-3):
+            raise ValueError(f"background recording {r['recording']} lasts {mine:.2f} s in one run and {its:.2f} s "
+                             "in the other: not the same audio")
+    seconds = np.array([float(r["seconds"]) for r in shared])
+    base_fa = np.array([float(r["false_accepts"]) for r in shared])
+    other_fa = np.array([float(theirs[str(r["recording"])]["false_accepts"]) for r in shared])
+    if seconds.sum() <= 0:
+        raise ValueError("the shared background recordings have no scored audio")
+    weights = resample_counts(len(shared), samples, seed)
+    hours = weights @ seconds / 3600.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        drawn = np.where(hours > 0, (weights @ other_fa - weights @ base_fa) / np.where(hours > 0, hours, 1.0), np.nan)
+    b, o = base_fa.sum() / (seconds.sum() / 3600.0), other_fa.sum() / (seconds.sum() / 3600.0)
+    ci = _percentiles(drawn, confidence)
+    return Difference(key, float(b), float(o), float(o - b), *(ci or (None, None)), HIGHER_IS_BETTER[key],
+                      resampled=f"{len(shared)} background recordings")

@@ -12,6 +12,10 @@ paired speaker-bootstrap interval (pipeline.eval.bootstrap), under `retrain.gate
 
     not_worse     (default) reject only when the whole interval is worse than the limit
     non_inferior  promote only when the whole interval is within the limit
+
+False accepts per hour streamed over background recordings are paired over those recordings
+(`with_background_pairs`), so a candidate that lowers its false rejects by accepting more of the
+background is caught by a rule on wake/fa_per_hour.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +123,8 @@ def check_gate_paired(
             name, metric, kind, limit, new, old, passed,
             _paired_detail(metric, kind, limit, policy, diff, paired, worse_low, worse_high, passed),
             difference=diff.difference, ci_low=diff.ci_low, ci_high=diff.ci_high, policy=policy,
-            clips=paired.clips, speakers=paired.speakers,
+            # Drawn over background recordings, not the clips' speakers: the detail names them.
+            clips=None if diff.resampled else paired.clips, speakers=None if diff.resampled else paired.speakers,
         ))
     return checks
 
@@ -134,9 +139,9 @@ def _paired_detail(metric: str, kind: str, limit: float, policy: str, diff: B.Di
                    worse_low: float, worse_high: float, passed: bool) -> str:
     """One line a person can act on: the difference, its interval, and why the policy decided so."""
     bound = "rise" if kind == "max_increase" else "fall"
+    drawn = diff.resampled or f"{paired.clips} clips, {paired.speakers} speakers"
     head = (f"{metric} {diff.base:.4f} -> {diff.other:.4f}: candidate - promoted {diff.difference:+.4f} "
-            f"[{diff.ci_low:+.4f}, {diff.ci_high:+.4f}] (95%, {paired.clips} clips, {paired.speakers} speakers); "
-            f"may {bound} by {limit:.4f}")
+            f"[{diff.ci_low:+.4f}, {diff.ci_high:+.4f}] (95%, {drawn}); may {bound} by {limit:.4f}")
     if policy == "not_worse":
         if passed:
             return head + f"; not_worse: the interval's best end ({worse_low:+.4f}) is within the limit, so not shown worse"
@@ -159,6 +164,39 @@ def load_clip_table(run_dir: Path) -> B.ClipTable:
         raise PipelineError(f"{path}: {err}") from None
 
 
+def load_background_counts(run_dir: Path) -> list[dict[str, Any]] | None:
+    """Each test background recording's scored seconds and false accepts (eval_details.json), or
+    None when the run streamed no background (its false accepts then come from negative clips)."""
+    path = Path(run_dir) / "eval_details.json"
+    if not path.is_file():
+        return None
+    try:
+        details = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise PipelineError(f"{path} is not valid JSON ({err}); re-evaluate with `python evaluate.py run=<run>`") from None
+    return (details.get("wake_background") or {}).get("per_recording") or None
+
+
+def with_background_pairs(paired: B.Paired, base_dir: Path, other_dir: Path, samples: int, seed: int,
+                          ) -> tuple[B.Paired, str | None]:
+    """`paired` with wake/fa_per_hour paired over the background recordings both runs streamed,
+    when both did; otherwise as it is, with the reason when only one run has such counts or they
+    are not the same recordings (the clip-level difference then does not reproduce metrics.json,
+    and callers fall back on the point values)."""
+    base, other = load_background_counts(base_dir), load_background_counts(other_dir)
+    if base is None and other is None:
+        return paired, None
+    if base is None or other is None:
+        missing = base_dir if base is None else other_dir
+        return paired, (f"wake/fa_per_hour: {missing} has no per-recording background counts "
+                        "(evaluated without background, or before they were written)")
+    try:
+        diff = B.paired_rate_difference(base, other, samples, seed)
+    except ValueError as err:
+        return paired, f"wake/fa_per_hour: {err}"
+    return replace(paired, differences={**paired.differences, diff.key: diff}), None
+
+
 def gate_on_runs(
     candidate_dir: Path, incumbent_dir: Path, candidate: Mapping[str, Any], incumbent: Mapping[str, Any],
     rules: Mapping[str, Mapping[str, Any]], policy: str, samples: int, seed: int,
@@ -168,4 +206,5 @@ def gate_on_runs(
         paired = B.paired_differences(load_clip_table(incumbent_dir), load_clip_table(candidate_dir), samples, seed)
     except ValueError as err:
         raise PipelineError(f"{candidate_dir} vs {incumbent_dir}: {err}") from None
+    paired, _ = with_background_pairs(paired, incumbent_dir, candidate_dir, samples, seed)
     return check_gate_paired(paired, candidate, incumbent, rules, policy)

@@ -84,6 +84,34 @@ def test_paired_difference_of_a_model_with_itself_and_with_a_worse_one() -> None
     assert B.paired_differences(worse, base, samples=300).differences["asr/wer"].verdict == "better"
 
 
+def _recordings(false_accepts: list[int]) -> list[dict]:
+    """eval_details.json's per-recording background counts: ~10-minute recordings."""
+    return [{"recording": f"test-{i:03d}", "seconds": 600.0 + i, "false_accepts": n} for i, n in enumerate(false_accepts)]
+
+
+def test_false_accepts_on_background_are_paired_over_its_recordings() -> None:
+    base = _recordings([0, 1, 0, 0, 2, 0, 0, 1])
+    hours = sum(r["seconds"] for r in base) / 3600.0
+    same = B.paired_rate_difference(base, base, samples=300)
+    assert (same.base, same.difference, same.ci_low, same.ci_high) == (pytest.approx(4 / hours), 0.0, 0.0, 0.0)
+    assert same.resampled == "8 background recordings" and same.verdict == "no detectable difference"
+    # Two more false accepts in every recording: worse on every draw of recordings.
+    more = _recordings([r["false_accepts"] + 2 for r in base])
+    diff = B.paired_rate_difference(base, more, samples=300)
+    assert diff.difference == pytest.approx(16 / hours) and diff.ci_low > 0 and diff.verdict == "worse"
+    assert B.paired_rate_difference(more, base, samples=300).verdict == "better"
+    # One more in a single recording: a draw without that recording shows no difference.
+    one = _recordings([n + (i == 3) for i, n in enumerate(r["false_accepts"] for r in base)])
+    diff = B.paired_rate_difference(base, one, samples=300)
+    assert diff.difference == pytest.approx(1 / hours) and diff.ci_low == 0.0 and diff.verdict == "no detectable difference"
+    # Only the recordings both streamed are paired; a recording of another length is other audio.
+    assert B.paired_rate_difference(base, more[:5], samples=50).resampled == "5 background recordings"
+    with pytest.raises(ValueError, match="test-002 lasts 602.00 s in one run and 10.00 s"):
+        B.paired_rate_difference(base, [{**base[2], "seconds": 10.0}])
+    with pytest.raises(ValueError, match="no background recording in common"):
+        B.paired_rate_difference(base, [{**base[0], "recording": "other"}])
+
+
 def test_clips_without_counts_are_named() -> None:
     with pytest.raises(ValueError, match="clip u7 has no per-clip counts"):
         B.clip_table([{"utterance_id": "u7", "speaker": "s"}])

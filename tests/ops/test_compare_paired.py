@@ -77,3 +77,27 @@ def test_compare_pairs_runs_on_the_same_clips_and_says_why_not_otherwise(tmp_pat
     evaluation = lines["outputs/evaluate/f-evaluation"].split()
     assert evaluation[1:5] == ["asr/wer", "0.1000", "0.0000", "-0.1000"] and evaluation[-1] == "better"
     assert ".hydra-evaluate" not in text
+
+
+def test_compare_pairs_false_accepts_over_the_background_recordings(tmp_path: Path) -> None:
+    out = tmp_path / "outputs"
+    for name, order, false_accepts in (("a-first", 0, [0] * 12), ("b-lower", 1, [1] * 12), ("c-old", 2, None)):
+        _run(out, name, list(REFS), "fp1", order)
+        details = json.loads((out / name / "eval_details.json").read_text())
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        if false_accepts is None:  # evaluated before per-recording counts were written
+            metrics["wake/fa_per_hour"] = 0.5
+        else:
+            details["wake_background"] = {"per_recording": [
+                {"recording": f"test-{i:03d}", "seconds": 600.0, "false_accepts": n} for i, n in enumerate(false_accepts)]}
+            metrics["wake/fa_per_hour"] = sum(false_accepts) / 2.0  # 12 x 10 minutes
+        (out / name / "eval_details.json").write_text(json.dumps(details))
+        (out / name / "metrics.json").write_text(json.dumps(metrics))
+    result = subprocess.run([sys.executable, "-m", "pipeline.ops.compare", "outputs", "--samples", "300"], cwd=tmp_path,
+                            capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert "wake/fa_per_hour" in result.stdout.splitlines()[0]  # a default column, beside wake/frr
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("outputs/b-lower ")]
+    [fa] = [r for r in rows if r[1] == "wake/fa_per_hour"]
+    assert fa[2:8] == ["0.0000", "6.0000", "+6.0000", "[+6.0000,", "+6.0000]", "(12"] and fa[-1] == "worse"
+    assert ("outputs/c-old: wake/fa_per_hour: outputs/c-old has no per-recording background counts" in result.stdout)

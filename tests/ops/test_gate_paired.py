@@ -106,3 +106,29 @@ def test_a_metric_the_per_clip_results_do_not_reproduce_is_judged_on_point_value
     new = {**new, "asr/wer": new["asr/wer"] + 0.001}  # measured on something else than these clips
     wer = gate_on_runs(tmp_path / "candidate", tmp_path / "incumbent", new, old, RULES, "non_inferior", 100, 0)[0]
     assert wer.passed and wer.difference is None and "judged on the point values" in wer.detail
+
+
+def _with_background(folder: Path, metrics: dict, false_accepts: list[int]) -> dict:
+    """A run that streamed 2 h of background: 12 ten-minute recordings, as eval_details.json records them."""
+    per = [{"recording": f"test-{i:03d}", "seconds": 600.0, "false_accepts": n} for i, n in enumerate(false_accepts)]
+    (folder / "eval_details.json").write_text(json.dumps({"wake_background": {"per_recording": per}}))
+    return {**metrics, "wake/fa_per_hour": sum(false_accepts) / (600.0 * len(per) / 3600.0)}
+
+
+def test_false_accepts_on_background_are_judged_over_its_recordings(tmp_path: Path) -> None:
+    rules = {"fa": {"metric": "wake/fa_per_hour", "max_increase": 0.0}}
+    old = _with_background(tmp_path / "incumbent", _write_run(tmp_path / "incumbent", PROMOTED), [0] * 12)
+    # A lower threshold: a false accept in every recording, 6 an hour against none.
+    new = _with_background(tmp_path / "lower", _write_run(tmp_path / "lower", PROMOTED), [1] * 12)
+    fa = gate_on_runs(tmp_path / "lower", tmp_path / "incumbent", new, old, rules, "not_worse", 300, 0)[0]
+    assert not fa.passed and (fa.difference, fa.ci_low, fa.ci_high) == pytest.approx((6.0, 6.0, 6.0))
+    assert "12 background recordings" in fa.detail and (fa.clips, fa.speakers) == (None, None)
+    # One false accept more in the 2 hours is within the noise: promoted only under not_worse.
+    new = _with_background(tmp_path / "one", _write_run(tmp_path / "one", PROMOTED), [1] + [0] * 11)
+    passed = {p: gate_on_runs(tmp_path / "one", tmp_path / "incumbent", new, old, rules, p, 300, 0)[0].passed
+              for p in GATE_POLICIES}
+    assert passed == {"not_worse": True, "non_inferior": False}
+    # A promoted model evaluated before the counts were written: the point values decide.
+    (tmp_path / "incumbent" / "eval_details.json").unlink()
+    fa = gate_on_runs(tmp_path / "one", tmp_path / "incumbent", new, old, rules, "not_worse", 300, 0)[0]
+    assert not fa.passed and fa.difference is None and "judged on the point values" in fa.detail
