@@ -153,6 +153,9 @@ def test_gate_kill_recovery_and_deletion_beating_the_gate(tmp_path: Path) -> Non
     assert (code, rejected["decision"]) == (3, "rejected"), rejected
     wer_check = next(g for g in rejected["gate"] if g["metric"] == "asr/wer")
     assert wer_check["passed"] is False and wer_check["incumbent"] == rejected["incumbent"]["metrics"]["asr/wer"]
+    # False accepts per hour are gated beside the false rejects, on their paired interval.
+    fa_check = next(g for g in rejected["gate"] if g["metric"] == "wake/fa_per_hour")
+    assert fa_check["ci_low"] is not None and fa_check["candidate"] == rejected["candidate"]["metrics"]["wake/fa_per_hour"]
     assert registry.current()["model_id"] == m1
 
     # A person reviews the rejected candidate and promotes exactly it (no training), then rolls back.
