@@ -383,11 +383,12 @@ def paired_rate_difference(
     other_fa = np.array([float(theirs[str(r["recording"])]["false_accepts"]) for r in shared])
     if seconds.sum() <= 0:
         raise ValueError("the shared background recordings have no scored audio")
+    rate = _per_hour("false_accepts", "seconds")  # the same rate the clip metrics use
     weights = resample_counts(len(shared), samples, seed)
-    hours = weights @ seconds / 3600.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        drawn = np.where(hours > 0, (weights @ other_fa - weights @ base_fa) / np.where(hours > 0, hours, 1.0), np.nan)
-    b, o = base_fa.sum() / (seconds.sum() / 3600.0), other_fa.sum() / (seconds.sum() / 3600.0)
-    ci = _percentiles(drawn, confidence)
-    return Difference(key, float(b), float(o), float(o - b), *(ci or (None, None)), HIGHER_IS_BETTER[key],
+    drawn = {name: rate({"false_accepts": weights @ fa, "seconds": weights @ seconds})
+             for name, fa in (("base", base_fa), ("other", other_fa))}
+    b = float(rate({"false_accepts": base_fa.sum(), "seconds": seconds.sum()}))
+    o = float(rate({"false_accepts": other_fa.sum(), "seconds": seconds.sum()}))
+    ci = _percentiles(drawn["other"] - drawn["base"], confidence)
+    return Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key],
                       resampled=f"{len(shared)} background recordings")
