@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
     ("data.demo.extra_takes=-1", "data.demo.extra_takes=-1: how many more voices speak each clip, 0 or more"),
     ("eval.decoder=beam", "eval.decoder='beam' is not one of: auto, greedy, lm"),
     ("eval.cpu_fft_positional_conv=sometimes", "eval.cpu_fft_positional_conv='sometimes': give auto, true or false"),
+    ("eval.wake_window_s=0", r"eval.wake_window_s=0.0: give a number of seconds above 0, or null for the whole clip"),
     ("eval.lm_weights=[1.0,x]", r"eval.lm_weights\[1\]='x' is not a valid float"),
     ("+eval.beam=4", r"eval.beam is not a setting of eval; known: .*\(a new setting is declared in pipeline/eval/config.py"),
 ])

@@ -21,7 +21,7 @@ class EvalConfig:
     device: str = MISSING
     cpu_fft_positional_conv: Any = MISSING   # auto | true | false (pipeline/asr/fft_conv.py)
     wake_word: str = MISSING
-    wake_window_s: float = MISSING
+    wake_window_s: Optional[float] = MISSING  # null: the whole clip
     wake_word_boundary: bool = MISSING
     target_fa_per_hour: float = MISSING
     background: Optional[str] = MISSING  # auto | none | a path
@@ -54,5 +54,7 @@ class EvalConfig:
         for key in ("batch_size", "stream_batch_size", "beam_size", "beam_size_token"):
             if getattr(self, key) < 1:
                 raise PipelineError(f"eval.{key}={getattr(self, key)}: must be at least 1")
+        if self.wake_window_s is not None and self.wake_window_s <= 0:
+            raise PipelineError(f"eval.wake_window_s={self.wake_window_s}: give a number of seconds above 0, or null for the whole clip")
         if not self.duration_buckets:
             raise PipelineError("eval.duration_buckets is empty; give the slice edges in seconds, e.g. [2.0, 4.0, 8.0]")

@@ -195,7 +195,7 @@ def _transcribe_splits(
     """Both splits through the ASR model; with the LM, every weight decodes validation and the one
     with the lowest WER decodes the test split (chosen like the wake-word threshold, never on test)."""
     infer = lambda split, decoders=(): transcribe(  # noqa: E731
-        model, processor, split, keyword, int(ecfg.batch_size), float(ecfg.wake_window_s), decoders
+        model, processor, split, keyword, int(ecfg.batch_size), ecfg.wake_window_s, decoders
     )
     decoding = Decoding(mode=_decoder_mode(ecfg, asr_dir))
     if decoding.mode == "greedy":
@@ -364,20 +364,20 @@ class Reader:
     processor: Any
     keyword: list[int]
     blank: int
-    window: int
+    window: int | None  # frames from the clip's start the keyword must end within; None: the whole clip
     device: torch.device
     decoders: Sequence[BeamDecoder]
     end_is_boundary: bool = False  # the keyword ends with the word boundary, which a clip's end may stand in for
 
     @classmethod
-    def for_model(cls, model: Any, processor: Any, keyword: list[int], window_s: float,
+    def for_model(cls, model: Any, processor: Any, keyword: list[int], window_s: float | None,
                   decoders: Sequence[BeamDecoder] = ()) -> "Reader":
         from pipeline.data.features import SAMPLING_RATE
 
         stride = samples_per_frame(model)
         return cls(
             model, processor, keyword, blank=processor.tokenizer.pad_token_id,
-            window=max(1, math.ceil(window_s * SAMPLING_RATE / stride)),
+            window=None if window_s is None else max(1, math.ceil(window_s * SAMPLING_RATE / stride)),
             device=next(model.parameters()).device, decoders=decoders,
             end_is_boundary=keyword[-1] == processor.tokenizer.convert_tokens_to_ids(processor.tokenizer.word_delimiter_token),
         )
@@ -420,7 +420,7 @@ def length_batches(split: Any, batch_size: int, columns: Sequence[str] = ()) -> 
 
 @torch.inference_mode()
 def transcribe(
-    model: Any, processor: Any, split: Any, keyword: list[int], batch_size: int, window_s: float,
+    model: Any, processor: Any, split: Any, keyword: list[int], batch_size: int, window_s: float | None,
     decoders: Sequence[BeamDecoder] = (),
 ) -> Inference:
     """Greedy CTC transcripts and wake-word scores for every clip of `split`, batched by length, and

@@ -3,10 +3,15 @@
 Why not a string match on the greedy transcript: that gives a yes/no, so no threshold can trade
 false rejects for false accepts and no ROC or DET curve exists. Instead each clip gets the log
 posterior of the keyword: the best CTC alignment of the keyword's characters followed by a word
-boundary, on the segment of the clip's first `window` frames where it fits best, scored against
-everything else the model could have emitted there (a filler whose frames cost nothing, i.e. the
-ratio to the total probability). The trailing word boundary separates "alexa" from "alexander";
-in a clip, the clip's end counts as one too, since a model never emits a boundary after the last word.
+boundary, on the segment of the clip where it fits best, scored against everything else the model
+could have emitted there (a filler whose frames cost nothing, i.e. the ratio to the total
+probability). The trailing word boundary separates "alexa" from "alexander"; in a clip, the clip's
+end counts as one too, since a model never emits a boundary after the last word.
+
+Where in the clip: anywhere by default. A wake-word corpus does not promise the keyword at the
+clip's start, and false accepts per hour divide by every second of the negative clips, so every
+second is scanned. `window` limits the keyword to the clip's first frames, for device clips that
+open at the trigger.
 
 Why not the ratio to the best path: it is exactly 0 whenever the greedy transcript contains the
 keyword, so a confident positive and a misheard negative tie at 0 and no threshold separates them
@@ -35,14 +40,15 @@ def keyword_states(keyword_ids: list[int], blank_id: int) -> list[int]:
 
 
 def keyword_scores(
-    log_probs: torch.Tensor, lengths: torch.Tensor, keyword_ids: list[int], blank_id: int, window: int,
+    log_probs: torch.Tensor, lengths: torch.Tensor, keyword_ids: list[int], blank_id: int, window: int | None,
     end_is_boundary: bool = False,
 ) -> torch.Tensor:
     """Keyword log posterior per clip (batch x frames x vocab log-probs -> batch scores, <= 0).
 
     A Viterbi pass over `filler* keyword filler*` where filler frames cost nothing, so the result is
     the log-probability of the best keyword alignment on the segment where it fits best. The
-    keyword must end within `window` frames of the start. A clip too short for it scores -inf.
+    keyword must end within `window` frames of the start (None: anywhere in the clip). A clip too
+    short for it scores -inf.
     `end_is_boundary` (the keyword's last token is the word boundary): see `keyword_trace`.
     """
     trace = keyword_trace(log_probs[:, :window].float().numpy(), lengths.numpy(), keyword_ids, blank_id, end_is_boundary)

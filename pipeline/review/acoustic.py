@@ -40,7 +40,7 @@ class AcousticScores:
 
 @torch.inference_mode()
 def score_clips(
-    model: Any, processor: Any, split: Any, keyword: list[int], batch_size: int, window_s: float,
+    model: Any, processor: Any, split: Any, keyword: list[int], batch_size: int, window_s: float | None,
     tempos: Sequence[float] = (1.0,),
 ) -> AcousticScores:
     """The eval stage's reading of every clip (pipeline.eval.run.Reader, map_batches), kept as

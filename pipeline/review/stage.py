@@ -127,13 +127,13 @@ def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, asr_dir: Path, splits: 
     ecfg = OmegaConf.select(cfg, "eval", default=None)
     word = normalize_text(str(OmegaConf.select(cfg, "eval.wake_word", default="") or ""))
     if ecfg is None or not word:
-        raise PipelineError("the wake kind needs eval.wake_word (and eval.wake_window_s); add `- eval: default` to the defaults")
+        raise PipelineError("the wake kind needs eval.wake_word; add `- eval: default` to the defaults")
     model, processor = load_asr(asr_dir, pick_device(rcfg.device, "review.device"))
     keyword = keyword_ids(processor, word, bool(ecfg.wake_word_boundary), asr_dir)
     tempos = [float(t) for t in rcfg.transcript_tempos]
     gaps, alternatives, wake = [], [[] for _ in tempos], []
     for name, split in splits.items():
-        scores = score_clips(model, processor, split, keyword, rcfg.batch_size, float(ecfg.wake_window_s), tempos)
+        scores = score_clips(model, processor, split, keyword, rcfg.batch_size, ecfg.wake_window_s, tempos)
         gaps.append(scores.transcript_gap)
         for v, texts in enumerate(scores.alternative):
             alternatives[v] += texts

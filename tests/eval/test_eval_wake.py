@@ -27,7 +27,7 @@ def posteriors(frames: str) -> torch.Tensor:
     return probs.log()
 
 
-def score(frames: str, window: int = 100) -> float:
+def score(frames: str, window: int | None = None) -> float:
     lp = posteriors(frames).unsqueeze(0)
     return float(keyword_scores(lp, torch.tensor([lp.shape[1]]), KEYWORD, ID["<pad>"], window)[0])
 
@@ -52,11 +52,12 @@ def test_near_misses_pay_for_each_substituted_frame() -> None:
     assert election < score("_a_l_e_x_a_n_d_e_r") < score("_a_l_e_x_a_|_p_l_a_y")
 
 
-def test_keyword_must_end_within_the_window() -> None:
+def test_keyword_anywhere_by_default_or_within_the_window() -> None:
     frames = "p_l_a_y_|_a_l_e_x_a_|"
+    assert score(frames) == pytest.approx(11 * TOP)  # no window: the keyword after a word still counts
     assert score(frames, window=len(frames)) == pytest.approx(11 * TOP)
     assert score(frames, window=10) < 11 * TOP + 2 * OTHER  # only a mangled keyword fits
-    assert score("alex", window=100) == float("-inf")  # too short to hold the keyword at all
+    assert score("alex") == float("-inf")  # too short to hold the keyword at all
 
 
 def test_padded_frames_are_ignored_in_a_batch() -> None:
@@ -103,6 +104,32 @@ def test_the_reader_lets_the_clip_end_close_only_a_keyword_with_a_boundary(tmp_p
     with_boundary = keyword_ids(processor, "alexa", True, tmp_path)
     assert Reader.for_model(model, processor, with_boundary, 2.0).end_is_boundary
     assert not Reader.for_model(model, processor, keyword_ids(processor, "alexa", False, tmp_path), 2.0).end_is_boundary
+
+
+def test_the_reader_scans_the_whole_clip_unless_given_a_window(tmp_path: Path, tiny_dataset_path: Path) -> None:
+    """A keyword said late in a long clip: with a window the reader never reaches it."""
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+
+    from pipeline.eval.run import Reader, keyword_ids
+    from tests.eval.test_eval_run import save_tiny_asr
+
+    save_tiny_asr(tiny_dataset_path, tmp_path)
+    model, processor = Wav2Vec2ForCTC.from_pretrained(str(tmp_path)), Wav2Vec2Processor.from_pretrained(str(tmp_path))
+    keyword = keyword_ids(processor, "alexa", True, tmp_path)
+    whole, first_second = Reader.for_model(model, processor, keyword, None), Reader.for_model(model, processor, keyword, 1.0)
+    assert whole.window is None and first_second.window is not None
+    # Log-probs of a 4 s clip (at the model's frame rate) that say the keyword in its last second only.
+    frames = first_second.window * 4
+    spelled = "a_l_e_x_a_|"
+    lp = torch.full((1, frames, len(processor.tokenizer)), math.log(1e-3))
+    lp[0, :, processor.tokenizer.pad_token_id] = math.log(0.9)  # blanks everywhere else
+    for t, ch in enumerate(spelled, start=frames - len(spelled)):
+        token = processor.tokenizer.pad_token_id if ch == "_" else processor.tokenizer.convert_tokens_to_ids(ch)
+        lp[0, t] = math.log(1e-3)
+        lp[0, t, token] = math.log(0.9)
+    lengths = torch.tensor([frames])
+    assert whole.wake_scores(lp, lengths)[0] == pytest.approx(len(spelled) * math.log(0.9))
+    assert first_second.wake_scores(lp, lengths)[0] < 4 * math.log(1e-3)  # nothing of the keyword in its window
 
 
 def test_detection_metrics_by_hand() -> None:
