@@ -18,6 +18,9 @@ _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = [(10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred")]
 _SYMBOLS = {"%": " percent ", "&": " and ", "@": " at ", "+": " plus ", "#": " number "}
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_ORDINAL = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b", re.IGNORECASE)
+_ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
+                  "nine": "ninth", "twelve": "twelfth"}
 # Every character normalize_text can leave besides the space: the ASR model's output alphabet.
 ALPHABET = "'abcdefghijklmnopqrstuvwxyz"
 _KEEP = re.compile(f"[^{ALPHABET} ]+")
@@ -38,6 +41,18 @@ def number_to_words(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def ordinal_to_words(n: int) -> str:
+    """Spell a non-negative integer as an ordinal ("21" -> "twenty first", "40" -> "fortieth")."""
+    *head, last = number_to_words(n).split()
+    if last in _ORDINAL_WORDS:
+        last = _ORDINAL_WORDS[last]
+    elif last.endswith("y"):
+        last = last[:-1] + "ieth"
+    else:
+        last += "th"
+    return " ".join([*head, last])
+
+
 def _spell_number(match: re.Match[str]) -> str:
     token = match.group(0)
     if "." in token:
@@ -47,12 +62,13 @@ def _spell_number(match: re.Match[str]) -> str:
 
 
 def normalize_text(text: str) -> str:
-    """Lower-case, spell numbers, drop punctuation (keeping in-word apostrophes), squeeze spaces."""
+    """Lower-case, spell numbers ("3rd" as "third"), drop punctuation (keeping in-word apostrophes), squeeze spaces."""
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
     text = text.replace("\u2019", "'")
     for symbol, word in _SYMBOLS.items():
         text = text.replace(symbol, word)
+    text = _ORDINAL.sub(lambda m: f" {ordinal_to_words(int(m.group(1)))} ", text)
     text = _NUMBER.sub(_spell_number, text)
     text = _KEEP.sub(" ", text)
     # An apostrophe only survives inside a word ("don't"), not as a quote mark.

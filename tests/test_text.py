@@ -1,4 +1,4 @@
-from pipeline.text import normalize_text, number_to_words
+from pipeline.text import normalize_text, number_to_words, ordinal_to_words
 
 
 def test_numbers_are_spelled() -> None:
@@ -21,3 +21,10 @@ def test_normaliser_is_idempotent() -> None:
     for text in ["Play Taylor Swift's 1989", "what's the weather in new york?"]:
         once = normalize_text(text)
         assert normalize_text(once) == once
+
+
+def test_ordinals_are_spelled_as_said() -> None:
+    assert [ordinal_to_words(n) for n in (1, 2, 3, 5, 12, 20, 21, 40, 100)] == [
+        "first", "second", "third", "fifth", "twelfth", "twentieth", "twenty first", "fortieth", "one hundredth"]
+    assert normalize_text("Remind me on the 2nd, the 21ST and the 3rd floor") == (
+        "remind me on the second the twenty first and the third floor")
