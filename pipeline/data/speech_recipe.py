@@ -13,7 +13,7 @@ audiofolder (or a hub id) read exactly like `source: hf`, with two things an hf 
   (`data.speech_heldout`, only for `role: wake_test`) hold out everyone: a folder of people no
   model heard, scored whole.
 - **Keyword clips kept out of training.** Clips whose `keyword_column` (Mycroft's `wake_word`) is
-  one of `keywords` are the test of a wake word the model hears only from synthetic voices
+  one of `keywords` (both normalised as transcripts are) are the test of a wake word the model hears only from synthetic voices
   (espeak-ng, and flite for `data.demo.other_wake_flite_takes`): `role: train` quarantines them
   (`held_out_keyword`, so every input row is accounted for), and
   `role: wake_test` builds the set that scores them: those clips as wake-word positives (half
@@ -41,6 +41,7 @@ from pipeline.data.config import ROLES, SourceConfig, holds_out_everyone
 from pipeline.data.hf import HUB_ID
 from pipeline.data.sources import RawRecord, Source
 from pipeline.runtime import PipelineError
+from pipeline.text import normalize_text
 
 
 def _fraction(*parts: Any) -> float:
@@ -88,7 +89,9 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
         )
     if role not in ROLES:
         raise PipelineError(f"data.sources: {name}: role={role!r}; use one of {list(ROLES)}")
-    keywords = set(data_cfg.keywords or [])
+    # Compared as the transcripts are ("Hey Computer", "hey_computer" and "hey computer" are one phrase),
+    # so a corpus that spells its labels otherwise does not turn its keyword clips into negatives.
+    keywords = {normalize_text(str(k)) for k in data_cfg.keywords or []}
     keyword_column = data_cfg.keyword_column or "wake_word"
     heldout = data_cfg.heldout
     validation, test = (heldout.validation, heldout.test) if heldout is not None else (0.1, 0.1)
@@ -114,7 +117,7 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
                 continue
             record = dict(raw.data)
             excluded = None
-            if marks is not None and marks[raw.row] in keywords:
+            if marks is not None and marks[raw.row] is not None and normalize_text(str(marks[raw.row])) in keywords:
                 if role == "train":  # never heard in training
                     excluded = ("held_out_keyword", f"{keyword_column}={marks[raw.row]!r}: a keyword clip kept out of "
                                 "training; data=speech_wake scores it")

@@ -330,6 +330,25 @@ def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(t
     assert not any(n in r["utterance_id"] for n in names for r in clips)
 
 
+def test_keyword_labels_spelt_otherwise_still_mark_the_keyword_clips(tmp_path: Path) -> None:
+    """A wake-word corpus that writes "Hey Computer" or "hey_computer" where the shared one writes
+    "hey computer": its keyword clips are still the positives, not negatives that say the keyword."""
+    speech = tmp_path / "speech"
+    _corpora(speech)
+    metadata = speech / "mycroft_wake_words" / "metadata.jsonl"
+    spelling = {"computer": "COMPUTER", "hey computer": "Hey_Computer", "athena": "Athena"}
+    rows = [json.loads(line) for line in metadata.read_text().splitlines()]
+    metadata.write_text("".join(json.dumps({**r, "wake_word": spelling.get(r["wake_word"], r["wake_word"])}) + "\n"
+                                for r in rows))
+    done = _train(tmp_path, "wake", "data=speech_wake", f"data.speech_dir={speech}", "data.num_proc=1",
+                  "data.speech_heldout={validation: 0.5, test: 0.5}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    wake = load_from_disk(json.loads((tmp_path / "wake" / "build_report.json").read_text())["dataset_path"])
+    clips = [r for split in ("validation", "test") for r in wake[split]]
+    assert sorted(r["text"] for r in clips if r["wake_word_present"]) == ["computer"] * 4 + ["hey computer"] * 4
+    assert not any("computer" in r["text"] for r in clips if not r["wake_word_present"])
+
+
 def test_a_wake_build_of_people_no_model_heard_keeps_every_clip(tmp_path: Path) -> None:
     speech = tmp_path / "speech"
     _corpora(speech)
