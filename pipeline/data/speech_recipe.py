@@ -13,13 +13,14 @@ audiofolder (or a hub id) read exactly like `source: hf`, with two things an hf 
   (`data.speech_heldout`, only for `role: wake_test`) hold out everyone: a folder of people no
   model heard, scored whole.
 - **Keyword clips kept out of training.** Clips whose `keyword_column` (Mycroft's `wake_word`) is
-  one of `keywords` (both normalised as transcripts are) are the test of a wake word the model hears only from synthetic voices
-  (espeak-ng, and flite for `data.demo.other_wake_flite_takes`): `role: train` quarantines them
-  (`held_out_keyword`, so every input row is accounted for), and
+  one of `keywords` (both normalised as transcripts are) are the test of a wake word the model hears
+  only from synthetic voices (espeak-ng, and flite for `data.demo.other_wake_flite_takes`):
+  `role: train` quarantines them (`held_out_keyword`, so every input row is accounted for), and
   `role: wake_test` builds the set that scores them: those clips as wake-word positives (half
   validation, to tune the threshold, half test) against the held-out other human speech
-  (validation and test speakers only; training clips are quarantined as `heard_in_training`), so that `evaluate.py
-  eval.wake_word=computer dataset=<that build>` scores a word never heard from a person.
+  (validation and test speakers only; training clips are quarantined as `heard_in_training`), so
+  that `evaluate.py eval.wake_word=computer dataset=<that build>` scores a word never heard from a
+  person.
 
 The demo side of the recipe (pipeline.data.demo, `data.demo.other_wake_word`) speaks a share of the
 demo's commands with that keyword instead of "alexa", as false wakes for the demo's own wake word,
