@@ -104,7 +104,8 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
     if keywords and keyword_column not in dataset.column_names:
         inner.close()
         raise PipelineError(f"data.sources: {name}: keyword_column={keyword_column!r} is not a column of {path} "
-                            f"(columns: {dataset.column_names})")
+                            f"(columns: {dataset.column_names}); set that entry's keyword_column to the column that "
+                            "names each clip's wake phrase (e.g. transcription)")
     marks = dataset[keyword_column] if keywords else None
     speaker_column = inner.hf.mapping.get("account_id")
     by_speaker = (heldout_speakers([str(s) for s in dataset[speaker_column]], name, validation, test, seed)

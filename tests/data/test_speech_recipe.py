@@ -330,9 +330,10 @@ def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(t
     assert not any(n in r["utterance_id"] for n in names for r in clips)
 
 
-def test_keyword_labels_spelt_otherwise_still_mark_the_keyword_clips(tmp_path: Path) -> None:
+def test_keyword_labels_spelt_otherwise_or_in_another_column_still_mark_the_keyword_clips(tmp_path: Path) -> None:
     """A wake-word corpus that writes "Hey Computer" or "hey_computer" where the shared one writes
-    "hey computer": its keyword clips are still the positives, not negatives that say the keyword."""
+    "hey computer": its keyword clips are still the positives, not negatives that say the keyword.
+    One without the shared corpus's `wake_word` column is named, and read from the column given."""
     speech = tmp_path / "speech"
     _corpora(speech)
     metadata = speech / "mycroft_wake_words" / "metadata.jsonl"
@@ -347,6 +348,17 @@ def test_keyword_labels_spelt_otherwise_still_mark_the_keyword_clips(tmp_path: P
     clips = [r for split in ("validation", "test") for r in wake[split]]
     assert sorted(r["text"] for r in clips if r["wake_word_present"]) == ["computer"] * 4 + ["hey computer"] * 4
     assert not any("computer" in r["text"] for r in clips if not r["wake_word_present"])
+    # A corpus with no such column: a stop naming the column, the folder and what to set.
+    metadata.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "wake_word"}) + "\n" for r in rows))
+    done = _train(tmp_path, "wake2", "data=speech_wake", f"data.speech_dir={speech}", "data.num_proc=1",
+                  "data.speech_heldout={validation: 0.5, test: 0.5}")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "keyword_column='wake_word' is not a column of" in done.stderr and "set that entry's keyword_column" in done.stderr
+    done = _train(tmp_path, "wake3", "data=speech_wake", f"data.speech_dir={speech}", "data.num_proc=1",
+                  "data.speech_heldout={validation: 0.5, test: 0.5}", "data.sources.2.keyword_column=transcription")
+    assert done.returncode == 0, done.stderr[-3000:]
+    wake = load_from_disk(json.loads((tmp_path / "wake3" / "build_report.json").read_text())["dataset_path"])
+    assert sum(r["wake_word_present"] for split in ("validation", "test") for r in wake[split]) == 8
 
 
 def test_a_wake_build_of_people_no_model_heard_keeps_every_clip(tmp_path: Path) -> None:
