@@ -107,6 +107,7 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
                             f"(columns: {dataset.column_names}); set that entry's keyword_column to the column that "
                             "names each clip's wake phrase (e.g. transcription)")
     marks = dataset[keyword_column] if keywords else None
+    is_keyword = [m is not None and normalize_text(str(m)) in keywords for m in marks] if marks is not None else None
     speaker_column = inner.hf.mapping.get("account_id")
     by_speaker = (heldout_speakers([str(s) for s in dataset[speaker_column]], name, validation, test, seed)
                   if speaker_column else None)
@@ -119,7 +120,7 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
                 continue
             record = dict(raw.data)
             excluded = None
-            if marks is not None and marks[raw.row] is not None and normalize_text(str(marks[raw.row])) in keywords:
+            if is_keyword is not None and is_keyword[raw.row]:
                 if role == "train":  # never heard in training
                     excluded = ("held_out_keyword", f"{keyword_column}={marks[raw.row]!r}: a keyword clip kept out of "
                                 "training; data=speech_wake scores it")
