@@ -53,6 +53,10 @@ def ordinal_to_words(n: int) -> str:
     return " ".join([*head, last])
 
 
+def _spell_ordinal(match: re.Match[str]) -> str:
+    return f" {ordinal_to_words(int(match.group(1)))} "
+
+
 def _spell_number(match: re.Match[str]) -> str:
     token = match.group(0)
     if "." in token:
@@ -68,7 +72,7 @@ def normalize_text(text: str) -> str:
     text = text.replace("\u2019", "'")
     for symbol, word in _SYMBOLS.items():
         text = text.replace(symbol, word)
-    text = _ORDINAL.sub(lambda m: f" {ordinal_to_words(int(m.group(1)))} ", text)
+    text = _ORDINAL.sub(_spell_ordinal, text)
     text = _NUMBER.sub(_spell_number, text)
     text = _KEEP.sub(" ", text)
     # An apostrophe only survives inside a word ("don't"), not as a quote mark.
