@@ -120,6 +120,31 @@ def test_audiofolder_csv_defaults_missing_and_undecodable_files(tmp_path: Path) 
     assert not any(r["wake_word_present"] for r in rows.values())  # no label and no intent: no wake word
 
 
+def test_audiofolder_of_mp3_and_ogg_at_other_rates_and_channels(tmp_path: Path) -> None:
+    """Corpora come as MP3 or Ogg at 22-48 kHz, often stereo, with transcripts written for people
+    ("BACKWARD.", "0"): every clip is kept as 16 kHz mono with its length, and its text normalised."""
+    root = tmp_path / "other"
+    (root / "audio").mkdir(parents=True)
+    files = [("audio/a.mp3", 48000, 2, "MP3", "MPEG_LAYER_III", "BACKWARD."),
+             ("audio/b.ogg", 22050, 1, "OGG", "VORBIS", "0"),
+             ("audio/c.ogg", 44100, 2, "OGG", "VORBIS", "Hey_Computer")]
+    for name, sr, channels, fmt, subtype, _ in files:
+        wave = tone(1.0, sr, 440.0)
+        sf.write(root / name, np.stack([wave] * channels, axis=1) if channels > 1 else wave, sr, format=fmt, subtype=subtype)
+    (root / "metadata.csv").write_text("file_name,transcription\n" + "".join(f"{f[0]},{f[5]}\n" for f in files))
+    report, quarantine = build(tmp_path, source="hf", path=str(root), columns={"transcript": "transcription"})
+    assert report["records_kept"] == 3 and quarantine == []
+    rows = {r["utterance_id"]: r for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
+    assert {uid: r["text"] for uid, r in rows.items()} == {
+        "hf/audio/a": "backward", "hf/audio/b": "zero", "hf/audio/c": "hey computer"}
+    for row in rows.values():
+        samples = row["audio"].get_all_samples()
+        assert samples.sample_rate == 16000 and samples.data.shape[0] == 1  # mono
+        assert abs(row["duration"] - 1.0) < 0.08  # MP3 frames pad a little
+        assert abs(samples.data.shape[1] / 16000 - row["duration"]) < 0.01
+        assert float(samples.data.abs().max()) > 0.1  # the tone, not silence
+
+
 def test_save_to_disk_hub_style_rows_split_and_class_labels(tmp_path: Path) -> None:
     saved = hub_style(tmp_path / "saved")
     report, quarantine = build(tmp_path, source="hf", path=str(saved), split="train",
