@@ -42,6 +42,7 @@ class RunSummary:
     config: dict[str, Any]
     metrics: dict[str, Any]
     test_data: dict[str, Any] | None = None  # eval_details.json's record of what was evaluated
+    evaluation: bool = False  # an evaluate.py folder, whose config is evaluate.yaml's, not a training run's
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
@@ -82,12 +83,28 @@ def load_run(path: Path) -> RunSummary:
         metrics["decision"] = json.loads(decision_file.read_text()).get("decision")
     details_file = path / "eval_details.json"
     test_data = json.loads(details_file.read_text()).get("test_data") if details_file.is_file() else None
-    return RunSummary(path, _config_file(path).stat().st_mtime, flatten(config), metrics, test_data)
+    config_file = _config_file(path)
+    return RunSummary(path, config_file.stat().st_mtime, flatten(config), metrics, test_data,
+                      evaluation=config_file.parent.name == ".hydra-evaluate")
 
 
-def differing_keys(runs: list[RunSummary]) -> list[str]:
+def _unresolved(value: Any) -> bool:
+    return isinstance(value, str) and "${" in value
+
+
+def differing_keys(runs: list[RunSummary], common_only: bool = False) -> list[str]:
+    """Keys whose values differ between the runs. A key one run lacks counts as differing (a setting
+    added since, say), unless `common_only`: beside an evaluation folder, a training run's nlu.*,
+    trainer.*, ... are not differences, only another entry point's settings. An evaluation folder's
+    config is Hydra's unresolved one: a value still holding `${...}` says nothing to compare."""
     keys = sorted({k for r in runs for k in r.config if not k.startswith(IGNORED_KEYS)})
-    return [k for k in keys if len({json.dumps(r.config.get(k), default=str) for r in runs}) > 1]
+    if common_only:
+        keys = [k for k in keys if all(k in r.config for r in runs)]
+
+    def values(key: str) -> set[str]:
+        return {json.dumps(r.config.get(key), default=str) for r in runs if not _unresolved(r.config.get(key))}
+
+    return [k for k in keys if len(values(k)) > 1]
 
 
 def _cell(value: Any) -> str:
@@ -229,7 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     metrics = [m for m in args.metrics.split(",") if m]
     if any("decision" in r.metrics for r in runs):
         metrics.append("decision")
-    print(format_table(runs, differing_keys(runs), metrics, Path.cwd()))
+    mixed = len({r.evaluation for r in runs}) > 1  # training runs beside evaluate.py folders
+    keys = differing_keys(runs, common_only=mixed)
+    print(format_table(runs, keys, metrics, Path.cwd()))
+    if mixed:
+        left_out = len(differing_keys(runs)) - len(keys)
+        print(f"(training runs beside evaluation folders: only settings both have are shown; {left_out} set by one only)")
     paired = paired_report(runs, [m for m in metrics if m != "decision"], Path.cwd(), args.samples, args.seed)
     if paired:
         print("\n" + paired)

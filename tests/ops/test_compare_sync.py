@@ -45,6 +45,37 @@ def test_compare_shows_config_differences_and_headline_metrics(tmp_path: Path) -
     assert rows[2].split()[2] == "-"
 
 
+def test_compare_beside_an_evaluation_folder_shows_only_the_settings_both_have(tmp_path: Path) -> None:
+    """A training run next to an evaluate.py folder: each entry point has settings the other lacks,
+    and the evaluation's config is Hydra's unresolved one; neither makes a column."""
+    train = _run_folder(tmp_path / "outputs", "2026-01-01/10-00-00", 1e-4, 0.31)
+    config = yaml.safe_load((train / "config.yaml").read_text())
+    config.update(cache_dir=str(tmp_path / ".cache"), eval={"decoder": "auto"})
+    (train / "config.yaml").write_text(yaml.safe_dump(config))
+    evaluation = tmp_path / "outputs" / "evaluate" / "2026-01-02" / "09-00-00"
+    (evaluation / ".hydra-evaluate").mkdir(parents=True)
+    (evaluation / ".hydra-evaluate" / "config.yaml").write_text(yaml.safe_dump(
+        {"asr_model": "outputs/2026-01-01/10-00-00/asr", "seed": 1, "cache_dir": "${paths.cache_dir}",
+         "eval": {"decoder": "greedy"}}))
+    (evaluation / "metrics.json").write_text(json.dumps({"asr/wer": 0.35}))
+    result = subprocess.run([sys.executable, "-m", "pipeline.ops.compare", "outputs", "--metrics", "asr/wer"],
+                            cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    header = result.stdout.splitlines()[0].split()
+    assert header == ["run", "eval.decoder", "asr/wer"]  # not asr.*, nlu.*, asr_model, nor the unresolved cache_dir
+    assert "only settings both have are shown; 4 set by one only" in result.stdout
+    # Two training runs: a setting one of them lacks is still a difference worth a column.
+    _run_folder(tmp_path / "two", "a", 1e-4, 0.3)
+    newer = _run_folder(tmp_path / "two", "b", 1e-4, 0.3)
+    config = yaml.safe_load((newer / "config.yaml").read_text())
+    config["asr"]["splice"] = 0.3
+    (newer / "config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "pipeline.ops.compare", "two", "--metrics", "asr/wer"],
+                            cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
+    assert result.stdout.splitlines()[0].split() == ["run", "asr.splice", "asr/wer"]
+    assert "set by one only" not in result.stdout
+
+
 def test_sync_lists_only_offline_runs_not_yet_uploaded(tmp_path: Path) -> None:
     done = tmp_path / "outputs" / "a" / "wandb" / "offline-run-20260101_000000-aaa"
     todo = tmp_path / "multirun" / "x" / "0" / "wandb" / "offline-run-20260102_000000-bbb"
