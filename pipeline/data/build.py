@@ -38,7 +38,7 @@ from pipeline.data.audio import ClipRejected, load_clip, resolve_audio
 from pipeline.config import checked
 from pipeline.data.card import summarise, write_card
 from pipeline.data.config import DataConfig, PrivacyConfig
-from pipeline.data.features import SAMPLING_RATE, SOURCE_COLUMN, SPLITS, dataset_features
+from pipeline.data.features import SAMPLING_RATE, SPLITS, dataset_features
 from pipeline.data.privacy import (Deletions, dataset_utterance_id, is_utterance_pseudonym, load_deletions, load_key,
                                    pseudonym, redact_ids, utterance_pseudonym)
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem

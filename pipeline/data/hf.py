@@ -10,8 +10,6 @@ spooled once into such a file first, since the build reads its rows twice.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import re
@@ -245,15 +243,3 @@ def hub_error(path: str, err: Exception) -> str:
                 f"cannot be downloaded; {local_hint}")
     return f"data.path={path}: cannot load it from the Hugging Face hub ({name}: {text.splitlines()[0] if text else ''}); " \
            f"check the id and data.name, or {local_hint}"
-
-
-def audio_digest(audio: dict[str, Any]) -> bytes:
-    """sha256 of a row's audio, so the build's fingerprint covers every input."""
-    if audio.get("bytes") is not None:
-        return hashlib.sha256(audio["bytes"]).digest()
-    with open(audio["path"], "rb") as f:
-        return hashlib.file_digest(f, "sha256").digest()
-
-
-def record_digest(record: dict[str, Any]) -> bytes:
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).digest()
