@@ -92,14 +92,11 @@ def _unresolved(value: Any) -> bool:
     return isinstance(value, str) and "${" in value
 
 
-def differing_keys(runs: list[RunSummary], common_only: bool = False) -> list[str]:
-    """Keys whose values differ between the runs. A key one run lacks counts as differing (a setting
-    added since, say), unless `common_only`: beside an evaluation folder, a training run's nlu.*,
-    trainer.*, ... are not differences, only another entry point's settings. An evaluation folder's
-    config is Hydra's unresolved one: a value still holding `${...}` says nothing to compare."""
+def differing_keys(runs: list[RunSummary]) -> list[str]:
+    """Keys whose values differ between the runs; a key one run lacks counts (a setting added since,
+    say). An evaluation folder's config is Hydra's unresolved one: a value still holding `${...}`
+    says nothing to compare."""
     keys = sorted({k for r in runs for k in r.config if not k.startswith(IGNORED_KEYS)})
-    if common_only:
-        keys = [k for k in keys if all(k in r.config for r in runs)]
 
     def values(key: str) -> set[str]:
         return {json.dumps(r.config.get(key), default=str) for r in runs if not _unresolved(r.config.get(key))}
@@ -246,12 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     metrics = [m for m in args.metrics.split(",") if m]
     if any("decision" in r.metrics for r in runs):
         metrics.append("decision")
-    mixed = len({r.evaluation for r in runs}) > 1  # training runs beside evaluate.py folders
-    keys = differing_keys(runs, common_only=mixed)
-    print(format_table(runs, keys, metrics, Path.cwd()))
+    keys = differing_keys(runs)
+    # Beside an evaluation folder, a training run's nlu.*, trainer.*, ... are not differences, only
+    # another entry point's settings: show the keys every run has, and count the rest.
+    mixed = len({r.evaluation for r in runs}) > 1
+    shown = [k for k in keys if all(k in r.config for r in runs)] if mixed else keys
+    print(format_table(runs, shown, metrics, Path.cwd()))
     if mixed:
-        left_out = len(differing_keys(runs)) - len(keys)
-        print(f"(training runs beside evaluation folders: only settings both have are shown; {left_out} set by one only)")
+        print(f"(training runs beside evaluation folders: only settings both have are shown; {len(keys) - len(shown)} set by one only)")
     paired = paired_report(runs, [m for m in metrics if m != "decision"], Path.cwd(), args.samples, args.seed)
     if paired:
         print("\n" + paired)
