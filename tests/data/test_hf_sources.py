@@ -25,9 +25,9 @@ def tone(seconds: float = 0.6, sr: int = 16000, freq: float = 440.0) -> np.ndarr
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def flac_bytes(wave: np.ndarray, sr: int) -> bytes:
+def encoded(wave: np.ndarray, sr: int, fmt: str = "FLAC", subtype: str | None = None) -> bytes:
     buffer = io.BytesIO()
-    sf.write(buffer, wave, sr, format="FLAC")
+    sf.write(buffer, wave, sr, format=fmt, subtype=subtype)
     return buffer.getvalue()
 
 
@@ -68,7 +68,7 @@ def hub_style(path: Path, n: int = 12) -> Path:
                          "speaker_id": Value("string"), "file": Value("string")})
 
     def rows(split: str, count: int) -> dict[str, list[Any]]:
-        audio = [{"bytes": flac_bytes(tone(0.5, 16000, 200 + 30 * i), 16000), "path": f"{split}{i}.flac"} for i in range(count)]
+        audio = [{"bytes": encoded(tone(0.5, 16000, 200 + 30 * i), 16000), "path": f"{split}{i}.flac"} for i in range(count)]
         return {"audio": audio, "label": [i % 3 for i in range(count)],
                 "speaker_id": [f"spk-{i % 4}" for i in range(count)], "file": [f"{split}/{i}.flac" for i in range(count)]}
 
@@ -123,15 +123,15 @@ def test_audiofolder_csv_defaults_missing_and_undecodable_files(tmp_path: Path) 
 def test_audiofolder_of_mp3_and_ogg_at_other_rates_and_channels(tmp_path: Path) -> None:
     """Corpora come as MP3 or Ogg at 22-48 kHz, often stereo, with transcripts written for people
     ("BACKWARD.", "0"): every clip is kept as 16 kHz mono with its length, and its text normalised."""
-    root = tmp_path / "other"
-    (root / "audio").mkdir(parents=True)
     files = [("audio/a.mp3", 48000, 2, "MP3", "MPEG_LAYER_III", "BACKWARD."),
              ("audio/b.ogg", 22050, 1, "OGG", "VORBIS", "0"),
              ("audio/c.ogg", 44100, 2, "OGG", "VORBIS", "Hey_Computer")]
-    for name, sr, channels, fmt, subtype, _ in files:
+    rows = []
+    for name, sr, channels, fmt, subtype, text in files:
         wave = tone(1.0, sr, 440.0)
-        sf.write(root / name, np.stack([wave] * channels, axis=1) if channels > 1 else wave, sr, format=fmt, subtype=subtype)
-    (root / "metadata.csv").write_text("file_name,transcription\n" + "".join(f"{f[0]},{f[5]}\n" for f in files))
+        wave = np.stack([wave] * channels, axis=1) if channels > 1 else wave
+        rows.append({"file_name": name, "transcription": text, "_audio": encoded(wave, sr, fmt, subtype)})
+    root = audiofolder(tmp_path / "other", rows, csv=True)
     report, quarantine = build(tmp_path, source="hf", path=str(root), columns={"transcript": "transcription"})
     assert report["records_kept"] == 3 and quarantine == []
     rows = {r["utterance_id"]: r for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
