@@ -10,7 +10,7 @@ applied or still waiting in the inbox):
 - a fingerprint of its audio: SHA-256 of the decoded clip (as the data stage encodes it) and of
   the file's bytes, against cached datasets and every audio file;
 - its transcript, by keyed hash, in predictions, reports and W&B files, and in any character LM
-  that holds all of its n-grams;
+  that holds all of its n-grams that no kept transcript of the cached datasets also has;
 - models, checkpoints, LMs, W&B runs and staged artifacts derived from a dataset that held it.
 
 Findings are listed with their paths, by ids and hashes only. Exit codes: 0 clean, 3 something
@@ -36,7 +36,7 @@ from pipeline.data.privacy import record_pseudonyms
 from pipeline.ops.corpus import pending_deletions, pseudonym_key
 from pipeline.ops.erase import (AUDIO_SUFFIXES, Ledger, dataset_folders, dataset_rows, deleted_set,
                                 derived_parts, export_folders, find_traces, gram_hash, md5_b64, prediction_hit,
-                                run_fingerprint, staging_files, text_hash)
+                                run_fingerprint, staging_files, text_hash, unexplained_grams)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, walk_files
 from pipeline.ops.registry import Registry
 from pipeline.runtime import PipelineError
@@ -130,7 +130,9 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]]]:
     live = traces.as_ledger(key)
     audio = ledger.audio | live.audio
     texts = ledger.texts | live.texts
-    grams = {**ledger.grams, **live.grams}
+    # An LM trained on the kept clips of the cached datasets may hold every n-gram of a short deleted
+    # sentence; only the n-grams no kept transcript has are evidence.
+    grams = unexplained_grams({**ledger.grams, **live.grams}, key, traces.kept_text_values)
     erased = ledger.datasets | {Path(p).name for p in traces.affected}
     findings: list[Finding] = []
 

@@ -88,6 +88,22 @@ def gram_hash(key: bytes, gram: Iterable[str]) -> str:
     return pseudonym(key, "lm", " ".join(gram))
 
 
+def unexplained_grams(grams: dict[str, dict[str, list[str]]], key: bytes,
+                      kept: Iterable[str]) -> dict[str, dict[str, list[str]]]:
+    """Each deleted transcript's n-gram hashes less those a kept transcript also has.
+
+    A character LM trained only on kept clips holds every n-gram of a short, common deleted
+    sentence ("alexa play the current playlist") when kept sentences share its pieces; such an LM
+    holds nothing of the deleted clip, and no erasure could make it not hold them. Only the n-grams
+    no kept transcript has can tell that an LM saw the deleted one; a transcript left with none
+    cannot be told apart from kept data, as a deleted transcript that a kept clip also says is not
+    ledgered at all (`Traces.ledger_entries`)."""
+    orders = sorted({order for by_order in grams.values() for order in by_order})
+    explained = {gram_hash(key, g) for text in set(kept) for order in orders for g in lm_grams(text, int(order))}
+    return {text: {order: [h for h in hashes if h not in explained] for order, hashes in by_order.items()}
+            for text, by_order in grams.items()}
+
+
 # ------------------------------------------------------------------------------ the ledger
 
 @dataclass
@@ -181,6 +197,7 @@ class Traces:
     affected: dict[str, int] = field(default_factory=dict)   # dataset folder -> deleted clips in it
     clips: dict[str, dict[str, Any]] = field(default_factory=dict)
     kept_texts: set[str] = field(default_factory=set)
+    kept_text_values: set[str] = field(default_factory=set)  # memory only: for `unexplained_grams`
     per_request: Counter = field(default_factory=Counter)
     unique_texts: dict[str, str] = field(default_factory=dict)  # hash -> text (memory only)
 
@@ -214,6 +231,7 @@ def find_traces(roots: Roots, key: bytes, deleted: set[str]) -> Traces:
             if not matched:
                 if text:
                     traces.kept_texts.add(text_hash(key, text))
+                    traces.kept_text_values.add(text)
                 continue
             hits += 1
             traces.per_request.update(matched)
