@@ -9,8 +9,9 @@ applied or still waiting in the inbox):
   W&B files: anywhere but the deletion bookkeeping that must name them (tombstones, receipts);
 - a fingerprint of its audio: SHA-256 of the decoded clip (as the data stage encodes it) and of
   the file's bytes, against cached datasets and every audio file;
-- its transcript, by keyed hash, in predictions, reports and W&B files, and in any character LM
-  that holds all of its n-grams that no kept transcript of the cached datasets also has;
+- its transcript, by keyed hash, in datasets, predictions, reports and W&B files, and in any
+  character LM that holds all of its n-grams that no kept transcript also has (a transcript that a
+  kept clip of the cached datasets also says is that clip's, and is not looked for);
 - models, checkpoints, LMs, W&B runs and staged artifacts derived from a dataset that held it.
 
 Findings are listed with their paths, by ids and hashes only. Exit codes: 0 clean, 3 something
@@ -129,7 +130,10 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]]]:
     traces = find_traces(roots, key, deleted)
     live = traces.as_ledger(key)
     audio = ledger.audio | live.audio
-    texts = ledger.texts | live.texts
+    # A deleted transcript that a kept clip of the cached datasets also says (a later batch's "alexa
+    # stop") is that clip's, not a trace; a re-ingested copy of the deleted clip is still found by
+    # its audio.
+    texts = (ledger.texts | live.texts) - traces.kept_texts
     # An LM trained on the kept clips of the cached datasets may hold every n-gram of a short deleted
     # sentence; only the n-grams no kept transcript has are evidence.
     grams = unexplained_grams({**ledger.grams, **live.grams}, key, traces.kept_text_values)

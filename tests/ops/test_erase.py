@@ -94,8 +94,9 @@ def test_erase_removes_every_copy_and_the_audit_proves_it(store: dict[str, Any],
     assert len(list((root / "registry" / "erasure" / "receipts").glob("*.json"))) == 1
 
 
-def _run_with_lm(root: Path, name: str, fingerprint: str, sentences: list[str]) -> Path:
-    """A run folder whose character LM is trained on `sentences` (as the ASR stage writes it)."""
+def _run_with_lm(root: Path, name: str, fingerprint: str, sentences: list[str], tested: list[str] = ()) -> Path:
+    """A run folder whose character LM is trained on `sentences` (as the ASR stage writes it) and
+    whose predictions hold the `tested` references."""
     from pipeline.asr.lm import write_char_lm
 
     run = root / "outputs" / "2026-01-02" / name
@@ -103,40 +104,45 @@ def _run_with_lm(root: Path, name: str, fingerprint: str, sentences: list[str]) 
     write_char_lm(run / "asr" / "lm", sentences, vocab, "|", 6)
     (run / "build_report.json").write_text(json.dumps({"fingerprint": fingerprint}))
     (run / "metrics.json").write_text(json.dumps({"asr/wer": 0.5}))
+    (run / "predictions.jsonl").write_text("".join(json.dumps({"utterance_id": f"new-{i}", "reference": text,
+                                                               "hypothesis": text}) + "\n" for i, text in enumerate(tested)))
     return run
 
 
-def test_an_lm_of_kept_sentences_that_share_every_piece_of_a_deleted_one_is_not_a_finding(
+def test_kept_clips_after_the_erasure_that_say_a_deleted_sentence_or_every_piece_of_one_are_not_findings(
         store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    """After the erasure, new clips (kept) say two sentences that together hold every 6-gram of a
-    deleted one, and a model is trained on them: its LM holds every n-gram of the deleted sentence
-    without having seen it, and no erasure could change that. The audit stays clean; an LM that
-    heard another deleted sentence, with words no kept clip says, is still found."""
+    """After the erasure a new batch (kept) holds two sentences that together hold every 6-gram of a
+    deleted one, and another account saying a deleted sentence word for word; a model is trained on
+    it. Its dataset, predictions and LM hold those sentences without having seen a deleted clip, and
+    no erasure could change that: the audit stays clean. An LM that heard the third deleted sentence,
+    with words no kept clip says, is still found."""
     from datasets import load_from_disk
 
     from pipeline.ops.erase import lm_grams
 
     root = store["root"]
     assert erase.main(overrides(root)) == 0
-    deleted = VICTIM_SENTENCES[0]  # "please order quokka biscuits from zanzibar"
     pieces = ["please order quokka biscuits", "order quokka biscuits from zanzibar"]
+    deleted = VICTIM_SENTENCES[0]  # "please order quokka biscuits from zanzibar"
     assert set(lm_grams(deleted, 6)) <= {g for p in pieces for g in lm_grams(p, 6)} and deleted not in pieces
+    said = [*pieces, VICTIM_SENTENCES[1]]
 
     kept = load_from_disk(str(root / "cache" / "datasets" / store["fingerprints"][1]))
-    new = {split: kept[split].map(lambda row, i: {"text": pieces[i % 2], "transcript": pieces[i % 2]},
-                                  with_indices=True) for split in kept}
+    new = {split: kept[split].map(lambda row, i: {"text": said[i % 3], "transcript": said[i % 3]},
+                                  with_indices=True, keep_in_memory=True) for split in kept}
     fingerprint = "f" * 20
     type(kept)(new).save_to_disk(str(root / "cache" / "datasets" / fingerprint))
-    run = _run_with_lm(root, "after-erasure", fingerprint, list(new["train"]["text"]))
+    run = _run_with_lm(root, "after-erasure", fingerprint, list(new["train"]["text"]), list(new["test"]["text"]))
+    assert VICTIM_SENTENCES[1] in new["test"]["text"]
     capsys.readouterr()
     assert audit.main(overrides(root)) == 0, capsys.readouterr().out
     assert "clean" in capsys.readouterr().out
 
-    leaked = _run_with_lm(root, "leaked", fingerprint, [*pieces, VICTIM_SENTENCES[1]])
+    leaked = _run_with_lm(root, "leaked", fingerprint, [*pieces, VICTIM_SENTENCES[2]])
     assert audit.main(overrides(root)) == 3
     out = capsys.readouterr().out
     assert f"language model   transcript {leaked / 'asr' / 'lm' / 'char_lm.arpa'}" in out
-    assert str(run) not in out
+    assert str(run) not in out and fingerprint not in out
 
 
 def test_unmatched_request_and_malformed_line_are_recorded_and_the_rest_apply(store: dict[str, Any]) -> None:
