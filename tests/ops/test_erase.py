@@ -116,11 +116,14 @@ def test_kept_clips_after_the_erasure_that_say_a_deleted_sentence_or_every_piece
     it. Its dataset, predictions and LM hold those sentences without having seen a deleted clip, and
     no erasure could change that: the audit stays clean. An LM that heard the third deleted sentence,
     with words no kept clip says, is still found."""
-    from datasets import load_from_disk
+    from datasets import Audio, load_from_disk
 
     from pipeline.ops.erase import lm_grams
 
     root = store["root"]
+    victim_audio = load_from_disk(str(root / "cache" / "datasets" / store["fingerprints"][0]))["train"].cast_column(
+        "audio", Audio(decode=False))[0]["audio"]  # row 0 is the victim's (bench/erase.py)
+    assert victim_audio["bytes"]
     assert erase.main(overrides(root)) == 0
     pieces = ["please order quokka biscuits", "order quokka biscuits from zanzibar"]
     deleted = VICTIM_SENTENCES[0]  # "please order quokka biscuits from zanzibar"
@@ -143,6 +146,15 @@ def test_kept_clips_after_the_erasure_that_say_a_deleted_sentence_or_every_piece
     out = capsys.readouterr().out
     assert f"language model   transcript {leaked / 'asr' / 'lm' / 'char_lm.arpa'}" in out
     assert str(run) not in out and fingerprint not in out
+
+    # The deleted clip itself, ingested again under another id and another account's words, is found
+    # by its audio.
+    again = {split: new[split].cast_column("audio", Audio(decode=False)) for split in new}
+    again["train"] = again["train"].map(lambda row, i: {"audio": victim_audio} if i == 0 else {},
+                                        with_indices=True, keep_in_memory=True)
+    type(kept)(again).save_to_disk(str(root / "cache" / "datasets" / ("e" * 20)))
+    assert audit.main(overrides(root)) == 3
+    assert f"cached dataset   audio      {root / 'cache' / 'datasets' / ('e' * 20)}" in capsys.readouterr().out
 
 
 def test_unmatched_request_and_malformed_line_are_recorded_and_the_rest_apply(store: dict[str, Any]) -> None:
