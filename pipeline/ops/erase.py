@@ -542,6 +542,9 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     for entry in entries:
         ledger.add(entry)
     erased = ledger.datasets
+    # A deleted sentence that a kept clip of the cached datasets also says is that clip's: its lines
+    # stay in other runs' predictions and reports (the audit's rule too).
+    texts = ledger.texts - traces.kept_texts
 
     for folder in export_folders(roots):
         purged, _ = purge_export(folder, key, deleted)
@@ -575,12 +578,12 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
         else:
             for f in (run / "predictions.jsonl", run / "incumbent" / "predictions.jsonl"):
                 if f.is_file() and not f.is_symlink():
-                    dropped = filter_predictions(f, key, deleted, ledger.texts)
+                    dropped = filter_predictions(f, key, deleted, texts)
                     if dropped:
                         job.remove("predictions", f, lines=dropped)
             for f in [run / n for n in REPORTS] + [run / "incumbent" / n for n in REPORTS]:
                 if f.is_file() and not f.is_symlink():
-                    dropped = filter_report(f, key, deleted, ledger.texts)
+                    dropped = filter_report(f, key, deleted, texts)
                     if dropped:
                         job.remove("report", f, lines=dropped)
 

@@ -140,6 +140,10 @@ def test_kept_clips_after_the_erasure_that_say_a_deleted_sentence_or_every_piece
     capsys.readouterr()
     assert audit.main(overrides(root)) == 0, capsys.readouterr().out
     assert "clean" in capsys.readouterr().out
+    predictions = (run / "predictions.jsonl").read_text()
+    assert erase.main(overrides(root)) == 0
+    assert "nothing to remove" in capsys.readouterr().out
+    assert (run / "predictions.jsonl").read_text() == predictions  # the kept clip's line stays
 
     leaked = _run_with_lm(root, "leaked", fingerprint, [*pieces, VICTIM_SENTENCES[2]])
     assert audit.main(overrides(root)) == 3
