@@ -27,6 +27,7 @@ import yaml
 
 from pipeline.eval import bootstrap as B
 from pipeline.ops.gate import with_background_pairs
+from pipeline.ops.inventory import DO_NOT_SYNC
 
 # wake/frr beside wake/fa_per_hour: a threshold that sits lower trades one for the other.
 HEADLINE = ("asr/wer", "asr/cer", "wake/auc", "wake/frr", "wake/fa_per_hour", "nlu/intent_accuracy",
@@ -169,6 +170,23 @@ def _own_intervals(run: RunSummary, metrics: list[str]) -> str:
     return ", ".join(cells) or "no metrics"
 
 
+def _why_no_per_clip(runs: list[RunSummary], base: Path) -> str:
+    """An erased run (trained on data a deletion request named) lost its predictions with its models,
+    so re-evaluating it, the fix for a run evaluated before per-clip results existed, is no fix."""
+    erased = [r for r in runs if (r.path / DO_NOT_SYNC).is_file()]
+    missing = [r for r in runs if r not in erased]
+    reasons = []
+    if missing:
+        reasons.append(f"{' and '.join(_name(r, base) for r in missing)} {'has' if len(missing) == 1 else 'have'} "
+                       "no per-clip results (predictions.jsonl with per-clip counts); re-evaluate with "
+                       "`python evaluate.py run=<run folder>`")
+    if erased:
+        reasons.append(f"{' and '.join(_name(r, base) for r in erased)} lost per-clip results and models to "
+                       f"erasure after a deletion request ({DO_NOT_SYNC}) and cannot be re-evaluated; name "
+                       "the runs to compare without it (`python -m pipeline.ops.compare <run> <run> ...`)")
+    return "; ".join(reasons)
+
+
 def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, samples: int, seed: int) -> str:
     """Each later run against the first: paired differences where the test data is the same, and
     otherwise why not, with each run's own intervals."""
@@ -185,11 +203,9 @@ def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, sample
     for run in others:
         name = _name(run, base)
         table = _per_clip(run)
-        lacking = [_name(r, base) for r, t in ((first, first_table), (run, table)) if t is None or not r.test_data]
+        lacking = [r for r, t in ((first, first_table), (run, table)) if t is None or not r.test_data]
         if lacking:
-            lines.append(f"{name}: no paired comparison: {' and '.join(lacking)} "
-                         f"{'has' if len(lacking) == 1 else 'have'} no per-clip results (predictions.jsonl with "
-                         "per-clip counts); re-evaluate with `python evaluate.py run=<run folder>`")
+            lines.append(f"{name}: no paired comparison: {_why_no_per_clip(lacking, base)}")
             continue
         if not same_test_data(first, run):
             lines.append(f"{name}: evaluated on other test data ({_test_data_label(run)}, the first run: "

@@ -61,6 +61,8 @@ def test_compare_pairs_runs_on_the_same_clips_and_says_why_not_otherwise(tmp_pat
     _run(out, "d-other-data", list(REFS), "fp2", 3)
     _run(out, "e-no-clips", list(REFS), "fp1", 4, per_clip=False)
     _run(out / "evaluate", "f-evaluation", list(REFS), "fp1", 5, evaluation=True)
+    _run(out, "g-erased", list(REFS), "fp1", 6, per_clip=False)
+    (out / "g-erased" / "DO_NOT_SYNC").write_text("{}\n")  # as `make erase` leaves a run trained on deleted data
     text = _compare(tmp_path).split("\n\n", 1)[1]
     lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("outputs/")}
     better = lines["outputs/b-better"].split()
@@ -73,6 +75,9 @@ def test_compare_pairs_runs_on_the_same_clips_and_says_why_not_otherwise(tmp_pat
     first = json.loads((out / "a-first" / "metrics.json").read_text())
     assert f"outputs/a-first: asr/wer 0.100 [{first['asr/wer_ci_low']:.3f}, {first['asr/wer_ci_high']:.3f}]" in text
     assert "outputs/e-no-clips: no paired comparison: outputs/e-no-clips has no per-clip results" in text
+    assert lines["outputs/g-erased:"].startswith("outputs/g-erased: no paired comparison: outputs/g-erased lost "
+                                                 "per-clip results and models to erasure")
+    assert "python evaluate.py" not in lines["outputs/g-erased:"]
     # An evaluation folder is a run of its own (not its .hydra-evaluate/), paired like any other.
     evaluation = lines["outputs/evaluate/f-evaluation"].split()
     assert evaluation[1:5] == ["asr/wer", "0.1000", "0.0000", "-0.1000"] and evaluation[-1] == "better"
