@@ -9,6 +9,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -94,7 +95,7 @@ def test_erase_removes_every_copy_and_the_audit_proves_it(store: dict[str, Any],
     assert len(list((root / "registry" / "erasure" / "receipts").glob("*.json"))) == 1
 
 
-def _run_with_lm(root: Path, name: str, fingerprint: str, sentences: list[str], tested: list[str] = ()) -> Path:
+def _run_with_lm(root: Path, name: str, fingerprint: str, sentences: list[str], tested: Sequence[str] = ()) -> Path:
     """A run folder whose character LM is trained on `sentences` (as the ASR stage writes it) and
     whose predictions hold the `tested` references."""
     from pipeline.asr.lm import write_char_lm
@@ -114,8 +115,9 @@ def test_kept_clips_after_the_erasure_that_say_a_deleted_sentence_or_every_piece
     """After the erasure a new batch (kept) holds two sentences that together hold every 6-gram of a
     deleted one, and another account saying a deleted sentence word for word; a model is trained on
     it. Its dataset, predictions and LM hold those sentences without having seen a deleted clip, and
-    no erasure could change that: the audit stays clean. An LM that heard the third deleted sentence,
-    with words no kept clip says, is still found."""
+    no erasure could change that: the audit stays clean and erase leaves them. An LM that heard the
+    third deleted sentence, with words no kept clip says, is still found, and so is the deleted clip's
+    audio under another id."""
     from datasets import Audio, load_from_disk
 
     from pipeline.ops.erase import lm_grams
