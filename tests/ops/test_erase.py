@@ -8,8 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
