@@ -36,6 +36,8 @@ KEY = "bench-erase-key"
 VICTIM = "amzn1.account.VICTIM0001"
 WORDS = ["alexa", "play", "jazz", "set", "alarm", "for", "seven", "weather", "in", "paris", "turn", "off",
          "the", "lights", "add", "milk", "to", "list", "call", "mom", "what", "time", "is", "it"]
+# The character vocabulary of the store's LMs (as an ASR model's: "|" is the word boundary).
+VOCAB = {c: i for i, c in enumerate("|abcdefghijklmnopqrstuvwxyz'")}
 VICTIM_SENTENCES = ["please order quokka biscuits from zanzibar", "remind me to water the kumquat tree",
                     "ring my aunt philippa in reykjavik"]
 
@@ -80,7 +82,6 @@ def build_store(root: Path, datasets: int = 10, runs: int = 20, clips: int = 60,
 
     key = KEY.encode()
     rng = np.random.default_rng(0)
-    vocab = {c: i for i, c in enumerate("|abcdefghijklmnopqrstuvwxyz'")}
     fingerprints = []
     split_rows: list[dict[str, list[dict[str, Any]]]] = []
     for d in range(datasets):
@@ -107,7 +108,7 @@ def build_store(root: Path, datasets: int = 10, runs: int = 20, clips: int = 60,
         (run / "asr" / "model.safetensors").write_bytes(weights)
         (run / "asr" / "checkpoints" / "step-000010" / "model.safetensors").write_bytes(weights)
         (run / "nlu" / "model.safetensors").write_bytes(weights[: 2**20])
-        write_char_lm(run / "asr" / "lm", [r["text"] for r in split_rows[d]["train"]], vocab, "|", 6)
+        write_char_lm(run / "asr" / "lm", [r["text"] for r in split_rows[d]["train"]], VOCAB, "|", 6)
         (run / "build_report.json").write_text(json.dumps({"fingerprint": fingerprints[d],
                                                            "dataset_path": str(root / "cache" / "datasets" / fingerprints[d])}))
         (run / "predictions.jsonl").write_text("".join(json.dumps({

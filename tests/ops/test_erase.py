@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # bench/ is not an installed package
 
-from bench.erase import KEY, VICTIM, VICTIM_SENTENCES, build_store, overrides  # noqa: E402
+from bench.erase import KEY, VICTIM, VICTIM_SENTENCES, VOCAB, build_store, overrides  # noqa: E402
 from pipeline.ops import audit, erase, sync  # noqa: E402
 from pipeline.ops.inventory import DO_NOT_SYNC  # noqa: E402
 from pipeline.ops.registry import Registry  # noqa: E402
@@ -101,8 +101,7 @@ def _run_with_lm(root: Path, name: str, fingerprint: str, sentences: list[str], 
     from pipeline.asr.lm import write_char_lm
 
     run = root / "outputs" / "2026-01-02" / name
-    vocab = {c: i for i, c in enumerate("|abcdefghijklmnopqrstuvwxyz'")}
-    write_char_lm(run / "asr" / "lm", sentences, vocab, "|", 6)
+    write_char_lm(run / "asr" / "lm", sentences, VOCAB, "|", 6)
     (run / "build_report.json").write_text(json.dumps({"fingerprint": fingerprint}))
     (run / "metrics.json").write_text(json.dumps({"asr/wer": 0.5}))
     (run / "predictions.jsonl").write_text("".join(json.dumps({"utterance_id": f"new-{i}", "reference": text,
