@@ -52,6 +52,8 @@ def resolve_audio(root: Path, relative: str, allowed_roots: tuple[Path, ...] = (
             f"audio path {relative!r} resolves outside the export folder, into {resolved.parent} (a symlinked folder?); "
             "if that folder is trusted, add it to data.allowed_roots",
         )
+    if resolved.is_dir():
+        raise ClipRejected("missing_audio", f"audio path {relative!r} is a folder, not an audio file")
     if not resolved.is_file():
         raise ClipRejected("missing_audio", f"audio file {relative!r} does not exist in the export folder (looked for {path})")
     return resolved
@@ -80,7 +82,7 @@ def _resample(mono: np.ndarray, orig_sr: int) -> np.ndarray:
         torch.backends.mkldnn.enabled = previous
 
 
-def _decode(audio: Path | bytes) -> tuple[np.ndarray, int]:
+def _decode(audio: Path | bytes, relative: str) -> tuple[np.ndarray, int]:
     """(channels-first float32 samples, rate) via libsndfile, falling back to ffmpeg (torchcodec)."""
     try:
         wave, sr = sf.read(_readable(audio), dtype="float32", always_2d=True)
@@ -92,7 +94,23 @@ def _decode(audio: Path | bytes) -> tuple[np.ndarray, int]:
             samples = AudioDecoder(audio if isinstance(audio, bytes) else str(audio)).get_all_samples()
             return samples.data.numpy().astype(np.float32), int(samples.sample_rate)
         except Exception:  # noqa: BLE001 - any decoder failure means the same thing here
-            raise ClipRejected("unreadable_audio", f"cannot decode audio ({sf_err})") from None
+            raise ClipRejected("unreadable_audio",
+                               f"cannot decode {_named(audio, relative)} ({_why(sf_err, audio, relative)})") from None
+
+
+def _why(err: Exception, audio: Path | bytes, relative: str) -> str:
+    """libsndfile's reason without its `Error opening <name>: ` prefix: that name is the absolute
+    path (whose folders may be named after an account) or a BytesIO repr (a memory address, new
+    on every run). Any other message has the path swapped for the name the caller gave."""
+    if isinstance(err, sf.LibsndfileError):
+        return err.error_string
+    return str(err) if isinstance(audio, bytes) else str(err).replace(str(audio), relative)
+
+
+def _named(audio: Path | bytes, relative: str) -> str:
+    """How a quarantine detail names the clip: `relative` is a path the caller made safe to show,
+    or `row N` for the encoded bytes a Hugging Face dataset stores."""
+    return f"the audio of {relative}" if isinstance(audio, bytes) else f"audio file {relative!r}"
 
 
 def _readable(audio: Path | bytes) -> Path | io.BytesIO:
@@ -102,21 +120,24 @@ def _readable(audio: Path | bytes) -> Path | io.BytesIO:
 def load_clip(audio: Path | bytes, relative: str, min_s: float, max_s: float, need_signal: bool) -> Clip:
     """Decode, check and re-encode one clip (a file, or the encoded bytes a Hugging Face dataset
     stores); the length check runs on the header before decoding so an hours-long file is rejected
-    without being read. Re-encoding also drops any tags the input file carried."""
+    without being read. Re-encoding also drops any tags the input file carried.
+
+    Every detail names the clip by `relative` alone, never by `audio`: the caller passes a name
+    fit for the quarantine file (identifiers redacted), while the path may not be."""
     if (len(audio) if isinstance(audio, bytes) else os.path.getsize(audio)) == 0:
-        raise ClipRejected("unreadable_audio", f"audio file {relative!r} is empty")
+        raise ClipRejected("unreadable_audio", f"{_named(audio, relative)} is empty")
     try:
         info = sf.info(_readable(audio))
         if info.samplerate > 0 and info.frames / info.samplerate > max_s:
             raise ClipRejected("too_long", f"{info.frames / info.samplerate:.2f} s is over data.max_duration_s={max_s}")
     except (sf.LibsndfileError, RuntimeError):
         pass  # not a libsndfile format: _decode tries ffmpeg
-    wave, sr = _decode(audio)
+    wave, sr = _decode(audio, relative)
     if wave.size == 0 or sr <= 0:
-        raise ClipRejected("unreadable_audio", f"audio file {relative!r} holds no samples")
+        raise ClipRejected("unreadable_audio", f"{_named(audio, relative)} holds no samples")
     mono = wave.mean(axis=0)
     if not np.isfinite(mono).all():
-        raise ClipRejected("unreadable_audio", f"audio file {relative!r} holds NaN or infinite samples")
+        raise ClipRejected("unreadable_audio", f"{_named(audio, relative)} holds NaN or infinite samples")
     if sr != SAMPLING_RATE:
         mono = _resample(np.ascontiguousarray(mono), sr)
     duration = len(mono) / SAMPLING_RATE

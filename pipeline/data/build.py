@@ -39,8 +39,8 @@ from pipeline.config import checked
 from pipeline.data.card import summarise, write_card
 from pipeline.data.config import DataConfig, PrivacyConfig
 from pipeline.data.features import SAMPLING_RATE, SPLITS, dataset_features
-from pipeline.data.privacy import (Deletions, dataset_utterance_id, is_utterance_pseudonym, load_deletions, load_key,
-                                   pseudonym, redact_ids, utterance_pseudonym)
+from pipeline.data.privacy import (Deletions, dataset_utterance_id, load_deletions, load_key, pseudonym, redact_ids,
+                                   utterance_pseudonym)
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem
 from pipeline.data.sources import RawRecord, Source, open_sources
 from pipeline.data.splits import assign_split, check_ratios
@@ -51,10 +51,11 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 # Bump whenever the same inputs would now give a different dataset, so stale caches are not reused.
-CODE_VERSION = 6  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
+CODE_VERSION = 7  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
                   # 4: `copy_of` is a dataset column, so erasure finds a copy whose original is not in the dataset;
                   # 5: records a source keeps out (held-out keyword clips) are quarantined, not skipped;
-                  # 6: an utterance id that contains the record's account, device or annotator id is stored as its pseudonym
+                  # 6: an utterance id that contains the record's account, device or annotator id is stored as its pseudonym;
+                  # 7: a clip that fails to decode is named in the quarantine by its redacted path inside the export
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
@@ -62,7 +63,11 @@ REASONS = (
 # Reasons a source gives for records its own rule keeps out (RawRecord.excluded), e.g. a `speech`
 # source's held-out keyword clips (pipeline/data/speech_recipe.py).
 SOURCE_REASONS = ("held_out_keyword", "heard_in_training")
-_PRIVATE = {"_path": Value("string"), "_split": Value("string"), "_src": Value("int32"), "_row": Value("int64")}
+# Columns the audio pass needs and the saved dataset drops. `_name` is how a quarantine detail names
+# the audio file: its path inside the export with the record's raw identifiers redacted, since the
+# decoding workers do not see the record.
+_PRIVATE = {"_path": Value("string"), "_name": Value("string"), "_split": Value("string"), "_src": Value("int32"),
+            "_row": Value("int64")}
 
 
 @dataclass(frozen=True)
@@ -236,12 +241,12 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         row = annotate(record)
     except AnnotationError as err:
         return ({**where, "reason": "bad_annotation", "detail": str(err)},)
-    path = ""
+    path, name = "", ""
     try:
         if source.hf is not None:
-            path = _hf_audio(source, raw, plan)
+            path, name = _hf_audio(source, raw, plan)
         elif source.root is not None:
-            path = str(resolve_audio(source.root, record.audio, source.allowed_roots))
+            path, name = str(resolve_audio(source.root, record.audio, source.allowed_roots)), record.audio
     except ClipRejected as err:
         return ({**where, "reason": err.reason, "detail": redact_ids(key, err.detail, carried)},)
     speaker = pseudonym(key, "acct", record.account_id)
@@ -258,6 +263,7 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         utterance_id=where["utterance_id"],  # record.utterance_id as shown (strict schema: the same string)
         copy_of=dataset_utterance_id(key, record.copy_of, carried) if record.copy_of else None,
         _path=path,
+        _name=redact_ids(key, name, carried),
         _split=split,
         _src=index,
         _row=raw.row if raw.row is not None else -1,
@@ -265,14 +271,16 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
     return row
 
 
-def _hf_audio(source: Source, raw: RawRecord, plan: Plan) -> str:
-    """A Hugging Face row's audio: "" when its bytes are in the dataset (hashed here), else the file."""
+def _hf_audio(source: Source, raw: RawRecord, plan: Plan) -> tuple[str, str]:
+    """A Hugging Face row's audio and the name a quarantine detail gives it: ("", "") when its bytes
+    are in the dataset (hashed here), else the file and its path inside the audiofolder (or its
+    file name: the folders above it are not the export's to show)."""
     audio = raw.audio
     if not isinstance(audio, dict) or (audio.get("bytes") is None and not audio.get("path")):
         raise ClipRejected("missing_audio", f"row {raw.row} has no audio")
     if audio.get("bytes") is not None:
         plan.content.update(hashlib.sha256(audio["bytes"]).digest())
-        return ""
+        return "", ""
     path = Path(audio["path"])
     if source.root is not None:  # an audiofolder: the same rules as a path in an export
         relative = str(path)
@@ -280,10 +288,12 @@ def _hf_audio(source: Source, raw: RawRecord, plan: Plan) -> str:
             if path.is_absolute() and path.is_relative_to(base):
                 relative = str(path.relative_to(base))
                 break
-        return str(resolve_audio(source.root, relative, source.allowed_roots))
+        return str(resolve_audio(source.root, relative, source.allowed_roots)), relative
+    if path.is_dir():
+        raise ClipRejected("missing_audio", f"row {raw.row}: audio path {str(path)!r} is a folder, not an audio file")
     if not path.is_file():
         raise ClipRejected("missing_audio", f"row {raw.row}: audio file {str(path)!r} does not exist")
-    return str(path)
+    return str(path), path.name
 
 
 def _record_digest(data: dict[str, Any]) -> bytes:
@@ -325,12 +335,8 @@ def _decode_batch(batch: dict[str, list[Any]], min_s: float, max_s: float, paren
         stored.update({i: a["bytes"] for i, a in zip(positions, fetched)})
     out: dict[str, list[Any]] = {"audio": [], "duration": [], "_reject": [], "_detail": []}
     for i, (path, transcript) in enumerate(zip(batch["_path"], batch["transcript"])):
-        # A file named after its speaker is named by the utterance's pseudonym, as its id is.
-        hidden = bool(path) and is_utterance_pseudonym(batch["utterance_id"][i])
-        if i in stored:
-            name = f"row {batch['_row'][i]}"
-        else:
-            name = batch["utterance_id"][i] if hidden else Path(path).name
+        # load_clip names the clip by `name` only: the redacted path inside the export, never `path`.
+        name = f"row {batch['_row'][i]}" if i in stored else batch["_name"][i]
         try:
             audio = stored[i] if i in stored else Path(path)
             clip = load_clip(audio, name, min_s, max_s, need_signal=bool(transcript.strip()))
@@ -338,7 +344,7 @@ def _decode_batch(batch: dict[str, list[Any]], min_s: float, max_s: float, paren
             out["audio"].append(None)
             out["duration"].append(0.0)
             out["_reject"].append(err.reason)
-            out["_detail"].append(err.detail.replace(path, name) if hidden else err.detail)
+            out["_detail"].append(err.detail)
             continue
         out["audio"].append({"bytes": clip.flac, "path": None})
         out["duration"].append(clip.duration)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
-from datasets import load_from_disk
+from datasets import Audio, Dataset, Features, Value, load_from_disk
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.build import REASONS, run_data_stage
@@ -295,3 +296,32 @@ def test_files_named_after_their_account_show_neither_in_ids_nor_in_quarantine_d
     dd = load_from_disk(report["dataset_path"])
     [kept] = [r["utterance_id"] for ds in dd.values() for r in ds.remove_columns("audio")]
     assert kept == pseudonym((tmp_path / "cache" / "pseudonym.key").read_bytes().strip(), "utt", f"{owner}-0")
+
+
+def test_an_audio_path_that_is_a_folder_says_so(tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    (export / "audio" / "adir.wav").mkdir(parents=True)
+    write_export(export, [record(0), record(1, audio="audio/adir.wav")])
+    report, quarantine = build(tmp_path, path=str(export / "annotations.jsonl"))
+    assert report["records_kept"] == 1
+    assert quarantine == [{"source": "jsonl", "utterance_id": "u001", "reason": "missing_audio",
+                           "detail": "audio path 'audio/adir.wav' is a folder, not an audio file"}]
+
+
+def test_undecodable_embedded_audio_is_named_by_its_row(tmp_path: Path) -> None:
+    """A Hugging Face dataset stores encoded bytes, not files: the detail names the row, the same on
+    every run (no in-memory object, whose address changes per run)."""
+    wav = io.BytesIO()
+    sf.write(wav, tone(1.0), 22050, format="WAV")
+    clips = [wav.getvalue(), b"not audio at all" * 40, b""]
+    Dataset.from_dict(
+        {"audio": [{"bytes": c, "path": None} for c in clips], "transcript": ["alexa stop"] * 3,
+         "speaker_id": ["s1", "s2", "s3"]},
+        features=Features({"audio": Audio(), "transcript": Value("string"), "speaker_id": Value("string")}),
+    ).save_to_disk(str(tmp_path / "saved"))
+    report, quarantine = build(tmp_path, source="hf", path=str(tmp_path / "saved"))
+    assert report["records_kept"] == 1
+    assert [(q["row"], q["reason"], q["detail"]) for q in quarantine] == [
+        (1, "unreadable_audio", "cannot decode the audio of row 1 (Format not recognised.)"),
+        (2, "unreadable_audio", "the audio of row 2 is empty"),
+    ]

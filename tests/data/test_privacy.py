@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from pipeline.data.privacy import dataset_utterance_id, load_deletions, load_key, pseudonym, utterance_pseudonym
 from pipeline.data.splits import assign_split
 from pipeline.runtime import PipelineError
+from tests.data.test_build import build, record, write_export
 
 
 def test_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
@@ -72,3 +75,39 @@ def test_an_utterance_id_that_carries_a_raw_identifier_is_stored_as_its_pseudony
     # pseudonym is its own, so a request for the raw id still finds the row.
     assert utterance_pseudonym(b"k", stored) == stored == utterance_pseudonym(b"k", "fsdd/audio/0_george_0")
     assert utterance_pseudonym(b"k", "utt_not-a-pseudonym") == pseudonym(b"k", "utt", "utt_not-a-pseudonym")
+
+
+def test_audio_that_fails_to_decode_is_named_without_the_records_raw_identifiers(tmp_path: Path) -> None:
+    """Exports name audio files and folders after the device or account. A clip found bad only when
+    decoding is named as the metadata checks name it, by its path inside the export with those ids as
+    pseudonyms; the export folder itself (here named after the account) is not shown at all."""
+    serial, account = "LEAKSERIAL9", "amzn1.account.LEAKACCT"
+    export = tmp_path / account / "export"
+    (export / "audio" / account).mkdir(parents=True)
+    (export / "audio" / f"{serial}_corrupt.wav").write_bytes(os.urandom(4000))
+    (export / "audio" / f"{serial}_empty.wav").write_bytes(b"")
+    (export / "audio" / account / "c.wav").write_bytes(os.urandom(4000))
+    audio = {"c1": f"audio/{serial}_corrupt.wav", "c2": f"audio/{serial}_empty.wav", "c3": f"audio/{account}/c.wav"}
+    lines = [record(i, utterance_id=uid, audio=path, device_serial=serial, account=account)
+             for i, (uid, path) in enumerate(audio.items())]
+    lines.append(record(9))  # one good clip, so the build completes and saves a dataset
+    write_export(export, lines)
+    report, quarantine = build(tmp_path, path=str(export / "annotations.jsonl"))
+
+    assert report["records_kept"] == 1
+    key = (tmp_path / "cache" / "pseudonym.key").read_bytes().strip()
+    dev, acct = pseudonym(key, "dev", serial), pseudonym(key, "acct", account)
+    details = {q["utterance_id"]: (q["reason"], q["detail"]) for q in quarantine}
+    assert details == {
+        "c1": ("unreadable_audio", f"cannot decode audio file 'audio/{dev}_corrupt.wav' (Format not recognised.)"),
+        "c2": ("unreadable_audio", f"audio file 'audio/{dev}_empty.wav' is empty"),
+        "c3": ("unreadable_audio", f"cannot decode audio file 'audio/{acct}/c.wav' (Format not recognised.)"),
+    }
+    outputs = [p for d in (tmp_path / "run", Path(report["dataset_path"])) for p in d.rglob("*") if p.is_file()]
+    assert {"quarantine.jsonl", "build_report.json", "README.md"} <= {p.name for p in outputs}
+    for path in outputs:
+        content = path.read_bytes().lower()
+        for raw in (serial, account, "LEAKACCT"):  # the account also names the export's folder
+            assert raw.lower().encode() not in content, f"{raw!r} found in {path}"
+    cached = [json.loads(x) for x in (Path(report["dataset_path"]) / "quarantine.jsonl").read_text().splitlines()]
+    assert cached == quarantine
