@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import re
 import secrets
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.schema import json_lines
 from pipeline.runtime import PipelineError
 
 DELETION_KEYS = ("utterance_id", "account_id", "device_serial")
@@ -131,22 +131,18 @@ def parse_deletion_requests(path: Path, key: bytes) -> tuple[Deletions, list[dic
     deletions = Deletions()
     bad: list[dict[str, Any]] = []
     kinds = {"utterance_id": "utt", "account_id": "acct", "device_serial": "dev"}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                request = json.loads(line)
-            except json.JSONDecodeError:
-                bad.append({"file": path.name, "line": n, "reason": "not valid JSON"})
-                continue
-            known = {k: v for k, v in request.items() if k in kinds} if isinstance(request, dict) else {}
-            if not known or not all(isinstance(v, str) and v for v in known.values()):
-                bad.append({"file": path.name, "line": n,
-                            "reason": f"needs a non-empty string under one of {list(DELETION_KEYS)}"})
-                continue
-            for name, value in known.items():
-                deletions.pseudonyms.add(pseudonym(key, kinds[name], value))
+    for line in json_lines(path):
+        if line.record is None:
+            if line.error is not None:  # else blank
+                bad.append({"file": path.name, "line": line.number, "reason": line.error})
+            continue
+        known = {k: v for k, v in line.record.items() if k in kinds}
+        if not known or not all(isinstance(v, str) and v for v in known.values()):
+            bad.append({"file": path.name, "line": line.number,
+                        "reason": f"needs a non-empty string under one of {list(DELETION_KEYS)}"})
+            continue
+        for name, value in known.items():
+            deletions.pseudonyms.add(pseudonym(key, kinds[name], value))
     return deletions, bad
 
 
@@ -163,24 +159,4 @@ def load_deletions(path: str | Path | None, key: bytes) -> Deletions:
         more = f" ({len(bad) - 1} more bad line(s))" if len(bad) > 1 else ""
         raise PipelineError(f"{path} line {bad[0]['line']}: {bad[0]['reason']}{more}; "
                             "each line must be one request object")
-    return deletions
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"data.deletions={path}: file not found; fix the path or drop data.deletions")
-    kinds = {"utterance_id": "utt", "account_id": "acct", "device_serial": "dev"}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                request = json.loads(line)
-            except json.JSONDecodeError:
-                raise PipelineError(f"{path} line {n}: not valid JSON; each line must be one request object") from None
-            known = {k: v for k, v in request.items() if k in kinds} if isinstance(request, dict) else {}
-            if not known or not all(isinstance(v, str) and v for v in known.values()):
-                raise PipelineError(
-                    f"{path} line {n}: a deletion request needs a non-empty string under one of {list(DELETION_KEYS)}"
-                )
-            for name, value in known.items():
-                deletions.pseudonyms.add(pseudonym(key, kinds[name], value))
     return deletions

@@ -6,6 +6,10 @@ shape, so validation, pseudonymisation and annotation checks happen in exactly o
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -13,13 +17,59 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.data.annotations import AnnotationError, align_to_transcript, bio_tags, parse_inline, resolve_spans
 from pipeline.text import normalize_text
 
-__all__ = ["ExportRecord", "ValidationError", "AnnotationError", "schema_problem", "annotate"]
+__all__ = ["ExportRecord", "ValidationError", "AnnotationError", "schema_problem", "annotate", "JsonLine", "json_lines"]
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class JsonLine:
+    """One line of a JSONL file (an export, a NeMo manifest, deletion requests)."""
+
+    number: int  # 1-based
+    text: str  # as stored; bytes that are not UTF-8 kept as surrogates (write back with errors="surrogateescape")
+    record: dict[str, Any] | None  # the parsed object; None for a blank or bad line
+    error: str | None  # why a non-blank line has no record
+
+
+def json_lines(path: Path) -> Iterator[JsonLine]:
+    """Every line of a JSONL file, streamed, decoded line by line.
+
+    A line that is not UTF-8 is reported, never repaired: a replaced character changes an account
+    id, and the deletion request naming the account would then miss its clips. A UTF-8 byte-order
+    mark (Excel and Windows tools write one) is not part of the first record.
+    """
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            raw = raw.rstrip(b"\r\n")
+            if n == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
+            text = raw.decode("utf-8", errors="surrogateescape")
+            if not text.strip():
+                yield JsonLine(n, text, None, None)
+                continue
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield JsonLine(n, text, None, f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1}); "
+                                              "save the file as UTF-8")
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as err:
+                yield JsonLine(n, text, None, f"not valid JSON ({err.msg} at column {err.colno})")
+                continue
+            if not isinstance(obj, dict):
+                yield JsonLine(n, text, None, f"a JSON {type(obj).__name__}, not an object")
+                continue
+            yield JsonLine(n, text, obj, None)
 
 
 class EntityIn(BaseModel):
-    """One entity of an `entities` list; offsets are optional, the value is searched when absent."""
+    """One entity of an `entities` list; offsets are optional, the value is searched when absent.
+    Other keys (an annotation tool's `confidence`, `id`) are ignored, as in a record."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True)
     type: str = Field(min_length=1)
     value: str = Field(min_length=1)
     start: int | None = None
@@ -50,6 +100,14 @@ class ExportRecord(BaseModel):
     # Extra training audio, not a recording to judge a model on: kept only when its account falls in
     # the training split, so validation and test hold exactly what was recorded.
     train_only: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        # Exporters write `null` for a field they have no value for; for these that means the default.
+        if isinstance(data, dict) and any(data.get(k, ...) is None for k in ("locale", "flags")):
+            data = {k: v for k, v in data.items() if not (k in ("locale", "flags") and v is None)}
+        return data
 
     @model_validator(mode="after")
     def _one_annotation_form(self) -> ExportRecord:

@@ -8,7 +8,6 @@ including lines that are not even JSON, so the build can account for every input
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -18,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pipeline.data.config import SOURCES, DataConfig, SourceConfig, SplitShares
+from pipeline.data.schema import json_lines
 from pipeline.runtime import PipelineError
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ def open_sources(data_cfg: DictConfig, data: DataConfig, cache_dir: Path) -> tup
     """Every source of the build (`data.sources`, else `data.source` alone) and every deletions file;
     each deletions file applies to every source. `data` is `data_cfg` checked (pipeline.data.config);
     `data_cfg` itself is read only for the demo's own block (pipeline.data.demo checks it)."""
+    if data.sources is not None and not data.sources:  # conf/data/sources.yaml as shipped
+        raise PipelineError("data.sources is empty; list at least one entry, e.g. "
+                            "'data.sources=[{source: jsonl, name: b7, path: /exports/b7/annotations.jsonl}]'")
     in_list = bool(data.sources)
     entries = list(zip(data_cfg.sources, data.sources)) if in_list else [(data_cfg, data)]
     allowed = tuple(Path(p) for p in (data.allowed_roots or []))
@@ -74,7 +77,7 @@ def open_sources(data_cfg: DictConfig, data: DataConfig, cache_dir: Path) -> tup
                 ignored = [k for k in BUILD_KEYS if getattr(entry, k) is not None and getattr(entry, k) != getattr(data, k)]
                 if ignored:
                     log.warning("data.sources[%d]: %s hold for the whole build; set them on data.* instead", i, ignored)
-            source, dels = open_source(raw, entry, cache_dir, in_list=in_list)
+            source, dels = open_source(raw, entry, cache_dir, in_list=in_list, key=f"data.sources[{i}]" if in_list else "data")
             source.name = str(entry.name or source.kind) if in_list else source.kind
             source.allowed_roots = allowed
             sources.append(source)
@@ -93,9 +96,11 @@ def open_sources(data_cfg: DictConfig, data: DataConfig, cache_dir: Path) -> tup
     return sources, deletions
 
 
-def open_source(raw: DictConfig, data_cfg: SourceConfig, cache_dir: Path, in_list: bool = False) -> tuple[Source, Path | None]:
+def open_source(raw: DictConfig, data_cfg: SourceConfig, cache_dir: Path, in_list: bool = False,
+                key: str = "data") -> tuple[Source, Path | None]:
     """Return the source and the deletions file (explicit, or the one the demo ships). `data_cfg` is
-    the entry checked, `raw` the entry as written (the demo reads its `demo:` block from it).
+    the entry checked, `raw` the entry as written (the demo reads its `demo:` block from it), `key`
+    where errors say it is (`data`, or `data.sources[i]`).
 
     In a `data.sources` entry `name:` names the source; as the one-source shorthand `data=hf`,
     `data.name` is the dataset's configuration as in `load_dataset` (`config_name:` works in both).
@@ -126,52 +131,44 @@ def open_source(raw: DictConfig, data_cfg: SourceConfig, cache_dir: Path, in_lis
         config_name = data_cfg.config_name or (None if in_list else data_cfg.name)
         source = hf_source(data_cfg, cache_dir, str(data_cfg.name or "hf") if in_list else "hf", config_name)
     elif name == "jsonl":
-        source = _jsonl_source(_required_file(data_cfg, "path"), "jsonl")
+        source = _jsonl_source(_required_file(data_cfg, "path", key), "jsonl")
     elif name == "slurp":
-        source = _slurp_source(data_cfg)
+        source = _slurp_source(data_cfg, key)
     elif name == "nemo":
-        source = _nemo_source(data_cfg)
+        source = _nemo_source(data_cfg, key)
     elif name == "massive_text":
-        source = _massive_source(data_cfg)
+        source = _massive_source(data_cfg, key)
     else:
         raise PipelineError(f"data.source={name!r} is unknown; use one of {list(SOURCES)} (config group data=...)")
     source.kind = source.kind or str(name)
     return source, Path(deletions) if deletions else None
 
 
-def _required_file(data_cfg: SourceConfig, key: str) -> Path:
-    value = getattr(data_cfg, key)
+def _required_file(data_cfg: SourceConfig, setting: str, key: str) -> Path:
+    value = getattr(data_cfg, setting)
     if not value:
-        raise PipelineError(f"data.{key} is not set for data.source={data_cfg.source}; pass data.{key}=<file>")
+        raise PipelineError(f"{key}.{setting} is not set for source {data_cfg.source}; pass {key}.{setting}=<file>")
     path = Path(value)
+    if path.is_dir():
+        raise PipelineError(f"{key}.{setting}={path} is a folder; give the file itself")
     if not path.is_file():
-        raise PipelineError(f"data.{key}={path}: file not found; check the path")
+        raise PipelineError(f"{key}.{setting}={path}: file not found; check the path")
     return path
 
 
-def _audio_dir(data_cfg: SourceConfig, default: Path) -> Path:
+def _audio_dir(data_cfg: SourceConfig, default: Path, key: str) -> Path:
     value = data_cfg.audio_dir
     path = Path(value) if value else default
     if not path.is_dir():
-        raise PipelineError(f"data.audio_dir={path}: folder not found; point it at the folder holding the audio")
+        raise PipelineError(f"{key}.audio_dir={path}: folder not found; point it at the folder holding the audio")
     return path
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     """(line number, parsed object or None, error) for each non-blank line, streamed."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield n, None, f"not valid JSON ({err.msg} at column {err.colno})"
-                continue
-            if not isinstance(obj, dict):
-                yield n, None, f"a JSON {type(obj).__name__}, not an object"
-                continue
-            yield n, obj, None
+    for line in json_lines(path):
+        if line.record is not None or line.error is not None:
+            yield line.number, line.record, line.error
 
 
 def _jsonl_source(path: Path, name: str) -> Source:
@@ -182,15 +179,15 @@ def _jsonl_source(path: Path, name: str) -> Source:
     return Source(name, path.parent, [path], records())
 
 
-def _slurp_source(data_cfg: SourceConfig) -> Source:
+def _slurp_source(data_cfg: SourceConfig, key: str = "data") -> Source:
     """SLURP: one record per sentence, one clip per recording; intent = scenario + "_" + action.
 
     SLURP's shared files have no speakers, so the account is derived from `data.slurp_account`:
     `take` (the recording's file name without `-headset`, so both microphones of one take stay in
     one split), `recording` (the file name) or `sentence` (the slurp_id).
     """
-    path = _required_file(data_cfg, "path")
-    root = _audio_dir(data_cfg, path.parent)
+    path = _required_file(data_cfg, "path", key)
+    root = _audio_dir(data_cfg, path.parent, key)
     # conf/data/slurp.yaml gives it (checked against SLURP_ACCOUNTS); an entry of data.sources may leave
     # it out and gets that file's default.
     account_from = data_cfg.slurp_account or "take"
@@ -200,6 +197,9 @@ def _slurp_source(data_cfg: SourceConfig) -> Source:
             recordings = obj.get("recordings") if obj else None
             if obj is None or not isinstance(recordings, list) or not recordings:
                 yield RawRecord(n, None, err or "a SLURP record needs a non-empty `recordings` list")
+                continue
+            if _id_text(obj.get("slurp_id")) is None:
+                yield RawRecord(n, None, "a SLURP record needs a `slurp_id` (string or whole number)")
                 continue
             for rec in recordings:
                 file = rec.get("file") if isinstance(rec, dict) else None
@@ -227,20 +227,26 @@ def _slurp_source(data_cfg: SourceConfig) -> Source:
     return Source("slurp", root, [path], records(), {"slurp_account": account_from}, ids_from_names=True)
 
 
-def _nemo_source(data_cfg: SourceConfig) -> Source:
+def _nemo_source(data_cfg: SourceConfig, key: str = "data") -> Source:
     """NeMo manifest: `audio_filepath`, `duration`, `text`; extra canonical fields are used when present.
 
     Absolute `audio_filepath`s are common in NeMo; they are accepted only inside `data.audio_dir`
     (default: the manifest's folder) and rewritten relative to it, like any other path.
+    A segment of a longer file (`offset` above 0) is quarantined: clips are whole files here, and
+    an erased segment's file would take its neighbours with it.
     """
-    path = _required_file(data_cfg, "path")
-    root = _audio_dir(data_cfg, path.parent)
+    path = _required_file(data_cfg, "path", key)
+    root = _audio_dir(data_cfg, path.parent, key)
     resolved_root = root.resolve()
 
     def records() -> Iterator[RawRecord]:
         for n, obj, err in _json_lines(path):
             if obj is None:
                 yield RawRecord(n, None, err)
+                continue
+            problem = _nemo_problem(obj)
+            if problem:
+                yield RawRecord(n, None, problem)
                 continue
             audio = obj.get("audio_filepath")
             if isinstance(audio, str) and Path(audio).is_absolute():
@@ -252,21 +258,50 @@ def _nemo_source(data_cfg: SourceConfig) -> Source:
             stem = Path(audio).with_suffix("").as_posix() if isinstance(audio, str) else None
             record = {k: v for k, v in obj.items() if k not in ("audio_filepath", "duration", "text")}
             record.update({"audio": audio, "transcript": obj.get("text")})
-            record.setdefault("utterance_id", obj.get("id") if isinstance(obj.get("id"), str) else stem)
-            record.setdefault("account_id", obj.get("speaker") if isinstance(obj.get("speaker"), str) else stem)
+            record.setdefault("utterance_id", _id_text(obj.get("id")) or stem)
+            record.setdefault("account_id", _id_text(obj.get("speaker")) or stem)
             yield RawRecord(n, record)
 
     return Source("nemo", root, [path], records())
 
 
-def _massive_source(data_cfg: SourceConfig) -> Source:
+def _nemo_problem(obj: dict[str, Any]) -> str | None:
+    """Why a manifest line cannot be a clip, in the manifest's own field names."""
+    if not isinstance(obj.get("audio_filepath"), str) or not obj["audio_filepath"]:
+        return "audio_filepath: missing or not a string"
+    if not isinstance(obj.get("text"), str):
+        return "text: missing or not a string"
+    for name in ("id", "speaker"):
+        if obj.get(name) is not None and _id_text(obj[name]) is None:
+            return f"{name}: a string or a whole number expected, got {type(obj[name]).__name__}"
+    offset = obj.get("offset") or 0
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)):
+        return f"offset: a number of seconds expected, got {type(offset).__name__}"
+    if offset > 0:
+        return (f"offset {offset}: a segment of a longer file; the build reads whole files, so cut each segment "
+                "into its own file (and drop offset)")
+    return None
+
+
+def _id_text(value: Any) -> str | None:
+    """A NeMo id or speaker as text: speakers are often numbered (LibriSpeech's 1089)."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _massive_source(data_cfg: SourceConfig, key: str = "data") -> Source:
     """MASSIVE text (no audio): train file -> train; dev file -> validation or test, half each,
     chosen by a hash of the MASSIVE id so the halves never change."""
-    train = _required_file(data_cfg, "train_path")
-    dev = _required_file(data_cfg, "dev_path")
+    train = _required_file(data_cfg, "train_path", key)
+    dev = _required_file(data_cfg, "dev_path", key)
 
-    def convert(n: int, obj: dict[str, Any], split: str) -> RawRecord:
-        mid = obj.get("id")
+    def convert(n: int, obj: dict[str, Any], split: str, path: Path) -> RawRecord:
+        mid = _id_text(obj.get("id"))
+        if mid is None:
+            return RawRecord(n, None, f"{path.name}: a MASSIVE record needs an `id` (string or whole number)", split=split)
         return RawRecord(n, {
             "utterance_id": f"massive-{mid}",
             "transcript": obj.get("utt"),
@@ -288,9 +323,9 @@ def _massive_source(data_cfg: SourceConfig) -> Source:
                     continue
                 if split is None:
                     half = hashlib.sha256(f"massive-dev\x00{obj.get('id')}".encode()).digest()[0] % 2
-                    yield convert(n, obj, ("validation", "test")[half])
+                    yield convert(n, obj, ("validation", "test")[half], path)
                 else:
-                    yield convert(n, obj, split)
+                    yield convert(n, obj, split, path)
 
     return Source("massive_text", None, [train, dev], records())
 

@@ -154,12 +154,8 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]]]:
     for folder in export_folders(roots):
         annotations = folder / "annotations.jsonl"
         hits = 0
-        for line in annotations.read_text().splitlines() if annotations.is_file() else []:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and record_pseudonyms(key, record) & deleted:
+        for line in json_lines(annotations) if annotations.is_file() else []:
+            if line.record is not None and record_pseudonyms(key, line.record) & deleted:
                 hits += 1
         if hits:
             findings.append(Finding("source audio", "pseudonym", str(annotations), f"{hits} deleted record(s)"))

@@ -38,6 +38,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pipeline.data.privacy import Deletions, load_key, parse_deletion_requests, utterance_pseudonym
+from pipeline.data.schema import json_lines
 from pipeline.ops.registry import TMP_PREFIX, now
 from pipeline.runtime import PipelineError
 
@@ -144,15 +145,7 @@ def deleted_utterances(records: list[dict[str, Any]], requests: set[str], key: b
 
 def batch_records(batch: Path) -> list[dict[str, Any]]:
     """The parseable records of one batch (bad lines are the data stage's to quarantine)."""
-    out = []
-    for line in (batch / ANNOTATIONS).read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
+    return [line.record for line in json_lines(batch / ANNOTATIONS) if line.record is not None]
 
 
 def inbox_batches(inbox: Path) -> list[Path]:
@@ -178,7 +171,7 @@ def _move(src: Path, dst: Path) -> None:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8", errors="surrogateescape")  # a line that is not UTF-8 stays as it was
     os.replace(tmp, path)
 
 
@@ -240,14 +233,11 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
     merged: list[str] = []
     for batch in batches:
         kept: list[str] = []
-        for line in (batch / ANNOTATIONS).read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            if not isinstance(record, dict):
-                kept.append(line)
-                merged.append(line)
+        for line in json_lines(batch / ANNOTATIONS):
+            record = line.record
+            if record is None:
+                kept.append(line.text)
+                merged.append(line.text)
                 continue
             if wanted.matches(key, record):
                 audio = _inside(batch, str(record.get("audio") or ""))
@@ -255,7 +245,7 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
                     audio.unlink()
                 corpus.purged += 1
                 continue
-            kept.append(line)
+            kept.append(line.text)
             audio = record.get("audio")
             if isinstance(audio, str) and _inside(batch, audio) is not None:
                 record["audio"] = f"batches/{batch.name}/{audio}"

@@ -43,6 +43,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pipeline.data.privacy import pseudonym, record_pseudonyms
+from pipeline.data.schema import json_lines
 from pipeline.ops.config import JobConfig, job_config
 from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, REQUESTS, TOMBSTONES, inbox_requests, pseudonym_key,
                                  utterance_pseudonym)
@@ -255,13 +256,10 @@ def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = Fa
     if not annotations.is_file():
         return 0, []
     kept, purged, hashes = [], 0, []
-    for line in annotations.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict) or not (record_pseudonyms(key, record) & deleted):
-            kept.append(line)
+    for line in json_lines(annotations):
+        record = line.record
+        if record is None or not (record_pseudonyms(key, record) & deleted):
+            kept.append(line.text)
             continue
         purged += 1
         audio = record.get("audio")
@@ -272,7 +270,7 @@ def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = Fa
                 path.unlink()
     if purged and not dry_run:
         tmp = annotations.with_name(".tmp-" + annotations.name)
-        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8", errors="surrogateescape")
         os.replace(tmp, annotations)
     return purged, hashes
 

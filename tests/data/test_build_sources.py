@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import soundfile as sf
 from datasets import load_from_disk
 from omegaconf import OmegaConf
 
 from pipeline.data.build import run_data_stage
 from pipeline.data.features import dataset_features
+from pipeline.runtime import PipelineError
 from pipeline.tracking import NullTracker
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # samples of SLURP devel and MASSIVE en-US
@@ -109,3 +111,104 @@ def test_massive_text_without_audio(tmp_path: Path) -> None:
     # The dev halves are a fixed function of the MASSIVE id.
     again, _ = _build(tmp_path / "again", source="massive_text", train_path=str(train), dev_path=str(dev))
     assert load_from_disk(again["dataset_path"])["test"]["utterance_id"] == dd["test"]["utterance_id"]
+
+
+def test_nemo_numbered_speakers_segments_and_missing_fields(tmp_path: Path) -> None:
+    """LibriSpeech-style manifests number their speakers; a segment of a longer file is refused by
+    name, not read whole and then called a duplicate; a bad line names the manifest's own field."""
+    root = tmp_path / "corpus"
+    for name in ("1089-1", "1089-2", "long"):
+        _tone(root / "wavs" / f"{name}.wav", seconds=1.0 if name != "long" else 4.0, freq=300 + len(name) * 30)
+    entries = [
+        {"audio_filepath": "wavs/1089-1.wav", "duration": 1.0, "text": "first", "speaker": 1089},
+        {"audio_filepath": "wavs/1089-2.wav", "duration": 1.0, "text": "second", "speaker": 1089},
+        {"audio_filepath": "wavs/long.wav", "offset": 0.0, "duration": 4.0, "text": "the whole file"},
+        {"audio_filepath": "wavs/long.wav", "offset": 2.0, "duration": 2.0, "text": "a segment"},
+        {"duration": 1.0, "text": "no audio path"},
+        {"audio_filepath": "wavs/1089-1.wav", "duration": 1.0},
+        {"audio_filepath": "wavs/1089-2.wav", "duration": 1.0, "text": "third", "speaker": 10.5},
+    ]
+    manifest = root / "manifest.json"
+    manifest.write_text("".join(json.dumps(e) + "\n" for e in entries))
+
+    report, quarantine = _build(tmp_path, source="nemo", path=str(manifest))
+    assert report["records_kept"] == 3
+    assert [(q["line"], q["reason"], q["detail"]) for q in quarantine] == [
+        (4, "invalid_record", "offset 2.0: a segment of a longer file; the build reads whole files, so cut each "
+                              "segment into its own file (and drop offset)"),
+        (5, "invalid_record", "audio_filepath: missing or not a string"),
+        (6, "invalid_record", "text: missing or not a string"),
+        (7, "invalid_record", "speaker: a string or a whole number expected, got float"),
+    ]
+    dd = load_from_disk(report["dataset_path"])
+    rows = {r["text"]: r for ds in dd.values() for r in ds.remove_columns("audio")}
+    assert rows["first"]["speaker"] == rows["second"]["speaker"] != rows["the whole file"]["speaker"]
+    # "1089" is the speaker: ids holding it show as pseudonyms, as for any raw account.
+    assert rows["first"]["utterance_id"].startswith("utt_") and rows["the whole file"]["utterance_id"] == "wavs/long"
+
+
+def test_massive_and_slurp_records_without_an_id_are_quarantined(tmp_path: Path) -> None:
+    with open(FIXTURES / "en-US.train.jsonl") as f:
+        good = json.loads(next(f))
+    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    train.write_text(json.dumps(good) + "\n" + json.dumps({k: v for k, v in good.items() if k != "id"}) + "\n")
+    dev.write_text(json.dumps({**good, "id": 7}) + "\n")
+    report, quarantine = _build(tmp_path / "massive", source="massive_text", train_path=str(train), dev_path=str(dev))
+    assert report["records_kept"] == 2
+    assert quarantine == [{"source": "massive_text", "line": 2, "reason": "invalid_record",
+                           "detail": "train.jsonl: a MASSIVE record needs an `id` (string or whole number)"}]
+
+    sentence = json.loads((FIXTURES / "slurp_devel_sample.jsonl").read_text().splitlines()[0])
+    del sentence["slurp_id"]
+    manifest = tmp_path / "devel.jsonl"
+    manifest.write_text(json.dumps(sentence) + "\n")
+    (tmp_path / "slurp_audio").mkdir()
+    with pytest.raises(PipelineError, match="every record was quarantined"):
+        _build(tmp_path / "slurp", source="slurp", path=str(manifest), audio_dir=str(tmp_path / "slurp_audio"))
+    lines = [json.loads(x) for x in (tmp_path / "slurp" / "run" / "quarantine.jsonl").read_text().splitlines()]
+    assert {(q["line"], q["detail"]) for q in lines} == {(1, "a SLURP record needs a `slurp_id` (string or whole number)")}
+
+
+def test_an_export_with_a_byte_order_mark_and_a_line_not_in_utf8(tmp_path: Path) -> None:
+    """Excel writes a byte-order mark; an old tool writes cp1252. The first is read; the second is
+    quarantined by line, never repaired into another account that a deletion request would miss."""
+    export = tmp_path / "export"
+
+    def line(utt: str, account: str, **over: Any) -> dict[str, Any]:
+        _tone(export / "audio" / f"{utt}.wav", freq=300 + 40 * len(utt) + ord(utt[-1]))
+        return {"utterance_id": utt, "audio": f"audio/{utt}.wav", "transcript": "alexa play beyoncé",
+                "annotation": "alexa play [artist_name : beyoncé]", "intent": "play_music", "account_id": account, **over}
+
+    first = json.dumps(line("u1", "acct-1", locale=None, flags=None), ensure_ascii=False).encode()
+    cp1252 = json.dumps(line("u2", "café-acct"), ensure_ascii=False).encode("cp1252")
+    third = json.dumps(line("u3", "acct-3", annotation=None, entities=[
+        {"type": "artist_name", "value": "beyoncé", "confidence": 0.9}]), ensure_ascii=False).encode()
+    deleted = json.dumps(line("u4", "acct-4"), ensure_ascii=False).encode()
+    (export / "annotations.jsonl").write_bytes(b"\xef\xbb\xbf" + b"\r\n".join([first, cp1252, third, deleted]) + b"\r\n")
+    deletions = tmp_path / "deletions.jsonl"
+    deletions.write_bytes(b"\xef\xbb\xbf" + json.dumps({"account_id": "acct-4"}).encode() + b"\n")
+
+    report, quarantine = _build(tmp_path, source="jsonl", path=str(export / "annotations.jsonl"),
+                                deletions=str(deletions))
+    column = cp1252.index(b"\xe9") + 1
+    assert [(q.get("line"), q["reason"], q["detail"]) for q in quarantine if q["reason"] != "deleted"] == [
+        (2, "invalid_record", f"not UTF-8 (byte 0xe9 at byte {column}); save the file as UTF-8")]
+    assert [q["reason"] for q in quarantine].count("deleted") == 1
+    dd = load_from_disk(report["dataset_path"])
+    rows = {r["utterance_id"]: r for ds in dd.values() for r in ds.remove_columns("audio")}
+    assert set(rows) == {"u1", "u3"}
+    assert rows["u1"]["locale"] == "en-US" and rows["u1"]["transcript"] == "alexa play beyoncé"
+    assert [e["value"] for e in rows["u3"]["entities"]] == ["beyoncé"]
+
+
+def test_errors_in_a_sources_entry_name_the_entry(tmp_path: Path) -> None:
+    base = {"split_shares": {"validation": 0.3, "test": 0.3}, "split": None}
+    with pytest.raises(PipelineError, match=r"^data\.sources is empty; list at least one entry"):
+        _build(tmp_path / "a", sources=[], **base)
+    with pytest.raises(PipelineError, match=r"^data\.sources\[1\]\.path is not set for source jsonl; "
+                                            r"pass data\.sources\[1\]\.path=<file>$"):
+        _build(tmp_path / "b", sources=[{"source": "massive_text", "train_path": str(FIXTURES / "en-US.train.jsonl"),
+                                         "dev_path": str(FIXTURES / "en-US.dev.jsonl")},
+                                        {"source": "jsonl", "name": "exp"}], **base)
+    with pytest.raises(PipelineError, match=r"^data\.path=.* is a folder; give the file itself$"):
+        _build(tmp_path / "c", source="jsonl", path=str(tmp_path))

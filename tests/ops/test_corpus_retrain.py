@@ -124,7 +124,8 @@ def test_a_malformed_line_in_a_batch_deletion_file_is_quarantined_the_rest_apply
     corpus = update_corpus(inbox, corpus_dir, KEY)
     assert corpus.new_batches == ["b1"] and corpus.purged == 1 and corpus.quarantined == 1
     [bad] = [json.loads(line) for line in (corpus_dir / QUARANTINE).read_text().splitlines()]
-    assert (bad["file"], bad["line"], bad["reason"]) == ("b1/deletions.jsonl", 2, "not valid JSON")
+    assert (bad["file"], bad["line"], bad["reason"]) == ("b1/deletions.jsonl", 2,
+                                                       "not valid JSON (Expecting property name enclosed in double quotes at column 2)")
     assert b"G0900002" not in (corpus_dir / QUARANTINE).read_bytes(), "the bad line's content is not kept"
 
 
@@ -199,3 +200,21 @@ def test_an_erasure_that_fails_after_the_decision_keeps_the_decision_and_fails_t
     [logged] = [json.loads(line) for line in (tmp_path / "registry" / "decisions.jsonl").read_text().splitlines()]
     assert (logged["decision"], logged["exit_code"]) == ("nothing_to_do", EXIT_FAILED) and "error" in logged["erasure"]
     assert re.search(r"^error: retrain: nothing_to_do: .*but the erasure failed: .*is not a folder", capsys.readouterr().err, re.M)
+
+
+def test_a_batch_with_a_byte_order_mark_is_purged_from_its_first_line_and_a_line_not_in_utf8_kept_as_it_was(
+        tmp_path: Path) -> None:
+    """Read as the data stage reads it: a deleted first record behind a byte-order mark is still
+    found, and a line the intake cannot decode travels on byte for byte (the build quarantines it)."""
+    inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
+    _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001"), ("u2", "amzn1.account.BOB", "G0900002")])
+    annotations = inbox / "b1" / "annotations.jsonl"
+    cp1252 = json.dumps({"utterance_id": "u3", "audio": "audio/u3.wav", "transcript": "alexa play beyoncé",
+                         "account_id": "café"}, ensure_ascii=False).encode("cp1252")
+    annotations.write_bytes(b"\xef\xbb\xbf" + annotations.read_bytes() + cp1252 + b"\n")
+    _requests(inbox, "r1.jsonl", [{"account_id": "amzn1.account.ALICE"}])
+    corpus = update_corpus(inbox, corpus_dir, KEY)
+    assert corpus.purged == 1 and not (corpus_dir / "batches" / "b1" / "audio" / "u1.wav").exists()
+    merged = corpus.annotations.read_bytes()
+    assert b"ALICE" not in merged and b"ALICE" not in (corpus_dir / "batches" / "b1" / "annotations.jsonl").read_bytes()
+    assert cp1252 + b"\n" in merged and b"amzn1.account.BOB" in merged
