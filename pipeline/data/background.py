@@ -37,6 +37,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from pipeline.data.schema import json_lines
 from pipeline.runtime import PipelineError, staged_folder, usable_cores
 from pipeline.text import normalize_text
 
@@ -156,24 +157,25 @@ def _from_export(folder: Path, splits: tuple[str, str]) -> list[Recording]:
     from pipeline.data.audio import ClipRejected, resolve_audio
 
     out = []
-    with open(folder / "annotations.jsonl", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    for line in json_lines(folder / "annotations.jsonl"):
+        n, record = line.number, line.record
+        if record is None:
+            if line.error is None:  # blank
                 continue
-            try:
-                record = json.loads(line)
-                audio = str(record["audio"])
-                path = resolve_audio(folder, audio)
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise PipelineError(f"{folder}/annotations.jsonl line {n}: a background record needs "
-                                    f"an `audio` path ({err!r})") from err
-            except ClipRejected as err:
-                raise PipelineError(f"{folder}/annotations.jsonl line {n}: {err.detail}") from err
-            name = str(record.get("recording_id") or audio)
-            split = record.get("split") or hashed_split(name, splits)
-            if split not in splits:
-                continue
-            out.append(Recording(name, split, path, _seconds(path, name), record.get("transcript")))
+            raise PipelineError(f"{folder}/annotations.jsonl line {n}: {line.error}")
+        audio = record.get("audio")
+        if not isinstance(audio, str) or not audio:
+            raise PipelineError(f"{folder}/annotations.jsonl line {n}: a background record needs an `audio` path "
+                                "(a string, relative to the folder)")
+        try:
+            path = resolve_audio(folder, audio)
+        except ClipRejected as err:
+            raise PipelineError(f"{folder}/annotations.jsonl line {n}: {err.detail}") from err
+        name = str(record.get("recording_id") or audio)
+        split = record.get("split") or hashed_split(name, splits)
+        if split not in splits:
+            continue
+        out.append(Recording(name, split, path, _seconds(path, name), record.get("transcript")))
     return out
 
 

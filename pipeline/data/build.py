@@ -452,7 +452,9 @@ def _stop_with_nothing_kept(sources: list[Source], report: dict[str, Any], quara
             f.write(json.dumps(line) + "\n")
     (run_dir / "build_report.json").write_text(json.dumps({**report, "dataset_path": None}, indent=2) + "\n")
     if not quarantine:
-        raise PipelineError(f"the data sources {[s.name for s in sources]} hold no records; check data.path")
+        files = [str(f) for s in sources for f in s.files]
+        raise PipelineError(f"the data sources {[s.name for s in sources]} hold no records"
+                            f"{' (empty: ' + ', '.join(files) + ')' if files else ''}; check data.path")
     reason, count = Counter(q["reason"] for q in quarantine).most_common(1)[0]
     example = next(q for q in quarantine if q["reason"] == reason)
     where = example.get("utterance_id") or (f"row {example['row']}" if "row" in example else f"line {example.get('line')}")

@@ -131,9 +131,11 @@ def schema_problem(err: ValidationError) -> str:
 
 def annotate(record: ExportRecord) -> dict[str, Any]:
     """Text columns of the dataset for one record; raises AnnotationError when the annotation
-    disagrees with the transcript, or a false wake carries an intent."""
+    disagrees with the transcript, a false wake carries an intent, or an intent has no words."""
     if not record.wake_word_present and record.intent is not None:
         raise AnnotationError(f"a false wake (wake_word_present=false) has intent {record.intent!r}")
+    if record.intent is not None and not normalize_text(record.transcript):
+        raise AnnotationError(f"intent {record.intent!r} on an empty transcript; a command has words")
     if record.annotation is not None:
         plain, parsed = parse_inline(record.annotation)
         entities = align_to_transcript(record.transcript, plain, parsed)

@@ -87,6 +87,10 @@ def test_folders_exports_and_datasets_as_background(tmp_path: Path, tiny_dataset
     (export / "annotations.jsonl").write_text(json.dumps({"audio": "../outside.wav"}) + "\n")
     with pytest.raises(PipelineError, match="line 1: audio path"):
         load_background(export, SPLITS, "alexa")
+    (export / "annotations.jsonl").write_text('\n{"recording_id": "r1"}\n')
+    with pytest.raises(PipelineError, match=r"annotations\.jsonl line 2: a background record needs an `audio` path "
+                                            r"\(a string, relative to the folder\)$"):
+        load_background(export, SPLITS, "alexa")
 
     # A built dataset's rows are recordings, and one marked as saying the wake word is refused by name.
     with pytest.raises(PipelineError, match="background recording validation/validation-0-0 .*wake_word_present"):

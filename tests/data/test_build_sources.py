@@ -212,3 +212,23 @@ def test_errors_in_a_sources_entry_name_the_entry(tmp_path: Path) -> None:
                                         {"source": "jsonl", "name": "exp"}], **base)
     with pytest.raises(PipelineError, match=r"^data\.path=.* is a folder; give the file itself$"):
         _build(tmp_path / "c", source="jsonl", path=str(tmp_path))
+
+
+def test_an_intent_without_words_is_a_bad_annotation_and_an_empty_export_is_named(tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    _tone(export / "audio" / "u1.wav")
+    _tone(export / "audio" / "u2.wav", freq=700.0)
+    records = [{"utterance_id": "u1", "audio": "audio/u1.wav", "transcript": "alexa stop", "intent": "stop",
+                "account_id": "a1"},
+               {"utterance_id": "u2", "audio": "audio/u2.wav", "transcript": " ?! ", "intent": "play_music",
+                "account_id": "a2"}]
+    (export / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    report, quarantine = _build(tmp_path / "one", source="jsonl", path=str(export / "annotations.jsonl"))
+    assert report["records_kept"] == 1
+    assert [(q["utterance_id"], q["reason"], q["detail"]) for q in quarantine] == [
+        ("u2", "bad_annotation", "intent 'play_music' on an empty transcript; a command has words")]
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(PipelineError, match=rf"hold no records \(empty: {empty}\); check data\.path$"):
+        _build(tmp_path / "two", source="jsonl", path=str(empty))
