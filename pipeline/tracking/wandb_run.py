@@ -35,6 +35,9 @@ RUN_ID_FILE = "wandb_run_id"
 TEXT_COLUMN_HINTS = ("transcript", "text", "ref", "hyp", "words", "entit", "value", "slot")
 # Files in the run folder that quote transcripts; uploaded only when transcripts may be logged.
 TEXT_FILES = ("predictions.jsonl", "report.md", "report.html")
+# Config keys whose values are raw identifiers (`data.constants.account_id=...`): never uploaded.
+IDENTIFIER_KEYS = ("account_id", "device_serial", "annotator_id")
+REDACTED = "(redacted)"
 
 
 def resolve_mode(mode: str, env: Mapping[str, str]) -> str:
@@ -69,12 +72,36 @@ def _sweep_group_and_name(run_dir: Path) -> tuple[str | None, str]:
             if hc.mode == RunMode.MULTIRUN:
                 sweep = Path(hc.sweep.dir)
                 group = "sweep-" + "_".join(sweep.parts[-2:])
-                # Name a point by its overrides, leaving out paths (same for every point, and long).
-                named = [o for o in hc.overrides.task if "/" not in o.split("=", 1)[-1]]
+                # Name a point by its overrides, leaving out paths (same for every point, and long)
+                # and raw identifiers.
+                named = [_redacted_override(o) for o in hc.overrides.task if "/" not in o.split("=", 1)[-1]]
                 return group, f"{hc.job.num}:" + ",".join(named)
     except ImportError:  # pragma: no cover - hydra is a dependency
         pass
     return None, "-".join(run_dir.parts[-2:])
+
+
+def _redacted_override(override: str) -> str:
+    """`data.constants.account_id=amzn1.account.X` -> `data.constants.account_id=(redacted)`; so is an
+    override whose value sets one (`data.sources=[{..., constants: {account_id: X}}]`)."""
+    key, sep, _ = override.partition("=")
+    return f"{key}={REDACTED}" if sep and any(k in override for k in IDENTIFIER_KEYS) else override
+
+
+def redact_identifiers(config: dict[str, Any]) -> dict[str, Any]:
+    """The run config as uploaded: a constant that gives every record of a source the same device,
+    account or annotator (`data.constants`, `data.sources[i].constants`) holds a raw id."""
+    data = config.get("data")
+    if not isinstance(data, dict):
+        return config
+    entries = [data, *(e for e in data.get("sources") or [] if isinstance(e, dict))]
+    for entry in entries:
+        constants = entry.get("constants")
+        if isinstance(constants, dict):
+            for key in IDENTIFIER_KEYS:
+                if constants.get(key) is not None:
+                    constants[key] = REDACTED
+    return config
 
 
 def _artifact_name(name: str) -> str:
@@ -270,7 +297,7 @@ def make_wandb_tracker(cfg: DictConfig, run_dir: Path, tags: list[str]) -> Track
     run_id = id_file.read_text().strip() if id_file.is_file() else generate_id()
     id_file.write_text(run_id + "\n")
     group, name = _sweep_group_and_name(run_dir)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = redact_identifiers(OmegaConf.to_container(cfg, resolve=True))
     config["git_commit"] = git_commit(Path(__file__).resolve().parents[2])
     run = wandb.init(
         project=logger.project,

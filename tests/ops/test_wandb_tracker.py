@@ -157,3 +157,25 @@ def test_wandb_writes_only_where_erasure_looks_even_when_told_elsewhere(tmp_path
     tracker.log_summary({"eval/num_clips": 1})
     tracker.finish()
     assert transaction_logs(run_dir / "wandb") and not elsewhere.exists()
+
+
+def test_identifier_constants_never_reach_the_run(tmp_path: Path) -> None:
+    """`data.constants` (and each `data.sources` entry's) may give every record the same device,
+    account or annotator id: the uploaded config and a sweep point's name show only that it is set."""
+    from pipeline.tracking.wandb_run import _redacted_override
+
+    run_dir = tmp_path / "run"
+    configure_environment(run_dir, tmp_path / "cache")
+    cfg = _cfg(run_dir, log_artifacts=False)
+    cfg.data = {"source": "hf", "constants": {"device_serial": "CONSTSERIAL77", "locale": "en-GB", "annotator_id": None},
+                "sources": [{"source": "hf", "constants": {"account_id": "amzn1.account.CONSTACCT"}}]}
+    make_wandb_tracker(cfg, run_dir, tags=["data"]).finish()
+    [log] = transaction_logs(run_dir / "wandb")
+    data = read_offline_run(log).config["data"]
+    assert data["constants"] == {"device_serial": "(redacted)", "locale": "en-GB", "annotator_id": None}
+    assert data["sources"][0]["constants"] == {"account_id": "(redacted)"}
+    assert b"CONSTSERIAL77" not in _all_bytes(run_dir) and b"CONSTACCT" not in _all_bytes(run_dir)
+    assert cfg.data.constants.device_serial == "CONSTSERIAL77"  # the run's own config is left as it was
+    assert _redacted_override("data.constants.account_id=amzn1.account.X") == "data.constants.account_id=(redacted)"
+    assert _redacted_override("data.sources=[{source: hf, constants: {device_serial: X}}]") == "data.sources=(redacted)"
+    assert _redacted_override("nlu.epochs=3") == "nlu.epochs=3"
