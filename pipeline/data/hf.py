@@ -11,15 +11,17 @@ spooled once into such a file first, since the build reads its rows twice.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from omegaconf import OmegaConf
 
 from pipeline.data.config import SourceConfig
+from pipeline.data.schema import ExportRecord
 from pipeline.runtime import PipelineError
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,14 @@ ALIASES = {
     "account_id": ("speaker_id", "client_id", "speaker"),
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# Raw identifiers: never logged, whether they come from a column or from data.constants.
+IDENTIFIERS = ("device_serial", "account_id", "annotator_id")
+# Text fields a corpus often stores as numbers (speaker 101, utterance 7): read as their digits.
+TEXT_FIELDS = ("transcript", "utterance_id", *IDENTIFIERS)
+# Fields a record cannot do without: a blank cell in their column quarantines the row instead of
+# falling back to a default (the clip as its own account, an id made from the file name).
+REQUIRED = ("utterance_id", "transcript", "account_id")
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 
 
 class HFSource:
@@ -52,6 +62,7 @@ class HFSource:
                 f"data.path is not set for the {name!r} source (source: hf); pass a hub id (data.path=google/speech_commands), "
                 "a local audiofolder (a folder with metadata.jsonl or metadata.csv and the audio files) or a save_to_disk folder"
             )
+        self.constants = check_constants(_plain(data_cfg.constants), name)
         self.path = str(path)
         self.local = Path(self.path).exists()
         self.root = Path(self.path).resolve() if self.local else None
@@ -59,17 +70,14 @@ class HFSource:
         self.audio_column = find_audio_column(dataset.features, _plain(data_cfg.columns).get("audio"), self.path)
         self.dataset = dataset.cast_column(self.audio_column, Audio(decode=False))
         self.mapping = map_columns(self.dataset, _plain(data_cfg.columns), self.path)
-        self.constants = {k: v for k, v in _plain(data_cfg.constants).items() if v is not None}
-        unknown = sorted(set(self.constants) - set(FIELDS))
-        if unknown:
-            raise PipelineError(f"data.constants: {unknown} are not canonical fields; use some of {list(FIELDS)}")
+        self.dataset = _float_ids_as_text(self.dataset, self.mapping)
         self.labels = {
             field: self.dataset.features[column].names
             for field, column in self.mapping.items()
             if type(self.dataset.features[column]).__name__ == "ClassLabel"
         }
         log.info("data: %s %s (%s, %d rows): audio column %r, columns %s, constants %s", name, self.path, self.kind,
-                 len(self.dataset), self.audio_column, self.mapping, self.constants)
+                 len(self.dataset), self.audio_column, self.mapping, shown_constants(self.constants))
         if "account_id" not in self.mapping and "account_id" not in self.constants:
             log.warning("data: %s has no speaker column (map one with data.columns.account_id=<column>); every clip "
                         "counts as its own account, so splits are not speaker-disjoint", name)
@@ -101,9 +109,7 @@ class HFSource:
             loaded = load_dataset(self.path, config_name, split=split, streaming=streaming, cache_dir=hf_cache)
         except Exception as err:  # noqa: BLE001 - sorted into hub / local problems below
             if self.local:
-                raise PipelineError(f"data.path={self.path}: cannot read it as a Hugging Face dataset "
-                                    f"({type(err).__name__}: {err}); an audiofolder needs metadata.jsonl or metadata.csv "
-                                    "with a file_name column beside the audio files") from None
+                raise PipelineError(local_error(Path(self.path), err)) from None
             raise PipelineError(hub_error(self.path, err)) from None
         kind = "audiofolder" if self.local else "hub"
         if streaming:
@@ -140,10 +146,14 @@ class HFSource:
                 record = dict(self.constants)
                 for field, column in self.mapping.items():
                     value = batch[column][i]
-                    if field in self.labels and isinstance(value, int) and 0 <= value < len(self.labels[field]):
-                        value = self.labels[field][value]
-                    if field in ("transcript", "utterance_id", "account_id", "device_serial", "annotator_id") \
-                            and isinstance(value, int) and not isinstance(value, bool):
+                    if field in self.labels and isinstance(value, int):
+                        names = self.labels[field]
+                        value = names[value] if 0 <= value < len(names) else None  # -1: a row without a label
+                    if _blank(value):
+                        if field in REQUIRED:
+                            record[field] = None  # quarantined as invalid_record, naming the field
+                        continue  # otherwise absent: the constant or the schema's default applies
+                    if field in TEXT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
                         value = str(value)
                     record[field] = value
                 if "wake_word_present" not in record:
@@ -169,6 +179,93 @@ def _plain(node: Any) -> dict[str, Any]:
     if node is None:
         return {}
     return dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
+
+
+def _blank(value: Any) -> bool:
+    """An empty cell: null (a blank CSV cell, JSON null), or a float NaN."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _as_text(value: Any) -> Any:
+    """A whole number as its digits, as a text field holds it (a Hydra override parses 12345 as an int)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _float_ids_as_text(dataset: Any, mapping: dict[str, str]) -> Any:
+    """Float columns mapped onto text fields, rewritten as strings (101.0 -> "101", a blank stays null).
+
+    pandas reads a CSV column of speaker ids with one blank cell as floats; speaker 101 must still
+    be "101" wherever the column is read (records, the speech recipe's held-out speakers), so it gets
+    the same pseudonym and split as in a column without blanks. Only this column is rewritten, in
+    memory: the rest of the dataset stays memory-mapped."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from datasets import Value
+
+    for field, column in mapping.items():
+        feature = dataset.features[column]
+        if field in TEXT_FIELDS and isinstance(feature, Value) and feature.dtype.startswith("float"):
+            text = pc.cast(dataset.with_format("arrow")[column], pa.string())
+            dataset = dataset.remove_columns(column).add_column(column, text, feature=Value("string"))
+    return dataset
+
+
+def check_constants(constants: dict[str, Any], name: str) -> dict[str, Any]:
+    """`data.constants` without its nulls, each value checked against the export record's field, so a
+    bad value is one config error before the dataset is opened, not every record quarantined."""
+    from pydantic import TypeAdapter, ValidationError
+
+    of = "" if name == "hf" else f" (source {name})"
+    constants = {k: v for k, v in constants.items() if v is not None}
+    unknown = sorted(set(constants) - set(FIELDS))
+    if unknown:
+        raise PipelineError(f"data.constants{of}: {unknown} are not canonical fields; use some of {list(FIELDS)}")
+    checked = {}
+    for field, value in constants.items():
+        value = _as_text(value) if field in TEXT_FIELDS else value
+        info = ExportRecord.model_fields[field]
+        adapter = TypeAdapter(Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation)
+        try:
+            adapter.validate_python(value, strict=True)
+        except ValidationError as err:
+            problem = "; ".join(e["msg"] for e in err.errors(include_input=False, include_url=False))
+            key = f"data.constants.{field}" + (" (an identifier, not shown)" if field in IDENTIFIERS else f"={value!r}")
+            raise PipelineError(f"{key}{of}: {problem}") from None
+        checked[field] = value
+    return checked
+
+
+def shown_constants(constants: dict[str, Any]) -> dict[str, Any]:
+    """The constants as logged: an identifier's value is a raw id, so only that it is set shows."""
+    return {k: "(set)" if k in IDENTIFIERS else v for k, v in constants.items()}
+
+
+def local_error(path: Path, err: BaseException) -> str:
+    """Why a local path could not be opened as a dataset. `datasets` wraps the reason (a file_name
+    outside the folder, a bad line) in a generic error, so the innermost cause is what is shown."""
+    if path.is_file():
+        what = "the metadata file" if path.name in METADATA_FILES else "a file"
+        return f"data.path={path} is {what}; pass the folder holding it and the audio files: data.path={path.parent}"
+    metadata = [path / n for n in METADATA_FILES if (path / n).is_file()]
+    for file in metadata:
+        with open(file, "rb") as f:
+            if not any(line.strip() for line in f):
+                example = ('one JSON object per line, {"file_name": "audio/a.flac", "transcription": "..."}'
+                           if file.suffix == ".jsonl" else "a header line file_name,transcription, then audio/a.flac,...")
+                return (f"data.path={path}: {file} is empty; list each audio file in it, by its path inside the "
+                        f"folder: {example}")
+    cause, seen = err, {id(err)}
+    while (inner := cause.__cause__ or cause.__context__) is not None and id(inner) not in seen:
+        cause = inner
+        seen.add(id(cause))
+    text = str(cause).strip().splitlines()
+    reason = f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__
+    if metadata:
+        return f"data.path={path}: cannot read it as a Hugging Face dataset ({reason}); fix {metadata[0]}"
+    return (f"data.path={path}: cannot read it as a Hugging Face dataset ({reason}); an audiofolder needs "
+            "metadata.jsonl or metadata.csv with a file_name column beside the audio files")
 
 
 def _one_dataset(loaded: Any, split: str | None, path: str) -> Any:

@@ -85,6 +85,10 @@ def quarantine_of(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (run_dir / "quarantine.jsonl").read_text().splitlines()]
 
 
+def all_bytes(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file())
+
+
 def test_audiofolder_columns_constants_and_pseudonyms(tmp_path: Path) -> None:
     folder = digits(tmp_path / "fsdd")
     report, quarantine = build(tmp_path, source="hf", path=str(folder), columns={"transcript": "transcription",
@@ -277,3 +281,67 @@ def test_audiofolder_reached_through_a_symlink(tmp_path: Path) -> None:
     os.symlink(folder, tmp_path / "fsdd")  # data.path itself is the link
     report, quarantine = build(tmp_path, source="hf", path=str(tmp_path / "fsdd"))
     assert report["records_kept"] == 6 and quarantine == []
+
+
+def test_identifier_constants_are_never_logged_or_stored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A constant device, account or annotator id is a raw id like any other: the log line that
+    lists the constants shows that it is set, never its value."""
+    folder = digits(tmp_path / "fsdd", speakers=1, takes=2)
+    raw = {"device_serial": "CONSTSERIAL77", "account_id": "amzn1.account.CONSTACCT", "annotator_id": "CONSTANN"}
+    with caplog.at_level("INFO", logger="pipeline.data"):
+        report, quarantine = build(tmp_path, source="hf", path=str(folder), constants={**raw, "locale": "en-GB"})
+    assert report["records_kept"] == 6 and quarantine == []
+    line = next(r.getMessage() for r in caplog.records if r.name == "pipeline.data.hf" and "constants" in r.getMessage())
+    assert "'device_serial': '(set)'" in line and "'locale': 'en-GB'" in line
+    written = caplog.text.encode() + all_bytes(tmp_path / "run") + all_bytes(Path(report["dataset_path"]))
+    assert not [v for v in raw.values() if v.encode() in written]
+
+
+def test_csv_of_numeric_speaker_ids_with_a_blank_cell(tmp_path: Path) -> None:
+    """pandas reads a column of whole numbers with one blank cell as floats (101.0, NaN): the speakers
+    are still "101" and "102", as in the same column without the blank, and the row without a
+    speaker is quarantined rather than made its own account."""
+    rows = [{"file_name": "audio/a.flac", "transcription": "zero", "speaker_id": 101},
+            {"file_name": "audio/b.flac", "transcription": "one", "speaker_id": 102},
+            {"file_name": "audio/c.flac", "transcription": "two", "speaker_id": ""}]
+    report, quarantine = build(tmp_path, source="hf", path=str(audiofolder(tmp_path / "blank", rows, csv=True)))
+    assert report["records_kept"] == 2
+    assert [(q["row"], q["reason"], q["detail"]) for q in quarantine] == [
+        (2, "invalid_record", "account_id: Input should be a valid string")]
+    whole = audiofolder(tmp_path / "whole", [dict(r) for r in rows[:2]], csv=True)
+    again, _ = build(tmp_path, run="whole", source="hf", path=str(whole))
+    speakers = [{r["utterance_id"]: r["speaker"] for ds in load_from_disk(b["dataset_path"]).values() for r in ds}
+                for b in (report, again)]
+    assert speakers[0] == speakers[1] and len(set(speakers[0].values())) == 2
+
+
+def test_audiofolder_errors_name_the_real_cause(tmp_path: Path) -> None:
+    folder = audiofolder(tmp_path / "outside", [{"file_name": "audio/a.flac", "transcription": "zero"}])
+    sf.write(tmp_path / "x.flac", tone(0.6, 8000), 8000)
+    with open(folder / "metadata.jsonl", "a") as f:
+        f.write(json.dumps({"file_name": "../x.flac", "transcription": "one"}) + "\n")
+    with pytest.raises(PipelineError, match=r"\(ValueError: Invalid metadata file_name '\.\./x\.flac': .*must be a "
+                                            r"relative path.*; fix .*outside/metadata\.jsonl$"):
+        build(tmp_path, source="hf", path=str(folder))
+    (folder / "metadata.jsonl").write_text("\n")
+    with pytest.raises(PipelineError, match=r"outside/metadata\.jsonl is empty; list each audio file in it"):
+        build(tmp_path, source="hf", path=str(folder))
+    folder = digits(tmp_path / "fsdd", speakers=1, takes=1)
+    with pytest.raises(PipelineError, match=rf"data\.path={folder}/metadata\.jsonl is the metadata file; pass the "
+                                            rf"folder holding it and the audio files: data\.path={folder}$"):
+        build(tmp_path, source="hf", path=str(folder / "metadata.jsonl"))
+
+
+def test_constants_are_checked_as_config(tmp_path: Path) -> None:
+    """A constant the records' schema refuses would quarantine every record; it is a config error,
+    naming the key, before the dataset is opened (the path here does not even exist)."""
+    missing = str(tmp_path / "not-here")
+    with pytest.raises(PipelineError, match=r"^data\.constants\.wake_word_present='maybe': Input should be a valid boolean$"):
+        build(tmp_path, source="hf", path=missing, constants={"wake_word_present": "maybe"})
+    with pytest.raises(PipelineError, match=r"^data\.constants\.account_id \(an identifier, not shown\): String should "
+                                            r"have at least 1 character$"):
+        build(tmp_path, source="hf", path=missing, constants={"account_id": ""})
+    # A number given for a text field (as a Hydra override parses it) is its digits.
+    folder = digits(tmp_path / "fsdd", speakers=1, takes=1)
+    report, quarantine = build(tmp_path, source="hf", path=str(folder), constants={"device_serial": 12345})
+    assert report["records_kept"] == 3 and quarantine == []
