@@ -34,6 +34,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from pipeline.data.privacy import record_pseudonyms
+from pipeline.data.schema import json_lines
 from pipeline.ops.corpus import pending_deletions, pseudonym_key
 from pipeline.ops.erase import (AUDIO_SUFFIXES, Ledger, dataset_folders, dataset_rows, deleted_set,
                                 derived_parts, export_folders, find_traces, gram_hash, md5_b64, prediction_hit,
