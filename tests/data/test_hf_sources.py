@@ -307,7 +307,7 @@ def test_csv_of_numeric_speaker_ids_with_a_blank_cell(tmp_path: Path) -> None:
     report, quarantine = build(tmp_path, source="hf", path=str(audiofolder(tmp_path / "blank", rows, csv=True)))
     assert report["records_kept"] == 2
     assert [(q["row"], q["reason"], q["detail"]) for q in quarantine] == [
-        (2, "invalid_record", "account_id: Input should be a valid string")]
+        (2, "invalid_record", "account_id: the cell of column 'speaker_id' is empty")]
     whole = audiofolder(tmp_path / "whole", [dict(r) for r in rows[:2]], csv=True)
     again, _ = build(tmp_path, run="whole", source="hf", path=str(whole))
     speakers = [{r["utterance_id"]: r["speaker"] for ds in load_from_disk(b["dataset_path"]).values() for r in ds}
