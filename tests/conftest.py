@@ -82,7 +82,7 @@ def _records(n_repeat: int, split: str) -> list[dict]:
                     "bio_tags": tags,
                     "wake_word_present": wake,
                     "duration": float(len(wave) / 16000),
-                    "speaker": f"spk_{split}_{r % 2}",
+                    "speaker": f"spk_{split}_{(r + i) % 2}",  # two per split: a speaker bootstrap needs two
                     "device": f"dev_{r}",
                     "annotator": "ann_0",
                     "locale": "en-US",

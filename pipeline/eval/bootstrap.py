@@ -32,6 +32,9 @@ from scipy.stats import chi2
 CONFIDENCE = 0.95
 DEFAULT_SAMPLES = 1000
 DEFAULT_SEED = 0
+# A bootstrap over one speaker (or one background recording) draws the same clips every time: its
+# interval has zero width, which would read as certainty. Below this many units there is none.
+MIN_UNITS = 2
 
 Stats = Mapping[str, np.ndarray]  # summed per-clip counts, one entry per bootstrap sample
 
@@ -254,8 +257,9 @@ def intervals(
     compute it, e.g. a split without wake-word positives)."""
     if samples < 1:
         raise ValueError(f"bootstrap samples must be >= 1, got {samples}")
-    weights, _ = _clip_weights(table, samples, seed)
-    return {key: _percentiles(values, confidence) for key, values in _metric_samples(table, weights).items()}
+    weights, units = _clip_weights(table, samples, seed)
+    return {key: _percentiles(values, confidence) if len(units) >= MIN_UNITS else None
+            for key, values in _metric_samples(table, weights).items()}
 
 
 def interval_metrics(
@@ -355,7 +359,7 @@ def paired_differences(
     differences = {}
     for key in base_samples.keys() & other_samples.keys():
         b, o = float(base_point[key][0]), float(other_point[key][0])
-        ci = _percentiles(other_samples[key] - base_samples[key], confidence)
+        ci = _percentiles(other_samples[key] - base_samples[key], confidence) if len(units) >= MIN_UNITS else None
         differences[key] = Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key])
     ordered = {k: differences[k] for k in INTERVAL_KEYS if k in differences}
     return Paired(ordered, clips=len(base.speakers), speakers=len(units), samples=samples)
@@ -389,6 +393,6 @@ def paired_rate_difference(
              for name, fa in (("base", base_fa), ("other", other_fa))}
     b = float(rate({"false_accepts": base_fa.sum(), "seconds": seconds.sum()}))
     o = float(rate({"false_accepts": other_fa.sum(), "seconds": seconds.sum()}))
-    ci = _percentiles(drawn["other"] - drawn["base"], confidence)
+    ci = _percentiles(drawn["other"] - drawn["base"], confidence) if len(shared) >= MIN_UNITS else None
     return Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key],
                       resampled=f"{len(shared)} background recordings")

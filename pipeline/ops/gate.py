@@ -110,10 +110,14 @@ def check_gate_paired(
         new, old = _number(candidate.get(metric)), _number(incumbent.get(metric))
         if diff is None or diff.ci_low is None or diff.ci_high is None or not _reproduced(diff, new, old):
             # No per-clip counts for this metric, or they measure something else than metrics.json
-            # (e.g. a rate over streamed background audio rather than over clips).
+            # (e.g. a rate over streamed background audio rather than over clips), or too few
+            # speakers or recordings to resample (pipeline.eval.bootstrap.MIN_UNITS).
+            few = diff is not None and diff.ci_low is None and _reproduced(diff, new, old)
+            why = (f"one {'recording' if diff.resampled else 'speaker'}: no interval" if few
+                   else "no per-clip interval")
             point = check_gate(candidate, incumbent, {name: rule})[0]
             checks.append(GateCheck(**{**point.as_dict(), "policy": policy,
-                                       "detail": point.detail + " (no per-clip interval: judged on the point values)"}))
+                                       "detail": point.detail + f" ({why}: judged on the point values)"}))
             continue
         # The interval in the rule's "worse" direction: positive is worse for both kinds of rule.
         sign = 1.0 if kind == "max_increase" else -1.0

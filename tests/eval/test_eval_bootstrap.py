@@ -84,6 +84,21 @@ def test_paired_difference_of_a_model_with_itself_and_with_a_worse_one() -> None
     assert B.paired_differences(worse, base, samples=300).differences["asr/wer"].verdict == "better"
 
 
+def test_one_speaker_or_one_recording_gives_no_interval_rather_than_a_zero_width_one() -> None:
+    """Every draw of one speaker is that speaker: a [x, x] interval would read as certainty."""
+    one = B.clip_table(_rows(REFS, HYPS, ["s0"] * len(REFS)))
+    assert B.intervals(one, samples=200)["asr/wer"] is None
+    worse = B.clip_table(_rows(REFS, [h.rsplit(" ", 1)[0] for h in HYPS], ["s0"] * len(REFS)))
+    diff = B.paired_differences(one, worse, samples=200).differences["asr/wer"]
+    assert diff.difference > 0 and (diff.ci_low, diff.ci_high, diff.verdict) == (None, None, "no interval")
+    two = B.clip_table(_rows(REFS, HYPS, ["s0", "s1"] * (len(REFS) // 2)))
+    low, high = B.intervals(two, samples=200)["asr/wer"]
+    assert low < high
+    recording = [{"recording": "test-000", "seconds": 600.0, "false_accepts": 1}]
+    rate = B.paired_rate_difference(recording, [{**recording[0], "false_accepts": 3}], samples=200)
+    assert rate.difference == pytest.approx(12.0) and rate.ci_low is None and rate.verdict == "no interval"
+
+
 def _recordings(false_accepts: list[int]) -> list[dict]:
     """eval_details.json's per-recording background counts: ~10-minute recordings."""
     return [{"recording": f"test-{i:03d}", "seconds": 600.0 + i, "false_accepts": n} for i, n in enumerate(false_accepts)]

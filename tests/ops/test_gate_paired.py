@@ -19,11 +19,11 @@ REFS = [f"turn the kitchen light {w}" for w in ("on", "off", "up", "down")] * 10
 SPEAKERS = [f"acct_{i // 2:02d}" for i in range(40)]
 
 
-def _write_run(folder: Path, hyps: list[str]) -> dict:
+def _write_run(folder: Path, hyps: list[str], speakers: list[str] = SPEAKERS) -> dict:
     """A run folder with predictions.jsonl whose per-clip counts come from the metric code."""
     folder.mkdir(parents=True)
     rows = []
-    for i, (ref, hyp, spk) in enumerate(zip(REFS, hyps, SPEAKERS)):
+    for i, (ref, hyp, spk) in enumerate(zip(REFS, hyps, speakers)):
         row = {"utterance_id": f"utt-{i:02d}", "speaker": spk, "intent": "iot_lights", "slu_scored": True,
                "slu_intent": "iot_lights", "edit": M.edit_counts(ref, hyp)}
         row["counts"] = B.clip_counts(row, threshold=None)
@@ -34,9 +34,9 @@ def _write_run(folder: Path, hyps: list[str]) -> dict:
     return metrics
 
 
-def _gate(tmp: Path, incumbent: list[str], candidate: list[str], policy: str) -> list:
-    old = _write_run(tmp / policy / "incumbent", incumbent)
-    new = _write_run(tmp / policy / "candidate", candidate)
+def _gate(tmp: Path, incumbent: list[str], candidate: list[str], policy: str, speakers: list[str] = SPEAKERS) -> list:
+    old = _write_run(tmp / policy / "incumbent", incumbent, speakers)
+    new = _write_run(tmp / policy / "candidate", candidate, speakers)
     return gate_on_runs(tmp / policy / "candidate", tmp / policy / "incumbent", new, old, RULES, policy, 500, 0)
 
 
@@ -132,3 +132,9 @@ def test_false_accepts_on_background_are_judged_over_its_recordings(tmp_path: Pa
     (tmp_path / "incumbent" / "eval_details.json").unlink()
     fa = gate_on_runs(tmp_path / "one", tmp_path / "incumbent", new, old, rules, "not_worse", 300, 0)[0]
     assert not fa.passed and fa.difference is None and "judged on the point values" in fa.detail
+
+
+def test_a_test_split_of_one_speaker_is_judged_on_point_values_and_says_why(tmp_path: Path) -> None:
+    wer = _gate(tmp_path, PROMOTED, [_fixed(h) for h in PROMOTED], "non_inferior", ["acct_00"] * len(REFS))[0]
+    assert wer.passed and wer.ci_low is None and wer.candidate == 0.0
+    assert wer.detail.endswith("(one speaker: no interval: judged on the point values)"), wer.detail
