@@ -4,6 +4,7 @@ their transcripts, and the demo's synthesised background (planned in full, synth
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -97,3 +98,17 @@ def test_folders_exports_and_datasets_as_background(tmp_path: Path, tiny_dataset
         load_background(tiny_dataset_path, SPLITS, "alexa")
     with pytest.raises(PipelineError, match="no such file or folder"):
         load_background(tmp_path / "nope", SPLITS, "alexa")
+
+
+def test_a_named_folder_without_audio_is_an_error_not_a_silent_fallback(tmp_path: Path) -> None:
+    """Falling back to the negative clips would measure false accepts per hour on seconds of audio."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notes = tmp_path / "notes"
+    (notes / "test").mkdir(parents=True)
+    (notes / "test" / "tv.txt").write_text("the news at six")
+    for folder in (empty, notes):
+        with pytest.raises(PipelineError, match=rf"^eval\.background={re.escape(str(folder))}: no audio files "
+                                                r"\(\.wav, \.flac, \.ogg, \.mp3\) under it; point it at recordings, "
+                                                r"or eval\.background=none$"):
+            load_background(folder, SPLITS, "alexa")
