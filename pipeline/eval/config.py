@@ -33,6 +33,7 @@ class EvalConfig:
     duration_buckets: list[float] = MISSING
     worst_n: int = MISSING
     max_oov_char_rate: float = MISSING
+    max_unknown_intent_rate: float = MISSING
     decoder: str = MISSING
     beam_size: int = MISSING
     beam_size_token: int = MISSING
@@ -51,9 +52,18 @@ class EvalConfig:
         if not (isinstance(fft, bool) or fft == "auto"):
             raise PipelineError(f"eval.cpu_fft_positional_conv={fft!r}: give auto, true or false")
         choice("eval.slu_scoring", self.slu_scoring, ("project", "slurp"))
-        for key in ("batch_size", "stream_batch_size", "beam_size", "beam_size_token"):
+        if self.split == self.tune_split:
+            # The LM weight and the wake-word threshold would be tuned on the very clips they are scored on.
+            raise PipelineError(f"eval.split and eval.tune_split are both {self.split!r}: the LM weight and the "
+                                "wake-word threshold would be tuned on the clips they are scored on; "
+                                "set eval.tune_split to another split")
+        for key in ("batch_size", "stream_batch_size", "beam_size", "beam_size_token", "bootstrap_samples"):
             if getattr(self, key) < 1:
                 raise PipelineError(f"eval.{key}={getattr(self, key)}: must be at least 1")
+        if not self.target_fa_per_hour >= 0:  # NaN too
+            raise PipelineError(f"eval.target_fa_per_hour={self.target_fa_per_hour}: give false accepts per hour, 0 or more")
+        if not 0 <= self.max_unknown_intent_rate <= 1:
+            raise PipelineError(f"eval.max_unknown_intent_rate={self.max_unknown_intent_rate}: give a share between 0 and 1")
         if self.wake_window_s is not None and self.wake_window_s <= 0:
             raise PipelineError(f"eval.wake_window_s={self.wake_window_s}: give a number of seconds above 0, or null for the whole clip")
         if not self.duration_buckets:

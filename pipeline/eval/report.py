@@ -16,6 +16,7 @@ from pipeline.eval.coverage import not_computed_notes, source_table
 
 Block = tuple[str, Any]  # ("h1"|"h2"|"p", text) | ("table", (header, rows)) | ("img", (alt, path))
 
+# `{split}`: the evaluated split's name (eval.split).
 _HEADLINE_ROWS = [
     ("ASR", "word error rate", "asr/wer"),
     ("ASR", "character error rate", "asr/cer"),
@@ -24,11 +25,11 @@ _HEADLINE_ROWS = [
     ("Wake word", "false accepts per hour", "wake/fa_per_hour"),
     ("Wake word", "ROC AUC", "wake/auc"),
     ("Wake word", "equal error rate", "wake/eer"),
-    ("Wake word", "FRR at 0.5 false accepts per hour (test DET)", "wake/frr_at_0.5_fa_per_hour"),
-    ("Wake word", "FRR at 1 false accept per hour (test DET)", "wake/frr_at_1_fa_per_hour"),
-    ("Wake word", "FRR at 2 false accepts per hour (test DET)", "wake/frr_at_2_fa_per_hour"),
-    ("Wake word", "FRR at 5 false accepts per hour (test DET)", "wake/frr_at_5_fa_per_hour"),
-    ("Wake word", "hours of test background audio", "wake/background_hours"),
+    ("Wake word", "FRR at 0.5 false accepts per hour ({split} DET)", "wake/frr_at_0.5_fa_per_hour"),
+    ("Wake word", "FRR at 1 false accept per hour ({split} DET)", "wake/frr_at_1_fa_per_hour"),
+    ("Wake word", "FRR at 2 false accepts per hour ({split} DET)", "wake/frr_at_2_fa_per_hour"),
+    ("Wake word", "FRR at 5 false accepts per hour ({split} DET)", "wake/frr_at_5_fa_per_hour"),
+    ("Wake word", "hours of {split} background audio", "wake/background_hours"),
     ("NLU (gold transcripts)", "intent accuracy", "nlu/intent_accuracy"),
     ("NLU (gold transcripts)", "intent macro F1", "nlu/intent_macro_f1"),
     ("NLU (gold transcripts)", "entity F1", "nlu/entity_f1"),
@@ -95,7 +96,7 @@ def _background_blocks(background: dict[str, Any]) -> list[Block]:
         f"({test_h:.2f} h in {recs[test]} recordings) it gave {background['false_accepts']} false accepts "
         f"({background['fa_per_hour']:.2f} per hour). Source: {background['source']}.")))
     if background.get("errors"):
-        blocks.append(("table", (["test background recording", "time", "score"],
+        blocks.append(("table", ([f"{test} background recording", "time", "score"],
                                  [[e["recording"], _clock(e["time_s"]), _fmt(e["score"])] for e in background["errors"]])))
     return blocks
 
@@ -106,9 +107,11 @@ def _clock(seconds: float) -> str:
 
 
 def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
+    split = (details.get("test_data") or {}).get("split") or "test"
     blocks: list[Block] = [("h1", "Evaluation report")]
     blocks.append(("table", (["area", "metric", "key", "value"],
-                             [[a, name, f"`{key}`", _with_interval(metrics, key)] for a, name, key in _HEADLINE_ROWS])))
+                             [[a, name.format(split=split), f"`{key}`", _with_interval(metrics, key)]
+                              for a, name, key in _HEADLINE_ROWS])))
     note = _scoring_note(details, metrics)
     if note:
         blocks.append(("p", note))
@@ -127,9 +130,10 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
     wake = details.get("wake")
     if wake:
         background = details.get("wake_background") or {}
-        tuned_on = ("validation positives and background" if "threshold" in background
-                    else "validation clips")
-        blocks.append(("p", f"Wake-word threshold {wake['threshold']:.4f} (tuned on {tuned_on}); test: "
+        tune_split = decoder.get("tune_split") or "validation"
+        tuned_on = (f"{tune_split} positives and background" if "threshold" in background
+                    else f"{tune_split} clips")
+        blocks.append(("p", f"Wake-word threshold {wake['threshold']:.4f} (tuned on {tuned_on}); {split}: "
                             f"{wake['positives']} clips with and {wake['negatives']} without the wake word "
                             f"({wake['negative_hours'] * 3600:.0f} s of negative clips: AUC and EER)."))
         blocks += _background_blocks(background)

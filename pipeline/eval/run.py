@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from pipeline.asr.fft_conv import configure_positional_conv
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
 from pipeline.asr.model import greedy_decode, load_asr, log_probs_of, samples_per_frame
 from pipeline.config import checked
+from pipeline.data.background import load_background
 from pipeline.distributed import pick_device
 from pipeline.eval import bootstrap as B
 from pipeline.eval import metrics as M
@@ -48,6 +50,11 @@ from pipeline.tracking import Tracker, transcripts_allowed
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# What `_gold_rows` reads of the evaluated split (its audio too, with an ASR model), and what the
+# tuning split needs besides its audio: references and wake-word labels for the LM weight and threshold.
+GOLD_COLUMNS = ("utterance_id", "transcript", "text", "intent", "scenario", "entities", "wake_word_present",
+                "duration", "speaker")
+TUNE_COLUMNS = ("utterance_id", "text", "wake_word_present", "duration")
 HEADLINE = (
     "asr/wer", "asr/cer", "wake/frr", "wake/fa_per_hour", "wake/auc", "wake/eer",
     "nlu/intent_accuracy", "nlu/entity_f1", "slu/intent_accuracy", "slu/entity_f1", "slu/slu_f1",
@@ -90,20 +97,30 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     # Either model may be missing, and the labels may lack intents, entities or one side of the wake
     # word: what cannot be computed is left out of metrics.json, and details["not_computed"] says why.
     asr_dir, nlu_dir = models_to_evaluate(cfg, run_dir)
+    if asr_dir is not None:
+        _wake_word(ecfg)  # a wake word it cannot score is refused before any data or model is read
     test, val = _load_splits(Path(dataset_path), str(ecfg.split), str(ecfg.tune_split), need_audio=asr_dir is not None)
     rows = _gold_rows(test)
     has_sources = add_sources(test, rows)
     labels = np.array([r["wake_word_present"] for r in rows], dtype=bool)
+    with_intent = [r for r in rows if r["intent"] is not None] if nlu_dir is not None else []
+    nlu = None
+    if with_intent:  # before the ASR pass: an NLU model that cannot read these intents stops it in seconds
+        nlu = _load_nlu(nlu_dir)
+        check_intents(nlu.intents, [r["intent"] for r in with_intent], float(ecfg.max_unknown_intent_rate),
+                      Path(dataset_path), str(ecfg.split), nlu_dir)
     wake, tuning, decoding, test_out, skipped = None, None, None, None, None
     if asr_dir is not None:
         val_labels = np.array(val["wake_word_present"], dtype=bool)
         skipped = _wake_skip_reason({str(ecfg.tune_split): val_labels, str(ecfg.split): labels})
+        background_source = resolve_background(cfg, Path(dataset_path))
+        if background_source is not None and not skipped:
+            # Read once here too, so a wrong eval.background is refused before the ASR pass, not after it.
+            load_background(background_source, (str(ecfg.tune_split), str(ecfg.split)), _wake_word(ecfg))
         wake, tuning, decoding, test_out = _asr_pass(ecfg, asr_dir, Path(dataset_path), test, val, rows, skipped,
-                                                     resolve_background(cfg, Path(dataset_path)))
+                                                     background_source)
 
-    with_intent = [r for r in rows if r["intent"] is not None] if nlu_dir is not None else []
-    if with_intent:
-        nlu = _load_nlu(nlu_dir)
+    if nlu is not None:
         gold_pred = nlu.predict([r["transcript"] for r in with_intent])
         for row, g in zip(with_intent, gold_pred):
             row["nlu_intent"], row["nlu_entities"] = g["intent"], g["entities"]
@@ -280,16 +297,23 @@ def _tuning_details(
 
 
 def _wake_word(ecfg: DictConfig) -> str:
-    word = normalize_text(str(ecfg.wake_word or ""))
-    if not word:
+    """The wake word as transcripts spell it: normalised like them, so it can only be matched when
+    something of it survives normalisation."""
+    raw = str(ecfg.wake_word or "")
+    if not raw.strip():
         raise PipelineError("eval.wake_word is missing or empty; set it in conf/eval/default.yaml (e.g. wake_word: alexa)")
+    word = normalize_text(raw)
+    if not word:
+        raise PipelineError(f"eval.wake_word={raw!r} has no letters the pipeline keeps after normalisation "
+                            "(only a-z and the apostrophe stay, digits are spelled out); pick a word the ASR model can spell, "
+                            "e.g. eval.wake_word=alexa")
     return word
 
 
 def _load_splits(path: Path, split: str, tune_split: str, need_audio: bool = True) -> tuple[Any, Any]:
     """The evaluated split and the tuning split (None without an ASR model: only the ASR's LM weight
     and wake-word threshold are tuned; an NLU-only evaluation may read a text-only dataset)."""
-    from datasets import load_from_disk
+    from datasets import DatasetDict, load_from_disk
 
     if not path.exists():
         raise PipelineError(f"dataset {path} does not exist; build it with `python train.py stages=[data]` or pass dataset=<path>")
@@ -299,12 +323,26 @@ def _load_splits(path: Path, split: str, tune_split: str, need_audio: bool = Tru
         state = path / name / "state.json"
         if state.exists() and not json.loads(state.read_text()).get("_data_files"):
             raise PipelineError(f"dataset {path} split {name!r} is empty; there is nothing to evaluate")
-    dd = load_from_disk(str(path))
+    try:
+        dd = load_from_disk(str(path))
+    except FileNotFoundError:
+        raise PipelineError(f"dataset {path} is not a saved dataset (no dataset_dict.json); pass the folder "
+                            "`python train.py stages=[data]` builds") from None
+    if not isinstance(dd, DatasetDict):
+        raise PipelineError(f"dataset {path} is a single split, not a dataset of splits; pass the folder holding "
+                            "dataset_dict.json (python train.py stages=[data] builds one)")
     for name in names:
         if name not in dd:
-            raise PipelineError(f"dataset {path} has no split {name!r} (has {list(dd)}); set eval.split / eval.tune_split")
+            raise PipelineError(f"dataset {path} has no split {name!r} (has {list(dd.keys())}); set eval.split / eval.tune_split")
         if need_audio and "audio" not in dd[name].column_names:
             raise PipelineError(f"dataset {path} split {name!r} has no audio column; evaluation needs an audio dataset")
+        # The evaluated split gives every clip's gold labels; the tuning split only what tunes the
+        # LM weight and the wake-word threshold.
+        needed = GOLD_COLUMNS if name == split else TUNE_COLUMNS
+        missing = [c for c in needed if c not in dd[name].column_names]
+        if missing:
+            raise PipelineError(f"dataset {path} split {name!r} lacks the column(s) {missing} evaluation reads; "
+                                "rebuild it with `python train.py stages=[data]`")
         if len(dd[name]) == 0:
             raise PipelineError(f"dataset {path} split {name!r} is empty; there is nothing to evaluate")
     return dd[split], dd[tune_split] if need_audio else None
@@ -314,6 +352,26 @@ def _load_nlu(nlu_dir: Path) -> Any:
     from pipeline.nlu import NLUModel
 
     return NLUModel.from_pretrained(nlu_dir)
+
+
+def check_intents(known: Sequence[str], gold: list[str], max_rate: float, dataset_path: Path, split: str,
+                  nlu_dir: Path) -> None:
+    """A clip whose gold intent the NLU model has no label for can never be right: a dataset of other
+    intents would score as a weak model, not as an error. Intent names are labels, not identifiers."""
+    labels = set(known)
+    unknown = Counter(g for g in gold if g not in labels)
+    if not unknown:
+        return
+    share = sum(unknown.values()) / len(gold)
+    examples = ", ".join(name for name, _ in unknown.most_common(3))
+    if share > max_rate:
+        raise PipelineError(
+            f"dataset {dataset_path} split {split!r}: {share:.1%} of the clips with an intent have an intent "
+            f"{nlu_dir}/nlu_labels.json lacks (e.g. {examples}); evaluate with the NLU model trained on this "
+            "dataset's intents (or raise eval.max_unknown_intent_rate)"
+        )
+    log.warning("eval: %.1f%% of split %s's clips with an intent have an intent the NLU model lacks (e.g. %s); "
+                "they count as NLU errors", 100 * share, split, examples)
 
 
 def check_vocabulary(processor: Any, texts: list[str], max_rate: float, dataset_path: Path, asr_dir: Path) -> None:
@@ -506,10 +564,8 @@ def load_waves(audio: Any, idx: list[int]) -> list[np.ndarray]:
 
 
 def _gold_rows(split: Any) -> list[dict[str, Any]]:
-    columns = ["utterance_id", "transcript", "text", "intent", "scenario", "entities",
-               "wake_word_present", "duration", "speaker"]
     # copy_of goes into predictions.jsonl so erasing an original also drops its copies' lines there.
-    data = split.select_columns(columns + (["copy_of"] if "copy_of" in split.column_names else [])).to_dict()
+    data = split.select_columns(list(GOLD_COLUMNS) + (["copy_of"] if "copy_of" in split.column_names else [])).to_dict()
     copies = data.get("copy_of") or [None] * len(data["utterance_id"])
     return [
         {
