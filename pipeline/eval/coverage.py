@@ -124,7 +124,7 @@ def by_source(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], thr
             durations = np.array([float(r["duration"]) for r in clips])
             # With background recordings, the headline false accepts per hour come from them, which
             # belong to no source; a per-source figure from negative clips would be another quantity.
-            clip_rate = "wake/background_hours" not in metrics
+            clip_rate = not metrics.get("wake/background_hours")
             if labels.any() and not labels.all():
                 result = evaluate_wake(scores, labels, durations, threshold)
                 m.update({"wake/frr": result.frr, "wake/auc": result.auc, "wake/eer": result.eer})

@@ -40,7 +40,8 @@ from pipeline.eval.coverage import (
     add_sources, by_source, clip_counts, flatten, label_reasons, leave_out, model_reasons, models_to_evaluate,
 )
 from pipeline.eval.report import plot_confusion, plot_slices, write_report
-from pipeline.eval.stream import background_metrics, background_wake, resolve_background, with_background
+from pipeline.eval.stream import (BACKGROUND_KEYS, background_metrics, background_wake, resolve_background,
+                                  with_background)
 from pipeline.eval.wake import describe_tuning, evaluate_wake, keyword_scores, plot_det, tune_threshold
 from pipeline.run_folder import read_build_report
 from pipeline.runtime import PipelineError
@@ -131,11 +132,14 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     scoring = _scoring_gold(cfg, ecfg, with_intent) if with_intent else None
     not_computed = {**model_reasons(asr_dir, nlu_dir),
                     **label_reasons(str(ecfg.split), with_intent, skipped, asr_dir is not None, nlu_dir is not None)}
+    background = (tuning or {}).pop("background", None)
+    if asr_dir is not None and not skipped and "threshold" not in (background or {}):
+        not_computed.update(dict.fromkeys(BACKGROUND_KEYS, "no background recordings were streamed; false accepts "
+                                                           "per hour come from the negative clips"))
     for why in sorted(set(not_computed.values())):
         log.warning("eval: not computed (%s): %s", why, ", ".join(k for k, v in not_computed.items() if v == why))
 
     metrics, details = _score(rows, with_intent, wake, test_out, ecfg)
-    background = (tuning or {}).pop("background", None)
     if asr_dir is not None:
         metrics.update(background_metrics(background, str(ecfg.split)))
     details["wake_background"] = background

@@ -392,12 +392,17 @@ def background_wake(
     return result, details
 
 
+BACKGROUND_KEYS = (*(f"wake/frr_at_{r:g}_fa_per_hour" for r in FA_RATES), "wake/background_hours")
+
+
 def background_metrics(details: dict[str, Any] | None, split: str) -> dict[str, Any]:
-    """The metrics.json keys of the streamed evaluation (None where it could not run)."""
-    frr_at = (details or {}).get("frr_at") or {}
-    out: dict[str, Any] = {f"wake/frr_at_{r:g}_fa_per_hour": frr_at.get(f"{r:g}") for r in FA_RATES}
-    out["wake/background_hours"] = (details or {}).get("hours", {}).get(split)
-    return out
+    """The metrics.json keys of the streamed evaluation; none when it did not run (no recordings, or
+    no wake metrics at all), so that 0 hours never reads as a measurement (the caller says why)."""
+    if not details or "threshold" not in details:
+        return {}
+    frr_at = details.get("frr_at") or {}
+    return {**{f"wake/frr_at_{r:g}_fa_per_hour": frr_at.get(f"{r:g}") for r in FA_RATES},
+            "wake/background_hours": details["hours"][split]}
 
 
 def with_background(wake: WakeResult, result: BackgroundResult | None) -> WakeResult:

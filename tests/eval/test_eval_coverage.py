@@ -62,6 +62,10 @@ def test_asr_model_alone_and_per_source_metrics(models: Path, tiny_dataset_path:
         assert metrics[f"by_source/{name}/asr/wer"] == pytest.approx(
             M.wer([r["reference"] for r in mine], [r["hypothesis"] for r in mine]))
         assert f"by_source/{name}/wake/frr" in metrics
+        # No background recordings: the headline false accepts per hour come from the clips, and so
+        # does each source's.
+        assert f"by_source/{name}/wake/fa_per_hour" in metrics
+    assert details["not_computed"]["wake/background_hours"].startswith("no background recordings were streamed")
     assert metrics["by_source/fsdd/eval/num_clips"] + metrics["by_source/export/eval/num_clips"] == metrics["eval/num_clips"]
     assert "## Per source" in report and "| metric | fsdd | export |" in report.replace("export | fsdd", "fsdd | export")
 

@@ -160,7 +160,9 @@ def test_eval_stage_measures_false_accepts_on_background_recordings(
     # Without background the clips stand in, and the report says so.
     metrics = run_eval_stage(eval_cfg(**models, **{"eval.background": "none"}), tmp_path / "none", tiny_dataset_path,
                              RecordingTracker())
-    assert metrics["wake/background_hours"] == 0.0 and metrics["wake/frr_at_1_fa_per_hour"] is None
+    assert "wake/background_hours" not in metrics and "wake/frr_at_1_fa_per_hour" not in metrics
+    not_computed = json.loads((tmp_path / "none/eval_details.json").read_text())["not_computed"]
+    assert not_computed["wake/background_hours"].startswith("no background recordings were streamed")
     assert "come from the negative clips instead" in (tmp_path / "none/report.md").read_text()
 
     # A background transcript with the wake word is an error that names the recording.
