@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors import SafetensorError
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Processor
 
 from pipeline.runtime import PipelineError
@@ -75,16 +76,43 @@ def skip_waveform_gradient(model: Wav2Vec2ForCTC) -> bool:
     return True
 
 
+# What the asr stage saves (save_pretrained of the model and of its processor), each with the
+# names other savers use; `load_asr` names the first of a missing one.
+ASR_FILES = (
+    ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json"),
+    ("vocab.json",),
+    ("tokenizer_config.json",),
+    ("processor_config.json", "preprocessor_config.json"),
+)
+
+
 def load_asr(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Wav2Vec2ForCTC, Wav2Vec2Processor]:
-    """The trained model (eval mode) and its processor from `<run>/asr`, checked to belong together."""
+    """The trained model (eval mode) and its processor from `<run>/asr`, checked to belong together.
+
+    The files are checked first: transformers' own messages for a missing one are a stack trace, a
+    NoneType error or advice about huggingface.co, none of which names the file."""
     model_dir = Path(model_dir)
+    if (model_dir / "nlu_labels.json").exists():
+        raise PipelineError(f"{model_dir} is an NLU model folder (it has nlu_labels.json); pass it as nlu_model=, "
+                            "and an ASR model folder (<run>/asr) as asr_model=")
     if not (model_dir / "config.json").exists():
         raise PipelineError(f"{model_dir}: no ASR model here (config.json missing); run the `asr` stage first")
+    missing = [names[0] for names in ASR_FILES if not any((model_dir / n).is_file() for n in names)]
+    if missing:
+        raise PipelineError(f"{model_dir}: the ASR model folder lacks {', '.join(missing)}; copy the whole folder "
+                            "the `asr` stage saved (<run>/asr), or re-run the `asr` stage")
     try:
         processor = Wav2Vec2Processor.from_pretrained(str(model_dir))
     except (OSError, ValueError, TypeError) as err:
-        raise PipelineError(f"{model_dir}: the processor files (vocab.json, processor_config.json) are missing or broken: {err}") from err
-    model = Wav2Vec2ForCTC.from_pretrained(str(model_dir)).to(device).eval()
+        raise PipelineError(f"{model_dir}: the processor files (vocab.json, processor_config.json) are broken: {err}") from err
+    try:
+        model = Wav2Vec2ForCTC.from_pretrained(str(model_dir))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # a cut or foreign weights file
+        reason = (str(err).splitlines() or [""])[0]  # transformers follows it with a table of every weight
+        raise PipelineError(f"{model_dir}: the model (config.json, model.safetensors) does not load "
+                            f"({err.__class__.__name__}: {reason}); copy the folder the `asr` stage saved again, "
+                            "or re-run the `asr` stage") from err
+    model = model.to(device).eval()
     vocab, head = len(processor.tokenizer), model.lm_head.out_features
     if vocab != head:
         raise PipelineError(
