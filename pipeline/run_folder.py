@@ -23,7 +23,10 @@ def read_build_report(folder: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        report = json.loads(path.read_text())
+        text = path.read_text()
+        if not text.strip():
+            raise PipelineError(f"{path} is empty; re-run the `data` stage to rewrite it")
+        report = json.loads(text)
     except (OSError, ValueError) as err:
         raise PipelineError(f"{path} is not readable JSON ({err}); re-run the `data` stage to rewrite it") from err
     if not isinstance(report, dict):
@@ -32,13 +35,24 @@ def read_build_report(folder: Path) -> dict[str, Any] | None:
 
 
 def dataset_path(run_dir: Path) -> Path | None:
-    """The dataset a run folder's stages read, from its build report; None when no build ran there."""
+    """The dataset a run folder's stages read, from its build report; None when no build ran there.
+
+    A build that kept no record writes `"dataset_path": null`: its data needs fixing. A missing key or
+    a value other than a path means the file was edited or comes from elsewhere: re-building rewrites it."""
     report = read_build_report(run_dir)
     if report is None:
         return None
-    if not report.get("dataset_path"):
+    path = Path(run_dir) / BUILD_REPORT
+    if "dataset_path" not in report:
+        raise PipelineError(f"{path} has no `dataset_path` key: the data stage always writes one, so the file was "
+                            "edited or comes from elsewhere; re-run the `data` stage to rewrite it")
+    value = report["dataset_path"]
+    if value is None:
         raise PipelineError(
-            f"{Path(run_dir) / BUILD_REPORT} names no dataset: its build kept no record "
+            f"{path} names no dataset: its build kept no record "
             f"(see {Path(run_dir) / 'quarantine.jsonl'}); fix the data and re-run the `data` stage"
         )
-    return Path(report["dataset_path"])
+    if not isinstance(value, str) or not value.strip():
+        raise PipelineError(f"{path}: `dataset_path` is {json.dumps(value)}, not a folder path; "
+                            "re-run the `data` stage to rewrite it")
+    return Path(value)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import run_folder
 from pipeline.config import checked
 from pipeline.review.config import ReviewConfig
 from pipeline.tracking import NullTracker, Tracker
@@ -29,8 +30,9 @@ def main(argv: list[str]) -> None:
         fail("usage: python -m pipeline.review <run folder> [key=value ...]  (make review RUN=outputs/<date>/<time>)")
     run_dir = Path(argv[0]).resolve()
     try:
-        if not (run_dir / "config.yaml").is_file() or not (run_dir / "build_report.json").is_file():
-            raise PipelineError(f"{run_dir}: not a finished run folder (config.yaml and build_report.json expected); "
+        dataset = run_folder.dataset_path(run_dir)  # None without build_report.json; a broken one is an error
+        if dataset is None or not (run_dir / "config.yaml").is_file():
+            raise PipelineError(f"{run_dir}: not a finished run folder (config.yaml and {run_folder.BUILD_REPORT} expected); "
                                 "pass the folder of a run whose data stage finished (outputs/<date>/<time>)")
         cfg = OmegaConf.load(run_dir / "config.yaml")
         cfg.review = OmegaConf.merge(OmegaConf.load(CONF / "review" / "default.yaml"), cfg.get("review") or {})
@@ -38,7 +40,6 @@ def main(argv: list[str]) -> None:
         checked(cfg.review, ReviewConfig, "review")  # a bad `review.*` override fails before any model loads
         configure_environment(run_dir, Path(cfg.cache_dir))
         seed_everything(int(cfg.get("seed", 0)))
-        dataset = Path(json.loads((run_dir / "build_report.json").read_text())["dataset_path"])
         from pipeline.review.stage import run_review_stage
 
         tracker = _tracker(cfg, run_dir)
