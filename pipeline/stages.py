@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import run_folder
@@ -20,6 +21,9 @@ from pipeline.tracking import NullTracker, Tracker
 from pipeline.tracking.config import logger_config
 
 KNOWN_STAGES = ("data", "asr", "nlu", "eval", "review")
+# The config keys each stage after `data` is made with (record_config).
+STAGE_KEYS = {"asr": ("asr", "trainer", "seed"), "nlu": ("nlu", "trainer", "seed"), "eval": ("eval",),
+              "review": ("review",)}
 
 
 def run_stages(cfg: DictConfig) -> dict[str, Any]:
@@ -31,12 +35,21 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir).resolve()
     configure_environment(run_dir, Path(cfg.cache_dir).resolve())
     seed_everything(int(cfg.seed))
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    # Stages without `data` continue a run folder: checked before this call writes anything into it.
+    if stages and "data" not in stages and run_folder.dataset_path(run_dir) is None:
+        review = "; to review a finished run: make review RUN=<run folder> (python -m pipeline.review <run folder>)"
+        raise PipelineError(
+            f"stages {stages} need a built dataset, but {run_dir}/{run_folder.BUILD_REPORT} does not exist; "
+            "add `data` to stages, or pass hydra.run.dir=<a run folder whose data stage finished>"
+            + (review if "review" in stages else "")
+        )
 
     # Under torchrun every worker runs this function; the process group is joined first so that
     # rank 0 alone builds the dataset and evaluates while the others wait for it.
     placement = place(cfg.trainer) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     is_main = placement is None or placement.is_main
+    if is_main:
+        record_config(cfg, run_dir, stages)
     tracker = make_tracker(cfg, run_dir, stages)
     results: dict[str, Any] = {}
     try:
@@ -51,11 +64,6 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
             if placement is not None:
                 barrier(placement)
         dataset_path = run_folder.dataset_path(run_dir)
-        if any(s in stages for s in ("asr", "nlu", "eval", "review")) and dataset_path is None:
-            raise PipelineError(
-                f"stages {stages} need a built dataset, but {run_dir}/build_report.json does not exist; "
-                "add `data` to stages"
-            )
         if "asr" in stages:
             from pipeline.asr.train import run_asr_stage
 
@@ -74,10 +82,35 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
         if "review" in stages and is_main:
             from pipeline.review.stage import run_review_stage
 
-            results["review"] = run_review_stage(cfg, run_dir, dataset_path, tracker)
+            # With the run's recorded config, as `make review`: the NLU backbone and wake word the run's
+            # models were made with, not this call's defaults.
+            results["review"] = run_review_stage(OmegaConf.load(run_dir / "config.yaml"), run_dir, dataset_path, tracker)
     finally:
         tracker.finish()
     return results
+
+
+def record_config(cfg: DictConfig, run_dir: Path, stages: list[str]) -> None:
+    """Write <run>/config.yaml, the record of how the run's dataset and models were made (`make review`
+    and `make compare` read it). A call without `data` continues a run an earlier call made: it
+    records the groups of the stages it runs (`stages=[nlu] nlu=tiny` retrains the NLU) and keeps the
+    rest, so `stages=[eval]` or `stages=[review]` with the defaults leaves the run's nlu=tiny as it is."""
+    path = run_dir / "config.yaml"
+    if "data" in stages or not path.is_file():
+        path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        return
+    try:
+        recorded = OmegaConf.load(path)
+    except (OSError, yaml.YAMLError) as err:
+        raise PipelineError(f"{path} is not a readable config ({err.__class__.__name__}); restore it, "
+                            "or re-run the stages with `data` in a new run folder") from err
+    if not isinstance(recorded, DictConfig):
+        raise PipelineError(f"{path} holds no mapping; restore it, or re-run the stages with `data` in a new run folder")
+    current = OmegaConf.to_container(cfg, resolve=True)
+    for key in dict.fromkeys(key for stage in stages for key in STAGE_KEYS[stage]):
+        if key in current:
+            recorded[key] = current[key]
+    path.write_text(OmegaConf.to_yaml(recorded))
 
 
 def check_config(cfg: DictConfig, stages: list[str]) -> None:

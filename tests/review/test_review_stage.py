@@ -50,7 +50,7 @@ def review_cfg(**overrides: Any) -> DictConfig:
         "nlu": OmegaConf.load(REPO / "conf/nlu/tiny.yaml"),
         "logger": {"log_transcripts": "auto"}, "data": {"source": "jsonl"}, "seed": 0,
     })
-    cfg.review.folds = 2  # the tiny dataset has 4 accounts
+    cfg.review.folds = 2  # the tiny dataset has 6 accounts
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
     return cfg
@@ -85,7 +85,7 @@ def test_review_writes_a_ranked_queue_summary_report_and_table(tiny_models: Path
         assert line["reason"]
 
     summary = json.loads((run / "review" / "summary.json").read_text())
-    assert summary["clips"] == len(clips) == 40 and summary["accounts"] == 4
+    assert summary["clips"] == len(clips) == 40 and summary["accounts"] == 6
     assert summary["scored"] == {"transcript": 40, "wake": 40, "intent": 30, "entities": 30}
     assert summary["budget"] == 1  # ceil(0.02 * 40)
     assert summary["lines"] == {k: sum(line["kind"] == k for line in queue) for k in summary["lines"]}
@@ -157,8 +157,8 @@ def test_more_folds_than_accounts_is_an_error_naming_the_count(tiny_models: Path
     from pipeline.review.stage import run_review_stage
 
     run = make_run(tmp_path, tiny_models, tiny_dataset_path)
-    with pytest.raises(PipelineError, match=r"review.folds=5 is more than the 4 accounts"):
-        run_review_stage(review_cfg(**{"review.folds": 5}), run, tiny_dataset_path, RecordingTracker())
+    with pytest.raises(PipelineError, match=r"review.folds=7 is more than the 6 accounts"):
+        run_review_stage(review_cfg(**{"review.folds": 7}), run, tiny_dataset_path, RecordingTracker())
     assert not (run / "review").exists()
 
 
@@ -196,13 +196,14 @@ def test_make_review_gives_a_setting_the_runs_config_lacks_its_default(tiny_mode
     assert summary["folds"] == 3 and summary["seconds"]["transcript"] > 0  # the run's folds, the default tempos
 
 
-# The folder given to `make review` (next to a finished run) and the one error line, `<run>` standing for it.
-@pytest.mark.parametrize(("folder", "error"), [
-    pytest.param("run", r"review\.folds=5 is more than the 4 accounts", id="default-folds-exceed-accounts"),
-    pytest.param("no-such-run", r"<run>: not a finished run folder", id="not-a-run-folder"),
+# The folder given to `make review` (next to a finished run), its overrides and the one error line,
+# `<run>` standing for the folder.
+@pytest.mark.parametrize(("folder", "args", "error"), [
+    pytest.param("run", ["review.folds=7"], r"review\.folds=7 is more than the 6 accounts", id="folds-exceed-accounts"),
+    pytest.param("no-such-run", [], r"<run>: not a finished run folder", id="not-a-run-folder"),
 ])
 def test_make_review_refuses_in_one_line_naming_the_setting_or_folder(
-    folder: str, error: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
+    folder: str, args: list[str], error: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from pipeline.review.__main__ import main
@@ -210,30 +211,102 @@ def test_make_review_refuses_in_one_line_naming_the_setting_or_folder(
     finished_run(tmp_path, tiny_models, tiny_dataset_path)
     run = tmp_path / folder
     with pytest.raises(SystemExit) as exit_info:
+        main([str(run), *args])
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2 and len(error_lines) == 1
+    assert re.search(error.replace("<run>", re.escape(str(run.resolve()))), error_lines[0]), error_lines[0]
+
+
+@pytest.mark.parametrize(("content", "error"), [
+    pytest.param("", r"<run>/build_report\.json is empty; re-run the `data` stage", id="empty"),
+    pytest.param("{}", r"<run>/build_report\.json has no `dataset_path` key", id="no-dataset-path"),
+])
+def test_make_review_names_a_broken_build_report(content: str, error: str, tiny_models: Path, tiny_dataset_path: Path,
+                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.review.__main__ import main
+
+    run = finished_run(tmp_path, tiny_models, tiny_dataset_path)
+    (run / "build_report.json").write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
         main([str(run)])
     error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert exit_info.value.code == 2 and len(error_lines) == 1
     assert re.search(error.replace("<run>", re.escape(str(run.resolve()))), error_lines[0]), error_lines[0]
 
 
-def test_stages_review_runs_after_the_others_in_the_run_folder(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("dataset", "error"), [
+    pytest.param("single", r"<dataset> is a single Dataset, not a DatasetDict of splits", id="single-dataset"),
+    pytest.param("no-bio-tags", r"<dataset>: split `train` lacks the column\(s\) \['bio_tags'\] the review reads",
+                 id="missing-column"),
+])
+def test_make_review_refuses_a_dataset_it_cannot_read_naming_split_and_column(
+    dataset: str, error: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipeline.review.__main__ import main
+
+    dd = load_from_disk(str(tiny_dataset_path))
+    path = tmp_path / dataset
+    (dd["train"] if dataset == "single" else dd.remove_columns("bio_tags")).save_to_disk(str(path))
+    run = finished_run(tmp_path, tiny_models, path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run)])
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2 and len(error_lines) == 1
+    assert re.search(error.replace("<dataset>", re.escape(str(path))), error_lines[0]), error_lines[0]
+    assert not any(uid in error_lines[0] for uid in dd["train"]["utterance_id"])  # splits and columns, never rows
+
+
+def stages_config(run: Path, tmp_path: Path, *overrides: str) -> DictConfig:
+    """train.py's config for `overrides` with hydra.run.dir=<run>, as @hydra.main hands it to the job."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from pipeline.stages import run_stages
-
-    run = make_run(tmp_path, tiny_models, tiny_dataset_path)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=["stages=[review]", "logger=none", "nlu=tiny", "review.folds=4",
-                                           f"cache_dir={tmp_path / 'cache'}"], return_hydra_config=True)
+        cfg = compose("config", overrides=[*overrides, "logger=none", f"cache_dir={tmp_path / 'cache'}"],
+                      return_hydra_config=True)
     with open_dict(cfg):  # what @hydra.main sets up before the job: the run folder, ${hydra:...}
         cfg.hydra.runtime.output_dir = str(run)
         HydraConfig.instance().set_config(cfg)
         del cfg["hydra"]
+    return cfg
+
+
+def test_stages_review_runs_after_the_others_in_the_run_folder(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    from pipeline.stages import run_stages
+
+    run = make_run(tmp_path, tiny_models, tiny_dataset_path)
+    cfg = stages_config(run, tmp_path, "stages=[review]", "nlu=tiny", "review.folds=4")
     results = run_stages(cfg)
     assert results["review"]["queue"] == str(run / "review" / "queue.jsonl")
     assert json.loads((run / "review" / "summary.json").read_text())["folds"] == 4
+
+
+def test_stages_review_on_a_finished_run_reviews_with_the_runs_config_and_keeps_it(
+    tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
+) -> None:
+    """The defaults say nlu=minilm; the run was made with nlu=tiny: its config.yaml stays so, and the
+    review loads the tiny backbone (the MiniLM one is not in this offline cache)."""
+    from pipeline.stages import run_stages
+
+    run = finished_run(tmp_path, tiny_models, tiny_dataset_path)
+    nlu = OmegaConf.to_container(OmegaConf.load(run / "config.yaml").nlu)
+    results = run_stages(stages_config(run, tmp_path, "stages=[review]", "review.folds=4"))
+    recorded = OmegaConf.load(run / "config.yaml")
+    assert OmegaConf.to_container(recorded.nlu) == nlu and recorded.review.folds == 4
+    assert results["review"]["queue"] == str(run / "review" / "queue.jsonl")
+    summary = json.loads((run / "review" / "summary.json").read_text())
+    assert summary["folds"] == 4 and summary["scored"]["intent"] == 30
+
+
+def test_stages_review_in_a_new_folder_points_to_make_review_and_writes_nothing(tmp_path: Path) -> None:
+    from pipeline.stages import run_stages
+
+    run = tmp_path / "new"
+    with pytest.raises(PipelineError, match=r"build_report\.json does not exist; .*make review RUN=<run folder>"):
+        run_stages(stages_config(run, tmp_path, "stages=[review]"))
+    assert not (run / "config.yaml").exists()
 
 
 def test_a_demo_build_with_label_noise_lists_the_planted_errors_in_the_run(tmp_path: Path) -> None:
