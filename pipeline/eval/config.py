@@ -62,9 +62,23 @@ class EvalConfig:
                 raise PipelineError(f"eval.{key}={getattr(self, key)}: must be at least 1")
         if not self.target_fa_per_hour >= 0:  # NaN too
             raise PipelineError(f"eval.target_fa_per_hour={self.target_fa_per_hour}: give false accepts per hour, 0 or more")
-        if not 0 <= self.max_unknown_intent_rate <= 1:
-            raise PipelineError(f"eval.max_unknown_intent_rate={self.max_unknown_intent_rate}: give a share between 0 and 1")
+        for key in ("max_unknown_intent_rate", "max_oov_char_rate"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise PipelineError(f"eval.{key}={getattr(self, key)}: give a share between 0 and 1")
+        for key in ("worst_n", "min_background_hours"):
+            if not getattr(self, key) >= 0:
+                raise PipelineError(f"eval.{key}={getattr(self, key)}: give 0 or more")
+        check_stream(self.stream_window_s, self.stream_hop_s, self.refractory_s)
         if self.wake_window_s is not None and self.wake_window_s <= 0:
             raise PipelineError(f"eval.wake_window_s={self.wake_window_s}: give a number of seconds above 0, or null for the whole clip")
         if not self.duration_buckets:
             raise PipelineError("eval.duration_buckets is empty; give the slice edges in seconds, e.g. [2.0, 4.0, 8.0]")
+
+
+def check_stream(window_s: float, hop_s: float, refractory_s: float) -> None:
+    """The background stream's window, hop and refractory period (pipeline.eval.stream.StreamSettings)."""
+    if not 0 < hop_s <= window_s or not refractory_s >= 0:
+        raise PipelineError(
+            f"eval.stream_hop_s={hop_s:g}, eval.stream_window_s={window_s:g}, eval.refractory_s={refractory_s:g}: "
+            "the hop must be above 0 and at most the window (the difference is the context each scored frame "
+            "gets), the refractory period 0 or more")

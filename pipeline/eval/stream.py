@@ -38,6 +38,7 @@ from pipeline.asr.model import log_probs_of, samples_per_frame
 from pipeline.data.background import (
     DEMO_DIR, SAMPLING_RATE, Recording, background_knobs, ensure_demo_background, load_background,
 )
+from pipeline.eval.config import check_stream
 from pipeline.eval.wake import NEG_INF, WakeResult, keyword_trace
 from pipeline.runtime import PipelineError
 
@@ -143,12 +144,7 @@ def stream_background(
     stride = samples_per_frame(model)
     window = max(1, round(settings.window_s * SAMPLING_RATE / stride)) * stride
     hop = max(1, round(settings.hop_s * SAMPLING_RATE / stride)) * stride
-    if not 0 < settings.hop_s <= settings.window_s or settings.refractory_s < 0:
-        raise PipelineError(
-            f"eval.stream_hop_s={settings.hop_s:g}, eval.stream_window_s={settings.window_s:g}, eval.refractory_s="
-            f"{settings.refractory_s:g}: the hop must be > 0 and at most the window (the difference is the context "
-            "each scored frame gets), the refractory period >= 0"
-        )
+    check_stream(settings.window_s, settings.hop_s, settings.refractory_s)
     margin = (window - hop) // 2 // stride  # frames of each window's edges left to its neighbours
     stats = StreamStats()
     started = time.perf_counter()

@@ -59,6 +59,11 @@ def _refused(error: str, tmp_path: Path, models: Path, dataset: Path, **kwargs: 
     pytest.param({"eval.bootstrap_samples": 0}, r"^eval\.bootstrap_samples=0: must be at least 1$", id="no-bootstrap-samples"),
     pytest.param({"eval.max_unknown_intent_rate": 1.5}, r"^eval\.max_unknown_intent_rate=1\.5: give a share between 0 and 1$",
                  id="unknown-intent-rate-above-one"),
+    pytest.param({"eval.max_oov_char_rate": -0.1}, r"^eval\.max_oov_char_rate=-0\.1: give a share between 0 and 1$",
+                 id="negative-oov-rate"),
+    pytest.param({"eval.worst_n": -1}, r"^eval\.worst_n=-1: give 0 or more$", id="negative-worst-n"),
+    pytest.param({"eval.stream_hop_s": 8.0}, r"^eval\.stream_hop_s=8, eval\.stream_window_s=6, eval\.refractory_s=1: the hop "
+                 r"must be above 0 and at most the window", id="hop-beyond-the-window"),
     pytest.param({"eval.wake_word": "!!"},
                  r"^eval\.wake_word='!!' has no letters the pipeline keeps after normalisation .*pick a word the ASR "
                  r"model can spell", id="wake-word-of-punctuation"),
