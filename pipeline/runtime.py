@@ -92,6 +92,24 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def host_record() -> dict[str, Any]:
+    """What a training run's float arithmetic depends on beyond code, data and seed: the same run on
+    another CPU (other vector kernels) or thread count sums in another order and drifts from the
+    first steps on, so a run records them to tell such a difference from a real one."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
 def requested_workers(trainer_cfg: Any) -> int | None:
     """`trainer.num_workers` as a number of DataLoader processes, or None for `auto` (each stage decides)."""
     wanted = trainer_cfg.num_workers

@@ -39,7 +39,7 @@ from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.config import TrainerConfig, checked
 from pipeline.data.features import SAMPLING_RATE
 from pipeline.distributed import Placement, all_agree, any_says, barrier, place, total
-from pipeline.runtime import PipelineError, seed_everything
+from pipeline.runtime import PipelineError, host_record, seed_everything
 from pipeline.tracking import Tracker
 
 
@@ -562,7 +562,7 @@ def _save_best(run: TrainingRun, stopped_by: str) -> dict[str, Any]:
         "stage_wall_seconds": time.time() - run.started, "stopped_by": stopped_by,
         "nonfinite_steps": state["nonfinite_steps"], "unalignable_clips": run.unalignable,
         "world_size": placement.world_size, "max_batch_seconds": state.get("max_batch_seconds"),
-        "device": str(placement.device), "precision": placement.precision,
+        "device": str(placement.device), "precision": placement.precision, "host": host_record(),
         "num_parameters": sum(p.numel() for p in model.parameters()), "history": state["history"],
         "model_dir": str(run.out_dir),
     }

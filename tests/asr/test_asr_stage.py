@@ -31,6 +31,8 @@ def test_stage_writes_a_model_folder_metrics_and_curves(trained_run: tuple[Path,
     for key in ("val_wer", "val_cer", "best_step", "steps", "audio_hours_seen", "train_wall_seconds"):
         assert key in saved
     assert saved["steps"] == 6 and saved["best_step"] in (3, 6)
+    # What the arithmetic depends on beyond code, data and seed, to tell a host's drift from a change.
+    assert saved["host"]["threads"] >= 1 and saved["host"]["cpu"] and saved["host"]["torch"] == torch.__version__
     assert 0 < saved["audio_hours_seen"] < 1 and saved["train_wall_seconds"] > 0
     assert [h["step"] for h in saved["history"]] == [3, 6]
     losses = [m["asr/train_loss"] for _, m in tracker.metrics if "asr/train_loss" in m]
