@@ -286,8 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(affected)} model(s) in {registry} were trained on data with a deletion request:")
         for model in affected:
             print(f"  {model['model_id']}  {model['status']}  {model['deleted_utterances']} deleted utterance(s)")
+    roots = Roots.from_cfg(cfg).named()
+    absent = [f"{name}={root}" for name, root in roots.items() if not root.exists()]
+    # A mistyped root is absent, and nothing absent was scanned: say which, so "clean" is not read as
+    # covering a folder the scan never saw.
+    print("audit: scanned " + ", ".join(f"{name}={root}" for name, root in roots.items() if root.exists())
+          + (f"; absent, so not scanned: {', '.join(absent)}" if absent else ""))
     if not findings:
-        print("audit: clean: no trace of a deleted clip under any registered root")
+        print("audit: clean: no trace of a deleted clip under the roots scanned")
         return EXIT_CLEAN
     print(f"audit: {len(findings)} finding(s) of deleted data (run `make erase`):")
     for f in findings:

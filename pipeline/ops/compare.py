@@ -245,18 +245,26 @@ def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, sample
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.ops.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("roots", nargs="*", type=Path, default=[Path("outputs"), Path("multirun")],
+    default_roots = [Path("outputs"), Path("multirun")]
+    parser.add_argument("roots", nargs="*", type=Path, default=default_roots,
                         help="folders to search for run folders (default: outputs multirun)")
     parser.add_argument("--last", type=int, default=10, help="how many of the most recent runs")
     parser.add_argument("--metrics", default=",".join(HEADLINE), help="comma-separated metric names")
     parser.add_argument("--samples", type=int, default=B.DEFAULT_SAMPLES, help="bootstrap samples for paired differences")
     parser.add_argument("--seed", type=int, default=B.DEFAULT_SEED, help="bootstrap seed (same seed, same intervals)")
     args = parser.parse_args(argv)
+    missing = [str(r) for r in args.roots if not r.is_dir()] if args.roots is not default_roots else []
+    if missing:  # a mistyped folder would otherwise read as "no runs"
+        parser.error(f"no such folder: {', '.join(missing)}")
     runs = sorted((load_run(p) for p in find_runs(args.roots)), key=lambda r: r.mtime)[-args.last:]
     if not runs:
         print(f"no run folders under {', '.join(map(str, args.roots))}")
         return 0
     metrics = [m for m in args.metrics.split(",") if m]
+    unknown = [m for m in metrics if not any(m in r.metrics for r in runs)]
+    if unknown:
+        print(f"note: {', '.join(unknown)} in none of these runs' metrics.json (names as in metrics.json, "
+              "e.g. asr/wer)", file=sys.stderr)
     if any("decision" in r.metrics for r in runs):
         metrics.append("decision")
     keys = differing_keys(runs)

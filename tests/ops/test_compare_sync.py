@@ -98,3 +98,15 @@ def test_slurm_launcher_config_composes_with_the_submitit_plugin() -> None:
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
+
+
+def test_a_mistyped_folder_or_metric_is_named_not_read_as_nothing(tmp_path: Path) -> None:
+    _run_folder(tmp_path / "outputs", "2026-01-01/10-00-00", 1e-4, 0.31)
+    for module in ("pipeline.ops.compare", "pipeline.ops.sync"):
+        result = subprocess.run([sys.executable, "-m", module, "outputs", "outptus"], cwd=tmp_path,
+                                capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
+        assert result.returncode == 2 and result.stderr.strip().endswith("error: no such folder: outptus"), module
+    result = subprocess.run([sys.executable, "-m", "pipeline.ops.compare", "--metrics", "asr/wer,asr/wre"],
+                            cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
+    assert result.returncode == 0 and "0.3100" in result.stdout
+    assert result.stderr.startswith("note: asr/wre in none of these runs' metrics.json")

@@ -88,7 +88,11 @@ def test_erase_removes_every_copy_and_the_audit_proves_it(store: dict[str, Any],
     assert sorted(receipt["marked_do_not_sync"]) == sorted(map(str, affected))
 
     assert audit.main(overrides(root)) == 0
-    assert "clean" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "audit: clean" in out and f"audit: scanned cache={root / 'cache'}, outputs={root / 'outputs'}" in out
+    # A mistyped root is absent: "clean" then says it did not cover it.
+    assert audit.main([overrides(root)[0], f"erase.multirun={root / 'multi-run'}"]) == 0
+    assert f"absent, so not scanned: multirun={root / 'multi-run'}" in capsys.readouterr().out
     # A second erase has nothing left to do and writes no second receipt.
     assert erase.main(overrides(root)) == 0
     assert "nothing to remove" in capsys.readouterr().out
