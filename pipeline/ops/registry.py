@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pipeline.runtime import PipelineError
+
 PROMOTED = "promoted.json"
 RECORD = "record.json"
 DECISIONS = "decisions.jsonl"
@@ -40,6 +42,18 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A registry file; the registry's own writes are atomic, so a bad one was edited or damaged by hand."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise PipelineError(f"registry file {path} cannot be read ({err}); restore it from a backup, or from "
+                            f"{DECISIONS} and the model records beside it") from None
+    if not isinstance(value, dict):
+        raise PipelineError(f"registry file {path} holds no JSON object; restore it from a backup")
+    return value
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -53,15 +67,15 @@ class Registry:
 
     def _pointer(self) -> dict[str, Any]:
         path = self.root / PROMOTED
-        return json.loads(path.read_text()) if path.is_file() else {"model_id": None, "history": []}
+        return _read_json(path) if path.is_file() else {"model_id": None, "history": []}
 
     def record(self, model_id: str) -> dict[str, Any]:
-        return json.loads((self.models / model_id / RECORD).read_text())
+        return _read_json(self.models / model_id / RECORD)
 
     def records(self) -> list[dict[str, Any]]:
         if not self.models.is_dir():
             return []
-        return [json.loads(p.read_text()) for p in sorted(self.models.glob(f"*/{RECORD}"))
+        return [_read_json(p) for p in sorted(self.models.glob(f"*/{RECORD}"))
                 if not p.parent.name.startswith(TMP_PREFIX)]
 
     def current(self) -> dict[str, Any] | None:

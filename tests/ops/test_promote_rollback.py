@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from pipeline.ops.corpus import pseudonym_key, utterance_pseudonym
 from pipeline.ops.promote import write_candidate
 from pipeline.ops.registry import Registry
 from pipeline.ops.retrain import EXIT_CONFIG, EXIT_OK, run_retrain
+from pipeline.runtime import PipelineError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,3 +131,14 @@ def test_never_back_to_deleted_data_or_missing_weights(tmp_path: Path) -> None:
     assert code == EXIT_CONFIG and "exclusive" in decision["reason"]
     assert registry.current()["model_id"] == "m3" and c4.is_dir()
     assert [d["decision"] for d in registry.decisions()][-8:] == ["config_error"] * 8
+
+
+def test_a_damaged_registry_file_is_named(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "registry")
+    registry.root.mkdir()
+    (registry.root / "promoted.json").write_text("{bad")
+    with pytest.raises(PipelineError, match=r"^registry file .*promoted\.json cannot be read \(.*\); restore it"):
+        registry.current()
+    (registry.root / "promoted.json").write_text("[]")
+    with pytest.raises(PipelineError, match=r"promoted\.json holds no JSON object"):
+        registry.current()
