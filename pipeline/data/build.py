@@ -466,7 +466,9 @@ def _stop_with_nothing_kept(sources: list[Source], report: dict[str, Any], quara
         "path_outside_root": "the audio lies outside the export folder; if it is reached through a trusted "
                              "directory symlink, add that folder to data.allowed_roots",
         "deleted": "every record matched data.deletions",
-        "invalid_record": "check the field names (data.columns maps a dataset's columns onto them)",
+        "invalid_record": ("check the field names (data.columns maps a dataset's columns onto them)"
+                           if any(s.hf is not None for s in sources)
+                           else "check the records against the annotation format (README, the canonical JSONL export)"),
     }.get(reason, "see the quarantine file for each record's reason")
     roots = sorted({str(s.root.resolve()) for s in sources if s.root is not None})
     raise PipelineError(

@@ -155,6 +155,17 @@ def inbox_batches(inbox: Path) -> list[Path]:
                   if p.is_dir() and p.name != REQUEST_FOLDER and (p / ANNOTATIONS).is_file())
 
 
+def stray_inbox_entries(inbox: Path) -> str:
+    """What lies in the inbox but is no batch (an export dropped there as a file, a folder without
+    annotations.jsonl), said so, since the job would otherwise wait for batches that never come."""
+    stray = sorted(p.name for p in inbox.iterdir() if p.name != REQUEST_FOLDER and not p.name.startswith(".")
+                   and p not in inbox_batches(inbox)) if inbox.is_dir() else []
+    if not stray:
+        return ""
+    return (f"; {', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''} in it are not batches: each batch is a "
+            f"folder holding {ANNOTATIONS} (and its audio)")
+
+
 def _move(src: Path, dst: Path) -> None:
     """Atomic on one file system; across file systems, copy to a temp name, rename, then remove."""
     try:

@@ -32,7 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import run_folder
 from pipeline.ops.config import RetrainConfig, job_config, retrain_config
-from pipeline.ops.corpus import Corpus, pseudonym_key, update_corpus, utterance_pseudonym
+from pipeline.ops.corpus import Corpus, pseudonym_key, stray_inbox_entries, update_corpus, utterance_pseudonym
 from pipeline.ops.erase import erase_copies
 from pipeline.ops.gate import gate_on_runs
 from pipeline.ops.promote import promote_model, rollback, write_candidate
@@ -158,7 +158,8 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     quarantined_request_lines=corpus.quarantined,
                     incumbent={"model_id": current["model_id"]} if current else None)
     if corpus.batches == 0:
-        return {**decision, "decision": "nothing_to_do", "reason": f"no batches in {retrain.inbox} yet"}
+        return {**decision, "decision": "nothing_to_do",
+                "reason": f"no batches in {retrain.inbox} yet{stray_inbox_entries(Path(str(retrain.inbox)))}"}
     current_affected = current is not None and any(a["model_id"] == current["model_id"] for a in affected)
     previous = _last_decision_for(registry, state)
     # force: train anyway (say, after changing the gate); the gate still decides. Promoting a

@@ -218,3 +218,14 @@ def test_a_batch_with_a_byte_order_mark_is_purged_from_its_first_line_and_a_line
     merged = corpus.annotations.read_bytes()
     assert b"ALICE" not in merged and b"ALICE" not in (corpus_dir / "batches" / "b1" / "annotations.jsonl").read_bytes()
     assert cp1252 + b"\n" in merged and b"amzn1.account.BOB" in merged
+
+
+def test_an_inbox_with_exports_that_are_not_batches_says_so(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "b2" / "audio").mkdir(parents=True)  # a folder without annotations.jsonl
+    (inbox / "b1.jsonl").write_text("{}\n")        # an export dropped in as a file
+    assert run_retrain(_cfg(tmp_path)) == EXIT_OK
+    decision = json.loads((tmp_path / "run" / "decision.json").read_text())
+    assert decision["decision"] == "nothing_to_do"
+    assert decision["reason"] == (f"no batches in {inbox} yet; b1.jsonl, b2 in it are not batches: each batch is a "
+                                  "folder holding annotations.jsonl (and its audio)")
