@@ -15,18 +15,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import run_folder
 from pipeline.config import TrainerConfig, checked
-from pipeline.distributed import barrier, place
-from pipeline.runtime import PipelineError, configure_environment, seed_everything
+from pipeline.distributed import barrier, place, resolve_device
+from pipeline.runtime import PipelineError, configure_environment, requested_workers, seed_everything
 from pipeline.tracking import NullTracker, Tracker
 from pipeline.tracking.config import logger_config
 
 KNOWN_STAGES = ("data", "asr", "nlu", "eval", "review")
-# The config keys each stage after `data` is made with (record_config).
+# The config keys each stage after `data` is made with (recorded_config).
 STAGE_KEYS = {"asr": ("asr", "trainer", "seed"), "nlu": ("nlu", "trainer", "seed"), "eval": ("eval",),
               "review": ("review",)}
 
 
 def run_stages(cfg: DictConfig) -> dict[str, Any]:
+    if isinstance(cfg.stages, str) or not cfg.stages:
+        raise PipelineError(f"stages={cfg.stages!r}: give a list of stages, e.g. stages=[data] or stages=[data,asr]; "
+                            f"known: {list(KNOWN_STAGES)}")
     stages = list(cfg.stages)
     unknown = [s for s in stages if s not in KNOWN_STAGES]
     if unknown:
@@ -48,8 +51,13 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
     # rank 0 alone builds the dataset and evaluates while the others wait for it.
     placement = place(cfg.trainer) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     is_main = placement is None or placement.is_main
-    if is_main:
-        record_config(cfg, run_dir, stages)
+    # A new run records its config first (an interrupted run still has it); a call continuing a
+    # run records its stages' settings only once they succeed, so a failed retry leaves the record
+    # describing the models that are there.
+    record = recorded_config(cfg, run_dir, stages)
+    continuing = "data" not in stages and (run_dir / "config.yaml").is_file()
+    if is_main and not continuing:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(record))
     tracker = make_tracker(cfg, run_dir, stages)
     results: dict[str, Any] = {}
     try:
@@ -84,21 +92,23 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
 
             # With the run's recorded config, as `make review`: the NLU backbone and wake word the run's
             # models were made with, not this call's defaults.
-            results["review"] = run_review_stage(OmegaConf.load(run_dir / "config.yaml"), run_dir, dataset_path, tracker)
+            results["review"] = run_review_stage(record, run_dir, dataset_path, tracker)
+        if is_main and continuing:
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(record))
     finally:
         tracker.finish()
     return results
 
 
-def record_config(cfg: DictConfig, run_dir: Path, stages: list[str]) -> None:
-    """Write <run>/config.yaml, the record of how the run's dataset and models were made (`make review`
-    and `make compare` read it). A call without `data` continues a run an earlier call made: it
-    records the groups of the stages it runs (`stages=[nlu] nlu=tiny` retrains the NLU) and keeps the
-    rest, so `stages=[eval]` or `stages=[review]` with the defaults leaves the run's nlu=tiny as it is."""
+def recorded_config(cfg: DictConfig, run_dir: Path, stages: list[str]) -> DictConfig:
+    """What <run>/config.yaml is to say after this call: the record of how the run's dataset and
+    models were made (`make review` and `make compare` read it). A call without `data` continues a
+    run an earlier call made: it records the groups of the stages it runs (`stages=[nlu] nlu=tiny`
+    retrains the NLU) and keeps the rest, so `stages=[eval]` or `stages=[review]` with the defaults
+    leaves the run's nlu=tiny as it is."""
     path = run_dir / "config.yaml"
     if "data" in stages or not path.is_file():
-        path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        return
+        return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     try:
         recorded = OmegaConf.load(path)
     except (OSError, yaml.YAMLError) as err:
@@ -110,7 +120,7 @@ def record_config(cfg: DictConfig, run_dir: Path, stages: list[str]) -> None:
     for key in dict.fromkeys(key for stage in stages for key in STAGE_KEYS[stage]):
         if key in current:
             recorded[key] = current[key]
-    path.write_text(OmegaConf.to_yaml(recorded))
+    return recorded
 
 
 def check_config(cfg: DictConfig, stages: list[str]) -> None:
@@ -122,12 +132,18 @@ def check_config(cfg: DictConfig, stages: list[str]) -> None:
     from pipeline.nlu.config import NLUConfig
     from pipeline.review.config import ReviewConfig
 
+    seed = cfg.get("seed")
+    if "seed" in cfg and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise PipelineError(f"seed={seed!r}: give a whole number, e.g. seed=1234")
     if "data" in stages:  # `privacy` too, when the data stage (always the first) starts
         checked(cfg.get("data"), DataConfig, "data")
     if "asr" in stages:
         checked(cfg.get("asr"), ASRConfig, "asr")
     if "asr" in stages or "nlu" in stages:
         checked(cfg.get("trainer"), TrainerConfig, "trainer")
+        # The device, precision and loader workers asked for: refused here, not after the data build.
+        resolve_device(cfg.trainer)
+        requested_workers(cfg.trainer)
     if "nlu" in stages:
         checked(cfg.get("nlu"), NLUConfig, "nlu")
     if "eval" in stages:

@@ -38,6 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
     ("eval.wake_window_s=0", r"eval.wake_window_s=0.0: give a number of seconds above 0, or null for the whole clip"),
     ("eval.lm_weights=[1.0,x]", r"eval.lm_weights\[1\]='x' is not a valid float"),
     ("+eval.beam=4", r"eval.beam is not a setting of eval; known: .*\(a new setting is declared in pipeline/eval/config.py"),
+    ("seed=abc", r"^seed='abc': give a whole number, e.g. seed=1234$"),
+    ("seed=1.5", r"^seed=1.5: give a whole number"),
+    ("trainer.num_workers=-1", r"^trainer.num_workers=-1: use auto or a number of worker processes"),
 ])
 def test_a_bad_setting_names_its_key_and_what_it_accepts(override: str, message: str) -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
@@ -63,3 +66,14 @@ def test_train_py_stops_before_the_first_stage_with_exit_code_2(tmp_path: Path) 
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == "error: nlu.epochs='x' is not a valid float"
     assert not (tmp_path / "run" / "build_report.json").exists()  # the data stage never started
+
+
+@pytest.mark.parametrize("stages", ["data", "[]"])
+def test_stages_is_a_list_of_stages(stages: str, tmp_path: Path) -> None:
+    from pipeline.stages import run_stages
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"stages={stages}", f"run_dir={tmp_path / 'run'}", "logger=none"])
+    with pytest.raises(PipelineError, match=r"^stages=.*: give a list of stages, e.g. stages=\[data\]"):
+        run_stages(cfg)
+    assert not (tmp_path / "run").exists()

@@ -300,6 +300,19 @@ def test_stages_review_on_a_finished_run_reviews_with_the_runs_config_and_keeps_
     assert summary["folds"] == 4 and summary["scored"]["intent"] == 30
 
 
+def test_a_later_call_that_fails_leaves_the_runs_config_as_it_was(
+    tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
+) -> None:
+    """The record describes the models in the folder: a retry that failed changed none of them."""
+    from pipeline.stages import run_stages
+
+    run = finished_run(tmp_path, tiny_models, tiny_dataset_path)
+    before = (run / "config.yaml").read_bytes()
+    with pytest.raises(PipelineError, match=r"review.folds=7 is more than the 6 accounts"):
+        run_stages(stages_config(run, tmp_path, "stages=[review]", "review.folds=7"))
+    assert (run / "config.yaml").read_bytes() == before
+
+
 def test_stages_review_in_a_new_folder_points_to_make_review_and_writes_nothing(tmp_path: Path) -> None:
     from pipeline.stages import run_stages
 
