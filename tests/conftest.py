@@ -110,3 +110,15 @@ def tiny_dataset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny_dataset") / "dataset"
     dd.save_to_disk(str(path))
     return path
+
+
+@pytest.fixture(scope="package")
+def tiny_models(tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a tiny ASR model (`asr/`) and NLU model (`nlu/`) trained a few steps on the tiny dataset."""
+    from tests.eval.test_eval_run import save_tiny_asr, save_tiny_nlu
+
+    folder = tmp_path_factory.mktemp("models")
+    save_tiny_asr(tiny_dataset_path, folder / "asr")
+    save_tiny_nlu(tiny_dataset_path, folder / "nlu")
+    return folder
+

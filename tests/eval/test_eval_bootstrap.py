@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.stats import poisson
-from test_eval_run import REPO, eval_cfg, save_tiny_asr, save_tiny_nlu
+from test_eval_run import REPO, eval_cfg
 
 from pipeline.eval import bootstrap as B
 from pipeline.eval import metrics as M
@@ -130,14 +130,6 @@ def test_false_accepts_on_background_are_paired_over_its_recordings() -> None:
 def test_clips_without_counts_are_named() -> None:
     with pytest.raises(ValueError, match="clip u7 has no per-clip counts"):
         B.clip_table([{"utterance_id": "u7", "speaker": "s"}])
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    save_tiny_asr(tiny_dataset_path, run / "asr")
-    save_tiny_nlu(tiny_dataset_path, run / "nlu")
-    return run
 
 
 def test_eval_stage_writes_intervals_everywhere(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:

@@ -14,21 +14,13 @@ from datasets import DatasetDict, load_from_disk
 
 from pipeline.eval import metrics as M
 from pipeline.runtime import PipelineError
-from tests.eval.test_eval_run import eval_cfg, save_tiny_asr, save_tiny_nlu
+from tests.eval.test_eval_run import eval_cfg
 from tests.recording import RecordingTracker
 
 ASR = {"asr/wer", "asr/cer", "asr/wer_greedy", "asr/cer_greedy", "eval/rtf"}
 WAKE = {"wake/frr", "wake/fa_per_hour", "wake/auc", "wake/eer", "wake/threshold"}
 NLU = {"nlu/intent_accuracy", "nlu/intent_macro_f1", "nlu/entity_f1"}
 SLU = {"slu/intent_accuracy", "slu/intent_macro_f1", "slu/entity_f1", "slu/slu_f1"}
-
-
-@pytest.fixture(scope="module")
-def models(tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("models")
-    save_tiny_asr(tiny_dataset_path, folder / "asr")
-    save_tiny_nlu(tiny_dataset_path, folder / "nlu")
-    return folder
 
 
 def variant(tiny_dataset_path: Path, out: Path, fn: Any) -> Path:
@@ -46,10 +38,10 @@ def evaluate(out: Path, dataset: Path, **models: str) -> tuple[dict[str, Any], d
     return metrics, json.loads((out / "eval_details.json").read_text()), (out / "report.md").read_text()
 
 
-def test_asr_model_alone_and_per_source_metrics(models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+def test_asr_model_alone_and_per_source_metrics(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
     two = variant(tiny_dataset_path, tmp_path / "two_sources",
                   lambda ds: ds.add_column("source", ["fsdd" if i % 2 else "export" for i in range(len(ds))]))
-    metrics, details, report = evaluate(tmp_path / "asr_only", two, asr_model=str(models / "asr"))
+    metrics, details, report = evaluate(tmp_path / "asr_only", two, asr_model=str(tiny_models / "asr"))
     headline = {k for k in metrics if not k.startswith("by_source/") and not k.endswith(("_ci_low", "_ci_high"))}
     assert ASR | WAKE <= headline and not headline & (NLU | SLU)
     assert details["not_computed"]["nlu/intent_accuracy"].startswith("no NLU model was evaluated")
@@ -70,26 +62,26 @@ def test_asr_model_alone_and_per_source_metrics(models: Path, tiny_dataset_path:
     assert "## Per source" in report and "| metric | fsdd | export |" in report.replace("export | fsdd", "fsdd | export")
 
 
-def test_nlu_model_alone_on_a_text_only_set(models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+def test_nlu_model_alone_on_a_text_only_set(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
     text_only = variant(tiny_dataset_path, tmp_path / "text", lambda ds: ds.remove_columns("audio"))
-    metrics, details, report = evaluate(tmp_path / "nlu_only", text_only, nlu_model=str(models / "nlu"))
+    metrics, details, report = evaluate(tmp_path / "nlu_only", text_only, nlu_model=str(tiny_models / "nlu"))
     headline = {k for k in metrics if not k.endswith(("_ci_low", "_ci_high"))}
     assert headline == NLU | {"eval/num_clips", "eval/audio_hours", "eval/bootstrap_samples"}
     assert set(details["not_computed"]) == ASR | WAKE | SLU
     assert "Wake-word metrics not computed" not in report and "Worst utterances" not in report
 
 
-def test_labels_without_intents_leave_the_nlu_metrics_out(models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+def test_labels_without_intents_leave_the_nlu_metrics_out(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
     no_intents = variant(tiny_dataset_path, tmp_path / "plain",
                          lambda ds: ds.map(lambda ex: {"intent": None, "scenario": None, "entities": [], "bio_tags": []}))
-    metrics, details, report = evaluate(tmp_path / "both", no_intents, asr_model=str(models / "asr"),
-                                        nlu_model=str(models / "nlu"))
+    metrics, details, report = evaluate(tmp_path / "both", no_intents, asr_model=str(tiny_models / "asr"),
+                                        nlu_model=str(tiny_models / "nlu"))
     assert ASR <= set(metrics) and not set(metrics) & (NLU | SLU)
     assert {details["not_computed"][k] for k in NLU | SLU} == {"split 'test' has no clip with an intent"}
     assert "split 'test' has no clip with an intent" in report
 
 
-# An empty run folder (`<run>` in the error) and what is passed for the models.
+# An empty run folder (`<run>` in the error) and what is passed for the tiny_models.
 @pytest.mark.parametrize(("overrides", "error"), [
     pytest.param({}, r"<run>: no ASR model here \(<run>/asr\) and no NLU model \(<run>/nlu\); "
                      r".* asr_model=<folder>, nlu_model=<folder> or both", id="no-model-at-all"),

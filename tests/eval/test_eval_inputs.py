@@ -13,16 +13,8 @@ import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from pipeline.runtime import PipelineError
-from tests.eval.test_eval_run import eval_cfg, save_tiny_asr, save_tiny_nlu
+from tests.eval.test_eval_run import eval_cfg
 from tests.recording import RecordingTracker
-
-
-@pytest.fixture(scope="module")
-def models(tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("models")
-    save_tiny_asr(tiny_dataset_path, folder / "asr")
-    save_tiny_nlu(tiny_dataset_path, folder / "nlu")
-    return folder
 
 
 def _variant(tiny_dataset_path: Path, out: Path, change: Callable[[str, Dataset], Dataset]) -> Path:
@@ -32,7 +24,8 @@ def _variant(tiny_dataset_path: Path, out: Path, change: Callable[[str, Dataset]
     return out
 
 
-def _evaluate(tmp_path: Path, models: Path, dataset: Path, asr: bool = True, nlu: bool = True, **overrides: Any) -> dict[str, Any]:
+def _evaluate(tmp_path: Path, models: Path, dataset: Path, asr: bool = True, nlu: bool = True,
+              **overrides: Any) -> dict[str, Any]:
     from pipeline.eval.run import run_eval_stage
 
     paths = {**({"asr_model": str(models / "asr")} if asr else {}), **({"nlu_model": str(models / "nlu")} if nlu else {})}
@@ -71,45 +64,45 @@ def _refused(error: str, tmp_path: Path, models: Path, dataset: Path, **kwargs: 
                  id="wake-word-in-another-script"),
 ])
 def test_settings_that_would_give_wrong_figures_are_refused(
-    overrides: dict[str, Any], error: str, models: Path, tiny_dataset_path: Path, tmp_path: Path,
+    overrides: dict[str, Any], error: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
 ) -> None:
-    _refused(error, tmp_path, models, tiny_dataset_path, **overrides)
+    _refused(error, tmp_path, tiny_models, tiny_dataset_path, **overrides)
 
 
-def test_a_single_split_folder_is_refused_without_its_rows(models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+def test_a_single_split_folder_is_refused_without_its_rows(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
     single = tiny_dataset_path / "test"
     message = _refused(rf"^dataset {re.escape(str(single))} is a single split, not a dataset of splits; pass the folder "
                        r"holding dataset_dict\.json \(python train\.py stages=\[data\] builds one\)$",
-                       tmp_path, models, single)
+                       tmp_path, tiny_models, single)
     assert "utterance_id" not in message
-    _refused(r"is not a saved dataset", tmp_path, models, tmp_path)  # a folder that is no dataset at all
+    _refused(r"is not a saved dataset", tmp_path, tiny_models, tmp_path)  # a folder that is no dataset at all
 
 
 @pytest.mark.parametrize(("asr", "nlu", "split", "dropped", "missing"), [
-    pytest.param(True, True, "test", ["intent"], "['intent']", id="both-models-no-intent"),
+    pytest.param(True, True, "test", ["intent"], "['intent']", id="both-tiny_models-no-intent"),
     pytest.param(False, True, "test", ["entities", "speaker"], "['entities', 'speaker']", id="nlu-only"),
     pytest.param(True, False, "test", ["wake_word_present"], "['wake_word_present']", id="asr-only"),
     pytest.param(True, False, "validation", ["text"], "['text']", id="tune-split-without-references"),
 ])
 def test_a_dataset_without_a_column_evaluation_reads_names_split_and_columns(
-    asr: bool, nlu: bool, split: str, dropped: list[str], missing: str, models: Path, tiny_dataset_path: Path,
+    asr: bool, nlu: bool, split: str, dropped: list[str], missing: str, tiny_models: Path, tiny_dataset_path: Path,
     tmp_path: Path,
 ) -> None:
     dataset = _variant(tiny_dataset_path, tmp_path / "data",
                        lambda name, ds: ds.remove_columns(dropped) if name == split else ds)
     _refused(rf"^dataset {re.escape(str(dataset))} split '{split}' lacks the column\(s\) {re.escape(missing)} "
              r"evaluation reads; rebuild it with `python train\.py stages=\[data\]`$",
-             tmp_path, models, dataset, asr=asr, nlu=nlu)
+             tmp_path, tiny_models, dataset, asr=asr, nlu=nlu)
 
 
-def test_without_an_asr_model_the_tuning_split_is_not_read(models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+def test_without_an_asr_model_the_tuning_split_is_not_read(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
     dataset = _variant(tiny_dataset_path, tmp_path / "data",
                        lambda name, ds: ds.remove_columns(["text", "audio"]) if name == "validation" else ds)
-    metrics = _evaluate(tmp_path, models, dataset, asr=False)
+    metrics = _evaluate(tmp_path, tiny_models, dataset, asr=False)
     assert metrics["nlu/intent_accuracy"] is not None
 
 
-def test_intents_the_nlu_model_never_learned_stop_the_evaluation(models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+def test_intents_the_nlu_model_never_learned_stop_the_evaluation(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
     """A model trained on other intents scores as a weak model, not as the wrong model, unless checked.
     Test intents renamed: 4 of the 6 clips with an intent get names the model has no label for."""
     renamed = {"play_music": "music_likeness", "alarm_set": "alarm_query"}
@@ -120,36 +113,36 @@ def test_intents_the_nlu_model_never_learned_stop_the_evaluation(models: Path, t
     share = sum(i in renamed.values() for i in gold) / len(gold)
     assert 0 < share < 1
     message = _refused(rf"^dataset {re.escape(str(dataset))} split 'test': {share:.1%} of the clips with an intent "
-                       rf"have an intent {re.escape(str(models / 'nlu'))}/nlu_labels\.json lacks \(e\.g\. .*\); evaluate "
+                       rf"have an intent {re.escape(str(tiny_models / 'nlu'))}/nlu_labels\.json lacks \(e\.g\. .*\); evaluate "
                        r"with the NLU model trained on this dataset's intents \(or raise eval\.max_unknown_intent_rate\)$",
-                       tmp_path, models, dataset, asr=False)
+                       tmp_path, tiny_models, dataset, asr=False)
     assert "music_likeness" in message and "alarm_query" in message
     # Allowed up to the share: the clips count as errors, and the evaluation runs.
-    metrics = _evaluate(tmp_path, models, dataset, asr=False, **{"eval.max_unknown_intent_rate": share})
+    metrics = _evaluate(tmp_path, tiny_models, dataset, asr=False, **{"eval.max_unknown_intent_rate": share})
     assert metrics["nlu/intent_accuracy"] <= 1 - share
 
 
-def test_the_unknown_intent_check_runs_before_the_asr_pass(models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+def test_the_unknown_intent_check_runs_before_the_asr_pass(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
     dataset = _variant(tiny_dataset_path, tmp_path / "data",
                        lambda name, ds: ds.map(lambda ex: {"intent": "general_quirky" if ex["intent"] else None}))
     broken_asr = tmp_path / "models"
     (broken_asr / "asr").mkdir(parents=True)
     (broken_asr / "asr" / "config.json").write_text("{}")  # loading it would fail with another error
-    (broken_asr / "nlu").symlink_to(models / "nlu")
+    (broken_asr / "nlu").symlink_to(tiny_models / "nlu")
     _refused(r"100\.0% of the clips with an intent have an intent .* \(e\.g\. general_quirky\)", tmp_path, broken_asr, dataset)
 
 
-def test_an_explicit_background_folder_without_audio_is_refused(models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+def test_an_explicit_background_folder_without_audio_is_refused(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
     folder = tmp_path / "background"
     folder.mkdir()
     (folder / "notes.txt").write_text("the news at six")
     _refused(rf"^eval\.background={re.escape(str(folder))}: no audio files \(\.wav, \.flac, \.ogg, \.mp3\) under it; "
              r"point it at recordings, or eval\.background=none$",
-             tmp_path, models, tiny_dataset_path, **{"eval.background": str(folder)})
+             tmp_path, tiny_models, tiny_dataset_path, **{"eval.background": str(folder)})
 
 
-def test_the_report_names_the_splits_it_was_run_on(models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
-    _evaluate(tmp_path, models, tiny_dataset_path, **{"eval.split": "validation", "eval.tune_split": "test"})
+def test_the_report_names_the_splits_it_was_run_on(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    _evaluate(tmp_path, tiny_models, tiny_dataset_path, **{"eval.split": "validation", "eval.tune_split": "test"})
     report = (tmp_path / "out" / "report.md").read_text()
     details = json.loads((tmp_path / "out" / "eval_details.json").read_text())
     assert details["test_data"]["split"] == "validation"

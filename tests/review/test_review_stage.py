@@ -19,19 +19,10 @@ from datasets import load_from_disk
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.runtime import PipelineError
-from tests.eval.test_eval_run import save_tiny_asr, save_tiny_nlu
 from tests.recording import RecordingTracker
 
 REPO = Path(__file__).resolve().parents[2]
 QUEUE_FIELDS = {"utterance_id", "split", "kind", "annotated", "model", "score", "reason"}
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    models = tmp_path_factory.mktemp("models")
-    save_tiny_asr(tiny_dataset_path, models / "asr")
-    save_tiny_nlu(tiny_dataset_path, models / "nlu")
-    return models
 
 
 def make_run(tmp_path: Path, models: Path, dataset: Path, kinds: tuple[str, ...] = ("asr", "nlu")) -> Path:
