@@ -20,6 +20,9 @@ class HeadConfig:
 
     def validate(self) -> None:
         choice("nlu.head.intent_pooling", self.intent_pooling, ("mean", "cls"))
+        # cross_entropy refuses smoothing above 1, and at 1 every target is uniform: nothing is learnt.
+        if not 0 <= self.label_smoothing < 1:
+            raise PipelineError(f"nlu.head.label_smoothing={self.label_smoothing}: must be in [0, 1) (0 turns it off)")
 
 
 @dataclass
@@ -52,3 +55,11 @@ class NLUConfig:
                 raise PipelineError(f"nlu.{key}={getattr(self, key)}: must be at least 1")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise PipelineError(f"nlu.epochs={self.epochs} and nlu.max_steps={self.max_steps}: give a positive number of epochs (or steps)")
+        # Checked here, not by torch or the Trainer, so a bad value fails before the earlier stages run.
+        for key in ("learning_rate", "head_learning_rate"):
+            if getattr(self, key) <= 0:
+                raise PipelineError(f"nlu.{key}={getattr(self, key)}: must be positive (the model would not learn)")
+        if not 0 <= self.warmup_ratio < 1:
+            raise PipelineError(f"nlu.warmup_ratio={self.warmup_ratio}: must be in [0, 1), the share of steps spent warming up")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise PipelineError(f"nlu.cpu_threads={self.cpu_threads}: must be null (torch's default) or at least 1")

@@ -94,7 +94,10 @@ class JointIntentTagger(PreTrainedModel):
 
 def load_tokenizer(path: str | Path, config: PretrainedConfig) -> Any:
     extra = {"add_prefix_space": True} if config.model_type in _PREFIX_SPACE_TYPES else {}
-    tokenizer = AutoTokenizer.from_pretrained(str(path), **extra)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), **extra)
+    except OSError as err:
+        raise PipelineError(f"no tokenizer could be loaded from {path}: {_first_line(err)}") from err
     if not tokenizer.is_fast:
         raise PipelineError(
             f"nlu.model_name_or_path={path} has no fast tokenizer; word-to-subword alignment needs one "
@@ -106,12 +109,44 @@ def load_tokenizer(path: str | Path, config: PretrainedConfig) -> Any:
 def build_model(
     backbone: str | Path, intents: list[str], tags: list[str], head: dict[str, Any]
 ) -> JointIntentTagger:
-    """A fresh joint model on a pretrained backbone (hub id or local folder)."""
-    config = AutoConfig.from_pretrained(str(backbone))
-    _set_heads(config, intents, tags, head)
-    model = JointIntentTagger(config)
-    model.encoder = AutoModel.from_pretrained(str(backbone), config=config, **_pooler_kwargs(config))
+    """A fresh joint model on a pretrained backbone (hub id or local folder).
+
+    A trained NLU folder is refused: its weights sit under `encoder.`, so loading it as a backbone
+    would find none of them and train a random encoder. Any encoder weight missing from the backbone
+    is refused for the same reason: it would start random without a word.
+    """
+    refuse_trained_model(backbone)
+    try:
+        config = AutoConfig.from_pretrained(str(backbone))
+        _set_heads(config, intents, tags, head)
+        model = JointIntentTagger(config)
+        model.encoder, info = AutoModel.from_pretrained(
+            str(backbone), config=config, output_loading_info=True, **_pooler_kwargs(config)
+        )
+    except OSError as err:
+        raise PipelineError(f"nlu.model_name_or_path={backbone} could not be loaded as a backbone ({_first_line(err)}); "
+                           "give a backbone folder, a hub id (online or cached) or package:<module>") from err
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise PipelineError(
+            f"nlu.model_name_or_path={backbone} lacks {len(missing)} encoder weight(s) (e.g. {missing[0]}), which would "
+            "start random; give a folder or hub id holding the pretrained encoder"
+        )
     return model
+
+
+def _first_line(err: BaseException) -> str:
+    """The gist of an error whose message runs to several lines (transformers' load errors do)."""
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def refuse_trained_model(backbone: str | Path) -> None:
+    """A trained NLU folder is not a backbone: its encoder weights are stored under `encoder.`."""
+    if (Path(str(backbone)).expanduser() / LABELS_FILE).exists():
+        raise PipelineError(
+            f"nlu.model_name_or_path={backbone} is a trained NLU model ({LABELS_FILE}), not a backbone: to evaluate it "
+            "use `python evaluate.py nlu_model=<folder>`; to train on, give the encoder it was trained from"
+        )
 
 
 def build_model_from_config(

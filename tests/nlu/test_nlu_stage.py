@@ -10,8 +10,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from safetensors.torch import load_file
 
+from pipeline.config import checked
 from pipeline.nlu import NLUModel
+from pipeline.nlu.config import NLUConfig
 from pipeline.nlu.train import run_nlu_stage
+from pipeline.runtime import PipelineError
 from pipeline.tracking import NullTracker
 from tests.recording import RecordingTracker
 
@@ -90,3 +93,44 @@ def test_training_on_asr_hypotheses_adds_aligned_rows(tiny_dataset_path: Path, t
     processor.save_pretrained(str(tmp_path / "asr"))
     result = run_nlu_stage(nlu_config("nlu.epochs=1", "nlu.asr_hypotheses=true"), tmp_path, tiny_dataset_path, NullTracker())
     assert result["train_asr_hypotheses"] == 24
+
+
+def test_checkpoints_of_other_settings_or_already_past_the_end_are_not_resumed(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    first = run_nlu_stage(nlu_config("nlu.epochs=2", "nlu.keep_checkpoints=true"), tmp_path, tiny_dataset_path, NullTracker())
+    per_epoch = first["global_step"] // 2
+    # Another learning rate: the kept checkpoints are not this training's, so all 3 epochs run.
+    other = run_nlu_stage(nlu_config("nlu.epochs=3", "nlu.learning_rate=5e-3", "nlu.keep_checkpoints=true"),
+                          tmp_path, tiny_dataset_path, NullTracker())
+    assert not other["resumed"] and other["global_step"] == per_epoch * 3
+    # Fewer steps than the checkpoints already hold: trained as asked, not the longer run returned.
+    short = run_nlu_stage(nlu_config("nlu.max_steps=1", "nlu.learning_rate=5e-3"), tmp_path, tiny_dataset_path, NullTracker())
+    assert not short["resumed"] and short["global_step"] == 1
+
+
+def test_a_run_cut_short_by_max_steps_with_any_seed_records_the_epochs_it_ran(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    run_nlu_stage(nlu_config("nlu.max_steps=1", "seed=-7"), tmp_path, tiny_dataset_path, NullTracker())
+    metrics = json.loads((tmp_path / "nlu" / "nlu_metrics.json").read_text())
+    assert 0 < metrics["epochs"] < 1  # the part of an epoch that ran, not nlu.epochs
+
+
+def test_a_dataset_of_false_wakes_only_is_refused(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    from datasets import load_from_disk
+
+    wakes = load_from_disk(str(tiny_dataset_path)).filter(lambda row: row["intent"] is None)
+    wakes.save_to_disk(str(tmp_path / "dataset"))
+    with pytest.raises(PipelineError, match=r"has no utterance with a real intent \(every clip is a false wake\)"):
+        run_nlu_stage(nlu_config(), tmp_path / "run", tmp_path / "dataset", NullTracker())
+    assert not (tmp_path / "run" / "nlu" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(("override", "error"), [
+    ("nlu.learning_rate=0", r"nlu\.learning_rate=0\.0: must be positive"),
+    ("nlu.head_learning_rate=-1e-3", r"nlu\.head_learning_rate=-0\.001: must be positive"),
+    ("nlu.warmup_ratio=1", r"nlu\.warmup_ratio=1\.0: must be in \[0, 1\)"),
+    ("nlu.warmup_ratio=-0.1", r"nlu\.warmup_ratio=-0\.1: must be in \[0, 1\)"),
+    ("nlu.head.label_smoothing=1.5", r"nlu\.head\.label_smoothing=1\.5: must be in \[0, 1\)"),
+    ("nlu.cpu_threads=0", r"nlu\.cpu_threads=0: must be null"),
+])
+def test_out_of_range_settings_are_refused_by_name(override: str, error: str) -> None:
+    with pytest.raises(PipelineError, match=error):
+        checked(nlu_config(override).nlu, NLUConfig, "nlu")
