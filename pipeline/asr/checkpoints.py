@@ -72,7 +72,27 @@ def resolve_resume(acfg: DictConfig, root: Path) -> Path | None:
     return path
 
 
+def remove_old_checkpoints(root: Path) -> int | None:
+    """Delete another run's checkpoints before a run that starts afresh; how many there were (None: no folder).
+
+    Left in place they would be pruned together with the new run's by step number (deleting the new
+    run's newest instead of the old ones), and a later `resume=auto` would continue the old run. They
+    are removed rather than moved aside: the registry's copy and the erasure audit know checkpoints
+    only as `asr/checkpoints/*`, so a renamed folder would escape both."""
+    if not root.exists() or not any(root.iterdir()):
+        return None
+    count = len(checkpoint_steps(root))
+    shutil.rmtree(root)
+    return count
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
     """Load the weights into `model` and return the loop state saved with them."""
-    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    try:
+        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    except RuntimeError as err:  # size mismatch or missing/unexpected keys: another architecture
+        raise PipelineError(
+            f"checkpoint {path} was made with another asr.model_config (or asr.model_name_or_path); "
+            "use asr.resume=never or a new run folder"
+        ) from err
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)

@@ -5,13 +5,48 @@ other ASR configs start from it)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING
 
 from pipeline.config import choice
 from pipeline.runtime import PipelineError
+
+MAX_LM_ORDER = 6  # the KenLM inside flashlight-text's wheel is compiled for at most 6-grams
+
+
+def check_lm_order(order: Optional[int]) -> None:
+    """Refuse an `asr.lm_order` the bundled KenLM cannot read; checked up front so that it cannot
+    fail after training, when the LM is built."""
+    if order is not None and not 1 <= order <= MAX_LM_ORDER:
+        raise PipelineError(f"asr.lm_order={order}: use 1 to {MAX_LM_ORDER} (the bundled KenLM reads at most "
+                            f"{MAX_LM_ORDER}-grams), or null for no LM")
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether `asr.model_name_or_path` means a local folder rather than a hub id."""
+    return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
+
+
+def wav2vec2_folder_problem(folder: Path) -> Optional[str]:
+    """Why a local folder holds no wav2vec2 model to fine-tune, or None. Without this transformers
+    builds a random wav2vec2 from another model's config and the run fails much later, on its loss."""
+    if not folder.is_dir():
+        return "no such folder"
+    if (folder / "nlu_labels.json").exists():
+        return "it is an NLU model folder (it has nlu_labels.json), not a wav2vec2 one"
+    if not (folder / "config.json").is_file():
+        return "no config.json there, so no model to load"
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as err:
+        return f"its config.json does not read as a model config ({err.__class__.__name__})"
+    if model_type != "wav2vec2":
+        return f"its config.json is a {model_type!r} model, not wav2vec2"
+    return None
 
 
 @dataclass
@@ -52,6 +87,9 @@ class AugmentConfig:
             raise PipelineError(f"asr.augment.prob={self.prob}: a share of clips, between 0 and 1")
         if self.noise_snr_db is not None and len(self.noise_snr_db) != 2:
             raise PipelineError(f"asr.augment.noise_snr_db={self.noise_snr_db}: give [low, high] in dB, or null")
+        if not self.speeds or any(s <= 0 for s in self.speeds):
+            raise PipelineError(f"asr.augment.speeds={list(self.speeds)}: give one or more positive speed factors, "
+                                "e.g. [0.9, 1.0, 1.1]; [1.0] for no speed perturbation")
 
 
 @dataclass
@@ -138,6 +176,26 @@ class ASRConfig:
             raise PipelineError(f"asr.compile_buckets={self.compile_buckets}: must be at least 1")
         if len(self.adam_betas) != 2:
             raise PipelineError(f"asr.adam_betas={self.adam_betas}: give two numbers, e.g. [0.9, 0.98]")
+        if self.learning_rate <= 0:
+            raise PipelineError(f"asr.learning_rate={self.learning_rate}: must be positive (e.g. 5e-3 from scratch, 1e-4 fine-tuning)")
+        if self.max_train_minutes is not None and self.max_train_minutes <= 0:
+            raise PipelineError(f"asr.max_train_minutes={self.max_train_minutes}: give positive minutes, or null for no time budget")
+        if self.max_grad_norm <= 0:
+            raise PipelineError(f"asr.max_grad_norm={self.max_grad_norm}: must be positive (e.g. 1.0); "
+                                "a large value leaves gradients unclipped")
+        if self.warmup_steps < 0:
+            raise PipelineError(f"asr.warmup_steps={self.warmup_steps}: must be 0 (no warmup) or more")
+        if self.keep_last < 1:
+            raise PipelineError(f"asr.keep_last={self.keep_last}: must be at least 1 (the newest checkpoint is what a resume continues)")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise PipelineError(f"asr.cpu_threads={self.cpu_threads}: give at least 1, or null for all cores")
+        check_lm_order(self.lm_order)
+        source = self.model_name_or_path
+        if source is not None and looks_like_path(source):
+            problem = wav2vec2_folder_problem(Path(source).expanduser())
+            if problem:
+                raise PipelineError(f"asr.model_name_or_path={source}: {problem}; give a folder with a wav2vec2 "
+                                    "config.json and weights, a hub id, or null to build one from asr.model_config")
         fft = self.cpu_fft_positional_conv
         if not (isinstance(fft, bool) or fft == "auto"):
             raise PipelineError(f"asr.cpu_fft_positional_conv={fft!r}: give auto, true or false")

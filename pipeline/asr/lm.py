@@ -24,18 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.asr.config import check_lm_order
 from pipeline.asr.vocab import WORD_DELIMITER
 from pipeline.runtime import PipelineError
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
-MAX_ORDER = 6  # the KenLM inside flashlight-text's wheel is compiled for at most 6-grams
 LM_DIR = "lm"
 
 
 def write_char_lm(out_dir: Path, texts: Iterable[str], vocab: dict[str, int], word_delimiter: str, order: int) -> Path:
     """Write `out_dir/{char_lm.arpa,tokens.txt,lm.json}` from normalised training transcripts."""
-    if not 1 <= order <= MAX_ORDER:
-        raise PipelineError(f"asr.lm_order={order}: use 1 to {MAX_ORDER} (the bundled KenLM reads at most {MAX_ORDER}-grams), or null for no LM")
+    check_lm_order(order)
     known = set(vocab)
     sentences = [[c if c in known else UNK for c in t.strip().replace(" ", word_delimiter)] for t in texts if t and t.strip()]
     if not sentences:

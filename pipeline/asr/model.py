@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors import SafetensorError
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Processor
 
+from pipeline.asr.config import looks_like_path
 from pipeline.runtime import PipelineError
 from pipeline.text import normalize_text
 
@@ -41,8 +42,16 @@ def build_model(cfg: DictConfig, processor: Wav2Vec2Processor) -> Wav2Vec2ForCTC
         model = Wav2Vec2ForCTC._from_config(config, attn_implementation=attention)
     else:
         source = str(cfg.model_name_or_path)
+        # Local folders are checked by ASRConfig.validate before the data stage; a hub id's config can only be read here.
+        where = str(Path(source).expanduser()) if looks_like_path(source) else source
         try:
-            model = Wav2Vec2ForCTC.from_pretrained(source, ignore_mismatched_sizes=True, attn_implementation=attention, **overrides)
+            model_type = Wav2Vec2Config.get_config_dict(where)[0].get("model_type")
+            if model_type != "wav2vec2":  # transformers would build a random wav2vec2 from it and only warn
+                raise PipelineError(
+                    f"asr.model_name_or_path={source}: its config.json is a {model_type!r} model, not wav2vec2; "
+                    "give a wav2vec2 checkpoint, or null to build one from asr.model_config"
+                )
+            model = Wav2Vec2ForCTC.from_pretrained(where, ignore_mismatched_sizes=True, attn_implementation=attention, **overrides)
         except OSError as err:
             raise PipelineError(
                 f"asr.model_name_or_path={source}: cannot load a wav2vec2 checkpoint ({err.__class__.__name__}); "

@@ -35,6 +35,12 @@ def pack_by_seconds(order: Sequence[int], durations: Sequence[float], max_batch_
     return batches
 
 
+def clips_over_budget(durations: Sequence[float], max_batch_seconds: float) -> int:
+    """How many clips are longer than the padded-seconds budget: pack_by_seconds puts each in a batch
+    of its own, which exceeds the budget (and may not fit the memory the budget was chosen for)."""
+    return sum(float(d) > max_batch_seconds for d in durations)
+
+
 def _known_sources(key: str, named: set[str], sources: Sequence[str] | None, where: str) -> Sequence[str]:
     """The train split's `source` column, when it has one and holds every source a setting names."""
     if sources is None:

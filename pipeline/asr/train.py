@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from pipeline.asr.checkpoints import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
+from pipeline.asr.checkpoints import (
+    load_checkpoint, prune_checkpoints, remove_old_checkpoints, resolve_resume, save_checkpoint,
+)
 from pipeline.asr.compiled import compile_buckets, compile_settings, compiled_loss, compiled_model
 from pipeline.asr.collate import ClipDataset, CTCCollator, Plays, bucketed_durations, plan_augmentation, played_durations
 from pipeline.asr.config import ASRConfig
@@ -34,7 +36,7 @@ from pipeline.asr.model import (
     build_model, evaluate_clips, output_lengths, probe_batch_seconds, samples_per_frame, skip_waveform_gradient,
     uses_attention_mask,
 )
-from pipeline.asr.sampler import epoch_batches, eval_batches, played_clips, source_plays, spliced_plays
+from pipeline.asr.sampler import clips_over_budget, epoch_batches, eval_batches, played_clips, source_plays, spliced_plays
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.config import TrainerConfig, checked
 from pipeline.data.features import SAMPLING_RATE
@@ -139,6 +141,11 @@ def set_up(
     train_set, val_set = ClipDataset(splits["train"], cache_mb), ClipDataset(splits["validation"], cache_mb)
 
     resume_from = resolve_resume(acfg, ckpt_root)
+    if resume_from is None and placement.is_main:
+        old = remove_old_checkpoints(ckpt_root)
+        if old is not None:
+            print(f"[asr] starting afresh (asr.resume={acfg.resume}): removed the {old} checkpoint(s) of an earlier run "
+                  f"from {ckpt_root}", flush=True)
     processor = _processor(acfg, resume_from, train_set)
     seed_everything(int(cfg.seed))  # the fresh model's initial weights depend only on the seed
     model = build_model(acfg, processor)
@@ -148,12 +155,18 @@ def set_up(
         state = load_checkpoint(resume_from, model)
         if placement.is_main:
             print(f"[asr] resuming from {resume_from} (step {state['step']})", flush=True)
+            _warn_changed_settings(state, cfg)
+    state["seed"], state["max_steps"] = int(cfg.seed), int(acfg.max_steps)
     model.to(placement.device).train()
     # Opt-in speed patches of this instance (same results); the weights and the saved model stay transformers' own.
     configure_positional_conv(model, acfg.cpu_fft_positional_conv, placement.device, placement.amp_dtype, bool(acfg.compile))
     if acfg.skip_waveform_gradient:
         skip_waveform_gradient(model)
     batch_seconds = resolve_batch_seconds(acfg, model, placement, train_set.durations, len(processor.tokenizer))
+    oversized = clips_over_budget(train_set.durations, batch_seconds)
+    if oversized and placement.is_main:
+        print(f"[asr] warning: {oversized} training clip(s) are longer than max_batch_seconds={batch_seconds:g}; "
+              "each goes in a batch of its own that exceeds the budget (raise asr.max_batch_seconds)", flush=True)
     ddp_model = _wrap_ddp(model, acfg, placement)
     params, optimizer = _optimizer(acfg, model)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.precision == "fp16")
@@ -172,6 +185,17 @@ def set_up(
         budget_s=float(acfg.max_train_minutes) * 60 if acfg.max_train_minutes is not None else math.inf,
         started=started,
     )
+
+
+def _warn_changed_settings(state: dict[str, Any], cfg: DictConfig) -> None:
+    """Say when a resumed run's seed or max_steps differ from its checkpoint's: the batches (seed) or the
+    learning-rate schedule (max_steps) then differ from the run it continues. Raising max_steps to train
+    longer is a fair reason, so this warns rather than refuses."""
+    for key, now in (("seed", int(cfg.seed)), ("asr.max_steps", int(cfg.asr.max_steps))):
+        before = state.get(key.split(".")[-1])
+        if before is not None and before != now:
+            print(f"[asr] warning: resuming with {key}={now} but the checkpoint was made with {before}; "
+                  "the run will not match an uninterrupted one", flush=True)
 
 
 def _load_splits(dataset_path: Path) -> Any:
