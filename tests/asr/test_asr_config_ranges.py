@@ -18,27 +18,6 @@ from pipeline.runtime import PipelineError
 from tests.recording import RecordingTracker
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("asr.learning_rate=0", r"^asr.learning_rate=0.0: must be positive"),
-    ("asr.learning_rate=-1e-3", r"^asr.learning_rate=-0.001: must be positive"),
-    ("asr.max_train_minutes=0", r"^asr.max_train_minutes=0.0: give positive minutes, or null"),
-    ("asr.max_train_minutes=-1", r"^asr.max_train_minutes=-1.0: give positive minutes, or null"),
-    ("asr.max_grad_norm=-1", r"^asr.max_grad_norm=-1.0: must be positive"),
-    ("asr.max_grad_norm=0", r"^asr.max_grad_norm=0.0: must be positive"),
-    ("asr.augment.speeds=[]", r"^asr.augment.speeds=\[\]: give one or more positive speed factors"),
-    ("asr.augment.speeds=[0]", r"^asr.augment.speeds=\[0.0\]: give one or more positive speed factors"),
-    ("asr.augment.speeds=[1.0,-1]", r"^asr.augment.speeds=\[1.0, -1.0\]: give one or more positive speed factors"),
-    ("asr.cpu_threads=-1", r"^asr.cpu_threads=-1: give at least 1, or null for all cores"),
-    ("asr.warmup_steps=-5", r"^asr.warmup_steps=-5: must be 0 \(no warmup\) or more"),
-    ("asr.keep_last=0", r"^asr.keep_last=0: must be at least 1"),
-    ("asr.lm_order=9", r"^asr.lm_order=9: use 1 to 6"),
-    ("asr.lm_order=0", r"^asr.lm_order=0: use 1 to 6"),
-])
-def test_out_of_range_settings_are_refused_naming_the_key_and_range(bad: str, message: str) -> None:
-    with pytest.raises(PipelineError, match=message):
-        checked(micro_cfg(bad).asr, ASRConfig, "asr")
-
-
 def test_edge_values_inside_the_ranges_are_accepted() -> None:
     typed = checked(micro_cfg("asr.warmup_steps=0", "asr.keep_last=1", "asr.lm_order=null", "asr.cpu_threads=null",
                               "asr.augment.speeds=[1.0]", "asr.max_train_minutes=0.5", "asr.lm_order=1").asr, ASRConfig, "asr")
