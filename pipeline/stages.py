@@ -27,7 +27,7 @@ STAGE_KEYS = {"asr": ("asr", "trainer", "seed"), "nlu": ("nlu", "trainer", "seed
 
 
 def run_stages(cfg: DictConfig) -> dict[str, Any]:
-    if isinstance(cfg.stages, str) or not cfg.stages:
+    if isinstance(cfg.stages, str):  # stages=data: a list is meant (stages=[] resolves and tracks only)
         raise PipelineError(f"stages={cfg.stages!r}: give a list of stages, e.g. stages=[data] or stages=[data,asr]; "
                             f"known: {list(KNOWN_STAGES)}")
     stages = list(cfg.stages)

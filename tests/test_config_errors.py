@@ -88,12 +88,11 @@ def test_train_py_stops_before_the_first_stage_with_exit_code_2(tmp_path: Path) 
     assert not (tmp_path / "run" / "build_report.json").exists()  # the data stage never started
 
 
-@pytest.mark.parametrize("stages", ["data", "[]"])
-def test_stages_is_a_list_of_stages(stages: str, tmp_path: Path) -> None:
+def test_stages_is_a_list_of_stages(tmp_path: Path) -> None:
     from pipeline.stages import run_stages
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=[f"stages={stages}", f"run_dir={tmp_path / 'run'}", "logger=none"])
+        cfg = compose("config", overrides=["stages=data", f"run_dir={tmp_path / 'run'}", "logger=none"])
     with pytest.raises(PipelineError, match=r"^stages=.*: give a list of stages, e.g. stages=\[data\]"):
         run_stages(cfg)
     assert not (tmp_path / "run").exists()
