@@ -31,7 +31,7 @@ from pipeline.asr.fft_conv import configure_positional_conv
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
 from pipeline.asr.model import greedy_decode, load_asr, log_probs_of, samples_per_frame
 from pipeline.config import checked
-from pipeline.data.background import load_background
+from pipeline.data.background import Recording, load_background
 from pipeline.distributed import pick_device
 from pipeline.eval import bootstrap as B
 from pipeline.eval import metrics as M
@@ -115,11 +115,11 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
         val_labels = np.array(val["wake_word_present"], dtype=bool)
         skipped = _wake_skip_reason({str(ecfg.tune_split): val_labels, str(ecfg.split): labels})
         background_source = resolve_background(cfg, Path(dataset_path))
-        if background_source is not None and not skipped:
-            # Read once here too, so a wrong eval.background is refused before the ASR pass, not after it.
-            load_background(background_source, (str(ecfg.tune_split), str(ecfg.split)), _wake_word(ecfg))
+        # Read before the ASR pass, so a wrong eval.background is refused in seconds, not after it.
+        recordings = (load_background(background_source, (str(ecfg.tune_split), str(ecfg.split)), _wake_word(ecfg))
+                      if background_source is not None and not skipped else [])
         wake, tuning, decoding, test_out = _asr_pass(ecfg, asr_dir, Path(dataset_path), test, val, rows, skipped,
-                                                     background_source)
+                                                     background_source, recordings)
 
     if nlu is not None:
         gold_pred = nlu.predict([r["transcript"] for r in with_intent])
@@ -160,7 +160,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
 
 def _asr_pass(
     ecfg: DictConfig, asr_dir: Path, dataset_path: Path, test: Any, val: Any, rows: list[dict[str, Any]],
-    skipped: str | None, background_source: Path | None = None,
+    skipped: str | None, background_source: Path | None = None, recordings: Sequence[Recording] = (),
 ) -> tuple[Any, dict[str, Any] | None, Decoding, Inference]:
     """Transcribe both splits, tune and apply the wake-word threshold (unless `skipped` says the
     labels cannot support one), and write each clip's transcript, errors and wake score into `rows`."""
@@ -195,7 +195,7 @@ def _asr_pass(
                                  clips_set_threshold=background_source is None)
         # Hours of background recordings, when there are any, replace the negative clips for the
         # threshold, FRR and false accepts per hour (pipeline.eval.stream).
-        streamed, background = background_wake(ecfg, background_source, model, processor, keyword, wake_word,
+        streamed, background = background_wake(ecfg, background_source, recordings, model, processor, keyword,
                                                val_out.wake_scores[val_labels], test_out.wake_scores[labels])
         wake = with_background(wake, streamed)
         tuning = {**tuning, "background": background}

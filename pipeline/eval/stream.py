@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.asr.model import log_probs_of, samples_per_frame
 from pipeline.data.background import (
-    DEMO_DIR, SAMPLING_RATE, Recording, background_knobs, ensure_demo_background, load_background,
+    DEMO_DIR, SAMPLING_RATE, Recording, background_knobs, ensure_demo_background,
 )
 from pipeline.eval.config import check_stream
 from pipeline.eval.wake import NEG_INF, WakeResult, keyword_trace
@@ -321,10 +321,11 @@ def evaluate_background(
 
 
 def background_wake(
-    ecfg: Any, source: Path | None, model: Any, processor: Any, keyword: list[int], wake_word: str,
+    ecfg: Any, source: Path | None, recordings: Sequence[Recording], model: Any, processor: Any, keyword: list[int],
     val_positives: np.ndarray, test_positives: np.ndarray,
 ) -> tuple[BackgroundResult | None, dict[str, Any]]:
-    """The wake-word operating point from background recordings (`eval.background`): the threshold
+    """The wake-word operating point from background recordings (`recordings`, read from `source` by
+    pipeline.data.background.load_background): the threshold
     tuned on validation positives + validation background to `eval.target_fa_per_hour`, then FRR,
     false accepts per hour and the DET on the test split. None (and a warning in the details) when
     either split has no background audio: the caller keeps the clip-level figures."""
@@ -340,7 +341,6 @@ def background_wake(
         "hop_s": settings.hop_s, "min_hours": min_hours, "hours": {s: 0.0 for s in splits},
         "recordings": {s: 0 for s in splits}, "warning": None,
     }
-    recordings = load_background(source, splits, wake_word) if source else []
     for rec in recordings:
         details["hours"][rec.split] += rec.seconds / 3600.0
         details["recordings"][rec.split] += 1
