@@ -153,8 +153,8 @@ class HFSource:
                         if field in REQUIRED:
                             record[field] = None  # quarantined as invalid_record, naming the field
                         continue  # otherwise absent: the constant or the schema's default applies
-                    if field in TEXT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
-                        value = str(value)
+                    if field in TEXT_FIELDS:
+                        value = _as_text(value)
                     record[field] = value
                 if "wake_word_present" not in record:
                     # Unlabelled: a clip with a command had the wake word before it; one without is
