@@ -112,9 +112,9 @@ def run_nlu_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
     Read top to bottom, the steps are the recipe: load data, build the model, train, save, score,
     write and log the metrics. Returns `nlu_metrics.json`'s content plus `model_dir`.
     """
-    job = NLUJob(
+    job = NLUJob(  # numpy and the Trainer take 32-bit seeds; any integer is a valid `seed`
         ncfg=checked(cfg.nlu, NLUConfig, "nlu"), tcfg=checked(cfg.trainer, TrainerConfig, "trainer"),
-        seed=int(cfg.seed), dataset_path=Path(dataset_path), run_dir=Path(run_dir), tracker=tracker,
+        seed=int(cfg.seed) % 2**32, dataset_path=Path(dataset_path), run_dir=Path(run_dir), tracker=tracker,
     )
     job.out_dir.mkdir(parents=True, exist_ok=True)
     data = load_training_data(job)
@@ -166,7 +166,7 @@ def build_model_and_tokenizer(job: NLUJob, data: NLUData) -> tuple[torch.nn.Modu
     ncfg = job.ncfg
     if ncfg.cpu_threads:
         torch.set_num_threads(ncfg.cpu_threads)
-    set_seed(job.seed % 2**32)  # numpy takes 32-bit seeds; any integer is a valid `seed`
+    set_seed(job.seed)
     head: dict[str, Any] = {**dataclasses.asdict(ncfg.head), "max_length": ncfg.max_length}
     if ncfg.encoder_config:
         model = build_model_from_config(dict(ncfg.encoder_config), data.intents, data.tags, head)
@@ -481,8 +481,8 @@ def training_arguments(ncfg: NLUConfig, tcfg: TrainerConfig, seed: int, output_d
         greater_is_better=True,
         logging_steps=tcfg.log_every,
         label_names=["labels", "intent_labels"],
-        seed=seed % 2**32,  # numpy takes 32-bit seeds; any integer is a valid `seed`
-        data_seed=seed % 2**32,
+        seed=seed,
+        data_seed=seed,
         use_cpu=device.type == "cpu",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
