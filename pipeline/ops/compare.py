@@ -27,7 +27,7 @@ import yaml
 
 from pipeline.eval import bootstrap as B
 from pipeline.ops.gate import with_background_pairs
-from pipeline.ops.inventory import DO_NOT_SYNC
+from pipeline.ops.inventory import DO_NOT_SYNC, searched_roots
 
 # wake/frr beside wake/fa_per_hour: a threshold that sits lower trades one for the other.
 HEADLINE = ("asr/wer", "asr/cer", "wake/auc", "wake/frr", "wake/fa_per_hour", "nlu/intent_accuracy",
@@ -245,17 +245,14 @@ def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, sample
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.ops.compare", description=__doc__.splitlines()[0])
-    default_roots = [Path("outputs"), Path("multirun")]
-    parser.add_argument("roots", nargs="*", type=Path, default=default_roots,
+    parser.add_argument("roots", nargs="*", type=Path, default=[],
                         help="folders to search for run folders (default: outputs multirun)")
     parser.add_argument("--last", type=int, default=10, help="how many of the most recent runs")
     parser.add_argument("--metrics", default=",".join(HEADLINE), help="comma-separated metric names")
     parser.add_argument("--samples", type=int, default=B.DEFAULT_SAMPLES, help="bootstrap samples for paired differences")
     parser.add_argument("--seed", type=int, default=B.DEFAULT_SEED, help="bootstrap seed (same seed, same intervals)")
     args = parser.parse_args(argv)
-    missing = [str(r) for r in args.roots if not r.is_dir()] if args.roots is not default_roots else []
-    if missing:  # a mistyped folder would otherwise read as "no runs"
-        parser.error(f"no such folder: {', '.join(missing)}")
+    args.roots = searched_roots(parser, args.roots, [Path("outputs"), Path("multirun")])
     runs = sorted((load_run(p) for p in find_runs(args.roots)), key=lambda r: r.mtime)[-args.last:]
     if not runs:
         print(f"no run folders under {', '.join(map(str, args.roots))}")

@@ -22,9 +22,10 @@ hold, and how erasure treats it:
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +139,15 @@ def check_root(name: str, root: Path) -> bool:
     if not os.access(root, os.R_OK | os.X_OK):
         raise PipelineError(f"{name} root {root} cannot be read (permission denied); the scan cannot prove it clean")
     return True
+
+
+def searched_roots(parser: argparse.ArgumentParser, given: list[Path], defaults: Iterable[Path]) -> list[Path]:
+    """The folders a command searches for runs: those named, each of which must exist (a mistyped one
+    would read as "no runs" or "nothing to sync"), else the defaults, which may not exist yet."""
+    missing = [str(r) for r in given if not r.is_dir()]
+    if missing:
+        parser.error(f"no such folder: {', '.join(missing)}")
+    return list(given) or list(defaults)
 
 
 def walk_files(root: Path) -> Iterator[Path]:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.ops.inventory import DO_NOT_SYNC
+from pipeline.ops.inventory import DO_NOT_SYNC, searched_roots
 
 DEFAULT_ROOTS = (Path("outputs"), Path("multirun"))
 
@@ -49,13 +49,10 @@ def refused_runs(roots: list[Path]) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.ops.sync", description=__doc__.splitlines()[0])
-    default_roots = list(DEFAULT_ROOTS)
-    parser.add_argument("roots", nargs="*", type=Path, default=default_roots)
+    parser.add_argument("roots", nargs="*", type=Path, default=[])
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
     args, extra = parser.parse_known_args(argv)
-    missing = [str(r) for r in args.roots if not r.is_dir()] if args.roots is not default_roots else []
-    if missing:  # a mistyped folder would otherwise read as "nothing to sync"
-        parser.error(f"no such folder: {', '.join(missing)}")
+    args.roots = searched_roots(parser, args.roots, DEFAULT_ROOTS)
     for run in refused_runs(args.roots):
         print(f"refusing {run}: marked {DO_NOT_SYNC} by `make erase` (trained on erased data)")
     runs = unsynced_runs(args.roots)
