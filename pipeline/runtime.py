@@ -92,6 +92,11 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether a `model_name_or_path` means a local folder rather than a hub id."""
+    return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
+
+
 def host_record() -> dict[str, Any]:
     """What a training run's float arithmetic depends on beyond code, data and seed: the same run on
     another CPU (other vector kernels) or thread count sums in another order and drifts from the

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from pipeline.config import choice
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, looks_like_path
 
 MAX_LM_ORDER = 6  # the KenLM inside flashlight-text's wheel is compiled for at most 6-grams
 
@@ -24,11 +24,6 @@ def check_lm_order(order: Optional[int]) -> None:
     if order is not None and not 1 <= order <= MAX_LM_ORDER:
         raise PipelineError(f"asr.lm_order={order}: use 1 to {MAX_LM_ORDER} (the bundled KenLM reads at most "
                             f"{MAX_LM_ORDER}-grams), or null for no LM")
-
-
-def looks_like_path(name: str) -> bool:
-    """Whether `asr.model_name_or_path` means a local folder rather than a hub id."""
-    return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
 
 
 def wav2vec2_folder_problem(folder: Path) -> Optional[str]:

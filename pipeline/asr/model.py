@@ -12,8 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors import SafetensorError
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Processor
 
-from pipeline.asr.config import looks_like_path
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, looks_like_path
 from pipeline.text import normalize_text
 
 

@@ -45,7 +45,7 @@ from pipeline.nlu.model import (
     load_tokenizer,
     refuse_trained_model,
 )
-from pipeline.runtime import PipelineError, requested_workers
+from pipeline.runtime import PipelineError, looks_like_path, requested_workers
 from pipeline.tracking import Tracker
 
 NO_COMMAND = "no_command"
@@ -424,7 +424,7 @@ def resolve_backbone(name: str, sha256: str | None = None) -> str:
         except ImportError as err:
             raise PipelineError(f"nlu.model_name_or_path={name}: package {module_name} is not installed; run `make setup`") from err
         name = str(module.get_model_path())
-    elif name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+    elif looks_like_path(name) and not Path(name).expanduser().is_dir():
         # A path that is not a folder would otherwise be read as a hub id, or blamed on the checksum.
         raise PipelineError(f"nlu.model_name_or_path={name}: no such folder; give a backbone folder, a hub id or package:<module>")
     if sha256:
