@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from omegaconf import OmegaConf
 
 from pipeline.data.config import SourceConfig
+from pipeline.data.privacy import RAW_IDS
 from pipeline.data.schema import ExportRecord
 from pipeline.runtime import PipelineError
 
@@ -39,7 +40,7 @@ ALIASES = {
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # Raw identifiers: never logged, whether they come from a column or from data.constants.
-IDENTIFIERS = ("device_serial", "account_id", "annotator_id")
+IDENTIFIERS = tuple(RAW_IDS)
 # Text fields a corpus often stores as numbers (speaker 101, utterance 7): read as their digits.
 TEXT_FIELDS = ("transcript", "utterance_id", *IDENTIFIERS)
 # Fields a record cannot do without: a blank cell in their column quarantines the row instead of

@@ -20,6 +20,8 @@ from pipeline.data.schema import json_lines
 from pipeline.runtime import PipelineError
 
 DELETION_KEYS = ("utterance_id", "account_id", "device_serial")
+# An export record's raw identifiers and the kind of pseudonym each becomes.
+RAW_IDS = {"account_id": "acct", "device_serial": "dev", "annotator_id": "ann"}
 
 
 def load_key(key_env: str | None, key_file: str | Path | None) -> bytes:
@@ -72,8 +74,7 @@ def _embedded_ids(text: str, record: dict[str, Any]) -> list[tuple[str, str]]:
     """(kind, raw value) of each of the record's identifiers that `text` contains. A clip that is its
     own account (a corpus without speakers) has nothing to hide beyond its id."""
     lowered = text.lower()
-    kinds = (("account_id", "acct"), ("device_serial", "dev"), ("annotator_id", "ann"))
-    return [(kind, value) for name, kind in kinds
+    return [(kind, value) for name, kind in RAW_IDS.items()
             if isinstance(value := record.get(name), str) and len(value) >= MIN_EMBEDDED_ID
             and value not in (text, record.get("utterance_id")) and value.lower() in lowered]
 

@@ -36,6 +36,7 @@ TEXT_COLUMN_HINTS = ("transcript", "text", "ref", "hyp", "words", "entit", "valu
 # Files in the run folder that quote transcripts; uploaded only when transcripts may be logged.
 TEXT_FILES = ("predictions.jsonl", "report.md", "report.html")
 # Config keys whose values are raw identifiers (`data.constants.account_id=...`): never uploaded.
+# pipeline.data.privacy.RAW_IDS names the same fields; tracking sits below the data layer.
 IDENTIFIER_KEYS = ("account_id", "device_serial", "annotator_id")
 REDACTED = "(redacted)"
 
