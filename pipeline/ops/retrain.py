@@ -56,11 +56,28 @@ class RetrainBusy(RuntimeError):
         self.holder_run_dir = holder_run_dir
 
 
+# The lock's descriptor while this process holds it. A forked child (a datasets map worker, a
+# DataLoader worker) would share the `flock` through its copy of the descriptor and, orphaned when a
+# killed job leaves it asleep, hold it for good: every later job would find the registry busy. So
+# each child closes its copy as it starts.
+_held_fd: int | None = None
+
+
+def _close_held_lock_in_child() -> None:
+    if _held_fd is not None:
+        os.close(_held_fd)
+
+
+os.register_at_fork(after_in_child=_close_held_lock_in_child)
+
+
 @contextmanager
 def retrain_lock(path: Path, run_dir: Path | None = None) -> Iterator[None]:
     """An exclusive `flock`: the kernel drops it when the holder dies, so a killed job never
-    leaves a stale lock behind. (Keep the registry on a local or flock-capable file system.)
-    The lock file names the holder's pid and run folder, so a busy job can keep out of it."""
+    leaves a stale lock behind (forked children do not keep it: `_held_fd`). (Keep the registry on a
+    local or flock-capable file system.) The lock file names the holder's pid and run folder, so a
+    busy job can keep out of it."""
+    global _held_fd
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -77,11 +94,13 @@ def retrain_lock(path: Path, run_dir: Path | None = None) -> Iterator[None]:
             holder = {"pid": text.strip() or "?"}
         raise RetrainBusy(f"another retraining job (pid {holder.get('pid')}, run folder {holder.get('run_dir')}) "
                           f"holds {path}", holder.get("run_dir")) from None
+    _held_fd = fd
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps({"pid": os.getpid(), "run_dir": str(run_dir) if run_dir else None}) + "\n").encode(), 0)
         yield
     finally:
+        _held_fd = None
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 

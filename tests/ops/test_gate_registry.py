@@ -124,3 +124,25 @@ def test_lock_excludes_a_second_job_and_dies_with_its_holder(tmp_path: Path) -> 
     holder.wait()
     with retrain_lock(lock):  # the kernel released it with the killed process
         pass
+
+
+def test_a_killed_jobs_forked_workers_do_not_keep_the_lock(tmp_path: Path) -> None:
+    """A job killed while a forked worker (datasets' map, a DataLoader) runs leaves that worker
+    orphaned and asleep; it must not hold the lock, or every later job would find the registry busy."""
+    lock = tmp_path / "registry" / "retrain.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import multiprocessing as mp, time; from pathlib import Path; from pipeline.ops.retrain import retrain_lock\n"
+        f"with retrain_lock(Path({str(lock)!r})):\n"
+        "    worker = mp.get_context('fork').Process(target=time.sleep, args=(60,)); worker.start()\n"
+        "    print(worker.pid, flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    worker = int(holder.stdout.readline())
+    try:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        os.kill(worker, 0)  # the orphaned worker still runs
+        with retrain_lock(lock):
+            pass
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
