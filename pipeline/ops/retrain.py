@@ -16,10 +16,13 @@ a mistyped override included, exits 2.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -59,16 +62,42 @@ class RetrainBusy(RuntimeError):
 # The lock's descriptor while this process holds it. A forked child (a datasets map worker, a
 # DataLoader worker) would share the `flock` through its copy of the descriptor and, orphaned when a
 # killed job leaves it asleep, hold it for good: every later job would find the registry busy. So
-# each child closes its copy as it starts.
+# each child closes its copy as it starts. Orphaned, such workers would also linger asleep for good
+# (nothing reads their queues any more), so on Linux a child forked by a job's main thread is killed
+# when the job dies (a child forked by another thread would die with that thread, so it is left be).
 _held_fd: int | None = None
+_forked_by_job: int | None = None  # the job's pid, set just before its main thread forks
+PR_SET_PDEATHSIG = 1
 
 
-def _close_held_lock_in_child() -> None:
+def _before_fork() -> None:
+    global _forked_by_job
+    in_job = _held_fd is not None and threading.current_thread() is threading.main_thread()
+    _forked_by_job = os.getpid() if in_job else None
+
+
+def _in_forked_child() -> None:
+    global _held_fd, _forked_by_job
     if _held_fd is not None:
         os.close(_held_fd)
+        _held_fd = None
+    parent, _forked_by_job = _forked_by_job, None
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the job died before the request took hold
+        os._exit(1)
 
 
-os.register_at_fork(after_in_child=_close_held_lock_in_child)
+def _after_fork_in_parent() -> None:
+    global _forked_by_job
+    _forked_by_job = None
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_forked_child)
 
 
 @contextmanager

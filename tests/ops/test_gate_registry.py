@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,23 +127,65 @@ def test_lock_excludes_a_second_job_and_dies_with_its_holder(tmp_path: Path) -> 
         pass
 
 
-def test_a_killed_jobs_forked_workers_do_not_keep_the_lock(tmp_path: Path) -> None:
-    """A job killed while a forked worker (datasets' map, a DataLoader) runs leaves that worker
-    orphaned and asleep; it must not hold the lock, or every later job would find the registry busy."""
+def test_a_forked_worker_does_not_keep_the_lock(tmp_path: Path) -> None:
+    """A worker forked inside a job (datasets' map, a DataLoader) must not share the job's lock: an
+    orphaned one would otherwise keep the registry busy for every later job."""
     lock = tmp_path / "registry" / "retrain.lock"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import multiprocessing as mp, time; from pathlib import Path; from pipeline.ops.retrain import retrain_lock\n"
         f"with retrain_lock(Path({str(lock)!r})):\n"
         "    worker = mp.get_context('fork').Process(target=time.sleep, args=(60,)); worker.start()\n"
-        "    print(worker.pid, flush=True); time.sleep(60)")],
+        "print(worker.pid, flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     worker = int(holder.stdout.readline())
     try:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-        os.kill(worker, 0)  # the orphaned worker still runs
+        os.kill(worker, 0)  # the job left the lock; its worker still runs
         with retrain_lock(lock):
             pass
     finally:
-        os.kill(worker, signal.SIGKILL)
+        holder.kill()
+        holder.wait()
+        _kill_if_running(worker)
 
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit may wait on a parent that does not reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _kill_if_running(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_killed_jobs_forked_workers_die_with_it(tmp_path: Path) -> None:
+    """Killed mid-run, a job's forked workers are orphaned, asleep on queues nobody reads; they must
+    go with the job instead of lingering (and, before their copy of the lock was closed, keeping it)."""
+    lock = tmp_path / "registry" / "retrain.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import multiprocessing as mp, time; from pathlib import Path; from pipeline.ops.retrain import retrain_lock\n"
+        "worker = mp.get_context('fork').Process(target=time.sleep, args=(60,)); worker.start()\n"
+        f"with retrain_lock(Path({str(lock)!r})):\n"
+        "    job_worker = mp.get_context('fork').Process(target=time.sleep, args=(60,)); job_worker.start()\n"
+        "    print(worker.pid, job_worker.pid, flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    outside, inside = map(int, holder.stdout.readline().split())
+    try:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        deadline = time.monotonic() + 10
+        while _running(inside) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(inside), "a worker forked by the job outlived it"
+        assert _running(outside), "a process forked outside the job is not the job's to end"
+        with retrain_lock(lock):
+            pass
+    finally:
+        _kill_if_running(inside)
+        _kill_if_running(outside)
