@@ -40,6 +40,7 @@ from pipeline.asr.sampler import clips_over_budget, epoch_batches, eval_batches,
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.config import TrainerConfig, checked
 from pipeline.data.features import SAMPLING_RATE
+from pipeline.data.saved import open_saved, require
 from pipeline.distributed import Placement, all_agree, any_says, barrier, place, total
 from pipeline.runtime import PipelineError, host_record, seed_everything
 from pipeline.tracking import Tracker
@@ -200,15 +201,9 @@ def _warn_changed_settings(state: dict[str, Any], cfg: DictConfig) -> None:
 
 def _load_splits(dataset_path: Path) -> Any:
     """The saved DatasetDict, which must hold non-empty train and validation splits."""
-    from datasets import load_from_disk
-
-    try:
-        splits = load_from_disk(str(dataset_path))
-    except FileNotFoundError as err:
-        raise PipelineError(f"{dataset_path}: no saved dataset there; re-run the `data` stage") from err
+    splits = open_saved(dataset_path)
     for name in ("train", "validation"):
-        if name not in splits or len(splits[name]) == 0:
-            raise PipelineError(f"{dataset_path}: split `{name}` is missing or empty; the ASR stage needs train and validation clips")
+        require(splits, dataset_path, name, ("audio", "text"), "the ASR stage")
     return splits
 
 

@@ -32,6 +32,7 @@ from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
 from pipeline.asr.model import greedy_decode, load_asr, log_probs_of, samples_per_frame
 from pipeline.config import checked
 from pipeline.data.background import Recording, load_background
+from pipeline.data.saved import open_saved, require
 from pipeline.distributed import pick_device
 from pipeline.eval import bootstrap as B
 from pipeline.eval import metrics as M
@@ -317,39 +318,14 @@ def _wake_word(ecfg: DictConfig) -> str:
 def _load_splits(path: Path, split: str, tune_split: str, need_audio: bool = True) -> tuple[Any, Any]:
     """The evaluated split and the tuning split (None without an ASR model: only the ASR's LM weight
     and wake-word threshold are tuned; an NLU-only evaluation may read a text-only dataset)."""
-    from datasets import DatasetDict, load_from_disk
-
-    if not path.exists():
-        raise PipelineError(f"dataset {path} does not exist; build it with `python train.py stages=[data]` or pass dataset=<path>")
-    names = (split, tune_split) if need_audio else (split,)
-    for name in names:
-        # datasets saves an empty split without data files and then cannot load it back.
-        state = path / name / "state.json"
-        if state.exists() and not json.loads(state.read_text()).get("_data_files"):
-            raise PipelineError(f"dataset {path} split {name!r} is empty; there is nothing to evaluate")
-    try:
-        dd = load_from_disk(str(path))
-    except FileNotFoundError:
-        raise PipelineError(f"dataset {path} is not a saved dataset (no dataset_dict.json); pass the folder "
-                            "`python train.py stages=[data]` builds") from None
-    if not isinstance(dd, DatasetDict):
-        raise PipelineError(f"dataset {path} is a single split, not a dataset of splits; pass the folder holding "
-                            "dataset_dict.json (python train.py stages=[data] builds one)")
-    for name in names:
-        if name not in dd:
-            raise PipelineError(f"dataset {path} has no split {name!r} (has {list(dd.keys())}); set eval.split / eval.tune_split")
-        if need_audio and "audio" not in dd[name].column_names:
-            raise PipelineError(f"dataset {path} split {name!r} has no audio column; evaluation needs an audio dataset")
-        # The evaluated split gives every clip's gold labels; the tuning split only what tunes the
-        # LM weight and the wake-word threshold.
-        needed = GOLD_COLUMNS if name == split else TUNE_COLUMNS
-        missing = [c for c in needed if c not in dd[name].column_names]
-        if missing:
-            raise PipelineError(f"dataset {path} split {name!r} lacks the column(s) {missing} evaluation reads; "
-                                "rebuild it with `python train.py stages=[data]`")
-        if len(dd[name]) == 0:
-            raise PipelineError(f"dataset {path} split {name!r} is empty; there is nothing to evaluate")
-    return dd[split], dd[tune_split] if need_audio else None
+    dd = open_saved(path)
+    # The evaluated split gives every clip's gold labels; the tuning split only what tunes the LM
+    # weight and the wake-word threshold.
+    audio = ["audio"] if need_audio else []
+    evaluated = require(dd, path, split, [*audio, *GOLD_COLUMNS], "evaluation", missing_split="set eval.split")
+    if not need_audio:
+        return evaluated, None
+    return evaluated, require(dd, path, tune_split, [*audio, *TUNE_COLUMNS], "evaluation", missing_split="set eval.tune_split")
 
 
 def _load_nlu(nlu_dir: Path) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import Dataset, DatasetDict
 from omegaconf import DictConfig
 from transformers import (
     DataCollatorForTokenClassification,
@@ -34,6 +34,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from pipeline.config import TrainerConfig, checked
+from pipeline.data.saved import open_saved, require
 from pipeline.distributed import resolve_device
 from pipeline.eval import metrics as M
 from pipeline.nlu.config import NLUConfig
@@ -335,12 +336,8 @@ def log_summary(job: NLUJob, metrics: dict[str, Any]) -> None:
 
 
 def load_splits(dataset_path: Path) -> DatasetDict:
-    try:
-        dd = load_from_disk(str(dataset_path))
-    except FileNotFoundError as err:
-        raise PipelineError(f"no dataset at {dataset_path}: run the `data` stage first ({err})") from err
-    if not isinstance(dd, DatasetDict) or "train" not in dd:
-        raise PipelineError(f"{dataset_path} is not a DatasetDict with a train split; rebuild it with the `data` stage")
+    dd = open_saved(dataset_path)
+    require(dd, dataset_path, "train", (), "the NLU stage")
     # The NLU reads text only: never decode audio.
     return DatasetDict({k: v.remove_columns([c for c in ("audio",) if c in v.column_names]) for k, v in dd.items()})
 

@@ -18,6 +18,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import checked
+from pipeline.data.saved import open_saved, require
 from pipeline.distributed import pick_device
 from pipeline.review.config import ReviewConfig
 from pipeline.review.crossfit import account_folds, embed, load_backbone
@@ -101,28 +102,9 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
 
 
 def _load(path: Path) -> dict[str, Any]:
-    """The dataset's non-empty splits, checked to hold the columns the review reads (errors name
-    splits and columns only: the rows are what is under review)."""
-    from datasets import DatasetDict, load_from_disk
-
-    if not path.exists():
-        raise PipelineError(f"dataset {path} does not exist; build it with `python train.py stages=[data]`")
-    try:
-        dd = load_from_disk(str(path))
-    except (OSError, ValueError) as err:
-        raise PipelineError(f"dataset {path} does not load ({err.__class__.__name__}); "
-                            "re-run the `data` stage to build it again") from err
-    if not isinstance(dd, DatasetDict):
-        raise PipelineError(f"dataset {path} is a single Dataset, not a DatasetDict of splits (train, validation, "
-                            "test) as the `data` stage builds; re-run the `data` stage, or review a run whose "
-                            "build_report.json names such a dataset")
-    for name in dd:
-        missing = [c for c in COLUMNS if c not in dd[name].column_names]
-        if missing:
-            raise PipelineError(f"dataset {path}: split `{name}` lacks the column(s) {missing} the review reads; "
-                                "re-run the `data` stage to build the dataset with the current columns")
-    # datasets cannot load back an empty split's data files, and it has nothing to review anyway.
-    return {name: dd[name] for name in dd if len(dd[name])}
+    """The dataset's non-empty splits, checked to hold the columns the review reads."""
+    dd = open_saved(path)
+    return {name: split for name in dd if len(split := require(dd, path, name, COLUMNS, "the review", nonempty=False))}
 
 
 def _rows(split: Any) -> list[dict[str, Any]]:

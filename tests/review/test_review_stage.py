@@ -226,8 +226,8 @@ def test_make_review_names_a_broken_build_report(content: str, error: str, tiny_
 
 
 @pytest.mark.parametrize(("dataset", "error"), [
-    pytest.param("single", r"<dataset> is a single Dataset, not a DatasetDict of splits", id="single-dataset"),
-    pytest.param("no-bio-tags", r"<dataset>: split `train` lacks the column\(s\) \['bio_tags'\] the review reads",
+    pytest.param("single", r"<dataset> is a single split, not a dataset of splits", id="single-dataset"),
+    pytest.param("no-bio-tags", r"<dataset> split .train. lacks the column\(s\) \[.bio_tags.\] the review reads",
                  id="missing-column"),
 ])
 def test_make_review_refuses_a_dataset_it_cannot_read_naming_split_and_column(
