@@ -65,8 +65,7 @@ class NLUConfig:
             raise PipelineError(f"nlu.cpu_threads={self.cpu_threads}: must be null (torch's default) or at least 1")
         # A trained NLU folder, a missing folder or a backbone whose weights are not the pinned ones:
         # refused before any stage runs, not after an ASR run (lazy imports: transformers).
-        from pipeline.nlu.model import refuse_trained_model
-        from pipeline.nlu.train import resolve_backbone
+        from pipeline.nlu.model import refuse_trained_model, resolve_backbone
 
         refuse_trained_model(self.model_name_or_path)
         resolve_backbone(self.model_name_or_path, self.model_sha256)

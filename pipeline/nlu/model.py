@@ -8,8 +8,11 @@ the label maps, so `save_pretrained`/`from_pretrained` round-trip everything nee
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig,
 from transformers.modeling_outputs import ModelOutput
 
 from pipeline.data.annotations import tags_to_entities, word_spans
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, looks_like_path
 
 LABELS_FILE = "nlu_labels.json"
 # Tokenizers that need a leading space to treat pre-split words like words inside a sentence.
@@ -293,3 +296,40 @@ class NLUModel:
                     "entities": [e.as_dict() for e in tags_to_entities(texts[i], tags)],
                 }
         return results  # type: ignore[return-value]
+
+
+def resolve_backbone(name: str, sha256: str | None = None) -> str:
+    """A hub id, a local folder, or `package:<module>` for a model shipped inside a pip package.
+
+    With `sha256` set, the folder's `model.safetensors` must match it: a swapped or corrupt file
+    would otherwise train silently on different weights.
+    """
+    packaged = name.startswith("package:")
+    if packaged:
+        module_name = name.split(":", 1)[1]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise PipelineError(f"nlu.model_name_or_path={name}: package {module_name} is not installed; run `make setup`") from err
+        name = str(module.get_model_path())
+    elif looks_like_path(name) and not Path(name).expanduser().is_dir():
+        # A path that is not a folder would otherwise be read as a hub id, or blamed on the checksum.
+        raise PipelineError(f"nlu.model_name_or_path={name}: no such folder; give a backbone folder, a hub id or package:<module>")
+    if sha256:
+        weights = Path(name) / "model.safetensors"
+        if not weights.exists():
+            raise PipelineError(f"nlu.model_sha256 is set but {weights} does not exist; unset it for hub ids")
+        stat = weights.stat()
+        digest = _sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+        if digest != sha256:
+            fix = ("reinstall the model package" if packaged
+                   else "for a backbone of your own, set nlu.model_sha256 to its hash (or null)")
+            raise PipelineError(f"{weights} has sha256 {digest}, expected nlu.model_sha256={sha256}; {fix}")
+    return name
+
+
+@lru_cache(maxsize=4)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A file's digest, once per version of it: the backbone is checked with the config and again
+    where it is loaded (90 MB each time for the default)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

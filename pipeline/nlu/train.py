@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import shutil
@@ -45,8 +44,9 @@ from pipeline.nlu.model import (
     encode_words,
     load_tokenizer,
     refuse_trained_model,
+    resolve_backbone,
 )
-from pipeline.runtime import PipelineError, looks_like_path, requested_workers
+from pipeline.runtime import PipelineError, requested_workers
 from pipeline.tracking import Tracker
 
 NO_COMMAND = "no_command"
@@ -405,35 +405,6 @@ def to_features(rows: list[dict[str, Any]], tokenizer: Any, intents: list[str], 
             columns["labels"].append(labels)
             columns["intent_labels"].append(intent_id.get(row["intent"], IGNORE))
     return Dataset.from_dict(columns)
-
-
-def resolve_backbone(name: str, sha256: str | None = None) -> str:
-    """A hub id, a local folder, or `package:<module>` for a model shipped inside a pip package.
-
-    With `sha256` set, the folder's `model.safetensors` must match it: a swapped or corrupt file
-    would otherwise train silently on different weights.
-    """
-    packaged = name.startswith("package:")
-    if packaged:
-        module_name = name.split(":", 1)[1]
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise PipelineError(f"nlu.model_name_or_path={name}: package {module_name} is not installed; run `make setup`") from err
-        name = str(module.get_model_path())
-    elif looks_like_path(name) and not Path(name).expanduser().is_dir():
-        # A path that is not a folder would otherwise be read as a hub id, or blamed on the checksum.
-        raise PipelineError(f"nlu.model_name_or_path={name}: no such folder; give a backbone folder, a hub id or package:<module>")
-    if sha256:
-        weights = Path(name) / "model.safetensors"
-        if not weights.exists():
-            raise PipelineError(f"nlu.model_sha256 is set but {weights} does not exist; unset it for hub ids")
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-        if digest != sha256:
-            fix = ("reinstall the model package" if packaged
-                   else "for a backbone of your own, set nlu.model_sha256 to its hash (or null)")
-            raise PipelineError(f"{weights} has sha256 {digest}, expected nlu.model_sha256={sha256}; {fix}")
-    return name
 
 
 def make_optimizer(model: torch.nn.Module, ncfg: NLUConfig) -> torch.optim.Optimizer:

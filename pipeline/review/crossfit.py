@@ -63,7 +63,7 @@ def load_backbone(nlu_cfg: DictConfig, nlu_dir: Path, seed: int) -> tuple[Any, A
     from transformers import AutoConfig, AutoModel
 
     from pipeline.nlu.model import load_tokenizer
-    from pipeline.nlu.train import resolve_backbone
+    from pipeline.nlu.model import resolve_backbone
 
     config = AutoConfig.from_pretrained(str(nlu_dir))
     tokenizer = load_tokenizer(nlu_dir, config)

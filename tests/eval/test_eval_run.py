@@ -53,7 +53,8 @@ def save_tiny_asr(dataset_path: Path, out: Path) -> None:
 def save_tiny_nlu(dataset_path: Path, out: Path) -> None:
     from pipeline.nlu import NLUModel
     from pipeline.nlu.model import build_model_from_config, load_tokenizer
-    from pipeline.nlu.train import label_maps, resolve_backbone
+    from pipeline.nlu.model import resolve_backbone
+    from pipeline.nlu.train import label_maps
 
     train = load_from_disk(str(dataset_path))["train"]
     rows = [r for r in train.select_columns(["intent", "bio_tags"]) if r["intent"]]

