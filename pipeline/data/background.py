@@ -37,6 +37,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from pipeline.data.saved import open_saved
 from pipeline.data.schema import json_lines
 from pipeline.runtime import PipelineError, staged_folder, usable_cores
 from pipeline.text import normalize_text
@@ -125,9 +126,7 @@ def _seconds(path: Path, name: str) -> float:
 
 
 def _from_dataset(path: Path, splits: tuple[str, str]) -> list[Recording]:
-    from datasets import load_from_disk
-
-    dd = load_from_disk(str(path))
+    dd = open_saved(path)
     out = []
     for split in splits:
         if split not in dd:

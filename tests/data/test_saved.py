@@ -87,3 +87,11 @@ def test_the_asr_stage_names_the_split_or_column_it_lacks(
     dd.save_to_disk(str(path), num_shards={name: 1 for name, split in dd.items() if len(split) == 0})
     with pytest.raises(PipelineError, match=error.replace("<path>", re.escape(str(path)))):
         _asr(path)
+
+
+def test_background_audio_saved_as_a_dataset_is_opened_the_same_way(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    from pipeline.data.background import load_background
+
+    path = _broken("empty-split-saved-elsewhere", tiny_dataset_path, tmp_path)
+    with pytest.raises(PipelineError, match=rf"^dataset {re.escape(str(path))} split 'test' is empty and saved without"):
+        load_background(path, ("validation", "test"), "alexa")
