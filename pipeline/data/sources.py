@@ -77,7 +77,14 @@ def open_sources(data_cfg: DictConfig, data: DataConfig, cache_dir: Path) -> tup
                 ignored = [k for k in BUILD_KEYS if getattr(entry, k) is not None and getattr(entry, k) != getattr(data, k)]
                 if ignored:
                     log.warning("data.sources[%d]: %s hold for the whole build; set them on data.* instead", i, ignored)
-            source, dels = open_source(raw, entry, cache_dir, in_list=in_list, key=f"data.sources[{i}]" if in_list else "data")
+            key = f"data.sources[{i}]" if in_list else "data"
+            try:
+                source, dels = open_source(raw, entry, cache_dir, in_list=in_list, key=key)
+            except PipelineError as err:
+                # The hf and speech readers name their settings as `data.<setting>`: say which entry.
+                if not in_list or str(err).startswith("data.sources"):
+                    raise
+                raise PipelineError(f"{key} ({entry.name or entry.source}): {err}") from None
             source.name = str(entry.name or source.kind) if in_list else source.kind
             source.allowed_roots = allowed
             sources.append(source)

@@ -210,6 +210,11 @@ def test_errors_in_a_sources_entry_name_the_entry(tmp_path: Path) -> None:
         _build(tmp_path / "b", sources=[{"source": "massive_text", "train_path": str(FIXTURES / "en-US.train.jsonl"),
                                          "dev_path": str(FIXTURES / "en-US.dev.jsonl")},
                                         {"source": "jsonl", "name": "exp"}], **base)
+    # The hf reader names its settings data.<setting>; in a list the entry is named before them.
+    with pytest.raises(PipelineError, match=r"^data\.sources\[1\] \(clips\): data\.path=\S+/nope: no such folder"):
+        _build(tmp_path / "d", sources=[{"source": "massive_text", "train_path": str(FIXTURES / "en-US.train.jsonl"),
+                                         "dev_path": str(FIXTURES / "en-US.dev.jsonl")},
+                                        {"source": "hf", "name": "clips", "path": str(tmp_path / "nope")}], **base)
     with pytest.raises(PipelineError, match=r"^data\.path=.* is a folder; give the file itself$"):
         _build(tmp_path / "c", source="jsonl", path=str(tmp_path))
 
