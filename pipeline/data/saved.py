@@ -17,6 +17,8 @@ from typing import Any
 from pipeline.runtime import PipelineError
 
 BUILD = "`python train.py stages=[data]`"
+SINGLE_SPLIT = ("is a single split, not a dataset of splits; pass the folder holding dataset_dict.json "
+                "(python train.py stages=[data] builds one)")
 
 
 def open_saved(path: Path) -> Any:
@@ -27,8 +29,7 @@ def open_saved(path: Path) -> Any:
     if not path.exists():
         raise PipelineError(f"dataset {path} does not exist; build it with {BUILD} or pass dataset=<path>")
     if (path / "state.json").exists() and not (path / "dataset_dict.json").exists():
-        raise PipelineError(f"dataset {path} is a single split, not a dataset of splits; pass the folder holding "
-                            "dataset_dict.json (python train.py stages=[data] builds one)")
+        raise PipelineError(f"dataset {path} {SINGLE_SPLIT}")
     for state in sorted(path.glob("*/state.json")):
         # Another tool's save of an empty split has no data file, and then no split loads.
         if not json.loads(state.read_text()).get("_data_files"):
@@ -42,8 +43,7 @@ def open_saved(path: Path) -> Any:
     except (OSError, ValueError) as err:
         raise PipelineError(f"dataset {path} does not load ({err.__class__.__name__}); rebuild it with {BUILD}") from err
     if not isinstance(dd, DatasetDict):
-        raise PipelineError(f"dataset {path} is a single split, not a dataset of splits; pass the folder holding "
-                            "dataset_dict.json (python train.py stages=[data] builds one)")
+        raise PipelineError(f"dataset {path} {SINGLE_SPLIT}")
     return dd
 
 
