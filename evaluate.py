@@ -1,4 +1,5 @@
-"""Re-evaluate a finished run: `python evaluate.py run=<run folder>` (see conf/evaluate.yaml).
+"""Re-evaluate a finished run: `python evaluate.py run=<run folder>` (see conf/evaluate.yaml), with
+the settings its config.yaml records and the command line's overrides on top.
 
 Also evaluates any model on any built dataset: `asr_model=` alone, `nlu_model=` alone, or both, with
 `dataset=`. Metrics the models or the labels cannot give are left out of metrics.json and the
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pipeline import run_folder
@@ -19,10 +21,14 @@ from pipeline.runtime import PipelineError, configure_environment, fail, seed_ev
 @hydra.main(version_base=None, config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     from pipeline.eval.run import run_eval_stage
-    from pipeline.stages import make_tracker
+    from pipeline.stages import make_tracker, recorded_config, with_recorded_settings, write_record
 
     try:
         run_dir = Path(cfg.run_dir).resolve()
+        overrides = list(HydraConfig.get().overrides.task)
+        in_place = any(o.split("=", 1)[0] == "run" for o in overrides)
+        if in_place:  # the run's own eval and data settings, the call's overrides on top
+            cfg = with_recorded_settings(cfg, run_dir, overrides)
         configure_environment(run_dir, Path(cfg.cache_dir).resolve())
         seed_everything(int(cfg.seed))
         dataset = _dataset_path(cfg, run_dir)
@@ -31,6 +37,8 @@ def main(cfg: DictConfig) -> None:
             metrics = run_eval_stage(cfg, run_dir, dataset, tracker)
         finally:
             tracker.finish()
+        if in_place and (run_dir / "config.yaml").is_file():  # the record says how metrics.json was made
+            write_record(run_dir, recorded_config(cfg, run_dir, ["eval"]))
         print(json.dumps({k: v for k, v in metrics.items()}, indent=2))
         print(f"evaluation written to {run_dir}")
     except PipelineError as err:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline import run_folder
 from pipeline.config import TrainerConfig, checked
@@ -57,7 +57,7 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
     record = recorded_config(cfg, run_dir, stages)
     continuing = "data" not in stages and (run_dir / "config.yaml").is_file()
     if is_main and not continuing:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(record))
+        write_record(run_dir, record)
     tracker = make_tracker(cfg, run_dir, stages)
     results: dict[str, Any] = {}
     try:
@@ -94,7 +94,7 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
             # models were made with, not this call's defaults.
             results["review"] = run_review_stage(record, run_dir, dataset_path, tracker)
         if is_main and continuing:
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(record))
+            write_record(run_dir, record)
     finally:
         tracker.finish()
     return results
@@ -109,6 +109,16 @@ def recorded_config(cfg: DictConfig, run_dir: Path, stages: list[str]) -> DictCo
     path = run_dir / "config.yaml"
     if "data" in stages or not path.is_file():
         return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    recorded = read_record(path)
+    current = OmegaConf.to_container(cfg, resolve=True)
+    for key in dict.fromkeys(key for stage in stages for key in STAGE_KEYS[stage]):
+        if key in current:
+            recorded[key] = current[key]
+    return recorded
+
+
+def read_record(path: Path) -> DictConfig:
+    """A run's config.yaml, or an error that says how to go on without it."""
     try:
         recorded = OmegaConf.load(path)
     except (OSError, yaml.YAMLError) as err:
@@ -116,11 +126,44 @@ def recorded_config(cfg: DictConfig, run_dir: Path, stages: list[str]) -> DictCo
                             "or re-run the stages with `data` in a new run folder") from err
     if not isinstance(recorded, DictConfig):
         raise PipelineError(f"{path} holds no mapping; restore it, or re-run the stages with `data` in a new run folder")
-    current = OmegaConf.to_container(cfg, resolve=True)
-    for key in dict.fromkeys(key for stage in stages for key in STAGE_KEYS[stage]):
-        if key in current:
-            recorded[key] = current[key]
     return recorded
+
+
+# What `evaluate.py run=<run>` takes from the call rather than from the run's record: where things
+# are, and how to log.
+CALL_KEYS = ("run", "asr_model", "nlu_model", "dataset", "run_dir", "cache_dir", "paths", "logger", "hydra")
+
+
+def with_recorded_settings(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
+    """`evaluate.py run=<run>`: the run's recorded settings (its config.yaml: the wake word, LM
+    weights, background and bootstrap it was evaluated with, its data), with what `overrides` (the
+    command line) sets on top. conf/evaluate.yaml's defaults would re-score a run made with
+    `eval.wake_word=computer` on "alexa", with other LM weights, and give its continued W&B entry the
+    config of placeholder models. An `eval` setting newer than the run keeps its default."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return cfg
+    recorded = read_record(path)
+    given = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    with open_dict(cfg):
+        for key, value in recorded.items():
+            if key in CALL_KEYS or key in given:  # `data=demo_speech`: the call's whole group
+                continue
+            if key == "eval" and isinstance(cfg.get("eval"), DictConfig):
+                value = OmegaConf.merge(cfg.eval, value)
+            kept = {g: OmegaConf.select(cfg, g) for g in given if g.startswith(f"{key}.")}
+            cfg[key] = value
+            for g, v in kept.items():
+                OmegaConf.update(cfg, g, v, force_add=True)
+    return cfg
+
+
+def write_record(run_dir: Path, record: DictConfig) -> None:
+    """config.yaml, rewritten only when it changes (`make compare` orders runs by its time)."""
+    path = run_dir / "config.yaml"
+    text = OmegaConf.to_yaml(record)
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
 
 
 def check_config(cfg: DictConfig, stages: list[str]) -> None:

@@ -257,6 +257,23 @@ def test_evaluate_cli_re_evaluates_a_run_in_place(tiny_run: Path, tmp_path: Path
 
 
 @pytest.mark.slow
+def test_evaluate_cli_re_evaluates_with_the_runs_recorded_settings(tiny_run: Path, tmp_path: Path) -> None:
+    """A run made with other eval settings is re-scored with them, not with conf/evaluate.yaml's
+    defaults; a setting given on the command line wins, and config.yaml records it."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml({"seed": 7, "eval": {"bootstrap_samples": 40, "worst_n": 3}}))
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    for extra, samples in (([], 40), (["eval.bootstrap_samples=30"], 30)):
+        cmd = [sys.executable, str(REPO / "evaluate.py"), f"run={run}", "logger=none", *extra]
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads((run / "metrics.json").read_text())["eval/bootstrap_samples"] == samples
+        record = OmegaConf.load(run / "config.yaml")
+        assert (record.eval.bootstrap_samples, record.eval.worst_n, record.seed) == (samples, 3, 7)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("folder_exists", [pytest.param(True, id="run-without-models"),
                                            pytest.param(False, id="no-such-run-folder")])
 def test_evaluate_cli_refuses_a_run_it_cannot_evaluate_in_one_line(folder_exists: bool, tiny_run: Path,
