@@ -110,8 +110,9 @@ def _lm_holds(arpa: Path, key: bytes, grams: dict[str, dict[str, list[str]]]) ->
     return sum(1 for w in wanted if w and w <= present)
 
 
-def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]]]:
-    """(findings, registry models trained on deleted data that still have weights)."""
+def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
+    """(findings, registry models trained on deleted data that still have weights, how many deleted
+    ids the requests name: with none, "no trace" says nothing)."""
     roots = Roots.from_cfg(cfg)
     for name, root in roots.named().items():
         check_root(name, root)
@@ -125,7 +126,7 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]]]:
     registry = Registry(roots.registry)
     affected_models = registry.affected_by(deleted)
     if not deleted:
-        return [], affected_models
+        return [], affected_models, 0
 
     ledger = Ledger.load(roots.erasure)
     traces = find_traces(roots, key, deleted)
@@ -186,7 +187,7 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]]]:
     wanted = Wanted(key, deleted, audio, texts, grams)
     for f in sorted(files.values()):
         findings += _scan_file(f, _kind_of(f, roots, runs), wanted, f in staged, roots)
-    return _dedupe(findings), affected_models
+    return _dedupe(findings), affected_models, len(deleted)
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,7 @@ def is_config_error(err: Exception) -> bool:
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(list(sys.argv[1:] if argv is None else argv))
-        findings, affected = scan(cfg)
+        findings, affected, known = scan(cfg)
     except Exception as err:  # noqa: BLE001 - only config errors are caught; the rest re-raise
         if not is_config_error(err):
             raise
@@ -292,8 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     # covering a folder the scan never saw.
     print("audit: scanned " + ", ".join(f"{name}={root}" for name, root in roots.items() if root.exists())
           + (f"; absent, so not scanned: {', '.join(absent)}" if absent else ""))
+    if not known:
+        # Nothing to look for is not "clean": a deletions file only a build read (data.deletions)
+        # kept its clips out of that dataset, and is unknown here.
+        where = Roots.from_cfg(cfg)
+        print(f"audit: no deletion request known (none applied in {where.corpus}, none waiting in {where.inbox}), "
+              f"so nothing was looked for; put requests in {where.inbox / 'deletions'}/*.jsonl for erasure and "
+              "retraining to apply them everywhere")
+        return EXIT_CLEAN
     if not findings:
-        print("audit: clean: no trace of a deleted clip under the roots scanned")
+        print(f"audit: clean: no trace of the {known} deleted id(s) requested under the roots scanned")
         return EXIT_CLEAN
     print(f"audit: {len(findings)} finding(s) of deleted data (run `make erase`):")
     for f in findings:

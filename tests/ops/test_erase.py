@@ -89,7 +89,7 @@ def test_erase_removes_every_copy_and_the_audit_proves_it(store: dict[str, Any],
 
     assert audit.main(overrides(root)) == 0
     out = capsys.readouterr().out
-    assert "audit: clean" in out and f"audit: scanned cache={root / 'cache'}, outputs={root / 'outputs'}" in out
+    assert "audit: clean: no trace of the 1 deleted id(s) requested" in out and f"audit: scanned cache={root / 'cache'}, outputs={root / 'outputs'}" in out
     # A mistyped root is absent: "clean" then says it did not cover it.
     assert audit.main([overrides(root)[0], f"erase.multirun={root / 'multi-run'}"]) == 0
     assert f"absent, so not scanned: multirun={root / 'multi-run'}" in capsys.readouterr().out
@@ -397,3 +397,17 @@ def test_a_clip_stored_under_its_pseudonym_is_erased_by_its_raw_id(store: dict[s
     assert not folder.exists() and predictions.read_text() == kept
     assert {r["request"]: r["status"] for r in _receipt(root)["requests"]}[stored] == "erased"
     assert audit.main(overrides(root)) == 0
+
+
+def test_an_audit_with_no_request_to_look_for_does_not_call_the_roots_clean(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A deletions file only a build read is unknown to the audit: finding no trace of nothing is no proof."""
+    for name in ("inbox", "registry", "cache", "outputs", "multirun"):
+        (tmp_path / name).mkdir()
+    for name, value in {"PIPELINE_PSEUDONYM_KEY": KEY, "PIPELINE_CACHE_DIR": str(tmp_path / "cache"),
+                        "PIPELINE_INBOX": str(tmp_path / "inbox"), "PIPELINE_REGISTRY_DIR": str(tmp_path / "registry")}.items():
+        monkeypatch.setenv(name, value)
+    assert audit.main([f"erase.outputs={tmp_path / 'outputs'}", f"erase.multirun={tmp_path / 'multirun'}"]) == 0
+    out = capsys.readouterr().out
+    assert "audit: no deletion request known" in out and f"{tmp_path / 'inbox' / 'deletions'}/*.jsonl" in out
+    assert "clean" not in out
