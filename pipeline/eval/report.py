@@ -133,7 +133,8 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
         tune_split = decoder.get("tune_split") or "validation"
         tuned_on = (f"{tune_split} positives and background" if "threshold" in background
                     else f"{tune_split} clips")
-        blocks.append(("p", f"Wake-word threshold {wake['threshold']:.4f} (tuned on {tuned_on}); {split}: "
+        word = f" for {details['wake_word']!r}" if details.get("wake_word") else ""
+        blocks.append(("p", f"Wake-word threshold{word} {wake['threshold']:.4f} (tuned on {tuned_on}); {split}: "
                             f"{wake['positives']} clips with and {wake['negatives']} without the wake word "
                             f"({wake['negative_hours'] * 3600:.0f} s of negative clips: AUC and EER)."))
         blocks += _background_blocks(background)

@@ -31,7 +31,7 @@ from pipeline.asr.fft_conv import configure_positional_conv
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
 from pipeline.asr.model import greedy_decode, load_asr, log_probs_of, samples_per_frame
 from pipeline.config import checked
-from pipeline.data.background import Recording, load_background
+from pipeline.data.background import Recording, load_background, mentions
 from pipeline.data.saved import open_saved, require
 from pipeline.distributed import pick_device
 from pipeline.eval import bootstrap as B
@@ -153,6 +153,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     details["test_data"] = _test_data(Path(dataset_path), str(ecfg.split), rows)
     details["decoder"] = {**decoding.__dict__, "tune_split": str(ecfg.tune_split)} if decoding else None
     details["wake_tuning"] = tuning
+    details["wake_word"] = _wake_word(ecfg) if asr_dir is not None else None
     details["wake_skipped"] = skipped
     scores = test_out.wake_scores if test_out is not None else None
     _write_outputs(cfg, run_dir, rows, with_intent, labels, scores, wake, metrics, details, tracker)
@@ -178,6 +179,9 @@ def _asr_pass(
         # The labels rule the wake-word metrics out anyway (e.g. a digits corpus and a model that
         # cannot spell the wake word): score a word break instead, and drop those scores below.
         keyword = [processor.tokenizer.get_vocab()[processor.tokenizer.word_delimiter_token]]
+    if not skipped:  # before the pass: a word nobody in the labels says is refused in seconds
+        check_wake_word_said(ecfg, {str(ecfg.split): [r["transcript"] for r in rows if r["wake_word_present"]],
+                                    str(ecfg.tune_split): [t for t, w in zip(val["text"], val["wake_word_present"]) if w]})
     val_out, test_out, decoding = _transcribe_splits(ecfg, asr_dir, model, processor, keyword, val, test)
     final_hyps = test_out.decoded[0] if decoding.mode == "lm" else test_out.hypotheses
 
@@ -332,6 +336,30 @@ def _load_nlu(nlu_dir: Path) -> Any:
     from pipeline.nlu import NLUModel
 
     return NLUModel.from_pretrained(nlu_dir)
+
+
+def check_wake_word_said(ecfg: DictConfig, positives: dict[str, list[str]]) -> None:
+    """The labels say which clips hold a wake word, `eval.wake_word` which word is scored: a run of a
+    "jarvis" corpus left at the default "alexa" would report a confident FRR for a word nobody said.
+    Refused when no transcript of a split's positives says it, a warning when fewer than half do
+    (positives without a transcript, a corpus that labels only, are not counted). Only the commonest
+    first word is shown: transcripts are what users said."""
+    word = _wake_word(ecfg)
+    for split, transcripts in positives.items():
+        said = [t for t in transcripts if t and t.strip()]
+        if not said:
+            continue
+        share = sum(mentions(t, word) for t in said) / len(said)
+        first = Counter(normalize_text(t).split()[0] for t in said if normalize_text(t)).most_common(1)
+        hint = f" (their commonest first word: {first[0][0]!r})" if first else ""
+        if share == 0:
+            raise PipelineError(
+                f"eval.wake_word={ecfg.wake_word!r} (scored as {word!r}): none of the {len(said)} clips of split "
+                f"{split!r} labelled wake_word_present says it in its transcript{hint}; set eval.wake_word to the "
+                "wake word of this dataset (a transcript holds what was said, the wake word included)")
+        if share < 0.5:
+            log.warning("eval: only %.0f%% of split %s's %d clips labelled wake_word_present say eval.wake_word %r in "
+                        "their transcripts%s", 100 * share, split, len(said), word, hint)
 
 
 def check_intents(known: Sequence[str], gold: list[str], max_rate: float, dataset_path: Path, split: str,

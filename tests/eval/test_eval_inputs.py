@@ -62,6 +62,10 @@ def _refused(error: str, tmp_path: Path, models: Path, dataset: Path, **kwargs: 
                  r"model can spell", id="wake-word-of-punctuation"),
     pytest.param({"eval.wake_word": "алекса"}, r"^eval\.wake_word='алекса' has no letters the pipeline keeps",
                  id="wake-word-in-another-script"),
+    pytest.param({"eval.wake_word": "Jarvis!"}, r"^eval\.wake_word='Jarvis!' \(scored as 'jarvis'\): none of the \d+ "
+                 r"clips of split 'test' labelled wake_word_present says it in its transcript \(their commonest first "
+                 r"word: 'alexa'\); set eval\.wake_word to the wake word of this dataset \(a transcript holds what was said, "
+                 r"the wake word included\)$", id="a-wake-word-nobody-says"),
 ])
 def test_settings_that_would_give_wrong_figures_are_refused(
     overrides: dict[str, Any], error: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
