@@ -60,7 +60,7 @@ class EvalConfig:
         for key in ("batch_size", "stream_batch_size", "beam_size", "beam_size_token", "bootstrap_samples"):
             if getattr(self, key) < 1:
                 raise PipelineError(f"eval.{key}={getattr(self, key)}: must be at least 1")
-        if not self.target_fa_per_hour >= 0:  # NaN too
+        if not 0 <= self.target_fa_per_hour < float("inf"):  # NaN too
             raise PipelineError(f"eval.target_fa_per_hour={self.target_fa_per_hour}: give false accepts per hour, 0 or more")
         for key in ("max_unknown_intent_rate", "max_oov_char_rate"):
             if not 0 <= getattr(self, key) <= 1:

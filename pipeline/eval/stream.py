@@ -356,6 +356,11 @@ def background_wake(
         )
         log.warning("eval: %s", details["warning"])
     if min(details["hours"].values()) == 0:
+        if source is not None and details["warning"] is None:  # eval.min_background_hours=0
+            empty = [s for s, h in details["hours"].items() if h == 0]
+            details["warning"] = (f"no background recording in split(s) {empty} of {source} (a folder's recordings go "
+                                  f"under {'/, '.join(empty)}/); false accepts per hour come from the negative clips")
+            log.warning("eval: %s", details["warning"])
         return None, details
 
     all_pos = np.concatenate([val_positives, test_positives])
@@ -366,6 +371,13 @@ def background_wake(
     refractory_frames = refractory_s / frame_s
     traces = {s: [t for t in stats.traces if t.split == s] for s in splits}
     details["hours"] = {s: sum(t.seconds for t in traces[s]) / 3600.0 for s in splits}  # the scored hours
+    unscored = [s for s, h in details["hours"].items() if h == 0]
+    if unscored:  # each recording's first window is context, not scored: a clip of a second has none
+        details["warning"] = (f"the background recordings of split(s) {unscored} are too short to score (about "
+                              f"{(settings.window_s - settings.hop_s) / 2:g} s at the start of each is context); give recordings of "
+                              "minutes, not seconds; false accepts per hour come from the negative clips")
+        log.warning("eval: %s", details["warning"])
+        return None, details
     target = float(ecfg.target_fa_per_hour)
     threshold = tune_on_background(val_positives, traces[splits[0]], details["hours"][splits[0]], target,
                                    refractory_frames, floor)

@@ -49,6 +49,8 @@ def _refused(error: str, tmp_path: Path, models: Path, dataset: Path, **kwargs: 
                  r"^eval\.split and eval\.tune_split are both 'validation': .*; set eval\.tune_split to another split$",
                  id="split-is-the-tune-split"),
     pytest.param({"eval.target_fa_per_hour": -1.0}, r"^eval\.target_fa_per_hour=-1\.0: .*0 or more$", id="negative-target"),
+    pytest.param({"eval.target_fa_per_hour": float("inf")}, r"^eval\.target_fa_per_hour=inf: .*0 or more$",
+                 id="infinite-target"),
     pytest.param({"eval.bootstrap_samples": 0}, r"^eval\.bootstrap_samples=0: must be at least 1$", id="no-bootstrap-samples"),
     pytest.param({"eval.max_unknown_intent_rate": 1.5}, r"^eval\.max_unknown_intent_rate=1\.5: give a share between 0 and 1$",
                  id="unknown-intent-rate-above-one"),

@@ -5,6 +5,7 @@ background recordings (a few seconds of them here; the demo's hours run only in 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,30 @@ def test_eval_stage_measures_false_accepts_on_background_recordings(
     (folder / "test/room.txt").write_text("Alexa, what's the weather")
     with pytest.raises(PipelineError, match="test/room.flac"):
         run_eval_stage(cfg, tmp_path / "bad", tiny_dataset_path, RecordingTracker())
+
+
+@pytest.mark.parametrize(("seconds", "warning"), [
+    pytest.param({"validation": 0.4, "test": 20.0}, r"the background recordings of split\(s\) \['validation'\] are too "
+                 r"short to score \(about 0\.5 s at the start of each is context\)", id="shorter-than-the-context"),
+    pytest.param({"test": 20.0}, r"no background recording in split\(s\) \['validation'\] of .*validation/\)",
+                 id="no-validation-folder"),
+])
+def test_background_that_cannot_be_scored_is_said_not_crashed_on(
+    seconds: dict[str, float], warning: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
+) -> None:
+    from pipeline.eval.run import run_eval_stage
+
+    folder = tmp_path / "bg"
+    for split, total in seconds.items():
+        (folder / split).mkdir(parents=True)
+        sf.write(folder / split / "room.wav", espeak_wave("the results are out tonight")[: int(total * 16000)], 16000)
+    cfg = eval_cfg(asr_model=str(tiny_models / "asr"), nlu_model=str(tiny_models / "nlu"),
+                   **{"eval.background": str(folder), "eval.min_background_hours": 0.0,
+                      "eval.stream_window_s": 3.0, "eval.stream_hop_s": 2.0})
+    metrics = run_eval_stage(cfg, tmp_path / "eval", tiny_dataset_path, RecordingTracker())
+    details = json.loads((tmp_path / "eval" / "eval_details.json").read_text())
+    assert re.search(warning, details["wake_background"]["warning"]), details["wake_background"]["warning"]
+    assert "wake/background_hours" not in metrics and metrics["wake/fa_per_hour"] is not None  # from the clips
 
 
 def test_auto_background_is_the_demos_only_for_a_demo_build(tmp_path: Path) -> None:
