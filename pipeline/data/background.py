@@ -172,8 +172,12 @@ def _from_export(folder: Path, splits: tuple[str, str]) -> list[Recording]:
             raise PipelineError(f"{folder}/annotations.jsonl line {n}: {err.detail}") from err
         name = str(record.get("recording_id") or audio)
         split = record.get("split") or hashed_split(name, splits)
-        if split not in splits:
+        if split == "train":  # background kept for training, not for measuring
             continue
+        if split not in splits:
+            raise PipelineError(f"{folder}/annotations.jsonl line {n}: split {split!r} is none of {list(splits)} "
+                                "(or train, which evaluation skips); fix the record's split, or leave it out to "
+                                "split the recordings by a hash of their names")
         out.append(Recording(name, split, path, _seconds(path, name), record.get("transcript")))
     return out
 

@@ -88,6 +88,14 @@ def test_folders_exports_and_datasets_as_background(tmp_path: Path, tiny_dataset
     (export / "annotations.jsonl").write_text(json.dumps({"audio": "../outside.wav"}) + "\n")
     with pytest.raises(PipelineError, match="line 1: audio path"):
         load_background(export, SPLITS, "alexa")
+    # A record of the training split is not evaluation audio; a split of no known name is a mistake.
+    lines = [{"audio": "audio/a.wav", "split": "train"}, {"audio": "audio/a.wav", "split": "test", "recording_id": "t"},
+             {"audio": "audio/a.wav", "split": "Test", "recording_id": "T"}]
+    (export / "annotations.jsonl").write_text("\n".join(json.dumps(r) for r in lines[:2]) + "\n")
+    assert [(r.recording_id, r.split) for r in load_background(export, SPLITS, "alexa")] == [("t", "test")]
+    (export / "annotations.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    with pytest.raises(PipelineError, match=r"annotations\.jsonl line 3: split 'Test' is none of \['validation', 'test'\]"):
+        load_background(export, SPLITS, "alexa")
     (export / "annotations.jsonl").write_text('\n{"recording_id": "r1"}\n')
     with pytest.raises(PipelineError, match=r"annotations\.jsonl line 2: a background record needs an `audio` path "
                                             r"\(a string, relative to the folder\)$"):
