@@ -58,10 +58,19 @@ def _dataset_path(cfg: DictConfig, run_dir: Path) -> Path:
 
 
 def _check_run_argument(argv: list[str]) -> None:
-    """A mistyped run= must not become a new, empty run folder (Hydra creates its run dir first)."""
+    """A mistyped run= must not become a new, empty run folder, nor leave Hydra's files in a folder
+    that is no run (a sweep's parent folder), which `make compare` would then list as one: Hydra
+    writes into its run dir before main() runs."""
+    given_dataset = any(arg.startswith("dataset=") for arg in argv[1:])
     for arg in argv[1:]:
-        if arg.startswith("run=") and not Path(arg[len("run="):]).is_dir():
+        if not arg.startswith("run="):
+            continue
+        folder = Path(arg[len("run="):])
+        if not folder.is_dir():
             fail(f"{arg}: no such run folder; pass the folder of a finished run (outputs/<date>/<time>)")
+        if not given_dataset and not (folder / run_folder.BUILD_REPORT).is_file():
+            fail(f"{arg}: not a run folder (no {run_folder.BUILD_REPORT}); pass the folder of a finished run "
+                 "(outputs/<date>/<time>; a sweep's runs are its numbered subfolders), or give dataset=")
 
 
 if __name__ == "__main__":

@@ -275,7 +275,8 @@ def test_evaluate_cli_re_evaluates_with_the_runs_recorded_settings(tiny_run: Pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("folder_exists", [pytest.param(True, id="run-without-models"),
-                                           pytest.param(False, id="no-such-run-folder")])
+                                           pytest.param(False, id="no-such-run-folder"),
+                                           pytest.param("sweep", id="a-sweeps-parent-folder")])
 def test_evaluate_cli_refuses_a_run_it_cannot_evaluate_in_one_line(folder_exists: bool, tiny_run: Path,
                                                                    tmp_path: Path) -> None:
     """Exit code 2 and one `error:` line naming the run folder; a missing folder is not created."""
@@ -283,13 +284,16 @@ def test_evaluate_cli_refuses_a_run_it_cannot_evaluate_in_one_line(folder_exists
     run = tmp_path / ("empty_run" if folder_exists else "no_such_run")
     if folder_exists:
         run.mkdir()
-        (run / "build_report.json").write_text((tiny_run / "build_report.json").read_text())
+        if folder_exists != "sweep":  # a sweep's parent holds runs, and no build report of its own
+            (run / "build_report.json").write_text((tiny_run / "build_report.json").read_text())
     bad = [sys.executable, str(REPO / "evaluate.py"), f"run={run}", "logger=none"]
     done = subprocess.run(bad, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     error_lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and str(run) in error_lines[0], done.stderr[-2000:]
-    assert run.exists() == folder_exists
+    assert run.exists() == bool(folder_exists)
+    if folder_exists == "sweep":
+        assert sorted(p.name for p in run.iterdir()) == [], "Hydra's files left in a folder that is no run"
 
 
 def _with_lm(tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path) -> Path:
