@@ -395,4 +395,5 @@ def paired_rate_difference(
     o = float(rate({"false_accepts": other_fa.sum(), "seconds": seconds.sum()}))
     ci = _percentiles(drawn["other"] - drawn["base"], confidence) if len(shared) >= MIN_UNITS else None
     return Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key],
-                      resampled=f"{len(shared)} background recordings")
+                      resampled=f"{len(shared)} background recording{'s' if len(shared) != 1 else ''}"
+                      + ("" if ci else f"; an interval needs {MIN_UNITS} or more"))

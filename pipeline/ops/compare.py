@@ -32,6 +32,8 @@ from pipeline.ops.inventory import DO_NOT_SYNC, searched_roots
 # wake/frr beside wake/fa_per_hour: a threshold that sits lower trades one for the other.
 HEADLINE = ("asr/wer", "asr/cer", "wake/auc", "wake/frr", "wake/fa_per_hour", "nlu/intent_accuracy",
             "nlu/entity_f1", "slu/slu_f1")
+# Fewer bootstrap samples cannot place the 2.5th and 97.5th percentiles of a difference.
+MIN_SAMPLES = 100
 # Different for every run by construction, so never a "difference" worth a column.
 IGNORED_KEYS = ("run_dir", "paths.run_dir", "hydra")
 
@@ -75,15 +77,23 @@ def _config_file(path: Path) -> Path:
     return own if own.is_file() else path / ".hydra-evaluate" / "config.yaml"
 
 
+def _read(file: Path, parse: Any) -> Any:
+    """A run file parsed, or a ValueError that names it (a run killed mid-write leaves half a file)."""
+    try:
+        return parse(file.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise ValueError(f"{file} is unreadable ({err.__class__.__name__}: {str(err).splitlines()[0]})") from None
+
+
 def load_run(path: Path) -> RunSummary:
-    config = yaml.safe_load(_config_file(path).read_text()) or {}
+    config = _read(_config_file(path), yaml.safe_load) or {}
     metrics_file = path / "metrics.json"
-    metrics = flatten(json.loads(metrics_file.read_text()), sep="/") if metrics_file.is_file() else {}
+    metrics = flatten(_read(metrics_file, json.loads), sep="/") if metrics_file.is_file() else {}
     decision_file = path / "decision.json"
     if decision_file.is_file():
-        metrics["decision"] = json.loads(decision_file.read_text()).get("decision")
+        metrics["decision"] = _read(decision_file, json.loads).get("decision")
     details_file = path / "eval_details.json"
-    test_data = json.loads(details_file.read_text()).get("test_data") if details_file.is_file() else None
+    test_data = _read(details_file, json.loads).get("test_data") if details_file.is_file() else None
     config_file = _config_file(path)
     return RunSummary(path, config_file.stat().st_mtime, flatten(config), metrics, test_data,
                       evaluation=config_file.parent.name == ".hydra-evaluate")
@@ -217,8 +227,13 @@ def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, sample
             continue
         paired = B.paired_differences(first_table, table, samples, seed)  # type: ignore[arg-type]
         paired, why_not = with_background_pairs(paired, first.path, run.path, samples, seed)
+        lines.append(f"{name}: {paired.clips} shared test clips of {paired.speakers} speakers drawn")
         if why_not and "wake/fa_per_hour" in metrics:
             lines.append(f"{name}: {why_not}")
+        unpaired = [k for k in metrics if k not in paired.differences]
+        if unpaired:
+            lines.append(f"{name}: no paired difference for {', '.join(unpaired)} (no per-clip counts to resample: "
+                         "point values in the table above only)")
         for key in metrics:
             diff = paired.differences.get(key)
             if diff is None:
@@ -247,17 +262,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.ops.compare", description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="*", type=Path, default=[],
                         help="folders to search for run folders (default: outputs multirun)")
-    parser.add_argument("--last", type=int, default=10, help="how many of the most recent runs")
+    parser.add_argument("--last", type=int, default=10, help="how many of the most recent runs (1 or more)")
     parser.add_argument("--metrics", default=",".join(HEADLINE), help="comma-separated metric names")
     parser.add_argument("--samples", type=int, default=B.DEFAULT_SAMPLES, help="bootstrap samples for paired differences")
     parser.add_argument("--seed", type=int, default=B.DEFAULT_SEED, help="bootstrap seed (same seed, same intervals)")
     args = parser.parse_args(argv)
+    if args.last < 1:
+        parser.error(f"--last {args.last}: give how many runs to list, 1 or more")
+    if args.samples < MIN_SAMPLES:
+        parser.error(f"--samples {args.samples}: give {MIN_SAMPLES} or more (fewer cannot place a 95% interval)")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if not metrics:
+        parser.error(f"--metrics {args.metrics!r}: name at least one metric, e.g. --metrics asr/wer,slu/slu_f1")
     args.roots = searched_roots(parser, args.roots, [Path("outputs"), Path("multirun")])
-    runs = sorted((load_run(p) for p in find_runs(args.roots)), key=lambda r: r.mtime)[-args.last:]
+    loaded = []
+    for path in find_runs(args.roots):
+        try:
+            loaded.append(load_run(path))
+        except ValueError as err:  # a run killed mid-write must not hide the rest
+            print(f"note: {path} left out: {err}", file=sys.stderr)
+    runs = sorted(loaded, key=lambda r: r.mtime)[-args.last:]
     if not runs:
         print(f"no run folders under {', '.join(map(str, args.roots))}")
         return 0
-    metrics = [m for m in args.metrics.split(",") if m]
     unknown = [m for m in metrics if not any(m in r.metrics for r in runs)]
     if unknown:
         print(f"note: {', '.join(unknown)} in none of these runs' metrics.json (names as in metrics.json, "

@@ -69,6 +69,7 @@ def test_compare_pairs_runs_on_the_same_clips_and_says_why_not_otherwise(tmp_pat
     # WER 0.1 -> 0: the difference is -0.1 on every resample of speakers.
     assert better[1:5] == ["asr/wer", "0.1000", "0.0000", "-0.1000"] and better[-1] == "better"
     assert lines["outputs/c-same"].endswith("+0.0000 [+0.0000, +0.0000]  no detectable difference")
+    assert lines["outputs/b-better:"] == "outputs/b-better: 24 shared test clips of 12 speakers drawn"
     assert "not comparable clip for clip" in lines["outputs/d-other-data:"]
     own = json.loads((out / "d-other-data" / "metrics.json").read_text())
     assert f"outputs/d-other-data: asr/wer 0.000 [{own['asr/wer_ci_low']:.3f}, {own['asr/wer_ci_high']:.3f}]" in text

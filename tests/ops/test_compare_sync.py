@@ -110,3 +110,22 @@ def test_a_mistyped_folder_or_metric_is_named_not_read_as_nothing(tmp_path: Path
                             cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
     assert result.returncode == 0 and "0.3100" in result.stdout
     assert result.stderr.startswith("note: asr/wre in none of these runs' metrics.json")
+
+
+def test_compare_refuses_arguments_that_would_mislead_and_leaves_out_a_half_written_run(tmp_path: Path) -> None:
+    _run_folder(tmp_path / "outputs", "2026-01-01/10-00-00", 1e-4, 0.31)
+    broken = _run_folder(tmp_path / "outputs", "2026-01-01/11-00-00", 3e-4, 0.29)
+    (broken / "metrics.json").write_text('{"asr/wer": 0.29, ')  # killed while writing
+    compare = [sys.executable, "-m", "pipeline.ops.compare"]
+    for args, error in ((["--last", "0"], "--last 0: give how many runs to list, 1 or more"),
+                        (["--samples", "1"], "--samples 1: give 100 or more"),
+                        (["--metrics", " , "], "--metrics ' , ': name at least one metric")):
+        result = subprocess.run([*compare, *args], cwd=tmp_path, capture_output=True, text=True,
+                                env={"PYTHONPATH": str(REPO)})
+        assert result.returncode == 2 and error in result.stderr, (args, result.stderr)
+    result = subprocess.run([*compare, "--metrics", "asr/wer, slu/slu_f1"], cwd=tmp_path, capture_output=True,
+                            text=True, env={"PYTHONPATH": str(REPO)})
+    assert result.returncode == 0 and "0.3100" in result.stdout and "slu/slu_f1" in result.stdout
+    shown = broken.relative_to(tmp_path)  # as found under the default root, outputs/
+    assert f"note: {shown} left out: {shown / 'metrics.json'} is unreadable (JSONDecodeError" in result.stderr
+    assert "in none of these runs" not in result.stderr  # " slu/slu_f1" is slu/slu_f1
