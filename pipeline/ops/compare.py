@@ -85,8 +85,15 @@ def _read(file: Path, parse: Any) -> Any:
         raise ValueError(f"{file} is unreadable ({err.__class__.__name__}: {str(err).splitlines()[0]})") from None
 
 
+# What an evaluate.py folder's config says about its evaluation; the rest of conf/evaluate.yaml
+# (asr, data) are placeholders evaluate.py does not read, and would show as false differences.
+EVALUATION_KEYS = ("asr_model", "nlu_model", "dataset", "eval")
+
+
 def load_run(path: Path) -> RunSummary:
     config = _read(_config_file(path), yaml.safe_load) or {}
+    if _config_file(path).parent.name == ".hydra-evaluate":
+        config = {k: v for k, v in config.items() if k in EVALUATION_KEYS}
     metrics_file = path / "metrics.json"
     metrics = flatten(_read(metrics_file, json.loads), sep="/") if metrics_file.is_file() else {}
     decision_file = path / "decision.json"

@@ -56,14 +56,15 @@ def test_compare_beside_an_evaluation_folder_shows_only_the_settings_both_have(t
     (evaluation / ".hydra-evaluate").mkdir(parents=True)
     (evaluation / ".hydra-evaluate" / "config.yaml").write_text(yaml.safe_dump(
         {"asr_model": "outputs/2026-01-01/10-00-00/asr", "seed": 1, "cache_dir": "${paths.cache_dir}",
-         "eval": {"decoder": "greedy"}}))
+         "eval": {"decoder": "greedy"}, "asr": {"learning_rate": 5e-3, "layers": 4}}))  # asr: evaluate.yaml's placeholder
     (evaluation / "metrics.json").write_text(json.dumps({"asr/wer": 0.35}))
     result = subprocess.run([sys.executable, "-m", "pipeline.ops.compare", "outputs", "--metrics", "asr/wer"],
                             cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
     header = result.stdout.splitlines()[0].split()
-    assert header == ["run", "eval.decoder", "asr/wer"]  # not asr.*, nlu.*, asr_model, nor the unresolved cache_dir
-    assert "only settings both have are shown; 4 set by one only" in result.stdout
+    # Not asr.* (the evaluation's are placeholders it never reads), nlu.*, asr_model, nor cache_dir.
+    assert header == ["run", "eval.decoder", "asr/wer"]
+    assert "only settings both have are shown; 6 set by one only" in result.stdout
     # Two training runs: a setting one of them lacks is still a difference worth a column.
     _run_folder(tmp_path / "two", "a", 1e-4, 0.3)
     newer = _run_folder(tmp_path / "two", "b", 1e-4, 0.3)
