@@ -111,6 +111,11 @@ def run_data_stage(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str
             source.close()
     log.info("data: %d records in, %d kept %s, %d quarantined %s", report["records_in"],
              report["records_kept"], report["splits"], report["records_quarantined"], report["quarantine_reasons"])
+    for split in ("validation", "test"):
+        if report["splits"].get(split) == 0:  # a few accounts and a share that rounds to none of them
+            log.warning("data: split %s holds no clip: the ASR stage needs validation clips and evaluation test "
+                        "clips; with few accounts, raise that split's share of accounts (data.split or "
+                        "data.split_shares, e.g. {validation: 0.2, test: 0.2})", split)
     tracker.log_summary({
         "data/records_in": report["records_in"], "data/records_kept": report["records_kept"],
         "data/records_quarantined": report["records_quarantined"], "data/hours": report["hours"],

@@ -143,7 +143,7 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
         if tuning and not tuning.get("resolvable") and clip and "threshold" not in background:
             blocks.append(("p", (
                 f"Caution: {tuning['split']} has only {tuning['negative_hours'] * 3600:.0f} s of audio without the wake word, "
-                f"too little to measure {tuning['target_fa_per_hour']:g} false accepts per hour, so the threshold rejects all "
+                f"too little to measure {tuning['target_fa_per_hour']:g} false accept{'' if tuning['target_fa_per_hour'] == 1 else 's'} per hour, so the threshold rejects all "
                 f"{tuning['negatives']} of its negatives and was set by the hardest one: {clip['utterance_id']} "
                 f"(score {_fmt(clip['score'])}), \"{clip['reference']}\" heard as \"{clip['hypothesis']}\". "
                 "The FRR depends on that one clip; tune on more negative audio for a stable operating point.")))

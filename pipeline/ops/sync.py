@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refusing {run}: marked {DO_NOT_SYNC} by `make erase` (trained on erased data)")
     runs = unsynced_runs(args.roots)
     if not runs:
-        print("nothing to sync: every offline run is already uploaded")
+        offline = any(root.is_dir() and any(root.rglob("offline-run-*/run-*.wandb")) for root in args.roots)
+        print("nothing to sync: " + ("every offline run is already uploaded" if offline else
+                                     f"no offline W&B run under {', '.join(map(str, args.roots))} (logger=wandb "
+                                     "writes them; debug=smoke and logger=none do not)"))
         return 0
     for run in runs:
         print(run)

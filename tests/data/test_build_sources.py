@@ -237,3 +237,17 @@ def test_an_intent_without_words_is_a_bad_annotation_and_an_empty_export_is_name
     empty.write_text("\n")
     with pytest.raises(PipelineError, match=rf"hold no records \(empty: {empty}\); check data\.path$"):
         _build(tmp_path / "two", source="jsonl", path=str(empty))
+
+
+def test_a_build_whose_held_out_split_holds_no_clip_says_which_share_to_raise(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    export = tmp_path / "export"
+    _tone(export / "audio" / "u1.wav")
+    (export / "annotations.jsonl").write_text(json.dumps(
+        {"utterance_id": "u1", "audio": "audio/u1.wav", "transcript": "alexa stop", "intent": "stop", "account_id": "a1"}) + "\n")
+    with caplog.at_level("WARNING", logger="pipeline.data.build"):
+        report, _ = _build(tmp_path, source="jsonl", path=str(export / "annotations.jsonl"))
+    empty = [s for s in ("validation", "test") if report["splits"].get(s) == 0]
+    assert empty  # one account: at most one held-out split has it
+    for split in empty:
+        assert f"data: split {split} holds no clip" in caplog.text and "data.split_shares" in caplog.text

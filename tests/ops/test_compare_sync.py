@@ -130,3 +130,10 @@ def test_compare_refuses_arguments_that_would_mislead_and_leaves_out_a_half_writ
     shown = broken.relative_to(tmp_path)  # as found under the default root, outputs/
     assert f"note: {shown} left out: {shown / 'metrics.json'} is unreadable (JSONDecodeError" in result.stderr
     assert "in none of these runs" not in result.stderr  # " slu/slu_f1" is slu/slu_f1
+
+
+def test_sync_with_no_offline_run_says_there_is_none(tmp_path: Path) -> None:
+    _run_folder(tmp_path / "outputs", "2026-01-01/10-00-00", 1e-4, 0.31)  # logger=none: no wandb/ folder
+    result = subprocess.run([sys.executable, "-m", "pipeline.ops.sync", "outputs"], cwd=tmp_path,
+                            capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
+    assert result.returncode == 0 and "nothing to sync: no offline W&B run under outputs" in result.stdout
