@@ -26,6 +26,9 @@ class PipelineError(RuntimeError):
 log = logging.getLogger(__name__)
 
 
+_set_here: dict[str, str] = {}  # the W&B folders this process set (configure_environment)
+
+
 def configure_environment(run_dir: Path, cache_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -44,10 +47,11 @@ def configure_environment(run_dir: Path, cache_dir: Path) -> None:
         "TOKENIZERS_PARALLELISM": "false",
     }
     for key, value in private.items():
-        if os.environ.get(key) not in (None, value):
+        # The user's own value is worth a line; this process's earlier one (a sweep's previous job) is not.
+        if os.environ.get(key) not in (None, value, _set_here.get(key)):
             log.info("%s=%s replaced by %s: W&B files hold transcripts and model files, and erasure covers "
                      "only the run folder and the cache root", key, os.environ[key], value)
-        os.environ[key] = value
+        os.environ[key] = _set_here[key] = value
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from omegaconf import OmegaConf
 
 from pipeline.tracking.wandb_offline import read_offline_run, transaction_logs
@@ -179,3 +180,14 @@ def test_identifier_constants_never_reach_the_run(tmp_path: Path) -> None:
     assert _redacted_override("data.constants.account_id=amzn1.account.X") == "data.constants.account_id=(redacted)"
     assert _redacted_override("data.sources=[{source: hf, constants: {device_serial: X}}]") == "data.sources=(redacted)"
     assert _redacted_override("nlu.epochs=3") == "nlu.epochs=3"
+
+
+def test_wandb_folders_set_outside_are_replaced_with_a_line_and_a_sweeps_own_silently(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
+    with caplog.at_level("INFO", logger="pipeline.runtime"):
+        configure_environment(tmp_path / "run-0", tmp_path / "cache")
+        assert f"WANDB_DIR={tmp_path / 'elsewhere'} replaced by {tmp_path / 'run-0'}" in caplog.text
+        caplog.clear()
+        configure_environment(tmp_path / "run-1", tmp_path / "cache")  # the next job of a sweep
+    assert os.environ["WANDB_DIR"] == str(tmp_path / "run-1") and "replaced" not in caplog.text
