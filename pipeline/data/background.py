@@ -26,6 +26,7 @@ import math
 import random
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -185,14 +186,23 @@ def _from_export(folder: Path, splits: tuple[str, str]) -> list[Recording]:
 def _from_folder(folder: Path, splits: tuple[str, str]) -> list[Recording]:
     """A folder someone named as background: one without any audio is a wrong path, not a reason to
     fall back to the negative clips, whose false accepts per hour measure far less."""
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    every = [p for p in folder.rglob("*") if p.is_file()]
+    files = sorted(p for p in every if p.suffix.lower() in AUDIO_EXTENSIONS)
     if not files:
         raise PipelineError(f"eval.background={folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under it; "
                             "point it at recordings, or eval.background=none")
+    other = Counter(p.suffix.lower() or p.name for p in every if p.suffix.lower() not in (*AUDIO_EXTENSIONS, ".txt"))
+    if other:  # phone recordings (.m4a), say: convert them, or they are not heard
+        log.warning("eval.background=%s: %d file(s) of other types skipped (%s); convert recordings to %s",
+                    folder, sum(other.values()), ", ".join(f"{k}: {n}" for k, n in other.most_common(5)),
+                    ", ".join(AUDIO_EXTENSIONS))
     out = []
     for path in files:
         name = path.relative_to(folder).as_posix()
-        named = [s for s in splits if s in path.relative_to(folder).parts[:-1]]
+        folders = path.relative_to(folder).parts[:-1]
+        if "train" in folders and "train" not in splits:  # kept for training, not for measuring
+            continue
+        named = [s for s in splits if s in folders]
         split = named[0] if named else hashed_split(name, splits)
         sidecar = path.with_suffix(".txt")
         transcript = sidecar.read_text(encoding="utf-8") if sidecar.exists() else None

@@ -65,7 +65,8 @@ def test_demo_background_is_synthesised_once_as_an_export(tmp_path: Path) -> Non
         background_knobs({"hour": 2})
 
 
-def test_folders_exports_and_datasets_as_background(tmp_path: Path, tiny_dataset_path: Path) -> None:
+def test_folders_exports_and_datasets_as_background(tmp_path: Path, tiny_dataset_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     noise = (np.random.default_rng(0).standard_normal(8000) * 0.1).astype(np.float32)
     loose = tmp_path / "loose"
     loose.mkdir()
@@ -76,6 +77,14 @@ def test_folders_exports_and_datasets_as_background(tmp_path: Path, tiny_dataset
     # No split folders: each file goes to the split its name hashes to, so both get some.
     assert {r.recording_id: r.split for r in found} == {n: hashed_split(n, SPLITS) for n in names}
     assert set(r.split for r in found) == set(SPLITS) and found[0].seconds == pytest.approx(0.5)
+    # Recordings kept for training are not measured on; files of other types are named, not ignored.
+    (loose / "train").mkdir()
+    sf.write(loose / "train" / "kitchen.wav", noise, 16000)
+    (loose / "phone.m4a").write_bytes(b"\x00" * 64)
+    with caplog.at_level("WARNING", logger="pipeline.data.background"):
+        again = load_background(loose, SPLITS, "alexa")
+    assert {r.recording_id for r in again} == set(names)
+    assert "1 file(s) of other types skipped (.m4a: 1)" in caplog.text
 
     export = tmp_path / "export"
     (export / "audio").mkdir(parents=True)
