@@ -95,6 +95,9 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     if ecfg is None:
         raise PipelineError("the config has no `eval` group; add `- eval: default` to the defaults (conf/eval/default.yaml)")
     checked(ecfg, EvalConfig, "eval")  # types and allowed values, so the reads below need no fallbacks
+    if str(ecfg.split) == "train":
+        log.warning("eval: eval.split=train: the models learned from these clips, so the figures say how well they "
+                    "fit them, not how they do on people and words they have not heard")
     run_dir = Path(run_dir)
     # Either model may be missing, and the labels may lack intents, entities or one side of the wake
     # word: what cannot be computed is left out of metrics.json, and details["not_computed"] says why.

@@ -155,3 +155,11 @@ def test_the_report_names_the_splits_it_was_run_on(tiny_models: Path, tiny_datas
     assert "hours of validation background audio" in report and "(validation DET)" in report
     assert re.search(r"tuned on test clips\); validation: \d+ clips with and \d+ without the wake word", report)
     assert "test DET" not in report and "hours of test background" not in report
+
+
+def test_evaluating_the_training_split_says_what_its_figures_mean(tiny_models: Path, tiny_dataset_path: Path,
+                                                                 tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="pipeline.eval.run"):
+        metrics = _evaluate(tmp_path, tiny_models, tiny_dataset_path, asr=False, **{"eval.split": "train"})
+    assert metrics["eval/num_clips"] == len(load_from_disk(str(tiny_dataset_path))["train"])
+    assert "eval.split=train: the models learned from these clips" in caplog.text
