@@ -295,18 +295,21 @@ def make_wandb_tracker(cfg: DictConfig, run_dir: Path, tags: list[str]) -> Track
 
     run_dir = Path(run_dir)
     id_file = run_dir / RUN_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.is_file() else generate_id()
+    resumed = id_file.is_file()
+    run_id = id_file.read_text().strip() if resumed else generate_id()
     id_file.write_text(run_id + "\n")
     group, name = _sweep_group_and_name(run_dir)
     config = redact_identifiers(OmegaConf.to_container(cfg, resolve=True))
     config["git_commit"] = git_commit(Path(__file__).resolve().parents[2])
+    # A later call on the run (evaluate.py run=, make review) keeps the entry's name, group and tags
+    # as its training gave them (a sweep's point name, its stages), unless the logger sets them.
     run = wandb.init(
         project=logger.project,
         entity=logger.entity or None,
-        group=logger.group or group,
-        name=name,
+        group=logger.group or (None if resumed else group),
+        name=None if resumed else name,
         job_type=logger.job_type,
-        tags=sorted({*map(str, tags), *logger.tags}),
+        tags=sorted({*map(str, tags), *logger.tags}) if not resumed or logger.tags else None,
         config=config,
         id=run_id,
         resume="allow",

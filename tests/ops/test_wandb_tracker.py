@@ -111,6 +111,9 @@ def test_run_logs_config_curves_summary_artifacts_and_resumes(tmp_path: Path) ->
     tracker.finish()
     logs = transaction_logs(run_dir / "wandb")
     assert len(logs) == 2 and {read_offline_run(p).run_id for p in logs} == {run_id}
+    # ... without renaming or retagging the entry (an upload would replace the training's own).
+    resumed = next(read_offline_run(p) for p in logs if p != log)
+    assert resumed.tags == [] and resumed.name in ("", None) and resumed.group in ("", None)
 
 
 def test_demo_corpus_logs_transcripts(tmp_path: Path) -> None:
