@@ -210,7 +210,9 @@ def frame_seconds(model: Any) -> float:
 def detections(trace: Trace, threshold: float, refractory_frames: float) -> np.ndarray:
     """The frames where a detector with this threshold fires: the first frame at or above it, then
     nothing for `refractory_frames`."""
-    frames = trace.frames[trace.scores >= threshold]
+    # In float64: the scores are stored as float32, and a threshold just above one of them (the
+    # tuning's midpoint or next float) would round back onto it and accept the frame it must reject.
+    frames = trace.frames[trace.scores.astype(np.float64, copy=False) >= threshold]
     fired = []
     i = 0
     while i < frames.size:

@@ -252,3 +252,13 @@ def test_auto_background_reaches_the_demo_inside_data_sources(tmp_path: Path) ->
     for split in ("validation", "test"):
         seconds = sum(r.seconds for r in recordings if r.split == split)
         assert seconds == pytest.approx(2.2 * 3600 * 16 / total, abs=0.01)
+
+
+def test_a_tuned_threshold_rejects_the_float32_frame_it_was_set_above() -> None:
+    """Frame scores are stored as float32; a threshold halfway to the next score, or the next float
+    above a score, must not round back onto it when compared."""
+    trace = Trace("bg", "validation", 3600.0, np.array([100]), np.array([-0.8], np.float32))
+    assert count_detections([trace], tune_on_background(np.array([-1.0, -2.0]), [trace], 1.0, 0.0, 50.0), 50.0) == 0
+    assert count_detections([trace], threshold_for_rate([trace], 1.0, 0.0, 50.0), 50.0) == 0
+    close = np.array([float(np.float32(-0.8)) + 1e-9, -2.0])  # a positive just above the frame: the midpoint branch
+    assert count_detections([trace], tune_on_background(close, [trace], 1.0, 0.0, 50.0), 50.0) == 0
