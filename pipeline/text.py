@@ -18,6 +18,7 @@ _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = [(10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred")]
 _SYMBOLS = {"%": " percent ", "&": " and ", "@": " at ", "+": " plus ", "#": " number "}
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_GROUPED = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")  # "1,000" is one number; "1,2" stays two
 _ORDINAL = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b", re.IGNORECASE)
 _ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
                   "nine": "ninth", "twelve": "twelfth"}
@@ -72,6 +73,7 @@ def normalize_text(text: str) -> str:
     text = text.replace("\u2019", "'")
     for symbol, word in _SYMBOLS.items():
         text = text.replace(symbol, word)
+    text = _GROUPED.sub("", text)
     text = _ORDINAL.sub(_spell_ordinal, text)
     text = _NUMBER.sub(_spell_number, text)
     text = _KEEP.sub(" ", text)

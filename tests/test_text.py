@@ -28,3 +28,9 @@ def test_ordinals_are_spelled_as_said() -> None:
         "first", "second", "third", "fifth", "twelfth", "twentieth", "twenty first", "fortieth", "one hundredth"]
     assert normalize_text("Remind me on the 2nd, the 21ST and the 3rd floor") == (
         "remind me on the second the twenty first and the third floor")
+
+
+def test_a_number_with_thousands_commas_is_one_number() -> None:
+    assert normalize_text("set a timer for 1,500 seconds") == "set a timer for one thousand five hundred seconds"
+    assert normalize_text("1,000,000 steps, the 1,000th") == "one million steps the one thousandth"
+    assert normalize_text("pick 1,2 or 3") == "pick one two or three"  # a list, not a grouped number
