@@ -129,7 +129,10 @@ def tune_threshold(scores: np.ndarray, labels: np.ndarray, durations: np.ndarray
         raise ValueError("no negative clips to tune the wake-word threshold on")
     _, allowed = _allowed_false_accepts(labels, durations, target_fa_per_hour)
     if allowed >= neg.size:
-        return float(np.min(scores))
+        # Every clip may be accepted, except one too short to hold the keyword (-inf): the per-clip
+        # counts behind the intervals never count such a clip as a detection.
+        finite = scores[np.isfinite(scores)]
+        return float(finite.min()) if finite.size else 0.0
     floor = float(neg[allowed])  # the highest-scoring negative that must be rejected
     above = np.unique(scores[scores > floor])
     above = above[np.isfinite(above)]

@@ -155,6 +155,13 @@ def test_threshold_tuned_for_target_false_accepts_per_hour() -> None:
     assert tune_threshold(scores, labels, durations, 0.0) == pytest.approx(0.8)
     # More allowed than there are negatives: accept everything.
     assert tune_threshold(scores, labels, durations, 10.0) == pytest.approx(0.1)
+    # ... but a clip too short to hold the keyword (-inf), as the per-clip counts behind the intervals
+    # see it: never a detection, so the stage's FRR and the bootstrap's agree.
+    short = np.append(scores, -np.inf)
+    both = np.append(labels, True)
+    threshold = tune_threshold(short, both, np.append(durations, 0.5), 10.0)
+    assert threshold == pytest.approx(0.1)
+    assert evaluate_wake(short, both, np.append(durations, 0.5), threshold).frr == pytest.approx(1 / 3)
 
 
 def test_tuning_names_the_negative_the_threshold_rejects_and_whether_the_target_is_measurable() -> None:
