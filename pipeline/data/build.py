@@ -39,7 +39,8 @@ from pipeline.config import checked
 from pipeline.data.card import summarise, write_card
 from pipeline.data.config import DataConfig, PrivacyConfig
 from pipeline.data.features import SAMPLING_RATE, SPLITS, dataset_features
-from pipeline.data.privacy import (Deletions, dataset_utterance_id, load_deletions, load_key, pseudonym, redact_ids,
+from pipeline.data.privacy import (Deletions, dataset_utterance_id, erased_request_files, erased_requests,
+                                   load_deletions, load_key, pseudonym, redact_ids,
                                    utterance_pseudonym)
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem
 from pipeline.data.sources import RawRecord, Source, open_sources
@@ -137,8 +138,10 @@ def _run(data: DataConfig, cache_dir: Path, run_dir: Path, sources: list[Source]
     deletions = Deletions()
     for path in deletion_files:
         deletions.pseudonyms |= load_deletions(path, key).pseudonyms
+    erased = erased_request_files(cache_dir)  # what `make erase` removed stays out of every later build
+    deletions.pseudonyms |= erased_requests(erased).pseudonyms
     plan = _metadata_pass(sources, deletions, key, settings)
-    fingerprint = _fingerprint(sources, deletion_files, plan, key, settings)
+    fingerprint = _fingerprint(sources, [*deletion_files, *erased], plan, key, settings)
     final = cache_dir / "datasets" / fingerprint
     report = read_build_report(final)
     if report is not None:

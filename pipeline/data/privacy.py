@@ -147,6 +147,23 @@ def parse_deletion_requests(path: Path, key: bytes) -> tuple[Deletions, list[dic
     return deletions, bad
 
 
+# Where the erasure job (pipeline.ops.erase, via the retraining corpus) keeps the requests it
+# applied, as pseudonyms, under the cache whose key made them: conf/retrain.yaml's `retrain.corpus_dir`.
+ERASED_DIR = Path("retrain") / "corpus"
+REQUESTS_FILE = "deletion_requests.txt"  # accounts, devices and utterances requested
+TOMBSTONES_FILE = "deleted_utterances.txt"  # every utterance those requests took
+
+
+def erased_request_files(cache_dir: Path) -> list[Path]:
+    """The files of requests erasure applied under this cache: every build reads them, so data that
+    `make erase` removed does not come back with the next synthesis of the demo or a fresh export."""
+    return [f for f in (Path(cache_dir) / ERASED_DIR / n for n in (REQUESTS_FILE, TOMBSTONES_FILE)) if f.is_file()]
+
+
+def erased_requests(files: list[Path]) -> Deletions:
+    return Deletions({line.strip() for f in files for line in f.read_text().splitlines() if line.strip()})
+
+
 def load_deletions(path: str | Path | None, key: bytes) -> Deletions:
     """The build's own deletion file. Unlike the scheduled intake, a bad line stops the build: the
     person running it is there to fix it, and a request we cannot read must not be trained past."""

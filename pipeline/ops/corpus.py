@@ -37,16 +37,17 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.data.privacy import Deletions, load_key, parse_deletion_requests, utterance_pseudonym
+from pipeline.data.privacy import (REQUESTS_FILE, TOMBSTONES_FILE, Deletions, load_key, parse_deletion_requests,
+                                   utterance_pseudonym)
 from pipeline.data.schema import json_lines
 from pipeline.ops.registry import TMP_PREFIX, now
 from pipeline.runtime import PipelineError
 
 ANNOTATIONS = "annotations.jsonl"
-REQUESTS = "deletion_requests.txt"
+REQUESTS = REQUESTS_FILE  # every build reads both under the cache (pipeline.data.privacy.erased_request_files)
 BATCH_DELETIONS = "deletions.jsonl"
 REQUEST_FOLDER = "deletions"
-TOMBSTONES = "deleted_utterances.txt"
+TOMBSTONES = TOMBSTONES_FILE
 QUARANTINE = "deletion_quarantine.jsonl"
 
 

@@ -251,3 +251,30 @@ def test_a_build_whose_held_out_split_holds_no_clip_says_which_share_to_raise(
     assert empty  # one account: at most one held-out split has it
     for split in empty:
         assert f"data: split {split} holds no clip" in caplog.text and "data.split_shares" in caplog.text
+
+
+def test_what_erasure_applied_under_the_cache_stays_out_of_every_later_build(tmp_path: Path) -> None:
+    """`make erase` purges the exports it knows; a fresh export (or demo synthesis) holding the same
+    clips must not bring them back: every build reads the requests erasure applied."""
+    from pipeline.data.privacy import (ERASED_DIR, REQUESTS_FILE, TOMBSTONES_FILE, load_key, pseudonym,
+                                       utterance_pseudonym)
+
+    export = tmp_path / "export"
+    records = []
+    for i, account in enumerate(["a1", "a2", "a3"]):
+        _tone(export / "audio" / f"u{i}.wav", freq=400.0 + 100 * i)
+        records.append({"utterance_id": f"u{i}", "audio": f"audio/u{i}.wav", "transcript": "alexa stop",
+                        "intent": "stop", "account_id": account})
+    (export / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    before, _ = _build(tmp_path, source="jsonl", path=str(export / "annotations.jsonl"))
+    assert before["records_kept"] == 3
+    key = load_key("PIPELINE_TEST_DATA_KEY_UNSET", str(tmp_path / "key"))
+    erased = tmp_path / "cache" / ERASED_DIR
+    erased.mkdir(parents=True)
+    (erased / REQUESTS_FILE).write_text(pseudonym(key, "acct", "a2") + "\n")
+    (erased / TOMBSTONES_FILE).write_text(utterance_pseudonym(key, "u0") + "\n")
+    after, quarantine = _build(tmp_path, source="jsonl", path=str(export / "annotations.jsonl"))
+    assert after["dataset_path"] != before["dataset_path"]  # the requests are part of what the build is of
+    assert after["records_kept"] == 1
+    assert sorted((q["reason"], q["utterance_id"]) for q in quarantine) == sorted(
+        [("deleted", utterance_pseudonym(key, "u0")), ("deleted", utterance_pseudonym(key, "u1"))])
