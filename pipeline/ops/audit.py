@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
               "retraining to apply them everywhere")
         return EXIT_CLEAN
     if not findings:
-        print(f"audit: clean: no trace of the {known} deleted id(s) requested under the roots scanned")
+        print(f"audit: clean: no trace of the {known} deleted id(s) requested under the roots scanned"
+              + (f" ({len(absent)} absent, not scanned: check they are meant to be)" if absent else ""))
         return EXIT_CLEAN
     print(f"audit: {len(findings)} finding(s) of deleted data (run `make erase`):")
     for f in findings:

@@ -92,7 +92,9 @@ def test_erase_removes_every_copy_and_the_audit_proves_it(store: dict[str, Any],
     assert "audit: clean: no trace of the 1 deleted id(s) requested" in out and f"audit: scanned cache={root / 'cache'}, outputs={root / 'outputs'}" in out
     # A mistyped root is absent: "clean" then says it did not cover it.
     assert audit.main([overrides(root)[0], f"erase.multirun={root / 'multi-run'}"]) == 0
-    assert f"absent, so not scanned: multirun={root / 'multi-run'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"absent, so not scanned: multirun={root / 'multi-run'}" in out
+    assert "(1 absent, not scanned: check they are meant to be)" in out.splitlines()[-1]
     # A second erase has nothing left to do and writes no second receipt.
     assert erase.main(overrides(root)) == 0
     assert "nothing to remove" in capsys.readouterr().out
