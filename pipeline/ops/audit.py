@@ -37,8 +37,8 @@ from pipeline.data.privacy import record_pseudonyms
 from pipeline.data.schema import json_lines
 from pipeline.ops.corpus import pending_deletions, pseudonym_key
 from pipeline.ops.erase import (AUDIO_SUFFIXES, Ledger, dataset_folders, dataset_rows, deleted_set,
-                                derived_parts, export_folders, find_traces, gram_hash, md5_b64, prediction_hit,
-                                run_fingerprint, staging_files, text_hash, unexplained_grams)
+                                derived_parts, export_folders, find_traces, gram_hash, kept_digests, md5_b64,
+                                prediction_hit, run_fingerprint, staging_files, text_hash, unexplained_grams)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, walk_files
 from pipeline.ops.registry import Registry
 from pipeline.runtime import PipelineError
@@ -177,8 +177,9 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
                                     f"trained on {len(trained)} deleted clip(s), dataset {record.get('dataset_fingerprint')}"))
 
     staged = set(staging_files(roots))
+    kept = kept_digests(roots, erased) if ledger.digests else set()
     for f in staged:
-        if ledger.digests and md5_b64(f) in ledger.digests:
+        if ledger.digests and (digest := md5_b64(f)) in ledger.digests and digest not in kept:
             findings.append(Finding("W&B staging", "derived", str(f), "a staged copy of an erased run's file"))
 
     # Every file, byte by byte where it can hold ids or text; decoded where it is audio.

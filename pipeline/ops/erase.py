@@ -338,6 +338,13 @@ def wandb_manifest(run: Path) -> tuple[set[Path], set[str]]:
     return paths, digests
 
 
+def kept_digests(roots: Roots, erased: set[str]) -> set[str]:
+    """Content digests of the W&B artifacts of runs built on no erased dataset. A file with the same
+    bytes as one of them (a tokenizer, a config, the vocabulary: every run stages its own copy, or
+    shares W&B's content-addressed one) holds nothing of the deleted data, so it stays."""
+    return {d for run in run_folders(roots) if run_fingerprint(run) not in erased for d in wandb_manifest(run)[1]}
+
+
 def md5_b64(path: Path) -> str:
     with open(path, "rb") as f:
         return base64.b64encode(hashlib.file_digest(f, "md5").digest()).decode()
@@ -551,6 +558,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
 
     staged: set[Path] = set()
     online_ids: list[str] = []
+    kept = kept_digests(roots, erased)  # before the erased runs' W&B folders go
     for run in run_folders(roots):
         if run_fingerprint(run) in erased:
             paths, digests = wandb_manifest(run)
@@ -586,7 +594,10 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
                         job.remove("report", f, lines=dropped)
 
     for f in staging_files(roots):
-        if f in staged or (ledger.digests and md5_b64(f) in ledger.digests):
+        if f not in staged and not ledger.digests:
+            continue
+        digest = md5_b64(f)
+        if (f in staged or digest in ledger.digests) and digest not in kept:
             f.unlink()
             job.remove("W&B staging", f)
 

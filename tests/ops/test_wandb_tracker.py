@@ -194,3 +194,30 @@ def test_wandb_folders_set_outside_are_replaced_with_a_line_and_a_sweeps_own_sil
         caplog.clear()
         configure_environment(tmp_path / "run-1", tmp_path / "cache")  # the next job of a sweep
     assert os.environ["WANDB_DIR"] == str(tmp_path / "run-1") and "replaced" not in caplog.text
+
+
+def test_erasure_keeps_staged_files_that_a_run_without_deleted_data_has_too(tmp_path: Path) -> None:
+    """Every run stages its own tokenizer and config, byte for byte the same: erasing a run built on
+    deleted data must not take them from runs that never held any (only its own bytes go)."""
+    from pipeline.ops.erase import kept_digests, md5_b64, wandb_manifest
+    from pipeline.ops.inventory import Roots
+
+    outputs = tmp_path / "outputs"
+    for name, weights in (("erased", b"weights that saw the deleted clips"), ("kept", b"weights that did not")):
+        run_dir = outputs / name
+        configure_environment(run_dir, tmp_path / "cache")
+        dataset = tmp_path / "datasets" / f"fp-{name}"
+        dataset.mkdir(parents=True)
+        (dataset / "README.md").write_text(f"# {name}\n")
+        (run_dir / "build_report.json").write_text(json.dumps({"dataset_path": str(dataset), "fingerprint": f"fp-{name}"}))
+        (run_dir / "asr").mkdir()
+        (run_dir / "asr" / "tokenizer.json").write_text('{"vocab": "abc"}')
+        (run_dir / "asr" / "model.safetensors").write_bytes(weights)
+        make_wandb_tracker(_cfg(run_dir), run_dir, tags=["asr"]).finish()
+    roots = Roots(cache=tmp_path / "cache", outputs=outputs, multirun=tmp_path / "multirun", registry=tmp_path / "reg",
+                  inbox=tmp_path / "inbox", corpus=tmp_path / "corpus", erasure=tmp_path / "erasure")
+    erased_digests = wandb_manifest(outputs / "erased")[1]
+    shared, own = md5_b64(outputs / "erased" / "asr" / "tokenizer.json"), md5_b64(outputs / "erased" / "asr" / "model.safetensors")
+    assert {shared, own} <= erased_digests
+    kept = kept_digests(roots, {"fp-erased"})
+    assert shared in kept and own not in kept
