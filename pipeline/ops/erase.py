@@ -250,18 +250,23 @@ def find_traces(roots: Roots, key: bytes, deleted: set[str]) -> Traces:
 
 # ----------------------------------------------------------------------------------- sources
 
-def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = False) -> tuple[int, list[str]]:
-    """Drop deleted records (and their audio) from an export folder; returns (records, audio sha256s)."""
+def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = False,
+                 matched: Counter | None = None) -> tuple[int, list[str]]:
+    """Drop deleted records (and their audio) from an export folder; returns (records, audio sha256s).
+    `matched` counts the records each pseudonym of `deleted` took (a receipt's per-request status)."""
     annotations = folder / ANNOTATIONS
     if not annotations.is_file():
         return 0, []
     kept, purged, hashes = [], 0, []
     for line in json_lines(annotations):
         record = line.record
-        if record is None or not (record_pseudonyms(key, record) & deleted):
+        hits = record_pseudonyms(key, record) & deleted if record is not None else set()
+        if not hits:
             kept.append(line.text)
             continue
         purged += 1
+        if matched is not None:
+            matched.update(hits)
         audio = record.get("audio")
         path = (folder / audio).resolve() if isinstance(audio, str) and audio else None
         if path is not None and path.is_relative_to(folder.resolve()) and path.is_file():
@@ -551,8 +556,9 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     # stay in other runs' predictions and reports (the audit's rule too).
     texts = ledger.texts - traces.kept_texts
 
+    from_exports: Counter = Counter()  # records each request took from the exports
     for folder in export_folders(roots):
-        purged, _ = purge_export(folder, key, deleted)
+        purged, _ = purge_export(folder, key, deleted, matched=from_exports)
         if purged:
             job.remove("source audio", folder, clips=purged)
 
@@ -615,9 +621,10 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
         job.online = delete_online(online_ids, settings.logger.project, settings.logger.entity, api)
 
     seen = set(state["requests_seen"])
-    tombstones = read_lines(roots.corpus / TOMBSTONES)
     for request in sorted(read_lines(roots.corpus / REQUESTS) - seen):
-        found = traces.per_request.get(request, 0) + (request in tombstones)
+        # Copies found: in cached datasets and in exports. (A request's own pseudonym among the
+        # tombstones says only that it was made: every utterance request is one.)
+        found = traces.per_request.get(request, 0) + from_exports.get(request, 0)
         job.requests.append({"request": request, "status": "erased" if found else "matched_nothing",
                              "copies_found": found})
     append_ledger(roots.erasure, entries)

@@ -171,12 +171,25 @@ def test_kept_clips_after_the_erasure_that_say_a_deleted_sentence_or_every_piece
 def test_unmatched_request_and_malformed_line_are_recorded_and_the_rest_apply(store: dict[str, Any]) -> None:
     root = store["root"]
     request = root / "inbox" / "deletions" / "request.jsonl"
+    # An account whose clips sit only in an export (a demo synthesis no dataset was built from yet).
+    export = root / "cache" / "demo" / "only-export"
+    (export / "audio").mkdir(parents=True)
+    (export / "audio" / "x.wav").write_bytes(b"RIFF")
+    (export / "annotations.jsonl").write_text(json.dumps(
+        {"utterance_id": "x1", "audio": "audio/x.wav", "transcript": "stop", "account_id": "acct-in-export-only"}) + "\n")
     request.write_text(json.dumps({"account_id": "amzn1.account.NOBODY"}) + "\n"
-                       + "{not json\n" + json.dumps({"account_id": VICTIM}) + "\n" + json.dumps({"colour": "red"}) + "\n")
+                       + "{not json\n" + json.dumps({"account_id": VICTIM}) + "\n" + json.dumps({"colour": "red"}) + "\n"
+                       + json.dumps({"utterance_id": "no-such-utterance"}) + "\n"
+                       + json.dumps({"account_id": "acct-in-export-only"}) + "\n")
     assert erase.main(overrides(root)) == 0
     receipt = _receipt(root)
-    statuses = sorted(r["status"] for r in receipt["requests"])
-    assert statuses == ["erased", "matched_nothing"]
+    key = KEY.encode()
+    statuses = {r["request"]: r["status"] for r in receipt["requests"]}
+    assert statuses == {erase.pseudonym(key, "acct", "amzn1.account.NOBODY"): "matched_nothing",
+                        erase.pseudonym(key, "acct", VICTIM): "erased",
+                        erase.utterance_pseudonym(key, "no-such-utterance"): "matched_nothing",
+                        erase.pseudonym(key, "acct", "acct-in-export-only"): "erased"}
+    assert not (export / "audio" / "x.wav").exists()
     assert [(q["file"], q["line"]) for q in receipt["quarantined_request_lines"]] == [
         ("deletions/request.jsonl", 2), ("deletions/request.jsonl", 4)]
     assert "NOBODY" not in json.dumps(receipt) and "red" not in json.dumps(receipt["quarantined_request_lines"])
