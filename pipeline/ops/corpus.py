@@ -37,8 +37,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.data.privacy import (REQUESTS_FILE, TOMBSTONES_FILE, Deletions, load_key, parse_deletion_requests,
-                                   utterance_pseudonym)
+from pipeline.data.privacy import (DELETION_KEYS, REQUESTS_FILE, TOMBSTONES_FILE, Deletions, load_key,
+                                   parse_deletion_requests, utterance_pseudonym)
 from pipeline.data.schema import json_lines
 from pipeline.ops.registry import TMP_PREFIX, now
 from pipeline.runtime import PipelineError
@@ -93,6 +93,20 @@ def _looks_like_deletions(path: Path) -> bool:
     return "delet" in path.name.lower() and not path.name.startswith(".")
 
 
+def _holds_requests(path: Path) -> bool:
+    """A file whose first records name only what a deletion request names, whatever its file name
+    (`user-1234.jsonl` dropped beside the batches): never read there, so it must not pass unseen."""
+    if not path.is_file() or path.name.startswith(".") or path.stat().st_size > 50_000_000:
+        return False
+    records = []
+    for line in json_lines(path):
+        if line.record is not None:
+            records.append(line.record)
+        if len(records) == 5:
+            break
+    return bool(records) and all(r and set(r) <= set(DELETION_KEYS) for r in records)
+
+
 def stray_deletion_files(inbox: Path) -> list[str]:
     """Deletion-looking files the intake would not read, each with where it belongs."""
     if not inbox.is_dir():
@@ -107,7 +121,7 @@ def stray_deletion_files(inbox: Path) -> list[str]:
         elif path.is_dir():
             stray += [f"{p} (a batch's requests belong in {path / BATCH_DELETIONS})" for p in sorted(path.iterdir())
                       if _looks_like_deletions(p) and p.name != BATCH_DELETIONS]
-        elif _looks_like_deletions(path):
+        elif _looks_like_deletions(path) or _holds_requests(path):
             stray.append(f"{path} (requests belong in {inbox / REQUEST_FOLDER}/*.jsonl)")
     return stray
 

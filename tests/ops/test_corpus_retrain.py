@@ -102,7 +102,8 @@ def test_a_batch_carries_its_own_deletions(tmp_path: Path) -> None:
                                                ("b1/deletions/r.jsonl", "b1/deletions"),
                                                ("deletions.jsonl", "deletions.jsonl"),
                                                ("deletions/r.json", "deletions/r.json"),
-                                               ("deletion-requests/r.jsonl", "deletion-requests")])
+                                               ("deletion-requests/r.jsonl", "deletion-requests"),
+                                               ("user-AFOENZ.jsonl", "user-AFOENZ.jsonl")])  # named by whom, not what
 def test_a_deletion_file_the_intake_would_not_read_refuses_the_inbox(tmp_path: Path, stray: str, named: str) -> None:
     inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
     _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001")])
