@@ -59,7 +59,8 @@ CODE_VERSION = 8  # 3: `copy_of` deletes a copy with its original, `train_only` 
                   # 7: a clip that fails to decode is named in the quarantine by its redacted path inside the export;
                   #    exports read as bytes (a byte-order mark dropped, a line not in UTF-8 quarantined), NeMo's
                   #    numbered speakers are accounts, an intent on an empty transcript is a bad annotation;
-                  # 8: a number written with thousands commas ("1,500") is spelt as one number
+                  # 8: a number written with thousands commas ("1,500") is spelt as one number; flags match
+                  #    data.quarantine_flags in any letter case, with spaces around them
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
@@ -243,7 +244,9 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
     if record.utterance_id in seen:
         return ({**where, "reason": "duplicate_id", "detail": f"{'row' if at else 'line'} {raw.row if at else raw.line} repeats an earlier utterance_id"},)
     seen.add(record.utterance_id)
-    flagged = sorted(set(record.flags) & set(settings.quarantine_flags))
+    # Compared as annotation tools write them ("Sensitive", " sensitive"): a flag must not be missed.
+    wanted = {f.strip().casefold() for f in settings.quarantine_flags}
+    flagged = sorted(f for f in record.flags if f.strip().casefold() in wanted)
     if flagged:
         return ({**where, "reason": "flagged", "detail": f"annotator flag(s) {flagged}; audio not copied"},)
     if raw.excluded is not None:

@@ -278,3 +278,16 @@ def test_what_erasure_applied_under_the_cache_stays_out_of_every_later_build(tmp
     assert after["records_kept"] == 1
     assert sorted((q["reason"], q["utterance_id"]) for q in quarantine) == sorted(
         [("deleted", utterance_pseudonym(key, "u0")), ("deleted", utterance_pseudonym(key, "u1"))])
+
+
+def test_a_flag_is_quarantined_whatever_its_letter_case_or_spaces(tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    records = []
+    for i, flags in enumerate([["Sensitive"], [" sensitive "], ["SENSITIVE", "noisy"], ["noisy"]]):
+        _tone(export / "audio" / f"u{i}.wav", freq=300.0 + 100 * i)
+        records.append({"utterance_id": f"u{i}", "audio": f"audio/u{i}.wav", "transcript": "alexa stop",
+                        "intent": "stop", "account_id": f"a{i}", "flags": flags})
+    (export / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    report, quarantine = _build(tmp_path, source="jsonl", path=str(export / "annotations.jsonl"))
+    assert sorted(q["utterance_id"] for q in quarantine if q["reason"] == "flagged") == ["u0", "u1", "u2"]
+    assert report["records_kept"] == 1
