@@ -695,7 +695,16 @@ def main(argv: list[str] | None = None) -> int:
     if not job.removed:
         print("erase: nothing to remove: no copy of deleted data was found")
     else:
-        print("erase: removed " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+        clips = Counter()
+        for r in job.removed:
+            clips[r["kind"]] += int(r.get("clips") or 0)
+        print("erase: removed " + ", ".join(f"{n} {kind}" + (f" ({clips[kind]} clip{'' if clips[kind] == 1 else 's'})" if clips[kind] else "")
+                                            for kind, n in counts.items()))
+    current = Registry(Roots.from_cfg(cfg).registry).current()
+    if current and current.get("erased_at"):  # what serves is gone: say what restores one
+        print(f"erase: the promoted model {current['model_id']} was trained on deleted data and its weights are "
+              "erased; run `make retrain` to train and promote a replacement, or `make rollback` to the previous "
+              "clean model", file=sys.stderr)
     for q in job.quarantined:
         print(f"erase: quarantined {q.get('file')} line {q.get('line')}: {q.get('reason')}")
     nothing = [r["request"] for r in job.requests if r["status"] == "matched_nothing"]

@@ -168,7 +168,8 @@ def test_kept_clips_after_the_erasure_that_say_a_deleted_sentence_or_every_piece
     assert f"cached dataset   audio      {root / 'cache' / 'datasets' / ('e' * 20)}" in capsys.readouterr().out
 
 
-def test_unmatched_request_and_malformed_line_are_recorded_and_the_rest_apply(store: dict[str, Any]) -> None:
+def test_unmatched_request_and_malformed_line_are_recorded_and_the_rest_apply(store: dict[str, Any],
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
     root = store["root"]
     request = root / "inbox" / "deletions" / "request.jsonl"
     # An account whose clips sit only in an export (a demo synthesis no dataset was built from yet).
@@ -190,6 +191,7 @@ def test_unmatched_request_and_malformed_line_are_recorded_and_the_rest_apply(st
                         erase.utterance_pseudonym(key, "no-such-utterance"): "matched_nothing",
                         erase.pseudonym(key, "acct", "acct-in-export-only"): "erased"}
     assert not (export / "audio" / "x.wav").exists()
+    assert "1 source audio (1 clip)" in capsys.readouterr().out  # entries, and the clips they held
     assert [(q["file"], q["line"]) for q in receipt["quarantined_request_lines"]] == [
         ("deletions/request.jsonl", 2), ("deletions/request.jsonl", 4)]
     assert "NOBODY" not in json.dumps(receipt) and "red" not in json.dumps(receipt["quarantined_request_lines"])
@@ -311,7 +313,7 @@ def test_the_inventory_claims_every_file_and_names_a_new_writer(store: dict[str,
     assert unclaimed(roots) == sorted(p.resolve() for p in stray)
 
 
-def test_an_erased_promoted_model_still_needs_replacing(store: dict[str, Any]) -> None:
+def test_an_erased_promoted_model_still_needs_replacing(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     """After a standalone erase of the promoted model, the next retraining must replace it
     (deletion beats the gate) rather than fail to compare against a model with no weights."""
     registry = Registry(store["root"] / "registry")
@@ -321,6 +323,10 @@ def test_an_erased_promoted_model_still_needs_replacing(store: dict[str, Any]) -
     registry.mark_erased(current["model_id"])
     assert not registry.has_weights(current["model_id"])
     assert [a["model_id"] for a in registry.affected_by(trained)] == [current["model_id"]]
+    # `make erase` says so: what serves has no weights until a retraining or a rollback.
+    assert erase.main(overrides(store["root"])) == 0
+    assert (f"erase: the promoted model {current['model_id']} was trained on deleted data and its weights are erased; "
+            "run `make retrain`") in capsys.readouterr().err
     # A retired model, once erased, needs nothing more.
     retired = registry.record("model-0")["trained_on"][:1]
     registry.mark_erased("model-0")
