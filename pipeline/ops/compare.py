@@ -4,13 +4,14 @@ Every run folder holds its resolved `config.yaml` and (after evaluation) `metric
 only the config keys that differ between the listed runs answers "what changed, and did it help".
 
 "Did it help" needs more than two point values: below the table, each run evaluated on the same
-test data as the first (same dataset fingerprint and split) gets each metric's paired difference
-against the first run, its 95% interval from a paired speaker bootstrap over the per-clip results
+test data as the baseline (the oldest listed, or --baseline; same dataset fingerprint and split) gets
+each metric's paired difference against it, its 95% interval from a paired speaker bootstrap over the per-clip results
 in predictions.jsonl, and a verdict (better, worse, no detectable difference). False accepts per
 hour streamed over background recordings are paired over the recordings both runs streamed. Runs on
 other test data cannot be compared clip for clip; they get their own intervals only.
 
     python -m pipeline.ops.compare [ROOT ...] [--last 10] [--metrics asr/wer,slu/slu_f1] [--samples 1000]
+                                   [--baseline RUN]
 """
 
 from __future__ import annotations
@@ -205,16 +206,16 @@ def _why_no_per_clip(runs: list[RunSummary], base: Path) -> str:
 
 
 def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, samples: int, seed: int) -> str:
-    """Each later run against the first: paired differences where the test data is the same, and
-    otherwise why not, with each run's own intervals."""
+    """Each later run against the first (the baseline): paired differences where the test data is
+    the same, and otherwise why not, with each run's own intervals."""
     evaluated = [r for r in runs if any(k in r.metrics for k in B.INTERVAL_KEYS)]
     if len(evaluated) < 2:
         return ""
     first, others = evaluated[0], evaluated[1:]
-    lines = [f"Paired against the first run, {_name(first, base)} "
-             f"(difference = run - first, 95% paired speaker bootstrap, {samples} samples):"]
+    lines = [f"Paired against the baseline, {_name(first, base)} "
+             f"(difference = run - baseline, 95% paired speaker bootstrap, {samples} samples):"]
     first_table = _per_clip(first)
-    header = ["run", "metric", "first", "run", "difference [95%]", "verdict"]
+    header = ["run", "metric", "baseline", "value", "difference [95%]", "verdict"]
     rows: list[list[str]] = []
     shown_own = False
     for run in others:
@@ -225,7 +226,7 @@ def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, sample
             lines.append(f"{name}: no paired comparison: {_why_no_per_clip(lacking, base)}")
             continue
         if not same_test_data(first, run):
-            lines.append(f"{name}: evaluated on other test data ({_test_data_label(run)}, the first run: "
+            lines.append(f"{name}: evaluated on other test data ({_test_data_label(run)}, the baseline: "
                          f"{_test_data_label(first)}): not comparable clip for clip; each run's own intervals below")
             if not shown_own:
                 lines.append(f"  {_name(first, base)}: {_own_intervals(first, metrics)}")
@@ -273,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", default=",".join(HEADLINE), help="comma-separated metric names")
     parser.add_argument("--samples", type=int, default=B.DEFAULT_SAMPLES, help="bootstrap samples for paired differences")
     parser.add_argument("--seed", type=int, default=B.DEFAULT_SEED, help="bootstrap seed (same seed, same intervals)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="the run folder the others are paired against (default: the oldest listed)")
     args = parser.parse_args(argv)
     if args.last < 1:
         parser.error(f"--last {args.last}: give how many runs to list, 1 or more")
@@ -306,6 +309,17 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(runs, shown, metrics, Path.cwd()))
     if mixed:
         print(f"(training runs beside evaluation folders: only settings both have are shown; {len(keys) - len(shown)} set by one only)")
+    if args.baseline is not None:  # first in the pairing; listed even when older than --last reaches
+        base = args.baseline.resolve()
+        chosen = [r for r in runs if r.path.resolve() == base]
+        if not chosen:
+            if base not in {p.resolve() for p in find_runs([base])}:
+                parser.error(f"--baseline {args.baseline}: not a run folder (no config.yaml)")
+            try:
+                chosen = [load_run(base)]
+            except ValueError as err:
+                parser.error(f"--baseline {args.baseline}: {err}")
+        runs = [*chosen, *(r for r in runs if r.path.resolve() != base)]
     paired = paired_report(runs, [m for m in metrics if m != "decision"], Path.cwd(), args.samples, args.seed)
     if paired:
         print("\n" + paired)

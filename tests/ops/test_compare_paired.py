@@ -83,6 +83,15 @@ def test_compare_pairs_runs_on_the_same_clips_and_says_why_not_otherwise(tmp_pat
     evaluation = lines["outputs/evaluate/f-evaluation"].split()
     assert evaluation[1:5] == ["asr/wer", "0.1000", "0.0000", "-0.1000"] and evaluation[-1] == "better"
     assert ".hydra-evaluate" not in text
+    # Another baseline, named: the others are paired against it, whatever their age.
+    chosen = subprocess.run([sys.executable, "-m", "pipeline.ops.compare", "outputs", "--metrics", "asr/wer",
+                             "--samples", "300", "--baseline", "outputs/b-better"], cwd=tmp_path, capture_output=True,
+                            text=True, env={"PYTHONPATH": str(REPO)})
+    assert chosen.returncode == 0, chosen.stderr
+    paired = chosen.stdout.split("\n\n", 1)[1]
+    assert paired.startswith("Paired against the baseline, outputs/b-better")
+    rows = {line.split()[0]: line.split() for line in paired.splitlines() if line.startswith("outputs/") and "asr/wer" in line}
+    assert rows["outputs/a-first"][1:5] == ["asr/wer", "0.0000", "0.1000", "+0.1000"] and rows["outputs/a-first"][-1] == "worse"
 
 
 def test_compare_pairs_false_accepts_over_the_background_recordings(tmp_path: Path) -> None:
