@@ -34,7 +34,8 @@ def main(cfg: DictConfig) -> None:
         dataset = _dataset_path(cfg, run_dir)
         tracker = make_tracker(cfg, run_dir, ["eval"])
         try:
-            metrics = run_eval_stage(cfg, run_dir, dataset, tracker)
+            with run_folder.writing(run_dir):
+                metrics = run_eval_stage(cfg, run_dir, dataset, tracker)
         finally:
             tracker.finish()
         if in_place and (run_dir / "config.yaml").is_file():  # the record says how metrics.json was made

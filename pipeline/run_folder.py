@@ -8,7 +8,11 @@ only, with one set of errors.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +60,54 @@ def dataset_path(run_dir: Path) -> Path | None:
         raise PipelineError(f"{path}: `dataset_path` is {json.dumps(value)}, not a folder path; "
                             "re-run the `data` stage to rewrite it")
     return Path(value)
+
+
+# --- A run folder being written ------------------------------------------------------------------
+# Held (shared: every torchrun rank) while stages write into a run folder: `make erase` refuses a run
+# built on an erased dataset while it is held, or the stages would write a model of deleted data
+# after the receipt said erased. The kernel drops it when the process dies; forked workers (data
+# map, data loader) close their copy, so an orphaned one cannot keep it.
+WRITING = ".writing"
+_writing_fds: set[int] = set()
+
+
+def _close_writing_locks_in_child() -> None:
+    for fd in _writing_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _writing_fds.clear()
+
+
+os.register_at_fork(after_in_child=_close_writing_locks_in_child)
+
+
+@contextmanager
+def writing(run_dir: Path) -> Iterator[None]:
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(run_dir) / WRITING, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _writing_fds.add(fd)
+    try:
+        yield
+    finally:
+        _writing_fds.discard(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def being_written(run_dir: Path) -> bool:
+    """Whether a process holds the run folder's writing lock now."""
+    path = Path(run_dir) / WRITING
+    if not path.is_file():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

@@ -47,6 +47,11 @@ def run_stages(cfg: DictConfig) -> dict[str, Any]:
             + (review if "review" in stages else "")
         )
 
+    with run_folder.writing(run_dir):  # `make erase` waits for a run built on erased data to end
+        return _run(cfg, stages, run_dir)
+
+
+def _run(cfg: DictConfig, stages: list[str], run_dir: Path) -> dict[str, Any]:
     # Under torchrun every worker runs this function; the process group is joined first so that
     # rank 0 alone builds the dataset and evaluates while the others wait for it.
     placement = place(cfg.trainer) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None

@@ -42,6 +42,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from pipeline import run_folder
 from pipeline.data.privacy import pseudonym, record_pseudonyms
 from pipeline.data.schema import json_lines
 from pipeline.ops.config import JobConfig, job_config
@@ -543,6 +544,15 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
 
     ledger = Ledger.load(roots.erasure)
     traces = find_traces(roots, key, deleted)
+    # A run built on a dataset about to be erased, still being written, would go on writing a model of
+    # the deleted data after this receipt: wait for it (nothing is removed yet).
+    erasing = ledger.datasets | {Path(p).name for p in traces.affected}
+    for run in run_folders(roots):
+        if run_fingerprint(run) in erasing and run_folder.being_written(run):
+            from pipeline.ops.retrain import RetrainBusy
+
+            raise RetrainBusy(f"run {run} is being written (a training or evaluation) and was built on data a "
+                              "deletion request names", str(run))
     entries = traces.ledger_entries(key, [Path(p) for p in traces.affected])
     for clip_hashes in (source_hashes or {}).values():
         entries += [{"type": "clip", "utterance": None, "file": h, "audio": None, "text": None} for h in clip_hashes]

@@ -115,7 +115,7 @@ RUN_PARTS: tuple[Place, ...] = (
     Place("W&B offline run", "run", ("wandb/*",), (TEXT, IDS, WEIGHTS), "pipeline.tracking.wandb_run", "run"),
     Place("run record", "run", ("build_report.json", "quarantine.jsonl", "config.yaml", ".hydra/*",
                                 "metrics.json", "decision.json", "candidate.json", "wandb_run_id", "*.log", "DO_NOT_SYNC",
-                                "multirun.yaml"), (IDS,), "train.py, retrain.py, hydra", "keep"),
+                                "multirun.yaml", ".writing"), (IDS,), "train.py, retrain.py, hydra", "keep"),
 )
 
 RUN_MARKER = "build_report.json"

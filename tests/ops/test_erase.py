@@ -432,3 +432,38 @@ def test_an_audit_with_no_request_to_look_for_does_not_call_the_roots_clean(
     out = capsys.readouterr().out
     assert "audit: no deletion request known" in out and f"{tmp_path / 'inbox' / 'deletions'}/*.jsonl" in out
     assert "clean" not in out
+
+
+def test_erase_waits_for_a_run_of_erased_data_that_is_still_being_written(
+        store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """A training still writing into a run built on the deleted data would write its model after the
+    receipt said erased: erase refuses (busy, nothing removed) until it ends. Its forked workers,
+    orphaned by a kill, do not keep the run busy."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root, run = store["root"], store["affected_runs"][0]
+    dataset = root / "cache" / "datasets" / store["fingerprints"][0]
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import multiprocessing as mp, time; from pathlib import Path; from pipeline.run_folder import writing\n"
+        f"with writing(Path({str(run)!r})):\n"
+        "    worker = mp.get_context('fork').Process(target=time.sleep, args=(60,)); worker.start()\n"
+        "    print(worker.pid, flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    worker = int(holder.stdout.readline())
+    try:
+        assert erase.main(overrides(root)) == 4
+        assert f"run {run} is being written" in capsys.readouterr().err
+        assert dataset.exists() and (run / "asr").exists()  # nothing removed
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        os.kill(worker, 0)  # the orphaned worker still runs, and does not hold the run
+        assert erase.main(overrides(root)) == 0
+        assert not dataset.exists() and not (run / "asr").exists()
+    finally:
+        holder.kill()
+        try:
+            os.kill(worker, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
