@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, kept_from_children
 
 BUILD_REPORT = "build_report.json"
 
@@ -66,21 +66,8 @@ def dataset_path(run_dir: Path) -> Path | None:
 # Held (shared: every torchrun rank) while stages write into a run folder: `make erase` refuses a run
 # built on an erased dataset while it is held, or the stages would write a model of deleted data
 # after the receipt said erased. The kernel drops it when the process dies; forked workers (data
-# map, data loader) close their copy, so an orphaned one cannot keep it.
+# map, data loader) close their copy (runtime.kept_from_children), so an orphaned one cannot keep it.
 WRITING = ".writing"
-_writing_fds: set[int] = set()
-
-
-def _close_writing_locks_in_child() -> None:
-    for fd in _writing_fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _writing_fds.clear()
-
-
-os.register_at_fork(after_in_child=_close_writing_locks_in_child)
 
 
 @contextmanager
@@ -88,11 +75,10 @@ def writing(run_dir: Path) -> Iterator[None]:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     fd = os.open(Path(run_dir) / WRITING, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_SH)
-    _writing_fds.add(fd)
     try:
-        yield
+        with kept_from_children(fd):
+            yield
     finally:
-        _writing_fds.discard(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 

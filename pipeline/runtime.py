@@ -28,6 +28,33 @@ log = logging.getLogger(__name__)
 
 _set_here: dict[str, str] = {}  # the W&B folders this process set (configure_environment)
 
+# Descriptors of `flock`s this process holds (the retraining lock, a run folder's writing lock). A
+# forked child (a datasets map worker, a DataLoader worker) shares the lock through its copy and,
+# orphaned when a killed job leaves it asleep, would hold it for good; so each child closes them.
+_held_locks: set[int] = set()
+
+
+def _close_held_locks_in_child() -> None:
+    for fd in _held_locks:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_locks_in_child)
+
+
+@contextmanager
+def kept_from_children(fd: int) -> Iterator[None]:
+    """While held, the lock on `fd` is closed in every process forked from this one."""
+    _held_locks.add(fd)
+    try:
+        yield
+    finally:
+        _held_locks.discard(fd)
+
 
 def configure_environment(run_dir: Path, cache_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)

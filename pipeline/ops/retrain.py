@@ -40,7 +40,7 @@ from pipeline.ops.erase import erase_copies
 from pipeline.ops.gate import gate_on_runs
 from pipeline.ops.promote import promote_model, rollback, write_candidate
 from pipeline.ops.registry import Registry, now
-from pipeline.runtime import PipelineError, configure_environment
+from pipeline.runtime import PipelineError, configure_environment, kept_from_children
 from pipeline.tracking import NullTracker
 
 EXIT_OK = 0          # promoted, rolled back, or nothing to do
@@ -59,28 +59,25 @@ class RetrainBusy(RuntimeError):
         self.holder_run_dir = holder_run_dir
 
 
-# The lock's descriptor while this process holds it. A forked child (a datasets map worker, a
-# DataLoader worker) would share the `flock` through its copy of the descriptor and, orphaned when a
-# killed job leaves it asleep, hold it for good: every later job would find the registry busy. So
-# each child closes its copy as it starts. Orphaned, such workers would also linger asleep for good
-# (nothing reads their queues any more), so on Linux a child forked by a job's main thread is killed
-# when the job dies (a child forked by another thread would die with that thread, so it is left be).
-_held_fd: int | None = None
+# A forked child (a datasets map worker, a DataLoader worker) closes its copy of the lock's descriptor
+# (runtime.kept_from_children), so an orphan of a killed job cannot keep the registry busy. Orphaned,
+# such workers would still linger asleep for good (nothing reads their queues any more), so on Linux a
+# child forked by a job's main thread is killed when the job dies (a child forked by another thread
+# would die with that thread, so it is left be).
+_holding = False  # while this process holds the lock
 _forked_by_job: int | None = None  # the job's pid, set just before its main thread forks
 PR_SET_PDEATHSIG = 1
 
 
 def _before_fork() -> None:
     global _forked_by_job
-    in_job = _held_fd is not None and threading.current_thread() is threading.main_thread()
+    in_job = _holding and threading.current_thread() is threading.main_thread()
     _forked_by_job = os.getpid() if in_job else None
 
 
 def _in_forked_child() -> None:
-    global _held_fd, _forked_by_job
-    if _held_fd is not None:
-        os.close(_held_fd)
-        _held_fd = None
+    global _holding, _forked_by_job
+    _holding = False
     parent, _forked_by_job = _forked_by_job, None
     if parent is None or not sys.platform.startswith("linux"):
         return
@@ -103,10 +100,10 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, 
 @contextmanager
 def retrain_lock(path: Path, run_dir: Path | None = None) -> Iterator[None]:
     """An exclusive `flock`: the kernel drops it when the holder dies, so a killed job never
-    leaves a stale lock behind (forked children do not keep it: `_held_fd`). (Keep the registry on a
+    leaves a stale lock behind (forked children do not keep it). (Keep the registry on a
     local or flock-capable file system.) The lock file names the holder's pid and run folder, so a
     busy job can keep out of it."""
-    global _held_fd
+    global _holding
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -123,13 +120,14 @@ def retrain_lock(path: Path, run_dir: Path | None = None) -> Iterator[None]:
             holder = {"pid": text.strip() or "?"}
         raise RetrainBusy(f"another retraining job (pid {holder.get('pid')}, run folder {holder.get('run_dir')}) "
                           f"holds {path}", holder.get("run_dir")) from None
-    _held_fd = fd
+    _holding = True
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps({"pid": os.getpid(), "run_dir": str(run_dir) if run_dir else None}) + "\n").encode(), 0)
-        yield
+        with kept_from_children(fd):
+            yield
     finally:
-        _held_fd = None
+        _holding = False
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
