@@ -102,8 +102,8 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     # Either model may be missing, and the labels may lack intents, entities or one side of the wake
     # word: what cannot be computed is left out of metrics.json, and details["not_computed"] says why.
     asr_dir, nlu_dir = models_to_evaluate(cfg, run_dir)
-    if asr_dir is not None:
-        _wake_word(ecfg)  # a wake word it cannot score is refused before any data or model is read
+    # A wake word it cannot score is refused before any data or model is read.
+    wake_word = _wake_word(ecfg) if asr_dir is not None else None
     test, val = _load_splits(Path(dataset_path), str(ecfg.split), str(ecfg.tune_split), need_audio=asr_dir is not None)
     rows = _gold_rows(test)
     has_sources = add_sources(test, rows)
@@ -120,7 +120,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
         skipped = _wake_skip_reason({str(ecfg.tune_split): val_labels, str(ecfg.split): labels})
         background_source = resolve_background(cfg, Path(dataset_path))
         # Read before the ASR pass, so a wrong eval.background is refused in seconds, not after it.
-        recordings = (load_background(background_source, (str(ecfg.tune_split), str(ecfg.split)), _wake_word(ecfg))
+        recordings = (load_background(background_source, (str(ecfg.tune_split), str(ecfg.split)), wake_word)
                       if background_source is not None and not skipped else [])
         wake, tuning, decoding, test_out = _asr_pass(ecfg, asr_dir, Path(dataset_path), test, val, rows, skipped,
                                                      background_source, recordings)
@@ -156,7 +156,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     details["test_data"] = _test_data(Path(dataset_path), str(ecfg.split), rows)
     details["decoder"] = {**decoding.__dict__, "tune_split": str(ecfg.tune_split)} if decoding else None
     details["wake_tuning"] = tuning
-    details["wake_word"] = _wake_word(ecfg) if asr_dir is not None else None
+    details["wake_word"] = wake_word
     details["wake_skipped"] = skipped
     scores = test_out.wake_scores if test_out is not None else None
     _write_outputs(cfg, run_dir, rows, with_intent, labels, scores, wake, metrics, details, tracker)

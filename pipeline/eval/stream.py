@@ -349,20 +349,17 @@ def background_wake(
     short = {s: h for s, h in details["hours"].items() if h < min_hours}
     if short:
         had = ", ".join(f"{s} {h:.2f} h" for s, h in details["hours"].items())
-        details["warning"] = (
-            f"background audio below eval.min_background_hours={min_hours:g} h per split ({had}; source: "
-            f"{source or 'none'}); "
-            + ("false accepts per hour and the threshold come from the negative clips instead, a few seconds "
-               "of audio that cannot measure a rate of a few per hour" if min(details["hours"].values()) == 0
-               else "the threshold and false accepts per hour rest on little audio")
-        )
-        log.warning("eval: %s", details["warning"])
+        _warn(details,
+              f"background audio below eval.min_background_hours={min_hours:g} h per split ({had}; source: "
+              f"{source or 'none'}); "
+              + ("false accepts per hour and the threshold come from the negative clips instead, a few seconds "
+                 "of audio that cannot measure a rate of a few per hour" if min(details["hours"].values()) == 0
+                 else "the threshold and false accepts per hour rest on little audio"))
     if min(details["hours"].values()) == 0:
         if source is not None and details["warning"] is None:  # eval.min_background_hours=0
             empty = [s for s, h in details["hours"].items() if h == 0]
-            details["warning"] = (f"no background recording in split(s) {empty} of {source} (a folder's recordings go "
-                                  f"under {'/, '.join(empty)}/); false accepts per hour come from the negative clips")
-            log.warning("eval: %s", details["warning"])
+            _warn(details, f"no background recording in split(s) {empty} of {source} (a folder's recordings go "
+                           f"under {'/, '.join(empty)}/); false accepts per hour come from the negative clips")
         return None, details
 
     all_pos = np.concatenate([val_positives, test_positives])
@@ -375,10 +372,9 @@ def background_wake(
     details["hours"] = {s: sum(t.seconds for t in traces[s]) / 3600.0 for s in splits}  # the scored hours
     unscored = [s for s, h in details["hours"].items() if h == 0]
     if unscored:  # each recording's first window is context, not scored: a clip of a second has none
-        details["warning"] = (f"the background recordings of split(s) {unscored} are too short to score (about "
-                              f"{(settings.window_s - settings.hop_s) / 2:g} s at the start of each is context); give recordings of "
-                              "minutes, not seconds; false accepts per hour come from the negative clips")
-        log.warning("eval: %s", details["warning"])
+        _warn(details, f"the background recordings of split(s) {unscored} are too short to score (about "
+                       f"{(settings.window_s - settings.hop_s) / 2:g} s at the start of each is context); give "
+                       "recordings of minutes, not seconds; false accepts per hour come from the negative clips")
         return None, details
     target = float(ecfg.target_fa_per_hour)
     threshold = tune_on_background(val_positives, traces[splits[0]], details["hours"][splits[0]], target,
@@ -400,6 +396,12 @@ def background_wake(
              "of %s background, FRR %.3f", stats.audio_seconds / 3600, details["x_real_time"], threshold,
              result.false_accepts, result.hours, splits[1], result.frr)
     return result, details
+
+
+def _warn(details: dict[str, Any], warning: str) -> None:
+    """The background's caution: logged, and kept in eval_details.json for the report."""
+    details["warning"] = warning
+    log.warning("eval: %s", warning)
 
 
 BACKGROUND_KEYS = (*(f"wake/frr_at_{r:g}_fa_per_hour" for r in FA_RATES), "wake/background_hours")
