@@ -160,8 +160,13 @@ def erased_request_files(cache_dir: Path) -> list[Path]:
     return [f for f in (Path(cache_dir) / ERASED_DIR / n for n in (REQUESTS_FILE, TOMBSTONES_FILE)) if f.is_file()]
 
 
+def read_pseudonyms(path: Path) -> set[str]:
+    """A requests or tombstones file: one pseudonym a line (none when the file is absent)."""
+    return set(path.read_text().split()) if path.is_file() else set()
+
+
 def erased_requests(files: list[Path]) -> Deletions:
-    return Deletions({line.strip() for f in files for line in f.read_text().splitlines() if line.strip()})
+    return Deletions(set().union(*map(read_pseudonyms, files)))
 
 
 def load_deletions(path: str | Path | None, key: bytes) -> Deletions:

@@ -38,16 +38,15 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pipeline.data.privacy import (DELETION_KEYS, REQUESTS_FILE, TOMBSTONES_FILE, Deletions, load_key,
-                                   parse_deletion_requests, utterance_pseudonym)
+                                   parse_deletion_requests, read_pseudonyms,
+                                   utterance_pseudonym)
 from pipeline.data.schema import json_lines
 from pipeline.ops.registry import TMP_PREFIX, now
 from pipeline.runtime import PipelineError
 
 ANNOTATIONS = "annotations.jsonl"
-REQUESTS = REQUESTS_FILE  # every build reads both under the cache (pipeline.data.privacy.erased_request_files)
 BATCH_DELETIONS = "deletions.jsonl"
 REQUEST_FOLDER = "deletions"
-TOMBSTONES = TOMBSTONES_FILE
 QUARANTINE = "deletion_quarantine.jsonl"
 
 
@@ -75,10 +74,6 @@ class Corpus:
 def pseudonym_key(privacy: DictConfig) -> bytes:
     """The same key the data stage pseudonymises with (`privacy.key_env`, else `privacy.key_file`)."""
     return load_key(str(privacy.key_env), str(privacy.key_file))
-
-
-def _lines(path: Path) -> set[str]:
-    return set(path.read_text().split()) if path.is_file() else set()
 
 
 def check_inbox(inbox: Path) -> None:
@@ -221,7 +216,7 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
     batches_dir.mkdir(parents=True, exist_ok=True)
     for tmp in [*batches_dir.glob(f"{TMP_PREFIX}*"), *corpus_dir.glob(f"{TMP_PREFIX}*")]:
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-    corpus = Corpus(corpus_dir / ANNOTATIONS, corpus_dir / REQUESTS)
+    corpus = Corpus(corpus_dir / ANNOTATIONS, corpus_dir / REQUESTS_FILE)
 
     taken = {p.name for p in batches_dir.iterdir()} if batches_dir.is_dir() else set()
     for batch in inbox_batches(inbox):
@@ -233,7 +228,7 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
     # is purged right away. The request files go once their pseudonyms are stored, so no raw
     # account id or serial is carried into the corpus.
     request_files, incoming = inbox_requests(inbox, key)
-    known = _lines(corpus.requests)
+    known = read_pseudonyms(corpus.requests)
     requests = known | incoming
     corpus.new_requests = len(requests - known)
     _write_atomic(corpus.requests, "".join(p + "\n" for p in sorted(requests)))
@@ -247,8 +242,8 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
         corpus.new_batches.append(batch.name)
 
     # 3. Tombstones, then purge, then the merged export.
-    tomb_file = corpus_dir / TOMBSTONES
-    corpus.tombstones = _lines(tomb_file)
+    tomb_file = corpus_dir / TOMBSTONES_FILE
+    corpus.tombstones = read_pseudonyms(tomb_file)
     wanted = Deletions(requests)
     batches = sorted(p for p in batches_dir.iterdir() if p.is_dir() and not p.name.startswith(TMP_PREFIX))
     all_records = [r for b in batches for r in batch_records(b)]
@@ -288,4 +283,4 @@ def pending_deletions(inbox: Path, corpus_dir: Path, key: bytes) -> set[str]:
     ingested = corpus_dir / "batches"
     batches = [*inbox_batches(inbox), *(sorted(p for p in ingested.iterdir() if p.is_dir()) if ingested.is_dir() else [])]
     records = [r for b in batches if (b / ANNOTATIONS).is_file() for r in batch_records(b)]
-    return _lines(corpus_dir / TOMBSTONES) | deleted_utterances(records, incoming, key)
+    return read_pseudonyms(corpus_dir / TOMBSTONES_FILE) | deleted_utterances(records, incoming, key)

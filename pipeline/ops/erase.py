@@ -43,10 +43,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pipeline import run_folder
-from pipeline.data.privacy import pseudonym, record_pseudonyms
+from pipeline.data.privacy import REQUESTS_FILE, TOMBSTONES_FILE, pseudonym, read_pseudonyms, record_pseudonyms
 from pipeline.data.schema import json_lines
 from pipeline.ops.config import JobConfig, job_config
-from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, REQUESTS, TOMBSTONES, inbox_requests, pseudonym_key,
+from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, inbox_requests, pseudonym_key,
                                  utterance_pseudonym)
 from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, check_root, place_of,
                                     run_folders, walk_files)
@@ -62,10 +62,6 @@ REPORTS = ("report.md", "report.html", "eval_details.json")
 
 
 # ---------------------------------------------------------------------------- what is deleted
-
-def read_lines(path: Path) -> set[str]:
-    return set(path.read_text().split()) if path.is_file() else set()
-
 
 def row_matches(key: bytes, deleted: set[str], row: dict[str, Any]) -> set[str]:
     """Which of the deleted pseudonyms a dataset or predictions row carries (its utterance, the
@@ -521,7 +517,7 @@ def _rm(path: Path) -> None:
 
 
 def deleted_set(roots: Roots) -> set[str]:
-    return read_lines(roots.corpus / REQUESTS) | read_lines(roots.corpus / TOMBSTONES)
+    return read_pseudonyms(roots.corpus / REQUESTS_FILE) | read_pseudonyms(roots.corpus / TOMBSTONES_FILE)
 
 
 def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None = None,
@@ -631,7 +627,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
         job.online = delete_online(online_ids, settings.logger.project, settings.logger.entity, api)
 
     seen = set(state["requests_seen"])
-    for request in sorted(read_lines(roots.corpus / REQUESTS) - seen):
+    for request in sorted(read_pseudonyms(roots.corpus / REQUESTS_FILE) - seen):
         # Copies found: in cached datasets and in exports. (A request's own pseudonym among the
         # tombstones says only that it was made: every utterance request is one.)
         found = traces.per_request.get(request, 0) + from_exports.get(request, 0)
@@ -640,7 +636,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     append_ledger(roots.erasure, entries)
     if job.removed or job.requests or job.quarantined:
         job.receipt = write_receipt(roots, job)
-    state = {"requests_seen": sorted(seen | read_lines(roots.corpus / REQUESTS)), "quarantine_seen": len(q_lines)}
+    state = {"requests_seen": sorted(seen | read_pseudonyms(roots.corpus / REQUESTS_FILE)), "quarantine_seen": len(q_lines)}
     roots.erasure.mkdir(parents=True, exist_ok=True)
     (roots.erasure / STATE).write_text(json.dumps(state) + "\n")
     return job

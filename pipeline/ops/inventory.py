@@ -31,6 +31,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from pipeline.data.privacy import REQUESTS_FILE, TOMBSTONES_FILE
 from pipeline.runtime import PipelineError
 
 # What a place can hold: the clip's audio, its transcript, its pseudonymous ids, or weights fitted
@@ -87,7 +88,7 @@ PLACES: tuple[Place, ...] = (
     Place("demo export", "cache", ("demo/*",), (AUDIO, TEXT, IDS), "pipeline.data.demo", "source"),
     Place("corpus", "corpus", ("batches/*", "annotations.jsonl"), (AUDIO, TEXT, IDS), "pipeline.ops.corpus", "source"),
     Place("inbox", "inbox", ("*",), (AUDIO, TEXT, IDS), "the annotation upload", "source"),
-    Place("deletion records", "corpus", ("deletion_requests.txt", "deleted_utterances.txt",
+    Place("deletion records", "corpus", (REQUESTS_FILE, TOMBSTONES_FILE,
                                          "deletion_quarantine.jsonl"), (IDS,), "pipeline.ops.corpus", "keep"),
     Place("W&B staging", "cache", ("wandb/data/artifacts/*",), (TEXT, IDS, WEIGHTS),
           "wandb (pipeline.tracking.wandb_run)", "staging"),

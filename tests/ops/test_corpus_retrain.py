@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.ops.corpus import QUARANTINE, TOMBSTONES, pending_deletions, update_corpus, utterance_pseudonym
+from pipeline.data.privacy import TOMBSTONES_FILE
+from pipeline.ops.corpus import QUARANTINE, pending_deletions, update_corpus, utterance_pseudonym
 from pipeline.ops.retrain import EXIT_BUSY, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, retrain_lock, run_retrain
 from pipeline.runtime import PipelineError
 
@@ -64,7 +65,7 @@ def test_intake_moves_batches_merges_and_purges_deleted_clips(tmp_path: Path) ->
     # Gone from the corpus itself; the requests are kept only as pseudonyms.
     assert b"ALICE" not in corpus_bytes and b'"u3"' not in corpus_bytes and b"G0900003" not in corpus_bytes
     assert sorted(p.name for p in (corpus_dir / "batches").rglob("*.wav")) == ["u2.wav"]
-    tombs = set((corpus_dir / TOMBSTONES).read_text().split())
+    tombs = set((corpus_dir / TOMBSTONES_FILE).read_text().split())
     assert tombs == {utterance_pseudonym(KEY, u) for u in ("u1", "u3", "u4")}
 
     # A later batch from a deleted account never enters the corpus.
