@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(affected)} model(s) in {registry} were trained on data with a deletion request:")
         for model in affected:
             print(f"  {model['model_id']}  {model['status']}  {model['deleted_utterances']} deleted utterance(s)")
-    roots = Roots.from_cfg(cfg).named()
+    where = Roots.from_cfg(cfg)
+    roots = where.named()
     absent = [f"{name}={root}" for name, root in roots.items() if not root.exists()]
     # A mistyped root is absent, and nothing absent was scanned: say which, so "clean" is not read as
     # covering a folder the scan never saw.
@@ -297,7 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     if not known:
         # Nothing to look for is not "clean": a deletions file only a build read (data.deletions)
         # kept its clips out of that dataset, and is unknown here.
-        where = Roots.from_cfg(cfg)
         print(f"audit: no deletion request known (none applied in {where.corpus}, none waiting in {where.inbox}), "
               f"so nothing was looked for; put requests in {where.inbox / 'deletions'}/*.jsonl for erasure and "
               "retraining to apply them everywhere")
