@@ -123,6 +123,11 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def first_line(err: BaseException) -> str:
+    """The gist of an error whose message runs to several lines (transformers' load errors, YAML's)."""
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def looks_like_path(name: str) -> bool:
     """Whether a `model_name_or_path` means a local folder rather than a hub id."""
     return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()

@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig,
 from transformers.modeling_outputs import ModelOutput
 
 from pipeline.data.annotations import tags_to_entities, word_spans
-from pipeline.runtime import PipelineError, looks_like_path
+from pipeline.runtime import PipelineError, first_line, looks_like_path
 
 LABELS_FILE = "nlu_labels.json"
 # Tokenizers that need a leading space to treat pre-split words like words inside a sentence.
@@ -100,7 +100,7 @@ def load_tokenizer(path: str | Path, config: PretrainedConfig) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), **extra)
     except OSError as err:
-        raise PipelineError(f"no tokenizer could be loaded from {path}: {_first_line(err)}") from err
+        raise PipelineError(f"no tokenizer could be loaded from {path}: {first_line(err)}") from err
     if not tokenizer.is_fast:
         raise PipelineError(
             f"nlu.model_name_or_path={path} has no fast tokenizer; word-to-subword alignment needs one "
@@ -127,7 +127,7 @@ def build_model(
             str(backbone), config=config, output_loading_info=True, **_pooler_kwargs(config)
         )
     except OSError as err:
-        raise PipelineError(f"nlu.model_name_or_path={backbone} could not be loaded as a backbone ({_first_line(err)}); "
+        raise PipelineError(f"nlu.model_name_or_path={backbone} could not be loaded as a backbone ({first_line(err)}); "
                            "give a backbone folder, a hub id (online or cached) or package:<module>") from err
     missing = sorted(info["missing_keys"])
     if missing:
@@ -136,11 +136,6 @@ def build_model(
             "start random; give a folder or hub id holding the pretrained encoder"
         )
     return model
-
-
-def _first_line(err: BaseException) -> str:
-    """The gist of an error whose message runs to several lines (transformers' load errors do)."""
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def refuse_trained_model(backbone: str | Path) -> None:

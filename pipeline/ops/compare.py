@@ -29,6 +29,7 @@ import yaml
 from pipeline.eval import bootstrap as B
 from pipeline.ops.gate import with_background_pairs
 from pipeline.ops.inventory import DO_NOT_SYNC, searched_roots
+from pipeline.runtime import first_line
 
 # wake/frr beside wake/fa_per_hour: a threshold that sits lower trades one for the other.
 HEADLINE = ("asr/wer", "asr/cer", "wake/auc", "wake/frr", "wake/fa_per_hour", "nlu/intent_accuracy",
@@ -83,7 +84,7 @@ def _read(file: Path, parse: Any) -> Any:
     try:
         return parse(file.read_text())
     except (OSError, ValueError, yaml.YAMLError) as err:
-        raise ValueError(f"{file} is unreadable ({err.__class__.__name__}: {str(err).splitlines()[0]})") from None
+        raise ValueError(f"{file} is unreadable ({err.__class__.__name__}: {first_line(err)})") from None
 
 
 # What an evaluate.py folder's config says about its evaluation; the rest of conf/evaluate.yaml
