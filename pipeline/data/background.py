@@ -9,7 +9,8 @@ validation recordings is measured on test recordings it never heard. It accepts:
 - an export folder (annotations.jsonl): records `{"audio": <relative path>, "transcript"?, "split"?,
   "recording_id"?}`;
 - a folder of audio files, searched recursively; files under a folder named after a split belong
-  to it, the others are assigned by a hash of their path; `<name>.txt` beside a file is its transcript.
+  to it (`train/` is skipped; `dev/`, `val/` and the like are refused rather than guessed), the
+  others are assigned by a hash of their path; `<name>.txt` beside a file is its transcript.
 
 The demo's background is synthesised from text that ships with the repository
 (data/demo/background.txt and the demo corpus' own sentences) by `ensure_demo_background`, once,
@@ -46,7 +47,11 @@ from pipeline.text import normalize_text
 log = logging.getLogger(__name__)
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "demo"
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")  # what libsndfile streams
+SPLIT_FOLDERS = ("train", "validation", "test")
+# Folder names that mean a split in other projects' layouts; guessing which of ours would be a coin
+# toss, so a recording under one is an error that says how to name it.
+OTHER_SPLIT_NAMES = ("dev", "val", "valid", "eval", "evaluation", "training", "testing")
 SAMPLING_RATE = 16_000
 # Bump when the recordings written for the same inputs change, so old caches are not reused.
 BACKGROUND_VERSION = 1
@@ -196,17 +201,27 @@ def _from_folder(folder: Path, splits: tuple[str, str]) -> list[Recording]:
         log.warning("eval.background=%s: %d file(s) of other types skipped (%s); convert recordings to %s",
                     folder, sum(other.values()), ", ".join(f"{k}: {n}" for k, n in other.most_common(5)),
                     ", ".join(AUDIO_EXTENSIONS))
-    out = []
+    out, unnamed = [], Counter()
     for path in files:
         name = path.relative_to(folder).as_posix()
-        folders = path.relative_to(folder).parts[:-1]
-        if "train" in folders and "train" not in splits:  # kept for training, not for measuring
-            continue
+        folders = [part.lower() for part in path.relative_to(folder).parts[:-1]]
         named = [s for s in splits if s in folders]
+        if not named and any(f in SPLIT_FOLDERS for f in folders):  # another split's (train: kept for training)
+            continue
+        if not named and (alias := next((f for f in folders if f in OTHER_SPLIT_NAMES), None)):
+            unnamed[alias] += 1
+            continue
         split = named[0] if named else hashed_split(name, splits)
         sidecar = path.with_suffix(".txt")
         transcript = sidecar.read_text(encoding="utf-8") if sidecar.exists() else None
         out.append(Recording(name, split, path, _seconds(path, name), transcript))
+    if unnamed:
+        alias, n = unnamed.most_common(1)[0]
+        raise PipelineError(
+            f"eval.background={folder}: {sum(unnamed.values())} recording(s) under a folder named like a split "
+            f"that is none of {list(SPLIT_FOLDERS)} ({n} under {alias!r}/); rename it to {' or '.join(splits)} "
+            "(train/ is skipped), or move its recordings out to split them by a hash of their paths"
+        )
     return out
 
 

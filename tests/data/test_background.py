@@ -126,6 +126,35 @@ def test_a_named_folder_without_audio_is_an_error_not_a_silent_fallback(tmp_path
     (notes / "test" / "tv.txt").write_text("the news at six")
     for folder in (empty, notes):
         with pytest.raises(PipelineError, match=rf"^eval\.background={re.escape(str(folder))}: no audio files "
-                                                r"\(\.wav, \.flac, \.ogg, \.mp3\) under it; point it at recordings, "
+                                                r"\(\.wav, \.flac, \.ogg, \.opus, \.mp3, \.aiff, \.aif\) under it; point it "
+                                                r"at recordings, "
                                                 r"or eval\.background=none$"):
             load_background(folder, SPLITS, "alexa")
+
+
+def test_a_folder_of_recordings_by_split_folder_and_file_format(tmp_path: Path) -> None:
+    """A recording under `dev/` used to be hashed into validation or test as if it sat loose; one in
+    an AIFF or Ogg Opus file (libsndfile reads both) used to be skipped as a file of another type."""
+    noise = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
+    folder = tmp_path / "bg"
+    for sub in ("Validation", "test/kitchen", "train", "loose"):
+        (folder / sub).mkdir(parents=True)
+    sf.write(folder / "Validation" / "tv.aiff", noise, 16000, format="AIFF")
+    sf.write(folder / "test/kitchen" / "radio.opus", noise, 16000, format="OGG", subtype="OPUS")
+    sf.write(folder / "train" / "fan.wav", noise, 16000)
+    sf.write(folder / "loose" / "hall.flac", noise, 16000)
+    found = {r.recording_id: (r.split, round(r.seconds, 2)) for r in load_background(folder, SPLITS, "alexa")}
+    assert found == {"Validation/tv.aiff": ("validation", 1.0), "test/kitchen/radio.opus": ("test", 1.0),
+                     "loose/hall.flac": (hashed_split("loose/hall.flac", SPLITS), 1.0)}
+    # Scoring the training split (eval.split=train): the test/ folder is another split's, left out.
+    assert {r.recording_id for r in load_background(folder, ("validation", "train"), "alexa")} == {
+        "Validation/tv.aiff", "train/fan.wav", "loose/hall.flac"}
+
+    (folder / "dev").mkdir()
+    for i in range(2):
+        sf.write(folder / "dev" / f"car-{i}.wav", noise, 16000)
+    with pytest.raises(PipelineError, match=rf"^eval\.background={re.escape(str(folder))}: 2 recording\(s\) under a "
+                                            r"folder named like a split that is none of \['train', 'validation', 'test'\] "
+                                            r"\(2 under 'dev'/\); rename it to validation or test \(train/ is skipped\), "
+                                            r"or move its recordings out to split them by a hash of their paths$"):
+        load_background(folder, SPLITS, "alexa")
