@@ -36,7 +36,7 @@ from omegaconf import DictConfig, open_dict
 from pipeline.data.privacy import record_pseudonyms
 from pipeline.data.schema import json_lines
 from pipeline.ops.corpus import pending_deletions, pseudonym_key
-from pipeline.ops.erase import (AUDIO_SUFFIXES, Ledger, dataset_folders, dataset_rows, deleted_set,
+from pipeline.ops.erase import (AUDIO_SUFFIXES, Ledger, audio_copy, dataset_folders, dataset_rows, deleted_set,
                                 derived_parts, export_folders, find_traces, gram_hash, kept_digests, md5_b64,
                                 prediction_hit, run_fingerprint, staging_files, text_hash, unexplained_grams)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, walk_files
@@ -129,7 +129,7 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
         return [], affected_models, 0
 
     ledger = Ledger.load(roots.erasure)
-    traces = find_traces(roots, key, deleted)
+    traces = find_traces(roots, key, deleted, ledger.audio)
     live = traces.as_ledger(key)
     audio = ledger.audio | live.audio
     # A deleted transcript that a kept clip of the cached datasets also says (a later batch's "alexa
@@ -144,8 +144,11 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
 
     for folder in dataset_folders(roots):
         if str(folder) in traces.affected:
-            findings.append(Finding("cached dataset", "pseudonym", str(folder),
-                                    f"{traces.affected[str(folder)]} deleted clip(s)"))
+            named, copied = traces.affected[str(folder)] - traces.copies_in[str(folder)], traces.copies_in[str(folder)]
+            if named:
+                findings.append(Finding("cached dataset", "pseudonym", str(folder), f"{named} deleted clip(s)"))
+            if copied:
+                findings.append(Finding("cached dataset", "audio", str(folder), f"{copied} copy(ies) of deleted clips"))
             continue
         copies = sum(1 for row in dataset_rows(folder, ("audio", "text"))
                      if (row.get("audio") and hashlib.sha256(row["audio"]).hexdigest() in audio)
@@ -243,19 +246,8 @@ def _kind_of(f: Path, roots: Roots, runs: list[Path]) -> str:
 
 
 def _audio_findings(f: Path, kind: str, audio: set[str]) -> list[Finding]:
-    if not audio:
-        return []
-    if hashlib.sha256(f.read_bytes()).hexdigest() in audio:
-        return [Finding(kind, "audio", str(f), "the bytes of a deleted clip's audio")]
-    from pipeline.data.audio import ClipRejected, load_clip
-
-    try:
-        clip = load_clip(f, f.name, 0.0, 3600.0, need_signal=False)
-    except (ClipRejected, Exception):  # noqa: BLE001 - an undecodable file holds no decoded copy
-        return []
-    if hashlib.sha256(clip.flac).hexdigest() in audio:
-        return [Finding(kind, "audio", str(f), "the decoded samples of a deleted clip")]
-    return []
+    how = audio_copy(f, audio)
+    return [Finding(kind, "audio", str(f), f"the {how} of a deleted clip's audio")] if how else []
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:

@@ -194,10 +194,20 @@ class Traces:
 
     affected: dict[str, int] = field(default_factory=dict)   # dataset folder -> deleted clips in it
     clips: dict[str, dict[str, Any]] = field(default_factory=dict)
+    copies: set[str] = field(default_factory=set)  # utterances no request names that hold a deleted clip's audio
+    copies_in: Counter = field(default_factory=Counter)  # dataset folder -> how many of those it holds
     kept_texts: set[str] = field(default_factory=set)
     kept_text_values: set[str] = field(default_factory=set)  # memory only: for `unexplained_grams`
     per_request: Counter = field(default_factory=Counter)
     unique_texts: dict[str, str] = field(default_factory=dict)  # hash -> text (memory only)
+
+    def add_clip(self, key: bytes, utt: str, digest: str | None, text: str) -> None:
+        clip = self.clips.setdefault(utt, {})
+        if digest:
+            clip["audio"] = digest
+        if text:
+            clip["text"] = text_hash(key, text)
+            self.unique_texts[clip["text"]] = text
 
     def ledger_entries(self, key: bytes, datasets: Iterable[Path]) -> list[dict[str, Any]]:
         at = now()
@@ -219,38 +229,67 @@ class Traces:
         return ledger
 
 
-def find_traces(roots: Roots, key: bytes, deleted: set[str]) -> Traces:
+def find_traces(roots: Roots, key: bytes, deleted: set[str], known_audio: set[str] = frozenset()) -> Traces:
+    """Deleted clips in the cached datasets: those a request names, and their copies. A row no request
+    names that holds a deleted clip's audio (this pass's, or `known_audio` from earlier erasures) is
+    the same recording exported again under another id: the person asked for it to go as well."""
     traces = Traces()
+    audio = set(known_audio)
+    others: list[tuple[str, str, str | None, str]] = []  # (folder, utterance, audio sha256, text) of the rest
     for folder in dataset_folders(roots):
         hits = 0
         for row in dataset_rows(folder, ("utterance_id", "copy_of", "speaker", "device", "text", "audio")):
             text = row.get("text") or ""
+            digest = hashlib.sha256(row["audio"]).hexdigest() if row.get("audio") else None
+            utt = utterance_pseudonym(key, str(row.get("utterance_id")))
             matched = row_matches(key, deleted, row)
             if not matched:
-                if text:
-                    traces.kept_texts.add(text_hash(key, text))
-                    traces.kept_text_values.add(text)
+                others.append((str(folder), utt, digest, text))
                 continue
             hits += 1
             traces.per_request.update(matched)
-            utt = utterance_pseudonym(key, str(row.get("utterance_id")))
-            clip = traces.clips.setdefault(utt, {})
-            if row.get("audio"):
-                clip["audio"] = hashlib.sha256(row["audio"]).hexdigest()
-            if text:
-                clip["text"] = text_hash(key, text)
-                traces.unique_texts[clip["text"]] = text
+            traces.add_clip(key, utt, digest, text)
+            audio.add(digest)
         if hits:
             traces.affected[str(folder)] = hits
+    audio.discard(None)
+    for folder, utt, digest, text in others:
+        if digest in audio:
+            traces.copies.add(utt)
+            traces.copies_in[folder] += 1
+            traces.affected[folder] = traces.affected.get(folder, 0) + 1
+            traces.add_clip(key, utt, digest, text)
+        elif text:
+            traces.kept_texts.add(text_hash(key, text))
+            traces.kept_text_values.add(text)
     return traces
+
+
+def audio_copy(path: Path, audio: set[str]) -> str | None:
+    """How a file holds one of the deleted clips' audio (sha256 of source bytes or of the dataset's
+    FLAC): "bytes", "decoded samples" (the same samples in another file), or None."""
+    if not audio:
+        return None
+    if hashlib.sha256(path.read_bytes()).hexdigest() in audio:
+        return "bytes"
+    from pipeline.data.audio import load_clip
+
+    try:
+        clip = load_clip(path, path.name, 0.0, 3600.0, need_signal=False)
+    except Exception:  # noqa: BLE001 - an undecodable file holds no decoded copy
+        return None
+    return "decoded samples" if hashlib.sha256(clip.flac).hexdigest() in audio else None
 
 
 # ----------------------------------------------------------------------------------- sources
 
 def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = False,
-                 matched: Counter | None = None) -> tuple[int, list[str]]:
+                 matched: Counter | None = None, audio: set[str] = frozenset(),
+                 copies: set[str] | None = None) -> tuple[int, list[str]]:
     """Drop deleted records (and their audio) from an export folder; returns (records, audio sha256s).
-    `matched` counts the records each pseudonym of `deleted` took (a receipt's per-request status)."""
+    `matched` counts the records each pseudonym of `deleted` took (a receipt's per-request status).
+    A record whose audio file holds one of `audio` (deleted clips' sha256s) goes too, as a copy; its
+    utterance's pseudonym is added to `copies`."""
     annotations = folder / ANNOTATIONS
     if not annotations.is_file():
         return 0, []
@@ -258,15 +297,20 @@ def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = Fa
     for line in json_lines(annotations):
         record = line.record
         hits = record_pseudonyms(key, record) & deleted if record is not None else set()
-        if not hits:
+        clip = record.get("audio") if record is not None else None
+        path = (folder / clip).resolve() if isinstance(clip, str) and clip else None
+        if path is not None and not (path.is_relative_to(folder.resolve()) and path.is_file()):
+            path = None
+        if not hits and audio and path is not None and audio_copy(path, audio):
+            if copies is not None and isinstance(record.get("utterance_id"), str):
+                copies.add(utterance_pseudonym(key, record["utterance_id"]))
+        elif not hits:
             kept.append(line.text)
             continue
         purged += 1
         if matched is not None:
             matched.update(hits)
-        audio = record.get("audio")
-        path = (folder / audio).resolve() if isinstance(audio, str) and audio else None
-        if path is not None and path.is_relative_to(folder.resolve()) and path.is_file():
+        if path is not None:
             hashes.append(hashlib.sha256(path.read_bytes()).hexdigest())
             if not dry_run:
                 path.unlink()
@@ -494,6 +538,7 @@ class Erasure:
     online: list[dict[str, Any]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
+    audio_copies: list[str] = field(default_factory=list)  # utterances taken as copies of a deleted clip's audio
     receipt: Path | None = None
 
     def remove(self, kind: str, path: Path, **detail: Any) -> None:
@@ -506,7 +551,7 @@ class Erasure:
         return {"receipt": str(self.receipt) if self.receipt else None, "removed": self.counts(),
                 "do_not_sync": len(self.do_not_sync), "requests": len(self.requests),
                 "matched_nothing": sum(r["status"] == "matched_nothing" for r in self.requests),
-                "quarantined_request_lines": len(self.quarantined)}
+                "quarantined_request_lines": len(self.quarantined), "audio_copies": len(self.audio_copies)}
 
 
 def _rm(path: Path) -> None:
@@ -539,7 +584,8 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
         return job
 
     ledger = Ledger.load(roots.erasure)
-    traces = find_traces(roots, key, deleted)
+    source_audio = {h for clip_hashes in (source_hashes or {}).values() for h in clip_hashes}
+    traces = find_traces(roots, key, deleted, ledger.audio | source_audio)
     # A run built on a dataset about to be erased, still being written, would go on writing a model of
     # the deleted data after this receipt: wait for it (nothing is removed yet).
     erasing = ledger.datasets | {Path(p).name for p in traces.affected}
@@ -563,10 +609,22 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     texts = ledger.texts - traces.kept_texts
 
     from_exports: Counter = Counter()  # records each request took from the exports
+    copies = set(traces.copies)
     for folder in export_folders(roots):
-        purged, _ = purge_export(folder, key, deleted, matched=from_exports)
+        purged, _ = purge_export(folder, key, deleted | traces.copies, matched=from_exports, audio=ledger.audio,
+                                 copies=copies)
         if purged:
             job.remove("source audio", folder, clips=purged)
+    # A copy's own id is deleted from now on: other runs' lines of it go below, and every build and
+    # intake keeps it out (the tombstones are what they read).
+    deleted = deleted | copies
+    job.audio_copies = sorted(copies)
+    tombstones = roots.corpus / TOMBSTONES_FILE
+    if copies - read_pseudonyms(tombstones):
+        roots.corpus.mkdir(parents=True, exist_ok=True)
+        tmp = tombstones.with_name(".tmp-" + tombstones.name)
+        tmp.write_text("".join(p + "\n" for p in sorted(read_pseudonyms(tombstones) | copies)))
+        os.replace(tmp, tombstones)
 
     staged: set[Path] = set()
     online_ids: list[str] = []
@@ -634,7 +692,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
         job.requests.append({"request": request, "status": "erased" if found else "matched_nothing",
                              "copies_found": found})
     append_ledger(roots.erasure, entries)
-    if job.removed or job.requests or job.quarantined:
+    if job.removed or job.requests or job.quarantined or job.audio_copies:
         job.receipt = write_receipt(roots, job)
     state = {"requests_seen": sorted(seen | read_pseudonyms(roots.corpus / REQUESTS_FILE)), "quarantine_seen": len(q_lines)}
     roots.erasure.mkdir(parents=True, exist_ok=True)
@@ -651,6 +709,7 @@ def write_receipt(roots: Roots, job: Erasure) -> Path:
         "erased_at": now(),
         "requests": job.requests,
         "quarantined_request_lines": job.quarantined,
+        "audio_copies": job.audio_copies,
         "removed": job.removed,
         "removed_counts": job.counts(),
         "marked_do_not_sync": job.do_not_sync,
@@ -713,6 +772,9 @@ def main(argv: list[str] | None = None) -> int:
               "clean model", file=sys.stderr)
     for q in job.quarantined:
         print(f"erase: quarantined {q.get('file')} line {q.get('line')}: {q.get('reason')}")
+    if job.audio_copies:
+        print(f"erase: {len(job.audio_copies)} clip(s) under other ids held a deleted clip's audio: erased with it "
+              "and kept out of later builds (the receipt's audio_copies)")
     nothing = [r["request"] for r in job.requests if r["status"] == "matched_nothing"]
     if nothing:
         print(f"erase: {len(nothing)} request(s) matched nothing (recorded in the receipt)")

@@ -467,3 +467,60 @@ def test_erase_waits_for_a_run_of_erased_data_that_is_still_being_written(
             os.kill(worker, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_a_recording_exported_again_under_another_id_is_erased_with_the_one_requested(
+        store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """The same recording can reach the corpus twice (a clip annotated again in a later batch gets a
+    new id). The audit finds the other copy by its audio; erase used to keep it, so the audit failed
+    after every erase and the recording stayed in training. Erase now takes every copy of a deleted
+    clip's audio (its bytes, or its decoded samples in another file) from cached datasets and exports,
+    and tombstones the copy's id, so no later build brings it back."""
+    from datasets import Dataset, DatasetDict
+
+    from bench.erase import _flac, _rows
+    from pipeline.data.features import dataset_features
+    from pipeline.data.privacy import TOMBSTONES_FILE, erased_request_files, erased_requests, read_pseudonyms
+
+    root, key = store["root"], KEY.encode()
+    rng = np.random.default_rng(3)
+    rows = [{**r, "source": "demo", "copy_of": None} for r in _rows(key, 8, 4, False, rng)]
+    rows[0]["utterance_id"], rows[1]["utterance_id"] = "dup-a", "dup-b"
+    rows[1]["audio"] = dict(rows[0]["audio"])  # another account, another id, the same recording
+    both = root / "cache" / "datasets" / "dupes00000000000000"
+    later = root / "cache" / "datasets" / "laterbatch000000000"
+    copy = {**rows[2], "utterance_id": "dup-c", "audio": dict(rows[0]["audio"])}
+    for folder, split_rows in ((both, rows), (later, [copy, rows[3]])):
+        DatasetDict({"train": Dataset.from_list(split_rows, features=dataset_features(with_source=True))}).save_to_disk(str(folder))
+        (folder / "build_report.json").write_text(json.dumps({"fingerprint": folder.name}) + "\n")
+    # An export holding the requested clip, its copy in a WAV file (the same samples), and a kept clip.
+    export = root / "cache" / "demo" / "export0"
+    (export / "audio").mkdir(parents=True)
+    (export / "audio" / "a.flac").write_bytes(rows[0]["audio"]["bytes"])
+    import io
+
+    import soundfile as sf
+
+    samples, rate = sf.read(io.BytesIO(rows[0]["audio"]["bytes"]), dtype="int16")
+    sf.write(export / "audio" / "d.wav", samples, rate, subtype="PCM_16")
+    (export / "audio" / "e.flac").write_bytes(_flac(rng, 1.0))
+    records = [{"utterance_id": "dup-a", "account_id": "acct-a", "audio": "audio/a.flac"},
+               {"utterance_id": "dup-d", "account_id": "acct-d", "audio": "audio/d.wav"},
+               {"utterance_id": "keep-e", "account_id": "acct-e", "audio": "audio/e.flac"}]
+    (export / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with open(root / "inbox" / "deletions" / "request.jsonl", "a") as f:
+        f.write(json.dumps({"utterance_id": "dup-a"}) + "\n")
+
+    assert audit.main(overrides(root)) == 3
+    capsys.readouterr()
+    assert erase.main(overrides(root)) == 0
+    assert not both.exists() and not later.exists()
+    assert [json.loads(x)["utterance_id"] for x in (export / "annotations.jsonl").read_text().splitlines()] == ["keep-e"]
+    assert sorted(p.name for p in (export / "audio").iterdir()) == ["e.flac"]
+    copies = {erase.utterance_pseudonym(key, u) for u in ("dup-b", "dup-c", "dup-d")}
+    assert copies <= read_pseudonyms(root / "cache" / "retrain" / "corpus" / TOMBSTONES_FILE)
+    assert copies <= erased_requests(erased_request_files(root / "cache")).pseudonyms  # what every build reads
+    receipt = _receipt(root)
+    assert sorted(receipt["audio_copies"]) == sorted(copies)
+    assert {r["request"]: r["status"] for r in receipt["requests"]}[erase.utterance_pseudonym(key, "dup-a")] == "erased"
+    assert audit.main(overrides(root)) == 0, capsys.readouterr().out

@@ -45,7 +45,9 @@ def _export(folder: Path, batch: str, accounts: range, per_account: int) -> list
         for k in range(per_account):
             text, intent, ents, wake = SENTENCES[(a + k) % len(SENTENCES)]
             utt = f"{batch}-a{a}-{k}"
-            subprocess.run(["espeak-ng", "-v", VOICES[a % len(VOICES)], "-s", str(150 + 10 * k),
+            # A pitch of its own per account: people never record the same bytes, and erasure takes a
+            # clip with a deleted clip's exact audio as a copy of it, whoever's id it carries.
+            subprocess.run(["espeak-ng", "-v", VOICES[a % len(VOICES)], "-s", str(150 + 10 * k), "-p", str(30 + a),
                             "-w", str(folder / "audio" / f"{utt}.wav"), text], check=True)
             records.append({
                 "utterance_id": utt, "audio": f"audio/{utt}.wav", "transcript": text, "intent": intent,
