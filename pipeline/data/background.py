@@ -28,7 +28,7 @@ import random
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -47,7 +47,9 @@ from pipeline.text import normalize_text
 log = logging.getLogger(__name__)
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "demo"
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")  # what libsndfile streams
+SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")  # libsndfile streams them
+FFMPEG_EXTENSIONS = (".m4a", ".aac", ".mp4", ".webm", ".wma")  # phone and browser recordings: ffmpeg (torchcodec)
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + FFMPEG_EXTENSIONS
 SPLIT_FOLDERS = ("train", "validation", "test")
 # Folder names that mean a split in other projects' layouts; guessing which of ours would be a coin
 # toss, so a recording under one is an error that says how to name it.
@@ -125,10 +127,39 @@ def hashed_split(name: str, splits: tuple[str, str]) -> str:
 
 def _seconds(path: Path, name: str) -> float:
     try:
+        if path.suffix.lower() in FFMPEG_EXTENSIONS:
+            return ffmpeg_seconds(path)
         info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError) as err:
+    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
         raise PipelineError(f"background recording {name}: cannot read it as audio ({err})") from err
     return float(info.frames) / float(info.samplerate)
+
+
+def ffmpeg_blocks(path: Path, block_s: float) -> Iterator[np.ndarray]:
+    """Mono 16 kHz samples of a file libsndfile cannot read, decoded and resampled by ffmpeg one block
+    at a time (an hour of phone audio is never held whole)."""
+    from torchcodec.decoders import AudioDecoder
+
+    decoder = AudioDecoder(str(path), sample_rate=SAMPLING_RATE, num_channels=1)
+    start = 0.0
+    while True:
+        try:
+            block = decoder.get_samples_played_in_range(start, start + block_s).data
+        except RuntimeError:  # past the last frame
+            return
+        if not block.shape[-1]:
+            return
+        yield block.numpy()[0]
+        start += block_s
+
+
+def ffmpeg_seconds(path: Path) -> float:
+    from torchcodec.decoders import AudioDecoder
+
+    seconds = AudioDecoder(str(path)).metadata.duration_seconds_from_header
+    if seconds is None:  # a header without it: count the samples
+        seconds = sum(len(b) for b in ffmpeg_blocks(path, 600.0)) / SAMPLING_RATE
+    return float(seconds)
 
 
 def _from_dataset(path: Path, splits: tuple[str, str]) -> list[Recording]:
@@ -197,7 +228,7 @@ def _from_folder(folder: Path, splits: tuple[str, str]) -> list[Recording]:
         raise PipelineError(f"eval.background={folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under it; "
                             "point it at recordings, or eval.background=none")
     other = Counter(p.suffix.lower() or p.name for p in every if p.suffix.lower() not in (*AUDIO_EXTENSIONS, ".txt"))
-    if other:  # phone recordings (.m4a), say: convert them, or they are not heard
+    if other:  # a format nothing here decodes: convert it, or it is not heard
         log.warning("eval.background=%s: %d file(s) of other types skipped (%s); convert recordings to %s",
                     folder, sum(other.values()), ", ".join(f"{k}: {n}" for k, n in other.most_common(5)),
                     ", ".join(AUDIO_EXTENSIONS))

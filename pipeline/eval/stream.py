@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.asr.model import log_probs_of, samples_per_frame
 from pipeline.data.background import (
-    DEMO_DIR, SAMPLING_RATE, Recording, background_knobs, ensure_demo_background,
+    DEMO_DIR, FFMPEG_EXTENSIONS, SAMPLING_RATE, Recording, background_knobs, ensure_demo_background, ffmpeg_blocks,
 )
 from pipeline.eval.config import check_stream
 from pipeline.eval.wake import NEG_INF, WakeResult, keyword_trace
@@ -78,6 +78,9 @@ class StreamStats:
 def _blocks(recording: Recording, block_s: float = 30.0) -> Iterator[np.ndarray]:
     """Mono 16 kHz samples, block by block. Another rate is resampled per block with half a second
     of the neighbouring audio on each side, trimmed off again, so the blocks join without seams."""
+    if recording.row is None and recording.path.suffix.lower() in FFMPEG_EXTENSIONS:
+        yield from ffmpeg_blocks(recording.path, block_s)
+        return
     with recording.open() as f:
         rate = f.samplerate
         if rate == SAMPLING_RATE:

@@ -80,11 +80,11 @@ def test_folders_exports_and_datasets_as_background(tmp_path: Path, tiny_dataset
     # Recordings kept for training are not measured on; files of other types are named, not ignored.
     (loose / "train").mkdir()
     sf.write(loose / "train" / "kitchen.wav", noise, 16000)
-    (loose / "phone.m4a").write_bytes(b"\x00" * 64)
+    (loose / "memo.amr").write_bytes(b"\x00" * 64)
     with caplog.at_level("WARNING", logger="pipeline.data.background"):
         again = load_background(loose, SPLITS, "alexa")
     assert {r.recording_id for r in again} == set(names)
-    assert "1 file(s) of other types skipped (.m4a: 1)" in caplog.text
+    assert "1 file(s) of other types skipped (.amr: 1)" in caplog.text
 
     export = tmp_path / "export"
     (export / "audio").mkdir(parents=True)
@@ -126,7 +126,8 @@ def test_a_named_folder_without_audio_is_an_error_not_a_silent_fallback(tmp_path
     (notes / "test" / "tv.txt").write_text("the news at six")
     for folder in (empty, notes):
         with pytest.raises(PipelineError, match=rf"^eval\.background={re.escape(str(folder))}: no audio files "
-                                                r"\(\.wav, \.flac, \.ogg, \.opus, \.mp3, \.aiff, \.aif\) under it; point it "
+                                                r"\(\.wav, \.flac, \.ogg, \.opus, \.mp3, \.aiff, \.aif, \.m4a, \.aac, \.mp4, \.webm, "
+                                                r"\.wma\) under it; point it "
                                                 r"at recordings, "
                                                 r"or eval\.background=none$"):
             load_background(folder, SPLITS, "alexa")
@@ -134,7 +135,7 @@ def test_a_named_folder_without_audio_is_an_error_not_a_silent_fallback(tmp_path
 
 def test_a_folder_of_recordings_by_split_folder_and_file_format(tmp_path: Path) -> None:
     """A recording under `dev/` used to be hashed into validation or test as if it sat loose; one in
-    an AIFF or Ogg Opus file (libsndfile reads both) used to be skipped as a file of another type."""
+    an AIFF, Ogg Opus or a phone's .m4a file used to be skipped as a file of another type."""
     noise = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
     folder = tmp_path / "bg"
     for sub in ("Validation", "test/kitchen", "train", "loose"):
@@ -149,6 +150,24 @@ def test_a_folder_of_recordings_by_split_folder_and_file_format(tmp_path: Path) 
     # Scoring the training split (eval.split=train): the test/ folder is another split's, left out.
     assert {r.recording_id for r in load_background(folder, ("validation", "train"), "alexa")} == {
         "Validation/tv.aiff", "train/fan.wav", "loose/hall.flac"}
+
+    # A phone's AAC recording is decoded by ffmpeg, block by block, resampled to 16 kHz mono.
+    import subprocess
+
+    from pipeline.eval.stream import _blocks
+
+    phone = tmp_path / "phone"
+    phone.mkdir()
+    sf.write(tmp_path / "memo.wav", np.stack([noise, noise], axis=1).repeat(3, axis=0), 48000)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(tmp_path / "memo.wav"), str(phone / "memo.m4a")], check=True)
+    [memo] = load_background(phone, SPLITS, "alexa")
+    assert memo.recording_id == "memo.m4a" and memo.seconds == pytest.approx(1.0, abs=0.05)
+    blocks = list(_blocks(memo, block_s=0.25))
+    assert len(blocks) >= 4 and all(b.ndim == 1 for b in blocks)
+    assert sum(map(len, blocks)) == pytest.approx(16000, abs=800)
+    (phone / "broken.m4a").write_bytes(b"\x00" * 64)
+    with pytest.raises(PipelineError, match="background recording broken.m4a: cannot read it as audio"):
+        load_background(phone, SPLITS, "alexa")
 
     (folder / "dev").mkdir()
     for i in range(2):
