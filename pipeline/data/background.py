@@ -39,6 +39,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from pipeline.data.features import AUDIO_EXTENSIONS, FFMPEG_EXTENSIONS, SAMPLING_RATE
 from pipeline.data.saved import open_saved
 from pipeline.data.schema import json_lines
 from pipeline.runtime import PipelineError, staged_folder, usable_cores
@@ -47,14 +48,10 @@ from pipeline.text import normalize_text
 log = logging.getLogger(__name__)
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "demo"
-SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")  # libsndfile streams them
-FFMPEG_EXTENSIONS = (".m4a", ".aac", ".mp4", ".webm", ".wma")  # phone and browser recordings: ffmpeg (torchcodec)
-AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + FFMPEG_EXTENSIONS
 SPLIT_FOLDERS = ("train", "validation", "test")
 # Folder names that mean a split in other projects' layouts; guessing which of ours would be a coin
 # toss, so a recording under one is an error that says how to name it.
 OTHER_SPLIT_NAMES = ("dev", "val", "valid", "eval", "evaluation", "training", "testing")
-SAMPLING_RATE = 16_000
 # Bump when the recordings written for the same inputs change, so old caches are not reused.
 BACKGROUND_VERSION = 1
 

@@ -10,6 +10,12 @@ from __future__ import annotations
 from datasets import Audio, Features, List, Value
 
 SAMPLING_RATE = 16_000
+# Audio files the pipeline reads: libsndfile streams the first, ffmpeg (torchcodec) decodes the rest
+# (phone and browser recordings). Background folders are searched for them, the deletion audit
+# hashes them.
+SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
+FFMPEG_EXTENSIONS = (".m4a", ".aac", ".mp4", ".webm", ".wma")
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + FFMPEG_EXTENSIONS
 SPLITS = ("train", "validation", "test")
 
 ENTITY = {

@@ -36,8 +36,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.asr.model import log_probs_of, samples_per_frame
 from pipeline.data.background import (
-    DEMO_DIR, FFMPEG_EXTENSIONS, SAMPLING_RATE, Recording, background_knobs, ensure_demo_background, ffmpeg_blocks,
+    DEMO_DIR, Recording, background_knobs, ensure_demo_background, ffmpeg_blocks,
 )
+from pipeline.data.features import FFMPEG_EXTENSIONS, SAMPLING_RATE
 from pipeline.eval.config import check_stream
 from pipeline.eval.wake import NEG_INF, WakeResult, keyword_trace
 from pipeline.runtime import PipelineError

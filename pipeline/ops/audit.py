@@ -33,10 +33,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from pipeline.data.features import AUDIO_EXTENSIONS
 from pipeline.data.privacy import record_pseudonyms
 from pipeline.data.schema import json_lines
 from pipeline.ops.corpus import pending_deletions, pseudonym_key
-from pipeline.ops.erase import (AUDIO_SUFFIXES, Ledger, audio_copy, dataset_folders, dataset_rows, deleted_set,
+from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_rows, deleted_set,
                                 derived_parts, export_folders, find_traces, gram_hash, kept_digests, md5_b64,
                                 prediction_hit, run_fingerprint, staging_files, text_hash, unexplained_grams)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, walk_files
@@ -206,7 +207,7 @@ class Wanted:
 
 
 def _scan_file(f: Path, kind: str, wanted: Wanted, staged: bool, roots: Roots) -> list[Finding]:
-    if f.suffix.lower() in AUDIO_SUFFIXES:
+    if f.suffix.lower() in AUDIO_EXTENSIONS:
         return _audio_findings(f, kind, wanted.audio)
     if f.name == "char_lm.arpa":
         held = _lm_holds(f, wanted.key, wanted.grams)

@@ -57,7 +57,6 @@ LEDGER = "erased.jsonl"
 STATE = "state.json"
 LM_ORDERS = (3, 4, 5, 6)
 WORD_DELIMITER = "|"
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 REPORTS = ("report.md", "report.html", "eval_details.json")
 
 
