@@ -15,7 +15,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pipeline import run_folder
+from pipeline.config import check_top_level
 from pipeline.runtime import PipelineError, configure_environment, fail, seed_everything
+
+
+# conf/evaluate.yaml's top level
+TOP_LEVEL = ("run", "asr_model", "nlu_model", "dataset", "seed", "run_dir", "cache_dir", "paths", "asr", "data",
+             "eval", "logger")
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="evaluate")
@@ -24,6 +30,7 @@ def main(cfg: DictConfig) -> None:
     from pipeline.stages import make_tracker, recorded_config, with_recorded_settings, write_record
 
     try:
+        check_top_level(cfg, TOP_LEVEL, "conf/evaluate.yaml")
         run_dir = Path(cfg.run_dir).resolve()
         overrides = list(HydraConfig.get().overrides.task)
         in_place = any(o.split("=", 1)[0] == "run" for o in overrides)

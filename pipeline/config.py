@@ -55,6 +55,16 @@ def checked(node: Any, schema: type[T], group: str, defaults: str | None = None)
     return typed  # type: ignore[return-value]
 
 
+def check_top_level(cfg: DictConfig, known: tuple[str, ...], config_file: str) -> None:
+    """The top level is no typed group, so a misspelt `stages` or `seed` in a user's own YAML (or a
+    `+key=` on the command line) would be ignored: every stage would run, an hour of it, with the
+    default seed."""
+    unknown = sorted(k for k in cfg if k not in known and k != "hydra")
+    if unknown:
+        raise PipelineError(f"{unknown[0]} is not a top-level setting; known: {', '.join(known)} (the defaults "
+                            f"are in {config_file}; a group's settings go under its name, e.g. asr.learning_rate)")
+
+
 def _validate(obj: Any) -> None:
     """Each dataclass's own `validate` (allowed values, ranges), nested groups first."""
     for f in dataclasses.fields(obj):

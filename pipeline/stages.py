@@ -14,19 +14,23 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline import run_folder
-from pipeline.config import TrainerConfig, checked
+from pipeline.config import TrainerConfig, check_top_level, checked
 from pipeline.distributed import barrier, place, resolve_device
 from pipeline.runtime import PipelineError, configure_environment, requested_workers, seed_everything
 from pipeline.tracking import NullTracker, Tracker
 from pipeline.tracking.config import logger_config
 
 KNOWN_STAGES = ("data", "asr", "nlu", "eval", "review")
+# conf/config.yaml's top level (and conf/retrain.yaml's, whose jobs run these stages too).
+TOP_LEVEL = ("stages", "seed", "run_dir", "cache_dir", "privacy", "paths", "data", "asr", "nlu", "trainer",
+             "logger", "eval", "review", "retrain", "erase")
 # The config keys each stage after `data` is made with (recorded_config).
 STAGE_KEYS = {"asr": ("asr", "trainer", "seed"), "nlu": ("nlu", "trainer", "seed"), "eval": ("eval",),
               "review": ("review",)}
 
 
 def run_stages(cfg: DictConfig) -> dict[str, Any]:
+    check_top_level(cfg, TOP_LEVEL, "conf/config.yaml")
     if isinstance(cfg.stages, str):  # stages=data: a list is meant (stages=[] resolves and tracks only)
         raise PipelineError(f"stages={cfg.stages!r}: give a list of stages, e.g. stages=[data] or stages=[data,asr]; "
                             f"known: {list(KNOWN_STAGES)}")

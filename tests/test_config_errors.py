@@ -115,3 +115,25 @@ def test_a_backbone_that_cannot_be_trained_on_is_refused_before_any_stage(tmp_pa
             cfg = compose("config", overrides=[f"nlu.model_name_or_path={folder}"])
         with pytest.raises(PipelineError, match=message):
             check_config(cfg, ["data", "asr", "nlu"])
+
+
+def test_an_unknown_top_level_key_is_refused_before_any_stage(tmp_path: Path) -> None:
+    """`stagse: [data]` in a user's own YAML, or `+stage=[data]`, used to run every stage (the default
+    `stages`) for an hour without a word."""
+    from pipeline.stages import run_stages
+
+    (tmp_path / "myexp.yaml").write_text("defaults:\n  - config\n  - _self_\nstagse: [data]\n")
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), f"--config-dir={tmp_path}", "--config-name=myexp",
+                           "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: stagse is not a top-level setting; known: stages, seed,")
+    assert not (tmp_path / "run" / "build_report.json").exists()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=["+stage=[data]", f"run_dir={tmp_path / 'run2'}", "logger=none"])
+        with pytest.raises(PipelineError, match=r"^stage is not a top-level setting; .*\(the defaults are in conf/config.yaml"):
+            run_stages(cfg)
+        done = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "+datset=x", f"run_dir={tmp_path / 'ev'}"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "error: datset is not a top-level setting; known: run, asr_model" in done.stderr
