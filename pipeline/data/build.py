@@ -36,8 +36,8 @@ from omegaconf import DictConfig
 
 from pipeline.data.audio import ClipRejected, load_clip, resolve_audio
 from pipeline.config import checked
-from pipeline.data.card import summarise, write_card
-from pipeline.data.config import DataConfig, PrivacyConfig
+from pipeline.data.card import split_rule, summarise, write_card
+from pipeline.data.config import DataConfig, PrivacyConfig, SplitShares
 from pipeline.data.features import SAMPLING_RATE, SPLITS, dataset_features
 from pipeline.data.privacy import (Deletions, dataset_utterance_id, erased_request_files, erased_requests,
                                    load_deletions, load_key, pseudonym, redact_ids,
@@ -187,8 +187,9 @@ def sweep_abandoned(datasets_dir: Path) -> None:
 
 def _settings(data: DataConfig) -> Settings:
     # The shares: data.split_shares, or the shares form of data.split (`DataConfig.validate` made
-    # sure there is one, and that min_duration_s < max_duration_s).
-    shares = data.shares()
+    # sure there is one, but for massive_text, whose files fix every record's split, and that
+    # min_duration_s < max_duration_s).
+    shares = data.shares() or SplitShares(validation=0.0, test=0.0)
     settings = Settings(
         min_duration_s=data.min_duration_s,
         max_duration_s=data.max_duration_s,
@@ -242,7 +243,8 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
     if source.hf is None and source.root is not None and record.audio is None:
         return ({**where, "reason": "invalid_record", "detail": "audio: field required"},)
     if record.utterance_id in seen:
-        return ({**where, "reason": "duplicate_id", "detail": f"{'row' if at else 'line'} {raw.row if at else raw.line} repeats an earlier utterance_id"},)
+        line = f"row {raw.row}" if at else f"{raw.file + ' ' if raw.file else ''}line {raw.line}"
+        return ({**where, "reason": "duplicate_id", "detail": f"{line} repeats an earlier utterance_id"},)
     seen.add(record.utterance_id)
     # Compared as annotation tools write them ("Sensitive", " sensitive"): a flag must not be missed.
     wanted = {f.strip().casefold() for f in settings.quarantine_flags}
@@ -423,7 +425,8 @@ def _build(sources: list[Source], plan: Plan, settings: Settings, fingerprint: s
         with open(out / "quarantine.jsonl", "w", encoding="utf-8") as f:
             for line in quarantine:
                 f.write(json.dumps(line) + "\n")
-        write_card(out / "README.md", summary, report)
+        write_card(out / "README.md", summary, report, {s.name: split_rule(s.kind, s.options) for s in sources},
+                   text_only=all(s.root is None for s in sources))
         (out / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
         del dd, meta
         publish(out, final, marker="build_report.json")

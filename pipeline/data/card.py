@@ -51,17 +51,33 @@ def _sources(source: str | list[str]) -> str:
     return f"source `{source}`"
 
 
-def write_card(path: Path, summary: dict[str, Any], report: dict[str, Any]) -> None:
+def split_rule(kind: str, options: dict[str, Any]) -> str:
+    """How one source's records get their split: the card must not claim speaker-disjoint splits of a
+    corpus that names no speakers."""
+    if kind == "massive_text":
+        return "MASSIVE's own split (train file -> train; dev file -> validation and test, half each by its id)"
+    if kind == "slurp":
+        return (f"a keyed hash of the {options.get('slurp_account', 'sentence')} (`data.slurp_account`): SLURP's "
+                "files name no speakers, so one person's clips may sit in two splits")
+    return "a keyed hash of the speaker (account), so no speaker is in two splits"
+
+
+def write_card(path: Path, summary: dict[str, Any], report: dict[str, Any], rules: dict[str, str],
+               text_only: bool = False) -> None:
+    """`rules`: source name -> how its splits are made (`split_rule`)."""
+    if len(set(rules.values())) == 1:
+        splits = f"splits are assigned by {next(iter(rules.values()))}."
+    else:
+        splits = "splits are assigned per source: " + "; ".join(f"`{n}` by {r}" for n, r in rules.items()) + "."
     lines = [
         f"# Dataset {report['fingerprint']}",
         "",
         f"Built by the data stage from {_sources(report['source'])}: {report['records_in']} input records, "
         f"{report['records_kept']} kept, {report['records_quarantined']} quarantined. Load it with "
         "`datasets.load_from_disk(<this folder>)`. Speaker, device and annotator columns are keyed "
-        "pseudonyms (HMAC-SHA256); splits are assigned by a keyed hash of the speaker, so no speaker is "
-        "in two splits.",
+        f"pseudonyms (HMAC-SHA256); {splits}",
         "",
-        f"- audio: {summary['hours']} hours",
+        "- audio: none (text only)" if text_only else f"- audio: {summary['hours']} hours",
         f"- false-wake share: {summary['false_wake_share']:.1%}",
         "",
     ]

@@ -226,9 +226,12 @@ class DataConfig(SourceConfig):
             if entry.source is None:
                 raise PipelineError(f"data.sources[{i}].source has no value; use one of: {', '.join(SOURCES)}")
             entry.check(f"data.sources[{i}]")
+        if self.source == "massive_text" and self.shares() is not None:
+            raise PipelineError("data.split_shares does not apply to massive_text: its files fix the splits (train file "
+                                "-> train, dev file -> validation and test, half each by the MASSIVE id); leave it out")
         if self.split_shares is not None:
             check_shares("data.split_shares", self.split_shares)
-        if self.shares() is None:
+        if self.shares() is None and self.source != "massive_text":
             raise PipelineError("data.split_shares has no value; give the shares of accounts per split, "
                                 "data.split_shares={validation: 0.1, test: 0.1}")
         if self.min_duration_s < 0:

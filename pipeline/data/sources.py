@@ -34,6 +34,7 @@ class RawRecord:
     row: int | None = None  # 0-based row of a Hugging Face dataset (quarantine lines name it)
     audio: dict[str, Any] | None = None  # that row's audio, {"bytes", "path"}, not decoded
     excluded: tuple[str, str] | None = None  # (reason, detail): kept out by the source's own rule, so quarantined
+    file: str | None = None  # the input file's name, where a source reads several (MASSIVE's train and dev)
 
 
 @dataclass
@@ -190,14 +191,15 @@ def _slurp_source(data_cfg: SourceConfig, key: str = "data") -> Source:
     """SLURP: one record per sentence, one clip per recording; intent = scenario + "_" + action.
 
     SLURP's shared files have no speakers, so the account is derived from `data.slurp_account`:
-    `take` (the recording's file name without `-headset`, so both microphones of one take stay in
-    one split), `recording` (the file name) or `sentence` (the slurp_id).
+    `sentence` (the slurp_id: a prompt's takes, by several people, stay in one split, so no test
+    sentence is trained on), `take` (the recording's file name without `-headset`, so both
+    microphones of one take stay in one split) or `recording` (the file name).
     """
     path = _required_file(data_cfg, "path", key)
     root = _audio_dir(data_cfg, path.parent, key)
     # conf/data/slurp.yaml gives it (checked against SLURP_ACCOUNTS); an entry of data.sources may leave
     # it out and gets that file's default.
-    account_from = data_cfg.slurp_account or "take"
+    account_from = data_cfg.slurp_account or "sentence"
 
     def records() -> Iterator[RawRecord]:
         for n, obj, err in _json_lines(path):
@@ -308,7 +310,8 @@ def _massive_source(data_cfg: SourceConfig, key: str = "data") -> Source:
     def convert(n: int, obj: dict[str, Any], split: str, path: Path) -> RawRecord:
         mid = _id_text(obj.get("id"))
         if mid is None:
-            return RawRecord(n, None, f"{path.name}: a MASSIVE record needs an `id` (string or whole number)", split=split)
+            return RawRecord(n, None, f"{path.name}: a MASSIVE record needs an `id` (string or whole number)", split=split,
+                             file=path.name)
         return RawRecord(n, {
             "utterance_id": f"massive-{mid}",
             "transcript": obj.get("utt"),
@@ -320,19 +323,24 @@ def _massive_source(data_cfg: SourceConfig, key: str = "data") -> Source:
             "account_id": f"massive-{mid}",
             "annotator_id": str(obj["worker_id"]) if obj.get("worker_id") is not None else None,
             "locale": obj.get("locale", "en-US"),
-        }, split=split)
+        }, split=split, file=path.name)
 
     def records() -> Iterator[RawRecord]:
-        for path, split in ((train, "train"), (dev, None)):
+        for path, split, setting in ((train, "train", "train_path"), (dev, None, "dev_path")):
+            lines = 0
             for n, obj, err in _json_lines(path):
+                lines += 1
                 if obj is None:
-                    yield RawRecord(n, None, f"{path.name}: {err}", split=split or "validation")
+                    yield RawRecord(n, None, f"{path.name}: {err}", split=split or "validation", file=path.name)
                     continue
                 if split is None:
                     half = hashlib.sha256(f"massive-dev\x00{obj.get('id')}".encode()).digest()[0] % 2
                     yield convert(n, obj, ("validation", "test")[half], path)
                 else:
                     yield convert(n, obj, split, path)
+            if not lines:  # one file's split would be empty, found only by the NLU stage
+                raise PipelineError(f"{key}.{setting}={path}: the file holds no records; point it at MASSIVE's "
+                                    f"{'train' if split else 'dev'} file (e.g. en-US.{'train' if split else 'dev'}.jsonl)")
 
     return Source("massive_text", None, [train, dev], records())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,39 @@ def test_slurp_one_clip_per_recording(tmp_path: Path) -> None:
     assert [e["value"] for e in currency["entities"]] == ["american dollar", "japanese yen"]
     assert currency["bio_tags"][-2:] == ["B-currency_name", "I-currency_name"]
     assert {r["intent"] for r in rows if r["utterance_id"].startswith("slurp-1197-")} == {"weather_query"}
-    # Both microphones of one take are one account, hence one split.
-    split = {r["utterance_id"]: name for name, ds in dd.items() for r in ds.remove_columns("audio")}
+    # By take (data.slurp_account=take): both microphones of one take are one account.
+    report, _ = _build(tmp_path, source="slurp", path=str(manifest), audio_dir=str(audio_dir), slurp_account="take")
+    split = {r["utterance_id"]: name for name, ds in load_from_disk(report["dataset_path"]).items()
+             for r in ds.remove_columns("audio")}
     assert split["slurp-13804-audio-1434542201-headset"] == split["slurp-13804-audio-1434542201"]
+
+
+def test_slurp_keeps_every_take_of_a_sentence_in_one_split(tmp_path: Path) -> None:
+    """SLURP's takes repeat its prompts (several people read each), so a split by take put most test
+    sentences in training too, and a text score on them measured memory. By default a sentence is the
+    account: no sentence is in two splits."""
+    audio_dir = tmp_path / "slurp_real"
+    lines = []
+    for sid in range(12):
+        takes = [f"audio-{1500000000 + 100 * sid + t}" for t in range(4)]
+        for i, take in enumerate(takes):
+            for file in (f"{take}-headset.flac", f"{take}.flac"):
+                _tone(audio_dir / file, seconds=0.3, sr=16000, freq=200 + 20 * sid + 5 * i)
+        lines.append(json.dumps({"slurp_id": sid, "sentence": f"wake me up at {sid} am", "scenario": "alarm",
+                                 "action": "set", "recordings": [{"file": f"{t}{m}.flac"} for t in takes
+                                                                  for m in ("-headset", "")]}))
+    manifest = tmp_path / "devel.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    for account, sentence_disjoint in (("sentence", True), ("take", False)):
+        report, _ = _build(tmp_path, source="slurp", path=str(manifest), audio_dir=str(audio_dir),
+                           **({"slurp_account": account} if account == "take" else {}))
+        dd = load_from_disk(report["dataset_path"])
+        texts = {name: set(ds["text"]) for name, ds in dd.items()}
+        shared = (texts["train"] & texts["test"]) | (texts["train"] & texts["validation"]) | (texts["validation"] & texts["test"])
+        assert (not shared) == sentence_disjoint, (account, shared)
+        # The dataset card says how (it used to claim that no speaker is in two splits, for any source).
+        card = (Path(report["dataset_path"]) / "README.md").read_text()
+        assert f"splits are assigned by a keyed hash of the {account} (`data.slurp_account`): SLURP's files name no speakers" in card
 
 
 def test_nemo_manifest_with_extra_fields(tmp_path: Path) -> None:
@@ -101,16 +132,32 @@ def test_massive_text_without_audio(tmp_path: Path) -> None:
         return out
 
     train, dev = copy("en-US.train.jsonl", 30), copy("en-US.dev.jsonl", 20)
-    report, quarantine = _build(tmp_path, source="massive_text", train_path=str(train), dev_path=str(dev))
+    report, quarantine = _build(tmp_path, source="massive_text", train_path=str(train), dev_path=str(dev), split=None)
     assert report["records_in"] == 52 and report["quarantine_reasons"] == {"bad_annotation": 1, "duplicate_id": 1}
+    # The repeated id is on line 21 of the dev file, not of the train file: the detail says which.
+    assert [q["detail"] for q in quarantine if q["reason"] == "duplicate_id"] == [
+        "en-US.dev.jsonl line 21 repeats an earlier utterance_id"]
     assert report["splits"]["train"] == 30 and report["splits"]["validation"] + report["splits"]["test"] == 20
     assert min(report["splits"].values()) > 0
     dd = load_from_disk(report["dataset_path"])
+    card = (Path(report["dataset_path"]) / "README.md").read_text()
+    assert "splits are assigned by MASSIVE's own split (train file -> train" in card and "- audio: none (text only)" in card
     assert dd["train"].features == dataset_features(with_audio=False, with_source=True)
     assert all(d == 0.0 for d in dd["validation"]["duration"])
     # The dev halves are a fixed function of the MASSIVE id.
-    again, _ = _build(tmp_path / "again", source="massive_text", train_path=str(train), dev_path=str(dev))
+    again, _ = _build(tmp_path / "again", source="massive_text", train_path=str(train), dev_path=str(dev), split=None)
     assert load_from_disk(again["dataset_path"])["test"]["utterance_id"] == dd["test"]["utterance_id"]
+
+    # Split shares would be ignored (the files fix the splits); an empty file would leave a split empty
+    # and be found only by the NLU stage, without naming the file.
+    with pytest.raises(PipelineError, match=r"^data.split_shares does not apply to massive_text: its files fix the splits"):
+        _build(tmp_path / "shares", source="massive_text", train_path=str(train), dev_path=str(dev),
+               split=None, split_shares={"validation": 0.3, "test": 0.3})
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(PipelineError, match=rf"^data.train_path={re.escape(str(empty))}: the file holds no records; "
+                                            r"point it at MASSIVE's train file"):
+        _build(tmp_path / "empty", source="massive_text", train_path=str(empty), dev_path=str(dev), split=None)
 
 
 def test_nemo_numbered_speakers_segments_and_missing_fields(tmp_path: Path) -> None:
@@ -153,7 +200,8 @@ def test_massive_and_slurp_records_without_an_id_are_quarantined(tmp_path: Path)
     train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
     train.write_text(json.dumps(good) + "\n" + json.dumps({k: v for k, v in good.items() if k != "id"}) + "\n")
     dev.write_text(json.dumps({**good, "id": 7}) + "\n")
-    report, quarantine = _build(tmp_path / "massive", source="massive_text", train_path=str(train), dev_path=str(dev))
+    report, quarantine = _build(tmp_path / "massive", source="massive_text", train_path=str(train), dev_path=str(dev),
+                                split=None)
     assert report["records_kept"] == 2
     assert quarantine == [{"source": "massive_text", "line": 2, "reason": "invalid_record",
                            "detail": "train.jsonl: a MASSIVE record needs an `id` (string or whole number)"}]

@@ -42,7 +42,10 @@ def test_every_shipped_data_config_passes(name: str) -> None:
     checked(cfg.privacy, PrivacyConfig, "privacy")
     check_config(cfg, list(cfg.stages))
     shares = data.shares()
-    assert shares is not None and 0 < shares.validation < 1 and 0 < shares.test < 1
+    if name == "massive_text":  # MASSIVE's files fix its splits
+        assert shares is None
+    else:
+        assert shares is not None and 0 < shares.validation < 1 and 0 < shares.test < 1
     assert data.quarantine_flags == ["sensitive"] and data.min_duration_s < data.max_duration_s
     for entry in data.sources or []:
         assert isinstance(entry, SourceConfig) and entry.source in ("speech", "demo", "lone_words")
@@ -74,7 +77,7 @@ def test_typed_reads_match_the_yaml() -> None:
         "speech_commands", "train", 0.15, "../shared/data/speech/speech_commands")  # ${data.speech_dir} resolved
     assert speech.sources[3].demo.other_wake_word == "computer"
     assert speech.sources[4].source == "lone_words" and "seven" in speech.sources[4].words and "computer" not in speech.sources[4].words
-    assert checked(composed("data=slurp").data, DataConfig, "data").slurp_account == "take"
+    assert checked(composed("data=slurp").data, DataConfig, "data").slurp_account == "sentence"
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
