@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from safetensors import SafetensorError
 from transformers.modeling_outputs import ModelOutput
 
 from pipeline.data.annotations import tags_to_entities, word_spans
@@ -99,8 +100,9 @@ def load_tokenizer(path: str | Path, config: PretrainedConfig) -> Any:
     extra = {"add_prefix_space": True} if config.model_type in _PREFIX_SPACE_TYPES else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), **extra)
-    except OSError as err:
-        raise PipelineError(f"no tokenizer could be loaded from {path}: {first_line(err)}") from err
+    except Exception as err:  # noqa: BLE001 - OSError, a JSONDecodeError, or the tokenizers library's bare Exception
+        raise PipelineError(f"no tokenizer could be loaded from {path} ({err.__class__.__name__}: {first_line(err)}); "
+                            "copy the whole folder again") from err
     if not tokenizer.is_fast:
         raise PipelineError(
             f"nlu.model_name_or_path={path} has no fast tokenizer; word-to-subword alignment needs one "
@@ -253,8 +255,16 @@ class NLUModel:
                 f"{path} is not an NLU model folder (config.json and {LABELS_FILE} missing); "
                 "point it at <run>/nlu of a run whose nlu stage finished"
             )
-        config = AutoConfig.from_pretrained(str(path))
-        model = JointIntentTagger.from_pretrained(str(path), config=config)
+        try:
+            config = AutoConfig.from_pretrained(str(path))
+            model = JointIntentTagger.from_pretrained(str(path), config=config)
+            labels = (list(config.nlu_intents), list(config.nlu_tags))
+        except (OSError, ValueError, RuntimeError, AttributeError, SafetensorError) as err:  # a cut or foreign file
+            raise PipelineError(f"{path}: the NLU model (config.json, model.safetensors) does not load "
+                                f"({err.__class__.__name__}: {first_line(err)}); copy the folder the `nlu` stage "
+                                "saved again, or re-run the `nlu` stage") from err
+        if not all(labels):
+            raise PipelineError(f"{path}/config.json names no intents or tags; copy the folder the `nlu` stage saved again")
         return cls(model, load_tokenizer(path, config), device)
 
     def save_pretrained(self, path: str | Path) -> None:

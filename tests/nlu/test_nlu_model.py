@@ -203,3 +203,19 @@ def test_asr_hypothesis_words_inherit_the_aligned_gold_tags() -> None:
     assert align_tags(words, tags, hyp) == ["O", "O", "O", "B-time", "I-time", "O", "B-place", "I-place"]
     # A deleted entity start leaves a well-formed span.
     assert align_tags(["at", "seven", "am"], ["O", "B-time", "I-time"], ["at", "am"]) == ["O", "B-time"]
+
+
+@pytest.mark.parametrize(("damaged", "error"), [
+    ("config.json", r"<dir>: the NLU model \(config.json, model.safetensors\) does not load \(OSError: "),
+    ("model.safetensors", r"<dir>: the NLU model \(config.json, model.safetensors\) does not load \(SafetensorError: "),
+    ("tokenizer.json", r"no tokenizer could be loaded from <dir> \(\w+: .*\); copy the whole folder again"),
+])
+def test_a_damaged_nlu_model_folder_is_one_error_naming_it(tiny_nlu: NLUModel, tmp_path: Path, damaged: str,
+                                                           error: str) -> None:
+    """A file cut short in a copy gave transformers' or the tokenizers library's traceback, where a
+    damaged ASR folder gives one line."""
+    folder = tmp_path / "nlu"
+    tiny_nlu.save_pretrained(folder)
+    (folder / damaged).write_bytes(b"")
+    with pytest.raises(PipelineError, match=error.replace("<dir>", re.escape(str(folder)))):
+        NLUModel.from_pretrained(folder)
