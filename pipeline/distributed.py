@@ -67,6 +67,10 @@ def resolve_device(trainer_cfg: Any) -> tuple[torch.device, str]:
         raise PipelineError(f"trainer.precision={precision}: use auto, fp32, fp16 or bf16")
     if precision == "fp16" and device.type != "cuda":
         raise PipelineError("trainer.precision=fp16 needs a GPU; on the CPU use fp32 (or auto)")
+    ddp = getattr(trainer_cfg, "ddp", None)
+    if ddp is not None and str(ddp.backend) == "nccl" and device.type != "cuda":
+        raise PipelineError(f"trainer.ddp.backend=nccl needs GPUs, and trainer.device={trainer_cfg.device} is the "
+                            f"{device.type}; use trainer.ddp.backend=auto (gloo there) or gloo")
     return device, precision
 
 

@@ -137,3 +137,12 @@ def test_an_unknown_top_level_key_is_refused_before_any_stage(tmp_path: Path) ->
         done = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "+datset=x", f"run_dir={tmp_path / 'ev'}"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "error: datset is not a top-level setting; known: run, asr_model" in done.stderr
+
+
+def test_nccl_on_the_cpu_is_refused_before_any_stage() -> None:
+    """Under torchrun it was a ValueError traceback from every rank once the process group was joined."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=["trainer.device=cpu", "trainer.ddp.backend=nccl"])
+    with pytest.raises(PipelineError, match=r"^trainer\.ddp\.backend=nccl needs GPUs, and trainer\.device=cpu is the cpu; "
+                                            r"use trainer\.ddp\.backend=auto \(gloo there\) or gloo$"):
+        check_config(cfg, ["data", "asr"])
