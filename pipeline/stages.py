@@ -188,7 +188,11 @@ def check_config(cfg: DictConfig, stages: list[str]) -> None:
     if "seed" in cfg and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise PipelineError(f"seed={seed!r}: give a whole number, e.g. seed=1234")
     if "data" in stages:  # `privacy` too, when the data stage (always the first) starts
-        checked(cfg.get("data"), DataConfig, "data")
+        data = checked(cfg.get("data"), DataConfig, "data")
+        kinds = {data.source} if data.sources is None else {entry.source for entry in data.sources}
+        if kinds == {"massive_text"} and "asr" in stages:
+            raise PipelineError("data.source=massive_text has no audio, which the asr stage needs; train the NLU "
+                                "alone on it: stages=[data,nlu] (add eval to score it)")
     if "asr" in stages:
         checked(cfg.get("asr"), ASRConfig, "asr")
     if "asr" in stages or "nlu" in stages:

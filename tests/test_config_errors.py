@@ -146,3 +146,22 @@ def test_nccl_on_the_cpu_is_refused_before_any_stage() -> None:
     with pytest.raises(PipelineError, match=r"^trainer\.ddp\.backend=nccl needs GPUs, and trainer\.device=cpu is the cpu; "
                                             r"use trainer\.ddp\.backend=auto \(gloo there\) or gloo$"):
         check_config(cfg, ["data", "asr"])
+
+
+def test_the_asr_stage_on_a_text_only_source_is_refused_before_the_build(tmp_path: Path) -> None:
+    """It built the dataset first, then said to rebuild it (which cannot give MASSIVE audio)."""
+    from datasets import Dataset, DatasetDict
+
+    from pipeline.data.saved import require
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=["data=massive_text", "data.train_path=train.jsonl", "data.dev_path=dev.jsonl"])
+    with pytest.raises(PipelineError, match=r"^data.source=massive_text has no audio, which the asr stage needs; "
+                                            r"train the NLU alone on it: stages=\[data,nlu\]"):
+        check_config(cfg, ["data", "asr", "nlu", "eval"])
+    check_config(cfg, ["data", "nlu", "eval", "review"])
+    # A text-only dataset given to a stage that reads audio says so, rather than "rebuild it".
+    dd = DatasetDict({"train": Dataset.from_dict({"text": ["play jazz"], "intent": ["play_music"]})})
+    with pytest.raises(PipelineError, match=r"has no audio \(a text-only source, such as massive_text\), which the ASR "
+                                            r"stage needs; train the NLU alone on it \(stages=\[data,nlu\]\)"):
+        require(dd, tmp_path, "train", ["audio", "text"], "the ASR stage")

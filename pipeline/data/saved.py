@@ -55,6 +55,9 @@ def require(dd: Any, path: Path, split: str, columns: Iterable[str], reader: str
         fix = missing_split or f"rebuild it with {BUILD}"
         raise PipelineError(f"dataset {path} has no split {split!r} (has {list(dd.keys())}); {fix}")
     missing = [c for c in columns if c not in dd[split].column_names]
+    if missing == ["audio"] or (missing and "audio" in missing and "text" in dd[split].column_names):
+        raise PipelineError(f"dataset {path} has no audio (a text-only source, such as massive_text), which {reader} "
+                            "needs; train the NLU alone on it (stages=[data,nlu]) or build a source with audio")
     if missing:
         raise PipelineError(f"dataset {path} split {split!r} lacks the column(s) {missing} {reader} reads; "
                             f"rebuild it with {BUILD}")
