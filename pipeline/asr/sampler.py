@@ -113,7 +113,8 @@ def epoch_batches(
     rank: int = 0, world_size: int = 1,
 ) -> list[list[int]]:
     """This process's training batches for `epoch` as positions in `durations` (one per play, see
-    played_clips); every rank gets the same number of them."""
+    played_clips); every rank gets the same number of them, none when there are fewer batches than
+    ranks (one rank training alone would wait for the others for good)."""
     rng = random.Random(seed * 100_003 + epoch)
     order = list(range(len(durations)))
     rng.shuffle(order)
@@ -124,7 +125,7 @@ def epoch_batches(
         chunk = sorted(order[start : start + group], key=lambda i: durations[i])
         batches.extend(pack_by_seconds(chunk, durations, max_batch_seconds))
     rng.shuffle(batches)
-    usable = len(batches) - len(batches) % world_size if len(batches) >= world_size else len(batches)
+    usable = len(batches) - len(batches) % world_size
     return batches[rank:usable:world_size]
 
 

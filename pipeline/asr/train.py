@@ -276,7 +276,9 @@ def epoch_loader(run: TrainingRun) -> torch.utils.data.DataLoader:
         int(acfg.bucket_batches), run.seed, state["epoch"], placement.rank, placement.world_size,
     )
     if not batches:
-        raise PipelineError(f"{run.dataset_path}: the train split gives no batches for {placement.world_size} processes")
+        raise PipelineError(f"{run.dataset_path}: the train split gives fewer batches of asr.max_batch_seconds="
+                            f"{run.batch_seconds:g} than the {placement.world_size} processes that share them; lower "
+                            "asr.max_batch_seconds, or train with fewer processes")
     return clip_loader(plays, batches[state["micro"]:], run.processor, acfg.augment, epoch_seed,
                        run.workers, plan, run.buckets, prefetch=run.accum)
 

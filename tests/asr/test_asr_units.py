@@ -49,6 +49,8 @@ def test_batches_fit_the_seconds_budget_and_cover_each_clip_once() -> None:
     shards = [epoch_batches(durations, 20, 5, seed=1, epoch=0, rank=r, world_size=2) for r in range(2)]
     assert len(shards[0]) == len(shards[1])
     assert not {i for b in shards[0] for i in b} & {i for b in shards[1] for i in b}
+    # One batch for two ranks: neither trains (rank 0 alone would wait for rank 1's gradients for good).
+    assert [epoch_batches([1.0, 1.0], 20, 5, seed=1, epoch=0, rank=r, world_size=2) for r in range(2)] == [[], []]
     ordered = eval_batches(durations, 20)
     assert sorted(i for b in ordered for i in b) == list(range(300))
 
