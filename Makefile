@@ -41,9 +41,11 @@ $(STAMP): pyproject.toml
 train: setup
 	$(PY) train.py $(ARGS)
 
-# Several GPUs (or CPU processes) on one machine: make train-ddp NPROC=4
+# Several GPUs (or CPU processes) on one machine: make train-ddp NPROC=4. Every process must write
+# into one folder, so it is named here (Hydra's own ${now:} is read per process); smoke runs go to
+# outputs/debug/ as with train.py.
 train-ddp: setup
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) train.py hydra.run.dir=outputs/$$(date +%F/%H-%M-%S) $(ARGS)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) train.py hydra.run.dir=$(if $(findstring debug=smoke,$(ARGS)),outputs/debug,outputs)/$$(date +%F/%H-%M-%S) $(ARGS)
 
 evaluate: setup
 	@test -n "$(RUN)" || { echo "usage: make evaluate RUN=outputs/<date>/<time>"; exit 2; }
