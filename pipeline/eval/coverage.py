@@ -24,6 +24,9 @@ from pipeline.runtime import PipelineError
 
 ASR_KEYS = ("asr/wer", "asr/cer", "asr/wer_greedy", "asr/cer_greedy", "eval/rtf")
 WAKE_KEYS = ("wake/frr", "wake/fa_per_hour", "wake/auc", "wake/eer", "wake/threshold")
+FA_RATES = (0.5, 1.0, 2.0, 5.0)  # false accepts per hour at which the test FRR is read off the DET
+# Only when background recordings were streamed (pipeline.eval.stream).
+BACKGROUND_KEYS = (*(f"wake/frr_at_{r:g}_fa_per_hour" for r in FA_RATES), "wake/background_hours")
 NLU_INTENT_KEYS = ("nlu/intent_accuracy", "nlu/intent_macro_f1")
 NLU_ENTITY_KEYS = ("nlu/entity_f1",)
 SLU_INTENT_KEYS = ("slu/intent_accuracy", "slu/intent_macro_f1")
@@ -57,7 +60,7 @@ def model_reasons(asr_dir: Path | None, nlu_dir: Path | None) -> dict[str, str]:
     out: dict[str, str] = {}
     if asr_dir is None:
         why = "no ASR model was evaluated (pass asr_model=<folder>)"
-        out.update(dict.fromkeys((*ASR_KEYS, *WAKE_KEYS, *SLU_INTENT_KEYS, *SLU_ENTITY_KEYS), why))
+        out.update(dict.fromkeys((*ASR_KEYS, *WAKE_KEYS, *BACKGROUND_KEYS, *SLU_INTENT_KEYS, *SLU_ENTITY_KEYS), why))
     if nlu_dir is None:
         why = "no NLU model was evaluated (pass nlu_model=<folder>)"
         out.update({k: why for k in (*NLU_INTENT_KEYS, *NLU_ENTITY_KEYS, *SLU_INTENT_KEYS, *SLU_ENTITY_KEYS) if k not in out})
@@ -69,7 +72,7 @@ def label_reasons(split: str, with_intent: Sequence[Mapping[str, Any]], wake_ski
     """The metrics the labels rule out: no intent, no entity, no clip with or without the wake word."""
     out: dict[str, str] = {}
     if have_asr and wake_skipped:
-        out.update(dict.fromkeys(WAKE_KEYS, wake_skipped))
+        out.update(dict.fromkeys((*WAKE_KEYS, *BACKGROUND_KEYS), wake_skipped))
     if have_nlu:
         understanding = (*NLU_INTENT_KEYS, *NLU_ENTITY_KEYS, *((*SLU_INTENT_KEYS, *SLU_ENTITY_KEYS) if have_asr else ()))
         if not with_intent:

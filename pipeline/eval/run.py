@@ -38,10 +38,11 @@ from pipeline.eval import bootstrap as B
 from pipeline.eval import metrics as M
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.coverage import (
-    add_sources, by_source, clip_counts, flatten, label_reasons, leave_out, model_reasons, models_to_evaluate,
+    BACKGROUND_KEYS, add_sources, by_source, clip_counts, flatten, label_reasons, leave_out, model_reasons,
+    models_to_evaluate,
 )
 from pipeline.eval.report import plot_confusion, plot_slices, write_report
-from pipeline.eval.stream import (BACKGROUND_KEYS, background_metrics, background_wake, resolve_background,
+from pipeline.eval.stream import (background_metrics, background_wake, resolve_background,
                                   with_background)
 from pipeline.eval.wake import describe_tuning, evaluate_wake, keyword_scores, plot_det, tune_threshold
 from pipeline.run_folder import read_build_report

@@ -40,12 +40,12 @@ from pipeline.data.background import (
 )
 from pipeline.data.features import FFMPEG_EXTENSIONS, SAMPLING_RATE
 from pipeline.eval.config import check_stream
+from pipeline.eval.coverage import FA_RATES
 from pipeline.eval.wake import NEG_INF, WakeResult, keyword_trace
 from pipeline.runtime import PipelineError
 
 log = logging.getLogger(__name__)
 
-FA_RATES = (0.5, 1.0, 2.0, 5.0)  # false accepts per hour at which the test FRR is read off the DET
 
 
 @dataclass(frozen=True)
@@ -408,7 +408,6 @@ def _warn(details: dict[str, Any], warning: str) -> None:
     log.warning("eval: %s", warning)
 
 
-BACKGROUND_KEYS = (*(f"wake/frr_at_{r:g}_fa_per_hour" for r in FA_RATES), "wake/background_hours")
 
 
 def background_metrics(details: dict[str, Any] | None, split: str) -> dict[str, Any]:
