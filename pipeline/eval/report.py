@@ -66,6 +66,11 @@ def _scoring_note(details: dict[str, Any], metrics: dict[str, Any]) -> str | Non
     if samples:
         parts.append(f"Intervals: 95%, from {samples} bootstrap samples that resample speakers (their clips are not "
                      "independent); false accepts per hour: exact Poisson interval on the count over the hours.")
+        bare = [k for k in metrics if not k.startswith("by_source/") and f"{k}_ci_low" in metrics
+                and metrics[f"{k}_ci_low"] is None and metrics[k] is not None]
+        if bare:  # a split of one speaker: a zero-width interval would read as certainty
+            parts.append(f"No interval for {', '.join(f'`{k}`' for k in bare)}: an interval needs two or more speakers "
+                         "(or background recordings), and the split has fewer.")
     scoring = details.get("slu_scoring") or {}
     if scoring.get("mode") == "slurp":
         parts.append(f"Intent and entity scoring: slurp, as SLURP's official scorer (gold fillers from its tokens, "

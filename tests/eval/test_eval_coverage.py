@@ -114,3 +114,15 @@ def test_per_source_false_accepts_only_when_clips_give_the_headline_rate() -> No
     assert clips_only["wake/fa_per_hour"] == 0.5  # one false accept in two hours of negative clips
     with_background = by_source(rows, {"wake/frr": 0.5, "wake/background_hours": 2.2}, threshold=0.0)["demo"]
     assert with_background["wake/frr"] == 0.5 and "wake/fa_per_hour" not in with_background
+
+
+def test_a_split_of_one_speaker_says_why_its_figures_have_no_interval(tiny_models: Path, tiny_dataset_path: Path,
+                                                                      tmp_path: Path) -> None:
+    """metrics.json leaves the bounds null; the report used to promise 95% intervals and show none."""
+    one = variant(tiny_dataset_path, tmp_path / "one", lambda ds: ds.map(lambda ex: {"speaker": "acct_one"}))
+    metrics, _, report = evaluate(tmp_path / "out", one, asr_model=str(tiny_models / "asr"),
+                                  nlu_model=str(tiny_models / "nlu"))
+    assert metrics["asr/wer_ci_low"] is None and metrics["asr/wer"] is not None
+    assert re.search(r"No interval for `asr/wer`, .*`nlu/intent_accuracy`.*: an interval needs two or more speakers", report)
+    two, _, report = evaluate(tmp_path / "out2", tiny_dataset_path, asr_model=str(tiny_models / "asr"))
+    assert two["asr/wer_ci_low"] is not None and "No interval" not in report
