@@ -165,3 +165,16 @@ def test_the_asr_stage_on_a_text_only_source_is_refused_before_the_build(tmp_pat
     with pytest.raises(PipelineError, match=r"has no audio \(a text-only source, such as massive_text\), which the ASR "
                                             r"stage needs; train the NLU alone on it \(stages=\[data,nlu\]\)"):
         require(dd, tmp_path, "train", ["audio", "text"], "the ASR stage")
+
+
+def test_a_misspelt_privacy_setting_points_at_the_file_that_holds_its_defaults(tmp_path: Path) -> None:
+    """The privacy block lives in conf/config.yaml; the error named conf/privacy/, which does not exist."""
+    from pipeline.data.build import run_data_stage
+    from pipeline.tracking import NullTracker
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=["+privacy.keyfile=k", f"cache_dir={tmp_path}"])
+    with pytest.raises(PipelineError, match=r"^privacy.keyfile is not a setting of privacy; known: key_env, key_file "
+                                            r"\(.* given its default in conf/config.yaml\)$"):
+        run_data_stage(cfg, tmp_path / "run", NullTracker())
+    assert (REPO / "conf" / "config.yaml").read_text().count("privacy:") == 1

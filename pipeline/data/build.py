@@ -102,7 +102,7 @@ def run_data_stage(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str
     cache_dir = Path(cfg.cache_dir)
     # Types, allowed values and ranges of every source's keys, before any record is read.
     data = checked(cfg.get("data"), DataConfig, "data")
-    privacy = checked(cfg.get("privacy"), PrivacyConfig, "privacy")
+    privacy = checked(cfg.get("privacy"), PrivacyConfig, "privacy", defaults="conf/config.yaml")
     settings = _settings(data)
     key = load_key(privacy.key_env, privacy.key_file)
     sweep_abandoned(cache_dir / "datasets")
