@@ -95,6 +95,13 @@ def test_data_stage_builds_and_accounts_for_every_record(train_run: TrainRun) ->
 def test_asr_stage_saves_a_model_and_its_metrics(train_run: TrainRun) -> None:
     assert train_run.path("asr/config.json").is_file()
     assert train_run.path("asr/asr_metrics.json").is_file()
+    # Each model's card names the dataset it was trained on and its splits (the privacy test below
+    # greps it with every other file).
+    report = train_run.json("build_report.json")
+    for model in ("asr", "nlu"):
+        card = train_run.path(f"{model}/README.md").read_text()
+        assert f"Dataset `{report['fingerprint']}`" in card and "sources `demo`" in card
+        assert ", ".join(f"{name} {n}" for name, n in report["splits"].items()) + " clips" in card
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ from pipeline.config import TrainerConfig, checked
 from pipeline.data.features import SAMPLING_RATE
 from pipeline.data.saved import open_saved, require
 from pipeline.distributed import Placement, all_agree, any_says, barrier, place, total
+from pipeline.model_card import write_model_card
 from pipeline.runtime import PipelineError, host_record, seed_everything
 from pipeline.tracking import Tracker
 
@@ -594,6 +595,12 @@ def _save_best(run: TrainingRun, stopped_by: str) -> dict[str, Any]:
                 shutil.copy2(best_dir / name, run.out_dir / name)
         run.processor.save_pretrained(str(run.out_dir))
         (run.out_dir / "asr_metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_model_card(run.out_dir, "asr", run.dataset_path, {
+            "steps (best)": f"{state['step']} ({state['best_step']})", "epochs": state["epoch"],
+            "audio hours heard": metrics["audio_hours_seen"], "training minutes": state["train_seconds"] / 60,
+            "stopped by": stopped_by, "parameters": metrics["num_parameters"], "processes": placement.world_size,
+            "device, precision": f"{placement.device}, {placement.precision}"},
+            {"validation": {"greedy WER": best["val_wer"], "greedy CER": best["val_cer"]}})
         run.tracker.log_summary({f"asr/{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str))})
         print(f"[asr] best step {state['best_step']}: val_wer {best['val_wer']:.3f} val_cer {best['val_cer']:.3f}; "
               f"{state['step']} steps in {state['train_seconds'] / 60:.1f} min ({stopped_by})", flush=True)

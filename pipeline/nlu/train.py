@@ -36,6 +36,7 @@ from pipeline.config import TrainerConfig, checked
 from pipeline.data.saved import open_saved, require
 from pipeline.distributed import resolve_device
 from pipeline.eval import metrics as M
+from pipeline.model_card import write_model_card
 from pipeline.nlu.config import NLUConfig
 from pipeline.nlu.model import (
     NLUModel,
@@ -126,6 +127,12 @@ def run_nlu_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
     saved = save_model(job, trained)
     metrics = {**training_facts(job, data, trained), **score_splits(saved, data.splits, int(job.ncfg.eval_batch_size))}
     write_metrics(job, metrics)
+    write_model_card(job.out_dir, "nlu", job.dataset_path, {
+        "steps": metrics["global_step"], "epochs": metrics["epochs"], "training utterances": metrics["train_utterances"],
+        "ASR hypotheses added": metrics["train_asr_hypotheses"] or None, "intents": metrics["intents"],
+        "entity types": metrics["entity_types"], "training seconds": metrics["train_seconds"]},
+        {split: {"utterances": metrics[split]["utterances"], "intent accuracy": metrics[split]["intent_accuracy"],
+                 "entity F1": metrics[split]["entity_f1"]} for split in ("validation", "test") if split in metrics})
     log_summary(job, metrics)
     return {"model_dir": str(job.out_dir), **metrics}
 

@@ -48,6 +48,11 @@ def test_stage_writes_a_model_folder_metrics_and_curves(trained_run: tuple[Path,
     vocab = json.loads((run_dir / "asr" / "vocab.json").read_text())
     assert (lm / "tokens.txt").read_text().splitlines() == sorted(vocab, key=vocab.get)
     assert "\\6-grams:" in (lm / "char_lm.arpa").read_text()
+    # The model card: the dataset it was trained on, and the validation figures of asr_metrics.json.
+    card = (run_dir / "asr" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: automatic-speech-recognition")
+    assert "not built by this project's data stage (it has no build report)" in card and "| steps (best) | 6 (" in card
+    assert f"| validation | {saved['val_cer']:.4g} | {saved['val_wer']:.4g} |" in card
 
 
 def test_saved_model_loads_with_the_transformers_pipeline_and_load_asr(

@@ -44,6 +44,10 @@ def test_stage_learns_the_tiny_corpus_and_saves_a_loadable_model(tiny_dataset_pa
     assert metrics["validation"]["entity_f1"] >= 0.5
     assert result["validation"] == metrics["validation"]
     assert tracker.summary["nlu/val_intent_accuracy"] == metrics["validation"]["intent_accuracy"]
+    card = (model_dir / "README.md").read_text()  # the model card: its figures are nlu_metrics.json's
+    v = metrics["validation"]
+    assert "pipeline_tag: token-classification" in card and "| training utterances | 24 |" in card
+    assert f"| validation | {v['entity_f1']:.4g} | {v['intent_accuracy']:.4g} | 6 |" in card
 
     losses = [(step, m["nlu/train_loss"]) for step, m in tracker.metrics if "nlu/train_loss" in m]
     assert [s for s, _ in losses] == sorted(s for s, _ in losses) and len(losses) >= 20
