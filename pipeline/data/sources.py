@@ -312,18 +312,23 @@ def _massive_source(data_cfg: SourceConfig, key: str = "data") -> Source:
         if mid is None:
             return RawRecord(n, None, f"{path.name}: a MASSIVE record needs an `id` (string or whole number)", split=split,
                              file=path.name)
+        intent, scenario = obj.get("intent"), obj.get("scenario")
+        # MASSIVE names every utterance's intent <scenario>_<action>; one without is a label lost in an
+        # edit, which the NLU would otherwise learn as "no command".
+        bad = (None if isinstance(intent, str) and intent and (not scenario or intent.startswith(f"{scenario}_"))
+               else f"{path.name}: intent {intent!r} is not an intent of scenario {scenario!r} (<scenario>_<action>)")
         return RawRecord(n, {
             "utterance_id": f"massive-{mid}",
             "transcript": obj.get("utt"),
             "annotation": obj.get("annot_utt"),
-            "intent": obj.get("intent"),
-            "scenario": obj.get("scenario"),
+            "intent": intent,
+            "scenario": scenario,
             "wake_word_present": True,
             # MASSIVE has no speakers; its worker_id is who wrote the utterance, i.e. the annotator.
             "account_id": f"massive-{mid}",
             "annotator_id": str(obj["worker_id"]) if obj.get("worker_id") is not None else None,
             "locale": obj.get("locale", "en-US"),
-        }, split=split, file=path.name)
+        }, split=split, file=path.name, excluded=("bad_annotation", bad) if bad else None)
 
     def records() -> Iterator[RawRecord]:
         for path, split, setting in ((train, "train", "train_path"), (dev, None, "dev_path")):

@@ -148,6 +148,19 @@ def test_massive_text_without_audio(tmp_path: Path) -> None:
     again, _ = _build(tmp_path / "again", source="massive_text", train_path=str(train), dev_path=str(dev), split=None)
     assert load_from_disk(again["dataset_path"])["test"]["utterance_id"] == dd["test"]["utterance_id"]
 
+    # A record whose intent was lost or mangled in an edit is a bad annotation, not a "no command".
+    good = json.loads(train.read_text().splitlines()[0])
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("".join(json.dumps({**good, "id": f"e{i}", **change}) + "\n" for i, change in enumerate(
+        [{}, {"intent": None}, {"intent": "alarm"}, {"scenario": "music", "intent": "alarm_set"}])))
+    report, quarantine = _build(tmp_path / "edited", source="massive_text", train_path=str(edited), dev_path=str(dev),
+                                split=None)
+    edits = sorted((q["utterance_id"], q["detail"]) for q in quarantine if q["utterance_id"].startswith("massive-e"))
+    assert edits == [
+        ("massive-e1", "edited.jsonl: intent None is not an intent of scenario 'alarm' (<scenario>_<action>)"),
+        ("massive-e2", "edited.jsonl: intent 'alarm' is not an intent of scenario 'alarm' (<scenario>_<action>)"),
+        ("massive-e3", "edited.jsonl: intent 'alarm_set' is not an intent of scenario 'music' (<scenario>_<action>)")]
+
     # Split shares would be ignored (the files fix the splits); an empty file would leave a split empty
     # and be found only by the NLU stage, without naming the file.
     with pytest.raises(PipelineError, match=r"^data.split_shares does not apply to massive_text: its files fix the splits"):
