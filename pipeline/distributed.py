@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, first_line
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,13 @@ def total(value: float, placement: Placement) -> float:
     return float(t.item())
 
 
-def barrier(placement: Placement) -> None:
-    if placement.distributed:
+def barrier(placement: Placement, waiting_for: str = "reach this point") -> None:
+    """Wait for every rank. A rank that stopped (rank 0's config or data error, say) closes its
+    connections: the others then say so in one line, not in a traceback of the broken connection."""
+    if not placement.distributed:
+        return
+    try:
         dist.barrier()
+    except RuntimeError as err:  # DistBackendError and gloo's connection errors are RuntimeErrors
+        raise PipelineError(f"rank {placement.rank}: another process stopped while this one waited for it to "
+                            f"{waiting_for} ({first_line(err)}); its error is above") from err

@@ -79,7 +79,7 @@ def _run(cfg: DictConfig, stages: list[str], run_dir: Path) -> dict[str, Any]:
 
                 copy_manifest(cfg, run_dir)  # the demo's planted annotation errors, if any
             if placement is not None:
-                barrier(placement)
+                barrier(placement, "build the dataset")
         dataset_path = run_folder.dataset_path(run_dir)
         if "asr" in stages:
             from pipeline.asr.train import run_asr_stage
@@ -95,7 +95,7 @@ def _run(cfg: DictConfig, stages: list[str], run_dir: Path) -> dict[str, Any]:
             if is_main:
                 results["eval"] = run_eval_stage(cfg, run_dir, dataset_path, tracker)
             if placement is not None:
-                barrier(placement)
+                barrier(placement, "evaluate")
         if "review" in stages and is_main:
             from pipeline.review.stage import run_review_stage
 

@@ -161,3 +161,22 @@ def test_torchrun_workers_share_one_run_folder(tmp_path: Path) -> None:
     run = runs[0].parent
     assert json.loads((run / "asr/asr_metrics.json").read_text())["steps"] == 3
     assert (run / ".hydra/config.yaml").exists()
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_data_error_is_one_line_per_process(tmp_path: Path) -> None:
+    """Rank 0's error stopped it; rank 1, waiting for the dataset, printed the broken connection's
+    traceback (a RuntimeError from gloo)."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    missing = tmp_path / "nope.jsonl"
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(REPO / "train.py"), "data=jsonl",
+                           f"data.path={missing}", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env={**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    ours = sorted(line for line in done.stderr.splitlines() if line.startswith("error: "))
+    assert len(ours) == 2, done.stderr[-3000:]
+    assert ours[0] == f"error: data.path={missing}: file not found; check the path"
+    assert ours[1].startswith("error: rank 1: another process stopped while this one waited for it to build the "
+                              "dataset (") and ours[1].endswith("); its error is above")
+    assert "RuntimeError" not in done.stderr, done.stderr[-3000:]
