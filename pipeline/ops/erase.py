@@ -317,6 +317,10 @@ def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = Fa
         tmp = annotations.with_name(".tmp-" + annotations.name)
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8", errors="surrogateescape")
         os.replace(tmp, annotations)
+        # Copies made from the annotations (the demo's label-noise export and its manifest) are made
+        # again from the purged file when next asked for.
+        for derived in [*folder.glob("annotations.*.jsonl"), *folder.glob("label_noise.*.jsonl")]:
+            derived.unlink()
     return purged, hashes
 
 
@@ -337,10 +341,17 @@ def export_folders(roots: Roots) -> list[Path]:
 # --------------------------------------------------------------------------------- run folders
 
 def run_fingerprint(run: Path) -> str | None:
-    try:
-        return str(json.loads((run / RUN_MARKER).read_text()).get("fingerprint"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    """The dataset a run was built on (its build report), or, for a folder `evaluate.py` wrote, the
+    dataset it scored (eval_details.json): erasing that dataset erases what was derived from it."""
+    for name, field_of in ((RUN_MARKER, lambda d: d.get("fingerprint")),
+                           ("eval_details.json", lambda d: (d.get("test_data") or {}).get("dataset_fingerprint"))):
+        try:
+            value = field_of(json.loads((run / name).read_text()))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if value:
+            return str(value)
+    return None
 
 
 def derived_parts(run: Path) -> dict[str, list[Path]]:
@@ -647,7 +658,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
                 for f in files:
                     _rm(f)
                 job.remove(kind, run, files=len(files))
-            for sub in ("asr", "nlu", "plots", "incumbent", "wandb"):
+            for sub in ("asr", "nlu", "plots", "incumbent", "wandb", "review"):
                 if (run / sub).is_dir() and not any(p.is_file() for p in (run / sub).rglob("*")):
                     shutil.rmtree(run / sub)
         else:

@@ -102,6 +102,11 @@ PLACES: tuple[Place, ...] = (
           "pipeline.ops.registry", "keep"),
     Place("erasure records", "erasure", ("*",), (IDS,), "pipeline.ops.erase", "keep"),
     Place("pseudonym key", "cache", ("pseudonym.key",), (), "pipeline.data.privacy", "keep"),
+    # Synthesised from the repository's own text and word lists (data/demo, conf/data): no person's
+    # audio, transcript or id, so nothing a deletion request can name.
+    Place("demo background", "cache", ("demo_background/*",), (), "pipeline.data.background", "keep"),
+    Place("lone words", "cache", ("lone_words/*",), (), "pipeline.data.demo", "keep"),
+    Place("benchmark data", "cache", ("bench/*",), (), "bench.nlu_bench (MASSIVE, public text)", "keep"),
 )
 
 # Inside every run folder (anything under outputs/ or multirun/ with a build_report.json).
@@ -114,7 +119,9 @@ RUN_PARTS: tuple[Place, ...] = (
     Place("report", "run", ("report.md", "report.html", "eval_details.json", "plots/*", "incumbent/*"),
           (TEXT, IDS), "pipeline.eval.run, pipeline.eval.report", "run"),
     Place("W&B offline run", "run", ("wandb/*",), (TEXT, IDS, WEIGHTS), "pipeline.tracking.wandb_run", "run"),
-    Place("run record", "run", ("build_report.json", "quarantine.jsonl", "config.yaml", ".hydra/*",
+    Place("review", "run", ("review/*", "label_noise.jsonl"), (TEXT, IDS), "pipeline.review.stage, pipeline.data.label_noise",
+          "run"),
+    Place("run record", "run", ("build_report.json", "quarantine.jsonl", "config.yaml", ".hydra/*", ".hydra-evaluate/*",
                                 "metrics.json", "decision.json", "candidate.json", "wandb_run_id", "*.log", "DO_NOT_SYNC",
                                 "multirun.yaml", ".writing"), (IDS,), "train.py, retrain.py, hydra", "keep"),
 )
@@ -162,11 +169,20 @@ def walk_files(root: Path) -> Iterator[Path]:
 
 
 def run_folders(roots: Roots) -> list[Path]:
-    """Run folders under outputs/ and multirun/: any folder the data stage wrote a build report into."""
+    """Run folders under outputs/ and multirun/: a folder the data stage wrote a build report into,
+    one `evaluate.py` wrote (its `.hydra-evaluate/`: a model scored on a dataset, which holds that
+    dataset's transcripts and ids as any run's evaluation does), one of a run that stopped before its
+    data stage (only `.hydra/` and a log), and a sweep's folder (`multirun.yaml`)."""
     found: list[Path] = []
     for name, root in (("outputs", roots.outputs), ("multirun", roots.multirun)):
         if check_root(name, root):
-            found += [p.parent for p in walk_files(root) if p.name == RUN_MARKER and "wandb" not in p.parts]
+            for p in walk_files(root):
+                if "wandb" in p.parts:
+                    continue
+                if p.name in (RUN_MARKER, "multirun.yaml"):
+                    found.append(p.parent)
+                elif p.name == "config.yaml" and p.parent.name in (".hydra", ".hydra-evaluate"):
+                    found.append(p.parent.parent)
     return sorted(set(found))
 
 

@@ -524,3 +524,40 @@ def test_a_recording_exported_again_under_another_id_is_erased_with_the_one_requ
     assert sorted(receipt["audio_copies"]) == sorted(copies)
     assert {r["request"]: r["status"] for r in receipt["requests"]}[erase.utterance_pseudonym(key, "dup-a")] == "erased"
     assert audit.main(overrides(root)) == 0, capsys.readouterr().out
+
+
+def test_a_folder_evaluate_py_wrote_is_erased_like_a_run(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """`python evaluate.py asr_model=... dataset=...` writes predictions, reports and plots of the
+    dataset it scores into a folder without a build report. Erase did not count it as a run, so the
+    deleted account's lines stayed there and the audit failed after every erase."""
+    from pipeline.data.privacy import pseudonym
+
+    root, key = store["root"], KEY.encode()
+    victim = {"utterance_id": "d0-u0", "speaker": pseudonym(key, "acct", VICTIM), "reference": VICTIM_SENTENCES[0],
+              "hypothesis": VICTIM_SENTENCES[0]}
+    folders = {}
+    for name, fingerprint in (("of-erased", store["fingerprints"][0]), ("of-kept", store["fingerprints"][1])):
+        folder = root / "outputs" / "evaluate" / name
+        (folder / ".hydra-evaluate").mkdir(parents=True)
+        (folder / ".hydra-evaluate" / "config.yaml").write_text(f"dataset: {root / 'cache' / 'datasets' / fingerprint}\n")
+        (folder / "eval_details.json").write_text(json.dumps({"test_data": {"dataset_fingerprint": fingerprint}}))
+        (folder / "metrics.json").write_text(json.dumps({"asr/wer": 0.5}))
+        other = {**victim, "utterance_id": "x-1", "speaker": "acct_0000000000000000", "reference": "play jazz",
+                 "hypothesis": "play jazz"}
+        (folder / "predictions.jsonl").write_text(json.dumps(victim) + "\n" + json.dumps(other) + "\n")
+        (folder / "report.md").write_text(f"| clip | reference |\n|---|---|\n| d0-u0 | {VICTIM_SENTENCES[0]} |\n")
+        folders[name] = folder
+
+    assert audit.main(overrides(root)) == 3
+    assert str(folders["of-erased"] / "predictions.jsonl") in capsys.readouterr().out
+    assert erase.main(overrides(root)) == 0
+    # Scored on the erased dataset: what it derived goes, and it is never uploaded; the totals stay.
+    erased = folders["of-erased"]
+    assert not (erased / "predictions.jsonl").exists() and not (erased / "report.md").exists()
+    assert (erased / DO_NOT_SYNC).is_file() and (erased / "metrics.json").is_file()
+    # Scored on a kept dataset: only the deleted account's line goes.
+    kept = folders["of-kept"]
+    assert [json.loads(x)["utterance_id"] for x in (kept / "predictions.jsonl").read_text().splitlines()] == ["x-1"]
+    assert not (kept / DO_NOT_SYNC).exists()
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 0, capsys.readouterr().out

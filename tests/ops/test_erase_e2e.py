@@ -203,3 +203,35 @@ def test_deleted_account_leaves_no_copy_after_retraining(tmp_path: Path) -> None
                                                           f"retrain.inbox={tmp_path / 'inbox'}",
                                                           f"cache_dir={tmp_path / 'cache'}"]))
     assert unclaimed(roots) == []
+
+
+@pytest.mark.slow
+def test_the_review_and_the_demos_planted_errors_are_erased_with_the_clip(tmp_path: Path) -> None:
+    """The review's queue quotes transcripts, the planted-error manifest is copied into the run, and
+    the demo's label-noise export copies its annotations: no row of the inventory named them, so a
+    deleted clip stayed in all three and the audit failed after erase."""
+    from pipeline.ops.audit import load_config
+    from pipeline.ops.inventory import Roots, unclaimed
+
+    run = tmp_path / "runs" / "smoke"
+    done = _run(tmp_path, ["train.py", "debug=smoke", "data.demo.label_noise=0.05", "stages=[data,asr,nlu,eval,review]",
+                           f"hydra.run.dir={run}", "logger=none"], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    queued = [json.loads(line)["utterance_id"] for line in (run / "review" / "queue.jsonl").read_text().splitlines()]
+    assert (run / "label_noise.jsonl").is_file() and queued
+    demo = next((tmp_path / "cache" / "demo").iterdir())
+    assert list(demo.glob("annotations.noise-*.jsonl"))
+    (tmp_path / "inbox" / "deletions").mkdir(parents=True)
+    (tmp_path / "inbox" / "deletions" / "req.jsonl").write_text(json.dumps({"utterance_id": queued[0]}) + "\n")
+    assert _audit(tmp_path)[0] == 3
+
+    erased = _run(tmp_path, ["-m", "pipeline.ops.erase", *_roots(tmp_path)])
+    assert erased.returncode == 0, erased.stderr[-3000:]
+    assert not (run / "review").exists() and not (run / "label_noise.jsonl").exists()
+    assert not list(demo.glob("annotations.noise-*.jsonl")) and not list(demo.glob("label_noise.*.jsonl"))
+    code, report = _audit(tmp_path)
+    assert code == 0, report
+    roots = Roots.from_cfg(load_config(_roots(tmp_path) + [f"retrain.registry_dir={tmp_path / 'registry'}",
+                                                          f"retrain.inbox={tmp_path / 'inbox'}",
+                                                          f"cache_dir={tmp_path / 'cache'}"]))
+    assert unclaimed(roots) == []
