@@ -41,9 +41,13 @@ def transcript_suspects(rows: list[dict[str, Any]], gaps: Any, alternatives: Seq
         v = int(np.argmax(shares[:, i]))  # the tempo at which the annotation is most in doubt
         alternative = alternatives[v][i]
         at = f" (played at {tempos[v]:g}x)" if tempos[v] != 1.0 else ""
-        why = (f"the clip{at} is too short for the annotated text" if not math.isfinite(costs[v, i])
-               else f"the annotated text costs {costs[v, i]:.1f} nats per disputed word more than what the model "
-                    f"hears{at} (more than {shares[v, i]:.0%} of {row['split']} clips)")
+        if not math.isfinite(costs[v, i]):
+            why = f"the clip{at} is too short for the annotated text"
+        elif costs[v, i] > 0:
+            why = (f"the annotated text costs {costs[v, i]:.1f} nats per disputed word more than what the model hears{at}, "
+                   f"as much as or more than {shares[v, i]:.0%} of {row['split']} clips' annotations")
+        else:  # the CTC sum over alignments can make the annotation likelier than the single best reading
+            why = f"the model reads it otherwise{at} but finds the annotated text as likely"
         out.append(Suspect(row["utterance_id"], row["split"], "transcript", row["text"], alternative, float(score[i]),
                            f"{why}: listen and correct the transcript if it says \"{alternative}\""))
     return out

@@ -106,9 +106,13 @@ def test_transcript_scores_a_misheard_word_within_its_split() -> None:
     assert set(suspects) == {"t1", "v0"}  # lines only where the texts differ
     # t1: 0.5 x 18 characters on one word = 9.0 nats; v0: 0.8 x 18 over four words = 3.6 nats each.
     assert "9.0 nats per disputed word" in suspects["t1"].reason and "3.6 nats" in suspects["v0"].reason
+    assert "as much as or more than 100% of train clips' annotations" in suspects["t1"].reason
     # Each is the most doubtful clip of its own split, whatever the other split's gaps.
     assert suspects["t1"].score == 1.0 and suspects["v0"].score == 1.0
     assert suspects["t1"].model == "alexa play jazz"
+    # An annotation the model finds likelier than its own reading (a negative gap) is not said to cost more.
+    negative = transcript_suspects(rows[:2], [[0.0, -0.2]], [alternatives[:2]])
+    assert [s.reason.split(":")[0] for s in negative] == ["the model reads it otherwise but finds the annotated text as likely"]
 
 
 def test_transcript_reads_every_tempo_and_quotes_the_one_most_in_doubt() -> None:
