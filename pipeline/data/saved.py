@@ -27,7 +27,8 @@ def open_saved(path: Path) -> Any:
 
     path = Path(path)
     if not path.exists():
-        raise PipelineError(f"dataset {path} does not exist; build it with {BUILD} or pass dataset=<path>")
+        raise PipelineError(f"dataset {path} does not exist (a cleared cache, or erased after a deletion request?); "
+                            f"build it again with {BUILD}: the same config and pseudonym key give the same splits")
     if (path / "state.json").exists() and not (path / "dataset_dict.json").exists():
         raise PipelineError(f"dataset {path} {SINGLE_SPLIT}")
     for state in sorted(path.glob("*/state.json")):

@@ -20,7 +20,7 @@ from pipeline import run_folder
 from pipeline.config import checked
 from pipeline.review.config import ReviewConfig
 from pipeline.tracking import NullTracker, Tracker
-from pipeline.runtime import PipelineError, configure_environment, fail, seed_everything
+from pipeline.runtime import PipelineError, configure_environment, fail, first_line, seed_everything
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -34,12 +34,10 @@ def main(argv: list[str]) -> None:
         if dataset is None or not (run_dir / "config.yaml").is_file():
             raise PipelineError(f"{run_dir}: not a finished run folder (config.yaml and {run_folder.BUILD_REPORT} expected); "
                                 "pass the folder of a run whose data stage finished (outputs/<date>/<time>)")
-        cfg = OmegaConf.load(run_dir / "config.yaml")
-        cfg.review = OmegaConf.merge(OmegaConf.load(CONF / "review" / "default.yaml"), cfg.get("review") or {})
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv[1:]))
+        cfg = _run_config(run_dir, argv[1:])
         checked(cfg.review, ReviewConfig, "review")  # a bad `review.*` override fails before any model loads
         configure_environment(run_dir, Path(cfg.cache_dir))
-        seed_everything(int(cfg.get("seed", 0)))
+        seed_everything(cfg.seed)
         from pipeline.review.stage import run_review_stage
 
         tracker = _tracker(cfg, run_dir)
@@ -50,6 +48,29 @@ def main(argv: list[str]) -> None:
         print(json.dumps(result, indent=2))
     except PipelineError as err:
         fail(str(err))
+
+
+def _run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """The run's config.yaml with the review defaults it may lack and the overrides on top; a file
+    that is not the config a run writes is one error naming it."""
+    path = run_dir / "config.yaml"
+    try:
+        cfg = OmegaConf.load(path)
+        if not isinstance(cfg, DictConfig) or "cache_dir" not in cfg:
+            raise ValueError("it has no cache_dir")
+        cfg.review = OmegaConf.merge(OmegaConf.load(CONF / "review" / "default.yaml"), cfg.get("review") or {})
+    except Exception as err:  # noqa: BLE001 - a YAML, OmegaConf or our own error: the file is not a run's config
+        raise PipelineError(f"{path} is not the config a run writes ({err.__class__.__name__}: {first_line(err)}); "
+                            "restore it from a copy of the run, or run the run again") from err
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except Exception as err:  # noqa: BLE001
+        raise PipelineError(f"the overrides {overrides} do not apply ({first_line(err)}); give key=value pairs, "
+                            "e.g. review.folds=3") from err
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise PipelineError(f"seed={seed!r}: give a whole number, e.g. seed=1234")
+    return cfg
 
 
 def _tracker(cfg: DictConfig, run_dir: Path) -> Tracker:

@@ -56,7 +56,8 @@ def _broken(kind: str, built: Path, folder: Path) -> Path:
 
 @pytest.mark.parametrize("reader", list(READERS))
 @pytest.mark.parametrize(("kind", "error"), [
-    ("missing", r"^dataset <path> does not exist; build it with `python train\.py stages=\[data\]`"),
+    ("missing", r"^dataset <path> does not exist \(a cleared cache, or erased after a deletion request\?\); build it "
+                r"again with `python train\.py stages=\[data\]`: the same config and pseudonym key give the same splits$"),
     ("not-a-dataset", r"^dataset <path> is not a saved dataset \(no dataset_dict\.json\)"),
     ("single-split", r"^dataset <path> is a single split, not a dataset of splits; pass the folder holding dataset_dict\.json"),
     ("empty-split-saved-elsewhere", r"^dataset <path> split 'test' is empty and saved without a data file, so the "

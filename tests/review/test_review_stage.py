@@ -192,6 +192,7 @@ def test_make_review_gives_a_setting_the_runs_config_lacks_its_default(tiny_mode
 @pytest.mark.parametrize(("folder", "args", "error"), [
     pytest.param("run", ["review.folds=7"], r"review\.folds=7 is more than the 6 accounts", id="folds-exceed-accounts"),
     pytest.param("no-such-run", [], r"<run>: not a finished run folder", id="not-a-run-folder"),
+    pytest.param("run", ["seed=x"], r"^error: seed='x': give a whole number", id="seed-not-a-number"),
 ])
 def test_make_review_refuses_in_one_line_naming_the_setting_or_folder(
     folder: str, args: list[str], error: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
@@ -203,6 +204,24 @@ def test_make_review_refuses_in_one_line_naming_the_setting_or_folder(
     run = tmp_path / folder
     with pytest.raises(SystemExit) as exit_info:
         main([str(run), *args])
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2 and len(error_lines) == 1
+    assert re.search(error.replace("<run>", re.escape(str(run.resolve()))), error_lines[0]), error_lines[0]
+
+
+@pytest.mark.parametrize(("config", "error"), [
+    pytest.param("", r"<run>/config\.yaml is not the config a run writes \(ValueError: it has no cache_dir\)", id="empty"),
+    pytest.param("a: [", r"<run>/config\.yaml is not the config a run writes \(\w+: ", id="not-yaml"),
+])
+def test_make_review_names_a_broken_run_config(config: str, error: str, tiny_models: Path, tiny_dataset_path: Path,
+                                               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It gave omegaconf's or the YAML parser's traceback."""
+    from pipeline.review.__main__ import main
+
+    run = finished_run(tmp_path, tiny_models, tiny_dataset_path)
+    (run / "config.yaml").write_text(config)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run)])
     error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert exit_info.value.code == 2 and len(error_lines) == 1
     assert re.search(error.replace("<run>", re.escape(str(run.resolve()))), error_lines[0]), error_lines[0]
