@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bench.cli import check_common
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # name: (asr.cpu_fft_positional_conv, asr.skip_waveform_gradient)
     "stock": (False, False),
@@ -107,6 +109,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json-out", help="also write the report here")
     args = parser.parse_args()
+    check_common(parser, args)
     sys.path.insert(0, str(ROOT))
     from bench.asr_throughput import synthetic_dataset
 

@@ -13,7 +13,8 @@ loop, peak memory, validation loss at the last step, and (on a GPU) MFU. With `-
 throughput counts only the steps after W, so that compilation, cuDNN's algorithm search and the
 allocator's growth stay out of it (validation passes are left out too); the whole run's figure is
 kept as `audio_seconds_per_second_whole_run`. `--repeats N` interleaves N
-runs of each side in ABBA order and reports the median run of each (this VM's speed drifts by 10-25%
+runs of each side in ABBA order and reports the median run of each (of an even count, the slower
+of the two middle runs; this VM's speed drifts by 10-25%
 between runs, and sometimes within a few minutes); `--baseline-fast-math` gives the recipe our CPU
 settings too, to show what they alone buy.
 """
@@ -34,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from bench.cli import check_common
 
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}  # dense bf16
@@ -297,6 +300,7 @@ def main() -> None:
     parser.add_argument("--role", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    check_common(parser, args)
     sys.path.insert(0, str(ROOT))
     if args.role:
         result: dict[str, Any] = {}
@@ -318,9 +322,9 @@ def main() -> None:
                 side = run_side(args, role, Path(tmp) / f"{role}.json", report.get("gpu", ""))
                 runs[role].append(side)
                 print(f"{role}: {json.dumps(side)}", flush=True)  # each side as it ends, in case the other fails
-        for role in roles:  # the median run of each side (by throughput)
+        for role in roles:  # the median run of each side by throughput; of an even count, the slower middle one
             ordered = sorted(runs[role], key=lambda side: side["audio_seconds_per_second"])
-            report[role] = ordered[len(ordered) // 2]
+            report[role] = ordered[(len(ordered) - 1) // 2]
         if args.only:
             print(json.dumps(report, indent=2))
             if args.json_out:

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from bench.cli import check_common
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json-out", help="also write the report here")
     args = parser.parse_args(argv)
+    check_common(parser, args)
     sys.path.insert(0, str(ROOT))
     from bench.asr_patches import spread
     from bench.asr_throughput import synthetic_dataset

@@ -31,6 +31,8 @@ import numpy as np
 import psutil
 import soundfile as sf
 
+from bench.cli import check_common
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
@@ -102,7 +104,8 @@ def run_measured(cmd: list[str]) -> tuple[float, str, dict[str, float]]:
     """Run `cmd` from the repository root; wall seconds, its stdout, and the peak memory (MB) of its
     whole process tree: RSS, PSS and the anonymous part of PSS (the heap, which is what grows)."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    errors = tempfile.TemporaryFile(mode="w+")  # not a pipe: nobody reads it while the child runs
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=errors, text=True)
     parent = psutil.Process(proc.pid)
     peak_rss = peak_pss = peak_anon = 0
     while proc.poll() is None:
@@ -118,7 +121,10 @@ def run_measured(cmd: list[str]) -> tuple[float, str, dict[str, float]]:
     seconds = time.perf_counter() - started
     out = proc.stdout.read() if proc.stdout else ""
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[2:5])} failed with exit code {proc.returncode}")
+        errors.seek(0)
+        tail = "".join(errors.readlines()[-15:])
+        raise SystemExit(f"{' '.join(cmd[2:5])} failed with exit code {proc.returncode}:\n{tail}")
+    errors.close()
     peaks = {"peak_rss_mb": round(peak_rss / 2**20, 1), "peak_pss_mb": round(peak_pss / 2**20, 1),
              "peak_heap_mb": round(peak_anon / 2**20, 1)}
     return seconds, out, peaks
@@ -145,6 +151,7 @@ def main() -> None:
     parser.add_argument("--export", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    check_common(parser, args)
 
     if args.worker == "ours":
         print(run_ours(args.export, args.work, args.num_proc))

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.cli import check_common
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 KEY = "bench-erase-key"
@@ -155,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
+    check_common(parser, args)
     from datasets import disable_progress_bars
 
     disable_progress_bars()

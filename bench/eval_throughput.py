@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from bench.cli import check_common
 from pipeline.asr.lm import LM_DIR, BeamDecoder, has_lm, write_char_lm
 from pipeline.text import normalize_text
 
@@ -100,6 +101,7 @@ def main() -> None:
                         help="streaming bench: minutes of synthesised background (and 4x that for memory); 0 = skip")
     parser.add_argument("--stream-only", action="store_true", help="only the streaming bench")
     args = parser.parse_args()
+    check_common(parser, args)
     torch.set_num_threads(args.threads)
     if args.stream_only:
         print(json.dumps({"stream": stream_bench(args)}, indent=2))

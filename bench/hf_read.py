@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from bench.cli import check_common
 from bench.data_build import run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--saved", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    check_common(parser, args)
 
     if args.worker == "ours":
         print(run_ours(args.saved, args.work, args.num_proc))
@@ -143,6 +145,7 @@ def main() -> None:
                 runs["ours"].append(measure("ours", saved, args.num_proc))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        # The median run; of an even count, the slower middle one (as bench.asr_throughput).
         median = {k: sorted(v, key=lambda r: r["seconds"])[len(v) // 2] for k, v in runs.items() if v}
         ours = {"n": n, "num_proc": args.num_proc, **median["ours"],
                 "seconds_all": [r["seconds"] for r in runs["ours"]]}

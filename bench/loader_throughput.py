@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from bench.cli import check_common
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--clips", type=int, default=None, help="use only the first N train clips (a quick check)")
     parser.add_argument("--out", default=str(ROOT / "bench/results"), help="folder for the JSON result")
     args = parser.parse_args(argv)
+    check_common(parser, args)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one worker, one core
     try:

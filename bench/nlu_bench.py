@@ -48,6 +48,9 @@ def massive_rows(path: Path) -> list[dict]:
 def massive_dataset(cache: Path) -> Path:
     """MASSIVE en-US as a text-only DatasetDict: train, and dev as both validation and test."""
     path = cache / "massive_en_us"
+    if not path.exists() and not (MASSIVE / "en-US.train.jsonl").is_file():
+        raise SystemExit(f"bench.nlu_bench needs MASSIVE en-US (en-US.train.jsonl, en-US.dev.jsonl) in {MASSIVE}, "
+                         "the shared data folder beside the repository; it is absent here")
     if not path.exists():
         features = dataset_features(with_audio=False)
         dev = Dataset.from_list(massive_rows(MASSIVE / "en-US.dev.jsonl"), features=features)
