@@ -42,7 +42,8 @@ def main(argv: list[str]) -> None:
 
         tracker = _tracker(cfg, run_dir)
         try:
-            result = run_review_stage(cfg, run_dir, dataset, tracker)
+            with run_folder.writing(run_dir):  # `make erase` waits for it, as for train.py and evaluate.py
+                result = run_review_stage(cfg, run_dir, dataset, tracker)
         finally:
             tracker.finish()
         print(json.dumps(result, indent=2))

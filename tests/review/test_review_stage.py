@@ -363,3 +363,19 @@ def test_each_tempo_reads_its_own_audio_in_any_order(tiny_models: Path, tiny_dat
     assert not np.allclose(both.transcript_gap[0], both.transcript_gap[1])  # 0.85x is heard otherwise
     np.testing.assert_allclose(faster.wake_score, recorded.wake_score, rtol=1e-4, atol=1e-4)  # wake: as recorded
     assert set(both.seconds) == {"asr_forward", "transcript", "wake"} and both.seconds["transcript"] > 0
+
+
+def test_make_review_holds_the_run_as_being_written(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.py and evaluate.py hold `<run>/.writing` while they write, so `make erase` waits for them;
+    the review writes into the run too (its queue quotes transcripts) and did not."""
+    from pipeline import run_folder
+    from pipeline.review import stage
+    from pipeline.review.__main__ import main
+
+    run = finished_run(tmp_path, tiny_models, tiny_dataset_path)
+    seen: list[bool] = []
+    monkeypatch.setattr(stage, "run_review_stage", lambda cfg, run_dir, dataset, tracker:
+                        seen.append(run_folder.being_written(run_dir)) or {})
+    main([str(run)])
+    assert seen == [True] and not run_folder.being_written(run)
