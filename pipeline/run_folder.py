@@ -47,6 +47,9 @@ def dataset_path(run_dir: Path) -> Path | None:
     if report is None:
         return None
     path = Path(run_dir) / BUILD_REPORT
+    if "dataset_path" not in report and (Path(run_dir) / "dataset_dict.json").is_file():
+        raise PipelineError(f"{run_dir} is a built dataset, not a run folder; pass the run folder whose data stage "
+                            "built it (outputs/<date>/<time>), or give it as dataset=<folder> to evaluate.py")
     if "dataset_path" not in report:
         raise PipelineError(f"{path} has no `dataset_path` key: the data stage always writes one, so the file was "
                             "edited or comes from elsewhere; re-run the `data` stage to rewrite it")

@@ -193,6 +193,7 @@ def test_make_review_gives_a_setting_the_runs_config_lacks_its_default(tiny_mode
     pytest.param("run", ["review.folds=7"], r"review\.folds=7 is more than the 6 accounts", id="folds-exceed-accounts"),
     pytest.param("no-such-run", [], r"<run>: not a finished run folder", id="not-a-run-folder"),
     pytest.param("run", ["seed=x"], r"^error: seed='x': give a whole number", id="seed-not-a-number"),
+    pytest.param("dataset", [], r"^error: <run> is a built dataset, not a run folder", id="a-dataset-folder"),
 ])
 def test_make_review_refuses_in_one_line_naming_the_setting_or_folder(
     folder: str, args: list[str], error: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
@@ -202,6 +203,9 @@ def test_make_review_refuses_in_one_line_naming_the_setting_or_folder(
 
     finished_run(tmp_path, tiny_models, tiny_dataset_path)
     run = tmp_path / folder
+    if folder == "dataset":  # a cached dataset holds a build report too, without dataset_path
+        shutil.copytree(tiny_dataset_path, run)
+        (run / "build_report.json").write_text(json.dumps({"fingerprint": "f" * 20}))
     with pytest.raises(SystemExit) as exit_info:
         main([str(run), *args])
     error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
