@@ -40,7 +40,8 @@ def test_every_shipped_data_config_passes(name: str) -> None:
     cfg = composed(f"data={name}")
     data = checked(cfg.data, DataConfig, "data")
     checked(cfg.privacy, PrivacyConfig, "privacy")
-    check_config(cfg, list(cfg.stages))
+    # massive_text has no audio: it trains the NLU alone (the asr stage is refused with it).
+    check_config(cfg, ["data", "nlu", "eval"] if name == "massive_text" else list(cfg.stages))
     shares = data.shares()
     if name == "massive_text":  # MASSIVE's files fix its splits
         assert shares is None

@@ -142,7 +142,8 @@ def test_an_explicit_background_folder_without_audio_is_refused(tiny_models: Pat
     folder = tmp_path / "background"
     folder.mkdir()
     (folder / "notes.txt").write_text("the news at six")
-    _refused(rf"^eval\.background={re.escape(str(folder))}: no audio files \(\.wav, \.flac, \.ogg, \.mp3\) under it; "
+    _refused(rf"^eval\.background={re.escape(str(folder))}: no audio files \(\.wav, \.flac, \.ogg, \.opus, \.mp3, \.aiff, \.aif, "
+             r"\.m4a, \.aac, \.mp4, \.webm, \.wma\) under it; "
              r"point it at recordings, or eval\.background=none$",
              tmp_path, tiny_models, tiny_dataset_path, **{"eval.background": str(folder)})
 
