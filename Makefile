@@ -45,7 +45,7 @@ train: setup
 # into one folder, so it is named here (Hydra's own ${now:} is read per process); smoke runs go to
 # outputs/debug/ as with train.py.
 train-ddp: setup
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) train.py hydra.run.dir=$(if $(findstring debug=smoke,$(ARGS)),outputs/debug,outputs)/$$(date +%F/%H-%M-%S) $(ARGS)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) train.py hydra.run.dir=$(if $(and $(findstring debug=,$(ARGS)),$(findstring smoke,$(ARGS))),outputs/debug,outputs)/$$(date +%F/%H-%M-%S) $(ARGS)
 
 evaluate: setup
 	@test -n "$(RUN)" || { echo "usage: make evaluate RUN=outputs/<date>/<time>"; exit 2; }

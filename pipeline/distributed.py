@@ -120,5 +120,8 @@ def barrier(placement: Placement, waiting_for: str = "reach this point") -> None
     try:
         dist.barrier()
     except RuntimeError as err:  # DistBackendError and gloo's connection errors are RuntimeErrors
+        if "timed out" in str(err).lower() or "timeout" in str(err).lower():
+            raise PipelineError(f"rank {placement.rank}: waited longer than trainer.ddp.timeout_minutes for the others "
+                                f"to {waiting_for} ({first_line(err)}); raise it for a long build or evaluation") from err
         raise PipelineError(f"rank {placement.rank}: another process stopped while this one waited for it to "
                             f"{waiting_for} ({first_line(err)}); its error is above") from err

@@ -65,6 +65,21 @@ class Clip:
     duration: float  # seconds, after resampling
 
 
+# A deleted clip shorter than this stands for no one recording (see identifies_a_recording).
+MIN_IDENTIFYING_S = 0.25
+
+
+def identifies_a_recording(audio: Path | bytes) -> bool:
+    """Whether a clip's audio stands for that one recording, so that the same bytes under another id
+    are a copy of it: not empty, not silent, not a fraction of a second. Every muted microphone's clip
+    of one length has the same bytes; another account's identical silent clip is no copy of anyone's."""
+    try:
+        clip = load_clip(audio, "clip", 0.0, 3600.0, need_signal=True)
+    except Exception:  # noqa: BLE001 - empty, undecodable or silent: nothing that identifies
+        return False
+    return clip.duration >= MIN_IDENTIFYING_S
+
+
 @lru_cache(maxsize=8)
 def _resampler(orig_sr: int) -> torchaudio.transforms.Resample:
     """One resampling kernel per input rate, built once per process (the kernel is the costly part)."""

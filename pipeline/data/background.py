@@ -42,7 +42,7 @@ import torch
 from pipeline.data.features import AUDIO_EXTENSIONS, FFMPEG_EXTENSIONS, SAMPLING_RATE
 from pipeline.data.saved import open_saved
 from pipeline.data.schema import json_lines
-from pipeline.runtime import PipelineError, staged_folder, usable_cores
+from pipeline.runtime import PipelineError, first_line, staged_folder, usable_cores
 from pipeline.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -138,11 +138,15 @@ def ffmpeg_blocks(path: Path, block_s: float) -> Iterator[np.ndarray]:
     from torchcodec.decoders import AudioDecoder
 
     decoder = AudioDecoder(str(path), sample_rate=SAMPLING_RATE, num_channels=1)
+    end = decoder.metadata.duration_seconds_from_header
     start = 0.0
     while True:
         try:
             block = decoder.get_samples_played_in_range(start, start + block_s).data
-        except RuntimeError:  # past the last frame
+        except RuntimeError as err:  # past the last frame, or a damaged file
+            if end is not None and start < end - 1.0:  # its hours would count as heard: refuse it
+                raise PipelineError(f"background recording {path}: ffmpeg cannot decode it past {start:.0f} s of the "
+                                    f"{end:.0f} s its header gives ({first_line(err)}); re-encode it or take it out") from err
             return
         if not block.shape[-1]:
             return

@@ -428,7 +428,7 @@ def _build(sources: list[Source], plan: Plan, settings: Settings, fingerprint: s
             for line in quarantine:
                 f.write(json.dumps(line) + "\n")
         write_card(out / "README.md", summary, report, {s.name: split_rule(s.kind, s.options) for s in sources},
-                   text_only=all(s.root is None for s in sources))
+                   text_only=not with_audio)
         (out / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
         del dd, meta
         publish(out, final, marker="build_report.json")

@@ -59,7 +59,8 @@ def split_rule(kind: str, options: dict[str, Any]) -> str:
     if kind == "slurp":
         return (f"a keyed hash of the {options.get('slurp_account', 'sentence')} (`data.slurp_account`): SLURP's "
                 "files name no speakers, so one person's clips may sit in two splits")
-    return "a keyed hash of the speaker (account), so no speaker is in two splits"
+    return ("a keyed hash of the account (the speaker where the source names one, else each clip is its own), "
+            "so no account is in two splits")
 
 
 def write_card(path: Path, summary: dict[str, Any], report: dict[str, Any], rules: dict[str, str],

@@ -70,7 +70,7 @@ def _scoring_note(details: dict[str, Any], metrics: dict[str, Any]) -> str | Non
                 and metrics[f"{k}_ci_low"] is None and metrics[k] is not None]
         if bare:  # a split of one speaker: a zero-width interval would read as certainty
             parts.append(f"No interval for {', '.join(f'`{k}`' for k in bare)}: an interval needs two or more speakers "
-                         "(or background recordings), and the split has fewer.")
+                         "(or background recordings), and no resample could compute it on this split.")
     scoring = details.get("slu_scoring") or {}
     if scoring.get("mode") == "slurp":
         parts.append(f"Intent and entity scoring: slurp, as SLURP's official scorer (gold fillers from its tokens, "

@@ -192,14 +192,23 @@ def stream_background(
             stats.windows += len(batch)
             batch.clear()
 
-        for start, samples, last in _windows(_blocks(rec, settings.block_s), window, hop, stride):
+        streamed = 0  # samples decoded: a file cut short counts what was heard, not what its header says
+
+        def counted(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+            nonlocal streamed
+            for block in blocks:
+                streamed += len(block)
+                yield block
+
+        for start, samples, last in _windows(counted(_blocks(rec, settings.block_s)), window, hop, stride):
             batch.append((start, samples, last))
             if len(batch) >= settings.batch_size:
                 flush()
         flush()
-        stats.audio_seconds += rec.seconds  # streamed (the scored seconds are the trace's)
+        seconds = streamed / SAMPLING_RATE
+        stats.audio_seconds += seconds  # streamed (the scored seconds are the trace's)
         stats.traces.append(Trace(
-            rec.recording_id, rec.split, max(0.0, rec.seconds - margin * stride / SAMPLING_RATE),
+            rec.recording_id, rec.split, max(0.0, seconds - margin * stride / SAMPLING_RATE),
             np.concatenate(kept_frames) if kept_frames else np.zeros(0, np.int64),
             np.concatenate(kept_scores) if kept_scores else np.zeros(0, np.float32),
         ))

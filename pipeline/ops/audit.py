@@ -39,8 +39,8 @@ from pipeline.data.schema import json_lines
 from pipeline.ops.corpus import pending_deletions, pseudonym_key
 from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_rows, deleted_set,
                                 derived_parts, export_folders, find_traces, gram_hash, kept_digests, md5_b64,
-                                prediction_hit, run_fingerprint, staging_files, text_hash, unexplained_grams)
-from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, walk_files
+                                prediction_hit, run_fingerprints, staging_files, text_hash, unexplained_grams)
+from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, run_of, walk_files
 from pipeline.ops.registry import Registry
 from pipeline.runtime import PipelineError
 
@@ -168,10 +168,10 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
 
     runs = run_folders(roots)
     for run in runs:
-        if run_fingerprint(run) in erased:
+        if run_fingerprints(run) & erased:
             for kind, files in derived_parts(run).items():
                 findings.append(Finding(kind, "derived", str(run), f"{len(files)} file(s) derived from an "
-                                        f"erased dataset ({run_fingerprint(run)})"))
+                                        f"erased dataset ({', '.join(sorted(run_fingerprints(run) & erased))})"))
     for record in registry.records():
         model_dir = registry.model_dir(record["model_id"])
         trained = set(record.get("trained_on", [])) & deleted
@@ -234,9 +234,9 @@ def _scan_file(f: Path, kind: str, wanted: Wanted, staged: bool, roots: Roots) -
 
 
 def _kind_of(f: Path, roots: Roots, runs: list[Path]) -> str:
-    run = next((r for r in runs if f.is_relative_to(r)), None)
+    run = run_of(f, runs)
     if run is not None:
-        place = place_of(f.relative_to(run).as_posix(), RUN_PARTS)
+        place = place_of(f.resolve().relative_to(run.resolve()).as_posix(), RUN_PARTS)
         return place.kind if place else "run folder"
     for name, root in roots.named().items():
         if f.is_relative_to(root):

@@ -60,6 +60,7 @@ class Corpus:
     batches: int = 0
     tombstones: set[str] = field(default_factory=set)
     quarantined: int = 0
+    purged_audio: list[str] = field(default_factory=list)  # sha256 of the purged audio files that identify a recording
 
     def state(self, extra: str = "") -> str:
         """What a model trained now would be trained on: same state, same model (training is
@@ -242,15 +243,30 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
         corpus.new_batches.append(batch.name)
 
     # 3. Tombstones, then purge, then the merged export.
+    _purge_and_merge(corpus, corpus_dir, key, requests)
+    return corpus
+
+
+def remerge(corpus_dir: Path, key: bytes) -> Corpus:
+    """Step 3 alone, after erasure added tombstones (clips under other ids that hold a deleted clip's
+    audio): they leave the batches and the merged export now, not at the next intake."""
+    corpus = Corpus(corpus_dir / ANNOTATIONS, corpus_dir / REQUESTS_FILE)
+    if (corpus_dir / "batches").is_dir():
+        _purge_and_merge(corpus, corpus_dir, key, read_pseudonyms(corpus.requests))
+    return corpus
+
+
+def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set[str]) -> None:
     tomb_file = corpus_dir / TOMBSTONES_FILE
     corpus.tombstones = read_pseudonyms(tomb_file)
-    wanted = Deletions(requests)
+    batches_dir = corpus_dir / "batches"
     batches = sorted(p for p in batches_dir.iterdir() if p.is_dir() and not p.name.startswith(TMP_PREFIX))
     all_records = [r for b in batches for r in batch_records(b)]
     new_tombs = deleted_utterances(all_records, requests, key) - corpus.tombstones
     if new_tombs:
         corpus.tombstones |= new_tombs
         _write_atomic(tomb_file, "".join(h + "\n" for h in sorted(corpus.tombstones)))
+    wanted = Deletions(requests | corpus.tombstones)  # tombstones: erasure's copies too
     merged: list[str] = []
     for batch in batches:
         kept: list[str] = []
@@ -263,6 +279,10 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
             if wanted.matches(key, record):
                 audio = _inside(batch, str(record.get("audio") or ""))
                 if audio is not None and audio.is_file():
+                    from pipeline.data.audio import identifies_a_recording
+
+                    if identifies_a_recording(audio):  # erasure and the audit look for copies of it
+                        corpus.purged_audio.append(hashlib.sha256(audio.read_bytes()).hexdigest())
                     audio.unlink()
                 corpus.purged += 1
                 continue
@@ -274,7 +294,6 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
         _write_atomic(batch / ANNOTATIONS, "".join(line + "\n" for line in kept))
     corpus.batches = len(batches)
     _write_atomic(corpus.annotations, "".join(line + "\n" for line in merged))
-    return corpus
 
 
 def pending_deletions(inbox: Path, corpus_dir: Path, key: bytes) -> set[str]:

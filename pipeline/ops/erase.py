@@ -40,13 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline import run_folder
 from pipeline.data.privacy import REQUESTS_FILE, TOMBSTONES_FILE, pseudonym, read_pseudonyms, record_pseudonyms
 from pipeline.data.schema import json_lines
 from pipeline.ops.config import JobConfig, job_config
-from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, inbox_requests, pseudonym_key,
+from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, inbox_requests, pseudonym_key, remerge,
                                  utterance_pseudonym)
 from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, check_root, place_of,
                                     run_folders, walk_files)
@@ -108,11 +108,12 @@ class Ledger:
     """What erasure removed, as the audit needs it: fingerprints only, never a copy."""
 
     datasets: set[str] = field(default_factory=set)
-    audio: set[str] = field(default_factory=set)          # sha256 of a clip's FLAC bytes or source file
+    audio: set[str] = field(default_factory=set)          # sha256 of a clip's FLAC bytes or source file (identifying ones)
     texts: set[str] = field(default_factory=set)          # keyed hashes of unique deleted transcripts
     grams: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # text -> order -> gram hashes
     digests: set[str] = field(default_factory=set)        # W&B manifest digests of erased files
     utterances: set[str] = field(default_factory=set)
+    copies: set[str] = field(default_factory=set)         # utterances taken as copies of a deleted clip's audio
 
     @classmethod
     def load(cls, folder: Path) -> Ledger:
@@ -131,12 +132,15 @@ class Ledger:
         elif kind == "clip":
             if entry.get("utterance"):
                 self.utterances.add(entry["utterance"])
-            self.audio.update(a for a in (entry.get("audio"), entry.get("file")) if a)
+            if entry.get("identifying", True):  # silence and empty files stand for no recording
+                self.audio.update(a for a in (entry.get("audio"), entry.get("file")) if a)
         elif kind == "text":
             self.texts.add(entry["text"])
             self.grams[entry["text"]] = entry.get("grams", {})
         elif kind == "digest":
             self.digests.add(entry["md5"])
+        elif kind == "copy":
+            self.copies.add(entry["utterance"])
 
 
 def append_ledger(folder: Path, entries: list[dict[str, Any]]) -> None:
@@ -200,10 +204,11 @@ class Traces:
     per_request: Counter = field(default_factory=Counter)
     unique_texts: dict[str, str] = field(default_factory=dict)  # hash -> text (memory only)
 
-    def add_clip(self, key: bytes, utt: str, digest: str | None, text: str) -> None:
+    def add_clip(self, key: bytes, utt: str, digest: str | None, text: str, identifies: bool = False) -> None:
         clip = self.clips.setdefault(utt, {})
         if digest:
             clip["audio"] = digest
+            clip["identifying"] = identifies
         if text:
             clip["text"] = text_hash(key, text)
             self.unique_texts[clip["text"]] = text
@@ -214,7 +219,7 @@ class Traces:
         for utt, clip in sorted(self.clips.items()):
             text = clip.get("text") if clip.get("text") not in self.kept_texts else None
             entries.append({"type": "clip", "utterance": utt, "audio": clip.get("audio"),
-                            "file": clip.get("file"), "text": text})
+                            "identifying": bool(clip.get("identifying")), "file": clip.get("file"), "text": text})
         for digest, text in sorted(self.unique_texts.items()):
             if digest not in self.kept_texts:
                 entries.append({"type": "text", "text": digest, "grams": {
@@ -232,6 +237,8 @@ def find_traces(roots: Roots, key: bytes, deleted: set[str], known_audio: set[st
     """Deleted clips in the cached datasets: those a request names, and their copies. A row no request
     names that holds a deleted clip's audio (this pass's, or `known_audio` from earlier erasures) is
     the same recording exported again under another id: the person asked for it to go as well."""
+    from pipeline.data.audio import identifies_a_recording
+
     traces = Traces()
     audio = set(known_audio)
     others: list[tuple[str, str, str | None, str]] = []  # (folder, utterance, audio sha256, text) of the rest
@@ -247,17 +254,18 @@ def find_traces(roots: Roots, key: bytes, deleted: set[str], known_audio: set[st
                 continue
             hits += 1
             traces.per_request.update(matched)
-            traces.add_clip(key, utt, digest, text)
-            audio.add(digest)
+            identifies = digest is not None and identifies_a_recording(row["audio"])
+            traces.add_clip(key, utt, digest, text, identifies)
+            if identifies:
+                audio.add(digest)
         if hits:
             traces.affected[str(folder)] = hits
-    audio.discard(None)
     for folder, utt, digest, text in others:
         if digest in audio:
             traces.copies.add(utt)
             traces.copies_in[folder] += 1
             traces.affected[folder] = traces.affected.get(folder, 0) + 1
-            traces.add_clip(key, utt, digest, text)
+            traces.add_clip(key, utt, digest, text, True)
         elif text:
             traces.kept_texts.add(text_hash(key, text))
             traces.kept_text_values.add(text)
@@ -289,6 +297,8 @@ def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = Fa
     `matched` counts the records each pseudonym of `deleted` took (a receipt's per-request status).
     A record whose audio file holds one of `audio` (deleted clips' sha256s) goes too, as a copy; its
     utterance's pseudonym is added to `copies`."""
+    from pipeline.data.audio import identifies_a_recording
+
     annotations = folder / ANNOTATIONS
     if not annotations.is_file():
         return 0, []
@@ -310,7 +320,8 @@ def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = Fa
         if matched is not None:
             matched.update(hits)
         if path is not None:
-            hashes.append(hashlib.sha256(path.read_bytes()).hexdigest())
+            if identifies_a_recording(path):  # what the audit looks for copies of
+                hashes.append(hashlib.sha256(path.read_bytes()).hexdigest())
             if not dry_run:
                 path.unlink()
     if purged and not dry_run:
@@ -319,7 +330,7 @@ def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = Fa
         os.replace(tmp, annotations)
         # Copies made from the annotations (the demo's label-noise export and its manifest) are made
         # again from the purged file when next asked for.
-        for derived in [*folder.glob("annotations.*.jsonl"), *folder.glob("label_noise.*.jsonl")]:
+        for derived in [*folder.glob("annotations.noise-*.jsonl"), *folder.glob("label_noise.noise-*.jsonl")]:
             derived.unlink()
     return purged, hashes
 
@@ -340,9 +351,12 @@ def export_folders(roots: Roots) -> list[Path]:
 
 # --------------------------------------------------------------------------------- run folders
 
-def run_fingerprint(run: Path) -> str | None:
-    """The dataset a run was built on (its build report), or, for a folder `evaluate.py` wrote, the
-    dataset it scored (eval_details.json): erasing that dataset erases what was derived from it."""
+def run_fingerprints(run: Path) -> set[str]:
+    """The datasets a run folder holds anything of: the one its data stage built (build report), the
+    one its evaluation scored (eval_details.json; `evaluate.py run=<run> dataset=<other>` scores
+    another), and the one an `evaluate.py` still running was given (its `.hydra-evaluate/config.yaml`,
+    before eval_details.json is written). Erasing any of them erases what the folder derived."""
+    found: set[str] = set()
     for name, field_of in ((RUN_MARKER, lambda d: d.get("fingerprint")),
                            ("eval_details.json", lambda d: (d.get("test_data") or {}).get("dataset_fingerprint"))):
         try:
@@ -350,8 +364,14 @@ def run_fingerprint(run: Path) -> str | None:
         except (OSError, ValueError, AttributeError):
             continue
         if value:
-            return str(value)
-    return None
+            found.add(str(value))
+    try:
+        given = OmegaConf.load(run / ".hydra-evaluate" / "config.yaml").get("dataset")
+    except Exception:  # noqa: BLE001 - absent or unreadable: no evaluation was given a dataset here
+        given = None
+    if given:
+        found.add(Path(str(given)).name)  # <cache_dir>/datasets/<fingerprint>
+    return found
 
 
 def derived_parts(run: Path) -> dict[str, list[Path]]:
@@ -398,7 +418,7 @@ def kept_digests(roots: Roots, erased: set[str]) -> set[str]:
     """Content digests of the W&B artifacts of runs built on no erased dataset. A file with the same
     bytes as one of them (a tokenizer, a config, the vocabulary: every run stages its own copy, or
     shares W&B's content-addressed one) holds nothing of the deleted data, so it stays."""
-    return {d for run in run_folders(roots) if run_fingerprint(run) not in erased for d in wandb_manifest(run)[1]}
+    return {d for run in run_folders(roots) if not run_fingerprints(run) & erased for d in wandb_manifest(run)[1]}
 
 
 def md5_b64(path: Path) -> str:
@@ -600,7 +620,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     # the deleted data after this receipt: wait for it (nothing is removed yet).
     erasing = ledger.datasets | {Path(p).name for p in traces.affected}
     for run in run_folders(roots):
-        if run_fingerprint(run) in erasing and run_folder.being_written(run):
+        if run_fingerprints(run) & erasing and run_folder.being_written(run):
             from pipeline.ops.retrain import RetrainBusy
 
             raise RetrainBusy(f"run {run} is being written (a training or evaluation) and was built on data a "
@@ -626,21 +646,19 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
         if purged:
             job.remove("source audio", folder, clips=purged)
     # A copy's own id is deleted from now on: other runs' lines of it go below, and every build and
-    # intake keeps it out (the tombstones are what they read).
+    # intake keeps it out (the tombstones are what they read); the merged corpus loses it now.
     deleted = deleted | copies
-    job.audio_copies = sorted(copies)
-    tombstones = roots.corpus / TOMBSTONES_FILE
-    if copies - read_pseudonyms(tombstones):
-        roots.corpus.mkdir(parents=True, exist_ok=True)
-        tmp = tombstones.with_name(".tmp-" + tombstones.name)
-        tmp.write_text("".join(p + "\n" for p in sorted(read_pseudonyms(tombstones) | copies)))
-        os.replace(tmp, tombstones)
+    add_tombstones(roots, copies)
+    if copies and (roots.corpus / "batches").is_dir():
+        remerge(roots.corpus, key)
+    entries += [{"type": "copy", "utterance": u} for u in sorted(copies - ledger.copies)]
+    job.audio_copies = sorted((copies | ledger.copies) - set(state.get("copies_seen", [])))
 
     staged: set[Path] = set()
     online_ids: list[str] = []
     kept = kept_digests(roots, erased)  # before the erased runs' W&B folders go
     for run in run_folders(roots):
-        if run_fingerprint(run) in erased:
+        if run_fingerprints(run) & erased:
             paths, digests = wandb_manifest(run)
             staged |= paths
             entries += [{"type": "digest", "md5": d} for d in sorted(digests - ledger.digests)]
@@ -652,7 +670,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
             if parts or not (run / DO_NOT_SYNC).exists():
                 (run / DO_NOT_SYNC).write_text(json.dumps({
                     "reason": "trained on data erased after a deletion request; never upload this run",
-                    "dataset_fingerprint": run_fingerprint(run), "at": now()}) + "\n")
+                    "dataset_fingerprints": sorted(run_fingerprints(run) & erased), "at": now()}) + "\n")
                 job.do_not_sync.append(str(run))
             for kind, files in parts.items():
                 for f in files:
@@ -704,10 +722,46 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     append_ledger(roots.erasure, entries)
     if job.removed or job.requests or job.quarantined or job.audio_copies:
         job.receipt = write_receipt(roots, job)
-    state = {"requests_seen": sorted(seen | read_pseudonyms(roots.corpus / REQUESTS_FILE)), "quarantine_seen": len(q_lines)}
+    state = {"requests_seen": sorted(seen | read_pseudonyms(roots.corpus / REQUESTS_FILE)), "quarantine_seen": len(q_lines),
+             "copies_seen": sorted(set(state.get("copies_seen", [])) | set(job.audio_copies))}
     roots.erasure.mkdir(parents=True, exist_ok=True)
     (roots.erasure / STATE).write_text(json.dumps(state) + "\n")
     return job
+
+
+def add_tombstones(roots: Roots, copies: set[str]) -> set[str]:
+    """Add `copies` to the tombstones every build and intake reads; returns those not there before."""
+    tombstones = roots.corpus / TOMBSTONES_FILE
+    new = copies - read_pseudonyms(tombstones)
+    if new:
+        roots.corpus.mkdir(parents=True, exist_ok=True)
+        tmp = tombstones.with_name(".tmp-" + tombstones.name)
+        tmp.write_text("".join(p + "\n" for p in sorted(read_pseudonyms(tombstones) | copies)))
+        os.replace(tmp, tombstones)
+    return new
+
+
+def tombstone_copies(roots: Roots, key: bytes, purged_audio: Iterable[str] = ()) -> set[str]:
+    """Before a retraining trains: the clips under other ids that hold a deleted clip's audio are found
+    and tombstoned, so its build keeps them out (erase_copies removes them after the decision).
+    `purged_audio`: sha256s of the source files the intake has just purged, kept for the audit too.
+    Returns the copies not tombstoned before."""
+    ledger = Ledger.load(roots.erasure)
+    entries = [{"type": "clip", "utterance": None, "file": h, "audio": None, "text": None}
+               for h in sorted(set(purged_audio) - ledger.audio)]
+    for entry in entries:
+        ledger.add(entry)
+    deleted = deleted_set(roots)
+    if not deleted and not ledger.audio:
+        return set()
+    traces = find_traces(roots, key, deleted, ledger.audio)
+    audio = ledger.audio | {c["audio"] for c in traces.clips.values() if c.get("identifying")}
+    copies = set(traces.copies)
+    for folder in export_folders(roots):
+        purge_export(folder, key, deleted | copies, dry_run=True, audio=audio, copies=copies)
+    entries += [{"type": "copy", "utterance": u} for u in sorted(copies - ledger.copies)]
+    append_ledger(roots.erasure, entries)
+    return add_tombstones(roots, copies)
 
 
 def write_receipt(roots: Roots, job: Erasure) -> Path:

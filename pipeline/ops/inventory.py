@@ -102,8 +102,9 @@ PLACES: tuple[Place, ...] = (
           "pipeline.ops.registry", "keep"),
     Place("erasure records", "erasure", ("*",), (IDS,), "pipeline.ops.erase", "keep"),
     Place("pseudonym key", "cache", ("pseudonym.key",), (), "pipeline.data.privacy", "keep"),
-    # Synthesised from the repository's own text and word lists (data/demo, conf/data): no person's
-    # audio, transcript or id, so nothing a deletion request can name.
+    # Synthesised from the repository's own text and word lists (data/demo, conf/data): the demo
+    # background says shipped demo sentences, which are the repository's script, never a person's
+    # recording, transcript or id; nothing a deletion request can take from it.
     Place("demo background", "cache", ("demo_background/*",), (), "pipeline.data.background", "keep"),
     Place("lone words", "cache", ("lone_words/*",), (), "pipeline.data.demo", "keep"),
     Place("benchmark data", "cache", ("bench/*",), (), "bench.nlu_bench (MASSIVE, public text)", "keep"),
@@ -186,6 +187,13 @@ def run_folders(roots: Roots) -> list[Path]:
     return sorted(set(found))
 
 
+def run_of(path: Path, runs: list[Path]) -> Path | None:
+    """The run folder a file belongs to: the innermost one holding it (a sweep's job folder inside the
+    sweep's folder, which holds multirun.yaml)."""
+    holding = [r for r in runs if path.resolve().is_relative_to(r.resolve())]
+    return max(holding, key=lambda r: len(r.resolve().parts)) if holding else None
+
+
 def unclaimed(roots: Roots) -> list[Path]:
     """Files under the roots that no row of the inventory claims: a writer nobody registered."""
     out: set[Path] = set()
@@ -201,7 +209,7 @@ def unclaimed(roots: Roots) -> list[Path]:
             if any(f.is_relative_to(r) for r in inner):
                 continue
             if name in ("outputs", "multirun"):
-                run = next((r for r in runs if f.is_relative_to(r.resolve())), None)
+                run = run_of(f, runs)
                 if run is None or place_of(f.relative_to(run.resolve()).as_posix(), RUN_PARTS) is None:
                     out.add(f)
             elif place_of(f.relative_to(root).as_posix(), places) is None:

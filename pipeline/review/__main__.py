@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
         cfg = _run_config(run_dir, argv[1:])
         checked(cfg.review, ReviewConfig, "review")  # a bad `review.*` override fails before any model loads
         configure_environment(run_dir, Path(cfg.cache_dir))
-        seed_everything(cfg.seed)
+        seed_everything(cfg.get("seed", 0))
         from pipeline.review.stage import run_review_stage
 
         tracker = _tracker(cfg, run_dir)

@@ -186,7 +186,7 @@ def test_dataset_columns_audio_and_text(every_reason: dict[str, Any]) -> None:
     assert rows["u005"]["copy_of"] == "u099" and rows["u000"]["copy_of"] is None  # erasure looks it up
     card = (Path(every_reason["report"]["dataset_path"]) / "README.md").read_text()
     assert "false-wake share: 8.3%" in card and "| play_music | 11 |" in card and "| deleted | 4 |" in card
-    assert "splits are assigned by a keyed hash of the speaker (account), so no speaker is in two splits." in card
+    assert "splits are assigned by a keyed hash of the account (the speaker where the source names one, else each clip is its own), so no account is in two splits." in card
 
 
 def test_no_raw_identifier_in_any_output(every_reason: dict[str, Any]) -> None:

@@ -159,6 +159,8 @@ def test_save_to_disk_hub_style_rows_split_and_class_labels(tmp_path: Path) -> N
     assert all(q["utterance_id"] == f"train/{q['row']}.flac" for q in quarantine)
     rows = {r["utterance_id"]: r for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
     assert [rows[f"train/{i}.flac"]["transcript"] for i in (0, 1, 2, 4)] == ["yes", "no", "up", "no"]
+    card = (Path(report["dataset_path"]) / "README.md").read_text()
+    assert "- audio: none (text only)" not in card and "- audio: 0." in card  # audio bytes in rows, no folder
     # Every split of the DatasetDict when data.split is null.
     everything, _ = build(tmp_path, run="all", source="hf", path=str(saved), columns={"transcript": "label"})
     assert everything["records_in"] == 16 and everything["fingerprint"] != report["fingerprint"]

@@ -114,6 +114,13 @@ def test_the_stream_scores_every_frame_once_whatever_the_block_size(tiny_model: 
     at22k = stream_background(model, processor, [other], keyword, blank, StreamSettings(3.0, 2.0, 3, block_s=1.3)).traces[0]
     assert abs(len(at22k.frames) - len(one.frames)) <= 2
 
+    # The hours are those heard: a recording whose header promises more than it holds (a file cut
+    # short) counts the audio decoded, not the header's length, so false accepts per hour are not
+    # divided by time nobody listened to.
+    promised = Recording(rec.recording_id, "test", rec.path, rec.seconds * 2)
+    heard = stream_background(model, processor, [promised], keyword, blank, settings)
+    assert heard.audio_seconds == pytest.approx(len(wave) / 16000) and heard.traces[0].seconds == one.seconds
+
 
 def _background_folder(root: Path, seconds: dict[str, float]) -> Path:
     speech = espeak_wave("the election results are out tonight. alex is coming home at six")

@@ -306,6 +306,14 @@ def test_the_inventory_claims_every_file_and_names_a_new_writer(store: dict[str,
     root = store["root"]
     roots = Roots.from_cfg(audit.load_config(overrides(root)))
     assert unclaimed(roots) == []
+    # A sweep: its folder holds multirun.yaml, each job a run of its own (the innermost run claims a file).
+    sweep = root / "multirun" / "2026-01-02" / "00-00-00"
+    for name, content in (("multirun.yaml", "hydra: {}\n"), ("0/.hydra/config.yaml", "seed: 1\n"),
+                          ("0/build_report.json", json.dumps({"fingerprint": store["fingerprints"][1]})),
+                          ("0/asr/model.safetensors", "w"), ("0/train.log", "")):
+        (sweep / name).parent.mkdir(parents=True, exist_ok=True)
+        (sweep / name).write_text(content)
+    assert unclaimed(roots) == []
     stray = [store["runs"][1] / "embeddings.npy", root / "cache" / "features" / "x.npy"]
     for path in stray:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -342,11 +350,15 @@ def test_purging_an_export_also_drops_the_copies_of_a_deleted_clip(tmp_path: Pat
              {"utterance_id": "u1-computer", "audio": "audio/u1-computer.wav", "copy_of": "u1"},
              {"utterance_id": "u1-computer-take1", "audio": "audio/u1-computer-take1.wav", "copy_of": "u1"},
              {"utterance_id": "u2", "audio": "audio/u2.wav"}]
-    for line in lines:
-        (tmp_path / line["audio"]).write_bytes(line["utterance_id"].encode())
+    import soundfile as sf
+
+    for i, line in enumerate(lines):
+        tone = 0.2 * np.sin(2 * np.pi * (200 + 50 * i) * np.arange(8000) / 16000)
+        sf.write(tmp_path / line["audio"], tone * (i != 2), 16000)  # the second take is silent
     (tmp_path / "annotations.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     purged, hashes = erase.purge_export(tmp_path, key, {erase.utterance_pseudonym(key, "u1")})
-    assert purged == 3 and len(hashes) == 3
+    # The audit looks for copies of the two that identify a recording, not of the silent one.
+    assert purged == 3 and len(hashes) == 2
     kept = [json.loads(x)["utterance_id"] for x in (tmp_path / "annotations.jsonl").read_text().splitlines()]
     assert kept == ["u2"] and sorted(p.name for p in (tmp_path / "audio").iterdir()) == ["u2.wav"]
 
@@ -548,9 +560,25 @@ def test_a_folder_evaluate_py_wrote_is_erased_like_a_run(store: dict[str, Any], 
         (folder / "report.md").write_text(f"| clip | reference |\n|---|---|\n| d0-u0 | {VICTIM_SENTENCES[0]} |\n")
         folders[name] = folder
 
+    # `evaluate.py run=<a run of a kept dataset> dataset=<the erased one>` scored it in place.
+    in_place = store["runs"][1]
+    assert json.loads((in_place / "build_report.json").read_text())["fingerprint"] != store["fingerprints"][0]
+    (in_place / "eval_details.json").write_text(json.dumps({"test_data": {"dataset_fingerprint": store["fingerprints"][0]}}))
+    (in_place / "predictions.jsonl").write_text(json.dumps(victim) + "\n")
+    # An evaluation of the erased dataset still running: nothing but its config yet, and its lock.
+    running = root / "outputs" / "evaluate" / "running"
+    (running / ".hydra-evaluate").mkdir(parents=True)
+    (running / ".hydra-evaluate" / "config.yaml").write_text(f"dataset: {root / 'cache' / 'datasets' / store['fingerprints'][0]}\n")
+
     assert audit.main(overrides(root)) == 3
     assert str(folders["of-erased"] / "predictions.jsonl") in capsys.readouterr().out
+    from pipeline import run_folder
+
+    with run_folder.writing(running):
+        assert erase.main(overrides(root)) == 4  # it would write the deleted clips after the receipt
+    assert (folders["of-erased"] / "predictions.jsonl").is_file()  # nothing was removed
     assert erase.main(overrides(root)) == 0
+    assert not (in_place / "predictions.jsonl").exists() and (in_place / DO_NOT_SYNC).is_file()
     # Scored on the erased dataset: what it derived goes, and it is never uploaded; the totals stay.
     erased = folders["of-erased"]
     assert not (erased / "predictions.jsonl").exists() and not (erased / "report.md").exists()
@@ -559,5 +587,90 @@ def test_a_folder_evaluate_py_wrote_is_erased_like_a_run(store: dict[str, Any], 
     kept = folders["of-kept"]
     assert [json.loads(x)["utterance_id"] for x in (kept / "predictions.jsonl").read_text().splitlines()] == ["x-1"]
     assert not (kept / DO_NOT_SYNC).exists()
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 0, capsys.readouterr().out
+
+
+def test_silence_and_empty_files_are_no_ones_copy(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """Every muted microphone's clip of one length has the same bytes, and every empty file too: when a
+    deleted clip is one of those, another account's identical clip is not a copy of it."""
+    import io
+
+    import soundfile as sf
+    from datasets import Dataset, DatasetDict
+
+    from bench.erase import _rows
+    from pipeline.data.features import dataset_features
+    from pipeline.data.privacy import TOMBSTONES_FILE, read_pseudonyms
+
+    root, key = store["root"], KEY.encode()
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(16000, dtype=np.float32), 16000, format="FLAC")
+    silent = {"bytes": buffer.getvalue(), "path": None}
+    empty = {"text": "", "transcript": "", "words": [], "bio_tags": [], "intent": None, "wake_word_present": False}
+    rng = np.random.default_rng(5)
+    folders = {name: root / "cache" / "datasets" / name for name in ("mutes000000000000000", "others00000000000000")}
+    for (name, folder), uid in zip(folders.items(), ("mute-a", "mute-b")):
+        rows = [{**r, "source": "demo", "copy_of": None} for r in _rows(key, 5 + len(uid), 3, False, rng)]
+        rows[0].update(utterance_id=uid, audio=silent, **empty)
+        DatasetDict({"train": Dataset.from_list(rows, features=dataset_features(with_source=True))}).save_to_disk(str(folder))
+        (folder / "build_report.json").write_text(json.dumps({"fingerprint": name}) + "\n")
+    export = root / "cache" / "demo" / "mutes"
+    (export / "audio").mkdir(parents=True)
+    for name in ("a.wav", "c.wav"):
+        sf.write(export / "audio" / name, np.zeros(16000, dtype=np.float32), 16000)
+    for name in ("e.wav", "f.wav"):
+        (export / "audio" / name).write_bytes(b"")
+    records = [{"utterance_id": u, "account_id": f"acct-{u}", "audio": f"audio/{f}"}
+               for u, f in (("mute-a", "a.wav"), ("mute-c", "c.wav"), ("empty-e", "e.wav"), ("empty-f", "f.wav"))]
+    (export / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with open(root / "inbox" / "deletions" / "request.jsonl", "a") as f:
+        f.write(json.dumps({"utterance_id": "mute-a"}) + "\n" + json.dumps({"utterance_id": "empty-e"}) + "\n")
+
+    assert erase.main(overrides(root)) == 0
+    assert not folders["mutes000000000000000"].exists() and folders["others00000000000000"].exists()
+    assert [json.loads(x)["utterance_id"] for x in (export / "annotations.jsonl").read_text().splitlines()] == [
+        "mute-c", "empty-f"]
+    tombstones = read_pseudonyms(root / "cache" / "retrain" / "corpus" / TOMBSTONES_FILE)
+    assert not {erase.utterance_pseudonym(key, u) for u in ("mute-b", "mute-c", "empty-f")} & tombstones
+    assert _receipt(root)["audio_copies"] == []
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 0, capsys.readouterr().out
+
+
+def test_a_copy_in_a_new_batch_is_kept_out_of_training_and_out_of_the_merged_corpus(
+        store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """Retraining found copies only after training, so it promoted a model of the copy and erased it in
+    the same job; and erase left the copy's record in the merged corpus export until the next intake."""
+    from bench.erase import _rows
+    from pipeline.data.privacy import TOMBSTONES_FILE, pseudonym, read_pseudonyms
+    from pipeline.ops.corpus import remerge, update_corpus
+    from pipeline.ops.inventory import Roots
+
+    root, key = store["root"], KEY.encode()
+    victim = pseudonym(key, "acct", VICTIM)
+    flac = next(row["audio"] for row in erase.dataset_rows(root / "cache" / "datasets" / store["fingerprints"][0],
+                                                            ("audio", "speaker")) if row["speaker"] == victim)
+    batch = root / "inbox" / "b9"
+    (batch / "audio").mkdir(parents=True)
+    (batch / "audio" / "copy.flac").write_bytes(flac)  # the victim's recording, under another account
+    (batch / "audio" / "keep.flac").write_bytes(_rows(key, 9, 1, False, np.random.default_rng(6))[0]["audio"]["bytes"])
+    records = [{"utterance_id": "copy-1", "account_id": "acct-other", "audio": "audio/copy.flac", "transcript": "x"},
+               {"utterance_id": "keep-1", "account_id": "acct-other", "audio": "audio/keep.flac", "transcript": "y"}]
+    (batch / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    roots = Roots.from_cfg(audit.load_config(overrides(root)))
+
+    # What a retraining does before it trains: intake, then copies tombstoned and purged from the corpus.
+    corpus = update_corpus(roots.inbox, roots.corpus, key)
+    assert erase.tombstone_copies(roots, key, corpus.purged_audio) == {erase.utterance_pseudonym(key, "copy-1")}
+    remerge(roots.corpus, key)
+    for export in (roots.corpus / "annotations.jsonl", roots.corpus / "batches" / "b9" / "annotations.jsonl"):
+        assert [json.loads(x)["utterance_id"] for x in export.read_text().splitlines()] == ["keep-1"]
+    assert not (roots.corpus / "batches" / "b9" / "audio" / "copy.flac").exists()
+    assert erase.utterance_pseudonym(key, "copy-1") in read_pseudonyms(roots.corpus / TOMBSTONES_FILE)
+
+    # The erasure after the decision names the copy in its receipt; the audit is clean.
+    assert erase.main(overrides(root)) == 0
+    assert _receipt(root)["audio_copies"] == [erase.utterance_pseudonym(key, "copy-1")]
     capsys.readouterr()
     assert audit.main(overrides(root)) == 0, capsys.readouterr().out
