@@ -213,34 +213,21 @@ def test_make_review_refuses_in_one_line_naming_the_setting_or_folder(
     assert re.search(error.replace("<run>", re.escape(str(run.resolve()))), error_lines[0]), error_lines[0]
 
 
-@pytest.mark.parametrize(("config", "error"), [
-    pytest.param("", r"<run>/config\.yaml is not the config a run writes \(ValueError: it has no cache_dir\)", id="empty"),
-    pytest.param("a: [", r"<run>/config\.yaml is not the config a run writes \(\w+: ", id="not-yaml"),
+# A run file cut or edited by hand: one error line naming it, not omegaconf's or a parser's traceback.
+@pytest.mark.parametrize(("name", "content", "error"), [
+    pytest.param("config.yaml", "", r"<run>/config\.yaml is not the config a run writes \(ValueError: it has no "
+                 r"cache_dir\)", id="empty-config"),
+    pytest.param("config.yaml", "a: [", r"<run>/config\.yaml is not the config a run writes \(\w+: ", id="config-not-yaml"),
+    pytest.param("build_report.json", "", r"<run>/build_report\.json is empty; re-run the `data` stage", id="empty-report"),
+    pytest.param("build_report.json", "{}", r"<run>/build_report\.json has no `dataset_path` key", id="no-dataset-path"),
 ])
-def test_make_review_names_a_broken_run_config(config: str, error: str, tiny_models: Path, tiny_dataset_path: Path,
-                                               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """It gave omegaconf's or the YAML parser's traceback."""
+def test_make_review_names_a_broken_run_file(name: str, content: str, error: str, tiny_models: Path,
+                                             tiny_dataset_path: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     from pipeline.review.__main__ import main
 
     run = finished_run(tmp_path, tiny_models, tiny_dataset_path)
-    (run / "config.yaml").write_text(config)
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(run)])
-    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert exit_info.value.code == 2 and len(error_lines) == 1
-    assert re.search(error.replace("<run>", re.escape(str(run.resolve()))), error_lines[0]), error_lines[0]
-
-
-@pytest.mark.parametrize(("content", "error"), [
-    pytest.param("", r"<run>/build_report\.json is empty; re-run the `data` stage", id="empty"),
-    pytest.param("{}", r"<run>/build_report\.json has no `dataset_path` key", id="no-dataset-path"),
-])
-def test_make_review_names_a_broken_build_report(content: str, error: str, tiny_models: Path, tiny_dataset_path: Path,
-                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.review.__main__ import main
-
-    run = finished_run(tmp_path, tiny_models, tiny_dataset_path)
-    (run / "build_report.json").write_text(content)
+    (run / name).write_text(content)
     with pytest.raises(SystemExit) as exit_info:
         main([str(run)])
     error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
