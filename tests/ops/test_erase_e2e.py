@@ -235,3 +235,46 @@ def test_the_review_and_the_demos_planted_errors_are_erased_with_the_clip(tmp_pa
                                                           f"retrain.inbox={tmp_path / 'inbox'}",
                                                           f"cache_dir={tmp_path / 'cache'}"]))
     assert unclaimed(roots) == []
+
+
+@pytest.mark.slow
+def test_a_copy_of_a_deleted_recording_in_a_new_batch_never_trains(tmp_path: Path) -> None:
+    """A batch brings a deleted person's recording again, under another id and account. Retraining used
+    to find the copy only in its erasure after the decision: it trained on it, promoted that model and
+    then erased it, leaving nothing to serve. Now the copy is tombstoned before the build."""
+    from pipeline.data.privacy import pseudonym, utterance_pseudonym
+    from pipeline.data.splits import assign_split
+    from pipeline.ops.registry import Registry
+
+    key = env(tmp_path)["PIPELINE_PSEUDONYM_KEY"].encode()
+    victim = next(a for a in range(12) if assign_split(key, pseudonym(key, "acct", account(a)), 0.25, 0.25) == "train")
+    export_batch(tmp_path / "inbox" / "b1", "b1", range(12), 3, victim=victim)
+    assert _retrain(tmp_path, "r1")["decision"] == "promoted"
+
+    batch = tmp_path / "inbox" / "b2"
+    (batch / "audio").mkdir(parents=True)
+    original = tmp_path / "cache" / "retrain" / "corpus" / "batches" / "b1" / "audio" / f"b1-a{victim}-0.wav"
+    (batch / "audio" / "b2-copy.wav").write_bytes(original.read_bytes())
+    subprocess.run(["espeak-ng", "-v", "en-gb", "-s", "170", "-p", "70", "-w", str(batch / "audio" / "b2-new.wav"),
+                    SENTENCES[0][0]], check=True)
+    other = {"device_serial": "G090XX9999999", "account_id": account(99), "annotator_id": "ann-001",
+             "recorded_at": "2026-01-02T00:00:00Z", "flags": [], "locale": "en-US", "wake_word_present": True}
+    records = [{"utterance_id": "b2-copy", "audio": "audio/b2-copy.wav", "transcript": VICTIM_SENTENCES[0][0],
+                "intent": VICTIM_SENTENCES[0][1], "entities": [], **other},
+               {"utterance_id": "b2-new", "audio": "audio/b2-new.wav", "transcript": SENTENCES[0][0],
+                "intent": SENTENCES[0][1], "entities": [{"type": "music_genre", "value": "jazz"}], **other}]
+    (batch / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "inbox" / "deletions").mkdir()
+    (tmp_path / "inbox" / "deletions" / "req.jsonl").write_text(json.dumps({"account_id": account(victim)}) + "\n")
+
+    second = _retrain(tmp_path, "r2")
+    assert second["decision"] == "promoted", second
+    registry = Registry(tmp_path / "registry")
+    current = registry.current()
+    copy = utterance_pseudonym(key, "b2-copy")
+    assert copy not in current["trained_on"] and utterance_pseudonym(key, "b2-new") in current["trained_on"]
+    assert registry.has_weights(current["model_id"]) and current["model_id"] == second["candidate"]["model_id"]
+    receipts = sorted((tmp_path / "registry" / "erasure" / "receipts").glob("*.json"))
+    assert copy in json.loads(receipts[-1].read_text())["audio_copies"]
+    code, report = _audit(tmp_path)
+    assert code == 0, report
