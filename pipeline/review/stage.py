@@ -54,6 +54,11 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
     scored_ids: dict[str, set[str]] = {k: set() for k in KINDS}
     extra: dict[str, Any] = {}
     asr_dir, nlu_dir = run_dir / "asr", run_dir / "nlu"
+    with_audio = all("audio" in s.column_names for s in splits.values())
+    if not ((asr_dir / "config.json").exists() and with_audio) and not (nlu_dir / "config.json").exists():
+        raise PipelineError(f"{run_dir}: nothing to review with: no NLU model ({nlu_dir}) and no ASR model "
+                            f"({asr_dir}){'' if with_audio else ' for a dataset with audio'}; the review judges the "
+                            "annotations with the run's models: train them first (stages=[asr,nlu])")
     if not (asr_dir / "config.json").exists():
         notes.append(f"transcript and wake kinds skipped: the run has no ASR model ({asr_dir} has no config.json)")
     elif any("audio" not in s.column_names for s in splits.values()):

@@ -137,11 +137,13 @@ def test_a_missing_model_skips_its_kinds_with_a_note(tiny_models: Path, tiny_dat
     assert kinds <= {"intent", "entities"}
     assert "Note: transcript and wake kinds skipped" in (run / "report.md").read_text()
 
+    # Neither model: nothing could be reviewed, which used to be an empty queue and exit 0.
     shutil.rmtree(run / "nlu")
-    run_review_stage(review_cfg(), run, tiny_dataset_path, RecordingTracker())
-    summary = json.loads((run / "review" / "summary.json").read_text())
-    assert len(summary["notes"]) == 2 and "intent and entities kinds skipped" in summary["notes"][1]
-    assert (run / "review" / "queue.jsonl").read_text() == ""
+    shutil.rmtree(run / "review")
+    with pytest.raises(PipelineError, match=rf"^{re.escape(str(run))}: nothing to review with: no NLU model .* and no "
+                                            r"ASR model .*train them first \(stages=\[asr,nlu\]\)$"):
+        run_review_stage(review_cfg(), run, tiny_dataset_path, RecordingTracker())
+    assert not (run / "review").exists()
 
 
 def test_more_folds_than_accounts_is_an_error_naming_the_count(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
