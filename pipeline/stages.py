@@ -29,8 +29,8 @@ STAGE_KEYS = {"asr": ("asr", "trainer", "seed"), "nlu": ("nlu", "trainer", "seed
               "review": ("review",)}
 
 
-def run_stages(cfg: DictConfig) -> dict[str, Any]:
-    check_top_level(cfg, TOP_LEVEL, "conf/config.yaml")
+def run_stages(cfg: DictConfig, config_file: str = "conf/config.yaml") -> dict[str, Any]:
+    check_top_level(cfg, TOP_LEVEL, config_file)
     if isinstance(cfg.stages, str):  # stages=data: a list is meant (stages=[] resolves and tracks only)
         raise PipelineError(f"stages={cfg.stages!r}: give a list of stages, e.g. stages=[data] or stages=[data,asr]; "
                             f"known: {list(KNOWN_STAGES)}")

@@ -184,8 +184,10 @@ def _stage_config(cfg: DictConfig, corpus: Corpus) -> DictConfig:
 
 def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Everything between taking the lock and writing the decision."""
-    from pipeline.stages import run_stages
+    from pipeline.config import check_top_level
+    from pipeline.stages import TOP_LEVEL, run_stages
 
+    check_top_level(cfg, TOP_LEVEL, "conf/retrain.yaml")  # before the intake takes anything from the inbox
     retrain = retrain_config(cfg)
     missing = [s for s in REQUIRED_STAGES if s not in cfg.stages]
     if missing:
@@ -221,7 +223,7 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "reason": f"no new data, deletions or training config since the {previous['decision']} "
                           f"run {previous.get('run_dir')}"}
 
-    run_stages(stage_cfg)
+    run_stages(stage_cfg, "conf/retrain.yaml")
     candidate = _candidate(run_dir, key, corpus.tombstones)
     decision["candidate"] = {k: candidate[k] for k in ("model_id", "dataset_fingerprint", "metrics")}
     promote, reason, retire_reason = _verdict(stage_cfg, retrain, registry, current, affected, candidate, run_dir,

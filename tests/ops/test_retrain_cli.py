@@ -52,3 +52,18 @@ def test_jobs_started_together_get_their_own_folders(tmp_path: Path) -> None:
     assert {d["run_dir"] for d in decisions} == {str(f) for f in folders}
     logged = [json.loads(line) for line in (tmp_path / "registry" / "decisions.jsonl").read_text().splitlines()]
     assert sorted(d["run_dir"] for d in logged) == [str(f) for f in folders]
+
+
+def test_an_unknown_top_level_key_stops_the_job_before_the_intake(tmp_path: Path) -> None:
+    """`+stage=[data]` (or a misspelt key in one's own YAML) reached the stages only after the inbox's
+    batches were taken, and the error named conf/config.yaml."""
+    batch = tmp_path / "inbox" / "b1"
+    batch.mkdir(parents=True)
+    (batch / "annotations.jsonl").write_text("")
+    job = _start(tmp_path, "+stage=[data]", f"hydra.run.dir={tmp_path / 'run'}")
+    _out, err = job.communicate(timeout=120)
+    assert job.returncode == 2, err
+    decision = json.loads((tmp_path / "run" / "decision.json").read_text())
+    assert decision["decision"] == "config_error"
+    assert decision["reason"].startswith("stage is not a top-level setting") and "conf/retrain.yaml" in decision["reason"]
+    assert (batch / "annotations.jsonl").is_file()  # still waiting in the inbox
