@@ -82,6 +82,16 @@ def _retrain(tmp: Path, name: str, *extra: str) -> dict:
     return json.loads(decision.read_text())
 
 
+def _unclaimed(tmp: Path) -> list[Path]:
+    """Files the jobs wrote that no row of the inventory claims."""
+    from pipeline.ops.audit import load_config
+    from pipeline.ops.inventory import Roots, unclaimed
+
+    return unclaimed(Roots.from_cfg(load_config(_roots(tmp) + [f"retrain.registry_dir={tmp / 'registry'}",
+                                                              f"retrain.inbox={tmp / 'inbox'}",
+                                                              f"cache_dir={tmp / 'cache'}"])))
+
+
 def _audit(tmp: Path) -> tuple[int, str]:
     done = _run(tmp, ["-m", "pipeline.ops.audit", *_roots(tmp)], timeout=180)
     assert done.returncode in (0, 3), done.stderr[-2000:]
@@ -153,7 +163,6 @@ def _lm_holds(tmp: Path, sentences: list[str]) -> list[Path]:
 def test_deleted_account_leaves_no_copy_after_retraining(tmp_path: Path) -> None:
     from pipeline.data.privacy import pseudonym
     from pipeline.data.splits import assign_split
-    from pipeline.ops.inventory import Roots, unclaimed
 
     key = env(tmp_path)["PIPELINE_PSEUDONYM_KEY"].encode()
     # The victim trains (so the weights and the LM hold their sentences).
@@ -197,12 +206,7 @@ def test_deleted_account_leaves_no_copy_after_retraining(tmp_path: Path) -> None
     assert (tmp_path / "runs" / "train" / "DO_NOT_SYNC").is_file() and (tmp_path / "runs" / "r1" / "DO_NOT_SYNC").is_file()
     sync = _run(tmp_path, ["-m", "pipeline.ops.sync", str(tmp_path / "runs"), "--dry-run"])
     assert f"refusing {tmp_path / 'runs' / 'train'}" in sync.stdout
-    from pipeline.ops.audit import load_config
-
-    roots = Roots.from_cfg(load_config(_roots(tmp_path) + [f"retrain.registry_dir={tmp_path / 'registry'}",
-                                                          f"retrain.inbox={tmp_path / 'inbox'}",
-                                                          f"cache_dir={tmp_path / 'cache'}"]))
-    assert unclaimed(roots) == []
+    assert _unclaimed(tmp_path) == []
 
 
 @pytest.mark.slow
@@ -210,8 +214,6 @@ def test_the_review_and_the_demos_planted_errors_are_erased_with_the_clip(tmp_pa
     """The review's queue quotes transcripts, the planted-error manifest is copied into the run, and
     the demo's label-noise export copies its annotations: no row of the inventory named them, so a
     deleted clip stayed in all three and the audit failed after erase."""
-    from pipeline.ops.audit import load_config
-    from pipeline.ops.inventory import Roots, unclaimed
 
     run = tmp_path / "runs" / "smoke"
     done = _run(tmp_path, ["train.py", "debug=smoke", "data.demo.label_noise=0.05", "stages=[data,asr,nlu,eval,review]",
@@ -231,10 +233,7 @@ def test_the_review_and_the_demos_planted_errors_are_erased_with_the_clip(tmp_pa
     assert not list(demo.glob("annotations.noise-*.jsonl")) and not list(demo.glob("label_noise.*.jsonl"))
     code, report = _audit(tmp_path)
     assert code == 0, report
-    roots = Roots.from_cfg(load_config(_roots(tmp_path) + [f"retrain.registry_dir={tmp_path / 'registry'}",
-                                                          f"retrain.inbox={tmp_path / 'inbox'}",
-                                                          f"cache_dir={tmp_path / 'cache'}"]))
-    assert unclaimed(roots) == []
+    assert _unclaimed(tmp_path) == []
 
 
 @pytest.mark.slow
