@@ -52,6 +52,10 @@ def test_wake_flags_the_flag_its_score_contradicts() -> None:
     suspects = wake_suspects(rows, scores, np.arange(12) % 3)
     assert [(s.utterance_id, s.annotated, s.model) for s in suspects] == [("u11", False, True)]
     assert suspects[0].score > 0.5 and "hears the wake word" in suspects[0].reason
+    # A model that cannot tell the flags apart contradicts none: the fit would sit at the flags' shares
+    # and call every clip of the rarer flag wrong (a smoke model flagged all 21 false wakes).
+    flat = np.full(12, -5.0) + np.tile([0.0, 0.01], 6)  # AUC 0.5
+    assert wake_suspects(rows, flat, np.arange(12) % 3) == []
 
 
 def _log_probs(tags: list[str], reads: list[str], index: dict[str, int], confidence: float = 0.9) -> np.ndarray:
