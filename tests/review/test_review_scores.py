@@ -54,8 +54,9 @@ def test_wake_flags_the_flag_its_score_contradicts() -> None:
     assert suspects[0].score > 0.5 and "hears the wake word" in suspects[0].reason
     # A model that cannot tell the flags apart contradicts none: the fit would sit at the flags' shares
     # and call every clip of the rarer flag wrong (a smoke model flagged all 21 false wakes).
-    flat = np.full(12, -5.0) + np.tile([0.0, 0.01], 6)  # AUC 0.5
-    assert wake_suspects(rows, flat, np.arange(12) % 3) == []
+    mostly = [{**row, "wake_word_present": i < 9} for i, row in enumerate(rows)]  # 9 wake clips, 3 false wakes
+    flat = np.full(12, -5.0) + np.tile([0.0, 0.01, 0.0], 4)  # AUC 0.5
+    assert wake_suspects(mostly, flat, np.arange(12) % 3) == []
 
 
 def _log_probs(tags: list[str], reads: list[str], index: dict[str, int], confidence: float = 0.9) -> np.ndarray:
