@@ -189,6 +189,11 @@ def _finite(scores: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(scores), scores, low)
 
 
+def wake_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of keyword scores against the wake flags (-inf scores just below the lowest)."""
+    return float(roc_auc_score(np.asarray(labels).astype(bool), _finite(np.asarray(scores, dtype=float))))
+
+
 def evaluate_wake(
     scores: np.ndarray, labels: np.ndarray, durations: np.ndarray, threshold: float
 ) -> WakeResult:
@@ -202,7 +207,7 @@ def evaluate_wake(
         threshold=float(threshold),
         frr=float(np.mean(pos < threshold)),
         fa_per_hour=float(np.sum(neg >= threshold) / hours) if hours > 0 else float("nan"),
-        auc=float(roc_auc_score(labels, _finite(scores))),
+        auc=wake_auc(labels, scores),
         eer=equal_error_rate(labels, scores),
         positives=int(pos.size),
         negatives=int(neg.size),

@@ -7,13 +7,13 @@ import math
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
+from pipeline.eval.wake import wake_auc
 from pipeline.review.crossfit import out_of_fold_probs
+from pipeline.review.suspects import Suspect
 
 log = logging.getLogger(__name__)
 MIN_AUC = 0.6  # below it the keyword score says too little about the flags to contradict one
-from pipeline.review.suspects import Suspect
 
 
 def wake_suspects(rows: list[dict[str, Any]], wake_scores: np.ndarray, fold: np.ndarray) -> list[Suspect]:
@@ -29,11 +29,12 @@ def wake_suspects(rows: list[dict[str, Any]], wake_scores: np.ndarray, fold: np.
     finite = np.isfinite(wake_scores)
     floor = float(wake_scores[finite].min()) - 1.0 if finite.any() else -1.0
     x = np.where(finite, wake_scores, floor).reshape(-1, 1)
-    if roc_auc_score(labels, x[:, 0]) < MIN_AUC:
+    auc = wake_auc(labels, wake_scores)
+    if auc < MIN_AUC:
         # A score that barely tells the flags apart leaves the fit at the flags' shares: every clip of
         # the rarer flag would be "contradicted", whatever was said in it.
         log.warning("review: wake kind skipped: the keyword score tells the wake flags apart with AUC %.2f (< %.1f)",
-                    roc_auc_score(labels, x[:, 0]), MIN_AUC)
+                    auc, MIN_AUC)
         return []
     present = out_of_fold_probs(x, labels.astype(int), fold, 2, c=100.0)[:, 1]
     out = []
