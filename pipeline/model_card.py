@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.run_folder import read_build_report
+from pipeline.runtime import table_cell
 
 KINDS = {
     "asr": ("ASR model: wav2vec2 CTC, characters", "automatic-speech-recognition",
@@ -45,11 +46,11 @@ def write_model_card(folder: Path, kind: str, dataset_path: Path, facts: dict[st
          f"Dataset {Path(dataset_path)}, not built by this project's data stage (it has no build report)."),
         "Trained on its `train` split, selected on `validation`.", "",
         "## Training", "", "| | |", "| --- | --- |",
-        *(f"| {name} | {_value(value)} |" for name, value in facts.items() if value is not None), "",
+        *(f"| {name} | {table_cell(value, 'n/a', '.4g')} |" for name, value in facts.items() if value is not None), "",
         "## Figures at training time", "",
         "| split | " + " | ".join(sorted({m for f in figures.values() for m in f})) + " |",
         "| --- |" + " --- |" * len({m for f in figures.values() for m in f}),
-        *(f"| {split} | " + " | ".join(_value(f.get(m)) for m in sorted({m for v in figures.values() for m in v})) + " |"
+        *(f"| {split} | " + " | ".join(table_cell(f.get(m), "n/a", ".4g") for m in sorted({m for v in figures.values() for m in v})) + " |"
           for split, f in figures.items()),
         "",
         "The test figures with 95% intervals, per source and on ASR output (SLU), are the evaluation's: "
@@ -67,11 +68,3 @@ def write_model_card(folder: Path, kind: str, dataset_path: Path, facts: dict[st
     path = Path(folder) / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
-
-
-def _value(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)

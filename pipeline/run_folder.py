@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.runtime import PipelineError, kept_from_children
 
 BUILD_REPORT = "build_report.json"
+EVAL_CONFIG_DIR = ".hydra-evaluate"  # evaluate.py's config folder (conf/evaluate.yaml: hydra.output_subdir)
 
 
 def read_build_report(folder: Path) -> dict[str, Any] | None:

@@ -128,6 +128,15 @@ def first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+def table_cell(value: Any, missing: str = "-", spec: str = ".4f") -> str:
+    """A value as a table shows it: floats to `spec`, a missing one as `missing`."""
+    if value is None:
+        return missing
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
 def looks_like_path(name: str) -> bool:
     """Whether a `model_name_or_path` means a local folder rather than a hub id."""
     return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()

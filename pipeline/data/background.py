@@ -39,7 +39,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from pipeline.data.features import AUDIO_EXTENSIONS, FFMPEG_EXTENSIONS, SAMPLING_RATE
+from pipeline.data.features import AUDIO_EXTENSIONS, FFMPEG_EXTENSIONS, SAMPLING_RATE, SPLITS
 from pipeline.data.saved import open_saved
 from pipeline.data.schema import json_lines
 from pipeline.runtime import PipelineError, first_line, staged_folder, usable_cores
@@ -48,7 +48,6 @@ from pipeline.text import normalize_text
 log = logging.getLogger(__name__)
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "demo"
-SPLIT_FOLDERS = ("train", "validation", "test")
 # Folder names that mean a split in other projects' layouts; guessing which of ours would be a coin
 # toss, so a recording under one is an error that says how to name it.
 OTHER_SPLIT_NAMES = ("dev", "val", "valid", "eval", "evaluation", "training", "testing")
@@ -238,7 +237,7 @@ def _from_folder(folder: Path, splits: tuple[str, str]) -> list[Recording]:
         name = path.relative_to(folder).as_posix()
         folders = [part.lower() for part in path.relative_to(folder).parts[:-1]]
         named = [s for s in splits if s in folders]
-        if not named and any(f in SPLIT_FOLDERS for f in folders):  # another split's (train: kept for training)
+        if not named and any(f in SPLITS for f in folders):  # another split's (train: kept for training)
             continue
         if not named and (alias := next((f for f in folders if f in OTHER_SPLIT_NAMES), None)):
             unnamed[alias] += 1
@@ -251,7 +250,7 @@ def _from_folder(folder: Path, splits: tuple[str, str]) -> list[Recording]:
         alias, n = unnamed.most_common(1)[0]
         raise PipelineError(
             f"eval.background={folder}: {sum(unnamed.values())} recording(s) under a folder named like a split "
-            f"that is none of {list(SPLIT_FOLDERS)} ({n} under {alias!r}/); rename it to {' or '.join(splits)} "
+            f"that is none of {list(SPLITS)} ({n} under {alias!r}/); rename it to {' or '.join(splits)} "
             "(train/ is skipped), or move its recordings out to split them by a hash of their paths"
         )
     return out

@@ -29,7 +29,8 @@ import yaml
 from pipeline.eval import bootstrap as B
 from pipeline.ops.gate import with_background_pairs
 from pipeline.ops.inventory import DO_NOT_SYNC, searched_roots
-from pipeline.runtime import first_line
+from pipeline.run_folder import EVAL_CONFIG_DIR
+from pipeline.runtime import first_line, table_cell
 
 # wake/frr beside wake/fa_per_hour: a threshold that sits lower trades one for the other.
 HEADLINE = ("asr/wer", "asr/cer", "wake/auc", "wake/frr", "wake/fa_per_hour", "nlu/intent_accuracy",
@@ -67,7 +68,7 @@ def find_runs(roots: list[Path]) -> list[Path]:
     `.hydra-evaluate/`: two models scored on one dataset are the comparison users ask for most."""
     runs = set()
     for path in (p for root in roots if root.is_dir() for p in root.rglob("config.yaml") if "wandb" not in p.parts):
-        if path.parent.name == ".hydra-evaluate":
+        if path.parent.name == EVAL_CONFIG_DIR:
             runs.add(path.parent.parent)
         elif path.parent.name != ".hydra":
             runs.add(path.parent)
@@ -76,7 +77,7 @@ def find_runs(roots: list[Path]) -> list[Path]:
 
 def _config_file(path: Path) -> Path:
     own = path / "config.yaml"
-    return own if own.is_file() else path / ".hydra-evaluate" / "config.yaml"
+    return own if own.is_file() else path / EVAL_CONFIG_DIR / "config.yaml"
 
 
 def _read(file: Path, parse: Any) -> Any:
@@ -94,7 +95,7 @@ EVALUATION_KEYS = ("asr_model", "nlu_model", "dataset", "eval")
 
 def load_run(path: Path) -> RunSummary:
     config = _read(_config_file(path), yaml.safe_load) or {}
-    if _config_file(path).parent.name == ".hydra-evaluate":
+    if _config_file(path).parent.name == EVAL_CONFIG_DIR:
         config = {k: v for k, v in config.items() if k in EVALUATION_KEYS}
     metrics_file = path / "metrics.json"
     metrics = flatten(_read(metrics_file, json.loads), sep="/") if metrics_file.is_file() else {}
@@ -105,7 +106,7 @@ def load_run(path: Path) -> RunSummary:
     test_data = _read(details_file, json.loads).get("test_data") if details_file.is_file() else None
     config_file = _config_file(path)
     return RunSummary(path, config_file.stat().st_mtime, flatten(config), metrics, test_data,
-                      evaluation=config_file.parent.name == ".hydra-evaluate")
+                      evaluation=config_file.parent.name == EVAL_CONFIG_DIR)
 
 
 def _unresolved(value: Any) -> bool:
@@ -124,14 +125,6 @@ def differing_keys(runs: list[RunSummary]) -> list[str]:
     return [k for k in keys if len(values(k)) > 1]
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
 def format_table(runs: list[RunSummary], keys: list[str], metrics: list[str], base: Path) -> str:
     header = ["run", *keys, *metrics]
     rows = []
@@ -140,7 +133,7 @@ def format_table(runs: list[RunSummary], keys: list[str], metrics: list[str], ba
             name = str(r.path.relative_to(base))
         except ValueError:
             name = str(r.path)
-        rows.append([name, *(_cell(r.config.get(k)) for k in keys), *(_cell(r.metrics.get(m)) for m in metrics)])
+        rows.append([name, *(table_cell(r.config.get(k)) for k in keys), *(table_cell(r.metrics.get(m)) for m in metrics)])
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])

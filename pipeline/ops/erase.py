@@ -366,7 +366,7 @@ def run_fingerprints(run: Path) -> set[str]:
         if value:
             found.add(str(value))
     try:
-        given = OmegaConf.load(run / ".hydra-evaluate" / "config.yaml").get("dataset")
+        given = OmegaConf.load(run / run_folder.EVAL_CONFIG_DIR / "config.yaml").get("dataset")
     except Exception:  # noqa: BLE001 - absent or unreadable: no evaluation was given a dataset here
         given = None
     if given:

@@ -32,6 +32,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline.data.privacy import REQUESTS_FILE, TOMBSTONES_FILE
+from pipeline.run_folder import BUILD_REPORT, EVAL_CONFIG_DIR
 from pipeline.runtime import PipelineError
 
 # What a place can hold: the clip's audio, its transcript, its pseudonymous ids, or weights fitted
@@ -122,12 +123,12 @@ RUN_PARTS: tuple[Place, ...] = (
     Place("W&B offline run", "run", ("wandb/*",), (TEXT, IDS, WEIGHTS), "pipeline.tracking.wandb_run", "run"),
     Place("review", "run", ("review/*", "label_noise.jsonl"), (TEXT, IDS), "pipeline.review.stage, pipeline.data.label_noise",
           "run"),
-    Place("run record", "run", ("build_report.json", "quarantine.jsonl", "config.yaml", ".hydra/*", ".hydra-evaluate/*",
+    Place("run record", "run", ("build_report.json", "quarantine.jsonl", "config.yaml", ".hydra/*", f"{EVAL_CONFIG_DIR}/*",
                                 "metrics.json", "decision.json", "candidate.json", "wandb_run_id", "*.log", "DO_NOT_SYNC",
                                 "multirun.yaml", ".writing"), (IDS,), "train.py, retrain.py, hydra", "keep"),
 )
 
-RUN_MARKER = "build_report.json"
+RUN_MARKER = BUILD_REPORT  # what makes a folder a run of the data stage
 DO_NOT_SYNC = "DO_NOT_SYNC"
 
 
@@ -182,7 +183,7 @@ def run_folders(roots: Roots) -> list[Path]:
                     continue
                 if p.name in (RUN_MARKER, "multirun.yaml"):
                     found.append(p.parent)
-                elif p.name == "config.yaml" and p.parent.name in (".hydra", ".hydra-evaluate"):
+                elif p.name == "config.yaml" and p.parent.name in (".hydra", EVAL_CONFIG_DIR):
                     found.append(p.parent.parent)
     return sorted(set(found))
 
