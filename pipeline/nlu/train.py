@@ -456,6 +456,9 @@ def training_arguments(ncfg: NLUConfig, tcfg: TrainerConfig, seed: int, output_d
         greater_is_better=True,
         logging_steps=tcfg.log_every,
         label_names=["labels", "intent_labels"],
+        # Every weight takes part in every step (the encoder is built without its pooler), so DDP
+        # need not walk the graph each step looking for unused ones, as the Trainer's default does.
+        ddp_find_unused_parameters=False,
         seed=seed,
         data_seed=seed,
         use_cpu=device.type == "cpu",
