@@ -39,7 +39,8 @@ else
   if ! "$PY" -c "$NEEDS" 2>/dev/null; then
     if ! compgen -G "bench/wheels/*.whl" >/dev/null; then
       echo "gpu_check: $PY lacks some of: ${NEEDS#import }; and bench/wheels/ is empty." >&2
-      echo "  Run 'bash bench/fetch_gpu_wheels.sh' on a machine with PyPI access and send bench/wheels along." >&2
+      echo "  With PyPI access here: 'make setup' (the project's .venv, which this script then uses)." >&2
+      echo "  Without: run 'bash bench/fetch_gpu_wheels.sh' on a machine with PyPI access and send bench/wheels along." >&2
       exit 2
     fi
     SITE="${TMPDIR:-/tmp}/gpu-check/site-packages"  # 'site-packages' in the path: dill pickles its modules by reference
