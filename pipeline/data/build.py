@@ -231,7 +231,7 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
     if source.hf is not None:
         plan.content.update(_record_digest(data))
     uid = data.get("utterance_id")
-    carried = {} if source.ids_from_names else data  # the raw identifiers an utterance id must not show
+    carried = {k: v for k, v in data.items() if k not in raw.made_up}  # raw identifiers no id may show
     where: dict[str, Any] = ({"utterance_id": dataset_utterance_id(key, uid, carried)} if isinstance(uid, str) and uid
                              else ({} if at else {"line": raw.line}))
     where.update(at)

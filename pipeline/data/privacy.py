@@ -70,20 +70,40 @@ def is_utterance_pseudonym(value: str) -> bool:
     return bool(_UTTERANCE_PSEUDONYM.fullmatch(value))
 
 
+def _id_texts(value: Any) -> list[str]:
+    """The strings a raw identifier field holds. Exporters write account numbers as JSON numbers, or
+    wrap an id in a list or object; the record is quarantined for it, but its id must not show."""
+    if isinstance(value, str):
+        return [value] if len(value) >= MIN_EMBEDDED_ID else []
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _id_texts(str(value))
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _id_texts(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _id_texts(v)]
+    return []
+
+
+def _spellings(value: str) -> list[str]:
+    """`value` as written, and as a message quoting a path with `!r` writes it (a Windows
+    `DOMAIN\\user` folder, a tab or a quote in a name), in either of Python's quote styles."""
+    escaped = repr(value)[1:-1]
+    return list(dict.fromkeys([value, escaped, escaped.replace("'", "\\'")]))
+
+
 def _embedded_ids(text: str, record: dict[str, Any]) -> list[tuple[str, str]]:
-    """(kind, raw value) of each of the record's identifiers that `text` contains. A clip that is its
-    own account (a corpus without speakers) has nothing to hide beyond its id."""
+    """(kind, raw value) of each of the record's identifiers that `text` contains, in any spelling."""
     lowered = text.lower()
-    return [(kind, value) for name, kind in RAW_IDS.items()
-            if isinstance(value := record.get(name), str) and len(value) >= MIN_EMBEDDED_ID
-            and value not in (text, record.get("utterance_id")) and value.lower() in lowered]
+    return [(kind, value) for name, kind in RAW_IDS.items() for value in _id_texts(record.get(name))
+            if any(s.lower() in lowered for s in _spellings(value))]
 
 
 def redact_ids(key: bytes, text: str, record: dict[str, Any]) -> str:
     """`text` (a quarantine detail naming an audio file) with each raw identifier of the record in it
     replaced by its pseudonym: the file stays findable, the speaker does not show."""
     for kind, value in _embedded_ids(text, record):
-        text = re.sub(re.escape(value), pseudonym(key, kind, value), text, flags=re.IGNORECASE)
+        for spelling in sorted(_spellings(value), key=len, reverse=True):
+            text = re.sub(re.escape(spelling), pseudonym(key, kind, value), text, flags=re.IGNORECASE)
     return text
 
 
@@ -92,7 +112,8 @@ def dataset_utterance_id(key: bytes, utterance_id: str, record: dict[str, Any]) 
     when it contains one of the record's raw identifiers. Corpora name audio files after their
     speakers (FSDD's `0_george_0`, Speech Commands' `<speaker hash>_nohash_0`), and an id derived
     from the file would carry the account past its pseudonym into every report and W&B table.
-    A clip that is its own account (a corpus without speakers) carries nothing more than its id."""
+    `record` holds the identifiers the export gave; those a reader made up from the id itself (a
+    clip as its own account, SLURP's takes) are left out by the caller, as they hide nothing."""
     return utterance_pseudonym(key, utterance_id) if _embedded_ids(utterance_id, record) else utterance_id
 
 

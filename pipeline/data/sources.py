@@ -35,6 +35,9 @@ class RawRecord:
     audio: dict[str, Any] | None = None  # that row's audio, {"bytes", "path"}, not decoded
     excluded: tuple[str, str] | None = None  # (reason, detail): kept out by the source's own rule, so quarantined
     file: str | None = None  # the input file's name, where a source reads several (MASSIVE's train and dev)
+    # Identifier fields the reader made up from the utterance id or its file name (a clip as its own
+    # account, SLURP's take): they hide nothing the id does not show (privacy.dataset_utterance_id).
+    made_up: tuple[str, ...] = ()
 
 
 @dataclass
@@ -49,9 +52,6 @@ class Source:
     kind: str = ""  # the reader (`source:`); `name` is what the `source` column holds
     hf: Any = None  # the opened pipeline.data.hf.HFSource of an `hf` source
     allowed_roots: tuple[Path, ...] = ()  # folders resolved audio paths may also lie in
-    # The reader makes the account and device up from the file name the utterance id is built from
-    # (SLURP): the id reveals nothing they would, so it is kept as it is (pipeline.data.privacy.dataset_utterance_id).
-    ids_from_names: bool = False
 
     def close(self) -> None:
         if self.hf is not None:
@@ -231,9 +231,9 @@ def _slurp_source(data_cfg: SourceConfig, key: str = "data") -> Source:
                     "account_id": account,
                     "device_serial": "headset" if stem.endswith("-headset") else "far_field",
                     "locale": "en-US",
-                })
+                }, made_up=("account_id", "device_serial"))
 
-    return Source("slurp", root, [path], records(), {"slurp_account": account_from}, ids_from_names=True)
+    return Source("slurp", root, [path], records(), {"slurp_account": account_from})
 
 
 def _nemo_source(data_cfg: SourceConfig, key: str = "data") -> Source:
@@ -268,8 +268,9 @@ def _nemo_source(data_cfg: SourceConfig, key: str = "data") -> Source:
             record = {k: v for k, v in obj.items() if k not in ("audio_filepath", "duration", "text")}
             record.update({"audio": audio, "transcript": obj.get("text")})
             record.setdefault("utterance_id", _id_text(obj.get("id")) or stem)
+            made_up = () if "account_id" in record or _id_text(obj.get("speaker")) else ("account_id",)
             record.setdefault("account_id", _id_text(obj.get("speaker")) or stem)
-            yield RawRecord(n, record)
+            yield RawRecord(n, record, made_up=made_up)
 
     return Source("nemo", root, [path], records())
 
@@ -328,7 +329,7 @@ def _massive_source(data_cfg: SourceConfig, key: str = "data") -> Source:
             "account_id": f"massive-{mid}",
             "annotator_id": str(obj["worker_id"]) if obj.get("worker_id") is not None else None,
             "locale": obj.get("locale", "en-US"),
-        }, split=split, file=path.name, excluded=("bad_annotation", bad) if bad else None)
+        }, split=split, file=path.name, excluded=("bad_annotation", bad) if bad else None, made_up=("account_id",))
 
     def records() -> Iterator[RawRecord]:
         for path, split, setting in ((train, "train", "train_path"), (dev, None, "dev_path")):
@@ -372,9 +373,10 @@ def hf_source(data_cfg: SourceConfig, cache_dir: Path, name: str, config_name: s
                     record["utterance_id"] = f"{name}/{Path(local).relative_to(hf.root).with_suffix('').as_posix()}"
                 else:
                     record["utterance_id"] = f"{name}/{row}"
-            if "account_id" not in record:
+            made_up = () if "account_id" in record else ("account_id",)
+            if made_up:
                 record["account_id"] = record["utterance_id"]
-            yield RawRecord(row + 1, record, row=row, audio=audio)
+            yield RawRecord(row + 1, record, row=row, audio=audio, made_up=made_up)
 
     options = {"path": hf.path if not hf.local else "(local)", "config_name": config_name,
                "split": data_cfg.split, "columns": hf.mapping, "kind": hf.kind,

@@ -347,3 +347,14 @@ def test_constants_are_checked_as_config(tmp_path: Path) -> None:
     folder = digits(tmp_path / "fsdd", speakers=1, takes=1)
     report, quarantine = build(tmp_path, source="hf", path=str(folder), constants={"device_serial": 12345})
     assert report["records_kept"] == 3 and quarantine == []
+
+
+def test_a_clip_that_is_its_own_account_keeps_its_readable_id(tmp_path: Path) -> None:
+    """Without a speaker column the reader makes each clip its own account from its id: that account
+    hides nothing the id does not show, so the id stays as the corpus wrote it (an account the
+    export gives, equal to the id, makes the id a pseudonym: tests/data/test_privacy.py)."""
+    rows = [{"file_name": f"audio/athena-{i}.flac", "text": f"clip {i}"} for i in range(4)]
+    report, quarantine = build(tmp_path, source="hf", path=str(audiofolder(tmp_path / "own", rows)))
+    assert report["records_kept"] == 4 and not quarantine
+    ids = {r["utterance_id"]: r["speaker"] for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
+    assert set(ids) == {f"hf/audio/athena-{i}" for i in range(4)} and len(set(ids.values())) == 4

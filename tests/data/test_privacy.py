@@ -11,7 +11,7 @@ import pytest
 from pipeline.data.privacy import dataset_utterance_id, load_deletions, load_key, pseudonym, utterance_pseudonym
 from pipeline.data.splits import assign_split
 from pipeline.runtime import PipelineError
-from tests.data.test_build import build, record, write_export
+from tests.data.test_build import build, record, split_of, write_export
 
 
 def test_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
@@ -67,10 +67,19 @@ def test_an_utterance_id_that_carries_a_raw_identifier_is_stored_as_its_pseudony
     assert dataset_utterance_id(b"k", "sc/backward_5170b77f_nohash_4", commands).startswith("utt_")
     assert dataset_utterance_id(b"k", "rec-sn-1-007", {"device_serial": "SN-1"}).startswith("utt_")  # any case
     assert dataset_utterance_id(b"k", "rec-007-ann-9", {"annotator_id": "ann-9"}).startswith("utt_")
-    # An id with nothing in it, a clip that is its own account, ids too short to mean anything: as given.
+    # An id that is the serial, the annotator or the account itself (the build leaves out an account
+    # a reader made up from the id, a clip as its own account: tests/data/test_hf_sources.py).
+    for name in ("device_serial", "annotator_id", "account_id"):
+        assert dataset_utterance_id(b"k", "SERIAL-QQ7733", {name: "SERIAL-QQ7733"}).startswith("utt_")
+    # An exporter's account number as a JSON number, or an id wrapped in a list or an object: the
+    # record is quarantined for its type, and its id must not show the number there.
+    assert dataset_utterance_id(b"k", "99115522-u1", {"account_id": 99115522}).startswith("utt_")
+    assert dataset_utterance_id(b"k", "u2-ACCT-ZZ9911", {"account_id": ["ACCT-ZZ9911"]}).startswith("utt_")
+    assert dataset_utterance_id(b"k", "u4-ANNOT-XX5522", {"annotator_id": {"id": "ANNOT-XX5522"}}).startswith("utt_")
+    # An id with nothing in it, ids too short to mean anything: as given.
     assert dataset_utterance_id(b"k", "u0001", {"account_id": "amzn1.account.X"}) == "u0001"
-    assert dataset_utterance_id(b"k", "mycroft/athena-1", {"account_id": "mycroft/athena-1"}) == "mycroft/athena-1"
     assert dataset_utterance_id(b"k", "yes_03", {"account_id": "03"}) == "yes_03"
+    assert dataset_utterance_id(b"k", "u0001", {"account_id": True, "device_serial": None}) == "u0001"
     # Erasure, the registry and the audit name an utterance by utterance_pseudonym: the stored
     # pseudonym is its own, so a request for the raw id still finds the row.
     assert utterance_pseudonym(b"k", stored) == stored == utterance_pseudonym(b"k", "fsdd/audio/0_george_0")
@@ -111,3 +120,38 @@ def test_audio_that_fails_to_decode_is_named_without_the_records_raw_identifiers
             assert raw.lower().encode() not in content, f"{raw!r} found in {path}"
     cached = [json.loads(x) for x in (Path(report["dataset_path"]) / "quarantine.jsonl").read_text().splitlines()]
     assert cached == quarantine
+
+
+def test_no_raw_identifier_shows_through_an_id_equal_to_it_a_malformed_field_or_an_escaped_path(tmp_path: Path) -> None:
+    """Leaks a user's export could cause: an utterance id that is the device serial (the build kept
+    ids equal to an identifier as they were), an account number written as a JSON number or wrapped
+    in a list (only strings were searched), and a Windows `DOMAIN\\user` annotator folder in a missing
+    file's path (the detail quotes the path with `!r`, which doubles the backslash)."""
+    export = tmp_path / "export"
+    raw = ["SERIAL-QQ7733", "99115522", "ACCT-ZZ9911", "ANNOT-XX5522"]
+    lines = [
+        record(1, utterance_id="SERIAL-QQ7733", audio="audio/SERIAL-QQ7733.wav", device_serial="SERIAL-QQ7733"),
+        record(2, utterance_id="99115522-u2", account=None, audio="audio/u002.wav") | {"account_id": 99115522},
+        record(3, utterance_id="ACCT-ZZ9911-u3", audio="audio/u003.wav") | {"account_id": ["ACCT-ZZ9911"]},
+        record(4, audio="audio/CORP\\ANNOT-XX5522/u004.wav", annotator_id="CORP\\ANNOT-XX5522"),
+        *[record(i) for i in range(5, 12)],
+    ]
+    write_export(export, lines)
+    for name in ("u002", "u003"):
+        (export / "audio" / f"{name}.wav").write_bytes((export / "audio" / "u005.wav").read_bytes())
+    report, quarantine = build(tmp_path, path=str(export / "annotations.jsonl"))
+
+    key = (tmp_path / "cache" / "pseudonym.key").read_bytes().strip()
+    assert report["records_kept"] == 8  # the serial's clip and the seven plain ones
+    reasons = sorted((q["utterance_id"], q["reason"]) for q in quarantine)
+    assert reasons == sorted([(utterance_pseudonym(key, "99115522-u2"), "invalid_record"),
+                              (utterance_pseudonym(key, "ACCT-ZZ9911-u3"), "invalid_record"),
+                              ("u004", "missing_audio")])
+    (missing,) = [q["detail"] for q in quarantine if q["reason"] == "missing_audio"]
+    assert pseudonym(key, "ann", "CORP\\ANNOT-XX5522") in missing
+    assert utterance_pseudonym(key, "SERIAL-QQ7733") in split_of(report["dataset_path"])
+    outputs = [p for d in (tmp_path / "run", Path(report["dataset_path"])) for p in d.rglob("*") if p.is_file()]
+    for path in outputs:
+        content = path.read_bytes()
+        for value in raw:
+            assert value.encode() not in content, f"{value!r} found in {path}"
