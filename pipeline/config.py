@@ -11,8 +11,10 @@ declare types and allowed values only.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -173,3 +175,62 @@ class TrainerConfig:
         choice("trainer.precision", self.precision, ("auto", "fp32", "fp16", "bf16"))
         if self.log_every < 1:
             raise PipelineError(f"trainer.log_every={self.log_every}: log at least every 1 step")
+
+
+# ----------------------------------------------------------------------------- the config as recorded
+
+# Config keys whose values are raw identifiers (`data.constants.device_serial=...` gives every record
+# of a source one device, so that a deletion request for it matches): recorded and uploaded only as
+# REDACTED. pipeline.data.privacy.RAW_IDS names the same fields; this module sits below the data layer.
+IDENTIFIER_KEYS = ("account_id", "device_serial", "annotator_id")
+REDACTED = "(redacted)"
+# Hydra's record of a run's config and command line, written before any of the pipeline's code runs.
+HYDRA_RECORD = (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml")
+
+
+def redact_identifiers(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (a plain container, changed in place) with every identifier constant (`data.constants`,
+    `data.sources[i].constants`) replaced by REDACTED."""
+    data = config.get("data")
+    if not isinstance(data, dict):
+        return config
+    for entry in [data, *(e for e in data.get("sources") or [] if isinstance(e, dict))]:
+        constants = entry.get("constants")
+        if isinstance(constants, dict):
+            for key in IDENTIFIER_KEYS:
+                if constants.get(key) is not None:
+                    constants[key] = REDACTED
+    return config
+
+
+def redacted_override(override: str) -> str:
+    """`data.constants.account_id=amzn1.account.X` -> `data.constants.account_id=(redacted)`; so is an
+    override whose value sets one (`data.sources=[{..., constants: {account_id: X}}]`). A column
+    mapping (`data.columns.account_id=speaker_id`) names no identifier and stays."""
+    key, sep, _ = override.partition("=")
+    hides = "constants" in override and any(k in override for k in IDENTIFIER_KEYS)
+    return f"{key}={REDACTED}" if sep and hides else override
+
+
+def redact_hydra_record(folder: Path) -> None:
+    """Redact identifier constants in the files Hydra wrote into a run folder (HYDRA_RECORD) or a
+    sweep folder (multirun.yaml): the composed config and the command line as typed."""
+    for path in [folder / name for name in HYDRA_RECORD] + [folder / "multirun.yaml"]:
+        if not path.is_file():
+            continue
+        node = OmegaConf.load(path)
+        record = OmegaConf.to_container(node, resolve=False)
+        if isinstance(record, list):  # overrides.yaml
+            redacted: Any = [redacted_override(o) if isinstance(o, str) else o for o in record]
+        else:
+            redacted = redact_identifiers(dict(record))
+            hydra = redacted.get("hydra")
+            task = (hydra.get("overrides") or {}).get("task") if isinstance(hydra, dict) else None
+            if isinstance(task, list) and any(redacted_override(o) != o for o in task):
+                hydra["overrides"]["task"] = [redacted_override(o) for o in task]
+                if isinstance(hydra.get("job"), dict):  # the overrides joined, one of them a raw id
+                    hydra["job"]["override_dirname"] = REDACTED
+        if redacted != OmegaConf.to_container(OmegaConf.load(path), resolve=False):
+            tmp = path.with_name(f".tmp-{path.name}")
+            OmegaConf.save(OmegaConf.create(redacted), tmp)
+            os.replace(tmp, path)

@@ -14,7 +14,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline import run_folder
-from pipeline.config import TrainerConfig, check_top_level, checked
+from pipeline.config import TrainerConfig, check_top_level, checked, redact_hydra_record, redact_identifiers
 from pipeline.distributed import barrier, place, resolve_device
 from pipeline.runtime import PipelineError, configure_environment, requested_workers, seed_everything
 from pipeline.tracking import NullTracker, Tracker
@@ -67,6 +67,11 @@ def _run(cfg: DictConfig, stages: list[str], run_dir: Path) -> dict[str, Any]:
     continuing = "data" not in stages and (run_dir / "config.yaml").is_file()
     if is_main and not continuing:
         write_record(run_dir, record)
+    if is_main:
+        redact_hydra_record(run_dir)
+        sweep = hydra_sweep_dir()
+        if sweep is not None:
+            redact_hydra_record(sweep)
     tracker = make_tracker(cfg, run_dir, stages)
     results: dict[str, Any] = {}
     try:
@@ -167,10 +172,22 @@ def with_recorded_settings(cfg: DictConfig, run_dir: Path, overrides: list[str])
     return cfg
 
 
+def hydra_sweep_dir() -> Path | None:
+    """The sweep folder of a Hydra multirun job (where its multirun.yaml is), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+
+
 def write_record(run_dir: Path, record: DictConfig) -> None:
-    """config.yaml, rewritten only when it changes (`make compare` orders runs by its time)."""
+    """config.yaml, rewritten only when it changes (`make compare` orders runs by its time); an
+    identifier constant shows as redacted (the build has read it already)."""
     path = run_dir / "config.yaml"
-    text = OmegaConf.to_yaml(record)
+    text = OmegaConf.to_yaml(redact_identifiers(OmegaConf.to_container(record, resolve=False)))
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config import redact_identifiers, redacted_override
 from pipeline.run_folder import read_build_report
 from pipeline.tracking import NullTracker, Tracker, transcripts_allowed
 from pipeline.tracking.config import logger_config
@@ -35,10 +36,6 @@ RUN_ID_FILE = "wandb_run_id"
 TEXT_COLUMN_HINTS = ("transcript", "text", "ref", "hyp", "words", "entit", "value", "slot")
 # Files in the run folder that quote transcripts; uploaded only when transcripts may be logged.
 TEXT_FILES = ("predictions.jsonl", "report.md", "report.html")
-# Config keys whose values are raw identifiers (`data.constants.account_id=...`): never uploaded.
-# pipeline.data.privacy.RAW_IDS names the same fields; tracking sits below the data layer.
-IDENTIFIER_KEYS = ("account_id", "device_serial", "annotator_id")
-REDACTED = "(redacted)"
 
 
 def resolve_mode(mode: str, env: Mapping[str, str]) -> str:
@@ -75,34 +72,11 @@ def _sweep_group_and_name(run_dir: Path) -> tuple[str | None, str]:
                 group = "sweep-" + "_".join(sweep.parts[-2:])
                 # Name a point by its overrides, leaving out paths (same for every point, and long)
                 # and raw identifiers.
-                named = [_redacted_override(o) for o in hc.overrides.task if "/" not in o.split("=", 1)[-1]]
+                named = [redacted_override(o) for o in hc.overrides.task if "/" not in o.split("=", 1)[-1]]
                 return group, f"{hc.job.num}:" + ",".join(named)
     except ImportError:  # pragma: no cover - hydra is a dependency
         pass
     return None, "-".join(run_dir.parts[-2:])
-
-
-def _redacted_override(override: str) -> str:
-    """`data.constants.account_id=amzn1.account.X` -> `data.constants.account_id=(redacted)`; so is an
-    override whose value sets one (`data.sources=[{..., constants: {account_id: X}}]`)."""
-    key, sep, _ = override.partition("=")
-    return f"{key}={REDACTED}" if sep and any(k in override for k in IDENTIFIER_KEYS) else override
-
-
-def redact_identifiers(config: dict[str, Any]) -> dict[str, Any]:
-    """The run config as uploaded: a constant that gives every record of a source the same device,
-    account or annotator (`data.constants`, `data.sources[i].constants`) holds a raw id."""
-    data = config.get("data")
-    if not isinstance(data, dict):
-        return config
-    entries = [data, *(e for e in data.get("sources") or [] if isinstance(e, dict))]
-    for entry in entries:
-        constants = entry.get("constants")
-        if isinstance(constants, dict):
-            for key in IDENTIFIER_KEYS:
-                if constants.get(key) is not None:
-                    constants[key] = REDACTED
-    return config
 
 
 def _artifact_name(name: str) -> str:
@@ -241,8 +215,8 @@ def log_run_folder(tracker: WandbTracker, run_dir: Path) -> None:
         tracker.log_summary({"data/fingerprint": fingerprint,
                              **{f"data/{k}": v for k, v in report.items()
                                 if k in ("records_in", "records_kept", "records_quarantined")}})
-        dataset_path = Path(report["dataset_path"])
-        if "dataset" not in tracker._logged and dataset_path.is_dir():
+        dataset_path = Path(report["dataset_path"] or "")  # None when every record was quarantined
+        if "dataset" not in tracker._logged and report["dataset_path"] and dataset_path.is_dir():
             tracker.log_artifact("dataset", "dataset", dataset_path, {
                 "fingerprint": fingerprint, "splits": report.get("splits", {}),
                 "quarantine_reasons": report.get("quarantine_reasons", {})})
@@ -303,18 +277,24 @@ def make_wandb_tracker(cfg: DictConfig, run_dir: Path, tags: list[str]) -> Track
     config["git_commit"] = git_commit(Path(__file__).resolve().parents[2])
     # A later call on the run (evaluate.py run=, make review) keeps the entry's name, group and tags
     # as its training gave them (a sweep's point name, its stages), unless the logger sets them.
-    run = wandb.init(
-        project=logger.project,
-        entity=logger.entity or None,
-        group=logger.group or (None if resumed else group),
-        name=None if resumed else name,
-        job_type=logger.job_type,
-        tags=sorted({*map(str, tags), *logger.tags}) if not resumed or logger.tags else None,
-        config=config,
-        id=run_id,
-        resume="allow",
-        mode=mode,
-        dir=str(run_dir),
-        settings=wandb.Settings(console=logger.console, silent=True),
-    )
+    # W&B records the command line (sys.argv) with the run, where an identifier constant was typed.
+    argv = sys.argv
+    sys.argv = [*argv[:1], *map(redacted_override, argv[1:])]
+    try:
+        run = wandb.init(
+            project=logger.project,
+            entity=logger.entity or None,
+            group=logger.group or (None if resumed else group),
+            name=None if resumed else name,
+            job_type=logger.job_type,
+            tags=sorted({*map(str, tags), *logger.tags}) if not resumed or logger.tags else None,
+            config=config,
+            id=run_id,
+            resume="allow",
+            mode=mode,
+            dir=str(run_dir),
+            settings=wandb.Settings(console=logger.console, silent=True),
+        )
+    finally:
+        sys.argv = argv
     return WandbTracker(run, run_dir, transcripts_allowed(cfg), logger.log_artifacts)

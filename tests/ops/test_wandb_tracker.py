@@ -166,7 +166,7 @@ def test_wandb_writes_only_where_erasure_looks_even_when_told_elsewhere(tmp_path
 def test_identifier_constants_never_reach_the_run(tmp_path: Path) -> None:
     """`data.constants` (and each `data.sources` entry's) may give every record the same device,
     account or annotator id: the uploaded config and a sweep point's name show only that it is set."""
-    from pipeline.tracking.wandb_run import _redacted_override
+    from pipeline.config import redacted_override
 
     run_dir = tmp_path / "run"
     configure_environment(run_dir, tmp_path / "cache")
@@ -180,9 +180,45 @@ def test_identifier_constants_never_reach_the_run(tmp_path: Path) -> None:
     assert data["sources"][0]["constants"] == {"account_id": "(redacted)"}
     assert b"CONSTSERIAL77" not in _all_bytes(run_dir) and b"CONSTACCT" not in _all_bytes(run_dir)
     assert cfg.data.constants.device_serial == "CONSTSERIAL77"  # the run's own config is left as it was
-    assert _redacted_override("data.constants.account_id=amzn1.account.X") == "data.constants.account_id=(redacted)"
-    assert _redacted_override("data.sources=[{source: hf, constants: {device_serial: X}}]") == "data.sources=(redacted)"
-    assert _redacted_override("nlu.epochs=3") == "nlu.epochs=3"
+    assert redacted_override("data.constants.account_id=amzn1.account.X") == "data.constants.account_id=(redacted)"
+    assert redacted_override("data.sources=[{source: hf, constants: {device_serial: X}}]") == "data.sources=(redacted)"
+    assert redacted_override("nlu.epochs=3") == "nlu.epochs=3"
+    assert redacted_override("data.columns.account_id=speaker_id") == "data.columns.account_id=speaker_id"
+
+
+@pytest.mark.slow
+def test_an_identifier_constant_typed_on_the_command_line_reaches_no_file(tmp_path: Path) -> None:
+    """`data.constants.device_serial=...` (so that a deletion request for the device finds the corpus)
+    was redacted in the uploaded config only: Hydra's `.hydra/` files and the sweep's multirun.yaml,
+    the run's config.yaml and the W&B run's recorded command line held it raw."""
+    from tests.data.test_hf_sources import audiofolder
+
+    folder = audiofolder(tmp_path / "corpus", [{"file_name": f"audio/c{i}.flac", "text": f"clip {i}",
+                                                "speaker_id": f"s{i % 3}"} for i in range(9)])
+    sweep, cache = tmp_path / "multirun", tmp_path / "cache"
+    env = {**os.environ, "WANDB_MODE": "offline", "PIPELINE_CACHE_DIR": str(cache)}
+    common = [sys.executable, str(REPO / "train.py"), "stages=[data]", "data=hf", f"data.path={folder}",
+              "data.columns.account_id=speaker_id", "logger.log_artifacts=false"]
+    done = subprocess.run([*common[:2], "-m", *common[2:], "data.constants.device_serial=CONSTSERIAL77", "seed=1,2",
+                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    points = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(points) == 2 and all((p / "build_report.json").is_file() for p in points)
+    # (Hydra's launcher echoes each sweep point's overrides, as typed, to the terminal they were typed in.)
+    assert b"CONSTSERIAL77" not in _all_bytes(sweep) + _all_bytes(cache) + done.stderr.encode()
+    overrides = OmegaConf.load(points[0] / ".hydra" / "overrides.yaml")
+    assert "data.constants.device_serial=(redacted)" in overrides and "data.columns.account_id=speaker_id" in overrides
+    assert OmegaConf.load(points[0] / "config.yaml").data.constants.device_serial == "(redacted)"
+    [log] = transaction_logs(points[0] / "wandb")
+    assert read_offline_run(log).config["data"]["columns"]["account_id"] == "speaker_id"
+
+    # Every record quarantined with W&B on: the build's error, not a traceback from logging the run.
+    bad = audiofolder(tmp_path / "bad", [{"file_name": f"audio/b{i}.flac", "text": "hi", "speaker_id": "s", "_audio": b"\x00garbage" * 50}
+                                             for i in range(3)])
+    done = subprocess.run([*common[:4], f"data.path={bad}", f"hydra.run.dir={tmp_path / 'bad-run'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "every record was quarantined" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
 
 
 def test_wandb_folders_set_outside_are_replaced_with_a_line_and_a_sweeps_own_silently(
