@@ -137,13 +137,19 @@ def inbox_requests(inbox: Path, key: bytes) -> tuple[list[Path], set[str]]:
 
 def quarantine_requests(files: list[Path], corpus_dir: Path, key: bytes) -> int:
     """Record each malformed request line (file, line number, why; never its content) in
-    `<corpus>/deletion_quarantine.jsonl`, so the sender can fix and resend it; the rest apply."""
-    bad = [{**b, "file": f"{f.parent.name}/{f.name}", "at": now()} for f in files
-           for b in parse_deletion_requests(f, key)[1]]
+    `<corpus>/deletion_quarantine.jsonl`, so the sender can fix and resend it; the rest apply.
+    The file is named by its folder and SHA-256 (as `sha256sum` prints it, first 16 digits), not its
+    name: a request file is often named after the account it asks about."""
+    bad = [{**b, "file": request_file_name(f), "at": now()} for f in files for b in parse_deletion_requests(f, key)[1]]
     if bad:
         with open(corpus_dir / QUARANTINE, "a") as out:
             out.write("".join(json.dumps(b, sort_keys=True) + "\n" for b in bad))
     return len(bad)
+
+
+def request_file_name(path: Path) -> str:
+    """How receipts, the request quarantine and the console name a request file (quarantine_requests)."""
+    return f"{path.parent.name}/sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
 
 
 def deleted_utterances(records: list[dict[str, Any]], requests: set[str], key: bytes) -> set[str]:

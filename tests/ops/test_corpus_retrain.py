@@ -4,6 +4,7 @@ running, a missing inbox, a bad deletion request."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -123,10 +124,11 @@ def test_a_malformed_line_in_a_batch_deletion_file_is_quarantined_the_rest_apply
     _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001"), ("u2", "amzn1.account.BOB", "G0900002")])
     (inbox / "b1" / "deletions.jsonl").write_text(
         json.dumps({"account_id": "amzn1.account.ALICE"}) + "\n{oops G0900002\n")
+    sent = "b1/sha256:" + hashlib.sha256((inbox / "b1" / "deletions.jsonl").read_bytes()).hexdigest()[:16]
     corpus = update_corpus(inbox, corpus_dir, KEY)
     assert corpus.new_batches == ["b1"] and corpus.purged == 1 and corpus.quarantined == 1
     [bad] = [json.loads(line) for line in (corpus_dir / QUARANTINE).read_text().splitlines()]
-    assert (bad["file"], bad["line"], bad["reason"]) == ("b1/deletions.jsonl", 2,
+    assert (bad["file"], bad["line"], bad["reason"]) == (sent, 2,
                                                        "not valid JSON (Expecting property name enclosed in double quotes at column 2)")
     assert b"G0900002" not in (corpus_dir / QUARANTINE).read_bytes(), "the bad line's content is not kept"
 

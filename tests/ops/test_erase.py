@@ -171,7 +171,8 @@ def test_kept_clips_after_the_erasure_that_say_a_deleted_sentence_or_every_piece
 def test_unmatched_request_and_malformed_line_are_recorded_and_the_rest_apply(store: dict[str, Any],
                                                                               capsys: pytest.CaptureFixture[str]) -> None:
     root = store["root"]
-    request = root / "inbox" / "deletions" / "request.jsonl"
+    # Named after the account it asks about, as ticket systems often do: the name goes nowhere.
+    request = root / "inbox" / "deletions" / "amzn1.account.NOBODY.jsonl"
     # An account whose clips sit only in an export (a demo synthesis no dataset was built from yet).
     export = root / "cache" / "demo" / "only-export"
     (export / "audio").mkdir(parents=True)
@@ -182,6 +183,7 @@ def test_unmatched_request_and_malformed_line_are_recorded_and_the_rest_apply(st
                        + "{not json\n" + json.dumps({"account_id": VICTIM}) + "\n" + json.dumps({"colour": "red"}) + "\n"
                        + json.dumps({"utterance_id": "no-such-utterance"}) + "\n"
                        + json.dumps({"account_id": "acct-in-export-only"}) + "\n")
+    sent = "deletions/sha256:" + hashlib.sha256(request.read_bytes()).hexdigest()[:16]
     assert erase.main(overrides(root)) == 0
     receipt = _receipt(root)
     key = KEY.encode()
@@ -191,10 +193,12 @@ def test_unmatched_request_and_malformed_line_are_recorded_and_the_rest_apply(st
                         erase.utterance_pseudonym(key, "no-such-utterance"): "matched_nothing",
                         erase.pseudonym(key, "acct", "acct-in-export-only"): "erased"}
     assert not (export / "audio" / "x.wav").exists()
-    assert "1 source audio (1 clip)" in capsys.readouterr().out  # entries, and the clips they held
-    assert [(q["file"], q["line"]) for q in receipt["quarantined_request_lines"]] == [
-        ("deletions/request.jsonl", 2), ("deletions/request.jsonl", 4)]
+    out = capsys.readouterr().out
+    assert "1 source audio (1 clip)" in out  # entries, and the clips they held
+    assert f"erase: quarantined {sent} line 2" in out and "NOBODY" not in out
+    assert [(q["file"], q["line"]) for q in receipt["quarantined_request_lines"]] == [(sent, 2), (sent, 4)]
     assert "NOBODY" not in json.dumps(receipt) and "red" not in json.dumps(receipt["quarantined_request_lines"])
+    assert b"NOBODY" not in (root / "cache" / "retrain" / "corpus" / "deletion_quarantine.jsonl").read_bytes()
     assert not (root / "cache" / "datasets" / store["fingerprints"][0]).exists()
     assert audit.main(overrides(root)) == 0
 
