@@ -241,7 +241,7 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
     try:
         record = ExportRecord.model_validate(data)
     except ValidationError as err:
-        return ({**where, "reason": "invalid_record", "detail": schema_problem(err)},)
+        return ({**where, "reason": "invalid_record", "detail": redact_ids(key, schema_problem(err), carried)},)
     if source.hf is None and source.root is not None and record.audio is None:
         return ({**where, "reason": "invalid_record", "detail": "audio: field required"},)
     if record.utterance_id in seen:
@@ -254,11 +254,12 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
     if flagged:
         return ({**where, "reason": "flagged", "detail": f"annotator flag(s) {flagged}; audio not copied"},)
     if raw.excluded is not None:
-        return ({**where, "reason": raw.excluded[0], "detail": raw.excluded[1]},)
+        return ({**where, "reason": raw.excluded[0], "detail": redact_ids(key, raw.excluded[1], carried)},)
     try:
         row = annotate(record)
     except AnnotationError as err:
-        return ({**where, "reason": "bad_annotation", "detail": str(err)},)
+        # A transcript or intent may quote an id ("my account is ..."): the detail shows its pseudonym.
+        return ({**where, "reason": "bad_annotation", "detail": redact_ids(key, str(err), carried)},)
     path, name = "", ""
     try:
         if source.hf is not None:

@@ -134,6 +134,8 @@ def test_no_raw_identifier_shows_through_an_id_equal_to_it_a_malformed_field_or_
         record(2, utterance_id="99115522-u2", account=None, audio="audio/u002.wav") | {"account_id": 99115522},
         record(3, utterance_id="ACCT-ZZ9911-u3", audio="audio/u003.wav") | {"account_id": ["ACCT-ZZ9911"]},
         record(4, audio="audio/CORP\\ANNOT-XX5522/u004.wav", annotator_id="CORP\\ANNOT-XX5522"),
+        # The annotator typed the account into an entity: the detail quoting it shows the pseudonym.
+        record(12, account="ACCT-ZZ9911", entities=[{"type": "person", "value": "ACCT-ZZ9911"}]),
         *[record(i) for i in range(5, 12)],
     ]
     write_export(export, lines)
@@ -146,7 +148,9 @@ def test_no_raw_identifier_shows_through_an_id_equal_to_it_a_malformed_field_or_
     reasons = sorted((q["utterance_id"], q["reason"]) for q in quarantine)
     assert reasons == sorted([(utterance_pseudonym(key, "99115522-u2"), "invalid_record"),
                               (utterance_pseudonym(key, "ACCT-ZZ9911-u3"), "invalid_record"),
-                              ("u004", "missing_audio")])
+                              ("u004", "missing_audio"), ("u012", "bad_annotation")])
+    (entity,) = [q["detail"] for q in quarantine if q["reason"] == "bad_annotation"]
+    assert pseudonym(key, "acct", "ACCT-ZZ9911") in entity
     (missing,) = [q["detail"] for q in quarantine if q["reason"] == "missing_audio"]
     assert pseudonym(key, "ann", "CORP\\ANNOT-XX5522") in missing
     assert utterance_pseudonym(key, "SERIAL-QQ7733") in split_of(report["dataset_path"])
