@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -76,3 +76,17 @@ def test_debug_smoke_runs_every_stage_in_seconds(tmp_path: Path) -> None:
                  "metrics.json", "report.md"):
         assert (run / name).is_file(), name
     assert json.loads((run / "asr/asr_metrics.json").read_text())["steps"] == 3
+
+
+def test_every_config_key_the_readme_names_for_the_human_voices_recipe_exists() -> None:
+    """The README named the recipe's demo knobs `data.demo.*`, which Hydra refuses under
+    data=demo_speech: there the demo is an entry of `data.sources`."""
+    import re
+
+    readme = (CONF.parent / "README.md").read_text()
+    section = readme[readme.index("### Human voices"):readme.index("### The demo corpus")]
+    keys = sorted(set(re.findall(r"`((?:data|asr|eval)\.[a-z_.0-9]+)(?:=[^`]*)?`", section)))
+    assert any(k.startswith("data.sources.3.demo.") for k in keys)
+    cfg = config("data=demo_speech")
+    missing = [k for k in keys if OmegaConf.select(cfg, k, default="<missing>") == "<missing>"]
+    assert not missing, f"README.md names keys data=demo_speech does not have: {missing}"
