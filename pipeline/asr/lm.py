@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from pipeline.asr.config import check_lm_order
-from pipeline.asr.vocab import WORD_DELIMITER
+from pipeline.asr.vocab import UNK, WORD_DELIMITER
 from pipeline.runtime import PipelineError
 
-BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+BOS, EOS = "<s>", "</s>"
 LM_DIR = "lm"
 
 
@@ -36,7 +36,7 @@ def write_char_lm(out_dir: Path, texts: Iterable[str], vocab: dict[str, int], wo
     """Write `out_dir/{char_lm.arpa,tokens.txt,lm.json}` from normalised training transcripts."""
     check_lm_order(order)
     known = set(vocab)
-    sentences = [[c if c in known else UNK for c in t.strip().replace(" ", word_delimiter)] for t in texts if t and t.strip()]
+    sentences = [lm_tokens(t, word_delimiter, known) for t in texts if t and t.strip()]
     if not sentences:
         raise PipelineError("asr: no training transcript to build the character LM from")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -48,6 +48,13 @@ def write_char_lm(out_dir: Path, texts: Iterable[str], vocab: dict[str, int], wo
     meta = {"order": order, "sentences": len(sentences), "characters": sum(map(len, sentences)), "word_delimiter": word_delimiter}
     (out_dir / "lm.json").write_text(json.dumps(meta, indent=2))
     return out_dir
+
+
+def lm_tokens(text: str, word_delimiter: str = WORD_DELIMITER, known: set[str] | None = None) -> list[str]:
+    """A transcript as the LM's tokens: its characters, spaces as the word delimiter, and characters
+    outside `known` (the vocabulary) as UNK. Erasure hashes the same tokens to find a deleted
+    transcript in an LM (pipeline.ops.erase.lm_grams)."""
+    return [c if known is None or c in known else UNK for c in " ".join(text.split()).replace(" ", word_delimiter)]
 
 
 def kneser_ney_arpa(sentences: Sequence[Sequence[str]], order: int) -> str:

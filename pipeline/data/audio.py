@@ -81,7 +81,7 @@ def identifies_a_recording(audio: Path | bytes) -> bool:
 
 
 @lru_cache(maxsize=8)
-def _resampler(orig_sr: int) -> torchaudio.transforms.Resample:
+def resampler(orig_sr: int) -> torchaudio.transforms.Resample:
     """One resampling kernel per input rate, built once per process (the kernel is the costly part)."""
     return torchaudio.transforms.Resample(orig_sr, SAMPLING_RATE)
 
@@ -92,7 +92,7 @@ def _resample(mono: np.ndarray, orig_sr: int) -> np.ndarray:
     previous = torch.backends.mkldnn.enabled  # not flags(): it prints a TF32 notice on every call
     torch.backends.mkldnn.enabled = False
     try:
-        return _resampler(orig_sr)(torch.from_numpy(mono)).numpy()
+        return resampler(orig_sr)(torch.from_numpy(mono)).numpy()
     finally:
         torch.backends.mkldnn.enabled = previous
 

@@ -31,7 +31,6 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -417,15 +416,10 @@ def _speak(turn: Turn) -> np.ndarray:
     wave, sr = sf.read(io.BytesIO(done.stdout), dtype="float32")
     if sr == SAMPLING_RATE:
         return wave
-    return _resampler(int(sr))(torch.from_numpy(wave)).numpy()
+    from pipeline.data.audio import resampler
 
-
-@lru_cache(maxsize=4)
-def _resampler(orig_sr: int) -> Any:
-    """One resampling kernel per input rate (building it is the costly part)."""
-    import torchaudio
-
-    return torchaudio.transforms.Resample(orig_sr, SAMPLING_RATE)
+    # Not audio's oneDNN-off resample: turns are spoken in threads, and that switch is process-wide.
+    return resampler(int(sr))(torch.from_numpy(wave)).numpy()
 
 
 def _render(plan: dict[str, Any], folder: Path, workers: int) -> dict[str, Any]:

@@ -43,6 +43,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import run_folder
+from pipeline.asr.config import MAX_LM_ORDER
+from pipeline.asr.lm import BOS, EOS, lm_tokens
 from pipeline.data.privacy import REQUESTS_FILE, TOMBSTONES_FILE, pseudonym, read_pseudonyms, record_pseudonyms
 from pipeline.data.schema import json_lines
 from pipeline.ops.config import JobConfig, job_config
@@ -55,8 +57,9 @@ from pipeline.runtime import PipelineError
 
 LEDGER = "erased.jsonl"
 STATE = "state.json"
-LM_ORDERS = (3, 4, 5, 6)
-WORD_DELIMITER = "|"
+# The n-gram orders whose grams the ledger keeps of a deleted transcript, up to the most the
+# bundled KenLM reads; lower orders are shared by nearly every kept transcript and tell nothing.
+LM_ORDERS = tuple(range(3, MAX_LM_ORDER + 1))
 REPORTS = ("report.md", "report.html", "eval_details.json")
 
 
@@ -77,7 +80,7 @@ def text_hash(key: bytes, text: str) -> str:
 
 def lm_grams(text: str, order: int) -> list[tuple[str, ...]]:
     """The highest-order n-grams the character LM (pipeline.asr.lm) stores for this transcript."""
-    seq = ["<s>", *" ".join(text.split()).replace(" ", WORD_DELIMITER), "</s>"]
+    seq = [BOS, *lm_tokens(text), EOS]
     return [tuple(seq[i:i + order]) for i in range(len(seq) - order + 1)]
 
 
