@@ -86,7 +86,7 @@ compare: setup
 sync: setup
 	$(PY) -m pipeline.ops.sync $(ARGS)
 
-# Benchmarks (minutes each; results under bench/results/). Each compares against its baseline in one run.
+# Benchmarks (minutes each; data, erase and the GPU check also write bench/results/). Each compares against its baseline in one run.
 bench: bench-data bench-asr bench-nlu bench-eval
 
 bench-data: setup

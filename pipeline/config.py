@@ -4,8 +4,11 @@ Hydra refuses a misspelt key on the command line, but not a wrong type (`nlu.epo
 outside a fixed set, or an unknown key in a user's own YAML file; without a check those surface
 deep inside a stage, after the earlier stages have run for an hour. `checked` turns a group into its
 dataclass (converting `"3"` to 3 where the field says int) and raises a `PipelineError` that names
-the key and what it accepts. The YAML files stay the one place for default values: the dataclasses
+the key and what it accepts. The YAML files hold the groups' default values: these dataclasses
 declare types and allowed values only.
+
+Also here, as every job records its config: which keys hold raw identifiers, and their redaction in
+the records of a run (config.yaml, Hydra's `.hydra/`, W&B).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The main job: run the configured stages in order inside one run folder.
 
 Each stage is a plain function of (config, run folder, tracker) that writes its outputs under the
-run folder; this module only decides the order and hands results from one stage to the next.
+run folder, where the next stage reads them. This module decides the order, keeps the run's record
+of its config (config.yaml, and `evaluate.py run=`'s recorded settings) and makes the tracker.
 """
 
 from __future__ import annotations

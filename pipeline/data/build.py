@@ -45,7 +45,7 @@ from pipeline.data.privacy import (Deletions, dataset_utterance_id, erased_reque
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem
 from pipeline.data.sources import RawRecord, Source, open_sources
 from pipeline.data.splits import assign_split, check_ratios
-from pipeline.run_folder import read_build_report
+from pipeline.run_folder import BUILD_REPORT, read_build_report
 from pipeline.runtime import PipelineError, publish, usable_cores
 from pipeline.tracking import Tracker
 
@@ -67,9 +67,8 @@ REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
 )
-# Reasons a source gives for records its own rule keeps out (RawRecord.excluded), e.g. a `speech`
-# source's held-out keyword clips (pipeline/data/speech_recipe.py).
-SOURCE_REASONS = ("held_out_keyword", "heard_in_training")
+# A source's own rule adds reasons of its own (RawRecord.excluded), e.g. a `speech` source's
+# `held_out_keyword` and `heard_in_training` (pipeline/data/speech_recipe.py).
 # Columns the audio pass needs and the saved dataset drops. `_name` is how a quarantine detail names
 # the audio file: its path inside the export with the record's raw identifiers redacted, since the
 # decoding workers do not see the record.
@@ -158,7 +157,7 @@ def _run(data: DataConfig, cache_dir: Path, run_dir: Path, sources: list[Source]
 
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(final / "quarantine.jsonl", run_dir / "quarantine.jsonl")
-    (run_dir / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (run_dir / BUILD_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -430,9 +429,9 @@ def _build(sources: list[Source], plan: Plan, settings: Settings, fingerprint: s
                 f.write(json.dumps(line) + "\n")
         write_card(out / "README.md", summary, report, {s.name: split_rule(s.kind, s.options) for s in sources},
                    text_only=not with_audio)
-        (out / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / BUILD_REPORT).write_text(json.dumps(report, indent=2) + "\n")
         del dd, meta
-        publish(out, final, marker="build_report.json")
+        publish(out, final, marker=BUILD_REPORT)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
@@ -470,7 +469,7 @@ def _stop_with_nothing_kept(sources: list[Source], report: dict[str, Any], quara
     with open(run_dir / "quarantine.jsonl", "w", encoding="utf-8") as f:
         for line in quarantine:
             f.write(json.dumps(line) + "\n")
-    (run_dir / "build_report.json").write_text(json.dumps({**report, "dataset_path": None}, indent=2) + "\n")
+    (run_dir / BUILD_REPORT).write_text(json.dumps({**report, "dataset_path": None}, indent=2) + "\n")
     if not quarantine:
         files = [str(f) for s in sources for f in s.files]
         raise PipelineError(f"the data sources {[s.name for s in sources]} hold no records"

@@ -151,10 +151,6 @@ class ClipTable:
     wake_scores: np.ndarray | None = None  # -inf allowed (clip too short for the keyword)
     wake_labels: np.ndarray | None = None
 
-    @property
-    def n_speakers(self) -> int:
-        return len(set(self.speakers))
-
 
 def clip_table(rows: Sequence[Mapping[str, Any]]) -> ClipTable:
     """From predictions.jsonl rows (each with `counts`); a clip without a speaker is its own unit."""

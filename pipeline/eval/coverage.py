@@ -149,8 +149,8 @@ def by_source(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], thr
             if any(r.get("gold_entities") for r in scored):
                 for prefix, key in ((f"{side}_entity", f"{side}/entity_f1"), ("slu_f1", "slu/slu_f1")):
                     if key in metrics and (side == "slu" or prefix != "slu_f1"):
-                        tp, fp, fn = (sum(r["counts"].get(f"{prefix}_{k}", 0.0) for r in scored) for k in ("tp", "fp", "fn"))
-                        m[key] = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) > 0 else 0.0
+                        m[key] = M.Counts(*(sum(r["counts"].get(f"{prefix}_{k}", 0.0) for r in scored)
+                                            for k in ("tp", "fp", "fn"))).f1()
         out[name] = m
     return out
 

@@ -58,11 +58,6 @@ T = TypeVar("T")
 GOLD_COLUMNS = ("utterance_id", "transcript", "text", "intent", "scenario", "entities", "wake_word_present",
                 "duration", "speaker")
 TUNE_COLUMNS = ("utterance_id", "text", "wake_word_present", "duration")
-HEADLINE = (
-    "asr/wer", "asr/cer", "wake/frr", "wake/fa_per_hour", "wake/auc", "wake/eer",
-    "nlu/intent_accuracy", "nlu/entity_f1", "slu/intent_accuracy", "slu/entity_f1", "slu/slu_f1",
-    "eval/num_clips", "eval/audio_hours", "eval/rtf",
-)
 
 
 @dataclass

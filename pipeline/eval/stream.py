@@ -42,6 +42,7 @@ from pipeline.data.features import FFMPEG_EXTENSIONS, SAMPLING_RATE
 from pipeline.eval.config import check_stream
 from pipeline.eval.coverage import FA_RATES
 from pipeline.eval.wake import NEG_INF, WakeResult, keyword_trace
+from pipeline.run_folder import BUILD_REPORT
 from pipeline.runtime import PipelineError
 
 log = logging.getLogger(__name__)
@@ -451,7 +452,7 @@ def resolve_background(cfg: Any, dataset_path: Path | None = None) -> Path | Non
     if str(value) != "auto":
         return Path(str(value)).expanduser().resolve()
     block = (cfg.get("data") or {}).get("background")
-    report = Path(dataset_path) / "build_report.json" if dataset_path else None
+    report = Path(dataset_path) / BUILD_REPORT if dataset_path else None
     if block is None or report is None or not report.exists():
         return None
     share = _demo_share(cfg.get("data"), json.loads(report.read_text()))

@@ -54,6 +54,7 @@ from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, c
                                     run_folders, walk_files)
 from pipeline.ops.registry import MODEL_PARTS, Registry, now
 from pipeline.runtime import PipelineError
+from pipeline.tracking.wandb_run import RUN_ID_FILE
 
 LEDGER = "erased.jsonl"
 STATE = "state.json"
@@ -667,7 +668,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
             entries += [{"type": "digest", "md5": d} for d in sorted(digests - ledger.digests)]
             ledger.digests |= digests
             parts = derived_parts(run)
-            run_id = run / "wandb_run_id"
+            run_id = run / RUN_ID_FILE
             if parts and run_id.is_file():  # first erasure of this run: its online copy goes too
                 online_ids.append(run_id.read_text().strip())
             if parts or not (run / DO_NOT_SYNC).exists():

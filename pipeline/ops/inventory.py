@@ -31,9 +31,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from pipeline.data.label_noise import RUN_FILE as NOISE_FILE
 from pipeline.data.privacy import REQUESTS_FILE, TOMBSTONES_FILE
 from pipeline.run_folder import BUILD_REPORT, EVAL_CONFIG_DIR
 from pipeline.runtime import PipelineError
+from pipeline.tracking.wandb_run import RUN_ID_FILE
 
 # What a place can hold: the clip's audio, its transcript, its pseudonymous ids, or weights fitted
 # to it (which hold none of these as bytes, but are derived from them all).
@@ -80,9 +82,6 @@ class Roots:
         return {name: getattr(self, name) for name in ("cache", "outputs", "multirun", "registry",
                                                         "inbox", "corpus", "erasure")}
 
-    def run_roots(self) -> list[Path]:
-        return [self.outputs, self.multirun]
-
 
 PLACES: tuple[Place, ...] = (
     Place("cached dataset", "cache", ("datasets/*",), (AUDIO, TEXT, IDS), "pipeline.data.build", "dataset"),
@@ -121,10 +120,10 @@ RUN_PARTS: tuple[Place, ...] = (
     Place("report", "run", ("report.md", "report.html", "eval_details.json", "plots/*", "incumbent/*"),
           (TEXT, IDS), "pipeline.eval.run, pipeline.eval.report", "run"),
     Place("W&B offline run", "run", ("wandb/*",), (TEXT, IDS, WEIGHTS), "pipeline.tracking.wandb_run", "run"),
-    Place("review", "run", ("review/*", "label_noise.jsonl"), (TEXT, IDS), "pipeline.review.stage, pipeline.data.label_noise",
+    Place("review", "run", ("review/*", NOISE_FILE), (TEXT, IDS), "pipeline.review.stage, pipeline.data.label_noise",
           "run"),
-    Place("run record", "run", ("build_report.json", "quarantine.jsonl", "config.yaml", ".hydra/*", f"{EVAL_CONFIG_DIR}/*",
-                                "metrics.json", "decision.json", "candidate.json", "wandb_run_id", "*.log", "DO_NOT_SYNC",
+    Place("run record", "run", (BUILD_REPORT, "quarantine.jsonl", "config.yaml", ".hydra/*", f"{EVAL_CONFIG_DIR}/*",
+                                "metrics.json", "decision.json", "candidate.json", RUN_ID_FILE, "*.log", "DO_NOT_SYNC",
                                 "multirun.yaml", ".writing"), (IDS,), "train.py, retrain.py, hydra", "keep"),
 )
 

@@ -14,11 +14,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.label_noise import RUN_FILE as NOISE_FILE
 from pipeline.eval.report import Block, to_html, to_markdown
 from pipeline.review.suspects import KINDS, Suspect, budget
 
 START, END = "<!-- review:start -->", "<!-- review:end -->"
-NOISE_FILE = "label_noise.jsonl"
 
 
 def score_against_noise(run_dir: Path, queue: list[Suspect], summary: dict[str, Any],

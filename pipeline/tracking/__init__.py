@@ -2,8 +2,9 @@
 
 Stages only see this small interface, so a run without W&B (`logger=none`) takes the same
 code path, and tests can read back what was logged. The W&B implementation (wandb_run) and the
-offline-run reader (wandb_offline) live in this package, below the stages, but only the code that
-makes a tracker (pipeline/stages.py) imports wandb_run: a stage never imports a tracker's library.
+offline-run reader (wandb_offline) live in this package, below the stages; a stage never imports
+a tracker's library (wandb is imported inside wandb_run's functions). Jobs that make or erase a
+tracker's runs (pipeline/stages.py, the review's entry point, erasure) import wandb_run.
 """
 
 from __future__ import annotations
