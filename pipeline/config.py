@@ -60,6 +60,12 @@ def checked(node: Any, schema: type[T], group: str, defaults: str | None = None)
     return typed  # type: ignore[return-value]
 
 
+def check_seed(seed: Any) -> None:
+    """`seed` is the one top-level setting every job reads outside a typed group."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise PipelineError(f"seed={seed!r}: give a whole number, e.g. seed=1234")
+
+
 def check_top_level(cfg: DictConfig, known: tuple[str, ...], config_file: str) -> None:
     """The top level is no typed group, so a misspelt `stages` or `seed` in a user's own YAML (or a
     `+key=` on the command line) would be ignored: every stage would run, an hour of it, with the

@@ -15,11 +15,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline import run_folder
-from pipeline.config import TrainerConfig, check_top_level, checked, redact_hydra_record, redact_identifiers
+from pipeline.config import TrainerConfig, check_seed, check_top_level, checked, redact_hydra_record, redact_identifiers
 from pipeline.distributed import barrier, place, resolve_device
 from pipeline.runtime import PipelineError, configure_environment, requested_workers, seed_everything
-from pipeline.tracking import NullTracker, Tracker
-from pipeline.tracking.config import logger_config
+from pipeline.tracking import make_tracker
 
 KNOWN_STAGES = ("data", "asr", "nlu", "eval", "review")
 # conf/config.yaml's top level (and conf/retrain.yaml's, whose jobs run these stages too).
@@ -202,9 +201,8 @@ def check_config(cfg: DictConfig, stages: list[str]) -> None:
     from pipeline.nlu.config import NLUConfig
     from pipeline.review.config import ReviewConfig
 
-    seed = cfg.get("seed")
-    if "seed" in cfg and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise PipelineError(f"seed={seed!r}: give a whole number, e.g. seed=1234")
+    if "seed" in cfg:
+        check_seed(cfg.seed)
     if "data" in stages:  # `privacy` too, when the data stage (always the first) starts
         data = checked(cfg.get("data"), DataConfig, "data")
         kinds = {data.source} if data.sources is None else {entry.source for entry in data.sources}
@@ -224,13 +222,3 @@ def check_config(cfg: DictConfig, stages: list[str]) -> None:
         checked(cfg.get("eval"), EvalConfig, "eval")
     if "review" in stages:
         checked(cfg.get("review"), ReviewConfig, "review")
-
-
-def make_tracker(cfg: DictConfig, run_dir: Path, stages: list[str]) -> Tracker:
-    """The tracker `logger.name` asks for (W&B, or none), tagged with the stages it records; the
-    logger group is checked here, before the first stage, whichever it is."""
-    if logger_config(cfg).name == "none":
-        return NullTracker()
-    from pipeline.tracking.wandb_run import make_wandb_tracker
-
-    return make_wandb_tracker(cfg, run_dir, tags=stages)

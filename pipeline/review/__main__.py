@@ -17,9 +17,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import run_folder
-from pipeline.config import checked
+from pipeline.config import check_seed, checked
 from pipeline.review.config import ReviewConfig
-from pipeline.tracking import NullTracker, Tracker
+from pipeline.tracking import NullTracker, make_tracker
 from pipeline.runtime import PipelineError, configure_environment, fail, first_line, seed_everything
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -40,7 +40,9 @@ def main(argv: list[str]) -> None:
         seed_everything(cfg.get("seed", 0))
         from pipeline.review.stage import run_review_stage
 
-        tracker = _tracker(cfg, run_dir)
+        # The run's own logger (W&B resumes the run's entry); a run that logged nowhere needs no check.
+        logs = OmegaConf.select(cfg, "logger.name", default="none") != "none"
+        tracker = make_tracker(cfg, run_dir, ["review"]) if logs else NullTracker()
         try:
             with run_folder.writing(run_dir):  # `make erase` waits for it, as for train.py and evaluate.py
                 result = run_review_stage(cfg, run_dir, dataset, tracker)
@@ -68,19 +70,8 @@ def _run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     except Exception as err:  # noqa: BLE001
         raise PipelineError(f"the overrides {overrides} do not apply ({first_line(err)}); give key=value pairs, "
                             "e.g. review.folds=3") from err
-    seed = cfg.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise PipelineError(f"seed={seed!r}: give a whole number, e.g. seed=1234")
+    check_seed(cfg.get("seed", 0))
     return cfg
-
-
-def _tracker(cfg: DictConfig, run_dir: Path) -> Tracker:
-    """The run's own logger (W&B resumes the run's entry), as the stage runner makes it."""
-    if OmegaConf.select(cfg, "logger.name", default="none") == "none":
-        return NullTracker()
-    from pipeline.tracking.wandb_run import make_wandb_tracker
-
-    return make_wandb_tracker(cfg, run_dir, tags=["review"])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import choice
-from pipeline.tracking.config import LOG_TRANSCRIPTS
+from pipeline.tracking.config import LOG_TRANSCRIPTS, logger_config
 
 
 class Tracker(Protocol):
@@ -68,3 +68,13 @@ def transcripts_allowed(cfg: DictConfig) -> bool:
     if setting == "auto" or setting is None:
         return str(OmegaConf.select(cfg, "data.source", default="")) == "demo"
     return bool(setting)
+
+
+def make_tracker(cfg: DictConfig, run_dir: Path, tags: list[str]) -> Tracker:
+    """The tracker `logger.name` asks for (W&B, or none), tagged with what the call runs (its
+    stages, `review`); the logger group is checked here, before the first stage, whichever it is."""
+    if logger_config(cfg).name == "none":
+        return NullTracker()
+    from pipeline.tracking.wandb_run import make_wandb_tracker
+
+    return make_wandb_tracker(cfg, run_dir, tags=tags)

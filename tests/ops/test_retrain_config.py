@@ -15,7 +15,7 @@ from pipeline.ops import audit
 from pipeline.ops.config import job_config
 from pipeline.ops.retrain import EXIT_CONFIG, run_retrain
 from pipeline.runtime import PipelineError
-from pipeline.stages import make_tracker
+from pipeline.tracking import make_tracker
 from pipeline.tracking.wandb_run import make_wandb_tracker
 
 REPO = Path(__file__).resolve().parents[2]
