@@ -15,12 +15,11 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig
 
 from pipeline.config import checked, choice
-from pipeline.ops.gate import GATE_POLICIES
+from pipeline.ops.gate import GATE_LIMITS, GATE_POLICIES, rule_problem
 from pipeline.runtime import PipelineError
 from pipeline.tracking.config import LoggerConfig, logger_config
 
 DEFAULTS = "conf/retrain.yaml"
-GATE_LIMITS = ("max_increase", "max_decrease")
 # `erase.wandb_online`: auto follows logger.mode; the words are what the job has always accepted.
 WANDB_ONLINE = ("auto", "true", "false", "on", "off", "yes", "no")
 
@@ -53,9 +52,9 @@ class RetrainConfig:
     def validate(self) -> None:
         choice("retrain.gate_policy", self.gate_policy, GATE_POLICIES)
         for name, rule in self.gate.items():
-            if sum(getattr(rule, k) is not None for k in GATE_LIMITS) != 1:
-                raise PipelineError(f"retrain.gate.{name} must have `metric` and exactly one of "
-                                    f"max_increase / max_decrease, got {rule.as_rule()}")
+            problem = rule_problem(name, rule.as_rule())
+            if problem:
+                raise PipelineError(problem)
 
     def gate_rules(self) -> dict[str, dict[str, Any]]:
         return {name: rule.as_rule() for name, rule in self.gate.items()}

@@ -62,12 +62,23 @@ def _number(value: Any) -> float | None:
     return None
 
 
+GATE_LIMITS = ("max_increase", "max_decrease")
+
+
+def rule_problem(name: str, rule: Mapping[str, Any]) -> str | None:
+    """What is wrong with the rule `retrain.gate.<name>`, or None (checked up front in
+    pipeline.ops.config, and again by the gate for a caller that passes its own rules)."""
+    if "metric" not in rule or sum(k in rule for k in GATE_LIMITS) != 1:
+        return f"retrain.gate.{name} must have `metric` and exactly one of max_increase / max_decrease, got {dict(rule)}"
+    return None
+
+
 def _rule(name: str, rule: Mapping[str, Any]) -> tuple[str, str, float]:
-    kinds = [k for k in ("max_increase", "max_decrease") if k in rule]
-    if "metric" not in rule or len(kinds) != 1:
-        raise PipelineError(f"retrain.gate.{name} must have `metric` and exactly one of "
-                            f"max_increase / max_decrease, got {dict(rule)}")
-    return str(rule["metric"]), kinds[0], float(rule[kinds[0]])
+    problem = rule_problem(name, rule)
+    if problem:
+        raise PipelineError(problem)
+    kind = next(k for k in GATE_LIMITS if k in rule)
+    return str(rule["metric"]), kind, float(rule[kind])
 
 
 def check_gate(candidate: Mapping[str, Any], incumbent: Mapping[str, Any],
