@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,12 @@ def checked(node: Any, schema: type[T], group: str, defaults: str | None = None)
         ) from None
     _validate(typed)
     return typed  # type: ignore[return-value]
+
+
+def check_device(key: str, device: str) -> None:
+    """A device setting (`trainer.device`, `eval.device`, `review.device`): auto, cpu, cuda or cuda:N."""
+    if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", device)):
+        raise PipelineError(f"{key}={device!r} is not one of: auto, cpu, cuda, cuda:N")
 
 
 def check_seed(seed: Any) -> None:
@@ -179,8 +186,7 @@ class TrainerConfig:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def validate(self) -> None:
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise PipelineError(f"trainer.device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
+        check_device("trainer.device", self.device)
         choice("trainer.precision", self.precision, ("auto", "fp32", "fp16", "bf16"))
         if self.log_every < 1:
             raise PipelineError(f"trainer.log_every={self.log_every}: log at least every 1 step")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from pipeline.config import TrainerConfig, checked
 from pipeline.runtime import PipelineError
 from pipeline.stages import check_config
 
@@ -178,3 +179,17 @@ def test_a_misspelt_privacy_setting_points_at_the_file_that_holds_its_defaults(t
                                             r"\(.* given its default in conf/config.yaml\)$"):
         run_data_stage(cfg, tmp_path / "run", NullTracker())
     assert (REPO / "conf" / "config.yaml").read_text().count("privacy:") == 1
+
+
+@pytest.mark.parametrize("key", ["trainer.device", "eval.device", "review.device"])
+def test_a_device_that_names_no_gpu_index_is_refused_with_its_key(key: str) -> None:
+    """`cuda:x` passed the check (it starts with `cuda:`) and failed inside torch."""
+    from pipeline.eval.config import EvalConfig
+    from pipeline.review.config import ReviewConfig
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"{key}=cuda:x"])
+    group, schema = {"trainer": ("trainer", TrainerConfig), "eval": ("eval", EvalConfig),
+                     "review": ("review", ReviewConfig)}[key.split(".")[0]]
+    with pytest.raises(PipelineError, match=rf"^{key}='cuda:x' is not one of: auto, cpu, cuda, cuda:N"):
+        checked(cfg[group], schema, group)

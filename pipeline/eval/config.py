@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from pipeline.config import choice
+from pipeline.config import check_device, choice
 from pipeline.runtime import PipelineError
 
 
@@ -45,8 +45,7 @@ class EvalConfig:
     slurp_gold: Optional[str] = MISSING
 
     def validate(self) -> None:
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise PipelineError(f"eval.device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
+        check_device("eval.device", self.device)
         choice("eval.decoder", self.decoder, ("auto", "greedy", "lm"))
         fft = self.cpu_fft_positional_conv
         if not (isinstance(fft, bool) or fft == "auto"):

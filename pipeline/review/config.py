@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
+from pipeline.config import check_device
 from pipeline.runtime import PipelineError
 
 
@@ -35,5 +36,4 @@ class ReviewConfig:
         if not self.transcript_tempos or any(not 0.5 <= t <= 2 for t in self.transcript_tempos):
             raise PipelineError(f"review.transcript_tempos={list(self.transcript_tempos)}: give one or more playback "
                                 "speeds between 0.5 and 2 (default [0.85, 1.15]; [1.0] reads clips as recorded)")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise PipelineError(f"review.device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
+        check_device("review.device", self.device)
