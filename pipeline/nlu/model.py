@@ -232,6 +232,10 @@ def encode_words(tokenizer: Any, words: list[list[str]], max_length: int) -> tup
     return dict(enc), firsts
 
 
+# What the `nlu` stage saves besides LABELS_FILE, and a model cannot be used without.
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
 class NLUModel:
     """Text in, `{"intent", "confidence", "entities"}` out; holds the model and tokenizer.
 
@@ -250,11 +254,19 @@ class NLUModel:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "NLUModel":
         path = Path(path)
-        if not (path / "config.json").exists() or not (path / LABELS_FILE).exists():
+        if not (path / "config.json").exists() and not (path / LABELS_FILE).exists():
             raise PipelineError(
                 f"{path} is not an NLU model folder (config.json and {LABELS_FILE} missing); "
                 "point it at <run>/nlu of a run whose nlu stage finished"
             )
+        # Without tokenizer.json transformers builds a tokenizer of its five special tokens, every
+        # word becomes [UNK] and the model scores "no command" on everything, without a word said.
+        missing = [f for f in (*MODEL_FILES, LABELS_FILE) if not (path / f).is_file()]
+        if "model.safetensors" in missing and (path / "model.safetensors.index.json").is_file():  # sharded
+            missing.remove("model.safetensors")
+        if missing:
+            raise PipelineError(f"{path}: {', '.join(missing)} missing from the NLU model folder; copy the whole "
+                                "folder the `nlu` stage saved again, or re-run the `nlu` stage")
         try:
             config = AutoConfig.from_pretrained(str(path))
             model = JointIntentTagger.from_pretrained(str(path), config=config)
