@@ -174,6 +174,18 @@ def requested_workers(trainer_cfg: Any) -> int | None:
     return workers
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `path` whole or not at all (a temp file beside it, flushed, then renamed over it): a
+    reader, or a job killed half-way, never finds half a file. A line that is not UTF-8 (kept in an
+    export as read) is written back as it was."""
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def remove_abandoned_temp_dirs(target: Path) -> None:
     """Delete `.tmp-<target>-<pid>` folders left next to `target` by killed writers.
 

@@ -46,7 +46,7 @@ from pipeline.eval.stream import (background_metrics, background_wake, resolve_b
                                   with_background)
 from pipeline.eval.wake import describe_tuning, evaluate_wake, keyword_scores, plot_det, tune_threshold
 from pipeline.run_folder import read_build_report
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, write_text_atomic
 from pipeline.text import normalize_text
 from pipeline.tracking import Tracker, transcripts_allowed
 
@@ -778,11 +778,11 @@ def _write_outputs(
     if details["wer_by"]:
         plots["wer_slices"] = plot_slices(details["wer_by"], plots_dir / "wer_slices.png")
 
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (run_dir / "eval_details.json").write_text(json.dumps(details, indent=2) + "\n")
-    with (run_dir / "predictions.jsonl").open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    # Each file whole or not at all, metrics.json last: `evaluate.py run=` rewrites them in place, and
+    # compare and the gate pair predictions.jsonl clip for clip with the metrics beside it.
+    write_text_atomic(run_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(run_dir / "eval_details.json", json.dumps(details, indent=2) + "\n")
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(run_dir, metrics, details, plots)
 
     tracker.log_summary({k: v for k, v in metrics.items() if v is not None})

@@ -27,10 +27,10 @@ from typing import Any
 import yaml
 
 from pipeline.eval import bootstrap as B
-from pipeline.ops.gate import with_background_pairs
+from pipeline.ops.gate import load_clip_table, with_background_pairs
 from pipeline.ops.inventory import DO_NOT_SYNC, searched_roots
 from pipeline.run_folder import EVAL_CONFIG_DIR
-from pipeline.runtime import first_line, table_cell
+from pipeline.runtime import PipelineError, first_line, table_cell
 
 # wake/frr beside wake/fa_per_hour: a threshold that sits lower trades one for the other.
 HEADLINE = ("asr/wer", "asr/cer", "wake/auc", "wake/frr", "wake/fa_per_hour", "nlu/intent_accuracy",
@@ -146,15 +146,12 @@ def _name(run: RunSummary, base: Path) -> str:
         return str(run.path)
 
 
-def _per_clip(run: RunSummary) -> B.ClipTable | None:
-    """The run's per-clip results, or None when it has none (evaluated before they were written)."""
-    path = run.path / "predictions.jsonl"
-    if not path.is_file():
-        return None
+def _per_clip(run: RunSummary) -> tuple[B.ClipTable | None, str]:
+    """The run's per-clip results, as the gate reads them, or why there are none to pair."""
     try:
-        return B.clip_table([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
-    except (ValueError, KeyError):
-        return None
+        return load_clip_table(run.path, run.metrics), ""
+    except PipelineError as err:
+        return None, str(err)
 
 
 def _test_data_label(run: RunSummary) -> str:
@@ -182,16 +179,17 @@ def _own_intervals(run: RunSummary, metrics: list[str]) -> str:
     return ", ".join(cells) or "no metrics"
 
 
-def _why_no_per_clip(runs: list[RunSummary], base: Path) -> str:
-    """An erased run (trained on data a deletion request named) lost its predictions with its models,
-    so re-evaluating it, the fix for a run evaluated before per-clip results existed, is no fix."""
-    erased = [r for r in runs if (r.path / DO_NOT_SYNC).is_file()]
-    missing = [r for r in runs if r not in erased]
-    reasons = []
-    if missing:
-        reasons.append(f"{' and '.join(_name(r, base) for r in missing)} {'has' if len(missing) == 1 else 'have'} "
-                       "no per-clip results (predictions.jsonl with per-clip counts); re-evaluate with "
-                       "`python evaluate.py run=<run folder>`")
+def evaluated_run(run: RunSummary) -> bool:
+    return any(k in run.metrics for k in B.INTERVAL_KEYS)
+
+
+def _why_no_per_clip(runs: list[tuple[RunSummary, str]], base: Path) -> str:
+    """Each run's reason (a missing, damaged or cut-short predictions.jsonl names the file). An erased
+    run (trained on data a deletion request named) lost its predictions with its models, so
+    re-evaluating it, the fix for the others, is no fix."""
+    erased = [r for r, _ in runs if (r.path / DO_NOT_SYNC).is_file()]
+    reasons = [why or f"{_name(r, base)} has no record of its test data (eval_details.json); re-evaluate with "
+               "`python evaluate.py run=<run folder>`" for r, why in runs if r not in erased]
     if erased:
         reasons.append(f"{' and '.join(_name(r, base) for r in erased)} lost per-clip results and models to "
                        f"erasure after a deletion request ({DO_NOT_SYNC}) and cannot be re-evaluated; name "
@@ -202,20 +200,23 @@ def _why_no_per_clip(runs: list[RunSummary], base: Path) -> str:
 def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, samples: int, seed: int) -> str:
     """Each later run against the first (the baseline): paired differences where the test data is
     the same, and otherwise why not, with each run's own intervals."""
-    evaluated = [r for r in runs if any(k in r.metrics for k in B.INTERVAL_KEYS)]
+    evaluated = [r for r in runs if evaluated_run(r)]
     if len(evaluated) < 2:
         return ""
     first, others = evaluated[0], evaluated[1:]
     lines = [f"Paired against the baseline, {_name(first, base)} "
              f"(difference = run - baseline, 95% paired speaker bootstrap, {samples} samples):"]
-    first_table = _per_clip(first)
+    lines += [f"{_name(r, base)}: left out: not evaluated (no test metrics in metrics.json); "
+              "`python evaluate.py run=<run folder>` evaluates it" for r in runs if r not in evaluated]
+    first_table, first_why = _per_clip(first)
     header = ["run", "metric", "baseline", "value", "difference [95%]", "verdict"]
     rows: list[list[str]] = []
     shown_own = False
     for run in others:
         name = _name(run, base)
-        table = _per_clip(run)
-        lacking = [r for r, t in ((first, first_table), (run, table)) if t is None or not r.test_data]
+        table, why = _per_clip(run)
+        lacking = [(r, w) for r, t, w in ((first, first_table, first_why), (run, table, why))
+                   if t is None or not r.test_data]
         if lacking:
             lines.append(f"{name}: no paired comparison: {_why_no_per_clip(lacking, base)}")
             continue
@@ -285,10 +286,28 @@ def main(argv: list[str] | None = None) -> int:
             loaded.append(load_run(path))
         except ValueError as err:  # a run killed mid-write must not hide the rest
             print(f"note: {path} left out: {err}", file=sys.stderr)
+    for root in args.roots:  # a run folder named on the command line is never left out unsaid
+        if (root / "metrics.json").is_file() and not _config_file(root).is_file():
+            print(f"note: {root} left out: it has metrics.json but no config.yaml, the record of how the run was "
+                  "made; restore it from a copy of the run", file=sys.stderr)
     runs = sorted(loaded, key=lambda r: r.mtime)[-args.last:]
     if not runs:
         print(f"no run folders under {', '.join(map(str, args.roots))}")
         return 0
+    if args.baseline is not None:  # first in the pairing; listed even when older than --last reaches
+        base = args.baseline.resolve()
+        chosen = [r for r in runs if r.path.resolve() == base]
+        if not chosen:
+            if base not in {p.resolve() for p in find_runs([base])}:
+                parser.error(f"--baseline {args.baseline}: not a run folder (no config.yaml)")
+            try:
+                chosen = [load_run(base)]
+            except ValueError as err:
+                parser.error(f"--baseline {args.baseline}: {err}")
+        if not evaluated_run(chosen[0]):
+            parser.error(f"--baseline {args.baseline}: not evaluated (no test metrics in metrics.json), so nothing "
+                         f"pairs against it; evaluate it first: python evaluate.py run={args.baseline}")
+    pairing = runs if args.baseline is None else [*chosen, *(r for r in runs if r.path.resolve() != base)]
     unknown = [m for m in metrics if not any(m in r.metrics for r in runs)]
     if unknown:
         print(f"note: {', '.join(unknown)} in none of these runs' metrics.json (names as in metrics.json, "
@@ -303,18 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(runs, shown, metrics, Path.cwd()))
     if mixed:
         print(f"(training runs beside evaluation folders: only settings both have are shown; {len(keys) - len(shown)} set by one only)")
-    if args.baseline is not None:  # first in the pairing; listed even when older than --last reaches
-        base = args.baseline.resolve()
-        chosen = [r for r in runs if r.path.resolve() == base]
-        if not chosen:
-            if base not in {p.resolve() for p in find_runs([base])}:
-                parser.error(f"--baseline {args.baseline}: not a run folder (no config.yaml)")
-            try:
-                chosen = [load_run(base)]
-            except ValueError as err:
-                parser.error(f"--baseline {args.baseline}: {err}")
-        runs = [*chosen, *(r for r in runs if r.path.resolve() != base)]
-    paired = paired_report(runs, [m for m in metrics if m != "decision"], Path.cwd(), args.samples, args.seed)
+    paired = paired_report(pairing, [m for m in metrics if m != "decision"], Path.cwd(), args.samples, args.seed)
     if paired:
         print("\n" + paired)
     return 0

@@ -42,7 +42,7 @@ from pipeline.data.privacy import (DELETION_KEYS, REQUESTS_FILE, TOMBSTONES_FILE
                                    utterance_pseudonym)
 from pipeline.data.schema import json_lines
 from pipeline.ops.registry import TMP_PREFIX, now
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, write_text_atomic
 
 ANNOTATIONS = "annotations.jsonl"
 BATCH_DELETIONS = "deletions.jsonl"
@@ -197,12 +197,6 @@ def _move(src: Path, dst: Path) -> None:
         shutil.rmtree(src)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    tmp.write_text(text, encoding="utf-8", errors="surrogateescape")  # a line that is not UTF-8 stays as it was
-    os.replace(tmp, path)
-
-
 def _inside(root: Path, relative: str) -> Path | None:
     """The audio file a record names, only if it stays inside its batch folder."""
     if not relative or PurePosixPath(relative).is_absolute() or ".." in PurePosixPath(relative).parts:
@@ -238,7 +232,7 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
     known = read_pseudonyms(corpus.requests)
     requests = known | incoming
     corpus.new_requests = len(requests - known)
-    _write_atomic(corpus.requests, "".join(p + "\n" for p in sorted(requests)))
+    write_text_atomic(corpus.requests, "".join(p + "\n" for p in sorted(requests)))
     corpus.quarantined = quarantine_requests(request_files, corpus_dir, key)
     for path in request_files:
         path.unlink()
@@ -271,7 +265,7 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
     new_tombs = deleted_utterances(all_records, requests, key) - corpus.tombstones
     if new_tombs:
         corpus.tombstones |= new_tombs
-        _write_atomic(tomb_file, "".join(h + "\n" for h in sorted(corpus.tombstones)))
+        write_text_atomic(tomb_file, "".join(h + "\n" for h in sorted(corpus.tombstones)))
     wanted = Deletions(requests | corpus.tombstones)  # tombstones: erasure's copies too
     merged: list[str] = []
     for batch in batches:
@@ -297,9 +291,9 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
             if isinstance(audio, str) and _inside(batch, audio) is not None:
                 record["audio"] = f"batches/{batch.name}/{audio}"
             merged.append(json.dumps(record, ensure_ascii=False))
-        _write_atomic(batch / ANNOTATIONS, "".join(line + "\n" for line in kept))
+        write_text_atomic(batch / ANNOTATIONS, "".join(line + "\n" for line in kept))
     corpus.batches = len(batches)
-    _write_atomic(corpus.annotations, "".join(line + "\n" for line in merged))
+    write_text_atomic(corpus.annotations, "".join(line + "\n" for line in merged))
 
 
 def pending_deletions(inbox: Path, corpus_dir: Path, key: bytes) -> set[str]:

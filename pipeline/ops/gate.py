@@ -167,12 +167,26 @@ def _paired_detail(metric: str, kind: str, limit: float, policy: str, diff: B.Di
                    "show the candidate is no worse (the difference may be noise; more test clips narrow the interval)")
 
 
-def load_clip_table(run_dir: Path) -> B.ClipTable:
-    """A run's per-clip results (predictions.jsonl), as the bootstrap reads them."""
+def load_clip_table(run_dir: Path, metrics: Mapping[str, Any] | None = None) -> B.ClipTable:
+    """A run's per-clip results (predictions.jsonl), as the bootstrap reads them. With the run's
+    `metrics`, a file that holds another number of clips than they were computed on is refused: a
+    file cut short pairs only the clips it kept, and every verdict would be on those."""
     path = Path(run_dir) / "predictions.jsonl"
+    redo = "re-evaluate with `python evaluate.py run=<run folder>`"
     if not path.is_file():
-        raise PipelineError(f"{path} does not exist: the gate needs the per-clip results of both models")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        raise PipelineError(f"{run_dir} has no per-clip results ({path.name} does not exist); {redo}")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise PipelineError(f"{path} line {number} is not valid JSON ({err.msg}): the file is damaged or "
+                                    f"half written; {redo}") from None
+    expected = (metrics or {}).get("eval/num_clips")
+    if isinstance(expected, (int, float)) and len(rows) != expected:
+        raise PipelineError(f"{path} holds {len(rows)} clips where metrics.json counts {int(expected)}: the file is "
+                            f"cut short or from another evaluation; {redo}")
     try:
         return B.clip_table(rows)
     except ValueError as err:
@@ -218,7 +232,8 @@ def gate_on_runs(
 ) -> list[GateCheck]:
     """The gate for two evaluation folders of the same test split (retraining evaluates both now)."""
     try:
-        paired = B.paired_differences(load_clip_table(incumbent_dir), load_clip_table(candidate_dir), samples, seed)
+        paired = B.paired_differences(load_clip_table(incumbent_dir, incumbent), load_clip_table(candidate_dir, candidate),
+                                      samples, seed)
     except ValueError as err:
         raise PipelineError(f"{candidate_dir} vs {incumbent_dir}: {err}") from None
     paired, _ = with_background_pairs(paired, incumbent_dir, candidate_dir, samples, seed)

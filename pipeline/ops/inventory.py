@@ -117,7 +117,8 @@ RUN_PARTS: tuple[Place, ...] = (
     Place("model", "run", ("asr/*", "nlu/*"), (WEIGHTS,), "pipeline.asr.train, pipeline.nlu", "run"),
     Place("predictions", "run", ("predictions.jsonl", "incumbent/predictions.jsonl"), (TEXT, IDS),
           "pipeline.eval.run", "run"),
-    Place("report", "run", ("report.md", "report.html", "eval_details.json", "plots/*", "incumbent/*"),
+    # `.tmp-*`: a file being written whole (pipeline.runtime.write_text_atomic) when its job was killed.
+    Place("report", "run", ("report.md", "report.html", "eval_details.json", "plots/*", "incumbent/*", ".tmp-*"),
           (TEXT, IDS), "pipeline.eval.run, pipeline.eval.report", "run"),
     Place("W&B offline run", "run", ("wandb/*",), (TEXT, IDS, WEIGHTS), "pipeline.tracking.wandb_run", "run"),
     Place("review", "run", ("review/*", NOISE_FILE), (TEXT, IDS), "pipeline.review.stage, pipeline.data.label_noise",

@@ -116,3 +116,38 @@ def test_compare_pairs_false_accepts_over_the_background_recordings(tmp_path: Pa
     [fa] = [r for r in rows if r[1] == "wake/fa_per_hour"]
     assert fa[2:8] == ["0.0000", "6.0000", "+6.0000", "[+6.0000,", "+6.0000]", "(12"] and fa[-1] == "worse"
     assert ("outputs/c-old: wake/fa_per_hour: outputs/c-old has no per-recording background counts" in result.stdout)
+
+
+def test_a_run_compare_cannot_pair_is_named_with_the_reason(tmp_path: Path) -> None:
+    """Found by a user: a predictions.jsonl cut short was paired on the clips it kept, a damaged one
+    said only "no per-clip results", a baseline without metrics.json was silently replaced by the
+    next run, a run without it was a row of dashes, and a named run folder without config.yaml
+    vanished from the listing."""
+    out = tmp_path / "outputs"
+    noisy = [r.replace("kitchen", "kitten") if i % 2 else r for i, r in enumerate(REFS)]
+    for order, name in enumerate(["a-base", "b-cut", "c-damaged", "d-unevaluated", "e-no-config"]):
+        _run(out, name, noisy if order else list(REFS), "fp1", order)
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        (out / name / "metrics.json").write_text(json.dumps({**metrics, "eval/num_clips": len(REFS)}))
+    cut = out / "b-cut" / "predictions.jsonl"
+    cut.write_text("".join(cut.read_text().splitlines(keepends=True)[:10]))
+    damaged = out / "c-damaged" / "predictions.jsonl"
+    damaged.write_text(damaged.read_text()[:-40] + "\n")
+    (out / "d-unevaluated" / "metrics.json").write_text("{}")
+    (out / "e-no-config" / "config.yaml").unlink()
+
+    result = subprocess.run([sys.executable, "-m", "pipeline.ops.compare", "outputs", "outputs/e-no-config",
+                             "--metrics", "asr/wer", "--samples", "300"], cwd=tmp_path, capture_output=True,
+                            text=True, env={"PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.split("\n\n", 1)[1]
+    assert ("outputs/b-cut: no paired comparison: outputs/b-cut/predictions.jsonl holds 10 clips where metrics.json "
+            "counts 24: the file is cut short or from another evaluation") in text
+    assert "predictions.jsonl line 24 is not valid JSON" in text and "outputs/c-damaged: no paired comparison" in text
+    assert "outputs/d-unevaluated: left out: not evaluated (no test metrics in metrics.json)" in text
+    assert "note: outputs/e-no-config left out: it has metrics.json but no config.yaml" in result.stderr
+    refused = subprocess.run([sys.executable, "-m", "pipeline.ops.compare", "outputs", "--metrics", "asr/wer",
+                              "--baseline", "outputs/d-unevaluated"], cwd=tmp_path, capture_output=True, text=True,
+                             env={"PYTHONPATH": str(REPO)})
+    assert refused.returncode == 2 and not refused.stdout, refused.stdout
+    assert "--baseline outputs/d-unevaluated: not evaluated (no test metrics in metrics.json)" in refused.stderr

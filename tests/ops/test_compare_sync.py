@@ -36,7 +36,8 @@ def test_compare_shows_config_differences_and_headline_metrics(tmp_path: Path) -
     table, paired = result.stdout.split("\n\n")
     header, _rule, *rows = table.splitlines()
     # Evaluated before per-clip results existed: the paired section says which run lacks them.
-    assert "outputs/2026-01-01/10-00-00 and outputs/2026-01-01/11-00-00 have no per-clip results" in paired
+    for run in ("outputs/2026-01-01/10-00-00", "outputs/2026-01-01/11-00-00"):
+        assert f"{run} has no per-clip results (predictions.jsonl does not exist)" in paired
     assert header.split()[:2] == ["run", "asr.learning_rate"]  # only what differs
     assert "asr.layers" not in header and "run_dir" not in header
     assert "asr/wer" in header and "slu/slu_f1" in header
