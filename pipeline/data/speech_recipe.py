@@ -134,7 +134,8 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
                         excluded = ("heard_in_training", "a training speaker's clip (or a training clip): "
                                     "the wake-word test scores only people the model never heard")
                     record["wake_word_present"] = False
-            yield RawRecord(raw.line, record, split=split, row=raw.row, audio=raw.audio, excluded=excluded)
+            yield RawRecord(raw.line, record, split=split, row=raw.row, audio=raw.audio, excluded=excluded,
+                            made_up=raw.made_up)
 
     inner.records = records()
     inner.options = {**inner.options, "speech": {"role": role, "keywords": sorted(keywords), "keyword_column": keyword_column,

@@ -271,6 +271,9 @@ def test_training_build_keeps_keyword_clips_out_and_the_wake_build_scores_them(t
     built = load_from_disk(report["dataset_path"])
     rows = [(split, r) for split in built for r in built[split]]
     assert not any(r["source"] == "mycroft" and "computer" in r["text"] for _, r in rows)
+    # Mycroft names no speakers: each clip is its own account, made up from its id, which stays readable.
+    assert sorted(r["utterance_id"] for _, r in rows if r["source"] == "mycroft") == [
+        f"mycroft/audio/notwakeword-{i}" for i in range(4)]
     spoken = [r for _, r in rows if r["source"] == "demo" and r["text"].startswith("computer ")]
     assert spoken and not any(r["wake_word_present"] for r in spoken)
     # Extra takes: training audio only; a take of a held-out clip is quarantined, never moved to train.
