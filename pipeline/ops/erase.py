@@ -52,7 +52,7 @@ from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, inbox_requests, pseudo
                                  utterance_pseudonym)
 from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, check_root, place_of,
                                     run_folders, walk_files)
-from pipeline.ops.registry import MODEL_PARTS, Registry, now
+from pipeline.ops.registry import MODEL_PARTS, Registry, now, weights_saw_deleted
 from pipeline.runtime import PipelineError
 from pipeline.tracking.wandb_run import RUN_ID_FILE
 
@@ -706,8 +706,10 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     registry = Registry(roots.registry)
     for record in registry.records():
         model_id = record["model_id"]
-        trained = set(record.get("trained_on", [])) & deleted
-        if record.get("dataset_fingerprint") not in erased and not trained:
+        # Every deleted utterance found in a cached dataset, now or by an earlier erasure, not only
+        # those the corpus's tombstones name (a request for an account names no utterance).
+        trained = set(record.get("trained_on", [])) & (deleted | ledger.utterances)
+        if not weights_saw_deleted(record, deleted | ledger.utterances, erased):
             continue
         if any((registry.model_dir(model_id) / part).exists() for part in MODEL_PARTS) or not record.get("erased_at"):
             registry.mark_erased(model_id)

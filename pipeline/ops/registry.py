@@ -37,6 +37,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
+def weights_saw_deleted(record: dict[str, Any], deleted: set[str], erased: set[str]) -> bool:
+    """Whether a registered model's weights were trained on deleted data: its training and validation
+    clips (`trained_on`) include one. A deletion that reached only its dataset's test split leaves
+    the weights as they were (they never saw the clip): the promoted model stays, as the retraining
+    decided (`Registry.affected_by`); only the run folder's predictions and reports lose the clip.
+    A record without `trained_on` goes by its whole dataset (`erased`: fingerprints)."""
+    if record.get("trained_on") is None:
+        return record.get("dataset_fingerprint") in erased
+    return bool(set(record["trained_on"]) & deleted)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     """A registry file; the registry's own writes are atomic, so a bad one was edited or damaged by hand."""
     try:

@@ -678,3 +678,33 @@ def test_a_copy_in_a_new_batch_is_kept_out_of_training_and_out_of_the_merged_cor
     assert _receipt(root)["audio_copies"] == [erase.utterance_pseudonym(key, "copy-1")]
     capsys.readouterr()
     assert audit.main(overrides(root)) == 0, capsys.readouterr().out
+
+
+def test_a_promoted_model_that_never_trained_on_the_deleted_clip_keeps_its_weights(store: dict[str, Any]) -> None:
+    """The deleted account's clips in the promoted model's dataset only where it was tested: the
+    retraining kept that model (its weights never saw them: `Registry.affected_by`), and the
+    erasure after the decision then deleted its weights by its dataset, leaving a promoted model
+    without weights that failed every later gate."""
+    from datasets import load_from_disk
+
+    from pipeline.asr.lm import write_char_lm
+
+    root = store["root"]
+    key = KEY.encode()
+    victim = erase.pseudonym(key, "acct", VICTIM)
+    dataset = load_from_disk(str(root / "cache" / "datasets" / store["fingerprints"][0]))
+    fit = [r for s in ("train", "validation") for r in dataset[s] if r["speaker"] != victim]
+    # The model as if the account's clips had all been in its test split: its LM never heard them.
+    trained = root / "elsewhere" / "run"
+    (trained / "asr").mkdir(parents=True)
+    (trained / "nlu").mkdir()
+    for part in ("asr", "nlu"):
+        (trained / part / "model.safetensors").write_bytes(b"weights")
+    write_char_lm(trained / "asr" / "lm", [r["text"] for r in dataset["train"] if r["speaker"] != victim], VOCAB, "|", 6)
+    registry = Registry(root / "registry")
+    registry.promote(trained, {"model_id": "tested-only", "dataset_fingerprint": store["fingerprints"][0], "metrics": {},
+                               "trained_on": sorted(erase.utterance_pseudonym(key, r["utterance_id"]) for r in fit)})
+    assert erase.main(overrides(root)) == 0
+    assert registry.current()["model_id"] == "tested-only" and registry.has_weights("tested-only")
+    assert not registry.has_weights("model-0")  # trained on the account's clips: erased as before
+    assert audit.main(overrides(root)) == 0
