@@ -60,7 +60,6 @@ class Corpus:
     batches: int = 0
     tombstones: set[str] = field(default_factory=set)
     quarantined: int = 0
-    purged_audio: list[str] = field(default_factory=list)  # sha256 of the purged audio files that identify a recording
 
     def state(self, extra: str = "") -> str:
         """What a model trained now would be trained on: same state, same model (training is
@@ -279,11 +278,7 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
             if wanted.matches(key, record):
                 audio = _inside(batch, str(record.get("audio") or ""))
                 if audio is not None and audio.is_file():
-                    from pipeline.data.audio import identifies_a_recording
-
-                    if identifies_a_recording(audio):  # erasure and the audit look for copies of it
-                        corpus.purged_audio.append(hashlib.sha256(audio.read_bytes()).hexdigest())
-                    audio.unlink()
+                    audio.unlink()  # its sha256 is in erasure's ledger already (erase.record_source_audio)
                 corpus.purged += 1
                 continue
             kept.append(line.text)

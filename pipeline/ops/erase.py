@@ -599,8 +599,18 @@ def deleted_set(roots: Roots) -> set[str]:
     return read_pseudonyms(roots.corpus / REQUESTS_FILE) | read_pseudonyms(roots.corpus / TOMBSTONES_FILE)
 
 
-def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None = None,
-                 source_hashes: dict[str, list[str]] | None = None, api: Any = None) -> Erasure:
+def refuse_if_busy(roots: Roots, erasing: set[str]) -> None:
+    """A run built on a dataset about to be erased, still being written, would go on writing a model of
+    the deleted data after the receipt: wait for it (RetrainBusy, exit 4) before anything is removed."""
+    for run in run_folders(roots):
+        if run_fingerprints(run) & erasing and run_folder.being_written(run):
+            from pipeline.ops.retrain import RetrainBusy
+
+            raise RetrainBusy(f"run {run} is being written (a training or evaluation) and was built on data a "
+                              "deletion request names", str(run))
+
+
+def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None = None, api: Any = None) -> Erasure:
     """Steps 2-5 of the module docstring; the caller holds the retraining lock."""
     settings = job_config(cfg)
     roots = roots or Roots.from_cfg(cfg)
@@ -618,20 +628,9 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
         return job
 
     ledger = Ledger.load(roots.erasure)
-    source_audio = {h for clip_hashes in (source_hashes or {}).values() for h in clip_hashes}
-    traces = find_traces(roots, key, deleted, ledger.audio | source_audio)
-    # A run built on a dataset about to be erased, still being written, would go on writing a model of
-    # the deleted data after this receipt: wait for it (nothing is removed yet).
-    erasing = ledger.datasets | {Path(p).name for p in traces.affected}
-    for run in run_folders(roots):
-        if run_fingerprints(run) & erasing and run_folder.being_written(run):
-            from pipeline.ops.retrain import RetrainBusy
-
-            raise RetrainBusy(f"run {run} is being written (a training or evaluation) and was built on data a "
-                              "deletion request names", str(run))
+    traces = find_traces(roots, key, deleted, ledger.audio)
+    refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected})
     entries = traces.ledger_entries(key, [Path(p) for p in traces.affected])
-    for clip_hashes in (source_hashes or {}).values():
-        entries += [{"type": "clip", "utterance": None, "file": h, "audio": None, "text": None} for h in clip_hashes]
     for folder, clips in traces.affected.items():
         shutil.rmtree(folder)
         job.remove("cached dataset", Path(folder), clips=clips)
@@ -747,16 +746,29 @@ def add_tombstones(roots: Roots, copies: set[str]) -> set[str]:
     return new
 
 
-def tombstone_copies(roots: Roots, key: bytes, purged_audio: Iterable[str] = ()) -> set[str]:
+def record_source_audio(roots: Roots, key: bytes, requests: set[str]) -> None:
+    """Before the intake purges anything: the sha256 of each source audio file the requests take (that
+    identifies a recording) goes into the ledger, which erasure and the audit look for copies of. Kept
+    only in memory until after the purge, a job killed in between lost them, and a copy of the
+    recording under another id was then trained on."""
+    ledger = Ledger.load(roots.erasure)
+    hashes = {h for folder in export_folders(roots) for h in purge_export(folder, key, requests, dry_run=True)[1]}
+    append_ledger(roots.erasure, [{"type": "clip", "utterance": None, "file": h, "audio": None, "text": None}
+                                  for h in sorted(hashes - ledger.audio)])
+
+
+def pending_requests(roots: Roots, key: bytes) -> set[str]:
+    """Every request erasure knows (deleted_set) and those still waiting in the inbox."""
+    incoming = inbox_requests(roots.inbox, key)[1] if roots.inbox.is_dir() else set()
+    return deleted_set(roots) | incoming
+
+
+def tombstone_copies(roots: Roots, key: bytes) -> set[str]:
     """Before a retraining trains: the clips under other ids that hold a deleted clip's audio are found
     and tombstoned, so its build keeps them out (erase_copies removes them after the decision).
-    `purged_audio`: sha256s of the source files the intake has just purged, kept for the audit too.
     Returns the copies not tombstoned before."""
     ledger = Ledger.load(roots.erasure)
-    entries = [{"type": "clip", "utterance": None, "file": h, "audio": None, "text": None}
-               for h in sorted(set(purged_audio) - ledger.audio)]
-    for entry in entries:
-        ledger.add(entry)
+    entries: list[dict[str, Any]] = []
     deleted = deleted_set(roots)
     if not deleted and not ledger.audio:
         return set()
@@ -803,12 +815,15 @@ def erase(cfg: DictConfig, api: Any = None) -> Erasure:
     registry = Registry(roots.registry)
     with retrain_lock(registry.root / "retrain.lock"):
         registry.recover()
-        # The source files' own bytes, while they still exist: the audit looks for copies of them.
-        _files, incoming = inbox_requests(roots.inbox, key) if roots.inbox.is_dir() else ([], set())
-        wanted = deleted_set(roots) | incoming
-        hashes = {str(f): purge_export(f, key, wanted, dry_run=True)[1] for f in export_folders(roots)}
+        wanted = pending_requests(roots, key)
+        # Exit 4 before the intake takes anything (only a run being written makes the scan worth it).
+        if any(run_folder.being_written(run) for run in run_folders(roots)):
+            ledger = Ledger.load(roots.erasure)
+            traces = find_traces(roots, key, wanted, ledger.audio)
+            refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected})
+        record_source_audio(roots, key, wanted)
         update_corpus(roots.inbox, roots.corpus, key)
-        return erase_copies(cfg, roots, key, source_hashes=hashes, api=api)
+        return erase_copies(cfg, roots, key, api=api)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline import run_folder
 from pipeline.ops.config import RetrainConfig, job_config, retrain_config
 from pipeline.ops.corpus import Corpus, pseudonym_key, remerge, stray_inbox_entries, update_corpus, utterance_pseudonym
-from pipeline.ops.erase import erase_copies, tombstone_copies
+from pipeline.ops.erase import erase_copies, pending_requests, record_source_audio, tombstone_copies
 from pipeline.ops.gate import gate_on_runs
 from pipeline.ops.inventory import Roots
 from pipeline.ops.promote import promote_model, rollback, write_candidate
@@ -196,10 +196,12 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     registry = Registry(Path(retrain.registry_dir))
     key = pseudonym_key(cfg.privacy)
     decision: dict[str, Any] = {"recovered": registry.recover()}
+    roots = Roots.from_cfg(cfg)
+    record_source_audio(roots, key, pending_requests(roots, key))  # before the intake deletes any of it
     corpus = update_corpus(Path(retrain.inbox), Path(retrain.corpus_dir), key)
     # A clip under another id holding a deleted clip's audio (the recording exported again) is
     # tombstoned now, so this build keeps it out; erase_copies removes its copies after the decision.
-    if tombstone_copies(Roots.from_cfg(cfg), key, corpus.purged_audio):
+    if tombstone_copies(roots, key):
         again = remerge(Path(retrain.corpus_dir), key)
         corpus.purged, corpus.tombstones = corpus.purged + again.purged, again.tombstones
     stage_cfg = _stage_config(cfg, corpus)

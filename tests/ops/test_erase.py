@@ -472,6 +472,9 @@ def test_erase_waits_for_a_run_of_erased_data_that_is_still_being_written(
         assert erase.main(overrides(root)) == 4
         assert f"run {run} is being written" in capsys.readouterr().err
         assert dataset.exists() and (run / "asr").exists()  # nothing removed
+        # ... nor taken from the inbox: the intake used to run first, purging sources the job then forgot.
+        assert (root / "inbox" / "deletions" / "request.jsonl").is_file()
+        assert not (root / "cache" / "retrain" / "corpus" / "deletion_requests.txt").exists()
         holder.send_signal(signal.SIGKILL)
         holder.wait()
         os.kill(worker, 0)  # the orphaned worker still runs, and does not hold the run
@@ -664,9 +667,11 @@ def test_a_copy_in_a_new_batch_is_kept_out_of_training_and_out_of_the_merged_cor
     (batch / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     roots = Roots.from_cfg(audit.load_config(overrides(root)))
 
-    # What a retraining does before it trains: intake, then copies tombstoned and purged from the corpus.
-    corpus = update_corpus(roots.inbox, roots.corpus, key)
-    assert erase.tombstone_copies(roots, key, corpus.purged_audio) == {erase.utterance_pseudonym(key, "copy-1")}
+    # What a retraining does before it trains: the requests' source audio into the ledger, the intake,
+    # then copies tombstoned and purged from the corpus.
+    erase.record_source_audio(roots, key, erase.pending_requests(roots, key))
+    update_corpus(roots.inbox, roots.corpus, key)
+    assert erase.tombstone_copies(roots, key) == {erase.utterance_pseudonym(key, "copy-1")}
     remerge(roots.corpus, key)
     for export in (roots.corpus / "annotations.jsonl", roots.corpus / "batches" / "b9" / "annotations.jsonl"):
         assert [json.loads(x)["utterance_id"] for x in export.read_text().splitlines()] == ["keep-1"]
@@ -708,3 +713,36 @@ def test_a_promoted_model_that_never_trained_on_the_deleted_clip_keeps_its_weigh
     assert registry.current()["model_id"] == "tested-only" and registry.has_weights("tested-only")
     assert not registry.has_weights("model-0")  # trained on the account's clips: erased as before
     assert audit.main(overrides(root)) == 0
+
+
+def test_a_job_killed_after_the_intake_purged_a_recording_still_finds_its_copy_later(store: dict[str, Any]) -> None:
+    """The intake deleted a requested clip's source file and kept its hash in memory until after the
+    purge; a job killed in between lost it, and a later batch holding the same recording under
+    another id was trained on. The hash is in the ledger before the file goes."""
+    from bench.erase import _rows
+    from pipeline.ops.corpus import update_corpus
+    from pipeline.ops.inventory import Roots
+
+    root, key = store["root"], KEY.encode()
+    roots = Roots.from_cfg(audit.load_config(overrides(root)))
+    (root / "inbox" / "deletions" / "request.jsonl").unlink()  # the store's own request: not this test's
+    flac = _rows(key, 7, 1, False, np.random.default_rng(7))[0]["audio"]["bytes"]
+
+    def batch(name: str, account: str) -> None:
+        (root / "inbox" / name / "audio").mkdir(parents=True)
+        (root / "inbox" / name / "audio" / "a.flac").write_bytes(flac)
+        (root / "inbox" / name / "annotations.jsonl").write_text(json.dumps(
+            {"utterance_id": f"{name}-1", "account_id": account, "audio": "audio/a.flac", "transcript": "x"}) + "\n")
+
+    batch("b1", "acct-gone")
+    update_corpus(roots.inbox, roots.corpus, key)
+    (root / "inbox" / "deletions" / "request.jsonl").write_text(json.dumps({"account_id": "acct-gone"}) + "\n")
+    # Job 1: the requests' sources into the ledger, the intake purges b1's file, then the job is killed.
+    erase.record_source_audio(roots, key, erase.pending_requests(roots, key))
+    update_corpus(roots.inbox, roots.corpus, key)
+    assert not (roots.corpus / "batches" / "b1" / "audio" / "a.flac").exists()
+    # Job 2: the same recording arrives under another account and id.
+    batch("b2", "acct-other")
+    erase.record_source_audio(roots, key, erase.pending_requests(roots, key))
+    update_corpus(roots.inbox, roots.corpus, key)
+    assert erase.tombstone_copies(roots, key) == {erase.utterance_pseudonym(key, "b2-1")}
