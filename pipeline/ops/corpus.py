@@ -182,18 +182,37 @@ def stray_inbox_entries(inbox: Path) -> str:
             f"folder holding {ANNOTATIONS} (and its audio)")
 
 
+# An inbox batch being copied into the corpus from another file system (see _move).
+TAKING = ".taking-"
+
+
 def _move(src: Path, dst: Path) -> None:
-    """Atomic on one file system; across file systems, copy to a temp name, rename, then remove."""
+    """Atomic on one file system. Across file systems: the inbox batch is renamed aside first, then
+    copied to a temp name and renamed into place; a job killed on the way leaves the batch aside,
+    which the next intake finishes (finish_interrupted_moves), never both a batch and its copy."""
     try:
         os.rename(src, dst)
     except OSError as err:
         if err.errno != errno.EXDEV:
             raise
+        aside = src.with_name(TAKING + src.name)
+        os.rename(src, aside)
         tmp = dst.with_name(TMP_PREFIX + dst.name)
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
+        shutil.copytree(aside, tmp)
         os.rename(tmp, dst)
-        shutil.rmtree(src)
+        shutil.rmtree(aside)
+
+
+def finish_interrupted_moves(inbox: Path, batches_dir: Path) -> None:
+    """A batch a killed job left aside (_move): gone from the inbox if its copy is in the corpus,
+    else put back, to be taken again."""
+    for aside in sorted(inbox.glob(f"{TAKING}*")) if inbox.is_dir() else []:
+        name = aside.name.removeprefix(TAKING)
+        if (batches_dir / name).is_dir():
+            shutil.rmtree(aside)
+        else:
+            os.rename(aside, inbox / name)
 
 
 def _inside(root: Path, relative: str) -> Path | None:
@@ -216,6 +235,7 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
     batches_dir.mkdir(parents=True, exist_ok=True)
     for tmp in [*batches_dir.glob(f"{TMP_PREFIX}*"), *corpus_dir.glob(f"{TMP_PREFIX}*")]:
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    finish_interrupted_moves(inbox, batches_dir)
     corpus = Corpus(corpus_dir / ANNOTATIONS, corpus_dir / REQUESTS_FILE)
 
     taken = {p.name for p in batches_dir.iterdir()} if batches_dir.is_dir() else set()

@@ -233,3 +233,27 @@ def test_an_inbox_with_exports_that_are_not_batches_says_so(tmp_path: Path) -> N
     assert decision["decision"] == "nothing_to_do"
     assert decision["reason"] == (f"no batches in {inbox} yet; b1.jsonl, b2 in it are not batches: each batch is a "
                                   "folder holding annotations.jsonl (and its audio)")
+
+
+def test_a_move_across_file_systems_cut_short_is_finished_by_the_next_intake(tmp_path: Path) -> None:
+    """Across file systems a batch is copied, then removed from the inbox; a job killed between the two
+    left both, and the next intake refused the batch's name, advising a rename that ingested it twice.
+    Now the batch is set aside first: what a killed job leaves is finished by the next intake."""
+    import shutil
+
+    from pipeline.ops.corpus import TAKING
+
+    inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
+    _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001")])
+    _batch(inbox, "b2", [("u2", "amzn1.account.BOB", "G0900002")])
+    # Killed after the copy reached the corpus: the set-aside batch goes.
+    shutil.copytree(inbox / "b1", corpus_dir / "batches" / "b1")
+    (inbox / "b1").rename(inbox / f"{TAKING}b1")
+    # Killed before it did: the set-aside batch comes back and is taken.
+    (inbox / "b2").rename(inbox / f"{TAKING}b2")
+    corpus = update_corpus(inbox, corpus_dir, KEY)
+    assert corpus.new_batches == ["b2"] and corpus.batches == 2
+    assert sorted(p.name for p in inbox.iterdir()) == []
+    merged = [json.loads(line)["utterance_id"] for line in (corpus_dir / "annotations.jsonl").read_text().splitlines()
+              if line.startswith('{"')]
+    assert sorted(merged) == ["u1", "u2"]
