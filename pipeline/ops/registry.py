@@ -183,6 +183,17 @@ class Registry:
             if record.get("status") != "retired" or (reason == "deletion" and self.has_weights(model_id)):
                 self.retire(model_id, reason, replaced_by=(successor or {}).get("model_id"))
                 done.append(f"retired {model_id} ({reason})")
+        if current is not None and current not in {(d.get("candidate") or {}).get("model_id") for d in self.decisions()
+                                                   if d.get("decision") in ("promoted", "rolled_back")}:
+            # Promoted, and the job killed before its decision was logged: without the line the audit
+            # trail lacks the model, and the next job, finding no decision for its data, trains again.
+            record = self.record(current)
+            self.log_decision({
+                "decision": "promoted", "state": record.get("state"), "run_dir": record.get("run_dir"),
+                "candidate": {k: record.get(k) for k in ("model_id", "dataset_fingerprint", "metrics")},
+                "reason": "its job was killed after promoting it, before logging; logged by the next job",
+                "finished_at": now()})
+            done.append(f"logged the promotion of {current}, whose job was killed before logging it")
         return done
 
     def affected_by(self, deleted_hashes: Iterable[str]) -> list[dict[str, Any]]:

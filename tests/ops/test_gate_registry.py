@@ -83,6 +83,7 @@ def test_registry_promotes_retires_and_audits(tmp_path: Path) -> None:
 def test_recover_finishes_or_undoes_a_killed_promotion(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "registry")
     reg.promote(_run(tmp_path, "a"), _record("m1", ["u1"]))
+    reg.log_decision({"decision": "promoted", "candidate": {"model_id": "m1"}})
     # Killed while copying: a temp folder. Killed after the copy, before the switch: an orphan.
     (reg.models / ".tmp-m2").mkdir()
     orphan = _run(tmp_path, "b")

@@ -70,6 +70,7 @@ def test_promote_a_rejected_candidate_then_roll_back(tmp_path: Path) -> None:
     key = pseudonym_key(_cfg(tmp_path).privacy)
     registry = Registry(tmp_path / "registry")
     registry.promote(_run(tmp_path, "m1"), _record(key, "m1", tmp_path / "runs" / "m1", ["u1", "u2"]))
+    registry.log_decision({"decision": "promoted", "state": "state-m1", "candidate": {"model_id": "m1"}})
     c2 = _rejected(registry, key, tmp_path, "c2", ["u2", "u3"])
 
     code, decision = _do(tmp_path, promote="c2")
@@ -95,7 +96,7 @@ def test_promote_a_rejected_candidate_then_roll_back(tmp_path: Path) -> None:
     assert registry.recover() == [], "every step left the registry consistent"
 
     log = [d["decision"] for d in registry.decisions()]
-    assert log == ["rejected", "promoted", "rolled_back", "config_error", "promoted"]
+    assert log == ["promoted", "rejected", "promoted", "rolled_back", "config_error", "promoted"]
 
 
 def test_never_back_to_deleted_data_or_missing_weights(tmp_path: Path) -> None:
@@ -142,3 +143,17 @@ def test_a_damaged_registry_file_is_named(tmp_path: Path) -> None:
     (registry.root / "promoted.json").write_text("[]")
     with pytest.raises(PipelineError, match=r"promoted\.json holds no JSON object"):
         registry.current()
+
+
+def test_a_promotion_whose_job_was_killed_before_logging_it_is_logged_by_the_next_job(tmp_path: Path) -> None:
+    """promoted.json switched to the new model and the job died before its decision line: the model
+    was in no decision, and the next job, finding no decision for that data, trained it again."""
+    key = pseudonym_key(_cfg(tmp_path).privacy)
+    registry = Registry(tmp_path / "registry")
+    run = _run(tmp_path, "m1")
+    registry.promote(run, _record(key, "m1", run, ["u1"]))  # ... and killed here
+    assert registry.decisions() == []
+    assert registry.recover() == ["logged the promotion of m1, whose job was killed before logging it"]
+    [line] = registry.decisions()
+    assert line["decision"] == "promoted" and line["candidate"]["model_id"] == "m1" and line["state"] == "state-m1"
+    assert registry.recover() == [] and len(registry.decisions()) == 1
