@@ -104,6 +104,8 @@ def load_asr(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         raise PipelineError(f"{model_dir} is an NLU model folder (it has nlu_labels.json); pass it as nlu_model=, "
                             "and an ASR model folder (<run>/asr) as asr_model=")
     if not (model_dir / "config.json").exists():
+        if (model_dir / "asr" / "config.json").exists():  # the run folder itself
+            raise PipelineError(f"{model_dir} is a run folder; its ASR model is {model_dir / 'asr'}: pass that")
         raise PipelineError(f"{model_dir}: no ASR model here (config.json missing); run the `asr` stage first")
     missing = [names[0] for names in ASR_FILES if not any((model_dir / n).is_file() for n in names)]
     if missing:

@@ -254,6 +254,8 @@ class NLUModel:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "NLUModel":
         path = Path(path)
+        if (path / "nlu" / LABELS_FILE).is_file():  # the run folder itself
+            raise PipelineError(f"{path} is a run folder; its NLU model is {path / 'nlu'}: pass that")
         if not (path / "config.json").exists() and not (path / LABELS_FILE).exists():
             raise PipelineError(
                 f"{path} is not an NLU model folder (config.json and {LABELS_FILE} missing); "

@@ -79,3 +79,17 @@ def test_evaluate_py_exits_2_with_one_line(tiny_dataset_path: Path, tmp_path: Pa
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: {folder} is an NLU model folder (it has nlu_labels.json); pass it as nlu_model=, "
                       "and an ASR model folder (<run>/asr) as asr_model="]
+
+
+def test_a_run_folder_given_as_a_model_names_the_model_folder_inside_it(tiny_asr: Path, tmp_path: Path) -> None:
+    """`asr_model=<run>` said "run the `asr` stage first" though <run>/asr was there."""
+    from pipeline.asr.model import load_asr
+    from pipeline.nlu.model import NLUModel
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_asr, run / "asr")
+    nlu_folder(run)
+    with pytest.raises(PipelineError, match=rf"^{run} is a run folder; its ASR model is {run / 'asr'}: pass that"):
+        load_asr(run)
+    with pytest.raises(PipelineError, match=rf"^{run} is a run folder; its NLU model is {run / 'nlu'}: pass that"):
+        NLUModel.from_pretrained(run)
