@@ -68,6 +68,11 @@ def _scoring_note(details: dict[str, Any], metrics: dict[str, Any]) -> str | Non
                      "independent); false accepts per hour: exact Poisson interval on the count over the hours.")
         bare = [k for k in metrics if not k.startswith("by_source/") and f"{k}_ci_low" in metrics
                 and metrics[f"{k}_ci_low"] is None and metrics[k] is not None]
+        test_data = details.get("test_data") or {}
+        if test_data.get("clips", 0) > 1 and test_data.get("speakers") == test_data.get("clips"):
+            parts.append("Every test clip has a speaker of its own (a source without speaker ids makes each clip its "
+                         "own account): the intervals resample clips, and are too narrow if one person recorded "
+                         "several of them.")
         if bare:  # a split of one speaker: a zero-width interval would read as certainty
             parts.append(f"No interval for {', '.join(f'`{k}`' for k in bare)}: an interval needs two or more speakers "
                          "(or background recordings), and no resample could compute it on this split.")

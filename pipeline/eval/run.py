@@ -758,7 +758,8 @@ def _test_data(dataset_path: Path, split: str, rows: list[dict[str, Any]]) -> di
 
     fingerprint = (read_build_report(dataset_path) or {}).get("fingerprint")
     digest = hashlib.sha256(json.dumps([[r["utterance_id"], r["speaker"], r["reference"]] for r in rows]).encode())
-    return {"dataset_fingerprint": fingerprint, "split": split, "clips": len(rows), "clips_digest": digest.hexdigest()[:20]}
+    return {"dataset_fingerprint": fingerprint, "split": split, "clips": len(rows), "clips_digest": digest.hexdigest()[:20],
+            "speakers": len({r["speaker"] for r in rows})}
 
 
 def _write_outputs(

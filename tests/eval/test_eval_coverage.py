@@ -126,3 +126,15 @@ def test_a_split_of_one_speaker_says_why_its_figures_have_no_interval(tiny_model
     assert re.search(r"No interval for `asr/wer`, .*`nlu/intent_accuracy`.*: an interval needs two or more speakers", report)
     two, _, report = evaluate(tmp_path / "out2", tiny_dataset_path, asr_model=str(tiny_models / "asr"))
     assert two["asr/wer_ci_low"] is not None and "No interval" not in report
+
+
+def test_a_split_where_every_clip_is_its_own_speaker_says_its_intervals_resample_clips(
+        tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """A source without speaker ids makes each clip its own account; the report said the intervals
+    resample speakers, with no word that here they resample clips."""
+    own = variant(tiny_dataset_path, tmp_path / "own", lambda ds: ds.map(lambda ex: {"speaker": f"acct_{ex['utterance_id']}"}))
+    metrics, details, report = evaluate(tmp_path / "out", own, asr_model=str(tiny_models / "asr"))
+    assert details["test_data"]["speakers"] == details["test_data"]["clips"] == metrics["eval/num_clips"]
+    assert "Every test clip has a speaker of its own" in report
+    _, details, report = evaluate(tmp_path / "out2", tiny_dataset_path, asr_model=str(tiny_models / "asr"))
+    assert details["test_data"]["speakers"] < details["test_data"]["clips"] and "speaker of its own" not in report
