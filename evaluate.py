@@ -27,7 +27,8 @@ TOP_LEVEL = ("run", "asr_model", "nlu_model", "dataset", "seed", "run_dir", "cac
 @hydra.main(version_base=None, config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     from pipeline.eval.run import run_eval_stage
-    from pipeline.stages import make_tracker, recorded_config, with_recorded_settings, write_record
+    from pipeline.stages import recorded_config, with_recorded_settings, write_record
+    from pipeline.tracking import make_tracker
 
     try:
         check_top_level(cfg, TOP_LEVEL, "conf/evaluate.yaml")
@@ -38,7 +39,7 @@ def main(cfg: DictConfig) -> None:
             cfg = with_recorded_settings(cfg, run_dir, overrides)
         configure_environment(run_dir, Path(cfg.cache_dir).resolve())
         seed_everything(int(cfg.seed))
-        dataset = _dataset_path(cfg, run_dir)
+        dataset = _dataset_path(cfg, run_dir, in_place)
         tracker = make_tracker(cfg, run_dir, ["eval"])
         try:
             with run_folder.writing(run_dir):
@@ -53,9 +54,12 @@ def main(cfg: DictConfig) -> None:
         fail(str(err))
 
 
-def _dataset_path(cfg: DictConfig, run_dir: Path) -> Path:
+def _dataset_path(cfg: DictConfig, run_dir: Path, in_place: bool) -> Path:
     if cfg.dataset:
         return Path(cfg.dataset).resolve()
+    if not in_place:  # a new evaluation folder: it holds no build report to take the dataset from
+        raise PipelineError("no dataset to evaluate on: give dataset=<built dataset folder> (the dataset_path in a "
+                            "run's build_report.json), or run=<a finished run folder> to re-evaluate that run")
     path = run_folder.dataset_path(run_dir)
     if path is None:
         raise PipelineError(

@@ -164,3 +164,17 @@ def test_evaluating_the_training_split_says_what_its_figures_mean(tiny_models: P
         metrics = _evaluate(tmp_path, tiny_models, tiny_dataset_path, asr=False, **{"eval.split": "train"})
     assert metrics["eval/num_clips"] == len(load_from_disk(str(tiny_dataset_path))["train"])
     assert "eval.split=train: the models learned from these clips" in caplog.text
+
+
+def test_evaluating_a_model_without_a_dataset_says_to_give_one(tiny_models: Path, tmp_path: Path) -> None:
+    """The error named the new evaluation folder's build_report.json, which no one had made."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(repo / "evaluate.py"), f"asr_model={tiny_models / 'asr'}", "logger=none"],
+                          cwd=tmp_path, env={**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "error: no dataset to evaluate on: give dataset=<built dataset folder>" in done.stderr
