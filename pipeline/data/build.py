@@ -52,7 +52,7 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 # Bump whenever the same inputs would now give a different dataset, so stale caches are not reused.
-CODE_VERSION = 9  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
+CODE_VERSION = 10  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
                   # 4: `copy_of` is a dataset column, so erasure finds a copy whose original is not in the dataset;
                   # 5: records a source keeps out (held-out keyword clips) are quarantined, not skipped;
                   # 6: an utterance id that contains the record's account, device or annotator id is stored as its pseudonym;
@@ -62,7 +62,10 @@ CODE_VERSION = 9  # 3: `copy_of` deletes a copy with its original, `train_only` 
                   # 8: a number written with thousands commas ("1,500") is spelt as one number; flags match
                   #    data.quarantine_flags in any letter case, with spaces around them;
                   # 9: a MASSIVE record without an intent of its scenario is a bad annotation, a repeated
-                  #    MASSIVE id names its file, SLURP's account is the sentence by default
+                  #    MASSIVE id names its file, SLURP's account is the sentence by default;
+                  # 10: an utterance id equal to the record's serial, annotator or given account, or holding
+                  #    an id written as a number or in a list, is stored as its pseudonym; quarantine details
+                  #    quoting a raw id (an escaped path, an entity, a schema error) show its pseudonym
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",

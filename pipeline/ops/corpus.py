@@ -233,7 +233,8 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
     check_inbox(inbox)
     batches_dir = corpus_dir / "batches"
     batches_dir.mkdir(parents=True, exist_ok=True)
-    for tmp in [*batches_dir.glob(f"{TMP_PREFIX}*"), *corpus_dir.glob(f"{TMP_PREFIX}*")]:
+    # What a killed job was writing (a batch's annotations too: they may hold a deleted record).
+    for tmp in [*batches_dir.glob(f"{TMP_PREFIX}*"), *batches_dir.glob(f"*/{TMP_PREFIX}*"), *corpus_dir.glob(f"{TMP_PREFIX}*")]:
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     finish_interrupted_moves(inbox, batches_dir)
     corpus = Corpus(corpus_dir / ANNOTATIONS, corpus_dir / REQUESTS_FILE)

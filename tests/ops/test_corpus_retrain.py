@@ -251,9 +251,35 @@ def test_a_move_across_file_systems_cut_short_is_finished_by_the_next_intake(tmp
     (inbox / "b1").rename(inbox / f"{TAKING}b1")
     # Killed before it did: the set-aside batch comes back and is taken.
     (inbox / "b2").rename(inbox / f"{TAKING}b2")
+    # Killed while rewriting b1's annotations (a purge): the temp file holds the records it had.
+    (corpus_dir / "batches" / "b1" / ".tmp-annotations.jsonl.4242").write_text("{}\n")
     corpus = update_corpus(inbox, corpus_dir, KEY)
     assert corpus.new_batches == ["b2"] and corpus.batches == 2
+    assert not list((corpus_dir / "batches" / "b1").glob(".tmp-*"))
     assert sorted(p.name for p in inbox.iterdir()) == []
     merged = [json.loads(line)["utterance_id"] for line in (corpus_dir / "annotations.jsonl").read_text().splitlines()
               if line.startswith('{"')]
     assert sorted(merged) == ["u1", "u2"]
+
+
+def test_a_batch_on_another_file_system_is_copied_in_and_leaves_the_inbox(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cross-file-system branch of the move, with the rename the kernel refuses (EXDEV) refused."""
+    import errno
+    import os
+
+    from pipeline.ops import corpus as corpus_module
+
+    inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
+    _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001")])
+    rename = os.rename
+
+    def across(src: object, dst: object) -> None:
+        if Path(src).parent == inbox and Path(dst).parent == corpus_dir / "batches":
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        rename(src, dst)
+
+    monkeypatch.setattr(corpus_module.os, "rename", across)
+    corpus = update_corpus(inbox, corpus_dir, KEY)
+    assert corpus.new_batches == ["b1"] and list(inbox.iterdir()) == []
+    assert (corpus_dir / "batches" / "b1" / "audio" / "u1.wav").read_bytes() == b"RIFFu1"
