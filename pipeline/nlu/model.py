@@ -161,6 +161,14 @@ def build_model_from_config(
     return model
 
 
+def has_unused_weights(model: JointIntentTagger) -> bool:
+    """Whether some weights get no gradient in a step, which DDP must then look for every step: the
+    pooler of a backbone built with one (MPNet, ALBERT take no `add_pooling_layer`), or layers that
+    layerdrop skips."""
+    encoder = model.encoder
+    return getattr(encoder, "pooler", None) is not None or float(getattr(encoder.config, "layerdrop", 0) or 0) > 0
+
+
 def _pooler_kwargs(config: PretrainedConfig) -> dict[str, Any]:
     # The intent head pools itself; an unused pooler would only add weights and "unused" warnings.
     return {"add_pooling_layer": False} if config.model_type in _POOLER_TYPES else {}

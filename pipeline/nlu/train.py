@@ -43,6 +43,7 @@ from pipeline.nlu.model import (
     build_model,
     build_model_from_config,
     encode_words,
+    has_unused_weights,
     load_tokenizer,
     refuse_trained_model,
     resolve_backbone,
@@ -195,7 +196,8 @@ def make_trainer(job: NLUJob, data: NLUData, model: torch.nn.Module, tokenizer: 
     max_length = int(job.ncfg.max_length)
     train_ds = to_features(data.train_rows, tokenizer, data.intents, data.tags, max_length)
     val_ds = to_features(data.val_rows, tokenizer, data.intents, data.tags, max_length) if data.val_rows else None
-    args = training_arguments(job.ncfg, job.tcfg, job.seed, job.checkpoint_dir, has_eval=val_ds is not None)
+    args = training_arguments(job.ncfg, job.tcfg, job.seed, job.checkpoint_dir, has_eval=val_ds is not None,
+                              unused_weights=has_unused_weights(model))
     tags = data.tags
     return Trainer(
         model=model,
@@ -434,7 +436,8 @@ def make_optimizer(model: torch.nn.Module, ncfg: NLUConfig) -> torch.optim.Optim
     )
 
 
-def training_arguments(ncfg: NLUConfig, tcfg: TrainerConfig, seed: int, output_dir: Path, has_eval: bool) -> TrainingArguments:
+def training_arguments(ncfg: NLUConfig, tcfg: TrainerConfig, seed: int, output_dir: Path, has_eval: bool,
+                       unused_weights: bool = False) -> TrainingArguments:
     device, precision = resolve_device(tcfg)  # the ASR stage's rules: a setting that cannot work is refused
     strategy = "epoch" if has_eval else "no"
     return TrainingArguments(
@@ -456,9 +459,9 @@ def training_arguments(ncfg: NLUConfig, tcfg: TrainerConfig, seed: int, output_d
         greater_is_better=True,
         logging_steps=tcfg.log_every,
         label_names=["labels", "intent_labels"],
-        # Every weight takes part in every step (the encoder is built without its pooler), so DDP
-        # need not walk the graph each step looking for unused ones, as the Trainer's default does.
-        ddp_find_unused_parameters=False,
+        # DDP walks the graph each step for weights without a gradient only where there are some
+        # (pipeline.nlu.model.has_unused_weights); the Trainer's default walks it always, and warns.
+        ddp_find_unused_parameters=unused_weights,
         seed=seed,
         data_seed=seed,
         use_cpu=device.type == "cpu",

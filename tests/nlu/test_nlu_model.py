@@ -233,3 +233,24 @@ def test_a_file_missing_from_an_nlu_model_folder_is_named(tiny_nlu: NLUModel, tm
     with pytest.raises(PipelineError, match=rf"^{re.escape(str(folder))}: {re.escape(removed)} missing from the NLU "
                                             r"model folder; copy the whole folder"):
         NLUModel.from_pretrained(folder)
+
+
+@pytest.mark.parametrize(("encoder", "unused"), [
+    ({"model_type": "bert"}, False),       # built without its pooler (add_pooling_layer=False)
+    ({"model_type": "mpnet"}, True),       # keeps a pooler the heads never use
+    ({"model_type": "bert", "layerdrop": 0.1}, True),
+])
+def test_ddp_looks_for_unused_weights_only_where_there_are_some(encoder: dict, unused: bool) -> None:
+    """Told that every weight is used, DDP fails on the second step of a backbone whose pooler gets no
+    gradient ("Expected to have finished reduction in the prior iteration")."""
+    from pipeline.nlu.model import has_unused_weights
+
+    small = {"vocab_size": 100, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 32, "max_position_embeddings": 64}
+    model = build_model_from_config({**small, **encoder}, ["a", "b"], TAGS, {"max_length": 16})
+    assert has_unused_weights(model) is unused
+    if unused and encoder["model_type"] == "mpnet":  # the pooler really gets no gradient
+        out = model(**{k: torch.tensor(v) for k, v in {"input_ids": [[2, 5, 6, 3]], "attention_mask": [[1, 1, 1, 1]],
+                                                          "labels": [[0, 0, 0, 0]], "intent_labels": [1]}.items()})
+        out.loss.backward()
+        assert model.encoder.pooler.dense.weight.grad is None
