@@ -30,6 +30,8 @@ STAGE_KEYS = {"asr": ("asr", "trainer", "seed"), "nlu": ("nlu", "trainer", "seed
 
 
 def run_stages(cfg: DictConfig, config_file: str = "conf/config.yaml") -> dict[str, Any]:
+    if cfg.get("run_dir"):  # first: a config error below must not leave a raw id in Hydra's files
+        redact_hydra_records(Path(cfg.run_dir))
     check_top_level(cfg, TOP_LEVEL, config_file)
     if isinstance(cfg.stages, str):  # stages=data: a list is meant (stages=[] resolves and tracks only)
         raise PipelineError(f"stages={cfg.stages!r}: give a list of stages, e.g. stages=[data] or stages=[data,asr]; "
@@ -67,11 +69,6 @@ def _run(cfg: DictConfig, stages: list[str], run_dir: Path) -> dict[str, Any]:
     continuing = "data" not in stages and (run_dir / "config.yaml").is_file()
     if is_main and not continuing:
         write_record(run_dir, record)
-    if is_main:
-        redact_hydra_record(run_dir)
-        sweep = hydra_sweep_dir()
-        if sweep is not None:
-            redact_hydra_record(sweep)
     tracker = make_tracker(cfg, run_dir, stages)
     results: dict[str, Any] = {}
     try:
@@ -170,6 +167,17 @@ def with_recorded_settings(cfg: DictConfig, run_dir: Path, overrides: list[str])
             for g, v in kept.items():
                 OmegaConf.update(cfg, g, v, force_add=True)
     return cfg
+
+
+def redact_hydra_records(run_dir: Path) -> None:
+    """Identifier constants out of the files Hydra wrote for this job (pipeline.config.redact_hydra_record):
+    the run folder's `.hydra/` and, in a sweep, its multirun.yaml. Rank 0 only, under torchrun."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    redact_hydra_record(run_dir)
+    sweep = hydra_sweep_dir()
+    if sweep is not None:
+        redact_hydra_record(sweep)
 
 
 def hydra_sweep_dir() -> Path | None:

@@ -326,12 +326,15 @@ def _job(cfg: DictConfig, run_dir: Path, registry: Registry) -> dict[str, Any]:
 
 def run_retrain(cfg: DictConfig) -> int:
     """Run one retraining job and return the exit code; the decision is recorded either way."""
+    from pipeline.stages import redact_hydra_records
+
     started = now()
     run_dir: Path | None = None
     registry: Registry | None = None
     holder_dir: str | None = None
     try:
         run_dir = Path(cfg.run_dir).resolve()
+        redact_hydra_records(run_dir)  # before any check: a config error must not leave a raw id there
         configure_environment(run_dir, Path(cfg.cache_dir).resolve())
         registry = Registry(Path(cfg.retrain.registry_dir))
         with retrain_lock(registry.root / "retrain.lock", run_dir):

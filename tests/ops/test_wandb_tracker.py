@@ -212,6 +212,13 @@ def test_an_identifier_constant_typed_on_the_command_line_reaches_no_file(tmp_pa
     [log] = transaction_logs(points[0] / "wandb")
     assert read_offline_run(log).config["data"]["columns"]["account_id"] == "speaker_id"
 
+    # A config error stops the job before any stage: Hydra's record of the command line is redacted first.
+    done = subprocess.run([*common, "data.constants.device_serial=CONSTSERIAL77", "seed=x",
+                           f"hydra.run.dir={tmp_path / 'refused'}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and "seed='x'" in done.stderr, done.stderr[-2000:]
+    assert b"CONSTSERIAL77" not in _all_bytes(tmp_path / "refused")
+
     # Every record quarantined with W&B on: the build's error, not a traceback from logging the run.
     bad = audiofolder(tmp_path / "bad", [{"file_name": f"audio/b{i}.flac", "text": "hi", "speaker_id": "s", "_audio": b"\x00garbage" * 50}
                                              for i in range(3)])
