@@ -109,15 +109,15 @@ def stray_deletion_files(inbox: Path) -> list[str]:
     stray = []
     for path in sorted(inbox.iterdir()):
         if path.name == REQUEST_FOLDER and path.is_dir():
-            stray += [f"{p} (only *.jsonl files are read there)" for p in sorted(path.iterdir())
+            stray += [f"{_by_content(p)} (only *.jsonl files are read there)" for p in sorted(path.iterdir())
                       if not p.name.startswith(".") and not (p.is_file() and p.suffix == ".jsonl")]
         elif path.is_dir() and _looks_like_deletions(path):
             stray.append(f"{path} (requests belong in {inbox / REQUEST_FOLDER}/*.jsonl)")
         elif path.is_dir():
-            stray += [f"{p} (a batch's requests belong in {path / BATCH_DELETIONS})" for p in sorted(path.iterdir())
-                      if _looks_like_deletions(p) and p.name != BATCH_DELETIONS]
+            stray += [f"{_by_content(p)} (a batch's requests belong in {path / BATCH_DELETIONS})"
+                      for p in sorted(path.iterdir()) if _looks_like_deletions(p) and p.name != BATCH_DELETIONS]
         elif _looks_like_deletions(path) or _holds_requests(path):
-            stray.append(f"{path} (requests belong in {inbox / REQUEST_FOLDER}/*.jsonl)")
+            stray.append(f"{_by_content(path)} (requests belong in {inbox / REQUEST_FOLDER}/*.jsonl)")
     return stray
 
 
@@ -149,6 +149,14 @@ def quarantine_requests(files: list[Path], corpus_dir: Path, key: bytes) -> int:
 def request_file_name(path: Path) -> str:
     """How receipts, the request quarantine and the console name a request file (quarantine_requests)."""
     return f"{path.parent.name}/sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+
+
+def _by_content(path: Path) -> str:
+    """A misplaced request file, named by its folder, content and suffix: its name may be the account
+    it asks about, and this error reaches decision.json and the registry's log."""
+    if not path.is_file():
+        return str(path)
+    return f"{path.parent}/sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]} (a {path.suffix or 'suffixless'} file)"
 
 
 def deleted_utterances(records: list[dict[str, Any]], requests: set[str], key: bytes) -> set[str]:
