@@ -264,6 +264,9 @@ class NLUModel:
         path = Path(path)
         if (path / "nlu" / LABELS_FILE).is_file():  # the run folder itself
             raise PipelineError(f"{path} is a run folder; its NLU model is {path / 'nlu'}: pass that")
+        if (path / "vocab.json").is_file() and not (path / LABELS_FILE).exists():
+            raise PipelineError(f"{path} is an ASR model folder (it has vocab.json); pass it as asr_model=, and an NLU "
+                                "model folder (<run>/nlu) as nlu_model=")
         if not (path / "config.json").exists() and not (path / LABELS_FILE).exists():
             raise PipelineError(
                 f"{path} is not an NLU model folder (config.json and {LABELS_FILE} missing); "

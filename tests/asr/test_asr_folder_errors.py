@@ -93,3 +93,11 @@ def test_a_run_folder_given_as_a_model_names_the_model_folder_inside_it(tiny_asr
         load_asr(run)
     with pytest.raises(PipelineError, match=rf"^{run} is a run folder; its NLU model is {run / 'nlu'}: pass that"):
         NLUModel.from_pretrained(run)
+
+
+def test_an_asr_folder_as_nlu_model_says_to_pass_it_as_asr_model(tiny_asr: Path) -> None:
+    """It was told that tokenizer.json and nlu_labels.json were missing from the NLU model folder."""
+    from pipeline.nlu.model import NLUModel
+
+    with pytest.raises(PipelineError, match=rf"^{tiny_asr} is an ASR model folder \(it has vocab.json\); pass it as asr_model="):
+        NLUModel.from_pretrained(tiny_asr)
