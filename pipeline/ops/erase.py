@@ -44,7 +44,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import run_folder
 from pipeline.asr.config import MAX_LM_ORDER
-from pipeline.asr.lm import BOS, EOS, lm_tokens
 from pipeline.data.privacy import REQUESTS_FILE, TOMBSTONES_FILE, pseudonym, read_pseudonyms, record_pseudonyms
 from pipeline.data.schema import json_lines
 from pipeline.ops.config import JobConfig, job_config
@@ -53,7 +52,7 @@ from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, inbox_requests, pseudo
 from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, check_root, place_of,
                                     run_folders, walk_files)
 from pipeline.ops.registry import MODEL_PARTS, Registry, now, weights_saw_deleted
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, write_text_atomic
 from pipeline.tracking.wandb_run import RUN_ID_FILE
 
 LEDGER = "erased.jsonl"
@@ -81,6 +80,8 @@ def text_hash(key: bytes, text: str) -> str:
 
 def lm_grams(text: str, order: int) -> list[tuple[str, ...]]:
     """The highest-order n-grams the character LM (pipeline.asr.lm) stores for this transcript."""
+    from pipeline.asr.lm import BOS, EOS, lm_tokens  # here: the LM's module loads torch, which erase needs not
+
     seq = [BOS, *lm_tokens(text), EOS]
     return [tuple(seq[i:i + order]) for i in range(len(seq) - order + 1)]
 
@@ -459,6 +460,15 @@ def filter_predictions(path: Path, key: bytes, deleted: set[str], texts: set[str
     return dropped
 
 
+def count_erased_clips(metrics_path: Path, dropped: int) -> None:
+    """`eval/clips_erased` in the metrics beside a trimmed predictions file: its figures were computed
+    on these clips too, so compare and the gate know the file is short by erasure, not cut short."""
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        metrics["eval/clips_erased"] = int(metrics.get("eval/clips_erased", 0)) + dropped
+        write_text_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
+
+
 PSEUDONYM_TEXT = re.compile(r"\b(?:utt|acct|dev)_[0-9a-f]{16}\b")
 FRAGMENTS = re.compile(r"[|<>\n\t\"]+")
 
@@ -688,6 +698,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
                     dropped = filter_predictions(f, key, deleted, texts)
                     if dropped:
                         job.remove("predictions", f, lines=dropped)
+                        count_erased_clips(f.parent / "metrics.json", dropped)
             for f in [run / n for n in REPORTS] + [run / "incumbent" / n for n in REPORTS]:
                 if f.is_file() and not f.is_symlink():
                     dropped = filter_report(f, key, deleted, texts)
@@ -746,13 +757,17 @@ def add_tombstones(roots: Roots, copies: set[str]) -> set[str]:
     return new
 
 
-def record_source_audio(roots: Roots, key: bytes, requests: set[str]) -> None:
-    """Before the intake purges anything: the sha256 of each source audio file the requests take (that
-    identifies a recording) goes into the ledger, which erasure and the audit look for copies of. Kept
-    only in memory until after the purge, a job killed in between lost them, and a copy of the
-    recording under another id was then trained on."""
+def record_source_audio(roots: Roots, key: bytes) -> None:
+    """Before the intake or erasure purges anything: the sha256 of each source audio file a request
+    takes (that identifies a recording) goes into the ledger, which erasure and the audit look for
+    copies of. Kept only in memory until after the purge, a job killed in between lost them, and a
+    copy of the recording under another id was then trained on. Without a new request only the
+    inbox's new batches can hold something to purge: every other source was purged before."""
+    incoming = inbox_requests(roots.inbox, key)[1] if roots.inbox.is_dir() else set()
+    folders = export_folders(roots) if incoming else [f for f in export_folders(roots) if f.parent == roots.inbox]
     ledger = Ledger.load(roots.erasure)
-    hashes = {h for folder in export_folders(roots) for h in purge_export(folder, key, requests, dry_run=True)[1]}
+    requests = deleted_set(roots) | incoming
+    hashes = {h for folder in folders for h in purge_export(folder, key, requests, dry_run=True)[1]}
     append_ledger(roots.erasure, [{"type": "clip", "utterance": None, "file": h, "audio": None, "text": None}
                                   for h in sorted(hashes - ledger.audio)])
 
@@ -815,13 +830,12 @@ def erase(cfg: DictConfig, api: Any = None) -> Erasure:
     registry = Registry(roots.registry)
     with retrain_lock(registry.root / "retrain.lock"):
         registry.recover()
-        wanted = pending_requests(roots, key)
+        record_source_audio(roots, key)
         # Exit 4 before the intake takes anything (only a run being written makes the scan worth it).
         if any(run_folder.being_written(run) for run in run_folders(roots)):
             ledger = Ledger.load(roots.erasure)
-            traces = find_traces(roots, key, wanted, ledger.audio)
+            traces = find_traces(roots, key, pending_requests(roots, key), ledger.audio)
             refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected})
-        record_source_audio(roots, key, wanted)
         update_corpus(roots.inbox, roots.corpus, key)
         return erase_copies(cfg, roots, key, api=api)
 

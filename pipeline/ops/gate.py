@@ -184,6 +184,8 @@ def load_clip_table(run_dir: Path, metrics: Mapping[str, Any] | None = None) -> 
                 raise PipelineError(f"{path} line {number} is not valid JSON ({err.msg}): the file is damaged or "
                                     f"half written; {redo}") from None
     expected = (metrics or {}).get("eval/num_clips")
+    if isinstance(expected, (int, float)):
+        expected -= (metrics or {}).get("eval/clips_erased", 0)  # lines erasure took (erase.count_erased_clips)
     if isinstance(expected, (int, float)) and len(rows) != expected:
         raise PipelineError(f"{path} holds {len(rows)} clips where metrics.json counts {int(expected)}: the file is "
                             f"cut short or from another evaluation; {redo}")
@@ -191,6 +193,8 @@ def load_clip_table(run_dir: Path, metrics: Mapping[str, Any] | None = None) -> 
         return B.clip_table(rows)
     except ValueError as err:
         raise PipelineError(f"{path}: {err}") from None
+    except KeyError as err:
+        raise PipelineError(f"{path}: a row lacks {err}; the file is damaged or from an older evaluation; {redo}") from None
 
 
 def load_background_counts(run_dir: Path) -> list[dict[str, Any]] | None:

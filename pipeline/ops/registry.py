@@ -40,8 +40,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def weights_saw_deleted(record: dict[str, Any], deleted: set[str], erased: set[str]) -> bool:
     """Whether a registered model's weights were trained on deleted data: its training and validation
     clips (`trained_on`) include one. A deletion that reached only its dataset's test split leaves
-    the weights as they were (they never saw the clip): the promoted model stays, as the retraining
-    decided (`Registry.affected_by`); only the run folder's predictions and reports lose the clip.
+    the weights as they were (they never saw the clip): the registered model stays, as the retraining
+    decided (`Registry.affected_by`), while its run folder, built on the erased dataset, loses its
+    derived parts (pipeline.ops.erase.erase_copies).
     A record without `trained_on` goes by its whole dataset (`erased`: fingerprints)."""
     if record.get("trained_on") is None:
         return record.get("dataset_fingerprint") in erased

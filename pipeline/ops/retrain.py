@@ -36,7 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline import run_folder
 from pipeline.ops.config import RetrainConfig, job_config, retrain_config
 from pipeline.ops.corpus import Corpus, pseudonym_key, remerge, stray_inbox_entries, update_corpus, utterance_pseudonym
-from pipeline.ops.erase import erase_copies, pending_requests, record_source_audio, tombstone_copies
+from pipeline.ops.erase import erase_copies, record_source_audio, tombstone_copies
 from pipeline.ops.gate import gate_on_runs
 from pipeline.ops.inventory import Roots
 from pipeline.ops.promote import promote_model, rollback, write_candidate
@@ -197,7 +197,7 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     key = pseudonym_key(cfg.privacy)
     decision: dict[str, Any] = {"recovered": registry.recover()}
     roots = Roots.from_cfg(cfg)
-    record_source_audio(roots, key, pending_requests(roots, key))  # before the intake deletes any of it
+    record_source_audio(roots, key)  # before the intake deletes any of it
     corpus = update_corpus(Path(retrain.inbox), Path(retrain.corpus_dir), key)
     # A clip under another id holding a deleted clip's audio (the recording exported again) is
     # tombstoned now, so this build keeps it out; erase_copies removes its copies after the decision.

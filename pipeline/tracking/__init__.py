@@ -3,8 +3,8 @@
 Stages only see this small interface, so a run without W&B (`logger=none`) takes the same
 code path, and tests can read back what was logged. The W&B implementation (wandb_run) and the
 offline-run reader (wandb_offline) live in this package, below the stages; a stage never imports
-a tracker's library (wandb is imported inside wandb_run's functions). Jobs that make or erase a
-tracker's runs (pipeline/stages.py, the review's entry point, erasure) import wandb_run.
+a tracker's library (wandb is imported inside wandb_run's functions). `make_tracker` here makes the
+tracker for the stages, evaluate.py and the review; erasure reads wandb_run's file names.
 """
 
 from __future__ import annotations

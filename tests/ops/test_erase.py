@@ -302,6 +302,9 @@ def test_other_runs_lose_only_the_lines_of_deleted_clips(store: dict[str, Any]) 
     assert json.loads((run / "eval_details.json").read_text()) == {"wer_by": {"speaker": {"acct_0000000000000000": {"wer": 0.1}}}}
     assert (run / "asr" / "model.safetensors").is_file() and not (run / DO_NOT_SYNC).exists()
     assert audit.main(overrides(root)) == 0
+    # Its metrics say how many clips erasure took from its predictions, so compare and the gate read
+    # the shorter file as trimmed, not as cut short (pipeline.ops.gate.load_clip_table).
+    assert json.loads((run / "metrics.json").read_text())["eval/clips_erased"] == 2
 
 
 def test_the_inventory_claims_every_file_and_names_a_new_writer(store: dict[str, Any]) -> None:
@@ -669,7 +672,7 @@ def test_a_copy_in_a_new_batch_is_kept_out_of_training_and_out_of_the_merged_cor
 
     # What a retraining does before it trains: the requests' source audio into the ledger, the intake,
     # then copies tombstoned and purged from the corpus.
-    erase.record_source_audio(roots, key, erase.pending_requests(roots, key))
+    erase.record_source_audio(roots, key)
     update_corpus(roots.inbox, roots.corpus, key)
     assert erase.tombstone_copies(roots, key) == {erase.utterance_pseudonym(key, "copy-1")}
     remerge(roots.corpus, key)
@@ -738,11 +741,11 @@ def test_a_job_killed_after_the_intake_purged_a_recording_still_finds_its_copy_l
     update_corpus(roots.inbox, roots.corpus, key)
     (root / "inbox" / "deletions" / "request.jsonl").write_text(json.dumps({"account_id": "acct-gone"}) + "\n")
     # Job 1: the requests' sources into the ledger, the intake purges b1's file, then the job is killed.
-    erase.record_source_audio(roots, key, erase.pending_requests(roots, key))
+    erase.record_source_audio(roots, key)
     update_corpus(roots.inbox, roots.corpus, key)
     assert not (roots.corpus / "batches" / "b1" / "audio" / "a.flac").exists()
     # Job 2: the same recording arrives under another account and id.
     batch("b2", "acct-other")
-    erase.record_source_audio(roots, key, erase.pending_requests(roots, key))
+    erase.record_source_audio(roots, key)
     update_corpus(roots.inbox, roots.corpus, key)
     assert erase.tombstone_copies(roots, key) == {erase.utterance_pseudonym(key, "b2-1")}

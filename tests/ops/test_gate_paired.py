@@ -138,3 +138,21 @@ def test_a_test_split_of_one_speaker_is_judged_on_point_values_and_says_why(tmp_
     wer = _gate(tmp_path, PROMOTED, [_fixed(h) for h in PROMOTED], "non_inferior", ["acct_00"] * len(REFS))[0]
     assert wer.passed and wer.ci_low is None and wer.candidate == 0.0
     assert wer.detail.endswith("(one speaker: no interval: judged on the point values)"), wer.detail
+
+
+def test_per_clip_results_short_by_erasure_are_read_and_a_damaged_row_is_named(tmp_path: Path) -> None:
+    """Erasure trims a kept run's predictions and counts it (`eval/clips_erased`); a row without its
+    fields raised a KeyError out of compare."""
+    from pipeline.ops.gate import load_clip_table
+
+    rows = [{"utterance_id": f"u{i}", "speaker": f"acct_{i % 3}", "edit": M.edit_counts("turn it on", "turn it on")}
+            for i in range(6)]
+    for row in rows:
+        row["counts"] = B.clip_counts(row, threshold=None)
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    assert len(load_clip_table(tmp_path, {"eval/num_clips": 6, "eval/clips_erased": 2}).utterances) == 4
+    with pytest.raises(PipelineError, match="holds 4 clips where metrics.json counts 6"):
+        load_clip_table(tmp_path, {"eval/num_clips": 6})
+    (tmp_path / "predictions.jsonl").write_text(json.dumps({"counts": rows[0]["counts"]}) + "\n")
+    with pytest.raises(PipelineError, match="a row lacks 'utterance_id'"):
+        load_clip_table(tmp_path)
