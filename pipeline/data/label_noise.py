@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +53,26 @@ def with_label_noise(annotations: Path, share: float, seed: int) -> Path:
 
 
 def copy_manifest(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """Write `<run>/label_noise.jsonl` for a demo build with label noise; None when there is none."""
-    data_cfg = cfg.get("data") or {}
-    share = OmegaConf.select(cfg, "data.demo.label_noise", default=0) or 0
-    if data_cfg.get("source") != "demo" or not check_share(share):
-        return None
+    """Write `<run>/label_noise.jsonl` for a build whose demo (`data=demo`, or a `demo` entry of
+    `data.sources`, as in data=demo_speech) has label noise; None when none has."""
     from pipeline.data.demo import ensure_demo_export
 
-    noisy, _ = ensure_demo_export(data_cfg, Path(cfg.cache_dir))
-    manifest = noisy.with_name(noisy.name.replace("annotations.", "label_noise.", 1))
-    if not manifest.exists():
-        raise PipelineError(f"{manifest} is missing beside {noisy}; delete {noisy} so the demo rebuilds both")
+    data_cfg = cfg.get("data") or {}
+    demos = [data_cfg] if data_cfg.get("source") == "demo" else [
+        e for e in (data_cfg.get("sources") or []) if e.get("source") == "demo"]
+    lines = []
+    for entry in demos:
+        if not check_share(OmegaConf.select(entry, "demo.label_noise", default=0) or 0):
+            continue
+        noisy, _ = ensure_demo_export(entry, Path(cfg.cache_dir))
+        manifest = noisy.with_name(noisy.name.replace("annotations.", "label_noise.", 1))
+        if not manifest.exists():
+            raise PipelineError(f"{manifest} is missing beside {noisy}; delete {noisy} so the demo rebuilds both")
+        lines.append(manifest.read_text(encoding="utf-8"))
+    if not lines:
+        return None
     target = Path(run_dir) / RUN_FILE
-    shutil.copyfile(manifest, target)
+    target.write_text("".join(lines), encoding="utf-8")
     return target
 
 

@@ -338,6 +338,12 @@ def test_a_demo_build_with_label_noise_lists_the_planted_errors_in_the_run(tmp_p
     assert planted and {p["kind"] for p in planted} <= {"transcript", "intent", "wake", "entities"}
     export = [json.loads(line) for line in (tmp_path / "cache").rglob("annotations.noise-0.1-0.jsonl").__next__().read_text().splitlines()]
     assert {p["utterance_id"] for p in planted} <= {r["utterance_id"] for r in export}
+    # The demo as one of several sources (data=demo_speech): its planted errors were never listed.
+    several = OmegaConf.create({"cache_dir": cfg.cache_dir, "data": {"source": "sources", "sources": [
+        {"source": "jsonl", "name": "b7", "path": "/exports/b7/annotations.jsonl"},
+        {"source": "demo", "name": "demo", "demo": cfg.data.demo}]}})
+    (tmp_path / "several").mkdir()
+    assert copy_manifest(several, tmp_path / "several").read_text() == path.read_text()
 
 
 def test_each_tempo_reads_its_own_audio_in_any_order(tiny_models: Path, tiny_dataset_path: Path) -> None:
