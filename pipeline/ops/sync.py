@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pipeline.ops.inventory import DO_NOT_SYNC, searched_roots
 
@@ -47,18 +49,31 @@ def refused_runs(roots: list[Path]) -> list[Path]:
     return sorted({m.parent for root in roots if root.is_dir() for m in root.rglob(DO_NOT_SYNC)})
 
 
+def unreachable_server(url: str, timeout_s: float = 10.0) -> str | None:
+    """Why a TCP connection to the server of `url` fails, or None when it opens."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "", port), timeout=timeout_s).close()
+    except OSError as err:
+        return f"{parsed.hostname}:{port}: {err.strerror or err}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.ops.sync", description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="*", type=Path, default=[])
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
     args, extra = parser.parse_known_args(argv)
     args.roots = searched_roots(parser, args.roots, DEFAULT_ROOTS)
-    for run in refused_runs(args.roots):
+    refused = refused_runs(args.roots)
+    for run in refused:
         print(f"refusing {run}: marked {DO_NOT_SYNC} by `make erase` (trained on erased data)")
     runs = unsynced_runs(args.roots)
     if not runs:
         offline = any(root.is_dir() and any(root.rglob("offline-run-*/run-*.wandb")) for root in args.roots)
-        print("nothing to sync: " + ("every offline run is already uploaded" if offline else
+        print("nothing to sync: " + ("every offline run is uploaded or refused" if offline and refused else
+                                     "every offline run is already uploaded" if offline else
                                      f"no offline W&B run under {', '.join(map(str, args.roots))} (logger=wandb "
                                      "writes them; debug=smoke and logger=none do not)"))
         return 0
@@ -70,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("WANDB_API_KEY") and not (Path.home() / ".netrc").is_file():
         print("error: no W&B credentials: set WANDB_API_KEY or run `wandb login`, then `make sync` again",
               file=sys.stderr)
+        return 2
+    server = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    unreachable = unreachable_server(server)
+    if unreachable:  # `wandb sync` itself waits on an unreachable server without a word
+        print(f"error: the W&B server {server} cannot be reached ({unreachable}); nothing was uploaded, run "
+              "`make sync` again once it can", file=sys.stderr)
         return 2
     wandb_cli = Path(sys.executable).with_name("wandb")
     command = [str(wandb_cli) if wandb_cli.exists() else "wandb", "sync", "--yes",

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig
 
 from pipeline.config import checked, choice
+from pipeline.runtime import PipelineError
 
 LOGGERS = ("none", "wandb")
 MODES = ("auto", "offline", "online", "disabled")
@@ -41,6 +42,9 @@ class LoggerConfig:
         choice("logger.mode", self.mode, MODES)
         choice("logger.log_transcripts", self.log_transcripts, LOG_TRANSCRIPTS)
         choice("logger.console", self.console, CONSOLE)
+        if not self.project.strip():
+            raise PipelineError("logger.project is empty: name the W&B project the runs go to (conf/logger/wandb.yaml: "
+                                "voice-pipeline)")
 
 
 def logger_config(cfg: DictConfig) -> LoggerConfig:

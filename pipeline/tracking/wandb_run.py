@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import redact_identifiers, redacted_override
 from pipeline.run_folder import read_build_report
+from pipeline.runtime import PipelineError
 from pipeline.tracking import NullTracker, Tracker, transcripts_allowed
 from pipeline.tracking.config import logger_config
 
@@ -36,6 +37,8 @@ RUN_ID_FILE = "wandb_run_id"
 TEXT_COLUMN_HINTS = ("transcript", "text", "ref", "hyp", "words", "entit", "value", "slot")
 # Files in the run folder that quote transcripts; uploaded only when transcripts may be logged.
 TEXT_FILES = ("predictions.jsonl", "report.md", "report.html")
+# A model's character LM (pipeline.asr.lm.LM_DIR): its n-grams spell the training transcripts.
+TEXT_FOLDERS = ("lm",)
 
 
 def resolve_mode(mode: str, env: Mapping[str, str]) -> str:
@@ -166,7 +169,8 @@ class WandbTracker:
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
                 if "checkpoints" in file.relative_to(path).parts:
                     continue  # training state, not the model
-                if self.log_transcripts or file.name not in TEXT_FILES:
+                parts = file.relative_to(path).parts
+                if self.log_transcripts or (file.name not in TEXT_FILES and not set(parts[:-1]) & set(TEXT_FOLDERS)):
                     artifact.add_file(str(file), name=file.relative_to(path).as_posix())
         else:
             artifact.add_file(str(path))
@@ -256,6 +260,16 @@ def _log_files(tracker: WandbTracker, name: str, kind: str, files: list[Path], r
     tracker._logged[name] = artifact
 
 
+def _init(wandb: Any, **kwargs: Any) -> Any:
+    """wandb.init, or None when it refuses for want of an API key (a traceback from deep in wandb)."""
+    try:
+        return wandb.init(**kwargs)
+    except wandb.errors.UsageError as err:
+        if "api key" not in str(err).lower():
+            raise
+        return None
+
+
 def make_wandb_tracker(cfg: DictConfig, run_dir: Path, tags: list[str]) -> Tracker:
     """Start (or resume) the W&B run of this run folder; only rank 0 logs under torchrun."""
     logger = logger_config(cfg)  # every rank: a bad setting fails the same way everywhere
@@ -281,7 +295,8 @@ def make_wandb_tracker(cfg: DictConfig, run_dir: Path, tags: list[str]) -> Track
     argv = sys.argv
     sys.argv = [*argv[:1], *map(redacted_override, argv[1:])]
     try:
-        run = wandb.init(
+        run = _init(
+            wandb,
             project=logger.project,
             entity=logger.entity or None,
             group=logger.group or (None if resumed else group),
@@ -297,4 +312,8 @@ def make_wandb_tracker(cfg: DictConfig, run_dir: Path, tags: list[str]) -> Track
         )
     finally:
         sys.argv = argv
+    if run is None:
+        raise PipelineError(f"logger.mode resolves to online (logger.mode={logger.mode}, WANDB_MODE="
+                            f"{os.environ.get('WANDB_MODE', '')!r}) and W&B has no API key: set WANDB_API_KEY or run "
+                            "`wandb login`, or log offline (logger.mode=offline) and upload later with `make sync`")
     return WandbTracker(run, run_dir, transcripts_allowed(cfg), logger.log_artifacts)

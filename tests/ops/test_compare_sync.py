@@ -138,3 +138,16 @@ def test_sync_with_no_offline_run_says_there_is_none(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline.ops.sync", "outputs"], cwd=tmp_path,
                             capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
     assert result.returncode == 0 and "nothing to sync: no offline W&B run under outputs" in result.stdout
+
+
+def test_sync_says_when_the_server_cannot_be_reached(tmp_path: Path) -> None:
+    """`wandb sync` waited on an unreachable server without a word (stopped by hand after 150 s)."""
+    todo = tmp_path / "outputs" / "a" / "wandb" / "offline-run-20260101_000000-aaa"
+    todo.mkdir(parents=True)
+    (todo / "run-aaa.wandb").write_bytes(b":W&B")
+    env = {"PYTHONPATH": str(REPO), "HOME": str(tmp_path), "WANDB_API_KEY": "0" * 40,
+           "WANDB_BASE_URL": "http://127.0.0.1:9"}  # the discard port: nothing listens there
+    result = subprocess.run([sys.executable, "-m", "pipeline.ops.sync", "outputs"], cwd=tmp_path, capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "error: the W&B server http://127.0.0.1:9 cannot be reached (127.0.0.1:9: " in result.stderr

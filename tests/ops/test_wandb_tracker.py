@@ -42,6 +42,9 @@ def _fake_run_folder(run_dir: Path) -> None:
         (run_dir / stage).mkdir()
         (run_dir / stage / "model.safetensors").write_bytes(b"weights")
         (run_dir / stage / f"{stage}_metrics.json").write_text(json.dumps({f"{stage}/best": 0.5}))
+    # The character LM's n-grams spell the training transcripts (the audit reads it so).
+    (run_dir / "asr" / "lm").mkdir()
+    (run_dir / "asr" / "lm" / "char_lm.arpa").write_text(f"-1.0\t{' '.join(SECRET_WORDS)}\n")
     (run_dir / "metrics.json").write_text(json.dumps({"asr/wer": 0.25, "wake/auc": 0.97, "slu/slu_f1": 0.6}))
     (run_dir / "predictions.jsonl").write_text(json.dumps({"reference": SECRET_WORDS}) + "\n")
     (run_dir / "report.md").write_text(f"worst: {SECRET_WORDS}\n")
@@ -99,6 +102,7 @@ def test_run_logs_config_curves_summary_artifacts_and_resumes(tmp_path: Path) ->
     assert arts["evaluation"]["metadata"]["metrics"]["wake/auc"] == 0.97
     assert set(arts["evaluation"]["metadata"]["inputs"]) == {"dataset:dataset", "asr-model:model", "nlu-model:model"}
     assert "predictions.jsonl" not in arts["evaluation"]["files"]
+    assert "model.safetensors" in arts["asr-model"]["files"] and not any(f.startswith("lm/") for f in arts["asr-model"]["files"])
     # Transcripts are off for a non-demo corpus: no trace of what was said, anywhere W&B wrote.
     assert b"jenny" not in _all_bytes(run_dir / "wandb")
     assert b"jenny" not in _all_bytes(tmp_path / "cache" / "wandb")
@@ -264,3 +268,20 @@ def test_erasure_keeps_staged_files_that_a_run_without_deleted_data_has_too(tmp_
     assert {shared, own} <= erased_digests
     kept = kept_digests(roots, {"fp-erased"})
     assert shared in kept and own not in kept
+
+
+def test_online_without_a_key_and_an_empty_project_are_one_error_each(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online without an API key was wandb's traceback (exit 1); an empty project ran to the end and
+    logged a run of no project."""
+    from pipeline.runtime import PipelineError
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login either
+    monkeypatch.setenv("WANDB_MODE", "online")
+    run_dir = tmp_path / "run"
+    configure_environment(run_dir, tmp_path / "cache")
+    with pytest.raises(PipelineError, match=r"^logger.mode resolves to online .* W&B has no API key: set WANDB_API_KEY"):
+        make_wandb_tracker(_cfg(run_dir), run_dir, tags=["eval"])
+    with pytest.raises(PipelineError, match="^logger.project is empty"):
+        make_wandb_tracker(_cfg(run_dir, project=" "), run_dir, tags=["eval"])
