@@ -133,6 +133,15 @@ def retrain_lock(path: Path, run_dir: Path | None = None) -> Iterator[None]:
         os.close(fd)
 
 
+def unreported_batches(registry: Registry, corpus_dir: Path) -> list[str]:
+    """The corpus's batches no earlier decision names: those this job took, and those a killed job
+    took before it could record a decision (its successor names them, so every batch is in the log)."""
+    reported = {b for d in registry.decisions() for b in d.get("new_batches") or []}
+    batches = corpus_dir / "batches"
+    return sorted(p.name for p in batches.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and p.name not in reported) if batches.is_dir() else []
+
+
 def _last_decision_for(registry: Registry, state: str) -> dict[str, Any] | None:
     for decision in reversed(registry.decisions()):
         if decision.get("state") == state and decision.get("decision") in ("promoted", "rejected"):
@@ -209,7 +218,8 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     state = corpus.state(json.dumps({k: training.get(k) for k in TRAINING_KEYS}, sort_keys=True, default=str))
     current = registry.current()
     affected = registry.affected_by(corpus.tombstones)
-    decision.update(state=state, new_batches=corpus.new_batches, new_deletion_requests=corpus.new_requests,
+    decision.update(state=state, new_batches=unreported_batches(registry, Path(retrain.corpus_dir)),
+                    new_deletion_requests=corpus.new_requests,
                     purged_records=corpus.purged, affected_models=affected,
                     quarantined_request_lines=corpus.quarantined,
                     incumbent={"model_id": current["model_id"]} if current else None)

@@ -289,3 +289,20 @@ def test_a_batch_on_another_file_system_is_copied_in_and_leaves_the_inbox(tmp_pa
     corpus = update_corpus(inbox, corpus_dir, KEY)
     assert corpus.new_batches == ["b1"] and list(inbox.iterdir()) == []
     assert (corpus_dir / "batches" / "b1" / "audio" / "u1.wav").read_bytes() == b"RIFFu1"
+
+
+def test_batches_a_killed_job_took_are_named_by_the_next_decision(tmp_path: Path) -> None:
+    """The next job found no new batch in the inbox and logged `new_batches: []`: the batches the killed
+    job had taken were in no decision."""
+    from pipeline.ops.registry import Registry
+    from pipeline.ops.retrain import unreported_batches
+
+    inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
+    registry = Registry(tmp_path / "registry")
+    _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001")])
+    update_corpus(inbox, corpus_dir, KEY)
+    registry.log_decision({"decision": "promoted", "new_batches": unreported_batches(registry, corpus_dir)})
+    _batch(inbox, "b2", [("u2", "amzn1.account.BOB", "G0900002")])
+    update_corpus(inbox, corpus_dir, KEY)  # ... and the job is killed before its decision
+    assert update_corpus(inbox, corpus_dir, KEY).new_batches == []  # the next job's intake takes nothing
+    assert unreported_batches(registry, corpus_dir) == ["b2"]
