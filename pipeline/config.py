@@ -13,8 +13,8 @@ the records of a run (config.yaml, Hydra's `.hydra/`, W&B).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, write_text_atomic
 
 T = TypeVar("T")
 
@@ -233,19 +233,16 @@ def redact_hydra_record(folder: Path) -> None:
     for path in [folder / name for name in HYDRA_RECORD] + [folder / "multirun.yaml"]:
         if not path.is_file():
             continue
-        node = OmegaConf.load(path)
-        record = OmegaConf.to_container(node, resolve=False)
+        record = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         if isinstance(record, list):  # overrides.yaml
             redacted: Any = [redacted_override(o) if isinstance(o, str) else o for o in record]
         else:
-            redacted = redact_identifiers(dict(record))
+            redacted = redact_identifiers(copy.deepcopy(record))
             hydra = redacted.get("hydra")
             task = (hydra.get("overrides") or {}).get("task") if isinstance(hydra, dict) else None
             if isinstance(task, list) and any(redacted_override(o) != o for o in task):
                 hydra["overrides"]["task"] = [redacted_override(o) for o in task]
                 if isinstance(hydra.get("job"), dict):  # the overrides joined, one of them a raw id
                     hydra["job"]["override_dirname"] = REDACTED
-        if redacted != OmegaConf.to_container(OmegaConf.load(path), resolve=False):
-            tmp = path.with_name(f".tmp-{path.name}")
-            OmegaConf.save(OmegaConf.create(redacted), tmp)
-            os.replace(tmp, path)
+        if redacted != record:
+            write_text_atomic(path, OmegaConf.to_yaml(OmegaConf.create(redacted)))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.annotations import parse_inline, word_spans
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, write_text_atomic
 
 KINDS = ("transcript", "intent", "wake", "entities")
 RUN_FILE = "label_noise.jsonl"
@@ -46,9 +45,7 @@ def with_label_noise(annotations: Path, share: float, seed: int) -> Path:
     records = [json.loads(line) for line in annotations.read_text(encoding="utf-8").splitlines() if line.strip()]
     corrupted, injected = corrupt_records(records, share, seed)
     for path, rows in ((manifest, injected), (noisy, corrupted)):  # the export last: it marks completion
-        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return noisy
 
 

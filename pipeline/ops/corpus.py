@@ -146,17 +146,19 @@ def quarantine_requests(files: list[Path], corpus_dir: Path, key: bytes) -> int:
     return len(bad)
 
 
+def _sha256(path: Path) -> str:
+    """A request file's name where a name would do: its name may be the account it asks about."""
+    return f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+
+
 def request_file_name(path: Path) -> str:
     """How receipts, the request quarantine and the console name a request file (quarantine_requests)."""
-    return f"{path.parent.name}/sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+    return f"{path.parent.name}/{_sha256(path)}"
 
 
 def _by_content(path: Path) -> str:
-    """A misplaced request file, named by its folder, content and suffix: its name may be the account
-    it asks about, and this error reaches decision.json and the registry's log."""
-    if not path.is_file():
-        return str(path)
-    return f"{path.parent}/sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]} (a {path.suffix or 'suffixless'} file)"
+    """A misplaced request file in the intake's refusal, which reaches decision.json and the registry's log."""
+    return f"{path.parent}/{_sha256(path)} (a {path.suffix or 'suffixless'} file)" if path.is_file() else str(path)
 
 
 def deleted_utterances(records: list[dict[str, Any]], requests: set[str], key: bytes) -> set[str]:

@@ -330,9 +330,7 @@ def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = Fa
             if not dry_run:
                 path.unlink()
     if purged and not dry_run:
-        tmp = annotations.with_name(".tmp-" + annotations.name)
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8", errors="surrogateescape")
-        os.replace(tmp, annotations)
+        write_text_atomic(annotations, "".join(line + "\n" for line in kept))
         # Copies made from the annotations (the demo's label-noise export and its manifest) are made
         # again from the purged file when next asked for.
         for derived in [*folder.glob("annotations.noise-*.jsonl"), *folder.glob("label_noise.noise-*.jsonl")]:
@@ -454,9 +452,7 @@ def filter_predictions(path: Path, key: bytes, deleted: set[str], texts: set[str
         else:
             kept.append(line)
     if dropped:
-        tmp = path.with_name(".tmp-" + path.name)
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
     return dropped
 
 
@@ -517,9 +513,7 @@ def filter_report(path: Path, key: bytes, deleted: set[str], texts: set[str]) ->
         kept = [line for line in lines if not mentions(key, deleted, texts, line)]
         dropped, new = len(lines) - len(kept), "".join(kept)
     if dropped:
-        tmp = path.with_name(".tmp-" + path.name)
-        tmp.write_text(new)
-        os.replace(tmp, path)
+        write_text_atomic(path, new)
     return dropped
 
 
@@ -751,18 +745,17 @@ def add_tombstones(roots: Roots, copies: set[str]) -> set[str]:
     new = copies - read_pseudonyms(tombstones)
     if new:
         roots.corpus.mkdir(parents=True, exist_ok=True)
-        tmp = tombstones.with_name(".tmp-" + tombstones.name)
-        tmp.write_text("".join(p + "\n" for p in sorted(read_pseudonyms(tombstones) | copies)))
-        os.replace(tmp, tombstones)
+        write_text_atomic(tombstones, "".join(p + "\n" for p in sorted(read_pseudonyms(tombstones) | copies)))
     return new
 
 
-def record_source_audio(roots: Roots, key: bytes) -> None:
+def record_source_audio(roots: Roots, key: bytes) -> set[str]:
     """Before the intake or erasure purges anything: the sha256 of each source audio file a request
     takes (that identifies a recording) goes into the ledger, which erasure and the audit look for
     copies of. Kept only in memory until after the purge, a job killed in between lost them, and a
     copy of the recording under another id was then trained on. Without a new request only the
-    inbox's new batches can hold something to purge: every other source was purged before."""
+    inbox's new batches can hold something to purge: every other source was purged before.
+    Returns the requests it looked for: those erasure knows and those waiting in the inbox."""
     incoming = inbox_requests(roots.inbox, key)[1] if roots.inbox.is_dir() else set()
     folders = export_folders(roots) if incoming else [f for f in export_folders(roots) if f.parent == roots.inbox]
     ledger = Ledger.load(roots.erasure)
@@ -770,12 +763,7 @@ def record_source_audio(roots: Roots, key: bytes) -> None:
     hashes = {h for folder in folders for h in purge_export(folder, key, requests, dry_run=True)[1]}
     append_ledger(roots.erasure, [{"type": "clip", "utterance": None, "file": h, "audio": None, "text": None}
                                   for h in sorted(hashes - ledger.audio)])
-
-
-def pending_requests(roots: Roots, key: bytes) -> set[str]:
-    """Every request erasure knows (deleted_set) and those still waiting in the inbox."""
-    incoming = inbox_requests(roots.inbox, key)[1] if roots.inbox.is_dir() else set()
-    return deleted_set(roots) | incoming
+    return requests
 
 
 def tombstone_copies(roots: Roots, key: bytes) -> set[str]:
@@ -830,11 +818,11 @@ def erase(cfg: DictConfig, api: Any = None) -> Erasure:
     registry = Registry(roots.registry)
     with retrain_lock(registry.root / "retrain.lock"):
         registry.recover()
-        record_source_audio(roots, key)
+        requests = record_source_audio(roots, key)
         # Exit 4 before the intake takes anything (only a run being written makes the scan worth it).
         if any(run_folder.being_written(run) for run in run_folders(roots)):
             ledger = Ledger.load(roots.erasure)
-            traces = find_traces(roots, key, pending_requests(roots, key), ledger.audio)
+            traces = find_traces(roots, key, requests, ledger.audio)
             refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected})
         update_corpus(roots.inbox, roots.corpus, key)
         return erase_copies(cfg, roots, key, api=api)

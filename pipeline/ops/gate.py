@@ -183,12 +183,13 @@ def load_clip_table(run_dir: Path, metrics: Mapping[str, Any] | None = None) -> 
             except json.JSONDecodeError as err:
                 raise PipelineError(f"{path} line {number} is not valid JSON ({err.msg}): the file is damaged or "
                                     f"half written; {redo}") from None
-    expected = (metrics or {}).get("eval/num_clips")
-    if isinstance(expected, (int, float)):
-        expected -= (metrics or {}).get("eval/clips_erased", 0)  # lines erasure took (erase.count_erased_clips)
-    if isinstance(expected, (int, float)) and len(rows) != expected:
-        raise PipelineError(f"{path} holds {len(rows)} clips where metrics.json counts {int(expected)}: the file is "
-                            f"cut short or from another evaluation; {redo}")
+    metrics = metrics or {}
+    if isinstance(metrics.get("eval/num_clips"), (int, float)):
+        # Less the lines erasure took from a kept run (erase.count_erased_clips).
+        expected = int(metrics["eval/num_clips"] - metrics.get("eval/clips_erased", 0))
+        if len(rows) != expected:
+            raise PipelineError(f"{path} holds {len(rows)} clips where metrics.json counts {expected}: the file is "
+                                f"cut short or from another evaluation; {redo}")
     try:
         return B.clip_table(rows)
     except ValueError as err:
