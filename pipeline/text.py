@@ -24,6 +24,11 @@ _ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fi
                   "nine": "ninth", "twelve": "twelfth"}
 # Every character normalize_text can leave besides the space: the ASR model's output alphabet.
 ALPHABET = "'abcdefghijklmnopqrstuvwxyz"
+# A normalised transcript as character tokens: the CTC vocabulary's (pipeline.asr.vocab) and the
+# character LM's (pipeline.asr.lm), whose n-grams erasure hashes (pipeline.ops.erase.lm_grams).
+WORD_DELIMITER = "|"
+UNK = "<unk>"
+BOS, EOS = "<s>", "</s>"
 _KEEP = re.compile(f"[^{ALPHABET} ]+")
 
 
@@ -80,3 +85,9 @@ def normalize_text(text: str) -> str:
     # An apostrophe only survives inside a word ("don't"), not as a quote mark.
     text = re.sub(r"(?<![a-z])'|'(?![a-z])", " ", text)
     return " ".join(text.split())
+
+
+def lm_tokens(text: str, word_delimiter: str = WORD_DELIMITER, known: set[str] | None = None) -> list[str]:
+    """A transcript as the LM's tokens: its characters, spaces as the word delimiter, and characters
+    outside `known` (the vocabulary) as UNK."""
+    return [c if known is None or c in known else UNK for c in " ".join(text.split()).replace(" ", word_delimiter)]

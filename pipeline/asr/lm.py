@@ -25,10 +25,9 @@ import numpy as np
 import torch
 
 from pipeline.asr.config import check_lm_order
-from pipeline.asr.vocab import UNK, WORD_DELIMITER
+from pipeline.text import BOS, EOS, UNK, WORD_DELIMITER, lm_tokens
 from pipeline.runtime import PipelineError
 
-BOS, EOS = "<s>", "</s>"
 LM_DIR = "lm"
 
 
@@ -48,13 +47,6 @@ def write_char_lm(out_dir: Path, texts: Iterable[str], vocab: dict[str, int], wo
     meta = {"order": order, "sentences": len(sentences), "characters": sum(map(len, sentences)), "word_delimiter": word_delimiter}
     (out_dir / "lm.json").write_text(json.dumps(meta, indent=2))
     return out_dir
-
-
-def lm_tokens(text: str, word_delimiter: str = WORD_DELIMITER, known: set[str] | None = None) -> list[str]:
-    """A transcript as the LM's tokens: its characters, spaces as the word delimiter, and characters
-    outside `known` (the vocabulary) as UNK. Erasure hashes the same tokens to find a deleted
-    transcript in an LM (pipeline.ops.erase.lm_grams)."""
-    return [c if known is None or c in known else UNK for c in " ".join(text.split()).replace(" ", word_delimiter)]
 
 
 def kneser_ney_arpa(sentences: Sequence[Sequence[str]], order: int) -> str:

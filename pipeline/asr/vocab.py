@@ -18,11 +18,9 @@ from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec
 
 from pipeline.data.features import SAMPLING_RATE
 from pipeline.runtime import PipelineError
-from pipeline.text import ALPHABET
+from pipeline.text import ALPHABET, UNK, WORD_DELIMITER
 
 PAD = "<pad>"  # also the CTC blank: id 0, as Wav2Vec2ForCTC expects blank == pad_token_id
-UNK = "<unk>"
-WORD_DELIMITER = "|"
 
 
 def build_vocab(texts: Iterable[str]) -> dict[str, int]:

@@ -53,6 +53,7 @@ from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, c
                                     run_folders, walk_files)
 from pipeline.ops.registry import MODEL_PARTS, Registry, now, weights_saw_deleted
 from pipeline.runtime import PipelineError, write_text_atomic
+from pipeline.text import BOS, EOS, lm_tokens
 from pipeline.tracking.wandb_run import RUN_ID_FILE
 
 LEDGER = "erased.jsonl"
@@ -80,8 +81,6 @@ def text_hash(key: bytes, text: str) -> str:
 
 def lm_grams(text: str, order: int) -> list[tuple[str, ...]]:
     """The highest-order n-grams the character LM (pipeline.asr.lm) stores for this transcript."""
-    from pipeline.asr.lm import BOS, EOS, lm_tokens  # here: the LM's module loads torch, which erase needs not
-
     seq = [BOS, *lm_tokens(text), EOS]
     return [tuple(seq[i:i + order]) for i in range(len(seq) - order + 1)]
 
