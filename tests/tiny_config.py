@@ -15,3 +15,9 @@ TINY_JOB = [
     "nlu=tiny", "nlu.epochs=1", "nlu.cpu_threads=1", "trainer.log_every=1",
     "data.split.validation=0.25", "data.split.test=0.25", "data.num_proc=1",
 ]
+
+# The NLU heads of conf/nlu/tiny.yaml, for tests that build a model without the config.
+def tiny_head():  # a function, so importing this module does not import the NLU package
+    from pipeline.nlu.config import HeadConfig
+
+    return HeadConfig(intent_pooling="mean", tag_loss_weight=1.0, label_smoothing=0.0, head_dropout=0.1)

@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from transformers.modeling_outputs import ModelOutput
 
 from pipeline.data.annotations import tags_to_entities, word_spans
+from pipeline.nlu.config import HeadConfig
 from pipeline.runtime import PipelineError, first_line, looks_like_path
 
 LABELS_FILE = "nlu_labels.json"
@@ -53,8 +54,7 @@ class JointIntentTagger(PreTrainedModel):
         super().__init__(config)
         self.encoder = AutoModel.from_config(config, **_pooler_kwargs(config))
         hidden = config.hidden_size
-        dropout = getattr(config, "nlu_head_dropout", 0.1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(config.nlu_head_dropout)
         self.intent_head = nn.Linear(hidden, len(config.nlu_intents))
         self.tag_head = nn.Linear(hidden, len(config.nlu_tags))
         self.post_init()
@@ -75,7 +75,7 @@ class JointIntentTagger(PreTrainedModel):
     ) -> JointOutput:
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        if getattr(self.config, "nlu_intent_pooling", "mean") == "cls":
+        if self.config.nlu_intent_pooling == "cls":
             pooled = hidden[:, 0]
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -84,14 +84,14 @@ class JointIntentTagger(PreTrainedModel):
         tag_logits = self.tag_head(self.dropout(hidden))
         loss = None
         if labels is not None and intent_labels is not None:
-            smoothing = float(getattr(self.config, "nlu_label_smoothing", 0.0))
+            smoothing = float(self.config.nlu_label_smoothing)
             intent_loss = nn.functional.cross_entropy(
                 intent_logits.float(), intent_labels, ignore_index=-100, label_smoothing=smoothing
             )
             tag_loss = nn.functional.cross_entropy(
                 tag_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=smoothing
             )
-            weight = float(getattr(self.config, "nlu_tag_loss_weight", 1.0))
+            weight = float(self.config.nlu_tag_loss_weight)
             loss = torch.nan_to_num(intent_loss) + weight * torch.nan_to_num(tag_loss)
         return JointOutput(loss=loss, intent_logits=intent_logits, tag_logits=tag_logits)
 
@@ -112,7 +112,7 @@ def load_tokenizer(path: str | Path, config: PretrainedConfig) -> Any:
 
 
 def build_model(
-    backbone: str | Path, intents: list[str], tags: list[str], head: dict[str, Any]
+    backbone: str | Path, intents: list[str], tags: list[str], head: HeadConfig, max_length: int
 ) -> JointIntentTagger:
     """A fresh joint model on a pretrained backbone (hub id or local folder).
 
@@ -123,7 +123,7 @@ def build_model(
     refuse_trained_model(backbone)
     try:
         config = AutoConfig.from_pretrained(str(backbone))
-        _set_heads(config, intents, tags, head)
+        _set_heads(config, intents, tags, head, max_length)
         model = JointIntentTagger(config)
         model.encoder, info = AutoModel.from_pretrained(
             str(backbone), config=config, output_loading_info=True, **_pooler_kwargs(config)
@@ -150,12 +150,12 @@ def refuse_trained_model(backbone: str | Path) -> None:
 
 
 def build_model_from_config(
-    encoder_config: dict[str, Any], intents: list[str], tags: list[str], head: dict[str, Any]
+    encoder_config: dict[str, Any], intents: list[str], tags: list[str], head: HeadConfig, max_length: int
 ) -> JointIntentTagger:
     """A randomly initialised model from an encoder config (tests, smoke runs: no download)."""
     encoder_config = dict(encoder_config)
     config = AutoConfig.for_model(encoder_config.pop("model_type"), **encoder_config)
-    _set_heads(config, intents, tags, head)
+    _set_heads(config, intents, tags, head, max_length)
     model = JointIntentTagger(config)
     model.encoder.apply(model.encoder._init_weights)
     return model
@@ -174,14 +174,15 @@ def _pooler_kwargs(config: PretrainedConfig) -> dict[str, Any]:
     return {"add_pooling_layer": False} if config.model_type in _POOLER_TYPES else {}
 
 
-def _set_heads(config: PretrainedConfig, intents: list[str], tags: list[str], head: dict[str, Any]) -> None:
+def _set_heads(config: PretrainedConfig, intents: list[str], tags: list[str], head: HeadConfig, max_length: int) -> None:
+    # The folder's config.json carries the heads' settings, so a saved model needs no YAML to load.
     config.nlu_intents = list(intents)
     config.nlu_tags = list(tags)
-    config.nlu_intent_pooling = str(head.get("intent_pooling", "mean"))
-    config.nlu_tag_loss_weight = float(head.get("tag_loss_weight", 1.0))
-    config.nlu_label_smoothing = float(head.get("label_smoothing", 0.0))
-    config.nlu_head_dropout = float(head.get("head_dropout", 0.1))
-    config.nlu_max_length = int(head.get("max_length", 64))
+    config.nlu_intent_pooling = head.intent_pooling
+    config.nlu_tag_loss_weight = float(head.tag_loss_weight)
+    config.nlu_label_smoothing = float(head.label_smoothing)
+    config.nlu_head_dropout = float(head.head_dropout)
+    config.nlu_max_length = int(max_length)
 
 
 def allowed_transitions(tags: list[str]) -> torch.Tensor:
@@ -256,7 +257,7 @@ class NLUModel:
         self.device = torch.device(device)
         self.intents: list[str] = list(model.config.nlu_intents)
         self.tags: list[str] = list(model.config.nlu_tags)
-        self.max_length: int = int(getattr(model.config, "nlu_max_length", 64))
+        self.max_length: int = int(model.config.nlu_max_length)
         self._allowed = allowed_transitions(self.tags)
 
     @classmethod

