@@ -16,7 +16,8 @@ threshold rises (the greedy scan finds the most frames that lie `refractory_s` a
 threshold for a target rate is found by bisection over the scores seen.
 
 Only frames at or above `floor` are kept, as (frame, score) pairs: a threshold below every positive
-clip's score is never chosen, so the caller passes the lowest positive score as the floor.
+clip's score is never chosen, so the caller passes the lowest positive score of both splits as the
+floor (the test's DET needs its frames; the tuning looks only above the validation positives).
 """
 
 from __future__ import annotations
@@ -268,19 +269,25 @@ def threshold_for_rate(traces: Sequence[Trace], hours: float, rate: float, refra
 
 def tune_on_background(
     positives: np.ndarray, traces: Sequence[Trace], hours: float, target: float, refractory_frames: float,
-    floor: float = NEG_INF,
 ) -> float:
     """The most permissive threshold (lowest FRR on the positives) whose detections on the
     background stay within `target` per hour; it sits halfway between the highest background score
     it must reject and the next score above (positive or background), like the clip-level tuning.
-    When the target permits every kept frame, the threshold is the `floor` they were kept above."""
+
+    Only background frames at or above the lowest positive count, and when the target permits all
+    of them the threshold is that positive's score: a lower one would accept more and reject no
+    positive fewer. The traces may hold lower frames (they are kept down to the lowest positive of
+    every split, for the test's DET), and those must not move a threshold tuned on these positives."""
+    finite_pos = positives[np.isfinite(positives)]
+    floor = float(finite_pos.min()) if finite_pos.size else NEG_INF
+    traces = [replace(t, frames=t.frames[t.scores >= floor], scores=t.scores[t.scores >= floor]) for t in traces]
     allowed = int(math.floor(target * hours + 1e-9))
     rejected, _ = lowest_threshold(traces, allowed, refractory_frames)
-    finite_pos = positives[np.isfinite(positives)]
     if rejected is None:
         if math.isfinite(floor):
-            return float(floor)
-        candidates = np.concatenate([finite_pos] + [t.scores for t in traces])
+            return floor
+        candidates = np.concatenate([t.scores for t in traces]) if traces else np.zeros(0)
+        candidates = candidates[np.isfinite(candidates)]
         return float(candidates.min()) if candidates.size else 0.0
     above = np.unique(np.concatenate([finite_pos] + [t.scores[t.scores > rejected] for t in traces]))
     above = above[above > rejected]
@@ -392,7 +399,7 @@ def background_wake(
         return None, details
     target = float(ecfg.target_fa_per_hour)
     threshold = tune_on_background(val_positives, traces[splits[0]], details["hours"][splits[0]], target,
-                                   refractory_frames, floor)
+                                   refractory_frames)
     tuned_on = count_detections(traces[splits[0]], threshold, refractory_frames)
     result = evaluate_background(test_positives, traces[splits[1]], details["hours"][splits[1]], threshold,
                                  refractory_frames, frame_s, int(ecfg.worst_n))

@@ -47,9 +47,9 @@ def test_threshold_for_a_rate_of_false_accepts_by_hand() -> None:
     threshold = tune_on_background(positives, background, 1.0, 1.0, 50)
     assert threshold == pytest.approx(-3.5)
     assert count_detections(background, threshold, 50) == 1
-    # None allowed: reject -2 too, halfway to -1; every event allowed: down to the floor.
+    # None allowed: reject -2 too, halfway to -1; every event allowed: down to the lowest positive.
     assert tune_on_background(positives, background, 1.0, 0.0, 50) == pytest.approx(-1.5)
-    assert tune_on_background(positives, background, 1.0, 5.0, 50, floor=-8.0) == -8.0
+    assert tune_on_background(positives, background, 1.0, 5.0, 50) == -8.0
     # The DET's reading at a rate is the lowest threshold that keeps to it.
     assert threshold_for_rate(background, 1.0, 2.0, 50) == pytest.approx(np.nextafter(np.float32(-6.0), np.inf))
     assert threshold_for_rate(background, 1.0, 1.0, 50) > -4.0
@@ -259,6 +259,18 @@ def test_auto_background_reaches_the_demo_inside_data_sources(tmp_path: Path) ->
     for split in ("validation", "test"):
         seconds = sum(r.seconds for r in recordings if r.split == split)
         assert seconds == pytest.approx(2.2 * 3600 * 16 / total, abs=0.01)
+
+
+def test_the_threshold_tuned_on_validation_does_not_follow_the_test_positives() -> None:
+    """The stream keeps background frames down to the lowest positive of both splits (the test's DET
+    needs them); a low test positive keeps a validation frame at -9 that validation's own lowest
+    positive (-8) would not. It must not move the threshold: 3 events above -8 fit the 3 allowed."""
+    positives = np.array([-1.0, -3.0, -5.0, -8.0])
+    kept_for_validation = [trace([100, 5000], [-2.0, -6.0], split="validation"), trace([70], [-4.0], split="validation")]
+    kept_for_a_low_test_positive = [*kept_for_validation, trace([900], [-9.0], split="validation")]
+    for target in (3.0, 5.0):
+        assert tune_on_background(positives, kept_for_a_low_test_positive, 1.0, target, 50) == -8.0
+        assert tune_on_background(positives, kept_for_validation, 1.0, target, 50) == -8.0
 
 
 def test_a_tuned_threshold_rejects_the_float32_frame_it_was_set_above() -> None:
