@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import chi2
+from scipy.stats import beta, chi2
 
 CONFIDENCE = 0.95
 DEFAULT_SAMPLES = 1000
@@ -48,12 +48,14 @@ def _ratio(num: str, den: str) -> Callable[[Stats], np.ndarray]:
 
 
 def _f1(prefix: str) -> Callable[[Stats], np.ndarray]:
-    """Micro F1 from summed counts; 0 when there was nothing to find nor found (as `Counts.f1`)."""
+    """Micro F1 from summed counts; nan on a sample with nothing to find nor found. F1 is undefined
+    there: scored 0, the samples that drew no speaker with an entity would drag the interval's lower
+    end to 0. (The point value on the whole split keeps `Counts.f1`'s 0: `Metric.empty`.)"""
 
     def value(s: Stats) -> np.ndarray:
         tp, fp, fn = s[f"{prefix}_tp"], s[f"{prefix}_fp"], s[f"{prefix}_fn"]
         denom = 2 * tp + fp + fn
-        return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1.0), 0.0)
+        return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1.0), np.nan)
 
     return value
 
@@ -74,6 +76,11 @@ class Metric:
     counts: tuple[str, ...]
     value: Callable[[Stats], np.ndarray]
     higher_is_better: bool
+    # A share of clips (events over trials): at 0 or 1 every bootstrap sample is the same, so its
+    # interval is the exact binomial one over the speakers instead (`_exact_share_interval`).
+    share: bool = False
+    # The point value when the whole split gives the metric nothing to count (F1: as Counts.f1).
+    empty: float = float("nan")
 
 
 # Every headline metric that is an estimate from the test clips. eval/num_clips, eval/audio_hours
@@ -81,16 +88,16 @@ class Metric:
 METRICS: tuple[Metric, ...] = (
     Metric("asr/wer", ("word_errors", "ref_words"), _ratio("word_errors", "ref_words"), False),
     Metric("asr/cer", ("char_errors", "ref_chars"), _ratio("char_errors", "ref_chars"), False),
-    Metric("wake/frr", ("wake_missed", "wake_positives"), _ratio("wake_missed", "wake_positives"), False),
+    Metric("wake/frr", ("wake_missed", "wake_positives"), _ratio("wake_missed", "wake_positives"), False, share=True),
     Metric("wake/fa_per_hour", ("wake_false_accepts", "wake_negative_seconds"),
            _per_hour("wake_false_accepts", "wake_negative_seconds"), False),
     Metric("nlu/intent_accuracy", ("nlu_intent_correct", "nlu_intent_clips"),
-           _ratio("nlu_intent_correct", "nlu_intent_clips"), True),
-    Metric("nlu/entity_f1", ("nlu_entity_tp", "nlu_entity_fp", "nlu_entity_fn"), _f1("nlu_entity"), True),
+           _ratio("nlu_intent_correct", "nlu_intent_clips"), True, share=True),
+    Metric("nlu/entity_f1", ("nlu_entity_tp", "nlu_entity_fp", "nlu_entity_fn"), _f1("nlu_entity"), True, empty=0.0),
     Metric("slu/intent_accuracy", ("slu_intent_correct", "slu_intent_clips"),
-           _ratio("slu_intent_correct", "slu_intent_clips"), True),
-    Metric("slu/entity_f1", ("slu_entity_tp", "slu_entity_fp", "slu_entity_fn"), _f1("slu_entity"), True),
-    Metric("slu/slu_f1", ("slu_f1_tp", "slu_f1_fp", "slu_f1_fn"), _f1("slu_f1"), True),
+           _ratio("slu_intent_correct", "slu_intent_clips"), True, share=True),
+    Metric("slu/entity_f1", ("slu_entity_tp", "slu_entity_fp", "slu_entity_fn"), _f1("slu_entity"), True, empty=0.0),
+    Metric("slu/slu_f1", ("slu_f1_tp", "slu_f1_fp", "slu_f1_fn"), _f1("slu_f1"), True, empty=0.0),
 )
 # Not sums of per-clip counts: recomputed from the resampled clips' wake scores.
 RANKING_METRICS = {"wake/auc": True, "wake/eer": False}  # key -> higher is better
@@ -232,15 +239,25 @@ def _metric_samples(table: ClipTable, weights: np.ndarray) -> dict[str, np.ndarr
     return out
 
 
+EMPTY = {m.key: m.empty for m in METRICS}
+
+
 def point_values(table: ClipTable) -> dict[str, float]:
     """The metrics on the clips as they are (every clip once): equal to the stage's own figures."""
-    return {k: float(v[0]) for k, v in _metric_samples(table, np.ones((1, len(table.speakers)))).items()}
+    values = _metric_samples(table, np.ones((1, len(table.speakers))))
+    return {k: EMPTY.get(k, np.nan) if np.isnan(v[0]) else float(v[0]) for k, v in values.items()}
+
+
+# Below this share of bootstrap samples on which a metric is defined (e.g. a sample that drew no
+# speaker with a wake-word positive has no FRR), the few that are would make an interval of chance.
+MIN_DEFINED = 0.5
 
 
 def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float] | None:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
+    defined = values[np.isfinite(values)]
+    if defined.size == 0 or defined.size < MIN_DEFINED * values.size:
         return None
+    values = defined
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
@@ -254,8 +271,34 @@ def intervals(
     if samples < 1:
         raise ValueError(f"bootstrap samples must be >= 1, got {samples}")
     weights, units = _clip_weights(table, samples, seed)
-    return {key: _percentiles(values, confidence) if len(units) >= MIN_UNITS else None
-            for key, values in _metric_samples(table, weights).items()}
+    if len(units) < MIN_UNITS:
+        return {key: None for key in _metric_samples(table, weights)}
+    found = {key: _percentiles(values, confidence) for key, values in _metric_samples(table, weights).items()}
+    for metric in METRICS:
+        ci = found.get(metric.key)
+        if metric.share and ci is not None and ci[0] == ci[1]:
+            found[metric.key] = _exact_share_interval(table, metric, confidence)
+    return found
+
+
+def _exact_share_interval(table: ClipTable, metric: Metric, confidence: float) -> tuple[float, float] | None:
+    """The Clopper-Pearson interval of a share that is 0 or 1 on the split (no wake-word clip missed,
+    every intent right), counting each speaker as one trial. The bootstrap draws the same share every
+    time and would give a zero-width interval; by speaker (as the bootstrap resamples), since a
+    speaker's clips fail together more than independent clips would."""
+    events, trials = (table.counts[name] for name in metric.counts)
+    speakers = np.array(table.speakers)
+    units = sorted({s for s, n in zip(speakers, trials) if n > 0})
+    if len(units) < MIN_UNITS:
+        return None
+    n = len(units)
+    k = 0 if events.sum() == 0 else n if events.sum() == trials.sum() else None
+    if k is None:
+        return None  # a share strictly between 0 and 1 varies from sample to sample: not this case
+    alpha = 1.0 - confidence
+    low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return low, high
 
 
 def interval_metrics(
@@ -349,12 +392,11 @@ def paired_differences(
     interval from one set of speaker draws applied to both models."""
     base, other = align(base, other)
     weights, units = _clip_weights(base, samples, seed)
-    ones = np.ones((1, len(base.speakers)))
-    base_point, other_point = _metric_samples(base, ones), _metric_samples(other, ones)
+    base_point, other_point = point_values(base), point_values(other)
     base_samples, other_samples = _metric_samples(base, weights), _metric_samples(other, weights)
     differences = {}
     for key in base_samples.keys() & other_samples.keys():
-        b, o = float(base_point[key][0]), float(other_point[key][0])
+        b, o = base_point[key], other_point[key]
         ci = _percentiles(other_samples[key] - base_samples[key], confidence) if len(units) >= MIN_UNITS else None
         differences[key] = Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key])
     ordered = {k: differences[k] for k in INTERVAL_KEYS if k in differences}

@@ -124,8 +124,12 @@ def check_gate_paired(
             # (e.g. a rate over streamed background audio rather than over clips), or too few
             # speakers or recordings to resample (pipeline.eval.bootstrap.MIN_UNITS).
             few = diff is not None and diff.ci_low is None and _reproduced(diff, new, old)
-            why = (f"one {'recording' if diff.resampled else 'speaker'}: no interval" if few
-                   else "no per-clip interval")
+            why = "no per-clip interval"
+            if few and diff.resampled:
+                why = "one recording: no interval"
+            elif few:
+                why = ("one speaker: no interval" if paired.speakers < B.MIN_UNITS else
+                       "no interval: the metric is undefined on most resampled sets of speakers")
             point = check_gate(candidate, incumbent, {name: rule})[0]
             checks.append(GateCheck(**{**point.as_dict(), "policy": policy,
                                        "detail": point.detail + f" ({why}: judged on the point values)"}))
@@ -235,10 +239,20 @@ def gate_on_runs(
     candidate_dir: Path, incumbent_dir: Path, candidate: Mapping[str, Any], incumbent: Mapping[str, Any],
     rules: Mapping[str, Mapping[str, Any]], policy: str, samples: int, seed: int,
 ) -> list[GateCheck]:
-    """The gate for two evaluation folders of the same test split (retraining evaluates both now)."""
+    """The gate for two evaluation folders of the same test split (retraining evaluates both now).
+    Other clips on either side are refused: paired on the shared ones, the point values (which the
+    gate falls back on without an interval) would still be of different clips, and an easier test
+    set could pass a worse model."""
+    old, new = load_clip_table(incumbent_dir, incumbent), load_clip_table(candidate_dir, candidate)
+    only_old, only_new = set(old.utterances) - set(new.utterances), set(new.utterances) - set(old.utterances)
+    if only_old or only_new:
+        raise PipelineError(
+            f"{candidate_dir} vs {incumbent_dir}: not evaluated on the same test clips ({len(only_new)} only in the "
+            f"candidate's predictions.jsonl, {len(only_old)} only in the promoted model's, e.g. "
+            f"{sorted(only_new or only_old)[0]}); evaluate both on one dataset (`python evaluate.py run=<run> "
+            "dataset=<dataset_path>`)")
     try:
-        paired = B.paired_differences(load_clip_table(incumbent_dir, incumbent), load_clip_table(candidate_dir, candidate),
-                                      samples, seed)
+        paired = B.paired_differences(old, new, samples, seed)
     except ValueError as err:
         raise PipelineError(f"{candidate_dir} vs {incumbent_dir}: {err}") from None
     paired, _ = with_background_pairs(paired, incumbent_dir, candidate_dir, samples, seed)

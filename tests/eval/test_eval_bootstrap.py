@@ -210,3 +210,52 @@ def test_resampled_auc_and_eer_equal_the_wake_metrics_on_the_drawn_clips() -> No
         finite = np.where(np.isfinite(scores), scores, scores[np.isfinite(scores)].min() - 1.0)
         assert got["wake/auc"][b] == pytest.approx(roc_auc_score(labels[idx], finite[idx]))
         assert got["wake/eer"][b] == pytest.approx(equal_error_rate(labels[idx], scores[idx]))
+
+
+def _nlu_rows(speakers: int, clips: int, entities: dict[int, dict[str, int]], wrong_intent: set[int]) -> list[dict]:
+    """Rows of scored NLU clips: `entities` gives a speaker's clips entity counts (others have none)."""
+    rows = []
+    for s in range(speakers):
+        for c in range(clips):
+            row = {"utterance_id": f"s{s}-{c}", "speaker": f"s{s}", "edit": M.edit_counts("play jazz", "play jazz"),
+                   "intent": "play_music", "nlu_scored": True,
+                   "nlu_intent": "weather_query" if s in wrong_intent else "play_music",
+                   "nlu_entity_counts": entities.get(s, {"tp": 0, "fp": 0, "fn": 0})}
+            row["counts"] = B.clip_counts(row, threshold=None)
+            rows.append(row)
+    return rows
+
+
+def test_entity_f1_is_not_scored_zero_on_samples_that_drew_no_entity() -> None:
+    # Entities in two speakers of twenty: about a tenth of the samples draw neither. F1 is undefined
+    # there, not 0, and scoring them 0 would pull the interval's lower end down to 0.
+    table = B.clip_table(_nlu_rows(20, 3, {0: {"tp": 9, "fp": 1, "fn": 0}, 1: {"tp": 8, "fp": 0, "fn": 1}}, set()))
+    point = B.point_values(table)["nlu/entity_f1"]
+    assert point == pytest.approx(2 * 17 / (2 * 17 + 2))
+    low, high = B.intervals(table, samples=500)["nlu/entity_f1"]
+    assert 0.85 < low <= point <= high <= 1.0
+    # A split with no entity at all: the point value is Counts.f1's 0, and there is no interval.
+    empty = B.clip_table(_nlu_rows(20, 3, {}, set()))
+    assert B.point_values(empty)["nlu/entity_f1"] == 0.0
+    assert B.intervals(empty, samples=200)["nlu/entity_f1"] is None
+
+
+def test_a_share_of_zero_or_one_gets_the_exact_interval_over_speakers() -> None:
+    # Every intent right on 20 speakers: each bootstrap sample is 1.0 again. The interval is the
+    # Clopper-Pearson one for 20 of 20 trials, a speaker a trial (its lower end solves p^20 = 2.5%).
+    table = B.clip_table(_nlu_rows(20, 4, {}, set()))
+    low, high = B.intervals(table, samples=200)["nlu/intent_accuracy"]
+    assert low == pytest.approx(0.025 ** (1 / 20)) and high == 1.0
+    # No wake-word clip missed among 12 speakers' positives: [0, 1 - 0.025^(1/12)].
+    rows = []
+    for s in range(12):
+        for c in range(3):
+            row = {"utterance_id": f"s{s}-{c}", "speaker": f"s{s}", "edit": M.edit_counts("alexa", "alexa"),
+                   "wake_score": -1.0, "wake_word_present": c < 2, "duration": 2.0}
+            row["counts"] = B.clip_counts(row, threshold=-2.0 if c < 2 else 0.0)
+            rows.append(row)
+    low, high = B.intervals(B.clip_table(rows), samples=200)["wake/frr"]
+    assert low == 0.0 and high == pytest.approx(1 - 0.025 ** (1 / 12))
+    # A share between 0 and 1 keeps its bootstrap interval.
+    low, high = B.intervals(B.clip_table(_nlu_rows(20, 4, {}, {3, 7})), samples=500)["nlu/intent_accuracy"]
+    assert low < 0.9 <= high and low > 0.5

@@ -156,3 +156,17 @@ def test_per_clip_results_short_by_erasure_are_read_and_a_damaged_row_is_named(t
     (tmp_path / "predictions.jsonl").write_text(json.dumps({"counts": rows[0]["counts"]}) + "\n")
     with pytest.raises(PipelineError, match="a row lacks 'utterance_id'"):
         load_clip_table(tmp_path)
+
+
+def test_runs_evaluated_on_different_clips_are_refused(tmp_path: Path) -> None:
+    # The candidate's second half is other, easier clips: paired on the shared half the two models are
+    # alike, and the point values of different clips would pass it. Refused, naming a clip.
+    hyps = [_with_error(r) if i % 4 == 0 else r for i, r in enumerate(REFS)]
+    old = _write_run(tmp_path / "incumbent", hyps)
+    new = _write_run(tmp_path / "candidate", hyps[:20] + REFS[20:])
+    rows = (tmp_path / "candidate" / "predictions.jsonl").read_text().splitlines()
+    renamed = [r.replace('"utt-', '"new-') if i >= 20 else r for i, r in enumerate(rows)]
+    (tmp_path / "candidate" / "predictions.jsonl").write_text("\n".join(renamed) + "\n")
+    with pytest.raises(PipelineError, match=r"not evaluated on the same test clips \(20 only in the candidate's "
+                                            r"predictions\.jsonl, 20 only in the promoted model's, e\.g\. new-20\)"):
+        gate_on_runs(tmp_path / "candidate", tmp_path / "incumbent", new, old, RULES, "non_inferior", 100, 0)
