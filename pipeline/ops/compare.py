@@ -159,6 +159,12 @@ def _test_data_label(run: RunSummary) -> str:
     return f"dataset {data.get('dataset_fingerprint') or '?'} split {data.get('split') or '?'}"
 
 
+def _names_its_clips(run: RunSummary) -> bool:
+    """Whether eval_details.json says which clips were scored (a build fingerprint or a clips digest)."""
+    data = run.test_data or {}
+    return bool(data.get("dataset_fingerprint") or data.get("clips_digest"))
+
+
 def same_test_data(a: RunSummary, b: RunSummary) -> bool:
     """Clip for clip only on the same dataset build and split (the fingerprint covers the data, the
     pseudonym key and so the splits); without a fingerprint, on the same clips digest."""
@@ -167,7 +173,8 @@ def same_test_data(a: RunSummary, b: RunSummary) -> bool:
     fa, fb = a.test_data.get("dataset_fingerprint"), b.test_data.get("dataset_fingerprint")
     if fa and fb:
         return fa == fb
-    return a.test_data.get("clips_digest") == b.test_data.get("clips_digest")
+    digest = a.test_data.get("clips_digest")
+    return digest is not None and digest == b.test_data.get("clips_digest")
 
 
 def _own_intervals(run: RunSummary, metrics: list[str]) -> str:
@@ -216,7 +223,7 @@ def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, sample
         name = _name(run, base)
         table, why = _per_clip(run)
         lacking = [(r, w) for r, t, w in ((first, first_table, first_why), (run, table, why))
-                   if t is None or not r.test_data]
+                   if t is None or not _names_its_clips(r)]
         if lacking:
             lines.append(f"{name}: no paired comparison: {_why_no_per_clip(lacking, base)}")
             continue
@@ -228,7 +235,11 @@ def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, sample
                 shown_own = True
             lines.append(f"  {name}: {_own_intervals(run, metrics)}")
             continue
-        paired = B.paired_differences(first_table, table, samples, seed)  # type: ignore[arg-type]
+        try:
+            paired = B.paired_differences(first_table, table, samples, seed)  # type: ignore[arg-type]
+        except ValueError as err:  # e.g. the same build and split, but a clip's speaker differs
+            lines.append(f"{name}: no paired comparison: {err}")
+            continue
         paired, why_not = with_background_pairs(paired, first.path, run.path, samples, seed)
         lines.append(f"{name}: {paired.clips} shared test clips of {paired.speakers} speakers drawn")
         if why_not and "wake/fa_per_hour" in metrics:

@@ -151,3 +151,14 @@ def test_a_run_compare_cannot_pair_is_named_with_the_reason(tmp_path: Path) -> N
                              env={"PYTHONPATH": str(REPO)})
     assert refused.returncode == 2 and not refused.stdout, refused.stdout
     assert "--baseline outputs/d-unevaluated: not evaluated (no test metrics in metrics.json)" in refused.stderr
+
+
+def test_runs_whose_details_do_not_say_which_clips_they_scored_are_not_paired(tmp_path: Path) -> None:
+    # eval_details.json with a split but neither a build fingerprint nor a clips digest: nothing says
+    # the two scored the same clips, so they are not paired on whatever ids they happen to share.
+    out = tmp_path / "outputs"
+    _run(out, "a-first", list(REFS), "", 0)
+    _run(out, "b-second", list(REFS), "", 1)
+    report = _compare(tmp_path)
+    assert "b-second: no paired comparison:" in report and "no record of its test data" in report
+    assert "shared test clips" not in report
