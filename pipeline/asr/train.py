@@ -169,12 +169,15 @@ def set_up(
     if oversized and placement.is_main:
         print(f"[asr] warning: {oversized} training clip(s) are longer than max_batch_seconds={batch_seconds:g}; "
               "each goes in a batch of its own that exceeds the budget (raise asr.max_batch_seconds)", flush=True)
-    ddp_model = _wrap_ddp(model, acfg, placement)
+    if resume_from is not None:
+        _restart_epoch_if_batches_changed(state, placement, batch_seconds)
+    state["world_size"], state["max_batch_seconds"] = placement.world_size, batch_seconds
+    ddp_model = _wrap_ddp(model, placement)
     params, optimizer = _optimizer(acfg, model)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.precision == "fp16")
     if resume_from is not None:
         optimizer.load_state_dict(state.pop("optimizer"))
-        scaler.load_state_dict(state.pop("scaler"))
+        load_scaler(scaler, state.pop("scaler"))
     return TrainingRun(
         cfg=cfg, placement=placement, tracker=tracker, dataset_path=dataset_path, out_dir=run_dir / "asr",
         ckpt_root=ckpt_root, splits=splits, train_set=train_set, unalignable=unalignable,
@@ -187,6 +190,30 @@ def set_up(
         budget_s=float(acfg.max_train_minutes) * 60 if acfg.max_train_minutes is not None else math.inf,
         started=started,
     )
+
+
+def _restart_epoch_if_batches_changed(state: dict[str, Any], placement: Placement, batch_seconds: float) -> None:
+    """A resume replays its epoch's batches from the micro-batch it stopped at; those batches depend on
+    the processes sharing them and on the batch size (`auto` may pick another on another GPU).
+    Where either changed, the same position in another list of batches would play some clips twice
+    and skip others, so the epoch starts over, and the log says so."""
+    before = {"processes": state.get("world_size"), "asr.max_batch_seconds": state.get("max_batch_seconds")}
+    now = {"processes": placement.world_size, "asr.max_batch_seconds": batch_seconds}
+    changed = [f"{k} {before[k]:g} -> {now[k]:g}" for k in now if before[k] is not None and before[k] != now[k]]
+    if changed and state.get("micro"):
+        if placement.is_main:
+            print(f"[asr] warning: resuming with other batches than the checkpoint's ({', '.join(changed)}): "
+                  f"epoch {state['epoch']} starts over from its first batch", flush=True)
+        state["micro"] = 0
+
+
+def load_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any]) -> None:
+    """The loss scale of a checkpoint, where there is one to continue: a run in bf16 or fp32 saved a
+    disabled scaler's empty state, which an fp16 run (another GPU, `trainer.precision=fp16`) cannot
+    load; it starts from a fresh scale instead. An fp16 checkpoint's scale means nothing to a
+    run without loss scaling."""
+    if scaler.is_enabled() and saved:
+        scaler.load_state_dict(saved)
 
 
 def _warn_changed_settings(state: dict[str, Any], cfg: DictConfig) -> None:
@@ -458,15 +485,23 @@ def _fresh_state() -> dict[str, Any]:
     }
 
 
-def _wrap_ddp(model: torch.nn.Module, acfg: DictConfig, placement: Placement) -> torch.nn.Module:
+def _wrap_ddp(model: torch.nn.Module, placement: Placement) -> torch.nn.Module:
     if not placement.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    # Without time masking `masked_spec_embed` gets no gradient, and layerdrop skips whole layers.
-    unused = float(acfg.spec_augment.mask_time_prob) <= 0 or float(acfg.model_config.get("layerdrop", 0) or 0) > 0
     device_ids = [placement.device.index] if placement.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=has_unused_weights(model))
+
+
+def has_unused_weights(model: torch.nn.Module) -> bool:
+    """Whether some weights may get no gradient in a step, which DDP must then look for every step:
+    `masked_spec_embed` without time masking, and whole layers that LayerDrop skips. Read from the
+    built model: a pretrained checkpoint (asr=base, asr=large) brings its own LayerDrop, which
+    `asr.model_config` does not describe."""
+    config = model.config
+    no_time_masking = not getattr(config, "apply_spec_augment", True) or float(getattr(config, "mask_time_prob", 0) or 0) <= 0
+    return no_time_masking or float(getattr(config, "layerdrop", 0) or 0) > 0
 
 
 def clip_loader(

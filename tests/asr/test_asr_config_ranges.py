@@ -11,7 +11,7 @@ from asr_testkit import micro_cfg
 from pipeline.asr.checkpoints import checkpoint_steps
 from pipeline.asr.config import ASRConfig
 from pipeline.asr.model import build_model
-from pipeline.asr.train import run_asr_stage
+from pipeline.asr.train import has_unused_weights, load_scaler, run_asr_stage
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.config import checked
 from pipeline.runtime import PipelineError
@@ -59,6 +59,25 @@ def test_build_model_refuses_a_config_of_another_model_type(tmp_path: Path) -> N
         build_model(micro_cfg(f"asr.model_name_or_path={bert}").asr, processor)
 
 
+def test_ddp_looks_for_unused_weights_when_a_pretrained_checkpoint_brings_its_own_layerdrop(tmp_path: Path) -> None:
+    # asr.model_config (layerdrop 0 in every shipped config) describes only a model built from it; a
+    # checkpoint's own LayerDrop skips whole layers, and DDP told to expect every gradient fails on
+    # the first step that skips one.
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    processor = make_processor(build_vocab(["yes", "no"]), tmp_path / "proc", False)
+    small = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, conv_dim=[8, 8],
+                 conv_kernel=[10, 8], conv_stride=[5, 4], num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2)
+    for layerdrop, expected in ((0.1, True), (0.0, False)):
+        folder = tmp_path / f"pretrained-{layerdrop}"
+        Wav2Vec2ForCTC(Wav2Vec2Config(**small, layerdrop=layerdrop)).save_pretrained(folder)
+        cfg = micro_cfg(f"asr.model_name_or_path={folder}", "asr.model_config.layerdrop=0.0").asr
+        assert has_unused_weights(build_model(cfg, processor)) is expected
+    # Without time masking `masked_spec_embed` gets no gradient either.
+    no_masking = micro_cfg(f"asr.model_name_or_path={tmp_path / 'pretrained-0.0'}", "asr.spec_augment.mask_time_prob=0.0")
+    assert has_unused_weights(build_model(no_masking.asr, processor))
+
+
 def test_a_fresh_run_replaces_the_checkpoints_of_an_earlier_run_in_its_folder(
     tiny_dataset_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
 ) -> None:
@@ -92,3 +111,17 @@ def test_resuming_a_checkpoint_of_another_model_config_is_a_one_line_error(
     assert "resuming with seed=8 but the checkpoint was made with 7" in out
     assert "resuming with asr.max_steps=3 but the checkpoint was made with 2" in out
     assert "training clip(s) are longer than max_batch_seconds=0.5" in out
+
+
+def test_a_checkpoint_without_loss_scaling_resumes_in_fp16_and_the_other_way() -> None:
+    import torch
+
+    fp16 = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    saved_without = torch.amp.GradScaler("cpu", enabled=False).state_dict()  # bf16 / fp32 runs save {}
+    load_scaler(fp16, saved_without)  # torch itself raises: "The source state dict is empty"
+    assert fp16.get_scale() == 1024.0
+    load_scaler(fp16, torch.amp.GradScaler("cpu", enabled=True, init_scale=8.0).state_dict())
+    assert fp16.get_scale() == 8.0
+    off = torch.amp.GradScaler("cpu", enabled=False)
+    load_scaler(off, fp16.state_dict())
+    assert not off.is_enabled()

@@ -74,3 +74,21 @@ def test_loader_workers_train_exactly_like_the_training_process(tiny_dataset_pat
     workers = run_asr_stage(micro_cfg(*settings, "trainer.num_workers=2"), tmp_path / "workers", tiny_dataset_path, RecordingTracker())
     assert [h["val_loss"] for h in workers["history"]] == pytest.approx([h["val_loss"] for h in inline["history"]], rel=1e-5)
     assert workers["audio_hours_seen"] == pytest.approx(inline["audio_hours_seen"], rel=1e-9)
+
+
+def test_a_resume_with_other_batches_starts_its_epoch_over(
+    tiny_dataset_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+) -> None:
+    # Stopped two steps into an epoch with batches of 12 s; resumed with 6 s batches (as `auto` may
+    # choose on another GPU), the saved position would index another list of batches.
+    first = ("asr.max_steps=2", "asr.eval_every=2", "asr.max_batch_seconds=12", "asr.lm_order=null")
+    run_asr_stage(micro_cfg(*first), tmp_path, tiny_dataset_path, RecordingTracker())
+    capsys.readouterr()
+    resumed = ("asr.max_steps=4", "asr.eval_every=2", "asr.max_batch_seconds=6", "asr.lm_order=null", "asr.resume=auto")
+    run_asr_stage(micro_cfg(*resumed), tmp_path, tiny_dataset_path, RecordingTracker())
+    out = capsys.readouterr().out
+    assert "resuming with other batches than the checkpoint's (asr.max_batch_seconds 12 -> 6): epoch 0 starts over" in out
+    # The same batches again: no warning.
+    again = ("asr.max_steps=6", "asr.eval_every=2", "asr.max_batch_seconds=6", "asr.lm_order=null", "asr.resume=auto")
+    run_asr_stage(micro_cfg(*again), tmp_path, tiny_dataset_path, RecordingTracker())
+    assert "other batches" not in capsys.readouterr().out
