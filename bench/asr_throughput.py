@@ -200,6 +200,7 @@ def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
     from pipeline.asr.sampler import epoch_batches, eval_batches
     from pipeline.asr.train import clip_loader
     from pipeline.asr.vocab import build_vocab, make_processor
+    from pipeline.nlu.train import length_grouping
     from pipeline.runtime import seed_everything
 
     cfg = bench_cfg(args, args.steps)
@@ -235,9 +236,7 @@ def run_baseline(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
         seed_everything(args.seed)
         model = build_model(acfg, processor)
-        # transformers >= 5.1 spells group_by_length as a sampling strategy; older releases as a flag.
-        grouping = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__
-                    else {"group_by_length": True})
+        grouping = length_grouping(True)
         training_args = TrainingArguments(
             output_dir=str(Path(tmp) / "out"), per_device_train_batch_size=batch_size, **grouping,
             length_column_name="input_length", max_steps=args.steps, learning_rate=float(acfg.learning_rate),

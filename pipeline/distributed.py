@@ -55,6 +55,14 @@ def resolve_device(trainer_cfg: Any) -> tuple[torch.device, str]:
     `auto` resolved for this machine; under torchrun each process takes its LOCAL_RANK's GPU."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(str(trainer_cfg.device), "trainer.device")
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.index is not None:
+            raise PipelineError(f"trainer.device={trainer_cfg.device} under torchrun would put every process on one GPU; "
+                                "use trainer.device=cuda (or auto): each process takes its LOCAL_RANK's GPU")
+        if local_rank >= torch.cuda.device_count():
+            raise PipelineError(f"torchrun started process LOCAL_RANK={local_rank}, and this machine has "
+                                f"{torch.cuda.device_count()} GPU(s): start one process per GPU (make train-ddp "
+                                f"NPROC={torch.cuda.device_count()})")
     if device == torch.device("cuda"):
         device = torch.device(f"cuda:{local_rank}")
     precision = str(trainer_cfg.precision)
@@ -62,7 +70,9 @@ def resolve_device(trainer_cfg: Any) -> tuple[torch.device, str]:
         if device.type != "cuda":
             precision = "fp32"
         else:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            # Native bf16 from Ampere (compute capability 8) on; torch.cuda.is_bf16_supported() also
+            # says yes where bf16 is only emulated (V100, T4), far slower than fp16 with loss scaling.
+            precision = "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
     if precision not in ("fp32", "fp16", "bf16"):
         raise PipelineError(f"trainer.precision={precision}: use auto, fp32, fp16 or bf16")
     if precision == "fp16" and device.type != "cuda":
@@ -87,6 +97,12 @@ def place(trainer_cfg: Any) -> Placement:
             backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=float(trainer_cfg.ddp.timeout_minutes)))
     return Placement(device=device, precision=precision, rank=rank, world_size=world_size)
+
+
+def leave_group() -> None:
+    """Close the torchrun process group at the end of a run (NCCL warns at exit, and may hang, otherwise)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def all_agree(flag: bool, placement: Placement) -> bool:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline import run_folder
 from pipeline.config import TrainerConfig, check_seed, check_top_level, checked, redact_hydra_record, redact_identifiers
-from pipeline.distributed import barrier, place, resolve_device
+from pipeline.distributed import barrier, leave_group, place, resolve_device
 from pipeline.runtime import PipelineError, configure_environment, requested_workers, seed_everything
 from pipeline.tracking import make_tracker
 
@@ -108,6 +108,8 @@ def _run(cfg: DictConfig, stages: list[str], run_dir: Path) -> dict[str, Any]:
             write_record(run_dir, record)
     finally:
         tracker.finish()
+        if placement is not None:
+            leave_group()
     return results
 
 

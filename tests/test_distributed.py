@@ -55,3 +55,26 @@ def test_eval_names_its_own_device_setting() -> None:
     assert pick_device("auto", "eval.device") == torch.device("cpu")
     with pytest.raises(PipelineError, match="eval.device=cuda:1 but no CUDA GPU is visible; use eval.device=cpu"):
         pick_device("cuda:1", "eval.device")
+
+
+def test_each_torchrun_process_takes_its_own_gpu_and_auto_precision_follows_its_hardware(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A machine of two GPUs as torch reports them (this one has none): a V100-class card (compute
+    # capability 7.0, bf16 only emulated) and an Ampere one.
+    capability = {0: (7, 0), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[torch.device(device).index])
+    cfg = OmegaConf.create({"device": "auto", "precision": "auto"})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert resolve_device(cfg) == (torch.device("cuda:0"), "fp16")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device(cfg) == (torch.device("cuda:1"), "bf16")
+    monkeypatch.setenv("LOCAL_RANK", "2")  # NPROC=3 on two GPUs
+    with pytest.raises(PipelineError, match=r"LOCAL_RANK=2, and this machine has 2 GPU\(s\).*NPROC=2"):
+        resolve_device(cfg)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(PipelineError, match=r"trainer.device=cuda:0 under torchrun would put every process on one GPU"):
+        resolve_device(OmegaConf.create({"device": "cuda:0", "precision": "auto"}))

@@ -435,6 +435,14 @@ def make_optimizer(model: torch.nn.Module, ncfg: NLUConfig) -> torch.optim.Optim
     )
 
 
+def length_grouping(enabled: bool) -> dict[str, Any]:
+    """Batches of similar length, as this transformers spells it: a sampling strategy in releases
+    from early 2026 on (5.x), the `group_by_length` flag before."""
+    if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__:
+        return {"train_sampling_strategy": "group_by_length" if enabled else "random"}
+    return {"group_by_length": enabled}
+
+
 def training_arguments(ncfg: NLUConfig, tcfg: TrainerConfig, seed: int, output_dir: Path, has_eval: bool,
                        unused_weights: bool = False) -> TrainingArguments:
     device, precision = resolve_device(tcfg)  # the ASR stage's rules: a setting that cannot work is refused
@@ -449,7 +457,7 @@ def training_arguments(ncfg: NLUConfig, tcfg: TrainerConfig, seed: int, output_d
         lr_scheduler_type="linear",
         warmup_steps=float(ncfg.warmup_ratio),
         max_grad_norm=1.0,
-        train_sampling_strategy="group_by_length" if ncfg.group_by_length else "random",
+        **length_grouping(bool(ncfg.group_by_length)),
         eval_strategy=strategy,
         save_strategy=strategy if has_eval else "epoch",
         save_total_limit=1,
