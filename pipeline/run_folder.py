@@ -66,6 +66,16 @@ def dataset_path(run_dir: Path) -> Path | None:
     return Path(value)
 
 
+def dataset_ids(run_dir: Path) -> set[str]:
+    """The utterance ids of every split of the dataset the run folder's build made (none without one)."""
+    from datasets import load_from_disk
+
+    path = dataset_path(run_dir)
+    if path is None:
+        return set()
+    return {u for split in load_from_disk(str(path)).values() for u in split["utterance_id"]}
+
+
 # --- A run folder being written ------------------------------------------------------------------
 # Held (shared: every torchrun rank) while stages write into a run folder: `make erase` refuses a run
 # built on an erased dataset while it is held, or the stages would write a model of deleted data

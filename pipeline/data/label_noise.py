@@ -49,9 +49,14 @@ def with_label_noise(annotations: Path, share: float, seed: int) -> Path:
     return noisy
 
 
-def copy_manifest(cfg: DictConfig, run_dir: Path) -> Path | None:
+def copy_manifest(cfg: DictConfig, run_dir: Path, kept: set[str]) -> Path | None:
     """Write `<run>/label_noise.jsonl` for a build whose demo (`data=demo`, or a `demo` entry of
-    `data.sources`, as in data=demo_speech) has label noise; None when none has."""
+    `data.sources`, as in data=demo_speech) has label noise; None when none has.
+
+    Only the lines of clips the dataset kept (`kept`: its utterance ids): the demo's manifest covers
+    its whole export, deleted and flagged clips included, whose ids and transcripts must not reach
+    the run folder. A manifest an earlier build left in the folder goes, so the review never scores
+    this dataset against another build's planted errors."""
     from pipeline.data.demo import ensure_demo_export
 
     data_cfg = cfg.get("data") or {}
@@ -66,10 +71,13 @@ def copy_manifest(cfg: DictConfig, run_dir: Path) -> Path | None:
         if not manifest.exists():
             raise PipelineError(f"{manifest} is missing beside {noisy}; delete {noisy} so the demo rebuilds both")
         lines.append(manifest.read_text(encoding="utf-8"))
-    if not lines:
-        return None
     target = Path(run_dir) / RUN_FILE
-    target.write_text("".join(lines), encoding="utf-8")
+    if not lines:
+        target.unlink(missing_ok=True)
+        return None
+    rows = [line for text in lines for line in text.splitlines(keepends=True)
+            if line.strip() and json.loads(line)["utterance_id"] in kept]
+    target.write_text("".join(rows), encoding="utf-8")
     return target
 
 

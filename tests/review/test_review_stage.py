@@ -325,25 +325,36 @@ def test_stages_review_in_a_new_folder_points_to_make_review_and_writes_nothing(
     assert not (run / "config.yaml").exists()
 
 
-def test_a_demo_build_with_label_noise_lists_the_planted_errors_in_the_run(tmp_path: Path) -> None:
+def test_a_demo_build_with_label_noise_lists_the_planted_errors_of_its_kept_clips_in_the_run(tmp_path: Path) -> None:
     from pipeline.data.label_noise import copy_manifest
 
     cfg = OmegaConf.create({"cache_dir": str(tmp_path / "cache"), "data": OmegaConf.load(REPO / "conf/data/demo.yaml")})
-    assert copy_manifest(cfg, tmp_path) is None  # label_noise 0: nothing planted, no file
+    assert copy_manifest(cfg, tmp_path, set()) is None  # label_noise 0: nothing planted, no file
     cfg.data.demo.max_utterances = 40
     cfg.data.demo.label_noise = 0.1
-    path = copy_manifest(cfg, tmp_path)
+    (tmp_path / "all").mkdir()
+    copy_manifest(cfg, tmp_path / "all", set())  # builds the noisy export
+    export = [json.loads(line) for line in (tmp_path / "cache").rglob("annotations.noise-0.1-0.jsonl").__next__().read_text().splitlines()]
+    # The build keeps some clips and quarantines others (deleted, flagged): only the kept ones' lines
+    # reach the run folder, since the manifest names a clip by its raw id and quotes its transcript.
+    ids = sorted(r["utterance_id"] for r in export)
+    kept = set(ids[: len(ids) // 2])
+    path = copy_manifest(cfg, tmp_path, kept)
     assert path == tmp_path / "label_noise.jsonl"
     planted = [json.loads(line) for line in path.read_text().splitlines()]
     assert planted and {p["kind"] for p in planted} <= {"transcript", "intent", "wake", "entities"}
-    export = [json.loads(line) for line in (tmp_path / "cache").rglob("annotations.noise-0.1-0.jsonl").__next__().read_text().splitlines()]
-    assert {p["utterance_id"] for p in planted} <= {r["utterance_id"] for r in export}
+    assert {p["utterance_id"] for p in planted} <= kept
+    everything = [json.loads(line) for line in copy_manifest(cfg, tmp_path / "all", set(ids)).read_text().splitlines()]
+    assert len(everything) > len(planted)
     # The demo as one of several sources (data=demo_speech): its planted errors were never listed.
     several = OmegaConf.create({"cache_dir": cfg.cache_dir, "data": {"source": "sources", "sources": [
         {"source": "jsonl", "name": "b7", "path": "/exports/b7/annotations.jsonl"},
         {"source": "demo", "name": "demo", "demo": cfg.data.demo}]}})
     (tmp_path / "several").mkdir()
-    assert copy_manifest(several, tmp_path / "several").read_text() == path.read_text()
+    assert copy_manifest(several, tmp_path / "several", kept).read_text() == path.read_text()
+    # Rebuilt in the same folder without label noise: the earlier build's manifest goes.
+    cfg.data.demo.label_noise = 0
+    assert copy_manifest(cfg, tmp_path, kept) is None and not path.exists()
 
 
 def test_each_tempo_reads_its_own_audio_in_any_order(tiny_models: Path, tiny_dataset_path: Path) -> None:
