@@ -52,7 +52,7 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 # Bump whenever the same inputs would now give a different dataset, so stale caches are not reused.
-CODE_VERSION = 10  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
+CODE_VERSION = 11  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
                   # 4: `copy_of` is a dataset column, so erasure finds a copy whose original is not in the dataset;
                   # 5: records a source keeps out (held-out keyword clips) are quarantined, not skipped;
                   # 6: an utterance id that contains the record's account, device or annotator id is stored as its pseudonym;
@@ -66,6 +66,9 @@ CODE_VERSION = 10  # 3: `copy_of` deletes a copy with its original, `train_only`
                   # 10: an utterance id equal to the record's serial, annotator or given account, or holding
                   #    an id written as a number or in a list, is stored as its pseudonym; quarantine details
                   #    quoting a raw id (an escaped path, an entity, a schema error) show its pseudonym
+                  # 11: an hf row without an id column is named by its stored file name or audio hash, not its
+                  #    row; metadata.csv ids and transcripts are read as written; a repeated id shows the
+                  #    first record's pseudonym; a NeMo path outside data.audio_dir is an invalid record
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
@@ -209,7 +212,7 @@ def _metadata_pass(sources: list[Source], deletions: Deletions, key: bytes, sett
     """Check everything that needs no audio; deletion matching comes first, before any id is echoed.
     utterance_ids are unique across all sources."""
     plan = Plan([], [], 0)
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # utterance id -> the id its quarantine and dataset lines show
     for index, source in enumerate(sources):
         before = plan.records_in
         for raw in source.records:
@@ -224,7 +227,7 @@ def _metadata_pass(sources: list[Source], deletions: Deletions, key: bytes, sett
 
 
 def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletions, key: bytes, settings: Settings,
-                  seen: set[str], plan: Plan) -> dict[str, Any] | tuple[dict[str, Any]]:
+                  seen: dict[str, str], plan: Plan) -> dict[str, Any] | tuple[dict[str, Any]]:
     """The dataset row of one record, or a 1-tuple holding its quarantine line."""
     data = raw.data
     at: dict[str, Any] = {"row": raw.row} if raw.row is not None else {}
@@ -248,8 +251,12 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         return ({**where, "reason": "invalid_record", "detail": "audio: field required"},)
     if record.utterance_id in seen:
         line = f"row {raw.row}" if at else f"{raw.file + ' ' if raw.file else ''}line {raw.line}"
-        return ({**where, "reason": "duplicate_id", "detail": f"{line} repeats an earlier utterance_id"},)
-    seen.add(record.utterance_id)
+        # The first record's identifiers may be what the id holds (its pseudonym was shown); this
+        # record's own identifiers differ, and would leave the id raw.
+        first = seen[record.utterance_id]
+        shown = {**where, "utterance_id": first} if first != record.utterance_id else where
+        return ({**shown, "reason": "duplicate_id", "detail": f"{line} repeats an earlier utterance_id"},)
+    seen[record.utterance_id] = where.get("utterance_id", record.utterance_id)
     # Compared as annotation tools write them ("Sensitive", " sensitive"): a flag must not be missed.
     wanted = {f.strip().casefold() for f in settings.quarantine_flags}
     flagged = sorted(f for f in record.flags if f.strip().casefold() in wanted)

@@ -107,8 +107,13 @@ class HFSource:
         from datasets import load_dataset
 
         try:
-            loaded = load_dataset(self.path, config_name, split=split, streaming=streaming, cache_dir=hf_cache)
+            features = csv_text_features(Path(self.path), _plain(data_cfg.columns)) if self.local else None
+            loaded = load_dataset(self.path, config_name, split=split, streaming=streaming, cache_dir=hf_cache,
+                                  **({"features": features} if features is not None else {}))
         except Exception as err:  # noqa: BLE001 - sorted into hub / local problems below
+            if split is not None and "Unknown split" in str(err):
+                raise PipelineError(f"data.split={split}: {str(err).strip().splitlines()[0]} (a '+' joins several; "
+                                    "null reads every split)") from None
             if self.local:
                 raise PipelineError(local_error(Path(self.path), err)) from None
             raise PipelineError(hub_error(self.path, err)) from None
@@ -192,6 +197,35 @@ def _as_text(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
+
+
+def csv_text_features(folder: Path, columns: dict[str, Any]) -> Any:
+    """The features of an audiofolder whose metadata.csv columns of ids and transcripts pandas would
+    read as numbers, with those columns as strings; None when nothing needs it.
+
+    pandas guesses each CSV column's type: speaker 0101 becomes 101 (a deletion request for "0101"
+    then matches nothing), and a column of 17-digit account numbers with one blank cell becomes
+    floats that merge two people (12345678901234567 and ...568 are the same float). Given features,
+    the loader reads those columns as text. A file pandas cannot read is left to the loader's error."""
+    files = sorted(folder.rglob("metadata.csv"))
+    if not files:
+        return None
+    import pandas as pd
+    import pyarrow as pa
+    from datasets import Audio, Features, Value
+
+    try:
+        frame = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+        inferred = Features.from_arrow_schema(pa.Schema.from_pandas(frame, preserve_index=False))
+    except Exception:  # noqa: BLE001 - the loader says what is wrong with the file
+        return None
+    text = {str(columns[f]) for f in TEXT_FIELDS if columns.get(f)} | set(TEXT_FIELDS)
+    text |= {alias for f in TEXT_FIELDS for alias in ALIASES.get(f, ())}
+    guessed = [c for c, f in inferred.items() if c in text and not (isinstance(f, Value) and "string" in f.dtype)]
+    if "file_name" not in inferred or not guessed:
+        return None
+    return Features({"audio": Audio(), **{c: Value("string") if c in guessed else f
+                                          for c, f in inferred.items() if c != "file_name"}})
 
 
 def _float_ids_as_text(dataset: Any, mapping: dict[str, str]) -> Any:

@@ -11,7 +11,7 @@ import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from omegaconf import DictConfig
@@ -78,6 +78,9 @@ def open_sources(data_cfg: DictConfig, data: DataConfig, cache_dir: Path) -> tup
                 ignored = [k for k in BUILD_KEYS if getattr(entry, k) is not None and getattr(entry, k) != getattr(data, k)]
                 if ignored:
                     log.warning("data.sources[%d]: %s hold for the whole build; set them on data.* instead", i, ignored)
+                if isinstance(entry.split, (dict, DictConfig)):  # the shares form, as conf/data/jsonl.yaml writes it
+                    log.warning("data.sources[%d].split is a share of accounts per split, which holds for the whole "
+                                "build and is ignored here; set data.split_shares instead", i)
             key = f"data.sources[{i}]" if in_list else "data"
             try:
                 source, dels = open_source(raw, entry, cache_dir, in_list=in_list, key=key)
@@ -264,6 +267,10 @@ def _nemo_source(data_cfg: SourceConfig, key: str = "data") -> Source:
                     audio = str(candidate.relative_to(resolved_root))
                 elif candidate.is_relative_to(root.absolute()):
                     audio = str(candidate.relative_to(root.absolute()))
+                else:  # the file's folder is not shown: it often carries a user's or device's name
+                    yield RawRecord(n, None, f"audio_filepath is an absolute path outside {key}.audio_dir={root} (file "
+                                             f"{candidate.name!r}); set {key}.audio_dir to a folder holding every clip")
+                    continue
             stem = Path(audio).with_suffix("").as_posix() if isinstance(audio, str) else None
             record = {k: v for k, v in obj.items() if k not in ("audio_filepath", "duration", "text")}
             record.update({"audio": audio, "transcript": obj.get("text")})
@@ -354,8 +361,11 @@ def _massive_source(data_cfg: SourceConfig, key: str = "data") -> Source:
 def hf_source(data_cfg: SourceConfig, cache_dir: Path, name: str, config_name: str | None) -> Source:
     """Any Hugging Face audio dataset (pipeline.data.hf); one record per row, the row index kept.
 
-    Without a mapped utterance_id, a clip is `<source name>/<file path without extension>` for an
-    audiofolder, else `<source name>/<row>`, so two sources' clips never collide."""
+    Without a mapped utterance_id, a clip is `<source name>/<file path without extension>`: its path
+    inside an audiofolder, or the file name the dataset stored with its audio bytes; a row whose audio
+    has no name is `<source name>/sha256:<16 hex>` of its bytes. Never the row number: a new split
+    or batch shifts the rows, and with them the ids, the splits and what a deletion request names.
+    The source name keeps two sources' clips apart."""
     from pipeline.data.hf import HFSource
 
     hf = HFSource(data_cfg, name, config_name, cache_dir)
@@ -369,10 +379,16 @@ def hf_source(data_cfg: SourceConfig, cache_dir: Path, name: str, config_name: s
                 continue
             if "utterance_id" not in record:
                 local = audio.get("path") if isinstance(audio, dict) and audio.get("bytes") is None else None
+                stored = audio.get("path") if isinstance(audio, dict) else None
                 if local and hf.root is not None and Path(local).is_relative_to(hf.root):
                     record["utterance_id"] = f"{name}/{Path(local).relative_to(hf.root).with_suffix('').as_posix()}"
+                elif stored and not Path(stored).is_absolute():
+                    record["utterance_id"] = f"{name}/{PurePosixPath(stored).with_suffix('').as_posix()}"
+                elif isinstance(audio, dict) and (audio.get("bytes") or stored):
+                    content = audio.get("bytes") or str(stored).encode()  # an absolute path elsewhere: by the path
+                    record["utterance_id"] = f"{name}/sha256:{hashlib.sha256(content).hexdigest()[:16]}"
                 else:
-                    record["utterance_id"] = f"{name}/{row}"
+                    record["utterance_id"] = f"{name}/{row}"  # no audio to name it by: quarantined as such
             made_up = () if "account_id" in record else ("account_id",)
             if made_up:
                 record["account_id"] = record["utterance_id"]

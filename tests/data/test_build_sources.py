@@ -114,7 +114,12 @@ def test_nemo_manifest_with_extra_fields(tmp_path: Path) -> None:
 
     report, quarantine = _build(tmp_path, source="nemo", path=str(manifest))
     assert report["records_kept"] == 2
-    assert {q["reason"] for q in quarantine} == {"path_outside_root", "invalid_record"}
+    # A path outside the audio folder names the setting that fixes it, and neither the folder (it often
+    # carries a user's name) nor an id made from it.
+    assert sorted((q["line"], q["reason"], q["detail"]) for q in quarantine) == [
+        (3, "invalid_record", f"audio_filepath is an absolute path outside data.audio_dir={root} (file 'elsewhere.wav'); "
+                              "set data.audio_dir to a folder holding every clip"),
+        (4, "invalid_record", "audio_filepath: missing or not a string")]
     dd = load_from_disk(report["dataset_path"])
     rows = {r["utterance_id"]: r for ds in dd.values() for r in ds}
     assert set(rows) == {"wavs/a", "wavs/b"}
@@ -352,3 +357,18 @@ def test_a_flag_is_quarantined_whatever_its_letter_case_or_spaces(tmp_path: Path
     report, quarantine = _build(tmp_path, source="jsonl", path=str(export / "annotations.jsonl"))
     assert sorted(q["utterance_id"] for q in quarantine if q["reason"] == "flagged") == ["u0", "u1", "u2"]
     assert report["records_kept"] == 1
+
+
+def test_a_sources_entry_that_sets_what_holds_for_the_whole_build_is_told_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # `split: {validation: .., test: ..}` is how conf/data/jsonl.yaml sets the shares; in an entry it
+    # was ignored without a word, and the build drew other shares than the user wrote.
+    entry = {"source": "massive_text", "train_path": str(FIXTURES / "en-US.train.jsonl"),
+             "dev_path": str(FIXTURES / "en-US.dev.jsonl"), "split": {"validation": 0.45, "test": 0.45},
+             "min_duration_s": 0.5}
+    with caplog.at_level("WARNING", logger="pipeline.data.sources"):
+        _build(tmp_path, sources=[entry], split_shares={"validation": 0.3, "test": 0.3}, split=None)
+    warned = [r.getMessage() for r in caplog.records if r.name == "pipeline.data.sources"]
+    assert any("data.sources[0].split is a share of accounts per split" in m and "data.split_shares" in m for m in warned)
+    assert any("data.sources[0]: ['min_duration_s'] hold for the whole build" in m for m in warned)

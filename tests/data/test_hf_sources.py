@@ -317,8 +317,60 @@ def test_csv_of_numeric_speaker_ids_with_a_blank_cell(tmp_path: Path) -> None:
     assert speakers[0] == speakers[1] and len(set(speakers[0].values())) == 2
 
 
+def test_csv_ids_are_read_as_written_not_as_numbers(tmp_path: Path) -> None:
+    """A metadata.csv of account numbers: "0101" stays "0101", so a deletion request written as the
+    export writes it finds the speaker, and two 17-digit numbers in a column with a blank cell stay two
+    people (as floats they are one number)."""
+    rows = [{"file_name": "audio/a.flac", "transcription": "zero", "speaker_id": "0101"},
+            {"file_name": "audio/b.flac", "transcription": "one", "speaker_id": "0101"},
+            {"file_name": "audio/c.flac", "transcription": "two", "speaker_id": "0102"},
+            {"file_name": "audio/d.flac", "transcription": "three", "speaker_id": "12345678901234567"},
+            {"file_name": "audio/e.flac", "transcription": "four", "speaker_id": "12345678901234568"},
+            {"file_name": "audio/f.flac", "transcription": "five", "speaker_id": ""}]
+    deletions = tmp_path / "deletions.jsonl"
+    deletions.write_text('{"account_id": "0101"}\n')
+    folder = audiofolder(tmp_path / "ids", rows, csv=True)
+    report, quarantine = build(tmp_path, source="hf", path=str(folder), deletions=str(deletions))
+    assert report["records_kept"] == 3
+    assert sorted(q["reason"] for q in quarantine) == ["deleted", "deleted", "invalid_record"]
+    kept = {r["text"]: r["speaker"] for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
+    assert sorted(kept) == ["four", "three", "two"] and len(set(kept.values())) == 3
+
+
+def test_a_new_split_of_a_saved_dataset_moves_no_earlier_clip_and_deletions_keep_their_clip(tmp_path: Path) -> None:
+    """A save_to_disk dataset without id or speaker columns: each clip is its own account, named by
+    the file name stored with its audio (or its bytes' hash), not by its row, which a split sorting
+    first would shift: ids, splits and the clip a deletion names would all move."""
+    features = Features({"audio": Audio(), "transcription": Value("string")})
+
+    def rows(prefix: str, count: int, named: bool = True) -> dict[str, list[Any]]:
+        return {"audio": [{"bytes": encoded(tone(0.5, 16000, 200 + 17 * i + len(prefix)), 16000),
+                           "path": f"{prefix}{i}.flac" if named else None} for i in range(count)],
+                "transcription": [f"{prefix} number {i}" for i in range(count)]}
+
+    first = {"train": Dataset.from_dict(rows("clip", 12), features=features)}
+    DatasetDict(first).save_to_disk(str(tmp_path / "v1"))
+    later = {"batch2": Dataset.from_dict(rows("new", 3), features=features),
+             "unnamed": Dataset.from_dict(rows("bare", 2, named=False), features=features), **first}
+    DatasetDict(later).save_to_disk(str(tmp_path / "v2"))
+    deletions = tmp_path / "deletions.jsonl"
+    deletions.write_text('{"utterance_id": "hf/clip2"}\n')
+    shares = {"validation": 0.3, "test": 0.3}
+    built = [build(tmp_path, run=v, source="hf", path=str(tmp_path / v), deletions=str(deletions), split_shares=shares)
+             for v in ("v1", "v2")]
+    splits = [{r["text"]: (name, r["utterance_id"]) for name, ds in load_from_disk(b["dataset_path"]).items() for r in ds}
+              for b, _ in built]
+    assert {t: splits[1][t] for t in splits[0]} == splits[0]
+    assert "clip number two" not in splits[1] and "new number two" in splits[1]  # (the text is normalised)
+    assert [q["reason"] for q in built[1][1]] == ["deleted"]
+    assert {splits[1][f"bare number {n}"][1][:10] for n in ("zero", "one")} == {"hf/sha256:"}
+
+
 def test_audiofolder_errors_name_the_real_cause(tmp_path: Path) -> None:
     folder = audiofolder(tmp_path / "outside", [{"file_name": "audio/a.flac", "transcription": "zero"}])
+    with pytest.raises(PipelineError, match=r'^data\.split=validation: Unknown split "validation"\. Should be one of '
+                                            r"\['train'\]\. \(a '\+' joins several; null reads every split\)$"):
+        build(tmp_path, source="hf", path=str(folder), split="validation", split_shares={"validation": 0.3, "test": 0.3})
     sf.write(tmp_path / "x.flac", tone(0.6, 8000), 8000)
     with open(folder / "metadata.jsonl", "a") as f:
         f.write(json.dumps({"file_name": "../x.flac", "transcription": "one"}) + "\n")

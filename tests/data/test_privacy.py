@@ -159,3 +159,19 @@ def test_no_raw_identifier_shows_through_an_id_equal_to_it_a_malformed_field_or_
         content = path.read_bytes()
         for value in raw:
             assert value.encode() not in content, f"{value!r} found in {path}"
+
+
+def test_a_repeated_id_that_holds_the_first_records_account_is_shown_as_its_pseudonym(tmp_path: Path) -> None:
+    """The first "call-JSMITH42-0001" holds its account and is stored as its pseudonym; a second record
+    under the same id (an export merging the account) does not hold its own account, and its
+    duplicate_id line showed the id raw. It shows the id as the first record's lines do."""
+    export = tmp_path / "export"
+    uid = "call-JSMITH42-0001"
+    write_export(export, [record(1, utterance_id=uid, audio=f"audio/{uid}.wav", account="JSMITH42"),
+                          record(2, utterance_id=uid, audio=f"audio/{uid}.wav", account="JSMITH42-merged"), record(3)])
+    report, quarantine = build(tmp_path, path=str(export / "annotations.jsonl"))
+    key = (tmp_path / "cache" / "pseudonym.key").read_bytes().strip()
+    assert [(q["utterance_id"], q["reason"]) for q in quarantine] == [(utterance_pseudonym(key, uid), "duplicate_id")]
+    written = b"".join(p.read_bytes() for d in (tmp_path / "run", Path(report["dataset_path"])) for p in d.rglob("*")
+                       if p.is_file())
+    assert b"JSMITH42" not in written
