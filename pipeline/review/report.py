@@ -24,9 +24,10 @@ START, END = "<!-- review:start -->", "<!-- review:end -->"
 def score_against_noise(run_dir: Path, queue: list[Suspect], summary: dict[str, Any],
                         scored_ids: dict[str, set[str]]) -> dict[str, Any]:
     """Per kind, with k the planted errors among the clips the kind scored: precision at k (the
-    share of the kind's first k lines that are planted errors) and recall within the kind's first
+    share of the kind's first k lines that are planted errors), recall within the kind's first
     `max_share` x clips lines, with the most that recall can be (those lines over k: with more
-    errors planted than the second pass has lines for, no ranking finds them all). For intents
+    errors planted than the second pass has lines for, no ranking finds them all), and recall within
+    the queue's first that many lines, which hold every kind: what the second pass really finds. For intents
     also cleanlab's `find_label_issues` on the same probabilities, the anchor. Empty when the run
     has no label_noise.jsonl."""
     path = Path(run_dir) / NOISE_FILE
@@ -50,6 +51,8 @@ def score_against_noise(run_dir: Path, queue: list[Suspect], summary: dict[str, 
             "precision_at_k": sum(u in truth for u in ranked[:k]) / k,
             "recall_at_max_share": sum(u in truth for u in ranked[:reviewed]) / k,
             "recall_ceiling": min(1.0, reviewed / k),
+            # What a second pass over max_share of the clips finds: the queue's first lines hold every kind.
+            "recall_in_queue": sum(s.kind == kind and s.utterance_id in truth for s in queue[:reviewed]) / k,
         }
     issues = (summary.get("cleanlab") or {}).get("find_label_issues")
     if "intent" in kinds and issues is not None:
@@ -69,7 +72,8 @@ def section_blocks(queue: list[Suspect], summary: dict[str, Any], scoring: dict[
     blocks.append(("p", (
         f"Every kept clip of every split ({summary['clips']} clips, {summary['accounts']} accounts) scored by the run's "
         f"models for four kinds of likely annotation error; review/queue.jsonl holds {len(queue)} lines, most suspicious "
-        f"first (score: the model's probability that the annotation is wrong). A second pass over "
+        f"first (score: for intent, wake and entities the model's probability that the annotation is wrong; for "
+        f"transcripts the clip's rank within its split, so the order across kinds is rough). A second pass over "
         f"{summary['max_share']:.0%} of the clips reads its first {reviewed} lines. Intent and entities are judged by "
         f"NLU heads refitted on the other {summary['folds'] - 1} of {summary['folds']} account folds.")))
     for note in summary["notes"]:
@@ -84,9 +88,10 @@ def section_blocks(queue: list[Suspect], summary: dict[str, Any], scoring: dict[
         blocks.append(("p", f"Scored against the annotation errors the demo planted ({scoring['file']}); k is the number "
                             "planted of each kind among the clips it scored."))
         rows = [[k, s["planted"], f"{s['precision_at_k']:.3f}", f"{s['recall_at_max_share']:.3f}",
-                 f"{s['recall_ceiling']:.3f}"] for k, s in scoring["kinds"].items()]
+                 f"{s['recall_ceiling']:.3f}", f"{s['recall_in_queue']:.3f}"] for k, s in scoring["kinds"].items()]
         blocks.append(("table", (["kind", "k", "precision at k", f"recall in the kind's first {reviewed} lines",
-                                  f"most it can be ({reviewed} lines / k)"], rows)))
+                                  f"most it can be ({reviewed} lines / k)", f"recall in the queue's first {reviewed} lines"],
+                                 rows)))
         anchor = scoring["kinds"].get("intent", {}).get("cleanlab_find_label_issues")
         if anchor:
             precision = "n/a" if anchor["precision"] is None else f"{anchor['precision']:.3f}"

@@ -129,7 +129,9 @@ def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, asr_dir: Path, splits: 
     ecfg = OmegaConf.select(cfg, "eval", default=None)
     word = normalize_text(str(OmegaConf.select(cfg, "eval.wake_word", default="") or ""))
     if ecfg is None or not word:
-        raise PipelineError("the wake kind needs eval.wake_word; add `- eval: default` to the defaults")
+        raise PipelineError("the review's wake kind needs eval.wake_word, which the run's config.yaml leaves empty; "
+                            "give the word the run's models were evaluated on: python -m pipeline.review <run> "
+                            "eval.wake_word=<word>")
     model, processor = load_asr(asr_dir, pick_device(rcfg.device, "review.device"))
     keyword = keyword_ids(processor, word, bool(ecfg.wake_word_boundary), asr_dir)
     tempos = [float(t) for t in rcfg.transcript_tempos]
@@ -185,4 +187,5 @@ def _log(cfg: DictConfig, tracker: Tracker, queue: list[Suspect], summary: dict[
     figures.update({f"review/{k}_seconds": v for k, v in summary["seconds"].items()})
     for kind, score in (scoring.get("kinds") or {}).items():
         figures[f"review/{kind}_precision_at_k"] = score["precision_at_k"]
+        figures[f"review/{kind}_recall_in_queue"] = score["recall_in_queue"]
     tracker.log_summary(figures)

@@ -1,8 +1,10 @@
 """One line of the review queue, and the ranking across kinds.
 
-Every kind scores a clip by the model's probability that the annotation is wrong (0 to 1; each
-kind's module says how), so lines of different kinds can be ranked in one queue: a person works
-down it, and with time for `review.max_share` of the clips, reviews its first lines.
+Every kind scores a clip from 0 to 1 by how likely its annotation is wrong, and lines of all kinds
+are ranked in one queue: a person works down it, and with time for `review.max_share` of the
+clips, reviews its first lines. Intent, wake and entities scores are the out-of-fold models'
+probabilities; the transcript score is the clip's rank within its split (pipeline.review.transcript),
+so the order across kinds is a rough one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class Suspect:
     kind: str
     annotated: Any
     model: Any
-    score: float  # the model's probability that the annotation is wrong, 0..1
+    score: float  # how likely the annotation is wrong, 0..1 (each kind's module says how)
     reason: str
 
     def as_dict(self) -> dict[str, Any]:

@@ -115,9 +115,14 @@ def test_transcript_scores_a_misheard_word_within_its_split() -> None:
     # Each is the most doubtful clip of its own split, whatever the other split's gaps.
     assert suspects["t1"].score == 1.0 and suspects["v0"].score == 1.0
     assert suspects["t1"].model == "alexa play jazz"
-    # An annotation the model finds likelier than its own reading (a negative gap) is not said to cost more.
-    negative = transcript_suspects(rows[:2], [[0.0, -0.2]], [alternatives[:2]])
-    assert [s.reason.split(":")[0] for s in negative] == ["the model reads it otherwise but finds the annotated text as likely"]
+    # An annotation the model finds at least as likely as its own reading (the CTC sum over alignments
+    # can beat the single best path) has nothing against it: no line, however it ranks in its split.
+    assert transcript_suspects(rows[:2], [[0.0, -0.2]], [alternatives[:2]]) == []
+    assert transcript_suspects(rows[:3], [[0.5, 0.0, 0.1]], [["alexa play", *alternatives[1:3]]])[0].model == "alexa play"
+    # A clip in which the model hears nothing is not advised to read "".
+    silent = transcript_suspects(rows[:2], [[0.0, 0.9]], [["alexa play jazz", ""]])
+    assert [s.reason.split(": ", 1)[1] for s in silent] == [
+        "the model hears no words in it: listen for speech, and correct or flag the clip"]
 
 
 def test_transcript_reads_every_tempo_and_quotes_the_one_most_in_doubt() -> None:

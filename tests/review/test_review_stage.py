@@ -122,6 +122,10 @@ def test_planted_errors_are_scored_in_the_report(tiny_models: Path, tiny_dataset
     assert scoring["kinds"]["intent"]["recall_ceiling"] == 0.5  # one line for two planted errors
     assert set(scoring["kinds"]["intent"]["cleanlab_find_label_issues"]) == {"flagged", "precision", "precision_at_k"}
     assert tracker.summary["review/intent_precision_at_k"] == 0.5
+    # What a second pass over the budget really reads: the queue's first line, of whatever kind.
+    first = json.loads((run / "review" / "queue.jsonl").read_text().splitlines()[0])
+    found = float(first["kind"] == "intent" and first["utterance_id"] == intents[0]) / 2
+    assert scoring["kinds"]["intent"]["recall_in_queue"] == found == tracker.summary["review/intent_recall_in_queue"]
     assert "precision at k" in (run / "report.md").read_text() and "most it can be (1 lines / k)" in (run / "report.md").read_text()
 
 
@@ -196,6 +200,8 @@ def test_make_review_gives_a_setting_the_runs_config_lacks_its_default(tiny_mode
     pytest.param("no-such-run", [], r"<run>: not a finished run folder", id="not-a-run-folder"),
     pytest.param("run", ["seed=x"], r"^error: seed='x': give a whole number", id="seed-not-a-number"),
     pytest.param("dataset", [], r"^error: <run> is a built dataset, not a run folder", id="a-dataset-folder"),
+    pytest.param("run", ["eval.wake_word="], r"^error: the review's wake kind needs eval\.wake_word, which the run's "
+                 r"config\.yaml leaves empty; .* eval\.wake_word=<word>$", id="empty-wake-word"),
 ])
 def test_make_review_refuses_in_one_line_naming_the_setting_or_folder(
     folder: str, args: list[str], error: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
@@ -235,6 +241,22 @@ def test_make_review_names_a_broken_run_file(name: str, content: str, error: str
     error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert exit_info.value.code == 2 and len(error_lines) == 1
     assert re.search(error.replace("<run>", re.escape(str(run.resolve()))), error_lines[0]), error_lines[0]
+
+
+@pytest.mark.parametrize("content", ["not json", "{}"])
+def test_make_review_names_a_broken_nlu_folder(content: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.review.__main__ import main
+
+    run = finished_run(tmp_path, tiny_models, tiny_dataset_path)
+    (run / "nlu" / "config.json").unlink()  # a copy of the tiny models' folder, not a link to it
+    (run / "nlu" / "config.json").write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run)])
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2 and len(error_lines) == 1
+    assert error_lines[0].startswith(f"error: {run.resolve() / 'nlu'}: its config or tokenizer does not load (")
+    assert error_lines[0].endswith("re-run the `nlu` stage (stages=[nlu]) to write the folder again")
 
 
 @pytest.mark.parametrize(("dataset", "error"), [
