@@ -87,7 +87,7 @@ def speed(steps: int, overrides: list[str]) -> None:
                               TrainingArguments)
 
     from pipeline.config import TrainerConfig, checked
-    from pipeline.nlu.config import NLUConfig
+    from pipeline.nlu.config import HeadConfig, NLUConfig
     from pipeline.nlu.model import NLUModel, build_model, load_tokenizer
     from pipeline.nlu.train import (DataCollatorForTokenClassification, label_maps, make_optimizer,
                                     resolve_backbone, to_features, training_arguments, training_rows)
@@ -100,8 +100,7 @@ def speed(steps: int, overrides: list[str]) -> None:
     rows = training_rows(splits["train"], "skip")
     intents, tags = label_maps(rows)
     backbone = resolve_backbone(str(cfg.nlu.model_name_or_path), cfg.nlu.model_sha256)
-    head = {**cfg.nlu.head, "max_length": cfg.nlu.max_length}
-    model = build_model(backbone, intents, tags, head)
+    model = build_model(backbone, intents, tags, HeadConfig(**cfg.nlu.head), int(cfg.nlu.max_length))
     tokenizer = load_tokenizer(backbone, model.config)
     train = to_features(rows, tokenizer, intents, tags, int(cfg.nlu.max_length))
     out = ROOT / "outputs" / "nlu_bench" / "speed"

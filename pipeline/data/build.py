@@ -240,7 +240,8 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
     where: dict[str, Any] = ({"utterance_id": dataset_utterance_id(key, uid, carried)} if isinstance(uid, str) and uid
                              else ({} if at else {"line": raw.line}))
     where.update(at)
-    if deletions.matches(key, data):
+    old_ids = [{"utterance_id": a, **({"account_id": a} if "account_id" in raw.made_up else {})} for a in raw.aliases]
+    if deletions.matches(key, data) or any(deletions.matches(key, old) for old in old_ids):
         anon = {"utterance_id": utterance_pseudonym(key, uid), **at} if "utterance_id" in where else where
         return ({**anon, "reason": "deleted", "detail": "matched a deletion request"},)
     try:

@@ -200,8 +200,8 @@ def _as_text(value: Any) -> Any:
 
 
 def csv_text_features(folder: Path, columns: dict[str, Any]) -> Any:
-    """The features of an audiofolder whose metadata.csv columns of ids and transcripts pandas would
-    read as numbers, with those columns as strings; None when nothing needs it.
+    """The features of an audiofolder with metadata.csv, its columns of ids and transcripts as strings
+    (None without such a file or columns).
 
     pandas guesses each CSV column's type: speaker 0101 becomes 101 (a deletion request for "0101"
     then matches nothing), and a column of 17-digit account numbers with one blank cell becomes
@@ -214,17 +214,16 @@ def csv_text_features(folder: Path, columns: dict[str, Any]) -> Any:
     import pyarrow as pa
     from datasets import Audio, Features, Value
 
-    try:
-        frame = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
-        inferred = Features.from_arrow_schema(pa.Schema.from_pandas(frame, preserve_index=False))
-    except Exception:  # noqa: BLE001 - the loader says what is wrong with the file
-        return None
     text = {str(columns[f]) for f in TEXT_FIELDS if columns.get(f)} | set(TEXT_FIELDS)
     text |= {alias for f in TEXT_FIELDS for alias in ALIASES.get(f, ())}
-    guessed = [c for c, f in inferred.items() if c in text and not (isinstance(f, Value) and "string" in f.dtype)]
-    if "file_name" not in inferred or not guessed:
+    try:
+        frames = [pd.read_csv(f, dtype={c: str for c in text}) for f in files]
+        inferred = Features.from_arrow_schema(pa.Schema.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False))
+    except Exception:  # noqa: BLE001 - the loader says what is wrong with the file
         return None
-    return Features({"audio": Audio(), **{c: Value("string") if c in guessed else f
+    if "file_name" not in inferred or not text & set(inferred):
+        return None
+    return Features({"audio": Audio(), **{c: Value("string") if c in text else f
                                           for c, f in inferred.items() if c != "file_name"}})
 
 

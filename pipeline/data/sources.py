@@ -11,7 +11,7 @@ import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -38,6 +38,9 @@ class RawRecord:
     # Identifier fields the reader made up from the utterance id or its file name (a clip as its own
     # account, SLURP's take): they hide nothing the id does not show (privacy.dataset_utterance_id).
     made_up: tuple[str, ...] = ()
+    # Ids earlier code versions gave the record (an hf row's number, before build code version 11):
+    # deletion requests and tombstones written against them must still find it.
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass
@@ -267,17 +270,19 @@ def _nemo_source(data_cfg: SourceConfig, key: str = "data") -> Source:
                     audio = str(candidate.relative_to(resolved_root))
                 elif candidate.is_relative_to(root.absolute()):
                     audio = str(candidate.relative_to(root.absolute()))
-                else:  # the file's folder is not shown: it often carries a user's or device's name
-                    yield RawRecord(n, None, f"audio_filepath is an absolute path outside {key}.audio_dir={root} (file "
-                                             f"{candidate.name!r}); set {key}.audio_dir to a folder holding every clip")
-                    continue
-            stem = Path(audio).with_suffix("").as_posix() if isinstance(audio, str) else None
+            outside = isinstance(audio, str) and Path(audio).is_absolute()
+            # A file outside the audio folder is named by its name alone: its folders often carry a user's
+            # name. Still a record, so a deletion request finds it first and its ids are redacted.
+            stem = (Path(audio).stem if outside else Path(audio).with_suffix("").as_posix()) if isinstance(audio, str) else None
             record = {k: v for k, v in obj.items() if k not in ("audio_filepath", "duration", "text")}
             record.update({"audio": audio, "transcript": obj.get("text")})
             record.setdefault("utterance_id", _id_text(obj.get("id")) or stem)
             made_up = () if "account_id" in record or _id_text(obj.get("speaker")) else ("account_id",)
             record.setdefault("account_id", _id_text(obj.get("speaker")) or stem)
-            yield RawRecord(n, record, made_up=made_up)
+            excluded = (("path_outside_root", f"audio_filepath is an absolute path outside {key}.audio_dir={root} (file "
+                                              f"{Path(audio).name!r}); set {key}.audio_dir to a folder holding every clip")
+                        if outside else None)
+            yield RawRecord(n, record, made_up=made_up, excluded=excluded)
 
     return Source("nemo", root, [path], records())
 
@@ -361,11 +366,13 @@ def _massive_source(data_cfg: SourceConfig, key: str = "data") -> Source:
 def hf_source(data_cfg: SourceConfig, cache_dir: Path, name: str, config_name: str | None) -> Source:
     """Any Hugging Face audio dataset (pipeline.data.hf); one record per row, the row index kept.
 
-    Without a mapped utterance_id, a clip is `<source name>/<file path without extension>`: its path
-    inside an audiofolder, or the file name the dataset stored with its audio bytes; a row whose audio
-    has no name is `<source name>/sha256:<16 hex>` of its bytes. Never the row number: a new split
-    or batch shifts the rows, and with them the ids, the splits and what a deletion request names.
-    The source name keeps two sources' clips apart."""
+    Without a mapped utterance_id, a clip is `<source name>/<file path without extension>` for an
+    audiofolder, else `<source name>/sha256:<16 hex>` of its audio bytes (or of its stored path, where
+    the dataset keeps only that). Never the row number: a new split or batch shifts the rows, and with
+    them the ids, the splits and what a deletion request names. Not the file name the dataset stored
+    with the bytes either: `datasets` keeps only its last part, which repeats across a corpus's
+    folders and splits, and often names the speaker. The source name keeps two sources' clips apart;
+    the row's old id stays an alias for deletions (RawRecord.aliases)."""
     from pipeline.data.hf import HFSource
 
     hf = HFSource(data_cfg, name, config_name, cache_dir)
@@ -379,20 +386,21 @@ def hf_source(data_cfg: SourceConfig, cache_dir: Path, name: str, config_name: s
                 continue
             if "utterance_id" not in record:
                 local = audio.get("path") if isinstance(audio, dict) and audio.get("bytes") is None else None
-                stored = audio.get("path") if isinstance(audio, dict) else None
+                content = audio.get("bytes") or str(audio.get("path") or "").encode() if isinstance(audio, dict) else b""
+                aliases: tuple[str, ...] = ()
                 if local and hf.root is not None and Path(local).is_relative_to(hf.root):
                     record["utterance_id"] = f"{name}/{Path(local).relative_to(hf.root).with_suffix('').as_posix()}"
-                elif stored and not Path(stored).is_absolute():
-                    record["utterance_id"] = f"{name}/{PurePosixPath(stored).with_suffix('').as_posix()}"
-                elif isinstance(audio, dict) and (audio.get("bytes") or stored):
-                    content = audio.get("bytes") or str(stored).encode()  # an absolute path elsewhere: by the path
+                elif content:
                     record["utterance_id"] = f"{name}/sha256:{hashlib.sha256(content).hexdigest()[:16]}"
+                    aliases = (f"{name}/{row}",)
                 else:
                     record["utterance_id"] = f"{name}/{row}"  # no audio to name it by: quarantined as such
+            else:
+                aliases = ()
             made_up = () if "account_id" in record else ("account_id",)
             if made_up:
                 record["account_id"] = record["utterance_id"]
-            yield RawRecord(row + 1, record, row=row, audio=audio, made_up=made_up)
+            yield RawRecord(row + 1, record, row=row, audio=audio, made_up=made_up, aliases=aliases)
 
     options = {"path": hf.path if not hf.local else "(local)", "config_name": config_name,
                "split": data_cfg.split, "columns": hf.mapping, "kind": hf.kind,

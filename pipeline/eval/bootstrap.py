@@ -82,6 +82,11 @@ class Metric:
     # The point value when the whole split gives the metric nothing to count (F1: as Counts.f1).
     empty: float = float("nan")
 
+    @property
+    def trials(self) -> tuple[str, ...]:
+        """The counts that say a clip counts towards the metric: a ratio's denominator, all of F1's."""
+        return self.counts[1:] if len(self.counts) == 2 else self.counts
+
 
 # Every headline metric that is an estimate from the test clips. eval/num_clips, eval/audio_hours
 # and eval/rtf describe the run itself and get no interval.
@@ -275,10 +280,19 @@ def intervals(
         return {key: None for key in _metric_samples(table, weights)}
     found = {key: _percentiles(values, confidence) for key, values in _metric_samples(table, weights).items()}
     for metric in METRICS:
+        if metric.key in found and len(_units_counted([table], metric)) < MIN_UNITS:
+            found[metric.key] = None  # e.g. every wake-word positive from one speaker: each draw has it or not
         ci = found.get(metric.key)
         if metric.share and ci is not None and ci[0] == ci[1]:
             found[metric.key] = _exact_share_interval(table, metric, confidence)
     return found
+
+
+def _units_counted(tables: Sequence[ClipTable], metric: Metric) -> set[str]:
+    """The speakers whose clips count towards `metric` in any of `tables` (a trial, an entity, a
+    second of negative audio): with fewer than MIN_UNITS, every draw repeats the same few."""
+    return {s for t in tables if all(n in t.counts for n in metric.trials)
+            for s, *values in zip(t.speakers, *(t.counts[n] for n in metric.trials)) if any(values)}
 
 
 def _exact_share_interval(table: ClipTable, metric: Metric, confidence: float) -> tuple[float, float] | None:
@@ -395,9 +409,11 @@ def paired_differences(
     base_point, other_point = point_values(base), point_values(other)
     base_samples, other_samples = _metric_samples(base, weights), _metric_samples(other, weights)
     differences = {}
+    counted = {m.key: len(_units_counted([base, other], m)) for m in METRICS}
     for key in base_samples.keys() & other_samples.keys():
         b, o = base_point[key], other_point[key]
-        ci = _percentiles(other_samples[key] - base_samples[key], confidence) if len(units) >= MIN_UNITS else None
+        enough = len(units) >= MIN_UNITS and counted.get(key, MIN_UNITS) >= MIN_UNITS
+        ci = _percentiles(other_samples[key] - base_samples[key], confidence) if enough else None
         differences[key] = Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key])
     ordered = {k: differences[k] for k in INTERVAL_KEYS if k in differences}
     return Paired(ordered, clips=len(base.speakers), speakers=len(units), samples=samples)

@@ -383,6 +383,10 @@ def background_wake(
                            f"under {'/, '.join(empty)}/); false accepts per hour come from the negative clips")
         return None, details
 
+    if not np.isfinite(val_positives).any():  # nothing to tune on: the test's positives must not stand in
+        _warn(details, f"split {splits[0]} has no wake-word positive to tune the threshold on; false accepts per "
+                       "hour come from the negative clips")
+        return None, details
     all_pos = np.concatenate([val_positives, test_positives])
     finite = all_pos[np.isfinite(all_pos)]
     floor = float(finite.min()) if finite.size else NEG_INF

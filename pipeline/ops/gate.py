@@ -129,7 +129,8 @@ def check_gate_paired(
                 why = "one recording: no interval"
             elif few:
                 why = ("one speaker: no interval" if paired.speakers < B.MIN_UNITS else
-                       "no interval: the metric is undefined on most resampled sets of speakers")
+                       "no interval: fewer than two speakers count towards the metric, or it is undefined on most "
+                       "resampled sets of speakers")
             point = check_gate(candidate, incumbent, {name: rule})[0]
             checks.append(GateCheck(**{**point.as_dict(), "policy": policy,
                                        "detail": point.detail + f" ({why}: judged on the point values)"}))

@@ -29,7 +29,7 @@ def transcript_suspects(rows: list[dict[str, Any]], gaps: Any, alternatives: Seq
     0.35 with the raw gap to 0.68, and to 0.83 with the two tempos.
 
     So this score is a rank within the split, not a calibrated probability as the other kinds'
-    are: about the top 2% of a split's disputed clips score 0.98 or more whatever the evidence, and
+    are: the disputed clips in the top 2% of their split score 0.98 or more whatever the evidence, and
     in the mixed queue this kind's lines come before others' of similar doubt.
     """
     gaps = np.atleast_2d(np.asarray(gaps, dtype=float))

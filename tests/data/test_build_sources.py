@@ -116,10 +116,10 @@ def test_nemo_manifest_with_extra_fields(tmp_path: Path) -> None:
     assert report["records_kept"] == 2
     # A path outside the audio folder names the setting that fixes it, and neither the folder (it often
     # carries a user's name) nor an id made from it.
-    assert sorted((q["line"], q["reason"], q["detail"]) for q in quarantine) == [
-        (3, "invalid_record", f"audio_filepath is an absolute path outside data.audio_dir={root} (file 'elsewhere.wav'); "
-                              "set data.audio_dir to a folder holding every clip"),
-        (4, "invalid_record", "audio_filepath: missing or not a string")]
+    assert sorted((q.get("utterance_id", ""), q["reason"], q["detail"]) for q in quarantine) == [
+        ("", "invalid_record", "audio_filepath: missing or not a string"),
+        ("elsewhere", "path_outside_root", f"audio_filepath is an absolute path outside data.audio_dir={root} (file "
+                                           "'elsewhere.wav'); set data.audio_dir to a folder holding every clip")]
     dd = load_from_disk(report["dataset_path"])
     rows = {r["utterance_id"]: r for ds in dd.values() for r in ds}
     assert set(rows) == {"wavs/a", "wavs/b"}
@@ -372,3 +372,26 @@ def test_a_sources_entry_that_sets_what_holds_for_the_whole_build_is_told_so(
     warned = [r.getMessage() for r in caplog.records if r.name == "pipeline.data.sources"]
     assert any("data.sources[0].split is a share of accounts per split" in m and "data.split_shares" in m for m in warned)
     assert any("data.sources[0]: ['min_duration_s'] hold for the whole build" in m for m in warned)
+
+
+def test_a_nemo_file_outside_the_audio_folder_is_still_deleted_first_and_shown_without_its_ids(tmp_path: Path) -> None:
+    # Files named after their speakers, in a folder named after a user: the deletion request finds the
+    # first before its path is judged; the second is quarantined with its speaker's pseudonym in its id
+    # and detail, and without its folders.
+    root = tmp_path / "corpus"
+    _tone(root / "a.wav")
+    for speaker in ("JSMITH42", "ZZTOP99"):
+        _tone(tmp_path / "home" / "jdoe" / f"{speaker}_0001.wav")
+    manifest = root / "manifest.json"
+    manifest.write_text("".join(json.dumps(e) + "\n" for e in [
+        {"audio_filepath": "a.wav", "duration": 1.0, "text": "hello there", "speaker": "OTHER-7"},
+        *({"audio_filepath": str(tmp_path / "home" / "jdoe" / f"{speaker}_0001.wav"), "duration": 1.0, "text": "hi",
+           "speaker": speaker} for speaker in ("JSMITH42", "ZZTOP99"))]))
+    deletions = tmp_path / "deletions.jsonl"
+    deletions.write_text('{"account_id": "JSMITH42"}\n')
+    report, quarantine = _build(tmp_path, source="nemo", path=str(manifest), deletions=str(deletions),
+                                split={"validation": 0.0, "test": 0.0})
+    assert sorted(q["reason"] for q in quarantine) == ["deleted", "path_outside_root"]
+    written = b"".join(p.read_bytes() for d in (tmp_path / "run", Path(report["dataset_path"])) for p in d.rglob("*")
+                       if p.is_file())
+    assert not [raw for raw in (b"JSMITH42", b"ZZTOP99", b"jdoe") if raw in written]

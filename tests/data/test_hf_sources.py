@@ -339,31 +339,50 @@ def test_csv_ids_are_read_as_written_not_as_numbers(tmp_path: Path) -> None:
 
 def test_a_new_split_of_a_saved_dataset_moves_no_earlier_clip_and_deletions_keep_their_clip(tmp_path: Path) -> None:
     """A save_to_disk dataset without id or speaker columns: each clip is its own account, named by
-    the file name stored with its audio (or its bytes' hash), not by its row, which a split sorting
-    first would shift: ids, splits and the clip a deletion names would all move."""
+    its audio's hash, not by its row, which a split sorting first would shift: ids, splits and the
+    clip a deletion names would all move. Nor by the file name stored with the bytes, which repeats
+    across splits (`datasets` keeps only its last part)."""
     features = Features({"audio": Audio(), "transcription": Value("string")})
 
-    def rows(prefix: str, count: int, named: bool = True) -> dict[str, list[Any]]:
-        return {"audio": [{"bytes": encoded(tone(0.5, 16000, 200 + 17 * i + len(prefix)), 16000),
-                           "path": f"{prefix}{i}.flac" if named else None} for i in range(count)],
+    def rows(prefix: str, count: int) -> dict[str, list[Any]]:
+        return {"audio": [{"bytes": encoded(tone(0.5, 16000, 200 + 17 * i + len(prefix)), 16000), "path": f"{i}.flac"}
+                          for i in range(count)],
                 "transcription": [f"{prefix} number {i}" for i in range(count)]}
 
     first = {"train": Dataset.from_dict(rows("clip", 12), features=features)}
     DatasetDict(first).save_to_disk(str(tmp_path / "v1"))
-    later = {"batch2": Dataset.from_dict(rows("new", 3), features=features),
-             "unnamed": Dataset.from_dict(rows("bare", 2, named=False), features=features), **first}
-    DatasetDict(later).save_to_disk(str(tmp_path / "v2"))
-    deletions = tmp_path / "deletions.jsonl"
-    deletions.write_text('{"utterance_id": "hf/clip2"}\n')
+    DatasetDict({"batch2": Dataset.from_dict(rows("new", 3), features=features), **first}).save_to_disk(str(tmp_path / "v2"))
     shares = {"validation": 0.3, "test": 0.3}
-    built = [build(tmp_path, run=v, source="hf", path=str(tmp_path / v), deletions=str(deletions), split_shares=shares)
-             for v in ("v1", "v2")]
+    built = [build(tmp_path, run=v, source="hf", path=str(tmp_path / v), split_shares=shares) for v in ("v1", "v2")]
     splits = [{r["text"]: (name, r["utterance_id"]) for name, ds in load_from_disk(b["dataset_path"]).items() for r in ds}
               for b, _ in built]
-    assert {t: splits[1][t] for t in splits[0]} == splits[0]
-    assert "clip number two" not in splits[1] and "new number two" in splits[1]  # (the text is normalised)
-    assert [q["reason"] for q in built[1][1]] == ["deleted"]
-    assert {splits[1][f"bare number {n}"][1][:10] for n in ("zero", "one")} == {"hf/sha256:"}
+    assert {t: splits[1][t] for t in splits[0]} == splits[0]  # (the text is normalised: "clip number two")
+    assert len(splits[1]) == 15 and built[1][1] == []  # "0.flac" in both splits: no clip is a duplicate
+    assert {i[:10] for _, i in splits[1].values()} == {"hf/sha256:"}
+    # A deletion request by the new id deletes that clip whatever its row.
+    deletions = tmp_path / "deletions.jsonl"
+    deletions.write_text(json.dumps({"utterance_id": splits[0]["clip number two"][1]}) + "\n")
+    again = build(tmp_path, run="v2-deleted", source="hf", path=str(tmp_path / "v2"), split_shares=shares,
+                  deletions=str(deletions))
+    kept = {r["text"] for ds in load_from_disk(again[0]["dataset_path"]).values() for r in ds}
+    assert "clip number two" not in kept and len(kept) == 14
+
+
+def test_a_deletion_request_written_against_an_old_row_id_still_deletes(tmp_path: Path) -> None:
+    """Before build code version 11 such a clip was `<source>/<row>`; requests and tombstones written
+    against those ids must not stop matching when the ids change (the row's clip is deleted: at worst
+    more than was asked, never less)."""
+    features = Features({"audio": Audio(), "transcription": Value("string")})
+    audio = [{"bytes": encoded(tone(0.5, 16000, 300 + 20 * i), 16000), "path": f"{i}.flac"} for i in range(6)]
+    Dataset.from_dict({"audio": audio, "transcription": [f"number {i}" for i in range(6)]}, features=features) \
+        .save_to_disk(str(tmp_path / "saved"))
+    deletions = tmp_path / "deletions.jsonl"
+    deletions.write_text('{"utterance_id": "hf/2"}\n{"account_id": "hf/4"}\n')
+    report, quarantine = build(tmp_path, source="hf", path=str(tmp_path / "saved"), deletions=str(deletions),
+                               split_shares={"validation": 0.2, "test": 0.2})
+    assert [q["reason"] for q in quarantine] == ["deleted", "deleted"]
+    kept = {r["text"] for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
+    assert kept == {"number zero", "number one", "number three", "number five"}
 
 
 def test_audiofolder_errors_name_the_real_cause(tmp_path: Path) -> None:

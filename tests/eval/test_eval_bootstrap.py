@@ -259,3 +259,26 @@ def test_a_share_of_zero_or_one_gets_the_exact_interval_over_speakers() -> None:
     # A share between 0 and 1 keeps its bootstrap interval.
     low, high = B.intervals(B.clip_table(_nlu_rows(20, 4, {}, {3, 7})), samples=500)["nlu/intent_accuracy"]
     assert low < 0.9 <= high and low > 0.5
+
+
+def test_a_metric_whose_trials_all_come_from_one_speaker_gets_no_interval_nor_paired_one() -> None:
+    # Ten speakers, wake-word positives only from s0: every draw has s0's clips or none, so the FRR
+    # and its paired difference would be a zero-width interval read as certainty.
+    def rows(missed: int) -> list[dict]:
+        out = []
+        for s in range(10):
+            for c in range(3):
+                positive = s == 0
+                row = {"utterance_id": f"s{s}-{c}", "speaker": f"s{s}", "edit": M.edit_counts("alexa", "alexa"),
+                       "wake_score": -3.0 if positive and c < missed else -1.0 if positive else -5.0,
+                       "wake_word_present": positive, "duration": 2.0}
+                row["counts"] = B.clip_counts(row, threshold=-2.0)
+                out.append(row)
+        return out
+
+    base, other = B.clip_table(rows(2)), B.clip_table(rows(1))
+    assert B.point_values(base)["wake/frr"] == pytest.approx(2 / 3)
+    assert B.intervals(base, samples=200)["wake/frr"] is None
+    assert B.intervals(base, samples=200)["asr/wer"] is not None  # every speaker has words
+    frr = B.paired_differences(base, other, samples=200).differences["wake/frr"]
+    assert frr.difference == pytest.approx(-1 / 3) and frr.ci_low is None and frr.verdict == "no interval"
