@@ -68,9 +68,12 @@ def model_reasons(asr_dir: Path | None, nlu_dir: Path | None) -> dict[str, str]:
 
 
 def label_reasons(split: str, with_intent: Sequence[Mapping[str, Any]], wake_skipped: str | None,
-                  have_asr: bool, have_nlu: bool) -> dict[str, str]:
-    """The metrics the labels rule out: no intent, no entity, no clip with or without the wake word."""
+                  have_asr: bool, have_nlu: bool, have_words: bool = True) -> dict[str, str]:
+    """The metrics the labels rule out: no transcript, no intent, no entity, no clip with or without
+    the wake word."""
     out: dict[str, str] = {}
+    if have_asr and not have_words:
+        out.update(dict.fromkeys((k for k in ASR_KEYS if k != "eval/rtf"), f"split {split!r} has no clip with a transcript"))
     if have_asr and wake_skipped:
         out.update(dict.fromkeys((*WAKE_KEYS, *BACKGROUND_KEYS), wake_skipped))
     if have_nlu:
@@ -117,7 +120,7 @@ def by_source(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], thr
         m: dict[str, float] = {"eval/num_clips": len(clips),
                                "eval/audio_hours": sum(float(r["duration"]) for r in clips) / 3600.0}
         refs = [r["reference"] for r in clips]
-        if "asr/wer" in metrics:
+        if "asr/wer" in metrics and M.has_words(refs):
             hyps, greedy = [r["hypothesis"] for r in clips], [r["greedy_hypothesis"] for r in clips]
             m.update({"asr/wer": M.wer(refs, hyps), "asr/cer": M.cer(refs, hyps),
                       "asr/wer_greedy": M.wer(refs, greedy), "asr/cer_greedy": M.cer(refs, greedy)})

@@ -20,14 +20,21 @@ Entity = dict[str, Any]  # {"type", "value", ...}: only type and value are score
 
 
 def wer(references: list[str], hypotheses: list[str]) -> float:
-    """Corpus WER: total word errors over total reference words (not a mean of per-clip WERs)."""
-    refs, hyps = _normalized_pairs(references, hypotheses)
-    return float(jiwer.wer(refs, hyps))
+    """Corpus WER: total word errors over total reference words (not a mean of per-clip WERs), as
+    sclite and jiwer count it: words heard on a clip with nothing to say (an empty reference: a
+    false wake, noise) are insertions too."""
+    totals = _totals(references, hypotheses)
+    return totals["word_errors"] / totals["ref_words"]
 
 
 def cer(references: list[str], hypotheses: list[str]) -> float:
-    refs, hyps = _normalized_pairs(references, hypotheses)
-    return float(jiwer.cer(refs, hyps))
+    totals = _totals(references, hypotheses)
+    return totals["char_errors"] / totals["ref_chars"]
+
+
+def has_words(references: Iterable[str]) -> bool:
+    """Whether any reference has a word to score a WER against (a corpus that labels only has none)."""
+    return any(normalize_text(r) for r in references)
 
 
 def utterance_wer(reference: str, hypothesis: str) -> float:
@@ -39,11 +46,12 @@ def edit_counts(reference: str, hypothesis: str) -> dict[str, int]:
 
     Summed over clips they give the corpus WER and CER exactly, which is what lets a bootstrap
     recompute both from resampled clips (Bisani & Ney 2004) without re-aligning any text.
-    A clip whose reference is empty after normalisation counts nothing, as in `wer`.
+    A clip whose reference is empty after normalisation has no reference words, and every word of
+    the hypothesis is an insertion.
     """
     ref, hyp = normalize_text(reference), normalize_text(hypothesis)
     if not ref:
-        return {"word_errors": 0, "ref_words": 0, "char_errors": 0, "ref_chars": 0}
+        return {"word_errors": len(hyp.split()), "ref_words": 0, "char_errors": len(hyp), "ref_chars": 0}
     words = jiwer.process_words(ref, hyp)
     chars = jiwer.process_characters(ref, hyp)
     return {
@@ -54,17 +62,17 @@ def edit_counts(reference: str, hypothesis: str) -> dict[str, int]:
     }
 
 
-def _normalized_pairs(references: list[str], hypotheses: list[str]) -> tuple[list[str], list[str]]:
+def _totals(references: list[str], hypotheses: list[str]) -> dict[str, int]:
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     if not references:
         raise ValueError("no utterances to score")
-    refs = [normalize_text(r) for r in references]
-    # jiwer refuses an empty reference; a clip with nothing to say cannot have a word error rate.
-    keep = [i for i, r in enumerate(refs) if r]
-    if not keep:
+    totals = Counter()
+    for ref, hyp in zip(references, hypotheses):
+        totals.update(edit_counts(ref, hyp))
+    if not totals["ref_words"]:
         raise ValueError("every reference is empty after normalisation")
-    return [refs[i] for i in keep], [normalize_text(hypotheses[i]) for i in keep]
+    return totals
 
 
 def wer_by_slice(
@@ -76,8 +84,8 @@ def wer_by_slice(
         groups[str(key)].append(i)
     out: dict[str, dict[str, float]] = {}
     for key in sorted(groups):
-        idx = [i for i in groups[key] if normalize_text(references[i])]
-        if idx:
+        idx = groups[key]
+        if has_words(references[i] for i in idx):
             out[key] = {
                 "wer": wer([references[i] for i in idx], [hypotheses[i] for i in idx]),
                 "clips": len(idx),

@@ -131,7 +131,8 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
                 row["slu_intent"], row["slu_entities"] = s["intent"], s["entities"]
     scoring = _scoring_gold(cfg, ecfg, with_intent) if with_intent else None
     not_computed = {**model_reasons(asr_dir, nlu_dir),
-                    **label_reasons(str(ecfg.split), with_intent, skipped, asr_dir is not None, nlu_dir is not None)}
+                    **label_reasons(str(ecfg.split), with_intent, skipped, asr_dir is not None, nlu_dir is not None,
+                                    M.has_words(r["reference"] for r in rows))}
     background = (tuning or {}).pop("background", None)
     if asr_dir is not None and not skipped and "threshold" not in (background or {}):
         not_computed.update(dict.fromkeys(BACKGROUND_KEYS, "no background recordings were streamed; false accepts "
@@ -207,7 +208,7 @@ def _asr_pass(
     for row, hyp, greedy, score in zip(rows, final_hyps, test_out.hypotheses, test_out.wake_scores):
         row["hypothesis"] = normalize_text(hyp)
         row["greedy_hypothesis"] = normalize_text(greedy)
-        row["wer"] = M.utterance_wer(row["reference"], hyp) if row["reference"] else None
+        row["wer"] = M.utterance_wer(row["reference"], hyp) if M.has_words([row["reference"]]) else None
         row["edit"] = M.edit_counts(row["reference"], hyp)
         row["wake_score"] = float(score) if spellable and math.isfinite(score) else None
         row["wake_detected"] = bool(wake is not None and score >= wake.threshold)
@@ -604,13 +605,16 @@ def _score(
     understanding = _score_understanding(with_intent, _slu_mode(ecfg)) if with_intent else (None,) * 5
     nlu_intent, nlu_ents, slu_intent, slu_ents, slu = understanding
     metrics: dict[str, Any] = {}
-    if have_asr:
+    if have_asr and M.has_words(refs):  # else left out: coverage.label_reasons says why
         metrics.update({
             "asr/wer": M.wer(refs, hyps),
             "asr/cer": M.cer(refs, hyps),
             # The acoustic model alone, to compare with runs or models decoded without the LM.
             "asr/wer_greedy": M.wer(refs, [r["greedy_hypothesis"] for r in rows]),
             "asr/cer_greedy": M.cer(refs, [r["greedy_hypothesis"] for r in rows]),
+        })
+    if have_asr:
+        metrics.update({
             "wake/frr": wake.frr if wake else None,
             "wake/fa_per_hour": wake.fa_per_hour if wake else None,
             "wake/auc": wake.auc if wake else None,

@@ -196,3 +196,22 @@ def test_slurp_mode_errors_name_the_setting_or_record(overrides: dict[str, str],
         OmegaConf.update(cfg, key, value.replace("<dir>", str(tmp_path)))
     with pytest.raises(PipelineError, match=error.replace("<dir>", re.escape(str(tmp_path)))):
         _scoring_gold(cfg, cfg.eval, rows)
+
+
+def test_words_heard_on_a_clip_with_nothing_to_say_are_errors_and_a_split_without_words_has_no_wer() -> None:
+    import jiwer
+
+    from pipeline.eval.coverage import by_source, label_reasons
+
+    refs, hyps = ["play jazz", ""], ["play jazz", "noise noise noise"]
+    # Three insertions over two reference words, as sclite and jiwer (4.x accepts an empty reference) count.
+    assert M.wer(refs, hyps) == 1.5 == pytest.approx(jiwer.wer(refs, hyps))
+    assert M.cer(refs, hyps) == pytest.approx(jiwer.cer(refs, hyps))
+    totals = [M.edit_counts(r, h) for r, h in zip(refs, hyps)]
+    assert sum(t["word_errors"] for t in totals) / sum(t["ref_words"] for t in totals) == M.wer(refs, hyps)
+    # A source (or split) of wake-word clips labelled without transcripts: its WER is left out, said why.
+    rows = [{"source": "labels", "reference": "", "hypothesis": "hey", "greedy_hypothesis": "hey", "duration": 1.0},
+            {"source": "demo", "reference": "play jazz", "hypothesis": "play jazz", "greedy_hypothesis": "play", "duration": 1.0}]
+    per_source = by_source(rows, {"asr/wer": 0.5}, None)
+    assert "asr/wer" not in per_source["labels"] and per_source["demo"]["asr/wer_greedy"] == 0.5
+    assert label_reasons("test", [], None, True, False, have_words=False)["asr/wer"] == "split 'test' has no clip with a transcript"
