@@ -165,6 +165,10 @@ def set_up(
     if acfg.skip_waveform_gradient:
         skip_waveform_gradient(model)
     batch_seconds = resolve_batch_seconds(acfg, model, placement, train_set.durations, len(processor.tokenizer))
+    if resume_from is not None and acfg.max_batch_seconds == "auto" and 0 < float(state.get("max_batch_seconds") or 0) <= batch_seconds:
+        # The probe measures free memory, so it rarely gives the same float twice: the checkpoint's
+        # size, which still fits, keeps the resumed epoch's batches those of the run it continues.
+        batch_seconds = float(state["max_batch_seconds"])
     oversized = clips_over_budget(train_set.durations, batch_seconds)
     if oversized and placement.is_main:
         print(f"[asr] warning: {oversized} training clip(s) are longer than max_batch_seconds={batch_seconds:g}; "

@@ -92,3 +92,8 @@ def test_a_resume_with_other_batches_starts_its_epoch_over(
     again = ("asr.max_steps=6", "asr.eval_every=2", "asr.max_batch_seconds=6", "asr.lm_order=null", "asr.resume=auto")
     run_asr_stage(micro_cfg(*again), tmp_path, tiny_dataset_path, RecordingTracker())
     assert "other batches" not in capsys.readouterr().out
+    # `auto` (here the CPU's fallback, 20 s) keeps the checkpoint's 6 s, which still fits: a memory
+    # probe rarely measures the same float twice, and every resume would start its epoch over.
+    auto = ("asr.max_steps=8", "asr.eval_every=2", "asr.max_batch_seconds=auto", "asr.lm_order=null", "asr.resume=auto")
+    resumed = run_asr_stage(micro_cfg(*auto), tmp_path, tiny_dataset_path, RecordingTracker())
+    assert "other batches" not in capsys.readouterr().out and resumed["max_batch_seconds"] == 6
