@@ -165,10 +165,14 @@ def set_up(
     if acfg.skip_waveform_gradient:
         skip_waveform_gradient(model)
     batch_seconds = resolve_batch_seconds(acfg, model, placement, train_set.durations, len(processor.tokenizer))
-    if resume_from is not None and acfg.max_batch_seconds == "auto" and 0 < float(state.get("max_batch_seconds") or 0) <= batch_seconds:
+    saved = float(state.get("max_batch_seconds") or 0) if resume_from is not None else 0.0
+    if acfg.max_batch_seconds == "auto" and 0 < saved <= batch_seconds * (1 + float(acfg.auto_batch.margin) / 2):
         # The probe measures free memory, so it rarely gives the same float twice: the checkpoint's
-        # size, which still fits, keeps the resumed epoch's batches those of the run it continues.
-        batch_seconds = float(state["max_batch_seconds"])
+        # size (within half the memory margin of what the probe found) keeps the resumed epoch's
+        # batches those of the run it continues.
+        batch_seconds = saved
+        if placement.is_main:
+            print(f"[asr] max_batch_seconds=auto: resuming with the checkpoint's {saved:g} s per batch", flush=True)
     oversized = clips_over_budget(train_set.durations, batch_seconds)
     if oversized and placement.is_main:
         print(f"[asr] warning: {oversized} training clip(s) are longer than max_batch_seconds={batch_seconds:g}; "

@@ -66,9 +66,10 @@ CODE_VERSION = 11  # 3: `copy_of` deletes a copy with its original, `train_only`
                   # 10: an utterance id equal to the record's serial, annotator or given account, or holding
                   #    an id written as a number or in a list, is stored as its pseudonym; quarantine details
                   #    quoting a raw id (an escaped path, an entity, a schema error) show its pseudonym
-                  # 11: an hf row without an id column is named by its stored file name or audio hash, not its
-                  #    row; metadata.csv ids and transcripts are read as written; a repeated id shows the
-                  #    first record's pseudonym; a NeMo path outside data.audio_dir is an invalid record
+                  # 11: an hf row without an id column is named by its audio's hash, not its row (kept as an
+                  #    alias for deletions); metadata.csv ids and transcripts are read as written; a repeated id
+                  #    shows the first record's pseudonym; a NeMo path outside data.audio_dir is quarantined
+                  #    after the deletion check, as path_outside_root
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
@@ -257,7 +258,8 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         first = seen[record.utterance_id]
         shown = {**where, "utterance_id": first} if first != record.utterance_id else where
         return ({**shown, "reason": "duplicate_id", "detail": f"{line} repeats an earlier utterance_id"},)
-    seen[record.utterance_id] = where.get("utterance_id", record.utterance_id)
+    if raw.excluded is None:  # a record its source keeps out (a file outside the audio folder) claims no id
+        seen[record.utterance_id] = where.get("utterance_id", record.utterance_id)
     # Compared as annotation tools write them ("Sensitive", " sensitive"): a flag must not be missed.
     wanted = {f.strip().casefold() for f in settings.quarantine_flags}
     flagged = sorted(f for f in record.flags if f.strip().casefold() in wanted)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,7 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
                         excluded = ("heard_in_training", "a training speaker's clip (or a training clip): "
                                     "the wake-word test scores only people the model never heard")
                     record["wake_word_present"] = False
-            yield RawRecord(raw.line, record, split=split, row=raw.row, audio=raw.audio, excluded=excluded,
-                            made_up=raw.made_up)
+            yield replace(raw, data=record, split=split, excluded=excluded)
 
     inner.records = records()
     inner.options = {**inner.options, "speech": {"role": role, "keywords": sorted(keywords), "keyword_column": keyword_column,

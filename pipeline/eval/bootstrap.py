@@ -279,6 +279,8 @@ def intervals(
     if len(units) < MIN_UNITS:
         return {key: None for key in _metric_samples(table, weights)}
     found = {key: _percentiles(values, confidence) for key, values in _metric_samples(table, weights).items()}
+    if not _ranking_units([table]):
+        found.update({key: None for key in RANKING_METRICS if key in found})
     for metric in METRICS:
         if metric.key in found and len(_units_counted([table], metric)) < MIN_UNITS:
             found[metric.key] = None  # e.g. every wake-word positive from one speaker: each draw has it or not
@@ -293,6 +295,18 @@ def _units_counted(tables: Sequence[ClipTable], metric: Metric) -> set[str]:
     second of negative audio): with fewer than MIN_UNITS, every draw repeats the same few."""
     return {s for t in tables if all(n in t.counts for n in metric.trials)
             for s, *values in zip(t.speakers, *(t.counts[n] for n in metric.trials)) if any(values)}
+
+
+def _ranking_units(tables: Sequence[ClipTable]) -> bool:
+    """Whether AUC and EER can vary from draw to draw: two or more speakers with wake-word positives,
+    and two or more with negatives."""
+    for t in tables:
+        if t.wake_labels is None:
+            continue
+        speakers = np.array(t.speakers)
+        if min(len(set(speakers[t.wake_labels])), len(set(speakers[~t.wake_labels]))) < MIN_UNITS:
+            return False
+    return True
 
 
 def _exact_share_interval(table: ClipTable, metric: Metric, confidence: float) -> tuple[float, float] | None:
@@ -410,6 +424,7 @@ def paired_differences(
     base_samples, other_samples = _metric_samples(base, weights), _metric_samples(other, weights)
     differences = {}
     counted = {m.key: len(_units_counted([base, other], m)) for m in METRICS}
+    counted.update(dict.fromkeys(RANKING_METRICS, MIN_UNITS if _ranking_units([base, other]) else 0))
     for key in base_samples.keys() & other_samples.keys():
         b, o = base_point[key], other_point[key]
         enough = len(units) >= MIN_UNITS and counted.get(key, MIN_UNITS) >= MIN_UNITS

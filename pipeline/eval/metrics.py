@@ -20,9 +20,10 @@ Entity = dict[str, Any]  # {"type", "value", ...}: only type and value are score
 
 
 def wer(references: list[str], hypotheses: list[str]) -> float:
-    """Corpus WER: total word errors over total reference words (not a mean of per-clip WERs), as
-    sclite and jiwer count it: words heard on a clip with nothing to say (an empty reference: a
-    false wake, noise) are insertions too."""
+    """Corpus WER: total word errors over total reference words (not a mean of per-clip WERs). A clip
+    whose transcript is empty is not scored: in a corpus that labels only, empty means not
+    transcribed, so words heard there cannot be told from errors (sclite and jiwer 4 would count
+    them as insertions)."""
     totals = _totals(references, hypotheses)
     return totals["word_errors"] / totals["ref_words"]
 
@@ -46,12 +47,11 @@ def edit_counts(reference: str, hypothesis: str) -> dict[str, int]:
 
     Summed over clips they give the corpus WER and CER exactly, which is what lets a bootstrap
     recompute both from resampled clips (Bisani & Ney 2004) without re-aligning any text.
-    A clip whose reference is empty after normalisation has no reference words, and every word of
-    the hypothesis is an insertion.
+    A clip whose reference is empty after normalisation counts nothing, as in `wer`.
     """
     ref, hyp = normalize_text(reference), normalize_text(hypothesis)
     if not ref:
-        return {"word_errors": len(hyp.split()), "ref_words": 0, "char_errors": len(hyp), "ref_chars": 0}
+        return {"word_errors": 0, "ref_words": 0, "char_errors": 0, "ref_chars": 0}
     words = jiwer.process_words(ref, hyp)
     chars = jiwer.process_characters(ref, hyp)
     return {

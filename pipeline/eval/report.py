@@ -131,10 +131,11 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
         blocks += [("h2", "Per source"), ("table", sources)]
     decoder = details.get("decoder") or {}
     if decoder.get("mode") == "lm":
-        tried = ", ".join(f"{t['lm_weight']:g}: {t['wer']:.3f}" for t in decoder["tuning"])
+        tried = ", ".join(f"{t['lm_weight']:g}: {t['wer']:.3f}" for t in decoder["tuning"] if t["wer"] is not None)
+        chosen = (f"the lowest {decoder['tune_split']} WER of those tried ({tried})" if tried else
+                  f"eval.lm_weights' middle value: split {decoder['tune_split']} has no transcript to choose on")
         blocks.append(("p", f"Transcripts: beam search (beam {decoder['beam_size']}) with the ASR run's character "
-                            f"{decoder['lm_order']}-gram LM at weight {decoder['lm_weight']:g}, the lowest "
-                            f"{decoder['tune_split']} WER of those tried ({tried})."))
+                            f"{decoder['lm_order']}-gram LM at weight {decoder['lm_weight']:g}, {chosen}."))
     elif decoder:
         blocks.append(("p", "Transcripts: greedy CTC decoding (no language model)."))
     wake = details.get("wake")

@@ -395,3 +395,15 @@ def test_a_nemo_file_outside_the_audio_folder_is_still_deleted_first_and_shown_w
     written = b"".join(p.read_bytes() for d in (tmp_path / "run", Path(report["dataset_path"])) for p in d.rglob("*")
                        if p.is_file())
     assert not [raw for raw in (b"JSMITH42", b"ZZTOP99", b"jdoe") if raw in written]
+
+
+def test_a_nemo_file_outside_the_audio_folder_does_not_take_the_id_of_a_clip_inside(tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    _tone(root / "0001.wav")
+    _tone(tmp_path / "elsewhere" / "0001.wav")
+    manifest = root / "manifest.json"
+    manifest.write_text("".join(json.dumps(e) + "\n" for e in [
+        {"audio_filepath": str(tmp_path / "elsewhere" / "0001.wav"), "duration": 1.0, "text": "hi", "speaker": "A1"},
+        {"audio_filepath": "0001.wav", "duration": 1.0, "text": "hello", "speaker": "B2"}]))
+    report, quarantine = _build(tmp_path, source="nemo", path=str(manifest), split={"validation": 0.0, "test": 0.0})
+    assert [q["reason"] for q in quarantine] == ["path_outside_root"] and report["records_kept"] == 1

@@ -337,6 +337,19 @@ def test_csv_ids_are_read_as_written_not_as_numbers(tmp_path: Path) -> None:
     assert sorted(kept) == ["four", "three", "two"] and len(set(kept.values())) == 3
 
 
+def test_csv_ids_are_read_as_written_in_every_metadata_file(tmp_path: Path) -> None:
+    # One split's file looks numeric, the other's does not: each is read as written.
+    root = tmp_path / "splits"
+    for split, speakers in (("train", ["0101", "0101", "0102"]), ("test", ["abc", "abd", "abc"])):
+        audiofolder(root / split, [{"file_name": f"audio/{split}{i}.flac", "transcription": "zero", "speaker_id": s}
+                                   for i, s in enumerate(speakers)], csv=True)
+    deletions = tmp_path / "deletions.jsonl"
+    deletions.write_text('{"account_id": "0101"}\n{"account_id": "abd"}\n')
+    report, quarantine = build(tmp_path, source="hf", path=str(root), deletions=str(deletions),
+                               split_shares={"validation": 0.3, "test": 0.3})
+    assert [q["reason"] for q in quarantine] == ["deleted"] * 3 and report["records_kept"] == 3
+
+
 def test_a_new_split_of_a_saved_dataset_moves_no_earlier_clip_and_deletions_keep_their_clip(tmp_path: Path) -> None:
     """A save_to_disk dataset without id or speaker columns: each clip is its own account, named by
     its audio's hash, not by its row, which a split sorting first would shift: ids, splits and the

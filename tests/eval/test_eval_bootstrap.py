@@ -282,3 +282,6 @@ def test_a_metric_whose_trials_all_come_from_one_speaker_gets_no_interval_nor_pa
     assert B.intervals(base, samples=200)["asr/wer"] is not None  # every speaker has words
     frr = B.paired_differences(base, other, samples=200).differences["wake/frr"]
     assert frr.difference == pytest.approx(-1 / 3) and frr.ci_low is None and frr.verdict == "no interval"
+    # AUC and EER too: every draw holds the one speaker's positives or none.
+    assert B.intervals(base, samples=200)["wake/auc"] is None and B.intervals(base, samples=200)["wake/eer"] is None
+    assert B.paired_differences(base, other, samples=200).differences["wake/auc"].ci_low is None

@@ -198,17 +198,14 @@ def test_slurp_mode_errors_name_the_setting_or_record(overrides: dict[str, str],
         _scoring_gold(cfg, cfg.eval, rows)
 
 
-def test_words_heard_on_a_clip_with_nothing_to_say_are_errors_and_a_split_without_words_has_no_wer() -> None:
-    import jiwer
-
+def test_a_clip_without_a_transcript_is_not_scored_and_a_split_without_any_has_no_wer() -> None:
     from pipeline.eval.coverage import by_source, label_reasons
 
-    refs, hyps = ["play jazz", ""], ["play jazz", "noise noise noise"]
-    # Three insertions over two reference words, as sclite and jiwer (4.x accepts an empty reference) count.
-    assert M.wer(refs, hyps) == 1.5 == pytest.approx(jiwer.wer(refs, hyps))
-    assert M.cer(refs, hyps) == pytest.approx(jiwer.cer(refs, hyps))
+    # A corpus that labels only leaves transcripts empty: words heard there are not errors we can tell.
+    refs, hyps = ["play jazz", ""], ["play jazz", "hey computer play"]
+    assert M.wer(refs, hyps) == 0.0 == M.cer(refs, hyps)
     totals = [M.edit_counts(r, h) for r, h in zip(refs, hyps)]
-    assert sum(t["word_errors"] for t in totals) / sum(t["ref_words"] for t in totals) == M.wer(refs, hyps)
+    assert sum(t["word_errors"] for t in totals) == 0 and sum(t["ref_words"] for t in totals) == 2
     # A source (or split) of wake-word clips labelled without transcripts: its WER is left out, said why.
     rows = [{"source": "labels", "reference": "", "hypothesis": "hey", "greedy_hypothesis": "hey", "duration": 1.0},
             {"source": "demo", "reference": "play jazz", "hypothesis": "play jazz", "greedy_hypothesis": "play", "duration": 1.0}]
