@@ -39,7 +39,9 @@ class RawRecord:
     # account, SLURP's take): they hide nothing the id does not show (privacy.dataset_utterance_id).
     made_up: tuple[str, ...] = ()
     # Ids earlier code versions gave the record (an hf row's number, before build code version 11):
-    # deletion requests and tombstones written against them must still find it.
+    # deletion requests and tombstones written against them keep matching what they matched then,
+    # the clip at that row (if a split was added since, another clip: rows shift, which is why ids
+    # no longer follow them).
     aliases: tuple[str, ...] = ()
 
 
