@@ -785,7 +785,7 @@ def _write_outputs(
         plots["intent_confusion"] = plot_confusion(
             [r["intent"] for r in with_intent], [r["nlu_intent"] for r in with_intent], plots_dir / "intent_confusion.png"
         )
-    if details["wer_by"]:
+    if any(details["wer_by"].values()):  # a split without transcripts has a slicing but no WER in it
         plots["wer_slices"] = plot_slices(details["wer_by"], plots_dir / "wer_slices.png")
 
     # Each file whole or not at all, metrics.json last: `evaluate.py run=` rewrites them in place, and

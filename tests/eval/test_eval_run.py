@@ -364,3 +364,25 @@ def test_batches_side_by_side_read_as_one_thread_does_and_give_the_threads_back(
     assert len(split) > 2 and one.hypotheses == two.hypotheses and one.decoded == two.decoded
     np.testing.assert_allclose(one.wake_scores, two.wake_scores, rtol=1e-5, atol=1e-5)
     assert one.audio_seconds == pytest.approx(two.audio_seconds)
+
+
+def test_a_test_set_that_labels_only_is_scored_without_a_wer(tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """Wake-word clips labelled without transcripts: no WER (said why), no LM weight chosen on nothing
+    (the middle one, said so), and every wake-word metric still there."""
+    from datasets import DatasetDict
+
+    from pipeline.eval.run import run_eval_stage
+
+    splits = load_from_disk(str(tiny_dataset_path))
+    blank = DatasetDict({name: split.map(lambda r: {"text": "", "transcript": ""}) if name != "train" else split
+                         for name, split in splits.items()})
+    dataset = tmp_path / "labels-only"
+    blank.save_to_disk(str(dataset))
+    asr = _with_lm(tiny_run, tiny_dataset_path, tmp_path)
+    cfg = eval_cfg(asr_model=str(asr), **{"eval.lm_weights": [0.0, 1.0, 2.0]})
+    metrics = run_eval_stage(cfg, tmp_path / "eval", dataset, RecordingTracker())
+    details = json.loads((tmp_path / "eval" / "eval_details.json").read_text())
+    assert "asr/wer" not in metrics and "asr/cer_greedy" not in metrics and metrics["wake/auc"] is not None
+    assert details["not_computed"]["asr/wer"] == "split 'test' has no clip with a transcript"
+    assert details["decoder"]["lm_weight"] == 1.0 and [t["wer"] for t in details["decoder"]["tuning"]] == [None]
+    assert "middle value: split validation has no transcript to choose on" in (tmp_path / "eval" / "report.md").read_text()
