@@ -69,7 +69,8 @@ CODE_VERSION = 11  # 3: `copy_of` deletes a copy with its original, `train_only`
                   # 11: an hf row without an id column is named by its audio's hash, not its row (kept as an
                   #    alias for deletions); metadata.csv ids and transcripts are read as written; a repeated id
                   #    shows the first record's pseudonym; a NeMo path outside data.audio_dir is quarantined
-                  #    after the deletion check, as path_outside_root
+                  #    after the deletion check, as path_outside_root; a listed NeMo manifest's made-up ids
+                  #    carry the entry's name
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",

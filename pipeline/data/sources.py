@@ -151,7 +151,8 @@ def open_source(raw: DictConfig, data_cfg: SourceConfig, cache_dir: Path, in_lis
     elif name == "slurp":
         source = _slurp_source(data_cfg, key)
     elif name == "nemo":
-        source = _nemo_source(data_cfg, key)
+        # In a list, a made-up id carries the entry's name: two manifests both hold `audio/0001.wav`.
+        source = _nemo_source(data_cfg, key, f"{data_cfg.name}/" if in_list and data_cfg.name else "")
     elif name == "massive_text":
         source = _massive_source(data_cfg, key)
     else:
@@ -244,7 +245,7 @@ def _slurp_source(data_cfg: SourceConfig, key: str = "data") -> Source:
     return Source("slurp", root, [path], records(), {"slurp_account": account_from})
 
 
-def _nemo_source(data_cfg: SourceConfig, key: str = "data") -> Source:
+def _nemo_source(data_cfg: SourceConfig, key: str = "data", prefix: str = "") -> Source:
     """NeMo manifest: `audio_filepath`, `duration`, `text`; extra canonical fields are used when present.
 
     Absolute `audio_filepath`s are common in NeMo; they are accepted only inside `data.audio_dir`
@@ -278,13 +279,16 @@ def _nemo_source(data_cfg: SourceConfig, key: str = "data") -> Source:
             stem = (Path(audio).stem if outside else Path(audio).with_suffix("").as_posix()) if isinstance(audio, str) else None
             record = {k: v for k, v in obj.items() if k not in ("audio_filepath", "duration", "text")}
             record.update({"audio": audio, "transcript": obj.get("text")})
-            record.setdefault("utterance_id", _id_text(obj.get("id")) or stem)
+            made = prefix + stem if prefix and stem is not None else stem
+            named = "utterance_id" not in record and not _id_text(obj.get("id")) and made != stem
+            record.setdefault("utterance_id", _id_text(obj.get("id")) or made)
             made_up = () if "account_id" in record or _id_text(obj.get("speaker")) else ("account_id",)
-            record.setdefault("account_id", _id_text(obj.get("speaker")) or stem)
+            record.setdefault("account_id", _id_text(obj.get("speaker")) or made)
             excluded = (("path_outside_root", f"audio_filepath is an absolute path outside {key}.audio_dir={root} (file "
                                               f"{Path(audio).name!r}); set {key}.audio_dir to a folder holding every clip")
                         if outside else None)
-            yield RawRecord(n, record, made_up=made_up, excluded=excluded)
+            # Before build code version 11 a listed manifest's clip was its bare stem: requests by it still match.
+            yield RawRecord(n, record, made_up=made_up, excluded=excluded, aliases=(stem,) if named else ())
 
     return Source("nemo", root, [path], records())
 

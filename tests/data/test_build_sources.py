@@ -407,3 +407,25 @@ def test_a_nemo_file_outside_the_audio_folder_does_not_take_the_id_of_a_clip_ins
         {"audio_filepath": "0001.wav", "duration": 1.0, "text": "hello", "speaker": "B2"}]))
     report, quarantine = _build(tmp_path, source="nemo", path=str(manifest), split={"validation": 0.0, "test": 0.0})
     assert [q["reason"] for q in quarantine] == ["path_outside_root"] and report["records_kept"] == 1
+
+
+def test_two_nemo_manifests_in_one_build_keep_their_clips_apart(tmp_path: Path) -> None:
+    # Each manifest holds audio/0001.wav; made up from the path alone, the second clip's id repeated
+    # the first's and it was quarantined as a duplicate. In a list the id carries the entry's name, and
+    # a request by the bare id (as written before) still deletes.
+    entries = []
+    for name, freq in (("a", 300.0), ("b", 600.0)):
+        root = tmp_path / name
+        _tone(root / "audio" / "0001.wav", freq=freq)
+        _tone(root / "audio" / "0002.wav", freq=freq + 50)
+        (root / "manifest.json").write_text("".join(json.dumps({"audio_filepath": f"audio/000{i}.wav", "duration": 1.0,
+                                                                 "text": "hello there"}) + "\n" for i in (1, 2)))
+        entries.append({"source": "nemo", "name": name, "path": str(root / "manifest.json")})
+    report, quarantine = _build(tmp_path, sources=entries, split_shares={"validation": 0.0, "test": 0.0}, split=None)
+    ids = {r["utterance_id"] for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
+    assert ids == {"a/audio/0001", "a/audio/0002", "b/audio/0001", "b/audio/0002"} and quarantine == []
+    deletions = tmp_path / "deletions.jsonl"
+    deletions.write_text('{"utterance_id": "audio/0002"}\n')
+    report, quarantine = _build(tmp_path / "again", sources=entries, split_shares={"validation": 0.0, "test": 0.0},
+                                split=None, deletions=str(deletions))
+    assert [q["reason"] for q in quarantine] == ["deleted", "deleted"] and report["records_kept"] == 2
