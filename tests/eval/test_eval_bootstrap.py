@@ -285,3 +285,16 @@ def test_a_metric_whose_trials_all_come_from_one_speaker_gets_no_interval_nor_pa
     # AUC and EER too: every draw holds the one speaker's positives or none.
     assert B.intervals(base, samples=200)["wake/auc"] is None and B.intervals(base, samples=200)["wake/eer"] is None
     assert B.paired_differences(base, other, samples=200).differences["wake/auc"].ci_low is None
+
+
+def test_an_interval_is_the_2_5th_to_97_5th_percentile_of_the_speaker_draws() -> None:
+    # Recomputed by hand from the same draws: each draw's corpus WER from its speakers' summed counts.
+    speakers = ["a", "a", "b", "c", "c", "d", "e", "f"]
+    table = B.clip_table(_rows(REFS, HYPS, speakers))
+    units = sorted(set(speakers))
+    draws = B.resample_counts(len(units), 400, 7)[:, [units.index(s) for s in speakers]]  # per clip
+    edits = [M.edit_counts(r, h) for r, h in zip(REFS, HYPS)]
+    errors, words = (draws @ np.array([e[k] for e in edits], dtype=float) for k in ("word_errors", "ref_words"))
+    assert B.intervals(table, samples=400, seed=7)["asr/wer"] == pytest.approx(tuple(np.percentile(errors / words, [2.5, 97.5])))
+    assert B.intervals(table, samples=400, seed=7, confidence=0.5)["asr/wer"] == pytest.approx(
+        tuple(np.percentile(errors / words, [25, 75])))

@@ -386,3 +386,22 @@ def test_a_test_set_that_labels_only_is_scored_without_a_wer(tiny_run: Path, tin
     assert details["not_computed"]["asr/wer"] == "split 'test' has no clip with a transcript"
     assert details["decoder"]["lm_weight"] == 1.0 and [t["wer"] for t in details["decoder"]["tuning"]] == [None]
     assert "middle value: split validation has no transcript to choose on" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_the_wake_threshold_is_tuned_on_validation_alone(tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """Relabelling two test clips moves the test's FRR and AUC but not the threshold: it comes from
+    the validation split (README: never tuned on test)."""
+    from datasets import DatasetDict
+
+    from pipeline.eval.run import run_eval_stage
+
+    splits = load_from_disk(str(tiny_dataset_path))
+    swap = {"alexander went to the market": True, "alexa turn off the lights": False}
+    relabelled = splits["test"].map(lambda r: {"wake_word_present": swap.get(r["transcript"], r["wake_word_present"])})
+    assert relabelled["wake_word_present"] != splits["test"]["wake_word_present"]
+    DatasetDict({**splits, "test": relabelled}).save_to_disk(str(tmp_path / "relabelled"))
+    cfg = eval_cfg(asr_model=str(tiny_run / "asr"), **{"eval.background": "none", "eval.decoder": "greedy"})
+    before = run_eval_stage(cfg, tmp_path / "before", tiny_dataset_path, RecordingTracker())
+    after = run_eval_stage(cfg, tmp_path / "after", tmp_path / "relabelled", RecordingTracker())
+    assert after["wake/threshold"] == before["wake/threshold"]
+    assert (after["wake/frr"], after["wake/auc"]) != (before["wake/frr"], before["wake/auc"])

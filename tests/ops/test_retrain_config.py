@@ -51,6 +51,19 @@ def test_the_shipped_job_config_passes(overrides: list[str]) -> None:
     assert settings.logger.job_type == "retrain" and settings.logger.tags == ["retrain"]
 
 
+def test_the_shipped_gate_is_the_one_the_readme_states() -> None:
+    # README, "Scheduled retraining": asr/wer may rise at most 0.005, neither wake/frr nor
+    # wake/fa_per_hour may rise, slu/slu_f1 may not fall; judged on the interval's best case (not_worse).
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "`asr/wer` may rise at most 0.005, neither `wake/frr` nor `wake/fa_per_hour` may rise" in " ".join(readme.split())
+    settings = job_config(audit.load_config([]))
+    assert settings.retrain.gate_rules() == {
+        "wer": {"metric": "asr/wer", "max_increase": 0.005}, "frr": {"metric": "wake/frr", "max_increase": 0.0},
+        "fa_per_hour": {"metric": "wake/fa_per_hour", "max_increase": 0.0},
+        "slu_f1": {"metric": "slu/slu_f1", "max_decrease": 0.0}}
+    assert settings.retrain.gate_policy == "not_worse"
+
+
 def test_an_unknown_key_in_a_users_yaml_is_refused(tmp_path: Path) -> None:
     (tmp_path / "site.yaml").write_text("retrain:\n  gate_polcy: non_inferior\n")
     cfg = audit.load_config([])
