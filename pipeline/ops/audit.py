@@ -132,6 +132,9 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
     ledger = Ledger.load(roots.erasure)
     traces = find_traces(roots, key, deleted, ledger.audio)
     live = traces.as_ledger(key)
+    # The summary's models, by what the findings below judge them on: requested ids, and the clips
+    # erasure found (copies under other ids included).
+    affected_models = registry.affected_by(deleted | ledger.utterances | live.utterances)
     audio = ledger.audio | live.audio
     # A deleted transcript that a kept clip of the cached datasets also says (a later batch's "alexa
     # stop") is that clip's, not a trace; a re-ingested copy of the deleted clip is still found by

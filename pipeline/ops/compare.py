@@ -204,15 +204,23 @@ def _why_no_per_clip(runs: list[tuple[RunSummary, str]], base: Path) -> str:
     return "; ".join(reasons)
 
 
-def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, samples: int, seed: int) -> str:
+def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, samples: int, seed: int,
+                  chosen: bool = False) -> str:
     """Each later run against the first (the baseline): paired differences where the test data is
-    the same, and otherwise why not, with each run's own intervals."""
+    the same, and otherwise why not, with each run's own intervals. Unless the baseline was `chosen`
+    (--baseline), runs erasure emptied are passed over for it: against one, nothing pairs."""
     evaluated = [r for r in runs if evaluated_run(r)]
     if len(evaluated) < 2:
         return ""
-    first, others = evaluated[0], evaluated[1:]
+    erased = [r for r in evaluated if (r.path / DO_NOT_SYNC).is_file()]
+    first = evaluated[0] if chosen else next((r for r in evaluated if r not in erased), evaluated[0])
+    others = [r for r in evaluated if r is not first]
     lines = [f"Paired against the baseline, {_name(first, base)} "
              f"(difference = run - baseline, 95% paired speaker bootstrap, {samples} samples):"]
+    passed_over = evaluated[:evaluated.index(first)]
+    if passed_over:
+        lines.append(f"(older {', '.join(_name(r, base) for r in passed_over)}: per-clip results erased after a deletion "
+                     "request, so not the baseline)")
     lines += [f"{_name(r, base)}: left out: not evaluated (no test metrics in metrics.json); "
               "`python evaluate.py run=<run folder>` evaluates it" for r in runs if r not in evaluated]
     first_table, first_why = _per_clip(first)
@@ -333,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(runs, shown, metrics, Path.cwd()))
     if mixed:
         print(f"(training runs beside evaluation folders: only settings both have are shown; {len(keys) - len(shown)} set by one only)")
-    paired = paired_report(pairing, [m for m in metrics if m != "decision"], Path.cwd(), args.samples, args.seed)
+    paired = paired_report(pairing, [m for m in metrics if m != "decision"], Path.cwd(), args.samples, args.seed,
+                           chosen=args.baseline is not None)
     if paired:
         print("\n" + paired)
     return 0

@@ -48,6 +48,8 @@ ANNOTATIONS = "annotations.jsonl"
 BATCH_DELETIONS = "deletions.jsonl"
 REQUEST_FOLDER = "deletions"
 QUARANTINE = "deletion_quarantine.jsonl"
+# Batch lines that are no record (cut short, not JSON): taken out of the corpus at intake, named here.
+ANNOTATION_QUARANTINE = "annotation_quarantine.jsonl"
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Corpus:
     batches: int = 0
     tombstones: set[str] = field(default_factory=set)
     quarantined: int = 0
+    unreadable: int = 0  # batch lines that were no record, set aside this intake (ANNOTATION_QUARANTINE)
 
     def state(self, extra: str = "") -> str:
         """What a model trained now would be trained on: same state, same model (training is
@@ -298,13 +301,17 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
         write_text_atomic(tomb_file, "".join(h + "\n" for h in sorted(corpus.tombstones)))
     wanted = Deletions(requests | corpus.tombstones)  # tombstones: erasure's copies too
     merged: list[str] = []
+    unreadable: list[dict[str, Any]] = []
     for batch in batches:
         kept: list[str] = []
         for line in json_lines(batch / ANNOTATIONS):
             record = line.record
             if record is None:
-                kept.append(line.text)
-                merged.append(line.text)
+                if line.text.strip():
+                    # No request can be matched against it, and it may hold a raw account id or serial
+                    # (a line cut short by an export): it leaves the corpus, named by its hash only.
+                    unreadable.append({"batch": batch.name, "line": line.number, "reason": line.error, "at": now(),
+                                       "sha256": hashlib.sha256(line.text.encode("utf-8", "surrogateescape")).hexdigest()[:16]})
                 continue
             if wanted.matches(key, record):
                 audio = _inside(batch, str(record.get("audio") or ""))
@@ -318,6 +325,10 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
                 record["audio"] = f"batches/{batch.name}/{audio}"
             merged.append(json.dumps(record, ensure_ascii=False))
         write_text_atomic(batch / ANNOTATIONS, "".join(line + "\n" for line in kept))
+    if unreadable:
+        with open(corpus_dir / ANNOTATION_QUARANTINE, "a") as out:
+            out.write("".join(json.dumps(u, sort_keys=True) + "\n" for u in unreadable))
+    corpus.unreadable += len(unreadable)
     corpus.batches = len(batches)
     write_text_atomic(corpus.annotations, "".join(line + "\n" for line in merged))
 

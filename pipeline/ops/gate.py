@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.eval import bootstrap as B
+from pipeline.eval.coverage import (ASR_KEYS, BACKGROUND_KEYS, NLU_ENTITY_KEYS, NLU_INTENT_KEYS, SLU_ENTITY_KEYS,
+                                    SLU_INTENT_KEYS, WAKE_KEYS)
 from pipeline.runtime import PipelineError
 
 # Floating-point noise: the same model evaluated twice may differ in the last bits.
@@ -65,11 +67,22 @@ def _number(value: Any) -> float | None:
 GATE_LIMITS = ("max_increase", "max_decrease")
 
 
+# Every metric key metrics.json can hold (pipeline.eval.coverage), for checking a rule's name up front.
+METRIC_KEYS = (*ASR_KEYS, *WAKE_KEYS, *BACKGROUND_KEYS, *NLU_INTENT_KEYS, *NLU_ENTITY_KEYS, *SLU_INTENT_KEYS,
+               *SLU_ENTITY_KEYS, "eval/num_clips", "eval/audio_hours")
+
+
 def rule_problem(name: str, rule: Mapping[str, Any]) -> str | None:
     """What is wrong with the rule `retrain.gate.<name>`, or None (checked up front in
     pipeline.ops.config, and again by the gate for a caller that passes its own rules)."""
     if "metric" not in rule or sum(k in rule for k in GATE_LIMITS) != 1:
         return f"retrain.gate.{name} must have `metric` and exactly one of max_increase / max_decrease, got {dict(rule)}"
+    metric = str(rule["metric"])
+    per_source = metric.startswith("by_source/") and metric.count("/") >= 3
+    if (metric.split("/", 2)[2] if per_source else metric) not in METRIC_KEYS:
+        # Else a typo trains all night, then finds the metric missing and rejects every candidate.
+        return (f"retrain.gate.{name}.metric={metric!r} is no metric the evaluation writes; use one of "
+                f"{', '.join(METRIC_KEYS)} (or by_source/<source>/<metric>)")
     return None
 
 

@@ -39,10 +39,23 @@ def write_candidate(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def _deleted(cfg: DictConfig) -> set[str]:
-    """Applied deletions and those still waiting: a wrong inbox path would hide the latter."""
-    check_inbox(Path(cfg.retrain.inbox))
+    """Applied deletions, those still waiting (a wrong inbox path would hide them), and the clips
+    under other ids that hold their audio (the recording exported again), found as erasure finds
+    them: a candidate trained on such a copy was trained on the deleted recording."""
+    from pipeline.ops.corpus import inbox_requests
+    from pipeline.ops.erase import Ledger, deleted_set, find_traces
+    from pipeline.ops.inventory import Roots
+
+    inbox = Path(cfg.retrain.inbox)
+    check_inbox(inbox)
     key = pseudonym_key(cfg.privacy)
-    return pending_deletions(Path(cfg.retrain.inbox), Path(cfg.retrain.corpus_dir), key)
+    ids = pending_deletions(inbox, Path(cfg.retrain.corpus_dir), key)
+    roots = Roots.from_cfg(cfg)
+    requests = ids | deleted_set(roots) | inbox_requests(inbox, key)[1]
+    if not requests:
+        return ids
+    traces = find_traces(roots, key, requests, Ledger.load(roots.erasure).audio)
+    return ids | set(traces.clips)  # the clips found, by request or as copies of one
 
 
 def _retire_reason(registry: Registry, deleted: set[str], otherwise: str) -> str:

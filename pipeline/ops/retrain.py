@@ -221,7 +221,7 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     decision.update(state=state, new_batches=unreported_batches(registry, Path(retrain.corpus_dir)),
                     new_deletion_requests=corpus.new_requests,
                     purged_records=corpus.purged, affected_models=affected,
-                    quarantined_request_lines=corpus.quarantined,
+                    quarantined_request_lines=corpus.quarantined, quarantined_annotation_lines=corpus.unreadable,
                     incumbent={"model_id": current["model_id"]} if current else None)
     if corpus.batches == 0:
         return {**decision, "decision": "nothing_to_do",

@@ -162,3 +162,17 @@ def test_runs_whose_details_do_not_say_which_clips_they_scored_are_not_paired(tm
     report = _compare(tmp_path)
     assert "b-second: no paired comparison:" in report and "no record of its test data" in report
     assert "shared test clips" not in report
+
+
+def test_a_run_erasure_emptied_is_not_the_default_baseline(tmp_path: Path) -> None:
+    # After a deletion touched the oldest run, every other run said "no paired comparison" against it.
+    out = tmp_path / "outputs"
+    noisy = [r.replace("kitchen", "kitten") if i % 2 else r for i, r in enumerate(REFS)]
+    _run(out, "a-erased", list(REFS), "fp1", 0, per_clip=False)
+    (out / "a-erased" / "DO_NOT_SYNC").write_text("{}\n")
+    _run(out, "b-first-kept", noisy, "fp1", 1)
+    _run(out, "c-better", list(REFS), "fp1", 2)
+    report = _compare(tmp_path)
+    assert "Paired against the baseline, outputs/b-first-kept" in report
+    assert "older outputs/a-erased: per-clip results erased after a deletion request, so not the baseline" in report
+    assert "outputs/c-better: 24 shared test clips" in report

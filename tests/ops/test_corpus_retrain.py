@@ -32,7 +32,7 @@ def _batch(inbox: Path, name: str, rows: list[tuple[str, str, str]]) -> None:
         lines.append(json.dumps({"utterance_id": utt, "audio": f"audio/{utt}.wav", "transcript": "alexa stop",
                                  "intent": "stop", "wake_word_present": True, "account_id": account,
                                  "device_serial": device, "annotator_id": "ann-1"}))
-    lines.append("{not json")  # the data stage quarantines it; intake keeps it
+    lines.append("{not json")  # no record: the intake sets it aside (no request could reach it)
     (folder / "annotations.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -49,7 +49,9 @@ def test_intake_moves_batches_merges_and_purges_deleted_clips(tmp_path: Path) ->
     merged = [json.loads(line) for line in first.annotations.read_text().splitlines() if line.startswith("{\"")]
     assert [r["audio"] for r in merged] == ["batches/b1/audio/u1.wav", "batches/b1/audio/u2.wav"]
     assert (corpus_dir / merged[0]["audio"]).is_file()
-    assert "{not json" in first.annotations.read_text()
+    assert "{not json" not in first.annotations.read_text() and first.unreadable == 1
+    [aside] = [json.loads(x) for x in (corpus_dir / "annotation_quarantine.jsonl").read_text().splitlines()]
+    assert (aside["batch"], aside["line"]) == ("b1", 3) and "not json" not in json.dumps(aside)
     state = first.state()
     assert update_corpus(inbox, corpus_dir, KEY).state() == state  # nothing new: same state
 
@@ -212,10 +214,11 @@ def test_an_erasure_that_fails_after_the_decision_keeps_the_decision_and_fails_t
     assert re.search(r"^error: retrain: nothing_to_do: .*but the erasure failed: .*is not a folder", capsys.readouterr().err, re.M)
 
 
-def test_a_batch_with_a_byte_order_mark_is_purged_from_its_first_line_and_a_line_not_in_utf8_kept_as_it_was(
+def test_a_batch_with_a_byte_order_mark_is_purged_from_its_first_line_and_a_line_not_in_utf8_set_aside(
         tmp_path: Path) -> None:
     """Read as the data stage reads it: a deleted first record behind a byte-order mark is still
-    found, and a line the intake cannot decode travels on byte for byte (the build quarantines it)."""
+    found. A line the intake cannot decode once travelled on byte for byte, raw account and all,
+    where no deletion request could ever match it: it leaves the corpus, named by its hash."""
     inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
     _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001"), ("u2", "amzn1.account.BOB", "G0900002")])
     annotations = inbox / "b1" / "annotations.jsonl"
@@ -227,7 +230,8 @@ def test_a_batch_with_a_byte_order_mark_is_purged_from_its_first_line_and_a_line
     assert corpus.purged == 1 and not (corpus_dir / "batches" / "b1" / "audio" / "u1.wav").exists()
     merged = corpus.annotations.read_bytes()
     assert b"ALICE" not in merged and b"ALICE" not in (corpus_dir / "batches" / "b1" / "annotations.jsonl").read_bytes()
-    assert cp1252 + b"\n" in merged and b"amzn1.account.BOB" in merged
+    assert cp1252 not in merged and b"caf" not in (corpus_dir / "batches" / "b1" / "annotations.jsonl").read_bytes()
+    assert b"amzn1.account.BOB" in merged and corpus.unreadable == 2  # the cp1252 line and "{not json"
 
 
 def test_an_inbox_with_exports_that_are_not_batches_says_so(tmp_path: Path) -> None:

@@ -157,3 +157,48 @@ def test_a_promotion_whose_job_was_killed_before_logging_it_is_logged_by_the_nex
     [line] = registry.decisions()
     assert line["decision"] == "promoted" and line["candidate"]["model_id"] == "m1" and line["state"] == "state-m1"
     assert registry.recover() == [] and len(registry.decisions()) == 1
+
+
+def test_a_candidate_trained_on_a_copy_of_a_requested_clip_is_never_promoted(tmp_path: Path) -> None:
+    """The same recording under another id and account (exported again): a request for the original
+    waits in the inbox, and the candidate trained on the copy. Judged by ids alone it was promoted,
+    and the next erasure deleted the promoted model's weights."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+    from datasets import Audio, Dataset, DatasetDict, Features, Value
+
+    def flac(freq: float) -> bytes:
+        buffer = io.BytesIO()
+        t = np.arange(16000) / 16000
+        sf.write(buffer, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), 16000, format="FLAC")
+        return buffer.getvalue()
+
+    features = Features({"utterance_id": Value("string"), "speaker": Value("string"), "text": Value("string"),
+                         "audio": Audio()})
+    rows = {"utterance_id": ["u1", "u1-again", "u2"], "speaker": ["acct_a", "acct_b", "acct_c"],
+            "text": ["play jazz", "play jazz", "stop"],
+            "audio": [{"bytes": flac(300), "path": None}, {"bytes": flac(300), "path": None},
+                      {"bytes": flac(500), "path": None}]}
+    DatasetDict({"train": Dataset.from_dict(rows, features=features)}).save_to_disk(
+        str(tmp_path / "cache" / "datasets" / "fp-c7"))
+    key = pseudonym_key(_cfg(tmp_path).privacy)
+    registry = Registry(tmp_path / "registry")
+    registry.promote(_run(tmp_path, "m1"), _record(key, "m1", tmp_path / "runs" / "m1", ["u0"]))
+    _rejected(registry, key, tmp_path, "c7", ["u1-again", "u2"])
+    (tmp_path / "inbox" / "deletions").mkdir(parents=True)
+    (tmp_path / "inbox" / "deletions" / "r.jsonl").write_text(json.dumps({"utterance_id": "u1"}) + "\n")
+
+    code, decision = _do(tmp_path, promote="c7")
+    assert code == EXIT_CONFIG and "trained on 1 utterance(s) with a deletion request" in decision["reason"], decision
+    assert registry.current()["model_id"] == "m1"
+
+    # The audit's summary names the same models its findings do: c7 registered (promoted by an older
+    # version, say) is trained on the copy.
+    from pipeline.ops.audit import scan
+
+    registry.promote(_run(tmp_path, "c7b"), _record(key, "c7b", tmp_path / "runs" / "c7b", ["u1-again"]))
+    findings, affected, _ = scan(_cfg(tmp_path))
+    assert [a["model_id"] for a in affected] == ["c7b"]
+    assert any(f.path.endswith("c7b") for f in findings if f.kind == "registry model")

@@ -36,6 +36,8 @@ REPO = Path(__file__).resolve().parents[2]
      "retrain.gate.wer.max_increse is not a setting of retrain.gate.wer; known: metric, max_increase, max_decrease"),
     ("+retrain.inbx=/srv/inbox", r"retrain.inbx is not a setting of retrain; known: inbox, .*conf/retrain.yaml\)"),
     ("erase.wandb_online=maybe", "erase.wandb_online='maybe' is not one of: auto, true, false"),
+    ("+retrain.gate.x={metric: asr/wr, max_increase: 0.1}",
+     r"retrain.gate.x.metric='asr/wr' is no metric the evaluation writes; use one of asr/wer, .*by_source/<source>/<metric>"),
     ("+erase.output=/srv/runs", "erase.output is not a setting of erase; known: .*outputs"),
 ])
 def test_a_bad_job_setting_names_its_key_and_what_it_accepts(override: str, message: str) -> None:
