@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := espeak-ng flite ffmpeg libsndfile1
+SYSTEM_PACKAGES := espeak-ng flite ffmpeg libsndfile1 g++
 NPROC ?= 2
 # Test processes: one per core (pytest-xdist); TEST_WORKERS=0 runs the suite in this process.
 TEST_WORKERS ?= auto
@@ -15,13 +15,15 @@ ARGS ?=
 setup: system-packages $(STAMP)
 
 # espeak-ng synthesises the demo audio and flite the human-voices recipe's keyword takes;
-# ffmpeg decodes audio for datasets/torchcodec.
+# ffmpeg decodes audio for datasets/torchcodec; g++ compiles torch.compile's CPU kernels (asr.compile;
+# installed where we may, else its tests skip).
 system-packages:
 	@missing=""; \
 	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	command -v flite >/dev/null || missing="$$missing flite"; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	ldconfig -p 2>/dev/null | grep -q libsndfile.so || missing="$$missing libsndfile1"; \
+	if [ "$$(id -u)" = 0 ]; then command -v g++ >/dev/null || missing="$$missing g++"; fi; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing system packages:$$missing"; \
