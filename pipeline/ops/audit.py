@@ -237,6 +237,9 @@ def _scan_file(f: Path, kind: str, wanted: Wanted, staged: bool, roots: Roots) -
     return found
 
 
+UNMANAGED = ("run folder", "unregistered")  # _kind_of's names for files outside every known place
+
+
 def _kind_of(f: Path, roots: Roots, runs: list[Path]) -> str:
     run = run_of(f, runs)
     if run is not None:
@@ -303,9 +306,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audit: clean: no trace of the {known} deleted id(s) requested under the roots scanned"
               + (f" ({len(absent)} absent, not scanned: check they are meant to be)" if absent else ""))
         return EXIT_CLEAN
-    print(f"audit: {len(findings)} finding(s) of deleted data (run `make erase`):")
+    # Files in no place the inventory knows (put there by hand, or by another tool): erasure removes only
+    # what it knows the shape of, so these stay until a person removes them.
+    by_hand = [f for f in findings if f.kind in UNMANAGED]
+    managed = len(findings) - len(by_hand)
+    advice = "run `make erase`" if not by_hand else (
+        f"{'run `make erase` for ' + str(managed) + '; ' if managed else ''}{len(by_hand)} in no place erasure "
+        "manages (marked *): remove those by hand")
+    print(f"audit: {len(findings)} finding(s) of deleted data ({advice}):")
     for f in findings:
-        print(f"  {f.kind:16s} {f.trace:10s} {f.path}  ({f.detail})")
+        mark = "*" if f.kind in UNMANAGED else " "
+        print(f" {mark}{f.kind:16s} {f.trace:10s} {f.path}  ({f.detail})")
     counts = Counter(f.kind for f in findings)
     print("audit: by kind of copy: " + ", ".join(f"{k}={n}" for k, n in sorted(counts.items())))
     return EXIT_FOUND

@@ -749,3 +749,24 @@ def test_a_job_killed_after_the_intake_purged_a_recording_still_finds_its_copy_l
     erase.record_source_audio(roots, key)
     update_corpus(roots.inbox, roots.corpus, key)
     assert erase.tombstone_copies(roots, key) == {erase.utterance_pseudonym(key, "b2-1")}
+
+
+def test_a_copy_in_no_place_erasure_manages_is_marked_for_removal_by_hand(
+        store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """A deleted clip's audio saved by hand under the cache: erasure removes only what it knows the
+    shape of, so the audit said "run `make erase`" after every erase. It names the files to remove by hand."""
+    from pipeline.data.privacy import pseudonym
+
+    root, key = store["root"], KEY.encode()
+    victim = pseudonym(key, "acct", VICTIM)
+    flac = next(row["audio"] for row in erase.dataset_rows(root / "cache" / "datasets" / store["fingerprints"][0],
+                                                            ("audio", "speaker")) if row["speaker"] == victim)
+    assert erase.main(overrides(root)) == 0
+    (root / "cache" / "exports").mkdir()
+    (root / "cache" / "exports" / "x.flac").write_bytes(flac)
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 3
+    out = capsys.readouterr().out
+    assert "1 in no place erasure manages (marked *): remove those by hand" in out
+    assert "*unregistered" in out and str(root / "cache" / "exports" / "x.flac") in out
+    assert erase.main(overrides(root)) == 0 and (root / "cache" / "exports" / "x.flac").exists()
