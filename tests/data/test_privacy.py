@@ -39,6 +39,10 @@ def test_split_is_a_function_of_the_account_and_roughly_follows_the_ratios() -> 
     splits = [assign_split(b"k", f"acct_{i}", 0.1, 0.2) for i in range(3000)]
     assert splits == [assign_split(b"k", f"acct_{i}", 0.1, 0.2) for i in range(3000)]
     assert 0.07 < splits.count("validation") / 3000 < 0.13 and 0.17 < splits.count("test") / 3000 < 0.23
+    # The splits are drawn from the pseudonym key (README: a new key, new splits); the seed plays no part.
+    other = [assign_split(b"k2", f"acct_{i}", 0.1, 0.2) for i in range(3000)]
+    moved = sum(a != b for a, b in zip(splits, other)) / 3000
+    assert 0.3 < moved < 0.6  # independent draws at these shares disagree on 1 - (0.7^2 + 0.1^2 + 0.2^2) = 0.46
 
 
 def test_deletion_requests(tmp_path: Path) -> None:

@@ -147,3 +147,27 @@ def test_only_the_asr_model_module_reads_ctc_output_as_text() -> None:
         if isinstance(node, ast.Attribute) and node.attr in ("batch_decode", "_get_feat_extract_output_lengths")
     ]
     assert not offenders, offenders
+
+
+def test_the_asr_stages_validation_scores_are_the_eval_metrics_of_its_transcripts(tiny_models: Path,
+                                                                                   tiny_dataset_path: Path) -> None:
+    """`evaluate_clips` (which picks the best checkpoint) on real batches: its WER and CER are
+    pipeline.eval.metrics' on the greedy transcripts of the same batches, not some other score."""
+    from datasets import load_from_disk
+
+    from pipeline.asr.collate import ClipDataset
+    from pipeline.asr.model import evaluate_clips, load_asr, transcribe
+    from pipeline.asr.sampler import eval_batches
+    from pipeline.asr.train import clip_loader
+
+    model, processor = load_asr(tiny_models / "asr")
+    clips = ClipDataset(load_from_disk(str(tiny_dataset_path))["validation"])
+    loader = clip_loader(clips, eval_batches(clips.durations, 6.0), processor, None, 0, 0)
+    scores = evaluate_clips(model, processor, loader)
+    refs, hyps = [], []
+    with torch.no_grad():
+        for batch in loader:
+            refs += batch["texts"]
+            hyps += transcribe(model, processor, batch)[0]
+    assert scores["clips"] == len(refs) == 8
+    assert scores["wer"] == M.wer(refs, hyps) and scores["cer"] == M.cer(refs, hyps) and scores["wer"] != scores["cer"]
