@@ -288,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(affected)} model(s) in {registry} were trained on data with a deletion request:")
         for model in affected:
             print(f"  {model['model_id']}  {model['status']}  {model['deleted_utterances']} deleted utterance(s)")
+
+    serving = Registry(Path(registry)).current()
+    if serving and not Registry(Path(registry)).has_weights(serving["model_id"]):
+        # Clean of traces, and yet nothing to serve: a scheduler reading only the exit code should be told.
+        print(f"audit: the promoted model {serving['model_id']} has no weights (erased); run `make retrain` to "
+              "promote a replacement, or `make rollback`")
     where = Roots.from_cfg(cfg)
     roots = where.named()
     absent = [f"{name}={root}" for name, root in roots.items() if not root.exists()]

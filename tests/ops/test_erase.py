@@ -342,6 +342,10 @@ def test_an_erased_promoted_model_still_needs_replacing(store: dict[str, Any], c
     assert erase.main(overrides(store["root"])) == 0
     assert (f"erase: the promoted model {current['model_id']} was trained on deleted data and its weights are erased; "
             "run `make retrain`") in capsys.readouterr().err
+    # The audit, clean of traces, says it too (a scheduler may read only its exit code, 0 here).
+    assert audit.main(overrides(store["root"])) == 0
+    assert f"audit: the promoted model {current['model_id']} has no weights (erased); run `make retrain`" \
+        in capsys.readouterr().out
     # A retired model, once erased, needs nothing more.
     retired = registry.record("model-0")["trained_on"][:1]
     registry.mark_erased("model-0")
