@@ -89,7 +89,7 @@ def speed(steps: int, overrides: list[str]) -> None:
     from pipeline.config import TrainerConfig, checked
     from pipeline.nlu.config import HeadConfig, NLUConfig
     from pipeline.nlu.model import NLUModel, build_model, load_tokenizer
-    from pipeline.nlu.train import (DataCollatorForTokenClassification, label_maps, make_optimizer,
+    from pipeline.nlu.train import (DataCollatorForTokenClassification, label_maps, length_grouping, make_optimizer,
                                     resolve_backbone, to_features, training_arguments, training_rows)
 
     cfg = _config(overrides)
@@ -122,7 +122,7 @@ def speed(steps: int, overrides: list[str]) -> None:
     base_model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=len(intents))
     base_train = train.remove_columns(["labels"]).rename_column("intent_labels", "labels")
     base_args = TrainingArguments(output_dir=str(out / "baseline"), max_steps=steps, per_device_train_batch_size=batch,
-                                  learning_rate=float(cfg.nlu.learning_rate), train_sampling_strategy="group_by_length",
+                                  learning_rate=float(cfg.nlu.learning_rate), **length_grouping(True),
                                   save_strategy="no", report_to="none", use_cpu=True, seed=int(cfg.seed),
                                   disable_tqdm=True, logging_steps=10_000)
     baseline = timed(Trainer(model=base_model, args=base_args, train_dataset=base_train, processing_class=tokenizer,

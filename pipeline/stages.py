@@ -79,7 +79,7 @@ def _run(cfg: DictConfig, stages: list[str], run_dir: Path) -> dict[str, Any]:
                 results["data"] = run_data_stage(cfg, run_dir, tracker)
                 from pipeline.data.label_noise import copy_manifest
 
-                copy_manifest(cfg, run_dir, run_folder.dataset_ids(run_dir))  # the demo's planted errors, if any
+                copy_manifest(cfg, run_dir)  # the demo's planted annotation errors, if any
             if placement is not None:
                 barrier(placement, "build the dataset")
         dataset_path = run_folder.dataset_path(run_dir)

@@ -407,7 +407,6 @@ def _end(run: TrainingRun, stopped_by: str) -> dict[str, Any]:
         # Seconds of work, so it is built fresh rather than checkpointed; see pipeline/asr/lm.py.
         tok = run.processor.tokenizer
         write_char_lm(run.out_dir / LM_DIR, run.splits["train"]["text"], tok.get_vocab(), tok.word_delimiter_token, int(run.acfg.lm_order))
-    run.state["max_batch_seconds"] = run.batch_seconds
     metrics = _save_best(run, stopped_by)
     barrier(run.placement)
     return metrics

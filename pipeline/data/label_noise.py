@@ -49,11 +49,12 @@ def with_label_noise(annotations: Path, share: float, seed: int) -> Path:
     return noisy
 
 
-def copy_manifest(cfg: DictConfig, run_dir: Path, kept: set[str]) -> Path | None:
+def copy_manifest(cfg: DictConfig, run_dir: Path, kept: set[str] | None = None) -> Path | None:
     """Write `<run>/label_noise.jsonl` for a build whose demo (`data=demo`, or a `demo` entry of
     `data.sources`, as in data=demo_speech) has label noise; None when none has.
 
-    Only the lines of clips the dataset kept (`kept`: its utterance ids): the demo's manifest covers
+    Only the lines of clips the dataset kept (`kept`: its utterance ids, read from the run's build when
+    not given, and only when there is a manifest): the demo's manifest covers
     its whole export, deleted and flagged clips included, whose ids and transcripts must not reach
     the run folder. A manifest an earlier build left in the folder goes, so the review never scores
     this dataset against another build's planted errors."""
@@ -75,6 +76,10 @@ def copy_manifest(cfg: DictConfig, run_dir: Path, kept: set[str]) -> Path | None
     if not lines:
         target.unlink(missing_ok=True)
         return None
+    if kept is None:
+        from pipeline import run_folder
+
+        kept = run_folder.dataset_ids(run_dir)
     rows = [line for text in lines for line in text.splitlines(keepends=True)
             if line.strip() and json.loads(line)["utterance_id"] in kept]
     target.write_text("".join(rows), encoding="utf-8")

@@ -390,10 +390,10 @@ def hf_source(data_cfg: SourceConfig, cache_dir: Path, name: str, config_name: s
                 yield RawRecord(row + 1, None, "; ".join(f"{f}: the cell of column {hf.mapping[f]!r} is empty"
                                                          for f in blank), row=row, audio=audio)
                 continue
+            aliases: tuple[str, ...] = ()
             if "utterance_id" not in record:
                 local = audio.get("path") if isinstance(audio, dict) and audio.get("bytes") is None else None
                 content = audio.get("bytes") or str(audio.get("path") or "").encode() if isinstance(audio, dict) else b""
-                aliases: tuple[str, ...] = ()
                 if local and hf.root is not None and Path(local).is_relative_to(hf.root):
                     record["utterance_id"] = f"{name}/{Path(local).relative_to(hf.root).with_suffix('').as_posix()}"
                 elif content:
@@ -401,8 +401,6 @@ def hf_source(data_cfg: SourceConfig, cache_dir: Path, name: str, config_name: s
                     aliases = (f"{name}/{row}",)
                 else:
                     record["utterance_id"] = f"{name}/{row}"  # no audio to name it by: quarantined as such
-            else:
-                aliases = ()
             made_up = () if "account_id" in record else ("account_id",)
             if made_up:
                 record["account_id"] = record["utterance_id"]

@@ -276,9 +276,10 @@ def intervals(
     if samples < 1:
         raise ValueError(f"bootstrap samples must be >= 1, got {samples}")
     weights, units = _clip_weights(table, samples, seed)
+    drawn = _metric_samples(table, weights)
     if len(units) < MIN_UNITS:
-        return {key: None for key in _metric_samples(table, weights)}
-    found = {key: _percentiles(values, confidence) for key, values in _metric_samples(table, weights).items()}
+        return dict.fromkeys(drawn)
+    found = {key: _percentiles(values, confidence) for key, values in drawn.items()}
     if not _ranking_units([table]):
         found.update({key: None for key in RANKING_METRICS if key in found})
     for metric in METRICS:
@@ -315,11 +316,9 @@ def _exact_share_interval(table: ClipTable, metric: Metric, confidence: float) -
     time and would give a zero-width interval; by speaker (as the bootstrap resamples), since a
     speaker's clips fail together more than independent clips would."""
     events, trials = (table.counts[name] for name in metric.counts)
-    speakers = np.array(table.speakers)
-    units = sorted({s for s, n in zip(speakers, trials) if n > 0})
-    if len(units) < MIN_UNITS:
+    n = len(_units_counted([table], metric))
+    if n < MIN_UNITS:
         return None
-    n = len(units)
     k = 0 if events.sum() == 0 else n if events.sum() == trials.sum() else None
     if k is None:
         return None  # a share strictly between 0 and 1 varies from sample to sample: not this case

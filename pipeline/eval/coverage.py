@@ -32,6 +32,9 @@ NLU_ENTITY_KEYS = ("nlu/entity_f1",)
 SLU_INTENT_KEYS = ("slu/intent_accuracy", "slu/intent_macro_f1")
 SLU_ENTITY_KEYS = ("slu/entity_f1", "slu/slu_f1")
 EDIT_KEYS = ("word_errors", "ref_words", "char_errors", "ref_chars")
+# Every key metrics.json can hold (besides by_source/<source>/<key>), e.g. for checking a gate rule's name.
+ALL_KEYS = (*ASR_KEYS, *WAKE_KEYS, *BACKGROUND_KEYS, *NLU_INTENT_KEYS, *NLU_ENTITY_KEYS, *SLU_INTENT_KEYS,
+            *SLU_ENTITY_KEYS, "eval/num_clips", "eval/audio_hours")
 
 
 def models_to_evaluate(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, Path | None]:

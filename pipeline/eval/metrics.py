@@ -87,7 +87,7 @@ def wer_by_slice(
         if has_words(references[i] for i in idx):
             out[key] = {
                 "wer": wer([references[i] for i in idx], [hypotheses[i] for i in idx]),
-                "clips": len(idx),
+                "clips": sum(has_words([references[i]]) for i in idx),  # the clips scored
             }
     return out
 

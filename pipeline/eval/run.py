@@ -234,20 +234,21 @@ def _transcribe_splits(
     search = {"word_delimiter": processor.tokenizer.word_delimiter_token,
               "beam_size_token": int(ecfg.beam_size_token), "beam_threshold": float(ecfg.beam_threshold)}
     val_refs = [normalize_text(t or "") for t in val["text"]]
-    if not M.has_words(val_refs):  # a corpus that labels only: nothing to choose the weight on
+    transcribed = M.has_words(val_refs)
+    if not transcribed:  # a corpus that labels only: nothing to choose the weight on
         weights = weights[len(weights) // 2:][:1]
         log.warning("eval: split %s has no transcript to choose the LM weight on; decoding with eval.lm_weights' "
                     "middle value, %g", ecfg.tune_split, weights[0])
     val_out = infer(val, [BeamDecoder(asr_dir, vocab, w, beam, **search) for w in weights])
     decoding.tuning = [
-        {"lm_weight": w, "wer": M.wer(val_refs, [normalize_text(h) for h in hyps]) if M.has_words(val_refs) else None}
+        {"lm_weight": w, "wer": M.wer(val_refs, [normalize_text(h) for h in hyps]) if transcribed else None}
         for w, hyps in zip(weights, val_out.decoded)
     ]
     best = min(decoding.tuning, key=lambda t: (t["wer"] or 0.0, t["lm_weight"]))
     decoding.lm_weight, decoding.beam_size = best["lm_weight"], beam
     decoding.lm_order = read_lm_meta(asr_dir).get("order")
     test_out = infer(test, [BeamDecoder(asr_dir, vocab, decoding.lm_weight, beam, **search)])
-    if M.has_words(val_refs):
+    if transcribed:
         log.info("eval: LM weight %.2f (validation WER %.4f; greedy %.4f)", best["lm_weight"], best["wer"],
                  M.wer(val_refs, [normalize_text(h) for h in val_out.hypotheses]))
     return val_out, test_out, decoding

@@ -36,8 +36,8 @@ from omegaconf import DictConfig, open_dict
 from pipeline.data.features import AUDIO_EXTENSIONS
 from pipeline.data.privacy import record_pseudonyms
 from pipeline.data.schema import json_lines
-from pipeline.ops.corpus import pending_deletions, pseudonym_key
-from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_rows, deleted_set,
+from pipeline.ops.corpus import pseudonym_key
+from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_rows, requested_deletions,
                                 derived_parts, export_folders, find_traces, gram_hash, kept_digests, md5_b64,
                                 prediction_hit, run_fingerprints, staging_files, text_hash, unexplained_grams)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, run_of, walk_files
@@ -118,12 +118,7 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
     for name, root in roots.named().items():
         check_root(name, root)
     key = pseudonym_key(cfg.privacy)
-    deleted = deleted_set(roots)
-    if roots.inbox.is_dir():
-        deleted |= pending_deletions(roots.inbox, roots.corpus, key)
-        from pipeline.ops.corpus import inbox_requests
-
-        deleted |= inbox_requests(roots.inbox, key)[1]
+    deleted = requested_deletions(roots, key)
     registry = Registry(roots.registry)
     affected_models = registry.affected_by(deleted)
     if not deleted:
@@ -289,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         for model in affected:
             print(f"  {model['model_id']}  {model['status']}  {model['deleted_utterances']} deleted utterance(s)")
 
-    serving = Registry(Path(registry)).current()
-    if serving and not Registry(Path(registry)).has_weights(serving["model_id"]):
+    models = Registry(Path(registry))
+    serving = models.current()
+    if serving and not models.has_weights(serving["model_id"]):
         # Clean of traces, and yet nothing to serve: a scheduler reading only the exit code should be told.
         print(f"audit: the promoted model {serving['model_id']} has no weights (erased); run `make retrain` to "
               "promote a replacement, or `make rollback`")

@@ -212,8 +212,7 @@ def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, sample
     evaluated = [r for r in runs if evaluated_run(r)]
     if len(evaluated) < 2:
         return ""
-    erased = [r for r in evaluated if (r.path / DO_NOT_SYNC).is_file()]
-    first = evaluated[0] if chosen else next((r for r in evaluated if r not in erased), evaluated[0])
+    first = evaluated[0] if chosen else next((r for r in evaluated if not (r.path / DO_NOT_SYNC).is_file()), evaluated[0])
     others = [r for r in evaluated if r is not first]
     lines = [f"Paired against the baseline, {_name(first, base)} "
              f"(difference = run - baseline, 95% paired speaker bootstrap, {samples} samples):"]

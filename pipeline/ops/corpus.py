@@ -333,9 +333,11 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
     write_text_atomic(corpus.annotations, "".join(line + "\n" for line in merged))
 
 
-def pending_deletions(inbox: Path, corpus_dir: Path, key: bytes) -> set[str]:
-    """For the audit: tombstones plus the utterances requests still waiting in the inbox delete."""
-    _files, incoming = inbox_requests(inbox, key)
+def pending_deletions(inbox: Path, corpus_dir: Path, key: bytes, incoming: set[str] | None = None) -> set[str]:
+    """For the audit: tombstones plus the utterances requests still waiting in the inbox delete
+    (`incoming`: those requests' pseudonyms, when the caller has parsed them already)."""
+    if incoming is None:
+        incoming = inbox_requests(inbox, key)[1]
     ingested = corpus_dir / "batches"
     batches = [*inbox_batches(inbox), *(sorted(p for p in ingested.iterdir() if p.is_dir()) if ingested.is_dir() else [])]
     records = [r for b in batches if (b / ANNOTATIONS).is_file() for r in batch_records(b)]

@@ -47,7 +47,7 @@ from pipeline.asr.config import MAX_LM_ORDER
 from pipeline.data.privacy import REQUESTS_FILE, TOMBSTONES_FILE, pseudonym, read_pseudonyms, record_pseudonyms
 from pipeline.data.schema import json_lines
 from pipeline.ops.config import JobConfig, job_config
-from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, inbox_requests, pseudonym_key, remerge,
+from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, inbox_requests, pending_deletions, pseudonym_key, remerge,
                                  utterance_pseudonym)
 from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, check_root, place_of,
                                     run_folders, walk_files)
@@ -600,6 +600,17 @@ def _rm(path: Path) -> None:
 
 def deleted_set(roots: Roots) -> set[str]:
     return read_pseudonyms(roots.corpus / REQUESTS_FILE) | read_pseudonyms(roots.corpus / TOMBSTONES_FILE)
+
+
+def requested_deletions(roots: Roots, key: bytes) -> set[str]:
+    """Every pseudonym a deletion request names, applied or still waiting in the inbox: the corpus's
+    requests and tombstones, the utterances waiting requests delete, and those requests' own ids
+    (an account, a device). What the audit looks for, and what promote and rollback refuse."""
+    deleted = deleted_set(roots)
+    if roots.inbox.is_dir():
+        incoming = inbox_requests(roots.inbox, key)[1]
+        deleted |= pending_deletions(roots.inbox, roots.corpus, key, incoming) | incoming
+    return deleted
 
 
 def refuse_if_busy(roots: Roots, erasing: set[str]) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.ops.corpus import check_inbox, pending_deletions, pseudonym_key
+from pipeline.ops.corpus import check_inbox, pseudonym_key
 from pipeline.ops.registry import MODEL_PARTS, Registry
 from pipeline.runtime import PipelineError
 
@@ -42,20 +42,16 @@ def _deleted(cfg: DictConfig) -> set[str]:
     """Applied deletions, those still waiting (a wrong inbox path would hide them), and the clips
     under other ids that hold their audio (the recording exported again), found as erasure finds
     them: a candidate trained on such a copy was trained on the deleted recording."""
-    from pipeline.ops.corpus import inbox_requests
-    from pipeline.ops.erase import Ledger, deleted_set, find_traces
+    from pipeline.ops.erase import Ledger, find_traces, requested_deletions
     from pipeline.ops.inventory import Roots
 
-    inbox = Path(cfg.retrain.inbox)
-    check_inbox(inbox)
-    key = pseudonym_key(cfg.privacy)
-    ids = pending_deletions(inbox, Path(cfg.retrain.corpus_dir), key)
-    roots = Roots.from_cfg(cfg)
-    requests = ids | deleted_set(roots) | inbox_requests(inbox, key)[1]
+    check_inbox(Path(cfg.retrain.inbox))
+    roots, key = Roots.from_cfg(cfg), pseudonym_key(cfg.privacy)
+    requests = requested_deletions(roots, key)
     if not requests:
-        return ids
-    traces = find_traces(roots, key, requests, Ledger.load(roots.erasure).audio)
-    return ids | set(traces.clips)  # the clips found, by request or as copies of one
+        return requests
+    # The clips found, by a request or as copies of a requested one.
+    return requests | set(find_traces(roots, key, requests, Ledger.load(roots.erasure).audio).clips)
 
 
 def _retire_reason(registry: Registry, deleted: set[str], otherwise: str) -> str:

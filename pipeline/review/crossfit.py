@@ -67,10 +67,10 @@ def load_backbone(nlu_cfg: DictConfig, nlu_dir: Path, seed: int) -> tuple[Any, A
 
     try:
         config = AutoConfig.from_pretrained(str(nlu_dir))
-        tokenizer = load_tokenizer(nlu_dir, config)
-    except (OSError, ValueError, KeyError) as err:  # a damaged config.json or tokenizer file
+    except (OSError, ValueError, KeyError) as err:  # a damaged config.json (load_tokenizer names its own files)
         raise PipelineError(f"{nlu_dir}: its config or tokenizer does not load ({type(err).__name__}: {first_line(err)}); "
                             "re-run the `nlu` stage (stages=[nlu]) to write the folder again") from None
+    tokenizer = load_tokenizer(nlu_dir, config)
     max_length = int(getattr(config, "nlu_max_length", 64))
     kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
     encoder_config = OmegaConf.select(nlu_cfg, "encoder_config", default=None)
