@@ -38,7 +38,7 @@ from pipeline.ops.config import RetrainConfig, job_config, retrain_config
 from pipeline.ops.corpus import Corpus, pseudonym_key, remerge, stray_inbox_entries, update_corpus, utterance_pseudonym
 from pipeline.ops.erase import erase_copies, record_source_audio, tombstone_copies
 from pipeline.ops.gate import gate_on_runs
-from pipeline.ops.inventory import Roots
+from pipeline.ops.inventory import Roots, check_root
 from pipeline.ops.promote import promote_model, rollback, write_candidate
 from pipeline.ops.registry import Registry, now
 from pipeline.runtime import PipelineError, configure_environment, kept_from_children
@@ -206,6 +206,8 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     key = pseudonym_key(cfg.privacy)
     decision: dict[str, Any] = {"recovered": registry.recover()}
     roots = Roots.from_cfg(cfg)
+    for name, root in roots.named().items():  # the erasure after the decision walks them: found now, not after a night's training
+        check_root(name, root)
     record_source_audio(roots, key)  # before the intake deletes any of it
     corpus = update_corpus(Path(retrain.inbox), Path(retrain.corpus_dir), key)
     # A clip under another id holding a deleted clip's audio (the recording exported again) is

@@ -204,14 +204,27 @@ def test_a_config_value_that_does_not_resolve_is_a_config_error(tmp_path: Path, 
 
 def test_an_erasure_that_fails_after_the_decision_keeps_the_decision_and_fails_the_job(tmp_path: Path, capsys) -> None:
     (tmp_path / "inbox").mkdir()
-    (tmp_path / "outputs").write_text("a file where the runs' root should be\n")
+    (tmp_path / "registry" / "erasure").mkdir(parents=True)
+    (tmp_path / "registry" / "erasure" / "state.json").write_text('{"requests_seen": [')  # cut short
     assert run_retrain(_cfg(tmp_path)) == EXIT_FAILED
     decision = json.loads((tmp_path / "run" / "decision.json").read_text())
     assert decision["decision"] == "nothing_to_do" and decision["exit_code"] == EXIT_FAILED
-    assert f"{tmp_path / 'outputs'} is not a folder" in decision["erasure"]["error"] and "make erase" in decision["erasure"]["fix"]
+    assert "JSONDecodeError" in decision["erasure"]["error"] and "make erase" in decision["erasure"]["fix"]
     [logged] = [json.loads(line) for line in (tmp_path / "registry" / "decisions.jsonl").read_text().splitlines()]
     assert (logged["decision"], logged["exit_code"]) == ("nothing_to_do", EXIT_FAILED) and "error" in logged["erasure"]
-    assert re.search(r"^error: retrain: nothing_to_do: .*but the erasure failed: .*is not a folder", capsys.readouterr().err, re.M)
+    assert re.search(r"^error: retrain: nothing_to_do: .*but the erasure failed: JSONDecodeError", capsys.readouterr().err, re.M)
+
+
+def test_an_erase_root_that_is_not_a_folder_stops_the_job_before_the_intake(tmp_path: Path) -> None:
+    """The erasure runs after training; a root it cannot walk would fail only then, a night later."""
+    batch = tmp_path / "inbox" / "batch-001"
+    batch.mkdir(parents=True)
+    (batch / "annotations.jsonl").write_text("{}\n")
+    (tmp_path / "outputs").write_text("a file where the runs' root should be\n")
+    assert run_retrain(_cfg(tmp_path)) == EXIT_CONFIG
+    decision = json.loads((tmp_path / "run" / "decision.json").read_text())
+    assert decision["decision"] == "config_error" and f"{tmp_path / 'outputs'} is not a folder" in decision["reason"]
+    assert (batch / "annotations.jsonl").read_text() == "{}\n" and not (tmp_path / "corpus").exists()
 
 
 def test_a_batch_with_a_byte_order_mark_is_purged_from_its_first_line_and_a_line_not_in_utf8_set_aside(
