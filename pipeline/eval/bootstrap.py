@@ -279,16 +279,20 @@ def intervals(
     drawn = _metric_samples(table, weights)
     if len(units) < MIN_UNITS:
         return dict.fromkeys(drawn)
-    found = {key: _percentiles(values, confidence) for key, values in drawn.items()}
-    if not _ranking_units([table]):
-        found.update({key: None for key in RANKING_METRICS if key in found})
+    few = _too_few_units([table])  # e.g. every wake-word positive from one speaker: each draw has it or not
+    found = {key: None if key in few else _percentiles(values, confidence) for key, values in drawn.items()}
     for metric in METRICS:
-        if metric.key in found and len(_units_counted([table], metric)) < MIN_UNITS:
-            found[metric.key] = None  # e.g. every wake-word positive from one speaker: each draw has it or not
         ci = found.get(metric.key)
         if metric.share and ci is not None and ci[0] == ci[1]:
             found[metric.key] = _exact_share_interval(table, metric, confidence)
     return found
+
+
+def _too_few_units(tables: Sequence[ClipTable]) -> set[str]:
+    """The metric keys that fewer than MIN_UNITS speakers count towards in `tables` (for AUC and
+    EER: with positives, or with negatives): their draws repeat the same few, so no interval."""
+    few = {m.key for m in METRICS if len(_units_counted(tables, m)) < MIN_UNITS}
+    return few if _ranking_units(tables) else few | set(RANKING_METRICS)
 
 
 def _units_counted(tables: Sequence[ClipTable], metric: Metric) -> set[str]:
@@ -422,11 +426,10 @@ def paired_differences(
     base_point, other_point = point_values(base), point_values(other)
     base_samples, other_samples = _metric_samples(base, weights), _metric_samples(other, weights)
     differences = {}
-    counted = {m.key: len(_units_counted([base, other], m)) for m in METRICS}
-    counted.update(dict.fromkeys(RANKING_METRICS, MIN_UNITS if _ranking_units([base, other]) else 0))
+    few = _too_few_units([base, other])
     for key in base_samples.keys() & other_samples.keys():
         b, o = base_point[key], other_point[key]
-        enough = len(units) >= MIN_UNITS and counted.get(key, MIN_UNITS) >= MIN_UNITS
+        enough = len(units) >= MIN_UNITS and key not in few
         ci = _percentiles(other_samples[key] - base_samples[key], confidence) if enough else None
         differences[key] = Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key])
     ordered = {k: differences[k] for k in INTERVAL_KEYS if k in differences}
