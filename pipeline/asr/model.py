@@ -13,7 +13,6 @@ from safetensors import SafetensorError
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Processor
 
 from pipeline.runtime import PipelineError, looks_like_path
-from pipeline.text import normalize_text
 
 
 def _ctc_overrides(cfg: DictConfig, processor: Wav2Vec2Processor) -> dict:
@@ -216,9 +215,10 @@ def evaluate_clips(
         hyps.extend(texts)
     model.train(was_training)
     loss = loss_sum / max(clips, 1)
-    if not any(normalize_text(r) for r in refs):  # nothing to score a word error rate against
+    if not M.has_words(refs):  # nothing to score a word error rate against
         return {"loss": loss, "wer": float("nan"), "cer": float("nan"), "clips": clips}
-    return {"loss": loss, "wer": M.wer(refs, hyps), "cer": M.cer(refs, hyps), "clips": clips}
+    wer, cer = M.error_rates(refs, hyps)
+    return {"loss": loss, "wer": wer, "cer": cer, "clips": clips}
 
 
 def probe_batch_seconds(

@@ -32,6 +32,12 @@ def cer(references: list[str], hypotheses: list[str]) -> float:
     return totals["char_errors"] / totals["ref_chars"]
 
 
+def error_rates(references: list[str], hypotheses: list[str]) -> tuple[float, float]:
+    """(WER, CER) from one alignment of each clip: `wer` and `cer` called apart align every clip twice."""
+    totals = _totals(references, hypotheses)
+    return totals["word_errors"] / totals["ref_words"], totals["char_errors"] / totals["ref_chars"]
+
+
 def has_words(references: Iterable[str]) -> bool:
     """Whether any reference has a word to score a WER against (a corpus that labels only has none)."""
     return any(normalize_text(r) for r in references)

@@ -612,13 +612,10 @@ def _score(
     nlu_intent, nlu_ents, slu_intent, slu_ents, slu = understanding
     metrics: dict[str, Any] = {}
     if have_asr and M.has_words(refs):  # else left out: coverage.label_reasons says why
-        metrics.update({
-            "asr/wer": M.wer(refs, hyps),
-            "asr/cer": M.cer(refs, hyps),
-            # The acoustic model alone, to compare with runs or models decoded without the LM.
-            "asr/wer_greedy": M.wer(refs, [r["greedy_hypothesis"] for r in rows]),
-            "asr/cer_greedy": M.cer(refs, [r["greedy_hypothesis"] for r in rows]),
-        })
+        metrics["asr/wer"], metrics["asr/cer"] = M.error_rates(refs, hyps)
+        # The acoustic model alone, to compare with runs or models decoded without the LM.
+        metrics["asr/wer_greedy"], metrics["asr/cer_greedy"] = M.error_rates(
+            refs, [r["greedy_hypothesis"] for r in rows])
     if have_asr:
         metrics.update({
             "wake/frr": wake.frr if wake else None,

@@ -23,6 +23,14 @@ def test_cer_counts_characters_including_spaces() -> None:
     assert M.cer(["ab cd"], ["ab ce"]) == pytest.approx(1 / 5)
 
 
+def test_error_rates_are_wer_and_cer_from_one_alignment() -> None:
+    refs, hyps = ["ab cd", "set an alarm", ""], ["ab ce", "set alarm now", "words on a silent clip"]
+    # clip 1: 1 of 2 words, 1 of 5 characters; clip 2: a deletion and an insertion (2 of 3 words;
+    # "set an alarm" -> "set alarm now": 7 character edits of 12); clip 3 has no transcript: not scored.
+    assert M.error_rates(refs, hyps) == (pytest.approx(3 / 5), pytest.approx(8 / 17))
+    assert M.error_rates(refs, hyps) == (M.wer(refs, hyps), M.cer(refs, hyps))
+
+
 def test_wer_by_slice_and_duration_buckets() -> None:
     refs, hyps = ["a b", "c d", "e f"], ["a b", "c x", "x x"]
     slices = M.wer_by_slice(refs, hyps, ["s1", "s1", "s2"])
