@@ -82,12 +82,16 @@ def test_a_resume_with_other_batches_starts_its_epoch_over(
     # Stopped two steps into an epoch with batches of 12 s; resumed with 6 s batches (as `auto` may
     # choose on another GPU), the saved position would index another list of batches.
     first = ("asr.max_steps=2", "asr.eval_every=2", "asr.max_batch_seconds=12", "asr.lm_order=null")
-    run_asr_stage(micro_cfg(*first), tmp_path, tiny_dataset_path, RecordingTracker())
+    stopped = run_asr_stage(micro_cfg(*first), tmp_path, tiny_dataset_path, RecordingTracker())
     capsys.readouterr()
     resumed = ("asr.max_steps=4", "asr.eval_every=2", "asr.max_batch_seconds=6", "asr.lm_order=null", "asr.resume=auto")
-    run_asr_stage(micro_cfg(*resumed), tmp_path, tiny_dataset_path, RecordingTracker())
+    after = run_asr_stage(micro_cfg(*resumed), tmp_path, tiny_dataset_path, RecordingTracker())
     out = capsys.readouterr().out
     assert "resuming with other batches than the checkpoint's (asr.max_batch_seconds 12 -> 6): epoch 0 starts over" in out
+    # Steps 3-4 trained on the first two 6 s batches of epoch 0, as a fresh 6 s run's steps 1-2 do.
+    fresh = run_asr_stage(micro_cfg("asr.max_steps=2", "asr.eval_every=2", "asr.max_batch_seconds=6", "asr.lm_order=null"),
+                          tmp_path / "fresh", tiny_dataset_path, RecordingTracker())
+    assert after["audio_hours_seen"] - stopped["audio_hours_seen"] == pytest.approx(fresh["audio_hours_seen"], rel=1e-9)
     # The same batches again: no warning.
     again = ("asr.max_steps=6", "asr.eval_every=2", "asr.max_batch_seconds=6", "asr.lm_order=null", "asr.resume=auto")
     run_asr_stage(micro_cfg(*again), tmp_path, tiny_dataset_path, RecordingTracker())
