@@ -54,7 +54,7 @@ def holds_out_everyone(validation: float, test: float) -> bool:
 
 
 def check_shares(key: str, shares: SplitShares, everyone_allowed: bool = False) -> None:
-    """The range `pipeline.data.splits.check_ratios` holds the build to, named by the full key.
+    """Shares of accounts from 0 to 1 whose sum leaves some to train on, named by the full key.
     `everyone_allowed`: a wake-word test source, which trains no one, may hold out every speaker."""
     for name in ("validation", "test"):
         value = getattr(shares, name)
