@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta, chi2
 
+from pipeline.eval.metrics import EDIT_KEYS
+
 CONFIDENCE = 0.95
 DEFAULT_SAMPLES = 1000
 DEFAULT_SEED = 0
@@ -132,7 +134,7 @@ def clip_counts(row: Mapping[str, Any], threshold: float | None) -> dict[str, fl
     tuned wake-word threshold, or None when the wake-word metrics were skipped.
     """
     edit = row["edit"]
-    out: dict[str, float] = {k: float(edit[k]) for k in ("word_errors", "ref_words", "char_errors", "ref_chars")}
+    out: dict[str, float] = {k: float(edit[k]) for k in EDIT_KEYS}
     if threshold is not None:
         score = row.get("wake_score")
         detected = score is not None and score >= threshold

@@ -31,7 +31,6 @@ NLU_INTENT_KEYS = ("nlu/intent_accuracy", "nlu/intent_macro_f1")
 NLU_ENTITY_KEYS = ("nlu/entity_f1",)
 SLU_INTENT_KEYS = ("slu/intent_accuracy", "slu/intent_macro_f1")
 SLU_ENTITY_KEYS = ("slu/entity_f1", "slu/slu_f1")
-EDIT_KEYS = ("word_errors", "ref_words", "char_errors", "ref_chars")
 # Every key metrics.json can hold (besides by_source/<source>/<key>), e.g. for checking a gate rule's name.
 ALL_KEYS = (*ASR_KEYS, *WAKE_KEYS, *BACKGROUND_KEYS, *NLU_INTENT_KEYS, *NLU_ENTITY_KEYS, *SLU_INTENT_KEYS,
             *SLU_ENTITY_KEYS, "eval/num_clips", "eval/audio_hours")
@@ -99,8 +98,8 @@ def clip_counts(row: Mapping[str, Any], threshold: float | None) -> dict[str, fl
     """B.clip_counts for a clip that may have no ASR result (an NLU-only evaluation): no edit counts."""
     if "edit" in row:
         return B.clip_counts(row, threshold)
-    counts = B.clip_counts({**row, "edit": dict.fromkeys(EDIT_KEYS, 0)}, threshold)
-    return {k: v for k, v in counts.items() if k not in EDIT_KEYS}
+    counts = B.clip_counts({**row, "edit": dict.fromkeys(M.EDIT_KEYS, 0)}, threshold)
+    return {k: v for k, v in counts.items() if k not in M.EDIT_KEYS}
 
 
 def add_sources(split: Any, rows: list[dict[str, Any]]) -> bool:

@@ -16,6 +16,7 @@ import jiwer
 from pipeline.text import normalize_text
 
 Entity = dict[str, Any]  # {"type", "value", ...}: only type and value are scored
+EDIT_KEYS = ("word_errors", "ref_words", "char_errors", "ref_chars")  # one clip's counts, `edit_counts`
 
 
 def wer(references: list[str], hypotheses: list[str]) -> float:
@@ -56,7 +57,7 @@ def edit_counts(reference: str, hypothesis: str) -> dict[str, int]:
     """
     ref, hyp = normalize_text(reference), normalize_text(hypothesis)
     if not ref:
-        return {"word_errors": 0, "ref_words": 0, "char_errors": 0, "ref_chars": 0}
+        return dict.fromkeys(EDIT_KEYS, 0)
     words = jiwer.process_words(ref, hyp)
     chars = jiwer.process_characters(ref, hyp)
     return {
