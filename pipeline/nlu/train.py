@@ -126,7 +126,7 @@ def run_nlu_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
     if not trained.trainer.is_world_process_zero():  # under torchrun, rank 0 alone saves and scores
         return {"model_dir": str(job.out_dir)}
     saved = save_model(job, trained)
-    metrics = {**training_facts(job, data, trained), **score_splits(saved, data.splits, int(job.ncfg.eval_batch_size))}
+    metrics = {**training_facts(data, trained), **score_splits(saved, data.splits, int(job.ncfg.eval_batch_size))}
     write_metrics(job, metrics)
     write_model_card(job.out_dir, "nlu", job.dataset_path, {
         "steps": metrics["global_step"], "epochs": metrics["epochs"], "training utterances": metrics["train_utterances"],
@@ -300,7 +300,7 @@ def save_model(job: NLUJob, trained: TrainedModel) -> NLUModel:
     return NLUModel.from_pretrained(job.out_dir)
 
 
-def training_facts(job: NLUJob, data: NLUData, trained: TrainedModel) -> dict[str, Any]:
+def training_facts(data: NLUData, trained: TrainedModel) -> dict[str, Any]:
     """What was trained and how long it took: the first keys of `nlu_metrics.json`, in their order."""
     state = trained.trainer.state
     return {

@@ -41,7 +41,7 @@ from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_row
                                 derived_parts, export_folders, find_traces, gram_hash, kept_digests, md5_b64,
                                 prediction_hit, run_fingerprints, staging_files, text_hash, unexplained_grams)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, run_of, walk_files
-from pipeline.ops.registry import Registry, weights_saw_deleted
+from pipeline.ops.registry import MODEL_PARTS, Registry, weights_saw_deleted
 from pipeline.runtime import PipelineError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -175,7 +175,7 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
         found = deleted | ledger.utterances | live.utterances
         trained = set(record.get("trained_on", [])) & found
         if weights_saw_deleted(record, found, erased) and any(
-                (model_dir / part).exists() for part in ("asr", "nlu")):
+                (model_dir / part).exists() for part in MODEL_PARTS):
             findings.append(Finding("registry model", "derived", str(model_dir),
                                     f"trained on {len(trained)} deleted clip(s), dataset {record.get('dataset_fingerprint')}"))
 

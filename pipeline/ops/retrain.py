@@ -40,7 +40,7 @@ from pipeline.ops.erase import erase_copies, record_source_audio, tombstone_copi
 from pipeline.ops.gate import gate_on_runs
 from pipeline.ops.inventory import Roots, check_root
 from pipeline.ops.promote import promote_model, rollback, write_candidate
-from pipeline.ops.registry import Registry, now
+from pipeline.ops.registry import MODEL_PARTS, Registry, now
 from pipeline.runtime import PipelineError, configure_environment, kept_from_children
 from pipeline.tracking import NullTracker
 
@@ -171,7 +171,7 @@ def _evaluate_incumbent(cfg: DictConfig, registry: Registry, model_id: str, run_
 
     folder = run_dir / "incumbent"
     folder.mkdir(exist_ok=True)
-    for part in ("asr", "nlu"):
+    for part in MODEL_PARTS:
         link = folder / part
         if not link.exists():
             link.symlink_to(registry.model_dir(model_id) / part, target_is_directory=True)

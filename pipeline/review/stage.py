@@ -61,7 +61,7 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
                             "annotations with the run's models: train them first (stages=[asr,nlu])")
     if not (asr_dir / "config.json").exists():
         notes.append(f"transcript and wake kinds skipped: the run has no ASR model ({asr_dir} has no config.json)")
-    elif any("audio" not in s.column_names for s in splits.values()):
+    elif not with_audio:
         notes.append("transcript and wake kinds skipped: the dataset has no audio")
     else:
         suspects += _acoustic_kinds(cfg, rcfg, asr_dir, splits, rows, folds.fold, seconds)
