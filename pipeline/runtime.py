@@ -11,7 +11,7 @@ import os
 import random
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -228,3 +228,15 @@ def publish(tmp: Path, final: Path, marker: str) -> None:
     except OSError:
         if not (final / marker).exists():
             raise
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """Nested configs and metrics as `a.b.c` (or `a/b/c`) keys, as W&B and the comparison table show them."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + sep, sep))
+        else:
+            out[name] = value
+    return out

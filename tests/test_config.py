@@ -54,7 +54,8 @@ def test_debug_profile_turns_on_the_profiler_and_combines_with_smoke() -> None:
 
 
 def test_comparing_runs_ignores_their_run_folders() -> None:
-    from pipeline.ops.compare import RunSummary, differing_keys, flatten
+    from pipeline.ops.compare import RunSummary, differing_keys
+    from pipeline.runtime import flatten
 
     runs = [RunSummary(Path(p), 0.0, flatten({"run_dir": p, "paths": {"run_dir": p}, "seed": s}), {})
             for p, s in (("/runs/a", 1), ("/runs/b", 2))]

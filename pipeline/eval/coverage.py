@@ -160,7 +160,7 @@ def by_source(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], thr
     return out
 
 
-def flatten(per_source: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+def by_source_keys(per_source: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     return {f"by_source/{name}/{key}": value for name, m in per_source.items() for key, value in m.items()}
 
 

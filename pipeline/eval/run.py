@@ -38,7 +38,7 @@ from pipeline.eval import bootstrap as B
 from pipeline.eval import metrics as M
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.coverage import (
-    BACKGROUND_KEYS, add_sources, by_source, clip_counts, flatten, label_reasons, leave_out, model_reasons,
+    BACKGROUND_KEYS, add_sources, by_source, by_source_keys, clip_counts, label_reasons, leave_out, model_reasons,
     models_to_evaluate,
 )
 from pipeline.eval.report import plot_confusion, plot_slices, write_report
@@ -147,7 +147,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     metrics = leave_out(metrics, not_computed)
     if has_sources:
         details["by_source"] = by_source(rows, metrics, wake.threshold if wake else None)
-        metrics.update(flatten(details["by_source"]))
+        metrics.update(by_source_keys(details["by_source"]))
     details["not_computed"] = not_computed
     details["slu_scoring"] = scoring
     details["test_data"] = _test_data(Path(dataset_path), str(ecfg.split), rows)

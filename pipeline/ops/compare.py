@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from pipeline.eval import bootstrap as B
 from pipeline.ops.gate import load_clip_table, with_background_pairs
 from pipeline.ops.inventory import DO_NOT_SYNC, searched_roots
 from pipeline.run_folder import EVAL_CONFIG_DIR
-from pipeline.runtime import PipelineError, first_line, table_cell
+from pipeline.runtime import PipelineError, first_line, flatten, table_cell
 
 # wake/frr beside wake/fa_per_hour: a threshold that sits lower trades one for the other.
 HEADLINE = ("asr/wer", "asr/cer", "wake/auc", "wake/frr", "wake/fa_per_hour", "nlu/intent_accuracy",
@@ -49,17 +48,6 @@ class RunSummary:
     metrics: dict[str, Any]
     test_data: dict[str, Any] | None = None  # eval_details.json's record of what was evaluated
     evaluation: bool = False  # an evaluate.py folder, whose config is evaluate.yaml's, not a training run's
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, name + sep, sep))
-        else:
-            out[name] = value
-    return out
 
 
 def find_runs(roots: list[Path]) -> list[Path]:

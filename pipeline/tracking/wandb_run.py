@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import redact_identifiers, redacted_override
 from pipeline.run_folder import read_build_report
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, flatten
 from pipeline.tracking import NullTracker, Tracker, transcripts_allowed
 from pipeline.tracking.config import logger_config
 
@@ -86,15 +86,9 @@ def _artifact_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "artifact"
 
 
-def _flat_numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flat_numbers(value, name + "/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
+def _flat_numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {name: float(value) for name, value in flatten(metrics, sep="/").items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 class WandbTracker:
