@@ -12,19 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Audio, load_from_disk
+from datasets import Audio
 
 from pipeline.data.annotations import tags_to_entities
+from pipeline.data.saved import open_saved
 from pipeline.runtime import PipelineError
 from pipeline.text import normalize_text
 
 
 def hypothesis_rows(dataset_path: Path, asr_dir: Path, batch_size: int = 8) -> list[dict[str, Any]]:
-    """One extra training row per train clip with a command: hypothesis text, aligned tags, same intent."""
+    """One extra training row per train clip: hypothesis text, aligned tags, same intent (a false
+    wake's too: the caller applies `nlu.false_wake` to these rows as to the gold ones)."""
     from pipeline.asr.collate import decode_audio
-    from pipeline.asr.model import greedy_decode, load_asr, output_lengths
+    from pipeline.asr.model import greedy_decode, load_asr, log_probs_of
 
-    split = load_from_disk(str(dataset_path))["train"]
+    split = open_saved(dataset_path)["train"]  # with its audio, which the NLU's own splits leave out
     if "audio" not in split.column_names:
         raise PipelineError(f"nlu.asr_hypotheses=true but {dataset_path} has no audio (text-only source); set it to false")
     model, processor = load_asr(asr_dir)
@@ -33,10 +35,8 @@ def hypothesis_rows(dataset_path: Path, asr_dir: Path, batch_size: int = 8) -> l
     for start in range(0, len(split), batch_size):
         batch = split[start : start + batch_size]
         waves = [decode_audio(a, u) for a, u in zip(batch["audio"], batch["utterance_id"])]
-        inputs = processor(waves, sampling_rate=16_000, return_tensors="pt", padding=True)
         with torch.inference_mode():
-            logits = model(**{k: v for k, v in inputs.items() if k in ("input_values", "attention_mask")}).logits
-        texts = greedy_decode(processor.tokenizer, logits, output_lengths(model, [len(w) for w in waves]))
+            texts = greedy_decode(processor.tokenizer, *log_probs_of(model, processor, waves))
         for hyp, words, tags, intent in zip(texts, batch["words"], batch["bio_tags"], batch["intent"]):
             hyp = normalize_text(hyp)
             hyp_tags = align_tags(words, tags, hyp.split())
