@@ -37,9 +37,10 @@ from pipeline.data.features import AUDIO_EXTENSIONS
 from pipeline.data.privacy import record_pseudonyms
 from pipeline.data.schema import json_lines
 from pipeline.ops.corpus import pseudonym_key
-from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_rows, requested_deletions,
-                                derived_parts, export_folders, find_traces, gram_hash, kept_digests, md5_b64,
-                                prediction_hit, run_fingerprints, staging_files, text_hash, unexplained_grams)
+from pipeline.ops.erase import (QUARANTINE_LINES, Ledger, audio_copy, dataset_folders, dataset_rows, derived_parts,
+                                export_folders, find_traces, gram_hash, kept_digests, md5_b64, prediction_hit,
+                                quarantine_hit, requested_deletions, run_fingerprints, staging_files, text_hash,
+                                unexplained_grams)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, run_of, walk_files
 from pipeline.ops.registry import MODEL_PARTS, Registry, weights_saw_deleted
 from pipeline.runtime import PipelineError
@@ -78,7 +79,7 @@ def _bookkeeping(path: Path, roots: Roots) -> bool:
             place = place_of(path.relative_to(root.resolve()).as_posix(), tuple(p for p in PLACES if p.root == name))
             if place is not None and place.erase == "keep" and place.kind != "registry log":
                 return True
-    return path.name in ("record.json", "candidate.json", "quarantine.jsonl", "decision.json", "decisions.jsonl")
+    return path.name in ("record.json", "candidate.json", "decision.json", "decisions.jsonl")
 
 
 def _texts_in(data: str) -> set[str]:
@@ -212,6 +213,12 @@ def _scan_file(f: Path, kind: str, wanted: Wanted, staged: bool, roots: Roots) -
         held = _lm_holds(f, wanted.key, wanted.grams)
         return [Finding("language model", "transcript", str(f), f"holds every n-gram of {held} deleted transcript(s)")] if held else []
     textual = f.suffix.lower() in TEXT_SUFFIXES or staged or f.suffix == ".wandb"
+    if f.name == QUARANTINE_LINES and f.stat().st_size <= MAX_TEXT_BYTES:
+        # Bookkeeping that names deleted clips on purpose, by pseudonym with reason `deleted`; a line
+        # written before the request (a flagged clip, by its id) is a trace.
+        rows = [json.loads(line) for line in f.read_text(errors="replace").splitlines() if line.strip().startswith("{")]
+        hits = sum(1 for r in rows if isinstance(r, dict) and quarantine_hit(wanted.key, wanted.deleted, r))
+        return [Finding(kind, "id", str(f), f"{hits} line(s) naming a deleted clip by its id")] if hits else []
     if not textual or f.stat().st_size > MAX_TEXT_BYTES or _bookkeeping(f.resolve(), roots):
         return []
     found = []

@@ -62,6 +62,7 @@ STATE = "state.json"
 # bundled KenLM reads; lower orders are shared by nearly every kept transcript and tell nothing.
 LM_ORDERS = tuple(range(3, MAX_LM_ORDER + 1))
 REPORTS = ("report.md", "report.html", "eval_details.json")
+QUARANTINE_LINES = "quarantine.jsonl"  # a build's, in its dataset folder and copied into its run folder
 
 
 # ---------------------------------------------------------------------------- what is deleted
@@ -296,11 +297,12 @@ def audio_copy(path: Path, audio: set[str]) -> str | None:
 
 def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = False,
                  matched: Counter | None = None, audio: set[str] = frozenset(),
-                 copies: set[str] | None = None) -> tuple[int, list[str]]:
+                 copies: set[str] | None = None, taken: set[str] | None = None) -> tuple[int, list[str]]:
     """Drop deleted records (and their audio) from an export folder; returns (records, audio sha256s).
     `matched` counts the records each pseudonym of `deleted` took (a receipt's per-request status).
     A record whose audio file holds one of `audio` (deleted clips' sha256s) goes too, as a copy; its
-    utterance's pseudonym is added to `copies`."""
+    utterance's pseudonym is added to `copies`. `taken` gets the utterance pseudonym of every record
+    dropped (one a request named by its account or device included)."""
     from pipeline.data.audio import identifies_a_recording
 
     annotations = folder / ANNOTATIONS
@@ -323,6 +325,8 @@ def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = Fa
         purged += 1
         if matched is not None:
             matched.update(hits)
+        if taken is not None and isinstance(record.get("utterance_id"), str):
+            taken.add(utterance_pseudonym(key, record["utterance_id"]))
         if path is not None:
             if identifies_a_recording(path):  # what the audit looks for copies of
                 hashes.append(hashlib.sha256(path.read_bytes()).hexdigest())
@@ -453,6 +457,32 @@ def filter_predictions(path: Path, key: bytes, deleted: set[str], texts: set[str
     if dropped:
         write_text_atomic(path, "".join(line + "\n" for line in kept))
     return dropped
+
+
+def quarantine_hit(key: bytes, deleted: set[str], row: dict[str, Any]) -> bool:
+    """A build's quarantine line that names a deleted clip otherwise than as a build now would (by its
+    pseudonym, reason `deleted`): a flagged or invalid clip deleted after the build. It never reached
+    the dataset, so the dataset and its runs stay, but the line names it by id, with the reason's detail."""
+    return isinstance(row.get("utterance_id"), str) and row.get("reason") != "deleted" and bool(row_matches(key, deleted, row))
+
+
+def filter_quarantine(path: Path, key: bytes, deleted: set[str]) -> int:
+    """Rewrite a quarantine file's lines of deleted clips as a build now writes them; returns how many."""
+    lines, rewritten = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and quarantine_hit(key, deleted, row):
+            where = {k: v for k, v in row.items() if k not in ("utterance_id", "reason", "detail")}
+            line = json.dumps({**where, "utterance_id": utterance_pseudonym(key, row["utterance_id"]), "reason": "deleted",
+                               "detail": f"erased after a deletion request (quarantined as {row.get('reason')})"})
+            rewritten += 1
+        lines.append(line)
+    if rewritten:
+        write_text_atomic(path, "".join(line + "\n" for line in lines))
+    return rewritten
 
 
 def count_erased_clips(metrics_path: Path, dropped: int) -> None:
@@ -656,16 +686,17 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     texts = ledger.texts - traces.kept_texts
 
     from_exports: Counter = Counter()  # records each request took from the exports
-    copies = set(traces.copies)
+    copies, taken = set(traces.copies), set()
     for folder in export_folders(roots):
         purged, _ = purge_export(folder, key, deleted | traces.copies, matched=from_exports, audio=ledger.audio,
-                                 copies=copies)
+                                 copies=copies, taken=taken)
         if purged:
             job.remove("source audio", folder, clips=purged)
     # A copy's own id is deleted from now on: other runs' lines of it go below, and every build and
-    # intake keeps it out (the tombstones are what they read); the merged corpus loses it now.
-    deleted = deleted | copies
-    add_tombstones(roots, copies)
+    # intake keeps it out (the tombstones are what they read); the merged corpus loses it now. So is
+    # the id of a clip a request named by its account: a quarantine line names the clip by id alone.
+    deleted = deleted | copies | taken
+    add_tombstones(roots, copies | taken)
     if copies and (roots.corpus / "batches").is_dir():
         remerge(roots.corpus, key)
     entries += [{"type": "copy", "utterance": u} for u in sorted(copies - ledger.copies)]
@@ -708,6 +739,10 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
                     dropped = filter_report(f, key, deleted, texts)
                     if dropped:
                         job.remove("report", f, lines=dropped)
+
+    for f in [run / QUARANTINE_LINES for run in run_folders(roots)] + [d / QUARANTINE_LINES for d in dataset_folders(roots)]:
+        if f.is_file() and not f.is_symlink() and (rewritten := filter_quarantine(f, key, deleted)):
+            job.remove("quarantine line", f, lines=rewritten)
 
     for f in staging_files(roots):
         if f not in staged and not ledger.digests:

@@ -307,6 +307,43 @@ def test_other_runs_lose_only_the_lines_of_deleted_clips(store: dict[str, Any]) 
     assert json.loads((run / "metrics.json").read_text())["eval/clips_erased"] == 2
 
 
+def test_a_flagged_clip_deleted_after_its_build_leaves_no_id_in_quarantine_files(
+        store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """A flagged clip never reached the dataset, so the dataset and its runs stay; their quarantine
+    lines named it by its id. One is requested by its account (its id known only from the export),
+    one by its id."""
+    from pipeline.data.privacy import utterance_pseudonym
+
+    root, run = store["root"], store["runs"][1]  # a run of a dataset without the victim's clips
+    kept = root / "cache" / "datasets" / store["fingerprints"][1]
+    export = root / "cache" / "demo" / "k"
+    export.mkdir(parents=True)
+    (export / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"utterance_id": "flag-by-account", "account_id": VICTIM, "transcript": "x", "flags": ["sensitive"]},
+        {"utterance_id": "flag-kept", "account_id": "amzn1.account.OTHER0001", "transcript": "y", "flags": ["sensitive"]}]))
+    lines = [{"source": "demo", "utterance_id": u, "reason": "flagged", "detail": "annotator flag(s) ['sensitive']; audio not copied"}
+             for u in ("flag-by-account", "flag-by-id", "flag-kept")]
+    for folder in (kept, run):
+        (folder / "quarantine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (root / "inbox" / "deletions" / "by-id.jsonl").write_text(json.dumps({"utterance_id": "flag-by-id"}) + "\n")
+
+    assert audit.main(overrides(root)) == 3
+    assert f"id         {run / 'quarantine.jsonl'}" in capsys.readouterr().out  # the one named by id, before erasure
+    assert erase.main(overrides(root)) == 0
+    key = KEY.encode()
+    for folder in (kept, run):
+        rows = [json.loads(line) for line in (folder / "quarantine.jsonl").read_text().splitlines()]
+        assert [r["utterance_id"] for r in rows] == [utterance_pseudonym(key, "flag-by-account"),
+                                                     utterance_pseudonym(key, "flag-by-id"), "flag-kept"]
+        assert [r["reason"] for r in rows] == ["deleted", "deleted", "flagged"] and rows[0]["source"] == "demo"
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 0, capsys.readouterr().out
+    assert (run / "asr" / "model.safetensors").is_file() and kept.is_dir()
+    # The clip the account request took from the export stays out of every later build.
+    tombstones = (root / "cache" / "retrain" / "corpus" / "deleted_utterances.txt").read_text().split()
+    assert utterance_pseudonym(key, "flag-by-account") in tombstones
+
+
 def test_the_inventory_claims_every_file_and_names_a_new_writer(store: dict[str, Any]) -> None:
     from pipeline.ops.inventory import Roots, unclaimed
 
