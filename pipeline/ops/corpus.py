@@ -63,6 +63,7 @@ class Corpus:
     tombstones: set[str] = field(default_factory=set)
     quarantined: int = 0
     unreadable: int = 0  # batch lines that were no record, set aside this intake (ANNOTATION_QUARANTINE)
+    unnamed_audio: int = 0  # batch audio files no record names, removed this intake
 
     def state(self, extra: str = "") -> str:
         """What a model trained now would be trained on: same state, same model (training is
@@ -280,6 +281,18 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
     return corpus
 
 
+def remove_unnamed_audio(batch: Path, named: set[Path]) -> int:
+    """Remove the batch's audio files no record names (a line cut short named one): no deletion
+    request can reach such a recording, and no build reads it. Returns how many went."""
+    from pipeline.data.features import AUDIO_EXTENSIONS
+
+    unnamed = [p for p in batch.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+               and not p.is_symlink() and p.resolve() not in named]
+    for path in unnamed:
+        path.unlink()
+    return len(unnamed)
+
+
 def remerge(corpus_dir: Path, key: bytes) -> Corpus:
     """Step 3 alone, after erasure added tombstones (clips under other ids that hold a deleted clip's
     audio): they leave the batches and the merged export now, not at the next intake."""
@@ -304,6 +317,7 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
     unreadable: list[dict[str, Any]] = []
     for batch in batches:
         kept: list[str] = []
+        named: set[Path] = set()  # every audio file a readable record names, kept or purged
         for line in json_lines(batch / ANNOTATIONS):
             record = line.record
             if record is None:
@@ -313,6 +327,8 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
                     unreadable.append({"batch": batch.name, "line": line.number, "reason": line.error, "at": now(),
                                        "sha256": hashlib.sha256(line.text.encode("utf-8", "surrogateescape")).hexdigest()[:16]})
                 continue
+            if isinstance(record.get("audio"), str) and record["audio"]:
+                named.add((batch / record["audio"]).resolve())
             if wanted.matches(key, record):
                 audio = _inside(batch, str(record.get("audio") or ""))
                 if audio is not None and audio.is_file():
@@ -325,6 +341,7 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
                 record["audio"] = f"batches/{batch.name}/{audio}"
             merged.append(json.dumps(record, ensure_ascii=False))
         write_text_atomic(batch / ANNOTATIONS, "".join(line + "\n" for line in kept))
+        corpus.unnamed_audio += remove_unnamed_audio(batch, named)
     if unreadable:
         with open(corpus_dir / ANNOTATION_QUARANTINE, "a") as out:
             out.write("".join(json.dumps(u, sort_keys=True) + "\n" for u in unreadable))

@@ -224,6 +224,7 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     new_deletion_requests=corpus.new_requests,
                     purged_records=corpus.purged, affected_models=affected,
                     quarantined_request_lines=corpus.quarantined, quarantined_annotation_lines=corpus.unreadable,
+                    removed_unnamed_audio_files=corpus.unnamed_audio,
                     incumbent={"model_id": current["model_id"]} if current else None)
     if corpus.batches == 0:
         return {**decision, "decision": "nothing_to_do",

@@ -238,9 +238,13 @@ def test_a_batch_with_a_byte_order_mark_is_purged_from_its_first_line_and_a_line
     cp1252 = json.dumps({"utterance_id": "u3", "audio": "audio/u3.wav", "transcript": "alexa play beyoncé",
                          "account_id": "café"}, ensure_ascii=False).encode("cp1252")
     annotations.write_bytes(b"\xef\xbb\xbf" + annotations.read_bytes() + cp1252 + b"\n")
+    (inbox / "b1" / "audio" / "u3.wav").write_bytes(b"RIFF u3")  # the unreadable line's recording
     _requests(inbox, "r1.jsonl", [{"account_id": "amzn1.account.ALICE"}])
     corpus = update_corpus(inbox, corpus_dir, KEY)
     assert corpus.purged == 1 and not (corpus_dir / "batches" / "b1" / "audio" / "u1.wav").exists()
+    # No request can reach the recording of a line that is no record, and no build reads it: it goes.
+    assert sorted(p.name for p in (corpus_dir / "batches" / "b1" / "audio").iterdir()) == ["u2.wav"]
+    assert corpus.unnamed_audio == 1
     merged = corpus.annotations.read_bytes()
     assert b"ALICE" not in merged and b"ALICE" not in (corpus_dir / "batches" / "b1" / "annotations.jsonl").read_bytes()
     assert cp1252 not in merged and b"caf" not in (corpus_dir / "batches" / "b1" / "annotations.jsonl").read_bytes()
