@@ -19,6 +19,11 @@ from typing import Any
 from pipeline.runtime import PipelineError, kept_from_children
 
 BUILD_REPORT = "build_report.json"
+# Beside it in the run folder: a line per clip of the dataset the build made, its utterance's pseudonym
+# first, then its account's, device's and original's, so erasure finds the run's models (and the
+# registry's) of a deleted clip when the cached dataset is gone (a cache cleaned to free disk) and
+# the build report's fingerprint alone says nothing.
+DATASET_CLIPS = "dataset_clips.txt"
 EVAL_CONFIG_DIR = ".hydra-evaluate"  # evaluate.py's config folder (conf/evaluate.yaml: hydra.output_subdir)
 
 

@@ -45,8 +45,8 @@ from pipeline.data.privacy import (Deletions, dataset_utterance_id, erased_reque
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem
 from pipeline.data.sources import RawRecord, Source, open_sources
 from pipeline.data.splits import assign_split
-from pipeline.run_folder import BUILD_REPORT, read_build_report
-from pipeline.runtime import PipelineError, publish, usable_cores
+from pipeline.run_folder import BUILD_REPORT, DATASET_CLIPS, read_build_report
+from pipeline.runtime import PipelineError, publish, usable_cores, write_text_atomic
 from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,8 @@ def _run(data: DataConfig, cache_dir: Path, run_dir: Path, sources: list[Source]
 
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(final / "quarantine.jsonl", run_dir / "quarantine.jsonl")
+    if report.get("dataset_path") is not None and (final / "dataset_dict.json").is_file():
+        write_text_atomic(run_dir / DATASET_CLIPS, "".join(" ".join(c) + "\n" for c in clip_pseudonyms(final, key)))
     (run_dir / BUILD_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -207,6 +209,22 @@ def _settings(data: DataConfig) -> Settings:
         test=shares.test,
     )
     return settings
+
+
+def clip_pseudonyms(dataset: Path, key: bytes) -> list[tuple[str, ...]]:
+    """Per clip of the saved dataset, sorted: its utterance's pseudonym, then every other one a deletion
+    request can name it by (its account, device, and the original it is a copy of)."""
+    from datasets import load_from_disk
+
+    clips = []
+    for split in load_from_disk(str(dataset)).values():
+        columns = {c: split[c] for c in ("utterance_id", "speaker", "device", "copy_of") if c in split.column_names}
+        for i, uid in enumerate(columns["utterance_id"]):
+            others = [columns[c][i] for c in ("speaker", "device") if c in columns and columns[c][i]]
+            if columns.get("copy_of") is not None and columns["copy_of"][i]:
+                others.append(utterance_pseudonym(key, columns["copy_of"][i]))
+            clips.append((utterance_pseudonym(key, uid), *others))
+    return sorted(clips)
 
 
 def _metadata_pass(sources: list[Source], deletions: Deletions, key: bytes, settings: Settings) -> Plan:

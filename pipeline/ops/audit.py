@@ -37,12 +37,13 @@ from pipeline.data.features import AUDIO_EXTENSIONS
 from pipeline.data.privacy import record_pseudonyms
 from pipeline.data.schema import json_lines
 from pipeline.ops.corpus import pseudonym_key
-from pipeline.ops.erase import (QUARANTINE_LINES, Ledger, audio_copy, dataset_folders, dataset_rows, derived_parts,
-                                export_folders, find_traces, gram_hash, kept_digests, md5_b64, prediction_hit,
-                                quarantine_hit, requested_deletions, run_fingerprints, staging_files, text_hash,
-                                unexplained_grams)
+from pipeline.ops.erase import (QUARANTINE_LINES, Ledger, audio_copy, built_on_deleted, dataset_folders, dataset_rows,
+                                derived_parts, export_folders, find_traces, gram_hash, kept_digests, md5_b64,
+                                prediction_hit, quarantine_hit, requested_deletions, run_fingerprints, staging_files,
+                                text_hash, unexplained_grams)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, run_of, walk_files
 from pipeline.ops.registry import MODEL_PARTS, Registry, weights_saw_deleted
+from pipeline.run_folder import DATASET_CLIPS
 from pipeline.runtime import PipelineError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -79,7 +80,7 @@ def _bookkeeping(path: Path, roots: Roots) -> bool:
             place = place_of(path.relative_to(root.resolve()).as_posix(), tuple(p for p in PLACES if p.root == name))
             if place is not None and place.erase == "keep" and place.kind != "registry log":
                 return True
-    return path.name in ("record.json", "candidate.json", "decision.json", "decisions.jsonl")
+    return path.name in ("record.json", "candidate.json", "decision.json", "decisions.jsonl", DATASET_CLIPS)
 
 
 def _texts_in(data: str) -> set[str]:
@@ -130,7 +131,8 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
     live = traces.as_ledger(key)
     # The summary's models, by what the findings below judge them on: requested ids, and the clips
     # erasure found (copies under other ids included).
-    affected_models = registry.affected_by(deleted | ledger.utterances | live.utterances)
+    listed, listed_clips = built_on_deleted(roots, deleted)  # runs whose cached dataset is gone
+    affected_models = registry.affected_by(deleted | ledger.utterances | live.utterances | listed_clips)
     audio = ledger.audio | live.audio
     # A deleted transcript that a kept clip of the cached datasets also says (a later batch's "alexa
     # stop") is that clip's, not a trace; a re-ingested copy of the deleted clip is still found by
@@ -139,7 +141,7 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
     # An LM trained on the kept clips of the cached datasets may hold every n-gram of a short deleted
     # sentence; only the n-grams no kept transcript has are evidence.
     grams = unexplained_grams({**ledger.grams, **live.grams}, key, traces.kept_text_values)
-    erased = ledger.datasets | {Path(p).name for p in traces.affected}
+    erased = ledger.datasets | {Path(p).name for p in traces.affected} | listed
     findings: list[Finding] = []
 
     for folder in dataset_folders(roots):
@@ -173,7 +175,7 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
                                         f"erased dataset ({', '.join(sorted(run_fingerprints(run) & erased))})"))
     for record in registry.records():
         model_dir = registry.model_dir(record["model_id"])
-        found = deleted | ledger.utterances | live.utterances
+        found = deleted | ledger.utterances | live.utterances | listed_clips
         trained = set(record.get("trained_on", [])) & found
         if weights_saw_deleted(record, found, erased) and any(
                 (model_dir / part).exists() for part in MODEL_PARTS):

@@ -380,6 +380,27 @@ def run_fingerprints(run: Path) -> set[str]:
     return found
 
 
+def built_on_deleted(roots: Roots, deleted: set[str]) -> tuple[set[str], set[str]]:
+    """(fingerprints, utterance pseudonyms): the datasets run folders' own builds made that held a
+    deleted clip, and those clips, by the clips each run lists (`run_folder.DATASET_CLIPS`): what ties
+    a run, and a registered model, to deleted data when the cached dataset is gone. (The dataset an
+    evaluation scored is not listed there; its lines are.) Runs of one dataset list the same clips:
+    each list is read once."""
+    datasets: set[str] = set()
+    utterances: set[str] = set()
+    for run in run_folders(roots):
+        path = run / run_folder.DATASET_CLIPS
+        report = run_folder.read_build_report(run) if path.is_file() else None
+        fingerprint = str((report or {}).get("fingerprint") or "")
+        if not fingerprint or fingerprint in datasets:
+            continue
+        hits = {names[0] for names in (line.split() for line in path.read_text().splitlines()) if set(names) & deleted}
+        if hits:
+            datasets.add(fingerprint)
+            utterances |= hits
+    return datasets, utterances
+
+
 def derived_parts(run: Path) -> dict[str, list[Path]]:
     """What erasure removes from an affected run folder, by kind of copy (the top-level entries)."""
     parts: dict[str, list[Path]] = {}
@@ -673,7 +694,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
 
     ledger = Ledger.load(roots.erasure)
     traces = find_traces(roots, key, deleted, ledger.audio)
-    refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected})
+    refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected} | built_on_deleted(roots, deleted)[0])
     entries = traces.ledger_entries(key, [Path(p) for p in traces.affected])
     for folder, clips in traces.affected.items():
         shutil.rmtree(folder)
@@ -697,6 +718,12 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     # the id of a clip a request named by its account: a quarantine line names the clip by id alone.
     deleted = deleted | copies | taken
     add_tombstones(roots, copies | taken)
+    listed, listed_clips = built_on_deleted(roots, deleted)
+    for entry in ([{"type": "dataset", "fingerprint": f} for f in sorted(listed - ledger.datasets)]
+                  + [{"type": "clip", "utterance": u, "identifying": False} for u in sorted(listed_clips - ledger.utterances)]):
+        entries.append(entry)
+        ledger.add(entry)
+    deleted = deleted | listed_clips
     if copies and (roots.corpus / "batches").is_dir():
         remerge(roots.corpus, key)
     entries += [{"type": "copy", "utterance": u} for u in sorted(copies - ledger.copies)]
@@ -868,7 +895,8 @@ def erase(cfg: DictConfig, api: Any = None) -> Erasure:
         if any(run_folder.being_written(run) for run in run_folders(roots)):
             ledger = Ledger.load(roots.erasure)
             traces = find_traces(roots, key, requests, ledger.audio)
-            refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected})
+            refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected}
+                           | built_on_deleted(roots, requests)[0])
         update_corpus(roots.inbox, roots.corpus, key)
         return erase_copies(cfg, roots, key, api=api)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.build import REASONS, run_data_stage
 from pipeline.data.features import dataset_features
-from pipeline.data.privacy import pseudonym
+from pipeline.data.privacy import load_key, pseudonym, utterance_pseudonym
 from pipeline.data.splits import assign_split
 from pipeline.runtime import PipelineError
 from pipeline.tracking import NullTracker
@@ -79,6 +80,16 @@ def build(tmp_path: Path, run: str = "run", **data: Any) -> tuple[dict[str, Any]
     report = run_data_stage(make_cfg(tmp_path, **data), run_dir, NullTracker())
     assert json.loads((run_dir / "build_report.json").read_text()) == report
     quarantine = [json.loads(x) for x in (run_dir / "quarantine.jsonl").read_text().splitlines()]
+    if report["dataset_path"] is not None:
+        # The run lists its clips by pseudonym only: what erasure matches once the dataset is gone.
+        lines = [line.split() for line in (run_dir / "dataset_clips.txt").read_text().splitlines()]
+        assert all(re.fullmatch(r"(utt|acct|dev)_[0-9a-f]{16}", name) for names in lines for name in names)
+        key = load_key(KEY_ENV, tmp_path / "cache" / "pseudonym.key")
+        dd = load_from_disk(report["dataset_path"])
+        clips = sorted((utterance_pseudonym(key, row["utterance_id"]), *[row[c] for c in ("speaker", "device") if row[c]],
+                        *([utterance_pseudonym(key, row["copy_of"])] if row["copy_of"] else []))
+                       for ds in dd.values() for row in ds.select_columns(["utterance_id", "speaker", "device", "copy_of"]))
+        assert [tuple(names) for names in lines] == clips
     return report, quarantine
 
 

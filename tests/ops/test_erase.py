@@ -344,6 +344,31 @@ def test_a_flagged_clip_deleted_after_its_build_leaves_no_id_in_quarantine_files
     assert utterance_pseudonym(key, "flag-by-account") in tombstones
 
 
+def test_runs_of_a_dataset_no_longer_cached_are_erased_by_the_clips_they_list(
+        store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """A cache cleaned to free disk took the dataset that tied the runs to the deleted account: the
+    clips each run's build listed still do."""
+    import shutil
+
+    root = store["root"]
+    shutil.rmtree(root / "cache" / "datasets" / store["fingerprints"][0])
+    assert audit.main(overrides(root)) == 3
+    out = capsys.readouterr().out
+    for run in store["affected_runs"]:
+        assert f"{run}  (" in out and "derived from an erased dataset" in out
+    assert "registry model" in out
+    assert erase.main(overrides(root)) == 0
+    for run in store["affected_runs"]:
+        assert not (run / "asr").exists() and not (run / "nlu").exists() and (run / DO_NOT_SYNC).is_file()
+    assert all((run / "asr" / "model.safetensors").is_file() for run in store["runs"] if run not in store["affected_runs"])
+    # The registered model trained on the account's clips: its record names clips, not accounts.
+    registry = Registry(root / "registry")
+    assert registry.record("model-0")["erased_at"] and not (registry.model_dir("model-0") / "asr").exists()
+    assert registry.has_weights("model-2")
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 0, capsys.readouterr().out
+
+
 def test_the_inventory_claims_every_file_and_names_a_new_writer(store: dict[str, Any]) -> None:
     from pipeline.ops.inventory import Roots, unclaimed
 
