@@ -227,7 +227,10 @@ def check_config(cfg: DictConfig, stages: list[str]) -> None:
         resolve_device(cfg.trainer)
         requested_workers(cfg.trainer)
     if "nlu" in stages:
-        checked(cfg.get("nlu"), NLUConfig, "nlu")
+        nlu = checked(cfg.get("nlu"), NLUConfig, "nlu")
+        if nlu.asr_hypotheses and "data" in stages and "asr" not in stages:  # a new run folder: no ASR model in it
+            raise PipelineError("nlu.asr_hypotheses=true reads the run's ASR model, which stages without `asr` do not "
+                                "train: add it (stages=[data,asr,nlu]) or set nlu.asr_hypotheses=false")
     if "eval" in stages:
         checked(cfg.get("eval"), EvalConfig, "eval")
     if "review" in stages:

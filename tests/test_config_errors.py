@@ -71,6 +71,15 @@ def test_a_bad_setting_names_its_key_and_what_it_accepts(override: str, message:
         check_config(cfg, ["data", "asr", "nlu", "eval"])
 
 
+def test_asr_hypotheses_without_an_asr_model_to_read_them_from_is_refused_before_the_data_stage() -> None:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=["nlu.asr_hypotheses=true"])
+    with pytest.raises(PipelineError, match=r"^nlu.asr_hypotheses=true reads the run's ASR model, which stages without"):
+        check_config(cfg, ["data", "nlu"])
+    check_config(cfg, ["data", "asr", "nlu"])
+    check_config(cfg, ["nlu"])  # continuing a run folder that may hold one: the NLU stage looks
+
+
 def test_the_shipped_groups_pass() -> None:
     for nlu in ("minilm", "tiny"):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):

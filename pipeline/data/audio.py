@@ -132,6 +132,16 @@ def _readable(audio: Path | bytes) -> Path | io.BytesIO:
     return io.BytesIO(audio) if isinstance(audio, bytes) else audio
 
 
+def _beside(seconds: float, limit: float) -> str:
+    """`seconds` to two decimals, or to as many more as it takes not to print the limit itself
+    ("0.20 s is under data.min_duration_s=0.2" for a clip of 0.1999 s)."""
+    for digits in range(2, 7):
+        text = f"{seconds:.{digits}f}"
+        if float(text) != limit:
+            return text
+    return repr(seconds)
+
+
 def load_clip(audio: Path | bytes, relative: str, min_s: float, max_s: float, need_signal: bool) -> Clip:
     """Decode, check and re-encode one clip (a file, or the encoded bytes a Hugging Face dataset
     stores); the length check runs on the header before decoding so an hours-long file is rejected
@@ -144,7 +154,7 @@ def load_clip(audio: Path | bytes, relative: str, min_s: float, max_s: float, ne
     try:
         info = sf.info(_readable(audio))
         if info.samplerate > 0 and info.frames / info.samplerate > max_s:
-            raise ClipRejected("too_long", f"{info.frames / info.samplerate:.2f} s is over data.max_duration_s={max_s}")
+            raise ClipRejected("too_long", f"{_beside(info.frames / info.samplerate, max_s)} s is over data.max_duration_s={max_s}")
     except (sf.LibsndfileError, RuntimeError):
         pass  # not a libsndfile format: _decode tries ffmpeg
     wave, sr = _decode(audio, relative)
@@ -157,9 +167,9 @@ def load_clip(audio: Path | bytes, relative: str, min_s: float, max_s: float, ne
         mono = _resample(np.ascontiguousarray(mono), sr)
     duration = len(mono) / SAMPLING_RATE
     if duration > max_s:
-        raise ClipRejected("too_long", f"{duration:.2f} s is over data.max_duration_s={max_s}")
+        raise ClipRejected("too_long", f"{_beside(duration, max_s)} s is over data.max_duration_s={max_s}")
     if duration < min_s:
-        raise ClipRejected("too_short", f"{duration:.2f} s is under data.min_duration_s={min_s}")
+        raise ClipRejected("too_short", f"{_beside(duration, min_s)} s is under data.min_duration_s={min_s}")
     if need_signal and float(np.abs(mono).max()) < SILENCE_PEAK:
         raise ClipRejected("silent_audio", "the audio is silent but the transcript is not empty")
     buffer = io.BytesIO()

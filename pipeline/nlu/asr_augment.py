@@ -29,6 +29,9 @@ def hypothesis_rows(dataset_path: Path, asr_dir: Path, batch_size: int = 8) -> l
     split = open_saved(dataset_path)["train"]  # with its audio, which the NLU's own splits leave out
     if "audio" not in split.column_names:
         raise PipelineError(f"nlu.asr_hypotheses=true but {dataset_path} has no audio (text-only source); set it to false")
+    if not (asr_dir / "config.json").is_file():
+        raise PipelineError(f"nlu.asr_hypotheses=true reads the run's ASR model, and {asr_dir} has none: train it in the "
+                            "same run (stages=[data,asr,nlu]) or set nlu.asr_hypotheses=false")
     model, processor = load_asr(asr_dir)
     split = split.cast_column("audio", Audio(decode=False))
     rows: list[dict[str, Any]] = []

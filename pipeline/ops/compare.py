@@ -53,11 +53,13 @@ class RunSummary:
 def find_runs(roots: list[Path]) -> list[Path]:
     """Run folders are those holding the resolved `config.yaml` that every training run writes first,
     and evaluation folders (`python evaluate.py asr_model=... dataset=...`), whose config is only in
-    `.hydra-evaluate/`: two models scored on one dataset are the comparison users ask for most."""
+    `.hydra-evaluate/`: two models scored on one dataset are the comparison users ask for most. An
+    evaluation folder without metrics.json stopped before it scored (a wrong path, say): nothing to show."""
     runs = set()
     for path in (p for root in roots if root.is_dir() for p in root.rglob("config.yaml") if "wandb" not in p.parts):
         if path.parent.name == EVAL_CONFIG_DIR:
-            runs.add(path.parent.parent)
+            if (path.parent.parent / "metrics.json").is_file():
+                runs.add(path.parent.parent)
         elif path.parent.name != ".hydra":
             runs.add(path.parent)
     return sorted(runs)

@@ -97,6 +97,11 @@ def test_training_on_asr_hypotheses_adds_aligned_rows(tiny_dataset_path: Path, t
     assert result["train_asr_hypotheses"] == 24
 
 
+def test_asr_hypotheses_in_a_run_without_an_asr_model_name_the_setting(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match=r"^nlu.asr_hypotheses=true reads the run's ASR model, and .*asr has none"):
+        run_nlu_stage(nlu_config("nlu.epochs=1", "nlu.asr_hypotheses=true"), tmp_path, tiny_dataset_path, NullTracker())
+
+
 def test_checkpoints_of_other_settings_or_already_past_the_end_are_not_resumed(tiny_dataset_path: Path, tmp_path: Path) -> None:
     first = run_nlu_stage(nlu_config("nlu.epochs=2", "nlu.keep_checkpoints=true"), tmp_path, tiny_dataset_path, NullTracker())
     per_epoch = first["global_step"] // 2

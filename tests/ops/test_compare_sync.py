@@ -59,9 +59,15 @@ def test_compare_beside_an_evaluation_folder_shows_only_the_settings_both_have(t
         {"asr_model": "outputs/2026-01-01/10-00-00/asr", "seed": 1, "cache_dir": "${paths.cache_dir}",
          "eval": {"decoder": "greedy"}, "asr": {"learning_rate": 5e-3, "layers": 4}}))  # asr: evaluate.yaml's placeholder
     (evaluation / "metrics.json").write_text(json.dumps({"asr/wer": 0.35}))
+    # An evaluate.py call that stopped on a wrong path left a folder with its config and log only.
+    failed = tmp_path / "outputs" / "evaluate" / "2026-01-02" / "09-05-00"
+    (failed / ".hydra-evaluate").mkdir(parents=True)
+    (failed / ".hydra-evaluate" / "config.yaml").write_text(yaml.safe_dump({"asr_model": "nope", "seed": 1}))
+    (failed / "evaluate.log").write_text("error: asr_model=nope: no such folder\n")
     result = subprocess.run([sys.executable, "-m", "pipeline.ops.compare", "outputs", "--metrics", "asr/wer"],
                             cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
+    assert "09-05-00" not in result.stdout
     header = result.stdout.splitlines()[0].split()
     # Not asr.* (the evaluation's are placeholders it never reads), nlu.*, asr_model, nor cache_dir.
     assert header == ["run", "eval.decoder", "asr/wer"]

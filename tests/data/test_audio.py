@@ -1,0 +1,24 @@
+"""One clip's checks (pipeline.data.audio.load_clip): what a rejection says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipeline.data.audio import ClipRejected, load_clip
+
+
+@pytest.mark.parametrize(("samples", "error"), [
+    (3199, r"^0\.1999 s is under data\.min_duration_s=0\.2$"),    # 0.1999375 s: "0.20 s" read as the limit
+    (1600, r"^0\.10 s is under data\.min_duration_s=0\.2$"),
+    (80001, r"^5\.0001 s is over data\.max_duration_s=5\.0$"),
+])
+def test_a_clip_outside_the_length_limits_is_not_said_to_be_as_long_as_the_limit(
+        tmp_path: Path, samples: int, error: str) -> None:
+    path = tmp_path / "clip.wav"
+    sf.write(path, np.full(samples, 0.1, dtype=np.float32), 16000)
+    with pytest.raises(ClipRejected, match=error):
+        load_clip(path, "clip.wav", 0.2, 5.0, need_signal=True)
