@@ -68,7 +68,7 @@ def copy_manifest(cfg: DictConfig, run_dir: Path, kept: set[str] | None = None) 
         if not check_share(OmegaConf.select(entry, "demo.label_noise", default=0) or 0):
             continue
         noisy, _ = ensure_demo_export(entry, Path(cfg.cache_dir))
-        manifest = noisy.with_name(noisy.name.replace("annotations.", "label_noise.", 1))
+        manifest = manifest_of(noisy)
         if not manifest.exists():
             raise PipelineError(f"{manifest} is missing beside {noisy}; delete {noisy} so the demo rebuilds both")
         lines.append(manifest.read_text(encoding="utf-8"))
@@ -86,9 +86,19 @@ def copy_manifest(cfg: DictConfig, run_dir: Path, kept: set[str] | None = None) 
     return target
 
 
+# What `with_label_noise` writes beside an export: the corrupted copy and its manifest of planted
+# errors (erasure removes both when it purges the export; they are made again from the purged file).
+DERIVED_FILES = ("annotations.noise-*.jsonl", "label_noise.noise-*.jsonl")
+
+
 def _noisy_paths(annotations: Path, share: float, seed: int) -> tuple[Path, Path]:
-    tag = f"noise-{share:g}-{seed}"
-    return annotations.with_name(f"annotations.{tag}.jsonl"), annotations.with_name(f"label_noise.{tag}.jsonl")
+    noisy = annotations.with_name(f"annotations.noise-{share:g}-{seed}.jsonl")
+    return noisy, manifest_of(noisy)
+
+
+def manifest_of(noisy: Path) -> Path:
+    """The manifest of planted errors beside a corrupted export."""
+    return noisy.with_name(noisy.name.replace("annotations.", "label_noise.", 1))
 
 
 def corrupt_records(records: list[dict[str, Any]], share: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

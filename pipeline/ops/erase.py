@@ -44,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import run_folder
 from pipeline.asr.config import MAX_LM_ORDER
+from pipeline.data import label_noise
 from pipeline.data.privacy import REQUESTS_FILE, TOMBSTONES_FILE, pseudonym, read_pseudonyms, record_pseudonyms
 from pipeline.data.schema import json_lines
 from pipeline.ops.config import JobConfig, job_config
@@ -334,9 +335,7 @@ def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = Fa
                 path.unlink()
     if purged and not dry_run:
         write_text_atomic(annotations, "".join(line + "\n" for line in kept))
-        # Copies made from the annotations (the demo's label-noise export and its manifest) are made
-        # again from the purged file when next asked for.
-        for derived in [*folder.glob("annotations.noise-*.jsonl"), *folder.glob("label_noise.noise-*.jsonl")]:
+        for derived in (p for pattern in label_noise.DERIVED_FILES for p in folder.glob(pattern)):
             derived.unlink()
     return purged, hashes
 
