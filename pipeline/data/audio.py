@@ -133,11 +133,11 @@ def _readable(audio: Path | bytes) -> Path | io.BytesIO:
 
 
 def _beside(seconds: float, limit: float) -> str:
-    """`seconds` to two decimals, or to as many more as it takes not to print the limit itself
-    ("0.20 s is under data.min_duration_s=0.2" for a clip of 0.1999 s)."""
+    """`seconds` to two decimals, or to as many more as it takes to print it on its side of the
+    limit ("0.20 s is under data.min_duration_s=0.2" for a clip of 0.1999 s)."""
     for digits in range(2, 7):
         text = f"{seconds:.{digits}f}"
-        if float(text) != limit:
+        if (float(text) > limit) == (seconds > limit) and float(text) != limit:
             return text
     return repr(seconds)
 

@@ -116,6 +116,7 @@ def run_data_stage(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str
     key = load_key(privacy.key_env, privacy.key_file)
     sweep_abandoned(cache_dir / "datasets")
     sources, deletion_files = open_sources(cfg.data, data, cache_dir)
+    (run_dir / DATASET_CLIPS).unlink(missing_ok=True)  # an earlier build's: this one may keep nothing
     try:
         report = _run(data, cache_dir, run_dir, sources, deletion_files, key, settings)
     finally:

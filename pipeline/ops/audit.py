@@ -22,47 +22,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from pipeline.data.features import AUDIO_EXTENSIONS
 from pipeline.data.privacy import record_pseudonyms
 from pipeline.data.schema import json_lines
+from pipeline.ops.config import is_config_error, load_config
 from pipeline.ops.corpus import pseudonym_key
-from pipeline.ops.erase import (QUARANTINE_LINES, Ledger, audio_copy, built_on_deleted, dataset_folders, dataset_rows,
-                                derived_parts, export_folders, find_traces, gram_hash, kept_digests, md5_b64,
+from pipeline.ops.erase import (QUARANTINE_LINES, Ledger, audio_copy, dataset_folders, dataset_rows, derived_parts,
+                                export_folders, find_traces, gram_hash, kept_digests, listed_on_deleted, md5_b64,
                                 prediction_hit, quarantine_hit, requested_deletions, run_fingerprints, staging_files,
-                                text_hash, unexplained_grams)
+                                text_hash, unexplained_grams, unlisted_runs)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, run_of, walk_files
 from pipeline.ops.registry import MODEL_PARTS, Registry, weights_saw_deleted
 from pipeline.run_folder import DATASET_CLIPS
-from pipeline.runtime import PipelineError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 EXIT_CLEAN, EXIT_CONFIG, EXIT_FOUND = 0, 2, 3
 PSEUDONYM = re.compile(rb"\b(?:utt|acct|dev)_[0-9a-f]{16}\b")
 JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 FRAGMENT = re.compile(r"[|<>\n\t\"]+")
 TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".html", ".txt", ".yaml", ".csv", ".log")
 MAX_TEXT_BYTES = 64 * 2**20
-
-
-def load_config(overrides: list[str], config_name: str = "retrain") -> DictConfig:
-    """Compose the Hydra config outside a Hydra app, with `${hydra:runtime.*}` pointing at the cwd."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = os.getcwd()
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 @dataclass(frozen=True)
@@ -81,6 +68,14 @@ def _bookkeeping(path: Path, roots: Roots) -> bool:
             if place is not None and place.erase == "keep" and place.kind != "registry log":
                 return True
     return path.name in ("record.json", "candidate.json", "decision.json", "decisions.jsonl", DATASET_CLIPS)
+
+
+def _json_object(line: str) -> Any:
+    """A JSON line, or None (a line cut short by a killed write is no one's trace)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
 def _texts_in(data: str) -> set[str]:
@@ -131,8 +126,8 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
     live = traces.as_ledger(key)
     # The summary's models, by what the findings below judge them on: requested ids, and the clips
     # erasure found (copies under other ids included).
-    listed, listed_clips = built_on_deleted(roots, deleted)  # runs whose cached dataset is gone
-    affected_models = registry.affected_by(deleted | ledger.utterances | live.utterances | listed_clips)
+    listed = listed_on_deleted(roots, deleted)  # runs whose cached dataset may be gone
+    affected_models = registry.affected_by(deleted | ledger.utterances | live.utterances | listed.utterances)
     audio = ledger.audio | live.audio
     # A deleted transcript that a kept clip of the cached datasets also says (a later batch's "alexa
     # stop") is that clip's, not a trace; a re-ingested copy of the deleted clip is still found by
@@ -141,7 +136,7 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
     # An LM trained on the kept clips of the cached datasets may hold every n-gram of a short deleted
     # sentence; only the n-grams no kept transcript has are evidence.
     grams = unexplained_grams({**ledger.grams, **live.grams}, key, traces.kept_text_values)
-    erased = ledger.datasets | {Path(p).name for p in traces.affected} | listed
+    erased = ledger.datasets | {Path(p).name for p in traces.affected} | listed.datasets
     findings: list[Finding] = []
 
     for folder in dataset_folders(roots):
@@ -169,13 +164,13 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
 
     runs = run_folders(roots)
     for run in runs:
-        if run_fingerprints(run) & erased:
+        if run_fingerprints(run) & erased or run in listed.runs:
             for kind, files in derived_parts(run).items():
                 findings.append(Finding(kind, "derived", str(run), f"{len(files)} file(s) derived from an "
                                         f"erased dataset ({', '.join(sorted(run_fingerprints(run) & erased))})"))
     for record in registry.records():
         model_dir = registry.model_dir(record["model_id"])
-        found = deleted | ledger.utterances | live.utterances | listed_clips
+        found = deleted | ledger.utterances | live.utterances | listed.utterances
         trained = set(record.get("trained_on", [])) & found
         if weights_saw_deleted(record, found, erased) and any(
                 (model_dir / part).exists() for part in MODEL_PARTS):
@@ -218,8 +213,8 @@ def _scan_file(f: Path, kind: str, wanted: Wanted, staged: bool, roots: Roots) -
     if f.name == QUARANTINE_LINES and f.stat().st_size <= MAX_TEXT_BYTES:
         # Bookkeeping that names deleted clips on purpose, by pseudonym with reason `deleted`; a line
         # written before the request (a flagged clip, by its id) is a trace.
-        rows = [json.loads(line) for line in f.read_text(errors="replace").splitlines() if line.strip().startswith("{")]
-        hits = sum(1 for r in rows if isinstance(r, dict) and quarantine_hit(wanted.key, wanted.deleted, r))
+        hits = sum(1 for line in f.read_text(errors="replace").splitlines()
+                   if isinstance(row := _json_object(line), dict) and quarantine_hit(wanted.key, wanted.deleted, row))
         return [Finding(kind, "id", str(f), f"{hits} line(s) naming a deleted clip by its id")] if hits else []
     if not textual or f.stat().st_size > MAX_TEXT_BYTES or _bookkeeping(f.resolve(), roots):
         return []
@@ -271,11 +266,6 @@ def _dedupe(findings: list[Finding]) -> list[Finding]:
     return out
 
 
-def is_config_error(err: Exception) -> bool:
-    """A problem the user fixes in the config or command line (exit 2), not a bug."""
-    return isinstance(err, PipelineError) or type(err).__module__.split(".")[0] in ("hydra", "omegaconf")
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(list(sys.argv[1:] if argv is None else argv))
@@ -306,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     # covering a folder the scan never saw.
     print("audit: scanned " + ", ".join(f"{name}={root}" for name, root in roots.items() if root.exists())
           + (f"; absent, so not scanned: {', '.join(absent)}" if absent else ""))
+    unlisted = unlisted_runs(where)
+    if known and unlisted:
+        print(f"audit: {len(unlisted)} run folder(s) list no clips (dataset_clips.txt: built before runs listed them) "
+              "and their cached dataset is gone, so whether they hold a deleted clip cannot be told; remove them, "
+              "or keep them knowing that: " + ", ".join(map(str, unlisted)))
     if not known:
         # Nothing to look for is not "clean": a deletions file only a build read (data.deletions)
         # kept its clips out of that dataset, and is unknown here.

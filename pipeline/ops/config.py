@@ -9,10 +9,12 @@ conf/retrain.yaml (the one place for default values).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, open_dict
 
 from pipeline.config import checked, choice
 from pipeline.ops.gate import GATE_LIMITS, GATE_POLICIES, rule_problem
@@ -20,6 +22,7 @@ from pipeline.runtime import PipelineError
 from pipeline.tracking.config import LoggerConfig, logger_config
 
 DEFAULTS = "conf/retrain.yaml"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # `erase.wandb_online`: auto follows logger.mode; the words are what the job has always accepted.
 WANDB_ONLINE = ("auto", "true", "false", "on", "off", "yes", "no")
 
@@ -96,3 +99,22 @@ def erase_config(cfg: DictConfig) -> EraseConfig:
 def job_config(cfg: DictConfig) -> JobConfig:
     """Every group a job reads, checked at its start: a PipelineError naming the key otherwise."""
     return JobConfig(retrain_config(cfg), erase_config(cfg), logger_config(cfg))
+
+
+def load_config(overrides: list[str], config_name: str = "retrain", config_dir: Path = CONF_DIR) -> DictConfig:
+    """Compose the Hydra config outside a Hydra app (`make erase`, the audit, a refused command line),
+    with `${hydra:runtime.*}` pointing at the cwd."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = os.getcwd()
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def is_config_error(err: Exception) -> bool:
+    """A problem the user fixes in the config or command line (exit 2), not a bug."""
+    return isinstance(err, PipelineError) or type(err).__module__.split(".")[0] in ("hydra", "omegaconf")

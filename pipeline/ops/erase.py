@@ -47,12 +47,12 @@ from pipeline.asr.config import MAX_LM_ORDER
 from pipeline.data import label_noise
 from pipeline.data.privacy import REQUESTS_FILE, TOMBSTONES_FILE, pseudonym, read_pseudonyms, record_pseudonyms
 from pipeline.data.schema import json_lines
-from pipeline.ops.config import JobConfig, job_config
+from pipeline.ops.config import JobConfig, is_config_error, job_config, load_config
 from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, inbox_requests, pending_deletions, pseudonym_key, remerge,
                                  utterance_pseudonym)
 from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, check_root, place_of,
                                     run_folders, walk_files)
-from pipeline.ops.registry import MODEL_PARTS, Registry, now, weights_saw_deleted
+from pipeline.ops.registry import LOCK_FILE, MODEL_PARTS, Registry, RetrainBusy, now, retrain_lock, weights_saw_deleted
 from pipeline.runtime import PipelineError, write_text_atomic
 from pipeline.text import BOS, EOS, lm_tokens
 from pipeline.tracking.wandb_run import RUN_ID_FILE
@@ -379,25 +379,80 @@ def run_fingerprints(run: Path) -> set[str]:
     return found
 
 
-def built_on_deleted(roots: Roots, deleted: set[str]) -> tuple[set[str], set[str]]:
-    """(fingerprints, utterance pseudonyms): the datasets run folders' own builds made that held a
-    deleted clip, and those clips, by the clips each run lists (`run_folder.DATASET_CLIPS`): what ties
-    a run, and a registered model, to deleted data when the cached dataset is gone. (The dataset an
-    evaluation scored is not listed there; its lines are.) Runs of one dataset list the same clips:
-    each list is read once."""
-    datasets: set[str] = set()
-    utterances: set[str] = set()
+@dataclass
+class Listed:
+    """What the clip lists of run folders (`run_folder.DATASET_CLIPS`) tie to deleted data: the runs
+    built on a deleted clip, their datasets and those clips. What finds a run, and a registered
+    model, of a deleted clip when the cached dataset is gone. (The dataset an evaluation scored is
+    not listed there; its lines are.)"""
+
+    runs: set[Path] = field(default_factory=set)
+    datasets: set[str] = field(default_factory=set)
+    utterances: set[str] = field(default_factory=set)
+    # Clips each deleted pseudonym matched in lists of datasets no longer cached (a cached one's
+    # clips are counted where it is found: Traces.per_request); each dataset's once.
+    per_request: Counter = field(default_factory=Counter)
+
+
+def _built_fingerprint(run: Path) -> str | None:
+    """The fingerprint the run's own build report names; None when it cannot be read (the run is
+    still found by its clip list)."""
+    try:
+        report = run_folder.read_build_report(run)
+    except PipelineError:
+        return None
+    return str(report["fingerprint"]) if report and report.get("fingerprint") else None
+
+
+def listed_on_deleted(roots: Roots, deleted: set[str]) -> Listed:
+    """Runs of one dataset list the same clips: each dataset's list is read once."""
+    listed = Listed()
+    by_list: dict[str, set[str]] = {}  # fingerprint (or the run, without one) -> the deleted clips listed
     for run in run_folders(roots):
         path = run / run_folder.DATASET_CLIPS
-        report = run_folder.read_build_report(run) if path.is_file() else None
-        fingerprint = str((report or {}).get("fingerprint") or "")
-        if not fingerprint or fingerprint in datasets:
+        if not path.is_file():
             continue
-        hits = {names[0] for names in (line.split() for line in path.read_text().splitlines()) if set(names) & deleted}
-        if hits:
-            datasets.add(fingerprint)
-            utterances |= hits
-    return datasets, utterances
+        fingerprint = _built_fingerprint(run)
+        name = fingerprint or str(run)
+        if name not in by_list:
+            hits: set[str] = set()
+            matched: Counter = Counter()
+            for names in (line.split() for line in path.read_text().splitlines()):
+                if names and (which := set(names) & deleted):
+                    hits.add(names[0])
+                    matched.update(which)
+            by_list[name] = hits
+            if hits and not (fingerprint and (roots.cache / "datasets" / fingerprint).is_dir()):
+                listed.per_request.update(matched)
+        if by_list[name]:
+            listed.runs.add(run)
+            listed.utterances |= by_list[name]
+            if fingerprint:
+                listed.datasets.add(fingerprint)
+    return listed
+
+
+def unlisted_runs(roots: Roots) -> list[Path]:
+    """Run folders without a clip list whose cached dataset is gone: whether they hold a deleted clip
+    cannot be told (built before runs listed their clips, or their list was removed)."""
+    return [run for run in run_folders(roots) if not (run / run_folder.DATASET_CLIPS).exists()
+            and (fingerprint := _built_fingerprint(run)) and not (roots.cache / "datasets" / fingerprint).is_dir()]
+
+
+def write_missing_clip_lists(roots: Roots, key: bytes) -> int:
+    """Give each run folder whose build predates `run_folder.DATASET_CLIPS` its list while its cached
+    dataset is still there, so a cache cleaned later does not hide it. Returns how many were written."""
+    from pipeline.data.build import clip_pseudonyms
+
+    written = 0
+    for run in run_folders(roots):
+        if (run / run_folder.DATASET_CLIPS).exists() or (fingerprint := _built_fingerprint(run)) is None:
+            continue
+        dataset = roots.cache / "datasets" / fingerprint
+        if (dataset / "dataset_dict.json").is_file() and not _being_built(dataset):
+            write_text_atomic(run / run_folder.DATASET_CLIPS, "".join(" ".join(c) + "\n" for c in clip_pseudonyms(dataset, key)))
+            written += 1
+    return written
 
 
 def derived_parts(run: Path) -> dict[str, list[Path]]:
@@ -668,8 +723,6 @@ def refuse_if_busy(roots: Roots, erasing: set[str]) -> None:
     the deleted data after the receipt: wait for it (RetrainBusy, exit 4) before anything is removed."""
     for run in run_folders(roots):
         if run_fingerprints(run) & erasing and run_folder.being_written(run):
-            from pipeline.ops.retrain import RetrainBusy
-
             raise RetrainBusy(f"run {run} is being written (a training or evaluation) and was built on data a "
                               "deletion request names", str(run))
 
@@ -688,12 +741,13 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     quarantine = roots.corpus / QUARANTINE
     q_lines = quarantine.read_text().splitlines() if quarantine.is_file() else []
     job.quarantined = [json.loads(line) for line in q_lines[state["quarantine_seen"]:] if line.strip()]
+    write_missing_clip_lists(roots, key)  # before any dataset goes, so none is left without its runs' lists
     if not deleted and not job.quarantined:
         return job
 
     ledger = Ledger.load(roots.erasure)
     traces = find_traces(roots, key, deleted, ledger.audio)
-    refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected} | built_on_deleted(roots, deleted)[0])
+    refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected} | listed_on_deleted(roots, deleted).datasets)
     entries = traces.ledger_entries(key, [Path(p) for p in traces.affected])
     for folder, clips in traces.affected.items():
         shutil.rmtree(folder)
@@ -717,12 +771,12 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     # the id of a clip a request named by its account: a quarantine line names the clip by id alone.
     deleted = deleted | copies | taken
     add_tombstones(roots, copies | taken)
-    listed, listed_clips = built_on_deleted(roots, deleted)
-    for entry in ([{"type": "dataset", "fingerprint": f} for f in sorted(listed - ledger.datasets)]
-                  + [{"type": "clip", "utterance": u, "identifying": False} for u in sorted(listed_clips - ledger.utterances)]):
+    listed = listed_on_deleted(roots, deleted)
+    for entry in ([{"type": "dataset", "fingerprint": f} for f in sorted(listed.datasets - ledger.datasets)]
+                  + [{"type": "clip", "utterance": u, "identifying": False} for u in sorted(listed.utterances - ledger.utterances)]):
         entries.append(entry)
         ledger.add(entry)
-    deleted = deleted | listed_clips
+    deleted = deleted | listed.utterances
     if copies and (roots.corpus / "batches").is_dir():
         remerge(roots.corpus, key)
     entries += [{"type": "copy", "utterance": u} for u in sorted(copies - ledger.copies)]
@@ -732,7 +786,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     online_ids: list[str] = []
     kept = kept_digests(roots, erased)  # before the erased runs' W&B folders go
     for run in run_folders(roots):
-        if run_fingerprints(run) & erased:
+        if run_fingerprints(run) & erased or run in listed.runs:
             paths, digests = wandb_manifest(run)
             staged |= paths
             entries += [{"type": "digest", "md5": d} for d in sorted(digests - ledger.digests)]
@@ -795,9 +849,10 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
 
     seen = set(state["requests_seen"])
     for request in sorted(read_pseudonyms(roots.corpus / REQUESTS_FILE) - seen):
-        # Copies found: in cached datasets and in exports. (A request's own pseudonym among the
+        # Copies found: in cached datasets, in exports and in the clip lists of runs whose dataset is
+        # gone. (A request's own pseudonym among the
         # tombstones says only that it was made: every utterance request is one.)
-        found = traces.per_request.get(request, 0) + from_exports.get(request, 0)
+        found = traces.per_request.get(request, 0) + from_exports.get(request, 0) + listed.per_request.get(request, 0)
         job.requests.append({"request": request, "status": "erased" if found else "matched_nothing",
                              "copies_found": found})
     append_ledger(roots.erasure, entries)
@@ -879,15 +934,13 @@ def write_receipt(roots: Roots, job: Erasure) -> Path:
 def erase(cfg: DictConfig, api: Any = None) -> Erasure:
     """Standalone `make erase`: take the lock, apply the inbox's requests to the corpus, erase."""
     from pipeline.ops.corpus import update_corpus
-    from pipeline.ops.retrain import retrain_lock
-
     job_config(cfg)  # every group the job reads, before anything is taken from the inbox
     roots = Roots.from_cfg(cfg)
     for name, root in roots.named().items():
         check_root(name, root)  # before anything is taken from the inbox
     key = pseudonym_key(cfg.privacy)
     registry = Registry(roots.registry)
-    with retrain_lock(registry.root / "retrain.lock"):
+    with retrain_lock(registry.root / LOCK_FILE):
         registry.recover()
         requests = record_source_audio(roots, key)
         # Exit 4 before the intake takes anything (only a run being written makes the scan worth it).
@@ -895,15 +948,12 @@ def erase(cfg: DictConfig, api: Any = None) -> Erasure:
             ledger = Ledger.load(roots.erasure)
             traces = find_traces(roots, key, requests, ledger.audio)
             refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected}
-                           | built_on_deleted(roots, requests)[0])
+                           | listed_on_deleted(roots, requests).datasets)
         update_corpus(roots.inbox, roots.corpus, key)
         return erase_copies(cfg, roots, key, api=api)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.ops.audit import is_config_error, load_config
-    from pipeline.ops.retrain import RetrainBusy
-
     try:
         cfg = load_config(list(sys.argv[1:] if argv is None else argv))
         job = erase(cfg)

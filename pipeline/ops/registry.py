@@ -16,20 +16,27 @@ on that clip?" without holding a list of identifiers anyone could read or guess.
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.runtime import PipelineError, write_text_atomic
+from pipeline.runtime import PipelineError, kept_from_children, write_text_atomic
 
 PROMOTED = "promoted.json"
 RECORD = "record.json"
 DECISIONS = "decisions.jsonl"
 MODEL_PARTS = ("asr", "nlu")
+LOCK_FILE = "retrain.lock"  # held while a retraining job (or `make erase`) runs: `retrain_lock`
 TMP_PREFIX = ".tmp-"
 
 
@@ -235,3 +242,84 @@ class Registry:
             os.write(fd, line)
         finally:
             os.close(fd)
+
+
+# ------------------------------------------------------------------ the retraining lock
+
+class RetrainBusy(RuntimeError):
+    def __init__(self, message: str, holder_run_dir: str | None) -> None:
+        super().__init__(message)
+        self.holder_run_dir = holder_run_dir
+
+
+# A forked child (a datasets map worker, a DataLoader worker) closes its copy of the lock's descriptor
+# (runtime.kept_from_children), so an orphan of a killed job cannot keep the registry busy. Orphaned,
+# such workers would still linger asleep for good (nothing reads their queues any more), so on Linux a
+# child forked by a job's main thread is killed when the job dies (a child forked by another thread
+# would die with that thread, so it is left be).
+_holding = False  # while this process holds the lock
+_forked_by_job: int | None = None  # the job's pid, set just before its main thread forks
+PR_SET_PDEATHSIG = 1
+
+
+def _before_fork() -> None:
+    global _forked_by_job
+    in_job = _holding and threading.current_thread() is threading.main_thread()
+    _forked_by_job = os.getpid() if in_job else None
+
+
+def _in_forked_child() -> None:
+    global _holding, _forked_by_job
+    _holding = False
+    parent, _forked_by_job = _forked_by_job, None
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the job died before the request took hold
+        os._exit(1)
+
+
+def _after_fork_in_parent() -> None:
+    global _forked_by_job
+    _forked_by_job = None
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_forked_child)
+
+
+@contextmanager
+def retrain_lock(path: Path, run_dir: Path | None = None) -> Iterator[None]:
+    """An exclusive `flock`: the kernel drops it when the holder dies, so a killed job never
+    leaves a stale lock behind (forked children do not keep it). (Keep the registry on a
+    local or flock-capable file system.) The lock file names the holder's pid and run folder, so a
+    busy job can keep out of it."""
+    global _holding
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise PipelineError(f"retrain.registry_dir={path.parent}: cannot open the lock file {path} ({err})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 4096, 0).decode(errors="replace")
+        os.close(fd)
+        try:
+            holder = json.loads(text)
+        except json.JSONDecodeError:
+            holder = {"pid": text.strip() or "?"}
+        raise RetrainBusy(f"another retraining job (pid {holder.get('pid')}, run folder {holder.get('run_dir')}) "
+                          f"holds {path}", holder.get("run_dir")) from None
+    _holding = True
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps({"pid": os.getpid(), "run_dir": str(run_dir) if run_dir else None}) + "\n").encode(), 0)
+        with kept_from_children(fd):
+            yield
+    finally:
+        _holding = False
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -16,17 +16,10 @@ a mistyped override included, exits 2.
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import json
-import os
-import signal
 import sys
-import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +27,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import run_folder
-from pipeline.ops.config import RetrainConfig, job_config, retrain_config
+from pipeline.ops.config import RetrainConfig, job_config, load_config, retrain_config
 from pipeline.ops.corpus import Corpus, pseudonym_key, remerge, stray_inbox_entries, update_corpus, utterance_pseudonym
 from pipeline.ops.erase import erase_copies, record_source_audio, tombstone_copies
 from pipeline.ops.gate import gate_on_runs
 from pipeline.ops.inventory import Roots, check_root
 from pipeline.ops.promote import promote_model, rollback, write_candidate
-from pipeline.ops.registry import MODEL_PARTS, Registry, now
-from pipeline.runtime import PipelineError, configure_environment, kept_from_children
+from pipeline.ops.registry import LOCK_FILE, MODEL_PARTS, Registry, RetrainBusy, now, retrain_lock
+from pipeline.runtime import PipelineError, configure_environment
 from pipeline.tracking import NullTracker
 
 EXIT_OK = 0          # promoted, rolled back, or nothing to do
@@ -52,85 +45,6 @@ EXIT_BUSY = 4        # another retraining job holds the lock; try again later
 REQUIRED_STAGES = ("data", "asr", "nlu", "eval")
 # The parts of the config that change what a model is; a change retrains even with no new data.
 TRAINING_KEYS = ("data", "asr", "nlu", "trainer", "eval", "seed")
-
-
-class RetrainBusy(RuntimeError):
-    def __init__(self, message: str, holder_run_dir: str | None) -> None:
-        super().__init__(message)
-        self.holder_run_dir = holder_run_dir
-
-
-# A forked child (a datasets map worker, a DataLoader worker) closes its copy of the lock's descriptor
-# (runtime.kept_from_children), so an orphan of a killed job cannot keep the registry busy. Orphaned,
-# such workers would still linger asleep for good (nothing reads their queues any more), so on Linux a
-# child forked by a job's main thread is killed when the job dies (a child forked by another thread
-# would die with that thread, so it is left be).
-_holding = False  # while this process holds the lock
-_forked_by_job: int | None = None  # the job's pid, set just before its main thread forks
-PR_SET_PDEATHSIG = 1
-
-
-def _before_fork() -> None:
-    global _forked_by_job
-    in_job = _holding and threading.current_thread() is threading.main_thread()
-    _forked_by_job = os.getpid() if in_job else None
-
-
-def _in_forked_child() -> None:
-    global _holding, _forked_by_job
-    _holding = False
-    parent, _forked_by_job = _forked_by_job, None
-    if parent is None or not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the job died before the request took hold
-        os._exit(1)
-
-
-def _after_fork_in_parent() -> None:
-    global _forked_by_job
-    _forked_by_job = None
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_forked_child)
-
-
-@contextmanager
-def retrain_lock(path: Path, run_dir: Path | None = None) -> Iterator[None]:
-    """An exclusive `flock`: the kernel drops it when the holder dies, so a killed job never
-    leaves a stale lock behind (forked children do not keep it). (Keep the registry on a
-    local or flock-capable file system.) The lock file names the holder's pid and run folder, so a
-    busy job can keep out of it."""
-    global _holding
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise PipelineError(f"retrain.registry_dir={path.parent}: cannot open the lock file {path} ({err})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        text = os.pread(fd, 4096, 0).decode(errors="replace")
-        os.close(fd)
-        try:
-            holder = json.loads(text)
-        except json.JSONDecodeError:
-            holder = {"pid": text.strip() or "?"}
-        raise RetrainBusy(f"another retraining job (pid {holder.get('pid')}, run folder {holder.get('run_dir')}) "
-                          f"holds {path}", holder.get("run_dir")) from None
-    _holding = True
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps({"pid": os.getpid(), "run_dir": str(run_dir) if run_dir else None}) + "\n").encode(), 0)
-        with kept_from_children(fd):
-            yield
-    finally:
-        _holding = False
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def unreported_batches(registry: Registry, corpus_dir: Path) -> list[str]:
@@ -350,7 +264,7 @@ def run_retrain(cfg: DictConfig) -> int:
         redact_hydra_records(run_dir)  # before any check: a config error must not leave a raw id there
         configure_environment(run_dir, Path(cfg.cache_dir).resolve())
         registry = Registry(Path(cfg.retrain.registry_dir))
-        with retrain_lock(registry.root / "retrain.lock", run_dir):
+        with retrain_lock(registry.root / LOCK_FILE, run_dir):
             try:
                 decision = _job(cfg, run_dir, registry)
             except CONFIG_ERRORS as err:
@@ -411,21 +325,14 @@ def refuse_config(overrides: list[str], config_dir: Path, config_name: str = "re
 
     The run folder and registry are those of the command line without the overrides that fail.
     """
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
 
     if any(arg.startswith("-") for arg in overrides):
         return None  # Hydra's own flags (--multirun, --cfg, ...): Hydra's answer stands
 
     def composed(args: list[str]) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            cfg = compose(config_name, overrides=args, return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = os.getcwd()
-        HydraConfig.instance().set_config(cfg)
-        return cfg
+        GlobalHydra.instance().clear()  # the Hydra app that refused the command line initialised it
+        return load_config(args, config_name, config_dir)
 
     def why(err: Exception) -> str:
         lines = [str(e).split("Config search path")[0].strip().splitlines()

@@ -11,14 +11,15 @@ import soundfile as sf
 from pipeline.data.audio import ClipRejected, load_clip
 
 
-@pytest.mark.parametrize(("samples", "error"), [
-    (3199, r"^0\.1999 s is under data\.min_duration_s=0\.2$"),    # 0.1999375 s: "0.20 s" read as the limit
-    (1600, r"^0\.10 s is under data\.min_duration_s=0\.2$"),
-    (80001, r"^5\.0001 s is over data\.max_duration_s=5\.0$"),
+@pytest.mark.parametrize(("samples", "max_s", "error"), [
+    (3199, 5.0, r"^0\.1999 s is under data\.min_duration_s=0\.2$"),    # 0.1999375 s: "0.20 s" read as the limit
+    (1600, 5.0, r"^0\.10 s is under data\.min_duration_s=0\.2$"),
+    (80001, 5.0, r"^5\.0001 s is over data\.max_duration_s=5\.0$"),
+    (80074, 5.004, r"^5\.005 s is over data\.max_duration_s=5\.004$"),  # 5.0046 s: "5.00 s" is under it
 ])
-def test_a_clip_outside_the_length_limits_is_not_said_to_be_as_long_as_the_limit(
-        tmp_path: Path, samples: int, error: str) -> None:
+def test_a_clip_outside_the_length_limits_is_said_to_be_on_its_side_of_the_limit(
+        tmp_path: Path, samples: int, max_s: float, error: str) -> None:
     path = tmp_path / "clip.wav"
     sf.write(path, np.full(samples, 0.1, dtype=np.float32), 16000)
     with pytest.raises(ClipRejected, match=error):
-        load_clip(path, "clip.wav", 0.2, 5.0, need_signal=True)
+        load_clip(path, "clip.wav", 0.2, max_s, need_signal=True)

@@ -337,3 +337,15 @@ def test_undecodable_embedded_audio_is_named_by_its_row(tmp_path: Path) -> None:
         (1, "unreadable_audio", "cannot decode the audio of row 1 (Format not recognised.)"),
         (2, "unreadable_audio", "the audio of row 2 is empty"),
     ]
+
+
+def test_a_build_that_keeps_nothing_leaves_no_earlier_clip_list_in_its_run_folder(tmp_path: Path) -> None:
+    """Paired with the new build report's fingerprint, the earlier build's list would name clips
+    the run never held."""
+    path = write_export(tmp_path / "export", [record(i) for i in range(8)])
+    build(tmp_path, path=str(path))
+    assert (tmp_path / "run" / "dataset_clips.txt").is_file()
+    flagged = write_export(tmp_path / "flagged", [record(i, flags=["sensitive"]) for i in range(8)])
+    with pytest.raises(PipelineError, match="quarantined"):
+        build(tmp_path, path=str(flagged))
+    assert not (tmp_path / "run" / "dataset_clips.txt").exists()

@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 from pipeline.data.privacy import TOMBSTONES_FILE
 from pipeline.ops.corpus import QUARANTINE, pending_deletions, update_corpus, utterance_pseudonym
-from pipeline.ops.retrain import EXIT_BUSY, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, retrain_lock, run_retrain
+from pipeline.ops.registry import retrain_lock
+from pipeline.ops.retrain import EXIT_BUSY, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, run_retrain
 from pipeline.runtime import PipelineError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO))  # bench/ is not an installed package
 
 from bench.erase import KEY, VICTIM, VICTIM_SENTENCES, VOCAB, build_store, overrides  # noqa: E402
 from pipeline.ops import audit, erase, sync  # noqa: E402
+from pipeline.ops.config import load_config  # noqa: E402
 from pipeline.ops.inventory import DO_NOT_SYNC  # noqa: E402
 from pipeline.ops.registry import Registry  # noqa: E402
 
@@ -268,7 +269,7 @@ def test_online_runs_of_erased_runs_are_deleted_through_the_wandb_api(store: dic
     (first / "wandb_run_id").write_text("abc123\n")
     (second / "wandb_run_id").write_text("never-uploaded\n")
     (store["runs"][1] / "wandb_run_id").write_text("untouched9\n")
-    cfg = audit.load_config([*overrides(root), "erase.wandb_online=true", "logger.entity=acme"])
+    cfg = load_config([*overrides(root), "erase.wandb_online=true", "logger.entity=acme"])
     api = _Api()
     erase.erase(cfg, api=api)
     assert sorted(api.paths) == ["acme/voice-pipeline/abc123", "acme/voice-pipeline/never-uploaded"]
@@ -365,15 +366,63 @@ def test_runs_of_a_dataset_no_longer_cached_are_erased_by_the_clips_they_list(
     registry = Registry(root / "registry")
     assert registry.record("model-0")["erased_at"] and not (registry.model_dir("model-0") / "asr").exists()
     assert registry.has_weights("model-2")
+    [request] = _receipt(root)["requests"]  # found through the lists, not "matched nothing"
+    assert request["status"] == "erased" and request["copies_found"] == 3  # dataset 0's three clips of the account
     capsys.readouterr()
     assert audit.main(overrides(root)) == 0, capsys.readouterr().out
+
+
+def test_a_damaged_build_report_or_quarantine_line_does_not_stop_erasure_or_the_audit(
+        store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """A run killed while its files were written: its listed clips still tie it to the deleted account."""
+    import shutil
+
+    root = store["root"]
+    shutil.rmtree(root / "cache" / "datasets" / store["fingerprints"][0])
+    damaged = store["affected_runs"][0]
+    (damaged / "build_report.json").write_text('{"fingerprint": "')
+    (store["runs"][1] / "quarantine.jsonl").write_text('{"utterance_id": "cut-sh')
+    assert audit.main(overrides(root)) == 3
+    assert f"{damaged}  (" in capsys.readouterr().out
+    assert erase.main(overrides(root)) == 0
+    assert not (damaged / "asr").exists() and (damaged / DO_NOT_SYNC).is_file()
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 0, capsys.readouterr().out
+
+
+def test_runs_built_before_runs_listed_their_clips_get_their_list_while_the_dataset_is_cached(
+        store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    root = store["root"]
+    for run in store["runs"]:
+        (run / "dataset_clips.txt").unlink()
+    old = store["affected_runs"][0]
+    lists = {}
+    # An erasure with nothing to erase still writes them, while every dataset is there.
+    (root / "inbox" / "deletions" / "request.jsonl").rename(root / "request.jsonl")
+    assert erase.main(overrides(root)) == 0
+    for run in store["runs"]:
+        lists[run] = (run / "dataset_clips.txt").read_text()
+    assert len(lists[old].splitlines()) == 15  # a line per clip of its dataset
+    # Then a cache cleaned to free disk, and a request: found by the list.
+    shutil.rmtree(root / "cache" / "datasets" / store["fingerprints"][0])
+    (root / "request.jsonl").rename(root / "inbox" / "deletions" / "request.jsonl")
+    assert erase.main(overrides(root)) == 0
+    assert not (old / "asr").exists()
+    # A run with neither list nor dataset cannot be told: the audit says so.
+    (store["runs"][1] / "dataset_clips.txt").unlink()
+    shutil.rmtree(root / "cache" / "datasets" / store["fingerprints"][1])
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 0
+    assert "1 run folder(s) list no clips" in capsys.readouterr().out
 
 
 def test_the_inventory_claims_every_file_and_names_a_new_writer(store: dict[str, Any]) -> None:
     from pipeline.ops.inventory import Roots, unclaimed
 
     root = store["root"]
-    roots = Roots.from_cfg(audit.load_config(overrides(root)))
+    roots = Roots.from_cfg(load_config(overrides(root)))
     assert unclaimed(roots) == []
     # A sweep: its folder holds multirun.yaml, each job a run of its own (the innermost run claims a file).
     sweep = root / "multirun" / "2026-01-02" / "00-00-00"
@@ -734,7 +783,7 @@ def test_a_copy_in_a_new_batch_is_kept_out_of_training_and_out_of_the_merged_cor
     records = [{"utterance_id": "copy-1", "account_id": "acct-other", "audio": "audio/copy.flac", "transcript": "x"},
                {"utterance_id": "keep-1", "account_id": "acct-other", "audio": "audio/keep.flac", "transcript": "y"}]
     (batch / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    roots = Roots.from_cfg(audit.load_config(overrides(root)))
+    roots = Roots.from_cfg(load_config(overrides(root)))
 
     # What a retraining does before it trains: the requests' source audio into the ledger, the intake,
     # then copies tombstoned and purged from the corpus.
@@ -793,7 +842,7 @@ def test_a_job_killed_after_the_intake_purged_a_recording_still_finds_its_copy_l
     from pipeline.ops.inventory import Roots
 
     root, key = store["root"], KEY.encode()
-    roots = Roots.from_cfg(audit.load_config(overrides(root)))
+    roots = Roots.from_cfg(load_config(overrides(root)))
     (root / "inbox" / "deletions" / "request.jsonl").unlink()  # the store's own request: not this test's
     flac = _rows(key, 7, 1, False, np.random.default_rng(7))[0]["audio"]["bytes"]
 

@@ -84,7 +84,7 @@ def _retrain(tmp: Path, name: str, *extra: str) -> dict:
 
 def _unclaimed(tmp: Path) -> list[Path]:
     """Files the jobs wrote that no row of the inventory claims."""
-    from pipeline.ops.audit import load_config
+    from pipeline.ops.config import load_config
     from pipeline.ops.inventory import Roots, unclaimed
 
     return unclaimed(Roots.from_cfg(load_config(_roots(tmp) + [f"retrain.registry_dir={tmp / 'registry'}",

@@ -15,7 +15,7 @@ import pytest
 from pipeline.ops.gate import check_gate
 from pipeline.data.privacy import pseudonym
 from pipeline.ops.registry import Registry
-from pipeline.ops.retrain import RetrainBusy, retrain_lock
+from pipeline.ops.registry import RetrainBusy, retrain_lock
 from pipeline.runtime import PipelineError
 
 RULES = {
@@ -115,7 +115,7 @@ def test_lock_excludes_a_second_job_and_dies_with_its_holder(tmp_path: Path) -> 
             with retrain_lock(lock):
                 pass
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from pipeline.ops.retrain import retrain_lock\n"
+        "import sys, time; from pathlib import Path; from pipeline.ops.registry import retrain_lock\n"
         f"with retrain_lock(Path({str(lock)!r})):\n    print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -133,7 +133,7 @@ def test_a_forked_worker_does_not_keep_the_lock(tmp_path: Path) -> None:
     orphaned one would otherwise keep the registry busy for every later job."""
     lock = tmp_path / "registry" / "retrain.lock"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import multiprocessing as mp, time; from pathlib import Path; from pipeline.ops.retrain import retrain_lock\n"
+        "import multiprocessing as mp, time; from pathlib import Path; from pipeline.ops.registry import retrain_lock\n"
         f"with retrain_lock(Path({str(lock)!r})):\n"
         "    worker = mp.get_context('fork').Process(target=time.sleep, args=(60,)); worker.start()\n"
         "print(worker.pid, flush=True); time.sleep(60)")],
@@ -170,7 +170,7 @@ def test_a_killed_jobs_forked_workers_die_with_it(tmp_path: Path) -> None:
     go with the job instead of lingering (and, before their copy of the lock was closed, keeping it)."""
     lock = tmp_path / "registry" / "retrain.lock"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import multiprocessing as mp, time; from pathlib import Path; from pipeline.ops.retrain import retrain_lock\n"
+        "import multiprocessing as mp, time; from pathlib import Path; from pipeline.ops.registry import retrain_lock\n"
         "worker = mp.get_context('fork').Process(target=time.sleep, args=(60,)); worker.start()\n"
         f"with retrain_lock(Path({str(lock)!r})):\n"
         "    job_worker = mp.get_context('fork').Process(target=time.sleep, args=(60,)); job_worker.start()\n"

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.ops.retrain import retrain_lock
+from pipeline.ops.registry import retrain_lock
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pipeline.ops import audit
-from pipeline.ops.config import job_config
+from pipeline.ops.config import job_config, load_config
 from pipeline.ops.retrain import EXIT_CONFIG, run_retrain
 from pipeline.runtime import PipelineError
 from pipeline.tracking import make_tracker
@@ -42,13 +41,13 @@ REPO = Path(__file__).resolve().parents[2]
 ])
 def test_a_bad_job_setting_names_its_key_and_what_it_accepts(override: str, message: str) -> None:
     with pytest.raises(PipelineError, match=message):
-        job_config(audit.load_config([override]))
+        job_config(load_config([override]))
 
 
 @pytest.mark.parametrize("overrides", [[], ["logger=none"], ["erase.wandb_online=true"], ["erase.wandb_online=off"],
                                        ["retrain.gate_policy=non_inferior", "retrain.promote=20261201-abc"]])
 def test_the_shipped_job_config_passes(overrides: list[str]) -> None:
-    settings = job_config(audit.load_config(overrides))
+    settings = job_config(load_config(overrides))
     assert settings.retrain.gate_rules()["slu_f1"] == {"metric": "slu/slu_f1", "max_decrease": 0.0}
     assert settings.logger.job_type == "retrain" and settings.logger.tags == ["retrain"]
 
@@ -58,7 +57,7 @@ def test_the_shipped_gate_is_the_one_the_readme_states() -> None:
     # wake/fa_per_hour may rise, slu/slu_f1 may not fall; judged on the interval's best case (not_worse).
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "`asr/wer` may rise at most 0.005, neither `wake/frr` nor `wake/fa_per_hour` may rise" in " ".join(readme.split())
-    settings = job_config(audit.load_config([]))
+    settings = job_config(load_config([]))
     assert settings.retrain.gate_rules() == {
         "wer": {"metric": "asr/wer", "max_increase": 0.005}, "frr": {"metric": "wake/frr", "max_increase": 0.0},
         "fa_per_hour": {"metric": "wake/fa_per_hour", "max_increase": 0.0},
@@ -68,7 +67,7 @@ def test_the_shipped_gate_is_the_one_the_readme_states() -> None:
 
 def test_an_unknown_key_in_a_users_yaml_is_refused(tmp_path: Path) -> None:
     (tmp_path / "site.yaml").write_text("retrain:\n  gate_polcy: non_inferior\n")
-    cfg = audit.load_config([])
+    cfg = load_config([])
     OmegaConf.set_struct(cfg, False)  # as Hydra merges a config file of the user's own: any key goes in
     cfg = OmegaConf.merge(cfg, OmegaConf.load(tmp_path / "site.yaml"))
     with pytest.raises(PipelineError, match="retrain.gate_polcy is not a setting of retrain; known: .*gate_policy"):
@@ -79,7 +78,7 @@ def test_the_retraining_job_records_a_bad_setting_before_it_takes_anything(tmp_p
     monkeypatch.chdir(tmp_path)  # the run folder of a config composed outside retrain.py
     (tmp_path / "inbox" / "b1").mkdir(parents=True)
     (tmp_path / "inbox" / "b1" / "annotations.jsonl").write_text("{}\n")
-    cfg = audit.load_config([f"retrain.inbox={tmp_path / 'inbox'}", f"retrain.registry_dir={tmp_path / 'registry'}",
+    cfg = load_config([f"retrain.inbox={tmp_path / 'inbox'}", f"retrain.registry_dir={tmp_path / 'registry'}",
                              f"cache_dir={tmp_path / 'cache'}", "retrain.gate_policy=maybe"])
     assert run_retrain(cfg) == EXIT_CONFIG
     decision = json.loads((tmp_path / "decision.json").read_text())
