@@ -196,6 +196,18 @@ def _jsonl_source(path: Path, name: str) -> Source:
     return Source(name, path.parent, [path], records())
 
 
+def slurp_utterance_id(slurp_id: Any, recording: str) -> str:
+    """A SLURP clip's id: its sentence and its recording (SLURP's scorer, `eval.slu_scoring=slurp`,
+    reads the sentence back with `slurp_id_of`)."""
+    return f"slurp-{slurp_id}-{recording}"
+
+
+def slurp_id_of(utterance_id: str) -> int | None:
+    """The SLURP sentence a clip came from, None for a clip of another corpus."""
+    parts = utterance_id.split("-", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[0] == "slurp" and parts[1].isdigit() else None
+
+
 def _slurp_source(data_cfg: SourceConfig, key: str = "data") -> Source:
     """SLURP: one record per sentence, one clip per recording; intent = scenario + "_" + action.
 
@@ -230,7 +242,7 @@ def _slurp_source(data_cfg: SourceConfig, key: str = "data") -> Source:
                 scenario, action = obj.get("scenario"), obj.get("action")
                 intent = f"{scenario}_{action}" if scenario and action else obj.get("intent")
                 yield RawRecord(n, {
-                    "utterance_id": f"slurp-{obj.get('slurp_id')}-{stem}",
+                    "utterance_id": slurp_utterance_id(obj.get("slurp_id"), stem),
                     "audio": file,
                     "transcript": obj.get("sentence"),
                     "annotation": obj.get("sentence_annotation"),

@@ -33,6 +33,7 @@ from pipeline.asr.model import greedy_decode, load_asr, log_probs_of, samples_pe
 from pipeline.config import checked
 from pipeline.data.background import Recording, load_background, mentions
 from pipeline.data.saved import open_saved, require
+from pipeline.data.sources import slurp_id_of
 from pipeline.distributed import pick_device
 from pipeline.eval import bootstrap as B
 from pipeline.eval import metrics as M
@@ -696,19 +697,13 @@ def _scoring_gold(cfg: DictConfig, ecfg: DictConfig, with_intent: list[dict[str,
                             "set eval.slurp_gold=<slurp>/test.jsonl (or evaluate a dataset built with data=slurp)")
     records = _slurp_records(Path(str(path)))
     for row in with_intent:
-        record = records.get(_slurp_id(str(row["utterance_id"])))
+        record = records.get(slurp_id_of(str(row["utterance_id"])))
         row["scoring_entities"] = M.slurp_gold_entities(record) if record else None
     scored = sum(r["scoring_entities"] is not None for r in with_intent)
     if scored == 0:
         raise PipelineError(f"eval.slu_scoring=slurp: no clip of split {ecfg.split!r} is a record of {path}; "
                             "score this dataset with eval.slu_scoring=project")
     return {"mode": mode, "clips": len(with_intent), "scored": scored, "gold": str(path)}
-
-
-def _slurp_id(utterance_id: str) -> int | None:
-    """The SLURP sentence a clip came from: the data stage names SLURP clips slurp-<slurp_id>-<file>."""
-    parts = utterance_id.split("-", 2)
-    return int(parts[1]) if len(parts) == 3 and parts[0] == "slurp" and parts[1].isdigit() else None
 
 
 def _slurp_records(path: Path) -> dict[int, dict[str, Any]]:
