@@ -787,38 +787,13 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     kept = kept_digests(roots, erased)  # before the erased runs' W&B folders go
     for run in run_folders(roots):
         if run_fingerprints(run) & erased or run in listed.runs:
-            paths, digests = wandb_manifest(run)
+            paths, digests, online_id = _erase_run(run, erased, job)
             staged |= paths
             entries += [{"type": "digest", "md5": d} for d in sorted(digests - ledger.digests)]
             ledger.digests |= digests
-            parts = derived_parts(run)
-            run_id = run / RUN_ID_FILE
-            if parts and run_id.is_file():  # first erasure of this run: its online copy goes too
-                online_ids.append(run_id.read_text().strip())
-            if parts or not (run / DO_NOT_SYNC).exists():
-                (run / DO_NOT_SYNC).write_text(json.dumps({
-                    "reason": "trained on data erased after a deletion request; never upload this run",
-                    "dataset_fingerprints": sorted(run_fingerprints(run) & erased), "at": now()}) + "\n")
-                job.do_not_sync.append(str(run))
-            for kind, files in parts.items():
-                for f in files:
-                    _rm(f)
-                job.remove(kind, run, files=len(files))
-            for sub in ("asr", "nlu", "plots", "incumbent", "wandb", "review"):
-                if (run / sub).is_dir() and not any(p.is_file() for p in (run / sub).rglob("*")):
-                    shutil.rmtree(run / sub)
+            online_ids += [online_id] if online_id else []
         else:
-            for f in (run / "predictions.jsonl", run / "incumbent" / "predictions.jsonl"):
-                if f.is_file() and not f.is_symlink():
-                    dropped = filter_predictions(f, key, deleted, texts)
-                    if dropped:
-                        job.remove("predictions", f, lines=dropped)
-                        count_erased_clips(f.parent / "metrics.json", dropped)
-            for f in [run / n for n in REPORTS] + [run / "incumbent" / n for n in REPORTS]:
-                if f.is_file() and not f.is_symlink():
-                    dropped = filter_report(f, key, deleted, texts)
-                    if dropped:
-                        job.remove("report", f, lines=dropped)
+            _trim_run(run, key, deleted, texts, job)
 
     for f in [run / QUARANTINE_LINES for run in run_folders(roots)] + [d / QUARANTINE_LINES for d in dataset_folders(roots)]:
         if f.is_file() and not f.is_symlink() and (rewritten := filter_quarantine(f, key, deleted)):
@@ -832,17 +807,9 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
             f.unlink()
             job.remove("W&B staging", f)
 
-    registry = Registry(roots.registry)
-    for record in registry.records():
-        model_id = record["model_id"]
-        # Every deleted utterance found in a cached dataset, now or by an earlier erasure, not only
-        # those the corpus's tombstones name (a request for an account names no utterance).
-        trained = set(record.get("trained_on", [])) & (deleted | ledger.utterances)
-        if not weights_saw_deleted(record, deleted | ledger.utterances, erased):
-            continue
-        if any((registry.model_dir(model_id) / part).exists() for part in MODEL_PARTS) or not record.get("erased_at"):
-            registry.mark_erased(model_id)
-            job.remove("registry model", registry.model_dir(model_id), clips=len(trained))
+    # Every deleted utterance found in a cached dataset or a run's clip list, now or by an earlier
+    # erasure, not only those the corpus's tombstones name (a request for an account names no utterance).
+    _erase_registry_models(Registry(roots.registry), deleted | ledger.utterances, erased, job)
 
     if online_ids and wandb_online(settings):
         job.online = delete_online(online_ids, settings.logger.project, settings.logger.entity, api)
@@ -863,6 +830,57 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     roots.erasure.mkdir(parents=True, exist_ok=True)
     (roots.erasure / STATE).write_text(json.dumps(state) + "\n")
     return job
+
+
+def _erase_run(run: Path, erased: set[str], job: Erasure) -> tuple[set[Path], set[str], str | None]:
+    """Remove what a run built on erased data derived (models, predictions, reports, its W&B run, the
+    review) and mark it DO_NOT_SYNC; returns its W&B files' staging paths and digests (read before
+    they go), and its W&B run id on its first erasure (its online copy goes too)."""
+    paths, digests = wandb_manifest(run)
+    parts = derived_parts(run)
+    run_id = run / RUN_ID_FILE
+    online_id = run_id.read_text().strip() if parts and run_id.is_file() else None
+    if parts or not (run / DO_NOT_SYNC).exists():
+        (run / DO_NOT_SYNC).write_text(json.dumps({
+            "reason": "trained on data erased after a deletion request; never upload this run",
+            "dataset_fingerprints": sorted(run_fingerprints(run) & erased), "at": now()}) + "\n")
+        job.do_not_sync.append(str(run))
+    for kind, files in parts.items():
+        for f in files:
+            _rm(f)
+        job.remove(kind, run, files=len(files))
+    for sub in ("asr", "nlu", "plots", "incumbent", "wandb", "review"):
+        if (run / sub).is_dir() and not any(p.is_file() for p in (run / sub).rglob("*")):
+            shutil.rmtree(run / sub)
+    return paths, digests, online_id
+
+
+def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Erasure) -> None:
+    """A run not built on erased data (say, evaluated on a split that held a deleted clip) keeps its
+    models: only the lines of deleted clips leave its predictions and reports."""
+    for f in (run / "predictions.jsonl", run / "incumbent" / "predictions.jsonl"):
+        if f.is_file() and not f.is_symlink():
+            dropped = filter_predictions(f, key, deleted, texts)
+            if dropped:
+                job.remove("predictions", f, lines=dropped)
+                count_erased_clips(f.parent / "metrics.json", dropped)
+    for f in [run / n for n in REPORTS] + [run / "incumbent" / n for n in REPORTS]:
+        if f.is_file() and not f.is_symlink():
+            dropped = filter_report(f, key, deleted, texts)
+            if dropped:
+                job.remove("report", f, lines=dropped)
+
+
+def _erase_registry_models(registry: Registry, deleted: set[str], erased: set[str], job: Erasure) -> None:
+    """Registered models whose weights saw a deleted clip lose them and are marked erased."""
+    for record in registry.records():
+        model_id = record["model_id"]
+        if not weights_saw_deleted(record, deleted, erased):
+            continue
+        if any((registry.model_dir(model_id) / part).exists() for part in MODEL_PARTS) or not record.get("erased_at"):
+            registry.mark_erased(model_id)
+            job.remove("registry model", registry.model_dir(model_id),
+                       clips=len(set(record.get("trained_on", [])) & deleted))
 
 
 def add_tombstones(roots: Roots, copies: set[str]) -> set[str]:
