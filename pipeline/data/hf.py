@@ -67,6 +67,12 @@ class HFSource:
         self.path = str(path)
         self.local = Path(self.path).exists()
         self.root = Path(self.path).resolve() if self.local else None
+        if self.root is not None and (self.root / "annotations.jsonl").is_file() and not any(
+                (self.root / n).is_file() for n in METADATA_FILES):
+            raise PipelineError(
+                f"data.path={path} holds annotations.jsonl, the project's own export format, which `data=hf` does not "
+                f"read: build it with data=jsonl data.path={self.root / 'annotations.jsonl'} (data=hf reads an audiofolder "
+                "with metadata.jsonl or metadata.csv, a save_to_disk folder, or a hub id)")
         self.kind, dataset = self._open(data_cfg, config_name, cache_dir)
         self.audio_column = find_audio_column(dataset.features, _plain(data_cfg.columns).get("audio"), self.path)
         self.dataset = dataset.cast_column(self.audio_column, Audio(decode=False))

@@ -442,3 +442,15 @@ def test_a_clip_that_is_its_own_account_keeps_its_readable_id(tmp_path: Path) ->
     assert report["records_kept"] == 4 and not quarantine
     ids = {r["utterance_id"]: r["speaker"] for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
     assert set(ids) == {f"hf/audio/athena-{i}" for i in range(4)} and len(set(ids.values())) == 4
+
+
+def test_the_projects_own_export_given_to_data_hf_names_data_jsonl(tmp_path: Path) -> None:
+    """Read as a json dataset, every record was quarantined for a missing transcript column."""
+    folder = tmp_path / "export"
+    (folder / "audio").mkdir(parents=True)
+    sf.write(folder / "audio" / "a.flac", tone(0.6, 8000), 8000)
+    (folder / "annotations.jsonl").write_text(json.dumps({"utterance_id": "a", "audio": "audio/a.flac",
+                                                          "transcript": "zero", "intent": None}) + "\n")
+    with pytest.raises(PipelineError, match=r"holds annotations\.jsonl, the project's own export format, which `data=hf` "
+                                            r"does not read: build it with data=jsonl data\.path=.*export/annotations\.jsonl"):
+        build(tmp_path, source="hf", path=str(folder))
