@@ -67,8 +67,9 @@ class HFSource:
         self.path = str(path)
         self.local = Path(self.path).exists()
         self.root = Path(self.path).resolve() if self.local else None
-        if self.root is not None and (self.root / "annotations.jsonl").is_file() and not any(
-                (self.root / n).is_file() for n in METADATA_FILES):
+        if (self.root is not None and (self.root / "annotations.jsonl").is_file()
+                and not any((self.root / n).is_file() for n in ("dataset_dict.json", "state.json"))  # save_to_disk
+                and not any(next(self.root.rglob(n), None) for n in METADATA_FILES)):
             raise PipelineError(
                 f"data.path={path} holds annotations.jsonl, the project's own export format, which `data=hf` does not "
                 f"read: build it with data=jsonl data.path={self.root / 'annotations.jsonl'} (data=hf reads an audiofolder "

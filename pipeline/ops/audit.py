@@ -296,11 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     # covering a folder the scan never saw.
     print("audit: scanned " + ", ".join(f"{name}={root}" for name, root in roots.items() if root.exists())
           + (f"; absent, so not scanned: {', '.join(absent)}" if absent else ""))
-    unlisted = unlisted_runs(where)
-    if known and unlisted:
+    unlisted = unlisted_runs(where, Ledger.load(where.erasure).datasets) if known else []
+    if unlisted:
         print(f"audit: {len(unlisted)} run folder(s) list no clips (dataset_clips.txt: built before runs listed them) "
-              "and their cached dataset is gone, so whether they hold a deleted clip cannot be told; remove them, "
-              "or keep them knowing that: " + ", ".join(map(str, unlisted)))
+              "and their dataset is gone, not by an erasure, so whether they hold a deleted clip cannot be told; "
+              "remove them, or keep them knowing that: " + ", ".join(map(str, unlisted)))
     if not known:
         # Nothing to look for is not "clean": a deletions file only a build read (data.deletions)
         # kept its clips out of that dataset, and is unknown here.
@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CLEAN
     if not findings:
         print(f"audit: clean: no trace of the {known} deleted id(s) requested under the roots scanned"
-              + (f" ({len(absent)} absent, not scanned: check they are meant to be)" if absent else ""))
+              + (f" ({len(absent)} absent, not scanned: check they are meant to be)" if absent else "")
+              + (f"; {len(unlisted)} run folder(s) not judged (above)" if unlisted else ""))
         return EXIT_CLEAN
     # Files in no place the inventory knows (put there by hand, or by another tool): erasure removes only
     # what it knows the shape of, so these stay until a person removes them.

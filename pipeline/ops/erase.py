@@ -53,7 +53,7 @@ from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, inbox_requests, pendin
 from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, check_root, place_of,
                                     run_folders, walk_files)
 from pipeline.ops.registry import LOCK_FILE, MODEL_PARTS, Registry, RetrainBusy, now, retrain_lock, weights_saw_deleted
-from pipeline.runtime import PipelineError, write_text_atomic
+from pipeline.runtime import PipelineError, first_line, write_text_atomic
 from pipeline.text import BOS, EOS, lm_tokens
 from pipeline.tracking.wandb_run import RUN_ID_FILE
 
@@ -389,22 +389,24 @@ class Listed:
     runs: set[Path] = field(default_factory=set)
     datasets: set[str] = field(default_factory=set)
     utterances: set[str] = field(default_factory=set)
-    # Clips each deleted pseudonym matched in lists of datasets no longer cached (a cached one's
-    # clips are counted where it is found: Traces.per_request); each dataset's once.
+    # Clips each deleted pseudonym matched in lists of datasets not counted elsewhere (`counted`: a
+    # cached one's clips are counted where it is found, Traces.per_request; an erased one's were
+    # counted by its erasure); each dataset's once.
     per_request: Counter = field(default_factory=Counter)
 
 
-def _built_fingerprint(run: Path) -> str | None:
-    """The fingerprint the run's own build report names; None when it cannot be read (the run is
-    still found by its clip list)."""
+def _built(run: Path) -> tuple[str | None, Path | None]:
+    """The fingerprint and the dataset folder the run's own build report names; None where it cannot
+    be read (the run is still found by its clip list)."""
     try:
-        report = run_folder.read_build_report(run)
+        report = run_folder.read_build_report(run) or {}
     except PipelineError:
-        return None
-    return str(report["fingerprint"]) if report and report.get("fingerprint") else None
+        return None, None
+    path = report.get("dataset_path")
+    return (str(report["fingerprint"]) if report.get("fingerprint") else None), (Path(path) if path else None)
 
 
-def listed_on_deleted(roots: Roots, deleted: set[str]) -> Listed:
+def listed_on_deleted(roots: Roots, deleted: set[str], counted: set[str] = frozenset()) -> Listed:
     """Runs of one dataset list the same clips: each dataset's list is read once."""
     listed = Listed()
     by_list: dict[str, set[str]] = {}  # fingerprint (or the run, without one) -> the deleted clips listed
@@ -412,7 +414,7 @@ def listed_on_deleted(roots: Roots, deleted: set[str]) -> Listed:
         path = run / run_folder.DATASET_CLIPS
         if not path.is_file():
             continue
-        fingerprint = _built_fingerprint(run)
+        fingerprint, _ = _built(run)
         name = fingerprint or str(run)
         if name not in by_list:
             hits: set[str] = set()
@@ -422,7 +424,7 @@ def listed_on_deleted(roots: Roots, deleted: set[str]) -> Listed:
                     hits.add(names[0])
                     matched.update(which)
             by_list[name] = hits
-            if hits and not (fingerprint and (roots.cache / "datasets" / fingerprint).is_dir()):
+            if hits and fingerprint not in counted:
                 listed.per_request.update(matched)
         if by_list[name]:
             listed.runs.add(run)
@@ -432,11 +434,18 @@ def listed_on_deleted(roots: Roots, deleted: set[str]) -> Listed:
     return listed
 
 
-def unlisted_runs(roots: Roots) -> list[Path]:
-    """Run folders without a clip list whose cached dataset is gone: whether they hold a deleted clip
-    cannot be told (built before runs listed their clips, or their list was removed)."""
-    return [run for run in run_folders(roots) if not (run / run_folder.DATASET_CLIPS).exists()
-            and (fingerprint := _built_fingerprint(run)) and not (roots.cache / "datasets" / fingerprint).is_dir()]
+def unlisted_runs(roots: Roots, erased: set[str]) -> list[Path]:
+    """Run folders without a clip list whose dataset is gone, and not by an erasure (whose runs it
+    erased): whether they hold a deleted clip cannot be told (built before runs listed their clips,
+    or their list was removed)."""
+    out = []
+    for run in run_folders(roots):
+        fingerprint, dataset = _built(run)
+        if (run / run_folder.DATASET_CLIPS).exists() or not fingerprint or fingerprint in erased:
+            continue
+        if not any((d / "dataset_dict.json").is_file() for d in (dataset, roots.cache / "datasets" / fingerprint) if d):
+            out.append(run)
+    return out
 
 
 def write_missing_clip_lists(roots: Roots, key: bytes) -> int:
@@ -446,12 +455,19 @@ def write_missing_clip_lists(roots: Roots, key: bytes) -> int:
 
     written = 0
     for run in run_folders(roots):
-        if (run / run_folder.DATASET_CLIPS).exists() or (fingerprint := _built_fingerprint(run)) is None:
+        fingerprint, given = _built(run)
+        dataset = next((d for d in (given, roots.cache / "datasets" / (fingerprint or ".none"))
+                        if d is not None and (d / "dataset_dict.json").is_file()), None)
+        if (run / run_folder.DATASET_CLIPS).exists() or dataset is None:
             continue
-        dataset = roots.cache / "datasets" / fingerprint
-        if (dataset / "dataset_dict.json").is_file() and not _being_built(dataset):
-            write_text_atomic(run / run_folder.DATASET_CLIPS, "".join(" ".join(c) + "\n" for c in clip_pseudonyms(dataset, key)))
-            written += 1
+        try:
+            clips = clip_pseudonyms(dataset, key)
+            write_text_atomic(run / run_folder.DATASET_CLIPS, "".join(" ".join(c) + "\n" for c in clips))
+        except Exception as err:  # noqa: BLE001 - an unreadable dataset or run folder: erasure goes on
+            print(f"erase: warning: no clip list written into {run} ({type(err).__name__}: {first_line(err)}); the "
+                  "audit names the run if its dataset goes", file=sys.stderr)
+            continue
+        written += 1
     return written
 
 
@@ -771,7 +787,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     # the id of a clip a request named by its account: a quarantine line names the clip by id alone.
     deleted = deleted | copies | taken
     add_tombstones(roots, copies | taken)
-    listed = listed_on_deleted(roots, deleted)
+    listed = listed_on_deleted(roots, deleted, counted=set(ledger.datasets))
     for entry in ([{"type": "dataset", "fingerprint": f} for f in sorted(listed.datasets - ledger.datasets)]
                   + [{"type": "clip", "utterance": u, "identifying": False} for u in sorted(listed.utterances - ledger.utterances)]):
         entries.append(entry)

@@ -454,3 +454,14 @@ def test_the_projects_own_export_given_to_data_hf_names_data_jsonl(tmp_path: Pat
     with pytest.raises(PipelineError, match=r"holds annotations\.jsonl, the project's own export format, which `data=hf` "
                                             r"does not read: build it with data=jsonl data\.path=.*export/annotations\.jsonl"):
         build(tmp_path, source="hf", path=str(folder))
+    # An audiofolder whose metadata sits in a split's folder, beside an export: read as an audiofolder.
+    other = tmp_path / "other"
+    (other / "train").mkdir(parents=True)
+    for i, word in enumerate(["zero", "one", "two", "three"]):
+        sf.write(other / "train" / f"{i}.flac", tone(0.6, 8000), 8000)
+    (other / "train" / "metadata.jsonl").write_text("".join(
+        json.dumps({"file_name": f"{i}.flac", "transcription": w, "speaker_id": f"s{i}"}) + "\n"
+        for i, w in enumerate(["zero", "one", "two", "three"])))
+    (other / "annotations.jsonl").write_text((folder / "annotations.jsonl").read_text())
+    report, _ = build(tmp_path, run="other", source="hf", path=str(other))
+    assert report["records_kept"] == 4

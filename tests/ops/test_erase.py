@@ -85,6 +85,7 @@ def test_erase_removes_every_copy_and_the_audit_proves_it(store: dict[str, Any],
     assert VICTIM not in text and not any(s in text for s in VICTIM_SENTENCES)
     [request] = receipt["requests"]
     assert request["request"].startswith("acct_") and request["status"] == "erased"
+    assert request["copies_found"] == 3  # the account's three clips, counted once (not again through runs' clip lists)
     assert receipt["removed_counts"]["cached dataset"] == 1 and receipt["removed_counts"]["registry model"] == 1
     assert sorted(receipt["marked_do_not_sync"]) == sorted(map(str, affected))
 
@@ -410,12 +411,29 @@ def test_runs_built_before_runs_listed_their_clips_get_their_list_while_the_data
     (root / "request.jsonl").rename(root / "inbox" / "deletions" / "request.jsonl")
     assert erase.main(overrides(root)) == 0
     assert not (old / "asr").exists()
-    # A run with neither list nor dataset cannot be told: the audit says so.
+    # A run with neither list nor dataset cannot be told: the audit says so (not of the runs an
+    # erasure took the dataset of).
     (store["runs"][1] / "dataset_clips.txt").unlink()
+    (old / "dataset_clips.txt").unlink()
     shutil.rmtree(root / "cache" / "datasets" / store["fingerprints"][1])
     capsys.readouterr()
     assert audit.main(overrides(root)) == 0
-    assert "1 run folder(s) list no clips" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1 run folder(s) list no clips" in out and f"{store['runs'][1]}" in out and f"{old}," not in out
+    assert out.splitlines()[-1].endswith("; 1 run folder(s) not judged (above)")
+
+
+def test_an_erasure_with_nothing_to_erase_is_not_stopped_by_a_dataset_it_cannot_list(
+        store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    root = store["root"]
+    (root / "inbox" / "deletions" / "request.jsonl").unlink()
+    run = store["runs"][1]
+    (run / "dataset_clips.txt").unlink()
+    dataset = root / "cache" / "datasets" / store["fingerprints"][1]
+    for arrow in dataset.rglob("*.arrow"):
+        arrow.write_bytes(b"not arrow")
+    assert erase.main(overrides(root)) == 0
+    assert f"no clip list written into {run}" in capsys.readouterr().err
 
 
 def test_the_inventory_claims_every_file_and_names_a_new_writer(store: dict[str, Any]) -> None:
