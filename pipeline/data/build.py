@@ -270,6 +270,10 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         return ({**where, "reason": "invalid_record", "detail": redact_ids(key, schema_problem(err), carried)},)
     if source.hf is None and source.root is not None and record.audio is None:
         return ({**where, "reason": "invalid_record", "detail": "audio: field required"},)
+    # From here on a line names the clip's account and device too, by pseudonym: a request for the
+    # account later (a flagged clip's, say) finds the line, as it finds the clip's dataset rows.
+    where = {**where, "speaker": pseudonym(key, "acct", record.account_id),
+             **({"device": pseudonym(key, "dev", record.device_serial)} if record.device_serial else {})}
     if record.utterance_id in seen:
         line = f"row {raw.row}" if at else f"{raw.file + ' ' if raw.file else ''}line {raw.line}"
         # The first record's identifiers may be what the id holds (its pseudonym was shown); this
@@ -431,15 +435,16 @@ def _build(sources: list[Source], plan: Plan, settings: Settings, fingerprint: s
                 cache_file_name=str(tmp / "work" / "decoded.arrow"), new_fingerprint=f"{fingerprint}-decoded",
                 desc="decoding audio",
             )
-            status = meta.select_columns(["utterance_id", "source", "_row", "_reject", "_detail"])
+            status = meta.select_columns(["utterance_id", "source", "speaker", "device", "_row", "_reject", "_detail"])
             offset = 0
             for batch in status.iter(batch_size=1000):
                 for j, reason in enumerate(batch["_reject"]):
                     if reason is not None:
                         rejected.add(offset + j)
                         at = {"row": batch["_row"][j]} if batch["_row"][j] >= 0 else {}
+                        who = {c: batch[c][j] for c in ("speaker", "device") if batch[c][j]}
                         quarantine.append({"source": batch["source"][j], "utterance_id": batch["utterance_id"][j],
-                                           **at, "reason": reason, "detail": batch["_detail"][j]})
+                                           **who, **at, "reason": reason, "detail": batch["_detail"][j]})
                 offset += len(batch["_reject"])
         splits = list(meta.select_columns(["_split"])["_split"]) if len(meta) else []
         kept = sum(1 for i in range(len(splits)) if i not in rejected)

@@ -176,6 +176,11 @@ def test_every_input_line_ends_in_exactly_one_place(every_reason: dict[str, Any]
     assert by_id["u031"] == "too_long" and by_id["u033"] == "flagged" and by_id["u000"] == "duplicate_id"
     assert {q["line"] for q in quarantine if "line" in q} == {13, 14}
     assert all(q["detail"] for q in quarantine)
+    # A valid record's line names its account by pseudonym, so a later request for the account finds
+    # it (a flagged clip's line, and a clip the audio pass refused); not an invalid or deleted one's.
+    with_speaker = {q["reason"] for q in quarantine if q.get("speaker", "").startswith("acct_")}
+    assert {"flagged", "too_long", "too_short", "silent_audio", "bad_annotation", "train_only"} <= with_speaker
+    assert not {"invalid_record", "deleted"} & with_speaker
 
 
 def test_dataset_columns_audio_and_text(every_reason: dict[str, Any]) -> None:
@@ -316,7 +321,9 @@ def test_an_audio_path_that_is_a_folder_says_so(tmp_path: Path) -> None:
     write_export(export, [record(0), record(1, audio="audio/adir.wav")])
     report, quarantine = build(tmp_path, path=str(export / "annotations.jsonl"))
     assert report["records_kept"] == 1
-    assert quarantine == [{"source": "jsonl", "utterance_id": "u001", "reason": "missing_audio",
+    key = load_key(KEY_ENV, tmp_path / "cache" / "pseudonym.key")
+    assert quarantine == [{"source": "jsonl", "utterance_id": "u001", "speaker": pseudonym(key, "acct", "ACCOUNT-RAW-01"),
+                           "device": pseudonym(key, "dev", "SERIAL-RAW-0001"), "reason": "missing_audio",
                            "detail": "audio path 'audio/adir.wav' is a folder, not an audio file"}]
 
 

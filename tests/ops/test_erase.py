@@ -314,7 +314,7 @@ def test_a_flagged_clip_deleted_after_its_build_leaves_no_id_in_quarantine_files
     """A flagged clip never reached the dataset, so the dataset and its runs stay; their quarantine
     lines named it by its id. One is requested by its account (its id known only from the export),
     one by its id."""
-    from pipeline.data.privacy import utterance_pseudonym
+    from pipeline.data.privacy import pseudonym, utterance_pseudonym
 
     root, run = store["root"], store["runs"][1]  # a run of a dataset without the victim's clips
     kept = root / "cache" / "datasets" / store["fingerprints"][1]
@@ -325,6 +325,9 @@ def test_a_flagged_clip_deleted_after_its_build_leaves_no_id_in_quarantine_files
         {"utterance_id": "flag-kept", "account_id": "amzn1.account.OTHER0001", "transcript": "y", "flags": ["sensitive"]}]))
     lines = [{"source": "demo", "utterance_id": u, "reason": "flagged", "detail": "annotator flag(s) ['sensitive']; audio not copied"}
              for u in ("flag-by-account", "flag-by-id", "flag-kept")]
+    # A build names a valid record's account in its line: found with no export copy to learn the id from.
+    lines.append({"source": "jsonl", "utterance_id": "flag-elsewhere", "speaker": pseudonym(KEY.encode(), "acct", VICTIM),
+                  "reason": "flagged", "detail": "annotator flag(s) ['sensitive']; audio not copied"})
     for folder in (kept, run):
         (folder / "quarantine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     (root / "inbox" / "deletions" / "by-id.jsonl").write_text(json.dumps({"utterance_id": "flag-by-id"}) + "\n")
@@ -336,8 +339,9 @@ def test_a_flagged_clip_deleted_after_its_build_leaves_no_id_in_quarantine_files
     for folder in (kept, run):
         rows = [json.loads(line) for line in (folder / "quarantine.jsonl").read_text().splitlines()]
         assert [r["utterance_id"] for r in rows] == [utterance_pseudonym(key, "flag-by-account"),
-                                                     utterance_pseudonym(key, "flag-by-id"), "flag-kept"]
-        assert [r["reason"] for r in rows] == ["deleted", "deleted", "flagged"] and rows[0]["source"] == "demo"
+                                                     utterance_pseudonym(key, "flag-by-id"), "flag-kept",
+                                                     utterance_pseudonym(key, "flag-elsewhere")]
+        assert [r["reason"] for r in rows] == ["deleted", "deleted", "flagged", "deleted"] and rows[0]["source"] == "demo"
     capsys.readouterr()
     assert audit.main(overrides(root)) == 0, capsys.readouterr().out
     assert (run / "asr" / "model.safetensors").is_file() and kept.is_dir()
