@@ -87,4 +87,9 @@ def _check_run_argument(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _check_run_argument(sys.argv)
-    main()
+    try:
+        main()
+    except SystemExit as stop:
+        from pipeline.ops.config import exit_if_refused
+
+        exit_if_refused(stop, sys.argv[1:], "evaluate")

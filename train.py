@@ -20,4 +20,9 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv = pin_run_dir_for_torchrun(sys.argv)
-    main()
+    try:
+        main()
+    except SystemExit as stop:
+        from pipeline.ops.config import exit_if_refused
+
+        exit_if_refused(stop, sys.argv[1:], "config")

@@ -4,6 +4,7 @@ accepts, before any stage runs; train.py exits with code 2."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,23 @@ def test_train_py_stops_before_the_first_stage_with_exit_code_2(tmp_path: Path) 
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == "error: nlu.epochs='x' is not a valid float"
     assert not (tmp_path / "run" / "build_report.json").exists()  # the data stage never started
+
+
+@pytest.mark.parametrize(("script", "override", "line"), [
+    ("train.py", "data.pth=x", r"^error: the command line does not compose a config: data\.pth=x: Could not override "
+                               r"'data\.pth'\. .*Key 'pth' is not in struct"),
+    ("train.py", "asr=tinyy", r"^error: the command line does not compose a config: asr=tinyy: .*Could not find 'asr/tinyy' "
+                              r"Available options in 'asr': base large tiny tiny_budget$"),
+    ("evaluate.py", "eval.bogus=1", r"^error: the command line does not compose a config: eval\.bogus=1: .*'bogus' is not in struct"),
+])
+def test_a_command_line_hydra_refuses_exits_2_with_one_line_naming_the_override(
+        tmp_path: Path, script: str, override: str, line: str) -> None:
+    """As every other config error (and retrain.py's) does; Hydra alone exits 1 after its own message."""
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(REPO / script), override, f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert re.search(line, done.stderr.strip().splitlines()[-1])
 
 
 def test_stages_is_a_list_of_stages(tmp_path: Path) -> None:

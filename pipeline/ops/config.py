@@ -18,7 +18,7 @@ from omegaconf import MISSING, DictConfig, open_dict
 
 from pipeline.config import checked, choice
 from pipeline.ops.gate import GATE_LIMITS, GATE_POLICIES, rule_problem
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, fail
 from pipeline.tracking.config import LoggerConfig, logger_config
 
 DEFAULTS = "conf/retrain.yaml"
@@ -118,3 +118,46 @@ def load_config(overrides: list[str], config_name: str = "retrain", config_dir: 
 def is_config_error(err: Exception) -> bool:
     """A problem the user fixes in the config or command line (exit 2), not a bug."""
     return isinstance(err, PipelineError) or type(err).__module__.split(".")[0] in ("hydra", "omegaconf")
+
+
+def command_line_problem(overrides: list[str], config_name: str, config_dir: Path = CONF_DIR) -> tuple[str | None, list[str]]:
+    """Why a command line does not compose a config (a misspelt key, a missing group option), in one
+    line naming each override that fails, and the overrides that do compose; (None, overrides) when
+    it composes."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    def composed(args: list[str]) -> DictConfig:
+        GlobalHydra.instance().clear()  # the Hydra app that refused the command line initialised it
+        return load_config(args, config_name, config_dir)
+
+    def why(err: Exception) -> str:
+        lines = [str(e).split("Config search path")[0].strip().splitlines()
+                 for e in (err, err.__cause__) if e is not None]
+        return " ".join(" ".join(dict.fromkeys(" ".join(part) for part in lines if part)).split())
+
+    try:
+        composed(overrides)
+        return None, list(overrides)
+    except Exception as err:  # noqa: BLE001 - any composition failure is the user's to fix
+        whole = why(err)
+    accepted: list[str] = []
+    refused: list[str] = []
+    for arg in overrides:
+        try:
+            composed([*accepted, arg])
+            accepted.append(arg)
+        except Exception as err:  # noqa: BLE001
+            refused.append(f"{arg}: {why(err)}")
+    return "the command line does not compose a config: " + ("; ".join(refused) or whole), accepted
+
+
+def exit_if_refused(stop: SystemExit, overrides: list[str], config_name: str) -> None:
+    """For `train.py` and `evaluate.py` when their Hydra app exited: a command line Hydra refused
+    exits 2 with one line, as every config error does (Hydra alone exits 1 after its message);
+    anything else (the job's own exit, Hydra's flags) exits as it was."""
+    if stop.code in (0, None) or any(arg.startswith("-") for arg in overrides):
+        raise stop
+    problem, _ = command_line_problem(overrides, config_name)
+    if problem is None:
+        raise stop
+    fail(problem)

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import run_folder
-from pipeline.ops.config import RetrainConfig, job_config, load_config, retrain_config
+from pipeline.ops.config import RetrainConfig, command_line_problem, job_config, load_config, retrain_config
 from pipeline.ops.corpus import Corpus, pseudonym_key, remerge, stray_inbox_entries, update_corpus, utterance_pseudonym
 from pipeline.ops.erase import erase_copies, record_source_audio, tombstone_copies
 from pipeline.ops.gate import gate_on_runs
@@ -329,35 +329,15 @@ def refuse_config(overrides: list[str], config_dir: Path, config_name: str = "re
 
     if any(arg.startswith("-") for arg in overrides):
         return None  # Hydra's own flags (--multirun, --cfg, ...): Hydra's answer stands
-
-    def composed(args: list[str]) -> DictConfig:
-        GlobalHydra.instance().clear()  # the Hydra app that refused the command line initialised it
-        return load_config(args, config_name, config_dir)
-
-    def why(err: Exception) -> str:
-        lines = [str(e).split("Config search path")[0].strip().splitlines()
-                 for e in (err, err.__cause__) if e is not None]
-        return " ".join(" ".join(dict.fromkeys(" ".join(part) for part in lines if part)).split())
-
-    try:
-        composed(overrides)
+    reason, accepted = command_line_problem(overrides, config_name, config_dir)
+    if reason is None:
         return None
-    except Exception as err:  # noqa: BLE001 - any composition failure is the user's to fix
-        whole = why(err)
-    accepted: list[str] = []
-    refused: list[str] = []
-    for arg in overrides:
-        try:
-            composed([*accepted, arg])
-            accepted.append(arg)
-        except Exception as err:  # noqa: BLE001
-            refused.append(f"{arg}: {why(err)}")
-    reason = "the command line does not compose a config: " + ("; ".join(refused) or whole)
     started = now()
     run_dir: Path | None = None
     registry: Registry | None = None
     try:
-        cfg = composed(accepted)
+        GlobalHydra.instance().clear()
+        cfg = load_config(accepted, config_name, config_dir)
         run_dir = Path(str(cfg.hydra.run.dir)).resolve()
         registry = Registry(Path(cfg.retrain.registry_dir))
     except Exception:  # noqa: BLE001 - record what can be recorded
