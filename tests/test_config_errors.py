@@ -117,6 +117,17 @@ def test_a_command_line_hydra_refuses_exits_2_with_one_line_naming_the_override(
     assert re.search(line, done.stderr.strip().splitlines()[-1])
 
 
+def test_a_refused_command_line_is_judged_with_group_choices_first_and_shows_no_identifier_constant(tmp_path: Path) -> None:
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), "data.constants.account_id=amzn1.account.SECRET1",
+                           "data=hf", "asr=tinyy", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.search(r"^error: the command line does not compose a config: asr=tinyy: .*Could not find 'asr/tinyy'", last)
+    assert "constants" not in last and "SECRET1" not in done.stderr
+
+
 def test_stages_is_a_list_of_stages(tmp_path: Path) -> None:
     from pipeline.stages import run_stages
 

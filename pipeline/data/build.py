@@ -52,7 +52,7 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 # Bump whenever the same inputs would now give a different dataset, so stale caches are not reused.
-CODE_VERSION = 11  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
+CODE_VERSION = 12  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
                   # 4: `copy_of` is a dataset column, so erasure finds a copy whose original is not in the dataset;
                   # 5: records a source keeps out (held-out keyword clips) are quarantined, not skipped;
                   # 6: an utterance id that contains the record's account, device or annotator id is stored as its pseudonym;
@@ -71,6 +71,8 @@ CODE_VERSION = 11  # 3: `copy_of` deletes a copy with its original, `train_only`
                   #    shows the first record's pseudonym; a NeMo path outside data.audio_dir is quarantined
                   #    after the deletion check, as path_outside_root; a listed NeMo manifest's made-up ids
                   #    carry the entry's name
+                  # 12: a quarantine line of a record that passed the schema names its account and device
+                  #    by pseudonym (a request for the account finds a flagged clip's line)
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, open_dict
 
-from pipeline.config import checked, choice
+from pipeline.config import REDACTED, checked, choice, redacted_override
 from pipeline.ops.gate import GATE_LIMITS, GATE_POLICIES, rule_problem
 from pipeline.runtime import PipelineError, fail
 from pipeline.tracking.config import LoggerConfig, logger_config
@@ -135,6 +135,12 @@ def command_line_problem(overrides: list[str], config_name: str, config_dir: Pat
                  for e in (err, err.__cause__) if e is not None]
         return " ".join(" ".join(dict.fromkeys(" ".join(part) for part in lines if part)).split())
 
+    def hidden(text: str) -> str:  # an identifier constant's value never shows (pipeline.config.redacted_override)
+        for arg in overrides:
+            if redacted_override(arg) != arg and arg.partition("=")[2]:
+                text = text.replace(arg.partition("=")[2], REDACTED)
+        return text
+
     try:
         composed(overrides)
         return None, list(overrides)
@@ -142,21 +148,22 @@ def command_line_problem(overrides: list[str], config_name: str, config_dir: Pat
         whole = why(err)
     accepted: list[str] = []
     refused: list[str] = []
-    for arg in overrides:
+    # Group choices (`data=hf`) first, as Hydra applies them: the keys they bring are then there.
+    for arg in sorted(overrides, key=lambda a: "." in a.partition("=")[0]):
         try:
             composed([*accepted, arg])
             accepted.append(arg)
         except Exception as err:  # noqa: BLE001
-            refused.append(f"{arg}: {why(err)}")
-    return "the command line does not compose a config: " + ("; ".join(refused) or whole), accepted
+            refused.append(f"{redacted_override(arg)}: {why(err)}")
+    return hidden("the command line does not compose a config: " + ("; ".join(refused) or whole)), accepted
 
 
 def exit_if_refused(stop: SystemExit, overrides: list[str], config_name: str) -> None:
     """For `train.py` and `evaluate.py` when their Hydra app exited: a command line Hydra refused
     exits 2 with one line, as every config error does (Hydra alone exits 1 after its message);
     anything else (the job's own exit, Hydra's flags) exits as it was."""
-    if stop.code in (0, None) or any(arg.startswith("-") for arg in overrides):
-        raise stop
+    if stop.code in (0, None) or any(arg.startswith(("-", "hydra.mode=")) for arg in overrides):
+        raise stop  # Hydra's flags and sweeps: Hydra's answer (or the job's) stands
     problem, _ = command_line_problem(overrides, config_name)
     if problem is None:
         raise stop

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -403,7 +404,7 @@ def _built(run: Path) -> tuple[str | None, Path | None]:
     except PipelineError:
         return None, None
     path = report.get("dataset_path")
-    return (str(report["fingerprint"]) if report.get("fingerprint") else None), (Path(path) if path else None)
+    return (str(report["fingerprint"]) if report.get("fingerprint") else None), (Path(path) if isinstance(path, str) and path else None)
 
 
 def listed_on_deleted(roots: Roots, deleted: set[str], counted: set[str] = frozenset()) -> Listed:
@@ -440,10 +441,10 @@ def unlisted_runs(roots: Roots, erased: set[str]) -> list[Path]:
     or their list was removed)."""
     out = []
     for run in run_folders(roots):
-        fingerprint, dataset = _built(run)
+        fingerprint, _ = _built(run)
         if (run / run_folder.DATASET_CLIPS).exists() or not fingerprint or fingerprint in erased:
             continue
-        if not any((d / "dataset_dict.json").is_file() for d in (dataset, roots.cache / "datasets" / fingerprint) if d):
+        if not (roots.cache / "datasets" / fingerprint / "dataset_dict.json").is_file():  # what the scan reads
             out.append(run)
     return out
 
@@ -566,7 +567,7 @@ def filter_quarantine(path: Path, key: bytes, deleted: set[str]) -> int:
         except json.JSONDecodeError:
             row = None
         if isinstance(row, dict) and quarantine_hit(key, deleted, row):
-            where = {k: v for k, v in row.items() if k not in ("utterance_id", "reason", "detail")}
+            where = {k: v for k, v in row.items() if k not in ("utterance_id", "speaker", "device", "reason", "detail")}
             line = json.dumps({**where, "utterance_id": utterance_pseudonym(key, row["utterance_id"]), "reason": "deleted",
                                "detail": f"erased after a deletion request (quarantined as {row.get('reason')})"})
             rewritten += 1
@@ -787,7 +788,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     # the id of a clip a request named by its account: a quarantine line names the clip by id alone.
     deleted = deleted | copies | taken
     add_tombstones(roots, copies | taken)
-    listed = listed_on_deleted(roots, deleted, counted=set(ledger.datasets))
+    listed = listed_on_deleted(roots, deleted, counted={Path(p).name for p in traces.affected})
     for entry in ([{"type": "dataset", "fingerprint": f} for f in sorted(listed.datasets - ledger.datasets)]
                   + [{"type": "clip", "utterance": u, "identifying": False} for u in sorted(listed.utterances - ledger.utterances)]):
         entries.append(entry)
@@ -949,7 +950,6 @@ def write_receipt(roots: Roots, job: Erasure) -> Path:
     folder = roots.erasure / "receipts"
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = folder / f"{stamp}-{os.getpid()}.json"
     receipt = {
         "erased_at": now(),
         "requests": job.requests,
@@ -961,7 +961,14 @@ def write_receipt(roots: Roots, job: Erasure) -> Path:
         "wandb_online": job.online,
         "ids": "pseudonyms only: pipeline.data.privacy.pseudonym(key, kind, raw id)",
     }
-    path.write_text(json.dumps(receipt, indent=2, sort_keys=True) + "\n")
+    for n in itertools.count():  # a receipt is never overwritten: two erasures of one process in one second
+        path = folder / f"{stamp}-{os.getpid()}-{n}.json"  # sorts in the order written
+        try:
+            with open(path, "x") as f:
+                f.write(json.dumps(receipt, indent=2, sort_keys=True) + "\n")
+            break
+        except FileExistsError:
+            continue
     return path
 
 

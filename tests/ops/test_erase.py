@@ -377,6 +377,18 @@ def test_runs_of_a_dataset_no_longer_cached_are_erased_by_the_clips_they_list(
     assert audit.main(overrides(root)) == 0, capsys.readouterr().out
 
 
+def test_a_later_request_for_clips_an_earlier_erasure_took_the_dataset_of_is_found_in_the_runs_lists(
+        store: dict[str, Any]) -> None:
+    root = store["root"]
+    assert erase.main(overrides(root)) == 0  # the victim's request takes dataset 0 with it
+    other = "amzn1.account.B00003"  # two clips, in dataset 0 only
+    (root / "inbox" / "deletions" / "later.jsonl").write_text(json.dumps({"account_id": other}) + "\n")
+    assert erase.main(overrides(root)) == 0
+    [first, later] = sorted((root / "registry" / "erasure" / "receipts").glob("*.json"))
+    [request] = json.loads(later.read_text())["requests"]
+    assert (request["status"], request["copies_found"]) == ("erased", 2)
+
+
 def test_a_damaged_build_report_or_quarantine_line_does_not_stop_erasure_or_the_audit(
         store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     """A run killed while its files were written: its listed clips still tie it to the deleted account."""
