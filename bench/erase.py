@@ -78,17 +78,15 @@ def build_store(root: Path, datasets: int = 10, runs: int = 20, clips: int = 60,
     from datasets import Dataset, DatasetDict
 
     from pipeline.asr.lm import write_char_lm
-    from pipeline.data.build import clip_pseudonyms
+    from pipeline.data.build import write_clip_list
     from pipeline.data.features import dataset_features
     from pipeline.ops.corpus import utterance_pseudonym
     from pipeline.ops.registry import Registry
-    from pipeline.run_folder import DATASET_CLIPS
 
     key = KEY.encode()
     rng = np.random.default_rng(0)
     fingerprints = []
     split_rows: list[dict[str, list[dict[str, Any]]]] = []
-    clip_names: list[list[tuple[str, ...]]] = []  # what each run's data stage lists (run_folder.DATASET_CLIPS)
     for d in range(datasets):
         rows = _rows(key, d, clips, d < victim_in, rng)
         # The victim's clips train (k < 3): they reach the weights and the LM.
@@ -102,7 +100,6 @@ def build_store(root: Path, datasets: int = 10, runs: int = 20, clips: int = 60,
         (folder / "quarantine.jsonl").write_text("")
         fingerprints.append(fingerprint)
         split_rows.append(splits)
-        clip_names.append(clip_pseudonyms(folder, key))
 
     run_dirs = []
     for i in range(runs):
@@ -117,7 +114,7 @@ def build_store(root: Path, datasets: int = 10, runs: int = 20, clips: int = 60,
         write_char_lm(run / "asr" / "lm", [r["text"] for r in split_rows[d]["train"]], VOCAB, "|", 6)
         (run / "build_report.json").write_text(json.dumps({"fingerprint": fingerprints[d],
                                                            "dataset_path": str(root / "cache" / "datasets" / fingerprints[d])}))
-        (run / DATASET_CLIPS).write_text("".join(" ".join(c) + "\n" for c in clip_names[d]))
+        write_clip_list(root / "cache" / "datasets" / fingerprints[d], run, key)  # as the data stage does
         (run / "predictions.jsonl").write_text("".join(json.dumps({
             "utterance_id": r["utterance_id"], "speaker": r["speaker"], "reference": r["text"],
             "hypothesis": r["text"]}) + "\n" for r in split_rows[d]["test"]))

@@ -24,6 +24,8 @@ BUILD_REPORT = "build_report.json"
 # registry's) of a deleted clip when the cached dataset is gone (a cache cleaned to free disk) and
 # the build report's fingerprint alone says nothing.
 DATASET_CLIPS = "dataset_clips.txt"
+# The build's record of every input record it kept out, in the dataset folder and copied beside the report.
+QUARANTINE_LINES = "quarantine.jsonl"
 EVAL_CONFIG_DIR = ".hydra-evaluate"  # evaluate.py's config folder (conf/evaluate.yaml: hydra.output_subdir)
 
 

@@ -45,7 +45,7 @@ from pipeline.data.privacy import (Deletions, dataset_utterance_id, erased_reque
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem
 from pipeline.data.sources import RawRecord, Source, open_sources
 from pipeline.data.splits import assign_split
-from pipeline.run_folder import BUILD_REPORT, DATASET_CLIPS, read_build_report
+from pipeline.run_folder import BUILD_REPORT, DATASET_CLIPS, QUARANTINE_LINES, read_build_report
 from pipeline.runtime import PipelineError, publish, usable_cores, write_text_atomic
 from pipeline.tracking import Tracker
 
@@ -167,9 +167,9 @@ def _run(data: DataConfig, cache_dir: Path, run_dir: Path, sources: list[Source]
     report["dataset_path"] = str(final.resolve())
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(final / "quarantine.jsonl", run_dir / "quarantine.jsonl")
+    shutil.copyfile(final / QUARANTINE_LINES, run_dir / QUARANTINE_LINES)
     if report.get("dataset_path") is not None and (final / "dataset_dict.json").is_file():
-        write_text_atomic(run_dir / DATASET_CLIPS, "".join(" ".join(c) + "\n" for c in clip_pseudonyms(final, key)))
+        write_clip_list(final, run_dir, key)
     (run_dir / BUILD_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -212,6 +212,11 @@ def _settings(data: DataConfig) -> Settings:
         test=shares.test,
     )
     return settings
+
+
+def write_clip_list(dataset: Path, run_dir: Path, key: bytes) -> None:
+    """`run_folder.DATASET_CLIPS` of the saved dataset into the run folder: a line per clip."""
+    write_text_atomic(run_dir / DATASET_CLIPS, "".join(" ".join(c) + "\n" for c in clip_pseudonyms(dataset, key)))
 
 
 def clip_pseudonyms(dataset: Path, key: bytes) -> list[tuple[str, ...]]:
@@ -463,7 +468,7 @@ def _build(sources: list[Source], plan: Plan, settings: Settings, fingerprint: s
         dd.save_to_disk(str(out), num_shards={name: 1 for name, split in dd.items() if len(split) == 0})
         summary = summarise(DatasetDict({k: v.select_columns([c for c in v.column_names if c != "audio"]) for k, v in dd.items()}))
         report.update(splits=summary["splits"], hours=summary["hours"])
-        with open(out / "quarantine.jsonl", "w", encoding="utf-8") as f:
+        with open(out / QUARANTINE_LINES, "w", encoding="utf-8") as f:
             for line in quarantine:
                 f.write(json.dumps(line) + "\n")
         write_card(out / "README.md", summary, report, {s.name: split_rule(s.kind, s.options) for s in sources},
@@ -505,7 +510,7 @@ def _stop_with_nothing_kept(sources: list[Source], report: dict[str, Any], quara
                             run_dir: Path) -> None:
     """Write what was found into the run folder, then stop with the likeliest cause."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "quarantine.jsonl", "w", encoding="utf-8") as f:
+    with open(run_dir / QUARANTINE_LINES, "w", encoding="utf-8") as f:
         for line in quarantine:
             f.write(json.dumps(line) + "\n")
     (run_dir / BUILD_REPORT).write_text(json.dumps({**report, "dataset_path": None}, indent=2) + "\n")

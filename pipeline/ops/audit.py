@@ -36,13 +36,13 @@ from pipeline.data.privacy import record_pseudonyms
 from pipeline.data.schema import json_lines
 from pipeline.ops.config import is_config_error, load_config
 from pipeline.ops.corpus import pseudonym_key
-from pipeline.ops.erase import (QUARANTINE_LINES, Ledger, audio_copy, dataset_folders, dataset_rows, derived_parts,
+from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_rows, derived_parts,
                                 export_folders, find_traces, gram_hash, kept_digests, listed_on_deleted, md5_b64,
                                 prediction_hit, quarantine_hit, requested_deletions, run_fingerprints, staging_files,
                                 text_hash, unexplained_grams, unlisted_runs)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, run_of, walk_files
 from pipeline.ops.registry import MODEL_PARTS, Registry, weights_saw_deleted
-from pipeline.run_folder import DATASET_CLIPS
+from pipeline.run_folder import DATASET_CLIPS, QUARANTINE_LINES
 
 EXIT_CLEAN, EXIT_CONFIG, EXIT_FOUND = 0, 2, 3
 PSEUDONYM = re.compile(rb"\b(?:utt|acct|dev)_[0-9a-f]{16}\b")

@@ -64,7 +64,6 @@ STATE = "state.json"
 # bundled KenLM reads; lower orders are shared by nearly every kept transcript and tell nothing.
 LM_ORDERS = tuple(range(3, MAX_LM_ORDER + 1))
 REPORTS = ("report.md", "report.html", "eval_details.json")
-QUARANTINE_LINES = "quarantine.jsonl"  # a build's, in its dataset folder and copied into its run folder
 
 
 # ---------------------------------------------------------------------------- what is deleted
@@ -452,7 +451,7 @@ def unlisted_runs(roots: Roots, erased: set[str]) -> list[Path]:
 def write_missing_clip_lists(roots: Roots, key: bytes) -> int:
     """Give each run folder whose build predates `run_folder.DATASET_CLIPS` its list while its cached
     dataset is still there, so a cache cleaned later does not hide it. Returns how many were written."""
-    from pipeline.data.build import clip_pseudonyms
+    from pipeline.data.build import write_clip_list
 
     written = 0
     for run in run_folders(roots):
@@ -462,8 +461,7 @@ def write_missing_clip_lists(roots: Roots, key: bytes) -> int:
         if (run / run_folder.DATASET_CLIPS).exists() or dataset is None:
             continue
         try:
-            clips = clip_pseudonyms(dataset, key)
-            write_text_atomic(run / run_folder.DATASET_CLIPS, "".join(" ".join(c) + "\n" for c in clips))
+            write_clip_list(dataset, run, key)
         except Exception as err:  # noqa: BLE001 - an unreadable dataset or run folder: erasure goes on
             print(f"erase: warning: no clip list written into {run} ({type(err).__name__}: {first_line(err)}); the "
                   "audit names the run if its dataset goes", file=sys.stderr)
@@ -812,7 +810,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
         else:
             _trim_run(run, key, deleted, texts, job)
 
-    for f in [run / QUARANTINE_LINES for run in run_folders(roots)] + [d / QUARANTINE_LINES for d in dataset_folders(roots)]:
+    for f in [d / run_folder.QUARANTINE_LINES for d in [*run_folders(roots), *dataset_folders(roots)]]:
         if f.is_file() and not f.is_symlink() and (rewritten := filter_quarantine(f, key, deleted)):
             job.remove("quarantine line", f, lines=rewritten)
 

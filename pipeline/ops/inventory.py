@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from pipeline.data.label_noise import RUN_FILE as NOISE_FILE
 from pipeline.data.privacy import REQUESTS_FILE, TOMBSTONES_FILE
 from pipeline.ops.registry import LOCK_FILE
-from pipeline.run_folder import BUILD_REPORT, DATASET_CLIPS, EVAL_CONFIG_DIR
+from pipeline.run_folder import BUILD_REPORT, DATASET_CLIPS, EVAL_CONFIG_DIR, QUARANTINE_LINES
 from pipeline.runtime import PipelineError
 from pipeline.tracking.wandb_run import RUN_ID_FILE
 
@@ -124,7 +124,7 @@ RUN_PARTS: tuple[Place, ...] = (
     Place("W&B offline run", "run", ("wandb/*",), (TEXT, IDS, WEIGHTS), "pipeline.tracking.wandb_run", "run"),
     Place("review", "run", ("review/*", NOISE_FILE), (TEXT, IDS), "pipeline.review.stage, pipeline.data.label_noise",
           "run"),
-    Place("run record", "run", (BUILD_REPORT, DATASET_CLIPS, "quarantine.jsonl", "config.yaml", ".hydra/*", f"{EVAL_CONFIG_DIR}/*",
+    Place("run record", "run", (BUILD_REPORT, DATASET_CLIPS, QUARANTINE_LINES, "config.yaml", ".hydra/*", f"{EVAL_CONFIG_DIR}/*",
                                 "metrics.json", "decision.json", "candidate.json", RUN_ID_FILE, "*.log", "DO_NOT_SYNC",
                                 "multirun.yaml", ".writing"), (IDS,), "train.py, retrain.py, hydra", "keep"),
 )
