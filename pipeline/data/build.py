@@ -40,7 +40,7 @@ from pipeline.data.card import split_rule, summarise, write_card
 from pipeline.data.config import DataConfig, PrivacyConfig, SplitShares
 from pipeline.data.features import SAMPLING_RATE, SPLITS, dataset_features
 from pipeline.data.privacy import (Deletions, dataset_utterance_id, erased_request_files, erased_requests,
-                                   load_deletions, load_key, pseudonym, redact_ids,
+                                   load_deletions, load_key, pseudonym, quoted_ids, redact_ids,
                                    utterance_pseudonym)
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem
 from pipeline.data.sources import RawRecord, Source, open_sources
@@ -52,7 +52,7 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 # Bump whenever the same inputs would now give a different dataset, so stale caches are not reused.
-CODE_VERSION = 12  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
+CODE_VERSION = 13  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
                   # 4: `copy_of` is a dataset column, so erasure finds a copy whose original is not in the dataset;
                   # 5: records a source keeps out (held-out keyword clips) are quarantined, not skipped;
                   # 6: an utterance id that contains the record's account, device or annotator id is stored as its pseudonym;
@@ -73,9 +73,11 @@ CODE_VERSION = 12  # 3: `copy_of` deletes a copy with its original, `train_only`
                   #    carry the entry's name
                   # 12: a quarantine line of a record that passed the schema names its account and device
                   #    by pseudonym (a request for the account finds a flagged clip's line)
+                  # 13: a record whose transcript, entities or other text holds its own raw identifier is
+                  #    quarantined as identifier_in_text (it was kept, the id in its text columns)
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
-    "bad_annotation", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
+    "bad_annotation", "identifier_in_text", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
 )
 # A source's own rule adds reasons of its own (RawRecord.excluded), e.g. a `speech` source's
 # `held_out_keyword` and `heard_in_training` (pipeline/data/speech_recipe.py).
@@ -302,6 +304,12 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
     except AnnotationError as err:
         # A transcript or intent may quote an id ("my account is ..."): the detail shows its pseudonym.
         return ({**where, "reason": "bad_annotation", "detail": redact_ids(key, str(err), carried)},)
+    quoted = quoted_ids(_text_fields(row), carried)
+    if quoted:
+        # Kept, the raw id would sit in the dataset's text columns, and the recording likely speaks it.
+        said = "; ".join(f"{field} holds its {' and '.join(names)}" for field, names in quoted.items())
+        return ({**where, "reason": "identifier_in_text", "detail": f"{said}: a raw identifier in the annotation would "
+                 "reach the dataset; remove it from the export (or leave the clip out) and build again"},)
     path, name = "", ""
     try:
         if source.hf is not None:
@@ -330,6 +338,13 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         _row=raw.row if raw.row is not None else -1,
     )
     return row
+
+
+def _text_fields(row: dict[str, Any]) -> dict[str, str]:
+    """The dataset row's free-text columns, by the export field a user would fix."""
+    fields = {name: row[name] for name in ("transcript", "intent", "scenario", "locale", "recorded_at")
+              if isinstance(row[name], str)}
+    return {**fields, "entities": " ".join(e["value"] for e in row["entities"])}
 
 
 def _hf_audio(source: Source, raw: RawRecord, plan: Plan) -> tuple[str, str]:

@@ -91,11 +91,23 @@ def _spellings(value: str) -> list[str]:
     return list(dict.fromkeys([value, escaped, escaped.replace("'", "\\'")]))
 
 
+def _holds(text: str, value: str) -> bool:
+    lowered = text.lower()
+    return any(s.lower() in lowered for s in _spellings(value))
+
+
 def _embedded_ids(text: str, record: dict[str, Any]) -> list[tuple[str, str]]:
     """(kind, raw value) of each of the record's identifiers that `text` contains, in any spelling."""
-    lowered = text.lower()
     return [(kind, value) for name, kind in RAW_IDS.items() for value in _id_texts(record.get(name))
-            if any(s.lower() in lowered for s in _spellings(value))]
+            if _holds(text, value)]
+
+
+def quoted_ids(texts: dict[str, str], record: dict[str, Any]) -> dict[str, list[str]]:
+    """For each of `texts` (field -> text) that holds one of the record's raw identifiers, the
+    identifiers' field names. Only the record's own: an export's other ids are not known here."""
+    quoted = {field: [name for name in RAW_IDS if any(_holds(text, v) for v in _id_texts(record.get(name)))]
+              for field, text in texts.items()}
+    return {field: names for field, names in quoted.items() if names}
 
 
 def redact_ids(key: bytes, text: str, record: dict[str, Any]) -> str:
@@ -104,6 +116,13 @@ def redact_ids(key: bytes, text: str, record: dict[str, Any]) -> str:
     for kind, value in _embedded_ids(text, record):
         for spelling in sorted(_spellings(value), key=len, reverse=True):
             text = re.sub(re.escape(spelling), pseudonym(key, kind, value), text, flags=re.IGNORECASE)
+    if _embedded_ids(text, record):
+        # A case form the pattern cannot align: lower() turns a dotted "İ" into two characters, while
+        # the pattern folds it to one. Found on the lowered text, the id is replaced there.
+        text = text.lower()
+        for kind, value in _embedded_ids(text, record):
+            for spelling in sorted(_spellings(value), key=len, reverse=True):
+                text = text.replace(spelling.lower(), pseudonym(key, kind, value))
     return text
 
 

@@ -149,6 +149,7 @@ def every_reason(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         record(36, device_serial="SERIAL-RAW-DELETED"),                       # deleted (device)
         record(37, copy_of="u034"),                                           # deleted (a copy of u034)
         record(38, account=held_out, train_only=True),                        # train_only
+        record(39, transcript="alexa play jazz music on serial-raw-0039"),   # identifier_in_text
     ]
     write_export(root, lines)
     deletions = tmp / "deletions.jsonl"
@@ -161,12 +162,12 @@ def every_reason(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_every_input_line_ends_in_exactly_one_place(every_reason: dict[str, Any]) -> None:
     report, quarantine = every_reason["report"], every_reason["quarantine"]
-    assert report["records_in"] == len(every_reason["lines"]) == 34
+    assert report["records_in"] == len(every_reason["lines"]) == 35
     assert report["records_in"] == report["records_kept"] + report["records_quarantined"]
     assert report["records_kept"] == 12 and sum(report["splits"].values()) == 12
-    assert report["records_quarantined"] == len(quarantine) == 22
+    assert report["records_quarantined"] == len(quarantine) == 23
     assert report["quarantine_reasons"] == {
-        "bad_annotation": 2, "deleted": 4, "duplicate_id": 1, "flagged": 1, "invalid_record": 3,
+        "bad_annotation": 2, "deleted": 4, "duplicate_id": 1, "flagged": 1, "identifier_in_text": 1, "invalid_record": 3,
         "missing_audio": 1, "path_outside_root": 3, "silent_audio": 1, "too_long": 1, "too_short": 1,
         "unreadable_audio": 3, "train_only": 1,
     }
@@ -179,7 +180,8 @@ def test_every_input_line_ends_in_exactly_one_place(every_reason: dict[str, Any]
     # A valid record's line names its account by pseudonym, so a later request for the account finds
     # it (a flagged clip's line, and a clip the audio pass refused); not an invalid or deleted one's.
     with_speaker = {q["reason"] for q in quarantine if q.get("speaker", "").startswith("acct_")}
-    assert {"flagged", "too_long", "too_short", "silent_audio", "bad_annotation", "train_only"} <= with_speaker
+    assert {"flagged", "too_long", "too_short", "silent_audio", "bad_annotation", "train_only",
+            "identifier_in_text"} <= with_speaker
     assert not {"invalid_record", "deleted"} & with_speaker
 
 

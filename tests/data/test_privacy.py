@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.privacy import dataset_utterance_id, load_deletions, load_key, pseudonym, utterance_pseudonym
+from pipeline.data.privacy import (dataset_utterance_id, load_deletions, load_key, pseudonym, redact_ids,
+                                   utterance_pseudonym)
 from pipeline.data.splits import assign_split
 from pipeline.runtime import PipelineError
 from tests.data.test_build import build, record, split_of, write_export
@@ -179,3 +180,46 @@ def test_a_repeated_id_that_holds_the_first_records_account_is_shown_as_its_pseu
     written = b"".join(p.read_bytes() for d in (tmp_path / "run", Path(report["dataset_path"])) for p in d.rglob("*")
                        if p.is_file())
     assert b"JSMITH42" not in written
+
+
+def test_a_record_whose_text_holds_its_own_identifier_is_quarantined_and_the_id_reaches_no_output(tmp_path: Path) -> None:
+    """An annotator pastes the device serial into the transcript, a user reads out the account and the
+    entity repeats it: kept, the raw id sat in the dataset's transcript, text, words and entities."""
+    export = tmp_path / "export"
+    serial, account, annotator = "SN-QX-7734", "ACCT-ZZ9911", "ANNOT-XX5522"
+    lines = [
+        record(1, transcript=f"alexa play jazz music {serial}", device_serial=serial),
+        record(2, account=account, transcript=f"alexa call {account.lower()}",
+               entities=[{"type": "person", "value": account.lower()}], intent="calling_call"),
+        record(3, intent=f"play_{annotator}", annotator_id=annotator),
+        # Another record's id, not this one's: the check knows the record's own identifiers only.
+        record(4, transcript="alexa play jazz music acct-zz9911"),
+        *[record(i) for i in range(5, 10)],
+    ]
+    write_export(export, lines)
+    report, quarantine = build(tmp_path, path=str(export / "annotations.jsonl"))
+
+    key = (tmp_path / "cache" / "pseudonym.key").read_bytes().strip()
+    assert report["records_kept"] == 6 and report["quarantine_reasons"] == {"identifier_in_text": 3}
+    details = {q["utterance_id"]: q["detail"] for q in quarantine}
+    assert details["u001"].startswith("transcript holds its device_serial: ")
+    assert details["u002"].startswith("transcript holds its account_id; entities holds its account_id: ")
+    assert details["u003"].startswith("intent holds its annotator_id: ")
+    by_id = {q["utterance_id"]: q for q in quarantine}
+    assert by_id["u002"]["speaker"] == pseudonym(key, "acct", account)  # a request for the account finds it
+    outputs = [p for d in (tmp_path / "run", Path(report["dataset_path"])) for p in d.rglob("*") if p.is_file()]
+    for path in outputs:
+        content = path.read_bytes().lower()
+        for value in (serial, annotator):
+            assert value.lower().encode() not in content, f"{value!r} found in {path}"
+
+
+def test_redaction_replaces_an_identifier_in_every_case_form_it_detects() -> None:
+    """lower() turns a dotted capital I into two characters, the pattern's case folding into one: a
+    detail holding such an id lowered was detected as naming it, and kept it."""
+    record_ids = {"account_id": "İZMİR-77", "device_serial": "SN-1234"}
+    detail = f"cannot decode audio file 'audio/{'İZMİR-77'.lower()}/sn-1234.wav'"
+    redacted = redact_ids(b"k", detail, record_ids)
+    assert redacted == f"cannot decode audio file 'audio/{pseudonym(b'k', 'acct', 'İZMİR-77')}/{pseudonym(b'k', 'dev', 'SN-1234')}.wav'"
+    # As written, the id is replaced in place and the rest of the detail keeps its case.
+    assert redact_ids(b"k", "File 'audio/İZMİR-77.WAV'", record_ids) == f"File 'audio/{pseudonym(b'k', 'acct', 'İZMİR-77')}.WAV'"
