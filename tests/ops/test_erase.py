@@ -473,6 +473,24 @@ def test_the_inventory_claims_every_file_and_names_a_new_writer(store: dict[str,
     assert unclaimed(roots) == sorted(p.resolve() for p in stray)
 
 
+def test_each_place_that_can_hold_a_clip_is_one_erasure_acts_on_and_its_writer_exists() -> None:
+    """The table's `holds` and `writer` columns are what a reader trusts when adding a row: a place
+    that can hold a clip's audio or transcript must not be `keep`, and the module named as its
+    writer must exist (a renamed module leaves the row pointing nowhere)."""
+    import importlib
+
+    from pipeline.ops.inventory import AUDIO, PLACES, RUN_PARTS, TEXT, WEIGHTS
+
+    for place in PLACES + RUN_PARTS:
+        if {AUDIO, TEXT, WEIGHTS} & set(place.holds):
+            assert place.erase != "keep", place
+        if not place.holds:
+            assert place.erase == "keep", place
+        for writer in place.writer.replace(",", " ").replace("(", " ").replace(")", " ").split():
+            if writer.startswith(("pipeline.", "bench.")):
+                importlib.import_module(writer)
+
+
 def test_an_erased_promoted_model_still_needs_replacing(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     """After a standalone erase of the promoted model, the next retraining must replace it
     (deletion beats the gate) rather than fail to compare against a model with no weights."""
