@@ -38,6 +38,9 @@ REPO = Path(__file__).resolve().parents[2]
     ("+retrain.gate.x={metric: asr/wr, max_increase: 0.1}",
      r"retrain.gate.x.metric='asr/wr' is no metric the evaluation writes; use one of asr/wer, .*by_source/<source>/<metric>"),
     ("+erase.output=/srv/runs", "erase.output is not a setting of erase; known: .*outputs"),
+    # nan fails every comparison: it passed here and rejected every candidate after training.
+    ("retrain.gate.wer.max_increase=nan", r"retrain.gate.wer.max_increase=nan is not a finite number"),
+    ("retrain.gate.slu_f1.max_decrease=inf", r"retrain.gate.slu_f1.max_decrease=inf is not a finite number"),
 ])
 def test_a_bad_job_setting_names_its_key_and_what_it_accepts(override: str, message: str) -> None:
     with pytest.raises(PipelineError, match=message):
@@ -45,7 +48,8 @@ def test_a_bad_job_setting_names_its_key_and_what_it_accepts(override: str, mess
 
 
 @pytest.mark.parametrize("overrides", [[], ["logger=none"], ["erase.wandb_online=true"], ["erase.wandb_online=off"],
-                                       ["retrain.gate_policy=non_inferior", "retrain.promote=20261201-abc"]])
+                                       ["retrain.gate_policy=non_inferior", "retrain.promote=20261201-abc"],
+                                       ["retrain.gate.wer.max_increase=-0.01"]])  # a candidate must improve by 0.01
 def test_the_shipped_job_config_passes(overrides: list[str]) -> None:
     settings = job_config(load_config(overrides))
     assert settings.retrain.gate_rules()["slu_f1"] == {"metric": "slu/slu_f1", "max_decrease": 0.0}
