@@ -96,6 +96,19 @@ def _evaluate_incumbent(cfg: DictConfig, registry: Registry, model_id: str, run_
     return json.loads((folder / "metrics.json").read_text()), None
 
 
+def _refuse_data_settings(cfg: DictConfig, inbox: str) -> None:
+    """The settings `_stage_config` replaces, refused when given: a `data.deletions` file a job read
+    nowhere left the clips it names in training and in the promoted model."""
+    data = cfg.get("data") or {}
+    if data.get("deletions") is not None:
+        raise PipelineError(f"data.deletions={data.deletions!r} is not read by retraining: put the requests in "
+                            f"{inbox}/deletions/ (any *.jsonl), and the next job applies them to the whole corpus")
+    if data.get("source") != "jsonl" or data.get("path") is not None:
+        given = f"data.path={data.path!r}" if data.get("source") == "jsonl" else f"data={data.get('source')}"
+        raise PipelineError(f"{given} is not read by retraining: it trains on the batches of retrain.inbox merged "
+                            f"into its corpus; put an export in {inbox}/<batch>/annotations.jsonl instead")
+
+
 def _stage_config(cfg: DictConfig, corpus: Corpus) -> DictConfig:
     stage_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(stage_cfg):
@@ -112,6 +125,7 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     check_top_level(cfg, TOP_LEVEL, "conf/retrain.yaml")  # before the intake takes anything from the inbox
     retrain = retrain_config(cfg)
+    _refuse_data_settings(cfg, retrain.inbox)
     missing = [s for s in REQUIRED_STAGES if s not in cfg.stages]
     if missing:
         raise PipelineError(f"retraining needs stages {list(REQUIRED_STAGES)}; stages={list(cfg.stages)} "

@@ -5,6 +5,7 @@ an hour of training (pipeline/ops/config.py, pipeline/tracking/config.py)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,26 @@ def test_the_tracker_refuses_a_bad_logger_setting_before_any_stage(logger: str, 
     with pytest.raises(PipelineError, match="logger.mode='sometimes'"):
         make_wandb_tracker(cfg, tmp_path, ["eval"])
     assert not (tmp_path / "wandb_run_id").exists()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.deletions=/srv/requests.jsonl", r"data.deletions='/srv/requests.jsonl' is not read by retraining: put the "
+                                           r"requests in .*/inbox/deletions/"),
+    ("data.path=/srv/export/annotations.jsonl", r"data.path='/srv/export/annotations.jsonl' is not read by retraining"),
+    ("data=demo", r"data=demo is not read by retraining: it trains on the batches of retrain.inbox"),
+])
+def test_a_data_setting_the_job_would_replace_is_refused_before_the_intake(override: str, message: str, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """The job builds from its corpus and replaced these: a deletion file given here was read nowhere,
+    and its clips were trained on and promoted."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inbox" / "b1").mkdir(parents=True)
+    (tmp_path / "inbox" / "b1" / "annotations.jsonl").write_text("{}\n")
+    cfg = load_config([f"retrain.inbox={tmp_path / 'inbox'}", f"retrain.registry_dir={tmp_path / 'registry'}",
+                       f"cache_dir={tmp_path / 'cache'}", override])
+    assert run_retrain(cfg) == EXIT_CONFIG
+    decision = json.loads((tmp_path / "decision.json").read_text())
+    assert decision["decision"] == "config_error"
+    assert re.search(message, decision["reason"]), decision["reason"]
+    assert (tmp_path / "inbox" / "b1" / "annotations.jsonl").is_file(), "the batch is still in the inbox"
+    assert not (tmp_path / "cache" / "retrain").exists()
