@@ -59,16 +59,32 @@ def ordinal_to_words(n: int) -> str:
     return " ".join([*head, last])
 
 
+# Longer digit runs are read digit by digit, as people read phone, card and order numbers (and
+# Python refuses to turn a run of over 4,300 digits into an int at all).
+MAX_SPOKEN_DIGITS = 12
+
+
+def _one_by_one(digits: str) -> str:
+    return " ".join(_ONES[int(d)] for d in digits)
+
+
+def _whole(digits: str) -> str:
+    return _one_by_one(digits) if len(digits) > MAX_SPOKEN_DIGITS else number_to_words(int(digits))
+
+
 def _spell_ordinal(match: re.Match[str]) -> str:
-    return f" {ordinal_to_words(int(match.group(1)))} "
+    digits = match.group(1)
+    if len(digits) > MAX_SPOKEN_DIGITS:
+        return f" {_one_by_one(digits[:-1])} {ordinal_to_words(int(digits[-1]))} "
+    return f" {ordinal_to_words(int(digits))} "
 
 
 def _spell_number(match: re.Match[str]) -> str:
     token = match.group(0)
     if "." in token:
         whole, frac = token.split(".", 1)
-        return f" {number_to_words(int(whole))} point {' '.join(_ONES[int(d)] for d in frac)} "
-    return f" {number_to_words(int(token))} "
+        return f" {_whole(whole)} point {_one_by_one(frac)} "
+    return f" {_whole(token)} "
 
 
 def normalize_text(text: str) -> str:

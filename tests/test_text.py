@@ -34,3 +34,13 @@ def test_a_number_with_thousands_commas_is_one_number() -> None:
     assert normalize_text("set a timer for 1,500 seconds") == "set a timer for one thousand five hundred seconds"
     assert normalize_text("1,000,000 steps, the 1,000th") == "one million steps the one thousandth"
     assert normalize_text("pick 1,2 or 3") == "pick one two or three"  # a list, not a grouped number
+
+
+def test_a_digit_run_longer_than_any_spoken_number_is_read_digit_by_digit() -> None:
+    # Card and order numbers are read so; a run of over 4,300 digits made int() raise.
+    assert normalize_text("card 4111222233334444") == "card four one one one two two two two three three three three four four four four"
+    assert normalize_text("999999999999 and 1000000000000") == (
+        "nine hundred ninety nine billion nine hundred ninety nine million nine hundred ninety nine thousand nine "
+        "hundred ninety nine and one zero zero zero zero zero zero zero zero zero zero zero zero")
+    assert normalize_text("the 1234567890123rd") == "the one two three four five six seven eight nine zero one two third"
+    assert normalize_text("5" * 5000) == " ".join(["five"] * 5000)

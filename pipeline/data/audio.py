@@ -43,9 +43,20 @@ def resolve_audio(root: Path, relative: str, allowed_roots: tuple[Path, ...] = (
     rel = Path(relative)
     if rel.is_absolute() or ".." in rel.parts or relative.startswith("~"):
         raise ClipRejected("path_outside_root", f"audio path {relative!r} must be relative to the export folder, without '..'")
+    if "\0" in relative:
+        raise ClipRejected("missing_audio", f"audio path {relative!r} holds a NUL character, which no file name can")
     root = root.resolve()
     path = root / rel
-    resolved = path.resolve()  # follows symlinks; does not open the file
+    try:
+        return _inside(root, path, relative, allowed_roots)
+    except RuntimeError:  # Python's message names the absolute path
+        raise ClipRejected("missing_audio", f"audio path {relative!r} is a symlink loop") from None
+    except OSError as err:  # a name too long for the file system, a folder it may not read, ...
+        raise ClipRejected("missing_audio", f"audio path {relative!r} cannot be opened ({err.strerror or err})") from None
+
+
+def _inside(root: Path, path: Path, relative: str, allowed_roots: tuple[Path, ...]) -> Path:
+    resolved = path.resolve(strict=False)  # follows symlinks; does not open the file
     if not any(resolved.is_relative_to(r) for r in (root, *(a.resolve() for a in allowed_roots))):
         raise ClipRejected(
             "path_outside_root",

@@ -7,6 +7,7 @@ shape, so validation, pseudonymisation and annotation checks happen in exactly o
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,19 @@ class JsonLine:
     text: str  # as stored; bytes that are not UTF-8 kept as surrogates (write back with errors="surrogateescape")
     record: dict[str, Any] | None  # the parsed object; None for a blank or bad line
     error: str | None  # why a non-blank line has no record
+
+
+# Valid UTF-8 cannot hold a surrogate; only a JSON `\\ud800`-`\\udfff` escape can, and json.loads keeps
+# one that is not half of a pair. Such a string cannot be written, hashed or saved.
+_LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def json_lines(path: Path) -> Iterator[JsonLine]:
@@ -59,8 +73,16 @@ def json_lines(path: Path) -> Iterator[JsonLine]:
             except json.JSONDecodeError as err:
                 yield JsonLine(n, text, None, f"not valid JSON ({err.msg} at column {err.colno})")
                 continue
+            except ValueError:  # the one other refusal: an integer of more digits than Python converts
+                yield JsonLine(n, text, None, "a number too long to read (over 4,300 digits); "
+                                              "write it as a string or fix the exporter")
+                continue
             if not isinstance(obj, dict):
                 yield JsonLine(n, text, None, f"a JSON {type(obj).__name__}, not an object")
+                continue
+            if _LONE_SURROGATE.search(text) and _has_lone_surrogate(obj):
+                yield JsonLine(n, text, None, "a \\u escape of half a character (a lone UTF-16 surrogate, as an "
+                                              "exporter that cuts an emoji in two writes); fix the line")
                 continue
             yield JsonLine(n, text, obj, None)
 

@@ -358,3 +358,47 @@ def test_a_build_that_keeps_nothing_leaves_no_earlier_clip_list_in_its_run_folde
     with pytest.raises(PipelineError, match="quarantined"):
         build(tmp_path, path=str(flagged))
     assert not (tmp_path / "run" / "dataset_clips.txt").exists()
+
+
+def test_lines_and_paths_python_cannot_take_are_quarantined_and_the_build_goes_on(tmp_path: Path) -> None:
+    """Each of these stopped the whole build with a traceback, no report written: a lone UTF-16
+    surrogate escape (an exporter cutting an emoji in two) in an account or a transcript, an integer
+    of over 4,300 digits, a digit run too long to spell as a number, a NUL in an audio path, a file
+    name too long for the file system, a symlink loop. The deletion requests share the reader."""
+    export = tmp_path / "export"
+    lines: list[dict[str, Any] | str] = [record(i) for i in range(6)]
+    good = json.dumps(record(6))
+    lines += [
+        good.replace('"ACCOUNT-RAW-06"', '"ACCOUNT-RAW-06\\ud83d"'),                       # line 7
+        json.dumps(record(7)).replace('"alexa play jazz music"', '"alexa play jazz music \\udc00"'),  # line 8
+        json.dumps(record(8))[:-1] + ', "recorded_at": ' + "1" * 5000 + "}",               # line 9
+        json.dumps(record(9)).replace('"en-US"', '"en-US", "flags": ["\\ud83d\\ude00"]'),   # a whole pair: kept
+        record(10, audio="audio/u010\u0000.wav"),
+        record(11, audio="audio/" + "x" * 300 + ".wav"),
+        record(12, audio="audio/loop.wav"),
+        record(13, transcript="alexa play jazz music " + "7" * 4400),
+    ]
+    write_export(export, lines)
+    os.symlink("loop.wav", export / "audio" / "loop.wav")
+    (export / "audio" / "u009.wav").write_bytes((export / "audio" / "u004.wav").read_bytes())
+    deletions = tmp_path / "deletions.jsonl"
+    deletions.write_text('{"utterance_id": "u005"}\n{"account_id": "X\\ud800"}\n')
+    with pytest.raises(PipelineError, match=r"deletions.jsonl line 2: a \\u escape of half a character"):
+        build(tmp_path, path=str(export / "annotations.jsonl"), deletions=str(deletions))
+    deletions.write_text('{"utterance_id": "u005"}\n')
+    report, quarantine = build(tmp_path, path=str(export / "annotations.jsonl"), deletions=str(deletions))
+
+    assert report["records_in"] == len(lines) == 14
+    assert report["records_in"] == report["records_kept"] + report["records_quarantined"]
+    by = {q.get("utterance_id", q.get("line")): (q["reason"], q["detail"]) for q in quarantine}
+    surrogate = "a \\u escape of half a character (a lone UTF-16 surrogate"
+    assert by[7][0] == by[8][0] == "invalid_record" and by[7][1].startswith(surrogate) and by[8][1].startswith(surrogate)
+    assert by[9] == ("invalid_record", "a number too long to read (over 4,300 digits); write it as a string or fix the exporter")
+    assert by["u010"] == ("missing_audio", "audio path 'audio/u010\\x00.wav' holds a NUL character, which no file name can")
+    assert by["u011"][0] == "missing_audio" and "cannot be opened (File name too long)" in by["u011"][1]
+    assert by["u012"] == ("missing_audio", "audio path 'audio/loop.wav' is a symlink loop")
+    assert report["quarantine_reasons"]["deleted"] == 1
+    assert str(tmp_path) not in json.dumps(by["u011"]) + json.dumps(by["u012"])
+    rows = {r["utterance_id"]: r for ds in load_from_disk(report["dataset_path"]).values() for r in ds.remove_columns("audio")}
+    assert set(rows) == {"u000", "u001", "u002", "u003", "u004", "u009", "u013"}
+    assert rows["u013"]["text"] == "alexa play jazz music " + " ".join(["seven"] * 4400)
