@@ -154,10 +154,21 @@ def schema_problem(err: ValidationError) -> str:
 def annotate(record: ExportRecord) -> dict[str, Any]:
     """Text columns of the dataset for one record; raises AnnotationError when the annotation
     disagrees with the transcript, a false wake carries an intent, or an intent has no words."""
-    if not record.wake_word_present and record.intent is not None:
-        raise AnnotationError(f"a false wake (wake_word_present=false) has intent {record.intent!r}")
-    if record.intent is not None and not normalize_text(record.transcript):
-        raise AnnotationError(f"intent {record.intent!r} on an empty transcript; a command has words")
+    intent, scenario = record.intent, record.scenario
+    if scenario is not None and not scenario.strip():
+        scenario = None
+    if intent is not None and not intent.strip():
+        # An exporter's "" for "no intent" on a false wake; on a command it may be a label left out.
+        if record.wake_word_present:
+            raise AnnotationError("intent is empty; give the intent, or null for the wake word with no command after it")
+        intent = None
+    if not record.wake_word_present and intent is not None:
+        raise AnnotationError(f"a false wake (wake_word_present=false) has intent {intent!r}")
+    if intent is None and scenario is not None:
+        # Else the clip trains as no command (SLURP's scenario without its action, say).
+        raise AnnotationError(f"scenario {scenario!r} without an intent; give the intent (<scenario>_<action>) or drop the scenario")
+    if intent is not None and not normalize_text(record.transcript):
+        raise AnnotationError(f"intent {intent!r} on an empty transcript; a command has words")
     if record.annotation is not None:
         plain, parsed = parse_inline(record.annotation)
         entities = align_to_transcript(record.transcript, plain, parsed)
@@ -165,14 +176,13 @@ def annotate(record: ExportRecord) -> dict[str, Any]:
         raw = [e.model_dump(exclude_none=True) for e in record.entities or []]
         entities = resolve_spans(record.transcript, raw)
     words, tags = bio_tags(record.transcript, entities)
-    scenario = record.scenario
-    if scenario is None and record.intent and "_" in record.intent:
-        scenario = record.intent.split("_", 1)[0]
+    if scenario is None and intent and "_" in intent:
+        scenario = intent.split("_", 1)[0]
     return {
         "utterance_id": record.utterance_id,
         "transcript": record.transcript,
         "text": normalize_text(record.transcript),
-        "intent": record.intent,
+        "intent": intent,
         "scenario": scenario,
         "entities": [e.as_dict() for e in entities],
         "words": words,

@@ -56,3 +56,23 @@ def test_tags_to_entities_is_lenient_with_stray_inside_tags() -> None:
     text = "set alarm for seven am"
     got = tags_to_entities(text, ["O", "O", "O", "I-time", "I-time"])
     assert got == [Entity("time", "seven am", 14, 22)]
+
+
+def test_an_empty_intent_and_a_scenario_without_an_intent() -> None:
+    """An exporter's "" meant no intent on a false wake; on a command it may be a label left out, and
+    the NLU learnt "" as a class of its own. A scenario without an intent (SLURP's scenario whose
+    action is missing) was kept and trained as no command."""
+    from pipeline.data.schema import ExportRecord, annotate
+
+    def row(**over: object) -> dict:
+        base = {"utterance_id": "u1", "transcript": "alexa stop", "account_id": "a1", "intent": None}
+        return annotate(ExportRecord.model_validate({**base, **over}))
+
+    assert row(intent="", wake_word_present=False)["intent"] is None
+    assert row(intent="  ", wake_word_present=False, scenario="")["scenario"] is None
+    with pytest.raises(AnnotationError, match="intent is empty; give the intent, or null for the wake word"):
+        row(intent="")
+    with pytest.raises(AnnotationError, match="scenario 'alarm' without an intent; give the intent"):
+        row(scenario="alarm")
+    assert row()["intent"] is None  # the wake word with no command after it
+    assert row(intent="alarm_set")["scenario"] == "alarm"
