@@ -74,7 +74,11 @@ CODE_VERSION = 13  # 3: `copy_of` deletes a copy with its original, `train_only`
                   # 12: a quarantine line of a record that passed the schema names its account and device
                   #    by pseudonym (a request for the account finds a flagged clip's line)
                   # 13: a record whose transcript, entities or other text holds its own raw identifier is
-                  #    quarantined as identifier_in_text (it was kept, the id in its text columns)
+                  #    quarantined as identifier_in_text; a lone surrogate, a number of over 4,300 digits
+                  #    and an unopenable audio path are quarantined (they stopped the build); digit runs
+                  #    over 12 digits are spelt one by one; "" as a false wake's intent is none, on a
+                  #    command and a scenario without an intent are bad_annotation; an id shorter than
+                  #    3 characters that is a whole word of the utterance id makes it a pseudonym
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "identifier_in_text", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",

@@ -54,7 +54,8 @@ def pseudonym(key: bytes, kind: str, value: str) -> str:
 
 
 _UTTERANCE_PSEUDONYM = re.compile(rf"utt_[0-9a-f]{{{PSEUDONYM_HEX}}}")
-# Shorter raw ids say next to nothing and would turn every id that happens to contain them into a pseudonym.
+# A shorter raw id (LibriSpeech's speaker 19) counts only as a whole word of the text ("19-198-0000",
+# "yes_03"): inside another word it would turn every id that happens to contain it into a pseudonym.
 MIN_EMBEDDED_ID = 3
 
 
@@ -74,7 +75,7 @@ def _id_texts(value: Any) -> list[str]:
     """The strings a raw identifier field holds. Exporters write account numbers as JSON numbers, or
     wrap an id in a list or object; the record is quarantined for it, but its id must not show."""
     if isinstance(value, str):
-        return [value] if len(value) >= MIN_EMBEDDED_ID else []
+        return [value] if value else []
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return _id_texts(str(value))
     if isinstance(value, (list, tuple)):
@@ -91,7 +92,14 @@ def _spellings(value: str) -> list[str]:
     return list(dict.fromkeys([value, escaped, escaped.replace("'", "\\'")]))
 
 
+def _word(spelling: str) -> re.Pattern[str]:
+    """A short id as a whole word: no letter or digit on either side."""
+    return re.compile(rf"(?<![^\W_]){re.escape(spelling)}(?![^\W_])", re.IGNORECASE)
+
+
 def _holds(text: str, value: str) -> bool:
+    if len(value) < MIN_EMBEDDED_ID:
+        return any(_word(s).search(text) for s in _spellings(value))
     lowered = text.lower()
     return any(s.lower() in lowered for s in _spellings(value))
 
@@ -104,8 +112,10 @@ def _embedded_ids(text: str, record: dict[str, Any]) -> list[tuple[str, str]]:
 
 def quoted_ids(texts: dict[str, str], record: dict[str, Any]) -> dict[str, list[str]]:
     """For each of `texts` (field -> text) that holds one of the record's raw identifiers, the
-    identifiers' field names. Only the record's own: an export's other ids are not known here."""
-    quoted = {field: [name for name in RAW_IDS if any(_holds(text, v) for v in _id_texts(record.get(name)))]
+    identifiers' field names. Only the record's own: an export's other ids are not known here. A
+    short id does not count here: account 42 and "a timer for 42 minutes" are no leak worth a clip."""
+    quoted = {field: [name for name in RAW_IDS if any(_holds(text, v) for v in _id_texts(record.get(name))
+                                                       if len(v) >= MIN_EMBEDDED_ID)]
               for field, text in texts.items()}
     return {field: names for field, names in quoted.items() if names}
 
@@ -115,7 +125,8 @@ def redact_ids(key: bytes, text: str, record: dict[str, Any]) -> str:
     replaced by its pseudonym: the file stays findable, the speaker does not show."""
     for kind, value in _embedded_ids(text, record):
         for spelling in sorted(_spellings(value), key=len, reverse=True):
-            text = re.sub(re.escape(spelling), pseudonym(key, kind, value), text, flags=re.IGNORECASE)
+            pattern = _word(spelling) if len(value) < MIN_EMBEDDED_ID else re.compile(re.escape(spelling), re.IGNORECASE)
+            text = pattern.sub(pseudonym(key, kind, value), text)
     if _embedded_ids(text, record):
         # A case form the pattern cannot align: lower() turns a dotted "İ" into two characters, while
         # the pattern folds it to one. Found on the lowered text, the id is replaced there.

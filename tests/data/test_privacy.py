@@ -81,9 +81,14 @@ def test_an_utterance_id_that_carries_a_raw_identifier_is_stored_as_its_pseudony
     assert dataset_utterance_id(b"k", "99115522-u1", {"account_id": 99115522}).startswith("utt_")
     assert dataset_utterance_id(b"k", "u2-ACCT-ZZ9911", {"account_id": ["ACCT-ZZ9911"]}).startswith("utt_")
     assert dataset_utterance_id(b"k", "u4-ANNOT-XX5522", {"annotator_id": {"id": "ANNOT-XX5522"}}).startswith("utt_")
-    # An id with nothing in it, ids too short to mean anything: as given.
+    # An id with nothing in it: as given. A short id counts as a whole word of the id only
+    # (LibriSpeech's speaker 19 in "19-198-0000"; it showed raw), never inside another word.
     assert dataset_utterance_id(b"k", "u0001", {"account_id": "amzn1.account.X"}) == "u0001"
-    assert dataset_utterance_id(b"k", "yes_03", {"account_id": "03"}) == "yes_03"
+    assert dataset_utterance_id(b"k", "yes_03", {"account_id": "03"}).startswith("utt_")
+    assert dataset_utterance_id(b"k", "19/198/19-198-0000", {"account_id": "19"}).startswith("utt_")
+    assert dataset_utterance_id(b"k", "42", {"account_id": "42"}).startswith("utt_")
+    assert dataset_utterance_id(b"k", "u0193-b19x", {"account_id": "19"}) == "u0193-b19x"
+    assert dataset_utterance_id(b"k", "take-7", {"account_id": "7", "device_serial": "1"}).startswith("utt_")
     assert dataset_utterance_id(b"k", "u0001", {"account_id": True, "device_serial": None}) == "u0001"
     # Erasure, the registry and the audit name an utterance by utterance_pseudonym: the stored
     # pseudonym is its own, so a request for the raw id still finds the row.
@@ -212,6 +217,14 @@ def test_a_record_whose_text_holds_its_own_identifier_is_quarantined_and_the_id_
         content = path.read_bytes().lower()
         for value in (serial, annotator):
             assert value.lower().encode() not in content, f"{value!r} found in {path}"
+
+
+def test_a_short_identifier_is_redacted_where_it_is_a_whole_word() -> None:
+    speaker = {"account_id": "19"}
+    detail = "cannot decode audio file 'audio/19/198/19-198-0000.flac' (19 bytes)"
+    acct = pseudonym(b"k", "acct", "19")
+    assert redact_ids(b"k", detail, speaker) == f"cannot decode audio file 'audio/{acct}/198/{acct}-198-0000.flac' ({acct} bytes)"
+    assert redact_ids(b"k", "audio/u0193/b19x.wav", speaker) == "audio/u0193/b19x.wav"
 
 
 def test_redaction_replaces_an_identifier_in_every_case_form_it_detects() -> None:
