@@ -8,6 +8,7 @@ after resolving symlinks before anything opens it: an export must never make the
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -97,9 +98,19 @@ def resampler(orig_sr: int) -> torchaudio.transforms.Resample:
     return torchaudio.transforms.Resample(orig_sr, SAMPLING_RATE)
 
 
+# torchaudio's kernel holds (16000 / gcd) x (rate / gcd) taps: 0.7 GB for 11,127 Hz (an old Mac
+# rate), 28 GB for 44,101 Hz. Rates that share fewer factors with 16 kHz than this go polyphase.
+MAX_KERNEL_PHASES = 1000
+
+
 def _resample(mono: np.ndarray, orig_sr: int) -> np.ndarray:
     """Resample with oneDNN off: its convolution caches one primitive per input length, so with
     clips of every length a worker's memory grew ~0.2 MB per clip (and it was 4x slower)."""
+    common = math.gcd(orig_sr, SAMPLING_RATE)
+    if SAMPLING_RATE // common > MAX_KERNEL_PHASES:
+        from scipy.signal import resample_poly  # its filter grows with the larger factor alone
+
+        return resample_poly(mono, SAMPLING_RATE // common, orig_sr // common).astype(np.float32)
     previous = torch.backends.mkldnn.enabled  # not flags(): it prints a TF32 notice on every call
     torch.backends.mkldnn.enabled = False
     try:

@@ -23,3 +23,17 @@ def test_a_clip_outside_the_length_limits_is_said_to_be_on_its_side_of_the_limit
     sf.write(path, np.full(samples, 0.1, dtype=np.float32), 16000)
     with pytest.raises(ClipRejected, match=error):
         load_clip(path, "clip.wav", 0.2, max_s, need_signal=True)
+
+
+@pytest.mark.parametrize("rate", [11127, 44101, 22050, 8000])
+def test_any_sample_rate_comes_out_at_16_khz_with_its_pitch(rate: int, tmp_path: Path) -> None:
+    """An odd rate (11,127 Hz, an old Mac's; 44,101 Hz) shares almost no factor with 16 kHz, and the
+    resampling kernel built for it took 0.7 GB and 28 GB: a worker killed for memory, no message."""
+    import io
+
+    t = np.arange(rate) / rate
+    sf.write(tmp_path / "a.wav", 0.5 * np.sin(2 * np.pi * 440 * t), rate)
+    clip = load_clip(tmp_path / "a.wav", "a.wav", 0.1, 5.0, True)
+    wave, sr = sf.read(io.BytesIO(clip.flac))
+    assert sr == 16000 and len(wave) == 16000 and clip.duration == pytest.approx(1.0)
+    assert np.argmax(np.abs(np.fft.rfft(wave))) == 440  # 1 Hz bins over one second
