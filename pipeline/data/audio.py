@@ -135,6 +135,17 @@ def _decode(audio: Path | bytes, relative: str) -> tuple[np.ndarray, int]:
                                f"cannot decode {_named(audio, relative)} ({_why(sf_err, audio, relative)})") from None
 
 
+def _ffmpeg_header_seconds(audio: Path | bytes) -> float | None:
+    """The length ffmpeg's header states, None where it states none (a stream) or cannot be read."""
+    try:
+        from torchcodec.decoders import AudioDecoder
+
+        seconds = AudioDecoder(audio if isinstance(audio, bytes) else str(audio)).metadata.duration_seconds_from_header
+    except Exception:  # noqa: BLE001 - _decode reports an unreadable file
+        return None
+    return float(seconds) if seconds is not None else None
+
+
 def _why(err: Exception, audio: Path | bytes, relative: str) -> str:
     """libsndfile's reason without its `Error opening <name>: ` prefix: that name is the absolute
     path (whose folders may be named after an account) or a BytesIO repr (a memory address, new
@@ -175,10 +186,11 @@ def load_clip(audio: Path | bytes, relative: str, min_s: float, max_s: float, ne
         raise ClipRejected("unreadable_audio", f"{_named(audio, relative)} is empty")
     try:
         info = sf.info(_readable(audio))
-        if info.samplerate > 0 and info.frames / info.samplerate > max_s:
-            raise ClipRejected("too_long", f"{_beside(info.frames / info.samplerate, max_s)} s is over data.max_duration_s={max_s}")
+        header = info.frames / info.samplerate if info.samplerate > 0 else None
     except (sf.LibsndfileError, RuntimeError):
-        pass  # not a libsndfile format: _decode tries ffmpeg
+        header = _ffmpeg_header_seconds(audio)  # not a libsndfile format (AAC, ...): _decode tries ffmpeg
+    if header is not None and header > max_s:
+        raise ClipRejected("too_long", f"{_beside(header, max_s)} s is over data.max_duration_s={max_s}")
     wave, sr = _decode(audio, relative)
     if wave.size == 0 or sr <= 0:
         raise ClipRejected("unreadable_audio", f"{_named(audio, relative)} holds no samples")

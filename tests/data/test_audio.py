@@ -37,3 +37,26 @@ def test_any_sample_rate_comes_out_at_16_khz_with_its_pitch(rate: int, tmp_path:
     wave, sr = sf.read(io.BytesIO(clip.flac))
     assert sr == 16000 and len(wave) == 16000 and clip.duration == pytest.approx(1.0)
     assert np.argmax(np.abs(np.fft.rfft(wave))) == 440  # 1 Hz bins over one second
+
+
+def test_a_long_file_only_ffmpeg_reads_is_refused_from_its_header_before_decoding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libsndfile cannot read an AAC header, so a phone memo was decoded and resampled whole (6.8 GB
+    for 30 minutes) before its length was checked; ffmpeg's header states the length."""
+    import subprocess
+
+    import pipeline.data.audio as audio
+
+    sf.write(tmp_path / "memo.wav", np.full(16000 * 12, 0.1, dtype=np.float32), 16000)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(tmp_path / "memo.wav"), str(tmp_path / "memo.m4a")], check=True)
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("decoded before the length check")
+
+    monkeypatch.setattr(audio, "_decode", no_decoding)
+    with pytest.raises(ClipRejected, match=r"^12\.\d+ s is over data\.max_duration_s=5\.0$"):
+        load_clip(tmp_path / "memo.m4a", "memo.m4a", 0.2, 5.0, need_signal=True)
+    with pytest.raises(ClipRejected, match=r"s is over data\.max_duration_s=5\.0$"):
+        load_clip((tmp_path / "memo.m4a").read_bytes(), "row 3", 0.2, 5.0, need_signal=True)
+    monkeypatch.undo()
+    assert load_clip(tmp_path / "memo.m4a", "memo.m4a", 0.2, 30.0, need_signal=True).duration == pytest.approx(12.0, abs=0.1)
