@@ -36,6 +36,7 @@ def main(cfg: DictConfig) -> None:
         overrides = list(HydraConfig.get().overrides.task)
         in_place = any(o.split("=", 1)[0] == "run" for o in overrides)
         if in_place:  # the run's own eval and data settings, the call's overrides on top
+            _check_in_place(cfg, run_dir)
             cfg = with_recorded_settings(cfg, run_dir, overrides)
         configure_environment(run_dir, Path(cfg.cache_dir).resolve())
         seed_everything(int(cfg.seed))
@@ -52,6 +53,22 @@ def main(cfg: DictConfig) -> None:
         print(f"evaluation written to {run_dir}")
     except PipelineError as err:
         fail(str(err))
+
+
+def _check_in_place(cfg: DictConfig, run_dir: Path) -> None:
+    """`run=` replaces the run's evaluation files: they must stay its own models', under its own
+    settings. Another model's figures in its metrics.json read as the run's in `make compare`, and
+    without config.yaml conf/evaluate.yaml's defaults would re-score it (another wake word, LM weights)."""
+    for key, own in (("asr_model", "asr"), ("nlu_model", "nlu")):
+        given = cfg.get(key)
+        if given and Path(str(given)).resolve() != (run_dir / own).resolve():
+            raise PipelineError(f"{key}={given} is not the run's own model ({run_dir / own}): run= re-evaluates a run's "
+                                f"own models in place; evaluate another model into a new folder, without run=: "
+                                f"python evaluate.py {key}={given} dataset=<the run's dataset_path>")
+    if not (run_dir / "config.yaml").is_file():
+        raise PipelineError(f"{run_dir / 'config.yaml'} does not exist, so the settings the run was evaluated with are "
+                            "unknown: restore it, or evaluate its models into a new folder, without run=: python "
+                            f"evaluate.py asr_model={run_dir / 'asr'} nlu_model={run_dir / 'nlu'} dataset=<its dataset_path>")
 
 
 def _dataset_path(cfg: DictConfig, run_dir: Path, in_place: bool) -> Path:

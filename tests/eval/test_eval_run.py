@@ -69,11 +69,12 @@ def save_tiny_nlu(dataset_path: Path, out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished run folder as `make train` leaves it: asr/, nlu/ and build_report.json."""
+    """A finished run folder as `make train` leaves it: asr/, nlu/, build_report.json, config.yaml."""
     run = tmp_path_factory.mktemp("run")
     save_tiny_asr(tiny_dataset_path, run / "asr")
     save_tiny_nlu(tiny_dataset_path, run / "nlu")
     (run / "build_report.json").write_text(json.dumps({"dataset_path": str(tiny_dataset_path)}))
+    (run / "config.yaml").write_text(OmegaConf.to_yaml({"seed": 1234, "eval": {"bootstrap_samples": 50}}))
     return run
 
 
@@ -295,6 +296,33 @@ def test_evaluate_cli_refuses_a_run_it_cannot_evaluate_in_one_line(folder_exists
     assert run.exists() == bool(folder_exists)
     if folder_exists == "sweep":
         assert sorted(p.name for p in run.iterdir()) == [], "Hydra's files left in a folder that is no run"
+
+
+@pytest.mark.slow
+def test_evaluate_cli_in_place_refuses_another_model_and_a_run_without_its_config(tiny_run: Path, tmp_path: Path) -> None:
+    """Another model's figures replaced the run's metrics.json and read as the run's own in `make
+    compare`; a run without config.yaml was re-scored with conf/evaluate.yaml's defaults."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    other = tmp_path / "other_asr"
+    shutil.copytree(tiny_run / "asr", other)
+    before = (run / "build_report.json").read_bytes()
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    for extra, message in (([f"asr_model={other}"], rf"asr_model={other} is not the run's own model"),
+                           ([f"asr_model={run / 'asr'}/", "eval.bootstrap_samples=20"], None),  # its own, spelt otherwise
+                           ([], rf"{run / 'config.yaml'} does not exist, so the settings the run was evaluated with")):
+        if message and "config.yaml" in message:
+            (run / "config.yaml").unlink()
+        cmd = [sys.executable, str(REPO / "evaluate.py"), f"run={run}", "logger=none", *extra]
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        if message is None:
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert json.loads((run / "metrics.json").read_text())["eval/bootstrap_samples"] == 20
+            continue
+        assert done.returncode == 2, done.stderr[-2000:]
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and re.search(message, errors[0]), done.stderr[-2000:]
+    assert (run / "build_report.json").read_bytes() == before
 
 
 def _with_lm(tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path) -> Path:
