@@ -84,6 +84,12 @@ def _known_candidates(registry: Registry) -> list[str]:
 
 def promote_model(cfg: DictConfig, registry: Registry, model_id: str) -> dict[str, Any]:
     """Promote the candidate or registry model a person chose; no training, no gate."""
+    given = model_id
+    model_id = model_id.strip().rstrip("/")  # a shell completes the registry's folder name with a slash
+    if not model_id or "/" in model_id or model_id in (".", ".."):
+        # Else `<id>/` found the folder, and promoted.json named a model no record has.
+        raise PipelineError(f"MODEL={given!r} is no model id; give the id alone, as decisions.jsonl and the folders "
+                            f"of {registry.models} name it")
     current = registry.current()
     if current and current["model_id"] == model_id:
         raise PipelineError(f"model {model_id} is already the promoted model")

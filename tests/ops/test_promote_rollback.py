@@ -99,6 +99,22 @@ def test_promote_a_rejected_candidate_then_roll_back(tmp_path: Path) -> None:
     assert log == ["promoted", "rejected", "promoted", "rolled_back", "config_error", "promoted"]
 
 
+def test_a_model_id_with_a_slash_is_read_as_the_id_or_refused(tmp_path: Path) -> None:
+    """`make promote MODEL=<id>/`, as a shell completes the registry's folder: promoted.json named
+    `<id>/`, and the next job's recovery retired the model it was serving."""
+    key = pseudonym_key(_cfg(tmp_path).privacy)
+    registry = Registry(tmp_path / "registry")
+    for model_id in ("m1", "m2"):
+        registry.promote(_run(tmp_path, model_id), _record(key, model_id, tmp_path / "runs" / model_id, ["u1"]))
+    code, decision = _do(tmp_path, promote="m1/")
+    assert (code, registry.current()["model_id"], registry.history()) == (EXIT_OK, "m1", ["m1", "m2", "m1"]), decision
+    assert registry.recover() == [] and registry.record("m1")["status"] == "promoted"
+    for bad in ("models/m2", "../m2", "/"):
+        code, decision = _do(tmp_path, promote=bad)
+        assert code == EXIT_CONFIG and decision["reason"].startswith(f"MODEL={bad!r} is no model id"), decision
+    assert registry.current()["model_id"] == "m1"
+
+
 def test_never_back_to_deleted_data_or_missing_weights(tmp_path: Path) -> None:
     key = pseudonym_key(_cfg(tmp_path).privacy)
     registry = Registry(tmp_path / "registry")
