@@ -230,15 +230,33 @@ class Registry:
 
     def decisions(self) -> list[dict[str, Any]]:
         path = self.root / DECISIONS
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        if not path.is_file():
+            return []
+        decisions = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                decision = json.loads(line)
+            except json.JSONDecodeError as err:
+                decision = err
+            if not isinstance(decision, dict):
+                # Each job appends one whole line: a damaged one was cut short (a full disk) or edited.
+                raise PipelineError(f"registry file {path} line {n} is not a JSON object ({decision}); restore the "
+                                    "file from a backup, or remove the line (each job's decision.json holds its own)")
+            decisions.append(decision)
+        return decisions
 
     def log_decision(self, decision: dict[str, Any]) -> None:
         """One `write` on an O_APPEND file: a busy job appending while the lock holder does
         cannot interleave the two lines."""
         self.root.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(decision, sort_keys=True, default=str) + "\n").encode()
-        fd = os.open(self.root / DECISIONS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.root / DECISIONS, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # a line cut short: this one starts on its own
+                line = b"\n" + line
             os.write(fd, line)
         finally:
             os.close(fd)

@@ -5,6 +5,7 @@ decision like a scheduled run's."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,24 @@ def test_a_damaged_registry_file_is_named(tmp_path: Path) -> None:
     (registry.root / "promoted.json").write_text("[]")
     with pytest.raises(PipelineError, match=r"promoted\.json holds no JSON object"):
         registry.current()
+
+
+def test_a_damaged_decision_line_is_named_and_the_next_decision_starts_a_line_of_its_own(tmp_path: Path) -> None:
+    """A line cut short stopped every job with a bare JSONDecodeError naming no file, and each job's
+    decision was appended onto it, so the damage never went away."""
+    registry = Registry(tmp_path / "registry")
+    registry.log_decision({"decision": "promoted", "candidate": {"model_id": "m1"}})
+    with open(registry.root / "decisions.jsonl", "a") as f:
+        f.write('{"decision": "prom')
+    code, decision = _do(tmp_path, promote="c9")
+    assert code == EXIT_CONFIG, decision
+    assert re.fullmatch(r"registry file .*decisions\.jsonl line 2 is not a JSON object \(Unterminated string .*\); "
+                        r"restore the file from a backup, or remove the line .*", decision["reason"]), decision["reason"]
+    lines = (registry.root / "decisions.jsonl").read_text().splitlines()
+    assert lines[1] == '{"decision": "prom' and json.loads(lines[2])["decision"] == "config_error"
+    lines.pop(1)  # what the operator does
+    (registry.root / "decisions.jsonl").write_text("\n".join(lines) + "\n")
+    assert [d["decision"] for d in registry.decisions()] == ["promoted", "config_error"]
 
 
 def test_a_promotion_whose_job_was_killed_before_logging_it_is_logged_by_the_next_job(tmp_path: Path) -> None:
