@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from pipeline import run_folder
 from pipeline.config import check_top_level
-from pipeline.runtime import PipelineError, configure_environment, fail, seed_everything
+from pipeline.runtime import PipelineError, configure_environment, fail, refuse_run_dir_file, seed_everything
 
 
 # conf/evaluate.yaml's top level
@@ -103,6 +103,7 @@ def _check_run_argument(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    refuse_run_dir_file(sys.argv[1:])
     _check_run_argument(sys.argv)
     try:
         main()

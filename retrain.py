@@ -27,6 +27,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from pipeline.runtime import refuse_run_dir_file
+
+    refuse_run_dir_file(sys.argv[1:])  # no run folder to record a decision in
     try:
         main()
     except SystemExit as stop:

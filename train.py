@@ -5,7 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from pipeline.runtime import PipelineError, fail, pin_run_dir_for_torchrun
+from pipeline.runtime import PipelineError, fail, pin_run_dir_for_torchrun, refuse_run_dir_file
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
@@ -19,6 +19,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_run_dir_file(sys.argv[1:])
     sys.argv = pin_run_dir_for_torchrun(sys.argv)
     try:
         main()

@@ -118,6 +118,14 @@ def pin_run_dir_for_torchrun(argv: list[str]) -> list[str]:
     return args
 
 
+def refuse_run_dir_file(argv: list[str]) -> None:
+    """`hydra.run.dir=<a file>`: Hydra's makedirs failed before the job, a traceback and exit 1."""
+    for arg in argv:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key == "hydra.run.dir" and value and Path(value).exists() and not Path(value).is_dir():
+            fail(f"{arg}: {value} is a file, not a folder; give the folder the run writes into (created if absent)")
+
+
 def usable_cores() -> int:
     """The cores this process may use (a container's limit), not the machine's."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

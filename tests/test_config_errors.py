@@ -117,6 +117,20 @@ def test_a_command_line_hydra_refuses_exits_2_with_one_line_naming_the_override(
     assert re.search(line, done.stderr.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "retrain.py"])
+def test_a_run_folder_that_is_a_file_exits_2_with_one_line(tmp_path: Path, script: str) -> None:
+    """Hydra's makedirs failed before the job: a traceback and exit 1, for the option the project's
+    own messages tell users to pass."""
+    (tmp_path / "taken").write_text("a file\n")
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(REPO / script), f"hydra.run.dir={tmp_path / 'taken'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"error: hydra.run.dir={tmp_path / 'taken'}: {tmp_path / 'taken'} is a file, not a folder; give the folder "
+        "the run writes into (created if absent)"]
+
+
 def test_a_refused_command_line_is_judged_with_group_choices_first_and_shows_no_identifier_constant(tmp_path: Path) -> None:
     env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, str(REPO / "train.py"), "data.constants.account_id=amzn1.account.SECRET1",

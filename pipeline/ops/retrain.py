@@ -277,7 +277,11 @@ def run_retrain(cfg: DictConfig) -> int:
         run_dir = Path(cfg.run_dir).resolve()
         redact_hydra_records(run_dir)  # before any check: a config error must not leave a raw id there
         configure_environment(run_dir, Path(cfg.cache_dir).resolve())
-        registry = Registry(Path(cfg.retrain.registry_dir))
+        root = Path(cfg.retrain.registry_dir)
+        if root.exists() and not root.is_dir():  # else a FileExistsError traceback, and no decision anywhere
+            raise PipelineError(f"retrain.registry_dir={root} is a file, not a folder; point it at the registry "
+                                "folder (created if absent)")
+        registry = Registry(root)
         with retrain_lock(registry.root / LOCK_FILE, run_dir):
             try:
                 decision = _job(cfg, run_dir, registry)
@@ -321,7 +325,7 @@ def _report(decision: dict[str, Any], run_dir: Path | None, registry: Registry |
         (run_dir / "decision.json").write_text(json.dumps(decision, indent=2, default=str) + "\n")
         notes.append(str(run_dir / "decision.json"))
     notes.append(f"logged in {registry.root / 'decisions.jsonl'}" if registry is not None
-                 else "not logged in decisions.jsonl: retrain.registry_dir is unknown")
+                 else "not logged in decisions.jsonl: retrain.registry_dir is unknown or not a folder")
     line = f"retrain: {decision['decision']}: {decision['reason']} ({'; '.join(notes)})"
     if "error" in (decision.get("erasure") or {}):
         line += f"; but the erasure failed: {decision['erasure']['error']}; {decision['erasure']['fix']}"

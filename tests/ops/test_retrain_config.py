@@ -124,3 +124,17 @@ def test_a_data_setting_the_job_would_replace_is_refused_before_the_intake(overr
     assert re.search(message, decision["reason"]), decision["reason"]
     assert (tmp_path / "inbox" / "b1" / "annotations.jsonl").is_file(), "the batch is still in the inbox"
     assert not (tmp_path / "cache" / "retrain").exists()
+
+
+def test_a_registry_folder_that_is_a_file_is_a_config_error_with_a_decision(tmp_path: Path, monkeypatch) -> None:
+    """It was a FileExistsError traceback from the lock, exit 1, and no decision.json."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "registry").write_text("not a folder\n")
+    cfg = load_config([f"retrain.inbox={tmp_path / 'inbox'}", f"retrain.registry_dir={tmp_path / 'registry'}",
+                       f"cache_dir={tmp_path / 'cache'}"])
+    assert run_retrain(cfg) == EXIT_CONFIG
+    decision = json.loads((tmp_path / "decision.json").read_text())
+    assert decision["decision"] == "config_error"
+    assert decision["reason"] == (f"retrain.registry_dir={tmp_path / 'registry'} is a file, not a folder; point it at "
+                                  "the registry folder (created if absent)")
