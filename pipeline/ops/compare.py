@@ -70,12 +70,18 @@ def _config_file(path: Path) -> Path:
     return own if own.is_file() else path / EVAL_CONFIG_DIR / "config.yaml"
 
 
-def _read(file: Path, parse: Any) -> Any:
-    """A run file parsed, or a ValueError that names it (a run killed mid-write leaves half a file)."""
+def _read(file: Path, parse: Any) -> dict[str, Any]:
+    """A run file parsed, or a ValueError that names it (a run killed mid-write leaves half a file,
+    which may still parse: `stag` is a YAML string, `0.5` a JSON number)."""
     try:
-        return parse(file.read_text())
+        value = parse(file.read_text())
     except (OSError, ValueError, yaml.YAMLError) as err:
         raise ValueError(f"{file} is unreadable ({err.__class__.__name__}: {first_line(err)})") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{file} is unreadable (a {type(value).__name__}, not a mapping)")
+    return value
 
 
 # What an evaluate.py folder's config says about its evaluation; the rest of conf/evaluate.yaml
@@ -84,7 +90,7 @@ EVALUATION_KEYS = ("asr_model", "nlu_model", "dataset", "eval")
 
 
 def load_run(path: Path) -> RunSummary:
-    config = _read(_config_file(path), yaml.safe_load) or {}
+    config = _read(_config_file(path), yaml.safe_load)
     if _config_file(path).parent.name == EVAL_CONFIG_DIR:
         config = {k: v for k, v in config.items() if k in EVALUATION_KEYS}
     metrics_file = path / "metrics.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,17 @@ def test_compare_refuses_arguments_that_would_mislead_and_leaves_out_a_half_writ
     shown = broken.relative_to(tmp_path)  # as found under the default root, outputs/
     assert f"note: {shown} left out: {shown / 'metrics.json'} is unreadable (JSONDecodeError" in result.stderr
     assert "in none of these runs" not in result.stderr  # " slu/slu_f1" is slu/slu_f1
+    # Cut shorter, a file can still parse, as a YAML string or a JSON number: left out the same way.
+    for name, content, kind in (("config.yaml", "stag", "str"), ("metrics.json", "0.5", "float"),
+                                ("eval_details.json", "[]", "list")):
+        cut = _run_folder(tmp_path / "outputs", f"2026-01-02/0{len(name) % 10}-00-00", 1e-4, 0.33)
+        (cut / name).write_text(content)
+        result = subprocess.run([*compare, "--metrics", "asr/wer"], cwd=tmp_path, capture_output=True, text=True,
+                                env={"PYTHONPATH": str(REPO)})
+        assert result.returncode == 0 and "0.3100" in result.stdout, (name, result.stderr)
+        shown = cut.relative_to(tmp_path)
+        assert f"note: {shown} left out: {shown / name} is unreadable (a {kind}, not a mapping)" in result.stderr
+        shutil.rmtree(cut)
 
 
 def test_sync_with_no_offline_run_says_there_is_none(tmp_path: Path) -> None:
