@@ -305,11 +305,15 @@ def test_csv_of_numeric_speaker_ids_with_a_blank_cell(tmp_path: Path) -> None:
     speaker is quarantined rather than made its own account."""
     rows = [{"file_name": "audio/a.flac", "transcription": "zero", "speaker_id": 101},
             {"file_name": "audio/b.flac", "transcription": "one", "speaker_id": 102},
-            {"file_name": "audio/c.flac", "transcription": "two", "speaker_id": ""}]
+            {"file_name": "audio/c.flac", "transcription": "two", "speaker_id": ""},
+            {"file_name": "audio/d.flac", "transcription": "NA", "speaker_id": 103}]  # a word pandas reads as missing
     report, quarantine = build(tmp_path, source="hf", path=str(audiofolder(tmp_path / "blank", rows, csv=True)))
     assert report["records_kept"] == 2
+    pandas_words = (" (or holds a word pandas reads as missing, such as NA, NaN, None or null: give such cells in a "
+                    "metadata.jsonl instead)")
     assert [(q["row"], q["reason"], q["detail"]) for q in quarantine] == [
-        (2, "invalid_record", "account_id: the cell of column 'speaker_id' is empty")]
+        (2, "invalid_record", "account_id: the cell of column 'speaker_id' is empty" + pandas_words),
+        (3, "invalid_record", "transcript: the cell of column 'transcription' is empty" + pandas_words)]
     whole = audiofolder(tmp_path / "whole", [dict(r) for r in rows[:2]], csv=True)
     again, _ = build(tmp_path, run="whole", source="hf", path=str(whole))
     speakers = [{r["utterance_id"]: r["speaker"] for ds in load_from_disk(b["dataset_path"]).values() for r in ds}
