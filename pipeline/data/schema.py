@@ -46,45 +46,50 @@ def _has_lone_surrogate(obj: Any) -> bool:
     return False
 
 
+def _byte_lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        for chunk in f:
+            yield from chunk.rstrip(b"\r\n").split(b"\r")
+
+
 def json_lines(path: Path) -> Iterator[JsonLine]:
     """Every line of a JSONL file, streamed, decoded line by line.
 
     A line that is not UTF-8 is reported, never repaired: a replaced character changes an account
     id, and the deletion request naming the account would then miss its clips. A UTF-8 byte-order
-    mark (Excel and Windows tools write one) is not part of the first record.
+    mark (Excel and Windows tools write one) is not part of the first record. Lines end in LF, CRLF or
+    a bare CR (old Mac tools; JSON strings cannot hold one unescaped), as Python's text mode reads them.
     """
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            raw = raw.rstrip(b"\r\n")
-            if n == 1 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]
-            text = raw.decode("utf-8", errors="surrogateescape")
-            if not text.strip():
-                yield JsonLine(n, text, None, None)
-                continue
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield JsonLine(n, text, None, f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1}); "
-                                              "save the file as UTF-8")
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as err:
-                yield JsonLine(n, text, None, f"not valid JSON ({err.msg} at column {err.colno})")
-                continue
-            except ValueError:  # the one other refusal: an integer of more digits than Python converts
-                yield JsonLine(n, text, None, "a number too long to read (over 4,300 digits); "
-                                              "write it as a string or fix the exporter")
-                continue
-            if not isinstance(obj, dict):
-                yield JsonLine(n, text, None, f"a JSON {type(obj).__name__}, not an object")
-                continue
-            if _LONE_SURROGATE.search(text) and _has_lone_surrogate(obj):
-                yield JsonLine(n, text, None, "a \\u escape of half a character (a lone UTF-16 surrogate, as an "
-                                              "exporter that cuts an emoji in two writes); fix the line")
-                continue
-            yield JsonLine(n, text, obj, None)
+    for n, raw in enumerate(_byte_lines(path), 1):
+        if n == 1 and raw.startswith(UTF8_BOM):
+            raw = raw[len(UTF8_BOM):]
+        text = raw.decode("utf-8", errors="surrogateescape")
+        if not text.strip():
+            yield JsonLine(n, text, None, None)
+            continue
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield JsonLine(n, text, None, f"not UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1}); "
+                                          "save the file as UTF-8")
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            yield JsonLine(n, text, None, f"not valid JSON ({err.msg} at column {err.colno})")
+            continue
+        except ValueError:  # the one other refusal: an integer of more digits than Python converts
+            yield JsonLine(n, text, None, "a number too long to read (over 4,300 digits); "
+                                          "write it as a string or fix the exporter")
+            continue
+        if not isinstance(obj, dict):
+            yield JsonLine(n, text, None, f"a JSON {type(obj).__name__}, not an object")
+            continue
+        if _LONE_SURROGATE.search(text) and _has_lone_surrogate(obj):
+            yield JsonLine(n, text, None, "a \\u escape of half a character (a lone UTF-16 surrogate, as an "
+                                          "exporter that cuts an emoji in two writes); fix the line")
+            continue
+        yield JsonLine(n, text, obj, None)
 
 
 class EntityIn(BaseModel):

@@ -402,3 +402,14 @@ def test_lines_and_paths_python_cannot_take_are_quarantined_and_the_build_goes_o
     rows = {r["utterance_id"]: r for ds in load_from_disk(report["dataset_path"]).values() for r in ds.remove_columns("audio")}
     assert set(rows) == {"u000", "u001", "u002", "u003", "u004", "u009", "u013"}
     assert rows["u013"]["text"] == "alexa play jazz music " + " ".join(["seven"] * 4400)
+
+
+def test_an_export_whose_lines_end_in_a_bare_carriage_return_is_read_line_by_line(tmp_path: Path) -> None:
+    """Old Mac tools end lines in CR alone: the whole file was one line, one invalid_record for every clip."""
+    export = tmp_path / "export"
+    write_export(export, [record(i) for i in range(6)])
+    lines = (export / "annotations.jsonl").read_text().splitlines()
+    (export / "annotations.jsonl").write_bytes(("\r".join(lines[:3] + ["{not json"] + lines[3:]) + "\r").encode())
+    report, quarantine = build(tmp_path, path=str(export / "annotations.jsonl"))
+    assert (report["records_in"], report["records_kept"]) == (7, 6)
+    assert [(q["line"], q["reason"]) for q in quarantine] == [(4, "invalid_record")]
