@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -317,6 +318,8 @@ def _nemo_problem(obj: dict[str, Any]) -> str | None:
     offset = obj.get("offset") or 0
     if isinstance(offset, bool) or not isinstance(offset, (int, float)):
         return f"offset: a number of seconds expected, got {type(offset).__name__}"
+    if not math.isfinite(offset) or offset < 0:  # JSON's NaN passed `offset > 0` and read the file whole
+        return f"offset {offset}: seconds from the file's start expected, 0 or more"
     if offset > 0:
         return (f"offset {offset}: a segment of a longer file; the build reads whole files, so cut each segment "
                 "into its own file (and drop offset)")

@@ -192,9 +192,11 @@ def test_nemo_numbered_speakers_segments_and_missing_fields(tmp_path: Path) -> N
         {"duration": 1.0, "text": "no audio path"},
         {"audio_filepath": "wavs/1089-1.wav", "duration": 1.0},
         {"audio_filepath": "wavs/1089-2.wav", "duration": 1.0, "text": "third", "speaker": 10.5},
+        {"audio_filepath": "wavs/1089-2.wav", "duration": 1.0, "text": "fourth", "offset": float("nan")},
+        {"audio_filepath": "wavs/1089-2.wav", "duration": 1.0, "text": "fifth", "offset": -1.0},
     ]
     manifest = root / "manifest.json"
-    manifest.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    manifest.write_text("".join(json.dumps(e) + "\n" for e in entries))  # NaN as JSON's NaN, as Python writes it
 
     report, quarantine = _build(tmp_path, source="nemo", path=str(manifest))
     assert report["records_kept"] == 3
@@ -204,6 +206,8 @@ def test_nemo_numbered_speakers_segments_and_missing_fields(tmp_path: Path) -> N
         (5, "invalid_record", "audio_filepath: missing or not a string"),
         (6, "invalid_record", "text: missing or not a string"),
         (7, "invalid_record", "speaker: a string or a whole number expected, got float"),
+        (8, "invalid_record", "offset nan: seconds from the file's start expected, 0 or more"),
+        (9, "invalid_record", "offset -1.0: seconds from the file's start expected, 0 or more"),
     ]
     dd = load_from_disk(report["dataset_path"])
     rows = {r["text"]: r for ds in dd.values() for r in ds.remove_columns("audio")}
