@@ -39,6 +39,7 @@ from pipeline.asr.model import log_probs_of, samples_per_frame
 from pipeline.data.background import (
     DEMO_DIR, Recording, background_knobs, ensure_demo_background, ffmpeg_blocks,
 )
+from pipeline.data.audio import needs_polyphase, resample_polyphase
 from pipeline.data.features import FFMPEG_EXTENSIONS, SAMPLING_RATE
 from pipeline.eval.config import check_stream
 from pipeline.eval.coverage import FA_RATES
@@ -103,7 +104,8 @@ def _blocks(recording: Recording, block_s: float = 30.0) -> Iterator[np.ndarray]
             start = max(0, pos - context)
             f.seek(start)
             chunk = f.read(min(f.frames, pos + step + context) - start, dtype="float32", always_2d=True).mean(axis=1)
-            out = AF.resample(torch.from_numpy(chunk), rate, SAMPLING_RATE).numpy()
+            out = (resample_polyphase(chunk, rate) if needs_polyphase(rate)  # a kernel of gigabytes otherwise
+                   else AF.resample(torch.from_numpy(chunk), rate, SAMPLING_RATE).numpy())
             lead = (pos - start) // unit_in * unit_out
             keep = math.ceil(min(step, f.frames - pos) * SAMPLING_RATE / rate)
             yield out[lead : lead + keep]
