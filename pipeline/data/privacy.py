@@ -49,7 +49,8 @@ PSEUDONYM_HEX = 16
 
 def pseudonym(key: bytes, kind: str, value: str) -> str:
     """`<kind>_<16 hex>`: the kind is part of the message, so equal raw values of different kinds differ."""
-    digest = hmac.new(key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()
+    # surrogatepass: a JSON `\\ud83d` escape (half an emoji) in an id still hashes, the same way each time.
+    digest = hmac.new(key, f"{kind}\x00{value}".encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
     return f"{kind}_{digest[:PSEUDONYM_HEX]}"
 
 
@@ -93,8 +94,13 @@ def _spellings(value: str) -> list[str]:
 
 
 def _word(spelling: str) -> re.Pattern[str]:
-    """A short id as a whole word: no letter or digit on either side."""
+    """An id as a whole word: no letter or digit on either side."""
     return re.compile(rf"(?<![^\W_]){re.escape(spelling)}(?![^\W_])", re.IGNORECASE)
+
+
+def _pattern(spelling: str) -> re.Pattern[str]:
+    """How redaction finds an id: a short one as a whole word, a longer one anywhere."""
+    return _word(spelling) if len(spelling) < MIN_EMBEDDED_ID else re.compile(re.escape(spelling), re.IGNORECASE)
 
 
 def _holds(text: str, value: str) -> bool:
@@ -104,37 +110,58 @@ def _holds(text: str, value: str) -> bool:
     return any(s.lower() in lowered for s in _spellings(value))
 
 
-def _embedded_ids(text: str, record: dict[str, Any]) -> list[tuple[str, str]]:
-    """(kind, raw value) of each of the record's identifiers that `text` contains, in any spelling."""
+def _embedded_ids(text: str, record: dict[str, Any], short: bool = True) -> list[tuple[str, str]]:
+    """(kind, raw value) of each of the record's identifiers that `text` contains, in any spelling;
+    `short=False` leaves out ids under MIN_EMBEDDED_ID characters."""
     return [(kind, value) for name, kind in RAW_IDS.items() for value in _id_texts(record.get(name))
-            if _holds(text, value)]
+            if (short or len(value) >= MIN_EMBEDDED_ID) and _holds(text, value)]
 
 
 def quoted_ids(texts: dict[str, str], record: dict[str, Any]) -> dict[str, list[str]]:
-    """For each of `texts` (field -> text) that holds one of the record's raw identifiers, the
-    identifiers' field names. Only the record's own: an export's other ids are not known here. A
-    short id does not count here: account 42 and "a timer for 42 minutes" are no leak worth a clip."""
-    quoted = {field: [name for name in RAW_IDS if any(_holds(text, v) for v in _id_texts(record.get(name))
-                                                       if len(v) >= MIN_EMBEDDED_ID)]
+    """For each of `texts` (field -> text) that holds one of the record's raw identifiers as a whole
+    word, the identifiers' field names. Only the record's own: an export's other ids are not known
+    here. Words, not substrings, and no short id: annotator "tom" is not in "tomorrow", account 150
+    not in "1500 seconds", and account 42 in "a timer for 42 minutes" is no leak worth a clip."""
+    quoted = {field: [name for name in RAW_IDS
+                      if any(_word(s).search(text) for v in _id_texts(record.get(name)) if len(v) >= MIN_EMBEDDED_ID
+                             for s in _spellings(v))]
               for field, text in texts.items()}
     return {field: names for field, names in quoted.items() if names}
 
 
-def redact_ids(key: bytes, text: str, record: dict[str, Any]) -> str:
+# A pseudonym redaction has put in: never searched again (one may hold a short id's digits).
+_PSEUDONYMS = re.compile(rf"((?:acct|dev|ann|utt)_[0-9a-f]{{{PSEUDONYM_HEX}}})")
+
+
+def _outside_pseudonyms(text: str, change: Any) -> str:
+    parts = _PSEUDONYMS.split(text)
+    return "".join(change(part) if i % 2 == 0 else part for i, part in enumerate(parts))
+
+
+def redact_ids(key: bytes, text: str, record: dict[str, Any], short: bool = True) -> str:
     """`text` (a quarantine detail naming an audio file) with each raw identifier of the record in it
-    replaced by its pseudonym: the file stays findable, the speaker does not show."""
-    for kind, value in _embedded_ids(text, record):
-        for spelling in sorted(_spellings(value), key=len, reverse=True):
-            pattern = _word(spelling) if len(value) < MIN_EMBEDDED_ID else re.compile(re.escape(spelling), re.IGNORECASE)
-            text = pattern.sub(pseudonym(key, kind, value), text)
-    if _embedded_ids(text, record):
+    replaced by its pseudonym: the file stays findable, the speaker does not show. `short=False` for
+    a detail that quotes an annotation: a short id there is a number or word of the text."""
+    found = _embedded_ids(text, record, short)
+
+    def replace(part: str) -> str:
+        for kind, value in found:
+            for spelling in sorted(_spellings(value), key=len, reverse=True):
+                part = _pattern(spelling).sub(pseudonym(key, kind, value), part)
+        return part
+
+    def lowered(part: str) -> str:
         # A case form the pattern cannot align: lower() turns a dotted "İ" into two characters, while
         # the pattern folds it to one. Found on the lowered text, the id is replaced there.
-        text = text.lower()
-        for kind, value in _embedded_ids(text, record):
+        if not _embedded_ids(part, record, short):
+            return part
+        part = part.lower()
+        for kind, value in _embedded_ids(part, record, short):
             for spelling in sorted(_spellings(value), key=len, reverse=True):
-                text = text.replace(spelling.lower(), pseudonym(key, kind, value))
-    return text
+                part = part.replace(spelling.lower(), pseudonym(key, kind, value))
+        return part
+
+    return _outside_pseudonyms(_outside_pseudonyms(text, replace), lowered)
 
 
 def dataset_utterance_id(key: bytes, utterance_id: str, record: dict[str, Any]) -> str:

@@ -236,3 +236,33 @@ def test_redaction_replaces_an_identifier_in_every_case_form_it_detects() -> Non
     assert redacted == f"cannot decode audio file 'audio/{pseudonym(b'k', 'acct', 'İZMİR-77')}/{pseudonym(b'k', 'dev', 'SN-1234')}.wav'"
     # As written, the id is replaced in place and the rest of the detail keeps its case.
     assert redact_ids(b"k", "File 'audio/İZMİR-77.WAV'", record_ids) == f"File 'audio/{pseudonym(b'k', 'acct', 'İZMİR-77')}.WAV'"
+
+
+def test_redaction_never_searches_the_pseudonyms_it_put_in() -> None:
+    """With this key account 069's pseudonym holds "069": the text was lowercased and the pseudonym
+    nested inside itself ('speakeracct_43a1...acct_43a1...069bb')."""
+    acct = pseudonym(b"k", "acct", "069")
+    assert "069" in acct
+    assert redact_ids(b"k", "audio/Speaker069/Take.WAV", {"account_id": "069"}) == f"audio/Speaker{acct}/Take.WAV"
+
+
+def test_a_short_id_is_left_in_a_detail_quoting_an_annotation() -> None:
+    detail = "entity 'five mins' not in the transcript 'timer for 5 mins'"
+    assert redact_ids(b"k", detail, {"account_id": "5"}, short=False) == detail
+    assert redact_ids(b"k", detail, {"account_id": "5"}).count(pseudonym(b"k", "acct", "5")) == 1  # a path: replaced
+
+
+def test_text_quotes_an_identifier_only_as_a_whole_word(tmp_path: Path) -> None:
+    """Substrings quarantined ordinary commands: annotator "tom" in "tomorrow", account 150 in "1500
+    seconds", serial "pla" in "play", account 2026 in the timestamp 2026-01-01."""
+    export = tmp_path / "export"
+    lines = [record(1, annotator_id="tom", transcript="alexa what is on tomorrow", entities=[], intent="calendar_query"),
+             record(2, account="150", transcript="alexa set a timer for 1500 seconds", entities=[], intent="timer_set"),
+             record(3, device_serial="pla", transcript="alexa play jazz music"),
+             record(4, account="2026", recorded_at="2026-01-01T00:00:00Z"),
+             record(5, annotator_id="tom", transcript="alexa call tom", entities=[], intent="calling_call"),
+             *[record(i) for i in range(6, 10)]]
+    write_export(export, lines)
+    report, quarantine = build(tmp_path, path=str(export / "annotations.jsonl"))
+    assert [(q["utterance_id"], q["reason"]) for q in quarantine] == [("u005", "identifier_in_text")]
+    assert report["records_kept"] == 8
