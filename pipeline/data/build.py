@@ -74,7 +74,7 @@ CODE_VERSION = 13  # 3: `copy_of` deletes a copy with its original, `train_only`
                   # 12: a quarantine line of a record that passed the schema names its account and device
                   #    by pseudonym (a request for the account finds a flagged clip's line)
                   # 13: a record whose transcript, entities or other text holds its own raw identifier is
-                  #    quarantined as identifier_in_text; a lone surrogate, a number of over 4,300 digits
+                  #    quarantined as identifier_in_text; an id with a lone surrogate, a number of over 4,300 digits
                   #    and an unopenable audio path are quarantined (they stopped the build); digit runs
                   #    over 12 digits are spelt one by one; "" as a false wake's intent is none, on a
                   #    command and a scenario without an intent are bad_annotation; an id shorter than
@@ -281,6 +281,10 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         record = ExportRecord.model_validate(data)
     except ValidationError as err:
         return ({**where, "reason": "invalid_record", "detail": redact_ids(key, schema_problem(err), carried)},)
+    halves = [name for name, value in record.model_dump().items() if _has_lone_surrogate(value)]
+    if halves:  # a JSON `\\ud83d` escape the schema let through: half an emoji, which no dataset column stores
+        return ({**where, "reason": "invalid_record", "detail": f"{', '.join(halves)}: a \\u escape of half a character "
+                 "(a lone UTF-16 surrogate, as an exporter that cuts an emoji in two writes); fix the line"},)
     if source.hf is None and source.root is not None and record.audio is None:
         return ({**where, "reason": "invalid_record", "detail": "audio: field required"},)
     # From here on a line names the clip's account and device too, by pseudonym: a request for the
@@ -302,12 +306,13 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
     if flagged:
         return ({**where, "reason": "flagged", "detail": f"annotator flag(s) {flagged}; audio not copied"},)
     if raw.excluded is not None:
-        return ({**where, "reason": raw.excluded[0], "detail": redact_ids(key, raw.excluded[1], carried)},)
+        return ({**where, "reason": raw.excluded[0],
+                 "detail": redact_ids(key, raw.excluded[1], carried, short=raw.excluded[0] != "bad_annotation")},)
     try:
         row = annotate(record)
     except AnnotationError as err:
         # A transcript or intent may quote an id ("my account is ..."): the detail shows its pseudonym.
-        return ({**where, "reason": "bad_annotation", "detail": redact_ids(key, str(err), carried)},)
+        return ({**where, "reason": "bad_annotation", "detail": redact_ids(key, str(err), carried, short=False)},)
     quoted = quoted_ids(_text_fields(row), carried)
     if quoted:
         # Kept, the raw id would sit in the dataset's text columns, and the recording likely speaks it.
@@ -344,10 +349,18 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
     return row
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _text_fields(row: dict[str, Any]) -> dict[str, str]:
-    """The dataset row's free-text columns, by the export field a user would fix."""
-    fields = {name: row[name] for name in ("transcript", "intent", "scenario", "locale", "recorded_at")
-              if isinstance(row[name], str)}
+    """The dataset row's free-text columns, by the export field a user would fix (not a timestamp's
+    digits or the locale: account 2026 is not in 2026-01-01)."""
+    fields = {name: row[name] for name in ("transcript", "intent", "scenario") if isinstance(row[name], str)}
     return {**fields, "entities": " ".join(e["value"] for e in row["entities"])}
 
 

@@ -7,7 +7,6 @@ shape, so validation, pseudonymisation and annotation checks happen in exactly o
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,23 +32,13 @@ class JsonLine:
     error: str | None  # why a non-blank line has no record
 
 
-# Valid UTF-8 cannot hold a surrogate; only a JSON `\\ud800`-`\\udfff` escape can, and json.loads keeps
-# one that is not half of a pair. Such a string cannot be written, hashed or saved.
-_LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _has_lone_surrogate(obj: Any) -> bool:
-    try:
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def _byte_lines(path: Path) -> Iterator[bytes]:
+    """Lines by LF; a chunk with no LF (a file of old Mac CR line endings) by CR. Inside a LF line a
+    CR is JSON whitespace, and stays."""
     with open(path, "rb") as f:
         for chunk in f:
-            yield from chunk.rstrip(b"\r\n").split(b"\r")
+            line = chunk.rstrip(b"\r\n")
+            yield from (line,) if chunk.endswith(b"\n") else line.split(b"\r")
 
 
 def json_lines(path: Path) -> Iterator[JsonLine]:
@@ -58,7 +47,7 @@ def json_lines(path: Path) -> Iterator[JsonLine]:
     A line that is not UTF-8 is reported, never repaired: a replaced character changes an account
     id, and the deletion request naming the account would then miss its clips. A UTF-8 byte-order
     mark (Excel and Windows tools write one) is not part of the first record. Lines end in LF, CRLF or
-    a bare CR (old Mac tools; JSON strings cannot hold one unescaped), as Python's text mode reads them.
+    a bare CR (old Mac tools; JSON strings cannot hold one unescaped).
     """
     for n, raw in enumerate(_byte_lines(path), 1):
         if n == 1 and raw.startswith(UTF8_BOM):
@@ -84,10 +73,6 @@ def json_lines(path: Path) -> Iterator[JsonLine]:
             continue
         if not isinstance(obj, dict):
             yield JsonLine(n, text, None, f"a JSON {type(obj).__name__}, not an object")
-            continue
-        if _LONE_SURROGATE.search(text) and _has_lone_surrogate(obj):
-            yield JsonLine(n, text, None, "a \\u escape of half a character (a lone UTF-16 surrogate, as an "
-                                          "exporter that cuts an emoji in two writes); fix the line")
             continue
         yield JsonLine(n, text, obj, None)
 
