@@ -118,6 +118,15 @@ def pin_run_dir_for_torchrun(argv: list[str]) -> list[str]:
     return args
 
 
+def resolved(path: Path) -> Path | None:
+    """`path` with symlinks followed; None where no file could be there (a NUL in the name, a name too
+    long for the file system, a symlink loop), which Path.resolve raises on."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
 def refuse_run_dir_file(argv: list[str]) -> None:
     """`hydra.run.dir=<a file>`: Hydra's makedirs failed before the job, a traceback and exit 1."""
     for arg in argv:

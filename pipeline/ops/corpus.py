@@ -42,7 +42,7 @@ from pipeline.data.privacy import (DELETION_KEYS, REQUESTS_FILE, TOMBSTONES_FILE
                                    utterance_pseudonym)
 from pipeline.data.schema import json_lines
 from pipeline.ops.registry import TMP_PREFIX, now
-from pipeline.runtime import PipelineError, write_text_atomic
+from pipeline.runtime import PipelineError, resolved, write_text_atomic
 
 ANNOTATIONS = "annotations.jsonl"
 BATCH_DELETIONS = "deletions.jsonl"
@@ -233,8 +233,8 @@ def _inside(root: Path, relative: str) -> Path | None:
     """The audio file a record names, only if it stays inside its batch folder."""
     if not relative or PurePosixPath(relative).is_absolute() or ".." in PurePosixPath(relative).parts:
         return None
-    path = (root / relative).resolve()
-    return path if path.is_relative_to(root.resolve()) else None
+    path = resolved(root / relative)
+    return path if path is not None and path.is_relative_to(root.resolve()) else None
 
 
 def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
@@ -327,8 +327,9 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
                     unreadable.append({"batch": batch.name, "line": line.number, "reason": line.error, "at": now(),
                                        "sha256": hashlib.sha256(line.text.encode("utf-8", "surrogateescape")).hexdigest()[:16]})
                 continue
-            if isinstance(record.get("audio"), str) and record["audio"]:
-                named.add((batch / record["audio"]).resolve())
+            audio_path = resolved(batch / record["audio"]) if isinstance(record.get("audio"), str) and record["audio"] else None
+            if audio_path is not None:
+                named.add(audio_path)
             if wanted.matches(key, record):
                 audio = _inside(batch, str(record.get("audio") or ""))
                 if audio is not None and audio.is_file():

@@ -54,7 +54,7 @@ from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, inbox_requests, pendin
 from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, check_root, place_of,
                                     run_folders, walk_files)
 from pipeline.ops.registry import LOCK_FILE, MODEL_PARTS, Registry, RetrainBusy, now, retrain_lock, weights_saw_deleted
-from pipeline.runtime import PipelineError, first_line, write_text_atomic
+from pipeline.runtime import PipelineError, first_line, resolved, write_text_atomic
 from pipeline.text import BOS, EOS, lm_tokens
 from pipeline.tracking.wandb_run import RUN_ID_FILE
 
@@ -314,7 +314,7 @@ def purge_export(folder: Path, key: bytes, deleted: set[str], dry_run: bool = Fa
         record = line.record
         hits = record_pseudonyms(key, record) & deleted if record is not None else set()
         clip = record.get("audio") if record is not None else None
-        path = (folder / clip).resolve() if isinstance(clip, str) and clip else None
+        path = resolved(folder / clip) if isinstance(clip, str) and clip else None
         if path is not None and not (path.is_relative_to(folder.resolve()) and path.is_file()):
             path = None
         if not hits and audio and path is not None and audio_copy(path, audio):

@@ -103,6 +103,22 @@ def test_a_batch_carries_its_own_deletions(tmp_path: Path) -> None:
     assert b"ALICE" not in b"".join(_tree(corpus_dir).values())
 
 
+def test_an_audio_path_no_file_can_have_does_not_stop_the_intake(tmp_path: Path) -> None:
+    """A NUL in a record's audio path raised ValueError in the intake: every retraining job stopped
+    before its build. The record is merged (the build quarantines it); its request still purges it."""
+    inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
+    _batch(inbox, "b0", [("u0", "amzn1.account.ALICE", "G0900000"), ("u1", "amzn1.account.BOB", "G0900001")])
+    annotations = inbox / "b0" / "annotations.jsonl"
+    annotations.write_text(annotations.read_text().replace('"audio/u1.wav"', '"audio/u1\\u0000.wav"'))
+    corpus = update_corpus(inbox, corpus_dir, KEY)
+    assert corpus.new_batches == ["b0"] and corpus.purged == 0
+    _requests(inbox, "r1.jsonl", [{"account_id": "amzn1.account.BOB"}])
+    corpus = update_corpus(inbox, corpus_dir, KEY)
+    left = [json.loads(line)["utterance_id"] for line in corpus.annotations.read_text().splitlines()
+            if line.startswith("{\"")]
+    assert corpus.purged == 1 and left == ["u0"]
+
+
 @pytest.mark.parametrize(("stray", "named"), [("b1/deletion_requests.jsonl", "b1/deletion_requests.jsonl"),
                                                ("b1/deletions/r.jsonl", "b1/deletions"),
                                                ("deletions.jsonl", "deletions.jsonl"),

@@ -537,6 +537,27 @@ def test_purging_an_export_also_drops_the_copies_of_a_deleted_clip(tmp_path: Pat
     assert kept == ["u2"] and sorted(p.name for p in (tmp_path / "audio").iterdir()) == ["u2.wav"]
 
 
+def test_purging_an_export_reads_every_line_json_reads_and_survives_an_impossible_audio_path(tmp_path: Path) -> None:
+    """A request must reach a line whatever else it holds: half an emoji in its transcript (the reader
+    once dropped such a line as no record, so erasure and the audit passed it by), a CR between JSON
+    values; a NUL in another line's audio path stopped the erasure with a ValueError."""
+    import soundfile as sf
+
+    key = b"purge-key"
+    (tmp_path / "audio").mkdir()
+    for name in ("a", "b", "c"):
+        sf.write(tmp_path / "audio" / f"{name}.wav", 0.2 * np.sin(np.arange(8000) / (3 + ord(name))), 16000)
+    text = ('{"utterance_id": "u1", "audio": "audio/a.wav", "transcript": "play \\ud83d music", "account_id": "ACC-777"}\n'
+            '{"utterance_id": "u2",\r "audio": "audio/b.wav", "transcript": "stop", "account_id": "ACC-777"}\n'
+            '{"utterance_id": "u3", "audio": "audio/c\\u0000.wav", "transcript": "stop", "account_id": "ACC-1"}\n'
+            '{"utterance_id": "u4", "audio": "audio/c.wav", "transcript": "go", "account_id": "ACC-1"}\n')
+    (tmp_path / "annotations.jsonl").write_text(text)
+    purged, _ = erase.purge_export(tmp_path, key, {erase.pseudonym(key, "acct", "ACC-777")})
+    assert purged == 2
+    kept = [json.loads(x)["utterance_id"] for x in (tmp_path / "annotations.jsonl").read_text().splitlines()]
+    assert kept == ["u3", "u4"] and sorted(p.name for p in (tmp_path / "audio").iterdir()) == ["c.wav"]
+
+
 def test_a_copy_is_erased_from_datasets_predictions_and_the_registry_with_its_original(store: dict[str, Any]) -> None:
     """A derived clip (an extra take, a re-spoken command) can sit in a cached dataset whose
     original it is not in: the original was quarantined for another reason, say. The dataset's
