@@ -99,12 +99,13 @@ def _evaluate_incumbent(cfg: DictConfig, registry: Registry, model_id: str, run_
 def _refuse_data_settings(cfg: DictConfig, inbox: str) -> None:
     """The settings `_stage_config` replaces, refused when given: a `data.deletions` file a job read
     nowhere left the clips it names in training and in the promoted model."""
+    # The paths are not echoed: a request file is often named after the account it asks about.
     data = cfg.get("data") or {}
     if data.get("deletions") is not None:
-        raise PipelineError(f"data.deletions={data.deletions!r} is not read by retraining: put the requests in "
-                            f"{inbox}/deletions/ (any *.jsonl), and the next job applies them to the whole corpus")
+        raise PipelineError(f"data.deletions is not read by retraining: put the request file in {inbox}/deletions/ "
+                            "(any *.jsonl), and the next job applies it to the whole corpus")
     if data.get("source") != "jsonl" or data.get("path") is not None:
-        given = f"data.path={data.path!r}" if data.get("source") == "jsonl" else f"data={data.get('source')}"
+        given = "data.path" if data.get("source") == "jsonl" else f"data={data.get('source')}"
         raise PipelineError(f"{given} is not read by retraining: it trains on the batches of retrain.inbox merged "
                             f"into its corpus; put an export in {inbox}/<batch>/annotations.jsonl instead")
 
