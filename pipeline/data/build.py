@@ -78,7 +78,9 @@ CODE_VERSION = 13  # 3: `copy_of` deletes a copy with its original, `train_only`
                   #    and an unopenable audio path are quarantined (they stopped the build); digit runs
                   #    over 12 digits are spelt one by one; "" as a false wake's intent is none, on a
                   #    command and a scenario without an intent are bad_annotation; an id shorter than
-                  #    3 characters that is a whole word of the utterance id makes it a pseudonym
+                  #    3 characters that is a whole word of the utterance id makes it a pseudonym; ids are
+                  #    found in text only as whole words of 3 characters or more; a JSON line holding a lone
+                  #    surrogate is invalid_record
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "identifier_in_text", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
