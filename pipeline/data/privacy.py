@@ -142,26 +142,20 @@ def redact_ids(key: bytes, text: str, record: dict[str, Any], short: bool = True
     """`text` (a quarantine detail naming an audio file) with each raw identifier of the record in it
     replaced by its pseudonym: the file stays findable, the speaker does not show. `short=False` for
     a detail that quotes an annotation: a short id there is a number or word of the text."""
-    found = _embedded_ids(text, record, short)
-
-    def replace(part: str) -> str:
-        for kind, value in found:
-            for spelling in sorted(_spellings(value), key=len, reverse=True):
-                part = _pattern(spelling).sub(pseudonym(key, kind, value), part)
-        return part
+    for kind, value in _embedded_ids(text, record, short):
+        for spelling in sorted(_spellings(value), key=len, reverse=True):
+            text = _outside_pseudonyms(text, lambda part: _pattern(spelling).sub(pseudonym(key, kind, value), part))
 
     def lowered(part: str) -> str:
         # A case form the pattern cannot align: lower() turns a dotted "İ" into two characters, while
         # the pattern folds it to one. Found on the lowered text, the id is replaced there.
-        if not _embedded_ids(part, record, short):
-            return part
-        part = part.lower()
-        for kind, value in _embedded_ids(part, record, short):
-            for spelling in sorted(_spellings(value), key=len, reverse=True):
-                part = part.replace(spelling.lower(), pseudonym(key, kind, value))
-        return part
+        return part.lower() if _embedded_ids(part, record, short) else part
 
-    return _outside_pseudonyms(_outside_pseudonyms(text, replace), lowered)
+    text = _outside_pseudonyms(text, lowered)
+    for kind, value in _embedded_ids(text, record, short):
+        for spelling in sorted(_spellings(value), key=len, reverse=True):
+            text = _outside_pseudonyms(text, lambda part: part.replace(spelling.lower(), pseudonym(key, kind, value)))
+    return text
 
 
 def dataset_utterance_id(key: bytes, utterance_id: str, record: dict[str, Any]) -> str:

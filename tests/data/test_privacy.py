@@ -246,6 +246,16 @@ def test_redaction_never_searches_the_pseudonyms_it_put_in() -> None:
     assert redact_ids(b"k", "audio/Speaker069/Take.WAV", {"account_id": "069"}) == f"audio/Speaker{acct}/Take.WAV"
 
 
+def test_a_second_id_is_not_searched_inside_the_first_ids_pseudonym() -> None:
+    """Annotator "{hex}" is three characters of the device's pseudonym: replaced after the device, it
+    was found inside that pseudonym too and the pseudonym came out broken."""
+    dev = pseudonym(b"k", "dev", "SERIAL123")
+    annotator = dev[-3:]
+    ann = pseudonym(b"k", "ann", annotator)
+    record = {"device_serial": "SERIAL123", "annotator_id": annotator}
+    assert redact_ids(b"k", f"clips/SERIAL123/{annotator}.wav", record) == f"clips/{dev}/{ann}.wav"
+
+
 def test_a_short_id_is_left_in_a_detail_quoting_an_annotation() -> None:
     detail = "entity 'five mins' not in the transcript 'timer for 5 mins'"
     assert redact_ids(b"k", detail, {"account_id": "5"}, short=False) == detail
