@@ -93,28 +93,33 @@ def _spellings(value: str) -> list[str]:
     return list(dict.fromkeys([value, escaped, escaped.replace("'", "\\'")]))
 
 
-def _word(spelling: str) -> re.Pattern[str]:
-    """An id as a whole word: no letter or digit on either side."""
-    return re.compile(rf"(?<![^\W_]){re.escape(spelling)}(?![^\W_])", re.IGNORECASE)
+def _pattern(spelling: str, whole_word: bool) -> re.Pattern[str]:
+    """An id as a whole word (no letter or digit on either side), or anywhere."""
+    escaped = re.escape(spelling)
+    return re.compile(rf"(?<![^\W_]){escaped}(?![^\W_])" if whole_word else escaped, re.IGNORECASE)
 
 
-def _pattern(spelling: str) -> re.Pattern[str]:
-    """How redaction finds an id: a short one as a whole word, a longer one anywhere."""
-    return _word(spelling) if len(spelling) < MIN_EMBEDDED_ID else re.compile(re.escape(spelling), re.IGNORECASE)
+def _whole_word(value: str) -> bool:
+    """A short id counts only as a whole word: account 42 is not in "1425"."""
+    return len(value) < MIN_EMBEDDED_ID
 
 
-def _holds(text: str, value: str) -> bool:
-    if len(value) < MIN_EMBEDDED_ID:
-        return any(_word(s).search(text) for s in _spellings(value))
-    lowered = text.lower()
-    return any(s.lower() in lowered for s in _spellings(value))
+def _found(text: str, spelling: str, whole_word: bool) -> bool:
+    """In either case folding: re's folds a dotted "İ" to "i", lower() to "i" and a combining dot, so
+    each finds a case form of the id the other misses."""
+    return bool(_pattern(spelling, whole_word).search(text)
+                or _pattern(spelling.lower(), whole_word).search(text.lower()))
+
+
+def _holds(text: str, value: str, whole_word: bool = False) -> bool:
+    return any(_found(text, s, whole_word or _whole_word(value)) for s in _spellings(value))
 
 
 def _embedded_ids(text: str, record: dict[str, Any], short: bool = True) -> list[tuple[str, str]]:
     """(kind, raw value) of each of the record's identifiers that `text` contains, in any spelling;
     `short=False` leaves out ids under MIN_EMBEDDED_ID characters."""
     return [(kind, value) for name, kind in RAW_IDS.items() for value in _id_texts(record.get(name))
-            if (short or len(value) >= MIN_EMBEDDED_ID) and _holds(text, value)]
+            if (short or not _whole_word(value)) and _holds(text, value)]
 
 
 def quoted_ids(texts: dict[str, str], record: dict[str, Any]) -> dict[str, list[str]]:
@@ -123,38 +128,32 @@ def quoted_ids(texts: dict[str, str], record: dict[str, Any]) -> dict[str, list[
     here. Words, not substrings, and no short id: annotator "tom" is not in "tomorrow", account 150
     not in "1500 seconds", and account 42 in "a timer for 42 minutes" is no leak worth a clip."""
     quoted = {field: [name for name in RAW_IDS
-                      if any(_word(s).search(text) for v in _id_texts(record.get(name)) if len(v) >= MIN_EMBEDDED_ID
-                             for s in _spellings(v))]
+                      if any(_holds(text, v, whole_word=True) for v in _id_texts(record.get(name))
+                             if not _whole_word(v))]
               for field, text in texts.items()}
     return {field: names for field, names in quoted.items() if names}
-
-
-# A pseudonym redaction has put in: never searched again (one may hold a short id's digits).
-_PSEUDONYMS = re.compile(rf"((?:acct|dev|ann|utt)_[0-9a-f]{{{PSEUDONYM_HEX}}})")
-
-
-def _outside_pseudonyms(text: str, change: Any) -> str:
-    parts = _PSEUDONYMS.split(text)
-    return "".join(change(part) if i % 2 == 0 else part for i, part in enumerate(parts))
 
 
 def redact_ids(key: bytes, text: str, record: dict[str, Any], short: bool = True) -> str:
     """`text` (a quarantine detail naming an audio file) with each raw identifier of the record in it
     replaced by its pseudonym: the file stays findable, the speaker does not show. `short=False` for
     a detail that quotes an annotation: a short id there is a number or word of the text."""
-    for kind, value in _embedded_ids(text, record, short):
-        for spelling in sorted(_spellings(value), key=len, reverse=True):
-            text = _outside_pseudonyms(text, lambda part: _pattern(spelling).sub(pseudonym(key, kind, value), part))
+    inserted: list[str] = []  # never searched again: a pseudonym may hold another id's characters
 
-    def lowered(part: str) -> str:
-        # A case form the pattern cannot align: lower() turns a dotted "İ" into two characters, while
-        # the pattern folds it to one. Found on the lowered text, the id is replaced there.
-        return part.lower() if _embedded_ids(part, record, short) else part
+    def outside_inserted(change: Any) -> str:
+        parts = re.split("(" + "|".join(map(re.escape, inserted)) + ")", text) if inserted else [text]
+        return "".join(change(part) if i % 2 == 0 else part for i, part in enumerate(parts))
 
-    text = _outside_pseudonyms(text, lowered)
-    for kind, value in _embedded_ids(text, record, short):
+    # The longest first: account 12345 inside serial 12345-01 would leave the serial's tail.
+    for kind, value in sorted(_embedded_ids(text, record, short), key=lambda found: -len(found[1])):
+        name = pseudonym(key, kind, value)
+        inserted.append(name)
+        whole_word = _whole_word(value)
         for spelling in sorted(_spellings(value), key=len, reverse=True):
-            text = _outside_pseudonyms(text, lambda part: part.replace(spelling.lower(), pseudonym(key, kind, value)))
+            text = outside_inserted(lambda part: _pattern(spelling, whole_word).sub(name, part))
+            # A case form re cannot align (a dotted "İ"): found on the lowered part, replaced there.
+            lowered = _pattern(spelling.lower(), whole_word)
+            text = outside_inserted(lambda part: lowered.sub(name, part.lower()) if lowered.search(part.lower()) else part)
     return text
 
 

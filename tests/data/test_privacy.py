@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.privacy import (dataset_utterance_id, load_deletions, load_key, pseudonym, redact_ids,
+from pipeline.data.privacy import (dataset_utterance_id, load_deletions, load_key, pseudonym, quoted_ids, redact_ids,
                                    utterance_pseudonym)
 from pipeline.data.splits import assign_split
 from pipeline.runtime import PipelineError
@@ -254,6 +254,33 @@ def test_a_second_id_is_not_searched_inside_the_first_ids_pseudonym() -> None:
     ann = pseudonym(b"k", "ann", annotator)
     record = {"device_serial": "SERIAL123", "annotator_id": annotator}
     assert redact_ids(b"k", f"clips/SERIAL123/{annotator}.wav", record) == f"clips/{dev}/{ann}.wav"
+
+
+def test_an_id_shaped_like_a_pseudonym_is_still_redacted() -> None:
+    """A 16-hex device id in a folder named `dev_<id>` looked like a pseudonym redaction had put in,
+    and was left raw in the quarantine line."""
+    serial, account = "a1b2c3d4e5f60718", "5f2b9c1e7d3a4b6012"
+    record = {"account_id": account, "device_serial": serial}
+    detail = f"audio file 'acct_{account}/dev_{serial}/1.wav' does not exist"
+    redacted = redact_ids(b"k", detail, record)
+    assert serial not in redacted and account not in redacted
+    assert redacted == f"audio file 'acct_{pseudonym(b'k', 'acct', account)}/dev_{pseudonym(b'k', 'dev', serial)}/1.wav' does not exist"
+
+
+def test_an_id_inside_a_longer_id_leaves_no_tail_of_the_longer_one() -> None:
+    record = {"account_id": "12345", "device_serial": "12345-01"}
+    redacted = redact_ids(b"k", "audio/12345/12345-01.wav", record)
+    assert redacted == f"audio/{pseudonym(b'k', 'acct', '12345')}/{pseudonym(b'k', 'dev', '12345-01')}.wav"
+
+
+def test_every_case_form_of_an_id_is_found_by_both_checks() -> None:
+    """re folds a dotted capital I to "i", lower() to "i" and a combining dot: the id's own upper
+    case was missed by one matcher, its lower() by the other, and an utterance id stayed raw."""
+    record_ids = {"account_id": "İzmir42"}
+    for form in ("İzmir42", "İZMİR42", "izmir42", "İzmir42".lower()):
+        assert dataset_utterance_id(b"k", f"{form}_0001", record_ids).startswith("utt_"), form
+        assert "account_id" in quoted_ids({"transcript": f"call {form} now"}, record_ids).get("transcript", []), form
+        assert redact_ids(b"k", f"audio/{form}/a.wav", record_ids) == f"audio/{pseudonym(b'k', 'acct', 'İzmir42')}/a.wav", form
 
 
 def test_a_short_id_is_left_in_a_detail_quoting_an_annotation() -> None:
