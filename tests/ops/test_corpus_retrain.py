@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.data.privacy import TOMBSTONES_FILE
-from pipeline.ops.corpus import QUARANTINE, pending_deletions, update_corpus, utterance_pseudonym
+from pipeline.ops.corpus import QUARANTINE, pending_deletions, remerge, update_corpus, utterance_pseudonym
 from pipeline.ops.registry import retrain_lock
 from pipeline.ops.retrain import EXIT_BUSY, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, run_retrain
 from pipeline.runtime import PipelineError
@@ -117,6 +117,24 @@ def test_an_audio_path_no_file_can_have_does_not_stop_the_intake(tmp_path: Path)
     left = [json.loads(line)["utterance_id"] for line in corpus.annotations.read_text().splitlines()
             if line.startswith("{\"")]
     assert corpus.purged == 1 and left == ["u0"]
+
+
+def test_half_an_emoji_in_a_batch_line_does_not_stop_the_intake_or_erasure(tmp_path: Path) -> None:
+    """A lone surrogate (`\\ud83d`) could not be written into the merged file: the batch had moved
+    into the corpus, so every later intake and every erasure's remerge failed the same way."""
+    inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
+    _batch(inbox, "b0", [("u0", "amzn1.account.ALICE", "G0900000"), ("u1", "amzn1.account.BOB", "G0900001")])
+    annotations = inbox / "b0" / "annotations.jsonl"
+    annotations.write_text(annotations.read_text().replace('"utterance_id": "u1"', '"utterance_id": "u1", "note": "\\ud83d"'))
+    corpus = update_corpus(inbox, corpus_dir, KEY)
+    assert corpus.new_batches == ["b0"]
+    merged = [json.loads(line) for line in corpus.annotations.read_text().splitlines()]
+    assert [r["utterance_id"] for r in merged] == ["u0", "u1"] and merged[1]["note"] == "\ud83d"
+    remerge(corpus_dir, KEY)
+    _requests(inbox, "r1.jsonl", [{"account_id": "amzn1.account.BOB"}])
+    corpus = update_corpus(inbox, corpus_dir, KEY)
+    assert corpus.purged == 1
+    assert [json.loads(line)["utterance_id"] for line in corpus.annotations.read_text().splitlines()] == ["u0"]
 
 
 @pytest.mark.parametrize(("stray", "named"), [("b1/deletion_requests.jsonl", "b1/deletion_requests.jsonl"),
