@@ -60,3 +60,20 @@ def test_a_long_file_only_ffmpeg_reads_is_refused_from_its_header_before_decodin
         load_clip((tmp_path / "memo.m4a").read_bytes(), "row 3", 0.2, 5.0, need_signal=True)
     monkeypatch.undo()
     assert load_clip(tmp_path / "memo.m4a", "memo.m4a", 0.2, 30.0, need_signal=True).duration == pytest.approx(12.0, abs=0.1)
+
+
+def test_a_clip_whose_aac_header_overstates_its_length_is_measured_decoded(tmp_path: Path) -> None:
+    """A raw AAC stream's header length is estimated from its first frames: a 28.8 s memo that opens
+    quietly states 30.4 s, and was refused under a 30 s limit without being decoded."""
+    import subprocess
+
+    from pipeline.data.audio import _ffmpeg_header_seconds
+
+    memo = tmp_path / "memo.aac"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "anoisesrc=d=28.8:a=0.5:r=44100:seed=1",
+                    "-af", "volume='if(lt(t,4),0.0001,1)':eval=frame", "-c:a", "aac", "-q:a", "2", "-f", "adts",
+                    str(memo)], check=True)
+    assert _ffmpeg_header_seconds(memo) > 30.0
+    assert load_clip(memo, "memo.aac", 0.2, 30.0, need_signal=True).duration == pytest.approx(28.8, abs=0.1)
+    with pytest.raises(ClipRejected, match=r"^28\.\d+ s is over data\.max_duration_s=25\.0$"):
+        load_clip(memo, "memo.aac", 0.2, 25.0, need_signal=True)  # decoded, then measured
