@@ -127,12 +127,22 @@ def resolved(path: Path) -> Path | None:
         return None
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file at `folder` or at one of its parents, which stops the folder being made."""
+    for place in (folder, *folder.parents):
+        if place.exists() and not place.is_dir():
+            return place
+    return None
+
+
 def refuse_run_dir_file(argv: list[str]) -> None:
-    """`hydra.run.dir=<a file>`: Hydra's makedirs failed before the job, a traceback and exit 1."""
+    """`hydra.run.dir=<a file>` (or a folder under one): Hydra's makedirs failed before the job, a
+    traceback and exit 1."""
     for arg in argv:
         key, _, value = arg.lstrip("+").partition("=")
-        if key == "hydra.run.dir" and value and Path(value).exists() and not Path(value).is_dir():
-            fail(f"{arg}: {value} is a file, not a folder; give the folder the run writes into (created if absent)")
+        blocker = file_in_the_way(Path(value)) if key == "hydra.run.dir" and value else None
+        if blocker is not None:
+            fail(f"{arg}: {blocker} is a file, not a folder; give the folder the run writes into (created if absent)")
 
 
 def usable_cores() -> int:

@@ -117,17 +117,19 @@ def test_a_command_line_hydra_refuses_exits_2_with_one_line_naming_the_override(
     assert re.search(line, done.stderr.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "retrain.py"])
-def test_a_run_folder_that_is_a_file_exits_2_with_one_line(tmp_path: Path, script: str) -> None:
+@pytest.mark.parametrize(("script", "under"), [("train.py", ""), ("evaluate.py", ""), ("retrain.py", ""),
+                                              ("evaluate.py", "sub/run")])
+def test_a_run_folder_that_is_a_file_exits_2_with_one_line(tmp_path: Path, script: str, under: str) -> None:
     """Hydra's makedirs failed before the job: a traceback and exit 1, for the option the project's
-    own messages tell users to pass."""
+    own messages tell users to pass; so did a folder under a file."""
     (tmp_path / "taken").write_text("a file\n")
     env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, str(REPO / script), f"hydra.run.dir={tmp_path / 'taken'}"],
+    run_dir = tmp_path / "taken" / under if under else tmp_path / "taken"
+    done = subprocess.run([sys.executable, str(REPO / script), f"hydra.run.dir={run_dir}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [
-        f"error: hydra.run.dir={tmp_path / 'taken'}: {tmp_path / 'taken'} is a file, not a folder; give the folder "
+        f"error: hydra.run.dir={run_dir}: {tmp_path / 'taken'} is a file, not a folder; give the folder "
         "the run writes into (created if absent)"]
 
 

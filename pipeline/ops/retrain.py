@@ -34,7 +34,7 @@ from pipeline.ops.gate import gate_on_runs
 from pipeline.ops.inventory import Roots, check_root
 from pipeline.ops.promote import promote_model, rollback, write_candidate
 from pipeline.ops.registry import LOCK_FILE, MODEL_PARTS, Registry, RetrainBusy, now, retrain_lock
-from pipeline.runtime import PipelineError, configure_environment
+from pipeline.runtime import PipelineError, configure_environment, file_in_the_way
 from pipeline.tracking import NullTracker
 
 EXIT_OK = 0          # promoted, rolled back, or nothing to do
@@ -279,9 +279,10 @@ def run_retrain(cfg: DictConfig) -> int:
         redact_hydra_records(run_dir)  # before any check: a config error must not leave a raw id there
         configure_environment(run_dir, Path(cfg.cache_dir).resolve())
         root = Path(cfg.retrain.registry_dir)
-        if root.exists() and not root.is_dir():  # else a FileExistsError traceback, and no decision anywhere
-            raise PipelineError(f"retrain.registry_dir={root} is a file, not a folder; point it at the registry "
-                                "folder (created if absent)")
+        blocker = file_in_the_way(root)  # else a FileExistsError traceback, and no decision anywhere
+        if blocker is not None:
+            raise PipelineError(f"retrain.registry_dir={root}: {blocker} is a file, not a folder; point it at the "
+                                "registry folder (created if absent)")
         registry = Registry(root)
         with retrain_lock(registry.root / LOCK_FILE, run_dir):
             try:

@@ -129,15 +129,18 @@ def test_a_data_setting_the_job_would_replace_is_refused_before_the_intake(overr
     assert not (tmp_path / "cache" / "retrain").exists()
 
 
-def test_a_registry_folder_that_is_a_file_is_a_config_error_with_a_decision(tmp_path: Path, monkeypatch) -> None:
-    """It was a FileExistsError traceback from the lock, exit 1, and no decision.json."""
+@pytest.mark.parametrize("under", ["", "models"])
+def test_a_registry_folder_that_is_a_file_is_a_config_error_with_a_decision(tmp_path: Path, monkeypatch, under: str) -> None:
+    """It was a FileExistsError (or, under a file, NotADirectoryError) traceback from the lock, exit
+    1, and no decision.json."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "inbox").mkdir()
     (tmp_path / "registry").write_text("not a folder\n")
-    cfg = load_config([f"retrain.inbox={tmp_path / 'inbox'}", f"retrain.registry_dir={tmp_path / 'registry'}",
+    root = tmp_path / "registry" / under if under else tmp_path / "registry"
+    cfg = load_config([f"retrain.inbox={tmp_path / 'inbox'}", f"retrain.registry_dir={root}",
                        f"cache_dir={tmp_path / 'cache'}"])
     assert run_retrain(cfg) == EXIT_CONFIG
     decision = json.loads((tmp_path / "decision.json").read_text())
     assert decision["decision"] == "config_error"
-    assert decision["reason"] == (f"retrain.registry_dir={tmp_path / 'registry'} is a file, not a folder; point it at "
-                                  "the registry folder (created if absent)")
+    assert decision["reason"] == (f"retrain.registry_dir={root}: {tmp_path / 'registry'} is a file, not a folder; "
+                                  "point it at the registry folder (created if absent)")
