@@ -32,13 +32,21 @@ class JsonLine:
     error: str | None  # why a non-blank line has no record
 
 
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
 def _byte_lines(path: Path) -> Iterator[bytes]:
-    """Lines by LF; a chunk with no LF (a file of old Mac CR line endings) by CR. Inside a LF line a
-    CR is JSON whitespace, and stays."""
+    """Lines by LF, and by a bare CR (old Mac line endings, a file of them with a line appended by a
+    LF tool) where the LF line is not JSON as a whole: in a record that parses, a CR is whitespace."""
     with open(path, "rb") as f:
         for chunk in f:
             line = chunk.rstrip(b"\r\n")
-            yield from (line,) if chunk.endswith(b"\n") else line.split(b"\r")
+            yield from line.split(b"\r") if b"\r" in line and not _parses(line) else (line,)
 
 
 def json_lines(path: Path) -> Iterator[JsonLine]:

@@ -19,6 +19,7 @@ from pipeline.data.build import REASONS, run_data_stage
 from pipeline.data.features import dataset_features
 from pipeline.data.privacy import load_key, pseudonym, utterance_pseudonym
 from pipeline.data.splits import assign_split
+from pipeline.data.schema import json_lines
 from pipeline.runtime import PipelineError
 from pipeline.tracking import NullTracker
 
@@ -416,3 +417,16 @@ def test_an_export_whose_lines_end_in_a_bare_carriage_return_is_read_line_by_lin
     report, quarantine = build(tmp_path, path=str(export / "annotations.jsonl"))
     assert (report["records_in"], report["records_kept"]) == (7, 6)
     assert [(q["line"], q["reason"]) for q in quarantine] == [(4, "invalid_record")]
+
+
+def test_a_file_of_carriage_returns_with_one_line_appended_by_a_unix_tool_is_read_line_by_line(tmp_path: Path) -> None:
+    """`echo >>` put a LF after the last CR line: the file was one LF line, its records one invalid_record.
+    In a LF line that parses, a CR between fields is JSON whitespace and splits nothing."""
+    export = tmp_path / "export"
+    write_export(export, [record(i) for i in range(6)])
+    lines = (export / "annotations.jsonl").read_text().splitlines()
+    (export / "annotations.jsonl").write_bytes(("\r".join(lines[:5]) + "\r" + lines[5] + "\n").encode())
+    report, quarantine = build(tmp_path, path=str(export / "annotations.jsonl"))
+    assert (report["records_in"], report["records_kept"], quarantine) == (6, 6, [])
+    (tmp_path / "spaced.jsonl").write_bytes((lines[0].replace(', "audio"', ',\r "audio"') + "\n" + lines[1] + "\n").encode())
+    assert [line.record["utterance_id"] for line in json_lines(tmp_path / "spaced.jsonl")] == ["u000", "u001"]
