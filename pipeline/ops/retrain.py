@@ -96,6 +96,18 @@ def _evaluate_incumbent(cfg: DictConfig, registry: Registry, model_id: str, run_
     return json.loads((folder / "metrics.json").read_text()), None
 
 
+def _data_choice(data: Any) -> str:
+    """The `data=` option the user gave: Hydra's record of it, else the source it sets (a recipe of
+    several sources, `data=demo_speech`, sets none)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("data")
+        if choice:
+            return str(choice)
+    return str(data.get("source") or "<a recipe of data.sources>")
+
+
 def _refuse_data_settings(cfg: DictConfig, inbox: str) -> None:
     """The settings `_stage_config` replaces, refused when given: a `data.deletions` file a job read
     nowhere left the clips it names in training and in the promoted model."""
@@ -105,7 +117,7 @@ def _refuse_data_settings(cfg: DictConfig, inbox: str) -> None:
         raise PipelineError(f"data.deletions is not read by retraining: put the request file in {inbox}/deletions/ "
                             "(any *.jsonl), and the next job applies it to the whole corpus")
     if data.get("source") != "jsonl" or data.get("path") is not None:
-        given = "data.path" if data.get("source") == "jsonl" else f"data={data.get('source')}"
+        given = "data.path" if data.get("source") == "jsonl" else f"data={_data_choice(data)}"
         raise PipelineError(f"{given} is not read by retraining: it trains on the batches of retrain.inbox merged "
                             f"into its corpus; put an export in {inbox}/<batch>/annotations.jsonl instead")
 
