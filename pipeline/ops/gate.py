@@ -109,8 +109,13 @@ def check_gate(candidate: Mapping[str, Any], incumbent: Mapping[str, Any],
         worse = new - old if kind == "max_increase" else old - new
         passed = worse <= limit + TOLERANCE
         direction = "rose" if kind == "max_increase" else "fell"
-        detail = (f"{metric} {old:.4f} -> {new:.4f}: "
-                  + (f"{direction} by {worse:.4f}, limit {limit:.4f}" if worse > 0 else "no worse"))
+        if limit < 0:  # a rule that demands improvement
+            moved = (f"{direction} by {worse:.4f}" if worse > 0 else f"improved by {-worse:.4f}" if worse < 0
+                     else "unchanged")
+            detail = f"{metric} {old:.4f} -> {new:.4f}: {moved}; {_allowance(kind, limit)}"
+        else:
+            detail = (f"{metric} {old:.4f} -> {new:.4f}: "
+                      + (f"{direction} by {worse:.4f}, limit {limit:.4f}" if worse > 0 else "no worse"))
         checks.append(GateCheck(name, metric, kind, limit, new, old, passed, detail))
     return checks
 
@@ -168,13 +173,19 @@ def _reproduced(diff: B.Difference, candidate: float | None, incumbent: float | 
             and math.isclose(diff.base, incumbent, abs_tol=1e-6))
 
 
+def _allowance(kind: str, limit: float) -> str:
+    """What the rule allows: a negative limit demands that much improvement."""
+    if limit < 0:
+        return f"the rule demands it {'fall' if kind == 'max_increase' else 'rise'} by {-limit:.4f}"
+    return f"may {'rise' if kind == 'max_increase' else 'fall'} by {limit:.4f}"
+
+
 def _paired_detail(metric: str, kind: str, limit: float, policy: str, diff: B.Difference, paired: B.Paired,
                    worse_low: float, worse_high: float, passed: bool) -> str:
     """One line a person can act on: the difference, its interval, and why the policy decided so."""
-    bound = "rise" if kind == "max_increase" else "fall"
     drawn = diff.resampled or f"{paired.clips} clips, {paired.speakers} speakers"
     head = (f"{metric} {diff.base:.4f} -> {diff.other:.4f}: candidate - promoted {diff.difference:+.4f} "
-            f"[{diff.ci_low:+.4f}, {diff.ci_high:+.4f}] (95%, {drawn}); may {bound} by {limit:.4f}")
+            f"[{diff.ci_low:+.4f}, {diff.ci_high:+.4f}] (95%, {drawn}); {_allowance(kind, limit)}")
     if policy == "not_worse":
         if passed:
             return head + f"; not_worse: the interval's best end ({worse_low:+.4f}) is within the limit, so not shown worse"

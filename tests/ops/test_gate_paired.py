@@ -70,6 +70,14 @@ def test_a_clearly_worse_model_is_rejected(tmp_path: Path, policy: str) -> None:
     assert ("worse than the limit" if policy == "not_worse" else "beyond the limit") in wer.detail
 
 
+def test_a_paired_rule_that_demands_improvement_says_so(tmp_path: Path) -> None:
+    old = _write_run(tmp_path / "incumbent", PROMOTED)
+    new = _write_run(tmp_path / "candidate", PROMOTED)
+    rules = {"wer": {"metric": "asr/wer", "max_increase": -0.01}}
+    wer = gate_on_runs(tmp_path / "candidate", tmp_path / "incumbent", new, old, rules, "not_worse", 500, 0)[0]
+    assert not wer.passed and "; the rule demands it fall by 0.0100; not_worse:" in wer.detail
+
+
 def test_a_difference_inside_the_noise_is_promoted_only_under_not_worse(tmp_path: Path) -> None:
     # The candidate fixes 3 of the promoted model's errors and makes 4 new ones, on other speakers:
     # one net word error (+0.005 WER, exactly the limit), well inside the noise of 40 clips.

@@ -46,6 +46,17 @@ def test_gate_passes_within_limits_and_names_each_failure() -> None:
         check_gate(old, old, {"x": {"metric": "asr/wer"}})
 
 
+def test_a_rule_that_demands_improvement_says_so() -> None:
+    """A negative limit demands that much improvement: a candidate 0.005 better under a rule demanding
+    0.01 was rejected with the detail "no worse"."""
+    rule = {"wer": {"metric": "asr/wer", "max_increase": -0.01}, "f1": {"metric": "slu/slu_f1", "max_decrease": -0.01}}
+    short, enough = (check_gate({"asr/wer": w, "slu/slu_f1": f}, {"asr/wer": 0.2, "slu/slu_f1": 0.7}, rule)
+                     for w, f in ((0.195, 0.705), (0.185, 0.72)))
+    assert [c.passed for c in short] == [False, False] and [c.passed for c in enough] == [True, True]
+    assert short[0].detail == "asr/wer 0.2000 -> 0.1950: improved by 0.0050; the rule demands it fall by 0.0100"
+    assert short[1].detail == "slu/slu_f1 0.7000 -> 0.7050: improved by 0.0050; the rule demands it rise by 0.0100"
+
+
 def _run(tmp: Path, name: str) -> Path:
     run = tmp / "runs" / name
     for part in ("asr", "nlu"):
