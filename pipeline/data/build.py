@@ -80,7 +80,9 @@ CODE_VERSION = 13  # 3: `copy_of` deletes a copy with its original, `train_only`
                   #    command and a scenario without an intent are bad_annotation; an id shorter than
                   #    3 characters that is a whole word of the utterance id makes it a pseudonym; ids are
                   #    found in text only as whole words of 3 characters or more; a JSON line holding a lone
-                  #    surrogate is invalid_record
+                  #    surrogate is invalid_record; ids are found in either case folding (re's, lower()'s);
+                  #    an AAC clip whose header states up to 1.5x data.max_duration_s is decoded and measured;
+                  #    a LF line that is not JSON and holds bare CRs is read as lines split at them
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "identifier_in_text", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
