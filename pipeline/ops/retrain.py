@@ -97,15 +97,15 @@ def _evaluate_incumbent(cfg: DictConfig, registry: Registry, model_id: str, run_
 
 
 def _data_choice(data: Any) -> str:
-    """The `data=` option the user gave: Hydra's record of it, else the source it sets (a recipe of
-    several sources, `data=demo_speech`, sets none)."""
+    """The setting the user gave: `data=<group>` (Hydra's record of the choice; a recipe of several
+    sources, `data=demo_speech`, sets no data.source) or `data.source=<value>` on retraining's own group."""
     from hydra.core.hydra_config import HydraConfig
 
-    if HydraConfig.initialized():
-        choice = HydraConfig.get().runtime.choices.get("data")
-        if choice:
-            return str(choice)
-    return str(data.get("source") or "<a recipe of data.sources>")
+    choice = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
+    source = data.get("source")
+    if source is None:
+        return f"data={choice or '<a recipe of data.sources>'}"
+    return f"data={source}" if choice in (None, source) else f"data.source={source}"
 
 
 def _refuse_data_settings(cfg: DictConfig, inbox: str) -> None:
@@ -117,7 +117,7 @@ def _refuse_data_settings(cfg: DictConfig, inbox: str) -> None:
         raise PipelineError(f"data.deletions is not read by retraining: put the request file in {inbox}/deletions/ "
                             "(any *.jsonl), and the next job applies it to the whole corpus")
     if data.get("source") != "jsonl" or data.get("path") is not None:
-        given = "data.path" if data.get("source") == "jsonl" else f"data={_data_choice(data)}"
+        given = "data.path" if data.get("source") == "jsonl" else _data_choice(data)
         raise PipelineError(f"{given} is not read by retraining: it trains on the batches of retrain.inbox merged "
                             f"into its corpus; put an export in {inbox}/<batch>/annotations.jsonl instead")
 

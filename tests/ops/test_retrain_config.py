@@ -110,6 +110,7 @@ def test_the_tracker_refuses_a_bad_logger_setting_before_any_stage(logger: str, 
     ("data.path=/srv/export/annotations.jsonl", r"^data.path is not read by retraining"),
     ("data=demo", r"data=demo is not read by retraining: it trains on the batches of retrain.inbox"),
     ("data=demo_speech", r"^data=demo_speech is not read by retraining"),  # sets no data.source: was "data=None"
+    ("data.source=hf", r"^data.source=hf is not read by retraining"),
 ])
 def test_a_data_setting_the_job_would_replace_is_refused_before_the_intake(override: str, message: str, tmp_path: Path,
                                                                          monkeypatch) -> None:
