@@ -41,12 +41,18 @@ def _parses(line: bytes) -> bool:
 
 
 def _byte_lines(path: Path) -> Iterator[bytes]:
-    """Lines by LF, and by a bare CR (old Mac line endings, a file of them with a line appended by a
-    LF tool) where the LF line is not JSON as a whole: in a record that parses, a CR is whitespace."""
+    """Lines by LF; a chunk with no LF (a file of old Mac line endings) by CR. A LF line holding bare
+    CRs is split at them too when it is not JSON as a whole but a piece is (such a file with one line
+    appended by a LF tool): in a record that parses a CR is whitespace, and a raw CR inside a string
+    leaves one bad line, not two."""
     with open(path, "rb") as f:
         for chunk in f:
             line = chunk.rstrip(b"\r\n")
-            yield from line.split(b"\r") if b"\r" in line and not _parses(line) else (line,)
+            pieces = line.split(b"\r")
+            if not chunk.endswith(b"\n") or (len(pieces) > 1 and not _parses(line) and any(map(_parses, pieces))):
+                yield from pieces
+            else:
+                yield line
 
 
 def json_lines(path: Path) -> Iterator[JsonLine]:

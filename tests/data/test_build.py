@@ -430,3 +430,7 @@ def test_a_file_of_carriage_returns_with_one_line_appended_by_a_unix_tool_is_rea
     assert (report["records_in"], report["records_kept"], quarantine) == (6, 6, [])
     (tmp_path / "spaced.jsonl").write_bytes((lines[0].replace(', "audio"', ',\r "audio"') + "\n" + lines[1] + "\n").encode())
     assert [line.record["utterance_id"] for line in json_lines(tmp_path / "spaced.jsonl")] == ["u000", "u001"]
+    # A raw CR inside a string: one bad line, and the next keeps its number.
+    (tmp_path / "cr_in_string.jsonl").write_bytes((lines[0].replace("alexa ", "alexa\r") + "\n" + lines[1] + "\n").encode())
+    read = [(line.number, line.record is None) for line in json_lines(tmp_path / "cr_in_string.jsonl")]
+    assert read == [(1, True), (2, False)]
