@@ -14,7 +14,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.data.schema import json_lines
 from pipeline.runtime import PipelineError
@@ -104,11 +104,35 @@ def _whole_word(value: str) -> bool:
     return len(value) < MIN_EMBEDDED_ID
 
 
+# Case foldings besides re's own: re folds a dotted "İ" to "i", lower() to "i" and a combining dot,
+# casefold() "ß" to "ss"; each finds case forms of an id the others miss.
+_FOLDS = (str.lower, str.casefold)
+
+
 def _found(text: str, spelling: str, whole_word: bool) -> bool:
-    """In either case folding: re's folds a dotted "İ" to "i", lower() to "i" and a combining dot, so
-    each finds a case form of the id the other misses."""
     return bool(_pattern(spelling, whole_word).search(text)
-                or _pattern(spelling.lower(), whole_word).search(text.lower()))
+                or any(_pattern(fold(spelling), whole_word).search(fold(text)) for fold in _FOLDS))
+
+
+def _sub_folded(pattern: re.Pattern[str], name: str, text: str, fold: Callable[[str], str]) -> str:
+    """`pattern` (a folded spelling) found in `fold(text)`, replaced in `text` itself: each match
+    maps back to the characters it was folded from, and the rest of the text keeps its case."""
+    if not pattern.search(fold(text)):
+        return text
+    folded, origin = [], []
+    for i, char in enumerate(text):
+        piece = fold(char)
+        folded.append(piece)
+        origin.extend([i] * len(piece))
+    out, done = [], 0
+    for match in pattern.finditer("".join(folded)):
+        if match.end() == match.start():
+            continue
+        start, end = origin[match.start()], origin[match.end() - 1] + 1
+        if start >= done:
+            out += [text[done:start], name]
+            done = end
+    return "".join(out) + text[done:]
 
 
 def _holds(text: str, value: str, whole_word: bool = False) -> bool:
@@ -151,9 +175,9 @@ def redact_ids(key: bytes, text: str, record: dict[str, Any], short: bool = True
         whole_word = _whole_word(value)
         for spelling in sorted(_spellings(value), key=len, reverse=True):
             text = outside_inserted(lambda part: _pattern(spelling, whole_word).sub(name, part))
-            # A case form re cannot align (a dotted "İ"): found on the lowered part, replaced there.
-            lowered = _pattern(spelling.lower(), whole_word)
-            text = outside_inserted(lambda part: lowered.sub(name, part.lower()) if lowered.search(part.lower()) else part)
+            for fold in _FOLDS:  # a case form re cannot align (a dotted "İ", "ß")
+                folded = _pattern(fold(spelling), whole_word)
+                text = outside_inserted(lambda part: _sub_folded(folded, name, part, fold))
     return text
 
 

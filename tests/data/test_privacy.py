@@ -283,6 +283,19 @@ def test_every_case_form_of_an_id_is_found_by_both_checks() -> None:
         assert redact_ids(b"k", f"audio/{form}/a.wav", record_ids) == f"audio/{pseudonym(b'k', 'acct', 'İzmir42')}/a.wav", form
 
 
+def test_a_case_form_only_a_fold_finds_is_replaced_where_it_stands() -> None:
+    """The lower() pass lowered the whole text: the rest of a path lost its case, and an id only re's
+    folding finds ("İAB" for account "iab") became "i̇ab", which no check found any more."""
+    serial = "SN-\u01301"  # SN-İ1; lower() gives SN-i and a combining dot, 1
+    record = {"device_serial": serial, "account_id": "iab"}
+    dev, acct = pseudonym(b"k", "dev", serial), pseudonym(b"k", "acct", "iab")
+    assert redact_ids(b"k", f"/Data/Users/{serial.lower()}/Clip.wav", record) == f"/Data/Users/{dev}/Clip.wav"
+    assert redact_ids(b"k", f"{serial.lower()} \u0130AB", record) == f"{dev} {acct}"
+    # casefold: "ß" and "SS".
+    assert redact_ids(b"k", "audio/STRASSE/Take.wav", {"account_id": "straße"}) == f"audio/{pseudonym(b'k', 'acct', 'straße')}/Take.wav"
+    assert dataset_utterance_id(b"k", "STRASSE_0", {"account_id": "straße"}).startswith("utt_")
+
+
 def test_a_short_id_is_left_in_a_detail_quoting_an_annotation() -> None:
     detail = "entity 'five mins' not in the transcript 'timer for 5 mins'"
     assert redact_ids(b"k", detail, {"account_id": "5"}, short=False) == detail
