@@ -80,7 +80,7 @@ CODE_VERSION = 13  # 3: `copy_of` deletes a copy with its original, `train_only`
                   #    command and a scenario without an intent are bad_annotation; an id shorter than
                   #    3 characters that is a whole word of the utterance id makes it a pseudonym; ids are
                   #    found in text only as whole words of 3 characters or more; a JSON line holding a lone
-                  #    surrogate is invalid_record; ids are found in either case folding (re's, lower()'s);
+                  #    surrogate is invalid_record; ids are found in any case folding (re's, lower(), casefold());
                   #    an AAC clip whose header states up to 1.5x data.max_duration_s is decoded and measured;
                   #    a LF line that is not JSON and holds bare CRs is read as lines split at them
 REASONS = (
