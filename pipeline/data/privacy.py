@@ -109,29 +109,36 @@ def _whole_word(value: str) -> bool:
 _FOLDS = (str.lower, str.casefold)
 
 
+def _folded(text: str, fold: Callable[[str], str]) -> str:
+    """Character by character, as _sub_folded maps matches back (lower() of a whole word turns a
+    final "Σ" into "ς"; re's own folding equates the sigmas)."""
+    return "".join(map(fold, text))
+
+
 def _found(text: str, spelling: str, whole_word: bool) -> bool:
     return bool(_pattern(spelling, whole_word).search(text)
-                or any(_pattern(fold(spelling), whole_word).search(fold(text)) for fold in _FOLDS))
+                or any(_pattern(_folded(spelling, fold), whole_word).search(_folded(text, fold)) for fold in _FOLDS))
 
 
 def _sub_folded(pattern: re.Pattern[str], name: str, text: str, fold: Callable[[str], str]) -> str:
     """`pattern` (a folded spelling) found in `fold(text)`, replaced in `text` itself: each match
     maps back to the characters it was folded from, and the rest of the text keeps its case."""
-    if not pattern.search(fold(text)):
+    if not pattern.search(_folded(text, fold)):
         return text
-    folded, origin = [], []
+    folded, origin, first = [], [], []  # first: where each character's folded form starts
     for i, char in enumerate(text):
         piece = fold(char)
+        first.append(len(origin))
         folded.append(piece)
         origin.extend([i] * len(piece))
-    out, done = [], 0
-    for match in pattern.finditer("".join(folded)):
-        if match.end() == match.start():
-            continue
+    first.append(len(origin))
+    folded_text, out, done = "".join(folded), [], 0
+    # Each search starts at the first character no replacement touched: a match may end inside a
+    # character that folds to two ("ß" -> "ss"), and the next id may begin right after it.
+    while (match := pattern.search(folded_text, first[done])) is not None and match.end() > match.start():
         start, end = origin[match.start()], origin[match.end() - 1] + 1
-        if start >= done:
-            out += [text[done:start], name]
-            done = end
+        out += [text[done:start], name]
+        done = end
     return "".join(out) + text[done:]
 
 
@@ -176,7 +183,7 @@ def redact_ids(key: bytes, text: str, record: dict[str, Any], short: bool = True
         for spelling in sorted(_spellings(value), key=len, reverse=True):
             text = outside_inserted(lambda part: _pattern(spelling, whole_word).sub(name, part))
             for fold in _FOLDS:  # a case form re cannot align (a dotted "İ", "ß")
-                folded = _pattern(fold(spelling), whole_word)
+                folded = _pattern(_folded(spelling, fold), whole_word)
                 text = outside_inserted(lambda part: _sub_folded(folded, name, part, fold))
     return text
 
