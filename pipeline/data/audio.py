@@ -108,11 +108,12 @@ def needs_polyphase(rate: int) -> bool:
 
 
 def resample_polyphase(mono: np.ndarray, rate: int) -> np.ndarray:
-    """`rate` -> 16 kHz with scipy's polyphase filter, whose size grows with the larger factor alone."""
+    """`rate` -> 16 kHz with scipy's polyphase filter, whose size grows with the larger factor alone.
+    Along the last axis: a (channels, samples) array is resampled in time, not across channels."""
     from scipy.signal import resample_poly
 
     common = math.gcd(rate, SAMPLING_RATE)
-    return resample_poly(mono, SAMPLING_RATE // common, rate // common).astype(np.float32)
+    return resample_poly(mono, SAMPLING_RATE // common, rate // common, axis=-1).astype(np.float32)
 
 
 def _resample(mono: np.ndarray, orig_sr: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.data.audio import ClipRejected, load_clip
+from pipeline.data.audio import ClipRejected, load_clip, needs_polyphase, resample_polyphase
 
 
 @pytest.mark.parametrize(("samples", "max_s", "error"), [
@@ -37,6 +37,15 @@ def test_any_sample_rate_comes_out_at_16_khz_with_its_pitch(rate: int, tmp_path:
     wave, sr = sf.read(io.BytesIO(clip.flac))
     assert sr == 16000 and len(wave) == 16000 and clip.duration == pytest.approx(1.0)
     assert np.argmax(np.abs(np.fft.rfft(wave))) == 440  # 1 Hz bins over one second
+
+
+def test_polyphase_resampling_runs_along_time_for_channels_first_audio() -> None:
+    """scipy resamples along axis 0 by default: a (2, samples) array came back as 3 channels."""
+    rate = 11127
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)
+    stereo = resample_polyphase(np.stack([tone, tone]), rate)
+    assert needs_polyphase(rate) and stereo.shape == (2, 16000)
+    assert np.allclose(stereo[0], resample_polyphase(tone, rate))
 
 
 def test_a_long_file_only_ffmpeg_reads_is_refused_from_its_header_before_decoding(
