@@ -42,7 +42,7 @@ from pipeline.data.features import SAMPLING_RATE, SPLITS, dataset_features
 from pipeline.data.privacy import (Deletions, dataset_utterance_id, erased_request_files, erased_requests,
                                    load_deletions, load_key, pseudonym, quoted_ids, redact_ids,
                                    utterance_pseudonym)
-from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem
+from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem, utf8_json
 from pipeline.data.sources import RawRecord, Source, open_sources
 from pipeline.data.splits import assign_split
 from pipeline.run_folder import BUILD_REPORT, DATASET_CLIPS, QUARANTINE_LINES, read_build_report
@@ -285,7 +285,7 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         record = ExportRecord.model_validate(data)
     except ValidationError as err:
         return ({**where, "reason": "invalid_record", "detail": redact_ids(key, schema_problem(err), carried)},)
-    halves = [name for name, value in record.model_dump().items() if _has_lone_surrogate(value)]
+    halves = [name for name, value in record.model_dump().items() if utf8_json(value) is None]
     if halves:  # a JSON `\\ud83d` escape the schema let through: half an emoji, which no dataset column stores
         return ({**where, "reason": "invalid_record", "detail": f"{', '.join(halves)}: a \\u escape of half a character "
                  "(a lone UTF-16 surrogate, as an exporter that cuts an emoji in two writes); fix the line"},)
@@ -351,14 +351,6 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         _row=raw.row if raw.row is not None else -1,
     )
     return row
-
-
-def _has_lone_surrogate(value: Any) -> bool:
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _text_fields(row: dict[str, Any]) -> dict[str, str]:

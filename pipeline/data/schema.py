@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.data.annotations import AnnotationError, align_to_transcript, bio_tags, parse_inline, resolve_spans
 from pipeline.text import normalize_text
 
-__all__ = ["ExportRecord", "ValidationError", "AnnotationError", "schema_problem", "annotate", "JsonLine", "json_lines"]
+__all__ = ["ExportRecord", "ValidationError", "AnnotationError", "schema_problem", "annotate", "JsonLine", "json_lines",
+           "utf8_json"]
 
 UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -30,6 +31,17 @@ class JsonLine:
     text: str  # as stored; bytes that are not UTF-8 kept as surrogates (write back with errors="surrogateescape")
     record: dict[str, Any] | None  # the parsed object; None for a blank or bad line
     error: str | None  # why a non-blank line has no record
+
+
+def utf8_json(value: Any) -> str | None:
+    """`value` as JSON text (non-ASCII as written), or None where UTF-8 cannot store it: a lone UTF-16
+    surrogate, which a `\\ud83d` escape (half an emoji, cut by an exporter) parses into."""
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text
 
 
 def _parses(line: bytes) -> bool:

@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 from pipeline.data.privacy import (DELETION_KEYS, REQUESTS_FILE, TOMBSTONES_FILE, Deletions, load_key,
                                    parse_deletion_requests, read_pseudonyms,
                                    utterance_pseudonym)
-from pipeline.data.schema import json_lines
+from pipeline.data.schema import json_lines, utf8_json
 from pipeline.ops.registry import TMP_PREFIX, now
 from pipeline.runtime import PipelineError, resolved, write_text_atomic
 
@@ -340,7 +340,8 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
             audio = record.get("audio")
             if isinstance(audio, str) and _inside(batch, audio) is not None:
                 record["audio"] = f"batches/{batch.name}/{audio}"
-            merged.append(_json_line(record))
+            # Half an emoji (a lone surrogate) cannot be written as UTF-8: that line keeps JSON's escapes.
+            merged.append(utf8_json(record) or json.dumps(record))
         write_text_atomic(batch / ANNOTATIONS, "".join(line + "\n" for line in kept))
         corpus.unnamed_audio += remove_unnamed_audio(batch, named)
     if unreadable:
@@ -349,17 +350,6 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
     corpus.unreadable += len(unreadable)
     corpus.batches = len(batches)
     write_text_atomic(corpus.annotations, "".join(line + "\n" for line in merged))
-
-
-def _json_line(record: dict) -> str:
-    """The record as one line of UTF-8 JSON; a lone surrogate (half an emoji, escaped in the batch)
-    cannot be written as UTF-8, so that line keeps JSON's escapes and the build quarantines it."""
-    line = json.dumps(record, ensure_ascii=False)
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(record)
-    return line
 
 
 def pending_deletions(inbox: Path, corpus_dir: Path, key: bytes, incoming: set[str] | None = None) -> set[str]:

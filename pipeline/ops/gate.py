@@ -71,10 +71,10 @@ def rule_problem(name: str, rule: Mapping[str, Any]) -> str | None:
     pipeline.ops.config, and again by the gate for a caller that passes its own rules)."""
     if "metric" not in rule or sum(k in rule for k in GATE_LIMITS) != 1:
         return f"retrain.gate.{name} must have `metric` and exactly one of max_increase / max_decrease, got {dict(rule)}"
-    limit = next(rule[k] for k in GATE_LIMITS if k in rule)
+    kind = next(k for k in GATE_LIMITS if k in rule)
+    limit = rule[kind]
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit):
         # Else nan passes every comparison as False and rejects every candidate after training.
-        kind = next(k for k in GATE_LIMITS if k in rule)
         return (f"retrain.gate.{name}.{kind}={limit!r} is not a finite number; give how far the metric may move "
                 "the wrong way (0 = not at all; a negative limit demands that much improvement)")
     metric = str(rule["metric"])
