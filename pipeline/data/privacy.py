@@ -123,16 +123,15 @@ def _found(text: str, spelling: str, whole_word: bool) -> bool:
 def _sub_folded(pattern: re.Pattern[str], name: str, text: str, fold: Callable[[str], str]) -> str:
     """`pattern` (a folded spelling) found in `fold(text)`, replaced in `text` itself: each match
     maps back to the characters it was folded from, and the rest of the text keeps its case."""
-    if not pattern.search(_folded(text, fold)):
+    folded_text = _folded(text, fold)
+    if not pattern.search(folded_text):
         return text
-    folded, origin, first = [], [], []  # first: where each character's folded form starts
+    origin, first = [], []  # the character each folded one came from; where each character's form starts
     for i, char in enumerate(text):
-        piece = fold(char)
         first.append(len(origin))
-        folded.append(piece)
-        origin.extend([i] * len(piece))
+        origin.extend([i] * len(fold(char)))
     first.append(len(origin))
-    folded_text, out, done = "".join(folded), [], 0
+    out, done = [], 0
     # Each search starts at the first character no replacement touched: a match may end inside a
     # character that folds to two ("ß" -> "ss"), and the next id may begin right after it.
     while (match := pattern.search(folded_text, first[done])) is not None and match.end() > match.start():
