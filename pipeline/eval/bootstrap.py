@@ -33,6 +33,9 @@ from pipeline.eval.metrics import EDIT_KEYS
 
 CONFIDENCE = 0.95
 DEFAULT_SAMPLES = 1000
+# Fewer draws cannot place the 2.5th and 97.5th percentiles: with one, the "95%" interval need not
+# even hold the point value, and a gate would accept or reject on it.
+MIN_SAMPLES = 100
 DEFAULT_SEED = 0
 # A bootstrap over one speaker (or one background recording) draws the same clips every time: its
 # interval has zero width, which would read as certainty. Below this many units there is none.
@@ -187,6 +190,8 @@ def clip_table(rows: Sequence[Mapping[str, Any]]) -> ClipTable:
 
 def resample_counts(n_units: int, samples: int, seed: int) -> np.ndarray:
     """samples x n_units: how often each unit (speaker) is drawn in each bootstrap sample."""
+    if samples < MIN_SAMPLES:
+        raise ValueError(f"bootstrap samples must be >= {MIN_SAMPLES}, got {samples}")
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n_units, size=(samples, n_units))
     out = np.zeros((samples, n_units))
@@ -275,8 +280,6 @@ def intervals(
 ) -> dict[str, tuple[float, float] | None]:
     """Speaker-bootstrap interval of every metric the table can give (None where no sample could
     compute it, e.g. a split without wake-word positives)."""
-    if samples < 1:
-        raise ValueError(f"bootstrap samples must be >= 1, got {samples}")
     weights, units = _clip_weights(table, samples, seed)
     drawn = _metric_samples(table, weights)
     if len(units) < MIN_UNITS:

@@ -10,6 +10,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from pipeline.config import check_device, choice
+from pipeline.eval.bootstrap import MIN_SAMPLES
 from pipeline.runtime import PipelineError
 
 
@@ -56,9 +57,12 @@ class EvalConfig:
             raise PipelineError(f"eval.split and eval.tune_split are both {self.split!r}: the LM weight and the "
                                 "wake-word threshold would be tuned on the clips they are scored on; "
                                 "set eval.tune_split to another split")
-        for key in ("batch_size", "stream_batch_size", "beam_size", "beam_size_token", "bootstrap_samples"):
+        for key in ("batch_size", "stream_batch_size", "beam_size", "beam_size_token"):
             if getattr(self, key) < 1:
                 raise PipelineError(f"eval.{key}={getattr(self, key)}: must be at least 1")
+        if self.bootstrap_samples < MIN_SAMPLES:
+            raise PipelineError(f"eval.bootstrap_samples={self.bootstrap_samples}: give {MIN_SAMPLES} or more (fewer "
+                                "cannot place a 95% interval, and the retraining gate decides on it)")
         if not 0 <= self.target_fa_per_hour < float("inf"):  # NaN too
             raise PipelineError(f"eval.target_fa_per_hour={self.target_fa_per_hour}: give false accepts per hour, 0 or more")
         for key in ("max_unknown_intent_rate", "max_oov_char_rate"):

@@ -34,8 +34,6 @@ from pipeline.runtime import PipelineError, first_line, flatten, table_cell
 # wake/frr beside wake/fa_per_hour: a threshold that sits lower trades one for the other.
 HEADLINE = ("asr/wer", "asr/cer", "wake/auc", "wake/frr", "wake/fa_per_hour", "nlu/intent_accuracy",
             "nlu/entity_f1", "slu/slu_f1")
-# Fewer bootstrap samples cannot place the 2.5th and 97.5th percentiles of a difference.
-MIN_SAMPLES = 100
 # Different for every run by construction, so never a "difference" worth a column.
 IGNORED_KEYS = ("run_dir", "paths.run_dir", "hydra")
 
@@ -288,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.last < 1:
         parser.error(f"--last {args.last}: give how many runs to list, 1 or more")
-    if args.samples < MIN_SAMPLES:
-        parser.error(f"--samples {args.samples}: give {MIN_SAMPLES} or more (fewer cannot place a 95% interval)")
+    if args.samples < B.MIN_SAMPLES:
+        parser.error(f"--samples {args.samples}: give {B.MIN_SAMPLES} or more (fewer cannot place a 95% interval)")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
         parser.error(f"--metrics {args.metrics!r}: name at least one metric, e.g. --metrics asr/wer,slu/slu_f1")

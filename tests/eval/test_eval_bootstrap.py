@@ -120,13 +120,13 @@ def test_false_accepts_on_background_are_paired_over_its_recordings() -> None:
     diff = B.paired_rate_difference(base, one, samples=300)
     assert diff.difference == pytest.approx(1 / hours) and diff.ci_low == 0.0 and diff.verdict == "no detectable difference"
     # Only the recordings both streamed are paired; a recording of another length is other audio.
-    assert B.paired_rate_difference(base, more[:5], samples=50).resampled == "5 background recordings"
+    assert B.paired_rate_difference(base, more[:5], samples=100).resampled == "5 background recordings"
     with pytest.raises(ValueError, match="test-002 lasts 602.00 s in one run and 10.00 s"):
         B.paired_rate_difference(base, [{**base[2], "seconds": 10.0}])
     # A model of 30 ms frames scores 0.99 s of the first window's context where one of 20 ms frames
     # scores 1.00 s: the same audio, paired (compare refused the human-voices recipe against the demo's).
     coarser = [{**r, "seconds": r["seconds"] + 0.01} for r in base]
-    assert B.paired_rate_difference(base, coarser, samples=50).resampled == "8 background recordings"
+    assert B.paired_rate_difference(base, coarser, samples=100).resampled == "8 background recordings"
     with pytest.raises(ValueError, match="no background recording in common"):
         B.paired_rate_difference(base, [{**base[0], "recording": "other"}])
 

@@ -34,7 +34,7 @@ def variant(tiny_dataset_path: Path, out: Path, fn: Any) -> Path:
 def evaluate(out: Path, dataset: Path, **models: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     from pipeline.eval.run import run_eval_stage
 
-    metrics = run_eval_stage(eval_cfg(**models, **{"eval.bootstrap_samples": 50}), out, dataset, RecordingTracker())
+    metrics = run_eval_stage(eval_cfg(**models, **{"eval.bootstrap_samples": 100}), out, dataset, RecordingTracker())
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert not [k for k in ASR | WAKE | NLU | SLU if k in metrics and metrics[k] is None]  # left out, never null
     return metrics, json.loads((out / "eval_details.json").read_text()), (out / "report.md").read_text()

@@ -29,7 +29,7 @@ def _evaluate(tmp_path: Path, models: Path, dataset: Path, asr: bool = True, nlu
     from pipeline.eval.run import run_eval_stage
 
     paths = {**({"asr_model": str(models / "asr")} if asr else {}), **({"nlu_model": str(models / "nlu")} if nlu else {})}
-    cfg = eval_cfg(**paths, **{"eval.bootstrap_samples": 20, "eval.background": "none", **overrides})
+    cfg = eval_cfg(**paths, **{"eval.bootstrap_samples": 100, "eval.background": "none", **overrides})
     return run_eval_stage(cfg, tmp_path / "out", dataset, RecordingTracker())
 
 
@@ -51,7 +51,8 @@ def _refused(error: str, tmp_path: Path, models: Path, dataset: Path, **kwargs: 
     pytest.param({"eval.target_fa_per_hour": -1.0}, r"^eval\.target_fa_per_hour=-1\.0: .*0 or more$", id="negative-target"),
     pytest.param({"eval.target_fa_per_hour": float("inf")}, r"^eval\.target_fa_per_hour=inf: .*0 or more$",
                  id="infinite-target"),
-    pytest.param({"eval.bootstrap_samples": 0}, r"^eval\.bootstrap_samples=0: must be at least 1$", id="no-bootstrap-samples"),
+    pytest.param({"eval.bootstrap_samples": 0}, r"^eval\.bootstrap_samples=0: give 100 or more \(fewer cannot place a 95% interval", id="no-bootstrap-samples"),
+    pytest.param({"eval.bootstrap_samples": 99}, r"^eval\.bootstrap_samples=99: give 100 or more", id="too-few-bootstrap-samples"),
     pytest.param({"eval.max_unknown_intent_rate": 1.5}, r"^eval\.max_unknown_intent_rate=1\.5: give a share between 0 and 1$",
                  id="unknown-intent-rate-above-one"),
     pytest.param({"eval.max_oov_char_rate": -0.1}, r"^eval\.max_oov_char_rate=-0\.1: give a share between 0 and 1$",

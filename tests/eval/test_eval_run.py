@@ -74,7 +74,7 @@ def tiny_run(tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory) 
     save_tiny_asr(tiny_dataset_path, run / "asr")
     save_tiny_nlu(tiny_dataset_path, run / "nlu")
     (run / "build_report.json").write_text(json.dumps({"dataset_path": str(tiny_dataset_path)}))
-    (run / "config.yaml").write_text(OmegaConf.to_yaml({"seed": 1234, "eval": {"bootstrap_samples": 50}}))
+    (run / "config.yaml").write_text(OmegaConf.to_yaml({"seed": 1234, "eval": {"bootstrap_samples": 100}}))
     return run
 
 
@@ -264,9 +264,9 @@ def test_evaluate_cli_re_evaluates_with_the_runs_recorded_settings(tiny_run: Pat
     defaults; a setting given on the command line wins, and config.yaml records it."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    (run / "config.yaml").write_text(OmegaConf.to_yaml({"seed": 7, "eval": {"bootstrap_samples": 40, "worst_n": 3}}))
+    (run / "config.yaml").write_text(OmegaConf.to_yaml({"seed": 7, "eval": {"bootstrap_samples": 140, "worst_n": 3}}))
     env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
-    for extra, samples in (([], 40), (["eval.bootstrap_samples=30"], 30)):
+    for extra, samples in (([], 140), (["eval.bootstrap_samples=130"], 130)):
         cmd = [sys.executable, str(REPO / "evaluate.py"), f"run={run}", "logger=none", *extra]
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
@@ -309,7 +309,7 @@ def test_evaluate_cli_in_place_refuses_another_model_and_a_run_without_its_confi
     before = (run / "build_report.json").read_bytes()
     env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
     for extra, message in (([f"asr_model={other}"], rf"asr_model={other} is not the run's own model"),
-                           ([f"asr_model={run / 'asr'}/", "eval.bootstrap_samples=20"], None),  # its own, spelt otherwise
+                           ([f"asr_model={run / 'asr'}/", "eval.bootstrap_samples=120"], None),  # its own, spelt otherwise
                            ([], rf"{run / 'config.yaml'} does not exist, so the settings the run was evaluated with")):
         if message and "config.yaml" in message:
             (run / "config.yaml").unlink()
@@ -317,7 +317,7 @@ def test_evaluate_cli_in_place_refuses_another_model_and_a_run_without_its_confi
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         if message is None:
             assert done.returncode == 0, done.stderr[-2000:]
-            assert json.loads((run / "metrics.json").read_text())["eval/bootstrap_samples"] == 20
+            assert json.loads((run / "metrics.json").read_text())["eval/bootstrap_samples"] == 120
             continue
         assert done.returncode == 2, done.stderr[-2000:]
         errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
