@@ -450,13 +450,25 @@ def paired_rate_difference(
 ) -> Difference:
     """`other - base` false accepts per hour over the background recordings both streamed, with the
     interval from one set of recording draws applied to both models. Each entry is
-    {"recording", "seconds", "false_accepts"}, as the evaluation writes them
-    (eval_details.json: wake_background.per_recording)."""
+    {"recording", "seconds", "false_accepts", "digest"}, as the evaluation writes them
+    (eval_details.json: wake_background.per_recording). A recording is the same in both runs when
+    its name and its samples' digest are: device recordings cut into fixed-length chunks share
+    names and lengths from folder to folder. Entries written before the digest existed cannot
+    tell, and are refused."""
     theirs = {str(r["recording"]): r for r in other}
     shared = [r for r in base if str(r["recording"]) in theirs]
     if not shared:
         raise ValueError("the two runs streamed no background recording in common")
     for r in shared:
+        mine, its = r.get("digest"), theirs[str(r["recording"])].get("digest")
+        if not mine or not its:
+            raise ValueError(f"background recording {r['recording']} has no digest of its audio in "
+                             f"{'the baseline' if not mine else 'the other run'} (evaluated before digests were "
+                             "written): cannot tell whether both runs heard the same audio; re-evaluate it with "
+                             "`python evaluate.py run=<run>`")
+        if mine != its:
+            raise ValueError(f"background recording {r['recording']} is other audio in the two runs (its samples' "
+                             "digests differ): evaluated on different background folders")
         mine, its = float(r["seconds"]), float(theirs[str(r["recording"])]["seconds"])
         # The scored seconds leave out the first window's left context, a whole number of the model's
         # frames: models of 20 and 30 ms frames differ there by up to a frame on the same audio.

@@ -94,14 +94,15 @@ def test_one_speaker_or_one_recording_gives_no_interval_rather_than_a_zero_width
     two = B.clip_table(_rows(REFS, HYPS, ["s0", "s1"] * (len(REFS) // 2)))
     low, high = B.intervals(two, samples=200)["asr/wer"]
     assert low < high
-    recording = [{"recording": "test-000", "seconds": 600.0, "false_accepts": 1}]
+    recording = [{"recording": "test-000", "seconds": 600.0, "false_accepts": 1, "digest": "d0"}]
     rate = B.paired_rate_difference(recording, [{**recording[0], "false_accepts": 3}], samples=200)
     assert rate.difference == pytest.approx(12.0) and rate.ci_low is None and rate.verdict == "no interval"
 
 
 def _recordings(false_accepts: list[int]) -> list[dict]:
     """eval_details.json's per-recording background counts: ~10-minute recordings."""
-    return [{"recording": f"test-{i:03d}", "seconds": 600.0 + i, "false_accepts": n} for i, n in enumerate(false_accepts)]
+    return [{"recording": f"test-{i:03d}", "seconds": 600.0 + i, "false_accepts": n, "digest": f"d{i}"}
+            for i, n in enumerate(false_accepts)]
 
 
 def test_false_accepts_on_background_are_paired_over_its_recordings() -> None:
@@ -129,6 +130,13 @@ def test_false_accepts_on_background_are_paired_over_its_recordings() -> None:
     assert B.paired_rate_difference(base, coarser, samples=100).resampled == "8 background recordings"
     with pytest.raises(ValueError, match="no background recording in common"):
         B.paired_rate_difference(base, [{**base[0], "recording": "other"}])
+    # Found in review: two folders of device recordings cut into chunks of one length share names and
+    # lengths; only the samples' digest tells that the runs heard other audio.
+    with pytest.raises(ValueError, match=r"test-004 is other audio in the two runs \(its samples' digests differ\)"):
+        B.paired_rate_difference(base, [{**r, "digest": r["digest"] + "x" * (i == 4)} for i, r in enumerate(more)])
+    # Counts written before the digests existed cannot tell, and are refused with the way out.
+    with pytest.raises(ValueError, match="test-000 has no digest of its audio in the baseline .*evaluate.py run="):
+        B.paired_rate_difference([{k: v for k, v in r.items() if k != "digest"} for r in base], more)
 
 
 def test_clips_without_counts_are_named() -> None:

@@ -15,14 +15,20 @@ import torch
 
 from pipeline.data.background import Recording
 from pipeline.eval.stream import (
-    StreamSettings, Trace, count_detections, detections, evaluate_background, stream_background,
-    threshold_for_rate, tune_on_background,
+    StreamSettings, Trace, as_pcm16, audio_digest, count_detections, detections, evaluate_background,
+    stream_background, threshold_for_rate, tune_on_background,
 )
 from pipeline.eval.wake import keyword_trace
 from pipeline.runtime import PipelineError
 from tests.conftest import espeak_wave
 from tests.eval.test_eval_run import eval_cfg, save_tiny_asr, save_tiny_nlu
 from tests.recording import RecordingTracker
+
+
+def audio_digest_of(samples: np.ndarray) -> str:
+    digest = audio_digest()
+    digest.update(as_pcm16(samples))
+    return digest.hexdigest()
 
 
 def trace(frames: list[int], scores: list[float], seconds: float = 1800.0, split: str = "test") -> Trace:
@@ -163,6 +169,9 @@ def test_eval_stage_measures_false_accepts_on_background_recordings(
     # Per recording, for pairing two models over the same background (pipeline.eval.bootstrap).
     [recording] = details["per_recording"]
     assert recording["false_accepts"] == details["false_accepts"] and recording["seconds"] == pytest.approx(test_hours * 3600)
+    # ... and only over the same audio: the digest of the decoded samples, whatever the file's format.
+    samples, _ = sf.read(folder / "test/room.flac", dtype="float32")
+    assert recording["digest"] == audio_digest_of(samples)
     assert details["tune_false_accepts"] <= 300.0 * details["hours"]["validation"]
     assert metrics["wake/threshold"] == details["threshold"]
     for rate in ("0.5", "1", "2", "5"):

@@ -104,7 +104,8 @@ def test_compare_pairs_false_accepts_over_the_background_recordings(tmp_path: Pa
             metrics["wake/fa_per_hour"] = 0.5
         else:
             details["wake_background"] = {"per_recording": [
-                {"recording": f"test-{i:03d}", "seconds": 600.0, "false_accepts": n} for i, n in enumerate(false_accepts)]}
+                {"recording": f"test-{i:03d}", "seconds": 600.0, "false_accepts": n, "digest": f"d{i}"}
+                for i, n in enumerate(false_accepts)]}
             metrics["wake/fa_per_hour"] = sum(false_accepts) / 2.0  # 12 x 10 minutes
         (out / name / "eval_details.json").write_text(json.dumps(details))
         (out / name / "metrics.json").write_text(json.dumps(metrics))

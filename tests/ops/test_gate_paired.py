@@ -118,7 +118,8 @@ def test_a_metric_the_per_clip_results_do_not_reproduce_is_judged_on_point_value
 
 def _with_background(folder: Path, metrics: dict, false_accepts: list[int]) -> dict:
     """A run that streamed 2 h of background: 12 ten-minute recordings, as eval_details.json records them."""
-    per = [{"recording": f"test-{i:03d}", "seconds": 600.0, "false_accepts": n} for i, n in enumerate(false_accepts)]
+    per = [{"recording": f"test-{i:03d}", "seconds": 600.0, "false_accepts": n, "digest": f"d{i}"}
+                for i, n in enumerate(false_accepts)]
     (folder / "eval_details.json").write_text(json.dumps({"wake_background": {"per_recording": per}}))
     return {**metrics, "wake/fa_per_hour": sum(false_accepts) / (600.0 * len(per) / 3600.0)}
 
