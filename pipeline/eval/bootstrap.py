@@ -111,6 +111,7 @@ METRICS: tuple[Metric, ...] = (
 )
 # Not sums of per-clip counts: recomputed from the resampled clips' wake scores.
 RANKING_METRICS = {"wake/auc": True, "wake/eer": False}  # key -> higher is better
+SHARES = {m.key: m for m in METRICS if m.share}
 HIGHER_IS_BETTER = {**{m.key: m.higher_is_better for m in METRICS}, **RANKING_METRICS}
 INTERVAL_KEYS = tuple(m.key for m in METRICS) + tuple(RANKING_METRICS)
 
@@ -286,10 +287,11 @@ def intervals(
         return dict.fromkeys(drawn)
     few = _too_few_units([table])  # e.g. every wake-word positive from one speaker: each draw has it or not
     found = {key: None if key in few else _percentiles(values, confidence) for key, values in drawn.items()}
-    for metric in METRICS:
-        ci = found.get(metric.key)
-        if metric.share and ci is not None and ci[0] == ci[1]:
-            found[metric.key] = _exact_share_interval(table, metric, confidence)
+    # Every draw alike (each speaker scores the same, or a share of 0 or 1): a zero-width interval would
+    # read as certainty. A share gets its exact interval over the speakers; any other metric none.
+    for key, ci in found.items():
+        if ci is not None and ci[0] == ci[1]:
+            found[key] = _exact_share_interval(table, SHARES[key], confidence) if key in SHARES else None
     return found
 
 
@@ -320,17 +322,16 @@ def _ranking_units(tables: Sequence[ClipTable]) -> bool:
 
 
 def _exact_share_interval(table: ClipTable, metric: Metric, confidence: float) -> tuple[float, float] | None:
-    """The Clopper-Pearson interval of a share that is 0 or 1 on the split (no wake-word clip missed,
-    every intent right), counting each speaker as one trial. The bootstrap draws the same share every
-    time and would give a zero-width interval; by speaker (as the bootstrap resamples), since a
-    speaker's clips fail together more than independent clips would."""
+    """The Clopper-Pearson interval of a share that every bootstrap draw gives alike, counting each
+    speaker as one trial: a share of 0 or 1 (no wake-word clip missed, every intent right), or one
+    every speaker has (each got 1 of 2 intents right), where k = share x speakers need not be whole
+    (the beta quantiles take any k). The bootstrap would give a zero-width interval; by speaker (as
+    the bootstrap resamples), since a speaker's clips fail together more than independent clips would."""
     events, trials = (table.counts[name] for name in metric.counts)
     n = len(_units_counted([table], metric))
-    if n < MIN_UNITS:
+    if n < MIN_UNITS or trials.sum() <= 0:
         return None
-    k = 0 if events.sum() == 0 else n if events.sum() == trials.sum() else None
-    if k is None:
-        return None  # a share strictly between 0 and 1 varies from sample to sample: not this case
+    k = n * float(events.sum()) / float(trials.sum())
     alpha = 1.0 - confidence
     low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
     high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))

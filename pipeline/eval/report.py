@@ -75,7 +75,8 @@ def _scoring_note(details: dict[str, Any], metrics: dict[str, Any]) -> str | Non
                          "several of them.")
         if bare:  # a split of one speaker: a zero-width interval would read as certainty
             parts.append(f"No interval for {', '.join(f'`{k}`' for k in bare)}: an interval needs two or more speakers "
-                         "(or background recordings), and no resample could compute it on this split.")
+                         "(or background recordings) that score differently; on this split no resample could "
+                         "compute it, or every resample gave the same value.")
     scoring = details.get("slu_scoring") or {}
     if scoring.get("mode") == "slurp":
         parts.append(f"Intent and entity scoring: slurp, as SLURP's official scorer (gold fillers from its tokens, "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.stats import poisson
+from scipy.stats import beta, poisson
 from test_eval_run import REPO, eval_cfg
 
 from pipeline.eval import bootstrap as B
@@ -154,7 +154,10 @@ def test_eval_stage_writes_intervals_everywhere(tiny_models: Path, tiny_dataset_
     assert metrics["eval/bootstrap_samples"] == 200
     for key in B.INTERVAL_KEYS:
         low, high = metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"]
-        assert low is not None and high is not None and low <= high, key
+        if low is None:  # the random model finds no entity in its own transcripts: F1 0 on every draw
+            assert (key, metrics[key], high) == ("slu/entity_f1", 0.0, None)
+            continue
+        assert high is not None and low <= high, key
         assert tracker.summary[f"{key}_ci_low"] == low, "W&B gets the same keys"
     # The bootstrap recomputes the stage's own figures from the per-clip counts in predictions.jsonl.
     rows = [json.loads(line) for line in (tmp_path / "a" / "predictions.jsonl").read_text().splitlines()]
@@ -269,6 +272,20 @@ def test_a_share_of_zero_or_one_gets_the_exact_interval_over_speakers() -> None:
     assert low < 0.9 <= high and low > 0.5
 
 
+def test_a_value_every_speaker_shares_is_no_zero_width_interval() -> None:
+    """Found in review: four speakers, each with 1 of 2 intents right and the same entity counts. Every
+    draw gives 0.5 and the same F1: the share had no interval and the report blamed too few speakers;
+    the F1 had a zero-width one, read as certainty."""
+    rows = _nlu_rows(4, 2, {s: {"tp": 1, "fp": 1, "fn": 0} for s in range(4)}, set())
+    for row in rows[1::2]:
+        row["nlu_intent"] = "weather_query"
+        row["counts"] = B.clip_counts(row, threshold=None)
+    found = B.intervals(B.clip_table(rows), samples=200)
+    # Clopper-Pearson with a speaker a trial: 2 of 4.
+    assert found["nlu/intent_accuracy"] == pytest.approx((beta.ppf(0.025, 2, 3), beta.ppf(0.975, 3, 2)))
+    assert found["nlu/entity_f1"] is None
+
+
 def test_a_metric_whose_trials_all_come_from_one_speaker_gets_no_interval_nor_paired_one() -> None:
     # Ten speakers, wake-word positives only from s0: every draw has s0's clips or none, so the FRR
     # and its paired difference would be a zero-width interval read as certainty.
@@ -277,7 +294,8 @@ def test_a_metric_whose_trials_all_come_from_one_speaker_gets_no_interval_nor_pa
         for s in range(10):
             for c in range(3):
                 positive = s == 0
-                row = {"utterance_id": f"s{s}-{c}", "speaker": f"s{s}", "edit": M.edit_counts("alexa", "alexa"),
+                row = {"utterance_id": f"s{s}-{c}", "speaker": f"s{s}",
+                       "edit": M.edit_counts("alexa", "alexa" if s % 2 else "alexia"),
                        "wake_score": -3.0 if positive and c < missed else -1.0 if positive else -5.0,
                        "wake_word_present": positive, "duration": 2.0}
                 row["counts"] = B.clip_counts(row, threshold=-2.0)
