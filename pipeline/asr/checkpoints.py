@@ -72,6 +72,23 @@ def resolve_resume(acfg: DictConfig, root: Path) -> Path | None:
     return path
 
 
+def adopt_best_checkpoint(resume_from: Path, best_step: int | None, root: Path) -> None:
+    """Copy the best checkpoint of the run `resume_from` belongs to into this run's `root`.
+
+    The resumed state names that run's best step; unless this run beats it, the model folder is
+    made from it, and this run's folder must hold it (its checkpoints are what the erasure finds)."""
+    if best_step is None:
+        return
+    source = resume_from.parent / f"step-{best_step:06d}"
+    if not (source / "model.safetensors").is_file():
+        raise PipelineError(f"asr.resume={resume_from}: its run's best checkpoint {source} is missing (pruned or "
+                            "moved); resume from a folder that holds it, or train afresh (asr.resume=never)")
+    target = root / source.name
+    if not target.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, target)
+
+
 def remove_old_checkpoints(root: Path) -> int | None:
     """Delete another run's checkpoints before a run that starts afresh; how many there were (None: no folder).
 

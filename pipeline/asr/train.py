@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.asr.checkpoints import (
-    load_checkpoint, prune_checkpoints, remove_old_checkpoints, resolve_resume, save_checkpoint,
+    adopt_best_checkpoint, load_checkpoint, prune_checkpoints, remove_old_checkpoints, resolve_resume, save_checkpoint,
 )
 from pipeline.asr.compiled import compile_buckets, compile_settings, compiled_loss, compiled_model
 from pipeline.asr.collate import ClipDataset, CTCCollator, Plays, bucketed_durations, plan_augmentation, played_durations
@@ -143,7 +143,9 @@ def set_up(
     train_set, val_set = ClipDataset(splits["train"], cache_mb), ClipDataset(splits["validation"], cache_mb)
 
     resume_from = resolve_resume(acfg, ckpt_root)
-    if resume_from is None and placement.is_main:
+    # Another run's checkpoint: this run's folder starts its own series, as a fresh run's does.
+    foreign = resume_from is not None and resume_from.parent.resolve() != ckpt_root.resolve()
+    if (resume_from is None or foreign) and placement.is_main:
         old = remove_old_checkpoints(ckpt_root)
         if old is not None:
             print(f"[asr] starting afresh (asr.resume={acfg.resume}): removed the {old} checkpoint(s) of an earlier run "
@@ -158,6 +160,8 @@ def set_up(
         if placement.is_main:
             print(f"[asr] resuming from {resume_from} (step {state['step']})", flush=True)
             _warn_changed_settings(state, cfg)
+            if foreign:
+                adopt_best_checkpoint(resume_from, state["best_step"], ckpt_root)
     state["seed"], state["max_steps"] = int(cfg.seed), int(acfg.max_steps)
     model.to(placement.device).train()
     # Opt-in speed patches of this instance (same results); the weights and the saved model stay transformers' own.
@@ -407,6 +411,8 @@ def _end(run: TrainingRun, stopped_by: str) -> dict[str, Any]:
         # Seconds of work, so it is built fresh rather than checkpointed; see pipeline/asr/lm.py.
         tok = run.processor.tokenizer
         write_char_lm(run.out_dir / LM_DIR, run.splits["train"]["text"], tok.get_vocab(), tok.word_delimiter_token, int(run.acfg.lm_order))
+    elif run.placement.is_main:  # an earlier run's LM in this folder would still decode this model (eval.decoder=auto)
+        shutil.rmtree(run.out_dir / LM_DIR, ignore_errors=True)
     metrics = _save_best(run, stopped_by)
     barrier(run.placement)
     return metrics
@@ -571,9 +577,9 @@ def _evaluate_and_save(run: TrainingRun) -> None:
             from torch._dynamo.utils import counters
 
             entry["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
-        state["history"].append(entry)
-        if state["best_wer"] is None or scores["wer"] < state["best_wer"]:
+        if _better(scores, state):
             state["best_wer"], state["best_step"] = scores["wer"], step
+        state["history"].append(entry)
         run.tracker.log_metrics({"asr/val_loss": scores["loss"], "asr/val_wer": scores["wer"], "asr/val_cer": scores["cer"]}, step=step)
         print(f"[asr] step {step} val_loss {scores['loss']:.3f} val_wer {scores['wer']:.3f} val_cer {scores['cer']:.3f}", flush=True)
         run.ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -591,6 +597,14 @@ def _evaluate_and_save(run: TrainingRun) -> None:
         dist.broadcast_object_list(box, src=0)
         state.update(box[0])
     barrier(placement)
+
+
+def _better(scores: dict[str, float], state: dict[str, Any]) -> bool:
+    """Lower validation WER; on a tie (early runs sit at WER 1.0 for several validations) lower loss."""
+    if state["best_wer"] is None or scores["wer"] < state["best_wer"]:
+        return True
+    best = next(h for h in state["history"] if h["step"] == state["best_step"])
+    return scores["wer"] == state["best_wer"] and scores["loss"] < best["val_loss"]
 
 
 def _drop_unalignable(train_set: ClipDataset, model: Any, placement: Placement) -> tuple[ClipDataset, int]:
@@ -632,6 +646,9 @@ def _save_best(run: TrainingRun, stopped_by: str) -> dict[str, Any]:
     }
     if placement.is_main:
         best_dir = run.ckpt_root / f"step-{state['best_step']:06d}"
+        if not (best_dir / "model.safetensors").is_file():  # never a model folder without its model
+            raise PipelineError(f"asr: the best checkpoint {best_dir} has no model.safetensors; resume from it with "
+                                "asr.resume=<its run folder>, or train afresh (asr.resume=never)")
         for name in ("config.json", "model.safetensors", "generation_config.json"):
             if (best_dir / name).exists():
                 shutil.copy2(best_dir / name, run.out_dir / name)
