@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
 from pipeline.runtime import PipelineError, write_text_atomic
@@ -59,6 +59,17 @@ def checked(node: Any, schema: type[T], group: str, defaults: str | None = None)
         ) from None
     _validate(typed)
     return typed  # type: ignore[return-value]
+
+
+def with_checked(cfg: DictConfig, group: str, schema: type) -> DictConfig:
+    """A copy of `cfg` whose `group` holds the checked values, so that a stage reads what the check
+    read: `asr.compile='false'` (a quoted override, an `${oc.env:...}`) is the string "false" in the
+    raw config, true to Python, and False once checked."""
+    typed = checked(cfg.get(group), schema, group)
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        out[group] = OmegaConf.create(dataclasses.asdict(typed))
+    return out
 
 
 def check_device(key: str, device: str) -> None:

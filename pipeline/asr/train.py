@@ -38,7 +38,7 @@ from pipeline.asr.model import (
 )
 from pipeline.asr.sampler import clips_over_budget, epoch_batches, eval_batches, played_clips, source_plays, spliced_plays
 from pipeline.asr.vocab import build_vocab, make_processor
-from pipeline.config import TrainerConfig, checked
+from pipeline.config import TrainerConfig, with_checked
 from pipeline.data.features import SAMPLING_RATE
 from pipeline.data.saved import open_saved, require
 from pipeline.distributed import Placement, all_agree, any_says, barrier, place, total
@@ -50,8 +50,8 @@ from pipeline.tracking import Tracker
 def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker) -> dict[str, Any]:
     """Train on `train`, select on `validation`, write `<run>/asr/` and `asr/asr_metrics.json`."""
     started = time.time()
-    checked(cfg.asr, ASRConfig, "asr")  # a wrong type or value fails here, with its key
-    checked(cfg.trainer, TrainerConfig, "trainer")
+    # A wrong type or value fails here, with its key; the stage reads the checked values.
+    cfg = with_checked(with_checked(cfg, "asr", ASRConfig), "trainer", TrainerConfig)
     acfg = cfg.asr
     threads = torch.get_num_threads()
     if acfg.cpu_threads:

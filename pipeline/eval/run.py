@@ -30,7 +30,7 @@ from pipeline.asr.devices import flushed_denormals
 from pipeline.asr.fft_conv import configure_positional_conv
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
 from pipeline.asr.model import greedy_decode, load_asr, log_probs_of, samples_per_frame
-from pipeline.config import checked
+from pipeline.config import with_checked
 from pipeline.data.background import Recording, load_background, mentions
 from pipeline.data.saved import open_saved, require
 from pipeline.data.sources import slurp_id_of
@@ -91,7 +91,9 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     ecfg = OmegaConf.select(cfg, "eval", default=None)
     if ecfg is None:
         raise PipelineError("the config has no `eval` group; add `- eval: default` to the defaults (conf/eval/default.yaml)")
-    checked(ecfg, EvalConfig, "eval")  # types and allowed values, so the reads below need no fallbacks
+    # Types and allowed values, so the reads below need no fallbacks; they read the checked values.
+    cfg = with_checked(cfg, "eval", EvalConfig)
+    ecfg = cfg.eval
     if str(ecfg.split) == "train":
         log.warning("eval: eval.split=train: the models learned from these clips, so the figures say how well they "
                     "fit them, not how they do on people and words they have not heard")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from asr_testkit import micro_cfg
 
 from pipeline.asr.checkpoints import checkpoint_steps
@@ -125,3 +126,18 @@ def test_a_checkpoint_without_loss_scaling_resumes_in_fp16_and_the_other_way() -
     off = torch.amp.GradScaler("cpu", enabled=False)
     load_scaler(off, fp16.state_dict())
     assert not off.is_enabled()
+
+
+def test_the_stage_reads_the_checked_values_not_the_raw_strings(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """Found in review: the check turned asr.freeze_feature_encoder='false' (a quoted override, or an
+    ${oc.env:...}) into False, then the stage read the raw string "false", true to Python, and froze
+    the feature encoder."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for name, value in (("quoted", "'false'"), ("bool", "false")):
+        run_asr_stage(micro_cfg("asr.max_steps=2", "asr.eval_every=2", "asr.lm_order=null",
+                                f"asr.freeze_feature_encoder={value}"), tmp_path / name, tiny_dataset_path, RecordingTracker())
+        weights[name] = load_file(str(tmp_path / name / "asr" / "model.safetensors"))
+    conv = "wav2vec2.feature_extractor.conv_layers.0.conv.weight"
+    assert torch.equal(weights["quoted"][conv], weights["bool"][conv])  # both trained the feature encoder alike
