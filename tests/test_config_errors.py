@@ -57,6 +57,21 @@ REPO = Path(__file__).resolve().parents[1]
     ("asr.keep_last=0", r"^asr.keep_last=0: must be at least 1"),
     ("asr.lm_order=9", r"^asr.lm_order=9: use 1 to 6"),
     ("asr.lm_order=0", r"^asr.lm_order=0: use 1 to 6"),
+    # Found in review: accepted, then ignored, or refused by transformers or torch after the data stage.
+    ("+asr.model_config.num_hidden_layer=12", r"^asr.model_config.num_hidden_layer: not a Wav2Vec2Config field; did you "
+                                              r"mean num_hidden_layers"),
+    ("+asr.spec_augment.mask_tme_prob=0.9", r"^asr.spec_augment.mask_tme_prob: not a Wav2Vec2Config field; did you mean "
+                                            r"mask_time_prob"),
+    ("+asr.model_config.vocab_size=40", r"^asr.model_config.vocab_size: set by the run from its vocabulary"),
+    ("asr.spec_augment.mask_time_prob=1.5", r"^asr.spec_augment.mask_time_prob=1.5: a chance per frame, between 0 and 1"),
+    ("asr.spec_augment.mask_time_length=0", r"^asr.spec_augment.mask_time_length=0: frames \(or features\) per mask"),
+    ("asr.model_config.num_attention_heads=3", r"^asr.model_config: transformers cannot build a wav2vec2 model from it: "
+                                               r"embed_dim must be divisible by num_heads"),
+    ("asr.model_config.conv_stride=[5,4,4]", r"^asr.model_config: transformers cannot build .*convolutional layers is incorrect"),
+    ("asr.adam_betas=[0.9,1.5]", r"^asr.adam_betas=\[0.9, 1.5\]: give two numbers in \[0, 1\)"),
+    ("asr.weight_decay=-1", r"^asr.weight_decay=-1.0: 0 \(none\) or more"),
+    ("asr.attn_implementation=flash_attention_2", r"^asr.attn_implementation=flash_attention_2 needs a CUDA GPU and the "
+                                                  r"flash-attn package"),
     ("nlu.learning_rate=0", r"nlu\.learning_rate=0\.0: must be positive"),
     ("nlu.head_learning_rate=-1e-3", r"nlu\.head_learning_rate=-0\.001: must be positive"),
     ("nlu.warmup_ratio=1", r"nlu\.warmup_ratio=1\.0: must be in \[0, 1\)"),

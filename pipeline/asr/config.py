@@ -26,6 +26,49 @@ def check_lm_order(order: Optional[int]) -> None:
                             f"{MAX_LM_ORDER}-grams), or null for no LM")
 
 
+# Wav2Vec2Config fields the run sets from its vocabulary and loss (pipeline/asr/model.py _ctc_overrides).
+RUN_DECIDES = ("vocab_size", "pad_token_id", "ctc_loss_reduction", "ctc_zero_infinity")
+
+
+def check_wav2vec2_settings(model_config: dict[str, Any], spec_augment: dict[str, Any], builds: bool) -> None:
+    """Refuse `asr.model_config` / `asr.spec_augment` that transformers would take silently or refuse
+    only once the model is built, after the data stage: a misspelt field becomes an unused attribute
+    (`num_hidden_layer=12` trains 4 layers), a share above 1 or a head count that does not divide the
+    width fails later. With `builds` (no model_name_or_path) the model is built on the meta device,
+    which costs no memory, so that every check transformers makes runs now."""
+    import difflib
+
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    fields = sorted(Wav2Vec2Config().to_dict())
+    for group, values, allowed in (("model_config", model_config, [f for f in fields if f not in RUN_DECIDES]),
+                                   ("spec_augment", spec_augment, [f for f in fields if f.startswith("mask_")])):
+        for key in values:
+            if key not in allowed:
+                why = "set by the run from its vocabulary" if key in RUN_DECIDES else "not a Wav2Vec2Config field"
+                close = difflib.get_close_matches(key, allowed, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else f" for this group; known: {', '.join(allowed)}"
+                raise PipelineError(f"asr.{group}.{key}: {why}{hint}")
+    for key, value in spec_augment.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PipelineError(f"asr.spec_augment.{key}={value!r}: give a number")
+        if key.endswith("_prob") and not 0 <= value <= 1:
+            raise PipelineError(f"asr.spec_augment.{key}={value}: a chance per frame, between 0 and 1")
+        if key.endswith("_length") and value < 1:
+            raise PipelineError(f"asr.spec_augment.{key}={value}: frames (or features) per mask, 1 or more")
+        if key.endswith("_min_masks") and value < 0:
+            raise PipelineError(f"asr.spec_augment.{key}={value}: 0 or more")
+    if builds:
+        try:
+            config = Wav2Vec2Config(**model_config, **spec_augment)
+            with torch.device("meta"):
+                Wav2Vec2ForCTC(config)
+        except Exception as err:  # noqa: BLE001 - whatever transformers refuses is this setting's problem
+            raise PipelineError(f"asr.model_config: transformers cannot build a wav2vec2 model from it: "
+                                f"{' '.join(str(err).split())}") from None
+
+
 def wav2vec2_folder_problem(folder: Path) -> Optional[str]:
     """Why a local folder holds no wav2vec2 model to fine-tune, or None. Without this transformers
     builds a random wav2vec2 from another model's config and the run fails much later, on its loss."""
@@ -169,8 +212,19 @@ class ASRConfig:
         choice("asr.attn_implementation", self.attn_implementation, ("eager", "sdpa", "flash_attention_2"))
         if self.compile_buckets < 1:
             raise PipelineError(f"asr.compile_buckets={self.compile_buckets}: must be at least 1")
-        if len(self.adam_betas) != 2:
-            raise PipelineError(f"asr.adam_betas={self.adam_betas}: give two numbers, e.g. [0.9, 0.98]")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise PipelineError(f"asr.adam_betas={self.adam_betas}: give two numbers in [0, 1), e.g. [0.9, 0.98]")
+        if self.weight_decay < 0:
+            raise PipelineError(f"asr.weight_decay={self.weight_decay}: 0 (none) or more")
+        if self.attn_implementation == "flash_attention_2":
+            import importlib.util
+
+            import torch
+
+            if not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None:
+                raise PipelineError("asr.attn_implementation=flash_attention_2 needs a CUDA GPU and the flash-attn "
+                                    "package; use sdpa (PyTorch's fused kernels) otherwise")
+        check_wav2vec2_settings(self.model_config, self.spec_augment, builds=self.model_name_or_path is None)
         if self.learning_rate <= 0:
             raise PipelineError(f"asr.learning_rate={self.learning_rate}: must be positive (e.g. 5e-3 from scratch, 1e-4 fine-tuning)")
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
