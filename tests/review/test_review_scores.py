@@ -49,14 +49,19 @@ def test_wake_flags_the_flag_its_score_contradicts() -> None:
     scores = np.array([-0.5, -1.0, -0.8, -1.2, -0.7, -0.9, -9.0, -8.0, -10.0, -7.5, -8.5, -0.6])
     present = [True] * 6 + [False] * 5 + [False]  # the last clip scores like a wake word
     rows = [{"utterance_id": f"u{i}", "split": "test", "wake_word_present": p} for i, p in enumerate(present)]
-    suspects = wake_suspects(rows, scores, np.arange(12) % 3)
+    suspects, skipped = wake_suspects(rows, scores, np.arange(12) % 3)
+    assert skipped is None
     assert [(s.utterance_id, s.annotated, s.model) for s in suspects] == [("u11", False, True)]
     assert suspects[0].score > 0.5 and "hears the wake word" in suspects[0].reason
     # A model that cannot tell the flags apart contradicts none: the fit would sit at the flags' shares
     # and call every clip of the rarer flag wrong (a smoke model flagged all 21 false wakes).
     mostly = [{**row, "wake_word_present": i < 9} for i, row in enumerate(rows)]  # 9 wake clips, 3 false wakes
     flat = np.full(12, -5.0) + np.tile([0.0, 0.01, 0.0], 4)  # AUC 0.5
-    assert wake_suspects(mostly, flat, np.arange(12) % 3) == []
+    assert wake_suspects(mostly, flat, np.arange(12) % 3) == ([], "wake kind skipped: the keyword score tells the wake "
+                                                                  "flags apart with AUC 0.50 (< 0.6)")
+    everywhere = [{**row, "wake_word_present": True} for row in rows]  # a corpus without false wakes
+    assert wake_suspects(everywhere, scores, np.arange(12) % 3) == ([], "wake kind skipped: every clip is marked with "
+                                                                        "the wake word")
 
 
 def _log_probs(tags: list[str], reads: list[str], index: dict[str, int], confidence: float = 0.9) -> np.ndarray:

@@ -129,6 +129,30 @@ def test_planted_errors_are_scored_in_the_report(tiny_models: Path, tiny_dataset
     assert "precision at k" in (run / "report.md").read_text() and "most it can be (1 lines / k)" in (run / "report.md").read_text()
 
 
+def test_a_wake_kind_with_nothing_to_contrast_scores_no_clip_and_says_why(
+    tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
+) -> None:
+    """Found in review: on a corpus without false wakes (SLURP) the wake kind judged nothing, yet the
+    summary counted every clip as scored for it and planted wake errors were scored at precision 0."""
+    from datasets import DatasetDict
+
+    from pipeline.review.stage import run_review_stage
+
+    dd = load_from_disk(str(tiny_dataset_path))
+    every = DatasetDict({name: split.map(lambda _: {"wake_word_present": True}) for name, split in dd.items()})
+    dataset = tmp_path / "every_clip_a_wake"
+    every.save_to_disk(str(dataset))
+    run = make_run(tmp_path, tiny_models, dataset)
+    planted = dd["train"]["utterance_id"][:3]
+    (run / "label_noise.jsonl").write_text("".join(json.dumps({"utterance_id": u, "kind": "wake"}) + "\n" for u in planted))
+    run_review_stage(review_cfg(), run, dataset, RecordingTracker())
+    summary = json.loads((run / "review" / "summary.json").read_text())
+    assert summary["scored"]["wake"] == 0 and summary["scored"]["transcript"] == 40
+    assert summary["notes"] == ["wake kind skipped: every clip is marked with the wake word"]
+    scoring = json.loads((run / "review" / "noise_scoring.json").read_text()) if (run / "review" / "noise_scoring.json").exists() else {}
+    assert "wake" not in (scoring.get("kinds") or {})
+
+
 def test_a_missing_model_skips_its_kinds_with_a_note(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
     from pipeline.review.stage import run_review_stage
 
