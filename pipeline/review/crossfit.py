@@ -7,6 +7,11 @@ whole NLU k times would cost k NLU trainings; instead the NLU's own encoder, as 
 fine-tuning (the backbone `nlu` names, frozen), embeds each text once, and the two heads the NLU
 puts on it (intent from the mean-pooled output, a BIO tag per word from its first sub-token) are
 refitted per fold as logistic regressions: seconds, and the standard recipe for confident learning.
+
+Those text kinds see nothing but the words, so their folds are whole texts instead: clips that read
+the same text embed to the same vector, and a corpus that records one sentence several times under
+different accounts (SLURP by take) would otherwise fit each clip's fold on exact copies of it, its
+label (right or wrong) included. The acoustic kinds hear the voice, and keep folds of accounts.
 """
 
 from __future__ import annotations
@@ -42,8 +47,6 @@ class Folds:
 
 
 def account_folds(speakers: list[str], folds: int) -> Folds:
-    from sklearn.model_selection import GroupKFold
-
     accounts = len(set(speakers))
     if folds < 2:
         raise PipelineError(f"review.folds={folds}: cross-fitting needs at least 2 folds (default 5)")
@@ -52,10 +55,27 @@ def account_folds(speakers: list[str], folds: int) -> Folds:
             f"review.folds={folds} is more than the {accounts} accounts the clips come from; folds are whole "
             f"accounts, so set review.folds to at most {accounts}"
         )
-    fold = np.zeros(len(speakers), dtype=int)
-    for k, (_, held) in enumerate(GroupKFold(n_splits=folds).split(np.zeros(len(speakers)), groups=speakers)):
+    return Folds(_group_folds(speakers, folds), accounts)
+
+
+def text_folds(texts: list[str], folds: int) -> np.ndarray:
+    """`fold[i]` for the text kinds: every clip of one text (its words, lowercased) in one fold."""
+    keys = [" ".join(t.split()).lower() for t in texts]
+    distinct = len(set(keys))
+    if folds > distinct:
+        raise PipelineError(f"review.folds={folds} is more than the {distinct} distinct texts of the clips with an "
+                            f"intent; the intent and entities kinds hold out whole texts, so set review.folds to at "
+                            f"most {distinct}")
+    return _group_folds(keys, folds)
+
+
+def _group_folds(groups: list[str], folds: int) -> np.ndarray:
+    from sklearn.model_selection import GroupKFold
+
+    fold = np.zeros(len(groups), dtype=int)
+    for k, (_, held) in enumerate(GroupKFold(n_splits=folds).split(np.zeros(len(groups)), groups=groups)):
         fold[held] = k
-    return Folds(fold, accounts)
+    return fold
 
 
 def load_backbone(nlu_cfg: DictConfig, nlu_dir: Path, seed: int) -> tuple[Any, Any, int]:

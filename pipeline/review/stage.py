@@ -21,7 +21,7 @@ from pipeline.config import checked
 from pipeline.data.saved import open_saved, require
 from pipeline.distributed import pick_device
 from pipeline.review.config import ReviewConfig
-from pipeline.review.crossfit import account_folds, embed, load_backbone
+from pipeline.review.crossfit import account_folds, embed, load_backbone, text_folds
 from pipeline.review.suspects import KINDS, Suspect, budget, rank
 from pipeline.runtime import PipelineError
 from pipeline.tracking import Tracker, transcripts_allowed
@@ -75,7 +75,8 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
         notes.append(f"intent and entities kinds skipped: the run has no NLU model ({nlu_dir} has no config.json)")
     else:
         commands = [i for i, r in enumerate(rows) if r["intent"] is not None]
-        found, extra = _text_kinds(cfg, rcfg, nlu_dir, [rows[i] for i in commands], folds.fold[commands], seconds)
+        texts = [" ".join(rows[i]["words"] or []) for i in commands]
+        found, extra = _text_kinds(cfg, rcfg, nlu_dir, [rows[i] for i in commands], text_folds(texts, rcfg.folds), seconds)
         suspects += found
         scored_ids["intent"] = scored_ids["entities"] = {rows[i]["utterance_id"] for i in commands}
     for note in notes:

@@ -10,10 +10,12 @@ import torch
 
 from pipeline.data.annotations import tag_spans
 from pipeline.review.acoustic import at_tempo, transcript_gaps
+from pipeline.review.crossfit import account_folds, text_folds
 from pipeline.review.entities import best_boundary_edit
 from pipeline.review.intent import intent_suspects
 from pipeline.review.transcript import transcript_suspects
 from pipeline.review.wake import wake_suspects
+from pipeline.runtime import PipelineError
 
 
 def test_transcript_gap_is_small_for_what_was_heard_and_infinite_when_it_cannot_fit() -> None:
@@ -164,3 +166,31 @@ def test_a_span_the_tagger_does_not_know_is_not_a_boundary_slip() -> None:
     edit = best_boundary_edit(np.log(p), gold, index)
     assert edit is not None and edit.tags == ["O", "O", "B-song", "O"]  # dropping "day" is its best edit...
     assert math.log(0.6 / 0.3) > 0 > edit.log_ratio  # preferred alone, but "green" itself is only at 0.3
+
+
+def test_text_kinds_hold_out_whole_texts_so_copies_of_a_wrong_label_do_not_vouch_for_it() -> None:
+    """Found in review: with folds of accounts, a sentence recorded under several accounts (SLURP by
+    take) was scored by a model fitted on exact copies of it, its wrong label included."""
+    rng = np.random.default_rng(0)
+    intents = ["play_music", "weather_query", "set_alarm", "iot_lights"]
+    centers = rng.normal(size=(4, 16)) * 3
+    rows, x, speakers, texts = [], [], [], []
+    noisy = {0, 10, 20, 30}  # texts whose every take carries another intent
+    for t in range(40):
+        vector = centers[t % 4] + rng.normal(size=16)
+        annotated = intents[(t + 1) % 4] if t in noisy else intents[t % 4]
+        for take in range(4):  # four takes of each text, under random accounts
+            rows.append({"utterance_id": f"t{t}-{take}", "split": "train", "intent": annotated})
+            x.append(vector)
+            speakers.append(f"acct{rng.integers(20)}")
+            texts.append(f"Text  {t}" if take else f"text {t}")  # case and spacing do not make another text
+    x = np.array(x)
+    fold = text_folds(texts, 5)
+    assert all(len({f for f, t in zip(fold, texts) if t.lower().split() == ["text", str(n)]}) == 1 for n in range(40))
+    found, _ = intent_suspects(rows, x, fold, c=1.0)
+    assert {f"t{n}" for n in noisy} <= {s.utterance_id.split("-")[0] for s in found}
+    leaky, _ = intent_suspects(rows, x, account_folds(speakers, 5).fold, c=1.0)
+    assert not {s.utterance_id.split("-")[0] for s in leaky} & {f"t{n}" for n in noisy}  # what folds of accounts found
+    with pytest.raises(PipelineError, match=r"review.folds=5 is more than the 3 distinct texts of the clips with an intent"):
+        text_folds(["a", "A", "b", "c"], 5)
+
