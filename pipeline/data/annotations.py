@@ -66,11 +66,41 @@ def align_to_transcript(
     """
     if plain == transcript:
         return entities
-    if " ".join(plain.lower().split()) != " ".join(transcript.lower().split()):
+    if _loose(plain) != _loose(transcript):
         raise AnnotationError(
             f"annotation text {plain!r} does not match the transcript {transcript!r}"
         )
-    return resolve_spans(transcript, [{"type": e.type, "value": e.value} for e in entities])
+    # The words correspond one to one, so each offset keeps its place in its word: the annotated
+    # "ten" stays the annotated one even when the sentence says "ten" twice.
+    moved = []
+    for ent in entities:
+        start, end = _moved_offset(ent.start, plain, transcript), _moved_offset(ent.end, plain, transcript)
+        if start is None or end is None:
+            raise AnnotationError(
+                f"entity {ent.type!r} ({ent.value!r}) starts or ends inside a letter that the transcript "
+                f"{transcript!r} writes in another case; annotate whole letters"
+            )
+        moved.append(Entity(ent.type, transcript[start:end], start, end))
+    return moved
+
+
+def _loose(text: str) -> str:
+    """Text as compared between an annotation and its transcript: capitals and spacing do not count."""
+    return " ".join(text.lower().split())
+
+
+def _moved_offset(offset: int, plain: str, transcript: str) -> int | None:
+    """`offset` into `plain` as an offset into `transcript`, whose words are the same in lower case.
+
+    Found by the lower-cased start of its word, not by its distance from the word's start: a capital
+    may lower to two characters ("İ"). None where no place in the transcript's word matches (an
+    offset inside such a letter, or outside the words).
+    """
+    for (ps, pe), (ts, te) in zip(word_spans(plain), word_spans(transcript)):
+        if ps <= offset <= pe:
+            before = plain[ps:offset].lower()
+            return next((j for j in range(ts, te + 1) if transcript[ts:j].lower() == before), None)
+    return None
 
 
 def resolve_spans(transcript: str, raw: list[dict[str, object]]) -> list[Entity]:

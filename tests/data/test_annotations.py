@@ -76,3 +76,34 @@ def test_an_empty_intent_and_a_scenario_without_an_intent() -> None:
         row(scenario="alarm")
     assert row()["intent"] is None  # the wake word with no command after it
     assert row(intent="alarm_set")["scenario"] == "alarm"
+
+
+def test_align_keeps_the_annotated_one_of_a_repeated_word() -> None:
+    """Searching the value again found the first "ten", not the one the annotation marks."""
+    plain, ents = parse_inline("Set the volume to ten out of [level : ten]")
+    moved = align_to_transcript("set the volume to ten out of ten", plain, ents)
+    assert moved == [Entity("level", "ten", 29, 32)]
+
+
+@pytest.mark.parametrize(
+    "transcript, annotation, value",
+    [
+        ("play taylor  swift", "play [artist_name : taylor swift]", "taylor  swift"),
+        ("play taylor swift", "play [artist_name : taylor  swift]", "taylor swift"),
+        ("play  Taylor swift now", "play [artist_name : taylor   swift] now", "Taylor swift"),
+    ],
+)
+def test_align_tolerates_spacing_inside_an_entity(transcript: str, annotation: str, value: str) -> None:
+    plain, ents = parse_inline(annotation)
+    (moved,) = align_to_transcript(transcript, plain, ents)
+    assert (moved.value, transcript[moved.start : moved.end]) == (value, value)
+    assert bio_tags(transcript, [moved])[1][1:3] == ["B-artist_name", "I-artist_name"]
+
+
+def test_align_moves_offsets_past_a_capital_that_lowers_to_two_letters() -> None:
+    plain, ents = parse_inline("İstanbul or [place_name : paris]")
+    transcript = "i̇stanbul or paris"
+    assert align_to_transcript(transcript, plain, ents) == [Entity("place_name", "paris", 13, 18)]
+    plain, ents = parse_inline("[letter : i]\u0307stanbul")
+    with pytest.raises(AnnotationError, match="'letter' \\('i'\\) starts or ends inside a letter"):
+        align_to_transcript("İstanbul", plain, ents)
