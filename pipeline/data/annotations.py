@@ -106,10 +106,11 @@ def _moved_offset(offset: int, plain: str, transcript: str) -> int | None:
 def resolve_spans(transcript: str, raw: list[dict[str, object]]) -> list[Entity]:
     """Check `{type, value, start?, end?}` entities against the transcript and fill missing offsets.
 
-    Without offsets, each value is searched left to right (case-insensitively), after the end
-    of the previous entity, so repeated values ("from two to two thirty") get distinct spans.
+    Without offsets, each value is searched as whole words, in any case and spacing, on the
+    transcript itself (its lower case may be longer: "İ"), so a span never starts inside a word
+    ("ten" in "listen"). The search goes left to right, after the end of the previous entity, so
+    repeated values ("from two to two thirty") get distinct spans.
     """
-    lowered = transcript.lower()
     resolved: list[Entity] = []
     search_from = 0
     for i, ent in enumerate(raw):
@@ -126,18 +127,20 @@ def resolve_spans(transcript: str, raw: list[dict[str, object]]) -> list[Entity]
                     f"entity {i} ({etype}) offsets {start}:{end} fall outside the transcript "
                     f"of length {len(transcript)}"
                 )
-            if transcript[start:end].lower() != value.lower():
+            if _loose(transcript[start:end]) != _loose(value):
                 raise AnnotationError(
                     f"entity {i} ({etype}) offsets {start}:{end} cover "
                     f"{transcript[start:end]!r}, not the value {value!r}"
                 )
         else:
-            start = lowered.find(value.lower(), search_from)
-            if start < 0:
-                start = lowered.find(value.lower())
-            if start < 0:
-                raise AnnotationError(f"entity {i} ({etype}) value {value!r} is not in the transcript")
-            end = start + len(value)
+            words = r"\s+".join(re.escape(word) for word in value.split())
+            pattern = re.compile(rf"(?<!\w){words}(?!\w)", re.IGNORECASE)
+            found = pattern.search(transcript, search_from) or pattern.search(transcript)
+            if found is None:
+                raise AnnotationError(
+                    f"entity {i} ({etype}) value {value!r} is not in the transcript as whole words"
+                )
+            start, end = found.span()
         resolved.append(Entity(etype, transcript[start:end], start, end))
         search_from = end
     ordered = sorted(resolved, key=lambda e: e.start)

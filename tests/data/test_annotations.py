@@ -107,3 +107,30 @@ def test_align_moves_offsets_past_a_capital_that_lowers_to_two_letters() -> None
     plain, ents = parse_inline("[letter : i]\u0307stanbul")
     with pytest.raises(AnnotationError, match="'letter' \\('i'\\) starts or ends inside a letter"):
         align_to_transcript("İstanbul", plain, ents)
+
+
+def test_resolve_spans_finds_values_as_whole_words() -> None:
+    """A raw substring search tagged "listen" as the number "ten"."""
+    text = "listen to ten songs"
+    ents = resolve_spans(text, [{"type": "number", "value": "ten"}])
+    assert ents == [Entity("number", "ten", 10, 13)]
+    assert bio_tags(text, ents)[1] == ["O", "O", "B-number", "O"]
+    with pytest.raises(AnnotationError, match="entity 0 \\(number\\) value 'ten' is not in the transcript as whole words"):
+        resolve_spans("listen often", [{"type": "number", "value": "ten"}])
+
+
+def test_resolve_spans_offsets_are_on_the_transcript_not_its_lower_case() -> None:
+    """"İ" lowers to two characters, which shifted every later span by one."""
+    text = "İstanbul weather in paris"
+    assert resolve_spans(text, [{"type": "place_name", "value": "paris"}]) == [Entity("place_name", "paris", 20, 25)]
+    assert resolve_spans(text, [{"type": "place_name", "value": "istanbul"}]) == [Entity("place_name", "İstanbul", 0, 8)]
+
+
+def test_resolve_spans_tolerates_spacing_inside_a_value() -> None:
+    text = "play taylor  swift"
+    want = [Entity("artist_name", "taylor  swift", 5, 18)]
+    assert resolve_spans(text, [{"type": "artist_name", "value": "Taylor Swift"}]) == want
+    assert resolve_spans(text, [{"type": "artist_name", "value": "taylor swift", "start": 5, "end": 18}]) == want
+    assert resolve_spans("play taylor swift", [{"type": "artist_name", "value": "taylor  swift"}]) == [
+        Entity("artist_name", "taylor swift", 5, 17)
+    ]
