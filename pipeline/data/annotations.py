@@ -156,13 +156,24 @@ def word_spans(text: str) -> list[tuple[int, int]]:
 
 
 def bio_tags(transcript: str, entities: list[Entity]) -> tuple[list[str], list[str]]:
-    """Whitespace words and their BIO tags; a word belongs to an entity if the two overlap."""
+    """Whitespace words and their BIO tags; a word belongs to an entity if the two overlap.
+
+    Two entities in one word ("[time : 5]-[time : 6]") are refused: its one tag would keep the
+    last and drop the other, which the gold entities still hold.
+    """
     spans = word_spans(transcript)
     words = [transcript[s:e] for s, e in spans]
     tags = ["O"] * len(words)
+    owner: dict[int, Entity] = {}
     for ent in entities:
         inside = [i for i, (s, e) in enumerate(spans) if s < ent.end and e > ent.start]
         for rank, i in enumerate(inside):
+            if i in owner:
+                raise AnnotationError(
+                    f"entities {owner[i].type!r} ({owner[i].value!r}) and {ent.type!r} ({ent.value!r}) "
+                    f"share the word {words[i]!r}; a word is tagged with one entity, so annotate the word as one"
+                )
+            owner[i] = ent
             tags[i] = ("B-" if rank == 0 else "I-") + ent.type
     return words, tags
 

@@ -134,3 +134,12 @@ def test_resolve_spans_tolerates_spacing_inside_a_value() -> None:
     assert resolve_spans("play taylor swift", [{"type": "artist_name", "value": "taylor  swift"}]) == [
         Entity("artist_name", "taylor swift", 5, 17)
     ]
+
+
+def test_two_entities_in_one_word_are_refused() -> None:
+    """The word's one tag kept the second entity; the first stayed in the gold entities only."""
+    plain, ents = parse_inline("set [time : 5]-[time : 6] pm")
+    moved = align_to_transcript("set 5-6 pm", plain, ents)
+    with pytest.raises(AnnotationError, match="entities 'time' \\('5'\\) and 'time' \\('6'\\) share the word '5-6'"):
+        bio_tags("set 5-6 pm", moved)
+

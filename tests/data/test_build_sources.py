@@ -433,3 +433,19 @@ def test_two_nemo_manifests_in_one_build_keep_their_clips_apart(tmp_path: Path) 
     report, quarantine = _build(tmp_path / "again", sources=entries, split_shares={"validation": 0.0, "test": 0.0},
                                 split=None, deletions=str(deletions))
     assert [q["reason"] for q in quarantine] == ["deleted", "deleted"] and report["records_kept"] == 2
+
+
+def test_a_record_with_two_entities_in_one_word_is_quarantined(tmp_path: Path) -> None:
+    """Its word's one BIO tag kept one of the two; the other trained as no entity."""
+    with open(FIXTURES / "en-US.train.jsonl") as f:
+        good = json.loads(next(f))
+    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    both = {**good, "id": "t2", "utt": "set 5-6 pm", "annot_utt": "set [time : 5]-[time : 6] pm"}
+    train.write_text(json.dumps(good) + "\n" + json.dumps(both) + "\n")
+    dev.write_text(json.dumps({**good, "id": "d1"}) + "\n")
+    report, quarantine = _build(tmp_path, source="massive_text", train_path=str(train), dev_path=str(dev), split=None)
+    assert report["records_kept"] == 2
+    assert [(q["utterance_id"], q["reason"], q["detail"]) for q in quarantine] == [
+        ("massive-t2", "bad_annotation",
+         "entities 'time' ('5') and 'time' ('6') share the word '5-6'; a word is tagged with one entity, so annotate "
+         "the word as one")]
