@@ -318,9 +318,13 @@ class NLUModel:
             for row, i in enumerate(idx):
                 conf, best = intent_probs[row].max(-1)
                 first = firsts[row]
-                kept = [p for p in first if p >= 0]
-                decoded = viterbi_bio(tag_logp[row, kept], self.tags, self._allowed)
-                tags = decoded + ["O"] * (len(first) - len(kept))
+                # Not only the words cut off at max_length have no sub-token: a zero-width space or a
+                # lone combining mark in mid-sentence has none either, and its neighbours keep their tags.
+                kept = [w for w, p in enumerate(first) if p >= 0]
+                decoded = viterbi_bio(tag_logp[row, [first[w] for w in kept]], self.tags, self._allowed)
+                tags = ["O"] * len(first)
+                for w, tag in zip(kept, decoded):
+                    tags[w] = tag
                 results[i] = {
                     "intent": self.intents[int(best)],
                     "confidence": float(conf),

