@@ -79,10 +79,24 @@ REPO = Path(__file__).resolve().parents[1]
     ("nlu.head.label_smoothing=1.5", r"nlu\.head\.label_smoothing=1\.5: must be in \[0, 1\)"),
     ("nlu.cpu_threads=0", r"nlu\.cpu_threads=0: must be null"),
     ("nlu.model_name_or_path=/nope", r"^nlu\.model_name_or_path=/nope: no such folder; give a backbone folder"),
+    # Accepted, then refused by torch or transformers once the model was built, or trained on silently.
+    ("nlu.head.head_dropout=1.5", r"^nlu\.head\.head_dropout=1\.5: must be in \[0, 1\)"),
+    ("nlu.head.head_dropout=1", r"^nlu\.head\.head_dropout=1\.0: must be in \[0, 1\)"),
+    ("nlu.weight_decay=-0.01", r"^nlu\.weight_decay=-0\.01: 0 \(none\) or more$"),
+    ("nlu.head.tag_loss_weight=-1", r"^nlu\.head\.tag_loss_weight=-1\.0: 0 \(no tagging learnt\) or more"),
+    ("nlu.max_length=2", r"^nlu\.max_length=2: must be at least 3 sub-tokens \(\[CLS\], a word, \[SEP\]\)$"),
+    ("nlu.max_length=1", r"^nlu\.max_length=1: must be at least 3 sub-tokens"),
+    (("nlu=tiny", "nlu.encoder_config.hidden_size=30", "nlu.encoder_config.num_attention_heads=4"),
+     r"^nlu\.encoder_config: transformers cannot build a bert encoder from it: The hidden size \(30\) is not a "
+     r"multiple of the number of attention heads \(4\)$"),
+    (("nlu=tiny", "nlu.encoder_config.model_type=bertt"),
+     r"^nlu\.encoder_config\.model_type='bertt' is not a transformers model type; did you mean bert"),
+    (("nlu=tiny", "~nlu.encoder_config.model_type"), r"^nlu\.encoder_config has no model_type; give one, e\.g\. "
+                                                     r"nlu\.encoder_config\.model_type=bert$"),
 ])
-def test_a_bad_setting_names_its_key_and_what_it_accepts(override: str, message: str) -> None:
+def test_a_bad_setting_names_its_key_and_what_it_accepts(override: str | tuple[str, ...], message: str) -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=[override])
+        cfg = compose("config", overrides=[override] if isinstance(override, str) else list(override))
     with pytest.raises(PipelineError, match=message):
         check_config(cfg, ["data", "asr", "nlu", "eval"])
 

@@ -23,6 +23,13 @@ class HeadConfig:
         # cross_entropy refuses smoothing above 1, and at 1 every target is uniform: nothing is learnt.
         if not 0 <= self.label_smoothing < 1:
             raise PipelineError(f"nlu.head.label_smoothing={self.label_smoothing}: must be in [0, 1) (0 turns it off)")
+        # torch refuses a dropout above 1 only when the model is built, after the data stage; at 1 the
+        # heads see nothing but zeros.
+        if not 0 <= self.head_dropout < 1:
+            raise PipelineError(f"nlu.head.head_dropout={self.head_dropout}: must be in [0, 1) (0 turns it off)")
+        if self.tag_loss_weight < 0:
+            raise PipelineError(f"nlu.head.tag_loss_weight={self.tag_loss_weight}: 0 (no tagging learnt) or more; "
+                                "a negative weight trains the tagger away from the gold tags")
 
 
 @dataclass
@@ -50,9 +57,13 @@ class NLUConfig:
 
     def validate(self) -> None:
         choice("nlu.false_wake", self.false_wake, ("skip", "no_command"))
-        for key in ("max_length", "batch_size", "eval_batch_size"):
+        for key in ("batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise PipelineError(f"nlu.{key}={getattr(self, key)}: must be at least 1")
+        # [CLS], the first sub-token of one word, [SEP]: with 2 every word is cut off (and tagged O), and
+        # below the tokenizer's special tokens it turns truncation off altogether.
+        if self.max_length < 3:
+            raise PipelineError(f"nlu.max_length={self.max_length}: must be at least 3 sub-tokens ([CLS], a word, [SEP])")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise PipelineError(f"nlu.epochs={self.epochs} and nlu.max_steps={self.max_steps}: give a positive number of epochs (or steps)")
         # Checked here, not by torch or the Trainer, so a bad value fails before the earlier stages run.
@@ -61,11 +72,15 @@ class NLUConfig:
                 raise PipelineError(f"nlu.{key}={getattr(self, key)}: must be positive (the model would not learn)")
         if not 0 <= self.warmup_ratio < 1:
             raise PipelineError(f"nlu.warmup_ratio={self.warmup_ratio}: must be in [0, 1), the share of steps spent warming up")
+        if self.weight_decay < 0:
+            raise PipelineError(f"nlu.weight_decay={self.weight_decay}: 0 (none) or more")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise PipelineError(f"nlu.cpu_threads={self.cpu_threads}: must be null (torch's default) or at least 1")
         # A trained NLU folder, a missing folder or a backbone whose weights are not the pinned ones:
         # refused before any stage runs, not after an ASR run (lazy imports: transformers).
-        from pipeline.nlu.model import refuse_trained_model, resolve_backbone
+        from pipeline.nlu.model import check_encoder_config, refuse_trained_model, resolve_backbone
 
+        if self.encoder_config:
+            check_encoder_config(self.encoder_config)
         refuse_trained_model(self.model_name_or_path)
         resolve_backbone(self.model_name_or_path, self.model_sha256)

@@ -161,6 +161,31 @@ def build_model_from_config(
     return model
 
 
+def check_encoder_config(encoder_config: dict[str, Any]) -> None:
+    """`nlu.encoder_config` is read only when the model is built, after the data stage: an unknown
+    model_type or a width the head count does not divide failed there, in transformers. Built on
+    the meta device, which costs no memory, so that every check transformers makes runs now."""
+    import difflib
+
+    from transformers import CONFIG_MAPPING
+
+    fields = dict(encoder_config)
+    model_type = fields.pop("model_type", None)
+    if model_type is None:
+        raise PipelineError("nlu.encoder_config has no model_type; give one, e.g. nlu.encoder_config.model_type=bert")
+    if not (isinstance(model_type, str) and model_type in CONFIG_MAPPING):
+        close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=3)
+        raise PipelineError(f"nlu.encoder_config.model_type={model_type!r} is not a transformers model type"
+                            f"{'; did you mean ' + ', '.join(close) if close else ''} (conf/nlu/tiny.yaml uses bert)")
+    try:
+        config = AutoConfig.for_model(model_type, **fields)
+        with torch.device("meta"):
+            AutoModel.from_config(config, **_pooler_kwargs(config))
+    except Exception as err:  # noqa: BLE001 - whatever transformers refuses is this setting's problem
+        raise PipelineError(f"nlu.encoder_config: transformers cannot build a {model_type} encoder from it: "
+                            f"{' '.join(str(err).split())}") from None
+
+
 def has_unused_weights(model: JointIntentTagger) -> bool:
     """Whether some weights get no gradient in a step, which DDP must then look for every step: the
     pooler of a backbone built with one (MPNet, ALBERT take no `add_pooling_layer`), or layers that
