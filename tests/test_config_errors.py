@@ -89,6 +89,8 @@ REPO = Path(__file__).resolve().parents[1]
     (("nlu=tiny", "nlu.encoder_config.hidden_size=30", "nlu.encoder_config.num_attention_heads=4"),
      r"^nlu\.encoder_config: transformers cannot build a bert encoder from it: The hidden size \(30\) is not a "
      r"multiple of the number of attention heads \(4\)$"),
+    (("nlu=tiny", "+nlu.encoder_config.num_hidden_layer=12"),
+     r"^nlu\.encoder_config\.num_hidden_layer: not a field of a bert config; did you mean num_hidden_layers"),
     (("nlu=tiny", "nlu.encoder_config.model_type=bertt"),
      r"^nlu\.encoder_config\.model_type='bertt' is not a transformers model type; did you mean bert"),
     ("nlu.model_name_or_path=package:json", r"^nlu\.model_name_or_path=package:json: package json has no "

@@ -177,6 +177,12 @@ def check_encoder_config(encoder_config: dict[str, Any]) -> None:
         close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=3)
         raise PipelineError(f"nlu.encoder_config.model_type={model_type!r} is not a transformers model type"
                             f"{'; did you mean ' + ', '.join(close) if close else ''} (conf/nlu/tiny.yaml uses bert)")
+    known = sorted(CONFIG_MAPPING[model_type]().to_dict())
+    for key in fields:  # transformers keeps an unknown field as an unused attribute
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            raise PipelineError(f"nlu.encoder_config.{key}: not a field of a {model_type} config"
+                                f"{'; did you mean ' + ', '.join(close) + '?' if close else ''}")
     try:
         config = AutoConfig.for_model(model_type, **fields)
         with torch.device("meta"):
