@@ -501,19 +501,19 @@ def resolve_background(cfg: Any, dataset_path: Path | None = None) -> Path | Non
 
 
 def _demo_share(data: Any, build: dict[str, Any]) -> float | None:
-    """The share of the demo corpus a build read, or None when it read no demo. A demo build's
-    records are its utterances; in a multi-source build (data=demo_speech) the demo's records
-    include its extra takes, so its entry's `demo.max_utterances` says instead."""
+    """The share of the demo corpus a build read, or None when it read no demo: its
+    `demo.max_utterances` over the corpus. Not the build's records: they include the extra takes
+    and keyword copies (three times the utterances with data.demo.extra_takes=2)."""
     total = sum(1 for line in (DEMO_DIR / "utterances.jsonl").open() if line.strip())
     source = build.get("source")
-    if source == "demo":
-        return min(1.0, int(build.get("records_in") or total) / total)
     names = set(source) if isinstance(source, list) else set()
-    for entry in data.get("sources") or []:
-        if entry.get("source") == "demo" and (entry.get("name") or "demo") in names:
-            limit = (entry.get("demo") or {}).get("max_utterances")
-            return min(1.0, int(limit) / total) if limit else 1.0
-    return None
+    demos = ([data.get("demo") or {}] if source == "demo" else
+             [entry.get("demo") or {} for entry in data.get("sources") or []
+              if entry.get("source") == "demo" and (entry.get("name") or "demo") in names])
+    if not demos:
+        return None
+    limit = demos[0].get("max_utterances")
+    return min(1.0, int(limit) / total) if limit else 1.0
 
 
 def _to_dict(block: Any) -> dict[str, Any]:
