@@ -39,6 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.background import mentions
 from pipeline.data.config import ROLES, SourceConfig, holds_out_everyone
 from pipeline.data.hf import HUB_ID
 from pipeline.data.sources import RawRecord, Source
@@ -71,6 +72,19 @@ def clip_split(clip: str, corpus: str, validation: float, test: float, seed: int
     return "test" if u < test else "validation" if everyone or u < test + validation else "train"
 
 
+def _column_text(dataset: Any, column: str) -> list[str | None]:
+    """A column's values as the records carry them: a class-label column (hub datasets store labels
+    as codes with a list of names) by its names, not its codes, so a keyword label or a speaker
+    compares as the text the records hold."""
+    from datasets import ClassLabel
+
+    feature = dataset.features[column]
+    values = dataset[column]
+    if isinstance(feature, ClassLabel):
+        return [feature.int2str(v) if v is not None and v >= 0 else None for v in values]
+    return [None if v is None else str(v) for v in values]
+
+
 def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
     """One corpus of human speech as a Source whose records carry their split (see the module)."""
     from pipeline.data.sources import hf_source
@@ -100,18 +114,27 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
     seed = data_cfg.seed or 0
 
     # A hub id (owner/name) is read like `source: hf`: data.sources.<i>.config_name and .split as in load_dataset.
-    inner = hf_source(data_cfg, cache_dir, name, data_cfg.config_name if hub else None)
+    try:
+        inner = hf_source(data_cfg, cache_dir, name, data_cfg.config_name if hub else None)
+    except PipelineError as err:
+        if not hub:
+            raise
+        # A relative folder that is missing reads like a hub id (owner/name): say both.
+        raise PipelineError(f"{err} (read as a hub id: as a folder, {Path(str(path)).resolve()} does not exist; "
+                            "data=demo_speech and data=speech_wake read data.speech_dir=<folder>)") from None
     dataset = inner.hf.dataset
     if keywords and keyword_column not in dataset.column_names:
         inner.close()
         raise PipelineError(f"data.sources: {name}: keyword_column={keyword_column!r} is not a column of {path} "
                             f"(columns: {dataset.column_names}); set that entry's keyword_column to the column that "
                             "names each clip's wake phrase (e.g. transcription)")
-    marks = dataset[keyword_column] if keywords else None
-    is_keyword = [m is not None and normalize_text(str(m)) in keywords for m in marks] if marks is not None else None
+    marks = _column_text(dataset, keyword_column) if keywords else None
+    is_keyword = [m is not None and normalize_text(m) in keywords for m in marks] if marks is not None else None
     speaker_column = inner.hf.mapping.get("account_id")
-    by_speaker = (heldout_speakers([str(s) for s in dataset[speaker_column]], name, validation, test, seed)
-                  if speaker_column else None)
+    constant = inner.hf.constants.get("account_id")  # one person's corpus: held out, or trained on, whole
+    speakers = (_column_text(dataset, speaker_column) if speaker_column else
+                [str(constant)] if constant is not None else None)
+    by_speaker = heldout_speakers([s for s in speakers if s is not None], name, validation, test, seed) if speakers else None
     rows = inner.records
 
     def records() -> Iterator[RawRecord]:
@@ -121,10 +144,15 @@ def speech_source(data_cfg: SourceConfig, cache_dir: Path, name: str) -> Source:
                 continue
             record = dict(raw.data)
             excluded = None
-            if is_keyword is not None and is_keyword[raw.row]:
+            # A clip labelled otherwise that says the keyword ("ok computer") is a keyword clip too: never
+            # trained on, and in the keyword test not a negative.
+            said = next((k for k in sorted(keywords) if mentions(str(record.get("transcript") or ""), k)), None)
+            if (is_keyword is not None and is_keyword[raw.row]) or said is not None:
+                why = (f"{keyword_column}={marks[raw.row]!r}" if is_keyword is not None and is_keyword[raw.row]
+                       else f"its transcript says {said!r}")
                 if role == "train":  # never heard in training
-                    excluded = ("held_out_keyword", f"{keyword_column}={marks[raw.row]!r}: a keyword clip kept out of "
-                                "training; data=speech_wake scores it")
+                    excluded = ("held_out_keyword", f"{why}: a keyword clip kept out of training; data=speech_wake "
+                                "scores it")
                 record["wake_word_present"] = True
                 split = "validation" if _fraction(seed, name, "keyword", record["utterance_id"]) < 0.5 else "test"
             else:

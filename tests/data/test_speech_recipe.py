@@ -218,7 +218,8 @@ def test_a_corpus_given_as_a_hub_id_is_loaded_from_the_hub(tmp_path: Path) -> No
     # Offline (HF_HUB_OFFLINE=1): the hub's own error, naming the id, not the missing-folder one.
     assert done.returncode == 2, done.stderr[-2000:]
     assert "data.path=google/speech_commands" in done.stderr and "hub is unreachable" in done.stderr
-    assert "data.speech_dir" not in done.stderr
+    # ... and, since a missing relative folder reads like a hub id too, the folder it would have been.
+    assert f"as a folder, {REPO / 'google/speech_commands'} does not exist" in done.stderr
     assert not (tmp_path / "cache" / "demo").exists()  # stopped before synthesising the demo
 
 
@@ -378,3 +379,84 @@ def test_a_wake_build_of_people_no_model_heard_keeps_every_clip(tmp_path: Path) 
         by_split = {s: {r["speaker"] for r in wake[s] if r["source"] == corpus} for s in ("validation", "test")}
         assert len(by_split["validation"]) == len(by_split["test"]) == speakers // 2
         assert not by_split["validation"] & by_split["test"]
+
+
+def _records(tmp_path: Path, path: Path, **entry: object) -> list:
+    """The records a speech source gives, each with its split and exclusion (the build's input)."""
+    from pipeline.config import checked
+    from pipeline.data.config import SourceConfig
+    from pipeline.data.speech_recipe import speech_source
+
+    cfg = checked({"source": "speech", "name": "corpus", "path": str(path), "heldout": {"validation": 0.1, "test": 0.15},
+                   **entry}, SourceConfig, "data.sources[0]")
+    source = speech_source(cfg, tmp_path / "cache", "corpus")
+    try:
+        return list(source.records)
+    finally:
+        source.close()
+
+
+def _clip_folder(folder: Path, rows: list[dict]) -> Path:
+    import numpy as np
+    import soundfile as sf
+
+    (folder / "audio").mkdir(parents=True)
+    noise = np.random.default_rng(0).normal(0, 0.1, 8000).astype("float32")
+    for i, row in enumerate(rows):
+        sf.write(folder / "audio" / f"c{i:03d}.wav", noise, 16000)
+        row["file_name"] = f"audio/c{i:03d}.wav"
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_one_person_given_as_a_constant_is_held_out_or_trained_on_whole(tmp_path: Path) -> None:
+    """Found in review: a corpus of one speaker named by `constants.account_id` was split clip by clip,
+    so that person was in training and in test."""
+    folder = _clip_folder(tmp_path / "alice", [{"transcription": f"word {i}"} for i in range(40)])
+    records = _records(tmp_path, folder, columns={"transcript": "transcription"}, constants={"account_id": "alice"})
+    assert len(records) == 40 and {r.split for r in records} == {"train"}
+
+
+def test_class_label_columns_are_read_by_their_names(tmp_path: Path) -> None:
+    """Found in review: hub datasets store labels as codes; a keyword column of codes never matched
+    "computer" (its clips were trained on), and a speaker column of codes stopped the build with KeyError."""
+    from datasets import Audio, ClassLabel, Dataset, Features, Value
+
+    folder = _clip_folder(tmp_path / "raw", [{"transcription": f"say {w}"} for w in ("computer", "athena") * 10])
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    words, people = ["computer", "athena", "none"], ["ann", "bob", "cy", "dee", "eve"]
+    features = Features({"audio": Audio(), "transcription": Value("string"), "wake_word": ClassLabel(names=words),
+                         "speaker_id": ClassLabel(names=people)})
+    data = Dataset.from_dict({"audio": [str(folder / r["file_name"]) for r in rows],
+                              "transcription": [r["transcription"] for r in rows],
+                              "wake_word": [i % 2 for i in range(20)], "speaker_id": [i % 5 for i in range(20)]},
+                             features=features)
+    data.save_to_disk(str(tmp_path / "saved"))
+    records = _records(tmp_path, tmp_path / "saved", columns={"transcript": "transcription", "account_id": "speaker_id"},
+                       keywords=["computer"], keyword_column="wake_word")
+    assert len(records) == 20
+    keyword = [r for r in records if r.data["transcript"] == "say computer"]
+    assert all(r.excluded and r.excluded[0] == "held_out_keyword" for r in keyword) and len(keyword) == 10
+    others = [r for r in records if r.data["transcript"] == "say athena"]
+    assert {r.split for r in others} == {"train", "test"}  # five people, one of them held out whole
+    split_of = {r.data["account_id"]: r.split for r in others}
+    assert all(split_of[r.data["account_id"]] == r.split for r in others)
+
+
+def test_a_clip_that_says_the_keyword_under_another_label_is_a_keyword_clip(tmp_path: Path) -> None:
+    """Found in review: a clip labelled with no wake word that says "ok computer" was trained on, and
+    in the keyword test scored as a negative."""
+    rows = [{"transcription": t, "wake_word": w} for t, w in
+            [("computer", "computer"), ("ok computer", None), ("my computers", None), ("athena", "athena"),
+             ("compute this", None)] * 4]
+    folder = _clip_folder(tmp_path / "wake", rows)
+    train = _records(tmp_path, folder, columns={"transcript": "transcription"}, keywords=["computer", "athena"],
+                     keyword_column="wake_word")
+    kept = sorted({r.data["transcript"] for r in train if not r.excluded})
+    assert kept == ["compute this"]
+    said = next(r for r in train if r.data["transcript"] == "ok computer")
+    assert said.excluded[0] == "held_out_keyword" and "its transcript says 'computer'" in said.excluded[1]
+    test = _records(tmp_path, folder, columns={"transcript": "transcription"}, keywords=["computer", "hey computer"],
+                    keyword_column="wake_word", role="wake_test", heldout={"validation": 0.5, "test": 0.5})
+    positives = {r.data["transcript"] for r in test if r.data["wake_word_present"]}
+    assert positives == {"computer", "ok computer", "my computers"}
