@@ -666,10 +666,15 @@ def delete_online(run_ids: list[str], project: str, entity: str | None, api: Any
             done.append({"run": run_id, "online": "not found", "detail": type(err).__name__})
             continue
         artifacts = 0
-        for artifact in run.logged_artifacts():
-            artifact.delete(delete_aliases=True)
-            artifacts += 1
-        run.delete(delete_artifacts=True)
+        try:
+            for artifact in run.logged_artifacts():
+                artifact.delete(delete_aliases=True)
+                artifacts += 1
+            run.delete(delete_artifacts=True)
+        except Exception as err:  # noqa: BLE001 - a server error: the run stays pending, retried next time
+            done.append({"run": run_id, "online": "failed", "artifacts": artifacts,
+                         "detail": f"{type(err).__name__}: {first_line(err)}"})
+            continue
         done.append({"run": run_id, "online": "deleted", "artifacts": artifacts})
     return done
 
@@ -693,6 +698,9 @@ class Erasure:
     removed: list[dict[str, Any]] = field(default_factory=list)
     do_not_sync: list[str] = field(default_factory=list)
     online: list[dict[str, Any]] = field(default_factory=list)
+    # W&B run ids uploaded (or unknown) whose online copy is not deleted yet: kept in state.json and
+    # retried by every erasure until W&B confirms (or has no such run).
+    online_pending: list[str] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     audio_copies: list[str] = field(default_factory=list)  # utterances taken as copies of a deleted clip's audio
@@ -708,7 +716,8 @@ class Erasure:
         return {"receipt": str(self.receipt) if self.receipt else None, "removed": self.counts(),
                 "do_not_sync": len(self.do_not_sync), "requests": len(self.requests),
                 "matched_nothing": sum(r["status"] == "matched_nothing" for r in self.requests),
-                "quarantined_request_lines": len(self.quarantined), "audio_copies": len(self.audio_copies)}
+                "quarantined_request_lines": len(self.quarantined), "audio_copies": len(self.audio_copies),
+                "wandb_online_pending": len(self.online_pending)}
 
 
 def _rm(path: Path) -> None:
@@ -798,15 +807,18 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     job.audio_copies = sorted((copies | ledger.copies) - set(state.get("copies_seen", [])))
 
     staged: set[Path] = set()
-    online_ids: list[str] = []
+    online_ids: list[str] = []  # erased runs' W&B ids: their online copies go too
+    uploaded: list[str] = []    # ... of which `make sync` uploaded these (a `.wandb.synced` marker)
     kept = kept_digests(roots, erased)  # before the erased runs' W&B folders go
     for run in run_folders(roots):
         if run_fingerprints(run) & erased or run in listed.runs:
+            synced = any((run / "wandb").glob("*/run-*.wandb.synced"))  # read before the run's W&B folder goes
             paths, digests, online_id = _erase_run(run, erased, job)
             staged |= paths
             entries += [{"type": "digest", "md5": d} for d in sorted(digests - ledger.digests)]
             ledger.digests |= digests
             online_ids += [online_id] if online_id else []
+            uploaded += [online_id] if online_id and synced else []
         else:
             _trim_run(run, key, deleted, texts, job)
 
@@ -826,8 +838,14 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     # erasure, not only those the corpus's tombstones name (a request for an account names no utterance).
     _erase_registry_models(Registry(roots.registry), deleted | ledger.utterances, erased, job)
 
-    if online_ids and wandb_online(settings):
-        job.online = delete_online(online_ids, settings.logger.project, settings.logger.entity, api)
+    # The ledger first: whatever happens online, the audit knows what was erased here.
+    append_ledger(roots.erasure, entries)
+    pending = sorted(set(state.get("online_pending", [])) | set(uploaded))
+    if wandb_online(settings) and (online_ids or pending):
+        job.online = delete_online(sorted(set(online_ids) | set(pending)), settings.logger.project,
+                                   settings.logger.entity, api)
+        pending = sorted(d["run"] for d in job.online if d["online"] == "failed")
+    job.online_pending = pending
 
     seen = set(state["requests_seen"])
     for request in sorted(read_pseudonyms(roots.corpus / REQUESTS_FILE) - seen):
@@ -837,11 +855,11 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
         found = traces.per_request.get(request, 0) + from_exports.get(request, 0) + listed.per_request.get(request, 0)
         job.requests.append({"request": request, "status": "erased" if found else "matched_nothing",
                              "copies_found": found})
-    append_ledger(roots.erasure, entries)
-    if job.removed or job.requests or job.quarantined or job.audio_copies:
+    if job.removed or job.requests or job.quarantined or job.audio_copies or job.online or job.online_pending:
         job.receipt = write_receipt(roots, job)
     state = {"requests_seen": sorted(seen | read_pseudonyms(roots.corpus / REQUESTS_FILE)), "quarantine_seen": len(q_lines),
-             "copies_seen": sorted(set(state.get("copies_seen", [])) | set(job.audio_copies))}
+             "copies_seen": sorted(set(state.get("copies_seen", [])) | set(job.audio_copies)),
+             "online_pending": job.online_pending}
     roots.erasure.mkdir(parents=True, exist_ok=True)
     (roots.erasure / STATE).write_text(json.dumps(state) + "\n")
     return job
@@ -957,6 +975,7 @@ def write_receipt(roots: Roots, job: Erasure) -> Path:
         "removed_counts": job.counts(),
         "marked_do_not_sync": job.do_not_sync,
         "wandb_online": job.online,
+        "wandb_online_pending": job.online_pending,
         "ids": "pseudonyms only: pipeline.data.privacy.pseudonym(key, kind, raw id)",
     }
     for n in itertools.count():  # a receipt is never overwritten: two erasures of one process in one second
@@ -1023,6 +1042,10 @@ def main(argv: list[str] | None = None) -> int:
     if job.audio_copies:
         print(f"erase: {len(job.audio_copies)} clip(s) under other ids held a deleted clip's audio: erased with it "
               "and kept out of later builds (the receipt's audio_copies)")
+    if job.online_pending:  # uploaded runs of erased data still online: said every time until they are gone
+        print(f"erase: {len(job.online_pending)} uploaded W&B run(s) of erased data are not deleted online yet "
+              f"({', '.join(job.online_pending)}): run `make erase` again with W&B reachable and credentials set "
+              "(WANDB_API_KEY, erase.wandb_online=true)", file=sys.stderr)
     nothing = [r["request"] for r in job.requests if r["status"] == "matched_nothing"]
     if nothing:
         print(f"erase: {len(nothing)} request(s) matched nothing (recorded in the receipt)")

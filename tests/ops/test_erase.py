@@ -280,6 +280,51 @@ def test_online_runs_of_erased_runs_are_deleted_through_the_wandb_api(store: dic
     assert online == {"abc123": "deleted", "never-uploaded": "not found"}
 
 
+class _DownApi(_Api):
+    """A W&B server that answers, then fails mid-deletion (an HTTP 502)."""
+
+    def run(self, path: str) -> _Run:
+        run = super().run(path)
+
+        def logged_artifacts() -> list[_Artifact]:
+            raise ConnectionError("502 Bad Gateway")
+
+        run.logged_artifacts = logged_artifacts  # type: ignore[method-assign]
+        return run
+
+
+def test_an_uploaded_run_stays_pending_until_its_online_copy_is_deleted(
+    store: dict[str, Any], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found in review: an erasure without W&B credentials removed an uploaded run's local files, and
+    with them the only record of its id, so its online copy was never deleted; and a server error
+    mid-deletion stopped the erasure before its ledger and receipt were written."""
+    root = store["root"]
+    first, _ = store["affected_runs"]
+    (first / "wandb_run_id").write_text("abc123\n")
+    synced = first / "wandb" / "offline-run-20261206_000000-abc123" / "run-abc123.wandb.synced"
+    synced.parent.mkdir(parents=True, exist_ok=True)
+    synced.write_text("")  # `make sync` uploaded it
+    assert erase.main([*overrides(root), "erase.wandb_online=false"]) == 0
+    assert "1 uploaded W&B run(s) of erased data are not deleted online yet (abc123)" in capsys.readouterr().err
+    assert _receipt(root)["wandb_online_pending"] == ["abc123"]
+    ledger = root / "registry" / "erasure" / "erased.jsonl"
+    erased_lines = ledger.read_text()
+    assert erased_lines
+    # The server fails mid-deletion: recorded, still pending, nothing lost.
+    down = _DownApi()
+    job = erase.erase(load_config([*overrides(root), "erase.wandb_online=true"]), api=down)
+    assert [(o["run"], o["online"]) for o in job.online] == [("abc123", "failed")] and "502" in job.online[0]["detail"]
+    last = sorted((root / "registry" / "erasure" / "receipts").glob("*.json"))[-1]
+    assert job.online_pending == ["abc123"] and json.loads(last.read_text())["wandb_online_pending"] == ["abc123"]
+    assert ledger.read_text() == erased_lines  # what the first erasure recorded is kept
+    # Reachable again: deleted, and no longer pending.
+    api = _Api()
+    job = erase.erase(load_config([*overrides(root), "erase.wandb_online=true"]), api=api)
+    assert api.log[-1] == "run abc123 artifacts=True" and job.online_pending == []
+    assert erase.erase(load_config([*overrides(root), "erase.wandb_online=true"]), api=_Api()).online == []
+
+
 def test_other_runs_lose_only_the_lines_of_deleted_clips(store: dict[str, Any]) -> None:
     """A run not trained on the account (say, evaluated later on a split holding its clips) keeps
     its model; only the predictions and report lines of the deleted clips go."""
