@@ -21,6 +21,7 @@ found (run `make erase`), 2 a bad config or a root that cannot be scanned.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import re
 import sys
@@ -81,7 +82,9 @@ def _json_object(line: str) -> Any:
 def _texts_in(data: str) -> set[str]:
     """Candidate transcripts in a text file: JSON strings and markup-separated fragments."""
     found = {_unescape(m) for m in JSON_STRING.findall(data)}
-    found |= {f.strip() for f in FRAGMENT.split(data) if f.strip()}
+    # An HTML report writes "what's" as "what&#x27;s": its fragments are read unescaped too.
+    for text in {data, html.unescape(data)} if "&" in data else {data}:
+        found |= {f.strip() for f in FRAGMENT.split(text) if f.strip()}
     return {t for t in found if 0 < len(t) < 500}
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import itertools
 import json
 import os
@@ -589,10 +590,12 @@ FRAGMENTS = re.compile(r"[|<>\n\t\"]+")
 
 
 def mentions(key: bytes, deleted: set[str], texts: set[str], line: str) -> bool:
-    """Does this line of a report name a deleted clip's pseudonym or quote its transcript?"""
+    """Does this line of a report name a deleted clip's pseudonym or quote its transcript? An HTML
+    report writes "what's" as "what&#x27;s": the line is read as written and unescaped."""
     if set(PSEUDONYM_TEXT.findall(line)) & deleted:
         return True
-    return any(text_hash(key, f.strip()) in texts for f in FRAGMENTS.split(line) if f.strip())
+    parts = {line, html.unescape(line)} if "&" in line else {line}
+    return any(text_hash(key, f.strip()) in texts for part in parts for f in FRAGMENTS.split(part) if f.strip())
 
 
 def _prune(value: Any, key: bytes, deleted: set[str], texts: set[str]) -> tuple[Any, int]:

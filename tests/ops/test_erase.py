@@ -1003,3 +1003,18 @@ def test_a_copy_in_no_place_erasure_manages_is_marked_for_removal_by_hand(
     assert "1 in no place erasure manages (marked *): remove those by hand" in out
     assert "*unregistered" in out and str(root / "cache" / "exports" / "x.flac") in out
     assert erase.main(overrides(root)) == 0 and (root / "cache" / "exports" / "x.flac").exists()
+
+
+def test_a_transcript_an_html_report_escapes_is_still_found_and_dropped(tmp_path: Path) -> None:
+    """Found in review: report.html writes "what's" as "what&#x27;s", so neither erasure nor the audit
+    matched a deleted transcript with an apostrophe there."""
+    key = KEY.encode()
+    said = "alexa what's the weather forecast for today"
+    texts = {erase.text_hash(key, said)}
+    line = "<tr><td>demo-01549</td><td>alexa what&#x27;s the weather forecast for today</td></tr>\n"
+    assert erase.mentions(key, set(), texts, line)
+    report = tmp_path / "report.html"
+    report.write_text("<table>\n" + line + "<tr><td>kept</td><td>alexa play jazz</td></tr>\n</table>\n")
+    assert erase.filter_report(report, key, set(), texts) == 1
+    assert "what&#x27;s" not in report.read_text() and "alexa play jazz" in report.read_text()
+    assert said in audit._texts_in(line)
