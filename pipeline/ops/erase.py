@@ -639,6 +639,17 @@ def filter_report(path: Path, key: bytes, deleted: set[str], texts: set[str]) ->
     return dropped
 
 
+STAGED_TEXT_BYTES = 64 * 2**20  # larger staged files are models and audio, never a report or predictions
+
+
+def _holds_trace(path: Path, key: bytes, deleted: set[str], texts: set[str]) -> bool:
+    """Whether a staged file names a deleted clip's pseudonym or quotes its transcript (any line)."""
+    if not path.is_file() or path.stat().st_size > STAGED_TEXT_BYTES:
+        return False
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    return any(mentions(key, deleted, texts, line) for line in text.splitlines())
+
+
 def prediction_hit(key: bytes, deleted: set[str], texts: set[str], row: dict[str, Any]) -> bool:
     if row_matches(key, deleted, row):
         return True
@@ -830,10 +841,15 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
             job.remove("quarantine line", f, lines=rewritten)
 
     for f in staging_files(roots):
-        if f not in staged and not ledger.digests:
-            continue
-        digest = md5_b64(f)
-        if (f in staged or digest in ledger.digests) and digest not in kept:
+        if f in staged or ledger.digests:
+            digest = md5_b64(f)
+            if (f in staged or digest in ledger.digests) and digest not in kept:
+                f.unlink()
+                job.remove("W&B staging", f)
+                continue
+        # A staged copy of a run folder removed by hand (`make clean`) is known by what it holds: the
+        # run's manifest that named it is gone with the run.
+        if _holds_trace(f, key, deleted | ledger.utterances, texts):
             f.unlink()
             job.remove("W&B staging", f)
 

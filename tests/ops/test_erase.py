@@ -1018,3 +1018,24 @@ def test_a_transcript_an_html_report_escapes_is_still_found_and_dropped(tmp_path
     assert erase.filter_report(report, key, set(), texts) == 1
     assert "what&#x27;s" not in report.read_text() and "alexa play jazz" in report.read_text()
     assert said in audit._texts_in(line)
+
+
+def test_staged_copies_of_run_folders_removed_by_hand_are_erased_by_what_they_hold(
+    store: dict[str, Any], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found in review: after `make clean` removed the run folders, W&B's staged copies of their files
+    could not be tied to a run; erasure left them and the audit asked for `make erase` forever."""
+    import shutil
+
+    root = store["root"]
+    staging = root / "cache" / "wandb" / "data" / "artifacts" / "staging"
+    staging.mkdir(parents=True)
+    (staging / "tmp8f3k2").write_text(json.dumps({"utterance_id": "x", "reference": VICTIM_SENTENCES[0],
+                                                  "hypothesis": "please order"}) + "\n")
+    (staging / "tmp0kept").write_text(json.dumps({"utterance_id": "y", "reference": "alexa play jazz"}) + "\n")
+    for run in store["runs"]:
+        shutil.rmtree(run)  # `make clean`
+    assert erase.main(overrides(root)) == 0
+    assert not (staging / "tmp8f3k2").exists() and (staging / "tmp0kept").exists()
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 0, capsys.readouterr().out
