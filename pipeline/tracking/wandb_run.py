@@ -15,6 +15,7 @@ Why it does more than forward calls:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -75,11 +76,36 @@ def _sweep_group_and_name(run_dir: Path) -> tuple[str | None, str]:
                 group = "sweep-" + "_".join(sweep.parts[-2:])
                 # Name a point by its overrides, leaving out paths (same for every point, and long)
                 # and raw identifiers.
-                named = [redacted_override(o) for o in hc.overrides.task if "/" not in o.split("=", 1)[-1]]
+                named = [_for_wandb(o) for o in hc.overrides.task if "/" not in o.split("=", 1)[-1]]
                 return group, f"{hc.job.num}:" + ",".join(named)
     except ImportError:  # pragma: no cover - hydra is a dependency
         pass
     return None, "-".join(run_dir.parts[-2:])
+
+
+def _path_digest(value: str) -> str:
+    return f"sha256:{hashlib.sha256(value.encode()).hexdigest()[:16]}"
+
+
+def _for_wandb(override: str) -> str:
+    """An override as W&B may record it: identifier constants redacted, and a deletions file named
+    by a digest of its path (request files are often named after the account they delete)."""
+    key, sep, value = override.partition("=")
+    if sep and key.lstrip("+~").rsplit(".", 1)[-1] == "deletions" and value not in ("", "null"):
+        return f"{key}={_path_digest(value)}"
+    return redacted_override(override)
+
+
+def _wandb_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's config as W&B gets it: `_for_wandb`'s rules (the run folder's config.yaml keeps the
+    deletions path, as the run's provenance)."""
+    config = redact_identifiers(config)
+    data = config.get("data")
+    if isinstance(data, dict):
+        for entry in [data, *(e for e in data.get("sources") or [] if isinstance(e, dict))]:
+            if isinstance(entry.get("deletions"), str) and entry["deletions"]:
+                entry["deletions"] = _path_digest(entry["deletions"])
+    return config
 
 
 def _artifact_name(name: str) -> str:
@@ -281,13 +307,13 @@ def make_wandb_tracker(cfg: DictConfig, run_dir: Path, tags: list[str]) -> Track
     run_id = id_file.read_text().strip() if resumed else generate_id()
     id_file.write_text(run_id + "\n")
     group, name = _sweep_group_and_name(run_dir)
-    config = redact_identifiers(OmegaConf.to_container(cfg, resolve=True))
+    config = _wandb_config(OmegaConf.to_container(cfg, resolve=True))
     config["git_commit"] = git_commit(Path(__file__).resolve().parents[2])
     # A later call on the run (evaluate.py run=, make review) keeps the entry's name, group and tags
     # as its training gave them (a sweep's point name, its stages), unless the logger sets them.
     # W&B records the command line (sys.argv) with the run, where an identifier constant was typed.
     argv = sys.argv
-    sys.argv = [*argv[:1], *map(redacted_override, argv[1:])]
+    sys.argv = [*argv[:1], *map(_for_wandb, argv[1:])]
     try:
         run = _init(
             wandb,

@@ -190,6 +190,29 @@ def test_identifier_constants_never_reach_the_run(tmp_path: Path) -> None:
     assert redacted_override("data.columns.account_id=speaker_id") == "data.columns.account_id=speaker_id"
 
 
+def test_a_deletions_file_named_after_an_account_reaches_w_and_b_as_a_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: data.deletions=<path> (request files are often named after the account they
+    delete) went to the W&B run's config, its recorded command line and a sweep point's name."""
+    from pipeline.tracking.wandb_run import _for_wandb
+
+    run_dir = tmp_path / "run"
+    configure_environment(run_dir, tmp_path / "cache")
+    cfg = _cfg(run_dir, log_artifacts=False)
+    path = "/requests/req-amzn1.account.ZZACCT0001QQ.jsonl"
+    cfg.data = {"source": "jsonl", "deletions": path, "sources": [{"source": "jsonl", "deletions": path}]}
+    monkeypatch.setattr(sys, "argv", ["train.py", f"data.deletions={path}", "nlu.epochs=3"])
+    make_wandb_tracker(cfg, run_dir, tags=["data"]).finish()
+    [log] = transaction_logs(run_dir / "wandb")
+    data = read_offline_run(log).config["data"]
+    assert data["deletions"] == data["sources"][0]["deletions"] and data["deletions"].startswith("sha256:")
+    assert b"ZZACCT0001QQ" not in _all_bytes(run_dir)
+    assert cfg.data.deletions == path  # the run's own config keeps it, as its provenance
+    assert _for_wandb("data.deletions=req-acct.jsonl").startswith("data.deletions=sha256:")
+    assert _for_wandb("data.deletions=null") == "data.deletions=null" and _for_wandb("nlu.epochs=3") == "nlu.epochs=3"
+
+
 @pytest.mark.slow
 def test_an_identifier_constant_typed_on_the_command_line_reaches_no_file(tmp_path: Path) -> None:
     """`data.constants.device_serial=...` (so that a deletion request for the device finds the corpus)
