@@ -128,3 +128,18 @@ def test_a_dataset_of_false_wakes_only_is_refused(tiny_dataset_path: Path, tmp_p
     with pytest.raises(PipelineError, match=r"has no utterance with a real intent \(every clip is a false wake\)"):
         run_nlu_stage(nlu_config(), tmp_path / "run", tmp_path / "dataset", NullTracker())
     assert not (tmp_path / "run" / "nlu" / "model.safetensors").exists()
+
+
+def test_an_empty_test_split_leaves_it_out_of_the_card_instead_of_crashing(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """Found in review: a small build whose test split held no clip with an intent (deletions emptied
+    it) stopped the stage with a KeyError while writing the model card."""
+    from datasets import load_from_disk
+
+    dd = load_from_disk(str(tiny_dataset_path))
+    dd["test"] = dd["test"].filter(lambda row: row["intent"] is None)  # false wakes only: nothing to score
+    assert len(dd["test"])
+    dd.save_to_disk(str(tmp_path / "no_test"))
+    result = run_nlu_stage(nlu_config("nlu.epochs=1"), tmp_path / "run", tmp_path / "no_test", NullTracker())
+    assert result["test"]["utterances"] == 0 and "intent_accuracy" not in result["test"]
+    card = (tmp_path / "run" / "nlu" / "README.md").read_text()
+    assert "validation" in card and "| test |" not in card
