@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
@@ -236,6 +237,26 @@ def redacted_override(override: str) -> str:
     key, sep, _ = override.partition("=")
     hides = "constants" in override and any(k in override for k in IDENTIFIER_KEYS)
     return f"{key}={REDACTED}" if sep and hides else override
+
+
+def submitit_pickles(config: Any) -> list[Path]:
+    """The pickles the submitit launcher (`hydra/launcher=slurm`) keeps of a sweep's jobs: each holds
+    the job's composed config, identifier constants typed on the command line included."""
+    launcher = OmegaConf.select(config, "hydra.launcher.submitit_folder", default=None)
+    if not launcher:
+        return []
+    root = Path(str(launcher).split("%j", 1)[0])
+    return sorted(root.rglob("*.pkl")) if root.is_dir() else []
+
+
+class SweepRecords(Callback):
+    """Hydra callback (conf/config.yaml): once a sweep's jobs have all returned, submitit's pickles of
+    them are removed; its logs and sbatch scripts stay. A job reads its pickle when it starts (and on a
+    requeue), so they cannot go earlier, nor be redacted."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        for path in submitit_pickles(config):
+            path.unlink(missing_ok=True)
 
 
 def redact_hydra_record(folder: Path) -> None:

@@ -255,6 +255,28 @@ def test_an_identifier_constant_typed_on_the_command_line_reaches_no_file(tmp_pa
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
+def test_a_submitit_sweep_leaves_no_pickle_of_an_identifier_constant(tmp_path: Path) -> None:
+    """Found in review: the submitit launcher (hydra/launcher=slurm) keeps each job's pickled config,
+    an identifier constant typed on the command line included, in the sweep folder. Its local
+    launcher writes the same files."""
+    from tests.data.test_hf_sources import audiofolder
+
+    folder = audiofolder(tmp_path / "corpus", [{"file_name": f"audio/c{i}.flac", "text": f"clip {i}",
+                                                "speaker_id": f"s{i % 3}"} for i in range(9)])
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", "hydra/launcher=submitit_local",
+                           "hydra.launcher.submitit_folder=${hydra.sweep.dir}/.submitit/%j", "stages=[data]", "data=hf",
+                           f"data.path={folder}", "data.columns.account_id=speaker_id", "logger=none",
+                           "data.constants.device_serial=CONSTSERIAL77", "seed=1,2", f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all((sweep / n / "build_report.json").is_file() for n in ("0", "1"))
+    assert any((sweep / ".submitit").rglob("*_log.out"))  # submitit's logs stay
+    assert not list(sweep.rglob("*.pkl")) and b"CONSTSERIAL77" not in _all_bytes(sweep)
+
+
 def test_wandb_folders_set_outside_are_replaced_with_a_line_and_a_sweeps_own_silently(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
