@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
     ("asr.keep_last=0", r"^asr.keep_last=0: must be at least 1"),
     ("asr.lm_order=9", r"^asr.lm_order=9: use 1 to 6"),
     ("asr.lm_order=0", r"^asr.lm_order=0: use 1 to 6"),
-    # Found in review: accepted, then ignored, or refused by transformers or torch after the data stage.
+    # Before the fix: accepted, then ignored, or refused by transformers or torch after the data stage.
     ("+asr.model_config.num_hidden_layer=12", r"^asr.model_config.num_hidden_layer: not a Wav2Vec2Config field; did you "
                                               r"mean num_hidden_layers"),
     ("+asr.spec_augment.mask_tme_prob=0.9", r"^asr.spec_augment.mask_tme_prob: not a Wav2Vec2Config field; did you mean "

@@ -129,7 +129,7 @@ def test_a_checkpoint_without_loss_scaling_resumes_in_fp16_and_the_other_way() -
 
 
 def test_the_stage_reads_the_checked_values_not_the_raw_strings(tiny_dataset_path: Path, tmp_path: Path) -> None:
-    """Found in review: the check turned asr.freeze_feature_encoder='false' (a quoted override, or an
+    """Before the fix: the check turned asr.freeze_feature_encoder='false' (a quoted override, or an
     ${oc.env:...}) into False, then the stage read the raw string "false", true to Python, and froze
     the feature encoder."""
     from safetensors.torch import load_file

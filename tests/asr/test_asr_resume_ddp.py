@@ -104,7 +104,7 @@ def test_a_resume_with_other_batches_starts_its_epoch_over(
 
 
 def test_a_run_resumed_from_another_run_folder_saves_a_model(tiny_dataset_path: Path, tmp_path: Path) -> None:
-    """Found in review: the resumed state names the other run's best step; when this run never beat it,
+    """Before the fix: the resumed state names the other run's best step; when this run never beat it,
     the model folder was written without config.json or model.safetensors, yet reported that step."""
     from pipeline.asr.model import load_asr
 
@@ -124,7 +124,7 @@ def test_a_run_resumed_from_another_run_folder_saves_a_model(tiny_dataset_path: 
 def test_a_tie_in_validation_wer_goes_to_the_lower_loss_and_an_old_lm_is_removed(
     tiny_dataset_path: Path, tmp_path: Path,
 ) -> None:
-    """Found in review: early validations sit at WER 1.0, and a strict < kept the first checkpoint
+    """Before the fix: early validations sit at WER 1.0, and a strict < kept the first checkpoint
     however much worse its loss; and a retrain with asr.lm_order=null left the earlier LM beside the
     new model, where eval.decoder=auto would still use it."""
     metrics = run_asr_stage(micro_cfg("asr.max_steps=12", "asr.eval_every=3", "asr.learning_rate=1e-2"),

@@ -410,7 +410,7 @@ def _clip_folder(folder: Path, rows: list[dict]) -> Path:
 
 
 def test_one_person_given_as_a_constant_is_held_out_or_trained_on_whole(tmp_path: Path) -> None:
-    """Found in review: a corpus of one speaker named by `constants.account_id` was split clip by clip,
+    """Before the fix: a corpus of one speaker named by `constants.account_id` was split clip by clip,
     so that person was in training and in test."""
     folder = _clip_folder(tmp_path / "alice", [{"transcription": f"word {i}"} for i in range(40)])
     records = _records(tmp_path, folder, columns={"transcript": "transcription"}, constants={"account_id": "alice"})
@@ -418,7 +418,7 @@ def test_one_person_given_as_a_constant_is_held_out_or_trained_on_whole(tmp_path
 
 
 def test_class_label_columns_are_read_by_their_names(tmp_path: Path) -> None:
-    """Found in review: hub datasets store labels as codes; a keyword column of codes never matched
+    """Before the fix: hub datasets store labels as codes; a keyword column of codes never matched
     "computer" (its clips were trained on), and a speaker column of codes stopped the build with KeyError."""
     from datasets import Audio, ClassLabel, Dataset, Features, Value
 
@@ -444,7 +444,7 @@ def test_class_label_columns_are_read_by_their_names(tmp_path: Path) -> None:
 
 
 def test_a_clip_that_says_the_keyword_under_another_label_is_a_keyword_clip(tmp_path: Path) -> None:
-    """Found in review: a clip labelled with no wake word that says "ok computer" was trained on, and
+    """Before the fix: a clip labelled with no wake word that says "ok computer" was trained on, and
     in the keyword test scored as a negative."""
     rows = [{"transcription": t, "wake_word": w} for t, w in
             [("computer", "computer"), ("ok computer", None), ("my computers", None), ("athena", "athena"),

@@ -130,7 +130,7 @@ def test_false_accepts_on_background_are_paired_over_its_recordings() -> None:
     assert B.paired_rate_difference(base, coarser, samples=100).resampled == "8 background recordings"
     with pytest.raises(ValueError, match="no background recording in common"):
         B.paired_rate_difference(base, [{**base[0], "recording": "other"}])
-    # Found in review: two folders of device recordings cut into chunks of one length share names and
+    # Before the fix: two folders of device recordings cut into chunks of one length share names and
     # lengths; only the samples' digest tells that the runs heard other audio.
     with pytest.raises(ValueError, match=r"test-004 is other audio in the two runs \(its samples' digests differ\)"):
         B.paired_rate_difference(base, [{**r, "digest": r["digest"] + "x" * (i == 4)} for i, r in enumerate(more)])
@@ -273,7 +273,7 @@ def test_a_share_of_zero_or_one_gets_the_exact_interval_over_speakers() -> None:
 
 
 def test_a_value_every_speaker_shares_is_no_zero_width_interval() -> None:
-    """Found in review: four speakers, each with 1 of 2 intents right and the same entity counts. Every
+    """Before the fix: four speakers, each with 1 of 2 intents right and the same entity counts. Every
     draw gives 0.5 and the same F1: the share had no interval and the report blamed too few speakers;
     the F1 had a zero-width one, read as certainty."""
     rows = _nlu_rows(4, 2, {s: {"tp": 1, "fp": 1, "fn": 0} for s in range(4)}, set())

@@ -237,7 +237,7 @@ def test_auto_background_is_the_demos_only_for_a_demo_build(tmp_path: Path) -> N
         return tmp_path / name
 
     # A build that read 16 of the corpus' utterances gets 16/total of the 2.2 h per split, whatever its
-    # records count: with data.demo.extra_takes=2 they are three times the utterances (found in review).
+    # records count: with data.demo.extra_takes=2 they are three times the utterances (before the fix).
     cfg.data.demo.max_utterances = 16
     smoke = build("smoke", {"source": "demo", "records_in": 48})
     recordings = load_background(resolve_background(cfg, smoke), ("validation", "test"), "alexa")

@@ -131,7 +131,7 @@ def test_a_dataset_of_false_wakes_only_is_refused(tiny_dataset_path: Path, tmp_p
 
 
 def test_an_empty_test_split_leaves_it_out_of_the_card_instead_of_crashing(tiny_dataset_path: Path, tmp_path: Path) -> None:
-    """Found in review: a small build whose test split held no clip with an intent (deletions emptied
+    """Before the fix: a small build whose test split held no clip with an intent (deletions emptied
     it) stopped the stage with a KeyError while writing the model card."""
     from datasets import load_from_disk
 

@@ -296,7 +296,7 @@ class _DownApi(_Api):
 def test_an_uploaded_run_stays_pending_until_its_online_copy_is_deleted(
     store: dict[str, Any], capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Found in review: an erasure without W&B credentials removed an uploaded run's local files, and
+    """Before the fix: an erasure without W&B credentials removed an uploaded run's local files, and
     with them the only record of its id, so its online copy was never deleted; and a server error
     mid-deletion stopped the erasure before its ledger and receipt were written."""
     root = store["root"]
@@ -1006,7 +1006,7 @@ def test_a_copy_in_no_place_erasure_manages_is_marked_for_removal_by_hand(
 
 
 def test_a_transcript_an_html_report_escapes_is_still_found_and_dropped(tmp_path: Path) -> None:
-    """Found in review: report.html writes "what's" as "what&#x27;s", so neither erasure nor the audit
+    """Before the fix: report.html writes "what's" as "what&#x27;s", so neither erasure nor the audit
     matched a deleted transcript with an apostrophe there."""
     key = KEY.encode()
     said = "alexa what's the weather forecast for today"
@@ -1023,7 +1023,7 @@ def test_a_transcript_an_html_report_escapes_is_still_found_and_dropped(tmp_path
 def test_staged_copies_of_run_folders_removed_by_hand_are_erased_by_what_they_hold(
     store: dict[str, Any], capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Found in review: after `make clean` removed the run folders, W&B's staged copies of their files
+    """Before the fix: after `make clean` removed the run folders, W&B's staged copies of their files
     could not be tied to a run; erasure left them and the audit asked for `make erase` forever."""
     import shutil
 

@@ -193,7 +193,7 @@ def test_identifier_constants_never_reach_the_run(tmp_path: Path) -> None:
 def test_a_deletions_file_named_after_an_account_reaches_w_and_b_as_a_digest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Found in review: data.deletions=<path> (request files are often named after the account they
+    """Before the fix: data.deletions=<path> (request files are often named after the account they
     delete) went to the W&B run's config, its recorded command line and a sweep point's name."""
     from pipeline.tracking.wandb_run import _for_wandb
 
@@ -257,7 +257,7 @@ def test_an_identifier_constant_typed_on_the_command_line_reaches_no_file(tmp_pa
 
 @pytest.mark.slow
 def test_a_submitit_sweep_leaves_no_pickle_of_an_identifier_constant(tmp_path: Path) -> None:
-    """Found in review: the submitit launcher (hydra/launcher=slurm) keeps each job's pickled config,
+    """Before the fix: the submitit launcher (hydra/launcher=slurm) keeps each job's pickled config,
     an identifier constant typed on the command line included, in the sweep folder. Its local
     launcher writes the same files."""
     from tests.data.test_hf_sources import audiofolder

@@ -169,7 +169,7 @@ def test_a_span_the_tagger_does_not_know_is_not_a_boundary_slip() -> None:
 
 
 def test_text_kinds_hold_out_whole_texts_so_copies_of_a_wrong_label_do_not_vouch_for_it() -> None:
-    """Found in review: with folds of accounts, a sentence recorded under several accounts (SLURP by
+    """Before the fix: with folds of accounts, a sentence recorded under several accounts (SLURP by
     take) was scored by a model fitted on exact copies of it, its wrong label included."""
     rng = np.random.default_rng(0)
     intents = ["play_music", "weather_query", "set_alarm", "iot_lights"]

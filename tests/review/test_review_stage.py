@@ -132,7 +132,7 @@ def test_planted_errors_are_scored_in_the_report(tiny_models: Path, tiny_dataset
 def test_a_wake_kind_with_nothing_to_contrast_scores_no_clip_and_says_why(
     tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
 ) -> None:
-    """Found in review: on a corpus without false wakes (SLURP) the wake kind judged nothing, yet the
+    """Before the fix: on a corpus without false wakes (SLURP) the wake kind judged nothing, yet the
     summary counted every clip as scored for it and planted wake errors were scored at precision 0."""
     from datasets import DatasetDict
 
