@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,6 +72,27 @@ def with_checked(cfg: DictConfig, group: str, schema: type) -> DictConfig:
     with open_dict(out):
         out[group] = OmegaConf.create(dataclasses.asdict(typed))
     return out
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """"; did you mean a, b?" for a misspelt name, or "" when no known one is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=3)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def check_builds(key: str, what: str, build: Callable[[], Any]) -> None:
+    """Build a model from a config group (`asr.model_config`, `nlu.encoder_config`) on torch's meta
+    device, which costs no memory, so that the checks transformers makes when it builds one (a head
+    count that does not divide the width, conv lists of unequal length) run before the first stage."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            build()
+    except Exception as err:  # noqa: BLE001 - whatever transformers refuses is this setting's problem
+        raise PipelineError(f"{key}: transformers cannot build {what} from it: {' '.join(str(err).split())}") from None
 
 
 def check_device(key: str, device: str) -> None:

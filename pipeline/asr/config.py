@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from pipeline.config import choice
+from pipeline.config import check_builds, choice, did_you_mean
 from pipeline.runtime import PipelineError, looks_like_path
 
 MAX_LM_ORDER = 6  # the KenLM inside flashlight-text's wheel is compiled for at most 6-grams
@@ -34,11 +34,7 @@ def check_wav2vec2_settings(model_config: dict[str, Any], spec_augment: dict[str
     """Refuse `asr.model_config` / `asr.spec_augment` that transformers would take silently or refuse
     only once the model is built, after the data stage: a misspelt field becomes an unused attribute
     (`num_hidden_layer=12` trains 4 layers), a share above 1 or a head count that does not divide the
-    width fails later. With `builds` (no model_name_or_path) the model is built on the meta device,
-    which costs no memory, so that every check transformers makes runs now."""
-    import difflib
-
-    import torch
+    width fails later. With `builds` (no model_name_or_path) the model is built now (`check_builds`)."""
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
     fields = sorted(Wav2Vec2Config().to_dict())
@@ -47,8 +43,7 @@ def check_wav2vec2_settings(model_config: dict[str, Any], spec_augment: dict[str
         for key in values:
             if key not in allowed:
                 why = "set by the run from its vocabulary" if key in RUN_DECIDES else "not a Wav2Vec2Config field"
-                close = difflib.get_close_matches(key, allowed, n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else f" for this group; known: {', '.join(allowed)}"
+                hint = did_you_mean(key, allowed) or f" for this group; known: {', '.join(allowed)}"
                 raise PipelineError(f"asr.{group}.{key}: {why}{hint}")
     for key, value in spec_augment.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -60,13 +55,8 @@ def check_wav2vec2_settings(model_config: dict[str, Any], spec_augment: dict[str
         if key.endswith("_min_masks") and value < 0:
             raise PipelineError(f"asr.spec_augment.{key}={value}: 0 or more")
     if builds:
-        try:
-            config = Wav2Vec2Config(**model_config, **spec_augment)
-            with torch.device("meta"):
-                Wav2Vec2ForCTC(config)
-        except Exception as err:  # noqa: BLE001 - whatever transformers refuses is this setting's problem
-            raise PipelineError(f"asr.model_config: transformers cannot build a wav2vec2 model from it: "
-                                f"{' '.join(str(err).split())}") from None
+        check_builds("asr.model_config", "a wav2vec2 model",
+                     lambda: Wav2Vec2ForCTC(Wav2Vec2Config(**model_config, **spec_augment)))
 
 
 def wav2vec2_folder_problem(folder: Path) -> Optional[str]:

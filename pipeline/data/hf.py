@@ -160,8 +160,7 @@ class HFSource:
                 for field, column in self.mapping.items():
                     value = batch[column][i]
                     if field in self.labels and isinstance(value, int):
-                        names = self.labels[field]
-                        value = names[value] if 0 <= value < len(names) else None  # -1: a row without a label
+                        value = label_name(self.labels[field], value)
                     if _blank(value):
                         if field in REQUIRED:
                             record[field] = None  # quarantined as invalid_record, naming the field
@@ -197,6 +196,11 @@ def _plain(node: Any) -> dict[str, Any]:
 def _blank(value: Any) -> bool:
     """An empty cell: null (a blank CSV cell, JSON null), or a float NaN."""
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def label_name(names: list[str], code: int) -> str | None:
+    """A class-label column's code as its name (hub datasets store labels so); -1 is a row without one."""
+    return names[code] if 0 <= code < len(names) else None
 
 
 def _as_text(value: Any) -> Any:

@@ -41,7 +41,7 @@ from typing import Any
 
 from pipeline.data.background import mentions
 from pipeline.data.config import ROLES, SourceConfig, holds_out_everyone
-from pipeline.data.hf import HUB_ID
+from pipeline.data.hf import HUB_ID, label_name
 from pipeline.data.sources import RawRecord, Source
 from pipeline.runtime import PipelineError
 from pipeline.text import normalize_text
@@ -81,7 +81,7 @@ def _column_text(dataset: Any, column: str) -> list[str | None]:
     feature = dataset.features[column]
     values = dataset[column]
     if isinstance(feature, ClassLabel):
-        return [feature.int2str(v) if v is not None and v >= 0 else None for v in values]
+        return [None if v is None else label_name(feature.names, v) for v in values]
     return [None if v is None else str(v) for v in values]
 
 

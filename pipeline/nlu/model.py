@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig,
 from safetensors import SafetensorError
 from transformers.modeling_outputs import ModelOutput
 
+from pipeline.config import check_builds, did_you_mean
 from pipeline.data.annotations import tags_to_entities, word_spans
 from pipeline.nlu.config import HeadConfig
 from pipeline.runtime import PipelineError, first_line, looks_like_path
@@ -163,10 +164,8 @@ def build_model_from_config(
 
 def check_encoder_config(encoder_config: dict[str, Any]) -> None:
     """`nlu.encoder_config` is read only when the model is built, after the data stage: an unknown
-    model_type or a width the head count does not divide failed there, in transformers. Built on
-    the meta device, which costs no memory, so that every check transformers makes runs now."""
-    import difflib
-
+    model_type or a width the head count does not divide failed there, in transformers. Built now
+    (`check_builds`)."""
     from transformers import CONFIG_MAPPING
 
     fields = dict(encoder_config)
@@ -174,22 +173,18 @@ def check_encoder_config(encoder_config: dict[str, Any]) -> None:
     if model_type is None:
         raise PipelineError("nlu.encoder_config has no model_type; give one, e.g. nlu.encoder_config.model_type=bert")
     if not (isinstance(model_type, str) and model_type in CONFIG_MAPPING):
-        close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=3)
         raise PipelineError(f"nlu.encoder_config.model_type={model_type!r} is not a transformers model type"
-                            f"{'; did you mean ' + ', '.join(close) if close else ''} (conf/nlu/tiny.yaml uses bert)")
+                            f"{did_you_mean(str(model_type), list(CONFIG_MAPPING.keys()))} (conf/nlu/tiny.yaml uses bert)")
     known = sorted(CONFIG_MAPPING[model_type]().to_dict())
     for key in fields:  # transformers keeps an unknown field as an unused attribute
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=3)
-            raise PipelineError(f"nlu.encoder_config.{key}: not a field of a {model_type} config"
-                                f"{'; did you mean ' + ', '.join(close) + '?' if close else ''}")
-    try:
+            raise PipelineError(f"nlu.encoder_config.{key}: not a field of a {model_type} config{did_you_mean(key, known)}")
+
+    def build() -> None:
         config = AutoConfig.for_model(model_type, **fields)
-        with torch.device("meta"):
-            AutoModel.from_config(config, **_pooler_kwargs(config))
-    except Exception as err:  # noqa: BLE001 - whatever transformers refuses is this setting's problem
-        raise PipelineError(f"nlu.encoder_config: transformers cannot build a {model_type} encoder from it: "
-                            f"{' '.join(str(err).split())}") from None
+        AutoModel.from_config(config, **_pooler_kwargs(config))
+
+    check_builds("nlu.encoder_config", f"a {model_type} encoder", build)
 
 
 def has_unused_weights(model: JointIntentTagger) -> bool:
