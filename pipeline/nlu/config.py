@@ -78,9 +78,11 @@ class NLUConfig:
             raise PipelineError(f"nlu.cpu_threads={self.cpu_threads}: must be null (torch's default) or at least 1")
         # A trained NLU folder, a missing folder or a backbone whose weights are not the pinned ones:
         # refused before any stage runs, not after an ASR run (lazy imports: transformers).
-        from pipeline.nlu.model import check_encoder_config, refuse_trained_model, resolve_backbone
+        from pipeline.nlu.model import check_backbone_positions, check_encoder_config, refuse_trained_model, resolve_backbone
 
         if self.encoder_config:
-            check_encoder_config(self.encoder_config)
+            check_encoder_config(self.encoder_config, self.max_length)
         refuse_trained_model(self.model_name_or_path)
-        resolve_backbone(self.model_name_or_path, self.model_sha256)
+        backbone = resolve_backbone(self.model_name_or_path, self.model_sha256)
+        if not self.encoder_config:
+            check_backbone_positions(backbone, self.max_length)

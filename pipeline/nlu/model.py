@@ -162,10 +162,10 @@ def build_model_from_config(
     return model
 
 
-def check_encoder_config(encoder_config: dict[str, Any]) -> None:
+def check_encoder_config(encoder_config: dict[str, Any], max_length: int) -> None:
     """`nlu.encoder_config` is read only when the model is built, after the data stage: an unknown
-    model_type or a width the head count does not divide failed there, in transformers. Built now
-    (`check_builds`)."""
+    model_type, a width the head count does not divide or too few positions for `nlu.max_length`
+    failed there, in transformers. Built now (`check_builds`)."""
     from transformers import CONFIG_MAPPING
 
     fields = dict(encoder_config)
@@ -185,6 +185,20 @@ def check_encoder_config(encoder_config: dict[str, Any]) -> None:
         AutoModel.from_config(config, **_pooler_kwargs(config))
 
     check_builds("nlu.encoder_config", f"a {model_type} encoder", build)
+    check_max_length(AutoConfig.for_model(model_type, **fields), max_length, "nlu.encoder_config")
+
+
+def check_backbone_positions(backbone: str, max_length: int) -> None:
+    """`nlu.max_length` against a backbone folder's positions, before any stage runs (a hub id is
+    read when the model is built)."""
+    if not (Path(backbone) / "config.json").is_file():
+        return
+    try:
+        config = AutoConfig.from_pretrained(backbone)
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"nlu.model_name_or_path={backbone}: its config.json cannot be read ({first_line(err)}); "
+                            "copy the whole folder again") from err
+    check_max_length(config, max_length, f"the backbone {backbone}")
 
 
 def has_unused_weights(model: JointIntentTagger) -> bool:
@@ -200,7 +214,28 @@ def _pooler_kwargs(config: PretrainedConfig) -> dict[str, Any]:
     return {"add_pooling_layer": False} if config.model_type in _POOLER_TYPES else {}
 
 
+def position_limit(config: PretrainedConfig) -> int | None:
+    """The most sub-tokens the encoder's learnt positions cover (None: no absolute positions).
+    RoBERTa's family numbers positions from its pad id + 1, so two of its 514 are never used."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or getattr(config, "position_biased_input", True) is False:
+        return None  # DeBERTa-v2/v3 use relative positions only
+    if "roberta" in config.model_type or config.model_type in {"camembert", "longformer", "data2vec-text"}:
+        return positions - int(getattr(config, "pad_token_id", 1) or 0) - 1
+    return positions
+
+
+def check_max_length(config: PretrainedConfig, max_length: int, source: str) -> None:
+    """A text longer than the encoder's positions crashed the first batch that held one, in
+    training or in `predict`, long after the config was read."""
+    limit = position_limit(config)
+    if limit is not None and int(max_length) > limit:
+        raise PipelineError(f"nlu.max_length={max_length}: {source} has learnt positions for {limit} sub-tokens; "
+                            f"set nlu.max_length to {limit} or less")
+
+
 def _set_heads(config: PretrainedConfig, intents: list[str], tags: list[str], head: HeadConfig, max_length: int) -> None:
+    check_max_length(config, max_length, f"the {config.model_type} encoder")
     # The folder's config.json carries the heads' settings, so a saved model needs no YAML to load.
     config.nlu_intents = list(intents)
     config.nlu_tags = list(tags)
@@ -383,12 +418,14 @@ def resolve_backbone(name: str, sha256: str | None = None) -> str:
     elif looks_like_path(name) and not Path(name).expanduser().is_dir():
         # A path that is not a folder would otherwise be read as a hub id, or blamed on the checksum.
         raise PipelineError(f"nlu.model_name_or_path={name}: no such folder; give a backbone folder, a hub id or package:<module>")
+    weights = Path(name) / "model.safetensors"
+    # A package is a local folder whatever the hash says: without weights it failed only when the
+    # model was built, after the data stage (or, for a tokenizer-only use, never).
+    if packaged and not weights.exists() and (sha256 or not (Path(name) / "pytorch_model.bin").exists()):
+        raise PipelineError(f"nlu.model_name_or_path={source}: {weights} does not exist, so the package was "
+                            f"installed without its model; reinstall the package {module_name}")
     if sha256:
-        weights = Path(name) / "model.safetensors"
         if not weights.exists():
-            if packaged:
-                raise PipelineError(f"nlu.model_name_or_path={source}: {weights} does not exist, so the package was "
-                                    f"installed without its model; reinstall the package {module_name}")
             raise PipelineError(f"nlu.model_sha256 is set but {weights} does not exist; unset it for hub ids")
         stat = weights.stat()
         digest = _sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)

