@@ -154,6 +154,7 @@ def set_up(
     seed_everything(int(cfg.seed))  # the fresh model's initial weights depend only on the seed
     model = build_model(acfg, processor)
     train_set, unalignable = _drop_unalignable(train_set, model, placement)
+    check_masks_fit(model, train_set, acfg)
     state = _fresh_state()
     if resume_from is not None:
         state = load_checkpoint(resume_from, model)
@@ -627,6 +628,30 @@ def _drop_unalignable(train_set: ClipDataset, model: Any, placement: Placement) 
     if placement.is_main:
         print(f"[asr] left out {dropped} training clip(s) with fewer output frames than transcript characters", flush=True)
     return ClipDataset(train_set.split.select(keep), train_set.cache_mb), dropped
+
+
+def check_masks_fit(model: Any, train_set: ClipDataset, acfg: DictConfig) -> None:
+    """SpecAugment's masks must fit the smallest thing they mask: transformers refuses a time mask
+    longer than a batch's frames, which failed training at whichever step first drew a batch of the
+    shortest clips (at the fastest speed perturbation), and a feature mask wider than the model."""
+    config = model.config
+    if not getattr(config, "apply_spec_augment", True):
+        return
+    if float(config.mask_feature_prob or 0) > 0 and int(config.mask_feature_length) > int(config.hidden_size):
+        raise PipelineError(f"asr.spec_augment.mask_feature_length={config.mask_feature_length} is wider than the model's "
+                            f"{config.hidden_size} features; set it to {config.hidden_size} or less")
+    if float(config.mask_time_prob or 0) <= 0 or not train_set.durations:
+        return
+    fastest = max([float(s) for s in acfg.augment.speeds or [1.0]] + [1.0]) if float(acfg.augment.prob) > 0 else 1.0
+    shortest = min(range(len(train_set.durations)), key=train_set.durations.__getitem__)
+    seconds = train_set.durations[shortest] / fastest
+    frames = int(output_lengths(model, [round(seconds * SAMPLING_RATE)])[0])
+    if int(config.mask_time_length) > frames:
+        clip = train_set.split.select_columns(["utterance_id"])[shortest]["utterance_id"]
+        raise PipelineError(
+            f"asr.spec_augment.mask_time_length={config.mask_time_length} frames is longer than the shortest training "
+            f"clip ({clip}: {seconds:.2f} s at speed {fastest:g}, {frames} frames), which a batch of such clips cannot "
+            f"hold; set asr.spec_augment.mask_time_length to {max(frames, 1)} or less, or raise data.min_duration_s")
 
 
 def _save_best(run: TrainingRun, stopped_by: str) -> dict[str, Any]:

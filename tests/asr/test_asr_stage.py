@@ -129,3 +129,21 @@ def test_spliced_plays_train_through_the_stage(tiny_dataset_path: Path, tmp_path
     cfg = micro_cfg("asr.splice={sources: [persons], partners: [synthetic], prob: 1.0, gap_s: 0.2}")
     with pytest.raises(PipelineError, match=r"asr.splice: \['persons'\] is no source"):
         run_asr_stage(cfg, tmp_path / "run2", tmp_path / "data", RecordingTracker())
+
+
+@pytest.mark.parametrize(("overrides", "error"), [
+    (("asr.spec_augment.mask_time_length=1000",),
+     r"^asr\.spec_augment\.mask_time_length=1000 frames is longer than the shortest training clip \(\S+: \d\.\d\d s at "
+     r"speed 1\.1, \d+ frames\), which a batch of such clips cannot hold; set asr\.spec_augment\.mask_time_length to "
+     r"\d+ or less, or raise data\.min_duration_s$"),
+    (("asr.spec_augment.mask_feature_prob=0.1", "asr.spec_augment.mask_feature_length=64"),
+     r"^asr\.spec_augment\.mask_feature_length=64 is wider than the model's 32 features; set it to 32 or less$"),
+])
+def test_a_spec_augment_mask_that_cannot_fit_is_refused_before_the_first_step(
+        tiny_dataset_path: Path, tmp_path: Path, overrides: tuple[str, ...], error: str) -> None:
+    """Before the fix transformers raised a ValueError ("`mask_length` has to be smaller than
+    `sequence_length`") from inside a training step, at whichever step first drew such a batch."""
+    cfg = micro_cfg("asr.augment.prob=0.5", *overrides)
+    with pytest.raises(PipelineError, match=error):
+        run_asr_stage(cfg, tmp_path, tiny_dataset_path, RecordingTracker())
+    assert not (tmp_path / "asr" / "checkpoints").exists() or not any((tmp_path / "asr" / "checkpoints").iterdir())
