@@ -52,7 +52,7 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 # Bump whenever the same inputs would now give a different dataset, so stale caches are not reused.
-CODE_VERSION = 15  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
+CODE_VERSION = 16  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
                   # 4: `copy_of` is a dataset column, so erasure finds a copy whose original is not in the dataset;
                   # 5: records a source keeps out (held-out keyword clips) are quarantined, not skipped;
                   # 6: an utterance id that contains the record's account, device or annotator id is stored as its pseudonym;
@@ -88,6 +88,7 @@ CODE_VERSION = 15  # 3: `copy_of` deletes a copy with its original, `train_only`
                   #    two entities in one word are bad_annotation
                   # 15: a speech corpus's clip that says a keyword under another label is a keyword clip; class-label
                   #    keyword and speaker columns are read by name; a constant account is one held-out speaker
+                  # 16: a metadata.csv text cell pandas reads as missing (NA, None, null, nan) is read as written
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "identifier_in_text", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",

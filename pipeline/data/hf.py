@@ -79,6 +79,9 @@ class HFSource:
         self.dataset = dataset.cast_column(self.audio_column, Audio(decode=False))
         self.mapping = map_columns(self.dataset, _plain(data_cfg.columns), self.path)
         self.dataset = _float_ids_as_text(self.dataset, self.mapping)
+        # The loader reads metadata.csv with pandas' missing-value words: these cells as written.
+        self.csv_cells = csv_text_cells(self.root, [c for f, c in self.mapping.items() if f in TEXT_FIELDS]) \
+            if self.kind == "audiofolder" and self.root is not None else {}
         self.labels = {
             field: self.dataset.features[column].names
             for field, column in self.mapping.items()
@@ -161,6 +164,8 @@ class HFSource:
                     value = batch[column][i]
                     if field in self.labels and isinstance(value, int):
                         value = label_name(self.labels[field], value)
+                    if _blank(value) and field in TEXT_FIELDS and self.csv_cells:
+                        value = self._cell_as_written(batch[self.audio_column][i], column)
                     if _blank(value):
                         if field in REQUIRED:
                             record[field] = None  # quarantined as invalid_record, naming the field
@@ -174,6 +179,12 @@ class HFSource:
                     record["wake_word_present"] = record.get("intent") is not None
                 yield row, record, batch[self.audio_column][i]
                 row += 1
+
+    def _cell_as_written(self, audio: Any, column: str) -> str | None:
+        """A text cell the loader read as missing, from metadata.csv as written ("" stays missing)."""
+        path = audio.get("path") if isinstance(audio, dict) else None
+        cell = self.csv_cells.get(str(Path(path).resolve()), {}).get(column) if path else None
+        return cell or None
 
     def close(self) -> None:
         if self.spool is not None:
@@ -236,6 +247,31 @@ def csv_text_features(folder: Path, columns: dict[str, Any]) -> Any:
         return None
     return Features({"audio": Audio(), **{c: Value("string") if c in text else f
                                           for c, f in inferred.items() if c != "file_name"}})
+
+
+def csv_text_cells(folder: Path, columns: list[str]) -> dict[str, dict[str, str]]:
+    """Per audio file (its resolved path), the text columns of its metadata.csv row as written.
+
+    The loader reads metadata.csv with pandas, which takes NA, NaN, None, null, n/a (and more) for a
+    blank cell, with no way to ask otherwise: a transcript "None" or speaker "NA" read as empty and
+    the clip was quarantined. Read again here with no missing-value words; a blank cell stays blank."""
+    files = sorted(folder.rglob("metadata.csv"))
+    if not files or not columns:
+        return {}
+    import pandas as pd
+
+    cells: dict[str, dict[str, str]] = {}
+    for file in files:
+        try:
+            frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+        except Exception:  # noqa: BLE001 - the loader has read it already, or said what is wrong with it
+            continue
+        wanted = [c for c in columns if c in frame.columns]
+        if "file_name" not in frame.columns or not wanted:
+            continue
+        for row in frame[["file_name", *wanted]].itertuples(index=False):
+            cells[str((file.parent / row[0]).resolve())] = dict(zip(wanted, row[1:]))
+    return cells
 
 
 def _float_ids_as_text(dataset: Any, mapping: dict[str, str]) -> Any:

@@ -397,17 +397,11 @@ def hf_source(data_cfg: SourceConfig, cache_dir: Path, name: str, config_name: s
     from pipeline.data.hf import HFSource
 
     hf = HFSource(data_cfg, name, config_name, cache_dir)
-    # The loader reads a metadata.csv with pandas, which takes NA, NaN, None, null, n/a (and more) for a
-    # blank cell, with no way to ask otherwise: a transcript or speaker spelt so reads as empty.
-    csv = hf.root is not None and any(hf.root.rglob("metadata.csv"))
-    missing_words = " (or holds a word pandas reads as missing, such as NA, NaN, None or null: give such cells in " \
-                    "a metadata.jsonl instead)" if csv else ""
-
     def records() -> Iterator[RawRecord]:
         for row, record, audio in hf.records():
             blank = [f for f, column in hf.mapping.items() if f in record and record[f] is None]
             if blank:  # a required field's cell is empty (pipeline.data.hf.REQUIRED)
-                yield RawRecord(row + 1, None, "; ".join(f"{f}: the cell of column {hf.mapping[f]!r} is empty{missing_words}"
+                yield RawRecord(row + 1, None, "; ".join(f"{f}: the cell of column {hf.mapping[f]!r} is empty"
                                                          for f in blank), row=row, audio=audio)
                 continue
             aliases: tuple[str, ...] = ()

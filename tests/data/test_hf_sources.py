@@ -306,19 +306,31 @@ def test_csv_of_numeric_speaker_ids_with_a_blank_cell(tmp_path: Path) -> None:
     rows = [{"file_name": "audio/a.flac", "transcription": "zero", "speaker_id": 101},
             {"file_name": "audio/b.flac", "transcription": "one", "speaker_id": 102},
             {"file_name": "audio/c.flac", "transcription": "two", "speaker_id": ""},
-            {"file_name": "audio/d.flac", "transcription": "NA", "speaker_id": 103}]  # a word pandas reads as missing
+            {"file_name": "audio/d.flac", "transcription": "", "speaker_id": 103}]
     report, quarantine = build(tmp_path, source="hf", path=str(audiofolder(tmp_path / "blank", rows, csv=True)))
     assert report["records_kept"] == 2
-    pandas_words = (" (or holds a word pandas reads as missing, such as NA, NaN, None or null: give such cells in a "
-                    "metadata.jsonl instead)")
     assert [(q["row"], q["reason"], q["detail"]) for q in quarantine] == [
-        (2, "invalid_record", "account_id: the cell of column 'speaker_id' is empty" + pandas_words),
-        (3, "invalid_record", "transcript: the cell of column 'transcription' is empty" + pandas_words)]
+        (2, "invalid_record", "account_id: the cell of column 'speaker_id' is empty"),
+        (3, "invalid_record", "transcript: the cell of column 'transcription' is empty")]
     whole = audiofolder(tmp_path / "whole", [dict(r) for r in rows[:2]], csv=True)
     again, _ = build(tmp_path, run="whole", source="hf", path=str(whole))
     speakers = [{r["utterance_id"]: r["speaker"] for ds in load_from_disk(b["dataset_path"]).values() for r in ds}
                 for b in (report, again)]
     assert speakers[0] == speakers[1] and len(set(speakers[0].values())) == 2
+
+
+def test_csv_cells_pandas_reads_as_missing_are_read_as_written(tmp_path: Path) -> None:
+    """pandas takes NA, None, null, nan (and more) for a blank cell. Before the fix a transcript
+    "None" or a speaker "NA" read as empty and the clip was quarantined as invalid_record."""
+    rows = [{"file_name": "audio/a.flac", "transcription": "None", "speaker_id": "NA"},
+            {"file_name": "audio/b.flac", "transcription": "nan", "speaker_id": "NA"},
+            {"file_name": "audio/c.flac", "transcription": "null", "speaker_id": "N/A"},
+            {"file_name": "audio/d.flac", "transcription": "NA", "speaker_id": "7"}]
+    report, quarantine = build(tmp_path, source="hf", path=str(audiofolder(tmp_path / "na", rows, csv=True)))
+    assert quarantine == [] and report["records_kept"] == 4
+    kept = {r["text"]: r["speaker"] for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
+    assert sorted(kept) == ["na", "nan", "none", "null"]
+    assert kept["none"] == kept["nan"] != kept["null"]  # speaker "NA" is one person, "N/A" another
 
 
 def test_csv_ids_are_read_as_written_not_as_numbers(tmp_path: Path) -> None:
