@@ -185,8 +185,7 @@ class Registry:
                 done.append(f"removed never-promoted {model_id}")
                 continue
             record = self.record(model_id)
-            successor = next((r for r in self.records()
-                              if (r.get("replaces") or {}).get("model_id") == model_id), None)
+            successor = self._successor(pointer["history"], model_id)
             reason = ((successor or {}).get("replaces") or {}).get("reason", "replaced")
             if record.get("status") != "retired" or (reason == "deletion" and self.has_weights(model_id)):
                 self.retire(model_id, reason, replaced_by=(successor or {}).get("model_id"))
@@ -203,6 +202,17 @@ class Registry:
                 "finished_at": now()})
             done.append(f"logged the promotion of {current}, whose job was killed before logging it")
         return done
+
+    def _successor(self, history: list[str], model_id: str) -> dict[str, Any] | None:
+        """The record of the model promoted right after the last promotion of `model_id`, when it
+        says it replaced it (a model promoted again, by rollback or by hand, has had several)."""
+        last = len(history) - 1 - history[::-1].index(model_id)
+        for later in history[last + 1:last + 2]:
+            if (self.models / later / RECORD).is_file():
+                record = self.record(later)
+                if (record.get("replaces") or {}).get("model_id") == model_id:
+                    return record
+        return None
 
     def affected_by(self, deleted_hashes: Iterable[str]) -> list[dict[str, Any]]:
         """Models whose weights still exist and were trained on any of these utterance pseudonyms."""

@@ -201,3 +201,29 @@ def test_a_killed_jobs_forked_workers_die_with_it(tmp_path: Path) -> None:
     finally:
         _kill_if_running(inside)
         _kill_if_running(outside)
+
+
+def test_recover_after_a_rollback_retires_the_model_for_its_latest_replacement(tmp_path: Path, monkeypatch) -> None:
+    """Before the fix: recover took the reason of whichever record first named the model in `replaces`,
+    so a model promoted twice (m1, then m2, then back to m1) and replaced for a deletion by a job killed
+    before m1 was retired got the old reason ("replaced", replaced_by m2) and kept its weights."""
+    reg = Registry(tmp_path / "registry")
+    reg.promote(_run(tmp_path, "a"), _record("m1", ["u1"]))
+    reg.promote(_run(tmp_path, "b"), _record("m2", ["u2"]))
+    reg.repromote("m1", "rolled_back")
+    assert reg.current()["model_id"] == "m1" and reg.record("m2")["retired_reason"] == "rolled_back"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the job dies after switching promoted.json, before retiring m1
+
+    monkeypatch.setattr(Registry, "retire", killed)
+    with pytest.raises(KeyboardInterrupt):
+        reg.promote(_run(tmp_path, "c"), _record("m3", []), retire_reason="deletion")
+    monkeypatch.undo()
+    assert reg.current()["model_id"] == "m3" and reg.record("m1")["status"] == "promoted"
+
+    reg.recover()
+    m1 = reg.record("m1")
+    assert (m1["status"], m1["retired_reason"], m1["replaced_by"]) == ("retired", "deletion", "m3")
+    assert not reg.has_weights("m1"), "a model replaced for a deletion loses its weights"
+    assert reg.record("m2")["retired_reason"] == "rolled_back"
