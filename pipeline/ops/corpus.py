@@ -314,8 +314,8 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
         write_text_atomic(tomb_file, "".join(h + "\n" for h in sorted(corpus.tombstones)))
     wanted = Deletions(requests | corpus.tombstones)  # tombstones: erasure's copies too
     merged: list[str] = []
-    unreadable: list[dict[str, Any]] = []
     for batch in batches:
+        unreadable: list[dict[str, Any]] = []
         kept: list[str] = []
         named: set[Path] = set()  # every audio file a readable record names, kept or purged
         for line in json_lines(batch / ANNOTATIONS):
@@ -342,12 +342,14 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
                 record["audio"] = f"batches/{batch.name}/{audio}"
             # Half an emoji (a lone surrogate) cannot be written as UTF-8: that line keeps JSON's escapes.
             merged.append(utf8_json(record) or json.dumps(record))
+        if unreadable:  # named before the batch is rewritten without them, so a job killed between loses none
+            with open(corpus_dir / ANNOTATION_QUARANTINE, "a") as out:
+                out.write("".join(json.dumps(u, sort_keys=True) + "\n" for u in unreadable))
+                out.flush()
+                os.fsync(out.fileno())
+        corpus.unreadable += len(unreadable)
         write_text_atomic(batch / ANNOTATIONS, "".join(line + "\n" for line in kept))
         corpus.unnamed_audio += remove_unnamed_audio(batch, named)
-    if unreadable:
-        with open(corpus_dir / ANNOTATION_QUARANTINE, "a") as out:
-            out.write("".join(json.dumps(u, sort_keys=True) + "\n" for u in unreadable))
-    corpus.unreadable += len(unreadable)
     corpus.batches = len(batches)
     write_text_atomic(corpus.annotations, "".join(line + "\n" for line in merged))
 

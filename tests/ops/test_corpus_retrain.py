@@ -362,3 +362,33 @@ def test_batches_a_killed_job_took_are_named_by_the_next_decision(tmp_path: Path
     update_corpus(inbox, corpus_dir, KEY)  # ... and the job is killed before its decision
     assert update_corpus(inbox, corpus_dir, KEY).new_batches == []  # the next job's intake takes nothing
     assert unreported_batches(registry, corpus_dir) == ["b2"]
+
+
+def test_a_line_set_aside_stays_named_when_the_intake_dies_before_the_end(tmp_path: Path, monkeypatch) -> None:
+    """Before the fix: the intake rewrote each batch without its unreadable lines and named them in
+    annotation_quarantine.jsonl only after the last batch, so an intake that died in between (a full
+    disk on the next batch) lost the first batch's line: in neither the corpus nor the quarantine."""
+    import errno
+
+    import pipeline.ops.corpus as corpus_module
+
+    inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
+    _batch(inbox, "b1", [("u1", "acct-1", "dev-1")])
+    _batch(inbox, "b2", [("u2", "acct-2", "dev-2")])
+    write = corpus_module.write_text_atomic
+
+    def full_disk(path: Path, text: str) -> None:
+        if path == corpus_dir / "batches" / "b2" / "annotations.jsonl":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write(path, text)
+
+    monkeypatch.setattr(corpus_module, "write_text_atomic", full_disk)
+    with pytest.raises(OSError):
+        update_corpus(inbox, corpus_dir, KEY)
+    monkeypatch.undo()
+    update_corpus(inbox, corpus_dir, KEY)
+    quarantine = [json.loads(line) for line in (corpus_dir / "annotation_quarantine.jsonl").read_text().splitlines()]
+    digest = hashlib.sha256(b"{not json").hexdigest()[:16]
+    assert {(q["batch"], q["sha256"]) for q in quarantine} == {("b1", digest), ("b2", digest)}
+    for batch in ("b1", "b2"):
+        assert "{not json" not in (corpus_dir / "batches" / batch / "annotations.jsonl").read_text()
