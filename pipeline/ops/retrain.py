@@ -88,7 +88,8 @@ def _evaluate_incumbent(cfg: DictConfig, registry: Registry, model_id: str, run_
     for part in MODEL_PARTS:
         link = folder / part
         if not link.exists():
-            link.symlink_to(registry.model_dir(model_id) / part, target_is_directory=True)
+            # Absolute: a link reads a relative target from its own folder, not the job's cwd.
+            link.symlink_to((registry.model_dir(model_id) / part).absolute(), target_is_directory=True)
     try:
         run_eval_stage(cfg, folder, dataset_path, NullTracker())
     except PipelineError as err:

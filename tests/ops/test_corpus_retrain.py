@@ -392,3 +392,25 @@ def test_a_line_set_aside_stays_named_when_the_intake_dies_before_the_end(tmp_pa
     assert {(q["batch"], q["sha256"]) for q in quarantine} == {("b1", digest), ("b2", digest)}
     for batch in ("b1", "b2"):
         assert "{not json" not in (corpus_dir / "batches" / batch / "annotations.jsonl").read_text()
+
+
+def test_the_promoted_model_is_found_through_a_relative_registry_path(tmp_path: Path, monkeypatch) -> None:
+    """Before the fix: with a relative retrain.registry_dir (PIPELINE_REGISTRY_DIR=registry) the
+    promoted model was linked into `<run>/incumbent/` by that relative path, which a link reads from
+    its own folder: the links led nowhere, the promoted model "could not be evaluated", and every
+    candidate was rejected."""
+    from pipeline.ops.registry import Registry
+    from pipeline.ops.retrain import _evaluate_incumbent
+
+    monkeypatch.chdir(tmp_path)
+    trained = tmp_path / "trained"
+    for part in ("asr", "nlu"):
+        (trained / part).mkdir(parents=True)
+        (trained / part / "config.json").write_text("{}")
+    registry = Registry(Path("registry"))
+    registry.promote(trained, {"model_id": "m1", "trained_on": []})
+    run_dir = tmp_path / "outputs" / "run"
+    run_dir.mkdir(parents=True)
+    _evaluate_incumbent(OmegaConf.create({}), registry, "m1", run_dir, tmp_path / "dataset")
+    for part in ("asr", "nlu"):
+        assert (run_dir / "incumbent" / part / "config.json").is_file()
