@@ -79,10 +79,16 @@ def rule_problem(name: str, rule: Mapping[str, Any]) -> str | None:
                 "the wrong way (0 = not at all; a negative limit demands that much improvement)")
     metric = str(rule["metric"])
     per_source = metric.startswith("by_source/") and metric.count("/") >= 3
-    if (metric.split("/", 2)[2] if per_source else metric) not in METRIC_KEYS:
+    base = metric.split("/", 2)[2] if per_source else metric
+    if base not in METRIC_KEYS:
         # Else a typo trains all night, then finds the metric missing and rejects every candidate.
         return (f"retrain.gate.{name}.metric={metric!r} is no metric the evaluation writes; use one of "
                 f"{', '.join(METRIC_KEYS)} (or by_source/<source>/<metric>)")
+    if base in B.HIGHER_IS_BETTER and (kind == "max_decrease") != B.HIGHER_IS_BETTER[base]:
+        # Else `max_increase` on an F1 rejects every candidate that improves it and passes any that falls.
+        wrong, right = ("falls", "max_decrease") if B.HIGHER_IS_BETTER[base] else ("rises", "max_increase")
+        return (f"retrain.gate.{name}.{kind}: {metric} gets worse when it {wrong}, so the rule needs {right} "
+                f"(how far it may move the wrong way), not {kind}")
     return None
 
 

@@ -48,6 +48,20 @@ def test_a_bad_job_setting_names_its_key_and_what_it_accepts(override: str, mess
         job_config(load_config([override]))
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("+retrain.gate.f1={metric: nlu/entity_f1, max_increase: 0.0}",
+     r"retrain.gate.f1.max_increase: nlu/entity_f1 gets worse when it falls, so the rule needs max_decrease"),
+    ("+retrain.gate.cer={metric: by_source/demo/asr/cer, max_decrease: 0.0}",
+     r"retrain.gate.cer.max_decrease: by_source/demo/asr/cer gets worse when it rises, so the rule needs max_increase"),
+])
+def test_a_gate_rule_limiting_the_metric_on_its_better_side_is_refused(override: str, message: str) -> None:
+    """Before the fix: a rule such as {metric: nlu/entity_f1, max_increase: 0.0} (the form the docs show
+    for adding a rule) was accepted, and the gate then rejected every candidate that raised the F1 and
+    promoted any that lowered it."""
+    with pytest.raises(PipelineError, match=message):
+        job_config(load_config([override]))
+
+
 @pytest.mark.parametrize("overrides", [[], ["logger=none"], ["erase.wandb_online=true"], ["erase.wandb_online=off"],
                                        ["retrain.gate_policy=non_inferior", "retrain.promote=20261201-abc"],
                                        ["retrain.gate.wer.max_increase=-0.01"]])  # a candidate must improve by 0.01
