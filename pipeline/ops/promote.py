@@ -114,7 +114,14 @@ def promote_model(cfg: DictConfig, registry: Registry, model_id: str) -> dict[st
     if not (run_dir / CANDIDATE).is_file() or not all((run_dir / p).is_dir() for p in MODEL_PARTS):
         raise PipelineError(f"candidate {model_id}: its run folder {run_dir} no longer holds the model "
                             f"({CANDIDATE}, {', '.join(MODEL_PARTS)}); it was erased or removed, so retrain instead")
-    record = json.loads((run_dir / CANDIDATE).read_text())
+    try:
+        record = json.loads((run_dir / CANDIDATE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise PipelineError(f"candidate {model_id}: {run_dir / CANDIDATE} cannot be read ({err}); the file is damaged, "
+                            "so retrain instead (or restore the file from a backup)") from None
+    if not isinstance(record, dict):
+        raise PipelineError(f"candidate {model_id}: {run_dir / CANDIDATE} holds no JSON object; the file is damaged, "
+                            "so retrain instead (or restore the file from a backup)")
     _refuse_if_deleted(model_id, record.get("trained_on", []), deleted)
     registry.promote(run_dir, {**record, "promoted_by_hand": True},
                      retire_reason=_retire_reason(registry, deleted, "replaced"))

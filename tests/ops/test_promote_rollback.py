@@ -237,3 +237,18 @@ def test_a_candidate_trained_on_a_copy_of_a_requested_clip_is_never_promoted(tmp
     findings, affected, _ = scan(_cfg(tmp_path))
     assert [a["model_id"] for a in affected] == ["c7b"]
     assert any(f.path.endswith("c7b") for f in findings if f.kind == "registry model")
+
+
+def test_a_damaged_candidate_file_is_named(tmp_path: Path) -> None:
+    """Before the fix: promoting a rejected candidate whose candidate.json was cut short failed as a crash
+    (exit 1) with only "JSONDecodeError: Expecting value: line 1 column 1 (char 0)", naming no file."""
+    key = pseudonym_key(_cfg(tmp_path).privacy)
+    registry = Registry(tmp_path / "registry")
+    registry.promote(_run(tmp_path, "m1"), _record(key, "m1", tmp_path / "runs" / "m1", ["u1"]))
+    registry.log_decision({"decision": "promoted", "state": "state-m1", "candidate": {"model_id": "m1"}})
+    c2 = _rejected(registry, key, tmp_path, "c2", ["u2"])
+    (c2 / "candidate.json").write_text("")
+    code, decision = _do(tmp_path, promote="c2")
+    assert (code, decision["decision"]) == (EXIT_CONFIG, "config_error"), decision
+    assert str(c2 / "candidate.json") in decision["reason"] and "retrain" in decision["reason"]
+    assert registry.current()["model_id"] == "m1"
