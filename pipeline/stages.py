@@ -69,6 +69,8 @@ def _run(cfg: DictConfig, stages: list[str], run_dir: Path) -> dict[str, Any]:
     continuing = "data" not in stages and (run_dir / "config.yaml").is_file()
     if is_main and not continuing:
         write_record(run_dir, record)
+    if continuing:  # the stages and the tracker see the run as it was made, not this call's defaults
+        cfg = on_record(cfg, record, _command_line_keys(), ("stages", *CALL_KEYS))
     tracker = make_tracker(cfg, run_dir, stages)
     results: dict[str, Any] = {}
     try:
@@ -156,11 +158,16 @@ def with_recorded_settings(cfg: DictConfig, run_dir: Path, overrides: list[str])
     path = run_dir / "config.yaml"
     if not path.is_file():
         return cfg
-    recorded = read_record(path)
-    given = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    return on_record(cfg, read_record(path), [o.split("=", 1)[0].lstrip("+~") for o in overrides], CALL_KEYS)
+
+
+def on_record(cfg: DictConfig, recorded: DictConfig, given: list[str], call_keys: tuple[str, ...]) -> DictConfig:
+    """`cfg` with each setting of `recorded` (a run's record) in place of its own, but for `call_keys`
+    and the keys the command line sets (`given`: `data=demo_speech` keeps the call's whole group,
+    `eval.wake_word=computer` that one setting)."""
     with open_dict(cfg):
         for key, value in recorded.items():
-            if key in CALL_KEYS or key in given:  # `data=demo_speech`: the call's whole group
+            if key in call_keys or key in given:
                 continue
             if key == "eval" and isinstance(cfg.get("eval"), DictConfig):
                 value = OmegaConf.merge(cfg.eval, value)
@@ -169,6 +176,15 @@ def with_recorded_settings(cfg: DictConfig, run_dir: Path, overrides: list[str])
             for g, v in kept.items():
                 OmegaConf.update(cfg, g, v, force_add=True)
     return cfg
+
+
+def _command_line_keys() -> list[str]:
+    """The keys this job's command line sets (Hydra's overrides), none outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
 
 
 def redact_hydra_records(run_dir: Path) -> None:

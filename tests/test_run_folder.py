@@ -79,3 +79,38 @@ def test_a_call_that_builds_the_data_records_its_whole_config(tmp_path: Path) ->
 
     run = _recorded_run(tmp_path)
     assert recorded_config(_this_call(["data", "asr"]), run, ["data", "asr"]) == _this_call(["data", "asr"])
+
+
+def test_a_later_eval_call_logs_no_transcripts_of_a_run_built_on_real_data(
+    tiny_dataset_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before the fix: `train.py stages=[eval] hydra.run.dir=<run>` ran the eval stage and made the
+    tracker with this call's defaults (data=demo) in place of the run's own data settings, so on a
+    run built from a jsonl export `logger.log_transcripts=auto` took the data for the synthetic demo
+    and sent the users' transcripts to the tracker (and W&B got the demo as the run's data)."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    import pipeline.stages
+    from pipeline.stages import run_stages
+    from tests.eval.test_eval_run import save_tiny_nlu
+    from tests.recording import RecordingTracker
+
+    repo = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    save_tiny_nlu(tiny_dataset_path, run / "nlu")
+    (run / "build_report.json").write_text(json.dumps({"dataset_path": str(tiny_dataset_path)}))
+    paths = [f"paths.root_dir={tmp_path}", f"paths.run_dir={run}", f"paths.cache_dir={tmp_path / 'cache'}", "logger=none"]
+    with initialize_config_dir(config_dir=str(repo / "conf"), version_base=None):
+        built = compose("config", overrides=["data=jsonl", "data.path=export/annotations.jsonl", *paths])
+        later = compose("config", overrides=["stages=[eval]", *paths])
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(built, resolve=True))
+    trackers: list[RecordingTracker] = []
+    monkeypatch.setattr(pipeline.stages, "make_tracker", lambda *a: trackers.append(RecordingTracker()) or trackers[-1])
+
+    run_stages(later)
+
+    columns, rows = trackers[0].tables["predictions"]
+    assert rows and "reference" not in columns and "hypothesis" not in columns
+    shutil.rmtree(tmp_path / "cache", ignore_errors=True)
