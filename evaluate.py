@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pipeline import run_folder
-from pipeline.config import check_top_level
+from pipeline.config import check_seed, check_top_level
 from pipeline.runtime import PipelineError, configure_environment, fail, refuse_run_dir_file, seed_everything
 
 
@@ -38,6 +38,7 @@ def main(cfg: DictConfig) -> None:
         if in_place:  # the run's own eval and data settings, the call's overrides on top
             _check_in_place(cfg, run_dir)
             cfg = with_recorded_settings(cfg, run_dir, overrides)
+        check_seed(cfg.seed)
         configure_environment(run_dir, Path(cfg.cache_dir).resolve())
         seed_everything(int(cfg.seed))
         dataset = _dataset_path(cfg, run_dir, in_place)

@@ -287,3 +287,16 @@ def test_a_device_that_names_no_gpu_index_is_refused_with_its_key(key: str) -> N
                      "review": ("review", ReviewConfig)}[key.split(".")[0]]
     with pytest.raises(PipelineError, match=rf"^{key}='cuda:x' is not one of: auto, cpu, cuda, cuda:N"):
         checked(cfg[group], schema, group)
+
+
+@pytest.mark.parametrize("seed", ["abc", "1.5"])
+def test_evaluate_py_refuses_a_seed_that_is_no_whole_number_in_one_line(seed: str, tmp_path: Path) -> None:
+    """Before the fix: evaluate.py read `seed` with int(): seed=abc ended in a ValueError traceback
+    (exit 1), and seed=1.5 was taken as seed 1 without a word, where train.py refuses both."""
+    env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(REPO / "evaluate.py"), f"seed={seed}", f"nlu_model={tmp_path}",
+                           f"dataset={tmp_path}", "logger=none", f"hydra.run.dir={tmp_path / 'ev'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: seed={seed!r}: give a whole number"
+                                                           if seed == "abc" else "error: seed=1.5: give a whole number")
