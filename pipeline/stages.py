@@ -53,6 +53,14 @@ def run_stages(cfg: DictConfig, config_file: str = "conf/config.yaml") -> dict[s
             + (review if "review" in stages else "")
         )
 
+    # `eval` without a training stage scores the models already in the folder: none is an error now,
+    # not after the data stage.
+    if "eval" in stages and not {"asr", "nlu"} & set(stages) and not any(
+            (run_dir / kind / "config.json").is_file() for kind in ("asr", "nlu")):
+        raise PipelineError(f"stages {stages} evaluate the run's models, and {run_dir} holds none (no asr/ or nlu/ "
+                            "model): add the stages that train them, e.g. stages=[data,asr,nlu,eval], or pass "
+                            "hydra.run.dir=<a run folder with models>")
+
     with run_folder.writing(run_dir):  # `make erase` waits for a run built on erased data to end
         return _run(cfg, stages, run_dir)
 

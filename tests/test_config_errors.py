@@ -300,3 +300,19 @@ def test_evaluate_py_refuses_a_seed_that_is_no_whole_number_in_one_line(seed: st
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: seed={seed!r}: give a whole number"
                                                            if seed == "abc" else "error: seed=1.5: give a whole number")
+
+
+def test_eval_without_a_model_to_score_is_refused_before_the_data_stage(tmp_path: Path) -> None:
+    """Before the fix: stages=[data,eval] in a new run folder built the dataset first (an hour on a real
+    export) and then found no ASR or NLU model for the eval stage to score."""
+    from pipeline.stages import run_stages
+
+    fixtures = REPO / "tests" / "data" / "fixtures"
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=[
+            "stages=[data,eval]", "data=massive_text", f"data.train_path={fixtures / 'en-US.train.jsonl'}",
+            f"data.dev_path={fixtures / 'en-US.dev.jsonl'}", "logger=none", f"paths.root_dir={tmp_path}",
+            f"paths.run_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(PipelineError, match=r"^stages \['data', 'eval'\] evaluate the run's models, and .* holds none"):
+        run_stages(cfg)
+    assert not (tmp_path / "run" / "build_report.json").exists()
