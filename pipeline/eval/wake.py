@@ -58,7 +58,7 @@ def keyword_scores(
 def keyword_trace(
     emissions: np.ndarray, lengths: np.ndarray, keyword_ids: list[int], blank_id: int, end_is_boundary: bool = False,
 ) -> np.ndarray:
-    """Per frame, the log-probability of the best keyword alignment that ends there (batch x frames
+    """Per frame, the log-probability of the best keyword alignment whose last token is there (batch x frames
     x vocab log-probs -> batch x frames; -inf past a clip's length). The clip score is its maximum;
     the streaming detector compares each frame's value with the threshold.
 
@@ -90,7 +90,12 @@ def keyword_trace(
         np.maximum(best[:, 2:], np.where(skip[2:], score[:, :-2], NEG_INF), out=best[:, 2:])
         score = best + emit[:, t]
         score[t >= lengths] = NEG_INF
-        trace[:, t] = score[:, -2:].max(axis=1)
+        # Ending on the keyword's last token: an alignment that went on through the blank after it
+        # would keep one spoken keyword above the threshold for as long as the silence after it
+        # lasts, and a stream would count it again after each refractory period. (The clip score,
+        # the maximum over frames, is the same either way: such a path scores no more than where
+        # its last token ended.)
+        trace[:, t] = score[:, -2]
         if end_is_boundary and n_states >= 4:  # a keyword of the boundary alone has no word before it
             # At a clip's last frame: its last word token, or the blank after it, closes the keyword.
             ends = t == lengths - 1

@@ -300,3 +300,19 @@ def test_a_tuned_threshold_rejects_the_float32_frame_it_was_set_above() -> None:
     assert count_detections([trace], threshold_for_rate([trace], 1.0, 0.0, 50.0), 50.0) == 0
     close = np.array([float(np.float32(-0.8)) + 1e-9, -2.0])  # a positive just above the frame: the midpoint branch
     assert count_detections([trace], tune_on_background(close, [trace], 1.0, 0.0, 50.0), 50.0) == 0
+
+
+def test_one_spoken_keyword_followed_by_silence_is_one_detection() -> None:
+    """Before the fix: a frame's keyword score took the best alignment ending on the keyword's last
+    token or on any blank after it, so through the silence after one "alexa" the score stayed near
+    the keyword's and the stream counted the same word again after every refractory period."""
+    vocab = ["<pad>", "<unk>", "|", "a", "l", "e", "x", "p", "y"]
+    frames = "_" * 60 + "a_l_e_x_a_|" + "_" * 200 + "p_l_a_y" + "_" * 60  # 20 ms frames: 4 s of silence after it
+    probs = np.full((len(frames), len(vocab)), 0.01 / (len(vocab) - 1))
+    for t, ch in enumerate(frames):
+        probs[t, vocab.index("<pad>" if ch == "_" else ch)] = 0.99
+    keyword = [vocab.index(c) for c in "alexa|"]
+    scores = keyword_trace(np.log(probs)[None], np.array([len(frames)]), keyword, 0)[0]
+    kept = np.flatnonzero(np.isfinite(scores))
+    t = Trace("rec", "test", 10.0, kept, scores[kept].astype(np.float32))
+    assert detections(t, float(scores.max()) - 1.0, 50).tolist() == [60 + frames[60:].index("|")]
