@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.asr.model import log_probs_of, samples_per_frame
+from pipeline.asr.model import log_probs_of, output_lengths, samples_per_frame
 from pipeline.data.background import (
     DEMO_DIR, Recording, background_knobs, ensure_demo_background, ffmpeg_blocks,
 )
@@ -213,6 +213,8 @@ def stream_background(
                 yield block
 
         for start, samples, last in _windows(counted(_blocks(rec, settings.block_s)), window, hop, stride):
+            if len(samples) < window and int(output_lengths(model, [len(samples)])[0]) <= margin:
+                continue  # a recording shorter than its context: no frame to score (and too short for the model)
             batch.append((start, samples, last))
             if len(batch) >= settings.batch_size:
                 flush()

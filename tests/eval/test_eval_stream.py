@@ -316,3 +316,15 @@ def test_one_spoken_keyword_followed_by_silence_is_one_detection() -> None:
     kept = np.flatnonzero(np.isfinite(scores))
     t = Trace("rec", "test", 10.0, kept, scores[kept].astype(np.float32))
     assert detections(t, float(scores.max()) - 1.0, 50).tolist() == [60 + frames[60:].index("|")]
+
+
+def test_a_recording_of_a_few_samples_is_streamed_without_a_score(tiny_model: tuple, tmp_path: Path) -> None:
+    """Before the fix: a recording shorter than the model's receptive field (100 samples here, a
+    few milliseconds) went through the model as a window of its own, and the convolution's error
+    stopped the evaluation after the whole ASR pass; it has no frame past its context to score."""
+    model, processor, keyword = tiny_model
+    blank = processor.tokenizer.pad_token_id
+    tiny = _recording(tmp_path / "click.wav", np.full(100, 0.1, dtype=np.float32))
+    stats = stream_background(model, processor, [tiny], keyword, blank, StreamSettings(3.0, 2.0, 2))
+    assert stats.traces[0].seconds == 0.0 and stats.traces[0].frames.size == 0
+    assert stats.audio_seconds == pytest.approx(100 / 16000)
