@@ -210,6 +210,10 @@ def _from_export(folder: Path, splits: tuple[str, str]) -> list[Recording]:
         split = record.get("split") or hashed_split(name, splits)
         if split == "train":  # background kept for training, not for measuring
             continue
+        if record.get("wake_word_present"):
+            raise PipelineError(f"{folder}/annotations.jsonl line {n}: background recording {name} is marked "
+                                "wake_word_present; background audio must not contain the wake word (every detection "
+                                "there counts as a false accept): remove the record or cut the wake word out")
         if split not in splits:
             raise PipelineError(f"{folder}/annotations.jsonl line {n}: split {split!r} is none of {list(splits)} "
                                 "(or train, which evaluation skips); fix the record's split, or leave it out to "

@@ -177,3 +177,18 @@ def test_a_folder_of_recordings_by_split_folder_and_file_format(tmp_path: Path) 
                                             r"\(2 under 'dev'/\); rename it to validation or test \(train/ is skipped\), "
                                             r"or move its recordings out to split them by a hash of their paths$"):
         load_background(folder, SPLITS, "alexa")
+
+
+def test_an_export_record_marked_as_saying_the_wake_word_is_refused(tmp_path: Path) -> None:
+    """Before the fix: a built dataset's row marked wake_word_present was refused, but an export
+    record so marked (without a transcript that says the word) was streamed as background, and
+    every detection of the wake word it holds was charged as a false accept."""
+    export = tmp_path / "export"
+    (export / "audio").mkdir(parents=True)
+    sf.write(export / "audio/a.wav", np.zeros(8000, dtype=np.float32), 16000)
+    lines = [{"audio": "audio/a.wav", "split": "test", "recording_id": "quiet"},
+             {"audio": "audio/a.wav", "split": "validation", "recording_id": "call", "wake_word_present": True}]
+    (export / "annotations.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    with pytest.raises(PipelineError, match=r"annotations\.jsonl line 2: background recording call is marked "
+                                            r"wake_word_present"):
+        load_background(export, SPLITS, "alexa")
