@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -207,10 +208,16 @@ def stream_background(
 
         def counted(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
             nonlocal streamed
-            for block in blocks:
-                streamed += len(block)
-                digest.update(as_pcm16(block))
-                yield block
+            try:
+                for block in blocks:
+                    streamed += len(block)
+                    digest.update(as_pcm16(block))
+                    yield block
+            except sf.LibsndfileError as err:  # a damaged or truncated file, found only when read
+                raise PipelineError(
+                    f"background recording {rec.recording_id} ({rec.path}): cannot decode it past "
+                    f"{streamed / SAMPLING_RATE:.0f} s of the {rec.seconds:.0f} s its header gives ({err}); "
+                    "re-encode it or take it out") from err
 
         for start, samples, last in _windows(counted(_blocks(rec, settings.block_s)), window, hop, stride):
             if len(samples) < window and int(output_lengths(model, [len(samples)])[0]) <= margin:

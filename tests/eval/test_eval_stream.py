@@ -328,3 +328,18 @@ def test_a_recording_of_a_few_samples_is_streamed_without_a_score(tiny_model: tu
     stats = stream_background(model, processor, [tiny], keyword, blank, StreamSettings(3.0, 2.0, 2))
     assert stats.traces[0].seconds == 0.0 and stats.traces[0].frames.size == 0
     assert stats.audio_seconds == pytest.approx(100 / 16000)
+
+
+def test_a_recording_damaged_past_its_header_is_named_when_streaming_fails(tiny_model: tuple, tmp_path: Path) -> None:
+    """Before the fix: a FLAC cut short (its header promising more than it holds) was listed by its
+    header, and streaming it stopped on libsndfile's "flac decoder lost sync", naming no file, after
+    the whole ASR pass."""
+    model, processor, keyword = tiny_model
+    path = tmp_path / "cut.flac"
+    sf.write(path, (np.random.default_rng(0).standard_normal(16000 * 20) * 0.1).astype(np.float32), 16000)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    rec = Recording("living-room/cut.flac", "test", path, sf.info(str(path)).duration)
+    with pytest.raises(PipelineError, match=r"background recording living-room/cut\.flac .*cannot decode it past "
+                                            r"\d+ s of the 20 s its header gives .*re-encode it or take it out"):
+        stream_background(model, processor, [rec], keyword, processor.tokenizer.pad_token_id, StreamSettings(3.0, 2.0, 2))
