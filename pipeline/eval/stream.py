@@ -264,7 +264,8 @@ def detections(trace: Trace, threshold: float, refractory_frames: float) -> np.n
     i = 0
     while i < frames.size:
         fired.append(frames[i])
-        i = int(np.searchsorted(frames, frames[i] + refractory_frames, side="left"))
+        # At least the next frame: with no refractory period each frame at or above it is a detection.
+        i = max(i + 1, int(np.searchsorted(frames, frames[i] + refractory_frames, side="left")))
     return np.array(fired, dtype=np.int64)
 
 

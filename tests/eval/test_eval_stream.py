@@ -45,6 +45,15 @@ def test_a_detection_silences_the_detector_for_the_refractory_period() -> None:
     assert count_detections([t, t], -5.0, 50) == 6
 
 
+def test_no_refractory_period_counts_each_frame_at_or_above_the_threshold() -> None:
+    """Before the fix: with eval.refractory_s=0 (which the settings accept) the scan looked for the
+    next detection from the frame it had just counted, found that frame again, and never ended,
+    its list of detections growing until memory ran out."""
+    t = trace([10, 11, 12, 100], [-1.0, -0.5, -3.0, -2.0])
+    assert detections(t, -2.5, 0).tolist() == [10, 11, 100]
+    assert count_detections([t], -5.0, 0.0) == 4
+
+
 def test_threshold_for_a_rate_of_false_accepts_by_hand() -> None:
     # Two half-hour validation recordings: one hour, so 1 per hour allows one detection.
     background = [trace([100, 5000], [-2.0, -6.0], split="validation"), trace([70], [-4.0], split="validation")]
