@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -267,7 +268,9 @@ def _job(cfg: DictConfig, run_dir: Path, registry: Registry) -> dict[str, Any]:
         return {"recovered": registry.recover(), **promote_model(cfg, registry, str(model_id))}
     if back:
         return {"recovered": registry.recover(), **rollback(cfg, registry)}
-    decision = decide(cfg, run_dir)
+    # A job that fails after its intake has still taken deletion requests: the erasure below runs for
+    # those as well, not only after the next job that trains to the end.
+    decision = _decided(lambda: decide(cfg, run_dir))
     # Every other copy of deleted data (cached datasets, old runs, W&B staging): pipeline/ops/erase.py.
     # The decision has happened (a promotion stays promoted), so an erasure that fails is recorded
     # beside it, and the job exits as failed: deleted data may still be somewhere.
@@ -298,13 +301,7 @@ def run_retrain(cfg: DictConfig) -> int:
                                 "registry folder (created if absent)")
         registry = Registry(root)
         with retrain_lock(registry.root / LOCK_FILE, run_dir):
-            try:
-                decision = _job(cfg, run_dir, registry)
-            except CONFIG_ERRORS as err:
-                decision = {"decision": "config_error", "reason": str(err)}
-            except Exception as err:  # noqa: BLE001 - the scheduler needs a decision.json for any crash
-                decision = {"decision": "failed", "reason": f"{type(err).__name__}: {err}",
-                            "traceback": traceback.format_exc()}
+            decision = _decided(lambda: _job(cfg, run_dir, registry))
             _finish(decision, run_dir, started)
             registry.log_decision({k: v for k, v in decision.items() if k != "traceback"})
     except RetrainBusy as err:
@@ -319,8 +316,21 @@ def run_retrain(cfg: DictConfig) -> int:
     return _report(decision, run_dir, registry, holder_dir)
 
 
+def _decided(step: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The step's decision, or the one its error stands for: the scheduler needs a decision.json
+    for any crash."""
+    try:
+        return step()
+    except CONFIG_ERRORS as err:
+        return {"decision": "config_error", "reason": str(err)}
+    except Exception as err:  # noqa: BLE001 - recorded with its traceback
+        return {"decision": "failed", "reason": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+
+
 def _finish(decision: dict[str, Any], run_dir: Path | None, started: str) -> dict[str, Any]:
-    erasure_failed = "error" in (decision.get("erasure") or {})
+    # A failed erasure fails the job, but a config error stays one: the user's fix comes first (the
+    # erasure may have failed for the same setting).
+    erasure_failed = "error" in (decision.get("erasure") or {}) and decision["decision"] != "config_error"
     decision.update(run_dir=str(run_dir) if run_dir else None, started_at=started, finished_at=now(),
                     exit_code=EXIT_FAILED if erasure_failed else EXIT_CODES[decision["decision"]])
     return decision

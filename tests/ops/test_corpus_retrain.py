@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from pipeline.data.privacy import TOMBSTONES_FILE
 from pipeline.ops.corpus import QUARANTINE, pending_deletions, remerge, update_corpus, utterance_pseudonym
 from pipeline.ops.registry import retrain_lock
-from pipeline.ops.retrain import EXIT_BUSY, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, run_retrain
+from pipeline.ops.retrain import EXIT_BUSY, EXIT_CODES, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, run_retrain
 from pipeline.runtime import PipelineError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -414,3 +414,18 @@ def test_the_promoted_model_is_found_through_a_relative_registry_path(tmp_path: 
     _evaluate_incumbent(OmegaConf.create({}), registry, "m1", run_dir, tmp_path / "dataset")
     for part in ("asr", "nlu"):
         assert (run_dir / "incumbent" / part / "config.json").is_file()
+
+
+def test_a_job_that_fails_after_its_intake_still_erases_for_the_requests_it_took(tmp_path: Path) -> None:
+    """Before the fix: a job whose training failed after the intake (here: every clip of the batch
+    unreadable, so the build has nothing to train on) never ran the erasure, and copies of the data
+    its requests delete stayed in caches and old runs until a later job trained to the end."""
+    inbox = tmp_path / "inbox"
+    _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001"), ("u2", "amzn1.account.BOB", "G0900002")])
+    _requests(inbox, "r1.jsonl", [{"account_id": "amzn1.account.ALICE"}])
+    code = run_retrain(_cfg(tmp_path))
+    decision = json.loads((tmp_path / "run" / "decision.json").read_text())
+    assert decision["decision"] in ("config_error", "failed") and code == EXIT_CODES[decision["decision"]]
+    assert decision["erasure"]["requests"] == 1 and Path(decision["erasure"]["receipt"]).is_file()
+    [logged] = [json.loads(line) for line in (tmp_path / "registry" / "decisions.jsonl").read_text().splitlines()]
+    assert logged["erasure"] == decision["erasure"] and "traceback" not in logged
