@@ -18,7 +18,7 @@ from unittest import mock
 import torch
 from omegaconf import DictConfig
 
-from pipeline.asr.model import output_lengths
+from pipeline.asr.model import output_lengths, time_mask_fits
 from pipeline.data.features import SAMPLING_RATE
 from pipeline.runtime import PipelineError
 
@@ -96,6 +96,8 @@ def spec_augment_mask(model: Any, input_values: torch.Tensor, attention_mask: to
         return None
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
+    if not time_mask_fits(model, input_values):
+        return None
     frames = int(output_lengths(model, torch.tensor([input_values.shape[1]]))[0])
     frame_mask = None if attention_mask is None else model.wav2vec2._get_feature_vector_attention_mask(frames, attention_mask)
     mask = _compute_mask_indices((input_values.shape[0], frames), mask_prob=cfg.mask_time_prob, mask_length=cfg.mask_time_length,

@@ -33,8 +33,8 @@ from pipeline.asr.devices import fast_cpu_math, loader_workers
 from pipeline.asr.fft_conv import configure_positional_conv
 from pipeline.asr.lm import LM_DIR, write_char_lm
 from pipeline.asr.model import (
-    build_model, evaluate_clips, output_lengths, probe_batch_seconds, samples_per_frame, skip_waveform_gradient,
-    uses_attention_mask,
+    build_model, evaluate_clips, no_time_mask, output_lengths, probe_batch_seconds, samples_per_frame,
+    skip_waveform_gradient, time_mask_fits, uses_attention_mask,
 )
 from pipeline.asr.sampler import clips_over_budget, epoch_batches, eval_batches, played_clips, source_plays, spliced_plays
 from pipeline.asr.vocab import build_vocab, make_processor
@@ -154,7 +154,7 @@ def set_up(
     seed_everything(int(cfg.seed))  # the fresh model's initial weights depend only on the seed
     model = build_model(acfg, processor)
     train_set, unalignable = _drop_unalignable(train_set, model, placement)
-    check_masks_fit(model, train_set, acfg)
+    check_masks_fit(model)
     state = _fresh_state()
     if resume_from is not None:
         state = load_checkpoint(resume_from, model)
@@ -345,7 +345,8 @@ def accumulate(run: TrainingRun, progress: Progress, batch: dict[str, Any]) -> N
             if run.buckets is not None:
                 loss = compiled_loss(run.step_model, run.model, inputs) / run.accum
             else:
-                loss = run.step_model(**inputs).loss / run.accum
+                with nullcontext() if time_mask_fits(run.model, inputs["input_values"]) else no_time_mask(run.model):
+                    loss = run.step_model(**inputs).loss / run.accum
         finite = all_agree(bool(torch.isfinite(loss).item()), placement)
         if finite and not progress.bad_accum:
             run.scaler.scale(loss).backward()
@@ -630,28 +631,15 @@ def _drop_unalignable(train_set: ClipDataset, model: Any, placement: Placement) 
     return ClipDataset(train_set.split.select(keep), train_set.cache_mb), dropped
 
 
-def check_masks_fit(model: Any, train_set: ClipDataset, acfg: DictConfig) -> None:
-    """SpecAugment's masks must fit the smallest thing they mask: transformers refuses a time mask
-    longer than a batch's frames, which failed training at whichever step first drew a batch of the
-    shortest clips (at the fastest speed perturbation), and a feature mask wider than the model."""
+def check_masks_fit(model: Any) -> None:
+    """A SpecAugment feature mask wider than the model's features fails every training step
+    (transformers refuses it); said by key before the first one. (A time mask longer than a batch's
+    frames is left out of that batch instead: `time_mask_fits`.)"""
     config = model.config
-    if not getattr(config, "apply_spec_augment", True):
-        return
-    if float(config.mask_feature_prob or 0) > 0 and int(config.mask_feature_length) > int(config.hidden_size):
+    if (getattr(config, "apply_spec_augment", True) and float(config.mask_feature_prob or 0) > 0
+            and int(config.mask_feature_length) > int(config.hidden_size)):
         raise PipelineError(f"asr.spec_augment.mask_feature_length={config.mask_feature_length} is wider than the model's "
                             f"{config.hidden_size} features; set it to {config.hidden_size} or less")
-    if float(config.mask_time_prob or 0) <= 0 or not train_set.durations:
-        return
-    fastest = max([float(s) for s in acfg.augment.speeds or [1.0]] + [1.0]) if float(acfg.augment.prob) > 0 else 1.0
-    shortest = min(range(len(train_set.durations)), key=train_set.durations.__getitem__)
-    seconds = train_set.durations[shortest] / fastest
-    frames = int(output_lengths(model, [round(seconds * SAMPLING_RATE)])[0])
-    if int(config.mask_time_length) > frames:
-        clip = train_set.split.select_columns(["utterance_id"])[shortest]["utterance_id"]
-        raise PipelineError(
-            f"asr.spec_augment.mask_time_length={config.mask_time_length} frames is longer than the shortest training "
-            f"clip ({clip}: {seconds:.2f} s at speed {fastest:g}, {frames} frames), which a batch of such clips cannot "
-            f"hold; set asr.spec_augment.mask_time_length to {max(frames, 1)} or less, or raise data.min_duration_s")
 
 
 def _save_best(run: TrainingRun, stopped_by: str) -> dict[str, Any]:
