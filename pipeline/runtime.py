@@ -112,6 +112,12 @@ def pin_run_dir_for_torchrun(argv: list[str]) -> list[str]:
     args = list(argv)
     if not any(a.startswith("hydra.run.dir=") for a in args):
         run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        if run_id in ("", "none"):
+            # torchrun's default id when neither --standalone nor --rdzv-id is given: every such run
+            # would write into outputs/torchrun/none, over the last one's config and models.
+            fail("torchrun gave this run no id of its own (TORCHELASTIC_RUN_ID=none), so its folder would be the "
+                 "last such run's: pass torchrun --standalone (or --rdzv-id=<name>), or hydra.run.dir=<folder> "
+                 "(make train-ddp does both)")
         args.append(f"hydra.run.dir=outputs/torchrun/{run_id}")
     if int(os.environ.get("RANK", "0")) != 0:
         args.append("hydra.output_subdir=null")

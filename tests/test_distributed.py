@@ -78,3 +78,31 @@ def test_each_torchrun_process_takes_its_own_gpu_and_auto_precision_follows_its_
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(PipelineError, match=r"trainer.device=cuda:0 under torchrun would put every process on one GPU"):
         resolve_device(OmegaConf.create({"device": "cuda:0", "precision": "auto"}))
+
+
+@pytest.mark.parametrize(("env", "folder"), [
+    ({"WORLD_SIZE": "2", "RANK": "0", "TORCHELASTIC_RUN_ID": "f3a1"}, "hydra.run.dir=outputs/torchrun/f3a1"),
+    ({"WORLD_SIZE": "1"}, None),
+])
+def test_torchrun_workers_share_one_run_folder_named_by_the_run(
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], folder: str | None) -> None:
+    from pipeline.runtime import pin_run_dir_for_torchrun
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert pin_run_dir_for_torchrun(["train.py", "seed=1"]) == ["train.py", "seed=1", *([folder] if folder else [])]
+    assert pin_run_dir_for_torchrun(["train.py", "hydra.run.dir=x"]) == ["train.py", "hydra.run.dir=x"]
+
+
+def test_a_torchrun_run_without_an_id_of_its_own_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the fix: torchrun without --standalone or --rdzv-id gives every run the id "none", and
+    each such run wrote into outputs/torchrun/none, over the config and models of the last one."""
+    from pipeline.runtime import pin_run_dir_for_torchrun
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    with pytest.raises(SystemExit) as stopped:
+        pin_run_dir_for_torchrun(["train.py"])
+    assert stopped.value.code == 2
+    assert "pass torchrun --standalone (or --rdzv-id=<name>), or hydra.run.dir=<folder>" in capsys.readouterr().err
