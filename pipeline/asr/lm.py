@@ -92,13 +92,16 @@ def kneser_ney_arpa(sentences: Sequence[Sequence[str]], order: int) -> str:
             probs[k][gram] = max(c - discount, 0.0) / totals[gram[:-1]] + gamma[gram[:-1]] * lower
         if k > 1:
             backoffs[k - 1].update(gamma)
-    unigram_gamma = _unigram_leftover(probs[1])
+        else:
+            # KenLM reads every token without a unigram as <unk>: it gets the uniform share the seen
+            # unigrams leave, on top of its own probability where transcripts hold <unk> tokens (one
+            # line for it: KenLM keeps only the last of two), before the higher orders use it.
+            probs[1][(UNK,)] = probs[1].get((UNK,), 0.0) + _unigram_leftover(probs[1])
     lines = ["\\data\\"]
-    lines += [f"ngram {k}={len(probs[k]) + (2 if k == 1 else 0)}" for k in range(1, order + 1)]
+    lines += [f"ngram {k}={len(probs[k]) + (1 if k == 1 else 0)}" for k in range(1, order + 1)]
     for k in range(1, order + 1):
         lines += ["", f"\\{k}-grams:"]
         if k == 1:
-            lines.append(f"{_log10(unigram_gamma)}\t{UNK}")
             lines.append(f"-99\t{BOS}" + (f"\t{_log10(backoffs[1][(BOS,)])}" if (BOS,) in backoffs[1] else ""))
         for gram in sorted(probs[k]):
             line = f"{_log10(probs[k][gram])}\t{' '.join(gram)}"

@@ -61,6 +61,26 @@ def test_every_context_gives_a_distribution_that_sums_to_one(order: int) -> None
     assert prob(probs, backoffs, ("<s>",), "a") > prob(probs, backoffs, ("<s>",), "</s>")
 
 
+@pytest.mark.parametrize("order", [1, 3])
+def test_transcripts_with_unknown_characters_give_one_unk_line_and_a_distribution(order: int) -> None:
+    """Before the fix: a transcript with a character outside the vocabulary (an <unk> token) gave
+    the ARPA file two <unk> unigram lines; KenLM keeps the last, so the unigrams' uniform share was
+    dropped and no context's probabilities summed to one."""
+    rng = random.Random(order)
+    sentences = [[rng.choice(["a", "b", "|", "<unk>"]) for _ in range(rng.randint(1, 6))] for _ in range(30)]
+    text = kneser_ney_arpa(sentences, order)
+    unigram_lines = [line.split("\t")[1] for line in text.split("\\1-grams:")[1].split("\n\n")[0].splitlines() if line]
+    assert unigram_lines.count("<unk>") == 1
+    assert f"ngram 1={len(unigram_lines)}" in text
+    probs, backoffs = parse_arpa(text)
+    vocab = [g[0] for g in probs if len(g) == 1 and g[0] != "<s>"]
+    for n in range(order):
+        for context in itertools.product(["<s>", "a", "b", "|", "<unk>"], repeat=n):
+            if "<s>" in context[1:]:
+                continue
+            assert sum(prob(probs, backoffs, context, w) for w in vocab) == pytest.approx(1.0, abs=1e-4), context
+
+
 def test_write_char_lm_maps_spaces_and_unknown_characters(tmp_path: Path) -> None:
     out = write_char_lm(tmp_path / "lm", ["alexa play music", "play é", ""], VOCAB, "|", order=3)
     assert (out / "tokens.txt").read_text().split() == list(VOCAB)
