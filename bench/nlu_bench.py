@@ -20,9 +20,11 @@ from pathlib import Path
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 from hydra import compose, initialize_config_dir
+from transformers import TrainingArguments
 
 from pipeline.data.annotations import bio_tags, parse_inline
 from pipeline.data.features import dataset_features
+from pipeline.nlu.train import length_grouping
 from pipeline.tracking import NullTracker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,17 +82,27 @@ def quality(overrides: list[str]) -> None:
     print(json.dumps({"run_dir": str(run_dir), "overrides": overrides, **result}, indent=2))
 
 
+def baseline_arguments(joint: TrainingArguments, output_dir: Path) -> TrainingArguments:
+    """The intent-only baseline's Trainer arguments, taken from the joint run's: the same steps, batch
+    size, learning rate, data order (seeds, length grouping), device, precision and loader workers."""
+    return TrainingArguments(
+        output_dir=str(output_dir), max_steps=joint.max_steps, per_device_train_batch_size=joint.per_device_train_batch_size,
+        learning_rate=joint.learning_rate, **{key: getattr(joint, key) for key in length_grouping(True)},
+        seed=joint.seed, data_seed=joint.data_seed, use_cpu=joint.use_cpu, bf16=joint.bf16, fp16=joint.fp16,
+        dataloader_num_workers=joint.dataloader_num_workers, save_strategy="no", report_to="none",
+        disable_tqdm=True, logging_steps=10_000)
+
+
 def speed(steps: int, overrides: list[str]) -> None:
     """Time per training step of the joint model vs `AutoModelForSequenceClassification` under the same
     `Trainer`, batch size, data order and backbone; then predict latency at batch 1 and 64."""
-    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
 
     from pipeline.config import TrainerConfig, checked
     from pipeline.nlu.config import HeadConfig, NLUConfig
     from pipeline.nlu.model import NLUModel, build_model, load_tokenizer
-    from pipeline.nlu.train import (DataCollatorForTokenClassification, label_maps, length_grouping, make_optimizer,
-                                    resolve_backbone, to_features, training_arguments, training_rows)
+    from pipeline.nlu.train import (DataCollatorForTokenClassification, label_maps, make_optimizer, resolve_backbone,
+                                    to_features, training_arguments, training_rows)
 
     cfg = _config(overrides)
     if cfg.nlu.cpu_threads:
@@ -121,10 +133,7 @@ def speed(steps: int, overrides: list[str]) -> None:
 
     base_model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=len(intents))
     base_train = train.remove_columns(["labels"]).rename_column("intent_labels", "labels")
-    base_args = TrainingArguments(output_dir=str(out / "baseline"), max_steps=steps, per_device_train_batch_size=batch,
-                                  learning_rate=float(cfg.nlu.learning_rate), **length_grouping(True),
-                                  save_strategy="no", report_to="none", use_cpu=True, seed=int(cfg.seed),
-                                  disable_tqdm=True, logging_steps=10_000)
+    base_args = baseline_arguments(args, out / "baseline")
     baseline = timed(Trainer(model=base_model, args=base_args, train_dataset=base_train, processing_class=tokenizer,
                              data_collator=DataCollatorWithPadding(tokenizer)))
 

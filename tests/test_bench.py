@@ -40,3 +40,22 @@ def test_a_failed_worker_shows_its_own_error() -> None:
     with pytest.raises(SystemExit, match=r"failed with exit code 3:\n.*data.num_proc=0: use a positive number"):
         run_measured([sys.executable, "-c", "import sys; sys.stderr.write('data.num_proc=0: use a positive number\\n'); "
                                             "sys.exit(3)"])
+
+
+def test_the_nlu_speed_baseline_trains_like_the_joint_model(tmp_path: Path) -> None:
+    """Before the fix: the intent-only baseline always trained on the CPU in fp32 with no loader
+    workers, whatever the joint model's `trainer` settings: with `trainer.precision=bf16`, or on a
+    machine with a GPU (trainer.device=auto), the two sides of the ratio ran different work."""
+    from bench.nlu_bench import _config, baseline_arguments
+    from pipeline.config import TrainerConfig, checked
+    from pipeline.nlu.config import NLUConfig
+    from pipeline.nlu.train import training_arguments
+
+    cfg = _config(["trainer.device=cpu", "trainer.precision=bf16", "trainer.num_workers=1", "nlu.max_steps=7"])
+    joint = training_arguments(checked(cfg.nlu, NLUConfig, "nlu"), checked(cfg.trainer, TrainerConfig, "trainer"),
+                               5, tmp_path / "joint", has_eval=False)
+    base = baseline_arguments(joint, tmp_path / "baseline")
+    same = ("device", "bf16", "fp16", "dataloader_num_workers", "max_steps", "per_device_train_batch_size",
+            "learning_rate", "seed", "data_seed")
+    assert {k: getattr(base, k) for k in same} == {k: getattr(joint, k) for k in same}
+    assert joint.bf16 and base.max_steps == 7
