@@ -303,7 +303,8 @@ def ensure_demo_background(knobs: BackgroundKnobs, cache_dir: Path, splits: tupl
 
     espeak = espeak_version()
     texts = _texts()
-    h = hashlib.sha256(json.dumps([BACKGROUND_VERSION, espeak, texts, list(splits),
+    # The voices too: plan_recordings casts each recording from the corpus's voices (_voices).
+    h = hashlib.sha256(json.dumps([BACKGROUND_VERSION, espeak, texts, _voices(), list(splits),
                                    {k: v for k, v in asdict(knobs).items() if k != "workers"}]).encode())
     out = Path(cache_dir) / "demo_background" / h.hexdigest()[:16]
     if (out / "annotations.jsonl").exists():

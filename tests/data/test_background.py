@@ -192,3 +192,24 @@ def test_an_export_record_marked_as_saying_the_wake_word_is_refused(tmp_path: Pa
     with pytest.raises(PipelineError, match=r"annotations\.jsonl line 2: background recording call is marked "
                                             r"wake_word_present"):
         load_background(export, SPLITS, "alexa")
+
+
+def test_the_background_cache_changes_with_the_corpus_voices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the fix: the cache key held the corpus's sentences but not its voices, so a corpus
+    re-voiced with the same sentences reused background audio spoken by the old voices."""
+    import shutil
+
+    import pipeline.data.background as background
+
+    demo = tmp_path / "demo"
+    shutil.copytree(background.DEMO_DIR, demo)
+    monkeypatch.setattr(background, "DEMO_DIR", demo)
+    knobs = background_knobs({"hours": 0})  # nothing to speak: only the cache folder is made
+    before = ensure_demo_background(knobs, tmp_path / "cache", SPLITS)
+    texts, cast = background._texts(), background._voices()
+    lines = (demo / "utterances.jsonl").read_text(encoding="utf-8").splitlines()
+    (demo / "utterances.jsonl").write_text("".join(json.dumps({**json.loads(line), "voice": "en-us"}) + "\n"
+                                                   for line in lines if line.strip()), encoding="utf-8")
+    assert background._texts() == texts and background._voices() == ["en-us"] != cast
+    assert plan_recordings(texts, background_knobs({"hours": 0.01}), SPLITS)[0]["turns"][0].voice == "en-us"
+    assert ensure_demo_background(knobs, tmp_path / "cache", SPLITS) != before
