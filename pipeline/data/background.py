@@ -218,7 +218,11 @@ def _from_export(folder: Path, splits: tuple[str, str]) -> list[Recording]:
             raise PipelineError(f"{folder}/annotations.jsonl line {n}: split {split!r} is none of {list(splits)} "
                                 "(or train, which evaluation skips); fix the record's split, or leave it out to "
                                 "split the recordings by a hash of their names")
-        out.append(Recording(name, split, path, _seconds(path, name), record.get("transcript")))
+        transcript = record.get("transcript")
+        if transcript is not None and not isinstance(transcript, str):
+            raise PipelineError(f"{folder}/annotations.jsonl line {n}: background recording {name}'s transcript is "
+                                f"{type(transcript).__name__} {transcript!r}, not a string; write it as text or leave it out")
+        out.append(Recording(name, split, path, _seconds(path, name), transcript))
     return out
 
 
@@ -247,7 +251,11 @@ def _from_folder(folder: Path, splits: tuple[str, str]) -> list[Recording]:
             continue
         split = named[0] if named else hashed_split(name, splits)
         sidecar = path.with_suffix(".txt")
-        transcript = sidecar.read_text(encoding="utf-8") if sidecar.exists() else None
+        try:
+            transcript = sidecar.read_text(encoding="utf-8") if sidecar.exists() else None
+        except UnicodeDecodeError as err:
+            raise PipelineError(f"background transcript {sidecar}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                                "save it as UTF-8, or remove it") from None
         out.append(Recording(name, split, path, _seconds(path, name), transcript))
     if unnamed:
         alias, n = unnamed.most_common(1)[0]

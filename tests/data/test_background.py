@@ -213,3 +213,23 @@ def test_the_background_cache_changes_with_the_corpus_voices(tmp_path: Path, mon
     assert background._texts() == texts and background._voices() == ["en-us"] != cast
     assert plan_recordings(texts, background_knobs({"hours": 0.01}), SPLITS)[0]["turns"][0].voice == "en-us"
     assert ensure_demo_background(knobs, tmp_path / "cache", SPLITS) != before
+
+
+def test_a_transcript_that_is_not_text_is_named(tmp_path: Path) -> None:
+    """Before the fix: a number as an export record's transcript crashed the wake-word check inside
+    normalize_text (AttributeError), and a `.txt` beside a recording in another encoding raised a bare
+    UnicodeDecodeError; neither named the recording."""
+    export = tmp_path / "export"
+    (export / "audio").mkdir(parents=True)
+    sf.write(export / "audio/a.wav", np.zeros(8000, dtype=np.float32), 16000)
+    (export / "annotations.jsonl").write_text(json.dumps({"audio": "audio/a.wav", "split": "test", "transcript": 42}) + "\n")
+    with pytest.raises(PipelineError, match=r"annotations\.jsonl line 1: background recording audio/a\.wav's transcript is "
+                                            r"int 42, not a string"):
+        load_background(export, SPLITS, "alexa")
+    folder = tmp_path / "folder" / "test"
+    folder.mkdir(parents=True)
+    sf.write(folder / "kitchen.wav", np.zeros(8000, dtype=np.float32), 16000)
+    (folder / "kitchen.txt").write_bytes("la télé".encode("latin-1"))
+    with pytest.raises(PipelineError, match=rf"background transcript {re.escape(str(folder / 'kitchen.txt'))}: not UTF-8 "
+                                            r"text \(invalid continuation byte at byte 4\); save it as UTF-8"):
+        load_background(tmp_path / "folder", SPLITS, "alexa")
