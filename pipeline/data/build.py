@@ -40,7 +40,7 @@ from pipeline.data.card import split_rule, summarise, write_card
 from pipeline.data.config import DataConfig, PrivacyConfig, SplitShares
 from pipeline.data.features import SAMPLING_RATE, SPLITS, dataset_features
 from pipeline.data.privacy import (Deletions, dataset_utterance_id, erased_request_files, erased_requests,
-                                   load_deletions, load_key, pseudonym, quoted_ids, redact_ids,
+                                   key_id, load_deletions, load_key, pseudonym, quoted_ids, redact_ids,
                                    utterance_pseudonym)
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem, utf8_json
 from pipeline.data.sources import RawRecord, Source, open_sources
@@ -399,9 +399,8 @@ def _fingerprint(sources: list[Source], deletions: list[Path], plan: Plan, key: 
     """Content hash of everything the dataset is a function of, the key included (via an HMAC):
     every source's files or rows, every audio file or embedded clip, the deletions, the settings."""
     h = hashlib.sha256()
-    key_id = pseudonym(key, "key", "fingerprint")  # changes with the key, reveals nothing about it
     described = [[s.kind, s.name, s.options, [str(r) for r in s.allowed_roots]] for s in sources]
-    h.update(json.dumps([CODE_VERSION, described, asdict(settings), key_id], default=str).encode())
+    h.update(json.dumps([CODE_VERSION, described, asdict(settings), key_id(key)], default=str).encode())
     for path in [*(f for s in sources for f in s.files), *deletions]:
         with open(path, "rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())

@@ -54,6 +54,12 @@ def pseudonym(key: bytes, kind: str, value: str) -> str:
     return f"{kind}_{digest[:PSEUDONYM_HEX]}"
 
 
+def key_id(key: bytes) -> str:
+    """Names the pseudonym key without revealing it: what a dataset or a model is a function of
+    changes with the key (every pseudonym and so every split does)."""
+    return pseudonym(key, "key", "fingerprint")
+
+
 _UTTERANCE_PSEUDONYM = re.compile(rf"utt_[0-9a-f]{{{PSEUDONYM_HEX}}}")
 # A shorter raw id (LibriSpeech's speaker 19) counts only as a whole word of the text ("19-198-0000",
 # "yes_03"): inside another word it would turn every id that happens to contain it into a pseudonym.

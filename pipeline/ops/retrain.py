@@ -20,14 +20,15 @@ import json
 import sys
 import time
 import traceback
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import run_folder
+from pipeline.data.privacy import key_id
 from pipeline.ops.config import RetrainConfig, command_line_problem, job_config, load_config, retrain_config
 from pipeline.ops.corpus import Corpus, pseudonym_key, remerge, stray_inbox_entries, update_corpus, utterance_pseudonym
 from pipeline.ops.erase import erase_copies, record_source_audio, tombstone_copies
@@ -55,6 +56,13 @@ def unreported_batches(registry: Registry, corpus_dir: Path) -> list[str]:
     batches = corpus_dir / "batches"
     return sorted(p.name for p in batches.iterdir() if p.is_dir() and not p.name.startswith(".")
                   and p.name not in reported) if batches.is_dir() else []
+
+
+def training_state(corpus: Corpus, training: dict[str, Any], key: bytes) -> str:
+    """What a model trained now is a function of: the corpus, the training config and the pseudonym
+    key (a new key draws other pseudonyms, so other splits and another model)."""
+    return corpus.state(json.dumps({**{k: training.get(k) for k in TRAINING_KEYS}, "key": key_id(key)},
+                                   sort_keys=True, default=str))
 
 
 def _last_decision_for(registry: Registry, state: str) -> dict[str, Any] | None:
@@ -160,7 +168,7 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         corpus.purged, corpus.tombstones = corpus.purged + again.purged, again.tombstones
     stage_cfg = _stage_config(cfg, corpus)
     training = OmegaConf.to_container(stage_cfg, resolve=True)
-    state = corpus.state(json.dumps({k: training.get(k) for k in TRAINING_KEYS}, sort_keys=True, default=str))
+    state = training_state(corpus, training, key)
     current = registry.current()
     affected = registry.affected_by(corpus.tombstones)
     decision.update(state=state, new_batches=unreported_batches(registry, Path(retrain.corpus_dir)),

@@ -429,3 +429,20 @@ def test_a_job_that_fails_after_its_intake_still_erases_for_the_requests_it_took
     assert decision["erasure"]["requests"] == 1 and Path(decision["erasure"]["receipt"]).is_file()
     [logged] = [json.loads(line) for line in (tmp_path / "registry" / "decisions.jsonl").read_text().splitlines()]
     assert logged["erasure"] == decision["erasure"] and "traceback" not in logged
+
+
+def test_a_new_pseudonym_key_is_a_new_training_state(tmp_path: Path) -> None:
+    """Before the fix: the state a job compares with the last decision's held the corpus and the
+    training config only, so a job under a new pseudonym key (other pseudonyms, so other splits and
+    another model) reported nothing to do."""
+    from pipeline.ops.corpus import Corpus
+    from pipeline.ops.retrain import training_state
+
+    inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
+    _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001")])
+    corpus = update_corpus(inbox, corpus_dir, KEY)
+    training = {"data": {"source": "jsonl"}, "seed": 1}
+    state = training_state(corpus, training, KEY)
+    assert state == training_state(Corpus(corpus.annotations, corpus.requests), dict(training), KEY)
+    assert state != training_state(corpus, training, b"another key of thirty-two bytes!")
+    assert state != training_state(corpus, {**training, "seed": 2}, KEY)
