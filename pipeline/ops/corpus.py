@@ -179,10 +179,12 @@ def batch_records(batch: Path) -> list[dict[str, Any]]:
 
 
 def inbox_batches(inbox: Path) -> list[Path]:
+    """The inbox's batches. A hidden folder is none (an upload tool's folder in progress): it was taken
+    and trained on, but never named in a decision's `new_batches`, which skip such names."""
     if not inbox.is_dir():
         return []
     return sorted(p for p in inbox.iterdir()
-                  if p.is_dir() and p.name != REQUEST_FOLDER and (p / ANNOTATIONS).is_file())
+                  if p.is_dir() and p.name != REQUEST_FOLDER and not p.name.startswith(".") and (p / ANNOTATIONS).is_file())
 
 
 def stray_inbox_entries(inbox: Path) -> str:

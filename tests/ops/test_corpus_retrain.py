@@ -446,3 +446,14 @@ def test_a_new_pseudonym_key_is_a_new_training_state(tmp_path: Path) -> None:
     assert state == training_state(Corpus(corpus.annotations, corpus.requests), dict(training), KEY)
     assert state != training_state(corpus, training, b"another key of thirty-two bytes!")
     assert state != training_state(corpus, {**training, "seed": 2}, KEY)
+
+
+def test_a_hidden_folder_in_the_inbox_is_not_taken_as_a_batch(tmp_path: Path) -> None:
+    """Before the fix: `.b2` (an upload in progress, say) was moved into the corpus and trained on,
+    while the decisions' `new_batches` skip hidden names, so no decision ever named it."""
+    inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
+    _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001")])
+    _batch(inbox, ".b2", [("u2", "amzn1.account.BOB", "G0900002")])
+    corpus = update_corpus(inbox, corpus_dir, KEY)
+    assert corpus.new_batches == ["b1"] and (inbox / ".b2" / "annotations.jsonl").is_file()
+    assert [json.loads(line)["utterance_id"] for line in corpus.annotations.read_text().splitlines()] == ["u1"]
