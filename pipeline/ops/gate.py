@@ -247,11 +247,13 @@ def load_background_counts(run_dir: Path) -> list[dict[str, Any]] | None:
 
 
 def with_background_pairs(paired: B.Paired, base_dir: Path, other_dir: Path, samples: int, seed: int,
-                          ) -> tuple[B.Paired, str | None]:
+                          same_audio: bool = False) -> tuple[B.Paired, str | None]:
     """`paired` with wake/fa_per_hour paired over the background recordings both runs streamed,
     when both did; otherwise as it is, with the reason when only one run has such counts or they
     are not the same recordings (the clip-level difference then does not reproduce metrics.json,
-    and callers fall back on the point values)."""
+    and callers fall back on the point values). `same_audio`: counts of other recordings are an
+    error instead, as other test clips are for the gate (point values of different audio could
+    pass a worse model)."""
     base, other = load_background_counts(base_dir), load_background_counts(other_dir)
     if base is None and other is None:
         return paired, None
@@ -262,6 +264,9 @@ def with_background_pairs(paired: B.Paired, base_dir: Path, other_dir: Path, sam
     try:
         diff = B.paired_rate_difference(base, other, samples, seed)
     except ValueError as err:
+        if same_audio:
+            raise PipelineError(f"{other_dir} vs {base_dir}: wake/fa_per_hour: {err}; evaluate both on the same "
+                                "background (`python evaluate.py run=<run> eval.background=<folder>`)") from None
         return paired, f"wake/fa_per_hour: {err}"
     return replace(paired, differences={**paired.differences, diff.key: diff}), None
 
@@ -286,5 +291,6 @@ def gate_on_runs(
         paired = B.paired_differences(old, new, samples, seed)
     except ValueError as err:
         raise PipelineError(f"{candidate_dir} vs {incumbent_dir}: {err}") from None
-    paired, _ = with_background_pairs(paired, incumbent_dir, candidate_dir, samples, seed)
+    judged = any(str(rule.get("metric")) == "wake/fa_per_hour" for rule in rules.values())
+    paired, _ = with_background_pairs(paired, incumbent_dir, candidate_dir, samples, seed, same_audio=judged)
     return check_gate_paired(paired, candidate, incumbent, rules, policy)

@@ -179,3 +179,22 @@ def test_runs_evaluated_on_different_clips_are_refused(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=r"not evaluated on the same test clips \(20 only in the candidate's "
                                             r"predictions\.jsonl, 20 only in the promoted model's, e\.g\. new-20\)"):
         gate_on_runs(tmp_path / "candidate", tmp_path / "incumbent", new, old, RULES, "non_inferior", 100, 0)
+
+
+def test_false_accepts_streamed_over_other_background_recordings_are_refused(tmp_path: Path) -> None:
+    """Before the fix: two runs that streamed different background audio (recordings of the same
+    names, other digests) were judged on their point values, as if on the same audio: a candidate
+    scored on quieter recordings could pass with more false accepts."""
+    rules = {"fa": {"metric": "wake/fa_per_hour", "max_increase": 0.0}}
+    old = _with_background(tmp_path / "incumbent", _write_run(tmp_path / "incumbent", PROMOTED), [1] * 12)
+    new = _with_background(tmp_path / "other", _write_run(tmp_path / "other", PROMOTED), [0] * 12)
+    details = json.loads((tmp_path / "other" / "eval_details.json").read_text())
+    for r in details["wake_background"]["per_recording"]:
+        r["digest"] = "x" + r["digest"]
+    (tmp_path / "other" / "eval_details.json").write_text(json.dumps(details))
+    with pytest.raises(PipelineError, match=r"wake/fa_per_hour: background recording test-000 is other audio in the "
+                                            r"two runs .*evaluate both on the same background"):
+        gate_on_runs(tmp_path / "other", tmp_path / "incumbent", new, old, rules, "not_worse", 300, 0)
+    # Without a rule on false accepts the other metrics are judged as before.
+    wer = {"wer": {"metric": "asr/wer", "max_increase": 0.0}}
+    assert gate_on_runs(tmp_path / "other", tmp_path / "incumbent", new, old, wer, "not_worse", 300, 0)[0].passed
