@@ -139,10 +139,13 @@ def main() -> None:
         try:
             saved = make_dataset(folder, n)
             runs: dict[str, list[dict]] = {"baseline": [], "ours": []}
-            for _ in range(args.repeats):  # interleaved, so a busy spell hits both variants
-                if args.baseline_max is None or n <= args.baseline_max:
-                    runs["baseline"].append(measure("baseline", saved, 1))
-                runs["ours"].append(measure("ours", saved, args.num_proc))
+            for repeat in range(args.repeats):  # interleaved, so a busy spell hits both variants
+                # ABBA: each side goes first every other repeat, so a machine that drifts favours neither.
+                for variant in (("baseline", "ours") if repeat % 2 == 0 else ("ours", "baseline")):
+                    if variant == "ours":
+                        runs["ours"].append(measure("ours", saved, args.num_proc))
+                    elif args.baseline_max is None or n <= args.baseline_max:
+                        runs["baseline"].append(measure("baseline", saved, 1))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         # The median run; of an even count, the slower middle one (as bench.asr_throughput).
