@@ -52,7 +52,7 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 # Bump whenever the same inputs would now give a different dataset, so stale caches are not reused.
-CODE_VERSION = 16  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
+CODE_VERSION = 17  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
                   # 4: `copy_of` is a dataset column, so erasure finds a copy whose original is not in the dataset;
                   # 5: records a source keeps out (held-out keyword clips) are quarantined, not skipped;
                   # 6: an utterance id that contains the record's account, device or annotator id is stored as its pseudonym;
@@ -89,6 +89,7 @@ CODE_VERSION = 16  # 3: `copy_of` deletes a copy with its original, `train_only`
                   # 15: a speech corpus's clip that says a keyword under another label is a keyword clip; class-label
                   #    keyword and speaker columns are read by name; a constant account is one held-out speaker
                   # 16: a metadata.csv text cell pandas reads as missing (NA, None, null, nan) is read as written
+                  # 17: a train_only clip whose copy_of names a validation or test clip is quarantined as train_only
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "identifier_in_text", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
@@ -122,6 +123,10 @@ class Plan:
     records_in: int
     records_in_by_source: dict[str, int] = field(default_factory=dict)
     content: Any = field(default_factory=hashlib.sha256)  # records and embedded audio of `hf` sources
+    # Raw utterance id -> split of every row still in the running, and the training-only copies among
+    # them (row, the raw id of the utterance each re-renders): a copy of a held-out clip is held-out content.
+    split_of: dict[str, str] = field(default_factory=dict)
+    copies: list[tuple[dict[str, Any], str]] = field(default_factory=list)
 
 
 def run_data_stage(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
@@ -266,6 +271,22 @@ def _metadata_pass(sources: list[Source], deletions: Deletions, key: bytes, sett
             else:
                 plan.quarantine.append({"source": source.name, **row[0]})
         plan.records_in_by_source[source.name] = plan.records_in - before
+    # After every source: an original may come after its copy, or in another source. Extra training
+    # audio that re-renders a validation or test clip (under another account) would train on it.
+    held_out = {id(row): plan.split_of[original] for row, original in plan.copies
+                if plan.split_of.get(original, "train") != "train"}
+    if held_out:
+        keep = []
+        for row in plan.rows:
+            if id(row) in held_out:
+                plan.quarantine.append({"source": row["source"], "utterance_id": row["utterance_id"],
+                                        "speaker": row["speaker"], **({"device": row["device"]} if row["device"] else {}),
+                                        **({"row": row["_row"]} if row["_row"] >= 0 else {}), "reason": "train_only",
+                                        "detail": f"extra training audio re-rendering a clip in {held_out[id(row)]}: "
+                                                  "held-out splits keep only what was recorded"})
+            else:
+                keep.append(row)
+        plan.rows = keep
     return plan
 
 
@@ -356,6 +377,9 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         _src=index,
         _row=raw.row if raw.row is not None else -1,
     )
+    plan.split_of[record.utterance_id] = split
+    if record.train_only and record.copy_of:
+        plan.copies.append((row, record.copy_of))
     return row
 
 

@@ -434,3 +434,29 @@ def test_a_file_of_carriage_returns_with_one_line_appended_by_a_unix_tool_is_rea
     (tmp_path / "cr_in_string.jsonl").write_bytes((lines[0].replace("alexa ", "alexa\r") + "\n" + lines[1] + "\n").encode())
     read = [(line.number, line.record is None) for line in json_lines(tmp_path / "cr_in_string.jsonl")]
     assert read == [(1, True), (2, False)]
+
+
+def test_training_only_copy_of_a_held_out_clip_under_another_account_is_quarantined(tmp_path: Path) -> None:
+    """Before the fix: a `train_only` clip was kept whenever its own account was in training, so a
+    re-rendering (`copy_of`) of a test clip, exported under another account, put that test
+    utterance into the training split. Now it is quarantined as train_only, wherever its original
+    comes in the export."""
+    key = b"copy-of-split-key"
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "pseudonym.key").write_bytes(key)
+
+    def split(account: str) -> str:
+        return assign_split(key, pseudonym(key, "acct", account), 0.25, 0.25)
+
+    tested = next(a for a in (f"ACCOUNT-RAW-T{n}" for n in range(100)) if split(a) == "test")
+    trained = next(a for a in (f"ACCOUNT-RAW-R{n}" for n in range(100)) if split(a) == "train")
+    lines = [record(1, account=trained, copy_of="u000", train_only=True),  # before its original
+             record(0, account=tested),
+             record(2, account=trained, copy_of="u003", train_only=True),  # a copy of a training clip: kept
+             record(3, account=trained)]
+    report, quarantine = build(tmp_path, path=str(write_export(tmp_path / "export", lines)))
+    splits = split_of(report["dataset_path"])
+    assert splits == {"u000": "test", "u002": "train", "u003": "train"}
+    assert [(q["utterance_id"], q["reason"]) for q in quarantine] == [("u001", "train_only")]
+    assert quarantine[0]["speaker"] == pseudonym(key, "acct", trained)
+    assert report["records_kept"] == 3 and report["records_quarantined"] == 1
