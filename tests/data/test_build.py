@@ -460,3 +460,22 @@ def test_training_only_copy_of_a_held_out_clip_under_another_account_is_quaranti
     assert [(q["utterance_id"], q["reason"]) for q in quarantine] == [("u001", "train_only")]
     assert quarantine[0]["speaker"] == pseudonym(key, "acct", trained)
     assert report["records_kept"] == 3 and report["records_quarantined"] == 1
+
+
+def test_an_account_id_with_spaces_around_it_shares_the_account_split(tmp_path: Path) -> None:
+    """Before the fix: the split was a hash of the account id exactly as exported, so one person's
+    clips written as "ACCOUNT" and "ACCOUNT " (an exporter's padding) fell into two splits, the
+    test clips of a voice that training had heard. Now the id without the spaces around it picks the split."""
+    key = b"padded-account-key"
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "pseudonym.key").write_bytes(key)
+
+    def split(account: str) -> str:
+        return assign_split(key, pseudonym(key, "acct", account), 0.25, 0.25)
+
+    account = next(a for a in (f"ACCOUNT-RAW-{n}" for n in range(500))
+                   if split(a) == "test" and split(a + " ") == "train")
+    lines = [record(0, account=account), record(1, account=account + " "), record(2, account="\t" + account)]
+    report, quarantine = build(tmp_path, path=str(write_export(tmp_path / "export", lines)))
+    assert quarantine == []
+    assert split_of(report["dataset_path"]) == {"u000": "test", "u001": "test", "u002": "test"}
