@@ -59,6 +59,17 @@ def split_rule(kind: str, options: dict[str, Any]) -> str:
     if kind == "slurp":
         return (f"a keyed hash of the {options.get('slurp_account', 'sentence')} (`data.slurp_account`): SLURP's "
                 "files name no speakers, so one person's clips may sit in two splits")
+    if kind in ("speech", "lone_words"):
+        speech = options.get("speech") or {}
+        validation, test = speech.get("heldout") or (0.1, 0.1)
+        if speech.get("role") != "wake_test" and not validation and not test:
+            return "none: every clip is training audio"
+        rule = (f"its own held-out speakers (a seeded hash ranks the corpus's speakers: the first {test:g} of them, at "
+                f"least one, to test, the next {validation:g} to validation; a corpus naming no speakers clip by clip)")
+        if speech.get("role") == "wake_test":
+            rule += (", and its keyword clips half to validation, half to test by clip, whoever speaks them, so one "
+                     "speaker may be in both")
+        return rule
     return ("a keyed hash of the account (the speaker where the source names one, else each clip is its own), "
             "so no account is in two splits")
 

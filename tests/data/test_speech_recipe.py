@@ -460,3 +460,34 @@ def test_a_clip_that_says_the_keyword_under_another_label_is_a_keyword_clip(tmp_
                     keyword_column="wake_word", role="wake_test", heldout={"validation": 0.5, "test": 0.5})
     positives = {r.data["transcript"] for r in test if r.data["wake_word_present"]}
     assert positives == {"computer", "ok computer", "my computers"}
+
+
+def test_the_card_states_a_speech_corpus_s_own_split_rule(tmp_path: Path) -> None:
+    """Before the fix: the dataset card said a speech corpus was split "by a keyed hash of the
+    account ... so no account is in two splits", while its speakers are held out by the corpus's own
+    seeded ranking and, in a wake-word test, its keyword clips go to validation or test clip by clip,
+    whoever speaks them: here one speaker is in both, as the card now says."""
+    from pipeline.config import checked
+    from pipeline.data.card import split_rule
+    from pipeline.data.config import SourceConfig
+    from pipeline.data.speech_recipe import speech_source
+
+    rows = [{"transcription": "hey computer" if i % 2 else "go", "speaker_id": "ann", "wake_word": None} for i in range(20)]
+    folder = _clip_folder(tmp_path / "corpus", rows)
+    for role, keywords in (("wake_test", ["hey computer"]), ("train", None)):
+        cfg = checked({"source": "speech", "name": "corpus", "path": str(folder), "role": role, "keywords": keywords,
+                       "columns": {"transcript": "transcription", "account_id": "speaker_id"},
+                       "heldout": {"validation": 0.1, "test": 0.15}}, SourceConfig, "data.sources[0]")
+        source = speech_source(cfg, tmp_path / "cache", "corpus")
+        try:
+            splits = {r.split for r in source.records if r.excluded is None}
+        finally:
+            source.close()
+        rule = split_rule(source.kind, source.options)
+        assert "keyed hash" not in rule and "no account is in two splits" not in rule
+        assert "held-out speakers" in rule and "0.15 of them" in rule
+        if role == "wake_test":
+            assert splits == {"validation", "test"} and "one speaker may be in both" in rule
+        else:
+            assert splits == {"train"} and "may be in both" not in rule
+    assert split_rule("lone_words", {"speech": {"role": "train", "heldout": [0.0, 0.0]}}) == "none: every clip is training audio"
