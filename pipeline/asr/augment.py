@@ -28,6 +28,7 @@ import torch
 import torchaudio.functional as AF
 from scipy.signal import fftconvolve, resample_poly
 
+from pipeline.asr.config import MIN_RT60_S
 from pipeline.data.features import SAMPLING_RATE
 
 TELEPHONE_RATE = 8000
@@ -110,9 +111,10 @@ def room_impulse_response(rt60_s: float, room: int) -> torch.Tensor:
 
 def reverberate(wave: torch.Tensor, rt60_s: float, gen: torch.Generator) -> torch.Tensor:
     """The clip as heard in one of ROOMS simulated rooms with about this RT60 (rounded to 50 ms,
-    so a training run needs a few dozen responses), at its original peak level and length."""
+    so a training run needs a few dozen responses, and at least MIN_RT60_S, the shortest every room
+    can have), at its original peak level and length."""
     room = int(torch.randint(ROOMS, (), generator=gen).item())
-    rir = room_impulse_response(max(0.05, round(rt60_s * 20) / 20), room)
+    rir = room_impulse_response(max(MIN_RT60_S, round(rt60_s * 20) / 20), room)
     wet = torch.from_numpy(fftconvolve(wave.numpy(), rir.numpy())[: wave.shape[-1]].astype(np.float32))
     peak = wet.abs().max()
     return wet * (wave.abs().max() / peak) if peak > 0 else wet

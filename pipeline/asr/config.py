@@ -15,6 +15,9 @@ from omegaconf import MISSING
 from pipeline.config import check_builds, choice, did_you_mean
 from pipeline.runtime import PipelineError, looks_like_path
 
+# The shortest RT60 every simulated room can have (pipeline/asr/augment.py rooms of up to 8 x 6 x 3.2 m):
+# below it Sabine's formula asks for walls that absorb more than all the sound, and pyroomacoustics refuses.
+MIN_RT60_S = 0.15
 MAX_LM_ORDER = 6  # the KenLM inside flashlight-text's wheel is compiled for at most 6-grams
 
 
@@ -97,8 +100,9 @@ class ConditionsConfig:
             value = getattr(self, key)
             if len(value) != 2 or value[0] > value[1]:
                 raise PipelineError(f"asr.augment.conditions.{key}={value}: give [low, high]")
-        if self.reverb_rt60_s[0] <= 0:
-            raise PipelineError(f"asr.augment.conditions.reverb_rt60_s={self.reverb_rt60_s}: RT60 must be positive")
+        if self.reverb_rt60_s[0] < MIN_RT60_S:
+            raise PipelineError(f"asr.augment.conditions.reverb_rt60_s={self.reverb_rt60_s}: the simulated rooms (3-8 m "
+                                f"across) reverberate for at least {MIN_RT60_S} s; give a low of {MIN_RT60_S} or more")
 
 
 @dataclass

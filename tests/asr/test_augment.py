@@ -127,3 +127,16 @@ def test_a_bad_chance_or_range_names_the_key() -> None:
     recipe = _asr_group("data=demo_speech", "asr.augment.conditions.gain_db=[6,-12]")
     with pytest.raises(PipelineError, match="asr.augment.conditions.gain_db"):
         checked(recipe, ASRConfig, "asr")
+
+
+def test_a_short_reverberation_time_is_refused_up_front_and_never_crashes_a_batch() -> None:
+    """Before the fix: RT60s under ~0.125 s passed the config check (only > 0 was required), and a
+    clip that drew one stopped training inside the collator: pyroomacoustics cannot give the larger
+    simulated rooms so short a reverberation ("room may be too large for required RT60")."""
+    recipe = _asr_group("data=demo_speech", "asr.augment.conditions.reverb_rt60_s=[0.1,0.5]")
+    with pytest.raises(PipelineError, match="asr.augment.conditions.reverb_rt60_s"):
+        checked(recipe, ASRConfig, "asr")
+    x = white(0.2)
+    for room_seed in range(16):  # every one of the rooms
+        y = reverberate(x, 0.05, torch.Generator().manual_seed(room_seed))
+        assert y.shape == x.shape and torch.isfinite(y).all()
