@@ -90,7 +90,8 @@ CODE_VERSION = 17  # 3: `copy_of` deletes a copy with its original, `train_only`
                   #    keyword and speaker columns are read by name; a constant account is one held-out speaker
                   # 16: a metadata.csv text cell pandas reads as missing (NA, None, null, nan) is read as written
                   # 17: a train_only clip whose copy_of names a validation or test clip is quarantined as train_only;
-                  #    an account id with spaces around it takes the split of the id without them
+                  #    an account, device or annotator id is read without spaces around it (one account, one
+                  #    pseudonym, one split; a deletion request for the id finds it)
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "identifier_in_text", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
@@ -360,10 +361,7 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
     except ClipRejected as err:
         return ({**where, "reason": err.reason, "detail": redact_ids(key, err.detail, carried)},)
     speaker = pseudonym(key, "acct", record.account_id)
-    # An exporter's spaces around an account id do not make another account: both forms get one split
-    # (the `speaker` pseudonym stays that of the id as written, which a deletion request names).
-    split = raw.split or assign_split(key, pseudonym(key, "acct", record.account_id.strip()), settings.validation,
-                                      settings.test)
+    split = raw.split or assign_split(key, speaker, settings.validation, settings.test)
     if record.train_only and split != "train":
         return ({**where, "reason": "train_only", "detail": f"extra training audio of an account in {split}: "
                  "held-out splits keep only what was recorded"},)

@@ -225,9 +225,14 @@ RECORD_IDS = {"utterance_id": "utt", "copy_of": "utt", "account_id": "acct", "de
 
 
 def record_pseudonyms(key: bytes, record: dict[str, Any]) -> set[str]:
-    """A raw export record's pseudonyms, as deletion requests name it (the build, erase, the audit)."""
-    return {pseudonym(key, kind, value) for name, kind in RECORD_IDS.items()
-            if isinstance(value := record.get(name), str) and value}
+    """A raw export record's pseudonyms, as deletion requests name it (the build, erase, the audit).
+    Accounts and devices without spaces around them, as the build reads them (schema.ExportRecord)."""
+    return {pseudonym(key, kind, _id_as_read(name, value)) for name, kind in RECORD_IDS.items()
+            if isinstance(value := record.get(name), str) and _id_as_read(name, value)}
+
+
+def _id_as_read(field: str, value: str) -> str:
+    return value.strip() if field in RAW_IDS else value
 
 
 def parse_deletion_requests(path: Path, key: bytes) -> tuple[Deletions, list[dict[str, Any]]]:
@@ -245,12 +250,12 @@ def parse_deletion_requests(path: Path, key: bytes) -> tuple[Deletions, list[dic
                 bad.append({"file": path.name, "line": line.number, "reason": line.error})
             continue
         known = {k: v for k, v in line.record.items() if k in kinds}
-        if not known or not all(isinstance(v, str) and v for v in known.values()):
+        if not known or not all(isinstance(v, str) and _id_as_read(k, v) for k, v in known.items()):
             bad.append({"file": path.name, "line": line.number,
                         "reason": f"needs a non-empty string under one of {list(DELETION_KEYS)}"})
             continue
         for name, value in known.items():
-            deletions.pseudonyms.add(pseudonym(key, kinds[name], value))
+            deletions.pseudonyms.add(pseudonym(key, kinds[name], _id_as_read(name, value)))
     return deletions, bad
 
 

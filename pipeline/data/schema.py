@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.data.annotations import AnnotationError, align_to_transcript, bio_tags, parse_inline, resolve_spans
 from pipeline.text import normalize_text
@@ -138,6 +138,13 @@ class ExportRecord(BaseModel):
     # Extra training audio, not a recording to judge a model on: kept only when its account falls in
     # the training split, so validation and test hold exactly what was recorded.
     train_only: bool = False
+
+    @field_validator("account_id", "device_serial", "annotator_id", mode="before")
+    @classmethod
+    def _id_without_spaces_around(cls, value: Any) -> Any:
+        # An exporter's spaces around an id are not part of it: " ACCOUNT" is the account a deletion
+        # request for "ACCOUNT" names, with one pseudonym and one split.
+        return value.strip() if isinstance(value, str) else value
 
     @model_validator(mode="before")
     @classmethod

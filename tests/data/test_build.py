@@ -465,7 +465,8 @@ def test_training_only_copy_of_a_held_out_clip_under_another_account_is_quaranti
 def test_an_account_id_with_spaces_around_it_shares_the_account_split(tmp_path: Path) -> None:
     """Before the fix: the split was a hash of the account id exactly as exported, so one person's
     clips written as "ACCOUNT" and "ACCOUNT " (an exporter's padding) fell into two splits, the
-    test clips of a voice that training had heard. Now the id without the spaces around it picks the split."""
+    test clips of a voice that training had heard, under two pseudonyms; and a deletion request for
+    "ACCOUNT" left the padded clips in the dataset. Ids are read without the spaces around them."""
     key = b"padded-account-key"
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "pseudonym.key").write_bytes(key)
@@ -479,3 +480,11 @@ def test_an_account_id_with_spaces_around_it_shares_the_account_split(tmp_path: 
     report, quarantine = build(tmp_path, path=str(write_export(tmp_path / "export", lines)))
     assert quarantine == []
     assert split_of(report["dataset_path"]) == {"u000": "test", "u001": "test", "u002": "test"}
+    speakers = {r["speaker"] for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
+    assert speakers == {pseudonym(key, "acct", account)}
+    # A request for the id as the person gives it deletes every form of it, and the padded request too.
+    for asked in (account, f"  {account} "):
+        (tmp_path / "deletions.jsonl").write_text(json.dumps({"account_id": asked}) + "\n")
+        with pytest.raises(PipelineError, match=r"every record was quarantined \(3 of 3\); most common reason: deleted \(3\)"):
+            build(tmp_path, run="deleted", path=str(tmp_path / "export" / "annotations.jsonl"),
+                  deletions=str(tmp_path / "deletions.jsonl"))
