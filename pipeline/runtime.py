@@ -259,8 +259,14 @@ def publish(tmp: Path, final: Path, marker: str) -> None:
     try:
         os.rename(tmp, final)
     except OSError:
-        if not (final / marker).exists():
+        if (final / marker).exists():
+            return
+        if not final.is_dir() or final.is_symlink():
             raise
+        # A folder without its marker was never published whole (folders appear only by this rename):
+        # one partly removed by hand. Kept, it made every later publish fail.
+        shutil.rmtree(final)
+        os.rename(tmp, final)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:

@@ -98,3 +98,20 @@ def test_a_synthesis_cache_folder_appears_only_complete(tmp_path: Path) -> None:
     with staged_folder(final, marker="annotations.jsonl") as tmp:
         (tmp / "annotations.jsonl").write_text("{}\n")
     assert (final / "annotations.jsonl").read_text() == "{}\n" and sorted(final.parent.iterdir()) == [final]
+
+
+def test_a_cache_folder_partly_removed_by_hand_is_replaced_not_kept(tmp_path: Path) -> None:
+    """Before the fix: a published folder whose marker was deleted by hand (the rest left) made the
+    rename of every later write fail with OSError (directory not empty), so that dataset or synthesis
+    could never be made again until someone found and removed the folder."""
+    final = tmp_path / "datasets" / "abc"
+    final.mkdir(parents=True)
+    (final / "train").mkdir()
+    (final / "train" / "data-00000-of-00001.arrow").write_bytes(b"left behind")
+    with staged_folder(final, marker="build_report.json") as tmp:
+        (tmp / "build_report.json").write_text("{}\n")
+    assert sorted(p.name for p in final.iterdir()) == ["build_report.json"]
+    # A complete folder another writer published first is kept as it is.
+    with staged_folder(final, marker="build_report.json") as tmp:
+        (tmp / "build_report.json").write_text('{"second": true}\n')
+    assert (final / "build_report.json").read_text() == "{}\n"
