@@ -91,7 +91,8 @@ CODE_VERSION = 17  # 3: `copy_of` deletes a copy with its original, `train_only`
                   # 16: a metadata.csv text cell pandas reads as missing (NA, None, null, nan) is read as written
                   # 17: a train_only clip whose copy_of names a validation or test clip is quarantined as train_only;
                   #    an account, device or annotator id is read without spaces around it (one account, one
-                  #    pseudonym, one split; a deletion request for the id finds it)
+                  #    pseudonym, one split; a deletion request for the id finds it); an entity type holding
+                  #    the record's raw id is identifier_in_text
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "identifier_in_text", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
@@ -389,7 +390,8 @@ def _text_fields(row: dict[str, Any]) -> dict[str, str]:
     """The dataset row's free-text columns, by the export field a user would fix (not a timestamp's
     digits or the locale: account 2026 is not in 2026-01-01)."""
     fields = {name: row[name] for name in ("transcript", "intent", "scenario") if isinstance(row[name], str)}
-    return {**fields, "entities": " ".join(e["value"] for e in row["entities"])}
+    # An entity's type too: it reaches the `entities` and `bio_tags` columns and the card's type table.
+    return {**fields, "entities": " ".join(f"{e['type']} {e['value']}" for e in row["entities"])}
 
 
 def _hf_audio(source: Source, raw: RawRecord, plan: Plan) -> tuple[str, str]:

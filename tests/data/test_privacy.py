@@ -320,3 +320,19 @@ def test_text_quotes_an_identifier_only_as_a_whole_word(tmp_path: Path) -> None:
     report, quarantine = build(tmp_path, path=str(export / "annotations.jsonl"))
     assert [(q["utterance_id"], q["reason"]) for q in quarantine] == [("u005", "identifier_in_text")]
     assert report["records_kept"] == 8
+
+
+def test_an_entity_type_holding_the_records_identifier_is_quarantined(tmp_path: Path) -> None:
+    """Before the fix: only entity values were checked, so a type an annotation tool filled with the
+    annotator's id reached the dataset's `entities` and `bio_tags` columns and the card's type table."""
+    export = tmp_path / "export"
+    annotator = "ANNOT-QQ4417"
+    lines = [record(1, annotator_id=annotator, entities=[{"type": annotator, "value": "jazz"}]),
+             *[record(i) for i in range(2, 8)]]
+    write_export(export, lines)
+    report, quarantine = build(tmp_path, path=str(export / "annotations.jsonl"))
+    assert [(q["utterance_id"], q["reason"]) for q in quarantine] == [("u001", "identifier_in_text")]
+    assert quarantine[0]["detail"].startswith("entities holds its annotator_id: ")
+    written = b"".join(p.read_bytes() for d in (tmp_path / "run", Path(report["dataset_path"])) for p in d.rglob("*")
+                       if p.is_file())
+    assert annotator.encode() not in written and annotator.lower().encode() not in written
