@@ -8,7 +8,10 @@ pyroomacoustics' image-source model (applied with `scipy.signal.fftconvolve`), t
 `audiomentations.AddColorNoise` (white to brown spectra at a random SNR), the gain from
 `torchaudio.functional.gain` and the telephone band from `scipy.signal.resample_poly` down to 8 kHz
 and back. scipy's FFT convolution and polyphase resampling cost 2-4 ms a clip where torch's took
-25-70 ms (a clip length's FFT size, a resampling kernel built per call). Every random choice is drawn from the caller's `torch.Generator`, so a seed gives
+25-70 ms (a clip length's FFT size, a resampling kernel built per call). The collator then scales
+each clip to zero mean and unit variance, so the level a gain sets does not reach the model: what a
+gain changes is the clipping at full scale after it (an overdriven microphone), on a loud clip from
+about +2 dB. Every random choice is drawn from the caller's `torch.Generator`, so a seed gives
 the same augmented clip in any process; audiomentations draws from the global `random` and
 `numpy.random`, so each of its calls runs under a seed drawn from that generator and the global
 states are restored afterwards.
