@@ -51,12 +51,7 @@ def test_every_context_gives_a_distribution_that_sums_to_one(order: int) -> None
     rng = random.Random(order)
     sentences = [[rng.choice("abc|") for _ in range(rng.randint(1, 8))] for _ in range(40)]
     probs, backoffs = parse_arpa(kneser_ney_arpa(sentences, order))
-    vocab = [g[0] for g in probs if len(g) == 1 and g[0] != "<s>"]
-    for n in range(order):
-        for context in itertools.product(["<s>", "a", "b", "c", "|"], repeat=n):
-            if "<s>" in context[1:]:
-                continue
-            assert sum(prob(probs, backoffs, context, w) for w in vocab) == pytest.approx(1.0, abs=1e-4), context
+    assert_distributions(probs, backoffs, ["a", "b", "c", "|"], order)
     # Seen continuations are likelier than unseen ones: the model learned something.
     assert prob(probs, backoffs, ("<s>",), "a") > prob(probs, backoffs, ("<s>",), "</s>")
 
@@ -73,9 +68,14 @@ def test_transcripts_with_unknown_characters_give_one_unk_line_and_a_distributio
     assert unigram_lines.count("<unk>") == 1
     assert f"ngram 1={len(unigram_lines)}" in text
     probs, backoffs = parse_arpa(text)
+    assert_distributions(probs, backoffs, ["a", "b", "|", "<unk>"], order)
+
+
+def assert_distributions(probs: dict, backoffs: dict, tokens: list[str], order: int) -> None:
+    """Every context of up to order - 1 tokens gives next-token probabilities that sum to one."""
     vocab = [g[0] for g in probs if len(g) == 1 and g[0] != "<s>"]
     for n in range(order):
-        for context in itertools.product(["<s>", "a", "b", "|", "<unk>"], repeat=n):
+        for context in itertools.product(["<s>", *tokens], repeat=n):
             if "<s>" in context[1:]:
                 continue
             assert sum(prob(probs, backoffs, context, w) for w in vocab) == pytest.approx(1.0, abs=1e-4), context
