@@ -236,9 +236,12 @@ def _verdict(cfg: DictConfig, retrain: RetrainConfig, registry: Registry, curren
     if current is None:
         return True, "no model is promoted yet", "replaced"
     hits = next((a["deleted_utterances"] for a in affected if a["model_id"] == current["model_id"]), 0)
-    if hits:
-        return True, (f"the promoted model {current['model_id']} was trained on {hits} deleted "
-                      "utterance(s): deletion beats the gate"), "deletion"
+    # Erased without a `trained_on` list to match (a record from before it was kept): nothing serves,
+    # and the gate could only reject every candidate for want of weights to compare with.
+    erased = bool(current.get("erased_at")) and not registry.has_weights(current["model_id"])
+    if hits or erased:
+        why = f"was trained on {hits} deleted utterance(s)" if hits else "had its weights erased (trained on deleted data)"
+        return True, f"the promoted model {current['model_id']} {why}: deletion beats the gate", "deletion"
     incumbent, error = None, "its weights are gone"
     if registry.has_weights(current["model_id"]):
         incumbent, error = _evaluate_incumbent(cfg, registry, current["model_id"], run_dir,

@@ -227,3 +227,21 @@ def test_recover_after_a_rollback_retires_the_model_for_its_latest_replacement(t
     assert (m1["status"], m1["retired_reason"], m1["replaced_by"]) == ("retired", "deletion", "m3")
     assert not reg.has_weights("m1"), "a model replaced for a deletion loses its weights"
     assert reg.record("m2")["retired_reason"] == "rolled_back"
+
+
+def test_a_promoted_model_erased_without_a_trained_on_list_is_replaced_not_kept_forever(tmp_path: Path) -> None:
+    """Before the fix: a promoted model whose weights `make erase` removed (matched by its dataset,
+    its record older than the `trained_on` list) counted as unaffected by deletions, so every later
+    candidate was judged against it, could not be compared ("its weights are gone") and was rejected:
+    nothing was served and nothing could be promoted but by hand."""
+    from pipeline.ops.retrain import _verdict
+
+    reg = Registry(tmp_path / "registry")
+    record = _record("m1", ["u1"])
+    del record["trained_on"]
+    reg.promote(_run(tmp_path, "a"), record)
+    reg.mark_erased("m1")
+    current = reg.current()
+    assert reg.affected_by({utt("u1")}) == []  # nothing to match the deletion against
+    promote, why, retired = _verdict(None, None, reg, current, [], {}, tmp_path / "run", {"incumbent": {}})
+    assert (promote, retired) == (True, "deletion") and "m1 had its weights erased" in why
