@@ -82,15 +82,16 @@ def did_you_mean(name: str, known: list[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
-def check_builds(key: str, what: str, build: Callable[[], Any]) -> None:
+def check_builds(key: str, what: str, build: Callable[[], Any]) -> Any:
     """Build a model from a config group (`asr.model_config`, `nlu.encoder_config`) on torch's meta
     device, which costs no memory, so that the checks transformers makes when it builds one (a head
-    count that does not divide the width, conv lists of unequal length) run before the first stage."""
+    count that does not divide the width, conv lists of unequal length) run before the first stage.
+    Returns what `build` returns."""
     import torch
 
     try:
         with torch.device("meta"):
-            build()
+            return build()
     except Exception as err:  # noqa: BLE001 - whatever transformers refuses is this setting's problem
         raise PipelineError(f"{key}: transformers cannot build {what} from it: {' '.join(str(err).split())}") from None
 

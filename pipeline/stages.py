@@ -166,7 +166,7 @@ def with_recorded_settings(cfg: DictConfig, run_dir: Path, overrides: list[str])
     path = run_dir / "config.yaml"
     if not path.is_file():
         return cfg
-    return on_record(cfg, read_record(path), [o.split("=", 1)[0].lstrip("+~") for o in overrides], CALL_KEYS)
+    return on_record(cfg, read_record(path), override_keys(overrides), CALL_KEYS)
 
 
 def on_record(cfg: DictConfig, recorded: DictConfig, given: list[str], call_keys: tuple[str, ...]) -> DictConfig:
@@ -186,13 +186,16 @@ def on_record(cfg: DictConfig, recorded: DictConfig, given: list[str], call_keys
     return cfg
 
 
+def override_keys(overrides: list[str]) -> list[str]:
+    """The keys a command line's overrides set (`+a.b=1`, `~a`: `a.b`, `a`)."""
+    return [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+
+
 def _command_line_keys() -> list[str]:
     """The keys this job's command line sets (Hydra's overrides), none outside a Hydra job."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized():
-        return []
-    return [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    return override_keys(list(HydraConfig.get().overrides.task)) if HydraConfig.initialized() else []
 
 
 def redact_hydra_records(run_dir: Path) -> None:

@@ -259,6 +259,14 @@ def clip_pseudonyms(dataset: Path, key: bytes) -> list[tuple[str, ...]]:
     return sorted(clips)
 
 
+def _quarantine_line(row: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
+    """The quarantine line of a clip that passed the metadata checks (a row of the plan): its ids by
+    pseudonym and its row in an hf source, as the metadata checks' own lines name a clip."""
+    return {"source": row["source"], "utterance_id": row["utterance_id"],
+            **{c: row[c] for c in ("speaker", "device") if row.get(c)},
+            **({"row": row["_row"]} if row["_row"] >= 0 else {}), "reason": reason, "detail": detail}
+
+
 def _metadata_pass(sources: list[Source], deletions: Deletions, key: bytes, settings: Settings) -> Plan:
     """Check everything that needs no audio; deletion matching comes first, before any id is echoed.
     utterance_ids are unique across all sources."""
@@ -282,11 +290,8 @@ def _metadata_pass(sources: list[Source], deletions: Deletions, key: bytes, sett
         keep = []
         for row in plan.rows:
             if id(row) in held_out:
-                plan.quarantine.append({"source": row["source"], "utterance_id": row["utterance_id"],
-                                        "speaker": row["speaker"], **({"device": row["device"]} if row["device"] else {}),
-                                        **({"row": row["_row"]} if row["_row"] >= 0 else {}), "reason": "train_only",
-                                        "detail": f"extra training audio re-rendering a clip in {held_out[id(row)]}: "
-                                                  "held-out splits keep only what was recorded"})
+                plan.quarantine.append(_quarantine_line(row, "train_only", f"extra training audio re-rendering a clip "
+                                                        f"in {held_out[id(row)]}: held-out splits keep only what was recorded"))
             else:
                 keep.append(row)
         plan.rows = keep
@@ -509,10 +514,7 @@ def _build(sources: list[Source], plan: Plan, settings: Settings, fingerprint: s
                 for j, reason in enumerate(batch["_reject"]):
                     if reason is not None:
                         rejected.add(offset + j)
-                        at = {"row": batch["_row"][j]} if batch["_row"][j] >= 0 else {}
-                        who = {c: batch[c][j] for c in ("speaker", "device") if batch[c][j]}
-                        quarantine.append({"source": batch["source"][j], "utterance_id": batch["utterance_id"][j],
-                                           **who, **at, "reason": reason, "detail": batch["_detail"][j]})
+                        quarantine.append(_quarantine_line({c: batch[c][j] for c in batch}, reason, batch["_detail"][j]))
                 offset += len(batch["_reject"])
         splits = list(meta.select_columns(["_split"])["_split"]) if len(meta) else []
         kept = sum(1 for i in range(len(splits)) if i not in rejected)

@@ -180,12 +180,13 @@ def check_encoder_config(encoder_config: dict[str, Any], max_length: int) -> Non
         if key not in known:
             raise PipelineError(f"nlu.encoder_config.{key}: not a field of a {model_type} config{did_you_mean(key, known)}")
 
-    def build() -> None:
+    def build() -> PretrainedConfig:
         config = AutoConfig.for_model(model_type, **fields)
         AutoModel.from_config(config, **_pooler_kwargs(config))
+        return config
 
-    check_builds("nlu.encoder_config", f"a {model_type} encoder", build)
-    check_max_length(AutoConfig.for_model(model_type, **fields), max_length, "nlu.encoder_config")
+    check_max_length(check_builds("nlu.encoder_config", f"a {model_type} encoder", build), max_length,
+                     "nlu.encoder_config")
 
 
 def check_backbone_positions(backbone: str, max_length: int) -> None:

@@ -206,13 +206,11 @@ class Registry:
     def _successor(self, history: list[str], model_id: str) -> dict[str, Any] | None:
         """The record of the model promoted right after the last promotion of `model_id`, when it
         says it replaced it (a model promoted again, by rollback or by hand, has had several)."""
-        last = len(history) - 1 - history[::-1].index(model_id)
-        for later in history[last + 1:last + 2]:
-            if (self.models / later / RECORD).is_file():
-                record = self.record(later)
-                if (record.get("replaces") or {}).get("model_id") == model_id:
-                    return record
-        return None
+        after = len(history) - history[::-1].index(model_id)  # the position after its last promotion
+        if after >= len(history) or not (self.models / history[after] / RECORD).is_file():
+            return None
+        record = self.record(history[after])
+        return record if (record.get("replaces") or {}).get("model_id") == model_id else None
 
     def affected_by(self, deleted_hashes: Iterable[str]) -> list[dict[str, Any]]:
         """Models whose weights still exist and were trained on any of these utterance pseudonyms."""
