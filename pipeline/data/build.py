@@ -52,7 +52,7 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 # Bump whenever the same inputs would now give a different dataset, so stale caches are not reused.
-CODE_VERSION = 17  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
+CODE_VERSION = 18  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
                   # 4: `copy_of` is a dataset column, so erasure finds a copy whose original is not in the dataset;
                   # 5: records a source keeps out (held-out keyword clips) are quarantined, not skipped;
                   # 6: an utterance id that contains the record's account, device or annotator id is stored as its pseudonym;
@@ -93,9 +93,12 @@ CODE_VERSION = 17  # 3: `copy_of` deletes a copy with its original, `train_only`
                   #    an account, device or annotator id is read without spaces around it (one account, one
                   #    pseudonym, one split; a deletion request for the id finds it); an entity type holding
                   #    the record's raw id is identifier_in_text
+                  # 18: a copy (copy_of) whose account falls in another split than its original's is
+                  #    quarantined as copy_in_other_split
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "identifier_in_text", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
+    "copy_in_other_split",
 )
 # A source's own rule adds reasons of its own (RawRecord.excluded), e.g. a `speech` source's
 # `held_out_keyword` and `heard_in_training` (pipeline/data/speech_recipe.py).
@@ -126,10 +129,11 @@ class Plan:
     records_in: int
     records_in_by_source: dict[str, int] = field(default_factory=dict)
     content: Any = field(default_factory=hashlib.sha256)  # records and embedded audio of `hf` sources
-    # Raw utterance id -> split of every row still in the running, and the training-only copies among
-    # them (row, the raw id of the utterance each re-renders): a copy of a held-out clip is held-out content.
+    # Raw utterance id -> split of every row still in the running, and the copies among them (row, the
+    # raw id of the utterance it re-renders, whether it is train_only): a copy in another split than its
+    # original puts one utterance's content on both sides of the split.
     split_of: dict[str, str] = field(default_factory=dict)
-    copies: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    copies: list[tuple[dict[str, Any], str, bool]] = field(default_factory=list)
 
 
 def run_data_stage(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
@@ -282,18 +286,27 @@ def _metadata_pass(sources: list[Source], deletions: Deletions, key: bytes, sett
             else:
                 plan.quarantine.append({"source": source.name, **row[0]})
         plan.records_in_by_source[source.name] = plan.records_in - before
-    # After every source: an original may come after its copy, or in another source. Extra training
-    # audio that re-renders a validation or test clip (under another account) would train on it.
-    held_out = {id(row): plan.split_of[original] for row, original in plan.copies
-                if plan.split_of.get(original, "train") != "train"}
-    if held_out:
+    # After every source: an original may come after its copy, or in another source. A copy under
+    # another account can fall in another split than its original: training audio that re-renders a
+    # validation or test clip would train on it, and a held-out copy of a training clip tests what
+    # was trained on. The original stays; the copy goes to the quarantine.
+    crossing = {id(row): (plan.split_of[original], train_only) for row, original, train_only in plan.copies
+                if plan.split_of.get(original, row["_split"]) != row["_split"]}
+    if crossing:
         keep = []
         for row in plan.rows:
-            if id(row) in held_out:
-                plan.quarantine.append(_quarantine_line(row, "train_only", f"extra training audio re-rendering a clip "
-                                                        f"in {held_out[id(row)]}: held-out splits keep only what was recorded"))
-            else:
+            if id(row) not in crossing:
                 keep.append(row)
+                continue
+            split, train_only = crossing[id(row)]
+            if train_only:
+                line = _quarantine_line(row, "train_only", f"extra training audio re-rendering a clip in {split}: "
+                                        "held-out splits keep only what was recorded")
+            else:
+                line = _quarantine_line(row, "copy_in_other_split", f"re-renders a clip in {split} (copy_of) but its "
+                                        f"account is in {row['_split']}: one utterance would be on both sides of the "
+                                        "split; export the copy under the original's account, or drop it")
+            plan.quarantine.append(line)
         plan.rows = keep
     return plan
 
@@ -386,8 +399,8 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         _row=raw.row if raw.row is not None else -1,
     )
     plan.split_of[record.utterance_id] = split
-    if record.train_only and record.copy_of:
-        plan.copies.append((row, record.copy_of))
+    if record.copy_of:
+        plan.copies.append((row, record.copy_of, record.train_only))
     return row
 
 

@@ -127,6 +127,9 @@ def every_reason(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     lines[3] = record(3, intent=None, wake_word_present=False, entities=[], transcript="alexander went home")
     lines[4] = record(4, audio="audio/stereo.wav", entities=None, annotation="alexa play [music_genre : jazz] music")
     lines[5] = record(5, copy_of="u099")  # kept: a copy whose original is not in this export
+    held_split = assign_split(key, pseudonym(key, "acct", held_out), 0.25, 0.25)
+    crossed = next(i for i in range(6, 12) if assign_split(key, pseudonym(key, "acct", f"ACCOUNT-RAW-{i % 7:02d}"), 0.25, 0.25)
+                   != held_split)
     lines += [
         "{not json",
         '["a", "list"]',
@@ -151,6 +154,7 @@ def every_reason(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         record(37, copy_of="u034"),                                           # deleted (a copy of u034)
         record(38, account=held_out, train_only=True),                        # train_only
         record(39, transcript="alexa play jazz music on serial-raw-0039"),   # identifier_in_text
+        record(40, account=held_out, copy_of=f"u{crossed:03d}"),             # copy_in_other_split
     ]
     write_export(root, lines)
     deletions = tmp / "deletions.jsonl"
@@ -163,14 +167,14 @@ def every_reason(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_every_input_line_ends_in_exactly_one_place(every_reason: dict[str, Any]) -> None:
     report, quarantine = every_reason["report"], every_reason["quarantine"]
-    assert report["records_in"] == len(every_reason["lines"]) == 35
+    assert report["records_in"] == len(every_reason["lines"]) == 36
     assert report["records_in"] == report["records_kept"] + report["records_quarantined"]
     assert report["records_kept"] == 12 and sum(report["splits"].values()) == 12
-    assert report["records_quarantined"] == len(quarantine) == 23
+    assert report["records_quarantined"] == len(quarantine) == 24
     assert report["quarantine_reasons"] == {
         "bad_annotation": 2, "deleted": 4, "duplicate_id": 1, "flagged": 1, "identifier_in_text": 1, "invalid_record": 3,
         "missing_audio": 1, "path_outside_root": 3, "silent_audio": 1, "too_long": 1, "too_short": 1,
-        "unreadable_audio": 3, "train_only": 1,
+        "unreadable_audio": 3, "train_only": 1, "copy_in_other_split": 1,
     }
     assert set(report["quarantine_reasons"]) == set(REASONS)
     by_id = {q.get("utterance_id"): q["reason"] for q in quarantine}
@@ -182,7 +186,7 @@ def test_every_input_line_ends_in_exactly_one_place(every_reason: dict[str, Any]
     # it (a flagged clip's line, and a clip the audio pass refused); not an invalid or deleted one's.
     with_speaker = {q["reason"] for q in quarantine if q.get("speaker", "").startswith("acct_")}
     assert {"flagged", "too_long", "too_short", "silent_audio", "bad_annotation", "train_only",
-            "identifier_in_text"} <= with_speaker
+            "identifier_in_text", "copy_in_other_split"} <= with_speaker
     assert not {"invalid_record", "deleted"} & with_speaker
 
 
@@ -460,6 +464,39 @@ def test_training_only_copy_of_a_held_out_clip_under_another_account_is_quaranti
     assert [(q["utterance_id"], q["reason"]) for q in quarantine] == [("u001", "train_only")]
     assert quarantine[0]["speaker"] == pseudonym(key, "acct", trained)
     assert report["records_kept"] == 3 and report["records_quarantined"] == 1
+
+
+def test_a_copy_under_an_account_in_another_split_than_its_original_is_quarantined(tmp_path: Path) -> None:
+    """Before the fix: only a `train_only` copy followed its original. A copy that is not
+    train_only (another take or wording of an utterance, exported under another account) took its
+    own account's split, so a test utterance's re-rendering was trained on, and a training
+    utterance's copy was tested. Now such a copy is quarantined as copy_in_other_split, wherever it
+    comes in the export; copies in their original's split, and copies of clips not in the
+    export, are kept."""
+    key = b"copy-across-splits-key"
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "pseudonym.key").write_bytes(key)
+
+    def split(account: str) -> str:
+        return assign_split(key, pseudonym(key, "acct", account), 0.25, 0.25)
+
+    tested = [a for a in (f"ACCOUNT-RAW-T{n}" for n in range(100)) if split(a) == "test"][:2]
+    trained = [a for a in (f"ACCOUNT-RAW-R{n}" for n in range(100)) if split(a) == "train"][:2]
+    lines = [record(1, account=trained[0], copy_of="u000"),   # a training copy of a test clip, before it
+             record(0, account=tested[0]),
+             record(2, account=trained[1]),
+             record(3, account=tested[1], copy_of="u002"),     # a test copy of a training clip
+             record(4, account=tested[1], copy_of="u000"),     # another test account, same split: kept
+             record(5, account=trained[1], copy_of="u002"),    # same account: kept
+             record(6, account=tested[0], copy_of="u099")]     # the original is not here: kept
+    report, quarantine = build(tmp_path, path=str(write_export(tmp_path / "export", lines)))
+    assert split_of(report["dataset_path"]) == {"u000": "test", "u002": "train", "u004": "test", "u005": "train",
+                                                "u006": "test"}
+    assert [(q["utterance_id"], q["reason"]) for q in quarantine] == [("u001", "copy_in_other_split"),
+                                                                      ("u003", "copy_in_other_split")]
+    assert "re-renders a clip in test" in quarantine[0]["detail"] and "account is in train" in quarantine[0]["detail"]
+    assert quarantine[1]["speaker"] == pseudonym(key, "acct", tested[1])
+    assert report["records_kept"] == 5 and report["records_quarantined"] == 2
 
 
 def test_an_account_id_with_spaces_around_it_shares_the_account_split(tmp_path: Path) -> None:
