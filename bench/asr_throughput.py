@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bench.cli import check_common
+from bench.cli import check_common, interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}  # dense bf16
@@ -314,13 +314,10 @@ def main() -> None:
             report["gpu"] = torch.cuda.get_device_name()
         roles = [args.only] if args.only else ["ours", "baseline"]
         runs: dict[str, list[dict[str, Any]]] = {role: [] for role in roles}
-        for repeat in range(max(args.repeats, 1)):
-            # Interleaved, and in ABBA order (ours first, then the baseline first, ...), so that a slow
-            # spell of the machine, or one that speeds up or slows down over the run, hits both sides.
-            for role in (roles if repeat % 2 == 0 else roles[::-1]):
-                side = run_side(args, role, Path(tmp) / f"{role}.json", report.get("gpu", ""))
-                runs[role].append(side)
-                print(f"{role}: {json.dumps(side)}", flush=True)  # each side as it ends, in case the other fails
+        for _, role in interleaved(max(args.repeats, 1), roles):  # ours first, then the baseline first, ...
+            side = run_side(args, role, Path(tmp) / f"{role}.json", report.get("gpu", ""))
+            runs[role].append(side)
+            print(f"{role}: {json.dumps(side)}", flush=True)  # each side as it ends, in case the other fails
         for role in roles:  # the median run of each side by throughput; of an even count, the slower middle one
             ordered = sorted(runs[role], key=lambda side: side["audio_seconds_per_second"])
             report[role] = ordered[(len(ordered) - 1) // 2]

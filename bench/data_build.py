@@ -1,6 +1,6 @@
 """Data-build throughput and peak memory: our build (num_proc = cores) against a naive baseline.
 
-    python -m bench.data_build [--sizes 1000 10000] [--num-proc N]
+    python -m bench.data_build [--sizes 1000 10000] [--num-proc N] [--repeats N]
 
 Synthetic clips (tones plus noise, 0.5-1.5 s at 22.05 or 44.1 kHz, so every clip is resampled) are
 written once into a canonical export. Each variant then runs in its own subprocess while this
@@ -12,7 +12,9 @@ drop at will grow with the corpus, the heap should not). Variants:
   FLAC encoding, save_to_disk, card), into a fresh cache so nothing is reused;
 - baseline: single-process `datasets.map` that decodes each file with soundfile, resamples it with
   `torchaudio.functional.resample` and stores it through the `Audio` feature, then save_to_disk.
-Results: a table on stdout and `bench/results/data_build.json`.
+With `--repeats N` the variants run N times each, interleaved in ABBA order, and the median run of
+each is reported (every run's seconds in `seconds_all`). Results: a table on stdout and
+`bench/results/data_build.json`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 import psutil
 import soundfile as sf
 
-from bench.cli import check_common
+from bench.cli import check_common, interleaved, median_run
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -147,6 +149,8 @@ def main() -> None:
     parser.add_argument("--num-proc", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--baseline-max", type=int, default=None,
                         help="skip the (slow) baseline above this many clips; default: run it at every size")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved (ABBA) runs of each variant per size; "
+                        "the median run is kept")
     parser.add_argument("--worker", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--export", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -165,15 +169,21 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp(prefix=f"bench-export-{n}-"))
         try:
             export = make_export(folder, n)
-            base = measure("baseline", export, 1) if args.baseline_max is None or n <= args.baseline_max else None
-            ours = measure("ours", export, args.num_proc)
+            runs: dict[str, list[dict]] = {"baseline": [], "ours": []}
+            for _, variant in interleaved(args.repeats, ("baseline", "ours")):
+                if variant == "ours":
+                    runs["ours"].append(measure("ours", export, args.num_proc))
+                elif args.baseline_max is None or n <= args.baseline_max:
+                    runs["baseline"].append(measure("baseline", export, 1))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        if base:
+        ours = {"n": n, "num_proc": args.num_proc, **median_run(runs["ours"])}
+        if runs["baseline"]:
+            base = {"n": n, **median_run(runs["baseline"])}
             ours["speedup"] = round(ours["clips_per_s"] / base["clips_per_s"], 2)
-            results.append({"n": n, **base})
-        results.append({"n": n, "num_proc": args.num_proc, **ours})
-        print(json.dumps(results[-2:] if base else results[-1:]), flush=True)
+            results.append(base)
+        results.append(ours)
+        print(json.dumps(results[-2:] if runs["baseline"] else results[-1:]), flush=True)
 
     print(f"{'clips':>6} {'variant':>9} {'seconds':>8} {'clips/s':>8} {'RSS MB':>8} {'PSS MB':>8} {'heap MB':>8} "
           f"{'speedup':>8}")

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from bench.cli import check_common
+from bench.cli import check_common, interleaved
 from pipeline.asr.lm import LM_DIR, BeamDecoder, has_lm, write_char_lm
 from pipeline.text import normalize_text
 
@@ -146,18 +146,20 @@ def main() -> None:
         decoder = None
         if has_lm(model_dir):
             decoder = BeamDecoder(model_dir, processor.tokenizer.get_vocab(), args.lm_weight, args.beam_size)
-        # Interleaved repeats, medians reported: a neighbour's burst on a shared machine then slows
-        # one repeat of every side instead of one side of the comparison. The first repeat is each
-        # side's first sight of these clips' shapes; later ones may run on cached kernels (both sides).
+        # Interleaved repeats in ABBA order, medians reported: a neighbour's burst on a shared machine
+        # then slows one repeat of every side instead of one side of the comparison. The first repeat is
+        # each side's first sight of these clips' shapes; later ones may run on cached kernels (both sides).
         times: dict[str, list[float]] = {"ours": [], "ours_lm": [], "baseline": []}
-        for _ in range(args.repeats):
-            ours = transcribe(model, processor, split, keyword, args.batch_size, window_s=2.0)
-            times["ours"].append(ours.compute_seconds)
-            if decoder is not None:
-                times["ours_lm"].append(transcribe(model, processor, split, keyword, args.batch_size, 2.0, [decoder]).compute_seconds)
-            started = time.perf_counter()
-            baseline = [asr({"raw": decode_audio(a, u), "sampling_rate": 16000})["text"] for a, u in cells]
-            times["baseline"].append(time.perf_counter() - started)
+        for _, side in interleaved(args.repeats, ("ours", "baseline")):
+            if side == "ours":
+                ours = transcribe(model, processor, split, keyword, args.batch_size, window_s=2.0)
+                times["ours"].append(ours.compute_seconds)
+                if decoder is not None:
+                    times["ours_lm"].append(transcribe(model, processor, split, keyword, args.batch_size, 2.0, [decoder]).compute_seconds)
+            else:
+                started = time.perf_counter()
+                baseline = [asr({"raw": decode_audio(a, u), "sampling_rate": 16000})["text"] for a, u in cells]
+                times["baseline"].append(time.perf_counter() - started)
 
     unk = processor.tokenizer.unk_token
     same = sum(normalize_text(a) == normalize_text(b.replace(unk, "")) for a, b in zip(ours.hypotheses, baseline))

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from bench.cli import check_common
+from bench.cli import check_common, interleaved, median_run
 from bench.data_build import run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,21 +139,17 @@ def main() -> None:
         try:
             saved = make_dataset(folder, n)
             runs: dict[str, list[dict]] = {"baseline": [], "ours": []}
-            for repeat in range(args.repeats):  # interleaved, so a busy spell hits both variants
-                # ABBA: each side goes first every other repeat, so a machine that drifts favours neither.
-                for variant in (("baseline", "ours") if repeat % 2 == 0 else ("ours", "baseline")):
-                    if variant == "ours":
-                        runs["ours"].append(measure("ours", saved, args.num_proc))
-                    elif args.baseline_max is None or n <= args.baseline_max:
-                        runs["baseline"].append(measure("baseline", saved, 1))
+            for _, variant in interleaved(args.repeats, ("baseline", "ours")):
+                if variant == "ours":
+                    runs["ours"].append(measure("ours", saved, args.num_proc))
+                elif args.baseline_max is None or n <= args.baseline_max:
+                    runs["baseline"].append(measure("baseline", saved, 1))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        # The median run; of an even count, the slower middle one (as bench.asr_throughput).
-        median = {k: sorted(v, key=lambda r: r["seconds"])[len(v) // 2] for k, v in runs.items() if v}
-        ours = {"n": n, "num_proc": args.num_proc, **median["ours"],
-                "seconds_all": [r["seconds"] for r in runs["ours"]]}
+        median = {k: median_run(v) for k, v in runs.items() if v}
+        ours = {"n": n, "num_proc": args.num_proc, **median["ours"]}
         if "baseline" in median:
-            base = {"n": n, **median["baseline"], "seconds_all": [r["seconds"] for r in runs["baseline"]]}
+            base = {"n": n, **median["baseline"]}
             ours["speedup"] = round(ours["rows_per_s"] / base["rows_per_s"], 2)
             results.append(base)
         results.append(ours)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from bench.cli import check_common
+from bench.cli import check_common, interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,12 +182,11 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     rates: dict[str, list[float]] = {name: [] for name in sides}
     kept: dict[str, list[Any]] = {}
     audio_seconds = 0.0
-    for repeat in range(max(args.repeats, 1)):
-        for name in (list(sides) if repeat % 2 == 0 else list(sides)[::-1]):
-            dataset, collate, batched = sides[name]
-            audio_seconds, wall, kept[name] = one_epoch(dataset, collate, batches, batched)
-            rates[name].append(audio_seconds / wall)
-            print(f"repeat {repeat} {name}: {audio_seconds / wall:.0f} audio-s/s", flush=True)
+    for repeat, name in interleaved(max(args.repeats, 1), sides):
+        dataset, collate, batched = sides[name]
+        audio_seconds, wall, kept[name] = one_epoch(dataset, collate, batches, batched)
+        rates[name].append(audio_seconds / wall)
+        print(f"repeat {repeat} {name}: {audio_seconds / wall:.0f} audio-s/s", flush=True)
     report: dict[str, Any] = {
         "dataset": str(args.dataset), "clips": len(current), "batches": len(batches), "audio_seconds_per_epoch": round(audio_seconds, 1),
         "max_batch_seconds": batch_seconds, "augment_prob": float(acfg.augment.prob), "noise_snr_db": OmegaConf.to_container(acfg.augment)["noise_snr_db"],

@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bench/ is not an installed package
 
-from bench.cli import check_common  # noqa: E402
+from bench.cli import check_common, interleaved, median_run  # noqa: E402
 from bench.data_build import run_measured  # noqa: E402
 
 
@@ -59,3 +59,16 @@ def test_the_nlu_speed_baseline_trains_like_the_joint_model(tmp_path: Path) -> N
             "learning_rate", "seed", "data_seed")
     assert {k: getattr(base, k) for k in same} == {k: getattr(joint, k) for k in same}
     assert joint.bf16 and base.max_steps == 7
+
+
+def test_sides_alternate_which_runs_first_and_the_median_run_is_kept() -> None:
+    """The data build and evaluation benchmarks ran their baseline first in every repeat (the data
+    build once only), so a machine that sped up or slowed down over the run favoured one side."""
+    order = list(interleaved(4, ("baseline", "ours")))
+    assert order == [(0, "baseline"), (0, "ours"), (1, "ours"), (1, "baseline"),
+                     (2, "baseline"), (2, "ours"), (3, "ours"), (3, "baseline")]
+    runs = [{"seconds": s, "repeat": i} for i, s in enumerate([5.0, 3.0, 9.0, 4.0])]
+    median = median_run(runs)
+    assert median["repeat"] == 0 and median["seconds"] == 5.0  # of an even count, the slower middle run
+    assert median["seconds_all"] == [5.0, 3.0, 9.0, 4.0]
+    assert median_run(runs[:3])["seconds"] == 5.0
