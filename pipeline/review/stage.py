@@ -64,13 +64,12 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
     elif not with_audio:
         notes.append("transcript and wake kinds skipped: the dataset has no audio")
     else:
-        found, wake_skipped = _acoustic_kinds(cfg, rcfg, asr_dir, splits, rows, folds.fold, seconds)
+        found, wake_judged, wake_note = _acoustic_kinds(cfg, rcfg, asr_dir, splits, rows, folds.fold, seconds)
         suspects += found
         scored_ids["transcript"] = {r["utterance_id"] for r in rows}
-        if wake_skipped:
-            notes.append(wake_skipped)
-        else:
-            scored_ids["wake"] = set(scored_ids["transcript"])
+        scored_ids["wake"] = {r["utterance_id"] for r, judged in zip(rows, wake_judged) if judged}
+        if wake_note:
+            notes.append(wake_note)
     if not (nlu_dir / "config.json").exists():
         notes.append(f"intent and entities kinds skipped: the run has no NLU model ({nlu_dir} has no config.json)")
     else:
@@ -124,8 +123,9 @@ def _rows(split: Any) -> list[dict[str, Any]]:
 
 
 def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, asr_dir: Path, splits: dict[str, Any], rows: list[dict[str, Any]],
-                    fold: np.ndarray, seconds: dict[str, float]) -> tuple[list[Suspect], str | None]:
-    """The transcript and wake kinds' lines, and why the wake kind judged nothing (None: it did)."""
+                    fold: np.ndarray, seconds: dict[str, float]) -> tuple[list[Suspect], np.ndarray, str | None]:
+    """The transcript and wake kinds' lines, which clips the wake kind judged, and why it left
+    some or all of them unjudged (None: it judged every clip)."""
     from pipeline.asr.model import load_asr
     from pipeline.eval.run import keyword_ids
     from pipeline.review.acoustic import score_clips
@@ -154,10 +154,10 @@ def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, asr_dir: Path, splits: 
     started = time.perf_counter()
     found = transcript_suspects(rows, np.concatenate(gaps, axis=1), alternatives, tempos)
     lap = time.perf_counter()
-    wake_found, wake_skipped = wake_suspects(rows, np.concatenate(wake), fold)
+    wake_found, wake_judged, wake_note = wake_suspects(rows, np.concatenate(wake), fold)
     seconds["transcript"] += lap - started
     seconds["wake"] += time.perf_counter() - lap
-    return found + wake_found, wake_skipped
+    return found + wake_found, wake_judged, wake_note
 
 
 def _text_kinds(cfg: DictConfig, rcfg: ReviewConfig, nlu_dir: Path, rows: list[dict[str, Any]], fold: np.ndarray,

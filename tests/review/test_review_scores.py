@@ -51,20 +51,38 @@ def test_wake_flags_the_flag_its_score_contradicts() -> None:
     scores = np.array([-0.5, -1.0, -0.8, -1.2, -0.7, -0.9, -9.0, -8.0, -10.0, -7.5, -8.5, -0.6])
     present = [True] * 6 + [False] * 5 + [False]  # the last clip scores like a wake word
     rows = [{"utterance_id": f"u{i}", "split": "test", "wake_word_present": p} for i, p in enumerate(present)]
-    suspects, skipped = wake_suspects(rows, scores, np.arange(12) % 3)
-    assert skipped is None
+    suspects, judged, skipped = wake_suspects(rows, scores, np.arange(12) % 3)
+    assert skipped is None and judged.all()
     assert [(s.utterance_id, s.annotated, s.model) for s in suspects] == [("u11", False, True)]
     assert suspects[0].score > 0.5 and "hears the wake word" in suspects[0].reason
     # A model that cannot tell the flags apart contradicts none: the fit would sit at the flags' shares
     # and call every clip of the rarer flag wrong (a smoke model flagged all 21 false wakes).
     mostly = [{**row, "wake_word_present": i < 9} for i, row in enumerate(rows)]  # 9 wake clips, 3 false wakes
     flat = np.full(12, -5.0) + np.tile([0.0, 0.01, 0.0], 4)  # AUC 0.5
-    assert wake_suspects(mostly, flat, np.arange(12) % 3) == ([], "wake kind skipped: the keyword score tells the wake "
-                                                                  "flags apart with AUC 0.50 (< 0.6)")
+    suspects, judged, skipped = wake_suspects(mostly, flat, np.arange(12) % 3)
+    assert (suspects, judged.any(), skipped) == ([], False, "wake kind skipped: the keyword score tells the wake flags "
+                                                             "apart with AUC 0.50 (< 0.6)")
     everywhere = [{**row, "wake_word_present": True} for row in rows]  # a corpus without false wakes
-    assert wake_suspects(everywhere, scores, np.arange(12) % 3) == ([], "wake kind skipped: every clip is marked with "
-                                                                        "the wake word")
+    suspects, judged, skipped = wake_suspects(everywhere, scores, np.arange(12) % 3)
+    assert (suspects, judged.any(), skipped) == ([], False, "wake kind skipped: every clip is marked with the wake word")
 
+
+
+def test_a_fold_whose_other_folds_lack_a_flag_is_not_judged_for_it() -> None:
+    """Before the fix: when every false wake came from accounts in one fold, that fold's fit had seen
+    no false wake, gave the flag no chance at all, and called each of those false wakes "marked as a
+    false wake, but the model hears the wake word" at score 1.0, though their keyword scores were far
+    below every wake word's."""
+    scores = np.array([-0.5, -1.0, -0.8, -1.2] * 5 + [-9.0, -8.0, -10.0, -7.5])
+    present = [True] * 20 + [False] * 4  # six accounts of four clips; the false wakes are all the last one's
+    fold = np.repeat(np.arange(6), 4) % 3
+    rows = [{"utterance_id": f"u{i}", "split": "test", "wake_word_present": p} for i, p in enumerate(present)]
+    suspects, judged, note = wake_suspects(rows, scores, fold)
+    assert suspects == []
+    assert judged.tolist() == (fold != 2).tolist()  # the false wakes' fold: no threshold without them
+    assert note == ("wake kind: 8 of 24 clips not judged: the other folds' clips carry one wake flag only, so no "
+                    "threshold can be learnt for them without their own accounts (the clips with the rarer flag "
+                    "come from few accounts)")
 
 def _log_probs(tags: list[str], reads: list[str], index: dict[str, int], confidence: float = 0.9) -> np.ndarray:
     """Per-word log-probabilities of a tagger that reads each word as `reads` with `confidence`."""
