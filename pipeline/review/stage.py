@@ -45,7 +45,7 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
     rows = [{**row, "split": name} for name, split in splits.items() for row in _rows(split)]
     if not rows:
         raise PipelineError(f"dataset {dataset_path} has no clips to review")
-    folds = account_folds([r["speaker"] for r in rows], rcfg.folds)
+    accounts = len({r["speaker"] for r in rows})
     started = time.perf_counter()
 
     seconds: dict[str, float] = {}
@@ -55,16 +55,21 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
     extra: dict[str, Any] = {}
     asr_dir, nlu_dir = run_dir / "asr", run_dir / "nlu"
     with_audio = all("audio" in s.column_names for s in splits.values())
-    if not ((asr_dir / "config.json").exists() and with_audio) and not (nlu_dir / "config.json").exists():
+    acoustic = (asr_dir / "config.json").exists() and with_audio
+    if not acoustic and not (nlu_dir / "config.json").exists():
         raise PipelineError(f"{run_dir}: nothing to review with: no NLU model ({nlu_dir}) and no ASR model "
                             f"({asr_dir}){'' if with_audio else ' for a dataset with audio'}; the review judges the "
                             "annotations with the run's models: train them first (stages=[asr,nlu])")
+    # Whole accounts are held out for the wake kind alone (the transcript kind needs no folds, the text
+    # kinds hold out texts), so the account count limits review.folds only where the wake kind runs,
+    # and is checked here, before the ASR pass. Clips of one account leave nothing to hold out.
+    wake_fold = account_folds([r["speaker"] for r in rows], rcfg.folds).fold if acoustic and accounts > 1 else None
     if not (asr_dir / "config.json").exists():
         notes.append(f"transcript and wake kinds skipped: the run has no ASR model ({asr_dir} has no config.json)")
     elif not with_audio:
         notes.append("transcript and wake kinds skipped: the dataset has no audio")
     else:
-        found, wake_judged, wake_note = _acoustic_kinds(cfg, rcfg, asr_dir, splits, rows, folds.fold, seconds)
+        found, wake_judged, wake_note = _acoustic_kinds(cfg, rcfg, asr_dir, splits, rows, wake_fold, seconds)
         suspects += found
         scored_ids["transcript"] = {r["utterance_id"] for r in rows}
         scored_ids["wake"] = {r["utterance_id"] for r, judged in zip(rows, wake_judged) if judged}
@@ -89,7 +94,7 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
             f.write(json.dumps(s.as_dict()) + "\n")
     reviewed = budget(len(rows), max_share)
     summary = {
-        "clips": len(rows), "accounts": folds.accounts, "folds": rcfg.folds, "max_share": max_share,
+        "clips": len(rows), "accounts": accounts, "folds": rcfg.folds, "max_share": max_share,
         "budget": reviewed, "scored": {k: len(v) for k, v in scored_ids.items()},
         "lines": {k: sum(s.kind == k for s in queue) for k in KINDS},
         "flagged": {k: sum(s.kind == k for s in queue[:reviewed]) for k in KINDS},
@@ -123,9 +128,10 @@ def _rows(split: Any) -> list[dict[str, Any]]:
 
 
 def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, asr_dir: Path, splits: dict[str, Any], rows: list[dict[str, Any]],
-                    fold: np.ndarray, seconds: dict[str, float]) -> tuple[list[Suspect], np.ndarray, str | None]:
+                    fold: np.ndarray | None, seconds: dict[str, float]) -> tuple[list[Suspect], np.ndarray, str | None]:
     """The transcript and wake kinds' lines, which clips the wake kind judged, and why it left
-    some or all of them unjudged (None: it judged every clip)."""
+    some or all of them unjudged (None: it judged every clip). `fold`: each clip's account fold,
+    None when the clips come from one account (the wake kind then judges none)."""
     from pipeline.asr.model import load_asr
     from pipeline.eval.run import keyword_ids
     from pipeline.review.acoustic import score_clips
@@ -154,7 +160,12 @@ def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, asr_dir: Path, splits: 
     started = time.perf_counter()
     found = transcript_suspects(rows, np.concatenate(gaps, axis=1), alternatives, tempos)
     lap = time.perf_counter()
-    wake_found, wake_judged, wake_note = wake_suspects(rows, np.concatenate(wake), fold)
+    if fold is None:
+        wake_found, wake_judged = [], np.zeros(len(rows), dtype=bool)
+        wake_note = ("wake kind skipped: every clip comes from one account, and the wake kind holds out whole "
+                     "accounts to learn its threshold without a clip's own voice")
+    else:
+        wake_found, wake_judged, wake_note = wake_suspects(rows, np.concatenate(wake), fold)
     seconds["transcript"] += lap - started
     seconds["wake"] += time.perf_counter() - lap
     return found + wake_found, wake_judged, wake_note

@@ -183,6 +183,34 @@ def test_more_folds_than_accounts_is_an_error_naming_the_count(tiny_models: Path
     assert not (run / "review").exists()
 
 
+
+def test_the_account_count_limits_only_the_wake_kind(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """Before the fix: clips from one account could not be reviewed at all, even by a run without an
+    ASR model, whose intent and entity kinds hold out texts, not accounts: the review stopped with
+    "review.folds=2 is more than the 1 accounts ... set review.folds to at most 1", a value the
+    review.folds check itself refuses."""
+    from datasets import DatasetDict
+
+    from pipeline.review.stage import run_review_stage
+
+    dd = load_from_disk(str(tiny_dataset_path))
+    dataset = tmp_path / "one_account"
+    DatasetDict({name: split.map(lambda _: {"speaker": "spk_only"}) for name, split in dd.items()}).save_to_disk(str(dataset))
+
+    (tmp_path / "text").mkdir()
+    run = make_run(tmp_path / "text", tiny_models, dataset, kinds=("nlu",))
+    run_review_stage(review_cfg(), run, dataset, RecordingTracker())
+    summary = json.loads((run / "review" / "summary.json").read_text())
+    assert summary["accounts"] == 1 and summary["scored"]["intent"] == 30
+
+    (tmp_path / "both").mkdir()
+    run = make_run(tmp_path / "both", tiny_models, dataset)
+    run_review_stage(review_cfg(), run, dataset, RecordingTracker())
+    summary = json.loads((run / "review" / "summary.json").read_text())
+    assert summary["scored"]["transcript"] == 40 and summary["scored"]["wake"] == 0
+    assert summary["notes"] == ["wake kind skipped: every clip comes from one account, and the wake kind holds out "
+                                "whole accounts to learn its threshold without a clip's own voice"]
+
 def finished_run(tmp_path: Path, models: Path, dataset: Path) -> Path:
     """A run folder `make review` accepts, made before the review stage existed: its config.yaml has no
     `review` group, so conf/review/default.yaml (5 folds) applies."""
