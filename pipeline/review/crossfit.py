@@ -58,10 +58,14 @@ def account_folds(speakers: list[str], folds: int) -> Folds:
     return Folds(_group_folds(speakers, folds), accounts)
 
 
-def text_folds(texts: list[str], folds: int) -> np.ndarray:
-    """`fold[i]` for the text kinds: every clip of one text (its words, lowercased) in one fold."""
+def text_folds(texts: list[str], folds: int) -> np.ndarray | None:
+    """`fold[i]` for the text kinds: every clip of one text (its words, lowercased) in one fold; None
+    for fewer than two distinct texts, where no text can be held out against another (and no
+    review.folds would do)."""
     keys = [" ".join(t.split()).lower() for t in texts]
     distinct = len(set(keys))
+    if distinct < 2:
+        return None
     if folds > distinct:
         raise PipelineError(f"review.folds={folds} is more than the {distinct} distinct texts of the clips with an "
                             f"intent; the intent and entities kinds hold out whole texts, so set review.folds to at "

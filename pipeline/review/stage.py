@@ -64,6 +64,10 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
     # kinds hold out texts), so the account count limits review.folds only where the wake kind runs,
     # and is checked here, before the ASR pass. Clips of one account leave nothing to hold out.
     wake_fold = account_folds([r["speaker"] for r in rows], rcfg.folds).fold if acoustic and accounts > 1 else None
+    # The text kinds judge the clips with an intent (false wakes have none), holding out whole texts.
+    commands = [i for i, r in enumerate(rows) if r["intent"] is not None]
+    texts = [" ".join(rows[i]["words"] or []) for i in commands]
+    text_fold = text_folds(texts, rcfg.folds) if (nlu_dir / "config.json").exists() else None
     if not (asr_dir / "config.json").exists():
         notes.append(f"transcript and wake kinds skipped: the run has no ASR model ({asr_dir} has no config.json)")
     elif not with_audio:
@@ -77,10 +81,11 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
             notes.append(wake_note)
     if not (nlu_dir / "config.json").exists():
         notes.append(f"intent and entities kinds skipped: the run has no NLU model ({nlu_dir} has no config.json)")
+    elif text_fold is None:
+        notes.append("intent and entities kinds skipped: " + ("no clip has an intent" if not commands else
+                     f"the {len(commands)} clips with an intent all read one text, and these kinds hold out whole texts"))
     else:
-        commands = [i for i, r in enumerate(rows) if r["intent"] is not None]
-        texts = [" ".join(rows[i]["words"] or []) for i in commands]
-        found, extra = _text_kinds(cfg, rcfg, nlu_dir, [rows[i] for i in commands], text_folds(texts, rcfg.folds), seconds)
+        found, extra = _text_kinds(cfg, rcfg, nlu_dir, [rows[i] for i in commands], text_fold, seconds)
         suspects += found
         scored_ids["intent"] = scored_ids["entities"] = {rows[i]["utterance_id"] for i in commands}
     for note in notes:

@@ -211,6 +211,28 @@ def test_the_account_count_limits_only_the_wake_kind(tiny_models: Path, tiny_dat
     assert summary["notes"] == ["wake kind skipped: every clip comes from one account, and the wake kind holds out "
                                 "whole accounts to learn its threshold without a clip's own voice"]
 
+
+def test_clips_without_commands_skip_the_text_kinds_with_a_note(tiny_models: Path, tiny_dataset_path: Path,
+                                                                 tmp_path: Path) -> None:
+    """Before the fix: a dataset whose clips carry no intent (false wakes and keyword recordings only)
+    stopped the whole review, after the ASR pass, with "review.folds=2 is more than the 0 distinct
+    texts ... set review.folds to at most 0"; one whose commands all read one text advised at most 1,
+    which the review.folds check refuses."""
+    from datasets import DatasetDict
+
+    from pipeline.review.crossfit import text_folds
+    from pipeline.review.stage import run_review_stage
+
+    dd = load_from_disk(str(tiny_dataset_path))
+    dataset = tmp_path / "no_commands"
+    DatasetDict({name: split.filter(lambda r: r["intent"] is None) for name, split in dd.items()}).save_to_disk(str(dataset))
+    run = make_run(tmp_path, tiny_models, dataset)
+    run_review_stage(review_cfg(), run, dataset, RecordingTracker())
+    summary = json.loads((run / "review" / "summary.json").read_text())
+    assert summary["scored"]["transcript"] == 10 and summary["scored"]["intent"] == summary["scored"]["entities"] == 0
+    assert "intent and entities kinds skipped: no clip has an intent" in summary["notes"]
+    assert text_folds(["play jazz", "Play  jazz"], 2) is None  # one text: nothing to hold out against
+
 def finished_run(tmp_path: Path, models: Path, dataset: Path) -> Path:
     """A run folder `make review` accepts, made before the review stage existed: its config.yaml has no
     `review` group, so conf/review/default.yaml (5 folds) applies."""
