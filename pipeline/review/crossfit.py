@@ -59,10 +59,13 @@ def account_folds(speakers: list[str], folds: int) -> Folds:
 
 
 def text_folds(texts: list[str], folds: int) -> np.ndarray | None:
-    """`fold[i]` for the text kinds: every clip of one text (its words, lowercased) in one fold; None
-    for fewer than two distinct texts, where no text can be held out against another (and no
-    review.folds would do)."""
-    keys = [" ".join(t.split()).lower() for t in texts]
+    """`fold[i]` for the text kinds: every clip of one text in one fold; None for fewer than two
+    distinct texts, where no text can be held out against another (and no review.folds would do).
+    Texts are compared as `normalize_text` reads them: takes of one sentence annotated "Play jazz."
+    and "play jazz" embed alike, and in different folds one would vouch for the other's label."""
+    from pipeline.text import normalize_text
+
+    keys = [normalize_text(t) for t in texts]
     distinct = len(set(keys))
     if distinct < 2:
         return None

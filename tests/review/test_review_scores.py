@@ -212,3 +212,14 @@ def test_text_kinds_hold_out_whole_texts_so_copies_of_a_wrong_label_do_not_vouch
     with pytest.raises(PipelineError, match=r"review.folds=5 is more than the 3 distinct texts of the clips with an intent"):
         text_folds(["a", "A", "b", "c"], 5)
 
+
+def test_takes_of_one_text_differing_in_punctuation_share_a_fold() -> None:
+    """Before the fix: texts were compared lowercased with spaces squeezed only, so "Play jazz." and
+    "play jazz" (two takes of one prompt) counted as two texts and could fall in different folds,
+    where each would vouch for the other's label."""
+    texts = ["Play jazz.", "play jazz", "stop now", "go home!", "Go home"]
+    fold = text_folds(texts, 2)
+    assert fold[0] == fold[1] and fold[3] == fold[4]
+    with pytest.raises(PipelineError, match=r"more than the 3 distinct texts"):
+        text_folds(texts, 4)
+
