@@ -14,7 +14,7 @@ from pipeline.runtime import PipelineError
 
 @dataclass
 class ReviewConfig:
-    folds: int = MISSING         # cross-fitting folds: whole accounts (wake kind), whole texts (intent, entities); checked against the data later
+    folds: int = MISSING         # cross-fitting folds: whole accounts (wake), whole texts (intent, entities)
     max_share: float = MISSING   # the share of clips a second pass has time for
     top_n: int = MISSING         # suspects per kind listed in the report
     c: float = MISSING           # inverse L2 strength of the refitted NLU heads

@@ -1,4 +1,5 @@
-"""Intent kind: the NLU, judging without the clip's account, confidently disagrees with the intent."""
+"""Intent kind: the NLU, judging without the clip's text (every clip that reads it held out), confidently
+disagrees with the intent."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def intent_suspects(rows: list[dict[str, Any]], pooled: np.ndarray, fold: np.nda
         if classes[best] == row["intent"]:
             continue
         out.append(Suspect(row["utterance_id"], row["split"], "intent", row["intent"], classes[best], 1.0 - float(q),
-                           f"an intent classifier on the NLU backbone, fitted without this account, reads {classes[best]} (p={p[best]:.2f}) and gives "
+                           f"an intent classifier on the NLU backbone, fitted without this text, reads {classes[best]} (p={p[best]:.2f}) and gives "
                            f"{row['intent']} p={q:.2f}: check which intent the speaker meant"))
     cleanlab = {"find_label_issues": [rows[int(i)]["utterance_id"] for i in issues], "classes": len(classes),
                 "accuracy_out_of_fold": float((probs.argmax(1) == labels).mean())}

@@ -75,7 +75,8 @@ def section_blocks(queue: list[Suspect], summary: dict[str, Any], scoring: dict[
         f"first (score: for intent, wake and entities the model's probability that the annotation is wrong; for "
         f"transcripts the clip's rank within its split, so the order across kinds is rough). A second pass over "
         f"{summary['max_share']:.0%} of the clips reads its first {reviewed} lines. Intent and entities are judged by "
-        f"NLU heads refitted on the other {summary['folds'] - 1} of {summary['folds']} account folds.")))
+        f"NLU heads refitted on the other {summary['folds'] - 1} of {summary['folds']} folds of whole texts (the wake "
+        f"kind's folds are whole accounts).")))
     for note in summary["notes"]:
         blocks.append(("p", f"Note: {note}."))
     seconds = summary["seconds"]

@@ -13,6 +13,7 @@ from pipeline.review.acoustic import at_tempo, transcript_gaps
 from pipeline.review.crossfit import account_folds, text_folds
 from pipeline.review.entities import best_boundary_edit
 from pipeline.review.intent import intent_suspects
+from pipeline.review.suspects import KINDS
 from pipeline.review.transcript import transcript_suspects
 from pipeline.review.wake import wake_suspects
 from pipeline.runtime import PipelineError
@@ -45,6 +46,22 @@ def test_intent_ranks_the_swapped_labels_first_and_names_the_right_intent() -> N
     assert {(s.utterance_id, s.model) for s in top} == {("u5", "weather_query"), ("u31", "play_music")}
     assert all(s.score > 0.5 for s in top)
     assert set(cleanlab["find_label_issues"][:2]) == {"u5", "u31"}
+
+
+def test_an_intent_line_says_what_its_classifier_was_fitted_without() -> None:
+    """Before the fix: every intent line told the annotator its classifier was "fitted without this
+    account", and the report spoke of account folds, while the intent kind holds out whole texts: a
+    clip's own account may well be in the fit, and other takes of its text never are."""
+    from pipeline.review.report import section_blocks
+
+    x = np.array([[0.0], [0.1], [0.2], [5.0], [5.1], [0.15]])
+    rows = [{"utterance_id": f"u{i}", "split": "train", "intent": a} for i, a in enumerate("aaabbb")]
+    suspects, _ = intent_suspects(rows, x, np.arange(6) % 3, c=1.0)
+    assert suspects and all("fitted without this text," in s.reason for s in suspects)
+    summary = {"clips": 6, "accounts": 2, "max_share": 0.5, "budget": 3, "folds": 3, "notes": [], "seconds": {},
+               "scored": dict.fromkeys(KINDS, 0), "lines": dict.fromkeys(KINDS, 0), "flagged": dict.fromkeys(KINDS, 0)}
+    text = " ".join(str(block[1]) for block in section_blocks([], summary, {}, 10))
+    assert "the other 2 of 3 folds of whole texts" in text and "account folds" not in text
 
 
 def test_wake_flags_the_flag_its_score_contradicts() -> None:
