@@ -104,6 +104,11 @@ REPO = Path(__file__).resolve().parents[1]
                             r"sub-tokens; set nlu\.max_length to 512 or less$"),
     (("nlu=tiny", "~nlu.encoder_config.model_type"), r"^nlu\.encoder_config has no model_type; give one, e\.g\. "
                                                      r"nlu\.encoder_config\.model_type=bert$"),
+    # Before the fix: accepted; the nlu stage, after the data and ASR stages, then stopped on a missing
+    # folder it called nlu.model_name_or_path, the setting the user had not changed.
+    (("nlu=tiny", "nlu.tokenizer_name_or_path=/nope"), r"^nlu\.tokenizer_name_or_path=/nope: no such folder"),
+    ("nlu.tokenizer_name_or_path=package:json", r"^nlu\.tokenizer_name_or_path=package:json: package json has no "
+                                                r"get_model_path\(\)"),
 ])
 def test_a_bad_setting_names_its_key_and_what_it_accepts(override: str | tuple[str, ...], message: str) -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):

@@ -78,7 +78,8 @@ class NLUConfig:
             raise PipelineError(f"nlu.cpu_threads={self.cpu_threads}: must be null (torch's default) or at least 1")
         # A trained NLU folder, a missing folder or a backbone whose weights are not the pinned ones:
         # refused before any stage runs, not after an ASR run (lazy imports: transformers).
-        from pipeline.nlu.model import check_backbone_positions, check_encoder_config, refuse_trained_model, resolve_backbone
+        from pipeline.nlu.model import (check_backbone_positions, check_encoder_config, refuse_trained_model,
+                                        resolve_backbone, resolve_tokenizer)
 
         if self.encoder_config:
             check_encoder_config(self.encoder_config, self.max_length)
@@ -86,3 +87,5 @@ class NLUConfig:
         backbone = resolve_backbone(self.model_name_or_path, self.model_sha256)
         if not self.encoder_config:
             check_backbone_positions(backbone, self.max_length)
+        # Read only when the model is built: a missing tokenizer failed there, after the earlier stages.
+        resolve_tokenizer(self.tokenizer_name_or_path, self.model_name_or_path, self.model_sha256)

