@@ -362,10 +362,11 @@ def training_rows(split: Dataset, false_wake: str) -> list[dict[str, Any]]:
     `false_wake: skip` leaves them out (the wake-word detector handles them); `no_command` teaches
     the NLU an explicit "nothing to do" intent, so a false wake that gets through does no harm.
     """
-    missing = {"transcript", "words", "bio_tags", "intent"} - set(split.column_names)
+    columns = ["transcript", "words", "bio_tags", "intent", "entities"]  # entities: what the scores count against
+    missing = set(columns) - set(split.column_names)
     if missing:
         raise PipelineError(f"the dataset lacks column(s) {sorted(missing)} the NLU needs; rebuild it with the `data` stage")
-    return training_rows_from(split.select_columns(["transcript", "words", "bio_tags", "intent", "entities"]), false_wake)
+    return training_rows_from(split.select_columns(columns), false_wake)
 
 
 def training_rows_from(examples: Any, false_wake: str) -> list[dict[str, Any]]:

@@ -130,6 +130,10 @@ PLAY_JAZZ = {"transcript": "play jazz", "words": ["play", "jazz"], "bio_tags": [
                  r"utterance 'play jazz' has 2 words but 1 BIO tags", id="words-and-tags-differ"),
     pytest.param(lambda: training_rows(Dataset.from_list([PLAY_JAZZ]).remove_columns(["bio_tags", "words"]), "skip"),
                  r"the dataset lacks column\(s\) \['bio_tags', 'words'\]", id="missing-columns"),
+    # Before the fix: the entities column, read too, was left out of the check, and its absence stopped
+    # the stage with datasets' ValueError, which says nothing of rebuilding the dataset.
+    pytest.param(lambda: training_rows(Dataset.from_list([PLAY_JAZZ]).remove_columns(["entities"]), "skip"),
+                 r"the dataset lacks column\(s\) \['entities'\] the NLU needs; rebuild it", id="missing-entities"),
 ])
 def test_training_rows_refuse_bad_settings_and_records_by_name(read: Callable[[], Any], error: str) -> None:
     with pytest.raises(PipelineError, match=error):
