@@ -80,9 +80,11 @@ def is_utterance_pseudonym(value: str) -> bool:
 
 def _id_texts(value: Any) -> list[str]:
     """The strings a raw identifier field holds. Exporters write account numbers as JSON numbers, or
-    wrap an id in a list or object; the record is quarantined for it, but its id must not show."""
+    wrap an id in a list or object; the record is quarantined for it, but its id must not show.
+    A string without the spaces around it, as the build reads the id (schema.ExportRecord): searched
+    with them, " ACCT " is not found in the utterance id "ACCT-0001" or in a transcript ending "ACCT"."""
     if isinstance(value, str):
-        return [value] if value else []
+        return [value.strip()] if value.strip() else []
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return _id_texts(str(value))
     if isinstance(value, (list, tuple)):

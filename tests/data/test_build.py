@@ -525,3 +525,19 @@ def test_an_account_id_with_spaces_around_it_shares_the_account_split(tmp_path: 
         with pytest.raises(PipelineError, match=r"every record was quarantined \(3 of 3\); most common reason: deleted \(3\)"):
             build(tmp_path, run="deleted", path=str(tmp_path / "export" / "annotations.jsonl"),
                   deletions=str(tmp_path / "deletions.jsonl"))
+
+
+def test_an_id_with_spaces_around_it_is_still_kept_out_of_ids_and_text(tmp_path: Path) -> None:
+    """Before the fix: an account or annotator id written with spaces around it (" ACCT7731 ") was
+    searched for spaces included, so an utterance id "ACCT7731-0001" stayed raw in the dataset's
+    utterance_id column and a transcript saying "ANNOTATOR-RAW-01" was kept with the id in it,
+    although the account and annotator are read (and pseudonymised) without the spaces."""
+    lines = [record(i) for i in range(4)]
+    lines[0].update(account_id=" ACCT7731 ", utterance_id="ACCT7731-0001", audio="audio/ACCT7731-0001.wav")
+    lines[1].update(annotator_id="  ANNOTATOR-RAW-01", transcript="alexa play jazz music ANNOTATOR-RAW-01 now")
+    report, quarantine = build(tmp_path, path=str(write_export(tmp_path / "export", lines)))
+    assert [(q["utterance_id"], q["reason"]) for q in quarantine] == [("u001", "identifier_in_text")]
+    key = (tmp_path / "cache" / "pseudonym.key").read_bytes().strip()
+    assert split_of(report["dataset_path"]).keys() == {pseudonym(key, "utt", "ACCT7731-0001"), "u002", "u003"}
+    rows = [r for ds in load_from_disk(report["dataset_path"]).values() for r in ds.remove_columns("audio")]
+    assert not [r for r in rows if "ACCT7731" in json.dumps(r) or "ANNOTATOR-RAW" in json.dumps(r)]
