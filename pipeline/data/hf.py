@@ -10,6 +10,7 @@ spooled once into such a file first, since the build reads its rows twice.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ from omegaconf import OmegaConf
 
 from pipeline.data.config import SourceConfig
 from pipeline.data.privacy import RAW_IDS
-from pipeline.data.schema import ExportRecord
+from pipeline.data.schema import ExportRecord, json_lines
 from pipeline.runtime import PipelineError
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,11 @@ class HFSource:
         self.dataset = _float_ids_as_text(self.dataset, self.mapping)
         # The loader reads metadata.csv with pandas' missing-value words: these cells as written.
         self.csv_cells = csv_text_cells(self.root, [c for f, c in self.mapping.items() if f in TEXT_FIELDS]) \
+            if self.kind == "audiofolder" and self.root is not None else {}
+        # pyarrow reads a metadata.jsonl string that looks like a date ("2026-04-13T02:19:08Z") as a
+        # timestamp, dropping how it was written (its "Z", a date without a time): those cells as written.
+        dated = [c for c in set(self.mapping.values()) if _is_date(self.dataset.features[c])]
+        self.jsonl_cells = jsonl_text_cells(self.root, dated) \
             if self.kind == "audiofolder" and self.root is not None else {}
         self.labels = {
             field: self.dataset.features[column].names
@@ -165,7 +171,10 @@ class HFSource:
                     if field in self.labels and isinstance(value, int):
                         value = label_name(self.labels[field], value)
                     if _blank(value) and field in TEXT_FIELDS and self.csv_cells:
-                        value = self._cell_as_written(batch[self.audio_column][i], column)
+                        value = self._cell_as_written(batch[self.audio_column][i], column, self.csv_cells)
+                    if isinstance(value, datetime.date):  # a timestamp column: every field is text or not a date
+                        value = (self._cell_as_written(batch[self.audio_column][i], column, self.jsonl_cells)
+                                 or value.isoformat())
                     if _blank(value):
                         if field in REQUIRED:
                             record[field] = None  # quarantined as invalid_record, naming the field
@@ -180,10 +189,11 @@ class HFSource:
                 yield row, record, batch[self.audio_column][i]
                 row += 1
 
-    def _cell_as_written(self, audio: Any, column: str) -> str | None:
-        """A text cell the loader read as missing, from metadata.csv as written ("" stays missing)."""
+    def _cell_as_written(self, audio: Any, column: str, cells: dict[str, dict[str, str]]) -> str | None:
+        """A cell the loader read as missing (metadata.csv) or as a timestamp (metadata.jsonl), from
+        `cells` (csv_text_cells, jsonl_text_cells): the file as written ("" stays missing)."""
         path = audio.get("path") if isinstance(audio, dict) else None
-        cell = self.csv_cells.get(str(Path(path).resolve()), {}).get(column) if path else None
+        cell = cells.get(str(Path(path).resolve()), {}).get(column) if path else None
         return cell or None
 
     def close(self) -> None:
@@ -271,6 +281,27 @@ def csv_text_cells(folder: Path, columns: list[str]) -> dict[str, dict[str, str]
             continue
         for row in frame[["file_name", *wanted]].itertuples(index=False):
             cells[str((file.parent / row[0]).resolve())] = dict(zip(wanted, row[1:]))
+    return cells
+
+
+def _is_date(feature: Any) -> bool:
+    """A column of dates or times (`timestamp[s]`, `date32`, ...), which rows give as `datetime` values."""
+    return type(feature).__name__ == "Value" and feature.dtype.startswith(("timestamp", "date"))
+
+
+def jsonl_text_cells(folder: Path, columns: list[str]) -> dict[str, dict[str, str]]:
+    """Per audio file (its resolved path), the string cells of `columns` in its metadata.jsonl line.
+
+    For the columns the loader read as timestamps: a `recorded_at` is copied, so it stays as the
+    export wrote it, not as pyarrow's reading of it ("...Z" lost, a date given a midnight)."""
+    files = sorted(folder.rglob("metadata.jsonl")) if columns else []
+    cells: dict[str, dict[str, str]] = {}
+    for file in files:
+        for line in json_lines(file):
+            name = line.record.get("file_name") if line.record is not None else None
+            written = {c: v for c, v in (line.record or {}).items() if c in columns and isinstance(v, str)}
+            if isinstance(name, str) and written:
+                cells[str((file.parent / name).resolve())] = written
     return cells
 
 

@@ -481,3 +481,29 @@ def test_the_projects_own_export_given_to_data_hf_names_data_jsonl(tmp_path: Pat
     (other / "annotations.jsonl").write_text((folder / "annotations.jsonl").read_text())
     report, _ = build(tmp_path, run="other", source="hf", path=str(other))
     assert report["records_kept"] == 4
+
+
+def test_a_recorded_at_that_looks_like_a_date_is_copied_as_written(tmp_path: Path) -> None:
+    """Before the fix: pyarrow reads a metadata.jsonl string that looks like a date or time
+    ("2026-04-13T02:19:08Z", the canonical `recorded_at`) as a timestamp, and a save_to_disk
+    dataset may store one so; the schema wants text, so every clip was quarantined as
+    invalid_record ("recorded_at: Input should be a valid string"). A metadata.jsonl cell is now
+    copied as written, a stored timestamp as ISO 8601 text."""
+    stamps = ["2026-04-13T02:19:08Z", "2026-04-14", "2026-04-15 08:00"]
+    rows = [{"file_name": f"audio/c{i}.flac", "transcription": f"clip {i}", "speaker_id": f"s{i}",
+             "recorded_at": stamp} for i, stamp in enumerate(stamps)]
+    report, quarantine = build(tmp_path, source="hf", path=str(audiofolder(tmp_path / "af", rows)))
+    assert quarantine == [] and report["records_kept"] == 3
+    kept = {r["utterance_id"]: r["recorded_at"] for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
+    assert kept == {f"hf/audio/c{i}": stamp for i, stamp in enumerate(stamps)}
+
+    import datetime as dt
+    features = Features({"audio": Audio(), "text": Value("string"), "speaker_id": Value("string"),
+                         "recorded_at": Value("timestamp[s]")})
+    saved = Dataset.from_dict({"audio": [{"bytes": encoded(tone(0.5), 16000), "path": None}], "text": ["yes"],
+                               "speaker_id": ["s0"], "recorded_at": [dt.datetime(2026, 4, 13, 2, 19, 8)]}, features=features)
+    saved.save_to_disk(str(tmp_path / "saved"))
+    report, quarantine = build(tmp_path, run="saved", source="hf", path=str(tmp_path / "saved"))
+    assert quarantine == [] and report["records_kept"] == 1
+    [row] = [r for ds in load_from_disk(report["dataset_path"]).values() for r in ds]
+    assert row["recorded_at"] == "2026-04-13T02:19:08"
