@@ -181,6 +181,8 @@ class HFSource:
                         continue  # otherwise absent: the constant or the schema's default applies
                     if field in TEXT_FIELDS:
                         value = _as_text(value)
+                    if field == "entities":
+                        value = _entity_list(value)
                     record[field] = value
                 if "wake_word_present" not in record:
                     # Unlabelled: a clip with a command had the wake word before it; one without is
@@ -217,6 +219,16 @@ def _plain(node: Any) -> dict[str, Any]:
 def _blank(value: Any) -> bool:
     """An empty cell: null (a blank CSV cell, JSON null), or a float NaN."""
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _entity_list(value: Any) -> Any:
+    """Entities as a list of objects. `Sequence({"type": ..., "value": ...})`, how `datasets` declares a
+    list of entities, gives a row one list per field ({"type": [...], "value": [...]}): the i-th of
+    each list is the i-th entity. Anything else is left for the schema to judge."""
+    if (isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values())
+            and len({len(v) for v in value.values()}) == 1):
+        return [dict(zip(value, cells)) for cells in zip(*value.values())]
+    return value
 
 
 def label_name(names: list[str], code: int) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
-from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value, load_from_disk
+from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Sequence, Value, load_from_disk
 
 from pipeline.data.build import run_data_stage
 from pipeline.runtime import PipelineError
@@ -507,3 +507,25 @@ def test_a_recorded_at_that_looks_like_a_date_is_copied_as_written(tmp_path: Pat
     assert quarantine == [] and report["records_kept"] == 1
     [row] = [r for ds in load_from_disk(report["dataset_path"]).values() for r in ds]
     assert row["recorded_at"] == "2026-04-13T02:19:08"
+
+
+def test_entities_stored_as_a_sequence_of_fields_are_read_as_a_list(tmp_path: Path) -> None:
+    """Before the fix: a dataset declaring its entities the usual `datasets` way,
+    `Sequence({"type": ..., "value": ...})`, gives each row {"type": [...], "value": [...]}, one list
+    per field; the schema wants one object per entity, so every clip was quarantined as
+    invalid_record ("entities: Input should be a valid list")."""
+    features = Features({"audio": Audio(), "text": Value("string"), "speaker_id": Value("string"),
+                         "intent": Value("string"),
+                         "entities": Sequence({"type": Value("string"), "value": Value("string")})})
+    entities = [{"type": ["music_genre"], "value": ["jazz"]}, {"type": [], "value": []},
+                {"type": ["artist_name", "house_place"], "value": ["taylor swift", "kitchen"]}]
+    texts = ["alexa play jazz", "alexa stop", "alexa play taylor swift in the kitchen"]
+    Dataset.from_dict({"audio": [{"bytes": encoded(tone(0.5, 16000, 300 + 50 * i), 16000), "path": None} for i in range(3)],
+                       "text": texts, "speaker_id": ["s0", "s1", "s2"], "intent": ["play_music", "stop", "play_music"],
+                       "entities": entities}, features=features).save_to_disk(str(tmp_path / "saved"))
+    report, quarantine = build(tmp_path, source="hf", path=str(tmp_path / "saved"))
+    assert quarantine == [] and report["records_kept"] == 3
+    kept = {r["transcript"]: [(e["type"], e["value"]) for e in r["entities"]]
+            for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
+    assert kept == {texts[0]: [("music_genre", "jazz")], texts[1]: [],
+                    texts[2]: [("artist_name", "taylor swift"), ("house_place", "kitchen")]}
