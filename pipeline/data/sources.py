@@ -337,11 +337,15 @@ def _id_text(value: Any) -> str | None:
 
 def _massive_source(data_cfg: SourceConfig, key: str = "data") -> Source:
     """MASSIVE text (no audio): train file -> train; dev file -> validation or test, half each,
-    chosen by a hash of the MASSIVE id so the halves never change."""
+    chosen by a hash of the MASSIVE id so the halves never change.
+
+    MASSIVE's own release keeps a locale's train, dev and test partitions in one file, each record
+    naming its `partition`: a record whose partition is not its file's (a test utterance in the file
+    read as training data) is quarantined as `other_partition`, never trained or validated on."""
     train = _required_file(data_cfg, "train_path", key)
     dev = _required_file(data_cfg, "dev_path", key)
 
-    def convert(n: int, obj: dict[str, Any], split: str, path: Path) -> RawRecord:
+    def convert(n: int, obj: dict[str, Any], split: str, path: Path, partition: str, setting: str) -> RawRecord:
         mid = _id_text(obj.get("id"))
         if mid is None:
             return RawRecord(n, None, f"{path.name}: a MASSIVE record needs an `id` (string or whole number)", split=split,
@@ -351,6 +355,10 @@ def _massive_source(data_cfg: SourceConfig, key: str = "data") -> Source:
         # edit, which the NLU would otherwise learn as "no command".
         bad = (None if isinstance(intent, str) and intent and (not scenario or intent.startswith(f"{scenario}_"))
                else f"{path.name}: intent {intent!r} is not an intent of scenario {scenario!r} (<scenario>_<action>)")
+        excluded = ("bad_annotation", bad) if bad else None
+        if obj.get("partition", partition) != partition:
+            excluded = ("other_partition", f"{path.name}: partition {obj.get('partition')!r} in the file given as "
+                        f"{key}.{setting} (MASSIVE's {partition} partition); give each partition's records in its own file")
         return RawRecord(n, {
             "utterance_id": f"massive-{mid}",
             "transcript": obj.get("utt"),
@@ -362,7 +370,7 @@ def _massive_source(data_cfg: SourceConfig, key: str = "data") -> Source:
             "account_id": f"massive-{mid}",
             "annotator_id": str(obj["worker_id"]) if obj.get("worker_id") is not None else None,
             "locale": obj.get("locale", "en-US"),
-        }, split=split, file=path.name, excluded=("bad_annotation", bad) if bad else None, made_up=("account_id",))
+        }, split=split, file=path.name, excluded=excluded, made_up=("account_id",))
 
     def records() -> Iterator[RawRecord]:
         for path, split, setting in ((train, "train", "train_path"), (dev, None, "dev_path")):
@@ -374,9 +382,9 @@ def _massive_source(data_cfg: SourceConfig, key: str = "data") -> Source:
                     continue
                 if split is None:
                     half = hashlib.sha256(f"massive-dev\x00{obj.get('id')}".encode()).digest()[0] % 2
-                    yield convert(n, obj, ("validation", "test")[half], path)
+                    yield convert(n, obj, ("validation", "test")[half], path, "dev", setting)
                 else:
-                    yield convert(n, obj, split, path)
+                    yield convert(n, obj, split, path, "train", setting)
             if not lines:  # one file's split would be empty, found only by the NLU stage
                 raise PipelineError(f"{key}.{setting}={path}: the file holds no records; point it at MASSIVE's "
                                     f"{'train' if split else 'dev'} file (e.g. en-US.{'train' if split else 'dev'}.jsonl)")

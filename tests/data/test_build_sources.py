@@ -221,7 +221,7 @@ def test_massive_and_slurp_records_without_an_id_are_quarantined(tmp_path: Path)
         good = json.loads(next(f))
     train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
     train.write_text(json.dumps(good) + "\n" + json.dumps({k: v for k, v in good.items() if k != "id"}) + "\n")
-    dev.write_text(json.dumps({**good, "id": 7}) + "\n")
+    dev.write_text(json.dumps({**good, "id": 7, "partition": "dev"}) + "\n")
     report, quarantine = _build(tmp_path / "massive", source="massive_text", train_path=str(train), dev_path=str(dev),
                                 split=None)
     assert report["records_kept"] == 2
@@ -442,10 +442,33 @@ def test_a_record_with_two_entities_in_one_word_is_quarantined(tmp_path: Path) -
     train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
     both = {**good, "id": "t2", "utt": "set 5-6 pm", "annot_utt": "set [time : 5]-[time : 6] pm"}
     train.write_text(json.dumps(good) + "\n" + json.dumps(both) + "\n")
-    dev.write_text(json.dumps({**good, "id": "d1"}) + "\n")
+    dev.write_text(json.dumps({**good, "id": "d1", "partition": "dev"}) + "\n")
     report, quarantine = _build(tmp_path, source="massive_text", train_path=str(train), dev_path=str(dev), split=None)
     assert report["records_kept"] == 2
     assert [(q["utterance_id"], q["reason"], q["detail"]) for q in quarantine] == [
         ("massive-t2", "bad_annotation",
          "entities 'time' ('5') and 'time' ('6') share the word '5-6'; a word is tagged with one entity, so annotate "
          "the word as one")]
+
+
+def test_a_massive_record_of_another_partition_than_its_file_is_quarantined(tmp_path: Path) -> None:
+    """Before the fix: MASSIVE's release keeps every partition of a locale in one file
+    (`en-US.jsonl`, each record's `partition` train, dev or test); given as data.train_path, its
+    test and dev utterances were trained on, and as data.dev_path its test ones validated on, with
+    nothing said. A record whose `partition` is not its file's is quarantined, naming both."""
+    lines = [json.loads(x) for x in (FIXTURES / "en-US.train.jsonl").read_text().splitlines()[:6]]
+    dev_lines = [json.loads(x) for x in (FIXTURES / "en-US.dev.jsonl").read_text().splitlines()[:4]]
+    lines[1]["partition"], lines[2]["partition"], dev_lines[0]["partition"] = "test", "dev", "test"
+    del lines[3]["partition"]  # a file without the field is taken as the file it is given as
+    train, dev = tmp_path / "en-US.jsonl", tmp_path / "dev.jsonl"
+    train.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    dev.write_text("".join(json.dumps(x) + "\n" for x in dev_lines))
+    report, quarantine = _build(tmp_path, source="massive_text", train_path=str(train), dev_path=str(dev), split=None)
+    assert report["records_in"] == 10 and report["records_kept"] == 7
+    assert [(q["utterance_id"], q["reason"], q["detail"]) for q in quarantine] == [
+        (f"massive-{lines[1]['id']}", "other_partition", "en-US.jsonl: partition 'test' in the file given as "
+         "data.train_path (MASSIVE's train partition); give each partition's records in its own file"),
+        (f"massive-{lines[2]['id']}", "other_partition", "en-US.jsonl: partition 'dev' in the file given as "
+         "data.train_path (MASSIVE's train partition); give each partition's records in its own file"),
+        (f"massive-{dev_lines[0]['id']}", "other_partition", "dev.jsonl: partition 'test' in the file given as "
+         "data.dev_path (MASSIVE's dev partition); give each partition's records in its own file")]
