@@ -98,7 +98,12 @@ class JointIntentTagger(PreTrainedModel):
 
 
 def load_tokenizer(path: str | Path, config: PretrainedConfig, key: str = "nlu.model_name_or_path") -> Any:
-    """The fast tokenizer in `path`; `key` is the setting that named it, which the errors name."""
+    """The fast tokenizer in `path`, padding on the right; `key` is the setting that named it, which the errors name.
+
+    A tokenizer may be saved to pad on the left (decoder backbones often are); `to_features` cuts each
+    padded row to its first `attention_mask.sum()` positions, and only right padding puts the row's
+    own sub-tokens there.
+    """
     extra = {"add_prefix_space": True} if config.model_type in _PREFIX_SPACE_TYPES else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), **extra)
@@ -110,6 +115,7 @@ def load_tokenizer(path: str | Path, config: PretrainedConfig, key: str = "nlu.m
             f"{key}={path} has no fast tokenizer; word-to-subword alignment needs one "
             "(pick a backbone with tokenizer.json)"
         )
+    tokenizer.padding_side = "right"
     return tokenizer
 
 

