@@ -366,21 +366,28 @@ def training_rows(split: Dataset, false_wake: str) -> list[dict[str, Any]]:
     missing = set(columns) - set(split.column_names)
     if missing:
         raise PipelineError(f"the dataset lacks column(s) {sorted(missing)} the NLU needs; rebuild it with the `data` stage")
-    return training_rows_from(split.select_columns(columns), false_wake)
+    # The utterance id names a record in errors (a transcript is what was said, and stays out of them).
+    named = ["utterance_id"] if "utterance_id" in split.column_names else []
+    return training_rows_from(split.select_columns(named + columns), false_wake)
 
 
 def training_rows_from(examples: Any, false_wake: str) -> list[dict[str, Any]]:
+    """The examples with an intent (`no_command` for a false wake under `nlu.false_wake=no_command`),
+    each checked to have one BIO tag per word; an error names the record by its `utterance_id`, or
+    by its row where the examples have none."""
     if false_wake not in ("skip", NO_COMMAND):
         raise PipelineError(f"nlu.false_wake={false_wake!r} is not one of: skip, {NO_COMMAND}")
     rows = []
-    for ex in examples:
+    for index, ex in enumerate(examples):
         intent = ex["intent"]
         if intent is None:
             if false_wake == "skip":
                 continue
             intent = NO_COMMAND
         if len(ex["words"]) != len(ex["bio_tags"]):
-            raise PipelineError(f"utterance {ex['transcript']!r} has {len(ex['words'])} words but {len(ex['bio_tags'])} BIO tags; rebuild the dataset")
+            record = f"utterance {ex['utterance_id']}" if ex.get("utterance_id") is not None else f"row {index}"
+            raise PipelineError(f"{record} has {len(ex['words'])} words but {len(ex['bio_tags'])} BIO tags; rebuild the "
+                                "dataset with the `data` stage, which derives both from the same transcript")
         rows.append({**ex, "intent": intent})
     return rows
 

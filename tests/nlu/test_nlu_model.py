@@ -127,7 +127,7 @@ PLAY_JAZZ = {"transcript": "play jazz", "words": ["play", "jazz"], "bio_tags": [
     pytest.param(lambda: training_rows_from([PLAY_JAZZ], "drop"),
                  r"nlu\.false_wake='drop' is not one of: skip, no_command", id="unknown-false-wake"),
     pytest.param(lambda: training_rows_from([{**PLAY_JAZZ, "bio_tags": ["O"]}], "skip"),
-                 r"utterance 'play jazz' has 2 words but 1 BIO tags", id="words-and-tags-differ"),
+                 r"^row 0 has 2 words but 1 BIO tags; rebuild the dataset", id="words-and-tags-differ"),
     pytest.param(lambda: training_rows(Dataset.from_list([PLAY_JAZZ]).remove_columns(["bio_tags", "words"]), "skip"),
                  r"the dataset lacks column\(s\) \['bio_tags', 'words'\]", id="missing-columns"),
     # Before the fix: the entities column, read too, was left out of the check, and its absence stopped
@@ -376,3 +376,13 @@ def test_a_tokenizer_saved_to_pad_on_the_left_gives_each_row_its_own_ids_and_lab
     short = features[1]
     assert tokenizer.convert_ids_to_tokens(short["input_ids"]) == ["[CLS]", "play", "jazz", "[SEP]"]
     assert short["labels"] == [-100, tags.index("O"), tags.index("B-genre"), -100]
+
+
+def test_words_and_tags_that_differ_name_the_utterance_by_its_id_not_its_transcript() -> None:
+    """Before the fix: the error quoted the transcript ("utterance 'play jazz' has 2 words but 1 BIO
+    tags"), putting what a user said into the error line and the log, and did not name the record."""
+    split = Dataset.from_list([{"utterance_id": "utt-7f3a", **PLAY_JAZZ, "bio_tags": ["O"]}])
+    with pytest.raises(PipelineError, match=r"^utterance utt-7f3a has 2 words but 1 BIO tags; rebuild the dataset with "
+                                            r"the `data` stage") as err:
+        training_rows(split, "skip")
+    assert "play" not in str(err.value) and "jazz" not in str(err.value)
