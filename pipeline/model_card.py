@@ -25,9 +25,9 @@ KINDS = {
 
 
 def write_model_card(folder: Path, kind: str, dataset_path: Path, facts: dict[str, Any],
-                     figures: dict[str, dict[str, Any]]) -> Path:
+                     figures: dict[str, dict[str, Any]], notes: list[str] | None = None) -> Path:
     """`facts`: how it was trained (name -> value); `figures`: split -> metric -> value, as measured by
-    the stage itself."""
+    the stage itself (None: not computed); `notes`: lines under the figures, e.g. why one is missing."""
     title, tag, load = KINDS[kind]
     report = read_build_report(dataset_path) or {}
     sources = report.get("source")
@@ -53,6 +53,8 @@ def write_model_card(folder: Path, kind: str, dataset_path: Path, facts: dict[st
         *(f"| {split} | " + " | ".join(table_cell(f.get(m), "n/a", ".4g") for m in sorted({m for v in figures.values() for m in v})) + " |"
           for split, f in figures.items()),
         "",
+        *(f"- {note}" for note in notes or ()),
+        *([""] if notes else []),
         "The test figures with 95% intervals, per source and on ASR output (SLU), are the evaluation's: "
         "`metrics.json` and `report.md` of the run this folder belongs to.", "",
         "## Limits", "",

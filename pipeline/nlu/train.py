@@ -54,6 +54,8 @@ from pipeline.runtime import PipelineError, requested_workers
 from pipeline.tracking import Tracker
 
 NO_COMMAND = "no_command"
+ENTITY_SCORES = ("entity_precision", "entity_recall", "entity_f1")
+NO_ENTITY = "the split has no clip with an entity"
 IGNORE = -100
 FINGERPRINT_FILE = "fingerprint.json"
 # Settings that say how long or how a run trains, not what its checkpoints hold: a run restarted
@@ -134,10 +136,13 @@ def run_nlu_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
         "steps": metrics["global_step"], "epochs": metrics["epochs"], "training utterances": metrics["train_utterances"],
         "ASR hypotheses added": metrics["train_asr_hypotheses"] or None, "intents": metrics["intents"],
         "entity types": metrics["entity_types"], "training seconds": metrics["train_seconds"]},
-        # A split without a clip that has an intent (a small build's test split) has nothing to report.
+        # A split without a clip that has an intent (a small build's test split) has nothing to report;
+        # one without an entity has no entity F1, and a note says why.
         {split: {"utterances": metrics[split]["utterances"], "intent accuracy": metrics[split]["intent_accuracy"],
-                 "entity F1": metrics[split]["entity_f1"]} for split in ("validation", "test")
-         if metrics.get(split, {}).get("utterances")})
+                 "entity F1": metrics[split].get("entity_f1")} for split in ("validation", "test")
+         if metrics.get(split, {}).get("utterances")},
+        notes=[f"{split}: entity F1 not computed: {why}" for split in ("validation", "test")
+               if (why := metrics.get(split, {}).get("not_computed", {}).get("entity_f1"))])
     log_summary(job, metrics)
     return {"model_dir": str(job.out_dir), **metrics}
 
@@ -347,6 +352,10 @@ def log_summary(job: NLUJob, metrics: dict[str, Any]) -> None:
         for name, value in metrics[split].items() if isinstance(value, (int, float))
     }
     job.tracker.log_summary({**summary, "nlu/train_seconds": metrics["train_seconds"]})
+    for split in ("validation", "test"):
+        for why in sorted(set((metrics.get(split) or {}).get("not_computed", {}).values())):
+            log.warning("nlu: not computed on %s (%s): %s", split, why,
+                        ", ".join(k for k, v in metrics[split]["not_computed"].items() if v == why))
 
 
 def load_splits(dataset_path: Path) -> DatasetDict:
@@ -531,20 +540,27 @@ def score_predictions(
     """Scored by `pipeline.eval.metrics` exactly as the eval stage scores its `nlu/` metrics.
 
     Gold intents or entity types the model never saw are counted as errors and listed, not crashed on.
+    Clips without a single gold entity leave the entity scores out, with the reason under
+    `not_computed`, as the eval stage leaves out `nlu/entity_f1`: their 0.0 would read as a result.
     """
     unseen_intents = Counter(r["intent"] for r in rows if r["intent"] not in known_intents)
     unseen_types = Counter(e["type"] for r in rows for e in r["entities"] if e["type"] not in known_types)
     scores: dict[str, Any] = {}
+    not_computed: dict[str, str] = {}
     if rows:  # a split without a clip that has an intent has nothing to score
         scores = M.understanding_scores(
             [r["intent"] for r in rows], [p["intent"] for p in preds],
             [r["entities"] for r in rows], [p["entities"] for p in preds],
         )
+        if not any(r["entities"] for r in rows):
+            not_computed = dict.fromkeys(ENTITY_SCORES, NO_ENTITY)
+            scores = {k: v for k, v in scores.items() if k not in not_computed}
     return {
         "utterances": len(rows),
         **scores,
         "unseen_intents": dict(sorted(unseen_intents.items())),
         "unseen_entity_types": dict(sorted(unseen_types.items())),
+        **({"not_computed": not_computed} if not_computed else {}),
     }
 
 

@@ -187,3 +187,25 @@ def test_a_backbone_folder_without_a_tokenizer_is_refused_before_any_stage_runs(
     with pytest.raises(PipelineError, match=rf"^nlu\.tokenizer_name_or_path={backbone} has no vocabulary, only its "
                                             r"special tokens .*; give a folder, hub id or package:<module> that holds"):
         checked(cfg.nlu, NLUConfig, "nlu")
+
+
+def test_a_split_without_entities_leaves_entity_scores_out_and_says_why(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """Before the fix: a test split whose clips carry no entity got entity F1, precision and recall of
+    0.0 in nlu_metrics.json, the tracker's summary and the model card, figures that measure nothing,
+    while the eval stage leaves nlu/entity_f1 out of metrics.json and says why."""
+    from datasets import load_from_disk
+
+    dd = load_from_disk(str(tiny_dataset_path))
+    dd["test"] = dd["test"].map(lambda row: {"entities": [], "bio_tags": ["O"] * len(row["words"])})
+    dd.save_to_disk(str(tmp_path / "no_entities"))
+    tracker = RecordingTracker()
+    result = run_nlu_stage(nlu_config("nlu.epochs=1"), tmp_path / "run", tmp_path / "no_entities", tracker)
+    test = json.loads((tmp_path / "run" / "nlu" / "nlu_metrics.json").read_text())["test"]
+    assert result["test"] == test and test["utterances"] > 0 and "intent_accuracy" in test
+    for key in ("entity_f1", "entity_precision", "entity_recall"):
+        assert key not in test and f"nlu/test_{key}" not in tracker.summary
+        assert test["not_computed"][key] == "the split has no clip with an entity"
+    assert "entity_f1" in json.loads((tmp_path / "run" / "nlu" / "nlu_metrics.json").read_text())["validation"]
+    card = (tmp_path / "run" / "nlu" / "README.md").read_text()
+    assert f"| test | n/a | {test['intent_accuracy']:.4g} | {test['utterances']} |" in card
+    assert "test: entity F1 not computed: the split has no clip with an entity" in card
