@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 _BRACKET = re.compile(r"\[([^\[\]:]+?)\s*:\s*([^\[\]]*?)\s*\]")
+_NO_COLON = re.compile(r"\[[^\[\]:]*\]")  # a closed bracket that `_BRACKET` passed over for want of a colon
 
 
 class AnnotationError(ValueError):
@@ -36,8 +37,7 @@ def parse_inline(annotation: str) -> tuple[str, list[Entity]]:
     length = 0
     for match in _BRACKET.finditer(annotation):
         before = annotation[cursor : match.start()]
-        if "[" in before or "]" in before:
-            raise AnnotationError(f"unbalanced bracket near {before.strip()!r} in {annotation!r}")
+        _check_no_bracket(before, annotation)
         text_parts.append(before)
         length += len(before)
         etype, value = match.group(1).strip(), match.group(2).strip()
@@ -50,10 +50,21 @@ def parse_inline(annotation: str) -> tuple[str, list[Entity]]:
         length += len(value)
         cursor = match.end()
     tail = annotation[cursor:]
-    if "[" in tail or "]" in tail:
-        raise AnnotationError(f"unbalanced bracket near {tail.strip()!r} in {annotation!r}")
+    _check_no_bracket(tail, annotation)
     text_parts.append(tail)
     return "".join(text_parts), entities
+
+
+def _check_no_bracket(text: str, annotation: str) -> None:
+    """Refuse a bracket left in `text`, the annotation between its entities. A closed `[type]` is
+    named for its missing colon: calling it unbalanced sent annotators looking for a missing `]`."""
+    if "[" not in text and "]" not in text:
+        return
+    closed = _NO_COLON.search(text)
+    if closed:
+        raise AnnotationError(f"entity {closed.group(0)!r} has no ':' between its type and value in {annotation!r}; "
+                              "write it as [type : value], or drop the brackets if it is not an entity")
+    raise AnnotationError(f"unbalanced bracket near {text.strip()!r} in {annotation!r}")
 
 
 def align_to_transcript(

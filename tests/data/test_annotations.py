@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from pipeline.data.annotations import (
@@ -24,6 +26,18 @@ def test_parse_inline_gives_text_and_spans() -> None:
 def test_broken_brackets_are_rejected(bad: str) -> None:
     with pytest.raises(AnnotationError):
         parse_inline(bad)
+
+
+@pytest.mark.parametrize("annotation", ["play [artist_name] please", "set an alarm for [time]"])
+def test_a_bracket_without_a_colon_is_named_for_the_missing_colon(annotation: str) -> None:
+    """Before the fix: `[type]` (a closed bracket with no ':' between type and value) was reported as an
+    "unbalanced bracket", which sent the annotator looking for a bracket that is not missing."""
+    entity = re.search(r"\[\w+\]", annotation).group(0)  # type: ignore[union-attr]
+    with pytest.raises(AnnotationError, match=rf"^entity {re.escape(repr(entity))} has no ':' between its type and "
+                                             r"value in .*; write it as \[type : value\], or drop the brackets"):
+        parse_inline(annotation)
+    with pytest.raises(AnnotationError, match=r"^unbalanced bracket near"):  # a bracket really left open
+        parse_inline("play [artist_name : taylor swift")
 
 
 def test_align_tolerates_case_but_not_other_words() -> None:
