@@ -786,12 +786,17 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     ledger = Ledger.load(roots.erasure)
     traces = find_traces(roots, key, deleted, ledger.audio)
     refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected} | listed_on_deleted(roots, deleted).datasets)
-    entries = traces.ledger_entries(key, [Path(p) for p in traces.affected])
+    # Into the ledger before the datasets go: they are the only place the clips' transcript and audio
+    # hashes can be read from, so a job killed after removing them would leave the next erasure and
+    # the audit unable to recognise the clips' other copies.
+    found = traces.ledger_entries(key, [Path(p) for p in traces.affected])
+    append_ledger(roots.erasure, found)
+    for entry in found:
+        ledger.add(entry)
     for folder, clips in traces.affected.items():
         shutil.rmtree(folder)
         job.remove("cached dataset", Path(folder), clips=clips)
-    for entry in entries:
-        ledger.add(entry)
+    entries: list[dict[str, Any]] = []  # what the rest of the job finds, appended at its end
     erased = ledger.datasets
     # A deleted sentence that a kept clip of the cached datasets also says is that clip's: its lines
     # stay in other runs' predictions and reports (the audit's rule too).

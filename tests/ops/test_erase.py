@@ -1039,3 +1039,32 @@ def test_staged_copies_of_run_folders_removed_by_hand_are_erased_by_what_they_ho
     assert not (staging / "tmp8f3k2").exists() and (staging / "tmp0kept").exists()
     capsys.readouterr()
     assert audit.main(overrides(root)) == 0, capsys.readouterr().out
+
+
+
+def test_an_erasure_killed_after_it_removed_a_dataset_still_erases_the_transcripts_it_held(
+        store: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the fix: erasure removed the cached datasets holding a deleted clip first and wrote what
+    the audit and later erasures look for (the clips' transcript and audio hashes) to the ledger only
+    at its very end. A job killed in between left the dataset gone and its clips unrecorded: the next
+    erasure kept another run's report line quoting a deleted transcript, and the audit called it clean."""
+    root = store["root"]
+    report = store["runs"][1] / "report.md"  # a run of a dataset without the victim's clips
+    kept_report = report.read_text()
+    report.write_text(kept_report + f"| late-2 | {VICTIM_SENTENCES[1]} |\n")
+
+    def killed(roots: Any, copies: set[str]) -> set[str]:
+        raise KeyboardInterrupt  # the job killed after the cached datasets went
+
+    with monkeypatch.context() as patched:
+        patched.setattr(erase, "add_tombstones", killed)
+        with pytest.raises(KeyboardInterrupt):
+            erase.main(overrides(root))
+    assert not (root / "cache" / "datasets" / store["fingerprints"][0]).exists()
+
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 3, capsys.readouterr().out  # the job did not finish
+    assert erase.main(overrides(root)) == 0
+    assert report.read_text() == kept_report
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 0, capsys.readouterr().out
