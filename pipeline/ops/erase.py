@@ -830,16 +830,16 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     uploaded: list[str] = []    # ... of which `make sync` uploaded these (a `.wandb.synced` marker)
     kept = kept_digests(roots, erased)  # before the erased runs' W&B folders go
     for run in run_folders(roots):
+        synced = any((run / "wandb").glob("*/run-*.wandb.synced"))  # read before the run's W&B folder goes
         if run_fingerprints(run) & erased or run in listed.runs:
-            synced = any((run / "wandb").glob("*/run-*.wandb.synced"))  # read before the run's W&B folder goes
             paths, digests, online_id = _erase_run(run, erased, job)
             staged |= paths
             entries += [{"type": "digest", "md5": d} for d in sorted(digests - ledger.digests)]
             ledger.digests |= digests
-            online_ids += [online_id] if online_id else []
-            uploaded += [online_id] if online_id and synced else []
         else:
-            _trim_run(run, key, deleted, texts, job)
+            online_id = _trim_run(run, key, deleted, texts, job)
+        online_ids += [online_id] if online_id else []
+        uploaded += [online_id] if online_id and synced else []
 
     for f in [d / run_folder.QUARANTINE_LINES for d in [*run_folders(roots), *dataset_folders(roots)]]:
         if f.is_file() and not f.is_symlink() and (rewritten := filter_quarantine(f, key, deleted)):
@@ -912,9 +912,11 @@ def _erase_run(run: Path, erased: set[str], job: Erasure) -> tuple[set[Path], se
     return paths, digests, online_id
 
 
-def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Erasure) -> None:
+def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Erasure) -> str | None:
     """A run not built on erased data (say, evaluated on a split that held a deleted clip) keeps its
-    models: only the lines of deleted clips leave its predictions and reports."""
+    models: only the lines of deleted clips leave its predictions and reports. Its offline W&B run
+    cannot be trimmed (a binary log, and tables W&B uploads as they are), so one that logged a deleted
+    clip goes whole; returns that W&B run's id, whose online copy goes too, or None."""
     for f in (run / "predictions.jsonl", run / "incumbent" / "predictions.jsonl"):
         if f.is_file() and not f.is_symlink():
             dropped = filter_predictions(f, key, deleted, texts)
@@ -926,6 +928,17 @@ def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Er
             dropped = filter_report(f, key, deleted, texts)
             if dropped:
                 job.remove("report", f, lines=dropped)
+    logged = run / "wandb"
+    if not logged.is_dir() or not any(_holds_trace(f, key, deleted, texts) for f in walk_files(logged)
+                                      if not f.is_symlink()):
+        return None
+    files = sum(1 for _ in walk_files(logged))
+    shutil.rmtree(logged)
+    job.remove("W&B offline run", run, files=files)
+    run_id = run / RUN_ID_FILE
+    if not run_id.is_file():
+        return None
+    return run_id.read_text().strip() or None
 
 
 def _erase_registry_models(registry: Registry, deleted: set[str], erased: set[str], job: Erasure) -> None:

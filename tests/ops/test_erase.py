@@ -1068,3 +1068,39 @@ def test_an_erasure_killed_after_it_removed_a_dataset_still_erases_the_transcrip
     assert report.read_text() == kept_report
     capsys.readouterr()
     assert audit.main(overrides(root)) == 0, capsys.readouterr().out
+
+
+def test_a_run_that_keeps_its_model_loses_the_wandb_run_that_logged_a_deleted_clip(
+        store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the fix: a run not trained on the deleted account but evaluated on its clips
+    (`evaluate.py run=<run> dataset=<one since cleaned from the cache>`) lost only the lines of its
+    predictions and reports. The predictions table its evaluation logged to its offline W&B run kept
+    the deleted clip's pseudonymous ids: `make sync` would upload them, and the audit found them after
+    every erasure, which never removed them."""
+    from pipeline.data.privacy import pseudonym
+
+    root, run = store["root"], store["runs"][1]
+    victim = pseudonym(KEY.encode(), "acct", VICTIM)
+    predictions = run / "predictions.jsonl"
+    kept_predictions = predictions.read_text()
+    predictions.write_text(kept_predictions + json.dumps({"utterance_id": "late-1", "speaker": victim,
+                                                          "reference": "alexa", "hypothesis": "alexa"}) + "\n")
+    (run / "wandb_run_id").write_text("evalrun1\n")
+    offline = run / "wandb" / "offline-run-20261206_000000-evalrun1"
+    table = offline / "files" / "media" / "table" / "predictions_3_0123456789abcdef.table.json"
+    table.parent.mkdir(parents=True)
+    table.write_text(json.dumps({"columns": ["utterance_id", "speaker", "wer"],
+                                 "data": [["late-1", victim, 0.0], ["d1-u0", "acct_0000000000000000", 0.5]]}))
+    (offline / "run-evalrun1.wandb").write_bytes(b":W&B\x00\x00\x01")
+    (offline / "run-evalrun1.wandb.synced").write_text("")  # `make sync` uploaded it
+
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 3
+    assert str(table) in capsys.readouterr().out
+    job = erase.erase(load_config(overrides(root)))
+    assert predictions.read_text() == kept_predictions
+    assert (run / "asr" / "model.safetensors").is_file()  # it never trained on the account
+    assert not offline.exists()  # never uploaded as it was
+    assert job.online_pending == ["evalrun1"]  # its uploaded copy goes when W&B is reachable
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 0, capsys.readouterr().out
