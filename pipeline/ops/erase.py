@@ -928,6 +928,8 @@ def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Er
             dropped = filter_report(f, key, deleted, texts)
             if dropped:
                 job.remove("report", f, lines=dropped)
+                if f.name == "eval_details.json":
+                    _redraw_wer_plot(f)
     logged = run / "wandb"
     if not logged.is_dir() or not any(_holds_trace(f, key, deleted, texts) for f in walk_files(logged)
                                       if not f.is_symlink()):
@@ -939,6 +941,22 @@ def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Er
     if not run_id.is_file():
         return None
     return run_id.read_text().strip() or None
+
+
+def _redraw_wer_plot(details_path: Path) -> None:
+    """The WER plot beside a trimmed eval_details.json labels a bar with each speaker's pseudonym:
+    drawn again from what is left, or removed when nothing is (no image is searched for traces)."""
+    plot = details_path.parent / "plots" / "wer_slices.png"
+    if not plot.is_file():
+        return
+    details = json.loads(details_path.read_text())
+    wer_by = details.get("wer_by") if isinstance(details, dict) else None
+    if not isinstance(wer_by, dict) or not any(wer_by.values()):
+        plot.unlink()
+        return
+    from pipeline.eval.report import plot_slices
+
+    plot_slices(wer_by, plot)
 
 
 def _erase_registry_models(registry: Registry, deleted: set[str], erased: set[str], job: Erasure) -> None:

@@ -1104,3 +1104,25 @@ def test_a_run_that_keeps_its_model_loses_the_wandb_run_that_logged_a_deleted_cl
     assert job.online_pending == ["evalrun1"]  # its uploaded copy goes when W&B is reachable
     capsys.readouterr()
     assert audit.main(overrides(root)) == 0, capsys.readouterr().out
+
+
+def test_a_trimmed_run_redraws_its_wer_plot_without_the_deleted_speaker(store: dict[str, Any]) -> None:
+    """Before the fix: erasure dropped a deleted speaker's entry from a kept run's eval_details.json but
+    left plots/wer_slices.png, which draws each speaker's pseudonym as a bar label: the image still
+    named the deleted account, where neither the audit (it reads no images) nor a later erasure looked."""
+    from pipeline.data.privacy import pseudonym
+    from pipeline.eval.report import plot_slices
+
+    root, run = store["root"], store["runs"][1]
+    victim = pseudonym(KEY.encode(), "acct", VICTIM)
+    kept = {"acct_0000000000000000": {"wer": 0.1, "clips": 4}}
+    details = {"wer_by": {"speaker": {victim: {"wer": 0.5, "clips": 3}, **kept}}}
+    (run / "eval_details.json").write_text(json.dumps(details))
+    (run / "plots").mkdir(exist_ok=True)
+    plot = plot_slices(details["wer_by"], run / "plots" / "wer_slices.png")
+    expected = plot_slices({"speaker": kept}, root / "expected.png").read_bytes()
+    assert plot.read_bytes() != expected
+
+    assert erase.main(overrides(root)) == 0
+    assert json.loads((run / "eval_details.json").read_text()) == {"wer_by": {"speaker": kept}}
+    assert plot.read_bytes() == expected
