@@ -829,6 +829,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     online_ids: list[str] = []  # erased runs' W&B ids: their online copies go too
     uploaded: list[str] = []    # ... of which `make sync` uploaded these (a `.wandb.synced` marker)
     kept = kept_digests(roots, erased)  # before the erased runs' W&B folders go
+    stale: set[str] = set()  # digests of plots a trimmed run drew again: their staged copies name the deleted
     for run in run_folders(roots):
         synced = any((run / "wandb").glob("*/run-*.wandb.synced"))  # read before the run's W&B folder goes
         if run_fingerprints(run) & erased or run in listed.runs:
@@ -837,7 +838,8 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
             entries += [{"type": "digest", "md5": d} for d in sorted(digests - ledger.digests)]
             ledger.digests |= digests
         else:
-            online_id = _trim_run(run, key, deleted, texts, job)
+            online_id, redrawn = _trim_run(run, key, deleted, texts, job)
+            stale |= redrawn
         online_ids += [online_id] if online_id else []
         uploaded += [online_id] if online_id and synced else []
 
@@ -846,9 +848,11 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
             job.remove("quarantine line", f, lines=rewritten)
 
     for f in staging_files(roots):
-        if f in staged or ledger.digests:
+        if f in staged or ledger.digests or stale:
             digest = md5_b64(f)
-            if (f in staged or digest in ledger.digests) and digest not in kept:
+            # A plot as it was before its run was trimmed: its own run's manifest keeps it among the
+            # kept digests, but its bars name the deleted.
+            if digest in stale or ((f in staged or digest in ledger.digests) and digest not in kept):
                 f.unlink()
                 job.remove("W&B staging", f)
                 continue
@@ -912,11 +916,14 @@ def _erase_run(run: Path, erased: set[str], job: Erasure) -> tuple[set[Path], se
     return paths, digests, online_id
 
 
-def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Erasure) -> str | None:
+def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Erasure) -> tuple[str | None, set[str]]:
     """A run not built on erased data (say, evaluated on a split that held a deleted clip) keeps its
     models: only the lines of deleted clips leave its predictions and reports. Its offline W&B run
     cannot be trimmed (a binary log, and tables W&B uploads as they are), so one that logged a deleted
-    clip goes whole; returns that W&B run's id, whose online copy goes too, or None."""
+    clip goes whole, as does one that logged a plot drawn again here (an image no search reads).
+    Returns that W&B run's id, whose online copy goes too, or None; and the digests of the plots
+    as they were, whose staged copies go too."""
+    redrawn: set[str] = set()
     for f in (run / "predictions.jsonl", run / "incumbent" / "predictions.jsonl"):
         if f.is_file() and not f.is_symlink():
             dropped = filter_predictions(f, key, deleted, texts)
@@ -928,35 +935,38 @@ def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Er
             dropped = filter_report(f, key, deleted, texts)
             if dropped:
                 job.remove("report", f, lines=dropped)
-                if f.name == "eval_details.json":
-                    _redraw_wer_plot(f)
+                if f.name == "eval_details.json" and (old := _redraw_wer_plot(f)):
+                    redrawn.add(old)
     logged = run / "wandb"
-    if not logged.is_dir() or not any(_holds_trace(f, key, deleted, texts) for f in walk_files(logged)
-                                      if not f.is_symlink()):
-        return None
+    if not logged.is_dir() or not any(_holds_trace(f, key, deleted, texts) or (redrawn and md5_b64(f) in redrawn)
+                                      for f in walk_files(logged) if not f.is_symlink()):
+        return None, redrawn
     files = sum(1 for _ in walk_files(logged))
     shutil.rmtree(logged)
     job.remove("W&B offline run", run, files=files)
     run_id = run / RUN_ID_FILE
     if not run_id.is_file():
-        return None
-    return run_id.read_text().strip() or None
+        return None, redrawn
+    return run_id.read_text().strip() or None, redrawn
 
 
-def _redraw_wer_plot(details_path: Path) -> None:
+def _redraw_wer_plot(details_path: Path) -> str | None:
     """The WER plot beside a trimmed eval_details.json labels a bar with each speaker's pseudonym:
-    drawn again from what is left, or removed when nothing is (no image is searched for traces)."""
+    drawn again from what is left, or removed when nothing is (no image is searched for traces).
+    Returns the digest of the plot as it was (None: no plot), by which its copies are found."""
     plot = details_path.parent / "plots" / "wer_slices.png"
     if not plot.is_file():
-        return
+        return None
+    old = md5_b64(plot)
     details = json.loads(details_path.read_text())
     wer_by = details.get("wer_by") if isinstance(details, dict) else None
     if not isinstance(wer_by, dict) or not any(wer_by.values()):
         plot.unlink()
-        return
+        return old
     from pipeline.eval.report import plot_slices
 
     plot_slices(wer_by, plot)
+    return old
 
 
 def _erase_registry_models(registry: Registry, deleted: set[str], erased: set[str], job: Erasure) -> None:

@@ -1109,7 +1109,8 @@ def test_a_run_that_keeps_its_model_loses_the_wandb_run_that_logged_a_deleted_cl
 def test_a_trimmed_run_redraws_its_wer_plot_without_the_deleted_speaker(store: dict[str, Any]) -> None:
     """Before the fix: erasure dropped a deleted speaker's entry from a kept run's eval_details.json but
     left plots/wer_slices.png, which draws each speaker's pseudonym as a bar label: the image still
-    named the deleted account, where neither the audit (it reads no images) nor a later erasure looked."""
+    named the deleted account, where neither the audit (it reads no images) nor a later erasure looked.
+    Nor did its copies: staged for W&B, and logged to the run's offline W&B run as an image."""
     from pipeline.data.privacy import pseudonym
     from pipeline.eval.report import plot_slices
 
@@ -1123,6 +1124,16 @@ def test_a_trimmed_run_redraws_its_wer_plot_without_the_deleted_speaker(store: d
     expected = plot_slices({"speaker": kept}, root / "expected.png").read_bytes()
     assert plot.read_bytes() != expected
 
+    # Its copies as W&B holds them: staged for the evaluation's artifact, and logged to the run as an image.
+    staged = root / "cache" / "wandb" / "data" / "artifacts" / "staging" / "wer_slices.png"
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(plot.read_bytes())
+    logged = run / "wandb" / "offline-run-20261206_000000-plotrun1" / "files" / "media" / "images" / "wer_slices_1_ab.png"
+    logged.parent.mkdir(parents=True)
+    logged.write_bytes(plot.read_bytes())
+    (run / "wandb_run_id").write_text("plotrun1\n")
+
     assert erase.main(overrides(root)) == 0
     assert json.loads((run / "eval_details.json").read_text()) == {"wer_by": {"speaker": kept}}
     assert plot.read_bytes() == expected
+    assert not staged.exists() and not logged.exists()
