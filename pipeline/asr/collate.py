@@ -327,7 +327,10 @@ class CTCCollator:
             batch["attention_mask"] = torch.from_numpy(mask.astype(np.int32))
         texts = [item["text"] for item in items]
         ids = [self.labels(text) for text in texts]
-        labels = np.full((len(ids), max(map(len, ids), default=0)), -100, dtype=np.int64)
+        # At least one column: a batch whose transcripts are all empty (false wakes of noise alone)
+        # still trains towards blanks, where labels of width 0 made Wav2Vec2ForCTC's check of the
+        # largest label id fail (`max()` of an empty tensor) and stopped the run.
+        labels = np.full((len(ids), max([1, *map(len, ids)])), -100, dtype=np.int64)
         for row, seq in zip(labels, ids):
             row[: len(seq)] = seq
         batch["labels"] = torch.from_numpy(labels)

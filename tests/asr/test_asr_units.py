@@ -339,3 +339,17 @@ def test_fft_positional_conv_matches_the_stock_layer_and_saves_an_ordinary_model
     # GPUs and half precision keep the stock layer.
     assert not use_fft_positional_conv(Wav2Vec2ForCTC(stock.config), torch.device("cpu"), torch.bfloat16)
     assert not use_fft_positional_conv(Wav2Vec2ForCTC(stock.config), torch.device("cuda", 0))
+
+
+def test_a_batch_of_only_empty_transcripts_gives_a_finite_loss(tmp_path: Path) -> None:
+    """Before the fix: a batch whose transcripts were all empty (false wakes of noise, which the data
+    stage keeps) had labels of width 0, and Wav2Vec2ForCTC's check of the largest label id raised
+    "max(): Expected reduction dim to be specified", which stopped training or validation."""
+    processor = make_processor(build_vocab(["turn on"]), tmp_path, return_attention_mask=True)
+    items = [{"index": i, "audio": np.full(8000 + 800 * i, 0.1, dtype=np.float32), "text": ""} for i in range(2)]
+    batch = CTCCollator(processor)(items)
+    assert (batch["labels"] == -100).all()
+    model, _ = _twin_models(vocab_size=len(processor.tokenizer), pad_token_id=processor.tokenizer.pad_token_id,
+                            ctc_zero_infinity=True)
+    loss = model(input_values=batch["input_values"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert torch.isfinite(loss)
