@@ -602,11 +602,16 @@ def _evaluate_and_save(run: TrainingRun) -> None:
 
 
 def _better(scores: dict[str, float], state: dict[str, Any]) -> bool:
-    """Lower validation WER; on a tie (early runs sit at WER 1.0 for several validations) lower loss."""
+    """Lower validation WER; on a tie (early runs sit at WER 1.0 for several validations) lower loss.
+
+    A validation split without a transcribed word has no WER (NaN, `evaluate_clips`): every
+    validation ties, so the loss decides. Compared as floats, NaN equals nothing and the first
+    validated step stayed the best however much lower the later losses were."""
     if state["best_wer"] is None or scores["wer"] < state["best_wer"]:
         return True
     best = next(h for h in state["history"] if h["step"] == state["best_step"])
-    return scores["wer"] == state["best_wer"] and scores["loss"] < best["val_loss"]
+    tied = scores["wer"] == state["best_wer"] or (math.isnan(scores["wer"]) and math.isnan(state["best_wer"]))
+    return tied and scores["loss"] < best["val_loss"]
 
 
 def _drop_unalignable(train_set: ClipDataset, model: Any, placement: Placement) -> tuple[ClipDataset, int]:

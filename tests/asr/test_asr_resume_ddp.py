@@ -138,3 +138,21 @@ def test_a_tie_in_validation_wer_goes_to_the_lower_loss_and_an_old_lm_is_removed
     run_asr_stage(micro_cfg("asr.max_steps=2", "asr.eval_every=2", "asr.lm_order=null"), tmp_path / "run",
                   tiny_dataset_path, RecordingTracker())
     assert not (tmp_path / "run" / "asr" / "lm").exists()
+
+
+def test_a_validation_split_without_transcripts_keeps_the_step_with_the_lowest_loss(
+    tiny_dataset_path: Path, tmp_path: Path,
+) -> None:
+    """Before the fix: a validation split whose transcripts are all empty (false wakes, or a corpus
+    that labels only) has no WER (NaN), and NaN compares equal to nothing, so the first validated
+    step stayed the best and was saved as the model however much lower the later losses were."""
+    from datasets import load_from_disk
+
+    splits = load_from_disk(str(tiny_dataset_path))
+    splits["validation"] = splits["validation"].map(lambda _: {"text": ""})
+    splits.save_to_disk(str(tmp_path / "data"))
+    metrics = run_asr_stage(micro_cfg("asr.max_steps=6", "asr.eval_every=2", "asr.lm_order=null"), tmp_path / "run",
+                            tmp_path / "data", RecordingTracker())
+    history = metrics["history"]
+    assert all(h["val_wer"] != h["val_wer"] for h in history)  # NaN: nothing to score a WER against
+    assert metrics["best_step"] == min(history, key=lambda h: h["val_loss"])["step"] != history[0]["step"]
