@@ -76,7 +76,10 @@ def adopt_best_checkpoint(resume_from: Path, best_step: int | None, root: Path) 
     """Copy the best checkpoint of the run `resume_from` belongs to into this run's `root`.
 
     The resumed state names that run's best step; unless this run beats it, the model folder is
-    made from it, and this run's folder must hold it (its checkpoints are what the erasure finds)."""
+    made from it, and this run's folder must hold it (its checkpoints are what the erasure finds).
+    Copied under a temporary name and renamed when complete, as `save_checkpoint` writes: a run
+    killed mid-copy left a `step-N` folder with the state file but not all the weights, which
+    `resume=auto` then took as this run's latest checkpoint and which was never copied again."""
     if best_step is None:
         return
     source = resume_from.parent / f"step-{best_step:06d}"
@@ -84,9 +87,13 @@ def adopt_best_checkpoint(resume_from: Path, best_step: int | None, root: Path) 
         raise PipelineError(f"asr.resume={resume_from}: its run's best checkpoint {source} is missing (pruned or "
                             "moved); resume from a folder that holds it, or train afresh (asr.resume=never)")
     target = root / source.name
-    if not target.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, target)
+    if target.exists():
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{source.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    os.replace(tmp, target)
 
 
 def remove_old_checkpoints(root: Path) -> int | None:

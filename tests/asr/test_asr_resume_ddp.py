@@ -156,3 +156,45 @@ def test_a_validation_split_without_transcripts_keeps_the_step_with_the_lowest_l
     history = metrics["history"]
     assert all(h["val_wer"] != h["val_wer"] for h in history)  # NaN: nothing to score a WER against
     assert metrics["best_step"] == min(history, key=lambda h: h["val_loss"])["step"] != history[0]["step"]
+
+
+def test_a_run_killed_while_copying_another_runs_best_checkpoint_leaves_no_checkpoint_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before the fix: the other run's best checkpoint was copied straight to `step-N`; killed mid-copy,
+    the folder held the state file beside partial weights, `asr.resume=auto` took it as this run's
+    latest checkpoint, and the copy was never made again (the folder existed)."""
+    from pipeline.asr import checkpoints
+    from pipeline.asr.checkpoints import adopt_best_checkpoint, resolve_resume
+
+    source = tmp_path / "a" / "asr" / "checkpoints" / "step-000004"
+    source.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", checkpoints.STATE_FILE):
+        (source / name).write_bytes(name.encode() * 1000)
+    root = tmp_path / "b" / "asr" / "checkpoints"
+
+    class Killed(BaseException):
+        pass
+
+    real_copytree, files = shutil.copytree, len(list(source.iterdir()))
+
+    def killed_on_the_last_file(src: Path, dst: Path, **kwargs: object) -> object:
+        copied = []
+
+        def copy(s: str, d: str) -> str:
+            copied.append(s)
+            if len(copied) == files:  # half of the last file written, then the process dies
+                Path(d).write_bytes(Path(s).read_bytes()[:100])
+                raise Killed
+            return shutil.copy2(s, d)
+
+        return real_copytree(src, dst, copy_function=copy, **kwargs)
+
+    monkeypatch.setattr(checkpoints.shutil, "copytree", killed_on_the_last_file)
+    with pytest.raises(Killed):
+        adopt_best_checkpoint(source, 4, root)
+    assert checkpoint_steps(root) == {}
+    assert resolve_resume(OmegaConf.create({"resume": "auto"}), root) is None
+    monkeypatch.setattr(checkpoints.shutil, "copytree", real_copytree)
+    adopt_best_checkpoint(source, 4, root)  # the run started again copies it whole
+    assert {p.name: p.read_bytes() for p in (root / source.name).iterdir()} == {p.name: p.read_bytes() for p in source.iterdir()}
