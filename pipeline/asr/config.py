@@ -37,12 +37,19 @@ def check_wav2vec2_settings(model_config: dict[str, Any], spec_augment: dict[str
     """Refuse `asr.model_config` / `asr.spec_augment` that transformers would take silently or refuse
     only once the model is built, after the data stage: a misspelt field becomes an unused attribute
     (`num_hidden_layer=12` trains 4 layers), a share above 1 or a head count that does not divide the
-    width fails later. With `builds` (no model_name_or_path) the model is built now (`check_builds`)."""
+    width fails later. With `builds` (no model_name_or_path) the model is built now (`check_builds`).
+
+    `asr.spec_augment.layerdrop` is the one way to turn off a pretrained checkpoint's own LayerDrop
+    (`asr.model_config` is not read for one), which `asr.compile` requires and its error advises;
+    a model built from `asr.model_config` takes `asr.model_config.layerdrop` instead."""
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
     fields = sorted(Wav2Vec2Config().to_dict())
+    if builds and "layerdrop" in spec_augment:
+        raise PipelineError("asr.spec_augment.layerdrop: sets a pretrained checkpoint's LayerDrop "
+                            "(asr.model_name_or_path); a model built from asr.model_config takes asr.model_config.layerdrop")
     for group, values, allowed in (("model_config", model_config, [f for f in fields if f not in RUN_DECIDES]),
-                                   ("spec_augment", spec_augment, [f for f in fields if f.startswith("mask_")])):
+                                   ("spec_augment", spec_augment, [f for f in fields if f.startswith("mask_") or f == "layerdrop"])):
         for key in values:
             if key not in allowed:
                 why = "set by the run from its vocabulary" if key in RUN_DECIDES else "not a Wav2Vec2Config field"
@@ -53,6 +60,8 @@ def check_wav2vec2_settings(model_config: dict[str, Any], spec_augment: dict[str
             raise PipelineError(f"asr.spec_augment.{key}={value!r}: give a number")
         if key.endswith("_prob") and not 0 <= value <= 1:
             raise PipelineError(f"asr.spec_augment.{key}={value}: a chance per frame, between 0 and 1")
+        if key == "layerdrop" and not 0 <= value <= 1:
+            raise PipelineError(f"asr.spec_augment.{key}={value}: a chance per layer and step, between 0 and 1")
         if key.endswith("_length") and value < 1:
             raise PipelineError(f"asr.spec_augment.{key}={value}: frames (or features) per mask, 1 or more")
         if key.endswith("_min_masks") and value < 0:
@@ -161,7 +170,7 @@ class ASRConfig:
     model_config: dict[str, Any] = MISSING        # Wav2Vec2Config fields
     freeze_feature_encoder: bool = MISSING
     gradient_checkpointing: bool = MISSING
-    spec_augment: dict[str, Any] = MISSING        # Wav2Vec2Config's mask_* fields
+    spec_augment: dict[str, Any] = MISSING        # Wav2Vec2Config's mask_* fields; layerdrop for a pretrained model
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     audio_cache_mb: float = MISSING
     max_batch_seconds: Any = MISSING               # padded seconds per batch and process | auto (GPU probe)

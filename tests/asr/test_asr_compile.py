@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,33 @@ def test_clip_counts_add_no_graphs_once_a_padded_length_is_compiled() -> None:
             graphs.append(int(counters["stats"]["unique_graphs"]))
     assert graphs[0] == graphs[1] == graphs[2], graphs  # new clip counts, one length
     assert graphs[3] > graphs[2] and graphs[3] == graphs[4] == graphs[5], graphs  # a second length, then nothing new
+
+
+def test_the_layerdrop_setting_the_compile_error_advises_turns_a_pretrained_models_layerdrop_off(tmp_path: Path) -> None:
+    """Before the fix: with a pretrained checkpoint that has LayerDrop (wav2vec2-base: 0.1), asr.compile=true
+    stopped advising `+asr.spec_augment.layerdrop=0`, which the config check then refused ("not a
+    Wav2Vec2Config field for this group"), and asr.model_config.layerdrop is not read for such a
+    model: no setting could turn it off."""
+    from asr_testkit import micro_cfg
+
+    from pipeline.asr.config import ASRConfig
+    from pipeline.asr.model import build_model
+    from pipeline.asr.vocab import build_vocab, make_processor
+    from pipeline.config import with_checked
+
+    small = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, conv_dim=[8, 8],
+                 conv_kernel=[10, 8], conv_stride=[5, 4], num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2)
+    folder = tmp_path / "pretrained"
+    Wav2Vec2ForCTC(Wav2Vec2Config(**small, layerdrop=0.1)).save_pretrained(folder)
+    processor = make_processor(build_vocab(["yes", "no"]), tmp_path / "proc", False)
+    with pytest.raises(PipelineError, match=r"\+asr.spec_augment.layerdrop=0"):
+        compiled_model(model := build_model(micro_cfg(f"asr.model_name_or_path={folder}").asr, processor), model)
+    cfg = with_checked(micro_cfg(f"asr.model_name_or_path={folder}", "asr.compile=true", "asr.spec_augment.layerdrop=0"),
+                       "asr", ASRConfig)
+    model = build_model(cfg.asr, processor)
+    assert model.config.layerdrop == 0
+    compiled_model(model, model)  # accepted: torch.compile compiles on the first call, which this test leaves out
+    with pytest.raises(PipelineError, match=r"^asr.spec_augment.layerdrop=1.5: a chance per layer"):
+        with_checked(micro_cfg(f"asr.model_name_or_path={folder}", "asr.spec_augment.layerdrop=1.5"), "asr", ASRConfig)
+    with pytest.raises(PipelineError, match=r"^asr.spec_augment.layerdrop: .*asr.model_config.layerdrop"):
+        with_checked(micro_cfg("asr.spec_augment.layerdrop=0"), "asr", ASRConfig)
