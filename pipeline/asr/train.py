@@ -273,6 +273,11 @@ def _optimizer(acfg: DictConfig, model: torch.nn.Module) -> tuple[list[torch.nn.
 def _train_loop(run: TrainingRun) -> str:
     """Epochs of micro-batches until `asr.max_steps` or the time budget; says which one stopped it."""
     state = run.state
+    if state["step"] < int(run.acfg.max_steps) and state["train_seconds"] >= run.budget_s:
+        # A run resumed from the checkpoint its time budget ended at (killed while the model folder
+        # was written): the budget is spent, so it ends there, as the run it continues did, instead
+        # of training one more step past the budget and validating it.
+        return "max_train_minutes"
     progress = Progress(loop_start=time.time() - state["train_seconds"])
     _set_lr(run.optimizer, run.acfg, state["step"], state["train_seconds"], run.budget_s)
     profiler = start_profiler(run.cfg.trainer.profile, run.out_dir / "profile") if run.placement.is_main else None

@@ -198,3 +198,18 @@ def test_a_run_killed_while_copying_another_runs_best_checkpoint_leaves_no_check
     monkeypatch.setattr(checkpoints.shutil, "copytree", real_copytree)
     adopt_best_checkpoint(source, 4, root)  # the run started again copies it whole
     assert {p.name: p.read_bytes() for p in (root / source.name).iterdir()} == {p.name: p.read_bytes() for p in source.iterdir()}
+
+
+def test_a_run_resumed_after_its_time_budget_ended_trains_no_further(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """Before the fix: resumed from the checkpoint its time budget ended at (the run killed while it
+    wrote the model folder), a run trained one more step past asr.max_train_minutes, validated it and
+    could keep it as the best, so the model differed from the one the uninterrupted run saved."""
+    settings = ("asr.max_steps=50", "asr.eval_every=100", "asr.lm_order=null", "asr.max_train_minutes=0.002")
+    first = run_asr_stage(micro_cfg(*settings), tmp_path, tiny_dataset_path, RecordingTracker())
+    assert first["stopped_by"] == "max_train_minutes" and first["steps"] < 50
+    (tmp_path / "asr" / "asr_metrics.json").unlink()  # killed before the model folder was complete
+    resumed = run_asr_stage(micro_cfg(*settings, "asr.resume=auto"), tmp_path, tiny_dataset_path, RecordingTracker())
+    assert resumed["stopped_by"] == "max_train_minutes"
+    assert resumed["steps"] == first["steps"] and resumed["best_step"] == first["best_step"]
+    assert [(h["step"], h["val_loss"]) for h in resumed["history"]] == [(h["step"], h["val_loss"]) for h in first["history"]]
+    assert max(checkpoint_steps(tmp_path / "asr" / "checkpoints")) == first["steps"]
