@@ -110,6 +110,23 @@ def remove_old_checkpoints(root: Path) -> int | None:
     return count
 
 
+def remove_later_checkpoints(root: Path, resume_from: Path) -> list[int]:
+    """Delete this run's checkpoints after `resume_from` (one of them), before a run continues from it;
+    the steps deleted.
+
+    They belong to the continuation the run now abandons (`asr.resume=<an earlier step-N>`), and for the
+    reasons `remove_old_checkpoints` gives they cannot stay: pruning by step number deleted each new
+    checkpoint as soon as it was written and kept these, and `resume=auto` after a kill continued them."""
+    steps = checkpoint_steps(root)
+    resumed = next((step for step, path in steps.items() if path.resolve() == resume_from.resolve()), None)
+    if resumed is None:
+        return []
+    later = [step for step in steps if step > resumed]
+    for step in later:
+        shutil.rmtree(steps[step])
+    return later
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
     """Load the weights into `model` and return the loop state saved with them."""
     try:

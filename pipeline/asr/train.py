@@ -24,7 +24,8 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.asr.checkpoints import (
-    adopt_best_checkpoint, load_checkpoint, prune_checkpoints, remove_old_checkpoints, resolve_resume, save_checkpoint,
+    adopt_best_checkpoint, load_checkpoint, prune_checkpoints, remove_later_checkpoints, remove_old_checkpoints,
+    resolve_resume, save_checkpoint,
 )
 from pipeline.asr.compiled import compile_buckets, compile_settings, compiled_loss, compiled_model
 from pipeline.asr.collate import ClipDataset, CTCCollator, Plays, bucketed_durations, plan_augmentation, played_durations
@@ -150,6 +151,11 @@ def set_up(
         if old is not None:
             print(f"[asr] starting afresh (asr.resume={acfg.resume}): removed the {old} checkpoint(s) of an earlier run "
                   f"from {ckpt_root}", flush=True)
+    elif resume_from is not None and placement.is_main:  # this run's own checkpoint, perhaps not its latest
+        later = remove_later_checkpoints(ckpt_root, resume_from)
+        if later:
+            print(f"[asr] continuing from {resume_from.name}: removed the later checkpoint(s) of steps "
+                  f"{', '.join(map(str, later))}, which this run replaces", flush=True)
     processor = _processor(acfg, resume_from, train_set)
     seed_everything(int(cfg.seed))  # the fresh model's initial weights depend only on the seed
     model = build_model(acfg, processor)

@@ -15,7 +15,7 @@ import pytest
 from asr_testkit import ROOT, micro_cfg
 from omegaconf import OmegaConf
 
-from pipeline.asr.checkpoints import checkpoint_steps
+from pipeline.asr.checkpoints import checkpoint_steps, resolve_resume
 from pipeline.asr.train import run_asr_stage
 from tests.recording import RecordingTracker
 
@@ -165,7 +165,7 @@ def test_a_run_killed_while_copying_another_runs_best_checkpoint_leaves_no_check
     the folder held the state file beside partial weights, `asr.resume=auto` took it as this run's
     latest checkpoint, and the copy was never made again (the folder existed)."""
     from pipeline.asr import checkpoints
-    from pipeline.asr.checkpoints import adopt_best_checkpoint, resolve_resume
+    from pipeline.asr.checkpoints import adopt_best_checkpoint
 
     source = tmp_path / "a" / "asr" / "checkpoints" / "step-000004"
     source.mkdir(parents=True)
@@ -213,3 +213,21 @@ def test_a_run_resumed_after_its_time_budget_ended_trains_no_further(tiny_datase
     assert resumed["steps"] == first["steps"] and resumed["best_step"] == first["best_step"]
     assert [(h["step"], h["val_loss"]) for h in resumed["history"]] == [(h["step"], h["val_loss"]) for h in first["history"]]
     assert max(checkpoint_steps(tmp_path / "asr" / "checkpoints")) == first["steps"]
+
+
+def test_a_run_continued_from_an_earlier_checkpoint_of_its_own_drops_the_later_ones(
+    tiny_dataset_path: Path, tmp_path: Path,
+) -> None:
+    """Before the fix: continued from an earlier step-N of its own folder (asr.resume=<that folder>), a
+    run left the later checkpoints of the continuation it abandoned in place; pruning by step number
+    then deleted the new checkpoints and kept those, and `resume=auto` (after a kill, or to train
+    on) continued the abandoned run."""
+    settings = ("asr.eval_every=2", "asr.keep_last=5", "asr.lm_order=null")
+    run_asr_stage(micro_cfg("asr.max_steps=8", *settings), tmp_path, tiny_dataset_path, RecordingTracker())
+    ckpts = tmp_path / "asr" / "checkpoints"
+    assert sorted(checkpoint_steps(ckpts)) == [2, 4, 6, 8]
+    resumed = run_asr_stage(micro_cfg("asr.max_steps=6", *settings, f"asr.resume={ckpts / 'step-000004'}"), tmp_path,
+                            tiny_dataset_path, RecordingTracker())
+    assert resumed["steps"] == 6
+    assert sorted(checkpoint_steps(ckpts)) == [2, 4, 6]
+    assert resolve_resume(OmegaConf.create({"resume": "auto"}), ckpts) == ckpts / "step-000006"
