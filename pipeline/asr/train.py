@@ -319,6 +319,9 @@ def epoch_loader(run: TrainingRun) -> torch.utils.data.DataLoader:
     acfg, state, placement = run.acfg, run.state, run.placement
     epoch_seed = run.seed * 1000 + state["epoch"]
     clips = played_clips(len(run.train_set), run.seed, state["epoch"], run.plays)  # one entry per play
+    if not clips:  # weights below 1 are shares drawn per epoch: small enough, an epoch draws no clip at all
+        raise PipelineError(f"asr.source_weights={dict(acfg.source_weights)}: epoch {state['epoch']} plays none of the "
+                            f"{len(run.train_set)} training clips of {run.dataset_path}; raise the weights")
     splice = acfg.get("splice")
     plays = Plays(run.train_set, spliced_plays(clips, run.train_set.sources, splice, run.seed, state["epoch"], str(run.dataset_path)),
                   float(splice.gap_s) if splice else 0.0)

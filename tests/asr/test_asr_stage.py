@@ -161,3 +161,17 @@ def test_a_feature_mask_wider_than_the_model_is_refused_before_the_first_step(ti
     with pytest.raises(PipelineError, match=r"^asr\.spec_augment\.mask_feature_length=64 is wider than the model's 32 "
                                             r"features; set it to 32 or less$"):
         run_asr_stage(cfg, tmp_path, tiny_dataset_path, RecordingTracker())
+
+
+def test_source_weights_too_small_to_play_a_clip_are_named(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """Before the fix: weights so small that an epoch drew no clip at all stopped the run saying the
+    train split gave fewer batches of asr.max_batch_seconds than the processes sharing them, and
+    advised lowering asr.max_batch_seconds, which changes nothing."""
+    from datasets import load_from_disk
+
+    splits = load_from_disk(str(tiny_dataset_path))
+    splits["train"] = splits["train"].add_column("source", [("person" if i % 2 else "synthetic") for i in range(len(splits["train"]))])
+    splits.save_to_disk(str(tmp_path / "data"))
+    cfg = micro_cfg("asr.max_steps=3", "asr.source_weights={person: 0, synthetic: 0.0001}")
+    with pytest.raises(PipelineError, match=r"^asr.source_weights=.*: epoch 0 plays none of the 24 training clips"):
+        run_asr_stage(cfg, tmp_path / "run", tmp_path / "data", RecordingTracker())
