@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,34 @@ def measure(variant: str, export: Path, num_proc: int) -> dict:
             "clips_per_s": round(clips / seconds, 1), **peaks}
 
 
+def run_sizes(args: argparse.Namespace, prefix: str, make_input: Callable[[Path, int], Path],
+              measure: Callable[[str, Path, int], dict], rate: str) -> list[dict]:
+    """Per size in `args.sizes`: the input made once, both variants run on it `args.repeats` times in
+    ABBA order and the median run of each kept (the baseline single-process, and skipped above
+    `args.baseline_max`), printed as each size ends; `rate` (a per-second key) gives the speed-up."""
+    results = []
+    for n in args.sizes:
+        folder = Path(tempfile.mkdtemp(prefix=f"{prefix}-{n}-"))
+        try:
+            data = make_input(folder, n)
+            runs: dict[str, list[dict]] = {"baseline": [], "ours": []}
+            for _, variant in interleaved(args.repeats, ("baseline", "ours")):
+                if variant == "ours":
+                    runs["ours"].append(measure("ours", data, args.num_proc))
+                elif args.baseline_max is None or n <= args.baseline_max:
+                    runs["baseline"].append(measure("baseline", data, 1))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        ours = {"n": n, "num_proc": args.num_proc, **median_run(runs["ours"])}
+        if runs["baseline"]:
+            base = {"n": n, **median_run(runs["baseline"])}
+            ours["speedup"] = round(ours[rate] / base[rate], 2)
+            results.append(base)
+        results.append(ours)
+        print(json.dumps(results[-2:] if runs["baseline"] else results[-1:]), flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
@@ -164,26 +193,7 @@ def main() -> None:
         print(run_baseline(args.export, args.work))
         return
 
-    results = []
-    for n in args.sizes:
-        folder = Path(tempfile.mkdtemp(prefix=f"bench-export-{n}-"))
-        try:
-            export = make_export(folder, n)
-            runs: dict[str, list[dict]] = {"baseline": [], "ours": []}
-            for _, variant in interleaved(args.repeats, ("baseline", "ours")):
-                if variant == "ours":
-                    runs["ours"].append(measure("ours", export, args.num_proc))
-                elif args.baseline_max is None or n <= args.baseline_max:
-                    runs["baseline"].append(measure("baseline", export, 1))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        ours = {"n": n, "num_proc": args.num_proc, **median_run(runs["ours"])}
-        if runs["baseline"]:
-            base = {"n": n, **median_run(runs["baseline"])}
-            ours["speedup"] = round(ours["clips_per_s"] / base["clips_per_s"], 2)
-            results.append(base)
-        results.append(ours)
-        print(json.dumps(results[-2:] if runs["baseline"] else results[-1:]), flush=True)
+    results = run_sizes(args, "bench-export", make_export, measure, "clips_per_s")
 
     print(f"{'clips':>6} {'variant':>9} {'seconds':>8} {'clips/s':>8} {'RSS MB':>8} {'PSS MB':>8} {'heap MB':>8} "
           f"{'speedup':>8}")

@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -31,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from bench.cli import check_common, interleaved, median_run
-from bench.data_build import run_measured
+from bench.cli import check_common
+from bench.data_build import run_measured, run_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -133,27 +132,7 @@ def main() -> None:
         print(run_baseline(args.saved, args.work))
         return
 
-    results = []
-    for n in args.sizes:
-        folder = Path(tempfile.mkdtemp(prefix=f"bench-hf-{n}-"))
-        try:
-            saved = make_dataset(folder, n)
-            runs: dict[str, list[dict]] = {"baseline": [], "ours": []}
-            for _, variant in interleaved(args.repeats, ("baseline", "ours")):
-                if variant == "ours":
-                    runs["ours"].append(measure("ours", saved, args.num_proc))
-                elif args.baseline_max is None or n <= args.baseline_max:
-                    runs["baseline"].append(measure("baseline", saved, 1))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        median = {k: median_run(v) for k, v in runs.items() if v}
-        ours = {"n": n, "num_proc": args.num_proc, **median["ours"]}
-        if "baseline" in median:
-            base = {"n": n, **median["baseline"]}
-            ours["speedup"] = round(ours["rows_per_s"] / base["rows_per_s"], 2)
-            results.append(base)
-        results.append(ours)
-        print(json.dumps(results[-2:] if "baseline" in median else results[-1:]), flush=True)
+    results = run_sizes(args, "bench-hf", make_dataset, measure, "rows_per_s")
 
     print(f"{'rows':>6} {'variant':>9} {'seconds':>8} {'rows/s':>8} {'RSS MB':>8} {'PSS MB':>8} {'heap MB':>8} {'speedup':>8}")
     for r in results:
