@@ -476,17 +476,20 @@ def paired_rate_difference(
         if not np.isclose(mine, its, rtol=0, atol=SAME_AUDIO_S):
             raise ValueError(f"background recording {r['recording']} lasts {mine:.2f} s in one run and {its:.2f} s "
                              "in the other: not the same audio")
-    seconds = np.array([float(r["seconds"]) for r in shared])
+    # Each run's rate over its own scored seconds (which may differ by a frame, above): over the other
+    # run's seconds it would miss the run's own metrics.json, and callers would drop the pairing.
+    base_s = np.array([float(r["seconds"]) for r in shared])
+    other_s = np.array([float(theirs[str(r["recording"])]["seconds"]) for r in shared])
     base_fa = np.array([float(r["false_accepts"]) for r in shared])
     other_fa = np.array([float(theirs[str(r["recording"])]["false_accepts"]) for r in shared])
-    if seconds.sum() <= 0:
+    if base_s.sum() <= 0 or other_s.sum() <= 0:
         raise ValueError("the shared background recordings have no scored audio")
     rate = _per_hour("false_accepts", "seconds")  # the same rate the clip metrics use
     weights = resample_counts(len(shared), samples, seed)
     drawn = {name: rate({"false_accepts": weights @ fa, "seconds": weights @ seconds})
-             for name, fa in (("base", base_fa), ("other", other_fa))}
-    b = float(rate({"false_accepts": base_fa.sum(), "seconds": seconds.sum()}))
-    o = float(rate({"false_accepts": other_fa.sum(), "seconds": seconds.sum()}))
+             for name, fa, seconds in (("base", base_fa, base_s), ("other", other_fa, other_s))}
+    b = float(rate({"false_accepts": base_fa.sum(), "seconds": base_s.sum()}))
+    o = float(rate({"false_accepts": other_fa.sum(), "seconds": other_s.sum()}))
     ci = _percentiles(drawn["other"] - drawn["base"], confidence) if len(shared) >= MIN_UNITS else None
     return Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key],
                       resampled=f"{len(shared)} background recording{'s' if len(shared) != 1 else ''}"

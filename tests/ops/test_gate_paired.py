@@ -198,3 +198,21 @@ def test_false_accepts_streamed_over_other_background_recordings_are_refused(tmp
     # Without a rule on false accepts the other metrics are judged as before.
     wer = {"wer": {"metric": "asr/wer", "max_increase": 0.0}}
     assert gate_on_runs(tmp_path / "other", tmp_path / "incumbent", new, old, wer, "not_worse", 300, 0)[0].passed
+
+
+def test_false_accepts_of_a_model_with_other_frames_are_judged_over_the_recordings(tmp_path: Path) -> None:
+    """Before the fix: the candidate's rate was recomputed over the promoted model's scored seconds. A
+    model of other frame length scores each recording a few hundredths of a second longer (the same
+    audio, paired), so the recomputed rate missed its metrics.json by a little, and the rule fell back
+    on the point values with "no per-clip interval" instead of the paired interval."""
+    rules = {"fa": {"metric": "wake/fa_per_hour", "max_increase": 0.0}}
+    old = _with_background(tmp_path / "incumbent", _write_run(tmp_path / "incumbent", PROMOTED), [1] * 12)
+    new = _with_background(tmp_path / "coarser", _write_run(tmp_path / "coarser", PROMOTED), [2] * 12)
+    details = json.loads((tmp_path / "coarser" / "eval_details.json").read_text())
+    for r in details["wake_background"]["per_recording"]:
+        r["seconds"] += 0.03
+    (tmp_path / "coarser" / "eval_details.json").write_text(json.dumps(details))
+    new["wake/fa_per_hour"] = 24 / (12 * 600.03 / 3600.0)  # its own scored hours, as the evaluation writes it
+    fa = gate_on_runs(tmp_path / "coarser", tmp_path / "incumbent", new, old, rules, "not_worse", 300, 0)[0]
+    assert fa.difference == pytest.approx(new["wake/fa_per_hour"] - 6.0), fa.detail
+    assert not fa.passed and fa.ci_low > 0 and "12 background recordings" in fa.detail
