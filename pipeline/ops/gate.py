@@ -64,6 +64,15 @@ def _number(value: Any) -> float | None:
 
 
 GATE_LIMITS = ("max_increase", "max_decrease")
+# Which way is better for every gateable metric with a direction, not only those with an interval:
+# a rule the wrong way round rejects every candidate that improves the metric and passes any that
+# worsens it. eval/rtf is audio seconds per second of compute, so faster is higher. (wake/threshold,
+# wake/background_hours, eval/num_clips and eval/audio_hours have no better side.)
+RULE_HIGHER_IS_BETTER: dict[str, bool] = {
+    **B.HIGHER_IS_BETTER, "asr/wer_greedy": False, "asr/cer_greedy": False, "eval/rtf": True,
+    "nlu/intent_macro_f1": True, "slu/intent_macro_f1": True,
+    **{key: False for key in METRIC_KEYS if key.startswith("wake/frr_at_")},
+}
 
 
 def rule_problem(name: str, rule: Mapping[str, Any]) -> str | None:
@@ -84,9 +93,9 @@ def rule_problem(name: str, rule: Mapping[str, Any]) -> str | None:
         # Else a typo trains all night, then finds the metric missing and rejects every candidate.
         return (f"retrain.gate.{name}.metric={metric!r} is no metric the evaluation writes; use one of "
                 f"{', '.join(METRIC_KEYS)} (or by_source/<source>/<metric>)")
-    if base in B.HIGHER_IS_BETTER and (kind == "max_decrease") != B.HIGHER_IS_BETTER[base]:
+    if base in RULE_HIGHER_IS_BETTER and (kind == "max_decrease") != RULE_HIGHER_IS_BETTER[base]:
         # Else `max_increase` on an F1 rejects every candidate that improves it and passes any that falls.
-        wrong, right = ("falls", "max_decrease") if B.HIGHER_IS_BETTER[base] else ("rises", "max_increase")
+        wrong, right = ("falls", "max_decrease") if RULE_HIGHER_IS_BETTER[base] else ("rises", "max_increase")
         return (f"retrain.gate.{name}.{kind}: {metric} gets worse when it {wrong}, so the rule needs {right} "
                 f"(how far it may move the wrong way), not {kind}")
     return None

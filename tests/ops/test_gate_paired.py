@@ -216,3 +216,18 @@ def test_false_accepts_of_a_model_with_other_frames_are_judged_over_the_recordin
     fa = gate_on_runs(tmp_path / "coarser", tmp_path / "incumbent", new, old, rules, "not_worse", 300, 0)[0]
     assert fa.difference == pytest.approx(new["wake/fa_per_hour"] - 6.0), fa.detail
     assert not fa.passed and fa.ci_low > 0 and "12 background recordings" in fa.detail
+
+
+@pytest.mark.parametrize(("metric", "kind", "right"), [
+    ("nlu/intent_macro_f1", "max_increase", "max_decrease"), ("slu/intent_macro_f1", "max_increase", "max_decrease"),
+    ("by_source/demo/nlu/intent_macro_f1", "max_increase", "max_decrease"), ("eval/rtf", "max_increase", "max_decrease"),
+    ("asr/wer_greedy", "max_decrease", "max_increase"), ("wake/frr_at_1_fa_per_hour", "max_decrease", "max_increase"),
+])
+def test_a_rule_the_wrong_way_round_is_refused_for_every_metric_with_a_direction(metric: str, kind: str, right: str) -> None:
+    """Before the fix: only the metrics with an interval had a direction, so {metric: nlu/intent_macro_f1,
+    max_increase: 0.0} was accepted and rejected every candidate that raised the macro F1 while passing
+    any that lowered it (likewise a greedy WER, the real-time speed, or an FRR at a fixed rate)."""
+    from pipeline.ops.gate import rule_problem
+
+    assert f"so the rule needs {right}" in (rule_problem("x", {"metric": metric, kind: 0.0}) or "")
+    assert rule_problem("x", {"metric": metric, right: 0.0}) is None
