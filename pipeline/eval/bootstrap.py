@@ -22,6 +22,7 @@ of one recording share a room and a talker as the clips of one speaker do.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -290,9 +291,16 @@ def intervals(
     # Every draw alike (each speaker scores the same, or a share of 0 or 1): a zero-width interval would
     # read as certainty. A share gets its exact interval over the speakers; any other metric none.
     for key, ci in found.items():
-        if ci is not None and ci[0] == ci[1]:
+        if ci is not None and _zero_width(ci):
             found[key] = _exact_share_interval(table, SHARES[key], confidence) if key in SHARES else None
     return found
+
+
+def _zero_width(ci: tuple[float, float]) -> bool:
+    """Whether every draw gave the same value. Within rounding, not exactly: SLU-F1 sums fractional
+    distances, so draws of speakers who all score alike can differ in the last bit, and a width of
+    1e-16 would pass for an interval."""
+    return math.isclose(ci[0], ci[1], rel_tol=1e-9, abs_tol=1e-12)
 
 
 def _too_few_units(tables: Sequence[ClipTable]) -> set[str]:

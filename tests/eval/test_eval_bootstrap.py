@@ -324,3 +324,14 @@ def test_an_interval_is_the_2_5th_to_97_5th_percentile_of_the_speaker_draws() ->
     assert B.intervals(table, samples=400, seed=7)["asr/wer"] == pytest.approx(tuple(np.percentile(errors / words, [2.5, 97.5])))
     assert B.intervals(table, samples=400, seed=7, confidence=0.5)["asr/wer"] == pytest.approx(
         tuple(np.percentile(errors / words, [25, 75])))
+
+
+def test_a_fractional_value_every_speaker_shares_is_no_zero_width_interval() -> None:
+    """Before the fix: SLU-F1 sums fractional distances, so draws of speakers who all score alike
+    differed in the last bit, and the interval [0.6680938671952035, 0.6680938671952036] passed the
+    zero-width check: a width of 1e-16 read as certainty."""
+    fp, fn = np.random.default_rng(1).random(3), np.random.default_rng(2).random(3)
+    rows = [{"utterance_id": f"s{s}-{c}", "speaker": f"s{s}",
+             "counts": {"slu_f1_tp": 1.0, "slu_f1_fp": float(fp[c]), "slu_f1_fn": float(fn[c])}}
+            for s in range(13) for c in range(3)]
+    assert B.intervals(B.clip_table(rows), samples=1000)["slu/slu_f1"] is None
