@@ -137,3 +137,58 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
             "use asr.resume=never or a new run folder"
         ) from err
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+# What `<run>/asr/` holds besides the model: the run's checkpoints and profiler traces, which a new
+# model folder takes over from the one it replaces.
+RUN_ENTRIES = ("checkpoints", "profile")
+
+
+def _staged(out_dir: Path) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.new")
+
+
+def _replaced(out_dir: Path) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.old")
+
+
+def stage_model_folder(out_dir: Path) -> Path:
+    """An empty sibling folder to write the new model folder in, before `swap_in_model_folder` puts it
+    in place of `out_dir`. Written over the old folder file by file, a run killed part-way left new
+    weights beside the earlier model's processor, metrics and card, and files the new model does
+    not write (an earlier `generation_config.json`, say) stayed for good."""
+    recover_model_folder(out_dir)
+    staged = _staged(out_dir)
+    staged.mkdir(parents=True)
+    return staged
+
+
+def swap_in_model_folder(staged: Path, out_dir: Path) -> None:
+    """Put the complete folder `staged` in place of `out_dir` by renames, then move the run's own
+    entries (`RUN_ENTRIES`) over from the folder it replaced. A kill in between leaves the earlier
+    folder whole under a hidden name, which `recover_model_folder` puts back or finishes with."""
+    old = _replaced(out_dir)
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(staged, out_dir)
+    recover_model_folder(out_dir)
+
+
+def recover_model_folder(out_dir: Path) -> None:
+    """Finish a model folder replacement that a kill interrupted, before anything reads the folder.
+
+    A staged folder that was not yet swapped in is dropped (the run writes it again). Killed between
+    the two renames of `swap_in_model_folder`, `out_dir` is missing: the earlier folder, with its
+    checkpoints, is put back. Killed after them, the run's entries still in the earlier folder are
+    moved into the new one, and the rest of the earlier folder is deleted."""
+    shutil.rmtree(_staged(out_dir), ignore_errors=True)
+    old = _replaced(out_dir)
+    if not old.exists():
+        return
+    if not out_dir.exists():
+        os.replace(old, out_dir)
+        return
+    for name in RUN_ENTRIES:
+        if (old / name).exists() and not (out_dir / name).exists():
+            os.replace(old / name, out_dir / name)
+    shutil.rmtree(old)

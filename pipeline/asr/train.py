@@ -24,8 +24,8 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.asr.checkpoints import (
-    adopt_best_checkpoint, load_checkpoint, prune_checkpoints, remove_later_checkpoints, remove_old_checkpoints,
-    resolve_resume, save_checkpoint,
+    adopt_best_checkpoint, load_checkpoint, prune_checkpoints, recover_model_folder, remove_later_checkpoints,
+    remove_old_checkpoints, resolve_resume, save_checkpoint, stage_model_folder, swap_in_model_folder,
 )
 from pipeline.asr.compiled import compile_buckets, compile_settings, compiled_loss, compiled_model
 from pipeline.asr.collate import ClipDataset, CTCCollator, Plays, bucketed_durations, plan_augmentation, played_durations
@@ -143,6 +143,9 @@ def set_up(
     cache_mb = float(acfg.audio_cache_mb or 0) if workers == 0 else 0.0  # workers would drop theirs each epoch
     train_set, val_set = ClipDataset(splits["train"], cache_mb), ClipDataset(splits["validation"], cache_mb)
 
+    if placement.is_main:  # a run killed while it replaced the model folder: its checkpoints back in place first
+        recover_model_folder(run_dir / "asr")
+    barrier(placement, "recover the model folder")
     resume_from = resolve_resume(acfg, ckpt_root)
     # Another run's checkpoint: this run's folder starts its own series, as a fresh run's does.
     foreign = resume_from is not None and resume_from.parent.resolve() != ckpt_root.resolve()
@@ -423,13 +426,14 @@ def _end(run: TrainingRun, stopped_by: str) -> dict[str, Any]:
     """The character LM, the best checkpoint as the model folder, and the stage's metrics."""
     if run.state["step"] == 0 or run.state["best_step"] is None:
         raise PipelineError("asr: training ended before any validated step; raise asr.max_steps or asr.max_train_minutes")
-    if run.placement.is_main and run.acfg.lm_order is not None:
+    # The new model folder is written beside the old one and swapped in when complete (an earlier
+    # run's LM, like its other files, goes with the old folder: eval.decoder=auto would still use it).
+    staged = stage_model_folder(run.out_dir) if run.placement.is_main else None
+    if staged is not None and run.acfg.lm_order is not None:
         # Seconds of work, so it is built fresh rather than checkpointed; see pipeline/asr/lm.py.
         tok = run.processor.tokenizer
-        write_char_lm(run.out_dir / LM_DIR, run.splits["train"]["text"], tok.get_vocab(), tok.word_delimiter_token, int(run.acfg.lm_order))
-    elif run.placement.is_main:  # an earlier run's LM in this folder would still decode this model (eval.decoder=auto)
-        shutil.rmtree(run.out_dir / LM_DIR, ignore_errors=True)
-    metrics = _save_best(run, stopped_by)
+        write_char_lm(staged / LM_DIR, run.splits["train"]["text"], tok.get_vocab(), tok.word_delimiter_token, int(run.acfg.lm_order))
+    metrics = _save_best(run, stopped_by, staged)
     barrier(run.placement)
     return metrics
 
@@ -661,8 +665,9 @@ def check_masks_fit(model: Any) -> None:
                             f"{config.hidden_size} features; set it to {config.hidden_size} or less")
 
 
-def _save_best(run: TrainingRun, stopped_by: str) -> dict[str, Any]:
-    """Save the best checkpoint's weights as the model folder and write asr_metrics.json."""
+def _save_best(run: TrainingRun, stopped_by: str, staged: Path | None) -> dict[str, Any]:
+    """Write the best checkpoint's weights, the processor, asr_metrics.json and the card into `staged`
+    (rank 0; None on the others) and swap it in as the model folder."""
     state, placement, model = run.state, run.placement, run.model
     best = next(h for h in state["history"] if h["step"] == state["best_step"])
     metrics = {
@@ -683,15 +688,16 @@ def _save_best(run: TrainingRun, stopped_by: str) -> dict[str, Any]:
                                 "asr.resume=<its run folder>, or train afresh (asr.resume=never)")
         for name in ("config.json", "model.safetensors", "generation_config.json"):
             if (best_dir / name).exists():
-                shutil.copy2(best_dir / name, run.out_dir / name)
-        run.processor.save_pretrained(str(run.out_dir))
-        (run.out_dir / "asr_metrics.json").write_text(json.dumps(metrics, indent=2))
-        write_model_card(run.out_dir, "asr", run.dataset_path, {
+                shutil.copy2(best_dir / name, staged / name)
+        run.processor.save_pretrained(str(staged))
+        (staged / "asr_metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_model_card(staged, "asr", run.dataset_path, {
             "steps (best)": f"{state['step']} ({state['best_step']})", "epochs": state["epoch"],
             "audio hours heard": metrics["audio_hours_seen"], "training minutes": state["train_seconds"] / 60,
             "stopped by": stopped_by, "parameters": metrics["num_parameters"], "processes": placement.world_size,
             "device, precision": f"{placement.device}, {placement.precision}"},
             {"validation": {"greedy WER": best["val_wer"], "greedy CER": best["val_cer"]}})
+        swap_in_model_folder(staged, run.out_dir)
         run.tracker.log_summary({f"asr/{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str))})
         print(f"[asr] best step {state['best_step']}: val_wer {best['val_wer']:.3f} val_cer {best['val_cer']:.3f}; "
               f"{state['step']} steps in {state['train_seconds'] / 60:.1f} min ({stopped_by})", flush=True)

@@ -231,3 +231,49 @@ def test_a_run_continued_from_an_earlier_checkpoint_of_its_own_drops_the_later_o
     assert resumed["steps"] == 6
     assert sorted(checkpoint_steps(ckpts)) == [2, 4, 6]
     assert resolve_resume(OmegaConf.create({"resume": "auto"}), ckpts) == ckpts / "step-000006"
+
+
+def test_a_run_killed_while_writing_its_model_folder_leaves_the_earlier_model_whole(
+    tiny_dataset_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before the fix: the model folder was written file by file over the earlier model; a run killed
+    part-way left the new weights beside the earlier run's processor, metrics and card, and a file
+    the new model does not write (a stale `generation_config.json`) stayed in the folder for good."""
+    from pipeline.asr import train
+
+    settings = ("asr.eval_every=2", "asr.keep_last=5", "asr.lm_order=null")
+    run_asr_stage(micro_cfg("asr.max_steps=2", *settings), tmp_path, tiny_dataset_path, RecordingTracker())
+    model_dir = tmp_path / "asr"
+    (model_dir / "generation_config.json").write_text("{}")  # an earlier model's, which this one does not have
+    earlier = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args: object, **kwargs: object) -> None:  # the last file of the model folder: the run dies there
+        raise Killed
+
+    real_card = train.write_model_card
+    monkeypatch.setattr(train, "write_model_card", killed)
+    with pytest.raises(Killed):
+        run_asr_stage(micro_cfg("asr.max_steps=4", *settings, "asr.resume=auto"), tmp_path, tiny_dataset_path, RecordingTracker())
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == earlier
+    assert sorted(checkpoint_steps(model_dir / "checkpoints")) == [2, 4]
+
+    monkeypatch.setattr(train, "write_model_card", real_card)
+    metrics = run_asr_stage(micro_cfg("asr.max_steps=4", *settings, "asr.resume=auto"), tmp_path, tiny_dataset_path,
+                            RecordingTracker())
+    assert not (model_dir / "generation_config.json").exists()
+    best = model_dir / "checkpoints" / f"step-{metrics['best_step']:06d}"
+    assert (model_dir / "model.safetensors").read_bytes() == (best / "model.safetensors").read_bytes()
+    assert sorted(checkpoint_steps(model_dir / "checkpoints")) == [2, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["asr"]  # no temporary folder left beside it
+
+    # Killed between the renames that swap the new folder in: the earlier one comes back whole.
+    from pipeline.asr.checkpoints import recover_model_folder
+
+    os.replace(model_dir, tmp_path / ".asr.old")
+    (tmp_path / ".asr.new").mkdir()
+    recover_model_folder(model_dir)
+    assert sorted(checkpoint_steps(model_dir / "checkpoints")) == [2, 4] and (model_dir / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["asr"]
