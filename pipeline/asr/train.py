@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.asr.checkpoints import (
     adopt_best_checkpoint, load_checkpoint, prune_checkpoints, recover_model_folder, remove_later_checkpoints,
@@ -191,9 +191,11 @@ def set_up(
     if oversized and placement.is_main:
         print(f"[asr] warning: {oversized} training clip(s) are longer than max_batch_seconds={batch_seconds:g}; "
               "each goes in a batch of its own that exceeds the budget (raise asr.max_batch_seconds)", flush=True)
+    buckets = compile_buckets(acfg, train_set.durations, samples_per_frame(model)) if acfg.compile else None
+    shape = epoch_shape(acfg, buckets)
     if resume_from is not None:
-        _restart_epoch_if_batches_changed(state, placement, batch_seconds)
-    state["world_size"], state["max_batch_seconds"] = placement.world_size, batch_seconds
+        _restart_epoch_if_batches_changed(state, placement, batch_seconds, shape)
+    state["world_size"], state["max_batch_seconds"], state["epoch_shape"] = placement.world_size, batch_seconds, shape
     ddp_model = _wrap_ddp(model, placement)
     params, optimizer = _optimizer(acfg, model)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.precision == "fp16")
@@ -208,25 +210,51 @@ def set_up(
         step_model=compiled_model(ddp_model, model) if acfg.compile else ddp_model,
         params=params, optimizer=optimizer, scaler=scaler, state=state, batch_seconds=batch_seconds,
         plays=source_plays(acfg.source_weights, train_set.sources, str(dataset_path)),
-        buckets=compile_buckets(acfg, train_set.durations, samples_per_frame(model)) if acfg.compile else None, workers=workers,
+        buckets=buckets, workers=workers,
         budget_s=float(acfg.max_train_minutes) * 60 if acfg.max_train_minutes is not None else math.inf,
         started=started,
     )
 
 
-def _restart_epoch_if_batches_changed(state: dict[str, Any], placement: Placement, batch_seconds: float) -> None:
+def epoch_shape(acfg: DictConfig, buckets: tuple[int, ...] | None) -> dict[str, Any]:
+    """The settings besides the process count and batch size that decide an epoch's list of batches
+    (`epoch_loader`): which clips it plays, the speed each is played at, how plays are spliced,
+    grouped and padded. Saved with each checkpoint, so a resume can tell it would replay another list."""
+    augment = acfg.augment
+    prob = float(augment.prob or 0)
+    splice, weights = acfg.get("splice"), acfg.source_weights
+    return {
+        "asr.augment.prob": prob,
+        "asr.augment.speeds": [float(s) for s in (augment.speeds or [1.0])] if prob > 0 else None,  # unused when off
+        "asr.source_weights": OmegaConf.to_container(weights) if weights else None,
+        "asr.splice": OmegaConf.to_container(splice) if splice else None,
+        "asr.bucket_batches": int(acfg.bucket_batches),
+        "asr.compile_buckets": list(buckets) if buckets else None,
+    }
+
+
+def _restart_epoch_if_batches_changed(
+    state: dict[str, Any], placement: Placement, batch_seconds: float, shape: dict[str, Any],
+) -> None:
     """A resume replays its epoch's batches from the micro-batch it stopped at; those batches depend on
-    the processes sharing them and on the batch size (`auto` may pick another on another GPU).
-    Where either changed, the same position in another list of batches would play some clips twice
-    and skip others, so the epoch starts over, and the log says so."""
+    the processes sharing them, on the batch size (`auto` may pick another on another GPU) and on
+    the settings `epoch_shape` lists. Where one changed, the same position in another list of
+    batches would play some clips twice and skip others, so the epoch starts over, and the log says
+    so. A checkpoint made before a setting was saved says nothing about it, and is not compared on it."""
     before = {"processes": state.get("world_size"), "asr.max_batch_seconds": state.get("max_batch_seconds")}
-    now = {"processes": placement.world_size, "asr.max_batch_seconds": batch_seconds}
-    changed = [f"{k} {before[k]:g} -> {now[k]:g}" for k in now if before[k] is not None and before[k] != now[k]]
+    before = {k: v for k, v in before.items() if v is not None} | state.get("epoch_shape", {})
+    now = {"processes": placement.world_size, "asr.max_batch_seconds": batch_seconds, **shape}
+    changed = [f"{k} {_shown(before[k])} -> {_shown(now[k])}" for k in now if k in before and before[k] != now[k]]
     if changed and state.get("micro"):
         if placement.is_main:
             print(f"[asr] warning: resuming with other batches than the checkpoint's ({', '.join(changed)}): "
                   f"epoch {state['epoch']} starts over from its first batch", flush=True)
         state["micro"] = 0
+
+
+def _shown(value: Any) -> str:
+    """A setting as the log line shows it: numbers without trailing zeros (12, not 12.0)."""
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def load_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any]) -> None:

@@ -277,3 +277,30 @@ def test_a_run_killed_while_writing_its_model_folder_leaves_the_earlier_model_wh
     recover_model_folder(model_dir)
     assert sorted(checkpoint_steps(model_dir / "checkpoints")) == [2, 4] and (model_dir / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["asr"]
+
+
+@pytest.mark.parametrize("change, said", [
+    ("asr.augment.prob=0", "asr.augment.prob 0.5 -> 0"),
+    ("asr.bucket_batches=1", "asr.bucket_batches 50 -> 1"),
+])
+def test_a_resume_with_other_epoch_settings_starts_its_epoch_over(
+    tiny_dataset_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture, change: str, said: str,
+) -> None:
+    """Before the fix: only a change in the process count or the batch seconds restarted the epoch.
+    Resumed with other augmentation speeds, source weights, splicing or batch grouping, the epoch's
+    list of batches was another one, and the saved position in it played some clips twice and
+    skipped others, without a word."""
+    settings = ("asr.eval_every=2", "asr.lm_order=null")
+    stopped = run_asr_stage(micro_cfg("asr.max_steps=2", *settings), tmp_path, tiny_dataset_path, RecordingTracker())
+    capsys.readouterr()
+    after = run_asr_stage(micro_cfg("asr.max_steps=4", *settings, change, "asr.resume=auto"), tmp_path, tiny_dataset_path,
+                          RecordingTracker())
+    out = capsys.readouterr().out
+    assert f"resuming with other batches than the checkpoint's ({said}" in out and "epoch 0 starts over" in out
+    # Steps 3-4 trained on the first two batches of epoch 0 as the new settings make them.
+    fresh = run_asr_stage(micro_cfg("asr.max_steps=2", *settings, change), tmp_path / "fresh", tiny_dataset_path,
+                          RecordingTracker())
+    assert after["audio_hours_seen"] - stopped["audio_hours_seen"] == pytest.approx(fresh["audio_hours_seen"], rel=1e-9)
+    run_asr_stage(micro_cfg("asr.max_steps=6", *settings, change, "asr.resume=auto"), tmp_path, tiny_dataset_path,
+                  RecordingTracker())
+    assert "other batches" not in capsys.readouterr().out  # the same settings again: no restart
