@@ -113,9 +113,12 @@ PLACES: tuple[Place, ...] = (
 
 # Inside every run folder (anything under outputs/ or multirun/ with a build_report.json).
 RUN_PARTS: tuple[Place, ...] = (
-    Place("checkpoint", "run", ("asr/checkpoints/*", "nlu/checkpoints/*"), (WEIGHTS,), "pipeline.asr.train", "run"),
-    Place("language model", "run", ("asr/lm/*",), (TEXT,), "pipeline.asr.lm", "run"),
-    Place("model", "run", ("asr/*", "nlu/*"), (WEIGHTS,), "pipeline.asr.train, pipeline.nlu", "run"),
+    # `.asr.new`, `.asr.old`: a model folder being swapped in (pipeline.asr.checkpoints) when its job was killed.
+    Place("checkpoint", "run", ("asr/checkpoints/*", "nlu/checkpoints/*", ".asr.old/checkpoints/*"), (WEIGHTS,),
+          "pipeline.asr.train", "run"),
+    Place("language model", "run", ("asr/lm/*", ".asr.new/lm/*", ".asr.old/lm/*"), (TEXT,), "pipeline.asr.lm", "run"),
+    Place("model", "run", ("asr/*", "nlu/*", ".asr.new/*", ".asr.old/*"), (WEIGHTS,), "pipeline.asr.train, pipeline.nlu",
+          "run"),
     Place("predictions", "run", ("predictions.jsonl", "incumbent/predictions.jsonl"), (TEXT, IDS),
           "pipeline.eval.run", "run"),
     # `.tmp-*`: a file being written whole (pipeline.runtime.write_text_atomic) when its job was killed.

@@ -1137,3 +1137,17 @@ def test_a_trimmed_run_redraws_its_wer_plot_without_the_deleted_speaker(store: d
     assert json.loads((run / "eval_details.json").read_text()) == {"wer_by": {"speaker": kept}}
     assert plot.read_bytes() == expected
     assert not staged.exists() and not logged.exists()
+
+
+def test_a_model_folder_caught_mid_swap_is_erased_with_its_run(store: dict[str, Any]) -> None:
+    """Before the fix: a run killed while its new ASR model folder was swapped in keeps the weights
+    and checkpoints under `.asr.new/` or `.asr.old/` until it trains again; erasure matched run files
+    by the folders it knew (`asr/*`), so a run trained on a deleted clip kept them there."""
+    root, run = store["root"], store["affected_runs"][0]
+    left = [run / ".asr.old" / "checkpoints" / "step-000010" / "model.safetensors", run / ".asr.old" / "lm" / "lm.arpa",
+            run / ".asr.new" / "model.safetensors"]
+    for f in left:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"weights of a deleted voice")
+    assert erase.main(overrides(root)) == 0
+    assert not [f for f in left if f.exists()]
