@@ -116,13 +116,24 @@ class TrainedModel:
 def run_nlu_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: Tracker) -> dict[str, Any]:
     """Train the NLU on the dataset's train split, save it to `<run>/nlu/` and score the saved model.
 
-    Read top to bottom, the steps are the recipe: load data, build the model, train, save, score,
-    write and log the metrics. Returns `nlu_metrics.json`'s content plus `model_dir`.
+    Returns `nlu_metrics.json`'s content plus `model_dir`. `nlu.cpu_threads` sets torch's thread
+    count for the whole process, so the count this stage found is restored when it ends or fails:
+    the stages after it in the same process (evaluation, the review) keep their own.
     """
     job = NLUJob(  # numpy and the Trainer take 32-bit seeds; any integer is a valid `seed`
         ncfg=checked(cfg.nlu, NLUConfig, "nlu"), tcfg=checked(cfg.trainer, TrainerConfig, "trainer"),
         seed=int(cfg.seed) % 2**32, dataset_path=Path(dataset_path), run_dir=Path(run_dir), tracker=tracker,
     )
+    threads = torch.get_num_threads()
+    try:
+        return train_and_score(job)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_and_score(job: NLUJob) -> dict[str, Any]:
+    """Read top to bottom, the steps are the recipe: load data, build the model, train, save, score,
+    write and log the metrics."""
     job.out_dir.mkdir(parents=True, exist_ok=True)
     data = load_training_data(job)
     model, tokenizer = build_model_and_tokenizer(job, data)

@@ -120,6 +120,35 @@ def test_a_run_cut_short_by_max_steps_with_any_seed_records_the_epochs_it_ran(ti
     assert 0 < metrics["epochs"] < 1  # the part of an epoch that ran, not nlu.epochs
 
 
+def test_the_stage_gives_back_the_thread_count_it_found(
+    tiny_dataset_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before the fix: `nlu.cpu_threads` set torch's thread count for the whole process and left it
+    set, so the stages after the NLU in the same `train.py` (evaluation, the review) ran with the
+    NLU's thread count instead of their own."""
+    import torch
+
+    import pipeline.nlu.train as nlu_train
+
+    found = torch.get_num_threads()
+    before = 3 if found != 3 else 2  # a count the setting below differs from
+    torch.set_num_threads(before)
+    try:
+        run_nlu_stage(nlu_config("nlu.max_steps=1", "nlu.cpu_threads=1"), tmp_path / "a", tiny_dataset_path, NullTracker())
+        assert torch.get_num_threads() == before
+
+        def failing_fit(*_: object) -> None:  # the stage fails after the thread count was set
+            assert torch.get_num_threads() == 1
+            raise PipelineError("training failed")
+
+        monkeypatch.setattr(nlu_train, "fit", failing_fit)
+        with pytest.raises(PipelineError, match="training failed"):
+            run_nlu_stage(nlu_config("nlu.cpu_threads=1"), tmp_path / "b", tiny_dataset_path, NullTracker())
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(found)
+
+
 def test_a_dataset_of_false_wakes_only_is_refused(tiny_dataset_path: Path, tmp_path: Path) -> None:
     from datasets import load_from_disk
 
