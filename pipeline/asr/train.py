@@ -59,8 +59,8 @@ def run_asr_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: T
         # Fewer threads than cores is faster when the machine is shared: busy-waiting
         # OpenMP threads that compete with other processes slow every op down several-fold.
         torch.set_num_threads(int(acfg.cpu_threads))
-    placement = place(cfg.trainer)
-    try:
+    try:  # the count is process-wide: the stages after this one get back the count it found, even on error
+        placement = place(cfg.trainer)
         with fast_cpu_math(placement.device, placement.amp_dtype), compile_settings(acfg):
             return _train(cfg, placement, Path(run_dir), Path(dataset_path), tracker, started)
     finally:

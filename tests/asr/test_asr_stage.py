@@ -96,6 +96,22 @@ def test_a_diverging_run_stops_with_a_clear_error(tiny_dataset_path: Path, tmp_p
         run_asr_stage(cfg, tmp_path, tiny_dataset_path, RecordingTracker())
 
 
+def test_a_stage_refused_after_setting_its_thread_count_gives_it_back(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """Before the fix: `asr.cpu_threads` set torch's process-wide thread count before the device and
+    precision were checked, outside the block that restores it, so a refused setting (fp16 on the
+    CPU) left the ASR's thread count to the rest of the process."""
+    found = torch.get_num_threads()
+    before = 3 if found != 3 else 2  # a count `asr.cpu_threads=1` differs from
+    torch.set_num_threads(before)
+    try:
+        with pytest.raises(PipelineError, match=r"trainer.precision=fp16 needs a GPU"):
+            run_asr_stage(micro_cfg("trainer.device=cpu", "trainer.precision=fp16"), tmp_path, tiny_dataset_path,
+                          RecordingTracker())
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(found)
+
+
 def test_missing_resume_checkpoint_is_a_user_error(tiny_dataset_path: Path, tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="asr.resume"):
         run_asr_stage(micro_cfg(f"asr.resume={tmp_path / 'nowhere'}"), tmp_path, tiny_dataset_path, RecordingTracker())
