@@ -828,6 +828,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     staged: set[Path] = set()
     online_ids: list[str] = []  # erased runs' W&B ids: their online copies go too
     uploaded: list[str] = []    # ... of which `make sync` uploaded these (a `.wandb.synced` marker)
+    retired: list[Path] = []    # ... and the files that name them, removed once the state holds the ids
     kept = kept_digests(roots, erased)  # before the erased runs' W&B folders go
     stale: set[str] = set()  # digests of plots a trimmed run drew again: their staged copies name the deleted
     for run in run_folders(roots):
@@ -842,6 +843,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
             stale |= redrawn
         online_ids += [online_id] if online_id else []
         uploaded += [online_id] if online_id and synced else []
+        retired += [run / RUN_ID_FILE] if online_id else []
 
     for f in [d / run_folder.QUARANTINE_LINES for d in [*run_folders(roots), *dataset_folders(roots)]]:
         if f.is_file() and not f.is_symlink() and (rewritten := filter_quarantine(f, key, deleted)):
@@ -890,7 +892,20 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
              "online_pending": job.online_pending}
     roots.erasure.mkdir(parents=True, exist_ok=True)
     (roots.erasure / STATE).write_text(json.dumps(state) + "\n")
+    retire_run_ids(retired)
     return job
+
+
+def retire_run_ids(id_files: list[Path]) -> None:
+    """Remove the `wandb_run_id` files of W&B runs this job removed.
+
+    Each names a W&B run that is gone: its offline copy removed, its online copy deleted or kept
+    pending in the state by its id (so the file goes only after the state is written). Left in the
+    folder, the id would be resumed by the next tracker there (`evaluate.py run=<run>`): offline,
+    W&B starts a new local run under the deleted id, without the run's name, and W&B refuses to
+    upload a deleted run's id. Without the file, that tracker starts a W&B run of its own."""
+    for id_file in id_files:
+        id_file.unlink(missing_ok=True)
 
 
 def _erase_run(run: Path, erased: set[str], job: Erasure) -> tuple[set[Path], set[str], str | None]:

@@ -325,6 +325,42 @@ def test_an_uploaded_run_stays_pending_until_its_online_copy_is_deleted(
     assert erase.erase(load_config([*overrides(root), "erase.wandb_online=true"]), api=_Api()).online == []
 
 
+def test_erased_wandb_runs_lose_their_id_files_and_stay_pending_by_id(store: dict[str, Any]) -> None:
+    """Before the fix: erasure removed a run's offline W&B run (and deleted or queued its online copy)
+    but left `wandb_run_id`: the next `evaluate.py run=<run>` resumed that id, so W&B started a new
+    offline run under the deleted id (without the run's name), which W&B refuses to upload."""
+    from pipeline.data.privacy import pseudonym
+
+    root, kept = store["root"], store["runs"][1]
+    first, _ = store["affected_runs"]
+    (first / "wandb_run_id").write_text("abc123\n")
+    synced = first / "wandb" / "offline-run-20261206_000000-abc123" / "run-abc123.wandb.synced"
+    synced.parent.mkdir(parents=True, exist_ok=True)
+    synced.write_text("")  # `make sync` uploaded it
+    # A run not trained on the account whose offline W&B run logged a deleted clip: it goes whole.
+    victim = pseudonym(KEY.encode(), "acct", VICTIM)
+    (kept / "wandb_run_id").write_text("evalrun1\n")
+    offline = kept / "wandb" / "offline-run-20261206_000000-evalrun1"
+    table = offline / "files" / "media" / "table" / "predictions_3_0123456789abcdef.table.json"
+    table.parent.mkdir(parents=True)
+    table.write_text(json.dumps({"columns": ["utterance_id", "speaker"], "data": [["late-1", victim]]}))
+    (offline / "run-evalrun1.wandb.synced").write_text("")
+    untouched = store["runs"][2]
+    assert untouched not in store["affected_runs"]
+    (untouched / "wandb_run_id").write_text("untouched9\n")
+
+    job = erase.erase(load_config([*overrides(root), "erase.wandb_online=false"]))
+    assert not offline.exists() and not synced.exists()
+    assert not (first / "wandb_run_id").exists() and not (kept / "wandb_run_id").exists()
+    assert (untouched / "wandb_run_id").read_text() == "untouched9\n"  # its W&B run is not erased
+    # The ids live on where the online deletion needs them: retried once W&B is reachable.
+    assert job.online_pending == ["abc123", "evalrun1"]
+    api = _Api()
+    job = erase.erase(load_config([*overrides(root), "erase.wandb_online=true"]), api=api)
+    assert sorted(path.rsplit("/", 1)[1] for path in api.paths) == ["abc123", "evalrun1"]
+    assert job.online_pending == []
+
+
 def test_other_runs_lose_only_the_lines_of_deleted_clips(store: dict[str, Any]) -> None:
     """A run not trained on the account (say, evaluated later on a split holding its clips) keeps
     its model; only the predictions and report lines of the deleted clips go."""
