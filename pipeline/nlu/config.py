@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING
@@ -79,8 +78,8 @@ class NLUConfig:
             raise PipelineError(f"nlu.cpu_threads={self.cpu_threads}: must be null (torch's default) or at least 1")
         # A trained NLU folder, a missing folder or a backbone whose weights are not the pinned ones:
         # refused before any stage runs, not after an ASR run (lazy imports: transformers).
-        from pipeline.nlu.model import (check_backbone_positions, check_encoder_config, check_tokenizer, load_tokenizer,
-                                        refuse_trained_model, resolve_backbone, resolve_tokenizer)
+        from pipeline.nlu.model import (check_backbone_positions, check_encoder_config, checked_tokenizer,
+                                        refuse_trained_model, resolve_backbone)
 
         encoder = check_encoder_config(self.encoder_config, self.max_length) if self.encoder_config else None
         refuse_trained_model(self.model_name_or_path)
@@ -89,8 +88,4 @@ class NLUConfig:
             encoder = check_backbone_positions(backbone, self.max_length)
         # Read only when the model is built: a missing tokenizer, or one that does not fit the encoder,
         # failed there, after the earlier stages. A hub id is read then still.
-        tokenizer = resolve_tokenizer(self.tokenizer_name_or_path, self.model_name_or_path, self.model_sha256)
-        if encoder is not None and Path(tokenizer).is_dir():
-            own = not self.encoder_config and self.tokenizer_name_or_path == self.model_name_or_path
-            check_tokenizer(load_tokenizer(tokenizer, encoder, "nlu.tokenizer_name_or_path"), self.tokenizer_name_or_path,
-                            None if own else encoder, bool(self.encoder_config))
+        checked_tokenizer(self, encoder, local_only=True)

@@ -468,13 +468,22 @@ def resolve_backbone(name: str, sha256: str | None = None, key: str = "nlu.model
     return name
 
 
-def resolve_tokenizer(name: str, backbone: str, sha256: str | None) -> str:
-    """The folder `nlu.tokenizer_name_or_path` names, resolved as a backbone is, its errors naming that key.
-
-    `nlu.model_sha256` pins the backbone's weights, so it is checked here only when the tokenizer is
-    read from the backbone's own `nlu.model_name_or_path` (the default).
-    """
-    return resolve_backbone(name, sha256 if name == backbone else None, key="nlu.tokenizer_name_or_path")
+def checked_tokenizer(ncfg: Any, encoder: PretrainedConfig | None, local_only: bool = False) -> Any | None:
+    """The tokenizer `nlu.tokenizer_name_or_path` names, loaded for `encoder` (the model's config) and
+    checked against it (`check_tokenizer`), by the stage and by the config check before any stage
+    runs. The config check (`local_only`) resolves the setting always, and loads only a local folder
+    for an encoder it knows: a hub id, or a hub backbone's config, is read when the model is built (None)."""
+    # Resolved as a backbone is, its errors naming this key; `nlu.model_sha256` pins the backbone's
+    # weights, so it is checked only when the tokenizer is read from the backbone's own folder (the default).
+    name = ncfg.tokenizer_name_or_path
+    folder = resolve_backbone(name, ncfg.model_sha256 if name == ncfg.model_name_or_path else None,
+                              key="nlu.tokenizer_name_or_path")
+    if encoder is None or (local_only and not Path(folder).is_dir()):
+        return None
+    tokenizer = load_tokenizer(folder, encoder, "nlu.tokenizer_name_or_path")
+    own = not ncfg.encoder_config and name == ncfg.model_name_or_path
+    check_tokenizer(tokenizer, name, None if own else encoder, bool(ncfg.encoder_config))
+    return tokenizer
 
 
 @lru_cache(maxsize=4)

@@ -42,13 +42,11 @@ from pipeline.nlu.model import (
     NLUModel,
     build_model,
     build_model_from_config,
-    check_tokenizer,
+    checked_tokenizer,
     encode_words,
     has_unused_weights,
-    load_tokenizer,
     refuse_trained_model,
     resolve_backbone,
-    resolve_tokenizer,
 )
 from pipeline.runtime import PipelineError, requested_workers
 from pipeline.tracking import Tracker
@@ -202,11 +200,7 @@ def build_model_and_tokenizer(job: NLUJob, data: NLUData) -> tuple[torch.nn.Modu
         refuse_trained_model(ncfg.model_name_or_path)  # before the checksum, which would blame the package
         backbone = resolve_backbone(ncfg.model_name_or_path, ncfg.model_sha256)
         model = build_model(backbone, data.intents, data.tags, ncfg.head, ncfg.max_length)
-    folder = resolve_tokenizer(ncfg.tokenizer_name_or_path, ncfg.model_name_or_path, ncfg.model_sha256)
-    tokenizer = load_tokenizer(folder, model.config, "nlu.tokenizer_name_or_path")
-    own = not ncfg.encoder_config and ncfg.tokenizer_name_or_path == ncfg.model_name_or_path
-    check_tokenizer(tokenizer, ncfg.tokenizer_name_or_path, None if own else model.config, bool(ncfg.encoder_config))
-    return model, tokenizer
+    return model, checked_tokenizer(ncfg, model.config)
 
 
 def make_trainer(job: NLUJob, data: NLUData, model: torch.nn.Module, tokenizer: Any) -> Trainer:

@@ -892,20 +892,12 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
              "online_pending": job.online_pending}
     roots.erasure.mkdir(parents=True, exist_ok=True)
     (roots.erasure / STATE).write_text(json.dumps(state) + "\n")
-    retire_run_ids(retired)
-    return job
-
-
-def retire_run_ids(id_files: list[Path]) -> None:
-    """Remove the `wandb_run_id` files of W&B runs this job removed.
-
-    Each names a W&B run that is gone: its offline copy removed, its online copy deleted or kept
-    pending in the state by its id (so the file goes only after the state is written). Left in the
-    folder, the id would be resumed by the next tracker there (`evaluate.py run=<run>`): offline,
-    W&B starts a new local run under the deleted id, without the run's name, and W&B refuses to
-    upload a deleted run's id. Without the file, that tracker starts a W&B run of its own."""
-    for id_file in id_files:
+    # The `wandb_run_id` files of the W&B runs this job removed, now that the state holds their ids (an
+    # online deletion still pending is retried by id): left in the folder, the id would be resumed by the
+    # next tracker there (`evaluate.py run=<run>`), and W&B refuses to upload a deleted run's id.
+    for id_file in retired:
         id_file.unlink(missing_ok=True)
+    return job
 
 
 def _erase_run(run: Path, erased: set[str], job: Erasure) -> tuple[set[Path], set[str], str | None]:
