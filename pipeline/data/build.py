@@ -52,7 +52,7 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 # Bump whenever the same inputs would now give a different dataset, so stale caches are not reused.
-CODE_VERSION = 23  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
+CODE_VERSION = 24  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
                   # 4: `copy_of` is a dataset column, so erasure finds a copy whose original is not in the dataset;
                   # 5: records a source keeps out (held-out keyword clips) are quarantined, not skipped;
                   # 6: an utterance id that contains the record's account, device or annotator id is stored as its pseudonym;
@@ -104,6 +104,8 @@ CODE_VERSION = 23  # 3: `copy_of` deletes a copy with its original, `train_only`
                   # 22: a MASSIVE record whose `partition` is not its file's is quarantined as other_partition
                   # 23: an inline `[type]` without a colon is quarantined naming the missing colon, not as an
                   #    unbalanced bracket
+                  # 24: a blank hf cell of a field data.constants sets takes the constant (a required one was
+                  #    quarantined); a blank wake_word_present cell is invalid_record (it was inferred from the intent)
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "identifier_in_text", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",

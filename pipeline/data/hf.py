@@ -45,8 +45,12 @@ IDENTIFIERS = tuple(RAW_IDS)
 # Text fields a corpus often stores as numbers (speaker 101, utterance 7): read as their digits.
 TEXT_FIELDS = ("transcript", "utterance_id", *IDENTIFIERS)
 # Fields a record cannot do without: a blank cell in their column quarantines the row instead of
-# falling back to a default (the clip as its own account, an id made from the file name).
+# falling back to a default (the clip as its own account, an id made from the file name), unless
+# data.constants sets the field. A blank wake_word_present cell is a clip nobody labelled, as an
+# export's null is: inferring it from the intent, as for a dataset without the column, would count an
+# unlabelled clip as a wake or a false wake.
 REQUIRED = ("utterance_id", "transcript", "account_id")
+QUARANTINED_WHEN_BLANK = (*REQUIRED, "wake_word_present")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 
 
@@ -176,9 +180,9 @@ class HFSource:
                         value = (self._cell_as_written(batch[self.audio_column][i], column, self.jsonl_cells)
                                  or value.isoformat())
                     if _blank(value):
-                        if field in REQUIRED:
+                        if field in QUARANTINED_WHEN_BLANK and field not in self.constants:
                             record[field] = None  # quarantined as invalid_record, naming the field
-                        continue  # otherwise absent: the constant or the schema's default applies
+                        continue  # otherwise the constant, or absent: the schema's default applies
                     if field in TEXT_FIELDS:
                         value = _as_text(value)
                     if field == "entities":

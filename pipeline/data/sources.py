@@ -408,7 +408,7 @@ def hf_source(data_cfg: SourceConfig, cache_dir: Path, name: str, config_name: s
     def records() -> Iterator[RawRecord]:
         for row, record, audio in hf.records():
             blank = [f for f, column in hf.mapping.items() if f in record and record[f] is None]
-            if blank:  # a required field's cell is empty (pipeline.data.hf.REQUIRED)
+            if blank:  # a required field's cell is empty (pipeline.data.hf.QUARANTINED_WHEN_BLANK)
                 yield RawRecord(row + 1, None, "; ".join(f"{f}: the cell of column {hf.mapping[f]!r} is empty"
                                                          for f in blank), row=row, audio=audio)
                 continue

@@ -529,3 +529,28 @@ def test_entities_stored_as_a_sequence_of_fields_are_read_as_a_list(tmp_path: Pa
             for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
     assert kept == {texts[0]: [("music_genre", "jazz")], texts[1]: [],
                     texts[2]: [("artist_name", "taylor swift"), ("house_place", "kitchen")]}
+
+
+def test_blank_cells_fall_back_to_constants_and_a_blank_wake_label_is_quarantined(tmp_path: Path) -> None:
+    """A blank cell of a field `data.constants` sets takes the constant, whether or not the field is
+    required; a blank cell of a mapped `wake_word_present` column is a clip nobody labelled, quarantined
+    as an export's null is. Before the fix a blank speaker cell was quarantined although
+    `data.constants.account_id` was set, and a blank wake label was inferred from the intent (a
+    false wake with no command counted as no wake, one with a command as a wake)."""
+    rows = [{"file_name": "audio/a.flac", "transcription": "zero", "speaker_id": "s1", "woke": True},
+            {"file_name": "audio/b.flac", "transcription": "one", "speaker_id": None, "woke": False},
+            {"file_name": "audio/c.flac", "transcription": "two", "speaker_id": "s2", "woke": None}]
+    folder = audiofolder(tmp_path / "blank", rows)
+    report, quarantine = build(tmp_path, source="hf", path=str(folder),
+                               columns={"transcript": "transcription", "account_id": "speaker_id", "wake_word_present": "woke"},
+                               constants={"account_id": "SHARED-ACCOUNT"})
+    assert [(q["row"], q["reason"], q["detail"]) for q in quarantine] == [
+        (2, "invalid_record", "wake_word_present: the cell of column 'woke' is empty")]
+    kept = {r["text"]: r for ds in load_from_disk(report["dataset_path"]).values() for r in ds}
+    assert sorted(kept) == ["one", "zero"] and kept["one"]["wake_word_present"] is False
+    assert kept["one"]["speaker"].startswith("acct_") and kept["one"]["speaker"] != kept["zero"]["speaker"]
+    # With a constant for the wake label, its blank cell takes it.
+    again, quarantine = build(tmp_path, run="constant", source="hf", path=str(folder),
+                              columns={"transcript": "transcription", "account_id": "speaker_id", "wake_word_present": "woke"},
+                              constants={"account_id": "SHARED-ACCOUNT", "wake_word_present": False})
+    assert quarantine == [] and again["records_kept"] == 3
