@@ -71,6 +71,23 @@ def check_wav2vec2_settings(model_config: dict[str, Any], spec_augment: dict[str
                      lambda: Wav2Vec2ForCTC(Wav2Vec2Config(**model_config, **spec_augment)))
 
 
+def check_model_source(model_name_or_path: Optional[str], model_config: Optional[dict[str, Any]]) -> None:
+    """Refuse an `asr.model_config` beside `asr.model_name_or_path`: it describes a model built from
+    scratch and only that. `build_model` (pipeline/asr/model.py) never reads it for a pretrained
+    model, whose checkpoint keeps its own architecture and dropout (its LayerDrop and SpecAugment
+    come from `asr.spec_augment`), so without this the run trains another model than its config says.
+    Refuse no model at all as well: null for both leaves nothing to build or load."""
+    if model_name_or_path is not None and model_config:
+        raise PipelineError(
+            f"asr.model_config ({', '.join(model_config)}) with asr.model_name_or_path={model_name_or_path}: a "
+            "pretrained model keeps its checkpoint's architecture, and asr.model_config is not read for it; set "
+            "asr.model_config=null (asr=base and asr=large do; a pretrained model's LayerDrop and SpecAugment go "
+            "in asr.spec_augment), or asr.model_name_or_path=null to build the model asr.model_config describes")
+    if model_name_or_path is None and model_config is None:
+        raise PipelineError("asr.model_config=null with asr.model_name_or_path=null: give the Wav2Vec2Config fields "
+                            "of a model to build from scratch (asr=tiny's), or a pretrained model in asr.model_name_or_path")
+
+
 def wav2vec2_folder_problem(folder: Path) -> Optional[str]:
     """Why a local folder holds no wav2vec2 model to fine-tune, or None. Without this transformers
     builds a random wav2vec2 from another model's config and the run fails much later, on its loss."""
@@ -167,7 +184,7 @@ class AutoBatchConfig:
 @dataclass
 class ASRConfig:
     model_name_or_path: Optional[str] = MISSING
-    model_config: dict[str, Any] = MISSING        # Wav2Vec2Config fields
+    model_config: Optional[dict[str, Any]] = MISSING  # Wav2Vec2Config fields of a model built from scratch; null otherwise
     freeze_feature_encoder: bool = MISSING
     gradient_checkpointing: bool = MISSING
     spec_augment: dict[str, Any] = MISSING        # Wav2Vec2Config's mask_* fields; layerdrop for a pretrained model
@@ -227,7 +244,8 @@ class ASRConfig:
             if not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None:
                 raise PipelineError("asr.attn_implementation=flash_attention_2 needs a CUDA GPU and the flash-attn "
                                     "package; use sdpa (PyTorch's fused kernels) otherwise")
-        check_wav2vec2_settings(self.model_config, self.spec_augment, builds=self.model_name_or_path is None)
+        check_model_source(self.model_name_or_path, self.model_config)
+        check_wav2vec2_settings(self.model_config or {}, self.spec_augment, builds=self.model_name_or_path is None)
         if self.learning_rate <= 0:
             raise PipelineError(f"asr.learning_rate={self.learning_rate}: must be positive (e.g. 5e-3 from scratch, 1e-4 fine-tuning)")
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:

@@ -120,13 +120,13 @@ def test_the_layerdrop_setting_the_compile_error_advises_turns_a_pretrained_mode
     Wav2Vec2ForCTC(Wav2Vec2Config(**small, layerdrop=0.1)).save_pretrained(folder)
     processor = make_processor(build_vocab(["yes", "no"]), tmp_path / "proc", False)
     with pytest.raises(PipelineError, match=r"\+asr.spec_augment.layerdrop=0"):
-        compiled_model(model := build_model(micro_cfg(f"asr.model_name_or_path={folder}").asr, processor), model)
-    cfg = with_checked(micro_cfg(f"asr.model_name_or_path={folder}", "asr.compile=true", "asr.spec_augment.layerdrop=0"),
+        compiled_model(model := build_model(micro_cfg(f"asr.model_name_or_path={folder}", "asr.model_config=null").asr, processor), model)
+    cfg = with_checked(micro_cfg(f"asr.model_name_or_path={folder}", "asr.model_config=null", "asr.compile=true", "asr.spec_augment.layerdrop=0"),
                        "asr", ASRConfig)
     model = build_model(cfg.asr, processor)
     assert model.config.layerdrop == 0
     compiled_model(model, model)  # accepted: torch.compile compiles on the first call, which this test leaves out
     with pytest.raises(PipelineError, match=r"^asr.spec_augment.layerdrop=1.5: a chance per layer"):
-        with_checked(micro_cfg(f"asr.model_name_or_path={folder}", "asr.spec_augment.layerdrop=1.5"), "asr", ASRConfig)
+        with_checked(micro_cfg(f"asr.model_name_or_path={folder}", "asr.model_config=null", "asr.spec_augment.layerdrop=1.5"), "asr", ASRConfig)
     with pytest.raises(PipelineError, match=r"^asr.spec_augment.layerdrop: .*asr.model_config.layerdrop"):
         with_checked(micro_cfg("asr.spec_augment.layerdrop=0"), "asr", ASRConfig)

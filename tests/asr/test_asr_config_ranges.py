@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from asr_testkit import micro_cfg
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.asr.checkpoints import checkpoint_steps
 from pipeline.asr.config import ASRConfig
@@ -16,7 +18,10 @@ from pipeline.asr.train import has_unused_weights, load_scaler, run_asr_stage
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.config import checked
 from pipeline.runtime import PipelineError
+from pipeline.stages import check_config
 from tests.recording import RecordingTracker
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_edge_values_inside_the_ranges_are_accepted() -> None:
@@ -44,20 +49,20 @@ def test_a_local_model_that_is_no_wav2vec2_is_refused_before_the_data_stage(tmp_
     }
     for source, reason in cases.items():
         with pytest.raises(PipelineError) as err:
-            checked(micro_cfg(f"asr.model_name_or_path={source}").asr, ASRConfig, "asr")
+            checked(micro_cfg(f"asr.model_name_or_path={source}", "asr.model_config=null").asr, ASRConfig, "asr")
         assert str(err.value).startswith(f"asr.model_name_or_path={source}: {reason}")
     monkeypatch.chdir(tmp_path)  # a relative path that exists locally is a folder, not a hub id
     with pytest.raises(PipelineError, match="^asr.model_name_or_path=bert: its config.json is a 'bert' model"):
-        checked(micro_cfg("asr.model_name_or_path=bert").asr, ASRConfig, "asr")
+        checked(micro_cfg("asr.model_name_or_path=bert", "asr.model_config=null").asr, ASRConfig, "asr")
     # A hub id is only read when the model is built.
-    assert checked(micro_cfg("asr.model_name_or_path=facebook/wav2vec2-base").asr, ASRConfig, "asr")
+    assert checked(micro_cfg("asr.model_name_or_path=facebook/wav2vec2-base", "asr.model_config=null").asr, ASRConfig, "asr")
 
 
 def test_build_model_refuses_a_config_of_another_model_type(tmp_path: Path) -> None:
     bert = _folder(tmp_path / "bert", {"config.json": json.dumps({"model_type": "bert"})})
     processor = make_processor(build_vocab(["yes", "no"]), tmp_path / "proc", False)
     with pytest.raises(PipelineError, match="^asr.model_name_or_path=.*bert: its config.json is a 'bert' model, not wav2vec2"):
-        build_model(micro_cfg(f"asr.model_name_or_path={bert}").asr, processor)
+        build_model(micro_cfg(f"asr.model_name_or_path={bert}", "asr.model_config=null").asr, processor)
 
 
 def test_ddp_looks_for_unused_weights_when_a_pretrained_checkpoint_brings_its_own_layerdrop(tmp_path: Path) -> None:
@@ -72,10 +77,10 @@ def test_ddp_looks_for_unused_weights_when_a_pretrained_checkpoint_brings_its_ow
     for layerdrop, expected in ((0.1, True), (0.0, False)):
         folder = tmp_path / f"pretrained-{layerdrop}"
         Wav2Vec2ForCTC(Wav2Vec2Config(**small, layerdrop=layerdrop)).save_pretrained(folder)
-        cfg = micro_cfg(f"asr.model_name_or_path={folder}", "asr.model_config.layerdrop=0.0").asr
+        cfg = micro_cfg(f"asr.model_name_or_path={folder}", "asr.model_config=null").asr
         assert has_unused_weights(build_model(cfg, processor)) is expected
     # Without time masking `masked_spec_embed` gets no gradient either.
-    no_masking = micro_cfg(f"asr.model_name_or_path={tmp_path / 'pretrained-0.0'}", "asr.spec_augment.mask_time_prob=0.0")
+    no_masking = micro_cfg(f"asr.model_name_or_path={tmp_path / 'pretrained-0.0'}", "asr.model_config=null", "asr.spec_augment.mask_time_prob=0.0")
     assert has_unused_weights(build_model(no_masking.asr, processor))
 
 
@@ -141,3 +146,39 @@ def test_the_stage_reads_the_checked_values_not_the_raw_strings(tiny_dataset_pat
         weights[name] = load_file(str(tmp_path / name / "asr" / "model.safetensors"))
     conv = "wav2vec2.feature_extractor.conv_layers.0.conv.weight"
     assert torch.equal(weights["quoted"][conv], weights["bool"][conv])  # both trained the feature encoder alike
+
+
+def _asr_option(name: str, *overrides: str) -> DictConfig:
+    """The `asr` group as train.py composes it with `asr=<name>` (its defaults list included)."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose("config", overrides=[f"asr={name}", *overrides]).asr
+
+
+def test_a_model_config_beside_a_pretrained_model_is_refused_naming_both_keys() -> None:
+    """A pretrained model keeps its checkpoint's architecture: `asr.model_config` is never read for it
+    (pipeline/asr/model.py build_model; its LayerDrop and SpecAugment go in asr.spec_augment), so a
+    user who sets both is told before any stage runs instead of training another model than asked for.
+
+    Before the fix: accepted, and the model_config (asr=tiny's 128-wide model, or a user's
+    num_hidden_layers=6) was silently ignored."""
+    with pytest.raises(PipelineError) as err:
+        checked(micro_cfg("asr.model_name_or_path=facebook/wav2vec2-base").asr, ASRConfig, "asr")
+    message = str(err.value)
+    assert message.startswith("asr.model_config (hidden_size, num_hidden_layers, ")
+    assert "asr.model_name_or_path=facebook/wav2vec2-base" in message
+    assert "asr.model_config=null" in message and "asr=base" in message
+    # The whole config check refuses it, before the data stage.
+    with pytest.raises(PipelineError, match=r"^asr\.model_config \(.*\) with asr\.model_name_or_path="):
+        check_config(OmegaConf.create({"asr": _asr_option("tiny", "asr.model_name_or_path=facebook/wav2vec2-base")}),
+                     ["asr"])
+    # Without one, the pretrained model is accepted; a model built from nothing is refused.
+    assert checked(micro_cfg("asr.model_name_or_path=facebook/wav2vec2-base", "asr.model_config=null").asr, ASRConfig, "asr")
+    with pytest.raises(PipelineError, match=r"^asr\.model_config=null with asr\.model_name_or_path=null: "):
+        checked(micro_cfg("asr.model_config=null").asr, ASRConfig, "asr")
+
+
+@pytest.mark.parametrize("option", ["tiny", "tiny_budget", "base", "large"])
+def test_every_shipped_asr_config_passes_the_check(option: str) -> None:
+    """asr=base and asr=large start from asr=tiny's settings, its model_config among them; they clear it."""
+    typed = checked(_asr_option(option), ASRConfig, "asr")
+    assert (typed.model_config is None) == (typed.model_name_or_path is not None)

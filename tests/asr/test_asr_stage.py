@@ -80,7 +80,7 @@ def test_a_local_pretrained_encoder_is_fine_tuned_through_from_pretrained(tiny_d
                             conv_dim=[16, 16, 32, 32], conv_kernel=[10, 8, 4, 4], conv_stride=[5, 4, 4, 4],
                             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, feat_extract_norm="group")
     Wav2Vec2Model(config).save_pretrained(tmp_path / "pretrained")
-    cfg = micro_cfg(f"asr.model_name_or_path={tmp_path / 'pretrained'}", "asr.freeze_feature_encoder=true",
+    cfg = micro_cfg(f"asr.model_name_or_path={tmp_path / 'pretrained'}", "asr.model_config=null", "asr.freeze_feature_encoder=true",
                     "asr.gradient_checkpointing=true", "asr.max_steps=2")
     result = run_asr_stage(cfg, tmp_path / "run", tiny_dataset_path, RecordingTracker())
     model, processor = load_asr(tmp_path / "run" / "asr")
