@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,22 @@ def checkpoint_steps(root: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def save_checkpoint(root: Path, step: int, model: Any, processor: Any, state: dict[str, Any]) -> Path:
+def save_checkpoint(root: Path, step: int, model: Any, processor: Any, state: dict[str, Any],
+                    elapsed: Callable[[], float] | None = None) -> Path:
+    """Write `step-NNNNNN/` whole: the model, the processor, then the loop's `state`.
+
+    `elapsed` (the run's wall-clock training seconds so far) is read after the weights and the
+    processor are written, just before the state file, and set as `state["train_seconds"]` (in the
+    caller's dict too): a run resumed from here then counts against `asr.max_train_minutes` the time
+    the run it continues spent validating and writing this checkpoint, all but the state file's own
+    write. Read before them, each resume gave the run that time again."""
     final = root / f"step-{step:06d}"
     tmp = root / f".step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
     processor.save_pretrained(str(tmp))
+    if elapsed is not None:
+        state["train_seconds"] = elapsed()
     torch.save(state, tmp / STATE_FILE)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

@@ -444,7 +444,7 @@ def _after_step(run: TrainingRun, progress: Progress) -> str | None:
         state["audio_seconds"] += total(progress.pending_seconds, placement)
         progress.pending_seconds = 0.0
         state["train_seconds"] = time.time() - progress.loop_start
-        _evaluate_and_save(run)
+        _evaluate_and_save(run, progress.loop_start)
     if out_of_time:
         return "max_train_minutes"
     return "max_steps" if step >= max_steps else None
@@ -612,8 +612,12 @@ def resolve_batch_seconds(acfg: DictConfig, model: torch.nn.Module, placement: P
     return seconds
 
 
-def _evaluate_and_save(run: TrainingRun) -> None:
-    """Validate on rank 0, keep the best/last checkpoints; the other ranks wait."""
+def _evaluate_and_save(run: TrainingRun, loop_start: float) -> None:
+    """Validate on rank 0, keep the best/last checkpoints; the other ranks wait.
+
+    The history entry keeps the training seconds read before validating (throughput leaves
+    validation out); the state, saved and in memory, counts the validation and the checkpoint's
+    write too (`save_checkpoint`), which is what the time budget of a run resumed from it starts at."""
     state, placement, acfg = run.state, run.placement, run.acfg
     started = time.time()
     if placement.is_main:
@@ -632,7 +636,8 @@ def _evaluate_and_save(run: TrainingRun) -> None:
         print(f"[asr] step {step} val_loss {scores['loss']:.3f} val_wer {scores['wer']:.3f} val_cer {scores['cer']:.3f}", flush=True)
         run.ckpt_root.mkdir(parents=True, exist_ok=True)
         full = {**state, "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict()}
-        save_checkpoint(run.ckpt_root, step, run.model, run.processor, full)
+        save_checkpoint(run.ckpt_root, step, run.model, run.processor, full, lambda: time.time() - loop_start)
+        state["train_seconds"] = full["train_seconds"]
         prune_checkpoints(run.ckpt_root, int(acfg.keep_last), state["best_step"])
         # train_seconds is wall time and so includes validation: throughput over a span of steps
         # leaves this out (bench/asr_throughput.py)

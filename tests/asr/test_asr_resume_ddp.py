@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from asr_testkit import ROOT, micro_cfg
 from omegaconf import OmegaConf
 
@@ -213,6 +214,42 @@ def test_a_run_resumed_after_its_time_budget_ended_trains_no_further(tiny_datase
     assert resumed["steps"] == first["steps"] and resumed["best_step"] == first["best_step"]
     assert [(h["step"], h["val_loss"]) for h in resumed["history"]] == [(h["step"], h["val_loss"]) for h in first["history"]]
     assert max(checkpoint_steps(tmp_path / "asr" / "checkpoints")) == first["steps"]
+
+
+def test_a_resumed_run_counts_the_validation_and_save_of_its_checkpoint_against_the_budget(
+    tiny_dataset_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asr.max_train_minutes counts wall time, validation and checkpoint writes included; a resumed run
+    starts its clock from the time its checkpoint saved. Before the fix that time was read before the
+    checkpoint's validation and write, so each resume gave the run their time again: here a budget
+    that the first part had spent (0.9 s less than its 1.2 s of slowed validation and write) left
+    the resumed run training on."""
+    from transformers import Wav2Vec2Processor
+
+    from pipeline.asr import train
+    from pipeline.asr.checkpoints import STATE_FILE
+
+    evaluate_clips, save_processor = train.evaluate_clips, Wav2Vec2Processor.save_pretrained
+
+    def slow_validation(*args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(0.6)
+        return evaluate_clips(*args, **kwargs)
+
+    def slow_write(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(0.6)
+        return save_processor(self, *args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate_clips", slow_validation)
+    monkeypatch.setattr(Wav2Vec2Processor, "save_pretrained", slow_write)
+    run_asr_stage(micro_cfg("asr.max_steps=2", "asr.eval_every=2", "asr.lm_order=null"), tmp_path, tiny_dataset_path,
+                  RecordingTracker())
+    state = torch.load(checkpoint_steps(tmp_path / "asr" / "checkpoints")[2] / STATE_FILE, weights_only=False)
+    before_validation = state["history"][-1]["train_seconds"]  # what throughput reads: training alone
+    assert state["train_seconds"] >= before_validation + 1.2
+    budget_minutes = (before_validation + 0.9) / 60
+    resumed = run_asr_stage(micro_cfg("asr.max_steps=4", "asr.eval_every=2", "asr.lm_order=null", "asr.resume=auto",
+                                      f"asr.max_train_minutes={budget_minutes}"), tmp_path, tiny_dataset_path, RecordingTracker())
+    assert resumed["stopped_by"] == "max_train_minutes" and resumed["steps"] == 2
 
 
 def test_a_run_continued_from_an_earlier_checkpoint_of_its_own_drops_the_later_ones(
