@@ -85,8 +85,10 @@ def _group_folds(groups: list[str], folds: int) -> np.ndarray:
     return fold
 
 
-def load_backbone(nlu_cfg: DictConfig, nlu_dir: Path, seed: int) -> tuple[Any, Any, int]:
-    """(encoder, tokenizer, max_length): the run's NLU tokenizer, and its backbone before fine-tuning."""
+def load_backbone(nlu_cfg: DictConfig, nlu_dir: Path, seed: int,
+                  device: torch.device | str = "cpu") -> tuple[Any, Any, int]:
+    """(encoder, tokenizer, max_length): the run's NLU tokenizer, and its backbone before fine-tuning
+    on `device` (`review.device`, where the ASR model of the review runs too)."""
     from transformers import AutoConfig, AutoModel
 
     from pipeline.nlu.model import load_tokenizer
@@ -111,7 +113,7 @@ def load_backbone(nlu_cfg: DictConfig, nlu_dir: Path, seed: int) -> tuple[Any, A
             raise PipelineError("the run's config has no nlu.model_name_or_path; the review needs the NLU's backbone")
         backbone = resolve_backbone(str(name), OmegaConf.select(nlu_cfg, "model_sha256", default=None))
         encoder = AutoModel.from_pretrained(backbone, **kwargs)
-    return encoder.eval(), tokenizer, max_length
+    return encoder.eval().to(device), tokenizer, max_length
 
 
 @torch.inference_mode()
@@ -119,13 +121,15 @@ def embed(encoder: Any, tokenizer: Any, words: list[list[str]], max_length: int,
     from pipeline.nlu.model import encode_words
 
     started = time.perf_counter()
+    device = next(encoder.parameters()).device
     pooled = np.zeros((len(words), encoder.config.hidden_size), dtype=np.float32)
     per_word: list[np.ndarray] = [np.zeros((0, 0))] * len(words)
     order = sorted(range(len(words)), key=lambda i: len(words[i]))
     for k in range(0, len(order), batch_size):
         idx = order[k : k + batch_size]
         enc, firsts = encode_words(tokenizer, [words[i] for i in idx], max_length)
-        hidden = encoder(**enc).last_hidden_state.float()
+        # The batch goes to the encoder's device (review.device); what is kept comes back to the CPU.
+        hidden = encoder(**{name: value.to(device) for name, value in enc.items()}).last_hidden_state.float().cpu()
         mask = enc["attention_mask"].unsqueeze(-1).float()
         mean = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).numpy()
         for row, i in enumerate(idx):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import checked
@@ -39,6 +40,9 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
     if node is None:
         raise PipelineError("the config has no `review` group; add `- review: default` to the defaults (conf/review/default.yaml)")
     rcfg = checked(node, ReviewConfig, "review")  # types and ranges (folds >= 2, 0 < max_share <= 1)
+    # Both models the review runs go on this one device; a GPU that is not there is refused before
+    # either pass, whichever model the run has.
+    device = pick_device(rcfg.device, "review.device")
     max_share = rcfg.max_share
     run_dir = Path(run_dir)
     splits = _load(Path(dataset_path))
@@ -73,7 +77,7 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
     elif not with_audio:
         notes.append("transcript and wake kinds skipped: the dataset has no audio")
     else:
-        found, wake_judged, wake_note = _acoustic_kinds(cfg, rcfg, asr_dir, splits, rows, wake_fold, seconds)
+        found, wake_judged, wake_note = _acoustic_kinds(cfg, rcfg, device, asr_dir, splits, rows, wake_fold, seconds)
         suspects += found
         scored_ids["transcript"] = {r["utterance_id"] for r in rows}
         scored_ids["wake"] = {r["utterance_id"] for r, judged in zip(rows, wake_judged) if judged}
@@ -85,7 +89,7 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
         notes.append("intent and entities kinds skipped: " + ("no clip has an intent" if not commands else
                      f"the {len(commands)} clips with an intent all read one text, and these kinds hold out whole texts"))
     else:
-        found, extra = _text_kinds(cfg, rcfg, nlu_dir, [rows[i] for i in commands], text_fold, seconds)
+        found, extra = _text_kinds(cfg, rcfg, device, nlu_dir, [rows[i] for i in commands], text_fold, seconds)
         suspects += found
         scored_ids["intent"] = scored_ids["entities"] = {rows[i]["utterance_id"] for i in commands}
     for note in notes:
@@ -132,8 +136,8 @@ def _rows(split: Any) -> list[dict[str, Any]]:
     return [{c: data[c][i] for c in COLUMNS} for i in range(len(split))]
 
 
-def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, asr_dir: Path, splits: dict[str, Any], rows: list[dict[str, Any]],
-                    fold: np.ndarray | None, seconds: dict[str, float]) -> tuple[list[Suspect], np.ndarray, str | None]:
+def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, device: torch.device, asr_dir: Path, splits: dict[str, Any],
+                    rows: list[dict[str, Any]], fold: np.ndarray | None, seconds: dict[str, float]) -> tuple[list[Suspect], np.ndarray, str | None]:
     """The transcript and wake kinds' lines, which clips the wake kind judged, and why it left
     some or all of them unjudged (None: it judged every clip). `fold`: each clip's account fold,
     None when the clips come from one account (the wake kind then judges none)."""
@@ -150,7 +154,7 @@ def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, asr_dir: Path, splits: 
         raise PipelineError("the review's wake kind needs eval.wake_word, which the run's config.yaml leaves empty; "
                             "give the word the run's models were evaluated on: python -m pipeline.review <run> "
                             "eval.wake_word=<word>")
-    model, processor = load_asr(asr_dir, pick_device(rcfg.device, "review.device"))
+    model, processor = load_asr(asr_dir, device)
     keyword = keyword_ids(processor, word, bool(ecfg.wake_word_boundary), asr_dir)
     tempos = [float(t) for t in rcfg.transcript_tempos]
     gaps, alternatives, wake = [], [[] for _ in tempos], []
@@ -176,15 +180,15 @@ def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, asr_dir: Path, splits: 
     return found + wake_found, wake_judged, wake_note
 
 
-def _text_kinds(cfg: DictConfig, rcfg: ReviewConfig, nlu_dir: Path, rows: list[dict[str, Any]], fold: np.ndarray,
-                seconds: dict[str, float]) -> tuple[list[Suspect], dict[str, Any]]:
+def _text_kinds(cfg: DictConfig, rcfg: ReviewConfig, device: torch.device, nlu_dir: Path, rows: list[dict[str, Any]],
+                fold: np.ndarray, seconds: dict[str, float]) -> tuple[list[Suspect], dict[str, Any]]:
     from pipeline.review.entities import entity_suspects
     from pipeline.review.intent import intent_suspects
 
     if not rows:
         return [], {}
     started = time.perf_counter()
-    encoder, tokenizer, max_length = load_backbone(cfg.get("nlu") or {}, nlu_dir, int(cfg.get("seed", 0)))
+    encoder, tokenizer, max_length = load_backbone(cfg.get("nlu") or {}, nlu_dir, int(cfg.get("seed", 0)), device)
     embeddings = embed(encoder, tokenizer, [r["words"] for r in rows], max_length)
     lap = time.perf_counter()
     seconds["text_embedding"] = lap - started

@@ -485,3 +485,54 @@ def test_make_review_holds_the_run_as_being_written(tiny_models: Path, tiny_data
                         seen.append(run_folder.being_written(run_dir)) or {})
     main([str(run)])
     assert seen == [True] and not run_folder.being_written(run)
+
+
+class _Placed(Exception):
+    """Raised by a stand-in for a model's first forward pass, once it has seen where the model is."""
+
+
+@pytest.mark.parametrize("resolved", ["cpu", "meta"])
+def test_review_device_places_the_nlu_encoder_where_it_places_the_asr_model(
+    resolved: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """review.device holds for both models the review runs, each seen at its first forward pass (in a
+    run folder with that model alone). review.device=cpu puts both on the CPU; "meta" stands for a
+    device other than the CPU (a GPU, which this test cannot count on): review.device resolved to
+    it, both models must be there. Before the fix: the ASR model went to review.device and the NLU
+    encoder stayed on the CPU ({'asr': 'meta', 'nlu': 'cpu'})."""
+    import torch
+
+    from pipeline.review import acoustic, stage
+
+    if resolved != "cpu":
+        monkeypatch.setattr(stage, "pick_device", lambda wanted, key: torch.device(resolved))
+    seen: dict[str, str] = {}
+
+    def first_use(name: str) -> Any:
+        def record(model: Any, *args: Any, **kwargs: Any) -> Any:
+            seen[name] = str(next(model.parameters()).device)
+            raise _Placed
+        return record
+
+    monkeypatch.setattr(acoustic, "score_clips", first_use("asr"))
+    monkeypatch.setattr(stage, "embed", first_use("nlu"))
+    for kind in ("asr", "nlu"):
+        (tmp_path / kind).mkdir()
+        run = make_run(tmp_path / kind, tiny_models, tiny_dataset_path, kinds=(kind,))
+        with pytest.raises(_Placed):
+            stage.run_review_stage(review_cfg(**{"review.device": "cpu"}), run, tiny_dataset_path, RecordingTracker())
+    assert seen == {"asr": resolved, "nlu": resolved}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_review_device_cuda_without_a_gpu_is_refused_for_the_nlu_encoder_too(
+    tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
+) -> None:
+    """The ASR model's own error (pipeline.distributed.pick_device), also for a run with only an NLU
+    model. Before the fix: no error; the NLU encoder ran on the CPU, whatever review.device said."""
+    from pipeline.review.stage import run_review_stage
+
+    run = make_run(tmp_path, tiny_models, tiny_dataset_path, kinds=("nlu",))
+    with pytest.raises(PipelineError, match=r"^review\.device=cuda but no CUDA GPU is visible; use review\.device=cpu \(or auto\)$"):
+        run_review_stage(review_cfg(**{"review.device": "cuda"}), run, tiny_dataset_path, RecordingTracker())
+    assert not (run / "review").exists()
