@@ -386,6 +386,8 @@ class Difference:
     higher_is_better: bool
     # What the bootstrap drew, when not the Paired's speakers (e.g. "14 background recordings").
     resampled: str | None = None
+    # Why ci_low / ci_high are None (e.g. "one speaker"), for the gate and compare to say.
+    why_no_interval: str | None = None
 
     @property
     def verdict(self) -> str:
@@ -443,11 +445,32 @@ def paired_differences(
     few = _too_few_units([base, other])
     for key in base_samples.keys() & other_samples.keys():
         b, o = base_point[key], other_point[key]
-        enough = len(units) >= MIN_UNITS and key not in few
-        ci = _percentiles(other_samples[key] - base_samples[key], confidence) if enough else None
-        differences[key] = Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key])
+        if len(units) < MIN_UNITS:
+            ci, why = None, "one speaker"
+        elif key in few:
+            ci, why = None, "fewer than two speakers count towards the metric"
+        else:
+            ci, why = _paired_interval(other_samples[key] - base_samples[key], confidence, "speakers")
+        differences[key] = Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key],
+                                      why_no_interval=why)
     ordered = {k: differences[k] for k in INTERVAL_KEYS if k in differences}
     return Paired(ordered, clips=len(base.speakers), speakers=len(units), samples=samples)
+
+
+def _paired_interval(differences: np.ndarray, confidence: float,
+                     units: str) -> tuple[tuple[float, float] | None, str | None]:
+    """The interval of a paired difference over its bootstrap draws, or None and why not.
+
+    As for a single run (`intervals`), a difference every draw gives alike within rounding
+    (`_zero_width`: each speaker, or recording, moves by the same amount) gets no interval: [d, d]
+    would read as certainty, and the verdict as proven. Unlike a single run's share, there is no
+    exact interval to fall back on: the speakers' own difference is not a count of events."""
+    ci = _percentiles(differences, confidence)
+    if ci is None:
+        return None, f"undefined on most resampled sets of {units}"
+    if _zero_width(ci):
+        return None, f"every resampled set of {units} gives the same difference"
+    return ci, None
 
 
 SAME_AUDIO_S = 0.05  # scored seconds of one recording in two runs: within a frame or two is the same audio
@@ -498,7 +521,10 @@ def paired_rate_difference(
              for name, fa, seconds in (("base", base_fa, base_s), ("other", other_fa, other_s))}
     b = float(rate({"false_accepts": base_fa.sum(), "seconds": base_s.sum()}))
     o = float(rate({"false_accepts": other_fa.sum(), "seconds": other_s.sum()}))
-    ci = _percentiles(drawn["other"] - drawn["base"], confidence) if len(shared) >= MIN_UNITS else None
+    if len(shared) < MIN_UNITS:
+        ci, why = None, "one recording"
+    else:
+        ci, why = _paired_interval(drawn["other"] - drawn["base"], confidence, "background recordings")
     return Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key],
-                      resampled=f"{len(shared)} background recording{'s' if len(shared) != 1 else ''}"
-                      + ("" if ci else f"; an interval needs {MIN_UNITS} or more"))
+                      resampled=f"{len(shared)} background recording{'s' if len(shared) != 1 else ''}",
+                      why_no_interval=why)

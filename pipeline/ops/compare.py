@@ -262,8 +262,10 @@ def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, sample
                     lines.append(f"{name}: {key} is not reproduced by the per-clip results; no paired difference for it")
                 continue
             interval = "" if diff.ci_low is None else f" [{diff.ci_low:+.4f}, {diff.ci_high:+.4f}]"
-            if diff.resampled:
-                interval += f" ({diff.resampled})"
+            said = [part for part in (diff.resampled, diff.why_no_interval and f"no interval: {diff.why_no_interval}")
+                    if part]
+            if said:
+                interval += f" ({'; '.join(said)})"
             rows.append([name, key, f"{diff.base:.4f}", f"{diff.other:.4f}", f"{diff.difference:+.4f}{interval}",
                          diff.verdict])
     if rows:

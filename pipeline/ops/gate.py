@@ -155,15 +155,12 @@ def check_gate_paired(
         if diff is None or diff.ci_low is None or diff.ci_high is None or not _reproduced(diff, new, old):
             # No per-clip counts for this metric, or they measure something else than metrics.json
             # (e.g. a rate over streamed background audio rather than over clips), or too few
-            # speakers or recordings to resample (pipeline.eval.bootstrap.MIN_UNITS).
+            # speakers or recordings to resample (pipeline.eval.bootstrap.MIN_UNITS), or every resampled
+            # set gives the same difference: the Difference says which (why_no_interval).
             few = diff is not None and diff.ci_low is None and _reproduced(diff, new, old)
             why = "no per-clip interval"
-            if few and diff.resampled:
-                why = "one recording: no interval"
-            elif few:
-                why = ("one speaker: no interval" if paired.speakers < B.MIN_UNITS else
-                       "no interval: fewer than two speakers count towards the metric, or it is undefined on most "
-                       "resampled sets of speakers")
+            if few and diff.why_no_interval:
+                why = f"{diff.why_no_interval}: no interval"
             point = check_gate(candidate, incumbent, {name: rule})[0]
             checks.append(GateCheck(**{**point.as_dict(), "policy": policy,
                                        "detail": point.detail + f" ({why}: judged on the point values)"}))

@@ -74,8 +74,10 @@ def test_paired_difference_of_a_model_with_itself_and_with_a_worse_one() -> None
     base = B.clip_table(_rows(REFS, HYPS, speakers))
     same = B.paired_differences(base, base, samples=300)
     wer = same.differences["asr/wer"]
-    assert (wer.difference, wer.ci_low, wer.ci_high) == (0.0, 0.0, 0.0)
-    assert wer.verdict == "no detectable difference" and (same.clips, same.speakers) == (8, 4)
+    # Every draw gives 0: no interval rather than [0, 0] (formerly expected here), as for a single run
+    # whose draws are all alike (test_a_paired_difference_every_draw_gives_alike_is_no_zero_width_interval).
+    assert (wer.difference, wer.ci_low, wer.ci_high) == (0.0, None, None)
+    assert wer.verdict == "no interval" and (same.clips, same.speakers) == (8, 4)
     # Every clip loses its last word: WER rises on every speaker.
     worse = B.clip_table(_rows(REFS, [h.rsplit(" ", 1)[0] for h in HYPS], speakers))
     diff = B.paired_differences(base, worse, samples=300).differences["asr/wer"]
@@ -108,11 +110,11 @@ def _recordings(false_accepts: list[int]) -> list[dict]:
 def test_false_accepts_on_background_are_paired_over_its_recordings() -> None:
     base = _recordings([0, 1, 0, 0, 2, 0, 0, 1])
     hours = sum(r["seconds"] for r in base) / 3600.0
-    same = B.paired_rate_difference(base, base, samples=300)
-    assert (same.base, same.difference, same.ci_low, same.ci_high) == (pytest.approx(4 / hours), 0.0, 0.0, 0.0)
-    assert same.resampled == "8 background recordings" and same.verdict == "no detectable difference"
-    # Two more false accepts in every recording: worse on every draw of recordings.
-    more = _recordings([r["false_accepts"] + 2 for r in base])
+    same = B.paired_rate_difference(base, base, samples=300)  # every draw gives 0: no interval, not [0, 0]
+    assert (same.base, same.difference, same.ci_low, same.ci_high) == (pytest.approx(4 / hours), 0.0, None, None)
+    assert same.resampled == "8 background recordings" and same.verdict == "no interval"
+    # One or three more false accepts in every recording: worse on every draw of recordings.
+    more = _recordings([r["false_accepts"] + 1 + 2 * (i % 2) for i, r in enumerate(base)])
     diff = B.paired_rate_difference(base, more, samples=300)
     assert diff.difference == pytest.approx(16 / hours) and diff.ci_low > 0 and diff.verdict == "worse"
     assert B.paired_rate_difference(more, base, samples=300).verdict == "better"
@@ -184,7 +186,8 @@ def test_eval_stage_writes_intervals_everywhere(tiny_models: Path, tiny_dataset_
     assert np.isfinite(metrics["asr/wer_ci_high"])
 
     # The promotion gate on these real per-clip results: a model against itself passes the default
-    # rules under both policies, every paired difference exactly 0.
+    # rules under both policies, every paired difference exactly 0 on every resample, so no interval
+    # (a zero-width [0, 0] was expected here before) and the point values decide.
     import yaml
 
     from pipeline.ops.gate import GATE_POLICIES, gate_on_runs
@@ -193,7 +196,8 @@ def test_eval_stage_writes_intervals_everywhere(tiny_models: Path, tiny_dataset_
     for policy in GATE_POLICIES:
         checks = gate_on_runs(tmp_path / "b", tmp_path / "a", again, metrics, rules, policy, 200, 0)
         assert all(c.passed for c in checks), [c.detail for c in checks]
-        assert all((c.difference, c.ci_low, c.ci_high) == (0.0, 0.0, 0.0) for c in checks)
+        assert all((c.ci_low, c.ci_high) == (None, None) and "judged on the point values" in c.detail
+                   and c.candidate == c.incumbent for c in checks), [c.detail for c in checks]
 
 
 def test_a_rate_measured_elsewhere_gets_its_own_poisson_interval() -> None:
@@ -335,3 +339,33 @@ def test_a_fractional_value_every_speaker_shares_is_no_zero_width_interval() -> 
              "counts": {"slu_f1_tp": 1.0, "slu_f1_fp": float(fp[c]), "slu_f1_fn": float(fn[c])}}
             for s in range(13) for c in range(3)]
     assert B.intervals(B.clip_table(rows), samples=1000)["slu/slu_f1"] is None
+
+
+def test_a_paired_difference_every_draw_gives_alike_is_no_zero_width_interval() -> None:
+    """Before the fix: four speakers who each score alike in both runs (one word error in ten, then
+    two) gave the WER difference +0.1 on every draw of speakers, so the paired interval was
+    [+0.1, +0.1] and the verdict "worse": certainty the single-run interval already refuses. The same
+    for background recordings that each gain one false accept."""
+    refs = ["one two three four five six seven eight nine ten"] * 8
+    speakers = [f"s{i % 4}" for i in range(8)]
+    base = B.clip_table(_rows(refs, [r.replace("two", "too") for r in refs], speakers))
+    other = B.clip_table(_rows(refs, [r.replace("two", "too").replace("six", "sex") for r in refs], speakers))
+    assert B.intervals(base, samples=200)["asr/wer"] is None  # the single-run rule this follows
+    wer = B.paired_differences(base, other, samples=200).differences["asr/wer"]
+    assert wer.difference == pytest.approx(0.1)
+    assert (wer.ci_low, wer.ci_high, wer.verdict) == (None, None, "no interval")
+    assert wer.why_no_interval == "every resampled set of speakers gives the same difference"
+    # Alike within rounding counts too, as for single runs: fractional SLU-F1 sums.
+    rng = np.random.default_rng(1)
+    fp, fn = rng.random(3), rng.random(3)
+    rows = [{"utterance_id": f"s{s}-{c}", "speaker": f"s{s}",
+             "counts": {"slu_f1_tp": 1.0, "slu_f1_fp": float(fp[c]), "slu_f1_fn": float(fn[c])}}
+            for s in range(13) for c in range(3)]
+    better = [{**r, "counts": {**r["counts"], "slu_f1_fp": r["counts"]["slu_f1_fp"] / 3}} for r in rows]
+    f1 = B.paired_differences(B.clip_table(rows), B.clip_table(better), samples=300).differences["slu/slu_f1"]
+    assert f1.difference > 0 and f1.verdict == "no interval"
+    recordings = [{"recording": f"test-{i:03d}", "seconds": 600.0, "false_accepts": 0, "digest": f"d{i}"}
+                  for i in range(6)]
+    rate = B.paired_rate_difference(recordings, [{**r, "false_accepts": 1} for r in recordings], samples=200)
+    assert rate.difference == pytest.approx(6.0) and (rate.ci_low, rate.verdict) == (None, "no interval")
+    assert rate.why_no_interval == "every resampled set of background recordings gives the same difference"
