@@ -388,6 +388,9 @@ class Difference:
     resampled: str | None = None
     # Why ci_low / ci_high are None (e.g. "one speaker"), for the gate and compare to say.
     why_no_interval: str | None = None
+    # Background recordings only the base run, and only the other, streamed: not in the pairing, and
+    # named in `resampled`, so a pairing over part of either run's background never reads as whole.
+    left_out: tuple[int, int] = (0, 0)
 
     @property
     def verdict(self) -> str:
@@ -486,9 +489,11 @@ def paired_rate_difference(
     (eval_details.json: wake_background.per_recording). A recording is the same in both runs when
     its name and its samples' digest are: device recordings cut into fixed-length chunks share
     names and lengths from folder to folder. Entries written before the digest existed cannot
-    tell, and are refused."""
+    tell, and are refused. Recordings only one run streamed are left out of the pairing, and
+    counted in `left_out` and `resampled`: the rates paired are then over part of the background."""
     theirs = {str(r["recording"]): r for r in other}
     shared = [r for r in base if str(r["recording"]) in theirs]
+    left_out = (len(base) - len(shared), len(theirs) - len(shared))
     if not shared:
         raise ValueError("the two runs streamed no background recording in common")
     for r in shared:
@@ -525,6 +530,8 @@ def paired_rate_difference(
         ci, why = None, "one recording"
     else:
         ci, why = _paired_interval(drawn["other"] - drawn["base"], confidence, "background recordings")
-    return Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key],
-                      resampled=f"{len(shared)} background recording{'s' if len(shared) != 1 else ''}",
-                      why_no_interval=why)
+    drawn_over = f"{len(shared)} background recording{'s' if len(shared) != 1 else ''}"
+    if any(left_out):
+        drawn_over += f"; left out: {left_out[0]} only the baseline streamed, {left_out[1]} only the other run"
+    return Difference(key, b, o, o - b, *(ci or (None, None)), HIGHER_IS_BETTER[key], resampled=drawn_over,
+                      why_no_interval=why, left_out=left_out)

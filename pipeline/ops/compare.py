@@ -259,7 +259,9 @@ def paired_report(runs: list[RunSummary], metrics: list[str], base: Path, sample
             if not all(isinstance(v, (int, float)) and abs(v - p) < 1e-6 for v, p in zip(stated, (diff.base, diff.other))):
                 # The per-clip counts measure something else (e.g. a rate over streamed background audio).
                 if not (why_not and key == "wake/fa_per_hour"):  # said above, with the reason
-                    lines.append(f"{name}: {key} is not reproduced by the per-clip results; no paired difference for it")
+                    over = f" (paired over {diff.resampled})" if diff.resampled else ""
+                    lines.append(f"{name}: {key} is not reproduced by the per-clip results{over}; no paired "
+                                 "difference for it")
                 continue
             interval = "" if diff.ci_low is None else f" [{diff.ci_low:+.4f}, {diff.ci_high:+.4f}]"
             said = [part for part in (diff.resampled, diff.why_no_interval and f"no interval: {diff.why_no_interval}")

@@ -161,6 +161,8 @@ def check_gate_paired(
             why = "no per-clip interval"
             if few and diff.why_no_interval:
                 why = f"{diff.why_no_interval}: no interval"
+            elif diff is not None and diff.resampled and not _reproduced(diff, new, old):
+                why = f"no interval: paired over {diff.resampled}, which does not give the metrics.json figures"
             point = check_gate(candidate, incumbent, {name: rule})[0]
             checks.append(GateCheck(**{**point.as_dict(), "policy": policy,
                                        "detail": point.detail + f" ({why}: judged on the point values)"}))

@@ -122,8 +122,10 @@ def test_false_accepts_on_background_are_paired_over_its_recordings() -> None:
     one = _recordings([n + (i == 3) for i, n in enumerate(r["false_accepts"] for r in base)])
     diff = B.paired_rate_difference(base, one, samples=300)
     assert diff.difference == pytest.approx(1 / hours) and diff.ci_low == 0.0 and diff.verdict == "no detectable difference"
-    # Only the recordings both streamed are paired; a recording of another length is other audio.
-    assert B.paired_rate_difference(base, more[:5], samples=100).resampled == "5 background recordings"
+    # Only the recordings both streamed are paired, and the rest counted (formerly left out unsaid:
+    # "5 background recordings" was expected here); a recording of another length is other audio.
+    assert B.paired_rate_difference(base, more[:5], samples=100).resampled == (
+        "5 background recordings; left out: 3 only the baseline streamed, 0 only the other run")
     with pytest.raises(ValueError, match="test-002 lasts 602.00 s in one run and 10.00 s"):
         B.paired_rate_difference(base, [{**base[2], "seconds": 10.0}])
     # A model of 30 ms frames scores 0.99 s of the first window's context where one of 20 ms frames
@@ -369,3 +371,16 @@ def test_a_paired_difference_every_draw_gives_alike_is_no_zero_width_interval() 
     rate = B.paired_rate_difference(recordings, [{**r, "false_accepts": 1} for r in recordings], samples=200)
     assert rate.difference == pytest.approx(6.0) and (rate.ci_low, rate.verdict) == (None, "no interval")
     assert rate.why_no_interval == "every resampled set of background recordings gives the same difference"
+
+
+def test_background_recordings_only_one_run_streamed_are_counted_as_left_out() -> None:
+    """Before the fix: recordings only one of the two runs streamed were dropped from the pairing
+    without a word: "5 background recordings" read as the whole of both runs' background."""
+    base = _recordings([0, 1, 0, 0, 2, 0, 0, 1])
+    other = _recordings([1, 1, 2, 0, 3, 0, 1, 2])
+    extra = {"recording": "test-100", "seconds": 600.0, "false_accepts": 1, "digest": "d100"}
+    diff = B.paired_rate_difference(base, other[:5] + [extra], samples=100)
+    assert diff.resampled == "5 background recordings; left out: 3 only the baseline streamed, 1 only the other run"
+    assert diff.left_out == (3, 1)
+    whole = B.paired_rate_difference(base, other, samples=100)
+    assert whole.resampled == "8 background recordings" and whole.left_out == (0, 0)

@@ -183,3 +183,26 @@ def test_a_run_erasure_emptied_is_not_the_default_baseline(tmp_path: Path) -> No
     assert "Paired against the baseline, outputs/b-first-kept" in report
     assert "older outputs/a-erased: per-clip results erased after a deletion request, so not the baseline" in report
     assert "outputs/c-better: 24 shared test clips" in report
+
+
+def test_compare_counts_the_background_recordings_only_one_run_streamed(tmp_path: Path) -> None:
+    """Before the fix: the pairing of false accepts per hour dropped the 3 recordings only the
+    baseline streamed without a word, and the row said "(9 background recordings"."""
+    out = tmp_path / "outputs"
+    for name, order, false_accepts in (("a-first", 0, [0] * 12), ("b-fewer", 1, [1, 0, 2] * 3)):
+        _run(out, name, list(REFS), "fp1", order)
+        details = json.loads((out / name / "eval_details.json").read_text())
+        details["wake_background"] = {"per_recording": [
+            {"recording": f"test-{i:03d}", "seconds": 600.0, "false_accepts": n, "digest": f"d{i}"}
+            for i, n in enumerate(false_accepts)]}
+        (out / name / "eval_details.json").write_text(json.dumps(details))
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        metrics["wake/fa_per_hour"] = sum(false_accepts) / (len(false_accepts) / 6.0)  # 10-minute recordings
+        (out / name / "metrics.json").write_text(json.dumps(metrics))
+    result = subprocess.run([sys.executable, "-m", "pipeline.ops.compare", "outputs", "--metrics", "wake/fa_per_hour",
+                             "--samples", "300"], cwd=tmp_path, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    paired = result.stdout.split("\n\n", 1)[1]
+    [row] = [line for line in paired.splitlines() if line.startswith("outputs/b-fewer ")]
+    assert "(9 background recordings; left out: 3 only the baseline streamed, 0 only the other run)" in row, row

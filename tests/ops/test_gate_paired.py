@@ -148,6 +148,19 @@ def test_false_accepts_on_background_are_judged_over_its_recordings(tmp_path: Pa
     assert not fa.passed and fa.difference is None and "judged on the point values" in fa.detail
 
 
+def test_a_pairing_over_part_of_the_background_says_how_many_recordings_it_left_out(tmp_path: Path) -> None:
+    """Before the fix: the promoted model streamed 9 of the candidate's 12 recordings; the pairing
+    over those 9 missed the candidate's metrics.json, and the rule fell back on the point values
+    saying only "no per-clip interval", not that 3 recordings were left out of the pairing."""
+    rules = {"fa": {"metric": "wake/fa_per_hour", "max_increase": 0.0}}
+    old = _with_background(tmp_path / "incumbent", _write_run(tmp_path / "incumbent", PROMOTED), [0] * 9)
+    new = _with_background(tmp_path / "candidate", _write_run(tmp_path / "candidate", PROMOTED), [0] * 9 + [3] * 3)
+    fa = gate_on_runs(tmp_path / "candidate", tmp_path / "incumbent", new, old, rules, "not_worse", 300, 0)[0]
+    assert not fa.passed and fa.difference is None
+    assert ("paired over 9 background recordings; left out: 0 only the baseline streamed, 3 only the other run"
+            in fa.detail), fa.detail
+
+
 def test_a_test_split_of_one_speaker_is_judged_on_point_values_and_says_why(tmp_path: Path) -> None:
     wer = _gate(tmp_path, PROMOTED, [_fixed(h) for h in PROMOTED], "non_inferior", ["acct_00"] * len(REFS))[0]
     assert wer.passed and wer.ci_low is None and wer.candidate == 0.0
