@@ -171,8 +171,20 @@ class ClipTable:
     wake_labels: np.ndarray | None = None
 
 
+def resampling_unit(row: Mapping[str, Any]) -> str:
+    """The unit a clip is resampled with: its speaker as text, or the clip itself without one.
+
+    A speaker may be numbered, and 0 is a speaker like any other. Missing is None or the empty
+    string: "" is how a table (a CSV cell, a string column) writes no speaker, and the dataset
+    build never takes it for an id (pipeline.data.sources reads a speaker the same way); taken
+    as one, every clip without a speaker would pool into one made-up speaker of unrelated people."""
+    speaker = row.get("speaker")
+    return f"clip:{row['utterance_id']}" if speaker is None or speaker == "" else str(speaker)
+
+
 def clip_table(rows: Sequence[Mapping[str, Any]]) -> ClipTable:
-    """From predictions.jsonl rows (each with `counts`); a clip without a speaker is its own unit."""
+    """From predictions.jsonl rows (each with `counts`); a clip without a speaker is its own unit
+    (`resampling_unit`)."""
     if not rows:
         raise ValueError("no clips to resample")
     missing = next((r.get("utterance_id", "?") for r in rows if not isinstance(r.get("counts"), Mapping)), None)
@@ -181,7 +193,7 @@ def clip_table(rows: Sequence[Mapping[str, Any]]) -> ClipTable:
     names = sorted(set.intersection(*(set(r["counts"]) for r in rows)))
     table = ClipTable(
         utterances=[str(r["utterance_id"]) for r in rows],
-        speakers=[str(r.get("speaker") or f"clip:{r['utterance_id']}") for r in rows],
+        speakers=[resampling_unit(r) for r in rows],
         counts={n: np.array([float(r["counts"][n]) for r in rows]) for n in names},
     )
     if "wake_positives" in table.counts:

@@ -384,3 +384,12 @@ def test_background_recordings_only_one_run_streamed_are_counted_as_left_out() -
     assert diff.left_out == (3, 1)
     whole = B.paired_rate_difference(base, other, samples=100)
     assert whole.resampled == "8 background recordings" and whole.left_out == (0, 0)
+
+
+def test_speaker_zero_is_a_speaker_and_only_a_missing_one_makes_a_clip_its_own_unit() -> None:
+    """Before the fix: `speaker or clip:<id>` made speaker 0 (numbered speakers, as LibriSpeech's)
+    four units of one clip each, so its clips were resampled as if independent."""
+    speakers: list = [0, 0, 0, 0, 1, 1, None, ""]
+    table = B.clip_table(_rows(REFS, HYPS, speakers))
+    assert table.speakers == ["0", "0", "0", "0", "1", "1", "clip:u6", "clip:u7"]
+    assert B.paired_differences(table, table, samples=100).speakers == 4
