@@ -171,6 +171,28 @@ class ClipTable:
     wake_labels: np.ndarray | None = None
 
 
+class DuplicateUtteranceError(ValueError):
+    """One utterance id on more than one row of a run's per-clip results."""
+
+
+def check_unique_utterances(utterances: Sequence[str], where: str = "") -> None:
+    """Refuse per-clip results that hold an utterance id twice (`where` names whose, e.g. " in the
+    baseline's per-clip results"). Runs are paired by id, and each row is a clip the bootstrap
+    draws: a repeated id would pair one clip twice, or keep only one of its rows, without a word.
+    The dataset build drops repeated ids, so a repeat is a file written twice into or joined from
+    two evaluations."""
+    rows: dict[str, list[int]] = {}
+    for number, utterance in enumerate(utterances, 1):
+        rows.setdefault(utterance, []).append(number)
+    repeated = next(((u, n) for u, n in rows.items() if len(n) > 1), None)
+    if repeated is not None:
+        utterance, numbers = repeated
+        raise DuplicateUtteranceError(
+            f"utterance id {utterance} appears {len(numbers)} times (rows {', '.join(map(str, numbers[:-1]))} and "
+            f"{numbers[-1]}){where}: each clip must be one row to pair runs by id; re-evaluate the run "
+            "(`python evaluate.py run=<run folder>`) to write its per-clip results afresh")
+
+
 def resampling_unit(row: Mapping[str, Any]) -> str:
     """The unit a clip is resampled with: its speaker as text, or the clip itself without one.
 
@@ -190,6 +212,7 @@ def clip_table(rows: Sequence[Mapping[str, Any]]) -> ClipTable:
     missing = next((r.get("utterance_id", "?") for r in rows if not isinstance(r.get("counts"), Mapping)), None)
     if missing is not None:
         raise ValueError(f"clip {missing} has no per-clip counts (`counts`); re-evaluate the run to write them")
+    check_unique_utterances([str(r["utterance_id"]) for r in rows])
     names = sorted(set.intersection(*(set(r["counts"]) for r in rows)))
     table = ClipTable(
         utterances=[str(r["utterance_id"]) for r in rows],
@@ -424,7 +447,10 @@ class Paired:
 
 
 def align(base: ClipTable, other: ClipTable) -> tuple[ClipTable, ClipTable]:
-    """Both tables on the clips they share, in one order; the same clip must have the same speaker."""
+    """Both tables on the clips they share, in one order; the same clip must have the same speaker,
+    and each run must hold a clip once (`check_unique_utterances`)."""
+    check_unique_utterances(base.utterances, " in the baseline's per-clip results")
+    check_unique_utterances(other.utterances, " in the other run's per-clip results")
     position = {u: i for i, u in enumerate(other.utterances)}
     shared = [i for i, u in enumerate(base.utterances) if u in position]
     if not shared:

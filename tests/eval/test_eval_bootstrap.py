@@ -393,3 +393,23 @@ def test_speaker_zero_is_a_speaker_and_only_a_missing_one_makes_a_clip_its_own_u
     table = B.clip_table(_rows(REFS, HYPS, speakers))
     assert table.speakers == ["0", "0", "0", "0", "1", "1", "clip:u6", "clip:u7"]
     assert B.paired_differences(table, table, samples=100).speakers == 4
+
+
+def test_a_repeated_utterance_id_is_refused_by_name_not_collapsed() -> None:
+    """Before the fix: `align` paired the two runs through {id: position}, so a clip id the other
+    run held twice kept only its last row, and one the baseline held twice was paired twice with
+    it: a clip scored twice, or two clips under one id, silently weighed in the comparison."""
+    speakers = [f"s{i % 4}" for i in range(8)]
+    rows = _rows(REFS, HYPS, speakers)
+    doubled = rows[:5] + [{**rows[5], "utterance_id": "u3", "speaker": rows[3]["speaker"]}] + rows[6:]
+    with pytest.raises(B.DuplicateUtteranceError, match=r"utterance id u3 appears 2 times \(rows 4 and 6\)"):
+        B.clip_table(doubled)
+    # A table made otherwise: align names the run that repeats the id.
+    table = B.clip_table(rows)
+    repeated = B.ClipTable(utterances=[*table.utterances[:5], "u3", *table.utterances[6:]],
+                           speakers=[*table.speakers[:5], table.speakers[3], *table.speakers[6:]],
+                           counts=table.counts)
+    with pytest.raises(B.DuplicateUtteranceError, match=r"u3 appears 2 times \(rows 4 and 6\) in the other run"):
+        B.align(table, repeated)
+    with pytest.raises(B.DuplicateUtteranceError, match=r"u3 appears 2 times \(rows 4 and 6\) in the baseline"):
+        B.align(repeated, table)

@@ -206,3 +206,20 @@ def test_compare_counts_the_background_recordings_only_one_run_streamed(tmp_path
     paired = result.stdout.split("\n\n", 1)[1]
     [row] = [line for line in paired.splitlines() if line.startswith("outputs/b-fewer ")]
     assert "(9 background recordings; left out: 3 only the baseline streamed, 0 only the other run)" in row, row
+
+
+def test_a_run_whose_per_clip_results_repeat_an_utterance_id_is_named(tmp_path: Path) -> None:
+    """Before the fix: the run's predictions.jsonl held utt-03 twice (and no utt-05); compare paired
+    23 of the 24 clips, the baseline's utt-03 against the repeated id's last row, without a word."""
+    out = tmp_path / "outputs"
+    _run(out, "a-first", list(REFS), "fp1", 0)
+    _run(out, "b-repeats", list(REFS), "fp1", 1)
+    file = out / "b-repeats" / "predictions.jsonl"
+    rows = [json.loads(line) for line in file.read_text().splitlines()]
+    rows[5] = {**rows[3], "utterance_id": "utt-03"}
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = _compare(tmp_path).split("\n\n", 1)[1]
+    [line] = [line for line in text.splitlines() if line.startswith("outputs/b-repeats:")]
+    assert line.startswith("outputs/b-repeats: no paired comparison: outputs/b-repeats/predictions.jsonl: utterance "
+                           "id utt-03 appears 2 times (rows 4 and 6)"), line
+    assert "python evaluate.py run=" in line, line
