@@ -763,7 +763,7 @@ def _test_data(dataset_path: Path, split: str, rows: list[dict[str, Any]]) -> di
     fingerprint = (read_build_report(dataset_path) or {}).get("fingerprint")
     digest = hashlib.sha256(json.dumps([[r["utterance_id"], r["speaker"], r["reference"]] for r in rows]).encode())
     return {"dataset_fingerprint": fingerprint, "split": split, "clips": len(rows), "clips_digest": digest.hexdigest()[:20],
-            "speakers": len({r["speaker"] for r in rows})}
+            "speakers": len({B.resampling_unit(r) for r in rows})}  # what the intervals resample
 
 
 def _write_outputs(

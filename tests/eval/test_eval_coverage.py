@@ -138,3 +138,14 @@ def test_a_split_where_every_clip_is_its_own_speaker_says_its_intervals_resample
     assert "Every test clip has a speaker of its own" in report
     _, details, report = evaluate(tmp_path / "out2", tiny_dataset_path, asr_model=str(tiny_models / "asr"))
     assert details["test_data"]["speakers"] < details["test_data"]["clips"] and "speaker of its own" not in report
+
+
+def test_a_split_without_speaker_ids_counts_each_clip_as_the_unit_its_intervals_resample(
+        tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """A dataset made elsewhere may leave `speaker` empty: its intervals resample clips, and the
+    report must say so. Before the fix `test_data.speakers` counted the missing speaker as one (1
+    speaker of 10 clips), and the report said nothing of clips being resampled."""
+    bare = variant(tiny_dataset_path, tmp_path / "bare", lambda ds: ds.map(lambda ex: {"speaker": None}))
+    metrics, details, report = evaluate(tmp_path / "out", bare, asr_model=str(tiny_models / "asr"))
+    assert details["test_data"]["speakers"] == details["test_data"]["clips"] == metrics["eval/num_clips"] > 1
+    assert metrics["asr/wer_ci_low"] is not None and "Every test clip has a speaker of its own" in report
