@@ -659,25 +659,48 @@ def prediction_hit(key: bytes, deleted: set[str], texts: set[str], row: dict[str
 
 # ------------------------------------------------------------------------------ W&B online
 
+def maybe_online(run: Path) -> bool:
+    """Whether the W&B run of this run folder may have a copy online, whose deletion then waits in
+    the state (by id) until W&B is reachable: `make sync` uploaded an offline run (a `.wandb.synced`
+    marker), the run logged to W&B online (wandb's `run-*` folder, not `offline-run-*`: nothing to
+    sync, so no marker ever says so), or no W&B log is left to tell. Only a run whose every log is
+    offline and never synced is known to hold nothing online."""
+    folder = run / "wandb"
+    if not folder.is_dir():
+        return True
+    # `latest-run` is wandb's link to the newest run folder: the folder itself is judged.
+    logs = [log for log in folder.glob("*/run-*.wandb") if not log.parent.is_symlink()]
+    synced = [m for m in folder.glob("*/run-*.wandb.synced") if not m.parent.is_symlink()]
+    return bool(synced) or not logs or any(not log.parent.name.startswith("offline-run-") for log in logs)
+
+
 def delete_online(run_ids: list[str], project: str, entity: str | None, api: Any = None) -> list[dict[str, Any]]:
     """Delete each run's logged artifacts, then the run, through W&B's public API.
 
-    A run that was never uploaded is not an error (`wandb.errors.CommError` / a missing run):
-    there is nothing online to delete.
+    A run that was never uploaded is not an error (W&B answers "no such run", a ValueError): there
+    is nothing online to delete. Any other failure (W&B unreachable, a server error, no credentials)
+    says nothing about the run: it is "failed", and stays pending, retried by the next erasure.
     """
     if not run_ids:
         return []
     if api is None:
         import wandb
 
-        api = wandb.Api()
+        try:
+            api = wandb.Api()
+        except Exception as err:  # noqa: BLE001 - no credentials or no server: every run stays pending
+            detail = f"W&B's API could not be opened ({type(err).__name__}: {first_line(err)})"
+            return [{"run": run_id, "online": "failed", "artifacts": 0, "detail": detail} for run_id in run_ids]
     done = []
     for run_id in run_ids:
-        path = f"{entity or api.default_entity}/{project}/{run_id}"
         try:
-            run = api.run(path)
-        except Exception as err:  # noqa: BLE001 - W&B raises several types for "no such run"
+            run = api.run(f"{entity or api.default_entity}/{project}/{run_id}")  # the default entity asks W&B
+        except ValueError as err:  # wandb's RunNotFoundError: never uploaded, or already deleted
             done.append({"run": run_id, "online": "not found", "detail": type(err).__name__})
+            continue
+        except Exception as err:  # noqa: BLE001 - unreachable, or a server error: retried next time
+            done.append({"run": run_id, "online": "failed", "artifacts": 0,
+                         "detail": f"{type(err).__name__}: {first_line(err)}"})
             continue
         artifacts = 0
         try:
@@ -827,12 +850,12 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
 
     staged: set[Path] = set()
     online_ids: list[str] = []  # erased runs' W&B ids: their online copies go too
-    uploaded: list[str] = []    # ... of which `make sync` uploaded these (a `.wandb.synced` marker)
+    uploaded: list[str] = []    # ... of which these may be online (`maybe_online`)
     retired: list[Path] = []    # ... and the files that name them, removed once the state holds the ids
     kept = kept_digests(roots, erased)  # before the erased runs' W&B folders go
     stale: set[str] = set()  # digests of plots a trimmed run drew again: their staged copies name the deleted
     for run in run_folders(roots):
-        synced = any((run / "wandb").glob("*/run-*.wandb.synced"))  # read before the run's W&B folder goes
+        may_be_online = maybe_online(run)  # read before the run's W&B folder goes
         if run_fingerprints(run) & erased or run in listed.runs:
             paths, digests, online_id = _erase_run(run, erased, job)
             staged |= paths
@@ -842,7 +865,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
             online_id, redrawn = _trim_run(run, key, deleted, texts, job)
             stale |= redrawn
         online_ids += [online_id] if online_id else []
-        uploaded += [online_id] if online_id and synced else []
+        uploaded += [online_id] if online_id and may_be_online else []
         retired += [run / RUN_ID_FILE] if online_id else []
 
     for f in [d / run_folder.QUARANTINE_LINES for d in [*run_folders(roots), *dataset_folders(roots)]]:

@@ -325,6 +325,47 @@ def test_an_uploaded_run_stays_pending_until_its_online_copy_is_deleted(
     assert erase.erase(load_config([*overrides(root), "erase.wandb_online=true"]), api=_Api()).online == []
 
 
+class _UnreachableApi(_Api):
+    """W&B's API while the server cannot be reached: every request fails to connect."""
+
+    def run(self, path: str) -> _Run:
+        self.paths.append(path)
+        raise ConnectionError("Failed to establish a new connection: [Errno 101] Network is unreachable")
+
+
+def test_a_run_that_logged_online_stays_pending_when_erased_while_wandb_is_unreachable(store: dict[str, Any]) -> None:
+    """Before the fix: only an offline run that `make sync` had uploaded (a `.wandb.synced` marker) was
+    kept pending. A run that logged to W&B online has no marker (nothing to sync), so an erasure
+    without W&B dropped its id with its `wandb_run_id` file and its online copy was never deleted; and
+    with W&B set online but unreachable, the failed connection was taken for "no such run"."""
+    root = store["root"]
+    first, second = store["affected_runs"]
+    (first / "wandb_run_id").write_text("live42\n")
+    online = first / "wandb" / "run-20261206_000000-live42"  # wandb's folder of a run logged online
+    online.mkdir(parents=True)
+    (online / "run-live42.wandb").write_bytes(b":W&B\x00\x00\x01")
+    (first / "wandb" / "latest-run").symlink_to(online.name)
+    # An offline run never synced has nothing online: not pending (its `latest-run` link is no online folder).
+    (second / "wandb_run_id").write_text("local7\n")
+    offline = second / "wandb" / "offline-run-20261206_000000-local7"
+    offline.mkdir(parents=True)
+    (offline / "run-local7.wandb").write_bytes(b":W&B\x00\x00\x01")
+    (second / "wandb" / "latest-run").symlink_to(offline.name)
+
+    job = erase.erase(load_config([*overrides(root), "erase.wandb_online=false"]))
+    assert not online.exists() and not (first / "wandb_run_id").exists()
+    assert job.online_pending == ["live42"] and _receipt(root)["wandb_online_pending"] == ["live42"]
+    # W&B set online but unreachable: the run is not known gone, so it stays pending.
+    down = _UnreachableApi()
+    job = erase.erase(load_config([*overrides(root), "erase.wandb_online=true"]), api=down)
+    assert down.paths == ["team/voice-pipeline/live42"]
+    assert [(o["run"], o["online"]) for o in job.online] == [("live42", "failed")] and job.online_pending == ["live42"]
+    # Reachable again: deleted, and no longer pending.
+    api = _Api()
+    job = erase.erase(load_config([*overrides(root), "erase.wandb_online=true"]), api=api)
+    assert api.log[-1] == "run live42 artifacts=True" and job.online_pending == []
+
+
 def test_erased_wandb_runs_lose_their_id_files_and_stay_pending_by_id(store: dict[str, Any]) -> None:
     """Before the fix: erasure removed a run's offline W&B run (and deleted or queued its online copy)
     but left `wandb_run_id`: the next `evaluate.py run=<run>` resumed that id, so W&B started a new
