@@ -43,14 +43,13 @@ from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_row
                                 text_hash, unexplained_grams, unlisted_runs)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, run_of, walk_files
 from pipeline.ops.registry import MODEL_PARTS, Registry, weights_saw_deleted
+from pipeline.ops.textscan import TEXT_SUFFIXES, searched, text_chunks
 from pipeline.run_folder import DATASET_CLIPS, QUARANTINE_LINES
 
 EXIT_CLEAN, EXIT_CONFIG, EXIT_FOUND = 0, 2, 3
 PSEUDONYM = re.compile(rb"\b(?:utt|acct|dev)_[0-9a-f]{16}\b")
 JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 FRAGMENT = re.compile(r"[|<>\n\t\"]+")
-TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".html", ".txt", ".yaml", ".csv", ".log")
-MAX_TEXT_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -213,27 +212,34 @@ def _scan_file(f: Path, kind: str, wanted: Wanted, staged: bool, roots: Roots) -
         held = _lm_holds(f, wanted.key, wanted.grams)
         return [Finding("language model", "transcript", str(f), f"holds every n-gram of {held} deleted transcript(s)")] if held else []
     textual = f.suffix.lower() in TEXT_SUFFIXES or staged or f.suffix == ".wandb"
-    if f.name == QUARANTINE_LINES and f.stat().st_size <= MAX_TEXT_BYTES:
+    if f.name == QUARANTINE_LINES:
         # Bookkeeping that names deleted clips on purpose, by pseudonym with reason `deleted`; a line
         # written before the request (a flagged clip, by its id) is a trace.
-        hits = sum(1 for line in f.read_text(errors="replace").splitlines()
+        hits = sum(1 for data in text_chunks(f) for line in data.decode("utf-8", errors="replace").splitlines()
                    if isinstance(row := _json_object(line), dict) and quarantine_hit(wanted.key, wanted.deleted, row))
         return [Finding(kind, "id", str(f), f"{hits} line(s) naming a deleted clip by its id")] if hits else []
-    if not textual or f.stat().st_size > MAX_TEXT_BYTES or _bookkeeping(f.resolve(), roots):
+    if not textual or not searched(f) or _bookkeeping(f.resolve(), roots):
         return []
+    # In chunks (pipeline.ops.textscan): a W&B log of a long evaluation is hundreds of MiB.
+    predictions = f.name.endswith(".jsonl") and "predictions" in f.name
+    ids: set[str] = set()
+    said: set[str] = set()
+    hits = 0
+    for data in text_chunks(f):
+        ids |= {m.decode() for m in PSEUDONYM.findall(data)} & wanted.deleted
+        text = data.decode("utf-8", errors="replace")
+        if predictions:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
+            hits += sum(1 for r in rows if isinstance(r, dict) and prediction_hit(wanted.key, wanted.deleted, wanted.texts, r))
+        else:
+            said |= {text_hash(wanted.key, t) for t in _texts_in(text)} & wanted.texts
     found = []
-    data = f.read_bytes()
-    ids = {m.decode() for m in PSEUDONYM.findall(data)} & wanted.deleted
     if ids:
         found.append(Finding(kind, "pseudonym", str(f), f"{len(ids)} deleted pseudonymous id(s)"))
-    text = data.decode("utf-8", errors="replace")
-    if f.name.endswith(".jsonl") and "predictions" in f.name:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
-        hits = sum(1 for r in rows if isinstance(r, dict) and prediction_hit(wanted.key, wanted.deleted, wanted.texts, r))
+    if predictions:
         if hits:
             found.append(Finding("predictions", "transcript", str(f), f"{hits} line(s) of deleted clips"))
         return found
-    said = {text_hash(wanted.key, t) for t in _texts_in(text)} & wanted.texts
     if said:
         found.append(Finding(kind, "transcript", str(f), f"{len(said)} deleted transcript(s)"))
     return found

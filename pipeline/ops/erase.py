@@ -55,6 +55,7 @@ from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, inbox_requests, pendin
 from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, check_root, place_of,
                                     run_folders, walk_files)
 from pipeline.ops.registry import LOCK_FILE, MODEL_PARTS, Registry, RetrainBusy, now, retrain_lock, weights_saw_deleted
+from pipeline.ops.textscan import searched, text_chunks
 from pipeline.runtime import PipelineError, first_line, resolved, write_text_atomic
 from pipeline.text import BOS, EOS, lm_tokens
 from pipeline.tracking.wandb_run import RUN_ID_FILE
@@ -639,15 +640,13 @@ def filter_report(path: Path, key: bytes, deleted: set[str], texts: set[str]) ->
     return dropped
 
 
-STAGED_TEXT_BYTES = 64 * 2**20  # larger staged files are models and audio, never a report or predictions
-
-
 def _holds_trace(path: Path, key: bytes, deleted: set[str], texts: set[str]) -> bool:
-    """Whether a staged file names a deleted clip's pseudonym or quotes its transcript (any line)."""
-    if not path.is_file() or path.stat().st_size > STAGED_TEXT_BYTES:
+    """Whether a staged or W&B file names a deleted clip's pseudonym or quotes its transcript (any
+    line). Read in chunks (pipeline.ops.textscan): a run's `.wandb` log can be hundreds of MiB."""
+    if not path.is_file() or not searched(path):
         return False
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    return any(mentions(key, deleted, texts, line) for line in text.splitlines())
+    return any(mentions(key, deleted, texts, line) for data in text_chunks(path)
+               for line in data.decode("utf-8", errors="replace").splitlines())
 
 
 def prediction_hit(key: bytes, deleted: set[str], texts: set[str], row: dict[str, Any]) -> bool:

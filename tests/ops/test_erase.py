@@ -1228,3 +1228,49 @@ def test_a_model_folder_caught_mid_swap_is_erased_with_its_run(store: dict[str, 
         f.write_bytes(b"weights of a deleted voice")
     assert erase.main(overrides(root)) == 0
     assert not [f for f in left if f.exists()]
+
+
+def _sparse_log(path: Path, needles: dict[int, bytes], size: int) -> None:
+    """A `.wandb` log of `size` bytes, zeros (a sparse file: nothing written) but for each needle at
+    its offset."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b":W&B\x00\x00\x01")
+        for offset, needle in needles.items():
+            f.seek(offset)
+            f.write(needle)
+        f.truncate(size)
+
+
+def test_a_wandb_log_over_64_mib_is_searched_to_its_end(store: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the fix: the audit and the erasure skipped every file over 64 MiB, a run's `.wandb`
+    log included, so a deleted clip's id logged past that was never found, and `make sync` uploaded
+    it. Now files are read in chunks (pipeline.ops.textscan, made small here): a needle past 64 MiB,
+    and one across a chunk boundary, are found, and the W&B runs holding them go."""
+    from pipeline.data.privacy import pseudonym
+    from pipeline.ops import textscan
+
+    monkeypatch.setattr(textscan, "CHUNK_BYTES", 2**20)
+    monkeypatch.setattr(textscan, "OVERLAP_BYTES", 4096)
+    root, long_run, cut_run = store["root"], store["runs"][1], store["runs"][2]
+    assert not {long_run, cut_run} & set(store["affected_runs"])  # neither was trained on the account
+    victim = pseudonym(KEY.encode(), "acct", VICTIM).encode()
+    beyond = 64 * 2**20 + 12345
+    long_log = long_run / "wandb" / "offline-run-20261206_000000-long1" / "run-long1.wandb"
+    _sparse_log(long_log, {beyond: b'{"speaker": "' + victim + b'"}'}, beyond + 2**20)
+    sentence = f'"{VICTIM_SENTENCES[1]}"'.encode()
+    straddling = 3 * 2**20 - len(sentence) // 2  # across the boundary of the third chunk
+    cut_log = cut_run / "wandb" / "offline-run-20261206_000000-cut2" / "run-cut2.wandb"
+    _sparse_log(cut_log, {straddling: sentence}, 5 * 2**20)
+    chunks = list(textscan.text_chunks(cut_log))
+    assert len(chunks) == 5 and b"".join(chunks) == cut_log.read_bytes()
+    assert sum(sentence in c for c in chunks) == 1
+
+    findings, _, _ = audit.scan(load_config(overrides(root)))
+    found = {(f.path, f.trace) for f in findings}
+    assert (str(long_log), "pseudonym") in found and (str(cut_log), "transcript") in found
+
+    erase.erase(load_config(overrides(root)))
+    assert not long_log.exists() and not cut_log.exists()
+    assert (long_run / "asr" / "model.safetensors").is_file()  # the runs keep their models
+    assert audit.main(overrides(root)) == 0
