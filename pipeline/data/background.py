@@ -132,30 +132,69 @@ def _seconds(path: Path, name: str) -> float:
 
 def ffmpeg_blocks(path: Path, block_s: float) -> Iterator[np.ndarray]:
     """Mono 16 kHz samples of a file libsndfile cannot read, decoded and resampled by ffmpeg one block
-    at a time (an hour of phone audio is never held whole)."""
+    at a time (an hour of phone audio is never held whole). A file whose decoding stops short of its
+    end is an error that names it (`_check_end`): its missing hours would silently not be heard."""
     from torchcodec.decoders import AudioDecoder
 
     decoder = AudioDecoder(str(path), sample_rate=SAMPLING_RATE, num_channels=1)
-    end = decoder.metadata.duration_seconds_from_header
-    start = 0.0
+    end = header_seconds(decoder)
+    start, decoded = 0.0, 0
     while True:
         try:
             block = decoder.get_samples_played_in_range(start, start + block_s).data
         except RuntimeError as err:  # past the last frame, or a damaged file
-            if end is not None and start < end - 1.0:  # its hours would count as heard: refuse it
-                raise PipelineError(f"background recording {path}: ffmpeg cannot decode it past {start:.0f} s of the "
-                                    f"{end:.0f} s its header gives ({first_line(err)}); re-encode it or take it out") from err
+            _check_end(path, start, decoded / SAMPLING_RATE, end, block_s, first_line(err), err)
             return
         if not block.shape[-1]:
+            _check_end(path, start, decoded / SAMPLING_RATE, end, block_s, "no samples", None)
             return
+        decoded += block.shape[-1]
         yield block.numpy()[0]
         start += block_s
+
+
+def header_seconds(decoder: Any) -> float | None:
+    """The duration the file's header gives: the audio stream's, else the container's (WebM keeps it
+    only in its segment header, which torchcodec's public metadata does not show). None: neither has one."""
+    seconds = decoder.metadata.duration_seconds_from_header
+    if seconds is None:
+        try:
+            from torchcodec import _core
+
+            seconds = _core.get_container_metadata(decoder._decoder).duration_seconds_from_header
+        except Exception:  # noqa: BLE001 - an internal of torchcodec: without it, the stream's alone
+            seconds = None
+    return float(seconds) if seconds else None
+
+
+def _check_end(path: Path, start: float, decoded_s: float, end: float | None, block_s: float, why: str,
+               err: Exception | None) -> None:
+    """Decoding stopped at `start` seconds: the file's end, or damage that ffmpeg does not read past.
+    With a duration in the header, stopping more than a second before it is damage. Without one, a
+    fresh decoder asked for what follows `start` tells: audio there means the file goes on."""
+    if end is not None:
+        if start < end - 1.0:  # its hours would count as heard: refuse it
+            raise PipelineError(f"background recording {path}: ffmpeg cannot decode it past {start:.0f} s of the "
+                                f"{end:.0f} s its header gives: {decoded_s:.0f} s decoded ({why}); re-encode it or "
+                                "take it out") from err
+        return
+    from torchcodec.decoders import AudioDecoder
+
+    try:
+        after = AudioDecoder(str(path), sample_rate=SAMPLING_RATE, num_channels=1).get_samples_played_in_range(
+            start, start + block_s).data.shape[-1] / SAMPLING_RATE
+    except RuntimeError:  # nothing after `start`: the file's end
+        return
+    if after > 1.0:
+        raise PipelineError(f"background recording {path}: ffmpeg stopped decoding it after {decoded_s:.0f} s ({why}), "
+                            f"yet {after:.0f} s more decode from {start:.0f} s on, so the file is damaged there, not "
+                            "ended (its header gives no duration to check against); re-encode it or take it out") from err
 
 
 def ffmpeg_seconds(path: Path) -> float:
     from torchcodec.decoders import AudioDecoder
 
-    seconds = AudioDecoder(str(path)).metadata.duration_seconds_from_header
+    seconds = header_seconds(AudioDecoder(str(path)))
     if seconds is None:  # a header without it: count the samples
         seconds = sum(len(b) for b in ffmpeg_blocks(path, 600.0)) / SAMPLING_RATE
     return float(seconds)

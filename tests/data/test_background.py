@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -233,3 +234,56 @@ def test_a_transcript_that_is_not_text_is_named(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=rf"background transcript {re.escape(str(folder / 'kitchen.txt'))}: not UTF-8 "
                                             r"text \(invalid continuation byte at byte 4\); save it as UTF-8"):
         load_background(tmp_path / "folder", SPLITS, "alexa")
+
+
+def _damaged_webm(tmp_path: Path, name: str, to_pipe: bool, damaged: bool = True) -> Path:
+    """40 s of noise as WebM (Opus), which only ffmpeg decodes, its stream header without a duration,
+    with a stretch of bytes in the middle overwritten. Written to a pipe, ffmpeg cannot go back to
+    put the duration in the container's header either."""
+    import subprocess
+
+    wav = tmp_path / "talk.wav"
+    sf.write(wav, (np.random.default_rng(1).standard_normal(16000 * 40) * 0.1).astype(np.float32), 16000)
+    path = tmp_path / "phone" / name
+    path.parent.mkdir(exist_ok=True)
+    command = ["ffmpeg", "-loglevel", "error", "-i", str(wav), "-c:a", "libopus", "-f", "webm"]
+    if to_pipe:
+        path.write_bytes(subprocess.run([*command, "-"], check=True, capture_output=True).stdout)
+    else:
+        subprocess.run([*command, str(path)], check=True)
+    if not damaged:
+        return path
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + len(data) // 30] = b"\xff" * (len(data) // 30)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg command to write a WebM file")
+def test_an_ffmpeg_recording_whose_decoding_stops_early_is_named(tmp_path: Path) -> None:
+    """Before the fix: a file only ffmpeg decodes, whose header gives no duration, ended without a word
+    where decoding stopped (at damage halfway through), so only its first half was heard and its hours
+    were those decoded. Now it is an error naming the file, with the length its container gives, or,
+    with none, with the audio that still decodes past the point where decoding stopped."""
+    from torchcodec.decoders import AudioDecoder
+
+    from pipeline.data.background import ffmpeg_blocks
+
+    seekable = _damaged_webm(tmp_path, "memo.webm", to_pipe=False)
+    assert AudioDecoder(str(seekable)).metadata.duration_seconds_from_header is None
+    [memo] = load_background(seekable.parent, SPLITS, "alexa")  # the container's header gives 40 s
+    assert memo.seconds == pytest.approx(40.0, abs=0.1)
+    with pytest.raises(PipelineError, match=rf"^background recording {re.escape(str(seekable))}: ffmpeg cannot decode "
+                                            r"it past \d+ s of the 40 s its header gives: \d+ s decoded .*re-encode it "
+                                            r"or take it out$"):
+        sum(len(b) for b in ffmpeg_blocks(seekable, 5.0))
+    seekable.unlink()
+
+    piped = _damaged_webm(tmp_path, "call.webm", to_pipe=True)  # no duration anywhere
+    with pytest.raises(PipelineError, match=rf"^background recording {re.escape(str(piped))}: ffmpeg stopped decoding "
+                                            r"it after \d+ s .*yet \d+ s more decode from \d+ s on, so the file is "
+                                            r"damaged there, not ended .*re-encode it or take it out$"):
+        sum(len(b) for b in ffmpeg_blocks(piped, 5.0))
+    # The same file undamaged ends where its audio does, without a word.
+    whole = _damaged_webm(tmp_path, "whole.webm", to_pipe=True, damaged=False)
+    assert sum(len(b) for b in ffmpeg_blocks(whole, 5.0)) == pytest.approx(16000 * 40, abs=800)
