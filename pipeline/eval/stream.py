@@ -401,17 +401,14 @@ def background_wake(
     for rec in recordings:
         details["hours"][rec.split] += rec.seconds / 3600.0
         details["recordings"][rec.split] += 1
-    short = {s: h for s, h in details["hours"].items() if h < min_hours}
-    if short:
-        had = ", ".join(f"{s} {h:.2f} h" for s, h in details["hours"].items())
-        _warn(details,
-              f"background audio below eval.min_background_hours={min_hours:g} h per split ({had}; source: "
-              f"{source or 'none'}); "
-              + ("false accepts per hour and the threshold come from the negative clips instead, a few seconds "
-                 "of audio that cannot measure a rate of a few per hour" if min(details["hours"].values()) == 0
-                 else "the threshold and false accepts per hour rest on little audio"))
-    if min(details["hours"].values()) == 0:
-        if source is not None and details["warning"] is None:  # eval.min_background_hours=0
+    if min(details["hours"].values()) == 0:  # nothing to stream in a split
+        if min_hours > 0:
+            had = ", ".join(f"{s} {h:.2f} h" for s, h in details["hours"].items())
+            _warn(details,
+                  f"background audio below eval.min_background_hours={min_hours:g} h per split ({had}; source: "
+                  f"{source or 'none'}); false accepts per hour and the threshold come from the negative clips "
+                  "instead, a few seconds of audio that cannot measure a rate of a few per hour")
+        elif source is not None:
             empty = [s for s, h in details["hours"].items() if h == 0]
             _warn(details, f"no background recording in split(s) {empty} of {source} (a folder's recordings go "
                            f"under {'/, '.join(empty)}/); false accepts per hour come from the negative clips")
@@ -435,6 +432,12 @@ def background_wake(
                        f"{(settings.window_s - settings.hop_s) / 2:g} s at the start of each is context); give "
                        "recordings of minutes, not seconds; false accepts per hour come from the negative clips")
         return None, details
+    # Judged on the hours scored, not those the files' headers give: a file cut short, and each
+    # recording's first seconds (context), are not heard.
+    if min(details["hours"].values()) < min_hours:
+        had = ", ".join(f"{s} {h:.2f} h" for s, h in details["hours"].items())
+        _warn(details, f"background audio below eval.min_background_hours={min_hours:g} h per split (scored: {had}; "
+                       f"source: {source or 'none'}); the threshold and false accepts per hour rest on little audio")
     target = float(ecfg.target_fa_per_hour)
     threshold = tune_on_background(val_positives, traces[splits[0]], details["hours"][splits[0]], target,
                                    refractory_frames)

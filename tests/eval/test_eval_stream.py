@@ -15,7 +15,7 @@ import torch
 
 from pipeline.data.background import Recording
 from pipeline.eval.stream import (
-    StreamSettings, Trace, as_pcm16, audio_digest, count_detections, detections, evaluate_background,
+    StreamSettings, Trace, as_pcm16, audio_digest, background_wake, count_detections, detections, evaluate_background,
     stream_background, threshold_for_rate, tune_on_background,
 )
 from pipeline.eval.wake import keyword_trace
@@ -352,3 +352,29 @@ def test_a_recording_damaged_past_its_header_is_named_when_streaming_fails(tiny_
     with pytest.raises(PipelineError, match=r"background recording living-room/cut\.flac .*cannot decode it past "
                                             r"\d+ s of the 20 s its header gives .*re-encode it or take it out"):
         stream_background(model, processor, [rec], keyword, processor.tokenizer.pad_token_id, StreamSettings(3.0, 2.0, 2))
+
+
+def test_min_background_hours_is_judged_on_the_hours_scored_not_the_headers(tiny_model: tuple, tmp_path: Path) -> None:
+    """Before the fix: eval.min_background_hours was checked against the hours the recordings'
+    headers give, before streaming, so recordings whose headers promise two hours but hold seconds
+    (a file cut short, a header written wrong) passed without a caution, while the threshold and
+    false accepts per hour rested on those seconds."""
+    from omegaconf import OmegaConf
+
+    model, processor, keyword = tiny_model
+    wave = np.tile(espeak_wave("the election results are out tonight"), 3).astype(np.float32)
+    recordings = []
+    for split in ("validation", "test"):
+        sf.write(tmp_path / f"{split}.wav", wave, 16000)
+        recordings.append(Recording(f"{split}.wav", split, tmp_path / f"{split}.wav", 2 * 3600.0))  # the header's hours
+    ecfg = OmegaConf.create({"tune_split": "validation", "split": "test", "min_background_hours": 1.0,
+                             "refractory_s": 1.0, "stream_window_s": 3.0, "stream_hop_s": 2.0, "stream_batch_size": 4,
+                             "target_fa_per_hour": 300.0, "worst_n": 3})
+    positives = np.array([-1.0, -3.0], dtype=np.float32)
+    result, details = background_wake(ecfg, tmp_path, recordings, model, processor, keyword, positives, positives)
+    scored = (len(wave) / 16000 - 0.5) / 3600  # less each recording's unscored first margin
+    assert result is not None and result.hours == pytest.approx(scored)
+    assert details["hours"] == {"validation": pytest.approx(scored), "test": pytest.approx(scored)}
+    assert details["warning"] is not None and details["warning"].startswith(
+        "background audio below eval.min_background_hours=1 h per split (scored: validation 0.00 h, test 0.00 h; "
+        f"source: {tmp_path}); the threshold and false accepts per hour rest on little audio")
