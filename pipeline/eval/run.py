@@ -661,18 +661,25 @@ def _score(
         "slu_entities_per_type": slu_ents["per_type"] if slu_ents else {},
         "slu_f1_per_type": slu["per_type"] if slu else {},
         "wake": None if wake is None else {**wake.__dict__},
-        # The clips a person should listen to first: rejected positives, accepted negatives.
-        "wake_errors": [
-            {k: r[k] for k in ("utterance_id", "speaker", "wake_word_present", "wake_score", "reference", "hypothesis")}
-            for r in sorted(rows, key=lambda r: r["wake_score"] if r.get("wake_score") is not None else -math.inf)
-            if wake is not None and r["wake_detected"] != r["wake_word_present"]
-        ][: int(ecfg.worst_n)],
+        "wake_errors": wake_errors(rows, int(ecfg.worst_n)) if wake is not None else [],
         "worst": [
             {k: r[k] for k in ("utterance_id", "speaker", "wer", "reference", "hypothesis")}
             for r in M.worst_utterances(rows, int(ecfg.worst_n))
         ] if have_asr else [],
     }
     return metrics, details
+
+
+def wake_errors(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The clips a person should listen to first: up to `n` rejected positives, lowest score first
+    (no score: too short for the keyword), then up to `n` accepted negatives, highest score first.
+    Each kind has its own `n`: one list cut at `n` would be filled by whichever kind is commoner, and
+    a model that misses many positives would show none of its false accepts."""
+    score = lambda r: r["wake_score"] if r.get("wake_score") is not None else -math.inf  # noqa: E731
+    missed = sorted((r for r in rows if r["wake_word_present"] and not r["wake_detected"]), key=score)
+    accepted = sorted((r for r in rows if not r["wake_word_present"] and r["wake_detected"]), key=lambda r: -score(r))
+    keys = ("utterance_id", "speaker", "wake_word_present", "wake_score", "reference", "hypothesis")
+    return [{k: r[k] for k in keys} for r in missed[:n] + accepted[:n]]
 
 
 def _slu_mode(ecfg: DictConfig) -> str:

@@ -1,0 +1,55 @@
+"""What eval_details.json and the report list next to the headline metrics: built by the eval
+stage's scoring from per-clip rows, without any model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from pipeline.eval import metrics as M
+from pipeline.eval.run import Inference, _score
+from pipeline.eval.wake import evaluate_wake
+
+ECFG = OmegaConf.create({"duration_buckets": [2.0, 4.0], "slu_scoring": "project", "bootstrap_samples": 100,
+                         "bootstrap_seed": 0, "worst_n": 2})
+
+
+def _row(n: int, wake: bool, score: float | None, threshold: float, intent: str | None = None) -> dict[str, Any]:
+    text = "alexa play jazz" if wake else "turn it down"
+    return {
+        "utterance_id": f"utt_{n}", "speaker": f"spk_{n % 3}", "intent": intent, "scenario": None, "duration": 2.5,
+        "wake_word_present": wake, "transcript": text, "reference": text, "gold_entities": [],
+        "hypothesis": text, "greedy_hypothesis": text, "wer": 0.0, "edit": M.edit_counts(text, text),
+        "wake_score": score, "wake_detected": score is not None and score >= threshold,
+    }
+
+
+def _scored(rows: list[dict[str, Any]], threshold: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    scores = np.array([-np.inf if r["wake_score"] is None else r["wake_score"] for r in rows])
+    labels = np.array([r["wake_word_present"] for r in rows])
+    wake = evaluate_wake(scores, labels, np.array([r["duration"] for r in rows]), threshold)
+    inference = Inference([r["hypothesis"] for r in rows], scores, 10.0, 1.0)
+    return _score(rows, [], wake, inference, ECFG)
+
+
+def test_wake_errors_list_the_most_confident_mistakes_of_each_kind() -> None:
+    """A person reading the report listens to these clips first: the positives rejected furthest
+    below the threshold and the negatives accepted furthest above it.
+
+    Before the fix: the errors were sorted by score, lowest first, and cut at eval.worst_n, so the
+    rejected positives filled the list (here: 3 of them for worst_n=2) and no false accept was shown
+    at all; and of the false accepts that were shown, the least confident came first."""
+    threshold = -5.0
+    rows = [_row(0, True, -20.0, threshold), _row(1, True, -9.0, threshold), _row(2, True, None, threshold),
+            _row(3, True, -1.0, threshold), _row(4, True, -2.0, threshold),
+            _row(5, False, -4.0, threshold), _row(6, False, -0.5, threshold), _row(7, False, -30.0, threshold),
+            _row(8, False, -3.0, threshold)]
+    _, details = _scored(rows, threshold)
+    listed = [(e["utterance_id"], e["wake_word_present"]) for e in details["wake_errors"]]
+    missed = [u for u, present in listed if present]
+    accepted = [u for u, present in listed if not present]
+    assert missed == ["utt_2", "utt_0"]  # no score at all (too short for the keyword), then the lowest
+    assert accepted == ["utt_6", "utt_8"]  # the highest-scoring negatives first
+
