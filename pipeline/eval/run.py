@@ -650,7 +650,7 @@ def _score(
     details = {
         "wer_by": {
             "speaker": M.wer_by_slice(refs, hyps, [r["speaker"] for r in rows]),
-            "intent": M.wer_by_slice(refs, hyps, [r["intent"] or "(false wake)" for r in rows]),
+            "intent": M.wer_by_slice(refs, hyps, [_intent_slice(r) for r in rows]),
             "scenario": M.wer_by_slice(refs, hyps, [r["scenario"] or "(none)" for r in rows]),
             "duration": M.wer_by_slice(refs, hyps, [M.duration_bucket(r["duration"], edges) for r in rows]),
             "wake_word": M.wer_by_slice(
@@ -668,6 +668,15 @@ def _score(
         ] if have_asr else [],
     }
     return metrics, details
+
+
+def _intent_slice(row: dict[str, Any]) -> str:
+    """A clip's slice in the WER by intent: its intent, or what the labels say of a clip without one.
+    Not "false wake": a wake-word corpus labels no intent on its wake-word clips, and a corpus without
+    wake-word labels marks every clip as without the wake word."""
+    if row["intent"]:
+        return str(row["intent"])
+    return "(no intent)" if row["wake_word_present"] else "(no intent, no wake word)"
 
 
 def wake_errors(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:

@@ -53,3 +53,20 @@ def test_wake_errors_list_the_most_confident_mistakes_of_each_kind() -> None:
     assert missed == ["utt_2", "utt_0"]  # no score at all (too short for the keyword), then the lowest
     assert accepted == ["utt_6", "utt_8"]  # the highest-scoring negatives first
 
+
+
+def test_the_intent_slice_does_not_call_a_wake_word_clip_without_an_intent_a_false_wake() -> None:
+    """A clip with no intent is not a false wake when it holds the wake word (a wake-word corpus
+    labels no intents at all), so the WER-by-intent slice must not say so.
+
+    Before the fix: every clip without an intent was sliced as "(false wake)", wake word or not (and in
+    a corpus without intents or wake-word labels, every clip was)."""
+    threshold = -5.0
+    rows = [_row(0, True, -1.0, threshold), _row(1, True, -2.0, threshold),
+            _row(2, False, -9.0, threshold), _row(3, True, -1.0, threshold, intent="play_music")]
+    _, details = _scored(rows, threshold)
+    by_intent = details["wer_by"]["intent"]
+    assert by_intent["(no intent)"]["clips"] == 2  # the two wake-word clips without an intent
+    assert by_intent["(no intent, no wake word)"]["clips"] == 1
+    assert not any("false wake" in key for key in by_intent)
+    assert by_intent["play_music"]["clips"] == 1
