@@ -70,3 +70,24 @@ def test_the_intent_slice_does_not_call_a_wake_word_clip_without_an_intent_a_fal
     assert by_intent["(no intent, no wake word)"]["clips"] == 1
     assert not any("false wake" in key for key in by_intent)
     assert by_intent["play_music"]["clips"] == 1
+
+
+def test_every_metric_key_is_documented_and_in_the_reports_headline_table() -> None:
+    """metrics.json's keys are what W&B, `make compare` and the gate's rules name, so each one is in
+    the README's table of metric names and in the report's headline table.
+
+    Before the fix: `wake/threshold`, `nlu/intent_macro_f1` and `slu/intent_macro_f1` were written to
+    metrics.json but named nowhere in the README, and the report's headline table left out
+    `asr/cer_greedy`, `wake/threshold` and `slu/intent_macro_f1`."""
+    import re
+    from pathlib import Path
+
+    from pipeline.eval.coverage import ALL_KEYS
+    from pipeline.eval.report import _HEADLINE_ROWS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = set(re.findall(r"`([a-z]+/[a-z0-9_.]+)`", readme))
+    documented |= {f"wake/frr_at_{r}_fa_per_hour" for r in ("0.5", "1", "2", "5")
+                   if "`wake/frr_at_{0.5,1,2,5}_fa_per_hour`" in readme}
+    assert [k for k in ALL_KEYS if k not in documented] == []
+    assert [k for k in ALL_KEYS if k not in {key for _, _, key in _HEADLINE_ROWS}] == []
