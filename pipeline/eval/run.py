@@ -413,10 +413,13 @@ def keyword_ids(processor: Any, wake_word: str, boundary: bool, asr_dir: Path) -
         tokens.append(tokenizer.word_delimiter_token)
     missing = sorted({t for t in tokens if t not in vocab})
     if missing:
-        raise PipelineError(
-            f"eval.wake_word={wake_word!r} uses {missing}, which {asr_dir}/vocab.json lacks; "
-            "pick a wake word the ASR model can spell (or set eval.wake_word_boundary=false)"
-        )
+        # Only a missing word delimiter is helped by leaving the boundary out; a missing letter needs
+        # another word or a model trained on it.
+        fix = ("set eval.wake_word_boundary=false (the model has no word delimiter to end the keyword with)"
+               if missing == [tokenizer.word_delimiter_token] else
+               "pick a wake word the ASR model can spell (eval.wake_word=...), or evaluate a model whose vocabulary "
+               "has these characters")
+        raise PipelineError(f"eval.wake_word={wake_word!r} uses {missing}, which {asr_dir}/vocab.json lacks; {fix}")
     return [vocab[t] for t in tokens]
 
 

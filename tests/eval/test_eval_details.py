@@ -91,3 +91,30 @@ def test_every_metric_key_is_documented_and_in_the_reports_headline_table() -> N
                    if "`wake/frr_at_{0.5,1,2,5}_fa_per_hour`" in readme}
     assert [k for k in ALL_KEYS if k not in documented] == []
     assert [k for k in ALL_KEYS if k not in {key for _, _, key in _HEADLINE_ROWS}] == []
+
+
+def test_a_wake_word_the_model_cannot_spell_is_refused_with_the_fix_that_applies(tmp_path) -> None:
+    """Which characters are missing decides what to do: another wake word (or model) for a letter,
+    eval.wake_word_boundary=false only for the word delimiter.
+
+    Before the fix: a missing letter also got "or set eval.wake_word_boundary=false", which cannot help."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from pipeline.eval.run import keyword_ids
+    from pipeline.runtime import PipelineError
+
+    def processor(chars: str) -> SimpleNamespace:
+        vocab = {c: i for i, c in enumerate(["<pad>", *chars])}
+        return SimpleNamespace(tokenizer=SimpleNamespace(get_vocab=lambda: vocab, word_delimiter_token="|"))
+
+    with pytest.raises(PipelineError) as letter:
+        keyword_ids(processor("aelr|"), "alexa", True, tmp_path / "asr")
+    message = str(letter.value)
+    assert "['x']" in message and str(tmp_path / "asr" / "vocab.json") in message
+    assert "wake_word_boundary" not in message and "eval.wake_word=" in message
+    with pytest.raises(PipelineError) as delimiter:
+        keyword_ids(processor("aelx"), "alexa", True, tmp_path / "asr")
+    assert "eval.wake_word_boundary=false" in str(delimiter.value)
+    assert keyword_ids(processor("aelx"), "alexa", False, tmp_path / "asr") == [1, 3, 2, 4, 1]
