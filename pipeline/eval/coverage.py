@@ -95,7 +95,11 @@ def leave_out(metrics: dict[str, Any], not_computed: Mapping[str, str]) -> dict[
 
 
 def clip_counts(row: Mapping[str, Any], threshold: float | None) -> dict[str, float]:
-    """B.clip_counts for a clip that may have no ASR result (an NLU-only evaluation): no edit counts."""
+    """B.clip_counts for a clip that may have no ASR result (an NLU-only evaluation): no edit counts.
+    A negative clip's seconds are those the keyword was looked for in (`wake_seconds`: less than its
+    duration under eval.wake_window_s), as in the headline false accepts per hour."""
+    if "wake_seconds" in row:
+        row = {**row, "duration": row["wake_seconds"]}
     if "edit" in row:
         return B.clip_counts(row, threshold)
     counts = B.clip_counts({**row, "edit": dict.fromkeys(M.EDIT_KEYS, 0)}, threshold)
@@ -129,7 +133,7 @@ def by_source(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], thr
         if "wake/frr" in metrics and threshold is not None:
             labels = np.array([bool(r["wake_word_present"]) for r in clips])
             scores = np.array([-math.inf if r.get("wake_score") is None else float(r["wake_score"]) for r in clips])
-            durations = np.array([float(r["duration"]) for r in clips])
+            durations = np.array([float(r.get("wake_seconds", r["duration"])) for r in clips])  # as clip_counts
             # With background recordings, the headline false accepts per hour come from them, which
             # belong to no source; a per-source figure from negative clips would be another quantity.
             clip_rate = not metrics.get("wake/background_hours")

@@ -45,7 +45,8 @@ from pipeline.eval.coverage import (
 from pipeline.eval.report import plot_confusion, plot_slices, write_report
 from pipeline.eval.stream import (background_metrics, background_wake, resolve_background,
                                   with_background)
-from pipeline.eval.wake import describe_tuning, evaluate_wake, keyword_scores, plot_det, tune_threshold
+from pipeline.eval.wake import (describe_tuning, evaluate_wake, keyword_scores, plot_det, scanned_seconds,
+                                 tune_threshold)
 from pipeline.run_folder import read_build_report
 from pipeline.runtime import PipelineError, write_text_atomic
 from pipeline.text import normalize_text
@@ -189,13 +190,15 @@ def _asr_pass(
     final_hyps = test_out.decoded[0] if decoding.mode == "lm" else test_out.hypotheses
 
     labels = np.array([r["wake_word_present"] for r in rows], dtype=bool)
-    durations = np.array([r["duration"] for r in rows], dtype=float)
+    # With eval.wake_window_s only each clip's first seconds are scanned, and only they count as
+    # hours of negative audio (pipeline.eval.coverage.clip_counts, by_source read `wake_seconds`).
+    durations = scanned_seconds(np.array([r["duration"] for r in rows], dtype=float), ecfg.wake_window_s)
     val_labels = np.array(val["wake_word_present"], dtype=bool)
     wake, tuning = None, None
     if skipped:
         log.warning("eval: wake-word metrics skipped: %s", skipped)
     else:
-        val_durations = np.array(val["duration"], dtype=float)
+        val_durations = scanned_seconds(np.array(val["duration"], dtype=float), ecfg.wake_window_s)
         target = float(ecfg.target_fa_per_hour)
         threshold = tune_threshold(val_out.wake_scores, val_labels, val_durations, target)
         wake = evaluate_wake(test_out.wake_scores, labels, durations, threshold)
@@ -208,7 +211,8 @@ def _asr_pass(
         wake = with_background(wake, streamed)
         tuning = {**tuning, "background": background}
 
-    for row, hyp, greedy, score in zip(rows, final_hyps, test_out.hypotheses, test_out.wake_scores):
+    for row, hyp, greedy, score, seconds in zip(rows, final_hyps, test_out.hypotheses, test_out.wake_scores, durations):
+        row["wake_seconds"] = float(seconds)
         row["hypothesis"] = normalize_text(hyp)
         row["greedy_hypothesis"] = normalize_text(greedy)
         row["wer"] = M.utterance_wer(row["reference"], hyp) if M.has_words([row["reference"]]) else None

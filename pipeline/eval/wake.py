@@ -103,6 +103,14 @@ def keyword_trace(
     return trace
 
 
+def scanned_seconds(durations: np.ndarray, window_s: float | None) -> np.ndarray:
+    """The seconds of each clip the keyword is looked for in: all of it, or with `window_s` (the
+    keyword must end that soon after the start) its first `window_s` seconds. False accepts per hour
+    divide by these: a second never scanned can hold no false accept."""
+    durations = np.asarray(durations, dtype=float)
+    return durations if window_s is None else np.minimum(durations, float(window_s))
+
+
 @dataclass(frozen=True)
 class WakeResult:
     threshold: float

@@ -433,3 +433,37 @@ def test_the_wake_threshold_is_tuned_on_validation_alone(tiny_run: Path, tiny_da
     after = run_eval_stage(cfg, tmp_path / "after", tmp_path / "relabelled", RecordingTracker())
     assert after["wake/threshold"] == before["wake/threshold"]
     assert (after["wake/frr"], after["wake/auc"]) != (before["wake/frr"], before["wake/auc"])
+
+
+def test_false_accepts_per_hour_count_only_the_seconds_a_wake_window_scans(
+    tiny_run: Path, tiny_dataset_path: Path, tmp_path: Path
+) -> None:
+    """With eval.wake_window_s the keyword is looked for in each clip's first seconds only, so those
+    seconds, not the whole clip, are the audio its false accepts are counted over: on the threshold's
+    tuning split, on the test split, in the interval and per source.
+
+    Before the fix: the rate divided by every second of the negative clips, though only the window
+    was scanned (2.5 s negatives under a 0.5 s window: 5x too few false accepts per hour, and a
+    tuning split that seemed to allow 5x more of them)."""
+    from pipeline.eval.bootstrap import poisson_rate_interval
+    from pipeline.eval.run import run_eval_stage
+
+    window = 0.5
+    splits = load_from_disk(str(tiny_dataset_path))
+    cfg = eval_cfg(asr_model=str(tiny_run / "asr"),
+                   **{"eval.background": "none", "eval.decoder": "greedy", "eval.wake_window_s": window})
+    out = tmp_path / "windowed"
+    metrics = run_eval_stage(cfg, out, tiny_dataset_path, RecordingTracker())
+    details = json.loads((out / "eval_details.json").read_text())
+
+    def scanned_hours(split: Any) -> float:
+        return sum(min(d, window) for d, w in zip(split["duration"], split["wake_word_present"]) if not w) / 3600.0
+
+    assert min(d for d, w in zip(splits["test"]["duration"], splits["test"]["wake_word_present"]) if not w) > window
+    assert details["wake"]["negative_hours"] == pytest.approx(scanned_hours(splits["test"]))
+    assert details["wake_tuning"]["negative_hours"] == pytest.approx(scanned_hours(splits["validation"]))
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    accepted = sum(r["wake_detected"] for r in rows if not r["wake_word_present"])
+    assert metrics["wake/fa_per_hour"] == pytest.approx(accepted / scanned_hours(splits["test"]))
+    assert metrics["wake/fa_per_hour_ci_high"] == pytest.approx(
+        poisson_rate_interval(accepted, scanned_hours(splits["test"]))[1])
