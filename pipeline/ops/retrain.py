@@ -132,6 +132,22 @@ def _refuse_data_settings(cfg: DictConfig, inbox: str) -> None:
                             f"into its corpus; put an export in {inbox}/<batch>/annotations.jsonl instead")
 
 
+# The splits that shaped a candidate: its weights (train) and its checkpoint, thresholds and LM weight
+# (validation), as `trained_on` records them. A gate scored there favours the candidate for having seen
+# the clips, whatever it learnt.
+SHAPING_SPLITS = ("train", "validation")
+
+
+def _refuse_shaping_split(cfg: DictConfig) -> None:
+    """The gate compares the candidate with the promoted model on `eval.split`: it must be clips the
+    candidate never learnt from, or a worse model passes (refused before the intake takes anything)."""
+    split = OmegaConf.select(cfg, "eval.split", default=None)
+    if split in SHAPING_SPLITS:
+        raise PipelineError(f"eval.split={split} is a split the candidate learnt from (train and validation shape "
+                            "its weights and selection), so the retraining gate would favour it; retraining "
+                            "evaluates on held-out clips: drop the override, or give eval.split=test")
+
+
 def _stage_config(cfg: DictConfig, corpus: Corpus) -> DictConfig:
     stage_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(stage_cfg):
@@ -149,6 +165,7 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_top_level(cfg, TOP_LEVEL, "conf/retrain.yaml")  # before the intake takes anything from the inbox
     retrain = retrain_config(cfg)
     _refuse_data_settings(cfg, retrain.inbox)
+    _refuse_shaping_split(cfg)
     missing = [s for s in REQUIRED_STAGES if s not in cfg.stages]
     if missing:
         raise PipelineError(f"retraining needs stages {list(REQUIRED_STAGES)}; stages={list(cfg.stages)} "

@@ -457,3 +457,18 @@ def test_a_hidden_folder_in_the_inbox_is_not_taken_as_a_batch(tmp_path: Path) ->
     corpus = update_corpus(inbox, corpus_dir, KEY)
     assert corpus.new_batches == ["b1"] and (inbox / ".b2" / "annotations.jsonl").is_file()
     assert [json.loads(line)["utterance_id"] for line in corpus.annotations.read_text().splitlines()] == ["u1"]
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_a_gate_on_a_split_the_candidate_learnt_from_is_refused_before_the_intake(tmp_path: Path, split: str) -> None:
+    """The gate compares both models on `eval.split`; on the candidate's own train or validation clips
+    (the weights and the checkpoint selection, `trained_on`) it wins by having seen them.
+    Before the fix: `retrain.py eval.split=train` took the batch, trained, and promoted on that comparison."""
+    _batch(tmp_path / "inbox", "b1", [("u1", "acct-1", "dev-1")])
+    tune = "test" if split == "validation" else "validation"
+    cfg = OmegaConf.merge(_cfg(tmp_path), {"eval": {"split": split, "tune_split": tune}})
+    assert run_retrain(cfg) == EXIT_CONFIG
+    decision = json.loads((tmp_path / "run" / "decision.json").read_text())
+    assert decision["decision"] == "config_error" and f"eval.split={split}" in decision["reason"], decision
+    assert "eval.split=test" in decision["reason"]
+    assert (tmp_path / "inbox" / "b1" / "annotations.jsonl").is_file(), "nothing was taken from the inbox"
