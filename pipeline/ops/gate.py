@@ -110,12 +110,22 @@ def _rule(name: str, rule: Mapping[str, Any]) -> tuple[str, str, float]:
 
 
 def check_gate(candidate: Mapping[str, Any], incumbent: Mapping[str, Any],
-               rules: Mapping[str, Mapping[str, Any]]) -> list[GateCheck]:
-    """Each rule on the two models' point values alone."""
+               rules: Mapping[str, Mapping[str, Any]], unmeasurable: Mapping[str, str] | None = None) -> list[GateCheck]:
+    """Each rule on the two models' point values alone. `unmeasurable`: metric -> why the test clips
+    give it to neither model (both runs' eval_details.json, not_computed); such a rule is not judged."""
     checks = []
     for name, rule in rules.items():
         metric, kind, limit = _rule(name, rule)
         new, old = _number(candidate.get(metric)), _number(incumbent.get(metric))
+        if new is None and old is None and metric in (unmeasurable or {}):
+            # The test clips give the metric to no model (a split without a clip lacking the wake word
+            # has no FRR or false accepts): both evaluated on the same clips, so nothing says the
+            # candidate is worse, and rejecting would reject every candidate on such a corpus. (A
+            # metric missing without such a reason, a mistyped by_source/<source>/..., still fails.)
+            checks.append(GateCheck(name, metric, kind, limit, None, None, True,
+                                    f"{metric} computed for neither model on these test clips "
+                                    f"({unmeasurable[metric]}): not judged"))
+            continue
         if new is None or old is None:
             which = "candidate" if new is None else "promoted model"
             checks.append(GateCheck(name, metric, kind, limit, new, old, False,
@@ -140,7 +150,7 @@ GATE_POLICIES = ("not_worse", "non_inferior")
 
 def check_gate_paired(
     paired: B.Paired, candidate: Mapping[str, Any], incumbent: Mapping[str, Any],
-    rules: Mapping[str, Mapping[str, Any]], policy: str = "not_worse",
+    rules: Mapping[str, Mapping[str, Any]], policy: str = "not_worse", unmeasurable: Mapping[str, str] | None = None,
 ) -> list[GateCheck]:
     """Each rule on the paired difference (candidate - promoted) and its interval; a rule on a
     metric without per-clip counts (e.g. eval/rtf) falls back to the point values and says so.
@@ -152,6 +162,9 @@ def check_gate_paired(
         metric, kind, limit = _rule(name, rule)
         diff = paired.differences.get(metric)
         new, old = _number(candidate.get(metric)), _number(incumbent.get(metric))
+        if new is None and old is None and metric in (unmeasurable or {}):  # not judged (check_gate says why)
+            checks.append(replace(check_gate(candidate, incumbent, {name: rule}, unmeasurable)[0], policy=policy))
+            continue
         if diff is None or diff.ci_low is None or diff.ci_high is None or not _reproduced(diff, new, old):
             # No per-clip counts for this metric, or they measure something else than metrics.json
             # (e.g. a rate over streamed background audio rather than over clips), or too few
@@ -301,4 +314,18 @@ def gate_on_runs(
         raise PipelineError(f"{candidate_dir} vs {incumbent_dir}: {err}") from None
     judged = any(str(rule.get("metric")) == "wake/fa_per_hour" for rule in rules.values())
     paired, _ = with_background_pairs(paired, incumbent_dir, candidate_dir, samples, seed, same_audio=judged)
-    return check_gate_paired(paired, candidate, incumbent, rules, policy)
+    unmeasurable = {k: v for k, v in not_computed(candidate_dir).items() if k in not_computed(incumbent_dir)}
+    return check_gate_paired(paired, candidate, incumbent, rules, policy, unmeasurable)
+
+
+def not_computed(run_dir: Path) -> dict[str, str]:
+    """The metrics a run's evaluation could not compute, with why (eval_details.json, not_computed)."""
+    path = Path(run_dir) / "eval_details.json"
+    if not path.is_file():
+        return {}
+    try:
+        details = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise PipelineError(f"{path} is not valid JSON ({err}); re-evaluate with `python evaluate.py run=<run>`") from None
+    reasons = details.get("not_computed") if isinstance(details, dict) else None
+    return {str(k): str(v) for k, v in reasons.items()} if isinstance(reasons, dict) else {}

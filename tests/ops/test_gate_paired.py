@@ -249,3 +249,18 @@ def test_a_rule_the_wrong_way_round_is_refused_for_every_metric_with_a_direction
 
     assert f"so the rule needs {right}" in (rule_problem("x", {"metric": metric, kind: 0.0}) or "")
     assert rule_problem("x", {"metric": metric, right: 0.0}) is None
+
+
+def test_the_gate_on_two_runs_does_not_judge_what_neither_evaluation_could_compute(tmp_path: Path) -> None:
+    """gate_on_runs takes why from both runs' eval_details.json (not_computed). Before the fix a rule
+    on wake/frr over a test split without a clip lacking the wake word rejected every candidate."""
+    reason = "split 'test' has no clip without the wake word (40 clips), so no false accept can be measured"
+    hyps = list(REFS)
+    metrics = {}
+    for name in ("incumbent", "candidate"):
+        metrics[name] = _write_run(tmp_path / name, hyps)
+        (tmp_path / name / "eval_details.json").write_text(json.dumps({"not_computed": {"wake/frr": reason}}))
+    rules = {**RULES, "frr": {"metric": "wake/frr", "max_increase": 0.0}}
+    checks = gate_on_runs(tmp_path / "candidate", tmp_path / "incumbent", metrics["candidate"], metrics["incumbent"],
+                          rules, "non_inferior", 500, 0)
+    assert all(c.passed for c in checks) and reason in checks[-1].detail, [c.detail for c in checks]

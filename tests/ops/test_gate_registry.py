@@ -245,3 +245,24 @@ def test_a_promoted_model_erased_without_a_trained_on_list_is_replaced_not_kept_
     assert reg.affected_by({utt("u1")}) == []  # nothing to match the deletion against
     promote, why, retired = _verdict(None, None, reg, current, [], {}, tmp_path / "run", {"incumbent": {}})
     assert (promote, retired) == (True, "deletion") and "m1 had its weights erased" in why
+
+
+def test_a_metric_the_test_clips_give_neither_model_does_not_reject_every_candidate() -> None:
+    """A test split without a clip lacking the wake word has no wake/frr or false accepts for any model
+    (eval_details.json's not_computed says why); both runs leave them out of metrics.json.
+    Before the fix: the default wake rules failed as "missing ... for the candidate", so every
+    retraining on such a corpus was rejected, whatever the candidate did."""
+    old, new = {"asr/wer": 0.20, "slu/slu_f1": 0.70}, {"asr/wer": 0.19, "slu/slu_f1": 0.71}
+    why = {"wake/frr": "split 'test' has no clip without the wake word (40 clips), so no false accept can be measured"}
+    checks = check_gate(new, old, RULES, why)
+    assert [c.passed for c in checks] == [True, True, True], [c.detail for c in checks]
+    assert "computed for neither model" in checks[1].detail and why["wake/frr"] in checks[1].detail
+    # Missing for one side only, or for both without a reason (a mistyped rule), still fails.
+    one = check_gate(new, {**old, "wake/frr": 0.04}, RULES, why)
+    assert not one[1].passed and "for the candidate" in one[1].detail
+    assert not check_gate(new, old, RULES)[1].passed
+    from pipeline.eval.bootstrap import Paired
+    from pipeline.ops.gate import check_gate_paired
+
+    paired = check_gate_paired(Paired({}, 10, 5, 1000), new, old, {"frr": RULES["frr"]}, "non_inferior", why)
+    assert paired[0].passed and paired[0].policy == "non_inferior" and "not judged" in paired[0].detail
