@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.ops.sync", description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="*", type=Path, default=[])
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
-    args, extra = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # What follows `--` is wandb sync's, as the usage says: argparse would read it as more roots.
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, extra = parser.parse_known_args(argv[:cut])
+    extra += argv[cut + 1:]
     args.roots = searched_roots(parser, args.roots, DEFAULT_ROOTS)
     refused = refused_runs(args.roots)
     for run in refused:
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     wandb_cli = Path(sys.executable).with_name("wandb")
     command = [str(wandb_cli) if wandb_cli.exists() else "wandb", "sync", "--yes",
-               *[e for e in extra if e != "--"], *map(str, runs)]
+               *extra, *map(str, runs)]
     return subprocess.run(command).returncode
 
 

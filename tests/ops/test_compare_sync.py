@@ -169,3 +169,22 @@ def test_sync_says_when_the_server_cannot_be_reached(tmp_path: Path) -> None:
                             text=True, env=env, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "error: the W&B server http://127.0.0.1:9 cannot be reached (127.0.0.1:9: " in result.stderr
+
+
+def test_sync_passes_the_options_after_a_double_dash_to_wandb_sync(tmp_path: Path, monkeypatch) -> None:
+    """`python -m pipeline.ops.sync [ROOT ...] [-- extra wandb sync options]`, as its usage says.
+    Before the fix: argparse read everything after `--` as roots, and refused `--project` as no such folder."""
+    from pipeline.ops import sync
+
+    todo = tmp_path / "outputs" / "a" / "wandb" / "offline-run-20260101_000000-aaa"
+    todo.mkdir(parents=True)
+    (todo / "run-aaa.wandb").write_bytes(b":W&B")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setattr(sync, "unreachable_server", lambda url: None)
+    commands = []
+    monkeypatch.setattr(sync.subprocess, "run", lambda command: commands.append(command) or subprocess.CompletedProcess(command, 0))
+    for argv in (["outputs", "--", "--project", "voice"], ["--", "--project", "voice"]):
+        assert sync.main(argv) == 0
+        command = commands.pop()
+        assert command[1:] == ["sync", "--yes", "--project", "voice", str(Path("outputs") / "a" / "wandb" / todo.name)]
