@@ -229,12 +229,16 @@ class Registry:
 
     def mark_erased(self, model_id: str) -> None:
         """Remove a model trained on erased data and mark its record so (the record stays, for the
-        audit and the history); a rollback never returns to it."""
+        audit and the history); a rollback never returns to it.
+
+        The record first: a job killed while removing the weights leaves a model marked erased (that
+        a promoted one is replaced, and erasure removes what is left), never a promoted model
+        without weights or mark, which the gate would keep comparing candidates against."""
         record = self.record(model_id)
-        for part in MODEL_PARTS:
-            shutil.rmtree(self.models / model_id / part, ignore_errors=True)
         record.update(weights_deleted=True, erased_at=record.get("erased_at") or now())
         write_json_atomic(self.models / model_id / RECORD, record)
+        for part in MODEL_PARTS:
+            shutil.rmtree(self.models / model_id / part, ignore_errors=True)
 
     def decisions(self) -> list[dict[str, Any]]:
         path = self.root / DECISIONS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -266,3 +267,30 @@ def test_a_metric_the_test_clips_give_neither_model_does_not_reject_every_candid
 
     paired = check_gate_paired(Paired({}, 10, 5, 1000), new, old, {"frr": RULES["frr"]}, "non_inferior", why)
     assert paired[0].passed and paired[0].policy == "non_inferior" and "not judged" in paired[0].detail
+
+
+def test_an_erasure_of_the_promoted_model_killed_half_way_still_has_it_replaced(tmp_path: Path, monkeypatch) -> None:
+    """`mark_erased` killed after removing part of the weights, before its record said so.
+    Before the fix: the weights went first, so the record kept no `erased_at`; the model, still
+    promoted and serving nothing, counted as unaffected (no weights to match), and the next retraining
+    judged the candidate against it ("its weights are gone") and rejected it."""
+    from pipeline.ops import registry as registry_module
+    from pipeline.ops.retrain import _verdict
+
+    reg = Registry(tmp_path / "registry")
+    reg.promote(_run(tmp_path, "a"), _record("m1", ["u1"]))
+    real_rmtree = shutil.rmtree
+
+    def killed(path, *args, **kwargs):
+        real_rmtree(path, *args, **kwargs)
+        raise KeyboardInterrupt  # the job dies after the first part is gone
+
+    monkeypatch.setattr(registry_module.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        reg.mark_erased("m1")
+    monkeypatch.setattr(registry_module.shutil, "rmtree", real_rmtree)
+    assert not reg.has_weights("m1")
+    affected = reg.affected_by({utt("u1")})
+    assert [a["model_id"] for a in affected] == ["m1"], "the promoted model is still to be replaced"
+    promote, why, retired = _verdict(None, None, reg, reg.current(), affected, {}, tmp_path / "run", {"incumbent": {}})
+    assert (promote, retired) == (True, "deletion"), why
