@@ -123,7 +123,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
         recordings = (load_background(background_source, (str(ecfg.tune_split), str(ecfg.split)), wake_word)
                       if background_source is not None and not skipped else [])
         wake, tuning, decoding, test_out = _asr_pass(ecfg, asr_dir, Path(dataset_path), test, val, rows, skipped,
-                                                     background_source, recordings)
+                                                     background_source, recordings, transcripts_allowed(cfg))
 
     if nlu is not None:
         gold_pred = nlu.predict([r["transcript"] for r in with_intent])
@@ -167,9 +167,11 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
 def _asr_pass(
     ecfg: DictConfig, asr_dir: Path, dataset_path: Path, test: Any, val: Any, rows: list[dict[str, Any]],
     skipped: str | None, background_source: Path | None = None, recordings: Sequence[Recording] = (),
+    quote_words: bool = False,
 ) -> tuple[Any, dict[str, Any] | None, Decoding, Inference]:
     """Transcribe both splits, tune and apply the wake-word threshold (unless `skipped` says the
-    labels cannot support one), and write each clip's transcript, errors and wake score into `rows`."""
+    labels cannot support one), and write each clip's transcript, errors and wake score into `rows`.
+    `quote_words`: whether messages may quote transcripts (pipeline.tracking.transcripts_allowed)."""
     wake_word = _wake_word(ecfg)
     model, processor = load_eval_asr(asr_dir, pick_device(str(ecfg.device), "eval.device"), ecfg.cpu_fft_positional_conv)
     check_vocabulary(processor, test["text"], float(ecfg.max_oov_char_rate), dataset_path, asr_dir)
@@ -185,7 +187,8 @@ def _asr_pass(
         keyword = [processor.tokenizer.get_vocab()[processor.tokenizer.word_delimiter_token]]
     if not skipped:  # before the pass: a word nobody in the labels says is refused in seconds
         check_wake_word_said(ecfg, {str(ecfg.split): [r["transcript"] for r in rows if r["wake_word_present"]],
-                                    str(ecfg.tune_split): [t for t, w in zip(val["text"], val["wake_word_present"]) if w]})
+                                    str(ecfg.tune_split): [t for t, w in zip(val["text"], val["wake_word_present"]) if w]},
+                             quote_words=quote_words)
     val_out, test_out, decoding = _transcribe_splits(ecfg, asr_dir, model, processor, keyword, val, test)
     final_hyps = test_out.decoded[0] if decoding.mode == "lm" else test_out.hypotheses
 
@@ -351,20 +354,26 @@ def _load_nlu(nlu_dir: Path) -> Any:
     return NLUModel.from_pretrained(nlu_dir)
 
 
-def check_wake_word_said(ecfg: DictConfig, positives: dict[str, list[str]]) -> None:
+def check_wake_word_said(ecfg: DictConfig, positives: dict[str, list[str]], quote_words: bool = False) -> None:
     """The labels say which clips hold a wake word, `eval.wake_word` which word is scored: a run of a
     "jarvis" corpus left at the default "alexa" would report a confident FRR for a word nobody said.
     Refused when no transcript of a split's positives says it, a warning when fewer than half do
-    (positives without a transcript, a corpus that labels only, are not counted). Only the commonest
-    first word is shown: transcripts are what users said."""
+    (positives without a transcript, a corpus that labels only, are not counted).
+
+    The positives' commonest first word is shown only with `quote_words` (pipeline.tracking.
+    transcripts_allowed): the error and the warning reach the console, which the W&B run captures
+    (logger.console), and transcripts are what users said."""
     word = _wake_word(ecfg)
     for split, transcripts in positives.items():
         said = [t for t in transcripts if t and t.strip()]
         if not said:
             continue
         share = sum(mentions(t, word) for t in said) / len(said)
-        first = Counter(normalize_text(t).split()[0] for t in said if normalize_text(t)).most_common(1)
-        hint = f" (their commonest first word: {first[0][0]!r})" if first else ""
+        if quote_words:
+            first = Counter(normalize_text(t).split()[0] for t in said if normalize_text(t)).most_common(1)
+            hint = f" (their commonest first word: {first[0][0]!r})" if first else ""
+        else:
+            hint = " (their words are not quoted: logger.log_transcripts is off)"
         if share == 0:
             raise PipelineError(
                 f"eval.wake_word={ecfg.wake_word!r} (scored as {word!r}): none of the {len(said)} clips of split "

@@ -66,14 +66,40 @@ def _refused(error: str, tmp_path: Path, models: Path, dataset: Path, **kwargs: 
     pytest.param({"eval.wake_word": "алекса"}, r"^eval\.wake_word='алекса' has no letters the pipeline keeps",
                  id="wake-word-in-another-script"),
     pytest.param({"eval.wake_word": "Jarvis!"}, r"^eval\.wake_word='Jarvis!' \(scored as 'jarvis'\): none of the \d+ "
+                 r"clips of split 'test' labelled wake_word_present says it in its transcript \(their words are not "
+                 r"quoted: logger\.log_transcripts is off\); set eval\.wake_word to the wake word of this dataset \(a "
+                 r"transcript holds what was said, the wake word included\)$", id="a-wake-word-nobody-says"),
+    pytest.param({"eval.wake_word": "Jarvis!", "logger.log_transcripts": True},
+                 r"^eval\.wake_word='Jarvis!' \(scored as 'jarvis'\): none of the \d+ "
                  r"clips of split 'test' labelled wake_word_present says it in its transcript \(their commonest first "
-                 r"word: 'alexa'\); set eval\.wake_word to the wake word of this dataset \(a transcript holds what was said, "
-                 r"the wake word included\)$", id="a-wake-word-nobody-says"),
+                 r"word: 'alexa'\); set eval\.wake_word to the wake word of this dataset", id="a-wake-word-nobody-says-quoted"),
 ])
 def test_settings_that_would_give_wrong_figures_are_refused(
     overrides: dict[str, Any], error: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
 ) -> None:
     _refused(error, tmp_path, tiny_models, tiny_dataset_path, **overrides)
+
+
+@pytest.mark.parametrize("quote_words", [False, True])
+def test_the_wake_word_check_quotes_no_spoken_word_unless_transcripts_may_be_logged(
+    quote_words: bool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The error and the warning reach the console, which the W&B run captures (logger.console), so
+    with logger.log_transcripts off they must not quote what users said. Before the fix: both always
+    named the positives' commonest first word ('hey' here)."""
+    from omegaconf import OmegaConf
+
+    from pipeline.eval.run import check_wake_word_said
+
+    ecfg = OmegaConf.create({"wake_word": "jarvis"})
+    with pytest.raises(PipelineError) as raised:
+        check_wake_word_said(ecfg, {"test": ["hey computer lights on", "hey there"]}, quote_words=quote_words)
+    assert ("'hey'" in str(raised.value)) is quote_words
+    assert "eval.wake_word" in str(raised.value)
+    with caplog.at_level("WARNING", logger="pipeline.eval.run"):
+        check_wake_word_said(ecfg, {"test": ["jarvis lights on", "hey there", "hey you"]}, quote_words=quote_words)
+    assert "only 33% of split test's 3 clips" in caplog.text
+    assert ("'hey'" in caplog.text) is quote_words
 
 
 def test_a_single_split_folder_is_refused_without_its_rows(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
