@@ -142,6 +142,10 @@ def build_blocks(metrics: dict[str, Any], details: dict[str, Any], plots: dict[s
                             f"{decoder['lm_order']}-gram LM at weight {decoder['lm_weight']:g}, {chosen}."))
     elif decoder:
         blocks.append(("p", "Transcripts: greedy CTC decoding (no language model)."))
+    for short_split, count in (details.get("asr_too_short") or {}).items():
+        blocks.append(("p", f"Split {short_split}: {count} clip(s) too short for the ASR model to give an output frame, "
+                            "scored as empty transcripts and never accepted as the wake word (data.min_duration_s "
+                            "leaves such clips out of the dataset)."))
     wake = details.get("wake")
     if wake:
         background = details.get("wake_background") or {}

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.asr.devices import flushed_denormals
 from pipeline.asr.fft_conv import configure_positional_conv
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
-from pipeline.asr.model import greedy_decode, load_asr, log_probs_of, samples_per_frame
+from pipeline.asr.model import greedy_decode, load_asr, log_probs_of, output_lengths, samples_per_frame
 from pipeline.config import with_checked
 from pipeline.data.background import Recording, load_background, mentions
 from pipeline.data.saved import open_saved, require
@@ -72,6 +72,7 @@ class Inference:
     audio_seconds: float
     compute_seconds: float
     decoded: list[list[str]] = field(default_factory=list)
+    too_short: int = 0  # clips with no output frame (Reader.read): empty transcripts, wake score -inf
 
 
 @dataclass
@@ -114,7 +115,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
         nlu = _load_nlu(nlu_dir)
         check_intents(nlu.intents, [r["intent"] for r in with_intent], float(ecfg.max_unknown_intent_rate),
                       Path(dataset_path), str(ecfg.split), nlu_dir)
-    wake, tuning, decoding, test_out, skipped = None, None, None, None, None
+    wake, tuning, decoding, test_out, skipped, too_short = None, None, None, None, None, {}
     if asr_dir is not None:
         val_labels = np.array(val["wake_word_present"], dtype=bool)
         skipped = _wake_skip_reason({str(ecfg.tune_split): val_labels, str(ecfg.split): labels})
@@ -122,7 +123,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
         # Read before the ASR pass, so a wrong eval.background is refused in seconds, not after it.
         recordings = (load_background(background_source, (str(ecfg.tune_split), str(ecfg.split)), wake_word)
                       if background_source is not None and not skipped else [])
-        wake, tuning, decoding, test_out = _asr_pass(ecfg, asr_dir, Path(dataset_path), test, val, rows, skipped,
+        wake, tuning, decoding, test_out, too_short = _asr_pass(ecfg, asr_dir, Path(dataset_path), test, val, rows, skipped,
                                                      background_source, recordings, transcripts_allowed(cfg))
 
     if nlu is not None:
@@ -159,6 +160,7 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     details["wake_tuning"] = tuning
     details["wake_word"] = wake_word
     details["wake_skipped"] = skipped
+    details["asr_too_short"] = too_short
     scores = test_out.wake_scores if test_out is not None else None
     _write_outputs(cfg, run_dir, rows, with_intent, labels, scores, wake, metrics, details, tracker)
     return metrics
@@ -168,9 +170,10 @@ def _asr_pass(
     ecfg: DictConfig, asr_dir: Path, dataset_path: Path, test: Any, val: Any, rows: list[dict[str, Any]],
     skipped: str | None, background_source: Path | None = None, recordings: Sequence[Recording] = (),
     quote_words: bool = False,
-) -> tuple[Any, dict[str, Any] | None, Decoding, Inference]:
+) -> tuple[Any, dict[str, Any] | None, Decoding, Inference, dict[str, int]]:
     """Transcribe both splits, tune and apply the wake-word threshold (unless `skipped` says the
-    labels cannot support one), and write each clip's transcript, errors and wake score into `rows`.
+    labels cannot support one), and write each clip's transcript, errors and wake score into `rows`;
+    last, per split, how many clips were too short for the model to read (Reader.read).
     `quote_words`: whether messages may quote transcripts (pipeline.tracking.transcripts_allowed)."""
     wake_word = _wake_word(ecfg)
     model, processor = load_eval_asr(asr_dir, pick_device(str(ecfg.device), "eval.device"), ecfg.cpu_fft_positional_conv)
@@ -191,6 +194,16 @@ def _asr_pass(
                              quote_words=quote_words)
     val_out, test_out, decoding = _transcribe_splits(ecfg, asr_dir, model, processor, keyword, val, test)
     final_hyps = test_out.decoded[0] if decoding.mode == "lm" else test_out.hypotheses
+    too_short = {split: out.too_short for split, out in ((str(ecfg.tune_split), val_out), (str(ecfg.split), test_out))
+                 if out.too_short}
+    for split, count in too_short.items():
+        from pipeline.data.features import SAMPLING_RATE
+
+        shortest = receptive_field(model)
+        log.warning("eval: %d clip(s) of split %s are too short for the ASR model (under %d samples, %.3f s, it gives "
+                    "no output frame): scored as empty transcripts, never accepted as the wake word; to leave such "
+                    "clips out of the dataset, rebuild it with data.min_duration_s above %.3f", count, split, shortest,
+                    shortest / SAMPLING_RATE, shortest / SAMPLING_RATE)
 
     labels = np.array([r["wake_word_present"] for r in rows], dtype=bool)
     # With eval.wake_window_s only each clip's first seconds are scanned, and only they count as
@@ -222,7 +235,14 @@ def _asr_pass(
         row["edit"] = M.edit_counts(row["reference"], hyp)
         row["wake_score"] = float(score) if spellable and math.isfinite(score) else None
         row["wake_detected"] = bool(wake is not None and score >= wake.threshold)
-    return wake, tuning, decoding, test_out
+    return wake, tuning, decoding, test_out, too_short
+
+
+def receptive_field(model: Any) -> int:
+    """The fewest input samples the feature encoder gives one output frame for: its first kernel,
+    and each later kernel's extra samples at the stride of the layers before it (400 for wav2vec2)."""
+    kernels, strides = list(model.config.conv_kernel), list(model.config.conv_stride)
+    return kernels[0] + sum((k - 1) * math.prod(strides[:n]) for n, k in enumerate(kernels[1:], 1))
 
 
 def _transcribe_splits(
@@ -480,18 +500,37 @@ class Reader:
     def wake_scores(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
         return np.asarray(keyword_scores(log_probs, lengths, self.keyword, self.blank, self.window, self.end_is_boundary), dtype=float)
 
+    def too_short(self, waves: list[np.ndarray]) -> list[bool]:
+        """Per clip, whether it is shorter than the feature encoder's receptive field (400 samples,
+        0.025 s, for wav2vec2), so the model gives it no output frame."""
+        return [int(n) < 1 for n in output_lengths(self.model, [len(w) for w in waves])]
+
     def read(self, waves: list[np.ndarray]) -> tuple[list[str], np.ndarray, list[torch.Tensor]]:
         """One length-sorted batch: forward pass, greedy transcripts, wake scores, and each clip's
-        unpadded log-probs where beam decoders will read them (`beam`)."""
-        log_probs, lengths = self.log_probs(waves)
-        texts = greedy_decode(self.processor.tokenizer, log_probs, lengths)
-        clips = [log_probs[b, : int(lengths[b])] for b in range(len(waves))] if self.decoders else []
-        return texts, self.wake_scores(log_probs, lengths), clips
+        unpadded log-probs where beam decoders will read them (`beam`).
+
+        Clips with no output frame (`too_short`) stay out of the forward pass: a batch of only such
+        clips (the shortest sort together) would stop it in the first convolutions, and beside
+        longer clips they have no frame to read. Each reads as an empty transcript with a wake score
+        of -inf, never accepted, like a clip too short for the keyword (pipeline.eval.wake)."""
+        short = self.too_short(waves)
+        kept = [b for b in range(len(waves)) if not short[b]]
+        texts = [""] * len(waves)
+        scores = np.full(len(waves), -np.inf)
+        clips = [torch.empty(0, 0) for _ in waves] if self.decoders else []
+        if kept:
+            log_probs, lengths = self.log_probs([waves[b] for b in kept])
+            read = zip(kept, greedy_decode(self.processor.tokenizer, log_probs, lengths), self.wake_scores(log_probs, lengths))
+            for j, (b, text, score) in enumerate(read):
+                texts[b], scores[b] = text, score
+                if self.decoders:
+                    clips[b] = log_probs[j, : int(lengths[j])]
+        return texts, scores, clips
 
     def beam(self, clips: list[torch.Tensor]) -> list[list[str]]:
-        """Each decoder's transcripts of these clips. One thread at a time: a flashlight decoder keeps
-        its search state in itself."""
-        return [[d.decode(c) for c in clips] for d in self.decoders]
+        """Each decoder's transcripts of these clips (a clip without frames: empty). One thread at a
+        time: a flashlight decoder keeps its search state in itself."""
+        return [[d.decode(c) if len(c) else "" for c in clips] for d in self.decoders]
 
 
 def length_batches(split: Any, batch_size: int, columns: Sequence[str] = ()) -> tuple[Any, list[list[int]]]:
@@ -524,19 +563,21 @@ def transcribe(
     decoded: list[list[str]] = [[""] * len(split) for _ in decoders]
     scores = np.full(len(split), -np.inf)
     seconds = 0.0
+    too_short = 0
     start = time.perf_counter()
 
-    def read(_: list[int], waves: list[np.ndarray]) -> tuple[float, tuple[list[str], np.ndarray, list[torch.Tensor]]]:
-        return sum(len(w) for w in waves) / SAMPLING_RATE, reader.read(waves)
+    def read(_: list[int], waves: list[np.ndarray]) -> tuple[float, int, tuple[list[str], np.ndarray, list[torch.Tensor]]]:
+        return sum(len(w) for w in waves) / SAMPLING_RATE, sum(reader.too_short(waves)), reader.read(waves)
 
-    for idx, (audio_s, (texts, batch_scores, clips)) in map_batches(audio, batches, reader.device, read):
+    for idx, (audio_s, short, (texts, batch_scores, clips)) in map_batches(audio, batches, reader.device, read):
         seconds += audio_s
+        too_short += short
         batch_decoded = reader.beam(clips)  # here, while the workers run the next batches
         for b, i in enumerate(idx):
             hypotheses[i], scores[i] = texts[b], batch_scores[b]
             for d in range(len(decoders)):
                 decoded[d][i] = batch_decoded[d][b]
-    return Inference(hypotheses, scores, seconds, time.perf_counter() - start, decoded)
+    return Inference(hypotheses, scores, seconds, time.perf_counter() - start, decoded, too_short)
 
 
 def map_batches(audio: Any, batches: list[list[int]], device: torch.device,

@@ -205,3 +205,42 @@ def test_evaluating_a_model_without_a_dataset_says_to_give_one(tiny_models: Path
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "error: no dataset to evaluate on: give dataset=<built dataset folder>" in done.stderr
+
+
+def test_clips_too_short_for_the_model_score_as_empty_transcripts(
+    tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A clip shorter than the feature encoder's receptive field (165 samples for the tiny model; 400,
+    0.025 s, for wav2vec2) has no output frame. Built with a low data.min_duration_s, such clips sort
+    into one batch. Before the fix: that batch crashed the first convolutions with a bare RuntimeError
+    naming no clip. Now each scores as an empty transcript that can never be accepted as the wake word,
+    and the log and report count them."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+    from datasets import Audio
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.full(100, 0.01, dtype="float32"), 16000, format="WAV")
+    short = {"bytes": buffer.getvalue(), "path": None}
+
+    def shorten(name: str, ds: Dataset) -> Dataset:
+        if name != "test":
+            return ds
+        features = ds.features.copy()
+        ds = ds.cast_column("audio", Audio(sampling_rate=16000, decode=False))
+        ds = ds.map(lambda ex, i: {"audio": short, "duration": 100 / 16000} if i < 2 else {}, with_indices=True)
+        return ds.cast(features)
+
+    dataset = _variant(tiny_dataset_path, tmp_path / "data", shorten)
+    with caplog.at_level("WARNING", logger="pipeline.eval.run"):
+        metrics = _evaluate(tmp_path, tiny_models, dataset, **{"eval.batch_size": 2})
+    assert metrics["asr/wer"] is not None
+    rows = {r["utterance_id"]: r for r in map(json.loads, (tmp_path / "out" / "predictions.jsonl").read_text().splitlines())}
+    for uid in ("test-0-0", "test-0-1"):
+        assert rows[uid]["hypothesis"] == "" and rows[uid]["wake_score"] is None and not rows[uid]["wake_detected"]
+    details = json.loads((tmp_path / "out" / "eval_details.json").read_text())
+    assert details["asr_too_short"] == {"test": 2}
+    assert "2 clip(s) of split test are too short for the ASR model" in caplog.text
+    assert "Split test: 2 clip(s) too short for the ASR model" in (tmp_path / "out" / "report.md").read_text()
