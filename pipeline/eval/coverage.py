@@ -72,7 +72,9 @@ def model_reasons(asr_dir: Path | None, nlu_dir: Path | None) -> dict[str, str]:
 def label_reasons(split: str, with_intent: Sequence[Mapping[str, Any]], wake_skipped: str | None,
                   have_asr: bool, have_nlu: bool, have_words: bool = True) -> dict[str, str]:
     """The metrics the labels rule out: no transcript, no intent, no entity, no clip with or without
-    the wake word."""
+    the wake word. Entities are those the scores count against (`scoring_entities`, set by
+    pipeline.eval.run._scoring_gold: SLURP's fillers under eval.slu_scoring=slurp, which may differ
+    from the dataset's own); rows without that key fall back to the dataset's `gold_entities`."""
     out: dict[str, str] = {}
     if have_asr and not have_words:
         out.update(dict.fromkeys((k for k in ASR_KEYS if k != "eval/rtf"), f"split {split!r} has no clip with a transcript"))
@@ -82,7 +84,7 @@ def label_reasons(split: str, with_intent: Sequence[Mapping[str, Any]], wake_ski
         understanding = (*NLU_INTENT_KEYS, *NLU_ENTITY_KEYS, *((*SLU_INTENT_KEYS, *SLU_ENTITY_KEYS) if have_asr else ()))
         if not with_intent:
             out.update(dict.fromkeys(understanding, f"split {split!r} has no clip with an intent"))
-        elif not any(r.get("gold_entities") for r in with_intent):
+        elif not any(r["scoring_entities"] if "scoring_entities" in r else r.get("gold_entities") for r in with_intent):
             entity = (*NLU_ENTITY_KEYS, *(SLU_ENTITY_KEYS if have_asr else ()))
             out.update(dict.fromkeys(entity, f"split {split!r} has no clip with an entity"))
     return out
@@ -155,7 +157,9 @@ def by_source(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], thr
             intents = M.intent_scores([r["intent"] for r in scored], [r[f"{side}_intent"] for r in scored])
             m[f"{side}/intent_accuracy"] = intents["accuracy"]
             m[f"{side}/intent_macro_f1"] = intents["macro_f1"]
-            if any(r.get("gold_entities") for r in scored):
+            # Entities as scored (SLURP's fillers under eval.slu_scoring=slurp, not the dataset's): the
+            # gold count in the clip's entity counts (every gold entity is a tp or an fn).
+            if any(r["counts"].get(f"{side}_entity_tp", 0.0) + r["counts"].get(f"{side}_entity_fn", 0.0) for r in scored):
                 for prefix, key in ((f"{side}_entity", f"{side}/entity_f1"), ("slu_f1", "slu/slu_f1")):
                     if key in metrics and (side == "slu" or prefix != "slu_f1"):
                         m[key] = M.Counts(*(sum(r["counts"].get(f"{prefix}_{k}", 0.0) for r in scored)

@@ -149,3 +149,27 @@ def test_a_split_without_speaker_ids_counts_each_clip_as_the_unit_its_intervals_
     metrics, details, report = evaluate(tmp_path / "out", bare, asr_model=str(tiny_models / "asr"))
     assert details["test_data"]["speakers"] == details["test_data"]["clips"] == metrics["eval/num_clips"] > 1
     assert metrics["asr/wer_ci_low"] is not None and "Every test clip has a speaker of its own" in report
+
+
+def test_whether_a_split_or_source_has_entities_is_read_from_the_entities_scored() -> None:
+    """With eval.slu_scoring=slurp the entity scores count against SLURP's fillers
+    (`scoring_entities`), not the dataset's own entities. Before the fix: label_reasons and by_source
+    read `gold_entities`, so a split whose dataset entities are empty but whose SLURP fillers are
+    not had its entity F1 left out as "no clip with an entity", and the opposite case reported an
+    entity F1 over no gold entity at all."""
+    from pipeline.eval.coverage import by_source, label_reasons
+
+    slurp_only = [{"intent": "play_music", "gold_entities": [], "scoring_entities": [{"type": "artist", "value": "x"}]}]
+    assert "nlu/entity_f1" not in label_reasons("test", slurp_only, None, True, True)
+    dataset_only = [{"intent": "play_music", "gold_entities": [{"type": "artist", "value": "x"}], "scoring_entities": []}]
+    assert label_reasons("test", dataset_only, None, True, True)["nlu/entity_f1"] == "split 'test' has no clip with an entity"
+
+    def row(source: str, gold: list[dict[str, str]], tp: float, fn: float) -> dict[str, Any]:
+        counts = {"nlu_entity_tp": tp, "nlu_entity_fp": 0.0, "nlu_entity_fn": fn}
+        return {"source": source, "reference": "", "duration": 1.0, "intent": "play_music", "nlu_intent": "play_music",
+                "nlu_scored": True, "gold_entities": gold, "counts": counts}
+
+    rows = [row("slurp", [], 1.0, 1.0), row("other", [{"type": "artist", "value": "x"}], 0.0, 0.0)]
+    per_source = by_source(rows, {"nlu/intent_accuracy": 1.0, "nlu/entity_f1": 0.5}, None)
+    assert per_source["slurp"]["nlu/entity_f1"] == pytest.approx(2 / 3)
+    assert "nlu/entity_f1" not in per_source["other"]
