@@ -142,7 +142,7 @@ def by_source(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], thr
             if labels.any() and not labels.all():
                 result = evaluate_wake(scores, labels, durations, threshold)
                 m.update({"wake/frr": result.frr, "wake/auc": result.auc, "wake/eer": result.eer})
-                if clip_rate:
+                if clip_rate and result.fa_per_hour is not None:
                     m["wake/fa_per_hour"] = result.fa_per_hour
             elif labels.any():
                 m["wake/frr"] = float(np.mean(scores < threshold))

@@ -142,6 +142,11 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     if asr_dir is not None and not skipped and "threshold" not in (background or {}):
         not_computed.update(dict.fromkeys(BACKGROUND_KEYS, "no background recordings were streamed; false accepts "
                                                            "per hour come from the negative clips"))
+    if wake is not None and wake.fa_per_hour is None:
+        not_computed["wake/fa_per_hour"] = (
+            f"the clips of split {str(ecfg.split)!r} without the wake word hold 0 s of audio (their `duration` "
+            "column, within eval.wake_window_s), nothing to count false accepts per hour on; rebuild the dataset "
+            "so the column holds each clip's seconds, or stream background recordings (eval.background)")
     for why in sorted(set(not_computed.values())):
         log.warning("eval: not computed (%s): %s", why, ", ".join(k for k, v in not_computed.items() if v == why))
 

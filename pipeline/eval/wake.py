@@ -115,7 +115,7 @@ def scanned_seconds(durations: np.ndarray, window_s: float | None) -> np.ndarray
 class WakeResult:
     threshold: float
     frr: float
-    fa_per_hour: float
+    fa_per_hour: float | None  # None: the negative clips hold no seconds to divide by (evaluate_wake)
     auc: float
     eer: float
     positives: int
@@ -210,7 +210,9 @@ def wake_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 def evaluate_wake(
     scores: np.ndarray, labels: np.ndarray, durations: np.ndarray, threshold: float
 ) -> WakeResult:
-    """FRR and false accepts per hour of negative audio at `threshold`, plus ROC AUC and EER."""
+    """FRR and false accepts per hour of negative audio at `threshold`, plus ROC AUC and EER.
+    False accepts per hour are None when the negative clips' durations sum to 0 s: a rate over no
+    audio is no number (NaN would reach metrics.json, where it is not JSON)."""
     labels = labels.astype(bool)
     pos, neg = scores[labels], scores[~labels]
     if pos.size == 0 or neg.size == 0:
@@ -219,7 +221,7 @@ def evaluate_wake(
     return WakeResult(
         threshold=float(threshold),
         frr=float(np.mean(pos < threshold)),
-        fa_per_hour=float(np.sum(neg >= threshold) / hours) if hours > 0 else float("nan"),
+        fa_per_hour=float(np.sum(neg >= threshold) / hours) if hours > 0 else None,
         auc=wake_auc(labels, scores),
         eer=equal_error_rate(labels, scores),
         positives=int(pos.size),

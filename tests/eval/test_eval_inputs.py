@@ -244,3 +244,24 @@ def test_clips_too_short_for_the_model_score_as_empty_transcripts(
     assert details["asr_too_short"] == {"test": 2}
     assert "2 clip(s) of split test are too short for the ASR model" in caplog.text
     assert "Split test: 2 clip(s) too short for the ASR model" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_negative_clips_of_no_duration_leave_false_accepts_per_hour_out_with_the_reason(
+    tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
+) -> None:
+    """False accepts per hour divide by the negative clips' seconds. Before the fix: when those summed
+    to 0 (a `duration` column of zeros) evaluate_wake returned NaN, and metrics.json held a bare NaN,
+    which is not JSON. Now the metric is left out and not_computed says why."""
+    def no_seconds(name: str, ds: Dataset) -> Dataset:
+        return ds.map(lambda ex: {"duration": 0.0} if not ex["wake_word_present"] else {}) if name == "test" else ds
+
+    dataset = _variant(tiny_dataset_path, tmp_path / "data", no_seconds)
+    _evaluate(tmp_path, tiny_models, dataset)
+
+    def no_constant(name: str) -> None:
+        raise AssertionError(f"metrics.json holds {name}, which is not JSON")
+
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(), parse_constant=no_constant)
+    assert "wake/fa_per_hour" not in metrics and metrics["wake/frr"] is not None
+    details = json.loads((tmp_path / "out" / "eval_details.json").read_text(), parse_constant=no_constant)
+    assert details["not_computed"]["wake/fa_per_hour"].startswith("the clips of split 'test' without the wake word")

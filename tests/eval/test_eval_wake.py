@@ -179,3 +179,9 @@ def test_tuning_names_the_negative_the_threshold_rejects_and_whether_the_target_
     assert tune_threshold(scores, labels, minute, 1.0) > scores[short.bounding_index]
     # Every negative allowed: nothing bounds the threshold.
     assert describe_tuning(scores, labels, hour, 10.0).bounding_index is None
+
+
+def test_negative_clips_of_no_seconds_give_no_false_accept_rate() -> None:
+    """Before the fix: NaN, which json.dumps writes as a bare NaN into metrics.json."""
+    result = evaluate_wake(np.array([-0.1, -5.0]), np.array([True, False]), np.array([1.0, 0.0]), -1.0)
+    assert result.fa_per_hour is None and result.frr == 0.0
