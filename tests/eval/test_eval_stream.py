@@ -378,3 +378,14 @@ def test_min_background_hours_is_judged_on_the_hours_scored_not_the_headers(tiny
     assert details["warning"] is not None and details["warning"].startswith(
         "background audio below eval.min_background_hours=1 h per split (scored: validation 0.00 h, test 0.00 h; "
         f"source: {tmp_path}); the threshold and false accepts per hour rest on little audio")
+
+
+def test_a_positive_too_short_for_the_keyword_is_rejected_at_every_rate() -> None:
+    """A clip too short to hold the keyword scores -inf and is never a detection. Before the fix: where
+    a rate permitted every kept background frame, threshold_for_rate returned -inf, and the FRR read
+    at that rate counted such a clip as accepted (0.0 here instead of 0.25)."""
+    background = [trace([100, 5000], [-2.0, -6.0], split="validation")]
+    positives = np.array([-1.0, -3.0, -5.0, -np.inf])
+    assert np.isfinite(threshold_for_rate(background, 1.0, 5.0, 50))
+    result = evaluate_background(positives, background, 1.0, -3.5, 50, frame_s=0.02)
+    assert result.frr_at[5.0] == 0.25 and result.frr_at[2.0] == 0.25
