@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 from pipeline.data.label_noise import RUN_FILE as NOISE_FILE
 from pipeline.data.privacy import REQUESTS_FILE, TOMBSTONES_FILE
-from pipeline.ops.registry import LOCK_FILE
+from pipeline.ops.registry import HELD_DECISION, LOCK_FILE
 from pipeline.run_folder import BUILD_REPORT, DATASET_CLIPS, EVAL_CONFIG_DIR, QUARANTINE_LINES
 from pipeline.runtime import PipelineError
 from pipeline.tracking.wandb_run import RUN_ID_FILE
@@ -99,7 +99,7 @@ PLACES: tuple[Place, ...] = (
     Place("matplotlib cache", "cache", ("matplotlib/*",), (), "matplotlib", "keep"),
     Place("HF cache", "cache", ("huggingface/*", "hf/*"), (), "datasets/transformers", "keep"),
     Place("registry model", "registry", ("models/*",), (WEIGHTS, TEXT, IDS), "pipeline.ops.registry", "registry"),
-    Place("registry log", "registry", ("promoted.json", "decisions.jsonl", LOCK_FILE, ".tmp-*"), (IDS,),
+    Place("registry log", "registry", ("promoted.json", "decisions.jsonl", HELD_DECISION, LOCK_FILE, ".tmp-*"), (IDS,),
           "pipeline.ops.registry", "keep"),
     Place("erasure records", "erasure", ("*",), (IDS,), "pipeline.ops.erase", "keep"),
     Place("pseudonym key", "cache", ("pseudonym.key",), (), "pipeline.data.privacy", "keep"),

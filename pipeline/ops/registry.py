@@ -5,6 +5,7 @@
     <registry>/models/<id>/asr, nlu     the model folders (removed when retired for a deletion)
     <registry>/decisions.jsonl          one line per job decision: promoted, rejected, nothing_to_do,
                                         busy, config_error, failed (append-only)
+    <registry>/decision-unlogged.json   a decision made but not yet logged (while the job erases)
     <registry>/retrain.lock             held while a retraining job runs
 
 Why this shape: `promoted.json` is the single commit point, replaced atomically, so a job killed at
@@ -35,6 +36,9 @@ from pipeline.runtime import PipelineError, kept_from_children, write_text_atomi
 PROMOTED = "promoted.json"
 RECORD = "record.json"
 DECISIONS = "decisions.jsonl"
+# A job's decision, held here from the moment it is made until its line is in decisions.jsonl (the
+# erasure runs in between and can be long): a job killed meanwhile leaves it for the next to log.
+HELD_DECISION = "decision-unlogged.json"
 MODEL_PARTS = ("asr", "nlu")
 LOCK_FILE = "retrain.lock"  # held while a retraining job (or `make erase`) runs: `retrain_lock`
 TMP_PREFIX = ".tmp-"
@@ -66,6 +70,11 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise PipelineError(f"registry file {path} holds no JSON object; restore it from a backup")
     return value
+
+
+def _same_job(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """One job's decision: its run folder and start time (a folder given again is another job)."""
+    return (a.get("run_dir"), a.get("started_at")) == (b.get("run_dir"), b.get("started_at"))
 
 
 def now() -> str:
@@ -166,7 +175,7 @@ class Registry:
 
     def recover(self) -> list[str]:
         """Finish or undo what a killed job left; returns what was done, for the job's log."""
-        done: list[str] = []
+        done: list[str] = self._log_held_decision()
         if not self.models.is_dir():
             return done
         for tmp in self.models.glob(f"{TMP_PREFIX}*"):
@@ -201,6 +210,33 @@ class Registry:
                 "reason": "its job was killed after promoting it, before logging; logged by the next job",
                 "finished_at": now()})
             done.append(f"logged the promotion of {current}, whose job was killed before logging it")
+        return done
+
+    def hold_decision(self, decision: dict[str, Any]) -> None:
+        """Keep a decision until its line is logged (`release_decision`); call it while holding the
+        lock. A rejected candidate that no line names cannot be promoted by hand, and its data would
+        be trained on again."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.root / HELD_DECISION, decision)
+
+    def release_decision(self, decision: dict[str, Any]) -> None:
+        """Drop the held decision once this job's line is logged; another job's stays for `recover`."""
+        path = self.root / HELD_DECISION
+        if path.is_file() and _same_job(_read_json(path), decision):
+            path.unlink()
+
+    def _log_held_decision(self) -> list[str]:
+        """Log the decision of a job killed between deciding and logging (during its erasure)."""
+        path = self.root / HELD_DECISION
+        if not path.is_file():
+            return []
+        held = _read_json(path)
+        done = []
+        if not any(_same_job(held, logged) for logged in self.decisions()):  # else killed just after logging
+            self.log_decision(held)
+            done.append(f"logged the {held.get('decision')} decision of the job in {held.get('run_dir')} "
+                        f"(candidate {(held.get('candidate') or {}).get('model_id')}), killed before logging it")
+        path.unlink()
         return done
 
     def _successor(self, history: list[str], model_id: str) -> dict[str, Any] | None:

@@ -36,7 +36,7 @@ from pipeline.ops.gate import gate_on_runs
 from pipeline.ops.inventory import Roots, check_root
 from pipeline.ops.promote import promote_model, rollback, write_candidate
 from pipeline.ops.registry import LOCK_FILE, MODEL_PARTS, Registry, RetrainBusy, now, retrain_lock
-from pipeline.runtime import PipelineError, configure_environment, file_in_the_way
+from pipeline.runtime import PipelineError, configure_environment, file_in_the_way, write_text_atomic
 from pipeline.tracking import NullTracker
 
 EXIT_OK = 0          # promoted, rolled back, or nothing to do
@@ -283,7 +283,7 @@ EXIT_CODES = {"promoted": EXIT_OK, "rolled_back": EXIT_OK, "nothing_to_do": EXIT
 CONFIG_ERRORS = (PipelineError, OmegaConfBaseException)
 
 
-def _job(cfg: DictConfig, run_dir: Path, registry: Registry) -> dict[str, Any]:
+def _job(cfg: DictConfig, run_dir: Path, registry: Registry, started: str) -> dict[str, Any]:
     """The decision of a job that holds the lock: train, or promote / roll back by hand. Every
     group the job reads is checked first (a config error, recorded like any other decision)."""
     settings = job_config(cfg)
@@ -299,6 +299,7 @@ def _job(cfg: DictConfig, run_dir: Path, registry: Registry) -> dict[str, Any]:
     # A job that fails after its intake has still taken deletion requests: the erasure below runs for
     # those as well, not only after the next job that trains to the end.
     decision = _decided(lambda: decide(cfg, run_dir))
+    _record_before_erasure(decision, run_dir, registry, started)
     # Every other copy of deleted data (cached datasets, old runs, W&B staging): pipeline/ops/erase.py.
     # The decision has happened (a promotion stays promoted), so an erasure that fails is recorded
     # beside it, and the job exits as failed: deleted data may still be somewhere.
@@ -308,6 +309,19 @@ def _job(cfg: DictConfig, run_dir: Path, registry: Registry) -> dict[str, Any]:
         decision["erasure"] = {"error": f"{type(err).__name__}: {err}",
                                "fix": "correct the cause, then run `make erase` (the retraining lock must be free)"}
     return decision
+
+
+def _record_before_erasure(decision: dict[str, Any], run_dir: Path, registry: Registry, started: str) -> None:
+    """Record the decision before the erasure, which can run long: a job killed during it still
+    leaves its decision.json, and the registry holds the line the next job's `recover()` logs (else
+    a rejected candidate could not be promoted by hand, and the next job trained on the same data).
+    What it says of the erasure stands only if the job never gets to replace it."""
+    unfinished = {"error": "not finished: the job stopped before its erasure ended",
+                  "fix": "run `make erase` (the retraining lock must be free); every `make retrain` runs it too"}
+    early = _finish({**decision, "erasure": unfinished}, run_dir, started)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "decision.json", json.dumps(early, indent=2, default=str) + "\n")
+    registry.hold_decision({k: v for k, v in early.items() if k != "traceback"})
 
 
 def run_retrain(cfg: DictConfig) -> int:
@@ -329,9 +343,10 @@ def run_retrain(cfg: DictConfig) -> int:
                                 "registry folder (created if absent)")
         registry = Registry(root)
         with retrain_lock(registry.root / LOCK_FILE, run_dir):
-            decision = _decided(lambda: _job(cfg, run_dir, registry))
+            decision = _decided(lambda: _job(cfg, run_dir, registry, started))
             _finish(decision, run_dir, started)
             registry.log_decision({k: v for k, v in decision.items() if k != "traceback"})
+            registry.release_decision(decision)
     except RetrainBusy as err:
         decision = _finish({"decision": "busy", "reason": str(err)}, run_dir, started)
         holder_dir = err.holder_run_dir

@@ -252,3 +252,45 @@ def test_a_damaged_candidate_file_is_named(tmp_path: Path) -> None:
     assert (code, decision["decision"]) == (EXIT_CONFIG, "config_error"), decision
     assert str(c2 / "candidate.json") in decision["reason"] and "retrain" in decision["reason"]
     assert registry.current()["model_id"] == "m1"
+
+
+class _Killed(BaseException):
+    """The job's process dying (SIGKILL, a power cut): nothing after it runs."""
+
+
+def test_a_rejection_survives_a_job_killed_during_its_erasure(tmp_path: Path, monkeypatch) -> None:
+    """Before the fix: the decision was recorded only after the erasure, which can run long; a job
+    killed during it left no decision anywhere, `make promote MODEL=<id>` found no such candidate
+    though its candidate.json was in the run folder, and the next job retrained the same data."""
+    import pipeline.ops.retrain as retrain
+
+    key = pseudonym_key(_cfg(tmp_path).privacy)
+    registry = Registry(tmp_path / "registry")
+    registry.promote(_run(tmp_path, "m1"), _record(key, "m1", tmp_path / "runs" / "m1", ["u1"]))
+    registry.log_decision({"decision": "promoted", "state": "state-m1", "candidate": {"model_id": "m1"}})
+    run = _run(tmp_path, "c2")
+    record = _record(key, "c2", run, ["u2"])
+    write_candidate(run, record)
+
+    def rejected(cfg, run_dir):
+        return {"decision": "rejected", "reason": "asr/wer rose (after review: make promote MODEL=c2)",
+                "state": record["state"], "candidate": {k: record[k] for k in ("model_id", "dataset_fingerprint")}}
+
+    def killed(cfg):
+        raise _Killed()
+
+    monkeypatch.setattr(retrain, "decide", rejected)
+    monkeypatch.setattr(retrain, "erase_copies", killed)
+    with pytest.raises(_Killed):
+        run_retrain(OmegaConf.merge(_cfg(tmp_path), {"run_dir": str(run)}))
+    monkeypatch.undo()
+    assert json.loads((run / "decision.json").read_text())["decision"] == "rejected", "recorded before the erasure"
+
+    code, decision = _do(tmp_path, promote="c2")
+    assert (code, decision["decision"]) == (EXIT_OK, "promoted"), decision
+    assert any("c2" in line for line in decision["recovered"])
+    log = [json.loads(line) for line in (tmp_path / "registry" / "decisions.jsonl").read_text().splitlines()]
+    assert [d["decision"] for d in log] == ["promoted", "rejected", "promoted"]
+    assert (log[1]["run_dir"], log[1]["state"]) == (str(run), "state-c2") and "traceback" not in log[1]
+    assert "stopped" in log[1]["erasure"]["error"]
+    assert registry.recover() == [], "logged once"
