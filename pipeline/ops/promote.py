@@ -28,14 +28,15 @@ from omegaconf import DictConfig
 
 from pipeline.ops.corpus import check_inbox, pseudonym_key
 from pipeline.ops.registry import MODEL_PARTS, Registry
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, write_text_atomic
 
 CANDIDATE = "candidate.json"
 
 
 def write_candidate(run_dir: Path, record: dict[str, Any]) -> None:
-    """What `promote` needs of a rejected candidate once the run is over (utterance pseudonyms only)."""
-    (run_dir / CANDIDATE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    """What `promote` needs of a rejected candidate once the run is over (utterance pseudonyms only);
+    written whole or not at all, since `promote` refuses a damaged one."""
+    write_text_atomic(run_dir / CANDIDATE, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _deleted(cfg: DictConfig) -> set[str]:

@@ -390,7 +390,8 @@ def _report(decision: dict[str, Any], run_dir: Path | None, registry: Registry |
         notes.append(f"{run_dir} is the running job's folder, so no decision.json was written there")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "decision.json").write_text(json.dumps(decision, indent=2, default=str) + "\n")
+        # Whole or not at all: a scheduler, and `make promote`, read it after any stop.
+        write_text_atomic(run_dir / "decision.json", json.dumps(decision, indent=2, default=str) + "\n")
         notes.append(str(run_dir / "decision.json"))
     notes.append(f"logged in {registry.root / 'decisions.jsonl'}" if registry is not None
                  else "not logged in decisions.jsonl: retrain.registry_dir is unknown or not a folder")

@@ -294,3 +294,23 @@ def test_a_rejection_survives_a_job_killed_during_its_erasure(tmp_path: Path, mo
     assert (log[1]["run_dir"], log[1]["state"]) == (str(run), "state-c2") and "traceback" not in log[1]
     assert "stopped" in log[1]["erasure"]["error"]
     assert registry.recover() == [], "logged once"
+
+
+def test_decision_and_candidate_files_are_written_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    """Before the fix: decision.json and candidate.json were written in place (Path.write_text); a
+    job stopped half-way (a full disk, a kill) left half a file, and `make promote` then refused the
+    candidate as damaged. Here a plain in-place write of either file is cut short."""
+    plain = Path.write_text
+
+    def cut_short(self: Path, text: str, *args, **kwargs):
+        if self.name in ("decision.json", "candidate.json"):
+            plain(self, text[: len(text) // 2], *args, **kwargs)
+            raise OSError(28, "No space left on device")
+        return plain(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", cut_short)
+    run = _run(tmp_path, "c1")
+    write_candidate(run, {"model_id": "c1", "trained_on": []})
+    assert json.loads((run / "candidate.json").read_text())["model_id"] == "c1"
+    code = run_retrain(OmegaConf.merge(_cfg(tmp_path), {"data": {"source": "jsonl", "path": None, "deletions": None}}))
+    assert code == EXIT_OK and json.loads((tmp_path / "job" / "decision.json").read_text())["decision"] == "nothing_to_do"
