@@ -268,9 +268,16 @@ def _verdict(cfg: DictConfig, retrain: RetrainConfig, registry: Registry, curren
     else:
         decision["incumbent"]["metrics"] = incumbent
         # Judged on the paired difference over the same test clips (pipeline/ops/gate.py).
-        checks = gate_on_runs(run_dir, run_dir / "incumbent", candidate["metrics"], incumbent,
-                              retrain.gate_rules(), retrain.gate_policy,
-                              int(cfg.eval.bootstrap_samples), int(cfg.eval.bootstrap_seed))
+        try:
+            checks = gate_on_runs(run_dir, run_dir / "incumbent", candidate["metrics"], incumbent,
+                                  retrain.gate_rules(), retrain.gate_policy,
+                                  int(cfg.eval.bootstrap_samples), int(cfg.eval.bootstrap_seed))
+        except PipelineError as err:
+            # Other test clips, damaged predictions: no verdict, so a rejection (exit 3) that says why.
+            # As a config error the candidate went unrecorded: not promotable by hand, and every
+            # later job trained on the same data again.
+            decision["gate_error"] = str(err)
+            return False, f"the gate could not compare the candidate with the promoted model: {err}", "replaced"
         decision["gate"] = [c.as_dict() for c in checks]
         failed = [c.detail for c in checks if not c.passed]
         if not failed:

@@ -294,3 +294,32 @@ def test_an_erasure_of_the_promoted_model_killed_half_way_still_has_it_replaced(
     assert [a["model_id"] for a in affected] == ["m1"], "the promoted model is still to be replaced"
     promote, why, retired = _verdict(None, None, reg, reg.current(), affected, {}, tmp_path / "run", {"incumbent": {}})
     assert (promote, retired) == (True, "deletion"), why
+
+
+def test_a_gate_that_cannot_compare_the_two_models_rejects_the_candidate_with_the_reason(tmp_path: Path,
+                                                                                         monkeypatch) -> None:
+    """Before the fix: a PipelineError from gate_on_runs (damaged predictions.jsonl, other test clips)
+    left `_verdict` and became the job's config_error (exit 2): no candidate.json, no rejected line,
+    so the candidate could not be promoted by hand and every later job retrained the same data."""
+    from omegaconf import OmegaConf
+
+    import pipeline.ops.retrain as retrain
+    from pipeline.ops.config import retrain_config
+
+    reg = Registry(tmp_path / "registry")
+    reg.promote(_run(tmp_path, "m1"), _record("m1", ["a"]))
+    run_dir = tmp_path / "job"
+    (run_dir / "incumbent").mkdir(parents=True)
+    (run_dir / "incumbent" / "predictions.jsonl").write_text('{"utterance_id": "utt_1", "ref')  # cut short
+    monkeypatch.setattr(retrain, "_evaluate_incumbent", lambda *a: ({"asr/wer": 0.2}, None))
+    cfg = OmegaConf.create({"eval": {"bootstrap_samples": 10, "bootstrap_seed": 0},
+                            "retrain": {"inbox": "i", "corpus_dir": "c", "registry_dir": str(reg.root), "force": False,
+                                        "promote": None, "rollback": False, "gate_policy": "not_worse",
+                                        "gate": {"wer": {"metric": "asr/wer", "max_increase": 0.005}}}})
+    decision = {"incumbent": {"model_id": "m1"}}
+    candidate = {"metrics": {"asr/wer": 0.1}, "dataset_path": tmp_path / "dataset"}
+    promote, reason, _ = retrain._verdict(cfg, retrain_config(cfg), reg, reg.current(), [], candidate, run_dir,
+                                          decision)
+    assert not promote
+    assert reason.startswith("the gate could not compare the candidate with the promoted model: ")
+    assert "predictions.jsonl line 1 is not valid JSON" in reason and decision["gate_error"] in reason
