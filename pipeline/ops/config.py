@@ -54,6 +54,12 @@ class RetrainConfig:
 
     def validate(self) -> None:
         choice("retrain.gate_policy", self.gate_policy, GATE_POLICIES)
+        if not self.gate:
+            # Else every candidate passes ("every gated metric passes: " and nothing after it).
+            raise PipelineError("retrain.gate is empty: with no rule every candidate would be promoted; keep the "
+                                "rules of conf/retrain.yaml, or give at least one with "
+                                "+retrain.gate.<name>={metric: ..., max_increase: ...} (max_decrease for a metric "
+                                "that is better higher)")
         for name, rule in self.gate.items():
             problem = rule_problem(name, rule.as_rule())
             if problem:

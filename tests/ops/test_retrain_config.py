@@ -160,3 +160,12 @@ def test_a_registry_folder_that_is_a_file_is_a_config_error_with_a_decision(tmp_
     assert decision["decision"] == "config_error"
     assert decision["reason"] == (f"retrain.registry_dir={root}: {tmp_path / 'registry'} is a file, not a folder; "
                                   "point it at the registry folder (created if absent)")
+
+
+def test_an_empty_gate_is_refused() -> None:
+    """Before the fix: `retrain.gate={}` was accepted, and every candidate passed with the reason
+    "every gated metric passes: " and nothing after it."""
+    cfg = load_config([])
+    cfg.retrain.gate = {}
+    with pytest.raises(PipelineError, match=r"retrain.gate is empty: .*conf/retrain.yaml.*\+retrain.gate.<name>="):
+        job_config(cfg)
