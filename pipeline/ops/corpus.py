@@ -190,12 +190,23 @@ def inbox_batches(inbox: Path) -> list[Path]:
 def stray_inbox_entries(inbox: Path) -> str:
     """What lies in the inbox but is no batch (an export dropped there as a file, a folder without
     annotations.jsonl), said so, since the job would otherwise wait for batches that never come."""
-    stray = sorted(p.name for p in inbox.iterdir() if p.name != REQUEST_FOLDER and not p.name.startswith(".")
-                   and p not in inbox_batches(inbox)) if inbox.is_dir() else []
+    stray = sorted((p for p in inbox.iterdir() if p.name != REQUEST_FOLDER and not p.name.startswith(".")
+                    and p not in inbox_batches(inbox)), key=lambda p: p.name) if inbox.is_dir() else []
     if not stray:
         return ""
-    return (f"; {', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''} in it are not batches: each batch is a "
-            f"folder holding {ANNOTATIONS} (and its audio)")
+    # Not by name, suffix included: an export is often named after its account, and this reason
+    # reaches decision.json, decisions.jsonl and the console. The hash finds it in the inbox.
+    shown = ", ".join(_stray_reference(p) for p in stray[:5]) + (" ..." if len(stray) > 5 else "")
+    count = f"{len(stray)} entries in it are" if len(stray) > 1 else "1 entry in it is"
+    return f"; {count} not batches ({shown}): each batch is a folder holding {ANNOTATIONS} (and its audio)"
+
+
+def _stray_reference(path: Path) -> str:
+    """An inbox entry that is no batch, by hash: a file's content as `sha256sum` prints it, a folder's name
+    (`printf %s NAME | sha256sum`), first 16 digits."""
+    if path.is_file():
+        return f"a file with {_sha256(path)}"
+    return f"a folder whose name has sha256:{hashlib.sha256(path.name.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}"
 
 
 # An inbox batch being copied into the corpus from another file system (see _move).

@@ -286,15 +286,25 @@ def test_a_batch_with_a_byte_order_mark_is_purged_from_its_first_line_and_a_line
     assert b"amzn1.account.BOB" in merged and corpus.unreadable == 2  # the cp1252 line and "{not json"
 
 
-def test_an_inbox_with_exports_that_are_not_batches_says_so(tmp_path: Path) -> None:
+def test_an_inbox_with_exports_that_are_not_batches_says_so(tmp_path: Path, capsys) -> None:
+    """Before the fix: the reason named up to five entries ("b1.jsonl, b2 in it are not batches"),
+    in decision.json, decisions.jsonl and stdout; an export named after its account leaked the
+    account. Now a count and each entry's SHA-256 (a file's content, as `sha256sum` prints it; a
+    folder's name), which find it in the inbox named beside them."""
     inbox = tmp_path / "inbox"
-    (inbox / "b2" / "audio").mkdir(parents=True)  # a folder without annotations.jsonl
-    (inbox / "b1.jsonl").write_text("{}\n")        # an export dropped in as a file
+    (inbox / "amzn1.account.ALICE" / "audio").mkdir(parents=True)  # a folder without annotations.jsonl
+    (inbox / "export.amzn1.account.BOB").write_text("{}\n")        # an export dropped in as a file
     assert run_retrain(_cfg(tmp_path)) == EXIT_OK
     decision = json.loads((tmp_path / "run" / "decision.json").read_text())
     assert decision["decision"] == "nothing_to_do"
-    assert decision["reason"] == (f"no batches in {inbox} yet; b1.jsonl, b2 in it are not batches: each batch is a "
+    content = hashlib.sha256(b"{}\n").hexdigest()[:16]
+    name = hashlib.sha256(b"amzn1.account.ALICE").hexdigest()[:16]
+    assert decision["reason"] == (f"no batches in {inbox} yet; 2 entries in it are not batches (a folder whose name "
+                                  f"has sha256:{name}, a file with sha256:{content}): each batch is a "
                                   "folder holding annotations.jsonl (and its audio)")
+    out = capsys.readouterr()
+    assert "ALICE" not in out.out + out.err and "BOB" not in out.out + out.err
+    assert b"ALICE" not in (tmp_path / "registry" / "decisions.jsonl").read_bytes()
 
 
 def test_a_move_across_file_systems_cut_short_is_finished_by_the_next_intake(tmp_path: Path) -> None:
