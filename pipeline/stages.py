@@ -221,7 +221,8 @@ def hydra_sweep_dir() -> Path | None:
 
 
 def write_record(run_dir: Path, record: DictConfig) -> None:
-    """config.yaml, rewritten only when it changes (`make compare` orders runs by its time); an
+    """config.yaml, rewritten only when it changes (a folder named otherwise than `<date>/<time>` and
+    without Hydra's record is ordered by its time in `make compare`); an
     identifier constant shows as redacted (the build has read it already)."""
     path = run_dir / "config.yaml"
     text = OmegaConf.to_yaml(redact_identifiers(OmegaConf.to_container(record, resolve=False)))

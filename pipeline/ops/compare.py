@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +43,15 @@ IGNORED_KEYS = ("run_dir", "paths.run_dir", "hydra")
 @dataclass
 class RunSummary:
     path: Path
-    mtime: float
+    created: float  # when the run was made (`made_at`): the listing order and the default baseline
     config: dict[str, Any]
     metrics: dict[str, Any]
     test_data: dict[str, Any] | None = None  # eval_details.json's record of what was evaluated
     evaluation: bool = False  # an evaluate.py folder, whose config is evaluate.yaml's, not a training run's
+    recorded: float = 0.0  # the time of Hydra's record of the job: orders runs `created` the same second
+
+    def order(self) -> tuple[float, float]:
+        return self.created, self.recorded
 
 
 def find_runs(roots: list[Path]) -> list[Path]:
@@ -99,8 +105,36 @@ def load_run(path: Path) -> RunSummary:
     details_file = path / "eval_details.json"
     test_data = _read(details_file, json.loads).get("test_data") if details_file.is_file() else None
     config_file = _config_file(path)
-    return RunSummary(path, config_file.stat().st_mtime, flatten(config), metrics, test_data,
-                      evaluation=config_file.parent.name == EVAL_CONFIG_DIR)
+    created, recorded = made_at(path, config_file)
+    return RunSummary(path, created, flatten(config), metrics, test_data,
+                      evaluation=config_file.parent.name == EVAL_CONFIG_DIR, recorded=recorded)
+
+
+_DATE, _TIME = re.compile(r"\d{4}-\d{2}-\d{2}"), re.compile(r"(\d{2}-\d{2}-\d{2})(-\d+)?")
+
+
+def made_at(path: Path, config_file: Path) -> tuple[float, float]:
+    """When the run was made, as nothing done to it later changes: not config.yaml's modification time,
+    which `evaluate.py run=` rewrites (re-evaluating the oldest run made another one the baseline).
+
+    The `<date>/<time>` its folder is named by (conf/*.yaml's hydra.run.dir and sweep.dir, retraining's
+    `<time>-<pid>`; local time, as Hydra's `now` writes it), the innermost such pair; for a folder named
+    otherwise, the time of Hydra's record of the job that made it (`.hydra/hydra.yaml`; an evaluate.py
+    folder's `.hydra-evaluate/hydra.yaml`), else of config.yaml. Returned with that record's time,
+    which orders a sweep's jobs (they share the sweep's stamp)."""
+    record = config_file.parent / "hydra.yaml" if config_file.parent.name == EVAL_CONFIG_DIR else path / ".hydra" / "hydra.yaml"
+    recorded = (record if record.is_file() else config_file).stat().st_mtime
+    parts = path.parts
+    for date, clock in reversed(list(zip(parts, parts[1:]))):
+        found = _TIME.fullmatch(clock)
+        if _DATE.fullmatch(date) and found:
+            try:
+                stamp = time.mktime(time.strptime(f"{date} {found.group(1)}", "%Y-%m-%d %H-%M-%S"))
+            except ValueError:  # 2026-13-45: not a time after all
+                continue
+            return stamp, recorded
+    return recorded, recorded
+
 
 
 def _unresolved(value: Any) -> bool:
@@ -306,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         if (root / "metrics.json").is_file() and not _config_file(root).is_file():
             print(f"note: {root} left out: it has metrics.json but no config.yaml, the record of how the run was "
                   "made; restore it from a copy of the run", file=sys.stderr)
-    runs = sorted(loaded, key=lambda r: r.mtime)[-args.last:]
+    runs = sorted(loaded, key=RunSummary.order)[-args.last:]
     if not runs:
         print(f"no run folders under {', '.join(map(str, args.roots))}")
         return 0

@@ -223,3 +223,24 @@ def test_a_run_whose_per_clip_results_repeat_an_utterance_id_is_named(tmp_path: 
     assert line.startswith("outputs/b-repeats: no paired comparison: outputs/b-repeats/predictions.jsonl: utterance "
                            "id utt-03 appears 2 times (rows 4 and 6)"), line
     assert "python evaluate.py run=" in line, line
+
+
+def test_re_evaluating_an_old_run_does_not_move_the_default_baseline(tmp_path: Path) -> None:
+    """Before the fix: runs were ordered by config.yaml's modification time, which `evaluate.py run=`
+    rewrites, so re-evaluating the oldest run made it the newest and another run the baseline. Now by
+    the `<date>/<time>` the folder is named by, or for a folder named otherwise, Hydra's record of the
+    job that made it (.hydra/hydra.yaml, which evaluation leaves alone)."""
+    out = tmp_path / "outputs"
+    noisy = [r.replace("kitchen", "kitten") if i % 2 else r for i, r in enumerate(REFS)]
+    _run(out, "2026-01-01/23-00-00", noisy, "fp1", 2)  # re-evaluated since: the latest config.yaml
+    _run(out, "2026-01-02/08-00-00", list(REFS), "fp1", 0)
+    assert "Paired against the baseline, outputs/2026-01-01/23-00-00" in _compare(tmp_path)
+
+    out = tmp_path / "named" / "outputs"
+    for name, hyps, order in (("old-run", noisy, 2), ("new-run", list(REFS), 0)):
+        _run(out, name, hyps, "fp1", order)
+        made = out / name / ".hydra" / "hydra.yaml"
+        made.parent.mkdir()
+        made.write_text("hydra: {}\n")
+        os.utime(made, (1_000_000 + (0 if name == "old-run" else 5),) * 2)
+    assert "Paired against the baseline, outputs/old-run" in _compare(tmp_path / "named")
