@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.ops.in_process import run_main
 from tests.tiny_config import TINY_JOB
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,8 +93,14 @@ def _unclaimed(tmp: Path) -> list[Path]:
                                                               f"cache_dir={tmp / 'cache'}"])))
 
 
-def _audit(tmp: Path) -> tuple[int, str]:
-    done = _run(tmp, ["-m", "pipeline.ops.audit", *_roots(tmp)], timeout=180)
+def _audit(tmp: Path, child: bool = False) -> tuple[int, str]:
+    """`python -m pipeline.ops.audit`: in a child process where `child`, else its main in this one."""
+    from pipeline.ops import audit
+
+    if child:
+        done = _run(tmp, ["-m", "pipeline.ops.audit", *_roots(tmp)], timeout=180)
+    else:
+        done = run_main(audit.main, _roots(tmp), REPO, env(tmp))
     assert done.returncode in (0, 3), done.stderr[-2000:]
     return done.returncode, done.stdout
 
@@ -204,7 +211,9 @@ def test_deleted_account_leaves_no_copy_after_retraining(tmp_path: Path) -> None
     assert code == 0, report
     # Erased runs are marked so `make sync` refuses them; nothing the jobs wrote is outside the inventory.
     assert (tmp_path / "runs" / "train" / "DO_NOT_SYNC").is_file() and (tmp_path / "runs" / "r1" / "DO_NOT_SYNC").is_file()
-    sync = _run(tmp_path, ["-m", "pipeline.ops.sync", str(tmp_path / "runs"), "--dry-run"])
+    from pipeline.ops import sync as sync_command
+
+    sync = run_main(sync_command.main, [str(tmp_path / "runs"), "--dry-run"], REPO, env(tmp_path))
     assert f"refusing {tmp_path / 'runs' / 'train'}" in sync.stdout
     assert _unclaimed(tmp_path) == []
 
@@ -225,7 +234,7 @@ def test_the_review_and_the_demos_planted_errors_are_erased_with_the_clip(tmp_pa
     assert list(demo.glob("annotations.noise-*.jsonl"))
     (tmp_path / "inbox" / "deletions").mkdir(parents=True)
     (tmp_path / "inbox" / "deletions" / "req.jsonl").write_text(json.dumps({"utterance_id": queued[0]}) + "\n")
-    assert _audit(tmp_path)[0] == 3
+    assert _audit(tmp_path, child=True)[0] == 3  # the command as `make audit-deletions` runs it
 
     erased = _run(tmp_path, ["-m", "pipeline.ops.erase", *_roots(tmp_path)])
     assert erased.returncode == 0, erased.stderr[-3000:]

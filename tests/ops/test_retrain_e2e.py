@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ops.in_process import run_main
 from tests.tiny_config import TINY_JOB
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,8 +92,10 @@ def _registry_snapshot(registry: Path) -> dict[str, bytes]:
 
 
 def _audit(tmp: Path) -> str:
-    result = subprocess.run([sys.executable, "-m", "pipeline.ops.audit", *_roots(tmp)], cwd=REPO, env=_env(tmp),
-                            capture_output=True, text=True, timeout=120)
+    """`python -m pipeline.ops.audit`, its main run in this process (tests/ops/test_erase_e2e.py runs the command)."""
+    from pipeline.ops import audit
+
+    result = run_main(audit.main, _roots(tmp), REPO, _env(tmp))
     # 3: traces of deleted data found (before the next retraining erases them), 0: clean.
     assert result.returncode in (0, 3), result.stderr[-2000:]
     return result.stdout
