@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.data.schema import json_lines
-from pipeline.runtime import PipelineError
+from pipeline.runtime import PipelineError, write_text_atomic
 
+log = logging.getLogger(__name__)
 DELETION_KEYS = ("utterance_id", "account_id", "device_serial")
 # An export record's raw identifiers and the kind of pseudonym each becomes.
 RAW_IDS = {"account_id": "acct", "device_serial": "dev", "annotator_id": "ann"}
@@ -26,6 +28,26 @@ RAW_IDS = {"account_id": "acct", "device_serial": "dev", "annotator_id": "ann"}
 
 def load_key(key_env: str | None, key_file: str | Path | None) -> bytes:
     """The key from the environment variable if set, else from the key file (made 0600 if missing)."""
+    key = _read_key(key_env, key_file)
+    used = f"the environment variable {key_env}" if key_env and os.environ.get(key_env) else f"the key file {key_file}"
+    _KEY_SOURCES[key_id(key)] = KeySource(key_env, str(key_file) if key_file else None, used)
+    return key
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where a loaded key came from, for the advice of a key mismatch (never the key itself)."""
+
+    key_env: str | None
+    key_file: str | None
+    used: str
+
+
+# key id -> where load_key found that key in this process.
+_KEY_SOURCES: dict[str, KeySource] = {}
+
+
+def _read_key(key_env: str | None, key_file: str | Path | None) -> bytes:
     if key_env and os.environ.get(key_env):
         return os.environ[key_env].encode()
     if not key_file:
@@ -58,6 +80,79 @@ def key_id(key: bytes) -> str:
     """Names the pseudonym key without revealing it: what a dataset or a model is a function of
     changes with the key (every pseudonym and so every split does)."""
     return pseudonym(key, "key", "fingerprint")
+
+
+# ------------------------------------------------------------- which key stored pseudonyms were made with
+#
+# A pseudonym matches another only when both were made with the same key: after a key change (a new
+# cache folder makes a new key file; the environment variable rotated) a model record's `trained_on`,
+# the corpus's tombstones and erasure's ledger would match no current pseudonym, and a model trained
+# on deleted data would pass every check. So each store of pseudonyms names its key (`key_id`), and
+# every place that matches stored pseudonyms against current ones refuses a store made under
+# another key (`check_key_id`).
+
+# The stamp in a folder of stored pseudonyms (the retraining corpus, erasure's ledger): the key id.
+KEY_ID_FILE = "pseudonym_key_id"
+
+
+class KeyMismatch(PipelineError):
+    """Stored pseudonyms were made under another key than the current one: they cannot be matched."""
+
+
+def _restore_advice(key: bytes) -> str:
+    source = _KEY_SOURCES.get(key_id(key))
+    if source is None:
+        return "Restore the key it was made with (privacy.key_env's environment variable, or privacy.key_file)"
+    where = [f"set the environment variable {source.key_env} to it" if source.key_env else None,
+             f"put it back in the key file {source.key_file} with {source.key_env} unset" if source.key_file else None]
+    return (f"Restore the key it was made with: {', or '.join(w for w in where if w)} "
+            f"(privacy.key_env, privacy.key_file; the current key comes from {source.used})")
+
+
+def check_key_id(stored: str | None, key: bytes, what: str, redo: str) -> None:
+    """Refuse `what` (a model record, a corpus, a ledger) when its pseudonyms were made under another key.
+
+    `stored` None is a store written before key ids were recorded: it is treated as made with the
+    current key, with a warning, rather than refused. Refusing would stop every registry and corpus
+    made before that change: no promotion, no rollback, and no erasure either, which is the worse
+    failure for the people whose data must go. Until the key changes (the usual case) such a store
+    matches as it always did; stores written from now on carry the key id and are checked.
+    `redo` says how to replace the store under the current key (retrain, re-register)."""
+    current = key_id(key)
+    if stored is None:
+        log.warning("%s records no pseudonym key id (written before key ids were kept): taken as made with the "
+                    "current key %s. Should the key have changed since, its pseudonyms match nothing: restore that "
+                    "key, or %s", what, current, redo)
+        return
+    if stored != current:
+        raise KeyMismatch(f"{what} was made under pseudonym key {stored}, but the current key is {current}: its "
+                          f"pseudonyms cannot be matched against current ones, so deleted data in it would go "
+                          f"unnoticed. {_restore_advice(key)}; or {redo}")
+
+
+def folder_key_id(folder: Path) -> str | None:
+    """The key id stamped in a folder of stored pseudonyms; None when it has no stamp."""
+    path = Path(folder) / KEY_ID_FILE
+    return (path.read_text().strip() or None) if path.is_file() else None
+
+
+def check_folder_key(folder: Path, key: bytes, what: str, redo: str) -> None:
+    """`check_key_id` for a folder's stamp; a folder without a stamp and without files has nothing to match."""
+    folder = Path(folder)
+    stored = folder_key_id(folder)
+    if stored is None and not (folder.is_dir() and any(p.name != KEY_ID_FILE for p in folder.iterdir())):
+        return
+    check_key_id(stored, key, what, redo)
+
+
+def stamp_folder_key(folder: Path, key: bytes) -> None:
+    """Stamp a folder the current key's pseudonyms were just written to. Never overwrites another key's
+    stamp (the caller checked it first: a mismatch was refused before anything was written). A folder
+    from before stamps were kept is stamped at its next write, after check_key_id's warning: it was
+    taken as the current key's already, and the warning is given once rather than at every job."""
+    folder = Path(folder)
+    if folder.is_dir() and folder_key_id(folder) is None:
+        write_text_atomic(folder / KEY_ID_FILE, key_id(key) + "\n")
 
 
 _UTTERANCE_PSEUDONYM = re.compile(rf"utt_[0-9a-f]{{{PSEUDONYM_HEX}}}")
