@@ -39,8 +39,8 @@ from pipeline.config import checked
 from pipeline.data.card import split_rule, summarise, write_card
 from pipeline.data.config import DataConfig, PrivacyConfig, SplitShares
 from pipeline.data.features import SAMPLING_RATE, SPLITS, dataset_features
-from pipeline.data.privacy import (Deletions, dataset_utterance_id, erased_request_files, erased_requests,
-                                   key_id, load_deletions, load_key, pseudonym, quoted_ids, redact_ids,
+from pipeline.data.privacy import (ERASED_DIR, Deletions, check_folder_key, dataset_utterance_id,
+                                   erased_request_files, erased_requests, key_id, load_deletions, load_key, pseudonym, quoted_ids, redact_ids,
                                    utterance_pseudonym)
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem, utf8_json
 from pipeline.data.sources import RawRecord, Source, open_sources
@@ -191,7 +191,11 @@ def _run(data: DataConfig, cache_dir: Path, run_dir: Path, sources: list[Source]
     deletions = Deletions()
     for path in deletion_files:
         deletions.pseudonyms |= load_deletions(path, key).pseudonyms
-    erased = erased_request_files(cache_dir)  # what `make erase` removed stays out of every later build
+    # What `make erase` removed stays out of every later build: matched only under the key it was made with.
+    check_folder_key(cache_dir / ERASED_DIR, key, f"the retraining corpus {cache_dir / ERASED_DIR} (deletions "
+                     "every build under this cache applies)", "if that key is lost, apply its deletion requests "
+                     "again from their original files, under the current key (data.deletions or the inbox)")
+    erased = erased_request_files(cache_dir)
     deletions.pseudonyms |= erased_requests(erased).pseudonyms
     plan = _metadata_pass(sources, deletions, key, settings)
     fingerprint = _fingerprint(sources, [*deletion_files, *erased], plan, key, settings)

@@ -42,7 +42,7 @@ from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_row
                                 prediction_hit, quarantine_hit, requested_deletions, run_fingerprints, staging_files,
                                 text_hash, unexplained_grams, unlisted_runs)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, run_of, walk_files
-from pipeline.ops.registry import MODEL_PARTS, Registry, weights_saw_deleted
+from pipeline.ops.registry import MODEL_PARTS, Registry, check_record_key, weights_saw_deleted
 from pipeline.ops.textscan import TEXT_SUFFIXES, searched, text_chunks
 from pipeline.run_folder import DATASET_CLIPS, QUARANTINE_LINES
 
@@ -119,7 +119,7 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
     key = pseudonym_key(cfg.privacy)
     deleted = requested_deletions(roots, key)
     registry = Registry(roots.registry)
-    affected_models = registry.affected_by(deleted)
+    affected_models = registry.affected_by(deleted, key)
     if not deleted:
         return [], affected_models, 0
 
@@ -129,7 +129,7 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
     # The summary's models, by what the findings below judge them on: requested ids, and the clips
     # erasure found (copies under other ids included).
     listed = listed_on_deleted(roots, deleted)  # runs whose cached dataset may be gone
-    affected_models = registry.affected_by(deleted | ledger.utterances | live.utterances | listed.utterances)
+    affected_models = registry.affected_by(deleted | ledger.utterances | live.utterances | listed.utterances, key)
     audio = ledger.audio | live.audio
     # A deleted transcript that a kept clip of the cached datasets also says (a later batch's "alexa
     # stop") is that clip's, not a trace; a re-ingested copy of the deleted clip is still found by
@@ -173,9 +173,11 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
     for record in registry.records():
         model_dir = registry.model_dir(record["model_id"])
         found = deleted | ledger.utterances | live.utterances | listed.utterances
+        if not any((model_dir / part).exists() for part in MODEL_PARTS):
+            continue
+        check_record_key(record, key, model_dir / "record.json")
         trained = set(record.get("trained_on", [])) & found
-        if weights_saw_deleted(record, found, erased) and any(
-                (model_dir / part).exists() for part in MODEL_PARTS):
+        if weights_saw_deleted(record, found, erased):
             findings.append(Finding("registry model", "derived", str(model_dir),
                                     f"trained on {len(trained)} deleted clip(s), dataset {record.get('dataset_fingerprint')}"))
 

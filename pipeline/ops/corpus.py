@@ -37,8 +37,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.data.privacy import (DELETION_KEYS, REQUESTS_FILE, TOMBSTONES_FILE, Deletions, load_key,
-                                   parse_deletion_requests, read_pseudonyms,
+from pipeline.data.privacy import (DELETION_KEYS, REQUESTS_FILE, TOMBSTONES_FILE, Deletions, check_folder_key,
+                                   load_key, parse_deletion_requests, read_pseudonyms, stamp_folder_key,
                                    utterance_pseudonym)
 from pipeline.data.schema import json_lines, utf8_json
 from pipeline.ops.registry import TMP_PREFIX, now
@@ -250,6 +250,19 @@ def _inside(root: Path, relative: str) -> Path | None:
     return path if path is not None and path.is_relative_to(root.resolve()) else None
 
 
+# What to do about a corpus or ledger made under another key, short of restoring that key.
+REDO_REQUESTS = ("if that key is lost, apply its deletion requests again from their original files, under the "
+                 "current key (put them back in the inbox)")
+
+
+def check_corpus_key(corpus_dir: Path, key: bytes) -> None:
+    """Refuse the corpus's requests and tombstones when they were made under another key than `key`
+    (its stamp, privacy.KEY_ID_FILE): matched against this key's pseudonyms they find nothing, and
+    deleted clips would come back in the next build."""
+    check_folder_key(corpus_dir, key, f"the retraining corpus {corpus_dir} (its {REQUESTS_FILE} and {TOMBSTONES_FILE})",
+                     REDO_REQUESTS)
+
+
 def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
     """Take new batches and requests from the inbox; purge deleted clips; write the merged export.
 
@@ -258,8 +271,10 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
     is left exactly as it was.
     """
     check_inbox(inbox)
+    check_corpus_key(corpus_dir, key)
     batches_dir = corpus_dir / "batches"
     batches_dir.mkdir(parents=True, exist_ok=True)
+    stamp_folder_key(corpus_dir, key)  # before any pseudonym is written to it
     # What a killed job was writing (a batch's annotations too: they may hold a deleted record).
     for tmp in [*batches_dir.glob(f"{TMP_PREFIX}*"), *batches_dir.glob(f"*/{TMP_PREFIX}*"), *corpus_dir.glob(f"{TMP_PREFIX}*")]:
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
@@ -316,6 +331,7 @@ def remerge(corpus_dir: Path, key: bytes) -> Corpus:
 
 
 def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set[str]) -> None:
+    check_corpus_key(corpus_dir, key)
     tomb_file = corpus_dir / TOMBSTONES_FILE
     corpus.tombstones = read_pseudonyms(tomb_file)
     batches_dir = corpus_dir / "batches"
@@ -324,6 +340,7 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
     new_tombs = deleted_utterances(all_records, requests, key) - corpus.tombstones
     if new_tombs:
         corpus.tombstones |= new_tombs
+        stamp_folder_key(corpus_dir, key)
         write_text_atomic(tomb_file, "".join(h + "\n" for h in sorted(corpus.tombstones)))
     wanted = Deletions(requests | corpus.tombstones)  # tombstones: erasure's copies too
     merged: list[str] = []
@@ -370,6 +387,7 @@ def _purge_and_merge(corpus: Corpus, corpus_dir: Path, key: bytes, requests: set
 def pending_deletions(inbox: Path, corpus_dir: Path, key: bytes, incoming: set[str] | None = None) -> set[str]:
     """For the audit: tombstones plus the utterances requests still waiting in the inbox delete
     (`incoming`: those requests' pseudonyms, when the caller has parsed them already)."""
+    check_corpus_key(corpus_dir, key)
     if incoming is None:
         incoming = inbox_requests(inbox, key)[1]
     ingested = corpus_dir / "batches"

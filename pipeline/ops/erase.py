@@ -47,14 +47,16 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import run_folder
 from pipeline.asr.config import MAX_LM_ORDER
 from pipeline.data import label_noise
-from pipeline.data.privacy import REQUESTS_FILE, TOMBSTONES_FILE, pseudonym, read_pseudonyms, record_pseudonyms
+from pipeline.data.privacy import (REQUESTS_FILE, TOMBSTONES_FILE, check_folder_key, pseudonym, read_pseudonyms,
+                                   record_pseudonyms, stamp_folder_key)
 from pipeline.data.schema import json_lines
 from pipeline.ops.config import JobConfig, is_config_error, job_config, load_config
-from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, inbox_requests, pending_deletions, pseudonym_key, remerge,
-                                 utterance_pseudonym)
+from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, REDO_REQUESTS, check_corpus_key, inbox_requests,
+                                 pending_deletions, pseudonym_key, remerge, utterance_pseudonym)
 from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, check_root, place_of,
                                     run_folders, walk_files)
-from pipeline.ops.registry import LOCK_FILE, MODEL_PARTS, Registry, RetrainBusy, now, retrain_lock, weights_saw_deleted
+from pipeline.ops.registry import (LOCK_FILE, MODEL_PARTS, RECORD, Registry, RetrainBusy, check_record_key, now,
+                                   retrain_lock, weights_saw_deleted)
 from pipeline.ops.textscan import searched, text_chunks
 from pipeline.runtime import PipelineError, first_line, resolved, write_text_atomic
 from pipeline.text import BOS, EOS, lm_tokens
@@ -763,7 +765,25 @@ def _rm(path: Path) -> None:
         path.unlink()
 
 
-def deleted_set(roots: Roots) -> set[str]:
+def check_stores(roots: Roots, key: bytes) -> None:
+    """Refuse to match the corpus's requests and tombstones, or erasure's ledger, against `key` when
+    they were made under another key (pipeline.data.privacy.check_key_id): a deleted clip would not
+    be found in any copy, and a model trained on it would pass."""
+    check_corpus_key(roots.corpus, key)
+    check_folder_key(roots.erasure, key, f"the erasure ledger {roots.erasure / LEDGER}",
+                     REDO_REQUESTS)
+
+
+def stamp_stores(roots: Roots, key: bytes) -> None:
+    """After writing pseudonyms to the corpus or the ledger: stamp each with the key they were made
+    with (check_stores ran first, so a stamp is only ever added, never changed)."""
+    stamp_folder_key(roots.corpus, key)
+    stamp_folder_key(roots.erasure, key)
+
+
+def deleted_set(roots: Roots, key: bytes) -> set[str]:
+    """The corpus's requests and tombstones, refused when made under another key than `key`."""
+    check_stores(roots, key)
     return read_pseudonyms(roots.corpus / REQUESTS_FILE) | read_pseudonyms(roots.corpus / TOMBSTONES_FILE)
 
 
@@ -771,7 +791,7 @@ def requested_deletions(roots: Roots, key: bytes) -> set[str]:
     """Every pseudonym a deletion request names, applied or still waiting in the inbox: the corpus's
     requests and tombstones, the utterances waiting requests delete, and those requests' own ids
     (an account, a device). What the audit looks for, and what promote and rollback refuse."""
-    deleted = deleted_set(roots)
+    deleted = deleted_set(roots, key)
     if roots.inbox.is_dir():
         incoming = inbox_requests(roots.inbox, key)[1]
         deleted |= pending_deletions(roots.inbox, roots.corpus, key, incoming) | incoming
@@ -794,7 +814,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     key = key if key is not None else pseudonym_key(cfg.privacy)
     for name, root in roots.named().items():
         check_root(name, root)
-    deleted = deleted_set(roots)
+    deleted = deleted_set(roots, key)
     job = Erasure()
     state_path = roots.erasure / STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"requests_seen": [], "quarantine_seen": 0}
@@ -888,10 +908,11 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
 
     # Every deleted utterance found in a cached dataset or a run's clip list, now or by an earlier
     # erasure, not only those the corpus's tombstones name (a request for an account names no utterance).
-    _erase_registry_models(Registry(roots.registry), deleted | ledger.utterances, erased, job)
+    _erase_registry_models(Registry(roots.registry), deleted | ledger.utterances, erased, job, key)
 
     # The ledger first: whatever happens online, the audit knows what was erased here.
     append_ledger(roots.erasure, entries)
+    stamp_stores(roots, key)
     pending = sorted(set(state.get("online_pending", [])) | set(uploaded))
     if wandb_online(settings) and (online_ids or pending):
         job.online = delete_online(sorted(set(online_ids) | set(pending)), settings.logger.project,
@@ -998,10 +1019,13 @@ def _redraw_wer_plot(details_path: Path) -> str | None:
     return old
 
 
-def _erase_registry_models(registry: Registry, deleted: set[str], erased: set[str], job: Erasure) -> None:
-    """Registered models whose weights saw a deleted clip lose them and are marked erased."""
+def _erase_registry_models(registry: Registry, deleted: set[str], erased: set[str], job: Erasure, key: bytes) -> None:
+    """Registered models whose weights saw a deleted clip lose them and are marked erased. One with
+    weights made under another key is refused (`check_record_key`): it would pass as clean."""
     for record in registry.records():
         model_id = record["model_id"]
+        if deleted and any((registry.model_dir(model_id) / part).exists() for part in MODEL_PARTS):
+            check_record_key(record, key, registry.model_dir(model_id) / RECORD)
         if not weights_saw_deleted(record, deleted, erased):
             continue
         if any((registry.model_dir(model_id) / part).exists() for part in MODEL_PARTS) or not record.get("erased_at"):
@@ -1030,10 +1054,11 @@ def record_source_audio(roots: Roots, key: bytes) -> set[str]:
     incoming = inbox_requests(roots.inbox, key)[1] if roots.inbox.is_dir() else set()
     folders = export_folders(roots) if incoming else [f for f in export_folders(roots) if f.parent == roots.inbox]
     ledger = Ledger.load(roots.erasure)
-    requests = deleted_set(roots) | incoming
+    requests = deleted_set(roots, key) | incoming
     hashes = {h for folder in folders for h in purge_export(folder, key, requests, dry_run=True)[1]}
     append_ledger(roots.erasure, [{"type": "clip", "utterance": None, "file": h, "audio": None, "text": None}
                                   for h in sorted(hashes - ledger.audio)])
+    stamp_stores(roots, key)
     return requests
 
 
@@ -1043,7 +1068,7 @@ def tombstone_copies(roots: Roots, key: bytes) -> set[str]:
     Returns the copies not tombstoned before."""
     ledger = Ledger.load(roots.erasure)
     entries: list[dict[str, Any]] = []
-    deleted = deleted_set(roots)
+    deleted = deleted_set(roots, key)
     if not deleted and not ledger.audio:
         return set()
     traces = find_traces(roots, key, deleted, ledger.audio)
@@ -1053,7 +1078,9 @@ def tombstone_copies(roots: Roots, key: bytes) -> set[str]:
         purge_export(folder, key, deleted | copies, dry_run=True, audio=audio, copies=copies)
     entries += [{"type": "copy", "utterance": u} for u in sorted(copies - ledger.copies)]
     append_ledger(roots.erasure, entries)
-    return add_tombstones(roots, copies)
+    new = add_tombstones(roots, copies)
+    stamp_stores(roots, key)
+    return new
 
 
 def write_receipt(roots: Roots, job: Erasure) -> Path:
@@ -1094,6 +1121,7 @@ def erase(cfg: DictConfig, api: Any = None) -> Erasure:
     registry = Registry(roots.registry)
     with retrain_lock(registry.root / LOCK_FILE):
         registry.recover()
+        registry.check_keys(key)  # before the intake stores anything under the current key
         requests = record_source_audio(roots, key)
         # Exit 4 before the intake takes anything (only a run being written makes the scan worth it).
         if any(run_folder.being_written(run) for run in run_folders(roots)):

@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pipeline.ops.corpus import check_inbox, pseudonym_key
-from pipeline.ops.registry import MODEL_PARTS, Registry
+from pipeline.ops.registry import MODEL_PARTS, RECORD, Registry, check_record_key
 from pipeline.runtime import PipelineError, write_text_atomic
 
 CANDIDATE = "candidate.json"
@@ -39,7 +39,7 @@ def write_candidate(run_dir: Path, record: dict[str, Any]) -> None:
     write_text_atomic(run_dir / CANDIDATE, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def _deleted(cfg: DictConfig) -> set[str]:
+def _deleted(cfg: DictConfig, key: bytes) -> set[str]:
     """Applied deletions, those still waiting (a wrong inbox path would hide them), and the clips
     under other ids that hold their audio (the recording exported again), found as erasure finds
     them: a candidate trained on such a copy was trained on the deleted recording."""
@@ -47,7 +47,7 @@ def _deleted(cfg: DictConfig) -> set[str]:
     from pipeline.ops.inventory import Roots
 
     check_inbox(Path(cfg.retrain.inbox))
-    roots, key = Roots.from_cfg(cfg), pseudonym_key(cfg.privacy)
+    roots = Roots.from_cfg(cfg)
     requests = requested_deletions(roots, key)
     if not requests:
         return requests
@@ -55,9 +55,9 @@ def _deleted(cfg: DictConfig) -> set[str]:
     return requests | set(find_traces(roots, key, requests, Ledger.load(roots.erasure).audio).clips)
 
 
-def _retire_reason(registry: Registry, deleted: set[str], otherwise: str) -> str:
+def _retire_reason(registry: Registry, deleted: set[str], key: bytes, otherwise: str) -> str:
     current = registry.current()
-    if current and any(a["model_id"] == current["model_id"] for a in registry.affected_by(deleted)):
+    if current and any(a["model_id"] == current["model_id"] for a in registry.affected_by(deleted, key)):
         return "deletion"
     return otherwise
 
@@ -94,15 +94,17 @@ def promote_model(cfg: DictConfig, registry: Registry, model_id: str) -> dict[st
     current = registry.current()
     if current and current["model_id"] == model_id:
         raise PipelineError(f"model {model_id} is already the promoted model")
-    deleted = _deleted(cfg)
+    key = pseudonym_key(cfg.privacy)
+    deleted = _deleted(cfg, key)
     previous = current["model_id"] if current else None
     if (registry.model_dir(model_id) / "record.json").is_file():
         record = registry.record(model_id)
         if not registry.has_weights(model_id):
             raise PipelineError(f"model {model_id} was retired ({record.get('retired_reason')}) and its weights "
                                 "are gone; it cannot be promoted")
+        check_record_key(record, key, registry.model_dir(model_id) / RECORD)
         _refuse_if_deleted(model_id, record.get("trained_on", []), deleted)
-        registry.repromote(model_id, _retire_reason(registry, deleted, "replaced"))
+        registry.repromote(model_id, _retire_reason(registry, deleted, key, "replaced"))
         return {"decision": "promoted", "by_hand": True, "state": record.get("state"),
                 "reason": f"promoted by hand: registry model {model_id}, no training",
                 "candidate": {"model_id": model_id}, "retired": [previous] if previous else []}
@@ -123,9 +125,10 @@ def promote_model(cfg: DictConfig, registry: Registry, model_id: str) -> dict[st
     if not isinstance(record, dict):
         raise PipelineError(f"candidate {model_id}: {run_dir / CANDIDATE} holds no JSON object; the file is damaged, "
                             "so retrain instead (or restore the file from a backup)")
+    check_record_key({"model_id": model_id, **record}, key, run_dir / CANDIDATE)
     _refuse_if_deleted(model_id, record.get("trained_on", []), deleted)
     registry.promote(run_dir, {**record, "promoted_by_hand": True},
-                     retire_reason=_retire_reason(registry, deleted, "replaced"))
+                     retire_reason=_retire_reason(registry, deleted, key, "replaced"))
     return {"decision": "promoted", "by_hand": True, "state": record.get("state"),
             "reason": f"promoted by hand: candidate {model_id} from {run_dir}, which the gate had rejected "
                       f"({rejected.get('reason')}); no training",
@@ -138,7 +141,8 @@ def rollback(cfg: DictConfig, registry: Registry) -> dict[str, Any]:
     current = registry.current()
     if current is None:
         raise PipelineError(f"no model is promoted in {registry.root}; nothing to roll back")
-    deleted = _deleted(cfg)
+    key = pseudonym_key(cfg.privacy)
+    deleted = _deleted(cfg, key)
     skipped: list[str] = []
     for model_id in dict.fromkeys(reversed(registry.history())):
         if model_id == current["model_id"]:
@@ -149,12 +153,17 @@ def rollback(cfg: DictConfig, registry: Registry) -> dict[str, Any]:
         record = registry.record(model_id)
         if not registry.has_weights(model_id):
             skipped.append(f"{model_id} (retired for {record.get('retired_reason')}, weights deleted)")
-        elif record.get("retired_reason") == "rolled_back":
+            continue
+        if record.get("retired_reason") == "rolled_back":
             skipped.append(f"{model_id} (rolled back from before)")
-        elif deleted.intersection(record.get("trained_on", [])):
+            continue
+        # Refused, not skipped: an older model is likely made under the same other key, and the
+        # person rolling back needs to know the key changed.
+        check_record_key(record, key, registry.model_dir(model_id) / RECORD)
+        if deleted.intersection(record.get("trained_on", [])):
             skipped.append(f"{model_id} (trained on data with a deletion request)")
         else:
-            registry.repromote(model_id, _retire_reason(registry, deleted, "rolled_back"))
+            registry.repromote(model_id, _retire_reason(registry, deleted, key, "rolled_back"))
             return {"decision": "rolled_back", "state": record.get("state"),
                     "reason": f"rolled back from {current['model_id']} to {model_id}"
                               + (f", skipping {'; '.join(skipped)}" if skipped else ""),

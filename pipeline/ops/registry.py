@@ -2,6 +2,7 @@
 
     <registry>/promoted.json            {"model_id": current, "history": [every id ever promoted]}
     <registry>/models/<id>/record.json  dataset fingerprint, metrics, training utterance pseudonyms
+                                        and the id of the key they were made with (`key_id`)
     <registry>/models/<id>/asr, nlu     the model folders (removed when retired for a deletion)
     <registry>/decisions.jsonl          one line per job decision: promoted, rejected, nothing_to_do,
                                         busy, config_error, failed (append-only)
@@ -12,7 +13,9 @@ Why this shape: `promoted.json` is the single commit point, replaced atomically,
 any moment leaves either the old or the new model promoted, never half of one; `recover()` tidies
 what a killed job left behind. Training utterances are stored as their keyed pseudonyms
 (`utt_<hmac>`, as the data stage names them), so the registry can answer "was this model trained
-on that clip?" without holding a list of identifiers anyone could read or guess.
+on that clip?" without holding a list of identifiers anyone could read or guess. Those pseudonyms
+match only the same key's: a record names its key (`key_id`), and every check of a record against
+deletions refuses one made under another key (`check_record_key`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.privacy import check_key_id
 from pipeline.runtime import PipelineError, kept_from_children, write_text_atomic
 
 PROMOTED = "promoted.json"
@@ -46,6 +50,19 @@ TMP_PREFIX = ".tmp-"
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
+
+
+def check_record_key(record: dict[str, Any], key: bytes, path: Path | str | None = None) -> None:
+    """Refuse to match a model record's `trained_on` against `key`'s pseudonyms when it was made under
+    another key (a KeyMismatch naming the model and what to do). A record without `key_id` was
+    registered before records kept it: taken as the current key's, with a warning (privacy.check_key_id
+    says why)."""
+    where = f" ({path})" if path else ""
+    folder = Path(path).parent if path else Path(str(record.get("model_id")))
+    check_key_id(record.get("key_id"), key, f"model {record.get('model_id')}{where}",
+                 "if that key is lost, the model can never be checked against deletions: remove its weights "
+                 f"({', '.join(str(folder / p) for p in MODEL_PARTS)}) so it never serves again, and retrain to "
+                 "register a model under the current key")
 
 
 def weights_saw_deleted(record: dict[str, Any], deleted: set[str], erased: set[str]) -> bool:
@@ -248,20 +265,34 @@ class Registry:
         record = self.record(history[after])
         return record if (record.get("replaces") or {}).get("model_id") == model_id else None
 
-    def affected_by(self, deleted_hashes: Iterable[str]) -> list[dict[str, Any]]:
-        """Models whose weights still exist and were trained on any of these utterance pseudonyms."""
+    def affected_by(self, deleted_hashes: Iterable[str], key: bytes) -> list[dict[str, Any]]:
+        """Models whose weights still exist and were trained on any of these utterance pseudonyms
+        (made with `key`). A model with weights registered under another key is refused
+        (`check_record_key`): its pseudonyms could never match, and it would pass as unaffected."""
         wanted = set(deleted_hashes)
+        if not wanted:  # nothing to match: no model can be missed, whatever its key
+            return []
         affected = []
         current = self._pointer()["model_id"]
         for record in self.records():
             # An erased model has no weights, but while it is the promoted one it still needs replacing.
             if not self.has_weights(record["model_id"]) and not (record.get("erased_at") and record["model_id"] == current):
                 continue
+            check_record_key(record, key, self.models / record["model_id"] / RECORD)
             hits = wanted.intersection(record.get("trained_on", []))
             if hits:
                 affected.append({"model_id": record["model_id"], "status": record.get("status"),
                                  "deleted_utterances": len(hits)})
         return affected
+
+    def check_keys(self, key: bytes) -> None:
+        """Refuse, before a job takes anything from the inbox, when a model that still has weights was
+        registered under another key (`check_record_key`): found only at the matching, the intake would
+        already have stored the new requests under the current key, so restoring the old key would
+        then meet a corpus made under the new one."""
+        for record in self.records():
+            if any((self.models / record["model_id"] / part).exists() for part in MODEL_PARTS):
+                check_record_key(record, key, self.models / record["model_id"] / RECORD)
 
     def mark_erased(self, model_id: str) -> None:
         """Remove a model trained on erased data and mark its record so (the record stays, for the

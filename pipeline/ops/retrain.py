@@ -176,6 +176,7 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     roots = Roots.from_cfg(cfg)
     for name, root in roots.named().items():  # the erasure after the decision walks them: found now, not after a night's training
         check_root(name, root)
+    registry.check_keys(key)  # a model under another key: refused before the intake stores anything
     record_source_audio(roots, key)  # before the intake deletes any of it
     corpus = update_corpus(Path(retrain.inbox), Path(retrain.corpus_dir), key)
     # A clip under another id holding a deleted clip's audio (the recording exported again) is
@@ -187,7 +188,7 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     training = OmegaConf.to_container(stage_cfg, resolve=True)
     state = training_state(corpus, training, key)
     current = registry.current()
-    affected = registry.affected_by(corpus.tombstones)
+    affected = registry.affected_by(corpus.tombstones, key)
     decision.update(state=state, new_batches=unreported_batches(registry, Path(retrain.corpus_dir)),
                     new_deletion_requests=corpus.new_requests,
                     purged_records=corpus.purged, affected_models=affected,
@@ -219,6 +220,9 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         **decision["candidate"], "created_at": now(), "run_dir": str(run_dir), "state": state,
         "trained_on": candidate["trained_on"],
         "trained_on_ids": "utterance pseudonyms: pipeline.data.privacy.pseudonym(key, 'utt', utterance_id)",
+        # Which key: after a key change the pseudonyms above match nothing, and promote, rollback and
+        # erasure refuse the record rather than pass it as trained on no deleted clip.
+        "key_id": key_id(key),
     }
     if not promote:
         write_candidate(run_dir, record)

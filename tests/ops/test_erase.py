@@ -619,10 +619,10 @@ def test_an_erased_promoted_model_still_needs_replacing(store: dict[str, Any], c
     registry = Registry(store["root"] / "registry")
     current = registry.current()
     trained = current["trained_on"][:2]
-    assert registry.affected_by(trained)[0]["model_id"] == current["model_id"]
+    assert registry.affected_by(trained, KEY.encode())[0]["model_id"] == current["model_id"]
     registry.mark_erased(current["model_id"])
     assert not registry.has_weights(current["model_id"])
-    assert [a["model_id"] for a in registry.affected_by(trained)] == [current["model_id"]]
+    assert [a["model_id"] for a in registry.affected_by(trained, KEY.encode())] == [current["model_id"]]
     # `make erase` says so: what serves has no weights until a retraining or a rollback.
     assert erase.main(overrides(store["root"])) == 0
     assert (f"erase: the promoted model {current['model_id']} was trained on deleted data and its weights are erased; "
@@ -634,7 +634,7 @@ def test_an_erased_promoted_model_still_needs_replacing(store: dict[str, Any], c
     # A retired model, once erased, needs nothing more.
     retired = registry.record("model-0")["trained_on"][:1]
     registry.mark_erased("model-0")
-    assert registry.affected_by(retired) == []
+    assert registry.affected_by(retired, KEY.encode()) == []
 
 
 def test_purging_an_export_also_drops_the_copies_of_a_deleted_clip(tmp_path: Path) -> None:

@@ -83,13 +83,13 @@ def test_registry_promotes_retires_and_audits(tmp_path: Path) -> None:
     raw = (tmp_path / "registry").rglob("record.json")
     assert not any(b'"u2"' in p.read_bytes() for p in raw), "utterance ids are stored as pseudonyms only"
 
-    affected = reg.affected_by({utt("u2")})
+    affected = reg.affected_by({utt("u2")}, KEY)
     assert sorted(a["model_id"] for a in affected) == ["m1", "m2"]
-    assert reg.affected_by({utt("u3")}) == [{"model_id": "m2", "status": "promoted", "deleted_utterances": 1}]
+    assert reg.affected_by({utt("u3")}, KEY) == [{"model_id": "m2", "status": "promoted", "deleted_utterances": 1}]
 
     reg.promote(_run(tmp_path, "c"), _record("m3", ["u1"]), retire_reason="deletion")
     assert reg.record("m2")["retired_reason"] == "deletion" and not reg.has_weights("m2")
-    assert reg.affected_by({utt("u3")}) == []  # weights gone: nothing left to audit
+    assert reg.affected_by({utt("u3")}, KEY) == []  # weights gone: nothing left to audit
 
 
 def test_recover_finishes_or_undoes_a_killed_promotion(tmp_path: Path) -> None:
@@ -243,7 +243,7 @@ def test_a_promoted_model_erased_without_a_trained_on_list_is_replaced_not_kept_
     reg.promote(_run(tmp_path, "a"), record)
     reg.mark_erased("m1")
     current = reg.current()
-    assert reg.affected_by({utt("u1")}) == []  # nothing to match the deletion against
+    assert reg.affected_by({utt("u1")}, KEY) == []  # nothing to match the deletion against
     promote, why, retired = _verdict(None, None, reg, current, [], {}, tmp_path / "run", {"incumbent": {}})
     assert (promote, retired) == (True, "deletion") and "m1 had its weights erased" in why
 
@@ -290,7 +290,7 @@ def test_an_erasure_of_the_promoted_model_killed_half_way_still_has_it_replaced(
         reg.mark_erased("m1")
     monkeypatch.setattr(registry_module.shutil, "rmtree", real_rmtree)
     assert not reg.has_weights("m1")
-    affected = reg.affected_by({utt("u1")})
+    affected = reg.affected_by({utt("u1")}, KEY)
     assert [a["model_id"] for a in affected] == ["m1"], "the promoted model is still to be replaced"
     promote, why, retired = _verdict(None, None, reg, reg.current(), affected, {}, tmp_path / "run", {"incumbent": {}})
     assert (promote, retired) == (True, "deletion"), why

@@ -119,6 +119,9 @@ def test_gate_kill_recovery_and_deletion_beating_the_gate(tmp_path: Path) -> Non
     record = registry.record(m1)
     assert record["dataset_fingerprint"] == first["candidate"]["dataset_fingerprint"]
     assert "asr/wer" in record["metrics"] and len(record["trained_on"]) > 0
+    # The key its pseudonyms were made with, by id (without it a key change let them match nothing).
+    from pipeline.data.privacy import key_id
+    assert record["key_id"] == key_id(key)
     # No raw identifier anywhere the job wrote: run folder (W&B files included), registry, dataset.
     raw = [_account(a).encode() for a in range(12)] + [_serial(a).encode() for a in range(12)] + [b"ann-00"]
     written = [p for root in (tmp_path / "runs", tmp_path / "registry", tmp_path / "cache" / "datasets")
