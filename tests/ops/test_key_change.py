@@ -1,0 +1,181 @@
+"""A pseudonym key change (a new cache folder makes a new key file; the environment variable is
+rotated) must not let stored pseudonyms pass unmatched. Model records, the corpus's tombstones and
+erasure's ledger name the key they were made with; promote, rollback, affected_by, erasure, the
+audit and the build refuse one made under another key, and say what to do.
+
+Before the fix: model records named no key, so after a key change a deletion request's pseudonym
+(new key) never met the model's `trained_on` (old key): `make rollback` went back to, and `make
+promote` promoted, a model trained on the deleted clip, and erasure and the audit passed it as clean.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from pipeline.data.privacy import key_id, load_key
+from pipeline.ops import audit, erase
+from pipeline.ops.corpus import pseudonym_key, update_corpus, utterance_pseudonym
+from pipeline.ops.promote import write_candidate
+from pipeline.ops.registry import Registry
+from pipeline.ops.retrain import EXIT_CONFIG, EXIT_OK, run_retrain
+from pipeline.runtime import PipelineError
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = "TEST_ROTATED_PSEUDONYM_KEY"
+KEY_ID_FILE = "pseudonym_key_id"  # the stamp in a folder of stored pseudonyms
+NEW_KEY = "a-rotated-key-that-must-never-show"
+
+
+def _cfg(tmp: Path, **retrain: object) -> OmegaConf:
+    (tmp / "inbox").mkdir(exist_ok=True)
+    return OmegaConf.create({
+        "stages": ["data", "asr", "nlu", "eval"], "seed": 1, "run_dir": str(tmp / "job"),
+        "cache_dir": str(tmp / "cache"),
+        "privacy": {"key_env": ENV, "key_file": str(tmp / "cache" / "pseudonym.key")},
+        "logger": {**OmegaConf.load(REPO / "conf" / "logger" / "wandb.yaml"), "name": "none"},
+        "retrain": {"inbox": str(tmp / "inbox"), "corpus_dir": str(tmp / "corpus"),
+                    "registry_dir": str(tmp / "registry"), "force": False, "promote": None, "rollback": False,
+                    "gate": {"wer": {"metric": "asr/wer", "max_increase": 0.005}}, "gate_policy": "not_worse",
+                    **retrain},
+        "erase": {"cache_root": str(tmp / "cache"), "outputs": str(tmp / "outputs"), "multirun": str(tmp / "multirun"),
+                  "receipts_dir": str(tmp / "registry" / "erasure"), "wandb_online": False},
+    })
+
+
+def _run(tmp: Path, name: str) -> Path:
+    run = tmp / "runs" / name
+    for part in ("asr", "nlu"):
+        (run / part).mkdir(parents=True)
+        (run / part / "model.safetensors").write_bytes(f"{name}-{part}".encode())
+    return run
+
+
+def _record(key: bytes, model_id: str, run: Path, utterances: list[str]) -> dict:
+    """A record as registration writes it, naming its key."""
+    return {"model_id": model_id, "dataset_fingerprint": "fp-" + model_id, "metrics": {"asr/wer": 0.2},
+            "run_dir": str(run), "state": "state-" + model_id, "key_id": key_id(key),
+            "trained_on": sorted(utterance_pseudonym(key, u) for u in utterances)}
+
+
+def _request(tmp: Path, utterance_id: str) -> None:
+    (tmp / "inbox" / "deletions").mkdir(parents=True, exist_ok=True)
+    (tmp / "inbox" / "deletions" / "r.jsonl").write_text(json.dumps({"utterance_id": utterance_id}) + "\n")
+
+
+def _do(tmp: Path, **retrain: object) -> tuple[int, dict]:
+    code = run_retrain(_cfg(tmp, **retrain))
+    return code, json.loads((tmp / "job" / "decision.json").read_text())
+
+
+def _old_key_registry(tmp: Path) -> tuple[Registry, bytes]:
+    """Under the key file's key: m1 trained on u1, then m2 (serving); candidate c3, rejected, on u1."""
+    old = pseudonym_key(_cfg(tmp).privacy)
+    registry = Registry(tmp / "registry")
+    registry.promote(_run(tmp, "m1"), _record(old, "m1", tmp / "runs" / "m1", ["u1", "u2"]))
+    registry.log_decision({"decision": "promoted", "state": "state-m1", "candidate": {"model_id": "m1"}})
+    registry.promote(_run(tmp, "m2"), _record(old, "m2", tmp / "runs" / "m2", ["u2", "u3"]))
+    registry.log_decision({"decision": "promoted", "state": "state-m2", "candidate": {"model_id": "m2"}})
+    run = _run(tmp, "c3")
+    write_candidate(run, _record(old, "c3", run, ["u1", "u4"]))
+    registry.log_decision({"decision": "rejected", "reason": "asr/wer rose", "run_dir": str(run),
+                           "state": "state-c3", "candidate": {"model_id": "c3"}})
+    return registry, old
+
+
+def test_promote_and_rollback_refuse_a_model_registered_under_another_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the fix: both exited 0, bringing back a model trained on the deleted clip u1."""
+    registry, old = _old_key_registry(tmp_path)
+    monkeypatch.setenv(ENV, NEW_KEY)  # the key rotated; a request for u1 arrives under it
+    _request(tmp_path, "u1")
+
+    for retrain in ({"rollback": True}, {"promote": "c3"}, {"promote": "m1"}):
+        code, decision = _do(tmp_path, **retrain)
+        assert code == EXIT_CONFIG, (retrain, decision)
+        reason = decision["reason"]
+        assert f"was made under pseudonym key {key_id(old)}, but the current key is {key_id(NEW_KEY.encode())}" \
+            in reason, reason
+        assert "cannot be matched" in reason and f"the environment variable {ENV}" in reason
+        assert str(tmp_path / "cache" / "pseudonym.key") in reason and "retrain" in reason
+        assert NEW_KEY not in reason and old.decode() not in reason, "the key itself never shows"
+    assert registry.current()["model_id"] == "m2" and registry.history() == ["m1", "m2"]
+    assert [d["decision"] for d in registry.decisions()][-3:] == ["config_error"] * 3
+    for path in (tmp_path / "job").rglob("*"):
+        if path.is_file():
+            assert NEW_KEY.encode() not in path.read_bytes() and old not in path.read_bytes()
+
+
+def test_affected_by_refuses_a_model_registered_under_another_key(tmp_path: Path) -> None:
+    """Before the fix: an empty list, the model trained on u1 passing as untouched by its deletion."""
+    registry, old = _old_key_registry(tmp_path)
+    new = b"another key"
+    assert registry.affected_by({utterance_pseudonym(old, "u1")}, old)[0]["model_id"] == "m1"
+    with pytest.raises(PipelineError, match=r"model m\d \(.*record\.json\) was made under pseudonym key .* cannot be "
+                                            r"matched"):
+        registry.affected_by({utterance_pseudonym(new, "u1")}, new)
+    assert registry.affected_by(set(), new) == [], "no deletion: nothing to miss, whatever the key"
+
+
+def test_erasure_and_the_audit_refuse_a_model_registered_under_another_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the fix: `make erase` left m1's weights (trained on u1) and the audit found no trace."""
+    registry, old = _old_key_registry(tmp_path)
+    monkeypatch.setenv(ENV, NEW_KEY)
+    _request(tmp_path, "u1")
+    with pytest.raises(PipelineError, match=r"^model m\d .* was made under pseudonym key"):
+        erase.erase(_cfg(tmp_path))
+    assert registry.has_weights("m1")
+    with pytest.raises(PipelineError, match=r"^model m\d .* was made under pseudonym key"):
+        audit.scan(_cfg(tmp_path))
+
+    monkeypatch.delenv(ENV)  # the key restored: u1's request is applied and m1 loses its weights
+    assert load_key(ENV, tmp_path / "cache" / "pseudonym.key") == old
+    erase.erase(_cfg(tmp_path))
+    assert not registry.has_weights("m1") and registry.has_weights("m2")
+
+
+def test_a_corpus_made_under_another_key_is_refused_and_a_stamp_is_never_rewritten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The corpus's requests and tombstones name their key (its `pseudonym_key_id` file).
+    Before the fix: under a new key they matched nothing and the deleted clip came back."""
+    cfg = _cfg(tmp_path)
+    old = pseudonym_key(cfg.privacy)
+    _request(tmp_path, "u1")
+    update_corpus(tmp_path / "inbox", tmp_path / "corpus", old)
+    assert (tmp_path / "corpus" / KEY_ID_FILE).read_text().strip() == key_id(old)
+
+    monkeypatch.setenv(ENV, NEW_KEY)
+    new = pseudonym_key(cfg.privacy)
+    with pytest.raises(PipelineError, match=r"^the retraining corpus .*corpus .* was made under pseudonym key") as err:
+        update_corpus(tmp_path / "inbox", tmp_path / "corpus", new)
+    assert "apply its deletion requests again" in str(err.value) and NEW_KEY not in str(err.value)
+    with pytest.raises(PipelineError, match=r"^the retraining corpus"):
+        erase.erase(cfg)
+    with pytest.raises(PipelineError, match=r"^the retraining corpus"):
+        audit.scan(cfg)
+    assert (tmp_path / "corpus" / KEY_ID_FILE).read_text().strip() == key_id(old)
+
+
+def test_a_record_from_before_key_ids_is_taken_as_the_current_keys_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A registry written before records kept `key_id` still works (refusing it would stop erasure
+    too), and deleted data in it is still found under the key it was made with."""
+    key = pseudonym_key(_cfg(tmp_path).privacy)
+    registry = Registry(tmp_path / "registry")
+    for model_id, utterances in (("m1", ["u1"]), ("m2", ["u2"]), ("m3", ["u3"])):
+        record = _record(key, model_id, tmp_path / "runs" / model_id, utterances)
+        del record["key_id"]
+        registry.promote(_run(tmp_path, model_id), record)
+        registry.log_decision({"decision": "promoted", "state": "state-" + model_id, "candidate": {"model_id": model_id}})
+    _request(tmp_path, "u2")
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.privacy"):
+        code, decision = _do(tmp_path, rollback=True)
+    assert (code, registry.current()["model_id"]) == (EXIT_OK, "m1"), decision
+    assert "m2 (trained on data with a deletion request)" in decision["reason"]
+    assert any("model m2" in r.getMessage() and "records no pseudonym key id" in r.getMessage()
+               for r in caplog.records)
