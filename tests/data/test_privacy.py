@@ -336,3 +336,27 @@ def test_an_entity_type_holding_the_records_identifier_is_quarantined(tmp_path: 
     written = b"".join(p.read_bytes() for d in (tmp_path / "run", Path(report["dataset_path"])) for p in d.rglob("*")
                        if p.is_file())
     assert annotator.encode() not in written and annotator.lower().encode() not in written
+
+
+def test_a_build_refuses_erased_requests_made_under_another_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make erase`'s requests (the retraining corpus under this cache) are applied by every build,
+    matched as pseudonyms: under another key they would match nothing and the erased clip would be
+    built again. The corpus names its key (`pseudonym_key_id`), and a build under another refuses.
+    Before the fix: the build under the new key succeeded, u001 (erased) back in the dataset."""
+    from pipeline.data.privacy import key_id
+
+    export = tmp_path / "export"
+    write_export(export, [record(i, account=f"A{i}") for i in range(1, 9)])
+    old = load_key("PIPELINE_TEST_DATA_KEY_UNSET", tmp_path / "cache" / "pseudonym.key")
+    corpus = tmp_path / "cache" / "retrain" / "corpus"
+    corpus.mkdir(parents=True)
+    (corpus / "deletion_requests.txt").write_text(pseudonym(old, "utt", "u001") + "\n")
+    (corpus / "pseudonym_key_id").write_text(key_id(old) + "\n")
+    report, _ = build(tmp_path, path=str(export / "annotations.jsonl"))
+    assert "u001" not in split_of(report["dataset_path"])
+
+    monkeypatch.setenv("PIPELINE_TEST_DATA_KEY_UNSET", "a rotated key")
+    with pytest.raises(PipelineError, match=r"^the retraining corpus .* was made under pseudonym key "
+                                            rf"{key_id(old)}, but the current key is .*cannot be matched") as err:
+        build(tmp_path, "run2", path=str(export / "annotations.jsonl"))
+    assert "a rotated key" not in str(err.value) and old.decode() not in str(err.value)
