@@ -40,8 +40,8 @@ from pipeline.data.card import split_rule, summarise, write_card
 from pipeline.data.config import DataConfig, PrivacyConfig, SplitShares
 from pipeline.data.features import SAMPLING_RATE, SPLITS, dataset_features
 from pipeline.data.privacy import (ERASED_DIR, Deletions, check_folder_key, dataset_utterance_id,
-                                   erased_request_files, erased_requests, key_id, load_deletions, load_key, pseudonym, quoted_ids, redact_ids,
-                                   utterance_pseudonym)
+                                   erased_request_files, erased_requests, key_id, load_deletions, load_key, pseudonym,
+                                   quoted_ids, redact_ids, utterance_pseudonym)
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem, utf8_json
 from pipeline.data.sources import RawRecord, Source, open_sources
 from pipeline.data.splits import assign_split

@@ -45,6 +45,8 @@ class KeySource:
 
 # key id -> where load_key found that key in this process.
 _KEY_SOURCES: dict[str, KeySource] = {}
+# The stores without a key id already warned about: a job checks a record several times.
+_WARNED: set[str] = set()
 
 
 def _read_key(key_env: str | None, key_file: str | Path | None) -> bytes:
@@ -120,6 +122,9 @@ def check_key_id(stored: str | None, key: bytes, what: str, redo: str) -> None:
     `redo` says how to replace the store under the current key (retrain, re-register)."""
     current = key_id(key)
     if stored is None:
+        if what in _WARNED:
+            return
+        _WARNED.add(what)
         log.warning("%s records no pseudonym key id (written before key ids were kept): taken as made with the "
                     "current key %s. Should the key have changed since, its pseudonyms match nothing: restore that "
                     "key, or %s", what, current, redo)
