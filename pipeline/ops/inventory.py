@@ -32,7 +32,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline.data.label_noise import RUN_FILE as NOISE_FILE
-from pipeline.data.privacy import REQUESTS_FILE, TOMBSTONES_FILE
+from pipeline.data.privacy import KEY_ID_FILE, REQUESTS_FILE, TOMBSTONES_FILE
 from pipeline.ops.registry import HELD_DECISION, LOCK_FILE
 from pipeline.run_folder import BUILD_REPORT, DATASET_CLIPS, EVAL_CONFIG_DIR, QUARANTINE_LINES
 from pipeline.runtime import PipelineError
@@ -91,6 +91,8 @@ PLACES: tuple[Place, ...] = (
     Place("inbox", "inbox", ("*",), (AUDIO, TEXT, IDS), "the annotation upload", "source"),
     Place("deletion records", "corpus", (REQUESTS_FILE, TOMBSTONES_FILE,
                                          "deletion_quarantine.jsonl"), (IDS,), "pipeline.ops.corpus", "keep"),
+    # The id of the key the deletion records were made with (`key_id`, which reveals no key).
+    Place("pseudonym key id", "corpus", (KEY_ID_FILE,), (), "pipeline.ops.corpus", "keep"),
     Place("W&B staging", "cache", ("wandb/data/artifacts/*",), (TEXT, IDS, WEIGHTS),
           "wandb (pipeline.tracking.wandb_run)", "staging"),
     Place("W&B cache", "cache", ("wandb/cache/artifacts/*",), (TEXT, IDS, WEIGHTS),
