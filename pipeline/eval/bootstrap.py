@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import beta, chi2
 
 from pipeline.eval.metrics import EDIT_KEYS
 
@@ -125,6 +124,8 @@ def poisson_rate_interval(count: int, hours: float, confidence: float = CONFIDEN
     """
     if count < 0 or hours <= 0:
         raise ValueError(f"a rate needs a count >= 0 and hours > 0, got {count} events in {hours} h")
+    from scipy.stats import chi2  # imported where used: the ops commands load this module, scipy.stats takes ~0.5 s
+
     alpha = 1.0 - confidence
     low = 0.0 if count == 0 else chi2.ppf(alpha / 2, 2 * count) / 2
     high = chi2.ppf(1 - alpha / 2, 2 * count + 2) / 2
@@ -374,6 +375,8 @@ def _exact_share_interval(table: ClipTable, metric: Metric, confidence: float) -
     n = len(_units_counted([table], metric))
     if n < MIN_UNITS or trials.sum() <= 0:
         return None
+    from scipy.stats import beta
+
     k = n * float(events.sum()) / float(trials.sum())
     alpha = 1.0 - confidence
     low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
