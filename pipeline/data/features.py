@@ -7,7 +7,10 @@ whitespace words of `transcript` and their tags. Identifiers are keyed pseudonym
 
 from __future__ import annotations
 
-from datasets import Audio, Features, List, Value
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datasets import Features
 
 SAMPLING_RATE = 16_000
 # Audio files the pipeline reads: libsndfile streams the first, ffmpeg (torchcodec) decodes the rest
@@ -18,14 +21,6 @@ FFMPEG_EXTENSIONS = (".m4a", ".aac", ".mp4", ".webm", ".wma")
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + FFMPEG_EXTENSIONS
 SPLITS = ("train", "validation", "test")
 
-ENTITY = {
-    "type": Value("string"),
-    "value": Value("string"),
-    "start": Value("int32"),
-    "end": Value("int32"),
-}
-
-
 SOURCE_COLUMN = "source"
 
 
@@ -33,13 +28,22 @@ def dataset_features(with_audio: bool = True, with_source: bool = False) -> Feat
     """The build always writes `source` (the name of the input a clip came from, `data.sources`) and
     `copy_of` (a derived clip's original utterance_id, so erasing the original finds the copy);
     consumers must not require them, since datasets made elsewhere (or before they existed) lack them."""
+    # imported here: the constants above are read by modules (the ops commands) that need no datasets
+    from datasets import Audio, Features, List, Value
+
+    entity = {
+        "type": Value("string"),
+        "value": Value("string"),
+        "start": Value("int32"),
+        "end": Value("int32"),
+    }
     columns = {
         "utterance_id": Value("string"),
         "transcript": Value("string"),      # as annotated
         "text": Value("string"),            # normalize_text(transcript): the ASR target
         "intent": Value("string"),          # None for a false wake
         "scenario": Value("string"),        # None when unknown
-        "entities": List(ENTITY),
+        "entities": List(entity),
         "words": List(Value("string")),
         "bio_tags": List(Value("string")),
         "wake_word_present": Value("bool"),
