@@ -16,7 +16,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline import run_folder
 from pipeline.config import TrainerConfig, check_seed, check_top_level, checked, redact_hydra_record, redact_identifiers
-from pipeline.distributed import barrier, leave_group, place, resolve_device
 from pipeline.runtime import PipelineError, configure_environment, requested_workers, seed_everything
 from pipeline.tracking import make_tracker
 
@@ -66,6 +65,8 @@ def run_stages(cfg: DictConfig, config_file: str = "conf/config.yaml") -> dict[s
 
 
 def _run(cfg: DictConfig, stages: list[str], run_dir: Path) -> dict[str, Any]:
+    from pipeline.distributed import barrier, leave_group, place
+
     # Under torchrun every worker runs this function; the process group is joined first so that
     # rank 0 alone builds the dataset and evaluates while the others wait for it.
     placement = place(cfg.trainer) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
@@ -252,6 +253,8 @@ def check_config(cfg: DictConfig, stages: list[str]) -> None:
     if "asr" in stages or "nlu" in stages:
         checked(cfg.get("trainer"), TrainerConfig, "trainer")
         # The device, precision and loader workers asked for: refused here, not after the data build.
+        from pipeline.distributed import resolve_device  # torch: here, so the errors above show without it
+
         resolve_device(cfg.trainer)
         requested_workers(cfg.trainer)
     if "nlu" in stages:
