@@ -26,7 +26,6 @@ TOP_LEVEL = ("run", "asr_model", "nlu_model", "dataset", "seed", "run_dir", "cac
 
 @hydra.main(version_base=None, config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from pipeline.eval.run import run_eval_stage
     from pipeline.stages import recorded_config, with_recorded_settings, write_record
     from pipeline.tracking import make_tracker
 
@@ -42,6 +41,8 @@ def main(cfg: DictConfig) -> None:
         configure_environment(run_dir, Path(cfg.cache_dir).resolve())
         seed_everything(int(cfg.seed))
         dataset = _dataset_path(cfg, run_dir, in_place)
+        from pipeline.eval.run import run_eval_stage  # torch and transformers: after the checks above
+
         tracker = make_tracker(cfg, run_dir, ["eval"])
         try:
             with run_folder.writing(run_dir):
