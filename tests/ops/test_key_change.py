@@ -24,35 +24,17 @@ from pipeline.ops.promote import write_candidate
 from pipeline.ops.registry import Registry
 from pipeline.ops.retrain import EXIT_CONFIG, EXIT_OK, run_retrain
 from pipeline.runtime import PipelineError
+from tests.ops.test_promote_rollback import _cfg as job_cfg
+from tests.ops.test_promote_rollback import _run
 
-REPO = Path(__file__).resolve().parents[2]
 ENV = "TEST_ROTATED_PSEUDONYM_KEY"
 KEY_ID_FILE = "pseudonym_key_id"  # the stamp in a folder of stored pseudonyms
 NEW_KEY = "a-rotated-key-that-must-never-show"
 
 
 def _cfg(tmp: Path, **retrain: object) -> OmegaConf:
-    (tmp / "inbox").mkdir(exist_ok=True)
-    return OmegaConf.create({
-        "stages": ["data", "asr", "nlu", "eval"], "seed": 1, "run_dir": str(tmp / "job"),
-        "cache_dir": str(tmp / "cache"),
-        "privacy": {"key_env": ENV, "key_file": str(tmp / "cache" / "pseudonym.key")},
-        "logger": {**OmegaConf.load(REPO / "conf" / "logger" / "wandb.yaml"), "name": "none"},
-        "retrain": {"inbox": str(tmp / "inbox"), "corpus_dir": str(tmp / "corpus"),
-                    "registry_dir": str(tmp / "registry"), "force": False, "promote": None, "rollback": False,
-                    "gate": {"wer": {"metric": "asr/wer", "max_increase": 0.005}}, "gate_policy": "not_worse",
-                    **retrain},
-        "erase": {"cache_root": str(tmp / "cache"), "outputs": str(tmp / "outputs"), "multirun": str(tmp / "multirun"),
-                  "receipts_dir": str(tmp / "registry" / "erasure"), "wandb_online": False},
-    })
-
-
-def _run(tmp: Path, name: str) -> Path:
-    run = tmp / "runs" / name
-    for part in ("asr", "nlu"):
-        (run / part).mkdir(parents=True)
-        (run / part / "model.safetensors").write_bytes(f"{name}-{part}".encode())
-    return run
+    """The promote/rollback tests' job config, its key read from ENV when that is set."""
+    return OmegaConf.merge(job_cfg(tmp, **retrain), {"privacy": {"key_env": ENV}})
 
 
 def _record(key: bytes, model_id: str, run: Path, utterances: list[str]) -> dict:
