@@ -295,11 +295,12 @@ def lowest_threshold(traces: Sequence[Trace], allowed: int, refractory_frames: f
 
 def threshold_for_rate(traces: Sequence[Trace], hours: float, rate: float, refractory_frames: float) -> float:
     """The lowest threshold whose false accepts per hour stay within `rate` (accept: score >= it).
-    When the rate permits every background frame, the lowest finite float: not -inf, which a clip
-    too short for the keyword scores (pipeline.eval.wake) and would then count as accepted."""
+    When the rate permits every background frame, the lowest finite float32: not -inf, which a clip
+    too short for the keyword scores (pipeline.eval.wake) and would then count as accepted, and not
+    float64's, which a float32 array of scores compared with it reads as -inf (an overflow)."""
     allowed = int(math.floor(rate * hours + 1e-9))
     rejected, _ = lowest_threshold(traces, allowed, refractory_frames)
-    return float(np.finfo(np.float64).min) if rejected is None else float(np.nextafter(rejected, np.inf))
+    return float(np.finfo(np.float32).min) if rejected is None else float(np.nextafter(rejected, np.inf))
 
 
 def tune_on_background(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -388,4 +389,9 @@ def test_a_positive_too_short_for_the_keyword_is_rejected_at_every_rate() -> Non
     positives = np.array([-1.0, -3.0, -5.0, -np.inf])
     assert np.isfinite(threshold_for_rate(background, 1.0, 5.0, 50))
     result = evaluate_background(positives, background, 1.0, -3.5, 50, frame_s=0.02)
+    assert result.frr_at[5.0] == 0.25 and result.frr_at[2.0] == 0.25
+    # Scores as float32 (as a model's are): the threshold is no -inf to them either.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = evaluate_background(positives.astype(np.float32), background, 1.0, -3.5, 50, frame_s=0.02)
     assert result.frr_at[5.0] == 0.25 and result.frr_at[2.0] == 0.25
