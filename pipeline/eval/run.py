@@ -32,6 +32,7 @@ from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
 from pipeline.asr.model import greedy_decode, load_asr, log_probs_of, output_lengths, samples_per_frame
 from pipeline.config import with_checked
 from pipeline.data.background import Recording, load_background, mentions
+from pipeline.data.features import SAMPLING_RATE
 from pipeline.data.saved import open_saved, require
 from pipeline.data.sources import slurp_id_of
 from pipeline.distributed import pick_device
@@ -201,10 +202,8 @@ def _asr_pass(
     final_hyps = test_out.decoded[0] if decoding.mode == "lm" else test_out.hypotheses
     too_short = {split: out.too_short for split, out in ((str(ecfg.tune_split), val_out), (str(ecfg.split), test_out))
                  if out.too_short}
+    shortest = receptive_field(model)
     for split, count in too_short.items():
-        from pipeline.data.features import SAMPLING_RATE
-
-        shortest = receptive_field(model)
         log.warning("eval: %d clip(s) of split %s are too short for the ASR model (under %d samples, %.3f s, it gives "
                     "no output frame): scored as empty transcripts, never accepted as the wake word; to leave such "
                     "clips out of the dataset, rebuild it with data.min_duration_s above %.3f", count, split, shortest,
@@ -488,8 +487,6 @@ class Reader:
     @classmethod
     def for_model(cls, model: Any, processor: Any, keyword: list[int], window_s: float | None,
                   decoders: Sequence[BeamDecoder] = ()) -> "Reader":
-        from pipeline.data.features import SAMPLING_RATE
-
         stride = samples_per_frame(model)
         return cls(
             model, processor, keyword, blank=processor.tokenizer.pad_token_id,
@@ -543,8 +540,6 @@ def length_batches(split: Any, batch_size: int, columns: Sequence[str] = ()) -> 
     length (shortest first, so padding stays small)."""
     from datasets import Audio
 
-    from pipeline.data.features import SAMPLING_RATE
-
     audio = split.select_columns(["utterance_id", "audio", "duration", *columns]).cast_column(
         "audio", Audio(sampling_rate=SAMPLING_RATE, decode=False)
     )
@@ -560,8 +555,6 @@ def transcribe(
 ) -> Inference:
     """Greedy CTC transcripts and wake-word scores for every clip of `split`, batched by length, and
     each decoder's beam-search transcripts from the same log-probs."""
-    from pipeline.data.features import SAMPLING_RATE
-
     audio, batches = length_batches(split, batch_size)
     reader = Reader.for_model(model, processor, keyword, window_s, decoders)
     hypotheses: list[str] = [""] * len(split)
