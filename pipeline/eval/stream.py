@@ -380,6 +380,14 @@ def evaluate_background(
     )
 
 
+def _warn_below_min_hours(details: dict[str, Any], min_hours: float, source: Path | None, which: str,
+                          consequence: str) -> None:
+    """The warning for a split with less background than eval.min_background_hours (`which`: whose hours)."""
+    had = ", ".join(f"{s} {h:.2f} h" for s, h in details["hours"].items())
+    _warn(details, f"background audio below eval.min_background_hours={min_hours:g} h per split ({which}{had}; "
+                   f"source: {source or 'none'}); {consequence}")
+
+
 def background_wake(
     ecfg: Any, source: Path | None, recordings: Sequence[Recording], model: Any, processor: Any, keyword: list[int],
     val_positives: np.ndarray, test_positives: np.ndarray,
@@ -406,11 +414,9 @@ def background_wake(
         details["recordings"][rec.split] += 1
     if min(details["hours"].values()) == 0:  # nothing to stream in a split
         if min_hours > 0:
-            had = ", ".join(f"{s} {h:.2f} h" for s, h in details["hours"].items())
-            _warn(details,
-                  f"background audio below eval.min_background_hours={min_hours:g} h per split ({had}; source: "
-                  f"{source or 'none'}); false accepts per hour and the threshold come from the negative clips "
-                  "instead, a few seconds of audio that cannot measure a rate of a few per hour")
+            _warn_below_min_hours(details, min_hours, source, "",
+                                  "false accepts per hour and the threshold come from the negative clips instead, a "
+                                  "few seconds of audio that cannot measure a rate of a few per hour")
         elif source is not None:
             empty = [s for s, h in details["hours"].items() if h == 0]
             _warn(details, f"no background recording in split(s) {empty} of {source} (a folder's recordings go "
@@ -438,9 +444,8 @@ def background_wake(
     # Judged on the hours scored, not those the files' headers give: a file cut short, and each
     # recording's first seconds (context), are not heard.
     if min(details["hours"].values()) < min_hours:
-        had = ", ".join(f"{s} {h:.2f} h" for s, h in details["hours"].items())
-        _warn(details, f"background audio below eval.min_background_hours={min_hours:g} h per split (scored: {had}; "
-                       f"source: {source or 'none'}); the threshold and false accepts per hour rest on little audio")
+        _warn_below_min_hours(details, min_hours, source, "scored: ",
+                              "the threshold and false accepts per hour rest on little audio")
     target = float(ecfg.target_fa_per_hour)
     threshold = tune_on_background(val_positives, traces[splits[0]], details["hours"][splits[0]], target,
                                    refractory_frames)

@@ -42,8 +42,8 @@ from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_row
                                 prediction_hit, quarantine_hit, requested_deletions, run_fingerprints, staging_files,
                                 text_hash, unexplained_grams, unlisted_runs)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, run_of, walk_files
-from pipeline.ops.registry import MODEL_PARTS, Registry, check_record_key, weights_saw_deleted
-from pipeline.ops.textscan import TEXT_SUFFIXES, searched, text_chunks
+from pipeline.ops.registry import RECORD, Registry, check_record_key, weights_saw_deleted
+from pipeline.ops.textscan import TEXT_SUFFIXES, searched, text_chunks, text_lines
 from pipeline.run_folder import DATASET_CLIPS, QUARANTINE_LINES
 
 EXIT_CLEAN, EXIT_CONFIG, EXIT_FOUND = 0, 2, 3
@@ -173,9 +173,9 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
     for record in registry.records():
         model_dir = registry.model_dir(record["model_id"])
         found = deleted | ledger.utterances | live.utterances | listed.utterances
-        if not any((model_dir / part).exists() for part in MODEL_PARTS):
+        if not registry.holds_weights(model_dir.name):
             continue
-        check_record_key(record, key, model_dir / "record.json")
+        check_record_key(record, key, model_dir / RECORD)
         trained = set(record.get("trained_on", [])) & found
         if weights_saw_deleted(record, found, erased):
             findings.append(Finding("registry model", "derived", str(model_dir),
@@ -217,7 +217,7 @@ def _scan_file(f: Path, kind: str, wanted: Wanted, staged: bool, roots: Roots) -
     if f.name == QUARANTINE_LINES:
         # Bookkeeping that names deleted clips on purpose, by pseudonym with reason `deleted`; a line
         # written before the request (a flagged clip, by its id) is a trace.
-        hits = sum(1 for data in text_chunks(f) for line in data.decode("utf-8", errors="replace").splitlines()
+        hits = sum(1 for line in text_lines(f)
                    if isinstance(row := _json_object(line), dict) and quarantine_hit(wanted.key, wanted.deleted, row))
         return [Finding(kind, "id", str(f), f"{hits} line(s) naming a deleted clip by its id")] if hits else []
     if not textual or not searched(f) or _bookkeeping(f.resolve(), roots):

@@ -55,9 +55,8 @@ from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, REDO_REQUESTS, check_c
                                  pending_deletions, pseudonym_key, remerge, utterance_pseudonym)
 from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, check_root, place_of,
                                     run_folders, walk_files)
-from pipeline.ops.registry import (LOCK_FILE, MODEL_PARTS, RECORD, Registry, RetrainBusy, check_record_key, now,
-                                   retrain_lock, weights_saw_deleted)
-from pipeline.ops.textscan import searched, text_chunks
+from pipeline.ops.registry import LOCK_FILE, Registry, RetrainBusy, now, retrain_lock, weights_saw_deleted
+from pipeline.ops.textscan import searched, text_lines
 from pipeline.runtime import PipelineError, first_line, resolved, write_text_atomic
 from pipeline.text import BOS, EOS, lm_tokens
 from pipeline.tracking.wandb_run import RUN_ID_FILE
@@ -647,8 +646,7 @@ def _holds_trace(path: Path, key: bytes, deleted: set[str], texts: set[str]) -> 
     line). Read in chunks (pipeline.ops.textscan): a run's `.wandb` log can be hundreds of MiB."""
     if not path.is_file() or not searched(path):
         return False
-    return any(mentions(key, deleted, texts, line) for data in text_chunks(path)
-               for line in data.decode("utf-8", errors="replace").splitlines())
+    return any(mentions(key, deleted, texts, line) for line in text_lines(path))
 
 
 def prediction_hit(key: bytes, deleted: set[str], texts: set[str], row: dict[str, Any]) -> bool:
@@ -908,7 +906,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
 
     # Every deleted utterance found in a cached dataset or a run's clip list, now or by an earlier
     # erasure, not only those the corpus's tombstones name (a request for an account names no utterance).
-    _erase_registry_models(Registry(roots.registry), deleted | ledger.utterances, erased, job, key)
+    _erase_registry_models(Registry(roots.registry), deleted | ledger.utterances, erased, job)
 
     # The ledger first: whatever happens online, the audit knows what was erased here.
     append_ledger(roots.erasure, entries)
@@ -1019,16 +1017,14 @@ def _redraw_wer_plot(details_path: Path) -> str | None:
     return old
 
 
-def _erase_registry_models(registry: Registry, deleted: set[str], erased: set[str], job: Erasure, key: bytes) -> None:
-    """Registered models whose weights saw a deleted clip lose them and are marked erased. One with
-    weights made under another key is refused (`check_record_key`): it would pass as clean."""
+def _erase_registry_models(registry: Registry, deleted: set[str], erased: set[str], job: Erasure) -> None:
+    """Registered models whose weights saw a deleted clip lose them and are marked erased. (A model
+    with weights made under another key was refused before the intake: `Registry.check_keys`.)"""
     for record in registry.records():
         model_id = record["model_id"]
-        if deleted and any((registry.model_dir(model_id) / part).exists() for part in MODEL_PARTS):
-            check_record_key(record, key, registry.model_dir(model_id) / RECORD)
         if not weights_saw_deleted(record, deleted, erased):
             continue
-        if any((registry.model_dir(model_id) / part).exists() for part in MODEL_PARTS) or not record.get("erased_at"):
+        if registry.holds_weights(model_id) or not record.get("erased_at"):
             registry.mark_erased(model_id)
             job.remove("registry model", registry.model_dir(model_id),
                        clips=len(set(record.get("trained_on", [])) & deleted))

@@ -128,6 +128,10 @@ class Registry:
     def has_weights(self, model_id: str) -> bool:
         return all((self.models / model_id / part).is_dir() for part in MODEL_PARTS)
 
+    def holds_weights(self, model_id: str) -> bool:
+        """Whether any of the model's weights are left (an erasure killed part-way leaves some)."""
+        return any((self.models / model_id / part).exists() for part in MODEL_PARTS)
+
     def history(self) -> list[str]:
         """Every promotion in order (a model promoted again, by rollback or by hand, appears again)."""
         return list(self._pointer()["history"])
@@ -291,7 +295,7 @@ class Registry:
         already have stored the new requests under the current key, so restoring the old key would
         then meet a corpus made under the new one."""
         for record in self.records():
-            if any((self.models / record["model_id"] / part).exists() for part in MODEL_PARTS):
+            if self.holds_weights(record["model_id"]):
                 check_record_key(record, key, self.models / record["model_id"] / RECORD)
 
     def mark_erased(self, model_id: str) -> None:

@@ -322,6 +322,11 @@ def _job(cfg: DictConfig, run_dir: Path, registry: Registry, started: str) -> di
     return decision
 
 
+def _write_decision(run_dir: Path, decision: dict[str, Any]) -> None:
+    """decision.json, whole or not at all: a scheduler, and `make promote`, read it after any stop."""
+    write_text_atomic(run_dir / "decision.json", json.dumps(decision, indent=2, default=str) + "\n")
+
+
 def _record_before_erasure(decision: dict[str, Any], run_dir: Path, registry: Registry, started: str) -> None:
     """Record the decision before the erasure, which can run long: a job killed during it still
     leaves its decision.json, and the registry holds the line the next job's `recover()` logs (else
@@ -331,7 +336,7 @@ def _record_before_erasure(decision: dict[str, Any], run_dir: Path, registry: Re
                   "fix": "run `make erase` (the retraining lock must be free); every `make retrain` runs it too"}
     early = _finish({**decision, "erasure": unfinished}, run_dir, started)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "decision.json", json.dumps(early, indent=2, default=str) + "\n")
+    _write_decision(run_dir, early)
     registry.hold_decision({k: v for k, v in early.items() if k != "traceback"})
 
 
@@ -401,8 +406,7 @@ def _report(decision: dict[str, Any], run_dir: Path | None, registry: Registry |
         notes.append(f"{run_dir} is the running job's folder, so no decision.json was written there")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        # Whole or not at all: a scheduler, and `make promote`, read it after any stop.
-        write_text_atomic(run_dir / "decision.json", json.dumps(decision, indent=2, default=str) + "\n")
+        _write_decision(run_dir, decision)
         notes.append(str(run_dir / "decision.json"))
     notes.append(f"logged in {registry.root / 'decisions.jsonl'}" if registry is not None
                  else "not logged in decisions.jsonl: retrain.registry_dir is unknown or not a folder")

@@ -63,6 +63,13 @@ def text_chunks(path: Path) -> Iterator[bytes]:
             carry = buffer[cut:]
 
 
+def text_lines(path: Path) -> Iterator[str]:
+    """The file's lines, decoded (bad bytes replaced), read in chunks: a line longer than the
+    look-ahead comes in pieces cut where no needle is."""
+    for data in text_chunks(path):
+        yield from data.decode("utf-8", errors="replace").splitlines()
+
+
 def searched(path: Path) -> bool:
     """Whether the searches read this file: a W&B log or a file named as text, whatever its size;
     another only up to `BINARY_BYTES`."""
