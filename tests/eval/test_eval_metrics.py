@@ -48,6 +48,19 @@ def test_intent_accuracy_and_macro_f1() -> None:
     assert scores["macro_f1"] == pytest.approx(7 / 9)
 
 
+def test_intent_macro_f1_averages_over_gold_intents_only() -> None:
+    """An intent only ever predicted (`no_command`) is no gold class: it is not averaged in as a
+    zero-F1 class, while the clip it was predicted on still costs its true intent the recall."""
+    gold = ["a", "a", "b", "b"]
+    predicted = ["a", "no_command", "b", "b"]
+    # a: tp1 fn1 -> F1 2/3; b: tp2 -> F1 1. Macro over {a, b}: (2/3 + 1) / 2 = 5/6.
+    scores = M.intent_scores(gold, predicted)
+    assert scores["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
+    assert scores["accuracy"] == pytest.approx(3 / 4)
+    # One gold class, a perfect score on it: a phantom class never pulls the mean below 1.
+    assert M.intent_scores(["a", "a"], ["a", "a"])["macro_f1"] == 1.0
+
+
 def test_entity_f1_exact_match_micro_and_per_type() -> None:
     gold = [[{"type": "time", "value": "seven am"}, {"type": "date", "value": "today"}], []]
     # "7 am" normalises to "seven am": a match. "tomorrow" is a wrong date: 1 FP and 1 FN.
