@@ -45,7 +45,8 @@ class GateCheck:
     incumbent: float | None
     passed: bool
     detail: str
-    # The paired judgement (None when judged on point values alone).
+    # The paired judgement (None when judged on point values alone). `difference` is also kept when
+    # the per-clip counts reproduce both metrics.json but give no interval (e.g. one speaker).
     difference: float | None = None   # candidate minus promoted, on the same clips
     ci_low: float | None = None       # its 95% paired bootstrap interval
     ci_high: float | None = None
@@ -177,7 +178,12 @@ def check_gate_paired(
             elif diff is not None and diff.resampled and not _reproduced(diff, new, old):
                 why = f"no interval: paired over {diff.resampled}, which does not give the metrics.json figures"
             point = check_gate(candidate, incumbent, {name: rule})[0]
-            checks.append(GateCheck(**{**point.as_dict(), "policy": policy,
+            # Counts that reproduce both metrics.json still give the paired difference (only its
+            # interval is missing): kept in the record, like a judged one. Counts that do not
+            # reproduce them measure something else, so their difference is left out.
+            paired_on = ({"difference": diff.difference, "clips": None if diff.resampled else paired.clips,
+                          "speakers": None if diff.resampled else paired.speakers} if few else {})
+            checks.append(GateCheck(**{**point.as_dict(), **paired_on, "policy": policy,
                                        "detail": point.detail + f" ({why}: judged on the point values)"}))
             continue
         # The interval in the rule's "worse" direction: positive is worse for both kinds of rule.

@@ -167,6 +167,24 @@ def test_a_test_split_of_one_speaker_is_judged_on_point_values_and_says_why(tmp_
     assert wer.detail.endswith("(one speaker: no interval: judged on the point values)"), wer.detail
 
 
+def test_a_rule_judged_on_point_values_keeps_the_paired_difference_it_knows(tmp_path: Path) -> None:
+    """One speaker gives no interval, but the per-clip counts reproduce both metrics.json: the
+    paired difference and the clips it was taken over go into the record all the same."""
+    fixed = [_fixed(h) for h in PROMOTED]
+    wer = _gate(tmp_path, PROMOTED, fixed, "not_worse", ["acct_00"] * len(REFS))[0]
+    assert wer.ci_low is None and "judged on the point values" in wer.detail
+    assert wer.difference == pytest.approx(M.wer(REFS, fixed) - M.wer(REFS, PROMOTED))
+    assert (wer.clips, wer.speakers) == (len(REFS), 1)
+    # False accepts over one background recording: the difference, drawn over no clips or speakers.
+    rules = {"fa": {"metric": "wake/fa_per_hour", "max_increase": 1.0}}
+    old = _with_background(tmp_path / "incumbent", _write_run(tmp_path / "incumbent", PROMOTED), [0])
+    new = _with_background(tmp_path / "candidate", _write_run(tmp_path / "candidate", PROMOTED), [1])
+    fa = gate_on_runs(tmp_path / "candidate", tmp_path / "incumbent", new, old, rules, "not_worse", 100, 0)[0]
+    assert fa.ci_low is None and "one recording: no interval" in fa.detail
+    assert fa.difference == pytest.approx(new["wake/fa_per_hour"] - old["wake/fa_per_hour"]) and fa.difference > 0
+    assert (fa.clips, fa.speakers) == (None, None)
+
+
 def test_per_clip_results_short_by_erasure_are_read_and_a_damaged_row_is_named(tmp_path: Path) -> None:
     """Erasure trims a kept run's predictions and counts it (`eval/clips_erased`); a row without its
     fields raised a KeyError out of compare."""
