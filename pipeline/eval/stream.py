@@ -49,7 +49,7 @@ from pipeline.data.audio import needs_polyphase, resample_polyphase
 from pipeline.data.features import FFMPEG_EXTENSIONS, SAMPLING_RATE
 from pipeline.eval.config import check_stream
 from pipeline.eval.coverage import FA_RATES
-from pipeline.eval.wake import NEG_INF, WakeResult, keyword_trace
+from pipeline.eval.wake import NEG_INF, WakeResult, keyword_trace, permitted_false_accepts
 from pipeline.run_folder import BUILD_REPORT
 from pipeline.runtime import PipelineError
 
@@ -298,7 +298,7 @@ def threshold_for_rate(traces: Sequence[Trace], hours: float, rate: float, refra
     When the rate permits every background frame, the lowest finite float32: not -inf, which a clip
     too short for the keyword scores (pipeline.eval.wake) and would then count as accepted, and not
     float64's, which a float32 array of scores compared with it reads as -inf (an overflow)."""
-    allowed = int(math.floor(rate * hours + 1e-9))
+    allowed = permitted_false_accepts(rate, hours)
     rejected, _ = lowest_threshold(traces, allowed, refractory_frames)
     return float(np.finfo(np.float32).min) if rejected is None else float(np.nextafter(rejected, np.inf))
 
@@ -317,7 +317,7 @@ def tune_on_background(
     finite_pos = positives[np.isfinite(positives)]
     floor = float(finite_pos.min()) if finite_pos.size else NEG_INF
     traces = [replace(t, frames=t.frames[t.scores >= floor], scores=t.scores[t.scores >= floor]) for t in traces]
-    allowed = int(math.floor(target * hours + 1e-9))
+    allowed = permitted_false_accepts(target, hours)
     rejected, _ = lowest_threshold(traces, allowed, refractory_frames)
     if rejected is None:
         if math.isfinite(floor):

@@ -127,10 +127,18 @@ class WakeResult:
     background_false_accepts: int | None = None
 
 
+def permitted_false_accepts(target_fa_per_hour: float, hours: float) -> int:
+    """How many false accepts `target_fa_per_hour` permits on `hours` of audio: target x hours
+    rounded down, with a tolerance so that a product meant to be whole (1.1 per hour over 1/1.1 h
+    gives 0.9999999999999999) counts as that whole number. The one rule for the clip-level and the
+    background tuning, and for whether a split can hold a permitted false accept at all."""
+    return int(math.floor(target_fa_per_hour * hours + 1e-9))
+
+
 def _allowed_false_accepts(labels: np.ndarray, durations: np.ndarray, target_fa_per_hour: float) -> tuple[float, int]:
     """Hours of negative audio, and how many false accepts the target permits on them."""
     hours = float(durations[~labels].sum()) / 3600.0
-    return hours, int(math.floor(target_fa_per_hour * hours + 1e-9))
+    return hours, permitted_false_accepts(target_fa_per_hour, hours)
 
 
 def tune_threshold(scores: np.ndarray, labels: np.ndarray, durations: np.ndarray, target_fa_per_hour: float) -> float:
@@ -164,7 +172,7 @@ class Tuning:
     negatives: int
     negative_hours: float
     allowed_false_accepts: int  # false accepts the target permits on this much negative audio
-    resolvable: bool  # target x hours >= 1: the split can hold at least one permitted false accept
+    resolvable: bool  # allowed_false_accepts >= 1: the split can hold at least one permitted false accept
     bounding_index: int | None  # the negative just rejected at the threshold (the hardest one, when 0 are allowed)
 
 
@@ -178,7 +186,7 @@ def describe_tuning(scores: np.ndarray, labels: np.ndarray, durations: np.ndarra
     bounding = int(order[allowed]) if allowed < order.size else None
     return Tuning(
         negatives=int(neg_idx.size), negative_hours=hours, allowed_false_accepts=allowed,
-        resolvable=target_fa_per_hour * hours >= 1.0, bounding_index=bounding,
+        resolvable=allowed >= 1, bounding_index=bounding,
     )
 
 

@@ -181,6 +181,25 @@ def test_tuning_names_the_negative_the_threshold_rejects_and_whether_the_target_
     assert describe_tuning(scores, labels, hour, 10.0).bounding_index is None
 
 
+@pytest.mark.parametrize("target", [1.1, 0.55, 2.0])  # 1.1, 0.55: the product falls short of 1 in floats
+def test_tuning_says_resolvable_exactly_when_it_permits_a_false_accept(target: float) -> None:
+    """Negatives lasting 1 / target hours permit exactly one false accept. For 1.1 and 0.55 per hour
+    the product target x hours comes out as 0.9999999999999999 in floating point: before the fix
+    one false accept was allowed (the threshold let the hardest negative pass) while the split was
+    reported as unable to hold one. Just below that much audio: none; just above: one."""
+    scores = np.array([0.9, 0.7, 0.5, 0.3])
+    labels = np.array([True, False, False, False])
+    whole = 3600.0 / target  # seconds of negatives for exactly one permitted false accept
+    for seconds, allowed in ((whole, 1), (whole * (1 - 1e-6), 0), (whole * (1 + 1e-6), 1)):
+        durations = np.array([1.0] + [seconds / 3] * 3)  # three negatives, a third each
+        t = describe_tuning(scores, labels, durations, target)
+        assert (t.allowed_false_accepts, t.resolvable) == (allowed, allowed >= 1), (seconds, t)
+        # The threshold rejects the negative the tuning names, and lets the permitted ones pass.
+        threshold = tune_threshold(scores, labels, durations, target)
+        assert scores[t.bounding_index] < threshold
+        assert int(np.sum(scores[~labels] >= threshold)) == allowed
+
+
 def test_negative_clips_of_no_seconds_give_no_false_accept_rate() -> None:
     """Before the fix: NaN, which json.dumps writes as a bare NaN into metrics.json."""
     result = evaluate_wake(np.array([-0.1, -5.0]), np.array([True, False]), np.array([1.0, 0.0]), -1.0)
