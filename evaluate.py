@@ -38,9 +38,10 @@ def main(cfg: DictConfig) -> None:
             _check_in_place(cfg, run_dir)
             cfg = with_recorded_settings(cfg, run_dir, overrides)
         check_seed(cfg.seed)
+        # Before seeding, which imports torch: a missing dataset= is answered at once, not seconds later.
+        dataset = _dataset_path(cfg, run_dir, in_place)
         configure_environment(run_dir, Path(cfg.cache_dir).resolve())
         seed_everything(int(cfg.seed))
-        dataset = _dataset_path(cfg, run_dir, in_place)
         from pipeline.eval.run import run_eval_stage  # torch and transformers: after the checks above
 
         tracker = make_tracker(cfg, run_dir, ["eval"])

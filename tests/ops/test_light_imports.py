@@ -1,6 +1,6 @@
-"""The ops commands and train.py's config checks start without the model libraries: the test suite
-and the daily jobs spawn them many times, and torch, transformers, scipy.stats and datasets cost
-seconds to import."""
+"""The ops commands, train.py's config checks and evaluate.py's config errors come without the
+model libraries: the test suite and the daily jobs spawn them many times, and torch, transformers,
+scipy.stats and datasets cost seconds to import."""
 
 from __future__ import annotations
 
@@ -21,3 +21,20 @@ def test_ops_commands_and_config_checks_import_no_model_library() -> None:
             f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"imported at start-up: {out.stdout.strip()}"
+
+
+def test_evaluate_py_refuses_a_missing_dataset_before_importing_a_model_library(tmp_path: Path) -> None:
+    """`evaluate.py asr_model=...` without dataset= (and without run=) is a config error: it is
+    answered before torch loads, not seconds later."""
+    argv = ["evaluate.py", f"asr_model={tmp_path / 'asr'}", f"hydra.run.dir={tmp_path / 'out'}", "logger=none"]
+    code = ("import runpy, sys\n"
+            f"sys.argv = {argv!r}\n"
+            "try:\n"
+            "    runpy.run_path('evaluate.py', run_name='__main__')\n"
+            "except SystemExit as stop:\n"
+            "    print('exit', stop.code)\n"
+            f"print('heavy:', ' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "no dataset to evaluate on: give dataset=" in out.stderr, out.stderr
+    assert "exit 2" in out.stdout, out.stdout
+    assert out.stdout.strip().endswith("heavy:"), f"imported before the config error: {out.stdout}"
