@@ -113,15 +113,15 @@ def stray_deletion_files(inbox: Path) -> list[str]:
     stray = []
     for path in sorted(inbox.iterdir()):
         if path.name == REQUEST_FOLDER and path.is_dir():
-            stray += [f"{_by_content(p)} (only *.jsonl files are read there)" for p in sorted(path.iterdir())
+            stray += [f"{_misplaced(p)}: only *.jsonl files are read there" for p in sorted(path.iterdir())
                       if not p.name.startswith(".") and not (p.is_file() and p.suffix == ".jsonl")]
         elif path.is_dir() and _looks_like_deletions(path):
-            stray.append(f"{path} (requests belong in {inbox / REQUEST_FOLDER}/*.jsonl)")
+            stray.append(f"{_misplaced(path)}: requests belong in {inbox / REQUEST_FOLDER}/*.jsonl")
         elif path.is_dir():
-            stray += [f"{_by_content(p)} (a batch's requests belong in {path / BATCH_DELETIONS})"
+            stray += [f"{_misplaced(p)}: a batch's requests belong in {path / BATCH_DELETIONS}"
                       for p in sorted(path.iterdir()) if _looks_like_deletions(p) and p.name != BATCH_DELETIONS]
         elif _looks_like_deletions(path) or _holds_requests(path):
-            stray.append(f"{_by_content(path)} (requests belong in {inbox / REQUEST_FOLDER}/*.jsonl)")
+            stray.append(f"{_misplaced(path)}: requests belong in {inbox / REQUEST_FOLDER}/*.jsonl")
     return stray
 
 
@@ -130,8 +130,9 @@ def inbox_requests(inbox: Path, key: bytes) -> tuple[list[Path], set[str]]:
     taken), and their requests as pseudonyms. A request file in the wrong place is an error."""
     stray = stray_deletion_files(inbox)
     if stray:
-        raise PipelineError(f"deletion requests the intake would not read: {'; '.join(stray)}. Move them "
-                            "there; nothing was taken from the inbox")
+        count = f"{len(stray)} entries" if len(stray) > 1 else "1 entry"
+        raise PipelineError(f"deletion requests the intake would not read, {count} ({'; '.join(stray)}). Move each "
+                            "where it says (find it with `sha256sum`); nothing was taken from the inbox")
     folder = inbox / REQUEST_FOLDER
     files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
     files += [b / BATCH_DELETIONS for b in inbox_batches(inbox) if (b / BATCH_DELETIONS).is_file()]
@@ -160,9 +161,11 @@ def request_file_name(path: Path) -> str:
     return f"{path.parent.name}/{_sha256(path)}"
 
 
-def _by_content(path: Path) -> str:
-    """A misplaced request file in the intake's refusal, which reaches decision.json and the registry's log."""
-    return f"{path.parent}/{_sha256(path)} (a {path.suffix or 'suffixless'} file)" if path.is_file() else str(path)
+def _misplaced(path: Path) -> str:
+    """A misplaced request file or folder in the intake's refusal, which reaches decision.json and the
+    registry's log: by hash and the folder it lies in, as `stray_inbox_entries` names inbox entries.
+    Not by name, suffix included (`jane.doe` has the suffix `.doe`): its name may be the account it asks about."""
+    return f"{_stray_reference(path)} in {path.parent}"
 
 
 def deleted_utterances(records: list[dict[str, Any]], requests: set[str], key: bytes) -> set[str]:

@@ -142,17 +142,24 @@ def test_half_an_emoji_in_a_batch_line_does_not_stop_the_intake_or_erasure(tmp_p
                                                ("deletions.jsonl", "deletions.jsonl"),
                                                ("deletions/r.json", "deletions/r.json"),
                                                ("deletion-requests/r.jsonl", "deletion-requests"),
-                                               ("user-AFOENZ.jsonl", "user-AFOENZ.jsonl")])  # named by whom, not what
+                                               ("user-AFOENZ.jsonl", "user-AFOENZ.jsonl"),  # named by whom, not what
+                                               ("deletions/jane.AFOENZ", "deletions/jane.AFOENZ"),  # the suffix too
+                                               ("deletions/AFOENZ/r.jsonl", "deletions/AFOENZ"),
+                                               ("deletions-AFOENZ/r.jsonl", "deletions-AFOENZ")])
 def test_a_deletion_file_the_intake_would_not_read_refuses_the_inbox(tmp_path: Path, stray: str, named: str) -> None:
+    """Named by hash and folder, never by name: an export is often named after its account, and the
+    refusal reaches decision.json and the registry's log."""
     inbox, corpus_dir = tmp_path / "inbox", tmp_path / "corpus"
     _batch(inbox, "b1", [("u1", "amzn1.account.ALICE", "G0900001")])
     (inbox / stray).parent.mkdir(parents=True, exist_ok=True)
     (inbox / stray).write_text(json.dumps({"account_id": "amzn1.account.ALICE"}) + "\n")
     before = _tree(inbox)
-    shown = inbox / named
-    if shown.is_file():  # a file by its content: its name may be the account it asks about
-        shown = f"{shown.parent}/sha256:{hashlib.sha256(shown.read_bytes()).hexdigest()[:16]} (a {shown.suffix} file)"
-    with pytest.raises(PipelineError, match=re.escape(f"{shown} (")) as refused:
+    entry = inbox / named
+    if entry.is_file():  # a file by its content, as `sha256sum` prints it
+        shown = f"a file with sha256:{hashlib.sha256(entry.read_bytes()).hexdigest()[:16]} in {entry.parent}:"
+    else:  # a folder by its name's hash: `printf %s NAME | sha256sum`
+        shown = f"a folder whose name has sha256:{hashlib.sha256(entry.name.encode()).hexdigest()[:16]} in {entry.parent}:"
+    with pytest.raises(PipelineError, match=re.escape(f"would not read, 1 entry ({shown}")) as refused:
         update_corpus(inbox, corpus_dir, KEY)
     assert "AFOENZ" not in str(refused.value)
     with pytest.raises(PipelineError, match="would not read"):
@@ -220,7 +227,7 @@ def test_retrain_exit_codes_without_training(tmp_path: Path) -> None:
     assert run_retrain(cfg) == EXIT_CONFIG
     decision = json.loads((tmp_path / "run" / "decision.json").read_text())
     stray = tmp_path / "inbox" / "deletions.jsonl"
-    shown = f"{stray.parent}/sha256:{hashlib.sha256(stray.read_bytes()).hexdigest()[:16]} (a .jsonl file)"
+    shown = f"a file with sha256:{hashlib.sha256(stray.read_bytes()).hexdigest()[:16]} in {stray.parent}:"
     assert decision["decision"] == "config_error" and shown in decision["reason"] and "ALICE" not in decision["reason"]
 
     # Every decision is in the registry's log, in order.
