@@ -42,7 +42,7 @@ from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_row
                                 prediction_hit, quarantine_hit, requested_deletions, run_fingerprints, staging_files,
                                 text_hash, unexplained_grams, unlisted_runs)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, run_of, walk_files
-from pipeline.ops.registry import RECORD, Registry, check_record_key, weights_saw_deleted
+from pipeline.ops.registry import PROMOTING, RECORD, Registry, check_record_key, weights_saw_deleted
 from pipeline.ops.textscan import TEXT_SUFFIXES, searched, text_chunks, text_lines
 from pipeline.run_folder import DATASET_CLIPS, QUARANTINE_LINES
 
@@ -67,7 +67,7 @@ def _bookkeeping(path: Path, roots: Roots) -> bool:
             place = place_of(path.relative_to(root.resolve()).as_posix(), tuple(p for p in PLACES if p.root == name))
             if place is not None and place.erase == "keep" and place.kind != "registry log":
                 return True
-    return path.name in ("record.json", "candidate.json", "decision.json", "decisions.jsonl", DATASET_CLIPS)
+    return path.name in (RECORD, PROMOTING, "candidate.json", "decision.json", "decisions.jsonl", DATASET_CLIPS)
 
 
 def _json_object(line: str) -> Any:

@@ -3,6 +3,8 @@
     <registry>/promoted.json            {"model_id": current, "history": [every id ever promoted]}
     <registry>/models/<id>/record.json  dataset fingerprint, metrics, training utterance pseudonyms
                                         and the id of the key they were made with (`key_id`)
+    <registry>/models/<id>/record.promoting.json
+                                        a model promoted again, its new record until promoted.json names it
     <registry>/models/<id>/asr, nlu     the model folders (removed when retired for a deletion)
     <registry>/decisions.jsonl          one line per job decision: promoted, rejected, nothing_to_do,
                                         busy, config_error, failed (append-only)
@@ -39,6 +41,10 @@ from pipeline.runtime import PipelineError, kept_from_children, write_text_atomi
 
 PROMOTED = "promoted.json"
 RECORD = "record.json"
+# The record of a model promoted again (`repromote`), written beside its record.json and moved over it
+# only once promoted.json names the model: a job killed in between leaves the old record whole, never
+# one that `replaces` a model in a promotion that did not happen.
+PROMOTING = "record.promoting.json"
 DECISIONS = "decisions.jsonl"
 # A job's decision, held here from the moment it is made until its line is in decisions.jsonl (the
 # erasure runs in between and can be long): a job killed meanwhile leaves it for the next to log.
@@ -139,8 +145,10 @@ class Registry:
     def repromote(self, model_id: str, retire_reason: str) -> str | None:
         """Promote a model already in the registry (its weights kept), retiring the current one.
 
-        The same commit order as `promote`: the record first, then `promoted.json`, then the
-        retirement, so `recover()` finishes a job killed between any two steps.
+        `promoted.json` commits, as in `promote`: the new record is written beside the old one
+        (PROMOTING) and moved over it only after the switch, then the previous model is retired. A job
+        killed before the switch leaves the model's record as it was (its retirement, its reason, what
+        it replaced), and `recover()` drops the new one; killed after it, `recover()` finishes both.
         """
         if not self.has_weights(model_id):
             raise FileNotFoundError(f"{self.models / model_id}: the model's weights are gone")
@@ -151,11 +159,16 @@ class Registry:
             record.pop(stale, None)
         record.update(status="promoted", promoted_at=now(),
                       replaces={"model_id": previous, "reason": retire_reason} if previous else None)
-        write_json_atomic(self.models / model_id / RECORD, record)
+        write_json_atomic(self.models / model_id / PROMOTING, record)
         write_json_atomic(self.root / PROMOTED, {"model_id": model_id, "history": [*pointer["history"], model_id]})
+        self._finish_record(model_id)
         if previous:
             self.retire(previous, retire_reason, replaced_by=model_id)
         return previous
+
+    def _finish_record(self, model_id: str) -> None:
+        """Move a re-promoted model's new record over its old one (after promoted.json names it)."""
+        os.replace(self.models / model_id / PROMOTING, self.models / model_id / RECORD)
 
     def promote(self, run_dir: Path, record: dict[str, Any], retire_reason: str = "replaced") -> str:
         """Copy the run's models in, then switch `promoted.json`: the one step that commits."""
@@ -206,6 +219,15 @@ class Registry:
             tmp.unlink()
         pointer = self._pointer()
         current = pointer["model_id"]
+        for pending in sorted(self.models.glob(f"*/{PROMOTING}")):
+            # First: the retirements below read the current model's `replaces`.
+            model_id = pending.parent.name
+            if model_id == current:
+                self._finish_record(model_id)
+                done.append(f"wrote the record of {model_id}, promoted again by a job killed before writing it")
+            else:
+                pending.unlink()
+                done.append(f"dropped the new record of {model_id}, whose promotion never happened")
         for folder in sorted(p for p in self.models.iterdir() if p.is_dir()):
             model_id = folder.name
             if model_id == current:

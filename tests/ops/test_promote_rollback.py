@@ -5,6 +5,7 @@ decision like a scheduled run's."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 
 from pipeline.ops.corpus import pseudonym_key, utterance_pseudonym
 from pipeline.ops.promote import write_candidate
-from pipeline.ops.registry import Registry
+from pipeline.ops.registry import Registry, write_json_atomic
 from pipeline.ops.retrain import EXIT_CONFIG, EXIT_OK, run_retrain
 from pipeline.runtime import PipelineError
 
@@ -98,6 +99,65 @@ def test_promote_a_rejected_candidate_then_roll_back(tmp_path: Path) -> None:
 
     log = [d["decision"] for d in registry.decisions()]
     assert log == ["promoted", "rejected", "promoted", "rolled_back", "config_error", "promoted"]
+
+
+def _promoted_twice(tmp: Path) -> Registry:
+    """m1 promoted, then replaced by m2, each decision logged."""
+    key = pseudonym_key(_cfg(tmp).privacy)
+    registry = Registry(tmp / "registry")
+    for model_id in ("m1", "m2"):
+        registry.promote(_run(tmp, model_id), _record(key, model_id, tmp / "runs" / model_id, ["u1"]))
+        registry.log_decision({"decision": "promoted", "state": f"state-{model_id}", "candidate": {"model_id": model_id}})
+    return registry
+
+
+def _blocked(path: Path) -> Path:
+    """A folder where `write_text_atomic` puts its temp file for `path`: the write fails there, as
+    a job killed at that step would stop."""
+    block = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    block.mkdir()
+    return block
+
+
+def test_a_rollback_killed_before_promoted_json_leaves_the_old_record(tmp_path: Path) -> None:
+    """Before the fix: the rolled-back-to model's record was rewritten first, so a job killed before
+    promoted.json changed left m1 `replaces: m2`, a promotion that never happened, and recovery kept it."""
+    registry = _promoted_twice(tmp_path)
+    before = registry.record("m1")
+    block = _blocked(registry.root / "promoted.json")
+    with pytest.raises(OSError):
+        registry.repromote("m1", "rolled_back")
+    block.rmdir()
+    assert registry.current()["model_id"] == "m2" and registry.history() == ["m1", "m2"]
+    assert registry.record("m1") == before, "the record of a model not promoted again is as it was"
+    assert registry.recover() == ["dropped the new record of m1, whose promotion never happened"]
+    assert registry.record("m1") == before and registry.record("m2")["status"] == "promoted"
+    assert registry.recover() == []
+
+
+def test_a_rollback_killed_after_promoted_json_is_finished_by_recovery(tmp_path: Path) -> None:
+    registry = _promoted_twice(tmp_path)
+    # Killed after the switch, before the record moved: the steps of `repromote` up to the switch.
+    block = _blocked(registry.root / "promoted.json")
+    with pytest.raises(OSError):
+        registry.repromote("m1", "rolled_back")
+    block.rmdir()
+    write_json_atomic(registry.root / "promoted.json", {"model_id": "m1", "history": ["m1", "m2", "m1"]})
+    assert registry.recover() == ["wrote the record of m1, promoted again by a job killed before writing it",
+                                  "retired m2 (rolled_back)"]
+    m1, m2 = registry.record("m1"), registry.record("m2")
+    assert (m1["status"], m1["replaces"], "retired_reason" in m1) == (
+        "promoted", {"model_id": "m2", "reason": "rolled_back"}, False)
+    assert (m2["status"], m2["retired_reason"], m2["replaced_by"]) == ("retired", "rolled_back", "m1")
+    assert registry.recover() == []
+    # Killed while retiring the model it replaced: recovery retires it.
+    block = _blocked(registry.models / "m1" / "record.json")
+    with pytest.raises(OSError):
+        registry.repromote("m2", "replaced")
+    block.rmdir()
+    assert registry.current()["model_id"] == "m2" and registry.record("m2")["replaces"]["model_id"] == "m1"
+    assert registry.recover() == ["retired m1 (replaced)"]
+    assert registry.record("m1")["replaced_by"] == "m2" and registry.recover() == []
 
 
 def test_a_model_id_with_a_slash_is_read_as_the_id_or_refused(tmp_path: Path) -> None:
