@@ -24,29 +24,34 @@ DEFAULT_ROOTS = (Path("outputs"), Path("multirun"))
 
 
 def do_not_sync(run: Path) -> Path | None:
-    """The `DO_NOT_SYNC` marker erasure left in the run folder holding this offline run, if any."""
-    for folder in run.parents:
+    """The `DO_NOT_SYNC` marker erasure left in the run folder holding this offline run, if any.
+    Searched from the absolute path: a relative one (`make sync` given `.` inside a run's wandb/)
+    has no parent left to hold the marker."""
+    for folder in run.resolve().parents:
         if (folder / DO_NOT_SYNC).is_file():
             return folder / DO_NOT_SYNC
     return None
 
 
+def _offline_logs(roots: list[Path]) -> list[Path]:
+    """The transaction log of every offline run under the roots, uploaded or not."""
+    return [log for root in roots if root.is_dir() for log in root.rglob("offline-run-*/run-*.wandb")]
+
+
 def unsynced_runs(roots: list[Path]) -> list[Path]:
     """Offline run folders whose transaction log has no `.synced` marker yet, oldest first; runs
     marked do-not-sync by `make erase` are left out (see `refused_runs`)."""
-    found = []
-    for root in roots:
-        if not root.is_dir():
-            continue
-        for log in root.rglob("offline-run-*/run-*.wandb"):
-            if not log.with_suffix(".wandb.synced").exists() and do_not_sync(log.parent) is None:
-                found.append(log.parent)
+    found = [log.parent for log in _offline_logs(roots)
+             if not log.with_suffix(".wandb.synced").exists() and do_not_sync(log.parent) is None]
     return sorted(set(found), key=lambda p: p.name)
 
 
 def refused_runs(roots: list[Path]) -> list[Path]:
-    """Run folders that erasure marked: they were trained on erased data and must never be uploaded."""
-    return sorted({m.parent for root in roots if root.is_dir() for m in root.rglob(DO_NOT_SYNC)})
+    """Run folders that erasure marked: they were trained on erased data and must never be uploaded.
+    Those under the roots, and the one holding a root (`make sync` given a marked run's wandb/)."""
+    found = {m.parent for root in roots if root.is_dir() for m in root.rglob(DO_NOT_SYNC)}
+    found |= {marker.parent for root in roots if root.is_dir() and (marker := do_not_sync(root)) is not None}
+    return sorted(found)
 
 
 def unreachable_server(url: str, timeout_s: float = 10.0) -> str | None:
@@ -75,11 +80,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refusing {run}: marked {DO_NOT_SYNC} by `make erase` (trained on erased data)")
     runs = unsynced_runs(args.roots)
     if not runs:
-        offline = any(root.is_dir() and any(root.rglob("offline-run-*/run-*.wandb")) for root in args.roots)
-        print("nothing to sync: " + ("every offline run is uploaded or refused" if offline and refused else
-                                     "every offline run is already uploaded" if offline else
-                                     f"no offline W&B run under {', '.join(map(str, args.roots))} (logger=wandb "
-                                     "writes them; debug=smoke and logger=none do not)"))
+        logs = _offline_logs(args.roots)
+        marked = sum(do_not_sync(log.parent) is not None for log in logs)
+        if not logs:
+            why = (f"no offline W&B run under {', '.join(map(str, args.roots))} (logger=wandb writes them; "
+                   "debug=smoke and logger=none do not)")
+        elif marked == len(logs):  # not uploaded: they must never be
+            why = (f"every offline run here is in a run marked {DO_NOT_SYNC} by `make erase` (trained on erased "
+                   "data), so it is never uploaded")
+        else:
+            why = "every offline run is uploaded or refused" if marked else "every offline run is already uploaded"
+        print(f"nothing to sync: {why}")
         return 0
     for run in runs:
         print(run)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.ops import sync
+from pipeline.ops.inventory import DO_NOT_SYNC
 from pipeline.ops.sync import unsynced_runs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,3 +190,23 @@ def test_sync_passes_the_options_after_a_double_dash_to_wandb_sync(tmp_path: Pat
         assert sync.main(argv) == 0
         command = commands.pop()
         assert command[1:] == ["sync", "--yes", "--project", "voice", str(Path("outputs") / "a" / "wandb" / todo.name)]
+
+
+def test_sync_given_a_folder_inside_a_do_not_sync_run_says_it_is_marked(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Given the wandb/ folder of a run `make erase` marked, the run's offline run is refused and
+    said to be marked, not "already uploaded"; given `.` from inside it, it is not uploaded either."""
+    run = tmp_path / "outputs" / "erased"
+    log = run / "wandb" / "offline-run-20260101_000000-aaa" / "run-aaa.wandb"
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b":W&B")
+    (run / DO_NOT_SYNC).write_text("{}\n")
+    assert sync.main([str(run / "wandb"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"refusing {run}: marked {DO_NOT_SYNC}" in out, out
+    assert "already uploaded" not in out and f"in a run marked {DO_NOT_SYNC} by `make erase`" in out, out
+    monkeypatch.chdir(run / "wandb")
+    assert unsynced_runs([Path(".")]) == []
+    assert sync.main([".", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "to sync" not in out.replace("nothing to sync", "") and f"in a run marked {DO_NOT_SYNC}" in out, out
+
