@@ -128,12 +128,29 @@ def test_a_span_one_word_too_long_or_short_is_the_best_edit_and_a_clean_one_pref
     assert tag_spans(["O", "B-genre", "I-genre", "B-place", "O", "I-place"]) == [("genre", 1, 3), ("place", 3, 4), ("place", 5, 6)]
 
 
-def test_the_wake_word_is_never_taken_into_a_span() -> None:
+def test_a_span_widens_onto_the_first_word_and_onto_the_last() -> None:
+    """Before the fix: the previous word was taken in only from word 2 on, so a span that had lost
+    the utterance's first word ("taylor swift songs" annotated with "swift" alone) was never
+    proposed whole, however surely the tagger read it."""
+    index = {t: i for i, t in enumerate(["O", "B-artist", "I-artist"])}
+    gold = ["O", "B-artist", "O"]
+    reads = ["B-artist", "I-artist", "O"]
+    edit = best_boundary_edit(_log_probs(gold, reads, index), gold, index)
+    assert edit is not None and edit.word == 0 and edit.widen and edit.tags == reads
+    # "taylor" and "swift" re-read (0.9 over 0.05 each), the span's least likely tag at 0.9.
+    assert edit.log_ratio == pytest.approx(2 * math.log(0.9 / 0.05) + math.log(0.9))
+
+    gold = ["O", "B-artist", "O"]  # play adele songs: "songs", the last word, read inside
+    reads = ["O", "B-artist", "I-artist"]
+    edit = best_boundary_edit(_log_probs(gold, reads, index), gold, index)
+    assert edit is not None and edit.word == 2 and edit.widen and edit.tags == reads
+
+
+def test_a_first_word_the_tagger_reads_outside_is_not_taken_in() -> None:
     index = {t: i for i, t in enumerate(["O", "B-name", "I-name"])}
-    gold = ["O", "B-name", "O"]  # alexa call mom: the tagger would like "alexa" in the span
-    log_p = _log_probs(gold, ["B-name", "I-name", "O"], index)
-    edit = best_boundary_edit(log_p, gold, index)
-    assert edit is None or edit.tags[0] == "O"
+    gold = ["O", "B-name", "O"]  # alexa call mom: the tagger reads "alexa" outside, as annotated
+    edit = best_boundary_edit(_log_probs(gold, gold, index), gold, index)
+    assert edit is not None and edit.log_ratio < 0
 
 
 def test_transcript_scores_a_misheard_word_within_its_split() -> None:
