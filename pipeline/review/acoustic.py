@@ -7,6 +7,11 @@ misheard words in training clips word for word), and at a tempo training never u
 fades while what the model hears carries over (none repeated; precision at k 0.68 -> 0.83). Each
 clip is decoded once; each kind's share of the time is measured apart, so the report can say what
 each kind costs.
+
+A clip shorter than the model's receptive field (`pipeline.eval.run.Reader.too_short`: the model
+gives it no output frame) is kept out of the forward pass, as evaluation keeps it out, and marked
+`too_short`: there is nothing the model heard to set against its annotation, so the review leaves
+it unjudged and counts it (pipeline.review.stage).
 """
 
 from __future__ import annotations
@@ -30,11 +35,15 @@ class AcousticScores:
     """Per clip, in the split's order. `transcript_gap[v]`: how much less likely (nats per character)
     the model finds the annotated text than its own best path, with the clip played at the v-th
     transcript tempo; `alternative[v]`: that best path as text; `wake_score`: the keyword log
-    posterior the eval stage thresholds (the clip as recorded)."""
+    posterior the eval stage thresholds (the clip as recorded). `too_short[v]`: the clip, played at
+    the v-th tempo, gives the model no output frame (its gap is NaN, its best path empty);
+    `wake_too_short`: the same as recorded (its wake score is -inf, as in evaluation)."""
 
     transcript_gap: np.ndarray
     alternative: list[list[str]]
     wake_score: np.ndarray
+    too_short: np.ndarray
+    wake_too_short: np.ndarray
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -52,34 +61,53 @@ def score_clips(
     texts = [normalize_text(t or "") for t in audio["text"]]
     reader = Reader.for_model(model, processor, keyword, window_s)
     tokenizer = processor.tokenizer
-    out = AcousticScores(np.zeros((len(tempos), len(split))), [[""] * len(split) for _ in tempos],
-                         np.full(len(split), -np.inf))
+    clips = len(split)
+    out = AcousticScores(np.zeros((len(tempos), clips)), [[""] * clips for _ in tempos], np.full(clips, -np.inf),
+                         np.zeros((len(tempos), clips), dtype=bool), np.zeros(clips, dtype=bool))
 
-    def read(idx: list[int], waves: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[Any, list[str]]], dict[str, float]]:
+    def hear(waves: list[np.ndarray]) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None]:
+        """The clips of `waves` the model gives a frame (their places in `waves`), and their log-probs and frames."""
+        kept = [b for b, short in enumerate(reader.too_short(waves)) if not short]
+        if not kept:  # a batch of only such clips would stop the forward pass in its first convolutions
+            return kept, None, None
+        log_probs, lengths = reader.log_probs([waves[b] for b in kept])
+        return kept, log_probs, lengths
+
+    def read(idx: list[int], waves: list[np.ndarray]) -> tuple[tuple[list[int], np.ndarray], list[Any], dict[str, float]]:
         started = time.perf_counter()
-        log_probs, lengths = reader.log_probs(waves)
+        recorded = hear(waves)
         lap = time.perf_counter()
-        wake = reader.wake_scores(log_probs, lengths)
+        kept, log_probs, lengths = recorded
+        wake = reader.wake_scores(log_probs, lengths) if kept else np.zeros(0)
         now = time.perf_counter()
         targets = [tokenizer(texts[i]).input_ids for i in idx]
         views = []
         for tempo in tempos:
             # A tempo other than 1.0 is a pass only the transcript kind needs: its time is the kind's.
-            heard, frames = (log_probs, lengths) if tempo == 1.0 else reader.log_probs([at_tempo(w, tempo) for w in waves])
-            gaps, _ = transcript_gaps(heard, frames, targets, reader.blank)
-            views.append((gaps, greedy_decode(tokenizer, heard, frames)))  # the best path, read as text
+            heard, log_p, frames = recorded if tempo == 1.0 else hear([at_tempo(w, tempo) for w in waves])
+            gaps, best = np.full(len(waves), np.nan), [""] * len(waves)
+            if heard:
+                found, _ = transcript_gaps(log_p, frames, [targets[b] for b in heard], reader.blank)
+                for b, gap, text in zip(heard, found, greedy_decode(tokenizer, log_p, frames)):  # best path as text
+                    gaps[b], best[b] = gap, text
+            views.append((heard, gaps, best))
         spent = {"asr_forward": lap - started, "wake": now - lap, "transcript": time.perf_counter() - now}
-        return wake, views, spent
+        return (kept, wake), views, spent
 
     started = time.perf_counter()
     spent = dict.fromkeys(("asr_forward", "transcript", "wake"), 0.0)
-    for idx, (wake, views, parts) in map_batches(audio, batches, reader.device, read):
-        for v, (gaps, alternatives) in enumerate(views):
+    for idx, ((kept, wake), views, parts) in map_batches(audio, batches, reader.device, read):
+        for v, (heard, gaps, alternatives) in enumerate(views):
+            heard_set = set(heard)
             for b, i in enumerate(idx):
                 out.transcript_gap[v, i] = gaps[b]
                 out.alternative[v][i] = normalize_text(alternatives[b])
+                out.too_short[v, i] = b not in heard_set
+        kept_set = set(kept)
         for b, i in enumerate(idx):
-            out.wake_score[i] = float(wake[b])
+            out.wake_too_short[i] = b not in kept_set
+        for b, score in zip(kept, wake):
+            out.wake_score[idx[b]] = float(score)
         for key, value in parts.items():
             spent[key] += value
     wall, total = time.perf_counter() - started, sum(spent.values()) or 1.0

@@ -54,6 +54,7 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
 
     seconds: dict[str, float] = {}
     notes: list[str] = []
+    not_judged: dict[str, dict[str, int]] = {}  # per kind, the clips it left unjudged for each reason
     suspects: list[Suspect] = []
     scored_ids: dict[str, set[str]] = {k: set() for k in KINDS}
     extra: dict[str, Any] = {}
@@ -77,12 +78,10 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
     elif not with_audio:
         notes.append("transcript and wake kinds skipped: the dataset has no audio")
     else:
-        found, wake_judged, wake_note = _acoustic_kinds(cfg, rcfg, device, asr_dir, splits, rows, wake_fold, seconds)
+        found, judged = _acoustic_kinds(cfg, rcfg, device, asr_dir, splits, rows, wake_fold, seconds, notes, not_judged)
         suspects += found
-        scored_ids["transcript"] = {r["utterance_id"] for r in rows}
-        scored_ids["wake"] = {r["utterance_id"] for r, judged in zip(rows, wake_judged) if judged}
-        if wake_note:
-            notes.append(wake_note)
+        for kind in ("transcript", "wake"):
+            scored_ids[kind] = {r["utterance_id"] for r, yes in zip(rows, judged[kind]) if yes}
     if not (nlu_dir / "config.json").exists():
         notes.append(f"intent and entities kinds skipped: the run has no NLU model ({nlu_dir} has no config.json)")
     elif text_fold is None:
@@ -108,7 +107,7 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
         "lines": {k: sum(s.kind == k for s in queue) for k in KINDS},
         "flagged": {k: sum(s.kind == k for s in queue[:reviewed]) for k in KINDS},
         "seconds": {**{k: round(v, 2) for k, v in seconds.items()}, "total": round(time.perf_counter() - started, 2)},
-        "notes": notes, **extra,
+        "not_judged": not_judged, "notes": notes, **extra,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -137,12 +136,19 @@ def _rows(split: Any) -> list[dict[str, Any]]:
 
 
 def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, device: torch.device, asr_dir: Path, splits: dict[str, Any],
-                    rows: list[dict[str, Any]], fold: np.ndarray | None, seconds: dict[str, float]) -> tuple[list[Suspect], np.ndarray, str | None]:
-    """The transcript and wake kinds' lines, which clips the wake kind judged, and why it left
-    some or all of them unjudged (None: it judged every clip). `fold`: each clip's account fold,
-    None when the clips come from one account (the wake kind then judges none)."""
+                    rows: list[dict[str, Any]], fold: np.ndarray | None, seconds: dict[str, float], notes: list[str],
+                    not_judged: dict[str, dict[str, int]]) -> tuple[list[Suspect], dict[str, np.ndarray]]:
+    """The transcript and wake kinds' lines, and which clips each judged; why a kind left clips
+    unjudged goes into `notes`, and how many for each reason into `not_judged`. `fold`: each clip's
+    account fold, None when the clips come from one account (the wake kind then judges none).
+
+    A clip too short for the ASR model (no output frame, as recorded or at a transcript tempo) is
+    judged by neither kind: the model heard nothing of it, so the transcript kind would read its
+    annotation as impossible and the wake kind its flag as contradicted, whatever was said in it.
+    Evaluation scores such clips as empty transcripts; here they are counted and named in a note."""
     from pipeline.asr.model import load_asr
-    from pipeline.eval.run import keyword_ids
+    from pipeline.data.features import SAMPLING_RATE
+    from pipeline.eval.run import keyword_ids, receptive_field
     from pipeline.review.acoustic import score_clips
     from pipeline.review.transcript import transcript_suspects
     from pipeline.review.wake import wake_suspects
@@ -157,27 +163,50 @@ def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, device: torch.device, a
     model, processor = load_asr(asr_dir, device)
     keyword = keyword_ids(processor, word, bool(ecfg.wake_word_boundary), asr_dir)
     tempos = [float(t) for t in rcfg.transcript_tempos]
-    gaps, alternatives, wake = [], [[] for _ in tempos], []
+    gaps, alternatives, wake, short, wake_short = [], [[] for _ in tempos], [], [], []
     for name, split in splits.items():
         scores = score_clips(model, processor, split, keyword, rcfg.batch_size, ecfg.wake_window_s, tempos)
         gaps.append(scores.transcript_gap)
         for v, texts in enumerate(scores.alternative):
             alternatives[v] += texts
         wake.append(scores.wake_score)
+        short.append(scores.too_short.any(axis=0))
+        wake_short.append(scores.wake_too_short)
         for key, value in scores.seconds.items():
             seconds[key] = seconds.get(key, 0.0) + value
+    heard, wake_heard = ~np.concatenate(short), ~np.concatenate(wake_short)
+    shortest = receptive_field(model)
+    for kind, kept, played in (("transcript", heard, f"as recorded or at review.transcript_tempos {tempos}"),
+                               ("wake", wake_heard, "as recorded")):
+        if not kept.all() and (kind == "transcript" or fold is not None):  # else the wake kind judges none anyway
+            count = int((~kept).sum())
+            not_judged.setdefault(kind, {})["too_short_for_asr"] = count
+            notes.append(f"{kind} kind: {count} of {len(rows)} clips not judged: too short for the ASR model "
+                         f"{played} (under its receptive field of {shortest} samples, {shortest / SAMPLING_RATE:.3f} s, "
+                         "it gives no output frame); evaluation scores them as empty transcripts, and rebuilding the "
+                         f"dataset with data.min_duration_s above {shortest * max(tempos + [1.0]) / SAMPLING_RATE:.3f} "
+                         "leaves them out")
     started = time.perf_counter()
-    found = transcript_suspects(rows, np.concatenate(gaps, axis=1), alternatives, tempos)
+    at = np.flatnonzero(heard)
+    found = transcript_suspects([rows[i] for i in at], np.concatenate(gaps, axis=1)[:, at],
+                                [[texts[i] for i in at] for texts in alternatives], tempos)
     lap = time.perf_counter()
+    wake_judged = np.zeros(len(rows), dtype=bool)
+    at = np.flatnonzero(wake_heard)
     if fold is None:
-        wake_found, wake_judged = [], np.zeros(len(rows), dtype=bool)
-        wake_note = ("wake kind skipped: every clip comes from one account, and the wake kind holds out whole "
+        wake_found = []
+        notes.append("wake kind skipped: every clip comes from one account, and the wake kind holds out whole "
                      "accounts to learn its threshold without a clip's own voice")
+    elif len(at):
+        wake_found, judged, wake_note = wake_suspects([rows[i] for i in at], np.concatenate(wake)[at], fold[at])
+        wake_judged[at] = judged
+        if wake_note:
+            notes.append(wake_note)
     else:
-        wake_found, wake_judged, wake_note = wake_suspects(rows, np.concatenate(wake), fold)
+        wake_found = []
     seconds["transcript"] += lap - started
     seconds["wake"] += time.perf_counter() - lap
-    return found + wake_found, wake_judged, wake_note
+    return found + wake_found, {"transcript": heard, "wake": wake_judged}
 
 
 def _text_kinds(cfg: DictConfig, rcfg: ReviewConfig, device: torch.device, nlu_dir: Path, rows: list[dict[str, Any]],

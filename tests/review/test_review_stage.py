@@ -536,3 +536,65 @@ def test_review_device_cuda_without_a_gpu_is_refused_for_the_nlu_encoder_too(
     with pytest.raises(PipelineError, match=r"^review\.device=cuda but no CUDA GPU is visible; use review\.device=cpu \(or auto\)$"):
         run_review_stage(review_cfg(**{"review.device": "cuda"}), run, tiny_dataset_path, RecordingTracker())
     assert not (run / "review").exists()
+
+
+def _with_short_clips(tiny_dataset_path: Path, out: Path, split: str, count: int, samples: int = 100) -> Path:
+    """The tiny dataset with the first `count` clips of `split` cut to `samples` samples (the tiny
+    ASR model's receptive field is 165 samples)."""
+    import io
+
+    import soundfile as sf
+    from datasets import Audio, DatasetDict
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.full(samples, 0.01, dtype="float32"), 16000, format="WAV")
+    short = {"bytes": buffer.getvalue(), "path": None}
+    dd = load_from_disk(str(tiny_dataset_path))
+    features = dd[split].features.copy()
+    cut = dd[split].cast_column("audio", Audio(sampling_rate=16000, decode=False)).map(
+        lambda ex, i: {"audio": short, "duration": samples / 16000} if i < count else {}, with_indices=True)
+    DatasetDict({**dict(dd), split: cut.cast(features)}).save_to_disk(str(out))
+    return out
+
+
+def test_clips_too_short_for_the_asr_model_are_read_as_nothing_heard(tiny_models: Path, tiny_dataset_path: Path,
+                                                                     tmp_path: Path) -> None:
+    """Before the fix: a batch of only such clips stopped the forward pass in its first convolutions."""
+    from pipeline.asr.model import load_asr
+    from pipeline.eval.run import keyword_ids, receptive_field
+    from pipeline.review.acoustic import score_clips
+
+    dataset = _with_short_clips(tiny_dataset_path, tmp_path / "data", "train", 2)
+    model, processor = load_asr(tiny_models / "asr")
+    assert receptive_field(model) > 100
+    keyword = keyword_ids(processor, "alexa", True, tiny_models / "asr")
+    split = load_from_disk(str(dataset))["train"]
+    scores = score_clips(model, processor, split, keyword, 2, 2.0, [0.85, 1.0])
+    short = np.arange(len(split)) < 2
+    assert (scores.too_short == short).all() and (scores.wake_too_short == short).all()
+    assert np.isnan(scores.transcript_gap[:, short]).all() and np.isfinite(scores.transcript_gap[:, ~short]).all()
+    assert all(alternative[i] == "" for alternative in scores.alternative for i in (0, 1))
+    assert np.isneginf(scores.wake_score[short]).all()
+    whole = score_clips(model, processor, load_from_disk(str(tiny_dataset_path))["train"], keyword, 2, 2.0, [0.85, 1.0])
+    np.testing.assert_allclose(scores.transcript_gap[:, ~short], whole.transcript_gap[:, ~short], rtol=1e-4, atol=1e-4)
+
+
+def test_clips_too_short_for_the_asr_model_are_left_unjudged_and_counted(tiny_models: Path, tiny_dataset_path: Path,
+                                                                          tmp_path: Path) -> None:
+    """Before the fix: such clips stopped the review (a batch of only them), or, beside longer clips,
+    got no frame and were queued as "too short for the annotated text", a line about nothing heard."""
+    from pipeline.review.stage import run_review_stage
+
+    dataset = _with_short_clips(tiny_dataset_path, tmp_path / "data", "test", 3)
+    short_ids = set(load_from_disk(str(dataset))["test"]["utterance_id"][:3])
+    run = make_run(tmp_path, tiny_models, dataset)
+    run_review_stage(review_cfg(**{"review.batch_size": 2}), run, dataset, RecordingTracker())
+    queue = [json.loads(line) for line in (run / "review" / "queue.jsonl").read_text().splitlines()]
+    assert not [line for line in queue if line["kind"] in ("transcript", "wake") and line["utterance_id"] in short_ids]
+    summary = json.loads((run / "review" / "summary.json").read_text())
+    assert summary["not_judged"]["transcript"] == {"too_short_for_asr": 3}
+    assert summary["not_judged"]["wake"] == {"too_short_for_asr": 3}
+    assert summary["scored"]["transcript"] == summary["clips"] - 3
+    note = next(n for n in summary["notes"] if n.startswith("transcript kind: 3 of 40 clips not judged"))
+    assert "too short for the ASR model" in note and "data.min_duration_s" in note
+    assert "Note: transcript kind: 3 of 40 clips not judged" in (run / "report.md").read_text()
