@@ -76,6 +76,26 @@ def text_folds(texts: list[str], folds: int) -> np.ndarray | None:
     return _group_folds(keys, folds)
 
 
+def seen_elsewhere(labels: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Per row, whether its label occurs in a fold other than its own: whether the model that
+    judges the row (out_of_fold_probs, fitted on the other folds) was ever shown that label.
+
+    The text kinds' folds hold out whole texts (text_folds), so a class annotated on one text only
+    (one phrasing, however many takes of it) lies in a single fold, as does a class whose few texts
+    all fell into one. The model fitted without that fold has no such class, gives it
+    out_of_fold_probs' floor, and every clip of it would read as a near-certain mislabel: a score
+    near 1.0 that measures how rare the class is, not whether the annotation is wrong, and such
+    classes would fill the top of the queue. Those rows are not judged (the kinds count them).
+    Holding their texts in the training folds instead would put exact copies of a row's text, its
+    label included, beside it: the leak whole-text folds exist to prevent."""
+    labels, fold = np.asarray(labels), np.asarray(fold)
+    seen = np.zeros(len(labels), dtype=bool)
+    for k in np.unique(fold):
+        held = fold == k
+        seen[held] = np.isin(labels[held], np.unique(labels[~held]))
+    return seen
+
+
 def _group_folds(groups: list[str], folds: int) -> np.ndarray:
     from sklearn.model_selection import GroupKFold
 
@@ -147,7 +167,8 @@ def out_of_fold_probs(x: np.ndarray, y: np.ndarray, fold: np.ndarray, n_classes:
     Multinomial, L2-penalised as scikit-learn's (`c` is its C), fitted full-batch with L-BFGS in
     torch: the per-word tagger has tens of classes and thousands of rows, which scikit-learn's
     solver takes minutes over on two cores. A class missing from the other folds gets a small
-    floor, so an annotation of a class seen nowhere else reads as very doubtful, not impossible.
+    floor, so an annotation of a class seen nowhere else reads as very doubtful, not impossible;
+    the text kinds leave such rows unjudged (seen_elsewhere says why).
     """
     probs = np.zeros((len(y), n_classes))
     for k in np.unique(fold):

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.data.annotations import tag_spans, tags_to_entities
 from pipeline.nlu.model import allowed_transitions, viterbi_bio
-from pipeline.review.crossfit import out_of_fold_probs
+from pipeline.review.crossfit import out_of_fold_probs, seen_elsewhere
 from pipeline.review.suspects import Suspect
 
 # A span the tagger disputes as a whole (no entity where one is annotated, or one where none is)
@@ -31,8 +31,9 @@ class Edit:
 
 
 def entity_suspects(rows: list[dict[str, Any]], word_vectors: list[np.ndarray], pooled: np.ndarray, fold: np.ndarray,
-                    c: float) -> list[Suspect]:
-    """Lines for clips whose word tags the out-of-fold tagger reads differently.
+                    c: float) -> tuple[list[Suspect], np.ndarray, list[str]]:
+    """Lines for clips whose word tags the out-of-fold tagger reads differently, which clips were
+    judged, and the tags that left clips unjudged.
 
     Per word, the tagger (fitted on the other folds) gives P(tag). Annotators most often slip a
     span's boundary by a word, so each span's one-word edits (take in the next or previous free
@@ -41,22 +42,32 @@ def entity_suspects(rows: list[dict[str, Any]], word_vectors: list[np.ndarray], 
     differently (the most doubtful word's probability of the other side of the span line) is
     scored too, at WHOLE_SPAN_WEIGHT. A type it merely reads differently is not scored: that is
     mostly the tagger's own confusion between near types, not a span an annotator drew wrong.
+
+    A clip with a word tag no other fold holds (an entity type, or its multi-word spans, annotated
+    on one phrasing only) is not judged: the tagger fitted without its fold never saw that tag, so
+    dropping the word from the span would always look certain (crossfit.seen_elsewhere).
     """
     tags = ["O"] + sorted({t for r in rows for t in r["bio_tags"] if t != "O"})
     index = {t: i for i, t in enumerate(tags)}
     counts = [len(r["bio_tags"]) for r in rows]
+    judged = np.ones(len(rows), dtype=bool)
     if not sum(counts):
-        return []
+        return [], judged, []
     x = np.concatenate([with_context(v, p) for v, p in zip(word_vectors, pooled) if len(v)])
     y = np.array([index[t] for r in rows for t in r["bio_tags"]])
     if len(set(y.tolist())) < 2:
-        return []
-    probs = out_of_fold_probs(x, y, np.repeat(fold, counts), len(tags), c)
+        return [], judged, []
+    word_fold = np.repeat(fold, counts)
+    seen = seen_elsewhere(y, word_fold)
+    judged = np.array([seen[start : start + n].all() for start, n in zip(np.cumsum([0, *counts[:-1]]), counts)],
+                      dtype=bool)
+    unseen = sorted({tags[t] for t in y[~seen].tolist()})
+    probs = out_of_fold_probs(x, y, word_fold, len(tags), c)
     allowed = allowed_transitions(tags)
     out, start = [], 0
-    for row, n in zip(rows, counts):
+    for row, n, judge in zip(rows, counts, judged):
         p, start = probs[start : start + n], start + n
-        if not n:
+        if not n or not judge:
             continue
         gold = list(row["bio_tags"])
         annotated = [{"type": e["type"], "value": e["value"]} for e in row["entities"]]
@@ -77,7 +88,7 @@ def entity_suspects(rows: list[dict[str, Any]], word_vectors: list[np.ndarray], 
         model = [{"type": e.type, "value": e.value} for e in tags_to_entities(row["transcript"], predicted)]
         out.append(Suspect(row["utterance_id"], row["split"], "entities", annotated, model, whole,
                            _reason(row["words"][w], gold[w], tags[int(p[w].argmax())], float(p[w].max()))))
-    return out
+    return out, judged, unseen
 
 
 def best_boundary_edit(log_p: np.ndarray, gold: list[str], index: dict[str, int]) -> Edit | None:

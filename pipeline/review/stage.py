@@ -88,9 +88,11 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
         notes.append("intent and entities kinds skipped: " + ("no clip has an intent" if not commands else
                      f"the {len(commands)} clips with an intent all read one text, and these kinds hold out whole texts"))
     else:
-        found, extra = _text_kinds(cfg, rcfg, device, nlu_dir, [rows[i] for i in commands], text_fold, seconds)
+        found, extra, judged = _text_kinds(cfg, rcfg, device, nlu_dir, [rows[i] for i in commands], text_fold, seconds,
+                                           notes, not_judged)
         suspects += found
-        scored_ids["intent"] = scored_ids["entities"] = {rows[i]["utterance_id"] for i in commands}
+        for kind, mask in judged.items():
+            scored_ids[kind] = {rows[i]["utterance_id"] for i, yes in zip(commands, mask) if yes}
     for note in notes:
         log.warning("review: %s", note)
 
@@ -210,23 +212,40 @@ def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, device: torch.device, a
 
 
 def _text_kinds(cfg: DictConfig, rcfg: ReviewConfig, device: torch.device, nlu_dir: Path, rows: list[dict[str, Any]],
-                fold: np.ndarray, seconds: dict[str, float]) -> tuple[list[Suspect], dict[str, Any]]:
+                fold: np.ndarray, seconds: dict[str, float], notes: list[str],
+                not_judged: dict[str, dict[str, int]]) -> tuple[list[Suspect], dict[str, Any], dict[str, np.ndarray]]:
+    """The intent and entities kinds' lines, cleanlab's verdict, and which clips each judged. A clip
+    whose label (intent, or a word's entity tag) no other fold of texts holds is left unjudged
+    (crossfit.seen_elsewhere: one phrasing of a class reads as a certain mislabel); how many, and
+    of which labels, goes into `notes` and `not_judged`."""
     from pipeline.review.entities import entity_suspects
     from pipeline.review.intent import intent_suspects
 
     if not rows:
-        return [], {}
+        return [], {}, {}
     started = time.perf_counter()
     encoder, tokenizer, max_length = load_backbone(cfg.get("nlu") or {}, nlu_dir, int(cfg.get("seed", 0)), device)
     embeddings = embed(encoder, tokenizer, [r["words"] for r in rows], max_length)
     lap = time.perf_counter()
     seconds["text_embedding"] = lap - started
-    found, cleanlab = intent_suspects(rows, embeddings.pooled, fold, rcfg.c)
+    found, cleanlab, intent_judged = intent_suspects(rows, embeddings.pooled, fold, rcfg.c)
     now = time.perf_counter()
     seconds["intent"] = now - lap
-    found += entity_suspects(rows, embeddings.words, embeddings.pooled, fold, rcfg.c)
+    entity_found, entity_judged, unseen_tags = entity_suspects(rows, embeddings.words, embeddings.pooled, fold, rcfg.c)
     seconds["entities"] = time.perf_counter() - now
-    return found, {"cleanlab": cleanlab}
+    judged = {"intent": intent_judged, "entities": entity_judged}
+    unseen = {"intent": sorted({r["intent"] for r, yes in zip(rows, intent_judged) if not yes}), "entities": unseen_tags}
+    what = {"intent": "intent", "entities": "entity tag"}
+    for kind, mask in judged.items():
+        if mask.all():
+            continue
+        left, names = int((~mask).sum()), unseen[kind]
+        not_judged.setdefault(kind, {})["label_in_one_fold"] = left
+        notes.append(f"{kind} kind: {left} of {len(rows)} clips not judged: each has an {what[kind]} annotated on "
+                     f"texts of one fold only, often one phrasing ({len(names)}: {', '.join(names[:5])}"
+                     f"{', ...' if len(names) > 5 else ''}), which the model fitted without that fold never saw, so "
+                     "it would call every such clip mislabelled; check these labels by hand, or add phrasings of them")
+    return found + entity_found, {"cleanlab": cleanlab}, judged
 
 
 def _log(cfg: DictConfig, tracker: Tracker, queue: list[Suspect], summary: dict[str, Any], scoring: dict[str, Any]) -> None:

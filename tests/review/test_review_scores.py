@@ -10,7 +10,7 @@ import torch
 
 from pipeline.data.annotations import tag_spans
 from pipeline.review.acoustic import at_tempo, transcript_gaps
-from pipeline.review.crossfit import account_folds, text_folds
+from pipeline.review.crossfit import account_folds, seen_elsewhere, text_folds
 from pipeline.review.entities import best_boundary_edit
 from pipeline.review.intent import intent_suspects
 from pipeline.review.suspects import KINDS
@@ -41,7 +41,7 @@ def test_intent_ranks_the_swapped_labels_first_and_names_the_right_intent() -> N
     annotated = list(truth)
     annotated[5], annotated[31] = "play_music", "alarm_set"  # truth: weather_query, play_music
     rows = [{"utterance_id": f"u{i}", "split": "train", "intent": a} for i, a in enumerate(annotated)]
-    suspects, cleanlab = intent_suspects(rows, x, np.arange(60) % 4, c=1.0)
+    suspects, cleanlab, _ = intent_suspects(rows, x, np.arange(60) % 4, c=1.0)
     top = sorted(suspects, key=lambda s: -s.score)[:2]
     assert {(s.utterance_id, s.model) for s in top} == {("u5", "weather_query"), ("u31", "play_music")}
     assert all(s.score > 0.5 for s in top)
@@ -56,7 +56,7 @@ def test_an_intent_line_says_what_its_classifier_was_fitted_without() -> None:
 
     x = np.array([[0.0], [0.1], [0.2], [5.0], [5.1], [0.15]])
     rows = [{"utterance_id": f"u{i}", "split": "train", "intent": a} for i, a in enumerate("aaabbb")]
-    suspects, _ = intent_suspects(rows, x, np.arange(6) % 3, c=1.0)
+    suspects, _, _ = intent_suspects(rows, x, np.arange(6) % 3, c=1.0)
     assert suspects and all("fitted without this text," in s.reason for s in suspects)
     summary = {"clips": 6, "accounts": 2, "max_share": 0.5, "budget": 3, "folds": 3, "notes": [], "seconds": {},
                "scored": dict.fromkeys(KINDS, 0), "lines": dict.fromkeys(KINDS, 0), "flagged": dict.fromkeys(KINDS, 0)}
@@ -239,9 +239,9 @@ def test_text_kinds_hold_out_whole_texts_so_copies_of_a_wrong_label_do_not_vouch
     x = np.array(x)
     fold = text_folds(texts, 5)
     assert all(len({f for f, t in zip(fold, texts) if t.lower().split() == ["text", str(n)]}) == 1 for n in range(40))
-    found, _ = intent_suspects(rows, x, fold, c=1.0)
+    found, _, _ = intent_suspects(rows, x, fold, c=1.0)
     assert {f"t{n}" for n in noisy} <= {s.utterance_id.split("-")[0] for s in found}
-    leaky, _ = intent_suspects(rows, x, account_folds(speakers, 5).fold, c=1.0)
+    leaky, _, _ = intent_suspects(rows, x, account_folds(speakers, 5).fold, c=1.0)
     assert not {s.utterance_id.split("-")[0] for s in leaky} & {f"t{n}" for n in noisy}  # what folds of accounts found
     with pytest.raises(PipelineError, match=r"review.folds=5 is more than the 3 distinct texts of the clips with an intent"):
         text_folds(["a", "A", "b", "c"], 5)
@@ -257,3 +257,65 @@ def test_takes_of_one_text_differing_in_punctuation_share_a_fold() -> None:
     with pytest.raises(PipelineError, match=r"more than the 3 distinct texts"):
         text_folds(texts, 4)
 
+
+
+def test_a_label_is_seen_elsewhere_only_where_another_fold_holds_it() -> None:
+    labels = np.array(["a", "a", "b", "b", "c", "c", "d"])
+    fold = np.array([0, 1, 0, 0, 1, 2, 2])
+    # "b": two texts that fell into one fold; "d": one text.
+    assert seen_elsewhere(labels, fold).tolist() == [True, True, False, False, True, True, False]
+
+
+def test_an_intent_with_one_phrasing_is_not_judged_but_a_swapped_one_still_is() -> None:
+    """Before the fix: the five takes of the one podcast text came first, at 1.0: held out with their
+    text, their intent was one the classifier judging them had never seen."""
+    rng = np.random.default_rng(0)
+    intents = ["play_music", "weather_query", "set_alarm", "iot_lights"]
+    centers = rng.normal(size=(5, 16)) * 3
+    rows, x, texts = [], [], []
+    for t in range(40):
+        for take in range(2):
+            annotated = intents[(t + 1) % 4] if t == 13 else intents[t % 4]  # text 13: a swapped intent
+            rows.append({"utterance_id": f"t{t}-{take}", "split": "train", "intent": annotated})
+            x.append(centers[t % 4] + rng.normal(size=16))
+            texts.append(f"text {t}")
+    for take in range(5):
+        rows.append({"utterance_id": f"podcast-{take}", "split": "train", "intent": "play_podcasts"})
+        x.append(centers[4] + rng.normal(size=16))
+        texts.append("play my podcast")
+    found, cleanlab, judged = intent_suspects(rows, np.array(x), text_folds(texts, 5), c=1.0)
+    assert [r["utterance_id"] for r, yes in zip(rows, judged) if not yes] == [f"podcast-{k}" for k in range(5)]
+    assert not [s for s in found if s.utterance_id.startswith("podcast")]
+    assert not [u for u in cleanlab["find_label_issues"] if u.startswith("podcast")]
+    top = sorted(found, key=lambda s: -s.score)[:2]
+    assert {s.utterance_id for s in top} == {"t13-0", "t13-1"} and all(s.model == "weather_query" for s in top)
+
+
+def test_an_entity_tag_with_one_phrasing_is_not_judged() -> None:
+    """Before the fix: "hip hop" was the one two-word genre, so the tagger judging it had never seen
+    I-genre, and dropping "hop" from the span scored about 1.0 on every take."""
+    from pipeline.data.annotations import tags_to_entities
+    from pipeline.review.entities import entity_suspects
+
+    rng = np.random.default_rng(0)
+    vocabulary = ["play", "some", "jazz", "rock", "blues", "soul", "funk", "pop", "hip", "hop", "now"]
+    vectors = {w: rng.normal(size=8) for w in vocabulary}
+    genre = rng.normal(size=8) * 3
+    phrasings = [["play", "some", g, "now"] for g in ("jazz", "rock", "blues", "soul", "funk", "pop")]
+    phrasings.append(["play", "some", "hip", "hop", "now"])
+    rows, words, pooled, texts = [], [], [], []
+    for n, phrase in enumerate(phrasings):
+        tags = ["O", "O", "B-genre", "I-genre", "O"] if "hip" in phrase else ["O", "O", "B-genre", "O"]
+        for take in range(3):
+            w = np.stack([vectors[x] + (genre if t != "O" else 0) + 0.1 * rng.normal(size=8) for x, t in zip(phrase, tags)])
+            transcript = " ".join(phrase)
+            rows.append({"utterance_id": f"p{n}-{take}", "split": "train", "words": phrase, "bio_tags": tags,
+                         "transcript": transcript,
+                         "entities": [e.as_dict() for e in tags_to_entities(transcript, tags)]})
+            words.append(w)
+            pooled.append(w.mean(0))
+            texts.append(transcript)
+    found, judged, unseen = entity_suspects(rows, words, np.array(pooled), text_folds(texts, 3), c=1.0)
+    assert [r["utterance_id"] for r, yes in zip(rows, judged) if not yes] == ["p6-0", "p6-1", "p6-2"]
+    assert unseen == ["I-genre"]
+    assert not [s for s in found if s.utterance_id.startswith("p6-")]

@@ -47,6 +47,24 @@ def review_cfg(**overrides: Any) -> DictConfig:
     return cfg
 
 
+def one_phrasing(dataset: Path) -> dict[str, set[str]]:
+    """Per text kind, the clips with an intent (or a word's entity tag) that one distinct text alone
+    carries: the tiny dataset has two such intents and one such entity type."""
+    rows = [r for split in load_from_disk(str(dataset)).values() for r in split.remove_columns("audio") if r["intent"]]
+    texts: dict[tuple[str, str], set[str]] = {}
+    for r in rows:
+        for label in [("intent", r["intent"]), *(("entities", t) for t in r["bio_tags"] if t != "O")]:
+            texts.setdefault(label, set()).add(r["text"])
+    labels = {"intent": lambda r: [r["intent"]], "entities": lambda r: [t for t in r["bio_tags"] if t != "O"]}
+    return {kind: {r["utterance_id"] for r in rows if any(len(texts[(kind, x)]) == 1 for x in of(r))}
+            for kind, of in labels.items()}
+
+
+def other_notes(notes: list[str]) -> list[str]:
+    """The notes, less those on text-kind clips left unjudged for a label no other fold holds."""
+    return [n for n in notes if not re.match(r"(intent|entities) kind: \d+ of \d+ clips not judged", n)]
+
+
 def test_review_writes_a_ranked_queue_summary_report_and_table(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
     from pipeline.review.stage import run_review_stage
 
@@ -77,7 +95,9 @@ def test_review_writes_a_ranked_queue_summary_report_and_table(tiny_models: Path
 
     summary = json.loads((run / "review" / "summary.json").read_text())
     assert summary["clips"] == len(clips) == 40 and summary["accounts"] == 6
-    assert summary["scored"] == {"transcript": 40, "wake": 40, "intent": 30, "entities": 30}
+    single = one_phrasing(tiny_dataset_path)
+    assert summary["scored"] == {"transcript": 40, "wake": 40, "intent": 30 - len(single["intent"]),
+                                 "entities": 30 - len(single["entities"])}
     assert summary["budget"] == 1  # ceil(0.02 * 40)
     assert summary["lines"] == {k: sum(line["kind"] == k for line in queue) for k in summary["lines"]}
     assert sum(summary["flagged"].values()) == 1 and summary["flagged"][queue[0]["kind"]] == 1
@@ -105,16 +125,25 @@ def test_review_writes_a_ranked_queue_summary_report_and_table(tiny_models: Path
 def test_planted_errors_are_scored_in_the_report(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
     from pipeline.review.stage import run_review_stage
 
-    run = make_run(tmp_path, tiny_models, tiny_dataset_path)
-    run_review_stage(review_cfg(), run, tiny_dataset_path, RecordingTracker())
+    from datasets import DatasetDict
+
+    # One take of "play rock music" annotated as an alarm: an intent the clip's fold is judged on.
+    dd = load_from_disk(str(tiny_dataset_path))
+    dataset = tmp_path / "swapped"
+    DatasetDict({name: split.map(lambda r: {"intent": "alarm_set"} if r["utterance_id"] == "train-0-4" else {})
+                 for name, split in dd.items()}).save_to_disk(str(dataset))
+    run = make_run(tmp_path, tiny_models, dataset)
+    run_review_stage(review_cfg(), run, dataset, RecordingTracker())
     queue = [json.loads(line) for line in (run / "review" / "queue.jsonl").read_text().splitlines()]
     intents = [line["utterance_id"] for line in queue if line["kind"] == "intent"]
+    assert intents[0] == "train-0-4"
     # Plant the intent kind's first line and one clip it ranks nowhere: precision at k=2 is 1/2.
-    unranked = next(u for u in load_from_disk(str(tiny_dataset_path))["train"]["utterance_id"] if u not in intents[:2])
+    judged = {r["utterance_id"] for r in dd["train"].remove_columns("audio") if r["intent"]} - one_phrasing(dataset)["intent"]
+    unranked = next(u for u in sorted(judged) if u not in intents[:2])
     (run / "label_noise.jsonl").write_text("".join(json.dumps({"utterance_id": u, "kind": "intent"}) + "\n"
                                                   for u in (intents[0], unranked)))
     tracker = RecordingTracker()
-    run_review_stage(review_cfg(), run, tiny_dataset_path, tracker)
+    run_review_stage(review_cfg(), run, dataset, tracker)
     scoring = json.loads((run / "review" / "noise_scoring.json").read_text())
     assert scoring["kinds"]["intent"]["planted"] == 2
     assert scoring["kinds"]["intent"]["precision_at_k"] == 0.5
@@ -148,7 +177,7 @@ def test_a_wake_kind_with_nothing_to_contrast_scores_no_clip_and_says_why(
     run_review_stage(review_cfg(), run, dataset, RecordingTracker())
     summary = json.loads((run / "review" / "summary.json").read_text())
     assert summary["scored"]["wake"] == 0 and summary["scored"]["transcript"] == 40
-    assert summary["notes"] == ["wake kind skipped: every clip is marked with the wake word"]
+    assert other_notes(summary["notes"]) == ["wake kind skipped: every clip is marked with the wake word"]
     scoring = json.loads((run / "review" / "noise_scoring.json").read_text()) if (run / "review" / "noise_scoring.json").exists() else {}
     assert "wake" not in (scoring.get("kinds") or {})
 
@@ -160,7 +189,7 @@ def test_a_missing_model_skips_its_kinds_with_a_note(tiny_models: Path, tiny_dat
     run_review_stage(review_cfg(), run, tiny_dataset_path, RecordingTracker())
     summary = json.loads((run / "review" / "summary.json").read_text())
     assert summary["scored"]["transcript"] == summary["scored"]["wake"] == 0
-    assert summary["notes"] == [f"transcript and wake kinds skipped: the run has no ASR model ({run / 'asr'} has no config.json)"]
+    assert other_notes(summary["notes"]) == [f"transcript and wake kinds skipped: the run has no ASR model ({run / 'asr'} has no config.json)"]
     kinds = {json.loads(line)["kind"] for line in (run / "review" / "queue.jsonl").read_text().splitlines()}
     assert kinds <= {"intent", "entities"}
     assert "Note: transcript and wake kinds skipped" in (run / "report.md").read_text()
@@ -201,15 +230,16 @@ def test_the_account_count_limits_only_the_wake_kind(tiny_models: Path, tiny_dat
     run = make_run(tmp_path / "text", tiny_models, dataset, kinds=("nlu",))
     run_review_stage(review_cfg(), run, dataset, RecordingTracker())
     summary = json.loads((run / "review" / "summary.json").read_text())
-    assert summary["accounts"] == 1 and summary["scored"]["intent"] == 30
+    assert summary["accounts"] == 1 and summary["scored"]["intent"] == 30 - len(one_phrasing(dataset)["intent"])
 
     (tmp_path / "both").mkdir()
     run = make_run(tmp_path / "both", tiny_models, dataset)
     run_review_stage(review_cfg(), run, dataset, RecordingTracker())
     summary = json.loads((run / "review" / "summary.json").read_text())
     assert summary["scored"]["transcript"] == 40 and summary["scored"]["wake"] == 0
-    assert summary["notes"] == ["wake kind skipped: every clip comes from one account, and the wake kind holds out "
-                                "whole accounts to learn its threshold without a clip's own voice"]
+    assert other_notes(summary["notes"]) == ["wake kind skipped: every clip comes from one account, and the wake "
+                                             "kind holds out whole accounts to learn its threshold without a clip's "
+                                             "own voice"]
 
 
 def test_clips_without_commands_skip_the_text_kinds_with_a_note(tiny_models: Path, tiny_dataset_path: Path,
@@ -396,7 +426,7 @@ def test_stages_review_on_a_finished_run_reviews_with_the_runs_config_and_keeps_
     assert OmegaConf.to_container(recorded.nlu) == nlu and recorded.review.folds == 4
     assert results["review"]["queue"] == str(run / "review" / "queue.jsonl")
     summary = json.loads((run / "review" / "summary.json").read_text())
-    assert summary["folds"] == 4 and summary["scored"]["intent"] == 30
+    assert summary["folds"] == 4 and summary["scored"]["intent"] == 30 - len(one_phrasing(tiny_dataset_path)["intent"])
 
 
 def test_a_later_call_that_fails_leaves_the_runs_config_as_it_was(
@@ -598,3 +628,28 @@ def test_clips_too_short_for_the_asr_model_are_left_unjudged_and_counted(tiny_mo
     note = next(n for n in summary["notes"] if n.startswith("transcript kind: 3 of 40 clips not judged"))
     assert "too short for the ASR model" in note and "data.min_duration_s" in note
     assert "Note: transcript kind: 3 of 40 clips not judged" in (run / "report.md").read_text()
+
+
+def test_a_label_with_one_phrasing_is_not_judged_by_the_text_kinds(tiny_models: Path, tiny_dataset_path: Path,
+                                                                   tmp_path: Path) -> None:
+    """Before the fix: the tiny dataset's two intents read in one text each (weather_query,
+    iot_hue_lightoff) held the top ten lines of the queue at score 1.0, and the one-phrasing place
+    entity the next five: folds hold out whole texts, so the model judging those clips never saw
+    their label, and called every one of them mislabelled."""
+    from pipeline.review.stage import run_review_stage
+
+    single = one_phrasing(tiny_dataset_path)
+    assert len(single["intent"]) == 10 and len(single["entities"]) == 5
+    run = make_run(tmp_path, tiny_models, tiny_dataset_path, kinds=("nlu",))
+    run_review_stage(review_cfg(), run, tiny_dataset_path, RecordingTracker())
+    queue = [json.loads(line) for line in (run / "review" / "queue.jsonl").read_text().splitlines()]
+    assert not [line for line in queue if line["kind"] in single and line["utterance_id"] in single[line["kind"]]]
+    summary = json.loads((run / "review" / "summary.json").read_text())
+    assert summary["not_judged"] == {kind: {"label_in_one_fold": len(ids)} for kind, ids in single.items()}
+    assert summary["scored"]["intent"] == 30 - len(single["intent"])
+    intent_note = next(n for n in summary["notes"] if n.startswith("intent kind: 10 of 30 clips not judged"))
+    assert "(2: iot_hue_lightoff, weather_query)" in intent_note and "one phrasing" in intent_note
+    assert any(n.startswith("entities kind: 5 of 30 clips not judged") and "(1: B-place_name)" in n
+               for n in summary["notes"])
+    issues = summary["cleanlab"]["find_label_issues"]
+    assert not set(issues) & single["intent"]
