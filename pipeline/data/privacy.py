@@ -178,6 +178,24 @@ def is_utterance_pseudonym(value: str) -> bool:
     return bool(_UTTERANCE_PSEUDONYM.fullmatch(value))
 
 
+_RECORDING_PSEUDONYM = re.compile(rf"rec_[0-9a-f]{{{PSEUDONYM_HEX}}}")
+
+
+def recording_pseudonym(key: bytes, name: str) -> str:
+    """How reports, logs, eval_details.json and W&B name a background recording. Its name as written
+    (a file path, an export's `recording_id`) may carry a device serial or an account number, and a
+    background export declares no account or device field that could be pseudonymised instead.
+    Keyed, so two evaluations on the same recordings under the same key give the same names, which
+    is what pairs their false accepts (pipeline.eval.bootstrap.paired_rate_difference)."""
+    return pseudonym(key, "rec", name)
+
+
+def is_recording_pseudonym(value: str) -> bool:
+    """Whether a stored recording name is a pseudonym, not a name as written (an evaluation from before
+    recordings were pseudonymised)."""
+    return bool(_RECORDING_PSEUDONYM.fullmatch(value))
+
+
 def _id_texts(value: Any) -> list[str]:
     """The strings a raw identifier field holds. Exporters write account numbers as JSON numbers, or
     wrap an id in a list or object; the record is quarantined for it, but its id must not show.

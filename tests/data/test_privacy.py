@@ -360,3 +360,14 @@ def test_a_build_refuses_erased_requests_made_under_another_key(tmp_path: Path, 
                                             rf"{key_id(old)}, but the current key is .*cannot be matched") as err:
         build(tmp_path, "run2", path=str(export / "annotations.jsonl"))
     assert "a rotated key" not in str(err.value) and old.decode() not in str(err.value)
+
+
+def test_a_background_recording_is_named_by_a_stable_keyed_pseudonym() -> None:
+    """The name as written of a background recording may hold a serial: its pseudonym hides it, is the
+    same under the same key in every evaluation (what pairs two runs), and differs under another."""
+    from pipeline.data.privacy import is_recording_pseudonym, recording_pseudonym
+
+    name = recording_pseudonym(b"key", "test/kitchen-DSN12345.flac")
+    assert name == recording_pseudonym(b"key", "test/kitchen-DSN12345.flac") and "DSN12345" not in name
+    assert name != recording_pseudonym(b"other key", "test/kitchen-DSN12345.flac")
+    assert is_recording_pseudonym(name) and not is_recording_pseudonym("test/kitchen-DSN12345.flac")
