@@ -20,8 +20,8 @@ from pipeline.runtime import PipelineError, configure_environment, fail, refuse_
 
 
 # conf/evaluate.yaml's top level
-TOP_LEVEL = ("run", "asr_model", "nlu_model", "dataset", "seed", "run_dir", "cache_dir", "paths", "asr", "data",
-             "eval", "logger")
+TOP_LEVEL = ("run", "asr_model", "nlu_model", "dataset", "seed", "run_dir", "cache_dir", "privacy", "paths", "asr",
+             "data", "eval", "logger")
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="evaluate")

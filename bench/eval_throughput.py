@@ -26,6 +26,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +198,8 @@ def stream_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     import soundfile as sf
 
-    from pipeline.data.background import BackgroundKnobs, Recording, ensure_demo_background, load_background
+    from pipeline.data.background import BackgroundKnobs, ensure_demo_background, load_background
+    from pipeline.data.privacy import recording_pseudonym
     from pipeline.eval.run import keyword_ids, load_eval_asr
     from pipeline.eval.stream import StreamSettings, stream_background
 
@@ -208,7 +210,7 @@ def stream_bench(args: argparse.Namespace) -> dict[str, Any]:
         knobs = BackgroundKnobs(hours=minutes / 60, recording_minutes=minutes)
         export = ensure_demo_background(knobs, tmp_path / "cache", ("bench", "unused"))
         synth_s = time.perf_counter() - started
-        short = next(r for r in load_background(export, ("bench", "unused"), "alexa") if r.split == "bench")
+        short = next(r for r in load_background(export, ("bench", "unused"), "alexa", b"bench key") if r.split == "bench")
         # The long recording: the short one four times, written block by block.
         long_path = tmp_path / "long.flac"
         with sf.SoundFile(short.path) as src, sf.SoundFile(long_path, "w", src.samplerate, 1, format="FLAC",
@@ -217,7 +219,8 @@ def stream_bench(args: argparse.Namespace) -> dict[str, Any]:
                 src.seek(0)
                 for block in src.blocks(blocksize=16000 * 30, dtype="float32"):
                     dst.write(block)
-        long = Recording("long", "bench", long_path, 4 * short.seconds)
+        long = replace(short, recording_id="long", path=long_path, seconds=4 * short.seconds,
+                       name=recording_pseudonym(b"bench key", "long"), position="long.flac")
 
         model_dir = args.asr_model or tiny_model(tmp_path / "asr", None)
         model, processor = load_eval_asr(model_dir, "cpu")

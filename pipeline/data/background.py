@@ -12,6 +12,14 @@ validation recordings is measured on test recordings it never heard. It accepts:
   to it (`train/` is skipped; `dev/`, `val/` and the like are refused rather than guessed), the
   others are assigned by a hash of their path; `<name>.txt` beside a file is its transcript.
 
+Outputs never name a recording as written: a file name or an export's `recording_id` can carry a
+device serial or an account number (`kitchen-DSN12345.flac`). Each recording is named by a keyed
+pseudonym of that name (`rec_<16 hex>`, pipeline.data.privacy.recording_pseudonym) and its position
+in the source, which carries no id: `annotations.jsonl line 4` of an export, `audio file 2` of a
+folder (its audio files in path order, from 1), `test row 0` of a dataset.
+`python -m pipeline.data.background <source>` prints each pseudonym beside the name it stands for,
+on the terminal only, for the operator who holds the key.
+
 The demo's background is synthesised from text that ships with the repository
 (data/demo/background.txt and the demo corpus' own sentences) by `ensure_demo_background`, once,
 into a cache folder named after a hash of its inputs, as an export folder.
@@ -30,7 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,7 @@ import soundfile as sf
 import torch
 
 from pipeline.data.features import AUDIO_EXTENSIONS, FFMPEG_EXTENSIONS, SAMPLING_RATE, SPLITS
+from pipeline.data.privacy import recording_pseudonym
 from pipeline.data.saved import open_saved
 from pipeline.data.schema import json_lines
 from pipeline.runtime import PipelineError, first_line, staged_folder, usable_cores
@@ -58,12 +67,21 @@ BACKGROUND_VERSION = 1
 class Recording:
     """One background recording. `row` is set when the audio sits in a built dataset's row."""
 
-    recording_id: str  # the path relative to the source (what an error names)
+    # The name as the source writes it (a path relative to it, an export's recording_id): it may hold
+    # a device serial, so it is never written out; outputs and errors name `name` and `position`.
+    recording_id: str
     split: str
     path: Path  # the audio file, or the built dataset folder when `row` is set
     seconds: float
     transcript: str | None = None
     row: int | None = None
+    name: str = ""  # the keyed pseudonym of recording_id (pipeline.data.privacy.recording_pseudonym)
+    position: str = ""  # where it sits in the source, without an id: "annotations.jsonl line 4"
+
+    @property
+    def label(self) -> str:
+        """How an error names the recording: its pseudonym, and where the operator finds it."""
+        return f"{self.name} ({self.position})"
 
     def open(self) -> sf.SoundFile:
         """The audio as a seekable soundfile stream; a dataset row's encoded bytes are the only copy
@@ -85,8 +103,9 @@ def mentions(transcript: str, wake_word: str) -> bool:
     return any(words[i : i + len(v)] == v for v in variants for i in range(len(words) - len(v) + 1))
 
 
-def load_background(source: Path, splits: tuple[str, str], wake_word: str) -> list[Recording]:
-    """The recordings of `source` that fall in `splits` (tune split, eval split).
+def load_background(source: Path, splits: tuple[str, str], wake_word: str, key: bytes) -> list[Recording]:
+    """The recordings of `source` that fall in `splits` (tune split, eval split), each named by its
+    pseudonym under `key` (the pseudonym key of pipeline.data.privacy.load_key).
 
     A recording whose transcript says the wake word is an error that names it: every detection
     on background audio counts as a false accept, so a hidden positive would be charged to the model.
@@ -98,17 +117,17 @@ def load_background(source: Path, splits: tuple[str, str], wake_word: str) -> li
             "(annotations.jsonl) or a folder of audio files, or eval.background=none"
         )
     if (source / "dataset_dict.json").exists():
-        recordings = _from_dataset(source, splits)
+        recordings = _from_dataset(source, splits, key)
     elif (source / "annotations.jsonl").exists():
-        recordings = _from_export(source, splits)
+        recordings = _from_export(source, splits, key)
     elif source.is_dir():
-        recordings = _from_folder(source, splits)
+        recordings = _from_folder(source, splits, key)
     else:
         raise PipelineError(f"eval.background={source}: a folder is expected (a built dataset, an export or audio files)")
     for rec in recordings:
         if rec.transcript and mentions(rec.transcript, wake_word):
             raise PipelineError(
-                f"background recording {rec.recording_id} (in {source}) has the wake word {wake_word!r} in its "
+                f"background recording {rec.label} (in {source}) has the wake word {wake_word!r} in its "
                 "transcript; background audio must not contain it (every detection there counts as a false "
                 "accept): remove the recording or cut the wake word out"
             )
@@ -120,20 +139,39 @@ def hashed_split(name: str, splits: tuple[str, str]) -> str:
     return splits[0] if int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 2 == 0 else splits[1]
 
 
-def _seconds(path: Path, name: str) -> float:
+def _seconds(path: Path, label: str) -> float:
     try:
         if path.suffix.lower() in FFMPEG_EXTENSIONS:
-            return ffmpeg_seconds(path)
+            return ffmpeg_seconds(path, label)
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-        raise PipelineError(f"background recording {name}: cannot read it as audio ({err})") from err
+        raise PipelineError(f"background recording {label}: cannot read it as audio ({without_path(err, path)})") from err
     return float(info.frames) / float(info.samplerate)
 
 
-def ffmpeg_blocks(path: Path, block_s: float) -> Iterator[np.ndarray]:
+def without_path(err: Exception | str, path: Path) -> str:
+    """A decoder's message with the file's path and name taken out: both are the recording's name as
+    written, which the message's reader gets as a pseudonym instead."""
+    text = str(err)
+    for spelling in sorted({str(path), path.as_posix(), path.name}, key=len, reverse=True):
+        text = text.replace(spelling, "<file>")
+    return text
+
+
+def _named(key: bytes, name: str, position: str, split: str, path: Path, seconds: float | None,
+           transcript: str | None, row: int | None = None) -> Recording:
+    """A recording with its pseudonym; `seconds` None: read from the file's header."""
+    pseudonym = recording_pseudonym(key, name)
+    if seconds is None:
+        seconds = _seconds(path, f"{pseudonym} ({position})")
+    return Recording(name, split, path, seconds, transcript, row, pseudonym, position)
+
+
+def ffmpeg_blocks(path: Path, block_s: float, label: str) -> Iterator[np.ndarray]:
     """Mono 16 kHz samples of a file libsndfile cannot read, decoded and resampled by ffmpeg one block
     at a time (an hour of phone audio is never held whole). A file whose decoding stops short of its
-    end is an error that names it (`_check_end`): its missing hours would silently not be heard."""
+    end is an error that names it by `label` (`_check_end`; Recording.label, not the path, which may
+    hold a serial): its missing hours would silently not be heard."""
     from torchcodec.decoders import AudioDecoder
 
     decoder = AudioDecoder(str(path), sample_rate=SAMPLING_RATE, num_channels=1)
@@ -143,10 +181,11 @@ def ffmpeg_blocks(path: Path, block_s: float) -> Iterator[np.ndarray]:
         try:
             block = decoder.get_samples_played_in_range(start, start + block_s).data
         except RuntimeError as err:  # past the last frame, or a damaged file
-            _check_end(path, start, decoded / SAMPLING_RATE, end, block_s, first_line(err), err)
+            _check_end(path, label, start, decoded / SAMPLING_RATE, end, block_s,
+                       without_path(first_line(err), path), err)
             return
         if not block.shape[-1]:
-            _check_end(path, start, decoded / SAMPLING_RATE, end, block_s, "no samples", None)
+            _check_end(path, label, start, decoded / SAMPLING_RATE, end, block_s, "no samples", None)
             return
         decoded += block.shape[-1]
         yield block.numpy()[0]
@@ -167,14 +206,14 @@ def header_seconds(decoder: Any) -> float | None:
     return float(seconds) if seconds else None
 
 
-def _check_end(path: Path, start: float, decoded_s: float, end: float | None, block_s: float, why: str,
+def _check_end(path: Path, label: str, start: float, decoded_s: float, end: float | None, block_s: float, why: str,
                err: Exception | None) -> None:
     """Decoding stopped at `start` seconds: the file's end, or damage that ffmpeg does not read past.
     With a duration in the header, stopping more than a second before it is damage. Without one, a
     fresh decoder asked for what follows `start` tells: audio there means the file goes on."""
     if end is not None:
         if start < end - 1.0:  # its hours would count as heard: refuse it
-            raise PipelineError(f"background recording {path}: ffmpeg cannot decode it past {start:.0f} s of the "
+            raise PipelineError(f"background recording {label}: ffmpeg cannot decode it past {start:.0f} s of the "
                                 f"{end:.0f} s its header gives: {decoded_s:.0f} s decoded ({why}); re-encode it or "
                                 "take it out") from err
         return
@@ -186,21 +225,21 @@ def _check_end(path: Path, start: float, decoded_s: float, end: float | None, bl
     except RuntimeError:  # nothing after `start`: the file's end
         return
     if after > 1.0:
-        raise PipelineError(f"background recording {path}: ffmpeg stopped decoding it after {decoded_s:.0f} s ({why}), "
+        raise PipelineError(f"background recording {label}: ffmpeg stopped decoding it after {decoded_s:.0f} s ({why}), "
                             f"yet {after:.0f} s more decode from {start:.0f} s on, so the file is damaged there, not "
                             "ended (its header gives no duration to check against); re-encode it or take it out") from err
 
 
-def ffmpeg_seconds(path: Path) -> float:
+def ffmpeg_seconds(path: Path, label: str) -> float:
     from torchcodec.decoders import AudioDecoder
 
     seconds = header_seconds(AudioDecoder(str(path)))
     if seconds is None:  # a header without it: count the samples
-        seconds = sum(len(b) for b in ffmpeg_blocks(path, 600.0)) / SAMPLING_RATE
+        seconds = sum(len(b) for b in ffmpeg_blocks(path, 600.0, label)) / SAMPLING_RATE
     return float(seconds)
 
 
-def _from_dataset(path: Path, splits: tuple[str, str]) -> list[Recording]:
+def _from_dataset(path: Path, splits: tuple[str, str], key: bytes) -> list[Recording]:
     dd = open_saved(path)
     out = []
     for split in splits:
@@ -209,25 +248,35 @@ def _from_dataset(path: Path, splits: tuple[str, str]) -> list[Recording]:
         cols = set(dd[split].column_names)
         if "audio" not in cols:
             raise PipelineError(f"eval.background={path}: split {split!r} has no audio column")
-        ids = dd[split]["utterance_id"] if "utterance_id" in cols else [str(i) for i in range(len(dd[split]))]
+        ids = _dataset_ids(dd[split])
         text_col = next((c for c in ("text", "transcript") if c in cols), None)
         texts = dd[split][text_col] if text_col else [None] * len(ids)
         present = dd[split]["wake_word_present"] if "wake_word_present" in cols else [False] * len(ids)
         seconds = dd[split]["duration"] if "duration" in cols else None
         for i, uid in enumerate(ids):
-            name = f"{split}/{uid}"
+            rec = _named(key, f"{split}/{uid}", f"{split} row {i}", split, path,
+                         float(seconds[i]) if seconds else 0.0, texts[i], row=i)
             if present[i]:
-                raise PipelineError(f"background recording {name} (in {path}) is marked wake_word_present; "
+                raise PipelineError(f"background recording {rec.label} (in {path}) is marked wake_word_present; "
                                     "background audio must not contain the wake word")
-            rec = Recording(name, split, path, float(seconds[i]) if seconds else 0.0, texts[i], row=i)
             if seconds is None:
                 with rec.open() as f:
-                    rec = Recording(name, split, path, f.frames / f.samplerate, texts[i], row=i)
+                    rec = replace(rec, seconds=f.frames / f.samplerate)
             out.append(rec)
     return out
 
 
-def _from_export(folder: Path, splits: tuple[str, str]) -> list[Recording]:
+def _dataset_ids(split: Any) -> list[str]:
+    """A built dataset split's recording names: its utterance ids, else the row numbers."""
+    return split["utterance_id"] if "utterance_id" in split.column_names else [str(i) for i in range(len(split))]
+
+
+def _export_name(record: dict[str, Any]) -> str:
+    """An export record's name as written: its recording_id, else its audio path."""
+    return str(record.get("recording_id") or record.get("audio"))
+
+
+def _from_export(folder: Path, splits: tuple[str, str], key: bytes) -> list[Recording]:
     from pipeline.data.audio import ClipRejected, resolve_audio
 
     out = []
@@ -244,13 +293,14 @@ def _from_export(folder: Path, splits: tuple[str, str]) -> list[Recording]:
         try:
             path = resolve_audio(folder, audio)
         except ClipRejected as err:
-            raise PipelineError(f"{folder}/annotations.jsonl line {n}: {err.detail}") from err
-        name = str(record.get("recording_id") or audio)
+            raise PipelineError(f"{folder}/annotations.jsonl line {n}: {without_path(err.detail, Path(audio))}") from err
+        name = _export_name(record)
+        pseudonym = recording_pseudonym(key, name)
         split = record.get("split") or hashed_split(name, splits)
         if split == "train":  # background kept for training, not for measuring
             continue
         if record.get("wake_word_present"):
-            raise PipelineError(f"{folder}/annotations.jsonl line {n}: background recording {name} is marked "
+            raise PipelineError(f"{folder}/annotations.jsonl line {n}: background recording {pseudonym} is marked "
                                 "wake_word_present; background audio must not contain the wake word (every detection "
                                 "there counts as a false accept): remove the record or cut the wake word out")
         if split not in splits:
@@ -259,27 +309,34 @@ def _from_export(folder: Path, splits: tuple[str, str]) -> list[Recording]:
                                 "split the recordings by a hash of their names")
         transcript = record.get("transcript")
         if transcript is not None and not isinstance(transcript, str):
-            raise PipelineError(f"{folder}/annotations.jsonl line {n}: background recording {name}'s transcript is "
+            raise PipelineError(f"{folder}/annotations.jsonl line {n}: background recording {pseudonym}'s transcript is "
                                 f"{type(transcript).__name__} {transcript!r}, not a string; write it as text or leave it out")
-        out.append(Recording(name, split, path, _seconds(path, name), transcript))
+        out.append(_named(key, name, f"annotations.jsonl line {n}", split, path, None, transcript))
     return out
 
 
-def _from_folder(folder: Path, splits: tuple[str, str]) -> list[Recording]:
-    """A folder someone named as background: one without any audio is a wrong path, not a reason to
-    fall back to the negative clips, whose false accepts per hour measure far less."""
+def _audio_files(folder: Path) -> tuple[list[Path], Counter[str]]:
+    """A folder's audio files in path order (a recording's position is its place here, from 1), and
+    the count of other files by type."""
     every = [p for p in folder.rglob("*") if p.is_file()]
     files = sorted(p for p in every if p.suffix.lower() in AUDIO_EXTENSIONS)
+    other = Counter(p.suffix.lower() or p.name for p in every if p.suffix.lower() not in (*AUDIO_EXTENSIONS, ".txt"))
+    return files, other
+
+
+def _from_folder(folder: Path, splits: tuple[str, str], key: bytes) -> list[Recording]:
+    """A folder someone named as background: one without any audio is a wrong path, not a reason to
+    fall back to the negative clips, whose false accepts per hour measure far less."""
+    files, other = _audio_files(folder)
     if not files:
         raise PipelineError(f"eval.background={folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under it; "
                             "point it at recordings, or eval.background=none")
-    other = Counter(p.suffix.lower() or p.name for p in every if p.suffix.lower() not in (*AUDIO_EXTENSIONS, ".txt"))
     if other:  # a format nothing here decodes: convert it, or it is not heard
         log.warning("eval.background=%s: %d file(s) of other types skipped (%s); convert recordings to %s",
                     folder, sum(other.values()), ", ".join(f"{k}: {n}" for k, n in other.most_common(5)),
                     ", ".join(AUDIO_EXTENSIONS))
     out, unnamed = [], Counter()
-    for path in files:
+    for number, path in enumerate(files, 1):
         name = path.relative_to(folder).as_posix()
         folders = [part.lower() for part in path.relative_to(folder).parts[:-1]]
         named = [s for s in splits if s in folders]
@@ -289,13 +346,15 @@ def _from_folder(folder: Path, splits: tuple[str, str]) -> list[Recording]:
             unnamed[alias] += 1
             continue
         split = named[0] if named else hashed_split(name, splits)
+        position = f"audio file {number}"
         sidecar = path.with_suffix(".txt")
         try:
             transcript = sidecar.read_text(encoding="utf-8") if sidecar.exists() else None
         except UnicodeDecodeError as err:
-            raise PipelineError(f"background transcript {sidecar}: not UTF-8 text ({err.reason} at byte {err.start}); "
-                                "save it as UTF-8, or remove it") from None
-        out.append(Recording(name, split, path, _seconds(path, name), transcript))
+            raise PipelineError(f"background transcript of {recording_pseudonym(key, name)} ({position}, the .txt "
+                                f"beside it): not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8, "
+                                "or remove it") from None
+        out.append(_named(key, name, position, split, path, None, transcript))
     if unnamed:
         alias, n = unnamed.most_common(1)[0]
         raise PipelineError(
@@ -304,6 +363,23 @@ def _from_folder(folder: Path, splits: tuple[str, str]) -> list[Recording]:
             "(train/ is skipped), or move its recordings out to split them by a hash of their paths"
         )
     return out
+
+
+def source_names(source: Path) -> list[tuple[str, str]]:
+    """(position, name as written) of every recording of a background source, in every split: what
+    `python -m pipeline.data.background` maps pseudonyms back to."""
+    source = Path(source)
+    if (source / "dataset_dict.json").exists():
+        dd = open_saved(source)
+        return [(f"{split} row {i}", f"{split}/{uid}") for split in dd for i, uid in enumerate(_dataset_ids(dd[split]))]
+    if (source / "annotations.jsonl").exists():
+        return [(f"annotations.jsonl line {line.number}", _export_name(line.record))
+                for line in json_lines(source / "annotations.jsonl")
+                if line.record is not None and isinstance(line.record.get("audio"), str) and line.record["audio"]]
+    if source.is_dir():
+        return [(f"audio file {i}", p.relative_to(source).as_posix()) for i, p in enumerate(_audio_files(source)[0], 1)]
+    raise PipelineError(f"{source}: no such folder; give the background source that eval.background named (a built "
+                        "dataset, an export folder or a folder of audio files)")
 
 
 # --- The demo's synthesised background -------------------------------------------------------
@@ -515,3 +591,35 @@ def _noise_bed(n: int, level_db: float, rng: np.random.Generator) -> np.ndarray:
     bed = 0.3 * white + low
     bed *= np.float32(10 ** (level_db / 20.0) / max(float(np.sqrt(np.mean(bed**2))), 1e-9))
     return bed
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pipeline.data.background <source>`: each recording's pseudonym, position and name as
+    written, one a line, on the terminal only: for the operator who holds the key to find the
+    recording a report or eval_details.json names. Nothing is written to a file."""
+    import argparse
+    import os
+
+    from pipeline.data.privacy import load_key
+    from pipeline.runtime import fail
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.data.background", description=main.__doc__)
+    parser.add_argument("source", help="the background source eval.background named")
+    parser.add_argument("--key-env", default="PIPELINE_PSEUDONYM_KEY", help="privacy.key_env (wins when set)")
+    parser.add_argument("--key-file", default=None,
+                        help="privacy.key_file; default <cache_dir>/pseudonym.key, cache_dir from PIPELINE_CACHE_DIR or ./.cache")
+    args = parser.parse_args(argv)
+    key_file = Path(args.key_file or Path(os.environ.get("PIPELINE_CACHE_DIR") or ".cache") / "pseudonym.key")
+    try:
+        if not os.environ.get(args.key_env) and not key_file.is_file():  # a new key would name nothing evaluated
+            raise PipelineError(f"no pseudonym key: {args.key_env} is unset and {key_file} does not exist; give the key "
+                                "the evaluation used (--key-file, or that environment variable)")
+        key = load_key(args.key_env, key_file)
+        for position, name in source_names(Path(args.source)):
+            print(f"{recording_pseudonym(key, name)}\t{position}\t{name}")
+    except PipelineError as err:
+        fail(str(err))
+
+
+if __name__ == "__main__":
+    main()

@@ -110,8 +110,13 @@ def _background_blocks(background: dict[str, Any]) -> list[Block]:
         f"({test_h:.2f} h in {recs[test]} recordings) it gave {background['false_accepts']} false accepts "
         f"({background['fa_per_hour']:.2f} per hour). Source: {background['source']}.")))
     if background.get("errors"):
-        blocks.append(("table", ([f"{test} background recording", "time", "score"],
-                                 [[e["recording"], _clock(e["time_s"]), _fmt(e["score"])] for e in background["errors"]])))
+        # Named by pseudonym and position (pipeline.data.background): `python -m pipeline.data.background
+        # <source>` maps a pseudonym back to its file for whoever holds the key.
+        blocks.append(("table", ([f"{test} background recording", "where", "time", "score"],
+                                 [[e["recording"], e.get("position") or "", _clock(e["time_s"]), _fmt(e["score"])]
+                                  for e in background["errors"]])))
+        blocks.append(("p", "Recordings are named by keyed pseudonyms and their place in the source; "
+                            "`python -m pipeline.data.background <source>` lists the file each stands for."))
     return blocks
 
 

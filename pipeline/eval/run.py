@@ -30,9 +30,11 @@ from pipeline.asr.devices import flushed_denormals
 from pipeline.asr.fft_conv import configure_positional_conv
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
 from pipeline.asr.model import greedy_decode, load_asr, log_probs_of, output_lengths, samples_per_frame
-from pipeline.config import with_checked
+from pipeline.config import checked, with_checked
 from pipeline.data.background import Recording, load_background, mentions
+from pipeline.data.config import PrivacyConfig
 from pipeline.data.features import SAMPLING_RATE
+from pipeline.data.privacy import load_key
 from pipeline.data.saved import open_saved, require
 from pipeline.data.sources import slurp_id_of
 from pipeline.distributed import pick_device
@@ -122,7 +124,8 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
         skipped = _wake_skip_reason({str(ecfg.tune_split): val_labels, str(ecfg.split): labels})
         background_source = resolve_background(cfg, Path(dataset_path))
         # Read before the ASR pass, so a wrong eval.background is refused in seconds, not after it.
-        recordings = (load_background(background_source, (str(ecfg.tune_split), str(ecfg.split)), wake_word)
+        recordings = (load_background(background_source, (str(ecfg.tune_split), str(ecfg.split)), wake_word,
+                                      background_key(cfg, background_source))
                       if background_source is not None and not skipped else [])
         wake, tuning, decoding, test_out, too_short = _asr_pass(ecfg, asr_dir, Path(dataset_path), test, val, rows, skipped,
                                                      background_source, recordings, transcripts_allowed(cfg))
@@ -170,6 +173,18 @@ def run_eval_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker: 
     scores = test_out.wake_scores if test_out is not None else None
     _write_outputs(cfg, run_dir, rows, with_intent, labels, scores, wake, metrics, details, tracker)
     return metrics
+
+
+def background_key(cfg: DictConfig, source: Path) -> bytes:
+    """The pseudonym key the data stage uses (`privacy`), which names the background recordings in
+    every output: their file names and export ids may hold a device serial or an account number."""
+    privacy = OmegaConf.select(cfg, "privacy", default=None)
+    if privacy is None:
+        raise PipelineError(f"eval.background={source}: its recordings are named by pseudonyms, which need the pseudonym "
+                            "key, and the config has no `privacy` block; add it (privacy.key_env, privacy.key_file, as "
+                            "in conf/config.yaml) or set eval.background=none")
+    privacy = checked(privacy, PrivacyConfig, "privacy", defaults="conf/config.yaml")
+    return load_key(privacy.key_env, privacy.key_file)
 
 
 def _asr_pass(

@@ -22,6 +22,8 @@ floor (the test's DET needs its frames; the tuning looks only above the validati
 Each recording's decoded samples also get a digest (at 16-bit resolution), written beside its count
 of false accepts: two runs' counts are paired (pipeline.ops.compare, the retraining gate) only on
 recordings of the same audio, not on two folders whose files merely share names and lengths.
+Recordings are named by their keyed pseudonyms and positions (pipeline.data.background), never by
+the names their files or export give them.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.asr.model import log_probs_of, output_lengths, samples_per_frame
 from pipeline.data.background import (
-    DEMO_DIR, Recording, background_knobs, ensure_demo_background, ffmpeg_blocks,
+    DEMO_DIR, Recording, background_knobs, ensure_demo_background, ffmpeg_blocks, without_path,
 )
 from pipeline.data.audio import needs_polyphase, resample_polyphase
 from pipeline.data.features import FFMPEG_EXTENSIONS, SAMPLING_RATE
@@ -70,12 +72,13 @@ class StreamSettings:
 class Trace:
     """The kept keyword scores of one recording: frame index (20 ms frames) and score."""
 
-    recording_id: str
+    name: str  # the recording's pseudonym (Recording.name): what every output calls it
     split: str
     seconds: float
     frames: np.ndarray
     scores: np.ndarray
     digest: str | None = None  # of the decoded samples (`audio_digest`)
+    position: str = ""  # where it sits in the background source (Recording.position)
 
 
 @dataclass
@@ -90,7 +93,7 @@ def _blocks(recording: Recording, block_s: float = 30.0) -> Iterator[np.ndarray]
     """Mono 16 kHz samples, block by block. Another rate is resampled per block with half a second
     of the neighbouring audio on each side, trimmed off again, so the blocks join without seams."""
     if recording.row is None and recording.path.suffix.lower() in FFMPEG_EXTENSIONS:
-        yield from ffmpeg_blocks(recording.path, block_s)
+        yield from ffmpeg_blocks(recording.path, block_s, recording.label)
         return
     with recording.open() as f:
         rate = f.samplerate
@@ -164,6 +167,9 @@ def stream_background(
     stats = StreamStats()
     started = time.perf_counter()
     for rec in recordings:
+        if not rec.name:  # a name as written would reach eval_details.json and the report
+            raise ValueError(f"background recording at {rec.position or rec.split} has no pseudonym: load it with "
+                             "pipeline.data.background.load_background")
         kept_frames: list[np.ndarray] = []
         kept_scores: list[np.ndarray] = []
         # Frames already scored by an earlier window. The recording's first `margin` frames are not
@@ -215,8 +221,9 @@ def stream_background(
                     yield block
             except sf.LibsndfileError as err:  # a damaged or truncated file, found only when read
                 raise PipelineError(
-                    f"background recording {rec.recording_id} ({rec.path}): cannot decode it past "
-                    f"{streamed / SAMPLING_RATE:.0f} s of the {rec.seconds:.0f} s its header gives ({err}); "
+                    f"background recording {rec.label}: cannot decode it past "
+                    f"{streamed / SAMPLING_RATE:.0f} s of the {rec.seconds:.0f} s its header gives "
+                    f"({without_path(err, rec.path)}); "
                     "re-encode it or take it out") from err
 
         for start, samples, last in _windows(counted(_blocks(rec, settings.block_s)), window, hop, stride):
@@ -229,10 +236,10 @@ def stream_background(
         seconds = streamed / SAMPLING_RATE
         stats.audio_seconds += seconds  # streamed (the scored seconds are the trace's)
         stats.traces.append(Trace(
-            rec.recording_id, rec.split, max(0.0, seconds - margin * stride / SAMPLING_RATE),
+            rec.name, rec.split, max(0.0, seconds - margin * stride / SAMPLING_RATE),
             np.concatenate(kept_frames) if kept_frames else np.zeros(0, np.int64),
             np.concatenate(kept_scores) if kept_scores else np.zeros(0, np.float32),
-            digest.hexdigest(),
+            digest.hexdigest(), rec.position,
         ))
     stats.compute_seconds = time.perf_counter() - started
     return stats
@@ -342,7 +349,7 @@ class BackgroundResult:
     recordings: int
     frr_at: dict[float, float]  # FRR at each rate of FA_RATES, read off the DET
     det: list[dict[str, float]]  # points of the DET: threshold, fa_per_hour, frr
-    errors: list[dict[str, Any]]  # the false accepts: recording, time, score
+    errors: list[dict[str, Any]]  # the false accepts: recording (its pseudonym), position, time, score
     # Each recording's scored seconds and false accepts: what a paired comparison of two models on
     # the same background resamples (pipeline.eval.bootstrap.paired_rate_difference).
     per_recording: list[dict[str, Any]] = field(default_factory=list)
@@ -366,11 +373,12 @@ def evaluate_background(
     errors, per_recording = [], []
     for t in traces:
         fired = detections(t, threshold, refractory_frames)
-        per_recording.append({"recording": t.recording_id, "seconds": t.seconds, "false_accepts": len(fired),
-                              "digest": t.digest})
+        per_recording.append({"recording": t.name, "position": t.position, "seconds": t.seconds,
+                              "false_accepts": len(fired), "digest": t.digest})
         for f in fired:
             score = float(t.scores[np.searchsorted(t.frames, f)])
-            errors.append({"recording": t.recording_id, "time_s": round(float(f) * frame_s, 2), "score": score})
+            errors.append({"recording": t.name, "position": t.position, "time_s": round(float(f) * frame_s, 2),
+                           "score": score})
     count = len(errors)
     errors.sort(key=lambda e: -e["score"])
     return BackgroundResult(

@@ -17,9 +17,11 @@ from pipeline.data.background import (
     BackgroundKnobs, _texts, background_knobs, ensure_demo_background, hashed_split, load_background, mentions,
     plan_recordings,
 )
+from pipeline.data.privacy import recording_pseudonym
 from pipeline.runtime import PipelineError
 
 SPLITS = ("validation", "test")
+KEY = b"test key"
 
 
 def test_the_wake_word_counts_only_as_a_whole_word() -> None:
@@ -50,7 +52,7 @@ def test_demo_plan_has_several_voices_near_misses_and_no_sentence_in_both_splits
 def test_demo_background_is_synthesised_once_as_an_export(tmp_path: Path) -> None:
     knobs = background_knobs({"hours": 0.01, "recording_minutes": 0.25})  # 36 s per split, 15 s recordings
     export = ensure_demo_background(knobs, tmp_path, SPLITS)
-    recordings = load_background(export, SPLITS, "alexa")
+    recordings = load_background(export, SPLITS, "alexa", KEY)
     assert [r.recording_id for r in recordings] == [f"{s}-{n:03d}" for s in SPLITS for n in range(3)]
     assert [round(r.seconds, 2) for r in recordings] == [15.0, 15.0, 6.0] * 2
     info = sf.info(str(recordings[0].path))
@@ -74,7 +76,7 @@ def test_folders_exports_and_datasets_as_background(tmp_path: Path, tiny_dataset
     names = [f"tv-{i}.wav" for i in range(12)]
     for name in names:
         sf.write(loose / name, noise, 16000)
-    found = load_background(loose, SPLITS, "alexa")
+    found = load_background(loose, SPLITS, "alexa", KEY)
     # No split folders: each file goes to the split its name hashes to, so both get some.
     assert {r.recording_id: r.split for r in found} == {n: hashed_split(n, SPLITS) for n in names}
     assert set(r.split for r in found) == set(SPLITS) and found[0].seconds == pytest.approx(0.5)
@@ -83,7 +85,7 @@ def test_folders_exports_and_datasets_as_background(tmp_path: Path, tiny_dataset
     sf.write(loose / "train" / "kitchen.wav", noise, 16000)
     (loose / "memo.amr").write_bytes(b"\x00" * 64)
     with caplog.at_level("WARNING", logger="pipeline.data.background"):
-        again = load_background(loose, SPLITS, "alexa")
+        again = load_background(loose, SPLITS, "alexa", KEY)
     assert {r.recording_id for r in again} == set(names)
     assert "1 file(s) of other types skipped (.amr: 1)" in caplog.text
 
@@ -93,29 +95,31 @@ def test_folders_exports_and_datasets_as_background(tmp_path: Path, tiny_dataset
     lines = [{"audio": "audio/a.wav", "split": "test", "transcript": "the news at six"},
              {"audio": "audio/a.wav", "split": "validation", "recording_id": "b", "transcript": "Alexa, stop"}]
     (export / "annotations.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
-    with pytest.raises(PipelineError, match="background recording b .*wake word 'alexa'"):
-        load_background(export, SPLITS, "alexa")
+    with pytest.raises(PipelineError, match=rf"background recording {recording_pseudonym(KEY, 'b')} "
+                                            r"\(annotations\.jsonl line 2\) .*wake word 'alexa'"):
+        load_background(export, SPLITS, "alexa", KEY)
     (export / "annotations.jsonl").write_text(json.dumps({"audio": "../outside.wav"}) + "\n")
     with pytest.raises(PipelineError, match="line 1: audio path"):
-        load_background(export, SPLITS, "alexa")
+        load_background(export, SPLITS, "alexa", KEY)
     # A record of the training split is not evaluation audio; a split of no known name is a mistake.
     lines = [{"audio": "audio/a.wav", "split": "train"}, {"audio": "audio/a.wav", "split": "test", "recording_id": "t"},
              {"audio": "audio/a.wav", "split": "Test", "recording_id": "T"}]
     (export / "annotations.jsonl").write_text("\n".join(json.dumps(r) for r in lines[:2]) + "\n")
-    assert [(r.recording_id, r.split) for r in load_background(export, SPLITS, "alexa")] == [("t", "test")]
+    assert [(r.recording_id, r.split) for r in load_background(export, SPLITS, "alexa", KEY)] == [("t", "test")]
     (export / "annotations.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     with pytest.raises(PipelineError, match=r"annotations\.jsonl line 3: split 'Test' is none of \['validation', 'test'\]"):
-        load_background(export, SPLITS, "alexa")
+        load_background(export, SPLITS, "alexa", KEY)
     (export / "annotations.jsonl").write_text('\n{"recording_id": "r1"}\n')
     with pytest.raises(PipelineError, match=r"annotations\.jsonl line 2: a background record needs an `audio` path "
                                             r"\(a string, relative to the folder\)$"):
-        load_background(export, SPLITS, "alexa")
+        load_background(export, SPLITS, "alexa", KEY)
 
     # A built dataset's rows are recordings, and one marked as saying the wake word is refused by name.
-    with pytest.raises(PipelineError, match="background recording validation/validation-0-0 .*wake_word_present"):
-        load_background(tiny_dataset_path, SPLITS, "alexa")
+    with pytest.raises(PipelineError, match=rf"background recording {recording_pseudonym(KEY, 'validation/validation-0-0')} "
+                                            r"\(validation row 0\) .*wake_word_present"):
+        load_background(tiny_dataset_path, SPLITS, "alexa", KEY)
     with pytest.raises(PipelineError, match="no such file or folder"):
-        load_background(tmp_path / "nope", SPLITS, "alexa")
+        load_background(tmp_path / "nope", SPLITS, "alexa", KEY)
 
 
 def test_a_named_folder_without_audio_is_an_error_not_a_silent_fallback(tmp_path: Path) -> None:
@@ -131,7 +135,7 @@ def test_a_named_folder_without_audio_is_an_error_not_a_silent_fallback(tmp_path
                                                 r"\.wma\) under it; point it "
                                                 r"at recordings, "
                                                 r"or eval\.background=none$"):
-            load_background(folder, SPLITS, "alexa")
+            load_background(folder, SPLITS, "alexa", KEY)
 
 
 def test_a_folder_of_recordings_by_split_folder_and_file_format(tmp_path: Path) -> None:
@@ -145,11 +149,11 @@ def test_a_folder_of_recordings_by_split_folder_and_file_format(tmp_path: Path) 
     sf.write(folder / "test/kitchen" / "radio.opus", noise, 16000, format="OGG", subtype="OPUS")
     sf.write(folder / "train" / "fan.wav", noise, 16000)
     sf.write(folder / "loose" / "hall.flac", noise, 16000)
-    found = {r.recording_id: (r.split, round(r.seconds, 2)) for r in load_background(folder, SPLITS, "alexa")}
+    found = {r.recording_id: (r.split, round(r.seconds, 2)) for r in load_background(folder, SPLITS, "alexa", KEY)}
     assert found == {"Validation/tv.aiff": ("validation", 1.0), "test/kitchen/radio.opus": ("test", 1.0),
                      "loose/hall.flac": (hashed_split("loose/hall.flac", SPLITS), 1.0)}
     # Scoring the training split (eval.split=train): the test/ folder is another split's, left out.
-    assert {r.recording_id for r in load_background(folder, ("validation", "train"), "alexa")} == {
+    assert {r.recording_id for r in load_background(folder, ("validation", "train"), "alexa", KEY)} == {
         "Validation/tv.aiff", "train/fan.wav", "loose/hall.flac"}
 
     # A phone's AAC recording is decoded by ffmpeg, block by block, resampled to 16 kHz mono.
@@ -161,14 +165,15 @@ def test_a_folder_of_recordings_by_split_folder_and_file_format(tmp_path: Path) 
     phone.mkdir()
     sf.write(tmp_path / "memo.wav", np.stack([noise, noise], axis=1).repeat(3, axis=0), 48000)
     subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(tmp_path / "memo.wav"), str(phone / "memo.m4a")], check=True)
-    [memo] = load_background(phone, SPLITS, "alexa")
+    [memo] = load_background(phone, SPLITS, "alexa", KEY)
     assert memo.recording_id == "memo.m4a" and memo.seconds == pytest.approx(1.0, abs=0.05)
     blocks = list(_blocks(memo, block_s=0.25))
     assert len(blocks) >= 4 and all(b.ndim == 1 for b in blocks)
     assert sum(map(len, blocks)) == pytest.approx(16000, abs=800)
     (phone / "broken.m4a").write_bytes(b"\x00" * 64)
-    with pytest.raises(PipelineError, match="background recording broken.m4a: cannot read it as audio"):
-        load_background(phone, SPLITS, "alexa")
+    with pytest.raises(PipelineError, match=rf"background recording {recording_pseudonym(KEY, 'broken.m4a')} "
+                                            r"\(audio file 1\): cannot read it as audio"):
+        load_background(phone, SPLITS, "alexa", KEY)
 
     (folder / "dev").mkdir()
     for i in range(2):
@@ -177,7 +182,7 @@ def test_a_folder_of_recordings_by_split_folder_and_file_format(tmp_path: Path) 
                                             r"folder named like a split that is none of \['train', 'validation', 'test'\] "
                                             r"\(2 under 'dev'/\); rename it to validation or test \(train/ is skipped\), "
                                             r"or move its recordings out to split them by a hash of their paths$"):
-        load_background(folder, SPLITS, "alexa")
+        load_background(folder, SPLITS, "alexa", KEY)
 
 
 def test_an_export_record_marked_as_saying_the_wake_word_is_refused(tmp_path: Path) -> None:
@@ -190,9 +195,9 @@ def test_an_export_record_marked_as_saying_the_wake_word_is_refused(tmp_path: Pa
     lines = [{"audio": "audio/a.wav", "split": "test", "recording_id": "quiet"},
              {"audio": "audio/a.wav", "split": "validation", "recording_id": "call", "wake_word_present": True}]
     (export / "annotations.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
-    with pytest.raises(PipelineError, match=r"annotations\.jsonl line 2: background recording call is marked "
-                                            r"wake_word_present"):
-        load_background(export, SPLITS, "alexa")
+    with pytest.raises(PipelineError, match=rf"annotations\.jsonl line 2: background recording "
+                                            rf"{recording_pseudonym(KEY, 'call')} is marked wake_word_present"):
+        load_background(export, SPLITS, "alexa", KEY)
 
 
 def test_the_background_cache_changes_with_the_corpus_voices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -224,16 +229,17 @@ def test_a_transcript_that_is_not_text_is_named(tmp_path: Path) -> None:
     (export / "audio").mkdir(parents=True)
     sf.write(export / "audio/a.wav", np.zeros(8000, dtype=np.float32), 16000)
     (export / "annotations.jsonl").write_text(json.dumps({"audio": "audio/a.wav", "split": "test", "transcript": 42}) + "\n")
-    with pytest.raises(PipelineError, match=r"annotations\.jsonl line 1: background recording audio/a\.wav's transcript is "
-                                            r"int 42, not a string"):
-        load_background(export, SPLITS, "alexa")
+    with pytest.raises(PipelineError, match=rf"annotations\.jsonl line 1: background recording "
+                                            rf"{recording_pseudonym(KEY, 'audio/a.wav')}'s transcript is int 42, not a string"):
+        load_background(export, SPLITS, "alexa", KEY)
     folder = tmp_path / "folder" / "test"
     folder.mkdir(parents=True)
     sf.write(folder / "kitchen.wav", np.zeros(8000, dtype=np.float32), 16000)
     (folder / "kitchen.txt").write_bytes("la télé".encode("latin-1"))
-    with pytest.raises(PipelineError, match=rf"background transcript {re.escape(str(folder / 'kitchen.txt'))}: not UTF-8 "
-                                            r"text \(invalid continuation byte at byte 4\); save it as UTF-8"):
-        load_background(tmp_path / "folder", SPLITS, "alexa")
+    with pytest.raises(PipelineError, match=rf"background transcript of {recording_pseudonym(KEY, 'test/kitchen.wav')} "
+                                            r"\(audio file 1, the \.txt beside it\): not UTF-8 text \(invalid continuation "
+                                            r"byte at byte 4\); save it as UTF-8"):
+        load_background(tmp_path / "folder", SPLITS, "alexa", KEY)
 
 
 def _damaged_webm(tmp_path: Path, name: str, to_pipe: bool, damaged: bool = True) -> Path:
@@ -271,19 +277,46 @@ def test_an_ffmpeg_recording_whose_decoding_stops_early_is_named(tmp_path: Path)
 
     seekable = _damaged_webm(tmp_path, "memo.webm", to_pipe=False)
     assert AudioDecoder(str(seekable)).metadata.duration_seconds_from_header is None
-    [memo] = load_background(seekable.parent, SPLITS, "alexa")  # the container's header gives 40 s
+    [memo] = load_background(seekable.parent, SPLITS, "alexa", KEY)  # the container's header gives 40 s
     assert memo.seconds == pytest.approx(40.0, abs=0.1)
-    with pytest.raises(PipelineError, match=rf"^background recording {re.escape(str(seekable))}: ffmpeg cannot decode "
+    with pytest.raises(PipelineError, match=r"^background recording memo-label: ffmpeg cannot decode "
                                             r"it past \d+ s of the 40 s its header gives: \d+ s decoded .*re-encode it "
                                             r"or take it out$"):
-        sum(len(b) for b in ffmpeg_blocks(seekable, 5.0))
+        sum(len(b) for b in ffmpeg_blocks(seekable, 5.0, "memo-label"))
     seekable.unlink()
 
     piped = _damaged_webm(tmp_path, "call.webm", to_pipe=True)  # no duration anywhere
-    with pytest.raises(PipelineError, match=rf"^background recording {re.escape(str(piped))}: ffmpeg stopped decoding "
+    with pytest.raises(PipelineError, match=r"^background recording call-label: ffmpeg stopped decoding "
                                             r"it after \d+ s .*yet \d+ s more decode from \d+ s on, so the file is "
                                             r"damaged there, not ended .*re-encode it or take it out$"):
-        sum(len(b) for b in ffmpeg_blocks(piped, 5.0))
+        sum(len(b) for b in ffmpeg_blocks(piped, 5.0, "call-label"))
     # The same file undamaged ends where its audio does, without a word.
     whole = _damaged_webm(tmp_path, "whole.webm", to_pipe=True, damaged=False)
-    assert sum(len(b) for b in ffmpeg_blocks(whole, 5.0)) == pytest.approx(16000 * 40, abs=800)
+    assert sum(len(b) for b in ffmpeg_blocks(whole, 5.0, "whole")) == pytest.approx(16000 * 40, abs=800)
+
+
+def test_each_pseudonym_maps_back_to_its_recording_on_the_terminal_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reports name a recording by pseudonym and position; whoever holds the key lists, from their own
+    source, the name each pseudonym stands for (printed, never written to a file)."""
+    from pipeline.data.background import main
+
+    export = tmp_path / "export"
+    (export / "audio").mkdir(parents=True)
+    sf.write(export / "audio/kitchen-DSN12345.wav", np.zeros(8000, dtype=np.float32), 16000)
+    lines = [{"audio": "audio/kitchen-DSN12345.wav", "split": "test"},
+             {"audio": "audio/kitchen-DSN12345.wav", "split": "validation", "recording_id": "den-DSN777"}]
+    (export / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    loaded = {r.position: r.name for r in load_background(export, SPLITS, "alexa", KEY)}
+    monkeypatch.delenv("PIPELINE_PSEUDONYM_KEY", raising=False)
+    (tmp_path / "pseudonym.key").write_bytes(KEY + b"\n")
+    main([str(export), "--key-file", str(tmp_path / "pseudonym.key")])
+    printed = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert printed == [[loaded["annotations.jsonl line 1"], "annotations.jsonl line 1", "audio/kitchen-DSN12345.wav"],
+                       [loaded["annotations.jsonl line 2"], "annotations.jsonl line 2", "den-DSN777"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "pseudonym.key"]  # nothing written
+    # Without the key nothing can be mapped, and no new key is made that would name nothing evaluated.
+    with pytest.raises(SystemExit):
+        main([str(export), "--key-file", str(tmp_path / "missing.key")])
+    assert "no pseudonym key" in capsys.readouterr().err and not (tmp_path / "missing.key").exists()

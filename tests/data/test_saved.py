@@ -95,4 +95,4 @@ def test_background_audio_saved_as_a_dataset_is_opened_the_same_way(tiny_dataset
 
     path = _broken("empty-split-saved-elsewhere", tiny_dataset_path, tmp_path)
     with pytest.raises(PipelineError, match=rf"^dataset {re.escape(str(path))} split 'test' is empty and saved without"):
-        load_background(path, ("validation", "test"), "alexa")
+        load_background(path, ("validation", "test"), "alexa", b"test key")

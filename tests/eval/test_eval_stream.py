@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import soundfile as sf
 import torch
 
 from pipeline.data.background import Recording
+from pipeline.data.privacy import recording_pseudonym
+from pipeline.eval import bootstrap as B
 from pipeline.eval.stream import (
     StreamSettings, Trace, as_pcm16, audio_digest, background_wake, count_detections, detections, evaluate_background,
     stream_background, threshold_for_rate, tune_on_background,
@@ -24,6 +27,16 @@ from pipeline.runtime import PipelineError
 from tests.conftest import espeak_wave
 from tests.eval.test_eval_run import eval_cfg, save_tiny_asr, save_tiny_nlu
 from tests.recording import RecordingTracker
+
+
+KEY = b"test key"
+KEY_ENV = "PIPELINE_TEST_BACKGROUND_KEY"
+
+
+def with_key(monkeypatch: pytest.MonkeyPatch) -> dict[str, str | None]:
+    """The eval config's `privacy` block, its key (KEY) in an environment variable."""
+    monkeypatch.setenv(KEY_ENV, KEY.decode())
+    return {"privacy.key_env": KEY_ENV, "privacy.key_file": None}
 
 
 def audio_digest_of(samples: np.ndarray) -> str:
@@ -72,7 +85,7 @@ def test_threshold_for_a_rate_of_false_accepts_by_hand() -> None:
 
     result = evaluate_background(positives, background, 1.0, threshold, 50, frame_s=0.02)
     assert (result.false_accepts, result.fa_per_hour, result.frr) == (1, 1.0, 0.5)  # -5 and -8 are rejected
-    assert result.errors == [{"recording": "rec", "time_s": 2.0, "score": -2.0}]
+    assert result.errors == [{"recording": "rec", "position": "", "time_s": 2.0, "score": -2.0}]
     assert result.frr_at[1.0] == 0.5 and result.frr_at[2.0] == 0.25 and result.frr_at[5.0] == 0.0
     assert result.frr_at[0.5] == 0.75  # no detection allowed: above -2, only -1 is accepted
     # Each DET point: FRR and false accepts per hour at a positive's score.
@@ -92,7 +105,8 @@ def tiny_model(tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory
 
 def _recording(path: Path, wave: np.ndarray, rate: int = 16000) -> Recording:
     sf.write(path, wave, rate)
-    return Recording(path.name, "test", path, len(wave) / rate)
+    return Recording(path.name, "test", path, len(wave) / rate, name=recording_pseudonym(KEY, path.name),
+                     position="audio file 1")
 
 
 def test_the_stream_scores_every_frame_once_whatever_the_block_size(tiny_model: tuple, tmp_path: Path) -> None:
@@ -141,7 +155,7 @@ def test_the_stream_scores_every_frame_once_whatever_the_block_size(tiny_model: 
     # The hours are those heard: a recording whose header promises more than it holds (a file cut
     # short) counts the audio decoded, not the header's length, so false accepts per hour are not
     # divided by time nobody listened to.
-    promised = Recording(rec.recording_id, "test", rec.path, rec.seconds * 2)
+    promised = replace(rec, seconds=rec.seconds * 2)
     heard = stream_background(model, processor, [promised], keyword, blank, settings)
     assert heard.audio_seconds == pytest.approx(len(wave) / 16000) and heard.traces[0].seconds == one.seconds
 
@@ -156,7 +170,7 @@ def _background_folder(root: Path, seconds: dict[str, float]) -> Path:
 
 
 def test_eval_stage_measures_false_accepts_on_background_recordings(
-    tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+    tiny_dataset_path: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from pipeline.eval.run import run_eval_stage
 
@@ -167,7 +181,7 @@ def test_eval_stage_measures_false_accepts_on_background_recordings(
     models = {"asr_model": str(run / "asr"), "nlu_model": str(run / "nlu")}
     # A random model puts its keyword scores anywhere: a target of 300 per hour keeps some detections.
     cfg = eval_cfg(**models, **{"eval.background": str(folder), "eval.target_fa_per_hour": 300.0,
-                                "eval.stream_window_s": 3.0, "eval.stream_hop_s": 2.0})
+                                "eval.stream_window_s": 3.0, "eval.stream_hop_s": 2.0}, **with_key(monkeypatch))
     out = tmp_path / "eval"
     metrics = run_eval_stage(cfg, out, tiny_dataset_path, RecordingTracker())
     details = json.loads((out / "eval_details.json").read_text())["wake_background"]
@@ -200,10 +214,79 @@ def test_eval_stage_measures_false_accepts_on_background_recordings(
     assert not_computed["wake/background_hours"].startswith("no background recordings were streamed")
     assert "come from the negative clips instead" in (tmp_path / "none/report.md").read_text()
 
-    # A background transcript with the wake word is an error that names the recording.
+    # A background transcript with the wake word is an error that names the recording (by pseudonym and position).
     (folder / "test/room.txt").write_text("Alexa, what's the weather")
-    with pytest.raises(PipelineError, match="test/room.flac"):
+    with pytest.raises(PipelineError, match=rf"{recording_pseudonym(KEY, 'test/room.flac')} \(audio file 1\)"):
         run_eval_stage(cfg, tmp_path / "bad", tiny_dataset_path, RecordingTracker())
+
+
+SERIAL = "DSN12345"  # a device serial, as users name their recordings after their devices
+
+
+def _serial_background(root: Path, layout: str) -> tuple[Path, dict[str, str]]:
+    """Background whose file names and export ids carry SERIAL, as a folder or an export; with the
+    name as written of each split's recording."""
+    wave = np.tile(espeak_wave("the election results are out tonight. alex is coming home"), 4)
+    speech = {"validation": wave, "test": wave}
+    if layout == "folder":
+        for split in ("validation", "test"):
+            (root / split).mkdir(parents=True)
+            sf.write(root / split / f"kitchen-{SERIAL}.flac", speech[split], 16000)
+        return root, {s: f"{s}/kitchen-{SERIAL}.flac" for s in ("validation", "test")}
+    (root / "audio").mkdir(parents=True)
+    lines = []
+    for split in ("validation", "test"):
+        sf.write(root / "audio" / f"{split}-{SERIAL}.flac", speech[split], 16000)
+        lines.append({"audio": f"audio/{split}-{SERIAL}.flac", "split": split, "recording_id": f"{split}-den-{SERIAL}"})
+    (root / "annotations.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return root, {s: f"{s}-den-{SERIAL}" for s in ("validation", "test")}
+
+
+@pytest.mark.parametrize("layout", ["folder", "export"])
+def test_a_serial_in_a_background_recordings_name_reaches_no_output(
+    layout: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before the fix: eval_details.json (per_recording, errors) and the report's table of false
+    accepts named each background recording by its file path or export recording_id, and with it the
+    device serial a user had put in the file's name. Now every output names it by a keyed pseudonym
+    and its position in the source; two evaluations under the same key give the same names, so their
+    false accepts per hour still pair recording by recording."""
+    import pipeline.eval.stream as stream
+    from pipeline.eval.run import run_eval_stage
+    from pipeline.ops.gate import load_background_counts
+
+    folder, written = _serial_background(tmp_path / "bg", layout)
+    # The tiny model scores background just below its positives: raised, its false accepts fill the
+    # report's table, which names each recording.
+    raw_trace = stream.keyword_trace
+    monkeypatch.setattr(stream, "keyword_trace", lambda *args: raw_trace(*args) + 100.0)
+    cfg = eval_cfg(asr_model=str(tiny_models / "asr"), nlu_model=str(tiny_models / "nlu"),
+                   **{"eval.background": str(folder), "eval.target_fa_per_hour": 3000.0, "eval.min_background_hours": 0.0,
+                      "eval.stream_window_s": 3.0, "eval.stream_hop_s": 2.0}, **with_key(monkeypatch))
+    runs, trackers = [tmp_path / "first", tmp_path / "second"], []
+    with caplog.at_level("DEBUG"):
+        for out in runs:
+            trackers.append(RecordingTracker())
+            run_eval_stage(cfg, out, tiny_dataset_path, trackers[-1])
+    for out in runs:
+        for path in (p for p in out.rglob("*") if p.is_file()):
+            assert SERIAL.encode() not in path.read_bytes(), path
+    assert SERIAL not in caplog.text
+    for tracker in trackers:
+        assert SERIAL not in repr((tracker.summary, tracker.tables, tracker.metrics, tracker.artifacts))
+
+    details = [json.loads((out / "eval_details.json").read_text())["wake_background"] for out in runs]
+    [test] = details[0]["per_recording"]
+    position = "audio file 1" if layout == "folder" else "annotations.jsonl line 2"
+    assert (test["recording"], test["position"]) == (recording_pseudonym(KEY, written["test"]), position)
+    assert details[0]["per_recording"] == details[1]["per_recording"]  # stable: the same names in both runs
+    assert all(e["recording"] == test["recording"] and e["position"] == position for e in details[0]["errors"])
+    assert details[0]["errors"], "a target of 3000 an hour keeps false accepts for the report to name"
+    assert f"| {test['recording']} | {position} |" in (runs[0] / "report.md").read_text()
+    # The two runs pair over their recordings, as compare and the retraining gate pair them.
+    paired = B.paired_rate_difference(load_background_counts(runs[0]), load_background_counts(runs[1]))
+    assert paired.left_out == (0, 0) and paired.difference == 0.0
 
 
 @pytest.mark.parametrize(("seconds", "warning"), [
@@ -214,6 +297,7 @@ def test_eval_stage_measures_false_accepts_on_background_recordings(
 ])
 def test_background_that_cannot_be_scored_is_said_not_crashed_on(
     seconds: dict[str, float], warning: str, tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from pipeline.eval.run import run_eval_stage
 
@@ -223,7 +307,7 @@ def test_background_that_cannot_be_scored_is_said_not_crashed_on(
         sf.write(folder / split / "room.wav", espeak_wave("the results are out tonight")[: int(total * 16000)], 16000)
     cfg = eval_cfg(asr_model=str(tiny_models / "asr"), nlu_model=str(tiny_models / "nlu"),
                    **{"eval.background": str(folder), "eval.min_background_hours": 0.0,
-                      "eval.stream_window_s": 3.0, "eval.stream_hop_s": 2.0})
+                      "eval.stream_window_s": 3.0, "eval.stream_hop_s": 2.0}, **with_key(monkeypatch))
     metrics = run_eval_stage(cfg, tmp_path / "eval", tiny_dataset_path, RecordingTracker())
     details = json.loads((tmp_path / "eval" / "eval_details.json").read_text())
     assert re.search(warning, details["wake_background"]["warning"]), details["wake_background"]["warning"]
@@ -250,7 +334,7 @@ def test_auto_background_is_the_demos_only_for_a_demo_build(tmp_path: Path) -> N
     # records count: with data.demo.extra_takes=2 they are three times the utterances (before the fix).
     cfg.data.demo.max_utterances = 16
     smoke = build("smoke", {"source": "demo", "records_in": 48})
-    recordings = load_background(resolve_background(cfg, smoke), ("validation", "test"), "alexa")
+    recordings = load_background(resolve_background(cfg, smoke), ("validation", "test"), "alexa", b"test key")
     for split in ("validation", "test"):
         seconds = sum(r.seconds for r in recordings if r.split == split)
         assert seconds == pytest.approx(2.2 * 3600 * 16 / total, abs=0.01)
@@ -284,7 +368,7 @@ def test_auto_background_reaches_the_demo_inside_data_sources(tmp_path: Path) ->
     demo_entry.demo.max_utterances = 16
     (tmp_path / "build").mkdir()
     (tmp_path / "build" / "build_report.json").write_text(json.dumps({"source": names, "records_in": 900}))
-    recordings = load_background(resolve_background(cfg, tmp_path / "build"), ("validation", "test"), "alexa")
+    recordings = load_background(resolve_background(cfg, tmp_path / "build"), ("validation", "test"), "alexa", b"test key")
     for split in ("validation", "test"):
         seconds = sum(r.seconds for r in recordings if r.split == split)
         assert seconds == pytest.approx(2.2 * 3600 * 16 / total, abs=0.01)
@@ -349,10 +433,12 @@ def test_a_recording_damaged_past_its_header_is_named_when_streaming_fails(tiny_
     sf.write(path, (np.random.default_rng(0).standard_normal(16000 * 20) * 0.1).astype(np.float32), 16000)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    rec = Recording("living-room/cut.flac", "test", path, sf.info(str(path)).duration)
-    with pytest.raises(PipelineError, match=r"background recording living-room/cut\.flac .*cannot decode it past "
-                                            r"\d+ s of the 20 s its header gives .*re-encode it or take it out"):
+    rec = Recording("living-room/cut.flac", "test", path, sf.info(str(path)).duration,
+                    name=recording_pseudonym(KEY, "living-room/cut.flac"), position="audio file 1")
+    with pytest.raises(PipelineError, match=rf"background recording {rec.name} \(audio file 1\): cannot decode it past "
+                                            r"\d+ s of the 20 s its header gives .*re-encode it or take it out") as caught:
         stream_background(model, processor, [rec], keyword, processor.tokenizer.pad_token_id, StreamSettings(3.0, 2.0, 2))
+    assert "cut" not in str(caught.value)  # the pseudonym names it, not the file name
 
 
 def test_min_background_hours_is_judged_on_the_hours_scored_not_the_headers(tiny_model: tuple, tmp_path: Path) -> None:
@@ -367,7 +453,8 @@ def test_min_background_hours_is_judged_on_the_hours_scored_not_the_headers(tiny
     recordings = []
     for split in ("validation", "test"):
         sf.write(tmp_path / f"{split}.wav", wave, 16000)
-        recordings.append(Recording(f"{split}.wav", split, tmp_path / f"{split}.wav", 2 * 3600.0))  # the header's hours
+        recordings.append(Recording(f"{split}.wav", split, tmp_path / f"{split}.wav", 2 * 3600.0,  # the header's hours
+                                    name=recording_pseudonym(KEY, f"{split}.wav"), position=split))
     ecfg = OmegaConf.create({"tune_split": "validation", "split": "test", "min_background_hours": 1.0,
                              "refractory_s": 1.0, "stream_window_s": 3.0, "stream_hop_s": 2.0, "stream_batch_size": 4,
                              "target_fa_per_hour": 300.0, "worst_n": 3})
