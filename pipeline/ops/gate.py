@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.privacy import is_recording_pseudonym
 from pipeline.eval import bootstrap as B
 from pipeline.eval.coverage import ALL_KEYS as METRIC_KEYS
 from pipeline.runtime import PipelineError
@@ -288,6 +289,17 @@ def with_background_pairs(paired: B.Paired, base_dir: Path, other_dir: Path, sam
         missing = base_dir if base is None else other_dir
         return paired, (f"wake/fa_per_hour: {missing} has no per-recording background counts "
                         "(evaluated without background, or before they were written)")
+    # A run evaluated before recordings were named by pseudonyms names them as written: those names
+    # match no pseudonym, and repeating them here would put a serial a file name holds in the output.
+    unnamed = [d for d, counts in ((base_dir, base), (other_dir, other))
+               if not all(is_recording_pseudonym(str(r.get("recording"))) for r in counts)]
+    if unnamed:
+        why = (f"wake/fa_per_hour: {unnamed[0]}/eval_details.json names its background recordings as written, not by "
+               "pseudonyms (evaluated before they were pseudonymised), so they cannot be paired; re-evaluate it: "
+               f"`python evaluate.py run={unnamed[0]}`")
+        if same_audio:
+            raise PipelineError(f"{other_dir} vs {base_dir}: {why}")
+        return paired, why
     try:
         diff = B.paired_rate_difference(base, other, samples, seed)
     except ValueError as err:

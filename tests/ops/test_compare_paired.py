@@ -107,7 +107,7 @@ def test_compare_pairs_false_accepts_over_the_background_recordings(tmp_path: Pa
             metrics["wake/fa_per_hour"] = 0.5
         else:
             details["wake_background"] = {"per_recording": [
-                {"recording": f"test-{i:03d}", "seconds": 600.0, "false_accepts": n, "digest": f"d{i}"}
+                {"recording": f"rec_{i:016x}", "seconds": 600.0, "false_accepts": n, "digest": f"d{i}"}
                 for i, n in enumerate(false_accepts)]}
             metrics["wake/fa_per_hour"] = sum(false_accepts) / 2.0  # 12 x 10 minutes
         (out / name / "eval_details.json").write_text(json.dumps(details))
@@ -193,7 +193,7 @@ def test_compare_counts_the_background_recordings_only_one_run_streamed(tmp_path
         _run(out, name, list(REFS), "fp1", order)
         details = json.loads((out / name / "eval_details.json").read_text())
         details["wake_background"] = {"per_recording": [
-            {"recording": f"test-{i:03d}", "seconds": 600.0, "false_accepts": n, "digest": f"d{i}"}
+            {"recording": f"rec_{i:016x}", "seconds": 600.0, "false_accepts": n, "digest": f"d{i}"}
             for i, n in enumerate(false_accepts)]}
         (out / name / "eval_details.json").write_text(json.dumps(details))
         metrics = json.loads((out / name / "metrics.json").read_text())

@@ -123,7 +123,7 @@ def test_a_metric_the_per_clip_results_do_not_reproduce_is_judged_on_point_value
 
 def _with_background(folder: Path, metrics: dict, false_accepts: list[int]) -> dict:
     """A run that streamed 2 h of background: 12 ten-minute recordings, as eval_details.json records them."""
-    per = [{"recording": f"test-{i:03d}", "seconds": 600.0, "false_accepts": n, "digest": f"d{i}"}
+    per = [{"recording": f"rec_{i:016x}", "seconds": 600.0, "false_accepts": n, "digest": f"d{i}"}
                 for i, n in enumerate(false_accepts)]
     (folder / "eval_details.json").write_text(json.dumps({"wake_background": {"per_recording": per}}))
     return {**metrics, "wake/fa_per_hour": sum(false_accepts) / (600.0 * len(per) / 3600.0)}
@@ -146,6 +146,31 @@ def test_false_accepts_on_background_are_judged_over_its_recordings(tmp_path: Pa
     (tmp_path / "incumbent" / "eval_details.json").unlink()
     fa = gate_on_runs(tmp_path / "one", tmp_path / "incumbent", new, old, rules, "not_worse", 300, 0)[0]
     assert not fa.passed and fa.difference is None and "judged on the point values" in fa.detail
+
+
+def test_a_run_that_named_its_background_recordings_as_written_is_re_evaluated_not_paired(tmp_path: Path) -> None:
+    """An evaluation from before recordings were pseudonymised names them as written (a file name
+    with a device serial): its names match no pseudonym, and quoting them would put the serial in
+    the gate's decision. The gate says which run to re-evaluate, and how, without the names."""
+    from pipeline.ops.gate import with_background_pairs
+
+    rules = {"fa": {"metric": "wake/fa_per_hour", "max_increase": 0.0}}
+    old = _with_background(tmp_path / "incumbent", _write_run(tmp_path / "incumbent", PROMOTED), [0] * 12)
+    new = _with_background(tmp_path / "candidate", _write_run(tmp_path / "candidate", PROMOTED), [0] * 12)
+    details = json.loads((tmp_path / "incumbent" / "eval_details.json").read_text())
+    for i, r in enumerate(details["wake_background"]["per_recording"]):
+        r["recording"] = f"test/kitchen-DSN{i:05d}.flac"
+    (tmp_path / "incumbent" / "eval_details.json").write_text(json.dumps(details))
+    with pytest.raises(PipelineError, match=rf"wake/fa_per_hour: {tmp_path}/incumbent/eval_details\.json names its "
+                                            r"background recordings as written, not by pseudonyms .*re-evaluate it: "
+                                            rf"`python evaluate\.py run={tmp_path}/incumbent`") as caught:
+        gate_on_runs(tmp_path / "candidate", tmp_path / "incumbent", new, old, rules, "not_worse", 300, 0)
+    assert "DSN" not in str(caught.value)
+    # Without a rule on false accepts (and in compare) the reason is given, and the rest is judged.
+    paired, why = with_background_pairs(B.Paired({}, 0, 0, 100), tmp_path / "incumbent", tmp_path / "candidate", 100, 0)
+    assert "wake/fa_per_hour" not in paired.differences and "re-evaluate it" in why and "DSN" not in why
+    wer = {"wer": {"metric": "asr/wer", "max_increase": 0.0}}
+    assert gate_on_runs(tmp_path / "candidate", tmp_path / "incumbent", new, old, wer, "not_worse", 300, 0)[0].passed
 
 
 def test_a_pairing_over_part_of_the_background_says_how_many_recordings_it_left_out(tmp_path: Path) -> None:
@@ -228,7 +253,7 @@ def test_false_accepts_streamed_over_other_background_recordings_are_refused(tmp
     for r in details["wake_background"]["per_recording"]:
         r["digest"] = "x" + r["digest"]
     (tmp_path / "other" / "eval_details.json").write_text(json.dumps(details))
-    with pytest.raises(PipelineError, match=r"wake/fa_per_hour: background recording test-000 is other audio in the "
+    with pytest.raises(PipelineError, match=r"wake/fa_per_hour: background recording rec_0000000000000000 is other audio in the "
                                             r"two runs .*evaluate both on the same background"):
         gate_on_runs(tmp_path / "other", tmp_path / "incumbent", new, old, rules, "not_worse", 300, 0)
     # Without a rule on false accepts the other metrics are judged as before.
