@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import random
+import re
 import subprocess
 import time
 from collections import Counter
@@ -153,8 +154,9 @@ def without_path(err: Exception | str, path: Path) -> str:
     """A decoder's message with the file's path and name taken out: both are the recording's name as
     written, which the message's reader gets as a pseudonym instead."""
     text = str(err)
-    for spelling in sorted({str(path), path.as_posix(), path.name}, key=len, reverse=True):
-        text = text.replace(spelling, "<file>")
+    for spelling in sorted({str(path), path.as_posix(), path.name} - {"", ".", ".."}, key=len, reverse=True):
+        # Whole names only (a file `a.wav` is not in "a wave"), or a path's last part (".../audio/a.wav").
+        text = re.sub(rf"(?<![\w.\-]){re.escape(spelling)}(?![\w.\-])", "<file>", text)
     return text
 
 

@@ -320,3 +320,21 @@ def test_each_pseudonym_maps_back_to_its_recording_on_the_terminal_only(
     with pytest.raises(SystemExit):
         main([str(export), "--key-file", str(tmp_path / "missing.key")])
     assert "no pseudonym key" in capsys.readouterr().err and not (tmp_path / "missing.key").exists()
+
+
+def test_an_error_about_a_recording_names_it_without_its_file_name(tmp_path: Path) -> None:
+    """Errors reach decision.json and the job's log: a recording's file name, which may hold a device
+    serial, is given there as its pseudonym and position, also inside the decoder's own message."""
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "annotations.jsonl").write_text(json.dumps({"audio": "audio/den-DSN12345.wav", "split": "test"}) + "\n")
+    with pytest.raises(PipelineError, match=r"annotations\.jsonl line 1: audio file '<file>' does not exist") as caught:
+        load_background(export, SPLITS, "alexa", KEY)
+    assert "DSN12345" not in str(caught.value)
+    folder = tmp_path / "folder" / "test"
+    folder.mkdir(parents=True)
+    (folder / "hall-DSN12345.wav").write_bytes(b"\x00" * 64)
+    with pytest.raises(PipelineError, match=rf"background recording {recording_pseudonym(KEY, 'test/hall-DSN12345.wav')} "
+                                            r"\(audio file 1\): cannot read it as audio") as caught:
+        load_background(tmp_path / "folder", SPLITS, "alexa", KEY)
+    assert "DSN12345" not in str(caught.value)
