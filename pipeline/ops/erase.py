@@ -47,8 +47,8 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import run_folder
 from pipeline.asr.config import MAX_LM_ORDER
 from pipeline.data import label_noise
-from pipeline.data.privacy import (REQUESTS_FILE, TOMBSTONES_FILE, check_folder_key, pseudonym, read_pseudonyms,
-                                   record_pseudonyms, stamp_folder_key)
+from pipeline.data.privacy import (REQUESTS_FILE, TOMBSTONES_FILE, check_folder_key, key_id, pseudonym,
+                                   read_pseudonyms, record_pseudonyms, stamp_folder_key)
 from pipeline.data.schema import json_lines
 from pipeline.ops.config import JobConfig, is_config_error, job_config, load_config
 from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, REDO_REQUESTS, check_corpus_key, inbox_requests,
@@ -152,11 +152,20 @@ class Ledger:
             self.copies.add(entry["utterance"])
 
 
-def append_ledger(folder: Path, entries: list[dict[str, Any]]) -> None:
+def erasure_folder(folder: Path, key: bytes) -> Path:
+    """The erasure folder, stamped with the key before anything of it is written (its ledger, state and
+    receipts name pseudonyms): a job killed after its first write still leaves the stamp, never an
+    unstamped folder that the next job would take as written before key ids were kept. Callers
+    checked the folder's key first (check_stores), so a stamp is only ever added."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp_folder_key(folder, key)
+    return folder
+
+
+def append_ledger(folder: Path, entries: list[dict[str, Any]], key: bytes) -> None:
     if not entries:
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LEDGER, "a") as f:
+    with open(erasure_folder(folder, key) / LEDGER, "a") as f:
         f.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
 
 
@@ -830,7 +839,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     # hashes can be read from, so a job killed after removing them would leave the next erasure and
     # the audit unable to recognise the clips' other copies.
     found = traces.ledger_entries(key, [Path(p) for p in traces.affected])
-    append_ledger(roots.erasure, found)
+    append_ledger(roots.erasure, found, key)
     for entry in found:
         ledger.add(entry)
     for folder, clips in traces.affected.items():
@@ -853,7 +862,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     # intake keeps it out (the tombstones are what they read); the merged corpus loses it now. So is
     # the id of a clip a request named by its account: a quarantine line names the clip by id alone.
     deleted = deleted | copies | taken
-    add_tombstones(roots, copies | taken)
+    add_tombstones(roots, copies | taken, key)
     listed = listed_on_deleted(roots, deleted, counted={Path(p).name for p in traces.affected})
     for entry in ([{"type": "dataset", "fingerprint": f} for f in sorted(listed.datasets - ledger.datasets)]
                   + [{"type": "clip", "utterance": u, "identifying": False} for u in sorted(listed.utterances - ledger.utterances)]):
@@ -909,7 +918,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     _erase_registry_models(Registry(roots.registry), deleted | ledger.utterances, erased, job)
 
     # The ledger first: whatever happens online, the audit knows what was erased here.
-    append_ledger(roots.erasure, entries)
+    append_ledger(roots.erasure, entries, key)
     stamp_stores(roots, key)
     pending = sorted(set(state.get("online_pending", [])) | set(uploaded))
     if wandb_online(settings) and (online_ids or pending):
@@ -927,12 +936,11 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
         job.requests.append({"request": request, "status": "erased" if found else "matched_nothing",
                              "copies_found": found})
     if job.removed or job.requests or job.quarantined or job.audio_copies or job.online or job.online_pending:
-        job.receipt = write_receipt(roots, job)
+        job.receipt = write_receipt(roots, job, key)
     state = {"requests_seen": sorted(seen | read_pseudonyms(roots.corpus / REQUESTS_FILE)), "quarantine_seen": len(q_lines),
              "copies_seen": sorted(set(state.get("copies_seen", [])) | set(job.audio_copies)),
              "online_pending": job.online_pending}
-    roots.erasure.mkdir(parents=True, exist_ok=True)
-    (roots.erasure / STATE).write_text(json.dumps(state) + "\n")
+    (erasure_folder(roots.erasure, key) / STATE).write_text(json.dumps(state) + "\n")
     # The `wandb_run_id` files of the W&B runs this job removed, now that the state holds their ids (an
     # online deletion still pending is retried by id): left in the folder, the id would be resumed by the
     # next tracker there (`evaluate.py run=<run>`), and W&B refuses to upload a deleted run's id.
@@ -1030,12 +1038,14 @@ def _erase_registry_models(registry: Registry, deleted: set[str], erased: set[st
                        clips=len(set(record.get("trained_on", [])) & deleted))
 
 
-def add_tombstones(roots: Roots, copies: set[str]) -> set[str]:
-    """Add `copies` to the tombstones every build and intake reads; returns those not there before."""
+def add_tombstones(roots: Roots, copies: set[str], key: bytes) -> set[str]:
+    """Add `copies` to the tombstones every build and intake reads; returns those not there before.
+    The corpus is stamped with the key first, so tombstones are never left without it."""
     tombstones = roots.corpus / TOMBSTONES_FILE
     new = copies - read_pseudonyms(tombstones)
     if new:
         roots.corpus.mkdir(parents=True, exist_ok=True)
+        stamp_folder_key(roots.corpus, key)
         write_text_atomic(tombstones, "".join(p + "\n" for p in sorted(read_pseudonyms(tombstones) | copies)))
     return new
 
@@ -1053,7 +1063,7 @@ def record_source_audio(roots: Roots, key: bytes) -> set[str]:
     requests = deleted_set(roots, key) | incoming
     hashes = {h for folder in folders for h in purge_export(folder, key, requests, dry_run=True)[1]}
     append_ledger(roots.erasure, [{"type": "clip", "utterance": None, "file": h, "audio": None, "text": None}
-                                  for h in sorted(hashes - ledger.audio)])
+                                  for h in sorted(hashes - ledger.audio)], key)
     stamp_stores(roots, key)
     return requests
 
@@ -1073,15 +1083,17 @@ def tombstone_copies(roots: Roots, key: bytes) -> set[str]:
     for folder in export_folders(roots):
         purge_export(folder, key, deleted | copies, dry_run=True, audio=audio, copies=copies)
     entries += [{"type": "copy", "utterance": u} for u in sorted(copies - ledger.copies)]
-    append_ledger(roots.erasure, entries)
-    new = add_tombstones(roots, copies)
+    append_ledger(roots.erasure, entries, key)
+    new = add_tombstones(roots, copies, key)
     stamp_stores(roots, key)
     return new
 
 
-def write_receipt(roots: Roots, job: Erasure) -> Path:
-    folder = roots.erasure / "receipts"
-    folder.mkdir(parents=True, exist_ok=True)
+def write_receipt(roots: Roots, job: Erasure, key: bytes) -> Path:
+    """The receipt names requests by pseudonym: it records the id of the key they were made with, and
+    lies in the erasure folder, whose stamp every job checks first."""
+    folder = erasure_folder(roots.erasure, key) / "receipts"
+    folder.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     receipt = {
         "erased_at": now(),
@@ -1094,6 +1106,7 @@ def write_receipt(roots: Roots, job: Erasure) -> Path:
         "wandb_online": job.online,
         "wandb_online_pending": job.online_pending,
         "ids": "pseudonyms only: pipeline.data.privacy.pseudonym(key, kind, raw id)",
+        "key_id": key_id(key),
     }
     for n in itertools.count():  # a receipt is never overwritten: two erasures of one process in one second
         path = folder / f"{stamp}-{os.getpid()}-{n}.json"  # sorts in the order written

@@ -1130,7 +1130,7 @@ def test_an_erasure_killed_after_it_removed_a_dataset_still_erases_the_transcrip
     kept_report = report.read_text()
     report.write_text(kept_report + f"| late-2 | {VICTIM_SENTENCES[1]} |\n")
 
-    def killed(roots: Any, copies: set[str]) -> set[str]:
+    def killed(roots: Any, copies: set[str], key: bytes) -> set[str]:
         raise KeyboardInterrupt  # the job killed after the cached datasets went
 
     with monkeypatch.context() as patched:

@@ -25,6 +25,9 @@ from pipeline.ops.registry import Registry
 from pipeline.ops.retrain import EXIT_CONFIG, EXIT_OK, run_retrain
 from pipeline.runtime import PipelineError
 from tests.ops.test_promote_rollback import _cfg as job_cfg
+from tests.ops.test_erase import store  # noqa: F401 - the fixture: cached datasets, run folders, a registry
+from tests.ops.test_erase import KEY as ERASE_KEY
+from tests.ops.test_erase import overrides as erase_overrides
 from tests.ops.test_promote_rollback import _run
 
 ENV = "TEST_ROTATED_PSEUDONYM_KEY"
@@ -161,3 +164,37 @@ def test_a_record_from_before_key_ids_is_taken_as_the_current_keys_with_a_warnin
     assert "m2 (trained on data with a deletion request)" in decision["reason"]
     assert any("model m2" in r.getMessage() and "records no pseudonym key id" in r.getMessage()
                for r in caplog.records)
+
+
+def test_an_erasure_killed_after_its_first_ledger_lines_leaves_the_ledger_stamped(
+        store: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Before the fix: the ledger's stamp was written after its first lines, so a job killed in between
+    left a ledger without one: the next job warned that it was written before key ids were kept, and
+    took it as the current key's even after a key change."""
+    root = store["root"]
+    ledger = root / "registry" / "erasure"
+
+    def killed(self: erase.Ledger, entry: dict) -> None:
+        raise KeyboardInterrupt  # the job killed right after the ledger's first lines were appended
+
+    with monkeypatch.context() as patched:
+        patched.setattr(erase.Ledger, "add", killed)
+        with pytest.raises(KeyboardInterrupt):
+            erase.main(erase_overrides(root))
+    assert (ledger / erase.LEDGER).read_text().strip(), "the ledger's first lines were written"
+    assert (ledger / KEY_ID_FILE).read_text().strip() == key_id(ERASE_KEY.encode())
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.privacy"):
+        assert erase.main(erase_overrides(root)) == 0
+    assert not [r for r in caplog.records if str(ledger) in r.getMessage()]
+    [receipt] = sorted((ledger / "receipts").glob("*.json"))
+    assert json.loads(receipt.read_text())["key_id"] == key_id(ERASE_KEY.encode())
+
+
+def test_the_stamp_is_in_place_before_a_ledger_line_is_appended(tmp_path: Path) -> None:
+    """A ledger that cannot be appended to (here a folder in its place) fails after the stamp is written."""
+    folder = tmp_path / "erasure"
+    (folder / erase.LEDGER).mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        erase.append_ledger(folder, [{"type": "dataset", "fingerprint": "f"}], b"k")
+    assert (folder / KEY_ID_FILE).read_text().strip() == key_id(b"k")
