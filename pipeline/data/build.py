@@ -41,7 +41,7 @@ from pipeline.data.config import DataConfig, PrivacyConfig, SplitShares
 from pipeline.data.features import SAMPLING_RATE, SPLITS, dataset_features
 from pipeline.data.privacy import (ERASED_DIR, Deletions, check_folder_key, dataset_utterance_id,
                                    erased_request_files, erased_requests, key_id, load_deletions, load_key, pseudonym,
-                                   quoted_ids, redact_ids, utterance_pseudonym)
+                                   quoted_ids, redact_ids, stamp_folder_key, utterance_pseudonym)
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem, utf8_json
 from pipeline.data.sources import RawRecord, Source, open_sources
 from pipeline.data.splits import assign_split
@@ -192,7 +192,8 @@ def _run(data: DataConfig, cache_dir: Path, run_dir: Path, sources: list[Source]
     for path in deletion_files:
         deletions.pseudonyms |= load_deletions(path, key).pseudonyms
     # What `make erase` removed stays out of every later build: matched only under the key it was made with.
-    check_folder_key(cache_dir / ERASED_DIR, key, f"the retraining corpus {cache_dir / ERASED_DIR} (deletions "
+    # A corpus from before key ids were kept is taken as this key's, with a warning (`assumed`).
+    assumed = check_folder_key(cache_dir / ERASED_DIR, key, f"the retraining corpus {cache_dir / ERASED_DIR} (deletions "
                      "every build under this cache applies)", "if that key is lost, apply its deletion requests "
                      "again from their original files, under the current key (data.deletions or the inbox)")
     erased = erased_request_files(cache_dir)
@@ -215,6 +216,11 @@ def _run(data: DataConfig, cache_dir: Path, run_dir: Path, sources: list[Source]
     if report.get("dataset_path") is not None and (final / "dataset_dict.json").is_file():
         write_clip_list(final, run_dir, key)
     (run_dir / BUILD_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    if assumed:
+        # The build applied that corpus's requests as this key's, and warned: stamp it so (the stamp
+        # says the key was assumed), so that later builds check it instead of warning each time.
+        # Only now, the build done: a build that failed or was refused leaves it as it was.
+        stamp_folder_key(cache_dir / ERASED_DIR, key)
     return report
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -93,8 +94,11 @@ def key_id(key: bytes) -> str:
 # every place that matches stored pseudonyms against current ones refuses a store made under
 # another key (`check_key_id`).
 
-# The stamp in a folder of stored pseudonyms (the retraining corpus, erasure's ledger): the key id.
+# The stamp in a folder of stored pseudonyms (the retraining corpus, erasure's ledger): the key id on
+# its first line. A stamp added to a folder that already held pseudonyms says so on a second line
+# (ASSUMED): that key was assumed, not known, to be theirs.
 KEY_ID_FILE = "pseudonym_key_id"
+ASSUMED = "assumed"
 
 
 class KeyMismatch(PipelineError):
@@ -138,26 +142,40 @@ def check_key_id(stored: str | None, key: bytes, what: str, redo: str) -> None:
 def folder_key_id(folder: Path) -> str | None:
     """The key id stamped in a folder of stored pseudonyms; None when it has no stamp."""
     path = Path(folder) / KEY_ID_FILE
-    return (path.read_text().strip() or None) if path.is_file() else None
+    words = path.read_text().split() if path.is_file() else []
+    return words[0] if words else None
 
 
-def check_folder_key(folder: Path, key: bytes, what: str, redo: str) -> None:
-    """`check_key_id` for a folder's stamp; a folder without a stamp and without files has nothing to match."""
+def unstamped(folder: Path) -> bool:
+    """A folder holding something but no stamp: written before key ids were kept."""
+    folder = Path(folder)
+    return (folder_key_id(folder) is None and folder.is_dir()
+            and any(p.name != KEY_ID_FILE for p in folder.iterdir()))
+
+
+def check_folder_key(folder: Path, key: bytes, what: str, redo: str) -> bool:
+    """`check_key_id` for a folder's stamp; a folder without a stamp and without files has nothing to match.
+    Returns whether the folder was taken as the current key's for want of a stamp (warned about)."""
     folder = Path(folder)
     stored = folder_key_id(folder)
-    if stored is None and not (folder.is_dir() and any(p.name != KEY_ID_FILE for p in folder.iterdir())):
-        return
+    if stored is None and not unstamped(folder):
+        return False
     check_key_id(stored, key, what, redo)
+    return stored is None
 
 
 def stamp_folder_key(folder: Path, key: bytes) -> None:
     """Stamp a folder the current key's pseudonyms were just written to. Never overwrites another key's
     stamp (the caller checked it first: a mismatch was refused before anything was written). A folder
     from before stamps were kept is stamped at its next write, after check_key_id's warning: it was
-    taken as the current key's already, and the warning is given once rather than at every job."""
+    taken as the current key's already, and the warning is given once rather than at every job. Its
+    stamp says the key was assumed (ASSUMED), as the warning did: a stamp records, it cannot know."""
     folder = Path(folder)
-    if folder.is_dir() and folder_key_id(folder) is None:
-        write_text_atomic(folder / KEY_ID_FILE, key_id(key) + "\n")
+    if not folder.is_dir() or folder_key_id(folder) is not None:
+        return
+    note = (f"{ASSUMED}: held pseudonyms before key ids were kept; taken as made with this key on "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n") if unstamped(folder) else ""
+    write_text_atomic(folder / KEY_ID_FILE, key_id(key) + "\n" + note)
 
 
 _UTTERANCE_PSEUDONYM = re.compile(rf"utt_[0-9a-f]{{{PSEUDONYM_HEX}}}")

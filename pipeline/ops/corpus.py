@@ -276,8 +276,9 @@ def update_corpus(inbox: Path, corpus_dir: Path, key: bytes) -> Corpus:
     check_inbox(inbox)
     check_corpus_key(corpus_dir, key)
     batches_dir = corpus_dir / "batches"
-    batches_dir.mkdir(parents=True, exist_ok=True)
-    stamp_folder_key(corpus_dir, key)  # before any pseudonym is written to it
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    stamp_folder_key(corpus_dir, key)  # before any pseudonym is written to it (and before `batches`: a new one)
+    batches_dir.mkdir(exist_ok=True)
     # What a killed job was writing (a batch's annotations too: they may hold a deleted record).
     for tmp in [*batches_dir.glob(f"{TMP_PREFIX}*"), *batches_dir.glob(f"*/{TMP_PREFIX}*"), *corpus_dir.glob(f"{TMP_PREFIX}*")]:
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()

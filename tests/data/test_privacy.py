@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.data.build import run_data_stage
 from pipeline.data.privacy import (dataset_utterance_id, load_deletions, load_key, pseudonym, quoted_ids, redact_ids,
                                    utterance_pseudonym)
 from pipeline.data.splits import assign_split
 from pipeline.runtime import PipelineError
-from tests.data.test_build import build, record, split_of, write_export
+from pipeline.tracking import NullTracker
+from tests.data.test_build import build, make_cfg, record, split_of, write_export
 
 
 def test_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
@@ -371,3 +373,50 @@ def test_a_background_recording_is_named_by_a_stable_keyed_pseudonym() -> None:
     assert name == recording_pseudonym(b"key", "test/kitchen-DSN12345.flac") and "DSN12345" not in name
     assert name != recording_pseudonym(b"other key", "test/kitchen-DSN12345.flac")
     assert is_recording_pseudonym(name) and not is_recording_pseudonym("test/kitchen-DSN12345.flac")
+
+
+def test_a_corpus_from_before_key_ids_is_stamped_as_assumed_by_the_build_that_warned(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Before the fix: a corpus without a stamp warned at every build until a retraining or an erasure
+    stamped it. The build that warned stamps it, saying the key was assumed; one that fails does not."""
+    import logging
+
+    from pipeline.data import privacy
+    from pipeline.data.privacy import key_id
+
+    export = tmp_path / "export"
+    write_export(export, [record(i, account=f"A{i}") for i in range(1, 9)])
+    key = load_key("PIPELINE_TEST_DATA_KEY_UNSET", tmp_path / "cache" / "pseudonym.key")
+    corpus = tmp_path / "cache" / "retrain" / "corpus"
+    corpus.mkdir(parents=True)
+    (corpus / "deletion_requests.txt").write_text(pseudonym(key, "utt", "u001") + "\n")
+    stamp = corpus / "pseudonym_key_id"
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "records no pseudonym key id" in r.getMessage()]
+
+    # A build that fails after the check (its build report cannot be written) leaves the corpus unstamped.
+    (tmp_path / "failed" / "build_report.json").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.privacy"), pytest.raises(IsADirectoryError):
+        run_data_stage(make_cfg(tmp_path, path=str(export / "annotations.jsonl")), tmp_path / "failed", NullTracker())
+    assert len(warnings()) == 1 and str(corpus) in warnings()[0]
+    assert not stamp.exists()
+
+    monkeypatch.setattr(privacy, "_WARNED", set())  # a new process: the warning is given once per process
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.privacy"):
+        report, _ = build(tmp_path, path=str(export / "annotations.jsonl"))
+    assert "u001" not in split_of(report["dataset_path"])
+    assert len(warnings()) == 1
+    lines = stamp.read_text().splitlines()
+    assert lines[0] == key_id(key) and lines[1].startswith("assumed: ")
+
+    monkeypatch.setattr(privacy, "_WARNED", set())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.privacy"):
+        again, _ = build(tmp_path, "run2", path=str(export / "annotations.jsonl"))
+    assert warnings() == [] and again["fingerprint"] == report["fingerprint"]
+
+    monkeypatch.setenv("PIPELINE_TEST_DATA_KEY_UNSET", "a rotated key")  # the assumed key is checked like any
+    with pytest.raises(PipelineError, match=rf"^the retraining corpus .* was made under pseudonym key {key_id(key)}"):
+        build(tmp_path, "run3", path=str(export / "annotations.jsonl"))
