@@ -22,7 +22,8 @@ BUILD_REPORT = "build_report.json"
 # Beside it in the run folder: a line per clip of the dataset the build made, its utterance's pseudonym
 # first, then its account's, device's and original's, so erasure finds the run's models (and the
 # registry's) of a deleted clip when the cached dataset is gone (a cache cleaned to free disk) and
-# the build report's fingerprint alone says nothing.
+# the build report's fingerprint alone says nothing. The run's `pseudonym_key_id` (privacy.KEY_ID_FILE)
+# names the key those pseudonyms were made with.
 DATASET_CLIPS = "dataset_clips.txt"
 # The build's record of every input record it kept out, in the dataset folder and copied beside the report.
 QUARANTINE_LINES = "quarantine.jsonl"

@@ -39,7 +39,7 @@ from pipeline.config import checked
 from pipeline.data.card import split_rule, summarise, write_card
 from pipeline.data.config import DataConfig, PrivacyConfig, SplitShares
 from pipeline.data.features import SAMPLING_RATE, SPLITS, dataset_features
-from pipeline.data.privacy import (ERASED_DIR, Deletions, check_folder_key, dataset_utterance_id,
+from pipeline.data.privacy import (ERASED_DIR, KEY_ID_FILE, Deletions, check_folder_key, dataset_utterance_id,
                                    erased_request_files, erased_requests, key_id, load_deletions, load_key, pseudonym,
                                    quoted_ids, redact_ids, stamp_folder_key, utterance_pseudonym)
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem, utf8_json
@@ -265,8 +265,15 @@ def _settings(data: DataConfig) -> Settings:
 
 
 def write_clip_list(dataset: Path, run_dir: Path, key: bytes) -> None:
-    """`run_folder.DATASET_CLIPS` of the saved dataset into the run folder: a line per clip."""
-    write_text_atomic(run_dir / DATASET_CLIPS, "".join(" ".join(c) + "\n" for c in clip_pseudonyms(dataset, key)))
+    """`run_folder.DATASET_CLIPS` of the saved dataset into the run folder: a line per clip.
+
+    The run folder's stamp (privacy.KEY_ID_FILE) names the key the list's pseudonyms were made with:
+    erasure and the audit match the list only under that key. Written first, over any earlier
+    build's stamp (whose list goes first), so a list is never found beside another key's stamp."""
+    text = "".join(" ".join(c) + "\n" for c in clip_pseudonyms(dataset, key))
+    (run_dir / DATASET_CLIPS).unlink(missing_ok=True)
+    write_text_atomic(run_dir / KEY_ID_FILE, key_id(key) + "\n")
+    write_text_atomic(run_dir / DATASET_CLIPS, text)
 
 
 def clip_pseudonyms(dataset: Path, key: bytes) -> list[tuple[str, ...]]:

@@ -94,9 +94,9 @@ def key_id(key: bytes) -> str:
 # every place that matches stored pseudonyms against current ones refuses a store made under
 # another key (`check_key_id`).
 
-# The stamp in a folder of stored pseudonyms (the retraining corpus, erasure's ledger): the key id on
-# its first line. A stamp added to a folder that already held pseudonyms says so on a second line
-# (ASSUMED): that key was assumed, not known, to be theirs.
+# The stamp in a folder of stored pseudonyms (the retraining corpus, erasure's ledger, a run folder's
+# clip list): the key id on its first line. A stamp added to a folder that already held pseudonyms
+# says so on a second line (ASSUMED): that key was assumed, not known, to be theirs.
 KEY_ID_FILE = "pseudonym_key_id"
 ASSUMED = "assumed"
 

@@ -128,7 +128,7 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
     live = traces.as_ledger(key)
     # The summary's models, by what the findings below judge them on: requested ids, and the clips
     # erasure found (copies under other ids included).
-    listed = listed_on_deleted(roots, deleted)  # runs whose cached dataset may be gone
+    listed = listed_on_deleted(roots, deleted, key)  # runs whose cached dataset may be gone
     affected_models = registry.affected_by(deleted | ledger.utterances | live.utterances | listed.utterances, key)
     audio = ledger.audio | live.audio
     # A deleted transcript that a kept clip of the cached datasets also says (a later batch's "alexa

@@ -47,8 +47,8 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import run_folder
 from pipeline.asr.config import MAX_LM_ORDER
 from pipeline.data import label_noise
-from pipeline.data.privacy import (REQUESTS_FILE, TOMBSTONES_FILE, check_folder_key, key_id, pseudonym,
-                                   read_pseudonyms, record_pseudonyms, stamp_folder_key)
+from pipeline.data.privacy import (REQUESTS_FILE, TOMBSTONES_FILE, check_folder_key, check_key_id, folder_key_id,
+                                   key_id, pseudonym, read_pseudonyms, record_pseudonyms, stamp_folder_key)
 from pipeline.data.schema import json_lines
 from pipeline.ops.config import JobConfig, is_config_error, job_config, load_config
 from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, REDO_REQUESTS, check_corpus_key, inbox_requests,
@@ -418,13 +418,48 @@ def _built(run: Path) -> tuple[str | None, Path | None]:
     return (str(report["fingerprint"]) if report.get("fingerprint") else None), (Path(path) if isinstance(path, str) and path else None)
 
 
-def listed_on_deleted(roots: Roots, deleted: set[str], counted: set[str] = frozenset()) -> Listed:
-    """Runs of one dataset list the same clips: each dataset's list is read once."""
+def matchable_clip_list(run: Path, key: bytes) -> bool:
+    """Whether the run folder's clip list can be matched against `key`'s pseudonyms: made under that
+    key (the run's stamp, privacy.KEY_ID_FILE, written with the list). A list from before runs kept a
+    stamp is taken as the current key's, with a warning (privacy.check_key_id). A run built under
+    another key is refused (KeyMismatch naming it) while it still holds something erasure removes
+    (models, predictions, reports, its W&B run): whether that saw a deleted clip cannot be told. One
+    that holds none (erased already) has nothing left to erase: False, its list is not read."""
+    stored = folder_key_id(run)
+    if stored is not None and stored != key_id(key) and not derived_parts(run):
+        return False
+    check_key_id(stored, key, f"run folder {run} (its {run_folder.DATASET_CLIPS})",
+                 f"if that key is lost, remove the run folder {run}: whether its models, predictions and reports "
+                 "hold a deleted clip cannot be told under the current key")
+    return True
+
+
+def check_run_keys(roots: Roots, key: bytes) -> list[Path]:
+    """Refuse, before a job takes anything from the inbox (as Registry.check_keys), when a run folder's
+    clip list was made under another key (`matchable_clip_list`). Returns the run folders whose list
+    has no stamp: taken as the current key's, and stamped so (`stamp_assumed_runs`) once the job is done."""
+    listing = [run for run in run_folders(roots) if (run / run_folder.DATASET_CLIPS).is_file()]
+    for run in listing:
+        matchable_clip_list(run, key)
+    return [run for run in listing if folder_key_id(run) is None]
+
+
+def stamp_assumed_runs(runs: list[Path], key: bytes) -> None:
+    """Stamp run folders whose clip list was taken as `key`'s for want of a stamp, the stamp saying the
+    key was assumed (privacy.stamp_folder_key): later jobs check them instead of warning each time."""
+    for run in runs:
+        if (run / run_folder.DATASET_CLIPS).is_file():
+            stamp_folder_key(run, key)
+
+
+def listed_on_deleted(roots: Roots, deleted: set[str], key: bytes, counted: set[str] = frozenset()) -> Listed:
+    """Runs of one dataset list the same clips: each dataset's list is read once. Each list is matched
+    only under the key it was made with (`matchable_clip_list`)."""
     listed = Listed()
     by_list: dict[str, set[str]] = {}  # fingerprint (or the run, without one) -> the deleted clips listed
     for run in run_folders(roots):
         path = run / run_folder.DATASET_CLIPS
-        if not path.is_file():
+        if not path.is_file() or not matchable_clip_list(run, key):
             continue
         fingerprint, _ = _built(run)
         name = fingerprint or str(run)
@@ -828,13 +863,16 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     quarantine = roots.corpus / QUARANTINE
     q_lines = quarantine.read_text().splitlines() if quarantine.is_file() else []
     job.quarantined = [json.loads(line) for line in q_lines[state["quarantine_seen"]:] if line.strip()]
+    assumed = check_run_keys(roots, key)
     write_missing_clip_lists(roots, key)  # before any dataset goes, so none is left without its runs' lists
     if not deleted and not job.quarantined:
+        stamp_assumed_runs(assumed, key)
         return job
 
     ledger = Ledger.load(roots.erasure)
     traces = find_traces(roots, key, deleted, ledger.audio)
-    refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected} | listed_on_deleted(roots, deleted).datasets)
+    refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected}
+                   | listed_on_deleted(roots, deleted, key).datasets)
     # Into the ledger before the datasets go: they are the only place the clips' transcript and audio
     # hashes can be read from, so a job killed after removing them would leave the next erasure and
     # the audit unable to recognise the clips' other copies.
@@ -863,7 +901,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     # the id of a clip a request named by its account: a quarantine line names the clip by id alone.
     deleted = deleted | copies | taken
     add_tombstones(roots, copies | taken, key)
-    listed = listed_on_deleted(roots, deleted, counted={Path(p).name for p in traces.affected})
+    listed = listed_on_deleted(roots, deleted, key, counted={Path(p).name for p in traces.affected})
     for entry in ([{"type": "dataset", "fingerprint": f} for f in sorted(listed.datasets - ledger.datasets)]
                   + [{"type": "clip", "utterance": u, "identifying": False} for u in sorted(listed.utterances - ledger.utterances)]):
         entries.append(entry)
@@ -946,6 +984,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     # next tracker there (`evaluate.py run=<run>`), and W&B refuses to upload a deleted run's id.
     for id_file in retired:
         id_file.unlink(missing_ok=True)
+    stamp_assumed_runs(assumed, key)
     return job
 
 
@@ -1131,13 +1170,14 @@ def erase(cfg: DictConfig, api: Any = None) -> Erasure:
     with retrain_lock(registry.root / LOCK_FILE):
         registry.recover()
         registry.check_keys(key)  # before the intake stores anything under the current key
+        check_run_keys(roots, key)
         requests = record_source_audio(roots, key)
         # Exit 4 before the intake takes anything (only a run being written makes the scan worth it).
         if any(run_folder.being_written(run) for run in run_folders(roots)):
             ledger = Ledger.load(roots.erasure)
             traces = find_traces(roots, key, requests, ledger.audio)
             refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected}
-                           | listed_on_deleted(roots, requests).datasets)
+                           | listed_on_deleted(roots, requests, key).datasets)
         update_corpus(roots.inbox, roots.corpus, key)
         return erase_copies(cfg, roots, key, api=api)
 

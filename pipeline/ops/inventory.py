@@ -129,7 +129,7 @@ RUN_PARTS: tuple[Place, ...] = (
     Place("W&B offline run", "run", ("wandb/*",), (TEXT, IDS, WEIGHTS), "pipeline.tracking.wandb_run", "run"),
     Place("review", "run", ("review/*", NOISE_FILE), (TEXT, IDS), "pipeline.review.stage, pipeline.data.label_noise",
           "run"),
-    Place("run record", "run", (BUILD_REPORT, DATASET_CLIPS, QUARANTINE_LINES, "config.yaml", ".hydra/*", f"{EVAL_CONFIG_DIR}/*",
+    Place("run record", "run", (BUILD_REPORT, DATASET_CLIPS, KEY_ID_FILE, QUARANTINE_LINES, "config.yaml", ".hydra/*", f"{EVAL_CONFIG_DIR}/*",
                                 "metrics.json", "decision.json", "candidate.json", RUN_ID_FILE, "*.log", "DO_NOT_SYNC",
                                 "multirun.yaml", ".writing"), (IDS,), "train.py, retrain.py, hydra", "keep"),
 )

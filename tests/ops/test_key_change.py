@@ -1,6 +1,6 @@
 """A pseudonym key change (a new cache folder makes a new key file; the environment variable is
-rotated) must not let stored pseudonyms pass unmatched. Model records, the corpus's tombstones and
-erasure's ledger name the key they were made with; promote, rollback, affected_by, erasure, the
+rotated) must not let stored pseudonyms pass unmatched. Model records, the corpus's tombstones,
+erasure's ledger and run folders' clip lists name the key they were made with; promote, rollback, affected_by, erasure, the
 audit and the build refuse one made under another key, and say what to do.
 
 Before the fix: model records named no key, so after a key change a deletion request's pseudonym
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -198,3 +200,76 @@ def test_the_stamp_is_in_place_before_a_ledger_line_is_appended(tmp_path: Path) 
     with pytest.raises(IsADirectoryError):
         erase.append_ledger(folder, [{"type": "dataset", "fingerprint": "f"}], b"k")
     assert (folder / KEY_ID_FILE).read_text().splitlines()[0] == key_id(b"k")
+
+
+def test_a_run_folder_listed_under_another_key_is_refused_by_erasure_and_the_audit(
+        store: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run folder's clip list (dataset_clips.txt) names its key (the run's `pseudonym_key_id`).
+    Before the fix: after a key change, a run whose cached dataset was cleaned away was matched by its
+    list under the new key, matched nothing, and kept the models it trained on the deleted account's clips."""
+    root, affected = store["root"], store["affected_runs"]
+    for run in store["runs"]:
+        assert (run / KEY_ID_FILE).read_text().strip() == key_id(ERASE_KEY.encode()), "written with the list"
+    shutil.rmtree(root / "cache" / "datasets" / store["fingerprints"][0])  # a cache cleaned to free disk
+
+    monkeypatch.setenv("PIPELINE_PSEUDONYM_KEY", NEW_KEY)
+    capsys.readouterr()
+    assert erase.main(erase_overrides(root)) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert re.search(r"run folder \S+ \(its dataset_clips\.txt\) was made under pseudonym key "
+                     rf"{key_id(ERASE_KEY.encode())}, but the current key is {key_id(NEW_KEY.encode())}", err), err
+    assert "remove the run folder" in err and NEW_KEY not in err and ERASE_KEY not in err
+    assert (root / "inbox" / "deletions" / "request.jsonl").is_file(), "refused before the intake took it"
+    assert audit.main(erase_overrides(root)) == EXIT_CONFIG
+    assert "(its dataset_clips.txt) was made under pseudonym key" in capsys.readouterr().err
+
+    monkeypatch.setenv("PIPELINE_PSEUDONYM_KEY", ERASE_KEY)  # the key restored
+    assert erase.main(erase_overrides(root)) == 0
+    for run in affected:
+        assert not (run / "asr").exists() and (run / "dataset_clips.txt").is_file()
+
+
+def test_a_run_folder_listed_before_runs_kept_a_key_id_is_taken_as_the_current_keys_and_stamped(
+        store: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A run folder without a stamp (listed before runs kept one) is matched as the current key's, with
+    a warning naming it; the erasure that warned stamps it (the key assumed), so the next is quiet."""
+    from pipeline.data import privacy
+
+    root, affected = store["root"], store["affected_runs"]
+    for run in store["runs"]:
+        (run / KEY_ID_FILE).unlink()
+    shutil.rmtree(root / "cache" / "datasets" / store["fingerprints"][0])  # found by their lists only
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.privacy"):
+        assert erase.main(erase_overrides(root)) == 0
+    warned = [r.getMessage() for r in caplog.records if "(its dataset_clips.txt) records no pseudonym key id"
+              in r.getMessage()]
+    assert sorted(m.split()[2] for m in warned) == sorted(map(str, store["runs"]))
+    for run in affected:
+        assert not (run / "asr").exists(), "its list was matched: its models went"
+    for run in store["runs"]:
+        lines = (run / KEY_ID_FILE).read_text().splitlines()
+        assert lines[0] == key_id(ERASE_KEY.encode()) and lines[1].startswith("assumed: ")
+
+    monkeypatch.setattr(privacy, "_WARNED", set())  # a new process
+    caplog.clear()
+    _request(root, "d1-u0")
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.privacy"):
+        assert erase.main(erase_overrides(root)) == 0
+    assert not [r for r in caplog.records if "dataset_clips.txt" in r.getMessage()]
+
+
+def test_a_run_folder_under_another_key_holding_nothing_to_erase_is_not_read(tmp_path: Path) -> None:
+    """Its list cannot be matched, and nothing derived is left in it to erase (an earlier erasure took
+    it): skipped. Holding a model, it is refused."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "dataset_clips.txt").write_text(utterance_pseudonym(b"old", "u1") + "\n")
+    (run / KEY_ID_FILE).write_text(key_id(b"old") + "\n")
+    (run / "DO_NOT_SYNC").write_text("{}\n")
+    assert erase.matchable_clip_list(run, b"new") is False
+    assert erase.matchable_clip_list(run, b"old") is True
+    (run / "asr").mkdir()
+    (run / "asr" / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(PipelineError, match=rf"^run folder {re.escape(str(run))} \(its dataset_clips\.txt\) was made "
+                                            "under pseudonym key .* remove the run folder"):
+        erase.matchable_clip_list(run, b"new")
