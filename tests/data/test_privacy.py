@@ -340,6 +340,18 @@ def test_an_entity_type_holding_the_records_identifier_is_quarantined(tmp_path: 
     assert annotator.encode() not in written and annotator.lower().encode() not in written
 
 
+def _export_and_corpus_erasing_u001(tmp_path: Path) -> tuple[Path, bytes, Path]:
+    """An export of eight records, the cache's key, and a retraining corpus (no stamp yet) whose
+    deletion requests name u001, as `make erase` leaves them."""
+    export = tmp_path / "export"
+    write_export(export, [record(i, account=f"A{i}") for i in range(1, 9)])
+    key = load_key("PIPELINE_TEST_DATA_KEY_UNSET", tmp_path / "cache" / "pseudonym.key")
+    corpus = tmp_path / "cache" / "retrain" / "corpus"
+    corpus.mkdir(parents=True)
+    (corpus / "deletion_requests.txt").write_text(pseudonym(key, "utt", "u001") + "\n")
+    return export, key, corpus
+
+
 def test_a_build_refuses_erased_requests_made_under_another_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`make erase`'s requests (the retraining corpus under this cache) are applied by every build,
     matched as pseudonyms: under another key they would match nothing and the erased clip would be
@@ -347,12 +359,7 @@ def test_a_build_refuses_erased_requests_made_under_another_key(tmp_path: Path, 
     Before the fix: the build under the new key succeeded, u001 (erased) back in the dataset."""
     from pipeline.data.privacy import key_id
 
-    export = tmp_path / "export"
-    write_export(export, [record(i, account=f"A{i}") for i in range(1, 9)])
-    old = load_key("PIPELINE_TEST_DATA_KEY_UNSET", tmp_path / "cache" / "pseudonym.key")
-    corpus = tmp_path / "cache" / "retrain" / "corpus"
-    corpus.mkdir(parents=True)
-    (corpus / "deletion_requests.txt").write_text(pseudonym(old, "utt", "u001") + "\n")
+    export, old, corpus = _export_and_corpus_erasing_u001(tmp_path)
     (corpus / "pseudonym_key_id").write_text(key_id(old) + "\n")
     report, _ = build(tmp_path, path=str(export / "annotations.jsonl"))
     assert "u001" not in split_of(report["dataset_path"])
@@ -384,12 +391,7 @@ def test_a_corpus_from_before_key_ids_is_stamped_as_assumed_by_the_build_that_wa
     from pipeline.data import privacy
     from pipeline.data.privacy import key_id
 
-    export = tmp_path / "export"
-    write_export(export, [record(i, account=f"A{i}") for i in range(1, 9)])
-    key = load_key("PIPELINE_TEST_DATA_KEY_UNSET", tmp_path / "cache" / "pseudonym.key")
-    corpus = tmp_path / "cache" / "retrain" / "corpus"
-    corpus.mkdir(parents=True)
-    (corpus / "deletion_requests.txt").write_text(pseudonym(key, "utt", "u001") + "\n")
+    export, key, corpus = _export_and_corpus_erasing_u001(tmp_path)
     stamp = corpus / "pseudonym_key_id"
 
     def warnings() -> list[str]:

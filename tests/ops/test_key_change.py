@@ -27,14 +27,15 @@ from pipeline.ops.registry import Registry
 from pipeline.ops.retrain import EXIT_CONFIG, EXIT_OK, run_retrain
 from pipeline.runtime import PipelineError
 from tests.ops.test_promote_rollback import _cfg as job_cfg
-from tests.ops.test_erase import store  # noqa: F401 - the fixture: cached datasets, run folders, a registry
 from tests.ops.test_erase import KEY as ERASE_KEY
 from tests.ops.test_erase import overrides as erase_overrides
+from tests.ops.test_erase import store as erase_store
 from tests.ops.test_promote_rollback import _run
 
 ENV = "TEST_ROTATED_PSEUDONYM_KEY"
 KEY_ID_FILE = "pseudonym_key_id"  # the stamp in a folder of stored pseudonyms
 NEW_KEY = "a-rotated-key-that-must-never-show"
+store = erase_store  # test_erase's fixture (cached datasets, run folders, a registry), used here by name
 
 
 def _cfg(tmp: Path, **retrain: object) -> OmegaConf:
