@@ -172,7 +172,8 @@ def test_an_explicit_background_folder_without_audio_is_refused(tiny_models: Pat
     _refused(rf"^eval\.background={re.escape(str(folder))}: no audio files \(\.wav, \.flac, \.ogg, \.opus, \.mp3, \.aiff, \.aif, "
              r"\.m4a, \.aac, \.mp4, \.webm, \.wma\) under it; "
              r"point it at recordings, or eval\.background=none$",
-             tmp_path, tiny_models, tiny_dataset_path, **{"eval.background": str(folder)})
+             tmp_path, tiny_models, tiny_dataset_path, **{"eval.background": str(folder), "privacy.key_env": None,
+                                                            "privacy.key_file": str(tmp_path / "pseudonym.key")})
 
 
 def test_the_report_names_the_splits_it_was_run_on(tiny_models: Path, tiny_dataset_path: Path, tmp_path: Path) -> None:
