@@ -250,14 +250,13 @@ def _from_dataset(path: Path, splits: tuple[str, str], key: bytes) -> list[Recor
         cols = set(dd[split].column_names)
         if "audio" not in cols:
             raise PipelineError(f"eval.background={path}: split {split!r} has no audio column")
-        ids = _dataset_ids(dd[split])
+        entries = _dataset_entries(split, dd[split])
         text_col = next((c for c in ("text", "transcript") if c in cols), None)
-        texts = dd[split][text_col] if text_col else [None] * len(ids)
-        present = dd[split]["wake_word_present"] if "wake_word_present" in cols else [False] * len(ids)
+        texts = dd[split][text_col] if text_col else [None] * len(entries)
+        present = dd[split]["wake_word_present"] if "wake_word_present" in cols else [False] * len(entries)
         seconds = dd[split]["duration"] if "duration" in cols else None
-        for i, uid in enumerate(ids):
-            rec = _named(key, f"{split}/{uid}", f"{split} row {i}", split, path,
-                         float(seconds[i]) if seconds else 0.0, texts[i], row=i)
+        for i, (position, name) in enumerate(entries):
+            rec = _named(key, name, position, split, path, float(seconds[i]) if seconds else 0.0, texts[i], row=i)
             if present[i]:
                 raise PipelineError(f"background recording {rec.label} (in {path}) is marked wake_word_present; "
                                     "background audio must not contain the wake word")
@@ -268,9 +267,22 @@ def _from_dataset(path: Path, splits: tuple[str, str], key: bytes) -> list[Recor
     return out
 
 
-def _dataset_ids(split: Any) -> list[str]:
-    """A built dataset split's recording names: its utterance ids, else the row numbers."""
-    return split["utterance_id"] if "utterance_id" in split.column_names else [str(i) for i in range(len(split))]
+# Where a recording sits in its source, and its name as written: the loaders and the mapping back
+# (`source_names`) must agree on both, or a pseudonym in a report would map to the wrong file.
+def _dataset_entries(split_name: str, split: Any) -> list[tuple[str, str]]:
+    """A built dataset split's recordings: position ("test row 0") and name ("test/<utterance_id>", or
+    the row number without that column)."""
+    ids = split["utterance_id"] if "utterance_id" in split.column_names else [str(i) for i in range(len(split))]
+    return [(f"{split_name} row {i}", f"{split_name}/{uid}") for i, uid in enumerate(ids)]
+
+
+def _export_position(line: int) -> str:
+    return f"annotations.jsonl line {line}"
+
+
+def _file_position(number: int) -> str:
+    """A folder's audio files in path order (`_audio_files`), from 1."""
+    return f"audio file {number}"
 
 
 def _export_name(record: dict[str, Any]) -> str:
@@ -313,7 +325,7 @@ def _from_export(folder: Path, splits: tuple[str, str], key: bytes) -> list[Reco
         if transcript is not None and not isinstance(transcript, str):
             raise PipelineError(f"{folder}/annotations.jsonl line {n}: background recording {pseudonym}'s transcript is "
                                 f"{type(transcript).__name__} {transcript!r}, not a string; write it as text or leave it out")
-        out.append(_named(key, name, f"annotations.jsonl line {n}", split, path, None, transcript))
+        out.append(_named(key, name, _export_position(n), split, path, None, transcript))
     return out
 
 
@@ -348,7 +360,7 @@ def _from_folder(folder: Path, splits: tuple[str, str], key: bytes) -> list[Reco
             unnamed[alias] += 1
             continue
         split = named[0] if named else hashed_split(name, splits)
-        position = f"audio file {number}"
+        position = _file_position(number)
         sidecar = path.with_suffix(".txt")
         try:
             transcript = sidecar.read_text(encoding="utf-8") if sidecar.exists() else None
@@ -373,13 +385,13 @@ def source_names(source: Path) -> list[tuple[str, str]]:
     source = Path(source)
     if (source / "dataset_dict.json").exists():
         dd = open_saved(source)
-        return [(f"{split} row {i}", f"{split}/{uid}") for split in dd for i, uid in enumerate(_dataset_ids(dd[split]))]
+        return [entry for split in dd for entry in _dataset_entries(split, dd[split])]
     if (source / "annotations.jsonl").exists():
-        return [(f"annotations.jsonl line {line.number}", _export_name(line.record))
+        return [(_export_position(line.number), _export_name(line.record))
                 for line in json_lines(source / "annotations.jsonl")
                 if line.record is not None and isinstance(line.record.get("audio"), str) and line.record["audio"]]
     if source.is_dir():
-        return [(f"audio file {i}", p.relative_to(source).as_posix()) for i, p in enumerate(_audio_files(source)[0], 1)]
+        return [(_file_position(i), p.relative_to(source).as_posix()) for i, p in enumerate(_audio_files(source)[0], 1)]
     raise PipelineError(f"{source}: no such folder; give the background source that eval.background named (a built "
                         "dataset, an export folder or a folder of audio files)")
 
