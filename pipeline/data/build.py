@@ -37,10 +37,10 @@ from omegaconf import DictConfig
 from pipeline.data.audio import ClipRejected, load_clip, resolve_audio
 from pipeline.config import checked
 from pipeline.data.card import split_rule, summarise, write_card
-from pipeline.data.config import DataConfig, PrivacyConfig, SplitShares
+from pipeline.data.config import DataConfig, SplitShares, configured_key
 from pipeline.data.features import SAMPLING_RATE, SPLITS, dataset_features
 from pipeline.data.privacy import (ERASED_DIR, KEY_ID_FILE, Deletions, check_folder_key, dataset_utterance_id,
-                                   erased_request_files, erased_requests, key_id, load_deletions, load_key, pseudonym,
+                                   erased_request_files, erased_requests, key_id, load_deletions, pseudonym,
                                    quoted_ids, redact_ids, stamp_folder_key, utterance_pseudonym)
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem, utf8_json
 from pipeline.data.sources import RawRecord, Source, open_sources
@@ -153,9 +153,8 @@ def run_data_stage(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str
     cache_dir = Path(cfg.cache_dir)
     # Types, allowed values and ranges of every source's keys, before any record is read.
     data = checked(cfg.get("data"), DataConfig, "data")
-    privacy = checked(cfg.get("privacy"), PrivacyConfig, "privacy", defaults="conf/config.yaml")
     settings = _settings(data)
-    key = load_key(privacy.key_env, privacy.key_file)
+    key = configured_key(cfg.get("privacy"))
     sweep_abandoned(cache_dir / "datasets")
     sources, deletion_files = open_sources(cfg.data, data, cache_dir)
     (run_dir / DATASET_CLIPS).unlink(missing_ok=True)  # an earlier build's: this one may keep nothing

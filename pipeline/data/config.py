@@ -36,6 +36,15 @@ class PrivacyConfig:
     key_file: Optional[str] = MISSING
 
 
+def configured_key(privacy: Any) -> bytes:
+    """The pseudonym key a config's `privacy` block names, its keys checked first: the one key the
+    data stage, the evaluation and the operations jobs pseudonymise with."""
+    from pipeline.data.privacy import load_key
+
+    checked_privacy = checked(privacy, PrivacyConfig, "privacy", defaults="conf/config.yaml")
+    return load_key(checked_privacy.key_env, checked_privacy.key_file)
+
+
 @dataclass
 class SplitShares:
     """Shares of accounts (or, for a speech corpus' `heldout`, of speakers) in validation and test."""

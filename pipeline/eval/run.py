@@ -30,11 +30,10 @@ from pipeline.asr.devices import flushed_denormals
 from pipeline.asr.fft_conv import configure_positional_conv
 from pipeline.asr.lm import BeamDecoder, has_lm, read_lm_meta
 from pipeline.asr.model import greedy_decode, load_asr, log_probs_of, output_lengths, samples_per_frame
-from pipeline.config import checked, with_checked
+from pipeline.config import with_checked
 from pipeline.data.background import Recording, load_background, mentions
-from pipeline.data.config import PrivacyConfig
+from pipeline.data.config import configured_key
 from pipeline.data.features import SAMPLING_RATE
-from pipeline.data.privacy import load_key
 from pipeline.data.saved import open_saved, require
 from pipeline.data.sources import slurp_id_of
 from pipeline.distributed import pick_device
@@ -183,8 +182,7 @@ def background_key(cfg: DictConfig, source: Path) -> bytes:
         raise PipelineError(f"eval.background={source}: its recordings are named by pseudonyms, which need the pseudonym "
                             "key, and the config has no `privacy` block; add it (privacy.key_env, privacy.key_file, as "
                             "in conf/config.yaml) or set eval.background=none")
-    privacy = checked(privacy, PrivacyConfig, "privacy", defaults="conf/config.yaml")
-    return load_key(privacy.key_env, privacy.key_file)
+    return configured_key(privacy)
 
 
 def _asr_pass(

@@ -38,7 +38,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pipeline.data.privacy import (DELETION_KEYS, REQUESTS_FILE, TOMBSTONES_FILE, Deletions, check_folder_key,
-                                   load_key, parse_deletion_requests, read_pseudonyms, stamp_folder_key,
+                                   parse_deletion_requests, read_pseudonyms, stamp_folder_key,
                                    utterance_pseudonym)
 from pipeline.data.schema import json_lines, utf8_json
 from pipeline.ops.registry import TMP_PREFIX, now
@@ -77,7 +77,9 @@ class Corpus:
 
 def pseudonym_key(privacy: DictConfig) -> bytes:
     """The same key the data stage pseudonymises with (`privacy.key_env`, else `privacy.key_file`)."""
-    return load_key(str(privacy.key_env), str(privacy.key_file))
+    from pipeline.data.config import configured_key
+
+    return configured_key(privacy)
 
 
 def check_inbox(inbox: Path) -> None:
