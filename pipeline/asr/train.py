@@ -636,12 +636,18 @@ def _evaluate_and_save(run: TrainingRun, loop_start: float) -> None:
         print(f"[asr] step {step} val_loss {scores['loss']:.3f} val_wer {scores['wer']:.3f} val_cer {scores['cer']:.3f}", flush=True)
         run.ckpt_root.mkdir(parents=True, exist_ok=True)
         full = {**state, "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict()}
-        save_checkpoint(run.ckpt_root, step, run.model, run.processor, full, lambda: time.time() - loop_start)
+
+        def clock() -> float:
+            # train_seconds is wall time and so includes validation: throughput over a span of steps
+            # leaves this out (bench/asr_throughput.py). Read just before the state file is written,
+            # so that a run resumed from this checkpoint has it too.
+            now = time.time()
+            entry["eval_seconds"] = now - started
+            return now - loop_start
+
+        save_checkpoint(run.ckpt_root, step, run.model, run.processor, full, clock)
         state["train_seconds"] = full["train_seconds"]
         prune_checkpoints(run.ckpt_root, int(acfg.keep_last), state["best_step"])
-        # train_seconds is wall time and so includes validation: throughput over a span of steps
-        # leaves this out (bench/asr_throughput.py)
-        entry["eval_seconds"] = time.time() - started
     # Every rank needs the same best/history to save the same state if it becomes rank 0's copy.
     if placement.distributed:
         import torch.distributed as dist

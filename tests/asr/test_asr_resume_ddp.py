@@ -216,6 +216,22 @@ def test_a_run_resumed_after_its_time_budget_ended_trains_no_further(tiny_datase
     assert max(checkpoint_steps(tmp_path / "asr" / "checkpoints")) == first["steps"]
 
 
+def test_every_checkpoint_keeps_the_validation_seconds_of_each_step_it_validated(tiny_dataset_path: Path, tmp_path: Path) -> None:
+    """The throughput benchmark subtracts each history entry's `eval_seconds` from the training time.
+    Before the fix the entry got it only after the checkpoint was saved, so a run resumed from a
+    checkpoint had none for that step and counted its validation as training."""
+    from pipeline.asr.checkpoints import STATE_FILE
+
+    run_asr_stage(micro_cfg("asr.max_steps=6", "asr.eval_every=3", "asr.lm_order=null", "asr.keep_last=3"), tmp_path,
+                  tiny_dataset_path, RecordingTracker())
+    saved = checkpoint_steps(tmp_path / "asr" / "checkpoints")
+    assert sorted(saved) == [3, 6]
+    for step, path in saved.items():
+        history = torch.load(path / STATE_FILE, weights_only=False)["history"]
+        assert [h["step"] for h in history] == [s for s in (3, 6) if s <= step]
+        assert all(h["eval_seconds"] > 0 for h in history), (step, history)
+
+
 def test_a_resumed_run_counts_the_validation_and_save_of_its_checkpoint_against_the_budget(
     tiny_dataset_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
