@@ -23,17 +23,18 @@ from pipeline.data.features import SAMPLING_RATE
 from pipeline.runtime import PipelineError
 
 
-def compile_buckets(acfg: DictConfig, durations: list[float], hop: int) -> tuple[int, ...]:
+def compile_buckets(acfg: DictConfig, durations: list[float], hop: int, longest_s: float | None = None) -> tuple[int, ...]:
     """`asr.compile_buckets` padded lengths in samples, spaced evenly in log-length from the shortest
-    clip to the longest one as played (speed perturbation stretches clips by up to 1/min speed), each
-    a whole number of the model's output frames (`hop` samples: `samples_per_frame`), so no padded
-    sample is left over past the last frame.
+    clip to the longest play (`longest_s`, sampler.longest_play; default the longest clip) as played
+    (speed perturbation stretches clips by up to 1/min speed), each a whole number of the model's
+    output frames (`hop` samples: `samples_per_frame`), so no padded sample is left over past the last frame.
 
     A compiled model keeps one graph per input length; padding to these few lengths instead of each
     batch's longest clip bounds the compilations, at the cost of some padding (about half a step of
     the ladder on average)."""
     speeds = [float(s) for s in (acfg.augment.speeds or [1.0])] if float(acfg.augment.prob or 0) > 0 else [1.0]
-    shortest, longest = min(durations) / max(speeds + [1.0]), max(durations) / min(speeds + [1.0])
+    longest_s = max(durations) if longest_s is None else max(longest_s, max(durations))
+    shortest, longest = min(durations) / max(speeds + [1.0]), longest_s / min(speeds + [1.0])
     count = int(acfg.compile_buckets)
     ratio = (longest / shortest) ** (1 / max(count - 1, 1)) if count > 1 else 1.0
 

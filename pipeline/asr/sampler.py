@@ -108,6 +108,25 @@ def spliced_plays(clips: list[int], sources: Sequence[str] | None, splice: Mappi
     return out
 
 
+def longest_play(durations: Sequence[float], sources: Sequence[str] | None, splice: Mapping | None,
+                 where: str = "the dataset") -> float:
+    """Seconds of the longest play an epoch can hold: its longest clip, or a spliced play of the
+    longest clip of the spliced sources, the gap and the longest partner (spliced_plays), whichever
+    is longer. The compile buckets and the GPU memory probe must fit it: sized on the clips alone, a
+    spliced play past the largest bucket was padded to twice that bucket (a new compiled graph, and
+    a batch the probe had not measured)."""
+    longest = max(durations, default=0.0)
+    if not splice or float(splice["prob"]) <= 0:
+        return longest
+    chosen, partners = set(splice["sources"]), set(splice["partners"])
+    sources = _known_sources("asr.splice", chosen | partners, sources, where)
+    first = max((d for d, s in zip(durations, sources) if s in chosen), default=None)
+    second = max((d for d, s in zip(durations, sources) if s in partners), default=None)
+    if first is None or second is None:
+        return longest
+    return max(longest, first + float(splice["gap_s"]) + second)
+
+
 def epoch_batches(
     durations: Sequence[float], max_batch_seconds: float, bucket_batches: int, seed: int, epoch: int,
     rank: int = 0, world_size: int = 1,

@@ -37,7 +37,9 @@ from pipeline.asr.model import (
     build_model, evaluate_clips, no_time_mask, output_lengths, probe_batch_seconds, samples_per_frame,
     skip_waveform_gradient, time_mask_fits, uses_attention_mask,
 )
-from pipeline.asr.sampler import clips_over_budget, epoch_batches, eval_batches, played_clips, source_plays, spliced_plays
+from pipeline.asr.sampler import (
+    clips_over_budget, epoch_batches, eval_batches, longest_play, played_clips, source_plays, spliced_plays,
+)
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.config import TrainerConfig, with_checked
 from pipeline.data.features import SAMPLING_RATE
@@ -178,7 +180,8 @@ def set_up(
     configure_positional_conv(model, acfg.cpu_fft_positional_conv, placement.device, placement.amp_dtype, bool(acfg.compile))
     if acfg.skip_waveform_gradient:
         skip_waveform_gradient(model)
-    batch_seconds = resolve_batch_seconds(acfg, model, placement, train_set.durations, len(processor.tokenizer))
+    longest_s = longest_play(train_set.durations, train_set.sources, acfg.get("splice"), str(dataset_path))
+    batch_seconds = resolve_batch_seconds(acfg, model, placement, longest_s, len(processor.tokenizer))
     saved = float(state.get("max_batch_seconds") or 0) if resume_from is not None else 0.0
     if acfg.max_batch_seconds == "auto" and 0 < saved <= batch_seconds * (1 + float(acfg.auto_batch.margin) / 2):
         # The probe measures free memory, so it rarely gives the same float twice: the checkpoint's
@@ -191,7 +194,7 @@ def set_up(
     if oversized and placement.is_main:
         print(f"[asr] warning: {oversized} training clip(s) are longer than max_batch_seconds={batch_seconds:g}; "
               "each goes in a batch of its own that exceeds the budget (raise asr.max_batch_seconds)", flush=True)
-    buckets = compile_buckets(acfg, train_set.durations, samples_per_frame(model)) if acfg.compile else None
+    buckets = compile_buckets(acfg, train_set.durations, samples_per_frame(model), longest_s) if acfg.compile else None
     shape = epoch_shape(acfg, buckets)
     if resume_from is not None:
         _restart_epoch_if_batches_changed(state, placement, batch_seconds, shape)
@@ -580,7 +583,7 @@ def clip_loader(
     )
 
 
-def resolve_batch_seconds(acfg: DictConfig, model: torch.nn.Module, placement: Placement, durations: list[float], vocab_size: int) -> float:
+def resolve_batch_seconds(acfg: DictConfig, model: torch.nn.Module, placement: Placement, longest_s: float, vocab_size: int) -> float:
     """`asr.max_batch_seconds`, or for `auto` the largest batch a training step fits in the GPU's memory.
 
     The probe (pipeline.asr.model.probe_batch_seconds) takes a few steps' time at start-up; every
@@ -596,7 +599,7 @@ def resolve_batch_seconds(acfg: DictConfig, model: torch.nn.Module, placement: P
                   f"asr.auto_batch.fallback_seconds={seconds:g}", flush=True)
         return seconds
     speeds = [float(s) for s in (acfg.augment.speeds or [1.0])] if float(acfg.augment.prob or 0) > 0 else [1.0]
-    longest = max(durations) / min(speeds + [1.0])
+    longest = longest_s / min(speeds + [1.0])  # the longest play (sampler.longest_play), slowed
     free, total_bytes = torch.cuda.mem_get_info(placement.device)
     budget = int(total_bytes * (1.0 - float(auto.margin))) - (total_bytes - free - torch.cuda.memory_allocated(placement.device))
     seconds = probe_batch_seconds(model, placement.device, placement.amp_dtype, longest, budget, float(auto.max_seconds), vocab_size)
@@ -608,7 +611,7 @@ def resolve_batch_seconds(acfg: DictConfig, model: torch.nn.Module, placement: P
         seconds = float(box.item())
     if placement.is_main:
         print(f"[asr] max_batch_seconds=auto: {seconds:.0f} padded seconds per batch and process fit "
-              f"{(1 - float(auto.margin)):.0%} of {total_bytes / 2**30:.0f} GiB ({placement.precision}, longest clip {longest:.1f} s)", flush=True)
+              f"{(1 - float(auto.margin)):.0%} of {total_bytes / 2**30:.0f} GiB ({placement.precision}, longest play {longest:.1f} s)", flush=True)
     return seconds
 
 

@@ -66,6 +66,29 @@ def test_buckets_are_whole_frames_of_the_model_and_hold_the_longest_clip_as_play
     assert buckets[0] >= 0.4 / 1.1 * 16_000 > buckets[0] - hop
 
 
+def test_the_largest_bucket_holds_every_spliced_play_as_played() -> None:
+    """Before the fix the ladder ended at the longest clip: a person's word joined to the longest
+    synthetic command (asr.splice) was padded to twice the largest bucket, a shape no graph had."""
+    import math
+
+    from pipeline.asr.collate import padded_length
+    from pipeline.asr.sampler import longest_play, spliced_plays
+
+    durations = [0.5] * 40 + [2.0, 3.0] * 30
+    sources = ["person"] * 40 + ["synthetic"] * 60
+    splice = {"sources": ["person"], "partners": ["synthetic"], "prob": 0.5, "gap_s": 0.2}
+    longest = longest_play(durations, sources, splice)
+    assert longest == pytest.approx(0.5 + 0.2 + 3.0)
+    assert longest_play(durations, sources, None) == longest_play(durations, sources, {**splice, "prob": 0}) == 3.0
+    acfg = OmegaConf.create({"compile_buckets": 3, "augment": {"prob": 0.5, "speeds": [0.9, 1.0, 1.1]}})
+    buckets = compile_buckets(acfg, durations, 320, longest)
+    assert buckets[-1] >= longest / 0.9 * 16_000
+    played = [sum(durations[i] for i in play) + 0.2 if isinstance(play, tuple) else durations[play]
+              for epoch in range(3) for play in spliced_plays(list(range(100)), sources, splice, seed=1, epoch=epoch)]
+    assert max(played) == pytest.approx(longest)  # some epoch joins a word to a 3 s command
+    assert all(padded_length(math.ceil(d / 0.9 * 16_000), buckets) <= buckets[-1] for d in played)
+
+
 def test_feature_masks_are_refused_when_compiling() -> None:
     cfg = OmegaConf.merge(COMPILE, {"spec_augment": {"mask_feature_prob": 0.1}})
     with pytest.raises(PipelineError, match="mask_feature_prob"):
