@@ -25,9 +25,13 @@ CHUNK_BYTES = 16 * 2**20
 OVERLAP_BYTES = 64 * 2**10  # the look-ahead: longer than any needle searched for
 # Files whose names say they hold text (reports, predictions, tables, configs, logs).
 TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".html", ".txt", ".yaml", ".csv", ".log")
-# A file over this size named as none of those (a staged W&B copy has no suffix) is a model or
-# audio: not read, which would cost seconds per GiB for no text.
+# A file over this size named as none of those is read only when its first `SNIFF_BYTES` hold no NUL
+# byte (git's test for binary). A model or audio file (safetensors' 8-byte length, a WAV's RIFF
+# header) has one there, and reading it would cost seconds per GiB for no text. The name cannot
+# decide: W&B stages every copy under a suffixless temporary name, so a staged predictions.jsonl or
+# table over the size would go unsearched, and `make sync` would upload a deleted clip's id in it.
 BINARY_BYTES = 64 * 2**20
+SNIFF_BYTES = 8 * 2**10
 
 _SEPARATORS = b"|<>\"\t"
 # ASCII only: a byte of a multi-byte UTF-8 character is never a boundary, so none is cut in two.
@@ -70,7 +74,17 @@ def text_lines(path: Path) -> Iterator[str]:
         yield from data.decode("utf-8", errors="replace").splitlines()
 
 
+def _starts_as_text(path: Path, sniff: int) -> bool:
+    """Whether the file's first `sniff` bytes hold no NUL byte: binary formats put one there early,
+    text (UTF-8 JSON lines, tables, logs) never does."""
+    with open(path, "rb") as f:
+        return b"\0" not in f.read(sniff)
+
+
 def searched(path: Path) -> bool:
     """Whether the searches read this file: a W&B log or a file named as text, whatever its size;
-    another only up to `BINARY_BYTES`."""
-    return path.suffix == ".wandb" or path.suffix.lower() in TEXT_SUFFIXES or path.stat().st_size <= BINARY_BYTES
+    another up to `BINARY_BYTES`, or past it when it starts as text (the comment at `BINARY_BYTES`)."""
+    limit, sniff = BINARY_BYTES, SNIFF_BYTES  # read at each call: a test may make them small
+    if path.suffix == ".wandb" or path.suffix.lower() in TEXT_SUFFIXES or path.stat().st_size <= limit:
+        return True
+    return _starts_as_text(path, sniff)

@@ -1274,3 +1274,66 @@ def test_a_wandb_log_over_64_mib_is_searched_to_its_end(store: dict[str, Any], m
     assert not long_log.exists() and not cut_log.exists()
     assert (long_run / "asr" / "model.safetensors").is_file()  # the runs keep their models
     assert audit.main(overrides(root)) == 0
+
+
+def test_a_staged_copy_over_the_binary_size_that_holds_text_is_searched(
+        store: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the fix: a file over 64 MiB with no text suffix was taken for a model or audio and never
+    read, but W&B stages every copy under a suffixless name, so a deleted clip's id in a large staged
+    table went unseen by the audit and the erasure (and `make sync` uploaded it). The size is made
+    small here; the id lies past it and past the first bytes looked at."""
+    from pipeline.data.privacy import pseudonym
+    from pipeline.ops import textscan
+
+    monkeypatch.setattr(textscan, "BINARY_BYTES", 2**16)
+    root = store["root"]
+    victim = pseudonym(KEY.encode(), "acct", VICTIM)
+    staging = root / "cache" / "wandb" / "data" / "artifacts" / "staging"
+    staging.mkdir(parents=True)
+    table = staging / "tmpq7w1table"
+    kept = json.dumps({"utterance_id": "kept", "speaker": "someone else", "reference": "alexa play jazz"}) + "\n"
+    rows = kept * (2 * 2**16 // len(kept)) + json.dumps({"utterance_id": "z", "speaker": victim}) + "\n"
+    table.write_text(rows)
+    assert table.stat().st_size > 2**16 and rows.index(victim) > 2**16
+
+    findings, _, _ = audit.scan(load_config(overrides(root)))
+    assert (str(table), "pseudonym") in {(f.path, f.trace) for f in findings}
+    erase.erase(load_config(overrides(root)))
+    assert not table.exists()
+    assert audit.main(overrides(root)) == 0
+
+
+def test_a_staged_model_or_recording_over_the_binary_size_is_still_not_read(
+        store: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights and audio are erased by what they were made from, not by their bytes: reading one
+    costs seconds per GiB for no text. Their headers (safetensors' 8-byte length, a WAV's RIFF sizes)
+    hold a NUL byte at once, so a suffixless staged copy over the size is still passed by, even with
+    text a search would match inside it."""
+    import struct
+
+    from pipeline.data.privacy import pseudonym
+    from pipeline.ops import textscan
+
+    monkeypatch.setattr(textscan, "BINARY_BYTES", 2**16)
+    root = store["root"]
+    victim = pseudonym(KEY.encode(), "acct", VICTIM).encode()
+    staging = root / "cache" / "wandb" / "data" / "artifacts" / "staging"
+    staging.mkdir(parents=True)
+    header = json.dumps({"__metadata__": {"speaker": victim.decode()},
+                         "w": {"dtype": "F32", "shape": [2**15], "data_offsets": [0, 2**17]}}).encode()
+    weights = staging / "tmp3m9weights"
+    weights.write_bytes(struct.pack("<Q", len(header)) + header + bytes(2**17))
+    title = VICTIM_SENTENCES[0].encode() + b"\0"
+    info = b"INFO" + b"INAM" + struct.pack("<I", len(title)) + title
+    samples = np.random.default_rng(0).integers(-2**15, 2**15, 2**16, dtype=np.int16).tobytes()
+    chunks = (b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+              + b"LIST" + struct.pack("<I", len(info)) + info + b"data" + struct.pack("<I", len(samples)) + samples)
+    recording = staging / "tmp5r2audio"
+    recording.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks)
+    for f in (weights, recording):
+        assert f.stat().st_size > 2**16 and not textscan.searched(f)
+
+    findings, _, _ = audit.scan(load_config(overrides(root)))
+    assert not [f for f in findings if f.path in (str(weights), str(recording))]
+    erase.erase(load_config(overrides(root)))
+    assert weights.is_file() and recording.is_file()
