@@ -200,8 +200,10 @@ def _acoustic_kinds(cfg: DictConfig, rcfg: ReviewConfig, device: torch.device, a
         notes.append("wake kind skipped: every clip comes from one account, and the wake kind holds out whole "
                      "accounts to learn its threshold without a clip's own voice")
     elif len(at):
-        wake_found, judged, wake_note = wake_suspects([rows[i] for i in at], np.concatenate(wake)[at], fold[at])
+        wake_found, judged, wake_note, left = wake_suspects([rows[i] for i in at], np.concatenate(wake)[at], fold[at])
         wake_judged[at] = judged
+        if left:
+            not_judged.setdefault("wake", {}).update(left)
         if wake_note:
             notes.append(wake_note)
     else:

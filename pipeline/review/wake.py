@@ -14,13 +14,18 @@ from pipeline.review.suspects import Suspect
 
 log = logging.getLogger(__name__)
 MIN_AUC = 0.6  # below it the keyword score says too little about the flags to contradict one
+# The `not_judged` reason of a clip in a fold whose other folds carry one wake flag only: the other
+# flag is in that one fold of accounts (as the text kinds' crossfit.ONE_FOLD, a label in one fold).
+ONE_FOLD = "flag_in_one_fold"
 
 
 def wake_suspects(rows: list[dict[str, Any]], wake_scores: np.ndarray,
-                  fold: np.ndarray) -> tuple[list[Suspect], np.ndarray, str | None]:
+                  fold: np.ndarray) -> tuple[list[Suspect], np.ndarray, str | None, dict[str, int]]:
     """One line per clip whose flag the score contradicts (P(annotated flag | score) < 0.5), which
-    clips the kind judged (the summary counts only those as scored for it), and a note on the clips
-    it could not judge (None: it judged every clip).
+    clips the kind judged (the summary counts only those as scored for it), a note on the clips
+    it could not judge (None: it judged every clip), and how many of those it left unjudged for
+    a reason the summary's `not_judged` counts ({ONE_FOLD: n}; empty where it judged every clip
+    or skipped the kind as a whole, which the note says).
 
     The keyword log posterior (the eval stage's wake score) becomes P(wake word said) through a
     logistic fit on the other folds' clips, so the threshold is learnt from the annotations
@@ -32,7 +37,7 @@ def wake_suspects(rows: list[dict[str, Any]], wake_scores: np.ndarray,
     labels = np.array([bool(r["wake_word_present"]) for r in rows])
     nobody = np.zeros(len(rows), dtype=bool)
     if labels.all() or not labels.any():  # nothing to contrast a clip with (a corpus without false wakes)
-        return [], nobody, f"wake kind skipped: every clip is marked {'with' if labels.all() else 'without'} the wake word"
+        return [], nobody, f"wake kind skipped: every clip is marked {'with' if labels.all() else 'without'} the wake word", {}
     finite = np.isfinite(wake_scores)
     floor = float(wake_scores[finite].min()) - 1.0 if finite.any() else -1.0
     x = np.where(finite, wake_scores, floor).reshape(-1, 1)
@@ -41,7 +46,7 @@ def wake_suspects(rows: list[dict[str, Any]], wake_scores: np.ndarray,
         # A score that barely tells the flags apart leaves the fit at the flags' shares: every clip of
         # the rarer flag would be "contradicted", whatever was said in it.
         return [], nobody, (f"wake kind skipped: the keyword score tells the wake flags apart with AUC {auc:.2f} "
-                            f"(< {MIN_AUC:.1f})")
+                            f"(< {MIN_AUC:.1f})"), {}
     contrasted = {int(k): bool(labels[fold != k].any() and not labels[fold != k].all()) for k in np.unique(fold)}
     judged = np.array([contrasted[int(k)] for k in fold])
     present = out_of_fold_probs(x, labels.astype(int), fold, 2, c=100.0)[:, 1]
@@ -55,9 +60,10 @@ def wake_suspects(rows: list[dict[str, Any]], wake_scores: np.ndarray,
                  else "marked as a false wake, but the model hears the wake word")
         out.append(Suspect(row["utterance_id"], row["split"], "wake", bool(said), not bool(said), 1.0 - p_annotated,
                            f"{claim} ({heard}, P(wake word)={p:.2f}): listen to its first seconds and fix the flag"))
-    note = None
-    if not judged.all():
-        note = (f"wake kind: {int((~judged).sum())} of {len(rows)} clips not judged: the other folds' clips carry one "
-                "wake flag only, so no threshold can be learnt for them without their own accounts (the clips with "
-                "the rarer flag come from few accounts)")
-    return out, judged, note
+    if judged.all():
+        return out, judged, None, {}
+    left = int((~judged).sum())
+    note = (f"wake kind: {left} of {len(rows)} clips not judged: the other folds' clips carry one "
+            "wake flag only, so no threshold can be learnt for them without their own accounts (the clips with "
+            "the rarer flag come from few accounts)")
+    return out, judged, note, {ONE_FOLD: left}

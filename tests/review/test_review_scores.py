@@ -68,7 +68,7 @@ def test_wake_flags_the_flag_its_score_contradicts() -> None:
     scores = np.array([-0.5, -1.0, -0.8, -1.2, -0.7, -0.9, -9.0, -8.0, -10.0, -7.5, -8.5, -0.6])
     present = [True] * 6 + [False] * 5 + [False]  # the last clip scores like a wake word
     rows = [{"utterance_id": f"u{i}", "split": "test", "wake_word_present": p} for i, p in enumerate(present)]
-    suspects, judged, skipped = wake_suspects(rows, scores, np.arange(12) % 3)
+    suspects, judged, skipped, _ = wake_suspects(rows, scores, np.arange(12) % 3)
     assert skipped is None and judged.all()
     assert [(s.utterance_id, s.annotated, s.model) for s in suspects] == [("u11", False, True)]
     assert suspects[0].score > 0.5 and "hears the wake word" in suspects[0].reason
@@ -76,11 +76,11 @@ def test_wake_flags_the_flag_its_score_contradicts() -> None:
     # and call every clip of the rarer flag wrong (a smoke model flagged all 21 false wakes).
     mostly = [{**row, "wake_word_present": i < 9} for i, row in enumerate(rows)]  # 9 wake clips, 3 false wakes
     flat = np.full(12, -5.0) + np.tile([0.0, 0.01, 0.0], 4)  # AUC 0.5
-    suspects, judged, skipped = wake_suspects(mostly, flat, np.arange(12) % 3)
+    suspects, judged, skipped, _ = wake_suspects(mostly, flat, np.arange(12) % 3)
     assert (suspects, judged.any(), skipped) == ([], False, "wake kind skipped: the keyword score tells the wake flags "
                                                              "apart with AUC 0.50 (< 0.6)")
     everywhere = [{**row, "wake_word_present": True} for row in rows]  # a corpus without false wakes
-    suspects, judged, skipped = wake_suspects(everywhere, scores, np.arange(12) % 3)
+    suspects, judged, skipped, _ = wake_suspects(everywhere, scores, np.arange(12) % 3)
     assert (suspects, judged.any(), skipped) == ([], False, "wake kind skipped: every clip is marked with the wake word")
 
 
@@ -94,12 +94,29 @@ def test_a_fold_whose_other_folds_lack_a_flag_is_not_judged_for_it() -> None:
     present = [True] * 20 + [False] * 4  # six accounts of four clips; the false wakes are all the last one's
     fold = np.repeat(np.arange(6), 4) % 3
     rows = [{"utterance_id": f"u{i}", "split": "test", "wake_word_present": p} for i, p in enumerate(present)]
-    suspects, judged, note = wake_suspects(rows, scores, fold)
+    suspects, judged, note, left = wake_suspects(rows, scores, fold)
     assert suspects == []
     assert judged.tolist() == (fold != 2).tolist()  # the false wakes' fold: no threshold without them
     assert note == ("wake kind: 8 of 24 clips not judged: the other folds' clips carry one wake flag only, so no "
                     "threshold can be learnt for them without their own accounts (the clips with the rarer flag "
                     "come from few accounts)")
+    assert left == {"flag_in_one_fold": 8}
+
+
+def test_the_wake_kind_counts_only_the_clips_it_left_unjudged_for_a_fold() -> None:
+    """Before the fix: the clips of a fold whose other folds carry one flag only were named in a note
+    alone; summary.json's `not_judged` had no count of them, as it has for every other kind."""
+    scores = np.array([-0.5, -1.0, -0.8, -1.2, -0.7, -0.9, -9.0, -8.0, -10.0, -7.5, -8.5, -0.6])
+    present = [True] * 6 + [False] * 6
+    rows = [{"utterance_id": f"u{i}", "split": "test", "wake_word_present": p} for i, p in enumerate(present)]
+    *_, left = wake_suspects(rows, scores, np.arange(12) % 3)  # every fold holds both flags
+    assert left == {}
+    *_, left = wake_suspects([{**r, "wake_word_present": True} for r in rows], scores, np.arange(12) % 3)
+    assert left == {}  # the kind skipped as a whole: its note says so, and it scores no clip
+    two = np.array([0] * 6 + [1] * 6)  # each fold holds one flag: neither has a threshold to learn
+    suspects, judged, note, left = wake_suspects(rows, scores, two)
+    assert (suspects, judged.any(), left) == ([], False, {"flag_in_one_fold": 12})
+    assert note is not None and note.startswith("wake kind: 12 of 12 clips not judged")
 
 def _log_probs(tags: list[str], reads: list[str], index: dict[str, int], confidence: float = 0.9) -> np.ndarray:
     """Per-word log-probabilities of a tagger that reads each word as `reads` with `confidence`."""

@@ -653,3 +653,27 @@ def test_a_label_with_one_phrasing_is_not_judged_by_the_text_kinds(tiny_models: 
                for n in summary["notes"])
     issues = summary["cleanlab"]["find_label_issues"]
     assert not set(issues) & single["intent"]
+
+
+def test_the_wake_kind_counts_the_clips_of_a_fold_without_both_flags(tiny_models: Path, tiny_dataset_path: Path,
+                                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the fix: those clips were named in a note, but summary.json's `not_judged` had no
+    count of them, as it has of every other kind's unjudged clips."""
+    from datasets import DatasetDict
+
+    import pipeline.review.wake as wake
+    from pipeline.review.stage import run_review_stage
+
+    # The tiny random ASR model cannot tell the flags apart (the kind would be skipped as a whole).
+    monkeypatch.setattr(wake, "wake_auc", lambda labels, scores: 1.0)
+    dd = load_from_disk(str(tiny_dataset_path))
+    dataset = tmp_path / "false_wakes_of_one_account"
+    DatasetDict({name: split.map(lambda r: {"wake_word_present": r["speaker"] != "spk_test_0"})
+                 for name, split in dd.items()}).save_to_disk(str(dataset))
+    run = make_run(tmp_path, tiny_models, dataset, kinds=("asr",))
+    run_review_stage(review_cfg(), run, dataset, RecordingTracker())
+    summary = json.loads((run / "review" / "summary.json").read_text())
+    left = summary["clips"] - summary["scored"]["wake"]
+    assert 0 < left < summary["clips"]
+    assert summary["not_judged"] == {"wake": {"flag_in_one_fold": left}}
+    assert any(n.startswith(f"wake kind: {left} of 40 clips not judged") for n in summary["notes"])
