@@ -27,6 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.runtime import PipelineError, first_line
 
+# The `not_judged` reason (summary.json, and the queue line) of a clip whose label only its own fold
+# of texts carries (seen_elsewhere).
+ONE_FOLD = "label_in_one_fold"
+
 
 @dataclass
 class TextEmbeddings:
@@ -85,7 +89,9 @@ def seen_elsewhere(labels: np.ndarray, fold: np.ndarray) -> np.ndarray:
     all fell into one. The model fitted without that fold has no such class, gives it
     out_of_fold_probs' floor, and every clip of it would read as a near-certain mislabel: a score
     near 1.0 that measures how rare the class is, not whether the annotation is wrong, and such
-    classes would fill the top of the queue. Those rows are not judged (the kinds count them).
+    classes would fill the top of the queue. Those rows are not judged (the kinds count them, and
+    queue them after every ranked line, unscored: a label made by an annotation error, such as a
+    span widened by one word, lies in one fold too).
     Holding their texts in the training folds instead would put exact copies of a row's text, its
     label included, beside it: the leak whole-text folds exist to prevent."""
     labels, fold = np.asarray(labels), np.asarray(fold)

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.data.annotations import tag_spans, tags_to_entities
 from pipeline.nlu.model import allowed_transitions, viterbi_bio
-from pipeline.review.crossfit import out_of_fold_probs, seen_elsewhere
+from pipeline.review.crossfit import ONE_FOLD, out_of_fold_probs, seen_elsewhere
 from pipeline.review.suspects import Suspect
 
 # A span the tagger disputes as a whole (no entity where one is annotated, or one where none is)
@@ -89,6 +89,25 @@ def entity_suspects(rows: list[dict[str, Any]], word_vectors: list[np.ndarray], 
         out.append(Suspect(row["utterance_id"], row["split"], "entities", annotated, model, whole,
                            _reason(row["words"][w], gold[w], tags[int(p[w].argmax())], float(p[w].max()))))
     return out, judged, unseen
+
+
+def one_fold_lines(rows: list[dict[str, Any]], judged: np.ndarray, unseen: list[str]) -> list[Suspect]:
+    """Unscored lines (not_judged: ONE_FOLD) for the clips entity_suspects left unjudged, naming
+    the words whose tag (in `unseen`) only texts of the clip's own fold carry: a rare entity with
+    one phrasing, or a span drawn wrong (widened onto "please", a span makes an I- tag no other
+    fold holds), which no tagger here tells apart."""
+    rare = set(unseen)
+    out = []
+    for row, judge in zip(rows, judged):
+        if judge:
+            continue
+        words = [f"\"{w}\" {t}" for w, t in zip(row["words"], row["bio_tags"]) if t in rare]
+        annotated = [{"type": e["type"], "value": e["value"]} for e in row["entities"]]
+        out.append(Suspect(row["utterance_id"], row["split"], "entities", annotated, None, None,
+                           f"not scored: only texts of this clip's fold carry the tag of {', '.join(words)}, so the "
+                           "tagger judging it never saw that tag: check the span by hand (a rare entity, or a "
+                           "boundary or type drawn wrong)", ONE_FOLD))
+    return out
 
 
 def best_boundary_edit(log_p: np.ndarray, gold: list[str], index: dict[str, int]) -> Edit | None:

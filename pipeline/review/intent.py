@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.review.crossfit import out_of_fold_probs, seen_elsewhere
+from pipeline.review.crossfit import ONE_FOLD, out_of_fold_probs, seen_elsewhere
 from pipeline.review.suspects import Suspect
 
 
@@ -44,3 +44,23 @@ def intent_suspects(rows: list[dict[str, Any]], pooled: np.ndarray, fold: np.nda
     cleanlab = {"find_label_issues": [rows[int(i)]["utterance_id"] for i in issues if judged[int(i)]],
                 "classes": len(classes), "accuracy_out_of_fold": float(right.mean()) if len(right) else None}
     return out, cleanlab, judged
+
+
+def one_fold_lines(rows: list[dict[str, Any]], judged: np.ndarray) -> list[Suspect]:
+    """Unscored lines (not_judged: ONE_FOLD) for the clips intent_suspects left unjudged: an intent
+    only texts of the clip's own fold carry is a rare intent with one phrasing, or an annotation
+    error that named an intent no other text has, and no model here tells the two apart."""
+    texts: dict[str, set[str]] = {}
+    for row, judge in zip(rows, judged):
+        if not judge:
+            texts.setdefault(row["intent"], set()).add(" ".join(row["words"] or []))
+    return [Suspect(row["utterance_id"], row["split"], "intent", row["intent"], None, None,
+                    f"not scored: only texts of this clip's fold carry the intent {row['intent']} "
+                    f"({_texts(len(texts[row['intent']]))}), so the classifier judging it never saw that intent: "
+                    "check by hand whether the speaker meant it (a rare intent, or one named by mistake)",
+                    ONE_FOLD)
+            for row, judge in zip(rows, judged) if not judge]
+
+
+def _texts(n: int) -> str:
+    return "one text" if n == 1 else f"{n} texts"

@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.data.label_noise import RUN_FILE as NOISE_FILE
 from pipeline.eval.report import Block, to_html, to_markdown
-from pipeline.review.suspects import KINDS, Suspect, budget
+from pipeline.review.suspects import KINDS, Suspect, budget, ranked
 
 START, END = "<!-- review:start -->", "<!-- review:end -->"
 
@@ -29,7 +29,12 @@ def score_against_noise(run_dir: Path, queue: list[Suspect], summary: dict[str, 
     errors planted than the second pass has lines for, no ranking finds them all), and recall within
     the queue's first that many lines, which hold every kind: what the second pass really finds. For intents
     also cleanlab's `find_label_issues` on the same probabilities, the anchor. Empty when the run
-    has no label_noise.jsonl."""
+    has no label_noise.jsonl.
+
+    All of these read the ranked (judged) lines only, as k counts the errors among the judged clips:
+    the unscored lines queued after them (clips whose label one fold alone carries) have no rank to
+    score. How many of those are planted errors is `queued_unjudged`, per kind: the lines and the
+    planted errors among them, the errors a person finds only past every ranked line."""
     path = Path(run_dir) / NOISE_FILE
     if not path.exists():
         return {}
@@ -39,17 +44,18 @@ def score_against_noise(run_dir: Path, queue: list[Suspect], summary: dict[str, 
             item = json.loads(line)
             planted.setdefault(item["kind"], set()).add(item["utterance_id"])
     reviewed = budget(summary["clips"], summary["max_share"])
+    queue, held = ranked(queue), queue[len(ranked(queue)):]  # the judged lines come first (suspects.rank)
     kinds: dict[str, Any] = {}
     for kind in KINDS:
         truth = planted[kind] & scored_ids.get(kind, set())
         if not truth:
             continue
-        ranked = [s.utterance_id for s in queue if s.kind == kind]
+        mine = [s.utterance_id for s in queue if s.kind == kind]
         k = len(truth)
         kinds[kind] = {
             "planted": k,
-            "precision_at_k": sum(u in truth for u in ranked[:k]) / k,
-            "recall_at_max_share": sum(u in truth for u in ranked[:reviewed]) / k,
+            "precision_at_k": sum(u in truth for u in mine[:k]) / k,
+            "recall_at_max_share": sum(u in truth for u in mine[:reviewed]) / k,
             "recall_ceiling": min(1.0, reviewed / k),
             # What a second pass over max_share of the clips finds: the queue's first lines hold every kind.
             "recall_in_queue": sum(s.kind == kind and s.utterance_id in truth for s in queue[:reviewed]) / k,
@@ -63,20 +69,33 @@ def score_against_noise(run_dir: Path, queue: list[Suspect], summary: dict[str, 
             "precision": sum(u in truth for u in issues) / len(issues) if issues else None,
             "precision_at_k": sum(u in truth for u in issues[:k]) / k,
         }
-    return {"file": NOISE_FILE, "kinds": kinds, "lines_reviewed": reviewed}
+    unjudged = {kind: {"lines": len(ids), "planted": len(ids & planted[kind])}
+                for kind in KINDS if (ids := {s.utterance_id for s in held if s.kind == kind})}
+    return {"file": NOISE_FILE, "kinds": kinds, "lines_reviewed": reviewed, "queued_unjudged": unjudged}
 
 
 def section_blocks(queue: list[Suspect], summary: dict[str, Any], scoring: dict[str, Any], top_n: int) -> list[Block]:
     reviewed = summary["budget"]
+    judged = ranked(queue)
+    held = queue[len(judged):]
     blocks: list[Block] = [("h2", "Annotation review")]
     blocks.append(("p", (
         f"Every kept clip of every split ({summary['clips']} clips, {summary['accounts']} accounts) scored by the run's "
-        f"models for four kinds of likely annotation error; review/queue.jsonl holds {len(queue)} lines, most suspicious "
-        f"first (score: for intent, wake and entities the model's probability that the annotation is wrong; for "
+        f"models for four kinds of likely annotation error; review/queue.jsonl holds {len(queue)} lines, the "
+        f"{len(judged)} ranked ones most suspicious first (score: for intent, wake and entities the model's "
+        f"probability that the annotation is wrong; for "
         f"transcripts the clip's rank within its split, so the order across kinds is rough). A second pass over "
         f"{summary['max_share']:.0%} of the clips reads its first {reviewed} lines. Intent and entities are judged by "
         f"NLU heads refitted on the other {summary['folds'] - 1} of {summary['folds']} folds of whole texts (the wake "
         f"kind's folds are whole accounts).")))
+    if held:
+        counts = ", ".join(f"{k} {n}" for k in KINDS if (n := sum(s.kind == k for s in held)))
+        blocks.append(("p", (
+            f"After the ranked lines the queue holds {len(held)} unscored ones ({counts}; `not_judged` set, score "
+            "null): clips whose intent or entity tag only texts of their own fold carry, which the model judging "
+            "them never saw. To that model a rare label with one phrasing and an annotation error that makes a new "
+            "label look the same, so these clips are queued to be checked by hand; the line counts and the scoring "
+            "below cover the ranked lines only.")))
     for note in summary["notes"]:
         blocks.append(("p", f"Note: {note}."))
     seconds = summary["seconds"]
@@ -100,13 +119,23 @@ def section_blocks(queue: list[Suspect], summary: dict[str, Any], scoring: dict[
                 f"Intent anchor: cleanlab.filter.find_label_issues on the same out-of-fold probabilities flags "
                 f"{anchor['flagged']} clips (precision {precision}; precision at k of its ranking "
                 f"{anchor['precision_at_k']:.3f}).")))
+    unjudged = scoring.get("queued_unjudged") or {}
+    if unjudged:
+        blocks.append(("p", f"Planted errors ({scoring['file']}) among the unscored lines after the ranked ones, not "
+                            "counted in k: " + ", ".join(f"{k} {u['planted']} of {u['lines']}"
+                                                          for k, u in unjudged.items()) + "."))
     for kind in KINDS:
-        lines = [s for s in queue if s.kind == kind][:top_n]
+        lines = [s for s in judged if s.kind == kind][:top_n]
         if lines:
             blocks.append(("h2", f"Top suspects: {kind}"))
             blocks.append(("table", (["utterance", "split", "annotated", "model", "score", "reason"],
                                      [[s.utterance_id, s.split, _show(s.annotated), _show(s.model), f"{s.score:.3f}",
                                        s.reason] for s in lines])))
+    if held:
+        blocks.append(("h2", "Queued unscored: labels one fold carries"))
+        blocks.append(("table", (["utterance", "split", "kind", "annotated", "reason"],
+                                 [[s.utterance_id, s.split, s.kind, _show(s.annotated), s.reason]
+                                  for s in held[:top_n]])))
     return blocks
 
 

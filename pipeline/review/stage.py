@@ -1,7 +1,8 @@
 """The review stage: score every kept clip of every split for likely annotation errors.
 
 Reads the built dataset and the run's `asr/` and `nlu/` models; writes `<run>/review/queue.jsonl`
-(one line per clip and kind where the model disagrees with the annotation, most suspicious first),
+(one line per clip and kind where the model disagrees with the annotation, most suspicious first,
+then, unscored, the clips a text kind could not judge because only their own fold carries their label),
 `<run>/review/summary.json`, and a section of report.md / report.html. A run without one of the
 models still reviews what the other can judge.
 """
@@ -23,7 +24,7 @@ from pipeline.data.saved import open_saved, require
 from pipeline.distributed import pick_device
 from pipeline.review.config import ReviewConfig
 from pipeline.review.crossfit import account_folds, embed, load_backbone, text_folds
-from pipeline.review.suspects import KINDS, Suspect, budget, rank
+from pipeline.review.suspects import KINDS, Suspect, budget, rank, ranked
 from pipeline.runtime import PipelineError
 from pipeline.tracking import Tracker, transcripts_allowed
 
@@ -96,7 +97,8 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
     for note in notes:
         log.warning("review: %s", note)
 
-    queue = rank(suspects)
+    queue = rank(suspects)  # the judged lines, then the unscored ones (suspects.rank)
+    judged_lines = ranked(queue)
     out_dir = run_dir / "review"
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "queue.jsonl").open("w") as f:
@@ -106,8 +108,10 @@ def run_review_stage(cfg: DictConfig, run_dir: Path, dataset_path: Path, tracker
     summary = {
         "clips": len(rows), "accounts": accounts, "folds": rcfg.folds, "max_share": max_share,
         "budget": reviewed, "scored": {k: len(v) for k, v in scored_ids.items()},
-        "lines": {k: sum(s.kind == k for s in queue) for k in KINDS},
-        "flagged": {k: sum(s.kind == k for s in queue[:reviewed]) for k in KINDS},
+        # Judged lines (the model disagrees); the unjudged clips queued after them are counted apart.
+        "lines": {k: sum(s.kind == k for s in judged_lines) for k in KINDS},
+        "flagged": {k: sum(s.kind == k for s in judged_lines[:reviewed]) for k in KINDS},
+        "queued_unjudged": {k: sum(s.kind == k for s in queue[len(judged_lines):]) for k in KINDS},
         "seconds": {**{k: round(v, 2) for k, v in seconds.items()}, "total": round(time.perf_counter() - started, 2)},
         "not_judged": not_judged, "notes": notes, **extra,
     }
@@ -219,7 +223,11 @@ def _text_kinds(cfg: DictConfig, rcfg: ReviewConfig, device: torch.device, nlu_d
     """The intent and entities kinds' lines, cleanlab's verdict, and which clips each judged. A clip
     whose label (intent, or a word's entity tag) no other fold of texts holds is left unjudged
     (crossfit.seen_elsewhere: one phrasing of a class reads as a certain mislabel); how many, and
-    of which labels, goes into `notes` and `not_judged`."""
+    of which labels, goes into `notes` and `not_judged`, and each such clip gets an unscored line,
+    queued after the ranked ones: an annotation error that makes a new label (a span widened by a
+    word) lies in one fold too, and left out of the queue no one would see it."""
+    from pipeline.review import entities, intent
+    from pipeline.review.crossfit import ONE_FOLD
     from pipeline.review.entities import entity_suspects
     from pipeline.review.intent import intent_suspects
 
@@ -237,28 +245,31 @@ def _text_kinds(cfg: DictConfig, rcfg: ReviewConfig, device: torch.device, nlu_d
     seconds["entities"] = time.perf_counter() - now
     judged = {"intent": intent_judged, "entities": entity_judged}
     unseen = {"intent": sorted({r["intent"] for r, yes in zip(rows, intent_judged) if not yes}), "entities": unseen_tags}
+    held = intent.one_fold_lines(rows, intent_judged) + entities.one_fold_lines(rows, entity_judged, unseen_tags)
     what = {"intent": "intent", "entities": "entity tag"}
     for kind, mask in judged.items():
         if mask.all():
             continue
         left, names = int((~mask).sum()), unseen[kind]
-        not_judged.setdefault(kind, {})["label_in_one_fold"] = left
+        not_judged.setdefault(kind, {})[ONE_FOLD] = left
         notes.append(f"{kind} kind: {left} of {len(rows)} clips not judged: each has an {what[kind]} annotated on "
                      f"texts of one fold only, often one phrasing ({len(names)}: {', '.join(names[:5])}"
                      f"{', ...' if len(names) > 5 else ''}), which the model fitted without that fold never saw, so "
-                     "it would call every such clip mislabelled; check these labels by hand, or add phrasings of them")
-    return found + entity_found, {"cleanlab": cleanlab}, judged
+                     "it would call every such clip mislabelled; they are queued after every ranked line, unscored "
+                     f"(not_judged: {ONE_FOLD}), to check by hand (an annotation error that makes a new label would "
+                     "look the same); or add phrasings of these labels")
+    return found + entity_found + held, {"cleanlab": cleanlab}, judged
 
 
 def _log(cfg: DictConfig, tracker: Tracker, queue: list[Suspect], summary: dict[str, Any], scoring: dict[str, Any]) -> None:
     allowed = transcripts_allowed(cfg)
-    columns = ["utterance_id", "split", "kind", "score", "annotated", "model", "reason"]
+    columns = ["utterance_id", "split", "kind", "score", "annotated", "model", "reason", "not_judged"]
     rows = []
     for s in queue:
         quoted = s.kind in QUOTING_KINDS and not allowed
-        rows.append([s.utterance_id, s.split, s.kind, round(s.score, 4),
+        rows.append([s.utterance_id, s.split, s.kind, None if s.score is None else round(s.score, 4),
                      None if quoted else json.dumps(s.annotated), None if quoted else json.dumps(s.model),
-                     None if quoted else s.reason])
+                     None if quoted else s.reason, s.not_judged])
     tracker.log_table("review_queue", columns, rows)
     figures: dict[str, Any] = {f"review/{k}_flagged": v for k, v in summary["flagged"].items()}
     figures.update({f"review/{k}_seconds": v for k, v in summary["seconds"].items()})

@@ -303,16 +303,44 @@ def test_an_intent_with_one_phrasing_is_not_judged_but_a_swapped_one_still_is() 
     found, cleanlab, judged = intent_suspects(rows, np.array(x), text_folds(texts, 5), c=1.0)
     assert [r["utterance_id"] for r, yes in zip(rows, judged) if not yes] == [f"podcast-{k}" for k in range(5)]
     assert not [s for s in found if s.utterance_id.startswith("podcast")]
+    from pipeline.review.intent import one_fold_lines
+
+    held = one_fold_lines([{**r, "words": t.split()} for r, t in zip(rows, texts)], judged)
+    assert [(s.utterance_id, s.annotated, s.score, s.not_judged) for s in held] == [
+        (f"podcast-{k}", "play_podcasts", None, "label_in_one_fold") for k in range(5)]
+    assert "carry the intent play_podcasts (one text)" in held[0].reason
     assert not [u for u in cleanlab["find_label_issues"] if u.startswith("podcast")]
     top = sorted(found, key=lambda s: -s.score)[:2]
     assert {s.utterance_id for s in top} == {"t13-0", "t13-1"} and all(s.model == "weather_query" for s in top)
+
+
+def test_lines_the_kinds_could_not_judge_come_after_every_ranked_one_in_a_fixed_order() -> None:
+    """Before the fix: a queue line had no `not_judged` and every line a score, so a clip a kind could
+    not judge had no line at all."""
+    from pipeline.review.suspects import Suspect, rank, ranked
+
+    held = [Suspect("b", "train", "entities", [], None, None, "not scored", "label_in_one_fold"),
+            Suspect("a", "test", "intent", "x", None, None, "not scored", "label_in_one_fold"),
+            Suspect("c", "train", "intent", "x", None, None, "not scored", "label_in_one_fold"),
+            Suspect("a", "train", "intent", "x", None, None, "not scored", "label_in_one_fold")]
+    judged = [Suspect("d", "train", "wake", True, False, 0.2, "r"), Suspect("e", "train", "intent", "x", "y", 0.9, "r"),
+              Suspect("f", "train", "transcript", "a", "b", 0.01, "r")]
+    for order in (held + judged, judged[::-1] + held[::-1]):
+        queue = rank(order)
+        assert [(s.kind, s.split, s.utterance_id) for s in queue] == [
+            ("intent", "train", "e"), ("wake", "train", "d"), ("transcript", "train", "f"),
+            ("intent", "test", "a"), ("intent", "train", "a"), ("intent", "train", "c"), ("entities", "train", "b")]
+        assert ranked(queue) == queue[:3]
+    line = held[0].as_dict()
+    assert line["score"] is None and line["not_judged"] == "label_in_one_fold"
+    assert judged[1].as_dict()["not_judged"] is None and judged[1].as_dict()["score"] == 0.9
 
 
 def test_an_entity_tag_with_one_phrasing_is_not_judged() -> None:
     """Before the fix: "hip hop" was the one two-word genre, so the tagger judging it had never seen
     I-genre, and dropping "hop" from the span scored about 1.0 on every take."""
     from pipeline.data.annotations import tags_to_entities
-    from pipeline.review.entities import entity_suspects
+    from pipeline.review.entities import entity_suspects, one_fold_lines
 
     rng = np.random.default_rng(0)
     vocabulary = ["play", "some", "jazz", "rock", "blues", "soul", "funk", "pop", "hip", "hop", "now"]
@@ -336,3 +364,10 @@ def test_an_entity_tag_with_one_phrasing_is_not_judged() -> None:
     assert [r["utterance_id"] for r, yes in zip(rows, judged) if not yes] == ["p6-0", "p6-1", "p6-2"]
     assert unseen == ["I-genre"]
     assert not [s for s in found if s.utterance_id.startswith("p6-")]
+    # Queued unscored instead, naming the word whose tag no other fold holds: a span an annotator
+    # widened by one word makes such a tag too.
+    held = one_fold_lines(rows, judged, unseen)
+    assert [(s.utterance_id, s.kind, s.score, s.model, s.not_judged) for s in held] == [
+        (f"p6-{take}", "entities", None, None, "label_in_one_fold") for take in range(3)]
+    assert held[0].annotated == [{"type": "genre", "value": "hip hop"}]
+    assert held[0].reason.startswith('not scored: only texts of this clip\'s fold carry the tag of "hop" I-genre')

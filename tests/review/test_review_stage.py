@@ -22,7 +22,7 @@ from pipeline.runtime import PipelineError
 from tests.recording import RecordingTracker
 
 REPO = Path(__file__).resolve().parents[2]
-QUEUE_FIELDS = {"utterance_id", "split", "kind", "annotated", "model", "score", "reason"}
+QUEUE_FIELDS = {"utterance_id", "split", "kind", "annotated", "model", "score", "reason", "not_judged"}
 
 
 def make_run(tmp_path: Path, models: Path, dataset: Path, kinds: tuple[str, ...] = ("asr", "nlu")) -> Path:
@@ -76,7 +76,9 @@ def test_review_writes_a_ranked_queue_summary_report_and_table(tiny_models: Path
     queue = [json.loads(line) for line in (run / "review" / "queue.jsonl").read_text().splitlines()]
     assert queue, "random models must disagree with some annotation"
     assert all(set(line) == QUEUE_FIELDS for line in queue)
-    scores = [line["score"] for line in queue]
+    judged = [line for line in queue if line["not_judged"] is None]
+    assert queue[: len(judged)] == judged  # the unscored lines come after every ranked one
+    scores = [line["score"] for line in judged]
     assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
     dd = load_from_disk(str(tiny_dataset_path))
     clips = {uid: name for name in dd for uid in dd[name]["utterance_id"]}
@@ -99,7 +101,10 @@ def test_review_writes_a_ranked_queue_summary_report_and_table(tiny_models: Path
     assert summary["scored"] == {"transcript": 40, "wake": 40, "intent": 30 - len(single["intent"]),
                                  "entities": 30 - len(single["entities"])}
     assert summary["budget"] == 1  # ceil(0.02 * 40)
-    assert summary["lines"] == {k: sum(line["kind"] == k for line in queue) for k in summary["lines"]}
+    assert summary["lines"] == {k: sum(line["kind"] == k for line in judged) for k in summary["lines"]}
+    assert summary["queued_unjudged"] == {"transcript": 0, "intent": len(single["intent"]), "wake": 0,
+                                          "entities": len(single["entities"])}
+    assert len(queue) == sum(summary["lines"].values()) + sum(summary["queued_unjudged"].values())
     assert sum(summary["flagged"].values()) == 1 and summary["flagged"][queue[0]["kind"]] == 1
     assert set(summary["seconds"]) >= {"asr_forward", "transcript", "wake", "text_embedding", "intent", "entities"}
     assert result["flagged"] == summary["flagged"]
@@ -137,11 +142,14 @@ def test_planted_errors_are_scored_in_the_report(tiny_models: Path, tiny_dataset
     queue = [json.loads(line) for line in (run / "review" / "queue.jsonl").read_text().splitlines()]
     intents = [line["utterance_id"] for line in queue if line["kind"] == "intent"]
     assert intents[0] == "train-0-4"
-    # Plant the intent kind's first line and one clip it ranks nowhere: precision at k=2 is 1/2.
-    judged = {r["utterance_id"] for r in dd["train"].remove_columns("audio") if r["intent"]} - one_phrasing(dataset)["intent"]
+    # Plant the intent kind's first line and one clip it ranks nowhere: precision at k=2 is 1/2. A third
+    # on a clip whose intent one fold alone carries is queued unscored, after the ranked lines, and k
+    # (the errors among the clips the kind scored) leaves it out.
+    single = one_phrasing(dataset)["intent"]
+    judged = {r["utterance_id"] for r in dd["train"].remove_columns("audio") if r["intent"]} - single
     unranked = next(u for u in sorted(judged) if u not in intents[:2])
     (run / "label_noise.jsonl").write_text("".join(json.dumps({"utterance_id": u, "kind": "intent"}) + "\n"
-                                                  for u in (intents[0], unranked)))
+                                                  for u in (intents[0], unranked, sorted(single)[0])))
     tracker = RecordingTracker()
     run_review_stage(review_cfg(), run, dataset, tracker)
     scoring = json.loads((run / "review" / "noise_scoring.json").read_text())
@@ -156,6 +164,10 @@ def test_planted_errors_are_scored_in_the_report(tiny_models: Path, tiny_dataset
     found = float(first["kind"] == "intent" and first["utterance_id"] == intents[0]) / 2
     assert scoring["kinds"]["intent"]["recall_in_queue"] == found == tracker.summary["review/intent_recall_in_queue"]
     assert "precision at k" in (run / "report.md").read_text() and "most it can be (1 lines / k)" in (run / "report.md").read_text()
+    assert scoring["queued_unjudged"] == {"intent": {"lines": len(single), "planted": 1},
+                                          "entities": {"lines": len(one_phrasing(dataset)["entities"]), "planted": 0}}
+    assert f"among the unscored lines after the ranked ones, not counted in k: intent 1 of {len(single)}" in (
+        run / "report.md").read_text()
 
 
 def test_a_wake_kind_with_nothing_to_contrast_scores_no_clip_and_says_why(
@@ -630,29 +642,87 @@ def test_clips_too_short_for_the_asr_model_are_left_unjudged_and_counted(tiny_mo
     assert "Note: transcript kind: 3 of 40 clips not judged" in (run / "report.md").read_text()
 
 
-def test_a_label_with_one_phrasing_is_not_judged_by_the_text_kinds(tiny_models: Path, tiny_dataset_path: Path,
-                                                                   tmp_path: Path) -> None:
-    """Before the fix: the tiny dataset's two intents read in one text each (weather_query,
+def test_a_label_with_one_phrasing_is_queued_unscored_after_the_ranked_lines(tiny_models: Path,
+                                                                            tiny_dataset_path: Path,
+                                                                            tmp_path: Path) -> None:
+    """Earlier: the tiny dataset's two intents read in one text each (weather_query,
     iot_hue_lightoff) held the top ten lines of the queue at score 1.0, and the one-phrasing place
     entity the next five: folds hold out whole texts, so the model judging those clips never saw
-    their label, and called every one of them mislabelled."""
+    their label, and called every one of them mislabelled. Before the fix: those clips were left
+    out of the queue altogether, so an annotation error that makes such a label was never shown."""
     from pipeline.review.stage import run_review_stage
+    from pipeline.review.suspects import KINDS
 
     single = one_phrasing(tiny_dataset_path)
     assert len(single["intent"]) == 10 and len(single["entities"]) == 5
     run = make_run(tmp_path, tiny_models, tiny_dataset_path, kinds=("nlu",))
-    run_review_stage(review_cfg(), run, tiny_dataset_path, RecordingTracker())
-    queue = [json.loads(line) for line in (run / "review" / "queue.jsonl").read_text().splitlines()]
-    assert not [line for line in queue if line["kind"] in single and line["utterance_id"] in single[line["kind"]]]
+    tracker = RecordingTracker()
+    run_review_stage(review_cfg(), run, tiny_dataset_path, tracker)
+    text = (run / "review" / "queue.jsonl").read_text()
+    queue = [json.loads(line) for line in text.splitlines()]
+    judged = [line for line in queue if line["not_judged"] is None]
+    assert not [line for line in judged if line["kind"] in single and line["utterance_id"] in single[line["kind"]]]
+    held = queue[len(judged):]
+    assert [(line["kind"], line["utterance_id"]) for line in held] == sorted(
+        ((kind, u) for kind, ids in single.items() for u in ids),
+        key=lambda x: (KINDS.index(x[0]), next(line["split"] for line in held if line["utterance_id"] == x[1]), x[1]))
+    assert all(line["not_judged"] == "label_in_one_fold" and line["score"] is None and line["model"] is None
+               and line["reason"].startswith("not scored: only texts of this clip's fold carry the ") for line in held)
+    assert {line["annotated"] for line in held if line["kind"] == "intent"} == {"iot_hue_lightoff", "weather_query"}
+    assert all('"paris" B-place_name' in line["reason"] for line in held if line["kind"] == "entities")
     summary = json.loads((run / "review" / "summary.json").read_text())
     assert summary["not_judged"] == {kind: {"label_in_one_fold": len(ids)} for kind, ids in single.items()}
+    assert summary["queued_unjudged"] == {"transcript": 0, "intent": 10, "wake": 0, "entities": 5}
     assert summary["scored"]["intent"] == 30 - len(single["intent"])
     intent_note = next(n for n in summary["notes"] if n.startswith("intent kind: 10 of 30 clips not judged"))
     assert "(2: iot_hue_lightoff, weather_query)" in intent_note and "one phrasing" in intent_note
+    assert "queued after every ranked line, unscored (not_judged: label_in_one_fold)" in intent_note
     assert any(n.startswith("entities kind: 5 of 30 clips not judged") and "(1: B-place_name)" in n
                for n in summary["notes"])
     issues = summary["cleanlab"]["find_label_issues"]
     assert not set(issues) & single["intent"]
+    report = (run / "report.md").read_text()
+    assert "After the ranked lines the queue holds 15 unscored ones (intent 10, entities 5;" in report
+    assert "## Queued unscored: labels one fold carries" in report
+    columns, rows = tracker.tables["review_queue"]
+    assert [dict(zip(columns, row))["not_judged"] for row in rows] == [line["not_judged"] for line in queue]
+    run_review_stage(review_cfg(), run, tiny_dataset_path, RecordingTracker())
+    assert (run / "review" / "queue.jsonl").read_text() == text  # the same order again
+
+
+def test_a_span_widened_into_a_new_tag_reaches_the_queue(tiny_models: Path, tiny_dataset_path: Path,
+                                                         tmp_path: Path) -> None:
+    """Before the fix: a span widened by one word onto "music" made an I-music_genre tag no other text
+    carries; the clip was left unjudged and out of the queue, so no annotator saw the error, and its
+    planted error was counted nowhere in noise_scoring.json."""
+    from datasets import DatasetDict
+
+    from pipeline.data.annotations import bio_tags, resolve_spans
+    from pipeline.review.stage import run_review_stage
+
+    def widen(row: dict[str, Any]) -> dict[str, Any]:
+        if row["utterance_id"] != "train-1-0":  # "alexa play jazz music", the genre "jazz"
+            return {}
+        spans = resolve_spans(row["transcript"], [{"type": "music_genre", "value": "jazz music"}])
+        return {"entities": [e.as_dict() for e in spans], "bio_tags": bio_tags(row["transcript"], spans)[1]}
+
+    dd = load_from_disk(str(tiny_dataset_path))
+    dataset = tmp_path / "widened"
+    DatasetDict({name: split.map(widen) for name, split in dd.items()}).save_to_disk(str(dataset))
+    run = make_run(tmp_path, tiny_models, dataset, kinds=("nlu",))
+    (run / "label_noise.jsonl").write_text(json.dumps({"utterance_id": "train-1-0", "kind": "entities"}) + "\n")
+    run_review_stage(review_cfg(), run, dataset, RecordingTracker())
+    queue = [json.loads(line) for line in (run / "review" / "queue.jsonl").read_text().splitlines()]
+    line = next(line for line in queue if line["kind"] == "entities" and line["utterance_id"] == "train-1-0")
+    assert line["not_judged"] == "label_in_one_fold" and line["score"] is None
+    assert line["annotated"] == [{"type": "music_genre", "value": "jazz music"}]
+    assert '"music" I-music_genre' in line["reason"]
+    assert queue.index(line) >= sum(other["not_judged"] is None for other in queue)  # after every ranked line
+    summary = json.loads((run / "review" / "summary.json").read_text())
+    assert summary["not_judged"]["entities"] == {"label_in_one_fold": 6}  # its own and the five "paris" takes
+    scoring = json.loads((run / "review" / "noise_scoring.json").read_text())
+    assert "entities" not in scoring["kinds"]  # not a scored clip: no k, no precision at k
+    assert scoring["queued_unjudged"]["entities"] == {"lines": 6, "planted": 1}
 
 
 def test_the_wake_kind_counts_the_clips_of_a_fold_without_both_flags(tiny_models: Path, tiny_dataset_path: Path,
@@ -677,3 +747,5 @@ def test_the_wake_kind_counts_the_clips_of_a_fold_without_both_flags(tiny_models
     assert 0 < left < summary["clips"]
     assert summary["not_judged"] == {"wake": {"flag_in_one_fold": left}}
     assert any(n.startswith(f"wake kind: {left} of 40 clips not judged") for n in summary["notes"])
+    queue = [json.loads(line) for line in (run / "review" / "queue.jsonl").read_text().splitlines()]
+    assert all(line["not_judged"] is None for line in queue)  # only the text kinds queue their unjudged clips
