@@ -44,7 +44,8 @@ def score_against_noise(run_dir: Path, queue: list[Suspect], summary: dict[str, 
             item = json.loads(line)
             planted.setdefault(item["kind"], set()).add(item["utterance_id"])
     reviewed = budget(summary["clips"], summary["max_share"])
-    queue, held = ranked(queue), queue[len(ranked(queue)):]  # the judged lines come first (suspects.rank)
+    judged = ranked(queue)  # the judged lines come first (suspects.rank)
+    queue, held = judged, queue[len(judged):]
     kinds: dict[str, Any] = {}
     for kind in KINDS:
         truth = planted[kind] & scored_ids.get(kind, set())

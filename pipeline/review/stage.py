@@ -228,8 +228,6 @@ def _text_kinds(cfg: DictConfig, rcfg: ReviewConfig, device: torch.device, nlu_d
     word) lies in one fold too, and left out of the queue no one would see it."""
     from pipeline.review import entities, intent
     from pipeline.review.crossfit import ONE_FOLD
-    from pipeline.review.entities import entity_suspects
-    from pipeline.review.intent import intent_suspects
 
     if not rows:
         return [], {}, {}
@@ -238,10 +236,10 @@ def _text_kinds(cfg: DictConfig, rcfg: ReviewConfig, device: torch.device, nlu_d
     embeddings = embed(encoder, tokenizer, [r["words"] for r in rows], max_length)
     lap = time.perf_counter()
     seconds["text_embedding"] = lap - started
-    found, cleanlab, intent_judged = intent_suspects(rows, embeddings.pooled, fold, rcfg.c)
+    found, cleanlab, intent_judged = intent.intent_suspects(rows, embeddings.pooled, fold, rcfg.c)
     now = time.perf_counter()
     seconds["intent"] = now - lap
-    entity_found, entity_judged, unseen_tags = entity_suspects(rows, embeddings.words, embeddings.pooled, fold, rcfg.c)
+    entity_found, entity_judged, unseen_tags = entities.entity_suspects(rows, embeddings.words, embeddings.pooled, fold, rcfg.c)
     seconds["entities"] = time.perf_counter() - now
     judged = {"intent": intent_judged, "entities": entity_judged}
     unseen = {"intent": sorted({r["intent"] for r, yes in zip(rows, intent_judged) if not yes}), "entities": unseen_tags}

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 MIN_AUC = 0.6  # below it the keyword score says too little about the flags to contradict one
 # The `not_judged` reason of a clip in a fold whose other folds carry one wake flag only: the other
 # flag is in that one fold of accounts (as the text kinds' crossfit.ONE_FOLD, a label in one fold).
-ONE_FOLD = "flag_in_one_fold"
+FLAG_IN_ONE_FOLD = "flag_in_one_fold"
 
 
 def wake_suspects(rows: list[dict[str, Any]], wake_scores: np.ndarray,
@@ -24,7 +24,7 @@ def wake_suspects(rows: list[dict[str, Any]], wake_scores: np.ndarray,
     """One line per clip whose flag the score contradicts (P(annotated flag | score) < 0.5), which
     clips the kind judged (the summary counts only those as scored for it), a note on the clips
     it could not judge (None: it judged every clip), and how many of those it left unjudged for
-    a reason the summary's `not_judged` counts ({ONE_FOLD: n}; empty where it judged every clip
+    a reason the summary's `not_judged` counts ({FLAG_IN_ONE_FOLD: n}; empty where it judged every clip
     or skipped the kind as a whole, which the note says).
 
     The keyword log posterior (the eval stage's wake score) becomes P(wake word said) through a
@@ -66,4 +66,4 @@ def wake_suspects(rows: list[dict[str, Any]], wake_scores: np.ndarray,
     note = (f"wake kind: {left} of {len(rows)} clips not judged: the other folds' clips carry one "
             "wake flag only, so no threshold can be learnt for them without their own accounts (the clips with "
             "the rarer flag come from few accounts)")
-    return out, judged, note, {ONE_FOLD: left}
+    return out, judged, note, {FLAG_IN_ONE_FOLD: left}
