@@ -35,10 +35,19 @@ def pack_by_seconds(order: Sequence[int], durations: Sequence[float], max_batch_
     return batches
 
 
-def clips_over_budget(durations: Sequence[float], max_batch_seconds: float) -> int:
-    """How many clips are longer than the padded-seconds budget: pack_by_seconds puts each in a batch
-    of its own, which exceeds the budget (and may not fit the memory the budget was chosen for)."""
-    return sum(float(d) > max_batch_seconds for d in durations)
+def over_budget_warning(durations: Sequence[float], longest_s: float, max_batch_seconds: float) -> str | None:
+    """Why a batch may exceed the padded-seconds budget, or None: pack_by_seconds puts a clip (or a
+    spliced play, see longest_play) longer than the budget in a batch of its own, which exceeds it
+    (and may not fit the memory the budget was chosen for)."""
+    clips = sum(float(d) > max_batch_seconds for d in durations)
+    if clips:
+        return (f"{clips} training clip(s) are longer than max_batch_seconds={max_batch_seconds:g}; each goes in "
+                "a batch of its own that exceeds the budget (raise asr.max_batch_seconds)")
+    if longest_s > max_batch_seconds:
+        return (f"spliced plays (asr.splice) last up to {longest_s:.1f} s, longer than max_batch_seconds="
+                f"{max_batch_seconds:g}; such a play goes in a batch of its own that exceeds the budget (raise "
+                "asr.max_batch_seconds)")
+    return None
 
 
 def _known_sources(key: str, named: set[str], sources: Sequence[str] | None, where: str) -> Sequence[str]:

@@ -38,7 +38,7 @@ from pipeline.asr.model import (
     skip_waveform_gradient, time_mask_fits, uses_attention_mask,
 )
 from pipeline.asr.sampler import (
-    clips_over_budget, epoch_batches, eval_batches, longest_play, played_clips, source_plays, spliced_plays,
+    epoch_batches, eval_batches, longest_play, over_budget_warning, played_clips, source_plays, spliced_plays,
 )
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.config import TrainerConfig, with_checked
@@ -190,10 +190,9 @@ def set_up(
         batch_seconds = saved
         if placement.is_main:
             print(f"[asr] max_batch_seconds=auto: resuming with the checkpoint's {saved:g} s per batch", flush=True)
-    oversized = clips_over_budget(train_set.durations, batch_seconds)
+    oversized = over_budget_warning(train_set.durations, longest_s, batch_seconds)
     if oversized and placement.is_main:
-        print(f"[asr] warning: {oversized} training clip(s) are longer than max_batch_seconds={batch_seconds:g}; "
-              "each goes in a batch of its own that exceeds the budget (raise asr.max_batch_seconds)", flush=True)
+        print(f"[asr] warning: {oversized}", flush=True)
     buckets = compile_buckets(acfg, train_set.durations, samples_per_frame(model), longest_s) if acfg.compile else None
     shape = epoch_shape(acfg, buckets)
     if resume_from is not None:

@@ -89,6 +89,27 @@ def test_the_largest_bucket_holds_every_spliced_play_as_played() -> None:
     assert all(padded_length(math.ceil(d / 0.9 * 16_000), buckets) <= buckets[-1] for d in played)
 
 
+def test_a_spliced_play_longer_than_the_batch_budget_is_warned_about_like_a_long_clip() -> None:
+    from pipeline.asr.sampler import longest_play, over_budget_warning, pack_by_seconds, spliced_plays
+
+    durations = [0.5] * 40 + [2.0, 3.0] * 30
+    sources = ["person"] * 40 + ["synthetic"] * 60
+    splice = {"sources": ["person"], "partners": ["synthetic"], "prob": 0.5, "gap_s": 0.2}
+    longest = longest_play(durations, sources, splice)
+    # Every clip fits a 3.5 s budget, but a word joined to a 3 s command does not: it is packed alone.
+    plays = [play for epoch in range(3) for play in spliced_plays(list(range(100)), sources, splice, seed=1, epoch=epoch)]
+    played = [sum(durations[i] for i in p) + 0.2 if isinstance(p, tuple) else durations[p] for p in plays]
+    order = sorted(range(len(played)), key=played.__getitem__)
+    alone = [b for b in pack_by_seconds(order, played, 3.5) if played[b[0]] > 3.5]
+    assert alone and all(len(b) == 1 for b in alone)
+    assert over_budget_warning(durations, longest, 3.5) == (
+        "spliced plays (asr.splice) last up to 3.7 s, longer than max_batch_seconds=3.5; such a play goes in a "
+        "batch of its own that exceeds the budget (raise asr.max_batch_seconds)")
+    assert over_budget_warning(durations, longest, 2.5).startswith("30 training clip(s) are longer than max_batch_seconds=2.5")
+    assert over_budget_warning(durations, longest, 4.0) is None
+    assert over_budget_warning(durations, longest_play(durations, sources, None), 3.5) is None
+
+
 def test_feature_masks_are_refused_when_compiling() -> None:
     cfg = OmegaConf.merge(COMPILE, {"spec_augment": {"mask_feature_prob": 0.1}})
     with pytest.raises(PipelineError, match="mask_feature_prob"):
