@@ -80,6 +80,7 @@ def build_store(root: Path, datasets: int = 10, runs: int = 20, clips: int = 60,
     from pipeline.asr.lm import write_char_lm
     from pipeline.data.build import write_clip_list
     from pipeline.data.features import dataset_features
+    from pipeline.data.privacy import key_id
     from pipeline.ops.corpus import utterance_pseudonym
     from pipeline.ops.registry import Registry
 
@@ -96,7 +97,8 @@ def build_store(root: Path, datasets: int = 10, runs: int = 20, clips: int = 60,
         fingerprint = hashlib.sha256(f"dataset-{d}".encode()).hexdigest()[:20]
         folder = root / "cache" / "datasets" / fingerprint
         DatasetDict({s: Dataset.from_list(r, features=dataset_features()) for s, r in splits.items()}).save_to_disk(str(folder))
-        (folder / "build_report.json").write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+        (folder / "build_report.json").write_text(json.dumps({"fingerprint": fingerprint,
+                                                              "pseudonym_key_id": key_id(key)}) + "\n")
         (folder / "quarantine.jsonl").write_text("")
         fingerprints.append(fingerprint)
         split_rows.append(splits)
@@ -112,7 +114,7 @@ def build_store(root: Path, datasets: int = 10, runs: int = 20, clips: int = 60,
         (run / "asr" / "checkpoints" / "step-000010" / "model.safetensors").write_bytes(weights)
         (run / "nlu" / "model.safetensors").write_bytes(weights[: 2**20])
         write_char_lm(run / "asr" / "lm", [r["text"] for r in split_rows[d]["train"]], VOCAB, "|", 6)
-        (run / "build_report.json").write_text(json.dumps({"fingerprint": fingerprints[d],
+        (run / "build_report.json").write_text(json.dumps({"fingerprint": fingerprints[d], "pseudonym_key_id": key_id(key),
                                                            "dataset_path": str(root / "cache" / "datasets" / fingerprints[d])}))
         write_clip_list(root / "cache" / "datasets" / fingerprints[d], run, key)  # as the data stage does
         (run / "predictions.jsonl").write_text("".join(json.dumps({

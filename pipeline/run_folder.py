@@ -25,6 +25,11 @@ BUILD_REPORT = "build_report.json"
 # the build report's fingerprint alone says nothing. The run's `pseudonym_key_id` (privacy.KEY_ID_FILE)
 # names the key those pseudonyms were made with.
 DATASET_CLIPS = "dataset_clips.txt"
+# The build report's field naming the key (privacy.key_id) the dataset's pseudonyms were made with: the
+# fingerprint hashes it in but cannot be read back, and erasure lists a cached dataset's clips into a run
+# folder later only under that key (pipeline.ops.erase.write_missing_clip_lists). Reports of builds from
+# before it was kept have none.
+REPORT_KEY_ID = "pseudonym_key_id"
 # The build's record of every input record it kept out, in the dataset folder and copied beside the report.
 QUARANTINE_LINES = "quarantine.jsonl"
 EVAL_CONFIG_DIR = ".hydra-evaluate"  # evaluate.py's config folder (conf/evaluate.yaml: hydra.output_subdir)

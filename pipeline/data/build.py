@@ -40,12 +40,12 @@ from pipeline.data.card import split_rule, summarise, write_card
 from pipeline.data.config import DataConfig, SplitShares, configured_key
 from pipeline.data.features import SAMPLING_RATE, SPLITS, dataset_features
 from pipeline.data.privacy import (ERASED_DIR, KEY_ID_FILE, Deletions, check_folder_key, dataset_utterance_id,
-                                   erased_request_files, erased_requests, key_id, load_deletions, pseudonym,
-                                   quoted_ids, redact_ids, stamp_folder_key, utterance_pseudonym)
+                                   erased_request_files, erased_requests, key_id, key_stamp, load_deletions,
+                                   pseudonym, quoted_ids, redact_ids, stamp_folder_key, utterance_pseudonym)
 from pipeline.data.schema import AnnotationError, ExportRecord, ValidationError, annotate, schema_problem, utf8_json
 from pipeline.data.sources import RawRecord, Source, open_sources
 from pipeline.data.splits import assign_split
-from pipeline.run_folder import BUILD_REPORT, DATASET_CLIPS, QUARANTINE_LINES, read_build_report
+from pipeline.run_folder import BUILD_REPORT, DATASET_CLIPS, QUARANTINE_LINES, REPORT_KEY_ID, read_build_report
 from pipeline.runtime import PipelineError, publish, usable_cores, write_text_atomic
 from pipeline.tracking import Tracker
 
@@ -202,11 +202,15 @@ def _run(data: DataConfig, cache_dir: Path, run_dir: Path, sources: list[Source]
     final = cache_dir / "datasets" / fingerprint
     report = read_build_report(final)
     if report is not None:
+        # A report from before builds named their key has none: the fingerprint hashes this key's id
+        # in, so the dataset found under it was built under this key. The run's report says so; the
+        # dataset's own, published, is left as it is.
+        report.setdefault(REPORT_KEY_ID, key_id(key))
         report["reused"] = True
         log.info("data: reusing the finished build %s", final)
     else:
         num_proc = data.num_proc or usable_cores()
-        report = _build(sources, plan, settings, fingerprint, final, num_proc, run_dir)
+        report = _build(sources, plan, settings, fingerprint, final, num_proc, run_dir, key)
         report["reused"] = False
     report["dataset_path"] = str(final.resolve())
 
@@ -263,15 +267,17 @@ def _settings(data: DataConfig) -> Settings:
     return settings
 
 
-def write_clip_list(dataset: Path, run_dir: Path, key: bytes) -> None:
+def write_clip_list(dataset: Path, run_dir: Path, key: bytes, assumed: str | None = None) -> None:
     """`run_folder.DATASET_CLIPS` of the saved dataset into the run folder: a line per clip.
 
     The run folder's stamp (privacy.KEY_ID_FILE) names the key the list's pseudonyms were made with:
     erasure and the audit match the list only under that key. Written first, over any earlier
-    build's stamp (whose list goes first), so a list is never found beside another key's stamp."""
+    build's stamp (whose list goes first), so a list is never found beside another key's stamp.
+    `key` must be the one the dataset was built under (its `speaker` and `device` are copied as they
+    are); `assumed` says why it is taken to be, where that is not recorded, and the stamp says so."""
     text = "".join(" ".join(c) + "\n" for c in clip_pseudonyms(dataset, key))
     (run_dir / DATASET_CLIPS).unlink(missing_ok=True)
-    write_text_atomic(run_dir / KEY_ID_FILE, key_id(key) + "\n")
+    write_text_atomic(run_dir / KEY_ID_FILE, key_stamp(key, assumed))
     write_text_atomic(run_dir / DATASET_CLIPS, text)
 
 
@@ -522,7 +528,7 @@ def _decode_batch(batch: dict[str, list[Any]], min_s: float, max_s: float, paren
 
 
 def _build(sources: list[Source], plan: Plan, settings: Settings, fingerprint: str, final: Path, num_proc: int,
-           run_dir: Path) -> dict[str, Any]:
+           run_dir: Path, key: bytes) -> dict[str, Any]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{fingerprint}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -559,7 +565,7 @@ def _build(sources: list[Source], plan: Plan, settings: Settings, fingerprint: s
                 offset += len(batch["_reject"])
         splits = list(meta.select_columns(["_split"])["_split"]) if len(meta) else []
         kept = sum(1 for i in range(len(splits)) if i not in rejected)
-        report = _report(sources, plan, quarantine, fingerprint, kept)
+        report = _report(sources, plan, quarantine, fingerprint, kept, key)
         if kept == 0:
             _stop_with_nothing_kept(sources, report, quarantine, run_dir)
         dd = DatasetDict()
@@ -585,8 +591,10 @@ def _build(sources: list[Source], plan: Plan, settings: Settings, fingerprint: s
     return report
 
 
-def _report(sources: list[Source], plan: Plan, quarantine: list[dict[str, Any]], fingerprint: str, kept: int) -> dict[str, Any]:
-    """Counts overall and per source; every record is kept or quarantined, never lost."""
+def _report(sources: list[Source], plan: Plan, quarantine: list[dict[str, Any]], fingerprint: str, kept: int,
+            key: bytes) -> dict[str, Any]:
+    """Counts overall and per source; every record is kept or quarantined, never lost. Names the key the
+    dataset's pseudonyms were made with (REPORT_KEY_ID)."""
     out_by = Counter(q["source"] for q in quarantine)
     by_source = {
         s.name: {"records_in": plan.records_in_by_source.get(s.name, 0),
@@ -597,6 +605,7 @@ def _report(sources: list[Source], plan: Plan, quarantine: list[dict[str, Any]],
     report = {
         "source": sources[0].name if len(sources) == 1 else [s.name for s in sources],
         "fingerprint": fingerprint,
+        REPORT_KEY_ID: key_id(key),
         "records_in": plan.records_in,
         "records_kept": kept,
         "records_quarantined": len(quarantine),

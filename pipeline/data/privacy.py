@@ -173,9 +173,17 @@ def stamp_folder_key(folder: Path, key: bytes) -> None:
     folder = Path(folder)
     if not folder.is_dir() or folder_key_id(folder) is not None:
         return
-    note = (f"{ASSUMED}: held pseudonyms before key ids were kept; taken as made with this key on "
-            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n") if unstamped(folder) else ""
-    write_text_atomic(folder / KEY_ID_FILE, key_id(key) + "\n" + note)
+    write_text_atomic(folder / KEY_ID_FILE,
+                      key_stamp(key, "held pseudonyms before key ids were kept" if unstamped(folder) else None))
+
+
+def key_stamp(key: bytes, assumed: str | None = None) -> str:
+    """The text of a stamp (KEY_ID_FILE): the key id on its first line, all `folder_key_id` reads. Where
+    the key was assumed rather than known, a second line says so (ASSUMED), why (`assumed`) and since
+    when, so a later reader does not take the stamp for a record."""
+    note = (f"{ASSUMED}: {assumed}; taken as made with this key on "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n") if assumed else ""
+    return key_id(key) + "\n" + note
 
 
 _UTTERANCE_PSEUDONYM = re.compile(rf"utt_[0-9a-f]{{{PSEUDONYM_HEX}}}")

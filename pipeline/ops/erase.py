@@ -47,8 +47,9 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import run_folder
 from pipeline.asr.config import MAX_LM_ORDER
 from pipeline.data import label_noise
-from pipeline.data.privacy import (REQUESTS_FILE, TOMBSTONES_FILE, check_folder_key, check_key_id, folder_key_id,
-                                   key_id, pseudonym, read_pseudonyms, record_pseudonyms, stamp_folder_key)
+from pipeline.data.privacy import (REQUESTS_FILE, TOMBSTONES_FILE, KeyMismatch, check_folder_key, check_key_id,
+                                   folder_key_id, key_id, pseudonym, read_pseudonyms, record_pseudonyms,
+                                   stamp_folder_key)
 from pipeline.data.schema import json_lines
 from pipeline.ops.config import JobConfig, is_config_error, job_config, load_config
 from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, REDO_REQUESTS, check_corpus_key, inbox_requests,
@@ -495,9 +496,26 @@ def unlisted_runs(roots: Roots, erased: set[str]) -> list[Path]:
     return out
 
 
+def dataset_key_id(dataset: Path) -> str | None:
+    """The key the dataset's build report says its pseudonyms were made with (run_folder.REPORT_KEY_ID);
+    None for a build from before reports said so."""
+    value = (run_folder.read_build_report(dataset) or {}).get(run_folder.REPORT_KEY_ID)
+    if value is not None and not (isinstance(value, str) and value.strip()):
+        raise PipelineError(f"{dataset / run_folder.BUILD_REPORT}: `{run_folder.REPORT_KEY_ID}` is {json.dumps(value)}, "
+                            "not a key id: the data stage writes a string, so the file was edited")
+    return value
+
+
 def write_missing_clip_lists(roots: Roots, key: bytes) -> int:
     """Give each run folder whose build predates `run_folder.DATASET_CLIPS` its list while its cached
-    dataset is still there, so a cache cleaned later does not hide it. Returns how many were written."""
+    dataset is still there, so a cache cleaned later does not hide it. Returns how many were written.
+
+    The list copies the dataset's pseudonyms, made under the key its build was (`dataset_key_id`), and
+    the run is stamped with that key. A dataset built under another key than the current one gets no
+    list, with a warning saying what to do: stamped with the current key, its accounts and devices
+    would match no request, and the run would pass as clean once the dataset goes (without a list the
+    audit names it instead). A dataset whose report names no key (built before reports did) is taken
+    as the current key's, with a warning (privacy.check_key_id), and the stamp says the key was assumed."""
     from pipeline.data.build import write_clip_list
 
     written = 0
@@ -508,7 +526,15 @@ def write_missing_clip_lists(roots: Roots, key: bytes) -> int:
         if (run / run_folder.DATASET_CLIPS).exists() or dataset is None:
             continue
         try:
-            write_clip_list(dataset, run, key)
+            built_under = dataset_key_id(dataset)
+            check_key_id(built_under, key, f"dataset {dataset} (whose clips run folder {run} would list in its "
+                         f"{run_folder.DATASET_CLIPS})", f"if that key is lost, remove the run folder {run}: once the "
+                         "dataset goes, whether its models, predictions and reports hold a deleted clip cannot be told")
+            write_clip_list(dataset, run, key, None if built_under else
+                            f"listed from dataset {dataset.name}, whose build report names no key")
+        except KeyMismatch as err:
+            print(f"erase: warning: no clip list written into {run}: {err}", file=sys.stderr)
+            continue
         except Exception as err:  # noqa: BLE001 - an unreadable dataset or run folder: erasure goes on
             print(f"erase: warning: no clip list written into {run} ({type(err).__name__}: {first_line(err)}); the "
                   "audit names the run if its dataset goes", file=sys.stderr)

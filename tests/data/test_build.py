@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.build import REASONS, run_data_stage
 from pipeline.data.features import dataset_features
-from pipeline.data.privacy import load_key, pseudonym, utterance_pseudonym
+from pipeline.data.privacy import key_id, load_key, pseudonym, utterance_pseudonym
 from pipeline.data.splits import assign_split
 from pipeline.data.schema import json_lines
 from pipeline.runtime import PipelineError
@@ -351,6 +351,23 @@ def test_undecodable_embedded_audio_is_named_by_its_row(tmp_path: Path) -> None:
         (1, "unreadable_audio", "cannot decode the audio of row 1 (Format not recognised.)"),
         (2, "unreadable_audio", "the audio of row 2 is empty"),
     ]
+
+
+def test_the_build_report_names_the_key_its_pseudonyms_were_made_with(tmp_path: Path) -> None:
+    """In the dataset's report and the run's: erasure lists a cached dataset's clips into a run folder
+    later, under the key the dataset was built with. A dataset built before reports named it, reused,
+    was built under this key (the fingerprint hashes it in): the run's report names it."""
+    path = write_export(tmp_path / "export", [record(i) for i in range(8)])
+    report, _ = build(tmp_path, path=str(path))
+    current = key_id(load_key(KEY_ENV, tmp_path / "cache" / "pseudonym.key"))
+    dataset_report = Path(report["dataset_path"]) / "build_report.json"
+    assert report["pseudonym_key_id"] == current == json.loads(dataset_report.read_text())["pseudonym_key_id"]
+    older = json.loads(dataset_report.read_text())
+    del older["pseudonym_key_id"]
+    dataset_report.write_text(json.dumps(older) + "\n")
+    again, _ = build(tmp_path, run="run2", path=str(path))
+    assert again["reused"] is True and again["pseudonym_key_id"] == current
+    assert "pseudonym_key_id" not in json.loads(dataset_report.read_text())
 
 
 def test_a_build_that_keeps_nothing_leaves_no_earlier_clip_list_in_its_run_folder(tmp_path: Path) -> None:

@@ -533,16 +533,23 @@ def test_runs_built_before_runs_listed_their_clips_get_their_list_while_the_data
         store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
 
+    from pipeline.data.privacy import key_id
+
     root = store["root"]
+    built = {run: (run / "dataset_clips.txt").read_text() for run in store["runs"]}  # as the data stage lists them
     for run in store["runs"]:
         (run / "dataset_clips.txt").unlink()
+        (run / "pseudonym_key_id").unlink()
     old = store["affected_runs"][0]
     lists = {}
-    # An erasure with nothing to erase still writes them, while every dataset is there.
+    # An erasure with nothing to erase still writes them, while every dataset is there. Each dataset's
+    # build report names the current key: the lists are the build's, stamped with that key as known.
     (root / "inbox" / "deletions" / "request.jsonl").rename(root / "request.jsonl")
     assert erase.main(overrides(root)) == 0
     for run in store["runs"]:
         lists[run] = (run / "dataset_clips.txt").read_text()
+        assert lists[run] == built[run]
+        assert (run / "pseudonym_key_id").read_text() == key_id(KEY.encode()) + "\n"
     assert len(lists[old].splitlines()) == 15  # a line per clip of its dataset
     # Then a cache cleaned to free disk, and a request: found by the list.
     shutil.rmtree(root / "cache" / "datasets" / store["fingerprints"][0])

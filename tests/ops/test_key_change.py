@@ -274,3 +274,91 @@ def test_a_run_folder_under_another_key_holding_nothing_to_erase_is_not_read(tmp
     with pytest.raises(PipelineError, match=rf"^run folder {re.escape(str(run))} \(its dataset_clips\.txt\) was made "
                                             "under pseudonym key .* remove the run folder"):
         erase.matchable_clip_list(run, b"new")
+
+
+def _clip_lists_removed(store: dict) -> dict[Path, Path]:
+    """Each run folder as a build from before runs listed their clips left it (no list, no stamp); returns
+    each run's dataset. The request is put aside (`root`/request.jsonl): erasure only writes the lists."""
+    (store["root"] / "inbox" / "deletions" / "request.jsonl").rename(store["root"] / "request.jsonl")
+    datasets = {}
+    for run in store["runs"]:
+        (run / "dataset_clips.txt").unlink()
+        (run / KEY_ID_FILE).unlink()
+        datasets[run] = Path(json.loads((run / "build_report.json").read_text())["dataset_path"])
+    return datasets
+
+
+def test_a_run_folder_is_given_no_clip_list_from_a_dataset_built_under_another_key(
+        store: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The cached dataset's accounts and devices are pseudonyms under the key it was built with (its
+    build report's `pseudonym_key_id`). Before the fix: after a key change, erasure listed them into
+    the run folder stamped with the new key, so no later request for the account matched the list."""
+    root = store["root"]
+    datasets = _clip_lists_removed(store)
+    monkeypatch.setenv("PIPELINE_PSEUDONYM_KEY", NEW_KEY)
+    capsys.readouterr()
+    assert erase.main(erase_overrides(root)) == 0
+    err = capsys.readouterr().err
+    for run, dataset in datasets.items():
+        assert not (run / "dataset_clips.txt").exists() and not (run / KEY_ID_FILE).exists()
+        assert re.search(rf"no clip list written into {re.escape(str(run))}: dataset {re.escape(str(dataset))} "
+                         rf"\(whose clips run folder {re.escape(str(run))} would list in its dataset_clips\.txt\) was "
+                         rf"made under pseudonym key {key_id(ERASE_KEY.encode())}, but the current key is "
+                         rf"{key_id(NEW_KEY.encode())}", err), err
+    assert "Restore the key it was made with" in err and "remove the run folder" in err
+    assert NEW_KEY not in err and ERASE_KEY not in err
+
+    # Under the key the datasets were built with, the lists are written, stamped with it.
+    from pipeline.ops.config import load_config
+    from pipeline.ops.inventory import Roots
+
+    roots = Roots.from_cfg(load_config(erase_overrides(root)))
+    assert erase.write_missing_clip_lists(roots, ERASE_KEY.encode()) == len(datasets)
+    for run in datasets:
+        assert (run / KEY_ID_FILE).read_text() == key_id(ERASE_KEY.encode()) + "\n"
+        assert (run / "dataset_clips.txt").read_text()
+
+
+def test_a_dataset_whose_build_report_names_no_key_is_listed_with_the_key_stamped_as_assumed(
+        store: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A dataset built before build reports named their key: listed as the current key's, with a
+    warning, and the run's stamp says the key was assumed (as privacy.stamp_folder_key's does). The
+    list is matched as any other: the dataset gone, erasure and the audit still find the runs by it."""
+    from pipeline.data import privacy
+
+    root = store["root"]
+    datasets = _clip_lists_removed(store)
+    old = root / "cache" / "datasets" / store["fingerprints"][0]
+    report = json.loads((old / "build_report.json").read_text())
+    del report["pseudonym_key_id"]
+    (old / "build_report.json").write_text(json.dumps(report) + "\n")
+    monkeypatch.setattr(privacy, "_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.privacy"):
+        assert erase.main(erase_overrides(root)) == 0
+    warned = [r.getMessage() for r in caplog.records
+              if r.getMessage().startswith("dataset ") and "records no pseudonym key id" in r.getMessage()]
+    assert sorted(m.split()[6] for m in warned) == sorted(str(run) for run in store["affected_runs"])
+    assert all(m.startswith(f"dataset {old} (whose clips run folder ") for m in warned)
+    current = key_id(ERASE_KEY.encode())
+    for run, dataset in datasets.items():
+        lines = (run / KEY_ID_FILE).read_text().splitlines()
+        assert privacy.folder_key_id(run) == lines[0] == current and (run / "dataset_clips.txt").read_text()
+        if dataset == old:
+            assert len(lines) == 2 and lines[1].startswith("assumed: ") and old.name in lines[1], lines
+        else:
+            assert lines == [current]
+
+    shutil.rmtree(old)  # a cache cleaned to free disk: the runs are found by their lists only
+    (root / "request.jsonl").rename(root / "inbox" / "deletions" / "request.jsonl")
+    caplog.clear()
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.privacy"):
+        assert audit.main(erase_overrides(root)) == 3
+        out = capsys.readouterr().out
+        assert all(f"{run}  (" in out for run in store["affected_runs"]), out
+        assert erase.main(erase_overrides(root)) == 0
+    assert not [r for r in caplog.records if "dataset_clips.txt" in r.getMessage()]  # the stamp is read
+    for run in store["affected_runs"]:
+        assert not (run / "asr").exists() and (run / "dataset_clips.txt").is_file()
+    assert all((run / "asr").is_dir() for run in store["runs"] if run not in store["affected_runs"])
