@@ -14,6 +14,10 @@ applied or still waiting in the inbox):
   kept clip of the cached datasets also says is that clip's, and is not looked for);
 - models, checkpoints, LMs, W&B runs and staged artifacts derived from a dataset that held it.
 
+A cached dataset built under another pseudonym key (its build report's `pseudonym_key_id`) holds
+that key's ids, which match nothing: it is named as not judged, and looked through only for copies
+of deleted audio and transcripts.
+
 Findings are listed with their paths, by ids and hashes only. Exit codes: 0 clean, 3 something
 found (run `make erase`), 2 a bad config or a root that cannot be scanned.
 """
@@ -37,10 +41,10 @@ from pipeline.data.privacy import record_pseudonyms
 from pipeline.data.schema import json_lines
 from pipeline.ops.config import is_config_error, load_config
 from pipeline.ops.corpus import pseudonym_key
-from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_rows, derived_parts,
-                                export_folders, find_traces, gram_hash, kept_digests, listed_on_deleted, md5_b64,
-                                prediction_hit, quarantine_hit, requested_deletions, run_fingerprints, staging_files,
-                                text_hash, unexplained_grams, unlisted_runs)
+from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_rows, datasets_under_other_keys,
+                                derived_parts, export_folders, find_traces, gram_hash, kept_digests, listed_on_deleted,
+                                md5_b64, prediction_hit, quarantine_hit, requested_deletions, run_fingerprints,
+                                staging_files, text_hash, unexplained_grams, unlisted_runs)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, run_of, walk_files
 from pipeline.ops.registry import PROMOTING, RECORD, Registry, check_record_key, weights_saw_deleted
 from pipeline.ops.textscan import TEXT_SUFFIXES, searched, text_chunks, text_lines
@@ -124,7 +128,10 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
         return [], affected_models, 0
 
     ledger = Ledger.load(roots.erasure)
-    traces = find_traces(roots, key, deleted, ledger.audio)
+    # A dataset built under another key holds that key's pseudonyms: matched against these, it would pass
+    # as clean. It is left out of the match (`main` names it, as not judged); its rows are still looked
+    # through below for copies of deleted audio and transcripts, which no key hides.
+    traces = find_traces(roots, key, deleted, ledger.audio, passed_over=datasets_under_other_keys(roots, key))
     live = traces.as_ledger(key)
     # The summary's models, by what the findings below judge them on: requested ids, and the clips
     # erasure found (copies under other ids included).
@@ -312,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audit: {len(unlisted)} run folder(s) list no clips (dataset_clips.txt: built before runs listed them) "
               "and their dataset is gone, not by an erasure, so whether they hold a deleted clip cannot be told; "
               "remove them, or keep them knowing that: " + ", ".join(map(str, unlisted)))
+    unmatched = datasets_under_other_keys(where, pseudonym_key(cfg.privacy)) if known else []
+    if unmatched:
+        print(f"audit: {len(unmatched)} cached dataset(s) were built under another pseudonym key than the current "
+              "one (their build_report.json's pseudonym_key_id), so whether they, and the runs trained on them, hold "
+              "a deleted clip by its ids cannot be told (only copies of deleted audio and transcripts were looked "
+              "for there); restore that key and audit again, or remove them (a cache: the next build makes their "
+              "data again under the current key): " + ", ".join(map(str, unmatched)))
     if not known:
         # Nothing to look for is not "clean": a deletions file only a build read (data.deletions)
         # kept its clips out of that dataset, and is unknown here.
@@ -322,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     if not findings:
         print(f"audit: clean: no trace of the {known} deleted id(s) requested under the roots scanned"
               + (f" ({len(absent)} absent, not scanned: check they are meant to be)" if absent else "")
-              + (f"; {len(unlisted)} run folder(s) not judged (above)" if unlisted else ""))
+              + (f"; {len(unlisted)} run folder(s) not judged (above)" if unlisted else "")
+              + (f"; {len(unmatched)} cached dataset(s) not judged (above)" if unmatched else ""))
         return EXIT_CLEAN
     # Files in no place the inventory knows (put there by hand, or by another tool): erasure removes only
     # what it knows the shape of, so these stay until a person removes them.

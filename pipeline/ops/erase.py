@@ -37,7 +37,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,16 +252,24 @@ class Traces:
         return ledger
 
 
-def find_traces(roots: Roots, key: bytes, deleted: set[str], known_audio: set[str] = frozenset()) -> Traces:
+def find_traces(roots: Roots, key: bytes, deleted: set[str], known_audio: set[str] = frozenset(),
+                passed_over: Collection[Path] = ()) -> Traces:
     """Deleted clips in the cached datasets: those a request names, and their copies. A row no request
     names that holds a deleted clip's audio (this pass's, or `known_audio` from earlier erasures) is
-    the same recording exported again under another id: the person asked for it to go as well."""
+    the same recording exported again under another id: the person asked for it to go as well.
+
+    A dataset is matched only under the key it was built with (`check_dataset_key`: another key's is
+    refused); `passed_over` are datasets the caller knows to be another key's and names itself (the
+    audit), left out whole: their kept transcripts are not taken as kept either."""
     from pipeline.data.audio import identifies_a_recording
 
     traces = Traces()
     audio = set(known_audio)
     others: list[tuple[str, str, str | None, str]] = []  # (folder, utterance, audio sha256, text) of the rest
     for folder in dataset_folders(roots):
+        if folder in passed_over:
+            continue
+        check_dataset_key(folder, key)
         hits = 0
         for row in dataset_rows(folder, ("utterance_id", "copy_of", "speaker", "device", "text", "audio")):
             text = row.get("text") or ""
@@ -504,6 +512,35 @@ def dataset_key_id(dataset: Path) -> str | None:
         raise PipelineError(f"{dataset / run_folder.BUILD_REPORT}: `{run_folder.REPORT_KEY_ID}` is {json.dumps(value)}, "
                             "not a key id: the data stage writes a string, so the file was edited")
     return value
+
+
+def check_dataset_key(dataset: Path, key: bytes) -> None:
+    """Refuse to match a cached dataset's rows against `key`'s pseudonyms when its build report names
+    another key (a KeyMismatch naming the dataset and what to do): its accounts and devices are that
+    key's pseudonyms, so a deleted account's clips in it would match no request and stay, for a build
+    under that key to reuse (its fingerprint) or an evaluation to read. A dataset whose report names no
+    key (built before reports did) is taken as the current key's, with a warning (privacy.check_key_id):
+    its report is the build's, left as it is, so the warning comes at each job."""
+    check_key_id(dataset_key_id(dataset), key, f"cached dataset {dataset} (its {run_folder.BUILD_REPORT})",
+                 f"if that key is lost, remove the cached dataset {dataset}: it is a cache, and the next build "
+                 "makes its data again from the sources under the current key")
+
+
+def check_dataset_keys(roots: Roots, key: bytes) -> None:
+    """Refuse, before a job takes anything from the inbox (as `check_run_keys`), when a cached dataset
+    was built under another key (`check_dataset_key`). Refused rather than removed, though a cache: a
+    key that is only misconfigured (its variable unset where a scheduler runs the job) would otherwise
+    wipe every cached dataset, and restoring the key lets erasure match them as they are."""
+    for folder in dataset_folders(roots):
+        check_dataset_key(folder, key)
+
+
+def datasets_under_other_keys(roots: Roots, key: bytes) -> list[Path]:
+    """The cached datasets whose build report names another key than `key`: whether they hold a
+    deleted clip by its ids cannot be told (the audit names them, and looks there only for copies of
+    deleted audio and transcripts, which no key hides)."""
+    current = key_id(key)
+    return [folder for folder in dataset_folders(roots) if dataset_key_id(folder) not in (None, current)]
 
 
 def write_missing_clip_lists(roots: Roots, key: bytes) -> int:
@@ -890,6 +927,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     q_lines = quarantine.read_text().splitlines() if quarantine.is_file() else []
     job.quarantined = [json.loads(line) for line in q_lines[state["quarantine_seen"]:] if line.strip()]
     assumed = check_run_keys(roots, key)
+    check_dataset_keys(roots, key)
     write_missing_clip_lists(roots, key)  # before any dataset goes, so none is left without its runs' lists
     if not deleted and not job.quarantined:
         stamp_assumed_runs(assumed, key)
@@ -1197,6 +1235,7 @@ def erase(cfg: DictConfig, api: Any = None) -> Erasure:
         registry.recover()
         registry.check_keys(key)  # before the intake stores anything under the current key
         check_run_keys(roots, key)
+        check_dataset_keys(roots, key)
         requests = record_source_audio(roots, key)
         # Exit 4 before the intake takes anything (only a run being written makes the scan worth it).
         if any(run_folder.being_written(run) for run in run_folders(roots)):

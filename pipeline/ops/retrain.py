@@ -31,7 +31,8 @@ from pipeline import run_folder
 from pipeline.data.privacy import key_id
 from pipeline.ops.config import RetrainConfig, command_line_problem, job_config, load_config, retrain_config
 from pipeline.ops.corpus import Corpus, pseudonym_key, remerge, stray_inbox_entries, update_corpus, utterance_pseudonym
-from pipeline.ops.erase import check_run_keys, erase_copies, record_source_audio, tombstone_copies
+from pipeline.ops.erase import (check_dataset_keys, check_run_keys, erase_copies, record_source_audio,
+                                 tombstone_copies)
 from pipeline.ops.gate import gate_on_runs
 from pipeline.ops.inventory import Roots, check_root
 from pipeline.ops.promote import promote_model, rollback, write_candidate
@@ -178,6 +179,7 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         check_root(name, root)
     registry.check_keys(key)  # a model under another key: refused before the intake stores anything
     check_run_keys(roots, key)  # ... and a run folder's clip list
+    check_dataset_keys(roots, key)  # ... and a cached dataset
     record_source_audio(roots, key)  # before the intake deletes any of it
     corpus = update_corpus(Path(retrain.inbox), Path(retrain.corpus_dir), key)
     # A clip under another id holding a deleted clip's audio (the recording exported again) is

@@ -1,7 +1,8 @@
 """A pseudonym key change (a new cache folder makes a new key file; the environment variable is
 rotated) must not let stored pseudonyms pass unmatched. Model records, the corpus's tombstones,
-erasure's ledger and run folders' clip lists name the key they were made with; promote, rollback, affected_by, erasure, the
-audit and the build refuse one made under another key, and say what to do.
+erasure's ledger, run folders' clip lists and cached datasets' build reports name the key they were made
+with; promote, rollback, affected_by, erasure, the audit and the build refuse one made under another key,
+and say what to do (the audit names a cached dataset as not judged instead).
 
 Before the fix: model records named no key, so after a key change a deletion request's pseudonym
 (new key) never met the model's `trained_on` (old key): `make rollback` went back to, and `make
@@ -292,12 +293,19 @@ def test_a_run_folder_is_given_no_clip_list_from_a_dataset_built_under_another_k
         store: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The cached dataset's accounts and devices are pseudonyms under the key it was built with (its
     build report's `pseudonym_key_id`). Before the fix: after a key change, erasure listed them into
-    the run folder stamped with the new key, so no later request for the account matched the list."""
+    the run folder stamped with the new key, so no later request for the account matched the list.
+    `make erase` refuses such a cached dataset before it writes any list (the tests below): the lists
+    are left unwritten either way; the warning is met where the run's dataset lies outside the cache."""
+    from pipeline.ops.config import load_config
+    from pipeline.ops.inventory import Roots
+
     root = store["root"]
     datasets = _clip_lists_removed(store)
     monkeypatch.setenv("PIPELINE_PSEUDONYM_KEY", NEW_KEY)
+    assert erase.main(erase_overrides(root)) == EXIT_CONFIG
+    roots = Roots.from_cfg(load_config(erase_overrides(root)))
     capsys.readouterr()
-    assert erase.main(erase_overrides(root)) == 0
+    assert erase.write_missing_clip_lists(roots, NEW_KEY.encode()) == 0
     err = capsys.readouterr().err
     for run, dataset in datasets.items():
         assert not (run / "dataset_clips.txt").exists() and not (run / KEY_ID_FILE).exists()
@@ -309,10 +317,6 @@ def test_a_run_folder_is_given_no_clip_list_from_a_dataset_built_under_another_k
     assert NEW_KEY not in err and ERASE_KEY not in err
 
     # Under the key the datasets were built with, the lists are written, stamped with it.
-    from pipeline.ops.config import load_config
-    from pipeline.ops.inventory import Roots
-
-    roots = Roots.from_cfg(load_config(erase_overrides(root)))
     assert erase.write_missing_clip_lists(roots, ERASE_KEY.encode()) == len(datasets)
     for run in datasets:
         assert (run / KEY_ID_FILE).read_text() == key_id(ERASE_KEY.encode()) + "\n"
@@ -362,3 +366,123 @@ def test_a_dataset_whose_build_report_names_no_key_is_listed_with_the_key_stampe
     for run in store["affected_runs"]:
         assert not (run / "asr").exists() and (run / "dataset_clips.txt").is_file()
     assert all((run / "asr").is_dir() for run in store["runs"] if run not in store["affected_runs"])
+
+
+def _without_runs(store: dict) -> list[Path]:
+    """The store's cached datasets, its run folders removed: the deleted account's clips are left in
+    the datasets alone (run folders under another key: the tests above). Returns the datasets."""
+    for run in store["runs"]:
+        shutil.rmtree(run)
+    return [store["root"] / "cache" / "datasets" / f for f in store["fingerprints"]]
+
+
+def _dataset_under(root: Path, key: bytes, name: str) -> Path:
+    """A cached dataset built under `key`, its build report naming it, holding three clips of the
+    deleted account (bench/erase.py's rows, made with that key)."""
+    import numpy as np
+    from datasets import Dataset, DatasetDict
+
+    from bench.erase import _rows
+    from pipeline.data.features import dataset_features
+
+    folder = root / "cache" / "datasets" / name
+    rows = _rows(key, 7, 6, True, np.random.default_rng(7))
+    DatasetDict({"train": Dataset.from_list(rows, features=dataset_features())}).save_to_disk(str(folder))
+    (folder / "build_report.json").write_text(json.dumps({"fingerprint": name, "pseudonym_key_id": key_id(key)}) + "\n")
+    return folder
+
+
+def test_erasure_refuses_a_cached_dataset_built_under_another_key_before_the_intake(
+        store: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A cached dataset's accounts and devices are pseudonyms under the key it was built with (its
+    build report's `pseudonym_key_id`). Before the fix: after a key change, erasure matched them against
+    the new key's, found none of the deleted account's clips, exited 0 and left them in the dataset.
+    Refused, it names the dataset and what to do; the key restored, erasure goes on as before."""
+    root = store["root"]
+    datasets = _without_runs(store)
+    monkeypatch.setenv("PIPELINE_PSEUDONYM_KEY", NEW_KEY)
+    capsys.readouterr()
+    assert erase.main(erase_overrides(root)) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    named = "|".join(re.escape(str(d)) for d in datasets)
+    assert re.search(rf"cached dataset ({named}) \(its build_report\.json\) was made under pseudonym key "
+                     rf"{key_id(ERASE_KEY.encode())}, but the current key is {key_id(NEW_KEY.encode())}", err), err
+    assert "Restore the key it was made with" in err and "remove the cached dataset" in err
+    assert NEW_KEY not in err and ERASE_KEY not in err
+    assert (root / "inbox" / "deletions" / "request.jsonl").is_file(), "refused before the intake took it"
+    assert all(d.is_dir() for d in datasets)
+
+    monkeypatch.setenv("PIPELINE_PSEUDONYM_KEY", ERASE_KEY)  # the key restored: matched as before
+    assert erase.main(erase_overrides(root)) == 0
+    assert not datasets[0].exists(), "the dataset holding the account's clips went"
+    assert all(d.is_dir() for d in datasets[1:])
+
+
+def test_erasure_matches_a_dataset_built_under_the_current_key_once_the_other_keys_are_removed(
+        store: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the refusal advises when the old key is lost: the old key's datasets removed (a cache),
+    erasure runs under the new key and a dataset built under it goes as any did before the key changed."""
+    root = store["root"]
+    datasets = _without_runs(store)
+    monkeypatch.setenv("PIPELINE_PSEUDONYM_KEY", NEW_KEY)
+    new = _dataset_under(root, NEW_KEY.encode(), "built-under-the-new-key")
+    assert erase.main(erase_overrides(root)) == EXIT_CONFIG
+    assert new.is_dir()
+    for dataset in datasets:
+        shutil.rmtree(dataset)
+    assert erase.main(erase_overrides(root)) == 0
+    assert not new.exists()
+    [receipt] = (root / "registry" / "erasure" / "receipts").glob("*.json")
+    [request] = json.loads(receipt.read_text())["requests"]
+    assert (request["status"], request["copies_found"]) == ("erased", 3)
+
+
+def test_the_audit_names_a_cached_dataset_built_under_another_key_as_not_judged(
+        store: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the fix: matched against the new key's pseudonyms, a dataset built under the old key
+    holding the deleted account's clips passed, and the audit said clean without a word of it (its
+    transcripts were even taken as kept ones, so not looked for elsewhere). Now it is named as not
+    judged, still looked through for copies of deleted transcripts and audio; a dataset built under
+    the current key is matched as before."""
+    root = store["root"]
+    datasets = _without_runs(store)
+    monkeypatch.setenv("PIPELINE_PSEUDONYM_KEY", NEW_KEY)
+    new = _dataset_under(root, NEW_KEY.encode(), "built-under-the-new-key")
+    capsys.readouterr()
+    assert audit.main(erase_overrides(root)) == 3
+    out = capsys.readouterr().out
+    assert re.search(rf"cached dataset +pseudonym +{re.escape(str(new))}  \(3 deleted clip\(s\)\)", out), out
+    # Its transcripts are the deleted account's, said again in the old key's dataset: a copy found there.
+    assert f"{datasets[0]}  (3 copy(ies) of deleted clips)" in out, out
+    [line] = [line for line in out.splitlines() if "built under another pseudonym key" in line]
+    assert line.startswith(f"audit: {len(datasets)} cached dataset(s) were built under another pseudonym key")
+    assert all(str(d) in line for d in datasets) and str(new) not in line
+    assert "restore that key" in line and "remove them" in line
+
+    shutil.rmtree(new)  # nothing left that the current key can match
+    assert audit.main(erase_overrides(root)) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"audit: clean: .*; {len(datasets)} cached dataset\(s\) not judged \(above\)", out), out
+    assert all(str(d) in out for d in datasets)
+
+    monkeypatch.setenv("PIPELINE_PSEUDONYM_KEY", ERASE_KEY)  # under the key they were built with: judged
+    assert audit.main(erase_overrides(root)) == 3
+    out = capsys.readouterr().out
+    assert "built under another pseudonym key" not in out and "not judged" not in out
+    assert re.search(rf"cached dataset +pseudonym +{re.escape(str(datasets[0]))}  \(3 deleted clip\(s\)\)", out), out
+
+
+def test_a_retraining_refuses_a_cached_dataset_built_under_another_key_before_the_intake(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the fix: the intake took the request under the new key, and the erasure after the
+    decision matched nothing in the dataset, which kept the deleted clip."""
+    dataset = _dataset_under(tmp_path, b"the key the dataset was built under", "fp-old")
+    monkeypatch.setenv(ENV, NEW_KEY)
+    _request(tmp_path, "d7-u0")
+    cfg = OmegaConf.merge(_cfg(tmp_path), {"data": {"source": "jsonl", "path": None, "deletions": None}})
+    assert run_retrain(cfg) == EXIT_CONFIG
+    decision = json.loads((tmp_path / "job" / "decision.json").read_text())
+    assert decision["reason"].startswith(f"cached dataset {dataset} (its build_report.json) was made under "
+                                         "pseudonym key "), decision["reason"]
+    assert (tmp_path / "inbox" / "deletions" / "r.jsonl").is_file(), "refused before the intake took it"
+    assert dataset.is_dir()
