@@ -33,8 +33,9 @@ def score_against_noise(run_dir: Path, queue: list[Suspect], summary: dict[str, 
 
     All of these read the ranked (judged) lines only, as k counts the errors among the judged clips:
     the unscored lines queued after them (clips whose label one fold alone carries) have no rank to
-    score. How many of those are planted errors is `queued_unjudged`, per kind: the lines and the
-    planted errors among them, the errors a person finds only past every ranked line."""
+    score. How many of those are planted errors is `queued_unjudged`, per kind: the lines, the
+    planted errors among them (the errors a person finds only past every ranked line), and those
+    among the lines the second pass reads when the ranked lines are fewer than its budget (`planted_read`)."""
     path = Path(run_dir) / NOISE_FILE
     if not path.exists():
         return {}
@@ -70,8 +71,15 @@ def score_against_noise(run_dir: Path, queue: list[Suspect], summary: dict[str, 
             "precision": sum(u in truth for u in issues) / len(issues) if issues else None,
             "precision_at_k": sum(u in truth for u in issues[:k]) / k,
         }
-    unjudged = {kind: {"lines": len(ids), "planted": len(ids & planted[kind])}
-                for kind in KINDS if (ids := {s.utterance_id for s in held if s.kind == kind})}
+    # The second pass reads the queue's first `reviewed` lines: with fewer ranked lines than that, the
+    # first unscored ones too, and the planted errors it finds there are counted apart.
+    unjudged: dict[str, dict[str, int]] = {}
+    for kind in KINDS:
+        lines = [s.utterance_id for s in held if s.kind == kind]
+        if lines:
+            within = {s.utterance_id for s in held[:max(0, reviewed - len(judged))] if s.kind == kind}
+            unjudged[kind] = {"lines": len(lines), "planted": len(set(lines) & planted[kind]),
+                              "planted_read": len(within & planted[kind])}
     return {"file": NOISE_FILE, "kinds": kinds, "lines_reviewed": reviewed, "queued_unjudged": unjudged}
 
 
@@ -124,7 +132,9 @@ def section_blocks(queue: list[Suspect], summary: dict[str, Any], scoring: dict[
     if unjudged:
         blocks.append(("p", f"Planted errors ({scoring['file']}) among the unscored lines after the ranked ones, not "
                             "counted in k: " + ", ".join(f"{k} {u['planted']} of {u['lines']}"
-                                                          for k, u in unjudged.items()) + "."))
+                                                          for k, u in unjudged.items())
+                            + f" ({sum(u['planted_read'] for u in unjudged.values())} of them within the "
+                              f"{scoring['lines_reviewed']} lines a second pass reads)."))
     for kind in KINDS:
         lines = [s for s in judged if s.kind == kind][:top_n]
         if lines:

@@ -164,9 +164,11 @@ def test_planted_errors_are_scored_in_the_report(tiny_models: Path, tiny_dataset
     found = float(first["kind"] == "intent" and first["utterance_id"] == intents[0]) / 2
     assert scoring["kinds"]["intent"]["recall_in_queue"] == found == tracker.summary["review/intent_recall_in_queue"]
     assert "precision at k" in (run / "report.md").read_text() and "most it can be (1 lines / k)" in (run / "report.md").read_text()
-    assert scoring["queued_unjudged"] == {"intent": {"lines": len(single), "planted": 1},
-                                          "entities": {"lines": len(one_phrasing(dataset)["entities"]), "planted": 0}}
-    assert f"among the unscored lines after the ranked ones, not counted in k: intent 1 of {len(single)}" in (
+    assert scoring["queued_unjudged"] == {"intent": {"lines": len(single), "planted": 1, "planted_read": 0},
+                                          "entities": {"lines": len(one_phrasing(dataset)["entities"]), "planted": 0,
+                                                       "planted_read": 0}}
+    assert (f"among the unscored lines after the ranked ones, not counted in k: intent 1 of {len(single)}, entities 0 of "
+            f"{len(one_phrasing(dataset)['entities'])} (0 of them within the 1 lines a second pass reads)") in (
         run / "report.md").read_text()
 
 
@@ -722,7 +724,15 @@ def test_a_span_widened_into_a_new_tag_reaches_the_queue(tiny_models: Path, tiny
     assert summary["not_judged"]["entities"] == {"label_in_one_fold": 6}  # its own and the five "paris" takes
     scoring = json.loads((run / "review" / "noise_scoring.json").read_text())
     assert "entities" not in scoring["kinds"]  # not a scored clip: no k, no precision at k
-    assert scoring["queued_unjudged"]["entities"] == {"lines": 6, "planted": 1}
+    assert scoring["queued_unjudged"]["entities"] == {"lines": 6, "planted": 1, "planted_read": 0}
+    # A second pass over every clip reads past the ranked lines into the unscored ones: the planted
+    # error there is one it finds, counted apart from k.
+    run_review_stage(review_cfg(**{"review.max_share": 1.0}), run, dataset, RecordingTracker())
+    scoring = json.loads((run / "review" / "noise_scoring.json").read_text())
+    queue = [json.loads(line) for line in (run / "review" / "queue.jsonl").read_text().splitlines()]
+    assert scoring["lines_reviewed"] >= len(queue)
+    assert scoring["queued_unjudged"]["entities"] == {"lines": 6, "planted": 1, "planted_read": 1}
+    assert "(1 of them within the" in (run / "report.md").read_text()
 
 
 def test_the_wake_kind_counts_the_clips_of_a_fold_without_both_flags(tiny_models: Path, tiny_dataset_path: Path,
