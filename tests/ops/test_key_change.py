@@ -486,3 +486,44 @@ def test_a_retraining_refuses_a_cached_dataset_built_under_another_key_before_th
                                          "pseudonym key "), decision["reason"]
     assert (tmp_path / "inbox" / "deletions" / "r.jsonl").is_file(), "refused before the intake took it"
     assert dataset.is_dir()
+
+
+def test_promote_and_rollback_refuse_a_cached_dataset_built_under_another_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a deletion request waiting, promote and rollback look for the clips it names in the cached
+    datasets (and their copies under other ids). Before the fix: a dataset built under the old key was
+    matched against the new key's pseudonyms, the account's clips in it matched nothing, and both went
+    ahead (exit 0). Refused, the reason names the dataset and what to do; nothing is promoted. The
+    registry is the current key's, so the dataset alone is refused; once removed, rollback goes ahead."""
+    from bench.erase import VICTIM
+
+    old = pseudonym_key(_cfg(tmp_path).privacy)  # the key file's key, which built the cached dataset
+    dataset = _dataset_under(tmp_path, old, "fp-old")
+    monkeypatch.setenv(ENV, NEW_KEY)  # the key rotated; the registry is made under the new one
+    new = NEW_KEY.encode()
+    registry = Registry(tmp_path / "registry")
+    for model_id, utterances in (("m1", ["u1", "u2"]), ("m2", ["u2", "u3"])):
+        registry.promote(_run(tmp_path, model_id), _record(new, model_id, tmp_path / "runs" / model_id, utterances))
+        registry.log_decision({"decision": "promoted", "state": "state-" + model_id, "candidate": {"model_id": model_id}})
+    run = _run(tmp_path, "c3")
+    write_candidate(run, _record(new, "c3", run, ["u1", "u4"]))
+    registry.log_decision({"decision": "rejected", "reason": "asr/wer rose", "run_dir": str(run),
+                           "state": "state-c3", "candidate": {"model_id": "c3"}})
+    (tmp_path / "inbox" / "deletions").mkdir(parents=True)
+    (tmp_path / "inbox" / "deletions" / "r.jsonl").write_text(json.dumps({"account_id": VICTIM}) + "\n")
+
+    for retrain in ({"rollback": True}, {"promote": "c3"}):
+        code, decision = _do(tmp_path, **retrain)
+        assert code == EXIT_CONFIG, (retrain, decision)
+        reason = decision["reason"]
+        assert reason.startswith(f"cached dataset {dataset} (its build_report.json) was made under pseudonym key "
+                                 f"{key_id(old)}, but the current key is {key_id(new)}"), reason
+        assert "Restore the key it was made with" in reason and f"remove the cached dataset {dataset}" in reason
+        assert NEW_KEY not in reason and old.decode() not in reason, "the key itself never shows"
+    assert registry.current()["model_id"] == "m2" and registry.history() == ["m1", "m2"]
+    assert [d["decision"] for d in registry.decisions()][-2:] == ["config_error"] * 2
+    assert dataset.is_dir() and (tmp_path / "inbox" / "deletions" / "r.jsonl").is_file()
+
+    shutil.rmtree(dataset)  # what the refusal advises when the old key is lost (a cache)
+    code, decision = _do(tmp_path, rollback=True)
+    assert (code, registry.current()["model_id"]) == (EXIT_OK, "m1"), decision
