@@ -77,6 +77,7 @@ def build_store(root: Path, datasets: int = 10, runs: int = 20, clips: int = 60,
     """Write the store under `root` (cache, outputs, multirun, registry, inbox); returns its layout."""
     from datasets import Dataset, DatasetDict
 
+    from pipeline import run_folder
     from pipeline.asr.lm import write_char_lm
     from pipeline.data.build import write_clip_list
     from pipeline.data.features import dataset_features
@@ -98,7 +99,7 @@ def build_store(root: Path, datasets: int = 10, runs: int = 20, clips: int = 60,
         folder = root / "cache" / "datasets" / fingerprint
         DatasetDict({s: Dataset.from_list(r, features=dataset_features()) for s, r in splits.items()}).save_to_disk(str(folder))
         (folder / "build_report.json").write_text(json.dumps({"fingerprint": fingerprint,
-                                                              "pseudonym_key_id": key_id(key)}) + "\n")
+                                                              run_folder.REPORT_KEY_ID: key_id(key)}) + "\n")
         (folder / "quarantine.jsonl").write_text("")
         fingerprints.append(fingerprint)
         split_rows.append(splits)
@@ -114,7 +115,7 @@ def build_store(root: Path, datasets: int = 10, runs: int = 20, clips: int = 60,
         (run / "asr" / "checkpoints" / "step-000010" / "model.safetensors").write_bytes(weights)
         (run / "nlu" / "model.safetensors").write_bytes(weights[: 2**20])
         write_char_lm(run / "asr" / "lm", [r["text"] for r in split_rows[d]["train"]], VOCAB, "|", 6)
-        (run / "build_report.json").write_text(json.dumps({"fingerprint": fingerprints[d], "pseudonym_key_id": key_id(key),
+        (run / "build_report.json").write_text(json.dumps({"fingerprint": fingerprints[d], run_folder.REPORT_KEY_ID: key_id(key),
                                                            "dataset_path": str(root / "cache" / "datasets" / fingerprints[d])}))
         write_clip_list(root / "cache" / "datasets" / fingerprints[d], run, key)  # as the data stage does
         (run / "predictions.jsonl").write_text("".join(json.dumps({

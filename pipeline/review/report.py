@@ -73,12 +73,12 @@ def score_against_noise(run_dir: Path, queue: list[Suspect], summary: dict[str, 
         }
     # The second pass reads the queue's first `reviewed` lines: with fewer ranked lines than that, the
     # first unscored ones too, and the planted errors it finds there are counted apart.
+    read = held[:max(0, reviewed - len(judged))]
     unjudged: dict[str, dict[str, int]] = {}
     for kind in KINDS:
-        lines = [s.utterance_id for s in held if s.kind == kind]
-        if lines:
-            within = {s.utterance_id for s in held[:max(0, reviewed - len(judged))] if s.kind == kind}
-            unjudged[kind] = {"lines": len(lines), "planted": len(set(lines) & planted[kind]),
+        if lines := {s.utterance_id for s in held if s.kind == kind}:
+            within = {s.utterance_id for s in read if s.kind == kind}
+            unjudged[kind] = {"lines": len(lines), "planted": len(lines & planted[kind]),
                               "planted_read": len(within & planted[kind])}
     return {"file": NOISE_FILE, "kinds": kinds, "lines_reviewed": reviewed, "queued_unjudged": unjudged}
 
