@@ -14,6 +14,11 @@ applied or still waiting in the inbox):
   kept clip of the cached datasets also says is that clip's, and is not looked for);
 - models, checkpoints, LMs, W&B runs and staged artifacts derived from a dataset that held it.
 
+Ids and transcripts are looked for in every file that is text: named so (`.jsonl`, `.md`, ...), a
+W&B file, or any other whose first bytes hold no NUL (a copy saved as `notes` or `eval.tsv` holds a
+clip as well as a report does); weights, Arrow shards, arrays and images are not read. Such a file
+that erasure does not act on is named for removal by hand.
+
 A cached dataset built under another pseudonym key (its build report's `pseudonym_key_id`) holds
 that key's ids, which match nothing: it is named as not judged, and looked through only for copies
 of deleted audio and transcripts.
@@ -47,7 +52,7 @@ from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_row
                                 staging_files, text_hash, unexplained_grams, unlisted_runs)
 from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, run_of, walk_files
 from pipeline.ops.registry import PROMOTING, RECORD, Registry, check_record_key, weights_saw_deleted
-from pipeline.ops.textscan import TEXT_SUFFIXES, searched, text_chunks, text_lines
+from pipeline.ops.textscan import TEXT_SUFFIXES, searched, starts_as_text, text_chunks, text_lines
 from pipeline.run_folder import DATASET_CLIPS, QUARANTINE_LINES
 
 EXIT_CLEAN, EXIT_CONFIG, EXIT_FOUND = 0, 2, 3
@@ -62,6 +67,7 @@ class Finding:
     trace: str    # pseudonym | audio | transcript | derived
     path: str
     detail: str
+    by_hand: bool = False  # erasure does not act on this file: a person removes it (besides UNMANAGED kinds)
 
 
 def _bookkeeping(path: Path, roots: Roots) -> bool:
@@ -220,14 +226,21 @@ def _scan_file(f: Path, kind: str, wanted: Wanted, staged: bool, roots: Roots) -
     if f.name == "char_lm.arpa":
         held = _lm_holds(f, wanted.key, wanted.grams)
         return [Finding("language model", "transcript", str(f), f"holds every n-gram of {held} deleted transcript(s)")] if held else []
-    textual = f.suffix.lower() in TEXT_SUFFIXES or staged or f.suffix == ".wandb"
     if f.name == QUARANTINE_LINES:
         # Bookkeeping that names deleted clips on purpose, by pseudonym with reason `deleted`; a line
         # written before the request (a flagged clip, by its id) is a trace.
         hits = sum(1 for line in text_lines(f)
                    if isinstance(row := _json_object(line), dict) and quarantine_hit(wanted.key, wanted.deleted, row))
         return [Finding(kind, "id", str(f), f"{hits} line(s) naming a deleted clip by its id")] if hits else []
-    if not textual or not searched(f) or _bookkeeping(f.resolve(), roots):
+    if _bookkeeping(f.resolve(), roots):
+        return []
+    # A name is no proof of what a file holds: a copy someone made (`notes`, `eval.tsv`,
+    # `predictions.jsonl.bak`, a job's `slurm-<id>.out`) or a write a killed job left (`.tmp-<name>.<pid>`)
+    # is text under a name of no text suffix. Such a file is read when its first bytes hold no NUL
+    # (textscan.starts_as_text); weights, Arrow shards and arrays hold one there and stay unread (a
+    # cached dataset's rows are matched above, column by column).
+    named_as_text = f.suffix.lower() in TEXT_SUFFIXES or staged or f.suffix == ".wandb"
+    if not (named_as_text or starts_as_text(f)) or not searched(f):
         return []
     # In chunks (pipeline.ops.textscan): a W&B log of a long evaluation is hundreds of MiB.
     predictions = f.name.endswith(".jsonl") and "predictions" in f.name
@@ -243,15 +256,26 @@ def _scan_file(f: Path, kind: str, wanted: Wanted, staged: bool, roots: Roots) -
         else:
             said |= {text_hash(wanted.key, t) for t in _texts_in(text)} & wanted.texts
     found = []
+    # Erasure rewrites the files the pipeline writes, found by name; another text file it never opens.
+    by_hand = not named_as_text and not _erased_by_content(f, kind)
+    where = (", in a file named as no text but holding text, which erasure never rewrites: remove it by hand"
+             if by_hand else "")
     if ids:
-        found.append(Finding(kind, "pseudonym", str(f), f"{len(ids)} deleted pseudonymous id(s)"))
+        found.append(Finding(kind, "pseudonym", str(f), f"{len(ids)} deleted pseudonymous id(s){where}", by_hand))
     if predictions:
         if hits:
             found.append(Finding("predictions", "transcript", str(f), f"{hits} line(s) of deleted clips"))
         return found
     if said:
-        found.append(Finding(kind, "transcript", str(f), f"{len(said)} deleted transcript(s)"))
+        found.append(Finding(kind, "transcript", str(f), f"{len(said)} deleted transcript(s){where}", by_hand))
     return found
+
+
+def _erased_by_content(f: Path, kind: str) -> bool:
+    """Whether erasure removes this file, named as no text, by what it holds: a run's offline W&B folder
+    goes whole when any file in it names a deleted clip, and a write a killed job left in a run folder
+    (`.tmp-<name>.<pid>`, pipeline.runtime.write_text_atomic) goes when it does (erase._trim_run)."""
+    return kind == "W&B offline run" or (kind == "report" and f.name.startswith(".tmp-"))
 
 
 UNMANAGED = ("run folder", "unregistered")  # _kind_of's names for files outside every known place
@@ -339,16 +363,17 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; {len(unlisted)} run folder(s) not judged (above)" if unlisted else "")
               + (f"; {len(unmatched)} cached dataset(s) not judged (above)" if unmatched else ""))
         return EXIT_CLEAN
-    # Files in no place the inventory knows (put there by hand, or by another tool): erasure removes only
-    # what it knows the shape of, so these stay until a person removes them.
-    by_hand = [f for f in findings if f.kind in UNMANAGED]
+    # Files in no place the inventory knows (put there by hand, or by another tool), and text files the
+    # pipeline writes no data under (a `notes` copy in a run folder): erasure removes only what it knows
+    # the shape of, so these stay until a person removes them.
+    by_hand = [f for f in findings if f.kind in UNMANAGED or f.by_hand]
     managed = len(findings) - len(by_hand)
     advice = "run `make erase`" if not by_hand else (
         f"{'run `make erase` for ' + str(managed) + '; ' if managed else ''}{len(by_hand)} in no place erasure "
         "manages (marked *): remove those by hand")
     print(f"audit: {len(findings)} finding(s) of deleted data ({advice}):")
     for f in findings:
-        mark = "*" if f.kind in UNMANAGED else " "
+        mark = "*" if f.kind in UNMANAGED or f.by_hand else " "
         print(f" {mark}{f.kind:16s} {f.trace:10s} {f.path}  ({f.detail})")
     counts = Counter(f.kind for f in findings)
     print("audit: by kind of copy: " + ", ".join(f"{k}={n}" for k, n in sorted(counts.items())))

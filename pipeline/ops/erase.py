@@ -1096,6 +1096,13 @@ def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Er
                 job.remove("report", f, lines=dropped)
                 if f.name == "eval_details.json" and (old := _redraw_wer_plot(f)):
                     redrawn.add(old)
+    # A report written whole (`.tmp-<name>.<pid>`, pipeline.runtime.write_text_atomic) whose job was
+    # killed before the rename: never read again, it holds what the file held, and the audit reads it as
+    # text (audit._erased_by_content: the same files).
+    for f in [*run.glob(".tmp-*"), *(g for sub in ("incumbent", "plots") for g in (run / sub).rglob(".tmp-*"))]:
+        if f.is_file() and not f.is_symlink() and _abandoned(f) and _holds_trace(f, key, deleted, texts):
+            f.unlink()
+            job.remove("report", f)
     logged = run / "wandb"
     if not logged.is_dir() or not any(_holds_trace(f, key, deleted, texts) or (redrawn and md5_b64(f) in redrawn)
                                       for f in walk_files(logged) if not f.is_symlink()):
@@ -1107,6 +1114,18 @@ def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Er
     if not run_id.is_file():
         return None, redrawn
     return run_id.read_text().strip() or None, redrawn
+
+
+def _abandoned(tmp: Path) -> bool:
+    """Whether the process that wrote this `.tmp-<name>.<pid>` file is gone: a live writer renames it
+    over its file in a moment, and removing it under the writer would fail that job."""
+    try:
+        os.kill(int(tmp.name.rsplit(".", 1)[1]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, IndexError, PermissionError, OverflowError):
+        return False
+    return False
 
 
 def _redraw_wer_plot(details_path: Path) -> str | None:

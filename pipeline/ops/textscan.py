@@ -14,6 +14,10 @@ characters only) and transcripts (fragments between `|<>"`, tab and newline, as 
 text), so the boundary is the last newline in the look-ahead, else the last of those separators,
 else the last ASCII byte that is not a word character. Any needle no longer than the look-ahead lies
 whole in one chunk: a spoken command's transcript is a few hundred bytes, even JSON-escaped.
+
+Which files are read is the caller's, by name and by `starts_as_text`: the audit reads every file
+that starts as text whatever its name (a copy saved as `notes` or `eval.tsv`), erasure the W&B and
+staged files it judges (`searched`).
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ OVERLAP_BYTES = 64 * 2**10  # the look-ahead: longer than any needle searched fo
 # Files whose names say they hold text (reports, predictions, tables, configs, logs).
 TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".html", ".txt", ".yaml", ".csv", ".log")
 # A file over this size named as none of those is read only when its first `SNIFF_BYTES` hold no NUL
-# byte (git's test for binary). A model or audio file (safetensors' 8-byte length, a WAV's RIFF
-# header) has one there, and reading it would cost seconds per GiB for no text. The name cannot
+# byte (git's test for binary, `starts_as_text`). A model or audio file (safetensors' 8-byte length, a
+# WAV's RIFF header) has one there, and reading it would cost seconds per GiB for no text. The name cannot
 # decide: W&B stages every copy under a suffixless temporary name, so a staged predictions.jsonl or
 # table over the size would go unsearched, and `make sync` would upload a deleted clip's id in it.
 BINARY_BYTES = 64 * 2**20
@@ -74,17 +78,18 @@ def text_lines(path: Path) -> Iterator[str]:
         yield from data.decode("utf-8", errors="replace").splitlines()
 
 
-def _starts_as_text(path: Path, sniff: int) -> bool:
-    """Whether the file's first `sniff` bytes hold no NUL byte: binary formats put one there early,
-    text (UTF-8 JSON lines, tables, logs) never does."""
+def starts_as_text(path: Path) -> bool:
+    """Whether the file's first `SNIFF_BYTES` hold no NUL byte: binary formats (safetensors, torch's
+    zip, Arrow shards, NumPy arrays, PNG, WAV) put one there early, text (UTF-8 JSON lines, tables,
+    logs) never does. An empty file is text: it holds nothing to find."""
     with open(path, "rb") as f:
-        return b"\0" not in f.read(sniff)
+        return b"\0" not in f.read(SNIFF_BYTES)  # read at each call: a test may make it small
 
 
 def searched(path: Path) -> bool:
     """Whether the searches read this file: a W&B log or a file named as text, whatever its size;
     another up to `BINARY_BYTES`, or past it when it starts as text (the comment at `BINARY_BYTES`)."""
-    limit, sniff = BINARY_BYTES, SNIFF_BYTES  # read at each call: a test may make them small
+    limit = BINARY_BYTES  # read at each call: a test may make it small
     if path.suffix == ".wandb" or path.suffix.lower() in TEXT_SUFFIXES or path.stat().st_size <= limit:
         return True
-    return _starts_as_text(path, sniff)
+    return starts_as_text(path)

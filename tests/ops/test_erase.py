@@ -1344,3 +1344,82 @@ def test_a_staged_model_or_recording_over_the_binary_size_is_still_not_read(
     assert not [f for f in findings if f.path in (str(weights), str(recording))]
     erase.erase(load_config(overrides(root)))
     assert weights.is_file() and recording.is_file()
+
+
+def test_a_text_file_named_as_no_text_is_read_by_the_audit_and_left_for_removal_by_hand(
+        store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the fix: the audit read a file as text only when its name ended in a text suffix, so a
+    copy a person made (`notes`, `eval.tsv`, `predictions.jsonl.bak`) naming a deleted clip was never
+    read and the audit called the roots clean. Now a file whose first bytes hold no NUL is read as
+    text; erasure rewrites only the files the pipeline writes, so these are named for removal by hand."""
+    from pipeline.data.privacy import pseudonym
+
+    root = store["root"]
+    victim = pseudonym(KEY.encode(), "acct", VICTIM)
+    assert erase.main(overrides(root)) == 0
+    run = next(r for r in store["runs"] if r not in store["affected_runs"])
+    notes = run / "notes"
+    notes.write_text(f"look at {victim} again\n")
+    table = run / "eval.tsv"
+    table.write_text(f"id\treference\nx1\t{VICTIM_SENTENCES[0]}\nx2\talexa play jazz\n")
+    backup = run / "predictions.jsonl.bak"
+    backup.write_text(json.dumps({"utterance_id": "x", "speaker": victim, "reference": "alexa play jazz"}) + "\n")
+    capsys.readouterr()
+
+    assert audit.main(overrides(root)) == 3
+    out = capsys.readouterr().out
+    assert "3 in no place erasure manages (marked *): remove those by hand" in out
+    for path, trace in ((notes, "pseudonym"), (table, "transcript"), (backup, "pseudonym")):
+        [line] = [line for line in out.splitlines() if line.endswith(")") and f" {path}  (" in line]
+        assert line.startswith(" *") and trace in line and "remove it by hand" in line, line
+    assert erase.main(overrides(root)) == 0 and notes.exists() and table.exists() and backup.exists()
+    for path in (notes, table, backup):
+        path.unlink()
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 0, capsys.readouterr().out
+
+
+def test_a_binary_file_named_as_no_text_is_not_read_by_the_audit(store: dict[str, Any]) -> None:
+    """Weights, arrays and dataset shards hold a NUL byte in their first bytes (lengths, magic
+    numbers): read as text they would cost their size for no finding, and stray bytes in them could
+    pass for a transcript. One that holds a deleted id as bytes after its header is still not read."""
+    from pipeline.data.privacy import pseudonym
+
+    root = store["root"]
+    victim = pseudonym(KEY.encode(), "acct", VICTIM)
+    assert erase.main(overrides(root)) == 0
+    run = next(r for r in store["runs"] if r not in store["affected_runs"])
+    array = run / "embeddings.npz"
+    array.write_bytes(b"\x93NUMPY\x01\x00" + bytes(64) + f"\n{victim}\n{VICTIM_SENTENCES[0]}\n".encode())
+    shards = [p for p in (root / "cache" / "datasets").rglob("*.arrow")]
+    assert shards  # the kept datasets' shards, read row by row elsewhere, not as text
+
+    findings, _, _ = audit.scan(load_config(overrides(root)))
+    assert not [f for f in findings if f.path == str(array) or f.path.endswith(".arrow")], findings
+    assert audit.main(overrides(root)) == 0
+
+
+def test_a_write_a_killed_job_left_in_a_run_folder_is_found_and_erased(store: dict[str, Any]) -> None:
+    """A file written whole (pipeline.runtime.write_text_atomic) is first written as
+    `.tmp-<name>.<pid>`; a job killed before the rename leaves it, holding what the file held. Its name
+    has no text suffix, so the audit never read it. Now the audit finds it, and erasure removes it from a
+    run that keeps its models, once its writer is gone."""
+    import subprocess
+
+    from pipeline.data.privacy import pseudonym
+
+    root = store["root"]
+    victim = pseudonym(KEY.encode(), "acct", VICTIM)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a process that has ended
+    run = next(r for r in store["runs"] if r not in store["affected_runs"])
+    left = run / f".tmp-predictions.jsonl.{gone}"
+    left.write_text(json.dumps({"utterance_id": "x", "speaker": victim, "reference": VICTIM_SENTENCES[0]}) + "\n")
+    kept = run / f".tmp-report.md.{gone}"
+    kept.write_text("| kept | alexa play jazz |\n")
+
+    findings, _, _ = audit.scan(load_config(overrides(root)))
+    assert (str(left), "pseudonym") in {(f.path, f.trace) for f in findings}
+    assert erase.main(overrides(root)) == 0
+    assert not left.exists() and kept.exists()
+    assert audit.main(overrides(root)) == 0
