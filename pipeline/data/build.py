@@ -114,6 +114,11 @@ REASONS = (
 # A source's own rule adds reasons of its own (RawRecord.excluded), e.g. a `speech` source's
 # `held_out_keyword` and `heard_in_training` (pipeline/data/speech_recipe.py), a `massive_text`
 # source's `other_partition` (pipeline/data/sources.py).
+# Ids a build compares in any letter case, and how its warning names them: "AB12" and "ab12" are two
+# accounts (two pseudonyms, two splits) that may be one, which only whoever exported them can tell.
+_CASE_FIELDS = {"account_id": "account id(s)", "device_serial": "device serial(s)"}
+_CASE_SHOWN = 10  # records named per spelling (`records` counts them all): enough to find the spelling
+_CASE_LISTED = 100  # groups named per field (`groups` counts them all): a report stays readable
 # Columns the audio pass needs and the saved dataset drops. `_name` is how a quarantine detail names
 # the audio file: its path inside the export with the record's raw identifiers redacted, since the
 # decoding workers do not see the record.
@@ -146,6 +151,8 @@ class Plan:
     # original puts one utterance's content on both sides of the split.
     split_of: dict[str, str] = field(default_factory=dict)
     copies: list[tuple[dict[str, Any], str, bool]] = field(default_factory=list)
+    # The build report's `ids_differing_only_in_case` (_case_groups): records by position, no raw id.
+    case_groups: dict[str, Any] = field(default_factory=dict)
 
 
 def run_data_stage(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
@@ -198,6 +205,7 @@ def _run(data: DataConfig, cache_dir: Path, run_dir: Path, sources: list[Source]
     erased = erased_request_files(cache_dir)
     deletions.pseudonyms |= erased_requests(erased).pseudonyms
     plan = _metadata_pass(sources, deletions, key, settings)
+    _warn_case_groups(plan.case_groups)
     fingerprint = _fingerprint(sources, [*deletion_files, *erased], plan, key, settings)
     final = cache_dir / "datasets" / fingerprint
     report = read_build_report(final)
@@ -206,6 +214,7 @@ def _run(data: DataConfig, cache_dir: Path, run_dir: Path, sources: list[Source]
         # in, so the dataset found under it was built under this key. The run's report says so; the
         # dataset's own, published, is left as it is.
         report.setdefault(REPORT_KEY_ID, key_id(key))
+        report.setdefault("ids_differing_only_in_case", plan.case_groups)  # a report from before it was kept
         report["reused"] = True
         log.info("data: reusing the finished build %s", final)
     else:
@@ -310,16 +319,19 @@ def _metadata_pass(sources: list[Source], deletions: Deletions, key: bytes, sett
     utterance_ids are unique across all sources."""
     plan = Plan([], [], 0)
     seen: dict[str, str] = {}  # utterance id -> the id its quarantine and dataset lines show
+    spellings: dict[tuple[str, str], dict[str, list[Any]]] = {}  # across sources: one account may be in two
     for index, source in enumerate(sources):
         before = plan.records_in
         for raw in source.records:
             plan.records_in += 1
+            _note_spelling(spellings, source.name, raw)
             row = _check_record(source, index, raw, deletions, key, settings, seen, plan)
             if isinstance(row, dict):
                 plan.rows.append(row)
             else:
                 plan.quarantine.append({"source": source.name, **row[0]})
         plan.records_in_by_source[source.name] = plan.records_in - before
+    plan.case_groups = _case_groups(spellings)  # positions only: the raw ids go with `spellings`
     # After every source: an original may come after its copy, or in another source. A copy under
     # another account can fall in another split than its original: training audio that re-renders a
     # validation or test clip would train on it, and a held-out copy of a training clip tests what
@@ -343,6 +355,56 @@ def _metadata_pass(sources: list[Source], deletions: Deletions, key: bytes, sett
             plan.quarantine.append(line)
         plan.rows = keep
     return plan
+
+
+def _note_spelling(spellings: dict[tuple[str, str], dict[str, list[Any]]], source: str, raw: RawRecord) -> None:
+    """Where each account id and device serial is written, by its case-folded form, then as read.
+
+    Every record with the field counts, a deleted one too: a deletion request names one spelling,
+    and the other spelling's clips stay. Values the reader made up (RawRecord.made_up) are not the
+    export's to fix. Kept: a count and the first _CASE_SHOWN positions per spelling."""
+    if not isinstance(raw.data, dict):
+        return
+    at = (source, raw.file, "row" if raw.row is not None else "line", raw.row if raw.row is not None else raw.line)
+    for name in _CASE_FIELDS:
+        value = raw.data.get(name)
+        if name in raw.made_up or not isinstance(value, str) or not value.strip():
+            continue
+        value = value.strip()  # as the schema reads it (schema.ExportRecord)
+        seen = spellings.setdefault((name, value.casefold()), {}).setdefault(value, [0, []])
+        seen[0] += 1
+        if len(seen[1]) < _CASE_SHOWN:
+            seen[1].append(at)
+
+
+def _case_groups(spellings: dict[tuple[str, str], dict[str, list[Any]]]) -> dict[str, Any]:
+    """The build report's `ids_differing_only_in_case`: per field, the ids written in two or more
+    letter cases, each group's spellings by the records that hold them (source, file where a source
+    reads several, line or row, as quarantine lines name a record), in reading order. Neither the raw
+    ids nor their pseudonyms: which pseudonyms differ only in case is not the report's to link."""
+    out: dict[str, Any] = {name: {"groups": 0, "where": []} for name in _CASE_FIELDS}
+    for (name, _), by_value in spellings.items():
+        if len(by_value) < 2:
+            continue
+        out[name]["groups"] += 1
+        if len(out[name]["where"]) < _CASE_LISTED:
+            out[name]["where"].append({"spellings": [
+                {"records": count, "at": [{"source": src, **({"file": file} if file else {}), kind: n}
+                                          for src, file, kind, n in positions]}
+                for count, positions in by_value.values()]})
+    return out
+
+
+def _warn_case_groups(groups: dict[str, Any]) -> None:
+    """One warning for the ids written in more than one letter case, by count (the report names the
+    records): the build keeps them apart, since only the export's owner knows whether they are one."""
+    found = [f"{groups[name]['groups']} {what}" for name, what in _CASE_FIELDS.items()
+             if groups.get(name, {}).get("groups")]
+    if found:
+        log.warning("data: the records of %s differ only in letter case (%s's ids_differing_only_in_case names them by "
+                    "line or row); they are split as different accounts, and a deletion request takes only the "
+                    "spelling it names: if they are one account, write the export's ids in one case",
+                    " and ".join(found), BUILD_REPORT)
 
 
 def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletions, key: bytes, settings: Settings,
@@ -611,6 +673,7 @@ def _report(sources: list[Source], plan: Plan, quarantine: list[dict[str, Any]],
         "records_quarantined": len(quarantine),
         "quarantine_reasons": dict(sorted(Counter(q["reason"] for q in quarantine).items())),
         "by_source": by_source,
+        "ids_differing_only_in_case": plan.case_groups,
         "splits": {name: 0 for name in SPLITS},
         "hours": 0.0,
     }

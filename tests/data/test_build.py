@@ -558,3 +558,84 @@ def test_an_id_with_spaces_around_it_is_still_kept_out_of_ids_and_text(tmp_path:
     assert split_of(report["dataset_path"]).keys() == {pseudonym(key, "utt", "ACCT7731-0001"), "u002", "u003"}
     rows = [r for ds in load_from_disk(report["dataset_path"]).values() for r in ds.remove_columns("audio")]
     assert not [r for r in rows if "ACCT7731" in json.dumps(r) or "ANNOTATOR-RAW" in json.dumps(r)]
+
+
+def _case_key(tmp_path: Path) -> bytes:
+    key = b"case-account-key"
+    (tmp_path / "cache").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "cache" / "pseudonym.key").write_bytes(key)
+    return key
+
+
+def test_account_ids_differing_only_in_case_are_named_by_position_and_stay_two_accounts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An export may write one account as "amzn1.account.AB12" and "amzn1.account.ab12". The build
+    cannot know whether that is one person: it keeps them two accounts (two pseudonyms, each its own
+    split, as before), but says where the records are, naming no raw id, so that the export can be
+    fixed (one account's clips in train and test, a deletion request taking one spelling only)."""
+    key = _case_key(tmp_path)
+
+    def split(account: str) -> str:
+        return assign_split(key, pseudonym(key, "acct", account), 0.25, 0.25)
+
+    upper = next(a for a in (f"amzn1.account.CASEACCT{n}X" for n in range(500)) if split(a) != split(a.lower()))
+    lower = upper.lower()
+    lines = [record(0, account=upper), record(1, account=lower), record(2, account="ACCOUNT-RAW-PLAIN"),
+             record(3, account=upper), record(4, device_serial="serial-raw-0000")]
+    caplog.set_level("INFO")
+    report, quarantine = build(tmp_path, path=str(write_export(tmp_path / "export", lines)))
+    assert quarantine == []
+    # Two accounts, as without the check: each spelling its own pseudonym and split.
+    assert split_of(report["dataset_path"]) == {"u000": split(upper), "u001": split(lower),
+                                                "u002": split("ACCOUNT-RAW-PLAIN"), "u003": split(upper),
+                                                "u004": split(record(4)["account_id"])}
+    speakers = {r["utterance_id"]: r["speaker"] for ds in load_from_disk(report["dataset_path"]).values()
+                for r in ds.remove_columns("audio")}
+    assert speakers["u000"] == speakers["u003"] == pseudonym(key, "acct", upper)
+    assert speakers["u001"] == pseudonym(key, "acct", lower)
+
+    found = report["ids_differing_only_in_case"]
+    assert found["account_id"] == {"groups": 1, "where": [{"spellings": [
+        {"records": 2, "at": [{"source": "jsonl", "line": 1}, {"source": "jsonl", "line": 4}]},
+        {"records": 1, "at": [{"source": "jsonl", "line": 2}]}]}]}
+    assert found["device_serial"] == {"groups": 1, "where": [{"spellings": [
+        {"records": 1, "at": [{"source": "jsonl", "line": 1}]},
+        {"records": 1, "at": [{"source": "jsonl", "line": 5}]}]}]}
+    warning = caplog.text
+    assert "1 account id(s)" in warning and "1 device serial(s)" in warning
+    assert "write the export's ids in one case" in warning and "split as different accounts" in warning
+    # A build reusing the finished dataset says so again, and its run's report names the same records.
+    again, _ = build(tmp_path, run="again", path=str(tmp_path / "export" / "annotations.jsonl"))
+    assert again["reused"] is True and again["ids_differing_only_in_case"] == found
+    assert caplog.text.count("differ only in letter case") == 2
+
+    # No output of the build and no log line holds either spelling (nor any other raw id).
+    raw = [upper, lower, "ACCOUNT-RAW", "SERIAL-RAW", "serial-raw", "ANNOTATOR-RAW"]
+    outputs = [p for d in (tmp_path / "run", tmp_path / "cache" / "datasets") for p in d.rglob("*") if p.is_file()]
+    for path in outputs:
+        content = path.read_bytes()
+        for value in raw:
+            assert value.encode() not in content, f"{value!r} found in {path}"
+    assert not [value for value in raw if value in caplog.text]
+
+
+def test_ids_equal_in_case_or_plainly_different_are_not_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _case_key(tmp_path)
+    lines = [record(0, account="amzn1.account.AB12"), record(1, account="amzn1.account.AB12"),
+             record(2, account="amzn1.account.AB13"), record(3, account=" amzn1.account.AB12 ")]
+    caplog.set_level("WARNING", logger="pipeline.data.build")
+    report, _ = build(tmp_path, path=str(write_export(tmp_path / "export", lines)))
+    assert report["ids_differing_only_in_case"] == {"account_id": {"groups": 0, "where": []},
+                                                    "device_serial": {"groups": 0, "where": []}}
+    assert "differ only in letter case" not in caplog.text
+
+
+def test_ids_differing_only_in_case_are_found_across_sources(tmp_path: Path) -> None:
+    _case_key(tmp_path)
+    a = write_export(tmp_path / "a", [record(0, account="ACCOUNT-RAW-Case"), record(1)])
+    b = write_export(tmp_path / "b", [record(2), record(3, account="account-raw-case")])
+    report, _ = build(tmp_path, path=None, source=None, split=None, split_shares={"validation": 0.25, "test": 0.25},
+                      sources=[{"source": "jsonl", "name": "a", "path": str(a)},
+                               {"source": "jsonl", "name": "b", "path": str(b)}])
+    assert report["ids_differing_only_in_case"]["account_id"] == {"groups": 1, "where": [{"spellings": [
+        {"records": 1, "at": [{"source": "a", "line": 1}]}, {"records": 1, "at": [{"source": "b", "line": 2}]}]}]}
