@@ -50,7 +50,8 @@ from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_row
                                 derived_parts, export_folders, find_traces, gram_hash, kept_digests, listed_on_deleted,
                                 md5_b64, prediction_hit, quarantine_hit, requested_deletions, run_fingerprints,
                                 staging_files, text_hash, unexplained_grams, unlisted_runs)
-from pipeline.ops.inventory import PLACES, RUN_PARTS, Roots, check_root, place_of, run_folders, run_of, walk_files
+from pipeline.ops.inventory import (KILLED_WRITE, PLACES, RUN_PARTS, WRITTEN_WHOLE, Roots, check_root, place_of,
+                                    place_under, run_folders, run_of, walk_files)
 from pipeline.ops.registry import PROMOTING, RECORD, Registry, check_record_key, weights_saw_deleted
 from pipeline.ops.textscan import TEXT_SUFFIXES, searched, starts_as_text, text_chunks, text_lines
 from pipeline.run_folder import DATASET_CLIPS, QUARANTINE_LINES
@@ -273,9 +274,10 @@ def _scan_file(f: Path, kind: str, wanted: Wanted, staged: bool, roots: Roots) -
 
 def _erased_by_content(f: Path, kind: str) -> bool:
     """Whether erasure removes this file, named as no text, by what it holds: a run's offline W&B folder
-    goes whole when any file in it names a deleted clip, and a write a killed job left in a run folder
-    (`.tmp-<name>.<pid>`, pipeline.runtime.write_text_atomic) goes when it does (erase._trim_run)."""
-    return kind == "W&B offline run" or (kind == "report" and f.name.startswith(".tmp-"))
+    goes whole when any file in it names a deleted clip, and a write a killed job left where the pipeline
+    writes files whole (`.tmp-<name>.<pid>`, pipeline.runtime.write_text_atomic; inventory.WRITTEN_WHOLE)
+    goes when it does (erase.remove_killed_write)."""
+    return kind == "W&B offline run" or (kind in WRITTEN_WHOLE and f.name.startswith(KILLED_WRITE))
 
 
 UNMANAGED = ("run folder", "unregistered")  # _kind_of's names for files outside every known place
@@ -286,12 +288,8 @@ def _kind_of(f: Path, roots: Roots, runs: list[Path]) -> str:
     if run is not None:
         place = place_of(f.resolve().relative_to(run.resolve()).as_posix(), RUN_PARTS)
         return place.kind if place else "run folder"
-    for name, root in roots.named().items():
-        if f.is_relative_to(root):
-            place = place_of(f.relative_to(root).as_posix(), tuple(p for p in PLACES if p.root == name))
-            if place:
-                return place.kind
-    return "unregistered"
+    place = place_under(f, roots)
+    return place.kind if place else "unregistered"
 
 
 def _audio_findings(f: Path, kind: str, audio: set[str]) -> list[Finding]:

@@ -54,8 +54,8 @@ from pipeline.data.schema import json_lines
 from pipeline.ops.config import JobConfig, is_config_error, job_config, load_config
 from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, REDO_REQUESTS, check_corpus_key, inbox_requests,
                                  pending_deletions, pseudonym_key, remerge, utterance_pseudonym)
-from pipeline.ops.inventory import (DO_NOT_SYNC, RUN_MARKER, RUN_PARTS, Roots, check_root, place_of,
-                                    run_folders, walk_files)
+from pipeline.ops.inventory import (DO_NOT_SYNC, KILLED_WRITE, RUN_MARKER, RUN_PARTS, Roots, check_root, killed_writes,
+                                    place_of, run_folders, walk_files)
 from pipeline.ops.registry import LOCK_FILE, Registry, RetrainBusy, now, retrain_lock, weights_saw_deleted
 from pipeline.ops.textscan import searched, text_lines
 from pipeline.runtime import PipelineError, first_line, resolved, write_text_atomic
@@ -1015,6 +1015,11 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
             f.unlink()
             job.remove("W&B staging", f)
 
+    # Killed writes outside run folders (a model's record, the corpus's annotations, a dataset's
+    # quarantine lines): each run's were removed with the rest of the run above.
+    for kind, f in killed_writes(roots):
+        remove_killed_write(f, kind, key, deleted | ledger.utterances, texts, job)
+
     # Every deleted utterance found in a cached dataset or a run's clip list, now or by an earlier
     # erasure, not only those the corpus's tombstones name (a request for an account names no utterance).
     _erase_registry_models(Registry(roots.registry), deleted | ledger.utterances, erased, job)
@@ -1096,13 +1101,9 @@ def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Er
                 job.remove("report", f, lines=dropped)
                 if f.name == "eval_details.json" and (old := _redraw_wer_plot(f)):
                     redrawn.add(old)
-    # A report written whole (`.tmp-<name>.<pid>`, pipeline.runtime.write_text_atomic) whose job was
-    # killed before the rename: never read again, it holds what the file held, and the audit reads it as
-    # text (audit._erased_by_content: the same files).
-    for f in [*run.glob(".tmp-*"), *(g for sub in ("incumbent", "plots") for g in (run / sub).rglob(".tmp-*"))]:
-        if f.is_file() and not f.is_symlink() and _abandoned(f) and _holds_trace(f, key, deleted, texts):
-            f.unlink()
-            job.remove("report", f)
+    for f in [*run.glob(f"{KILLED_WRITE}*"),
+              *(g for sub in ("incumbent", "plots") for g in (run / sub).rglob(f"{KILLED_WRITE}*"))]:
+        remove_killed_write(f, "report", key, deleted, texts, job)
     logged = run / "wandb"
     if not logged.is_dir() or not any(_holds_trace(f, key, deleted, texts) or (redrawn and md5_b64(f) in redrawn)
                                       for f in walk_files(logged) if not f.is_symlink()):
@@ -1114,6 +1115,16 @@ def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Er
     if not run_id.is_file():
         return None, redrawn
     return run_id.read_text().strip() or None, redrawn
+
+
+def remove_killed_write(f: Path, kind: str, key: bytes, deleted: set[str], texts: set[str], job: Erasure) -> None:
+    """A file written whole (`.tmp-<name>.<pid>`, pipeline.runtime.write_text_atomic) whose job was
+    killed before the rename is never read again and holds what the file held: removed when it names a
+    deleted clip and its writer is gone, in whichever place the pipeline writes so (inventory.WRITTEN_WHOLE;
+    the audit reads it as text and counts it as erasure's: audit._erased_by_content)."""
+    if f.is_file() and not f.is_symlink() and _abandoned(f) and _holds_trace(f, key, deleted, texts):
+        f.unlink()
+        job.remove(kind, f)
 
 
 def _abandoned(tmp: Path) -> bool:

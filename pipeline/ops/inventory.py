@@ -87,7 +87,9 @@ class Roots:
 PLACES: tuple[Place, ...] = (
     Place("cached dataset", "cache", ("datasets/*",), (AUDIO, TEXT, IDS), "pipeline.data.build", "dataset"),
     Place("demo export", "cache", ("demo/*",), (AUDIO, TEXT, IDS), "pipeline.data.demo", "source"),
-    Place("corpus", "corpus", ("batches/*", "annotations.jsonl"), (AUDIO, TEXT, IDS), "pipeline.ops.corpus", "source"),
+    # `.tmp-*`: the merged annotations, requests or tombstones being written whole when their job was killed.
+    Place("corpus", "corpus", ("batches/*", "annotations.jsonl", ".tmp-*"), (AUDIO, TEXT, IDS), "pipeline.ops.corpus",
+          "source"),
     Place("inbox", "inbox", ("*",), (AUDIO, TEXT, IDS), "the annotation upload", "source"),
     Place("deletion records", "corpus", (REQUESTS_FILE, TOMBSTONES_FILE,
                                          "deletion_quarantine.jsonl"), (IDS,), "pipeline.ops.corpus", "keep"),
@@ -133,6 +135,13 @@ RUN_PARTS: tuple[Place, ...] = (
                                 "metrics.json", "decision.json", "candidate.json", RUN_ID_FILE, "*.log", "DO_NOT_SYNC",
                                 "multirun.yaml", ".writing"), (IDS,), "train.py, retrain.py, hydra", "keep"),
 )
+
+# The kinds of place where the pipeline writes files whole (pipeline.runtime.write_text_atomic: first
+# `.tmp-<name>.<pid>` beside the file, then renamed over it). A job killed in between leaves that file,
+# holding what the file held and never read again: erasure removes one that holds a deleted clip's trace
+# once its writer is gone (pipeline.ops.erase.remove_killed_write), and the audit counts it as erasure's.
+WRITTEN_WHOLE = ("report", "registry model", "registry log", "corpus", "inbox", "demo export", "cached dataset")
+KILLED_WRITE = ".tmp-"
 
 RUN_MARKER = BUILD_REPORT  # what makes a folder a run of the data stage
 DO_NOT_SYNC = "DO_NOT_SYNC"
@@ -192,6 +201,35 @@ def run_folders(roots: Roots) -> list[Path]:
                 elif p.name == "config.yaml" and p.parent.name in (".hydra", EVAL_CONFIG_DIR):
                     found.append(p.parent.parent)
     return sorted(set(found))
+
+
+def place_under(f: Path, roots: Roots) -> Place | None:
+    """The row that claims a file outside run folders: the first root holding it (in `Roots.named`'s
+    order: a root inside another, the corpus inside the cache, is claimed by its own rows unless the
+    outer root's claim it), so erasure and the audit name it alike."""
+    for name, root in roots.named().items():
+        if f.is_relative_to(root):
+            place = place_of(f.relative_to(root).as_posix(), tuple(p for p in PLACES if p.root == name))
+            if place:
+                return place
+    return None
+
+
+def killed_writes(roots: Roots) -> Iterator[tuple[str, Path]]:
+    """Every `.tmp-*` file outside run folders in a place of WRITTEN_WHOLE, with the place's kind, each
+    once (a root inside another is walked twice). Run folders' are found with the rest of each run."""
+    seen: set[Path] = set()
+    for name in sorted({p.root for p in PLACES if p.kind in WRITTEN_WHOLE}):
+        root = getattr(roots, name)
+        if not check_root(name, root):
+            continue
+        for f in walk_files(root):
+            if not f.name.startswith(KILLED_WRITE) or f.resolve() in seen:
+                continue
+            place = place_under(f, roots)
+            if place is not None and place.kind in WRITTEN_WHOLE:
+                seen.add(f.resolve())
+                yield place.kind, f
 
 
 def run_of(path: Path, runs: list[Path]) -> Path | None:

@@ -1423,3 +1423,60 @@ def test_a_write_a_killed_job_left_in_a_run_folder_is_found_and_erased(store: di
     assert erase.main(overrides(root)) == 0
     assert not left.exists() and kept.exists()
     assert audit.main(overrides(root)) == 0
+
+
+def _ended_pid() -> str:
+    """The id of a process that has ended: a writer killed before its rename."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_a_write_a_killed_job_left_outside_run_folders_is_found_and_erased(store: dict[str, Any]) -> None:
+    """A model's record (`trained_on` lists pseudonyms) or a cached dataset's quarantine lines are
+    written whole too: a job killed before the rename leaves `.tmp-<name>.<pid>` in the registry's
+    model folder or the dataset's folder. The audit finds it as erasure's to remove (no `*`), erasure
+    removes it once its writer is gone, and the audit is clean after; another text file there is still
+    left for removal by hand."""
+    from pipeline.data.privacy import pseudonym
+
+    root = store["root"]
+    victim = pseudonym(KEY.encode(), "acct", VICTIM)
+    gone = _ended_pid()
+    record = Registry(root / "registry").model_dir("model-2") / f".tmp-record.json.{gone}"
+    record.write_text(json.dumps({"model_id": "model-2", "trained_on": [victim]}, indent=2))
+    lines = root / "cache" / "datasets" / store["fingerprints"][1] / f".tmp-quarantine.jsonl.{gone}"
+    lines.write_text(json.dumps({"utterance_id": "x", "speaker": victim, "reason": "flagged"}) + "\n")
+    clean = record.with_name(f".tmp-record.promoting.json.{gone}")  # names no deleted clip: left as it is
+    clean.write_text(json.dumps({"model_id": "model-2", "trained_on": []}))
+
+    findings, _, _ = audit.scan(load_config(overrides(root)))
+    found = {(f.path, f.trace): f.by_hand for f in findings}
+    assert found.get((str(record), "pseudonym")) is False, findings
+    assert found.get((str(lines), "pseudonym")) is False, findings
+    assert erase.main(overrides(root)) == 0
+    assert not record.exists() and not lines.exists() and clean.exists()
+    assert {str(record), str(lines)} <= {r["path"] for r in _receipt(root)["removed"]}
+    assert audit.main(overrides(root)) == 0
+
+    notes = record.with_name("notes")  # not the pipeline's own file: a person removes it
+    notes.write_text(f"look at {victim} again\n")
+    findings, _, _ = audit.scan(load_config(overrides(root)))
+    assert [f.by_hand for f in findings if f.path == str(notes)] == [True], findings
+
+
+def test_a_write_whose_job_still_runs_is_left_alone(store: dict[str, Any]) -> None:
+    """A `.tmp-` file whose writer still runs is renamed over its file in a moment: removing it
+    under the writer would fail that job, so erasure leaves it (the next erasure or audit sees the file)."""
+    import os
+
+    from pipeline.data.privacy import pseudonym
+
+    root = store["root"]
+    victim = pseudonym(KEY.encode(), "acct", VICTIM)
+    writing = Registry(root / "registry").model_dir("model-2") / f".tmp-record.json.{os.getpid()}"
+    writing.write_text(json.dumps({"model_id": "model-2", "trained_on": [victim]}, indent=2))
+    assert erase.main(overrides(root)) == 0
+    assert writing.exists()
+    assert str(writing) not in {r["path"] for r in _receipt(root)["removed"]}
