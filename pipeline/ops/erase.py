@@ -1124,7 +1124,7 @@ def remove_killed_write(f: Path, kind: str, key: bytes, deleted: set[str], texts
     the audit reads it as text and counts it as erasure's: audit._erased_by_content)."""
     if f.is_file() and not f.is_symlink() and _abandoned(f) and _holds_trace(f, key, deleted, texts):
         f.unlink()
-        job.remove(kind, f)
+        job.remove("unfinished write", f, place=kind)  # its own kind: not the model or dataset it sits beside
 
 
 def _abandoned(tmp: Path) -> bool:

@@ -140,7 +140,9 @@ RUN_PARTS: tuple[Place, ...] = (
 # `.tmp-<name>.<pid>` beside the file, then renamed over it). A job killed in between leaves that file,
 # holding what the file held and never read again: erasure removes one that holds a deleted clip's trace
 # once its writer is gone (pipeline.ops.erase.remove_killed_write), and the audit counts it as erasure's.
-WRITTEN_WHOLE = ("report", "registry model", "registry log", "corpus", "inbox", "demo export", "cached dataset")
+# Not the inbox: the annotation upload writes it, and a `.tmp-` name there may be an upload under way on
+# another machine, whose process id says nothing here.
+WRITTEN_WHOLE = ("report", "registry model", "registry log", "corpus", "demo export", "cached dataset")
 KILLED_WRITE = ".tmp-"
 
 RUN_MARKER = BUILD_REPORT  # what makes a folder a run of the data stage

@@ -1399,19 +1399,24 @@ def test_a_binary_file_named_as_no_text_is_not_read_by_the_audit(store: dict[str
     assert audit.main(overrides(root)) == 0
 
 
+def _ended_pid() -> str:
+    """The id of a process that has ended: a writer killed before its rename."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
 def test_a_write_a_killed_job_left_in_a_run_folder_is_found_and_erased(store: dict[str, Any]) -> None:
     """A file written whole (pipeline.runtime.write_text_atomic) is first written as
     `.tmp-<name>.<pid>`; a job killed before the rename leaves it, holding what the file held. Its name
     has no text suffix, so the audit never read it. Now the audit finds it, and erasure removes it from a
     run that keeps its models, once its writer is gone."""
-    import subprocess
-
     from pipeline.data.privacy import pseudonym
 
     root = store["root"]
     victim = pseudonym(KEY.encode(), "acct", VICTIM)
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()  # a process that has ended
+    gone = _ended_pid()
     run = next(r for r in store["runs"] if r not in store["affected_runs"])
     left = run / f".tmp-predictions.jsonl.{gone}"
     left.write_text(json.dumps({"utterance_id": "x", "speaker": victim, "reference": VICTIM_SENTENCES[0]}) + "\n")
@@ -1423,14 +1428,6 @@ def test_a_write_a_killed_job_left_in_a_run_folder_is_found_and_erased(store: di
     assert erase.main(overrides(root)) == 0
     assert not left.exists() and kept.exists()
     assert audit.main(overrides(root)) == 0
-
-
-def _ended_pid() -> str:
-    """The id of a process that has ended: a writer killed before its rename."""
-    import subprocess
-
-    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
 
 
 def test_a_write_a_killed_job_left_outside_run_folders_is_found_and_erased(store: dict[str, Any]) -> None:
@@ -1457,7 +1454,9 @@ def test_a_write_a_killed_job_left_outside_run_folders_is_found_and_erased(store
     assert found.get((str(lines), "pseudonym")) is False, findings
     assert erase.main(overrides(root)) == 0
     assert not record.exists() and not lines.exists() and clean.exists()
-    assert {str(record), str(lines)} <= {r["path"] for r in _receipt(root)["removed"]}
+    removed = {r["path"]: r for r in _receipt(root)["removed"]}
+    assert removed[str(record)]["kind"] == removed[str(lines)]["kind"] == "unfinished write"
+    assert (removed[str(record)]["place"], removed[str(lines)]["place"]) == ("registry model", "cached dataset")
     assert audit.main(overrides(root)) == 0
 
     notes = record.with_name("notes")  # not the pipeline's own file: a person removes it
