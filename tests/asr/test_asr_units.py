@@ -328,8 +328,11 @@ def test_fft_positional_conv_matches_the_stock_layer_and_saves_an_ordinary_model
     torch.testing.assert_close(fast_loss, stock_loss, rtol=1e-5, atol=1e-5)
     scale = max(g.abs().max().item() for g in stock_grads.values())
     assert stock_grads.keys() == fast_grads.keys() and any("pos_conv_embed" in name for name in fast_grads)
+    # fp32 FFT and direct convolution round differently, by an amount the CPU's kernels decide: the
+    # output layer's gradient, summed over every frame, came within 2e-5 of the largest gradient on an
+    # AMD EPYC (AVX2) and 1e-5 elsewhere. A conv one frame off moves gradients by half of it.
     for name, grad in stock_grads.items():  # incl. the weight-norm g and v of the positional conv
-        torch.testing.assert_close(fast_grads[name], grad, rtol=0, atol=1e-5 * scale, msg=name)
+        torch.testing.assert_close(fast_grads[name], grad, rtol=0, atol=1e-4 * scale, msg=name)
     # The patched instance saves, and loads back, as a stock transformers model.
     fast.save_pretrained(tmp_path)
     reloaded = Wav2Vec2ForCTC.from_pretrained(tmp_path).eval()
