@@ -365,7 +365,8 @@ def _note_spelling(spellings: dict[tuple[str, str], dict[str, list[Any]]], sourc
     export's to fix. Kept: a count and the first _CASE_SHOWN positions per spelling."""
     if not isinstance(raw.data, dict):
         return
-    at = (source, raw.file, "row" if raw.row is not None else "line", raw.row if raw.row is not None else raw.line)
+    at = {"source": source, **({"file": raw.file} if raw.file else {}),
+          **({"row": raw.row} if raw.row is not None else {"line": raw.line})}  # as a quarantine line names it
     for name in _CASE_FIELDS:
         value = raw.data.get(name)
         if name in raw.made_up or not isinstance(value, str) or not value.strip():
@@ -389,9 +390,7 @@ def _case_groups(spellings: dict[tuple[str, str], dict[str, list[Any]]]) -> dict
         out[name]["groups"] += 1
         if len(out[name]["where"]) < _CASE_LISTED:
             out[name]["where"].append({"spellings": [
-                {"records": count, "at": [{"source": src, **({"file": file} if file else {}), kind: n}
-                                          for src, file, kind, n in positions]}
-                for count, positions in by_value.values()]})
+                {"records": count, "at": positions} for count, positions in by_value.values()]})
     return out
 
 

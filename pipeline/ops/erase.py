@@ -1134,8 +1134,8 @@ def _abandoned(tmp: Path) -> bool:
         os.kill(int(tmp.name.rsplit(".", 1)[1]), 0)
     except ProcessLookupError:
         return True
-    except (ValueError, IndexError, PermissionError, OverflowError):
-        return False
+    except (ValueError, IndexError, PermissionError, OverflowError):  # no pid in the name, or another user's process
+        pass
     return False
 
 

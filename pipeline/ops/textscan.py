@@ -16,8 +16,8 @@ else the last ASCII byte that is not a word character. Any needle no longer than
 whole in one chunk: a spoken command's transcript is a few hundred bytes, even JSON-escaped.
 
 Which files are read is the caller's, by name and by `starts_as_text`: the audit reads every file
-that starts as text whatever its name (a copy saved as `notes` or `eval.tsv`), erasure the W&B and
-staged files it judges (`searched`).
+that starts as text whatever its name (a copy saved as `notes` or `eval.tsv`), erasure the W&B,
+staged and half-written (`.tmp-`) files it judges (`searched`).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from pipeline import run_folder
 from pipeline.data.privacy import key_id, load_key
 from pipeline.ops import audit, erase
 from pipeline.ops.corpus import pseudonym_key, update_corpus, utterance_pseudonym
@@ -388,7 +389,7 @@ def _dataset_under(root: Path, key: bytes, name: str) -> Path:
     folder = root / "cache" / "datasets" / name
     rows = _rows(key, 7, 6, True, np.random.default_rng(7))
     DatasetDict({"train": Dataset.from_list(rows, features=dataset_features())}).save_to_disk(str(folder))
-    (folder / "build_report.json").write_text(json.dumps({"fingerprint": name, "pseudonym_key_id": key_id(key)}) + "\n")
+    (folder / "build_report.json").write_text(json.dumps({"fingerprint": name, run_folder.REPORT_KEY_ID: key_id(key)}) + "\n")
     return folder
 
 
