@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import shutil
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 # Bump whenever the same inputs would now give a different dataset, so stale caches are not reused.
-CODE_VERSION = 24  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
+CODE_VERSION = 25  # 3: `copy_of` deletes a copy with its original, `train_only` keeps extra audio out of held-out splits;
                   # 4: `copy_of` is a dataset column, so erasure finds a copy whose original is not in the dataset;
                   # 5: records a source keeps out (held-out keyword clips) are quarantined, not skipped;
                   # 6: an utterance id that contains the record's account, device or annotator id is stored as its pseudonym;
@@ -106,6 +106,8 @@ CODE_VERSION = 24  # 3: `copy_of` deletes a copy with its original, `train_only`
                   #    unbalanced bracket
                   # 24: a blank hf cell of a field data.constants sets takes the constant (a required one was
                   #    quarantined); a blank wake_word_present cell is invalid_record (it was inferred from the intent)
+                  # 25: an account trained on in one source and held out by another (a speech corpus's ranked
+                  #    speakers) has its training clips moved to its held-out split, train_only ones quarantined
 REASONS = (
     "invalid_record", "missing_audio", "unreadable_audio", "path_outside_root", "duplicate_id",
     "bad_annotation", "identifier_in_text", "too_short", "too_long", "silent_audio", "flagged", "deleted", "train_only",
@@ -153,6 +155,11 @@ class Plan:
     copies: list[tuple[dict[str, Any], str, bool]] = field(default_factory=list)
     # The build report's `ids_differing_only_in_case` (_case_groups): records by position, no raw id.
     case_groups: dict[str, Any] = field(default_factory=dict)
+    # Each row's raw utterance id and whether it is train_only (by id(row)): what moving a row to
+    # another split must know (_one_split_per_account).
+    origin: dict[int, tuple[str, bool]] = field(default_factory=dict)
+    # The build report's `accounts_trained_and_held_out` (_one_split_per_account): by pseudonym.
+    moved_accounts: dict[str, Any] = field(default_factory=dict)
 
 
 def run_data_stage(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
@@ -206,6 +213,7 @@ def _run(data: DataConfig, cache_dir: Path, run_dir: Path, sources: list[Source]
     deletions.pseudonyms |= erased_requests(erased).pseudonyms
     plan = _metadata_pass(sources, deletions, key, settings)
     _warn_case_groups(plan.case_groups)
+    _warn_moved_accounts(plan.moved_accounts)
     fingerprint = _fingerprint(sources, [*deletion_files, *erased], plan, key, settings)
     final = cache_dir / "datasets" / fingerprint
     report = read_build_report(final)
@@ -215,6 +223,7 @@ def _run(data: DataConfig, cache_dir: Path, run_dir: Path, sources: list[Source]
         # dataset's own, published, is left as it is.
         report.setdefault(REPORT_KEY_ID, key_id(key))
         report.setdefault("ids_differing_only_in_case", plan.case_groups)  # a report from before it was kept
+        report.setdefault("accounts_trained_and_held_out", plan.moved_accounts)
         report["reused"] = True
         log.info("data: reusing the finished build %s", final)
     else:
@@ -332,6 +341,7 @@ def _metadata_pass(sources: list[Source], deletions: Deletions, key: bytes, sett
                 plan.quarantine.append({"source": source.name, **row[0]})
         plan.records_in_by_source[source.name] = plan.records_in - before
     plan.case_groups = _case_groups(spellings)  # positions only: the raw ids go with `spellings`
+    plan.moved_accounts = _one_split_per_account(plan)  # before the copies: it moves rows between splits
     # After every source: an original may come after its copy, or in another source. A copy under
     # another account can fall in another split than its original: training audio that re-renders a
     # validation or test clip would train on it, and a held-out copy of a training clip tests what
@@ -355,6 +365,60 @@ def _metadata_pass(sources: list[Source], deletions: Deletions, key: bytes, sett
             plan.quarantine.append(line)
         plan.rows = keep
     return plan
+
+
+def _one_split_per_account(plan: Plan) -> dict[str, Any]:
+    """Move the training clips of an account that is also held out to its held-out split (test
+    before validation); quarantine those of them that are train_only. Returns the build report's
+    `accounts_trained_and_held_out`.
+
+    Splits are by account, but a source may fix its records' splits by a rule of its own: a speech
+    corpus holds out its speakers by rank (pipeline.data.speech_recipe), MASSIVE keeps its own split.
+    One person under one account id in two sources (an export and an audio folder of the same
+    accounts, or two corpora of one speaker) could then be trained on in one and held out in the
+    other, and the held-out figures would judge a voice the model heard. Held out wins: it keeps the
+    test honest, and no held-out clip moves into training. An account in validation and test alone
+    is left there: the keyword test tunes on half of each keyword's clips and scores the other half
+    (speech_recipe), one speaker's clips on both sides, and nothing of it is trained on."""
+    splits_of: dict[str, Counter] = defaultdict(Counter)
+    for row in plan.rows:
+        splits_of[row["speaker"]][row["_split"]] += 1
+    target = {speaker: ("test" if counts["test"] else "validation")
+              for speaker, counts in splits_of.items() if counts["train"] and (counts["test"] or counts["validation"])}
+    if not target:
+        return {"accounts": 0, "clips_moved": 0, "where": []}
+    moved: dict[str, dict[str, Any]] = {}
+    keep = []
+    for row in plan.rows:
+        split = target.get(row["speaker"])
+        if split is None or row["_split"] != "train":
+            keep.append(row)
+            continue
+        entry = moved.setdefault(row["speaker"], {"speaker": row["speaker"], "moved_to": split, "clips_moved": 0,
+                                                  "train_only_quarantined": 0, "sources": set()})
+        entry["sources"].add(row["source"])
+        raw_id, train_only = plan.origin[id(row)]
+        if train_only:
+            entry["train_only_quarantined"] += 1
+            plan.split_of.pop(raw_id, None)
+            plan.quarantine.append(_quarantine_line(row, "train_only", f"extra training audio of an account another "
+                                                    f"source holds out in {split}: held-out splits keep only what was "
+                                                    "recorded"))
+            continue
+        entry["clips_moved"] += 1
+        row["_split"] = split
+        plan.split_of[raw_id] = split
+        keep.append(row)
+    plan.rows = keep
+    where = [{**e, "sources": sorted(e["sources"])} for e in moved.values()]
+    return {"accounts": len(where), "clips_moved": sum(e["clips_moved"] for e in where), "where": where[:_CASE_LISTED]}
+
+
+def _warn_moved_accounts(moved: dict[str, Any]) -> None:
+    if moved.get("accounts"):
+        log.warning("data: %d account(s) held out by one source were trained on in another; their %d training clip(s) "
+                    "moved to the held-out split (%s's accounts_trained_and_held_out names them by pseudonym), so no "
+                    "held-out figure judges a voice the model heard", moved["accounts"], moved["clips_moved"], BUILD_REPORT)
 
 
 def _note_spelling(spellings: dict[tuple[str, str], dict[str, list[Any]]], source: str, raw: RawRecord) -> None:
@@ -494,6 +558,7 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         _row=raw.row if raw.row is not None else -1,
     )
     plan.split_of[record.utterance_id] = split
+    plan.origin[id(row)] = (record.utterance_id, record.train_only)
     if record.copy_of:
         plan.copies.append((row, record.copy_of, record.train_only))
     return row
@@ -673,6 +738,7 @@ def _report(sources: list[Source], plan: Plan, quarantine: list[dict[str, Any]],
         "quarantine_reasons": dict(sorted(Counter(q["reason"] for q in quarantine).items())),
         "by_source": by_source,
         "ids_differing_only_in_case": plan.case_groups,
+        "accounts_trained_and_held_out": plan.moved_accounts,
         "splits": {name: 0 for name in SPLITS},
         "hours": 0.0,
     }

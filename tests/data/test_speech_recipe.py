@@ -491,3 +491,38 @@ def test_the_card_states_a_speech_corpus_s_own_split_rule(tmp_path: Path) -> Non
         else:
             assert splits == {"train"} and "may be in both" not in rule
     assert split_rule("lone_words", {"speech": {"role": "train", "heldout": [0.0, 0.0]}}) == "none: every clip is training audio"
+
+
+
+def test_an_account_a_speech_corpus_holds_out_is_held_out_in_every_source(tmp_path: Path) -> None:
+    """Before the fix: a speech corpus held out its speaker "tom" by rank while an export of the same
+    accounts put "tom" in train by the account's hash, so his voice was trained on and judged. Now
+    his training clips follow him into test (train_only ones are quarantined), the report names him
+    by pseudonym, and the other accounts keep their splits."""
+    from tests.data.test_build import build, record, split_of, write_export
+
+    corpus = _clip_folder(tmp_path / "corpus", [{"transcription": f"word {i}", "speaker_id": s}
+                                                for i, s in enumerate(["tom"] * 4 + ["rosa"] * 4)])
+    assert heldout_speakers(["tom", "rosa"], "corpus", 0.0, 0.5, 0) == {"tom": "test", "rosa": "train"}
+    export = write_export(tmp_path / "export", [record(0, account="tom"), record(1, account="tom"),
+                                                record(2, account="tom", train_only=True), record(3, account="rosa"),
+                                                record(4, account="someone-else")])
+    sources = [{"source": "jsonl", "name": "export", "path": str(export)},
+               {"source": "speech", "name": "corpus", "path": str(corpus), "heldout": {"validation": 0.0, "test": 0.5},
+                "columns": {"transcript": "transcription", "account_id": "speaker_id"}}]
+    # The export's own shares put every account in train, so tom's export clips would be trained on.
+    report, quarantine = build(tmp_path, sources=sources, split_shares={"validation": 0.0, "test": 0.0}, split=None)
+    splits = split_of(report["dataset_path"])
+    assert splits["u000"] == splits["u001"] == "test" and splits["u003"] == splits["u004"] == "train"
+    assert [(q["utterance_id"], q["reason"]) for q in quarantine] == [("u002", "train_only")]
+    dd = load_from_disk(report["dataset_path"])
+    by_speaker: dict[str, set[str]] = {}
+    for name, ds in dd.items():
+        for speaker in ds["speaker"]:
+            by_speaker.setdefault(speaker, set()).add(name)
+    assert all(len(s) == 1 for s in by_speaker.values()), by_speaker  # every account in one split
+    tom = next(r["speaker"] for r in dd["test"] if r["utterance_id"] == "u000")
+    assert by_speaker[tom] == {"test"} and sum(r["speaker"] == tom for r in dd["test"]) == 6
+    assert report["accounts_trained_and_held_out"] == {"accounts": 1, "clips_moved": 2, "where": [
+        {"speaker": tom, "moved_to": "test", "clips_moved": 2, "train_only_quarantined": 1, "sources": ["export"]}]}
+    assert '"tom"' not in json.dumps(report) and '"tom"' not in json.dumps(quarantine)
