@@ -10,6 +10,7 @@ conf/retrain.yaml (the one place for default values).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -76,9 +77,13 @@ class EraseConfig:
     multirun: str = MISSING
     receipts_dir: str = MISSING
     wandb_online: Any = MISSING         # auto | true | false
+    retire_key: Any = None              # a lost pseudonym key's id (key_<16 hex>): remove what was made under it
 
     def validate(self) -> None:
         choice("erase.wandb_online", self.online_setting(), WANDB_ONLINE)
+        if self.retire_key is not None and not re.fullmatch(r"key_[0-9a-f]{16}", str(self.retire_key)):
+            raise PipelineError(f"erase.retire_key={self.retire_key!r}: give the id of the lost key, as a model record's "
+                                "`key_id` or a pseudonym_key_id file names it (key_ and 16 hex digits), or leave it null")
 
     def online_setting(self) -> str:
         """`true`, `false` and `auto` however they were written (a YAML bool, `off`, `Yes`)."""

@@ -438,8 +438,9 @@ def matchable_clip_list(run: Path, key: bytes) -> bool:
     if stored is not None and stored != key_id(key) and not derived_parts(run):
         return False
     check_key_id(stored, key, f"run folder {run} (its {run_folder.DATASET_CLIPS})",
-                 f"if that key is lost, remove the run folder {run}: whether its models, predictions and reports "
-                 "hold a deleted clip cannot be told under the current key")
+                 f"if that key is lost, remove the run folder {run} (or `make erase ARGS=\"erase.retire_key={stored}\"`, "
+                 "which removes its models, predictions and reports and everything else made under that key): whether "
+                 "they hold a deleted clip cannot be told under the current key")
     return True
 
 
@@ -521,8 +522,10 @@ def check_dataset_key(dataset: Path, key: bytes) -> None:
     under that key to reuse (its fingerprint) or an evaluation to read. A dataset whose report names no
     key (built before reports did) is taken as the current key's, with a warning (privacy.check_key_id):
     its report is the build's, left as it is, so the warning comes at each job."""
-    check_key_id(dataset_key_id(dataset), key, f"cached dataset {dataset} (its {run_folder.BUILD_REPORT})",
-                 f"if that key is lost, remove the cached dataset {dataset}: it is a cache, and the next build "
+    stored = dataset_key_id(dataset)
+    check_key_id(stored, key, f"cached dataset {dataset} (its {run_folder.BUILD_REPORT})",
+                 f"if that key is lost, remove the cached dataset {dataset} (or `make erase ARGS=\"erase.retire_key="
+                 f"{stored}\"`, which removes everything made under that key): it is a cache, and the next build "
                  "makes its data again from the sources under the current key")
 
 
@@ -848,6 +851,9 @@ class Erasure:
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     audio_copies: list[str] = field(default_factory=list)  # utterances taken as copies of a deleted clip's audio
     receipt: Path | None = None
+    # W&B runs of run folders retired with a lost key (retire_lost_key): (run id, maybe online, its id file),
+    # deleted online and forgotten locally as the erased runs' are.
+    retired_wandb: list[tuple[str, bool, Path]] = field(default_factory=list)
 
     def remove(self, kind: str, path: Path, **detail: Any) -> None:
         self.removed.append({"kind": kind, "path": str(path), **detail})
@@ -912,15 +918,17 @@ def refuse_if_busy(roots: Roots, erasing: set[str]) -> None:
                               "deletion request names", str(run))
 
 
-def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None = None, api: Any = None) -> Erasure:
-    """Steps 2-5 of the module docstring; the caller holds the retraining lock."""
+def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None = None, api: Any = None,
+                 job: Erasure | None = None) -> Erasure:
+    """Steps 2-5 of the module docstring; the caller holds the retraining lock. `job`: one a caller
+    began (what `retire_lost_key` removed), for this job's receipt to list too."""
     settings = job_config(cfg)
     roots = roots or Roots.from_cfg(cfg)
     key = key if key is not None else pseudonym_key(cfg.privacy)
     for name, root in roots.named().items():
         check_root(name, root)
     deleted = deleted_set(roots, key)
-    job = Erasure()
+    job = job or Erasure()
     state_path = roots.erasure / STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"requests_seen": [], "quarantine_seen": 0}
     quarantine = roots.corpus / QUARANTINE
@@ -929,7 +937,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     assumed = check_run_keys(roots, key)
     check_dataset_keys(roots, key)
     write_missing_clip_lists(roots, key)  # before any dataset goes, so none is left without its runs' lists
-    if not deleted and not job.quarantined:
+    if not deleted and not job.quarantined and not job.removed:
         stamp_assumed_runs(assumed, key)
         return job
 
@@ -996,6 +1004,11 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
         uploaded += [online_id] if online_id and may_be_online else []
         retired += [run / RUN_ID_FILE] if online_id else []
 
+    for online_id, may_be_online, id_file in job.retired_wandb:
+        online_ids.append(online_id)
+        uploaded += [online_id] if may_be_online else []
+        retired.append(id_file)
+
     for f in [d / run_folder.QUARANTINE_LINES for d in [*run_folders(roots), *dataset_folders(roots)]]:
         if f.is_file() and not f.is_symlink() and (rewritten := filter_quarantine(f, key, deleted)):
             job.remove("quarantine line", f, lines=rewritten)
@@ -1057,7 +1070,8 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     return job
 
 
-def _erase_run(run: Path, erased: set[str], job: Erasure) -> tuple[set[Path], set[str], str | None]:
+def _erase_run(run: Path, erased: set[str], job: Erasure,
+               reason: str = "trained on data erased after a deletion request") -> tuple[set[Path], set[str], str | None]:
     """Remove what a run built on erased data derived (models, predictions, reports, its W&B run, the
     review) and mark it DO_NOT_SYNC; returns its W&B files' staging paths and digests (read before
     they go), and its W&B run id on its first erasure (its online copy goes too)."""
@@ -1067,7 +1081,7 @@ def _erase_run(run: Path, erased: set[str], job: Erasure) -> tuple[set[Path], se
     online_id = run_id.read_text().strip() if parts and run_id.is_file() else None
     if parts or not (run / DO_NOT_SYNC).exists():
         (run / DO_NOT_SYNC).write_text(json.dumps({
-            "reason": "trained on data erased after a deletion request; never upload this run",
+            "reason": f"{reason}; never upload this run",
             "dataset_fingerprints": sorted(run_fingerprints(run) & erased), "at": now()}) + "\n")
         job.do_not_sync.append(str(run))
     for kind, files in parts.items():
@@ -1078,6 +1092,55 @@ def _erase_run(run: Path, erased: set[str], job: Erasure) -> tuple[set[Path], se
         if (run / sub).is_dir() and not any(p.is_file() for p in (run / sub).rglob("*")):
             shutil.rmtree(run / sub)
     return paths, digests, online_id
+
+
+def retire_lost_key(roots: Roots, registry: Registry, lost: str, key: bytes, job: Erasure) -> None:
+    """`erase.retire_key=<id>`: remove what was made under a pseudonym key that is lost.
+
+    Pseudonyms made under another key match no request made under the current one, so whether such
+    a model, run or dataset holds a deleted clip can never be told, and every job refuses it until
+    the key is restored or it is gone. This removes it as erasure removes what saw deleted data: a
+    registry model loses its weights (the record stays, marked erased, `lost_key_id` naming the key;
+    a promoted one is replaced by the next retraining), a run folder stamped with that key or built
+    under it loses its models, predictions, reports and W&B run (DO_NOT_SYNC; the W&B run goes online
+    too), a cached dataset built under it goes whole. The corpus and the ledger are left: they hold
+    deletion requests, which nothing may drop; one made under the lost key is still refused, and its
+    requests must be sent again under the current key."""
+    if lost == key_id(key):
+        raise PipelineError(f"erase.retire_key={lost} is the id of the current key: what was made under it matches "
+                            "today's requests and is erased as usual; give the id a refusal named as the lost key's")
+    for record in registry.records():
+        model_id = record["model_id"]
+        if record.get("key_id") == lost and registry.holds_weights(model_id):
+            registry.mark_erased(model_id, lost_key=lost)
+            job.remove("registry model", registry.model_dir(model_id), lost_key_id=lost)
+    runs = [run for run in run_folders(roots)
+            if lost in (folder_key_id(run), _report_key_id(run)) and derived_parts(run)]
+    kept = {d for run in run_folders(roots) if run not in runs for d in wandb_manifest(run)[1]}
+    for run in runs:
+        may_be_online = maybe_online(run)  # read before the run's W&B folder goes
+        start = len(job.removed)
+        paths, _, online_id = _erase_run(run, set(), job, reason=f"made under the lost pseudonym key {lost}")
+        for entry in job.removed[start:]:
+            entry["lost_key_id"] = lost
+        for f in sorted(paths):
+            if f.is_file() and not f.is_symlink() and md5_b64(f) not in kept:
+                f.unlink()
+                job.remove("W&B staging", f, lost_key_id=lost)
+        if online_id:
+            job.retired_wandb.append((online_id, may_be_online, run / RUN_ID_FILE))
+    for folder in dataset_folders(roots):
+        if dataset_key_id(folder) == lost:
+            shutil.rmtree(folder)
+            job.remove("cached dataset", folder, lost_key_id=lost)
+
+
+def _report_key_id(run: Path) -> str | None:
+    """The key a run folder's own build report names (a run that built its data), or None."""
+    try:
+        return (run_folder.read_build_report(run) or {}).get(run_folder.REPORT_KEY_ID)
+    except PipelineError:
+        return None
 
 
 def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Erasure) -> tuple[str | None, set[str]]:
@@ -1255,14 +1318,18 @@ def write_receipt(roots: Roots, job: Erasure, key: bytes) -> Path:
 def erase(cfg: DictConfig, api: Any = None) -> Erasure:
     """Standalone `make erase`: take the lock, apply the inbox's requests to the corpus, erase."""
     from pipeline.ops.corpus import update_corpus
-    job_config(cfg)  # every group the job reads, before anything is taken from the inbox
+    settings = job_config(cfg)  # every group the job reads, before anything is taken from the inbox
     roots = Roots.from_cfg(cfg)
     for name, root in roots.named().items():
         check_root(name, root)  # before anything is taken from the inbox
     key = pseudonym_key(cfg.privacy)
     registry = Registry(roots.registry)
+    job = Erasure()
     with retrain_lock(registry.root / LOCK_FILE):
         registry.recover()
+        lost = settings.erase.retire_key
+        if lost:  # before the key checks, which would refuse what it removes
+            retire_lost_key(roots, registry, str(lost), key, job)
         registry.check_keys(key)  # before the intake stores anything under the current key
         check_run_keys(roots, key)
         check_dataset_keys(roots, key)
@@ -1274,7 +1341,7 @@ def erase(cfg: DictConfig, api: Any = None) -> Erasure:
             refuse_if_busy(roots, ledger.datasets | {Path(p).name for p in traces.affected}
                            | listed_on_deleted(roots, requests, key).datasets)
         update_corpus(roots.inbox, roots.corpus, key)
-        return erase_copies(cfg, roots, key, api=api)
+        return erase_copies(cfg, roots, key, api=api, job=job)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,8 +67,9 @@ def check_record_key(record: dict[str, Any], key: bytes, path: Path | str | None
     folder = Path(path).parent if path else Path(str(record.get("model_id")))
     check_key_id(record.get("key_id"), key, f"model {record.get('model_id')}{where}",
                  "if that key is lost, the model can never be checked against deletions: remove its weights "
-                 f"({', '.join(str(folder / p) for p in MODEL_PARTS)}) so it never serves again, and retrain to "
-                 "register a model under the current key")
+                 f"({', '.join(str(folder / p) for p in MODEL_PARTS)}) so it never serves again (`make erase "
+                 f"ARGS=\"erase.retire_key={record.get('key_id')}\"` removes everything made under that key), and "
+                 "retrain to register a model under the current key")
 
 
 def weights_saw_deleted(record: dict[str, Any], deleted: set[str], erased: set[str]) -> bool:
@@ -304,7 +305,8 @@ class Registry:
             # An erased model has no weights, but while it is the promoted one it still needs replacing.
             if not self.has_weights(record["model_id"]) and not (record.get("erased_at") and record["model_id"] == current):
                 continue
-            check_record_key(record, key, self.models / record["model_id"] / RECORD)
+            if self.holds_weights(record["model_id"]):  # an erased one's pseudonyms guard no weights
+                check_record_key(record, key, self.models / record["model_id"] / RECORD)
             hits = wanted.intersection(record.get("trained_on", []))
             if hits:
                 affected.append({"model_id": record["model_id"], "status": record.get("status"),
@@ -320,15 +322,18 @@ class Registry:
             if self.holds_weights(record["model_id"]):
                 check_record_key(record, key, self.models / record["model_id"] / RECORD)
 
-    def mark_erased(self, model_id: str) -> None:
+    def mark_erased(self, model_id: str, lost_key: str | None = None) -> None:
         """Remove a model trained on erased data and mark its record so (the record stays, for the
         audit and the history); a rollback never returns to it.
 
         The record first: a job killed while removing the weights leaves a model marked erased (that
         a promoted one is replaced, and erasure removes what is left), never a promoted model
-        without weights or mark, which the gate would keep comparing candidates against."""
+        without weights or mark, which the gate would keep comparing candidates against.
+        `lost_key`: erased because it was made under that pseudonym key, which is lost (its record
+        names it as `lost_key_id`), not for a deletion."""
         record = self.record(model_id)
-        record.update(weights_deleted=True, erased_at=record.get("erased_at") or now())
+        record.update(weights_deleted=True, erased_at=record.get("erased_at") or now(),
+                      **({"lost_key_id": lost_key} if lost_key else {}))
         write_json_atomic(self.models / model_id / RECORD, record)
         for part in MODEL_PARTS:
             shutil.rmtree(self.models / model_id / part, ignore_errors=True)

@@ -528,3 +528,54 @@ def test_promote_and_rollback_refuse_a_cached_dataset_built_under_another_key(
     shutil.rmtree(dataset)  # what the refusal advises when the old key is lost (a cache)
     code, decision = _do(tmp_path, rollback=True)
     assert (code, registry.current()["model_id"]) == (EXIT_OK, "m1"), decision
+
+
+def test_a_lost_key_is_retired_by_erase_and_every_job_runs_again(
+        store: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: with the old key lost, every refusal advised removing a model, a run folder or a dataset
+    by hand, one at a time. `make erase ARGS="erase.retire_key=<id>"` removes everything made under
+    that key as erasure removes what saw deleted data (weights, run models, predictions and reports,
+    W&B runs, cached datasets), says so in the receipt, and the jobs the key blocked run again. What
+    was made under the current key is matched as ever: the request erases the account's clips there."""
+    root = store["root"]
+    old = key_id(ERASE_KEY.encode())
+    registry = Registry(root / "registry")
+    weighted = [r["model_id"] for r in registry.records() if registry.holds_weights(r["model_id"])]
+    for model_id in weighted:  # registered as registration does now, naming its key
+        path = registry.model_dir(model_id) / "record.json"
+        path.write_text(json.dumps({**registry.record(model_id), "key_id": old}) + "\n")
+    old_datasets = [root / "cache" / "datasets" / f for f in store["fingerprints"]]
+    monkeypatch.setenv("PIPELINE_PSEUDONYM_KEY", NEW_KEY)  # the old key is lost
+    new = _dataset_under(root, NEW_KEY.encode(), "built-under-the-new-key")
+    capsys.readouterr()
+    assert erase.main(erase_overrides(root)) == EXIT_CONFIG
+    assert f'erase.retire_key={old}' in capsys.readouterr().err, "the refusal names the command"
+
+    current = key_id(NEW_KEY.encode())
+    assert erase.main([*erase_overrides(root), f"erase.retire_key={current}"]) == EXIT_CONFIG
+    assert "is the id of the current key" in capsys.readouterr().err
+    assert erase.main([*erase_overrides(root), "erase.retire_key=lost"]) == EXIT_CONFIG
+    assert "erase.retire_key='lost': give the id of the lost key" in capsys.readouterr().err
+    assert all(registry.holds_weights(m) for m in weighted) and all(d.is_dir() for d in old_datasets)
+
+    assert erase.main([*erase_overrides(root), f"erase.retire_key={old}"]) == 0, capsys.readouterr().err
+    for model_id in weighted:
+        record = registry.record(model_id)
+        assert not registry.holds_weights(model_id) and record["erased_at"] and record["lost_key_id"] == old
+    assert not any(d.exists() for d in old_datasets)
+    for run in store["runs"]:
+        assert not (run / "asr").exists() and not (run / "predictions.jsonl").exists()
+        assert f"made under the lost pseudonym key {old}" in (run / "DO_NOT_SYNC").read_text()
+    assert not new.exists(), "the request, made under the current key, erased the account's clips built under it"
+    [receipt] = [json.loads(p.read_text()) for p in (root / "registry" / "erasure" / "receipts").glob("*.json")]
+    retired = [r for r in receipt["removed"] if r.get("lost_key_id") == old]
+    assert {r["kind"] for r in retired} >= {"registry model", "cached dataset", "model"}
+    assert sorted(r["path"] for r in retired if r["kind"] == "cached dataset") == sorted(str(d) for d in old_datasets)
+    [request] = receipt["requests"]
+    assert (request["status"], request["copies_found"]) == ("erased", 3)
+    text = json.dumps(receipt)
+    assert NEW_KEY not in text and ERASE_KEY not in text
+
+    # The jobs the old key blocked run again, without the setting.
+    assert erase.main(erase_overrides(root)) == 0
+    assert audit.main(erase_overrides(root)) == 0, capsys.readouterr().out
