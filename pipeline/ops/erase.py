@@ -1367,7 +1367,9 @@ def main(argv: list[str] | None = None) -> int:
                                             for kind, n in counts.items()))
     current = Registry(Roots.from_cfg(cfg).registry).current()
     if current and current.get("erased_at"):  # what serves is gone: say what restores one
-        print(f"erase: the promoted model {current['model_id']} was trained on deleted data and its weights are "
+        why = (f"was made under the lost pseudonym key {current['lost_key_id']}" if current.get("lost_key_id")
+               else "was trained on deleted data")
+        print(f"erase: the promoted model {current['model_id']} {why} and its weights are "
               "erased; run `make retrain` to train and promote a replacement, or `make rollback` to the previous "
               "clean model", file=sys.stderr)
     for q in job.quarantined:

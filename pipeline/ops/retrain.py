@@ -264,7 +264,9 @@ def _verdict(cfg: DictConfig, retrain: RetrainConfig, registry: Registry, curren
     # and the gate could only reject every candidate for want of weights to compare with.
     erased = bool(current.get("erased_at")) and not registry.has_weights(current["model_id"])
     if hits or erased:
-        why = f"was trained on {hits} deleted utterance(s)" if hits else "had its weights erased (trained on deleted data)"
+        why = (f"was trained on {hits} deleted utterance(s)" if hits else
+               f"had its weights removed (made under the lost pseudonym key {current['lost_key_id']})"
+               if current.get("lost_key_id") else "had its weights erased (trained on deleted data)")
         return True, f"the promoted model {current['model_id']} {why}: deletion beats the gate", "deletion"
     incumbent, error = None, "its weights are gone"
     if registry.has_weights(current["model_id"]):

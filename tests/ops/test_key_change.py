@@ -558,7 +558,9 @@ def test_a_lost_key_is_retired_by_erase_and_every_job_runs_again(
     assert "erase.retire_key='lost': give the id of the lost key" in capsys.readouterr().err
     assert all(registry.holds_weights(m) for m in weighted) and all(d.is_dir() for d in old_datasets)
 
-    assert erase.main([*erase_overrides(root), f"erase.retire_key={old}"]) == 0, capsys.readouterr().err
+    assert erase.main([*erase_overrides(root), f"erase.retire_key={old}"]) == 0
+    serving = registry.current()["model_id"]
+    assert f"the promoted model {serving} was made under the lost pseudonym key {old}" in capsys.readouterr().err
     for model_id in weighted:
         record = registry.record(model_id)
         assert not registry.holds_weights(model_id) and record["erased_at"] and record["lost_key_id"] == old
