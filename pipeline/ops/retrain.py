@@ -165,6 +165,10 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     check_top_level(cfg, TOP_LEVEL, "conf/retrain.yaml")  # before the intake takes anything from the inbox
     retrain = retrain_config(cfg)
+    lost = job_config(cfg).erase.retire_key
+    if lost:  # its removals need a job of their own, before any key check: `make erase`
+        raise PipelineError(f"erase.retire_key={lost} is read by `make erase` alone: run `make erase "
+                            f"ARGS=\"erase.retire_key={lost}\"` first, then retrain without it")
     _refuse_data_settings(cfg, retrain.inbox)
     _refuse_shaping_split(cfg)
     missing = [s for s in REQUIRED_STAGES if s not in cfg.stages]

@@ -578,6 +578,13 @@ def test_a_lost_key_is_retired_by_erase_and_every_job_runs_again(
     text = json.dumps(receipt)
     assert NEW_KEY not in text and ERASE_KEY not in text
 
+    # The retraining does not read the setting: it says where it belongs, and takes nothing in.
+    code = run_retrain(OmegaConf.merge(_cfg(root), {"erase": {"retire_key": old}}))
+    assert code == EXIT_CONFIG
+    reason = json.loads((root / "job" / "decision.json").read_text())["reason"]
+    assert reason == (f"erase.retire_key={old} is read by `make erase` alone: run `make erase "
+                      f"ARGS=\"erase.retire_key={old}\"` first, then retrain without it")
+
     # The jobs the old key blocked run again, without the setting.
     assert erase.main(erase_overrides(root)) == 0
     assert audit.main(erase_overrides(root)) == 0, capsys.readouterr().out
