@@ -493,7 +493,6 @@ def test_the_card_states_a_speech_corpus_s_own_split_rule(tmp_path: Path) -> Non
     assert split_rule("lone_words", {"speech": {"role": "train", "heldout": [0.0, 0.0]}}) == "none: every clip is training audio"
 
 
-
 def test_an_account_a_speech_corpus_holds_out_is_held_out_in_every_source(tmp_path: Path) -> None:
     """Before the fix: a speech corpus held out its speaker "tom" by rank while an export of the same
     accounts put "tom" in train by the account's hash, so his voice was trained on and judged. Now

@@ -578,7 +578,7 @@ def test_a_lost_key_is_retired_by_erase_and_every_job_runs_again(
     text = json.dumps(receipt)
     assert NEW_KEY not in text and ERASE_KEY not in text
 
-    # The retraining does not read the setting: it says where it belongs, and takes nothing in.
+    # The retraining does not read the setting: it says which command does.
     code = run_retrain(OmegaConf.merge(_cfg(root), {"erase": {"retire_key": old}}))
     assert code == EXIT_CONFIG
     reason = json.loads((root / "job" / "decision.json").read_text())["reason"]
