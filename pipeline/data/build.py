@@ -119,8 +119,8 @@ REASONS = (
 # Ids a build compares in any letter case, and how its warning names them: "AB12" and "ab12" are two
 # accounts (two pseudonyms, two splits) that may be one, which only whoever exported them can tell.
 _CASE_FIELDS = {"account_id": "account id(s)", "device_serial": "device serial(s)"}
-_CASE_SHOWN = 10  # records named per spelling (`records` counts them all): enough to find the spelling
-_CASE_LISTED = 100  # groups named per field (`groups` counts them all): a report stays readable
+_CASE_SHOWN = 10  # records named per spelling or moved account (counts say how many): enough to find it
+_CASE_LISTED = 100  # groups (or accounts) named per field (counts say how many): a report stays readable
 # Columns the audio pass needs and the saved dataset drops. `_name` is how a quarantine detail names
 # the audio file: its path inside the export with the record's raw identifiers redacted, since the
 # decoding workers do not see the record.
@@ -155,10 +155,10 @@ class Plan:
     copies: list[tuple[dict[str, Any], str, bool]] = field(default_factory=list)
     # The build report's `ids_differing_only_in_case` (_case_groups): records by position, no raw id.
     case_groups: dict[str, Any] = field(default_factory=dict)
-    # Each row's raw utterance id and whether it is train_only (by id(row)): what moving a row to
-    # another split must know (_one_split_per_account).
-    origin: dict[int, tuple[str, bool]] = field(default_factory=dict)
-    # The build report's `accounts_trained_and_held_out` (_one_split_per_account): by pseudonym.
+    # Each row's raw utterance id, whether it is train_only, and its position (by id(row)): what
+    # moving a row to another split must know (_one_split_per_account).
+    origin: dict[int, tuple[str, bool, dict[str, Any]]] = field(default_factory=dict)
+    # The build report's `accounts_trained_and_held_out` (_one_split_per_account): records by position.
     moved_accounts: dict[str, Any] = field(default_factory=dict)
 
 
@@ -370,7 +370,9 @@ def _metadata_pass(sources: list[Source], deletions: Deletions, key: bytes, sett
 def _one_split_per_account(plan: Plan) -> dict[str, Any]:
     """Move the training clips of an account that is also held out to its held-out split (test
     before validation); quarantine those of them that are train_only. Returns the build report's
-    `accounts_trained_and_held_out`.
+    `accounts_trained_and_held_out`: per account, the first of its moved records by position (source,
+    file, line or row, as a quarantine line names a record), no id nor pseudonym. A report is kept
+    as the build wrote it, so an account deleted later must not be named in it.
 
     Splits are by account, but a source may fix its records' splits by a rule of its own: a speech
     corpus holds out its speakers by rank (pipeline.data.speech_recipe), MASSIVE keeps its own split.
@@ -394,10 +396,12 @@ def _one_split_per_account(plan: Plan) -> dict[str, Any]:
         if split is None or row["_split"] != "train":
             keep.append(row)
             continue
-        entry = moved.setdefault(row["speaker"], {"speaker": row["speaker"], "moved_to": split, "clips_moved": 0,
-                                                  "train_only_quarantined": 0, "sources": set()})
+        entry = moved.setdefault(row["speaker"], {"moved_to": split, "clips_moved": 0, "train_only_quarantined": 0,
+                                                  "sources": set(), "at": []})
         entry["sources"].add(row["source"])
-        raw_id, train_only = plan.origin[id(row)]
+        raw_id, train_only, at = plan.origin[id(row)]
+        if len(entry["at"]) < _CASE_SHOWN:
+            entry["at"].append(at)
         if train_only:
             entry["train_only_quarantined"] += 1
             plan.split_of.pop(raw_id, None)
@@ -417,7 +421,8 @@ def _one_split_per_account(plan: Plan) -> dict[str, Any]:
 def _warn_moved_accounts(moved: dict[str, Any]) -> None:
     if moved.get("accounts"):
         log.warning("data: %d account(s) held out by one source were trained on in another; their %d training clip(s) "
-                    "moved to the held-out split (%s's accounts_trained_and_held_out names them by pseudonym), so no "
+                    "moved to the held-out split (%s's accounts_trained_and_held_out names their records by line or "
+                    "row), so no "
                     "held-out figure judges a voice the model heard", moved["accounts"], moved["clips_moved"], BUILD_REPORT)
 
 
@@ -429,8 +434,7 @@ def _note_spelling(spellings: dict[tuple[str, str], dict[str, list[Any]]], sourc
     export's to fix. Kept: a count and the first _CASE_SHOWN positions per spelling."""
     if not isinstance(raw.data, dict):
         return
-    at = {"source": source, **({"file": raw.file} if raw.file else {}),
-          **({"row": raw.row} if raw.row is not None else {"line": raw.line})}  # as a quarantine line names it
+    at = _position(source, raw)
     for name in _CASE_FIELDS:
         value = raw.data.get(name)
         if name in raw.made_up or not isinstance(value, str) or not value.strip():
@@ -440,6 +444,13 @@ def _note_spelling(spellings: dict[tuple[str, str], dict[str, list[Any]]], sourc
         seen[0] += 1
         if len(seen[1]) < _CASE_SHOWN:
             seen[1].append(at)
+
+
+def _position(source: str, raw: RawRecord) -> dict[str, Any]:
+    """Where a record is, without an id: its source, file (where a source reads several) and line or
+    row, as a quarantine line names it."""
+    return {"source": source, **({"file": raw.file} if raw.file else {}),
+            **({"row": raw.row} if raw.row is not None else {"line": raw.line})}
 
 
 def _case_groups(spellings: dict[tuple[str, str], dict[str, list[Any]]]) -> dict[str, Any]:
@@ -558,7 +569,7 @@ def _check_record(source: Source, index: int, raw: RawRecord, deletions: Deletio
         _row=raw.row if raw.row is not None else -1,
     )
     plan.split_of[record.utterance_id] = split
-    plan.origin[id(row)] = (record.utterance_id, record.train_only)
+    plan.origin[id(row)] = (record.utterance_id, record.train_only, _position(source.name, raw))
     if record.copy_of:
         plan.copies.append((row, record.copy_of, record.train_only))
     return row

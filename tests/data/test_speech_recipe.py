@@ -496,8 +496,9 @@ def test_the_card_states_a_speech_corpus_s_own_split_rule(tmp_path: Path) -> Non
 def test_an_account_a_speech_corpus_holds_out_is_held_out_in_every_source(tmp_path: Path) -> None:
     """Before the fix: a speech corpus held out its speaker "tom" by rank while an export of the same
     accounts put "tom" in train by the account's hash, so his voice was trained on and judged. Now
-    his training clips follow him into test (train_only ones are quarantined), the report names him
-    by pseudonym, and the other accounts keep their splits."""
+    his training clips follow him into test (train_only ones are quarantined), the report names his
+    moved records by line (no id nor pseudonym: a report stays as written, and his account may be
+    deleted later), and the other accounts keep their splits."""
     from tests.data.test_build import build, record, split_of, write_export
 
     corpus = _clip_folder(tmp_path / "corpus", [{"transcription": f"word {i}", "speaker_id": s}
@@ -523,5 +524,6 @@ def test_an_account_a_speech_corpus_holds_out_is_held_out_in_every_source(tmp_pa
     tom = next(r["speaker"] for r in dd["test"] if r["utterance_id"] == "u000")
     assert by_speaker[tom] == {"test"} and sum(r["speaker"] == tom for r in dd["test"]) == 6
     assert report["accounts_trained_and_held_out"] == {"accounts": 1, "clips_moved": 2, "where": [
-        {"speaker": tom, "moved_to": "test", "clips_moved": 2, "train_only_quarantined": 1, "sources": ["export"]}]}
-    assert '"tom"' not in json.dumps(report) and '"tom"' not in json.dumps(quarantine)
+        {"moved_to": "test", "clips_moved": 2, "train_only_quarantined": 1, "sources": ["export"],
+         "at": [{"source": "export", "line": 1}, {"source": "export", "line": 2}, {"source": "export", "line": 3}]}]}
+    assert tom not in json.dumps(report) and '"tom"' not in json.dumps(report) and '"tom"' not in json.dumps(quarantine)
