@@ -422,8 +422,8 @@ def _warn_moved_accounts(moved: dict[str, Any]) -> None:
     if moved.get("accounts"):
         log.warning("data: %d account(s) held out by one source were trained on in another; their %d training clip(s) "
                     "moved to the held-out split (%s's accounts_trained_and_held_out names their records by line or "
-                    "row), so no "
-                    "held-out figure judges a voice the model heard", moved["accounts"], moved["clips_moved"], BUILD_REPORT)
+                    "row), so no held-out figure judges a voice the model heard",
+                    moved["accounts"], moved["clips_moved"], BUILD_REPORT)
 
 
 def _note_spelling(spellings: dict[tuple[str, str], dict[str, list[Any]]], source: str, raw: RawRecord) -> None:
