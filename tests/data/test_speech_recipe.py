@@ -493,7 +493,8 @@ def test_the_card_states_a_speech_corpus_s_own_split_rule(tmp_path: Path) -> Non
     assert split_rule("lone_words", {"speech": {"role": "train", "heldout": [0.0, 0.0]}}) == "none: every clip is training audio"
 
 
-def test_an_account_a_speech_corpus_holds_out_is_held_out_in_every_source(tmp_path: Path) -> None:
+def test_an_account_a_speech_corpus_holds_out_is_held_out_in_every_source(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Before the fix: a speech corpus held out its speaker "tom" by rank while an export of the same
     accounts put "tom" in train by the account's hash, so his voice was trained on and judged. Now
     his training clips follow him into test (train_only ones are quarantined), the report names his
@@ -527,3 +528,5 @@ def test_an_account_a_speech_corpus_holds_out_is_held_out_in_every_source(tmp_pa
         {"moved_to": "test", "clips_moved": 2, "train_only_quarantined": 1, "sources": ["export"],
          "at": [{"source": "export", "line": 1}, {"source": "export", "line": 2}, {"source": "export", "line": 3}]}]}
     assert tom not in json.dumps(report) and '"tom"' not in json.dumps(report) and '"tom"' not in json.dumps(quarantine)
+    assert "1 account(s) held out by one source were trained on in another; their 2 training clip(s) moved" in caplog.text
+    assert tom not in caplog.text
