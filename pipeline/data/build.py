@@ -119,8 +119,9 @@ REASONS = (
 # Ids a build compares in any letter case, and how its warning names them: "AB12" and "ab12" are two
 # accounts (two pseudonyms, two splits) that may be one, which only whoever exported them can tell.
 _CASE_FIELDS = {"account_id": "account id(s)", "device_serial": "device serial(s)"}
-_CASE_SHOWN = 10  # records named per spelling or moved account (counts say how many): enough to find it
-_CASE_LISTED = 100  # groups (or accounts) named per field (counts say how many): a report stays readable
+# How much of the records the report names by position (_position) it shows; counts say how many in all.
+_POSITIONS_SHOWN = 10  # records named per id spelling or moved account: enough to find it
+_GROUPS_LISTED = 100  # case groups per field, or moved accounts: a report stays readable
 # Columns the audio pass needs and the saved dataset drops. `_name` is how a quarantine detail names
 # the audio file: its path inside the export with the record's raw identifiers redacted, since the
 # decoding workers do not see the record.
@@ -400,7 +401,7 @@ def _one_split_per_account(plan: Plan) -> dict[str, Any]:
                                                   "sources": set(), "at": []})
         entry["sources"].add(row["source"])
         raw_id, train_only, at = plan.origin[id(row)]
-        if len(entry["at"]) < _CASE_SHOWN:
+        if len(entry["at"]) < _POSITIONS_SHOWN:
             entry["at"].append(at)
         if train_only:
             entry["train_only_quarantined"] += 1
@@ -415,7 +416,7 @@ def _one_split_per_account(plan: Plan) -> dict[str, Any]:
         keep.append(row)
     plan.rows = keep
     where = [{**e, "sources": sorted(e["sources"])} for e in moved.values()]
-    return {"accounts": len(where), "clips_moved": sum(e["clips_moved"] for e in where), "where": where[:_CASE_LISTED]}
+    return {"accounts": len(where), "clips_moved": sum(e["clips_moved"] for e in where), "where": where[:_GROUPS_LISTED]}
 
 
 def _warn_moved_accounts(moved: dict[str, Any]) -> None:
@@ -431,7 +432,7 @@ def _note_spelling(spellings: dict[tuple[str, str], dict[str, list[Any]]], sourc
 
     Every record with the field counts, a deleted one too: a deletion request names one spelling,
     and the other spelling's clips stay. Values the reader made up (RawRecord.made_up) are not the
-    export's to fix. Kept: a count and the first _CASE_SHOWN positions per spelling."""
+    export's to fix. Kept: a count and the first _POSITIONS_SHOWN positions per spelling."""
     if not isinstance(raw.data, dict):
         return
     at = _position(source, raw)
@@ -442,7 +443,7 @@ def _note_spelling(spellings: dict[tuple[str, str], dict[str, list[Any]]], sourc
         value = value.strip()  # as the schema reads it (schema.ExportRecord)
         seen = spellings.setdefault((name, value.casefold()), {}).setdefault(value, [0, []])
         seen[0] += 1
-        if len(seen[1]) < _CASE_SHOWN:
+        if len(seen[1]) < _POSITIONS_SHOWN:
             seen[1].append(at)
 
 
@@ -463,7 +464,7 @@ def _case_groups(spellings: dict[tuple[str, str], dict[str, list[Any]]]) -> dict
         if len(by_value) < 2:
             continue
         out[name]["groups"] += 1
-        if len(out[name]["where"]) < _CASE_LISTED:
+        if len(out[name]["where"]) < _GROUPS_LISTED:
             out[name]["where"].append({"spellings": [
                 {"records": count, "at": positions} for count, positions in by_value.values()]})
     return out

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, open_dict
 
 from pipeline.config import REDACTED, checked, choice, redacted_override
+from pipeline.data.privacy import PSEUDONYM_HEX
 from pipeline.ops.gate import GATE_LIMITS, GATE_POLICIES, rule_problem
 from pipeline.runtime import PipelineError, fail
 from pipeline.tracking.config import LoggerConfig, logger_config
@@ -81,7 +82,7 @@ class EraseConfig:
 
     def validate(self) -> None:
         choice("erase.wandb_online", self.online_setting(), WANDB_ONLINE)
-        if self.retire_key is not None and not re.fullmatch(r"key_[0-9a-f]{16}", str(self.retire_key)):
+        if self.retire_key is not None and not re.fullmatch(rf"key_[0-9a-f]{{{PSEUDONYM_HEX}}}", str(self.retire_key)):
             raise PipelineError(f"erase.retire_key={self.retire_key!r}: give the id of the lost key, as a model record's "
                                 "`key_id` or a pseudonym_key_id file names it (key_ and 16 hex digits), or leave it null")
 

@@ -416,13 +416,18 @@ class Listed:
     per_request: Counter = field(default_factory=Counter)
 
 
-def _built(run: Path) -> tuple[str | None, Path | None]:
-    """The fingerprint and the dataset folder the run's own build report names; None where it cannot
-    be read (the run is still found by its clip list)."""
+def _run_report(run: Path) -> dict[str, Any]:
+    """The run's own build report; empty where there is none or it cannot be read (the run is still
+    found by its clip list)."""
     try:
-        report = run_folder.read_build_report(run) or {}
+        return run_folder.read_build_report(run) or {}
     except PipelineError:
-        return None, None
+        return {}
+
+
+def _built(run: Path) -> tuple[str | None, Path | None]:
+    """The fingerprint and the dataset folder the run's own build report names; None where it names none."""
+    report = _run_report(run)
     path = report.get("dataset_path")
     return (str(report["fingerprint"]) if report.get("fingerprint") else None), (Path(path) if isinstance(path, str) and path else None)
 
@@ -1115,7 +1120,7 @@ def retire_lost_key(roots: Roots, registry: Registry, lost: str, key: bytes, job
             registry.mark_erased(model_id, lost_key=lost)
             job.remove("registry model", registry.model_dir(model_id), lost_key_id=lost)
     runs = [run for run in run_folders(roots)
-            if lost in (folder_key_id(run), _report_key_id(run)) and derived_parts(run)]
+            if lost in (folder_key_id(run), _run_report(run).get(run_folder.REPORT_KEY_ID)) and derived_parts(run)]
     kept = {d for run in run_folders(roots) if run not in runs for d in wandb_manifest(run)[1]}
     for run in runs:
         may_be_online = maybe_online(run)  # read before the run's W&B folder goes
@@ -1133,14 +1138,6 @@ def retire_lost_key(roots: Roots, registry: Registry, lost: str, key: bytes, job
         if dataset_key_id(folder) == lost:
             shutil.rmtree(folder)
             job.remove("cached dataset", folder, lost_key_id=lost)
-
-
-def _report_key_id(run: Path) -> str | None:
-    """The key a run folder's own build report names (a run that built its data), or None."""
-    try:
-        return (run_folder.read_build_report(run) or {}).get(run_folder.REPORT_KEY_ID)
-    except PipelineError:
-        return None
 
 
 def _trim_run(run: Path, key: bytes, deleted: set[str], texts: set[str], job: Erasure) -> tuple[str | None, set[str]]:
