@@ -1,13 +1,15 @@
 """Real recording conditions for training clips: room reverberation, background noise, the
-telephone band and gain (`asr.augment.conditions`, off unless a config sets it; `data=demo_speech`
-does).
+telephone band and gain, and the silence around the speech cut or lengthened
+(`asr.augment.conditions`, off unless a config sets it; `data=demo_speech` does).
 
 A model trained on clean espeak-ng voices and a few corpora hears far-field rooms, noisy homes and
 8 kHz phone lines badly. Each effect comes from a maintained library: the room from
 pyroomacoustics' image-source model (applied with `scipy.signal.fftconvolve`), the noise from
 `audiomentations.AddColorNoise` (white to brown spectra at a random SNR), the gain from
-`torchaudio.functional.gain` and the telephone band from `scipy.signal.resample_poly` down to 8 kHz
-and back. scipy's FFT convolution and polyphase resampling cost 2-4 ms a clip where torch's took
+`torchaudio.functional.gain`, the trimming from `audiomentations.Trim` and the telephone band from
+`scipy.signal.resample_poly` down to 8 kHz and back. Corpora differ in how much silence a clip keeps
+(FSDD's digits are cut to the word, Speech Commands' sit in a second of room sound), and a model that
+hears each corpus in one framing learns the framing with the words. scipy's FFT convolution and polyphase resampling cost 2-4 ms a clip where torch's took
 25-70 ms (a clip length's FFT size, a resampling kernel built per call). The collator then scales
 each clip to zero mean and unit variance, so the level a gain sets does not reach the model: what a
 gain changes is the clipping at full scale after it (an overdriven microphone), on a loud clip from
@@ -52,6 +54,9 @@ class Conditions:
     telephone_prob: float
     gain_prob: float
     gain_db: tuple[float, float]
+    trim_prob: float = 0.0
+    pad_prob: float = 0.0
+    pad_s: tuple[float, float] = (0.0, 0.0)  # silence added at each end, drawn per end
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Any) -> "Conditions":
@@ -60,6 +65,8 @@ class Conditions:
             noise_prob=float(cfg["noise_prob"]), noise_snr_db=_pair(cfg["noise_snr_db"]),
             telephone_prob=float(cfg["telephone_prob"]),
             gain_prob=float(cfg["gain_prob"]), gain_db=_pair(cfg["gain_db"]),
+            trim_prob=float(cfg.get("trim_prob", 0.0)), pad_prob=float(cfg.get("pad_prob", 0.0)),
+            pad_s=_pair(cfg.get("pad_s", (0.0, 0.0))),
         )
 
 
@@ -140,8 +147,17 @@ def telephone(wave: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(resample_poly(narrow, down, 1)[: wave.shape[-1]].astype(np.float32))
 
 
+def trim_silence(wave: torch.Tensor) -> torch.Tensor:
+    """The clip without its leading and trailing silence (audiomentations' `Trim`, 30 dB below the peak)."""
+    from audiomentations import Trim
+
+    out = Trim(top_db=30.0, p=1.0)(samples=wave.numpy().astype(np.float32), sample_rate=SAMPLING_RATE)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)) if out.shape[-1] else wave
+
+
 def recording_conditions(wave: torch.Tensor, cfg: Mapping[str, Any] | Any, gen: torch.Generator) -> torch.Tensor:
-    """Room, then noise, then phone line, then level: the order a recorded voice goes through them.
+    """Framing (silence cut, then added), room, noise, phone line, level: the order a recorded voice
+    goes through them.
 
     Every decision is drawn from `gen` whether or not the effect fires, so one clip's choices do
     not shift the next clip's."""
@@ -150,7 +166,15 @@ def recording_conditions(wave: torch.Tensor, cfg: Mapping[str, Any] | Any, gen: 
     noise, snr = _happens(gen, c.noise_prob), _uniform(gen, *c.noise_snr_db)
     phone = _happens(gen, c.telephone_prob)
     gain, gain_db = _happens(gen, c.gain_prob), _uniform(gen, *c.gain_db)
+    # Drawn only where configured, so a recipe without them draws what it always drew.
+    trim = c.trim_prob > 0 and _happens(gen, c.trim_prob)
+    pad = c.pad_prob > 0 and _happens(gen, c.pad_prob)
+    head, tail = (_uniform(gen, *c.pad_s), _uniform(gen, *c.pad_s)) if c.pad_prob > 0 else (0.0, 0.0)
     x = wave.float()
+    if trim:
+        x = trim_silence(x)
+    if pad:
+        x = torch.cat([torch.zeros(round(head * SAMPLING_RATE)), x, torch.zeros(round(tail * SAMPLING_RATE))])
     if reverb:
         x = reverberate(x, rt60, gen)
     if noise:

@@ -117,15 +117,20 @@ class ConditionsConfig:
     telephone_prob: float = MISSING
     gain_prob: float = MISSING
     gain_db: list[float] = MISSING
+    trim_prob: float = 0.0
+    pad_prob: float = 0.0
+    pad_s: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
     def validate(self) -> None:
-        for key in ("reverb_prob", "noise_prob", "telephone_prob", "gain_prob"):
+        for key in ("reverb_prob", "noise_prob", "telephone_prob", "gain_prob", "trim_prob", "pad_prob"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise PipelineError(f"asr.augment.conditions.{key}={getattr(self, key)}: a chance, between 0 and 1")
-        for key in ("reverb_rt60_s", "noise_snr_db", "gain_db"):
+        for key in ("reverb_rt60_s", "noise_snr_db", "gain_db", "pad_s"):
             value = getattr(self, key)
             if len(value) != 2 or value[0] > value[1]:
                 raise PipelineError(f"asr.augment.conditions.{key}={value}: give [low, high]")
+        if self.pad_s[0] < 0:
+            raise PipelineError(f"asr.augment.conditions.pad_s={self.pad_s}: seconds of silence, 0 or more")
         if self.reverb_rt60_s[0] < MIN_RT60_S:
             raise PipelineError(f"asr.augment.conditions.reverb_rt60_s={self.reverb_rt60_s}: the simulated rooms (3-8 m "
                                 f"across) reverberate for at least {MIN_RT60_S} s; give a low of {MIN_RT60_S} or more")

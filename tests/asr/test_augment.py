@@ -66,6 +66,34 @@ def test_reverberation_lengthens_the_decay() -> None:
     assert rms(longer[tail]) / rms(longer[:1600]) > rms(y[tail]) / rms(y[:1600])
 
 
+def test_trimming_cuts_the_silence_at_both_ends_and_keeps_the_word() -> None:
+    word = white(0.4, seed=3)
+    x = torch.cat([torch.zeros(SR // 2), word, torch.zeros(SR // 2)])
+    y = recording_conditions(x, {**ONLY, "trim_prob": 1.0}, torch.Generator().manual_seed(0))
+    assert 0.4 * SR <= y.shape[0] <= 0.55 * SR  # the word, within the trimmer's 2048-sample frames
+    assert rms(y) == pytest.approx(rms(word), rel=0.2)
+    silent = recording_conditions(torch.zeros(SR), {**ONLY, "trim_prob": 1.0}, torch.Generator().manual_seed(0))
+    assert silent.shape[0] == SR  # nothing above the floor: the clip is left whole, never emptied
+
+
+def test_padding_adds_silence_of_the_drawn_length_at_each_end() -> None:
+    x = white(0.4)
+    y = recording_conditions(x, {**ONLY, "pad_prob": 1.0, "pad_s": [0.25, 0.25]}, torch.Generator().manual_seed(0))
+    assert y.shape[0] == x.shape[0] + SR // 2
+    assert torch.equal(y[SR // 4 : SR // 4 + x.shape[0]], x)
+    assert y[: SR // 4].abs().max() == 0 and y[-SR // 4 :].abs().max() == 0
+
+
+def test_trimming_and_padding_off_leave_every_other_draw_as_it_was() -> None:
+    every = {**ONLY, "reverb_prob": 0.5, "reverb_rt60_s": [0.2, 0.8], "noise_prob": 0.5, "noise_snr_db": [5, 30],
+             "telephone_prob": 0.5, "gain_prob": 0.5, "gain_db": [-12, 6]}
+    off = {**every, "trim_prob": 0.0, "pad_prob": 0.0, "pad_s": [0.0, 0.5]}
+    before, after = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    for seed in range(4):  # one generator through several clips, as in a collator's batch
+        assert torch.equal(recording_conditions(white(seed=seed), every, before),
+                           recording_conditions(white(seed=seed), off, after))
+
+
 def test_noise_is_added_at_the_drawn_snr() -> None:
     t = torch.arange(SR) / SR
     x = 0.3 * torch.sin(2 * torch.pi * 440 * t)
@@ -126,6 +154,9 @@ def test_a_bad_chance_or_range_names_the_key() -> None:
         checked(recipe, ASRConfig, "asr")
     recipe = _asr_group("data=demo_speech", "asr.augment.conditions.gain_db=[6,-12]")
     with pytest.raises(PipelineError, match="asr.augment.conditions.gain_db"):
+        checked(recipe, ASRConfig, "asr")
+    recipe = _asr_group("data=demo_speech", "asr.augment.conditions.pad_s=[-0.1,0.5]")
+    with pytest.raises(PipelineError, match=r"asr.augment.conditions.pad_s=\[-0.1, 0.5\]: seconds of silence"):
         checked(recipe, ASRConfig, "asr")
 
 
