@@ -1,22 +1,20 @@
 """Real recording conditions for training clips: room reverberation, background noise, the
-telephone band and gain, and the silence around the speech cut or lengthened
-(`asr.augment.conditions`, off unless a config sets it; `data=demo_speech` does).
+telephone band and gain; optionally the silence around the speech cut or lengthened, and the voice's
+pitch shifted (`asr.augment.conditions`, off unless a config sets it; `data=demo_speech` does).
 
 A model trained on clean espeak-ng voices and a few corpora hears far-field rooms, noisy homes and
 8 kHz phone lines badly. Each effect comes from a maintained library: the room from
-pyroomacoustics' image-source model (applied with `scipy.signal.fftconvolve`), the noise from
-`audiomentations.AddColorNoise` (white to brown spectra at a random SNR), the gain from
-`torchaudio.functional.gain`, the trimming from `audiomentations.Trim` and the telephone band from
-`scipy.signal.resample_poly` down to 8 kHz and back. Corpora differ in how much silence a clip keeps
-(FSDD's digits are cut to the word, Speech Commands' sit in a second of room sound), and a model that
-hears each corpus in one framing learns the framing with the words. scipy's FFT convolution and polyphase resampling cost 2-4 ms a clip where torch's took
-25-70 ms (a clip length's FFT size, a resampling kernel built per call). The collator then scales
-each clip to zero mean and unit variance, so the level a gain sets does not reach the model: what a
-gain changes is the clipping at full scale after it (an overdriven microphone), on a loud clip from
-about +2 dB. Every random choice is drawn from the caller's `torch.Generator`, so a seed gives
-the same augmented clip in any process; audiomentations draws from the global `random` and
-`numpy.random`, so each of its calls runs under a seed drawn from that generator and the global
-states are restored afterwards.
+pyroomacoustics' image-source model (applied with `scipy.signal.fftconvolve`), the noise, trimming
+and pitch shift from audiomentations (`AddColorNoise`: white to brown spectra at a random SNR;
+`Trim`; `PitchShift` with signalsmith-stretch), the gain from `torchaudio.functional.gain` and the
+telephone band from `scipy.signal.resample_poly` down to 8 kHz and back. scipy's FFT convolution and
+polyphase resampling cost 2-4 ms a clip where torch's took 25-70 ms (a clip length's FFT size, a
+resampling kernel built per call). The collator then scales each clip to zero mean and unit
+variance, so the level a gain sets does not reach the model: what a gain changes is the clipping at
+full scale after it (an overdriven microphone), on a loud clip from about +2 dB. Every random choice
+is drawn from the caller's `torch.Generator`, so a seed gives the same augmented clip in any
+process; audiomentations draws from the global `random` and `numpy.random`, so each of its calls
+runs under a seed drawn from that generator and the global states are restored afterwards.
 """
 
 from __future__ import annotations
@@ -57,6 +55,8 @@ class Conditions:
     trim_prob: float = 0.0
     pad_prob: float = 0.0
     pad_s: tuple[float, float] = (0.0, 0.0)  # silence added at each end, drawn per end
+    pitch_prob: float = 0.0
+    pitch_semitones: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Any) -> "Conditions":
@@ -67,6 +67,7 @@ class Conditions:
             gain_prob=float(cfg["gain_prob"]), gain_db=_pair(cfg["gain_db"]),
             trim_prob=float(cfg.get("trim_prob", 0.0)), pad_prob=float(cfg.get("pad_prob", 0.0)),
             pad_s=_pair(cfg.get("pad_s", (0.0, 0.0))),
+            pitch_prob=float(cfg.get("pitch_prob", 0.0)), pitch_semitones=_pair(cfg.get("pitch_semitones", (0.0, 0.0))),
         )
 
 
@@ -147,17 +148,31 @@ def telephone(wave: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(resample_poly(narrow, down, 1)[: wave.shape[-1]].astype(np.float32))
 
 
-def trim_silence(wave: torch.Tensor) -> torch.Tensor:
-    """The clip without its leading and trailing silence (audiomentations' `Trim`, 30 dB below the peak)."""
+def trim_silence(wave: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The clip without its leading and trailing silence (audiomentations' `Trim`, 30 dB below the
+    peak). Corpora differ in how much of it a clip keeps: FSDD's digits are cut to the word, Speech
+    Commands' sit in a second of room sound."""
     from audiomentations import Trim
 
-    out = Trim(top_db=30.0, p=1.0)(samples=wave.numpy().astype(np.float32), sample_rate=SAMPLING_RATE)
+    with _seeded_globals(gen):
+        out = Trim(top_db=30.0, p=1.0)(samples=wave.numpy().astype(np.float32), sample_rate=SAMPLING_RATE)
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)) if out.shape[-1] else wave
 
 
+def shift_pitch(wave: torch.Tensor, semitones: float, gen: torch.Generator) -> torch.Tensor:
+    """The voice this many semitones higher (lower if negative) at the same tempo: another voice
+    from the same speaker (audiomentations' `PitchShift`, signalsmith-stretch)."""
+    from audiomentations import PitchShift
+
+    shift = PitchShift(min_semitones=semitones, max_semitones=semitones, p=1.0, method="signalsmith_stretch")
+    with _seeded_globals(gen):
+        out = shift(samples=wave.numpy().astype(np.float32), sample_rate=SAMPLING_RATE)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
 def recording_conditions(wave: torch.Tensor, cfg: Mapping[str, Any] | Any, gen: torch.Generator) -> torch.Tensor:
-    """Framing (silence cut, then added), room, noise, phone line, level: the order a recorded voice
-    goes through them.
+    """Framing (silence cut, then added), voice (pitch), room, noise, phone line, level: the order a
+    recorded voice goes through them.
 
     Every decision is drawn from `gen` whether or not the effect fires, so one clip's choices do
     not shift the next clip's."""
@@ -170,11 +185,15 @@ def recording_conditions(wave: torch.Tensor, cfg: Mapping[str, Any] | Any, gen: 
     trim = c.trim_prob > 0 and _happens(gen, c.trim_prob)
     pad = c.pad_prob > 0 and _happens(gen, c.pad_prob)
     head, tail = (_uniform(gen, *c.pad_s), _uniform(gen, *c.pad_s)) if c.pad_prob > 0 else (0.0, 0.0)
+    pitch = c.pitch_prob > 0 and _happens(gen, c.pitch_prob)
+    semitones = _uniform(gen, *c.pitch_semitones) if c.pitch_prob > 0 else 0.0
     x = wave.float()
     if trim:
-        x = trim_silence(x)
+        x = trim_silence(x, gen)
     if pad:
         x = torch.cat([torch.zeros(round(head * SAMPLING_RATE)), x, torch.zeros(round(tail * SAMPLING_RATE))])
+    if pitch:
+        x = shift_pitch(x, semitones, gen)
     if reverb:
         x = reverberate(x, rt60, gen)
     if noise:

@@ -120,12 +120,14 @@ class ConditionsConfig:
     trim_prob: float = 0.0
     pad_prob: float = 0.0
     pad_s: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    pitch_prob: float = 0.0
+    pitch_semitones: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
     def validate(self) -> None:
-        for key in ("reverb_prob", "noise_prob", "telephone_prob", "gain_prob", "trim_prob", "pad_prob"):
+        for key in ("reverb_prob", "noise_prob", "telephone_prob", "gain_prob", "trim_prob", "pad_prob", "pitch_prob"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise PipelineError(f"asr.augment.conditions.{key}={getattr(self, key)}: a chance, between 0 and 1")
-        for key in ("reverb_rt60_s", "noise_snr_db", "gain_db", "pad_s"):
+        for key in ("reverb_rt60_s", "noise_snr_db", "gain_db", "pad_s", "pitch_semitones"):
             value = getattr(self, key)
             if len(value) != 2 or value[0] > value[1]:
                 raise PipelineError(f"asr.augment.conditions.{key}={value}: give [low, high]")

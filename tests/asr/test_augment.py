@@ -84,10 +84,19 @@ def test_padding_adds_silence_of_the_drawn_length_at_each_end() -> None:
     assert y[: SR // 4].abs().max() == 0 and y[-SR // 4 :].abs().max() == 0
 
 
-def test_trimming_and_padding_off_leave_every_other_draw_as_it_was() -> None:
+def test_a_pitch_shift_moves_the_voice_by_the_drawn_semitones_at_the_same_length() -> None:
+    t = torch.arange(SR) / SR
+    x = 0.3 * torch.sin(2 * torch.pi * 200 * t)
+    y = recording_conditions(x, {**ONLY, "pitch_prob": 1.0, "pitch_semitones": [12, 12]}, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    freqs = np.fft.rfftfreq(SR, 1 / SR)
+    assert freqs[np.abs(np.fft.rfft(y.numpy())).argmax()] == pytest.approx(400, abs=5)  # an octave up
+
+
+def test_trimming_padding_and_pitch_off_leave_every_other_draw_as_it_was() -> None:
     every = {**ONLY, "reverb_prob": 0.5, "reverb_rt60_s": [0.2, 0.8], "noise_prob": 0.5, "noise_snr_db": [5, 30],
              "telephone_prob": 0.5, "gain_prob": 0.5, "gain_db": [-12, 6]}
-    off = {**every, "trim_prob": 0.0, "pad_prob": 0.0, "pad_s": [0.0, 0.5]}
+    off = {**every, "trim_prob": 0.0, "pad_prob": 0.0, "pad_s": [0.0, 0.5], "pitch_prob": 0.0, "pitch_semitones": [-3, 3]}
     before, after = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
     for seed in range(4):  # one generator through several clips, as in a collator's batch
         assert torch.equal(recording_conditions(white(seed=seed), every, before),
@@ -105,7 +114,8 @@ def test_noise_is_added_at_the_drawn_snr() -> None:
 def test_a_seed_gives_the_same_clip_and_leaves_the_global_generators_alone() -> None:
     x = white()
     every = {**ONLY, "reverb_prob": 1.0, "reverb_rt60_s": [0.2, 0.8], "noise_prob": 1.0, "noise_snr_db": [5, 30],
-             "telephone_prob": 1.0, "gain_prob": 1.0, "gain_db": [-12, 6]}
+             "telephone_prob": 1.0, "gain_prob": 1.0, "gain_db": [-12, 6],
+             "trim_prob": 1.0, "pad_prob": 1.0, "pad_s": [0.0, 0.3], "pitch_prob": 1.0, "pitch_semitones": [-3, 3]}
     random.seed(7)
     np.random.seed(7)
     before = (random.random(), np.random.rand())
