@@ -26,6 +26,9 @@ from pipeline.runtime import PipelineError, write_text_atomic
 KINDS = ("transcript", "intent", "wake", "entities")
 RUN_FILE = "label_noise.jsonl"
 MAX_SHARE = 0.2  # four kinds at this share already corrupt most clips
+# In the corrupted export's name: a change to what is planted makes a new file instead of reusing one
+# an earlier version wrote to the demo cache. 2: a span may slip onto the transcript's first word.
+VERSION = 2
 
 
 def check_share(share: Any) -> float:
@@ -92,7 +95,7 @@ DERIVED_FILES = ("annotations.noise-*.jsonl", "label_noise.noise-*.jsonl")
 
 
 def _noisy_paths(annotations: Path, share: float, seed: int) -> tuple[Path, Path]:
-    noisy = annotations.with_name(f"annotations.noise-{share:g}-{seed}.jsonl")
+    noisy = annotations.with_name(f"annotations.noise-v{VERSION}-{share:g}-{seed}.jsonl")
     return noisy, manifest_of(noisy)
 
 
@@ -191,7 +194,7 @@ def _span_moves(words: list[str], ents: list[tuple[str, int, int]]) -> list[tupl
         used = {k for n, (_, s, e) in enumerate(ents) if n != j for k in range(s, e)}
         if end < len(words) and end not in used:
             moves.append((j, start, end + 1))
-        if start > 1 and start - 1 not in used:
+        if start > 0 and start - 1 not in used:
             moves.append((j, start - 1, end))
         if end - start > 1:
             moves.append((j, start, end - 1))

@@ -57,13 +57,23 @@ def test_each_kind_gets_its_share_of_valid_one_error_corruptions() -> None:
     assert corrupt_records(records, 0.05, seed=1)[1] != planted
 
 
+def test_a_span_may_slip_onto_the_first_word_as_onto_any_other() -> None:
+    """Before the fix a span starting at word 1 never took in word 0, though the review looks there."""
+    from pipeline.data.label_noise import _span_moves
+
+    words = "wake me up at seven".split()
+    assert (0, 0, 2) in _span_moves(words, [("person", 1, 2)])  # "wake" taken in
+    assert (0, 0, 1) not in _span_moves(words, [("person", 0, 1)])  # nothing before word 0
+    assert all(m[1] >= 2 for m in _span_moves(words, [("a", 0, 2), ("b", 2, 3)]) if m[0] == 1)  # spans stay apart
+
+
 def test_the_noisy_export_is_written_once_beside_the_clean_one(tmp_path: Path) -> None:
     clean = tmp_path / "annotations.jsonl"
     clean.write_text("".join(json.dumps(r) + "\n" for r in demo_records(200)))
     assert with_label_noise(clean, 0, seed=0) == clean
     noisy = with_label_noise(clean, 0.1, seed=0)
-    manifest = tmp_path / "label_noise.noise-0.1-0.jsonl"
-    assert noisy == tmp_path / "annotations.noise-0.1-0.jsonl" and manifest.exists()
+    manifest = tmp_path / "label_noise.noise-v2-0.1-0.jsonl"
+    assert noisy == tmp_path / "annotations.noise-v2-0.1-0.jsonl" and manifest.exists()
     lines = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert {line["kind"] for line in lines} == set(KINDS)
     stamp = noisy.stat().st_mtime_ns

@@ -474,7 +474,7 @@ def test_a_demo_build_with_label_noise_lists_the_planted_errors_of_its_kept_clip
     cfg.data.demo.label_noise = 0.1
     (tmp_path / "all").mkdir()
     copy_manifest(cfg, tmp_path / "all", set())  # builds the noisy export
-    export = [json.loads(line) for line in (tmp_path / "cache").rglob("annotations.noise-0.1-0.jsonl").__next__().read_text().splitlines()]
+    export = [json.loads(line) for line in (tmp_path / "cache").rglob("annotations.noise-v2-0.1-0.jsonl").__next__().read_text().splitlines()]
     # The build keeps some clips and quarantines others (deleted, flagged): only the kept ones' lines
     # reach the run folder, since the manifest names a clip by its raw id and quotes its transcript.
     ids = sorted(r["utterance_id"] for r in export)
