@@ -43,7 +43,8 @@ MAX_IMAGE_ORDER = 40
 class Conditions:
     """Chance of each effect per augmented clip, and the ranges its strength is drawn from.
     The values come from `asr.augment.conditions` (checked by pipeline.asr.config.ConditionsConfig;
-    set by conf/data/demo_speech.yaml), so there are no defaults here."""
+    set by conf/data/demo_speech.yaml), so there are no defaults here but for the framing and pitch
+    effects, which are off where a config does not name them (as in one written before they were)."""
 
     reverb_prob: float
     reverb_rt60_s: tuple[float, float]   # RT60 of the simulated room
