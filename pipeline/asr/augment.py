@@ -43,8 +43,8 @@ MAX_IMAGE_ORDER = 40
 class Conditions:
     """Chance of each effect per augmented clip, and the ranges its strength is drawn from.
     The values come from `asr.augment.conditions` (checked by pipeline.asr.config.ConditionsConfig;
-    set by conf/data/demo_speech.yaml), so there are no defaults here but for the framing and pitch
-    effects, which are off where a config does not name them (as in one written before they were)."""
+    set by conf/data/demo_speech.yaml), so there are no defaults here; `from_config` turns the framing
+    and pitch effects off where a config does not name them (as one written before they were)."""
 
     reverb_prob: float
     reverb_rt60_s: tuple[float, float]   # RT60 of the simulated room
@@ -53,11 +53,11 @@ class Conditions:
     telephone_prob: float
     gain_prob: float
     gain_db: tuple[float, float]
-    trim_prob: float = 0.0
-    pad_prob: float = 0.0
-    pad_s: tuple[float, float] = (0.0, 0.0)  # silence added at each end, drawn per end
-    pitch_prob: float = 0.0
-    pitch_semitones: tuple[float, float] = (0.0, 0.0)
+    trim_prob: float
+    pad_prob: float
+    pad_s: tuple[float, float]  # silence added at each end, drawn per end
+    pitch_prob: float
+    pitch_semitones: tuple[float, float]
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Any) -> "Conditions":

@@ -56,7 +56,7 @@ from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, REDO_REQUESTS, check_c
                                  pending_deletions, pseudonym_key, remerge, utterance_pseudonym)
 from pipeline.ops.inventory import (DO_NOT_SYNC, KILLED_WRITE, RUN_MARKER, RUN_PARTS, Roots, check_root, killed_writes,
                                     place_of, run_folders, walk_files)
-from pipeline.ops.registry import LOCK_FILE, Registry, RetrainBusy, now, retrain_lock, weights_saw_deleted
+from pipeline.ops.registry import LOCK_FILE, Registry, RetrainBusy, now, retire_command, retrain_lock, weights_saw_deleted
 from pipeline.ops.textscan import searched, text_lines
 from pipeline.runtime import PipelineError, first_line, resolved, write_text_atomic
 from pipeline.text import BOS, EOS, lm_tokens
@@ -443,7 +443,7 @@ def matchable_clip_list(run: Path, key: bytes) -> bool:
     if stored is not None and stored != key_id(key) and not derived_parts(run):
         return False
     check_key_id(stored, key, f"run folder {run} (its {run_folder.DATASET_CLIPS})",
-                 f"if that key is lost, remove the run folder {run} (or `make erase ARGS=\"erase.retire_key={stored}\"`, "
+                 f"if that key is lost, remove the run folder {run} (or {retire_command(stored)}, "
                  "which removes its models, predictions and reports and everything else made under that key): whether "
                  "they hold a deleted clip cannot be told under the current key")
     return True
@@ -529,8 +529,8 @@ def check_dataset_key(dataset: Path, key: bytes) -> None:
     its report is the build's, left as it is, so the warning comes at each job."""
     stored = dataset_key_id(dataset)
     check_key_id(stored, key, f"cached dataset {dataset} (its {run_folder.BUILD_REPORT})",
-                 f"if that key is lost, remove the cached dataset {dataset} (or `make erase ARGS=\"erase.retire_key="
-                 f"{stored}\"`, which removes everything made under that key): it is a cache, and the next build "
+                 f"if that key is lost, remove the cached dataset {dataset} (or {retire_command(stored)}, which "
+                 "removes everything made under that key): it is a cache, and the next build "
                  "makes its data again from the sources under the current key")
 
 

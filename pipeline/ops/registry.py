@@ -58,6 +58,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
+def retire_command(key_id: Any) -> str:
+    """The command that removes everything made under a lost pseudonym key (pipeline.ops.erase.retire_lost_key),
+    as a refusal names it."""
+    return f'`make erase ARGS="erase.retire_key={key_id}"`'
+
+
 def check_record_key(record: dict[str, Any], key: bytes, path: Path | str | None = None) -> None:
     """Refuse to match a model record's `trained_on` against `key`'s pseudonyms when it was made under
     another key (a KeyMismatch naming the model and what to do). A record without `key_id` was
@@ -67,8 +73,8 @@ def check_record_key(record: dict[str, Any], key: bytes, path: Path | str | None
     folder = Path(path).parent if path else Path(str(record.get("model_id")))
     check_key_id(record.get("key_id"), key, f"model {record.get('model_id')}{where}",
                  "if that key is lost, the model can never be checked against deletions: remove its weights "
-                 f"({', '.join(str(folder / p) for p in MODEL_PARTS)}) so it never serves again (`make erase "
-                 f"ARGS=\"erase.retire_key={record.get('key_id')}\"` removes everything made under that key), and "
+                 f"({', '.join(str(folder / p) for p in MODEL_PARTS)}) so it never serves again "
+                 f"({retire_command(record.get('key_id'))} removes everything made under that key), and "
                  "retrain to register a model under the current key")
 
 

@@ -29,14 +29,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import run_folder
 from pipeline.data.privacy import key_id
-from pipeline.ops.config import RetrainConfig, command_line_problem, job_config, load_config, retrain_config
+from pipeline.ops.config import RetrainConfig, command_line_problem, erase_config, job_config, load_config, retrain_config
 from pipeline.ops.corpus import Corpus, pseudonym_key, remerge, stray_inbox_entries, update_corpus, utterance_pseudonym
 from pipeline.ops.erase import (check_dataset_keys, check_run_keys, erase_copies, record_source_audio,
                                  tombstone_copies)
 from pipeline.ops.gate import gate_on_runs
 from pipeline.ops.inventory import Roots, check_root
 from pipeline.ops.promote import promote_model, rollback, write_candidate
-from pipeline.ops.registry import LOCK_FILE, MODEL_PARTS, Registry, RetrainBusy, now, retrain_lock
+from pipeline.ops.registry import LOCK_FILE, MODEL_PARTS, Registry, RetrainBusy, now, retire_command, retrain_lock
 from pipeline.runtime import PipelineError, configure_environment, file_in_the_way, write_text_atomic
 from pipeline.tracking import NullTracker
 
@@ -165,10 +165,10 @@ def decide(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     check_top_level(cfg, TOP_LEVEL, "conf/retrain.yaml")  # before the intake takes anything from the inbox
     retrain = retrain_config(cfg)
-    lost = job_config(cfg).erase.retire_key
+    lost = erase_config(cfg).retire_key
     if lost:  # its removals need a job of their own, before any key check: `make erase`
-        raise PipelineError(f"erase.retire_key={lost} is read by `make erase` alone: run `make erase "
-                            f"ARGS=\"erase.retire_key={lost}\"` first, then retrain without it")
+        raise PipelineError(f"erase.retire_key={lost} is read by `make erase` alone: run {retire_command(lost)} "
+                            "first, then retrain without it")
     _refuse_data_settings(cfg, retrain.inbox)
     _refuse_shaping_split(cfg)
     missing = [s for s in REQUIRED_STAGES if s not in cfg.stages]
