@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -122,12 +122,15 @@ def test_layerdrop_is_refused_when_compiling() -> None:
         compiled_model(model, model)
 
 
-def test_clip_counts_add_no_graphs_once_a_padded_length_is_compiled() -> None:
-    if shutil.which("g++") is None and shutil.which("c++") is None:
-        pytest.skip("torch.compile's inductor backend needs a C++ compiler on the CPU, and none is installed")
+def test_clip_counts_add_no_graphs_once_a_padded_length_is_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graphs are counted by dynamo, and the shapes they hold by AOTAutograd's dynamic-shape guards,
+    so the aot_eager backend counts what inductor counts ([4, 4, 4, 8, 8, 8] for these batches, torch
+    2.9.1) without inductor's C++ builds (61 s on 2 cores with an empty inductor cache, against 11 s).
+    The training loop's compiled run in tests/asr/test_asr_loader.py builds with inductor itself."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     torch._dynamo.reset()
     model = tiny_model()
     graphs = []
