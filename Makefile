@@ -107,8 +107,9 @@ bench-erase: setup
 	$(PY) -m bench.erase --repeats 5
 
 # The whole suite, slow end-to-end tests included (CI runs exactly this). A test file stays in one
-# process (--dist loadfile), so its module fixtures are built once.
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+# process (--dist loadfile), so its module fixtures are built once; files are handed out in the order
+# tests/conftest.py puts them (slow files first), not xdist's (most tests first).
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: setup
 	$(PYTEST) $(ARGS)
 

@@ -16,6 +16,15 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with end-to-end (`slow`) tests first. `make test` hands out whole files (`--dist loadfile
+    --no-loadscope-reorder`), each to the next free process, so the files that take minutes start
+    early and the hundreds of short tests fill in behind them. xdist's own order (most tests first)
+    left two minutes-long files for the end, one process running them while the other sat idle."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: collection order otherwise
+
+
 @pytest.fixture(autouse=True)
 def _restore_environment():
     """Stages called in-process set defaults such as WANDB_DATA_DIR (runtime.configure_environment);
