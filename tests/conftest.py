@@ -16,7 +16,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files with end-to-end (`slow`) tests first. `make test` hands out whole files (`--dist loadfile
     --no-loadscope-reorder`), each to the next free process, so the files that take minutes start
     early and the hundreds of short tests fill in behind them. xdist's own order (most tests first)
