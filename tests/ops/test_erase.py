@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,13 +26,26 @@ from pipeline.ops.inventory import DO_NOT_SYNC  # noqa: E402
 from pipeline.ops.registry import Registry  # noqa: E402
 
 
-@pytest.fixture()
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def built_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """One store per test process; each test gets a copy (building one takes seconds, copying it
+    milliseconds)."""
     from datasets import disable_progress_bars
 
     disable_progress_bars()
+    root = tmp_path_factory.mktemp("template") / "store"
+    return root, build_store(root, datasets=3, runs=6, clips=15, victim_in=1)
+
+
+@pytest.fixture()
+def store(built_store: tuple[Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    template, built = built_store
     root = tmp_path / "store"
-    layout = build_store(root, datasets=3, runs=6, clips=15, victim_in=1)
+    shutil.copytree(template, root, symlinks=True)
+    for report in root.rglob("build_report.json"):  # runs name their dataset by its absolute path
+        report.write_text(report.read_text().replace(str(template), str(root)))
+    moved = {name: [root / run.relative_to(template) for run in built[name]] for name in ("runs", "affected_runs")}
+    layout = {**built, **moved}
     for name, value in {"PIPELINE_PSEUDONYM_KEY": KEY, "PIPELINE_CACHE_DIR": str(root / "cache"),
                         "PIPELINE_INBOX": str(root / "inbox"), "PIPELINE_REGISTRY_DIR": str(root / "registry"),
                         "WANDB_MODE": "offline"}.items():
@@ -1249,20 +1263,22 @@ def _sparse_log(path: Path, needles: dict[int, bytes], size: int) -> None:
         f.truncate(size)
 
 
-def test_a_wandb_log_over_64_mib_is_searched_to_its_end(store: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before the fix: the audit and the erasure skipped every file over 64 MiB, a run's `.wandb`
-    log included, so a deleted clip's id logged past that was never found, and `make sync` uploaded
-    it. Now files are read in chunks (pipeline.ops.textscan, made small here): a needle past 64 MiB,
-    and one across a chunk boundary, are found, and the W&B runs holding them go."""
+def test_a_wandb_log_over_the_binary_size_is_searched_to_its_end(store: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the fix: the audit and the erasure skipped every file over 64 MiB (`BINARY_BYTES`), a
+    run's `.wandb` log included, so a deleted clip's id logged past that was never found, and `make
+    sync` uploaded it. Now files are read in chunks (pipeline.ops.textscan): a needle past the size,
+    and one across a chunk boundary, are found, and the W&B runs holding them go. The size and the
+    chunks are made small here, so the logs are a few MiB."""
     from pipeline.data.privacy import pseudonym
     from pipeline.ops import textscan
 
+    monkeypatch.setattr(textscan, "BINARY_BYTES", 4 * 2**20)
     monkeypatch.setattr(textscan, "CHUNK_BYTES", 2**20)
     monkeypatch.setattr(textscan, "OVERLAP_BYTES", 4096)
     root, long_run, cut_run = store["root"], store["runs"][1], store["runs"][2]
     assert not {long_run, cut_run} & set(store["affected_runs"])  # neither was trained on the account
     victim = pseudonym(KEY.encode(), "acct", VICTIM).encode()
-    beyond = 64 * 2**20 + 12345
+    beyond = textscan.BINARY_BYTES + 12345
     long_log = long_run / "wandb" / "offline-run-20261206_000000-long1" / "run-long1.wandb"
     _sparse_log(long_log, {beyond: b'{"speaker": "' + victim + b'"}'}, beyond + 2**20)
     sentence = f'"{VICTIM_SENTENCES[1]}"'.encode()
