@@ -28,8 +28,8 @@ from pipeline.ops.registry import Registry  # noqa: E402
 
 @pytest.fixture(scope="module")
 def built_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """One store per test process; each test gets a copy (building one takes seconds, copying it
-    milliseconds)."""
+    """One store per test file and process; each test gets a copy (building one takes seconds,
+    copying it milliseconds)."""
     from datasets import disable_progress_bars
 
     disable_progress_bars()
