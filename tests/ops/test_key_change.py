@@ -31,15 +31,11 @@ from pipeline.runtime import PipelineError
 from tests.ops.test_promote_rollback import _cfg as job_cfg
 from tests.ops.test_erase import KEY as ERASE_KEY
 from tests.ops.test_erase import overrides as erase_overrides
-from tests.ops.test_erase import built_store as erase_built_store
-from tests.ops.test_erase import store as erase_store
 from tests.ops.test_promote_rollback import _run
 
 ENV = "TEST_ROTATED_PSEUDONYM_KEY"
 KEY_ID_FILE = "pseudonym_key_id"  # the stamp in a folder of stored pseudonyms
 NEW_KEY = "a-rotated-key-that-must-never-show"
-store = erase_store  # test_erase's fixture (cached datasets, run folders, a registry), used here by name
-built_store = erase_built_store  # the store built once per process, which `store` copies
 
 
 def _cfg(tmp: Path, **retrain: object) -> OmegaConf:
