@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
     ("asr.source_weights={demo: -1}", "asr.source_weights.demo=-1.0: how often an epoch plays that source's clips, 0 or more"),
     ("asr.splice={sources: [fsdd], partners: [demo], prob: 2, gap_s: 0.2}", r"asr.splice.prob=2.0: a share of plays, between 0 and 1"),
     ("asr.splice={sources: [], partners: [demo], prob: 0.5, gap_s: 0.2}", r"asr.splice: give sources and partners"),
+    ("asr.word_balance={sources: [speech_commands], max_plays: 0.5}", r"asr.word_balance.max_plays=0.5: at most how many times more"),
+    ("asr.word_balance={sources: [], max_plays: 4}", r"asr.word_balance: give sources"),
     ("data.demo.extra_takes=-1", "data.demo.extra_takes=-1: how many more voices speak each clip, 0 or more"),
     ("eval.decoder=beam", "eval.decoder='beam' is not one of: auto, greedy, lm"),
     ("eval.cpu_fft_positional_conv=sometimes", "eval.cpu_fft_positional_conv='sometimes': give auto, true or false"),

@@ -174,6 +174,19 @@ class SpliceConfig:
 
 
 @dataclass
+class WordBalanceConfig:
+    sources: list[str] = MISSING    # sources whose rarely said transcripts are played more often ...
+    max_plays: float = MISSING      # ... up to this many times as often as their source's commonest one
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise PipelineError("asr.word_balance: give sources, e.g. {sources: [speech_commands], max_plays: 4}")
+        if isinstance(self.max_plays, bool) or self.max_plays < 1:
+            raise PipelineError(f"asr.word_balance.max_plays={self.max_plays!r}: at most how many times more a rare "
+                                "transcript is played, 1 or more")
+
+
+@dataclass
 class AutoBatchConfig:
     """How `max_batch_seconds: auto` sizes batches on a GPU (a probe at start-up; see pipeline/asr/model.py)."""
 
@@ -205,6 +218,7 @@ class ASRConfig:
     bucket_batches: int = MISSING
     source_weights: Optional[dict[str, float]] = None  # plays per epoch by `source` (pipeline/asr/sampler.py)
     splice: Optional[SpliceConfig] = None            # plays of two clips (pipeline/asr/sampler.py spliced_plays)
+    word_balance: Optional[WordBalanceConfig] = None  # rare transcripts played more (pipeline/asr/sampler.py)
     learning_rate: float = MISSING
     weight_decay: float = MISSING
     adam_betas: list[float] = MISSING

@@ -13,6 +13,7 @@ batches it had already trained on.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from pipeline.runtime import PipelineError
@@ -75,6 +76,31 @@ def source_plays(weights: Mapping[str, float] | None, sources: Sequence[str] | N
     if not any(plays):
         raise PipelineError(f"asr.source_weights={dict(weights)}: every training clip of {where} would get weight 0")
     return plays
+
+
+def balanced_plays(plays: list[float] | None, balance: Mapping | None, sources: Sequence[str] | None,
+                   texts: Sequence[str] | None, where: str) -> list[float] | None:
+    """`plays` (source_plays) with each clip of `balance`'s sources played min(max_plays, n_top / n)
+    times as often, n being how many training clips of its source say its transcript and n_top how
+    many say the source's commonest one.
+
+    Why (`asr.word_balance`): Speech Commands has ~200 training clips of each of its ten core words
+    and ~10 of each other word, so the model learns the core words from many people and the digits
+    from a few, and hears a digit said by someone new as a core word ("two" as "go", "nine" as
+    "right"). Played more often, the rare words' few speakers count as much as the core words' many."""
+    if not balance:
+        return plays
+    chosen = set(balance["sources"])
+    sources = _known_sources("asr.word_balance", chosen, sources, where)
+    if texts is None or len(texts) != len(sources):
+        raise PipelineError(f"asr.word_balance: {where} has no transcript per training clip to count")
+    counts = Counter((s, t) for s, t in zip(sources, texts) if s in chosen)
+    top: dict[str, int] = {}
+    for (source, _), n in counts.items():
+        top[source] = max(top.get(source, 0), n)
+    cap = float(balance["max_plays"])
+    base = plays if plays is not None else [1.0] * len(sources)
+    return [w * min(cap, top[s] / counts[s, t]) if s in chosen else w for w, s, t in zip(base, sources, texts)]
 
 
 def played_clips(count: int, seed: int, epoch: int, plays: Sequence[float] | None = None) -> list[int]:

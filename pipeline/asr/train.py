@@ -38,7 +38,8 @@ from pipeline.asr.model import (
     skip_waveform_gradient, time_mask_fits, uses_attention_mask,
 )
 from pipeline.asr.sampler import (
-    epoch_batches, eval_batches, longest_play, over_budget_warning, played_clips, source_plays, spliced_plays,
+    balanced_plays, epoch_batches, eval_batches, longest_play, over_budget_warning, played_clips, source_plays,
+    spliced_plays,
 )
 from pipeline.asr.vocab import build_vocab, make_processor
 from pipeline.config import TrainerConfig, with_checked
@@ -211,7 +212,9 @@ def set_up(
         processor=processor, model=model, ddp_model=ddp_model,
         step_model=compiled_model(ddp_model, model) if acfg.compile else ddp_model,
         params=params, optimizer=optimizer, scaler=scaler, state=state, batch_seconds=batch_seconds,
-        plays=source_plays(acfg.source_weights, train_set.sources, str(dataset_path)),
+        plays=balanced_plays(source_plays(acfg.source_weights, train_set.sources, str(dataset_path)),
+                             acfg.get("word_balance"), train_set.sources,
+                             train_set.split["text"] if acfg.get("word_balance") else None, str(dataset_path)),
         buckets=buckets, workers=workers,
         budget_s=float(acfg.max_train_minutes) * 60 if acfg.max_train_minutes is not None else math.inf,
         started=started,
@@ -230,6 +233,7 @@ def epoch_shape(acfg: DictConfig, buckets: tuple[int, ...] | None) -> dict[str, 
         "asr.augment.speeds": [float(s) for s in (augment.speeds or [1.0])] if prob > 0 else None,  # unused when off
         "asr.source_weights": OmegaConf.to_container(weights) if weights else None,
         "asr.splice": OmegaConf.to_container(splice) if splice else None,
+        "asr.word_balance": OmegaConf.to_container(acfg.word_balance) if acfg.get("word_balance") else None,
         "asr.bucket_batches": int(acfg.bucket_batches),
         "asr.compile_buckets": list(buckets) if buckets else None,
     }

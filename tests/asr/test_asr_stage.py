@@ -128,8 +128,9 @@ def test_the_profiler_records_the_chosen_steps(tiny_dataset_path: Path, tmp_path
 
 
 def test_spliced_plays_train_through_the_stage(tiny_dataset_path: Path, tmp_path: Path) -> None:
-    """asr.splice and asr.source_weights as data=demo_speech sets them, through the real training
-    loop, on a copy of the fixture with a `source` column (its first clips one source, the rest another)."""
+    """asr.splice, asr.source_weights and asr.word_balance as data=demo_speech sets them, through the
+    real training loop, on a copy of the fixture with a `source` column (alternate clips one source
+    and another)."""
     from datasets import load_from_disk
 
     splits = load_from_disk(str(tiny_dataset_path))
@@ -137,7 +138,8 @@ def test_spliced_plays_train_through_the_stage(tiny_dataset_path: Path, tmp_path
     splits.save_to_disk(str(tmp_path / "data"))
     tracker = RecordingTracker()
     cfg = micro_cfg("asr.max_steps=3", "asr.eval_every=3", "asr.source_weights={person: 2, synthetic: 0.5}",
-                    "asr.splice={sources: [person], partners: [synthetic], prob: 1.0, gap_s: 0.2}")
+                    "asr.splice={sources: [person], partners: [synthetic], prob: 1.0, gap_s: 0.2}",
+                    "asr.word_balance={sources: [person], max_plays: 4}")
     result = run_asr_stage(cfg, tmp_path / "run", tmp_path / "data", tracker)
     losses = [m["asr/train_loss"] for _, m in tracker.metrics if "asr/train_loss" in m]
     assert result["steps"] == 3 and len(losses) == 3 and all(np.isfinite(losses))
@@ -145,6 +147,9 @@ def test_spliced_plays_train_through_the_stage(tiny_dataset_path: Path, tmp_path
     cfg = micro_cfg("asr.splice={sources: [persons], partners: [synthetic], prob: 1.0, gap_s: 0.2}")
     with pytest.raises(PipelineError, match=r"asr.splice: \['persons'\] is no source"):
         run_asr_stage(cfg, tmp_path / "run2", tmp_path / "data", RecordingTracker())
+    cfg = micro_cfg("asr.word_balance={sources: [persons], max_plays: 4}")
+    with pytest.raises(PipelineError, match=r"asr.word_balance: \['persons'\] is no source"):
+        run_asr_stage(cfg, tmp_path / "run3", tmp_path / "data", RecordingTracker())
 
 
 def test_a_time_mask_longer_than_a_batch_is_left_out_of_that_batch(tiny_dataset_path: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
 from pipeline.asr.collate import CTCCollator, plan_augmentation, played_durations
 from pipeline.asr.model import load_asr
-from pipeline.asr.sampler import epoch_batches, eval_batches, played_clips, source_plays, spliced_plays
+from pipeline.asr.sampler import balanced_plays, epoch_batches, eval_batches, played_clips, source_plays, spliced_plays
 from pipeline.asr.vocab import PAD, UNK, WORD_DELIMITER, build_vocab, make_processor
 from pipeline.text import ALPHABET
 from pipeline.runtime import PipelineError
@@ -80,6 +80,27 @@ def test_source_weights_thin_or_repeat_a_sources_clips_each_epoch() -> None:
         source_plays({"demo": 0.5}, None, "the dataset")
     with pytest.raises(PipelineError, match="would get weight 0"):
         source_plays({"demo": 0, "fsdd": 0, "speech_commands": 0}, sources, "the dataset")
+
+
+def test_word_balance_plays_a_sources_rare_transcripts_more_up_to_a_cap() -> None:
+    # Speech Commands' shape: a core word said by many, rarer words by a few; another source untouched.
+    texts = ["yes"] * 40 + ["two"] * 10 + ["visual"] * 2 + ["two"] * 30
+    sources = ["speech_commands"] * 52 + ["fsdd"] * 30
+    balance = {"sources": ["speech_commands"], "max_plays": 8}
+    plays = balanced_plays(source_plays({"speech_commands": 2, "fsdd": 2}, sources, "the dataset"), balance,
+                           sources, texts, "the dataset")
+    assert plays == [2.0] * 40 + [8.0] * 10 + [16.0] * 2 + [2.0] * 30  # 40/10 = 4x; 40/2 = 20x, capped at 8x
+    # FSDD's "two" is counted within FSDD: 30 clips of its commonest transcript, played as before.
+    clips = played_clips(82, seed=1, epoch=0, plays=plays)
+    assert np.bincount(clips, minlength=82).tolist() == [2] * 40 + [8] * 10 + [16] * 2 + [2] * 30
+    # Without source weights, the balance starts from one play each; without the knob, nothing changes.
+    assert balanced_plays(None, {"sources": ["speech_commands"], "max_plays": 3}, sources, texts, "the dataset") == (
+        [1.0] * 40 + [3.0] * 12 + [1.0] * 30)
+    assert balanced_plays(None, None, sources, texts, "the dataset") is None
+    with pytest.raises(PipelineError, match=r"asr.word_balance: \['speech_comands'\] is no source of the dataset's train split"):
+        balanced_plays(None, {"sources": ["speech_comands"], "max_plays": 4}, sources, texts, "the dataset")
+    with pytest.raises(PipelineError, match="no transcript per training clip"):
+        balanced_plays(None, balance, sources, None, "the dataset")
 
 
 def test_splice_joins_a_share_of_the_chosen_sources_plays_to_a_partner_clip() -> None:
