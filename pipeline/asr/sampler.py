@@ -87,7 +87,9 @@ def balanced_plays(plays: list[float] | None, balance: Mapping | None, sources: 
     Why (`asr.word_balance`): Speech Commands has ~200 training clips of each of its ten core words
     and ~10 of each other word, so the model learns the core words from many people and the digits
     from a few, and hears a digit said by someone new as a core word ("two" as "go", "nine" as
-    "right"). Played more often, the rare words' few speakers count as much as the core words' many."""
+    "right"). Played more often, the rare words weigh as much as the core words in the loss. On the
+    human-voices recipe 4x did not help: the same few people heard more often (off there; see
+    conf/data/demo_speech.yaml)."""
     if not balance:
         return plays
     chosen = set(balance["sources"])
