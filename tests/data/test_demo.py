@@ -225,7 +225,7 @@ def test_flite_takes_of_the_keyword_clips_reach_the_export_spoken_by_flite(
 def test_piper_decoys_reach_the_export_spoken_by_the_piper_voice_and_are_deterministic(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    knobs = _keyword_knobs(alone=1.0)
+    knobs = {**_keyword_knobs(alone=1.0), "max_utterances": 8}  # each piper take is a process of its own
     plain, _ = ensure_demo_export({"demo": knobs}, tmp_path)
     with_piper, _ = ensure_demo_export({"demo": {**knobs, "other_wake_piper_decoys": 1}}, tmp_path / "again")
     before, records = _jsonl(plain), _jsonl(with_piper)
