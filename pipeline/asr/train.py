@@ -196,6 +196,7 @@ def set_up(
         print(f"[asr] warning: {oversized}", flush=True)
     buckets = compile_buckets(acfg, train_set.durations, samples_per_frame(model), longest_s) if acfg.compile else None
     shape = epoch_shape(acfg, buckets)
+    balance = acfg.get("word_balance")
     if resume_from is not None:
         _restart_epoch_if_batches_changed(state, placement, batch_seconds, shape)
     state["world_size"], state["max_batch_seconds"], state["epoch_shape"] = placement.world_size, batch_seconds, shape
@@ -212,9 +213,8 @@ def set_up(
         processor=processor, model=model, ddp_model=ddp_model,
         step_model=compiled_model(ddp_model, model) if acfg.compile else ddp_model,
         params=params, optimizer=optimizer, scaler=scaler, state=state, batch_seconds=batch_seconds,
-        plays=balanced_plays(source_plays(acfg.source_weights, train_set.sources, str(dataset_path)),
-                             acfg.get("word_balance"), train_set.sources,
-                             train_set.split["text"] if acfg.get("word_balance") else None, str(dataset_path)),
+        plays=balanced_plays(source_plays(acfg.source_weights, train_set.sources, str(dataset_path)), balance,
+                             train_set.sources, train_set.split["text"] if balance else None, str(dataset_path)),
         buckets=buckets, workers=workers,
         budget_s=float(acfg.max_train_minutes) * 60 if acfg.max_train_minutes is not None else math.inf,
         started=started,
