@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import subprocess
 from pathlib import Path
 
@@ -34,6 +35,17 @@ def _restore_environment():
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _forget_hydra_job():
+    """Tests that compose a job's config in-process set Hydra's job record (HydraConfig), which a
+    process keeps for its one job. Left set, a later test in the same process read that job's command
+    line as its own: `data=...` there kept the call's data settings over a run's recorded ones."""
+    yield
+    hydra_config = sys.modules.get("hydra.core.hydra_config")
+    if hydra_config is not None:
+        hydra_config.HydraConfig.instance().cfg = None
 
 SENTENCES = [
     ("alexa play jazz music", "play_music", [("music_genre", "jazz")], True),
