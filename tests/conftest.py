@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ def _forget_hydra_job():
     hydra_config = sys.modules.get("hydra.core.hydra_config")
     if hydra_config is not None:
         hydra_config.HydraConfig.instance().cfg = None
+
 
 SENTENCES = [
     ("alexa play jazz music", "play_music", [("music_genre", "jazz")], True),
