@@ -561,8 +561,6 @@ def write_missing_clip_lists(roots: Roots, key: bytes) -> int:
     would match no request, and the run would pass as clean once the dataset goes (without a list the
     audit names it instead). A dataset whose report names no key (built before reports did) is taken
     as the current key's, with a warning (privacy.check_key_id), and the stamp says the key was assumed."""
-    from pipeline.data.build import write_clip_list
-
     written = 0
     for run in run_folders(roots):
         fingerprint, given = _built(run)
@@ -570,6 +568,10 @@ def write_missing_clip_lists(roots: Roots, key: bytes) -> int:
                         if d is not None and (d / "dataset_dict.json").is_file()), None)
         if (run / run_folder.DATASET_CLIPS).exists() or dataset is None:
             continue
+        # Here, not above: the build imports torch and datasets (~3 s), which a job with no list to
+        # write (every scheduled retraining that finds nothing new) does not need.
+        from pipeline.data.build import write_clip_list
+
         try:
             built_under = dataset_key_id(dataset)
             check_key_id(built_under, key, f"dataset {dataset} (whose clips run folder {run} would list in its "

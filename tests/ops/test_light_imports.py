@@ -4,6 +4,7 @@ scipy.stats and datasets cost seconds to import."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,24 @@ def test_evaluate_py_refuses_a_missing_dataset_before_importing_a_model_library(
     assert "no dataset to evaluate on: give dataset=" in out.stderr, out.stderr
     assert "exit 2" in out.stdout, out.stdout
     assert out.stdout.strip().endswith("heavy:"), f"imported before the config error: {out.stdout}"
+
+
+def test_a_retraining_job_with_nothing_new_imports_no_model_library(tmp_path: Path) -> None:
+    """The scheduled job runs often and mostly finds nothing new: its intake, erasure and decision
+    need no model library (the erasure's clip lists imported the data build, and torch with it)."""
+    (tmp_path / "inbox").mkdir()
+    argv = ["retrain.py", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", f"erase.outputs={tmp_path / 'runs'}",
+            f"erase.multirun={tmp_path / 'multirun'}"]
+    code = ("import runpy, sys\n"
+            f"sys.argv = {argv!r}\n"
+            "try:\n"
+            "    runpy.run_path('retrain.py', run_name='__main__')\n"
+            "except SystemExit as stop:\n"
+            "    print('exit', stop.code)\n"
+            f"print('heavy:', ' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+    env = {**os.environ, "PIPELINE_PSEUDONYM_KEY": "light-key", "PIPELINE_CACHE_DIR": str(tmp_path / "cache"),
+           "PIPELINE_INBOX": str(tmp_path / "inbox"), "PIPELINE_REGISTRY_DIR": str(tmp_path / "registry"),
+           "WANDB_MODE": "disabled"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert "nothing_to_do" in out.stderr + out.stdout and "exit 0" in out.stdout, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("heavy:"), f"imported by a job with nothing to do: {out.stdout}"
