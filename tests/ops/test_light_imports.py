@@ -24,18 +24,24 @@ def test_ops_commands_and_config_checks_import_no_model_library() -> None:
     assert out.stdout.strip() == "", f"imported at start-up: {out.stdout.strip()}"
 
 
-def test_evaluate_py_refuses_a_missing_dataset_before_importing_a_model_library(tmp_path: Path) -> None:
-    """`evaluate.py asr_model=...` without dataset= (and without run=) is a config error: it is
-    answered before torch loads, not seconds later."""
-    argv = ["evaluate.py", f"asr_model={tmp_path / 'asr'}", f"hydra.run.dir={tmp_path / 'out'}", "logger=none"]
+def _run_script(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python <argv>` in a child that prints, after the script ends, its exit code ("exit <code>")
+    and then the model libraries it imported ("heavy: ...")."""
     code = ("import runpy, sys\n"
             f"sys.argv = {argv!r}\n"
             "try:\n"
-            "    runpy.run_path('evaluate.py', run_name='__main__')\n"
+            f"    runpy.run_path({argv[0]!r}, run_name='__main__')\n"
             "except SystemExit as stop:\n"
             "    print('exit', stop.code)\n"
             f"print('heavy:', ' '.join(m for m in {HEAVY!r} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_evaluate_py_refuses_a_missing_dataset_before_importing_a_model_library(tmp_path: Path) -> None:
+    """`evaluate.py asr_model=...` without dataset= (and without run=) is a config error: it is
+    answered before torch loads, not seconds later."""
+    out = _run_script(["evaluate.py", f"asr_model={tmp_path / 'asr'}", f"hydra.run.dir={tmp_path / 'out'}",
+                       "logger=none"], dict(os.environ))
     assert "no dataset to evaluate on: give dataset=" in out.stderr, out.stderr
     assert "exit 2" in out.stdout, out.stdout
     assert out.stdout.strip().endswith("heavy:"), f"imported before the config error: {out.stdout}"
@@ -47,16 +53,9 @@ def test_a_retraining_job_with_nothing_new_imports_no_model_library(tmp_path: Pa
     (tmp_path / "inbox").mkdir()
     argv = ["retrain.py", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", f"erase.outputs={tmp_path / 'runs'}",
             f"erase.multirun={tmp_path / 'multirun'}"]
-    code = ("import runpy, sys\n"
-            f"sys.argv = {argv!r}\n"
-            "try:\n"
-            "    runpy.run_path('retrain.py', run_name='__main__')\n"
-            "except SystemExit as stop:\n"
-            "    print('exit', stop.code)\n"
-            f"print('heavy:', ' '.join(m for m in {HEAVY!r} if m in sys.modules))")
     env = {**os.environ, "PIPELINE_PSEUDONYM_KEY": "light-key", "PIPELINE_CACHE_DIR": str(tmp_path / "cache"),
            "PIPELINE_INBOX": str(tmp_path / "inbox"), "PIPELINE_REGISTRY_DIR": str(tmp_path / "registry"),
            "WANDB_MODE": "disabled"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out = _run_script(argv, env)
     assert "nothing_to_do" in out.stderr + out.stdout and "exit 0" in out.stdout, out.stderr[-2000:]
     assert out.stdout.strip().endswith("heavy:"), f"imported by a job with nothing to do: {out.stdout}"
