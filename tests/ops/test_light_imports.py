@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.ops.test_retrain_cli import _env as retrain_env
+
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "scipy.stats", "datasets")
 
@@ -53,9 +55,6 @@ def test_a_retraining_job_with_nothing_new_imports_no_model_library(tmp_path: Pa
     (tmp_path / "inbox").mkdir()
     argv = ["retrain.py", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", f"erase.outputs={tmp_path / 'runs'}",
             f"erase.multirun={tmp_path / 'multirun'}"]
-    env = {**os.environ, "PIPELINE_PSEUDONYM_KEY": "light-key", "PIPELINE_CACHE_DIR": str(tmp_path / "cache"),
-           "PIPELINE_INBOX": str(tmp_path / "inbox"), "PIPELINE_REGISTRY_DIR": str(tmp_path / "registry"),
-           "WANDB_MODE": "disabled"}
-    out = _run_script(argv, env)
+    out = _run_script(argv, retrain_env(tmp_path))
     assert "nothing_to_do" in out.stderr + out.stdout and "exit 0" in out.stdout, out.stderr[-2000:]
     assert out.stdout.strip().endswith("heavy:"), f"imported by a job with nothing to do: {out.stdout}"
