@@ -790,8 +790,35 @@ def maybe_online(run: Path) -> bool:
     return bool(synced) or not logs or any(not log.parent.name.startswith("offline-run-") for log in logs)
 
 
+def online_places(run: Path) -> dict[str, list[str]]:
+    """Where W&B holds this run folder's runs, by id: `entity/project/<id>` for each project its logs
+    name (`project/<id>` where a log names no entity). Read before the run's W&B folder goes. The
+    project is the one the run was logged to, not today's `logger.project`: looked for in another
+    project, a run is "not found" there, and its online copy would be forgotten. A run resumed under
+    another project (`evaluate.py run=... logger.project=...`) is in both."""
+    from pipeline.tracking.wandb_offline import logged_to, transaction_logs
+
+    places: dict[str, set[str]] = {}
+    for log in transaction_logs(run / "wandb") if (run / "wandb").is_dir() else []:
+        if (found := logged_to(log)) and found[2]:
+            run_id, entity, project = found
+            places.setdefault(run_id, set()).add("/".join([*([entity] if entity else []), project, run_id]))
+    return {run_id: sorted(paths) for run_id, paths in places.items()}
+
+
+def _api_path(run: str, project: str, entity: str | None, api: Any) -> str:
+    """wandb.Api's `entity/project/id` for a pending run: an id alone is in `logger.project`, and a
+    project without an entity in the uploader's default entity (where W&B filed it)."""
+    parts = run.split("/")
+    if len(parts) == 1:
+        return f"{entity or api.default_entity}/{project}/{run}"  # the default entity asks W&B
+    return run if len(parts) == 3 else f"{api.default_entity}/{run}"
+
+
 def delete_online(run_ids: list[str], project: str, entity: str | None, api: Any = None) -> list[dict[str, Any]]:
-    """Delete each run's logged artifacts, then the run, through W&B's public API.
+    """Delete each run's logged artifacts, then the run, through W&B's public API. `run_ids` are W&B ids,
+    or `[entity/]project/id` where the run's logs said where it went (online_places); an id alone is
+    looked for in `logger.project`.
 
     A run that was never uploaded is not an error (W&B answers "no such run", a ValueError): there
     is nothing online to delete. Any other failure (W&B unreachable, a server error, no credentials)
@@ -810,7 +837,7 @@ def delete_online(run_ids: list[str], project: str, entity: str | None, api: Any
     done = []
     for run_id in run_ids:
         try:
-            run = api.run(f"{entity or api.default_entity}/{project}/{run_id}")  # the default entity asks W&B
+            run = api.run(_api_path(run_id, project, entity, api))
         except ValueError as err:  # wandb's RunNotFoundError: never uploaded, or already deleted
             done.append({"run": run_id, "online": "not found", "detail": type(err).__name__})
             continue
@@ -851,16 +878,17 @@ class Erasure:
     removed: list[dict[str, Any]] = field(default_factory=list)
     do_not_sync: list[str] = field(default_factory=list)
     online: list[dict[str, Any]] = field(default_factory=list)
-    # W&B run ids uploaded (or unknown) whose online copy is not deleted yet: kept in state.json and
-    # retried by every erasure until W&B confirms (or has no such run).
+    # W&B runs uploaded (or unknown) whose online copy is not deleted yet, by id or `[entity/]project/id`
+    # (online_places): kept in state.json and retried by every erasure until W&B confirms (or has no such run).
     online_pending: list[str] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     audio_copies: list[str] = field(default_factory=list)  # utterances taken as copies of a deleted clip's audio
     receipt: Path | None = None
-    # W&B runs of run folders retired with a lost key (retire_lost_key): (run id, maybe online, its id file),
-    # deleted online and forgotten locally as the erased runs' are.
-    retired_wandb: list[tuple[str, bool, Path]] = field(default_factory=list)
+    # W&B runs of run folders retired with a lost key (retire_lost_key): (where W&B holds it, as
+    # online_places gives it; maybe online; its id file), deleted online and forgotten locally as the
+    # erased runs' are.
+    retired_wandb: list[tuple[list[str], bool, Path]] = field(default_factory=list)
 
     def remove(self, kind: str, path: Path, **detail: Any) -> None:
         self.removed.append({"kind": kind, "path": str(path), **detail})
@@ -998,7 +1026,7 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
     kept = kept_digests(roots, erased)  # before the erased runs' W&B folders go
     stale: set[str] = set()  # digests of plots a trimmed run drew again: their staged copies name the deleted
     for run in run_folders(roots):
-        may_be_online = maybe_online(run)  # read before the run's W&B folder goes
+        may_be_online, places = maybe_online(run), online_places(run)  # read before the run's W&B folder goes
         if run_fingerprints(run) & erased or run in listed.runs:
             paths, digests, online_id = _erase_run(run, erased, job)
             staged |= paths
@@ -1007,13 +1035,14 @@ def erase_copies(cfg: DictConfig, roots: Roots | None = None, key: bytes | None 
         else:
             online_id, redrawn = _trim_run(run, key, deleted, texts, job)
             stale |= redrawn
-        online_ids += [online_id] if online_id else []
-        uploaded += [online_id] if online_id and may_be_online else []
+        online = places.get(online_id, [online_id]) if online_id else []
+        online_ids += online
+        uploaded += online if may_be_online else []
         retired += [run / RUN_ID_FILE] if online_id else []
 
-    for online_id, may_be_online, id_file in job.retired_wandb:
-        online_ids.append(online_id)
-        uploaded += [online_id] if may_be_online else []
+    for online, may_be_online, id_file in job.retired_wandb:
+        online_ids += online
+        uploaded += online if may_be_online else []
         retired.append(id_file)
 
     for f in [d / run_folder.QUARANTINE_LINES for d in [*run_folders(roots), *dataset_folders(roots)]]:
@@ -1125,7 +1154,7 @@ def retire_lost_key(roots: Roots, registry: Registry, lost: str, key: bytes, job
             if lost in (folder_key_id(run), _run_report(run).get(run_folder.REPORT_KEY_ID)) and derived_parts(run)]
     kept = {d for run in run_folders(roots) if run not in runs for d in wandb_manifest(run)[1]}
     for run in runs:
-        may_be_online = maybe_online(run)  # read before the run's W&B folder goes
+        may_be_online, places = maybe_online(run), online_places(run)  # read before the run's W&B folder goes
         start = len(job.removed)
         paths, _, online_id = _erase_run(run, set(), job, reason=f"made under the lost pseudonym key {lost}")
         for entry in job.removed[start:]:
@@ -1135,7 +1164,7 @@ def retire_lost_key(roots: Roots, registry: Registry, lost: str, key: bytes, job
                 f.unlink()
                 job.remove("W&B staging", f, lost_key_id=lost)
         if online_id:
-            job.retired_wandb.append((online_id, may_be_online, run / RUN_ID_FILE))
+            job.retired_wandb.append((places.get(online_id, [online_id]), may_be_online, run / RUN_ID_FILE))
     for folder in dataset_folders(roots):
         if dataset_key_id(folder) == lost:
             shutil.rmtree(folder)

@@ -23,6 +23,7 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 @dataclass
 class OfflineRun:
     run_id: str = ""
+    entity: str = ""  # empty where the run named none: W&B then files it under the uploader's default entity
     project: str = ""
     group: str = ""
     name: str = ""
@@ -73,6 +74,23 @@ def transaction_logs(folder: Path) -> list[Path]:
     return sorted(folder.rglob("run-*.wandb"), key=lambda p: p.parent.name)
 
 
+def logged_to(wandb_file: Path) -> tuple[str, str, str] | None:
+    """(run id, entity, project) of the run this log records, from its first run record; None for a log
+    with none (cut short before it) or one that is not a W&B log. Reads no further than that record."""
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    try:
+        for raw in raw_records(wandb_file):
+            record = pb.Record()
+            record.ParseFromString(raw)
+            if record.WhichOneof("record_type") == "run":
+                return record.run.run_id, record.run.entity, record.run.project
+    except (OSError, ValueError, DecodeError):  # unreadable, not a W&B log, or a record cut short
+        return None
+    return None
+
+
 def read_offline_run(wandb_file: Path) -> OfflineRun:
     from wandb.proto import wandb_internal_pb2 as pb
 
@@ -83,7 +101,7 @@ def read_offline_run(wandb_file: Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             r = record.run
-            run.run_id, run.project, run.group = r.run_id, r.project, r.run_group
+            run.run_id, run.entity, run.project, run.group = r.run_id, r.entity, r.project, r.run_group
             run.name = r.display_name
             run.tags = list(r.tags)
             for item in r.config.update:

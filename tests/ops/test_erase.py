@@ -265,6 +265,65 @@ def test_online_runs_of_erased_runs_are_deleted_through_the_wandb_api(store: dic
     assert online == {"abc123": "deleted", "never-uploaded": "not found"}
 
 
+class _ProjectsApi(_Api):
+    """W&B holding runs in the projects they were logged to: any other path is "no such run"."""
+
+    def __init__(self, held: set[str]) -> None:
+        super().__init__()
+        self.held = held
+
+    def run(self, path: str) -> _Run:
+        self.paths.append(path)
+        if path not in self.held:
+            raise ValueError(f"Could not find run {path}")  # what wandb's RunNotFoundError is
+        return _Run(self.log, path.rsplit("/", 1)[1])
+
+
+def _log_offline(run: Path, run_id: str, project: str, entity: str | None) -> None:
+    """A real offline W&B run in the run folder, as `logger=wandb logger.mode=offline` leaves one."""
+    import wandb
+
+    (run / "wandb_run_id").write_text(run_id + "\n")
+    logged = wandb.init(mode="offline", project=project, entity=entity, id=run_id, dir=str(run),
+                        settings=wandb.Settings(silent=True, console="off"))
+    logged.log({"asr/wer": 0.5})
+    logged.finish()
+    synced = next((run / "wandb").glob(f"offline-run-*-{run_id}")) / f"run-{run_id}.wandb.synced"
+    synced.write_text("")  # `make sync` uploaded it
+
+
+def test_an_erased_runs_online_copy_is_deleted_in_the_project_it_was_logged_to(store: dict[str, Any]) -> None:
+    """Before the fix: erasure looked for every erased run in today's `logger.project`. A run logged to
+    another project (the setting changed since, or given on the run's command line) was "not found"
+    there, dropped from the pending list, and its online copy stayed."""
+    root = store["root"]
+    first, second = store["affected_runs"]
+    _log_offline(first, "trial42", project="asr-trials", entity="acme")
+    _log_offline(second, "old7", project="voice-pipeline-2025", entity=None)  # W&B's default entity
+    api = _ProjectsApi({"acme/asr-trials/trial42", "team/voice-pipeline-2025/old7"})
+    job = erase.erase(load_config([*overrides(root), "erase.wandb_online=true"]), api=api)
+    assert sorted(api.paths) == ["acme/asr-trials/trial42", "team/voice-pipeline-2025/old7"]
+    assert sorted(api.log) == sorted([f"artifact {i}-{a} aliases=True" for i in ("trial42", "old7")
+                                      for a in ("asr-model", "evaluation")] + ["run trial42 artifacts=True",
+                                                                              "run old7 artifacts=True"])
+    assert {o["run"]: o["online"] for o in _receipt(root)["wandb_online"]} == {
+        "acme/asr-trials/trial42": "deleted", "voice-pipeline-2025/old7": "deleted"}
+    assert job.online_pending == []
+
+
+def test_a_run_pending_online_stays_pending_in_its_own_project(store: dict[str, Any]) -> None:
+    """The project a run was logged to is kept with it while W&B is out of reach, and used when W&B is back."""
+    root = store["root"]
+    first, _ = store["affected_runs"]
+    _log_offline(first, "trial42", project="asr-trials", entity="acme")
+    job = erase.erase(load_config([*overrides(root), "erase.wandb_online=false"]))
+    assert job.online_pending == ["acme/asr-trials/trial42"] and not (first / "wandb").exists()
+    api = _ProjectsApi({"acme/asr-trials/trial42"})
+    job = erase.erase(load_config([*overrides(root), "erase.wandb_online=true", "logger.project=elsewhere"]), api=api)
+    assert api.paths == ["acme/asr-trials/trial42"] and api.log[-1] == "run trial42 artifacts=True"
+    assert job.online_pending == []
+
+
 class _DownApi(_Api):
     """A W&B server that answers, then fails mid-deletion (an HTTP 502)."""
 
