@@ -815,6 +815,13 @@ def _api_path(run: str, project: str, entity: str | None, api: Any) -> str:
     return run if len(parts) == 3 else f"{api.default_entity}/{run}"
 
 
+def _no_such_run(err: Exception) -> bool:
+    """W&B's answer that it holds no such run (wandb's RunNotFoundError, a ValueError "Could not find
+    run ..."). Only that one lets a pending run go: any other error, a ValueError included (a path W&B
+    could not parse, say), says nothing about whether the run is online."""
+    return isinstance(err, ValueError) and str(err).startswith("Could not find run")
+
+
 def delete_online(run_ids: list[str], project: str, entity: str | None, api: Any = None) -> list[dict[str, Any]]:
     """Delete each run's logged artifacts, then the run, through W&B's public API. `run_ids` are W&B ids,
     or `[entity/]project/id` where the run's logs said where it went (online_places); an id alone is
@@ -838,10 +845,10 @@ def delete_online(run_ids: list[str], project: str, entity: str | None, api: Any
     for run_id in run_ids:
         try:
             run = api.run(_api_path(run_id, project, entity, api))
-        except ValueError as err:  # wandb's RunNotFoundError: never uploaded, or already deleted
-            done.append({"run": run_id, "online": "not found", "detail": type(err).__name__})
-            continue
         except Exception as err:  # noqa: BLE001 - unreachable, or a server error: retried next time
+            if _no_such_run(err):  # never uploaded, or already deleted
+                done.append({"run": run_id, "online": "not found", "detail": type(err).__name__})
+                continue
             done.append({"run": run_id, "online": "failed", "artifacts": 0,
                          "detail": f"{type(err).__name__}: {first_line(err)}"})
             continue

@@ -275,7 +275,9 @@ class _ProjectsApi(_Api):
     def run(self, path: str) -> _Run:
         self.paths.append(path)
         if path not in self.held:
-            raise ValueError(f"Could not find run {path}")  # what wandb's RunNotFoundError is
+            from wandb.apis.public.runs import RunNotFoundError
+
+            raise RunNotFoundError(f"Could not find run {path}")  # as wandb.apis.public.Run.load words it
         return _Run(self.log, path.rsplit("/", 1)[1])
 
 
@@ -408,6 +410,31 @@ def test_a_run_that_logged_online_stays_pending_when_erased_while_wandb_is_unrea
     api = _Api()
     job = erase.erase(load_config([*overrides(root), "erase.wandb_online=true"]), api=api)
     assert api.log[-1] == "run live42 artifacts=True" and job.online_pending == []
+
+
+class _RefusingApi(_Api):
+    """W&B refusing the request with a ValueError that is not "no such run"."""
+
+    def run(self, path: str) -> _Run:
+        self.paths.append(path)
+        raise ValueError(f"Invalid path: {path}")
+
+
+def test_only_no_such_run_lets_a_pending_run_go(store: dict[str, Any]) -> None:
+    """Before the fix: any ValueError from W&B was taken for "no such run" (wandb's RunNotFoundError
+    is one), so a refusal of another kind dropped the run from the pending list for good."""
+    root = store["root"]
+    first, _ = store["affected_runs"]
+    _log_offline(first, "trial42", project="asr-trials", entity="acme")
+    refusing = _RefusingApi()
+    job = erase.erase(load_config([*overrides(root), "erase.wandb_online=true"]), api=refusing)
+    assert refusing.paths == ["acme/asr-trials/trial42"]
+    assert [(o["run"], o["online"]) for o in job.online] == [("acme/asr-trials/trial42", "failed")]
+    assert job.online_pending == ["acme/asr-trials/trial42"] and "Invalid path" in job.online[0]["detail"]
+    # W&B answers that it has no such run: nothing online, nothing pending.
+    job = erase.erase(load_config([*overrides(root), "erase.wandb_online=true"]), api=_ProjectsApi(set()))
+    assert [(o["run"], o["online"]) for o in job.online] == [("acme/asr-trials/trial42", "not found")]
+    assert job.online_pending == []
 
 
 def test_erased_wandb_runs_lose_their_id_files_and_stay_pending_by_id(store: dict[str, Any]) -> None:
