@@ -56,9 +56,25 @@ def kept_from_children(fd: int) -> Iterator[None]:
         _held_locks.discard(fd)
 
 
+# In the cache root: every run folder a job wrote into, one absolute path a line. Erasure and the
+# deletion audit look in each (pipeline.ops.inventory.run_folders), wherever `hydra.run.dir` put it,
+# besides every run under erase.outputs and erase.multirun.
+RUN_FOLDERS_LIST = "run_folders.txt"
+
+
+def list_run_folder(run_dir: Path, cache_dir: Path) -> None:
+    """Adds the run folder to the cache's list, once."""
+    listed, line = cache_dir / RUN_FOLDERS_LIST, str(run_dir.resolve())
+    if listed.is_file() and line in listed.read_text().splitlines():
+        return
+    with listed.open("a") as f:  # one short line appended: whole, even beside another process's
+        f.write(line + "\n")
+
+
 def configure_environment(run_dir: Path, cache_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    list_run_folder(run_dir, cache_dir)
     # W&B keeps transcripts (tables) and model files (artifacts) in these: they must lie where
     # erasure and the deletion audit look (this run's folder, the cache root; pipeline/ops/inventory.py),
     # so a value set outside is replaced, not kept.

@@ -84,6 +84,9 @@ def train_run(tmp_path_factory: pytest.TempPathFactory) -> TrainRun:
 def test_train_exits_cleanly_into_one_run_folder(train_run: TrainRun) -> None:
     assert train_run.done.returncode == 0, train_run.done.stderr[-3000:]
     assert train_run.path("config.yaml").is_file()
+    # The cache lists the folder, so erasure and the audit look in it though it is not under outputs/.
+    listed = train_run.folder.parent / "cache" / "run_folders.txt"
+    assert listed.read_text().splitlines() == [str(train_run.folder.resolve())]
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ from pipeline.data.label_noise import RUN_FILE as NOISE_FILE
 from pipeline.data.privacy import KEY_ID_FILE, REQUESTS_FILE, TOMBSTONES_FILE
 from pipeline.ops.registry import HELD_DECISION, LOCK_FILE
 from pipeline.run_folder import BUILD_REPORT, DATASET_CLIPS, EVAL_CONFIG_DIR, QUARANTINE_LINES
-from pipeline.runtime import PipelineError
+from pipeline.runtime import RUN_FOLDERS_LIST, PipelineError
 from pipeline.tracking.wandb_run import RUN_ID_FILE
 
 # What a place can hold: the clip's audio, its transcript, its pseudonymous ids, or weights fitted
@@ -113,6 +113,8 @@ PLACES: tuple[Place, ...] = (
     Place("demo background", "cache", ("demo_background/*",), (), "pipeline.data.background", "keep"),
     Place("lone words", "cache", ("lone_words/*",), (), "pipeline.data.demo", "keep"),
     Place("benchmark data", "cache", ("bench/*",), (), "bench.nlu_bench (MASSIVE, public text)", "keep"),
+    # Paths of run folders (the folders' names, which hydra.run.dir chose), for erasure to look in.
+    Place("run folder list", "cache", (RUN_FOLDERS_LIST,), (), "pipeline.runtime", "keep"),
 )
 
 # Inside every run folder (anything under outputs/ or multirun/ with a build_report.json).
@@ -188,10 +190,11 @@ def walk_files(root: Path) -> Iterator[Path]:
 
 
 def run_folders(roots: Roots) -> list[Path]:
-    """Run folders under outputs/ and multirun/: a folder the data stage wrote a build report into,
-    one `evaluate.py` wrote (its `.hydra-evaluate/`: a model scored on a dataset, which holds that
-    dataset's transcripts and ids as any run's evaluation does), one of a run that stopped before its
-    data stage (only `.hydra/` and a log), and a sweep's folder (`multirun.yaml`)."""
+    """Run folders under outputs/ and multirun/, and those the cache's list names wherever they are
+    (`hydra.run.dir=<elsewhere>`; pipeline.runtime.RUN_FOLDERS_LIST): a folder the data stage wrote a
+    build report into, one `evaluate.py` wrote (its `.hydra-evaluate/`: a model scored on a dataset,
+    which holds that dataset's transcripts and ids as any run's evaluation does), one of a run that
+    stopped before its data stage (only `.hydra/` and a log), and a sweep's folder (`multirun.yaml`)."""
     found: list[Path] = []
     for name, root in (("outputs", roots.outputs), ("multirun", roots.multirun)):
         if check_root(name, root):
@@ -202,7 +205,18 @@ def run_folders(roots: Roots) -> list[Path]:
                     found.append(p.parent)
                 elif p.name == "config.yaml" and p.parent.name in (".hydra", EVAL_CONFIG_DIR):
                     found.append(p.parent.parent)
-    return sorted(set(found))
+    return sorted(set(found) | set(listed_run_folders(roots)))
+
+
+def listed_run_folders(roots: Roots) -> list[Path]:
+    """The run folders the cache's list names that are still there and still runs (a folder removed
+    by hand, or reused for something else, is not one)."""
+    listed = roots.cache / RUN_FOLDERS_LIST
+    if not listed.is_file():
+        return []
+    marks = (RUN_MARKER, "multirun.yaml", ".hydra/config.yaml", f"{EVAL_CONFIG_DIR}/config.yaml")
+    return [run for run in map(Path, dict.fromkeys(listed.read_text().splitlines()))
+            if run.is_absolute() and any((run / mark).is_file() for mark in marks)]
 
 
 def place_under(f: Path, roots: Roots) -> Place | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,6 +201,29 @@ def test_a_root_that_cannot_be_scanned_is_an_error_naming_it(store: dict[str, An
     assert erase.main(args) == 2
     assert audit.main([*overrides(store["root"]), "erase.no_such_key=1"]) == 2
     assert erase.main([*overrides(store["root"]), "erase.no_such_key=1"]) == 2
+
+
+def test_a_run_folder_outside_the_roots_is_audited_and_erased_once_the_cache_lists_it(
+    store: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before the fix: erasure and the audit looked for run folders only under erase.outputs and
+    erase.multirun, so a run written elsewhere (`hydra.run.dir=/scratch/...`) kept the models and
+    predictions of a deleted clip, and the audit called the store clean."""
+    from pipeline.runtime import configure_environment
+
+    root = store["root"]
+    first, _ = store["affected_runs"]
+    elsewhere = tmp_path / "scratch" / "exp1"
+    shutil.move(first, elsewhere)
+    configure_environment(elsewhere, root / "cache")  # what every job does with its run folder first
+    assert audit.main(overrides(root)) == 3
+    out = capsys.readouterr().out
+    assert f"{elsewhere}" in out and "and 1 run folder(s) outside them that the cache lists" in out
+    assert erase.main(overrides(root)) == 0
+    assert not (elsewhere / "asr").exists() and not (elsewhere / "nlu").exists()
+    assert not (elsewhere / "predictions.jsonl").exists() and (elsewhere / DO_NOT_SYNC).is_file()
+    assert str(elsewhere) in json.dumps(_receipt(root)["marked_do_not_sync"])
+    assert audit.main(overrides(root)) == 0
 
 
 def test_sync_refuses_runs_marked_do_not_sync(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
