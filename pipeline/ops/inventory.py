@@ -205,7 +205,9 @@ def run_folders(roots: Roots) -> list[Path]:
                     found.append(p.parent)
                 elif p.name == "config.yaml" and p.parent.name in (".hydra", EVAL_CONFIG_DIR):
                     found.append(p.parent.parent)
-    return sorted(set(found) | set(listed_run_folders(roots)))
+    # A listed folder under a root is the one found there (compared resolved: a root may be reached by a link).
+    seen = {run.resolve() for run in found}
+    return sorted(set(found) | {run for run in listed_run_folders(roots) if run.resolve() not in seen})
 
 
 def listed_run_folders(roots: Roots) -> list[Path]:

@@ -226,6 +226,20 @@ def test_a_run_folder_outside_the_roots_is_audited_and_erased_once_the_cache_lis
     assert audit.main(overrides(root)) == 0
 
 
+def test_a_listed_run_folder_under_a_root_reached_through_a_link_counts_once(store: dict[str, Any], tmp_path: Path) -> None:
+    """Every job lists its folder, resolved; erase.outputs may name the same folder through a link."""
+    from pipeline.ops.inventory import Roots, run_folders
+    from pipeline.runtime import configure_environment
+
+    root = store["root"]
+    (tmp_path / "outputs-link").symlink_to(root / "outputs")
+    roots = Roots.from_cfg(load_config([*overrides(root), f"erase.outputs={tmp_path / 'outputs-link'}"]))
+    before = run_folders(roots)
+    for run in store["runs"]:
+        configure_environment(run, root / "cache")
+    assert run_folders(roots) == before and len(before) == len(set(before))
+
+
 def test_sync_refuses_runs_marked_do_not_sync(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("erased", "fine"):
         log = tmp_path / "outputs" / name / "wandb" / "offline-run-1-abc" / "run-abc.wandb"
