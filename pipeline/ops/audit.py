@@ -54,7 +54,8 @@ from pipeline.ops.inventory import (KILLED_WRITE, PLACES, RUN_PARTS, WRITTEN_WHO
                                     listed_run_folders, place_of, place_under, run_folders, run_of, walk_files)
 from pipeline.ops.registry import PROMOTING, RECORD, Registry, check_record_key, weights_saw_deleted
 from pipeline.ops.textscan import TEXT_SUFFIXES, searched, starts_as_text, text_chunks, text_lines
-from pipeline.run_folder import DATASET_CLIPS, QUARANTINE_LINES
+from pipeline.run_folder import DATASET_CLIPS, QUARANTINE_LINES, dataset_path
+from pipeline.runtime import PipelineError
 
 EXIT_CLEAN, EXIT_CONFIG, EXIT_FOUND = 0, 2, 3
 PSEUDONYM = re.compile(rb"\b(?:utt|acct|dev)_[0-9a-f]{16}\b")
@@ -284,6 +285,21 @@ def _erased_by_content(f: Path, kind: str) -> bool:
 UNMANAGED = ("run folder", "unregistered")  # _kind_of's names for files outside every known place
 
 
+def datasets_elsewhere(roots: Roots) -> list[Path]:
+    """Datasets that runs here were built on and that lie outside erase.cache_root (a job run with
+    another PIPELINE_CACHE_DIR): neither erasure nor the audit looks in them, so a deleted clip there
+    would go unseen; said, so that "clean" is not read as covering them."""
+    cache, found = roots.cache.resolve(), set()
+    for run in run_folders(roots):
+        try:
+            path = dataset_path(run)
+        except PipelineError:  # a build report that names no dataset: nothing to look in
+            continue
+        if path is not None and path.is_dir() and not path.resolve().is_relative_to(cache):
+            found.add(path)
+    return sorted(found)
+
+
 def _kind_of(f: Path, roots: Roots, runs: list[Path]) -> str:
     run = run_of(f, runs)
     if run is not None:
@@ -352,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
               "a deleted clip by its ids cannot be told (only copies of deleted audio and transcripts were looked "
               "for there); restore that key and audit again, or remove them (a cache: the next build makes their "
               "data again under the current key): " + ", ".join(map(str, unmatched)))
+    elsewhere_data = datasets_elsewhere(where) if known else []
+    if elsewhere_data:
+        print(f"audit: {len(elsewhere_data)} dataset(s) that runs here were built on lie outside erase.cache_root="
+              f"{where.cache}, so neither erasure nor this audit looked in them; audit and erase again with "
+              "erase.cache_root=<the cache that holds them>, or remove them: " + ", ".join(map(str, elsewhere_data)))
     if not known:
         # Nothing to look for is not "clean": a deletions file only a build read (data.deletions)
         # kept its clips out of that dataset, and is unknown here.
@@ -363,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audit: clean: no trace of the {known} deleted id(s) requested under the roots scanned"
               + (f" ({len(absent)} absent, not scanned: check they are meant to be)" if absent else "")
               + (f"; {len(unlisted)} run folder(s) not judged (above)" if unlisted else "")
-              + (f"; {len(unmatched)} cached dataset(s) not judged (above)" if unmatched else ""))
+              + (f"; {len(unmatched)} cached dataset(s) not judged (above)" if unmatched else "")
+              + (f"; {len(elsewhere_data)} dataset(s) outside the cache root not scanned (above)" if elsewhere_data else ""))
         return EXIT_CLEAN
     # Files in no place the inventory knows (put there by hand, or by another tool), and text files the
     # pipeline writes no data under (a `notes` copy in a run folder): erasure removes only what it knows

@@ -240,6 +240,26 @@ def test_a_listed_run_folder_under_a_root_reached_through_a_link_counts_once(sto
     assert run_folders(roots) == before and len(before) == len(set(before))
 
 
+def test_the_audit_names_a_dataset_of_a_run_here_that_lies_in_another_cache(
+    store: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A job run with another PIPELINE_CACHE_DIR built its dataset there: neither erasure nor the audit
+    looks in it, so "clean" says so instead of reading as covering it."""
+    root = store["root"]
+    fingerprint = store["fingerprints"][1]  # a dataset the deleted account is not in
+    other = tmp_path / "other-cache" / "datasets" / fingerprint
+    shutil.move(root / "cache" / "datasets" / fingerprint, other)
+    for report in root.glob("outputs/**/build_report.json"):
+        report.write_text(report.read_text().replace(str(root / "cache" / "datasets" / fingerprint), str(other)))
+    assert erase.main(overrides(root)) == 0
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 0
+    out = capsys.readouterr().out
+    assert (f"audit: 1 dataset(s) that runs here were built on lie outside erase.cache_root={root / 'cache'}, so "
+            f"neither erasure nor this audit looked in them") in out and out.rstrip().endswith(
+        "; 1 dataset(s) outside the cache root not scanned (above)") and str(other) in out
+
+
 def test_sync_refuses_runs_marked_do_not_sync(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("erased", "fine"):
         log = tmp_path / "outputs" / name / "wandb" / "offline-run-1-abc" / "run-abc.wandb"
