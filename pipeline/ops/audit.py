@@ -371,8 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     elsewhere_data = datasets_elsewhere(where) if known else []
     if elsewhere_data:
         print(f"audit: {len(elsewhere_data)} dataset(s) that runs here were built on lie outside erase.cache_root="
-              f"{where.cache}, so neither erasure nor this audit looked in them; audit and erase again with "
-              "erase.cache_root=<the cache that holds them>, or remove them: " + ", ".join(map(str, elsewhere_data)))
+              f"{where.cache}, so neither erasure nor this audit looked in them; remove them (a cache: the next "
+              "build makes their data again), and run jobs with the cache erasure reads (PIPELINE_CACHE_DIR): "
+              + ", ".join(map(str, elsewhere_data)))
     if not known:
         # Nothing to look for is not "clean": a deletions file only a build read (data.deletions)
         # kept its clips out of that dataset, and is unknown here.
