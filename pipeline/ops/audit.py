@@ -50,8 +50,8 @@ from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_row
                                 derived_parts, export_folders, find_traces, gram_hash, kept_digests, listed_on_deleted,
                                 md5_b64, prediction_hit, quarantine_hit, requested_deletions, run_fingerprints,
                                 staging_files, text_hash, unexplained_grams, unlisted_runs)
-from pipeline.ops.inventory import (KILLED_WRITE, PLACES, RUN_PARTS, WRITTEN_WHOLE, Roots, check_root,
-                                    listed_run_folders, place_of, place_under, run_folders, run_of, walk_files)
+from pipeline.ops.inventory import (KILLED_WRITE, PLACES, RUN_PARTS, WRITTEN_WHOLE, Roots, check_root, place_of,
+                                    place_under, run_folders, run_folders_elsewhere, run_of, walk_files)
 from pipeline.ops.registry import PROMOTING, RECORD, Registry, check_record_key, weights_saw_deleted
 from pipeline.ops.textscan import TEXT_SUFFIXES, searched, starts_as_text, text_chunks, text_lines
 from pipeline.run_folder import DATASET_CLIPS, QUARANTINE_LINES, dataset_path
@@ -204,7 +204,7 @@ def scan(cfg: DictConfig) -> tuple[list[Finding], list[dict[str, object]], int]:
 
     # Every file, byte by byte where it can hold ids or text; decoded where it is audio.
     # The roots, and run folders outside them that the cache's list names: each file once (roots may nest).
-    files = {f.resolve(): f for root in [*roots.named().values(), *listed_run_folders(roots)] if root.is_dir()
+    files = {f.resolve(): f for root in [*roots.named().values(), *run_folders_elsewhere(roots)] if root.is_dir()
              for f in walk_files(root) if not f.is_symlink()}
     wanted = Wanted(key, deleted, audio, texts, grams)
     for f in sorted(files.values()):
@@ -351,8 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     absent = [f"{name}={root}" for name, root in roots.items() if not root.exists()]
     # A mistyped root is absent, and nothing absent was scanned: say which, so "clean" is not read as
     # covering a folder the scan never saw.
-    elsewhere = [run for run in listed_run_folders(where)
-                 if not any(run.resolve().is_relative_to(root.resolve()) for root in roots.values() if root.exists())]
+    elsewhere = run_folders_elsewhere(where)
     print("audit: scanned " + ", ".join(f"{name}={root}" for name, root in roots.items() if root.exists())
           + (f", and {len(elsewhere)} run folder(s) outside them that the cache lists" if elsewhere else "")
           + (f"; absent, so not scanned: {', '.join(absent)}" if absent else ""))

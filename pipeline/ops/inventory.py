@@ -221,6 +221,13 @@ def listed_run_folders(roots: Roots) -> list[Path]:
             if run.is_absolute() and any((run / mark).is_file() for mark in marks)]
 
 
+def run_folders_elsewhere(roots: Roots) -> list[Path]:
+    """The listed run folders under none of the roots: those a walk of the roots does not reach (every
+    job lists its folder, so most listed ones lie under outputs/ and are walked there already)."""
+    inside = [root.resolve() for root in roots.named().values() if root.exists()]
+    return [run for run in listed_run_folders(roots) if not any(run.resolve().is_relative_to(r) for r in inside)]
+
+
 def place_under(f: Path, roots: Roots) -> Place | None:
     """The row that claims a file outside run folders: the first root holding it (in `Roots.named`'s
     order: a root inside another, the corpus inside the cache, is claimed by its own rows unless the

@@ -23,7 +23,6 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 @dataclass
 class OfflineRun:
     run_id: str = ""
-    entity: str = ""  # empty where the run named none: W&B then files it under the uploader's default entity
     project: str = ""
     group: str = ""
     name: str = ""
@@ -76,7 +75,7 @@ def transaction_logs(folder: Path) -> list[Path]:
 
 def logged_to(wandb_file: Path) -> tuple[str, str, str] | None:
     """(run id, entity, project) of the run this log records, from its first run record; None for a log
-    with none (cut short before it) or one that is not a W&B log. Reads no further than that record."""
+    with none (cut short before it) or one that is not a W&B log. Parses no record past that one."""
     from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
@@ -101,7 +100,7 @@ def read_offline_run(wandb_file: Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             r = record.run
-            run.run_id, run.entity, run.project, run.group = r.run_id, r.entity, r.project, r.run_group
+            run.run_id, run.project, run.group = r.run_id, r.project, r.run_group
             run.name = r.display_name
             run.tags = list(r.tags)
             for item in r.config.update:
