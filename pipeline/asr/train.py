@@ -121,6 +121,9 @@ class Progress:
     pending_seconds: float = 0.0  # audio trained on since the last validation, this process
     log_loss: float = 0.0         # summed loss since the last log line
     log_n: int = 0
+    log_grad_norm: float = 0.0    # summed gradient norms (before clipping) of the steps taken since the last log line
+    log_clipped: int = 0          # of those steps, how many asr.max_grad_norm clipped
+    log_steps: int = 0
     in_accum: int = 0             # micro-batches of the optimizer step being accumulated
     bad_accum: bool = False       # one of them had a non-finite loss: the step will be skipped
 
@@ -431,6 +434,9 @@ def optimizer_step(run: TrainingRun, progress: Progress) -> bool:
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
+    progress.log_grad_norm += float(grad_norm)
+    progress.log_clipped += int(float(grad_norm) > float(run.acfg.max_grad_norm))
+    progress.log_steps += 1
     state["step"] += 1
     state["nonfinite_streak"] = 0
     return True
@@ -442,9 +448,15 @@ def _after_step(run: TrainingRun, progress: Progress) -> str | None:
     step, max_steps = state["step"], int(acfg.max_steps)
     lr = _set_lr(run.optimizer, acfg, step, time.time() - progress.loop_start, run.budget_s)
     if step % int(run.cfg.trainer.log_every) == 0 and progress.log_n and placement.is_main:
-        run.tracker.log_metrics({"asr/train_loss": progress.log_loss / progress.log_n, "asr/lr": lr}, step=step)
-        print(f"[asr] step {step} loss {progress.log_loss / progress.log_n:.3f} ({time.time() - progress.loop_start:.0f}s)", flush=True)
+        metrics = {"asr/train_loss": progress.log_loss / progress.log_n, "asr/lr": lr}
+        if progress.log_steps:  # how hard asr.max_grad_norm bites: the mean norm and the share of steps clipped
+            metrics["asr/grad_norm"] = progress.log_grad_norm / progress.log_steps
+            metrics["asr/clipped"] = progress.log_clipped / progress.log_steps
+        run.tracker.log_metrics(metrics, step=step)
+        norm = f" grad norm {metrics['asr/grad_norm']:.2f}" if "asr/grad_norm" in metrics else ""
+        print(f"[asr] step {step} loss {metrics['asr/train_loss']:.3f}{norm} ({time.time() - progress.loop_start:.0f}s)", flush=True)
         progress.log_loss, progress.log_n = 0.0, 0
+        progress.log_grad_norm, progress.log_clipped, progress.log_steps = 0.0, 0, 0
     out_of_time = any_says(time.time() - progress.loop_start >= run.budget_s, placement)
     if step % max(int(acfg.eval_every), 1) == 0 or step >= max_steps or out_of_time:
         state["audio_seconds"] += total(progress.pending_seconds, placement)

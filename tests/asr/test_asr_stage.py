@@ -37,6 +37,11 @@ def test_stage_writes_a_model_folder_metrics_and_curves(trained_run: tuple[Path,
     assert [h["step"] for h in saved["history"]] == [3, 6]
     losses = [m["asr/train_loss"] for _, m in tracker.metrics if "asr/train_loss" in m]
     assert len(losses) == 6 and all(np.isfinite(losses))
+    # One step per log line here, so each line says whether its own step's gradient was clipped.
+    norms = [(m["asr/grad_norm"], m["asr/clipped"]) for _, m in tracker.metrics if "asr/grad_norm" in m]
+    assert len(norms) == 6 and all(np.isfinite(n) and n > 0 for n, _ in norms)
+    limit = float(micro_cfg().asr.max_grad_norm)
+    assert all(clipped == float(n > limit) for n, clipped in norms)
     assert any("asr/val_wer" in m for _, m in tracker.metrics)
     # Keep the last 1 and the best: at most two checkpoints remain.
     kept = sorted(p.name for p in (run_dir / "asr" / "checkpoints").iterdir())
