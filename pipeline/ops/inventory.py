@@ -114,7 +114,7 @@ PLACES: tuple[Place, ...] = (
     Place("lone words", "cache", ("lone_words/*",), (), "pipeline.data.demo", "keep"),
     Place("benchmark data", "cache", ("bench/*",), (), "bench.nlu_bench (MASSIVE, public text)", "keep"),
     # Paths of run folders (the folders' names, which hydra.run.dir chose), for erasure to look in.
-    Place("run folder list", "cache", (RUN_FOLDERS_LIST,), (), "pipeline.runtime", "keep"),
+    Place("run folder list", "cache", (RUN_FOLDERS_LIST, RUN_FOLDERS_LIST + ".tmp"), (), "pipeline.runtime", "keep"),
 )
 
 # Inside every run folder (anything under outputs/ or multirun/ with a build_report.json).
