@@ -121,9 +121,12 @@ class Progress:
     pending_seconds: float = 0.0  # audio trained on since the last validation, this process
     log_loss: float = 0.0         # summed loss since the last log line
     log_n: int = 0
-    log_grad_norm: float = 0.0    # summed gradient norms (before clipping) of the steps taken since the last log line
-    log_clipped: int = 0          # of those steps, how many asr.max_grad_norm clipped
-    log_steps: int = 0
+    # Of the steps taken since the last log line, with a finite gradient: their summed gradient norms
+    # (before clipping), how many asr.max_grad_norm clipped, how many. Tensors on the model's device,
+    # read once a log line, so a GPU step waits for no copy to the host.
+    log_grad_norm: Any = 0.0
+    log_clipped: Any = 0
+    log_steps: Any = 0
     in_accum: int = 0             # micro-batches of the optimizer step being accumulated
     bad_accum: bool = False       # one of them had a non-finite loss: the step will be skipped
 
@@ -434,9 +437,10 @@ def optimizer_step(run: TrainingRun, progress: Progress) -> bool:
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    progress.log_grad_norm += float(grad_norm)
-    progress.log_clipped += int(float(grad_norm) > float(run.acfg.max_grad_norm))
-    progress.log_steps += 1
+    finite = torch.isfinite(grad_norm)  # fp16: an overflow the scaler skipped is no step's norm
+    progress.log_grad_norm = progress.log_grad_norm + torch.where(finite, grad_norm.detach(), 0.0)
+    progress.log_clipped = progress.log_clipped + (finite & (grad_norm > float(run.acfg.max_grad_norm))).int()
+    progress.log_steps = progress.log_steps + finite.int()
     state["step"] += 1
     state["nonfinite_streak"] = 0
     return True
@@ -449,9 +453,10 @@ def _after_step(run: TrainingRun, progress: Progress) -> str | None:
     lr = _set_lr(run.optimizer, acfg, step, time.time() - progress.loop_start, run.budget_s)
     if step % int(run.cfg.trainer.log_every) == 0 and progress.log_n and placement.is_main:
         metrics = {"asr/train_loss": progress.log_loss / progress.log_n, "asr/lr": lr}
-        if progress.log_steps:  # how hard asr.max_grad_norm bites: the mean norm and the share of steps clipped
-            metrics["asr/grad_norm"] = progress.log_grad_norm / progress.log_steps
-            metrics["asr/clipped"] = progress.log_clipped / progress.log_steps
+        steps = int(progress.log_steps)
+        if steps:  # how hard asr.max_grad_norm bites: the mean norm and the share of steps clipped
+            metrics["asr/grad_norm"] = float(progress.log_grad_norm) / steps
+            metrics["asr/clipped"] = int(progress.log_clipped) / steps
         run.tracker.log_metrics(metrics, step=step)
         norm = f" grad norm {metrics['asr/grad_norm']:.2f}" if "asr/grad_norm" in metrics else ""
         print(f"[asr] step {step} loss {metrics['asr/train_loss']:.3f}{norm} ({time.time() - progress.loop_start:.0f}s)", flush=True)
