@@ -10,6 +10,7 @@ from pipeline.runtime import RUN_FOLDERS_LIST, list_run_folder
 
 
 def test_a_run_is_listed_once_and_folders_that_are_gone_are_dropped(tmp_path: Path) -> None:
+    tmp_path = tmp_path.resolve()  # the list holds resolved paths
     cache = tmp_path / "cache"
     cache.mkdir()
     runs = [tmp_path / name for name in ("a", "b", "c")]
@@ -37,6 +38,7 @@ def _list(run: str, cache: str) -> None:
 def test_jobs_starting_together_lose_no_line_while_gone_folders_are_dropped(tmp_path: Path) -> None:
     """Each job may rewrite the list (to drop gone folders) while others append: one lock on the
     cache folder keeps every line a job added."""
+    tmp_path = tmp_path.resolve()  # the list holds resolved paths
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / RUN_FOLDERS_LIST).write_text("".join(f"{tmp_path / f'gone{i}'}\n" for i in range(200)))
