@@ -67,22 +67,19 @@ def list_run_folder(run_dir: Path, cache_dir: Path) -> None:
     """Adds the run folder to the cache's list, once, and drops the folders that are gone.
 
     A folder removed (by hand, or by erasure) has nothing left to erase, so its line only grows the
-    list. The list is rewritten whole (a new file renamed over it, so a crash leaves the old one) and
-    appended to under one lock on the cache folder, so two jobs starting together lose neither line."""
+    list. The list is rewritten whole (a new file renamed over it, so a crash leaves the old one)
+    under one lock on the cache folder, so two jobs starting together lose neither line."""
     listed, line = cache_dir / RUN_FOLDERS_LIST, str(run_dir.resolve())
     fd = os.open(cache_dir, os.O_RDONLY)
     try:
-        with kept_from_children(fd):
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            lines = list(dict.fromkeys(listed.read_text().splitlines())) if listed.is_file() else []
-            kept = [folder for folder in lines if folder == line or (os.path.isabs(folder) and os.path.isdir(folder))]
-            if kept != lines:
-                tmp = listed.with_name(RUN_FOLDERS_LIST + ".tmp")
-                tmp.write_text("".join(folder + "\n" for folder in kept))
-                os.replace(tmp, listed)
-            if line not in kept:
-                with listed.open("a") as f:
-                    f.write(line + "\n")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        lines = listed.read_text().splitlines() if listed.is_file() else []
+        kept = [folder for folder in dict.fromkeys([*lines, line])
+                if folder == line or (os.path.isabs(folder) and os.path.isdir(folder))]
+        if kept != lines:
+            tmp = listed.with_name(RUN_FOLDERS_LIST + ".tmp")
+            tmp.write_text("".join(folder + "\n" for folder in kept))
+            os.replace(tmp, listed)
     finally:
         os.close(fd)  # closing the descriptor releases the lock
 

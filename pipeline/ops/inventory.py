@@ -148,6 +148,18 @@ WRITTEN_WHOLE = ("report", "registry model", "registry log", "corpus", "demo exp
 KILLED_WRITE = ".tmp-"
 
 RUN_MARKER = BUILD_REPORT  # what makes a folder a run of the data stage
+# What makes a folder a run folder, relative to it (see run_folders): the walk of the roots and the
+# check of the cache's listed folders both read this.
+RUN_MARKS = (RUN_MARKER, "multirun.yaml", ".hydra/config.yaml", f"{EVAL_CONFIG_DIR}/config.yaml")
+
+
+def _run_marked_by(f: Path) -> Path | None:
+    """The run folder whose mark `f` is, or None."""
+    for mark in RUN_MARKS:
+        depth = mark.count("/") + 1
+        if f.parts[-depth:] == tuple(mark.split("/")):
+            return f.parents[depth - 1]
+    return None
 DO_NOT_SYNC = "DO_NOT_SYNC"
 
 
@@ -201,10 +213,9 @@ def run_folders(roots: Roots) -> list[Path]:
             for p in walk_files(root):
                 if "wandb" in p.parts:
                     continue
-                if p.name in (RUN_MARKER, "multirun.yaml"):
-                    found.append(p.parent)
-                elif p.name == "config.yaml" and p.parent.name in (".hydra", EVAL_CONFIG_DIR):
-                    found.append(p.parent.parent)
+                run = _run_marked_by(p)
+                if run is not None:
+                    found.append(run)
     # A listed folder under a root is the one found there (compared resolved: a root may be reached by a link).
     seen = {run.resolve() for run in found}
     return sorted(set(found) | {run for run in listed_run_folders(roots) if run.resolve() not in seen})
@@ -216,9 +227,8 @@ def listed_run_folders(roots: Roots) -> list[Path]:
     listed = roots.cache / RUN_FOLDERS_LIST
     if not listed.is_file():
         return []
-    marks = (RUN_MARKER, "multirun.yaml", ".hydra/config.yaml", f"{EVAL_CONFIG_DIR}/config.yaml")
     return [run for run in map(Path, dict.fromkeys(listed.read_text().splitlines()))
-            if run.is_absolute() and any((run / mark).is_file() for mark in marks)]
+            if run.is_absolute() and any((run / mark).is_file() for mark in RUN_MARKS)]
 
 
 def run_folders_elsewhere(roots: Roots) -> list[Path]:
