@@ -64,18 +64,22 @@ RUN_FOLDERS_LIST = "run_folders.txt"
 
 
 def list_run_folder(run_dir: Path, cache_dir: Path) -> None:
-    """Adds the run folder to the cache's list, once, and drops the folders that are gone.
+    """Adds the run folder to the cache's list, once, and drops the folders that were removed.
 
     A folder removed (by hand, or by erasure) has nothing left to erase, so its line only grows the
-    list. The list is rewritten whole (a new file renamed over it, so a crash leaves the old one)
-    under one lock on the cache folder, so two jobs starting together lose neither line."""
+    list: it is dropped when the folder above it is still there. A folder whose parent is gone too
+    may lie on a disk or share that is not mounted just now, so its line stays: dropping it would
+    keep erasure from ever looking there again. The list is rewritten whole (a new file renamed over
+    it, so a crash leaves the old one) under one lock on the cache folder, so two jobs starting
+    together lose neither line."""
     listed, line = cache_dir / RUN_FOLDERS_LIST, str(run_dir.resolve())
     fd = os.open(cache_dir, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         lines = listed.read_text().splitlines() if listed.is_file() else []
         kept = [folder for folder in dict.fromkeys([*lines, line])
-                if folder == line or (os.path.isabs(folder) and os.path.isdir(folder))]
+                if folder == line or (os.path.isabs(folder)
+                                      and (os.path.isdir(folder) or not os.path.isdir(os.path.dirname(folder))))]
         if kept != lines:
             tmp = listed.with_name(RUN_FOLDERS_LIST + ".tmp")
             tmp.write_text("".join(folder + "\n" for folder in kept))

@@ -30,6 +30,37 @@ def test_a_run_is_listed_once_and_folders_that_are_gone_are_dropped(tmp_path: Pa
     assert not (cache / (RUN_FOLDERS_LIST + ".tmp")).exists()
 
 
+def test_a_folder_whose_parent_is_gone_too_stays_listed(tmp_path: Path) -> None:
+    """A run folder on a share that is not mounted looks gone, and so does its parent: its line must
+    stay, or erasure would never look there again once the share is back."""
+    tmp_path = tmp_path.resolve()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    on_share = tmp_path / "mnt" / "share" / "runs" / "r1"
+    on_share.mkdir(parents=True)
+    list_run_folder(on_share, cache)
+    shutil.rmtree(tmp_path / "mnt" / "share")  # unmounted: the mount point's contents are out of sight
+    (tmp_path / "mnt" / "share").mkdir()       # ... and the empty mount point is there
+    removed = tmp_path / "outputs" / "r2"
+    removed.mkdir(parents=True)
+    list_run_folder(removed, cache)
+    shutil.rmtree(removed)  # removed by hand; outputs/ is still there
+    new = tmp_path / "outputs" / "r3"
+    new.mkdir()
+    list_run_folder(new, cache)
+    assert (cache / RUN_FOLDERS_LIST).read_text().splitlines() == [str(on_share), str(new)]
+
+    # Mounted again: erasure and the audit read the run from the list.
+    from pipeline.ops.inventory import RUN_MARKS, Roots, listed_run_folders
+
+    on_share.mkdir(parents=True)
+    (on_share / RUN_MARKS[0]).write_text("{}")
+    elsewhere = tmp_path / "unused"
+    roots = Roots(cache=cache, outputs=elsewhere, multirun=elsewhere, registry=elsewhere, inbox=elsewhere,
+                  corpus=elsewhere, erasure=elsewhere)
+    assert listed_run_folders(roots) == [on_share]
+
+
 def _list(run: str, cache: str) -> None:
     Path(run).mkdir()
     list_run_folder(Path(run), Path(cache))
