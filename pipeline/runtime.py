@@ -63,6 +63,12 @@ def kept_from_children(fd: int) -> Iterator[None]:
 RUN_FOLDERS_LIST = "run_folders.txt"
 
 
+def out_of_reach(folder: str) -> bool:
+    """A listed run folder gone together with the folder above it: on a disk or share that may just
+    not be mounted now, so its line is kept and erasure and the audit say they could not look there."""
+    return not os.path.isdir(folder) and not os.path.isdir(os.path.dirname(folder))
+
+
 def list_run_folder(run_dir: Path, cache_dir: Path) -> None:
     """Adds the run folder to the cache's list, once, and drops the folders that were removed.
 
@@ -78,8 +84,7 @@ def list_run_folder(run_dir: Path, cache_dir: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         lines = listed.read_text().splitlines() if listed.is_file() else []
         kept = [folder for folder in dict.fromkeys([*lines, line])
-                if folder == line or (os.path.isabs(folder)
-                                      and (os.path.isdir(folder) or not os.path.isdir(os.path.dirname(folder))))]
+                if folder == line or (os.path.isabs(folder) and (os.path.isdir(folder) or out_of_reach(folder)))]
         if kept != lines:
             tmp = listed.with_name(RUN_FOLDERS_LIST + ".tmp")
             tmp.write_text("".join(folder + "\n" for folder in kept))

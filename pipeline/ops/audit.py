@@ -51,11 +51,12 @@ from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_row
                                 md5_b64, prediction_hit, quarantine_hit, requested_deletions, run_fingerprints,
                                 staging_files, text_hash, unexplained_grams, unlisted_runs)
 from pipeline.ops.inventory import (KILLED_WRITE, PLACES, RUN_PARTS, WRITTEN_WHOLE, Roots, check_root, place_of,
-                                    place_under, run_folders, run_folders_elsewhere, run_of, walk_files)
+                                    place_under, run_folders, run_folders_elsewhere, run_of, unreachable_run_folders,
+                                    walk_files)
 from pipeline.ops.registry import PROMOTING, RECORD, Registry, check_record_key, weights_saw_deleted
 from pipeline.ops.textscan import TEXT_SUFFIXES, searched, starts_as_text, text_chunks, text_lines
 from pipeline.run_folder import DATASET_CLIPS, QUARANTINE_LINES, dataset_path
-from pipeline.runtime import PipelineError
+from pipeline.runtime import RUN_FOLDERS_LIST, PipelineError
 
 EXIT_CLEAN, EXIT_CONFIG, EXIT_FOUND = 0, 2, 3
 PSEUDONYM = re.compile(rb"\b(?:utt|acct|dev)_[0-9a-f]{16}\b")
@@ -373,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{where.cache}, so neither erasure nor this audit looked in them; remove them (a cache: the next "
               "build makes their data again), and run jobs with the cache erasure reads (PIPELINE_CACHE_DIR): "
               + ", ".join(map(str, elsewhere_data)))
+    unreachable = unreachable_run_folders(where)
+    if unreachable:
+        print(f"audit: {len(unreachable)} run folder(s) that {where.cache / RUN_FOLDERS_LIST} lists are out of reach "
+              "(neither they nor the folder above them exist: on a disk or share not mounted now?), so they were not "
+              "scanned; mount them and audit again, or, if they were removed, delete their lines from that list: "
+              + ", ".join(map(str, unreachable)))
     if not known:
         # Nothing to look for is not "clean": a deletions file only a build read (data.deletions)
         # kept its clips out of that dataset, and is unknown here.
@@ -385,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
               + (f" ({len(absent)} absent, not scanned: check they are meant to be)" if absent else "")
               + (f"; {len(unlisted)} run folder(s) not judged (above)" if unlisted else "")
               + (f"; {len(unmatched)} cached dataset(s) not judged (above)" if unmatched else "")
-              + (f"; {len(elsewhere_data)} dataset(s) outside the cache root not scanned (above)" if elsewhere_data else ""))
+              + (f"; {len(elsewhere_data)} dataset(s) outside the cache root not scanned (above)" if elsewhere_data else "")
+              + (f"; {len(unreachable)} listed run folder(s) out of reach, not scanned (above)" if unreachable else ""))
         return EXIT_CLEAN
     # Files in no place the inventory knows (put there by hand, or by another tool), and text files the
     # pipeline writes no data under (a `notes` copy in a run folder): erasure removes only what it knows

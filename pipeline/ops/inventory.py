@@ -35,7 +35,7 @@ from pipeline.data.label_noise import RUN_FILE as NOISE_FILE
 from pipeline.data.privacy import KEY_ID_FILE, REQUESTS_FILE, TOMBSTONES_FILE
 from pipeline.ops.registry import HELD_DECISION, LOCK_FILE
 from pipeline.run_folder import BUILD_REPORT, DATASET_CLIPS, EVAL_CONFIG_DIR, QUARANTINE_LINES
-from pipeline.runtime import RUN_FOLDERS_LIST, PipelineError
+from pipeline.runtime import RUN_FOLDERS_LIST, PipelineError, out_of_reach
 from pipeline.tracking.wandb_run import RUN_ID_FILE
 
 # What a place can hold: the clip's audio, its transcript, its pseudonymous ids, or weights fitted
@@ -229,6 +229,16 @@ def listed_run_folders(roots: Roots) -> list[Path]:
         return []
     return [run for run in map(Path, dict.fromkeys(listed.read_text().splitlines()))
             if run.is_absolute() and any((run / mark).is_file() for mark in RUN_MARKS)]
+
+
+def unreachable_run_folders(roots: Roots) -> list[Path]:
+    """The listed run folders out of reach now (pipeline.runtime.out_of_reach): neither erasure nor
+    the audit can look in them, and both say so rather than let "clean" cover them."""
+    listed = roots.cache / RUN_FOLDERS_LIST
+    if not listed.is_file():
+        return []
+    return [Path(run) for run in dict.fromkeys(listed.read_text().splitlines())
+            if os.path.isabs(run) and out_of_reach(run)]
 
 
 def run_folders_elsewhere(roots: Roots) -> list[Path]:

@@ -226,6 +226,43 @@ def test_a_run_folder_outside_the_roots_is_audited_and_erased_once_the_cache_lis
     assert audit.main(overrides(root)) == 0
 
 
+def test_a_listed_run_folder_out_of_reach_is_named_by_erasure_and_the_audit_until_it_is_back(
+    store: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A run folder on a share that is not mounted: its line stays listed, erasure and the audit say
+    they could not look there (so a clean audit does not read as covering it), and once the share is
+    back both act on it."""
+    from pipeline.runtime import configure_environment
+
+    root = store["root"]
+    first, _ = store["affected_runs"]
+    share = tmp_path / "share"
+    elsewhere = share / "runs" / "exp1"
+    elsewhere.parent.mkdir(parents=True)
+    shutil.move(first, elsewhere)
+    configure_environment(elsewhere, root / "cache")
+    away = tmp_path / "away"
+    share.rename(away)
+    share.mkdir()  # unmounted: the mount point is there, empty
+    configure_environment(tmp_path / "later", root / "cache")  # the next job lists its folder: the line stays
+    assert erase.main(overrides(root)) == 0
+    err = capsys.readouterr().err
+    assert "erase: 1 listed run folder(s) are out of reach" in err and str(elsewhere) in err
+    assert audit.main(overrides(root)) == 0
+    out = capsys.readouterr().out
+    assert "audit: 1 run folder(s) that" in out and "are out of reach" in out and str(elsewhere) in out
+    assert out.rstrip().endswith("; 1 listed run folder(s) out of reach, not scanned (above)")
+
+    share.rmdir()
+    away.rename(share)  # mounted again: the deleted clip's models there are found, then erased
+    assert audit.main(overrides(root)) == 3
+    assert erase.main(overrides(root)) == 0
+    assert not (elsewhere / "asr").exists() and not (elsewhere / "predictions.jsonl").exists()
+    capsys.readouterr()
+    assert audit.main(overrides(root)) == 0
+    assert "out of reach" not in capsys.readouterr().out
+
+
 def test_a_listed_run_folder_under_a_root_reached_through_a_link_counts_once(store: dict[str, Any], tmp_path: Path) -> None:
     """Every job lists its folder, resolved; erase.outputs may name the same folder through a link."""
     from pipeline.ops.inventory import Roots, run_folders
