@@ -50,9 +50,9 @@ from pipeline.ops.erase import (Ledger, audio_copy, dataset_folders, dataset_row
                                 derived_parts, export_folders, find_traces, gram_hash, kept_digests, listed_on_deleted,
                                 md5_b64, prediction_hit, quarantine_hit, requested_deletions, run_fingerprints,
                                 staging_files, text_hash, unexplained_grams, unlisted_runs)
-from pipeline.ops.inventory import (KILLED_WRITE, PLACES, RUN_PARTS, WRITTEN_WHOLE, Roots, check_root, place_of,
-                                    place_under, run_folders, run_folders_elsewhere, run_of, unreachable_run_folders,
-                                    walk_files)
+from pipeline.ops.inventory import (KILLED_WRITE, OUT_OF_REACH, PLACES, RUN_PARTS, WRITTEN_WHOLE, Roots, check_root,
+                                    place_of, place_under, run_folders, run_folders_elsewhere, run_of,
+                                    unreachable_run_folders, walk_files)
 from pipeline.ops.registry import PROMOTING, RECORD, Registry, check_record_key, weights_saw_deleted
 from pipeline.ops.textscan import TEXT_SUFFIXES, searched, starts_as_text, text_chunks, text_lines
 from pipeline.run_folder import DATASET_CLIPS, QUARANTINE_LINES, dataset_path
@@ -377,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     unreachable = unreachable_run_folders(where)
     if unreachable:
         print(f"audit: {len(unreachable)} run folder(s) that {where.cache / RUN_FOLDERS_LIST} lists are out of reach "
-              "(neither they nor the folder above them exist: on a disk or share not mounted now?), so they were not "
-              "scanned; mount them and audit again, or, if they were removed, delete their lines from that list: "
+              f"({OUT_OF_REACH}), so they were not scanned; mount them and audit again, or, if they were removed, "
+              "delete their lines from that list: "
               + ", ".join(map(str, unreachable)))
     if not known:
         # Nothing to look for is not "clean": a deletions file only a build read (data.deletions)

@@ -54,8 +54,8 @@ from pipeline.data.schema import json_lines
 from pipeline.ops.config import JobConfig, is_config_error, job_config, load_config
 from pipeline.ops.corpus import (ANNOTATIONS, QUARANTINE, REDO_REQUESTS, check_corpus_key, inbox_requests,
                                  pending_deletions, pseudonym_key, remerge, utterance_pseudonym)
-from pipeline.ops.inventory import (DO_NOT_SYNC, KILLED_WRITE, RUN_MARKER, RUN_PARTS, Roots, check_root, killed_writes,
-                                    place_of, run_folders, unreachable_run_folders, walk_files)
+from pipeline.ops.inventory import (DO_NOT_SYNC, KILLED_WRITE, OUT_OF_REACH, RUN_MARKER, RUN_PARTS, Roots, check_root,
+                                    killed_writes, place_of, run_folders, unreachable_run_folders, walk_files)
 from pipeline.ops.registry import LOCK_FILE, Registry, RetrainBusy, now, retire_command, retrain_lock, weights_saw_deleted
 from pipeline.ops.textscan import searched, text_lines
 from pipeline.runtime import PipelineError, first_line, resolved, write_text_atomic
@@ -1403,9 +1403,9 @@ def main(argv: list[str] | None = None) -> int:
     roots = Roots.from_cfg(cfg)
     unreachable = unreachable_run_folders(roots)
     if unreachable:  # a copy there stays until it is back: said every time, as the audit does
-        print(f"erase: {len(unreachable)} listed run folder(s) are out of reach (neither they nor the folder above "
-              "them exist: on a disk or share not mounted now?), so nothing in them was erased; mount them and run "
-              "`make erase` again: " + ", ".join(map(str, unreachable)), file=sys.stderr)
+        print(f"erase: {len(unreachable)} listed run folder(s) are out of reach ({OUT_OF_REACH}), so nothing in "
+              "them was erased; mount them and run `make erase` again: " + ", ".join(map(str, unreachable)),
+              file=sys.stderr)
     current = Registry(roots.registry).current()
     if current and current.get("erased_at"):  # what serves is gone: say what restores one
         why = (f"was made under the lost pseudonym key {current['lost_key_id']}" if current.get("lost_key_id")

@@ -151,6 +151,9 @@ RUN_MARKER = BUILD_REPORT  # what makes a folder a run of the data stage
 # What makes a folder a run folder, relative to it (see run_folders): the walk of the roots and the
 # check of the cache's listed folders both read this.
 RUN_MARKS = (RUN_MARKER, "multirun.yaml", ".hydra/config.yaml", f"{EVAL_CONFIG_DIR}/config.yaml")
+DO_NOT_SYNC = "DO_NOT_SYNC"
+# Why a listed run folder is out of reach (pipeline.runtime.out_of_reach), as erasure and the audit say it.
+OUT_OF_REACH = "neither they nor the folder above them exist: on a disk or share not mounted now?"
 
 
 def _run_marked_by(f: Path) -> Path | None:
@@ -160,7 +163,6 @@ def _run_marked_by(f: Path) -> Path | None:
         if f.parts[-depth:] == tuple(mark.split("/")):
             return f.parents[depth - 1]
     return None
-DO_NOT_SYNC = "DO_NOT_SYNC"
 
 
 def place_of(relative: str, places: tuple[Place, ...]) -> Place | None:
@@ -221,24 +223,24 @@ def run_folders(roots: Roots) -> list[Path]:
     return sorted(set(found) | {run for run in listed_run_folders(roots) if run.resolve() not in seen})
 
 
-def listed_run_folders(roots: Roots) -> list[Path]:
-    """The run folders the cache's list names that are still there and still runs (a folder removed
-    by hand, or reused for something else, is not one)."""
+def _listed(roots: Roots) -> list[Path]:
+    """The absolute folders the cache's list names, each once (a relative line names nothing)."""
     listed = roots.cache / RUN_FOLDERS_LIST
     if not listed.is_file():
         return []
-    return [run for run in map(Path, dict.fromkeys(listed.read_text().splitlines()))
-            if run.is_absolute() and any((run / mark).is_file() for mark in RUN_MARKS)]
+    return [run for run in map(Path, dict.fromkeys(listed.read_text().splitlines())) if run.is_absolute()]
+
+
+def listed_run_folders(roots: Roots) -> list[Path]:
+    """The run folders the cache's list names that are still there and still runs (a folder removed
+    by hand, or reused for something else, is not one)."""
+    return [run for run in _listed(roots) if any((run / mark).is_file() for mark in RUN_MARKS)]
 
 
 def unreachable_run_folders(roots: Roots) -> list[Path]:
     """The listed run folders out of reach now (pipeline.runtime.out_of_reach): neither erasure nor
     the audit can look in them, and both say so rather than let "clean" cover them."""
-    listed = roots.cache / RUN_FOLDERS_LIST
-    if not listed.is_file():
-        return []
-    return [Path(run) for run in dict.fromkeys(listed.read_text().splitlines())
-            if os.path.isabs(run) and out_of_reach(run)]
+    return [run for run in _listed(roots) if out_of_reach(str(run))]
 
 
 def run_folders_elsewhere(roots: Roots) -> list[Path]:
